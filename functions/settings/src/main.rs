@@ -1,0 +1,12 @@
+//! The `settings` Lambda function: services, webhook secrets, tokens and the deployment log,
+//! on DynamoDB, behind API Gateway (HTTP API, payload format 2.0).
+
+use autodeploy_api::aws;
+use autodeploy_api::web::settings_router;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    aws::init_tracing();
+    let state = aws::app_state_from_env().await?;
+    lambda_http::run(settings_router(state)).await
+}

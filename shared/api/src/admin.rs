@@ -1,0 +1,29 @@
+//! Where the operator's admin token comes from.
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use crate::store::StoreResult;
+
+/// Yields the SHA-256 of the admin token. Implementations may fetch it lazily (Secrets
+/// Manager) and cache it; callers compare digests in constant time.
+#[async_trait]
+pub trait AdminTokenSource: Send + Sync {
+    async fn admin_token_sha256(&self) -> StoreResult<[u8; 32]>;
+}
+
+/// An admin token known at start-up (`AUTODEPLOY_ADMIN_TOKEN`). Only its digest is kept.
+pub struct StaticAdminToken([u8; 32]);
+
+impl StaticAdminToken {
+    pub fn new(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+#[async_trait]
+impl AdminTokenSource for StaticAdminToken {
+    async fn admin_token_sha256(&self) -> StoreResult<[u8; 32]> {
+        Ok(self.0)
+    }
+}

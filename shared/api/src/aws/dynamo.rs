@@ -1,0 +1,980 @@
+//! The store on one DynamoDB table, laid out as the comment above `Table` in
+//! `infra/template.yaml` fixes: every organization's records share the partition `ORG#{org}`,
+//! `gsi1` finds services by repository and deployments by service, `gsi2` services by image
+//! path and deployments still pending. Nothing here ever scans.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
+use autodeploy_core::model::Service;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update};
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+
+use super::describe_sdk_error;
+use crate::store::{
+    DeliveryLog, DeploymentLog, Expected, Guard, Page, RecordOutcome, SecretRecord, SecretStore, ServiceStore, Store,
+    StoreError, StoreResult, StoredService, TokenRecord, TokenStore,
+};
+
+type Item = HashMap<String, AttributeValue>;
+
+const PK: &str = "pk";
+const SK: &str = "sk";
+const GSI1: &str = "gsi1";
+const GSI1PK: &str = "gsi1pk";
+const GSI1SK: &str = "gsi1sk";
+const GSI2: &str = "gsi2";
+const GSI2PK: &str = "gsi2pk";
+const GSI2SK: &str = "gsi2sk";
+const DATA: &str = "data";
+const ETAG: &str = "etag";
+const LAST_PUSH: &str = "last_push";
+const STATUS: &str = "status";
+/// The table's TTL attribute (unix seconds).
+const EXPIRES_AT: &str = "expires_at";
+const SECRET: &str = "secret";
+const SET_AT: &str = "set_at";
+const ORGANIZATION_ID: &str = "organization_id";
+const TOKEN_ID: &str = "token_id";
+const NAME: &str = "name";
+const SCOPES: &str = "scopes";
+const HASH: &str = "hash";
+const CREATED_AT: &str = "created_at";
+
+const PENDING: &str = "PENDING";
+/// How long a queued deployment stays in the log before TTL removes it.
+const QUEUED_RETENTION_SECS: i64 = 90 * 24 * 60 * 60;
+/// A page never asks DynamoDB for more than this many items at once.
+const MAX_PAGE: usize = 1000;
+/// Index key values longer than this are hashed: DynamoDB caps a partition key at 2,048
+/// bytes, and a repository URL alone may be that long.
+const MAX_INDEX_VALUE: usize = 1024;
+/// Delivery ids come from request headers; longer ones are hashed into the key.
+const MAX_DELIVERY_ID: usize = 256;
+/// Attempts of a write that lost a race against a concurrent transaction.
+const CONFLICT_ATTEMPTS: u32 = 4;
+
+/// The DynamoDB implementation of [`Store`].
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Items of one key range in `order`, following DynamoDB's pages until `want` items are
+    /// in hand (all of them when `None`): a page may come back short because of its 1 MB cap.
+    async fn collect(&self, base: QueryFluentBuilder, want: Option<usize>, op: &str) -> StoreResult<Vec<Item>> {
+        let mut items: Vec<Item> = Vec::new();
+        let mut start = base.get_exclusive_start_key().clone();
+        loop {
+            let mut query = base.clone().set_exclusive_start_key(start.take());
+            if let Some(want) = want {
+                let remaining = want.saturating_sub(items.len()).clamp(1, MAX_PAGE);
+                query = query.limit(i32::try_from(remaining).unwrap_or(i32::MAX));
+            }
+            let out = query.send().await.map_err(|e| unavailable(op, &e))?;
+            items.extend(out.items.unwrap_or_default());
+            if want.is_some_and(|want| items.len() >= want) {
+                break;
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+
+    /// A query on the organization's partition over the records whose sort key starts with
+    /// `prefix`, after `after` (an id), in `forward` order.
+    fn partition_query(&self, org: &str, prefix: &str, after: Option<&str>, forward: bool) -> QueryFluentBuilder {
+        let mut e = Expr::default();
+        let condition = format!(
+            "{} = {} AND begins_with({}, {})",
+            e.name(PK),
+            e.value("pk", s(org_pk(org))),
+            e.name(SK),
+            e.value("prefix", s(prefix))
+        );
+        let start = after.map(|id| key(org_pk(org), format!("{prefix}{id}")));
+        self.client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values())
+            .scan_index_forward(forward)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+    }
+
+    /// A query on an index partition (`gsi1` / `gsi2`), in `forward` order.
+    fn index_query(&self, index: Index, value: String, forward: bool) -> QueryFluentBuilder {
+        let mut e = Expr::default();
+        let condition = format!("{} = {}", e.name(index.pk()), e.value("ipk", s(value)));
+        self.client
+            .query()
+            .table_name(&self.table)
+            .index_name(index.name())
+            .key_condition_expression(condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values())
+            .scan_index_forward(forward)
+    }
+
+    async fn get_item(&self, key: Item, op: &str) -> StoreResult<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(op, &e))?;
+        Ok(out.item)
+    }
+
+    /// Run a transaction: `Ok(Ok(()))` when written, `Ok(Err(i))` when the condition of
+    /// action `i` failed (nothing written). Conflicts with concurrent transactions are
+    /// retried: see [`classify_cancellation`].
+    async fn transact(&self, actions: Vec<TransactWriteItem>, op: &str) -> StoreResult<Result<(), usize>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(actions.clone()))
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(Ok(())),
+                Err(err) => err,
+            };
+            let reasons: Vec<Option<String>> = match err.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().map(str::to_owned))
+                    .collect(),
+                _ => return Err(unavailable(op, &err)),
+            };
+            let codes: Vec<Option<&str>> = reasons.iter().map(Option::as_deref).collect();
+            match classify_cancellation(&codes) {
+                Cancellation::ConditionFailed(index) => return Ok(Err(index)),
+                Cancellation::Conflict if attempt < CONFLICT_ATTEMPTS => backoff(attempt).await,
+                Cancellation::Conflict => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{op}: the transaction kept conflicting with concurrent writes"
+                    )));
+                }
+                Cancellation::Other(reason) => {
+                    return Err(StoreError::Unavailable(format!("{op}: transaction cancelled: {reason}")));
+                }
+            }
+        }
+    }
+
+    fn put_action(&self, item: Item, condition: Option<(String, Expr)>) -> StoreResult<TransactWriteItem> {
+        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
+        if let Some((condition, e)) = condition {
+            put = put
+                .condition_expression(condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values());
+        }
+        let put = put.build().map_err(|e| StoreError::Unavailable(format!("building a put: {e}")))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    fn delete_action(&self, key: Item, condition: Option<(String, Expr)>) -> StoreResult<TransactWriteItem> {
+        let mut delete = Delete::builder().table_name(&self.table).set_key(Some(key));
+        if let Some((condition, e)) = condition {
+            delete = delete
+                .condition_expression(condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values());
+        }
+        let delete = delete
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("building a delete: {e}")))?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
+    }
+
+    fn update_action(&self, key: Item, update: String, condition: String, e: Expr) -> StoreResult<TransactWriteItem> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values())
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("building an update: {e}")))?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    async fn mark_one_queued(&self, org: &str, id: &str, expires_at: i64) -> StoreResult<()> {
+        let mut e = Expr::default();
+        let update = format!(
+            "SET {} = {}, {} = {} REMOVE {}, {}",
+            e.name(STATUS),
+            e.value("queued", s(DeploymentStatus::Queued.as_str())),
+            e.name(EXPIRES_AT),
+            e.value("expires", n(expires_at)),
+            e.name(GSI2PK),
+            e.name(GSI2SK)
+        );
+        let condition = format!("attribute_exists({})", e.name(PK));
+        let result = retry_conflicts(|| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key(org_pk(org), format!("DEPLOYMENT#{id}"))))
+                .update_expression(&update)
+                .condition_expression(&condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values())
+                .send()
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Unknown ids (never recorded, or long expired) have nothing left to mark.
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(()),
+            Err(err) => Err(unavailable("mark_queued", &err)),
+        }
+    }
+}
+
+#[async_trait]
+impl ServiceStore for DynamoStore {
+    async fn put_service(&self, service: &Service, etag: &str, expected: Expected) -> StoreResult<()> {
+        let mut e = Expr::default();
+        let update = service_update(service, etag, &mut e)?;
+        let condition = match &expected {
+            Expected::Absent => format!("attribute_not_exists({})", e.name(PK)),
+            Expected::Etag(tag) => format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))),
+        };
+        let result = retry_conflicts(|| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(service_key(&service.organization_id, &service.id)))
+                .update_expression(&update)
+                .condition_expression(&condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values())
+                .send()
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::PreconditionFailed)
+            }
+            Err(err) => Err(unavailable("put_service", &err)),
+        }
+    }
+
+    async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>> {
+        self.get_item(service_key(org, id), "get_service")
+            .await?
+            .map(|item| service_from_item(&item))
+            .transpose()
+    }
+
+    async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>> {
+        let limit = page_size(limit);
+        let query = self.partition_query(org, "SERVICE#", after, true);
+        let items = self.collect(query, Some(limit + 1), "list_services").await?;
+        into_page(items, limit, service_from_item, |s| s.service.id.clone())
+    }
+
+    async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {
+        let mut e = Expr::default();
+        // An absent service is `false` whatever the expected etag; a present one must match.
+        let condition = expected.map(|tag| {
+            format!(
+                "attribute_not_exists({}) OR {} = {}",
+                e.name(PK),
+                e.name(ETAG),
+                e.value("expected", s(tag))
+            )
+        });
+        let result = retry_conflicts(|| {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(service_key(org, id)))
+                .set_condition_expression(condition.clone())
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values())
+                .return_values(ReturnValue::AllOld)
+                .send()
+        })
+        .await;
+        match result {
+            Ok(out) => Ok(out.attributes.is_some_and(|a| !a.is_empty())),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::PreconditionFailed)
+            }
+            Err(err) => Err(unavailable("delete_service", &err)),
+        }
+    }
+
+    async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>> {
+        let query = self.index_query(Index::Gsi1, repository_index_value(org, repository), true);
+        let items = self.collect(query, None, "services_by_repository").await?;
+        items.iter().map(service_from_item).collect()
+    }
+
+    async fn services_by_image_path(&self, org: &str, path: &str) -> StoreResult<Vec<StoredService>> {
+        let query = self.index_query(Index::Gsi2, image_index_value(org, path), true);
+        let items = self.collect(query, None, "services_by_image_path").await?;
+        items.iter().map(service_from_item).collect()
+    }
+}
+
+#[async_trait]
+impl SecretStore for DynamoStore {
+    async fn put_secret(&self, org: &str, provider: &str, record: &SecretRecord) -> StoreResult<()> {
+        let mut item = secret_key(org, provider);
+        item.insert(SECRET.to_owned(), s(&record.secret));
+        item.insert(SET_AT.to_owned(), s(&record.set_at));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("put_secret", &e))?;
+        Ok(())
+    }
+
+    async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>> {
+        let Some(item) = self.get_item(secret_key(org, provider), "get_secret").await? else {
+            return Ok(None);
+        };
+        Ok(Some(SecretRecord {
+            secret: string_attr(&item, SECRET)?,
+            set_at: string_attr(&item, SET_AT)?,
+        }))
+    }
+
+    async fn delete_secret(&self, org: &str, provider: &str) -> StoreResult<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(secret_key(org, provider)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| unavailable("delete_secret", &e))?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+}
+
+#[async_trait]
+impl TokenStore for DynamoStore {
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let mut record = key(
+            org_pk(&token.organization_id),
+            format!("TOKEN#{}", token.id),
+        );
+        record.extend(token_attributes(token));
+        let mut lookup = token_hash_key(&token.hash);
+        lookup.extend(token_attributes(token));
+        let absent = || {
+            let mut e = Expr::default();
+            let condition = format!("attribute_not_exists({})", e.name(PK));
+            Some((condition, e))
+        };
+        let actions = vec![self.put_action(record, absent())?, self.put_action(lookup, absent())?];
+        match self.transact(actions, "create_token").await? {
+            Ok(()) => Ok(()),
+            // The id or the hash is taken.
+            Err(_) => Err(StoreError::PreconditionFailed),
+        }
+    }
+
+    async fn list_tokens(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<TokenRecord>> {
+        let limit = page_size(limit);
+        let query = self.partition_query(org, "TOKEN#", after, true);
+        let items = self.collect(query, Some(limit + 1), "list_tokens").await?;
+        into_page(items, limit, token_from_item, |t| t.id.clone())
+    }
+
+    async fn delete_token(&self, org: &str, id: &str) -> StoreResult<bool> {
+        let token_key = key(org_pk(org), format!("TOKEN#{id}"));
+        // The hash is only known from the token item; if that changes between the read and
+        // the delete (a concurrent delete and re-create), read again.
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let Some(item) = self.get_item(token_key.clone(), "delete_token").await? else {
+                return Ok(false);
+            };
+            let hash = string_attr(&item, HASH)?;
+            let mut e = Expr::default();
+            let condition = format!("{} = {}", e.name(HASH), e.value("hash", s(&hash)));
+            let actions = vec![
+                self.delete_action(token_key.clone(), Some((condition, e)))?,
+                self.delete_action(token_hash_key(&hash), None)?,
+            ];
+            if self.transact(actions, "delete_token").await?.is_ok() {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "delete_token: the token kept changing during its deletion".to_owned(),
+        ))
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        self.get_item(token_hash_key(hash), "token_by_hash")
+            .await?
+            .map(|item| token_from_item(&item))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl DeploymentLog for DynamoStore {
+    async fn record_deployment(&self, request: &DeploymentRequest, guard: &Guard) -> StoreResult<RecordOutcome> {
+        let org = &request.organization_id;
+        let guard_action = match guard {
+            Guard::Push { mark } => {
+                let mut e = Expr::default();
+                let last_push = e.name(LAST_PUSH);
+                let mark = e.value("mark", s(mark));
+                let update = format!("SET {last_push} = {mark}");
+                let condition = format!(
+                    "attribute_exists({}) AND (attribute_not_exists({last_push}) OR {last_push} <> {mark})",
+                    e.name(PK)
+                );
+                self.update_action(service_key(org, &request.service_id), update, condition, e)?
+            }
+            Guard::ServiceUnchanged { expected, updated } => {
+                let mut e = Expr::default();
+                let update = service_update(&updated.service, &updated.etag, &mut e)?;
+                let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(expected)));
+                let service = &updated.service;
+                self.update_action(service_key(&service.organization_id, &service.id), update, condition, e)?
+            }
+        };
+
+        let data = serde_json::to_string(request)
+            .map_err(|e| StoreError::Unavailable(format!("record_deployment: encoding the request: {e}")))?;
+        let id = &request.deployment_id;
+        let mut item = key(org_pk(org), format!("DEPLOYMENT#{id}"));
+        item.insert(GSI1PK.to_owned(), s(format!("DEPSVC#{org}#{}", request.service_id)));
+        item.insert(GSI1SK.to_owned(), s(id));
+        item.insert(GSI2PK.to_owned(), s(PENDING));
+        item.insert(GSI2SK.to_owned(), s(id));
+        item.insert(DATA.to_owned(), s(data));
+        item.insert(STATUS.to_owned(), s(DeploymentStatus::Pending.as_str()));
+        let mut e = Expr::default();
+        let condition = format!("attribute_not_exists({})", e.name(PK));
+        let record_action = self.put_action(item, Some((condition, e)))?;
+
+        match self.transact(vec![guard_action, record_action], "record_deployment").await? {
+            Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
+            Err(0) => Ok(RecordOutcome::GuardFailed),
+            // A deployment with this id exists already: ids are never reused.
+            Err(_) => Err(StoreError::PreconditionFailed),
+        }
+    }
+
+    async fn list_deployments(
+        &self,
+        org: &str,
+        service_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<DeploymentRecord>> {
+        let limit = page_size(limit);
+        let query = match service_id {
+            None => self.partition_query(org, "DEPLOYMENT#", after, false),
+            Some(service) => {
+                let index_value = format!("DEPSVC#{org}#{service}");
+                // A start key on an index names the table key and the index key.
+                let start = after.map(|id| {
+                    let mut start = key(org_pk(org), format!("DEPLOYMENT#{id}"));
+                    start.insert(GSI1PK.to_owned(), s(&index_value));
+                    start.insert(GSI1SK.to_owned(), s(id));
+                    start
+                });
+                self.index_query(Index::Gsi1, index_value, false)
+                    .set_exclusive_start_key(start)
+            }
+        };
+        let items = self.collect(query, Some(limit + 1), "list_deployments").await?;
+        into_page(items, limit, deployment_from_item, |d| d.request.deployment_id.clone())
+    }
+
+    async fn pending_deployments(&self, limit: usize) -> StoreResult<Vec<DeploymentRecord>> {
+        let limit = page_size(limit);
+        let query = self.index_query(Index::Gsi2, PENDING.to_owned(), true);
+        let items = self.collect(query, Some(limit), "pending_deployments").await?;
+        items.iter().take(limit).map(deployment_from_item).collect()
+    }
+
+    async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()> {
+        let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + QUEUED_RETENTION_SECS;
+        futures::stream::iter(deployment_ids)
+            .map(|id| self.mark_one_queued(org, id, expires_at))
+            .buffer_unordered(8)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeliveryLog for DynamoStore {
+    async fn delivery_seen(&self, org: &str, provider: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool> {
+        let Some(item) = self
+            .get_item(delivery_key(org, provider, delivery_id), "delivery_seen")
+            .await?
+        else {
+            return Ok(false);
+        };
+        // TTL deletes expired items lazily (within days), so an expired one may still be here.
+        Ok(number_attr(&item, EXPIRES_AT)? > now_unix)
+    }
+
+    async fn remember_delivery(&self, org: &str, provider: &str, delivery_id: &str, expires_unix: i64) -> StoreResult<()> {
+        let mut item = delivery_key(org, provider, delivery_id);
+        item.insert(EXPIRES_AT.to_owned(), n(expires_unix));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("remember_delivery", &e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn ping(&self) -> StoreResult<()> {
+        // A read of a key that never exists: as cheap as a round trip gets, and it proves the
+        // table and the read permission too.
+        self.get_item(key("PING".to_owned(), "PING".to_owned()), "ping").await?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Index {
+    Gsi1,
+    Gsi2,
+}
+
+impl Index {
+    fn name(self) -> &'static str {
+        match self {
+            Index::Gsi1 => GSI1,
+            Index::Gsi2 => GSI2,
+        }
+    }
+
+    fn pk(self) -> &'static str {
+        match self {
+            Index::Gsi1 => GSI1PK,
+            Index::Gsi2 => GSI2PK,
+        }
+    }
+}
+
+/// Expression placeholders, so attribute names never collide with DynamoDB's reserved words
+/// (`data`, `status`, `name`, `hash` are). Only what an expression uses is sent: DynamoDB
+/// rejects unused placeholders.
+#[derive(Default, Clone)]
+struct Expr {
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    fn name(&mut self, attribute: &str) -> String {
+        let placeholder = format!("#{attribute}");
+        self.names.insert(placeholder.clone(), attribute.to_owned());
+        placeholder
+    }
+
+    fn value(&mut self, label: &str, value: AttributeValue) -> String {
+        let placeholder = format!(":{label}");
+        self.values.insert(placeholder.clone(), value);
+        placeholder
+    }
+
+    fn names(&self) -> Option<HashMap<String, String>> {
+        (!self.names.is_empty()).then(|| self.names.clone())
+    }
+
+    fn values(&self) -> Option<HashMap<String, AttributeValue>> {
+        (!self.values.is_empty()).then(|| self.values.clone())
+    }
+}
+
+/// The update that writes `service` with `etag` and keeps `last_push`: its index keys are
+/// set when the service has a repository / image and removed when it no longer has one.
+fn service_update(service: &Service, etag: &str, e: &mut Expr) -> StoreResult<String> {
+    let data = serde_json::to_string(service)
+        .map_err(|err| StoreError::Unavailable(format!("encoding service {}: {err}", service.id)))?;
+    let org = &service.organization_id;
+    let mut set = vec![
+        format!("{} = {}", e.name(DATA), e.value("data", s(data))),
+        format!("{} = {}", e.name(ETAG), e.value("etag", s(etag))),
+    ];
+    let mut remove = Vec::new();
+    match service.repository_key() {
+        Some(repository) => {
+            set.push(format!(
+                "{} = {}",
+                e.name(GSI1PK),
+                e.value("gsi1pk", s(repository_index_value(org, &repository)))
+            ));
+            set.push(format!("{} = {}", e.name(GSI1SK), e.value("sid", s(&service.id))));
+        }
+        None => remove.extend([e.name(GSI1PK), e.name(GSI1SK)]),
+    }
+    match service.image_key() {
+        Some((_registry, path)) => {
+            set.push(format!(
+                "{} = {}",
+                e.name(GSI2PK),
+                e.value("gsi2pk", s(image_index_value(org, &path)))
+            ));
+            set.push(format!("{} = {}", e.name(GSI2SK), e.value("sid", s(&service.id))));
+        }
+        None => remove.extend([e.name(GSI2PK), e.name(GSI2SK)]),
+    }
+    let mut update = format!("SET {}", set.join(", "));
+    if !remove.is_empty() {
+        update.push_str(&format!(" REMOVE {}", remove.join(", ")));
+    }
+    Ok(update)
+}
+
+/// How a cancelled transaction ends, from its per-action reason codes (in request order;
+/// `None` / `"None"` for actions that were fine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cancellation {
+    /// The condition of the action at this index did not hold: a definite answer, so it wins
+    /// over any other reason.
+    ConditionFailed(usize),
+    /// Another transaction held one of the items (`TransactionConflict`). Nothing was
+    /// written and the conditions were never decided, so the write is retried; real DynamoDB
+    /// does this under contention (identical webhooks arriving together), moto never does.
+    Conflict,
+    /// Anything else (throttling, validation): not retried here, the SDK already retried
+    /// what it could.
+    Other(String),
+}
+
+fn classify_cancellation(codes: &[Option<&str>]) -> Cancellation {
+    if let Some(index) = codes.iter().position(|c| *c == Some("ConditionalCheckFailed")) {
+        return Cancellation::ConditionFailed(index);
+    }
+    if codes.contains(&Some("TransactionConflict")) {
+        return Cancellation::Conflict;
+    }
+    let other: Vec<&str> = codes.iter().flatten().copied().filter(|c| *c != "None").collect();
+    if other.is_empty() {
+        Cancellation::Other("no reason given".to_owned())
+    } else {
+        Cancellation::Other(other.join(", "))
+    }
+}
+
+/// Short, jittered pauses between attempts (about 25, 50, 100 ms), so racing writers spread.
+async fn backoff(attempt: u32) {
+    let base = 25u64 << attempt.saturating_sub(1).min(4);
+    let millis = base / 2 + rand::random_range(0..=base / 2);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+}
+
+/// Retry a single-item write that met a transaction in progress on the same item
+/// (`TransactionConflictException`): a service write racing a deployment record.
+async fn retry_conflicts<T, E, R, F, Fut>(mut send: F) -> Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match send().await {
+            Err(err)
+                if attempt < CONFLICT_ATTEMPTS
+                    && err.as_service_error().and_then(|e| e.code()) == Some("TransactionConflictException") =>
+            {
+                backoff(attempt).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn unavailable<E, R>(op: &str, err: &SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    StoreError::Unavailable(describe_sdk_error(op, err))
+}
+
+fn page_size(limit: usize) -> usize {
+    // A page holds at least one item so that paging always moves on.
+    limit.clamp(1, MAX_PAGE)
+}
+
+/// The first `limit` items, with the key of the last one when more follow (`items` holds up
+/// to `limit + 1`).
+fn into_page<T>(
+    items: Vec<Item>,
+    limit: usize,
+    parse: impl Fn(&Item) -> StoreResult<T>,
+    id: impl Fn(&T) -> String,
+) -> StoreResult<Page<T>> {
+    let more = items.len() > limit;
+    let items = items.iter().take(limit).map(parse).collect::<StoreResult<Vec<T>>>()?;
+    let last_key = if more { items.last().map(id) } else { None };
+    Ok(Page { items, last_key })
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+fn n(value: i64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn key(pk: String, sk: String) -> Item {
+    HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
+}
+
+fn org_pk(org: &str) -> String {
+    format!("ORG#{org}")
+}
+
+fn service_key(org: &str, id: &str) -> Item {
+    key(org_pk(org), format!("SERVICE#{id}"))
+}
+
+fn secret_key(org: &str, provider: &str) -> Item {
+    key(org_pk(org), format!("SECRET#{provider}"))
+}
+
+fn token_hash_key(hash: &str) -> Item {
+    key(format!("TOKENHASH#{hash}"), "TOKENHASH".to_owned())
+}
+
+fn delivery_key(org: &str, provider: &str, delivery_id: &str) -> Item {
+    let id = if delivery_id.len() > MAX_DELIVERY_ID {
+        format!("sha256:{}", hex::encode(Sha256::digest(delivery_id.as_bytes())))
+    } else {
+        delivery_id.to_owned()
+    };
+    key(format!("DELIVERY#{org}#{provider}#{id}"), "DELIVERY".to_owned())
+}
+
+fn repository_index_value(org: &str, repository: &str) -> String {
+    index_value("REPO", org, repository)
+}
+
+fn image_index_value(org: &str, path: &str) -> String {
+    index_value("IMAGE", org, path)
+}
+
+/// `{kind}#{org}#{value}`, or `{kind}H#{org}#{sha256}` for a value too long for a key: the
+/// same function writes and queries, so both sides agree.
+fn index_value(kind: &str, org: &str, value: &str) -> String {
+    if value.len() > MAX_INDEX_VALUE {
+        format!("{kind}H#{org}#{}", hex::encode(Sha256::digest(value.as_bytes())))
+    } else {
+        format!("{kind}#{org}#{value}")
+    }
+}
+
+fn token_attributes(token: &TokenRecord) -> Item {
+    HashMap::from([
+        (ORGANIZATION_ID.to_owned(), s(&token.organization_id)),
+        (TOKEN_ID.to_owned(), s(&token.id)),
+        (NAME.to_owned(), s(&token.name)),
+        (
+            SCOPES.to_owned(),
+            AttributeValue::L(token.scopes.iter().map(s).collect()),
+        ),
+        (HASH.to_owned(), s(&token.hash)),
+        (CREATED_AT.to_owned(), s(&token.created_at)),
+    ])
+}
+
+fn item_label(item: &Item) -> String {
+    let part = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).map_or("?", String::as_str);
+    format!("{} / {}", part(PK), part(SK))
+}
+
+fn string_attr(item: &Item, name: &str) -> StoreResult<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(value)) => Ok(value.clone()),
+        _ => Err(StoreError::Corrupt(format!(
+            "item {} has no string attribute `{name}`",
+            item_label(item)
+        ))),
+    }
+}
+
+fn optional_string_attr(item: &Item, name: &str) -> StoreResult<Option<String>> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(_) => string_attr(item, name).map(Some),
+    }
+}
+
+fn number_attr(item: &Item, name: &str) -> StoreResult<i64> {
+    match item.get(name) {
+        Some(AttributeValue::N(value)) => value.parse().map_err(|_| {
+            StoreError::Corrupt(format!("item {} has a non-integer `{name}`", item_label(item)))
+        }),
+        _ => Err(StoreError::Corrupt(format!(
+            "item {} has no number attribute `{name}`",
+            item_label(item)
+        ))),
+    }
+}
+
+fn service_from_item(item: &Item) -> StoreResult<StoredService> {
+    let service = serde_json::from_str(&string_attr(item, DATA)?)
+        .map_err(|e| StoreError::Corrupt(format!("item {}: {e}", item_label(item))))?;
+    Ok(StoredService {
+        service,
+        etag: string_attr(item, ETAG)?,
+        last_push: optional_string_attr(item, LAST_PUSH)?,
+    })
+}
+
+fn deployment_from_item(item: &Item) -> StoreResult<DeploymentRecord> {
+    let request = serde_json::from_str(&string_attr(item, DATA)?)
+        .map_err(|e| StoreError::Corrupt(format!("item {}: {e}", item_label(item))))?;
+    let status = match string_attr(item, STATUS)?.as_str() {
+        "PENDING" => DeploymentStatus::Pending,
+        "QUEUED" => DeploymentStatus::Queued,
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "item {} has an unknown status",
+                item_label(item)
+            )));
+        }
+    };
+    Ok(DeploymentRecord { request, status })
+}
+
+fn token_from_item(item: &Item) -> StoreResult<TokenRecord> {
+    let scopes = match item.get(SCOPES) {
+        Some(AttributeValue::L(values)) => values
+            .iter()
+            .map(|v| match v {
+                AttributeValue::S(scope) => Ok(scope.clone()),
+                _ => Err(StoreError::Corrupt(format!(
+                    "item {} has a non-string scope",
+                    item_label(item)
+                ))),
+            })
+            .collect::<StoreResult<Vec<_>>>()?,
+        _ => {
+            return Err(StoreError::Corrupt(format!(
+                "item {} has no list attribute `{SCOPES}`",
+                item_label(item)
+            )));
+        }
+    };
+    Ok(TokenRecord {
+        organization_id: string_attr(item, ORGANIZATION_ID)?,
+        id: string_attr(item, TOKEN_ID)?,
+        name: string_attr(item, NAME)?,
+        scopes,
+        hash: string_attr(item, HASH)?,
+        created_at: string_attr(item, CREATED_AT)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_condition_wins_over_a_conflict() {
+        let codes = [Some("TransactionConflict"), Some("ConditionalCheckFailed")];
+        assert_eq!(classify_cancellation(&codes), Cancellation::ConditionFailed(1));
+        let codes = [Some("ConditionalCheckFailed"), Some("None")];
+        assert_eq!(classify_cancellation(&codes), Cancellation::ConditionFailed(0));
+    }
+
+    #[test]
+    fn conflicts_are_retried() {
+        let codes = [Some("None"), Some("TransactionConflict")];
+        assert_eq!(classify_cancellation(&codes), Cancellation::Conflict);
+        let codes = [None, Some("TransactionConflict")];
+        assert_eq!(classify_cancellation(&codes), Cancellation::Conflict);
+    }
+
+    #[test]
+    fn other_reasons_are_named() {
+        let codes = [Some("ThrottlingError"), Some("None")];
+        assert_eq!(
+            classify_cancellation(&codes),
+            Cancellation::Other("ThrottlingError".to_owned())
+        );
+        assert_eq!(
+            classify_cancellation(&[]),
+            Cancellation::Other("no reason given".to_owned())
+        );
+    }
+
+    #[test]
+    fn long_index_values_are_hashed() {
+        assert_eq!(index_value("REPO", "acme", "github.com/acme/shop"), "REPO#acme#github.com/acme/shop");
+        let long = "x".repeat(MAX_INDEX_VALUE + 1);
+        let hashed = index_value("REPO", "acme", &long);
+        assert!(hashed.starts_with("REPOH#acme#") && hashed.len() < 100);
+    }
+
+    #[test]
+    fn pages_know_whether_more_follow() {
+        let item = |id: &str| HashMap::from([(SK.to_owned(), s(id))]);
+        let parse = |i: &Item| string_attr(i, SK);
+        let page = into_page(vec![item("a"), item("b"), item("c")], 2, parse, |s: &String| s.clone());
+        assert!(matches!(page, Ok(Page { ref items, last_key: Some(ref k) }) if items.len() == 2 && k == "b"));
+        let page = into_page(vec![item("a"), item("b")], 2, parse, |s: &String| s.clone());
+        assert!(matches!(page, Ok(Page { ref items, last_key: None }) if items.len() == 2));
+    }
+}

@@ -1,0 +1,86 @@
+//! The AWS adapters used by the Lambda functions: the store on DynamoDB, the deployment queue
+//! on SQS FIFO and the admin token in Secrets Manager.
+//!
+//! Clients are built once per process from the standard SDK environment (region, credentials,
+//! `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_SQS` for local
+//! endpoints), so a warm Lambda reuses its connections.
+
+mod admin_secret;
+mod dynamo;
+mod sqs;
+
+use std::error::Error;
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config, admin_token_from_env};
+pub use dynamo::DynamoStore;
+pub use sqs::SqsQueue;
+
+/// The DynamoDB table holding every record (the template's `Table`).
+pub const TABLE_ENV: &str = "AUTODEPLOY_TABLE";
+/// The URL of the SQS FIFO queue deployment requests go to.
+pub const QUEUE_URL_ENV: &str = "AUTODEPLOY_QUEUE_URL";
+/// The admin token itself, for local runs; wins over the secret.
+pub const ADMIN_TOKEN_ENV: &str = "AUTODEPLOY_ADMIN_TOKEN";
+/// ARN (or name) of the Secrets Manager secret holding the admin token, when deployed.
+pub const ADMIN_TOKEN_SECRET_ENV: &str = "AUTODEPLOY_ADMIN_TOKEN_SECRET_ARN";
+
+/// What a Lambda function needs to reach its state, built once at start-up.
+pub struct AwsBackend {
+    /// The loaded SDK configuration, for building further clients (the admin token's).
+    pub config: SdkConfig,
+    pub store: Arc<DynamoStore>,
+    pub queue: Arc<SqsQueue>,
+}
+
+/// Load the SDK environment and build the store and queue named by `AUTODEPLOY_TABLE` and
+/// `AUTODEPLOY_QUEUE_URL`. The error is a sentence for the operator.
+pub async fn from_env() -> Result<AwsBackend, String> {
+    let table = required_env(TABLE_ENV)?;
+    let queue_url = required_env(QUEUE_URL_ENV)?;
+    let config = load_config().await;
+    Ok(AwsBackend {
+        store: Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table)),
+        queue: Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&config), queue_url)),
+        config,
+    })
+}
+
+/// The standard SDK configuration: region, credentials and endpoint overrides from the
+/// environment.
+pub async fn load_config() -> SdkConfig {
+    aws_config::load_defaults(BehaviorVersion::latest()).await
+}
+
+/// A set, non-empty environment variable, or a message naming it.
+fn required_env(name: &str) -> Result<String, String> {
+    optional_env(name).ok_or_else(|| format!("{name} is not set"))
+}
+
+/// An empty variable counts as unset: an empty table name or token is never meant.
+fn optional_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A short description of an SDK failure for `Unavailable` / `QueueError`: the service's
+/// error code and message (which name no item values), or the transport failure.
+fn describe_sdk_error<E, R>(operation: &str, err: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + Error + 'static,
+    R: std::fmt::Debug,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            format!(
+                "{operation}: {}: {}",
+                e.code().unwrap_or("unknown error"),
+                e.message().unwrap_or("no message")
+            )
+        }
+        other => format!("{operation}: {}", DisplayErrorContext(other)),
+    }
+}

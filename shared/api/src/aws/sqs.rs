@@ -1,0 +1,144 @@
+//! The deployment queue on SQS FIFO: one message group per service keeps its deployments in
+//! order, and the deployment id as deduplication id makes a repeated send harmless.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use autodeploy_core::deployment::DeploymentRequest;
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+
+use super::describe_sdk_error;
+use crate::store::{DeploymentQueue, QueueError};
+
+/// SQS takes at most ten messages per batch.
+const BATCH: usize = 10;
+/// Attempts per message before its failure is reported (the caller keeps it `PENDING`).
+const ATTEMPTS: u32 = 3;
+
+#[derive(Clone, Debug)]
+pub struct SqsQueue {
+    client: Client,
+    queue_url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// Send up to ten requests, retrying the entries that failed for a reason of SQS's own
+    /// (a whole-call failure counts for every entry). Entries are resent in their order, so
+    /// one service's deployments keep theirs unless an earlier one failed alone.
+    async fn send_batch(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
+        let mut results: Vec<Option<Result<(), QueueError>>> = Vec::with_capacity(requests.len());
+        let mut entries: Vec<Option<SendMessageBatchRequestEntry>> = Vec::with_capacity(requests.len());
+        for (index, request) in requests.iter().enumerate() {
+            match entry(index, request) {
+                Ok(entry) => {
+                    results.push(None);
+                    entries.push(Some(entry));
+                }
+                Err(err) => {
+                    results.push(Some(Err(err)));
+                    entries.push(None);
+                }
+            }
+        }
+
+        for attempt in 1..=ATTEMPTS {
+            let pending: Vec<SendMessageBatchRequestEntry> = entries
+                .iter()
+                .zip(&results)
+                .filter(|(_, result)| result.is_none())
+                .filter_map(|(entry, _)| entry.clone())
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 1 {
+                tokio::time::sleep(Duration::from_millis(100 << (attempt - 2))).await;
+            }
+            let last = attempt == ATTEMPTS;
+            let sent = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(pending))
+                .send()
+                .await;
+            match sent {
+                Ok(out) => {
+                    for ok in out.successful() {
+                        if let Some(slot) = slot(&mut results, ok.id()) {
+                            *slot = Some(Ok(()));
+                        }
+                    }
+                    for failed in out.failed() {
+                        // A sender fault (a message SQS will never take) is not worth retrying.
+                        if (last || failed.sender_fault())
+                            && let Some(slot) = slot(&mut results, failed.id())
+                        {
+                            *slot = Some(Err(QueueError(format!(
+                                "{}: {}",
+                                failed.code(),
+                                failed.message().unwrap_or("no message")
+                            ))));
+                        }
+                    }
+                }
+                Err(err) if last => {
+                    let message = describe_sdk_error("send_message_batch", &err);
+                    for slot in results.iter_mut().filter(|r| r.is_none()) {
+                        *slot = Some(Err(QueueError(message.clone())));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(QueueError("SQS did not report on this message".to_owned()))))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl DeploymentQueue for SqsQueue {
+    async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
+        let mut results = Vec::with_capacity(requests.len());
+        // One batch after the other: concurrent batches could reorder a service's messages.
+        for batch in requests.chunks(BATCH) {
+            results.extend(self.send_batch(batch).await);
+        }
+        results
+    }
+}
+
+/// The batch entry for `request`, identified in its batch by its index.
+fn entry(index: usize, request: &DeploymentRequest) -> Result<SendMessageBatchRequestEntry, QueueError> {
+    let body = serde_json::to_string(request).map_err(|e| QueueError(format!("encoding the request: {e}")))?;
+    SendMessageBatchRequestEntry::builder()
+        .id(index.to_string())
+        .message_body(body)
+        .message_group_id(request.message_group())
+        .message_deduplication_id(&request.deployment_id)
+        .build()
+        .map_err(|e| QueueError(format!("building the message: {e}")))
+}
+
+/// The result slot of the batch entry `id`, if SQS named one of ours.
+fn slot<'a>(
+    results: &'a mut [Option<Result<(), QueueError>>],
+    id: &str,
+) -> Option<&'a mut Option<Result<(), QueueError>>> {
+    id.parse::<usize>().ok().and_then(|index| results.get_mut(index))
+}

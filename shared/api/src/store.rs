@@ -1,0 +1,176 @@
+//! The storage and queue ports. Each has a SQLite implementation (the standalone server) and a
+//! DynamoDB / SQS one (the Lambda functions); one contract test suite runs against both.
+
+use async_trait::async_trait;
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
+use autodeploy_core::model::Service;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer, or answered with an error: the caller gets a 503 and may
+    /// retry; nothing was written.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A conditional write found another state than the one it expected.
+    #[error("the stored state changed")]
+    PreconditionFailed,
+    /// A stored record could not be read back (written by a newer or broken version).
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// A service as stored, with its entity tag and the push that last queued for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredService {
+    pub service: Service,
+    /// Opaque, fresh for every write: never reused for another state of the same id.
+    pub etag: String,
+    /// `before..after` of the last push that queued a deployment for this service.
+    pub last_push: Option<String>,
+}
+
+/// What a write expects to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    /// Nothing under that id (create).
+    Absent,
+    /// Exactly this entity tag (replace).
+    Etag(String),
+}
+
+/// One page of a list, with the key of its last item when more may follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub last_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    pub secret: String,
+    pub set_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub organization_id: String,
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// Hex SHA-256 of the token: the token itself is never stored.
+    pub hash: String,
+    pub created_at: String,
+}
+
+/// The condition under which a deployment may be recorded for a service, checked and
+/// updated in the same atomic write as the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// A push: the service's last queued push must not be this `before..after` mark; the
+    /// write sets it. Identical concurrent deliveries therefore record once.
+    Push { mark: String },
+    /// An image tag: the service must still have entity tag `expected`; the write replaces
+    /// it by `updated` (the new current tag, a new etag).
+    ServiceUnchanged {
+        expected: String,
+        updated: Box<StoredService>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// Recorded, with the status it was recorded in (`QUEUED` where the store is the queue).
+    Recorded(DeploymentStatus),
+    /// The guard did not hold: nothing was written.
+    GuardFailed,
+}
+
+#[async_trait]
+pub trait ServiceStore: Send + Sync {
+    /// Create or replace `service` if the stored state is `expected`; keeps `last_push`.
+    async fn put_service(&self, service: &Service, etag: &str, expected: Expected) -> StoreResult<()>;
+    async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>>;
+    /// Services of `org` in id order, starting after `after`.
+    async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>>;
+    /// Delete when the stored etag is `expected` (any state when `None`); `false` when absent.
+    async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool>;
+    /// Every service of `org` whose repository normalizes to `repository` (disabled ones too,
+    /// so a response can say why they were skipped).
+    async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>>;
+    /// Every service of `org` whose normalized image path is `path`, on any registry.
+    async fn services_by_image_path(&self, org: &str, path: &str) -> StoreResult<Vec<StoredService>>;
+}
+
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    async fn put_secret(&self, org: &str, provider: &str, record: &SecretRecord) -> StoreResult<()>;
+    async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>>;
+    async fn delete_secret(&self, org: &str, provider: &str) -> StoreResult<bool>;
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    async fn list_tokens(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<TokenRecord>>;
+    async fn delete_token(&self, org: &str, id: &str) -> StoreResult<bool>;
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
+}
+
+#[async_trait]
+pub trait DeploymentLog: Send + Sync {
+    /// Record `request` (the outbox entry) if `guard` holds, atomically with the guard's write.
+    async fn record_deployment(&self, request: &DeploymentRequest, guard: &Guard) -> StoreResult<RecordOutcome>;
+    /// Newest first, optionally for one service, starting after deployment id `after`.
+    async fn list_deployments(
+        &self,
+        org: &str,
+        service_id: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<DeploymentRecord>>;
+    /// Deployments recorded but not yet on the queue, oldest first, across organizations.
+    async fn pending_deployments(&self, limit: usize) -> StoreResult<Vec<DeploymentRecord>>;
+    async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()>;
+}
+
+#[async_trait]
+pub trait DeliveryLog: Send + Sync {
+    /// Whether this delivery id was processed within its retention.
+    async fn delivery_seen(&self, org: &str, provider: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool>;
+    /// Remember a processed delivery until `expires_unix`.
+    async fn remember_delivery(&self, org: &str, provider: &str, delivery_id: &str, expires_unix: i64) -> StoreResult<()>;
+}
+
+/// Everything the HTTP layer needs from a store.
+#[async_trait]
+pub trait Store: ServiceStore + SecretStore + TokenStore + DeploymentLog + DeliveryLog {
+    /// Cheap round trip for `/health`.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the queue did not accept the message: {0}")]
+pub struct QueueError(pub String);
+
+#[async_trait]
+pub trait DeploymentQueue: Send + Sync {
+    /// Send each request; one result per request, in order. Sending the same deployment id
+    /// twice is harmless: consumers and FIFO deduplication drop repeats.
+    async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>>;
+}
+
+/// For a store that is its own queue (SQLite): every deployment is recorded `QUEUED`, so
+/// nothing is ever sent.
+pub struct InStoreQueue;
+
+#[async_trait]
+impl DeploymentQueue for InStoreQueue {
+    async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
+        requests
+            .iter()
+            .map(|_| Err(QueueError("this store keeps its queue itself".to_owned())))
+            .collect()
+    }
+}

@@ -1,0 +1,20 @@
+//! Validation findings, named by the dotted path of the offending field.
+
+use serde::Serialize;
+
+/// One bad field: `field` is a dotted path (`git_repository.branch`), `[i]` for array items
+/// (`deployment_restrictions[0].value`). The message never repeats a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

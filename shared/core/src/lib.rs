@@ -1,0 +1,18 @@
+//! Pure auto-deploy logic: the service model and its validation, repository URL and image
+//! normalization, provider payload parsing, signature checks and matching.
+//!
+//! Nothing in this crate performs I/O, so everything here is cheap to unit-test, fuzz and
+//! benchmark. Storage, queues and HTTP live in `autodeploy-api`.
+
+pub mod branch;
+pub mod deployment;
+pub mod error;
+pub mod ids;
+pub mod image;
+pub mod model;
+pub mod provider;
+pub mod push;
+pub mod registry_events;
+pub mod repo_url;
+pub mod restrictions;
+pub mod tag_policy;

@@ -1,0 +1,381 @@
+//! Git provider push webhooks: verify a delivery, find its id, and turn its payload into the
+//! branch pushes the matcher works on.
+//!
+//! Everything here is pure and runs on every delivery, so payloads are parsed once, straight
+//! into small typed structs that name only the fields we use (strings borrowed from the body
+//! when they carry no escapes); the rest of the payload is skipped, never built into a tree.
+
+mod azure;
+mod bitbucket;
+mod bitbucket_server;
+mod gitea;
+mod github;
+mod gitlab;
+mod signature;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::ops::Deref;
+
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use crate::provider::GitProvider;
+
+pub use signature::{SignatureError, verify_signature};
+
+/// Longest delivery id we keep: ids are stored and echoed, so a hostile header must not bloat them.
+pub const MAX_DELIVERY_ID: usize = 200;
+
+/// GitHub lists at most this many commits in a push payload; a push that reaches it may have
+/// more, so its file list cannot be trusted to be complete.
+pub const GITHUB_COMMIT_CAP: usize = 2048;
+
+/// Why a body cannot be read as the provider's payload (answered 400 `MALFORMED_BODY`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("the body is not UTF-8")]
+    NotUtf8,
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("the `{0}` header is missing, so the kind of event cannot be told")]
+    MissingEventHeader(&'static str),
+    #[error("the form-encoded body has no `payload` field")]
+    MissingFormPayload,
+    #[error("not a {provider} push payload: {detail}")]
+    WrongShape { provider: &'static str, detail: String },
+}
+
+/// What a verified delivery asks of us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// One entry per updated branch (several for Bitbucket, Bitbucket Server, Azure DevOps).
+    Pushes(Vec<Push>),
+    /// Nothing to deploy; answered 200 with `ignored` set.
+    Ignored(IgnoredReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IgnoredReason {
+    TagPush,
+    BranchDeleted,
+    Ping,
+    UnsupportedEvent,
+}
+
+/// One branch update, whatever the provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Push {
+    /// Every repository URL the payload carries (clone/https, ssh, git, web/html), raw, as sent,
+    /// deduplicated, non-empty strings only. Matching normalizes them.
+    pub repository_urls: Vec<String>,
+    /// Without `refs/heads/`.
+    pub branch: String,
+    /// May be all zeros (new branch) or empty when the provider does not say.
+    pub before: String,
+    /// The commit to deploy (the branch's new head).
+    pub after: String,
+    pub files: ChangedFiles,
+    pub head_commit_message: Option<String>,
+    /// User name / login of who pushed.
+    pub pusher: Option<String>,
+}
+
+/// The files a push changed, when the payload can tell all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangedFiles {
+    Known(BTreeSet<String>),
+    /// Restrictions cannot be applied: the service deploys.
+    Unknown,
+}
+
+impl ChangedFiles {
+    pub fn is_known(&self) -> bool {
+        matches!(self, ChangedFiles::Known(_))
+    }
+}
+
+impl Push {
+    /// True when the head-commit message contains `[skip deploy]` or `[deploy skip]`
+    /// (case-insensitive): the author asked for this push not to deploy.
+    pub fn has_skip_marker(&self) -> bool {
+        self.head_commit_message.as_deref().is_some_and(|message| {
+            let message = message.to_ascii_lowercase();
+            message.contains("[skip deploy]") || message.contains("[deploy skip]")
+        })
+    }
+}
+
+/// The provider's delivery id, used to process a delivery once only.
+///
+/// Headers: `X-GitHub-Delivery`, `X-Gitlab-Event-UUID` (else `X-Gitlab-Webhook-UUID`),
+/// `X-Request-UUID` (Bitbucket Cloud), `X-Request-Id` (Bitbucket Server), `X-Gitea-Delivery`
+/// (or `X-Forgejo-Delivery`), `X-Gogs-Delivery`. Azure DevOps sends none, so its body's top-level
+/// `id` (the event's id, kept across retries) stands in. An id longer than
+/// [`MAX_DELIVERY_ID`] or with other than printable ASCII is no id at all.
+pub fn delivery_id(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    let names: &[&str] = match provider {
+        GitProvider::Github => &["x-github-delivery"],
+        GitProvider::Gitlab => &["x-gitlab-event-uuid", "x-gitlab-webhook-uuid"],
+        GitProvider::Bitbucket => &["x-request-uuid"],
+        GitProvider::BitbucketServer => &["x-request-id"],
+        GitProvider::Gitea => &["x-gitea-delivery", "x-forgejo-delivery"],
+        GitProvider::Gogs => &["x-gogs-delivery"],
+        GitProvider::AzureDevops => {
+            return azure::event_id(body).as_deref().and_then(valid_delivery_id);
+        }
+    };
+    names
+        .iter()
+        .filter_map(|name| headers.get(*name))
+        .find_map(|value| std::str::from_utf8(value.as_bytes()).ok().and_then(valid_delivery_id))
+}
+
+fn valid_delivery_id(id: &str) -> Option<String> {
+    let id = id.trim();
+    let printable = id.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    (!id.is_empty() && id.len() <= MAX_DELIVERY_ID && printable).then(|| id.to_owned())
+}
+
+/// Parse a verified delivery into zero or more branch pushes, or the reason it is ignored.
+///
+/// The event comes from the provider's event header (Azure DevOps: the body's `eventType`);
+/// a missing header is a malformed delivery, an unknown event is ignored.
+pub fn parse_delivery(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
+    match provider {
+        GitProvider::Github => github::parse(headers, body),
+        GitProvider::Gitlab => gitlab::parse(headers, body),
+        GitProvider::Bitbucket => bitbucket::parse(headers, body),
+        GitProvider::BitbucketServer => bitbucket_server::parse(headers, body),
+        GitProvider::Gitea => gitea::parse(gitea::Flavor::Gitea, headers, body),
+        GitProvider::Gogs => gitea::parse(gitea::Flavor::Gogs, headers, body),
+        GitProvider::AzureDevops => azure::parse(body),
+    }
+}
+
+/// How people call the provider, for error messages.
+fn provider_name(provider: GitProvider) -> &'static str {
+    match provider {
+        GitProvider::Github => "GitHub",
+        GitProvider::Gitlab => "GitLab",
+        GitProvider::Bitbucket => "Bitbucket Cloud",
+        GitProvider::BitbucketServer => "Bitbucket Server",
+        GitProvider::Gitea => "Gitea",
+        GitProvider::Gogs => "Gogs",
+        GitProvider::AzureDevops => "Azure DevOps",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared pieces of the provider parsers.
+
+/// A JSON string, borrowed from the body unless it holds escapes.
+///
+/// A newtype because serde only borrows a `Cow` that is a field of its own, not one inside an
+/// `Option` or a `Vec`.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The non-empty text of an optional field.
+fn text<'t>(field: &'t Option<Text<'_>>) -> Option<&'t str> {
+    field.as_deref().filter(|s| !s.is_empty())
+}
+
+/// A commit as GitHub, GitLab, Gitea and Gogs list it (they agree on these names).
+#[derive(Debug, Deserialize)]
+struct Commit<'a> {
+    #[serde(borrow, default)]
+    id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Text<'a>>,
+    #[serde(default)]
+    added: Option<Vec<String>>,
+    #[serde(default)]
+    modified: Option<Vec<String>>,
+    #[serde(default)]
+    removed: Option<Vec<String>>,
+}
+
+/// The union of `added`, `modified` and `removed` over `commits`; `Unknown` when `complete` is
+/// false (the provider sent fewer commits than were pushed), when a commit carries no file lists
+/// at all, or when the union is empty (nothing to restrict on, so the service deploys).
+fn changed_files(commits: Vec<Commit<'_>>, complete: bool) -> ChangedFiles {
+    if !complete {
+        return ChangedFiles::Unknown;
+    }
+    let mut files = BTreeSet::new();
+    for commit in commits {
+        if commit.added.is_none() && commit.modified.is_none() && commit.removed.is_none() {
+            return ChangedFiles::Unknown;
+        }
+        for list in [commit.added, commit.modified, commit.removed].into_iter().flatten() {
+            files.extend(list.into_iter().filter(|path| !path.is_empty()));
+        }
+    }
+    if files.is_empty() {
+        ChangedFiles::Unknown
+    } else {
+        ChangedFiles::Known(files)
+    }
+}
+
+/// The message of the commit `sha` among `commits`, for providers without a `head_commit`.
+fn message_of(commits: &[Commit<'_>], sha: &str) -> Option<String> {
+    commits
+        .iter()
+        .find(|commit| commit.id.as_deref() == Some(sha))
+        .and_then(|commit| commit.message.as_deref())
+        .map(str::to_owned)
+}
+
+/// What a git ref names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefKind<'r> {
+    Branch(&'r str),
+    Tag,
+    Other,
+}
+
+fn classify_ref(git_ref: &str) -> RefKind<'_> {
+    if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+        if branch.is_empty() {
+            RefKind::Other
+        } else {
+            RefKind::Branch(branch)
+        }
+    } else if git_ref.starts_with("refs/tags/") {
+        RefKind::Tag
+    } else {
+        RefKind::Other
+    }
+}
+
+/// A sha of zeros stands for "no commit": the ref was created (before) or deleted (after).
+fn is_zero_sha(sha: &str) -> bool {
+    !sha.is_empty() && sha.bytes().all(|b| b == b'0')
+}
+
+/// What git writes for "no commit", used as `before` when a provider signals a new branch
+/// with a null instead (Bitbucket Cloud), so every provider reads the same.
+const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
+
+/// Deduplicated, non-empty URLs in the order given.
+fn collect_urls<'u>(urls: impl IntoIterator<Item = Option<&'u str>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for url in urls.into_iter().flatten() {
+        if !url.is_empty() && !out.iter().any(|seen| seen == url) {
+            out.push(url.to_owned());
+        }
+    }
+    out
+}
+
+/// What one ref update of a multi-branch delivery asks for.
+enum Update<'c> {
+    Branch {
+        branch: &'c str,
+        before: &'c str,
+        after: &'c str,
+        message: Option<&'c str>,
+    },
+    Ignored(IgnoredReason),
+}
+
+/// The outcome of a multi-branch delivery: its pushes, else the reason of its first change.
+fn multi_branch(pushes: Vec<Push>, first_reason: Option<IgnoredReason>) -> Delivery {
+    if pushes.is_empty() {
+        // No change at all is not a push we can act on; ignoring it spares the provider retries.
+        Delivery::Ignored(first_reason.unwrap_or(IgnoredReason::UnsupportedEvent))
+    } else {
+        Delivery::Pushes(pushes)
+    }
+}
+
+/// The body as text: payloads are JSON, which is UTF-8.
+fn utf8(body: &[u8]) -> Result<&str, PayloadError> {
+    std::str::from_utf8(body).map_err(|_| PayloadError::NotUtf8)
+}
+
+/// Parse `json` into `T`, telling bad JSON (`NotJson`) from JSON of the wrong shape.
+///
+/// serde_json's recursion limit stays on, so deeply nested bodies fail instead of overflowing
+/// the stack.
+fn from_json<'a, T: Deserialize<'a>>(provider: GitProvider, json: &'a str) -> Result<T, PayloadError> {
+    serde_json::from_str(json).map_err(|err| {
+        let detail = truncate(err.to_string());
+        match err.classify() {
+            serde_json::error::Category::Data => PayloadError::WrongShape {
+                provider: provider_name(provider),
+                detail,
+            },
+            _ => PayloadError::NotJson(detail),
+        }
+    })
+}
+
+/// Check that `json` is JSON at all, for events we ignore without reading.
+fn check_json(provider: GitProvider, json: &str) -> Result<(), PayloadError> {
+    from_json::<serde::de::IgnoredAny>(provider, json).map(|_| ())
+}
+
+fn wrong_shape(provider: GitProvider, detail: impl Into<String>) -> PayloadError {
+    PayloadError::WrongShape {
+        provider: provider_name(provider),
+        detail: detail.into(),
+    }
+}
+
+/// Error details may quote the body (serde quotes unexpected strings whole): keep them short.
+fn truncate(mut detail: String) -> String {
+    const MAX: usize = 200;
+    if detail.len() > MAX {
+        let mut end = MAX;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    detail
+}
+
+/// The event header's value, or a malformed-delivery error naming the missing header.
+fn event_header<'h>(headers: &'h HeaderMap, names: &[&'static str]) -> Result<Cow<'h, str>, PayloadError> {
+    names
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .map(|value| match String::from_utf8_lossy(value.as_bytes()) {
+            Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+            Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
+        })
+        .ok_or(PayloadError::MissingEventHeader(
+            names.first().copied().unwrap_or_default(),
+        ))
+}
+
+/// For `delete` events (GitHub, Gitea, Gogs): a deleted branch or tag, by `ref_type`.
+#[derive(Debug, Deserialize)]
+struct RefTypeEvent<'a> {
+    #[serde(borrow, default)]
+    ref_type: Option<Text<'a>>,
+}
+
+fn deleted_ref(provider: GitProvider, json: &str) -> Result<Delivery, PayloadError> {
+    let event: RefTypeEvent<'_> = from_json(provider, json)?;
+    Ok(Delivery::Ignored(match text(&event.ref_type) {
+        Some("branch") => IgnoredReason::BranchDeleted,
+        Some("tag") => IgnoredReason::TagPush,
+        _ => IgnoredReason::UnsupportedEvent,
+    }))
+}

@@ -1,0 +1,409 @@
+//! Deployment restrictions (Qovery semantics): which changed files make a service deploy.
+//!
+//! SPEC: a service deploys when (there is no MATCH rule, or some changed file is covered by a
+//! MATCH rule) and (some changed file is not covered by any EXCLUDE rule).
+//!
+//! Coverage:
+//! - a plain value covers the path equal to it and everything below it, in whole segments:
+//!   `services/api` and `services/api/` cover `services/api` and `services/api/main.rs`, not
+//!   `services/apix/x`;
+//! - a value holding `*`, `?` or `[` is a glob (an extension) in which `*` and `?` stay within
+//!   one segment and `**` as a whole segment crosses segments. A glob covers a file when it
+//!   matches the file's path or the path of any directory above it, so `services/*` covers
+//!   `services/api/main.rs` the way the plain `services/api` would.
+//!
+//! Paths are case-sensitive, as in git. A leading `./`, `.` segments, doubled and trailing
+//! slashes in a value are ignored (`./services//api/` is `services/api`).
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+
+/// Values longer than this are refused (SPEC: an over-long string is a 400).
+pub const MAX_RESTRICTION_VALUE_LEN: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RestrictionMode {
+    Match,
+    Exclude,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RestrictionType {
+    Path,
+}
+
+/// `{"mode": "MATCH" | "EXCLUDE", "type": "PATH", "value": "services/api/"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRestriction {
+    pub mode: RestrictionMode,
+    #[serde(rename = "type")]
+    pub kind: RestrictionType,
+    pub value: String,
+}
+
+/// A value is a glob when it holds one of these (SPEC).
+fn is_glob(value: &str) -> bool {
+    value.contains(['*', '?', '['])
+}
+
+enum Compiled {
+    Plain(String),
+    Glob(Glob),
+}
+
+/// Check a value and compile it; shared by write-time validation and [`Restrictions::compile`]
+/// so that whatever was accepted at write time always compiles at push time.
+fn compile_value(value: &str) -> Result<Compiled, String> {
+    if value.is_empty() {
+        return Err("A restriction value cannot be empty.".into());
+    }
+    if value.len() > MAX_RESTRICTION_VALUE_LEN {
+        return Err(format!(
+            "A restriction value can be at most {MAX_RESTRICTION_VALUE_LEN} bytes long."
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err("A restriction value cannot contain control characters.".into());
+    }
+    if value.starts_with('/') {
+        return Err("A restriction value is relative to the repository root and cannot start with `/`.".into());
+    }
+    let mut normalized = String::with_capacity(value.len());
+    for segment in value.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => return Err("A restriction value cannot contain a `..` segment.".into()),
+            s => {
+                if !normalized.is_empty() {
+                    normalized.push('/');
+                }
+                normalized.push_str(s);
+            }
+        }
+    }
+    if normalized.is_empty() {
+        return Err("A restriction value must name a file or directory in the repository.".into());
+    }
+    if !is_glob(&normalized) {
+        return Ok(Compiled::Plain(normalized));
+    }
+    GlobBuilder::new(&normalized)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(Compiled::Glob)
+        .map_err(|e| format!("A restriction value is not a valid glob: {}.", e.kind()))
+}
+
+/// Validation at write time: non-empty, at most 1024 bytes, relative (no leading `/`), no `..`
+/// segment, no NUL or other control character, a value naming something (not just `.` or
+/// `./`), and a glob (a value holding `*`, `?` or `[`) must compile.
+pub fn validate_restriction_value(value: &str) -> Result<(), String> {
+    compile_value(value).map(|_| ())
+}
+
+/// The rules of one mode.
+#[derive(Debug, Clone, Default)]
+struct RuleSet {
+    /// Normalized plain values, without trailing `/`.
+    plain: Vec<String>,
+    globs: GlobSet,
+    glob_count: usize,
+}
+
+impl RuleSet {
+    fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.glob_count == 0
+    }
+
+    fn covers(&self, path: &str) -> bool {
+        let plain = self.plain.iter().any(|p| {
+            path.strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+        if plain {
+            return true;
+        }
+        if self.glob_count == 0 {
+            return false;
+        }
+        // The file itself, then every directory above it.
+        self.globs.is_match(path)
+            || path
+                .match_indices('/')
+                .any(|(i, _)| i > 0 && self.globs.is_match(&path[..i]))
+    }
+}
+
+/// A service's restrictions, compiled once per service and reused for every push.
+#[derive(Debug, Clone, Default)]
+pub struct Restrictions {
+    matching: RuleSet,
+    excluding: RuleSet,
+}
+
+impl Restrictions {
+    /// Compile the rules; an error names the first bad rule by its index
+    /// (`deployment_restrictions[1].value: …`).
+    pub fn compile(rules: &[DeploymentRestriction]) -> Result<Self, String> {
+        let mut match_globs = GlobSetBuilder::new();
+        let mut exclude_globs = GlobSetBuilder::new();
+        let mut out = Self::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let compiled =
+                compile_value(&rule.value).map_err(|e| format!("deployment_restrictions[{i}].value: {e}"))?;
+            let (set, globs) = match rule.mode {
+                RestrictionMode::Match => (&mut out.matching, &mut match_globs),
+                RestrictionMode::Exclude => (&mut out.excluding, &mut exclude_globs),
+            };
+            match compiled {
+                Compiled::Plain(p) => set.plain.push(p),
+                Compiled::Glob(g) => {
+                    globs.add(g);
+                    set.glob_count += 1;
+                }
+            }
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| format!("The restriction globs could not be compiled: {}.", e.kind()))
+        };
+        out.matching.globs = build(match_globs)?;
+        out.excluding.globs = build(exclude_globs)?;
+        Ok(out)
+    }
+
+    /// Whether a push that changed `changed_files` (paths relative to the repository root)
+    /// deploys: (no MATCH rule, or some file covered by a MATCH rule) and (some file not
+    /// covered by any EXCLUDE rule).
+    ///
+    /// With no rules at all, always true. With rules and no changed file, false: the formula
+    /// needs some file, and a push whose files are unknown (or that changed none) is the
+    /// caller's to handle before calling — SPEC: restrictions are then not applied. A leading
+    /// `/` on a file is ignored; empty entries are skipped.
+    pub fn allows<'a>(&self, changed_files: impl IntoIterator<Item = &'a str>) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let mut matched = self.matching.is_empty();
+        let mut kept = false;
+        for file in changed_files {
+            let file = file.trim_start_matches('/');
+            if file.is_empty() {
+                continue;
+            }
+            if !matched && self.matching.covers(file) {
+                matched = true;
+            }
+            if !kept && !self.excluding.covers(file) {
+                kept = true;
+            }
+            if matched && kept {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// True when there is no rule, so every push deploys.
+    pub fn is_empty(&self) -> bool {
+        self.matching.is_empty() && self.excluding.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(mode: RestrictionMode, value: &str) -> DeploymentRestriction {
+        DeploymentRestriction {
+            mode,
+            kind: RestrictionType::Path,
+            value: value.into(),
+        }
+    }
+
+    fn m(value: &str) -> DeploymentRestriction {
+        rule(RestrictionMode::Match, value)
+    }
+
+    fn x(value: &str) -> DeploymentRestriction {
+        rule(RestrictionMode::Exclude, value)
+    }
+
+    #[test]
+    fn allows_table() {
+        // (rules, changed files, deploys)
+        let cases: Vec<(Vec<DeploymentRestriction>, Vec<&str>, bool)> = vec![
+            // No rules: always.
+            (vec![], vec!["anything.txt"], true),
+            (vec![], vec![], true),
+            // Rules and no files: never (the caller handles unknown files).
+            (vec![m("services/api")], vec![], false),
+            (vec![x("docs")], vec![], false),
+            // MATCH, plain, segment boundaries.
+            (vec![m("services/api")], vec!["services/api/main.rs"], true),
+            (vec![m("services/api/")], vec!["services/api/main.rs"], true),
+            (vec![m("services/api")], vec!["services/api"], true),
+            (vec![m("services/api/")], vec!["services/api"], true),
+            (vec![m("services/api")], vec!["services/apix/x"], false),
+            (vec![m("services/api")], vec!["services/api.rs"], false),
+            (vec![m("services/api")], vec!["services"], false),
+            (vec![m("services/api")], vec!["other/services/api/x"], false),
+            (vec![m("services/api")], vec!["Services/API/main.rs"], false),
+            (vec![m("./services//api/")], vec!["services/api/main.rs"], true),
+            (vec![m("services/api")], vec!["/services/api/main.rs"], true),
+            (vec![m("services/api")], vec!["README.md", "services/api/x"], true),
+            (vec![m("services/api"), m("lib")], vec!["lib/util.rs"], true),
+            (vec![m("Dockerfile")], vec!["Dockerfile"], true),
+            (vec![m("Dockerfile")], vec!["Dockerfile.dev"], false),
+            // EXCLUDE: every changed file excluded → no deploy; one not excluded → deploy.
+            (vec![x("docs")], vec!["docs/a.md", "docs/b/c.md"], false),
+            (vec![x("docs")], vec!["docs/a.md", "src/main.rs"], true),
+            (vec![x("docs")], vec!["docsite/index.html"], true),
+            (vec![x("docs"), x("README.md")], vec!["docs/a.md", "README.md"], false),
+            (
+                vec![x("docs"), x("README.md")],
+                vec!["docs/a.md", "README.md", "x"],
+                true,
+            ),
+            // MATCH + EXCLUDE together: both halves must hold, possibly on different files.
+            (
+                vec![m("services/api"), x("services/api/docs")],
+                vec!["services/api/main.rs"],
+                true,
+            ),
+            (
+                vec![m("services/api"), x("services/api/docs")],
+                vec!["services/api/docs/a.md"],
+                false,
+            ),
+            (
+                vec![m("services/api"), x("services/api/docs")],
+                vec!["services/api/docs/a.md", "web/x.js"],
+                true,
+            ),
+            (
+                vec![m("services/api"), x("**/*.md")],
+                vec!["services/api/README.md"],
+                false,
+            ),
+            (
+                vec![m("services/api"), x("**/*.md")],
+                vec!["services/api/README.md", "services/api/a.rs"],
+                true,
+            ),
+            (vec![m("services/api"), x("**/*.md")], vec!["web/a.js"], false),
+            (vec![m("services/api"), x("services")], vec!["services/api/a.rs"], false),
+            // Globs: `*` within a segment, covering parent directories.
+            (vec![m("services/*")], vec!["services/api/main.rs"], true),
+            (vec![m("services/*")], vec!["services/readme.md"], true),
+            (vec![m("services/*")], vec!["services"], false),
+            (vec![m("services/*/src")], vec!["services/api/src/main.rs"], true),
+            (vec![m("services/*/src")], vec!["services/api/v2/src/main.rs"], false),
+            (vec![m("*.rs")], vec!["main.rs"], true),
+            (vec![m("*.rs")], vec!["src/main.rs"], false),
+            (vec![m("src/?.rs")], vec!["src/a.rs"], true),
+            (vec![m("src/?.rs")], vec!["src/ab.rs"], false),
+            (vec![m("src/[ab].rs")], vec!["src/b.rs"], true),
+            (vec![m("src/[ab].rs")], vec!["src/c.rs"], false),
+            (vec![m("services/api*")], vec!["services/apix/x"], true),
+            // `**` crosses segments.
+            (vec![m("**/*.rs")], vec!["src/deep/er/main.rs"], true),
+            (vec![m("**/*.rs")], vec!["main.rs"], true),
+            (vec![m("**/*.rs")], vec!["main.go"], false),
+            (vec![m("services/**/Dockerfile")], vec!["services/a/b/Dockerfile"], true),
+            (vec![m("services/**/Dockerfile")], vec!["services/Dockerfile"], true),
+            (vec![m("services/**")], vec!["services/a/b"], true),
+            (vec![x("**/*.md"), x("docs/**")], vec!["docs/x.png", "a/b.md"], false),
+            (vec![x("**/*.md"), x("docs/**")], vec!["docs/x.png", "a/b.rs"], true),
+            // Plain values with glob-looking but inert characters.
+            (vec![m("a{b,c}")], vec!["a{b,c}/x"], true),
+        ];
+        for (rules, files, expected) in cases {
+            let compiled = Restrictions::compile(&rules).expect("valid rules");
+            assert_eq!(
+                compiled.allows(files.iter().copied()),
+                expected,
+                "rules {rules:?} files {files:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_restrictions() {
+        let none = Restrictions::compile(&[]).expect("no rules");
+        assert!(none.is_empty());
+        assert!(none.allows([]));
+        let some = Restrictions::compile(&[x("docs")]).expect("valid");
+        assert!(!some.is_empty());
+    }
+
+    #[test]
+    fn value_validation() {
+        let long = "a".repeat(1025);
+        let max = "a".repeat(1024);
+        for ok in [
+            "services/api",
+            "services/api/",
+            "./services/api",
+            "Dockerfile",
+            "**/*.md",
+            "src/[ab].rs",
+            "src/?.rs",
+            "a{b,c}",
+            "dir with space/file",
+            "...",
+            max.as_str(),
+        ] {
+            assert_eq!(validate_restriction_value(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "",
+            long.as_str(),
+            "/services/api",
+            "/",
+            "services/../secrets",
+            "..",
+            "../x",
+            "a/..",
+            "nul\0byte",
+            "new\nline",
+            ".",
+            "./",
+            "src/[ab.rs",
+            "src/*{a,b",
+        ] {
+            let err = validate_restriction_value(bad).expect_err(bad);
+            assert!(err.ends_with('.'), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn compile_names_the_bad_rule() {
+        let err = Restrictions::compile(&[m("ok"), x("/abs")]).expect_err("leading slash");
+        assert!(err.starts_with("deployment_restrictions[1].value: "), "{err}");
+    }
+
+    #[test]
+    fn json_shape() {
+        let json = r#"{"mode":"MATCH","type":"PATH","value":"services/api/"}"#;
+        let parsed: DeploymentRestriction = serde_json::from_str(json).expect("valid JSON");
+        assert_eq!(parsed, m("services/api/"));
+        assert_eq!(serde_json::to_string(&parsed).expect("serializes"), json);
+        let exclude: DeploymentRestriction =
+            serde_json::from_str(r#"{"mode":"EXCLUDE","type":"PATH","value":"docs"}"#).expect("valid JSON");
+        assert_eq!(exclude.mode, RestrictionMode::Exclude);
+        for bad in [
+            r#"{"mode":"MATCH","type":"PATH","value":"x","extra":1}"#,
+            r#"{"mode":"match","type":"PATH","value":"x"}"#,
+            r#"{"mode":"MATCH","type":"FILE","value":"x"}"#,
+            r#"{"mode":"MATCH","value":"x"}"#,
+        ] {
+            assert!(serde_json::from_str::<DeploymentRestriction>(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Tag policies: which new image tags a service follows (after Keel and Flux image policies).
+//!
+//! A policy is written with the service and compiled once when it is validated, so a bad range
+//! or a hostile pattern is refused at write time (a 400) and never costs anything when an image
+//! notification arrives.
+
+use globset::{GlobBuilder, GlobMatcher};
+use regex::{Regex, RegexBuilder};
+use semver::{Version, VersionReq};
+use serde::{Deserialize, Serialize};
+
+/// Longest range or pattern accepted, in characters: enough for any real policy, short enough
+/// that compiling one is cheap.
+pub const MAX_POLICY_LEN: usize = 512;
+
+/// Cap on a compiled regex (bytes of its program, the regex crate's `size_limit`), a tenth of
+/// the crate's default: keeps one tenant's pattern from taking much memory or compile time,
+/// while real tag patterns, compiled as ASCII (see [`compile_regex`]), stay far below it.
+const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
+
+/// A service's tag policy, as written in its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE", deny_unknown_fields)]
+pub enum TagPolicy {
+    /// Follow semver tags within `range`, never moving to a lower version.
+    Semver { range: String },
+    /// Follow tags that match a glob (`release-*`) as a whole.
+    Glob { pattern: String },
+    /// Follow tags the regular expression matches (anchors are the writer's choice).
+    Regex { pattern: String },
+}
+
+/// A [`TagPolicy`] with its range or pattern compiled, built once by [`TagPolicy::compile`].
+#[derive(Debug, Clone)]
+pub struct CompiledTagPolicy {
+    inner: Compiled,
+}
+
+#[derive(Debug, Clone)]
+enum Compiled {
+    Semver(VersionReq),
+    Glob(GlobMatcher),
+    Regex(Regex),
+}
+
+impl TagPolicy {
+    /// The field of the policy that [`TagPolicy::compile`] judges (`range` or `pattern`), for
+    /// naming it in a validation error (`tag_policy.range`).
+    pub fn field_name(&self) -> &'static str {
+        match self {
+            TagPolicy::Semver { .. } => "range",
+            TagPolicy::Glob { .. } | TagPolicy::Regex { .. } => "pattern",
+        }
+    }
+
+    /// Compile the policy. The error is a sentence saying what is wrong with the range or
+    /// pattern.
+    ///
+    /// A SEMVER range is read as the `semver` crate reads it (`>=1.2.0, <2`); comparators
+    /// separated only by spaces, as the SPEC writes them (`>=1.2.0 <2`), are accepted too.
+    pub fn compile(&self) -> Result<CompiledTagPolicy, String> {
+        let inner = match self {
+            TagPolicy::Semver { range } => Compiled::Semver(compile_range(range)?),
+            TagPolicy::Glob { pattern } => Compiled::Glob(compile_glob(pattern)?),
+            TagPolicy::Regex { pattern } => Compiled::Regex(compile_regex(pattern)?),
+        };
+        Ok(CompiledTagPolicy { inner })
+    }
+}
+
+impl CompiledTagPolicy {
+    /// Whether a service whose current tag is `current` (if any) may move to `new`.
+    ///
+    /// Whether `new` equals `current` is the caller's concern (`SAME_TAG`); GLOB and REGEX
+    /// look at `new` alone.
+    ///
+    /// SEMVER:
+    /// - `new` must read as semver, with an optional `v`/`V` prefix (`v1.2.3` is `1.2.3`);
+    ///   the `semver` crate is strict, so `1.2` or `latest` is not accepted.
+    /// - `new` must satisfy the range. Pre-releases follow the `semver` crate's rule (that of
+    ///   Cargo and npm): `1.3.0-rc.1` satisfies a range only if one of its comparators names a
+    ///   pre-release of the same `1.3.0` (`>=1.3.0-rc.0`), so `>=1.2.0` never pulls in release
+    ///   candidates.
+    /// - When `current` reads as semver, `new` must be strictly greater: never a downgrade,
+    ///   and not the same version under another spelling (`1.2.3` → `v1.2.3`). Build metadata
+    ///   cannot occur, since Docker tags have no `+`. A current tag that is not semver
+    ///   (`latest`) leaves only the range to decide.
+    pub fn accepts(&self, current: Option<&str>, new: &str) -> bool {
+        match &self.inner {
+            Compiled::Semver(req) => {
+                let Some(new) = parse_version(new) else {
+                    return false;
+                };
+                if !req.matches(&new) {
+                    return false;
+                }
+                match current.and_then(parse_version) {
+                    Some(current) => new > current,
+                    None => true,
+                }
+            }
+            Compiled::Glob(matcher) => matcher.is_match(new),
+            Compiled::Regex(regex) => regex.is_match(new),
+        }
+    }
+}
+
+/// Read a tag as a semver version, allowing the common `v` prefix.
+fn parse_version(tag: &str) -> Option<Version> {
+    let bare = tag.strip_prefix(['v', 'V']).unwrap_or(tag);
+    Version::parse(bare).ok()
+}
+
+fn check_length(what: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("The {what} is empty."));
+    }
+    let len = value.chars().count();
+    if len > MAX_POLICY_LEN {
+        return Err(format!(
+            "The {what} is {len} characters long; at most {MAX_POLICY_LEN} are allowed."
+        ));
+    }
+    Ok(())
+}
+
+fn compile_range(range: &str) -> Result<VersionReq, String> {
+    if range.trim().is_empty() {
+        return Err("The semver range is empty; write `*` to accept any version.".to_owned());
+    }
+    check_length("semver range", range)?;
+    if range.contains("||") {
+        return Err(format!(
+            "`{range}` is not a supported semver range: alternatives (`||`) are not supported; write one range such as `>=1.2.0 <2`."
+        ));
+    }
+    VersionReq::parse(&comma_separated(range)).map_err(|err| {
+        format!("`{range}` is not a valid semver range ({err}); write comparators such as `>=1.2.0 <2`.")
+    })
+}
+
+/// Insert the commas the `semver` crate needs between comparators separated only by
+/// whitespace (`>=1.2.0 <2` → `>=1.2.0, <2`), keeping an operator written apart from its
+/// version (`>= 1.2.0`) with it. Existing commas, and empty comparators between them, are left
+/// for the parser to judge.
+fn comma_separated(range: &str) -> String {
+    let is_operator = |token: &str| token.chars().all(|c| matches!(c, '<' | '>' | '=' | '~' | '^'));
+    range
+        .split(',')
+        .map(|piece| {
+            let mut comparators: Vec<String> = Vec::new();
+            let mut operator: Option<&str> = None;
+            for token in piece.split_whitespace() {
+                if is_operator(token) && operator.is_none() {
+                    operator = Some(token);
+                } else {
+                    comparators.push(format!("{}{token}", operator.take().unwrap_or("")));
+                }
+            }
+            comparators.extend(operator.map(str::to_owned));
+            comparators.join(", ")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
+    check_length("glob pattern", pattern)?;
+    GlobBuilder::new(pattern)
+        .build()
+        .map(|glob| glob.compile_matcher())
+        .map_err(|err| format!("The glob pattern is not valid: {err}."))
+}
+
+/// Compile a REGEX pattern, bounded in size so a short hostile pattern is refused.
+///
+/// Tags are ASCII (Docker's grammar), and on ASCII text Unicode-aware classes (`\w`, `\d`,
+/// `(?i)`) match exactly what their ASCII forms match, at a tiny fraction of the compiled size
+/// (`^\w{1,128}$`: ~18 KiB instead of ~6 MiB). So the pattern is first compiled with Unicode
+/// off; only a pattern that needs Unicode mode in a `&str` regex (`.`, `[^-]`) is compiled
+/// again with it on, under the same limit.
+fn compile_regex(pattern: &str) -> Result<Regex, String> {
+    check_length("regular expression", pattern)?;
+    let build = |unicode: bool| {
+        RegexBuilder::new(pattern)
+            .unicode(unicode)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+    };
+    build(false)
+        .or_else(|err| match err {
+            regex::Error::CompiledTooBig(_) => Err(err),
+            _ => build(true),
+        })
+        .map_err(|err| match err {
+            regex::Error::CompiledTooBig(_) => {
+                "The regular expression is too complex: its compiled form exceeds the size limit; simplify it.".to_owned()
+            }
+            other => {
+                let text = other.to_string();
+                // The syntax error is a multi-line drawing; its last `error:` line says what
+                // is wrong in words.
+                let reason = text
+                    .lines()
+                    .rev()
+                    .find_map(|line| line.trim().strip_prefix("error: "))
+                    .unwrap_or(text.trim());
+                format!("The regular expression is not valid: {reason}.")
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn semver(range: &str) -> CompiledTagPolicy {
+        TagPolicy::Semver {
+            range: range.to_owned(),
+        }
+        .compile()
+        .unwrap()
+    }
+
+    fn glob(pattern: &str) -> CompiledTagPolicy {
+        TagPolicy::Glob {
+            pattern: pattern.to_owned(),
+        }
+        .compile()
+        .unwrap()
+    }
+
+    fn regex(pattern: &str) -> CompiledTagPolicy {
+        TagPolicy::Regex {
+            pattern: pattern.to_owned(),
+        }
+        .compile()
+        .unwrap()
+    }
+
+    #[test]
+    fn serde_shape() {
+        let policy: TagPolicy = serde_json::from_value(json!({"type": "SEMVER", "range": ">=1.2.0 <2"})).unwrap();
+        assert_eq!(
+            policy,
+            TagPolicy::Semver {
+                range: ">=1.2.0 <2".into()
+            }
+        );
+        let policy = TagPolicy::Glob {
+            pattern: "release-*".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(&policy).unwrap(),
+            json!({"type": "GLOB", "pattern": "release-*"})
+        );
+        let policy: TagPolicy = serde_json::from_value(json!({"type": "REGEX", "pattern": "^x$"})).unwrap();
+        assert_eq!(policy.field_name(), "pattern");
+        for bad in [
+            json!({"type": "SEMVER", "range": "*", "extra": 1}),
+            json!({"type": "SEMVER", "pattern": "*"}),
+            json!({"type": "semver", "range": "*"}),
+            json!({"type": "LATEST"}),
+            json!({"range": "*"}),
+        ] {
+            assert!(serde_json::from_value::<TagPolicy>(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn semver_ranges() {
+        // (range, current, new, accepted)
+        let cases = [
+            (">=1.2.0 <2", None, "1.2.0", true),
+            (">=1.2.0 <2", None, "1.9.9", true),
+            (">=1.2.0 <2", None, "2.0.0", false),
+            (">=1.2.0 <2", None, "1.1.9", false),
+            (">=1.2.0, <2", None, "1.5.0", true),
+            (">= 1.2.0 < 2", None, "1.5.0", true),
+            (">= 1.2.0 < 2", None, "2.1.0", false),
+            ("  >=1.2.0   <2  ", None, "1.5.0", true),
+            ("^1.2", None, "1.4.0", true),
+            ("^1.2", None, "2.0.0", false),
+            ("~1.2", None, "1.2.7", true),
+            ("~1.2", None, "1.3.0", false),
+            ("1.x", None, "1.8.0", true),
+            ("*", None, "0.0.1", true),
+            ("=1.2.3", None, "1.2.3", true),
+            // v prefix on either side
+            ("*", None, "v1.2.3", true),
+            ("*", None, "V1.2.3", true),
+            ("*", Some("v1.2.3"), "1.2.4", true),
+            ("*", Some("1.2.3"), "v1.2.3", false),
+            // not semver
+            ("*", None, "latest", false),
+            ("*", None, "1.2", false),
+            ("*", None, "01.2.3", false),
+            ("*", None, "vv1.2.3", false),
+            ("*", None, "main-abc1234", false),
+        ];
+        for (range, current, new, want) in cases {
+            assert_eq!(semver(range).accepts(current, new), want, "{range} {current:?} → {new}");
+        }
+    }
+
+    #[test]
+    fn semver_never_downgrades() {
+        let policy = semver(">=1.0.0 <3");
+        assert!(policy.accepts(Some("1.5.0"), "1.6.0"));
+        assert!(!policy.accepts(Some("1.5.0"), "1.4.9"));
+        assert!(!policy.accepts(Some("1.5.0"), "1.5.0"));
+        assert!(!policy.accepts(Some("v2.0.0"), "v1.9.0"));
+        // A current tag that is not semver leaves only the range to decide.
+        assert!(policy.accepts(Some("latest"), "1.0.0"));
+        assert!(!policy.accepts(Some("latest"), "3.0.0"));
+        // The range still applies when the version goes up.
+        assert!(!policy.accepts(Some("2.9.0"), "3.0.0"));
+    }
+
+    #[test]
+    fn semver_pre_releases() {
+        let plain = semver(">=1.2.0");
+        assert!(!plain.accepts(None, "1.3.0-rc.1"));
+        assert!(plain.accepts(None, "1.3.0"));
+        let opted_in = semver(">=1.3.0-rc.0");
+        assert!(opted_in.accepts(None, "1.3.0-rc.1"));
+        assert!(
+            !opted_in.accepts(None, "1.4.0-rc.1"),
+            "other versions' pre-releases stay out"
+        );
+        assert!(opted_in.accepts(None, "1.4.0"));
+        // rc.2 is above rc.1; the release is above its candidates.
+        assert!(opted_in.accepts(Some("1.3.0-rc.1"), "1.3.0-rc.2"));
+        assert!(!opted_in.accepts(Some("1.3.0-rc.2"), "1.3.0-rc.1"));
+        assert!(opted_in.accepts(Some("1.3.0-rc.2"), "1.3.0"));
+        assert!(!opted_in.accepts(Some("1.3.0"), "1.3.0-rc.2"));
+    }
+
+    #[test]
+    fn globs() {
+        let policy = glob("release-*");
+        assert!(policy.accepts(None, "release-1"));
+        assert!(policy.accepts(Some("release-9"), "release-1"), "no ordering for globs");
+        assert!(!policy.accepts(None, "pre-release-1"), "the whole tag must match");
+        assert!(!policy.accepts(None, "Release-1"), "case-sensitive");
+        assert!(glob("v1.?.*").accepts(None, "v1.2.3"));
+        assert!(glob("{main,develop}-*").accepts(None, "develop-abc"));
+        assert!(glob("[0-9]*").accepts(None, "1abc"));
+        assert!(!glob("[0-9]*").accepts(None, "abc"));
+    }
+
+    #[test]
+    fn regexes() {
+        let policy = regex("^main-[0-9a-f]{7}$");
+        assert!(policy.accepts(None, "main-abc1234"));
+        assert!(!policy.accepts(None, "main-abc12345"));
+        assert!(!policy.accepts(None, "dev-abc1234"));
+        // Unanchored patterns search, as the writer chose.
+        assert!(regex("rc").accepts(None, "1.0.0-rc.1"));
+        assert!(regex(r"^\w+-\d+$").accepts(None, "build-42"));
+        // Realistic Unicode-class patterns stay under the size limit.
+        let semverish = regex(r"^v?\d+\.\d+\.\d+(?:-[\w.]+)?$");
+        assert!(semverish.accepts(None, "v1.2.3-rc.1"));
+        assert!(regex(r"^[\w.-]{1,128}$").accepts(None, "anything_1.0"));
+        assert!(regex(r"(?i)^RELEASE-\d+$").accepts(None, "release-12"));
+        // Patterns that need Unicode mode in a `&str` regex still compile.
+        assert!(regex("^main-.*$").accepts(None, "main-abc"));
+        assert!(regex("^[^-]+$").accepts(None, "abc"));
+        assert!(!regex("^[^-]+$").accepts(None, "a-c"));
+    }
+
+    #[test]
+    fn invalid_policies_are_refused_with_a_sentence() {
+        let range = |r: &str| TagPolicy::Semver { range: r.to_owned() };
+        let glob = |p: &str| TagPolicy::Glob { pattern: p.to_owned() };
+        let regex = |p: &str| TagPolicy::Regex { pattern: p.to_owned() };
+        let long = "a".repeat(MAX_POLICY_LEN + 1);
+        let bad = [
+            (range(""), "empty"),
+            (range("   "), "empty"),
+            (range("not a range"), "not a valid semver range"),
+            (range(">=1.2.0 || <0.5"), "`||`"),
+            (range(">=1.2.0, , <2"), "not a valid semver range"),
+            (range(">="), "not a valid semver range"),
+            (range("1.2.3.4"), "not a valid semver range"),
+            (range(&long), "at most 512"),
+            (glob(""), "empty"),
+            (glob("release-["), "glob pattern is not valid"),
+            (glob("{a,b"), "glob pattern is not valid"),
+            (glob(&long), "at most 512"),
+            (regex(""), "empty"),
+            (regex("("), "unclosed group"),
+            (regex("[^a"), "unclosed character class"),
+            (regex("a{2,1}"), "not valid"),
+            (regex(&long), "at most 512"),
+            // Hostile: tiny to write, huge to compile.
+            (regex("((a{100}){100}){100}"), "too complex"),
+            (regex("(a{1000}){1000}"), "too complex"),
+            (regex("(.{1000}){1000}"), "too complex"),
+        ];
+        for (policy, needle) in bad {
+            let err = policy.compile().expect_err(&format!("{policy:?}"));
+            assert!(err.contains(needle), "{policy:?}: {err}");
+            assert!(err.ends_with('.'), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn commas_are_inserted_between_comparators() {
+        assert_eq!(comma_separated(">=1.2.0 <2"), ">=1.2.0, <2");
+        assert_eq!(comma_separated(">= 1.2.0 < 2"), ">=1.2.0, <2");
+        assert_eq!(comma_separated(">=1.2.0, <2"), ">=1.2.0, <2");
+        assert_eq!(comma_separated("^1.2"), "^1.2");
+    }
+}
