@@ -2,6 +2,7 @@
 //! and DynamoDB/SQS adapters, and the HTTP router.
 
 pub mod admin;
+pub mod pipeline;
 pub mod web;
 pub mod store;
 pub mod util;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ServiceKind;
 use crate::provider::GitProvider;
+use crate::registry_events::ImageSourceKind;
 
 pub const SCHEMA: &str = "autodeploy.deployment-request.v1";
 
@@ -22,21 +23,12 @@ pub enum Trigger {
         pusher: Option<String>,
     },
     ImageTag {
-        source: ImageTagSource,
+        source: ImageSourceKind,
         registry: String,
         image_name: String,
         previous_tag: Option<String>,
         tag: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ImageTagSource {
-    Api,
-    DockerHub,
-    GithubPackages,
-    Ecr,
 }
 
 /// SPEC "Deployment request (queue message)".

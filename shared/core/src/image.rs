@@ -199,6 +199,15 @@ pub fn normalize_registry(host: &str) -> Result<String, ImageError> {
     Ok(lower)
 }
 
+/// Validate a repository path that is known to hold no registry host (a registry's own
+/// notification names its host separately) and normalize it for `registry` (already
+/// normalized). Unlike [`parse_service_image`], a dotted first segment (`my.team/api`, legal on
+/// ECR) is read as a path segment, not as a host.
+pub fn parse_path(registry: &str, path: &str) -> Result<String, ImageError> {
+    validate_path(path)?;
+    Ok(normalize_path(registry, path))
+}
+
 /// The normalized path stored for a service: on Docker Hub a one-segment name is an official
 /// image and gets `library/`, as Docker does. Expects a validated path and a normalized host.
 pub fn normalize_path(registry: &str, path: &str) -> String {
@@ -426,11 +435,13 @@ mod tests {
         }
     }
 
+    type Check = fn(&ImageError) -> bool;
+
     #[test]
     fn refuses_bad_image_names() {
         use ImageError::*;
         let long = "a".repeat(256);
-        let cases: Vec<(&str, fn(&ImageError) -> bool)> = vec![
+        let cases: Vec<(&str, Check)> = vec![
             ("", |e| *e == EmptyName),
             (&long, |e| matches!(e, NameTooLong { len: 256, .. })),
             ("acme/api:1.0", |e| matches!(e, TagInName { tag } if tag == "1.0")),
@@ -517,6 +528,22 @@ mod tests {
         ] {
             assert!(normalize_registry(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_plain_paths() {
+        let ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+        assert_eq!(parse_path(ecr, "my.team/api").as_deref(), Ok("my.team/api"));
+        assert_eq!(parse_path("docker.io", "nginx").as_deref(), Ok("library/nginx"));
+        assert!(matches!(
+            parse_path("ghcr.io", "acme/api:1"),
+            Err(ImageError::InvalidPathSegment { .. })
+        ));
+        assert!(matches!(
+            parse_path("ghcr.io", "Acme/api"),
+            Err(ImageError::UpperCasePath { .. })
+        ));
+        assert_eq!(parse_path("ghcr.io", ""), Err(ImageError::EmptyName));
     }
 
     #[test]

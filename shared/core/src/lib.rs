@@ -9,6 +9,7 @@ pub mod deployment;
 pub mod error;
 pub mod ids;
 pub mod image;
+pub mod matching;
 pub mod model;
 pub mod provider;
 pub mod push;

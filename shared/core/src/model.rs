@@ -207,8 +207,20 @@ pub fn parse_service_document(org: &str, id: &str, doc: &Value) -> Result<Servic
     if typed_ok("name") {
         check_text("name", &spec.name, MAX_TEXT, &mut rule_errors);
     }
-    if typed_ok("kind") && kind.is_some() {
-        check_sources(&spec, &mut rule_errors);
+    if let Some(kind) = kind {
+        // Presence comes from the document, so a source with a type error still counts as
+        // given (its own error names it).
+        let present = |f: &str| obj.get(f).is_some_and(|v| !v.is_null());
+        let restrictions = obj
+            .get("deployment_restrictions")
+            .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()));
+        let sources = Sources {
+            git: present("git_repository"),
+            image: present("image"),
+            tag_policy: present("tag_policy"),
+            restrictions,
+        };
+        check_sources(kind, sources, &mut rule_errors);
     }
     if typed_ok("git_repository")
         && let Some(repo) = &spec.git_repository
@@ -229,6 +241,9 @@ pub fn parse_service_document(org: &str, id: &str, doc: &Value) -> Result<Servic
         check_tag_policy(policy, &mut rule_errors);
     }
     errors.extend(rule_errors);
+    // The key walk and a type check can both flag one field: name each field once.
+    let mut seen = std::collections::HashSet::new();
+    errors.retain(|e| seen.insert(e.field.clone()));
     if errors.is_empty() {
         Ok(spec)
     } else {
@@ -255,6 +270,10 @@ fn field<T: DeserializeOwned>(value: &Value, name: &str, errors: &mut Vec<FieldE
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(err) => {
+            // Unknown keys were already named, each at its own path, by the key walk.
+            if err.inner().to_string().starts_with("unknown field") {
+                return None;
+            }
             let inner = err.path().to_string();
             let path = if inner == "." || inner.is_empty() {
                 name.to_owned()
@@ -305,10 +324,17 @@ fn check_text(field: &str, value: &str, max: usize, errors: &mut Vec<FieldError>
     }
 }
 
-fn check_sources(spec: &ServiceSpec, errors: &mut Vec<FieldError>) {
-    let git = spec.git_repository.is_some();
-    let image = spec.image.is_some();
-    match spec.kind {
+/// Which optional parts a document gives.
+struct Sources {
+    git: bool,
+    image: bool,
+    tag_policy: bool,
+    restrictions: bool,
+}
+
+fn check_sources(kind: ServiceKind, given: Sources, errors: &mut Vec<FieldError>) {
+    let Sources { git, image, .. } = given;
+    match kind {
         ServiceKind::Application => {
             if !git {
                 errors.push(FieldError::new("git_repository", "is required for an APPLICATION"));
@@ -340,13 +366,13 @@ fn check_sources(spec: &ServiceSpec, errors: &mut Vec<FieldError>) {
             }
         }
     }
-    if spec.tag_policy.is_some() && !image {
+    if given.tag_policy && !image {
         errors.push(FieldError::new(
             "tag_policy",
             "applies only to a service with an image source",
         ));
     }
-    if !spec.deployment_restrictions.is_empty() && !git {
+    if given.restrictions && !git {
         errors.push(FieldError::new(
             "deployment_restrictions",
             "apply only to a service with a git_repository",

@@ -194,7 +194,8 @@ fn compile_regex(pattern: &str) -> Result<Regex, String> {
         })
         .map_err(|err| match err {
             regex::Error::CompiledTooBig(_) => {
-                "The regular expression is too complex: its compiled form exceeds the size limit; simplify it.".to_owned()
+                "The regular expression is too complex: its compiled form exceeds the size limit; simplify it."
+                    .to_owned()
             }
             other => {
                 let text = other.to_string();

@@ -314,15 +314,9 @@ impl ServiceStore for DynamoStore {
 
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {
         let mut e = Expr::default();
-        // An absent service is `false` whatever the expected etag; a present one must match.
-        let condition = expected.map(|tag| {
-            format!(
-                "attribute_not_exists({}) OR {} = {}",
-                e.name(PK),
-                e.name(ETAG),
-                e.value("expected", s(tag))
-            )
-        });
+        // With an expected etag an absent service fails the condition too, as `If-Match` on
+        // a missing resource does (and as the SQLite store answers).
+        let condition = expected.map(|tag| format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))));
         let result = retry_conflicts(|| {
             self.client
                 .delete_item()
@@ -542,8 +536,12 @@ impl DeploymentLog for DynamoStore {
 
     async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()> {
         let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + QUEUED_RETENTION_SECS;
-        futures::stream::iter(deployment_ids)
+        // The futures are built before the stream so that the trait's future stays `Send`.
+        let updates: Vec<_> = deployment_ids
+            .iter()
             .map(|id| self.mark_one_queued(org, id, expires_at))
+            .collect();
+        futures::stream::iter(updates)
             .buffer_unordered(8)
             .try_collect::<Vec<()>>()
             .await?;

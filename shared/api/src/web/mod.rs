@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod settings;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -56,7 +57,12 @@ pub fn settings_router(state: AppState) -> Router {
     finish(settings::routes(), state)
 }
 
+/// The git push webhooks (the `push-webhook` Lambda function).
+pub fn push_router(state: AppState) -> Router {
+    finish(webhooks::routes(), state)
+}
+
 /// Every route of the product (the standalone server).
 pub fn full_router(state: AppState) -> Router {
-    finish(settings::routes(), state)
+    finish(settings::routes().merge(webhooks::routes()), state)
 }

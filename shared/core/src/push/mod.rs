@@ -66,6 +66,18 @@ pub enum IgnoredReason {
     UnsupportedEvent,
 }
 
+impl IgnoredReason {
+    /// The value as it appears in responses (`TAG_PUSH`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IgnoredReason::TagPush => "TAG_PUSH",
+            IgnoredReason::BranchDeleted => "BRANCH_DELETED",
+            IgnoredReason::Ping => "PING",
+            IgnoredReason::UnsupportedEvent => "UNSUPPORTED_EVENT",
+        }
+    }
+}
+
 /// One branch update, whatever the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Push {

@@ -1,0 +1,140 @@
+//! Recording and sending deployments: SPEC's "Nothing recorded is lost".
+//!
+//! A deployment is recorded first, atomically with its guard (the deployment log is the
+//! outbox), then sent, then marked `QUEUED`. A queue that does not answer leaves it `PENDING`
+//! for the relay; only a failed record makes the request fail, and then nothing of that
+//! service was written, so a redelivery starts clean for it.
+
+use std::collections::HashSet;
+
+use autodeploy_core::deployment::{DeploymentRequest, DeploymentStatus};
+use futures::StreamExt;
+
+use crate::store::{DeploymentQueue, Guard, RecordOutcome, Store, StoreError};
+
+/// How many services of one request are recorded at once: enough to keep a push that matches
+/// hundreds of services well inside a provider's timeout, few enough not to flood the store.
+const RECORD_CONCURRENCY: usize = 16;
+
+/// One deployment to record, with the guard that must hold for it.
+pub struct Candidate {
+    pub request: DeploymentRequest,
+    pub guard: Guard,
+}
+
+/// What became of each candidate, in the candidates' order.
+#[derive(Debug)]
+pub enum Outcome {
+    Recorded(DeploymentStatus),
+    GuardFailed,
+    /// The store did not answer: nothing was written for this candidate.
+    Failed(StoreError),
+}
+
+/// Record every candidate (guard and record in one write each), then send the recorded ones
+/// that are still pending. Returns one outcome per candidate.
+pub async fn record_and_send(store: &dyn Store, queue: &dyn DeploymentQueue, candidates: &[Candidate]) -> Vec<Outcome> {
+    // Indexes rather than references: a closure over `&Candidate` trips the compiler's
+    // higher-ranked lifetime check once the future must be `Send`.
+    let mut outcomes: Vec<Outcome> = futures::stream::iter(0..candidates.len())
+        .map(|i| record_one(store, &candidates[i]))
+        .buffered(RECORD_CONCURRENCY)
+        .collect()
+        .await;
+
+    let pending: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o, Outcome::Recorded(DeploymentStatus::Pending)))
+        .map(|(i, _)| i)
+        .collect();
+    if pending.is_empty() {
+        return outcomes;
+    }
+    let requests: Vec<DeploymentRequest> = pending.iter().map(|&i| candidates[i].request.clone()).collect();
+    let sent = send_and_mark(store, queue, &requests).await;
+    for (&i, request) in pending.iter().zip(&requests) {
+        if sent.contains(request.deployment_id.as_str()) {
+            outcomes[i] = Outcome::Recorded(DeploymentStatus::Queued);
+        }
+    }
+    outcomes
+}
+
+async fn record_one(store: &dyn Store, candidate: &Candidate) -> Outcome {
+    match store.record_deployment(&candidate.request, &candidate.guard).await {
+        Ok(RecordOutcome::Recorded(status)) => Outcome::Recorded(status),
+        Ok(RecordOutcome::GuardFailed) => Outcome::GuardFailed,
+        Err(err) => Outcome::Failed(err),
+    }
+}
+
+/// Send `requests` and mark those the queue accepted as `QUEUED`. Returns the ids marked.
+/// A failure to mark leaves a sent deployment `PENDING`: the relay sends it again with the
+/// same deployment id, which FIFO deduplication and consumers drop.
+async fn send_and_mark<'a>(
+    store: &dyn Store,
+    queue: &dyn DeploymentQueue,
+    requests: &'a [DeploymentRequest],
+) -> HashSet<&'a str> {
+    let results = queue.send(requests).await;
+    let mut accepted: Vec<&DeploymentRequest> = Vec::new();
+    for (request, result) in requests.iter().zip(results) {
+        match result {
+            Ok(()) => accepted.push(request),
+            Err(err) => tracing::warn!(
+                deployment_id = %request.deployment_id,
+                error = %err,
+                "queue did not take the deployment; it stays PENDING for the relay"
+            ),
+        }
+    }
+    let mut marked = HashSet::new();
+    // mark_queued works per organization.
+    let mut orgs: Vec<&str> = accepted.iter().map(|r| r.organization_id.as_str()).collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    for org in orgs {
+        let ids: Vec<String> = accepted
+            .iter()
+            .filter(|r| r.organization_id == org)
+            .map(|r| r.deployment_id.clone())
+            .collect();
+        match store.mark_queued(org, &ids).await {
+            Ok(()) => {
+                for r in accepted.iter().filter(|r| r.organization_id == org) {
+                    marked.insert(r.deployment_id.as_str());
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "sent deployments could not be marked QUEUED; the relay will resend them"),
+        }
+    }
+    marked
+}
+
+/// What one relay run did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayReport {
+    pub pending: usize,
+    pub sent: usize,
+}
+
+/// Send deployments left `PENDING` (the queue did not answer when they were recorded), oldest
+/// first, in batches, until none are left or the queue stops taking them.
+pub async fn relay_pending(store: &dyn Store, queue: &dyn DeploymentQueue, batch: usize) -> Result<RelayReport, StoreError> {
+    let mut report = RelayReport::default();
+    loop {
+        let pending = store.pending_deployments(batch).await?;
+        if pending.is_empty() {
+            return Ok(report);
+        }
+        report.pending += pending.len();
+        let requests: Vec<DeploymentRequest> = pending.into_iter().map(|r| r.request).collect();
+        let marked = send_and_mark(store, queue, &requests).await.len();
+        report.sent += marked;
+        if marked < requests.len() {
+            // The queue (or the store) is still failing: try again on the next run.
+            return Ok(report);
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Which services a push or a new image tag redeploys, and why the others do not.
+//!
+//! Pure decisions over services already fetched from the store by repository or image: the
+//! store's index narrows the candidates, these functions apply SPEC's rules to each.
+
+use serde::Serialize;
+
+use crate::branch::BranchPattern;
+use crate::image::ImageName;
+use crate::model::{Service, ServiceKind};
+use crate::push::{ChangedFiles, Push};
+use crate::restrictions::Restrictions;
+use crate::tag_policy::TagPolicy;
+
+/// Why a service that follows the pushed branch (or uses the image) was not deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SkipReason {
+    /// The service has auto-deploy off.
+    AutoDeployDisabled,
+    /// No changed file passed the service's deployment restrictions.
+    PathRestrictions,
+    /// The head commit asked not to deploy (`[skip deploy]` / `[deploy skip]`).
+    SkipMarker,
+    /// This very push (same before and after) already queued a deployment for the service.
+    AlreadyQueued,
+    /// The service's tag policy does not accept the new tag.
+    TagPolicy,
+    /// The service already runs the announced tag.
+    SameTag,
+}
+
+/// The mark a push leaves on each service it queued for: `before..after`. A second push with
+/// the same mark is a duplicate; any other (a rollback included) is new.
+pub fn push_mark(push: &Push) -> String {
+    format!("{}..{}", push.before, push.after)
+}
+
+/// `None` when `service` does not follow `push`'s branch (it is not listed at all); else
+/// `Ok(())` to deploy or the reason to skip. The caller has matched the repository.
+pub fn decide_push(service: &Service, push: &Push) -> Option<Result<(), SkipReason>> {
+    let repo = service.spec.git_repository.as_ref()?;
+    if !matches!(service.spec.kind, ServiceKind::Application | ServiceKind::Job) {
+        return None;
+    }
+    // A stored branch always validated; one that no longer parses follows nothing.
+    let follows = BranchPattern::new(&repo.branch).is_ok_and(|p| p.matches(&push.branch));
+    if !follows {
+        return None;
+    }
+    if !service.spec.auto_deploy {
+        return Some(Err(SkipReason::AutoDeployDisabled));
+    }
+    if push.has_skip_marker() {
+        return Some(Err(SkipReason::SkipMarker));
+    }
+    if let ChangedFiles::Known(files) = &push.files
+        && !service.spec.deployment_restrictions.is_empty()
+    {
+        let allowed = Restrictions::compile(&service.spec.deployment_restrictions)
+            .is_ok_and(|rules| rules.allows(files.iter().map(String::as_str)));
+        if !allowed {
+            return Some(Err(SkipReason::PathRestrictions));
+        }
+    }
+    Some(Ok(()))
+}
+
+/// Which kind of service an image-tag endpoint redeploys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageTarget {
+    /// `/container/deploy` and registry webhooks for containers.
+    Container,
+    /// `/job/deploy`.
+    Job,
+}
+
+/// `None` when `service` is not of the endpoint's kind or does not use `image`; else `Ok(())`
+/// to deploy `tag` or the reason to skip.
+pub fn decide_image(
+    service: &Service,
+    target: ImageTarget,
+    image: &ImageName,
+    tag: &str,
+) -> Option<Result<(), SkipReason>> {
+    let kind_fits = matches!(
+        (target, service.spec.kind),
+        (ImageTarget::Container, ServiceKind::Container) | (ImageTarget::Job, ServiceKind::Job)
+    );
+    if !kind_fits {
+        return None;
+    }
+    let current = service.spec.image.as_ref()?;
+    let (registry, path) = service.image_key()?;
+    if !image.matches(&registry, &path) {
+        return None;
+    }
+    if !service.spec.auto_deploy {
+        return Some(Err(SkipReason::AutoDeployDisabled));
+    }
+    if current.tag == tag {
+        return Some(Err(SkipReason::SameTag));
+    }
+    if let Some(policy) = &service.spec.tag_policy {
+        let accepted = TagPolicy::compile(policy).is_ok_and(|p| p.accepts(Some(&current.tag), tag));
+        if !accepted {
+            return Some(Err(SkipReason::TagPolicy));
+        }
+    }
+    Some(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::parse_image_name;
+    use crate::model::parse_service_document;
+    use serde_json::{Value, json};
+    use std::collections::BTreeSet;
+
+    fn service(doc: Value) -> Service {
+        let spec = parse_service_document("acme", "svc", &doc).unwrap();
+        Service {
+            id: "svc".into(),
+            organization_id: "acme".into(),
+            spec,
+            version: 1,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn app(branch: &str, auto: bool, rules: Value) -> Service {
+        service(json!({"environment_id": "prod", "kind": "APPLICATION", "auto_deploy": auto,
+            "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": branch},
+            "deployment_restrictions": rules}))
+    }
+
+    fn push(branch: &str, files: Option<&[&str]>, message: &str) -> Push {
+        Push {
+            repository_urls: vec!["https://github.com/acme/shop".into()],
+            branch: branch.into(),
+            before: "a".repeat(40),
+            after: "b".repeat(40),
+            files: match files {
+                Some(f) => ChangedFiles::Known(f.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>()),
+                None => ChangedFiles::Unknown,
+            },
+            head_commit_message: Some(message.into()),
+            pusher: None,
+        }
+    }
+
+    #[test]
+    fn push_decisions() {
+        let api_only = json!([{"mode": "MATCH", "type": "PATH", "value": "services/api/"}]);
+        let no_docs = json!([{"mode": "EXCLUDE", "type": "PATH", "value": "docs"}]);
+        let cases = [
+            (app("main", true, json!([])), push("main", Some(&["x"]), "m"), Some(Ok(()))),
+            (app("main", true, json!([])), push("dev", Some(&["x"]), "m"), None),
+            (app("Main", true, json!([])), push("main", Some(&["x"]), "m"), None),
+            (app("release/*", true, json!([])), push("release/1.2", None, "m"), Some(Ok(()))),
+            (app("release/*", true, json!([])), push("release/1/2", None, "m"), None),
+            (
+                app("main", false, json!([])),
+                push("main", None, "[skip deploy]"),
+                Some(Err(SkipReason::AutoDeployDisabled)),
+            ),
+            (
+                app("main", true, json!([])),
+                push("main", None, "fix [Skip Deploy]"),
+                Some(Err(SkipReason::SkipMarker)),
+            ),
+            (
+                app("main", true, json!([])),
+                push("main", None, "x [deploy skip]"),
+                Some(Err(SkipReason::SkipMarker)),
+            ),
+            (
+                app("main", true, api_only.clone()),
+                push("main", Some(&["services/web/a.rs"]), "m"),
+                Some(Err(SkipReason::PathRestrictions)),
+            ),
+            (
+                app("main", true, api_only.clone()),
+                push("main", Some(&["services/web/a.rs", "services/api/b.rs"]), "m"),
+                Some(Ok(())),
+            ),
+            // Unknown files: restrictions cannot apply, the service deploys.
+            (app("main", true, api_only), push("main", None, "m"), Some(Ok(()))),
+            (
+                app("main", true, no_docs.clone()),
+                push("main", Some(&["docs/a.md", "docs/b.md"]), "m"),
+                Some(Err(SkipReason::PathRestrictions)),
+            ),
+            (app("main", true, no_docs), push("main", Some(&["docs/a.md", "src/x.rs"]), "m"), Some(Ok(()))),
+        ];
+        for (i, (svc, p, want)) in cases.into_iter().enumerate() {
+            assert_eq!(decide_push(&svc, &p), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn containers_do_not_follow_pushes() {
+        let c = service(json!({"environment_id": "p", "kind": "CONTAINER", "auto_deploy": true,
+                               "image": {"image_name": "acme/api", "tag": "1"}}));
+        assert_eq!(decide_push(&c, &push("main", None, "m")), None);
+    }
+
+    #[test]
+    fn push_marks_tell_rollbacks_from_duplicates() {
+        let p = push("main", None, "m");
+        let mut rollback = p.clone();
+        std::mem::swap(&mut rollback.before, &mut rollback.after);
+        assert_eq!(push_mark(&p), push_mark(&p.clone()));
+        assert_ne!(push_mark(&p), push_mark(&rollback));
+    }
+
+    fn container(kind: &str, registry: &str, name: &str, tag: &str, auto: bool, policy: Value) -> Service {
+        service(json!({"environment_id": "p", "kind": kind, "auto_deploy": auto,
+                       "image": {"registry": registry, "image_name": name, "tag": tag},
+                       "tag_policy": policy}))
+    }
+
+    #[test]
+    fn image_decisions() {
+        let semver = json!({"type": "SEMVER", "range": ">=1.2.0 <2"});
+        let name = |s: &str| parse_image_name(s).unwrap();
+        let c = ImageTarget::Container;
+        let cases = [
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), c, "acme/api", "1.4.0", Some(Ok(()))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), c, "ghcr.io/acme/api", "1.4.0", Some(Ok(()))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), c, "docker.io/acme/api", "1.4.0", None),
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), ImageTarget::Job, "acme/api", "1.4.0", None),
+            (container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), ImageTarget::Job, "acme/api", "1.4.0", Some(Ok(()))),
+            (container("CONTAINER", "docker.io", "nginx", "1.25", true, Value::Null), c, "nginx", "1.26", Some(Ok(()))),
+            (container("CONTAINER", "index.docker.io", "library/nginx", "1.25", true, Value::Null), c, "docker.io/nginx", "1.26", Some(Ok(()))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", false, Value::Null), c, "acme/api", "1.4.0", Some(Err(SkipReason::AutoDeployDisabled))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), c, "acme/api", "1.3.0", Some(Err(SkipReason::SameTag))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver.clone()), c, "acme/api", "v1.4.0", Some(Ok(()))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver.clone()), c, "acme/api", "1.2.5", Some(Err(SkipReason::TagPolicy))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver), c, "acme/api", "2.0.0", Some(Err(SkipReason::TagPolicy))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "main-aaaaaaa", true, json!({"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"})), c, "acme/api", "main-bbbbbbb", Some(Ok(()))),
+            (container("CONTAINER", "ghcr.io", "acme/api", "main-aaaaaaa", true, json!({"type": "GLOB", "pattern": "release-*"})), c, "acme/api", "main-bbbbbbb", Some(Err(SkipReason::TagPolicy))),
+        ];
+        for (i, (svc, target, image, tag, want)) in cases.into_iter().enumerate() {
+            assert_eq!(decide_image(&svc, target, &name(image), tag), want, "case {i}");
+        }
+    }
+}

@@ -1,0 +1,809 @@
+//! The settings API end to end, in-process through the real router on a real SQLite store:
+//! every route, every validation rule, authentication, and malformed input.
+
+use std::sync::Arc;
+
+use autodeploy_api::admin::StaticAdminToken;
+use autodeploy_api::sqlite::SqliteStore;
+use autodeploy_api::store::InStoreQueue;
+use autodeploy_api::web::{AppState, full_router};
+use axum::Router;
+use axum::body::Body;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+struct Api {
+    router: Router,
+    _dir: tempfile::TempDir,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Value,
+    raw: Vec<u8>,
+}
+
+impl Reply {
+    fn etag(&self) -> String {
+        self.headers
+            .get("etag")
+            .expect("an ETag header")
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    fn error_fields(&self) -> Vec<String> {
+        let mut fields: Vec<String> = self.body["error"]["details"]
+            .as_array()
+            .map(|d| d.iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default();
+        fields.sort();
+        fields
+    }
+}
+
+impl Api {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("api.db")).unwrap();
+        let state = AppState::new(
+            Arc::new(store),
+            Arc::new(InStoreQueue),
+            Arc::new(StaticAdminToken::new(ADMIN)),
+        );
+        Self {
+            router: full_router(state),
+            _dir: dir,
+        }
+    }
+
+    async fn raw(&self, req: Request<Body>) -> Reply {
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let raw = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let body = if raw.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("non-JSON reply ({e}): {raw:?}"))
+        };
+        if status.is_client_error() || status.is_server_error() {
+            // Every error has SPEC's shape.
+            assert!(body["error"]["code"].is_string(), "{body}");
+            assert!(body["error"]["message"].is_string(), "{body}");
+            assert!(body["error"]["details"].is_array(), "{body}");
+        }
+        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        Reply {
+            status,
+            headers,
+            body,
+            raw,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty);
+        self.raw(req.body(body).unwrap()).await
+    }
+
+    async fn put_service(&self, org: &str, id: &str, body: Value) -> Reply {
+        self.call(
+            Method::PUT,
+            &format!("/organization/{org}/services/{id}"),
+            Some(ADMIN),
+            Some(body),
+        )
+        .await
+    }
+
+    async fn token(&self, org: &str, scopes: &[&str]) -> String {
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/organization/{org}/tokens"),
+                Some(ADMIN),
+                Some(json!({"name": "t", "scopes": scopes})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn app_body() -> Value {
+    json!({
+        "environment_id": "production", "name": "API", "kind": "APPLICATION",
+        "auto_deploy": true,
+        "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop.git",
+                           "branch": "main", "root_path": "/"},
+        "deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "services/api/"}],
+        "image": null,
+        "tag_policy": null
+    })
+}
+
+fn container_body() -> Value {
+    json!({
+        "environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
+        "image": {"registry": "ghcr.io", "image_name": "acme/api", "tag": "1.3.0"},
+        "tag_policy": {"type": "SEMVER", "range": ">=1.2.0 <2"}
+    })
+}
+
+#[tokio::test]
+async fn health_answers_without_a_token() {
+    let api = Api::new();
+    let r = api.call(Method::GET, "/health", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["status"], "ok");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_use_the_error_shape() {
+    let api = Api::new();
+    let r = api.call(Method::GET, "/nope", Some(ADMIN), None).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::NOT_FOUND, "NOT_FOUND"));
+    let r = api.call(Method::POST, "/organization/acme/services", Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn service_lifecycle() {
+    let api = Api::new();
+    let r = api.put_service("acme", "api", app_body()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let first_etag = r.etag();
+    assert_eq!(r.body["id"], "api");
+    assert_eq!(r.body["organization_id"], "acme");
+    assert_eq!(r.body["version"], 1);
+    assert!(r.body["created_at"].is_string() && r.body["updated_at"].is_string());
+
+    let got = api.call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.etag(), first_etag);
+    assert_eq!(got.body, r.body);
+
+    // GET → edit → PUT round trip: server fields are accepted when they agree.
+    let mut edited = got.body.clone();
+    edited["name"] = json!("API v2");
+    let r = api.put_service("acme", "api", edited).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    assert_eq!(r.body["name"], "API v2");
+    assert_eq!(r.body["created_at"], got.body["created_at"]);
+    assert_ne!(r.etag(), first_etag);
+
+    // PATCH with a merge patch, both media types.
+    let r = api
+        .call_with(
+            Method::PATCH,
+            "/organization/acme/services/api",
+            Some(ADMIN),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let req = Request::patch("/organization/acme/services/api")
+        .header("authorization", format!("Token {ADMIN}"))
+        .header("content-type", "application/merge-patch+json")
+        .body(Body::from(r#"{"auto_deploy": false, "deployment_restrictions": null}"#))
+        .unwrap();
+    let r = api.raw(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["auto_deploy"], false);
+    assert_eq!(r.body["deployment_restrictions"], json!([]));
+    assert_eq!(r.body["version"], 3);
+    let r = api
+        .call(
+            Method::PATCH,
+            "/organization/acme/services/api",
+            Some(ADMIN),
+            Some(json!({"git_repository": {"branch": "release/*"}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["git_repository"]["branch"], "release/*");
+    assert_eq!(r.body["git_repository"]["url"], "https://github.com/acme/shop.git");
+
+    // A patch that breaks a rule is refused and changes nothing.
+    let r = api
+        .call(
+            Method::PATCH,
+            "/organization/acme/services/api",
+            Some(ADMIN),
+            Some(json!({"kind": "CONTAINER"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.error_fields(), vec!["git_repository", "image"]);
+    let r = api
+        .call(Method::PATCH, "/organization/acme/services/api", Some(ADMIN), Some(json!([1])))
+        .await;
+    assert_eq!(r.error_code(), "MALFORMED_BODY");
+
+    let r = api.call(Method::DELETE, "/organization/acme/services/api", Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.raw.is_empty());
+    for method in [Method::GET, Method::DELETE] {
+        let r = api.call(method, "/organization/acme/services/api", Some(ADMIN), None).await;
+        assert_eq!((r.status, r.error_code()), (StatusCode::NOT_FOUND, "NOT_FOUND"));
+    }
+    let r = api
+        .call(
+            Method::PATCH,
+            "/organization/acme/services/api",
+            Some(ADMIN),
+            Some(json!({"auto_deploy": true})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Re-created: version starts again, but the ETag is new.
+    let r = api.put_service("acme", "api", app_body()).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["version"], 1);
+    assert_ne!(r.etag(), first_etag);
+}
+
+#[tokio::test]
+async fn if_match_gives_optimistic_concurrency() {
+    let api = Api::new();
+    let r = api.put_service("acme", "api", app_body()).await;
+    let etag = r.etag();
+    let path = "/organization/acme/services/api";
+    let patch = Some(json!({"auto_deploy": false}));
+
+    let r = api
+        .call_with(Method::PATCH, path, Some(ADMIN), patch.clone(), &[("if-match", etag.as_str())])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let fresh = r.etag();
+
+    for method in [Method::PATCH, Method::PUT, Method::DELETE] {
+        let body = match method {
+            Method::PUT => Some(app_body()),
+            Method::PATCH => patch.clone(),
+            _ => None,
+        };
+        let r = api
+            .call_with(method.clone(), path, Some(ADMIN), body, &[("if-match", etag.as_str())])
+            .await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::PRECONDITION_FAILED, "PRECONDITION_FAILED"),
+            "{method}"
+        );
+    }
+    let r = api
+        .call_with(Method::PUT, path, Some(ADMIN), Some(app_body()), &[("if-match", "not-quoted")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.error_fields(), vec!["If-Match"]);
+    // If-Match on a service that does not exist.
+    let r = api
+        .call_with(
+            Method::PUT,
+            "/organization/acme/services/new",
+            Some(ADMIN),
+            Some(app_body()),
+            &[("if-match", "*")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    let r = api
+        .call_with(Method::PUT, path, Some(ADMIN), Some(app_body()), &[("if-match", "*")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api.call_with(Method::DELETE, path, Some(ADMIN), None, &[("if-match", fresh.as_str())]).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "the PUT changed the ETag");
+    let current = api.call(Method::GET, path, Some(ADMIN), None).await.etag();
+    let r = api.call_with(Method::DELETE, path, Some(ADMIN), None, &[("if-match", current.as_str())]).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_patches_with_one_etag_one_wins() {
+    let api = Arc::new(Api::new());
+    let etag = api.put_service("acme", "api", app_body()).await.etag();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let api = Arc::clone(&api);
+        let etag = etag.clone();
+        tasks.push(tokio::spawn(async move {
+            api.call_with(
+                Method::PATCH,
+                "/organization/acme/services/api",
+                Some(ADMIN),
+                Some(json!({"name": format!("name {i}")})),
+                &[("if-match", etag.as_str())],
+            )
+            .await
+            .status
+        }));
+    }
+    let mut ok = 0;
+    let mut stale = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::PRECONDITION_FAILED => stale += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, stale), (1, 19));
+    let r = api.call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None).await;
+    assert_eq!(r.body["version"], 2);
+}
+
+#[tokio::test]
+async fn list_pages_in_id_order() {
+    let api = Api::new();
+    for id in ["c", "a", "e", "b", "d"] {
+        assert_eq!(api.put_service("acme", id, app_body()).await.status, StatusCode::CREATED);
+    }
+    api.put_service("other", "zz", app_body()).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/organization/acme/services?limit=2&cursor={c}"),
+            None => "/organization/acme/services?limit=2".to_owned(),
+        };
+        let r = api.call(Method::GET, &path, Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let items = r.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
+        match r.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["a", "b", "c", "d", "e"]);
+
+    let r = api.call(Method::GET, "/organization/acme/services", Some(ADMIN), None).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 5);
+    assert_eq!(r.body["next_cursor"], Value::Null);
+
+    // A cursor is bound to its organization and its list.
+    let r = api
+        .call(Method::GET, "/organization/acme/services?limit=1", Some(ADMIN), None)
+        .await;
+    let c = r.body["next_cursor"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/organization/other/services?cursor={c}"),
+        format!("/organization/acme/tokens?cursor={c}"),
+        format!("/organization/acme/deployments?cursor={c}"),
+        "/organization/acme/services?cursor=garbage".to_owned(),
+    ] {
+        let r = api.call(Method::GET, &path, Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(r.error_fields(), vec!["cursor"], "{path}");
+    }
+    for limit in ["0", "101", "abc", "-3"] {
+        let r = api
+            .call(Method::GET, &format!("/organization/acme/services?limit={limit}"), Some(ADMIN), None)
+            .await;
+        assert_eq!(r.error_fields(), vec!["limit"]);
+    }
+    let r = api.call(Method::GET, "/organization/acme/services?limit=100", Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn authentication_and_scopes() {
+    let api = Api::new();
+    api.put_service("acme", "api", app_body()).await;
+    let path = "/organization/acme/services/api";
+
+    let r = api.call(Method::GET, path, None, None).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
+    for header in ["Basic abc", "Token", "Bearer ", "nonsense", "Token wrong-token"] {
+        let req = Request::get(path).header("authorization", header).body(Body::empty()).unwrap();
+        let r = api.raw(req).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{header}");
+    }
+    // Both schemes, any case.
+    for scheme in ["Token", "Bearer", "token", "BEARER"] {
+        let req = Request::get(path)
+            .header("authorization", format!("{scheme} {ADMIN}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(api.raw(req).await.status, StatusCode::OK, "{scheme}");
+    }
+
+    let manage = api.token("acme", &["manage"]).await;
+    let deploy = api.token("acme", &["deploy"]).await;
+    let other = api.token("other", &["manage", "deploy"]).await;
+    assert_eq!(api.call(Method::GET, path, Some(&manage), None).await.status, StatusCode::OK);
+    let r = api.call(Method::GET, path, Some(&deploy), None).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::FORBIDDEN, "FORBIDDEN"));
+    assert_eq!(api.call(Method::GET, path, Some(&other), None).await.status, StatusCode::FORBIDDEN);
+    let r = api
+        .call(Method::PUT, "/organization/acme/services/x", Some(&other), Some(app_body()))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Tokens are the admin's alone.
+    for (method, p) in [
+        (Method::GET, "/organization/acme/tokens"),
+        (Method::POST, "/organization/acme/tokens"),
+        (Method::DELETE, "/organization/acme/tokens/abc"),
+    ] {
+        let body = (method == Method::POST).then(|| json!({"name": "x"}));
+        let r = api.call(method, p, Some(&manage), body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{p}");
+    }
+    // Auth comes before everything else: no token, no hint about the path.
+    let r = api.call(Method::GET, "/organization/bad%20org/services", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn tokens_are_shown_once_and_revocable() {
+    let api = Api::new();
+    let r = api
+        .call(Method::POST, "/organization/acme/tokens", Some(ADMIN), Some(json!({"name": "ci"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["scopes"], json!(["deploy", "manage"]));
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("adt_"));
+
+    let list = api.call(Method::GET, "/organization/acme/tokens", Some(ADMIN), None).await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list.body["items"][0]["id"], json!(id));
+    assert!(list.body["items"][0].get("token").is_none());
+    assert!(!String::from_utf8_lossy(&list.raw).contains(&token[4..]));
+    let other = api.call(Method::GET, "/organization/other/tokens", Some(ADMIN), None).await;
+    assert_eq!(other.body["items"], json!([]));
+
+    assert_eq!(
+        api.call(Method::GET, "/organization/acme/services", Some(&token), None).await.status,
+        StatusCode::OK
+    );
+    let r = api
+        .call(Method::DELETE, &format!("/organization/acme/tokens/{id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api
+        .call(Method::DELETE, &format!("/organization/acme/tokens/{id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.call(Method::GET, "/organization/acme/services", Some(&token), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    for (body, fields) in [
+        (json!({}), vec!["name"]),
+        (json!({"name": ""}), vec!["name"]),
+        (json!({"name": 5}), vec!["name"]),
+        (json!({"name": "x", "scopes": []}), vec!["scopes"]),
+        (json!({"name": "x", "scopes": "deploy"}), vec!["scopes"]),
+        (json!({"name": "x", "scopes": ["deploy", "root"]}), vec!["scopes[1]"]),
+        (json!({"name": "x", "extra": true}), vec!["extra"]),
+    ] {
+        let r = api
+            .call(Method::POST, "/organization/acme/tokens", Some(ADMIN), Some(body.clone()))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.error_fields(), fields, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn webhook_secrets_are_never_echoed() {
+    let api = Api::new();
+    let path = "/organization/acme/webhook-secrets/github";
+    let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["configured"], false);
+    assert_eq!(r.body["set_at"], Value::Null);
+
+    let secret = "s3cr3t-value-that-is-long-enough";
+    let r = api.call(Method::PUT, path, Some(ADMIN), Some(json!({"secret": secret}))).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!(r.body["configured"], true);
+    assert!(r.body["set_at"].is_string());
+    assert!(!String::from_utf8_lossy(&r.raw).contains(secret));
+
+    for (body, field) in [
+        (json!({"secret": "short"}), "secret"),
+        (json!({"secret": 12345678901234567_u64}), "secret"),
+        (json!({}), "secret"),
+        (json!({"secret": secret, "other": 1}), "other"),
+        (json!({"secret": "x".repeat(2000)}), "secret"),
+    ] {
+        let r = api.call(Method::PUT, path, Some(ADMIN), Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.error_fields(), vec![field]);
+        assert!(!String::from_utf8_lossy(&r.raw).contains("short"));
+    }
+    let r = api
+        .call(
+            Method::PUT,
+            "/organization/acme/webhook-secrets/svn",
+            Some(ADMIN),
+            Some(json!({"secret": secret})),
+        )
+        .await;
+    assert_eq!(r.error_fields(), vec!["provider"]);
+    for provider in ["gitlab", "bitbucket", "bitbucket-server", "gitea", "gogs", "azure-devops", "dockerhub"] {
+        let r = api
+            .call(
+                Method::PUT,
+                &format!("/organization/acme/webhook-secrets/{provider}"),
+                Some(ADMIN),
+                Some(json!({"secret": secret})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{provider}");
+    }
+
+    assert_eq!(api.call(Method::DELETE, path, Some(ADMIN), None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(api.call(Method::DELETE, path, Some(ADMIN), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.call(Method::GET, path, Some(ADMIN), None).await.body["configured"], false);
+}
+
+#[tokio::test]
+async fn deployments_list_starts_empty() {
+    let api = Api::new();
+    let r = api.call(Method::GET, "/organization/acme/deployments", Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, json!({"items": [], "next_cursor": null}));
+    let r = api
+        .call(Method::GET, "/organization/acme/deployments?service_id=api&limit=5", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api
+        .call(Method::GET, "/organization/acme/deployments?service_id=-bad", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.error_fields(), vec!["service_id"]);
+}
+
+#[tokio::test]
+async fn path_identifiers_are_checked() {
+    let api = Api::new();
+    let long = "a".repeat(64);
+    for (path, field) in [
+        ("/organization/-acme/services/api".to_owned(), "organization_id"),
+        ("/organization/acme/services/a%20b".to_owned(), "service_id"),
+        (format!("/organization/acme/services/{long}"), "service_id"),
+        ("/organization/acme/services/%FF".to_owned(), "path"),
+    ] {
+        let r = api.call(Method::PUT, &path, Some(ADMIN), Some(app_body())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(r.error_fields(), vec![field], "{path}");
+    }
+    let mut body = app_body();
+    body["id"] = json!("other");
+    let r = api.put_service("acme", "api", body).await;
+    assert_eq!(r.error_fields(), vec!["id"]);
+}
+
+/// Each rule of SPEC's service validation, with the fields it must name.
+#[tokio::test]
+async fn every_validation_rule_names_its_field() {
+    let api = Api::new();
+    let with = |patch: Value| {
+        let mut body = app_body();
+        json_patch::merge(&mut body, &patch);
+        body
+    };
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (with(json!({"unknown": 1})), vec!["unknown"]),
+        (with(json!({"git_repository": {"extra": 1}})), vec!["git_repository.extra"]),
+        (with(json!({"environment_id": null})), vec!["environment_id"]),
+        (with(json!({"environment_id": "bad id"})), vec!["environment_id"]),
+        (with(json!({"kind": null})), vec!["kind"]),
+        (with(json!({"kind": "SERVERLESS"})), vec!["kind"]),
+        (with(json!({"name": ""})), vec!["name"]),
+        (with(json!({"name": "x".repeat(300)})), vec!["name"]),
+        (with(json!({"auto_deploy": "true"})), vec!["auto_deploy"]),
+        (with(json!({"git_repository": {"provider": "SVN"}})), vec!["git_repository.provider"]),
+        (with(json!({"git_repository": {"branch": "a..b"}})), vec!["git_repository.branch"]),
+        (with(json!({"git_repository": {"branch": "-x"}})), vec!["git_repository.branch"]),
+        (with(json!({"git_repository": {"branch": "x.lock"}})), vec!["git_repository.branch"]),
+        (with(json!({"git_repository": {"branch": "a b"}})), vec!["git_repository.branch"]),
+        (with(json!({"git_repository": {"url": "not a url"}})), vec!["git_repository.url"]),
+        (with(json!({"git_repository": {"url": "ftp://h/a/b"}})), vec!["git_repository.url"]),
+        (
+            with(json!({"git_repository": {"url": "https://user:hunter2@github.com/a/b"}})),
+            vec!["git_repository.url"],
+        ),
+        (with(json!({"git_repository": {"root_path": "relative"}})), vec!["git_repository.root_path"]),
+        (with(json!({"git_repository": {"root_path": "/a/../b"}})), vec!["git_repository.root_path"]),
+        (
+            with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "/abs"}]})),
+            vec!["deployment_restrictions[0].value"],
+        ),
+        (
+            with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "a/[b"}]})),
+            vec!["deployment_restrictions[0].value"],
+        ),
+        (
+            with(json!({"deployment_restrictions": [{"mode": "ALWAYS", "type": "PATH", "value": "a"}]})),
+            vec!["deployment_restrictions[0].mode"],
+        ),
+        (
+            with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "FILE", "value": "a"}]})),
+            vec!["deployment_restrictions[0].type"],
+        ),
+        (
+            with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "a", "x": 1}]})),
+            vec!["deployment_restrictions[0].x"],
+        ),
+        (with(json!({"git_repository": null})), vec!["deployment_restrictions", "git_repository"]),
+        (
+            with(json!({"image": {"image_name": "acme/api", "tag": "1"}})),
+            vec!["image"],
+        ),
+        (with(json!({"tag_policy": {"type": "GLOB", "pattern": "*"}})), vec!["tag_policy"]),
+    ];
+    for (body, fields) in cases {
+        let r = api.put_service("acme", "api", body.clone()).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
+            "{body}"
+        );
+        assert_eq!(r.error_fields(), fields, "{body}");
+        // A refused URL's credentials never come back.
+        assert!(!String::from_utf8_lossy(&r.raw).contains("hunter2"));
+    }
+
+    let with_image = |patch: Value| {
+        let mut body = container_body();
+        json_patch::merge(&mut body, &patch);
+        body
+    };
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (with_image(json!({"image": null})), vec!["image", "tag_policy"]),
+        (with_image(json!({"image": {"tag": "-x"}})), vec!["image.tag"]),
+        (with_image(json!({"image": {"tag": "x".repeat(129)}})), vec!["image.tag"]),
+        (with_image(json!({"image": {"image_name": "Acme/API"}})), vec!["image.image_name"]),
+        (with_image(json!({"image": {"image_name": ""}})), vec!["image.image_name"]),
+        (with_image(json!({"image": {"registry": "not a host"}})), vec!["image.registry"]),
+        (with_image(json!({"tag_policy": {"type": "SEMVER", "range": ">=x"}})), vec!["tag_policy.range"]),
+        (with_image(json!({"tag_policy": {"type": "REGEX", "pattern": "(", "range": null}})), vec!["tag_policy.pattern"]),
+        (
+            with_image(json!({"tag_policy": {"type": "GLOB", "pattern": "[", "range": null}})),
+            vec!["tag_policy.pattern"],
+        ),
+        (with_image(json!({"tag_policy": {"type": "LATEST"}})), vec!["tag_policy.type"]),
+        (with_image(json!({"tag_policy": {"bogus": 1}})), vec!["tag_policy.bogus"]),
+        (with_image(json!({"git_repository": {"provider": "GITHUB", "url": "https://github.com/a/b", "branch": "main"}})), vec!["git_repository"]),
+        (with_image(json!({"kind": "JOB", "git_repository": {"provider": "GITHUB", "url": "https://github.com/a/b", "branch": "main"}})), vec!["image"]),
+    ];
+    for (body, fields) in cases {
+        let r = api.put_service("acme", "worker", body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(r.error_fields(), fields, "{body}");
+    }
+    // All of these at once: every bad field is named.
+    let body = json!({"environment_id": "bad id", "kind": "APPLICATION", "name": "", "auto_deploy": 1,
+                      "git_repository": {"provider": "GITHUB", "url": "x", "branch": "a..b"}, "zzz": 0});
+    let r = api.put_service("acme", "api", body).await;
+    assert_eq!(
+        r.error_fields(),
+        vec!["auto_deploy", "environment_id", "git_repository.branch", "git_repository.url", "name", "zzz"]
+    );
+
+    // The valid forms are accepted: a container, a job on git, a job on an image.
+    assert_eq!(api.put_service("acme", "c", container_body()).await.status, StatusCode::CREATED);
+    let job_git = with(json!({"kind": "JOB"}));
+    assert_eq!(api.put_service("acme", "j1", job_git).await.status, StatusCode::CREATED);
+    let job_image = with_image(json!({"kind": "JOB", "tag_policy": {"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"}}));
+    let r = api.put_service("acme", "j2", job_image).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.call(Method::GET, "/organization/acme/services/c", Some(ADMIN), None).await;
+    assert_eq!(r.body["image"]["registry"], "ghcr.io");
+}
+
+#[tokio::test]
+async fn malformed_input_is_a_clear_400_never_a_500() {
+    let api = Api::new();
+    let path = "/organization/acme/services/api";
+    let send = |body: Vec<u8>, content_type: Option<&'static str>| {
+        let mut req = Request::put(path).header("authorization", format!("Token {ADMIN}"));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    let json_ct = Some("application/json");
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: Vec<(Vec<u8>, Option<&'static str>, StatusCode, &str)> = vec![
+        (vec![0xff, 0xfe, 0x00], json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (b"{\"name\": \"\xff\"}".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (b"not json".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (b"{\"a\": ".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (b"".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (b"null".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (b"[]".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (b"\"text\"".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (deep.into_bytes(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (
+            format!("{{\"name\": \"{}\"}}", "x".repeat(300 * 1024)).into_bytes(),
+            json_ct,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+        ),
+        (app_body().to_string().into_bytes(), None, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+        (
+            app_body().to_string().into_bytes(),
+            Some("text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            app_body().to_string().into_bytes(),
+            Some("application/merge-patch+json"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
+        (
+            json!({"environment_id": [], "kind": {}, "git_repository": 7, "deployment_restrictions": {"a": 1},
+                   "image": "x", "tag_policy": [], "auto_deploy": null})
+            .to_string()
+            .into_bytes(),
+            json_ct,
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+        ),
+    ];
+    for (body, ct, status, code) in cases {
+        let preview = String::from_utf8_lossy(&body[..body.len().min(60)]).into_owned();
+        let r = api.raw(send(body, ct)).await;
+        assert_eq!((r.status, r.error_code()), (status, code), "{preview}");
+    }
+    // application/json with a charset parameter is fine.
+    let r = api
+        .raw(send(app_body().to_string().into_bytes(), Some("application/json; charset=utf-8")))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // A Content-Length above the limit is refused before reading.
+    let req = Request::put(path)
+        .header("authorization", format!("Token {ADMIN}"))
+        .header("content-type", "application/json")
+        .header("content-length", "999999999")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(api.raw(req).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+}

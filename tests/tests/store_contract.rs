@@ -1,0 +1,1086 @@
+//! The store contract: one set of cases, each run against SQLite (`<case>::sqlite`) and
+//! against DynamoDB on moto (`<case>::dynamo`). A case asserts what the trait documentation
+//! in `shared/api/src/store.rs` promises, never one backend's choice where the docs leave
+//! room (SQLite records deployments `QUEUED`, DynamoDB `PENDING`).
+//!
+//! Cases specific to AWS (the SQS queue, the table layout, Secrets Manager) follow at the end.
+
+use std::collections::BTreeSet;
+
+use autodeploy_api::store::{
+    ServiceStore,
+    DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, Store, StoreError, StoredService, TokenRecord,
+};
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
+use autodeploy_core::registry_events::ImageSourceKind;
+use autodeploy_core::model::{GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
+use autodeploy_core::provider::GitProvider;
+use futures::future::join_all;
+
+/// Generates `mod <case> { sqlite, dynamo }` test functions for each case
+/// `async fn <case>(store: &dyn Store)`.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let fixture = autodeploy_tests::sqlite_fixture();
+                    super::$case(&fixture.store).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn dynamo() {
+                    let fixture = autodeploy_tests::aws_fixture().await;
+                    super::$case(&fixture.store).await;
+                }
+            }
+        )*
+    };
+}
+
+contract!(
+    ping,
+    put_get_replace,
+    list_services_in_pages,
+    delete_service,
+    services_by_repository,
+    services_by_image_path,
+    secrets,
+    tokens,
+    record_with_push_guard,
+    record_with_service_unchanged_guard,
+    concurrent_pushes_record_once,
+    concurrent_replaces_one_wins,
+    list_deployments_newest_first,
+    pending_until_marked_queued,
+    deliveries,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Builders
+
+const NOW: &str = "2026-11-26T12:00:00Z";
+
+fn new_etag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A deployment id: UUIDv7, so ids sort by time.
+fn new_deployment_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+fn spec(kind: ServiceKind) -> ServiceSpec {
+    ServiceSpec {
+        environment_id: "production".to_owned(),
+        name: "A service".to_owned(),
+        kind,
+        auto_deploy: true,
+        git_repository: None,
+        deployment_restrictions: Vec::new(),
+        image: None,
+        tag_policy: None,
+    }
+}
+
+fn service(org: &str, id: &str, spec: ServiceSpec) -> Service {
+    Service {
+        id: id.to_owned(),
+        organization_id: org.to_owned(),
+        spec,
+        version: 1,
+        created_at: NOW.to_owned(),
+        updated_at: NOW.to_owned(),
+    }
+}
+
+/// An application following `https://github.com/{repo}.git` (normalized `github.com/{repo}`).
+fn app(org: &str, id: &str, repo: &str) -> Service {
+    let mut spec = spec(ServiceKind::Application);
+    spec.git_repository = Some(GitRepository {
+        provider: GitProvider::Github,
+        url: format!("https://github.com/{repo}.git"),
+        branch: "main".to_owned(),
+        root_path: "/".to_owned(),
+    });
+    service(org, id, spec)
+}
+
+fn container(org: &str, id: &str, registry: &str, image_name: &str, tag: &str) -> Service {
+    let mut spec = spec(ServiceKind::Container);
+    spec.image = Some(ImageSource {
+        registry: registry.to_owned(),
+        image_name: image_name.to_owned(),
+        tag: tag.to_owned(),
+    });
+    service(org, id, spec)
+}
+
+fn push_request(org: &str, service_id: &str) -> DeploymentRequest {
+    DeploymentRequest {
+        schema: SCHEMA.to_owned(),
+        deployment_id: new_deployment_id(),
+        organization_id: org.to_owned(),
+        environment_id: "production".to_owned(),
+        service_id: service_id.to_owned(),
+        service_kind: ServiceKind::Application,
+        git_commit_id: Some("9049f1265b7d61be4a8904a9a27120d2064dab3b".to_owned()),
+        image_tag: None,
+        trigger: Trigger::GitPush {
+            provider: GitProvider::Github,
+            repository: "github.com/acme/shop".to_owned(),
+            branch: "main".to_owned(),
+            before: "0000000000000000000000000000000000000001".to_owned(),
+            commit_sha: "9049f1265b7d61be4a8904a9a27120d2064dab3b".to_owned(),
+            delivery_id: Some("d-1".to_owned()),
+            pusher: None,
+        },
+        requested_at: NOW.to_owned(),
+    }
+}
+
+fn tag_request(org: &str, service_id: &str, previous: &str, tag: &str) -> DeploymentRequest {
+    DeploymentRequest {
+        service_kind: ServiceKind::Container,
+        git_commit_id: None,
+        image_tag: Some(tag.to_owned()),
+        trigger: Trigger::ImageTag {
+            source: ImageSourceKind::Api,
+            registry: "docker.io".to_owned(),
+            image_name: "acme/api".to_owned(),
+            previous_tag: Some(previous.to_owned()),
+            tag: tag.to_owned(),
+        },
+        ..push_request(org, service_id)
+    }
+}
+
+fn push(mark: &str) -> Guard {
+    Guard::Push { mark: mark.to_owned() }
+}
+
+/// Create `service`, returning its etag.
+async fn create(store: &dyn Store, service: &Service) -> String {
+    let etag = new_etag();
+    store
+        .put_service(service, &etag, Expected::Absent)
+        .await
+        .unwrap_or_else(|e| panic!("creating {}: {e}", service.id));
+    etag
+}
+
+async fn stored(store: &dyn Store, org: &str, id: &str) -> StoredService {
+    store
+        .get_service(org, id)
+        .await
+        .expect("get_service")
+        .unwrap_or_else(|| panic!("service {org}/{id} missing"))
+}
+
+fn ids(services: &[StoredService]) -> Vec<String> {
+    let mut ids: Vec<String> = services.iter().map(|s| s.service.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+fn deployment_ids(page: &Page<DeploymentRecord>) -> Vec<String> {
+    page.items.iter().map(|d| d.request.deployment_id.clone()).collect()
+}
+
+fn recorded_status(outcome: RecordOutcome) -> DeploymentStatus {
+    match outcome {
+        RecordOutcome::Recorded(status) => status,
+        RecordOutcome::GuardFailed => panic!("expected the deployment to be recorded, the guard failed"),
+    }
+}
+
+/// Every deployment of `org` (optionally of one service), following the pages.
+async fn all_deployments(store: &dyn Store, org: &str, service_id: Option<&str>, limit: usize) -> Vec<DeploymentRecord> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..100 {
+        let page = store
+            .list_deployments(org, service_id, after.as_deref(), limit)
+            .await
+            .expect("list_deployments");
+        assert!(page.items.len() <= limit, "a page holds at most `limit` items");
+        all.extend(page.items.iter().cloned());
+        match page.last_key {
+            Some(key) => {
+                assert_eq!(page.items.len(), limit, "a page before the last is full");
+                assert_eq!(Some(&key), page.items.last().map(|d| &d.request.deployment_id));
+                after = Some(key);
+            }
+            None => return all,
+        }
+    }
+    panic!("list_deployments never ended");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+async fn ping(store: &dyn Store) {
+    store.ping().await.expect("ping");
+}
+
+async fn put_get_replace(store: &dyn Store) {
+    assert_eq!(store.get_service("acme", "api").await.expect("get"), None);
+    let api = app("acme", "api", "acme/shop");
+    let first = create(store, &api).await;
+    let got = stored(store, "acme", "api").await;
+    assert_eq!(got.service, api);
+    assert_eq!(got.etag, first);
+    assert_eq!(got.last_push, None);
+    assert_eq!(store.get_service("other", "api").await.expect("get"), None, "organizations are apart");
+
+    // Creating over an existing service, or replacing with a stale etag, is refused.
+    let changed = Service {
+        version: 2,
+        ..app("acme", "api", "acme/other")
+    };
+    let refused = store.put_service(&changed, &new_etag(), Expected::Absent).await;
+    assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
+    let refused = store
+        .put_service(&changed, &new_etag(), Expected::Etag(new_etag()))
+        .await;
+    assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
+    assert_eq!(stored(store, "acme", "api").await.etag, first);
+
+    // A replace keeps the last push.
+    let outcome = store
+        .record_deployment(&push_request("acme", "api"), &push("a..b"))
+        .await
+        .expect("record");
+    recorded_status(outcome);
+    let second = new_etag();
+    store
+        .put_service(&changed, &second, Expected::Etag(first.clone()))
+        .await
+        .expect("replace");
+    let got = stored(store, "acme", "api").await;
+    assert_eq!(got.service, changed);
+    assert_eq!(got.etag, second);
+    assert_eq!(got.last_push.as_deref(), Some("a..b"));
+
+    let refused = store.put_service(&api, &new_etag(), Expected::Etag(first)).await;
+    assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
+    let replace_missing = store
+        .put_service(&app("acme", "nope", "acme/shop"), &new_etag(), Expected::Etag(second))
+        .await;
+    assert!(
+        matches!(replace_missing, Err(StoreError::PreconditionFailed)),
+        "{replace_missing:?}"
+    );
+}
+
+async fn list_services_in_pages(store: &dyn Store) {
+    let mut want: Vec<String> = (1..=7).map(|i| format!("svc-{i:02}")).collect();
+    // Created out of order; another organization's services never show.
+    for id in want.iter().rev() {
+        create(store, &app("acme", id, "acme/shop")).await;
+    }
+    create(store, &app("acme-two", "svc-00", "acme/shop")).await;
+    create(store, &app("other", "svc-05b", "acme/shop")).await;
+    want.sort();
+
+    let page = store.list_services("acme", None, 3).await.expect("list");
+    assert_eq!(ids(&page.items), want[..3]);
+    assert_eq!(page.last_key.as_deref(), Some("svc-03"));
+    let page = store.list_services("acme", Some("svc-03"), 3).await.expect("list");
+    assert_eq!(ids(&page.items), want[3..6]);
+    assert_eq!(page.last_key.as_deref(), Some("svc-06"));
+    let page = store.list_services("acme", Some("svc-06"), 3).await.expect("list");
+    assert_eq!(ids(&page.items), want[6..]);
+    assert_eq!(page.last_key, None);
+
+    // Items come in id order, exactly `limit` of them means no further page.
+    let page = store.list_services("acme", None, 7).await.expect("list");
+    let listed: Vec<String> = page.items.iter().map(|s| s.service.id.clone()).collect();
+    assert_eq!(listed, want);
+    assert_eq!(page.last_key, None);
+    let page = store.list_services("acme", None, 100).await.expect("list");
+    assert_eq!(page.items.len(), 7);
+    assert_eq!(page.last_key, None);
+    // `after` need not be an existing id.
+    let page = store.list_services("acme", Some("svc-04a"), 100).await.expect("list");
+    assert_eq!(ids(&page.items), want[4..]);
+    // Etags come along.
+    assert!(page.items.iter().all(|s| !s.etag.is_empty()));
+    let page = store.list_services("empty", None, 10).await.expect("list");
+    assert!(page.items.is_empty() && page.last_key.is_none());
+}
+
+async fn delete_service(store: &dyn Store) {
+    assert!(!store.delete_service("acme", "api", None).await.expect("delete absent"));
+    let etag = create(store, &app("acme", "api", "acme/shop")).await;
+
+    let refused = store.delete_service("acme", "api", Some(&new_etag())).await;
+    assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
+    assert!(store.get_service("acme", "api").await.expect("get").is_some());
+
+    assert!(store.delete_service("acme", "api", Some(&etag)).await.expect("delete"));
+    assert_eq!(store.get_service("acme", "api").await.expect("get"), None);
+    assert!(!store.delete_service("acme", "api", None).await.expect("delete again"));
+    let by_repo = store
+        .services_by_repository("acme", "github.com/acme/shop")
+        .await
+        .expect("by repository");
+    assert!(by_repo.is_empty(), "a deleted service is no longer matched");
+
+    // Unconditional delete; re-creating works and starts without a last push.
+    create(store, &app("acme", "api", "acme/shop")).await;
+    store
+        .record_deployment(&push_request("acme", "api"), &push("a..b"))
+        .await
+        .expect("record");
+    assert!(store.delete_service("acme", "api", None).await.expect("delete"));
+    let etag = create(store, &app("acme", "api", "acme/shop")).await;
+    let again = stored(store, "acme", "api").await;
+    assert_eq!(again.etag, etag);
+    assert_eq!(again.last_push, None, "a re-created service starts afresh");
+}
+
+async fn services_by_repository(store: &dyn Store) {
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let mut worker = app("acme", "worker", "acme/shop");
+    worker.spec.auto_deploy = false;
+    create(store, &worker).await;
+    create(store, &app("acme", "site", "acme/site")).await;
+    create(store, &app("evil", "api", "acme/shop")).await;
+    create(store, &container("acme", "web", "docker.io", "acme/shop", "1.0.0")).await;
+
+    let found = store
+        .services_by_repository("acme", "github.com/acme/shop")
+        .await
+        .expect("by repository");
+    assert_eq!(ids(&found), ["api", "worker"], "disabled services too, only this org");
+    assert!(found.iter().all(|s| s.service.organization_id == "acme"));
+    assert!(
+        store
+            .services_by_repository("acme", "github.com/acme/nothing")
+            .await
+            .expect("by repository")
+            .is_empty()
+    );
+
+    // Changing the repository moves the service from one key to the other.
+    let etag = stored(store, "acme", "api").await.etag;
+    store
+        .put_service(&app("acme", "api", "acme/site"), &new_etag(), Expected::Etag(etag))
+        .await
+        .expect("replace");
+    let shop = store
+        .services_by_repository("acme", "github.com/acme/shop")
+        .await
+        .expect("by repository");
+    assert_eq!(ids(&shop), ["worker"]);
+    let site = store
+        .services_by_repository("acme", "github.com/acme/site")
+        .await
+        .expect("by repository");
+    assert_eq!(ids(&site), ["api", "site"]);
+    assert!(site.iter().all(|s| !s.etag.is_empty()));
+
+    // Dropping the repository (a job on an image) leaves the repository's key.
+    let etag = stored(store, "acme", "site").await.etag;
+    let mut job = container("acme", "site", "docker.io", "acme/site", "1");
+    job.spec.kind = ServiceKind::Job;
+    store
+        .put_service(&job, &new_etag(), Expected::Etag(etag))
+        .await
+        .expect("replace");
+    let site = store
+        .services_by_repository("acme", "github.com/acme/site")
+        .await
+        .expect("by repository");
+    assert_eq!(ids(&site), ["api"]);
+}
+
+async fn services_by_image_path(store: &dyn Store) {
+    create(store, &container("acme", "web", "docker.io", "acme/web", "1.0.0")).await;
+    create(store, &container("acme", "mirror", "ghcr.io", "acme/web", "1.0.0")).await;
+    let mut off = container("acme", "off", "docker.io", "acme/web", "0.9.0");
+    off.spec.auto_deploy = false;
+    create(store, &off).await;
+    create(store, &container("acme", "other", "docker.io", "acme/other", "1.0.0")).await;
+    create(store, &container("evil", "web", "docker.io", "acme/web", "1.0.0")).await;
+    create(store, &app("acme", "api", "acme/web")).await;
+
+    let found = store.services_by_image_path("acme", "acme/web").await.expect("by image");
+    assert_eq!(ids(&found), ["mirror", "off", "web"], "any registry, disabled too, only this org");
+    // Docker Hub's one-segment names are stored under `library/`.
+    create(store, &container("acme", "db", "docker.io", "postgres", "16")).await;
+    let found = store
+        .services_by_image_path("acme", "library/postgres")
+        .await
+        .expect("by image");
+    assert_eq!(ids(&found), ["db"]);
+
+    // Changing the image moves the service; dropping it removes it.
+    let etag = stored(store, "acme", "mirror").await.etag;
+    store
+        .put_service(
+            &container("acme", "mirror", "ghcr.io", "acme/other", "1.0.0"),
+            &new_etag(),
+            Expected::Etag(etag),
+        )
+        .await
+        .expect("replace");
+    let etag = stored(store, "acme", "off").await.etag;
+    store
+        .put_service(&app("acme", "off", "acme/web"), &new_etag(), Expected::Etag(etag))
+        .await
+        .expect("replace");
+    let web = store.services_by_image_path("acme", "acme/web").await.expect("by image");
+    assert_eq!(ids(&web), ["web"]);
+    let other = store.services_by_image_path("acme", "acme/other").await.expect("by image");
+    assert_eq!(ids(&other), ["mirror", "other"]);
+}
+
+async fn secrets(store: &dyn Store) {
+    assert_eq!(store.get_secret("acme", "github").await.expect("get"), None);
+    let first = SecretRecord {
+        secret: "a-webhook-secret-of-some-length".to_owned(),
+        set_at: NOW.to_owned(),
+    };
+    store.put_secret("acme", "github", &first).await.expect("put");
+    assert_eq!(store.get_secret("acme", "github").await.expect("get"), Some(first.clone()));
+    assert_eq!(store.get_secret("acme", "gitlab").await.expect("get"), None);
+    assert_eq!(store.get_secret("other", "github").await.expect("get"), None);
+
+    let second = SecretRecord {
+        secret: "another-secret-value-entirely".to_owned(),
+        set_at: "2026-11-27T08:00:00Z".to_owned(),
+    };
+    store.put_secret("acme", "github", &second).await.expect("replace");
+    assert_eq!(store.get_secret("acme", "github").await.expect("get"), Some(second));
+
+    assert!(store.delete_secret("acme", "github").await.expect("delete"));
+    assert_eq!(store.get_secret("acme", "github").await.expect("get"), None);
+    assert!(!store.delete_secret("acme", "github").await.expect("delete again"));
+}
+
+fn token(org: &str, id: &str, scopes: &[&str]) -> TokenRecord {
+    TokenRecord {
+        organization_id: org.to_owned(),
+        id: id.to_owned(),
+        name: format!("token {id}"),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        hash: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{org}/{id}").as_bytes())),
+        created_at: NOW.to_owned(),
+    }
+}
+
+async fn tokens(store: &dyn Store) {
+    let tokens = [
+        token("acme", "tok-b", &["deploy"]),
+        token("acme", "tok-a", &["deploy", "manage"]),
+        token("acme", "tok-c", &[]),
+        token("other", "tok-0", &["manage"]),
+    ];
+    for t in &tokens {
+        store.create_token(t).await.expect("create_token");
+    }
+    let duplicate = store.create_token(&tokens[0]).await;
+    assert!(duplicate.is_err(), "a token id is created once: {duplicate:?}");
+
+    let page = store.list_tokens("acme", None, 2).await.expect("list");
+    assert_eq!(page.items, vec![tokens[1].clone(), tokens[0].clone()]);
+    assert_eq!(page.last_key.as_deref(), Some("tok-b"));
+    let page = store.list_tokens("acme", Some("tok-b"), 2).await.expect("list");
+    assert_eq!(page.items, vec![tokens[2].clone()]);
+    assert_eq!(page.last_key, None);
+
+    assert_eq!(
+        store.token_by_hash(&tokens[1].hash).await.expect("by hash"),
+        Some(tokens[1].clone())
+    );
+    assert_eq!(
+        store.token_by_hash(&tokens[3].hash).await.expect("by hash"),
+        Some(tokens[3].clone())
+    );
+    assert_eq!(store.token_by_hash(&"0".repeat(64)).await.expect("by hash"), None);
+
+    assert!(!store.delete_token("other", "tok-a").await.expect("delete elsewhere"));
+    assert!(store.delete_token("acme", "tok-a").await.expect("delete"));
+    assert_eq!(store.token_by_hash(&tokens[1].hash).await.expect("by hash"), None);
+    assert!(!store.delete_token("acme", "tok-a").await.expect("delete again"));
+    let page = store.list_tokens("acme", None, 10).await.expect("list");
+    assert_eq!(page.items, vec![tokens[0].clone(), tokens[2].clone()]);
+    assert_eq!(
+        store.token_by_hash(&tokens[0].hash).await.expect("by hash"),
+        Some(tokens[0].clone())
+    );
+}
+
+async fn record_with_push_guard(store: &dyn Store) {
+    let missing = store
+        .record_deployment(&push_request("acme", "api"), &push("a..b"))
+        .await
+        .expect("record");
+    assert_eq!(missing, RecordOutcome::GuardFailed, "no service, nothing recorded");
+
+    create(store, &app("acme", "api", "acme/shop")).await;
+    create(store, &app("acme", "worker", "acme/shop")).await;
+    let mut recorded = Vec::new();
+    let mut record = async |service: &str, mark: &str| {
+        let request = push_request("acme", service);
+        let outcome = store.record_deployment(&request, &push(mark)).await.expect("record");
+        if let RecordOutcome::Recorded(_) = outcome {
+            recorded.push(request.deployment_id);
+        }
+        outcome
+    };
+    recorded_status(record("api", "a..b").await);
+    assert_eq!(record("api", "a..b").await, RecordOutcome::GuardFailed, "the same push once");
+    // Another service follows the same repository: its own guard.
+    recorded_status(record("worker", "a..b").await);
+    recorded_status(record("api", "b..c").await);
+    // A force-push back (a rollback), then a return to a commit deployed before.
+    recorded_status(record("api", "c..a").await);
+    recorded_status(record("api", "a..b").await);
+    assert_eq!(record("api", "a..b").await, RecordOutcome::GuardFailed);
+
+    assert_eq!(stored(store, "acme", "api").await.last_push.as_deref(), Some("a..b"));
+    let listed: BTreeSet<String> = all_deployments(store, "acme", None, 50)
+        .await
+        .into_iter()
+        .map(|d| d.request.deployment_id)
+        .collect();
+    assert_eq!(listed, recorded.into_iter().collect::<BTreeSet<_>>());
+}
+
+async fn record_with_service_unchanged_guard(store: &dyn Store) {
+    let v1 = container("acme", "api", "docker.io", "acme/api", "1.0.0");
+    let etag1 = create(store, &v1).await;
+    // Give it a last push, which the guard's write must keep.
+    store
+        .record_deployment(&push_request("acme", "api"), &push("a..b"))
+        .await
+        .expect("record");
+
+    let v2 = container("acme", "api", "docker.io", "acme/api", "1.1.0");
+    let etag2 = new_etag();
+    let updated = StoredService {
+        service: v2.clone(),
+        etag: etag2.clone(),
+        last_push: None,
+    };
+    let stale = Guard::ServiceUnchanged {
+        expected: new_etag(),
+        updated: Box::new(updated.clone()),
+    };
+    let request = tag_request("acme", "api", "1.0.0", "1.1.0");
+    assert_eq!(
+        store.record_deployment(&request, &stale).await.expect("record"),
+        RecordOutcome::GuardFailed
+    );
+    assert_eq!(stored(store, "acme", "api").await.etag, etag1, "nothing written");
+
+    let guard = Guard::ServiceUnchanged {
+        expected: etag1.clone(),
+        updated: Box::new(updated),
+    };
+    recorded_status(store.record_deployment(&request, &guard).await.expect("record"));
+    let got = stored(store, "acme", "api").await;
+    assert_eq!(got.service, v2);
+    assert_eq!(got.etag, etag2);
+    assert_eq!(got.last_push.as_deref(), Some("a..b"));
+    let listed = all_deployments(store, "acme", Some("api"), 10).await;
+    assert!(listed.iter().any(|d| d.request == request));
+
+    // The same notification again finds the etag changed.
+    let again = tag_request("acme", "api", "1.0.0", "1.1.0");
+    assert_eq!(
+        store.record_deployment(&again, &guard).await.expect("record"),
+        RecordOutcome::GuardFailed
+    );
+    assert_eq!(all_deployments(store, "acme", Some("api"), 10).await.len(), 2);
+
+    // The replacement may move the service to another image path.
+    let v3 = container("acme", "api", "ghcr.io", "acme/renamed", "2.0.0");
+    let guard = Guard::ServiceUnchanged {
+        expected: etag2,
+        updated: Box::new(StoredService {
+            service: v3.clone(),
+            etag: new_etag(),
+            last_push: None,
+        }),
+    };
+    recorded_status(
+        store
+            .record_deployment(&tag_request("acme", "api", "1.1.0", "2.0.0"), &guard)
+            .await
+            .expect("record"),
+    );
+    assert!(
+        store
+            .services_by_image_path("acme", "acme/api")
+            .await
+            .expect("by image")
+            .is_empty()
+    );
+    let renamed = store
+        .services_by_image_path("acme", "acme/renamed")
+        .await
+        .expect("by image");
+    assert_eq!(ids(&renamed), ["api"]);
+    assert_eq!(renamed[0].service, v3);
+}
+
+async fn concurrent_pushes_record_once(store: &dyn Store) {
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let requests: Vec<DeploymentRequest> = (0..20).map(|_| push_request("acme", "api")).collect();
+    let guard = push("a..b");
+    let outcomes = join_all(requests.iter().map(|r| store.record_deployment(r, &guard))).await;
+    let recorded = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(RecordOutcome::Recorded(_))))
+        .count();
+    let failed = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(RecordOutcome::GuardFailed)))
+        .count();
+    assert_eq!((recorded, failed), (1, 19), "{outcomes:?}");
+    assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 1);
+}
+
+async fn concurrent_replaces_one_wins(store: &dyn Store) {
+    let etag = create(store, &app("acme", "api", "acme/shop")).await;
+    let attempts: Vec<(Service, String)> = (0..20)
+        .map(|i| {
+            let mut s = app("acme", "api", "acme/shop");
+            s.version = i + 2;
+            (s, new_etag())
+        })
+        .collect();
+    let results = join_all(
+        attempts
+            .iter()
+            .map(|(s, new)| store.put_service(s, new, Expected::Etag(etag.clone()))),
+    )
+    .await;
+    let winners: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(StoreError::PreconditionFailed))),
+        "{results:?}"
+    );
+    let got = stored(store, "acme", "api").await;
+    assert_eq!(got.etag, attempts[winners[0]].1);
+    assert_eq!(got.service, attempts[winners[0]].0);
+}
+
+async fn list_deployments_newest_first(store: &dyn Store) {
+    create(store, &app("acme", "api", "acme/shop")).await;
+    create(store, &app("acme", "worker", "acme/shop")).await;
+    create(store, &app("other", "api", "acme/shop")).await;
+    let mut all = Vec::new();
+    for i in 0..12 {
+        let service = if i % 3 == 0 { "worker" } else { "api" };
+        let request = push_request("acme", service);
+        recorded_status(
+            store
+                .record_deployment(&request, &push(&format!("m{i}")))
+                .await
+                .expect("record"),
+        );
+        all.push(request);
+    }
+    recorded_status(
+        store
+            .record_deployment(&push_request("other", "api"), &push("x"))
+            .await
+            .expect("record"),
+    );
+    // Newest first is descending id order (UUIDv7 ids sort by time).
+    all.sort_by(|a, b| b.deployment_id.cmp(&a.deployment_id));
+    let want: Vec<String> = all.iter().map(|r| r.deployment_id.clone()).collect();
+
+    let page = store.list_deployments("acme", None, None, 5).await.expect("list");
+    assert_eq!(deployment_ids(&page), want[..5]);
+    assert_eq!(page.last_key.as_deref(), Some(want[4].as_str()));
+    let page = store
+        .list_deployments("acme", None, Some(&want[4]), 5)
+        .await
+        .expect("list");
+    assert_eq!(deployment_ids(&page), want[5..10]);
+    let listed = all_deployments(store, "acme", None, 5).await;
+    assert_eq!(listed.iter().map(|d| d.request.deployment_id.clone()).collect::<Vec<_>>(), want);
+    for (record, request) in listed.iter().zip(&all) {
+        assert_eq!(&record.request, request, "the request comes back as recorded");
+    }
+
+    let want_api: Vec<String> = all
+        .iter()
+        .filter(|r| r.service_id == "api")
+        .map(|r| r.deployment_id.clone())
+        .collect();
+    assert_eq!(want_api.len(), 8);
+    let page = store
+        .list_deployments("acme", Some("api"), None, 3)
+        .await
+        .expect("list");
+    assert_eq!(deployment_ids(&page), want_api[..3]);
+    assert_eq!(page.last_key.as_deref(), Some(want_api[2].as_str()));
+    let page = store
+        .list_deployments("acme", Some("api"), Some(&want_api[2]), 3)
+        .await
+        .expect("list");
+    assert_eq!(deployment_ids(&page), want_api[3..6]);
+    let listed = all_deployments(store, "acme", Some("api"), 3).await;
+    assert_eq!(
+        listed.iter().map(|d| d.request.deployment_id.clone()).collect::<Vec<_>>(),
+        want_api
+    );
+    assert_eq!(all_deployments(store, "acme", Some("worker"), 50).await.len(), 4);
+    assert!(all_deployments(store, "acme", Some("nothing"), 50).await.is_empty());
+    assert_eq!(all_deployments(store, "other", None, 50).await.len(), 1);
+}
+
+async fn pending_until_marked_queued(store: &dyn Store) {
+    create(store, &app("acme", "api", "acme/shop")).await;
+    create(store, &app("beta", "api", "beta/shop")).await;
+    let mut recorded = Vec::new();
+    for (i, org) in ["acme", "beta", "acme"].into_iter().enumerate() {
+        let request = push_request(org, "api");
+        let status = recorded_status(
+            store
+                .record_deployment(&request, &push(&format!("m{i}")))
+                .await
+                .expect("record"),
+        );
+        recorded.push((request, status));
+    }
+
+    // After recording, a deployment is either queued already or pending (oldest first,
+    // across organizations) until marked queued.
+    let pending = store.pending_deployments(100).await.expect("pending");
+    let want_pending: Vec<&DeploymentRequest> = recorded
+        .iter()
+        .filter(|(_, s)| *s == DeploymentStatus::Pending)
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(pending.iter().map(|d| &d.request).collect::<Vec<_>>(), want_pending);
+    assert!(pending.iter().all(|d| d.status == DeploymentStatus::Pending));
+    for (request, status) in &recorded {
+        let listed = all_deployments(store, &request.organization_id, None, 50).await;
+        let record = listed
+            .iter()
+            .find(|d| d.request.deployment_id == request.deployment_id)
+            .expect("listed");
+        assert_eq!(record.status, *status, "listed in the status it was recorded in");
+    }
+    if want_pending.len() > 1 {
+        let first = store.pending_deployments(1).await.expect("pending");
+        assert_eq!(first.len(), 1);
+        assert_eq!(&first[0].request, want_pending[0]);
+    }
+
+    for org in ["acme", "beta"] {
+        let ids: Vec<String> = recorded
+            .iter()
+            .filter(|(r, _)| r.organization_id == org)
+            .map(|(r, _)| r.deployment_id.clone())
+            .collect();
+        store.mark_queued(org, &ids).await.expect("mark_queued");
+    }
+    store
+        .mark_queued("acme", &[new_deployment_id()])
+        .await
+        .expect("marking an unknown id is harmless");
+    assert!(store.pending_deployments(100).await.expect("pending").is_empty());
+    for org in ["acme", "beta"] {
+        for record in all_deployments(store, org, None, 50).await {
+            assert_eq!(record.status, DeploymentStatus::Queued);
+        }
+    }
+}
+
+async fn deliveries(store: &dyn Store) {
+    let now = 1_800_000_000;
+    assert!(!store.delivery_seen("acme", "github", "d-1", now).await.expect("seen"));
+    store
+        .remember_delivery("acme", "github", "d-1", now + 3 * 86_400)
+        .await
+        .expect("remember");
+    assert!(store.delivery_seen("acme", "github", "d-1", now).await.expect("seen"));
+    assert!(store.delivery_seen("acme", "github", "d-1", now + 3 * 86_400 - 1).await.expect("seen"));
+    assert!(
+        !store.delivery_seen("acme", "github", "d-1", now + 3 * 86_400).await.expect("seen"),
+        "expired at its expiry time"
+    );
+    assert!(!store.delivery_seen("acme", "gitlab", "d-1", now).await.expect("seen"));
+    assert!(!store.delivery_seen("other", "github", "d-1", now).await.expect("seen"));
+    assert!(!store.delivery_seen("acme", "github", "d-2", now).await.expect("seen"));
+
+    // Remembered again later, it is seen again until the new expiry.
+    let later = now + 4 * 86_400;
+    store
+        .remember_delivery("acme", "github", "d-1", later + 3 * 86_400)
+        .await
+        .expect("remember");
+    assert!(store.delivery_seen("acme", "github", "d-1", later).await.expect("seen"));
+
+    // Ids are opaque header values, long ones included.
+    let long = "x".repeat(1000);
+    store
+        .remember_delivery("acme", "github", &long, now + 10)
+        .await
+        .expect("remember");
+    assert!(store.delivery_seen("acme", "github", &long, now).await.expect("seen"));
+    assert!(!store.delivery_seen("acme", "github", &long[..999], now).await.expect("seen"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWS only
+
+/// 25 requests go out in batches of ten; moto hands them back with the service's message
+/// group and the deployment id as deduplication id, in order within each group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_send_in_batches() {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+
+    let fixture = autodeploy_tests::aws_fixture().await;
+    let requests: Vec<DeploymentRequest> = (0..25)
+        .map(|i| push_request("acme", &format!("svc-{}", i % 3)))
+        .collect();
+    let results = fixture.queue.send(&requests).await;
+    assert_eq!(results.len(), 25);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let mut received: Vec<(String, String, DeploymentRequest)> = Vec::new();
+    for _ in 0..30 {
+        if received.len() >= requests.len() {
+            break;
+        }
+        let out = fixture
+            .sqs
+            .receive_message()
+            .queue_url(&fixture.queues.deployments.url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive_message");
+        for message in out.messages() {
+            let attrs = message.attributes().expect("message attributes");
+            let group = attrs[&MessageSystemAttributeName::MessageGroupId].clone();
+            let dedup = attrs[&MessageSystemAttributeName::MessageDeduplicationId].clone();
+            let request: DeploymentRequest =
+                serde_json::from_str(message.body().expect("body")).expect("a deployment request");
+            received.push((group, dedup, request));
+            // A FIFO group stays locked while a message of it is in flight.
+            fixture
+                .sqs
+                .delete_message()
+                .queue_url(&fixture.queues.deployments.url)
+                .receipt_handle(message.receipt_handle().expect("receipt handle"))
+                .send()
+                .await
+                .expect("delete_message");
+        }
+    }
+    assert_eq!(received.len(), 25);
+    for (group, dedup, request) in &received {
+        assert_eq!(group, &request.message_group());
+        assert_eq!(dedup, &request.deployment_id);
+        assert!(requests.contains(request));
+    }
+    for service in ["svc-0", "svc-1", "svc-2"] {
+        let sent: Vec<&str> = requests
+            .iter()
+            .filter(|r| r.service_id == service)
+            .map(|r| r.deployment_id.as_str())
+            .collect();
+        let got: Vec<&str> = received
+            .iter()
+            .filter(|(_, _, r)| r.service_id == service)
+            .map(|(_, _, r)| r.deployment_id.as_str())
+            .collect();
+        assert_eq!(got, sent, "one service's deployments stay in order");
+    }
+
+    // Sending a deployment again is harmless.
+    let again = fixture.queue.send(&requests[..2]).await;
+    assert!(again.iter().all(Result::is_ok), "{again:?}");
+}
+
+/// A queue that does not exist fails every request, each with its own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_failures_are_per_request() {
+    let fixture = autodeploy_tests::aws_fixture().await;
+    let missing = format!("{}-missing.fifo", fixture.queues.deployments.url.trim_end_matches(".fifo"));
+    let queue = autodeploy_api::aws::SqsQueue::new(fixture.sqs.clone(), missing);
+    let requests: Vec<DeploymentRequest> = (0..12).map(|_| push_request("acme", "api")).collect();
+    let results = queue.send(&requests).await;
+    assert_eq!(results.len(), 12);
+    assert!(results.iter().all(Result::is_err), "{results:?}");
+}
+
+/// The items are laid out as the comment above `Table` in `infra/template.yaml` says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamo_item_layout_follows_the_template() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    let fixture = autodeploy_tests::aws_fixture().await;
+    let store: &dyn Store = &fixture.store;
+    let get = async |pk: &str, sk: &str| {
+        fixture
+            .dynamo
+            .get_item()
+            .table_name(&fixture.table)
+            .key("pk", AttributeValue::S(pk.to_owned()))
+            .key("sk", AttributeValue::S(sk.to_owned()))
+            .send()
+            .await
+            .expect("get_item")
+            .item
+            .unwrap_or_else(|| panic!("no item {pk} / {sk}"))
+    };
+    let text = |item: &std::collections::HashMap<String, AttributeValue>, name: &str| {
+        item.get(name).and_then(|v| v.as_s().ok()).cloned()
+    };
+
+    let mut job = app("acme", "api", "acme/shop");
+    job.spec.kind = ServiceKind::Job;
+    create(store, &job).await;
+    create(store, &container("acme", "web", "ghcr.io", "acme/web", "1")).await;
+    let service = get("ORG#acme", "SERVICE#api").await;
+    assert_eq!(text(&service, "gsi1pk").as_deref(), Some("REPO#acme#github.com/acme/shop"));
+    assert_eq!(text(&service, "gsi1sk").as_deref(), Some("api"));
+    assert_eq!(text(&service, "gsi2pk"), None);
+    let web = get("ORG#acme", "SERVICE#web").await;
+    assert_eq!(text(&web, "gsi2pk").as_deref(), Some("IMAGE#acme#acme/web"));
+    assert_eq!(text(&web, "gsi2sk").as_deref(), Some("web"));
+    assert_eq!(text(&web, "gsi1pk"), None);
+
+    let request = push_request("acme", "api");
+    let id = request.deployment_id.clone();
+    store.record_deployment(&request, &push("a..b")).await.expect("record");
+    let deployment = get("ORG#acme", &format!("DEPLOYMENT#{id}")).await;
+    assert_eq!(text(&deployment, "gsi1pk").as_deref(), Some("DEPSVC#acme#api"));
+    assert_eq!(text(&deployment, "gsi1sk").as_deref(), Some(id.as_str()));
+    assert_eq!(text(&deployment, "gsi2pk").as_deref(), Some("PENDING"));
+    assert_eq!(text(&deployment, "gsi2sk").as_deref(), Some(id.as_str()));
+    assert_eq!(text(&deployment, "status").as_deref(), Some("PENDING"));
+    assert!(!deployment.contains_key("expires_at"), "a pending deployment never expires");
+    store.mark_queued("acme", std::slice::from_ref(&id)).await.expect("mark_queued");
+    let deployment = get("ORG#acme", &format!("DEPLOYMENT#{id}")).await;
+    assert_eq!(text(&deployment, "status").as_deref(), Some("QUEUED"));
+    assert_eq!(text(&deployment, "gsi2pk"), None);
+    let expires: i64 = deployment["expires_at"].as_n().expect("expires_at").parse().expect("a number");
+    assert!(expires > 1_700_000_000, "a unix time in seconds: {expires}");
+    assert_eq!(get("ORG#acme", "SERVICE#api").await["last_push"].as_s().ok().map(String::as_str), Some("a..b"));
+
+    let t = token("acme", "tok", &["deploy"]);
+    store.create_token(&t).await.expect("create_token");
+    get("ORG#acme", "TOKEN#tok").await;
+    get(&format!("TOKENHASH#{}", t.hash), "TOKENHASH").await;
+    store
+        .put_secret("acme", "github", &SecretRecord {
+            secret: "s".repeat(20),
+            set_at: NOW.to_owned(),
+        })
+        .await
+        .expect("put_secret");
+    get("ORG#acme", "SECRET#github").await;
+    store
+        .remember_delivery("acme", "github", "d-1", 1_800_000_000)
+        .await
+        .expect("remember_delivery");
+    let delivery = get("DELIVERY#acme#github#d-1", "DELIVERY").await;
+    assert_eq!(delivery["expires_at"].as_n().ok().map(String::as_str), Some("1800000000"));
+
+    // The table's TTL attribute is the one the store writes.
+    let ttl = fixture
+        .dynamo
+        .describe_time_to_live()
+        .table_name(&fixture.table)
+        .send()
+        .await
+        .expect("describe_time_to_live");
+    assert_eq!(
+        ttl.time_to_live_description().and_then(|d| d.attribute_name()),
+        Some("expires_at")
+    );
+}
+
+/// An item no version could have written reads as `Corrupt`, not as a missing record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamo_unreadable_items_are_corrupt() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    let fixture = autodeploy_tests::aws_fixture().await;
+    fixture
+        .dynamo
+        .put_item()
+        .table_name(&fixture.table)
+        .item("pk", AttributeValue::S("ORG#acme".to_owned()))
+        .item("sk", AttributeValue::S("SERVICE#api".to_owned()))
+        .item("data", AttributeValue::S("{not json".to_owned()))
+        .item("etag", AttributeValue::S("e".to_owned()))
+        .send()
+        .await
+        .expect("put_item");
+    let got = fixture.store.get_service("acme", "api").await;
+    assert!(matches!(got, Err(StoreError::Corrupt(_))), "{got:?}");
+    let listed = fixture.store.list_services("acme", None, 10).await;
+    assert!(matches!(listed, Err(StoreError::Corrupt(_))), "{listed:?}");
+}
+
+/// A store whose table does not exist is unavailable, never a panic or a silent miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamo_missing_table_is_unavailable() {
+    let fixture = autodeploy_tests::aws_fixture().await;
+    let store = autodeploy_api::aws::DynamoStore::new(fixture.dynamo.clone(), "no-such-table");
+    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    let got = store.get_service("acme", "api").await;
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+}
+
+/// The admin token secret is read on first use, cached as a digest, and a failed read is
+/// tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_token_from_secrets_manager() {
+    use autodeploy_api::admin::AdminTokenSource;
+    use sha2::{Digest, Sha256};
+
+    let config = autodeploy_tests::aws_sdk_config(&autodeploy_tests::moto_url()).await;
+    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let name = autodeploy_tests::unique_name("admin-token");
+    let source = autodeploy_api::aws::SecretsManagerAdminToken::new(client.clone(), &name);
+
+    let missing = source.admin_token_sha256().await;
+    assert!(matches!(missing, Err(StoreError::Unavailable(_))), "{missing:?}");
+
+    let token = "an-admin-token-for-tests";
+    client
+        .create_secret()
+        .name(&name)
+        .secret_string(token)
+        .send()
+        .await
+        .expect("create_secret");
+    let want: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    assert_eq!(source.admin_token_sha256().await.expect("digest"), want);
+
+    // Cached: a later change of the secret is not read again by this instance.
+    client
+        .put_secret_value()
+        .secret_id(&name)
+        .secret_string("another-token")
+        .send()
+        .await
+        .expect("put_secret_value");
+    assert_eq!(source.admin_token_sha256().await.expect("digest"), want);
+}
