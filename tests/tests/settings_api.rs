@@ -1,146 +1,14 @@
 //! The settings API end to end, in-process through the real router on a real SQLite store:
 //! every route, every validation rule, authentication, and malformed input.
 
+mod common;
+
 use std::sync::Arc;
 
-use autodeploy_api::admin::StaticAdminToken;
-use autodeploy_api::sqlite::SqliteStore;
-use autodeploy_api::store::InStoreQueue;
-use autodeploy_api::web::{AppState, full_router};
-use axum::Router;
 use axum::body::Body;
+use common::{ADMIN, Api};
 use http::{Method, Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-const ADMIN: &str = "admin-token-for-tests-0123456789";
-
-struct Api {
-    router: Router,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Value,
-    raw: Vec<u8>,
-}
-
-impl Reply {
-    fn etag(&self) -> String {
-        self.headers
-            .get("etag")
-            .expect("an ETag header")
-            .to_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    fn error_code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    fn error_fields(&self) -> Vec<String> {
-        let mut fields: Vec<String> = self.body["error"]["details"]
-            .as_array()
-            .map(|d| d.iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect())
-            .unwrap_or_default();
-        fields.sort();
-        fields
-    }
-}
-
-impl Api {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("api.db")).unwrap();
-        let state = AppState::new(
-            Arc::new(store),
-            Arc::new(InStoreQueue),
-            Arc::new(StaticAdminToken::new(ADMIN)),
-        );
-        Self {
-            router: full_router(state),
-            _dir: dir,
-        }
-    }
-
-    async fn raw(&self, req: Request<Body>) -> Reply {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let raw = res.into_body().collect().await.unwrap().to_bytes().to_vec();
-        let body = if raw.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&raw).unwrap_or_else(|e| panic!("non-JSON reply ({e}): {raw:?}"))
-        };
-        if status.is_client_error() || status.is_server_error() {
-            // Every error has SPEC's shape.
-            assert!(body["error"]["code"].is_string(), "{body}");
-            assert!(body["error"]["message"].is_string(), "{body}");
-            assert!(body["error"]["details"].is_array(), "{body}");
-        }
-        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
-        Reply {
-            status,
-            headers,
-            body,
-            raw,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
-        self.call_with(method, path, token, body, &[]).await
-    }
-
-    async fn call_with(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-        headers: &[(&str, &str)],
-    ) -> Reply {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            req = req.header("authorization", format!("Bearer {token}"));
-        }
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let body = body.map(|b| Body::from(b.to_string())).unwrap_or_else(Body::empty);
-        self.raw(req.body(body).unwrap()).await
-    }
-
-    async fn put_service(&self, org: &str, id: &str, body: Value) -> Reply {
-        self.call(
-            Method::PUT,
-            &format!("/organization/{org}/services/{id}"),
-            Some(ADMIN),
-            Some(body),
-        )
-        .await
-    }
-
-    async fn token(&self, org: &str, scopes: &[&str]) -> String {
-        let r = self
-            .call(
-                Method::POST,
-                &format!("/organization/{org}/tokens"),
-                Some(ADMIN),
-                Some(json!({"name": "t", "scopes": scopes})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r.body["token"].as_str().unwrap().to_owned()
-    }
-}
 
 fn app_body() -> Value {
     json!({

@@ -143,12 +143,26 @@ async fn push_webhook(
     Ok((status, Json(response)).into_response())
 }
 
-/// The repository keys a push can match: every URL it carries, normalized.
-fn repository_keys(push: &Push) -> BTreeSet<String> {
-    push.repository_urls
-        .iter()
-        .filter_map(|u| normalize_repository_url(u).ok())
-        .collect()
+/// The repository keys a push can match: every URL it carries, normalized, in the payload's
+/// order, each once.
+fn repository_keys(push: &Push) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for key in push.repository_urls.iter().filter_map(|u| normalize_repository_url(u).ok()) {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// The repository a push is reported under: the first key that services follow, else the
+/// first the payload names.
+fn display_repository(keys: &[String], by_key: &HashMap<String, Vec<StoredService>>) -> String {
+    keys.iter()
+        .find(|k| by_key.get(*k).is_some_and(|s| !s.is_empty()))
+        .or(keys.first())
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Match every push of a delivery, record and send, and build the response.
@@ -172,7 +186,7 @@ async fn process_pushes(
     }
 
     if let Some(first) = pushes.first() {
-        response.repository = repository_keys(first).into_iter().next();
+        response.repository = Some(display_repository(&repository_keys(first), &by_key));
         response.branch = Some(first.branch.clone());
         response.commit_sha = Some(first.after.clone());
         response.files = Some(if first.files.is_known() { "KNOWN" } else { "UNKNOWN" });
@@ -182,7 +196,7 @@ async fn process_pushes(
     let mut candidates = Vec::new();
     for push in pushes {
         let keys = repository_keys(push);
-        let repository = keys.iter().next().cloned().unwrap_or_default();
+        let repository = display_repository(&keys, &by_key);
         let mut seen = BTreeSet::new();
         let services = keys
             .iter()

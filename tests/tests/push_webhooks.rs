@@ -1,0 +1,469 @@
+//! Git push webhooks end to end on the standalone stack (router + SQLite, whose queue is a
+//! table): every provider's real payload, verification, matching, restrictions, once-only.
+
+mod common;
+
+use std::sync::Arc;
+
+use autodeploy_core::repo_url::normalize_repository_url;
+use common::{ADMIN, Api, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome, provider_headers};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn s(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+}
+
+const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
+
+/// A GitHub push of the real fixture, edited by `edit`.
+fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut body = fixture_json("github/gp-push.json");
+    edit(&mut body);
+    serde_json::to_vec(&body).unwrap()
+}
+
+async fn github_api() -> Api {
+    let api = Api::new();
+    api.set_secret("acme", "github").await;
+    api
+}
+
+/// The repository URL a fixture's service follows (any of the payload's URLs would do).
+fn repo_of(body: &Value, pointer: &str) -> String {
+    body.pointer(pointer).and_then(Value::as_str).unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn every_provider_fixture_queues_a_deployment() {
+    // (provider, fixture, repository URL pointer, branch, commit, edit to make it a branch push)
+    type Edit = fn(&mut Value);
+    let cases: Vec<(&str, &str, &str, &str, &str, Edit)> = vec![
+        ("github", "github/gp-push.json", "/repository/clone_url", "master", "", |_| {}),
+        ("github", "github/ok-push-with-new-branch.payload.json", "/repository/ssh_url", "master", "", |_| {}),
+        ("gitlab", "gitlab/gp-push-event.json", "/project/git_ssh_url", "master", "", |_| {}),
+        ("bitbucket", "bitbucket-cloud/gp-repo-push.json", "/repository/full_name", "name-of-branch", "", |_| {}),
+        ("bitbucket-server", "bitbucket-server/gp-repo-refs-changed.json", "/repository/links/clone/0/href", "feature/wip", "", |b| {
+            // The fixture deletes its branch; make it an update.
+            b["changes"][0]["type"] = json!("UPDATE");
+            b["changes"][0]["toHash"] = json!("a00945762949b7787ecabc388c0e20b1b85f0364");
+        }),
+        ("gitea", "gitea/gp-push-event.json", "/repository/clone_url", "master", "", |_| {}),
+        ("gogs", "gogs/gp-push-event.json", "/repository/ssh_url", "develop", "", |_| {}),
+        ("azure-devops", "azure-devops/gp-git.push.json", "/resource/repository/remoteUrl", "main", "", |_| {}),
+    ];
+    for (provider, path, url_pointer, branch, _, edit) in cases {
+        let api = Api::new();
+        api.set_secret("acme", provider).await;
+        let mut body = fixture_json(path);
+        edit(&mut body);
+        let mut url = repo_of(&body, url_pointer);
+        if provider == "bitbucket" {
+            url = format!("https://bitbucket.org/{url}.git");
+        }
+        assert!(normalize_repository_url(&url).is_ok(), "{url}");
+        api.app("acme", "svc", &provider.to_uppercase().replace('-', "_"), &url, branch, json!({}))
+            .await;
+        api.app("acme", "other-branch", "GITHUB", &url, "no-such-branch", json!({})).await;
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let r = api.push("acme", provider, &bytes, "delivery-1").await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{provider}: {}", r.body);
+        assert_eq!(outcome(&r).0, vec![("svc".to_owned(), "QUEUED".to_owned())], "{provider}");
+        assert_eq!(r.body["skipped"], json!([]), "services on other branches are not listed");
+        assert_eq!(r.body["branch"], branch);
+        assert_eq!(
+            r.body["repository"].as_str(),
+            Some(normalize_repository_url(&url).unwrap().as_str())
+        );
+        assert!(r.body["ignored"].is_null());
+
+        // The queue (a table of the same database) holds SPEC's message.
+        let messages = api.sqlite.as_ref().unwrap().queued_messages(0, 10).await.unwrap();
+        assert_eq!(messages.len(), 1, "{provider}");
+        let msg = serde_json::to_value(&messages[0].1).unwrap();
+        assert_eq!(msg["schema"], "autodeploy.deployment-request.v1");
+        assert_eq!(msg["deployment_id"], r.body["queued"][0]["deployment_id"]);
+        assert_eq!(msg["organization_id"], "acme");
+        assert_eq!(msg["environment_id"], "production");
+        assert_eq!(msg["service_id"], "svc");
+        assert_eq!(msg["service_kind"], "APPLICATION");
+        assert_eq!(msg["git_commit_id"], r.body["commit_sha"]);
+        assert_eq!(msg["image_tag"], Value::Null);
+        assert_eq!(msg["trigger"]["type"], "GIT_PUSH");
+        assert_eq!(msg["trigger"]["branch"], branch);
+        assert_eq!(msg["trigger"]["commit_sha"], r.body["commit_sha"]);
+        assert_eq!(msg["trigger"]["provider"], provider.to_uppercase().replace('-', "_"));
+        let id = msg["deployment_id"].as_str().unwrap();
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(msg["requested_at"].as_str().unwrap().ends_with('Z'));
+
+        // And the deployment log shows it, QUEUED.
+        let log = api.deployments("acme").await;
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0]["status"], "QUEUED");
+        assert_eq!(log[0]["deployment_id"], msg["deployment_id"]);
+    }
+}
+
+#[tokio::test]
+async fn verification_fails_closed() {
+    let api = Api::new();
+    api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let body = fixture("github/gp-push.json");
+    // No secret configured: refused, whatever the signature.
+    let r = api.push("acme", "github", &body, "d1").await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
+    api.set_secret("acme", "github").await;
+
+    let path = "/organization/acme/webhooks/github";
+    let good = hmac_hex(WEBHOOK_SECRET, &body);
+    let bad = hmac_hex("another-secret-entirely", &body);
+    let sha1_only = s(&[("x-github-event", "push"), ("x-hub-signature", "sha1=0123456789abcdef0123456789abcdef01234567")]);
+    let cases: Vec<Vec<(String, String)>> = vec![
+        s(&[("x-github-event", "push")]),
+        s(&[("x-github-event", "push"), ("x-hub-signature-256", &format!("sha256={bad}"))]),
+        s(&[("x-github-event", "push"), ("x-hub-signature-256", &good)]),
+        s(&[("x-github-event", "push"), ("x-hub-signature-256", "sha256=zz")]),
+        sha1_only,
+    ];
+    for headers in cases {
+        let r = api.deliver(path, &headers, body.clone()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert!(!String::from_utf8_lossy(&r.raw).contains(WEBHOOK_SECRET));
+        assert!(!String::from_utf8_lossy(&r.raw).contains(&good));
+    }
+    // A signature over other bytes does not verify these.
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    let headers = s(&[("x-github-event", "push"), ("x-hub-signature-256", &format!("sha256={good}"))]);
+    assert_eq!(api.deliver(path, &headers, tampered).await.status, StatusCode::UNAUTHORIZED);
+    // Another organization's secret does not open this one's webhook.
+    api.set_secret("other", "github").await;
+    let r = api.push("other", "github", &body, "d2").await;
+    assert_eq!(r.status, StatusCode::OK, "org other has no services: {}", r.body);
+    assert_eq!(api.deployments("acme").await.len(), 0);
+    // Each provider's verification with a wrong secret.
+    for provider in ["gitlab", "bitbucket", "bitbucket-server", "gitea", "gogs", "azure-devops"] {
+        api.set_secret("acme", provider).await;
+        let mut headers = provider_headers(provider, &body, "d3");
+        for (name, value) in headers.iter_mut() {
+            if matches!(
+                name.as_str(),
+                "x-gitlab-token" | "x-hub-signature" | "x-gitea-signature" | "x-gogs-signature" | "authorization"
+            ) {
+                *value = value.replace(&hmac_hex(WEBHOOK_SECRET, &body), &bad).replace(WEBHOOK_SECRET, "wrong-secret-0000000");
+                if name == "authorization" {
+                    *value = "Basic YXp1cmU6d3Jvbmc=".to_owned();
+                }
+            }
+        }
+        let r = api
+            .deliver(&format!("/organization/acme/webhooks/{provider}"), &headers, body.clone())
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{provider}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn ignored_events_answer_200_and_queue_nothing() {
+    let api = github_api().await;
+    api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let path = "/organization/acme/webhooks/github";
+    let deliver = |event: &'static str, body: Vec<u8>| {
+        let sig = format!("sha256={}", hmac_hex(WEBHOOK_SECRET, &body));
+        let headers = s(&[("x-github-event", event), ("x-hub-signature-256", &sig)]);
+        let api = &api;
+        async move { api.deliver(path, &headers, body).await }
+    };
+    let r = deliver("ping", fixture("github/gp-ping.json")).await;
+    assert_eq!((r.status, r.body["ignored"].as_str()), (StatusCode::OK, Some("PING")));
+    let tag = github_push(|b| b["ref"] = json!("refs/tags/v1.0.0"));
+    let r = deliver("push", tag).await;
+    assert_eq!(r.body["ignored"], "TAG_PUSH");
+    let deleted = github_push(|b| {
+        b["deleted"] = json!(true);
+        b["after"] = json!("0000000000000000000000000000000000000000");
+    });
+    let r = deliver("push", deleted).await;
+    assert_eq!(r.body["ignored"], "BRANCH_DELETED");
+    let r = deliver("issues", b"{}".to_vec()).await;
+    assert_eq!((r.status, r.body["ignored"].as_str()), (StatusCode::OK, Some("UNSUPPORTED_EVENT")));
+    let gitlab = Api::new();
+    gitlab.set_secret("acme", "gitlab").await;
+    let body = fixture("gitlab/gp-tag-event.json");
+    let mut headers = provider_headers("gitlab", &body, "t1");
+    headers[0].1 = "Tag Push Hook".to_owned();
+    let r = gitlab.deliver("/organization/acme/webhooks/gitlab", &headers, body).await;
+    assert_eq!(r.body["ignored"], "TAG_PUSH");
+    assert_eq!(api.deployments("acme").await.len(), 0);
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_deliveries() {
+    let api = github_api().await;
+    let path = "/organization/acme/webhooks/github";
+    for body in [b"not json".to_vec(), vec![0xff, 0xfe], b"[]".to_vec(), br#"{"ref": 5}"#.to_vec(), Vec::new()] {
+        let sig = format!("sha256={}", hmac_hex(WEBHOOK_SECRET, &body));
+        let headers = s(&[("x-github-event", "push"), ("x-hub-signature-256", &sig)]);
+        let r = api.deliver(path, &headers, body.clone()).await;
+        assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "MALFORMED_BODY"), "{body:?}");
+    }
+    // A delivery without its event header is not a push.
+    let body = fixture("github/gp-push.json");
+    let sig = format!("sha256={}", hmac_hex(WEBHOOK_SECRET, &body));
+    let r = api.deliver(path, &s(&[("x-hub-signature-256", &sig)]), body).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let huge = vec![b' '; 25 * 1024 * 1024 + 1];
+    let r = api.deliver(path, &s(&[("x-github-event", "push")]), huge).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"));
+    let r = api
+        .deliver(path, &s(&[("x-github-event", "push"), ("content-length", "999999999")]), b"{}".to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let r = api
+        .deliver("/organization/acme/webhooks/svn", &s(&[]), b"{}".to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api
+        .deliver("/organization/bad%20org/webhooks/github", &s(&[]), b"{}".to_vec())
+        .await;
+    assert_eq!(r.error_fields(), vec!["organization_id"]);
+}
+
+#[tokio::test]
+async fn github_form_encoded_bodies_are_accepted() {
+    let api = github_api().await;
+    api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let json = fixture("github/gp-push.json");
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", std::str::from_utf8(&json).unwrap())
+        .finish();
+    let body = form.into_bytes();
+    let sig = format!("sha256={}", hmac_hex(WEBHOOK_SECRET, &body));
+    let req = http::Request::post("/organization/acme/webhooks/github")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-github-event", "push")
+        .header("x-hub-signature-256", sig)
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let r = api.raw(req).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+}
+
+#[tokio::test]
+async fn once_only_and_rollbacks() {
+    let api = github_api().await;
+    api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let push = fixture("github/gp-push.json");
+    let r = api.push("acme", "github", &push, "delivery-a").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.body["delivery_id"], "delivery-a");
+
+    // The same delivery again: not processed.
+    let r = api.push("acme", "github", &push, "delivery-a").await;
+    assert_eq!((r.status, r.body["ignored"].as_str()), (StatusCode::OK, Some("DUPLICATE_DELIVERY")));
+    // The same push from a second hook (another delivery id): already queued.
+    let r = api.push("acme", "github", &push, "delivery-b").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(outcome(&r).1, vec![("api".to_owned(), "ALREADY_QUEUED".to_owned())]);
+
+    // A force-push back to the earlier commit is a rollback: it queues.
+    let value: Value = serde_json::from_slice(&push).unwrap();
+    let (before, after) = (value["before"].clone(), value["after"].clone());
+    let rollback = github_push(|b| {
+        b["before"] = after.clone();
+        b["after"] = before.clone();
+        b["forced"] = json!(true);
+    });
+    let r = api.push("acme", "github", &rollback, "delivery-c").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["commit_sha"], before);
+    // And a later return to the commit deployed before queues again.
+    let r = api.push("acme", "github", &push, "delivery-d").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(api.deployments("acme").await.len(), 3);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
+    let api = Arc::new(github_api().await);
+    for id in ["api", "web", "worker"] {
+        api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    }
+    let push = fixture("github/gp-push.json");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let api = Arc::clone(&api);
+        let push = push.clone();
+        // Half are retries of one delivery, half come from hooks configured twice.
+        let delivery = if i % 2 == 0 { "same".to_owned() } else { format!("hook-{i}") };
+        tasks.push(tokio::spawn(async move { api.push("acme", "github", &push, &delivery).await }));
+    }
+    let mut queued = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK, "{}", r.body);
+        queued += r.body["queued"].as_array().map_or(0, Vec::len);
+    }
+    assert_eq!(queued, 3);
+    assert_eq!(api.deployments("acme").await.len(), 3);
+    assert_eq!(api.sqlite.as_ref().unwrap().queued_messages(0, 100).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn restrictions_skip_markers_and_disabled_services() {
+    let api = github_api().await;
+    // gp-push.json changes README.md (modified) in its commits.
+    let body: Value = fixture_json("github/gp-push.json");
+    let mut files: Vec<String> = Vec::new();
+    for c in body["commits"].as_array().unwrap() {
+        for k in ["added", "modified", "removed"] {
+            files.extend(c[k].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_owned()));
+        }
+    }
+    assert!(!files.is_empty());
+    let first = files[0].clone();
+    let rule = |mode: &str, value: &str| json!({"deployment_restrictions": [{"mode": mode, "type": "PATH", "value": value}]});
+    api.app("acme", "matches", "GITHUB", GITHUB_REPO, "master", rule("MATCH", &first)).await;
+    api.app("acme", "elsewhere", "GITHUB", GITHUB_REPO, "master", rule("MATCH", "services/none/")).await;
+    api.app("acme", "excluded", "GITHUB", GITHUB_REPO, "master", rule("EXCLUDE", "**")).await;
+    api.app("acme", "disabled", "GITHUB", GITHUB_REPO, "master", json!({"auto_deploy": false})).await;
+    api.app("acme", "globbed", "GITHUB", GITHUB_REPO, "mas*", json!({})).await;
+    api.app("acme", "other-repo", "GITHUB", "https://github.com/acme/other", "master", json!({})).await;
+    let job = json!({"environment_id": "production", "kind": "JOB", "auto_deploy": true,
+                     "git_repository": {"provider": "GITHUB", "url": "git@github.com:BinkKatal/sample_app.git", "branch": "master"}});
+    assert_eq!(api.put_service("acme", "job", job).await.status, StatusCode::CREATED);
+
+    let r = api.push("acme", "github", &fixture("github/gp-push.json"), "d1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["files"], "KNOWN");
+    let (queued, skipped) = outcome(&r);
+    let ids = |v: &[(String, String)]| v.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&queued), vec!["globbed", "job", "matches"]);
+    assert_eq!(
+        skipped,
+        vec![
+            ("disabled".to_owned(), "AUTO_DEPLOY_DISABLED".to_owned()),
+            ("elsewhere".to_owned(), "PATH_RESTRICTIONS".to_owned()),
+            ("excluded".to_owned(), "PATH_RESTRICTIONS".to_owned()),
+        ]
+    );
+
+    let marked = github_push(|b| {
+        b["after"] = json!("1111111111111111111111111111111111111111");
+        b["head_commit"]["message"] = json!("docs only [skip deploy]");
+    });
+    let r = api.push("acme", "github", &marked, "d2").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["queued"].as_array().unwrap().is_empty());
+    assert!(outcome(&r).1.iter().any(|(id, reason)| id == "matches" && reason == "SKIP_MARKER"));
+
+    // A new branch with no commits: files UNKNOWN, restrictions not applied.
+    let empty = github_push(|b| {
+        b["after"] = json!("2222222222222222222222222222222222222222");
+        b["before"] = json!("0000000000000000000000000000000000000000");
+        b["created"] = json!(true);
+        b["commits"] = json!([]);
+    });
+    let r = api.push("acme", "github", &empty, "d3").await;
+    assert_eq!(r.body["files"], "UNKNOWN", "{}", r.body);
+    let queued = ids(&outcome(&r).0);
+    assert!(queued.contains(&"elsewhere".to_owned()) && queued.contains(&"excluded".to_owned()));
+}
+
+#[tokio::test]
+async fn dry_run_answers_without_recording() {
+    let api = github_api().await;
+    api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let push = fixture("github/gp-push.json");
+    let headers = provider_headers("github", &push, "dry-1");
+    let r = api
+        .deliver("/organization/acme/webhooks/github?dry_run=true", &headers, push.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["dry_run"], true);
+    assert_eq!(outcome(&r).0, vec![("api".to_owned(), "DRY_RUN".to_owned())]);
+    assert!(api.deployments("acme").await.is_empty());
+    // Not remembered either: the real delivery with the same id still runs.
+    let r = api.push("acme", "github", &push, "dry-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let headers = provider_headers("github", &push, "dry-2");
+    let r = api
+        .deliver("/organization/acme/webhooks/github?dry_run=1", &headers, push)
+        .await;
+    assert_eq!(outcome(&r).1, vec![("api".to_owned(), "ALREADY_QUEUED".to_owned())]);
+}
+
+#[tokio::test]
+async fn multi_branch_deliveries_are_one_push_per_branch() {
+    let api = Api::new();
+    api.set_secret("acme", "bitbucket").await;
+    let body = fixture("bitbucket-cloud/gp-repo-push.json");
+    let mut value: Value = serde_json::from_slice(&body).unwrap();
+    let mut second = value["push"]["changes"][0].clone();
+    second["new"]["name"] = json!("feature/new");
+    second["new"]["target"]["hash"] = json!("709d658dc5b6d6afcd46049c2f332ee3f515a67d");
+    value["push"]["changes"].as_array_mut().unwrap().push(second);
+    let url = "git@bitbucket.org:team_name/repo_name.git";
+    api.app("acme", "main-svc", "BITBUCKET", url, "name-of-branch", json!({})).await;
+    api.app("acme", "feature-svc", "BITBUCKET", url, "feature/*", json!({})).await;
+    let bytes = serde_json::to_vec(&value).unwrap();
+    let r = api.push("acme", "bitbucket", &bytes, "{bb-1}").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let branches: Vec<(&str, &str)> = r.body["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| (q["service_id"].as_str().unwrap(), q["branch"].as_str().unwrap()))
+        .collect();
+    assert_eq!(branches.len(), 2);
+    assert!(branches.contains(&("main-svc", "name-of-branch")));
+    assert!(branches.contains(&("feature-svc", "feature/new")));
+    assert_eq!(r.body["files"], "UNKNOWN");
+}
+
+#[tokio::test]
+async fn deployments_can_be_listed_per_service() {
+    let api = github_api().await;
+    for id in ["a", "b"] {
+        api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    }
+    for i in 0..3 {
+        let body = github_push(|b| b["after"] = json!(format!("{}", i + 1).repeat(40)));
+        assert_eq!(api.push("acme", "github", &body, &format!("d{i}")).await.status, StatusCode::ACCEPTED);
+    }
+    let all = api.deployments("acme").await;
+    assert_eq!(all.len(), 6);
+    let r = api
+        .call(Method::GET, "/organization/acme/deployments?service_id=a&limit=2", Some(ADMIN), None)
+        .await;
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|i| i["service_id"] == "a"));
+    // Newest first.
+    assert_eq!(items[0]["git_commit_id"], "3".repeat(40));
+    let cursor = r.body["next_cursor"].as_str().unwrap();
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/organization/acme/deployments?service_id=a&limit=2&cursor={cursor}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["items"][0]["git_commit_id"], "1".repeat(40));
+    assert_eq!(r.body["next_cursor"], Value::Null);
+    // A cursor of one service's list is refused for another's.
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/organization/acme/deployments?service_id=b&cursor={cursor}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+}
