@@ -89,7 +89,11 @@ pub fn resource_properties(
 
 /// Replace the intrinsic functions the template uses; an unknown one, or a reference to a
 /// resource not created yet, is an error naming it.
-fn resolve(value: &Value, refs: &HashMap<String, String>, attributes: &HashMap<String, String>) -> Result<Value, String> {
+fn resolve(
+    value: &Value,
+    refs: &HashMap<String, String>,
+    attributes: &HashMap<String, String>,
+) -> Result<Value, String> {
     match value {
         Value::Tagged(tagged) => {
             let target = match &tagged.value {
@@ -201,11 +205,19 @@ pub async fn create_table_from_template(client: &aws_sdk_dynamodb::Client, name:
         .set_key_schema(Some(key_schema(&props)))
         .set_global_secondary_indexes((!indexes.is_empty()).then_some(indexes))
         .billing_mode(BillingMode::from(
-            props.get("BillingMode").and_then(Value::as_str).unwrap_or("PROVISIONED"),
+            props
+                .get("BillingMode")
+                .and_then(Value::as_str)
+                .unwrap_or("PROVISIONED"),
         ))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("creating table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+        .unwrap_or_else(|e| {
+            panic!(
+                "creating table {name}: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e)
+            )
+        });
 
     if let Some(ttl) = props.get("TimeToLiveSpecification") {
         let enabled = ttl.get("Enabled").and_then(scalar).is_some_and(|v| v == "true");
@@ -221,7 +233,12 @@ pub async fn create_table_from_template(client: &aws_sdk_dynamodb::Client, name:
             )
             .send()
             .await
-            .unwrap_or_else(|e| panic!("enabling TTL on {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "enabling TTL on {name}: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                )
+            });
     }
 }
 

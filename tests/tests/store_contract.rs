@@ -8,13 +8,13 @@
 use std::collections::BTreeSet;
 
 use autodeploy_api::store::{
-    ServiceStore,
-    DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, Store, StoreError, StoredService, TokenRecord,
+    DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError,
+    StoredService, TokenRecord,
 };
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
-use autodeploy_core::registry_events::ImageSourceKind;
 use autodeploy_core::model::{GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
+use autodeploy_core::registry_events::ImageSourceKind;
 use futures::future::join_all;
 
 /// Generates `mod <case> { sqlite, dynamo }` test functions for each case
@@ -196,7 +196,12 @@ fn recorded_status(outcome: RecordOutcome) -> DeploymentStatus {
 }
 
 /// Every deployment of `org` (optionally of one service), following the pages.
-async fn all_deployments(store: &dyn Store, org: &str, service_id: Option<&str>, limit: usize) -> Vec<DeploymentRecord> {
+async fn all_deployments(
+    store: &dyn Store,
+    org: &str,
+    service_id: Option<&str>,
+    limit: usize,
+) -> Vec<DeploymentRecord> {
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     for _ in 0..100 {
@@ -233,7 +238,11 @@ async fn put_get_replace(store: &dyn Store) {
     assert_eq!(got.service, api);
     assert_eq!(got.etag, first);
     assert_eq!(got.last_push, None);
-    assert_eq!(store.get_service("other", "api").await.expect("get"), None, "organizations are apart");
+    assert_eq!(
+        store.get_service("other", "api").await.expect("get"),
+        None,
+        "organizations are apart"
+    );
 
     // Creating over an existing service, or replacing with a stale etag, is refused.
     let changed = Service {
@@ -408,8 +417,15 @@ async fn services_by_image_path(store: &dyn Store) {
     create(store, &container("evil", "web", "docker.io", "acme/web", "1.0.0")).await;
     create(store, &app("acme", "api", "acme/web")).await;
 
-    let found = store.services_by_image_path("acme", "acme/web").await.expect("by image");
-    assert_eq!(ids(&found), ["mirror", "off", "web"], "any registry, disabled too, only this org");
+    let found = store
+        .services_by_image_path("acme", "acme/web")
+        .await
+        .expect("by image");
+    assert_eq!(
+        ids(&found),
+        ["mirror", "off", "web"],
+        "any registry, disabled too, only this org"
+    );
     // Docker Hub's one-segment names are stored under `library/`.
     create(store, &container("acme", "db", "docker.io", "postgres", "16")).await;
     let found = store
@@ -433,9 +449,15 @@ async fn services_by_image_path(store: &dyn Store) {
         .put_service(&app("acme", "off", "acme/web"), &new_etag(), Expected::Etag(etag))
         .await
         .expect("replace");
-    let web = store.services_by_image_path("acme", "acme/web").await.expect("by image");
+    let web = store
+        .services_by_image_path("acme", "acme/web")
+        .await
+        .expect("by image");
     assert_eq!(ids(&web), ["web"]);
-    let other = store.services_by_image_path("acme", "acme/other").await.expect("by image");
+    let other = store
+        .services_by_image_path("acme", "acme/other")
+        .await
+        .expect("by image");
     assert_eq!(ids(&other), ["mirror", "other"]);
 }
 
@@ -446,7 +468,10 @@ async fn secrets(store: &dyn Store) {
         set_at: NOW.to_owned(),
     };
     store.put_secret("acme", "github", &first).await.expect("put");
-    assert_eq!(store.get_secret("acme", "github").await.expect("get"), Some(first.clone()));
+    assert_eq!(
+        store.get_secret("acme", "github").await.expect("get"),
+        Some(first.clone())
+    );
     assert_eq!(store.get_secret("acme", "gitlab").await.expect("get"), None);
     assert_eq!(store.get_secret("other", "github").await.expect("get"), None);
 
@@ -534,7 +559,11 @@ async fn record_with_push_guard(store: &dyn Store) {
         outcome
     };
     recorded_status(record("api", "a..b").await);
-    assert_eq!(record("api", "a..b").await, RecordOutcome::GuardFailed, "the same push once");
+    assert_eq!(
+        record("api", "a..b").await,
+        RecordOutcome::GuardFailed,
+        "the same push once"
+    );
     // Another service follows the same repository: its own guard.
     recorded_status(record("worker", "a..b").await);
     recorded_status(record("api", "b..c").await);
@@ -715,7 +744,13 @@ async fn list_deployments_newest_first(store: &dyn Store) {
         .expect("list");
     assert_eq!(deployment_ids(&page), want[5..10]);
     let listed = all_deployments(store, "acme", None, 5).await;
-    assert_eq!(listed.iter().map(|d| d.request.deployment_id.clone()).collect::<Vec<_>>(), want);
+    assert_eq!(
+        listed
+            .iter()
+            .map(|d| d.request.deployment_id.clone())
+            .collect::<Vec<_>>(),
+        want
+    );
     for (record, request) in listed.iter().zip(&all) {
         assert_eq!(&record.request, request, "the request comes back as recorded");
     }
@@ -739,7 +774,10 @@ async fn list_deployments_newest_first(store: &dyn Store) {
     assert_eq!(deployment_ids(&page), want_api[3..6]);
     let listed = all_deployments(store, "acme", Some("api"), 3).await;
     assert_eq!(
-        listed.iter().map(|d| d.request.deployment_id.clone()).collect::<Vec<_>>(),
+        listed
+            .iter()
+            .map(|d| d.request.deployment_id.clone())
+            .collect::<Vec<_>>(),
         want_api
     );
     assert_eq!(all_deployments(store, "acme", Some("worker"), 50).await.len(), 4);
@@ -814,9 +852,17 @@ async fn deliveries(store: &dyn Store) {
         .await
         .expect("remember");
     assert!(store.delivery_seen("acme", "github", "d-1", now).await.expect("seen"));
-    assert!(store.delivery_seen("acme", "github", "d-1", now + 3 * 86_400 - 1).await.expect("seen"));
     assert!(
-        !store.delivery_seen("acme", "github", "d-1", now + 3 * 86_400).await.expect("seen"),
+        store
+            .delivery_seen("acme", "github", "d-1", now + 3 * 86_400 - 1)
+            .await
+            .expect("seen")
+    );
+    assert!(
+        !store
+            .delivery_seen("acme", "github", "d-1", now + 3 * 86_400)
+            .await
+            .expect("seen"),
         "expired at its expiry time"
     );
     assert!(!store.delivery_seen("acme", "gitlab", "d-1", now).await.expect("seen"));
@@ -838,7 +884,12 @@ async fn deliveries(store: &dyn Store) {
         .await
         .expect("remember");
     assert!(store.delivery_seen("acme", "github", &long, now).await.expect("seen"));
-    assert!(!store.delivery_seen("acme", "github", &long[..999], now).await.expect("seen"));
+    assert!(
+        !store
+            .delivery_seen("acme", "github", &long[..999], now)
+            .await
+            .expect("seen")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -919,7 +970,10 @@ async fn sqs_send_in_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_failures_are_per_request() {
     let fixture = autodeploy_tests::aws_fixture().await;
-    let missing = format!("{}-missing.fifo", fixture.queues.deployments.url.trim_end_matches(".fifo"));
+    let missing = format!(
+        "{}-missing.fifo",
+        fixture.queues.deployments.url.trim_end_matches(".fifo")
+    );
     let queue = autodeploy_api::aws::SqsQueue::new(fixture.sqs.clone(), missing);
     let requests: Vec<DeploymentRequest> = (0..12).map(|_| push_request("acme", "api")).collect();
     let results = queue.send(&requests).await;
@@ -956,7 +1010,10 @@ async fn dynamo_item_layout_follows_the_template() {
     create(store, &job).await;
     create(store, &container("acme", "web", "ghcr.io", "acme/web", "1")).await;
     let service = get("ORG#acme", "SERVICE#api").await;
-    assert_eq!(text(&service, "gsi1pk").as_deref(), Some("REPO#acme#github.com/acme/shop"));
+    assert_eq!(
+        text(&service, "gsi1pk").as_deref(),
+        Some("REPO#acme#github.com/acme/shop")
+    );
     assert_eq!(text(&service, "gsi1sk").as_deref(), Some("api"));
     assert_eq!(text(&service, "gsi2pk"), None);
     let web = get("ORG#acme", "SERVICE#web").await;
@@ -973,24 +1030,44 @@ async fn dynamo_item_layout_follows_the_template() {
     assert_eq!(text(&deployment, "gsi2pk").as_deref(), Some("PENDING"));
     assert_eq!(text(&deployment, "gsi2sk").as_deref(), Some(id.as_str()));
     assert_eq!(text(&deployment, "status").as_deref(), Some("PENDING"));
-    assert!(!deployment.contains_key("expires_at"), "a pending deployment never expires");
-    store.mark_queued("acme", std::slice::from_ref(&id)).await.expect("mark_queued");
+    assert!(
+        !deployment.contains_key("expires_at"),
+        "a pending deployment never expires"
+    );
+    store
+        .mark_queued("acme", std::slice::from_ref(&id))
+        .await
+        .expect("mark_queued");
     let deployment = get("ORG#acme", &format!("DEPLOYMENT#{id}")).await;
     assert_eq!(text(&deployment, "status").as_deref(), Some("QUEUED"));
     assert_eq!(text(&deployment, "gsi2pk"), None);
-    let expires: i64 = deployment["expires_at"].as_n().expect("expires_at").parse().expect("a number");
+    let expires: i64 = deployment["expires_at"]
+        .as_n()
+        .expect("expires_at")
+        .parse()
+        .expect("a number");
     assert!(expires > 1_700_000_000, "a unix time in seconds: {expires}");
-    assert_eq!(get("ORG#acme", "SERVICE#api").await["last_push"].as_s().ok().map(String::as_str), Some("a..b"));
+    assert_eq!(
+        get("ORG#acme", "SERVICE#api").await["last_push"]
+            .as_s()
+            .ok()
+            .map(String::as_str),
+        Some("a..b")
+    );
 
     let t = token("acme", "tok", &["deploy"]);
     store.create_token(&t).await.expect("create_token");
     get("ORG#acme", "TOKEN#tok").await;
     get(&format!("TOKENHASH#{}", t.hash), "TOKENHASH").await;
     store
-        .put_secret("acme", "github", &SecretRecord {
-            secret: "s".repeat(20),
-            set_at: NOW.to_owned(),
-        })
+        .put_secret(
+            "acme",
+            "github",
+            &SecretRecord {
+                secret: "s".repeat(20),
+                set_at: NOW.to_owned(),
+            },
+        )
         .await
         .expect("put_secret");
     get("ORG#acme", "SECRET#github").await;
@@ -999,7 +1076,10 @@ async fn dynamo_item_layout_follows_the_template() {
         .await
         .expect("remember_delivery");
     let delivery = get("DELIVERY#acme#github#d-1", "DELIVERY").await;
-    assert_eq!(delivery["expires_at"].as_n().ok().map(String::as_str), Some("1800000000"));
+    assert_eq!(
+        delivery["expires_at"].as_n().ok().map(String::as_str),
+        Some("1800000000")
+    );
 
     // The table's TTL attribute is the one the store writes.
     let ttl = fixture

@@ -190,7 +190,9 @@ impl DynamoStore {
                     )));
                 }
                 Cancellation::Other(reason) => {
-                    return Err(StoreError::Unavailable(format!("{op}: transaction cancelled: {reason}")));
+                    return Err(StoreError::Unavailable(format!(
+                        "{op}: transaction cancelled: {reason}"
+                    )));
                 }
             }
         }
@@ -204,7 +206,9 @@ impl DynamoStore {
                 .set_expression_attribute_names(e.names())
                 .set_expression_attribute_values(e.values());
         }
-        let put = put.build().map_err(|e| StoreError::Unavailable(format!("building a put: {e}")))?;
+        let put = put
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("building a put: {e}")))?;
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
@@ -262,7 +266,13 @@ impl DynamoStore {
         match result {
             Ok(_) => Ok(()),
             // Unknown ids (never recorded, or long expired) have nothing left to mark.
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
             Err(err) => Err(unavailable("mark_queued", &err)),
         }
     }
@@ -291,7 +301,11 @@ impl ServiceStore for DynamoStore {
         .await;
         match result {
             Ok(_) => Ok(()),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
                 Err(StoreError::PreconditionFailed)
             }
             Err(err) => Err(unavailable("put_service", &err)),
@@ -331,7 +345,11 @@ impl ServiceStore for DynamoStore {
         .await;
         match result {
             Ok(out) => Ok(out.attributes.is_some_and(|a| !a.is_empty())),
-            Err(err) if err.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
                 Err(StoreError::PreconditionFailed)
             }
             Err(err) => Err(unavailable("delete_service", &err)),
@@ -394,10 +412,7 @@ impl SecretStore for DynamoStore {
 #[async_trait]
 impl TokenStore for DynamoStore {
     async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
-        let mut record = key(
-            org_pk(&token.organization_id),
-            format!("TOKEN#{}", token.id),
-        );
+        let mut record = key(org_pk(&token.organization_id), format!("TOKEN#{}", token.id));
         record.extend(token_attributes(token));
         let mut lookup = token_hash_key(&token.hash);
         lookup.extend(token_attributes(token));
@@ -492,7 +507,10 @@ impl DeploymentLog for DynamoStore {
         let condition = format!("attribute_not_exists({})", e.name(PK));
         let record_action = self.put_action(item, Some((condition, e)))?;
 
-        match self.transact(vec![guard_action, record_action], "record_deployment").await? {
+        match self
+            .transact(vec![guard_action, record_action], "record_deployment")
+            .await?
+        {
             Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
             Err(0) => Ok(RecordOutcome::GuardFailed),
             // A deployment with this id exists already: ids are never reused.
@@ -562,7 +580,13 @@ impl DeliveryLog for DynamoStore {
         Ok(number_attr(&item, EXPIRES_AT)? > now_unix)
     }
 
-    async fn remember_delivery(&self, org: &str, provider: &str, delivery_id: &str, expires_unix: i64) -> StoreResult<()> {
+    async fn remember_delivery(
+        &self,
+        org: &str,
+        provider: &str,
+        delivery_id: &str,
+        expires_unix: i64,
+    ) -> StoreResult<()> {
         let mut item = delivery_key(org, provider, delivery_id);
         item.insert(EXPIRES_AT.to_owned(), n(expires_unix));
         self.client
@@ -860,9 +884,9 @@ fn optional_string_attr(item: &Item, name: &str) -> StoreResult<Option<String>> 
 
 fn number_attr(item: &Item, name: &str) -> StoreResult<i64> {
     match item.get(name) {
-        Some(AttributeValue::N(value)) => value.parse().map_err(|_| {
-            StoreError::Corrupt(format!("item {} has a non-integer `{name}`", item_label(item)))
-        }),
+        Some(AttributeValue::N(value)) => value
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("item {} has a non-integer `{name}`", item_label(item)))),
         _ => Err(StoreError::Corrupt(format!(
             "item {} has no number attribute `{name}`",
             item_label(item)
@@ -960,7 +984,10 @@ mod tests {
 
     #[test]
     fn long_index_values_are_hashed() {
-        assert_eq!(index_value("REPO", "acme", "github.com/acme/shop"), "REPO#acme#github.com/acme/shop");
+        assert_eq!(
+            index_value("REPO", "acme", "github.com/acme/shop"),
+            "REPO#acme#github.com/acme/shop"
+        );
         let long = "x".repeat(MAX_INDEX_VALUE + 1);
         let hashed = index_value("REPO", "acme", &long);
         assert!(hashed.starts_with("REPOH#acme#") && hashed.len() < 100);
