@@ -39,18 +39,74 @@ async fn every_provider_fixture_queues_a_deployment() {
     // (provider, fixture, repository URL pointer, branch, commit, edit to make it a branch push)
     type Edit = fn(&mut Value);
     let cases: Vec<(&str, &str, &str, &str, &str, Edit)> = vec![
-        ("github", "github/gp-push.json", "/repository/clone_url", "master", "", |_| {}),
-        ("github", "github/ok-push-with-new-branch.payload.json", "/repository/ssh_url", "master", "", |_| {}),
-        ("gitlab", "gitlab/gp-push-event.json", "/project/git_ssh_url", "master", "", |_| {}),
-        ("bitbucket", "bitbucket-cloud/gp-repo-push.json", "/repository/full_name", "name-of-branch", "", |_| {}),
-        ("bitbucket-server", "bitbucket-server/gp-repo-refs-changed.json", "/repository/links/clone/0/href", "feature/wip", "", |b| {
-            // The fixture deletes its branch; make it an update.
-            b["changes"][0]["type"] = json!("UPDATE");
-            b["changes"][0]["toHash"] = json!("a00945762949b7787ecabc388c0e20b1b85f0364");
-        }),
-        ("gitea", "gitea/gp-push-event.json", "/repository/clone_url", "master", "", |_| {}),
-        ("gogs", "gogs/gp-push-event.json", "/repository/ssh_url", "develop", "", |_| {}),
-        ("azure-devops", "azure-devops/gp-git.push.json", "/resource/repository/remoteUrl", "main", "", |_| {}),
+        (
+            "github",
+            "github/gp-push.json",
+            "/repository/clone_url",
+            "master",
+            "",
+            |_| {},
+        ),
+        (
+            "github",
+            "github/ok-push-with-new-branch.payload.json",
+            "/repository/ssh_url",
+            "master",
+            "",
+            |_| {},
+        ),
+        (
+            "gitlab",
+            "gitlab/gp-push-event.json",
+            "/project/git_ssh_url",
+            "master",
+            "",
+            |_| {},
+        ),
+        (
+            "bitbucket",
+            "bitbucket-cloud/gp-repo-push.json",
+            "/repository/full_name",
+            "name-of-branch",
+            "",
+            |_| {},
+        ),
+        (
+            "bitbucket-server",
+            "bitbucket-server/gp-repo-refs-changed.json",
+            "/repository/links/clone/0/href",
+            "feature/wip",
+            "",
+            |b| {
+                // The fixture deletes its branch; make it an update.
+                b["changes"][0]["type"] = json!("UPDATE");
+                b["changes"][0]["toHash"] = json!("a00945762949b7787ecabc388c0e20b1b85f0364");
+            },
+        ),
+        (
+            "gitea",
+            "gitea/gp-push-event.json",
+            "/repository/clone_url",
+            "master",
+            "",
+            |_| {},
+        ),
+        (
+            "gogs",
+            "gogs/gp-push-event.json",
+            "/repository/ssh_url",
+            "develop",
+            "",
+            |_| {},
+        ),
+        (
+            "azure-devops",
+            "azure-devops/gp-git.push.json",
+            "/resource/repository/remoteUrl",
+            "main",
+            "",
+            |_| {},
+        ),
     ];
     for (provider, path, url_pointer, branch, _, edit) in cases {
         let api = Api::new();
@@ -62,14 +118,30 @@ async fn every_provider_fixture_queues_a_deployment() {
             url = format!("https://bitbucket.org/{url}.git");
         }
         assert!(normalize_repository_url(&url).is_ok(), "{url}");
-        api.app("acme", "svc", &provider.to_uppercase().replace('-', "_"), &url, branch, json!({}))
+        api.app(
+            "acme",
+            "svc",
+            &provider.to_uppercase().replace('-', "_"),
+            &url,
+            branch,
+            json!({}),
+        )
+        .await;
+        api.app("acme", "other-branch", "GITHUB", &url, "no-such-branch", json!({}))
             .await;
-        api.app("acme", "other-branch", "GITHUB", &url, "no-such-branch", json!({})).await;
         let bytes = serde_json::to_vec(&body).unwrap();
         let r = api.push("acme", provider, &bytes, "delivery-1").await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{provider}: {}", r.body);
-        assert_eq!(outcome(&r).0, vec![("svc".to_owned(), "QUEUED".to_owned())], "{provider}");
-        assert_eq!(r.body["skipped"], json!([]), "services on other branches are not listed");
+        assert_eq!(
+            outcome(&r).0,
+            vec![("svc".to_owned(), "QUEUED".to_owned())],
+            "{provider}"
+        );
+        assert_eq!(
+            r.body["skipped"],
+            json!([]),
+            "services on other branches are not listed"
+        );
         assert_eq!(r.body["branch"], branch);
         assert_eq!(
             r.body["repository"].as_str(),
@@ -118,10 +190,16 @@ async fn verification_fails_closed() {
     let path = "/organization/acme/webhooks/github";
     let good = hmac_hex(WEBHOOK_SECRET, &body);
     let bad = hmac_hex("another-secret-entirely", &body);
-    let sha1_only = s(&[("x-github-event", "push"), ("x-hub-signature", "sha1=0123456789abcdef0123456789abcdef01234567")]);
+    let sha1_only = s(&[
+        ("x-github-event", "push"),
+        ("x-hub-signature", "sha1=0123456789abcdef0123456789abcdef01234567"),
+    ]);
     let cases: Vec<Vec<(String, String)>> = vec![
         s(&[("x-github-event", "push")]),
-        s(&[("x-github-event", "push"), ("x-hub-signature-256", &format!("sha256={bad}"))]),
+        s(&[
+            ("x-github-event", "push"),
+            ("x-hub-signature-256", &format!("sha256={bad}")),
+        ]),
         s(&[("x-github-event", "push"), ("x-hub-signature-256", &good)]),
         s(&[("x-github-event", "push"), ("x-hub-signature-256", "sha256=zz")]),
         sha1_only,
@@ -135,15 +213,28 @@ async fn verification_fails_closed() {
     // A signature over other bytes does not verify these.
     let mut tampered = body.clone();
     tampered.extend_from_slice(b" ");
-    let headers = s(&[("x-github-event", "push"), ("x-hub-signature-256", &format!("sha256={good}"))]);
-    assert_eq!(api.deliver(path, &headers, tampered).await.status, StatusCode::UNAUTHORIZED);
+    let headers = s(&[
+        ("x-github-event", "push"),
+        ("x-hub-signature-256", &format!("sha256={good}")),
+    ]);
+    assert_eq!(
+        api.deliver(path, &headers, tampered).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     // Another organization's secret does not open this one's webhook.
     api.set_secret("other", "github").await;
     let r = api.push("other", "github", &body, "d2").await;
     assert_eq!(r.status, StatusCode::OK, "org other has no services: {}", r.body);
     assert_eq!(api.deployments("acme").await.len(), 0);
     // Each provider's verification with a wrong secret.
-    for provider in ["gitlab", "bitbucket", "bitbucket-server", "gitea", "gogs", "azure-devops"] {
+    for provider in [
+        "gitlab",
+        "bitbucket",
+        "bitbucket-server",
+        "gitea",
+        "gogs",
+        "azure-devops",
+    ] {
         api.set_secret("acme", provider).await;
         let mut headers = provider_headers(provider, &body, "d3");
         for (name, value) in headers.iter_mut() {
@@ -151,14 +242,20 @@ async fn verification_fails_closed() {
                 name.as_str(),
                 "x-gitlab-token" | "x-hub-signature" | "x-gitea-signature" | "x-gogs-signature" | "authorization"
             ) {
-                *value = value.replace(&hmac_hex(WEBHOOK_SECRET, &body), &bad).replace(WEBHOOK_SECRET, "wrong-secret-0000000");
+                *value = value
+                    .replace(&hmac_hex(WEBHOOK_SECRET, &body), &bad)
+                    .replace(WEBHOOK_SECRET, "wrong-secret-0000000");
                 if name == "authorization" {
                     *value = "Basic YXp1cmU6d3Jvbmc=".to_owned();
                 }
             }
         }
         let r = api
-            .deliver(&format!("/organization/acme/webhooks/{provider}"), &headers, body.clone())
+            .deliver(
+                &format!("/organization/acme/webhooks/{provider}"),
+                &headers,
+                body.clone(),
+            )
             .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{provider}: {}", r.body);
     }
@@ -187,13 +284,18 @@ async fn ignored_events_answer_200_and_queue_nothing() {
     let r = deliver("push", deleted).await;
     assert_eq!(r.body["ignored"], "BRANCH_DELETED");
     let r = deliver("issues", b"{}".to_vec()).await;
-    assert_eq!((r.status, r.body["ignored"].as_str()), (StatusCode::OK, Some("UNSUPPORTED_EVENT")));
+    assert_eq!(
+        (r.status, r.body["ignored"].as_str()),
+        (StatusCode::OK, Some("UNSUPPORTED_EVENT"))
+    );
     let gitlab = Api::new();
     gitlab.set_secret("acme", "gitlab").await;
     let body = fixture("gitlab/gp-tag-event.json");
     let mut headers = provider_headers("gitlab", &body, "t1");
     headers[0].1 = "Tag Push Hook".to_owned();
-    let r = gitlab.deliver("/organization/acme/webhooks/gitlab", &headers, body).await;
+    let r = gitlab
+        .deliver("/organization/acme/webhooks/gitlab", &headers, body)
+        .await;
     assert_eq!(r.body["ignored"], "TAG_PUSH");
     assert_eq!(api.deployments("acme").await.len(), 0);
 }
@@ -202,11 +304,21 @@ async fn ignored_events_answer_200_and_queue_nothing() {
 async fn malformed_and_oversized_deliveries() {
     let api = github_api().await;
     let path = "/organization/acme/webhooks/github";
-    for body in [b"not json".to_vec(), vec![0xff, 0xfe], b"[]".to_vec(), br#"{"ref": 5}"#.to_vec(), Vec::new()] {
+    for body in [
+        b"not json".to_vec(),
+        vec![0xff, 0xfe],
+        b"[]".to_vec(),
+        br#"{"ref": 5}"#.to_vec(),
+        Vec::new(),
+    ] {
         let sig = format!("sha256={}", hmac_hex(WEBHOOK_SECRET, &body));
         let headers = s(&[("x-github-event", "push"), ("x-hub-signature-256", &sig)]);
         let r = api.deliver(path, &headers, body.clone()).await;
-        assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "MALFORMED_BODY"), "{body:?}");
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+            "{body:?}"
+        );
     }
     // A delivery without its event header is not a push.
     let body = fixture("github/gp-push.json");
@@ -216,9 +328,16 @@ async fn malformed_and_oversized_deliveries() {
 
     let huge = vec![b' '; 25 * 1024 * 1024 + 1];
     let r = api.deliver(path, &s(&[("x-github-event", "push")]), huge).await;
-    assert_eq!((r.status, r.error_code()), (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"));
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
+    );
     let r = api
-        .deliver(path, &s(&[("x-github-event", "push"), ("content-length", "999999999")]), b"{}".to_vec())
+        .deliver(
+            path,
+            &s(&[("x-github-event", "push"), ("content-length", "999999999")]),
+            b"{}".to_vec(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
 
@@ -263,7 +382,10 @@ async fn once_only_and_rollbacks() {
 
     // The same delivery again: not processed.
     let r = api.push("acme", "github", &push, "delivery-a").await;
-    assert_eq!((r.status, r.body["ignored"].as_str()), (StatusCode::OK, Some("DUPLICATE_DELIVERY")));
+    assert_eq!(
+        (r.status, r.body["ignored"].as_str()),
+        (StatusCode::OK, Some("DUPLICATE_DELIVERY"))
+    );
     // The same push from a second hook (another delivery id): already queued.
     let r = api.push("acme", "github", &push, "delivery-b").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -298,18 +420,37 @@ async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
         let api = Arc::clone(&api);
         let push = push.clone();
         // Half are retries of one delivery, half come from hooks configured twice.
-        let delivery = if i % 2 == 0 { "same".to_owned() } else { format!("hook-{i}") };
-        tasks.push(tokio::spawn(async move { api.push("acme", "github", &push, &delivery).await }));
+        let delivery = if i % 2 == 0 {
+            "same".to_owned()
+        } else {
+            format!("hook-{i}")
+        };
+        tasks.push(tokio::spawn(async move {
+            api.push("acme", "github", &push, &delivery).await
+        }));
     }
     let mut queued = 0;
     for t in tasks {
         let r = t.await.unwrap();
-        assert!(r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK, "{}", r.body);
+        assert!(
+            r.status == StatusCode::ACCEPTED || r.status == StatusCode::OK,
+            "{}",
+            r.body
+        );
         queued += r.body["queued"].as_array().map_or(0, Vec::len);
     }
     assert_eq!(queued, 3);
     assert_eq!(api.deployments("acme").await.len(), 3);
-    assert_eq!(api.sqlite.as_ref().unwrap().queued_messages(0, 100).await.unwrap().len(), 3);
+    assert_eq!(
+        api.sqlite
+            .as_ref()
+            .unwrap()
+            .queued_messages(0, 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -325,13 +466,55 @@ async fn restrictions_skip_markers_and_disabled_services() {
     }
     assert!(!files.is_empty());
     let first = files[0].clone();
-    let rule = |mode: &str, value: &str| json!({"deployment_restrictions": [{"mode": mode, "type": "PATH", "value": value}]});
-    api.app("acme", "matches", "GITHUB", GITHUB_REPO, "master", rule("MATCH", &first)).await;
-    api.app("acme", "elsewhere", "GITHUB", GITHUB_REPO, "master", rule("MATCH", "services/none/")).await;
-    api.app("acme", "excluded", "GITHUB", GITHUB_REPO, "master", rule("EXCLUDE", "**")).await;
-    api.app("acme", "disabled", "GITHUB", GITHUB_REPO, "master", json!({"auto_deploy": false})).await;
-    api.app("acme", "globbed", "GITHUB", GITHUB_REPO, "mas*", json!({})).await;
-    api.app("acme", "other-repo", "GITHUB", "https://github.com/acme/other", "master", json!({})).await;
+    let rule =
+        |mode: &str, value: &str| json!({"deployment_restrictions": [{"mode": mode, "type": "PATH", "value": value}]});
+    api.app(
+        "acme",
+        "matches",
+        "GITHUB",
+        GITHUB_REPO,
+        "master",
+        rule("MATCH", &first),
+    )
+    .await;
+    api.app(
+        "acme",
+        "elsewhere",
+        "GITHUB",
+        GITHUB_REPO,
+        "master",
+        rule("MATCH", "services/none/"),
+    )
+    .await;
+    api.app(
+        "acme",
+        "excluded",
+        "GITHUB",
+        GITHUB_REPO,
+        "master",
+        rule("EXCLUDE", "**"),
+    )
+    .await;
+    api.app(
+        "acme",
+        "disabled",
+        "GITHUB",
+        GITHUB_REPO,
+        "master",
+        json!({"auto_deploy": false}),
+    )
+    .await;
+    api.app("acme", "globbed", "GITHUB", GITHUB_REPO, "mas*", json!({}))
+        .await;
+    api.app(
+        "acme",
+        "other-repo",
+        "GITHUB",
+        "https://github.com/acme/other",
+        "master",
+        json!({}),
+    )
+    .await;
     let job = json!({"environment_id": "production", "kind": "JOB", "auto_deploy": true,
                      "git_repository": {"provider": "GITHUB", "url": "git@github.com:BinkKatal/sample_app.git", "branch": "master"}});
     assert_eq!(api.put_service("acme", "job", job).await.status, StatusCode::CREATED);
@@ -358,7 +541,12 @@ async fn restrictions_skip_markers_and_disabled_services() {
     let r = api.push("acme", "github", &marked, "d2").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body["queued"].as_array().unwrap().is_empty());
-    assert!(outcome(&r).1.iter().any(|(id, reason)| id == "matches" && reason == "SKIP_MARKER"));
+    assert!(
+        outcome(&r)
+            .1
+            .iter()
+            .any(|(id, reason)| id == "matches" && reason == "SKIP_MARKER")
+    );
 
     // A new branch with no commits: files UNKNOWN, restrictions not applied.
     let empty = github_push(|b| {
@@ -380,7 +568,11 @@ async fn dry_run_answers_without_recording() {
     let push = fixture("github/gp-push.json");
     let headers = provider_headers("github", &push, "dry-1");
     let r = api
-        .deliver("/organization/acme/webhooks/github?dry_run=true", &headers, push.clone())
+        .deliver(
+            "/organization/acme/webhooks/github?dry_run=true",
+            &headers,
+            push.clone(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["dry_run"], true);
@@ -407,8 +599,10 @@ async fn multi_branch_deliveries_are_one_push_per_branch() {
     second["new"]["target"]["hash"] = json!("709d658dc5b6d6afcd46049c2f332ee3f515a67d");
     value["push"]["changes"].as_array_mut().unwrap().push(second);
     let url = "git@bitbucket.org:team_name/repo_name.git";
-    api.app("acme", "main-svc", "BITBUCKET", url, "name-of-branch", json!({})).await;
-    api.app("acme", "feature-svc", "BITBUCKET", url, "feature/*", json!({})).await;
+    api.app("acme", "main-svc", "BITBUCKET", url, "name-of-branch", json!({}))
+        .await;
+    api.app("acme", "feature-svc", "BITBUCKET", url, "feature/*", json!({}))
+        .await;
     let bytes = serde_json::to_vec(&value).unwrap();
     let r = api.push("acme", "bitbucket", &bytes, "{bb-1}").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
@@ -432,12 +626,20 @@ async fn deployments_can_be_listed_per_service() {
     }
     for i in 0..3 {
         let body = github_push(|b| b["after"] = json!(format!("{}", i + 1).repeat(40)));
-        assert_eq!(api.push("acme", "github", &body, &format!("d{i}")).await.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            api.push("acme", "github", &body, &format!("d{i}")).await.status,
+            StatusCode::ACCEPTED
+        );
     }
     let all = api.deployments("acme").await;
     assert_eq!(all.len(), 6);
     let r = api
-        .call(Method::GET, "/organization/acme/deployments?service_id=a&limit=2", Some(ADMIN), None)
+        .call(
+            Method::GET,
+            "/organization/acme/deployments?service_id=a&limit=2",
+            Some(ADMIN),
+            None,
+        )
         .await;
     let items = r.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);

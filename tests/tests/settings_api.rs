@@ -43,7 +43,9 @@ async fn unknown_routes_and_methods_use_the_error_shape() {
     let api = Api::new();
     let r = api.call(Method::GET, "/nope", Some(ADMIN), None).await;
     assert_eq!((r.status, r.error_code()), (StatusCode::NOT_FOUND, "NOT_FOUND"));
-    let r = api.call(Method::POST, "/organization/acme/services", Some(ADMIN), None).await;
+    let r = api
+        .call(Method::POST, "/organization/acme/services", Some(ADMIN), None)
+        .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -58,7 +60,9 @@ async fn service_lifecycle() {
     assert_eq!(r.body["version"], 1);
     assert!(r.body["created_at"].is_string() && r.body["updated_at"].is_string());
 
-    let got = api.call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None).await;
+    let got = api
+        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
+        .await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.etag(), first_etag);
     assert_eq!(got.body, r.body);
@@ -75,13 +79,7 @@ async fn service_lifecycle() {
 
     // PATCH with a merge patch, both media types.
     let r = api
-        .call_with(
-            Method::PATCH,
-            "/organization/acme/services/api",
-            Some(ADMIN),
-            None,
-            &[],
-        )
+        .call_with(Method::PATCH, "/organization/acme/services/api", Some(ADMIN), None, &[])
         .await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     let req = Request::patch("/organization/acme/services/api")
@@ -118,15 +116,24 @@ async fn service_lifecycle() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_fields(), vec!["git_repository", "image"]);
     let r = api
-        .call(Method::PATCH, "/organization/acme/services/api", Some(ADMIN), Some(json!([1])))
+        .call(
+            Method::PATCH,
+            "/organization/acme/services/api",
+            Some(ADMIN),
+            Some(json!([1])),
+        )
         .await;
     assert_eq!(r.error_code(), "MALFORMED_BODY");
 
-    let r = api.call(Method::DELETE, "/organization/acme/services/api", Some(ADMIN), None).await;
+    let r = api
+        .call(Method::DELETE, "/organization/acme/services/api", Some(ADMIN), None)
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert!(r.raw.is_empty());
     for method in [Method::GET, Method::DELETE] {
-        let r = api.call(method, "/organization/acme/services/api", Some(ADMIN), None).await;
+        let r = api
+            .call(method, "/organization/acme/services/api", Some(ADMIN), None)
+            .await;
         assert_eq!((r.status, r.error_code()), (StatusCode::NOT_FOUND, "NOT_FOUND"));
     }
     let r = api
@@ -155,7 +162,13 @@ async fn if_match_gives_optimistic_concurrency() {
     let patch = Some(json!({"auto_deploy": false}));
 
     let r = api
-        .call_with(Method::PATCH, path, Some(ADMIN), patch.clone(), &[("if-match", etag.as_str())])
+        .call_with(
+            Method::PATCH,
+            path,
+            Some(ADMIN),
+            patch.clone(),
+            &[("if-match", etag.as_str())],
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let fresh = r.etag();
@@ -176,7 +189,13 @@ async fn if_match_gives_optimistic_concurrency() {
         );
     }
     let r = api
-        .call_with(Method::PUT, path, Some(ADMIN), Some(app_body()), &[("if-match", "not-quoted")])
+        .call_with(
+            Method::PUT,
+            path,
+            Some(ADMIN),
+            Some(app_body()),
+            &[("if-match", "not-quoted")],
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_fields(), vec!["If-Match"]);
@@ -195,10 +214,20 @@ async fn if_match_gives_optimistic_concurrency() {
         .call_with(Method::PUT, path, Some(ADMIN), Some(app_body()), &[("if-match", "*")])
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = api.call_with(Method::DELETE, path, Some(ADMIN), None, &[("if-match", fresh.as_str())]).await;
+    let r = api
+        .call_with(Method::DELETE, path, Some(ADMIN), None, &[("if-match", fresh.as_str())])
+        .await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "the PUT changed the ETag");
     let current = api.call(Method::GET, path, Some(ADMIN), None).await.etag();
-    let r = api.call_with(Method::DELETE, path, Some(ADMIN), None, &[("if-match", current.as_str())]).await;
+    let r = api
+        .call_with(
+            Method::DELETE,
+            path,
+            Some(ADMIN),
+            None,
+            &[("if-match", current.as_str())],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
 }
 
@@ -232,7 +261,9 @@ async fn twenty_concurrent_patches_with_one_etag_one_wins() {
         }
     }
     assert_eq!((ok, stale), (1, 19));
-    let r = api.call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None).await;
+    let r = api
+        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
+        .await;
     assert_eq!(r.body["version"], 2);
 }
 
@@ -240,7 +271,10 @@ async fn twenty_concurrent_patches_with_one_etag_one_wins() {
 async fn list_pages_in_id_order() {
     let api = Api::new();
     for id in ["c", "a", "e", "b", "d"] {
-        assert_eq!(api.put_service("acme", id, app_body()).await.status, StatusCode::CREATED);
+        assert_eq!(
+            api.put_service("acme", id, app_body()).await.status,
+            StatusCode::CREATED
+        );
     }
     api.put_service("other", "zz", app_body()).await;
     let mut seen = Vec::new();
@@ -262,7 +296,9 @@ async fn list_pages_in_id_order() {
     }
     assert_eq!(seen, vec!["a", "b", "c", "d", "e"]);
 
-    let r = api.call(Method::GET, "/organization/acme/services", Some(ADMIN), None).await;
+    let r = api
+        .call(Method::GET, "/organization/acme/services", Some(ADMIN), None)
+        .await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 5);
     assert_eq!(r.body["next_cursor"], Value::Null);
 
@@ -283,11 +319,18 @@ async fn list_pages_in_id_order() {
     }
     for limit in ["0", "101", "abc", "-3"] {
         let r = api
-            .call(Method::GET, &format!("/organization/acme/services?limit={limit}"), Some(ADMIN), None)
+            .call(
+                Method::GET,
+                &format!("/organization/acme/services?limit={limit}"),
+                Some(ADMIN),
+                None,
+            )
             .await;
         assert_eq!(r.error_fields(), vec!["limit"]);
     }
-    let r = api.call(Method::GET, "/organization/acme/services?limit=100", Some(ADMIN), None).await;
+    let r = api
+        .call(Method::GET, "/organization/acme/services?limit=100", Some(ADMIN), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -300,7 +343,10 @@ async fn authentication_and_scopes() {
     let r = api.call(Method::GET, path, None, None).await;
     assert_eq!((r.status, r.error_code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
     for header in ["Basic abc", "Token", "Bearer ", "nonsense", "Token wrong-token"] {
-        let req = Request::get(path).header("authorization", header).body(Body::empty()).unwrap();
+        let req = Request::get(path)
+            .header("authorization", header)
+            .body(Body::empty())
+            .unwrap();
         let r = api.raw(req).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{header}");
     }
@@ -316,12 +362,23 @@ async fn authentication_and_scopes() {
     let manage = api.token("acme", &["manage"]).await;
     let deploy = api.token("acme", &["deploy"]).await;
     let other = api.token("other", &["manage", "deploy"]).await;
-    assert_eq!(api.call(Method::GET, path, Some(&manage), None).await.status, StatusCode::OK);
+    assert_eq!(
+        api.call(Method::GET, path, Some(&manage), None).await.status,
+        StatusCode::OK
+    );
     let r = api.call(Method::GET, path, Some(&deploy), None).await;
     assert_eq!((r.status, r.error_code()), (StatusCode::FORBIDDEN, "FORBIDDEN"));
-    assert_eq!(api.call(Method::GET, path, Some(&other), None).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.call(Method::GET, path, Some(&other), None).await.status,
+        StatusCode::FORBIDDEN
+    );
     let r = api
-        .call(Method::PUT, "/organization/acme/services/x", Some(&other), Some(app_body()))
+        .call(
+            Method::PUT,
+            "/organization/acme/services/x",
+            Some(&other),
+            Some(app_body()),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // Tokens are the admin's alone.
@@ -335,7 +392,9 @@ async fn authentication_and_scopes() {
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{p}");
     }
     // Auth comes before everything else: no token, no hint about the path.
-    let r = api.call(Method::GET, "/organization/bad%20org/services", None, None).await;
+    let r = api
+        .call(Method::GET, "/organization/bad%20org/services", None, None)
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -343,7 +402,12 @@ async fn authentication_and_scopes() {
 async fn tokens_are_shown_once_and_revocable() {
     let api = Api::new();
     let r = api
-        .call(Method::POST, "/organization/acme/tokens", Some(ADMIN), Some(json!({"name": "ci"})))
+        .call(
+            Method::POST,
+            "/organization/acme/tokens",
+            Some(ADMIN),
+            Some(json!({"name": "ci"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.body["scopes"], json!(["deploy", "manage"]));
@@ -351,29 +415,47 @@ async fn tokens_are_shown_once_and_revocable() {
     let id = r.body["id"].as_str().unwrap().to_owned();
     assert!(token.starts_with("adt_"));
 
-    let list = api.call(Method::GET, "/organization/acme/tokens", Some(ADMIN), None).await;
+    let list = api
+        .call(Method::GET, "/organization/acme/tokens", Some(ADMIN), None)
+        .await;
     assert_eq!(list.status, StatusCode::OK);
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(list.body["items"][0]["id"], json!(id));
     assert!(list.body["items"][0].get("token").is_none());
     assert!(!String::from_utf8_lossy(&list.raw).contains(&token[4..]));
-    let other = api.call(Method::GET, "/organization/other/tokens", Some(ADMIN), None).await;
+    let other = api
+        .call(Method::GET, "/organization/other/tokens", Some(ADMIN), None)
+        .await;
     assert_eq!(other.body["items"], json!([]));
 
     assert_eq!(
-        api.call(Method::GET, "/organization/acme/services", Some(&token), None).await.status,
+        api.call(Method::GET, "/organization/acme/services", Some(&token), None)
+            .await
+            .status,
         StatusCode::OK
     );
     let r = api
-        .call(Method::DELETE, &format!("/organization/acme/tokens/{id}"), Some(ADMIN), None)
+        .call(
+            Method::DELETE,
+            &format!("/organization/acme/tokens/{id}"),
+            Some(ADMIN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = api
-        .call(Method::DELETE, &format!("/organization/acme/tokens/{id}"), Some(ADMIN), None)
+        .call(
+            Method::DELETE,
+            &format!("/organization/acme/tokens/{id}"),
+            Some(ADMIN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(
-        api.call(Method::GET, "/organization/acme/services", Some(&token), None).await.status,
+        api.call(Method::GET, "/organization/acme/services", Some(&token), None)
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
 
@@ -387,7 +469,12 @@ async fn tokens_are_shown_once_and_revocable() {
         (json!({"name": "x", "extra": true}), vec!["extra"]),
     ] {
         let r = api
-            .call(Method::POST, "/organization/acme/tokens", Some(ADMIN), Some(body.clone()))
+            .call(
+                Method::POST,
+                "/organization/acme/tokens",
+                Some(ADMIN),
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(r.error_fields(), fields, "{body}");
@@ -404,7 +491,9 @@ async fn webhook_secrets_are_never_echoed() {
     assert_eq!(r.body["set_at"], Value::Null);
 
     let secret = "s3cr3t-value-that-is-long-enough";
-    let r = api.call(Method::PUT, path, Some(ADMIN), Some(json!({"secret": secret}))).await;
+    let r = api
+        .call(Method::PUT, path, Some(ADMIN), Some(json!({"secret": secret})))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = api.call(Method::GET, path, Some(ADMIN), None).await;
     assert_eq!(r.body["configured"], true);
@@ -432,7 +521,15 @@ async fn webhook_secrets_are_never_echoed() {
         )
         .await;
     assert_eq!(r.error_fields(), vec!["provider"]);
-    for provider in ["gitlab", "bitbucket", "bitbucket-server", "gitea", "gogs", "azure-devops", "dockerhub"] {
+    for provider in [
+        "gitlab",
+        "bitbucket",
+        "bitbucket-server",
+        "gitea",
+        "gogs",
+        "azure-devops",
+        "dockerhub",
+    ] {
         let r = api
             .call(
                 Method::PUT,
@@ -444,23 +541,44 @@ async fn webhook_secrets_are_never_echoed() {
         assert_eq!(r.status, StatusCode::NO_CONTENT, "{provider}");
     }
 
-    assert_eq!(api.call(Method::DELETE, path, Some(ADMIN), None).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(api.call(Method::DELETE, path, Some(ADMIN), None).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(api.call(Method::GET, path, Some(ADMIN), None).await.body["configured"], false);
+    assert_eq!(
+        api.call(Method::DELETE, path, Some(ADMIN), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.call(Method::DELETE, path, Some(ADMIN), None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.call(Method::GET, path, Some(ADMIN), None).await.body["configured"],
+        false
+    );
 }
 
 #[tokio::test]
 async fn deployments_list_starts_empty() {
     let api = Api::new();
-    let r = api.call(Method::GET, "/organization/acme/deployments", Some(ADMIN), None).await;
+    let r = api
+        .call(Method::GET, "/organization/acme/deployments", Some(ADMIN), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, json!({"items": [], "next_cursor": null}));
     let r = api
-        .call(Method::GET, "/organization/acme/deployments?service_id=api&limit=5", Some(ADMIN), None)
+        .call(
+            Method::GET,
+            "/organization/acme/deployments?service_id=api&limit=5",
+            Some(ADMIN),
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let r = api
-        .call(Method::GET, "/organization/acme/deployments?service_id=-bad", Some(ADMIN), None)
+        .call(
+            Method::GET,
+            "/organization/acme/deployments?service_id=-bad",
+            Some(ADMIN),
+            None,
+        )
         .await;
     assert_eq!(r.error_fields(), vec!["service_id"]);
 }
@@ -496,7 +614,10 @@ async fn every_validation_rule_names_its_field() {
     };
     let cases: Vec<(Value, Vec<&str>)> = vec![
         (with(json!({"unknown": 1})), vec!["unknown"]),
-        (with(json!({"git_repository": {"extra": 1}})), vec!["git_repository.extra"]),
+        (
+            with(json!({"git_repository": {"extra": 1}})),
+            vec!["git_repository.extra"],
+        ),
         (with(json!({"environment_id": null})), vec!["environment_id"]),
         (with(json!({"environment_id": "bad id"})), vec!["environment_id"]),
         (with(json!({"kind": null})), vec!["kind"]),
@@ -504,19 +625,46 @@ async fn every_validation_rule_names_its_field() {
         (with(json!({"name": ""})), vec!["name"]),
         (with(json!({"name": "x".repeat(300)})), vec!["name"]),
         (with(json!({"auto_deploy": "true"})), vec!["auto_deploy"]),
-        (with(json!({"git_repository": {"provider": "SVN"}})), vec!["git_repository.provider"]),
-        (with(json!({"git_repository": {"branch": "a..b"}})), vec!["git_repository.branch"]),
-        (with(json!({"git_repository": {"branch": "-x"}})), vec!["git_repository.branch"]),
-        (with(json!({"git_repository": {"branch": "x.lock"}})), vec!["git_repository.branch"]),
-        (with(json!({"git_repository": {"branch": "a b"}})), vec!["git_repository.branch"]),
-        (with(json!({"git_repository": {"url": "not a url"}})), vec!["git_repository.url"]),
-        (with(json!({"git_repository": {"url": "ftp://h/a/b"}})), vec!["git_repository.url"]),
+        (
+            with(json!({"git_repository": {"provider": "SVN"}})),
+            vec!["git_repository.provider"],
+        ),
+        (
+            with(json!({"git_repository": {"branch": "a..b"}})),
+            vec!["git_repository.branch"],
+        ),
+        (
+            with(json!({"git_repository": {"branch": "-x"}})),
+            vec!["git_repository.branch"],
+        ),
+        (
+            with(json!({"git_repository": {"branch": "x.lock"}})),
+            vec!["git_repository.branch"],
+        ),
+        (
+            with(json!({"git_repository": {"branch": "a b"}})),
+            vec!["git_repository.branch"],
+        ),
+        (
+            with(json!({"git_repository": {"url": "not a url"}})),
+            vec!["git_repository.url"],
+        ),
+        (
+            with(json!({"git_repository": {"url": "ftp://h/a/b"}})),
+            vec!["git_repository.url"],
+        ),
         (
             with(json!({"git_repository": {"url": "https://user:hunter2@github.com/a/b"}})),
             vec!["git_repository.url"],
         ),
-        (with(json!({"git_repository": {"root_path": "relative"}})), vec!["git_repository.root_path"]),
-        (with(json!({"git_repository": {"root_path": "/a/../b"}})), vec!["git_repository.root_path"]),
+        (
+            with(json!({"git_repository": {"root_path": "relative"}})),
+            vec!["git_repository.root_path"],
+        ),
+        (
+            with(json!({"git_repository": {"root_path": "/a/../b"}})),
+            vec!["git_repository.root_path"],
+        ),
         (
             with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "/abs"}]})),
             vec!["deployment_restrictions[0].value"],
@@ -537,12 +685,18 @@ async fn every_validation_rule_names_its_field() {
             with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "a", "x": 1}]})),
             vec!["deployment_restrictions[0].x"],
         ),
-        (with(json!({"git_repository": null})), vec!["deployment_restrictions", "git_repository"]),
+        (
+            with(json!({"git_repository": null})),
+            vec!["deployment_restrictions", "git_repository"],
+        ),
         (
             with(json!({"image": {"image_name": "acme/api", "tag": "1"}})),
             vec!["image"],
         ),
-        (with(json!({"tag_policy": {"type": "GLOB", "pattern": "*"}})), vec!["tag_policy"]),
+        (
+            with(json!({"tag_policy": {"type": "GLOB", "pattern": "*"}})),
+            vec!["tag_policy"],
+        ),
     ];
     for (body, fields) in cases {
         let r = api.put_service("acme", "api", body.clone()).await;
@@ -564,20 +718,54 @@ async fn every_validation_rule_names_its_field() {
     let cases: Vec<(Value, Vec<&str>)> = vec![
         (with_image(json!({"image": null})), vec!["image", "tag_policy"]),
         (with_image(json!({"image": {"tag": "-x"}})), vec!["image.tag"]),
-        (with_image(json!({"image": {"tag": "x".repeat(129)}})), vec!["image.tag"]),
-        (with_image(json!({"image": {"image_name": "Acme/API"}})), vec!["image.image_name"]),
-        (with_image(json!({"image": {"image_name": ""}})), vec!["image.image_name"]),
-        (with_image(json!({"image": {"registry": "not a host"}})), vec!["image.registry"]),
-        (with_image(json!({"tag_policy": {"type": "SEMVER", "range": ">=x"}})), vec!["tag_policy.range"]),
-        (with_image(json!({"tag_policy": {"type": "REGEX", "pattern": "(", "range": null}})), vec!["tag_policy.pattern"]),
+        (
+            with_image(json!({"image": {"tag": "x".repeat(129)}})),
+            vec!["image.tag"],
+        ),
+        (
+            with_image(json!({"image": {"image_name": "Acme/API"}})),
+            vec!["image.image_name"],
+        ),
+        (
+            with_image(json!({"image": {"image_name": ""}})),
+            vec!["image.image_name"],
+        ),
+        (
+            with_image(json!({"image": {"registry": "not a host"}})),
+            vec!["image.registry"],
+        ),
+        (
+            with_image(json!({"tag_policy": {"type": "SEMVER", "range": ">=x"}})),
+            vec!["tag_policy.range"],
+        ),
+        (
+            with_image(json!({"tag_policy": {"type": "REGEX", "pattern": "(", "range": null}})),
+            vec!["tag_policy.pattern"],
+        ),
         (
             with_image(json!({"tag_policy": {"type": "GLOB", "pattern": "[", "range": null}})),
             vec!["tag_policy.pattern"],
         ),
-        (with_image(json!({"tag_policy": {"type": "LATEST"}})), vec!["tag_policy.type"]),
-        (with_image(json!({"tag_policy": {"bogus": 1}})), vec!["tag_policy.bogus"]),
-        (with_image(json!({"git_repository": {"provider": "GITHUB", "url": "https://github.com/a/b", "branch": "main"}})), vec!["git_repository"]),
-        (with_image(json!({"kind": "JOB", "git_repository": {"provider": "GITHUB", "url": "https://github.com/a/b", "branch": "main"}})), vec!["image"]),
+        (
+            with_image(json!({"tag_policy": {"type": "LATEST"}})),
+            vec!["tag_policy.type"],
+        ),
+        (
+            with_image(json!({"tag_policy": {"bogus": 1}})),
+            vec!["tag_policy.bogus"],
+        ),
+        (
+            with_image(
+                json!({"git_repository": {"provider": "GITHUB", "url": "https://github.com/a/b", "branch": "main"}}),
+            ),
+            vec!["git_repository"],
+        ),
+        (
+            with_image(
+                json!({"kind": "JOB", "git_repository": {"provider": "GITHUB", "url": "https://github.com/a/b", "branch": "main"}}),
+            ),
+            vec!["image"],
+        ),
     ];
     for (body, fields) in cases {
         let r = api.put_service("acme", "worker", body.clone()).await;
@@ -590,17 +778,30 @@ async fn every_validation_rule_names_its_field() {
     let r = api.put_service("acme", "api", body).await;
     assert_eq!(
         r.error_fields(),
-        vec!["auto_deploy", "environment_id", "git_repository.branch", "git_repository.url", "name", "zzz"]
+        vec![
+            "auto_deploy",
+            "environment_id",
+            "git_repository.branch",
+            "git_repository.url",
+            "name",
+            "zzz"
+        ]
     );
 
     // The valid forms are accepted: a container, a job on git, a job on an image.
-    assert_eq!(api.put_service("acme", "c", container_body()).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.put_service("acme", "c", container_body()).await.status,
+        StatusCode::CREATED
+    );
     let job_git = with(json!({"kind": "JOB"}));
     assert_eq!(api.put_service("acme", "j1", job_git).await.status, StatusCode::CREATED);
-    let job_image = with_image(json!({"kind": "JOB", "tag_policy": {"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"}}));
+    let job_image =
+        with_image(json!({"kind": "JOB", "tag_policy": {"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"}}));
     let r = api.put_service("acme", "j2", job_image).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = api.call(Method::GET, "/organization/acme/services/c", Some(ADMIN), None).await;
+    let r = api
+        .call(Method::GET, "/organization/acme/services/c", Some(ADMIN), None)
+        .await;
     assert_eq!(r.body["image"]["registry"], "ghcr.io");
 }
 
@@ -618,8 +819,18 @@ async fn malformed_input_is_a_clear_400_never_a_500() {
     let json_ct = Some("application/json");
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let cases: Vec<(Vec<u8>, Option<&'static str>, StatusCode, &str)> = vec![
-        (vec![0xff, 0xfe, 0x00], json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
-        (b"{\"name\": \"\xff\"}".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+        (
+            vec![0xff, 0xfe, 0x00],
+            json_ct,
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_BODY",
+        ),
+        (
+            b"{\"name\": \"\xff\"}".to_vec(),
+            json_ct,
+            StatusCode::BAD_REQUEST,
+            "MALFORMED_BODY",
+        ),
         (b"not json".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
         (b"{\"a\": ".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
         (b"".to_vec(), json_ct, StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
@@ -633,7 +844,12 @@ async fn malformed_input_is_a_clear_400_never_a_500() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "PAYLOAD_TOO_LARGE",
         ),
-        (app_body().to_string().into_bytes(), None, StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+        (
+            app_body().to_string().into_bytes(),
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+        ),
         (
             app_body().to_string().into_bytes(),
             Some("text/plain"),
@@ -663,7 +879,10 @@ async fn malformed_input_is_a_clear_400_never_a_500() {
     }
     // application/json with a charset parameter is fine.
     let r = api
-        .raw(send(app_body().to_string().into_bytes(), Some("application/json; charset=utf-8")))
+        .raw(send(
+            app_body().to_string().into_bytes(),
+            Some("application/json; charset=utf-8"),
+        ))
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     // A Content-Length above the limit is refused before reading.

@@ -332,6 +332,9 @@ async fn delete_service(store: &dyn Store) {
     assert!(store.delete_service("acme", "api", Some(&etag)).await.expect("delete"));
     assert_eq!(store.get_service("acme", "api").await.expect("get"), None);
     assert!(!store.delete_service("acme", "api", None).await.expect("delete again"));
+    // `If-Match` on a missing service fails, as HTTP has it (RFC 9110 §13.1.1).
+    let gone = store.delete_service("acme", "api", Some(&etag)).await;
+    assert!(matches!(gone, Err(StoreError::PreconditionFailed)), "{gone:?}");
     let by_repo = store
         .services_by_repository("acme", "github.com/acme/shop")
         .await
@@ -1163,4 +1166,66 @@ async fn admin_token_from_secrets_manager() {
         .await
         .expect("put_secret_value");
     assert_eq!(source.admin_token_sha256().await.expect("digest"), want);
+}
+
+/// Entries of a partly failed batch are sent again, and only they; an entry SQS blames on
+/// the sender is not. SQS is faked here: moto never fails part of a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_retries_the_failed_entries_of_a_batch() {
+    use std::sync::{Arc, Mutex};
+
+    let calls: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let seen = Arc::clone(&calls);
+    let app = axum::Router::new().fallback(move |body: bytes::Bytes| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let request: serde_json::Value = serde_json::from_slice(&body).expect("a JSON request");
+            let ids: Vec<String> = request["Entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| e["Id"].as_str().expect("an id").to_owned())
+                .collect();
+            let first = {
+                let mut calls = seen.lock().expect("lock");
+                calls.push(ids.clone());
+                calls.len() == 1
+            };
+            let (mut successful, mut failed) = (Vec::new(), Vec::new());
+            for id in ids {
+                match (first, id.as_str()) {
+                    (true, "1") => failed.push(serde_json::json!({
+                        "Id": id, "SenderFault": false, "Code": "InternalError", "Message": "try again"
+                    })),
+                    (_, "2") => failed.push(serde_json::json!({
+                        "Id": id, "SenderFault": true, "Code": "InvalidParameterValue", "Message": "never"
+                    })),
+                    _ => successful.push(serde_json::json!({
+                        "Id": id, "MessageId": uuid::Uuid::new_v4().to_string(),
+                        "MD5OfMessageBody": "00000000000000000000000000000000"
+                    })),
+                }
+            }
+            (
+                [(http::header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+                serde_json::json!({"Successful": successful, "Failed": failed}).to_string(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let config = autodeploy_tests::aws_sdk_config(&url).await;
+    let queue =
+        autodeploy_api::aws::SqsQueue::new(aws_sdk_sqs::Client::new(&config), format!("{url}/123456789012/q.fifo"));
+    let requests: Vec<DeploymentRequest> = (0..4).map(|_| push_request("acme", "api")).collect();
+    let results = queue.send(&requests).await;
+    assert!(
+        results[0].is_ok() && results[1].is_ok() && results[3].is_ok(),
+        "{results:?}"
+    );
+    assert!(results[2].is_err(), "{results:?}");
+    let calls = calls.lock().expect("lock").clone();
+    assert_eq!(calls, vec![vec!["0", "1", "2", "3"], vec!["1"]]);
 }

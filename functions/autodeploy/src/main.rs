@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "autodeploy", version, about = "Redeploys services on git pushes and new image tags.")]
+#[command(
+    name = "autodeploy",
+    version,
+    about = "Redeploys services on git pushes and new image tags."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,9 +3,9 @@
 
 pub mod admin;
 pub mod pipeline;
-pub mod web;
 pub mod store;
 pub mod util;
+pub mod web;
 
 #[cfg(feature = "aws")]
 pub mod aws;

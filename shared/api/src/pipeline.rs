@@ -106,7 +106,9 @@ async fn send_and_mark<'a>(
                     marked.insert(r.deployment_id.as_str());
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "sent deployments could not be marked QUEUED; the relay will resend them"),
+            Err(err) => {
+                tracing::warn!(error = %err, "sent deployments could not be marked QUEUED; the relay will resend them")
+            }
         }
     }
     marked
@@ -121,7 +123,11 @@ pub struct RelayReport {
 
 /// Send deployments left `PENDING` (the queue did not answer when they were recorded), oldest
 /// first, in batches, until none are left or the queue stops taking them.
-pub async fn relay_pending(store: &dyn Store, queue: &dyn DeploymentQueue, batch: usize) -> Result<RelayReport, StoreError> {
+pub async fn relay_pending(
+    store: &dyn Store,
+    queue: &dyn DeploymentQueue,
+    batch: usize,
+) -> Result<RelayReport, StoreError> {
     let mut report = RelayReport::default();
     loop {
         let pending = store.pending_deployments(batch).await?;

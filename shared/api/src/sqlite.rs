@@ -109,7 +109,8 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(unavailable)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(unavailable)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(unavailable)?;
         migrate(&mut conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -170,7 +171,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction().map_err(unavailable)?;
         tx.execute_batch(sql).map_err(unavailable)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(unavailable)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
     }
     Ok(())
@@ -335,7 +337,9 @@ impl ServiceStore for SqliteStore {
                     "SELECT {SERVICE_COLUMNS} FROM services WHERE org = ?1 AND repository = ?2 ORDER BY id"
                 ))
                 .map_err(unavailable)?;
-            let rows = stmt.query_map(params![org, repository], service_row).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![org, repository], service_row)
+                .map_err(unavailable)?;
             collect(rows, stored_service)
         })
         .await
@@ -435,7 +439,14 @@ impl TokenStore for SqliteStore {
                 .execute(
                     "INSERT INTO tokens (org, id, name, scopes, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT DO NOTHING",
-                    params![token.organization_id, token.id, token.name, scopes, token.hash, token.created_at],
+                    params![
+                        token.organization_id,
+                        token.id,
+                        token.name,
+                        scopes,
+                        token.hash,
+                        token.created_at
+                    ],
                 )
                 .map_err(unavailable)?;
             if inserted == 0 {
@@ -616,7 +627,9 @@ impl DeploymentLog for SqliteStore {
             let mut stmt = conn
                 .prepare_cached("SELECT data, status FROM deployments WHERE status = 'PENDING' ORDER BY id LIMIT ?1")
                 .map_err(unavailable)?;
-            let rows = stmt.query_map(params![limit as i64], deployment_row).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![limit as i64], deployment_row)
+                .map_err(unavailable)?;
             collect(rows, deployment_record)
         })
         .await
@@ -657,7 +670,13 @@ impl DeliveryLog for SqliteStore {
         .await
     }
 
-    async fn remember_delivery(&self, org: &str, provider: &str, delivery_id: &str, expires_unix: i64) -> StoreResult<()> {
+    async fn remember_delivery(
+        &self,
+        org: &str,
+        provider: &str,
+        delivery_id: &str,
+        expires_unix: i64,
+    ) -> StoreResult<()> {
         let (org, provider, id) = (org.to_owned(), provider.to_owned(), delivery_id.to_owned());
         self.with(move |conn| {
             let tx = conn.transaction().map_err(unavailable)?;

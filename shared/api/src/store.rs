@@ -140,7 +140,13 @@ pub trait DeliveryLog: Send + Sync {
     /// Whether this delivery id was processed within its retention.
     async fn delivery_seen(&self, org: &str, provider: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool>;
     /// Remember a processed delivery until `expires_unix`.
-    async fn remember_delivery(&self, org: &str, provider: &str, delivery_id: &str, expires_unix: i64) -> StoreResult<()>;
+    async fn remember_delivery(
+        &self,
+        org: &str,
+        provider: &str,
+        delivery_id: &str,
+        expires_unix: i64,
+    ) -> StoreResult<()>;
 }
 
 /// Everything the HTTP layer needs from a store.

@@ -7,8 +7,11 @@ use time::format_description::well_known::Rfc3339;
 
 /// Now, as RFC 3339 UTC with second precision (`2026-11-26T12:00:00Z`).
 pub fn now_rfc3339() -> String {
-    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc());
-    now.format(&Rfc3339).unwrap_or_else(|_| now.unix_timestamp().to_string())
+    let now = OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc());
+    now.format(&Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 pub fn now_unix() -> i64 {

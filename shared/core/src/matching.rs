@@ -131,9 +131,11 @@ mod tests {
     }
 
     fn app(branch: &str, auto: bool, rules: Value) -> Service {
-        service(json!({"environment_id": "prod", "kind": "APPLICATION", "auto_deploy": auto,
+        service(
+            json!({"environment_id": "prod", "kind": "APPLICATION", "auto_deploy": auto,
             "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": branch},
-            "deployment_restrictions": rules}))
+            "deployment_restrictions": rules}),
+        )
     }
 
     fn push(branch: &str, files: Option<&[&str]>, message: &str) -> Push {
@@ -156,10 +158,18 @@ mod tests {
         let api_only = json!([{"mode": "MATCH", "type": "PATH", "value": "services/api/"}]);
         let no_docs = json!([{"mode": "EXCLUDE", "type": "PATH", "value": "docs"}]);
         let cases = [
-            (app("main", true, json!([])), push("main", Some(&["x"]), "m"), Some(Ok(()))),
+            (
+                app("main", true, json!([])),
+                push("main", Some(&["x"]), "m"),
+                Some(Ok(())),
+            ),
             (app("main", true, json!([])), push("dev", Some(&["x"]), "m"), None),
             (app("Main", true, json!([])), push("main", Some(&["x"]), "m"), None),
-            (app("release/*", true, json!([])), push("release/1.2", None, "m"), Some(Ok(()))),
+            (
+                app("release/*", true, json!([])),
+                push("release/1.2", None, "m"),
+                Some(Ok(())),
+            ),
             (app("release/*", true, json!([])), push("release/1/2", None, "m"), None),
             (
                 app("main", false, json!([])),
@@ -193,7 +203,11 @@ mod tests {
                 push("main", Some(&["docs/a.md", "docs/b.md"]), "m"),
                 Some(Err(SkipReason::PathRestrictions)),
             ),
-            (app("main", true, no_docs), push("main", Some(&["docs/a.md", "src/x.rs"]), "m"), Some(Ok(()))),
+            (
+                app("main", true, no_docs),
+                push("main", Some(&["docs/a.md", "src/x.rs"]), "m"),
+                Some(Ok(())),
+            ),
         ];
         for (i, (svc, p, want)) in cases.into_iter().enumerate() {
             assert_eq!(decide_push(&svc, &p), want, "case {i}");
@@ -228,20 +242,125 @@ mod tests {
         let name = |s: &str| parse_image_name(s).unwrap();
         let c = ImageTarget::Container;
         let cases = [
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), c, "acme/api", "1.4.0", Some(Ok(()))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), c, "ghcr.io/acme/api", "1.4.0", Some(Ok(()))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), c, "docker.io/acme/api", "1.4.0", None),
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), ImageTarget::Job, "acme/api", "1.4.0", None),
-            (container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), ImageTarget::Job, "acme/api", "1.4.0", Some(Ok(()))),
-            (container("CONTAINER", "docker.io", "nginx", "1.25", true, Value::Null), c, "nginx", "1.26", Some(Ok(()))),
-            (container("CONTAINER", "index.docker.io", "library/nginx", "1.25", true, Value::Null), c, "docker.io/nginx", "1.26", Some(Ok(()))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", false, Value::Null), c, "acme/api", "1.4.0", Some(Err(SkipReason::AutoDeployDisabled))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null), c, "acme/api", "1.3.0", Some(Err(SkipReason::SameTag))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver.clone()), c, "acme/api", "v1.4.0", Some(Ok(()))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver.clone()), c, "acme/api", "1.2.5", Some(Err(SkipReason::TagPolicy))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver), c, "acme/api", "2.0.0", Some(Err(SkipReason::TagPolicy))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "main-aaaaaaa", true, json!({"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"})), c, "acme/api", "main-bbbbbbb", Some(Ok(()))),
-            (container("CONTAINER", "ghcr.io", "acme/api", "main-aaaaaaa", true, json!({"type": "GLOB", "pattern": "release-*"})), c, "acme/api", "main-bbbbbbb", Some(Err(SkipReason::TagPolicy))),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                c,
+                "acme/api",
+                "1.4.0",
+                Some(Ok(())),
+            ),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                c,
+                "ghcr.io/acme/api",
+                "1.4.0",
+                Some(Ok(())),
+            ),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                c,
+                "docker.io/acme/api",
+                "1.4.0",
+                None,
+            ),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                ImageTarget::Job,
+                "acme/api",
+                "1.4.0",
+                None,
+            ),
+            (
+                container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                ImageTarget::Job,
+                "acme/api",
+                "1.4.0",
+                Some(Ok(())),
+            ),
+            (
+                container("CONTAINER", "docker.io", "nginx", "1.25", true, Value::Null),
+                c,
+                "nginx",
+                "1.26",
+                Some(Ok(())),
+            ),
+            (
+                container(
+                    "CONTAINER",
+                    "index.docker.io",
+                    "library/nginx",
+                    "1.25",
+                    true,
+                    Value::Null,
+                ),
+                c,
+                "docker.io/nginx",
+                "1.26",
+                Some(Ok(())),
+            ),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", false, Value::Null),
+                c,
+                "acme/api",
+                "1.4.0",
+                Some(Err(SkipReason::AutoDeployDisabled)),
+            ),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                c,
+                "acme/api",
+                "1.3.0",
+                Some(Err(SkipReason::SameTag)),
+            ),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver.clone()),
+                c,
+                "acme/api",
+                "v1.4.0",
+                Some(Ok(())),
+            ),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver.clone()),
+                c,
+                "acme/api",
+                "1.2.5",
+                Some(Err(SkipReason::TagPolicy)),
+            ),
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver),
+                c,
+                "acme/api",
+                "2.0.0",
+                Some(Err(SkipReason::TagPolicy)),
+            ),
+            (
+                container(
+                    "CONTAINER",
+                    "ghcr.io",
+                    "acme/api",
+                    "main-aaaaaaa",
+                    true,
+                    json!({"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"}),
+                ),
+                c,
+                "acme/api",
+                "main-bbbbbbb",
+                Some(Ok(())),
+            ),
+            (
+                container(
+                    "CONTAINER",
+                    "ghcr.io",
+                    "acme/api",
+                    "main-aaaaaaa",
+                    true,
+                    json!({"type": "GLOB", "pattern": "release-*"}),
+                ),
+                c,
+                "acme/api",
+                "main-bbbbbbb",
+                Some(Err(SkipReason::TagPolicy)),
+            ),
         ];
         for (i, (svc, target, image, tag, want)) in cases.into_iter().enumerate() {
             assert_eq!(decide_image(&svc, target, &name(image), tag), want, "case {i}");

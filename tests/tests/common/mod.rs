@@ -152,7 +152,6 @@ impl Api {
     }
 }
 
-
 /// Hex HMAC-SHA256 of `body` with `secret`, as the providers sign.
 pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
     use hmac::{Hmac, Mac};
@@ -243,8 +242,12 @@ impl Api {
     /// A signed push of `body` to `org`'s `provider` webhook.
     pub async fn push(&self, org: &str, provider: &str, body: &[u8], delivery: &str) -> Reply {
         let headers = provider_headers(provider, body, delivery);
-        self.deliver(&format!("/organization/{org}/webhooks/{provider}"), &headers, body.to_vec())
-            .await
+        self.deliver(
+            &format!("/organization/{org}/webhooks/{provider}"),
+            &headers,
+            body.to_vec(),
+        )
+        .await
     }
 
     /// Create an auto-deployed APPLICATION following `url` at `branch`.
@@ -262,7 +265,12 @@ impl Api {
     /// The deployment log of `org`, newest first.
     pub async fn deployments(&self, org: &str) -> Vec<Value> {
         let r = self
-            .call(Method::GET, &format!("/organization/{org}/deployments?limit=100"), Some(ADMIN), None)
+            .call(
+                Method::GET,
+                &format!("/organization/{org}/deployments?limit=100"),
+                Some(ADMIN),
+                None,
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK);
         r.body["items"].as_array().unwrap().clone()
@@ -270,14 +278,22 @@ impl Api {
 }
 
 /// `(service_id, status)` of the `queued` entries and `(service_id, reason)` of the `skipped`.
-pub fn outcome(reply: &Reply) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// `(service_id, status or reason)` pairs, sorted.
+pub type Entries = Vec<(String, String)>;
+
+pub fn outcome(reply: &Reply) -> (Entries, Entries) {
     let list = |key: &str, field: &str| {
-        let mut v: Vec<(String, String)> = reply.body[key]
+        let mut v: Entries = reply.body[key]
             .as_array()
             .map(|items| {
                 items
                     .iter()
-                    .map(|i| (i["service_id"].as_str().unwrap().to_owned(), i[field].as_str().unwrap().to_owned()))
+                    .map(|i| {
+                        (
+                            i["service_id"].as_str().unwrap().to_owned(),
+                            i[field].as_str().unwrap().to_owned(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();

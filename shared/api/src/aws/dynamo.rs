@@ -81,8 +81,8 @@ impl DynamoStore {
         &self.table
     }
 
-    /// Items of one key range in `order`, following DynamoDB's pages until `want` items are
-    /// in hand (all of them when `None`): a page may come back short because of its 1 MB cap.
+    /// The query's items, following DynamoDB's pages until `want` items are in hand (all of
+    /// them when `None`): a page may come back short because of its 1 MB cap.
     async fn collect(&self, base: QueryFluentBuilder, want: Option<usize>, op: &str) -> StoreResult<Vec<Item>> {
         let mut items: Vec<Item> = Vec::new();
         let mut start = base.get_exclusive_start_key().clone();
@@ -128,7 +128,9 @@ impl DynamoStore {
             .set_exclusive_start_key(start)
     }
 
-    /// A query on an index partition (`gsi1` / `gsi2`), in `forward` order.
+    /// A query on an index partition (`gsi1` / `gsi2`), in `forward` order. Index reads are
+    /// eventually consistent (DynamoDB offers nothing else on a global index): a write shows
+    /// there within about a second.
     fn index_query(&self, index: Index, value: String, forward: bool) -> QueryFluentBuilder {
         let mut e = Expr::default();
         let condition = format!("{} = {}", e.name(index.pk()), e.value("ipk", s(value)));
@@ -546,7 +548,10 @@ impl DeploymentLog for DynamoStore {
     }
 
     async fn pending_deployments(&self, limit: usize) -> StoreResult<Vec<DeploymentRecord>> {
-        let limit = page_size(limit);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = limit.min(MAX_PAGE);
         let query = self.index_query(Index::Gsi2, PENDING.to_owned(), true);
         let items = self.collect(query, Some(limit), "pending_deployments").await?;
         items.iter().take(limit).map(deployment_from_item).collect()

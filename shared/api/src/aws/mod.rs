@@ -49,6 +49,29 @@ pub async fn from_env() -> Result<AwsBackend, String> {
     })
 }
 
+/// Everything a Lambda function's router needs, from the environment: the store, the queue
+/// and the admin token source (the token itself, or the secret fetched on first use).
+pub async fn app_state_from_env() -> Result<crate::web::AppState, String> {
+    let backend = from_env().await?;
+    let admin = admin_token_from_config(&backend.config)?;
+    Ok(crate::web::AppState::new(backend.store, backend.queue, admin))
+}
+
+/// JSON log lines on stdout, which CloudWatch Logs indexes field by field. `RUST_LOG` filters
+/// (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_target(false)
+        // Lambda stamps every line itself.
+        .without_time()
+        .init();
+}
+
 /// The standard SDK configuration: region, credentials and endpoint overrides from the
 /// environment.
 pub async fn load_config() -> SdkConfig {

@@ -34,9 +34,9 @@ impl SqsQueue {
         &self.queue_url
     }
 
-    /// Send up to ten requests, retrying the entries that failed for a reason of SQS's own
-    /// (a whole-call failure counts for every entry). Entries are resent in their order, so
-    /// one service's deployments keep theirs unless an earlier one failed alone.
+    /// Send up to ten requests, retrying the entries of a partly failed batch that failed for
+    /// a reason of SQS's own. Entries are resent in their order, so one service's deployments
+    /// keep theirs unless an earlier one failed alone.
     async fn send_batch(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
         let mut results: Vec<Option<Result<(), QueueError>>> = Vec::with_capacity(requests.len());
         let mut entries: Vec<Option<SendMessageBatchRequestEntry>> = Vec::with_capacity(requests.len());
@@ -94,13 +94,14 @@ impl SqsQueue {
                         }
                     }
                 }
-                Err(err) if last => {
+                // The SDK has already retried what a whole call can retry; trying again here
+                // would only hold the request longer while the queue is down.
+                Err(err) => {
                     let message = describe_sdk_error("send_message_batch", &err);
                     for slot in results.iter_mut().filter(|r| r.is_none()) {
                         *slot = Some(Err(QueueError(message.clone())));
                     }
                 }
-                Err(_) => {}
             }
         }
 

@@ -49,18 +49,14 @@ impl Caller {
                     )))
                 }
             }
-            Caller::Organization { .. } => Err(ApiError::forbidden(
-                "This token belongs to another organization.",
-            )),
+            Caller::Organization { .. } => Err(ApiError::forbidden("This token belongs to another organization.")),
         }
     }
 
     pub fn require_admin(&self) -> ApiResult<()> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Organization { .. } => Err(ApiError::forbidden(
-                "Only the admin token may manage API tokens.",
-            )),
+            Caller::Organization { .. } => Err(ApiError::forbidden("Only the admin token may manage API tokens.")),
         }
     }
 }

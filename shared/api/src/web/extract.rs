@@ -175,48 +175,15 @@ pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<Option<String>>> {
     let tag = value.strip_prefix("W/").unwrap_or(value);
     match tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
         Some(inner) if !inner.is_empty() && !inner.contains('"') => Ok(Some(Some(inner.to_owned()))),
-        _ => Err(ApiError::invalid_field("If-Match", "must be a quoted ETag this API returned")),
+        _ => Err(ApiError::invalid_field(
+            "If-Match",
+            "must be a quoted ETag this API returned",
+        )),
     }
 }
 
 pub fn etag_header(etag: &str) -> String {
     format!("\"{etag}\"")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_are_bound_to_org_and_query() {
-        let c = encode_cursor("acme", "services", "api");
-        let q: HashMap<_, _> = [("cursor".to_owned(), c)].into();
-        assert_eq!(ListParams::parse(&q, "acme", "services").unwrap().after.as_deref(), Some("api"));
-        assert_eq!(ListParams::parse(&q, "other", "services").unwrap_err().status, 400);
-        assert_eq!(ListParams::parse(&q, "acme", "tokens").unwrap_err().status, 400);
-        let q: HashMap<_, _> = [("cursor".to_owned(), "!!".to_owned())].into();
-        assert_eq!(ListParams::parse(&q, "acme", "services").unwrap_err().status, 400);
-    }
-
-    #[test]
-    fn limits() {
-        for (raw, ok) in [("1", true), ("100", true), ("0", false), ("101", false), ("x", false), ("-1", false)] {
-            let q: HashMap<_, _> = [("limit".to_owned(), raw.to_owned())].into();
-            assert_eq!(ListParams::parse(&q, "a", "s").is_ok(), ok, "{raw}");
-        }
-    }
-
-    #[test]
-    fn if_match_forms() {
-        let mut h = HeaderMap::new();
-        assert_eq!(if_match(&h).unwrap(), None);
-        h.insert(header::IF_MATCH, "\"abc\"".parse().unwrap());
-        assert_eq!(if_match(&h).unwrap(), Some(Some("abc".to_owned())));
-        h.insert(header::IF_MATCH, "*".parse().unwrap());
-        assert_eq!(if_match(&h).unwrap(), Some(None));
-        h.insert(header::IF_MATCH, "abc".parse().unwrap());
-        assert!(if_match(&h).is_err());
-    }
 }
 
 /// Path parameters by name; a segment that is not valid UTF-8 after decoding is a 400.
@@ -244,5 +211,51 @@ impl PathParams {
 
     pub fn raw(&self, name: &str) -> &str {
         self.0.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_bound_to_org_and_query() {
+        let c = encode_cursor("acme", "services", "api");
+        let q: HashMap<_, _> = [("cursor".to_owned(), c)].into();
+        assert_eq!(
+            ListParams::parse(&q, "acme", "services").unwrap().after.as_deref(),
+            Some("api")
+        );
+        assert_eq!(ListParams::parse(&q, "other", "services").unwrap_err().status, 400);
+        assert_eq!(ListParams::parse(&q, "acme", "tokens").unwrap_err().status, 400);
+        let q: HashMap<_, _> = [("cursor".to_owned(), "!!".to_owned())].into();
+        assert_eq!(ListParams::parse(&q, "acme", "services").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn limits() {
+        for (raw, ok) in [
+            ("1", true),
+            ("100", true),
+            ("0", false),
+            ("101", false),
+            ("x", false),
+            ("-1", false),
+        ] {
+            let q: HashMap<_, _> = [("limit".to_owned(), raw.to_owned())].into();
+            assert_eq!(ListParams::parse(&q, "a", "s").is_ok(), ok, "{raw}");
+        }
+    }
+
+    #[test]
+    fn if_match_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(if_match(&h).unwrap(), None);
+        h.insert(header::IF_MATCH, "\"abc\"".parse().unwrap());
+        assert_eq!(if_match(&h).unwrap(), Some(Some("abc".to_owned())));
+        h.insert(header::IF_MATCH, "*".parse().unwrap());
+        assert_eq!(if_match(&h).unwrap(), Some(None));
+        h.insert(header::IF_MATCH, "abc".parse().unwrap());
+        assert!(if_match(&h).is_err());
     }
 }

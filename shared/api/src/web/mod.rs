@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod images;
 pub mod settings;
 pub mod webhooks;
 
@@ -62,7 +63,15 @@ pub fn push_router(state: AppState) -> Router {
     finish(webhooks::routes(), state)
 }
 
+/// The image-tag endpoints and registry webhooks (the `image-tag` Lambda function).
+pub fn image_router(state: AppState) -> Router {
+    finish(images::routes(), state)
+}
+
 /// Every route of the product (the standalone server).
 pub fn full_router(state: AppState) -> Router {
-    finish(settings::routes().merge(webhooks::routes()), state)
+    finish(
+        settings::routes().merge(webhooks::routes()).merge(images::routes()),
+        state,
+    )
 }

@@ -3,12 +3,12 @@
 use autodeploy_core::error::FieldError;
 use autodeploy_core::model::{Service, SpecError, merge_patch, parse_service_document};
 use autodeploy_core::provider::SecretProvider;
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::Json;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -27,7 +27,10 @@ pub fn routes() -> Router<AppState> {
         .route("/organization/{org}/services", get(list_services))
         .route(
             "/organization/{org}/services/{service_id}",
-            get(get_service).put(put_service).patch(patch_service).delete(delete_service),
+            get(get_service)
+                .put(put_service)
+                .patch(patch_service)
+                .delete(delete_service),
         )
         .route(
             "/organization/{org}/webhook-secrets/{provider}",
@@ -84,7 +87,11 @@ async fn get_service(caller: Caller, State(state): State<AppState>, path: PathPa
     let org = path.id("org", "organization_id")?;
     let id = path.id("service_id", "service_id")?;
     caller.authorize(org, Scope::Manage)?;
-    let stored = state.store.get_service(org, id).await?.ok_or_else(|| service_not_found(id))?;
+    let stored = state
+        .store
+        .get_service(org, id)
+        .await?
+        .ok_or_else(|| service_not_found(id))?;
     Ok(service_response(StatusCode::OK, &stored))
 }
 
@@ -187,7 +194,11 @@ async fn patch_service(
     let bytes = read_body(&headers, body, SETTINGS_BODY_LIMIT).await?;
     let patch = json_body(&headers, &bytes, &["application/merge-patch+json", "application/json"])?;
     for _ in 0..WRITE_ATTEMPTS {
-        let current = state.store.get_service(org, id).await?.ok_or_else(|| service_not_found(id))?;
+        let current = state
+            .store
+            .get_service(org, id)
+            .await?
+            .ok_or_else(|| service_not_found(id))?;
         check_precondition(&condition, Some(&current))?;
         let doc = merge_patch(&current.service, &patch).map_err(spec_error)?;
         let spec = parse_service_document(org, id, &doc).map_err(spec_error)?;
@@ -271,7 +282,9 @@ async fn put_secret(
 /// `{"secret": "..."}`; errors describe the rule, never the value.
 fn parse_secret_body(doc: &Value) -> ApiResult<String> {
     let Some(obj) = doc.as_object() else {
-        return Err(ApiError::malformed("The body must be a JSON object: {\"secret\": \"...\"}."));
+        return Err(ApiError::malformed(
+            "The body must be a JSON object: {\"secret\": \"...\"}.",
+        ));
     };
     let mut errors: Vec<FieldError> = obj
         .keys()
@@ -282,9 +295,15 @@ fn parse_secret_body(doc: &Value) -> ApiResult<String> {
         Some(Value::String(s)) => {
             let chars = s.chars().count();
             if chars < MIN_SECRET {
-                errors.push(FieldError::new("secret", format!("must be at least {MIN_SECRET} characters long")));
+                errors.push(FieldError::new(
+                    "secret",
+                    format!("must be at least {MIN_SECRET} characters long"),
+                ));
             } else if s.len() > MAX_SECRET {
-                errors.push(FieldError::new("secret", format!("must be at most {MAX_SECRET} bytes long")));
+                errors.push(FieldError::new(
+                    "secret",
+                    format!("must be at most {MAX_SECRET} bytes long"),
+                ));
             } else if s.chars().any(char::is_control) {
                 errors.push(FieldError::new("secret", "must not contain control characters"));
             }
@@ -356,7 +375,9 @@ impl From<TokenRecord> for TokenView {
 /// `{"name": "ci", "scopes": ["deploy"]}` (scopes default to both).
 fn parse_token_body(doc: &Value) -> ApiResult<(String, Vec<String>)> {
     let Some(obj) = doc.as_object() else {
-        return Err(ApiError::malformed("The body must be a JSON object: {\"name\": \"...\", \"scopes\": [...]}."));
+        return Err(ApiError::malformed(
+            "The body must be a JSON object: {\"name\": \"...\", \"scopes\": [...]}.",
+        ));
     };
     let mut errors: Vec<FieldError> = obj
         .keys()
@@ -364,9 +385,14 @@ fn parse_token_body(doc: &Value) -> ApiResult<(String, Vec<String>)> {
         .map(|k| FieldError::new(k.as_str(), "is not a known field"))
         .collect();
     let name = match obj.get("name") {
-        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 100 && !s.chars().any(char::is_control) => s.clone(),
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 100 && !s.chars().any(char::is_control) => {
+            s.clone()
+        }
         Some(Value::String(_)) => {
-            errors.push(FieldError::new("name", "must be 1 to 100 bytes of text without control characters"));
+            errors.push(FieldError::new(
+                "name",
+                "must be 1 to 100 bytes of text without control characters",
+            ));
             String::new()
         }
         None => {
@@ -450,7 +476,10 @@ async fn list_tokens(
     let org = path.id("org", "organization_id")?;
     caller.require_admin()?;
     let params = ListParams::parse(&query_map(query.as_deref()), org, "tokens")?;
-    let page = state.store.list_tokens(org, params.after.as_deref(), params.limit).await?;
+    let page = state
+        .store
+        .list_tokens(org, params.after.as_deref(), params.limit)
+        .await?;
     Ok(Json(ListBody {
         next_cursor: page.last_key.map(|k| encode_cursor(org, "tokens", &k)),
         items: page.items.into_iter().map(TokenView::from).collect(),
@@ -465,7 +494,9 @@ async fn delete_token(caller: Caller, State(state): State<AppState>, path: PathP
     if state.store.delete_token(org, token_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("There is no token {token_id} in this organization.")))
+        Err(ApiError::not_found(format!(
+            "There is no token {token_id} in this organization."
+        )))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `POST /organization/{org}/webhooks/{provider}`: git push webhooks, verified, matched,
 //! restricted and queued exactly once.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 
 use autodeploy_core::deployment::{DeploymentRequest, SCHEMA, Trigger};
@@ -147,7 +148,11 @@ async fn push_webhook(
 /// order, each once.
 fn repository_keys(push: &Push) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
-    for key in push.repository_urls.iter().filter_map(|u| normalize_repository_url(u).ok()) {
+    for key in push
+        .repository_urls
+        .iter()
+        .filter_map(|u| normalize_repository_url(u).ok())
+    {
         if !keys.contains(&key) {
             keys.push(key);
         }
@@ -178,9 +183,9 @@ async fn process_pushes(
     let mut by_key: HashMap<String, Vec<StoredService>> = HashMap::new();
     for push in pushes {
         for key in repository_keys(push) {
-            if !by_key.contains_key(&key) {
-                let services = state.store.services_by_repository(org, &key).await?;
-                by_key.insert(key, services);
+            if let Entry::Vacant(slot) = by_key.entry(key) {
+                let services = state.store.services_by_repository(org, slot.key()).await?;
+                slot.insert(services);
             }
         }
     }
