@@ -6,6 +6,9 @@
 //! AWS tests never skip themselves: without `AUTODEPLOY_TEST_MOTO_URL` they fail, saying how
 //! to run them.
 
+pub mod fake_lambda;
+pub mod fault_proxy;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 

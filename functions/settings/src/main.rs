@@ -2,11 +2,13 @@
 //! on DynamoDB, behind API Gateway (HTTP API, payload format 2.0).
 
 use autodeploy_api::aws;
+use autodeploy_api::aws::lambda_events::check_runtime_environment;
 use autodeploy_api::web::settings_router;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     aws::init_tracing();
     let state = aws::app_state_from_env().await?;
+    check_runtime_environment()?;
     lambda_http::run(settings_router(state)).await
 }

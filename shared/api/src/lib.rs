@@ -2,6 +2,7 @@
 //! and DynamoDB/SQS adapters, and the HTTP router.
 
 pub mod admin;
+pub mod metrics;
 pub mod pipeline;
 pub mod store;
 pub mod util;

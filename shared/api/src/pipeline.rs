@@ -115,7 +115,7 @@ async fn send_and_mark<'a>(
 }
 
 /// What one relay run did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RelayReport {
     pub pending: usize,
     pub sent: usize,

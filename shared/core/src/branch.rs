@@ -5,8 +5,6 @@
 
 use std::fmt;
 
-use globset::{GlobBuilder, GlobMatcher};
-
 /// Git refuses ref names longer than this on most file systems; we refuse them up front.
 pub const MAX_BRANCH_LEN: usize = 255;
 
@@ -18,6 +16,41 @@ pub const MAX_BRANCH_LEN: usize = 255;
 /// A `*` is allowed: it makes the value a glob (see [`BranchPattern`]). Returns a sentence
 /// for a person on error.
 pub fn validate_branch(name: &str) -> Result<(), String> {
+    // Matching validates the stored branch of every service a push reaches: one pass over
+    // the bytes settles the usual, valid name; the checks below name the problem otherwise.
+    if is_plainly_valid(name) {
+        return Ok(());
+    }
+    explain_invalid_branch(name)
+}
+
+/// Exactly `explain_invalid_branch(name).is_ok()`, in one pass and without allocating.
+fn is_plainly_valid(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_BRANCH_LEN || name == "@" || name == "HEAD" {
+        return false;
+    }
+    let mut previous = b'/';
+    for (i, &b) in bytes.iter().enumerate() {
+        let bad = match b {
+            b' ' | b'~' | b'^' | b':' | b'?' | b'[' | b'\\' => true,
+            b if b.is_ascii_control() => true,
+            b'.' => previous == b'.' || previous == b'/',
+            b'{' => previous == b'@',
+            b'/' => previous == b'/' || bytes[..i].ends_with(b".lock"),
+            b'-' => i == 0,
+            _ => false,
+        };
+        if bad {
+            return false;
+        }
+        previous = b;
+    }
+    !matches!(previous, b'/' | b'.') && !bytes.ends_with(b".lock")
+}
+
+/// The first rule `name` breaks, as a sentence, or `Ok` when it breaks none.
+fn explain_invalid_branch(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("A branch name cannot be empty.".into());
     }
@@ -81,58 +114,168 @@ pub fn validate_branch(name: &str) -> Result<(), String> {
 ///   matches `hotfix` and `team/a/hotfix`; elsewhere (`v**`) it is the same as `*`;
 /// - every other character is literal (`{`, `}`, `,` and `!` are legal in branch names and are
 ///   not glob syntax here).
+///
+/// These are globset's semantics for the value with everything but `*` escaped,
+/// `literal_separator` on (the tests check the two agree on every short pattern and branch),
+/// matched by hand: nothing is compiled, so matching a stored branch on every push is cheap.
 #[derive(Debug, Clone)]
 pub struct BranchPattern {
     value: String,
-    glob: Option<GlobMatcher>,
+    glob: bool,
 }
 
 impl BranchPattern {
-    /// Validate `value` (see [`validate_branch`]) and compile it once.
+    /// Validate `value` (see [`validate_branch`]).
     pub fn new(value: &str) -> Result<Self, String> {
         validate_branch(value)?;
-        if !value.contains('*') {
-            return Ok(Self {
-                value: value.to_owned(),
-                glob: None,
-            });
-        }
-        // Only `*` is glob syntax: escape everything between the stars.
-        let mut pattern = String::with_capacity(value.len() + 8);
-        for (i, piece) in value.split('*').enumerate() {
-            if i > 0 {
-                pattern.push('*');
-            }
-            pattern.push_str(&globset::escape(piece));
-        }
-        let glob = GlobBuilder::new(&pattern)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| format!("The branch pattern is not a valid glob: {}.", e.kind()))?;
         Ok(Self {
             value: value.to_owned(),
-            glob: Some(glob.compile_matcher()),
+            glob: value.contains('*'),
         })
     }
 
     /// Whether a pushed branch (without `refs/heads/`) is followed.
     pub fn matches(&self, branch: &str) -> bool {
-        match &self.glob {
-            Some(glob) => glob.is_match(branch),
-            None => self.value == branch,
+        if self.glob {
+            glob_matches(&self.value, branch)
+        } else {
+            self.value == branch
         }
     }
 
     /// True when the value holds `*`.
     pub fn is_glob(&self) -> bool {
-        self.glob.is_some()
+        self.glob
     }
 
     /// The value as the user wrote it.
     pub fn as_str(&self) -> &str {
         &self.value
     }
+}
+
+/// `BranchPattern::new(pattern).is_ok_and(|p| p.matches(branch))`, without allocating: what
+/// matching runs for every service a push reaches.
+pub fn branch_matches(pattern: &str, branch: &str) -> bool {
+    if pattern.contains('*') {
+        validate_branch(pattern).is_ok() && glob_matches(pattern, branch)
+    } else {
+        // Most services a push reaches follow another branch: compare before validating.
+        pattern == branch && validate_branch(pattern).is_ok()
+    }
+}
+
+/// One `/`-separated part of a glob pattern, `**` runs folded into one gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part<'p> {
+    /// A part that is not exactly `**`: literal bytes and `*` (any bytes but `/`).
+    Segment(&'p [u8]),
+    /// One or more consecutive `**` parts.
+    Gap,
+}
+
+/// The parts of a valid branch pattern (no empty part), consecutive `**` parts folded.
+fn parts(pattern: &str) -> impl Iterator<Item = Part<'_>> {
+    let mut previous_gap = false;
+    pattern.split('/').filter_map(move |part| {
+        if part == "**" {
+            let fold = previous_gap;
+            previous_gap = true;
+            (!fold).then_some(Part::Gap)
+        } else {
+            previous_gap = false;
+            Some(Part::Segment(part.as_bytes()))
+        }
+    })
+}
+
+/// Match `branch` against a valid pattern holding `*`, as globset's regex for it does
+/// (bytes, `literal_separator`):
+///
+/// - a leading gap (`**/…`) skips any number of the branch's leading parts (`(?:/?|.*/)`);
+/// - a gap between two segments (`…/**/…`) skips any number of parts in between
+///   (`(?:/|/.*/)`);
+/// - a trailing gap (`…/**`) needs at least one more part, of any content (`/.*`);
+/// - a pattern of gaps only (`**`) matches everything (`.*`);
+/// - two adjacent segments match two adjacent parts.
+///
+/// The segments between gaps form blocks of consecutive parts; each block is placed at the
+/// leftmost place it fits after the previous one, which finds a match whenever there is one,
+/// in time linear in the branch's parts times the pattern's.
+fn glob_matches(pattern: &str, branch: &str) -> bool {
+    let mut pattern_parts = parts(pattern).peekable();
+    let leading_gap = pattern_parts.next_if_eq(&Part::Gap).is_some();
+    if pattern_parts.peek().is_none() {
+        return true;
+    }
+    // Parts of the branch, as byte slices; a pushed branch may hold empty parts.
+    let text: Vec<&[u8]> = branch.split('/').map(str::as_bytes).collect();
+    let mut block: Vec<&[u8]> = Vec::new();
+    let mut position = 0;
+    let mut first = true;
+    loop {
+        block.clear();
+        while let Some(Part::Segment(segment)) = pattern_parts.next_if(|p| matches!(p, Part::Segment(_))) {
+            block.push(segment);
+        }
+        let gap_after = pattern_parts.next().is_some();
+        let last = pattern_parts.peek().is_none();
+        let anchored = first && !leading_gap;
+        first = false;
+        let len = block.len();
+        let fits = |start: usize| {
+            block
+                .iter()
+                .zip(&text[start..start + len])
+                .all(|(p, t)| segment_matches(p, t))
+        };
+        if last && !gap_after {
+            // The block ends the branch.
+            let Some(start) = text.len().checked_sub(len) else {
+                return false;
+            };
+            return start >= position && (!anchored || start == position) && fits(start);
+        }
+        // A trailing gap needs one more part after the last block.
+        let reserve = usize::from(last);
+        let Some(latest) = text.len().checked_sub(len + reserve) else {
+            return false;
+        };
+        let latest = if anchored { latest.min(position) } else { latest };
+        match (position..=latest).find(|&start| fits(start)) {
+            Some(start) if last => return start + len < text.len(),
+            Some(start) => position = start + len,
+            None => return false,
+        }
+    }
+}
+
+/// One part of a branch against one segment of a pattern, where `*` matches any bytes (a
+/// part holds no `/`). Greedy with a single backtrack point: O(len(pattern) × len(text)).
+fn segment_matches(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((star_p, star_t)) => {
+                    p = star_p + 1;
+                    t = star_t + 1;
+                    star = Some((star_p, star_t + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 impl PartialEq for BranchPattern {
@@ -222,6 +365,47 @@ mod tests {
     }
 
     #[test]
+    fn one_pass_check_agrees_with_the_rules() {
+        // Every string over bytes that the rules single out, up to 6 long, and then some.
+        let mut names = strings(&['a', '.', '/', '@', '{', '-'], 6);
+        names.extend(strings(&['l', 'o', 'c', 'k', '.', '/', 'x'], 5));
+        for extra in [
+            "main.lock",
+            "a.lock/b",
+            "a/b.lock",
+            "a.lockb/c",
+            "x.lock.lock",
+            ".lock",
+            "a/.lock",
+            "HEAD",
+            "HEADS",
+            "@",
+            "@@",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a[",
+            "a\\b",
+            "tab\tx",
+            "del\u{7f}",
+            "é/ü.lock",
+            "é.",
+            "-x",
+            "x-",
+            "a*b",
+        ] {
+            names.push(extra.to_owned());
+        }
+        names.push("a".repeat(255));
+        names.push("a".repeat(256));
+        for name in &names {
+            assert_eq!(is_plainly_valid(name), explain_invalid_branch(name).is_ok(), "{name:?}");
+        }
+    }
+
+    #[test]
     fn pattern_rejects_invalid_names() {
         assert!(BranchPattern::new("my branch").is_err());
         assert!(BranchPattern::new("release/[0-9]*").is_err());
@@ -265,6 +449,95 @@ mod tests {
             let compiled = BranchPattern::new(pattern).expect(pattern);
             assert_eq!(compiled.matches(branch), expected, "{pattern:?} vs {branch:?}");
         }
+    }
+
+    /// The matcher this module replaced: globset with everything but `*` escaped. The hand
+    /// matcher must agree with it everywhere.
+    fn globset_matcher(pattern: &str) -> globset::GlobMatcher {
+        let mut escaped = String::new();
+        for (i, piece) in pattern.split('*').enumerate() {
+            if i > 0 {
+                escaped.push('*');
+            }
+            escaped.push_str(&globset::escape(piece));
+        }
+        globset::GlobBuilder::new(&escaped)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .expect("a valid branch pattern compiles")
+            .compile_matcher()
+    }
+
+    /// Every string of `alphabet` up to `max_len` bytes.
+    fn strings(alphabet: &[char], max_len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max_len {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    const PATTERN_ALPHABET: [char; 3] = ['a', '/', '*'];
+    const PATTERN_LEN: usize = 7;
+    const BRANCH_ALPHABET: [char; 3] = ['a', 'b', '/'];
+    const BRANCH_LEN: usize = 5;
+
+    #[test]
+    fn hand_matcher_agrees_with_globset() {
+        // Every valid glob pattern over `a`, `/`, `*` up to 7 bytes (all the ways `*`, `**`
+        // and `***` can sit among parts), plus a few with other bytes, against every branch
+        // over `a`, `b`, `/` up to 5 bytes (including empty parts and leading or trailing `/`).
+        // Widen the constants to check more (patterns over `a`, `b`, `/`, `*` up to 8 bytes
+        // against branches up to 7 agree too: run it with `--release`).
+        let mut patterns: Vec<String> = strings(&PATTERN_ALPHABET, PATTERN_LEN)
+            .into_iter()
+            .filter(|p| p.contains('*') && validate_branch(p).is_ok())
+            .collect();
+        patterns.extend(["é*/**", "a{b,c}*/**/z", "**/x.y*", "*]!*", "a*b*a*b", "**/a/**/b/**"].map(String::from));
+        let mut branches = strings(&BRANCH_ALPHABET, BRANCH_LEN);
+        branches.extend(["é/z", "a{b,c}/q/z", "t/x.yz", "x]!y", "abab", "a/b", "q/a/b/c/r"].map(String::from));
+        assert!(patterns.len() > 300, "{}", patterns.len());
+        for pattern in &patterns {
+            let compiled = BranchPattern::new(pattern).expect("valid");
+            let reference = globset_matcher(pattern);
+            for branch in &branches {
+                let expected = reference.is_match(branch);
+                assert_eq!(compiled.matches(branch), expected, "{pattern:?} vs {branch:?}");
+                assert_eq!(branch_matches(pattern, branch), expected, "{pattern:?} vs {branch:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn branch_matches_is_new_then_matches() {
+        for (pattern, branch) in [
+            ("main", "main"),
+            ("main", "dev"),
+            ("release/*", "release/1"),
+            ("bad..x", "bad..x"),
+        ] {
+            assert_eq!(
+                branch_matches(pattern, branch),
+                BranchPattern::new(pattern).is_ok_and(|p| p.matches(branch)),
+                "{pattern:?} vs {branch:?}"
+            );
+        }
+        assert!(!branch_matches("bad..x", "bad..x"));
+    }
+
+    #[test]
+    fn long_globs_stay_linear() {
+        let pattern = format!("{}b", "*a".repeat(100));
+        let branch = "a".repeat(5000);
+        assert!(!branch_matches(&pattern, &branch));
+        let deep = format!("**/{}/**/x", "*/".repeat(50).trim_end_matches('/'));
+        assert!(!branch_matches(&deep, &"a/".repeat(2000)));
     }
 
     #[test]

@@ -5,11 +5,11 @@
 
 use serde::Serialize;
 
-use crate::branch::BranchPattern;
+use crate::branch::branch_matches;
 use crate::image::ImageName;
 use crate::model::{Service, ServiceKind};
 use crate::push::{ChangedFiles, Push};
-use crate::restrictions::Restrictions;
+use crate::restrictions::rules_allow;
 use crate::tag_policy::TagPolicy;
 
 /// Why a service that follows the pushed branch (or uses the image) was not deployed.
@@ -44,8 +44,7 @@ pub fn decide_push(service: &Service, push: &Push) -> Option<Result<(), SkipReas
         return None;
     }
     // A stored branch always validated; one that no longer parses follows nothing.
-    let follows = BranchPattern::new(&repo.branch).is_ok_and(|p| p.matches(&push.branch));
-    if !follows {
+    if !branch_matches(&repo.branch, &push.branch) {
         return None;
     }
     if !service.spec.auto_deploy {
@@ -57,8 +56,7 @@ pub fn decide_push(service: &Service, push: &Push) -> Option<Result<(), SkipReas
     if let ChangedFiles::Known(files) = &push.files
         && !service.spec.deployment_restrictions.is_empty()
     {
-        let allowed = Restrictions::compile(&service.spec.deployment_restrictions)
-            .is_ok_and(|rules| rules.allows(files.iter().map(String::as_str)));
+        let allowed = rules_allow(&service.spec.deployment_restrictions, files.iter().map(String::as_str));
         if !allowed {
             return Some(Err(SkipReason::PathRestrictions));
         }
@@ -211,6 +209,30 @@ mod tests {
         ];
         for (i, (svc, p, want)) in cases.into_iter().enumerate() {
             assert_eq!(decide_push(&svc, &p), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn skip_marker_reads_as_a_lowercased_search() {
+        for message in [
+            "",
+            "[",
+            "[skip deploy",
+            "[[skip deploy]]",
+            "x [SKIP DEPLOY] y",
+            "[Deploy Skip]",
+            "[deploy  skip]",
+            "é[skip deploy]é",
+            "[SKİP DEPLOY]",
+            "[skip\tdeploy]",
+            "fix [skip ci] [deploy skip]",
+        ] {
+            let lowered = message.to_ascii_lowercase();
+            let expected = lowered.contains("[skip deploy]") || lowered.contains("[deploy skip]");
+            let mut p = push("main", None, message);
+            assert_eq!(p.has_skip_marker(), expected, "{message:?}");
+            p.head_commit_message = None;
+            assert!(!p.has_skip_marker());
         }
     }
 

@@ -18,6 +18,8 @@
 //!   `…/projects/PROJ/repos/repo[/browse]` does too (`…/users/u/repos/r` → `host/~u/r`);
 //! - a few SaaS host aliases fold into the canonical host (`ssh.github.com` → `github.com`).
 
+use std::borrow::Cow;
+
 use percent_encoding::percent_decode_str;
 
 /// Inputs longer than this are refused outright (SPEC: an over-long string is a 400).
@@ -111,12 +113,25 @@ pub fn parse_repository_url(url: &str) -> Result<RepoUrl, RepoUrlError> {
     if url.is_empty() {
         return Err(RepoUrlError::Empty);
     }
-    for c in url.chars() {
-        if c.is_whitespace() {
-            return Err(RepoUrlError::Whitespace);
+    if url.is_ascii() {
+        // The usual case, byte by byte: what `char::is_whitespace` and `char::is_control`
+        // say of ASCII.
+        for b in url.bytes() {
+            if matches!(b, b' ' | b'\t'..=b'\r') {
+                return Err(RepoUrlError::Whitespace);
+            }
+            if b.is_ascii_control() {
+                return Err(RepoUrlError::ControlCharacter);
+            }
         }
-        if c.is_control() {
-            return Err(RepoUrlError::ControlCharacter);
+    } else {
+        for c in url.chars() {
+            if c.is_whitespace() {
+                return Err(RepoUrlError::Whitespace);
+            }
+            if c.is_control() {
+                return Err(RepoUrlError::ControlCharacter);
+            }
         }
     }
 
@@ -137,9 +152,14 @@ pub fn parse_repository_url(url: &str) -> Result<RepoUrl, RepoUrlError> {
 
     // Decode first, then lower-case, then split: `%2F` becomes a separator and `%2E%2E`
     // is caught as `..`, exactly as the provider would see the path.
-    let decoded = percent_decode_str(parts.path)
-        .decode_utf8()
-        .map_err(|_| RepoUrlError::InvalidEncoding)?;
+    let decoded = if parts.path.contains('%') {
+        percent_decode_str(parts.path)
+            .decode_utf8()
+            .map_err(|_| RepoUrlError::InvalidEncoding)?
+    } else {
+        // Nothing to decode (the usual case): the path as it is, already UTF-8.
+        Cow::Borrowed(parts.path)
+    };
     if decoded.chars().any(char::is_control) {
         return Err(RepoUrlError::ControlCharacter);
     }
@@ -152,14 +172,9 @@ pub fn parse_repository_url(url: &str) -> Result<RepoUrl, RepoUrlError> {
             s => segments.push(s),
         }
     }
-    // Every `.git` suffix goes, so that normalizing is idempotent; a name that is only
-    // `.git` stays.
+    // Every `.git` suffix goes, so that normalizing is idempotent.
     if let Some(last) = segments.last_mut() {
-        while let Some(stem) = last.strip_suffix(".git")
-            && !stem.is_empty()
-        {
-            *last = stem;
-        }
+        *last = strip_git_suffixes(last);
     }
     if segments.is_empty() {
         return Err(RepoUrlError::MissingPath);
@@ -219,7 +234,12 @@ struct Parts<'a> {
 
 /// Split into scheme, user info, host, port and path without interpreting them.
 fn split_url(url: &str) -> Result<Parts<'_>, RepoUrlError> {
-    let scheme_end = url.find("://").filter(|&i| !url[..i].contains(['/', '@']));
+    // `url.find("://")`, without setting up a substring searcher for three bytes.
+    let scheme_end = url
+        .as_bytes()
+        .windows(3)
+        .position(|w| w == b"://")
+        .filter(|&i| !url[..i].contains(['/', '@']));
     if let Some(i) = scheme_end {
         let scheme = parse_scheme(&url[..i])?;
         let rest = &url[i + 3..];
@@ -299,16 +319,20 @@ fn parse_scheme(raw: &str) -> Result<Scheme, RepoUrlError> {
     if !valid {
         return Err(RepoUrlError::InvalidScheme);
     }
-    let lower = raw.to_ascii_lowercase();
-    match lower.as_str() {
-        "https" | "http" => Ok(Scheme::Http),
+    // Lower-cased on the stack: this runs for every URL of every push.
+    let mut buffer = [0u8; 32];
+    let lower = &mut buffer[..raw.len()];
+    lower.copy_from_slice(raw.as_bytes());
+    lower.make_ascii_lowercase();
+    match &*lower {
+        b"https" | b"http" => Ok(Scheme::Http),
         // git accepts both spellings of ssh-with-git.
-        "ssh" | "git+ssh" | "ssh+git" => Ok(Scheme::Ssh),
-        "git" => Ok(Scheme::Git),
+        b"ssh" | b"git+ssh" | b"ssh+git" => Ok(Scheme::Ssh),
+        b"git" => Ok(Scheme::Git),
         _ => {
-            let nameable = lower.len() <= 12 && lower.bytes().all(|b| b.is_ascii_lowercase());
+            let nameable = lower.len() <= 12 && lower.iter().all(u8::is_ascii_lowercase);
             Err(RepoUrlError::UnsupportedScheme {
-                scheme: nameable.then_some(lower),
+                scheme: nameable.then(|| raw.to_ascii_lowercase()),
             })
         }
     }
@@ -429,14 +453,27 @@ fn bitbucket_server<'a>(host: &str, segments: Vec<&'a str>) -> (Vec<&'a str>, bo
         return (segments[n - 2..].to_vec(), false);
     }
     match segments.as_slice() {
+        // In the `browse` form the repository is not the last segment, so its `.git` is still on.
         [.., "projects", owner, "repos", repo, "browse"] | [.., "projects", owner, "repos", repo] => {
-            (vec![*owner, *repo], false)
+            (vec![*owner, strip_git_suffixes(repo)], false)
         }
         [.., "users", owner, "repos", repo, "browse"] | [.., "users", owner, "repos", repo] => {
-            (vec![*owner, *repo], true)
+            (vec![*owner, strip_git_suffixes(repo)], true)
         }
         _ => (segments, false),
     }
+}
+
+/// `name` without its `.git` suffixes (`shop.git.git` → `shop`), stopping before one whose removal
+/// would leave an empty, `.` or `..` name: `.git` and `..git` stay as they are, since a second
+/// normalization would drop or refuse such a segment.
+fn strip_git_suffixes(mut name: &str) -> &str {
+    while let Some(stem) = name.strip_suffix(".git")
+        && !matches!(stem, "" | "." | "..")
+    {
+        name = stem;
+    }
+    name
 }
 
 /// Compare a raw (possibly percent-encoded, any case) user name with a normalized segment.
@@ -495,6 +532,9 @@ mod tests {
         ("https://github.com/acme/legit", "github.com/acme/legit", false),
         ("https://github.com/acme/shop.git.git", "github.com/acme/shop", false),
         ("https://github.com/acme/.git", "github.com/acme/.git", false),
+        // Nor does a `.git` whose removal would leave a `.` or `..` segment.
+        ("https://github.com/acme/..git", "github.com/acme/..git", false),
+        ("https://github.com/acme/...git.git", "github.com/acme/...git", false),
         // Percent-encoding
         ("https://github.com/acme/my%2Dshop", "github.com/acme/my-shop", false),
         ("https://gitlab.com/acme%2Fshop", "gitlab.com/acme/shop", false),
@@ -592,6 +632,16 @@ mod tests {
         (
             "https://bitbucket.example.com/projects/PROJ/repos/repo",
             "bitbucket.example.com/proj/repo",
+            false,
+        ),
+        (
+            "https://bitbucket.example.com/projects/PROJ/repos/repo.git/browse",
+            "bitbucket.example.com/proj/repo",
+            false,
+        ),
+        (
+            "https://bitbucket.example.com/users/jdoe/repos/repo.git/browse",
+            "bitbucket.example.com/~jdoe/repo",
             false,
         ),
         (
@@ -728,6 +778,23 @@ mod tests {
         }
     }
 
+    /// Found by the `repo_url` fuzz target: removing `.git` turned `...git` into a `..` segment
+    /// (and `..git` into `.`), which a second normalization refuses (or drops).
+    #[test]
+    fn git_suffix_never_leaves_a_dot_segment() {
+        for (input, normalized) in [
+            ("s:\u{FFFD}/...git//", "s/\u{FFFD}/...git"),
+            ("https://h.example/a/..git", "h.example/a/..git"),
+        ] {
+            assert_eq!(normalize_repository_url(input).as_deref(), Ok(normalized), "{input:?}");
+            assert_eq!(
+                normalize_repository_url(normalized).as_deref(),
+                Ok(normalized),
+                "{normalized:?}"
+            );
+        }
+    }
+
     #[test]
     fn rejections() {
         use RepoUrlError::*;
@@ -815,6 +882,29 @@ mod tests {
             let message = err.to_string();
             assert!(!message.contains("hunter2secret"), "{input}: {message}");
             assert!(!format!("{err:?}").contains("hunter2secret"), "{input}");
+        }
+    }
+
+    #[test]
+    fn ascii_checks_read_as_char_checks() {
+        for b in 0..=0x7fu8 {
+            let c = char::from(b);
+            let url = format!("https://github.com/acme/a{c}b");
+            let expected = if c.is_whitespace() {
+                Err(RepoUrlError::Whitespace)
+            } else if c.is_control() {
+                Err(RepoUrlError::ControlCharacter)
+            } else {
+                Ok(())
+            };
+            let got = parse_repository_url(&url).map(|_| ());
+            match expected {
+                Err(e) => assert_eq!(got, Err(e), "{b:#x}"),
+                Ok(()) => assert!(
+                    !matches!(got, Err(RepoUrlError::Whitespace | RepoUrlError::ControlCharacter)),
+                    "{b:#x}"
+                ),
+            }
         }
     }
 

@@ -15,27 +15,31 @@
 //! Paths are case-sensitive, as in git. A leading `./`, `.` segments, doubled and trailing
 //! slashes in a value are ignored (`./services//api/` is `services/api`).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
 /// Values longer than this are refused (SPEC: an over-long string is a 400).
 pub const MAX_RESTRICTION_VALUE_LEN: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RestrictionMode {
     Match,
     Exclude,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RestrictionType {
     Path,
 }
 
 /// `{"mode": "MATCH" | "EXCLUDE", "type": "PATH", "value": "services/api/"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentRestriction {
     pub mode: RestrictionMode,
@@ -138,6 +142,89 @@ impl RuleSet {
     }
 }
 
+/// `Restrictions::compile(rules).is_ok_and(|r| r.allows(changed_files))`: whether a push that
+/// changed `changed_files` deploys under `rules` (rules that do not compile deploy nothing), as
+/// matching asks it for every service a push reaches. Rule lists holding a glob are compiled
+/// once per thread ([`Restrictions::compile_cached`]); lists of plain values, the usual kind,
+/// are checked and applied in place, without compiling or allocating.
+pub fn rules_allow<'a>(rules: &[DeploymentRestriction], changed_files: impl IntoIterator<Item = &'a str>) -> bool {
+    if rules.iter().any(|rule| is_glob(&rule.value)) {
+        return Restrictions::compile_cached(rules).is_ok_and(|compiled| compiled.allows(changed_files));
+    }
+    if !rules.iter().all(|rule| is_valid_plain(&rule.value)) {
+        return false;
+    }
+    if rules.is_empty() {
+        return true;
+    }
+    let covered = |mode: RestrictionMode, file: &str| {
+        rules
+            .iter()
+            .any(|rule| rule.mode == mode && plain_covers(&rule.value, file))
+    };
+    // As `Restrictions::allows`.
+    let mut matched = !rules.iter().any(|rule| rule.mode == RestrictionMode::Match);
+    let mut kept = false;
+    for file in changed_files {
+        let file = file.trim_start_matches('/');
+        if file.is_empty() {
+            continue;
+        }
+        if !matched && covered(RestrictionMode::Match, file) {
+            matched = true;
+        }
+        if !kept && !covered(RestrictionMode::Exclude, file) {
+            kept = true;
+        }
+        if matched && kept {
+            return true;
+        }
+    }
+    false
+}
+
+/// `compile_value(value).is_ok()` for a value that is not a glob, without building its
+/// normalized form.
+fn is_valid_plain(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_RESTRICTION_VALUE_LEN
+        && !value.chars().any(char::is_control)
+        && !value.starts_with('/')
+        && !value.split('/').any(|segment| segment == "..")
+        && value.split('/').any(|segment| !matches!(segment, "" | "."))
+}
+
+/// Whether the plain, valid `value` covers `path`, as [`RuleSet::covers`] does with its
+/// normalized form: `path` is that form or lies below it. The form's segments are matched one
+/// by one, so it is never built.
+fn plain_covers(value: &str, path: &str) -> bool {
+    let mut rest = path;
+    for (i, segment) in value.split('/').filter(|s| !matches!(*s, "" | ".")).enumerate() {
+        if i > 0 {
+            let Some(after) = rest.strip_prefix('/') else {
+                return false;
+            };
+            rest = after;
+        }
+        let Some(after) = rest.strip_prefix(segment) else {
+            return false;
+        };
+        rest = after;
+    }
+    rest.is_empty() || rest.starts_with('/')
+}
+
+/// How many rule lists holding a glob each thread keeps compiled (see
+/// [`Restrictions::compile_cached`]).
+pub const CACHED_RULE_LISTS: usize = 256;
+
+/// Rule lists with globs, compiled, by the rules (see [`Restrictions::compile_cached`]).
+type CompiledCache = HashMap<Vec<DeploymentRestriction>, Result<Rc<Restrictions>, String>>;
+
+thread_local! {
+    static COMPILED: RefCell<CompiledCache> = RefCell::new(HashMap::new());
+}
+
 /// A service's restrictions, compiled once per service and reused for every push.
 #[derive(Debug, Clone, Default)]
 pub struct Restrictions {
@@ -174,6 +261,31 @@ impl Restrictions {
         out.matching.globs = build(match_globs)?;
         out.excluding.globs = build(exclude_globs)?;
         Ok(out)
+    }
+
+    /// [`Restrictions::compile`], remembered by the calling thread for rule lists holding a
+    /// glob: a service's rules are read from the store on every push that reaches it, and
+    /// compiling a glob costs tens of microseconds, far more than matching. Rule lists of plain
+    /// values compile in well under a microsecond and are not kept. The same rules always compile
+    /// the same way, so the answer is the one `compile` gives.
+    ///
+    /// Each thread keeps at most [`CACHED_RULE_LISTS`] lists and starts afresh when full.
+    pub fn compile_cached(rules: &[DeploymentRestriction]) -> Result<Rc<Self>, String> {
+        if !rules.iter().any(|rule| is_glob(&rule.value)) {
+            return Self::compile(rules).map(Rc::new);
+        }
+        COMPILED.with(|cache| {
+            if let Some(compiled) = cache.borrow().get(rules) {
+                return compiled.clone();
+            }
+            let compiled = Self::compile(rules).map(Rc::new);
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= CACHED_RULE_LISTS {
+                cache.clear();
+            }
+            cache.insert(rules.to_vec(), compiled.clone());
+            compiled
+        })
     }
 
     /// Whether a push that changed `changed_files` (paths relative to the repository root)
@@ -331,6 +443,119 @@ mod tests {
                 "rules {rules:?} files {files:?}"
             );
         }
+    }
+
+    /// Every string of `alphabet` up to `max_len` bytes.
+    fn strings(alphabet: &[char], max_len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max_len {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    fn compiled_allows(rules: &[DeploymentRestriction], files: &[&str]) -> bool {
+        Restrictions::compile(rules).is_ok_and(|r| r.allows(files.iter().copied()))
+    }
+
+    #[test]
+    fn rules_allow_answers_as_compile_then_allows() {
+        // Plain values and paths over `a`, `b`, `/`, `.` (empty, `.` and `..` segments, leading
+        // and doubled slashes), single rules against single files up to 4 bytes, pairs of rules
+        // against pairs of files up to 2 bytes; then globs, which take the compiled path.
+        let long = "a".repeat(MAX_RESTRICTION_VALUE_LEN + 1);
+        let mut values = strings(&['a', 'b', '/', '.'], 4);
+        values.extend(["a\u{1}", "a\u{85}b", long.as_str(), "a{b,c}", "x]y"].map(String::from));
+        let files = strings(&['a', 'b', '/', '.'], 4);
+        for value in &values {
+            for rule in [m(value), x(value)] {
+                let rules = std::slice::from_ref(&rule);
+                assert_eq!(rules_allow(rules, []), compiled_allows(rules, &[]), "{rules:?}");
+                for file in &files {
+                    let expected = compiled_allows(rules, &[file]);
+                    assert_eq!(rules_allow(rules, [file.as_str()]), expected, "{rules:?} {file:?}");
+                }
+            }
+        }
+        let short = strings(&['a', 'b', '/', '.'], 2);
+        let pairs: Vec<[&str; 2]> = short
+            .iter()
+            .flat_map(|f| short.iter().map(move |g| [f.as_str(), g.as_str()]))
+            .collect();
+        for first in &short {
+            for second in &short {
+                for rules in [
+                    [m(first), m(second)],
+                    [m(first), x(second)],
+                    [x(first), m(second)],
+                    [x(first), x(second)],
+                ] {
+                    for files in &pairs {
+                        let expected = compiled_allows(&rules, files);
+                        assert_eq!(
+                            rules_allow(&rules, files.iter().copied()),
+                            expected,
+                            "{rules:?} {files:?}"
+                        );
+                    }
+                }
+            }
+        }
+        for rules in [
+            vec![m("services/*")],
+            vec![x("**/*.md"), m("src")],
+            vec![m("src/[ab.rs")],
+        ] {
+            for files in [&["services/api/x"][..], &["docs/a.md", "src/b.rs"], &["src/a.rs"]] {
+                assert_eq!(
+                    rules_allow(&rules, files.iter().copied()),
+                    compiled_allows(&rules, files),
+                    "{rules:?} {files:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn cached_compilation_answers_as_compile() {
+        let lists = [
+            vec![m("services/api"), x("**/*.md")],
+            vec![m("services/*")],
+            vec![x("docs")],
+            vec![m("src/[ab.rs")],
+            vec![],
+        ];
+        let files = [
+            "services/api/README.md",
+            "services/api/main.rs",
+            "docs/a.md",
+            "src/a.rs",
+        ];
+        for round in 0..2 {
+            for rules in &lists {
+                let cached = Restrictions::compile_cached(rules);
+                let fresh = Restrictions::compile(rules);
+                assert_eq!(cached.as_ref().err(), fresh.as_ref().err(), "round {round}: {rules:?}");
+                if let (Ok(cached), Ok(fresh)) = (cached, fresh) {
+                    for file in files {
+                        assert_eq!(cached.allows([file]), fresh.allows([file]), "{rules:?} {file}");
+                    }
+                }
+            }
+        }
+        // A full cache starts afresh and keeps answering.
+        for i in 0..CACHED_RULE_LISTS + 10 {
+            let rules = [m(&format!("dir{i}/*"))];
+            let compiled = Restrictions::compile_cached(&rules).expect("valid");
+            assert!(compiled.allows([format!("dir{i}/x").as_str()]));
+            assert!(!compiled.allows(["other/x"]));
+        }
+        COMPILED.with(|cache| assert!(cache.borrow().len() <= CACHED_RULE_LISTS));
     }
 
     #[test]

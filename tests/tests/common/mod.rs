@@ -66,6 +66,11 @@ impl Api {
         api
     }
 
+    /// The database file of the SQLite store `Api::new()` created, for a second connection.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        self._dir.as_ref().map(|dir| dir.path().join("api.db"))
+    }
+
     /// The API on any store and queue.
     pub fn on(store: Arc<dyn Store>, queue: Arc<dyn DeploymentQueue>) -> Self {
         let state = AppState::new(Arc::clone(&store), queue, Arc::new(StaticAdminToken::new(ADMIN)));

@@ -7,6 +7,7 @@
 
 mod admin_secret;
 mod dynamo;
+pub mod lambda_events;
 mod sqs;
 
 use std::error::Error;
@@ -57,19 +58,45 @@ pub async fn app_state_from_env() -> Result<crate::web::AppState, String> {
     Ok(crate::web::AppState::new(backend.store, backend.queue, admin))
 }
 
+/// The state of a function whose routes take no token (`push-webhook`: git webhooks are
+/// verified with the organization's secrets): the store and queue from the environment, and
+/// no admin token, so it neither needs `AUTODEPLOY_ADMIN_TOKEN*` nor ever reads the secret.
+pub async fn app_state_without_admin_from_env() -> Result<crate::web::AppState, String> {
+    let backend = from_env().await?;
+    Ok(crate::web::AppState::new(
+        backend.store,
+        backend.queue,
+        Arc::new(crate::admin::NoAdminToken::new()),
+    ))
+}
+
 /// JSON log lines on stdout, which CloudWatch Logs indexes field by field. `RUST_LOG` filters
-/// (default `info`).
+/// (default `info`), except that no dependency ever logs at TRACE, whatever `RUST_LOG` says:
+/// at that level `lambda_runtime` logs every raw event (and a Docker Hub notification's path
+/// carries the organization's webhook secret) and the AWS SDK logs response bodies (the
+/// webhook secrets read from DynamoDB). A second call keeps the first subscriber.
 pub fn init_tracing() {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let no_trace_but_ours = Targets::new()
+        .with_default(LevelFilter::DEBUG)
+        .with_target("autodeploy_api", LevelFilter::TRACE)
+        .with_target("autodeploy_core", LevelFilter::TRACE);
+    let subscriber = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
         .with_current_span(false)
         .with_target(false)
         // Lambda stamps every line itself.
         .without_time()
-        .init();
+        .finish()
+        .with(no_trace_but_ours);
+    // Already set (a test, a second call): keep it.
+    let _ = subscriber.try_init();
 }
 
 /// The standard SDK configuration: region, credentials and endpoint overrides from the

@@ -15,6 +15,12 @@ use crate::store::{DeploymentQueue, QueueError};
 const BATCH: usize = 10;
 /// Attempts per message before its failure is reported (the caller keeps it `PENDING`).
 const ATTEMPTS: u32 = 3;
+/// How long one batch may take, the SDK's retries included. The SDK sets no timeout but the
+/// connect timeout, so a queue that accepts a connection and never answers would hold the
+/// request until the function's own timeout (8 s for the push webhook), and the caller would
+/// get no 202. A batch that times out stops the send (see [`SqsQueue::send`]), so a queue
+/// that hangs costs a request this long at most; what was not sent stays `PENDING`.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
@@ -36,8 +42,10 @@ impl SqsQueue {
 
     /// Send up to ten requests, retrying the entries of a partly failed batch that failed for
     /// a reason of SQS's own. Entries are resent in their order, so one service's deployments
-    /// keep theirs unless an earlier one failed alone.
-    async fn send_batch(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
+    /// keep theirs unless an earlier one failed alone. The flag is false when SQS did not
+    /// answer at all (the call failed after the SDK's retries).
+    async fn send_batch(&self, requests: &[DeploymentRequest]) -> (Vec<Result<(), QueueError>>, bool) {
+        let mut answered = true;
         let mut results: Vec<Option<Result<(), QueueError>>> = Vec::with_capacity(requests.len());
         let mut entries: Vec<Option<SendMessageBatchRequestEntry>> = Vec::with_capacity(requests.len());
         for (index, request) in requests.iter().enumerate() {
@@ -97,6 +105,7 @@ impl SqsQueue {
                 // The SDK has already retried what a whole call can retry; trying again here
                 // would only hold the request longer while the queue is down.
                 Err(err) => {
+                    answered = false;
                     let message = describe_sdk_error("send_message_batch", &err);
                     for slot in results.iter_mut().filter(|r| r.is_none()) {
                         *slot = Some(Err(QueueError(message.clone())));
@@ -105,10 +114,11 @@ impl SqsQueue {
             }
         }
 
-        results
+        let results = results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(QueueError("SQS did not report on this message".to_owned()))))
-            .collect()
+            .collect();
+        (results, answered)
     }
 }
 
@@ -116,9 +126,30 @@ impl SqsQueue {
 impl DeploymentQueue for SqsQueue {
     async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
         let mut results = Vec::with_capacity(requests.len());
+        let mut down: Option<String> = None;
         // One batch after the other: concurrent batches could reorder a service's messages.
+        // For the same reason, once SQS fails a whole batch (or does not answer in time) the
+        // later batches are not tried: sent now, they would overtake the failed batch's
+        // deployments of the same services, which the relay sends later; it sends these after
+        // them. And a queue that is down does not cost the request one timeout per batch.
         for batch in requests.chunks(BATCH) {
-            results.extend(self.send_batch(batch).await);
+            if let Some(reason) = &down {
+                results.extend(batch.iter().map(|_| Err(QueueError(format!("not sent: {reason}")))));
+                continue;
+            }
+            match tokio::time::timeout(BATCH_TIMEOUT, self.send_batch(batch)).await {
+                Ok((sent, answered)) => {
+                    if !answered {
+                        down = Some("SQS failed an earlier batch".to_owned());
+                    }
+                    results.extend(sent);
+                }
+                Err(_) => {
+                    let reason = format!("SQS did not answer within {BATCH_TIMEOUT:?}");
+                    results.extend(batch.iter().map(|_| Err(QueueError(reason.clone()))));
+                    down = Some(reason);
+                }
+            }
         }
         results
     }

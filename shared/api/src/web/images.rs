@@ -32,6 +32,7 @@ use super::auth::{Caller, Scope};
 use super::error::{ApiError, ApiResult};
 use super::extract::{PathParams, json_body, read_body};
 use super::webhooks::dry_run;
+use crate::metrics::Tally;
 use crate::pipeline::{Candidate, Outcome, record_and_send};
 use crate::store::{Guard, StoredService};
 use crate::util::{new_deployment_id, new_etag, now_rfc3339};
@@ -60,6 +61,7 @@ pub fn routes() -> Router<AppState> {
             "/organization/{org}/registry-webhooks/github",
             post(github_package_webhook),
         )
+        .route_layer(axum::middleware::from_fn(crate::metrics::observe_image))
 }
 
 /// A deployment queued (or, in a dry run, that would be) for a new tag.
@@ -96,7 +98,8 @@ pub struct ImageResponse {
 }
 
 impl ImageResponse {
-    fn new(source: ImageSourceKind, dry_run: bool) -> Self {
+    /// An empty response: nothing queued, skipped or ignored yet.
+    pub fn new(source: ImageSourceKind, dry_run: bool) -> Self {
         Self {
             source,
             registry: None,
@@ -115,7 +118,22 @@ impl ImageResponse {
         let mut response = Self::new(source, dry_run);
         response.ignored = Some(ignored);
         response.message = Some(message.to_owned());
-        (StatusCode::OK, Json(response)).into_response()
+        response.into_http(StatusCode::OK)
+    }
+
+    /// The HTTP response, carrying its [`Tally`] for the metrics layer.
+    pub fn into_http(self, status: StatusCode) -> Response {
+        let tally = Tally {
+            ignored: self.ignored,
+            source: serde_json::to_value(self.source)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned)),
+            dry_run: self.dry_run,
+            ..Tally::of(self.queued.iter().map(|q| q.status), self.skipped.len())
+        };
+        let mut response = (status, Json(self)).into_response();
+        response.extensions_mut().insert(tally);
+        response
     }
 }
 
@@ -158,7 +176,7 @@ async fn ci_deploy(
     let doc = json_body(&headers, &bytes, &["application/json"])?;
     let (image, tag) = parse_deploy_body(&doc)?;
     let (status, response) = deploy_image(&state, org, target, &image, &tag, ImageSourceKind::Api, dry_run).await?;
-    Ok((status, Json(response)).into_response())
+    Ok(response.into_http(status))
 }
 
 /// `{"image_name": "acme/api", "tag": "1.4.0"}`; every bad field is named at once.
@@ -335,7 +353,7 @@ async fn registry_event(
             };
             let (status, response) =
                 deploy_image(state, org, ImageTarget::Container, &image, &tag, source, dry_run).await?;
-            Ok((status, Json(response)).into_response())
+            Ok(response.into_http(status))
         }
     }
 }

@@ -68,10 +68,50 @@ pub fn image_router(state: AppState) -> Router {
     finish(images::routes(), state)
 }
 
-/// Every route of the product (the standalone server).
+/// Every route of the product (the standalone server), and its OpenAPI document.
 pub fn full_router(state: AppState) -> Router {
     finish(
-        settings::routes().merge(webhooks::routes()).merge(images::routes()),
+        settings::routes()
+            .merge(webhooks::routes())
+            .merge(images::routes())
+            .route("/openapi.yaml", get(openapi)),
         state,
     )
 }
+
+/// The API reference, `infra/openapi.yaml`, as built into the binary.
+pub const OPENAPI_YAML: &str = include_str!("../../../../infra/openapi.yaml");
+
+/// `GET /openapi.yaml` (standalone server only; on AWS the document ships in `infra/`).
+async fn openapi() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML)
+}
+
+/// Every route of the HTTP API: `(method, path, who serves it)`, where who is the Lambda
+/// function (`settings`, `push-webhook`, `image-tag`) whose router serves it, or `standalone`
+/// for a route only the standalone server has. The standalone server serves them all, and
+/// `/health` is served by every router. `infra/template.yaml` (its `HttpApi` events) and
+/// `infra/openapi.yaml` (its `paths`) list exactly these; `tests/tests/routes.rs` checks both,
+/// and that the routers serve exactly these: a route added to a router but not here fails it.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("GET", "/health", "settings"),
+    ("GET", "/organization/{org}/services", "settings"),
+    ("GET", "/organization/{org}/services/{service_id}", "settings"),
+    ("PUT", "/organization/{org}/services/{service_id}", "settings"),
+    ("PATCH", "/organization/{org}/services/{service_id}", "settings"),
+    ("DELETE", "/organization/{org}/services/{service_id}", "settings"),
+    ("GET", "/organization/{org}/webhook-secrets/{provider}", "settings"),
+    ("PUT", "/organization/{org}/webhook-secrets/{provider}", "settings"),
+    ("DELETE", "/organization/{org}/webhook-secrets/{provider}", "settings"),
+    ("GET", "/organization/{org}/tokens", "settings"),
+    ("POST", "/organization/{org}/tokens", "settings"),
+    ("DELETE", "/organization/{org}/tokens/{token_id}", "settings"),
+    ("GET", "/organization/{org}/deployments", "settings"),
+    ("POST", "/organization/{org}/webhooks/{provider}", "push-webhook"),
+    ("POST", "/organization/{org}/container/deploy", "image-tag"),
+    ("POST", "/organization/{org}/job/deploy", "image-tag"),
+    ("POST", "/organization/{org}/registry-webhooks/dockerhub/{secret}", "image-tag"),
+    ("POST", "/organization/{org}/registry-webhooks/dockerhub", "image-tag"),
+    ("POST", "/organization/{org}/registry-webhooks/github", "image-tag"),
+    ("GET", "/openapi.yaml", "standalone"),
+];

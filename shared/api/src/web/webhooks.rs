@@ -21,6 +21,7 @@ use serde::Serialize;
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{PathParams, query_map, read_body};
+use crate::metrics::Tally;
 use crate::pipeline::{Candidate, Outcome, record_and_send};
 use crate::store::{Guard, StoredService};
 use crate::util::{new_deployment_id, now_rfc3339, now_unix};
@@ -29,7 +30,9 @@ use crate::util::{new_deployment_id, now_rfc3339, now_unix};
 pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/organization/{org}/webhooks/{provider}", post(push_webhook))
+    Router::new()
+        .route("/organization/{org}/webhooks/{provider}", post(push_webhook))
+        .route_layer(axum::middleware::from_fn(crate::metrics::observe_push))
 }
 
 /// A deployment queued (or, in a dry run, that would be).
@@ -82,7 +85,20 @@ impl PushResponse {
 
     fn ignored(mut self, reason: &'static str) -> Response {
         self.ignored = Some(reason);
-        (StatusCode::OK, Json(self)).into_response()
+        self.into_http(StatusCode::OK)
+    }
+
+    /// The HTTP response, carrying its [`Tally`] for the metrics layer.
+    fn into_http(self, status: StatusCode) -> Response {
+        let tally = Tally {
+            ignored: self.ignored,
+            delivery_id: self.delivery_id.clone(),
+            dry_run: self.dry_run,
+            ..Tally::of(self.queued.iter().map(|q| q.status), self.skipped.len())
+        };
+        let mut response = (status, Json(self)).into_response();
+        response.extensions_mut().insert(tally);
+        response
     }
 }
 
@@ -141,7 +157,7 @@ async fn push_webhook(
         dry_run,
         "push delivery"
     );
-    Ok((status, Json(response)).into_response())
+    Ok(response.into_http(status))
 }
 
 /// The repository keys a push can match: every URL it carries, normalized, in the payload's

@@ -2,12 +2,15 @@
 //! type is `application/x-www-form-urlencoded`, a form whose `payload` field holds the JSON.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
 use http::HeaderMap;
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    Commit, Delivery, GITHUB_COMMIT_CAP, IgnoredReason, PayloadError, Push, RefKind, Text, changed_files, check_json,
+    Delivery, FileUnion, GITHUB_COMMIT_CAP, IgnoredReason, PayloadError, Push, RefKind, Text, Unkept, check_json,
     classify_ref, collect_urls, deleted_ref, event_header, from_json, is_zero_sha, text, wrong_shape,
 };
 use crate::provider::GitProvider;
@@ -25,15 +28,169 @@ struct PushEvent<'a> {
     #[serde(default)]
     deleted: Option<bool>,
     #[serde(borrow, default)]
-    commits: Option<Vec<Commit<'a>>>,
+    commits: Option<Commits<'a>>,
     #[serde(borrow, default)]
-    head_commit: Option<Commit<'a>>,
+    head_commit: Option<super::Commit<'a>>,
     #[serde(borrow, default)]
     repository: Option<Repository<'a>>,
     #[serde(borrow, default)]
     pusher: Option<Pusher<'a>>,
     #[serde(borrow, default)]
     sender: Option<Sender<'a>>,
+}
+
+/// `commits`, read with the errors a `Vec` of [`super::Commit`] gives, but folded into the
+/// union of the commits' files as they come instead of kept: a push lists up to 2,048 commits,
+/// and only their count and files matter. The paths go straight into the union, and the
+/// commits' ids and messages (only `head_commit`'s are used) are checked to be strings but not
+/// copied.
+#[derive(Debug, Default)]
+struct Commits<'a> {
+    count: usize,
+    files: FileUnion<'a>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Commits<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CommitsVisitor<'a>(PhantomData<Commits<'a>>);
+        impl<'de> Visitor<'de> for CommitsVisitor<'de> {
+            type Value = Commits<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                // What a `Vec` expects.
+                formatter.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Commits<'de>, A::Error> {
+                let mut commits = Commits::default();
+                while seq.next_element_seed(CommitSeed(&mut commits.files))?.is_some() {
+                    commits.count += 1;
+                }
+                Ok(commits)
+            }
+        }
+        deserializer.deserialize_seq(CommitsVisitor(PhantomData))
+    }
+}
+
+/// One entry of `commits`, read as the derived `Deserialize` of [`super::Commit`] reads it
+/// (same fields, order, defaults and errors: `expected struct Commit`, `duplicate field`),
+/// adding its paths to the union.
+struct CommitSeed<'u, 'a>(&'u mut FileUnion<'a>);
+
+/// The fields of [`super::Commit`], identified as its derived `Deserialize` does.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum CommitField {
+    Id,
+    Message,
+    Added,
+    Modified,
+    Removed,
+    #[serde(other)]
+    Other,
+}
+
+const COMMIT_FIELDS: &[&str] = &["id", "message", "added", "modified", "removed"];
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for CommitSeed<'_, 'a> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_struct("Commit", COMMIT_FIELDS, self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for CommitSeed<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("struct Commit")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // Positional fields, each defaulted when missing.
+        seq.next_element::<Option<Unkept>>()?;
+        seq.next_element::<Option<Unkept>>()?;
+        let mut listed = false;
+        for _ in 0..3 {
+            listed |= seq.next_element_seed(Paths(self.0))?.unwrap_or(false);
+        }
+        self.0.listless |= !listed;
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Which fields were seen (a second one is an error, as in derived code), and whether
+        // any list was given.
+        let mut seen = [false; 5];
+        let mut listed = false;
+        while let Some(field) = map.next_key::<CommitField>()? {
+            let index = match field {
+                CommitField::Id => 0,
+                CommitField::Message => 1,
+                CommitField::Added => 2,
+                CommitField::Modified => 3,
+                CommitField::Removed => 4,
+                CommitField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if seen[index] {
+                return Err(de::Error::duplicate_field(COMMIT_FIELDS[index]));
+            }
+            seen[index] = true;
+            if index < 2 {
+                map.next_value::<Option<Unkept>>()?;
+            } else {
+                listed |= map.next_value_seed(Paths(self.0))?;
+            }
+        }
+        self.0.listless |= !listed;
+        Ok(())
+    }
+}
+
+/// An `Option<Vec<Text>>` file list of a commit, its non-empty paths added to the union;
+/// `true` when the list is there (not `null`).
+struct Paths<'u, 'a>(&'u mut FileUnion<'a>);
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for Paths<'_, 'a> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for Paths<'_, 'a> {
+    type Value = bool;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("option")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
+        struct List<'u, 'a>(&'u mut FileUnion<'a>);
+        impl<'de: 'a, 'a> Visitor<'de> for List<'_, 'a> {
+            type Value = ();
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while let Some(path) = seq.next_element::<Text<'a>>()? {
+                    self.0.push(path);
+                }
+                Ok(())
+            }
+        }
+        deserializer.deserialize_seq(List(self.0)).map(|()| true)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,13 +291,13 @@ fn parse_push(json: &str) -> Result<Delivery, PayloadError> {
     let head_commit_message = head.and_then(|head| head.message.as_deref()).map(str::to_owned);
     let commits = event.commits.unwrap_or_default();
     // GitHub lists at most 2,048 commits: reaching the cap means some may be missing.
-    let complete = commits.len() < GITHUB_COMMIT_CAP;
+    let complete = commits.count < GITHUB_COMMIT_CAP;
     Ok(Delivery::Pushes(vec![Push {
         repository_urls,
         branch: branch.to_owned(),
         before: event.before.as_deref().unwrap_or_default().to_owned(),
         after: after.to_owned(),
-        files: changed_files(commits, complete),
+        files: commits.files.finish(complete),
         head_commit_message,
         pusher,
     }]))
@@ -151,4 +308,109 @@ fn is_api_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     host.eq_ignore_ascii_case("api.github.com") || path.starts_with("api/")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::push::{ChangedFiles, changed_files};
+
+    /// How `commits` was read before it was folded: kept whole, as the other providers do.
+    #[derive(Debug, Deserialize)]
+    struct KeptCommits<'a> {
+        #[serde(borrow, default)]
+        commits: Option<Vec<super::super::Commit<'a>>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct FoldedCommits<'a> {
+        #[serde(borrow, default)]
+        commits: Option<Commits<'a>>,
+    }
+
+    fn kept(json: &str) -> Result<ChangedFiles, PayloadError> {
+        let event: KeptCommits<'_> = from_json(PROVIDER, json)?;
+        let commits = event.commits.unwrap_or_default();
+        let complete = commits.len() < GITHUB_COMMIT_CAP;
+        Ok(changed_files(commits, complete))
+    }
+
+    fn folded(json: &str) -> Result<ChangedFiles, PayloadError> {
+        let event: FoldedCommits<'_> = from_json(PROVIDER, json)?;
+        let commits = event.commits.unwrap_or_default();
+        Ok(commits.files.finish(commits.count < GITHUB_COMMIT_CAP))
+    }
+
+    #[test]
+    fn folded_commits_read_as_kept_ones() {
+        let commit = |extra: Value| {
+            let mut c = json!({"id": "a1", "message": "m\n\"quoted\"", "tree_id": "t", "author": {"name": "x"},
+                               "added": ["a", "b"], "modified": ["c"], "removed": []});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            c
+        };
+        let many: Vec<Value> = (0..GITHUB_COMMIT_CAP)
+            .map(|i| json!({"added": [format!("f{i}")]}))
+            .collect();
+        let bodies: Vec<String> = [
+            json!({}),
+            json!({"commits": null}),
+            json!({"commits": []}),
+            json!({"commits": [commit(json!({}))]}),
+            json!({"commits": [commit(json!({})), commit(json!({"added": ["b", "z", ""], "modified": null}))]}),
+            json!({"commits": [commit(json!({})), {"id": "x"}]}),
+            json!({"commits": [{"added": ["a\\u00e9\n"], "removed": ["a\\u00e9\n"]}]}),
+            json!({"commits": [{"added": []}]}),
+            json!({"commits": [{"id": null, "message": null, "added": ["x"]}]}),
+            json!({"commits": [["id", "message", ["x"], null, ["y"]]]}),
+            json!({"commits": [["id", "message", ["x"]]]}),
+            json!({"commits": [["id", 5, ["x"], null, ["y"]]]}),
+            json!({"commits": many[..GITHUB_COMMIT_CAP - 1]}),
+            json!({"commits": many}),
+            json!({"commits": 5}),
+            json!({"commits": "x"}),
+            json!({"commits": {}}),
+            json!({"commits": [1]}),
+            json!({"commits": [null]}),
+            json!({"commits": [[]]}),
+            json!({"commits": [commit(json!({"id": 5}))]}),
+            json!({"commits": [commit(json!({"message": 5}))]}),
+            json!({"commits": [commit(json!({"message": ["m"]}))]}),
+            json!({"commits": [commit(json!({"message": {"m": 1}}))]}),
+            json!({"commits": [commit(json!({"added": "x"}))]}),
+            json!({"commits": [commit(json!({"added": [1]}))]}),
+            json!({"commits": [commit(json!({"removed": [null]}))]}),
+            json!({"commits": [commit(json!({"modified": {}}))]}),
+        ]
+        .iter()
+        .map(Value::to_string)
+        .chain([
+            // What a `Value` cannot hold: duplicate keys, bad escapes, truncation.
+            r#"{"commits": [{"added": ["a"], "added": ["b"]}]}"#.to_owned(),
+            r#"{"commits": [{"id": "a", "id": "b"}]}"#.to_owned(),
+            r#"{"commits": [{"message": "a", "message": "b"}]}"#.to_owned(),
+            r#"{"commits": [{"added": null, "added": ["x"]}]}"#.to_owned(),
+            r#"{"commits": [{"zzz": 1, "removed": ["a", "", "b"], "zzz": 2}, {"modified": ["b"]}]}"#.to_owned(),
+            r#"{"commits": [["i", null, null, null, null]]}"#.to_owned(),
+            r#"{"commits": [["i", "m", ["a"], ["b"], ["c"], "extra"]]}"#.to_owned(),
+            r#"{"commits": [["i", "m", ["a"], ["b"], ["c"]], {"id": "x", "added": ["d"]}]}"#.to_owned(),
+            r#"{"commits": [{"message": "bad \x escape"}]}"#.to_owned(),
+            r#"{"commits": [{"message": "bad \ud800 surrogate"}]}"#.to_owned(),
+            r#"{"commits": [{"added": ["a"]}"#.to_owned(),
+            r#"{"commits": [{"added": ["a"]},]}"#.to_owned(),
+            r#"{"commits": [{"message": "a"} {"added": []}]}"#.to_owned(),
+        ])
+        .collect();
+        let (mut known, mut errors) = (0, 0);
+        for body in &bodies {
+            let result = folded(body);
+            assert_eq!(result, kept(body), "{body}");
+            known += usize::from(matches!(result, Ok(ChangedFiles::Known(_))));
+            errors += usize::from(result.is_err());
+        }
+        // Both sides of the comparison are exercised.
+        assert_eq!((known, errors), (9, 24), "{bodies:#?}");
+    }
 }

@@ -114,9 +114,17 @@ impl Push {
     /// True when the head-commit message contains `[skip deploy]` or `[deploy skip]`
     /// (case-insensitive): the author asked for this push not to deploy.
     pub fn has_skip_marker(&self) -> bool {
+        // Runs for every service a push reaches: compared in place, no lower-cased copy.
         self.head_commit_message.as_deref().is_some_and(|message| {
-            let message = message.to_ascii_lowercase();
-            message.contains("[skip deploy]") || message.contains("[deploy skip]")
+            let message = message.as_bytes();
+            message.iter().enumerate().any(|(i, &b)| {
+                b == b'['
+                    && ["[skip deploy]", "[deploy skip]"].iter().any(|marker| {
+                        message
+                            .get(i..i + marker.len())
+                            .is_some_and(|candidate| candidate.eq_ignore_ascii_case(marker.as_bytes()))
+                    })
+            })
         })
     }
 }
@@ -211,34 +219,85 @@ struct Commit<'a> {
     id: Option<Text<'a>>,
     #[serde(borrow, default)]
     message: Option<Text<'a>>,
-    #[serde(default)]
-    added: Option<Vec<String>>,
-    #[serde(default)]
-    modified: Option<Vec<String>>,
-    #[serde(default)]
-    removed: Option<Vec<String>>,
+    #[serde(borrow, default)]
+    added: Option<Vec<Text<'a>>>,
+    #[serde(borrow, default)]
+    modified: Option<Vec<Text<'a>>>,
+    #[serde(borrow, default)]
+    removed: Option<Vec<Text<'a>>>,
 }
 
 /// The union of `added`, `modified` and `removed` over `commits`; `Unknown` when `complete` is
 /// false (the provider sent fewer commits than were pushed), when a commit carries no file lists
 /// at all, or when the union is empty (nothing to restrict on, so the service deploys).
 fn changed_files(commits: Vec<Commit<'_>>, complete: bool) -> ChangedFiles {
-    if !complete {
-        return ChangedFiles::Unknown;
-    }
-    let mut files = BTreeSet::new();
+    let mut union = FileUnion::default();
     for commit in commits {
-        if commit.added.is_none() && commit.modified.is_none() && commit.removed.is_none() {
+        union.add(commit.added, commit.modified, commit.removed);
+    }
+    union.finish(complete)
+}
+
+/// The paths of commits' `added`, `modified` and `removed` lists, gathered commit by commit
+/// (see [`changed_files`]).
+#[derive(Debug, Default)]
+struct FileUnion<'a> {
+    /// Borrowed from the body, in payload order, with repeats: sorted and deduplicated once,
+    /// before any is copied, since a long push names the same files in many commits.
+    paths: Vec<Text<'a>>,
+    /// Some commit carried no file list at all.
+    listless: bool,
+}
+
+impl<'a> FileUnion<'a> {
+    fn add(&mut self, added: Option<Vec<Text<'a>>>, modified: Option<Vec<Text<'a>>>, removed: Option<Vec<Text<'a>>>) {
+        if added.is_none() && modified.is_none() && removed.is_none() {
+            self.listless = true;
+        }
+        for list in [added, modified, removed].into_iter().flatten() {
+            list.into_iter().for_each(|path| self.push(path));
+        }
+    }
+
+    /// One path of a commit's list; empty ones name no file.
+    fn push(&mut self, path: Text<'a>) {
+        if !path.is_empty() {
+            self.paths.push(path);
+        }
+    }
+
+    /// The changed files; `complete` as for [`changed_files`].
+    fn finish(self, complete: bool) -> ChangedFiles {
+        let mut paths = self.paths;
+        if !complete || self.listless || paths.is_empty() {
             return ChangedFiles::Unknown;
         }
-        for list in [commit.added, commit.modified, commit.removed].into_iter().flatten() {
-            files.extend(list.into_iter().filter(|path| !path.is_empty()));
-        }
+        paths.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        paths.dedup_by(|a, b| a.0 == b.0);
+        ChangedFiles::Known(paths.into_iter().map(|path| path.0.into_owned()).collect())
     }
-    if files.is_empty() {
-        ChangedFiles::Unknown
-    } else {
-        ChangedFiles::Known(files)
+}
+
+/// A JSON string that must be there (or `null`, as an `Option`) but whose text is not needed:
+/// deserializing it checks its type, with the same errors as a [`Text`], without keeping a copy
+/// of a string that holds escapes.
+#[derive(Debug)]
+struct Unkept;
+
+impl<'de> Deserialize<'de> for Unkept {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Unkept;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                // What a `Cow<str>`, and so a `Text`, expects.
+                formatter.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Unkept, E> {
+                Ok(Unkept)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 

@@ -1,0 +1,199 @@
+//! The `image-tag` binary as Lambda runs it: API Gateway requests and EventBridge ECR events
+//! from the Lambda Runtime API (a stand-in), state on moto.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autodeploy_tests::fake_lambda::{
+    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, http_api_event, moto_env, receive_all,
+    response_body,
+};
+use autodeploy_tests::{AwsFixture, aws_fixture, moto_url};
+use serde_json::json;
+
+const EXE: &str = env!("CARGO_BIN_EXE_image-tag");
+const ADMIN: &str = "image-tag-admin-token-0123456789";
+const DOCKERHUB_SECRET: &str = "dockerhub-secret-in-the-url-0123456789";
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// The function's environment on `fx`, served by `runtime`, plus `extra`.
+fn function_env(fx: &AwsFixture, runtime: &FakeLambdaRuntime, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut vars = moto_env(&moto_url());
+    vars.extend(runtime.env());
+    vars.extend(env(&[
+        ("AUTODEPLOY_TABLE", &fx.table),
+        ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
+        ("RUST_LOG", "trace"),
+    ]));
+    vars.extend(env(extra));
+    vars
+}
+
+async fn ecr_container(fx: &AwsFixture) {
+    let (status, body) = call_api(
+        Arc::new(fx.store.clone()),
+        Arc::new(fx.queue.clone()),
+        "PUT",
+        "/organization/acme/services/api",
+        Some(json!({
+            "environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
+            "image": {"registry": ECR_REGISTRY, "image_name": "team/api", "tag": "1.3.0"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn without_an_admin_token_it_stops_naming_the_variables() {
+    let mut vars = moto_env("http://127.0.0.1:9");
+    vars.extend(env(&[
+        ("AUTODEPLOY_TABLE", "t"),
+        ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
+    ]));
+    let mut function = FunctionProcess::spawn(EXE, &vars);
+    let status = function.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let logs = function.logs();
+    assert!(logs.contains("AUTODEPLOY_ADMIN_TOKEN"), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_ecr_pushes_and_serves_http() {
+    let fx = aws_fixture().await;
+    ecr_container(&fx).await;
+    let runtime = FakeLambdaRuntime::start().await;
+    // The admin token from a secret that does not exist: it is read only when a request
+    // needs it, so ECR events never touch it.
+    let vars = function_env(
+        &fx,
+        &runtime,
+        &[
+            (
+                "AUTODEPLOY_ADMIN_TOKEN_SECRET_ARN",
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:none",
+            ),
+            ("AUTODEPLOY_ECR_ORGANIZATION", "acme"),
+        ],
+    );
+    let function = FunctionProcess::spawn(EXE, &vars);
+
+    let outcome = runtime.invoke(ecr_event("PUSH", "team/api", "1.4.0")).await.response();
+    assert_eq!(outcome["status"], 202, "{outcome}\n{}", function.logs());
+    assert_eq!(outcome["queued"][0]["service_id"], "api", "{outcome}");
+    let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0].group_id, "acme/api");
+    assert_eq!(messages[0].body["trigger"]["source"], "ECR");
+    assert_eq!(messages[0].body["image_tag"], "1.4.0");
+
+    let deleted = runtime
+        .invoke(ecr_event("DELETE", "team/api", "1.4.0"))
+        .await
+        .response();
+    assert_eq!(deleted["ignored"], "UNSUPPORTED_EVENT", "{deleted}");
+
+    let unknown = runtime.invoke(json!({"Records": []})).await.error();
+    assert_eq!(unknown["errorType"], "UnsupportedEvent", "{unknown}");
+
+    // An HTTP request that needs the admin token: the secret is missing, so 503, not a crash.
+    let deploy = http_api_event(
+        "POST",
+        "/organization/acme/container/deploy",
+        &[
+            ("authorization", "Bearer some-token"),
+            ("content-type", "application/json"),
+        ],
+        Some(br#"{"image_name": "team/api", "tag": "1.5.0"}"#),
+        false,
+    );
+    let response = runtime.invoke(deploy).await.response();
+    assert_eq!(response["statusCode"], 503, "{response}");
+    assert_eq!(response_body(&response)["error"]["code"], "UNAVAILABLE");
+    assert!(runtime.init_errors().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_ecr_organization_http_still_works() {
+    let fx = aws_fixture().await;
+    ecr_container(&fx).await;
+    let (status, _) = call_api(
+        Arc::new(fx.store.clone()),
+        Arc::new(fx.queue.clone()),
+        "PUT",
+        "/organization/acme/webhook-secrets/dockerhub",
+        Some(json!({"secret": DOCKERHUB_SECRET})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = call_api(
+        Arc::new(fx.store.clone()),
+        Arc::new(fx.queue.clone()),
+        "PUT",
+        "/organization/acme/services/hub",
+        Some(json!({
+            "environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
+            "image": {"image_name": "acme/hub", "tag": "1.0.0"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let runtime = FakeLambdaRuntime::start().await;
+    let function = FunctionProcess::spawn(EXE, &function_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]));
+
+    let refused = runtime.invoke(ecr_event("PUSH", "team/api", "1.4.0")).await.error();
+    assert_eq!(
+        refused["errorType"],
+        "EcrOrganizationNotConfigured",
+        "{refused}\n{}",
+        function.logs()
+    );
+    assert!(
+        refused["errorMessage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("AUTODEPLOY_ECR_ORGANIZATION"),
+        "{refused}"
+    );
+
+    let deploy = http_api_event(
+        "POST",
+        "/organization/acme/container/deploy",
+        &[
+            ("authorization", &format!("Token {ADMIN}")),
+            ("content-type", "application/json"),
+        ],
+        Some(br#"{"image_name": "team/api", "tag": "1.4.0"}"#),
+        true,
+    );
+    let response = runtime.invoke(deploy).await.response();
+    assert_eq!(response["statusCode"], 202, "{response}\n{}", function.logs());
+
+    // A Docker Hub notification: its URL carries the secret, which no log line shows.
+    let push = serde_json::json!({
+        "push_data": {"tag": "1.1.0", "pusher": "ci"},
+        "repository": {"repo_name": "acme/hub"}
+    });
+    let hook = http_api_event(
+        "POST",
+        &format!("/organization/acme/registry-webhooks/dockerhub/{DOCKERHUB_SECRET}"),
+        &[("content-type", "application/json")],
+        Some(push.to_string().as_bytes()),
+        false,
+    );
+    let response = runtime.invoke(hook).await.response();
+    assert_eq!(response["statusCode"], 202, "{response}\n{}", function.logs());
+    assert_eq!(receive_all(&fx.sqs, &fx.queues.deployments.url).await.len(), 2);
+
+    let logs = function.logs();
+    assert!(!logs.contains(DOCKERHUB_SECRET), "{logs}");
+    assert!(logs.contains("/registry-webhooks/dockerhub/{secret}"), "{logs}");
+    assert!(
+        logs.contains("AUTODEPLOY_ECR_ORGANIZATION"),
+        "the missing setting is logged: {logs}"
+    );
+}

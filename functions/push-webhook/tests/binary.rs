@@ -1,0 +1,126 @@
+//! The `push-webhook` binary as Lambda runs it: configuration from the environment, events from
+//! the Lambda Runtime API (a stand-in), state on moto.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autodeploy_tests::fake_lambda::{
+    FakeLambdaRuntime, FunctionProcess, call_api, fixture_bytes, github_signature, http_api_event, moto_env,
+    receive_all, response_body,
+};
+use autodeploy_tests::{aws_fixture, moto_url};
+use serde_json::{Value, json};
+
+const EXE: &str = env!("CARGO_BIN_EXE_push-webhook");
+const SECRET: &str = "github-webhook-secret-0123456789";
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+#[tokio::test]
+async fn without_its_table_it_stops_naming_the_variable() {
+    let mut function = FunctionProcess::spawn(EXE, &moto_env("http://127.0.0.1:9"));
+    let status = function.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    assert!(function.logs().contains("AUTODEPLOY_TABLE"), "{}", function.logs());
+}
+
+#[tokio::test]
+async fn outside_lambda_it_stops_with_a_message() {
+    // No admin token configured: this function never needs one.
+    let mut vars = moto_env("http://127.0.0.1:9");
+    vars.extend(env(&[
+        ("AUTODEPLOY_TABLE", "t"),
+        ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
+    ]));
+    let mut function = FunctionProcess::spawn(EXE, &vars);
+    let status = function.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let logs = function.logs();
+    assert!(logs.contains("AWS_LAMBDA_RUNTIME_API"), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_push_deliveries() {
+    let fx = aws_fixture().await;
+    let store = Arc::new(fx.store.clone());
+    let queue = Arc::new(fx.queue.clone());
+    let (status, _) = call_api(
+        store.clone(),
+        queue.clone(),
+        "PUT",
+        "/organization/acme/webhook-secrets/github",
+        Some(json!({"secret": SECRET})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let push: Value = serde_json::from_slice(&fixture_bytes("webhooks/github/gp-push.json")).unwrap();
+    let (status, body) = call_api(
+        store,
+        queue,
+        "PUT",
+        "/organization/acme/services/api",
+        Some(json!({
+            "environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": push["repository"]["clone_url"], "branch": "master"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    let runtime = FakeLambdaRuntime::start().await;
+    let mut vars = moto_env(&moto_url());
+    vars.extend(runtime.env());
+    vars.extend(env(&[
+        ("AUTODEPLOY_TABLE", &fx.table),
+        ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
+        // Even at TRACE, no raw event reaches the log.
+        ("RUST_LOG", "trace"),
+    ]));
+    let function = FunctionProcess::spawn(EXE, &vars);
+
+    let body = serde_json::to_vec(&push).unwrap();
+    let event = http_api_event(
+        "POST",
+        "/organization/acme/webhooks/github",
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", "delivery-1"),
+            ("x-hub-signature-256", &github_signature(SECRET, &body)),
+        ],
+        Some(&body),
+        true,
+    );
+    let response = runtime.invoke(event).await.response();
+    assert_eq!(response["statusCode"], 202, "{response}\n{}", function.logs());
+    let reply = response_body(&response);
+    assert_eq!(reply["queued"][0]["status"], "QUEUED", "{reply}");
+
+    let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0].group_id, "acme/api");
+    assert_eq!(
+        messages[0].deduplication_id,
+        reply["queued"][0]["deployment_id"].as_str().unwrap()
+    );
+
+    // The settings API is not served here.
+    let list = http_api_event("GET", "/organization/acme/services", &[], None, false);
+    let response = runtime.invoke(list).await.response();
+    assert_eq!(response["statusCode"], 404, "{response}");
+
+    let logs = function.logs();
+    assert!(!logs.contains("raw JSON event"), "{logs}");
+    // The event's host header and request context are in no log line, nor the webhook secret
+    // the SDK read from DynamoDB (at TRACE, the SDK would log response bodies).
+    assert!(!logs.contains("execute-api"), "{logs}");
+    assert!(!logs.contains(SECRET), "{logs}");
+    assert!(
+        logs.contains("\"level\":\"DEBUG\""),
+        "RUST_LOG=trace took effect: {logs}"
+    );
+    assert!(runtime.init_errors().is_empty());
+}

@@ -1,0 +1,145 @@
+//! The `relay` binary as Lambda runs it: a scheduled event from the Lambda Runtime API (a
+//! stand-in), state on moto.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autodeploy_api::aws::SqsQueue;
+use autodeploy_tests::fake_lambda::{
+    FakeLambdaRuntime, FunctionProcess, call_api, call_api_with, fixture_bytes, github_signature, moto_env, receive_all,
+};
+use autodeploy_tests::{aws_fixture, moto_url, unique_name};
+use serde_json::{Value, json};
+
+const EXE: &str = env!("CARGO_BIN_EXE_relay");
+const SECRET: &str = "github-webhook-secret-0123456789";
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+#[tokio::test]
+async fn without_its_queue_it_stops_naming_the_variable() {
+    let mut vars = moto_env("http://127.0.0.1:9");
+    vars.extend(env(&[("AUTODEPLOY_TABLE", "t")]));
+    let mut function = FunctionProcess::spawn(EXE, &vars);
+    let status = function.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    assert!(function.logs().contains("AUTODEPLOY_QUEUE_URL"), "{}", function.logs());
+}
+
+fn scheduled_event() -> Value {
+    json!({
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-11-26T12:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/autodeploy-relay"],
+        "detail": {}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_what_was_recorded_while_sqs_was_down() {
+    let fx = aws_fixture().await;
+    // Record a deployment while the queue URL names no queue: it stays PENDING.
+    let down = Arc::new(SqsQueue::new(
+        fx.sqs.clone(),
+        format!("{}/123456789012/{}.fifo", moto_url(), unique_name("missing")),
+    ));
+    let store = Arc::new(fx.store.clone());
+    let (status, _) = call_api(
+        store.clone(),
+        down.clone(),
+        "PUT",
+        "/organization/acme/webhook-secrets/github",
+        Some(json!({"secret": SECRET})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let push: Value = serde_json::from_slice(&fixture_bytes("webhooks/github/gp-push.json")).unwrap();
+    let (status, _) = call_api(
+        store.clone(),
+        down.clone(),
+        "PUT",
+        "/organization/acme/services/api",
+        Some(json!({
+            "environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": push["repository"]["clone_url"], "branch": "master"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let body = serde_json::to_vec(&push).unwrap();
+    let signature = github_signature(SECRET, &body);
+    let (status, response) = call_api_with(
+        store.clone(),
+        down.clone(),
+        "POST",
+        "/organization/acme/webhooks/github",
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", "delivery-while-down"),
+            ("x-hub-signature-256", &signature),
+        ],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 202, "{response}");
+    assert_eq!(response["queued"][0]["status"], "PENDING", "{response}");
+    let deployment_id = response["queued"][0]["deployment_id"].as_str().unwrap().to_owned();
+    let (_, log) = call_api(
+        store.clone(),
+        down.clone(),
+        "GET",
+        "/organization/acme/deployments",
+        None,
+    )
+    .await;
+    assert_eq!(log["items"][0]["status"], "PENDING", "{log}");
+
+    // The relay, with the working queue.
+    let runtime = FakeLambdaRuntime::start().await;
+    let mut vars = moto_env(&moto_url());
+    vars.extend(runtime.env());
+    vars.extend(env(&[
+        ("AUTODEPLOY_TABLE", &fx.table),
+        ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
+    ]));
+    let function = FunctionProcess::spawn(EXE, &vars);
+    let report = runtime.invoke(scheduled_event()).await.response();
+    assert_eq!(report, json!({"pending": 1, "sent": 1}), "{}", function.logs());
+    let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0].group_id, "acme/api");
+    assert_eq!(messages[0].deduplication_id, deployment_id);
+    let (_, log) = call_api(
+        store.clone(),
+        down.clone(),
+        "GET",
+        "/organization/acme/deployments",
+        None,
+    )
+    .await;
+    assert_eq!(log["items"][0]["status"], "QUEUED", "{log}");
+
+    // The next minute: nothing left.
+    let report = runtime.invoke(scheduled_event()).await.response();
+    assert_eq!(report, json!({"pending": 0, "sent": 0}));
+    assert!(receive_all(&fx.sqs, &fx.queues.deployments.url).await.is_empty());
+
+    // Each run's report is a JSON log line.
+    let logs = function.logs();
+    let reports: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == "relay")
+        .collect();
+    assert_eq!(reports.len(), 2, "{logs}");
+    assert_eq!(reports[0]["fields"]["pending"], 1, "{logs}");
+    assert_eq!(reports[0]["fields"]["sent"], 1, "{logs}");
+}

@@ -1,0 +1,373 @@
+//! Delivery metrics as CloudWatch Embedded Metric Format (EMF) lines: one JSON object per
+//! delivery (a push webhook, an image-tag call or a registry webhook), printed on its own line
+//! to stdout, where CloudWatch Logs turns it into metrics without any API call.
+//!
+//! [`render`] is pure and is what the tests check. [`observe_push`] / [`observe_image`] are the
+//! route layers of the push and image routers: they let the handler run, read the [`Tally`]
+//! the handler attached to its response (or the error status), log rejected and failed
+//! deliveries, and print the EMF line when `AUTODEPLOY_METRICS=emf` (the template sets it on
+//! the Lambda functions; the standalone server prints none, its stdout is the queue's).
+//!
+//! Metrics (namespace [`NAMESPACE`], one dimension `Stack`, unit `Count`, all in every line):
+//! `Queued` deployments recorded (sent or pending), `Pending` those the queue did not take yet,
+//! `Skipped` services skipped, `Ignored` deliveries that announce nothing to deploy,
+//! `Duplicate` deliveries already processed, `Rejected` deliveries answered 4xx, `Failed`
+//! deliveries answered 5xx. The organization, the source, the delivery id and the request ids
+//! are properties of the line (searchable in Logs Insights), not dimensions, so they cost no
+//! metric. No secret is ever part of a line: the route is the template
+//! (`…/dockerhub/{secret}`), never the path.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use autodeploy_core::ids::is_valid_id;
+use autodeploy_core::provider::GitProvider;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::{Map, Value, json};
+
+/// The CloudWatch namespace of every metric.
+pub const NAMESPACE: &str = "autodeploy";
+/// `emf` turns the lines on.
+pub const METRICS_ENV: &str = "AUTODEPLOY_METRICS";
+/// The value of the `Stack` dimension (the template sets the stack name).
+pub const STACK_ENV: &str = "AUTODEPLOY_STACK";
+/// The dimension's value when [`STACK_ENV`] is unset.
+pub const DEFAULT_STACK: &str = "autodeploy";
+
+/// The metrics of a line, in the order they are declared.
+pub const METRIC_NAMES: [&str; 7] = [
+    "Queued",
+    "Pending",
+    "Skipped",
+    "Ignored",
+    "Duplicate",
+    "Rejected",
+    "Failed",
+];
+
+/// The `ignored` reason of a delivery id seen before.
+pub const DUPLICATE_DELIVERY: &str = "DUPLICATE_DELIVERY";
+
+/// Which router a delivery reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /organization/{org}/webhooks/{provider}`.
+    Push,
+    /// The image-tag endpoints and the registry webhooks.
+    Image,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Push => "push",
+            Endpoint::Image => "image",
+        }
+    }
+}
+
+/// What a handler did with a delivery, attached to its response as an extension.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Deployments recorded: sent (`QUEUED`) or waiting for the relay (`PENDING`).
+    pub queued: u32,
+    /// Of those, the ones the queue did not take yet.
+    pub pending: u32,
+    pub skipped: u32,
+    /// Why nothing was looked at (`PING`, `TAG_PUSH`, [`DUPLICATE_DELIVERY`], …).
+    pub ignored: Option<&'static str>,
+    pub delivery_id: Option<String>,
+    /// Who announced it: a git provider's slug or an image source (`DOCKER_HUB`, …).
+    pub source: Option<String>,
+    /// A dry run records nothing, and is not counted.
+    pub dry_run: bool,
+}
+
+impl Tally {
+    /// The tally of a response's `queued` statuses and `skipped` count.
+    pub fn of<'a>(statuses: impl IntoIterator<Item = &'a str>, skipped: usize) -> Self {
+        let mut tally = Tally {
+            skipped: saturate(skipped),
+            ..Tally::default()
+        };
+        for status in statuses {
+            tally.queued = tally.queued.saturating_add(1);
+            if status == "PENDING" {
+                tally.pending = tally.pending.saturating_add(1);
+            }
+        }
+        tally
+    }
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// One delivery, as its EMF line reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryLine<'a> {
+    pub endpoint: Endpoint,
+    /// The organization of the path, when it is a valid id.
+    pub organization: Option<&'a str>,
+    pub source: Option<&'a str>,
+    /// The route template that matched (never the path).
+    pub route: &'a str,
+    pub status: u16,
+    pub tally: &'a Tally,
+    /// The Lambda invocation's request id.
+    pub request_id: Option<&'a str>,
+    /// API Gateway's request id (the access log's `requestId`).
+    pub api_request_id: Option<&'a str>,
+}
+
+impl DeliveryLine<'_> {
+    /// The value of each of [`METRIC_NAMES`], in that order.
+    pub fn values(&self) -> [u32; 7] {
+        let t = self.tally;
+        let duplicate = t.ignored == Some(DUPLICATE_DELIVERY);
+        let ignored = t.ignored.is_some() && !duplicate;
+        [
+            t.queued,
+            t.pending,
+            t.skipped,
+            u32::from(ignored),
+            u32::from(duplicate),
+            u32::from((400..500).contains(&self.status)),
+            u32::from(self.status >= 500),
+        ]
+    }
+}
+
+/// The EMF line of `line` (without the newline): one JSON object with the metric directive
+/// under `_aws`, the dimension, every metric as a number and the properties as strings.
+pub fn render(stack: &str, line: &DeliveryLine<'_>, timestamp_ms: i64) -> String {
+    let metrics: Vec<Value> = METRIC_NAMES
+        .iter()
+        .map(|name| json!({"Name": name, "Unit": "Count"}))
+        .collect();
+    let mut root = Map::new();
+    root.insert(
+        "_aws".to_owned(),
+        json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [["Stack"]],
+                "Metrics": metrics,
+            }],
+        }),
+    );
+    root.insert("Stack".to_owned(), json!(stack));
+    for (name, value) in METRIC_NAMES.iter().zip(line.values()) {
+        root.insert((*name).to_owned(), json!(value));
+    }
+    let mut property = |name: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            root.insert(name.to_owned(), json!(value));
+        }
+    };
+    property("endpoint", Some(line.endpoint.as_str()));
+    property("organization", line.organization);
+    property("source", line.source);
+    property("route", Some(line.route));
+    property("delivery_id", line.tally.delivery_id.as_deref());
+    property("ignored", line.tally.ignored);
+    property("request_id", line.request_id);
+    property("api_request_id", line.api_request_id);
+    root.insert("status".to_owned(), json!(line.status));
+    Value::Object(root).to_string()
+}
+
+/// `Some(stack)` when EMF lines are on (`AUTODEPLOY_METRICS=emf`), read once.
+fn emf_stack() -> Option<&'static str> {
+    static STACK: OnceLock<Option<String>> = OnceLock::new();
+    STACK
+        .get_or_init(|| {
+            let on = std::env::var(METRICS_ENV).is_ok_and(|v| v.trim().eq_ignore_ascii_case("emf"));
+            on.then(|| {
+                std::env::var(STACK_ENV)
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| DEFAULT_STACK.to_owned())
+            })
+        })
+        .as_deref()
+}
+
+/// Print the line on stdout, when EMF lines are on.
+pub fn emit(line: &DeliveryLine<'_>) {
+    let Some(stack) = emf_stack() else { return };
+    let now = time::OffsetDateTime::now_utc();
+    let millis = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+    let text = render(stack, line, millis);
+    // One write of the whole line: CloudWatch reads each line as one log event.
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// The route layer of the push router.
+pub async fn observe_push(request: Request, next: Next) -> Response {
+    observe(Endpoint::Push, request, next).await
+}
+
+/// The route layer of the image router.
+pub async fn observe_image(request: Request, next: Next) -> Response {
+    observe(Endpoint::Image, request, next).await
+}
+
+async fn observe(endpoint: Endpoint, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let segments: Vec<&str> = request.uri().path().split('/').collect();
+    // /organization/{org}/…
+    let organization = segments
+        .get(2)
+        .filter(|org| is_valid_id(org))
+        .map(|org| (*org).to_owned());
+    // What the handler will say, known before it runs, for the deliveries it refuses.
+    let (source, delivery_id) = match endpoint {
+        Endpoint::Push => match segments.get(4).and_then(|slug| GitProvider::from_slug(slug)) {
+            Some(provider) => (
+                Some(provider.slug().to_owned()),
+                // Header-borne ids only: the body is the handler's.
+                autodeploy_core::push::delivery_id(provider, request.headers(), &[]),
+            ),
+            None => (None, None),
+        },
+        Endpoint::Image => (image_source(&route).map(str::to_owned), None),
+    };
+    let dry_run = crate::web::webhooks::dry_run(request.uri().query());
+    let (request_id, api_request_id) = request_ids(&request);
+
+    let response = next.run(request).await;
+
+    let status = response.status().as_u16();
+    let mut tally = response.extensions().get::<Tally>().cloned().unwrap_or_default();
+    tally.delivery_id = tally.delivery_id.or(delivery_id);
+    tally.source = tally.source.or(source);
+    let line = DeliveryLine {
+        endpoint,
+        organization: organization.as_deref(),
+        source: tally.source.as_deref(),
+        route: &route,
+        status,
+        tally: &tally,
+        request_id: request_id.as_deref(),
+        api_request_id: api_request_id.as_deref(),
+    };
+    if status >= 400 {
+        // The handler's error says why in the response; this line says who and which.
+        tracing::warn!(
+            endpoint = endpoint.as_str(),
+            org = line.organization.unwrap_or(""),
+            source = line.source.unwrap_or(""),
+            delivery_id = tally.delivery_id.as_deref().unwrap_or(""),
+            route,
+            status,
+            "delivery refused"
+        );
+    }
+    if !(dry_run || tally.dry_run) {
+        emit(&line);
+    }
+    response
+}
+
+/// The source an image route serves, for the requests it refuses.
+fn image_source(route: &str) -> Option<&'static str> {
+    if route.ends_with("/container/deploy") || route.ends_with("/job/deploy") {
+        Some("API")
+    } else if route.contains("/registry-webhooks/dockerhub") {
+        Some("DOCKER_HUB")
+    } else if route.ends_with("/registry-webhooks/github") {
+        Some("GITHUB_PACKAGES")
+    } else {
+        None
+    }
+}
+
+/// The Lambda request id and API Gateway's request id, which `lambda_http` attaches to the
+/// request; none outside Lambda.
+#[cfg(feature = "aws")]
+fn request_ids(request: &Request) -> (Option<String>, Option<String>) {
+    use lambda_http::RequestExt;
+    use lambda_http::request::RequestContext;
+    let lambda = request.lambda_context_ref().map(|c| c.request_id.clone());
+    let api = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.request_id.clone(),
+        _ => None,
+    };
+    (lambda, api)
+}
+
+#[cfg(not(feature = "aws"))]
+fn request_ids(_: &Request) -> (Option<String>, Option<String>) {
+    (None, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(tally: &'a Tally, status: u16) -> DeliveryLine<'a> {
+        DeliveryLine {
+            endpoint: Endpoint::Push,
+            organization: Some("acme"),
+            source: Some("github"),
+            route: "/organization/{org}/webhooks/{provider}",
+            status,
+            tally,
+            request_id: Some("req-1"),
+            api_request_id: None,
+        }
+    }
+
+    #[test]
+    fn tally_counts_pending_within_queued() {
+        let t = Tally::of(["QUEUED", "PENDING", "QUEUED"], 4);
+        assert_eq!((t.queued, t.pending, t.skipped), (3, 1, 4));
+    }
+
+    #[test]
+    fn outcomes_map_to_one_metric_each() {
+        let duplicate = Tally {
+            ignored: Some(DUPLICATE_DELIVERY),
+            ..Tally::default()
+        };
+        assert_eq!(line(&duplicate, 200).values(), [0, 0, 0, 0, 1, 0, 0]);
+        let ping = Tally {
+            ignored: Some("PING"),
+            ..Tally::default()
+        };
+        assert_eq!(line(&ping, 200).values(), [0, 0, 0, 1, 0, 0, 0]);
+        let none = Tally::default();
+        assert_eq!(line(&none, 401).values(), [0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(line(&none, 503).values(), [0, 0, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn renders_an_emf_object() {
+        let tally = Tally {
+            delivery_id: Some("d-1".to_owned()),
+            ..Tally::of(["QUEUED"], 1)
+        };
+        let text = render("prod", &line(&tally, 202), 1_700_000_000_123);
+        assert!(!text.contains('\n'));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_123_i64);
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], NAMESPACE);
+        assert_eq!(v["Stack"], "prod");
+        assert_eq!(v["Queued"], 1);
+        assert_eq!(v["Skipped"], 1);
+        assert_eq!(v["delivery_id"], "d-1");
+        assert_eq!(v["organization"], "acme");
+        assert_eq!(v["status"], 202);
+        assert!(v.get("api_request_id").is_none());
+    }
+}

@@ -1,0 +1,266 @@
+//! The in-process cost of a GitHub push delivery, next to the floor that no implementation
+//! can beat.
+//!
+//! - `floor`: HMAC-SHA256 of the body plus `serde_json::from_slice::<IgnoredAny>` (reading the
+//!   JSON without keeping anything): the least any verifier-and-parser must do with the bytes.
+//! - `pipeline`: what `POST /organization/{org}/webhooks/github` does in process, as in
+//!   `shared/api/src/web/webhooks.rs`: `verify_signature`, `delivery_id`, `parse_delivery`,
+//!   every repository URL of the push normalized, the candidates looked up in an index of
+//!   10,000 services by normalized repository (a `HashMap`, as the store's index), and
+//!   `decide_push` for each candidate, deduplicated by id.
+//!
+//! Payloads: `gp-push.json` as published (8 KiB, one commit), and a ~1 MiB push synthesized
+//! from it by repeating its commit with distinct ids and file paths (1,200 commits, under
+//! GitHub's 2,048-commit cap, so the file list is still known and restrictions apply).
+//!
+//! The 10,000 services are built once, outside the timed loop: 1,000 repositories of 10
+//! services each (branches exact and glob, restrictions plain and glob, auto-deploy off, jobs),
+//! one of which is the fixture's repository.
+//!
+//! Run: `scripts/bench` (or `cargo bench -p autodeploy-core --bench pipeline`).
+
+use std::collections::{HashMap, HashSet};
+use std::hint::black_box;
+
+use autodeploy_core::matching::decide_push;
+use autodeploy_core::model::{Service, parse_service_document};
+use autodeploy_core::provider::GitProvider;
+use autodeploy_core::push::{Delivery, delivery_id, parse_delivery, verify_signature};
+use autodeploy_core::repo_url::normalize_repository_url;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const SECRET: &[u8] = b"a-webhook-secret-of-the-organization";
+const SMALL: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/gp-push.json");
+/// Commits in the synthesized large push: ~1 MiB of body.
+const LARGE_COMMITS: usize = 1200;
+
+fn hmac_hex(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).expect("any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The headers GitHub sends with a push, signed for `body`.
+fn headers(body: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    let mut set = |name: &'static str, value: &str| {
+        map.insert(name, HeaderValue::from_str(value).expect("header value"));
+    };
+    set("content-type", "application/json");
+    set("user-agent", "GitHub-Hookshot/044aadd");
+    set("x-github-event", "push");
+    set("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958");
+    set("x-github-hook-id", "292430182");
+    set("x-hub-signature-256", &format!("sha256={}", hmac_hex(body)));
+    map
+}
+
+/// `gp-push.json` with its one commit repeated `n` times, each with its own id and files, as
+/// a long-lived branch merged in would list them. Serialized pretty, as GitHub sends it.
+fn large_push(n: usize) -> Vec<u8> {
+    let mut doc: Value = serde_json::from_slice(SMALL).expect("fixture is JSON");
+    let template = doc["commits"][0].clone();
+    let commits: Vec<Value> = (0..n)
+        .map(|i| {
+            let mut commit = template.clone();
+            let id = format!("{i:08x}e7642b48eaad6e3f155c10e46810ec72");
+            commit["url"] = json!(format!("https://github.com/binkkatal/sample_app/commit/{id}"));
+            commit["id"] = json!(id);
+            commit["message"] = json!(format!("Change {i}: a commit message of a realistic length, and a body\n\nthat explains why the change was made and what it touches."));
+            commit["added"] = json!([format!("app/models/model_{i}.rb")]);
+            commit["modified"] = json!([
+                format!("app/controllers/controller_{}.rb", i % 97),
+                format!("spec/models/model_{i}_spec.rb")
+            ]);
+            commit["removed"] = json!(if i % 10 == 0 { vec![format!("docs/old_{i}.md")] } else { vec![] });
+            commit
+        })
+        .collect();
+    doc["after"] = commits.last().expect("n > 0")["id"].clone();
+    doc["head_commit"]["id"] = doc["after"].clone();
+    doc["commits"] = Value::Array(commits);
+    serde_json::to_vec_pretty(&doc).expect("serializes")
+}
+
+fn service(org: &str, id: &str, doc: Value) -> Service {
+    let spec = parse_service_document(org, id, &doc).unwrap_or_else(|e| panic!("{id}: {e:?}"));
+    Service {
+        id: id.to_owned(),
+        organization_id: org.to_owned(),
+        spec,
+        version: 1,
+        created_at: "2026-01-01T00:00:00Z".to_owned(),
+        updated_at: "2026-01-01T00:00:00Z".to_owned(),
+    }
+}
+
+/// Ten services of one repository: (branch, auto_deploy, kind, restrictions).
+fn ten_services(org: &str, repo_url: &str, repo_index: usize) -> Vec<Service> {
+    let m = |v: &str| json!({"mode": "MATCH", "type": "PATH", "value": v});
+    let x = |v: &str| json!({"mode": "EXCLUDE", "type": "PATH", "value": v});
+    let variants = [
+        ("master", true, "APPLICATION", json!([])),
+        ("master", true, "APPLICATION", json!([m("app/")])),
+        ("master", true, "APPLICATION", json!([x("docs"), x("README.md")])),
+        ("master", true, "APPLICATION", json!([m("**/*.rb")])),
+        ("*", true, "APPLICATION", json!([])),
+        ("main", true, "APPLICATION", json!([])),
+        ("release/*", true, "APPLICATION", json!([m("services/api")])),
+        ("master", false, "APPLICATION", json!([])),
+        (
+            "master",
+            true,
+            "APPLICATION",
+            json!([m("services/api"), x("services/api/docs")]),
+        ),
+        ("master", true, "JOB", json!([x("**/*.md"), x("docs/**")])),
+    ];
+    variants
+        .into_iter()
+        .enumerate()
+        .map(|(i, (branch, auto, kind, rules))| {
+            service(
+                org,
+                &format!("svc-{repo_index}-{i}"),
+                json!({
+                    "environment_id": "production",
+                    "kind": kind,
+                    "auto_deploy": auto,
+                    "git_repository": {"provider": "GITHUB", "url": repo_url, "branch": branch},
+                    "deployment_restrictions": rules,
+                }),
+            )
+        })
+        .collect()
+}
+
+/// 1,000 repositories × 10 services, indexed by normalized repository as the store does.
+/// Repository 0 is the fixture's, written as a user would (the ssh form).
+fn index() -> HashMap<String, Vec<Service>> {
+    let mut by_repo: HashMap<String, Vec<Service>> = HashMap::new();
+    for r in 0..1000 {
+        let url = if r == 0 {
+            "git@github.com:binkkatal/sample_app.git".to_owned()
+        } else {
+            format!("https://github.com/org-{}/repo-{r}", r % 37)
+        };
+        for service in ten_services("acme", &url, r) {
+            let key = service.repository_key().expect("valid repository URL");
+            by_repo.entry(key).or_default().push(service);
+        }
+    }
+    assert_eq!(by_repo.values().map(Vec::len).sum::<usize>(), 10_000);
+    by_repo
+}
+
+/// What the webhook handler decides for one delivery: (deploy, skipped) counts.
+#[inline(never)]
+fn pipeline(headers: &HeaderMap, body: &[u8], by_repo: &HashMap<String, Vec<Service>>) -> (usize, usize) {
+    verify_signature(GitProvider::Github, headers, body, SECRET).expect("signed");
+    let _delivery = delivery_id(GitProvider::Github, headers, body);
+    let pushes = match parse_delivery(GitProvider::Github, headers, body) {
+        Ok(Delivery::Pushes(pushes)) => pushes,
+        other => panic!("not a push: {other:?}"),
+    };
+    let (mut deploy, mut skipped) = (0, 0);
+    for push in &pushes {
+        let mut keys: Vec<String> = Vec::new();
+        for key in push
+            .repository_urls
+            .iter()
+            .filter_map(|u| normalize_repository_url(u).ok())
+        {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        let mut seen = HashSet::new();
+        let candidates = keys
+            .iter()
+            .filter_map(|k| by_repo.get(k))
+            .flatten()
+            .filter(|s| seen.insert(s.id.as_str()));
+        for service in candidates {
+            match decide_push(service, push) {
+                None => {}
+                Some(Ok(())) => deploy += 1,
+                Some(Err(_)) => skipped += 1,
+            }
+        }
+    }
+    (deploy, skipped)
+}
+
+/// The floor: authenticate the bytes and read them as JSON, keeping nothing.
+#[inline(never)]
+fn floor(body: &[u8]) {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).expect("any key length");
+    mac.update(body);
+    black_box(mac.finalize());
+    black_box(serde_json::from_slice::<serde::de::IgnoredAny>(body).expect("JSON"));
+}
+
+fn benches(c: &mut Criterion) {
+    let by_repo = index();
+    let large = large_push(LARGE_COMMITS);
+    let payloads: [(&str, &[u8], HeaderMap); 2] =
+        [("small", SMALL, headers(SMALL)), ("large", &large, headers(&large))];
+    for (name, body, headers) in &payloads {
+        // The loop must time real decisions: on the fixture's repository, 6 of the 10 services
+        // deploy, 2 are skipped (auto-deploy off, path restrictions), 2 follow other branches.
+        let decided = pipeline(headers, body, &by_repo);
+        eprintln!("{name}: {} bytes; (deploy, skipped) = {decided:?}", body.len());
+        assert_eq!(decided, (6, 2), "{name}");
+    }
+
+    for (name, body, headers) in &payloads {
+        let pushes = match parse_delivery(GitProvider::Github, headers, body) {
+            Ok(Delivery::Pushes(p)) => p,
+            _ => unreachable!(),
+        };
+        let push = &pushes[0];
+        let services = &by_repo["github.com/binkkatal/sample_app"];
+        let mut g = c.benchmark_group(format!("parts-{name}"));
+        g.bench_function("utf8", |b| b.iter(|| std::str::from_utf8(black_box(body)).is_ok()));
+        g.bench_function("hmac", |b| b.iter(|| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+            mac.update(black_box(body));
+            black_box(mac.finalize());
+        }));
+        g.bench_function("ignored", |b| b.iter(|| black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(body)).unwrap())));
+        g.bench_function("verify", |b| b.iter(|| verify_signature(GitProvider::Github, headers, black_box(body), SECRET)));
+        g.bench_function("parse", |b| b.iter(|| parse_delivery(GitProvider::Github, headers, black_box(body))));
+        g.bench_function("normalize", |b| b.iter(|| {
+            push.repository_urls.iter().map(|u| normalize_repository_url(black_box(u)).ok()).collect::<Vec<_>>()
+        }));
+        g.bench_function("decide10", |b| b.iter(|| {
+            services.iter().map(|s| decide_push(s, black_box(push))).collect::<Vec<_>>()
+        }));
+        g.finish();
+    }
+
+    let mut group = c.benchmark_group("floor");
+    for (name, body, _) in &payloads {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), body, |b, body| {
+            b.iter(|| floor(black_box(body)))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("pipeline");
+    for (name, body, headers) in &payloads {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), body, |b, body| {
+            b.iter(|| pipeline(black_box(headers), black_box(body), &by_repo))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(pipeline_benches, benches);
+criterion_main!(pipeline_benches);

@@ -1,0 +1,484 @@
+//! A stand-in for AWS Lambda, to run a function binary as Lambda runs it: [`FakeLambdaRuntime`]
+//! serves the Lambda Runtime API (`/2018-06-01/runtime/invocation/next`, `…/{id}/response`,
+//! `…/{id}/error`, `/runtime/init/error`) on `127.0.0.1:0`, and [`FunctionProcess`] starts a
+//! built binary pointed at it and at moto, with its output in a file the test can read.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long [`FakeLambdaRuntime::invoke`] waits for the function's answer.
+pub const INVOKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the function answered to one invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    /// `POST …/{id}/response`, the body as JSON.
+    Response(Value),
+    /// `POST …/{id}/error`: `{"errorType", "errorMessage"}`.
+    Error(Value),
+}
+
+impl Invocation {
+    pub fn response(self) -> Value {
+        match self {
+            Invocation::Response(v) => v,
+            Invocation::Error(e) => panic!("the function failed: {e}"),
+        }
+    }
+
+    pub fn error(self) -> Value {
+        match self {
+            Invocation::Error(e) => e,
+            Invocation::Response(v) => panic!("the function answered instead of failing: {v}"),
+        }
+    }
+}
+
+struct Shared {
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Invocation>>>,
+    init_errors: Mutex<Vec<Value>>,
+}
+
+pub struct FakeLambdaRuntime {
+    addr: SocketAddr,
+    events: mpsc::UnboundedSender<(String, Value)>,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl FakeLambdaRuntime {
+    pub async fn start() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            events: tokio::sync::Mutex::new(rx),
+            waiting: Mutex::new(HashMap::new()),
+            init_errors: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+            .route("/2018-06-01/runtime/init/error", post(init_error))
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding the fake Lambda Runtime API");
+        let addr = listener.local_addr().expect("its address");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            events: tx,
+            shared,
+            server,
+        }
+    }
+
+    /// The variables Lambda sets for a function (`AWS_LAMBDA_RUNTIME_API` pointing here).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_LAMBDA_RUNTIME_API", self.addr.to_string()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "autodeploy-test".to_owned()),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_owned()),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Hand `event` to the function and wait for its answer.
+    pub async fn invoke(&self, event: Value) -> Invocation {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), tx);
+        self.events.send((id, event)).expect("the fake runtime is running");
+        tokio::time::timeout(INVOKE_TIMEOUT, rx)
+            .await
+            .expect("the function did not answer in time")
+            .expect("the fake runtime dropped the invocation")
+    }
+
+    /// What the function reported to `/runtime/init/error`.
+    pub fn init_errors(&self) -> Vec<Value> {
+        self.shared
+            .init_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for FakeLambdaRuntime {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn next(State(shared): State<Arc<Shared>>) -> Response {
+    let mut events = shared.events.lock().await;
+    match events.recv().await {
+        Some((id, event)) => {
+            let deadline = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() + INVOKE_TIMEOUT.as_millis())
+                .unwrap_or_default();
+            (
+                StatusCode::OK,
+                [
+                    ("content-type", "application/json".to_owned()),
+                    ("lambda-runtime-aws-request-id", id),
+                    ("lambda-runtime-deadline-ms", deadline.to_string()),
+                    (
+                        "lambda-runtime-invoked-function-arn",
+                        "arn:aws:lambda:us-east-1:123456789012:function:autodeploy-test".to_owned(),
+                    ),
+                ],
+                event.to_string(),
+            )
+                .into_response()
+        }
+        None => StatusCode::GONE.into_response(),
+    }
+}
+
+fn finish(shared: &Shared, id: &str, outcome: Invocation) -> StatusCode {
+    let waiter = shared.waiting.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    match waiter {
+        Some(tx) => {
+            let _ = tx.send(outcome);
+            StatusCode::ACCEPTED
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+fn json(body: &Bytes) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+async fn response(State(shared): State<Arc<Shared>>, UrlPath(id): UrlPath<String>, body: Bytes) -> StatusCode {
+    finish(&shared, &id, Invocation::Response(json(&body)))
+}
+
+async fn error(State(shared): State<Arc<Shared>>, UrlPath(id): UrlPath<String>, body: Bytes) -> StatusCode {
+    finish(&shared, &id, Invocation::Error(json(&body)))
+}
+
+async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCode {
+    shared
+        .init_errors
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(json(&body));
+    StatusCode::ACCEPTED
+}
+
+/// A function binary running as a child process, its stdout and stderr in one file. Killed
+/// when dropped.
+pub struct FunctionProcess {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl FunctionProcess {
+    /// Start `exe` with only `env` (plus nothing inherited but `PATH`): no AWS profile or
+    /// credentials of the developer's leak in.
+    pub fn spawn(exe: impl AsRef<Path>, env: &[(String, String)]) -> Self {
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let out = log.reopen().expect("the log file");
+        let err = log.reopen().expect("the log file");
+        let mut command = Command::new(exe.as_ref());
+        command.env_clear();
+        if let Ok(path) = std::env::var("PATH") {
+            command.env("PATH", path);
+        }
+        command
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", exe.as_ref().display()));
+        Self { child, log }
+    }
+
+    /// Wait (at most `timeout`) for the process to exit by itself.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the function") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "the function is still running after {timeout:?}; its output:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the process wrote so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for FunctionProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The SDK environment of a function on moto: endpoint, region and static test credentials.
+pub fn moto_env(moto_url: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ENDPOINT_URL", moto_url),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// A message taken off the deployments queue.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    pub group_id: String,
+    pub deduplication_id: String,
+    pub body: Value,
+}
+
+/// Every message on the FIFO queue at `url`, received and deleted (a FIFO group stays locked
+/// while a message of it is in flight), in the order SQS hands them out.
+pub async fn receive_all(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<ReceivedMessage> {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+
+    let mut received = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("receive_message: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+        if out.messages().is_empty() {
+            return received;
+        }
+        for message in out.messages() {
+            let attrs = message.attributes().expect("message attributes");
+            received.push(ReceivedMessage {
+                group_id: attrs[&MessageSystemAttributeName::MessageGroupId].clone(),
+                deduplication_id: attrs[&MessageSystemAttributeName::MessageDeduplicationId].clone(),
+                body: serde_json::from_str(message.body().expect("a body")).expect("a JSON body"),
+            });
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(message.receipt_handle().expect("a receipt handle"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("delete_message: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+        }
+    }
+}
+
+/// An API Gateway HTTP API event (payload format 2.0) as API Gateway sends it to a function:
+/// `path` may carry a `?query`; a body is sent as text, or base64-encoded when `base64`.
+pub fn http_api_event(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>, base64: bool) -> Value {
+    use base64::Engine;
+
+    let (raw_path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut header_map = serde_json::Map::new();
+    header_map.insert("host".to_owned(), "abc123.execute-api.us-east-1.amazonaws.com".into());
+    header_map.insert("user-agent".to_owned(), "autodeploy-tests".into());
+    for (name, value) in headers {
+        header_map.insert(name.to_ascii_lowercase(), (*value).into());
+    }
+    let body = body.map(|b| {
+        if base64 {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+        } else {
+            Value::String(String::from_utf8(b.to_vec()).expect("a text body"))
+        }
+    });
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": query,
+        "headers": header_map,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {
+                "method": method,
+                "path": raw_path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "autodeploy-tests"
+            },
+            "requestId": uuid::Uuid::new_v4().to_string(),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "26/Nov/2026:12:00:00 +0000",
+            "timeEpoch": 1_795_694_400_000_u64
+        },
+        "body": body,
+        "isBase64Encoded": base64
+    })
+}
+
+/// An EventBridge "ECR Image Action" event for `repository:tag` in account 123456789012,
+/// region us-east-2 (`action` is `PUSH` or `DELETE`).
+pub fn ecr_event(action: &str, repository: &str, tag: &str) -> Value {
+    serde_json::json!({
+        "version": "0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "ECR Image Action",
+        "source": "aws.ecr",
+        "account": "123456789012",
+        "time": "2026-11-26T12:00:00Z",
+        "region": "us-east-2",
+        "resources": [],
+        "detail": {
+            "result": "SUCCESS",
+            "repository-name": repository,
+            "image-digest": "sha256:98c8b060bc7ba8fbf1c5d9d1aafc5e2d4ee3f0a0b7a1b2c3d4e5f60718293a4b",
+            "action-type": action,
+            "image-tag": tag
+        }
+    })
+}
+
+/// The registry host of [`ecr_event`]'s events.
+pub const ECR_REGISTRY: &str = "123456789012.dkr.ecr.us-east-2.amazonaws.com";
+
+/// The JSON body of an API Gateway v2 response as a function returns it.
+pub fn response_body(response: &Value) -> Value {
+    use base64::Engine;
+
+    let body = response["body"].as_str().unwrap_or("");
+    let bytes = if response["isBase64Encoded"].as_bool() == Some(true) {
+        base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .expect("a base64 body")
+    } else {
+        body.as_bytes().to_vec()
+    };
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("a JSON body ({e}): {body}"))
+}
+
+/// The admin token of [`call_api`].
+pub const TEST_ADMIN_TOKEN: &str = "admin-token-for-function-tests-0123";
+
+/// One request to the whole HTTP API over `store` and `queue` (admin token
+/// [`TEST_ADMIN_TOKEN`]), to set up what a function will read. Returns the status and the
+/// JSON body (`null` when empty).
+pub async fn call_api(
+    store: std::sync::Arc<dyn autodeploy_api::store::Store>,
+    queue: std::sync::Arc<dyn autodeploy_api::store::DeploymentQueue>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    call_api_with(
+        store,
+        queue,
+        method,
+        path,
+        &headers,
+        body.map(|b| b.to_string().into_bytes()),
+    )
+    .await
+}
+
+/// As [`call_api`], with exactly `headers` and a raw body.
+pub async fn call_api_with(
+    store: std::sync::Arc<dyn autodeploy_api::store::Store>,
+    queue: std::sync::Arc<dyn autodeploy_api::store::DeploymentQueue>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let state = autodeploy_api::web::AppState::new(
+        store,
+        queue,
+        std::sync::Arc::new(autodeploy_api::admin::StaticAdminToken::new(TEST_ADMIN_TOKEN)),
+    );
+    let mut request = http::Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(axum::body::Body::from(body.unwrap_or_default()))
+        .expect("a request");
+    let response = autodeploy_api::web::full_router(state)
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.expect("a body").to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("a JSON body")
+    };
+    (status, body)
+}
+
+/// `sha256=<hex HMAC-SHA256 of body>`, as GitHub signs a delivery.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A fixture file under `tests/fixtures/`.
+pub fn fixture_bytes(path: &str) -> Vec<u8> {
+    let full = format!("{}/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}

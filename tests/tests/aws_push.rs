@@ -1,0 +1,606 @@
+//! Git push webhooks end to end on the AWS stack: the real router on DynamoDB and SQS FIFO
+//! (moto, through the real AWS SDK), under real failures that a proxy in front of moto
+//! injects (`autodeploy_tests::fault_proxy`): the queue down, failing after a batch, timing
+//! out or losing its answers, and the store failing the record write. SPEC "Once only",
+//! "Nothing recorded is lost", "Deployment request".
+//!
+//! The store and the queue each reach moto through a proxy of their own, so either can fail
+//! while the other works. Their clients use the SDK's standard retry mode with
+//! `SDK_ATTEMPTS` (3) attempts and millisecond backoff, so one failed SDK call is exactly
+//! three requests at the proxy; no SDK timeout is set, as in production.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autodeploy_api::pipeline::RelayReport;
+use autodeploy_api::store::ServiceStore;
+use autodeploy_tests::fault_proxy::{Count, Failure, Fault, FaultyAws, ReceivedMessage, SDK_ATTEMPTS, action};
+use common::{Api, Reply, fixture, fixture_json, outcome};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
+const ATTEMPTS: usize = SDK_ATTEMPTS as usize;
+
+/// The router on the AWS adapters of a [`FaultyAws`]; the organization `acme` has its
+/// GitHub secret.
+struct Stack {
+    aws: FaultyAws,
+    api: Api,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        let aws = FaultyAws::new().await;
+        let api = Api::on(aws.store.clone(), aws.queue.clone());
+        api.set_secret("acme", "github").await;
+        Self { aws, api }
+    }
+
+    /// Auto-deployed applications following the fixture's repository and branch.
+    async fn services(&self, ids: &[String]) {
+        for id in ids {
+            self.api
+                .app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({}))
+                .await;
+        }
+    }
+
+    async fn push(&self, body: &[u8], delivery: &str) -> Reply {
+        self.api.push("acme", "github", body, delivery).await
+    }
+
+    /// `(service_id, status)` of every deployment recorded, sorted.
+    async fn log(&self) -> Vec<(String, String)> {
+        let mut log: Vec<(String, String)> = self
+            .api
+            .deployments("acme")
+            .await
+            .iter()
+            .map(|d| {
+                (
+                    d["service_id"].as_str().unwrap().to_owned(),
+                    d["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        log.sort();
+        log
+    }
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
+}
+
+/// `(id, value)` for each id, sorted.
+fn each(ids: &[String], value: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = ids.iter().map(|id| (id.clone(), value.to_owned())).collect();
+    v.sort();
+    v
+}
+
+/// `deployment_id` of every `queued` entry.
+fn deployment_ids(r: &Reply) -> Vec<String> {
+    let mut v: Vec<String> = r.body["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The deployment ids the messages carry, sorted; each message's deduplication id is its
+/// deployment id and its group the service's.
+fn message_ids(messages: &[ReceivedMessage]) -> Vec<String> {
+    for m in messages {
+        assert_eq!(m.dedup, m.body["deployment_id"].as_str().unwrap(), "{m:?}");
+        assert_eq!(
+            m.group,
+            format!("acme/{}", m.body["service_id"].as_str().unwrap()),
+            "{m:?}"
+        );
+    }
+    let mut v: Vec<String> = messages
+        .iter()
+        .map(|m| m.body["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A GitHub push of the real fixture, edited by `edit`.
+fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut body = fixture_json("github/gp-push.json");
+    edit(&mut body);
+    serde_json::to_vec(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_is_recorded_and_its_message_is_on_the_fifo_queue() {
+    let stack = Stack::new().await;
+    let services = ids("svc", 2);
+    stack.services(&services).await;
+    let push = fixture("github/gp-push.json");
+    let payload = fixture_json("github/gp-push.json");
+
+    let r = stack.push(&push, "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(outcome(&r).0, each(&services, "QUEUED"));
+    assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 1);
+    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+
+    let messages = stack.aws.drain().await;
+    assert_eq!(message_ids(&messages), deployment_ids(&r));
+    let log = stack.api.deployments("acme").await;
+    for m in &messages {
+        let body = &m.body;
+        assert_eq!(body["schema"], "autodeploy.deployment-request.v1");
+        assert_eq!(body["organization_id"], "acme");
+        assert_eq!(body["environment_id"], "production");
+        assert_eq!(body["service_kind"], "APPLICATION");
+        assert_eq!(body["git_commit_id"], payload["after"]);
+        assert_eq!(body["image_tag"], Value::Null);
+        assert_eq!(
+            body["trigger"],
+            json!({"type": "GIT_PUSH", "provider": "GITHUB",
+                   "repository": "github.com/binkkatal/sample_app", "branch": "master",
+                   "before": payload["before"], "commit_sha": payload["after"],
+                   "delivery_id": "delivery-1", "pusher": body["trigger"]["pusher"]})
+        );
+        // The log shows the very request that was sent, plus its status.
+        let mut logged = log
+            .iter()
+            .find(|d| d["deployment_id"] == body["deployment_id"])
+            .expect("the message's deployment is in the log")
+            .clone();
+        assert_eq!(logged["status"], "QUEUED");
+        logged.as_object_mut().unwrap().remove("status");
+        assert_eq!(&logged, body);
+    }
+}
+
+/// What one push costs in AWS calls, per matched service and per push: the numbers to
+/// multiply by traffic. A change here is a change of the bill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_calls_per_push() {
+    let stack = Stack::new().await;
+    let services = ids("svc", 12);
+    stack.services(&services).await;
+    stack.aws.store_proxy.reset_counts();
+    stack.aws.queue_proxy.reset_counts();
+
+    let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let calls = |n: usize| Count { requests: n, failed: 0 };
+    let store: Vec<(String, Count)> = stack.aws.store_proxy.counts().into_iter().collect();
+    assert_eq!(
+        store,
+        vec![
+            // The webhook secret and the delivery id.
+            (action::GET_ITEM.to_owned(), calls(2)),
+            // The delivery id remembered.
+            (action::PUT_ITEM.to_owned(), calls(1)),
+            // The services following the repository, one index query.
+            (action::QUERY.to_owned(), calls(1)),
+            // Guard and record, one transaction per service.
+            (action::TRANSACT_WRITE_ITEMS.to_owned(), calls(12)),
+            // Marked QUEUED, one update per service.
+            (action::UPDATE_ITEM.to_owned(), calls(12)),
+        ]
+    );
+    let queue: Vec<(String, Count)> = stack.aws.queue_proxy.counts().into_iter().collect();
+    assert_eq!(queue, vec![(action::SEND_MESSAGE_BATCH.to_owned(), calls(2))]);
+}
+
+/// The queue refuses every request (503s, then dropped connections) for the whole push: the
+/// push still answers 202 with every deployment PENDING; once the queue is back, the relay
+/// sends each exactly once and marks it QUEUED, and a second run has nothing to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_down_leaves_deployments_pending_for_the_relay() {
+    for failure in [Failure::Unavailable, Failure::DropConnection] {
+        let stack = Stack::new().await;
+        let services = ids("svc", 3);
+        stack.services(&services).await;
+        stack.aws.queue_proxy.set(Fault::new(failure));
+
+        let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{failure:?}: {}", r.body);
+        assert_eq!(outcome(&r).0, each(&services, "PENDING"), "{failure:?}");
+        // One batch, tried by the SDK as many times as it retries.
+        assert_eq!(
+            stack.aws.queue_proxy.count(action::SEND_MESSAGE_BATCH),
+            Count {
+                requests: ATTEMPTS,
+                failed: ATTEMPTS
+            },
+            "{failure:?}"
+        );
+        assert_eq!(stack.log().await, each(&services, "PENDING"), "{failure:?}");
+        assert!(stack.aws.drain().await.is_empty(), "{failure:?}");
+
+        // The queue is still down: the relay sends nothing and loses nothing.
+        assert_eq!(stack.aws.relay().await, RelayReport { pending: 3, sent: 0 });
+        assert_eq!(stack.log().await, each(&services, "PENDING"), "{failure:?}");
+
+        stack.aws.queue_proxy.pass_through();
+        stack.aws.queue_proxy.reset_counts();
+        assert_eq!(stack.aws.relay().await, RelayReport { pending: 3, sent: 3 });
+        assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 1);
+        let messages = stack.aws.drain().await;
+        assert_eq!(message_ids(&messages), deployment_ids(&r), "{failure:?}");
+        assert_eq!(stack.log().await, each(&services, "QUEUED"), "{failure:?}");
+
+        assert_eq!(stack.aws.relay().await, RelayReport::default());
+        assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 1);
+        assert!(stack.aws.drain().await.is_empty(), "{failure:?}");
+    }
+}
+
+/// A push matching 25 services sends three batches; the queue takes the first, then fails:
+/// the first ten are QUEUED, the other fifteen PENDING, and the relay delivers those fifteen
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_failing_after_the_first_batch() {
+    let stack = Stack::new().await;
+    let services = ids("svc", 25);
+    stack.services(&services).await;
+    stack
+        .aws
+        .queue_proxy
+        .set(Fault::unavailable().only(action::SEND_MESSAGE_BATCH).after(1));
+
+    let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let mut want = each(&services[..10], "QUEUED");
+    want.extend(each(&services[10..], "PENDING"));
+    assert_eq!(outcome(&r).0, want);
+    // The first batch passed; the second failed after the SDK's retries, and the third was
+    // not tried: the queue is down, and sending it would put its deployments ahead of
+    // the second batch's.
+    assert_eq!(
+        stack.aws.queue_proxy.count(action::SEND_MESSAGE_BATCH),
+        Count {
+            requests: 1 + ATTEMPTS,
+            failed: ATTEMPTS
+        }
+    );
+    assert_eq!(stack.log().await, want);
+    let first = stack.aws.drain().await;
+    assert_eq!(first.len(), 10);
+
+    stack.aws.queue_proxy.pass_through();
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 15, sent: 15 });
+    let rest = stack.aws.drain().await;
+    assert_eq!(rest.len(), 15);
+    let mut all: Vec<ReceivedMessage> = first.into_iter().chain(rest).collect();
+    all.sort_by(|a, b| a.group.cmp(&b.group));
+    assert_eq!(message_ids(&all), deployment_ids(&r));
+    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+    assert_eq!(stack.aws.relay().await, RelayReport::default());
+    assert!(stack.aws.drain().await.is_empty());
+}
+
+/// A queue that holds requests and never answers is a queue that is down: the push answers
+/// 202 PENDING well within the push function's 8-second timeout, and the relay sends later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_timing_out_is_a_queue_down() {
+    let stack = Stack::new().await;
+    let services = ids("svc", 3);
+    stack.services(&services).await;
+    stack
+        .aws
+        .queue_proxy
+        .set(Fault::new(Failure::Delay(Duration::from_secs(60))));
+
+    let started = Instant::now();
+    let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(outcome(&r).0, each(&services, "PENDING"));
+    assert!(took < Duration::from_secs(5), "the push took {took:?}");
+    assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 1);
+    assert_eq!(stack.log().await, each(&services, "PENDING"));
+
+    stack.aws.queue_proxy.pass_through();
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 3, sent: 3 });
+    assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
+    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+}
+
+/// The queue takes the messages but its answers are lost: the push cannot know, leaves the
+/// deployments PENDING, and the relay sends them again. The resends carry the same
+/// deduplication ids, so the queue holds each deployment once. (moto deduplicates against
+/// messages still on the queue, so this drains only at the end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_queue_answers_are_deduplicated() {
+    let stack = Stack::new().await;
+    let services = ids("svc", 3);
+    stack.services(&services).await;
+    stack
+        .aws
+        .queue_proxy
+        .set(Fault::new(Failure::LoseResponse).only(action::SEND_MESSAGE_BATCH));
+
+    let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(outcome(&r).0, each(&services, "PENDING"));
+    assert_eq!(
+        stack.aws.queue_proxy.count(action::SEND_MESSAGE_BATCH),
+        Count {
+            requests: ATTEMPTS,
+            failed: ATTEMPTS
+        }
+    );
+
+    stack.aws.queue_proxy.pass_through();
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 3, sent: 3 });
+    assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
+    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+}
+
+/// The store fails the record write (every TransactWriteItems): 503, nothing recorded —
+/// no deployment, no message, no push mark — so the redelivery of the same delivery id,
+/// once the store is back, queues exactly one deployment per service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
+    let stack = Stack::new().await;
+    let services = ids("svc", 3);
+    stack.services(&services).await;
+    stack
+        .aws
+        .store_proxy
+        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS));
+
+    let push = fixture("github/gp-push.json");
+    let r = stack.push(&push, "delivery-1").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        "{}",
+        r.body
+    );
+    assert!(!String::from_utf8_lossy(&r.raw).contains("fault proxy"));
+    assert_eq!(
+        stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
+        Count {
+            requests: 3 * ATTEMPTS,
+            failed: 3 * ATTEMPTS
+        }
+    );
+    assert!(stack.log().await.is_empty());
+    assert!(stack.aws.drain().await.is_empty());
+    assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 0);
+    for id in &services {
+        let stored = stack.aws.fixture.store.get_service("acme", id).await.unwrap().unwrap();
+        assert_eq!(stored.last_push, None, "{id}");
+    }
+
+    stack.aws.store_proxy.pass_through();
+    let r = stack.push(&push, "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(outcome(&r), (each(&services, "QUEUED"), vec![]));
+    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+    assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
+    // And now the delivery is remembered.
+    let r = stack.push(&push, "delivery-1").await;
+    assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY");
+}
+
+/// The store writes a record but its answer is lost. The SDK retries the transaction: on
+/// DynamoDB its idempotency token makes the retry succeed; moto (no idempotency) finds the
+/// push mark already set, so the service is reported ALREADY_QUEUED and its deployment stays
+/// PENDING. Either way nothing is lost or doubled: after the relay, one deployment and one
+/// message per service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_answer_loses_nothing() {
+    let stack = Stack::new().await;
+    let services = ids("svc", 3);
+    stack.services(&services).await;
+    stack.aws.store_proxy.set(
+        Fault::new(Failure::LoseResponse)
+            .only(action::TRANSACT_WRITE_ITEMS)
+            .times(1),
+    );
+
+    let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let (queued, skipped) = outcome(&r);
+    assert_eq!(queued.len() + skipped.len(), 3, "{}", r.body);
+    assert!(
+        skipped.iter().all(|(_, reason)| reason == "ALREADY_QUEUED"),
+        "{skipped:?}"
+    );
+    let report = stack.aws.relay().await;
+    assert_eq!(report.pending, skipped.len());
+    assert_eq!(report.sent, skipped.len());
+    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+    let messages = stack.aws.drain().await;
+    assert_eq!(messages.len(), 3);
+    let mut groups: Vec<String> = messages.iter().map(|m| m.group.clone()).collect();
+    groups.sort();
+    assert_eq!(groups, services.iter().map(|s| format!("acme/{s}")).collect::<Vec<_>>());
+}
+
+/// The store takes one record, then fails: 503; the one recorded is sent, the others have
+/// nothing written, and the redelivery completes them — one deployment per service in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failing_midway_is_completed_by_the_redelivery() {
+    let stack = Stack::new().await;
+    let services = ids("svc", 3);
+    stack.services(&services).await;
+    stack
+        .aws
+        .store_proxy
+        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS).after(1));
+
+    let push = fixture("github/gp-push.json");
+    let r = stack.push(&push, "delivery-1").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let log = stack.log().await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    let recorded = log[0].0.clone();
+    assert_eq!(log[0].1, "QUEUED");
+    let first = stack.aws.drain().await;
+    assert_eq!(first.len(), 1);
+
+    stack.aws.store_proxy.pass_through();
+    let r = stack.push(&push, "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let others: Vec<String> = services.iter().filter(|s| **s != recorded).cloned().collect();
+    assert_eq!(
+        outcome(&r),
+        (
+            each(&others, "QUEUED"),
+            vec![(recorded.clone(), "ALREADY_QUEUED".to_owned())]
+        )
+    );
+    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+    let rest = stack.aws.drain().await;
+    assert_eq!(message_ids(&rest), deployment_ids(&r));
+    let mut groups: Vec<String> = first.iter().chain(&rest).map(|m| m.group.clone()).collect();
+    groups.sort();
+    assert_eq!(groups, services.iter().map(|s| format!("acme/{s}")).collect::<Vec<_>>());
+}
+
+/// Twenty identical deliveries at once (half retries of one delivery id, half from hooks
+/// configured twice): one deployment and one message per service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
+    let stack = Arc::new(Stack::new().await);
+    let services = ids("svc", 3);
+    stack.services(&services).await;
+    let push = fixture("github/gp-push.json");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let stack = Arc::clone(&stack);
+        let push = push.clone();
+        let delivery = if i % 2 == 0 {
+            "same".to_owned()
+        } else {
+            format!("hook-{i}")
+        };
+        tasks.push(tokio::spawn(async move { stack.push(&push, &delivery).await }));
+    }
+    let mut queued = Vec::new();
+    let (mut already, mut duplicate) = (0, 0);
+    for task in tasks {
+        let r = task.await.unwrap();
+        match r.status {
+            StatusCode::ACCEPTED | StatusCode::OK => {}
+            other => panic!("{other}: {}", r.body),
+        }
+        if r.body["ignored"] == "DUPLICATE_DELIVERY" {
+            duplicate += 1;
+            continue;
+        }
+        let (q, skipped) = outcome(&r);
+        assert!(q.iter().all(|(_, status)| status == "QUEUED"), "{q:?}");
+        assert!(
+            skipped.iter().all(|(_, reason)| reason == "ALREADY_QUEUED"),
+            "{skipped:?}"
+        );
+        assert_eq!(q.len() + skipped.len(), 3, "{}", r.body);
+        already += skipped.len();
+        queued.extend(q.into_iter().map(|(id, _)| id));
+    }
+    queued.sort();
+    assert_eq!(queued, services);
+    // Every other answer says why it queued nothing.
+    assert_eq!(already + 3 * duplicate, 3 * 20 - 3);
+    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+    let messages = stack.aws.drain().await;
+    assert_eq!(messages.len(), 3);
+    message_ids(&messages);
+}
+
+/// Once only, and rollbacks: a redelivery is not processed, the same push from another hook
+/// is ALREADY_QUEUED, a force-push back to the earlier commit queues, and so does a later
+/// return to the commit deployed before — in order, in the service's message group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollbacks_and_returns_queue_again_in_order() {
+    let stack = Stack::new().await;
+    stack.services(&["api".to_owned()]).await;
+    let push = fixture("github/gp-push.json");
+    let payload = fixture_json("github/gp-push.json");
+    let (before, after) = (payload["before"].clone(), payload["after"].clone());
+
+    let r = stack.push(&push, "delivery-a").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let r = stack.push(&push, "delivery-a").await;
+    assert_eq!(
+        (r.status, r.body["ignored"].as_str()),
+        (StatusCode::OK, Some("DUPLICATE_DELIVERY"))
+    );
+    let r = stack.push(&push, "delivery-b").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(outcome(&r).1, vec![("api".to_owned(), "ALREADY_QUEUED".to_owned())]);
+
+    let rollback = github_push(|b| {
+        b["before"] = after.clone();
+        b["after"] = before.clone();
+        b["forced"] = json!(true);
+    });
+    let r = stack.push(&rollback, "delivery-c").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["commit_sha"], before);
+    let r = stack.push(&push, "delivery-d").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(stack.log().await, each(&vec!["api".to_owned(); 3], "QUEUED"));
+
+    let commits: Vec<Value> = stack
+        .aws
+        .drain()
+        .await
+        .into_iter()
+        .map(|m| m.body["git_commit_id"].clone())
+        .collect();
+    assert_eq!(commits, vec![after.clone(), before, after]);
+}
+
+/// The relay keeps a service's deployments in order. Twelve pushes to one service while the
+/// queue is down leave twelve deployments PENDING, two SQS batches. The queue fails the
+/// first batch once (the SDK's attempts at one call), then works: the relay must not send the
+/// second batch ahead of the first, or the engine would end on the tenth commit instead of
+/// the twelfth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_keeps_a_services_deployments_in_order() {
+    let stack = Stack::new().await;
+    stack.services(&["api".to_owned()]).await;
+    stack.aws.queue_proxy.set(Fault::unavailable());
+    let mut before = fixture_json("github/gp-push.json")["before"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut commits = Vec::new();
+    for i in 1..=12 {
+        let after = format!("{i:040x}");
+        let body = github_push(|b| {
+            b["before"] = json!(before);
+            b["after"] = json!(after);
+        });
+        let r = stack.push(&body, &format!("delivery-{i}")).await;
+        assert_eq!(outcome(&r).0, vec![("api".to_owned(), "PENDING".to_owned())], "{i}");
+        commits.push(Value::from(after.clone()));
+        before = after;
+    }
+
+    stack
+        .aws
+        .queue_proxy
+        .set(Fault::unavailable().only(action::SEND_MESSAGE_BATCH).times(ATTEMPTS));
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 12, sent: 0 });
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 12, sent: 12 });
+    let sent: Vec<Value> = stack
+        .aws
+        .drain()
+        .await
+        .into_iter()
+        .map(|m| m.body["git_commit_id"].clone())
+        .collect();
+    assert_eq!(sent, commits);
+}

@@ -1,0 +1,426 @@
+//! One list of routes, everywhere: `autodeploy_api::web::ROUTES` is what the routers serve,
+//! what `infra/template.yaml` routes to each Lambda function, and what `infra/openapi.yaml`
+//! documents. A route added to a router, the template or the document alone fails here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use autodeploy_api::admin::StaticAdminToken;
+use autodeploy_api::sqlite::SqliteStore;
+use autodeploy_api::store::InStoreQueue;
+use autodeploy_api::web::{AppState, OPENAPI_YAML, ROUTES, full_router, image_router, push_router, settings_router};
+use axum::Router;
+use axum::body::Body;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use serde_yaml_ng::Value as Yaml;
+use tower::ServiceExt;
+
+/// The Lambda functions, by the name ROUTES and the template's `CodeUri` use.
+const FUNCTIONS: [&str; 3] = ["settings", "push-webhook", "image-tag"];
+/// Routes only the standalone server serves.
+const STANDALONE: &str = "standalone";
+/// Served by every router, whatever its function.
+const EVERYWHERE: &str = "/health";
+
+type Route = (String, String);
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn routes_of(function: &str) -> BTreeSet<Route> {
+    ROUTES
+        .iter()
+        .filter(|(_, _, f)| *f == function)
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect()
+}
+
+fn all_routes() -> BTreeSet<Route> {
+    ROUTES
+        .iter()
+        .map(|(m, p, _)| ((*m).to_owned(), (*p).to_owned()))
+        .collect()
+}
+
+struct Routers {
+    full: Router,
+    by_function: BTreeMap<&'static str, Router>,
+    _dir: tempfile::TempDir,
+}
+
+fn routers() -> Routers {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("routes.db")).unwrap();
+    let state = AppState::new(
+        Arc::new(store),
+        Arc::new(InStoreQueue),
+        Arc::new(StaticAdminToken::new("admin-token-for-route-tests-0123")),
+    );
+    Routers {
+        full: full_router(state.clone()),
+        by_function: BTreeMap::from([
+            ("settings", settings_router(state.clone())),
+            ("push-webhook", push_router(state.clone())),
+            ("image-tag", image_router(state)),
+        ]),
+        _dir: dir,
+    }
+}
+
+/// The path with every `{param}` replaced by a value the handlers accept as an identifier.
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|segment| match segment {
+            "{org}" => "acme",
+            "{service_id}" => "api",
+            "{provider}" => "github",
+            "{token_id}" => "tok1",
+            "{secret}" => "a-dockerhub-secret-0123456789",
+            other => {
+                assert!(!other.contains('{'), "a path parameter this test does not know: {other}");
+                other
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Status and JSON body (or `Null`) of `method path`, sent without credentials or body.
+async fn send(router: &Router, method: &str, path: &str) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(path)
+        .body(Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// What a router answers for a path it has no route for.
+async fn fallback(router: &Router) -> (StatusCode, Value) {
+    let answer = send(router, "GET", "/no/such/route/at/all").await;
+    assert_eq!(answer.0, StatusCode::NOT_FOUND);
+    assert_eq!(answer.1["error"]["code"], "NOT_FOUND");
+    answer
+}
+
+/// Whether `router` has a route for `method path`: it answers neither its "no such route"
+/// 404 nor 405.
+async fn serves(router: &Router, method: &str, path: &str) -> bool {
+    let unknown = fallback(router).await;
+    let (status, body) = send(router, method, &concrete(path)).await;
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED", "{method} {path}: {body}");
+        return false;
+    }
+    !(status == unknown.0 && body == unknown.1)
+}
+
+#[test]
+fn the_table_is_well_formed() {
+    let mut seen = BTreeSet::new();
+    for (method, path, function) in ROUTES {
+        assert!(
+            ["GET", "PUT", "PATCH", "POST", "DELETE"].contains(method),
+            "{method} {path}"
+        );
+        assert!(path.starts_with('/'), "{path}");
+        assert!(
+            FUNCTIONS.contains(function) || *function == STANDALONE,
+            "{method} {path}: unknown function {function}"
+        );
+        assert!(seen.insert((method, path)), "{method} {path} listed twice");
+    }
+    assert!(seen.contains(&(&"GET", &EVERYWHERE)), "the table lists {EVERYWHERE}");
+}
+
+#[tokio::test]
+async fn the_standalone_server_serves_every_route() {
+    let routers = routers();
+    for (method, path, _) in ROUTES {
+        assert!(
+            serves(&routers.full, method, path).await,
+            "full_router does not serve {method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_function_serves_exactly_its_routes() {
+    let routers = routers();
+    for (name, router) in &routers.by_function {
+        for (method, path, function) in ROUTES {
+            let expected = function == name || *path == EVERYWHERE;
+            assert_eq!(
+                serves(router, method, path).await,
+                expected,
+                "the {name} router {} {method} {path}",
+                if expected { "does not serve" } else { "serves" }
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_get_the_api_error_shape() {
+    let routers = routers();
+    for router in routers.by_function.values().chain([&routers.full]) {
+        let (status, body) = fallback(router).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body["error"]["details"].is_array());
+    }
+    let (status, body) = send(&routers.full, "DELETE", "/organization/acme/deployments").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
+}
+
+#[tokio::test]
+async fn the_standalone_server_serves_its_openapi_document() {
+    let routers = routers();
+    let request = Request::builder().uri("/openapi.yaml").body(Body::empty()).unwrap();
+    let response = routers.full.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/yaml");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let on_disk = std::fs::read_to_string(root().join("infra/openapi.yaml")).unwrap();
+    assert_eq!(body, on_disk.as_bytes());
+    assert_eq!(OPENAPI_YAML, on_disk);
+}
+
+fn yaml(relative: &str) -> Yaml {
+    let path = root().join(relative);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// The value of a `!Ref` in the template, if `value` is one.
+fn ref_target(value: &Yaml) -> Option<&str> {
+    match value {
+        Yaml::Tagged(tagged) if tagged.tag == "Ref" => tagged.value.as_str(),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_template_routes_exactly_the_table_to_each_function() {
+    let template = yaml("infra/template.yaml");
+    let resources = template["Resources"].as_mapping().expect("Resources");
+    let mut routed: BTreeSet<(String, String, String)> = BTreeSet::new();
+    let mut defaults: Vec<String> = Vec::new();
+    let mut code_dirs: BTreeSet<String> = BTreeSet::new();
+    for (id, resource) in resources {
+        let id = id.as_str().unwrap();
+        let events = resource["Properties"]["Events"].as_mapping();
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let code_uri = resource["Properties"]["CodeUri"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id}: CodeUri"));
+        let function = code_uri.rsplit('/').next().unwrap().to_owned();
+        // The template builds the workspace's crate of that name.
+        let manifest = root().join("infra").join(code_uri).join("Cargo.toml");
+        let manifest_text =
+            std::fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("{id}: {}: {e}", manifest.display()));
+        assert!(
+            manifest_text.contains(&format!("name = \"{function}\"")),
+            "{id}: {} is not the package {function}",
+            manifest.display()
+        );
+        assert_eq!(resource["Metadata"]["BuildMethod"], "rust-cargolambda", "{id}");
+        code_dirs.insert(function.clone());
+        for (name, event) in events.into_iter().flatten() {
+            if event["Type"].as_str() != Some("HttpApi") {
+                continue;
+            }
+            let props = &event["Properties"];
+            assert_eq!(ref_target(&props["ApiId"]), Some("HttpApi"), "{id}.{name:?}: ApiId");
+            assert_eq!(props["PayloadFormatVersion"], "2.0", "{id}.{name:?}");
+            match (props["Method"].as_str(), props["Path"].as_str()) {
+                (Some(method), Some(path)) => {
+                    let new = routed.insert((method.to_ascii_uppercase(), path.to_owned(), function.clone()));
+                    assert!(new, "{method} {path} routed twice");
+                }
+                (None, None) => defaults.push(function.clone()),
+                other => panic!("{id}.{name:?}: a Method without a Path or the reverse: {other:?}"),
+            }
+        }
+    }
+    let expected: BTreeSet<(String, String, String)> = ROUTES
+        .iter()
+        .filter(|(_, _, f)| *f != STANDALONE)
+        .map(|(m, p, f)| ((*m).to_owned(), (*p).to_owned(), (*f).to_owned()))
+        .collect();
+    let missing: Vec<_> = expected.difference(&routed).collect();
+    let extra: Vec<_> = routed.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "template routes differ from ROUTES: missing {missing:?}, not in ROUTES {extra:?}"
+    );
+    // Every other request reaches settings, which answers it in the API's error shape.
+    assert_eq!(defaults, vec!["settings".to_owned()], "one $default route, to settings");
+    for function in FUNCTIONS {
+        assert!(code_dirs.contains(function), "the template has no {function} function");
+    }
+}
+
+#[test]
+fn the_openapi_document_describes_exactly_the_table() {
+    let document = yaml("infra/openapi.yaml");
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    let mut documented = BTreeSet::new();
+    for (path, item) in document["paths"].as_mapping().expect("paths") {
+        let path = path.as_str().unwrap();
+        for (key, _) in item.as_mapping().unwrap() {
+            let key = key.as_str().unwrap();
+            if ["get", "put", "post", "delete", "patch", "head", "options", "trace"].contains(&key) {
+                documented.insert((key.to_ascii_uppercase(), path.to_owned()));
+            }
+        }
+    }
+    let expected = all_routes();
+    let missing: Vec<_> = expected.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "openapi.yaml differs from ROUTES: undocumented {missing:?}, not in ROUTES {extra:?}"
+    );
+}
+
+/// The `(method, path)` of every `.route("…", method(…)…)` call in `source`.
+fn scan_routes(file: &Path, source: &str) -> BTreeSet<Route> {
+    // Comments may show calls; only code counts.
+    let code: String = source
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut found = BTreeSet::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find(".route(") {
+        let args_start = at + ".route(".len();
+        let args = balanced(&rest[args_start..]).unwrap_or_else(|| panic!("{}: unbalanced .route(", file.display()));
+        let literal = args.trim_start();
+        let path = literal
+            .strip_prefix('"')
+            .and_then(|l| l.split('"').next())
+            .unwrap_or_else(|| panic!("{}: a .route( whose path is not a literal: {args}", file.display()));
+        let methods = method_calls(&literal[path.len() + 2..]);
+        assert!(!methods.is_empty(), "{}: no method for {path}", file.display());
+        for method in methods {
+            found.insert((method, path.to_owned()));
+        }
+        rest = &rest[args_start + args.len()..];
+    }
+    found
+}
+
+/// The text up to the parenthesis that closes the one just opened.
+fn balanced(text: &str) -> Option<&str> {
+    let mut depth = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => in_string = true,
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[..i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The HTTP methods of an axum method-router expression (`get(a).put(b)`).
+fn method_calls(expression: &str) -> Vec<String> {
+    let mut methods = Vec::new();
+    for name in ["get", "put", "post", "patch", "delete", "head", "options", "trace", "any", "on"] {
+        let needle = format!("{name}(");
+        let mut from = 0;
+        while let Some(i) = expression[from..].find(&needle) {
+            let at = from + i;
+            let before = expression[..at].chars().next_back();
+            if before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) {
+                assert!(
+                    !matches!(name, "any" | "on"),
+                    "routes must name their methods, not `{name}(`: {expression}"
+                );
+                methods.push(name.to_ascii_uppercase());
+            }
+            from = at + needle.len();
+        }
+    }
+    methods
+}
+
+#[test]
+fn the_routers_source_declares_exactly_the_table() {
+    let web = root().join("shared/api/src/web");
+    // Which function's routes each file declares; mod.rs holds /health and the standalone's.
+    let owners: BTreeMap<&str, Vec<&str>> = BTreeMap::from([
+        ("settings.rs", vec!["settings"]),
+        ("webhooks.rs", vec!["push-webhook"]),
+        ("images.rs", vec!["image-tag"]),
+        ("mod.rs", vec![STANDALONE]),
+    ]);
+    let mut all = BTreeSet::new();
+    for entry in std::fs::read_dir(&web).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let declared = scan_routes(&path, &std::fs::read_to_string(&path).unwrap());
+        let mut expected: BTreeSet<Route> = owners
+            .get(name.as_str())
+            .into_iter()
+            .flatten()
+            .flat_map(|function| routes_of(function))
+            .filter(|(_, path)| path != EVERYWHERE)
+            .collect();
+        if name == "mod.rs" {
+            expected.insert(("GET".to_owned(), EVERYWHERE.to_owned()));
+        }
+        assert_eq!(declared, expected, "{name} declares other routes than ROUTES lists for it");
+        all.extend(declared);
+    }
+    assert_eq!(all, all_routes(), "the router sources and ROUTES differ");
+}
+
+#[test]
+fn the_scanner_reads_method_chains() {
+    let source = r#"
+        // .route("/commented", get(x))
+        Router::new()
+            .route("/a/{id}", get(a).put(b)
+                .delete(c))
+            .route("/b", post(d))
+            .route_layer(layer(x))
+    "#;
+    let found = scan_routes(Path::new("example.rs"), source);
+    let expected: BTreeSet<Route> = [("GET", "/a/{id}"), ("PUT", "/a/{id}"), ("DELETE", "/a/{id}"), ("POST", "/b")]
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(found, expected);
+}

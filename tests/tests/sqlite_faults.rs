@@ -1,0 +1,273 @@
+//! Real SQLite failures on the standalone stack (router + SQLite, whose queue is a table),
+//! instead of a store wrapper that fails on demand: a second connection to the same database
+//! file installs a trigger that aborts the insert of a deployment (or of its queue row), or
+//! holds the write lock. SPEC: "503 when the deployment cannot be recorded — then nothing was
+//! recorded", so that a redelivery starts clean.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN, Api, Reply, fixture, outcome};
+use http::{Method, StatusCode};
+use rusqlite::Connection;
+use serde_json::json;
+
+const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
+
+/// A second connection to the API's database file, as another process would open it.
+fn second_connection(api: &Api) -> Connection {
+    let path = api.sqlite_path().expect("the API runs on a SQLite file");
+    let conn = Connection::open(path).expect("opening the database a second time");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn
+}
+
+/// A trigger that aborts every insert into `table` (for `service` only, when given).
+fn fail_inserts(conn: &Connection, table: &str, service: Option<&str>) {
+    let when = match (table, service) {
+        (_, None) => String::new(),
+        ("deployments", Some(id)) => format!("WHEN NEW.service_id = '{id}'"),
+        ("queue", Some(id)) => format!("WHEN json_extract(NEW.message, '$.service_id') = '{id}'"),
+        (other, Some(_)) => panic!("no per-service trigger for {other}"),
+    };
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER fail_{table} BEFORE INSERT ON {table} {when}
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+    ))
+    .expect("creating the trigger");
+}
+
+fn heal(conn: &Connection, table: &str) {
+    conn.execute_batch(&format!("DROP TRIGGER fail_{table};"))
+        .expect("dropping the trigger");
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+    v.sort();
+    v
+}
+
+/// `service_id` of every deployment in the log, sorted.
+async fn logged(api: &Api) -> Vec<String> {
+    let mut v: Vec<String> = api
+        .deployments("acme")
+        .await
+        .iter()
+        .map(|d| d["service_id"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `service_id` of every message on the queue table, sorted.
+async fn on_queue(api: &Api) -> Vec<String> {
+    let mut v: Vec<String> = api
+        .sqlite
+        .as_ref()
+        .unwrap()
+        .queued_messages(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.service_id)
+        .collect();
+    v.sort();
+    v
+}
+
+/// `(id, last_push)` of every service, read through the second connection.
+fn push_marks(conn: &Connection) -> Vec<(String, Option<String>)> {
+    let mut stmt = conn
+        .prepare("SELECT id, last_push FROM services WHERE org = 'acme' ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn assert_unavailable(r: &Reply) {
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        "{}",
+        r.body
+    );
+    assert!(!String::from_utf8_lossy(&r.raw).contains("injected"));
+}
+
+async fn github_api() -> Api {
+    let api = Api::new();
+    api.set_secret("acme", "github").await;
+    for id in ["api", "web"] {
+        api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    }
+    api
+}
+
+/// The record fails — at the deployment row, or at the queue row written last in the same
+/// transaction — for every service: 503, and nothing is left of the attempt: no deployment,
+/// no queue row, no push mark, no remembered delivery. The redelivery queues exactly once.
+#[tokio::test]
+async fn a_push_whose_record_fails_is_a_503_and_a_clean_redelivery() {
+    for table in ["deployments", "queue"] {
+        let api = github_api().await;
+        let conn = second_connection(&api);
+        let push = fixture("github/gp-push.json");
+        fail_inserts(&conn, table, None);
+
+        let r = api.push("acme", "github", &push, "delivery-1").await;
+        assert_unavailable(&r);
+        assert!(logged(&api).await.is_empty(), "{table}");
+        assert!(on_queue(&api).await.is_empty(), "{table}");
+        assert_eq!(
+            push_marks(&conn),
+            vec![("api".to_owned(), None), ("web".to_owned(), None)],
+            "{table}"
+        );
+
+        heal(&conn, table);
+        let r = api.push("acme", "github", &push, "delivery-1").await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{table}: {}", r.body);
+        assert_eq!(
+            outcome(&r),
+            (pairs(&[("api", "QUEUED"), ("web", "QUEUED")]), vec![]),
+            "{table}"
+        );
+        assert_eq!(logged(&api).await, vec!["api", "web"], "{table}");
+        assert_eq!(on_queue(&api).await, vec!["api", "web"], "{table}");
+        assert!(push_marks(&conn).iter().all(|(_, mark)| mark.is_some()), "{table}");
+        let r = api.push("acme", "github", &push, "delivery-1").await;
+        assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY", "{table}");
+    }
+}
+
+/// The record fails for one service only: 503; the other is recorded and queued; the
+/// redelivery queues the failed one and finds the other ALREADY_QUEUED.
+#[tokio::test]
+async fn a_push_whose_record_fails_for_one_service_is_completed_by_the_redelivery() {
+    for table in ["deployments", "queue"] {
+        let api = github_api().await;
+        let conn = second_connection(&api);
+        let push = fixture("github/gp-push.json");
+        fail_inserts(&conn, table, Some("web"));
+
+        let r = api.push("acme", "github", &push, "delivery-1").await;
+        assert_unavailable(&r);
+        assert_eq!(logged(&api).await, vec!["api"], "{table}");
+        assert_eq!(on_queue(&api).await, vec!["api"], "{table}");
+        let marks = push_marks(&conn);
+        assert!(marks[0].1.is_some() && marks[1].1.is_none(), "{table}: {marks:?}");
+
+        heal(&conn, table);
+        let r = api.push("acme", "github", &push, "delivery-1").await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{table}: {}", r.body);
+        assert_eq!(
+            outcome(&r),
+            (pairs(&[("web", "QUEUED")]), pairs(&[("api", "ALREADY_QUEUED")])),
+            "{table}"
+        );
+        assert_eq!(on_queue(&api).await, vec!["api", "web"], "{table}");
+    }
+}
+
+/// Another process holds the database's write lock for longer than the store waits (its
+/// 5-second busy timeout): 503, nothing recorded; once it lets go, the redelivery queues.
+/// One service: each record waits out the timeout in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_is_a_503() {
+    let api = Api::new();
+    api.set_secret("acme", "github").await;
+    api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let conn = second_connection(&api);
+    let push = fixture("github/gp-push.json");
+    conn.execute_batch("BEGIN IMMEDIATE;").expect("taking the write lock");
+
+    let r = api.push("acme", "github", &push, "delivery-1").await;
+    assert_unavailable(&r);
+    conn.execute_batch("ROLLBACK;").expect("releasing the write lock");
+    assert!(logged(&api).await.is_empty());
+    assert!(on_queue(&api).await.is_empty());
+
+    let r = api.push("acme", "github", &push, "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(on_queue(&api).await, vec!["api"]);
+}
+
+async fn container(api: &Api, id: &str) {
+    let body = json!({"environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
+                      "image": {"image_name": "acme/api", "tag": "1.0.0"}});
+    assert_eq!(api.put_service("acme", id, body).await.status, StatusCode::CREATED);
+}
+
+async fn deploy(api: &Api, tag: &str) -> Reply {
+    api.call(
+        Method::POST,
+        "/organization/acme/container/deploy",
+        Some(ADMIN),
+        Some(json!({"image_name": "acme/api", "tag": tag})),
+    )
+    .await
+}
+
+async fn service(api: &Api, id: &str) -> Reply {
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/organization/acme/services/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r
+}
+
+/// The image endpoint's record fails: 503, and each service whose record failed keeps its
+/// tag, version and ETag (the new tag is written in the same transaction as the record);
+/// the retry queues exactly what was not queued.
+#[tokio::test]
+async fn an_image_record_that_fails_leaves_the_service_unchanged() {
+    for table in ["deployments", "queue"] {
+        let api = Api::new();
+        let conn = second_connection(&api);
+        container(&api, "api").await;
+        container(&api, "broken").await;
+
+        // Every record fails.
+        let before = [service(&api, "api").await, service(&api, "broken").await];
+        fail_inserts(&conn, table, None);
+        assert_unavailable(&deploy(&api, "1.1.0").await);
+        for old in &before {
+            let id = old.body["id"].as_str().unwrap();
+            let now = service(&api, id).await;
+            assert_eq!((now.etag(), &now.body), (old.etag(), &old.body), "{table}: {id}");
+        }
+        assert!(logged(&api).await.is_empty(), "{table}");
+        assert!(on_queue(&api).await.is_empty(), "{table}");
+        heal(&conn, table);
+
+        // One service's record fails.
+        fail_inserts(&conn, table, Some("broken"));
+        assert_unavailable(&deploy(&api, "1.1.0").await);
+        let now = service(&api, "broken").await;
+        assert_eq!((now.etag(), &now.body), (before[1].etag(), &before[1].body), "{table}");
+        assert_eq!(service(&api, "api").await.body["image"]["tag"], "1.1.0", "{table}");
+        assert_eq!(logged(&api).await, vec!["api"], "{table}");
+        assert_eq!(on_queue(&api).await, vec!["api"], "{table}");
+
+        heal(&conn, table);
+        let r = deploy(&api, "1.1.0").await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{table}: {}", r.body);
+        assert_eq!(
+            outcome(&r),
+            (pairs(&[("broken", "QUEUED")]), pairs(&[("api", "SAME_TAG")])),
+            "{table}"
+        );
+        assert_eq!(service(&api, "broken").await.body["image"]["tag"], "1.1.0");
+        assert_eq!(logged(&api).await, vec!["api", "broken"], "{table}");
+        assert_eq!(on_queue(&api).await, vec!["api", "broken"], "{table}");
+    }
+}
