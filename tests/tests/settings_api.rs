@@ -1,14 +1,52 @@
-//! The settings API end to end, in-process through the real router on a real SQLite store:
-//! every route, every validation rule, authentication, and malformed input.
+//! The settings API end to end, in-process through the real router: every route, every
+//! validation rule, authentication and malformed input. Cases that touch the store run on both
+//! stores (SQLite, and DynamoDB on moto); validation and parsing, which do not, on SQLite.
 
 mod common;
 
 use std::sync::Arc;
 
+use autodeploy_tests::aws_fixture;
+use autodeploy_tests::fault_proxy::{Fault, FaultyAws};
 use axum::body::Body;
 use common::{ADMIN, Api};
 use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
+
+/// Runs each case on both stores: SQLite, and DynamoDB on moto through the real AWS SDK.
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(super::Api::new()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dynamo() {
+                super::$case(super::dynamo_api().await).await
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    service_lifecycle,
+    if_match_gives_optimistic_concurrency,
+    twenty_concurrent_patches_with_one_etag_one_wins,
+    concurrent_patches_without_if_match_lose_nothing,
+    list_pages_in_id_order,
+    authentication_and_scopes,
+    tokens_are_shown_once_and_revocable,
+    webhook_secrets_are_never_echoed,
+    deployments_list_starts_empty,
+);
+
+/// The router on a fresh DynamoDB table and SQS queue.
+async fn dynamo_api() -> Api {
+    let aws = aws_fixture().await;
+    Api::on(Arc::new(aws.store), Arc::new(aws.queue))
+}
 
 fn app_body() -> Value {
     json!({
@@ -49,9 +87,7 @@ async fn unknown_routes_and_methods_use_the_error_shape() {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
-#[tokio::test]
-async fn service_lifecycle() {
-    let api = Api::new();
+async fn service_lifecycle(api: Api) {
     let r = api.put_service("acme", "api", app_body()).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let first_etag = r.etag();
@@ -153,9 +189,7 @@ async fn service_lifecycle() {
     assert_ne!(r.etag(), first_etag);
 }
 
-#[tokio::test]
-async fn if_match_gives_optimistic_concurrency() {
-    let api = Api::new();
+async fn if_match_gives_optimistic_concurrency(api: Api) {
     let r = api.put_service("acme", "api", app_body()).await;
     let etag = r.etag();
     let path = "/organization/acme/services/api";
@@ -231,9 +265,8 @@ async fn if_match_gives_optimistic_concurrency() {
     assert_eq!(r.status, StatusCode::NO_CONTENT);
 }
 
-#[tokio::test]
-async fn twenty_concurrent_patches_with_one_etag_one_wins() {
-    let api = Arc::new(Api::new());
+async fn twenty_concurrent_patches_with_one_etag_one_wins(api: Api) {
+    let api = Arc::new(api);
     let etag = api.put_service("acme", "api", app_body()).await.etag();
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -267,9 +300,7 @@ async fn twenty_concurrent_patches_with_one_etag_one_wins() {
     assert_eq!(r.body["version"], 2);
 }
 
-#[tokio::test]
-async fn list_pages_in_id_order() {
-    let api = Api::new();
+async fn list_pages_in_id_order(api: Api) {
     for id in ["c", "a", "e", "b", "d"] {
         assert_eq!(
             api.put_service("acme", id, app_body()).await.status,
@@ -334,9 +365,7 @@ async fn list_pages_in_id_order() {
     assert_eq!(r.status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn authentication_and_scopes() {
-    let api = Api::new();
+async fn authentication_and_scopes(api: Api) {
     api.put_service("acme", "api", app_body()).await;
     let path = "/organization/acme/services/api";
 
@@ -398,9 +427,7 @@ async fn authentication_and_scopes() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn tokens_are_shown_once_and_revocable() {
-    let api = Api::new();
+async fn tokens_are_shown_once_and_revocable(api: Api) {
     let r = api
         .call(
             Method::POST,
@@ -481,9 +508,7 @@ async fn tokens_are_shown_once_and_revocable() {
     }
 }
 
-#[tokio::test]
-async fn webhook_secrets_are_never_echoed() {
-    let api = Api::new();
+async fn webhook_secrets_are_never_echoed(api: Api) {
     let path = "/organization/acme/webhook-secrets/github";
     let r = api.call(Method::GET, path, Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -555,9 +580,7 @@ async fn webhook_secrets_are_never_echoed() {
     );
 }
 
-#[tokio::test]
-async fn deployments_list_starts_empty() {
-    let api = Api::new();
+async fn deployments_list_starts_empty(api: Api) {
     let r = api
         .call(Method::GET, "/organization/acme/deployments", Some(ADMIN), None)
         .await;
@@ -893,4 +916,63 @@ async fn malformed_input_is_a_clear_400_never_a_500() {
         .body(Body::from("{}"))
         .unwrap();
     assert_eq!(api.raw(req).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// Without `If-Match`, concurrent patches of different fields all apply: none is lost.
+async fn concurrent_patches_without_if_match_lose_nothing(api: Api) {
+    let api = Arc::new(api);
+    api.put_service("acme", "api", app_body()).await;
+    let patches = [
+        json!({"name": "Renamed"}),
+        json!({"auto_deploy": false}),
+        json!({"environment_id": "staging"}),
+        json!({"git_repository": {"branch": "develop"}}),
+    ];
+    let mut tasks = Vec::new();
+    for patch in patches {
+        let api = Arc::clone(&api);
+        tasks.push(tokio::spawn(async move {
+            api.call(
+                Method::PATCH,
+                "/organization/acme/services/api",
+                Some(ADMIN),
+                Some(patch),
+            )
+            .await
+            .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let r = api
+        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.body["name"], "Renamed");
+    assert_eq!(r.body["auto_deploy"], false);
+    assert_eq!(r.body["environment_id"], "staging");
+    assert_eq!(r.body["git_repository"]["branch"], "develop");
+    assert_eq!(r.body["version"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_store() {
+    let aws = FaultyAws::new().await;
+    let api = Api::on(aws.store.clone(), aws.queue.clone());
+    let r = api.call(Method::GET, "/health", None, None).await;
+    assert_eq!((r.status, &r.body), (StatusCode::OK, &json!({"status": "ok"})));
+    aws.store_proxy.set(Fault::unavailable());
+    let r = api.call(Method::GET, "/health", None, None).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    );
+    // A settings read with the store down is a 503 too, never a 404 or a 500.
+    let r = api
+        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    aws.store_proxy.pass_through();
+    let r = api.call(Method::GET, "/health", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
 }
