@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use autodeploy_api::store::{
-    DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError,
+    DeliveryRef, DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError,
     StoredService, TokenRecord,
 };
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
@@ -50,6 +50,7 @@ contract!(
     tokens,
     record_with_push_guard,
     record_with_service_unchanged_guard,
+    a_delivery_records_once_per_service,
     concurrent_pushes_record_once,
     concurrent_replaces_one_wins,
     list_deployments_newest_first,
@@ -157,7 +158,22 @@ fn tag_request(org: &str, service_id: &str, previous: &str, tag: &str) -> Deploy
 }
 
 fn push(mark: &str) -> Guard {
-    Guard::Push { mark: mark.to_owned() }
+    Guard::Push {
+        mark: mark.to_owned(),
+        delivery: None,
+    }
+}
+
+/// A push guard that also names the delivery it came in.
+fn push_delivered(mark: &str, delivery: &str) -> Guard {
+    Guard::Push {
+        mark: mark.to_owned(),
+        delivery: Some(DeliveryRef {
+            provider: "github".to_owned(),
+            id: delivery.to_owned(),
+            expires_unix: 4_000_000_000,
+        }),
+    }
 }
 
 /// Create `service`, returning its etag.
@@ -582,6 +598,31 @@ async fn record_with_push_guard(store: &dyn Store) {
         .map(|d| d.request.deployment_id)
         .collect();
     assert_eq!(listed, recorded.into_iter().collect::<BTreeSet<_>>());
+}
+
+/// A redelivery of an older push (its answer was lost, a newer push came since) must not queue
+/// the old commit again: the delivery is remembered per service with its record.
+async fn a_delivery_records_once_per_service(store: &dyn Store) {
+    create(store, &app("acme", "api", "acme/shop")).await;
+    create(store, &app("acme", "worker", "acme/shop")).await;
+    let record = async |service: &str, guard: Guard| {
+        store
+            .record_deployment(&push_request("acme", service), &guard)
+            .await
+            .expect("record")
+    };
+    recorded_status(record("api", push_delivered("a..b", "d1")).await);
+    recorded_status(record("api", push_delivered("b..c", "d2")).await);
+    // d1 again: its mark is no longer the last, but the delivery recorded for api already.
+    assert_eq!(record("api", push_delivered("a..b", "d1")).await, RecordOutcome::GuardFailed);
+    assert_eq!(stored(store, "acme", "api").await.last_push.as_deref(), Some("b..c"));
+    // The same delivery still records for another service, once.
+    recorded_status(record("worker", push_delivered("a..b", "d1")).await);
+    assert_eq!(record("worker", push_delivered("a..b", "d1")).await, RecordOutcome::GuardFailed);
+    // A guard that fails writes nothing, the delivery included.
+    assert_eq!(record("api", push_delivered("b..c", "d3")).await, RecordOutcome::GuardFailed);
+    recorded_status(record("api", push_delivered("c..d", "d3")).await);
+    assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 4);
 }
 
 async fn record_with_service_unchanged_guard(store: &dyn Store) {

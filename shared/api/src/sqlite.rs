@@ -76,6 +76,17 @@ CREATE TABLE deliveries (
     PRIMARY KEY (org, provider, id)
 ) WITHOUT ROWID;
 CREATE INDEX deliveries_by_expiry ON deliveries (expires_at);
+"#, r#"
+-- Which services a delivery recorded a deployment for (see Guard::Push).
+CREATE TABLE delivery_services (
+    org        TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    service_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (org, provider, id, service_id)
+) WITHOUT ROWID;
+CREATE INDEX delivery_services_by_expiry ON delivery_services (expires_at);
 "#];
 
 #[derive(Clone)]
@@ -540,13 +551,30 @@ impl DeploymentLog for SqliteStore {
                     .map_err(unavailable)?;
                 let (org, svc) = (&request.organization_id, &request.service_id);
                 let changed = match (&guard, updated) {
-                    (Guard::Push { mark }, _) => tx
-                        .execute(
-                            "UPDATE services SET last_push = ?3
-                             WHERE org = ?1 AND id = ?2 AND (last_push IS NULL OR last_push <> ?3)",
-                            params![org, svc, mark],
-                        )
-                        .map_err(unavailable)?,
+                    (Guard::Push { mark, delivery }, _) => {
+                        let fresh_delivery = match delivery {
+                            None => true,
+                            Some(d) => {
+                                tx.execute(
+                                    "INSERT INTO delivery_services (org, provider, id, service_id, expires_at)
+                                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                                    params![org, d.provider, d.id, svc, d.expires_unix],
+                                )
+                                .map_err(unavailable)?
+                                    == 1
+                            }
+                        };
+                        if fresh_delivery {
+                            tx.execute(
+                                "UPDATE services SET last_push = ?3
+                                 WHERE org = ?1 AND id = ?2 AND (last_push IS NULL OR last_push <> ?3)",
+                                params![org, svc, mark],
+                            )
+                            .map_err(unavailable)?
+                        } else {
+                            0
+                        }
+                    }
                     (Guard::ServiceUnchanged { expected, updated: new }, Some((data, repository, image_path))) => tx
                         .execute(
                             "UPDATE services SET etag = ?4, data = ?5, repository = ?6, image_path = ?7
@@ -687,11 +715,13 @@ impl DeliveryLog for SqliteStore {
             )
             .map_err(unavailable)?;
             // Expired ids are purged as new ones arrive, so the table stays small.
-            tx.execute(
-                "DELETE FROM deliveries WHERE expires_at < ?1",
-                params![expires_unix - crate::DELIVERY_RETENTION_SECS],
-            )
-            .map_err(unavailable)?;
+            for table in ["deliveries", "delivery_services"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE expires_at < ?1"),
+                    params![expires_unix - crate::DELIVERY_RETENTION_SECS],
+                )
+                .map_err(unavailable)?;
+            }
             tx.commit().map_err(unavailable)
         })
         .await

@@ -69,14 +69,28 @@ pub struct TokenRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Guard {
     /// A push: the service's last queued push must not be this `before..after` mark; the
-    /// write sets it. Identical concurrent deliveries therefore record once.
-    Push { mark: String },
+    /// write sets it. Identical concurrent deliveries therefore record once. With a
+    /// `delivery`, this delivery must not have recorded for the service before either: a
+    /// redelivery of an older push (one whose answer was lost) never queues it again after a
+    /// newer push moved the mark on.
+    Push {
+        mark: String,
+        delivery: Option<DeliveryRef>,
+    },
     /// An image tag: the service must still have entity tag `expected`; the write replaces
     /// it by `updated` (the new current tag, a new etag).
     ServiceUnchanged {
         expected: String,
         updated: Box<StoredService>,
     },
+}
+
+/// A provider's delivery, remembered per service until `expires_unix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRef {
+    pub provider: String,
+    pub id: String,
+    pub expires_unix: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

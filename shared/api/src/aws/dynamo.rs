@@ -475,7 +475,7 @@ impl DeploymentLog for DynamoStore {
     async fn record_deployment(&self, request: &DeploymentRequest, guard: &Guard) -> StoreResult<RecordOutcome> {
         let org = &request.organization_id;
         let guard_action = match guard {
-            Guard::Push { mark } => {
+            Guard::Push { mark, .. } => {
                 let mut e = Expr::default();
                 let last_push = e.name(LAST_PUSH);
                 let mark = e.value("mark", s(mark));
@@ -509,12 +509,24 @@ impl DeploymentLog for DynamoStore {
         let condition = format!("attribute_not_exists({})", e.name(PK));
         let record_action = self.put_action(item, Some((condition, e)))?;
 
-        match self
-            .transact(vec![guard_action, record_action], "record_deployment")
-            .await?
+        let mut actions = vec![guard_action, record_action];
+        // The delivery, once per service: its item shares the delivery's partition.
+        if let Guard::Push {
+            delivery: Some(delivery),
+            ..
+        } = guard
         {
+            let mut item = delivery_key(org, &delivery.provider, &delivery.id);
+            item.insert(SK.to_owned(), s(format!("SERVICE#{}", request.service_id)));
+            item.insert(EXPIRES_AT.to_owned(), n(delivery.expires_unix));
+            let mut e = Expr::default();
+            let condition = format!("attribute_not_exists({})", e.name(PK));
+            actions.push(self.put_action(item, Some((condition, e)))?);
+        }
+
+        match self.transact(actions, "record_deployment").await? {
             Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
-            Err(0) => Ok(RecordOutcome::GuardFailed),
+            Err(0) | Err(2) => Ok(RecordOutcome::GuardFailed),
             // A deployment with this id exists already: ids are never reused.
             Err(_) => Err(StoreError::PreconditionFailed),
         }

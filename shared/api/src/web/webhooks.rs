@@ -23,7 +23,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{PathParams, query_map, read_body};
 use crate::metrics::Tally;
 use crate::pipeline::{Candidate, Outcome, record_and_send};
-use crate::store::{Guard, StoredService};
+use crate::store::{DeliveryRef, Guard, StoredService};
 use crate::util::{new_deployment_id, now_rfc3339, now_unix};
 
 /// GitHub's own cap on webhook payloads; other providers send less.
@@ -272,7 +272,14 @@ async fn process_pushes(
                         },
                         requested_at: requested_at.clone(),
                     },
-                    guard: Guard::Push { mark: mark.clone() },
+                    guard: Guard::Push {
+                        mark: mark.clone(),
+                        delivery: delivery.map(|id| DeliveryRef {
+                            provider: provider.slug().to_owned(),
+                            id: id.to_owned(),
+                            expires_unix: now_unix() + crate::DELIVERY_RETENTION_SECS,
+                        }),
+                    },
                 }),
             }
         }
@@ -317,7 +324,8 @@ async fn process_pushes(
             .remember_delivery(org, provider.slug(), id, now_unix() + crate::DELIVERY_RETENTION_SECS)
             .await
     {
-        // Harmless: a redelivery is still caught per service by the push mark.
+        // Harmless: a redelivery is still caught per service, by the delivery recorded with
+        // each deployment.
         tracing::warn!(error = %err, "delivery id could not be remembered");
     }
     let status = if response.queued.is_empty() {
