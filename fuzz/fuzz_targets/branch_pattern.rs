@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(message) => {
             assert!(!message.is_empty());
-            assert!(valid.is_err(), "{pattern:?} is a valid branch name but no pattern: {message}");
+            assert!(
+                valid.is_err(),
+                "{pattern:?} is a valid branch name but no pattern: {message}"
+            );
         }
     }
 });

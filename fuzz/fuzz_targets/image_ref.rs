@@ -8,7 +8,8 @@
 #![no_main]
 
 use autodeploy_core::image::{
-    DOCKER_HUB, MAX_NAME_LEN, MAX_TAG_LEN, normalize_registry, parse_image_name, parse_path, parse_service_image, validate_tag,
+    DOCKER_HUB, MAX_NAME_LEN, MAX_TAG_LEN, normalize_registry, parse_image_name, parse_path, parse_service_image,
+    validate_tag,
 };
 use autodeploy_fuzz::split_fields;
 use libfuzzer_sys::fuzz_target;
@@ -28,7 +29,11 @@ fuzz_target!(|data: &[u8]| {
             let printed = parsed.to_string();
             // `docker.io/x` prints as `docker.io/library/x`, which may pass the length cap.
             if printed.len() <= MAX_NAME_LEN {
-                assert_eq!(parse_image_name(&printed).as_ref(), Ok(&parsed), "{name:?} printed as {printed:?}");
+                assert_eq!(
+                    parse_image_name(&printed).as_ref(),
+                    Ok(&parsed),
+                    "{name:?} printed as {printed:?}"
+                );
             }
             for candidate in parsed.lookup_paths() {
                 let _ = parsed.matches(DOCKER_HUB, &candidate);
@@ -41,9 +46,17 @@ fuzz_target!(|data: &[u8]| {
 
     match normalize_registry(&registry) {
         Ok(host) => {
-            assert_eq!(normalize_registry(&host).as_ref(), Ok(&host), "{registry:?} normalized to {host:?}");
+            assert_eq!(
+                normalize_registry(&host).as_ref(),
+                Ok(&host),
+                "{registry:?} normalized to {host:?}"
+            );
             if let Ok(path) = parse_path(&host, &name) {
-                assert_eq!(parse_path(&host, &path).as_ref(), Ok(&path), "path {name:?} on {host:?}");
+                assert_eq!(
+                    parse_path(&host, &path).as_ref(),
+                    Ok(&path),
+                    "path {name:?} on {host:?}"
+                );
             }
         }
         Err(err) => {
@@ -73,7 +86,10 @@ fuzz_target!(|data: &[u8]| {
     match validate_tag(&tag) {
         Ok(()) => {
             assert!(!tag.is_empty() && tag.len() <= MAX_TAG_LEN);
-            assert!(tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')));
+            assert!(
+                tag.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            );
             assert!(!tag.starts_with(['.', '-']));
         }
         Err(err) => {

@@ -27,14 +27,23 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(normalize_repository_url(&input).as_ref(), Ok(&normalized));
     let (host, path) = normalized.split_once('/').expect("normalized form is host/path");
     assert!(!host.is_empty() && !path.is_empty(), "{normalized:?}");
-    assert!(!normalized.bytes().any(|b| b.is_ascii_uppercase()), "not lower-case: {normalized:?}");
+    assert!(
+        !normalized.bytes().any(|b| b.is_ascii_uppercase()),
+        "not lower-case: {normalized:?}"
+    );
     for segment in path.split('/') {
-        assert!(!matches!(segment, "" | "." | ".."), "{segment:?} segment in {normalized:?}");
+        assert!(
+            !matches!(segment, "" | "." | ".."),
+            "{segment:?} segment in {normalized:?}"
+        );
     }
     let last = normalized.rsplit('/').next().unwrap_or_default();
     // `.git` and `..git` keep theirs: without it they would be an empty, `.` or `..` segment.
     let stem = last.strip_suffix(".git");
-    assert!(matches!(stem, None | Some("" | "." | "..")), ".git suffix left: {normalized:?}");
+    assert!(
+        matches!(stem, None | Some("" | "." | "..")),
+        ".git suffix left: {normalized:?}"
+    );
 
     if normalized.contains(['%', ' ']) {
         return;

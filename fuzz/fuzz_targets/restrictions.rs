@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(message) => {
-            assert!(!all_valid, "every value validates, yet the rules do not compile: {message}");
+            assert!(
+                !all_valid,
+                "every value validates, yet the rules do not compile: {message}"
+            );
         }
     }
 });

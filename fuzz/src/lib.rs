@@ -28,7 +28,14 @@ use sha2::Sha256;
 pub const SECRET: &[u8] = b"fuzz-secret";
 
 /// Event header values no provider sends, tried besides the real ones.
-const ODD_EVENTS: &[&[u8]] = &[b"", b"  push  ", b"PUSH", b"push\xff", b"\xc3\xa9v\xc3\xa9nement", b"Push Hook\t"];
+const ODD_EVENTS: &[&[u8]] = &[
+    b"",
+    b"  push  ",
+    b"PUSH",
+    b"push\xff",
+    b"\xc3\xa9v\xc3\xa9nement",
+    b"Push Hook\t",
+];
 
 /// What the harness needs to know about a provider.
 pub struct ProviderSpec {
@@ -131,13 +138,21 @@ pub fn run_push(spec: &ProviderSpec, data: &[u8]) {
     match selector % choices {
         i if i < spec.events.len() => insert(&mut headers, spec.event_headers[alternate], spec.events[i].as_bytes()),
         i if i == spec.events.len() => {}
-        i => insert(&mut headers, spec.event_headers[alternate], ODD_EVENTS[i - spec.events.len() - 1]),
+        i => insert(
+            &mut headers,
+            spec.event_headers[alternate],
+            ODD_EVENTS[i - spec.events.len() - 1],
+        ),
     }
     if flags & 0x04 != 0 {
         insert(&mut headers, spec.delivery_headers[alternate], prefix);
     }
     if spec.provider == GitProvider::Github && alternate == 1 {
-        insert(&mut headers, "content-type", b"application/x-www-form-urlencoded; charset=utf-8");
+        insert(
+            &mut headers,
+            "content-type",
+            b"application/x-www-form-urlencoded; charset=utf-8",
+        );
     }
 
     let mac = hmac_hex(body);
@@ -163,24 +178,40 @@ pub fn run_push(spec: &ProviderSpec, data: &[u8]) {
     if let Err(err) = &verdict {
         let _ = err.to_string();
     }
-    assert!(verify_signature(spec.provider, &headers, body, b"").is_err(), "an empty secret must refuse");
+    assert!(
+        verify_signature(spec.provider, &headers, body, b"").is_err(),
+        "an empty secret must refuse"
+    );
 
     if let Some(id) = delivery_id(spec.provider, &headers, body) {
-        assert!(!id.is_empty() && id.len() <= MAX_DELIVERY_ID, "delivery id length {}", id.len());
-        assert!(id.bytes().all(|b| (0x20..=0x7e).contains(&b)), "delivery id not printable: {id:?}");
+        assert!(
+            !id.is_empty() && id.len() <= MAX_DELIVERY_ID,
+            "delivery id length {}",
+            id.len()
+        );
+        assert!(
+            id.bytes().all(|b| (0x20..=0x7e).contains(&b)),
+            "delivery id not printable: {id:?}"
+        );
         assert_eq!(id, id.trim(), "delivery id not trimmed");
     }
 
     match parse_delivery(spec.provider, &headers, body) {
         Ok(Delivery::Pushes(pushes)) => {
-            assert!(std::str::from_utf8(body).is_ok(), "a push was read from a body that is not UTF-8");
+            assert!(
+                std::str::from_utf8(body).is_ok(),
+                "a push was read from a body that is not UTF-8"
+            );
             assert!(!pushes.is_empty(), "Pushes(vec![]) instead of Ignored");
             for push in &pushes {
                 assert!(!push.branch.is_empty(), "empty branch");
                 assert!(!push.after.is_empty(), "empty `after`");
                 for (i, url) in push.repository_urls.iter().enumerate() {
                     assert!(!url.is_empty(), "empty repository URL");
-                    assert!(!push.repository_urls[..i].contains(url), "duplicate repository URL {url:?}");
+                    assert!(
+                        !push.repository_urls[..i].contains(url),
+                        "duplicate repository URL {url:?}"
+                    );
                 }
                 if let ChangedFiles::Known(files) = &push.files {
                     assert!(!files.is_empty(), "Known(empty) instead of Unknown");
@@ -198,7 +229,14 @@ pub fn run_push(spec: &ProviderSpec, data: &[u8]) {
     }
 }
 
-fn sign(provider: GitProvider, headers: &mut HeaderMap, mode: u8, alternate: usize, mac: &str, prefix: &[u8]) -> Signed {
+fn sign(
+    provider: GitProvider,
+    headers: &mut HeaderMap,
+    mode: u8,
+    alternate: usize,
+    mac: &str,
+    prefix: &[u8],
+) -> Signed {
     let basic = |user: &str, password: &[u8]| {
         let mut credentials = user.as_bytes().to_vec();
         credentials.push(b':');
@@ -222,12 +260,20 @@ fn sign(provider: GitProvider, headers: &mut HeaderMap, mode: u8, alternate: usi
         1 => {
             insert(headers, name, prefix);
             // `insert` skips a value HTTP refuses (a control byte): then nothing was sent.
-            if headers.contains_key(name) { Signed::Arbitrarily } else { Signed::Unsigned }
+            if headers.contains_key(name) {
+                Signed::Arbitrarily
+            } else {
+                Signed::Unsigned
+            }
         }
         2 => Signed::Unsigned,
         _ => match provider {
             GitProvider::Github => {
-                insert(headers, "x-hub-signature", b"sha1=0123456789abcdef0123456789abcdef01234567");
+                insert(
+                    headers,
+                    "x-hub-signature",
+                    b"sha1=0123456789abcdef0123456789abcdef01234567",
+                );
                 Signed::Sha1Only
             }
             GitProvider::Gitea => {
@@ -239,7 +285,11 @@ fn sign(provider: GitProvider, headers: &mut HeaderMap, mode: u8, alternate: usi
                 Signed::Correctly
             }
             GitProvider::Bitbucket | GitProvider::BitbucketServer => {
-                insert(headers, name, format!("  Sha256={} ", mac.to_ascii_uppercase()).as_bytes());
+                insert(
+                    headers,
+                    name,
+                    format!("  Sha256={} ", mac.to_ascii_uppercase()).as_bytes(),
+                );
                 Signed::Correctly
             }
             GitProvider::Gogs => {
@@ -261,7 +311,7 @@ fn sign(provider: GitProvider, headers: &mut HeaderMap, mode: u8, alternate: usi
 
 /// Split `data` at the first `n - 1` bytes equal to `sep`, into exactly `n` parts (the last
 /// ones empty when there are too few separators).
-pub fn split_fields<'a, const N: usize>(data: &'a [u8], sep: u8) -> [&'a [u8]; N] {
+pub fn split_fields<const N: usize>(data: &[u8], sep: u8) -> [&[u8]; N] {
     let mut out = [&data[data.len()..]; N];
     let mut rest = data;
     for slot in out.iter_mut().take(N - 1) {

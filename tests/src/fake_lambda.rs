@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -52,6 +52,8 @@ struct Shared {
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<(String, Value)>>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Invocation>>>,
     init_errors: Mutex<Vec<Value>>,
+    /// When the function first asked for an invocation: the end of its init.
+    first_poll: std::sync::OnceLock<Instant>,
 }
 
 pub struct FakeLambdaRuntime {
@@ -68,6 +70,7 @@ impl FakeLambdaRuntime {
             events: tokio::sync::Mutex::new(rx),
             waiting: Mutex::new(HashMap::new()),
             init_errors: Mutex::new(Vec::new()),
+            first_poll: std::sync::OnceLock::new(),
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
@@ -119,6 +122,22 @@ impl FakeLambdaRuntime {
             .expect("the fake runtime dropped the invocation")
     }
 
+    /// When the function first asked for an invocation (`GET …/invocation/next`), the moment
+    /// its init ended; waits at most `timeout` for it. For cold-start measurements
+    /// (`tests/examples/coldstart.rs`).
+    pub async fn first_poll(&self, timeout: Duration) -> Option<Instant> {
+        let started = Instant::now();
+        loop {
+            if let Some(at) = self.shared.first_poll.get() {
+                return Some(*at);
+            }
+            if started.elapsed() >= timeout {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// What the function reported to `/runtime/init/error`.
     pub fn init_errors(&self) -> Vec<Value> {
         self.shared
@@ -136,6 +155,7 @@ impl Drop for FakeLambdaRuntime {
 }
 
 async fn next(State(shared): State<Arc<Shared>>) -> Response {
+    let _ = shared.first_poll.set(Instant::now());
     let mut events = shared.events.lock().await;
     match events.recv().await {
         Some((id, event)) => {
@@ -222,6 +242,11 @@ impl FunctionProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", exe.as_ref().display()));
         Self { child, log }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Wait (at most `timeout`) for the process to exit by itself.

@@ -81,7 +81,10 @@ fn concrete(path: &str) -> String {
             "{token_id}" => "tok1",
             "{secret}" => "a-dockerhub-secret-0123456789",
             other => {
-                assert!(!other.contains('{'), "a path parameter this test does not know: {other}");
+                assert!(
+                    !other.contains('{'),
+                    "a path parameter this test does not know: {other}"
+                );
                 other
             }
         })
@@ -354,7 +357,9 @@ fn balanced(text: &str) -> Option<&str> {
 /// The HTTP methods of an axum method-router expression (`get(a).put(b)`).
 fn method_calls(expression: &str) -> Vec<String> {
     let mut methods = Vec::new();
-    for name in ["get", "put", "post", "patch", "delete", "head", "options", "trace", "any", "on"] {
+    for name in [
+        "get", "put", "post", "patch", "delete", "head", "options", "trace", "any", "on",
+    ] {
         let needle = format!("{name}(");
         let mut from = 0;
         while let Some(i) = expression[from..].find(&needle) {
@@ -401,7 +406,10 @@ fn the_routers_source_declares_exactly_the_table() {
         if name == "mod.rs" {
             expected.insert(("GET".to_owned(), EVERYWHERE.to_owned()));
         }
-        assert_eq!(declared, expected, "{name} declares other routes than ROUTES lists for it");
+        assert_eq!(
+            declared, expected,
+            "{name} declares other routes than ROUTES lists for it"
+        );
         all.extend(declared);
     }
     assert_eq!(all, all_routes(), "the router sources and ROUTES differ");
@@ -418,9 +426,14 @@ fn the_scanner_reads_method_chains() {
             .route_layer(layer(x))
     "#;
     let found = scan_routes(Path::new("example.rs"), source);
-    let expected: BTreeSet<Route> = [("GET", "/a/{id}"), ("PUT", "/a/{id}"), ("DELETE", "/a/{id}"), ("POST", "/b")]
-        .iter()
-        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
-        .collect();
+    let expected: BTreeSet<Route> = [
+        ("GET", "/a/{id}"),
+        ("PUT", "/a/{id}"),
+        ("DELETE", "/a/{id}"),
+        ("POST", "/b"),
+    ]
+    .iter()
+    .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+    .collect();
     assert_eq!(found, expected);
 }

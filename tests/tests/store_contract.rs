@@ -614,13 +614,22 @@ async fn a_delivery_records_once_per_service(store: &dyn Store) {
     recorded_status(record("api", push_delivered("a..b", "d1")).await);
     recorded_status(record("api", push_delivered("b..c", "d2")).await);
     // d1 again: its mark is no longer the last, but the delivery recorded for api already.
-    assert_eq!(record("api", push_delivered("a..b", "d1")).await, RecordOutcome::GuardFailed);
+    assert_eq!(
+        record("api", push_delivered("a..b", "d1")).await,
+        RecordOutcome::GuardFailed
+    );
     assert_eq!(stored(store, "acme", "api").await.last_push.as_deref(), Some("b..c"));
     // The same delivery still records for another service, once.
     recorded_status(record("worker", push_delivered("a..b", "d1")).await);
-    assert_eq!(record("worker", push_delivered("a..b", "d1")).await, RecordOutcome::GuardFailed);
+    assert_eq!(
+        record("worker", push_delivered("a..b", "d1")).await,
+        RecordOutcome::GuardFailed
+    );
     // A guard that fails writes nothing, the delivery included.
-    assert_eq!(record("api", push_delivered("b..c", "d3")).await, RecordOutcome::GuardFailed);
+    assert_eq!(
+        record("api", push_delivered("b..c", "d3")).await,
+        RecordOutcome::GuardFailed
+    );
     recorded_status(record("api", push_delivered("c..d", "d3")).await);
     assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 4);
 }

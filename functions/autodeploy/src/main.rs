@@ -1,15 +1,25 @@
 //! `autodeploy serve`: the whole HTTP API on one machine, on an embedded SQLite database.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::sqlite::SqliteStore;
 use autodeploy_api::store::InStoreQueue;
 use autodeploy_api::web::{AppState, full_router};
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
 use clap::{Parser, Subcommand};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tower::ServiceExt;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -40,6 +50,14 @@ struct ServeArgs {
     /// The operator's admin token (required; may do everything in every organization).
     #[arg(long = "admin-token", env = "AUTODEPLOY_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Seconds a client has to send a request's headers (also the idle time allowed on a
+    /// kept-alive connection before its next request); the connection is closed after it.
+    #[arg(long = "header-timeout", env = "AUTODEPLOY_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's whole body, counted once its headers are
+    /// read; a slower body is refused (400) and its connection closed.
+    #[arg(long = "body-timeout", env = "AUTODEPLOY_BODY_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -80,11 +98,106 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         tracing::info!(listen = %args.listen, database = %args.database.display(), "autodeploy serving");
-        axum::serve(listener, full_router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| format!("the server stopped: {e}"))
+        let timeouts = Timeouts {
+            header: Duration::from_secs(args.header_timeout),
+            body: Duration::from_secs(args.body_timeout),
+        };
+        serve_http(listener, full_router(state), timeouts, shutdown_signal()).await;
+        Ok(())
     })
+}
+
+#[derive(Clone, Copy)]
+struct Timeouts {
+    header: Duration,
+    body: Duration,
+}
+
+/// HTTP/1.1 with read timeouts, which `axum::serve` does not have: a client gets
+/// `timeouts.header` to send its headers (hyper closes the connection after it) and
+/// `timeouts.body` to send its body (the handler then answers 400 and the connection is
+/// closed). On `shutdown`, stop accepting, let every connection finish its request in flight
+/// (bounded by those timeouts), close idle ones, and return.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.as_mut() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let request = request.map(|body| Body::new(DeadlineBody::new(body, timeouts.body)));
+            router.clone().oneshot(request)
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A request body that fails once `deadline` has passed since the request's headers were
+/// read, however it trickles in.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new("the request body was not received in time")))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Finish in-flight requests on SIGTERM or Ctrl-C, then exit.

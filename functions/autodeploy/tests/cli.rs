@@ -26,7 +26,10 @@ fn free_port() -> u16 {
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -36,7 +39,10 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &st
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -82,7 +88,10 @@ fn a_missing_or_short_admin_token_stops_start_up() {
     let out = run(&["serve", "--database", db.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("AUTODEPLOY_ADMIN_TOKEN"));
-    let out = run(&["serve", "--database", db.to_str().unwrap()], &[("AUTODEPLOY_ADMIN_TOKEN", "short")]);
+    let out = run(
+        &["serve", "--database", db.to_str().unwrap()],
+        &[("AUTODEPLOY_ADMIN_TOKEN", "short")],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16"));
     // The token is never printed back.
@@ -91,7 +100,10 @@ fn a_missing_or_short_admin_token_stops_start_up() {
 
 #[test]
 fn bad_flags_are_refused_with_usage() {
-    let out = run(&["serve", "--listen", "not-an-address"], &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]);
+    let out = run(
+        &["serve", "--listen", "not-an-address"],
+        &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
     let out = run(&["serve", "--no-such-flag"], &[]);
@@ -110,7 +122,10 @@ fn an_unwritable_database_path_stops_start_up() {
     let file = dir.path().join("file");
     std::fs::write(&file, "this is not a database\n".repeat(200)).unwrap();
     let db = file.join("autodeploy.db");
-    let out = run(&["serve", "--database", db.to_str().unwrap()], &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]);
+    let out = run(
+        &["serve", "--database", db.to_str().unwrap()],
+        &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot open the database"), "{stderr}");
@@ -133,10 +148,22 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
     let json = ("Content-Type", "application/json");
     let service = r#"{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
         "git_repository": {"provider": "GITEA", "url": "https://git.example.com/acme/shop.git", "branch": "main"}}"#;
-    let (status, body) = http(port, "PUT", "/organization/acme/services/api", &[("Authorization", &auth), json], service);
+    let (status, body) = http(
+        port,
+        "PUT",
+        "/organization/acme/services/api",
+        &[("Authorization", &auth), json],
+        service,
+    );
     assert_eq!(status, 201, "{body}");
     let secret = r#"{"secret": "cli-test-webhook-secret"}"#;
-    let (status, _) = http(port, "PUT", "/organization/acme/webhook-secrets/gitea", &[("Authorization", &auth), json], secret);
+    let (status, _) = http(
+        port,
+        "PUT",
+        "/organization/acme/webhook-secrets/gitea",
+        &[("Authorization", &auth), json],
+        secret,
+    );
     assert_eq!(status, 204);
 
     let push = r#"{"ref": "refs/heads/main", "before": "1111111111111111111111111111111111111111",
@@ -153,7 +180,12 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
         port,
         "POST",
         "/organization/acme/webhooks/gitea",
-        &[json, ("X-Gitea-Event", "push"), ("X-Gitea-Delivery", "d-1"), ("X-Gitea-Signature", &signature)],
+        &[
+            json,
+            ("X-Gitea-Event", "push"),
+            ("X-Gitea-Delivery", "d-1"),
+            ("X-Gitea-Signature", &signature),
+        ],
         push,
     );
     assert_eq!(status, 202, "{body}");
@@ -184,5 +216,8 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
     // Logs went to stderr, and never carried the tokens or secrets.
     let mut stderr = String::new();
     server.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert!(!stderr.contains(ADMIN) && !stderr.contains("cli-test-webhook-secret"), "{stderr}");
+    assert!(
+        !stderr.contains(ADMIN) && !stderr.contains("cli-test-webhook-secret"),
+        "{stderr}"
+    );
 }

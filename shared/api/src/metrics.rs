@@ -370,4 +370,69 @@ mod tests {
         assert_eq!(v["status"], 202);
         assert!(v.get("api_request_id").is_none());
     }
+
+    /// The rules CloudWatch applies to an EMF object: a directive under `_aws` with an integer
+    /// millisecond timestamp, every dimension a top-level string, every metric a top-level
+    /// number, at most 30 dimensions and 100 metrics per directive.
+    #[test]
+    fn follows_the_emf_specification() {
+        let tally = Tally {
+            ignored: Some("PING"),
+            delivery_id: Some("d\"1\n".to_owned()),
+            ..Tally::of(["PENDING"], 0)
+        };
+        let text = render("stack-1", &line(&tally, 200), 1);
+        assert_eq!(text.lines().count(), 1, "one log event: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let root = v.as_object().unwrap();
+        let aws = root["_aws"].as_object().unwrap();
+        assert!(aws["Timestamp"].is_i64());
+        let directives = aws["CloudWatchMetrics"].as_array().unwrap();
+        assert_eq!(directives.len(), 1);
+        let directive = &directives[0];
+        assert!(directive["Namespace"].as_str().is_some_and(|n| !n.is_empty()));
+        let dimension_sets = directive["Dimensions"].as_array().unwrap();
+        for set in dimension_sets {
+            let set = set.as_array().unwrap();
+            assert!(set.len() <= 30);
+            for name in set {
+                assert!(root[name.as_str().unwrap()].is_string(), "dimension {name}");
+            }
+        }
+        let metrics = directive["Metrics"].as_array().unwrap();
+        assert!(metrics.len() <= 100);
+        let names: Vec<&str> = metrics.iter().map(|m| m["Name"].as_str().unwrap()).collect();
+        assert_eq!(names, METRIC_NAMES);
+        for metric in metrics {
+            assert_eq!(metric["Unit"], "Count");
+            assert!(root[metric["Name"].as_str().unwrap()].is_u64(), "{metric}");
+        }
+        assert_eq!(
+            (v["Queued"].as_u64(), v["Pending"].as_u64(), v["Ignored"].as_u64()),
+            (Some(1), Some(1), Some(1))
+        );
+        // Properties are strings (or the status), never shadowing a metric or a dimension.
+        for (key, value) in root {
+            if key == "_aws" || names.contains(&key.as_str()) || key == "Stack" || key == "status" {
+                continue;
+            }
+            assert!(value.is_string(), "{key}: {value}");
+            assert!(key.chars().next().is_some_and(|c| c.is_ascii_lowercase()), "{key}");
+        }
+        assert_eq!(v["delivery_id"], "d\"1\n");
+    }
+
+    #[test]
+    fn image_routes_name_their_source() {
+        assert_eq!(image_source("/organization/{org}/container/deploy"), Some("API"));
+        assert_eq!(image_source("/organization/{org}/job/deploy"), Some("API"));
+        assert_eq!(
+            image_source("/organization/{org}/registry-webhooks/dockerhub/{secret}"),
+            Some("DOCKER_HUB")
+        );
+        assert_eq!(
+            image_source("/organization/{org}/registry-webhooks/github"),
+            Some("GITHUB_PACKAGES")
+        );
+    }
 }

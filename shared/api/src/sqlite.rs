@@ -18,7 +18,8 @@ use crate::store::{
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE services (
     org        TEXT NOT NULL,
     id         TEXT NOT NULL,
@@ -76,7 +77,8 @@ CREATE TABLE deliveries (
     PRIMARY KEY (org, provider, id)
 ) WITHOUT ROWID;
 CREATE INDEX deliveries_by_expiry ON deliveries (expires_at);
-"#, r#"
+"#,
+    r#"
 -- Which services a delivery recorded a deployment for (see Guard::Push).
 CREATE TABLE delivery_services (
     org        TEXT NOT NULL,
@@ -87,7 +89,8 @@ CREATE TABLE delivery_services (
     PRIMARY KEY (org, provider, id, service_id)
 ) WITHOUT ROWID;
 CREATE INDEX delivery_services_by_expiry ON delivery_services (expires_at);
-"#];
+"#,
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {

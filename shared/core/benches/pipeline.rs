@@ -1,21 +1,26 @@
 //! The in-process cost of a GitHub push delivery, next to the floor that no implementation
 //! can beat.
 //!
-//! - `floor`: HMAC-SHA256 of the body plus `serde_json::from_slice::<IgnoredAny>` (reading the
-//!   JSON without keeping anything): the least any verifier-and-parser must do with the bytes.
-//! - `pipeline`: what `POST /organization/{org}/webhooks/github` does in process, as in
-//!   `shared/api/src/web/webhooks.rs`: `verify_signature`, `delivery_id`, `parse_delivery`,
-//!   every repository URL of the push normalized, the candidates looked up in an index of
-//!   10,000 services by normalized repository (a `HashMap`, as the store's index), and
-//!   `decide_push` for each candidate, deduplicated by id.
+//! - `floor/{small,large}`: HMAC-SHA256 of the body plus
+//!   `serde_json::from_slice::<IgnoredAny>` (reading the JSON without keeping anything): the
+//!   least any verifier-and-parser must do with the bytes.
+//! - `pipeline/{small,large}`: what `POST /organization/{org}/webhooks/github` does in process
+//!   (`shared/api/src/web/webhooks.rs`): `verify_signature`, `delivery_id`, `parse_delivery`,
+//!   every repository URL of the push normalized (deduplicated), the candidates looked up by
+//!   normalized repository in an index of 10,000 services (a `HashMap`, as the store's index),
+//!   and `decide_push` for each. Not timed: the store and queue calls and the response.
+//! - `stages-{small,large}/*`: the pipeline's stages one by one, to see where time goes.
+//! - with `PIPELINE_PAIRED=1`, no criterion run but floor and pipeline alternated in one
+//!   process (see [`paired`]), which a busy machine disturbs less.
 //!
-//! Payloads: `gp-push.json` as published (8 KiB, one commit), and a ~1 MiB push synthesized
-//! from it by repeating its commit with distinct ids and file paths (1,200 commits, under
-//! GitHub's 2,048-commit cap, so the file list is still known and restrictions apply).
+//! Payloads: `gp-push.json` as published (8,471 bytes, one commit), and a ~1 MiB push
+//! synthesized from it by repeating its commit 1,200 times with distinct ids, messages and
+//! file paths (under GitHub's 2,048-commit cap, so the file list is known and restrictions
+//! apply), pretty-printed as GitHub sends it.
 //!
 //! The 10,000 services are built once, outside the timed loop: 1,000 repositories of 10
-//! services each (branches exact and glob, restrictions plain and glob, auto-deploy off, jobs),
-//! one of which is the fixture's repository.
+//! services each (exact and glob branches, plain and glob path restrictions, auto-deploy off,
+//! a job), one of which is the fixture's repository.
 //!
 //! Run: `scripts/bench` (or `cargo bench -p autodeploy-core --bench pipeline`).
 
@@ -27,7 +32,7 @@ use autodeploy_core::model::{Service, parse_service_document};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::{Delivery, delivery_id, parse_delivery, verify_signature};
 use autodeploy_core::repo_url::normalize_repository_url;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
@@ -178,12 +183,14 @@ fn pipeline(headers: &HeaderMap, body: &[u8], by_repo: &HashMap<String, Vec<Serv
                 keys.push(key);
             }
         }
+        // A service reached through two keys is decided once (a bucket holds a service once).
         let mut seen = HashSet::new();
+        let several = keys.len() > 1;
         let candidates = keys
             .iter()
             .filter_map(|k| by_repo.get(k))
             .flatten()
-            .filter(|s| seen.insert(s.id.as_str()));
+            .filter(|s| !several || seen.insert(s.id.as_str()));
         for service in candidates {
             match decide_push(service, push) {
                 None => {}
@@ -217,32 +224,6 @@ fn benches(c: &mut Criterion) {
         assert_eq!(decided, (6, 2), "{name}");
     }
 
-    for (name, body, headers) in &payloads {
-        let pushes = match parse_delivery(GitProvider::Github, headers, body) {
-            Ok(Delivery::Pushes(p)) => p,
-            _ => unreachable!(),
-        };
-        let push = &pushes[0];
-        let services = &by_repo["github.com/binkkatal/sample_app"];
-        let mut g = c.benchmark_group(format!("parts-{name}"));
-        g.bench_function("utf8", |b| b.iter(|| std::str::from_utf8(black_box(body)).is_ok()));
-        g.bench_function("hmac", |b| b.iter(|| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
-            mac.update(black_box(body));
-            black_box(mac.finalize());
-        }));
-        g.bench_function("ignored", |b| b.iter(|| black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(body)).unwrap())));
-        g.bench_function("verify", |b| b.iter(|| verify_signature(GitProvider::Github, headers, black_box(body), SECRET)));
-        g.bench_function("parse", |b| b.iter(|| parse_delivery(GitProvider::Github, headers, black_box(body))));
-        g.bench_function("normalize", |b| b.iter(|| {
-            push.repository_urls.iter().map(|u| normalize_repository_url(black_box(u)).ok()).collect::<Vec<_>>()
-        }));
-        g.bench_function("decide10", |b| b.iter(|| {
-            services.iter().map(|s| decide_push(s, black_box(push))).collect::<Vec<_>>()
-        }));
-        g.finish();
-    }
-
     let mut group = c.benchmark_group("floor");
     for (name, body, _) in &payloads {
         group.throughput(Throughput::Bytes(body.len() as u64));
@@ -260,7 +241,106 @@ fn benches(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // Where the pipeline's time goes, stage by stage (not part of the ratio).
+    let fixture_services = &by_repo["github.com/binkkatal/sample_app"];
+    for (name, body, headers) in &payloads {
+        let Ok(Delivery::Pushes(pushes)) = parse_delivery(GitProvider::Github, headers, body) else {
+            unreachable!("checked above")
+        };
+        let push = &pushes[0];
+        let mut group = c.benchmark_group(format!("stages-{name}"));
+        group.bench_function("hmac", |b| {
+            b.iter(|| {
+                let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).expect("any key length");
+                mac.update(black_box(body));
+                black_box(mac.finalize())
+            })
+        });
+        group.bench_function("json-ignored", |b| {
+            b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(body)).expect("JSON"))
+        });
+        group.bench_function("verify", |b| {
+            b.iter(|| verify_signature(GitProvider::Github, headers, black_box(body), SECRET))
+        });
+        group.bench_function("parse", |b| {
+            b.iter(|| parse_delivery(GitProvider::Github, headers, black_box(body)))
+        });
+        group.bench_function("normalize-urls", |b| {
+            b.iter(|| {
+                let urls = &black_box(push).repository_urls;
+                urls.iter()
+                    .map(|u| normalize_repository_url(u).ok())
+                    .collect::<Vec<_>>()
+            })
+        });
+        group.bench_function("decide-10", |b| {
+            b.iter(|| {
+                let push = black_box(push);
+                fixture_services
+                    .iter()
+                    .map(|s| decide_push(s, push))
+                    .collect::<Vec<_>>()
+            })
+        });
+        group.finish();
+    }
+}
+
+/// `PIPELINE_PAIRED=1`: instead of criterion's runs, alternate batches of floor and pipeline
+/// in one process and compare the fastest batch of each, and each pipeline batch with the
+/// floor batch just before it. On a shared machine a neighbour slows whatever runs at the
+/// time; alternating puts both under the same conditions, and the fastest batches are the
+/// least disturbed. Prints one line per payload: `paired <payload> <bytes> <floor ns>
+/// <pipeline ns> <ratio of fastest> <median ratio of pairs>`.
+fn paired() {
+    const PAIRS: usize = 200;
+    let by_repo = index();
+    let large = large_push(LARGE_COMMITS);
+    let payloads: [(&str, &[u8], HeaderMap); 2] =
+        [("small", SMALL, headers(SMALL)), ("large", &large, headers(&large))];
+    for (name, body, headers) in &payloads {
+        // Batches of about 2 ms of floor.
+        let batch = (2_000_000 / body.len()).max(2);
+        let time = |f: &mut dyn FnMut()| {
+            let start = std::time::Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            start.elapsed().as_nanos() as f64 / batch as f64
+        };
+        let mut run_floor = || floor(black_box(body));
+        let mut run_pipeline = || {
+            black_box(pipeline(black_box(headers), black_box(body), &by_repo));
+        };
+        time(&mut run_floor);
+        time(&mut run_pipeline);
+        let (mut fastest_floor, mut fastest_pipeline) = (f64::MAX, f64::MAX);
+        let mut ratios = Vec::with_capacity(PAIRS);
+        for _ in 0..PAIRS {
+            let floor_ns = time(&mut run_floor);
+            let pipeline_ns = time(&mut run_pipeline);
+            fastest_floor = fastest_floor.min(floor_ns);
+            fastest_pipeline = fastest_pipeline.min(pipeline_ns);
+            ratios.push(pipeline_ns / floor_ns);
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "paired {name} {} {fastest_floor:.0} {fastest_pipeline:.0} {:.3} {:.3}",
+            body.len(),
+            fastest_pipeline / fastest_floor,
+            ratios[PAIRS / 2]
+        );
+    }
 }
 
 criterion_group!(pipeline_benches, benches);
-criterion_main!(pipeline_benches);
+
+fn main() {
+    if std::env::var_os("PIPELINE_PAIRED").is_some() {
+        paired();
+        return;
+    }
+    pipeline_benches();
+    Criterion::default().configure_from_args().final_summary();
+}

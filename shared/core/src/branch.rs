@@ -203,31 +203,40 @@ fn parts(pattern: &str) -> impl Iterator<Item = Part<'_>> {
 /// leftmost place it fits after the previous one, which finds a match whenever there is one,
 /// in time linear in the branch's parts times the pattern's.
 fn glob_matches(pattern: &str, branch: &str) -> bool {
-    let mut pattern_parts = parts(pattern).peekable();
-    let leading_gap = pattern_parts.next_if_eq(&Part::Gap).is_some();
-    if pattern_parts.peek().is_none() {
+    // Parts of the branch as byte slices (a pushed branch may hold empty parts); both lists
+    // stay on the stack unless long.
+    on_stack(parts(pattern), Part::Gap, |pattern| {
+        on_stack(branch.split('/').map(str::as_bytes), &[][..], |text| {
+            parts_match(pattern, text)
+        })
+    })
+}
+
+fn parts_match(pattern: &[Part<'_>], text: &[&[u8]]) -> bool {
+    let (leading_gap, mut rest) = match pattern {
+        [Part::Gap, rest @ ..] => (true, rest),
+        _ => (false, pattern),
+    };
+    if rest.is_empty() {
         return true;
     }
-    // Parts of the branch, as byte slices; a pushed branch may hold empty parts.
-    let text: Vec<&[u8]> = branch.split('/').map(str::as_bytes).collect();
-    let mut block: Vec<&[u8]> = Vec::new();
     let mut position = 0;
     let mut first = true;
     loop {
-        block.clear();
-        while let Some(Part::Segment(segment)) = pattern_parts.next_if(|p| matches!(p, Part::Segment(_))) {
-            block.push(segment);
-        }
-        let gap_after = pattern_parts.next().is_some();
-        let last = pattern_parts.peek().is_none();
+        // The next block of segments, and whether a gap follows it (gaps are folded, so a
+        // segment follows a gap).
+        let len = rest.iter().take_while(|p| matches!(p, Part::Segment(_))).count();
+        let (block, after) = rest.split_at(len);
+        let gap_after = !after.is_empty();
+        rest = after.get(1..).unwrap_or_default();
+        let last = rest.is_empty();
         let anchored = first && !leading_gap;
         first = false;
-        let len = block.len();
         let fits = |start: usize| {
             block
                 .iter()
                 .zip(&text[start..start + len])
-                .all(|(p, t)| segment_matches(p, t))
+                .all(|(p, t)| matches!(p, Part::Segment(segment) if segment_matches(segment, t)))
         };
         if last && !gap_after {
             // The block ends the branch.
@@ -248,6 +257,21 @@ fn glob_matches(pattern: &str, branch: &str) -> bool {
             None => return false,
         }
     }
+}
+
+/// `f` on the items, held in a buffer on the stack when there are at most 16 of them.
+fn on_stack<T: Copy, R>(mut items: impl Iterator<Item = T>, filler: T, f: impl FnOnce(&[T]) -> R) -> R {
+    const INLINE: usize = 16;
+    let mut buffer = [filler; INLINE];
+    for (len, slot) in buffer.iter_mut().enumerate() {
+        match items.next() {
+            Some(item) => *slot = item,
+            None => return f(&buffer[..len]),
+        }
+    }
+    let mut all = buffer.to_vec();
+    all.extend(items);
+    f(&all)
 }
 
 /// One part of a branch against one segment of a pattern, where `*` matches any bytes (a
@@ -500,7 +524,21 @@ mod tests {
             .filter(|p| p.contains('*') && validate_branch(p).is_ok())
             .collect();
         patterns.extend(["é*/**", "a{b,c}*/**/z", "**/x.y*", "*]!*", "a*b*a*b", "**/a/**/b/**"].map(String::from));
+        // Past the 16 parts kept on the stack.
+        let long = "a/".repeat(17);
+        patterns.extend([
+            format!("{long}*"),
+            format!("**/{long}b"),
+            format!("{long}**/b"),
+            format!("*/{long}**"),
+        ]);
         let mut branches = strings(&BRANCH_ALPHABET, BRANCH_LEN);
+        branches.extend([
+            format!("{long}b"),
+            format!("{long}a"),
+            format!("{long}{long}b"),
+            format!("b/{long}b"),
+        ]);
         branches.extend(["é/z", "a{b,c}/q/z", "t/x.yz", "x]!y", "abab", "a/b", "q/a/b/c/r"].map(String::from));
         assert!(patterns.len() > 300, "{}", patterns.len());
         for pattern in &patterns {

@@ -163,7 +163,12 @@ pub fn parse_repository_url(url: &str) -> Result<RepoUrl, RepoUrlError> {
     if decoded.chars().any(char::is_control) {
         return Err(RepoUrlError::ControlCharacter);
     }
-    let lowered = decoded.to_lowercase();
+    // Most paths are lower-case ASCII already: no copy then.
+    let lowered = if decoded.bytes().any(|b| !b.is_ascii() || b.is_ascii_uppercase()) {
+        Cow::Owned(decoded.to_lowercase())
+    } else {
+        decoded
+    };
     let mut segments: Vec<&str> = Vec::with_capacity(8);
     for segment in lowered.split('/') {
         match segment {
@@ -354,8 +359,8 @@ fn check_port(port: &str) -> Result<(), RepoUrlError> {
 }
 
 /// RFC 1123 host name (letters, digits, hyphens; labels 1–63 bytes; 253 bytes in all), one
-/// trailing dot allowed, returned lower-cased.
-fn normalize_host(host: &str) -> Result<String, RepoUrlError> {
+/// trailing dot allowed, returned lower-cased (borrowed when it already is).
+fn normalize_host(host: &str) -> Result<Cow<'_, str>, RepoUrlError> {
     if host.is_empty() {
         return Err(RepoUrlError::MissingHost);
     }
@@ -369,10 +374,12 @@ fn normalize_host(host: &str) -> Result<String, RepoUrlError> {
                 && !label.ends_with('-')
                 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
-    if valid {
-        Ok(host.to_ascii_lowercase())
-    } else {
+    if !valid {
         Err(RepoUrlError::InvalidHost)
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Ok(Cow::Borrowed(host))
     }
 }
 
@@ -393,7 +400,9 @@ fn azure_devops<'a>(host: &'a str, segments: &[&'a str]) -> Option<[&'a str; 3]>
         // ssh: `git@ssh.dev.azure.com:v3/org/project/repo`, legacy
         // `org@vs-ssh.visualstudio.com:v3/org/project/repo`.
         "ssh.dev.azure.com" | "vs-ssh.visualstudio.com" => match segments {
-            ["v3", org, project, repo] => Some([*org, *project, *repo]),
+            // Azure DevOps refuses project names starting with `_`; in the normalized
+            // `dev.azure.com/org/project/repo` these two would read as path markers.
+            ["v3", org, project, repo] if !matches!(*project, "_git" | "_ssh") => Some([*org, *project, *repo]),
             _ => None,
         },
         "dev.azure.com" => match segments {
@@ -432,12 +441,21 @@ fn azure_repo<'a>(rest: &[&'a str]) -> Option<&'a str> {
     }
 }
 
-/// Hosts where `scm` / `projects` are ordinary names, never Bitbucket Server markers.
+/// Hosts where `scm` / `projects` are ordinary names, never Bitbucket Server markers. Azure
+/// DevOps' hosts are among them: its normalized `dev.azure.com/org/project/repo` would otherwise
+/// be read again as a Bitbucket Server path (an organization named `scm`).
 fn is_saas_host(host: &str) -> bool {
     matches!(
         host,
-        "github.com" | "gitlab.com" | "bitbucket.org" | "codeberg.org" | "gitea.com"
-    )
+        "github.com"
+            | "gitlab.com"
+            | "bitbucket.org"
+            | "codeberg.org"
+            | "gitea.com"
+            | "dev.azure.com"
+            | "ssh.dev.azure.com"
+            | "vs-ssh.visualstudio.com"
+    ) || host.ends_with(".visualstudio.com")
 }
 
 /// Bitbucket Server serves http clones under `[context/]scm/proj/repo` and ssh clones at
@@ -730,6 +748,17 @@ mod tests {
             "dev.azure.com/org/project/repo",
             false,
         ),
+        // Bitbucket Server's `scm` marker means nothing on Azure DevOps' hosts.
+        (
+            "ssh.dev.azure.com:v3/scm/project/repo",
+            "dev.azure.com/scm/project/repo",
+            false,
+        ),
+        (
+            "https://org.visualstudio.com/team/scm/_git/repo",
+            "org.visualstudio.com/team/scm/_git/repo",
+            false,
+        ),
     ];
 
     #[test]
@@ -785,6 +814,31 @@ mod tests {
         for (input, normalized) in [
             ("s:\u{FFFD}/...git//", "s/\u{FFFD}/...git"),
             ("https://h.example/a/..git", "h.example/a/..git"),
+        ] {
+            assert_eq!(normalize_repository_url(input).as_deref(), Ok(normalized), "{input:?}");
+            assert_eq!(
+                normalize_repository_url(normalized).as_deref(),
+                Ok(normalized),
+                "{normalized:?}"
+            );
+        }
+    }
+
+    /// Found by the `repo_url` fuzz target (and the `_git` project by reviewing that finding):
+    /// normalized Azure DevOps forms that a second pass read otherwise, as a Bitbucket Server
+    /// `scm/…` path or as the `_git/repo` default-repository form.
+    #[test]
+    fn azure_devops_forms_normalize_once() {
+        for (input, normalized) in [
+            ("ssh.dev.azure.com:v3/scm/t/s", "dev.azure.com/scm/t/s"),
+            (
+                "git@ssh.dev.azure.com:v3/org/_git/repo",
+                "ssh.dev.azure.com/v3/org/_git/repo",
+            ),
+            (
+                "https://org.visualstudio.com/x/scm/_git/r",
+                "org.visualstudio.com/x/scm/_git/r",
+            ),
         ] {
             assert_eq!(normalize_repository_url(input).as_deref(), Ok(normalized), "{input:?}");
             assert_eq!(

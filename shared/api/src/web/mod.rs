@@ -93,6 +93,7 @@ async fn openapi() -> impl IntoResponse {
 /// `/health` is served by every router. `infra/template.yaml` (its `HttpApi` events) and
 /// `infra/openapi.yaml` (its `paths`) list exactly these; `tests/tests/routes.rs` checks both,
 /// and that the routers serve exactly these: a route added to a router but not here fails it.
+#[rustfmt::skip]
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/health", "settings"),
     ("GET", "/organization/{org}/services", "settings"),

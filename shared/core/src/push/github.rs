@@ -30,7 +30,7 @@ struct PushEvent<'a> {
     #[serde(borrow, default)]
     commits: Option<Commits<'a>>,
     #[serde(borrow, default)]
-    head_commit: Option<super::Commit<'a>>,
+    head_commit: Option<Commit<'a>>,
     #[serde(borrow, default)]
     repository: Option<Repository<'a>>,
     #[serde(borrow, default)]
@@ -146,6 +146,47 @@ impl<'de: 'a, 'a> Visitor<'de> for CommitSeed<'_, 'a> {
         }
         self.0.listless |= !listed;
         Ok(())
+    }
+}
+
+/// `head_commit`: [`super::Commit`] whose file lists, which the payload's `commits` already
+/// hold, are checked (same errors) but not kept. Named `Commit` too, as its errors name it
+/// (`expected struct Commit`).
+#[derive(Debug, Deserialize)]
+struct Commit<'a> {
+    #[serde(borrow, default)]
+    id: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    message: Option<Text<'a>>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    added: Option<UnkeptList>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    modified: Option<UnkeptList>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    removed: Option<UnkeptList>,
+}
+
+/// A `Vec<Text>` checked (same errors) but not kept.
+#[derive(Debug)]
+struct UnkeptList;
+
+impl<'de> Deserialize<'de> for UnkeptList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = UnkeptList;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UnkeptList, A::Error> {
+                while seq.next_element::<Unkept>()?.is_some() {}
+                Ok(UnkeptList)
+            }
+        }
+        deserializer.deserialize_seq(ListVisitor)
     }
 }
 
@@ -315,7 +356,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::push::{ChangedFiles, changed_files};
+    use crate::push::{ChangedFiles, byte_order, changed_files};
 
     /// How `commits` was read before it was folded: kept whole, as the other providers do.
     #[derive(Debug, Deserialize)]
@@ -330,6 +371,41 @@ mod tests {
         commits: Option<Commits<'a>>,
     }
 
+    /// How `head_commit` was read before: a whole commit.
+    #[derive(Debug, Deserialize)]
+    struct KeptHead<'a> {
+        #[serde(borrow, default)]
+        head_commit: Option<super::super::Commit<'a>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct CheckedHead<'a> {
+        #[serde(borrow, default)]
+        head_commit: Option<Commit<'a>>,
+    }
+
+    type IdAndMessage = Option<(Option<String>, Option<String>)>;
+
+    fn kept_head(json: &str) -> Result<IdAndMessage, PayloadError> {
+        let event: KeptHead<'_> = from_json(PROVIDER, json)?;
+        Ok(event.head_commit.map(|c| {
+            (
+                c.id.as_deref().map(str::to_owned),
+                c.message.as_deref().map(str::to_owned),
+            )
+        }))
+    }
+
+    fn checked_head(json: &str) -> Result<IdAndMessage, PayloadError> {
+        let event: CheckedHead<'_> = from_json(PROVIDER, json)?;
+        Ok(event.head_commit.map(|c| {
+            (
+                c.id.as_deref().map(str::to_owned),
+                c.message.as_deref().map(str::to_owned),
+            )
+        }))
+    }
+
     fn kept(json: &str) -> Result<ChangedFiles, PayloadError> {
         let event: KeptCommits<'_> = from_json(PROVIDER, json)?;
         let commits = event.commits.unwrap_or_default();
@@ -341,6 +417,33 @@ mod tests {
         let event: FoldedCommits<'_> = from_json(PROVIDER, json)?;
         let commits = event.commits.unwrap_or_default();
         Ok(commits.files.finish(commits.count < GITHUB_COMMIT_CAP))
+    }
+
+    #[test]
+    fn byte_order_is_ord() {
+        let words = [
+            "",
+            "a",
+            "ab",
+            "abcdefg",
+            "abcdefgh",
+            "abcdefghi",
+            "abcdefgh\u{0}",
+            "abcdefgH",
+            "app/models/model_1.rb",
+        ];
+        let mut all: Vec<String> = words.iter().map(|w| (*w).to_owned()).collect();
+        for a in words {
+            for b in words {
+                all.push(format!("{a}{b}"));
+                all.push(format!("{a}é{b}"));
+            }
+        }
+        for a in &all {
+            for b in &all {
+                assert_eq!(byte_order(a.as_bytes(), b.as_bytes()), a.cmp(b), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]
@@ -403,6 +506,24 @@ mod tests {
             r#"{"commits": [{"message": "a"} {"added": []}]}"#.to_owned(),
         ])
         .collect();
+        let (mut heads, mut head_errors) = (0, 0);
+        for body in &bodies {
+            // The same values as `head_commit`: `{"commits": [c, …]}` → `{"head_commit": c}`.
+            let Some(inner) = body
+                .split_once('[')
+                .and_then(|(_, rest)| rest.rsplit_once(']'))
+                .map(|(inner, _)| inner)
+            else {
+                continue;
+            };
+            let head = format!(r#"{{"head_commit": {inner}}}"#);
+            let result = checked_head(&head);
+            assert_eq!(result, kept_head(&head), "{head}");
+            heads += usize::from(matches!(result, Ok(Some(_))));
+            head_errors += usize::from(result.is_err());
+        }
+        assert!(heads >= 8 && head_errors >= 15, "{heads} {head_errors}");
+
         let (mut known, mut errors) = (0, 0);
         for body in &bodies {
             let result = folded(body);

@@ -1,0 +1,263 @@
+//! Hostile HTTP clients against the real standalone binary ("Prove it" issue, item 4b/4c;
+//! README "Proof: faults, races, durability, load"): oversized headers are refused or the
+//! connection closed, never a crash; slow headers and slow bodies are timed out
+//! (`--header-timeout`, `--body-timeout`) while other clients are served; the server still
+//! answers `/health` after each.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_autodeploy");
+const ADMIN: &str = "hostile-admin-token-0123456789";
+/// The timeouts the server under test runs with (seconds).
+const HEADER_TIMEOUT: u64 = 1;
+const BODY_TIMEOUT: u64 = 2;
+
+struct Server {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--header-timeout", &HEADER_TIMEOUT.to_string()])
+            .args(["--body-timeout", &BODY_TIMEOUT.to_string()])
+            .arg("--database")
+            .arg(dir.path().join("autodeploy.db"))
+            .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, port, _dir: dir }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        stream
+    }
+
+    /// `GET /health` on a fresh connection answers 200, promptly, and the process lives.
+    fn assert_healthy(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "the server exited");
+        let started = Instant::now();
+        let mut stream = self.connect();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (status, _) = read_response(&mut stream).expect("an answer to /health");
+        assert_eq!(status, 200);
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Read until the server closes: `Some((status, raw))`, or `None` when it closed (or reset)
+/// without an answer.
+fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("reading the answer: {e} (a timeout means the server never closed)"),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.get(9..12)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// Write what we can; the server may close (or reset) the connection on us halfway.
+fn write_lossy(stream: &mut TcpStream, bytes: &[u8]) {
+    for chunk in bytes.chunks(64 * 1024) {
+        if stream.write_all(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+/// A refused request: a 4xx (431 or 400) or the connection closed — never a 5xx.
+fn assert_refused(answer: Option<(u16, String)>, what: &str) {
+    eprintln!(
+        "{what}: {}",
+        answer.as_ref().map_or("closed".to_owned(), |(s, _)| s.to_string())
+    );
+    if let Some((status, raw)) = answer {
+        assert!(
+            (400..500).contains(&status),
+            "{what}: {status}: {}",
+            &raw[..raw.len().min(300)]
+        );
+    }
+}
+
+#[test]
+fn oversized_headers_are_refused_and_the_server_lives() {
+    let mut server = Server::start();
+    let mib = "a".repeat(1 << 20);
+    let many: String = (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "one 1 MiB header",
+            format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {mib}\r\n\r\n"),
+        ),
+        (
+            "a 1 MiB request target",
+            format!("GET /health?{mib} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ),
+        (
+            "1,000 headers",
+            format!("GET /health HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+        ),
+        (
+            "a 1 MiB Authorization header on an API route",
+            format!("GET /organization/acme/services HTTP/1.1\r\nHost: x\r\nAuthorization: Token {mib}\r\n\r\n"),
+        ),
+        (
+            "a 1 MiB signature header on a webhook",
+            format!(
+                "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n\
+                 X-Hub-Signature-256: sha256={mib}\r\nContent-Length: 2\r\n\r\n{{}}"
+            ),
+        ),
+        (
+            "a header line without an end",
+            format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {mib}"),
+        ),
+    ];
+    for (what, request) in cases {
+        let mut stream = server.connect();
+        write_lossy(&mut stream, request.as_bytes());
+        let _ = stream.shutdown(Shutdown::Write);
+        assert_refused(read_response(&mut stream), what);
+        server.assert_healthy();
+    }
+    // A 64 KiB header is ordinary (large cookies): still served.
+    let mut stream = server.connect();
+    let big = "b".repeat(64 * 1024);
+    stream
+        .write_all(format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(read_response(&mut stream).map(|r| r.0), Some(200));
+}
+
+#[test]
+fn slow_headers_are_timed_out_while_others_are_served() {
+    let mut server = Server::start();
+    // Half a request line, then silence; and a connection that never sends a byte.
+    let mut stalled = server.connect();
+    stalled
+        .write_all(b"POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut silent = server.connect();
+    let started = Instant::now();
+    server.assert_healthy();
+    assert_refused(read_response(&mut stalled), "stalled headers");
+    assert_refused(read_response(&mut silent), "no request at all");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(HEADER_TIMEOUT * 1000 - 100)
+            && waited < Duration::from_secs(HEADER_TIMEOUT + 3),
+        "closed after {waited:?}"
+    );
+    // A trickle of header bytes does not buy more time than the header timeout.
+    let mut trickle = server.connect();
+    let started = Instant::now();
+    let request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 0123456789012345678901234567890123456789\r\n\r\n";
+    for byte in request {
+        if trickle.write_all(&[*byte]).is_err() || started.elapsed() > Duration::from_secs(HEADER_TIMEOUT + 3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_refused(read_response(&mut trickle), "trickled headers");
+    assert!(started.elapsed() < Duration::from_secs(HEADER_TIMEOUT + 4));
+    server.assert_healthy();
+}
+
+#[test]
+fn slow_bodies_are_timed_out_while_others_are_served() {
+    let mut server = Server::start();
+    let head = "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n";
+    // Stalled: headers, ten bytes of a 1,000-byte body, then nothing.
+    let mut stalled = server.connect();
+    stalled.write_all(format!("{head}{{\"ref\": \"r").as_bytes()).unwrap();
+    let started = Instant::now();
+    // Trickling: a byte every 100 ms never completes the body in time either.
+    let mut trickle = server.connect();
+    trickle.write_all(head.as_bytes()).unwrap();
+    let trickler = std::thread::spawn(move || {
+        for _ in 0..1000 {
+            if trickle.write_all(b" ").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            if Instant::now() > started + Duration::from_secs(BODY_TIMEOUT + 5) {
+                break;
+            }
+        }
+        trickle
+    });
+    // Others are served meanwhile.
+    for _ in 0..5 {
+        server.assert_healthy();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer = read_response(&mut stalled);
+    let waited = started.elapsed();
+    assert_refused(answer.clone(), "stalled body");
+    if let Some((status, raw)) = &answer {
+        assert_eq!(*status, 400, "{raw}");
+        assert!(raw.contains("MALFORMED_BODY"), "{raw}");
+    }
+    assert!(
+        waited >= Duration::from_millis(BODY_TIMEOUT * 1000 - 100) && waited < Duration::from_secs(BODY_TIMEOUT + 3),
+        "answered after {waited:?}"
+    );
+    let mut trickle = trickler.join().unwrap();
+    assert_refused(read_response(&mut trickle), "trickled body");
+    assert!(started.elapsed() < Duration::from_secs(BODY_TIMEOUT + 6));
+    server.assert_healthy();
+}
+
+#[test]
+fn an_idle_kept_alive_connection_is_closed() {
+    let mut server = Server::start();
+    let mut stream = server.connect();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Then nothing: the server closes the connection after the header timeout.
+    let started = Instant::now();
+    assert!(read_response(&mut stream).is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(HEADER_TIMEOUT + 3),
+        "{:?}",
+        started.elapsed()
+    );
+    server.assert_healthy();
+}

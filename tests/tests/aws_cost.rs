@@ -1,0 +1,481 @@
+//! Cost growth on the AWS stack: what one git push costs in AWS API calls must depend on the
+//! services it matches, never on how many services the table holds. Matching is one query on
+//! the `gsi1` index (organization + normalized repository), never a scan.
+//!
+//! The router runs in-process on the real DynamoDB and SQS adapters, on moto, each through a
+//! counting proxy (`autodeploy_tests::fault_proxy`) that tallies requests per `X-Amz-Target`.
+//! Services are seeded with `DynamoStore::put_service`, the very write the settings API makes
+//! (the item layout cannot drift from the store's), 32 at a time, directly on moto so that the
+//! seeding is not counted.
+//!
+//! Wall times on moto say little (it serves one request at a time, in Python, and its queries
+//! and transactions cost time in proportion to the table), so each push is also timed through
+//! [`LatencyStub`], which gives every call an AWS-like latency and answers the deployment
+//! writes itself.
+//!
+//! `push_cost_does_not_grow_with_stored_services` (10 vs 500 stored services) runs in the
+//! default suite. `push_cost_10_vs_10000_services` is `#[ignore]`d (seeding 10,000 services on
+//! moto takes about two minutes): `scripts/cost` runs it, and it also times pushes matching 1,
+//! 10, 100 and 1,000 services (README, "Proof: cost growth and cold start").
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autodeploy_api::aws::{DynamoStore, SqsQueue};
+use autodeploy_api::store::{Expected, ServiceStore};
+use autodeploy_api::util::{new_etag, now_rfc3339};
+use autodeploy_core::model::{Service, parse_service_document};
+use autodeploy_tests::fault_proxy::{FaultyAws, action};
+use bytes::Bytes;
+use common::{Api, fixture};
+use futures::StreamExt;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+/// The repository of the real fixture `github/gp-push.json` (branch `master`).
+const FIXTURE_REPO: &str = "binkkatal/sample_app";
+/// How many services are written at once while seeding.
+const SEED_CONCURRENCY: usize = 32;
+const SCAN: &str = "DynamoDB_20120810.Scan";
+
+/// One service to seed: `org`, its id, and the GitHub repository (`owner/name`) it follows
+/// on `master`, auto-deployed.
+struct Seed {
+    org: &'static str,
+    id: String,
+    repo: String,
+}
+
+fn seeds(org: &'static str, prefix: &str, repo: &str, n: usize) -> Vec<Seed> {
+    (0..n)
+        .map(|i| Seed {
+            org,
+            id: format!("{prefix}-{i:05}"),
+            repo: repo.to_owned(),
+        })
+        .collect()
+}
+
+/// Services following a repository of their own each.
+fn unrelated(org: &'static str, prefix: &str, n: usize) -> Vec<Seed> {
+    (0..n)
+        .map(|i| Seed {
+            org,
+            id: format!("{prefix}-{i:05}"),
+            repo: format!("acme/{prefix}-{i:05}"),
+        })
+        .collect()
+}
+
+/// Write every seed as the settings API's `PUT /organization/{org}/services/{id}` does: the
+/// same document parsing and the same `put_service` call.
+async fn seed(store: &DynamoStore, seeds: &[Seed]) {
+    let started = Instant::now();
+    let writes = seeds.iter().map(|seed| async move {
+        let doc = json!({
+            "environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": format!("https://github.com/{}.git", seed.repo), "branch": "master"},
+        });
+        let spec = parse_service_document(seed.org, &seed.id, &doc).expect("a valid service");
+        let now = now_rfc3339();
+        let service = Service {
+            id: seed.id.clone(),
+            organization_id: seed.org.to_owned(),
+            spec,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        store
+            .put_service(&service, &new_etag(), Expected::Absent)
+            .await
+            .unwrap_or_else(|e| panic!("seeding {}/{}: {e}", seed.org, seed.id));
+    });
+    futures::stream::iter(writes)
+        .buffer_unordered(SEED_CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+    eprintln!("seeded {} services in {:.1?}", seeds.len(), started.elapsed());
+}
+
+/// The router on the AWS adapters, each behind a counting proxy; organization `acme` has its
+/// GitHub secret.
+struct Stack {
+    aws: FaultyAws,
+    api: Api,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        let aws = FaultyAws::new().await;
+        let api = Api::on(aws.store.clone(), aws.queue.clone());
+        api.set_secret("acme", "github").await;
+        Self { aws, api }
+    }
+
+    async fn seed(&self, seeds: &[Seed]) {
+        // Directly on moto: the seeding is not counted.
+        seed(&self.aws.fixture.store, seeds).await;
+    }
+
+    /// One signed push of the real fixture, moved to `repo`: the AWS calls it made (store and
+    /// queue, per `X-Amz-Target`), how many deployments it queued, and how long it took.
+    async fn push(&self, repo: &str, delivery: &str) -> Push {
+        self.aws.store_proxy.reset_counts();
+        self.aws.queue_proxy.reset_counts();
+        let (queued, pending, elapsed, cpu) = timed_push(&self.api, repo, delivery).await;
+        let mut calls = BTreeMap::new();
+        for (action, count) in self
+            .aws
+            .store_proxy
+            .counts()
+            .into_iter()
+            .chain(self.aws.queue_proxy.counts())
+        {
+            assert_eq!(count.failed, 0, "{action}");
+            *calls.entry(action).or_default() += count.requests;
+        }
+        Push {
+            calls,
+            queued,
+            pending,
+            elapsed,
+            cpu,
+        }
+    }
+
+    /// The router on the same table and queue, but through a [`LatencyStub`].
+    async fn with_latency(&self) -> (LatencyStub, Api) {
+        let stub = LatencyStub::start(&autodeploy_tests::moto_url()).await;
+        let config = autodeploy_tests::aws_sdk_config(&stub.url).await;
+        let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), &self.aws.fixture.table);
+        let queue = SqsQueue::new(
+            aws_sdk_sqs::Client::new(&config),
+            &self.aws.fixture.queues.deployments.url,
+        );
+        (stub, Api::on(Arc::new(store), Arc::new(queue)))
+    }
+}
+
+/// One signed push of the real fixture, moved to `repo`, through `api`: how many deployments
+/// it sent to the queue (`QUEUED`) and left for the relay (`PENDING`), and how long it took.
+async fn timed_push(api: &Api, repo: &str, delivery: &str) -> (usize, usize, Duration, Duration) {
+    let body = String::from_utf8(fixture("github/gp-push.json"))
+        .unwrap()
+        .replace(FIXTURE_REPO, repo);
+    let (started, cpu_before) = (Instant::now(), process_cpu());
+    let r = api.push("acme", "github", body.as_bytes(), delivery).await;
+    let (elapsed, cpu) = (started.elapsed(), process_cpu().saturating_sub(cpu_before));
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body["error"]);
+    let statuses: Vec<&str> = r.body["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["status"].as_str().unwrap())
+        .collect();
+    let queued = statuses.iter().filter(|s| **s == "QUEUED").count();
+    let pending = statuses.iter().filter(|s| **s == "PENDING").count();
+    assert_eq!(queued + pending, statuses.len());
+    (queued, pending, elapsed, cpu)
+}
+
+/// CPU time this process has used (user + system, all threads), from `/proc/self/stat`, in
+/// clock ticks of 10 ms. The push runs in this process: what it spends signing, encoding and
+/// decoding requests, which Lambda's small memory sizes get a fraction of a vCPU for.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses: utime and stime are the
+    // 12th and 13th of them.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Assumed AWS latencies, in-region, per call (DynamoDB documents single-digit milliseconds
+/// for item reads and writes; a transaction is two writes; SQS batches take tens of ms).
+/// Deliberately on the slow side.
+fn aws_latency(action: &str) -> Duration {
+    Duration::from_millis(match action {
+        action::TRANSACT_WRITE_ITEMS => 25,
+        action::SEND_MESSAGE_BATCH => 30,
+        _ => 10,
+    })
+}
+
+/// An AWS endpoint that takes [`aws_latency`] over every call, as AWS would, and then
+/// forwards reads and the delivery id write to moto but answers the deployment writes
+/// (`TransactWriteItems`, `UpdateItem`, `SendMessageBatch`) itself, with success: the wall time
+/// of a push through it is the pipeline's own concurrency against AWS-like latencies, not
+/// moto's (which serves one request at a time, in Python). Nothing of what the stub answers
+/// is written.
+struct LatencyStub {
+    url: String,
+    /// Requests per `X-Amz-Target`.
+    counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LatencyStub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type StubError = Box<dyn std::error::Error + Send + Sync>;
+
+impl LatencyStub {
+    async fn start(moto: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let moto: Arc<str> = Arc::from(moto.trim_end_matches('/'));
+        let counts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let shared = Arc::clone(&counts);
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (client, moto, counts) = (client.clone(), Arc::clone(&moto), Arc::clone(&shared));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        LatencyStub::handle(req, client.clone(), Arc::clone(&moto), Arc::clone(&counts))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { url, counts, task }
+    }
+
+    fn counts(&self) -> BTreeMap<String, usize> {
+        self.counts.lock().unwrap().clone()
+    }
+
+    fn reset_counts(&self) {
+        self.counts.lock().unwrap().clear();
+    }
+
+    async fn handle(
+        req: http::Request<Incoming>,
+        client: Client<HttpConnector, Full<Bytes>>,
+        moto: Arc<str>,
+        counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    ) -> Result<http::Response<Full<Bytes>>, StubError> {
+        let action = req
+            .headers()
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        *counts.lock().unwrap().entry(action.clone()).or_default() += 1;
+        let (mut parts, body) = req.into_parts();
+        let body = body.collect().await?.to_bytes();
+        tokio::time::sleep(aws_latency(&action)).await;
+        let answer = match action.as_str() {
+            action::TRANSACT_WRITE_ITEMS | action::UPDATE_ITEM => json!({}),
+            action::SEND_MESSAGE_BATCH => {
+                let request: Value = serde_json::from_slice(&body)?;
+                let successful: Vec<Value> = request["Entries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|entry| {
+                        json!({"Id": entry["Id"], "MessageId": uuid::Uuid::new_v4().to_string(),
+                               "MD5OfMessageBody": "00000000000000000000000000000000"})
+                    })
+                    .collect();
+                json!({"Successful": successful, "Failed": []})
+            }
+            _ => {
+                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                parts.uri = format!("{moto}{path}").parse()?;
+                let (mut parts, body) = client
+                    .request(http::Request::from_parts(parts, Full::new(body)))
+                    .await?
+                    .into_parts();
+                let body = body.collect().await?.to_bytes();
+                parts.headers.remove(http::header::TRANSFER_ENCODING);
+                parts.headers.remove(http::header::CONNECTION);
+                return Ok(http::Response::from_parts(parts, Full::new(body)));
+            }
+        };
+        Ok(http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/x-amz-json-1.0")
+            .header("x-amzn-requestid", uuid::Uuid::new_v4().to_string())
+            .body(Full::new(Bytes::from(answer.to_string())))?)
+    }
+}
+
+struct Push {
+    calls: BTreeMap<String, usize>,
+    queued: usize,
+    pending: usize,
+    elapsed: Duration,
+    /// CPU time of the test process during the push.
+    cpu: Duration,
+}
+
+impl Push {
+    fn total(&self) -> usize {
+        self.calls.values().sum()
+    }
+
+    /// One line for `scripts/cost`.
+    fn report(&self, label: &str, matched: usize, stored: usize) {
+        println!(
+            "{label} matched={matched} stored={stored} calls={} queued={} pending={} wall_ms={} cpu_ms={} detail={:?}",
+            self.total(),
+            self.queued,
+            self.pending,
+            self.elapsed.as_millis(),
+            self.cpu.as_millis(),
+            self.calls
+        );
+    }
+}
+
+/// The calls a push matching `n` services makes, whatever else the table holds: the secret and
+/// the delivery id read, the delivery id remembered, ONE index query, one transaction (guard +
+/// record) and one update (marked QUEUED) per service, one SQS batch per ten services. No scan.
+fn expected_calls(n: usize) -> BTreeMap<String, usize> {
+    BTreeMap::from([
+        (action::GET_ITEM.to_owned(), 2),
+        (action::PUT_ITEM.to_owned(), 1),
+        (action::QUERY.to_owned(), 1),
+        (action::TRANSACT_WRITE_ITEMS.to_owned(), n),
+        (action::UPDATE_ITEM.to_owned(), n),
+        (action::SEND_MESSAGE_BATCH.to_owned(), n.div_ceil(10)),
+    ])
+}
+
+fn check(push: &Push, n: usize, what: &str) {
+    assert_eq!((push.queued, push.pending), (n, 0), "{what}");
+    assert!(!push.calls.contains_key(SCAN), "{what}: a scan: {:?}", push.calls);
+    assert_eq!(push.calls, expected_calls(n), "{what}");
+}
+
+/// On moto a large push may run past the queue's 2 s budget for one batch (moto answers one
+/// request at a time, slowly once it holds thousands of messages); the deployments not sent
+/// then stay PENDING for the relay, and fewer batches and updates are made. Everything up to
+/// the queue still holds: one query, no scan, one transaction per service.
+fn check_on_moto(push: &Push, n: usize, what: &str) {
+    if push.pending == 0 {
+        return check(push, n, what);
+    }
+    assert_eq!(push.queued + push.pending, n, "{what}");
+    assert!(!push.calls.contains_key(SCAN), "{what}: a scan: {:?}", push.calls);
+    let expected = expected_calls(n);
+    for action in [
+        action::GET_ITEM,
+        action::PUT_ITEM,
+        action::QUERY,
+        action::TRANSACT_WRITE_ITEMS,
+    ] {
+        assert_eq!(push.calls.get(action), expected.get(action), "{what}: {action}");
+    }
+}
+
+/// A table of `total` services in which groups of `groups[i]` services follow repository
+/// `acme/group-{groups[i]}` each; of the rest, half follow a repository of their own in the same
+/// organization and half follow `acme/group-10` in another organization. A push to
+/// `acme/group-{n}` in `acme` matches exactly its group.
+fn table(groups: &[usize], total: usize) -> Vec<Seed> {
+    let mut all = Vec::new();
+    for &n in groups {
+        all.extend(seeds("acme", &format!("group{n}"), &group_repo(n), n));
+    }
+    let others = total - all.len();
+    all.extend(unrelated("acme", "other", others / 2));
+    all.extend(seeds("globex", "group10", &group_repo(10), others - others / 2));
+    assert_eq!(all.len(), total);
+    all
+}
+
+fn group_repo(n: usize) -> String {
+    format!("acme/group-{n}")
+}
+
+/// The same push, matching the same 10 services, in a table holding only those 10 services and
+/// in one holding `total` (made by [`table`] with `groups`, which must include 10): the same
+/// calls, action for action. Then a push to each other group of the large table, and each push
+/// again through a [`LatencyStub`]. Prints one `COST` / `LATENCY` line per push for
+/// `scripts/cost`.
+async fn same_calls_with(groups: &[usize], total: usize) {
+    let small = Stack::new().await;
+    small.seed(&seeds("acme", "group10", &group_repo(10), 10)).await;
+    let alone = small.push(&group_repo(10), "delivery-10").await;
+    check(&alone, 10, "10 services stored");
+
+    let large = Stack::new().await;
+    large.seed(&table(groups, total)).await;
+    let crowded = large.push(&group_repo(10), "delivery-10").await;
+    check(&crowded, 10, &format!("10 of {total} services"));
+    assert_eq!(alone.calls, crowded.calls);
+    alone.report("COST", 10, 10);
+
+    let mut crowded = Some(crowded);
+    for &n in groups {
+        let push = match crowded.take_if(|_| n == 10) {
+            Some(push) => push,
+            None => {
+                let push = large.push(&group_repo(n), &format!("delivery-{n}")).await;
+                check_on_moto(&push, n, &format!("{n} of {total} services"));
+                push
+            }
+        };
+        push.report("COST", n, total);
+    }
+
+    // The same pushes against AWS-like latencies (reads still served by moto): every
+    // deployment sent, the same calls (and, built with optimizations, inside GitHub's 10 s).
+    let (stub, api) = large.with_latency().await;
+    for &n in groups {
+        stub.reset_counts();
+        let (queued, pending, elapsed, cpu) = timed_push(&api, &group_repo(n), &format!("latency-{n}")).await;
+        let push = Push {
+            calls: stub.counts(),
+            queued,
+            pending,
+            elapsed,
+            cpu,
+        };
+        check(&push, n, &format!("{n} of {total} services, AWS latencies"));
+        push.report("LATENCY", n, total);
+        // A debug build spends milliseconds of CPU per call (SigV4 signing, JSON): the wall
+        // time says something about GitHub's 10 s only when built with optimizations
+        // (`scripts/cost --release`).
+        if !cfg!(debug_assertions) {
+            assert!(
+                elapsed < Duration::from_secs(10),
+                "{n} of {total} services: {elapsed:?}"
+            );
+        }
+    }
+}
+
+/// Default suite: 10 services stored vs 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_cost_does_not_grow_with_stored_services() {
+    same_calls_with(&[10], 500).await;
+}
+
+/// `scripts/cost`: 10 services stored vs 10,000, and pushes matching 1, 10, 100 and 1,000 of
+/// the 10,000, each with its calls and wall time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "seeds 10,000 services on moto (a minute or two): run by scripts/cost"]
+async fn push_cost_10_vs_10000_services() {
+    same_calls_with(&[1, 10, 100, 1000], 10_000).await;
+}

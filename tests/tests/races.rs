@@ -1,0 +1,259 @@
+//! Races, on both backends (SQLite in-process; DynamoDB + SQS FIFO on moto): concurrent
+//! distinct pushes lose nothing and duplicate nothing, and a PATCH racing a push is never
+//! lost, never turns into an error, and the push's outcome agrees with what was recorded.
+//! ("Prove it" issue, item 1; README "Proof: faults, races, durability, load".)
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ADMIN, Api, fixture_json, outcome};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
+const PUSHES: usize = 20;
+const SERVICES: usize = 3;
+
+/// The real GitHub push fixture, moved to commit `after`.
+fn push_to(after: &str) -> Vec<u8> {
+    let mut body = fixture_json("github/gp-push.json");
+    body["after"] = json!(after);
+    body["head_commit"]["id"] = json!(after);
+    body["commits"][0]["id"] = json!(after);
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// A 40-hex commit id, distinct per `(round, i)`.
+fn commit(round: usize, i: usize) -> String {
+    format!("{round:08x}{i:08x}{:024x}", 0xabcdefu64)
+}
+
+async fn sqlite_api() -> Arc<Api> {
+    let api = Api::new();
+    api.set_secret("acme", "github").await;
+    Arc::new(api)
+}
+
+async fn dynamo_api() -> Arc<Api> {
+    let aws = autodeploy_tests::aws_fixture().await;
+    let api = Api::on(Arc::new(aws.store), Arc::new(aws.queue));
+    api.set_secret("acme", "github").await;
+    Arc::new(api)
+}
+
+/// Every deployment of `org`, all pages, newest first.
+async fn all_deployments(api: &Api, org: &str, query: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/organization/{org}/deployments?limit=7{query}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let r = api.call(Method::GET, &path, Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        items.extend(r.body["items"].as_array().unwrap().iter().cloned());
+        match r.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+/// N distinct pushes at once to one repository followed by three services: exactly one
+/// deployment per (push, service), each reply listing its three, and the log holding exactly
+/// the deployment ids the replies handed out.
+async fn distinct_concurrent_pushes_each_deploy_every_service(api: Arc<Api>) {
+    let services: Vec<String> = (0..SERVICES).map(|i| format!("svc-{i}")).collect();
+    for id in &services {
+        api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    }
+    let tasks: Vec<_> = (0..PUSHES)
+        .map(|i| {
+            let api = Arc::clone(&api);
+            tokio::spawn(async move {
+                let after = commit(1, i);
+                let r = api
+                    .push("acme", "github", &push_to(&after), &format!("delivery-{i}"))
+                    .await;
+                (after, r)
+            })
+        })
+        .collect();
+    let mut handed_out = BTreeSet::new();
+    for task in tasks {
+        let (after, r) = task.await.unwrap();
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{after}: {}", r.body);
+        let (queued, skipped) = outcome(&r);
+        assert_eq!(
+            queued,
+            services
+                .iter()
+                .map(|s| (s.clone(), "QUEUED".to_owned()))
+                .collect::<Vec<_>>(),
+            "{after}"
+        );
+        assert!(skipped.is_empty(), "{after}: {}", r.body);
+        for q in r.body["queued"].as_array().unwrap() {
+            assert_eq!(q["commit_sha"], after.as_str());
+            assert!(handed_out.insert(q["deployment_id"].as_str().unwrap().to_owned()));
+        }
+    }
+    assert_eq!(handed_out.len(), PUSHES * SERVICES);
+
+    let log = all_deployments(&api, "acme", "").await;
+    assert_eq!(log.len(), PUSHES * SERVICES, "no loss, no duplicate");
+    let logged: BTreeSet<String> = log
+        .iter()
+        .map(|d| d["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(logged, handed_out);
+    // One per (push, service).
+    let pairs: BTreeSet<(String, String)> = log
+        .iter()
+        .map(|d| {
+            (
+                d["git_commit_id"].as_str().unwrap().to_owned(),
+                d["service_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(pairs.len(), PUSHES * SERVICES);
+    for d in &log {
+        assert_eq!(d["status"], "QUEUED", "{d}");
+    }
+    // Per service too, through the filtered listing.
+    for id in &services {
+        assert_eq!(
+            all_deployments(&api, "acme", &format!("&service_id={id}")).await.len(),
+            PUSHES
+        );
+    }
+}
+
+/// `PATCH {"auto_deploy": false}` racing a push, `ROUNDS` times on fresh services: the
+/// PATCH always succeeds and is never lost (final document: auto_deploy false, version bumped
+/// exactly once, everything else unchanged); the push is a 202 QUEUED (it read the service
+/// before the PATCH) or a 200 AUTO_DEPLOY_DISABLED, never an error; exactly as many
+/// deployments exist as the push said it queued.
+async fn a_patch_racing_a_push_is_never_lost(api: Arc<Api>, backend: &str, step: Duration) {
+    const ROUNDS: usize = 16;
+    let mut queued_rounds = 0;
+    for round in 0..ROUNDS {
+        let id = format!("race-{round:02}");
+        let created = api.app("acme", &id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
+        let before = created.body.clone();
+        let version = before["version"].as_u64().expect("a version");
+        // Services of earlier rounds are switched off, so each round's push concerns `id`.
+        let path = format!("/organization/acme/services/{id}");
+        // Alternate which request starts first; on odd rounds the PATCH also starts a little
+        // later each time (`step` more per round), sweeping across the push's reads and
+        // writes, so that both orders happen on either backend.
+        let delay = if round % 2 == 1 {
+            step * (round as u32 / 2)
+        } else {
+            Duration::ZERO
+        };
+        let start_patch = {
+            let api = Arc::clone(&api);
+            let path = path.clone();
+            move || {
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    api.call(Method::PATCH, &path, Some(ADMIN), Some(json!({"auto_deploy": false})))
+                        .await
+                })
+            }
+        };
+        let start_push = {
+            let api = Arc::clone(&api);
+            move || {
+                tokio::spawn(async move {
+                    api.push(
+                        "acme",
+                        "github",
+                        &push_to(&commit(2, round)),
+                        &format!("race-delivery-{round}"),
+                    )
+                    .await
+                })
+            }
+        };
+        let (patch, push) = if round % 2 == 1 {
+            let push = start_push();
+            (start_patch(), push)
+        } else {
+            let patch = start_patch();
+            (patch, start_push())
+        };
+        let (patch, push) = (patch.await.unwrap(), push.await.unwrap());
+        assert_eq!(patch.status, StatusCode::OK, "round {round}: {}", patch.body);
+
+        let after = api.call(Method::GET, &path, Some(ADMIN), None).await;
+        assert_eq!(after.status, StatusCode::OK);
+        assert_eq!(after.body["auto_deploy"], false, "round {round}: the PATCH was lost");
+        assert_eq!(
+            after.body["version"].as_u64(),
+            Some(version + 1),
+            "round {round}: {}",
+            after.body
+        );
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            for k in ["auto_deploy", "version", "updated_at"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            v
+        };
+        assert_eq!(strip(&after.body), strip(&before), "round {round}");
+
+        let deployments = all_deployments(&api, "acme", &format!("&service_id={id}")).await;
+        let (queued, skipped) = outcome(&push);
+        match push.status {
+            StatusCode::ACCEPTED => {
+                queued_rounds += 1;
+                assert_eq!(queued, vec![(id.clone(), "QUEUED".to_owned())], "round {round}");
+                assert_eq!(deployments.len(), 1, "round {round}");
+                assert_eq!(deployments[0]["deployment_id"], push.body["queued"][0]["deployment_id"]);
+            }
+            StatusCode::OK => {
+                assert!(queued.is_empty(), "round {round}: {}", push.body);
+                assert!(
+                    skipped.contains(&(id.clone(), "AUTO_DEPLOY_DISABLED".to_owned())),
+                    "round {round}: {}",
+                    push.body
+                );
+                assert_eq!(deployments.len(), 0, "round {round}");
+            }
+            other => panic!("round {round}: the push answered {other}: {}", push.body),
+        }
+        // Every earlier round's service is now off: a later push queues nothing for them.
+        for s in push.body["skipped"].as_array().unwrap() {
+            assert_eq!(s["reason"], "AUTO_DEPLOY_DISABLED", "{}", push.body);
+        }
+    }
+    eprintln!("{backend} PATCH/push race: {queued_rounds} of {ROUNDS} pushes read the service before the PATCH");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_distinct_concurrent_pushes_each_deploy_every_service() {
+    distinct_concurrent_pushes_each_deploy_every_service(sqlite_api().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_patch_racing_a_push_is_never_lost() {
+    a_patch_racing_a_push_is_never_lost(sqlite_api().await, "SQLite", Duration::from_micros(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_distinct_concurrent_pushes_each_deploy_every_service() {
+    distinct_concurrent_pushes_each_deploy_every_service(dynamo_api().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_a_patch_racing_a_push_is_never_lost() {
+    a_patch_racing_a_push_is_never_lost(dynamo_api().await, "DynamoDB", Duration::from_millis(4)).await;
+}
