@@ -241,11 +241,12 @@ async fn a_queue_down_leaves_deployments_pending_for_the_relay() {
     }
 }
 
-/// A push matching 25 services sends three batches; the queue takes the first, then fails:
-/// the first ten are QUEUED, the other fifteen PENDING, and the relay delivers those fifteen
-/// exactly once.
+/// A push matching 25 services sends its three batches (10, 10 and 5 deployments) at once: it
+/// holds one deployment per service, so no batch can overtake another's service. The queue
+/// takes the first batch to arrive and fails the other two: that batch's deployments are
+/// QUEUED, the rest PENDING, and the relay delivers those exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_failing_after_the_first_batch() {
+async fn a_queue_failing_after_its_first_batch() {
     let stack = Stack::new().await;
     let services = ids("svc", 25);
     stack.services(&services).await;
@@ -256,27 +257,38 @@ async fn a_queue_failing_after_the_first_batch() {
 
     let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let mut want = each(&services[..10], "QUEUED");
-    want.extend(each(&services[10..], "PENDING"));
-    assert_eq!(outcome(&r).0, want);
-    // The first batch passed; the second failed after the SDK's retries, and the third was
-    // not tried: the queue is down, and sending it would put its deployments ahead of
-    // the second batch's.
+    let answered = outcome(&r).0;
+    let queued: Vec<String> = answered
+        .iter()
+        .filter(|(_, status)| status == "QUEUED")
+        .map(|(service, _)| service.clone())
+        .collect();
+    let batch = [&services[..10], &services[10..20], &services[20..]]
+        .into_iter()
+        .find(|batch| *batch == queued.as_slice())
+        .unwrap_or_else(|| panic!("QUEUED is not one batch: {answered:?}"));
+    let mut want = each(batch, "QUEUED");
+    let rest: Vec<String> = services.iter().filter(|s| !batch.contains(s)).cloned().collect();
+    want.extend(each(&rest, "PENDING"));
+    want.sort();
+    assert_eq!(answered, want);
+    // One batch passed; the other two failed after the SDK's retries.
     assert_eq!(
         stack.aws.queue_proxy.count(action::SEND_MESSAGE_BATCH),
         Count {
-            requests: 1 + ATTEMPTS,
-            failed: ATTEMPTS
+            requests: 1 + 2 * ATTEMPTS,
+            failed: 2 * ATTEMPTS
         }
     );
     assert_eq!(stack.log().await, want);
     let first = stack.aws.drain().await;
-    assert_eq!(first.len(), 10);
+    assert_eq!(first.len(), batch.len());
 
     stack.aws.queue_proxy.pass_through();
-    assert_eq!(stack.aws.relay().await, RelayReport { pending: 15, sent: 15 });
+    let pending = services.len() - batch.len();
+    assert_eq!(stack.aws.relay().await, RelayReport { pending, sent: pending });
     let rest = stack.aws.drain().await;
-    assert_eq!(rest.len(), 15);
+    assert_eq!(rest.len(), pending);
     let mut all: Vec<ReceivedMessage> = first.into_iter().chain(rest).collect();
     all.sort_by(|a, b| a.group.cmp(&b.group));
     assert_eq!(message_ids(&all), deployment_ids(&r));

@@ -13,8 +13,10 @@ use futures::StreamExt;
 use crate::store::{DeploymentQueue, Guard, RecordOutcome, Store, StoreError};
 
 /// How many services of one request are recorded at once: enough to keep a push that matches
-/// hundreds of services well inside a provider's timeout, few enough not to flood the store.
-const RECORD_CONCURRENCY: usize = 16;
+/// a thousand services well inside a provider's 10 s (one record is one DynamoDB transaction,
+/// ~25 ms: 32 at a time record 1,000 in under a second), few enough not to flood the store or
+/// open more connections than a small function can afford to handshake.
+pub(crate) const RECORD_CONCURRENCY: usize = 32;
 
 /// One deployment to record, with the guard that must hold for it.
 pub struct Candidate {

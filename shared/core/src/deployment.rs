@@ -77,3 +77,109 @@ pub struct DeploymentRecord {
     pub request: DeploymentRequest,
     pub status: DeploymentStatus,
 }
+
+/// Plans the sending of `requests` in batches of at most `batch_size`, in their order, as
+/// waves: the batches of one wave share no message group, so they may be sent at once, and a
+/// batch holding a group that an earlier batch holds sits in a later wave than that batch, so
+/// one service's messages still reach the queue in order. A push (one deployment per service)
+/// is one wave; the relay's backlog of twelve deployments of one service is two.
+/// Each batch is a range of indexes into `requests`.
+pub fn batch_waves(requests: &[DeploymentRequest], batch_size: usize) -> Vec<Vec<std::ops::Range<usize>>> {
+    let batch_size = batch_size.max(1);
+    // For each group, the first wave a later batch holding it may join.
+    let mut next_wave: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut waves: Vec<Vec<std::ops::Range<usize>>> = Vec::new();
+    for start in (0..requests.len()).step_by(batch_size) {
+        let range = start..(start + batch_size).min(requests.len());
+        let groups: Vec<String> = requests[range.clone()]
+            .iter()
+            .map(DeploymentRequest::message_group)
+            .collect();
+        let wave = groups
+            .iter()
+            .filter_map(|g| next_wave.get(g))
+            .copied()
+            .max()
+            .unwrap_or(0);
+        for group in groups {
+            next_wave.insert(group, wave + 1);
+        }
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(range);
+    }
+    waves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(service: &str) -> DeploymentRequest {
+        DeploymentRequest {
+            schema: SCHEMA.to_owned(),
+            deployment_id: format!("d-{service}"),
+            organization_id: "org".to_owned(),
+            environment_id: "env".to_owned(),
+            service_id: service.to_owned(),
+            service_kind: ServiceKind::Application,
+            git_commit_id: None,
+            image_tag: Some("1.0.0".to_owned()),
+            trigger: Trigger::ImageTag {
+                source: ImageSourceKind::Api,
+                registry: "docker.io".to_owned(),
+                image_name: "library/nginx".to_owned(),
+                previous_tag: None,
+                tag: "1.0.0".to_owned(),
+            },
+            requested_at: "2026-01-01T00:00:00Z".to_owned(),
+        }
+    }
+
+    fn requests(services: &[&str]) -> Vec<DeploymentRequest> {
+        services.iter().map(|s| request(s)).collect()
+    }
+
+    #[test]
+    fn distinct_services_are_one_wave_of_batches() {
+        let names: Vec<String> = (0..25).map(|i| format!("s{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(batch_waves(&requests(&names), 10), vec![vec![0..10, 10..20, 20..25]]);
+    }
+
+    #[test]
+    fn a_service_in_two_batches_orders_them() {
+        // Twelve deployments of one service: the second batch waits for the first.
+        let r = requests(&["api"; 12]);
+        assert_eq!(batch_waves(&r, 10), vec![vec![0..10], vec![10..12]]);
+    }
+
+    #[test]
+    fn only_batches_sharing_a_service_wait() {
+        // Batches: [a b] [c d] [a e] [f g]: the third shares `a` with the first.
+        let r = requests(&["a", "b", "c", "d", "a", "e", "f", "g"]);
+        assert_eq!(batch_waves(&r, 2), vec![vec![0..2, 2..4, 6..8], vec![4..6]]);
+        // A chain: [a] [a] [a] goes one wave at a time.
+        assert_eq!(
+            batch_waves(&requests(&["a", "a", "a"]), 1),
+            vec![vec![0..1], vec![1..2], vec![2..3]]
+        );
+    }
+
+    #[test]
+    fn a_later_batch_waits_for_the_latest_wave_holding_its_service() {
+        // [a] [a] [b] [a b]: `b` is first in wave 0, `a` last in wave 1, so the fourth goes in
+        // wave 2.
+        let r = requests(&["a", "a", "b", "a", "b"]);
+        assert_eq!(batch_waves(&r, 1), vec![vec![0..1, 2..3], vec![1..2, 4..5], vec![3..4]]);
+        let r = requests(&["a", "a", "b", "a", "b", "x"]);
+        assert_eq!(batch_waves(&r, 2), vec![vec![0..2], vec![2..4], vec![4..6]]);
+    }
+
+    #[test]
+    fn nothing_to_send_is_no_wave() {
+        assert!(batch_waves(&[], 10).is_empty());
+        assert_eq!(batch_waves(&requests(&["a"]), 0), vec![vec![0..1]]);
+    }
+}

@@ -61,6 +61,9 @@ const MAX_INDEX_VALUE: usize = 1024;
 const MAX_DELIVERY_ID: usize = 256;
 /// Attempts of a write that lost a race against a concurrent transaction.
 const CONFLICT_ATTEMPTS: u32 = 4;
+/// Deployments marked `QUEUED` at once: as many as the pipeline records at once, so marking a
+/// push's deployments reuses the connections recording them opened.
+const MARK_CONCURRENCY: usize = crate::pipeline::RECORD_CONCURRENCY;
 
 /// The DynamoDB implementation of [`Store`].
 #[derive(Clone, Debug)]
@@ -577,7 +580,7 @@ impl DeploymentLog for DynamoStore {
             .map(|id| self.mark_one_queued(org, id, expires_at))
             .collect();
         futures::stream::iter(updates)
-            .buffer_unordered(8)
+            .buffer_unordered(MARK_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())

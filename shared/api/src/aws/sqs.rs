@@ -1,18 +1,26 @@
 //! The deployment queue on SQS FIFO: one message group per service keeps its deployments in
 //! order, and the deployment id as deduplication id makes a repeated send harmless.
 
+use std::ops::Range;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use autodeploy_core::deployment::DeploymentRequest;
+use autodeploy_core::deployment::{DeploymentRequest, batch_waves};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use futures::{FutureExt, StreamExt};
+use tokio::time::Instant;
 
 use super::describe_sdk_error;
 use crate::store::{DeploymentQueue, QueueError};
 
 /// SQS takes at most ten messages per batch.
 const BATCH: usize = 10;
+/// Batches of one request in flight at once. A push matching 1,000 services makes 100
+/// batches; ten at a time send them in ten round trips rather than a hundred, well under
+/// what a high-throughput FIFO queue (the template's) takes per second.
+const CONCURRENT_BATCHES: usize = 10;
 /// Attempts per message before its failure is reported (the caller keeps it `PENDING`).
 const ATTEMPTS: u32 = 3;
 /// How long one batch may take, the SDK's retries included. The SDK sets no timeout but the
@@ -21,6 +29,10 @@ const ATTEMPTS: u32 = 3;
 /// get no 202. A batch that times out stops the send (see [`SqsQueue::send`]), so a queue
 /// that hangs costs a request this long at most; what was not sent stays `PENDING`.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one [`DeploymentQueue::send`] may keep starting batches. A queue that answers,
+/// but slowly (throttling, retries), must not hold a push that matches hundreds of services
+/// past the function's timeout: batches not started by then stay `PENDING` for the relay.
+const SEND_BUDGET: Duration = Duration::from_secs(4);
 
 #[derive(Clone, Debug)]
 pub struct SqsQueue {
@@ -125,33 +137,76 @@ impl SqsQueue {
 #[async_trait]
 impl DeploymentQueue for SqsQueue {
     async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
-        let mut results = Vec::with_capacity(requests.len());
-        let mut down: Option<String> = None;
-        // One batch after the other: concurrent batches could reorder a service's messages.
-        // For the same reason, once SQS fails a whole batch (or does not answer in time) the
-        // later batches are not tried: sent now, they would overtake the failed batch's
-        // deployments of the same services, which the relay sends later; it sends these after
-        // them. And a queue that is down does not cost the request one timeout per batch.
-        for batch in requests.chunks(BATCH) {
-            if let Some(reason) = &down {
-                results.extend(batch.iter().map(|_| Err(QueueError(format!("not sent: {reason}")))));
-                continue;
+        let mut results: Vec<Option<Result<(), QueueError>>> = (0..requests.len()).map(|_| None).collect();
+        // Why SQS stopped being tried, once a batch failed whole or went unanswered.
+        let down: OnceLock<String> = OnceLock::new();
+        let deadline = Instant::now() + SEND_BUDGET;
+        // Batches of one wave hold no service twice, so they go at once; a service's later
+        // batch waits in a later wave (see `batch_waves`). Once SQS fails a whole batch (or does
+        // not answer in time), no further batch is started: sent now, a later wave would
+        // overtake the failed batch's deployments of the same services, which the relay sends
+        // later, and a queue that is down does not cost the request one timeout per batch.
+        for wave in batch_waves(requests, BATCH) {
+            if down.get().is_some() {
+                break;
             }
-            match tokio::time::timeout(BATCH_TIMEOUT, self.send_batch(batch)).await {
-                Ok((sent, answered)) => {
-                    if !answered {
-                        down = Some("SQS failed an earlier batch".to_owned());
-                    }
-                    results.extend(sent);
-                }
-                Err(_) => {
-                    let reason = format!("SQS did not answer within {BATCH_TIMEOUT:?}");
-                    results.extend(batch.iter().map(|_| Err(QueueError(reason.clone()))));
-                    down = Some(reason);
+            let sent: Vec<(Range<usize>, Vec<Result<(), QueueError>>)> = futures::stream::iter(wave)
+                .map(|range| {
+                    self.send_one_batch(&requests[range.clone()], &down, deadline)
+                        .map(move |sent| (range, sent))
+                })
+                .buffer_unordered(CONCURRENT_BATCHES)
+                .collect()
+                .await;
+            for (range, sent) in sent {
+                for (slot, result) in results[range].iter_mut().zip(sent) {
+                    *slot = Some(result);
                 }
             }
         }
         results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    let reason = down.get().map_or("SQS failed an earlier batch", String::as_str);
+                    Err(QueueError(format!("not sent: {reason}")))
+                })
+            })
+            .collect()
+    }
+}
+
+impl SqsQueue {
+    /// One batch of [`DeploymentQueue::send`], unless SQS has stopped being tried (`down`,
+    /// which a failure of this batch sets) or the send's time is up.
+    async fn send_one_batch(
+        &self,
+        batch: &[DeploymentRequest],
+        down: &OnceLock<String>,
+        deadline: Instant,
+    ) -> Vec<Result<(), QueueError>> {
+        if Instant::now() >= deadline {
+            let _ = down.set(format!("the request spent its {SEND_BUDGET:?} for sending"));
+        }
+        if let Some(reason) = down.get() {
+            return batch
+                .iter()
+                .map(|_| Err(QueueError(format!("not sent: {reason}"))))
+                .collect();
+        }
+        match tokio::time::timeout(BATCH_TIMEOUT, self.send_batch(batch)).await {
+            Ok((sent, answered)) => {
+                if !answered {
+                    let _ = down.set("SQS failed an earlier batch".to_owned());
+                }
+                sent
+            }
+            Err(_) => {
+                let reason = format!("SQS did not answer within {BATCH_TIMEOUT:?}");
+                let _ = down.set(reason.clone());
+                batch.iter().map(|_| Err(QueueError(reason.clone()))).collect()
+            }
+        }
     }
 }
 
