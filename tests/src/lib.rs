@@ -38,7 +38,10 @@ pub fn moto_url() -> String {
 /// An SDK configuration for `endpoint`: static test credentials and region `us-east-1`, so
 /// nothing from the developer's own AWS setup is used.
 pub async fn aws_sdk_config(endpoint: &str) -> SdkConfig {
+    // The functions' own HTTPS client, so that every AWS test goes through it.
+    let http_client = autodeploy_api::aws::https_client().unwrap();
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "autodeploy-tests"))
         .endpoint_url(endpoint)

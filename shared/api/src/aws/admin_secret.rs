@@ -63,7 +63,7 @@ pub async fn admin_token_from_env() -> Result<Arc<dyn AdminTokenSource>, String>
         return Ok(Arc::new(StaticAdminToken::new(&token)));
     }
     let secret_id = secret_id()?;
-    let config = load_config().await;
+    let config = load_config().await?;
     Ok(Arc::new(SecretsManagerAdminToken::new(
         aws_sdk_secretsmanager::Client::new(&config),
         secret_id,

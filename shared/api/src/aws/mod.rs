@@ -7,6 +7,7 @@
 
 mod admin_secret;
 mod dynamo;
+mod https;
 pub mod lambda_events;
 mod sqs;
 
@@ -18,6 +19,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 
 pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config, admin_token_from_env};
 pub use dynamo::DynamoStore;
+pub use https::{Roots, compiled_roots, https_client, https_client_trusting};
 pub use sqs::SqsQueue;
 
 /// The DynamoDB table holding every record (the template's `Table`).
@@ -42,7 +44,7 @@ pub struct AwsBackend {
 pub async fn from_env() -> Result<AwsBackend, String> {
     let table = required_env(TABLE_ENV)?;
     let queue_url = required_env(QUEUE_URL_ENV)?;
-    let config = load_config().await;
+    let config = load_config().await?;
     Ok(AwsBackend {
         store: Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table)),
         queue: Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&config), queue_url)),
@@ -100,9 +102,12 @@ pub fn init_tracing() {
 }
 
 /// The standard SDK configuration: region, credentials and endpoint overrides from the
-/// environment.
-pub async fn load_config() -> SdkConfig {
-    aws_config::load_defaults(BehaviorVersion::latest()).await
+/// environment, on the shared HTTPS client ([`https_client`]).
+pub async fn load_config() -> Result<SdkConfig, String> {
+    Ok(aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client()?)
+        .load()
+        .await)
 }
 
 /// A set, non-empty environment variable, or a message naming it.
