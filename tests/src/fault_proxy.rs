@@ -66,6 +66,9 @@ pub enum Failure {
     /// The request is held this long, then answered with a 503; it never reaches moto. Longer
     /// than the client waits, it is a timeout.
     Delay(Duration),
+    /// The request is held this long, then forwarded to moto and its answer passed on: a
+    /// service that works, slowly.
+    Slow(Duration),
 }
 
 /// When and how the proxy fails requests.
@@ -321,6 +324,10 @@ async fn handle(
         Some(Failure::Delay(hold)) => {
             tokio::time::sleep(hold).await;
             Ok(unavailable())
+        }
+        Some(Failure::Slow(hold)) => {
+            tokio::time::sleep(hold).await;
+            relay(&client, forward).await
         }
     }
 }

@@ -14,7 +14,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use autodeploy_api::pipeline::RelayReport;
+use autodeploy_api::aws::SqsQueue;
+use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use autodeploy_api::store::ServiceStore;
 use autodeploy_tests::fault_proxy::{Count, Failure, Fault, FaultyAws, ReceivedMessage, SDK_ATTEMPTS, action};
 use common::{Api, Reply, fixture, fixture_json, outcome};
@@ -574,14 +575,9 @@ async fn rollbacks_and_returns_queue_again_in_order() {
     assert_eq!(commits, vec![after.clone(), before, after]);
 }
 
-/// The relay keeps a service's deployments in order. Twelve pushes to one service while the
-/// queue is down leave twelve deployments PENDING, two SQS batches. The queue fails the
-/// first batch once (the SDK's attempts at one call), then works: the relay must not send the
-/// second batch ahead of the first, or the engine would end on the tenth commit instead of
-/// the twelfth.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_relay_keeps_a_services_deployments_in_order() {
-    let stack = Stack::new().await;
+/// Twelve pushes to the service `api` while the queue is down: twelve deployments PENDING,
+/// two SQS batches for the relay. Returns their commits, oldest first.
+async fn twelve_pending_pushes(stack: &Stack) -> Vec<Value> {
     stack.services(&["api".to_owned()]).await;
     stack.aws.queue_proxy.set(Fault::unavailable());
     let mut before = fixture_json("github/gp-push.json")["before"]
@@ -600,6 +596,28 @@ async fn the_relay_keeps_a_services_deployments_in_order() {
         commits.push(Value::from(after.clone()));
         before = after;
     }
+    commits
+}
+
+/// The commits of every message on the queue, in the order SQS hands them out.
+async fn queued_commits(stack: &Stack) -> Vec<Value> {
+    stack
+        .aws
+        .drain()
+        .await
+        .into_iter()
+        .map(|m| m.body["git_commit_id"].clone())
+        .collect()
+}
+
+/// The relay keeps a service's deployments in order. Twelve deployments of one service are
+/// two SQS batches; the queue fails the first batch once (the SDK's attempts at one call),
+/// then works: the relay must not send the second batch ahead of the first, or the engine
+/// would end on the tenth commit instead of the twelfth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_keeps_a_services_deployments_in_order() {
+    let stack = Stack::new().await;
+    let commits = twelve_pending_pushes(&stack).await;
 
     stack
         .aws
@@ -607,12 +625,37 @@ async fn the_relay_keeps_a_services_deployments_in_order() {
         .set(Fault::unavailable().only(action::SEND_MESSAGE_BATCH).times(ATTEMPTS));
     assert_eq!(stack.aws.relay().await, RelayReport { pending: 12, sent: 0 });
     assert_eq!(stack.aws.relay().await, RelayReport { pending: 12, sent: 12 });
-    let sent: Vec<Value> = stack
+    assert_eq!(queued_commits(&stack).await, commits);
+}
+
+/// A queue that answers, but slowly, holds a send no longer than its budget: a batch not
+/// started by then is not sent (it stays PENDING for the relay's next run), and the
+/// service's second batch, which must wait for its first, is never sent ahead of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_queue_holds_a_send_no_longer_than_its_budget() {
+    let stack = Stack::new().await;
+    let commits = twelve_pending_pushes(&stack).await;
+
+    let budget = Duration::from_millis(300);
+    let slow = SqsQueue::new(
+        stack.aws.queue_proxy.sqs_client().await,
+        &stack.aws.fixture.queues.deployments.url,
+    )
+    .with_send_budget(budget);
+    stack
         .aws
-        .drain()
-        .await
-        .into_iter()
-        .map(|m| m.body["git_commit_id"].clone())
-        .collect();
-    assert_eq!(sent, commits);
+        .queue_proxy
+        .set(Fault::new(Failure::Slow(Duration::from_millis(600))).only(action::SEND_MESSAGE_BATCH));
+    stack.aws.queue_proxy.reset_counts();
+    let report = relay_pending(stack.aws.store.as_ref(), &slow, 100).await.unwrap();
+    // The first batch took 600 ms, past the 300 ms budget: the second was not started.
+    assert_eq!(report, RelayReport { pending: 12, sent: 10 });
+    assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 1);
+    let mut log = vec![("api".to_owned(), "PENDING".to_owned()); 2];
+    log.extend(vec![("api".to_owned(), "QUEUED".to_owned()); 10]);
+    assert_eq!(stack.log().await, log);
+
+    stack.aws.queue_proxy.pass_through();
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 2, sent: 2 });
+    assert_eq!(queued_commits(&stack).await, commits);
 }

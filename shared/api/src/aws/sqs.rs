@@ -38,6 +38,7 @@ const SEND_BUDGET: Duration = Duration::from_secs(4);
 pub struct SqsQueue {
     client: Client,
     queue_url: String,
+    send_budget: Duration,
 }
 
 impl SqsQueue {
@@ -45,7 +46,14 @@ impl SqsQueue {
         Self {
             client,
             queue_url: queue_url.into(),
+            send_budget: SEND_BUDGET,
         }
+    }
+
+    /// The same queue with another budget per send than [`SEND_BUDGET`].
+    pub fn with_send_budget(mut self, budget: Duration) -> Self {
+        self.send_budget = budget;
+        self
     }
 
     pub fn queue_url(&self) -> &str {
@@ -140,7 +148,7 @@ impl DeploymentQueue for SqsQueue {
         let mut results: Vec<Option<Result<(), QueueError>>> = (0..requests.len()).map(|_| None).collect();
         // Why SQS stopped being tried, once a batch failed whole or went unanswered.
         let down: OnceLock<String> = OnceLock::new();
-        let deadline = Instant::now() + SEND_BUDGET;
+        let deadline = Instant::now() + self.send_budget;
         // Batches of one wave hold no service twice, so they go at once; a service's later
         // batch waits in a later wave (see `batch_waves`). Once SQS fails a whole batch (or does
         // not answer in time), no further batch is started: sent now, a later wave would
@@ -168,7 +176,9 @@ impl DeploymentQueue for SqsQueue {
             .into_iter()
             .map(|r| {
                 r.unwrap_or_else(|| {
-                    let reason = down.get().map_or("SQS failed an earlier batch", String::as_str);
+                    let reason = down
+                        .get()
+                        .map_or("SQS failed another batch of this request", String::as_str);
                     Err(QueueError(format!("not sent: {reason}")))
                 })
             })
@@ -186,7 +196,7 @@ impl SqsQueue {
         deadline: Instant,
     ) -> Vec<Result<(), QueueError>> {
         if Instant::now() >= deadline {
-            let _ = down.set(format!("the request spent its {SEND_BUDGET:?} for sending"));
+            let _ = down.set(format!("the request spent its {:?} for sending", self.send_budget));
         }
         if let Some(reason) = down.get() {
             return batch
@@ -197,7 +207,7 @@ impl SqsQueue {
         match tokio::time::timeout(BATCH_TIMEOUT, self.send_batch(batch)).await {
             Ok((sent, answered)) => {
                 if !answered {
-                    let _ = down.set("SQS failed an earlier batch".to_owned());
+                    let _ = down.set("SQS failed another batch of this request".to_owned());
                 }
                 sent
             }
