@@ -55,21 +55,26 @@ impl Roots {
 /// The HTTPS client for the SDK, trusting the roots the environment selects.
 pub fn https_client() -> Result<SharedHttpClient, String> {
     match Roots::from_env() {
-        Roots::Compiled => https_client_trusting(compiled_roots()),
-        Roots::System => https_client_trusting(TrustStore::default()),
+        Roots::Compiled => https_client_with(compiled_roots),
+        Roots::System => https_client_with(TrustStore::default),
     }
 }
 
 /// The HTTPS client for the SDK, trusting exactly `roots` for requests.
 pub fn https_client_trusting(roots: TrustStore) -> Result<SharedHttpClient, String> {
+    https_client_with(move || roots.clone())
+}
+
+/// The HTTPS client for the SDK; `roots` gives the trust store of each connector that carries
+/// requests, when it is built (so the compiled-in bundle is not even encoded during init).
+fn https_client_with(roots: impl Fn() -> TrustStore + Send + Sync + 'static) -> Result<SharedHttpClient, String> {
     let context = |roots: TrustStore| {
         TlsContext::builder()
             .with_trust_store(roots)
             .build()
             .map_err(|e| format!("building the TLS configuration: {e}"))
     };
-    let requests = context(roots)?;
-    let throwaway = context(TrustStore::empty())?;
+    let trusting_nothing = context(TrustStore::empty())?;
     Ok(Builder::new().build_with_connector_fn(move |settings, components| {
         let mut builder = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
         builder.set_connector_settings(settings.cloned());
@@ -79,12 +84,17 @@ pub fn https_client_trusting(roots: TrustStore) -> Result<SharedHttpClient, Stri
         builder.set_proxy_config(Some(ProxyConfig::from_env()));
         // Neither settings nor components: the connector the SDK builds at client creation and
         // discards (module comment). Every other one carries requests and gets the roots.
-        let context = if settings.is_none() && components.is_none() {
-            &throwaway
+        let tls = if settings.is_none() && components.is_none() {
+            trusting_nothing.clone()
         } else {
-            &requests
+            // `TlsContextBuilder::build` cannot fail today; should it ever, trust nothing
+            // (every HTTPS request fails, loudly) rather than something unintended.
+            context(roots()).unwrap_or_else(|err| {
+                tracing::error!(error = %err, "no TLS configuration: HTTPS requests to AWS will fail");
+                trusting_nothing.clone()
+            })
         };
-        builder.tls_context(context.clone()).build()
+        builder.tls_context(tls).build()
     }))
 }
 
