@@ -107,16 +107,20 @@ pub fn compiled_roots() -> TrustStore {
 /// once per process.
 fn compiled_roots_pem() -> &'static [u8] {
     static PEM: OnceLock<Vec<u8>> = OnceLock::new();
-    PEM.get_or_init(|| {
-        let base64 = base64::engine::general_purpose::STANDARD;
-        let mut pem = Vec::with_capacity(webpki_root_certs::TLS_SERVER_ROOT_CERTS.len() * 2_400);
-        for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
-            pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
-            pem.extend_from_slice(base64.encode(cert.as_ref()).as_bytes());
-            pem.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
-        }
-        pem
-    })
+    PEM.get_or_init(encode_compiled_roots)
+}
+
+/// Mozilla's root certificates, PEM-encoded (uncached: `benches/tls_roots.rs` times it).
+#[doc(hidden)]
+pub fn encode_compiled_roots() -> Vec<u8> {
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let mut pem = Vec::with_capacity(webpki_root_certs::TLS_SERVER_ROOT_CERTS.len() * 2_400);
+    for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        pem.extend_from_slice(base64.encode(cert.as_ref()).as_bytes());
+        pem.extend_from_slice(b"\n-----END CERTIFICATE-----\n");
+    }
+    pem
 }
 
 #[cfg(test)]

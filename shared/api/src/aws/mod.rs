@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 
 pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config, admin_token_from_env};
 pub use dynamo::DynamoStore;
-pub use https::{Roots, compiled_roots, https_client, https_client_trusting};
+pub use https::{Roots, compiled_roots, encode_compiled_roots, https_client, https_client_trusting};
 pub use sqs::SqsQueue;
 
 /// The DynamoDB table holding every record (the template's `Table`).
