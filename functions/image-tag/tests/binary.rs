@@ -9,7 +9,7 @@ use autodeploy_tests::fake_lambda::{
     response_body,
 };
 use autodeploy_tests::{AwsFixture, aws_fixture, moto_url};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_image-tag");
 const ADMIN: &str = "image-tag-admin-token-0123456789";
@@ -78,6 +78,8 @@ async fn deploys_ecr_pushes_and_serves_http() {
                 "arn:aws:secretsmanager:us-east-1:123456789012:secret:none",
             ),
             ("AUTODEPLOY_ECR_ORGANIZATION", "acme"),
+            ("AUTODEPLOY_METRICS", "emf"),
+            ("AUTODEPLOY_STACK", "test-stack"),
         ],
     );
     let function = FunctionProcess::spawn(EXE, &vars);
@@ -115,6 +117,63 @@ async fn deploys_ecr_pushes_and_serves_http() {
     assert_eq!(response["statusCode"], 503, "{response}");
     assert_eq!(response_body(&response)["error"]["code"], "UNAVAILABLE");
     assert!(runtime.init_errors().is_empty());
+
+    // One EMF line per delivery, ECR events included: the push queued one deployment, the
+    // delete was ignored, the event of no known shape is no delivery, and the HTTP request
+    // failed.
+    let lines: Vec<Value> = function
+        .logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line.get("_aws").is_some())
+        .collect();
+    let summary: Vec<(Value, Value, Value, Value, Value, Value)> = lines
+        .iter()
+        .map(|l| {
+            let field = |name: &str| l[name].clone();
+            (
+                field("source"),
+                field("status"),
+                field("Queued"),
+                field("Ignored"),
+                field("Failed"),
+                field("Stack"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (
+                json!("ECR"),
+                json!(202),
+                json!(1),
+                json!(0),
+                json!(0),
+                json!("test-stack")
+            ),
+            (
+                json!("ECR"),
+                json!(200),
+                json!(0),
+                json!(1),
+                json!(0),
+                json!("test-stack")
+            ),
+            (
+                json!("API"),
+                json!(503),
+                json!(0),
+                json!(0),
+                json!(1),
+                json!("test-stack")
+            ),
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(lines[0]["organization"], "acme");
+    assert_eq!(lines[0]["route"], "EventBridge aws.ecr Image Action");
+    assert!(lines[0]["request_id"].is_string(), "{}", lines[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

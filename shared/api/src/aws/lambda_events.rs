@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tower::ServiceExt;
 
+use crate::metrics::{DeliveryLine, Endpoint, Tally};
 use crate::pipeline::{RelayReport, relay_pending};
 use crate::store::{DeploymentQueue, Store, StoreError};
 use crate::web::images::{ImageResponse, deploy_image};
@@ -37,6 +38,9 @@ pub const ECR_ORGANIZATION_ENV: &str = "AUTODEPLOY_ECR_ORGANIZATION";
 pub const RELAY_BATCH: usize = 100;
 
 /// The Lambda environment `lambda_runtime` reads at start-up (it panics without it).
+/// The `route` property of an ECR event's metrics line (an HTTP delivery's is its route).
+pub const ECR_ROUTE: &str = "EventBridge aws.ecr Image Action";
+
 const RUNTIME_ENV: [&str; 4] = [
     "AWS_LAMBDA_RUNTIME_API",
     "AWS_LAMBDA_FUNCTION_NAME",
@@ -224,7 +228,11 @@ impl ImageTagHandler {
     pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, EventError> {
         match EventShape::of(&event.payload) {
             EventShape::HttpApi => self.http(event).await,
-            EventShape::EventBridge => self.eventbridge(&event.payload).await,
+            EventShape::EventBridge => {
+                let outcome = self.eventbridge(&event.payload).await;
+                self.emit_ecr_metrics(&outcome, &event.context.request_id);
+                outcome.and_then(encode)
+            }
             EventShape::Unknown => {
                 let err = EventError::Unsupported(format!(
                     "this function serves API Gateway HTTP API requests (payload format 2.0) and EventBridge ECR Image Action events; got {}",
@@ -267,7 +275,29 @@ impl ImageTagHandler {
         Ok(response)
     }
 
-    async fn eventbridge(&self, event: &Value) -> Result<Value, EventError> {
+    /// The EMF line of an ECR event (`AUTODEPLOY_METRICS=emf`), as an HTTP delivery gets from
+    /// the image router's metrics layer: the status the same notification would get over HTTP
+    /// (an event refused counts as `Rejected`, a store outage as `Failed`).
+    fn emit_ecr_metrics(&self, outcome: &Result<EcrOutcome, EventError>, request_id: &str) {
+        let (status, mut tally) = match outcome {
+            Ok(outcome) => (outcome.status, outcome.response.tally()),
+            Err(EventError::Unavailable(_)) => (503, Tally::default()),
+            Err(_) => (400, Tally::default()),
+        };
+        tally.source = Some("ECR".to_owned());
+        crate::metrics::emit(&DeliveryLine {
+            endpoint: Endpoint::Image,
+            organization: self.ecr_organization(),
+            source: tally.source.as_deref(),
+            route: ECR_ROUTE,
+            status,
+            tally: &tally,
+            request_id: Some(request_id),
+            api_request_id: None,
+        });
+    }
+
+    async fn eventbridge(&self, event: &Value) -> Result<EcrOutcome, EventError> {
         let org = match &self.ecr_organization {
             Ok(org) => org.as_str(),
             Err(reason) => {
@@ -294,7 +324,7 @@ impl ImageTagHandler {
                     message: Some(reason.to_owned()),
                     ..ImageResponse::new(ImageSourceKind::Ecr, false)
                 };
-                return encode(EcrOutcome { status: 200, response });
+                return Ok(EcrOutcome { status: 200, response });
             }
             RegistryEvent::Pushed(pushed) => pushed,
         };
@@ -304,7 +334,7 @@ impl ImageTagHandler {
             path,
         };
         match deploy_image(&self.state, org, ImageTarget::Container, &image, &tag, source, false).await {
-            Ok((status, response)) => encode(EcrOutcome {
+            Ok((status, response)) => Ok(EcrOutcome {
                 status: status.as_u16(),
                 response,
             }),

@@ -121,16 +121,21 @@ impl ImageResponse {
         response.into_http(StatusCode::OK)
     }
 
-    /// The HTTP response, carrying its [`Tally`] for the metrics layer.
-    pub fn into_http(self, status: StatusCode) -> Response {
-        let tally = Tally {
+    /// What the response reports, for its metrics line.
+    pub fn tally(&self) -> Tally {
+        Tally {
             ignored: self.ignored,
             source: serde_json::to_value(self.source)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned)),
             dry_run: self.dry_run,
             ..Tally::of(self.queued.iter().map(|q| q.status), self.skipped.len())
-        };
+        }
+    }
+
+    /// The HTTP response, carrying its [`Tally`] for the metrics layer.
+    pub fn into_http(self, status: StatusCode) -> Response {
+        let tally = self.tally();
         let mut response = (status, Json(self)).into_response();
         response.extensions_mut().insert(tally);
         response
