@@ -440,7 +440,7 @@ async fn same_calls_with(groups: &[usize], total: usize) {
     }
 
     // The same pushes against AWS-like latencies (reads still served by moto): every
-    // deployment sent, the same calls (and, built with optimizations, inside GitHub's 10 s).
+    // deployment sent, the same calls.
     let (stub, api) = large.with_latency().await;
     for &n in groups {
         stub.reset_counts();
@@ -453,16 +453,9 @@ async fn same_calls_with(groups: &[usize], total: usize) {
             cpu,
         };
         check(&push, n, &format!("{n} of {total} services, AWS latencies"));
+        // The wall time is reported, not asserted (timings belong to the benchmark):
+        // `scripts/cost` sets it beside GitHub's 10 s.
         push.report("LATENCY", n, total);
-        // A debug build spends milliseconds of CPU per call (SigV4 signing, JSON): the wall
-        // time says something about GitHub's 10 s only when built with optimizations
-        // (`scripts/cost --release`).
-        if !cfg!(debug_assertions) {
-            assert!(
-                elapsed < Duration::from_secs(10),
-                "{n} of {total} services: {elapsed:?}"
-            );
-        }
     }
 }
 
