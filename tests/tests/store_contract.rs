@@ -5,12 +5,14 @@
 //!
 //! Cases specific to AWS (the SQS queue, the table layout, Secrets Manager) follow at the end.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
 
 use autodeploy_api::store::{
     DeliveryRef, DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError,
     StoredService, TokenRecord,
 };
+use autodeploy_api::util::deployment_ids_before;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
 use autodeploy_core::model::{GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
@@ -55,6 +57,7 @@ contract!(
     concurrent_replaces_one_wins,
     list_deployments_newest_first,
     pending_until_marked_queued,
+    held_behind_older_pending,
     deliveries,
 );
 
@@ -838,11 +841,11 @@ async fn list_deployments_newest_first(store: &dyn Store) {
     assert_eq!(all_deployments(store, "other", None, 50).await.len(), 1);
 }
 
-async fn pending_until_marked_queued(store: &dyn Store) {
-    create(store, &app("acme", "api", "acme/shop")).await;
-    create(store, &app("beta", "api", "beta/shop")).await;
+/// A push deployment of service `api` recorded in each of `orgs`, in turn, with the status
+/// each was recorded in.
+async fn record_pushes(store: &dyn Store, orgs: &[&str]) -> Vec<(DeploymentRequest, DeploymentStatus)> {
     let mut recorded = Vec::new();
-    for (i, org) in ["acme", "beta", "acme"].into_iter().enumerate() {
+    for (i, org) in orgs.iter().enumerate() {
         let request = push_request(org, "api");
         let status = recorded_status(
             store
@@ -852,6 +855,13 @@ async fn pending_until_marked_queued(store: &dyn Store) {
         );
         recorded.push((request, status));
     }
+    recorded
+}
+
+async fn pending_until_marked_queued(store: &dyn Store) {
+    create(store, &app("acme", "api", "acme/shop")).await;
+    create(store, &app("beta", "api", "beta/shop")).await;
+    let recorded = record_pushes(store, &["acme", "beta", "acme"]).await;
 
     // After recording, a deployment is either queued already or pending (oldest first,
     // across organizations) until marked queued.
@@ -895,6 +905,66 @@ async fn pending_until_marked_queued(store: &dyn Store) {
             assert_eq!(record.status, DeploymentStatus::Queued);
         }
     }
+}
+
+async fn held_behind_older_pending(store: &dyn Store) {
+    create(store, &app("acme", "api", "acme/shop")).await;
+    create(store, &app("acme", "web", "acme/shop")).await;
+    create(store, &app("beta", "api", "beta/shop")).await;
+    // Made before anything is recorded: older than every record below.
+    let early = push_request("acme", "api");
+    let before_records = deployment_ids_before(Duration::ZERO);
+    let recorded = record_pushes(store, &["acme", "beta"]).await;
+    let later_acme_api = push_request("acme", "api");
+    let later_acme_web = push_request("acme", "web");
+    let later_beta_api = push_request("beta", "api");
+    let asked = [
+        early.clone(),
+        later_acme_api.clone(),
+        later_acme_web.clone(),
+        later_beta_api.clone(),
+    ];
+
+    // A later deployment of a service waits behind the service's older pending one; an
+    // earlier one does not, nor does another service, nor the same service id in another
+    // organization. (A store that queues as it records has nothing pending, so nothing waits.)
+    let mut want = HashSet::new();
+    for ((older, status), later) in recorded.iter().zip([&later_acme_api, &later_beta_api]) {
+        assert_eq!(older.service_id, later.service_id);
+        if *status == DeploymentStatus::Pending {
+            want.insert(later.deployment_id.clone());
+        }
+    }
+    let now = deployment_ids_before(Duration::ZERO);
+    assert_eq!(store.held_behind_pending(&asked, &now).await.expect("held"), want);
+    assert!(store.held_behind_pending(&[], &now).await.expect("held").is_empty());
+    // Only deployments recorded before `before` count: none of these was.
+    assert!(
+        store
+            .held_behind_pending(&asked, &before_records)
+            .await
+            .expect("held")
+            .is_empty()
+    );
+    let beta_pending = recorded[1].1 == DeploymentStatus::Pending;
+    assert_eq!(
+        store
+            .held_behind_pending(std::slice::from_ref(&later_beta_api), &now)
+            .await
+            .expect("held")
+            .contains(&later_beta_api.deployment_id),
+        beta_pending,
+        "beta's own pending deployment holds beta's later one"
+    );
+
+    // Once the older ones are on the queue, nothing waits.
+    for (request, _) in &recorded {
+        store
+            .mark_queued(&request.organization_id, std::slice::from_ref(&request.deployment_id))
+            .await
+            .expect("mark_queued");
+    }
+    assert!(store.held_behind_pending(&asked, &now).await.expect("held").is_empty());
 }
 
 async fn deliveries(store: &dyn Store) {

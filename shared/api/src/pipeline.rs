@@ -11,12 +11,20 @@ use autodeploy_core::deployment::{DeploymentRequest, DeploymentStatus};
 use futures::StreamExt;
 
 use crate::store::{DeploymentQueue, Guard, RecordOutcome, Store, StoreError};
+use crate::util::deployment_ids_before;
 
 /// How many services of one request are recorded at once: enough to keep a push that matches
 /// a thousand services well inside a provider's 10 s (one record is one DynamoDB transaction,
 /// ~25 ms: 32 at a time record 1,000 in under a second), few enough not to flood the store or
 /// open more connections than a small function can afford to handshake.
 pub(crate) const RECORD_CONCURRENCY: usize = 32;
+
+/// How long a request may hold a deployment `PENDING` before it is sent or left for the relay:
+/// longer than any function's timeout (10 s). A deployment pending for longer is stranded (the
+/// queue failed it, or its process died), and a newer deployment of its service waits behind it
+/// (see [`record_and_send`]); a younger one may be in flight, and waiting behind it would only
+/// delay concurrent pushes to the same service.
+pub const IN_FLIGHT_HORIZON: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One deployment to record, with the guard that must hold for it.
 pub struct Candidate {
@@ -34,8 +42,15 @@ pub enum Outcome {
 }
 
 /// Record every candidate (guard and record in one write each), then send the recorded ones
-/// that are still pending. Returns one outcome per candidate.
-pub async fn record_and_send(store: &dyn Store, queue: &dyn DeploymentQueue, candidates: &[Candidate]) -> Vec<Outcome> {
+/// that are still pending, but for those whose service has a deployment left `PENDING` longer
+/// than `in_flight_horizon` ago ([`IN_FLIGHT_HORIZON`]): the relay sends those after it.
+/// Returns one outcome per candidate.
+pub async fn record_and_send(
+    store: &dyn Store,
+    queue: &dyn DeploymentQueue,
+    candidates: &[Candidate],
+    in_flight_horizon: std::time::Duration,
+) -> Vec<Outcome> {
     // Indexes rather than references: a closure over `&Candidate` trips the compiler's
     // higher-ranked lifetime check once the future must be `Send`.
     let mut outcomes: Vec<Outcome> = futures::stream::iter(0..candidates.len())
@@ -44,7 +59,7 @@ pub async fn record_and_send(store: &dyn Store, queue: &dyn DeploymentQueue, can
         .collect()
         .await;
 
-    let pending: Vec<usize> = outcomes
+    let mut pending: Vec<usize> = outcomes
         .iter()
         .enumerate()
         .filter(|(_, o)| matches!(o, Outcome::Recorded(DeploymentStatus::Pending)))
@@ -53,7 +68,33 @@ pub async fn record_and_send(store: &dyn Store, queue: &dyn DeploymentQueue, can
     if pending.is_empty() {
         return outcomes;
     }
-    let requests: Vec<DeploymentRequest> = pending.iter().map(|&i| candidates[i].request.clone()).collect();
+    // A service whose older deployment is still PENDING because the queue failed it (not one
+    // that a concurrent request is sending right now) gets this one sent by the relay too,
+    // after that one: sent now, it would overtake it.
+    let recorded: Vec<DeploymentRequest> = pending.iter().map(|&i| candidates[i].request.clone()).collect();
+    let stranded_before = deployment_ids_before(in_flight_horizon);
+    let held = match store.held_behind_pending(&recorded, &stranded_before).await {
+        Ok(held) => held,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not look for older pending deployments; these wait for the relay");
+            recorded.iter().map(|r| r.deployment_id.clone()).collect()
+        }
+    };
+    if !held.is_empty() {
+        tracing::info!(
+            held = held.len(),
+            "deployments left PENDING behind older ones of the same services; the relay sends them in order"
+        );
+    }
+    pending.retain(|&i| !held.contains(&candidates[i].request.deployment_id));
+    if pending.is_empty() {
+        return outcomes;
+    }
+    // In the order of `pending`.
+    let requests: Vec<DeploymentRequest> = recorded
+        .into_iter()
+        .filter(|r| !held.contains(&r.deployment_id))
+        .collect();
     let sent = send_and_mark(store, queue, &requests).await;
     for (&i, request) in pending.iter().zip(&requests) {
         if sent.contains(request.deployment_id.as_str()) {

@@ -4,6 +4,7 @@
 //! Because the queue is a table of the same database, recording a deployment and enqueueing
 //! it are one transaction: deployments are recorded `QUEUED` and never wait for a relay.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -662,6 +663,33 @@ impl DeploymentLog for SqliteStore {
                 .query_map(params![limit as i64], deployment_row)
                 .map_err(unavailable)?;
             collect(rows, deployment_record)
+        })
+        .await
+    }
+
+    async fn held_behind_pending(&self, requests: &[DeploymentRequest], before: &str) -> StoreResult<HashSet<String>> {
+        let keys: Vec<(String, String, String)> = requests
+            .iter()
+            .map(|r| (r.organization_id.clone(), r.service_id.clone(), r.deployment_id.clone()))
+            .collect();
+        let before = before.to_owned();
+        self.with(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM deployments \
+                     WHERE org = ?1 AND service_id = ?2 AND id < min(?3, ?4) AND status = 'PENDING')",
+                )
+                .map_err(unavailable)?;
+            let mut held = HashSet::new();
+            for (org, service, id) in keys {
+                let older: bool = stmt
+                    .query_row(params![org, service, id, before], |row| row.get(0))
+                    .map_err(unavailable)?;
+                if older {
+                    held.insert(id);
+                }
+            }
+            Ok(held)
         })
         .await
     }

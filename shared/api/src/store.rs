@@ -1,6 +1,8 @@
 //! The storage and queue ports. Each has a SQLite implementation (the standalone server) and a
 //! DynamoDB / SQS one (the Lambda functions); one contract test suite runs against both.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
 use autodeploy_core::model::Service;
@@ -146,6 +148,12 @@ pub trait DeploymentLog: Send + Sync {
     ) -> StoreResult<Page<DeploymentRecord>>;
     /// Deployments recorded but not yet on the queue, oldest first, across organizations.
     async fn pending_deployments(&self, limit: usize) -> StoreResult<Vec<DeploymentRecord>>;
+    /// The deployment ids of `requests` whose service has a deployment still `PENDING` with an
+    /// id below `before` (which is below every request's id: recorded before them). Sent now,
+    /// such a request would reach the queue ahead of that older one, which the relay sends
+    /// later; it stays `PENDING` and the relay sends both, in order. A store that cannot tell
+    /// for sure names them all.
+    async fn held_behind_pending(&self, requests: &[DeploymentRequest], before: &str) -> StoreResult<HashSet<String>>;
     async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()>;
 }
 

@@ -24,6 +24,17 @@ pub fn new_deployment_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
+/// The smallest deployment id [`new_deployment_id`] could have made `ago` before now: every id
+/// made earlier sorts below it (a UUIDv7 starts with its millisecond timestamp).
+pub fn deployment_ids_before(ago: std::time::Duration) -> String {
+    let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    let at_ms = now_ms
+        .saturating_sub(i128::try_from(ago.as_millis()).unwrap_or(i128::MAX))
+        .max(0);
+    // The 48-bit timestamp, then the smallest rest.
+    format!("{:012x}{}", at_ms & 0xffff_ffff_ffff, "0".repeat(20))
+}
+
 /// A fresh entity tag: random, so one is never reused for another state of the same id,
 /// even across delete and re-create.
 pub fn new_etag() -> String {
@@ -40,4 +51,27 @@ pub fn new_token() -> (String, String) {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn deployment_ids_sort_around_the_bound_of_their_time() {
+        let made_before = new_deployment_id();
+        // Past the millisecond `made_before` was made in.
+        std::thread::sleep(Duration::from_millis(2));
+        let bound = deployment_ids_before(Duration::ZERO);
+        let made_after = new_deployment_id();
+        assert_eq!(bound.len(), 32);
+        assert!(made_before < bound, "{made_before} < {bound}");
+        assert!(bound <= made_after, "{bound} <= {made_after}");
+        // An hour ago is below both.
+        let hour_ago = deployment_ids_before(Duration::from_secs(3600));
+        assert!(hour_ago < made_before, "{hour_ago} < {made_before}");
+        assert!(deployment_ids_before(Duration::MAX) <= hour_ago);
+    }
 }

@@ -73,7 +73,14 @@ impl Api {
 
     /// The API on any store and queue.
     pub fn on(store: Arc<dyn Store>, queue: Arc<dyn DeploymentQueue>) -> Self {
-        let state = AppState::new(Arc::clone(&store), queue, Arc::new(StaticAdminToken::new(ADMIN)));
+        Self::on_state(
+            Arc::clone(&store),
+            AppState::new(store, queue, Arc::new(StaticAdminToken::new(ADMIN))),
+        )
+    }
+
+    /// The router on `state`, whose store is `store`.
+    pub fn on_state(store: Arc<dyn Store>, state: AppState) -> Self {
         Self {
             router: full_router(state),
             store,

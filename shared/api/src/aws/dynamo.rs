@@ -3,7 +3,7 @@
 //! `gsi1` finds services by repository and deployments by service, `gsi2` services by image
 //! path and deployments still pending. Nothing here ever scans.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -54,6 +54,9 @@ const PENDING: &str = "PENDING";
 const QUEUED_RETENTION_SECS: i64 = 90 * 24 * 60 * 60;
 /// A page never asks DynamoDB for more than this many items at once.
 const MAX_PAGE: usize = 1000;
+/// Pending deployments a push looks through for older ones of its services; past this many,
+/// its deployments all wait for the relay.
+const MAX_PENDING_LOOKUP: usize = 1000;
 /// Index key values longer than this are hashed: DynamoDB caps a partition key at 2,048
 /// bytes, and a repository URL alone may be that long.
 const MAX_INDEX_VALUE: usize = 1024;
@@ -502,7 +505,7 @@ impl DeploymentLog for DynamoStore {
             .map_err(|e| StoreError::Unavailable(format!("record_deployment: encoding the request: {e}")))?;
         let id = &request.deployment_id;
         let mut item = key(org_pk(org), format!("DEPLOYMENT#{id}"));
-        item.insert(GSI1PK.to_owned(), s(format!("DEPSVC#{org}#{}", request.service_id)));
+        item.insert(GSI1PK.to_owned(), s(deployments_of_service(org, &request.service_id)));
         item.insert(GSI1SK.to_owned(), s(id));
         item.insert(GSI2PK.to_owned(), s(PENDING));
         item.insert(GSI2SK.to_owned(), s(id));
@@ -546,7 +549,7 @@ impl DeploymentLog for DynamoStore {
         let query = match service_id {
             None => self.partition_query(org, "DEPLOYMENT#", after, false),
             Some(service) => {
-                let index_value = format!("DEPSVC#{org}#{service}");
+                let index_value = deployments_of_service(org, service);
                 // A start key on an index names the table key and the index key.
                 let start = after.map(|id| {
                     let mut start = key(org_pk(org), format!("DEPLOYMENT#{id}"));
@@ -570,6 +573,55 @@ impl DeploymentLog for DynamoStore {
         let query = self.index_query(Index::Gsi2, PENDING.to_owned(), true);
         let items = self.collect(query, Some(limit), "pending_deployments").await?;
         items.iter().take(limit).map(deployment_from_item).collect()
+    }
+
+    async fn held_behind_pending(&self, requests: &[DeploymentRequest], before: &str) -> StoreResult<HashSet<String>> {
+        let Some(newest) = requests.iter().map(|r| r.deployment_id.as_str()).max() else {
+            return Ok(HashSet::new());
+        };
+        // The pending deployments recorded before `before` (and the newest request), oldest
+        // first: outside an outage of the queue, none (one query of an empty index partition).
+        let mut e = Expr::default();
+        let condition = format!(
+            "{} = {} AND {} < {}",
+            e.name(GSI2PK),
+            e.value("pending", s(PENDING)),
+            e.name(GSI2SK),
+            e.value("before", s(newest.min(before)))
+        );
+        let projection = format!("{}, {}", e.name(GSI1PK), e.name(GSI2SK));
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI2)
+            .key_condition_expression(condition)
+            .projection_expression(projection)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values());
+        let items = self
+            .collect(query, Some(MAX_PENDING_LOOKUP + 1), "held_behind_pending")
+            .await?;
+        if items.len() > MAX_PENDING_LOOKUP {
+            // A backlog this long is the relay's to work through: everything waits behind it.
+            return Ok(requests.iter().map(|r| r.deployment_id.clone()).collect());
+        }
+        // Each service's oldest pending deployment (the items come oldest first).
+        let mut oldest: HashMap<String, String> = HashMap::new();
+        for item in &items {
+            oldest
+                .entry(string_attr(item, GSI1PK)?)
+                .or_insert(string_attr(item, GSI2SK)?);
+        }
+        Ok(requests
+            .iter()
+            .filter(|r| {
+                oldest
+                    .get(&deployments_of_service(&r.organization_id, &r.service_id))
+                    .is_some_and(|id| id.as_str() < r.deployment_id.as_str().min(before))
+            })
+            .map(|r| r.deployment_id.clone())
+            .collect())
     }
 
     async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()> {
@@ -821,6 +873,11 @@ fn n(value: i64) -> AttributeValue {
 
 fn key(pk: String, sk: String) -> Item {
     HashMap::from([(PK.to_owned(), s(pk)), (SK.to_owned(), s(sk))])
+}
+
+/// The `gsi1` partition of a service's deployments.
+fn deployments_of_service(org: &str, service: &str) -> String {
+    format!("DEPSVC#{org}#{service}")
 }
 
 fn org_pk(org: &str) -> String {

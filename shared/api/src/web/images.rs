@@ -33,7 +33,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{PathParams, json_body, read_body};
 use super::webhooks::dry_run;
 use crate::metrics::Tally;
-use crate::pipeline::{Candidate, Outcome, record_and_send};
+use crate::pipeline::{Candidate, Outcome};
 use crate::store::{Guard, StoredService};
 use crate::util::{new_deployment_id, new_etag, now_rfc3339};
 
@@ -481,7 +481,7 @@ pub async fn deploy_image(
             .iter()
             .filter_map(|stored| candidate(org, stored, tag, source, &requested_at))
             .collect();
-        let outcomes = record_and_send(state.store.as_ref(), state.queue.as_ref(), &candidates).await;
+        let outcomes = state.record_and_send(&candidates).await;
         let mut lost: Vec<&str> = Vec::new();
         for (candidate, outcome) in candidates.iter().zip(outcomes) {
             let request = &candidate.request;

@@ -26,11 +26,36 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn DeploymentQueue>,
     pub admin: Arc<dyn AdminTokenSource>,
+    /// See [`crate::pipeline::IN_FLIGHT_HORIZON`].
+    pub in_flight_horizon: std::time::Duration,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, queue: Arc<dyn DeploymentQueue>, admin: Arc<dyn AdminTokenSource>) -> Self {
-        Self { store, queue, admin }
+        Self {
+            store,
+            queue,
+            admin,
+            in_flight_horizon: crate::pipeline::IN_FLIGHT_HORIZON,
+        }
+    }
+
+    /// Record and send a request's deployments ([`crate::pipeline::record_and_send`]).
+    pub async fn record_and_send(&self, candidates: &[crate::pipeline::Candidate]) -> Vec<crate::pipeline::Outcome> {
+        crate::pipeline::record_and_send(
+            self.store.as_ref(),
+            self.queue.as_ref(),
+            candidates,
+            self.in_flight_horizon,
+        )
+        .await
+    }
+
+    /// The same state with another horizon than [`crate::pipeline::IN_FLIGHT_HORIZON`]
+    /// (tests, which cannot wait for a deployment to be stranded for 15 s).
+    pub fn with_in_flight_horizon(mut self, horizon: std::time::Duration) -> Self {
+        self.in_flight_horizon = horizon;
+        self
     }
 }
 

@@ -22,7 +22,7 @@ use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{PathParams, query_map, read_body};
 use crate::metrics::Tally;
-use crate::pipeline::{Candidate, Outcome, record_and_send};
+use crate::pipeline::{Candidate, Outcome};
 use crate::store::{DeliveryRef, Guard, StoredService};
 use crate::util::{new_deployment_id, now_rfc3339, now_unix};
 
@@ -288,7 +288,7 @@ async fn process_pushes(
         return Ok((StatusCode::OK, response));
     }
 
-    let outcomes = record_and_send(state.store.as_ref(), state.queue.as_ref(), &candidates).await;
+    let outcomes = state.record_and_send(&candidates).await;
     let mut failure = None;
     for (candidate, outcome) in candidates.iter().zip(outcomes) {
         let request = &candidate.request;
