@@ -441,13 +441,16 @@ async fn same_calls_with(groups: &[usize], total: usize) {
         push.report("COST", n, total);
     }
 
-    // What moto was too slow to take stays PENDING; the relay sends it now (uncounted), or the
-    // same services' pushes below would rightly wait behind it.
-    let left = large.aws.relay().await;
-    assert_eq!(
-        left.sent, left.pending,
-        "the relay sends what moto did not take: {left:?}"
-    );
+    // What moto was too slow to take stays PENDING; relay runs send it now (uncounted), or the
+    // same services' pushes below would rightly wait behind it. On moto a run sends what fits
+    // in the queue's 4 s budget, so it takes several.
+    loop {
+        let run = large.aws.relay().await;
+        if run.pending == 0 {
+            break;
+        }
+        assert!(run.sent > 0, "the relay makes progress: {run:?}");
+    }
 
     // The same pushes against AWS-like latencies (reads still served by moto): every
     // deployment sent, the same calls.
