@@ -728,10 +728,11 @@ async fn dockerhub_webhook_queues_with_the_secret_url() {
         .deliver(&dockerhub_path(WEBHOOK_SECRET), &[], fixture(DOCKERHUB))
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    // A registry names an image, not a kind: the job on it is redeployed with the container.
     assert_eq!(
         outcome(&r),
         (
-            pairs(&[("hub", "QUEUED")]),
+            pairs(&[("hub", "QUEUED"), ("hub-job", "QUEUED")]),
             pairs(&[("hub-off", "AUTO_DEPLOY_DISABLED")])
         )
     );
@@ -740,13 +741,21 @@ async fn dockerhub_webhook_queues_with_the_secret_url() {
     assert_eq!(r.body["image_name"], "acme/api");
     assert_eq!(r.body["tag"], "v2.4.1");
     let messages = messages(&api).await;
-    assert_eq!(messages.len(), 1);
-    assert_eq!(
-        messages[0]["trigger"],
-        json!({"type": "IMAGE_TAG", "source": "DOCKER_HUB", "registry": "docker.io", "image_name": "acme/api",
-               "previous_tag": "v2.4.0", "tag": "v2.4.1"})
-    );
+    let mut kinds: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|m| (m["service_id"].as_str().unwrap(), m["service_kind"].as_str().unwrap()))
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, vec![("hub", "CONTAINER"), ("hub-job", "JOB")]);
+    for message in &messages {
+        assert_eq!(
+            message["trigger"],
+            json!({"type": "IMAGE_TAG", "source": "DOCKER_HUB", "registry": "docker.io", "image_name": "acme/api",
+                   "previous_tag": "v2.4.0", "tag": "v2.4.1"})
+        );
+    }
     assert_eq!(get_service(&api, "hub").await.body["image"]["tag"], "v2.4.1");
+    assert_eq!(get_service(&api, "hub-job").await.body["image"]["tag"], "v2.4.1");
     assert!(!String::from_utf8_lossy(&r.raw).contains(WEBHOOK_SECRET));
 
     // Docker Hub retries: the same push again queues nothing.
@@ -756,7 +765,11 @@ async fn dockerhub_webhook_queues_with_the_secret_url() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         outcome(&r).1,
-        pairs(&[("hub", "SAME_TAG"), ("hub-off", "AUTO_DEPLOY_DISABLED")])
+        pairs(&[
+            ("hub", "SAME_TAG"),
+            ("hub-job", "SAME_TAG"),
+            ("hub-off", "AUTO_DEPLOY_DISABLED")
+        ])
     );
 
     // An official image (one segment) is library/<name>.
@@ -777,9 +790,9 @@ async fn dockerhub_webhook_queues_with_the_secret_url() {
     let r = api.deliver(&path, &[], serde_json::to_vec(&body).unwrap()).await;
     assert_eq!(
         (r.status, outcome(&r).0),
-        (StatusCode::OK, pairs(&[("hub", "DRY_RUN")]))
+        (StatusCode::OK, pairs(&[("hub", "DRY_RUN"), ("hub-job", "DRY_RUN")]))
     );
-    assert_eq!(api.deployments("acme").await.len(), 2);
+    assert_eq!(api.deployments("acme").await.len(), 3);
 }
 
 #[tokio::test]

@@ -64,13 +64,16 @@ pub fn decide_push(service: &Service, push: &Push) -> Option<Result<(), SkipReas
     Some(Ok(()))
 }
 
-/// Which kind of service an image-tag endpoint redeploys.
+/// Which kind of service an image-tag announcement redeploys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageTarget {
-    /// `/container/deploy` and registry webhooks for containers.
+    /// `/container/deploy`.
     Container,
     /// `/job/deploy`.
     Job,
+    /// A registry's own announcement (registry webhooks, ECR events): it names an image, not a
+    /// kind, so every container and every job that uses the image.
+    Registry,
 }
 
 /// `None` when `service` is not of the endpoint's kind or does not use `image`; else `Ok(())`
@@ -83,7 +86,8 @@ pub fn decide_image(
 ) -> Option<Result<(), SkipReason>> {
     let kind_fits = matches!(
         (target, service.spec.kind),
-        (ImageTarget::Container, ServiceKind::Container) | (ImageTarget::Job, ServiceKind::Job)
+        (ImageTarget::Container | ImageTarget::Registry, ServiceKind::Container)
+            | (ImageTarget::Job | ImageTarget::Registry, ServiceKind::Job)
     );
     if !kind_fits {
         return None;
@@ -298,6 +302,42 @@ mod tests {
                 "acme/api",
                 "1.4.0",
                 Some(Ok(())),
+            ),
+            (
+                container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                c,
+                "acme/api",
+                "1.4.0",
+                None,
+            ),
+            // A registry's announcement: containers and jobs alike, on the same rules.
+            (
+                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                ImageTarget::Registry,
+                "ghcr.io/acme/api",
+                "1.4.0",
+                Some(Ok(())),
+            ),
+            (
+                container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                ImageTarget::Registry,
+                "ghcr.io/acme/api",
+                "1.4.0",
+                Some(Ok(())),
+            ),
+            (
+                container("JOB", "ghcr.io", "acme/api", "1.3.0", false, Value::Null),
+                ImageTarget::Registry,
+                "ghcr.io/acme/api",
+                "1.4.0",
+                Some(Err(SkipReason::AutoDeployDisabled)),
+            ),
+            (
+                container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
+                ImageTarget::Registry,
+                "docker.io/acme/api",
+                "1.4.0",
+                None,
             ),
             (
                 container("CONTAINER", "docker.io", "nginx", "1.25", true, Value::Null),

@@ -179,7 +179,7 @@ pub struct EcrOutcome {
 }
 
 /// The `image-tag` function: HTTP requests from API Gateway go to [`image_router`]; ECR
-/// "Image Action" events from EventBridge deploy the pushed tag to the containers of the
+/// "Image Action" events from EventBridge deploy the pushed tag to the containers and jobs of the
 /// configured organization that use that image.
 #[derive(Clone)]
 pub struct ImageTagHandler {
@@ -333,7 +333,7 @@ impl ImageTagHandler {
             registry: Some(registry),
             path,
         };
-        match deploy_image(&self.state, org, ImageTarget::Container, &image, &tag, source, false).await {
+        match deploy_image(&self.state, org, ImageTarget::Registry, &image, &tag, source, false).await {
             Ok((status, response)) => Ok(EcrOutcome {
                 status: status.as_u16(),
                 response,

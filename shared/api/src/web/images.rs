@@ -357,7 +357,7 @@ async fn registry_event(
                 path,
             };
             let (status, response) =
-                deploy_image(state, org, ImageTarget::Container, &image, &tag, source, dry_run).await?;
+                deploy_image(state, org, ImageTarget::Registry, &image, &tag, source, dry_run).await?;
             Ok(response.into_http(status))
         }
     }
