@@ -507,3 +507,41 @@ pub fn fixture_bytes(path: &str) -> Vec<u8> {
     let full = format!("{}/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
+
+/// `(name, value)` pairs as the owned environment [`FunctionProcess::spawn`] takes.
+pub fn env_vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Through the HTTP API over `store` and `queue`: the organization `acme`'s GitHub webhook
+/// secret `secret`, and its application `api` following the repository and branch (`master`)
+/// of the fixture `webhooks/github/gp-push.json`, which is returned.
+pub async fn github_app_for_the_push_fixture(
+    store: std::sync::Arc<dyn autodeploy_api::store::Store>,
+    queue: std::sync::Arc<dyn autodeploy_api::store::DeploymentQueue>,
+    secret: &str,
+) -> Value {
+    let (status, body) = call_api(
+        store.clone(),
+        queue.clone(),
+        "PUT",
+        "/organization/acme/webhook-secrets/github",
+        Some(serde_json::json!({"secret": secret})),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    let push: Value = serde_json::from_slice(&fixture_bytes("webhooks/github/gp-push.json")).expect("the fixture");
+    let (status, body) = call_api(
+        store,
+        queue,
+        "PUT",
+        "/organization/acme/services/api",
+        Some(serde_json::json!({
+            "environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": push["repository"]["clone_url"], "branch": "master"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    push
+}

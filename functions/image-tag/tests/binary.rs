@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autodeploy_tests::fake_lambda::{
-    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, http_api_event, moto_env, receive_all,
-    response_body,
+    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, env_vars, http_api_event, moto_env,
+    receive_all, response_body,
 };
 use autodeploy_tests::{AwsFixture, aws_fixture, moto_url};
 use serde_json::{Value, json};
@@ -15,20 +15,16 @@ const EXE: &str = env!("CARGO_BIN_EXE_image-tag");
 const ADMIN: &str = "image-tag-admin-token-0123456789";
 const DOCKERHUB_SECRET: &str = "dockerhub-secret-in-the-url-0123456789";
 
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
-
 /// The function's environment on `fx`, served by `runtime`, plus `extra`.
 fn function_env(fx: &AwsFixture, runtime: &FakeLambdaRuntime, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut vars = moto_env(&moto_url());
     vars.extend(runtime.env());
-    vars.extend(env(&[
+    vars.extend(env_vars(&[
         ("AUTODEPLOY_TABLE", &fx.table),
         ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
         ("RUST_LOG", "trace"),
     ]));
-    vars.extend(env(extra));
+    vars.extend(env_vars(extra));
     vars
 }
 
@@ -50,7 +46,7 @@ async fn ecr_container(fx: &AwsFixture) {
 #[tokio::test]
 async fn without_an_admin_token_it_stops_naming_the_variables() {
     let mut vars = moto_env("http://127.0.0.1:9");
-    vars.extend(env(&[
+    vars.extend(env_vars(&[
         ("AUTODEPLOY_TABLE", "t"),
         ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
     ]));

@@ -5,18 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autodeploy_tests::fake_lambda::{
-    FakeLambdaRuntime, FunctionProcess, call_api, fixture_bytes, github_signature, http_api_event, moto_env,
-    receive_all, response_body,
+    FakeLambdaRuntime, FunctionProcess, env_vars, github_app_for_the_push_fixture, github_signature, http_api_event,
+    moto_env, receive_all, response_body,
 };
 use autodeploy_tests::{aws_fixture, moto_url};
-use serde_json::{Value, json};
 
 const EXE: &str = env!("CARGO_BIN_EXE_push-webhook");
 const SECRET: &str = "github-webhook-secret-0123456789";
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
 
 #[tokio::test]
 async fn without_its_table_it_stops_naming_the_variable() {
@@ -30,7 +25,7 @@ async fn without_its_table_it_stops_naming_the_variable() {
 async fn outside_lambda_it_stops_with_a_message() {
     // No admin token configured: this function never needs one.
     let mut vars = moto_env("http://127.0.0.1:9");
-    vars.extend(env(&[
+    vars.extend(env_vars(&[
         ("AUTODEPLOY_TABLE", "t"),
         ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
     ]));
@@ -45,35 +40,12 @@ async fn outside_lambda_it_stops_with_a_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_push_deliveries() {
     let fx = aws_fixture().await;
-    let store = Arc::new(fx.store.clone());
-    let queue = Arc::new(fx.queue.clone());
-    let (status, _) = call_api(
-        store.clone(),
-        queue.clone(),
-        "PUT",
-        "/organization/acme/webhook-secrets/github",
-        Some(json!({"secret": SECRET})),
-    )
-    .await;
-    assert_eq!(status, 204);
-    let push: Value = serde_json::from_slice(&fixture_bytes("webhooks/github/gp-push.json")).unwrap();
-    let (status, body) = call_api(
-        store,
-        queue,
-        "PUT",
-        "/organization/acme/services/api",
-        Some(json!({
-            "environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
-            "git_repository": {"provider": "GITHUB", "url": push["repository"]["clone_url"], "branch": "master"},
-        })),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
+    let push = github_app_for_the_push_fixture(Arc::new(fx.store.clone()), Arc::new(fx.queue.clone()), SECRET).await;
 
     let runtime = FakeLambdaRuntime::start().await;
     let mut vars = moto_env(&moto_url());
     vars.extend(runtime.env());
-    vars.extend(env(&[
+    vars.extend(env_vars(&[
         ("AUTODEPLOY_TABLE", &fx.table),
         ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
         // Even at TRACE, no raw event reaches the log.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use autodeploy_api::aws::SqsQueue;
 use autodeploy_tests::fake_lambda::{
-    FakeLambdaRuntime, FunctionProcess, call_api, call_api_with, fixture_bytes, github_signature, moto_env, receive_all,
+    FakeLambdaRuntime, FunctionProcess, call_api, call_api_with, env_vars, github_app_for_the_push_fixture,
+    github_signature, moto_env, receive_all,
 };
 use autodeploy_tests::{aws_fixture, moto_url, unique_name};
 use serde_json::{Value, json};
@@ -14,14 +15,10 @@ use serde_json::{Value, json};
 const EXE: &str = env!("CARGO_BIN_EXE_relay");
 const SECRET: &str = "github-webhook-secret-0123456789";
 
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
-
 #[tokio::test]
 async fn without_its_queue_it_stops_naming_the_variable() {
     let mut vars = moto_env("http://127.0.0.1:9");
-    vars.extend(env(&[("AUTODEPLOY_TABLE", "t")]));
+    vars.extend(env_vars(&[("AUTODEPLOY_TABLE", "t")]));
     let mut function = FunctionProcess::spawn(EXE, &vars);
     let status = function.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
@@ -51,28 +48,7 @@ async fn sends_what_was_recorded_while_sqs_was_down() {
         format!("{}/123456789012/{}.fifo", moto_url(), unique_name("missing")),
     ));
     let store = Arc::new(fx.store.clone());
-    let (status, _) = call_api(
-        store.clone(),
-        down.clone(),
-        "PUT",
-        "/organization/acme/webhook-secrets/github",
-        Some(json!({"secret": SECRET})),
-    )
-    .await;
-    assert_eq!(status, 204);
-    let push: Value = serde_json::from_slice(&fixture_bytes("webhooks/github/gp-push.json")).unwrap();
-    let (status, _) = call_api(
-        store.clone(),
-        down.clone(),
-        "PUT",
-        "/organization/acme/services/api",
-        Some(json!({
-            "environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
-            "git_repository": {"provider": "GITHUB", "url": push["repository"]["clone_url"], "branch": "master"},
-        })),
-    )
-    .await;
-    assert_eq!(status, 201);
+    let push = github_app_for_the_push_fixture(store.clone(), down.clone(), SECRET).await;
     let body = serde_json::to_vec(&push).unwrap();
     let signature = github_signature(SECRET, &body);
     let (status, response) = call_api_with(
@@ -106,7 +82,7 @@ async fn sends_what_was_recorded_while_sqs_was_down() {
     let runtime = FakeLambdaRuntime::start().await;
     let mut vars = moto_env(&moto_url());
     vars.extend(runtime.env());
-    vars.extend(env(&[
+    vars.extend(env_vars(&[
         ("AUTODEPLOY_TABLE", &fx.table),
         ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
     ]));
