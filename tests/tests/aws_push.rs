@@ -55,6 +55,16 @@ impl Stack {
         self.api.push("acme", "github", body, delivery).await
     }
 
+    /// The queue back: one relay run sends each of `r`'s PENDING deployments once, and every
+    /// one of `services` ends QUEUED.
+    async fn relay_delivers(&self, r: &Reply, services: &[String]) {
+        self.aws.queue_proxy.pass_through();
+        let n = services.len();
+        assert_eq!(self.aws.relay().await, RelayReport { pending: n, sent: n });
+        assert_eq!(message_ids(&self.aws.drain().await), deployment_ids(r));
+        assert_eq!(self.log().await, each(services, "QUEUED"));
+    }
+
     /// `(service_id, status)` of every deployment recorded, sorted.
     async fn log(&self) -> Vec<(String, String)> {
         let mut log: Vec<(String, String)> = self
@@ -322,10 +332,7 @@ async fn a_queue_timing_out_is_a_queue_down() {
     assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 1);
     assert_eq!(stack.log().await, each(&services, "PENDING"));
 
-    stack.aws.queue_proxy.pass_through();
-    assert_eq!(stack.aws.relay().await, RelayReport { pending: 3, sent: 3 });
-    assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
-    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+    stack.relay_delivers(&r, &services).await;
 }
 
 /// The queue takes the messages but its answers are lost: the push cannot know, leaves the
@@ -353,10 +360,7 @@ async fn lost_queue_answers_are_deduplicated() {
         }
     );
 
-    stack.aws.queue_proxy.pass_through();
-    assert_eq!(stack.aws.relay().await, RelayReport { pending: 3, sent: 3 });
-    assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
-    assert_eq!(stack.log().await, each(&services, "QUEUED"));
+    stack.relay_delivers(&r, &services).await;
 }
 
 /// The store fails the record write (every TransactWriteItems): 503, nothing recorded —
