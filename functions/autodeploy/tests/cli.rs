@@ -1,12 +1,14 @@
 //! The `autodeploy` binary as an operator meets it: flags, start-up failures, serving, the
 //! JSON line per queued deployment on stdout, and graceful shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_autodeploy");
+mod common;
+
+use common::{BIN, free_port, http, wait_listening};
+
 const ADMIN: &str = "cli-test-admin-token-0123456789";
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -16,34 +18,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One HTTP/1.1 request over a plain socket; returns (status, body).
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 struct Server {
@@ -65,11 +39,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port);
         Server { child, port, _dir: dir }
     }
 }
@@ -143,7 +113,7 @@ fn an_unwritable_database_path_stops_start_up() {
 fn serves_prints_queued_deployments_and_stops_on_sigterm() {
     let mut server = Server::start();
     let port = server.port;
-    assert_eq!(http(port, "GET", "/health", &[], "").0, 200);
+    assert_eq!(http(port, "GET", "/health", &[], b"").0, 200);
     let auth = format!("Token {ADMIN}");
     let json = ("Content-Type", "application/json");
     let service = r#"{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
@@ -153,7 +123,7 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
         "PUT",
         "/organization/acme/services/api",
         &[("Authorization", &auth), json],
-        service,
+        service.as_bytes(),
     );
     assert_eq!(status, 201, "{body}");
     let secret = r#"{"secret": "cli-test-webhook-secret"}"#;
@@ -162,7 +132,7 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
         "PUT",
         "/organization/acme/webhook-secrets/gitea",
         &[("Authorization", &auth), json],
-        secret,
+        secret.as_bytes(),
     );
     assert_eq!(status, 204);
 
@@ -186,7 +156,7 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
             ("X-Gitea-Delivery", "d-1"),
             ("X-Gitea-Signature", &signature),
         ],
-        push,
+        push.as_bytes(),
     );
     assert_eq!(status, 202, "{body}");
     let reply: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -5,15 +5,16 @@
 //! queue table — SPEC "a process killed at any moment loses nothing it acknowledged".
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_autodeploy");
+mod common;
+
+use common::{BIN, free_port, try_http, wait_listening};
+
 const ADMIN: &str = "durability-admin-token-0123456789";
 const SECRET: &str = "durability-webhook-secret-0123";
 const REPO: &str = "https://github.com/binkkatal/sample_app.git";
@@ -21,39 +22,6 @@ const PUSHES: usize = 200;
 const THREADS: usize = 8;
 /// SIGKILL once this many pushes were acknowledged.
 const KILL_AFTER: usize = 60;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// One HTTP/1.1 request over a plain socket; `(status, body)` or the I/O error.
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    stream.write_all(&bytes)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status line: {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
 
 fn start(db: &Path, port: u16) -> Child {
     let child = Command::new(BIN)
@@ -66,11 +34,7 @@ fn start(db: &Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the server did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(port);
     child
 }
 
@@ -97,7 +61,7 @@ fn deliver(port: u16, i: usize) -> std::io::Result<(u16, String)> {
         ("X-GitHub-Delivery", delivery.as_str()),
         ("X-Hub-Signature-256", sig.as_str()),
     ];
-    http(port, "POST", "/organization/acme/webhooks/github", &headers, &body)
+    try_http(port, "POST", "/organization/acme/webhooks/github", &headers, &body)
 }
 
 fn signature(body: &[u8]) -> String {
@@ -122,7 +86,7 @@ fn logged_commits(port: u16) -> std::collections::BTreeMap<String, String> {
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={c}"));
         }
-        let (status, body) = http(port, "GET", &path, &[("Authorization", &auth)], b"").unwrap();
+        let (status, body) = try_http(port, "GET", &path, &[("Authorization", &auth)], b"").unwrap();
         assert_eq!(status, 200, "{body}");
         let page: serde_json::Value = serde_json::from_str(&body).unwrap();
         for d in page["items"].as_array().unwrap() {
@@ -161,7 +125,7 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
         r#"{{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
             "git_repository": {{"provider": "GITHUB", "url": "{REPO}", "branch": "master"}}}}"#
     );
-    let (status, body) = http(
+    let (status, body) = try_http(
         port,
         "PUT",
         "/organization/acme/services/api",
@@ -171,7 +135,7 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
     .unwrap();
     assert_eq!(status, 201, "{body}");
     let secret = format!(r#"{{"secret": "{SECRET}"}}"#);
-    let (status, _) = http(
+    let (status, _) = try_http(
         port,
         "PUT",
         "/organization/acme/webhook-secrets/github",
@@ -204,7 +168,7 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
                         ("X-GitHub-Delivery", delivery.as_str()),
                         ("X-Hub-Signature-256", sig.as_str()),
                     ];
-                    match http(port, "POST", "/organization/acme/webhooks/github", &headers, &body) {
+                    match try_http(port, "POST", "/organization/acme/webhooks/github", &headers, &body) {
                         Ok((202, reply)) => {
                             let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
                             let id = reply["queued"][0]["deployment_id"].as_str().unwrap().to_owned();

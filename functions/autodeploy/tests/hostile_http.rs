@@ -5,11 +5,14 @@
 //! answers `/health` after each.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_autodeploy");
+mod common;
+
+use common::{BIN, free_port, wait_listening};
+
 const ADMIN: &str = "hostile-admin-token-0123456789";
 /// The timeouts the server under test runs with (seconds).
 const HEADER_TIMEOUT: u64 = 1;
@@ -24,7 +27,7 @@ struct Server {
 impl Server {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new(BIN)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--header-timeout", &HEADER_TIMEOUT.to_string()])
@@ -36,11 +39,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port);
         Server { child, port, _dir: dir }
     }
 

@@ -6,12 +6,12 @@
 //! tokens, the webhook secrets, nor the wrong ones the bad requests tried.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_autodeploy");
+mod common;
+
+use common::{BIN, free_port, http, wait_listening};
+
 const ADMIN: &str = "logs-admin-token-5f0c1d2e3a4b";
 const GITHUB_SECRET: &str = "logs-github-secret-7a8b9c0d";
 const GITLAB_SECRET: &str = "logs-gitlab-secret-1e2f3a4b";
@@ -62,36 +62,10 @@ fn base64(input: &str) -> String {
     out
 }
 
-/// One HTTP/1.1 request over a plain socket; `(status, body)`.
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    bytes.extend_from_slice(body);
-    stream.write_all(&bytes).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).unwrap();
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn a_full_run_at_trace_level_logs_no_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -103,11 +77,7 @@ fn a_full_run_at_trace_level_logs_no_secret() {
         .stderr(Stdio::from(File::create(&stderr_path).unwrap()))
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the server did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(port);
 
     let admin = format!("Token {ADMIN}");
     let json = ("Content-Type", "application/json");
