@@ -28,9 +28,9 @@ use autodeploy_api::aws::{DynamoStore, SqsQueue};
 use autodeploy_api::store::{Expected, ServiceStore};
 use autodeploy_api::util::{new_etag, now_rfc3339};
 use autodeploy_core::model::{Service, parse_service_document};
-use autodeploy_tests::fault_proxy::{FaultyAws, action};
+use autodeploy_tests::fault_proxy::action;
 use bytes::Bytes;
-use common::{Api, fixture};
+use common::{Api, AwsStack as Stack, fixture};
 use futures::StreamExt;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
@@ -106,21 +106,7 @@ async fn seed(store: &DynamoStore, seeds: &[Seed]) {
     eprintln!("seeded {} services in {:.1?}", seeds.len(), started.elapsed());
 }
 
-/// The router on the AWS adapters, each behind a counting proxy; organization `acme` has its
-/// GitHub secret.
-struct Stack {
-    aws: FaultyAws,
-    api: Api,
-}
-
 impl Stack {
-    async fn new() -> Self {
-        let aws = FaultyAws::new().await;
-        let api = Api::on(aws.store.clone(), aws.queue.clone());
-        api.set_secret("acme", "github").await;
-        Self { aws, api }
-    }
-
     async fn seed(&self, seeds: &[Seed]) {
         // Directly on moto: the seeding is not counted.
         seed(&self.aws.fixture.store, seeds).await;
@@ -416,12 +402,12 @@ fn group_repo(n: usize) -> String {
 /// again through a [`LatencyStub`]. Prints one `COST` / `LATENCY` line per push for
 /// `scripts/cost`.
 async fn same_calls_with(groups: &[usize], total: usize) {
-    let small = Stack::new().await;
+    let small = Stack::with_github_secret().await;
     small.seed(&seeds("acme", "group10", &group_repo(10), 10)).await;
     let alone = small.push(&group_repo(10), "delivery-10").await;
     check(&alone, 10, "10 services stored");
 
-    let large = Stack::new().await;
+    let large = Stack::with_github_secret().await;
     large.seed(&table(groups, total)).await;
     let crowded = large.push(&group_repo(10), "delivery-10").await;
     check(&crowded, 10, &format!("10 of {total} services"));

@@ -12,25 +12,14 @@ mod common;
 use std::sync::Arc;
 
 use autodeploy_api::pipeline::RelayReport;
-use autodeploy_tests::fault_proxy::{Count, Fault, FaultyAws, ReceivedMessage, SDK_ATTEMPTS, action};
-use common::{ADMIN, Api, Reply, outcome};
+use autodeploy_tests::fault_proxy::{Count, Fault, ReceivedMessage, SDK_ATTEMPTS, action};
+use common::{ADMIN, AwsStack as Stack, Reply, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const ATTEMPTS: usize = SDK_ATTEMPTS as usize;
 
-struct Stack {
-    aws: FaultyAws,
-    api: Api,
-}
-
 impl Stack {
-    async fn new() -> Self {
-        let aws = FaultyAws::new().await;
-        let api = Api::on(aws.store.clone(), aws.queue.clone());
-        Self { aws, api }
-    }
-
     /// An auto-deployed service of `kind` running `registry`/`name`:`tag` in `acme`.
     async fn image_service(&self, id: &str, kind: &str, registry: Option<&str>, name: &str, tag: &str, extra: Value) {
         let mut image = json!({"image_name": name, "tag": tag});

@@ -19,29 +19,15 @@ use autodeploy_api::aws::SqsQueue;
 use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use autodeploy_api::store::ServiceStore;
 use autodeploy_api::web::AppState;
-use autodeploy_tests::fault_proxy::{Count, Failure, Fault, FaultyAws, ReceivedMessage, SDK_ATTEMPTS, action};
-use common::{Api, Reply, fixture, fixture_json, outcome};
+use autodeploy_tests::fault_proxy::{Count, Failure, Fault, ReceivedMessage, SDK_ATTEMPTS, action};
+use common::{Api, AwsStack as Stack, Reply, fixture, fixture_json, outcome};
 use http::StatusCode;
 use serde_json::{Value, json};
 
 const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
 const ATTEMPTS: usize = SDK_ATTEMPTS as usize;
 
-/// The router on the AWS adapters of a [`FaultyAws`]; the organization `acme` has its
-/// GitHub secret.
-struct Stack {
-    aws: FaultyAws,
-    api: Api,
-}
-
 impl Stack {
-    async fn new() -> Self {
-        let aws = FaultyAws::new().await;
-        let api = Api::on(aws.store.clone(), aws.queue.clone());
-        api.set_secret("acme", "github").await;
-        Self { aws, api }
-    }
-
     /// Auto-deployed applications following the fixture's repository and branch.
     async fn services(&self, ids: &[String]) {
         for id in ids {
@@ -135,7 +121,7 @@ fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_is_recorded_and_its_message_is_on_the_fifo_queue() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let services = ids("svc", 2);
     stack.services(&services).await;
     let push = fixture("github/gp-push.json");
@@ -181,7 +167,7 @@ async fn a_push_is_recorded_and_its_message_is_on_the_fifo_queue() {
 /// multiply by traffic. A change here is a change of the bill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_calls_per_push() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let services = ids("svc", 12);
     stack.services(&services).await;
     stack.aws.store_proxy.reset_counts();
@@ -217,7 +203,7 @@ async fn aws_calls_per_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_down_leaves_deployments_pending_for_the_relay() {
     for failure in [Failure::Unavailable, Failure::DropConnection] {
-        let stack = Stack::new().await;
+        let stack = Stack::with_github_secret().await;
         let services = ids("svc", 3);
         stack.services(&services).await;
         stack.aws.queue_proxy.set(Fault::new(failure));
@@ -261,7 +247,7 @@ async fn a_queue_down_leaves_deployments_pending_for_the_relay() {
 /// QUEUED, the rest PENDING, and the relay delivers those exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_failing_after_its_first_batch() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let services = ids("svc", 25);
     stack.services(&services).await;
     stack
@@ -315,7 +301,7 @@ async fn a_queue_failing_after_its_first_batch() {
 /// 202 PENDING well within the push function's 8-second timeout, and the relay sends later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_timing_out_is_a_queue_down() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let services = ids("svc", 3);
     stack.services(&services).await;
     stack
@@ -341,7 +327,7 @@ async fn a_queue_timing_out_is_a_queue_down() {
 /// messages still on the queue, so this drains only at the end.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_queue_answers_are_deduplicated() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let services = ids("svc", 3);
     stack.services(&services).await;
     stack
@@ -368,7 +354,7 @@ async fn lost_queue_answers_are_deduplicated() {
 /// once the store is back, queues exactly one deployment per service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let services = ids("svc", 3);
     stack.services(&services).await;
     stack
@@ -418,7 +404,7 @@ async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
 /// message per service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_store_answer_loses_nothing() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let services = ids("svc", 3);
     stack.services(&services).await;
     stack.aws.store_proxy.set(
@@ -450,7 +436,7 @@ async fn a_lost_store_answer_loses_nothing() {
 /// nothing written, and the redelivery completes them — one deployment per service in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failing_midway_is_completed_by_the_redelivery() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let services = ids("svc", 3);
     stack.services(&services).await;
     stack
@@ -491,7 +477,7 @@ async fn a_store_failing_midway_is_completed_by_the_redelivery() {
 /// configured twice): one deployment and one message per service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
-    let stack = Arc::new(Stack::new().await);
+    let stack = Arc::new(Stack::with_github_secret().await);
     let services = ids("svc", 3);
     stack.services(&services).await;
     let push = fixture("github/gp-push.json");
@@ -543,7 +529,7 @@ async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
 /// return to the commit deployed before — in order, in the service's message group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollbacks_and_returns_queue_again_in_order() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     stack.services(&["api".to_owned()]).await;
     let push = fixture("github/gp-push.json");
     let payload = fixture_json("github/gp-push.json");
@@ -623,7 +609,7 @@ async fn queued_commits(stack: &Stack) -> Vec<Value> {
 /// would end on the tenth commit instead of the twelfth.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_keeps_a_services_deployments_in_order() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let commits = twelve_pending_pushes(&stack).await;
 
     stack
@@ -644,7 +630,7 @@ async fn a_push_after_an_outage_waits_behind_the_older_pending_deployment() {
     // Pending for longer than 200 ms is stranded here (15 s in production: see
     // `IN_FLIGHT_HORIZON`), so that the test need not wait.
     let horizon = Duration::from_millis(200);
-    let mut stack = Stack::new().await;
+    let mut stack = Stack::with_github_secret().await;
     stack.api = Api::on_state(
         stack.aws.store.clone(),
         AppState::new(
@@ -703,7 +689,7 @@ async fn a_push_after_an_outage_waits_behind_the_older_pending_deployment() {
 /// rule for ids older than the last applied one covers this window (README).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_does_not_wait_behind_a_deployment_pending_for_less_than_the_horizon() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     stack.services(&["api".to_owned()]).await;
     stack.aws.queue_proxy.set(Fault::unavailable());
     let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
@@ -724,7 +710,7 @@ async fn a_push_does_not_wait_behind_a_deployment_pending_for_less_than_the_hori
 /// service's second batch, which must wait for its first, is never sent ahead of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_queue_holds_a_send_no_longer_than_its_budget() {
-    let stack = Stack::new().await;
+    let stack = Stack::with_github_secret().await;
     let commits = twelve_pending_pushes(&stack).await;
 
     let budget = Duration::from_millis(300);

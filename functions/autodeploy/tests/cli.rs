@@ -2,12 +2,12 @@
 //! JSON line per queued deployment on stdout, and graceful shutdown on SIGTERM.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, free_port, http, wait_listening};
+use common::{BIN, Server, free_port, http};
 
 const ADMIN: &str = "cli-test-admin-token-0123456789";
 
@@ -18,37 +18,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--database")
-            .arg(dir.path().join("autodeploy.db"))
-            .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_listening(port);
-        Server { child, port, _dir: dir }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -111,7 +80,7 @@ fn an_unwritable_database_path_stops_start_up() {
 
 #[test]
 fn serves_prints_queued_deployments_and_stops_on_sigterm() {
-    let mut server = Server::start();
+    let mut server = Server::start(ADMIN, &[], true);
     let port = server.port;
     assert_eq!(http(port, "GET", "/health", &[], b"").0, 200);
     let auth = format!("Token {ADMIN}");

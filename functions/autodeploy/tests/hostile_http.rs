@@ -6,43 +6,24 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BIN, free_port, wait_listening};
+use common::Server;
 
 const ADMIN: &str = "hostile-admin-token-0123456789";
 /// The timeouts the server under test runs with (seconds).
 const HEADER_TIMEOUT: u64 = 1;
 const BODY_TIMEOUT: u64 = 2;
 
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+/// The server under test: this file's timeouts.
+fn server() -> Server {
+    let (header, body) = (HEADER_TIMEOUT.to_string(), BODY_TIMEOUT.to_string());
+    Server::start(ADMIN, &["--header-timeout", &header, "--body-timeout", &body], false)
 }
 
 impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--header-timeout", &HEADER_TIMEOUT.to_string()])
-            .args(["--body-timeout", &BODY_TIMEOUT.to_string()])
-            .arg("--database")
-            .arg(dir.path().join("autodeploy.db"))
-            .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_listening(port);
-        Server { child, port, _dir: dir }
-    }
-
     fn connect(&self) -> TcpStream {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
@@ -60,13 +41,6 @@ impl Server {
         let (status, _) = read_response(&mut stream).expect("an answer to /health");
         assert_eq!(status, 200);
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -114,7 +88,7 @@ fn assert_refused(answer: Option<(u16, String)>, what: &str) {
 
 #[test]
 fn oversized_headers_are_refused_and_the_server_lives() {
-    let mut server = Server::start();
+    let mut server = server();
     let mib = "a".repeat(1 << 20);
     let many: String = (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect();
     let cases: Vec<(&str, String)> = vec![
@@ -164,7 +138,7 @@ fn oversized_headers_are_refused_and_the_server_lives() {
 
 #[test]
 fn slow_headers_are_timed_out_while_others_are_served() {
-    let mut server = Server::start();
+    let mut server = server();
     // Half a request line, then silence; and a connection that never sends a byte.
     let mut stalled = server.connect();
     stalled
@@ -198,7 +172,7 @@ fn slow_headers_are_timed_out_while_others_are_served() {
 
 #[test]
 fn slow_bodies_are_timed_out_while_others_are_served() {
-    let mut server = Server::start();
+    let mut server = server();
     let head = "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
                 X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n";
     // Stalled: headers, ten bytes of a 1,000-byte body, then nothing.
@@ -244,7 +218,7 @@ fn slow_bodies_are_timed_out_while_others_are_served() {
 
 #[test]
 fn an_idle_kept_alive_connection_is_closed() {
-    let mut server = Server::start();
+    let mut server = server();
     let mut stream = server.connect();
     stream.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut buf = [0u8; 4096];

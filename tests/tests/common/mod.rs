@@ -7,6 +7,7 @@ use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::sqlite::SqliteStore;
 use autodeploy_api::store::{DeploymentQueue, InStoreQueue, Store};
 use autodeploy_api::web::{AppState, full_router};
+use autodeploy_tests::fault_proxy::FaultyAws;
 use axum::Router;
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
@@ -15,6 +16,28 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 pub const ADMIN: &str = "admin-token-for-tests-0123456789";
+
+/// The router on the AWS adapters of a [`FaultyAws`]: DynamoDB and SQS on moto, each behind a
+/// fault proxy of its own. Each AWS test file adds its own methods.
+pub struct AwsStack {
+    pub aws: FaultyAws,
+    pub api: Api,
+}
+
+impl AwsStack {
+    pub async fn new() -> Self {
+        let aws = FaultyAws::new().await;
+        let api = Api::on(aws.store.clone(), aws.queue.clone());
+        Self { aws, api }
+    }
+
+    /// As [`AwsStack::new`], with the organization `acme`'s GitHub webhook secret set.
+    pub async fn with_github_secret() -> Self {
+        let stack = Self::new().await;
+        stack.api.set_secret("acme", "github").await;
+        stack
+    }
+}
 
 pub struct Api {
     pub router: Router,

@@ -63,3 +63,42 @@ pub fn try_http(
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     try_http(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
+
+/// `autodeploy serve` on a fresh database in a temporary directory and a free port, with the
+/// admin token `admin` and `extra_args`; killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Started and listening. `piped`: stdout and stderr are kept for the test to read (else
+    /// discarded).
+    pub fn start(admin: &str, extra_args: &[&str], piped: bool) -> Self {
+        use std::process::{Command, Stdio};
+
+        let output = || if piped { Stdio::piped() } else { Stdio::null() };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra_args)
+            .arg("--database")
+            .arg(dir.path().join("autodeploy.db"))
+            .env("AUTODEPLOY_ADMIN_TOKEN", admin)
+            .stdout(output())
+            .stderr(output())
+            .spawn()
+            .unwrap();
+        wait_listening(port);
+        Server { child, port, _dir: dir }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

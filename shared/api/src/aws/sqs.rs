@@ -140,6 +140,38 @@ impl SqsQueue {
             .collect();
         (results, answered)
     }
+
+    /// One batch of [`DeploymentQueue::send`], unless SQS has stopped being tried (`down`,
+    /// which a failure of this batch sets) or the send's time is up.
+    async fn send_one_batch(
+        &self,
+        batch: &[DeploymentRequest],
+        down: &OnceLock<String>,
+        deadline: Instant,
+    ) -> Vec<Result<(), QueueError>> {
+        if Instant::now() >= deadline {
+            let _ = down.set(format!("the request spent its {:?} for sending", self.send_budget));
+        }
+        if let Some(reason) = down.get() {
+            return batch
+                .iter()
+                .map(|_| Err(QueueError(format!("not sent: {reason}"))))
+                .collect();
+        }
+        match tokio::time::timeout(BATCH_TIMEOUT, self.send_batch(batch)).await {
+            Ok((sent, answered)) => {
+                if !answered {
+                    let _ = down.set("SQS failed another batch of this request".to_owned());
+                }
+                sent
+            }
+            Err(_) => {
+                let reason = format!("SQS did not answer within {BATCH_TIMEOUT:?}");
+                let _ = down.set(reason.clone());
+                batch.iter().map(|_| Err(QueueError(reason.clone()))).collect()
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -183,40 +215,6 @@ impl DeploymentQueue for SqsQueue {
                 })
             })
             .collect()
-    }
-}
-
-impl SqsQueue {
-    /// One batch of [`DeploymentQueue::send`], unless SQS has stopped being tried (`down`,
-    /// which a failure of this batch sets) or the send's time is up.
-    async fn send_one_batch(
-        &self,
-        batch: &[DeploymentRequest],
-        down: &OnceLock<String>,
-        deadline: Instant,
-    ) -> Vec<Result<(), QueueError>> {
-        if Instant::now() >= deadline {
-            let _ = down.set(format!("the request spent its {:?} for sending", self.send_budget));
-        }
-        if let Some(reason) = down.get() {
-            return batch
-                .iter()
-                .map(|_| Err(QueueError(format!("not sent: {reason}"))))
-                .collect();
-        }
-        match tokio::time::timeout(BATCH_TIMEOUT, self.send_batch(batch)).await {
-            Ok((sent, answered)) => {
-                if !answered {
-                    let _ = down.set("SQS failed another batch of this request".to_owned());
-                }
-                sent
-            }
-            Err(_) => {
-                let reason = format!("SQS did not answer within {BATCH_TIMEOUT:?}");
-                let _ = down.set(reason.clone());
-                batch.iter().map(|_| Err(QueueError(reason.clone()))).collect()
-            }
-        }
     }
 }
 
