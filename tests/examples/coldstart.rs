@@ -10,9 +10,11 @@
 //! at a local listener that counts connections: init must not call AWS, and a function that
 //! connects there during init (or within 200 ms after its first poll) fails the run.
 //!
-//! Usage: coldstart [--runs N] [--env KEY=VALUE]... NAME=PATH...   (prints a Markdown table;
-//! the first NAME is the baseline the others are compared with; `--env` adds a variable to
-//! every start, e.g. `SSL_CERT_FILE` to try another trust store)
+//! Usage: coldstart [--runs N] [--env KEY=VALUE]... [--env-for NAME KEY=VALUE]... NAME=PATH...
+//! (prints a Markdown table; the first NAME is the baseline the others are compared with;
+//! `--env` adds a variable to every start, e.g. `SSL_CERT_FILE` to try another trust store,
+//! and `--env-for` to the starts of one NAME, e.g. the step at which
+//! `functions/push-webhook/examples/init_steps.rs` stops)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +30,8 @@ const GRACE: Duration = Duration::from_millis(200);
 struct Binary {
     name: String,
     path: String,
+    /// Variables for this binary's starts only (`--env-for`).
+    env: Vec<(String, String)>,
     init_ms: Vec<f64>,
     /// Peak resident memory (VmHWM) at the first poll, KiB.
     hwm_kib: Vec<u64>,
@@ -38,6 +42,7 @@ async fn main() {
     let mut runs = 20;
     let mut binaries = Vec::new();
     let mut extra_env = Vec::new();
+    let mut env_for: Vec<(String, String, String)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--runs" {
@@ -46,10 +51,16 @@ async fn main() {
             let pair = args.next().expect("--env KEY=VALUE");
             let (key, value) = pair.split_once('=').expect("--env KEY=VALUE");
             extra_env.push((key.to_owned(), value.to_owned()));
+        } else if arg == "--env-for" {
+            let name = args.next().expect("--env-for NAME KEY=VALUE");
+            let pair = args.next().expect("--env-for NAME KEY=VALUE");
+            let (key, value) = pair.split_once('=').expect("--env-for NAME KEY=VALUE");
+            env_for.push((name, key.to_owned(), value.to_owned()));
         } else if let Some((name, path)) = arg.split_once('=') {
             binaries.push(Binary {
                 name: name.to_owned(),
                 path: path.to_owned(),
+                env: Vec::new(),
                 init_ms: Vec::new(),
                 hwm_kib: Vec::new(),
             });
@@ -58,6 +69,13 @@ async fn main() {
         }
     }
     assert!(!binaries.is_empty(), "usage: coldstart [--runs N] NAME=PATH...");
+    for (name, key, value) in env_for {
+        let binary = binaries
+            .iter_mut()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("--env-for {name}: no binary of that name"));
+        binary.env.push((key, value));
+    }
 
     // Every AWS endpoint: a listener that only counts connections.
     let aws = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a listener");
@@ -74,7 +92,8 @@ async fn main() {
     // One unmeasured start of each first: the binaries' pages into the page cache.
     for round in 0..=runs {
         for binary in &mut binaries {
-            let (init, hwm) = start_once(&binary.path, &aws_url, &aws_connections, &binary.name, &extra_env).await;
+            let env: Vec<_> = extra_env.iter().chain(&binary.env).cloned().collect();
+            let (init, hwm) = start_once(&binary.path, &aws_url, &aws_connections, &binary.name, &env).await;
             if round > 0 {
                 binary.init_ms.push(init.as_secs_f64() * 1000.0);
                 binary.hwm_kib.push(hwm);

@@ -9,20 +9,24 @@
 //! custom endpoint, a TLS-inspecting proxy) sets `SSL_CERT_FILE` or `SSL_CERT_DIR`, as for
 //! any OpenSSL-style client, and gets it.
 //!
-//! The SDK builds one connector when each client is created, only so that the system store
-//! loads during init rather than on the first request, and throws it away (see
-//! `validate_base_client_config` in `aws-smithy-http-client`). With the roots compiled in there
-//! is nothing to load, so that throwaway connector gets no roots at all; the connectors that
-//! carry requests, built with the request's settings, get the whole set. The first request
-//! decodes the roots once (~0.3 ms), where every client's creation would have done it.
+//! When a client is created, the SDK builds one connector and throws it away, only so that the
+//! system store loads during init rather than on the first request (see
+//! `validate_base_client_config` in `aws-smithy-http-client`). With the roots compiled in
+//! there is nothing to load, and that connector (a rustls configuration and a hyper client per
+//! SDK client) would be init time spent on nothing, so [`https_client`] skips that step. The
+//! connectors that carry requests are built with the request's settings and get the whole set:
+//! the first request decodes the roots once (~0.3 ms).
 
 use std::sync::OnceLock;
 
-use aws_sdk_dynamodb::config::SharedHttpClient;
+use aws_sdk_dynamodb::config::{ConfigBag, HttpClient, RuntimeComponents, SharedHttpClient};
+use aws_sdk_dynamodb::error::BoxError;
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::rustls_provider::CryptoMode;
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore};
 use aws_smithy_http_client::{Builder, ConnectorBuilder};
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpConnector};
 use base64::Engine;
 
 /// Where the client's trusted roots come from.
@@ -54,19 +58,22 @@ impl Roots {
 
 /// The HTTPS client for the SDK, trusting the roots the environment selects.
 pub fn https_client() -> Result<SharedHttpClient, String> {
-    match Roots::from_env() {
-        Roots::Compiled => https_client_with(compiled_roots),
-        Roots::System => https_client_with(TrustStore::default),
-    }
+    Ok(match Roots::from_env() {
+        Roots::Compiled => SharedHttpClient::new(NoWarmUp(https_client_with(compiled_roots)?)),
+        // The SDK's warm-up loads the system store during init, as it intends.
+        Roots::System => https_client_with(TrustStore::default)?,
+    })
 }
 
 /// The HTTPS client for the SDK, trusting exactly `roots` for requests.
 pub fn https_client_trusting(roots: TrustStore) -> Result<SharedHttpClient, String> {
-    https_client_with(move || roots.clone())
+    Ok(SharedHttpClient::new(NoWarmUp(https_client_with(move || {
+        roots.clone()
+    })?)))
 }
 
-/// The HTTPS client for the SDK; `roots` gives the trust store of each connector that carries
-/// requests, when it is built (so the compiled-in bundle is not even encoded during init).
+/// The HTTPS client for the SDK; `roots` gives the trust store of each connector, when it is
+/// built (so the compiled-in bundle is not even encoded during init).
 fn https_client_with(roots: impl Fn() -> TrustStore + Send + Sync + 'static) -> Result<SharedHttpClient, String> {
     let context = |roots: TrustStore| {
         TlsContext::builder()
@@ -82,20 +89,35 @@ fn https_client_with(roots: impl Fn() -> TrustStore + Send + Sync + 'static) -> 
             builder.set_sleep_impl(components.sleep_impl());
         }
         builder.set_proxy_config(Some(ProxyConfig::from_env()));
-        // Neither settings nor components: the connector the SDK builds at client creation and
-        // discards (module comment). Every other one carries requests and gets the roots.
-        let tls = if settings.is_none() && components.is_none() {
+        // `TlsContextBuilder::build` cannot fail today (it did not for the empty store); should it ever,
+        // trust nothing (every HTTPS request fails, loudly) rather than something unintended.
+        let tls = context(roots()).unwrap_or_else(|err| {
+            tracing::error!(error = %err, "no TLS configuration: HTTPS requests to AWS will fail");
             trusting_nothing.clone()
-        } else {
-            // `TlsContextBuilder::build` cannot fail today; should it ever, trust nothing
-            // (every HTTPS request fails, loudly) rather than something unintended.
-            context(roots()).unwrap_or_else(|err| {
-                tracing::error!(error = %err, "no TLS configuration: HTTPS requests to AWS will fail");
-                trusting_nothing.clone()
-            })
-        };
+        });
         builder.tls_context(tls).build()
     }))
+}
+
+/// An HTTPS client that skips the SDK's warm-up connector (module comment): everything else
+/// is the wrapped client's.
+#[derive(Debug)]
+struct NoWarmUp(SharedHttpClient);
+
+impl HttpClient for NoWarmUp {
+    fn http_connector(&self, settings: &HttpConnectorSettings, components: &RuntimeComponents) -> SharedHttpConnector {
+        self.0.http_connector(settings, components)
+    }
+
+    // `validate_base_client_config` keeps the trait's default, which builds nothing.
+
+    fn validate_final_config(&self, components: &RuntimeComponents, cfg: &ConfigBag) -> Result<(), BoxError> {
+        self.0.validate_final_config(components, cfg)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.0.connector_metadata()
+    }
 }
 
 /// Mozilla's root certificates, for the SDK's trust store.
@@ -165,5 +187,40 @@ mod tests {
         assert!(roots.len() > 100, "{}", roots.len());
         let store = format!("{:?}", compiled_roots());
         assert!(store.contains("enable_native_roots: false"), "{store}");
+    }
+
+    /// Counts the connectors built (each asks for its roots once).
+    fn counting_client() -> (SharedHttpClient, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let built = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&built);
+        let client = https_client_with(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            TrustStore::empty()
+        })
+        .unwrap();
+        (client, built)
+    }
+
+    fn create_dynamodb_client(http: SharedHttpClient) {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_dynamodb::config::Region::new("eu-west-1"))
+            .http_client(http)
+            .build();
+        let _ = aws_sdk_dynamodb::Client::from_conf(config);
+    }
+
+    #[test]
+    fn creating_a_client_builds_no_connector() {
+        use std::sync::atomic::Ordering;
+        // The SDK's own behaviour, which the wrapper exists to skip.
+        let (plain, built) = counting_client();
+        create_dynamodb_client(plain);
+        assert_eq!(built.load(Ordering::SeqCst), 1);
+
+        let (plain, built) = counting_client();
+        create_dynamodb_client(SharedHttpClient::new(NoWarmUp(plain)));
+        assert_eq!(built.load(Ordering::SeqCst), 0);
     }
 }

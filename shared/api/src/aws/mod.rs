@@ -14,6 +14,7 @@ mod sqs;
 use std::error::Error;
 use std::sync::Arc;
 
+use aws_config::environment::{EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider};
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
@@ -104,10 +105,49 @@ pub fn init_tracing() {
 /// The standard SDK configuration: region, credentials and endpoint overrides from the
 /// environment, on the shared HTTPS client ([`https_client`]).
 pub async fn load_config() -> Result<SdkConfig, String> {
-    Ok(aws_config::defaults(BehaviorVersion::latest())
-        .http_client(https_client()?)
-        .load()
-        .await)
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https_client()?);
+    let shortcuts = ProviderShortcuts::from_env();
+    if shortcuts.region_from_env {
+        loader = loader.region(EnvironmentVariableRegionProvider::new());
+    }
+    if shortcuts.credentials_from_env {
+        loader = loader.credentials_provider(EnvironmentVariableCredentialsProvider::new());
+    }
+    Ok(loader.load().await)
+}
+
+/// Which of the SDK's provider chains can be skipped because the environment already answers.
+///
+/// The default region and credentials chains try the environment first, and when it has the
+/// answer they return it without consulting anything else. But building the chains sets up
+/// every provider in them: an STS client for web identity, an instance-metadata client, the
+/// container provider. On Lambda the runtime always sets `AWS_REGION` and the role's
+/// credentials, so that set-up was a third of the functions' init and was never used. The
+/// environment providers alone give the same answer; anywhere else (no variables) the full
+/// chains run as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderShortcuts {
+    /// `AWS_REGION` or `AWS_DEFAULT_REGION` is set: the region chain would return it.
+    pub region_from_env: bool,
+    /// `AWS_ACCESS_KEY_ID` and a secret key are set and not blank: the credentials chain
+    /// would return them (it moves on only when the environment's are missing or blank).
+    pub credentials_from_env: bool,
+}
+
+impl ProviderShortcuts {
+    /// Decide from `var`, which reads one variable (`None`: not set).
+    pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> ProviderShortcuts {
+        let not_blank = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+        ProviderShortcuts {
+            region_from_env: var("AWS_REGION").is_some() || var("AWS_DEFAULT_REGION").is_some(),
+            credentials_from_env: not_blank("AWS_ACCESS_KEY_ID")
+                && (not_blank("AWS_SECRET_ACCESS_KEY") || not_blank("SECRET_ACCESS_KEY")),
+        }
+    }
+
+    pub fn from_env() -> ProviderShortcuts {
+        ProviderShortcuts::from_env_with(|name| std::env::var(name).ok())
+    }
 }
 
 /// A set, non-empty environment variable, or a message naming it.
@@ -137,5 +177,53 @@ where
             )
         }
         other => format!("{operation}: {}", DisplayErrorContext(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn the_chains_are_skipped_only_when_the_environment_answers() {
+        // Lambda: the runtime sets the region and the role's credentials.
+        let lambda = env(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "ASIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "token"),
+        ]);
+        let both = ProviderShortcuts {
+            region_from_env: true,
+            credentials_from_env: true,
+        };
+        assert_eq!(ProviderShortcuts::from_env_with(lambda), both);
+        // The fallbacks the environment provider reads too.
+        let fallbacks = env(&[
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("SECRET_ACCESS_KEY", "secret"),
+        ]);
+        assert_eq!(ProviderShortcuts::from_env_with(fallbacks), both);
+
+        // Nothing in the environment (an instance role, a profile): the full chains.
+        let none = ProviderShortcuts {
+            region_from_env: false,
+            credentials_from_env: false,
+        };
+        assert_eq!(ProviderShortcuts::from_env_with(env(&[])), none);
+        // Half the credentials, or blank ones: the chain would move on, so it must run.
+        for partial in [
+            env(&[("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")]),
+            env(&[("AWS_SECRET_ACCESS_KEY", "secret")]),
+            env(&[("AWS_ACCESS_KEY_ID", " "), ("AWS_SECRET_ACCESS_KEY", "secret")]),
+            env(&[("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"), ("AWS_SECRET_ACCESS_KEY", "")]),
+        ] {
+            assert_eq!(ProviderShortcuts::from_env_with(partial), none);
+        }
     }
 }
