@@ -89,8 +89,8 @@ fn https_client_with(roots: impl Fn() -> TrustStore + Send + Sync + 'static) -> 
             builder.set_sleep_impl(components.sleep_impl());
         }
         builder.set_proxy_config(Some(ProxyConfig::from_env()));
-        // `TlsContextBuilder::build` cannot fail today (it did not for the empty store); should it ever,
-        // trust nothing (every HTTPS request fails, loudly) rather than something unintended.
+        // `TlsContextBuilder::build` cannot fail today; should it ever, trust nothing (every
+        // HTTPS request fails, loudly) rather than something unintended.
         let tls = context(roots()).unwrap_or_else(|err| {
             tracing::error!(error = %err, "no TLS configuration: HTTPS requests to AWS will fail");
             trusting_nothing.clone()
