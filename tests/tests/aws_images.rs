@@ -12,8 +12,8 @@ mod common;
 use std::sync::Arc;
 
 use autodeploy_api::pipeline::RelayReport;
-use autodeploy_tests::fault_proxy::{Count, Fault, ReceivedMessage, SDK_ATTEMPTS, action};
-use common::{ADMIN, AwsStack as Stack, Reply, outcome};
+use autodeploy_tests::fault_proxy::{Count, Fault, SDK_ATTEMPTS, action};
+use common::{ADMIN, AwsStack as Stack, Reply, deployment_ids, message_ids, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -90,37 +90,6 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
 
 fn queued_ids(r: &Reply) -> Vec<String> {
     outcome(r).0.into_iter().map(|(id, _)| id).collect()
-}
-
-/// `deployment_id` of every `queued` entry, sorted.
-fn deployment_ids(r: &Reply) -> Vec<String> {
-    let mut v: Vec<String> = r.body["queued"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["deployment_id"].as_str().unwrap().to_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// The deployment ids the messages carry, sorted, after checking each message's group and
-/// deduplication id.
-fn message_ids(messages: &[ReceivedMessage]) -> Vec<String> {
-    for m in messages {
-        assert_eq!(m.dedup, m.body["deployment_id"].as_str().unwrap(), "{m:?}");
-        assert_eq!(
-            m.group,
-            format!("acme/{}", m.body["service_id"].as_str().unwrap()),
-            "{m:?}"
-        );
-    }
-    let mut v: Vec<String> = messages
-        .iter()
-        .map(|m| m.body["deployment_id"].as_str().unwrap().to_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

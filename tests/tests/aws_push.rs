@@ -20,7 +20,7 @@ use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use autodeploy_api::store::ServiceStore;
 use autodeploy_api::web::AppState;
 use autodeploy_tests::fault_proxy::{Count, Failure, Fault, ReceivedMessage, SDK_ATTEMPTS, action};
-use common::{Api, AwsStack as Stack, Reply, fixture, fixture_json, outcome};
+use common::{Api, AwsStack as Stack, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -77,37 +77,6 @@ fn ids(prefix: &str, n: usize) -> Vec<String> {
 /// `(id, value)` for each id, sorted.
 fn each(ids: &[String], value: &str) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = ids.iter().map(|id| (id.clone(), value.to_owned())).collect();
-    v.sort();
-    v
-}
-
-/// `deployment_id` of every `queued` entry.
-fn deployment_ids(r: &Reply) -> Vec<String> {
-    let mut v: Vec<String> = r.body["queued"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|q| q["deployment_id"].as_str().unwrap().to_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// The deployment ids the messages carry, sorted; each message's deduplication id is its
-/// deployment id and its group the service's.
-fn message_ids(messages: &[ReceivedMessage]) -> Vec<String> {
-    for m in messages {
-        assert_eq!(m.dedup, m.body["deployment_id"].as_str().unwrap(), "{m:?}");
-        assert_eq!(
-            m.group,
-            format!("acme/{}", m.body["service_id"].as_str().unwrap()),
-            "{m:?}"
-        );
-    }
-    let mut v: Vec<String> = messages
-        .iter()
-        .map(|m| m.body["deployment_id"].as_str().unwrap().to_owned())
-        .collect();
     v.sort();
     v
 }

@@ -337,3 +337,34 @@ pub fn outcome(reply: &Reply) -> (Entries, Entries) {
     };
     (list("queued", "status"), list("skipped", "reason"))
 }
+
+/// `deployment_id` of every `queued` entry, sorted.
+pub fn deployment_ids(r: &Reply) -> Vec<String> {
+    let mut v: Vec<String> = r.body["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The deployment ids the messages carry, sorted, after checking that each message's
+/// deduplication id is its deployment id and its group the service's (organization `acme`).
+pub fn message_ids(messages: &[autodeploy_tests::fault_proxy::ReceivedMessage]) -> Vec<String> {
+    for m in messages {
+        assert_eq!(m.dedup, m.body["deployment_id"].as_str().unwrap(), "{m:?}");
+        assert_eq!(
+            m.group,
+            format!("acme/{}", m.body["service_id"].as_str().unwrap()),
+            "{m:?}"
+        );
+    }
+    let mut v: Vec<String> = messages
+        .iter()
+        .map(|m| m.body["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
