@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use autodeploy_tests::aws_fixture;
 use autodeploy_tests::fake_lambda::{
-    FakeLambdaRuntime, FunctionProcess, call_api, fixture_bytes, github_signature, http_api_event, moto_env,
-    response_body,
+    FakeLambdaRuntime, FunctionProcess, call_api, fixture_bytes, github_push_event, moto_env, response_body,
 };
 use serde_json::{Value, json};
 
@@ -107,20 +106,7 @@ async fn main() {
 
 /// The API Gateway event of a signed delivery of `push`.
 fn event(push: &Value, delivery: &str) -> Value {
-    let body = serde_json::to_vec(push).unwrap();
-    let signature = github_signature(SECRET, &body);
-    http_api_event(
-        "POST",
-        "/organization/acme/webhooks/github",
-        &[
-            ("content-type", "application/json"),
-            ("x-github-event", "push"),
-            ("x-github-delivery", delivery),
-            ("x-hub-signature-256", &signature),
-        ],
-        Some(&body),
-        false,
-    )
+    github_push_event(SECRET, &serde_json::to_vec(push).unwrap(), delivery)
 }
 
 /// `push` with its commit repeated as often as fits in one invocation payload.

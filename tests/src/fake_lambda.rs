@@ -502,6 +502,24 @@ pub fn github_signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The API Gateway event of a GitHub push delivery of `body` to organization `acme`, signed
+/// with `secret`.
+pub fn github_push_event(secret: &str, body: &[u8], delivery: &str) -> Value {
+    let signature = github_signature(secret, body);
+    http_api_event(
+        "POST",
+        "/organization/acme/webhooks/github",
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "push"),
+            ("x-github-delivery", delivery),
+            ("x-hub-signature-256", &signature),
+        ],
+        Some(body),
+        false,
+    )
+}
+
 /// A fixture file under `tests/fixtures/`.
 pub fn fixture_bytes(path: &str) -> Vec<u8> {
     let full = format!("{}/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
