@@ -2,11 +2,10 @@
 //! the Lambda Runtime API (a stand-in), state on moto.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use autodeploy_tests::fake_lambda::{
     FakeLambdaRuntime, FunctionProcess, env_vars, github_app_for_the_push_fixture, github_signature, http_api_event,
-    moto_env, receive_all, response_body,
+    moto_env, receive_all, response_body, start_up_failure,
 };
 use autodeploy_tests::{aws_fixture, moto_url};
 
@@ -15,26 +14,22 @@ const SECRET: &str = "github-webhook-secret-0123456789";
 
 #[tokio::test]
 async fn without_its_table_it_stops_naming_the_variable() {
-    let mut function = FunctionProcess::spawn(EXE, &moto_env("http://127.0.0.1:9"));
-    let status = function.wait_exit(Duration::from_secs(30)).await;
-    assert!(!status.success());
-    assert!(function.logs().contains("AUTODEPLOY_TABLE"), "{}", function.logs());
+    let logs = start_up_failure(EXE, &[]).await;
+    assert!(logs.contains("AUTODEPLOY_TABLE"), "{logs}");
 }
 
 #[tokio::test]
 async fn outside_lambda_it_stops_with_a_message() {
     // No admin token configured: this function never needs one.
-    let mut vars = moto_env("http://127.0.0.1:9");
-    vars.extend(env_vars(&[
-        ("AUTODEPLOY_TABLE", "t"),
-        ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
-    ]));
-    let mut function = FunctionProcess::spawn(EXE, &vars);
-    let status = function.wait_exit(Duration::from_secs(30)).await;
-    assert!(!status.success());
-    let logs = function.logs();
+    let logs = start_up_failure(
+        EXE,
+        &[
+            ("AUTODEPLOY_TABLE", "t"),
+            ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
+        ],
+    )
+    .await;
     assert!(logs.contains("AWS_LAMBDA_RUNTIME_API"), "{logs}");
-    assert!(!logs.contains("panicked"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,11 @@
 //! stand-in), state on moto.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use autodeploy_api::aws::SqsQueue;
 use autodeploy_tests::fake_lambda::{
     FakeLambdaRuntime, FunctionProcess, call_api, call_api_with, env_vars, github_app_for_the_push_fixture,
-    github_signature, moto_env, receive_all,
+    github_signature, moto_env, receive_all, start_up_failure,
 };
 use autodeploy_tests::{aws_fixture, moto_url, unique_name};
 use serde_json::{Value, json};
@@ -17,12 +16,8 @@ const SECRET: &str = "github-webhook-secret-0123456789";
 
 #[tokio::test]
 async fn without_its_queue_it_stops_naming_the_variable() {
-    let mut vars = moto_env("http://127.0.0.1:9");
-    vars.extend(env_vars(&[("AUTODEPLOY_TABLE", "t")]));
-    let mut function = FunctionProcess::spawn(EXE, &vars);
-    let status = function.wait_exit(Duration::from_secs(30)).await;
-    assert!(!status.success());
-    assert!(function.logs().contains("AUTODEPLOY_QUEUE_URL"), "{}", function.logs());
+    let logs = start_up_failure(EXE, &[("AUTODEPLOY_TABLE", "t")]).await;
+    assert!(logs.contains("AUTODEPLOY_QUEUE_URL"), "{logs}");
 }
 
 fn scheduled_event() -> Value {
