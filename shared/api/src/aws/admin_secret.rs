@@ -8,7 +8,7 @@ use aws_config::SdkConfig;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::{ADMIN_TOKEN_ENV, ADMIN_TOKEN_SECRET_ENV, describe_sdk_error, load_config, optional_env};
+use super::{ADMIN_TOKEN_ENV, ADMIN_TOKEN_SECRET_ENV, describe_sdk_error, optional_env};
 use crate::admin::{AdminTokenSource, StaticAdminToken};
 use crate::store::{StoreError, StoreResult};
 
@@ -57,20 +57,7 @@ impl AdminTokenSource for SecretsManagerAdminToken {
 }
 
 /// `AUTODEPLOY_ADMIN_TOKEN` when set, else the secret named by
-/// `AUTODEPLOY_ADMIN_TOKEN_SECRET_ARN` (loading the SDK environment only then).
-pub async fn admin_token_from_env() -> Result<Arc<dyn AdminTokenSource>, String> {
-    if let Some(token) = optional_env(ADMIN_TOKEN_ENV) {
-        return Ok(Arc::new(StaticAdminToken::new(&token)));
-    }
-    let secret_id = secret_id()?;
-    let config = load_config().await?;
-    Ok(Arc::new(SecretsManagerAdminToken::new(
-        aws_sdk_secretsmanager::Client::new(&config),
-        secret_id,
-    )))
-}
-
-/// As [`admin_token_from_env`], reusing an SDK configuration already loaded.
+/// `AUTODEPLOY_ADMIN_TOKEN_SECRET_ARN`, read with a client on `config` when first needed.
 pub fn admin_token_from_config(config: &SdkConfig) -> Result<Arc<dyn AdminTokenSource>, String> {
     if let Some(token) = optional_env(ADMIN_TOKEN_ENV) {
         return Ok(Arc::new(StaticAdminToken::new(&token)));

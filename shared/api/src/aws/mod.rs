@@ -18,7 +18,7 @@ use aws_config::environment::{EnvironmentVariableCredentialsProvider, Environmen
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config, admin_token_from_env};
+pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config};
 pub use dynamo::DynamoStore;
 pub use https::{Roots, compiled_roots, encode_compiled_roots, https_client, https_client_trusting};
 pub use sqs::SqsQueue;
