@@ -150,7 +150,7 @@ async fn push_webhook_events_queue_on_sqs() {
 async fn admin_from_secret(fx: &AwsFixture, token: &str) -> Arc<SecretsManagerAdminToken> {
     let client = aws_sdk_secretsmanager::Client::new(&fx.config);
     let name = unique_name("admin-token");
-    let admin = Arc::new(SecretsManagerAdminToken::new(client.clone(), &name));
+    let admin = Arc::new(SecretsManagerAdminToken::new(&fx.config, &name));
     // Built before the secret exists: building reads nothing.
     client
         .create_secret()

@@ -1261,7 +1261,7 @@ async fn admin_token_from_secrets_manager() {
     let config = autodeploy_tests::aws_sdk_config(&autodeploy_tests::moto_url()).await;
     let client = aws_sdk_secretsmanager::Client::new(&config);
     let name = autodeploy_tests::unique_name("admin-token");
-    let source = autodeploy_api::aws::SecretsManagerAdminToken::new(client.clone(), &name);
+    let source = autodeploy_api::aws::SecretsManagerAdminToken::new(&config, &name);
 
     let missing = source.admin_token_sha256().await;
     assert!(matches!(missing, Err(StoreError::Unavailable(_))), "{missing:?}");

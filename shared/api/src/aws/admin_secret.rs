@@ -1,7 +1,8 @@
 //! The admin token from Secrets Manager: fetched on first use (a cold start that never needs
-//! it pays nothing) and kept as a digest for the life of the process.
+//! it pays nothing, not even the client's creation) and kept as a digest for the life of the
+//! process.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
@@ -15,24 +16,30 @@ use crate::store::{StoreError, StoreResult};
 /// Reads the secret's string value once and caches its SHA-256. A failed fetch is not cached:
 /// the next request tries again. A rotated secret is seen by new Lambda instances.
 pub struct SecretsManagerAdminToken {
-    client: aws_sdk_secretsmanager::Client,
+    config: SdkConfig,
+    /// Built on the first fetch: `image-tag` serves ECR events and registry webhooks, which
+    /// take no token, without ever creating it (a client costs ~0.1 ms of init).
+    client: OnceLock<aws_sdk_secretsmanager::Client>,
     secret_id: String,
     digest: OnceCell<[u8; 32]>,
 }
 
 impl SecretsManagerAdminToken {
-    /// `secret_id` is the secret's ARN or name.
-    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: impl Into<String>) -> Self {
+    /// `secret_id` is the secret's ARN or name, read with a client on `config`.
+    pub fn new(config: &SdkConfig, secret_id: impl Into<String>) -> Self {
         Self {
-            client,
+            config: config.clone(),
+            client: OnceLock::new(),
             secret_id: secret_id.into(),
             digest: OnceCell::new(),
         }
     }
 
     async fn fetch(&self) -> StoreResult<[u8; 32]> {
-        let out = self
+        let client = self
             .client
+            .get_or_init(|| aws_sdk_secretsmanager::Client::new(&self.config));
+        let out = client
             .get_secret_value()
             .secret_id(&self.secret_id)
             .send()
@@ -62,10 +69,7 @@ pub fn admin_token_from_config(config: &SdkConfig) -> Result<Arc<dyn AdminTokenS
     if let Some(token) = optional_env(ADMIN_TOKEN_ENV) {
         return Ok(Arc::new(StaticAdminToken::new(&token)));
     }
-    Ok(Arc::new(SecretsManagerAdminToken::new(
-        aws_sdk_secretsmanager::Client::new(config),
-        secret_id()?,
-    )))
+    Ok(Arc::new(SecretsManagerAdminToken::new(config, secret_id()?)))
 }
 
 fn secret_id() -> Result<String, String> {
