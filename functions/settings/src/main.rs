@@ -1,5 +1,8 @@
 //! The `settings` Lambda function: services, webhook secrets, tokens and the deployment log,
 //! on DynamoDB, behind API Gateway (HTTP API, payload format 2.0).
+//!
+//! Its routes record and send no deployments, so it has no queue: it neither needs
+//! `AUTODEPLOY_QUEUE_URL` nor holds any SQS permission.
 
 use autodeploy_api::aws;
 use autodeploy_api::aws::lambda_events::check_runtime_environment;
@@ -8,7 +11,7 @@ use autodeploy_api::web::settings_router;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     aws::init_tracing();
-    let state = aws::app_state_from_env().await?;
+    let state = aws::app_state_without_queue_from_env().await?;
     check_runtime_environment()?;
     lambda_http::run(settings_router(state)).await
 }

@@ -189,6 +189,21 @@ pub trait DeploymentQueue: Send + Sync {
     async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>>;
 }
 
+/// For a function that sends no deployments (`settings`: its routes record none), so that it
+/// needs no queue. Should a route ever send through it, every request fails to send and its
+/// deployments stay `PENDING`, recorded, for the relay: nothing is lost.
+pub struct NoQueue;
+
+#[async_trait]
+impl DeploymentQueue for NoQueue {
+    async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
+        requests
+            .iter()
+            .map(|_| Err(QueueError("this function sends no deployments".to_owned())))
+            .collect()
+    }
+}
+
 /// For a store that is its own queue (SQLite): every deployment is recorded `QUEUED`, so
 /// nothing is ever sent.
 pub struct InStoreQueue;

@@ -53,6 +53,20 @@ pub async fn from_env() -> Result<AwsBackend, String> {
     })
 }
 
+/// The state of the `settings` function, whose routes send no deployments: the store named by
+/// `AUTODEPLOY_TABLE` and the admin token source, and no queue ([`crate::store::NoQueue`]), so
+/// it neither needs `AUTODEPLOY_QUEUE_URL` nor creates an SQS client at init.
+pub async fn app_state_without_queue_from_env() -> Result<crate::web::AppState, String> {
+    let table = required_env(TABLE_ENV)?;
+    let config = load_config().await?;
+    let admin = admin_token_from_config(&config)?;
+    Ok(crate::web::AppState::new(
+        Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table)),
+        Arc::new(crate::store::NoQueue),
+        admin,
+    ))
+}
+
 /// Everything a Lambda function's router needs, from the environment: the store, the queue
 /// and the admin token source (the token itself, or the secret fetched on first use).
 pub async fn app_state_from_env() -> Result<crate::web::AppState, String> {

@@ -1,0 +1,52 @@
+//! The `settings` binary as Lambda runs it: API Gateway requests from the Lambda Runtime API
+//! (a stand-in), state on moto, and no queue: its routes send no deployments.
+
+use autodeploy_tests::fake_lambda::{
+    FakeLambdaRuntime, FunctionProcess, env_vars, http_api_event, moto_env, response_body, start_up_failure,
+};
+use autodeploy_tests::{aws_fixture, moto_url};
+use serde_json::json;
+
+const EXE: &str = env!("CARGO_BIN_EXE_settings");
+const ADMIN: &str = "settings-admin-token-0123456789";
+
+#[tokio::test]
+async fn without_its_table_it_stops_naming_the_variable() {
+    let logs = start_up_failure(EXE, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]).await;
+    assert!(logs.contains("AUTODEPLOY_TABLE"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_the_settings_api_with_no_queue_configured() {
+    let fx = aws_fixture().await;
+    let runtime = FakeLambdaRuntime::start().await;
+    let mut vars = moto_env(&moto_url());
+    vars.extend(runtime.env());
+    // No AUTODEPLOY_QUEUE_URL.
+    vars.extend(env_vars(&[
+        ("AUTODEPLOY_TABLE", &fx.table),
+        ("AUTODEPLOY_ADMIN_TOKEN", ADMIN),
+    ]));
+    let function = FunctionProcess::spawn(EXE, &vars);
+    let auth = format!("Token {ADMIN}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+
+    let service = json!({
+        "environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+        "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/api.git", "branch": "main"},
+    });
+    let body = serde_json::to_vec(&service).unwrap();
+    let put = http_api_event("PUT", "/organization/acme/services/api", &headers, Some(&body), false);
+    let created = runtime.invoke(put).await.response();
+    assert_eq!(created["statusCode"], 201, "{created}\n{}", function.logs());
+
+    let get = http_api_event("GET", "/organization/acme/services/api", &headers, None, false);
+    let read = runtime.invoke(get).await.response();
+    assert_eq!(read["statusCode"], 200, "{read}");
+    assert_eq!(response_body(&read)["git_repository"]["branch"], "main", "{read}");
+
+    let log = http_api_event("GET", "/organization/acme/deployments", &headers, None, false);
+    let listed = runtime.invoke(log).await.response();
+    assert_eq!(listed["statusCode"], 200, "{listed}");
+    assert!(runtime.init_errors().is_empty(), "{:?}", runtime.init_errors());
+}
