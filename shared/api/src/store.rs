@@ -197,10 +197,7 @@ pub struct NoQueue;
 #[async_trait]
 impl DeploymentQueue for NoQueue {
     async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
-        requests
-            .iter()
-            .map(|_| Err(QueueError("this function sends no deployments".to_owned())))
-            .collect()
+        refuse_all(requests, "this function sends no deployments")
     }
 }
 
@@ -211,9 +208,11 @@ pub struct InStoreQueue;
 #[async_trait]
 impl DeploymentQueue for InStoreQueue {
     async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
-        requests
-            .iter()
-            .map(|_| Err(QueueError("this store keeps its queue itself".to_owned())))
-            .collect()
+        refuse_all(requests, "this store keeps its queue itself")
     }
+}
+
+/// One failure per request, for a queue that sends nothing.
+fn refuse_all(requests: &[DeploymentRequest], reason: &str) -> Vec<Result<(), QueueError>> {
+    requests.iter().map(|_| Err(QueueError(reason.to_owned()))).collect()
 }
