@@ -1,7 +1,7 @@
 //! Image-tag auto-deploy end to end on the AWS stack: the real router on DynamoDB and SQS FIFO
 //! (moto, through the real AWS SDK), with real failures injected by the fault proxies of
-//! `autodeploy_tests::fault_proxy::FaultyAws`. The exhaustive matching rules run on SQLite in
-//! `image_tags.rs`; this proves the backend's semantics: the new tag is written as the
+//! `autodeploy_tests::fault_proxy::FaultyAws`. The matching rules run in `image_tags.rs` (Docker
+//! normalization and tag policies on both stores); this proves the backend's semantics: the new tag is written as the
 //! service's desired state in the same conditional write as the deployment record, once
 //! under concurrency, and never half-written when the store fails.
 //!
@@ -86,10 +86,6 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
     v.sort();
     v
-}
-
-fn queued_ids(r: &Reply) -> Vec<String> {
-    outcome(r).0.into_iter().map(|(id, _)| id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,119 +210,6 @@ async fn a_new_tag_is_queued_and_recorded_as_desired_state() {
     );
 }
 
-/// Docker's normalization and the tag policies, a few cases each, queued for real: the
-/// services found through the image index and the new tag written only where it was taken.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn normalization_and_tag_policies_on_dynamodb() {
-    let stack = Stack::new().await;
-    stack
-        .container("hub-nginx", Some("index.docker.io"), "nginx", "1.25")
-        .await;
-    stack.container("ghcr-nginx", Some("ghcr.io"), "nginx", "1.25").await;
-    stack.container("hub-acme", None, "acme/api", "1.0.0").await;
-    stack.container("quay-acme", Some("Quay.IO"), "acme/api", "1.0.0").await;
-    let policy = |p: Value| json!({"tag_policy": p});
-    stack
-        .image_service(
-            "semver",
-            "CONTAINER",
-            None,
-            "acme/api",
-            "1.0.0",
-            policy(json!({"type": "SEMVER", "range": ">=1.0.0 <2"})),
-        )
-        .await;
-    stack
-        .image_service(
-            "glob",
-            "CONTAINER",
-            None,
-            "acme/api",
-            "release-1",
-            policy(json!({"type": "GLOB", "pattern": "release-*"})),
-        )
-        .await;
-    stack
-        .image_service(
-            "regex",
-            "CONTAINER",
-            None,
-            "acme/api",
-            "main-aaaaaaa",
-            policy(json!({"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"})),
-        )
-        .await;
-
-    let r = stack
-        .deploy("container", "registry-1.docker.io/library/nginx", "1.26")
-        .await;
-    assert_eq!(queued_ids(&r), vec!["hub-nginx"], "{}", r.body);
-    assert_eq!(
-        (r.body["registry"].as_str(), r.body["image_name"].as_str()),
-        (Some("docker.io"), Some("library/nginx"))
-    );
-    let r = stack.deploy("container", "nginx", "1.27").await;
-    assert_eq!(queued_ids(&r), vec!["ghcr-nginx", "hub-nginx"], "{}", r.body);
-    let r = stack.deploy("container", "QUAY.io/acme/api", "1.1.0").await;
-    assert_eq!(queued_ids(&r), vec!["quay-acme"], "{}", r.body);
-    let r = stack.deploy("container", "acme/api", "1.2.0").await;
-    assert_eq!(
-        outcome(&r),
-        (
-            pairs(&[("hub-acme", "QUEUED"), ("quay-acme", "QUEUED"), ("semver", "QUEUED")]),
-            pairs(&[("glob", "TAG_POLICY"), ("regex", "TAG_POLICY")])
-        )
-    );
-    // Never a downgrade under SEMVER, and never outside its range.
-    let r = stack.deploy("container", "acme/api", "1.1.5").await;
-    assert_eq!(
-        outcome(&r).1,
-        pairs(&[
-            ("glob", "TAG_POLICY"),
-            ("regex", "TAG_POLICY"),
-            ("semver", "TAG_POLICY")
-        ])
-    );
-    let r = stack.deploy("container", "acme/api", "v2.0.0").await;
-    assert!(outcome(&r).1.contains(&("semver".to_owned(), "TAG_POLICY".to_owned())));
-    let r = stack.deploy("container", "acme/api", "release-2").await;
-    assert!(queued_ids(&r).contains(&"glob".to_owned()), "{}", r.body);
-    let r = stack.deploy("container", "acme/api", "main-bbbbbbb").await;
-    assert!(queued_ids(&r).contains(&"regex".to_owned()), "{}", r.body);
-
-    let mut tags = Vec::new();
-    for id in [
-        "ghcr-nginx",
-        "glob",
-        "hub-acme",
-        "hub-nginx",
-        "quay-acme",
-        "regex",
-        "semver",
-    ] {
-        let svc = stack.service(id).await;
-        tags.push((id, svc.body["image"]["tag"].as_str().unwrap().to_owned()));
-    }
-    let tags: Vec<(&str, &str)> = tags.iter().map(|(id, t)| (*id, t.as_str())).collect();
-    assert_eq!(
-        tags,
-        vec![
-            ("ghcr-nginx", "1.27"),
-            ("glob", "release-2"),
-            ("hub-acme", "main-bbbbbbb"),
-            ("hub-nginx", "1.27"),
-            ("quay-acme", "main-bbbbbbb"),
-            ("regex", "main-bbbbbbb"),
-            ("semver", "1.2.0"),
-        ]
-    );
-    // One message per deployment recorded.
-    let recorded = stack.log().await.len();
-    assert_eq!(stack.aws.drain().await.len(), recorded);
-}
-
-/// Twenty identical notifications at once: one deployment and one message per service; every
-/// other answer says SAME_TAG.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_identical_notifications_queue_once() {
     let stack = Arc::new(Stack::new().await);

@@ -1,8 +1,11 @@
 //! Image-tag auto-deploy end to end on the standalone stack (router + SQLite, whose queue is a
 //! table): the CI endpoints, Docker normalization, tag policies, the new tag recorded as the
 //! service's desired state, once-only under concurrency, and the Docker Hub and GitHub
-//! Packages registry webhooks.
+//! Packages registry webhooks. Normalization, skips and tag policies, whose outcome depends on
+//! the services the store finds by image, run on both stores (SQLite, and DynamoDB and SQS on
+//! moto).
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -139,13 +142,18 @@ async fn each_endpoint_deploys_its_own_kind() {
     assert_eq!((r.status, outcome(&r)), (StatusCode::OK, (vec![], vec![])));
 }
 
-#[tokio::test]
-async fn image_names_normalize_as_docker_does() {
-    let api = Api::new();
+on_both_stores!(
+    image_names_normalize_as_docker_does,
+    same_tag_and_disabled_services_are_skipped,
+    tag_policies_decide,
+);
+
+async fn image_names_normalize_as_docker_does(api: Api) {
     container(&api, "hub-nginx", Some("index.docker.io"), "nginx", "1.25").await;
     container(&api, "ghcr-nginx", Some("ghcr.io"), "nginx", "1.25").await;
     container(&api, "hub-acme", None, "acme/api", "1.0").await;
-    container(&api, "quay-acme", Some("quay.io"), "acme/api", "1.0").await;
+    // A registry written in capitals is found by its folded name.
+    container(&api, "quay-acme", Some("Quay.IO"), "acme/api", "1.0").await;
     container(&api, "local", Some("localhost:5000"), "acme/api", "1.0").await;
 
     let cases: [(&str, &[&str]); 14] = [
@@ -179,7 +187,9 @@ async fn image_names_normalize_as_docker_does() {
     );
     let r = deploy(&api, "container", "nginx", "1.26").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let mut triggers: Vec<(String, String)> = messages(&api)
+    // The deployment log holds the very requests queued (`the_queue_message_is_the_specs`).
+    let mut triggers: Vec<(String, String)> = api
+        .deployments("acme")
         .await
         .iter()
         .map(|m| {
@@ -194,9 +204,7 @@ async fn image_names_normalize_as_docker_does() {
     assert_eq!(triggers, pairs(&[("docker.io", "library/nginx"), ("ghcr.io", "nginx")]));
 }
 
-#[tokio::test]
-async fn same_tag_and_disabled_services_are_skipped() {
-    let api = Api::new();
+async fn same_tag_and_disabled_services_are_skipped(api: Api) {
     container(&api, "current", None, "acme/api", "1.4.0").await;
     container(&api, "older", None, "acme/api", "1.3.0").await;
     image_service(
@@ -223,9 +231,7 @@ async fn same_tag_and_disabled_services_are_skipped() {
     assert_eq!(api.deployments("acme").await.len(), 1);
 }
 
-#[tokio::test]
-async fn tag_policies_decide() {
-    let api = Api::new();
+async fn tag_policies_decide(api: Api) {
     let policy = |p: Value| json!({"tag_policy": p});
     image_service(
         &api,
@@ -297,6 +303,26 @@ async fn tag_policies_decide() {
     // A REGEX that must match the whole tag does not match a longer one.
     let r = dry(&api, "container", "acme/api", "main-bbbbbbbb").await;
     assert!(!queued_ids(&r).contains(&"regex".to_owned()));
+
+    // For real: the new tag is written where it was taken, and is the current tag the next
+    // notification is compared with (no downgrade below it).
+    let r = deploy(&api, "container", "acme/api", "1.5.0").await;
+    assert_eq!(queued_ids(&r), vec!["any", "semver", "vsemver"], "{}", r.body);
+    let mut tags = Vec::new();
+    for id in all {
+        let svc = get_service(&api, id).await;
+        tags.push((id, svc.body["image"]["tag"].as_str().unwrap().to_owned()));
+    }
+    let expected = [
+        ("any", "1.5.0"),
+        ("glob", "release-1"),
+        ("regex", "main-aaaaaaa"),
+        ("semver", "1.5.0"),
+        ("vsemver", "1.5.0"),
+    ];
+    assert_eq!(tags, expected.map(|(id, tag)| (id, tag.to_owned())));
+    let r = dry(&api, "container", "acme/api", "1.4.5").await;
+    assert_eq!(queued_ids(&r), vec!["any"], "{}", r.body);
 }
 
 #[tokio::test]

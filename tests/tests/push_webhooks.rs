@@ -1,6 +1,9 @@
-//! Git push webhooks end to end on the standalone stack (router + SQLite, whose queue is a
-//! table): every provider's real payload, verification, matching, restrictions, once-only.
+//! Git push webhooks end to end through the real router: every provider's real payload,
+//! verification, matching, restrictions, once-only. Parsing and verification run on the
+//! standalone stack (SQLite, whose queue is a table); the cases whose outcome goes through
+//! the store run on both stores (SQLite, and DynamoDB and SQS on moto).
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -24,10 +27,21 @@ fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 }
 
 async fn github_api() -> Api {
-    let api = Api::new();
+    with_github_secret(Api::new()).await
+}
+
+async fn with_github_secret(api: Api) -> Api {
     api.set_secret("acme", "github").await;
     api
 }
+
+on_both_stores!(
+    once_only_and_rollbacks,
+    restrictions_skip_markers_and_disabled_services,
+    dry_run_answers_without_recording,
+    multi_branch_deliveries_are_one_push_per_branch,
+    deployments_can_be_listed_per_service,
+);
 
 /// The repository URL a fixture's service follows (any of the payload's URLs would do).
 fn repo_of(body: &Value, pointer: &str) -> String {
@@ -371,9 +385,8 @@ async fn github_form_encoded_bodies_are_accepted() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
 }
 
-#[tokio::test]
-async fn once_only_and_rollbacks() {
-    let api = github_api().await;
+async fn once_only_and_rollbacks(api: Api) {
+    let api = with_github_secret(api).await;
     api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
     let push = fixture("github/gp-push.json");
     let r = api.push("acme", "github", &push, "delivery-a").await;
@@ -453,9 +466,8 @@ async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
     );
 }
 
-#[tokio::test]
-async fn restrictions_skip_markers_and_disabled_services() {
-    let api = github_api().await;
+async fn restrictions_skip_markers_and_disabled_services(api: Api) {
+    let api = with_github_secret(api).await;
     // gp-push.json changes README.md (modified) in its commits.
     let body: Value = fixture_json("github/gp-push.json");
     let mut files: Vec<String> = Vec::new();
@@ -561,9 +573,8 @@ async fn restrictions_skip_markers_and_disabled_services() {
     assert!(queued.contains(&"elsewhere".to_owned()) && queued.contains(&"excluded".to_owned()));
 }
 
-#[tokio::test]
-async fn dry_run_answers_without_recording() {
-    let api = github_api().await;
+async fn dry_run_answers_without_recording(api: Api) {
+    let api = with_github_secret(api).await;
     api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
     let push = fixture("github/gp-push.json");
     let headers = provider_headers("github", &push, "dry-1");
@@ -588,9 +599,7 @@ async fn dry_run_answers_without_recording() {
     assert_eq!(outcome(&r).1, vec![("api".to_owned(), "ALREADY_QUEUED".to_owned())]);
 }
 
-#[tokio::test]
-async fn multi_branch_deliveries_are_one_push_per_branch() {
-    let api = Api::new();
+async fn multi_branch_deliveries_are_one_push_per_branch(api: Api) {
     api.set_secret("acme", "bitbucket").await;
     let body = fixture("bitbucket-cloud/gp-repo-push.json");
     let mut value: Value = serde_json::from_slice(&body).unwrap();
@@ -618,9 +627,8 @@ async fn multi_branch_deliveries_are_one_push_per_branch() {
     assert_eq!(r.body["files"], "UNKNOWN");
 }
 
-#[tokio::test]
-async fn deployments_can_be_listed_per_service() {
-    let api = github_api().await;
+async fn deployments_can_be_listed_per_service(api: Api) {
+    let api = with_github_secret(api).await;
     for id in ["a", "b"] {
         api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
     }

@@ -2,33 +2,16 @@
 //! validation rule, authentication and malformed input. Cases that touch the store run on both
 //! stores (SQLite, and DynamoDB on moto); validation and parsing, which do not, on SQLite.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
 
-use autodeploy_tests::aws_fixture;
 use autodeploy_tests::fault_proxy::{Fault, FaultyAws};
 use axum::body::Body;
 use common::{ADMIN, Api};
 use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
-
-/// Runs each case on both stores: SQLite, and DynamoDB on moto through the real AWS SDK.
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$case(super::Api::new()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn dynamo() {
-                super::$case(super::dynamo_api().await).await
-            }
-        }
-    )*};
-}
 
 on_both_stores!(
     service_lifecycle,
@@ -41,12 +24,6 @@ on_both_stores!(
     webhook_secrets_are_never_echoed,
     deployments_list_starts_empty,
 );
-
-/// The router on a fresh DynamoDB table and SQS queue.
-async fn dynamo_api() -> Api {
-    let aws = aws_fixture().await;
-    Api::on(Arc::new(aws.store), Arc::new(aws.queue))
-}
 
 fn app_body() -> Value {
     json!({

@@ -1,5 +1,24 @@
 //! HTTP harness shared by the API test files: the real router, in-process, on a real store.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// Runs each case — an `async fn(Api)` of the file — on both stores: SQLite (`Api::new`), and
+/// DynamoDB and SQS on moto through the real AWS SDK (`Api::on_moto`). Declare the module with
+/// `#[macro_use] mod common;`.
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(crate::common::Api::new()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dynamo() {
+                super::$case(crate::common::Api::on_moto().await).await
+            }
+        }
+    )*};
+}
 
 use std::sync::Arc;
 
@@ -95,6 +114,12 @@ impl Api {
     }
 
     /// The API on any store and queue.
+    /// The router on a fresh DynamoDB table and SQS queue on moto.
+    pub async fn on_moto() -> Self {
+        let aws = autodeploy_tests::aws_fixture().await;
+        Self::on(Arc::new(aws.store), Arc::new(aws.queue))
+    }
+
     pub fn on(store: Arc<dyn Store>, queue: Arc<dyn DeploymentQueue>) -> Self {
         Self::on_state(
             Arc::clone(&store),
