@@ -3,7 +3,7 @@
 //! - API Gateway (HTTP API, payload format 2.0): `POST /organization/{org}/container/deploy`,
 //!   `…/job/deploy` and the registry webhooks (Docker Hub, GitHub Packages);
 //! - EventBridge "ECR Image Action" events: a tag pushed to an ECR repository deploys the
-//!   containers using that image in the organization named by `AUTODEPLOY_ECR_ORGANIZATION`
+//!   containers and jobs using that image in the organization named by `AUTODEPLOY_ECR_ORGANIZATION`
 //!   (without it, ECR events are refused and HTTP requests still served).
 
 use autodeploy_api::aws;

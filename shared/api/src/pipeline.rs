@@ -90,11 +90,7 @@ pub async fn record_and_send(
     if pending.is_empty() {
         return outcomes;
     }
-    // In the order of `pending`.
-    let requests: Vec<DeploymentRequest> = recorded
-        .into_iter()
-        .filter(|r| !held.contains(&r.deployment_id))
-        .collect();
+    let requests: Vec<DeploymentRequest> = pending.iter().map(|&i| candidates[i].request.clone()).collect();
     let sent = send_and_mark(store, queue, &requests).await;
     for (&i, request) in pending.iter().zip(&requests) {
         if sent.contains(request.deployment_id.as_str()) {

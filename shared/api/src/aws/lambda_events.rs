@@ -28,8 +28,8 @@ use crate::store::{DeploymentQueue, Store, StoreError};
 use crate::web::images::{ImageResponse, deploy_image};
 use crate::web::{AppState, image_router};
 
-/// The organization whose containers the ECR events of this function's account deploy (the
-/// `image-tag` function). An EventBridge event names an AWS account and region, not an
+/// The organization whose containers and jobs the ECR events of this function's account
+/// deploy (the `image-tag` function). An EventBridge event names an AWS account and region, not an
 /// organization, so the operator says which one the account's pushes belong to; without it
 /// ECR events are refused (HTTP requests are served all the same).
 pub const ECR_ORGANIZATION_ENV: &str = "AUTODEPLOY_ECR_ORGANIZATION";
@@ -37,10 +37,10 @@ pub const ECR_ORGANIZATION_ENV: &str = "AUTODEPLOY_ECR_ORGANIZATION";
 /// Deployments the relay reads per batch (it loops until none are left).
 pub const RELAY_BATCH: usize = 100;
 
-/// The Lambda environment `lambda_runtime` reads at start-up (it panics without it).
 /// The `route` property of an ECR event's metrics line (an HTTP delivery's is its route).
 pub const ECR_ROUTE: &str = "EventBridge aws.ecr Image Action";
 
+/// The Lambda environment `lambda_runtime` reads at start-up (it panics without it).
 const RUNTIME_ENV: [&str; 4] = [
     "AWS_LAMBDA_RUNTIME_API",
     "AWS_LAMBDA_FUNCTION_NAME",
@@ -194,7 +194,7 @@ impl ImageTagHandler {
     pub fn new(state: AppState, ecr_organization: Option<&str>) -> Self {
         let ecr_organization = match ecr_organization.map(str::trim).filter(|o| !o.is_empty()) {
             None => Err(format!(
-                "ECR events are refused: {ECR_ORGANIZATION_ENV} is not set, so this function does not know which organization's containers an ECR push deploys"
+                "ECR events are refused: {ECR_ORGANIZATION_ENV} is not set, so this function does not know which organization's services an ECR push deploys"
             )),
             Some(org) if !is_valid_id(org) => Err(format!(
                 "ECR events are refused: {ECR_ORGANIZATION_ENV} is not an organization id ({ID_RULE})"
