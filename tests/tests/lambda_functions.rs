@@ -83,7 +83,7 @@ async fn push_webhook_events_queue_on_sqs() {
 
     let (store, queue) = stores(&fx);
     // The function's state: no admin token at all.
-    let router = push_router(AppState::new(store, queue, Arc::new(NoAdminToken::new())));
+    let router = push_router(AppState::new(store, queue, Arc::new(NoAdminToken)));
 
     // A text body, then a base64-encoded one (another commit, so that it queues too).
     let mut second = push.clone();
@@ -268,7 +268,7 @@ async fn image_tag_deploys_ecr_pushes() {
     container(&api, "acme", "hub", "docker.io", "team/api", "1.3.0").await;
     container(&api, "other", "api", ECR_REGISTRY, "team/api", "1.3.0").await;
     let (store, queue) = stores(&fx);
-    let handler = ImageTagHandler::new(AppState::new(store, queue, Arc::new(NoAdminToken::new())), Some("acme"));
+    let handler = ImageTagHandler::new(AppState::new(store, queue, Arc::new(NoAdminToken)), Some("acme"));
     assert_eq!(handler.ecr_organization(), Some("acme"));
 
     let outcome = invoke(&handler, ecr_event("PUSH", "team/api", "1.4.0"))
@@ -346,7 +346,7 @@ async fn ecr_events_need_an_organization() {
     container(&api, "acme", "api", ECR_REGISTRY, "team/api", "1.3.0").await;
     for configured in [None, Some(""), Some("not an id!")] {
         let (store, queue) = stores(&fx);
-        let handler = ImageTagHandler::new(AppState::new(store, queue, Arc::new(NoAdminToken::new())), configured);
+        let handler = ImageTagHandler::new(AppState::new(store, queue, Arc::new(NoAdminToken)), configured);
         assert_eq!(handler.ecr_organization(), None);
         let err = invoke(&handler, ecr_event("PUSH", "team/api", "1.4.0"))
             .await

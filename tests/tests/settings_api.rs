@@ -7,6 +7,9 @@ mod common;
 
 use std::sync::Arc;
 
+use autodeploy_api::admin::NoAdminToken;
+use autodeploy_api::store::InStoreQueue;
+use autodeploy_api::web::AppState;
 use autodeploy_tests::fault_proxy::{Fault, FaultyAws};
 use axum::body::Body;
 use common::{ADMIN, Api};
@@ -402,6 +405,19 @@ async fn authentication_and_scopes(api: Api) {
         .call(Method::GET, "/organization/bad%20org/services", None, None)
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Where no admin token exists (push-webhook's state), no token is the admin's, and the
+    // organizations' tokens work as before.
+    let without_admin = Api::on_state(
+        Arc::clone(&api.store),
+        AppState::new(Arc::clone(&api.store), Arc::new(InStoreQueue), Arc::new(NoAdminToken)),
+    );
+    let r = without_admin.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
+    assert_eq!(
+        without_admin.call(Method::GET, path, Some(&manage), None).await.status,
+        StatusCode::OK
+    );
 }
 
 async fn tokens_are_shown_once_and_revocable(api: Api) {

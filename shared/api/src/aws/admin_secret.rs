@@ -58,8 +58,8 @@ impl SecretsManagerAdminToken {
 
 #[async_trait]
 impl AdminTokenSource for SecretsManagerAdminToken {
-    async fn admin_token_sha256(&self) -> StoreResult<[u8; 32]> {
-        self.digest.get_or_try_init(|| self.fetch()).await.copied()
+    async fn admin_token_sha256(&self) -> StoreResult<Option<[u8; 32]>> {
+        self.digest.get_or_try_init(|| self.fetch()).await.copied().map(Some)
     }
 }
 

@@ -83,7 +83,7 @@ pub async fn app_state_without_admin_from_env() -> Result<crate::web::AppState, 
     Ok(crate::web::AppState::new(
         backend.store,
         backend.queue,
-        Arc::new(crate::admin::NoAdminToken::new()),
+        Arc::new(crate::admin::NoAdminToken),
     ))
 }
 
