@@ -2,6 +2,7 @@
 //! from the Lambda Runtime API (a stand-in), state on moto.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use autodeploy_tests::fake_lambda::{
     ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, env_vars, http_api_event, moto_env,
@@ -196,6 +197,18 @@ async fn without_an_ecr_organization_http_still_works() {
     assert_eq!(status, 201);
     let runtime = FakeLambdaRuntime::start().await;
     let function = FunctionProcess::spawn(EXE, &function_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]));
+    // Unset is the stack without ECR (the template's default): nothing to warn about at
+    // every cold start.
+    assert!(
+        runtime.first_poll(Duration::from_secs(20)).await.is_some(),
+        "{}",
+        function.logs()
+    );
+    assert!(
+        !function.logs().contains("AUTODEPLOY_ECR_ORGANIZATION"),
+        "{}",
+        function.logs()
+    );
 
     let refused = runtime.invoke(ecr_event("PUSH", "team/api", "1.4.0")).await.error();
     assert_eq!(
@@ -246,6 +259,36 @@ async fn without_an_ecr_organization_http_still_works() {
     assert!(logs.contains("/registry-webhooks/dockerhub/{secret}"), "{logs}");
     assert!(
         logs.contains("AUTODEPLOY_ECR_ORGANIZATION"),
-        "the missing setting is logged: {logs}"
+        "the refused event logs the missing setting: {logs}"
     );
+}
+
+/// An invalid organization is a misconfiguration: logged at start-up, and ECR events refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_ecr_organization_is_logged_at_start() {
+    let fx = aws_fixture().await;
+    let runtime = FakeLambdaRuntime::start().await;
+    let function = FunctionProcess::spawn(
+        EXE,
+        &function_env(
+            &fx,
+            &runtime,
+            &[
+                ("AUTODEPLOY_ADMIN_TOKEN", ADMIN),
+                ("AUTODEPLOY_ECR_ORGANIZATION", "not an organization"),
+            ],
+        ),
+    );
+    assert!(
+        runtime.first_poll(Duration::from_secs(20)).await.is_some(),
+        "{}",
+        function.logs()
+    );
+    let logs = function.logs();
+    assert!(
+        logs.contains("ECR events are not configured") && logs.contains("is not an organization id"),
+        "{logs}"
+    );
+    let refused = runtime.invoke(ecr_event("PUSH", "team/api", "1.4.0")).await.error();
+    assert_eq!(refused["errorType"], "EcrOrganizationNotConfigured", "{refused}");
 }

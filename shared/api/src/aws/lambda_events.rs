@@ -208,11 +208,17 @@ impl ImageTagHandler {
         }
     }
 
-    /// As [`new`](Self::new), with the organization from `AUTODEPLOY_ECR_ORGANIZATION`. A
-    /// missing or invalid one is logged now; HTTP requests are served all the same.
+    /// As [`new`](Self::new), with the organization from `AUTODEPLOY_ECR_ORGANIZATION`. An
+    /// invalid one is a misconfiguration, logged now; an unset one is the stack without ECR
+    /// (the template's default), so nothing is logged at every cold start: an ECR event that
+    /// arrives all the same is refused with the reason. HTTP requests are served either way.
     pub fn from_env(state: AppState) -> Self {
-        let handler = Self::new(state, std::env::var(ECR_ORGANIZATION_ENV).ok().as_deref());
-        if let Err(reason) = &handler.ecr_organization {
+        let configured = std::env::var(ECR_ORGANIZATION_ENV).ok();
+        let handler = Self::new(state, configured.as_deref());
+        let set = configured.is_some_and(|org| !org.trim().is_empty());
+        if let Err(reason) = &handler.ecr_organization
+            && set
+        {
             tracing::warn!(reason = %reason, "ECR events are not configured");
         }
         handler
