@@ -11,7 +11,9 @@ use autodeploy_api::aws::lambda_events::{ImageTagHandler, check_runtime_environm
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
-#[tokio::main]
+// Single-threaded: an instance serves one invocation at a time, so worker threads would only
+// cost init time and hand-offs (README "Cold start").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     aws::init_tracing();
     let handler = ImageTagHandler::from_env(aws::app_state_from_env().await?);

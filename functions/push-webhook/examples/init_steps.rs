@@ -1,8 +1,9 @@
 //! Where the `push-webhook` function's init time goes (`scripts/coldstart --steps`): its own
 //! start-up, stopped after step `AUTODEPLOY_INIT_STEP` and then serving like the hello-world
-//! baseline (`examples/hello.rs`). Each step's init minus the one before is what that step
-//! costs; step 0 is the hello-world handler in this binary, so step 0 minus hello-world is
-//! what the binary's size alone costs. Not deployed (an example, like `hello`).
+//! baseline on the same single-threaded runtime (`examples/hello_single_thread.rs`). Each
+//! step's init minus the one before is what that step costs; step 0 is the hello-world handler
+//! in this binary, so step 0 minus that hello-world is what the binary's size alone costs. Not
+//! deployed (an example, like `hello`).
 //!
 //! Steps: 0 nothing; 1 the JSON log subscriber; 2 the SDK configuration; 3 the DynamoDB
 //! client; 4 the SQS client; 5 (or unset) everything `main.rs` does, then its router.
@@ -12,7 +13,7 @@ use autodeploy_api::aws::lambda_events::check_runtime_environment;
 use autodeploy_api::web::push_router;
 use lambda_http::{Body, Error, Request, Response, service_fn};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let step: u8 = std::env::var("AUTODEPLOY_INIT_STEP")
         .ok()

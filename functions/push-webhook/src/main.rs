@@ -9,7 +9,9 @@ use autodeploy_api::aws;
 use autodeploy_api::aws::lambda_events::check_runtime_environment;
 use autodeploy_api::web::push_router;
 
-#[tokio::main]
+// Single-threaded: an instance serves one invocation at a time, so worker threads would only
+// cost init time and hand-offs (README "Cold start").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     aws::init_tracing();
     let state = aws::app_state_without_admin_from_env().await?;

@@ -7,7 +7,9 @@ use autodeploy_api::aws::lambda_events::{check_runtime_environment, relay};
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
-#[tokio::main]
+// Single-threaded: an instance serves one invocation at a time, so worker threads would only
+// cost init time and hand-offs (README "Cold start").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
     aws::init_tracing();
     let backend = aws::from_env().await?;
