@@ -11,10 +11,10 @@
 //! connects there during init (or within 200 ms after its first poll) fails the run.
 //!
 //! Each binary is first copied into a fresh directory and started from there, as Lambda starts
-//! a function from the files it unpacked from the deployment package: a binary straight out of
-//! the linker sits in the page cache in small pieces, which costs a 9 MiB function ~0.2 ms more
-//! per start (more page faults) than the same bytes written by a copy or an unzip, and would
-//! measure the build rather than the function.
+//! a function from the files it unpacked from the deployment package: a 9 MiB function
+//! started straight from the linker's output file took ~0.2 ms longer than the same bytes
+//! written by a copy or an unzip (and had less of itself mapped at its first poll), which would
+//! measure how the file was written rather than the function.
 //!
 //! Usage: coldstart [--runs N] [--env KEY=VALUE]... [--env-for NAME KEY=VALUE]... NAME=PATH...
 //! (prints a Markdown table; the first NAME is the baseline the others are compared with;
