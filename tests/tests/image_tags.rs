@@ -1,9 +1,9 @@
-//! Image-tag auto-deploy end to end on the standalone stack (router + SQLite, whose queue is a
-//! table): the CI endpoints, Docker normalization, tag policies, the new tag recorded as the
-//! service's desired state, once-only under concurrency, and the Docker Hub and GitHub
-//! Packages registry webhooks. Normalization, skips and tag policies, whose outcome depends on
-//! the services the store finds by image, run on both stores (SQLite, and DynamoDB and SQS on
-//! moto).
+//! Image-tag auto-deploy end to end through the real router: the CI endpoints, Docker
+//! normalization, tag policies, the new tag recorded as the service's desired state, once-only
+//! under concurrency, and the Docker Hub and GitHub Packages registry webhooks. Every case that
+//! records or queues a deployment runs on both stores (SQLite, whose queue is a table, and
+//! DynamoDB and SQS FIFO on moto, the messages read off the queue); request validation,
+//! authentication and signature checks, which stop before the store, on SQLite.
 
 #[macro_use]
 mod common;
@@ -86,17 +86,7 @@ async fn get_service(api: &Api, id: &str) -> Reply {
     r
 }
 
-async fn messages(api: &Api) -> Vec<Value> {
-    let messages = api.sqlite.as_ref().unwrap().queued_messages(0, 100).await.unwrap();
-    messages
-        .into_iter()
-        .map(|(_, m)| serde_json::to_value(m).unwrap())
-        .collect()
-}
-
-#[tokio::test]
-async fn each_endpoint_deploys_its_own_kind() {
-    let api = Api::new();
+async fn each_endpoint_deploys_its_own_kind(api: Api) {
     container(&api, "web", Some("ghcr.io"), "acme/api", "1.3.0").await;
     image_service(&api, "migrate", "JOB", Some("ghcr.io"), "acme/api", "1.3.0", json!({})).await;
     let app = json!({"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
@@ -143,9 +133,16 @@ async fn each_endpoint_deploys_its_own_kind() {
 }
 
 on_both_stores!(
+    each_endpoint_deploys_its_own_kind,
     image_names_normalize_as_docker_does,
     same_tag_and_disabled_services_are_skipped,
     tag_policies_decide,
+    queueing_records_the_new_tag_as_desired_state,
+    twenty_concurrent_identical_notifications_queue_once,
+    the_queue_message_is_the_specs,
+    dry_run_answers_without_recording,
+    dockerhub_webhook_queues_with_the_secret_url,
+    github_package_webhook_queues_tagged_versions,
 );
 
 async fn image_names_normalize_as_docker_does(api: Api) {
@@ -325,9 +322,7 @@ async fn tag_policies_decide(api: Api) {
     assert_eq!(queued_ids(&r), vec!["any"], "{}", r.body);
 }
 
-#[tokio::test]
-async fn queueing_records_the_new_tag_as_desired_state() {
-    let api = Api::new();
+async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
     container(&api, "api", Some("ghcr.io"), "acme/api", "1.3.0").await;
     let policy = json!({"tag_policy": {"type": "SEMVER", "range": ">=1"}});
     image_service(
@@ -414,9 +409,8 @@ async fn queueing_records_the_new_tag_as_desired_state() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_concurrent_identical_notifications_queue_once() {
-    let api = Arc::new(Api::new());
+async fn twenty_concurrent_identical_notifications_queue_once(api: Api) {
+    let api = Arc::new(api);
     container(&api, "api", None, "acme/api", "1.0.0").await;
     container(&api, "web", None, "acme/api", "1.0.0").await;
     let mut tasks = Vec::new();
@@ -443,13 +437,11 @@ async fn twenty_concurrent_identical_notifications_queue_once() {
     assert_eq!(queued, vec!["api", "web"]);
     assert_eq!(same, 2 * 19);
     assert_eq!(api.deployments("acme").await.len(), 2);
-    assert_eq!(messages(&api).await.len(), 2);
+    assert_eq!(api.queued_messages().await.len(), 2);
     assert_eq!(get_service(&api, "api").await.body["version"], 2);
 }
 
-#[tokio::test]
-async fn the_queue_message_is_the_specs() {
-    let api = Api::new();
+async fn the_queue_message_is_the_specs(api: Api) {
     image_service(
         &api,
         "migrate",
@@ -462,7 +454,7 @@ async fn the_queue_message_is_the_specs() {
     .await;
     let r = deploy(&api, "job", "acme/api", "1.1.0").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let messages = messages(&api).await;
+    let messages = api.queued_messages().await;
     assert_eq!(messages.len(), 1);
     let msg = &messages[0];
     assert_eq!(msg["schema"], "autodeploy.deployment-request.v1");
@@ -685,9 +677,7 @@ async fn tokens_need_the_deploy_scope_of_their_organization() {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn dry_run_answers_without_recording() {
-    let api = Api::new();
+async fn dry_run_answers_without_recording(api: Api) {
     container(&api, "api", None, "acme/api", "1.0.0").await;
     container(&api, "current", None, "acme/api", "1.1.0").await;
     let before = get_service(&api, "api").await;
@@ -710,7 +700,7 @@ async fn dry_run_answers_without_recording() {
         assert_eq!(r.body["queued"][0]["previous_tag"], "1.0.0");
     }
     assert!(api.deployments("acme").await.is_empty());
-    assert!(messages(&api).await.is_empty());
+    assert!(api.queued_messages().await.is_empty());
     let after = get_service(&api, "api").await;
     assert_eq!(
         (after.etag(), &after.body["image"]["tag"]),
@@ -731,9 +721,7 @@ fn dockerhub_path(secret: &str) -> String {
     format!("/organization/acme/registry-webhooks/dockerhub/{secret}")
 }
 
-#[tokio::test]
-async fn dockerhub_webhook_queues_with_the_secret_url() {
-    let api = Api::new();
+async fn dockerhub_webhook_queues_with_the_secret_url(api: Api) {
     api.set_secret("acme", "dockerhub").await;
     // The fixture announces docker.io acme/api:v2.4.1.
     container(&api, "hub", Some("index.docker.io"), "acme/api", "v2.4.0").await;
@@ -766,7 +754,7 @@ async fn dockerhub_webhook_queues_with_the_secret_url() {
     assert_eq!(r.body["registry"], "docker.io");
     assert_eq!(r.body["image_name"], "acme/api");
     assert_eq!(r.body["tag"], "v2.4.1");
-    let messages = messages(&api).await;
+    let messages = api.queued_messages().await;
     let mut kinds: Vec<(&str, &str)> = messages
         .iter()
         .map(|m| (m["service_id"].as_str().unwrap(), m["service_kind"].as_str().unwrap()))
@@ -934,9 +922,7 @@ fn tagged(path: &str, key: &str, tag: &str) -> Vec<u8> {
 
 const GITHUB_PATH: &str = "/organization/acme/registry-webhooks/github";
 
-#[tokio::test]
-async fn github_package_webhook_queues_tagged_versions() {
-    let api = Api::new();
+async fn github_package_webhook_queues_tagged_versions(api: Api) {
     api.set_secret("acme", "github").await;
     container(&api, "ghcr", Some("ghcr.io"), "codertocat/hello-world", "1.3.0").await;
     container(&api, "hub", None, "codertocat/hello-world", "1.3.0").await;
@@ -967,7 +953,7 @@ async fn github_package_webhook_queues_tagged_versions() {
         (r.body["registry"].as_str(), r.body["image_name"].as_str()),
         (Some("ghcr.io"), Some("codertocat/hello-world"))
     );
-    let msgs = messages(&api).await;
+    let msgs = api.queued_messages().await;
     assert_eq!(
         msgs[0]["trigger"],
         json!({"type": "IMAGE_TAG", "source": "GITHUB_PACKAGES", "registry": "ghcr.io",

@@ -36,7 +36,9 @@ async fn with_github_secret(api: Api) -> Api {
 }
 
 on_both_stores!(
+    every_provider_fixture_queues_a_deployment,
     once_only_and_rollbacks,
+    twenty_concurrent_identical_deliveries_queue_once_per_service,
     restrictions_skip_markers_and_disabled_services,
     dry_run_answers_without_recording,
     multi_branch_deliveries_are_one_push_per_branch,
@@ -48,8 +50,8 @@ fn repo_of(body: &Value, pointer: &str) -> String {
     body.pointer(pointer).and_then(Value::as_str).unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn every_provider_fixture_queues_a_deployment() {
+/// Each case in an organization of its own, on one API.
+async fn every_provider_fixture_queues_a_deployment(api: Api) {
     // (provider, fixture, repository URL pointer, branch, commit, edit to make it a branch push)
     type Edit = fn(&mut Value);
     let cases: Vec<(&str, &str, &str, &str, &str, Edit)> = vec![
@@ -122,9 +124,10 @@ async fn every_provider_fixture_queues_a_deployment() {
             |_| {},
         ),
     ];
-    for (provider, path, url_pointer, branch, _, edit) in cases {
-        let api = Api::new();
-        api.set_secret("acme", provider).await;
+    for (i, (provider, path, url_pointer, branch, _, edit)) in cases.into_iter().enumerate() {
+        let org = format!("org-{i}");
+        let org = org.as_str();
+        api.set_secret(org, provider).await;
         let mut body = fixture_json(path);
         edit(&mut body);
         let mut url = repo_of(&body, url_pointer);
@@ -133,7 +136,7 @@ async fn every_provider_fixture_queues_a_deployment() {
         }
         assert!(normalize_repository_url(&url).is_ok(), "{url}");
         api.app(
-            "acme",
+            org,
             "svc",
             &provider.to_uppercase().replace('-', "_"),
             &url,
@@ -141,10 +144,10 @@ async fn every_provider_fixture_queues_a_deployment() {
             json!({}),
         )
         .await;
-        api.app("acme", "other-branch", "GITHUB", &url, "no-such-branch", json!({}))
+        api.app(org, "other-branch", "GITHUB", &url, "no-such-branch", json!({}))
             .await;
         let bytes = serde_json::to_vec(&body).unwrap();
-        let r = api.push("acme", provider, &bytes, "delivery-1").await;
+        let r = api.push(org, provider, &bytes, "delivery-1").await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{provider}: {}", r.body);
         assert_eq!(
             outcome(&r).0,
@@ -163,13 +166,17 @@ async fn every_provider_fixture_queues_a_deployment() {
         );
         assert!(r.body["ignored"].is_null());
 
-        // The queue (a table of the same database) holds SPEC's message.
-        let messages = api.sqlite.as_ref().unwrap().queued_messages(0, 10).await.unwrap();
-        assert_eq!(messages.len(), 1, "{provider}");
-        let msg = serde_json::to_value(&messages[0].1).unwrap();
+        // The queue holds SPEC's message, one for this organization.
+        let messages: Vec<Value> = api
+            .queued_messages()
+            .await
+            .into_iter()
+            .filter(|m| m["organization_id"] == org)
+            .collect();
+        assert_eq!(messages.len(), 1, "{provider}: {messages:?}");
+        let msg = &messages[0];
         assert_eq!(msg["schema"], "autodeploy.deployment-request.v1");
         assert_eq!(msg["deployment_id"], r.body["queued"][0]["deployment_id"]);
-        assert_eq!(msg["organization_id"], "acme");
         assert_eq!(msg["environment_id"], "production");
         assert_eq!(msg["service_id"], "svc");
         assert_eq!(msg["service_kind"], "APPLICATION");
@@ -184,7 +191,7 @@ async fn every_provider_fixture_queues_a_deployment() {
         assert!(msg["requested_at"].as_str().unwrap().ends_with('Z'));
 
         // And the deployment log shows it, QUEUED.
-        let log = api.deployments("acme").await;
+        let log = api.deployments(org).await;
         assert_eq!(log.len(), 1);
         assert_eq!(log[0]["status"], "QUEUED");
         assert_eq!(log[0]["deployment_id"], msg["deployment_id"]);
@@ -421,9 +428,8 @@ async fn once_only_and_rollbacks(api: Api) {
     assert_eq!(api.deployments("acme").await.len(), 3);
 }
 
-#[tokio::test]
-async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
-    let api = Arc::new(github_api().await);
+async fn twenty_concurrent_identical_deliveries_queue_once_per_service(api: Api) {
+    let api = Arc::new(with_github_secret(api).await);
     for id in ["api", "web", "worker"] {
         api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
     }
@@ -454,16 +460,7 @@ async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
     }
     assert_eq!(queued, 3);
     assert_eq!(api.deployments("acme").await.len(), 3);
-    assert_eq!(
-        api.sqlite
-            .as_ref()
-            .unwrap()
-            .queued_messages(0, 100)
-            .await
-            .unwrap()
-            .len(),
-        3
-    );
+    assert_eq!(api.queued_messages().await.len(), 3);
 }
 
 async fn restrictions_skip_markers_and_disabled_services(api: Api) {

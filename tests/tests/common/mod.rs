@@ -63,7 +63,17 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     /// The SQLite store, when the API runs on one (its queue is a table).
     pub sqlite: Option<SqliteStore>,
+    /// The SQS queue, when the API runs on moto.
+    sqs: Option<SqsQueueReader>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Reads an SQS queue for [`Api::queued_messages`], keeping what it took off (receiving
+/// deletes).
+struct SqsQueueReader {
+    client: aws_sdk_sqs::Client,
+    url: String,
+    taken: std::sync::Mutex<Vec<Value>>,
 }
 
 pub struct Reply {
@@ -113,13 +123,19 @@ impl Api {
         self._dir.as_ref().map(|dir| dir.path().join("api.db"))
     }
 
-    /// The API on any store and queue.
     /// The router on a fresh DynamoDB table and SQS queue on moto.
     pub async fn on_moto() -> Self {
         let aws = autodeploy_tests::aws_fixture().await;
-        Self::on(Arc::new(aws.store), Arc::new(aws.queue))
+        let mut api = Self::on(Arc::new(aws.store), Arc::new(aws.queue));
+        api.sqs = Some(SqsQueueReader {
+            client: aws.sqs,
+            url: aws.queues.deployments.url,
+            taken: std::sync::Mutex::new(Vec::new()),
+        });
+        api
     }
 
+    /// The API on any store and queue.
     pub fn on(store: Arc<dyn Store>, queue: Arc<dyn DeploymentQueue>) -> Self {
         Self::on_state(
             Arc::clone(&store),
@@ -133,8 +149,26 @@ impl Api {
             router: full_router(state),
             store,
             sqlite: None,
+            sqs: None,
             _dir: None,
         }
+    }
+
+    /// Every deployment request queued since the API was created, as sent (SPEC's message):
+    /// the queue table on SQLite, the SQS queue on moto. Not for an API made with `on`.
+    pub async fn queued_messages(&self) -> Vec<Value> {
+        if let Some(store) = &self.sqlite {
+            let queued = store.queued_messages(0, 10_000).await.unwrap();
+            return queued
+                .into_iter()
+                .map(|(_, m)| serde_json::to_value(m).unwrap())
+                .collect();
+        }
+        let sqs = self.sqs.as_ref().expect("an API on SQLite (new) or on moto (on_moto)");
+        let received = autodeploy_tests::fake_lambda::receive_all(&sqs.client, &sqs.url).await;
+        let mut taken = sqs.taken.lock().unwrap();
+        taken.extend(received.into_iter().map(|m| m.body));
+        taken.clone()
     }
 
     pub async fn raw(&self, req: Request<Body>) -> Reply {
