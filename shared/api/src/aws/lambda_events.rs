@@ -213,11 +213,10 @@ impl ImageTagHandler {
     /// (the template's default), so nothing is logged at every cold start: an ECR event that
     /// arrives all the same is refused with the reason. HTTP requests are served either way.
     pub fn from_env(state: AppState) -> Self {
-        let configured = std::env::var(ECR_ORGANIZATION_ENV).ok();
+        let configured = super::optional_env(ECR_ORGANIZATION_ENV);
         let handler = Self::new(state, configured.as_deref());
-        let set = configured.is_some_and(|org| !org.trim().is_empty());
         if let Err(reason) = &handler.ecr_organization
-            && set
+            && configured.is_some()
         {
             tracing::warn!(reason = %reason, "ECR events are not configured");
         }
