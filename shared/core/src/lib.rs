@@ -4,6 +4,7 @@
 //! Nothing in this crate performs I/O, so everything here is cheap to unit-test, fuzz and
 //! benchmark. Storage, queues and HTTP live in `autodeploy-api`.
 
+pub mod body;
 pub mod branch;
 pub mod deployment;
 pub mod error;

@@ -1,0 +1,341 @@
+//! Request bodies read field by field: the one reader that makes every body exact.
+//!
+//! A [`Fields`] walks one JSON object. Each field a document type knows is read by name (its
+//! type checked on its own, so one bad field does not hide the others); nested objects are
+//! read by a nested [`Fields`]; whatever the type did not read is, when the object is
+//! finished, reported as a field that does not belong there, at its full dotted path
+//! (`tag_policy.range`). A body is therefore never stored with a part silently dropped, and
+//! one 400 names every bad field.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::error::FieldError;
+
+/// A document a request body must hold: an object read with [`Fields`].
+pub trait Document: Sized {
+    /// What the body should look like, for the message when it is not a JSON object at all
+    /// (`{"name": "…", "scopes": ["…"]}`).
+    const SHAPE: &'static str;
+
+    /// Read the fields of the object; `None` when any field was bad (each is reported on
+    /// `fields`).
+    fn read(fields: &mut Fields<'_>) -> Option<Self>;
+}
+
+/// Why a body is not the document it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentError {
+    /// Not a JSON object: the message says what the body should look like.
+    NotAnObject(String),
+    /// An object with bad fields, each named by its path.
+    Invalid(Vec<FieldError>),
+}
+
+/// Read `value` as a `T`, reporting every bad field at once.
+pub fn read_document<T: Document>(value: &Value) -> Result<T, DocumentError> {
+    let Some(map) = value.as_object() else {
+        return Err(DocumentError::NotAnObject(format!(
+            "The body must be a JSON object: {}",
+            T::SHAPE
+        )));
+    };
+    let mut fields = Fields::new(map, "");
+    let read = T::read(&mut fields);
+    let errors = fields.finish();
+    match read {
+        Some(document) if errors.is_empty() => Ok(document),
+        _ => Err(DocumentError::Invalid(errors)),
+    }
+}
+
+/// One JSON object being read. Reading a field marks it known; [`Fields::finish`] reports the
+/// others.
+pub struct Fields<'v> {
+    map: &'v Map<String, Value>,
+    /// The object's own path (`""` at the top, `git_repository`, `items[2]`).
+    path: String,
+    read: Vec<&'v str>,
+    errors: Vec<FieldError>,
+}
+
+impl<'v> Fields<'v> {
+    pub fn new(map: &'v Map<String, Value>, path: &str) -> Self {
+        Self {
+            map,
+            path: path.to_owned(),
+            read: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The full path of a field of this object.
+    pub fn path_of(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
+        }
+    }
+
+    /// Report a problem with field `name` of this object.
+    pub fn error(&mut self, name: &str, message: impl Into<String>) {
+        let field = self.path_of(name);
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    /// Whether any problem was reported under `name` (the field or anything inside it).
+    pub fn has_error(&self, name: &str) -> bool {
+        let field = self.path_of(name);
+        self.errors.iter().any(|e| {
+            e.field == field || e.field.starts_with(&format!("{field}.")) || e.field.starts_with(&format!("{field}["))
+        })
+    }
+
+    /// Whether any problem was reported on this object so far.
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// The raw value of `name`, marking it known; `None` when absent.
+    pub fn value(&mut self, name: &str) -> Option<&'v Value> {
+        let (key, value) = self.map.get_key_value(name)?;
+        if !self.read.contains(&key.as_str()) {
+            self.read.push(key.as_str());
+        }
+        Some(value)
+    }
+
+    /// Whether `name` is present and not `null` (without marking it known).
+    pub fn is_given(&self, name: &str) -> bool {
+        self.map.get(name).is_some_and(|v| !v.is_null())
+    }
+
+    /// Accept `name` and ignore it (a server-set field sent back in a round trip).
+    pub fn ignore(&mut self, name: &str) {
+        let _ = self.value(name);
+    }
+
+    /// A field that must be present and not `null`.
+    pub fn required<T: DeserializeOwned>(&mut self, name: &str) -> Option<T> {
+        match self.value(name) {
+            None | Some(Value::Null) => {
+                self.error(name, "is required");
+                None
+            }
+            Some(value) => self.typed(name, value),
+        }
+    }
+
+    /// A field that may be absent or `null` (both `None`).
+    pub fn optional<T: DeserializeOwned>(&mut self, name: &str) -> Option<T> {
+        match self.value(name) {
+            None | Some(Value::Null) => None,
+            Some(value) => self.typed(name, value),
+        }
+    }
+
+    /// A nested object, read by `read`; absent or `null` is `Ok(None)`. `Err(())` when it was
+    /// given but bad (its problems are reported).
+    #[allow(clippy::result_unit_err)]
+    pub fn object<T>(&mut self, name: &str, read: impl FnOnce(&mut Fields<'v>) -> Option<T>) -> Result<Option<T>, ()> {
+        match self.value(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => {
+                let mut nested = Fields::new(map, &self.path_of(name));
+                let result = read(&mut nested);
+                let errors = nested.finish();
+                let ok = errors.is_empty();
+                self.errors.extend(errors);
+                match result {
+                    Some(value) if ok => Ok(Some(value)),
+                    _ => Err(()),
+                }
+            }
+            Some(_) => {
+                self.error(name, "must be an object");
+                Err(())
+            }
+        }
+    }
+
+    /// An array of objects, each read by `read`; absent or `null` is `Ok(None)`. At most `max`
+    /// items.
+    #[allow(clippy::result_unit_err)]
+    pub fn objects<T>(
+        &mut self,
+        name: &str,
+        max: usize,
+        mut read: impl FnMut(&mut Fields<'v>) -> Option<T>,
+    ) -> Result<Option<Vec<T>>, ()> {
+        let items = match self.value(name) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Array(items)) => items,
+            Some(_) => {
+                self.error(name, "must be an array");
+                return Err(());
+            }
+        };
+        if items.len() > max {
+            self.error(name, format!("must hold at most {max} items"));
+            return Err(());
+        }
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{}[{i}]", self.path_of(name));
+            let Some(map) = item.as_object() else {
+                self.errors.push(FieldError::new(path, "must be an object"));
+                ok = false;
+                continue;
+            };
+            let mut nested = Fields::new(map, &path);
+            let result = read(&mut nested);
+            let errors = nested.finish();
+            ok &= errors.is_empty();
+            self.errors.extend(errors);
+            match result {
+                Some(value) => out.push(value),
+                None => ok = false,
+            }
+        }
+        if ok { Ok(Some(out)) } else { Err(()) }
+    }
+
+    /// Deserialize one value; a type error is reported at the field's path.
+    fn typed<T: DeserializeOwned>(&mut self, name: &str, value: &Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                let inner = err.path().to_string();
+                let base = self.path_of(name);
+                let path = if inner == "." || inner.is_empty() {
+                    base
+                } else if inner.starts_with('[') {
+                    format!("{base}{inner}")
+                } else {
+                    format!("{base}.{inner}")
+                };
+                self.errors.push(FieldError::new(path, type_message(&err.into_inner())));
+                None
+            }
+        }
+    }
+
+    /// The problems found, plus one per field of the object that nothing read.
+    pub fn finish(mut self) -> Vec<FieldError> {
+        for key in self.map.keys() {
+            if !self.read.contains(&key.as_str()) {
+                let field = self.path_of(key);
+                self.errors.push(FieldError::new(field, "is not a known field here"));
+            }
+        }
+        // A field is named once, with its first problem.
+        let mut seen = std::collections::HashSet::new();
+        self.errors.retain(|e| seen.insert(e.field.clone()));
+        self.errors
+    }
+}
+
+/// What a value of the wrong type should have been, from serde's message, without ever
+/// repeating the value itself (it may be a secret sent in the wrong field).
+fn type_message(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text);
+    if let Some((_, expected)) = text.split_once(", expected one of ") {
+        format!("must be one of {}", expected.replace('`', ""))
+    } else if let Some((_, expected)) = text.split_once(", expected ") {
+        format!("must be {expected}")
+    } else {
+        "has the wrong type".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, PartialEq)]
+    struct Inner {
+        a: u32,
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Outer {
+        name: String,
+        inner: Option<Inner>,
+        items: Vec<Inner>,
+    }
+
+    fn inner(f: &mut Fields<'_>) -> Option<Inner> {
+        Some(Inner { a: f.required("a")? })
+    }
+
+    impl Document for Outer {
+        const SHAPE: &'static str = "{\"name\": \"…\"}";
+        fn read(f: &mut Fields<'_>) -> Option<Self> {
+            let name = f.required("name");
+            let nested = f.object("inner", inner);
+            let items = f.objects("items", 3, inner);
+            Some(Outer {
+                name: name?,
+                inner: nested.ok()?,
+                items: items.ok()?.unwrap_or_default(),
+            })
+        }
+    }
+
+    fn fields(value: Value) -> Vec<String> {
+        match read_document::<Outer>(&value) {
+            Err(DocumentError::Invalid(errors)) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_a_valid_document() {
+        let doc = read_document::<Outer>(&json!({"name": "x", "inner": {"a": 1}, "items": [{"a": 2}]})).unwrap();
+        assert_eq!(doc.inner, Some(Inner { a: 1 }));
+        assert_eq!(doc.items, vec![Inner { a: 2 }]);
+    }
+
+    #[test]
+    fn a_foreign_field_is_named_at_every_depth() {
+        assert_eq!(fields(json!({"name": "x", "z": 1})), vec!["z"]);
+        assert_eq!(fields(json!({"name": "x", "inner": {"a": 1, "z": 1}})), vec!["inner.z"]);
+        assert_eq!(
+            fields(json!({"name": "x", "items": [{"a": 1}, {"a": 1, "z": 1}]})),
+            vec!["items[1].z"]
+        );
+    }
+
+    #[test]
+    fn every_bad_field_is_named_once() {
+        let mut got = fields(json!({"name": 5, "inner": {"a": "x"}, "items": [1, {"a": -1}]}));
+        got.sort();
+        assert_eq!(got, vec!["inner.a", "items[0]", "items[1].a", "name"]);
+        assert_eq!(fields(json!({"inner": []})), vec!["name", "inner"]);
+        assert_eq!(fields(json!({"name": "x", "items": [{}, {}, {}, {}]})), vec!["items"]);
+    }
+
+    #[test]
+    fn a_wrong_value_is_never_repeated() {
+        let Err(DocumentError::Invalid(errors)) =
+            read_document::<Outer>(&json!({"name": "x", "inner": {"a": "hunter2-secret"}}))
+        else {
+            panic!("accepted")
+        };
+        assert_eq!(errors[0].field, "inner.a");
+        assert!(!errors[0].message.contains("hunter2"), "{}", errors[0].message);
+        assert!(errors[0].message.starts_with("must be"), "{}", errors[0].message);
+    }
+
+    #[test]
+    fn not_an_object() {
+        assert!(matches!(
+            read_document::<Outer>(&json!([1])),
+            Err(DocumentError::NotAnObject(m)) if m.contains("{\"name\"")
+        ));
+    }
+}
