@@ -50,6 +50,10 @@ struct ServeArgs {
     /// The operator's admin token (required; may do everything in every organization).
     #[arg(long = "admin-token", env = "AUTODEPLOY_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Print every deployment recorded as one JSON line on stdout (a debugging aid: lines are
+    /// dropped, never waited for, when stdout is slow, full or closed).
+    #[arg(long = "print-deployments", env = "AUTODEPLOY_PRINT_DEPLOYMENTS")]
+    print_deployments: bool,
     /// Seconds a client has to send a request's headers (also the idle time allowed on a
     /// kept-alive connection before its next request); the connection is closed after it.
     #[arg(long = "header-timeout", env = "AUTODEPLOY_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -85,10 +89,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         return Err("the admin token must be at least 16 characters long".to_owned());
     }
     let store = SqliteStore::open(&args.database)
-        .map_err(|e| format!("cannot open the database {}: {e}", args.database.display()))?
-        .with_echo(true);
+        .map_err(|e| format!("cannot open the database {}: {e}", args.database.display()))?;
+    if args.print_deployments {
+        store.print_deployments();
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async move {
+    let printing = store.clone();
+    let served = runtime.block_on(async move {
         let state = AppState::new(
             Arc::new(store),
             Arc::new(InStoreQueue),
@@ -104,7 +111,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         };
         serve_http(listener, full_router(state), timeouts, shutdown_signal()).await;
         Ok(())
-    })
+    });
+    printing.finish_printing(Duration::from_secs(1));
+    served
 }
 
 #[derive(Clone, Copy)]

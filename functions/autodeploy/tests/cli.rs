@@ -78,11 +78,9 @@ fn an_unwritable_database_path_stops_start_up() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open the database"));
 }
 
-#[test]
-fn serves_prints_queued_deployments_and_stops_on_sigterm() {
-    let mut server = Server::start(ADMIN, &[], true);
-    let port = server.port;
-    assert_eq!(http(port, "GET", "/health", &[], b"").0, 200);
+/// A service following `git.example.com/acme/shop` on main, and the organization's Gitea
+/// secret.
+fn set_up_gitea(port: u16) {
     let auth = format!("Token {ADMIN}");
     let json = ("Content-Type", "application/json");
     let service = r#"{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
@@ -104,29 +102,50 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
         secret.as_bytes(),
     );
     assert_eq!(status, 204);
+}
 
-    let push = r#"{"ref": "refs/heads/main", "before": "1111111111111111111111111111111111111111",
-        "after": "2222222222222222222222222222222222222222", "total_commits": 1,
-        "commits": [{"id": "2222222222222222222222222222222222222222", "message": "change", "added": ["a"], "removed": [], "modified": []}],
-        "repository": {"clone_url": "https://git.example.com/acme/shop.git"}, "pusher": {"login": "dev"}}"#;
+/// A signed Gitea push of commit `n` (`n`-filled hex, after commit `n - 1`), with or without a
+/// delivery id; `(status, body)`.
+fn gitea_push(port: u16, n: u8, delivery: Option<&str>) -> (u16, String) {
+    let commit = |d: u8| format!("{d:x}").repeat(40);
+    let push = format!(
+        r#"{{"ref": "refs/heads/main", "before": "{}", "after": "{}", "total_commits": 1,
+        "commits": [{{"id": "{}", "message": "change", "added": ["a"], "removed": [], "modified": []}}],
+        "repository": {{"clone_url": "https://git.example.com/acme/shop.git"}}, "pusher": {{"login": "dev"}}}}"#,
+        commit(n - 1),
+        commit(n),
+        commit(n)
+    );
     let signature = {
         use hmac::{Hmac, Mac};
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"cli-test-webhook-secret").unwrap();
         mac.update(push.as_bytes());
         hex::encode(mac.finalize().into_bytes())
     };
-    let (status, body) = http(
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("X-Gitea-Event", "push"),
+        ("X-Gitea-Signature", signature.as_str()),
+    ];
+    if let Some(id) = delivery {
+        headers.push(("X-Gitea-Delivery", id));
+    }
+    http(
         port,
         "POST",
         "/organization/acme/webhooks/gitea",
-        &[
-            json,
-            ("X-Gitea-Event", "push"),
-            ("X-Gitea-Delivery", "d-1"),
-            ("X-Gitea-Signature", &signature),
-        ],
+        &headers,
         push.as_bytes(),
-    );
+    )
+}
+
+#[test]
+fn serves_prints_queued_deployments_and_stops_on_sigterm() {
+    let mut server = Server::start(ADMIN, &["--print-deployments"], true);
+    let port = server.port;
+    assert_eq!(http(port, "GET", "/health", &[], b"").0, 200);
+    set_up_gitea(port);
+    let (status, body) = gitea_push(port, 2, Some("d-1"));
     assert_eq!(status, 202, "{body}");
     let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
     let deployment_id = reply["queued"][0]["deployment_id"].as_str().unwrap().to_owned();
@@ -144,14 +163,14 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
 
-    // Exactly one JSON line on stdout: the queued request.
+    // Exactly one JSON line on stdout (asked for with --print-deployments): the queued request.
     let stdout = server.child.stdout.take().unwrap();
     let lines: Vec<String> = BufReader::new(stdout).lines().map(Result::unwrap).collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     let message: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
     assert_eq!(message["deployment_id"], deployment_id.as_str());
     assert_eq!(message["schema"], "autodeploy.deployment-request.v1");
-    assert_eq!(message["git_commit_id"], "2222222222222222222222222222222222222222");
+    assert_eq!(message["git_commit_id"], "2".repeat(40));
     // Logs went to stderr, and never carried the tokens or secrets.
     let mut stderr = String::new();
     server.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
@@ -159,4 +178,58 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
         !stderr.contains(ADMIN) && !stderr.contains("cli-test-webhook-secret"),
         "{stderr}"
     );
+}
+
+/// Printing is opt-in: without `--print-deployments` stdout stays empty.
+#[test]
+fn deployments_are_not_printed_unless_asked() {
+    let mut server = Server::start(ADMIN, &[], true);
+    set_up_gitea(server.port);
+    assert_eq!(gitea_push(server.port, 2, Some("d-1")).0, 202);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut stdout = String::new();
+    server.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert_eq!(stdout, "");
+}
+
+/// `autodeploy serve --print-deployments | head -n 1`: once stdout is closed, printing fails,
+/// and that must change no answer: every push is acknowledged once, nothing is lost or
+/// queued twice, and the server stays healthy.
+#[test]
+fn a_closed_stdout_changes_no_answer() {
+    let mut server = Server::start(ADMIN, &["--print-deployments"], true);
+    let port = server.port;
+    // The reader goes away, as `head -n 1` does after its line.
+    drop(server.child.stdout.take());
+    set_up_gitea(port);
+    for n in 2..=4u8 {
+        let (status, body) = gitea_push(port, n, Some(&format!("d-{n}")));
+        assert_eq!(status, 202, "push {n}: {body}");
+    }
+    // A redelivery without its id (a retry through a proxy that drops the header) queues
+    // nothing more.
+    let (status, body) = gitea_push(port, 4, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ALREADY_QUEUED"), "{body}");
+    assert_eq!(http(port, "GET", "/health", &[], b"").0, 200);
+    let auth = format!("Token {ADMIN}");
+    let (status, body) = http(
+        port,
+        "GET",
+        "/organization/acme/deployments",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3, "{body}");
+    // A later push still queues.
+    assert_eq!(gitea_push(port, 5, Some("d-5")).0, 202);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let _ = server.child.wait();
+    let mut stderr = String::new();
+    server.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -101,12 +101,13 @@ fn logged_commits(port: u16) -> std::collections::BTreeMap<String, String> {
     }
 }
 
-/// The deployment ids of the queue table, in `seq` order, from a connection of our own.
+/// The deployment ids of the deployment log (the queue), in commit order, from a connection
+/// of our own.
 fn queue_table(db: &PathBuf) -> Vec<String> {
     let conn = rusqlite::Connection::open(db).unwrap();
     let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
-    let mut stmt = conn.prepare("SELECT deployment_id FROM queue ORDER BY seq").unwrap();
+    let mut stmt = conn.prepare("SELECT id FROM deployments ORDER BY seq").unwrap();
     stmt.query_map([], |r| r.get::<_, String>(0))
         .unwrap()
         .map(Result::unwrap)
@@ -229,9 +230,9 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
     // deployment; one never recorded queues now. So no push is lost across the crash, and
     // every acknowledged push has exactly one deployment.
     //
-    // A push recorded but never answered is the subtle case: its delivery id was remembered
-    // per service with its deployment, so its redelivery is ALREADY_QUEUED even after newer
-    // pushes to the service were recorded — never a second, older deployment.
+    // A push recorded but never answered is the subtle case: the service remembers the pushes
+    // it queued, so its redelivery is ALREADY_QUEUED even after newer pushes to the service
+    // were recorded — never a second, older deployment.
     let (i, _) = acked[0];
     let (status, reply) = deliver(port, i).unwrap();
     assert_eq!(status, 200, "{reply}");

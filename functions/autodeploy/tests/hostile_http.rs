@@ -173,6 +173,17 @@ fn slow_headers_are_timed_out_while_others_are_served() {
 #[test]
 fn slow_bodies_are_timed_out_while_others_are_served() {
     let mut server = server();
+    // With a secret configured the server must read the body to verify it (without one it
+    // refuses before reading anything).
+    let auth = format!("Token {ADMIN}");
+    let (status, _) = common::http(
+        server.port,
+        "PUT",
+        "/organization/acme/webhook-secrets/github",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        br#"{"secret": "a-webhook-secret-for-slow-bodies"}"#,
+    );
+    assert_eq!(status, 204);
     let head = "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
                 X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n";
     // Stalled: headers, ten bytes of a 1,000-byte body, then nothing.

@@ -68,7 +68,7 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     let port = free_port();
     let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--print-deployments", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--database")
         .arg(dir.path().join("autodeploy.db"))
         .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)

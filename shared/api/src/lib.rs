@@ -2,6 +2,7 @@
 //! and DynamoDB/SQS adapters, and the HTTP router.
 
 pub mod admin;
+pub mod deploy;
 pub mod metrics;
 pub mod pipeline;
 pub mod store;
@@ -13,5 +14,4 @@ pub mod aws;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-/// How long a delivery id is remembered (SPEC "Once only": 3 days).
-pub const DELIVERY_RETENTION_SECS: i64 = 3 * 24 * 60 * 60;
+pub use deploy::push::DELIVERY_RETENTION_SECS;

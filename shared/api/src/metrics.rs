@@ -242,7 +242,10 @@ async fn observe(endpoint: Endpoint, request: Request, next: Next) -> Response {
         },
         Endpoint::Image => (image_source(&route).map(str::to_owned), None),
     };
-    let dry_run = crate::web::webhooks::dry_run(request.uri().query());
+    // A malformed flag is refused by the handler (and counted as rejected).
+    let dry_run = crate::web::extract::QueryParams::parse(request.uri().query())
+        .dry_run()
+        .unwrap_or(false);
     let (request_id, api_request_id) = request_ids(&request);
 
     let response = next.run(request).await;

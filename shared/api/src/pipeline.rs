@@ -8,16 +8,9 @@
 use std::collections::HashSet;
 
 use autodeploy_core::deployment::{DeploymentRequest, DeploymentStatus};
-use futures::StreamExt;
 
-use crate::store::{DeploymentQueue, Guard, RecordOutcome, Store, StoreError};
+use crate::store::{Candidate, DeliveryKey, DeploymentQueue, RecordOutcome, Store, StoreError};
 use crate::util::deployment_ids_before;
-
-/// How many services of one request are recorded at once: enough to keep a push that matches
-/// a thousand services well inside a provider's 10 s (one record is one DynamoDB transaction,
-/// ~25 ms: 32 at a time record 1,000 in under a second), few enough not to flood the store or
-/// open more connections than a small function can afford to handshake.
-pub(crate) const RECORD_CONCURRENCY: usize = 32;
 
 /// How long a request may hold a deployment `PENDING` before it is sent or left for the relay:
 /// longer than any function's timeout (10 s). A deployment pending for longer is stranded (the
@@ -25,12 +18,6 @@ pub(crate) const RECORD_CONCURRENCY: usize = 32;
 /// (see [`record_and_send`]); a younger one may be in flight, and waiting behind it would only
 /// delay concurrent pushes to the same service.
 pub const IN_FLIGHT_HORIZON: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// One deployment to record, with the guard that must hold for it.
-pub struct Candidate {
-    pub request: DeploymentRequest,
-    pub guard: Guard,
-}
 
 /// What became of each candidate, in the candidates' order.
 #[derive(Debug)]
@@ -41,23 +28,32 @@ pub enum Outcome {
     Failed(StoreError),
 }
 
-/// Record every candidate (guard and record in one write each), then send the recorded ones
-/// that are still pending, but for those whose service has a deployment left `PENDING` longer
-/// than `in_flight_horizon` ago ([`IN_FLIGHT_HORIZON`]): the relay sends those after it.
-/// Returns one outcome per candidate.
+/// Record every candidate (guard and record in one write each) and remember `delivery` with
+/// them, then send the recorded ones that are still pending, but for those whose service has a
+/// deployment left `PENDING` longer than `in_flight_horizon` ago ([`IN_FLIGHT_HORIZON`]): the
+/// relay sends those after it. Returns one outcome per candidate; `Err` when the store did not
+/// answer at all (nothing was written).
 pub async fn record_and_send(
     store: &dyn Store,
     queue: &dyn DeploymentQueue,
+    org: &str,
     candidates: &[Candidate],
+    delivery: Option<&DeliveryKey>,
     in_flight_horizon: std::time::Duration,
-) -> Vec<Outcome> {
-    // Indexes rather than references: a closure over `&Candidate` trips the compiler's
-    // higher-ranked lifetime check once the future must be `Send`.
-    let mut outcomes: Vec<Outcome> = futures::stream::iter(0..candidates.len())
-        .map(|i| record_one(store, &candidates[i]))
-        .buffered(RECORD_CONCURRENCY)
-        .collect()
-        .await;
+) -> Result<Vec<Outcome>, StoreError> {
+    if candidates.is_empty() && delivery.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut outcomes: Vec<Outcome> = store
+        .record_deployments(org, candidates, delivery)
+        .await?
+        .into_iter()
+        .map(|result| match result {
+            Ok(RecordOutcome::Recorded(status)) => Outcome::Recorded(status),
+            Ok(RecordOutcome::GuardFailed) => Outcome::GuardFailed,
+            Err(err) => Outcome::Failed(err),
+        })
+        .collect();
 
     let mut pending: Vec<usize> = outcomes
         .iter()
@@ -66,7 +62,7 @@ pub async fn record_and_send(
         .map(|(i, _)| i)
         .collect();
     if pending.is_empty() {
-        return outcomes;
+        return Ok(outcomes);
     }
     // A service whose older deployment is still PENDING because the queue failed it (not one
     // that a concurrent request is sending right now) gets this one sent by the relay too,
@@ -88,7 +84,7 @@ pub async fn record_and_send(
     }
     pending.retain(|&i| !held.contains(&candidates[i].request.deployment_id));
     if pending.is_empty() {
-        return outcomes;
+        return Ok(outcomes);
     }
     let requests: Vec<DeploymentRequest> = pending.iter().map(|&i| candidates[i].request.clone()).collect();
     let sent = send_and_mark(store, queue, &requests).await;
@@ -97,15 +93,7 @@ pub async fn record_and_send(
             outcomes[i] = Outcome::Recorded(DeploymentStatus::Queued);
         }
     }
-    outcomes
-}
-
-async fn record_one(store: &dyn Store, candidate: &Candidate) -> Outcome {
-    match store.record_deployment(&candidate.request, &candidate.guard).await {
-        Ok(RecordOutcome::Recorded(status)) => Outcome::Recorded(status),
-        Ok(RecordOutcome::GuardFailed) => Outcome::GuardFailed,
-        Err(err) => Outcome::Failed(err),
-    }
+    Ok(outcomes)
 }
 
 /// Send `requests` and mark those the queue accepted as `QUEUED`. Returns the ids marked.

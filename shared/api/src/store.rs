@@ -9,7 +9,7 @@ use autodeploy_core::model::Service;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store did not answer, or answered with an error: the caller gets a 503 and may
     /// retry; nothing was written.
@@ -42,6 +42,16 @@ pub enum Expected {
     Etag(String),
 }
 
+impl StoredService {
+    /// The commit the service was last queued for: the `after` of its last queued push.
+    pub fn current_commit(&self) -> Option<&str> {
+        self.last_push
+            .as_deref()
+            .and_then(|mark| mark.split_once(".."))
+            .map(|(_, after)| after)
+    }
+}
+
 /// One page of a list, with the key of its last item when more may follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
@@ -70,15 +80,12 @@ pub struct TokenRecord {
 /// updated in the same atomic write as the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Guard {
-    /// A push: the service's last queued push must not be this `before..after` mark; the
-    /// write sets it. Identical concurrent deliveries therefore record once. With a
-    /// `delivery`, this delivery must not have recorded for the service before either: a
-    /// redelivery of an older push (one whose answer was lost) never queues it again after a
-    /// newer push moved the mark on.
-    Push {
-        mark: String,
-        delivery: Option<DeliveryRef>,
-    },
+    /// A push `before..after` (its `mark`). SPEC "A replay cannot roll a service back": a mark
+    /// the service queued within [`PUSH_MARK_RETENTION_SECS`] records again only when
+    /// `before` is the service's current commit (a re-apply after a rollback); any other mark
+    /// records. The write remembers the mark and makes `after` the current commit, so
+    /// identical concurrent deliveries, and replays under any delivery id, record once.
+    Push { mark: String, before: String },
     /// An image tag: the service must still have entity tag `expected`; the write replaces
     /// it by `updated` (the new current tag, a new etag).
     ServiceUnchanged {
@@ -87,10 +94,28 @@ pub enum Guard {
     },
 }
 
-/// A provider's delivery, remembered per service until `expires_unix`.
+/// How long a service remembers the pushes it queued (SPEC: 30 days).
+pub const PUSH_MARK_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
+
+/// One deployment to record, with the guard that must hold for it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub request: DeploymentRequest,
+    pub guard: Guard,
+}
+
+/// Which deployments a list shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentFilter {
+    pub service_id: Option<String>,
+    pub status: Option<DeploymentStatus>,
+}
+
+/// A processed delivery to remember with a request's records, so that it is processed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryRef {
-    pub provider: String,
+pub struct DeliveryKey {
+    /// A provider's slug, or a source's name for content-addressed keys.
+    pub source: String,
     pub id: String,
     pub expires_unix: i64,
 }
@@ -136,13 +161,36 @@ pub trait TokenStore: Send + Sync {
 
 #[async_trait]
 pub trait DeploymentLog: Send + Sync {
-    /// Record `request` (the outbox entry) if `guard` holds, atomically with the guard's write.
-    async fn record_deployment(&self, request: &DeploymentRequest, guard: &Guard) -> StoreResult<RecordOutcome>;
-    /// Newest first, optionally for one service, starting after deployment id `after`.
+    /// Record each candidate (the outbox entry) whose guard holds, atomically with its guard's
+    /// write, and remember `delivery` when every candidate was written or skipped. One result
+    /// per candidate, in order: a failure of one (nothing written for it) does not fail the
+    /// others.
+    async fn record_deployments(
+        &self,
+        org: &str,
+        candidates: &[Candidate],
+        delivery: Option<&DeliveryKey>,
+    ) -> StoreResult<Vec<StoreResult<RecordOutcome>>>;
+
+    /// [`DeploymentLog::record_deployments`] for one deployment.
+    async fn record_deployment(&self, request: &DeploymentRequest, guard: &Guard) -> StoreResult<RecordOutcome> {
+        let candidate = Candidate {
+            request: request.clone(),
+            guard: guard.clone(),
+        };
+        let mut results = self
+            .record_deployments(&request.organization_id, std::slice::from_ref(&candidate), None)
+            .await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("the store returned no outcome".to_owned())))
+    }
+    async fn get_deployment(&self, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>>;
+    /// Newest first, filtered, starting after deployment id `after`.
     async fn list_deployments(
         &self,
         org: &str,
-        service_id: Option<&str>,
+        filter: &DeploymentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Page<DeploymentRecord>>;
@@ -160,15 +208,9 @@ pub trait DeploymentLog: Send + Sync {
 #[async_trait]
 pub trait DeliveryLog: Send + Sync {
     /// Whether this delivery id was processed within its retention.
-    async fn delivery_seen(&self, org: &str, provider: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool>;
-    /// Remember a processed delivery until `expires_unix`.
-    async fn remember_delivery(
-        &self,
-        org: &str,
-        provider: &str,
-        delivery_id: &str,
-        expires_unix: i64,
-    ) -> StoreResult<()>;
+    async fn delivery_seen(&self, org: &str, source: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool>;
+    /// Remember a processed delivery until `delivery.expires_unix`.
+    async fn remember_delivery(&self, org: &str, delivery: &DeliveryKey) -> StoreResult<()>;
 }
 
 /// Everything the HTTP layer needs from a store.

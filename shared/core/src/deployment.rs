@@ -53,29 +53,117 @@ impl DeploymentRequest {
     }
 }
 
-/// Where a recorded deployment stands: recorded only, or handed to the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a recorded deployment stands (SPEC "Deployment lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeploymentStatus {
+    /// Recorded; not yet on the queue (the queue did not answer).
     Pending,
+    /// On the queue, waiting for a consumer or for the dispatcher.
     Queued,
+    /// Leased by a consumer, or being delivered to its target.
+    InProgress,
+    /// Acknowledged by a consumer, or accepted by the target.
+    Delivered,
+    /// Refused for good, or every attempt failed.
+    Failed,
+    /// A newer deployment of the same service was queued before this one was taken.
+    Superseded,
 }
 
 impl DeploymentStatus {
+    pub const ALL: [DeploymentStatus; 6] = [
+        DeploymentStatus::Pending,
+        DeploymentStatus::Queued,
+        DeploymentStatus::InProgress,
+        DeploymentStatus::Delivered,
+        DeploymentStatus::Failed,
+        DeploymentStatus::Superseded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeploymentStatus::Pending => "PENDING",
             DeploymentStatus::Queued => "QUEUED",
+            DeploymentStatus::InProgress => "IN_PROGRESS",
+            DeploymentStatus::Delivered => "DELIVERED",
+            DeploymentStatus::Failed => "FAILED",
+            DeploymentStatus::Superseded => "SUPERSEDED",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// `DELIVERED`, `FAILED` and `SUPERSEDED` never change again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeploymentStatus::Delivered | DeploymentStatus::Failed | DeploymentStatus::Superseded
+        )
+    }
+
+    /// Still to be taken: recorded or on the queue.
+    pub fn is_waiting(self) -> bool {
+        matches!(self, DeploymentStatus::Pending | DeploymentStatus::Queued)
     }
 }
 
-/// A deployment log entry: the request as queued, plus its status.
+/// What an engine reported about the real deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ResultStatus {
+    Succeeded,
+    Failed,
+}
+
+/// `POST …/deployments/{id}/result`, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentResult {
+    pub status: ResultStatus,
+    pub message: String,
+    pub url: Option<String>,
+    pub reported_at: String,
+}
+
+impl DeploymentResult {
+    /// Whether `other` reports the same thing (a repeat of the same report is accepted).
+    pub fn same_report(&self, other: &DeploymentResult) -> bool {
+        self.status == other.status && self.message == other.message && self.url == other.url
+    }
+}
+
+/// A deployment log entry: the request as queued, plus where it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
     #[serde(flatten)]
     pub request: DeploymentRequest,
     pub status: DeploymentStatus,
+    /// Times the deployment was offered to a consumer or tried on its target.
+    pub attempts: u32,
+    /// Why the last attempt failed, as a sentence (never a secret).
+    pub last_error: Option<String>,
+    pub updated_at: String,
+    /// When a retry is due, while the deployment waits for one.
+    pub next_attempt_at: Option<String>,
+    pub result: Option<DeploymentResult>,
+}
+
+impl DeploymentRecord {
+    /// A deployment just recorded in `status`.
+    pub fn new(request: DeploymentRequest, status: DeploymentStatus) -> Self {
+        let updated_at = request.requested_at.clone();
+        Self {
+            request,
+            status,
+            attempts: 0,
+            last_error: None,
+            updated_at,
+            next_attempt_at: None,
+            result: None,
+        }
+    }
 }
 
 /// Plans the sending of `requests` in batches of at most `batch_size`, in their order, as

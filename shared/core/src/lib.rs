@@ -12,6 +12,7 @@ pub mod ids;
 pub mod image;
 pub mod matching;
 pub mod model;
+pub mod plan;
 pub mod provider;
 pub mod push;
 pub mod registry_events;

@@ -20,8 +20,9 @@ use sha2::{Digest, Sha256};
 
 use super::describe_sdk_error;
 use crate::store::{
-    DeliveryLog, DeploymentLog, Expected, Guard, Page, RecordOutcome, SecretRecord, SecretStore, ServiceStore, Store,
-    StoreError, StoreResult, StoredService, TokenRecord, TokenStore,
+    Candidate, DeliveryKey, DeliveryLog, DeploymentFilter, DeploymentLog, Expected, Guard, PUSH_MARK_RETENTION_SECS,
+    Page, RecordOutcome, SecretRecord, SecretStore, ServiceStore, Store, StoreError, StoreResult, StoredService,
+    TokenRecord, TokenStore,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -37,6 +38,9 @@ const GSI2SK: &str = "gsi2sk";
 const DATA: &str = "data";
 const ETAG: &str = "etag";
 const LAST_PUSH: &str = "last_push";
+/// The `after` of the service's last queued push (the replay rule compares a push's `before`).
+const CURRENT_COMMIT: &str = "current_commit";
+const UPDATED_AT: &str = "updated_at";
 const STATUS: &str = "status";
 /// The table's TTL attribute (unix seconds).
 const EXPIRES_AT: &str = "expires_at";
@@ -61,12 +65,16 @@ const MAX_PENDING_LOOKUP: usize = 1000;
 /// bytes, and a repository URL alone may be that long.
 const MAX_INDEX_VALUE: usize = 1024;
 /// Delivery ids come from request headers; longer ones are hashed into the key.
-const MAX_DELIVERY_ID: usize = 256;
+const MAX_DELIVERY_ID: usize = autodeploy_core::push::MAX_DELIVERY_ID;
+/// Services of one request recorded at once: enough to keep a push that matches a thousand
+/// services well inside a provider's 10 s, few enough not to flood the table or open more
+/// connections than a small function can afford to handshake.
+const RECORD_CONCURRENCY: usize = 32;
 /// Attempts of a write that lost a race against a concurrent transaction.
 const CONFLICT_ATTEMPTS: u32 = 4;
 /// Deployments marked `QUEUED` at once: as many as the pipeline records at once, so marking a
 /// push's deployments reuses the connections recording them opened.
-const MARK_CONCURRENCY: usize = crate::pipeline::RECORD_CONCURRENCY;
+const MARK_CONCURRENCY: usize = RECORD_CONCURRENCY;
 
 /// The DynamoDB implementation of [`Store`].
 #[derive(Clone, Debug)]
@@ -250,11 +258,13 @@ impl DynamoStore {
     async fn mark_one_queued(&self, org: &str, id: &str, expires_at: i64) -> StoreResult<()> {
         let mut e = Expr::default();
         let update = format!(
-            "SET {} = {}, {} = {} REMOVE {}, {}",
+            "SET {} = {}, {} = {}, {} = {} REMOVE {}, {}",
             e.name(STATUS),
             e.value("queued", s(DeploymentStatus::Queued.as_str())),
             e.name(EXPIRES_AT),
             e.value("expires", n(expires_at)),
+            e.name(UPDATED_AT),
+            e.value("now", s(crate::util::now_rfc3339())),
             e.name(GSI2PK),
             e.name(GSI2SK)
         );
@@ -476,31 +486,10 @@ impl TokenStore for DynamoStore {
     }
 }
 
-#[async_trait]
-impl DeploymentLog for DynamoStore {
-    async fn record_deployment(&self, request: &DeploymentRequest, guard: &Guard) -> StoreResult<RecordOutcome> {
+impl DynamoStore {
+    /// The deployment's item, `PENDING` until the queue takes it.
+    fn deployment_put(&self, request: &DeploymentRequest) -> StoreResult<TransactWriteItem> {
         let org = &request.organization_id;
-        let guard_action = match guard {
-            Guard::Push { mark, .. } => {
-                let mut e = Expr::default();
-                let last_push = e.name(LAST_PUSH);
-                let mark = e.value("mark", s(mark));
-                let update = format!("SET {last_push} = {mark}");
-                let condition = format!(
-                    "attribute_exists({}) AND (attribute_not_exists({last_push}) OR {last_push} <> {mark})",
-                    e.name(PK)
-                );
-                self.update_action(service_key(org, &request.service_id), update, condition, e)?
-            }
-            Guard::ServiceUnchanged { expected, updated } => {
-                let mut e = Expr::default();
-                let update = service_update(&updated.service, &updated.etag, &mut e)?;
-                let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(expected)));
-                let service = &updated.service;
-                self.update_action(service_key(&service.organization_id, &service.id), update, condition, e)?
-            }
-        };
-
         let data = serde_json::to_string(request)
             .map_err(|e| StoreError::Unavailable(format!("record_deployment: encoding the request: {e}")))?;
         let id = &request.deployment_id;
@@ -511,42 +500,143 @@ impl DeploymentLog for DynamoStore {
         item.insert(GSI2SK.to_owned(), s(id));
         item.insert(DATA.to_owned(), s(data));
         item.insert(STATUS.to_owned(), s(DeploymentStatus::Pending.as_str()));
+        item.insert(UPDATED_AT.to_owned(), s(&request.requested_at));
         let mut e = Expr::default();
         let condition = format!("attribute_not_exists({})", e.name(PK));
-        let record_action = self.put_action(item, Some((condition, e)))?;
+        self.put_action(item, Some((condition, e)))
+    }
 
-        let mut actions = vec![guard_action, record_action];
-        // The delivery, once per service: its item shares the delivery's partition.
-        if let Guard::Push {
-            delivery: Some(delivery),
-            ..
-        } = guard
+    /// The push's mark on the service, remembered for the replay rule until it expires;
+    /// with `fresh`, only when the service has not queued that mark within its retention.
+    fn push_mark_put(&self, org: &str, service_id: &str, mark: &str, fresh: bool) -> StoreResult<TransactWriteItem> {
+        let now = crate::util::now_unix();
+        let mut item = key(org_pk(org), format!("PUSHMARK#{service_id}#{mark}"));
+        item.insert(EXPIRES_AT.to_owned(), n(now + PUSH_MARK_RETENTION_SECS));
+        if !fresh {
+            return self.put_action(item, None);
+        }
+        let mut e = Expr::default();
+        // TTL deletes expired items lazily: an expired mark may still be there.
+        let condition = format!(
+            "attribute_not_exists({}) OR {} < {}",
+            e.name(PK),
+            e.name(EXPIRES_AT),
+            e.value("now", n(now))
+        );
+        self.put_action(item, Some((condition, e)))
+    }
+
+    /// Record one deployment with its guard: one transaction, or two for a push whose mark the
+    /// service queued before (the second admits it only as a re-apply: its `before` is the
+    /// service's current commit).
+    async fn record_one(&self, candidate: &Candidate) -> StoreResult<RecordOutcome> {
+        let request = &candidate.request;
+        let org = &request.organization_id;
+        match &candidate.guard {
+            Guard::Push { mark, before } => {
+                let after = mark.split_once("..").map_or("", |(_, after)| after);
+                let service_update = |reapply: bool| -> StoreResult<TransactWriteItem> {
+                    let mut e = Expr::default();
+                    let update = format!(
+                        "SET {} = {}, {} = {}",
+                        e.name(LAST_PUSH),
+                        e.value("mark", s(mark)),
+                        e.name(CURRENT_COMMIT),
+                        e.value("after", s(after))
+                    );
+                    let mut condition = format!("attribute_exists({})", e.name(PK));
+                    if reapply {
+                        condition.push_str(&format!(
+                            " AND {} = {}",
+                            e.name(CURRENT_COMMIT),
+                            e.value("before", s(before))
+                        ));
+                    }
+                    self.update_action(service_key(org, &request.service_id), update, condition, e)
+                };
+                let fresh = vec![
+                    service_update(false)?,
+                    self.push_mark_put(org, &request.service_id, mark, true)?,
+                    self.deployment_put(request)?,
+                ];
+                match self.transact(fresh, "record_deployment").await? {
+                    Ok(()) => return Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
+                    Err(0) => return Ok(RecordOutcome::GuardFailed),
+                    Err(1) => {}
+                    Err(_) => return Err(StoreError::PreconditionFailed),
+                }
+                let reapply = vec![
+                    service_update(true)?,
+                    self.push_mark_put(org, &request.service_id, mark, false)?,
+                    self.deployment_put(request)?,
+                ];
+                match self.transact(reapply, "record_deployment").await? {
+                    Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
+                    Err(0) => Ok(RecordOutcome::GuardFailed),
+                    Err(_) => Err(StoreError::PreconditionFailed),
+                }
+            }
+            Guard::ServiceUnchanged { expected, updated } => {
+                let mut e = Expr::default();
+                let update = service_update(&updated.service, &updated.etag, &mut e)?;
+                let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(expected)));
+                let service = &updated.service;
+                let actions = vec![
+                    self.update_action(service_key(&service.organization_id, &service.id), update, condition, e)?,
+                    self.deployment_put(request)?,
+                ];
+                match self.transact(actions, "record_deployment").await? {
+                    Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
+                    Err(0) => Ok(RecordOutcome::GuardFailed),
+                    // A deployment with this id exists already: ids are never reused.
+                    Err(_) => Err(StoreError::PreconditionFailed),
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl DeploymentLog for DynamoStore {
+    async fn record_deployments(
+        &self,
+        org: &str,
+        candidates: &[Candidate],
+        delivery: Option<&DeliveryKey>,
+    ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
+        // The futures are built before the stream so that the trait's future stays `Send`.
+        let records: Vec<_> = candidates.iter().map(|c| self.record_one(c)).collect();
+        let outcomes: Vec<StoreResult<RecordOutcome>> = futures::stream::iter(records)
+            .buffered(RECORD_CONCURRENCY)
+            .collect()
+            .await;
+        // Remembered only when every service was handled: a redelivery then has nothing left to
+        // do, while after a failure it completes what is missing.
+        if let Some(delivery) = delivery
+            && outcomes.iter().all(Result::is_ok)
         {
-            let mut item = delivery_key(org, &delivery.provider, &delivery.id);
-            item.insert(SK.to_owned(), s(format!("SERVICE#{}", request.service_id)));
-            item.insert(EXPIRES_AT.to_owned(), n(delivery.expires_unix));
-            let mut e = Expr::default();
-            let condition = format!("attribute_not_exists({})", e.name(PK));
-            actions.push(self.put_action(item, Some((condition, e)))?);
+            self.remember_delivery(org, delivery).await?;
         }
+        Ok(outcomes)
+    }
 
-        match self.transact(actions, "record_deployment").await? {
-            Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
-            Err(0) | Err(2) => Ok(RecordOutcome::GuardFailed),
-            // A deployment with this id exists already: ids are never reused.
-            Err(_) => Err(StoreError::PreconditionFailed),
-        }
+    async fn get_deployment(&self, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>> {
+        self.get_item(key(org_pk(org), format!("DEPLOYMENT#{id}")), "get_deployment")
+            .await?
+            .as_ref()
+            .map(deployment_from_item)
+            .transpose()
     }
 
     async fn list_deployments(
         &self,
         org: &str,
-        service_id: Option<&str>,
+        filter: &DeploymentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> StoreResult<Page<DeploymentRecord>> {
         let limit = page_size(limit);
-        let query = match service_id {
+        let mut query = match &filter.service_id {
             None => self.partition_query(org, "DEPLOYMENT#", after, false),
             Some(service) => {
                 let index_value = deployments_of_service(org, service);
@@ -561,6 +651,25 @@ impl DeploymentLog for DynamoStore {
                     .set_exclusive_start_key(start)
             }
         };
+        if let Some(status) = filter.status {
+            // Appended to the query's own names and values, which use other labels.
+            let names = query.get_expression_attribute_names().clone().unwrap_or_default();
+            let values = query.get_expression_attribute_values().clone().unwrap_or_default();
+            query = query
+                .filter_expression("#status_filter = :status_filter")
+                .set_expression_attribute_names(Some(
+                    names
+                        .into_iter()
+                        .chain([("#status_filter".to_owned(), STATUS.to_owned())])
+                        .collect(),
+                ))
+                .set_expression_attribute_values(Some(
+                    values
+                        .into_iter()
+                        .chain([(":status_filter".to_owned(), s(status.as_str()))])
+                        .collect(),
+                ));
+        }
         let items = self.collect(query, Some(limit + 1), "list_deployments").await?;
         into_page(items, limit, deployment_from_item, |d| d.request.deployment_id.clone())
     }
@@ -641,9 +750,9 @@ impl DeploymentLog for DynamoStore {
 
 #[async_trait]
 impl DeliveryLog for DynamoStore {
-    async fn delivery_seen(&self, org: &str, provider: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool> {
+    async fn delivery_seen(&self, org: &str, source: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool> {
         let Some(item) = self
-            .get_item(delivery_key(org, provider, delivery_id), "delivery_seen")
+            .get_item(delivery_key(org, source, delivery_id), "delivery_seen")
             .await?
         else {
             return Ok(false);
@@ -652,15 +761,9 @@ impl DeliveryLog for DynamoStore {
         Ok(number_attr(&item, EXPIRES_AT)? > now_unix)
     }
 
-    async fn remember_delivery(
-        &self,
-        org: &str,
-        provider: &str,
-        delivery_id: &str,
-        expires_unix: i64,
-    ) -> StoreResult<()> {
-        let mut item = delivery_key(org, provider, delivery_id);
-        item.insert(EXPIRES_AT.to_owned(), n(expires_unix));
+    async fn remember_delivery(&self, org: &str, delivery: &DeliveryKey) -> StoreResult<()> {
+        let mut item = delivery_key(org, &delivery.source, &delivery.id);
+        item.insert(EXPIRES_AT.to_owned(), n(delivery.expires_unix));
         self.client
             .put_item()
             .table_name(&self.table)
@@ -982,19 +1085,15 @@ fn service_from_item(item: &Item) -> StoreResult<StoredService> {
 }
 
 fn deployment_from_item(item: &Item) -> StoreResult<DeploymentRecord> {
-    let request = serde_json::from_str(&string_attr(item, DATA)?)
+    let request: DeploymentRequest = serde_json::from_str(&string_attr(item, DATA)?)
         .map_err(|e| StoreError::Corrupt(format!("item {}: {e}", item_label(item))))?;
-    let status = match string_attr(item, STATUS)?.as_str() {
-        "PENDING" => DeploymentStatus::Pending,
-        "QUEUED" => DeploymentStatus::Queued,
-        _ => {
-            return Err(StoreError::Corrupt(format!(
-                "item {} has an unknown status",
-                item_label(item)
-            )));
-        }
-    };
-    Ok(DeploymentRecord { request, status })
+    let status = DeploymentStatus::parse(&string_attr(item, STATUS)?)
+        .ok_or_else(|| StoreError::Corrupt(format!("item {} has an unknown status", item_label(item))))?;
+    let updated_at = optional_string_attr(item, UPDATED_AT)?.unwrap_or_else(|| request.requested_at.clone());
+    Ok(DeploymentRecord {
+        updated_at,
+        ..DeploymentRecord::new(request, status)
+    })
 }
 
 fn token_from_item(item: &Item) -> StoreResult<TokenRecord> {

@@ -22,10 +22,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tower::ServiceExt;
 
+use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image};
+use crate::deploy::{DeployError, Ignored};
 use crate::metrics::{DeliveryLine, Endpoint, Tally};
 use crate::pipeline::{RelayReport, relay_pending};
 use crate::store::{DeploymentQueue, Store, StoreError};
-use crate::web::images::{ImageResponse, deploy_image};
 use crate::web::{AppState, image_router};
 
 /// The organization whose containers and jobs the ECR events of this function's account
@@ -102,6 +103,15 @@ impl From<StoreError> for EventError {
     }
 }
 
+impl From<DeployError> for EventError {
+    fn from(err: DeployError) -> Self {
+        match err {
+            DeployError::Store(err) => err.into(),
+            DeployError::Contention => EventError::Unavailable(err.to_string()),
+        }
+    }
+}
+
 /// `path` with the secret segment of a Docker Hub webhook URL replaced by `{secret}`, for logs.
 pub fn redact_path(path: &str) -> Cow<'_, str> {
     let segments: Vec<&str> = path.split('/').collect();
@@ -175,7 +185,7 @@ impl EventShape {
 pub struct EcrOutcome {
     pub status: u16,
     #[serde(flatten)]
-    pub response: ImageResponse,
+    pub response: ImageReport,
 }
 
 /// The `image-tag` function: HTTP requests from API Gateway go to [`image_router`]; ECR
@@ -285,7 +295,7 @@ impl ImageTagHandler {
     /// (an event refused counts as `Rejected`, a store outage as `Failed`).
     fn emit_ecr_metrics(&self, outcome: &Result<EcrOutcome, EventError>, request_id: &str) {
         let (status, mut tally) = match outcome {
-            Ok(outcome) => (outcome.status, outcome.response.tally()),
+            Ok(outcome) => (outcome.status, crate::web::images::tally(&outcome.response)),
             Err(EventError::Unavailable(_)) => (503, Tally::default()),
             Err(_) => (400, Tally::default()),
         };
@@ -324,11 +334,7 @@ impl ImageTagHandler {
         } = match parsed {
             RegistryEvent::Ignored(reason) => {
                 tracing::info!(reason, "ECR event ignored");
-                let response = ImageResponse {
-                    ignored: Some("UNSUPPORTED_EVENT"),
-                    message: Some(reason.to_owned()),
-                    ..ImageResponse::new(ImageSourceKind::Ecr, false)
-                };
+                let response = ImageReport::ignored(ImageSourceKind::Ecr, false, Ignored::UnsupportedEvent, reason);
                 return Ok(EcrOutcome { status: 200, response });
             }
             RegistryEvent::Pushed(pushed) => pushed,
@@ -338,20 +344,22 @@ impl ImageTagHandler {
             registry: Some(registry),
             path,
         };
-        match deploy_image(&self.state, org, ImageTarget::Registry, &image, &tag, source, false).await {
-            Ok((status, response)) => Ok(EcrOutcome {
-                status: status.as_u16(),
+        let announcement = ImageAnnouncement {
+            org,
+            target: ImageTarget::Registry,
+            image: &image,
+            tag: &tag,
+            source,
+            dry_run: false,
+            remember: None,
+        };
+        match deploy_image(&self.state.deployer, announcement).await {
+            Ok(response) => Ok(EcrOutcome {
+                status: if response.queued_any() { 202 } else { 200 },
                 response,
             }),
-            Err(api) => {
-                let err = if api.status.is_server_error() {
-                    EventError::Unavailable(api.message)
-                } else {
-                    EventError::Rejected {
-                        code: api.code,
-                        message: api.message,
-                    }
-                };
+            Err(err) => {
+                let err = EventError::from(err);
                 tracing::error!(error = %err, org, image = %image, tag, "ECR event not deployed");
                 Err(err)
             }

@@ -15,18 +15,24 @@ pub enum Scope {
     Deploy,
     /// Everything else under the organization, except tokens.
     Manage,
+    /// Leasing, acknowledging and reporting on deployments (pull consumers, engines).
+    Consume,
 }
 
 impl Scope {
+    /// A new token's scopes when it names none.
+    pub const DEFAULT: [Scope; 2] = [Scope::Deploy, Scope::Manage];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Deploy => "deploy",
             Scope::Manage => "manage",
+            Scope::Consume => "consume",
         }
     }
 }
 
-pub const SCOPES: [&str; 2] = ["deploy", "manage"];
+pub const SCOPES: [&str; 3] = ["deploy", "manage", "consume"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -51,6 +57,18 @@ impl Caller {
             }
             Caller::Organization { .. } => Err(ApiError::forbidden("This token belongs to another organization.")),
         }
+    }
+
+    /// 403 unless the caller may act on `org` with one of `scopes`.
+    pub fn authorize_any(&self, org: &str, scopes: &[Scope]) -> ApiResult<()> {
+        let mut refusal = None;
+        for scope in scopes {
+            match self.authorize(org, *scope) {
+                Ok(()) => return Ok(()),
+                Err(err) => refusal = Some(err),
+            }
+        }
+        Err(refusal.unwrap_or_else(|| ApiError::forbidden("This token lacks the scope.")))
     }
 
     pub fn require_admin(&self) -> ApiResult<()> {

@@ -33,8 +33,12 @@ impl ApiError {
 
     pub fn validation(details: Vec<FieldError>) -> Self {
         let message = match details.as_slice() {
-            [one] => format!("The request is invalid: {} {}.", one.field, one.message),
-            _ => format!("The request is invalid: {} fields need attention.", details.len()),
+            [one] => format!("{}: {}.", one.field, one.message.trim_end_matches('.')),
+            _ => format!(
+                "{} fields need attention: {}.",
+                details.len(),
+                details.iter().map(|d| d.field.as_str()).collect::<Vec<_>>().join(", ")
+            ),
         };
         Self {
             details,
@@ -93,16 +97,51 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
     }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "CONFLICT", message)
+    }
+
+    /// A fault of the server that no retry by the client can fix.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+}
+
+impl From<autodeploy_core::body::DocumentError> for ApiError {
+    fn from(err: autodeploy_core::body::DocumentError) -> Self {
+        match err {
+            autodeploy_core::body::DocumentError::NotAnObject(message) => ApiError::malformed(message),
+            autodeploy_core::body::DocumentError::Invalid(details) => ApiError::validation(details),
+        }
+    }
+}
+
+impl From<crate::deploy::DeployError> for ApiError {
+    fn from(err: crate::deploy::DeployError) -> Self {
+        match err {
+            crate::deploy::DeployError::Store(err) => err.into(),
+            crate::deploy::DeployError::Contention => ApiError::unavailable(
+                "The matching services are being changed by many requests at once; retry shortly.",
+            ),
+        }
+    }
 }
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::PreconditionFailed => ApiError::precondition_failed(),
-            StoreError::Unavailable(detail) | StoreError::Corrupt(detail) => {
+            StoreError::Unavailable(detail) => {
                 // The cause goes to the log, not to the client: it may name internals.
                 tracing::error!(error = %detail, "store failure");
                 ApiError::unavailable("The store is unavailable; nothing was changed. Retry later.")
+            }
+            StoreError::Corrupt(detail) => {
+                tracing::error!(error = %detail, "a stored record is unreadable");
+                ApiError::internal(
+                    "A stored record could not be read; a retry will not help. The server's log says which.",
+                )
             }
         }
     }
@@ -129,8 +168,15 @@ impl IntoResponse for ApiError {
                 details: &self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        // What the caller was told, for the layers that log or record the request.
+        response.extensions_mut().insert(ErrorReason(self.message));
+        response
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The message of an error response, attached to it for the layers that log or record it.
+#[derive(Debug, Clone)]
+pub struct ErrorReason(pub String);

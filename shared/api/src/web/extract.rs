@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use autodeploy_core::body::{Document, read_document};
 use autodeploy_core::ids::{ID_RULE, is_valid_id};
 use axum::body::Body;
 use base64::Engine;
@@ -50,6 +51,49 @@ pub fn json_body(headers: &HeaderMap, bytes: &[u8], accepted: &[&str]) -> ApiRes
     parse_json(bytes)
 }
 
+/// A settings body, as JSON (`application/json`, at most [`SETTINGS_BODY_LIMIT`] bytes).
+async fn settings_json(req: axum::extract::Request, accepted: &[&str]) -> ApiResult<Value> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(&parts.headers, body, SETTINGS_BODY_LIMIT).await?;
+    json_body(&parts.headers, &bytes, accepted)
+}
+
+/// A JSON body read as document `T` (core's field reader): the media type checked, the size
+/// bounded, every field checked, each bad one named.
+pub struct Valid<T>(pub T);
+
+impl<S: Send + Sync, T: Document> axum::extract::FromRequest<S> for Valid<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        let value = settings_json(req, &["application/json"]).await?;
+        Ok(Valid(read_document(&value)?))
+    }
+}
+
+/// A JSON body as a value, for documents read against their path (a service).
+pub struct JsonValue(pub Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonValue {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(JsonValue(settings_json(req, &["application/json"]).await?))
+    }
+}
+
+/// An RFC 7396 merge patch (`application/merge-patch+json`, or `application/json`).
+pub struct MergePatch(pub Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for MergePatch {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        let accepted = ["application/merge-patch+json", "application/json"];
+        Ok(MergePatch(settings_json(req, &accepted).await?))
+    }
+}
+
 pub fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::malformed("The request needs a JSON body."));
@@ -72,11 +116,54 @@ pub fn check_id(field: &str, value: &str) -> ApiResult<()> {
     }
 }
 
-/// The query string as a map (the last value of a repeated key wins).
-pub fn query_map(query: Option<&str>) -> HashMap<String, String> {
-    form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
+/// The query string, as pairs in order (percent-decoded).
+#[derive(Debug, Default)]
+pub struct QueryParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::parse(parts.uri.query()))
+    }
+}
+
+impl QueryParams {
+    pub fn parse(query: Option<&str>) -> Self {
+        Self(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    /// The last value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// A boolean parameter: absent is false; `true`, `false`, `1`, `0` in any case; anything
+    /// else, or the parameter given twice, is a 400 (a typo must never deploy for real).
+    pub fn flag(&self, name: &str) -> ApiResult<bool> {
+        let mut values = self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let (Some(value), None) = (values.next(), values.next()) else {
+            return if self.0.iter().any(|(k, _)| k == name) {
+                Err(ApiError::invalid_field(name, "must be given once"))
+            } else {
+                Ok(false)
+            };
+        };
+        match value.to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(ApiError::invalid_field(name, "must be true, false, 1 or 0")),
+        }
+    }
+
+    /// `dry_run`: see [`QueryParams::flag`].
+    pub fn dry_run(&self) -> ApiResult<bool> {
+        self.flag("dry_run")
+    }
 }
 
 /// `limit` (default 50, 1..=100) and the position a `cursor` points after.
@@ -100,7 +187,7 @@ struct Cursor {
 
 impl ListParams {
     /// `scope` names the list and its filters (e.g. `deployments?service_id=api`).
-    pub fn parse(query: &HashMap<String, String>, org: &str, scope: &str) -> ApiResult<Self> {
+    pub fn parse(query: &QueryParams, org: &str, scope: &str) -> ApiResult<Self> {
         let mut errors = Vec::new();
         let limit = match query.get("limit") {
             None => DEFAULT_LIMIT,
@@ -160,25 +247,63 @@ pub fn encode_cursor(org: &str, scope: &str, after: &str) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
 }
 
-/// `If-Match`: `None` when absent; `Some(None)` for `*` (any current state).
-pub fn if_match(headers: &HeaderMap) -> ApiResult<Option<Option<String>>> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::invalid_field("If-Match", "must be an ETag this API returned"))?
-        .trim();
-    if value == "*" {
-        return Ok(Some(None));
+/// What a write requires of the current state (`If-Match` / `If-None-Match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// No condition.
+    None,
+    /// `If-Match: *`: the resource must exist.
+    Exists,
+    /// `If-None-Match: *`: the resource must not exist (create only).
+    Absent,
+    /// `If-Match: "<etag>"`: exactly this state.
+    Etag(String),
+}
+
+impl Precondition {
+    /// Read `If-Match` and `If-None-Match` (only `*` is meaningful for the latter).
+    pub fn from_headers(headers: &HeaderMap) -> ApiResult<Self> {
+        let if_match = headers.get(header::IF_MATCH);
+        let if_none_match = headers.get(header::IF_NONE_MATCH);
+        match (if_match, if_none_match) {
+            (Some(_), Some(_)) => Err(ApiError::invalid_field("If-None-Match", "cannot be sent with If-Match")),
+            (None, None) => Ok(Precondition::None),
+            (None, Some(value)) => match value.to_str().map(str::trim) {
+                Ok("*") => Ok(Precondition::Absent),
+                _ => Err(ApiError::invalid_field(
+                    "If-None-Match",
+                    "must be * (create only); conditional reads are not supported",
+                )),
+            },
+            (Some(value), None) => {
+                let value = value
+                    .to_str()
+                    .map_err(|_| ApiError::invalid_field("If-Match", "must be an ETag this API returned"))?
+                    .trim();
+                if value == "*" {
+                    return Ok(Precondition::Exists);
+                }
+                let tag = value.strip_prefix("W/").unwrap_or(value);
+                match tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+                    Some(inner) if !inner.is_empty() && !inner.contains('"') => {
+                        Ok(Precondition::Etag(inner.to_owned()))
+                    }
+                    _ => Err(ApiError::invalid_field(
+                        "If-Match",
+                        "must be a quoted ETag this API returned, as in If-Match: \"<etag>\"",
+                    )),
+                }
+            }
+        }
     }
-    let tag = value.strip_prefix("W/").unwrap_or(value);
-    match tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) if !inner.is_empty() && !inner.contains('"') => Ok(Some(Some(inner.to_owned()))),
-        _ => Err(ApiError::invalid_field(
-            "If-Match",
-            "must be a quoted ETag this API returned",
-        )),
+
+    /// 412 unless the current state (its etag, if it exists) satisfies the condition.
+    pub fn check(&self, current: Option<&str>) -> ApiResult<()> {
+        match (self, current) {
+            (Precondition::None, _) | (Precondition::Exists, Some(_)) | (Precondition::Absent, None) => Ok(()),
+            (Precondition::Etag(want), Some(have)) if want == have => Ok(()),
+            _ => Err(ApiError::precondition_failed()),
+        }
     }
 }
 
@@ -197,6 +322,19 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParams {
             .await
             .map(|axum::extract::Path(map)| PathParams(map))
             .map_err(|_| ApiError::invalid_field("path", "holds a segment that is not valid UTF-8"))
+    }
+}
+
+/// The organization of the path (`/organization/{org}/…`), checked against the identifier
+/// grammar.
+pub struct Org(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Org {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let path = PathParams::from_request_parts(parts, state).await?;
+        Ok(Org(path.id("org", "organization_id")?.to_owned()))
     }
 }
 
@@ -221,14 +359,14 @@ mod tests {
     #[test]
     fn cursors_are_bound_to_org_and_query() {
         let c = encode_cursor("acme", "services", "api");
-        let q: HashMap<_, _> = [("cursor".to_owned(), c)].into();
+        let q = QueryParams::parse(Some(&format!("cursor={c}")));
         assert_eq!(
             ListParams::parse(&q, "acme", "services").unwrap().after.as_deref(),
             Some("api")
         );
         assert_eq!(ListParams::parse(&q, "other", "services").unwrap_err().status, 400);
         assert_eq!(ListParams::parse(&q, "acme", "tokens").unwrap_err().status, 400);
-        let q: HashMap<_, _> = [("cursor".to_owned(), "!!".to_owned())].into();
+        let q = QueryParams::parse(Some("cursor=!!"));
         assert_eq!(ListParams::parse(&q, "acme", "services").unwrap_err().status, 400);
     }
 
@@ -242,20 +380,49 @@ mod tests {
             ("x", false),
             ("-1", false),
         ] {
-            let q: HashMap<_, _> = [("limit".to_owned(), raw.to_owned())].into();
+            let q = QueryParams::parse(Some(&format!("limit={raw}")));
             assert_eq!(ListParams::parse(&q, "a", "s").is_ok(), ok, "{raw}");
         }
     }
 
     #[test]
-    fn if_match_forms() {
+    fn preconditions() {
         let mut h = HeaderMap::new();
-        assert_eq!(if_match(&h).unwrap(), None);
+        assert_eq!(Precondition::from_headers(&h).unwrap(), Precondition::None);
         h.insert(header::IF_MATCH, "\"abc\"".parse().unwrap());
-        assert_eq!(if_match(&h).unwrap(), Some(Some("abc".to_owned())));
+        assert_eq!(
+            Precondition::from_headers(&h).unwrap(),
+            Precondition::Etag("abc".to_owned())
+        );
         h.insert(header::IF_MATCH, "*".parse().unwrap());
-        assert_eq!(if_match(&h).unwrap(), Some(None));
+        assert_eq!(Precondition::from_headers(&h).unwrap(), Precondition::Exists);
         h.insert(header::IF_MATCH, "abc".parse().unwrap());
-        assert!(if_match(&h).is_err());
+        assert!(Precondition::from_headers(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, "*".parse().unwrap());
+        assert_eq!(Precondition::from_headers(&h).unwrap(), Precondition::Absent);
+        assert!(Precondition::Absent.check(Some("x")).is_err());
+        assert!(Precondition::Absent.check(None).is_ok());
+        assert!(Precondition::Exists.check(None).is_err());
+    }
+
+    #[test]
+    fn flags_are_strict() {
+        for (query, want) in [
+            (None, Some(false)),
+            (Some("dry_run=true"), Some(true)),
+            (Some("dry_run=TRUE"), Some(true)),
+            (Some("dry_run=1"), Some(true)),
+            (Some("dry_run=False"), Some(false)),
+            (Some("dry_run=0"), Some(false)),
+            (Some("dry_run=yes"), None),
+            (Some("dry_run"), None),
+            (Some("dry_run="), None),
+            (Some("dry_run=maybe"), None),
+            (Some("dry_run=true&dry_run=true"), None),
+            (Some("other=1"), Some(false)),
+        ] {
+            assert_eq!(QueryParams::parse(query).dry_run().ok(), want, "{query:?}");
+        }
     }
 }

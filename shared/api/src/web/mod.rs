@@ -1,22 +1,28 @@
 //! The HTTP API as one axum router, shared by the standalone server and the Lambda functions
-//! (`lambda_http::run` serves an axum `Router` as it is).
+//! (`lambda_http::run` serves an axum `Router` as it is). Handlers extract, call a use case or
+//! the store, and render; the rules live in `autodeploy-core` and [`crate::deploy`].
 
 pub mod auth;
+pub mod credentials;
+pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod images;
-pub mod settings;
+pub mod registry;
+pub mod services;
 pub mod webhooks;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
+use serde::Serialize;
 
 use crate::admin::AdminTokenSource;
+use crate::deploy::Deployer;
 use crate::store::{DeploymentQueue, Store};
 use error::ApiError;
 
@@ -24,38 +30,41 @@ use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub queue: Arc<dyn DeploymentQueue>,
     pub admin: Arc<dyn AdminTokenSource>,
-    /// See [`crate::pipeline::IN_FLIGHT_HORIZON`].
-    pub in_flight_horizon: std::time::Duration,
+    pub deployer: Deployer,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, queue: Arc<dyn DeploymentQueue>, admin: Arc<dyn AdminTokenSource>) -> Self {
         Self {
+            deployer: Deployer {
+                store: Arc::clone(&store),
+                queue,
+                in_flight_horizon: crate::pipeline::IN_FLIGHT_HORIZON,
+            },
             store,
-            queue,
             admin,
-            in_flight_horizon: crate::pipeline::IN_FLIGHT_HORIZON,
         }
-    }
-
-    /// Record and send a request's deployments ([`crate::pipeline::record_and_send`]).
-    pub async fn record_and_send(&self, candidates: &[crate::pipeline::Candidate]) -> Vec<crate::pipeline::Outcome> {
-        crate::pipeline::record_and_send(
-            self.store.as_ref(),
-            self.queue.as_ref(),
-            candidates,
-            self.in_flight_horizon,
-        )
-        .await
     }
 
     /// The same state with another horizon than [`crate::pipeline::IN_FLIGHT_HORIZON`]
     /// (tests, which cannot wait for a deployment to be stranded for 15 s).
     pub fn with_in_flight_horizon(mut self, horizon: std::time::Duration) -> Self {
-        self.in_flight_horizon = horizon;
+        self.deployer.in_flight_horizon = horizon;
         self
+    }
+}
+
+/// `{"items": [...], "next_cursor": ...}`: every list.
+#[derive(Serialize)]
+pub struct ListBody<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T: Serialize> IntoResponse for ListBody<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self).into_response()
     }
 }
 
@@ -78,9 +87,23 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The settings API's routes (the `settings` Lambda function).
+fn settings_routes() -> Router<AppState> {
+    services::routes()
+        .merge(credentials::routes())
+        .merge(deployments::routes())
+}
+
+/// The image-tag endpoints and registry webhooks (the `image-tag` Lambda function).
+fn image_routes() -> Router<AppState> {
+    images::routes()
+        .merge(registry::routes())
+        .route_layer(axum::middleware::from_fn(crate::metrics::observe_image))
+}
+
 /// The settings API (the `settings` Lambda function).
 pub fn settings_router(state: AppState) -> Router {
-    finish(settings::routes(), state)
+    finish(settings_routes(), state)
 }
 
 /// The git push webhooks (the `push-webhook` Lambda function).
@@ -90,15 +113,15 @@ pub fn push_router(state: AppState) -> Router {
 
 /// The image-tag endpoints and registry webhooks (the `image-tag` Lambda function).
 pub fn image_router(state: AppState) -> Router {
-    finish(images::routes(), state)
+    finish(image_routes(), state)
 }
 
 /// Every route of the product (the standalone server), and its OpenAPI document.
 pub fn full_router(state: AppState) -> Router {
     finish(
-        settings::routes()
+        settings_routes()
             .merge(webhooks::routes())
-            .merge(images::routes())
+            .merge(image_routes())
             .route("/openapi.yaml", get(openapi)),
         state,
     )
@@ -116,8 +139,8 @@ async fn openapi() -> impl IntoResponse {
 /// function (`settings`, `push-webhook`, `image-tag`) whose router serves it, or `standalone`
 /// for a route only the standalone server has. The standalone server serves them all, and
 /// `/health` is served by every router. `infra/template.yaml` (its `HttpApi` events) and
-/// `infra/openapi.yaml` (its `paths`) list exactly these; `tests/tests/routes.rs` checks both,
-/// and that the routers serve exactly these: a route added to a router but not here fails it.
+/// `infra/openapi.yaml` (its `paths`) list exactly these, and the routers serve exactly these:
+/// the integration tests check all three.
 #[rustfmt::skip]
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/health", "settings"),
@@ -133,6 +156,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/organization/{org}/tokens", "settings"),
     ("DELETE", "/organization/{org}/tokens/{token_id}", "settings"),
     ("GET", "/organization/{org}/deployments", "settings"),
+    ("GET", "/organization/{org}/deployments/{deployment_id}", "settings"),
     ("POST", "/organization/{org}/webhooks/{provider}", "push-webhook"),
     ("POST", "/organization/{org}/container/deploy", "image-tag"),
     ("POST", "/organization/{org}/job/deploy", "image-tag"),

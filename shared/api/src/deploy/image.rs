@@ -1,0 +1,306 @@
+//! A new image tag, announced by CI, a registry webhook or an ECR event: redeploy every
+//! service of the organization that runs the image and takes the tag.
+
+use std::collections::BTreeSet;
+
+use autodeploy_core::deployment::{DeploymentRequest, SCHEMA, Trigger};
+use autodeploy_core::image::ImageName;
+use autodeploy_core::matching::{ImageTarget, SkipReason, decide_image};
+use autodeploy_core::model::Service;
+use autodeploy_core::registry_events::ImageSourceKind;
+use serde::Serialize;
+
+use super::{DeployError, Deployer, EntryStatus, Ignored};
+use crate::pipeline::Outcome;
+use crate::store::{Candidate, DeliveryKey, Guard, StoredService};
+use crate::util::{new_deployment_id, new_etag, now_rfc3339};
+
+/// Tries per service when its record loses a race (the service changed since it was read):
+/// enough for identical concurrent notifications, where the second read already sees the tag.
+const RECORD_ATTEMPTS: usize = 3;
+
+/// A deployment queued (or, in a dry run, that would be) for a new tag.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageQueuedEntry {
+    pub service_id: String,
+    pub deployment_id: Option<String>,
+    pub tag: String,
+    pub previous_tag: String,
+    pub status: EntryStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSkippedEntry {
+    pub service_id: String,
+    pub reason: SkipReason,
+}
+
+/// The image-tag response: shaped as the push response (`queued`, `skipped`, `ignored`,
+/// `message`, `dry_run`), naming the image as it was matched (normalized).
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageReport {
+    pub source: ImageSourceKind,
+    /// The registry host the notification named; `null` for a bare name (any registry).
+    pub registry: Option<String>,
+    pub image_name: Option<String>,
+    pub tag: Option<String>,
+    pub queued: Vec<ImageQueuedEntry>,
+    pub skipped: Vec<ImageSkippedEntry>,
+    pub ignored: Option<Ignored>,
+    /// Why nothing was queued or skipped, or why the notification was ignored.
+    pub message: Option<String>,
+    pub dry_run: bool,
+}
+
+impl ImageReport {
+    pub fn new(source: ImageSourceKind, dry_run: bool) -> Self {
+        Self {
+            source,
+            registry: None,
+            image_name: None,
+            tag: None,
+            queued: Vec::new(),
+            skipped: Vec::new(),
+            ignored: None,
+            message: None,
+            dry_run,
+        }
+    }
+
+    /// The notification announces nothing to deploy; `message` says why.
+    pub fn ignored(source: ImageSourceKind, dry_run: bool, reason: Ignored, message: &str) -> Self {
+        Self {
+            ignored: Some(reason),
+            message: Some(message.to_owned()),
+            ..Self::new(source, dry_run)
+        }
+    }
+
+    /// Whether anything was queued: a 202 then.
+    pub fn queued_any(&self) -> bool {
+        !self.dry_run && !self.queued.is_empty()
+    }
+}
+
+/// The name of an image source, as the responses and metrics write it.
+pub fn source_name(source: ImageSourceKind) -> &'static str {
+    match source {
+        ImageSourceKind::Api => "API",
+        ImageSourceKind::DockerHub => "DOCKER_HUB",
+        ImageSourceKind::GithubPackages => "GITHUB_PACKAGES",
+        ImageSourceKind::Ecr => "ECR",
+    }
+}
+
+/// An announced tag of an image, for organization `org`.
+pub struct ImageAnnouncement<'a> {
+    pub org: &'a str,
+    pub target: ImageTarget,
+    pub image: &'a ImageName,
+    pub tag: &'a str,
+    pub source: ImageSourceKind,
+    pub dry_run: bool,
+    /// The notification to remember with what it records, so that a replay of it is known.
+    pub remember: Option<DeliveryKey>,
+}
+
+/// Services of `org` that use `image` under any of its lookup paths, each once, by id.
+async fn services_using(deployer: &Deployer, org: &str, image: &ImageName) -> Result<Vec<StoredService>, DeployError> {
+    let mut seen = BTreeSet::new();
+    let mut services = Vec::new();
+    for path in image.lookup_paths() {
+        for stored in deployer.store.services_by_image_path(org, &path).await? {
+            if seen.insert(stored.service.id.clone()) {
+                services.push(stored);
+            }
+        }
+    }
+    Ok(services)
+}
+
+/// A deployment of `tag` for `stored`, guarded so that it is recorded only if the service is
+/// unchanged since it was read, in the same write that makes `tag` its current tag.
+fn candidate(
+    org: &str,
+    stored: &StoredService,
+    tag: &str,
+    source: ImageSourceKind,
+    requested_at: &str,
+) -> Option<Candidate> {
+    let service = &stored.service;
+    let current = service.spec.image.as_ref()?;
+    let (registry, path) = service.image_key()?;
+    let mut spec = service.spec.clone();
+    if let Some(image) = spec.image.as_mut() {
+        image.tag = tag.to_owned();
+    }
+    let updated = StoredService {
+        service: Service {
+            spec,
+            version: service.version + 1,
+            updated_at: requested_at.to_owned(),
+            ..service.clone()
+        },
+        etag: new_etag(),
+        last_push: stored.last_push.clone(),
+    };
+    Some(Candidate {
+        request: DeploymentRequest {
+            schema: SCHEMA.to_owned(),
+            deployment_id: new_deployment_id(),
+            organization_id: org.to_owned(),
+            environment_id: service.spec.environment_id.clone(),
+            service_id: service.id.clone(),
+            service_kind: service.spec.kind,
+            git_commit_id: None,
+            image_tag: Some(tag.to_owned()),
+            trigger: Trigger::ImageTag {
+                source,
+                registry,
+                image_name: path,
+                previous_tag: Some(current.tag.clone()),
+                tag: tag.to_owned(),
+            },
+            requested_at: requested_at.to_owned(),
+        },
+        guard: Guard::ServiceUnchanged {
+            expected: stored.etag.clone(),
+            updated: Box::new(updated),
+        },
+    })
+}
+
+/// Match an announced tag against the services of the organization and record (then send)
+/// one deployment per service that takes it. The caller has validated the image and the tag.
+///
+/// A store failure is an error: services whose record failed have nothing written, and a
+/// retry finds the others at the new tag (`SAME_TAG`).
+pub async fn deploy_image(
+    deployer: &Deployer,
+    announcement: ImageAnnouncement<'_>,
+) -> Result<ImageReport, DeployError> {
+    let ImageAnnouncement {
+        org,
+        target,
+        image,
+        tag,
+        source,
+        dry_run,
+        mut remember,
+    } = announcement;
+    let mut report = ImageReport::new(source, dry_run);
+    report.registry = image.registry.clone();
+    report.image_name = Some(image.path.clone());
+    report.tag = Some(tag.to_owned());
+
+    let mut deployable: Vec<StoredService> = Vec::new();
+    let mut other_kinds = 0usize;
+    for stored in services_using(deployer, org, image).await? {
+        match decide_image(&stored.service, target, image, tag) {
+            None => {
+                let runs_it = stored.service.image_key().is_some_and(|(r, p)| image.matches(&r, &p));
+                other_kinds += usize::from(runs_it);
+            }
+            Some(Err(reason)) => report.skipped.push(ImageSkippedEntry {
+                service_id: stored.service.id.clone(),
+                reason,
+            }),
+            Some(Ok(())) => deployable.push(stored),
+        }
+    }
+    if deployable.is_empty() && report.skipped.is_empty() {
+        report.message = Some(nothing_runs(org, target, image, other_kinds));
+    }
+
+    if dry_run {
+        report.queued = deployable
+            .iter()
+            .filter_map(|stored| {
+                Some(ImageQueuedEntry {
+                    service_id: stored.service.id.clone(),
+                    deployment_id: None,
+                    tag: tag.to_owned(),
+                    previous_tag: stored.service.spec.image.as_ref()?.tag.clone(),
+                    status: EntryStatus::DryRun,
+                })
+            })
+            .collect();
+        return Ok(sorted(report));
+    }
+
+    for _ in 0..RECORD_ATTEMPTS {
+        if deployable.is_empty() {
+            break;
+        }
+        let requested_at = now_rfc3339();
+        let candidates: Vec<Candidate> = deployable
+            .iter()
+            .filter_map(|stored| candidate(org, stored, tag, source, &requested_at))
+            .collect();
+        let outcomes = deployer.record(org, &candidates, remember.take().as_ref()).await?;
+        let mut lost: Vec<&str> = Vec::new();
+        for (candidate, outcome) in candidates.iter().zip(outcomes) {
+            let request = &candidate.request;
+            match outcome {
+                Outcome::Recorded(status) => report.queued.push(ImageQueuedEntry {
+                    service_id: request.service_id.clone(),
+                    deployment_id: Some(request.deployment_id.clone()),
+                    tag: tag.to_owned(),
+                    previous_tag: match &request.trigger {
+                        Trigger::ImageTag { previous_tag, .. } => previous_tag.clone().unwrap_or_default(),
+                        Trigger::GitPush { .. } => String::new(),
+                    },
+                    status: EntryStatus::of(status),
+                }),
+                Outcome::GuardFailed => lost.push(request.service_id.as_str()),
+                Outcome::Failed(err) => return Err(err.into()),
+            }
+        }
+        // The service changed since it was read (most often: the same tag was just recorded
+        // by an identical notification). Read it again and decide again.
+        let mut next = Vec::new();
+        for id in lost {
+            if let Some(stored) = deployer.store.get_service(org, id).await? {
+                match decide_image(&stored.service, target, image, tag) {
+                    None => {}
+                    Some(Err(reason)) => report.skipped.push(ImageSkippedEntry {
+                        service_id: stored.service.id.clone(),
+                        reason,
+                    }),
+                    Some(Ok(())) => next.push(stored),
+                }
+            }
+        }
+        deployable = next;
+    }
+    if !deployable.is_empty() {
+        return Err(DeployError::Contention);
+    }
+    if let Some(delivery) = remember {
+        // Nothing was recorded: remember the notification on its own.
+        deployer.store.remember_delivery(org, &delivery).await?;
+    }
+    Ok(sorted(report))
+}
+
+/// SPEC "Nothing to deploy is explained", for an image.
+fn nothing_runs(org: &str, target: ImageTarget, image: &ImageName, other_kinds: usize) -> String {
+    let (kind, endpoint) = match target {
+        ImageTarget::Container => ("CONTAINER ", Some("/job/deploy")),
+        ImageTarget::Job => ("JOB ", Some("/container/deploy")),
+        ImageTarget::Registry => ("", None),
+    };
+    match endpoint {
+        Some(other) if other_kinds > 0 => format!(
+            "No {kind}service of organization {org} runs {image}; {other_kinds} service(s) of the other kind do: announce it on {other}."
+        ),
+        _ => format!("No {kind}service of organization {org} runs {image}."),
+    }
+}
+
+/// Entries in service id order, whatever order lookups and retries produced them in.
+fn sorted(mut report: ImageReport) -> ImageReport {
+    report.queued.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+    report.skipped.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+    report
+}

@@ -1,0 +1,115 @@
+//! The use cases that turn an announcement into deployments: a git delivery
+//! ([`push::deploy_pushes`]) and a new image tag ([`image::deploy_image`]). Each takes parsed,
+//! verified input and returns a report (SPEC's response body) or a [`DeployError`]; the HTTP
+//! handlers and the ECR event handler only extract, call and render.
+
+pub mod image;
+pub mod push;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::pipeline::{Outcome, record_and_send};
+use crate::store::{Candidate, DeliveryKey, DeploymentQueue, Store, StoreError};
+
+/// What a use case needs: where deployments are recorded and sent.
+#[derive(Clone)]
+pub struct Deployer {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn DeploymentQueue>,
+    /// See [`crate::pipeline::IN_FLIGHT_HORIZON`].
+    pub in_flight_horizon: Duration,
+}
+
+impl Deployer {
+    /// Record and send a request's deployments, remembering `delivery` with them.
+    pub async fn record(
+        &self,
+        org: &str,
+        candidates: &[Candidate],
+        delivery: Option<&DeliveryKey>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        record_and_send(
+            self.store.as_ref(),
+            self.queue.as_ref(),
+            org,
+            candidates,
+            delivery,
+            self.in_flight_horizon,
+        )
+        .await
+    }
+}
+
+/// Why a delivery could not be processed. Client mistakes are caught before a use case runs;
+/// what remains is the store's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeployError {
+    /// Nothing (more) was recorded; a retry starts clean for what failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The services kept changing under the request (many concurrent writers).
+    #[error("the matching services are being changed by many requests at once; retry shortly")]
+    Contention,
+}
+
+/// SPEC's `ignored` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Ignored {
+    TagPush,
+    BranchDeleted,
+    Ping,
+    UnsupportedEvent,
+    DuplicateDelivery,
+}
+
+impl Ignored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ignored::TagPush => "TAG_PUSH",
+            Ignored::BranchDeleted => "BRANCH_DELETED",
+            Ignored::Ping => "PING",
+            Ignored::UnsupportedEvent => "UNSUPPORTED_EVENT",
+            Ignored::DuplicateDelivery => "DUPLICATE_DELIVERY",
+        }
+    }
+}
+
+impl From<autodeploy_core::push::IgnoredReason> for Ignored {
+    fn from(reason: autodeploy_core::push::IgnoredReason) -> Self {
+        use autodeploy_core::push::IgnoredReason;
+        match reason {
+            IgnoredReason::TagPush => Ignored::TagPush,
+            IgnoredReason::BranchDeleted => Ignored::BranchDeleted,
+            IgnoredReason::Ping => Ignored::Ping,
+            IgnoredReason::UnsupportedEvent => Ignored::UnsupportedEvent,
+        }
+    }
+}
+
+/// The `status` of an entry of `queued`: where the deployment stands, or `DRY_RUN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EntryStatus {
+    Queued,
+    Pending,
+    DryRun,
+}
+
+impl EntryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryStatus::Queued => "QUEUED",
+            EntryStatus::Pending => "PENDING",
+            EntryStatus::DryRun => "DRY_RUN",
+        }
+    }
+
+    fn of(status: autodeploy_core::deployment::DeploymentStatus) -> Self {
+        match status {
+            autodeploy_core::deployment::DeploymentStatus::Pending => EntryStatus::Pending,
+            _ => EntryStatus::Queued,
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! A verified git delivery: match its pushes, record and send one deployment per service
+//! that takes it, exactly once, and report what happened.
+
+use std::collections::HashMap;
+
+use autodeploy_core::deployment::{DeploymentRequest, SCHEMA, Trigger};
+use autodeploy_core::matching::{SkipReason, push_mark};
+use autodeploy_core::plan::{ServiceView, delivery_keys, plan_push};
+use autodeploy_core::provider::GitProvider;
+use autodeploy_core::push::Push;
+use serde::Serialize;
+
+use super::{DeployError, Deployer, EntryStatus, Ignored};
+use crate::pipeline::Outcome;
+use crate::store::{Candidate, DeliveryKey, Guard, StoredService};
+use crate::util::{new_deployment_id, now_rfc3339, now_unix};
+
+impl ServiceView for StoredService {
+    fn service(&self) -> &autodeploy_core::model::Service {
+        &self.service
+    }
+}
+
+/// A deployment queued (or, in a dry run, that would be).
+#[derive(Debug, Clone, Serialize)]
+pub struct QueuedEntry {
+    pub service_id: String,
+    pub deployment_id: Option<String>,
+    pub branch: String,
+    pub commit_sha: String,
+    pub status: EntryStatus,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedEntry {
+    pub service_id: String,
+    pub reason: SkipReason,
+    pub branch: String,
+}
+
+/// SPEC's push response.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushReport {
+    pub delivery_id: Option<String>,
+    pub provider: GitProvider,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    pub files: Option<&'static str>,
+    pub queued: Vec<QueuedEntry>,
+    pub skipped: Vec<SkippedEntry>,
+    pub ignored: Option<Ignored>,
+    /// Why nothing was queued or skipped, for the person reading the provider's delivery log.
+    pub message: Option<String>,
+    pub dry_run: bool,
+}
+
+impl PushReport {
+    pub fn new(provider: GitProvider, delivery_id: Option<String>, dry_run: bool) -> Self {
+        Self {
+            delivery_id,
+            provider,
+            repository: None,
+            branch: None,
+            commit_sha: None,
+            files: None,
+            queued: Vec::new(),
+            skipped: Vec::new(),
+            ignored: None,
+            message: None,
+            dry_run,
+        }
+    }
+
+    /// Nothing to look at: answered 200 with `ignored` set.
+    pub fn ignored(mut self, reason: Ignored) -> Self {
+        self.ignored = Some(reason);
+        self
+    }
+
+    /// Whether anything was (or, in a dry run, would be) queued: a 202 then.
+    pub fn queued_any(&self) -> bool {
+        !self.dry_run && !self.queued.is_empty()
+    }
+}
+
+/// A verified delivery of git provider `provider` to organization `org`.
+pub struct PushDelivery<'a> {
+    pub org: &'a str,
+    pub provider: GitProvider,
+    pub delivery_id: Option<String>,
+    pub pushes: Vec<Push>,
+    pub dry_run: bool,
+}
+
+/// How long a processed delivery id is remembered (SPEC "Once only": 3 days).
+pub const DELIVERY_RETENTION_SECS: i64 = 3 * 24 * 60 * 60;
+
+/// Whether the delivery id was processed before (then the delivery is answered
+/// `DUPLICATE_DELIVERY` and nothing else is looked at).
+pub async fn seen_before(
+    deployer: &Deployer,
+    org: &str,
+    provider: GitProvider,
+    delivery_id: Option<&str>,
+) -> Result<bool, DeployError> {
+    match delivery_id {
+        Some(id) => Ok(deployer
+            .store
+            .delivery_seen(org, provider.slug(), id, now_unix())
+            .await?),
+        None => Ok(false),
+    }
+}
+
+/// Match every push of the delivery, record and send, and report.
+pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> Result<PushReport, DeployError> {
+    let PushDelivery {
+        org,
+        provider,
+        delivery_id,
+        pushes,
+        dry_run,
+    } = delivery;
+    let mut report = PushReport::new(provider, delivery_id.clone(), dry_run);
+
+    // One index query per distinct repository key of the whole delivery.
+    let mut by_key: HashMap<String, Vec<StoredService>> = HashMap::new();
+    for key in delivery_keys(&pushes) {
+        let services = deployer.store.services_by_repository(org, &key).await?;
+        by_key.insert(key, services);
+    }
+    let plan = plan_push(&pushes, &by_key);
+    if let Some(first) = pushes.first() {
+        report.repository = plan.repositories.first().cloned();
+        report.branch = Some(first.branch.clone());
+        report.commit_sha = Some(first.after.clone());
+        report.files = Some(if first.files.is_known() { "KNOWN" } else { "UNKNOWN" });
+    }
+    report.message = plan.nothing_to_deploy(org, &pushes);
+
+    let requested_at = now_rfc3339();
+    let mut candidates = Vec::new();
+    for decision in &plan.decisions {
+        let push = &pushes[decision.push];
+        let service = &decision.stored.service;
+        match decision.verdict {
+            Err(reason) => report.skipped.push(SkippedEntry {
+                service_id: service.id.clone(),
+                reason,
+                branch: push.branch.clone(),
+            }),
+            // A dry run can only tell the same push as the last one queued.
+            Ok(()) if dry_run && decision.stored.last_push.as_deref() == Some(push_mark(push).as_str()) => {
+                report.skipped.push(SkippedEntry {
+                    service_id: service.id.clone(),
+                    reason: SkipReason::AlreadyQueued,
+                    branch: push.branch.clone(),
+                })
+            }
+            Ok(()) if dry_run => report.queued.push(QueuedEntry {
+                service_id: service.id.clone(),
+                deployment_id: None,
+                branch: push.branch.clone(),
+                commit_sha: push.after.clone(),
+                status: EntryStatus::DryRun,
+            }),
+            Ok(()) => candidates.push(Candidate {
+                request: DeploymentRequest {
+                    schema: SCHEMA.to_owned(),
+                    deployment_id: new_deployment_id(),
+                    organization_id: org.to_owned(),
+                    environment_id: service.spec.environment_id.clone(),
+                    service_id: service.id.clone(),
+                    service_kind: service.spec.kind,
+                    git_commit_id: Some(push.after.clone()),
+                    image_tag: None,
+                    trigger: Trigger::GitPush {
+                        provider,
+                        repository: plan.repositories[decision.push].clone(),
+                        branch: push.branch.clone(),
+                        before: push.before.clone(),
+                        commit_sha: push.after.clone(),
+                        delivery_id: delivery_id.clone(),
+                        pusher: push.pusher.clone(),
+                    },
+                    requested_at: requested_at.clone(),
+                },
+                guard: Guard::Push {
+                    mark: push_mark(push),
+                    before: push.before.clone(),
+                },
+            }),
+        }
+    }
+    if dry_run {
+        return Ok(report);
+    }
+
+    let remember = delivery_id.map(|id| DeliveryKey {
+        source: provider.slug().to_owned(),
+        id,
+        expires_unix: now_unix() + DELIVERY_RETENTION_SECS,
+    });
+    let outcomes = deployer.record(org, &candidates, remember.as_ref()).await?;
+    for (candidate, outcome) in candidates.iter().zip(outcomes) {
+        let request = &candidate.request;
+        let Trigger::GitPush { branch, commit_sha, .. } = &request.trigger else {
+            continue;
+        };
+        match outcome {
+            Outcome::Recorded(status) => report.queued.push(QueuedEntry {
+                service_id: request.service_id.clone(),
+                deployment_id: Some(request.deployment_id.clone()),
+                branch: branch.clone(),
+                commit_sha: commit_sha.clone(),
+                status: EntryStatus::of(status),
+            }),
+            Outcome::GuardFailed => report.skipped.push(SkippedEntry {
+                service_id: request.service_id.clone(),
+                reason: SkipReason::AlreadyQueued,
+                branch: branch.clone(),
+            }),
+            // Services whose record failed have nothing written; those recorded are sent or
+            // pending. A redelivery completes the rest and finds the others ALREADY_QUEUED.
+            Outcome::Failed(err) => return Err(err.into()),
+        }
+    }
+    Ok(report)
+}

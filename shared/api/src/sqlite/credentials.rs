@@ -1,0 +1,143 @@
+//! Webhook secrets and API tokens (tokens stored as SHA-256 digests only).
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+
+use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
+use crate::store::{Page, SecretRecord, SecretStore, StoreError, StoreResult, TokenRecord, TokenStore};
+
+#[async_trait]
+impl SecretStore for SqliteStore {
+    async fn put_secret(&self, org: &str, provider: &str, record: &SecretRecord) -> StoreResult<()> {
+        let (org, provider, record) = (org.to_owned(), provider.to_owned(), record.clone());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (org, provider) DO UPDATE SET secret = excluded.secret, set_at = excluded.set_at",
+                params![org, provider, record.secret, record.set_at],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT secret, set_at FROM webhook_secrets WHERE org = ?1 AND provider = ?2",
+                params![org, provider],
+                |r| {
+                    Ok(SecretRecord {
+                        secret: r.get(0)?,
+                        set_at: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    async fn delete_secret(&self, org: &str, provider: &str) -> StoreResult<bool> {
+        let (org, provider) = (org.to_owned(), provider.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM webhook_secrets WHERE org = ?1 AND provider = ?2",
+                    params![org, provider],
+                )
+                .map_err(unavailable)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}
+
+type TokenRow = (String, String, String, String, String, String);
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn token_record((organization_id, id, name, scopes, hash, created_at): TokenRow) -> StoreResult<TokenRecord> {
+    Ok(TokenRecord {
+        organization_id,
+        id,
+        name,
+        scopes: from_json(&scopes)?,
+        hash,
+        created_at,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "org, id, name, scopes, hash, created_at";
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let token = token.clone();
+        let scopes = to_json(&token.scopes)?;
+        self.write(move |conn| {
+            let inserted = conn
+                .execute(
+                    "INSERT INTO tokens (org, id, name, scopes, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT DO NOTHING",
+                    params![
+                        token.organization_id,
+                        token.id,
+                        token.name,
+                        scopes,
+                        token.hash,
+                        token.created_at
+                    ],
+                )
+                .map_err(unavailable)?;
+            if inserted == 0 {
+                return Err(StoreError::PreconditionFailed);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<TokenRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE org = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![org, after.unwrap_or(""), (limit + 1) as i64], token_row)
+                .map_err(unavailable)?;
+            let items = collect(rows, token_record)?;
+            Ok(page(items, limit, |t| t.id.clone()))
+        })
+    }
+
+    async fn delete_token(&self, org: &str, id: &str) -> StoreResult<bool> {
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .execute("DELETE FROM tokens WHERE org = ?1 AND id = ?2", params![org, id])
+                .map_err(unavailable)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        self.read(|conn| {
+            conn.query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
+                params![hash],
+                token_row,
+            )
+            .optional()
+            .map_err(unavailable)?
+            .map(token_record)
+            .transpose()
+        })
+    }
+}

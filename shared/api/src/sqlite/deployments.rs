@@ -1,0 +1,295 @@
+//! The deployment log, which is also the queue: recording deployments with their guards, and
+//! reading them back.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::services::ServiceRow;
+use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
+use crate::store::{
+    Candidate, DeliveryKey, DeploymentFilter, DeploymentLog, Guard, PUSH_MARK_RETENTION_SECS, Page, RecordOutcome,
+    StoreError, StoreResult,
+};
+use crate::util::now_unix;
+
+pub(super) const DEPLOYMENT_COLUMNS: &str = "data, status, attempts, last_error, updated_at, next_attempt_unix, result";
+
+type DeploymentRow = (String, String, u32, Option<String>, String, Option<i64>, Option<String>);
+
+pub(super) fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+pub(super) fn deployment_record(
+    (data, status, attempts, last_error, updated_at, next_attempt_unix, result): DeploymentRow,
+) -> StoreResult<DeploymentRecord> {
+    let status = DeploymentStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown deployment status {status}")))?;
+    Ok(DeploymentRecord {
+        request: from_json(&data)?,
+        status,
+        attempts,
+        last_error,
+        updated_at,
+        next_attempt_at: next_attempt_unix.map(rfc3339),
+        result: result.as_deref().map(from_json).transpose()?,
+    })
+}
+
+/// Unix seconds as RFC 3339 UTC.
+pub(super) fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Check `guard` and make its write; `false` (nothing written) when it does not hold.
+fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, now: i64) -> StoreResult<bool> {
+    match guard {
+        Guard::Push { mark, before } => {
+            let last_push: Option<Option<String>> = conn
+                .query_row(
+                    "SELECT last_push FROM services WHERE org = ?1 AND id = ?2",
+                    params![org, service_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let Some(last_push) = last_push else {
+                return Ok(false);
+            };
+            let current_commit = last_push.as_deref().and_then(|m| m.split_once("..")).map(|(_, a)| a);
+            let queued_before: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM push_marks
+                     WHERE org = ?1 AND service_id = ?2 AND mark = ?3 AND queued_unix > ?4)",
+                    params![org, service_id, mark, now - PUSH_MARK_RETENTION_SECS],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            if queued_before && current_commit != Some(before.as_str()) {
+                return Ok(false);
+            }
+            conn.execute(
+                "UPDATE services SET last_push = ?3 WHERE org = ?1 AND id = ?2",
+                params![org, service_id, mark],
+            )
+            .map_err(unavailable)?;
+            conn.execute(
+                "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO UPDATE SET queued_unix = excluded.queued_unix",
+                params![org, service_id, mark, now],
+            )
+            .map_err(unavailable)?;
+            Ok(true)
+        }
+        Guard::ServiceUnchanged { expected, updated } => {
+            let row = ServiceRow::of(&updated.service)?;
+            let changed = conn
+                .execute(
+                    "UPDATE services SET etag = ?4, data = ?5, repository = ?6, image_path = ?7
+                     WHERE org = ?1 AND id = ?2 AND etag = ?3",
+                    params![
+                        org,
+                        service_id,
+                        expected,
+                        updated.etag,
+                        row.data,
+                        row.repository,
+                        row.image_path
+                    ],
+                )
+                .map_err(unavailable)?;
+            Ok(changed == 1)
+        }
+    }
+}
+
+fn insert_deployment(
+    conn: &Connection,
+    request: &DeploymentRequest,
+    status: DeploymentStatus,
+    now: i64,
+) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO deployments (org, id, service_id, status, data, updated_at, updated_unix)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            request.organization_id,
+            request.deployment_id,
+            request.service_id,
+            status.as_str(),
+            to_json(request)?,
+            rfc3339(now),
+            now
+        ],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+pub(super) fn remember(conn: &Connection, org: &str, delivery: &DeliveryKey) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO deliveries (org, provider, id, expires_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (org, provider, id) DO UPDATE SET expires_at = excluded.expires_at",
+        params![org, delivery.source, delivery.id, delivery.expires_unix],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+#[async_trait]
+impl DeploymentLog for SqliteStore {
+    async fn record_deployments(
+        &self,
+        org: &str,
+        candidates: &[Candidate],
+        delivery: Option<&DeliveryKey>,
+    ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
+        let (org, owned, delivery) = (org.to_owned(), candidates.to_vec(), delivery.cloned());
+        let outcomes = self
+            .write(move |conn| {
+                let now = now_unix();
+                let mut outcomes = Vec::with_capacity(owned.len());
+                for Candidate { request, guard } in &owned {
+                    if request.organization_id != org {
+                        return Err(StoreError::Unavailable(
+                            "a deployment of another organization".to_owned(),
+                        ));
+                    }
+                    if apply_guard(conn, &org, &request.service_id, guard, now)? {
+                        // The store is the queue: recorded is queued.
+                        insert_deployment(conn, request, DeploymentStatus::Queued, now)?;
+                        outcomes.push(RecordOutcome::Recorded(DeploymentStatus::Queued));
+                    } else {
+                        outcomes.push(RecordOutcome::GuardFailed);
+                    }
+                }
+                if let Some(delivery) = &delivery {
+                    remember(conn, &org, delivery)?;
+                }
+                Ok(outcomes)
+            })
+            .await?;
+        let recorded: Vec<&DeploymentRequest> = candidates
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, RecordOutcome::Recorded(_)))
+            .map(|(c, _)| &c.request)
+            .collect();
+        self.recorded(&recorded);
+        Ok(outcomes.into_iter().map(Ok).collect())
+    }
+
+    async fn get_deployment(&self, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>> {
+        self.read(|conn| {
+            conn.query_row(
+                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ?1 AND id = ?2"),
+                params![org, id],
+                deployment_row,
+            )
+            .optional()
+            .map_err(unavailable)?
+            .map(deployment_record)
+            .transpose()
+        })
+    }
+
+    async fn list_deployments(
+        &self,
+        org: &str,
+        filter: &DeploymentFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<DeploymentRecord>> {
+        // Ids are time-ordered; "after" in newest-first order means a smaller id.
+        let before = after.map(str::to_owned).unwrap_or_else(|| "g".repeat(32));
+        let status = filter.status.map(DeploymentStatus::as_str);
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments
+                     WHERE org = ?1 AND id < ?2 AND (?3 IS NULL OR service_id = ?3) AND (?4 IS NULL OR status = ?4)
+                     ORDER BY id DESC LIMIT ?5"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![org, before, filter.service_id, status, (limit + 1) as i64],
+                    deployment_row,
+                )
+                .map_err(unavailable)?;
+            let items = collect(rows, deployment_record)?;
+            Ok(page(items, limit, |d| d.request.deployment_id.clone()))
+        })
+    }
+
+    async fn pending_deployments(&self, limit: usize) -> StoreResult<Vec<DeploymentRecord>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE status = 'PENDING' ORDER BY id LIMIT ?1"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![limit as i64], deployment_row)
+                .map_err(unavailable)?;
+            collect(rows, deployment_record)
+        })
+    }
+
+    async fn held_behind_pending(&self, requests: &[DeploymentRequest], before: &str) -> StoreResult<HashSet<String>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM deployments \
+                     WHERE org = ?1 AND service_id = ?2 AND id < min(?3, ?4) AND status = 'PENDING')",
+                )
+                .map_err(unavailable)?;
+            let mut held = HashSet::new();
+            for r in requests {
+                let older: bool = stmt
+                    .query_row(
+                        params![r.organization_id, r.service_id, r.deployment_id, before],
+                        |row| row.get(0),
+                    )
+                    .map_err(unavailable)?;
+                if older {
+                    held.insert(r.deployment_id.clone());
+                }
+            }
+            Ok(held)
+        })
+    }
+
+    async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()> {
+        let (org, ids) = (org.to_owned(), deployment_ids.to_vec());
+        self.write(move |conn| {
+            let now = now_unix();
+            for id in &ids {
+                conn.execute(
+                    "UPDATE deployments SET status = 'QUEUED', updated_at = ?3, updated_unix = ?4
+                     WHERE org = ?1 AND id = ?2 AND status = 'PENDING'",
+                    params![org, id, rfc3339(now), now],
+                )
+                .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}

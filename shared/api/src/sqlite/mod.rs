@@ -1,0 +1,216 @@
+//! The embedded store of the standalone server: one SQLite database (WAL, `synchronous=FULL`)
+//! holding services, secrets, tokens and the deployment log, which is the queue itself.
+//!
+//! Writes go to one writer thread that commits every write waiting at that moment in one
+//! transaction (group commit: one fsync for all of them, each answered only once durable).
+//! Reads run on the calling thread through a small pool of read connections: they are index
+//! lookups on a local file, cheaper than a hop to another thread, and WAL lets them run beside
+//! the writer.
+
+mod credentials;
+mod deliveries;
+mod deployments;
+mod schema;
+mod services;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use autodeploy_core::deployment::DeploymentRequest;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::Notify;
+
+use crate::store::{Page, Store, StoreError, StoreResult};
+use writer::Writer;
+
+/// Read connections kept open between reads (more are opened while many threads read).
+const IDLE_READERS: usize = 8;
+/// Deployment lines waiting to be printed before new ones are dropped (a stdout nobody reads).
+const PRINT_BACKLOG: usize = 4096;
+
+/// The thread printing deployments, and the backlog it reads.
+struct Printer {
+    lines: std::sync::mpsc::SyncSender<String>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    /// Woken whenever work may have become available (a deployment recorded, released, due).
+    work: Arc<Notify>,
+    printer: Mutex<Option<Printer>>,
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path).map_err(unavailable)?;
+        // WAL lets readers run beside the writer; FULL syncs every commit so that an
+        // acknowledged write survives a crash of the process or the machine.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(unavailable)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+        schema::migrate(&mut conn)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Writer::start(conn)?,
+                readers: Mutex::new(Vec::new()),
+                work: Arc::new(Notify::new()),
+                printer: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Print every deployment recorded from now on as one JSON line on stdout (a debugging
+    /// aid). Lines go through a bounded backlog to a thread of their own: a slow, full or
+    /// closed stdout drops lines, never delays or fails a request.
+    pub fn print_deployments(&self) {
+        let (lines, backlog) = std::sync::mpsc::sync_channel::<String>(PRINT_BACKLOG);
+        let started = std::thread::Builder::new()
+            .name("deployment-printer".to_owned())
+            .spawn(move || {
+                use std::io::Write;
+                for line in backlog {
+                    // Write errors (a closed pipe) are ignored: printing is never an answer.
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                }
+            });
+        match started {
+            Ok(thread) => *lock(&self.inner.printer) = Some(Printer { lines, thread }),
+            Err(e) => tracing::warn!(error = %e, "deployments will not be printed: no thread for it"),
+        }
+    }
+
+    /// Stop printing, giving the lines still in the backlog up to `timeout` to be written (a
+    /// stdout nobody reads may never take them).
+    pub fn finish_printing(&self, timeout: Duration) {
+        let Some(Printer { lines, thread }) = lock(&self.inner.printer).take() else {
+            return;
+        };
+        drop(lines);
+        let deadline = std::time::Instant::now() + timeout;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Notified whenever work may have become available to consumers or the dispatcher.
+    pub fn work_notifier(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.work)
+    }
+
+    /// What a request's committed deployments set in motion.
+    fn recorded(&self, requests: &[&DeploymentRequest]) {
+        if requests.is_empty() {
+            return;
+        }
+        self.inner.work.notify_waiters();
+        if let Some(printer) = lock(&self.inner.printer).as_ref() {
+            for request in requests {
+                if let Ok(line) = serde_json::to_string(request) {
+                    let _ = printer.lines.try_send(line);
+                }
+            }
+        }
+    }
+
+    /// Run `read` on a read connection, on this thread.
+    fn read<T>(&self, read: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let conn = match lock(&self.inner.readers).pop() {
+            Some(conn) => conn,
+            None => open_reader(&self.inner.path)?,
+        };
+        let result = read(&conn);
+        let mut idle = lock(&self.inner.readers);
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Run `write` in the writer's next group commit.
+    async fn write<T, F>(&self, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.inner.writer.write(write).await
+    }
+}
+
+/// A poisoned lock only means a thread panicked while holding it; the data (a pool, a
+/// channel) is still whole.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn open_reader(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(unavailable)?;
+    conn.pragma_update(None, "query_only", true).map_err(unavailable)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+    Ok(conn)
+}
+
+pub(crate) fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("database error: {e}"))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Every row of a query, converted.
+fn collect<T, R>(
+    rows: rusqlite::MappedRows<'_, impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>>,
+    convert: impl Fn(R) -> StoreResult<T>,
+) -> StoreResult<Vec<T>> {
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(convert(row.map_err(unavailable)?)?);
+    }
+    Ok(out)
+}
+
+/// Cut a `limit + 1` result down to a page.
+fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let last_key = if more { items.last().map(key) } else { None };
+    Page { items, last_key }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        // Both paths: a read, and a round trip through the writer.
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(unavailable)
+        })?;
+        self.write(|_| Ok(())).await
+    }
+}

@@ -1,0 +1,145 @@
+//! The database's schema, as migrations applied in order; `PRAGMA user_version` counts those
+//! applied. A migration is never edited once released: a change is a new one.
+
+use rusqlite::Connection;
+
+use super::unavailable;
+use crate::store::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE services (
+    org        TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    etag       TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    repository TEXT,
+    image_path TEXT,
+    last_push  TEXT,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE INDEX services_by_repository ON services (org, repository) WHERE repository IS NOT NULL;
+CREATE INDEX services_by_image_path ON services (org, image_path) WHERE image_path IS NOT NULL;
+
+CREATE TABLE webhook_secrets (
+    org      TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    secret   TEXT NOT NULL,
+    set_at   TEXT NOT NULL,
+    PRIMARY KEY (org, provider)
+) WITHOUT ROWID;
+
+CREATE TABLE tokens (
+    org        TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    scopes     TEXT NOT NULL,
+    hash       TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+
+CREATE TABLE deployments (
+    org        TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    service_id TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE INDEX deployments_by_service ON deployments (org, service_id, id);
+CREATE INDEX deployments_pending ON deployments (status, id) WHERE status = 'PENDING';
+
+CREATE TABLE queue (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment_id TEXT NOT NULL UNIQUE,
+    message       TEXT NOT NULL
+);
+
+CREATE TABLE deliveries (
+    org        TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (org, provider, id)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_by_expiry ON deliveries (expires_at);
+"#,
+    r#"
+CREATE TABLE delivery_services (
+    org        TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    service_id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (org, provider, id, service_id)
+) WITHOUT ROWID;
+CREATE INDEX delivery_services_by_expiry ON delivery_services (expires_at);
+"#,
+    // Deployments carry their lifecycle, and are the queue themselves (in commit order, `seq`);
+    // services remember the pushes they queued (the replay rule) instead of the deliveries.
+    r#"
+CREATE TABLE deployments_v3 (
+    seq                INTEGER PRIMARY KEY AUTOINCREMENT,
+    org                TEXT NOT NULL,
+    id                 TEXT NOT NULL,
+    service_id         TEXT NOT NULL,
+    status             TEXT NOT NULL,
+    data               TEXT NOT NULL,
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    last_error         TEXT,
+    updated_at         TEXT NOT NULL,
+    updated_unix       INTEGER NOT NULL,
+    next_attempt_unix  INTEGER,
+    lease_id           TEXT,
+    lease_expires_unix INTEGER,
+    result             TEXT,
+    UNIQUE (org, id)
+);
+INSERT INTO deployments_v3 (org, id, service_id, status, data, updated_at, updated_unix)
+    SELECT d.org, d.id, d.service_id, d.status, d.data,
+           json_extract(d.data, '$.requested_at'),
+           coalesce(CAST(strftime('%s', json_extract(d.data, '$.requested_at')) AS INTEGER), 0)
+    FROM deployments d LEFT JOIN queue q ON q.deployment_id = d.id
+    ORDER BY coalesce(q.seq, 0), d.id;
+DROP TABLE deployments;
+DROP TABLE queue;
+ALTER TABLE deployments_v3 RENAME TO deployments;
+CREATE INDEX deployments_by_service ON deployments (org, service_id, id);
+CREATE INDEX deployments_by_status ON deployments (org, status, id);
+CREATE INDEX deployments_open ON deployments (org, service_id, seq) WHERE status IN ('QUEUED', 'IN_PROGRESS');
+CREATE INDEX deployments_finished ON deployments (updated_unix) WHERE status IN ('DELIVERED', 'FAILED', 'SUPERSEDED');
+
+DROP TABLE delivery_services;
+CREATE TABLE push_marks (
+    org         TEXT NOT NULL,
+    service_id  TEXT NOT NULL,
+    mark        TEXT NOT NULL,
+    queued_unix INTEGER NOT NULL,
+    PRIMARY KEY (org, service_id, mark)
+) WITHOUT ROWID;
+CREATE INDEX push_marks_by_age ON push_marks (queued_unix);
+"#,
+];
+
+/// Bring the database at `conn` to this build's schema.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(unavailable)?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database has schema version {applied}, newer than this build knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+    Ok(())
+}

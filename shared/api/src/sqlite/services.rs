@@ -1,0 +1,150 @@
+//! Services: their documents, and the indexes pushes and image tags are matched through.
+
+use async_trait::async_trait;
+use autodeploy_core::model::Service;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
+use crate::store::{Expected, Page, ServiceStore, StoreError, StoreResult, StoredService};
+
+const SERVICE_COLUMNS: &str = "data, etag, last_push";
+
+fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn stored_service((data, etag, last_push): (String, String, Option<String>)) -> StoreResult<StoredService> {
+    Ok(StoredService {
+        service: from_json(&data)?,
+        etag,
+        last_push,
+    })
+}
+
+/// The columns a service is found by, beside its document.
+pub(super) struct ServiceRow {
+    pub data: String,
+    pub repository: Option<String>,
+    pub image_path: Option<String>,
+}
+
+impl ServiceRow {
+    pub fn of(service: &Service) -> StoreResult<Self> {
+        Ok(Self {
+            data: to_json(service)?,
+            repository: service.repository_key(),
+            image_path: service.image_key().map(|(_, path)| path),
+        })
+    }
+}
+
+pub(super) fn current_etag(conn: &Connection, org: &str, id: &str) -> StoreResult<Option<String>> {
+    conn.query_row(
+        "SELECT etag FROM services WHERE org = ?1 AND id = ?2",
+        params![org, id],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(unavailable)
+}
+
+impl SqliteStore {
+    /// Services of `org` where `column` equals `value`, in id order.
+    fn services_where(&self, org: &str, column: &'static str, value: &str) -> StoreResult<Vec<StoredService>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SERVICE_COLUMNS} FROM services WHERE org = ?1 AND {column} = ?2 ORDER BY id"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt.query_map(params![org, value], service_row).map_err(unavailable)?;
+            collect(rows, stored_service)
+        })
+    }
+}
+
+#[async_trait]
+impl ServiceStore for SqliteStore {
+    async fn put_service(&self, service: &Service, etag: &str, expected: Expected) -> StoreResult<()> {
+        let row = ServiceRow::of(service)?;
+        let (org, id, etag) = (service.organization_id.clone(), service.id.clone(), etag.to_owned());
+        self.write(move |conn| {
+            match (&expected, current_etag(conn, &org, &id)?) {
+                (Expected::Absent, None) => conn.execute(
+                    "INSERT INTO services (org, id, etag, data, repository, image_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![org, id, etag, row.data, row.repository, row.image_path],
+                ),
+                (Expected::Etag(want), Some(have)) if *want == have => conn.execute(
+                    "UPDATE services SET etag = ?3, data = ?4, repository = ?5, image_path = ?6 WHERE org = ?1 AND id = ?2",
+                    params![org, id, etag, row.data, row.repository, row.image_path],
+                ),
+                _ => return Err(StoreError::PreconditionFailed),
+            }
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>> {
+        self.read(|conn| {
+            conn.query_row(
+                &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE org = ?1 AND id = ?2"),
+                params![org, id],
+                service_row,
+            )
+            .optional()
+            .map_err(unavailable)?
+            .map(stored_service)
+            .transpose()
+        })
+    }
+
+    async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {SERVICE_COLUMNS} FROM services WHERE org = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![org, after.unwrap_or(""), (limit + 1) as i64], service_row)
+                .map_err(unavailable)?;
+            let items = collect(rows, stored_service)?;
+            Ok(page(items, limit, |s| s.service.id.clone()))
+        })
+    }
+
+    async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {
+        let (org, id, expected) = (org.to_owned(), id.to_owned(), expected.map(str::to_owned));
+        self.write(move |conn| {
+            let Some(current) = current_etag(conn, &org, &id)? else {
+                return if expected.is_some() {
+                    Err(StoreError::PreconditionFailed)
+                } else {
+                    Ok(false)
+                };
+            };
+            if expected.is_some_and(|want| want != current) {
+                return Err(StoreError::PreconditionFailed);
+            }
+            conn.execute("DELETE FROM services WHERE org = ?1 AND id = ?2", params![org, id])
+                .map_err(unavailable)?;
+            conn.execute(
+                "DELETE FROM push_marks WHERE org = ?1 AND service_id = ?2",
+                params![org, id],
+            )
+            .map_err(unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>> {
+        self.services_where(org, "repository", repository)
+    }
+
+    async fn services_by_image_path(&self, org: &str, path: &str) -> StoreResult<Vec<StoredService>> {
+        self.services_where(org, "image_path", path)
+    }
+}

@@ -1,0 +1,260 @@
+//! `…/webhook-secrets/{provider}` and `…/tokens`: what git providers, registries and API
+//! callers authenticate with. Secrets are write-only; tokens are shown once and stored as
+//! SHA-256 digests.
+
+use autodeploy_core::body::{Document, Fields};
+use autodeploy_core::provider::SecretProvider;
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::json;
+
+use super::auth::{Caller, SCOPES, Scope};
+use super::error::{ApiError, ApiResult};
+use super::extract::{ListParams, Org, PathParams, QueryParams, Valid, encode_cursor};
+use super::{AppState, ListBody};
+use crate::store::{SecretRecord, TokenRecord};
+use crate::util::{new_token, now_rfc3339, sha256_hex};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/organization/{org}/webhook-secrets/{provider}",
+            get(get_secret).put(put_secret).delete(delete_secret),
+        )
+        .route("/organization/{org}/tokens", get(list_tokens).post(create_token))
+        .route("/organization/{org}/tokens/{token_id}", delete(delete_token))
+}
+
+const MAX_SECRET: usize = 1024;
+const MIN_SECRET: usize = 16;
+const MAX_TOKEN_NAME: usize = 100;
+
+fn secret_provider(path: &PathParams) -> ApiResult<SecretProvider> {
+    SecretProvider::from_slug(path.raw("provider")).ok_or_else(|| {
+        ApiError::invalid_field(
+            "provider",
+            format!("must be one of {}", SecretProvider::all_slugs().join(", ")),
+        )
+    })
+}
+
+/// `{"secret": "…"}`; errors describe the rule, never the value.
+struct SecretBody {
+    secret: String,
+}
+
+impl Document for SecretBody {
+    const SHAPE: &'static str = "{\"secret\": \"…\"}";
+
+    fn read(fields: &mut Fields<'_>) -> Option<Self> {
+        let secret: String = fields.required("secret")?;
+        let chars = secret.chars().count();
+        if chars < MIN_SECRET {
+            fields.error("secret", format!("must be at least {MIN_SECRET} characters long"));
+        } else if secret.len() > MAX_SECRET {
+            fields.error("secret", format!("must be at most {MAX_SECRET} bytes long"));
+        } else if secret.chars().any(char::is_control) {
+            fields.error("secret", "must not contain control characters");
+        }
+        Some(Self { secret })
+    }
+}
+
+/// Docker Hub's secret travels in the webhook URL: only characters a URL carries as they are.
+fn check_provider_rules(provider: SecretProvider, secret: &str) -> ApiResult<()> {
+    let url_safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '~' | '-');
+    if provider == SecretProvider::Dockerhub && !secret.chars().all(url_safe) {
+        return Err(ApiError::invalid_field(
+            "secret",
+            "must hold only A-Z, a-z, 0-9, '.', '_', '~' and '-' for dockerhub, whose secret is part of the webhook URL (e.g. openssl rand -hex 32)",
+        ));
+    }
+    Ok(())
+}
+
+async fn put_secret(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+    Valid(body): Valid<SecretBody>,
+) -> ApiResult<StatusCode> {
+    caller.authorize(&org, Scope::Manage)?;
+    let provider = secret_provider(&path)?;
+    check_provider_rules(provider, &body.secret)?;
+    let record = SecretRecord {
+        secret: body.secret,
+        set_at: now_rfc3339(),
+    };
+    state.store.put_secret(&org, provider.slug(), &record).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_secret(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+) -> ApiResult<Response> {
+    caller.authorize(&org, Scope::Manage)?;
+    let provider = secret_provider(&path)?;
+    let record = state.store.get_secret(&org, provider.slug()).await?;
+    Ok(Json(json!({
+        "provider": provider.slug(),
+        "configured": record.is_some(),
+        "set_at": record.map(|r| r.set_at),
+    }))
+    .into_response())
+}
+
+async fn delete_secret(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    caller.authorize(&org, Scope::Manage)?;
+    let provider = secret_provider(&path)?;
+    if state.store.delete_secret(&org, provider.slug()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "No {} secret is set for this organization.",
+            provider.slug()
+        )))
+    }
+}
+
+/// A token as listed: never the token itself.
+#[derive(Serialize)]
+struct TokenView {
+    id: String,
+    name: String,
+    scopes: Vec<String>,
+    created_at: String,
+}
+
+impl From<TokenRecord> for TokenView {
+    fn from(t: TokenRecord) -> Self {
+        Self {
+            id: t.id,
+            name: t.name,
+            scopes: t.scopes,
+            created_at: t.created_at,
+        }
+    }
+}
+
+/// `{"name": "ci", "scopes": ["deploy"]}` (scopes default to deploy and manage).
+struct TokenBody {
+    name: String,
+    scopes: Vec<String>,
+}
+
+impl Document for TokenBody {
+    const SHAPE: &'static str = "{\"name\": \"…\", \"scopes\": [\"deploy\", \"manage\", \"consume\"]}";
+
+    fn read(fields: &mut Fields<'_>) -> Option<Self> {
+        let name: Option<String> = fields.required("name");
+        if let Some(name) = &name
+            && (name.trim().is_empty() || name.len() > MAX_TOKEN_NAME || name.chars().any(char::is_control))
+        {
+            fields.error(
+                "name",
+                format!("must be 1 to {MAX_TOKEN_NAME} bytes of text without control characters"),
+            );
+        }
+        let scopes = match fields.optional::<Vec<String>>("scopes") {
+            None if fields.has_error("scopes") => None,
+            None => Some(Scope::DEFAULT.iter().map(|s| s.as_str().to_owned()).collect()),
+            Some(given) if given.is_empty() => {
+                fields.error("scopes", format!("must be a non-empty array of {}", SCOPES.join(", ")));
+                None
+            }
+            Some(given) => {
+                let mut scopes: Vec<String> = Vec::new();
+                for (i, scope) in given.iter().enumerate() {
+                    if !SCOPES.contains(&scope.as_str()) {
+                        fields.error(&format!("scopes[{i}]"), format!("must be one of {}", SCOPES.join(", ")));
+                    } else if !scopes.contains(scope) {
+                        scopes.push(scope.clone());
+                    }
+                }
+                Some(scopes)
+            }
+        };
+        Some(Self {
+            name: name?,
+            scopes: scopes?,
+        })
+    }
+}
+
+async fn create_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    Valid(body): Valid<TokenBody>,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let (id, token) = new_token();
+    let record = TokenRecord {
+        organization_id: org,
+        id,
+        name: body.name,
+        scopes: body.scopes,
+        hash: sha256_hex(token.as_bytes()),
+        created_at: now_rfc3339(),
+    };
+    state.store.create_token(&record).await?;
+    let view = TokenView::from(record);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": view.id, "name": view.name, "scopes": view.scopes,
+            "created_at": view.created_at, "token": token,
+        })),
+    )
+        .into_response())
+}
+
+async fn list_tokens(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+) -> ApiResult<Response> {
+    caller.require_admin()?;
+    let params = ListParams::parse(&query, &org, "tokens")?;
+    let page = state
+        .store
+        .list_tokens(&org, params.after.as_deref(), params.limit)
+        .await?;
+    Ok(ListBody {
+        next_cursor: page.last_key.map(|k| encode_cursor(&org, "tokens", &k)),
+        items: page.items.into_iter().map(TokenView::from).collect(),
+    }
+    .into_response())
+}
+
+async fn delete_token(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    let token_id = path.id("token_id", "token_id")?;
+    caller.require_admin()?;
+    if state.store.delete_token(&org, token_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "There is no token {token_id} in this organization."
+        )))
+    }
+}

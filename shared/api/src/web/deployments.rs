@@ -1,0 +1,96 @@
+//! `…/deployments`: the deployment log — what was queued, and where each deployment stands.
+
+use autodeploy_core::deployment::DeploymentStatus;
+use autodeploy_core::ids::is_valid_deployment_id;
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::auth::{Caller, Scope};
+use super::error::{ApiError, ApiResult};
+use super::extract::{ListParams, Org, PathParams, QueryParams, check_id, encode_cursor};
+use super::{AppState, ListBody};
+use crate::store::DeploymentFilter;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/organization/{org}/deployments", get(list_deployments))
+        .route("/organization/{org}/deployments/{deployment_id}", get(get_deployment))
+}
+
+/// `?service_id=&status=`, each checked.
+fn filter(query: &QueryParams) -> ApiResult<DeploymentFilter> {
+    let service_id = match query.get("service_id").filter(|s| !s.is_empty()) {
+        Some(id) => {
+            check_id("service_id", id)?;
+            Some(id.to_owned())
+        }
+        None => None,
+    };
+    let status = match query.get("status").filter(|s| !s.is_empty()) {
+        Some(raw) => Some(DeploymentStatus::parse(raw).ok_or_else(|| {
+            let all: Vec<&str> = DeploymentStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid_field("status", format!("must be one of {}", all.join(", ")))
+        })?),
+        None => None,
+    };
+    Ok(DeploymentFilter { service_id, status })
+}
+
+async fn list_deployments(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+) -> ApiResult<Response> {
+    caller.authorize(&org, Scope::Manage)?;
+    let filter = filter(&query)?;
+    let scope = format!(
+        "deployments?service_id={}&status={}",
+        filter.service_id.as_deref().unwrap_or(""),
+        filter.status.map(DeploymentStatus::as_str).unwrap_or("")
+    );
+    let params = ListParams::parse(&query, &org, &scope)?;
+    let page = state
+        .store
+        .list_deployments(&org, &filter, params.after.as_deref(), params.limit)
+        .await?;
+    Ok(ListBody {
+        next_cursor: page.last_key.map(|k| encode_cursor(&org, &scope, &k)),
+        items: page.items,
+    }
+    .into_response())
+}
+
+/// The deployment id of the path; an id that cannot exist is a 404 like any unknown one.
+pub fn deployment_id(path: &PathParams) -> ApiResult<&str> {
+    let id = path.raw("deployment_id");
+    if is_valid_deployment_id(id) {
+        Ok(id)
+    } else {
+        Err(deployment_not_found(id))
+    }
+}
+
+pub fn deployment_not_found(id: &str) -> ApiError {
+    let shown = if is_valid_deployment_id(id) { id } else { "with that id" };
+    ApiError::not_found(format!("There is no deployment {shown} in this organization."))
+}
+
+async fn get_deployment(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+) -> ApiResult<Response> {
+    caller.authorize_any(&org, &[Scope::Manage, Scope::Consume])?;
+    let id = deployment_id(&path)?;
+    let record = state
+        .store
+        .get_deployment(&org, id)
+        .await?
+        .ok_or_else(|| deployment_not_found(id))?;
+    Ok(Json(record).into_response())
+}

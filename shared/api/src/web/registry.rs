@@ -1,0 +1,215 @@
+//! Registry webhooks: Docker Hub (its secret in the URL: it cannot sign) and GitHub Packages
+//! (signed with the organization's `github` secret, as its pushes are). Each announces a tag
+//! of an image on that registry; a body seen before is a replay and deploys nothing.
+
+use autodeploy_core::image::ImageName;
+use autodeploy_core::matching::ImageTarget;
+use autodeploy_core::provider::GitProvider;
+use autodeploy_core::registry_events::{
+    ImagePushed, ImageSourceKind, RegistryEvent, RegistryEventError, parse_dockerhub, parse_github_package,
+};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::post;
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{Org, PathParams, QueryParams, read_body};
+use super::images::render;
+use super::webhooks::verified_body;
+use crate::deploy::Ignored;
+use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image};
+use crate::store::DeliveryKey;
+use crate::util::{now_unix, sha256_hex};
+
+/// A registry notification is a few KiB.
+pub const REGISTRY_BODY_LIMIT: usize = 1024 * 1024;
+
+/// How long a notification's body is remembered (SPEC: a replay within 30 days deploys
+/// nothing).
+pub const BODY_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/organization/{org}/registry-webhooks/dockerhub/{secret}",
+            post(dockerhub_webhook),
+        )
+        // Docker Hub cannot sign, so its URL must carry the secret: say so rather than 404.
+        .route(
+            "/organization/{org}/registry-webhooks/dockerhub",
+            post(dockerhub_without_secret),
+        )
+        .route(
+            "/organization/{org}/registry-webhooks/github",
+            post(github_package_webhook),
+        )
+}
+
+/// Hashing both sides first makes the comparison constant-time in the length too.
+fn secret_matches(presented: &str, stored: &str) -> bool {
+    let a: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let b: [u8; 32] = Sha256::digest(stored.as_bytes()).into();
+    bool::from(a.ct_eq(&b))
+}
+
+/// The path (and so the secret) is never logged nor echoed.
+async fn dockerhub_webhook(
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    // Fail closed: no secret configured means no notification is believed.
+    let stored = state.store.get_secret(&org, "dockerhub").await?.ok_or_else(|| {
+        ApiError::unauthorized(
+            "No dockerhub webhook secret is configured for this organization, so notifications are refused.",
+        )
+    })?;
+    if stored.secret.is_empty() || !secret_matches(path.raw("secret"), &stored.secret) {
+        return Err(ApiError::unauthorized(
+            "The webhook URL does not carry this organization's dockerhub secret.",
+        ));
+    }
+    let dry_run = query.dry_run()?;
+    let bytes = read_body(&headers, body, REGISTRY_BODY_LIMIT).await?;
+    let event = parse_dockerhub(&bytes).map_err(registry_error)?;
+    registry_event(&state, &org, event, &bytes, ImageSourceKind::DockerHub, dry_run).await
+}
+
+async fn dockerhub_without_secret() -> ApiError {
+    ApiError::unauthorized(
+        "The Docker Hub webhook URL ends with the organization's dockerhub secret: …/registry-webhooks/dockerhub/<secret>.",
+    )
+}
+
+/// GitHub `package` / `registry_package` events.
+async fn github_package_webhook(
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let dry_run = query.dry_run()?;
+    let bytes = verified_body(&state, &org, GitProvider::Github, &headers, body, REGISTRY_BODY_LIMIT).await?;
+    let event = headers
+        .get("x-github-event")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::malformed("The delivery has no X-GitHub-Event header."))?;
+    let source = ImageSourceKind::GithubPackages;
+    if event == "ping" {
+        let report = ImageReport::ignored(
+            source,
+            dry_run,
+            Ignored::Ping,
+            "A ping: GitHub is checking the webhook.",
+        );
+        return Ok(render(report));
+    }
+    let json = github_json(&headers, &bytes)?;
+    let parsed = parse_github_package(event, &json).map_err(registry_error)?;
+    registry_event(&state, &org, parsed, &bytes, source, dry_run).await
+}
+
+/// GitHub can be configured to send a form whose `payload` field holds the JSON; the
+/// signature covers the form as sent, so this runs after verification.
+fn github_json(headers: &HeaderMap, bytes: &Bytes) -> ApiResult<Bytes> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if !form && !bytes.starts_with(b"payload=") {
+        return Ok(bytes.clone());
+    }
+    form_urlencoded::parse(bytes)
+        .find(|(name, _)| name == "payload")
+        .map(|(_, payload)| Bytes::from(payload.into_owned()))
+        .ok_or_else(|| ApiError::malformed("The form-encoded delivery has no payload field."))
+}
+
+fn registry_error(err: RegistryEventError) -> ApiError {
+    // The messages describe the shape or the rule, never a secret.
+    ApiError::malformed(err.to_string())
+}
+
+/// A parsed registry notification: ignored, a replay, or matched against the services on that
+/// registry.
+async fn registry_event(
+    state: &AppState,
+    org: &str,
+    event: RegistryEvent,
+    body: &[u8],
+    source: ImageSourceKind,
+    dry_run: bool,
+) -> ApiResult<Response> {
+    let ImagePushed {
+        registry,
+        path,
+        tag,
+        source,
+    } = match event {
+        RegistryEvent::Ignored(reason) => {
+            return Ok(render(ImageReport::ignored(
+                source,
+                dry_run,
+                Ignored::UnsupportedEvent,
+                reason,
+            )));
+        }
+        RegistryEvent::Pushed(pushed) => pushed,
+    };
+    // The body, content-addressed: registry notifications carry their own timestamps, so the
+    // same bytes again are a replay, never a new event.
+    let body_key = DeliveryKey {
+        source: format!(
+            "{}-body",
+            crate::deploy::image::source_name(source).to_ascii_lowercase()
+        ),
+        id: sha256_hex(body),
+        expires_unix: now_unix() + BODY_RETENTION_SECS,
+    };
+    if state
+        .store
+        .delivery_seen(org, &body_key.source, &body_key.id, now_unix())
+        .await?
+    {
+        let report = ImageReport::ignored(
+            source,
+            dry_run,
+            Ignored::DuplicateDelivery,
+            "This notification was processed before; a replay deploys nothing.",
+        );
+        return Ok(render(report));
+    }
+    // With its host, the name matches only services on that registry.
+    let image = ImageName {
+        registry: Some(registry),
+        path,
+    };
+    let report = deploy_image(
+        &state.deployer,
+        ImageAnnouncement {
+            org,
+            target: ImageTarget::Registry,
+            image: &image,
+            tag: &tag,
+            source,
+            dry_run,
+            remember: Some(body_key),
+        },
+    )
+    .await?;
+    Ok(render(report))
+}

@@ -1,0 +1,219 @@
+//! `…/services`: create, read, list, replace, patch and delete services.
+
+use autodeploy_core::model::{Service, ServiceSpec, SpecError, merge_patch, parse_service_document};
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use super::auth::{Caller, Scope};
+use super::error::{ApiError, ApiResult};
+use super::extract::{
+    JsonValue, ListParams, MergePatch, Org, PathParams, Precondition, QueryParams, encode_cursor, etag_header,
+};
+use super::{AppState, ListBody};
+use crate::store::{Expected, StoreError, StoredService};
+use crate::util::{new_etag, now_rfc3339};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/organization/{org}/services", get(list_services))
+        .route(
+            "/organization/{org}/services/{service_id}",
+            get(get_service)
+                .put(put_service)
+                .patch(patch_service)
+                .delete(delete_service),
+        )
+}
+
+/// How many times a write re-reads and retries after losing a race it may retry.
+const WRITE_ATTEMPTS: usize = 5;
+
+fn spec_error(err: SpecError) -> ApiError {
+    match err {
+        SpecError::Malformed(message) => ApiError::malformed(message),
+        SpecError::Invalid(details) => ApiError::validation(details),
+    }
+}
+
+fn service_response(status: StatusCode, stored: &StoredService) -> Response {
+    let mut response = (status, Json(&stored.service)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&etag_header(&stored.etag)) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+fn service_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("There is no service {id} in this organization."))
+}
+
+fn service_id(path: &PathParams) -> ApiResult<String> {
+    Ok(path.id("service_id", "service_id")?.to_owned())
+}
+
+async fn get_service(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+) -> ApiResult<Response> {
+    let id = service_id(&path)?;
+    caller.authorize(&org, Scope::Manage)?;
+    let stored = state
+        .store
+        .get_service(&org, &id)
+        .await?
+        .ok_or_else(|| service_not_found(&id))?;
+    Ok(service_response(StatusCode::OK, &stored))
+}
+
+async fn list_services(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+) -> ApiResult<Response> {
+    caller.authorize(&org, Scope::Manage)?;
+    let params = ListParams::parse(&query, &org, "services")?;
+    let page = state
+        .store
+        .list_services(&org, params.after.as_deref(), params.limit)
+        .await?;
+    Ok(ListBody {
+        next_cursor: page.last_key.map(|k| encode_cursor(&org, "services", &k)),
+        items: page.items.into_iter().map(|s| s.service).collect(),
+    }
+    .into_response())
+}
+
+/// Which services a write applies to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Create or replace (PUT).
+    Any,
+    /// Only an existing service (PATCH): 404 otherwise.
+    Existing,
+}
+
+/// Write the service `build` makes of the current state, under `precondition`. A write that
+/// loses a race is retried on the new state unless the client pinned an ETag (then 412).
+async fn write_service(
+    state: &AppState,
+    (org, id): (&str, &str),
+    target: Target,
+    precondition: &Precondition,
+    build: impl Fn(Option<&StoredService>) -> ApiResult<ServiceSpec>,
+) -> ApiResult<Response> {
+    for _ in 0..WRITE_ATTEMPTS {
+        let current = state.store.get_service(org, id).await?;
+        if target == Target::Existing && current.is_none() {
+            return Err(service_not_found(id));
+        }
+        precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
+        let spec = build(current.as_ref())?;
+        let now = now_rfc3339();
+        let (service, expected) = match &current {
+            Some(c) => (
+                Service {
+                    spec,
+                    version: c.service.version + 1,
+                    updated_at: now,
+                    ..c.service.clone()
+                },
+                Expected::Etag(c.etag.clone()),
+            ),
+            None => (
+                Service {
+                    id: id.to_owned(),
+                    organization_id: org.to_owned(),
+                    spec,
+                    version: 1,
+                    created_at: now.clone(),
+                    updated_at: now,
+                },
+                Expected::Absent,
+            ),
+        };
+        let etag = new_etag();
+        match state.store.put_service(&service, &etag, expected).await {
+            Ok(()) => {
+                let status = if current.is_some() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
+                let last_push = current.and_then(|c| c.last_push);
+                let stored = StoredService {
+                    service,
+                    etag,
+                    last_push,
+                };
+                return Ok(service_response(status, &stored));
+            }
+            Err(StoreError::PreconditionFailed) if !matches!(precondition, Precondition::Etag(_)) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(ApiError::unavailable(
+        "The service is being changed by many requests at once; retry shortly.",
+    ))
+}
+
+async fn put_service(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+    headers: HeaderMap,
+    JsonValue(doc): JsonValue,
+) -> ApiResult<Response> {
+    let id = service_id(&path)?;
+    caller.authorize(&org, Scope::Manage)?;
+    let precondition = Precondition::from_headers(&headers)?;
+    let spec = parse_service_document(&org, &id, &doc).map_err(spec_error)?;
+    write_service(&state, (&org, &id), Target::Any, &precondition, |_| Ok(spec.clone())).await
+}
+
+async fn patch_service(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+    headers: HeaderMap,
+    MergePatch(patch): MergePatch,
+) -> ApiResult<Response> {
+    let id = service_id(&path)?;
+    caller.authorize(&org, Scope::Manage)?;
+    let precondition = Precondition::from_headers(&headers)?;
+    write_service(&state, (&org, &id), Target::Existing, &precondition, |current| {
+        let current = current.ok_or_else(|| service_not_found(&id))?;
+        let doc = merge_patch(&current.service, &patch).map_err(spec_error)?;
+        parse_service_document(&org, &id, &doc).map_err(spec_error)
+    })
+    .await
+}
+
+async fn delete_service(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let id = service_id(&path)?;
+    caller.authorize(&org, Scope::Manage)?;
+    let expected = match Precondition::from_headers(&headers)? {
+        Precondition::Etag(tag) => Some(tag),
+        Precondition::Absent => return Err(ApiError::precondition_failed()),
+        Precondition::None | Precondition::Exists => None,
+    };
+    if state.store.delete_service(&org, &id, expected.as_deref()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(service_not_found(&id))
+    }
+}

@@ -1,0 +1,266 @@
+//! Planning a delivery: which services each push of it deploys, which it skips and why, and
+//! the sentence that explains a delivery that reaches no service at all.
+//!
+//! Pure: the services come from the store's index (every service of the organization that
+//! follows one of the pushed repositories), already fetched.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::matching::{SkipReason, decide_push};
+use crate::model::Service;
+use crate::push::Push;
+use crate::repo_url::normalize_repository_url;
+
+/// A stored service as the planner sees it.
+pub trait ServiceView {
+    fn service(&self) -> &Service;
+}
+
+impl ServiceView for Service {
+    fn service(&self) -> &Service {
+        self
+    }
+}
+
+/// The repository keys a push can match: every URL it carries, normalized, in the payload's
+/// order, each once.
+pub fn repository_keys(push: &Push) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for key in push
+        .repository_urls
+        .iter()
+        .filter_map(|u| normalize_repository_url(u).ok())
+    {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Every repository key of a delivery's pushes, each once: what to look services up by.
+pub fn delivery_keys(pushes: &[Push]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for key in pushes.iter().flat_map(repository_keys) {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// What one service does with one push of the delivery.
+#[derive(Debug)]
+pub struct Decision<'a, S> {
+    /// Index of the push in the delivery.
+    pub push: usize,
+    pub stored: &'a S,
+    pub verdict: Result<(), SkipReason>,
+}
+
+/// The plan of a whole delivery.
+#[derive(Debug)]
+pub struct PushPlan<'a, S> {
+    /// In the pushes' order, then the services' (id) order.
+    pub decisions: Vec<Decision<'a, S>>,
+    /// For each push, the repository it is reported under.
+    pub repositories: Vec<String>,
+    /// Branch patterns of services that follow a pushed repository but none of its pushed
+    /// branches, for [`PushPlan::nothing_to_deploy`].
+    pub other_branches: BTreeSet<String>,
+    /// How many such services.
+    pub on_other_branches: usize,
+}
+
+/// Decide every service that follows a repository of the delivery, for each of its pushes.
+/// A service deploys at most once per delivery: when several pushes of one delivery would
+/// deploy it (a glob branch that several pushed branches match), the last one does.
+pub fn plan_push<'a, S: ServiceView>(pushes: &[Push], by_key: &'a HashMap<String, Vec<S>>) -> PushPlan<'a, S> {
+    let mut decisions: Vec<Decision<'a, S>> = Vec::new();
+    let mut repositories = Vec::with_capacity(pushes.len());
+    let mut reached: BTreeSet<&str> = BTreeSet::new();
+    let mut elsewhere: HashMap<&str, &str> = HashMap::new();
+    for (index, push) in pushes.iter().enumerate() {
+        let keys = repository_keys(push);
+        repositories.push(display_repository(&keys, by_key));
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let services = keys
+            .iter()
+            .filter_map(|k| by_key.get(k))
+            .flatten()
+            .filter(|s| seen.insert(s.service().id.as_str()));
+        for stored in services {
+            let service = stored.service();
+            match decide_push(service, push) {
+                None => {
+                    if let Some(repo) = &service.spec.git_repository {
+                        elsewhere.insert(service.id.as_str(), repo.branch.as_str());
+                    }
+                }
+                Some(verdict) => {
+                    reached.insert(service.id.as_str());
+                    if verdict.is_ok() {
+                        // The last push of the delivery that deploys the service wins.
+                        decisions.retain(|d| !(d.verdict.is_ok() && d.stored.service().id == service.id));
+                    }
+                    decisions.push(Decision {
+                        push: index,
+                        stored,
+                        verdict,
+                    });
+                }
+            }
+        }
+    }
+    elsewhere.retain(|id, _| !reached.contains(id));
+    PushPlan {
+        decisions,
+        repositories,
+        other_branches: elsewhere.values().map(|b| (*b).to_owned()).collect(),
+        on_other_branches: elsewhere.len(),
+    }
+}
+
+/// The repository a push is reported under: the first key that services follow, else the
+/// first the payload names.
+fn display_repository<S>(keys: &[String], by_key: &HashMap<String, Vec<S>>) -> String {
+    keys.iter()
+        .find(|k| by_key.get(*k).is_some_and(|s| !s.is_empty()))
+        .or(keys.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Branch names listed in a sentence before the rest are only counted.
+const LISTED_BRANCHES: usize = 5;
+
+impl<S> PushPlan<'_, S> {
+    /// Why a delivery that queues and skips nothing reached no service: SPEC "Nothing to
+    /// deploy is explained". `None` when it decided something.
+    pub fn nothing_to_deploy(&self, org: &str, pushes: &[Push]) -> Option<String> {
+        if !self.decisions.is_empty() || pushes.is_empty() {
+            return None;
+        }
+        let repository = self.repositories.first().cloned().unwrap_or_default();
+        let branches: BTreeSet<&str> = pushes.iter().map(|p| p.branch.as_str()).collect();
+        let branches: Vec<&str> = branches.into_iter().collect();
+        if self.on_other_branches == 0 {
+            return Some(format!(
+                "No service of organization {org} follows {repository}. Create one whose git_repository.url is this repository (its repository_key must read {repository})."
+            ));
+        }
+        let listed: Vec<&str> = self
+            .other_branches
+            .iter()
+            .take(LISTED_BRANCHES)
+            .map(String::as_str)
+            .collect();
+        let more = self.other_branches.len().saturating_sub(LISTED_BRANCHES);
+        let others = if more > 0 {
+            format!("{} and {more} more", listed.join(", "))
+        } else {
+            listed.join(", ")
+        };
+        let (word, verb) = if self.on_other_branches == 1 {
+            ("service", "follows")
+        } else {
+            ("services", "follow")
+        };
+        let branch_word = if branches.len() == 1 { "branch" } else { "branches" };
+        Some(format!(
+            "No service of organization {org} follows {repository} on {branch_word} {}; {} {word} {verb} it on other branches ({others}).",
+            branches.join(", "),
+            self.on_other_branches
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_service_document;
+    use crate::push::ChangedFiles;
+    use serde_json::json;
+
+    fn app(id: &str, branch: &str) -> Service {
+        let doc = json!({"environment_id": "prod", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": branch}});
+        Service {
+            id: id.into(),
+            organization_id: "acme".into(),
+            spec: parse_service_document("acme", id, &doc).unwrap(),
+            version: 1,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn push(branch: &str, after: &str) -> Push {
+        Push {
+            repository_urls: vec![
+                "https://github.com/acme/shop.git".into(),
+                "git@github.com:acme/shop.git".into(),
+            ],
+            branch: branch.into(),
+            before: "a".repeat(40),
+            after: after.into(),
+            files: ChangedFiles::Unknown,
+            head_commit_message: None,
+            pusher: None,
+        }
+    }
+
+    fn index(services: Vec<Service>) -> HashMap<String, Vec<Service>> {
+        HashMap::from([("github.com/acme/shop".to_owned(), services)])
+    }
+
+    #[test]
+    fn keys_are_normalized_once() {
+        assert_eq!(repository_keys(&push("main", "b")), vec!["github.com/acme/shop"]);
+        assert_eq!(
+            delivery_keys(&[push("main", "b"), push("dev", "c")]),
+            vec!["github.com/acme/shop"]
+        );
+    }
+
+    #[test]
+    fn a_service_deploys_once_per_delivery_the_last_push_winning() {
+        let by_key = index(vec![app("api", "release/*"), app("web", "main")]);
+        let pushes = [push("release/1", "b1"), push("main", "m"), push("release/2", "b2")];
+        let plan = plan_push(&pushes, &by_key);
+        let deploys: Vec<(usize, &str)> = plan
+            .decisions
+            .iter()
+            .filter(|d| d.verdict.is_ok())
+            .map(|d| (d.push, d.stored.id.as_str()))
+            .collect();
+        assert_eq!(deploys, vec![(1, "web"), (2, "api")]);
+        assert_eq!(plan.repositories, vec!["github.com/acme/shop"; 3]);
+    }
+
+    #[test]
+    fn nothing_to_deploy_says_why() {
+        let by_key = index(vec![
+            app("api", "develop"),
+            app("web", "release/*"),
+            app("x", "develop"),
+        ]);
+        let pushes = [push("main", "b")];
+        let plan = plan_push(&pushes, &by_key);
+        assert_eq!(
+            plan.nothing_to_deploy("acme", &pushes).as_deref(),
+            Some(
+                "No service of organization acme follows github.com/acme/shop on branch main; 3 services follow it on other branches (develop, release/*)."
+            )
+        );
+        let empty: HashMap<String, Vec<Service>> = HashMap::new();
+        let plan = plan_push(&pushes, &empty);
+        let message = plan.nothing_to_deploy("acme", &pushes).unwrap();
+        assert!(
+            message.starts_with("No service of organization acme follows github.com/acme/shop."),
+            "{message}"
+        );
+        let by_key = index(vec![app("api", "main")]);
+        assert_eq!(plan_push(&pushes, &by_key).nothing_to_deploy("acme", &pushes), None);
+    }
+}
