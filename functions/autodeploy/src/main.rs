@@ -50,6 +50,12 @@ struct ServeArgs {
     /// The operator's admin token (required; may do everything in every organization).
     #[arg(long = "admin-token", env = "AUTODEPLOY_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Times a deployment is offered to consumers (or tried on its target) before it fails.
+    #[arg(long = "max-attempts", env = "AUTODEPLOY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_attempts: u32,
+    /// Days a finished deployment (DELIVERED, FAILED, SUPERSEDED) stays in the log.
+    #[arg(long = "retention-days", env = "AUTODEPLOY_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    retention_days: u32,
     /// Print every deployment recorded as one JSON line on stdout (a debugging aid: lines are
     /// dropped, never waited for, when stdout is slow, full or closed).
     #[arg(long = "print-deployments", env = "AUTODEPLOY_PRINT_DEPLOYMENTS")]
@@ -88,7 +94,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if admin_token.len() < 16 {
         return Err("the admin token must be at least 16 characters long".to_owned());
     }
-    let store = SqliteStore::open(&args.database)
+    let store = SqliteStore::open_with(&args.database, args.max_attempts)
         .map_err(|e| format!("cannot open the database {}: {e}", args.database.display()))?;
     if args.print_deployments {
         store.print_deployments();
@@ -96,11 +102,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     let printing = store.clone();
     let served = runtime.block_on(async move {
+        let retention_secs = i64::from(args.retention_days) * 24 * 60 * 60;
+        tokio::spawn(maintain(store.clone(), retention_secs));
         let state = AppState::new(
-            Arc::new(store),
+            Arc::new(store.clone()),
             Arc::new(InStoreQueue),
             Arc::new(StaticAdminToken::new(&admin_token)),
-        );
+        )
+        .with_pull(Arc::new(store));
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -206,6 +215,27 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// How often leases that ran out are released and old records pruned.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+
+/// The store's periodic upkeep, for as long as the server runs.
+async fn maintain(store: SqliteStore, retention_secs: i64) {
+    let mut every = tokio::time::interval(MAINTENANCE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match store.maintain(retention_secs).await {
+            Ok(done) if done.leases_expired > 0 || done.deployments_pruned > 0 => tracing::info!(
+                leases_expired = done.leases_expired,
+                deployments_pruned = done.deployments_pruned,
+                "maintenance"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "maintenance failed; it runs again shortly"),
+        }
     }
 }
 

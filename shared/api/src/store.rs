@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use autodeploy_core::model::Service;
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -203,6 +203,81 @@ pub trait DeploymentLog: Send + Sync {
     /// for sure names them all.
     async fn held_behind_pending(&self, requests: &[DeploymentRequest], before: &str) -> StoreResult<HashSet<String>>;
     async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()>;
+    /// Record an engine's report on a `QUEUED`, `IN_PROGRESS` or `DELIVERED` deployment, which
+    /// becomes (or stays) `DELIVERED`. The same report again changes nothing and is accepted;
+    /// another report, or any other status, is refused.
+    async fn report_result(
+        &self,
+        org: &str,
+        id: &str,
+        result: &DeploymentResult,
+    ) -> StoreResult<Result<DeploymentRecord, Refusal>>;
+}
+
+/// Why a change to a deployment was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such deployment in the organization.
+    NotFound,
+    /// The deployment is not in a state that allows it; the sentence says why.
+    Conflict(String),
+}
+
+/// What a pull consumer asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub max: usize,
+    pub lease_secs: i64,
+}
+
+/// A deployment handed to a consumer until `lease_expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub record: DeploymentRecord,
+    pub lease_id: String,
+    pub lease_expires_at: String,
+    /// 1 for the first offer, then one more each time it is offered again.
+    pub attempt: u32,
+}
+
+/// Whether a consumer has anything to wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outlook {
+    /// Work can be leased now.
+    pub available: bool,
+    /// When work will become available without any new write (a lease expiring, a retry
+    /// falling due), in unix seconds.
+    pub next_due_unix: Option<i64>,
+}
+
+/// The pull interface of the standalone server (SPEC "Consuming deployments (pull)"): the
+/// deployments of services without a deploy target, leased, acknowledged, released. Latest
+/// wins: taking a service's work takes its newest waiting deployment and supersedes the older
+/// ones in the same write; a service has at most one deployment `IN_PROGRESS`.
+#[async_trait]
+pub trait PullQueue: Send + Sync {
+    async fn lease(&self, org: &str, request: LeaseRequest) -> StoreResult<Vec<Leased>>;
+    /// Whether [`PullQueue::lease`] would find work now, and when it will otherwise.
+    async fn outlook(&self, org: &str) -> StoreResult<Outlook>;
+    async fn ack(&self, org: &str, id: &str, lease_id: &str) -> StoreResult<Result<(), Refusal>>;
+    /// Release the lease; the deployment is offered again after `retry_after_secs`.
+    async fn nack(
+        &self,
+        org: &str,
+        id: &str,
+        lease_id: &str,
+        retry_after_secs: i64,
+    ) -> StoreResult<Result<(), Refusal>>;
+    /// Push the lease's expiry to `lease_secs` from now; the new expiry.
+    async fn extend(
+        &self,
+        org: &str,
+        id: &str,
+        lease_id: &str,
+        lease_secs: i64,
+    ) -> StoreResult<Result<String, Refusal>>;
+    /// Woken whenever work may have become available.
+    fn notifier(&self) -> std::sync::Arc<tokio::sync::Notify>;
 }
 
 #[async_trait]

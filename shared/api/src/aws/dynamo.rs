@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use autodeploy_core::model::Service;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use super::describe_sdk_error;
 use crate::store::{
     Candidate, DeliveryKey, DeliveryLog, DeploymentFilter, DeploymentLog, Expected, Guard, PUSH_MARK_RETENTION_SECS,
-    Page, RecordOutcome, SecretRecord, SecretStore, ServiceStore, Store, StoreError, StoreResult, StoredService,
-    TokenRecord, TokenStore,
+    Page, RecordOutcome, Refusal, SecretRecord, SecretStore, ServiceStore, Store, StoreError, StoreResult,
+    StoredService, TokenRecord, TokenStore,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -41,6 +41,14 @@ const LAST_PUSH: &str = "last_push";
 /// The `after` of the service's last queued push (the replay rule compares a push's `before`).
 const CURRENT_COMMIT: &str = "current_commit";
 const UPDATED_AT: &str = "updated_at";
+const ATTEMPTS: &str = "attempts";
+const LAST_ERROR: &str = "last_error";
+const NEXT_ATTEMPT_AT: &str = "next_attempt_at";
+/// An engine's report (JSON), and what it says without its time, to tell a repeat from another.
+const RESULT: &str = "result";
+const RESULT_KEY: &str = "result_key";
+/// How long a finished deployment (`DELIVERED`, `FAILED`, `SUPERSEDED`) stays in the log.
+pub const FINISHED_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
 const STATUS: &str = "status";
 /// The table's TTL attribute (unix seconds).
 const EXPIRES_AT: &str = "expires_at";
@@ -733,6 +741,84 @@ impl DeploymentLog for DynamoStore {
             .collect())
     }
 
+    async fn report_result(
+        &self,
+        org: &str,
+        id: &str,
+        result: &DeploymentResult,
+    ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+        let now = crate::util::now_unix();
+        let report = serde_json::to_string(result)
+            .map_err(|e| StoreError::Unavailable(format!("report_result: encoding the result: {e}")))?;
+        let report_key = result_key(result);
+        let mut e = Expr::default();
+        let update = format!(
+            "SET {} = {}, {} = {}, {} = {}, {} = {}, {} = {} REMOVE {}, {}, {}",
+            e.name(STATUS),
+            e.value("delivered", s(DeploymentStatus::Delivered.as_str())),
+            e.name(RESULT),
+            e.value("result", s(report)),
+            e.name(RESULT_KEY),
+            e.value("key", s(&report_key)),
+            e.name(UPDATED_AT),
+            e.value("now", s(crate::util::now_rfc3339())),
+            e.name(EXPIRES_AT),
+            e.value("expires", n(now + FINISHED_RETENTION_SECS)),
+            e.name(NEXT_ATTEMPT_AT),
+            e.name(GSI2PK),
+            e.name(GSI2SK)
+        );
+        let condition = format!(
+            "attribute_exists({}) AND attribute_not_exists({}) AND {} IN ({}, {}, {})",
+            e.name(PK),
+            e.name(RESULT_KEY),
+            e.name(STATUS),
+            e.value("queued", s(DeploymentStatus::Queued.as_str())),
+            e.value("in_progress", s(DeploymentStatus::InProgress.as_str())),
+            e.value("delivered_before", s(DeploymentStatus::Delivered.as_str()))
+        );
+        let item_key = key(org_pk(org), format!("DEPLOYMENT#{id}"));
+        let written = retry_conflicts(|| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(item_key.clone()))
+                .update_expression(&update)
+                .condition_expression(&condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values())
+                .return_values(ReturnValue::AllNew)
+                .send()
+        })
+        .await;
+        match written {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                return deployment_from_item(&item).map(Ok);
+            }
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+            Err(err) => return Err(unavailable("report_result", &err)),
+        }
+        // Why the condition failed: read what is there.
+        let Some(item) = self.get_item(item_key, "report_result").await? else {
+            return Ok(Err(Refusal::NotFound));
+        };
+        let current = deployment_from_item(&item)?;
+        Ok(match optional_string_attr(&item, RESULT_KEY)? {
+            Some(key) if key == report_key => Ok(current),
+            Some(_) => Err(Refusal::Conflict(
+                "A different result was already reported for this deployment.".to_owned(),
+            )),
+            None => Err(Refusal::Conflict(format!(
+                "The deployment is {}: only a QUEUED, IN_PROGRESS or DELIVERED deployment takes a result.",
+                current.status.as_str()
+            ))),
+        })
+    }
+
     async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()> {
         let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + QUEUED_RETENTION_SECS;
         // The futures are built before the stream so that the trait's future stays `Send`.
@@ -1090,10 +1176,28 @@ fn deployment_from_item(item: &Item) -> StoreResult<DeploymentRecord> {
     let status = DeploymentStatus::parse(&string_attr(item, STATUS)?)
         .ok_or_else(|| StoreError::Corrupt(format!("item {} has an unknown status", item_label(item))))?;
     let updated_at = optional_string_attr(item, UPDATED_AT)?.unwrap_or_else(|| request.requested_at.clone());
+    let result = optional_string_attr(item, RESULT)?
+        .map(|r| serde_json::from_str(&r))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("item {}: {e}", item_label(item))))?;
+    let attempts = match item.get(ATTEMPTS) {
+        Some(_) => u32::try_from(number_attr(item, ATTEMPTS)?).unwrap_or(u32::MAX),
+        None => 0,
+    };
     Ok(DeploymentRecord {
         updated_at,
+        attempts,
+        last_error: optional_string_attr(item, LAST_ERROR)?,
+        next_attempt_at: optional_string_attr(item, NEXT_ATTEMPT_AT)?,
+        result,
         ..DeploymentRecord::new(request, status)
     })
+}
+
+/// What a result says, without when it was said: equal for a repeat of the same report.
+fn result_key(result: &DeploymentResult) -> String {
+    let said = serde_json::json!([result.status, result.message, result.url]);
+    hex::encode(Sha256::digest(said.to_string().as_bytes()))
 }
 
 fn token_from_item(item: &Item) -> StoreResult<TokenRecord> {

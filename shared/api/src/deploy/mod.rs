@@ -3,6 +3,7 @@
 //! verified input and returns a report (SPEC's response body) or a [`DeployError`]; the HTTP
 //! handlers and the ECR event handler only extract, call and render.
 
+pub mod consume;
 pub mod image;
 pub mod push;
 

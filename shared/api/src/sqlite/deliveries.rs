@@ -1,12 +1,11 @@
 //! Delivery ids processed recently (SPEC "Once only").
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::remember;
 use super::{SqliteStore, unavailable};
 use crate::store::{DeliveryKey, DeliveryLog, PUSH_MARK_RETENTION_SECS, StoreResult};
-use crate::util::now_unix;
 
 #[async_trait]
 impl DeliveryLog for SqliteStore {
@@ -26,19 +25,18 @@ impl DeliveryLog for SqliteStore {
 
     async fn remember_delivery(&self, org: &str, delivery: &DeliveryKey) -> StoreResult<()> {
         let (org, delivery) = (org.to_owned(), delivery.clone());
-        self.write(move |conn| {
-            remember(conn, &org, &delivery)?;
-            // What has expired is purged as new deliveries arrive, so the tables stay small.
-            let now = now_unix();
-            conn.execute("DELETE FROM deliveries WHERE expires_at < ?1", params![now])
-                .map_err(unavailable)?;
-            conn.execute(
-                "DELETE FROM push_marks WHERE queued_unix < ?1",
-                params![now - PUSH_MARK_RETENTION_SECS],
-            )
-            .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        self.write(move |conn| remember(conn, &org, &delivery)).await
     }
+}
+
+/// Remove the delivery ids and push marks past their retention.
+pub(super) fn purge(conn: &Connection, now: i64) -> StoreResult<()> {
+    conn.execute("DELETE FROM deliveries WHERE expires_at < ?1", params![now])
+        .map_err(unavailable)?;
+    conn.execute(
+        "DELETE FROM push_marks WHERE queued_unix < ?1",
+        params![now - PUSH_MARK_RETENTION_SECS],
+    )
+    .map_err(unavailable)?;
+    Ok(())
 }

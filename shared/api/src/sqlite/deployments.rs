@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -13,7 +13,7 @@ use super::services::ServiceRow;
 use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
 use crate::store::{
     Candidate, DeliveryKey, DeploymentFilter, DeploymentLog, Guard, PUSH_MARK_RETENTION_SECS, Page, RecordOutcome,
-    StoreError, StoreResult,
+    Refusal, StoreError, StoreResult,
 };
 use crate::util::now_unix;
 
@@ -101,7 +101,8 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
             let row = ServiceRow::of(&updated.service)?;
             let changed = conn
                 .execute(
-                    "UPDATE services SET etag = ?4, data = ?5, repository = ?6, image_path = ?7
+                    "UPDATE services SET etag = ?4, data = ?5, repository = ?6, image_path = ?7,
+                     target_id = json_extract(?5, '$.deploy_target.target_id')
                      WHERE org = ?1 AND id = ?2 AND etag = ?3",
                     params![
                         org,
@@ -219,20 +220,27 @@ impl DeploymentLog for SqliteStore {
         // Ids are time-ordered; "after" in newest-first order means a smaller id.
         let before = after.map(str::to_owned).unwrap_or_else(|| "g".repeat(32));
         let status = filter.status.map(DeploymentStatus::as_str);
+        // One statement per filter, each served by its own index.
+        let (condition, value) = match (&filter.service_id, status) {
+            (None, None) => ("", None),
+            (Some(service), None) => ("AND service_id = ?4", Some(service.as_str())),
+            (None, Some(status)) => ("AND status = ?4", Some(status)),
+            (Some(service), Some(_)) => ("AND service_id = ?4 AND status = ?5", Some(service.as_str())),
+        };
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments
-                     WHERE org = ?1 AND id < ?2 AND (?3 IS NULL OR service_id = ?3) AND (?4 IS NULL OR status = ?4)
-                     ORDER BY id DESC LIMIT ?5"
+                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ?1 AND id < ?2 {condition}
+                     ORDER BY id DESC LIMIT ?3"
                 ))
                 .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(
-                    params![org, before, filter.service_id, status, (limit + 1) as i64],
-                    deployment_row,
-                )
-                .map_err(unavailable)?;
+            let fetch = (limit + 1) as i64;
+            let rows = match (value, filter.service_id.is_some() && status.is_some()) {
+                (None, _) => stmt.query_map(params![org, before, fetch], deployment_row),
+                (Some(v), false) => stmt.query_map(params![org, before, fetch, v], deployment_row),
+                (Some(v), true) => stmt.query_map(params![org, before, fetch, v, status], deployment_row),
+            }
+            .map_err(unavailable)?;
             let items = collect(rows, deployment_record)?;
             Ok(page(items, limit, |d| d.request.deployment_id.clone()))
         })
@@ -274,6 +282,21 @@ impl DeploymentLog for SqliteStore {
             }
             Ok(held)
         })
+    }
+
+    async fn report_result(
+        &self,
+        org: &str,
+        id: &str,
+        result: &DeploymentResult,
+    ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+        let (org, id, result) = (org.to_owned(), id.to_owned(), result.clone());
+        let outcome = self
+            .write(move |conn| super::lifecycle::report(conn, &org, &id, &result))
+            .await?;
+        // A result frees the service for its newer work.
+        self.inner.work.notify_waiters();
+        Ok(outcome)
     }
 
     async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()> {

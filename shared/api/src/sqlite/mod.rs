@@ -10,6 +10,7 @@
 mod credentials;
 mod deliveries;
 mod deployments;
+mod lifecycle;
 mod schema;
 mod services;
 mod writer;
@@ -49,6 +50,18 @@ struct Inner {
     /// Woken whenever work may have become available (a deployment recorded, released, due).
     work: Arc<Notify>,
     printer: Mutex<Option<Printer>>,
+    /// Offers of a deployment before it fails (SPEC: 10, `AUTODEPLOY_MAX_ATTEMPTS`).
+    max_attempts: u32,
+}
+
+/// Offers of a deployment before it fails, unless configured otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
+/// What [`SqliteStore::maintain`] removed or released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    pub leases_expired: usize,
+    pub deployments_pruned: usize,
 }
 
 impl SqliteStore {
@@ -69,8 +82,50 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 work: Arc::new(Notify::new()),
                 printer: Mutex::new(None),
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
             }),
         })
+    }
+
+    /// Open with `max_attempts` offers of a deployment before it fails.
+    pub fn open_with(path: &Path, max_attempts: u32) -> Result<Self, StoreError> {
+        let store = Self::open(path)?;
+        let inner = Arc::try_unwrap(store.inner)
+            .map_err(|_| StoreError::Unavailable("the store is already shared".to_owned()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                max_attempts: max_attempts.max(1),
+                ..inner
+            }),
+        })
+    }
+
+    /// Periodic upkeep: leases that ran out are released (or fail), finished deployments
+    /// older than `retention_secs` are pruned, and expired delivery ids and push marks are
+    /// removed. Wakes waiting consumers when work came free.
+    pub async fn maintain(&self, retention_secs: i64) -> StoreResult<Maintenance> {
+        let max_attempts = self.inner.max_attempts;
+        let done = self
+            .write(move |conn| {
+                let now = crate::util::now_unix();
+                let leases_expired = lifecycle::expire(conn, None, now, max_attempts)?;
+                let deployments_pruned = conn
+                    .execute(
+                        "DELETE FROM deployments WHERE status IN ('DELIVERED', 'FAILED', 'SUPERSEDED') AND updated_unix < ?1",
+                        rusqlite::params![now - retention_secs],
+                    )
+                    .map_err(unavailable)?;
+                deliveries::purge(conn, now)?;
+                Ok(Maintenance {
+                    leases_expired,
+                    deployments_pruned,
+                })
+            })
+            .await?;
+        if done.leases_expired > 0 {
+            self.inner.work.notify_waiters();
+        }
+        Ok(done)
     }
 
     /// Print every deployment recorded from now on as one JSON line on stdout (a debugging

@@ -120,6 +120,13 @@ CREATE TABLE push_marks (
 ) WITHOUT ROWID;
 CREATE INDEX push_marks_by_age ON push_marks (queued_unix);
 "#,
+    // Whether a service's deployments go to pull consumers or to a deploy target; leases.
+    r#"
+ALTER TABLE services ADD COLUMN target_id TEXT;
+UPDATE services SET target_id = json_extract(data, '$.deploy_target.target_id');
+CREATE INDEX deployments_leases ON deployments (lease_expires_unix) WHERE status = 'IN_PROGRESS';
+CREATE INDEX deployments_retries ON deployments (org, next_attempt_unix) WHERE status = 'QUEUED';
+"#,
 ];
 
 /// Bring the database at `conn` to this build's schema.

@@ -71,11 +71,13 @@ impl ServiceStore for SqliteStore {
         self.write(move |conn| {
             match (&expected, current_etag(conn, &org, &id)?) {
                 (Expected::Absent, None) => conn.execute(
-                    "INSERT INTO services (org, id, etag, data, repository, image_path) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO services (org, id, etag, data, repository, image_path, target_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, json_extract(?4, '$.deploy_target.target_id'))",
                     params![org, id, etag, row.data, row.repository, row.image_path],
                 ),
                 (Expected::Etag(want), Some(have)) if *want == have => conn.execute(
-                    "UPDATE services SET etag = ?3, data = ?4, repository = ?5, image_path = ?6 WHERE org = ?1 AND id = ?2",
+                    "UPDATE services SET etag = ?3, data = ?4, repository = ?5, image_path = ?6,
+                     target_id = json_extract(?4, '$.deploy_target.target_id') WHERE org = ?1 AND id = ?2",
                     params![org, id, etag, row.data, row.repository, row.image_path],
                 ),
                 _ => return Err(StoreError::PreconditionFailed),

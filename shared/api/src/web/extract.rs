@@ -71,6 +71,23 @@ impl<S: Send + Sync, T: Document> axum::extract::FromRequest<S> for Valid<T> {
     }
 }
 
+/// As [`Valid`], but an empty body reads as `T::default()` (every field optional).
+pub struct ValidOrDefault<T>(pub T);
+
+impl<S: Send + Sync, T: Document + Default> axum::extract::FromRequest<S> for ValidOrDefault<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, _: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(&parts.headers, body, SETTINGS_BODY_LIMIT).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ValidOrDefault(T::default()));
+        }
+        let value = json_body(&parts.headers, &bytes, &["application/json"])?;
+        Ok(ValidOrDefault(read_document(&value)?))
+    }
+}
+
 /// A JSON body as a value, for documents read against their path (a service).
 pub struct JsonValue(pub Value);
 

@@ -3,6 +3,7 @@
 //! the store, and render; the rules live in `autodeploy-core` and [`crate::deploy`].
 
 pub mod auth;
+pub mod consumers;
 pub mod credentials;
 pub mod deployments;
 pub mod error;
@@ -23,7 +24,7 @@ use serde::Serialize;
 
 use crate::admin::AdminTokenSource;
 use crate::deploy::Deployer;
-use crate::store::{DeploymentQueue, Store};
+use crate::store::{DeploymentQueue, PullQueue, Store};
 use error::ApiError;
 
 /// What every handler can reach. Cheap to clone.
@@ -32,6 +33,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub admin: Arc<dyn AdminTokenSource>,
     pub deployer: Deployer,
+    /// The pull interface, where the store has one (the standalone server's SQLite).
+    pub pull: Option<Arc<dyn PullQueue>>,
 }
 
 impl AppState {
@@ -44,7 +47,14 @@ impl AppState {
             },
             store,
             admin,
+            pull: None,
         }
+    }
+
+    /// The same state, serving pull consumers from `pull`.
+    pub fn with_pull(mut self, pull: Arc<dyn PullQueue>) -> Self {
+        self.pull = Some(pull);
+        self
     }
 
     /// The same state with another horizon than [`crate::pipeline::IN_FLIGHT_HORIZON`]
@@ -92,6 +102,7 @@ fn settings_routes() -> Router<AppState> {
     services::routes()
         .merge(credentials::routes())
         .merge(deployments::routes())
+        .merge(consumers::result_routes())
 }
 
 /// The image-tag endpoints and registry webhooks (the `image-tag` Lambda function).
@@ -120,6 +131,7 @@ pub fn image_router(state: AppState) -> Router {
 pub fn full_router(state: AppState) -> Router {
     finish(
         settings_routes()
+            .merge(consumers::pull_routes())
             .merge(webhooks::routes())
             .merge(image_routes())
             .route("/openapi.yaml", get(openapi)),
@@ -157,6 +169,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("DELETE", "/organization/{org}/tokens/{token_id}", "settings"),
     ("GET", "/organization/{org}/deployments", "settings"),
     ("GET", "/organization/{org}/deployments/{deployment_id}", "settings"),
+    ("POST", "/organization/{org}/deployments/{deployment_id}/result", "settings"),
+    ("POST", "/organization/{org}/deployments/lease", "standalone"),
+    ("POST", "/organization/{org}/deployments/{deployment_id}/ack", "standalone"),
+    ("POST", "/organization/{org}/deployments/{deployment_id}/nack", "standalone"),
+    ("POST", "/organization/{org}/deployments/{deployment_id}/extend", "standalone"),
     ("POST", "/organization/{org}/webhooks/{provider}", "push-webhook"),
     ("POST", "/organization/{org}/container/deploy", "image-tag"),
     ("POST", "/organization/{org}/job/deploy", "image-tag"),

@@ -1,0 +1,46 @@
+//! Pull consumers: leasing deployments with a long poll that wakes on new work, without
+//! polling the database in a loop or holding a connection while it waits.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::store::{LeaseRequest, Leased, PullQueue, StoreResult};
+use crate::util::now_unix;
+
+/// Lease up to `request.max` deployments of `org`, waiting up to `wait` for work to arrive
+/// when none is there. Wakes on the store's notifications (a deployment recorded, released or
+/// acknowledged) and when a lease runs out or a retry falls due; answers what it has once the
+/// time is up, possibly nothing.
+pub async fn lease(pull: &dyn PullQueue, org: &str, request: LeaseRequest, wait: Duration) -> StoreResult<Vec<Leased>> {
+    let deadline = Instant::now() + wait;
+    let notifier = pull.notifier();
+    loop {
+        // Registered before looking, so that work recorded in between still wakes us.
+        let notified = notifier.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let outlook = pull.outlook(org).await?;
+        if outlook.available {
+            let leased = pull.lease(org, request).await?;
+            if !leased.is_empty() {
+                return Ok(leased);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(Vec::new());
+        }
+        let until = match outlook.next_due_unix {
+            Some(due) => {
+                let in_secs = u64::try_from(due.saturating_sub(now_unix())).unwrap_or(0);
+                deadline.min(now + Duration::from_secs(in_secs))
+            }
+            None => deadline,
+        };
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Where each deployment stands after it is queued: leases for pull consumers (and the
+//! dispatcher), acknowledgements, releases, expiry, and engines' reports.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentResult};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::Notify;
+
+use super::deployments::{DEPLOYMENT_COLUMNS, deployment_record, deployment_row, rfc3339};
+use super::{SqliteStore, to_json, unavailable};
+use crate::store::{LeaseRequest, Leased, Outlook, PullQueue, Refusal, StoreResult};
+use crate::util::now_unix;
+
+/// Whose work a take is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taker {
+    /// Pull consumers of one organization: services without a deploy target.
+    Pull,
+}
+
+impl Taker {
+    /// The condition on the service row `s` (left-joined: a deleted service has none).
+    fn services(self) -> &'static str {
+        match self {
+            Taker::Pull => "s.target_id IS NULL",
+        }
+    }
+}
+
+/// Leases that ran out: the deployment waits again, or fails once offered `max_attempts`
+/// times. `org` narrows it to one organization.
+pub(super) fn expire(conn: &Connection, org: Option<&str>, now: i64, max_attempts: u32) -> StoreResult<usize> {
+    let failed = format!("offered {max_attempts} times without being acknowledged");
+    conn.execute(
+        "UPDATE deployments SET
+            status = CASE WHEN attempts >= ?3 THEN 'FAILED' ELSE 'QUEUED' END,
+            last_error = CASE WHEN attempts >= ?3 THEN ?4
+                         ELSE 'the lease expired before the deployment was acknowledged' END,
+            lease_id = NULL, lease_expires_unix = NULL, updated_at = ?5, updated_unix = ?2
+         WHERE status = 'IN_PROGRESS' AND lease_expires_unix <= ?2 AND (?1 IS NULL OR org = ?1)",
+        params![org, now, max_attempts, failed, rfc3339(now)],
+    )
+    .map_err(unavailable)
+}
+
+/// Take up to `max` services' work: for each, its newest waiting deployment becomes
+/// `IN_PROGRESS` under a new lease, and its older waiting ones `SUPERSEDED`, in this write.
+/// Services come in the order of their oldest waiting deployment; a service with a
+/// deployment in progress offers nothing.
+pub(super) fn take(
+    conn: &Connection,
+    org: Option<&str>,
+    taker: Taker,
+    request: LeaseRequest,
+    now: i64,
+    max_attempts: u32,
+) -> StoreResult<Vec<Leased>> {
+    expire(conn, org, now, max_attempts)?;
+    let services: Vec<(String, String)> = {
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT d.org, d.service_id FROM deployments d
+                 LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
+                 WHERE (?1 IS NULL OR d.org = ?1) AND d.status = 'QUEUED'
+                   AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2) AND {}
+                   AND NOT EXISTS (SELECT 1 FROM deployments p
+                       WHERE p.org = d.org AND p.service_id = d.service_id AND p.status = 'IN_PROGRESS')
+                 GROUP BY d.org, d.service_id ORDER BY MIN(d.seq) LIMIT ?3",
+                taker.services()
+            ))
+            .map_err(unavailable)?;
+        let rows = stmt
+            .query_map(params![org, now, request.max as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(unavailable)?;
+        rows.collect::<Result<_, _>>().map_err(unavailable)?
+    };
+    let expires = now + request.lease_secs;
+    let mut leased = Vec::with_capacity(services.len());
+    for (org, service) in services {
+        let newest: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM deployments WHERE org = ?1 AND service_id = ?2 AND status = 'QUEUED'
+                 ORDER BY seq DESC LIMIT 1",
+                params![org, service],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(unavailable)?;
+        let Some(seq) = newest else { continue };
+        let lease_id = uuid::Uuid::new_v4().simple().to_string();
+        conn.execute(
+            "UPDATE deployments SET status = 'IN_PROGRESS', lease_id = ?2, lease_expires_unix = ?3,
+                attempts = attempts + 1, next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
+             WHERE seq = ?1",
+            params![seq, lease_id, expires, rfc3339(now), now],
+        )
+        .map_err(unavailable)?;
+        conn.execute(
+            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5,
+                last_error = NULL
+             WHERE org = ?1 AND service_id = ?2 AND status IN ('QUEUED', 'PENDING') AND seq < ?3",
+            params![org, service, seq, rfc3339(now), now],
+        )
+        .map_err(unavailable)?;
+        let record = conn
+            .query_row(
+                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE seq = ?1"),
+                params![seq],
+                deployment_row,
+            )
+            .map_err(unavailable)
+            .and_then(deployment_record)?;
+        leased.push(Leased {
+            attempt: record.attempts,
+            record,
+            lease_id,
+            lease_expires_at: rfc3339(expires),
+        });
+    }
+    Ok(leased)
+}
+
+/// Why a lease operation found nothing to change: the deployment is unknown (404), or the
+/// lease is not its live one (409).
+fn refusal(conn: &Connection, org: &str, id: &str) -> StoreResult<Refusal> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND id = ?2)",
+            params![org, id],
+            |r| r.get(0),
+        )
+        .map_err(unavailable)?;
+    Ok(if exists {
+        Refusal::Conflict(
+            "That lease_id is not the deployment's live lease: it expired, was released, or was never issued."
+                .to_owned(),
+        )
+    } else {
+        Refusal::NotFound
+    })
+}
+
+/// The condition of a live lease, for the statements below (`?1` org, `?2` id, `?3` lease,
+/// `?4` now).
+const LIVE_LEASE: &str =
+    "org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' AND lease_id = ?3 AND lease_expires_unix > ?4";
+
+/// Record an engine's report (see [`crate::store::DeploymentLog::report_result`]).
+pub(super) fn report(
+    conn: &Connection,
+    org: &str,
+    id: &str,
+    result: &DeploymentResult,
+) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+    let current = conn
+        .query_row(
+            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ?1 AND id = ?2"),
+            params![org, id],
+            deployment_row,
+        )
+        .optional()
+        .map_err(unavailable)?
+        .map(deployment_record)
+        .transpose()?;
+    let Some(current) = current else {
+        return Ok(Err(Refusal::NotFound));
+    };
+    if let Some(reported) = &current.result {
+        return Ok(if reported.same_report(result) {
+            Ok(current)
+        } else {
+            Err(Refusal::Conflict(
+                "A different result was already reported for this deployment.".to_owned(),
+            ))
+        });
+    }
+    use autodeploy_core::deployment::DeploymentStatus::{Delivered, InProgress, Queued};
+    if !matches!(current.status, Queued | InProgress | Delivered) {
+        return Ok(Err(Refusal::Conflict(format!(
+            "The deployment is {}: only a QUEUED, IN_PROGRESS or DELIVERED deployment takes a result.",
+            current.status.as_str()
+        ))));
+    }
+    let now = now_unix();
+    conn.execute(
+        "UPDATE deployments SET status = 'DELIVERED', result = ?3, lease_id = NULL, lease_expires_unix = NULL,
+            next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
+         WHERE org = ?1 AND id = ?2",
+        params![org, id, to_json(result)?, rfc3339(now), now],
+    )
+    .map_err(unavailable)?;
+    Ok(Ok(DeploymentRecord {
+        status: Delivered,
+        result: Some(result.clone()),
+        updated_at: rfc3339(now),
+        next_attempt_at: None,
+        ..current
+    }))
+}
+
+#[async_trait]
+impl PullQueue for SqliteStore {
+    async fn lease(&self, org: &str, request: LeaseRequest) -> StoreResult<Vec<Leased>> {
+        let org = org.to_owned();
+        let max_attempts = self.inner.max_attempts;
+        self.write(move |conn| take(conn, Some(&org), Taker::Pull, request, now_unix(), max_attempts))
+            .await
+    }
+
+    async fn outlook(&self, org: &str) -> StoreResult<Outlook> {
+        let now = now_unix();
+        self.read(|conn| {
+            // Waiting work of a service with no live lease, or a lease that ran out (taking
+            // releases it first).
+            let available: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM deployments d
+                         LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
+                         WHERE d.org = ?1 AND d.status = 'QUEUED' AND s.target_id IS NULL
+                           AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2)
+                           AND NOT EXISTS (SELECT 1 FROM deployments p
+                               WHERE p.org = d.org AND p.service_id = d.service_id
+                                 AND p.status = 'IN_PROGRESS' AND p.lease_expires_unix > ?2))
+                     OR EXISTS (SELECT 1 FROM deployments d
+                         LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
+                         WHERE d.org = ?1 AND d.status = 'IN_PROGRESS' AND s.target_id IS NULL
+                           AND d.lease_expires_unix <= ?2)",
+                    params![org, now],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            let next_due: Option<i64> = conn
+                .query_row(
+                    "SELECT min(t) FROM (
+                        SELECT min(lease_expires_unix) AS t FROM deployments
+                            WHERE org = ?1 AND status = 'IN_PROGRESS' AND lease_expires_unix > ?2
+                        UNION ALL
+                        SELECT min(next_attempt_unix) FROM deployments
+                            WHERE org = ?1 AND status = 'QUEUED' AND next_attempt_unix > ?2)",
+                    params![org, now],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            Ok(Outlook {
+                available,
+                next_due_unix: next_due,
+            })
+        })
+    }
+
+    async fn ack(&self, org: &str, id: &str, lease_id: &str) -> StoreResult<Result<(), Refusal>> {
+        let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
+        let outcome = self
+            .write(move |conn| {
+                let now = now_unix();
+                let changed = conn
+                    .execute(
+                        &format!(
+                            "UPDATE deployments SET status = 'DELIVERED', lease_id = NULL, lease_expires_unix = NULL,
+                                last_error = NULL, updated_at = ?5, updated_unix = ?4 WHERE {LIVE_LEASE}"
+                        ),
+                        params![org, id, lease_id, now, rfc3339(now)],
+                    )
+                    .map_err(unavailable)?;
+                if changed == 1 {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err(refusal(conn, &org, &id)?))
+                }
+            })
+            .await?;
+        // The service may have newer work waiting behind this one.
+        self.inner.work.notify_waiters();
+        Ok(outcome)
+    }
+
+    async fn nack(
+        &self,
+        org: &str,
+        id: &str,
+        lease_id: &str,
+        retry_after_secs: i64,
+    ) -> StoreResult<Result<(), Refusal>> {
+        let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
+        let max_attempts = self.inner.max_attempts;
+        let outcome = self
+            .write(move |conn| {
+                let now = now_unix();
+                let retry_at = (retry_after_secs > 0).then_some(now + retry_after_secs);
+                let failed = format!("released {max_attempts} times without being acknowledged");
+                let changed = conn
+                    .execute(
+                        &format!(
+                            "UPDATE deployments SET
+                                status = CASE WHEN attempts >= ?6 THEN 'FAILED' ELSE 'QUEUED' END,
+                                last_error = CASE WHEN attempts >= ?6 THEN ?8 ELSE 'released by the consumer' END,
+                                next_attempt_unix = CASE WHEN attempts >= ?6 THEN NULL ELSE ?7 END,
+                                lease_id = NULL, lease_expires_unix = NULL, updated_at = ?5, updated_unix = ?4
+                             WHERE {LIVE_LEASE}"
+                        ),
+                        params![org, id, lease_id, now, rfc3339(now), max_attempts, retry_at, failed],
+                    )
+                    .map_err(unavailable)?;
+                if changed == 1 {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err(refusal(conn, &org, &id)?))
+                }
+            })
+            .await?;
+        self.inner.work.notify_waiters();
+        Ok(outcome)
+    }
+
+    async fn extend(
+        &self,
+        org: &str,
+        id: &str,
+        lease_id: &str,
+        lease_secs: i64,
+    ) -> StoreResult<Result<String, Refusal>> {
+        let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
+        self.write(move |conn| {
+            let now = now_unix();
+            let expires = now + lease_secs;
+            let changed = conn
+                .execute(
+                    &format!(
+                        "UPDATE deployments SET lease_expires_unix = ?5, updated_at = ?6, updated_unix = ?4 WHERE {LIVE_LEASE}"
+                    ),
+                    params![org, id, lease_id, now, expires, rfc3339(now)],
+                )
+                .map_err(unavailable)?;
+            if changed == 1 {
+                Ok(Ok(rfc3339(expires)))
+            } else {
+                Ok(Err(refusal(conn, &org, &id)?))
+            }
+        })
+        .await
+    }
+
+    fn notifier(&self) -> Arc<Notify> {
+        self.work_notifier()
+    }
+}
