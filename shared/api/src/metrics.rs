@@ -2,11 +2,10 @@
 //! delivery (a push webhook, an image-tag call or a registry webhook), printed on its own line
 //! to stdout, where CloudWatch Logs turns it into metrics without any API call.
 //!
-//! [`render`] is pure and is what the tests check. [`observe_push`] / [`observe_image`] are the
-//! route layers of the push and image routers: they let the handler run, read the [`Tally`]
-//! the handler attached to its response (or the error status), log rejected and failed
-//! deliveries, and print the EMF line when `AUTODEPLOY_METRICS=emf` (the template sets it on
-//! the Lambda functions; the standalone server prints none, its stdout is the queue's).
+//! [`render`] is pure and is what the tests check. The delivery routes' layer
+//! ([`crate::web::observe`]) reads the [`Tally`] the handler attached to its response (or the
+//! error status) and prints the EMF line when `AUTODEPLOY_METRICS=emf` (the template sets it
+//! on the Lambda functions; the standalone server prints none).
 //!
 //! Metrics (namespace [`NAMESPACE`], one dimension `Stack`, unit `Count`, all in every line):
 //! `Queued` deployments recorded (sent or pending), `Pending` those the queue did not take yet,
@@ -20,11 +19,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
-use autodeploy_core::ids::is_valid_id;
-use autodeploy_core::provider::GitProvider;
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::Request;
 use serde_json::{Map, Value, json};
 
 /// The CloudWatch namespace of every metric.
@@ -208,82 +203,8 @@ pub fn emit(line: &DeliveryLine<'_>) {
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
-/// The route layer of the push router.
-pub async fn observe_push(request: Request, next: Next) -> Response {
-    observe(Endpoint::Push, request, next).await
-}
-
-/// The route layer of the image router.
-pub async fn observe_image(request: Request, next: Next) -> Response {
-    observe(Endpoint::Image, request, next).await
-}
-
-async fn observe(endpoint: Endpoint, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_default();
-    let segments: Vec<&str> = request.uri().path().split('/').collect();
-    // /organization/{org}/…
-    let organization = segments
-        .get(2)
-        .filter(|org| is_valid_id(org))
-        .map(|org| (*org).to_owned());
-    // What the handler will say, known before it runs, for the deliveries it refuses.
-    let (source, delivery_id) = match endpoint {
-        Endpoint::Push => match segments.get(4).and_then(|slug| GitProvider::from_slug(slug)) {
-            Some(provider) => (
-                Some(provider.slug().to_owned()),
-                // Header-borne ids only: the body is the handler's.
-                autodeploy_core::push::delivery_id(provider, request.headers(), &[]),
-            ),
-            None => (None, None),
-        },
-        Endpoint::Image => (image_source(&route).map(str::to_owned), None),
-    };
-    // A malformed flag is refused by the handler (and counted as rejected).
-    let dry_run = crate::web::extract::QueryParams::parse(request.uri().query())
-        .dry_run()
-        .unwrap_or(false);
-    let (request_id, api_request_id) = request_ids(&request);
-
-    let response = next.run(request).await;
-
-    let status = response.status().as_u16();
-    let mut tally = response.extensions().get::<Tally>().cloned().unwrap_or_default();
-    tally.delivery_id = tally.delivery_id.or(delivery_id);
-    tally.source = tally.source.or(source);
-    let line = DeliveryLine {
-        endpoint,
-        organization: organization.as_deref(),
-        source: tally.source.as_deref(),
-        route: &route,
-        status,
-        tally: &tally,
-        request_id: request_id.as_deref(),
-        api_request_id: api_request_id.as_deref(),
-    };
-    if status >= 400 {
-        // The handler's error says why in the response; this line says who and which.
-        tracing::warn!(
-            endpoint = endpoint.as_str(),
-            org = line.organization.unwrap_or(""),
-            source = line.source.unwrap_or(""),
-            delivery_id = tally.delivery_id.as_deref().unwrap_or(""),
-            route,
-            status,
-            "delivery refused"
-        );
-    }
-    if !(dry_run || tally.dry_run) {
-        emit(&line);
-    }
-    response
-}
-
 /// The source an image route serves, for the requests it refuses.
-fn image_source(route: &str) -> Option<&'static str> {
+pub fn image_source(route: &str) -> Option<&'static str> {
     if route.ends_with("/container/deploy") || route.ends_with("/job/deploy") {
         Some("API")
     } else if route.contains("/registry-webhooks/dockerhub") {
@@ -298,7 +219,7 @@ fn image_source(route: &str) -> Option<&'static str> {
 /// The Lambda request id and API Gateway's request id, which `lambda_http` attaches to the
 /// request; none outside Lambda.
 #[cfg(feature = "aws")]
-fn request_ids(request: &Request) -> (Option<String>, Option<String>) {
+pub fn request_ids(request: &Request) -> (Option<String>, Option<String>) {
     use lambda_http::RequestExt;
     use lambda_http::request::RequestContext;
     let lambda = request.lambda_context_ref().map(|c| c.request_id.clone());
@@ -310,7 +231,7 @@ fn request_ids(request: &Request) -> (Option<String>, Option<String>) {
 }
 
 #[cfg(not(feature = "aws"))]
-fn request_ids(_: &Request) -> (Option<String>, Option<String>) {
+pub fn request_ids(_: &Request) -> (Option<String>, Option<String>) {
     (None, None)
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 
+use autodeploy_core::delivery::HistoryDraft;
 use autodeploy_core::deployment::{DeploymentRequest, DeploymentStatus};
 
 use crate::store::{Candidate, DeliveryKey, DeploymentQueue, RecordOutcome, Store, StoreError};
@@ -39,13 +40,14 @@ pub async fn record_and_send(
     org: &str,
     candidates: &[Candidate],
     delivery: Option<&DeliveryKey>,
+    history: Option<&HistoryDraft>,
     in_flight_horizon: std::time::Duration,
 ) -> Result<Vec<Outcome>, StoreError> {
-    if candidates.is_empty() && delivery.is_none() {
+    if candidates.is_empty() && delivery.is_none() && history.is_none() {
         return Ok(Vec::new());
     }
     let mut outcomes: Vec<Outcome> = store
-        .record_deployments(org, candidates, delivery)
+        .record_deployments(org, candidates, delivery, history)
         .await?
         .into_iter()
         .map(|result| match result {

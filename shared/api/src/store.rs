@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
+use autodeploy_core::delivery::{DeliveryOutcome, DeliveryRecord, DeliverySource, HistoryDraft};
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use autodeploy_core::model::Service;
 
@@ -164,12 +165,14 @@ pub trait DeploymentLog: Send + Sync {
     /// Record each candidate (the outbox entry) whose guard holds, atomically with its guard's
     /// write, and remember `delivery` when every candidate was written or skipped. One result
     /// per candidate, in order: a failure of one (nothing written for it) does not fail the
-    /// others.
+    /// others. `history`, completed with what was recorded, goes in the deliveries history
+    /// (in the same transaction where the store allows it).
     async fn record_deployments(
         &self,
         org: &str,
         candidates: &[Candidate],
         delivery: Option<&DeliveryKey>,
+        history: Option<&HistoryDraft>,
     ) -> StoreResult<Vec<StoreResult<RecordOutcome>>>;
 
     /// [`DeploymentLog::record_deployments`] for one deployment.
@@ -179,7 +182,7 @@ pub trait DeploymentLog: Send + Sync {
             guard: guard.clone(),
         };
         let mut results = self
-            .record_deployments(&request.organization_id, std::slice::from_ref(&candidate), None)
+            .record_deployments(&request.organization_id, std::slice::from_ref(&candidate), None, None)
             .await?;
         results
             .pop()
@@ -288,9 +291,35 @@ pub trait DeliveryLog: Send + Sync {
     async fn remember_delivery(&self, org: &str, delivery: &DeliveryKey) -> StoreResult<()>;
 }
 
+/// Which deliveries a list shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    pub source: Option<DeliverySource>,
+    pub outcome: Option<DeliveryOutcome>,
+}
+
+/// The deliveries history (SPEC "Deliveries — why didn't it deploy?").
+#[async_trait]
+pub trait DeliveryHistory: Send + Sync {
+    /// Add a delivery to its organization's history. A `REJECTED` one is recorded only while
+    /// the organization has fewer than
+    /// [`REJECTED_PER_MINUTE`](autodeploy_core::delivery::REJECTED_PER_MINUTE) rejected ones
+    /// in the last minute: `false` when it was left out for that.
+    async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool>;
+    async fn get_delivery(&self, org: &str, id: &str) -> StoreResult<Option<DeliveryRecord>>;
+    /// Newest first, filtered, starting after delivery `after`.
+    async fn list_deliveries(
+        &self,
+        org: &str,
+        filter: &DeliveryFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<DeliveryRecord>>;
+}
+
 /// Everything the HTTP layer needs from a store.
 #[async_trait]
-pub trait Store: ServiceStore + SecretStore + TokenStore + DeploymentLog + DeliveryLog {
+pub trait Store: ServiceStore + SecretStore + TokenStore + DeploymentLog + DeliveryLog + DeliveryHistory {
     /// Cheap round trip for `/health`.
     async fn ping(&self) -> StoreResult<()>;
 }

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod branch;
+pub mod delivery;
 pub mod deployment;
 pub mod error;
 pub mod ids;

@@ -30,6 +30,19 @@ pub enum SkipReason {
     SameTag,
 }
 
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::AutoDeployDisabled => "AUTO_DEPLOY_DISABLED",
+            SkipReason::PathRestrictions => "PATH_RESTRICTIONS",
+            SkipReason::SkipMarker => "SKIP_MARKER",
+            SkipReason::AlreadyQueued => "ALREADY_QUEUED",
+            SkipReason::TagPolicy => "TAG_POLICY",
+            SkipReason::SameTag => "SAME_TAG",
+        }
+    }
+}
+
 /// The mark a push leaves on each service it queued for: `before..after`. A second push with
 /// the same mark is a duplicate; any other (a rollback included) is new.
 pub fn push_mark(push: &Push) -> String {

@@ -8,6 +8,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use autodeploy_core::delivery::{
+    CandidateFate, DELIVERY_HISTORY_RETENTION_SECS, DeliveryOutcome, DeliveryRecord, HistoryDraft, REJECTED_PER_MINUTE,
+};
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use autodeploy_core::model::Service;
 use aws_sdk_dynamodb::Client;
@@ -20,9 +23,9 @@ use sha2::{Digest, Sha256};
 
 use super::describe_sdk_error;
 use crate::store::{
-    Candidate, DeliveryKey, DeliveryLog, DeploymentFilter, DeploymentLog, Expected, Guard, PUSH_MARK_RETENTION_SECS,
-    Page, RecordOutcome, Refusal, SecretRecord, SecretStore, ServiceStore, Store, StoreError, StoreResult,
-    StoredService, TokenRecord, TokenStore,
+    Candidate, DeliveryFilter, DeliveryHistory, DeliveryKey, DeliveryLog, DeploymentFilter, DeploymentLog, Expected,
+    Guard, PUSH_MARK_RETENTION_SECS, Page, RecordOutcome, Refusal, SecretRecord, SecretStore, ServiceStore, Store,
+    StoreError, StoreResult, StoredService, TokenRecord, TokenStore,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -611,6 +614,7 @@ impl DeploymentLog for DynamoStore {
         org: &str,
         candidates: &[Candidate],
         delivery: Option<&DeliveryKey>,
+        history: Option<&HistoryDraft>,
     ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
         // The futures are built before the stream so that the trait's future stays `Send`.
         let records: Vec<_> = candidates.iter().map(|c| self.record_one(c)).collect();
@@ -618,6 +622,21 @@ impl DeploymentLog for DynamoStore {
             .buffered(RECORD_CONCURRENCY)
             .collect()
             .await;
+        // The history is one more item, written once the transactions have decided: DynamoDB
+        // cannot write it in the same transaction as every service's.
+        if let Some(draft) = history {
+            let fates = candidates.iter().zip(&outcomes).filter_map(|(c, o)| match o {
+                Ok(RecordOutcome::Recorded(_)) => Some(CandidateFate::Recorded(&c.request.deployment_id)),
+                Ok(RecordOutcome::GuardFailed) => Some(CandidateFate::AlreadyQueued {
+                    service_id: &c.request.service_id,
+                }),
+                Err(_) => None,
+            });
+            let record = draft.complete(fates);
+            if let Err(err) = self.record_delivery(&record).await {
+                tracing::warn!(error = %err, "the delivery could not be added to the history");
+            }
+        }
         // Remembered only when every service was handled: a redelivery then has nothing left to
         // do, while after a failure it completes what is missing.
         if let Some(delivery) = delivery
@@ -858,6 +877,150 @@ impl DeliveryLog for DynamoStore {
             .await
             .map_err(|e| unavailable("remember_delivery", &e))?;
         Ok(())
+    }
+}
+
+/// The partition of an organization's deliveries history.
+fn delivery_log_pk(org: &str) -> String {
+    format!("DELIVERYLOG#{org}")
+}
+
+const SOURCE: &str = "source";
+const OUTCOME: &str = "outcome";
+const COUNT: &str = "count";
+
+impl DynamoStore {
+    /// Count one more rejected delivery of `org` in this minute; `false` once the minute's
+    /// budget is spent.
+    async fn rejected_budget(&self, org: &str) -> StoreResult<bool> {
+        let now = crate::util::now_unix();
+        let minute = now / 60;
+        let mut e = Expr::default();
+        let update = format!(
+            "ADD {} {} SET {} = {}",
+            e.name(COUNT),
+            e.value("one", n(1)),
+            e.name(EXPIRES_AT),
+            e.value("expires", n(now + 120))
+        );
+        let condition = format!(
+            "attribute_not_exists({count}) OR {count} < {}",
+            e.value("budget", n(i64::from(REJECTED_PER_MINUTE))),
+            count = e.name(COUNT)
+        );
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("DELIVERYRATE#{org}"), minute.to_string())))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(err) => Err(unavailable("record_delivery", &err)),
+        }
+    }
+}
+
+fn delivery_record_from_item(org: &str, item: &Item) -> StoreResult<DeliveryRecord> {
+    let mut record: DeliveryRecord = serde_json::from_str(&string_attr(item, DATA)?)
+        .map_err(|e| StoreError::Corrupt(format!("item {}: {e}", item_label(item))))?;
+    record.organization_id = org.to_owned();
+    Ok(record)
+}
+
+#[async_trait]
+impl DeliveryHistory for DynamoStore {
+    async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool> {
+        let org = &record.organization_id;
+        if record.outcome == DeliveryOutcome::Rejected && !self.rejected_budget(org).await? {
+            return Ok(false);
+        }
+        let data = serde_json::to_string(record)
+            .map_err(|e| StoreError::Unavailable(format!("record_delivery: encoding: {e}")))?;
+        let mut item = key(delivery_log_pk(org), record.id.clone());
+        item.insert(DATA.to_owned(), s(data));
+        item.insert(SOURCE.to_owned(), s(record.source.as_str()));
+        item.insert(OUTCOME.to_owned(), s(record.outcome.as_str()));
+        item.insert(
+            EXPIRES_AT.to_owned(),
+            n(crate::util::now_unix() + DELIVERY_HISTORY_RETENTION_SECS),
+        );
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("record_delivery", &e))?;
+        Ok(true)
+    }
+
+    async fn get_delivery(&self, org: &str, id: &str) -> StoreResult<Option<DeliveryRecord>> {
+        self.get_item(key(delivery_log_pk(org), id.to_owned()), "get_delivery")
+            .await?
+            .map(|item| delivery_record_from_item(org, &item))
+            .transpose()
+    }
+
+    async fn list_deliveries(
+        &self,
+        org: &str,
+        filter: &DeliveryFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        let limit = page_size(limit);
+        let mut e = Expr::default();
+        let condition = format!("{} = {}", e.name(PK), e.value("pk", s(delivery_log_pk(org))));
+        let mut filters = Vec::new();
+        if let Some(source) = filter.source {
+            filters.push(format!(
+                "{} = {}",
+                e.name(SOURCE),
+                e.value("source", s(source.as_str()))
+            ));
+        }
+        if let Some(outcome) = filter.outcome {
+            filters.push(format!(
+                "{} = {}",
+                e.name(OUTCOME),
+                e.value("outcome", s(outcome.as_str()))
+            ));
+        }
+        let start = after.map(|id| key(delivery_log_pk(org), id.to_owned()));
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression(condition)
+            .scan_index_forward(false)
+            .consistent_read(true)
+            .set_exclusive_start_key(start);
+        if !filters.is_empty() {
+            query = query.filter_expression(filters.join(" AND "));
+        }
+        let query = query
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values());
+        let items = self.collect(query, Some(limit + 1), "list_deliveries").await?;
+        into_page(
+            items,
+            limit,
+            |item| delivery_record_from_item(org, item),
+            |d| d.id.clone(),
+        )
     }
 }
 

@@ -22,12 +22,14 @@ use serde::Serialize;
 use serde_json::Value;
 use tower::ServiceExt;
 
+use crate::deploy::history::{DeliveryContext, DeliverySummary, finish};
 use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image};
 use crate::deploy::{DeployError, Ignored};
 use crate::metrics::{DeliveryLine, Endpoint, Tally};
 use crate::pipeline::{RelayReport, relay_pending};
 use crate::store::{DeploymentQueue, Store, StoreError};
 use crate::web::{AppState, image_router};
+use autodeploy_core::delivery::DeliverySource;
 
 /// The organization whose containers and jobs the ECR events of this function's account
 /// deploy (the `image-tag` function). An EventBridge event names an AWS account and region, not an
@@ -244,7 +246,18 @@ impl ImageTagHandler {
         match EventShape::of(&event.payload) {
             EventShape::HttpApi => self.http(event).await,
             EventShape::EventBridge => {
-                let outcome = self.eventbridge(&event.payload).await;
+                let context = self
+                    .ecr_organization()
+                    .map(|org| DeliveryContext::new(org, DeliverySource::Ecr, None, false));
+                let outcome = self.eventbridge(&event.payload, context.as_ref()).await;
+                if let Some(context) = &context {
+                    let (status, summary) = match &outcome {
+                        Ok(outcome) => (outcome.status, DeliverySummary::from(&outcome.response)),
+                        Err(err @ EventError::Unavailable(_)) => (503, DeliverySummary::refused(503, &err.to_string())),
+                        Err(err) => (400, DeliverySummary::refused(400, &err.to_string())),
+                    };
+                    finish(self.state.store.as_ref(), context, &summary, status).await;
+                }
                 self.emit_ecr_metrics(&outcome, &event.context.request_id);
                 outcome.and_then(encode)
             }
@@ -312,7 +325,7 @@ impl ImageTagHandler {
         });
     }
 
-    async fn eventbridge(&self, event: &Value) -> Result<EcrOutcome, EventError> {
+    async fn eventbridge(&self, event: &Value, history: Option<&DeliveryContext>) -> Result<EcrOutcome, EventError> {
         let org = match &self.ecr_organization {
             Ok(org) => org.as_str(),
             Err(reason) => {
@@ -352,6 +365,7 @@ impl ImageTagHandler {
             source,
             dry_run: false,
             remember: None,
+            history,
         };
         match deploy_image(&self.state.deployer, announcement).await {
             Ok(response) => Ok(EcrOutcome {

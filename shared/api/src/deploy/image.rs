@@ -10,6 +10,7 @@ use autodeploy_core::model::Service;
 use autodeploy_core::registry_events::ImageSourceKind;
 use serde::Serialize;
 
+use super::history::{DeliveryContext, DeliverySummary, draft_of};
 use super::{DeployError, Deployer, EntryStatus, Ignored};
 use crate::pipeline::Outcome;
 use crate::store::{Candidate, DeliveryKey, Guard, StoredService};
@@ -102,6 +103,8 @@ pub struct ImageAnnouncement<'a> {
     pub dry_run: bool,
     /// The notification to remember with what it records, so that a replay of it is known.
     pub remember: Option<DeliveryKey>,
+    /// The delivery's account, recorded in the same write as its deployments.
+    pub history: Option<&'a DeliveryContext>,
 }
 
 /// Services of `org` that use `image` under any of its lookup paths, each once, by id.
@@ -187,6 +190,7 @@ pub async fn deploy_image(
         source,
         dry_run,
         mut remember,
+        history,
     } = announcement;
     let mut report = ImageReport::new(source, dry_run);
     report.registry = image.registry.clone();
@@ -228,6 +232,7 @@ pub async fn deploy_image(
         return Ok(sorted(report));
     }
 
+    let mut draft = history.map(|context| draft_of(context, &DeliverySummary::from(&report)));
     for _ in 0..RECORD_ATTEMPTS {
         if deployable.is_empty() {
             break;
@@ -237,7 +242,9 @@ pub async fn deploy_image(
             .iter()
             .filter_map(|stored| candidate(org, stored, tag, source, &requested_at))
             .collect();
-        let outcomes = deployer.record(org, &candidates, remember.take().as_ref()).await?;
+        let outcomes = deployer
+            .record(org, &candidates, remember.take().as_ref(), draft.take().as_ref())
+            .await?;
         let mut lost: Vec<&str> = Vec::new();
         for (candidate, outcome) in candidates.iter().zip(outcomes) {
             let request = &candidate.request;
@@ -276,9 +283,12 @@ pub async fn deploy_image(
     if !deployable.is_empty() {
         return Err(DeployError::Contention);
     }
-    if let Some(delivery) = remember {
-        // Nothing was recorded: remember the notification on its own.
-        deployer.store.remember_delivery(org, &delivery).await?;
+    if remember.is_some() || draft.is_some() {
+        // Nothing was deployable: remember the notification, and record it, on their own.
+        deployer.record(org, &[], remember.as_ref(), draft.as_ref()).await?;
+    }
+    if let Some(context) = history {
+        context.mark_recorded();
     }
     Ok(sorted(report))
 }

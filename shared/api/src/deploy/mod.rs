@@ -4,11 +4,14 @@
 //! handlers and the ECR event handler only extract, call and render.
 
 pub mod consume;
+pub mod history;
 pub mod image;
 pub mod push;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use autodeploy_core::delivery::HistoryDraft;
 
 use crate::pipeline::{Outcome, record_and_send};
 use crate::store::{Candidate, DeliveryKey, DeploymentQueue, Store, StoreError};
@@ -23,12 +26,14 @@ pub struct Deployer {
 }
 
 impl Deployer {
-    /// Record and send a request's deployments, remembering `delivery` with them.
+    /// Record and send a request's deployments, remembering `delivery` and the delivery's
+    /// `history` with them.
     pub async fn record(
         &self,
         org: &str,
         candidates: &[Candidate],
         delivery: Option<&DeliveryKey>,
+        history: Option<&HistoryDraft>,
     ) -> Result<Vec<Outcome>, StoreError> {
         record_and_send(
             self.store.as_ref(),
@@ -36,6 +41,7 @@ impl Deployer {
             org,
             candidates,
             delivery,
+            history,
             self.in_flight_horizon,
         )
         .await

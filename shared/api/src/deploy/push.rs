@@ -10,6 +10,7 @@ use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::Push;
 use serde::Serialize;
 
+use super::history::{DeliveryContext, DeliverySummary, draft_of};
 use super::{DeployError, Deployer, EntryStatus, Ignored};
 use crate::pipeline::Outcome;
 use crate::store::{Candidate, DeliveryKey, Guard, StoredService};
@@ -91,6 +92,8 @@ pub struct PushDelivery<'a> {
     pub delivery_id: Option<String>,
     pub pushes: Vec<Push>,
     pub dry_run: bool,
+    /// The delivery's account, recorded in the same write as its deployments.
+    pub history: Option<&'a DeliveryContext>,
 }
 
 /// How long a processed delivery id is remembered (SPEC "Once only": 3 days).
@@ -121,6 +124,7 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
         delivery_id,
         pushes,
         dry_run,
+        history,
     } = delivery;
     let mut report = PushReport::new(provider, delivery_id.clone(), dry_run);
 
@@ -202,7 +206,13 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
         id,
         expires_unix: now_unix() + DELIVERY_RETENTION_SECS,
     });
-    let outcomes = deployer.record(org, &candidates, remember.as_ref()).await?;
+    let draft = history.map(|context| draft_of(context, &DeliverySummary::from(&report)));
+    let outcomes = deployer
+        .record(org, &candidates, remember.as_ref(), draft.as_ref())
+        .await?;
+    if let Some(context) = history {
+        context.mark_recorded();
+    }
     for (candidate, outcome) in candidates.iter().zip(outcomes) {
         let request = &candidate.request;
         let Trigger::GitPush { branch, commit_sha, .. } = &request.trigger else {

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
+use autodeploy_core::delivery::{CandidateFate, HistoryDraft};
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use rusqlite::{Connection, OptionalExtension, params};
 use time::OffsetDateTime;
@@ -160,8 +161,10 @@ impl DeploymentLog for SqliteStore {
         org: &str,
         candidates: &[Candidate],
         delivery: Option<&DeliveryKey>,
+        history: Option<&HistoryDraft>,
     ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
-        let (org, owned, delivery) = (org.to_owned(), candidates.to_vec(), delivery.cloned());
+        let (org, owned, delivery, history) =
+            (org.to_owned(), candidates.to_vec(), delivery.cloned(), history.cloned());
         let outcomes = self
             .write(move |conn| {
                 let now = now_unix();
@@ -182,6 +185,15 @@ impl DeploymentLog for SqliteStore {
                 }
                 if let Some(delivery) = &delivery {
                     remember(conn, &org, delivery)?;
+                }
+                if let Some(draft) = &history {
+                    let fates = owned.iter().zip(&outcomes).map(|(c, o)| match o {
+                        RecordOutcome::Recorded(_) => CandidateFate::Recorded(&c.request.deployment_id),
+                        RecordOutcome::GuardFailed => CandidateFate::AlreadyQueued {
+                            service_id: &c.request.service_id,
+                        },
+                    });
+                    super::history::insert(conn, &draft.complete(fates))?;
                 }
                 Ok(outcomes)
             })

@@ -10,6 +10,7 @@
 mod credentials;
 mod deliveries;
 mod deployments;
+mod history;
 mod lifecycle;
 mod schema;
 mod services;
@@ -116,6 +117,7 @@ impl SqliteStore {
                     )
                     .map_err(unavailable)?;
                 deliveries::purge(conn, now)?;
+                history::purge(conn, now)?;
                 Ok(Maintenance {
                     leases_expired,
                     deployments_pruned,

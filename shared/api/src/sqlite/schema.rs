@@ -127,6 +127,21 @@ UPDATE services SET target_id = json_extract(data, '$.deploy_target.target_id');
 CREATE INDEX deployments_leases ON deployments (lease_expires_unix) WHERE status = 'IN_PROGRESS';
 CREATE INDEX deployments_retries ON deployments (org, next_attempt_unix) WHERE status = 'QUEUED';
 "#,
+    // The deliveries history.
+    r#"
+CREATE TABLE delivery_log (
+    org           TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    outcome       TEXT NOT NULL,
+    received_unix INTEGER NOT NULL,
+    data          TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE INDEX delivery_log_by_source ON delivery_log (org, source, id);
+CREATE INDEX delivery_log_by_outcome ON delivery_log (org, outcome, id);
+CREATE INDEX delivery_log_by_age ON delivery_log (received_unix);
+"#,
 ];
 
 /// Bring the database at `conn` to this build's schema.

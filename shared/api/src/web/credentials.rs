@@ -3,6 +3,7 @@
 //! SHA-256 digests.
 
 use autodeploy_core::body::{Document, Fields};
+use autodeploy_core::delivery::DeliverySource;
 use autodeploy_core::provider::SecretProvider;
 use axum::Json;
 use axum::Router;
@@ -17,7 +18,7 @@ use super::auth::{Caller, SCOPES, Scope};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ListParams, Org, PathParams, QueryParams, Valid, encode_cursor};
 use super::{AppState, ListBody};
-use crate::store::{SecretRecord, TokenRecord};
+use crate::store::{DeliveryFilter, SecretRecord, TokenRecord};
 use crate::util::{new_token, now_rfc3339, sha256_hex};
 
 pub fn routes() -> Router<AppState> {
@@ -104,10 +105,24 @@ async fn get_secret(
     caller.authorize(&org, Scope::Manage)?;
     let provider = secret_provider(&path)?;
     let record = state.store.get_secret(&org, provider.slug()).await?;
+    // Is the webhook wired correctly? What its last delivery came to says at a glance.
+    let source = DeliverySource::parse(provider.slug());
+    let last = match source {
+        Some(source) => {
+            let filter = DeliveryFilter {
+                source: Some(source),
+                outcome: None,
+            };
+            state.store.list_deliveries(&org, &filter, None, 1).await?.items.pop()
+        }
+        None => None,
+    };
     Ok(Json(json!({
         "provider": provider.slug(),
         "configured": record.is_some(),
         "set_at": record.map(|r| r.set_at),
+        "last_delivery_at": last.as_ref().map(|d| d.received_at.clone()),
+        "last_outcome": last.map(|d| d.outcome),
     }))
     .into_response())
 }

@@ -7,7 +7,9 @@ use autodeploy_core::matching::ImageTarget;
 use autodeploy_core::registry_events::ImageSourceKind;
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::StatusCode;
@@ -17,6 +19,7 @@ use super::auth::{Caller, Scope};
 use super::error::ApiResult;
 use super::extract::{Org, QueryParams, Valid};
 use crate::deploy::Ignored;
+use crate::deploy::history::{DeliveryContext, DeliverySummary};
 use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image, source_name};
 use crate::metrics::Tally;
 
@@ -54,31 +57,39 @@ impl Document for DeployBody {
     }
 }
 
+/// What every CI endpoint extracts.
+type CiRequest = (
+    Caller,
+    State<AppState>,
+    Option<Extension<Arc<DeliveryContext>>>,
+    Org,
+    QueryParams,
+);
+
 async fn deploy_container(
     caller: Caller,
     state: State<AppState>,
+    context: Option<Extension<Arc<DeliveryContext>>>,
     org: Org,
     query: QueryParams,
     body: Valid<DeployBody>,
 ) -> ApiResult<Response> {
-    ci_deploy(caller, state, org, query, body, ImageTarget::Container).await
+    ci_deploy((caller, state, context, org, query), body, ImageTarget::Container).await
 }
 
 async fn deploy_job(
     caller: Caller,
     state: State<AppState>,
+    context: Option<Extension<Arc<DeliveryContext>>>,
     org: Org,
     query: QueryParams,
     body: Valid<DeployBody>,
 ) -> ApiResult<Response> {
-    ci_deploy(caller, state, org, query, body, ImageTarget::Job).await
+    ci_deploy((caller, state, context, org, query), body, ImageTarget::Job).await
 }
 
 async fn ci_deploy(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    query: QueryParams,
+    (caller, State(state), context, Org(org), query): CiRequest,
     Valid(body): Valid<DeployBody>,
     target: ImageTarget,
 ) -> ApiResult<Response> {
@@ -93,6 +104,7 @@ async fn ci_deploy(
             source: ImageSourceKind::Api,
             dry_run: query.dry_run()?,
             remember: None,
+            history: context.as_deref().map(Arc::as_ref),
         },
     )
     .await?;
@@ -108,8 +120,10 @@ pub fn render(report: ImageReport) -> Response {
         StatusCode::OK
     };
     let tally = tally(&report);
+    let summary = DeliverySummary::from(&report);
     let mut response = (status, Json(report)).into_response();
     response.extensions_mut().insert(tally);
+    response.extensions_mut().insert(summary);
     response
 }
 

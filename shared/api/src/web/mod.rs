@@ -5,10 +5,12 @@
 pub mod auth;
 pub mod consumers;
 pub mod credentials;
+pub mod deliveries;
 pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod images;
+pub mod observe;
 pub mod registry;
 pub mod services;
 pub mod webhooks;
@@ -102,14 +104,28 @@ fn settings_routes() -> Router<AppState> {
     services::routes()
         .merge(credentials::routes())
         .merge(deployments::routes())
+        .merge(deliveries::routes())
         .merge(consumers::result_routes())
 }
 
-/// The image-tag endpoints and registry webhooks (the `image-tag` Lambda function).
-fn image_routes() -> Router<AppState> {
+/// The image-tag endpoints and registry webhooks (the `image-tag` Lambda function), each
+/// delivery finished by the observing layer.
+fn image_routes(state: &AppState) -> Router<AppState> {
     images::routes()
         .merge(registry::routes())
-        .route_layer(axum::middleware::from_fn(crate::metrics::observe_image))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe_image,
+        ))
+}
+
+/// The git push webhooks (the `push-webhook` Lambda function), each delivery finished by the
+/// observing layer.
+fn push_routes(state: &AppState) -> Router<AppState> {
+    webhooks::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        observe::observe_push,
+    ))
 }
 
 /// The settings API (the `settings` Lambda function).
@@ -119,12 +135,12 @@ pub fn settings_router(state: AppState) -> Router {
 
 /// The git push webhooks (the `push-webhook` Lambda function).
 pub fn push_router(state: AppState) -> Router {
-    finish(webhooks::routes(), state)
+    finish(push_routes(&state), state)
 }
 
 /// The image-tag endpoints and registry webhooks (the `image-tag` Lambda function).
 pub fn image_router(state: AppState) -> Router {
-    finish(image_routes(), state)
+    finish(image_routes(&state), state)
 }
 
 /// Every route of the product (the standalone server), and its OpenAPI document.
@@ -132,8 +148,8 @@ pub fn full_router(state: AppState) -> Router {
     finish(
         settings_routes()
             .merge(consumers::pull_routes())
-            .merge(webhooks::routes())
-            .merge(image_routes())
+            .merge(push_routes(&state))
+            .merge(image_routes(&state))
             .route("/openapi.yaml", get(openapi)),
         state,
     )
@@ -174,6 +190,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/organization/{org}/deployments/{deployment_id}/ack", "standalone"),
     ("POST", "/organization/{org}/deployments/{deployment_id}/nack", "standalone"),
     ("POST", "/organization/{org}/deployments/{deployment_id}/extend", "standalone"),
+    ("GET", "/organization/{org}/deliveries", "settings"),
+    ("GET", "/organization/{org}/deliveries/{delivery_id}", "settings"),
     ("POST", "/organization/{org}/webhooks/{provider}", "push-webhook"),
     ("POST", "/organization/{org}/container/deploy", "image-tag"),
     ("POST", "/organization/{org}/job/deploy", "image-tag"),

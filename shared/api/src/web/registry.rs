@@ -10,7 +10,9 @@ use autodeploy_core::registry_events::{
 };
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
 use axum::response::Response;
 use axum::routing::post;
 use bytes::Bytes;
@@ -24,6 +26,7 @@ use super::extract::{Org, PathParams, QueryParams, read_body};
 use super::images::render;
 use super::webhooks::verified_body;
 use crate::deploy::Ignored;
+use crate::deploy::history::DeliveryContext;
 use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image};
 use crate::store::DeliveryKey;
 use crate::util::{now_unix, sha256_hex};
@@ -62,6 +65,7 @@ fn secret_matches(presented: &str, stored: &str) -> bool {
 /// The path (and so the secret) is never logged nor echoed.
 async fn dockerhub_webhook(
     State(state): State<AppState>,
+    context: Option<Extension<Arc<DeliveryContext>>>,
     Org(org): Org,
     path: PathParams,
     query: QueryParams,
@@ -82,7 +86,16 @@ async fn dockerhub_webhook(
     let dry_run = query.dry_run()?;
     let bytes = read_body(&headers, body, REGISTRY_BODY_LIMIT).await?;
     let event = parse_dockerhub(&bytes).map_err(registry_error)?;
-    registry_event(&state, &org, event, &bytes, ImageSourceKind::DockerHub, dry_run).await
+    let context = context.as_deref().map(Arc::as_ref);
+    registry_event(
+        &state,
+        (&org, context),
+        event,
+        &bytes,
+        ImageSourceKind::DockerHub,
+        dry_run,
+    )
+    .await
 }
 
 async fn dockerhub_without_secret() -> ApiError {
@@ -94,6 +107,7 @@ async fn dockerhub_without_secret() -> ApiError {
 /// GitHub `package` / `registry_package` events.
 async fn github_package_webhook(
     State(state): State<AppState>,
+    context: Option<Extension<Arc<DeliveryContext>>>,
     Org(org): Org,
     query: QueryParams,
     headers: HeaderMap,
@@ -119,7 +133,8 @@ async fn github_package_webhook(
     }
     let json = github_json(&headers, &bytes)?;
     let parsed = parse_github_package(event, &json).map_err(registry_error)?;
-    registry_event(&state, &org, parsed, &bytes, source, dry_run).await
+    let context = context.as_deref().map(Arc::as_ref);
+    registry_event(&state, (&org, context), parsed, &bytes, source, dry_run).await
 }
 
 /// GitHub can be configured to send a form whose `payload` field holds the JSON; the
@@ -148,7 +163,7 @@ fn registry_error(err: RegistryEventError) -> ApiError {
 /// registry.
 async fn registry_event(
     state: &AppState,
-    org: &str,
+    (org, context): (&str, Option<&DeliveryContext>),
     event: RegistryEvent,
     body: &[u8],
     source: ImageSourceKind,
@@ -208,6 +223,7 @@ async fn registry_event(
             source,
             dry_run,
             remember: Some(body_key),
+            history: context,
         },
     )
     .await?;

@@ -6,7 +6,7 @@ use autodeploy_core::push::{Delivery, delivery_id, parse_delivery, verify_signat
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -15,7 +15,10 @@ use http::{HeaderMap, StatusCode};
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{Org, PathParams, QueryParams, read_body};
+use std::sync::Arc;
+
 use crate::deploy::Ignored;
+use crate::deploy::history::{DeliveryContext, DeliverySummary};
 use crate::deploy::push::{PushDelivery, PushReport, deploy_pushes, seen_before};
 use crate::metrics::Tally;
 
@@ -23,9 +26,7 @@ use crate::metrics::Tally;
 pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/organization/{org}/webhooks/{provider}", post(push_webhook))
-        .route_layer(axum::middleware::from_fn(crate::metrics::observe_push))
+    Router::new().route("/organization/{org}/webhooks/{provider}", post(push_webhook))
 }
 
 /// The organization's secret for `provider`, read before the body is: an organization without
@@ -53,6 +54,7 @@ pub async fn verified_body(
 
 async fn push_webhook(
     State(state): State<AppState>,
+    context: Option<Extension<Arc<DeliveryContext>>>,
     Org(org): Org,
     path: PathParams,
     query: QueryParams,
@@ -88,6 +90,7 @@ async fn push_webhook(
             delivery_id: delivery,
             pushes,
             dry_run,
+            history: context.as_deref().map(Arc::as_ref),
         },
     )
     .await?;
@@ -108,7 +111,9 @@ fn render(report: PushReport) -> Response {
         dry_run: report.dry_run,
         ..Tally::of(report.queued.iter().map(|q| q.status.as_str()), report.skipped.len())
     };
+    let summary = DeliverySummary::from(&report);
     let mut response = (status, Json(report)).into_response();
     response.extensions_mut().insert(tally);
+    response.extensions_mut().insert(summary);
     response
 }

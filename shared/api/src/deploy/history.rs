@@ -1,0 +1,307 @@
+//! Every delivery's account, in one place: what the deliveries history records, what the log
+//! line says and what the metrics count, built the same way for every route and outcome.
+//!
+//! The route layer opens a [`DeliveryContext`] before the handler runs. A use case that writes
+//! deployments records the delivery in that same write (and marks the context); for every
+//! other answer — ignored, duplicate, refused, failed, dry run — [`finish`] records it after
+//! the handler, from the [`DeliverySummary`] the response carries or the error it is.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use autodeploy_core::delivery::{DeliveryOutcome, DeliveryRecord, DeliverySource, HistoryDraft, SkippedService};
+use autodeploy_core::provider::GitProvider;
+
+use super::Ignored;
+use super::image::ImageReport;
+use super::push::PushReport;
+use crate::store::Store;
+use crate::util::{new_deployment_id, now_rfc3339};
+
+/// A delivery being answered.
+#[derive(Debug)]
+pub struct DeliveryContext {
+    pub organization_id: String,
+    pub source: DeliverySource,
+    pub id: String,
+    pub received_at: String,
+    /// The provider's delivery id, as far as the headers tell.
+    pub delivery_id: Option<String>,
+    pub dry_run: bool,
+    recorded: AtomicBool,
+}
+
+impl DeliveryContext {
+    pub fn new(org: &str, source: DeliverySource, delivery_id: Option<String>, dry_run: bool) -> Self {
+        Self {
+            organization_id: org.to_owned(),
+            source,
+            // Time-ordered, as deployment ids are: the history lists newest first by id.
+            id: new_deployment_id(),
+            received_at: now_rfc3339(),
+            delivery_id,
+            dry_run,
+            recorded: AtomicBool::new(false),
+        }
+    }
+
+    /// The record of this delivery, before anything is known of its outcome.
+    pub fn record(&self) -> DeliveryRecord {
+        DeliveryRecord {
+            id: self.id.clone(),
+            organization_id: self.organization_id.clone(),
+            received_at: self.received_at.clone(),
+            source: self.source,
+            delivery_id: self.delivery_id.clone(),
+            http_status: 0,
+            outcome: DeliveryOutcome::Rejected,
+            reason: String::new(),
+            repository: None,
+            branch: None,
+            commit_sha: None,
+            image: None,
+            tag: None,
+            queued: Vec::new(),
+            skipped: Vec::new(),
+            dry_run: self.dry_run,
+        }
+    }
+
+    /// The delivery was recorded with the request's other writes.
+    pub fn mark_recorded(&self) {
+        self.recorded.store(true, Ordering::Release);
+    }
+
+    pub fn is_recorded(&self) -> bool {
+        self.recorded.load(Ordering::Acquire)
+    }
+}
+
+pub fn source_of(provider: GitProvider) -> DeliverySource {
+    match provider {
+        GitProvider::Github => DeliverySource::Github,
+        GitProvider::Gitlab => DeliverySource::Gitlab,
+        GitProvider::Bitbucket => DeliverySource::Bitbucket,
+        GitProvider::BitbucketServer => DeliverySource::BitbucketServer,
+        GitProvider::Gitea => DeliverySource::Gitea,
+        GitProvider::Gogs => DeliverySource::Gogs,
+        GitProvider::AzureDevops => DeliverySource::AzureDevops,
+    }
+}
+
+/// What an answered delivery amounts to: the part of its record its answer decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySummary {
+    pub outcome: DeliveryOutcome,
+    pub reason: String,
+    pub delivery_id: Option<String>,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    pub image: Option<String>,
+    pub tag: Option<String>,
+    pub queued: Vec<String>,
+    pub skipped: Vec<SkippedService>,
+}
+
+impl DeliverySummary {
+    /// A refused or failed delivery: `status` 4xx is `REJECTED`, 5xx `ERROR`.
+    pub fn refused(status: u16, reason: &str) -> Self {
+        Self {
+            outcome: if status >= 500 {
+                DeliveryOutcome::Error
+            } else {
+                DeliveryOutcome::Rejected
+            },
+            reason: reason.to_owned(),
+            delivery_id: None,
+            repository: None,
+            branch: None,
+            commit_sha: None,
+            image: None,
+            tag: None,
+            queued: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    fn answered(
+        ignored: Option<Ignored>,
+        message: Option<&str>,
+        queued: Vec<String>,
+        skipped: Vec<SkippedService>,
+        dry_run: bool,
+        would_queue: usize,
+    ) -> Self {
+        let (outcome, reason) = match ignored {
+            Some(Ignored::DuplicateDelivery) => (
+                DeliveryOutcome::Duplicate,
+                message
+                    .unwrap_or("This delivery was processed before; a redelivery deploys nothing.")
+                    .to_owned(),
+            ),
+            Some(reason) => (
+                DeliveryOutcome::Ignored,
+                message.map_or_else(|| ignored_reason(reason).to_owned(), str::to_owned),
+            ),
+            None if !queued.is_empty() => (
+                DeliveryOutcome::Queued,
+                format!(
+                    "{} deployment{} queued.",
+                    queued.len(),
+                    if queued.len() == 1 { "" } else { "s" }
+                ),
+            ),
+            None if dry_run && would_queue > 0 => (
+                DeliveryOutcome::NothingToDeploy,
+                format!(
+                    "Dry run: {would_queue} deployment{} would be queued; nothing was.",
+                    if would_queue == 1 { "" } else { "s" }
+                ),
+            ),
+            None => (
+                DeliveryOutcome::NothingToDeploy,
+                message.map_or_else(|| autodeploy_core::delivery::nothing_deployed(&skipped), str::to_owned),
+            ),
+        };
+        Self {
+            outcome,
+            reason,
+            delivery_id: None,
+            repository: None,
+            branch: None,
+            commit_sha: None,
+            image: None,
+            tag: None,
+            queued,
+            skipped,
+        }
+    }
+}
+
+fn ignored_reason(ignored: Ignored) -> &'static str {
+    match ignored {
+        Ignored::TagPush => "A tag push: only branch pushes deploy.",
+        Ignored::BranchDeleted => "A branch deletion deploys nothing.",
+        Ignored::Ping => "A ping: the provider is checking the webhook.",
+        Ignored::UnsupportedEvent => "Not a push event: only pushes deploy.",
+        Ignored::DuplicateDelivery => "This delivery was processed before; a redelivery deploys nothing.",
+    }
+}
+
+impl From<&PushReport> for DeliverySummary {
+    fn from(report: &PushReport) -> Self {
+        let queued = report.queued.iter().filter_map(|q| q.deployment_id.clone()).collect();
+        let skipped = report
+            .skipped
+            .iter()
+            .map(|s| SkippedService {
+                service_id: s.service_id.clone(),
+                reason: s.reason.as_str().to_owned(),
+            })
+            .collect();
+        Self {
+            delivery_id: report.delivery_id.clone(),
+            repository: report.repository.clone(),
+            branch: report.branch.clone(),
+            commit_sha: report.commit_sha.clone(),
+            ..Self::answered(
+                report.ignored,
+                report.message.as_deref(),
+                queued,
+                skipped,
+                report.dry_run,
+                report.queued.len(),
+            )
+        }
+    }
+}
+
+impl From<&ImageReport> for DeliverySummary {
+    fn from(report: &ImageReport) -> Self {
+        let queued = report.queued.iter().filter_map(|q| q.deployment_id.clone()).collect();
+        let skipped = report
+            .skipped
+            .iter()
+            .map(|s| SkippedService {
+                service_id: s.service_id.clone(),
+                reason: s.reason.as_str().to_owned(),
+            })
+            .collect();
+        let image = report.image_name.as_ref().map(|path| match &report.registry {
+            Some(registry) => format!("{registry}/{path}"),
+            None => path.clone(),
+        });
+        Self {
+            image,
+            tag: report.tag.clone(),
+            ..Self::answered(
+                report.ignored,
+                report.message.as_deref(),
+                queued,
+                skipped,
+                report.dry_run,
+                report.queued.len(),
+            )
+        }
+    }
+}
+
+/// The delivery's record: its context, completed by its summary and the status answered.
+pub fn record_of(context: &DeliveryContext, summary: &DeliverySummary, http_status: u16) -> DeliveryRecord {
+    DeliveryRecord {
+        http_status,
+        outcome: summary.outcome,
+        reason: summary.reason.clone(),
+        delivery_id: summary.delivery_id.clone().or_else(|| context.delivery_id.clone()),
+        repository: summary.repository.clone(),
+        branch: summary.branch.clone(),
+        commit_sha: summary.commit_sha.clone(),
+        image: summary.image.clone(),
+        tag: summary.tag.clone(),
+        queued: summary.queued.clone(),
+        skipped: summary.skipped.clone(),
+        ..context.record()
+    }
+}
+
+/// The draft a use case writes with its deployments: the delivery as far as the plan knows it.
+pub fn draft_of(context: &DeliveryContext, summary: &DeliverySummary) -> HistoryDraft {
+    let mut record = record_of(context, summary, 0);
+    // Completed by what the write records.
+    record.reason = if summary.outcome == DeliveryOutcome::NothingToDeploy && summary.skipped.is_empty() {
+        summary.reason.clone()
+    } else {
+        String::new()
+    };
+    HistoryDraft { record }
+}
+
+/// Log one line for the delivery and, unless its use case recorded it already, add it to the
+/// history. Never fails the answer: a store that does not take the record is logged.
+pub async fn finish(store: &dyn Store, context: &DeliveryContext, summary: &DeliverySummary, http_status: u16) {
+    let record = record_of(context, summary, http_status);
+    let mut kept = context.is_recorded();
+    if !kept {
+        match store.record_delivery(&record).await {
+            Ok(recorded) => kept = recorded,
+            Err(err) => tracing::warn!(error = %err, "the delivery could not be added to the history"),
+        }
+    }
+    tracing::info!(
+        org = %record.organization_id,
+        source = record.source.as_str(),
+        delivery_id = record.delivery_id.as_deref().unwrap_or(""),
+        outcome = record.outcome.as_str(),
+        status = http_status,
+        reason = %record.reason,
+        repository = record.repository.as_deref().unwrap_or(""),
+        branch = record.branch.as_deref().unwrap_or(""),
+        image = record.image.as_deref().unwrap_or(""),
+        tag = record.tag.as_deref().unwrap_or(""),
+        queued = record.queued.len(),
+        skipped = record.skipped.len(),
+        dry_run = record.dry_run,
+        in_history = kept,
+        "delivery"
+    );
+}

@@ -1,0 +1,134 @@
+//! The deliveries history: bounded to the newest deliveries of each organization and to its
+//! retention, with rejected deliveries rate-limited so that a flood cannot push out the rest.
+
+use async_trait::async_trait;
+use autodeploy_core::delivery::{
+    DELIVERY_HISTORY_PER_ORGANIZATION, DELIVERY_HISTORY_RETENTION_SECS, DeliveryOutcome, DeliveryRecord,
+    REJECTED_PER_MINUTE,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
+use crate::store::{DeliveryFilter, DeliveryHistory, Page, StoreResult};
+use crate::util::now_unix;
+
+fn record_of(org: &str, data: String) -> StoreResult<DeliveryRecord> {
+    let mut record: DeliveryRecord = from_json(&data)?;
+    record.organization_id = org.to_owned();
+    Ok(record)
+}
+
+/// Add `record` to the history (see [`DeliveryHistory::record_delivery`]), keeping the
+/// organization's newest [`DELIVERY_HISTORY_PER_ORGANIZATION`].
+pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<bool> {
+    let now = now_unix();
+    let org = &record.organization_id;
+    if record.outcome == DeliveryOutcome::Rejected {
+        let recent: u32 = conn
+            .query_row(
+                "SELECT count(*) FROM delivery_log WHERE org = ?1 AND outcome = 'REJECTED' AND received_unix > ?2",
+                params![org, now - 60],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        if recent >= REJECTED_PER_MINUTE {
+            return Ok(false);
+        }
+    }
+    conn.execute(
+        "INSERT OR REPLACE INTO delivery_log (org, id, source, outcome, received_unix, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            org,
+            record.id,
+            record.source.as_str(),
+            record.outcome.as_str(),
+            now,
+            to_json(record)?
+        ],
+    )
+    .map_err(unavailable)?;
+    let oldest_kept: Option<String> = conn
+        .query_row(
+            "SELECT id FROM delivery_log WHERE org = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+            params![org, DELIVERY_HISTORY_PER_ORGANIZATION - 1],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    if let Some(oldest) = oldest_kept {
+        conn.execute(
+            "DELETE FROM delivery_log WHERE org = ?1 AND id < ?2",
+            params![org, oldest],
+        )
+        .map_err(unavailable)?;
+    }
+    Ok(true)
+}
+
+/// Deliveries past their retention.
+pub(super) fn purge(conn: &Connection, now: i64) -> StoreResult<()> {
+    conn.execute(
+        "DELETE FROM delivery_log WHERE received_unix < ?1",
+        params![now - DELIVERY_HISTORY_RETENTION_SECS],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+#[async_trait]
+impl DeliveryHistory for SqliteStore {
+    async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool> {
+        let record = record.clone();
+        self.write(move |conn| insert(conn, &record)).await
+    }
+
+    async fn get_delivery(&self, org: &str, id: &str) -> StoreResult<Option<DeliveryRecord>> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT data FROM delivery_log WHERE org = ?1 AND id = ?2",
+                params![org, id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(unavailable)?
+            .map(|data| record_of(org, data))
+            .transpose()
+        })
+    }
+
+    async fn list_deliveries(
+        &self,
+        org: &str,
+        filter: &DeliveryFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Page<DeliveryRecord>> {
+        let before = after.map(str::to_owned).unwrap_or_else(|| "g".repeat(32));
+        let source = filter.source.map(|s| s.as_str());
+        let outcome = filter.outcome.map(|o| o.as_str());
+        // One statement per filter, each served by its own index.
+        let (condition, first) = match (source, outcome) {
+            (None, None) => ("", None),
+            (Some(s), None) => ("AND source = ?4", Some(s)),
+            (None, Some(o)) => ("AND outcome = ?4", Some(o)),
+            (Some(s), Some(_)) => ("AND source = ?4 AND outcome = ?5", Some(s)),
+        };
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT data FROM delivery_log WHERE org = ?1 AND id < ?2 {condition} ORDER BY id DESC LIMIT ?3"
+                ))
+                .map_err(unavailable)?;
+            let fetch = (limit + 1) as i64;
+            let row = |r: &rusqlite::Row<'_>| r.get::<_, String>(0);
+            let rows = match (first, source.is_some() && outcome.is_some()) {
+                (None, _) => stmt.query_map(params![org, before, fetch], row),
+                (Some(v), false) => stmt.query_map(params![org, before, fetch, v], row),
+                (Some(v), true) => stmt.query_map(params![org, before, fetch, v, outcome], row),
+            }
+            .map_err(unavailable)?;
+            let items = collect(rows, |data| record_of(org, data))?;
+            Ok(page(items, limit, |d| d.id.clone()))
+        })
+    }
+}

@@ -1,0 +1,277 @@
+//! The deliveries history: every request that reached an organization's webhook,
+//! registry-webhook or image-tag route, with what became of it and why (SPEC "Deliveries —
+//! why didn't it deploy?"). Never a body, a header, a secret, a signature or a token.
+
+use serde::{Deserialize, Serialize};
+
+/// Who sent a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliverySource {
+    Github,
+    Gitlab,
+    Bitbucket,
+    BitbucketServer,
+    Gitea,
+    Gogs,
+    AzureDevops,
+    ContainerApi,
+    JobApi,
+    Dockerhub,
+    GithubPackages,
+    Ecr,
+}
+
+impl DeliverySource {
+    pub const ALL: [DeliverySource; 12] = [
+        DeliverySource::Github,
+        DeliverySource::Gitlab,
+        DeliverySource::Bitbucket,
+        DeliverySource::BitbucketServer,
+        DeliverySource::Gitea,
+        DeliverySource::Gogs,
+        DeliverySource::AzureDevops,
+        DeliverySource::ContainerApi,
+        DeliverySource::JobApi,
+        DeliverySource::Dockerhub,
+        DeliverySource::GithubPackages,
+        DeliverySource::Ecr,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliverySource::Github => "github",
+            DeliverySource::Gitlab => "gitlab",
+            DeliverySource::Bitbucket => "bitbucket",
+            DeliverySource::BitbucketServer => "bitbucket-server",
+            DeliverySource::Gitea => "gitea",
+            DeliverySource::Gogs => "gogs",
+            DeliverySource::AzureDevops => "azure-devops",
+            DeliverySource::ContainerApi => "container-api",
+            DeliverySource::JobApi => "job-api",
+            DeliverySource::Dockerhub => "dockerhub",
+            DeliverySource::GithubPackages => "github-packages",
+            DeliverySource::Ecr => "ecr",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|source| source.as_str() == s)
+    }
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryOutcome {
+    /// At least one deployment was queued.
+    Queued,
+    /// Verified and read, and no service took it (each skip says why).
+    NothingToDeploy,
+    /// Nothing to look at: a ping, a tag push, a deleted branch, another event.
+    Ignored,
+    /// Processed before (the same delivery id, or the same registry notification).
+    Duplicate,
+    /// Refused: unauthenticated, unverifiable or malformed (a 4xx).
+    Rejected,
+    /// The product failed to process it (a 5xx); a retry may succeed.
+    Error,
+}
+
+impl DeliveryOutcome {
+    pub const ALL: [DeliveryOutcome; 6] = [
+        DeliveryOutcome::Queued,
+        DeliveryOutcome::NothingToDeploy,
+        DeliveryOutcome::Ignored,
+        DeliveryOutcome::Duplicate,
+        DeliveryOutcome::Rejected,
+        DeliveryOutcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Queued => "QUEUED",
+            DeliveryOutcome::NothingToDeploy => "NOTHING_TO_DEPLOY",
+            DeliveryOutcome::Ignored => "IGNORED",
+            DeliveryOutcome::Duplicate => "DUPLICATE",
+            DeliveryOutcome::Rejected => "REJECTED",
+            DeliveryOutcome::Error => "ERROR",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|outcome| outcome.as_str() == s)
+    }
+}
+
+/// A service a delivery reached and did not deploy, and why (`AUTO_DEPLOY_DISABLED`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedService {
+    pub service_id: String,
+    pub reason: String,
+}
+
+/// One delivery, as the history shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// Time-ordered: the history lists newest first by id.
+    pub id: String,
+    #[serde(skip)]
+    pub organization_id: String,
+    pub received_at: String,
+    pub source: DeliverySource,
+    /// The provider's delivery id, when it sent one.
+    pub delivery_id: Option<String>,
+    pub http_status: u16,
+    pub outcome: DeliveryOutcome,
+    /// Why it was rejected or ignored, or why nothing deployed; what was queued otherwise.
+    pub reason: String,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    pub image: Option<String>,
+    pub tag: Option<String>,
+    /// The deployment ids queued.
+    pub queued: Vec<String>,
+    pub skipped: Vec<SkippedService>,
+    pub dry_run: bool,
+}
+
+/// Rejected deliveries recorded per organization per minute at most; the rest are only
+/// counted in logs and metrics, so unauthenticated traffic cannot flush the history.
+pub const REJECTED_PER_MINUTE: u32 = 60;
+
+/// How long a delivery stays in the history (SPEC: 30 days).
+pub const DELIVERY_HISTORY_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
+
+/// The newest deliveries the standalone server keeps per organization.
+pub const DELIVERY_HISTORY_PER_ORGANIZATION: u32 = 1_000;
+
+/// A delivery's record before its deployments are recorded: completed, in the same write, by
+/// what the write did for each candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryDraft {
+    pub record: DeliveryRecord,
+}
+
+/// What a write did for one candidate deployment, for [`HistoryDraft::complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateFate<'a> {
+    /// Recorded under this deployment id.
+    Recorded(&'a str),
+    /// Its guard did not hold: the service already queued it.
+    AlreadyQueued { service_id: &'a str },
+}
+
+impl HistoryDraft {
+    /// The record as it ends: every recorded deployment in `queued`, every candidate whose
+    /// guard failed skipped `ALREADY_QUEUED`; `QUEUED` (202) when anything was recorded, else
+    /// `NOTHING_TO_DEPLOY` (200) with the reason the draft carries.
+    pub fn complete<'a>(&self, fates: impl IntoIterator<Item = CandidateFate<'a>>) -> DeliveryRecord {
+        let mut record = self.record.clone();
+        for fate in fates {
+            match fate {
+                CandidateFate::Recorded(id) => record.queued.push(id.to_owned()),
+                CandidateFate::AlreadyQueued { service_id } => record.skipped.push(SkippedService {
+                    service_id: service_id.to_owned(),
+                    reason: "ALREADY_QUEUED".to_owned(),
+                }),
+            }
+        }
+        if record.queued.is_empty() {
+            record.outcome = DeliveryOutcome::NothingToDeploy;
+            record.http_status = 200;
+            if record.reason.is_empty() {
+                record.reason = nothing_deployed(&record.skipped);
+            }
+        } else {
+            record.outcome = DeliveryOutcome::Queued;
+            record.http_status = 202;
+            record.reason = format!(
+                "{} deployment{} queued.",
+                record.queued.len(),
+                if record.queued.len() == 1 { "" } else { "s" }
+            );
+        }
+        record
+    }
+}
+
+/// Why a delivery that reached services deployed none, from their skip reasons.
+pub fn nothing_deployed(skipped: &[SkippedService]) -> String {
+    if skipped.is_empty() {
+        return "No service takes this delivery.".to_owned();
+    }
+    let mut reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+    reasons.sort_unstable();
+    reasons.dedup();
+    format!(
+        "{} service{} reached, none deployed: {}.",
+        skipped.len(),
+        if skipped.len() == 1 { "" } else { "s" },
+        reasons.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft() -> HistoryDraft {
+        HistoryDraft {
+            record: DeliveryRecord {
+                id: "1".into(),
+                organization_id: "acme".into(),
+                received_at: "t".into(),
+                source: DeliverySource::Github,
+                delivery_id: None,
+                http_status: 0,
+                outcome: DeliveryOutcome::Queued,
+                reason: String::new(),
+                repository: Some("github.com/acme/shop".into()),
+                branch: Some("main".into()),
+                commit_sha: None,
+                image: None,
+                tag: None,
+                queued: Vec::new(),
+                skipped: vec![SkippedService {
+                    service_id: "off".into(),
+                    reason: "AUTO_DEPLOY_DISABLED".into(),
+                }],
+                dry_run: false,
+            },
+        }
+    }
+
+    #[test]
+    fn a_draft_completes_with_what_the_write_did() {
+        let done = draft().complete([
+            CandidateFate::Recorded("d1"),
+            CandidateFate::AlreadyQueued { service_id: "web" },
+        ]);
+        assert_eq!((done.outcome, done.http_status), (DeliveryOutcome::Queued, 202));
+        assert_eq!(done.queued, vec!["d1"]);
+        assert_eq!(done.skipped.len(), 2);
+        let none = draft().complete([CandidateFate::AlreadyQueued { service_id: "web" }]);
+        assert_eq!(
+            (none.outcome, none.http_status),
+            (DeliveryOutcome::NothingToDeploy, 200)
+        );
+        assert_eq!(
+            none.reason,
+            "2 services reached, none deployed: ALREADY_QUEUED, AUTO_DEPLOY_DISABLED."
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for source in DeliverySource::ALL {
+            assert_eq!(DeliverySource::parse(source.as_str()), Some(source));
+            assert_eq!(serde_json::to_value(source).unwrap(), source.as_str());
+        }
+        for outcome in DeliveryOutcome::ALL {
+            assert_eq!(DeliveryOutcome::parse(outcome.as_str()), Some(outcome));
+            assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.as_str());
+        }
+    }
+}
