@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::sqlite::SqliteStore;
-use autodeploy_api::store::InStoreQueue;
+use autodeploy_api::store::{InStoreQueue, TenantLimits};
 use autodeploy_api::web::{AppState, full_router};
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
@@ -50,6 +50,9 @@ struct ServeArgs {
     /// The operator's admin token (required; may do everything in every organization).
     #[arg(long = "admin-token", env = "AUTODEPLOY_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Services one organization may hold (at most 1,000 of them per repository or image).
+    #[arg(long = "max-services", env = "AUTODEPLOY_MAX_SERVICES", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_services: u32,
     /// Times a deployment is offered to consumers (or tried on its target) before it fails.
     #[arg(long = "max-attempts", env = "AUTODEPLOY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_attempts: u32,
@@ -109,7 +112,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Arc::new(InStoreQueue),
             Arc::new(StaticAdminToken::new(&admin_token)),
         )
-        .with_pull(Arc::new(store));
+        .with_pull(Arc::new(store))
+        .with_limits(TenantLimits {
+            services: args.max_services,
+            ..TenantLimits::default()
+        });
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -22,6 +22,44 @@ pub enum StoreError {
     /// A stored record could not be read back (written by a newer or broken version).
     #[error("a stored record is unreadable: {0}")]
     Corrupt(String),
+    /// The write would take an organization past one of its [`TenantLimits`]; the sentence
+    /// says which.
+    #[error("{0}")]
+    LimitReached(String),
+}
+
+/// What one organization may hold (SPEC "Bounded tenants").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Services of one organization (`AUTODEPLOY_MAX_SERVICES`).
+    pub services: u32,
+    /// Services of one organization following one repository, or running one image.
+    pub services_per_key: u32,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            services: 10_000,
+            services_per_key: 1_000,
+        }
+    }
+}
+
+impl TenantLimits {
+    pub fn too_many_services(&self) -> StoreError {
+        StoreError::LimitReached(format!(
+            "The organization holds {} services, its limit (AUTODEPLOY_MAX_SERVICES); delete one first.",
+            self.services
+        ))
+    }
+
+    pub fn too_many_on_key(&self, key: &str) -> StoreError {
+        StoreError::LimitReached(format!(
+            "{} services of the organization already use {key}, the limit for one repository or image.",
+            self.services_per_key
+        ))
+    }
 }
 
 /// A service as stored, with its entity tag and the push that last queued for it.
@@ -131,8 +169,15 @@ pub enum RecordOutcome {
 
 #[async_trait]
 pub trait ServiceStore: Send + Sync {
-    /// Create or replace `service` if the stored state is `expected`; keeps `last_push`.
-    async fn put_service(&self, service: &Service, etag: &str, expected: Expected) -> StoreResult<()>;
+    /// Create or replace `service` if the stored state is `expected`, within `limits`; keeps
+    /// `last_push`.
+    async fn put_service(
+        &self,
+        service: &Service,
+        etag: &str,
+        expected: Expected,
+        limits: TenantLimits,
+    ) -> StoreResult<()>;
     async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>>;
     /// Services of `org` in id order, starting after `after`.
     async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>>;

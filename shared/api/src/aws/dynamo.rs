@@ -25,7 +25,7 @@ use super::describe_sdk_error;
 use crate::store::{
     Candidate, DeliveryFilter, DeliveryHistory, DeliveryKey, DeliveryLog, DeploymentFilter, DeploymentLog, Expected,
     Guard, PUSH_MARK_RETENTION_SECS, Page, RecordOutcome, Refusal, SecretRecord, SecretStore, ServiceStore, Store,
-    StoreError, StoreResult, StoredService, TokenRecord, TokenStore,
+    StoreError, StoreResult, StoredService, TenantLimits, TokenRecord, TokenStore,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -309,7 +309,13 @@ impl DynamoStore {
 
 #[async_trait]
 impl ServiceStore for DynamoStore {
-    async fn put_service(&self, service: &Service, etag: &str, expected: Expected) -> StoreResult<()> {
+    async fn put_service(
+        &self,
+        service: &Service,
+        etag: &str,
+        expected: Expected,
+        _limits: TenantLimits,
+    ) -> StoreResult<()> {
         let mut e = Expr::default();
         let update = service_update(service, etag, &mut e)?;
         let condition = match &expected {

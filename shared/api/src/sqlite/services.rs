@@ -5,7 +5,7 @@ use autodeploy_core::model::Service;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
-use crate::store::{Expected, Page, ServiceStore, StoreError, StoreResult, StoredService};
+use crate::store::{Expected, Page, ServiceStore, StoreError, StoreResult, StoredService, TenantLimits};
 
 const SERVICE_COLUMNS: &str = "data, etag, last_push";
 
@@ -48,6 +48,40 @@ pub(super) fn current_etag(conn: &Connection, org: &str, id: &str) -> StoreResul
     .map_err(unavailable)
 }
 
+/// Whether writing `row` keeps the organization within `limits` (`creating`: a new service).
+fn check_limits(
+    conn: &Connection,
+    (org, id): (&str, &str),
+    creating: bool,
+    row: &ServiceRow,
+    limits: TenantLimits,
+) -> StoreResult<()> {
+    if creating {
+        let count: u32 = conn
+            .query_row("SELECT count(*) FROM services WHERE org = ?1", params![org], |r| {
+                r.get(0)
+            })
+            .map_err(unavailable)?;
+        if count >= limits.services {
+            return Err(limits.too_many_services());
+        }
+    }
+    for (column, value) in [("repository", &row.repository), ("image_path", &row.image_path)] {
+        let Some(value) = value else { continue };
+        let others: u32 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM services WHERE org = ?1 AND {column} = ?2 AND id <> ?3"),
+                params![org, value, id],
+                |r| r.get(0),
+            )
+            .map_err(unavailable)?;
+        if others >= limits.services_per_key {
+            return Err(limits.too_many_on_key(value));
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Services of `org` where `column` equals `value`, in id order.
     fn services_where(&self, org: &str, column: &'static str, value: &str) -> StoreResult<Vec<StoredService>> {
@@ -65,11 +99,19 @@ impl SqliteStore {
 
 #[async_trait]
 impl ServiceStore for SqliteStore {
-    async fn put_service(&self, service: &Service, etag: &str, expected: Expected) -> StoreResult<()> {
+    async fn put_service(
+        &self,
+        service: &Service,
+        etag: &str,
+        expected: Expected,
+        limits: TenantLimits,
+    ) -> StoreResult<()> {
         let row = ServiceRow::of(service)?;
         let (org, id, etag) = (service.organization_id.clone(), service.id.clone(), etag.to_owned());
         self.write(move |conn| {
-            match (&expected, current_etag(conn, &org, &id)?) {
+            let current = current_etag(conn, &org, &id)?;
+            check_limits(conn, (&org, &id), current.is_none(), &row, limits)?;
+            match (&expected, current) {
                 (Expected::Absent, None) => conn.execute(
                     "INSERT INTO services (org, id, etag, data, repository, image_path, target_id)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, json_extract(?4, '$.deploy_target.target_id'))",

@@ -137,6 +137,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %detail, "store failure");
                 ApiError::unavailable("The store is unavailable; nothing was changed. Retry later.")
             }
+            StoreError::LimitReached(message) => ApiError::invalid_field("service", message.trim_end_matches('.')),
             StoreError::Corrupt(detail) => {
                 tracing::error!(error = %detail, "a stored record is unreadable");
                 ApiError::internal(

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::admin::AdminTokenSource;
 use crate::deploy::Deployer;
-use crate::store::{DeploymentQueue, PullQueue, Store};
+use crate::store::{DeploymentQueue, PullQueue, Store, TenantLimits};
 use error::ApiError;
 
 /// What every handler can reach. Cheap to clone.
@@ -37,6 +37,7 @@ pub struct AppState {
     pub deployer: Deployer,
     /// The pull interface, where the store has one (the standalone server's SQLite).
     pub pull: Option<Arc<dyn PullQueue>>,
+    pub limits: TenantLimits,
 }
 
 impl AppState {
@@ -50,7 +51,14 @@ impl AppState {
             store,
             admin,
             pull: None,
+            limits: TenantLimits::default(),
         }
+    }
+
+    /// The same state with other limits per organization.
+    pub fn with_limits(mut self, limits: TenantLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same state, serving pull consumers from `pull`.

@@ -139,7 +139,7 @@ async fn write_service(
             ),
         };
         let etag = new_etag();
-        match state.store.put_service(&service, &etag, expected).await {
+        match state.store.put_service(&service, &etag, expected, state.limits).await {
             Ok(()) => {
                 let status = if current.is_some() {
                     StatusCode::OK
