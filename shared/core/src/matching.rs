@@ -10,7 +10,10 @@ use crate::image::ImageName;
 use crate::model::{Service, ServiceKind};
 use crate::push::{ChangedFiles, Push};
 use crate::restrictions::rules_allow;
-use crate::tag_policy::TagPolicy;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::tag_policy::{CompiledTagPolicy, TagPolicy};
 
 /// Why a service that follows the pushed branch (or uses the image) was not deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -117,12 +120,42 @@ pub fn decide_image(
         return Some(Err(SkipReason::SameTag));
     }
     if let Some(policy) = &service.spec.tag_policy {
-        let accepted = TagPolicy::compile(policy).is_ok_and(|p| p.accepts(Some(&current.tag), tag));
+        let accepted = compiled(policy).is_some_and(|p| p.accepts(Some(&current.tag), tag));
         if !accepted {
             return Some(Err(SkipReason::TagPolicy));
         }
     }
     Some(Ok(()))
+}
+
+/// Compiled policies kept at most; the cache starts afresh when full.
+pub const CACHED_TAG_POLICIES: usize = 4096;
+
+type PolicyCache = HashMap<(&'static str, String), Option<Arc<CompiledTagPolicy>>>;
+
+/// `policy`, compiled once and reused by every notification that reaches a service with it
+/// (compiling a pattern costs far more than matching a tag). `None` for a policy that does not
+/// compile (it accepts nothing; writes refuse such policies).
+pub fn compiled(policy: &TagPolicy) -> Option<Arc<CompiledTagPolicy>> {
+    static CACHE: OnceLock<Mutex<PolicyCache>> = OnceLock::new();
+    let key = match policy {
+        TagPolicy::Semver { range } => ("SEMVER", range.clone()),
+        TagPolicy::Glob { pattern } => ("GLOB", pattern.clone()),
+        TagPolicy::Regex { pattern } => ("REGEX", pattern.clone()),
+    };
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    let lock = || cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(found) = lock().get(&key) {
+        return found.clone();
+    }
+    // Compiled outside the lock: other notifications are not held up by this one.
+    let compiled = policy.compile().ok().map(Arc::new);
+    let mut cache = lock();
+    if cache.len() >= CACHED_TAG_POLICIES {
+        cache.clear();
+    }
+    cache.insert(key, compiled.clone());
+    compiled
 }
 
 #[cfg(test)]
@@ -440,5 +473,18 @@ mod tests {
         for (i, (svc, target, image, tag, want)) in cases.into_iter().enumerate() {
             assert_eq!(decide_image(&svc, target, &name(image), tag), want, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_policy_is_compiled_once() {
+        let policy = TagPolicy::Regex {
+            pattern: "^cache-test-[0-9]+$".to_owned(),
+        };
+        let first = compiled(&policy).unwrap();
+        let again = compiled(&policy.clone()).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the second lookup compiled again");
+        assert!(again.accepts(None, "cache-test-12"));
+        let broken = TagPolicy::Regex { pattern: "(".to_owned() };
+        assert!(compiled(&broken).is_none());
     }
 }
