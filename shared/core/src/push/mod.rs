@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::provider::GitProvider;
 
+pub use github::github_payload;
 pub use signature::{SignatureError, secrets_match, verify_signature};
 
 /// Longest delivery id the product keeps, for every provider and every store: ids are stored,
