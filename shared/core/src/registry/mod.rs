@@ -57,9 +57,9 @@ pub enum RegistryEventError {
     NotJson(String),
     #[error("The body is not a notification as {provider} sends it: {reason}.")]
     WrongShape { provider: &'static str, reason: String },
-    #[error("The notification from {provider} names an invalid image. {source}")]
+    #[error("The notification from {provider} names an invalid image: it {source}.")]
     InvalidImage { provider: &'static str, source: ImageError },
-    #[error("The notification from {provider} carries an invalid tag. {source}")]
+    #[error("The notification from {provider} carries an invalid tag: it {source}.")]
     InvalidTag { provider: &'static str, source: ImageError },
 }
 
@@ -155,6 +155,8 @@ mod tests {
             parse_dockerhub(b"nope").unwrap_err(),
             parse_dockerhub(b"{}").unwrap_err(),
             parse_ecr_event(&json!({})).unwrap_err(),
+            parse_dockerhub(br#"{"push_data": {"tag": "-x"}, "repository": {"repo_name": "a/b"}}"#).unwrap_err(),
+            parse_dockerhub(br#"{"push_data": {"tag": "1"}, "repository": {"repo_name": "A/b"}}"#).unwrap_err(),
         ];
         for err in errors {
             let text = err.to_string();
