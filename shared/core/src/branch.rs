@@ -10,9 +10,13 @@ pub const MAX_BRANCH_LEN: usize = 255;
 
 /// The branch a value names: `refs/heads/main` is the branch `main` (the full ref name a
 /// push payload carries, pasted into a setting), anything else is the branch itself. A service
-/// stores the branch alone, which is what pushes are matched on.
-pub fn branch_name(value: &str) -> &str {
-    value.strip_prefix("refs/heads/").unwrap_or(value)
+/// stores the branch alone, which is what pushes are matched on. Every leading `refs/heads/`
+/// goes, so that reading a stored branch again gives it back.
+pub fn branch_name(mut value: &str) -> &str {
+    while let Some(rest) = value.strip_prefix("refs/heads/") {
+        value = rest;
+    }
+    value
 }
 
 /// Validate a branch name as `git check-ref-format --branch` does for `refs/heads/<name>`:
@@ -592,6 +596,7 @@ mod tests {
         assert_eq!(branch_name("main"), "main");
         assert_eq!(branch_name("heads/main"), "heads/main");
         assert_eq!(branch_name("refs/tags/v1"), "refs/tags/v1");
+        assert_eq!(branch_name("refs/heads/refs/heads/x"), "x");
         assert!(validate_branch(branch_name("refs/heads/")).is_err());
     }
 
