@@ -811,8 +811,9 @@ async fn every_validation_rule_names_its_field() {
     );
     let job_git = with(json!({"kind": "JOB"}));
     assert_eq!(api.put_service("acme", "j1", job_git).await.status, StatusCode::CREATED);
-    let job_image =
-        with_image(json!({"kind": "JOB", "tag_policy": {"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"}}));
+    let job_image = with_image(
+        json!({"kind": "JOB", "tag_policy": {"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$", "range": null}}),
+    );
     let r = api.put_service("acme", "j2", job_image).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let r = api

@@ -85,6 +85,7 @@ fn spec(kind: ServiceKind) -> ServiceSpec {
         deployment_restrictions: Vec::new(),
         image: None,
         tag_policy: None,
+        deploy_target: None,
     }
 }
 

@@ -8,13 +8,24 @@ use std::fmt;
 /// Git refuses ref names longer than this on most file systems; we refuse them up front.
 pub const MAX_BRANCH_LEN: usize = 255;
 
+/// The branch a value names: `refs/heads/main` is the branch `main` (the full ref name a
+/// push payload carries, pasted into a setting), anything else is the branch itself. A service
+/// stores the branch alone, which is what pushes are matched on. Every leading `refs/heads/`
+/// goes, so that reading a stored branch again gives it back.
+pub fn branch_name(mut value: &str) -> &str {
+    while let Some(rest) = value.strip_prefix("refs/heads/") {
+        value = rest;
+    }
+    value
+}
+
 /// Validate a branch name as `git check-ref-format --branch` does for `refs/heads/<name>`:
 /// no `..`, no ASCII control character, space, `~ ^ : ? [ \`, no leading `-`, no component
 /// starting with `.` or ending in `.lock`, no `@{`, not `@` nor `HEAD`, no leading or
 /// trailing `/`, no `//`, no trailing `.`, at most 255 bytes.
 ///
-/// A `*` is allowed: it makes the value a glob (see [`BranchPattern`]). Returns a sentence
-/// for a person on error.
+/// A `*` is allowed: it makes the value a glob (see [`BranchPattern`]). On error, returns a
+/// phrase about the branch field (`must not contain `..``).
 pub fn validate_branch(name: &str) -> Result<(), String> {
     // Matching validates the stored branch of every service a push reaches: one pass over
     // the bytes settles the usual, valid name; the checks below name the problem otherwise.
@@ -52,20 +63,20 @@ fn is_plainly_valid(name: &str) -> bool {
 /// The first rule `name` breaks, as a sentence, or `Ok` when it breaks none.
 fn explain_invalid_branch(name: &str) -> Result<(), String> {
     if name.is_empty() {
-        return Err("A branch name cannot be empty.".into());
+        return Err("must not be empty".into());
     }
     if name.len() > MAX_BRANCH_LEN {
-        return Err(format!("A branch name can be at most {MAX_BRANCH_LEN} bytes long."));
+        return Err(format!("must be at most {MAX_BRANCH_LEN} bytes long"));
     }
     if name == "@" {
-        return Err("A branch name cannot be `@`.".into());
+        return Err("must not be `@`".into());
     }
     // `git branch HEAD` is refused: `HEAD` would shadow the symbolic ref.
     if name == "HEAD" {
-        return Err("`HEAD` is not a valid branch name.".into());
+        return Err("must not be `HEAD`, which is not a valid branch name".into());
     }
     if name.starts_with('-') {
-        return Err("A branch name cannot start with `-`.".into());
+        return Err("must not start with `-`".into());
     }
     for c in name.chars() {
         let problem = match c {
@@ -79,26 +90,26 @@ fn explain_invalid_branch(name: &str) -> Result<(), String> {
             c if c.is_ascii_control() => "a control character",
             _ => continue,
         };
-        return Err(format!("A branch name cannot contain {problem}."));
+        return Err(format!("must not contain {problem}"));
     }
     if name.contains("..") {
-        return Err("A branch name cannot contain `..`.".into());
+        return Err("must not contain `..`".into());
     }
     if name.contains("@{") {
-        return Err("A branch name cannot contain `@{`.".into());
+        return Err("must not contain `@{`".into());
     }
     if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
-        return Err("A branch name cannot start or end with `/` or contain `//`.".into());
+        return Err("must not start or end with `/` nor contain `//`".into());
     }
     if name.ends_with('.') {
-        return Err("A branch name cannot end with `.`.".into());
+        return Err("must not end with `.`".into());
     }
     for component in name.split('/') {
         if component.starts_with('.') {
-            return Err("No part of a branch name between slashes can start with `.`.".into());
+            return Err("must not have a part between slashes that starts with `.`".into());
         }
         if component.ends_with(".lock") {
-            return Err("No part of a branch name between slashes can end with `.lock`.".into());
+            return Err("must not have a part between slashes that ends with `.lock`".into());
         }
     }
     Ok(())
@@ -384,7 +395,7 @@ mod tests {
         ];
         for name in invalid {
             let err = validate_branch(name).expect_err(name);
-            assert!(err.ends_with('.'), "{name:?}: {err}");
+            assert!(err.starts_with("must ") && !err.ends_with('.'), "{name:?}: {err}");
         }
     }
 
@@ -576,6 +587,17 @@ mod tests {
         assert!(!branch_matches(&pattern, &branch));
         let deep = format!("**/{}/**/x", "*/".repeat(50).trim_end_matches('/'));
         assert!(!branch_matches(&deep, &"a/".repeat(2000)));
+    }
+
+    #[test]
+    fn full_ref_names_name_their_branch() {
+        assert_eq!(branch_name("refs/heads/main"), "main");
+        assert_eq!(branch_name("refs/heads/release/*"), "release/*");
+        assert_eq!(branch_name("main"), "main");
+        assert_eq!(branch_name("heads/main"), "heads/main");
+        assert_eq!(branch_name("refs/tags/v1"), "refs/tags/v1");
+        assert_eq!(branch_name("refs/heads/refs/heads/x"), "x");
+        assert!(validate_branch(branch_name("refs/heads/")).is_err());
     }
 
     #[test]

@@ -26,50 +26,60 @@ const DOCKER_HUB_ALIASES: [&str; 4] = [
     "registry.hub.docker.com",
 ];
 
-/// Why an image name, registry host or tag was refused. Each message is a sentence for the
-/// person who wrote the value; none repeats more of the input than the part at fault.
+/// Why an image name, registry host or tag was refused. Each message is a phrase about the
+/// field that holds the value (`image_name: must be lower-case, as Docker requires…`), and none
+/// repeats what was sent, which may hold a credential (`user:pa55word@ghcr.io`), except a
+/// lower-cased name to write instead and registry hosts that are valid host names.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImageError {
-    #[error("The image name is empty.")]
+    #[error("must not be empty")]
     EmptyName,
-    #[error("The image name is {len} characters long; at most {max} are allowed.")]
+    #[error("is {len} characters long; at most {max} are allowed")]
     NameTooLong { len: usize, max: usize },
-    #[error("An image name has no URL scheme: write `ghcr.io/acme/api`, not `https://ghcr.io/acme/api`.")]
+    #[error("must not start with a URL scheme: write `ghcr.io/acme/api`, not `https://ghcr.io/acme/api`")]
     Scheme,
     #[error(
-        "The image name carries a tag (`:{tag}`): send the repository alone as `image_name` and the tag in its own `tag` field."
+        "must not carry a tag (`:…`): send the repository alone as `image_name` and the tag in its own `tag` field"
     )]
     TagInName { tag: String },
     #[error(
-        "The image name carries a digest (`@…`): send the repository alone as `image_name` and a tag in its own `tag` field."
+        "must not carry a digest (`@…`): send the repository alone as `image_name` and a tag in its own `tag` field"
     )]
     DigestInName,
-    #[error("The repository path has an empty segment (a leading, trailing or doubled `/`).")]
+    #[error(
+        "must not carry user info or a password (`user:password@`): registry credentials are never needed here, remove them"
+    )]
+    UserInfo,
+    #[error("has an empty path segment (a leading, trailing or doubled `/`)")]
     EmptyPathSegment,
-    #[error("The repository path must be lower-case, as Docker requires{suggestion}.")]
+    #[error(
+        "must be lower-case, as Docker requires{suggestion}; a name made from one with capitals must be lower-cased \
+         first (in GitHub Actions, `${{{{ github.repository }}}}` keeps the owner's capitals: lower-case it, e.g. with \
+         `tr '[:upper:]' '[:lower:]'`)"
+    )]
     UpperCasePath { suggestion: String },
     #[error(
-        "{segment:?} is not a valid repository path segment: a segment is lower-case letters and digits, optionally joined by `.`, `_`, `__` or dashes, and starts and ends with a letter or digit."
+        "has a path segment that is not valid: a segment is lower-case letters and digits, optionally joined by `.`, `_`, `__` or dashes, and starts and ends with a letter or digit"
     )]
-    InvalidPathSegment { segment: String },
-    #[error("The registry host is empty.")]
+    InvalidPathSegment,
+    #[error("must not be empty")]
     EmptyRegistry,
-    #[error("A registry is a host name with an optional port: write `ghcr.io`, without a scheme or a path.")]
+    #[error("must be a registry host name with an optional port: write `ghcr.io`, without a scheme or a path")]
     RegistryNotHost,
     #[error(
-        "{host:?} is not a valid registry host: expected a host name or bracketed IPv6 address, with an optional `:port` (1-65535)."
+        "has an invalid registry host: expected a host name or bracketed IPv6 address, with an optional `:port` (1-65535)"
     )]
-    InvalidRegistry { host: String },
+    InvalidRegistry,
     #[error(
-        "The image name starts with the registry host `{in_name}`, which differs from the service's registry `{registry}`: put the host in `registry` and only the repository path in `image_name`."
+        "starts with the registry host `{in_name}`, which differs from the service's registry `{registry}`: put the host in `registry` and only the repository path in `image_name`"
     )]
     RegistryMismatch { in_name: String, registry: String },
-    #[error("The tag is empty.")]
+    #[error("must not be empty")]
     EmptyTag,
-    #[error("The tag is {len} characters long; at most {max} are allowed.", max = MAX_TAG_LEN)]
+    #[error("is {len} characters long; at most {max} are allowed", max = MAX_TAG_LEN)]
     TagTooLong { len: usize },
     #[error(
-        "The tag is not valid: a tag starts with a letter, digit or `_` and holds only letters, digits, `_`, `.` and `-`."
+        "is not a valid tag: a tag starts with a letter, digit or `_` and holds only letters, digits, `_`, `.` and `-`"
     )]
     InvalidTag,
 }
@@ -170,12 +180,13 @@ pub fn normalize_registry(host: &str) -> Result<String, ImageError> {
     if host.is_empty() {
         return Err(ImageError::EmptyRegistry);
     }
+    if host.contains('@') {
+        return Err(ImageError::UserInfo);
+    }
     if host.contains("://") || host.contains('/') {
         return Err(ImageError::RegistryNotHost);
     }
-    let invalid = || ImageError::InvalidRegistry {
-        host: truncate(host, 64),
-    };
+    let invalid = || ImageError::InvalidRegistry;
     if host.len() > MAX_NAME_LEN || !host.is_ascii() {
         return Err(invalid());
     }
@@ -248,8 +259,14 @@ fn split_reference(s: &str) -> Result<(Option<&str>, &str), ImageError> {
     if s.contains("://") {
         return Err(ImageError::Scheme);
     }
-    if s.contains('@') {
-        return Err(ImageError::DigestInName);
+    if let Some(at) = s.find('@') {
+        // An `@` before the first `/` and followed by a path ends user info
+        // (`user:pass@ghcr.io/acme/api`); otherwise it starts a digest (`nginx@sha256:…`).
+        return Err(if !s[..at].contains('/') && s[at..].contains('/') {
+            ImageError::UserInfo
+        } else {
+            ImageError::DigestInName
+        });
     }
     let (host, rest) = match s.split_once('/') {
         Some((first, rest)) if looks_like_host(first) => (Some(first), rest),
@@ -296,9 +313,7 @@ fn validate_path(path: &str) -> Result<(), ImageError> {
             return Err(ImageError::EmptyPathSegment);
         }
         if !is_valid_path_segment(segment) {
-            return Err(ImageError::InvalidPathSegment {
-                segment: truncate(segment, 64),
-            });
+            return Err(ImageError::InvalidPathSegment);
         }
     }
     Ok(())
@@ -460,29 +475,33 @@ mod tests {
             ("acme/api/", |e| *e == EmptyPathSegment),
             ("/acme/api", |e| *e == EmptyPathSegment),
             ("ghcr.io/", |e| *e == EmptyName),
-            ("..", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/../api", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/-api", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/api-", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/a..b", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/a___b", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/a._b", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/a b", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/api\n", |e| matches!(e, InvalidPathSegment { .. })),
-            ("acme/ápi", |e| matches!(e, InvalidPathSegment { .. })),
-            ("bad_host.com/api", |e| matches!(e, InvalidRegistry { .. })),
-            ("host.com:0/api", |e| matches!(e, InvalidRegistry { .. })),
-            ("host.com:99999/api", |e| matches!(e, InvalidRegistry { .. })),
-            ("host.com:/api", |e| matches!(e, InvalidRegistry { .. })),
-            ("-host.com/api", |e| matches!(e, InvalidRegistry { .. })),
-            ("host..com/api", |e| matches!(e, InvalidRegistry { .. })),
-            ("[zz]:5000/api", |e| matches!(e, InvalidRegistry { .. })),
+            ("..", |e| matches!(e, InvalidPathSegment)),
+            ("acme/../api", |e| matches!(e, InvalidPathSegment)),
+            ("acme/-api", |e| matches!(e, InvalidPathSegment)),
+            ("acme/api-", |e| matches!(e, InvalidPathSegment)),
+            ("acme/a..b", |e| matches!(e, InvalidPathSegment)),
+            ("acme/a___b", |e| matches!(e, InvalidPathSegment)),
+            ("acme/a._b", |e| matches!(e, InvalidPathSegment)),
+            ("acme/a b", |e| matches!(e, InvalidPathSegment)),
+            ("acme/api\n", |e| matches!(e, InvalidPathSegment)),
+            ("acme/ápi", |e| matches!(e, InvalidPathSegment)),
+            ("user:pa55word@ghcr.io/acme/api", |e| *e == UserInfo),
+            ("token@ghcr.io/acme/api", |e| *e == UserInfo),
+            ("nginx@sha256:abcd", |e| *e == DigestInName),
+            ("bad_host.com/api", |e| matches!(e, InvalidRegistry)),
+            ("host.com:0/api", |e| matches!(e, InvalidRegistry)),
+            ("host.com:99999/api", |e| matches!(e, InvalidRegistry)),
+            ("host.com:/api", |e| matches!(e, InvalidRegistry)),
+            ("-host.com/api", |e| matches!(e, InvalidRegistry)),
+            ("host..com/api", |e| matches!(e, InvalidRegistry)),
+            ("[zz]:5000/api", |e| matches!(e, InvalidRegistry)),
         ];
         for (input, check) in cases {
             let err = parse_image_name(input).expect_err(input);
             assert!(check(&err), "{input:?} gave {err:?}");
             let message = err.to_string();
-            assert!(message.ends_with('.'), "{message}");
+            assert!(message.starts_with(|c: char| c.is_ascii_lowercase()), "{message}");
+            assert!(!message.ends_with('.'), "{message}");
         }
     }
 
@@ -494,6 +513,45 @@ mod tests {
         assert!(err.contains("lower-case") && err.contains("`acme/api`"), "{err}");
         let err = parse_image_name("acme/A..b").unwrap_err().to_string();
         assert!(!err.contains("write"), "no suggestion for a still-invalid path: {err}");
+        // What `ghcr.io/${{ github.repository }}` gives for an owner with capitals.
+        let err = parse_image_name("ghcr.io/Acme-Corp/Shop").unwrap_err().to_string();
+        assert!(err.contains("write `acme-corp/shop`"), "{err}");
+        assert!(
+            err.contains("${{ github.repository }}") && err.contains("lower-case it"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_never_repeat_what_may_be_a_credential() {
+        let secret = "pa55wordSecret";
+        let names = [
+            format!("user:{secret}@ghcr.io/acme/api"),
+            format!("{secret}@ghcr.io/acme/api"),
+            format!("ghcr.io/acme/{secret}!"),
+            format!("ghcr.io:{secret}/acme/api"),
+            format!("acme/{secret}@sha256:0"),
+        ];
+        for name in &names {
+            let err = parse_image_name(name).unwrap_err();
+            assert!(!err.to_string().contains(secret), "{name}: {err}");
+            assert!(!format!("{err:?}").contains(secret), "{name}: {err:?}");
+        }
+        let registries = [
+            format!("user:{secret}@ghcr.io"),
+            format!("{secret}@ghcr.io"),
+            format!("ghcr.io:{secret}"),
+            format!("https://user:{secret}@ghcr.io"),
+            format!("{secret} host"),
+        ];
+        for registry in &registries {
+            let err = normalize_registry(registry).unwrap_err();
+            assert!(!err.to_string().contains(secret), "{registry}: {err}");
+            assert!(!format!("{err:?}").contains(secret), "{registry}: {err:?}");
+            let err = parse_service_image(registry, "acme/api").unwrap_err();
+            assert!(!err.to_string().contains(secret), "{registry}: {err}");
+        }
+        assert_eq!(normalize_registry(&registries[0]), Err(ImageError::UserInfo));
     }
 
     #[test]
@@ -537,7 +595,7 @@ mod tests {
         assert_eq!(parse_path("docker.io", "nginx").as_deref(), Ok("library/nginx"));
         assert!(matches!(
             parse_path("ghcr.io", "acme/api:1"),
-            Err(ImageError::InvalidPathSegment { .. })
+            Err(ImageError::InvalidPathSegment)
         ));
         assert!(matches!(
             parse_path("ghcr.io", "Acme/api"),
@@ -595,12 +653,7 @@ mod tests {
             parse_service_image("docker.io", "ghcr.io/acme/api"),
             Err(ImageError::RegistryMismatch { .. })
         ));
-        assert_eq!(
-            parse_service_image("bad host", "a/b"),
-            Err(ImageError::InvalidRegistry {
-                host: "bad host".into()
-            })
-        );
+        assert_eq!(parse_service_image("bad host", "a/b"), Err(ImageError::InvalidRegistry));
         assert!(matches!(
             parse_service_image("ghcr.io", "acme/api:1"),
             Err(ImageError::TagInName { .. })

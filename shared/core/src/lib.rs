@@ -16,7 +16,9 @@ pub mod model;
 pub mod plan;
 pub mod provider;
 pub mod push;
-pub mod registry_events;
+pub mod registry;
+/// The registry module under its earlier name, for callers not yet moved to [`registry`].
+pub use registry as registry_events;
 pub mod repo_url;
 pub mod restrictions;
 pub mod tag_policy;

@@ -1,9 +1,20 @@
-//! Repository URL normalization.
+//! Repository URLs: the normalized key pushes are matched on, and the write-time check of the
+//! URL a service follows.
+//!
+//! Two entry points, for two jobs:
+//! - [`parse_repository_url`] / [`normalize_repository_url`] read any URL a provider sends in a
+//!   push payload into its key. They run on every webhook for every URL in the payload, so this
+//!   is a hand-written parser (no regex) that allocates a few small strings at most, and it
+//!   accepts whatever has a key.
+//! - [`check_repository_url`] judges the URL a user writes in a service, once, at write time.
+//!   It is stricter: besides what normalization refuses, it refuses a URL that carries a
+//!   password or an access token, one that names a page of a repository rather than the
+//!   repository (`…/tree/main`, `…/-/blob/…`, `…?path=…`), and a bare `owner/repo` with no host,
+//!   each with a message saying what to write instead. A user name alone is no secret (Bitbucket's
+//!   clone URLs carry one): it is dropped from the URL that is stored.
 //!
 //! SPEC ("Matching a push"): repository URLs compare in a normalized form `host/path`, so that
 //! the clone, ssh and web URLs a provider sends all meet the URL a user typed in the settings.
-//! This runs on every webhook for every URL in the payload, so it is a hand-written parser
-//! (no regex) that allocates a few small strings at most.
 //!
 //! Normalization:
 //! - scheme, user info and port dropped: `https://u@host:8443/a/b.git` → `host/a/b`;
@@ -22,58 +33,110 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
 
+use crate::provider::GitProvider;
+
 /// Inputs longer than this are refused outright (SPEC: an over-long string is a 400).
 pub const MAX_REPOSITORY_URL_LEN: usize = 2048;
 
-/// Why a repository URL was refused. The messages name the rule that was broken and never
-/// repeat any part of the URL (it may carry a token), except a well-formed scheme name.
+/// Why a repository URL was refused. Each message is a phrase about the URL field
+/// (`git_repository.url: must not be empty.` once rendered). None repeats a part of the URL
+/// that may be secret: user info and query strings never appear, only a well-formed scheme
+/// name, a known page marker (`/tree/…`) and, when there is one, the URL to write instead,
+/// built from the host and path alone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RepoUrlError {
-    #[error("The repository URL is empty.")]
+    #[error("must not be empty")]
     Empty,
-    #[error("The repository URL is longer than {max} bytes.")]
+    #[error("must be at most {max} bytes long")]
     TooLong { max: usize },
-    #[error("The repository URL contains a space or another whitespace character.")]
+    #[error("must not contain a space or other whitespace")]
     Whitespace,
-    #[error("The repository URL contains a control character.")]
+    #[error("must not contain control characters")]
     ControlCharacter,
-    #[error("The repository URL does not start with a valid scheme.")]
+    #[error("must start with a valid scheme such as `https://`")]
     InvalidScheme,
     /// `scheme` is set only when it looks like an ordinary scheme name (letters only), so a
     /// token pasted in front of `://` is never repeated.
     #[error("{}", unsupported_scheme_message(.scheme.as_deref()))]
     UnsupportedScheme { scheme: Option<String> },
-    #[error("The repository URL has no host.")]
+    #[error("has no host")]
     MissingHost,
-    #[error("The repository URL host is not a valid host name.")]
+    #[error("has a host that is not a valid host name")]
     InvalidHost,
-    #[error("The repository URL port is not a number between 1 and 65535.")]
+    #[error("has a port that is not a number between 1 and 65535")]
     InvalidPort,
-    #[error("The repository URL has no repository path after the host.")]
+    #[error("has no repository path after the host")]
     MissingPath,
-    #[error("The repository URL path cannot contain a `..` segment.")]
+    #[error("must not contain a `..` segment")]
     DotDotSegment,
-    #[error("The repository URL path cannot contain a backslash.")]
+    #[error("must not contain a backslash")]
     Backslash,
     /// Mostly a password with an unencoded `/` or `:` in it, or user info without a scheme
     /// (`user:pass@host/path`); refused so that no part of it ends up in the normalized form.
-    #[error(
-        "The repository URL has an `@` in an unexpected place; user info can only come right \
-         before the host."
-    )]
+    #[error("has an `@` in an unexpected place; user info can only come right before the host")]
     MisplacedAt,
-    #[error("The repository URL cannot contain a query string or a fragment.")]
+    #[error("must not contain a query string or a fragment")]
     QueryOrFragment,
-    #[error("The repository URL path does not decode to valid UTF-8 text.")]
+    #[error("has a path that does not decode to valid UTF-8 text")]
     InvalidEncoding,
+    /// Write time only ([`check_repository_url`]): a password or an access token in the URL.
+    /// `use_instead` is the URL without them.
+    #[error("{}", credentials_message(*.kind, .use_instead))]
+    Credentials { kind: Credential, use_instead: String },
+    /// Write time only: a page of a repository (`…/tree/main`), or a bare `owner/repo`.
+    #[error("{}", page_message(.page, .use_instead))]
+    NotARepository { page: Page, use_instead: String },
+}
+
+/// A secret found in a repository URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// `user:password@`, in any scheme.
+    Password,
+    /// An http(s) user name that is an access token (`ghp_…@`, a long random string).
+    Token,
+}
+
+/// What a URL that is not a repository's names instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Page {
+    /// A page under the repository; the marker is a known path segment (`tree`, `-`, `src`),
+    /// `None` for another extra segment.
+    Path(Option<&'static str>),
+    /// A query string or a fragment (Azure DevOps' `?path=…&version=…`).
+    Query,
+    /// A bare `owner/repo`, without a host.
+    NoHost,
 }
 
 fn unsupported_scheme_message(scheme: Option<&str>) -> String {
     match scheme {
-        Some(s) => {
-            format!("The repository URL scheme `{s}` is not supported; use https, http, ssh or git.")
+        Some(s) => format!("uses the scheme `{s}`, which is not supported; use https, http, ssh or git"),
+        None => "uses a scheme that is not supported; use https, http, ssh or git".into(),
+    }
+}
+
+fn credentials_message(kind: Credential, use_instead: &str) -> String {
+    let what = match kind {
+        Credential::Password => "must not carry a password: remove it",
+        Credential::Token => "must not carry an access token: remove what comes before `@`, which looks like one",
+    };
+    format!("{what} (webhooks need no credentials) and write `{use_instead}`")
+}
+
+fn page_message(page: &Page, use_instead: &str) -> String {
+    match page {
+        Page::Path(Some(marker @ ("tree" | "branch"))) => format!(
+            "names a page (`/{marker}/…`) rather than the repository: write `{use_instead}`, and the branch in `branch`"
+        ),
+        Page::Path(Some(marker)) => {
+            format!("names a page (`/{marker}/…`) rather than the repository: write `{use_instead}`")
         }
-        None => "The repository URL scheme is not supported; use https, http, ssh or git.".into(),
+        Page::Path(None) => format!("names a page rather than the repository: write `{use_instead}`"),
+        Page::Query => format!(
+            "has a query string or a fragment, which names a page rather than the repository: write `{use_instead}`"
+        ),
+        Page::NoHost => format!("has no host: write the repository's full URL, such as `{use_instead}`"),
     }
 }
 
@@ -82,11 +145,10 @@ fn unsupported_scheme_message(scheme: Option<&str>) -> String {
 pub struct RepoUrl {
     /// The `host/path` comparison form.
     pub normalized: String,
-    /// True when the URL carries something secret: any user info in an http(s) URL (a token
-    /// is often passed as the user name), or a password in any URL. Two exceptions carry no
-    /// secret: an ssh / scp user name (`git@`), and Azure DevOps' standard clone URL
-    /// `https://org@dev.azure.com/org/…` whose user is the organization itself.
-    /// SPEC: such a URL is refused at write time.
+    /// True when the URL carries something secret: a password in any URL, or an http(s) user
+    /// name that is an access token (a token is often passed as the user name). A user name
+    /// alone is no secret (`https://emmap1@bitbucket.org/…`, `git@host:…`).
+    /// SPEC: such a URL is refused at write time ([`check_repository_url`]).
     pub has_credentials: bool,
 }
 
@@ -95,8 +157,10 @@ enum Scheme {
     Http,
     Ssh,
     Git,
-    /// scp-like `[user@]host:path` or a bare `host/path`.
-    ScpOrBare,
+    /// scp-like `[user@]host:path`.
+    Scp,
+    /// A bare `host/path`.
+    Bare,
 }
 
 /// Parse https/http/ssh:///git:// URLs and scp-like `git@host:owner/repo.git`.
@@ -185,28 +249,15 @@ pub fn parse_repository_url(url: &str) -> Result<RepoUrl, RepoUrlError> {
         return Err(RepoUrlError::MissingPath);
     }
 
-    let user = parts.user.filter(|u| !u.is_empty());
-    let has_password = parts.password.is_some_and(|p| !p.is_empty());
-
-    let (host, segments, tilde, azure_org) = match azure_devops(&host, &segments) {
-        Some([org, project, repo]) => ("dev.azure.com", vec![org, project, repo], false, Some(org)),
+    let (host, segments, tilde) = match azure_devops(&host, &segments) {
+        Some([org, project, repo]) => ("dev.azure.com", vec![org, project, repo], false),
         None => {
             let host = canonical_host(&host);
             let (segments, tilde) = bitbucket_server(host, segments);
-            (host, segments, tilde, None)
+            (host, segments, tilde)
         }
     };
-
-    let has_credentials = match parts.scheme {
-        Scheme::Http => {
-            has_password
-                || user.is_some_and(|u| match azure_org {
-                    Some(org) => !decoded_eq_ignore_case(u, org),
-                    None => true,
-                })
-        }
-        Scheme::Ssh | Scheme::Git | Scheme::ScpOrBare => has_password,
-    };
+    let has_credentials = parts.credential().is_some();
 
     let mut normalized = String::with_capacity(host.len() + 1 + segments.iter().map(|s| s.len() + 1).sum::<usize>());
     normalized.push_str(host);
@@ -230,11 +281,236 @@ pub fn normalize_repository_url(url: &str) -> Result<String, RepoUrlError> {
 
 struct Parts<'a> {
     scheme: Scheme,
+    /// As written (`HTTPS`); empty without one.
+    scheme_text: &'a str,
     user: Option<&'a str>,
     password: Option<&'a str>,
     host: &'a str,
     port: Option<&'a str>,
     path: &'a str,
+}
+
+impl Parts<'_> {
+    /// The secret the URL carries, if any: a password, or an http(s) user name that is a token.
+    fn credential(&self) -> Option<Credential> {
+        if self.password.is_some_and(|p| !p.is_empty()) {
+            return Some(Credential::Password);
+        }
+        match (self.scheme, self.user) {
+            (Scheme::Http, Some(user)) if is_token(user) => Some(Credential::Token),
+            _ => None,
+        }
+    }
+
+    /// The path's segments as written, without empty and `.` ones.
+    fn segments(&self) -> Vec<&str> {
+        self.path.split('/').filter(|s| !matches!(*s, "" | ".")).collect()
+    }
+
+    /// The URL of the first `count` path segments, as written, with no user info but an ssh or
+    /// scp user name (which is part of the address), no query and no fragment.
+    fn repository_url(&self, count: usize) -> String {
+        let path = self.segments().into_iter().take(count).collect::<Vec<_>>().join("/");
+        let user = match (self.scheme, self.user) {
+            (Scheme::Ssh | Scheme::Git | Scheme::Scp, Some(user)) if !user.is_empty() => format!("{user}@"),
+            _ => String::new(),
+        };
+        let host = match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.to_owned(),
+        };
+        match self.scheme {
+            Scheme::Scp => format!("{user}{host}:{path}"),
+            Scheme::Bare => format!("https://{host}/{path}"),
+            Scheme::Http | Scheme::Ssh | Scheme::Git => {
+                format!("{}://{user}{host}/{path}", self.scheme_text.to_ascii_lowercase())
+            }
+        }
+    }
+}
+
+/// Whether an http(s) user name is an access token rather than the name of a person or an
+/// organization: a known token prefix (GitHub, GitLab, Bitbucket, Atlassian), a name longer
+/// than any provider allows for user names (GitHub's 39 characters is the longest), or a long
+/// run of hexadecimal digits (Gitea, Gogs and older GitHub tokens).
+fn is_token(user: &str) -> bool {
+    const PREFIXES: [&str; 15] = [
+        "ghp_",
+        "gho_",
+        "ghu_",
+        "ghs_",
+        "ghr_",
+        "github_pat_",
+        "glpat-",
+        "gloas-",
+        "gldt-",
+        "glrt-",
+        "glcbt-",
+        "glptt-",
+        "glft-",
+        "ATBB",
+        "BBDC-",
+    ];
+    let user = percent_decode_str(user).decode_utf8_lossy();
+    let length = user.chars().count();
+    PREFIXES.iter().any(|prefix| user.starts_with(prefix))
+        || user.starts_with("ATATT")
+        || length > 39
+        || (length >= 32 && user.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The URL a service follows, as [`check_repository_url`] accepted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRepositoryUrl {
+    /// The URL to store: as written, trimmed, without the user name of an http(s) URL.
+    pub url: String,
+    /// The normalized key pushes are matched on (`github.com/acme/shop`).
+    pub key: String,
+}
+
+/// Check the repository URL of a service following `provider`, at write time (see the module's
+/// documentation): what [`parse_repository_url`] refuses, plus credentials, pages of a
+/// repository and a bare `owner/repo`, each refused with the URL to write instead when one can
+/// be told.
+pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceRepositoryUrl, RepoUrlError> {
+    let key = match parse_repository_url(url) {
+        Ok(parsed) => parsed.normalized,
+        Err(RepoUrlError::QueryOrFragment) => {
+            // Judge what comes before the query: the URL to write instead when it is fine.
+            let url = url.trim();
+            let path = split_url(url)?.path;
+            let cut = url.len() - path.len() + path.find(['?', '#']).unwrap_or(path.len());
+            let repository = check_repository_url(&url[..cut], provider)?;
+            return Err(RepoUrlError::NotARepository {
+                page: Page::Query,
+                use_instead: repository.url,
+            });
+        }
+        Err(err) => return Err(err),
+    };
+    let url = url.trim();
+    let parts = split_url(url)?;
+    let segments = parts.segments();
+    if let Some(kind) = parts.credential() {
+        return Err(RepoUrlError::Credentials {
+            kind,
+            use_instead: parts.repository_url(segments.len()),
+        });
+    }
+    if parts.scheme == Scheme::Bare && !parts.host.contains('.') && !parts.host.eq_ignore_ascii_case("localhost") {
+        return Err(RepoUrlError::NotARepository {
+            page: Page::NoHost,
+            use_instead: full_url(provider, parts.host, &segments),
+        });
+    }
+    let host = canonical_host(&key[..key.find('/').unwrap_or(key.len())]);
+    if let Some((count, page)) = page_of(host, provider, &segments) {
+        return Err(RepoUrlError::NotARepository {
+            page,
+            use_instead: parts.repository_url(count),
+        });
+    }
+    let url = match (parts.scheme, parts.user) {
+        (Scheme::Http, Some(_)) => {
+            let host = match parts.port {
+                Some(port) => format!("{}:{port}", parts.host),
+                None => parts.host.to_owned(),
+            };
+            format!("{}://{host}{}", parts.scheme_text, parts.path)
+        }
+        _ => url.to_owned(),
+    };
+    Ok(ServiceRepositoryUrl { url, key })
+}
+
+/// The full URL of a bare `owner/repo` (`first` then `rest`) on the provider's public host, or
+/// on a placeholder host for self-hosted providers; trimmed to the repository when the path
+/// goes on into a page.
+fn full_url(provider: GitProvider, first: &str, rest: &[&str]) -> String {
+    let mut path = std::iter::once(first).chain(rest.iter().copied()).collect::<Vec<_>>();
+    // A token pasted alone is no path to repeat.
+    if path.iter().any(|segment| is_token(segment)) {
+        path = vec!["owner", "repo"];
+    }
+    let candidate = match (provider, path.as_slice()) {
+        (GitProvider::Github, _) => format!("https://github.com/{}", path.join("/")),
+        (GitProvider::Gitlab, _) => format!("https://gitlab.com/{}", path.join("/")),
+        (GitProvider::Bitbucket, _) => format!("https://bitbucket.org/{}", path.join("/")),
+        (GitProvider::AzureDevops, [org, project, repo]) => {
+            format!("https://dev.azure.com/{org}/{project}/_git/{repo}")
+        }
+        (GitProvider::AzureDevops, _) => format!("https://dev.azure.com/{}", path.join("/")),
+        _ => format!("https://git.example.com/{}", path.join("/")),
+    };
+    match check_repository_url(&candidate, provider) {
+        Err(RepoUrlError::NotARepository { use_instead, .. }) => use_instead,
+        _ => candidate,
+    }
+}
+
+/// Path segments that name a page of a repository, not the repository: the segment itself
+/// and how the page is shown in messages.
+const PAGE_SEGMENTS: [&str; 21] = [
+    "-",
+    "tree",
+    "blob",
+    "commit",
+    "commits",
+    "pull",
+    "pulls",
+    "pull-requests",
+    "pullrequest",
+    "pullrequests",
+    "issues",
+    "src",
+    "branch",
+    "branches",
+    "tags",
+    "releases",
+    "actions",
+    "wiki",
+    "compare",
+    "blame",
+    "raw",
+];
+
+fn page_segment(segment: &str) -> Option<&'static str> {
+    PAGE_SEGMENTS
+        .iter()
+        .copied()
+        .find(|page| page.eq_ignore_ascii_case(segment))
+}
+
+/// When `segments` (as written) name a page of a repository on `host` (canonical), how many
+/// leading segments name the repository, and the page.
+fn page_of(host: &str, provider: GitProvider, segments: &[&str]) -> Option<(usize, Page)> {
+    let is = |i: usize, name: &str| segments.get(i).is_some_and(|s| s.eq_ignore_ascii_case(name));
+    // GitLab: `group/[sub/…]project/-/tree/main`; a project is at least `group/project`.
+    if let Some(i) = (2..segments.len()).find(|&i| is(i, "-")) {
+        return Some((i, Page::Path(Some("-"))));
+    }
+    // Azure DevOps: `[org/]project/_git/repo` then nothing but a clone variant.
+    let azure = host == "dev.azure.com" || host.ends_with(".visualstudio.com");
+    if azure && let Some(i) = segments.iter().position(|s| s.eq_ignore_ascii_case("_git")) {
+        let end = if is(i + 1, "_optimized") || is(i + 1, "_full") {
+            i + 3
+        } else {
+            i + 2
+        };
+        return (segments.len() > end).then(|| (end, Page::Path(segments.get(end).and_then(|s| page_segment(s)))));
+    }
+    // GitHub and Bitbucket Cloud repositories are exactly `owner/repo`.
+    let two_segments = matches!(host, "github.com" | "bitbucket.org") || (provider == GitProvider::Github && !azure);
+    if two_segments && segments.len() > 2 {
+        return Some((2, Page::Path(page_segment(segments[2]))));
+    }
+    // Gitea, Forgejo and Gogs: `owner/repo/src/branch/main`.
+    let gitea =
+        matches!(provider, GitProvider::Gitea | GitProvider::Gogs) || matches!(host, "codeberg.org" | "gitea.com");
+    if gitea && let Some(i) = (2..segments.len()).find(|&i| is(i, "src")) {
+        return Some((i, Page::Path(Some("src"))));
+    }
+    None
 }
 
 /// Split into scheme, user info, host, port and path without interpreting them.
@@ -271,6 +547,7 @@ fn split_url(url: &str) -> Result<Parts<'_>, RepoUrlError> {
         };
         return Ok(Parts {
             scheme,
+            scheme_text: &url[..i],
             user,
             password,
             host,
@@ -290,7 +567,8 @@ fn split_url(url: &str) -> Result<Parts<'_>, RepoUrlError> {
                 None => (None, left),
             };
             Ok(Parts {
-                scheme: Scheme::ScpOrBare,
+                scheme: Scheme::Scp,
+                scheme_text: "",
                 user,
                 password: None,
                 host,
@@ -300,7 +578,8 @@ fn split_url(url: &str) -> Result<Parts<'_>, RepoUrlError> {
         }
         (_, Some(s)) if url[..s].contains('@') => Err(RepoUrlError::MisplacedAt),
         (_, Some(s)) => Ok(Parts {
-            scheme: Scheme::ScpOrBare,
+            scheme: Scheme::Bare,
+            scheme_text: "",
             user: None,
             password: None,
             host: &url[..s],
@@ -494,14 +773,6 @@ fn strip_git_suffixes(mut name: &str) -> &str {
     name
 }
 
-/// Compare a raw (possibly percent-encoded, any case) user name with a normalized segment.
-fn decoded_eq_ignore_case(raw: &str, normalized: &str) -> bool {
-    match percent_decode_str(raw).decode_utf8() {
-        Ok(user) => user.to_lowercase() == normalized,
-        Err(_) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,7 +807,17 @@ mod tests {
             "github.com/acme/shop",
             true,
         ),
-        ("https://user:@github.com/acme/shop.git", "github.com/acme/shop", true),
+        ("https://user:@github.com/acme/shop.git", "github.com/acme/shop", false),
+        (
+            "https://0123456789abcdef0123456789abcdef@github.com/acme/shop.git",
+            "github.com/acme/shop",
+            true,
+        ),
+        (
+            "https://glpat-abcdefghij@gitlab.com/acme/shop.git",
+            "gitlab.com/acme/shop",
+            true,
+        ),
         ("https://@github.com/acme/shop.git", "github.com/acme/shop", false),
         ("https://github.com:443/acme/shop.git", "github.com/acme/shop", false),
         ("https://github.com:/acme/shop.git", "github.com/acme/shop", false),
@@ -586,10 +867,11 @@ mod tests {
         ),
         // Bitbucket Cloud
         ("https://bitbucket.org/team/repo.git", "bitbucket.org/team/repo", false),
+        // A user name alone is no secret.
         (
             "https://jdoe@bitbucket.org/team/repo.git",
             "bitbucket.org/team/repo",
-            true,
+            false,
         ),
         ("git@bitbucket.org:team/repo.git", "bitbucket.org/team/repo", false),
         // `scm` is an ordinary name on SaaS hosts.
@@ -640,7 +922,7 @@ mod tests {
         (
             "https://admin@bitbucket.example.com/scm/PROJ/repo.git",
             "bitbucket.example.com/proj/repo",
-            true,
+            false,
         ),
         (
             "https://bitbucket.example.com/projects/PROJ/repos/repo/browse",
@@ -691,7 +973,7 @@ mod tests {
         (
             "https://other@dev.azure.com/org/project/_git/repo",
             "dev.azure.com/org/project/repo",
-            true,
+            false,
         ),
         (
             "https://org:pat123@dev.azure.com/org/project/_git/repo",
@@ -963,11 +1245,352 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_are_sentences() {
+    fn error_messages_are_phrases() {
         let err = parse_repository_url("ftp://h.example/r").expect_err("ftp refused");
         assert_eq!(
             err.to_string(),
-            "The repository URL scheme `ftp` is not supported; use https, http, ssh or git."
+            "uses the scheme `ftp`, which is not supported; use https, http, ssh or git"
         );
+        let long = "a".repeat(2049);
+        for input in [
+            "",
+            "a b",
+            "https://github.com/a/b?x",
+            &long,
+            "https://github.com/a/../b",
+            "1x://h/a",
+        ] {
+            let message = parse_repository_url(input).unwrap_err().to_string();
+            assert!(message.starts_with(|c: char| c.is_ascii_lowercase()), "{message}");
+            assert!(!message.ends_with('.'), "{message}");
+        }
+    }
+
+    fn check(url: &str) -> Result<ServiceRepositoryUrl, RepoUrlError> {
+        check_repository_url(url, provider_of(url))
+    }
+
+    /// The provider a test URL is for, from its host.
+    fn provider_of(url: &str) -> GitProvider {
+        if url.contains("gitlab") {
+            GitProvider::Gitlab
+        } else if url.contains("bitbucket.org") {
+            GitProvider::Bitbucket
+        } else if url.contains("bitbucket") {
+            GitProvider::BitbucketServer
+        } else if url.contains("azure") || url.contains("visualstudio") {
+            GitProvider::AzureDevops
+        } else if url.contains("gitea") || url.contains("codeberg") || url.contains("localhost") {
+            GitProvider::Gitea
+        } else {
+            GitProvider::Github
+        }
+    }
+
+    #[test]
+    fn every_accepted_form_without_a_secret_is_accepted_at_write_time() {
+        for (input, normalized, creds) in ACCEPTED {
+            match check(input) {
+                Ok(checked) => {
+                    assert!(!creds, "{input:?} carries credentials yet was accepted");
+                    assert_eq!(checked.key, *normalized, "{input:?}");
+                    // What is stored reads the same, and is stable.
+                    assert_eq!(normalize_repository_url(&checked.url).as_deref(), Ok(*normalized));
+                    assert_eq!(check(&checked.url).as_ref(), Ok(&checked), "{input:?}");
+                }
+                Err(RepoUrlError::Credentials { .. }) => assert!(creds, "{input:?}"),
+                // `scm/…` on bitbucket.org: Bitbucket Cloud repositories are `owner/repo`.
+                Err(RepoUrlError::NotARepository { .. }) if *input == "https://bitbucket.org/scm/team/repo" => {}
+                Err(err) => panic!("{input:?} refused at write time: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_user_name_alone_is_dropped() {
+        let checked = check("https://emmap1@bitbucket.org/team/repo.git").unwrap();
+        assert_eq!(checked.url, "https://bitbucket.org/team/repo.git");
+        assert_eq!(checked.key, "bitbucket.org/team/repo");
+        let checked = check(" https://Org@dev.azure.com:443/Org/Project/_git/Repo\n").unwrap();
+        assert_eq!(checked.url, "https://dev.azure.com:443/Org/Project/_git/Repo");
+        let checked = check("https://user:@github.com/acme/shop").unwrap();
+        assert_eq!(checked.url, "https://github.com/acme/shop");
+        // An ssh user is part of the address: kept.
+        let checked = check("ssh://git@gitlab.example.com:2222/group/sub/repo.git").unwrap();
+        assert_eq!(checked.url, "ssh://git@gitlab.example.com:2222/group/sub/repo.git");
+        assert_eq!(
+            check("git@github.com:acme/shop.git").unwrap().url,
+            "git@github.com:acme/shop.git"
+        );
+    }
+
+    #[test]
+    fn passwords_and_tokens_are_refused_with_what_to_write() {
+        let cases = [
+            (
+                "https://user:hunter2secret@github.com/acme/shop.git",
+                Credential::Password,
+                "https://github.com/acme/shop.git",
+            ),
+            (
+                "https://x-access-token:hunter2secret@github.com/acme/shop",
+                Credential::Password,
+                "https://github.com/acme/shop",
+            ),
+            (
+                "https://oauth2:hunter2secret@gitlab.example.com:8443/g/sub/r.git",
+                Credential::Password,
+                "https://gitlab.example.com:8443/g/sub/r.git",
+            ),
+            (
+                "ssh://deploy:hunter2secret@gitlab.example.com/group/repo.git",
+                Credential::Password,
+                "ssh://deploy@gitlab.example.com/group/repo.git",
+            ),
+            (
+                "https://ghp_hunter2secret@github.com/acme/shop.git",
+                Credential::Token,
+                "https://github.com/acme/shop.git",
+            ),
+            (
+                "https://github_pat_hunter2secret@github.com/acme/shop",
+                Credential::Token,
+                "https://github.com/acme/shop",
+            ),
+            (
+                "https://glpat-hunter2secret@gitlab.com/g/r",
+                Credential::Token,
+                "https://gitlab.com/g/r",
+            ),
+            (
+                "https://hunter2secretabcdefabcdef0123456789abcdef@gitea.example.com/o/r",
+                Credential::Token,
+                "https://gitea.example.com/o/r",
+            ),
+            (
+                "https://hunter2secret4567890123456789012345678901234567890123@dev.azure.com/org/p/_git/r",
+                Credential::Token,
+                "https://dev.azure.com/org/p/_git/r",
+            ),
+            // With a query too: the credentials are named first, and the query is not repeated.
+            (
+                "https://u:hunter2secret@github.com/acme/shop?token=hunter2secret",
+                Credential::Password,
+                "https://github.com/acme/shop",
+            ),
+        ];
+        for (input, kind, instead) in cases {
+            let err = check(input).expect_err(input);
+            assert_eq!(
+                err,
+                RepoUrlError::Credentials {
+                    kind,
+                    use_instead: instead.to_owned()
+                },
+                "{input}"
+            );
+            let message = err.to_string();
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(
+                message.contains(&format!("`{instead}`")) && message.contains("remove"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn pages_are_refused_with_the_repository_url() {
+        let cases = [
+            (
+                "https://github.com/acme/shop/tree/main",
+                "https://github.com/acme/shop",
+                Some("tree"),
+            ),
+            (
+                "https://github.com/Acme/Shop/blob/main/src/lib.rs",
+                "https://github.com/Acme/Shop",
+                Some("blob"),
+            ),
+            (
+                "https://github.com/acme/shop/commit/0a1b2c",
+                "https://github.com/acme/shop",
+                Some("commit"),
+            ),
+            (
+                "https://github.com/acme/shop/pull/12",
+                "https://github.com/acme/shop",
+                Some("pull"),
+            ),
+            (
+                "https://github.com/acme/shop/anything",
+                "https://github.com/acme/shop",
+                None,
+            ),
+            (
+                "https://ghe.example.com/acme/shop/tree/main",
+                "https://ghe.example.com/acme/shop",
+                Some("tree"),
+            ),
+            (
+                "https://gitlab.com/g/sub/r/-/tree/main",
+                "https://gitlab.com/g/sub/r",
+                Some("-"),
+            ),
+            (
+                "https://gitlab.example.com/g/r/-/blob/main/README.md",
+                "https://gitlab.example.com/g/r",
+                Some("-"),
+            ),
+            (
+                "https://bitbucket.org/team/repo/src/main/",
+                "https://bitbucket.org/team/repo",
+                Some("src"),
+            ),
+            (
+                "https://bitbucket.org/team/repo/branch/feature",
+                "https://bitbucket.org/team/repo",
+                Some("branch"),
+            ),
+            (
+                "https://dev.azure.com/org/project/_git/repo/commit/abc",
+                "https://dev.azure.com/org/project/_git/repo",
+                Some("commit"),
+            ),
+            (
+                "https://gitea.example.com/owner/repo/src/branch/main",
+                "https://gitea.example.com/owner/repo",
+                Some("src"),
+            ),
+            (
+                "https://codeberg.org/forgejo/forgejo/src/branch/forgejo",
+                "https://codeberg.org/forgejo/forgejo",
+                Some("src"),
+            ),
+        ];
+        for (input, instead, marker) in cases {
+            let err = check(input).expect_err(input);
+            assert_eq!(
+                err,
+                RepoUrlError::NotARepository {
+                    page: Page::Path(marker),
+                    use_instead: instead.to_owned()
+                },
+                "{input}"
+            );
+            assert!(err.to_string().contains(&format!("write `{instead}`")), "{err}");
+            assert!(check(instead).is_ok(), "{instead}");
+        }
+        let message = check("https://github.com/acme/shop/tree/main").unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "names a page (`/tree/…`) rather than the repository: write `https://github.com/acme/shop`, and the branch in `branch`"
+        );
+        // GitLab subgroups, and other hosts' deeper paths, are repositories.
+        for ok in [
+            "https://gitlab.com/group/sub/deeper/repo.git",
+            "https://gitlab.example.com/a/tree/b",
+            "https://bitbucket.example.com/scm/proj/repo.git",
+            "https://bitbucket.example.com/projects/PROJ/repos/repo/browse",
+            "https://gitea.example.com/sub/path/owner/repo",
+        ] {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn queries_name_pages() {
+        let cases = [
+            (
+                "https://dev.azure.com/org/project/_git/repo?path=/src/app.cs&version=GBmain",
+                "https://dev.azure.com/org/project/_git/repo",
+            ),
+            (
+                "https://dev.azure.com/org/project/_git/repo?version=GBmain",
+                "https://dev.azure.com/org/project/_git/repo",
+            ),
+            ("https://github.com/acme/shop#readme", "https://github.com/acme/shop"),
+            (
+                "https://github.com/acme/shop/tree/main?tab=readme",
+                "https://github.com/acme/shop",
+            ),
+        ];
+        for (input, instead) in cases {
+            let err = check(input).expect_err(input);
+            assert!(
+                matches!(&err, RepoUrlError::NotARepository { use_instead, .. } if use_instead == instead),
+                "{input}: {err:?}"
+            );
+        }
+        assert_eq!(
+            check("https://github.com/?private_token=hunter2"),
+            Err(RepoUrlError::MissingPath)
+        );
+        let message = check("https://gitlab.com/g/r?private_token=hunter2secret")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !message.contains("hunter2") && !message.contains("private_token"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bare_owner_and_repository_needs_a_host() {
+        let cases = [
+            ("acme/shop", GitProvider::Github, "https://github.com/acme/shop"),
+            ("Acme/Shop.git", GitProvider::Github, "https://github.com/Acme/Shop.git"),
+            (
+                "acme/shop/tree/main",
+                GitProvider::Github,
+                "https://github.com/acme/shop",
+            ),
+            (
+                "group/sub/repo",
+                GitProvider::Gitlab,
+                "https://gitlab.com/group/sub/repo",
+            ),
+            ("team/repo", GitProvider::Bitbucket, "https://bitbucket.org/team/repo"),
+            (
+                "org/project/repo",
+                GitProvider::AzureDevops,
+                "https://dev.azure.com/org/project/_git/repo",
+            ),
+            ("owner/repo", GitProvider::Gitea, "https://git.example.com/owner/repo"),
+        ];
+        for (input, provider, instead) in cases {
+            assert_eq!(
+                check_repository_url(input, provider),
+                Err(RepoUrlError::NotARepository {
+                    page: Page::NoHost,
+                    use_instead: instead.to_owned()
+                }),
+                "{input}"
+            );
+        }
+        // A host, even without a scheme, is enough; so is scp's `host:path`.
+        for ok in ["github.com/acme/shop", "localhost/owner/repo", "gitea:owner/repo"] {
+            assert!(check_repository_url(ok, GitProvider::Gitea).is_ok(), "{ok}");
+        }
+        // Payloads keep normalizing as before.
+        assert_eq!(normalize_repository_url("acme/shop").as_deref(), Ok("acme/shop"));
+        assert_eq!(
+            normalize_repository_url("https://github.com/acme/shop/tree/main").as_deref(),
+            Ok("github.com/acme/shop/tree/main")
+        );
+    }
+
+    #[test]
+    fn write_time_errors_never_echo_credentials() {
+        for input in [
+            "https://user:hunter2secret@git_hub.com/acme/shop",
+            "https://ghp_hunter2secret@github.com/acme/shop/tree/main",
+            "https://u:hunter2secret@github.com/acme/shop/tree/main",
+            "ghp_hunter2secret/shop",
+            "https://github.com/acme/shop?hunter2secret",
+            "https://github.com/acme/shop#hunter2secret",
+        ] {
+            let err = check(input).expect_err(input);
+            assert!(!err.to_string().contains("hunter2"), "{input}: {err}");
+        }
     }
 }

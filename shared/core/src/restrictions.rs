@@ -62,24 +62,22 @@ enum Compiled {
 /// so that whatever was accepted at write time always compiles at push time.
 fn compile_value(value: &str) -> Result<Compiled, String> {
     if value.is_empty() {
-        return Err("A restriction value cannot be empty.".into());
+        return Err("must not be empty".into());
     }
     if value.len() > MAX_RESTRICTION_VALUE_LEN {
-        return Err(format!(
-            "A restriction value can be at most {MAX_RESTRICTION_VALUE_LEN} bytes long."
-        ));
+        return Err(format!("must be at most {MAX_RESTRICTION_VALUE_LEN} bytes long"));
     }
     if value.chars().any(char::is_control) {
-        return Err("A restriction value cannot contain control characters.".into());
+        return Err("must not contain control characters".into());
     }
     if value.starts_with('/') {
-        return Err("A restriction value is relative to the repository root and cannot start with `/`.".into());
+        return Err("must not start with `/`: it is relative to the repository root".into());
     }
     let mut normalized = String::with_capacity(value.len());
     for segment in value.split('/') {
         match segment {
             "" | "." => {}
-            ".." => return Err("A restriction value cannot contain a `..` segment.".into()),
+            ".." => return Err("must not contain a `..` segment".into()),
             s => {
                 if !normalized.is_empty() {
                     normalized.push('/');
@@ -89,7 +87,7 @@ fn compile_value(value: &str) -> Result<Compiled, String> {
         }
     }
     if normalized.is_empty() {
-        return Err("A restriction value must name a file or directory in the repository.".into());
+        return Err("must name a file or directory in the repository".into());
     }
     if !is_glob(&normalized) {
         return Ok(Compiled::Plain(normalized));
@@ -99,7 +97,7 @@ fn compile_value(value: &str) -> Result<Compiled, String> {
         .backslash_escape(true)
         .build()
         .map(Compiled::Glob)
-        .map_err(|e| format!("A restriction value is not a valid glob: {}.", e.kind()))
+        .map_err(|e| format!("is not a valid glob: {}", e.kind()))
 }
 
 /// Validation at write time: non-empty, at most 1024 bytes, relative (no leading `/`), no `..`
@@ -256,7 +254,7 @@ impl Restrictions {
         }
         let build = |b: GlobSetBuilder| {
             b.build()
-                .map_err(|e| format!("The restriction globs could not be compiled: {}.", e.kind()))
+                .map_err(|e| format!("deployment_restrictions: the globs could not be compiled: {}", e.kind()))
         };
         out.matching.globs = build(match_globs)?;
         out.excluding.globs = build(exclude_globs)?;
@@ -603,7 +601,10 @@ mod tests {
             "src/*{a,b",
         ] {
             let err = validate_restriction_value(bad).expect_err(bad);
-            assert!(err.ends_with('.'), "{bad:?}: {err}");
+            assert!(
+                err.starts_with(|c: char| c.is_ascii_lowercase()) && !err.ends_with('.'),
+                "{bad:?}: {err}"
+            );
         }
     }
 

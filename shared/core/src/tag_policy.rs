@@ -5,7 +5,7 @@
 //! notification arrives.
 
 use globset::{GlobBuilder, GlobMatcher};
-use regex::{Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder};
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 
@@ -13,10 +13,20 @@ use serde::{Deserialize, Serialize};
 /// that compiling one is cheap.
 pub const MAX_POLICY_LEN: usize = 512;
 
-/// Cap on a compiled regex (bytes of its program, the regex crate's `size_limit`), a tenth of
-/// the crate's default: keeps one tenant's pattern from taking much memory or compile time,
-/// while real tag patterns, compiled as ASCII (see [`compile_regex`]), stay far below it.
-const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
+/// Cap on a compiled regex (bytes of its program, the regex crate's `size_limit`; the crate's
+/// default is 10 MiB). A tag is at most 128 ASCII characters, and tag patterns compiled on
+/// bytes without Unicode (see [`compile_regex`]) stay well below this even when they spell out
+/// the whole tag (`^[\w.-]{1,128}$`); the cap keeps one tenant's pattern from taking much
+/// memory or compile time.
+pub const REGEX_SIZE_LIMIT: usize = 64 * 1024;
+
+/// Cap on the lazy DFA's cache of one compiled regex (the crate's `dfa_size_limit`, default
+/// 2 MiB): matching a tag of at most 128 bytes never needs more, and a service's compiled
+/// policy may be kept for as long as the service does not change.
+const REGEX_DFA_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Deepest nesting of groups and repetitions in a REGEX pattern (the crate's default is 250).
+const REGEX_NEST_LIMIT: u32 = 32;
 
 /// A service's tag policy, as written in its settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +40,9 @@ pub enum TagPolicy {
     Regex { pattern: String },
 }
 
-/// A [`TagPolicy`] with its range or pattern compiled, built once by [`TagPolicy::compile`].
+/// A [`TagPolicy`] with its range or pattern compiled, built once by [`TagPolicy::compile`]
+/// and reused for every notification: it is `Send + Sync` and cheap to clone (a compiled regex
+/// is shared, not copied), so a cache of compiled policies can hand it to any thread.
 #[derive(Debug, Clone)]
 pub struct CompiledTagPolicy {
     inner: Compiled,
@@ -53,8 +65,11 @@ impl TagPolicy {
         }
     }
 
-    /// Compile the policy. The error is a sentence saying what is wrong with the range or
-    /// pattern.
+    /// Compile the policy. The error says what is wrong with the range or pattern, as a
+    /// phrase about the field that [`TagPolicy::field_name`] names (`must not be empty`).
+    ///
+    /// Compiling is bounded: a range or pattern is at most [`MAX_POLICY_LEN`] characters, and
+    /// a regex at most [`REGEX_SIZE_LIMIT`] bytes of program, [`REGEX_NEST_LIMIT`] levels deep.
     ///
     /// A SEMVER range is read as the `semver` crate reads it (`>=1.2.0, <2`); comparators
     /// separated only by spaces, as the SPEC writes them (`>=1.2.0 <2`), are accepted too.
@@ -100,7 +115,7 @@ impl CompiledTagPolicy {
                 }
             }
             Compiled::Glob(matcher) => matcher.is_match(new),
-            Compiled::Regex(regex) => regex.is_match(new),
+            Compiled::Regex(regex) => regex.is_match(new.as_bytes()),
         }
     }
 }
@@ -111,32 +126,27 @@ fn parse_version(tag: &str) -> Option<Version> {
     Version::parse(bare).ok()
 }
 
+/// `value` must be given and short; `what` says what to write instead of nothing.
 fn check_length(what: &str, value: &str) -> Result<(), String> {
     if value.trim().is_empty() {
-        return Err(format!("The {what} is empty."));
+        return Err(format!("must not be empty; {what}"));
     }
     let len = value.chars().count();
     if len > MAX_POLICY_LEN {
         return Err(format!(
-            "The {what} is {len} characters long; at most {MAX_POLICY_LEN} are allowed."
+            "is {len} characters long; at most {MAX_POLICY_LEN} are allowed"
         ));
     }
     Ok(())
 }
 
 fn compile_range(range: &str) -> Result<VersionReq, String> {
-    if range.trim().is_empty() {
-        return Err("The semver range is empty; write `*` to accept any version.".to_owned());
-    }
-    check_length("semver range", range)?;
+    check_length("write `*` to accept any version", range)?;
     if range.contains("||") {
-        return Err(format!(
-            "`{range}` is not a supported semver range: alternatives (`||`) are not supported; write one range such as `>=1.2.0 <2`."
-        ));
+        return Err("cannot hold alternatives (`||`); write one semver range such as `>=1.2.0 <2`".to_owned());
     }
-    VersionReq::parse(&comma_separated(range)).map_err(|err| {
-        format!("`{range}` is not a valid semver range ({err}); write comparators such as `>=1.2.0 <2`.")
-    })
+    VersionReq::parse(&comma_separated(range))
+        .map_err(|err| format!("is not a valid semver range ({err}); write comparators such as `>=1.2.0 <2`"))
 }
 
 /// Insert the commas the `semver` crate needs between comparators separated only by
@@ -165,26 +175,29 @@ fn comma_separated(range: &str) -> String {
 }
 
 fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
-    check_length("glob pattern", pattern)?;
+    check_length("write `*` to follow every tag", pattern)?;
     GlobBuilder::new(pattern)
         .build()
         .map(|glob| glob.compile_matcher())
-        .map_err(|err| format!("The glob pattern is not valid: {err}."))
+        // The error's own text quotes the pattern; its kind says what is wrong.
+        .map_err(|err| format!("is not a valid glob pattern: {}", err.kind()))
 }
 
 /// Compile a REGEX pattern, bounded in size so a short hostile pattern is refused.
 ///
 /// Tags are ASCII (Docker's grammar), and on ASCII text Unicode-aware classes (`\w`, `\d`,
-/// `(?i)`) match exactly what their ASCII forms match, at a tiny fraction of the compiled size
-/// (`^\w{1,128}$`: ~18 KiB instead of ~6 MiB). So the pattern is first compiled with Unicode
-/// off; only a pattern that needs Unicode mode in a `&str` regex (`.`, `[^-]`) is compiled
-/// again with it on, under the same limit.
+/// `(?i)`, `.`, `[^-]`) match exactly what their ASCII forms match, at a small fraction of the
+/// compiled size. So the pattern is compiled for bytes with Unicode off, where every class is
+/// its ASCII form; only a pattern that needs Unicode (`\p{L}`) is compiled again with it on,
+/// under the same limits.
 fn compile_regex(pattern: &str) -> Result<Regex, String> {
-    check_length("regular expression", pattern)?;
+    check_length("write `.*` to follow every tag", pattern)?;
     let build = |unicode: bool| {
         RegexBuilder::new(pattern)
             .unicode(unicode)
             .size_limit(REGEX_SIZE_LIMIT)
+            .dfa_size_limit(REGEX_DFA_SIZE_LIMIT)
+            .nest_limit(REGEX_NEST_LIMIT)
             .build()
     };
     build(false)
@@ -194,8 +207,7 @@ fn compile_regex(pattern: &str) -> Result<Regex, String> {
         })
         .map_err(|err| match err {
             regex::Error::CompiledTooBig(_) => {
-                "The regular expression is too complex: its compiled form exceeds the size limit; simplify it."
-                    .to_owned()
+                "is too complex: its compiled form exceeds the size limit; simplify it".to_owned()
             }
             other => {
                 let text = other.to_string();
@@ -206,7 +218,7 @@ fn compile_regex(pattern: &str) -> Result<Regex, String> {
                     .rev()
                     .find_map(|line| line.trim().strip_prefix("error: "))
                     .unwrap_or(text.trim());
-                format!("The regular expression is not valid: {reason}.")
+                format!("is not a valid regular expression: {reason}")
             }
         })
 }
@@ -378,34 +390,80 @@ mod tests {
         let regex = |p: &str| TagPolicy::Regex { pattern: p.to_owned() };
         let long = "a".repeat(MAX_POLICY_LEN + 1);
         let bad = [
-            (range(""), "empty"),
-            (range("   "), "empty"),
-            (range("not a range"), "not a valid semver range"),
+            (range(""), "must not be empty; write `*`"),
+            (range("   "), "must not be empty"),
+            (range("not a range"), "is not a valid semver range"),
             (range(">=1.2.0 || <0.5"), "`||`"),
-            (range(">=1.2.0, , <2"), "not a valid semver range"),
-            (range(">="), "not a valid semver range"),
-            (range("1.2.3.4"), "not a valid semver range"),
+            (range(">=1.2.0, , <2"), "is not a valid semver range"),
+            (range(">="), "is not a valid semver range"),
+            (range("1.2.3.4"), "is not a valid semver range"),
             (range(&long), "at most 512"),
-            (glob(""), "empty"),
-            (glob("release-["), "glob pattern is not valid"),
-            (glob("{a,b"), "glob pattern is not valid"),
+            (glob(""), "must not be empty"),
+            (glob("release-["), "is not a valid glob pattern"),
+            (glob("{a,b"), "is not a valid glob pattern"),
             (glob(&long), "at most 512"),
-            (regex(""), "empty"),
+            (regex(""), "must not be empty"),
             (regex("("), "unclosed group"),
             (regex("[^a"), "unclosed character class"),
-            (regex("a{2,1}"), "not valid"),
+            (regex("a{2,1}"), "is not a valid regular expression"),
             (regex(&long), "at most 512"),
             // Hostile: tiny to write, huge to compile.
             (regex("((a{100}){100}){100}"), "too complex"),
             (regex("(a{1000}){1000}"), "too complex"),
             (regex("(.{1000}){1000}"), "too complex"),
+            (regex(r"\w{1000}"), "too complex"),
+            (regex(r"(\p{L}{100}){10}"), "too complex"),
+            (regex(&format!("{}a{}", "(".repeat(40), ")".repeat(40))), "nest"),
         ];
         for (policy, needle) in bad {
             let err = policy.compile().expect_err(&format!("{policy:?}"));
             assert!(err.contains(needle), "{policy:?}: {err}");
-            assert!(err.ends_with('.'), "{err}");
+            // A phrase about the field, rendered `tag_policy.pattern: …` by the API.
+            assert!(err.starts_with(|c: char| c.is_ascii_lowercase()), "{err}");
+            assert!(!err.ends_with('.'), "{err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn patterns_that_spell_out_a_whole_tag_fit_the_limits() {
+        // Every tag Docker accepts, written a few ways, and Unicode classes where asked for.
+        for pattern in [
+            r"^[\w.-]{1,128}$",
+            r"^\w{1,128}$",
+            r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+            r".{128}",
+            r"[^x]{1,128}",
+            r"^(?:[a-z0-9]+[._-]?){1,64}$",
+            r"(?i)^(release|hotfix)-\d{1,6}(\.\d{1,6}){0,3}$",
+            r"^\p{L}+$",
+        ] {
+            assert!(
+                TagPolicy::Regex {
+                    pattern: pattern.to_owned()
+                }
+                .compile()
+                .is_ok(),
+                "{pattern}"
+            );
+        }
+        let long_tag = "a".repeat(128);
+        assert!(regex(r"^[\w.-]{1,128}$").accepts(None, &long_tag));
+        assert!(regex(r".{128}").accepts(None, &long_tag));
+        assert!(!regex(r"^\p{L}+$").accepts(None, "v1"));
+        assert!(regex(r"^\p{L}+$").accepts(None, "latest"));
+    }
+
+    #[test]
+    fn a_compiled_policy_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync + Clone + 'static>(_: &T) {}
+        let policy = regex("^main-[0-9a-f]{7}$");
+        shareable(&policy);
+        let copy = policy.clone();
+        let answer = std::thread::spawn(move || copy.accepts(None, "main-abc1234"))
+            .join()
+            .unwrap();
+        assert!(answer);
     }
 
     #[test]

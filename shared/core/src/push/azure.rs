@@ -4,8 +4,8 @@
 use serde::Deserialize;
 
 use super::{
-    ChangedFiles, Delivery, IgnoredReason, PayloadError, Push, RefKind, Text, Update, classify_ref, collect_urls,
-    from_json, is_zero_sha, multi_branch, text, wrong_shape,
+    Delivery, IgnoredReason, PayloadError, RefKind, Text, Update, classify_ref, collect_urls, from_json, is_zero_sha,
+    multi_branch, text, wrong_shape,
 };
 use crate::provider::GitProvider;
 
@@ -125,30 +125,9 @@ fn parse_push(json: &str) -> Result<Delivery, PayloadError> {
         .map(str::to_owned);
     let commits = resource.commits.as_deref().unwrap_or_default();
 
-    let mut pushes = Vec::new();
-    let mut first_reason = None;
-    for ref_update in ref_updates {
-        match branch_update(ref_update, commits)? {
-            Update::Branch {
-                branch,
-                before,
-                after,
-                message,
-            } => pushes.push(Push {
-                repository_urls: repository_urls.clone(),
-                branch: branch.to_owned(),
-                before: before.to_owned(),
-                after: after.to_owned(),
-                files: ChangedFiles::Unknown,
-                head_commit_message: message.map(str::to_owned),
-                pusher: pusher.clone(),
-            }),
-            Update::Ignored(reason) => {
-                first_reason.get_or_insert(reason);
-            }
-        }
-    }
-    Ok(multi_branch(pushes, first_reason))
+    multi_branch(ref_updates, repository_urls, pusher, |ref_update| {
+        branch_update(ref_update, commits)
+    })
 }
 
 fn branch_update<'c>(ref_update: &'c RefUpdate<'_>, commits: &'c [Commit<'_>]) -> Result<Update<'c>, PayloadError> {
@@ -161,7 +140,7 @@ fn branch_update<'c>(ref_update: &'c RefUpdate<'_>, commits: &'c [Commit<'_>]) -
     let after = text(&ref_update.new_object_id)
         .ok_or_else(|| wrong_shape(PROVIDER, "missing `resource.refUpdates[].newObjectId`"))?;
     if is_zero_sha(after) {
-        return Ok(Update::Ignored(IgnoredReason::BranchDeleted));
+        return Ok(Update::Deleted(branch));
     }
     // `commits` covers the whole push: the head of this branch is the one with its new id.
     let message = commits

@@ -5,8 +5,8 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 use super::{
-    ChangedFiles, Delivery, IgnoredReason, PayloadError, Push, Text, Update, ZERO_SHA, check_json, collect_urls,
-    event_header, from_json, multi_branch, text, wrong_shape,
+    Delivery, IgnoredReason, PayloadError, Text, Update, ZERO_SHA, check_json, collect_urls, event_header, from_json,
+    multi_branch, text, wrong_shape,
 };
 use crate::provider::GitProvider;
 
@@ -133,40 +133,19 @@ fn parse_push(json: &str) -> Result<Delivery, PayloadError> {
         .and_then(|actor| text(&actor.nickname).or(text(&actor.display_name)))
         .map(str::to_owned);
 
-    let mut pushes = Vec::new();
-    let mut first_reason = None;
-    for change in &changes {
-        match branch_update(change)? {
-            Update::Branch {
-                branch,
-                before,
-                after,
-                message,
-            } => pushes.push(Push {
-                repository_urls: repository_urls.clone(),
-                branch: branch.to_owned(),
-                before: before.to_owned(),
-                after: after.to_owned(),
-                files: ChangedFiles::Unknown,
-                head_commit_message: message.map(str::to_owned),
-                pusher: pusher.clone(),
-            }),
-            Update::Ignored(reason) => {
-                first_reason.get_or_insert(reason);
-            }
-        }
-    }
-    Ok(multi_branch(pushes, first_reason))
+    multi_branch(&changes, repository_urls, pusher, branch_update)
 }
 
 fn branch_update<'c>(change: &'c Change<'_>) -> Result<Update<'c>, PayloadError> {
     let Some(new) = &change.new else {
-        let tag = change.old.as_ref().is_some_and(Ref::is_tag);
-        return Ok(Update::Ignored(if tag {
-            IgnoredReason::TagPush
-        } else {
-            IgnoredReason::BranchDeleted
-        }));
+        return Ok(match change.old.as_ref() {
+            Some(old) if old.is_tag() => Update::Ignored(IgnoredReason::TagPush),
+            Some(old) => match (text(&old.kind), text(&old.name)) {
+                (Some("branch"), Some(branch)) => Update::Deleted(branch),
+                _ => Update::Ignored(IgnoredReason::BranchDeleted),
+            },
+            None => Update::Ignored(IgnoredReason::BranchDeleted),
+        });
     };
     if new.is_tag() {
         return Ok(Update::Ignored(IgnoredReason::TagPush));

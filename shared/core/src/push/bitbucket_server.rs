@@ -5,8 +5,8 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 use super::{
-    ChangedFiles, Delivery, IgnoredReason, PayloadError, Push, RefKind, Text, Update, check_json, classify_ref,
-    collect_urls, event_header, from_json, is_zero_sha, multi_branch, text, wrong_shape,
+    Delivery, IgnoredReason, PayloadError, RefKind, Text, Update, check_json, classify_ref, collect_urls, event_header,
+    from_json, is_zero_sha, multi_branch, text, wrong_shape,
 };
 use crate::provider::GitProvider;
 
@@ -114,30 +114,7 @@ fn parse_refs_changed(json: &str) -> Result<Delivery, PayloadError> {
         .and_then(|actor| text(&actor.name))
         .map(str::to_owned);
 
-    let mut pushes = Vec::new();
-    let mut first_reason = None;
-    for change in changes {
-        match branch_update(change)? {
-            Update::Branch {
-                branch,
-                before,
-                after,
-                message,
-            } => pushes.push(Push {
-                repository_urls: repository_urls.clone(),
-                branch: branch.to_owned(),
-                before: before.to_owned(),
-                after: after.to_owned(),
-                files: ChangedFiles::Unknown,
-                head_commit_message: message.map(str::to_owned),
-                pusher: pusher.clone(),
-            }),
-            Update::Ignored(reason) => {
-                first_reason.get_or_insert(reason);
-            }
-        }
-    }
-    Ok(multi_branch(pushes, first_reason))
+    multi_branch(changes, repository_urls, pusher, branch_update)
 }
 
 fn branch_update<'c>(change: &'c Change<'_>) -> Result<Update<'c>, PayloadError> {
@@ -154,7 +131,7 @@ fn branch_update<'c>(change: &'c Change<'_>) -> Result<Update<'c>, PayloadError>
     };
     let after = text(&change.to_hash).unwrap_or_default();
     if text(&change.kind) == Some("DELETE") || is_zero_sha(after) {
-        return Ok(Update::Ignored(IgnoredReason::BranchDeleted));
+        return Ok(Update::Deleted(branch));
     }
     if after.is_empty() {
         return Err(wrong_shape(PROVIDER, "missing `changes[].toHash`"));

@@ -262,7 +262,7 @@ struct Sender<'a> {
 
 pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
     let event = event_header(headers, &["X-GitHub-Event"])?;
-    let json = json_body(headers, body)?;
+    let json = github_payload(headers, body)?;
     match event.as_ref() {
         "push" => parse_push(&json),
         "ping" => check_json(PROVIDER, &json).map(|()| Delivery::Ignored(IgnoredReason::Ping)),
@@ -273,8 +273,11 @@ pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, Payloa
     }
 }
 
-/// The JSON text of the delivery, unwrapping the form encoding GitHub can be configured to use.
-fn json_body<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<Cow<'b, str>, PayloadError> {
+/// The JSON text of a GitHub delivery, unwrapping the form encoding a GitHub webhook can be
+/// configured to use (`application/x-www-form-urlencoded`, the JSON in the `payload` field).
+/// Every GitHub webhook the product receives goes through it: git pushes and GitHub Packages
+/// events alike. The signature covers the body as sent, so verify before unwrapping.
+pub fn github_payload<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<Cow<'b, str>, PayloadError> {
     let text = super::utf8(body)?;
     let form = headers
         .get(http::header::CONTENT_TYPE)

@@ -24,9 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::provider::GitProvider;
 
-pub use signature::{SignatureError, verify_signature};
+pub use github::github_payload;
+pub use signature::{SignatureError, secrets_match, verify_signature};
 
-/// Longest delivery id we keep: ids are stored and echoed, so a hostile header must not bloat them.
+/// Longest delivery id the product keeps, for every provider and every store: ids are stored,
+/// logged and echoed, so a hostile header must not bloat them. A longer header is no delivery
+/// id at all ([`delivery_id`] returns `None`), so no store ever sees one longer than this.
 pub const MAX_DELIVERY_ID: usize = 200;
 
 /// GitHub lists at most this many commits in a push payload; a push that reaches it may have
@@ -46,6 +49,8 @@ pub enum PayloadError {
     MissingFormPayload,
     #[error("not a {provider} push payload: {detail}")]
     WrongShape { provider: &'static str, detail: String },
+    #[error("the delivery names more than {max} branches; at most {max} are read from one delivery")]
+    TooManyBranches { max: usize },
 }
 
 /// What a verified delivery asks of us.
@@ -377,17 +382,76 @@ enum Update<'c> {
         after: &'c str,
         message: Option<&'c str>,
     },
+    /// The branch was deleted: an earlier update of it in the same delivery no longer counts.
+    Deleted(&'c str),
     Ignored(IgnoredReason),
 }
 
-/// The outcome of a multi-branch delivery: its pushes, else the reason of its first change.
-fn multi_branch(pushes: Vec<Push>, first_reason: Option<IgnoredReason>) -> Delivery {
-    if pushes.is_empty() {
+/// Most distinct branches one delivery may name. Each branch can queue a deployment of every
+/// service following it, so a crafted delivery listing thousands must not fan out.
+pub const MAX_BRANCHES_PER_DELIVERY: usize = 100;
+
+/// The pushes of a delivery that lists several ref updates (Bitbucket Cloud, Bitbucket Server,
+/// Azure DevOps), each read by `update`; `repository_urls` and `pusher` are the delivery's.
+///
+/// One push per branch: when a branch is named several times, its last change wins (a
+/// deletion drops it), at the place of its first mention. More than
+/// [`MAX_BRANCHES_PER_DELIVERY`] distinct branches is an error. With no push at all, the
+/// delivery is ignored for the reason of its first change.
+fn multi_branch<'c, C: 'c>(
+    changes: impl IntoIterator<Item = &'c C>,
+    repository_urls: Vec<String>,
+    pusher: Option<String>,
+    mut update: impl FnMut(&'c C) -> Result<Update<'c>, PayloadError>,
+) -> Result<Delivery, PayloadError> {
+    // In order of first mention: the branch and its last change, `None` once deleted.
+    let mut branches: Vec<(&'c str, Option<Push>)> = Vec::new();
+    let mut first_reason = None;
+    for change in changes {
+        let (branch, push) = match update(change)? {
+            Update::Branch {
+                branch,
+                before,
+                after,
+                message,
+            } => {
+                let push = Push {
+                    repository_urls: repository_urls.clone(),
+                    branch: branch.to_owned(),
+                    before: before.to_owned(),
+                    after: after.to_owned(),
+                    files: ChangedFiles::Unknown,
+                    head_commit_message: message.map(str::to_owned),
+                    pusher: pusher.clone(),
+                };
+                (branch, Some(push))
+            }
+            Update::Deleted(branch) => {
+                first_reason.get_or_insert(IgnoredReason::BranchDeleted);
+                (branch, None)
+            }
+            Update::Ignored(reason) => {
+                first_reason.get_or_insert(reason);
+                continue;
+            }
+        };
+        if let Some((_, last)) = branches.iter_mut().find(|(seen, _)| *seen == branch) {
+            *last = push;
+        } else if branches.len() == MAX_BRANCHES_PER_DELIVERY {
+            return Err(PayloadError::TooManyBranches {
+                max: MAX_BRANCHES_PER_DELIVERY,
+            });
+        } else {
+            branches.push((branch, push));
+        }
+    }
+    let pushes: Vec<Push> = branches.into_iter().filter_map(|(_, push)| push).collect();
+    Ok(if pushes.is_empty() {
         // No change at all is not a push we can act on; ignoring it spares the provider retries.
         Delivery::Ignored(first_reason.unwrap_or(IgnoredReason::UnsupportedEvent))
     } else {
         Delivery::Pushes(pushes)
-    }
+    })
 }
 
 /// The body as text: payloads are JSON, which is UTF-8.

@@ -465,6 +465,7 @@ fn bitbucket_multi_branch_push() {
     tag["new"]["type"] = json!("tag");
     let mut deleted = update.clone();
     deleted["new"] = Value::Null;
+    deleted["old"]["name"] = json!("old-branch");
     let mut tag_deleted = deleted.clone();
     tag_deleted["old"]["type"] = json!("annotated_tag");
 
@@ -490,6 +491,132 @@ fn bitbucket_multi_branch_push() {
     assert_eq!(only(vec![&deleted, &tag]), IgnoredReason::BranchDeleted);
     assert_eq!(only(vec![&tag_deleted]), IgnoredReason::TagPush);
     assert_eq!(only(vec![]), IgnoredReason::UnsupportedEvent);
+}
+
+/// A Bitbucket Cloud change of `branch` from `before` to `after` (`None`: deleted).
+fn bitbucket_change(branch: &str, before: &str, after: Option<&str>) -> Value {
+    let side = |hash: &str| json!({"type": "branch", "name": branch, "target": {"hash": hash, "message": hash}});
+    json!({"old": side(before), "new": after.map(side)})
+}
+
+fn bitbucket_body(changes: Vec<Value>) -> Vec<u8> {
+    let mut body = value(fixture!("bitbucket-cloud/gp-repo-push.json"));
+    body["push"]["changes"] = json!(changes);
+    bytes(&body)
+}
+
+#[test]
+fn one_push_per_branch_the_last_change_wins() {
+    let sha = |c: char| c.to_string().repeat(40);
+    let (a, b, c, d) = (sha('a'), sha('b'), sha('c'), sha('d'));
+    // main three times, develop once between: two pushes, main where it was first named.
+    let body = bitbucket_body(vec![
+        bitbucket_change("main", &a, Some(&b)),
+        bitbucket_change("develop", &a, Some(&d)),
+        bitbucket_change("main", &b, Some(&c)),
+        bitbucket_change("main", &c, Some(&d)),
+    ]);
+    let all = pushes(parse(GitProvider::Bitbucket, BB_PUSH, &body));
+    let summary: Vec<_> = all
+        .iter()
+        .map(|p| (p.branch.as_str(), p.before.as_str(), p.after.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("main", c.as_str(), d.as_str()), ("develop", a.as_str(), d.as_str())]
+    );
+    assert_eq!(all[0].head_commit_message.as_deref(), Some(d.as_str()));
+
+    // A deletion after an update drops the branch; an update after a deletion brings it back.
+    let body = bitbucket_body(vec![
+        bitbucket_change("main", &a, Some(&b)),
+        bitbucket_change("main", &b, None),
+    ]);
+    assert_eq!(
+        ignored(GitProvider::Bitbucket, BB_PUSH, &body),
+        IgnoredReason::BranchDeleted
+    );
+    let body = bitbucket_body(vec![
+        bitbucket_change("main", &a, None),
+        bitbucket_change("main", &a, Some(&c)),
+    ]);
+    assert_eq!(one_push(GitProvider::Bitbucket, BB_PUSH, &body).after, c);
+
+    // Thousands of changes of one branch are one push.
+    let many = (0..2000)
+        .map(|i| bitbucket_change("main", &a, Some(&format!("{i:040}"))))
+        .collect();
+    let push = one_push(GitProvider::Bitbucket, BB_PUSH, &bitbucket_body(many));
+    assert_eq!(push.after, format!("{:040}", 1999));
+}
+
+#[test]
+fn the_same_rule_holds_for_every_multi_branch_provider() {
+    let sha = |c: char| c.to_string().repeat(40);
+    let (a, b, c) = (sha('a'), sha('b'), sha('c'));
+    let mut azure = value(fixture!("azure-devops/gp-git.push.json"));
+    azure["resource"]["refUpdates"] = json!([
+        {"name": "refs/heads/main", "oldObjectId": a, "newObjectId": b},
+        {"name": "refs/heads/main", "oldObjectId": b, "newObjectId": c},
+    ]);
+    let push = one_push(GitProvider::AzureDevops, &[], &bytes(&azure));
+    assert_eq!((push.before.as_str(), push.after.as_str()), (b.as_str(), c.as_str()));
+
+    let mut server = value(fixture!("bitbucket-server/gp-repo-refs-changed.json"));
+    let change = |from: &str, to: &str, kind: &str| {
+        json!({"ref": {"id": "refs/heads/main", "type": "BRANCH"}, "refId": "refs/heads/main",
+               "fromHash": from, "toHash": to, "type": kind})
+    };
+    server["changes"] = json!([change(&a, &b, "UPDATE"), change(&b, &c, "UPDATE")]);
+    let push = one_push(GitProvider::BitbucketServer, BBS_PUSH, &bytes(&server));
+    assert_eq!((push.before.as_str(), push.after.as_str()), (b.as_str(), c.as_str()));
+    server["changes"] = json!([change(&a, &b, "UPDATE"), change(&b, ZEROS, "DELETE")]);
+    assert_eq!(
+        ignored(GitProvider::BitbucketServer, BBS_PUSH, &bytes(&server)),
+        IgnoredReason::BranchDeleted
+    );
+}
+
+#[test]
+fn a_delivery_naming_too_many_branches_is_refused() {
+    let sha = "a".repeat(40);
+    let changes = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| bitbucket_change(&format!("b{i}"), &sha, Some(&sha)))
+            .collect()
+    };
+    let all = pushes(parse(
+        GitProvider::Bitbucket,
+        BB_PUSH,
+        &bitbucket_body(changes(MAX_BRANCHES_PER_DELIVERY)),
+    ));
+    assert_eq!(all.len(), MAX_BRANCHES_PER_DELIVERY);
+    // Naming a branch again does not count twice.
+    let mut again = changes(MAX_BRANCHES_PER_DELIVERY);
+    again.extend(changes(MAX_BRANCHES_PER_DELIVERY));
+    assert!(parse_delivery(GitProvider::Bitbucket, &headers(BB_PUSH), &bitbucket_body(again)).is_ok());
+
+    let err = parse_delivery(
+        GitProvider::Bitbucket,
+        &headers(BB_PUSH),
+        &bitbucket_body(changes(MAX_BRANCHES_PER_DELIVERY + 1)),
+    )
+    .unwrap_err();
+    assert_eq!(err, PayloadError::TooManyBranches { max: 100 });
+    assert_eq!(
+        err.to_string(),
+        "the delivery names more than 100 branches; at most 100 are read from one delivery"
+    );
+    // Deleted branches are named too.
+    let mut body = value(fixture!("azure-devops/gp-git.push.json"));
+    let updates: Vec<Value> = (0..=MAX_BRANCHES_PER_DELIVERY)
+        .map(|i| json!({"name": format!("refs/heads/b{i}"), "oldObjectId": sha, "newObjectId": ZEROS}))
+        .collect();
+    body["resource"]["refUpdates"] = json!(updates);
+    assert!(matches!(
+        parse_delivery(GitProvider::AzureDevops, &HeaderMap::new(), &bytes(&body)),
+        Err(PayloadError::TooManyBranches { .. })
+    ));
 }
 
 #[test]
@@ -1095,6 +1222,22 @@ fn gitlab_token() {
         verify(GitProvider::Gitlab, &[]),
         Err(SignatureError::MissingHeader("X-Gitlab-Token"))
     );
+}
+
+#[test]
+fn secrets_match_compares_whole_secrets() {
+    assert!(secrets_match(
+        b"It's a Secret to Everybody",
+        b"It's a Secret to Everybody"
+    ));
+    for other in [
+        &b"It's a Secret"[..],
+        b"It's a Secret to Everybody!",
+        b"",
+        b"it's a secret to everybody",
+    ] {
+        assert!(!secrets_match(other, b"It's a Secret to Everybody"), "{other:?}");
+    }
 }
 
 fn basic(credentials: &[u8]) -> String {

@@ -1,0 +1,94 @@
+//! Docker Hub's push webhook.
+
+use serde::Deserialize;
+
+use super::{ImageSourceKind, RegistryEvent, RegistryEventError, from_body, pushed};
+use crate::image::DOCKER_HUB;
+
+const DOCKER_HUB_PROVIDER: &str = "Docker Hub";
+
+/// Docker Hub push webhook: the tag is `push_data.tag`, the repository `repository.repo_name`
+/// (`acme/api`, or `nginx` for an official image, stored as `library/nginx`), on `docker.io`.
+pub fn parse_dockerhub(body: &[u8]) -> Result<RegistryEvent, RegistryEventError> {
+    #[derive(Deserialize)]
+    struct Push {
+        push_data: PushData,
+        repository: Repository,
+    }
+    #[derive(Deserialize)]
+    struct PushData {
+        #[serde(default)]
+        tag: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Repository {
+        repo_name: String,
+    }
+
+    let push: Push = from_body(DOCKER_HUB_PROVIDER, body)?;
+    let Some(tag) = push.push_data.tag.filter(|t| !t.is_empty()) else {
+        return Ok(RegistryEvent::Ignored(
+            "The push carries no tag, so there is no tag to deploy.",
+        ));
+    };
+    pushed(
+        DOCKER_HUB_PROVIDER,
+        ImageSourceKind::DockerHub,
+        DOCKER_HUB,
+        &push.repository.repo_name,
+        tag,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::test_util::{edit, is_ignored, push};
+    use crate::registry::{ImageSourceKind, RegistryEventError};
+    use serde_json::json;
+
+    const DOCKERHUB_PUSH: &[u8] = include_bytes!("../../../../tests/fixtures/webhooks/registry/dockerhub-push.json");
+
+    #[test]
+    fn dockerhub_fixture() {
+        assert_eq!(
+            parse_dockerhub(DOCKERHUB_PUSH),
+            Ok(push("docker.io", "acme/api", "v2.4.1", ImageSourceKind::DockerHub))
+        );
+    }
+
+    #[test]
+    fn dockerhub_official_image_gets_library() {
+        let body = edit(DOCKERHUB_PUSH, |v| v["repository"]["repo_name"] = json!("nginx"));
+        assert_eq!(
+            parse_dockerhub(&body),
+            Ok(push("docker.io", "library/nginx", "v2.4.1", ImageSourceKind::DockerHub))
+        );
+    }
+
+    #[test]
+    fn dockerhub_without_tag_is_ignored() {
+        for tag in [json!(""), json!(null)] {
+            let body = edit(DOCKERHUB_PUSH, |v| v["push_data"]["tag"] = tag);
+            assert!(is_ignored(parse_dockerhub(&body)));
+        }
+    }
+
+    #[test]
+    fn dockerhub_malformed() {
+        use RegistryEventError::*;
+        assert!(matches!(parse_dockerhub(b"not json"), Err(NotJson(_))));
+        assert!(matches!(parse_dockerhub(b"\xff\xfe"), Err(NotJson(_))));
+        assert!(matches!(parse_dockerhub(b"[]"), Err(WrongShape { .. })));
+        assert!(matches!(parse_dockerhub(b"{}"), Err(WrongShape { .. })));
+        let body = edit(DOCKERHUB_PUSH, |v| v["push_data"]["tag"] = json!(5));
+        let err = parse_dockerhub(&body).unwrap_err();
+        assert!(err.to_string().contains("push_data.tag"), "{err}");
+        let body = edit(DOCKERHUB_PUSH, |v| v["push_data"]["tag"] = json!("-bad"));
+        assert!(matches!(parse_dockerhub(&body), Err(InvalidTag { .. })));
+        let body = edit(DOCKERHUB_PUSH, |v| v["repository"]["repo_name"] = json!("Acme/API"));
+        assert!(matches!(parse_dockerhub(&body), Err(InvalidImage { .. })));
+        let body = edit(DOCKERHUB_PUSH, |v| v["repository"]["repo_name"] = json!(""));
+        assert!(matches!(parse_dockerhub(&body), Err(InvalidImage { .. })));
+    }
+}
