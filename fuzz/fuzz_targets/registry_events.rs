@@ -7,7 +7,7 @@
 #![no_main]
 
 use autodeploy_core::image::{normalize_registry, parse_path, validate_tag};
-use autodeploy_core::registry_events::{RegistryEvent, parse_dockerhub, parse_ecr_event, parse_github_package};
+use autodeploy_core::registry::{RegistryEvent, parse_dockerhub, parse_ecr_event, parse_github_package};
 use libfuzzer_sys::fuzz_target;
 
 const GITHUB_EVENTS: [&str; 5] = ["package", "registry_package", "ping", " package ", "push"];

@@ -16,7 +16,7 @@ use autodeploy_api::util::deployment_ids_before;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
 use autodeploy_core::model::{GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
-use autodeploy_core::registry_events::ImageSourceKind;
+use autodeploy_core::registry::ImageSourceKind;
 use futures::future::join_all;
 
 /// Generates `mod <case> { sqlite, dynamo }` test functions for each case

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ServiceKind;
 use crate::provider::GitProvider;
-use crate::registry_events::ImageSourceKind;
+use crate::registry::ImageSourceKind;
 
 pub const SCHEMA: &str = "autodeploy.deployment-request.v1";
 

@@ -18,7 +18,6 @@ pub mod provider;
 pub mod push;
 pub mod registry;
 /// The registry module under its earlier name, for callers not yet moved to [`registry`].
-pub use registry as registry_events;
 pub mod repo_url;
 pub mod restrictions;
 pub mod tag_policy;

@@ -484,7 +484,9 @@ mod tests {
         let again = compiled(&policy.clone()).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the second lookup compiled again");
         assert!(again.accepts(None, "cache-test-12"));
-        let broken = TagPolicy::Regex { pattern: "(".to_owned() };
+        let broken = TagPolicy::Regex {
+            pattern: "(".to_owned(),
+        };
         assert!(compiled(&broken).is_none());
     }
 }

@@ -12,9 +12,7 @@ use std::borrow::Cow;
 use autodeploy_core::ids::{ID_RULE, is_valid_id};
 use autodeploy_core::image::ImageName;
 use autodeploy_core::matching::ImageTarget;
-use autodeploy_core::registry_events::{
-    ImagePushed, ImageSourceKind, RegistryEvent, RegistryEventError, parse_ecr_event,
-};
+use autodeploy_core::registry::{ImagePushed, ImageSourceKind, RegistryEvent, RegistryEventError, parse_ecr_event};
 use axum::Router;
 use lambda_http::lambda_runtime::{Diagnostic, LambdaEvent};
 use lambda_http::request::LambdaRequest;

@@ -7,7 +7,7 @@ use autodeploy_core::deployment::{DeploymentRequest, SCHEMA, Trigger};
 use autodeploy_core::image::ImageName;
 use autodeploy_core::matching::{ImageTarget, SkipReason, decide_image};
 use autodeploy_core::model::Service;
-use autodeploy_core::registry_events::ImageSourceKind;
+use autodeploy_core::registry::ImageSourceKind;
 use serde::Serialize;
 
 use super::history::{DeliveryContext, DeliverySummary, draft_of};

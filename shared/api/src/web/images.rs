@@ -4,7 +4,7 @@
 use autodeploy_core::body::{Document, Fields};
 use autodeploy_core::image::{ImageName, parse_image_name, validate_tag};
 use autodeploy_core::matching::ImageTarget;
-use autodeploy_core::registry_events::ImageSourceKind;
+use autodeploy_core::registry::ImageSourceKind;
 use axum::Json;
 use axum::Router;
 use std::sync::Arc;

@@ -5,20 +5,18 @@
 use autodeploy_core::image::ImageName;
 use autodeploy_core::matching::ImageTarget;
 use autodeploy_core::provider::GitProvider;
-use autodeploy_core::registry_events::{
+use autodeploy_core::registry::{
     ImagePushed, ImageSourceKind, RegistryEvent, RegistryEventError, parse_dockerhub, parse_github_package,
 };
 use axum::Router;
 use axum::body::Body;
 use std::sync::Arc;
 
+use autodeploy_core::push::{github_payload, secrets_match};
 use axum::extract::{Extension, State};
 use axum::response::Response;
 use axum::routing::post;
-use bytes::Bytes;
-use http::{HeaderMap, header};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use http::HeaderMap;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
@@ -55,13 +53,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Hashing both sides first makes the comparison constant-time in the length too.
-fn secret_matches(presented: &str, stored: &str) -> bool {
-    let a: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    let b: [u8; 32] = Sha256::digest(stored.as_bytes()).into();
-    bool::from(a.ct_eq(&b))
-}
-
 /// The path (and so the secret) is never logged nor echoed.
 async fn dockerhub_webhook(
     State(state): State<AppState>,
@@ -78,7 +69,7 @@ async fn dockerhub_webhook(
             "No dockerhub webhook secret is configured for this organization, so notifications are refused.",
         )
     })?;
-    if stored.secret.is_empty() || !secret_matches(path.raw("secret"), &stored.secret) {
+    if stored.secret.is_empty() || !secrets_match(path.raw("secret").as_bytes(), stored.secret.as_bytes()) {
         return Err(ApiError::unauthorized(
             "The webhook URL does not carry this organization's dockerhub secret.",
         ));
@@ -131,27 +122,13 @@ async fn github_package_webhook(
         );
         return Ok(render(report));
     }
-    let json = github_json(&headers, &bytes)?;
-    let parsed = parse_github_package(event, &json).map_err(registry_error)?;
+    // GitHub may send a form whose `payload` field holds the JSON; the signature covered the
+    // form as sent.
+    let json = github_payload(&headers, &bytes)
+        .map_err(|e| ApiError::malformed(format!("The body is not a package event: {e}.")))?;
+    let parsed = parse_github_package(event, json.as_bytes()).map_err(registry_error)?;
     let context = context.as_deref().map(Arc::as_ref);
     registry_event(&state, (&org, context), parsed, &bytes, source, dry_run).await
-}
-
-/// GitHub can be configured to send a form whose `payload` field holds the JSON; the
-/// signature covers the form as sent, so this runs after verification.
-fn github_json(headers: &HeaderMap, bytes: &Bytes) -> ApiResult<Bytes> {
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-    if !form && !bytes.starts_with(b"payload=") {
-        return Ok(bytes.clone());
-    }
-    form_urlencoded::parse(bytes)
-        .find(|(name, _)| name == "payload")
-        .map(|(_, payload)| Bytes::from(payload.into_owned()))
-        .ok_or_else(|| ApiError::malformed("The form-encoded delivery has no payload field."))
 }
 
 fn registry_error(err: RegistryEventError) -> ApiError {

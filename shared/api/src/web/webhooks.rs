@@ -2,7 +2,7 @@
 //! to the push use case.
 
 use autodeploy_core::provider::GitProvider;
-use autodeploy_core::push::{Delivery, delivery_id, parse_delivery, verify_signature};
+use autodeploy_core::push::{Delivery, PayloadError, delivery_id, parse_delivery, verify_signature};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -80,6 +80,9 @@ async fn push_webhook(
                 PushReport::new(provider, delivery, dry_run).ignored(reason.into()),
             ));
         }
+        Err(err @ PayloadError::TooManyBranches { .. }) => {
+            return Err(ApiError::malformed(capitalized(&err.to_string())));
+        }
         Err(err) => return Err(ApiError::malformed(format!("The body is not a push delivery: {err}."))),
     };
     let report = deploy_pushes(
@@ -95,6 +98,16 @@ async fn push_webhook(
     )
     .await?;
     Ok(render(report))
+}
+
+/// `message` as a sentence.
+fn capitalized(message: &str) -> String {
+    let mut chars = message.chars();
+    let first = chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>())
+        .unwrap_or_default();
+    format!("{first}{}.", chars.as_str())
 }
 
 /// 202 when something was queued, else 200; the response carries its [`Tally`] for the
