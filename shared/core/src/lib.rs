@@ -18,3 +18,4 @@ pub mod registry_events;
 pub mod repo_url;
 pub mod restrictions;
 pub mod tag_policy;
+pub mod target;
