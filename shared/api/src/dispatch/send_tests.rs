@@ -293,6 +293,19 @@ async fn a_refused_connection_is_retried() {
 }
 
 #[tokio::test]
+async fn an_https_url_gets_tls() {
+    // A plain HTTP receiver cannot complete a TLS handshake: a connection error, retried, and
+    // no request reaches it in clear text.
+    let receiver = receiver(|_| answer(200)).await;
+    let url = receiver.url.replace("http://127.0.0.1", "https://localhost");
+    let outcome = to_webhook(&sender(true), &url).await;
+    assert_eq!(outcome.verdict, Verdict::Retry);
+    let error = outcome.error.unwrap();
+    assert!(error.starts_with("could not connect to the target: "), "{error}");
+    assert!(receiver.requests().is_empty());
+}
+
+#[tokio::test]
 async fn qovery_gets_its_deploy_call() {
     let receiver = receiver(|_| answer(202)).await;
     let target = Target::Qovery {
