@@ -11,6 +11,8 @@ pub mod web;
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "dispatch")]
+pub mod dispatch;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -21,3 +21,4 @@ pub mod registry;
 pub mod repo_url;
 pub mod restrictions;
 pub mod tag_policy;
+pub mod target;

@@ -1,0 +1,534 @@
+//! What an attempt's result means, and when to try again.
+//!
+//! - 2xx: delivered.
+//! - 408, 425, 429, 5xx, a timeout or a connection error: retried with exponential backoff and
+//!   full jitter (about 5 s, 30 s, 2 min, 10 min, 30 min, then hourly), a `Retry-After`
+//!   honoured up to an hour, until the attempts or the age run out, then failed.
+//! - Any 3xx (redirects are not followed, as Standard Webhooks says) and every other 4xx:
+//!   failed at once, the error naming the status.
+//! - Not sent at all (an address refused at send time, a request that cannot be built):
+//!   failed at once.
+//!
+//! Everything here is a pure function of what the sender observed, the clock and the
+//! randomness it is given.
+
+use std::time::{Duration, SystemTime};
+
+/// How long one attempt may take, from connecting to the response's headers.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest `Retry-After` honoured; a longer one waits this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+/// The backoff ceilings after the 1st, 2nd, … failed attempt; hourly after the last.
+pub const BACKOFF_STEPS: [Duration; 5] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(2 * 60),
+    Duration::from_secs(10 * 60),
+    Duration::from_secs(30 * 60),
+];
+pub const BACKOFF_AFTER_STEPS: Duration = Duration::from_secs(60 * 60);
+/// No retry comes sooner than this, whatever the jitter draws.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Longest excerpt of a target's own error message kept in `last_error` (characters).
+pub const MAX_MESSAGE_EXCERPT: usize = 200;
+
+/// When the dispatcher gives up on a deployment (`AUTODEPLOY_MAX_ATTEMPTS`,
+/// `AUTODEPLOY_MAX_DELIVERY_AGE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub max_age: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 10,
+            max_age: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+/// What one attempt observed, as the sender saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// The target answered. `retry_after` is the raw header, `message` an excerpt of the
+    /// target's own error message (see [`response_message`]).
+    Response {
+        status: u16,
+        retry_after: Option<String>,
+        message: Option<String>,
+    },
+    /// No answer within the attempt's time limit.
+    TimedOut(Duration),
+    /// The connection could not be made or broke (a short sentence saying how).
+    ConnectionFailed(String),
+    /// Nothing was sent: the address was refused or the request could not be made (a short
+    /// sentence saying why).
+    NotSent(String),
+}
+
+/// The kind of result of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    Retry,
+    Failed,
+}
+
+/// An attempt's result: the verdict, the status when the target answered, its `Retry-After`
+/// (capped at [`MAX_RETRY_AFTER`]) and, unless delivered, a short sentence for `last_error`
+/// that never holds a token or secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptOutcome {
+    pub verdict: Verdict,
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub error: Option<String>,
+}
+
+/// What a status means for the deployment.
+pub fn status_verdict(status: u16) -> Verdict {
+    match status {
+        200..=299 => Verdict::Delivered,
+        408 | 425 | 429 | 500..=599 => Verdict::Retry,
+        _ => Verdict::Failed,
+    }
+}
+
+/// Classify an attempt. `now` reads a `Retry-After` given as an HTTP date.
+pub fn classify(observation: Observation, now: SystemTime) -> AttemptOutcome {
+    match observation {
+        Observation::Response {
+            status,
+            retry_after,
+            message,
+        } => {
+            let verdict = status_verdict(status);
+            let retry_after = retry_after
+                .as_deref()
+                .and_then(|value| parse_retry_after(value, now))
+                .map(|d| d.min(MAX_RETRY_AFTER));
+            let error = (verdict != Verdict::Delivered).then(|| {
+                let mut error = format!("the target answered {}", status_text(status));
+                if (300..400).contains(&status) {
+                    error.push_str(": redirects are not followed");
+                } else if let Some(message) = message {
+                    error.push_str(": ");
+                    error.push_str(&message);
+                }
+                error
+            });
+            AttemptOutcome {
+                verdict,
+                status: Some(status),
+                retry_after,
+                error,
+            }
+        }
+        Observation::TimedOut(after) => AttemptOutcome {
+            verdict: Verdict::Retry,
+            status: None,
+            retry_after: None,
+            error: Some(format!("the target did not answer within {}", human(after))),
+        },
+        Observation::ConnectionFailed(why) => AttemptOutcome {
+            verdict: Verdict::Retry,
+            status: None,
+            retry_after: None,
+            error: Some(why),
+        },
+        Observation::NotSent(why) => AttemptOutcome {
+            verdict: Verdict::Failed,
+            status: None,
+            retry_after: None,
+            error: Some(why),
+        },
+    }
+}
+
+/// `503 Service Unavailable`, or the bare number for a status without a standard reason.
+fn status_text(status: u16) -> String {
+    match http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+    {
+        Some(reason) => format!("{status} {reason}"),
+        None => status.to_string(),
+    }
+}
+
+/// A `Retry-After` value: delta-seconds, or an HTTP date (how long from `now`; a date in the
+/// past is no wait). `None` when it is neither.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More digits than a u64 holds is still "a very long time".
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The backoff ceiling after `failed` failed attempts (1 for the first failure).
+pub fn backoff_ceiling(failed: u32) -> Duration {
+    let index = failed.saturating_sub(1) as usize;
+    BACKOFF_STEPS.get(index).copied().unwrap_or(BACKOFF_AFTER_STEPS)
+}
+
+/// How long to wait after `failed` failed attempts: full jitter (`jitter` drawn uniformly from
+/// `[0, 1)`, scaling the backoff ceiling), at least [`MIN_RETRY_DELAY`], and never sooner than
+/// the target's `Retry-After` (capped at [`MAX_RETRY_AFTER`]).
+pub fn retry_delay(failed: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let jitter = if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let jittered = backoff_ceiling(failed).mul_f64(jitter).max(MIN_RETRY_DELAY);
+    match retry_after {
+        Some(wait) => jittered.max(wait.min(MAX_RETRY_AFTER)),
+        None => jittered,
+    }
+}
+
+/// What the dispatcher does after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextStep {
+    /// `DELIVERED`.
+    Delivered,
+    /// `QUEUED` again, the next attempt after this delay; `error` is the `last_error`.
+    RetryIn { delay: Duration, error: String },
+    /// `FAILED`, with this `last_error`.
+    Failed(String),
+}
+
+/// Decide what follows an attempt: `attempts` counts every attempt made so far, this one
+/// included; `age` is how long ago the deployment was recorded; `jitter` is uniform in
+/// `[0, 1)`. A retry that would start past the policy's age is not made.
+pub fn next_step(
+    outcome: &AttemptOutcome,
+    attempts: u32,
+    age: Duration,
+    policy: &RetryPolicy,
+    jitter: f64,
+) -> NextStep {
+    let error = || outcome.error.clone().unwrap_or_else(|| "the attempt failed".to_owned());
+    match outcome.verdict {
+        Verdict::Delivered => NextStep::Delivered,
+        Verdict::Failed => NextStep::Failed(error()),
+        Verdict::Retry if attempts >= policy.max_attempts => {
+            NextStep::Failed(format!("gave up after {attempts} attempts; the last one: {}", error()))
+        }
+        Verdict::Retry => {
+            let delay = retry_delay(attempts, outcome.retry_after, jitter);
+            if age.saturating_add(delay) > policy.max_age {
+                NextStep::Failed(format!(
+                    "gave up after {} and {attempts} attempts; the last one: {}",
+                    human(policy.max_age),
+                    error()
+                ))
+            } else {
+                NextStep::RetryIn { delay, error: error() }
+            }
+        }
+    }
+}
+
+/// `15 s`, `10 min`, `24 h`: the largest unit that divides the duration.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        format!("{} ms", d.as_millis())
+    } else if secs.is_multiple_of(3600) {
+        format!("{} h", secs / 3600)
+    } else if secs.is_multiple_of(60) {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
+}
+
+/// An excerpt of a target's own error message, for `last_error`: the `message` (else `error`)
+/// string of a JSON object body, as GitHub and Qovery answer, on one line, at most
+/// [`MAX_MESSAGE_EXCERPT`] characters, with every occurrence of one of `secrets` (the token
+/// sent, should a target echo it) removed. `None` for any other body.
+pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let object = value.as_object()?;
+    let text = ["message", "error"]
+        .iter()
+        .find_map(|key| object.get(*key).and_then(|v| v.as_str()))?;
+    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(secret, "[redacted]");
+    }
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    if text.is_empty() {
+        return None;
+    }
+    Some(match text.char_indices().nth(MAX_MESSAGE_EXCERPT) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn answered(status: u16) -> AttemptOutcome {
+        classify(
+            Observation::Response {
+                status,
+                retry_after: None,
+                message: None,
+            },
+            SystemTime::UNIX_EPOCH,
+        )
+    }
+
+    #[test]
+    fn statuses() {
+        for status in [200, 201, 202, 204, 299] {
+            let outcome = answered(status);
+            assert_eq!(outcome.verdict, Verdict::Delivered, "{status}");
+            assert_eq!(outcome.error, None);
+        }
+        for status in [408, 425, 429, 500, 502, 503, 504, 599] {
+            assert_eq!(answered(status).verdict, Verdict::Retry, "{status}");
+        }
+        for status in [
+            100, 300, 301, 302, 304, 307, 308, 400, 401, 403, 404, 409, 410, 422, 451,
+        ] {
+            assert_eq!(answered(status).verdict, Verdict::Failed, "{status}");
+        }
+        assert_eq!(answered(410).error.unwrap(), "the target answered 410 Gone");
+        assert_eq!(
+            answered(503).error.unwrap(),
+            "the target answered 503 Service Unavailable"
+        );
+        assert_eq!(
+            answered(302).error.unwrap(),
+            "the target answered 302 Found: redirects are not followed"
+        );
+        assert_eq!(answered(599).error.unwrap(), "the target answered 599");
+        assert_eq!(answered(404).status, Some(404));
+    }
+
+    #[test]
+    fn the_targets_message_is_kept() {
+        let outcome = classify(
+            Observation::Response {
+                status: 422,
+                retry_after: None,
+                message: Some("Unexpected inputs provided".to_owned()),
+            },
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(
+            outcome.error.unwrap(),
+            "the target answered 422 Unprocessable Entity: Unexpected inputs provided"
+        );
+    }
+
+    #[test]
+    fn timeouts_and_connection_errors_retry_refusals_fail() {
+        let now = SystemTime::UNIX_EPOCH;
+        let timeout = classify(Observation::TimedOut(ATTEMPT_TIMEOUT), now);
+        assert_eq!(timeout.verdict, Verdict::Retry);
+        assert_eq!(timeout.error.unwrap(), "the target did not answer within 15 s");
+        let refused = classify(
+            Observation::ConnectionFailed("could not connect: connection refused".into()),
+            now,
+        );
+        assert_eq!(refused.verdict, Verdict::Retry);
+        assert_eq!(refused.status, None);
+        let not_sent = classify(
+            Observation::NotSent("the host name resolves to a private address".into()),
+            now,
+        );
+        assert_eq!(not_sent.verdict, Verdict::Failed);
+        assert_eq!(not_sent.error.unwrap(), "the host name resolves to a private address");
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        // 1_700_000_000 is Tue, 14 Nov 2023 22:13:20 GMT.
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:14:20 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        // The obsolete forms HTTP still requires a recipient to read.
+        assert_eq!(
+            parse_retry_after("Tuesday, 14-Nov-23 22:14:20 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Tue Nov 14 22:14:20 2023", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in ["", "-5", "1.5", "soon", "Tue, 14 Nov 2023"] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_capped_at_an_hour() {
+        let outcome = classify(
+            Observation::Response {
+                status: 429,
+                retry_after: Some("86400".to_owned()),
+                message: None,
+            },
+            SystemTime::UNIX_EPOCH,
+        );
+        assert_eq!(outcome.verdict, Verdict::Retry);
+        assert_eq!(outcome.retry_after, Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn backoff_grows_then_stays_hourly() {
+        let ceilings: Vec<u64> = (1..=8).map(|n| backoff_ceiling(n).as_secs()).collect();
+        assert_eq!(ceilings, vec![5, 30, 120, 600, 1800, 3600, 3600, 3600]);
+        assert_eq!(backoff_ceiling(0).as_secs(), 5);
+        assert_eq!(backoff_ceiling(u32::MAX).as_secs(), 3600);
+    }
+
+    #[test]
+    fn full_jitter_spans_the_ceiling() {
+        assert_eq!(retry_delay(2, None, 0.0), MIN_RETRY_DELAY);
+        assert_eq!(retry_delay(2, None, 0.5), Duration::from_secs(15));
+        assert_eq!(retry_delay(3, None, 0.999), Duration::from_secs(120).mul_f64(0.999));
+        assert_eq!(retry_delay(4, None, 0.25), Duration::from_secs(150));
+        // Out-of-range draws are clamped, never a panic.
+        assert_eq!(retry_delay(1, None, 7.0), Duration::from_secs(5));
+        assert_eq!(retry_delay(1, None, f64::NAN), MIN_RETRY_DELAY);
+        assert_eq!(retry_delay(1, None, -1.0), MIN_RETRY_DELAY);
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let wait = Some(Duration::from_secs(90));
+        assert_eq!(retry_delay(1, wait, 0.5), Duration::from_secs(90));
+        // A jittered delay above it stands.
+        assert_eq!(retry_delay(5, wait, 0.5), Duration::from_secs(900));
+        assert_eq!(retry_delay(1, Some(Duration::from_secs(7200)), 0.1), MAX_RETRY_AFTER);
+    }
+
+    fn retry(error: &str) -> AttemptOutcome {
+        AttemptOutcome {
+            verdict: Verdict::Retry,
+            status: Some(503),
+            retry_after: None,
+            error: Some(error.to_owned()),
+        }
+    }
+
+    #[test]
+    fn retries_until_the_attempts_run_out() {
+        let policy = RetryPolicy::default();
+        let outcome = retry("the target answered 503 Service Unavailable");
+        assert_eq!(
+            next_step(&outcome, 1, Duration::ZERO, &policy, 0.5),
+            NextStep::RetryIn {
+                delay: Duration::from_millis(2500),
+                error: "the target answered 503 Service Unavailable".to_owned()
+            }
+        );
+        assert!(matches!(
+            next_step(&outcome, 9, 60 * MIN, &policy, 0.5),
+            NextStep::RetryIn { .. }
+        ));
+        assert_eq!(
+            next_step(&outcome, 10, 60 * MIN, &policy, 0.5),
+            NextStep::Failed(
+                "gave up after 10 attempts; the last one: the target answered 503 Service Unavailable".to_owned()
+            )
+        );
+        let few = RetryPolicy {
+            max_attempts: 2,
+            ..policy
+        };
+        assert!(matches!(
+            next_step(&outcome, 2, Duration::ZERO, &few, 0.5),
+            NextStep::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn retries_until_the_age_runs_out() {
+        let policy = RetryPolicy::default();
+        let outcome = retry("the target did not answer within 15 s");
+        // 23 h in, a wait of up to an hour (jitter 0.5 of the hourly step) still fits.
+        assert!(matches!(
+            next_step(&outcome, 7, 23 * 60 * MIN, &policy, 0.5),
+            NextStep::RetryIn { .. }
+        ));
+        assert_eq!(
+            next_step(&outcome, 7, 23 * 60 * MIN + 45 * MIN, &policy, 0.5),
+            NextStep::Failed(
+                "gave up after 24 h and 7 attempts; the last one: the target did not answer within 15 s".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn delivered_and_failed_are_final() {
+        let policy = RetryPolicy::default();
+        assert_eq!(
+            next_step(&answered(204), 3, Duration::ZERO, &policy, 0.5),
+            NextStep::Delivered
+        );
+        assert_eq!(
+            next_step(&answered(410), 1, Duration::ZERO, &policy, 0.5),
+            NextStep::Failed("the target answered 410 Gone".to_owned())
+        );
+    }
+
+    #[test]
+    fn messages_from_targets() {
+        let github =
+            br#"{"message":"Unexpected inputs provided: [\"x\"]","documentation_url":"https://docs.github.com/rest"}"#;
+        assert_eq!(
+            response_message(github, &[]).unwrap(),
+            "Unexpected inputs provided: [\"x\"]"
+        );
+        assert_eq!(
+            response_message(br#"{"error":"  invalid\n commit "}"#, &[]).unwrap(),
+            "invalid commit"
+        );
+        // An echoed token is removed.
+        let echoed = br#"{"message":"bad credentials: ghp_0123456789abcdef"}"#;
+        assert_eq!(
+            response_message(echoed, &["ghp_0123456789abcdef"]).unwrap(),
+            "bad credentials: [redacted]"
+        );
+        let long = format!(r#"{{"message":"{}"}}"#, "é".repeat(500));
+        let cut = response_message(long.as_bytes(), &[]).unwrap();
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_EXCERPT + 1);
+        assert!(cut.ends_with('…'));
+        for other in [
+            &b"<html>502 Bad Gateway</html>"[..],
+            b"[]",
+            br#"{"message": 5}"#,
+            br#"{"message":""}"#,
+            b"",
+        ] {
+            assert_eq!(response_message(other, &[]), None);
+        }
+    }
+}
