@@ -179,7 +179,7 @@ mod tests {
     use super::*;
     use crate::deployment::{SCHEMA, Trigger};
     use crate::provider::GitProvider;
-    use crate::registry_events::ImageSourceKind;
+    use crate::registry::ImageSourceKind;
     use crate::target::signature::verify;
 
     const COMMIT: &str = "9049f1265b7d61be4a8904a9a27120d2064dab3b";
