@@ -10,9 +10,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use autodeploy_api::admin::StaticAdminToken;
+use autodeploy_api::dispatch::send::{Sender, SenderConfig};
+use autodeploy_api::dispatch::{Dispatcher, standalone};
 use autodeploy_api::sqlite::SqliteStore;
 use autodeploy_api::store::{InStoreQueue, TenantLimits};
 use autodeploy_api::web::{AppState, full_router};
+use autodeploy_core::target::delivery::RetryPolicy;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use clap::{Parser, Subcommand};
@@ -59,6 +62,17 @@ struct ServeArgs {
     /// Days a finished deployment (DELIVERED, FAILED, SUPERSEDED) stays in the log.
     #[arg(long = "retention-days", env = "AUTODEPLOY_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
+    /// Do not run the dispatcher: deployments of services with a deploy target wait, QUEUED.
+    #[arg(long = "no-dispatch", env = "AUTODEPLOY_NO_DISPATCH")]
+    no_dispatch: bool,
+    /// Allow deploy targets on loopback, private and link-local addresses, and plain http (for
+    /// on-premises engines and tests).
+    #[arg(long = "targets-allow-private", env = "AUTODEPLOY_TARGETS_ALLOW_PRIVATE")]
+    targets_allow_private: bool,
+    /// How long the dispatcher keeps retrying a deployment before it fails: seconds, or with
+    /// a unit (90s, 30m, 24h, 2d).
+    #[arg(long = "max-delivery-age", env = "AUTODEPLOY_MAX_DELIVERY_AGE", default_value = "24h", value_parser = parse_age)]
+    max_delivery_age: Duration,
     /// Print every deployment recorded as one JSON line on stdout (a debugging aid: lines are
     /// dropped, never waited for, when stdout is slow, full or closed).
     #[arg(long = "print-deployments", env = "AUTODEPLOY_PRINT_DEPLOYMENTS")]
@@ -112,11 +126,31 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Arc::new(InStoreQueue),
             Arc::new(StaticAdminToken::new(&admin_token)),
         )
-        .with_pull(Arc::new(store))
+        .with_pull(Arc::new(store.clone()))
         .with_limits(TenantLimits {
             services: args.max_services,
             ..TenantLimits::default()
-        });
+        })
+        .allowing_private_targets(args.targets_allow_private);
+        let (stopping, stop) = tokio::sync::watch::channel(false);
+        let dispatching = if args.no_dispatch {
+            None
+        } else {
+            let sender = Sender::new(SenderConfig::new(args.targets_allow_private))
+                .map_err(|e| format!("cannot start the dispatcher: {e}"))?;
+            let dispatcher = Dispatcher {
+                store: state.store.clone(),
+                sender,
+                policy: RetryPolicy {
+                    max_attempts: args.max_attempts,
+                    max_age: args.max_delivery_age,
+                },
+            };
+            let mut stop = stop.clone();
+            Some(tokio::spawn(standalone::run(dispatcher, store, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })))
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -126,6 +160,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             body: Duration::from_secs(args.body_timeout),
         };
         serve_http(listener, full_router(state), timeouts, shutdown_signal()).await;
+        let _ = stopping.send(true);
+        if let Some(dispatching) = dispatching {
+            let _ = dispatching.await;
+        }
         Ok(())
     });
     printing.finish_printing(Duration::from_secs(1));
@@ -222,6 +260,29 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// `90`, `90s`, `30m`, `24h` or `2d`.
+fn parse_age(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => raw.split_at(at),
+        None => (raw, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration such as 3600, 90m or 24h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{raw:?}: the unit must be s, m, h or d")),
+    };
+    match number.checked_mul(seconds) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{raw:?} must be a positive duration")),
     }
 }
 

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use autodeploy_core::delivery::{DeliveryOutcome, DeliveryRecord, DeliverySource, HistoryDraft};
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use autodeploy_core::model::Service;
+use autodeploy_core::target::TargetSpec;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -362,9 +363,70 @@ pub trait DeliveryHistory: Send + Sync {
     ) -> StoreResult<Page<DeliveryRecord>>;
 }
 
+/// A deploy target as stored: its spec (secrets included: sealed or encrypted at rest by the
+/// store), and what the server keeps about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTarget {
+    pub id: String,
+    pub organization_id: String,
+    pub spec: TargetSpec,
+    pub etag: String,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[async_trait]
+pub trait TargetStore: Send + Sync {
+    /// Create or replace the target if the stored state is `expected`.
+    async fn put_target(&self, target: &StoredTarget, expected: Expected) -> StoreResult<()>;
+    async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>>;
+    /// Targets of `org` in id order, starting after `after`.
+    async fn list_targets(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredTarget>>;
+    /// `Ok(false)` when absent; refused (a conflict) while a service names the target.
+    async fn delete_target(&self, org: &str, id: &str) -> StoreResult<Result<bool, Refusal>>;
+}
+
+/// How an attempt to deliver a deployment to its target started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptStart {
+    /// `IN_PROGRESS` now, this attempt counted; the older waiting deployments of its service
+    /// are `SUPERSEDED`.
+    Started(Box<DeploymentRecord>),
+    /// A newer deployment of the service waits: this one is `SUPERSEDED` and not delivered.
+    Superseded,
+    /// The deployment is not waiting (taken already, or final): nothing to do.
+    NotWaiting(DeploymentStatus),
+    NotFound,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The target accepted it: `DELIVERED`.
+    Delivered,
+    /// Refused for good, or out of attempts: `FAILED`.
+    Failed { error: String },
+    /// `QUEUED` again, for a retry at `next_attempt_unix`.
+    Retry { error: String, next_attempt_unix: i64 },
+    /// The service has no target any more: `QUEUED` for pull consumers.
+    Release { note: String },
+}
+
+/// The deployments' side of delivering to targets: transitions that only go forward, on
+/// both stores (the standalone dispatcher and the `dispatcher` Lambda function).
+#[async_trait]
+pub trait Dispatching: Send + Sync {
+    async fn begin_attempt(&self, org: &str, id: &str) -> StoreResult<AttemptStart>;
+    /// Record the end of the attempt begun on `id` (which must be `IN_PROGRESS`).
+    async fn end_attempt(&self, org: &str, id: &str, end: &AttemptEnd) -> StoreResult<()>;
+}
+
 /// Everything the HTTP layer needs from a store.
 #[async_trait]
-pub trait Store: ServiceStore + SecretStore + TokenStore + DeploymentLog + DeliveryLog + DeliveryHistory {
+pub trait Store:
+    ServiceStore + SecretStore + TokenStore + DeploymentLog + DeliveryLog + DeliveryHistory + TargetStore + Dispatching
+{
     /// Cheap round trip for `/health`.
     async fn ping(&self) -> StoreResult<()>;
 }

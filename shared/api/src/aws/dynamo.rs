@@ -28,6 +28,8 @@ use crate::store::{
     StoreError, StoreResult, StoredService, TenantLimits, TokenRecord, TokenStore,
 };
 
+mod targets;
+
 type Item = HashMap<String, AttributeValue>;
 
 const PK: &str = "pk";
@@ -63,6 +65,7 @@ const NAME: &str = "name";
 const SCOPES: &str = "scopes";
 const HASH: &str = "hash";
 const CREATED_AT: &str = "created_at";
+const TARGET_ID: &str = "target_id";
 
 const PENDING: &str = "PENDING";
 /// How long a queued deployment stays in the log before TTL removes it.
@@ -1114,6 +1117,15 @@ fn service_update(service: &Service, etag: &str, e: &mut Expr) -> StoreResult<St
             set.push(format!("{} = {}", e.name(GSI1SK), e.value("sid", s(&service.id))));
         }
         None => remove.extend([e.name(GSI1PK), e.name(GSI1SK)]),
+    }
+    // Which target the service deploys to: a target that services name cannot be deleted.
+    match &service.spec.deploy_target {
+        Some(target) => set.push(format!(
+            "{} = {}",
+            e.name(TARGET_ID),
+            e.value("target", s(&target.target_id))
+        )),
+        None => remove.push(e.name(TARGET_ID)),
     }
     match service.image_key() {
         Some((_registry, path)) => {

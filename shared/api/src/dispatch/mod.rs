@@ -1,6 +1,127 @@
 //! Delivering deployments to deploy targets (SPEC "Deploy targets and the dispatcher").
 //!
 //! The pure parts (the target model, the request of each target type, what an attempt's
-//! result means and when to retry) are `autodeploy_core::target`; [`send`] makes the attempts.
+//! result means and when to retry) are `autodeploy_core::target`; [`send`] makes the
+//! attempts; [`Dispatcher::attempt`] is one attempt at one deployment, from the service's
+//! target as it is now to the recorded outcome, shared by the standalone server's loop
+//! ([`standalone`]) and the `dispatcher` Lambda function.
 
 pub mod send;
+#[cfg(feature = "sqlite")]
+pub mod standalone;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autodeploy_core::deployment::DeploymentRecord;
+use autodeploy_core::target::delivery::{NextStep, RetryPolicy, next_step};
+use autodeploy_core::target::request::build_request;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::store::{AttemptEnd, Store, StoreResult};
+use crate::util::now_unix;
+use send::Sender;
+
+/// What one attempt came to, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    Retried,
+    Failed,
+    /// The service has no target any more: left for pull consumers.
+    Released,
+}
+
+/// One attempt at a deployment the caller took (`IN_PROGRESS`).
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub store: Arc<dyn Store>,
+    pub sender: Sender,
+    pub policy: RetryPolicy,
+}
+
+impl Dispatcher {
+    /// Deliver `record` to its service's target as it is now, then record how it ended.
+    pub async fn attempt(&self, record: &DeploymentRecord) -> StoreResult<Delivery> {
+        let end = self.deliver(record).await?;
+        let delivery = match &end {
+            AttemptEnd::Delivered => Delivery::Delivered,
+            AttemptEnd::Failed { .. } => Delivery::Failed,
+            AttemptEnd::Retry { .. } => Delivery::Retried,
+            AttemptEnd::Release { .. } => Delivery::Released,
+        };
+        let request = &record.request;
+        self.store
+            .end_attempt(&request.organization_id, &request.deployment_id, &end)
+            .await?;
+        let error = match &end {
+            AttemptEnd::Failed { error } | AttemptEnd::Retry { error, .. } => error.as_str(),
+            AttemptEnd::Release { note } => note.as_str(),
+            AttemptEnd::Delivered => "",
+        };
+        tracing::info!(
+            org = %request.organization_id,
+            service_id = %request.service_id,
+            deployment_id = %request.deployment_id,
+            attempt = record.attempts,
+            outcome = ?delivery,
+            error,
+            "deployment attempt"
+        );
+        Ok(delivery)
+    }
+
+    /// The attempt itself: how it ended, not yet recorded.
+    async fn deliver(&self, record: &DeploymentRecord) -> StoreResult<AttemptEnd> {
+        let request = &record.request;
+        let org = &request.organization_id;
+        let Some(service) = self.store.get_service(org, &request.service_id).await? else {
+            return Ok(AttemptEnd::Failed {
+                error: "the service was deleted".to_owned(),
+            });
+        };
+        let Some(target_ref) = service.service.spec.deploy_target.clone() else {
+            return Ok(AttemptEnd::Release {
+                note: "the service has no deploy target any more; pull consumers take it".to_owned(),
+            });
+        };
+        let Some(target) = self.store.get_target(org, &target_ref.target_id).await? else {
+            return Ok(AttemptEnd::Failed {
+                error: format!("the deploy target {} does not exist", target_ref.target_id),
+            });
+        };
+        let now = now_unix();
+        let built = build_request(
+            &target.spec,
+            request,
+            target_ref.external_id.as_deref(),
+            u64::try_from(now).unwrap_or(0),
+        );
+        let http_request = match built {
+            Ok(http_request) => http_request,
+            Err(error) => return Ok(AttemptEnd::Failed { error }),
+        };
+        let outcome = self.sender.send(http_request).await;
+        let age = age_of(&request.requested_at);
+        Ok(
+            match next_step(&outcome, record.attempts, age, &self.policy, rand::random::<f64>()) {
+                NextStep::Delivered => AttemptEnd::Delivered,
+                NextStep::Failed(error) => AttemptEnd::Failed { error },
+                NextStep::RetryIn { delay, error } => AttemptEnd::Retry {
+                    error,
+                    next_attempt_unix: now + i64::try_from(delay.as_secs().max(1)).unwrap_or(i64::MAX),
+                },
+            },
+        )
+    }
+}
+
+/// How long ago a deployment was recorded (`requested_at`); zero when unreadable.
+fn age_of(requested_at: &str) -> Duration {
+    OffsetDateTime::parse(requested_at, &Rfc3339)
+        .ok()
+        .map(|at| OffsetDateTime::now_utc() - at)
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or_default()
+}

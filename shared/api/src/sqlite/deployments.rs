@@ -7,8 +7,6 @@ use async_trait::async_trait;
 use autodeploy_core::delivery::{CandidateFate, HistoryDraft};
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use rusqlite::{Connection, OptionalExtension, params};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::services::ServiceRow;
 use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
@@ -50,13 +48,7 @@ pub(super) fn deployment_record(
     })
 }
 
-/// Unix seconds as RFC 3339 UTC.
-pub(super) fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
-}
+pub(super) use crate::util::unix_rfc3339 as rfc3339;
 
 /// Check `guard` and make its write; `false` (nothing written) when it does not hold.
 fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, now: i64) -> StoreResult<bool> {

@@ -18,13 +18,20 @@ use crate::util::now_unix;
 pub(super) enum Taker {
     /// Pull consumers of one organization: services without a deploy target.
     Pull,
+    /// The dispatcher: services with a deploy target, in every organization.
+    Dispatch,
 }
+
+/// Leases the dispatcher holds start with this, so that a restart can tell them from
+/// consumers' and release them at once.
+pub(super) const DISPATCH_LEASE: &str = "dispatch-";
 
 impl Taker {
     /// The condition on the service row `s` (left-joined: a deleted service has none).
     fn services(self) -> &'static str {
         match self {
             Taker::Pull => "s.target_id IS NULL",
+            Taker::Dispatch => "s.target_id IS NOT NULL",
         }
     }
 }
@@ -89,7 +96,10 @@ pub(super) fn take(
             .optional()
             .map_err(unavailable)?;
         let Some(seq) = newest else { continue };
-        let lease_id = uuid::Uuid::new_v4().simple().to_string();
+        let lease_id = match taker {
+            Taker::Pull => uuid::Uuid::new_v4().simple().to_string(),
+            Taker::Dispatch => format!("{DISPATCH_LEASE}{}", uuid::Uuid::new_v4().simple()),
+        };
         conn.execute(
             "UPDATE deployments SET status = 'IN_PROGRESS', lease_id = ?2, lease_expires_unix = ?3,
                 attempts = attempts + 1, next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5

@@ -14,6 +14,7 @@ mod history;
 mod lifecycle;
 mod schema;
 mod services;
+mod targets;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Notify;
 
 use crate::store::{Page, Store, StoreError, StoreResult};
+pub use targets::DISPATCH_LEASE_SECS;
 use writer::Writer;
 
 /// Read connections kept open between reads (more are opened while many threads read).

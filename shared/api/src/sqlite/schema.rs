@@ -142,6 +142,20 @@ CREATE INDEX delivery_log_by_source ON delivery_log (org, source, id);
 CREATE INDEX delivery_log_by_outcome ON delivery_log (org, outcome, id);
 CREATE INDEX delivery_log_by_age ON delivery_log (received_unix);
 "#,
+    // Deploy targets; `spec` holds their secrets and tokens.
+    r#"
+CREATE TABLE targets (
+    org        TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    etag       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    spec       TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE INDEX services_by_target ON services (org, target_id) WHERE target_id IS NOT NULL;
+"#,
 ];
 
 /// Bring the database at `conn` to this build's schema.

@@ -13,6 +13,7 @@ pub mod images;
 pub mod observe;
 pub mod registry;
 pub mod services;
+pub mod targets;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct AppState {
     /// The pull interface, where the store has one (the standalone server's SQLite).
     pub pull: Option<Arc<dyn PullQueue>>,
     pub limits: TenantLimits,
+    /// `AUTODEPLOY_TARGETS_ALLOW_PRIVATE`: deploy targets may be private or plain http.
+    pub allow_private_targets: bool,
 }
 
 impl AppState {
@@ -52,7 +55,14 @@ impl AppState {
             admin,
             pull: None,
             limits: TenantLimits::default(),
+            allow_private_targets: false,
         }
+    }
+
+    /// The same state, allowing deploy targets on private addresses (and plain http).
+    pub fn allowing_private_targets(mut self, allow: bool) -> Self {
+        self.allow_private_targets = allow;
+        self
     }
 
     /// The same state with other limits per organization.
@@ -113,6 +123,7 @@ fn settings_routes() -> Router<AppState> {
         .merge(credentials::routes())
         .merge(deployments::routes())
         .merge(deliveries::routes())
+        .merge(targets::routes())
         .merge(consumers::result_routes())
 }
 
@@ -198,6 +209,10 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/organization/{org}/deployments/{deployment_id}/ack", "standalone"),
     ("POST", "/organization/{org}/deployments/{deployment_id}/nack", "standalone"),
     ("POST", "/organization/{org}/deployments/{deployment_id}/extend", "standalone"),
+    ("GET", "/organization/{org}/targets", "settings"),
+    ("GET", "/organization/{org}/targets/{target_id}", "settings"),
+    ("PUT", "/organization/{org}/targets/{target_id}", "settings"),
+    ("DELETE", "/organization/{org}/targets/{target_id}", "settings"),
     ("GET", "/organization/{org}/deliveries", "settings"),
     ("GET", "/organization/{org}/deliveries/{delivery_id}", "settings"),
     ("POST", "/organization/{org}/webhooks/{provider}", "push-webhook"),

@@ -90,6 +90,31 @@ async fn list_services(
     .into_response())
 }
 
+/// A service's `deploy_target` must name a target of its organization, with the
+/// `external_id` that target's type needs.
+async fn check_deploy_target(state: &AppState, org: &str, spec: &ServiceSpec) -> ApiResult<()> {
+    let Some(wanted) = &spec.deploy_target else {
+        return Ok(());
+    };
+    let Some(target) = state.store.get_target(org, &wanted.target_id).await? else {
+        return Err(ApiError::invalid_field(
+            "deploy_target.target_id",
+            "names no deploy target of this organization; create it with PUT /organization/{org}/targets/{target_id} first",
+        ));
+    };
+    let kind = target.spec.target_type();
+    if kind.requires_external_id() && wanted.external_id.is_none() {
+        return Err(ApiError::invalid_field(
+            "deploy_target.external_id",
+            format!(
+                "is required for a {} target (the id of the service there)",
+                kind.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Which services a write applies to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -115,6 +140,7 @@ async fn write_service(
         }
         precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
         let spec = build(current.as_ref())?;
+        check_deploy_target(state, org, &spec).await?;
         let now = now_rfc3339();
         let (service, expected) = match &current {
             Some(c) => (

@@ -1,0 +1,71 @@
+//! The standalone server's dispatcher: a task beside the HTTP server that takes the work of
+//! services with a deploy target from the SQLite store (latest wins, one deployment in flight
+//! per service) and attempts it, several services at a time. Its schedule — what is due when —
+//! is in the database, so a restart, or a SIGKILL mid-delivery, loses nothing.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::Dispatcher;
+use crate::sqlite::SqliteStore;
+use crate::util::now_unix;
+
+/// Deployments in delivery at once (each to a different service).
+pub const CONCURRENCY: usize = 16;
+/// The longest the loop sleeps without a reason to wake: a safety net, not a poll.
+const IDLE_WAKE: Duration = Duration::from_secs(60);
+
+/// Run until `shutdown` resolves; attempts in flight then finish (bounded by their timeout).
+pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Future<Output = ()>) {
+    match store.release_dispatch_leases().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(released = n, "deliveries interrupted by the last stop are tried again"),
+        Err(err) => tracing::warn!(error = %err, "interrupted deliveries could not be released; their leases expire"),
+    }
+    let notifier = store.work_notifier();
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let notified = notifier.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let free = CONCURRENCY.saturating_sub(in_flight.len());
+        if free > 0 {
+            match store.take_for_dispatch(free).await {
+                Ok(taken) => {
+                    for leased in taken {
+                        let dispatcher = dispatcher.clone();
+                        in_flight.spawn(async move {
+                            if let Err(err) = dispatcher.attempt(&leased.record).await {
+                                // The lease expires and the deployment is tried again.
+                                tracing::warn!(error = %err, deployment_id = %leased.record.request.deployment_id, "an attempt could not be recorded");
+                            }
+                        });
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "the dispatcher could not take work; it tries again shortly"),
+            }
+        }
+        let wake = match store.dispatch_outlook() {
+            Ok(outlook) if outlook.available && in_flight.len() < CONCURRENCY => Instant::now(),
+            Ok(outlook) => outlook
+                .next_due_unix
+                .map(|due| {
+                    let secs = u64::try_from(due.saturating_sub(now_unix())).unwrap_or(0);
+                    Instant::now() + Duration::from_secs(secs).min(IDLE_WAKE)
+                })
+                .unwrap_or_else(|| Instant::now() + IDLE_WAKE),
+            Err(_) => Instant::now() + Duration::from_secs(1),
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(wake) => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}

@@ -1,0 +1,326 @@
+//! Deploy targets, and the dispatcher's side of the deployment log: taking the work of
+//! services with a target, and recording each attempt's end.
+
+use async_trait::async_trait;
+use autodeploy_core::deployment::DeploymentStatus;
+use autodeploy_core::target::TargetSpec;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::deployments::{DEPLOYMENT_COLUMNS, deployment_record, deployment_row, rfc3339};
+use super::lifecycle::{DISPATCH_LEASE, Taker, take};
+use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
+use crate::store::{
+    AttemptEnd, AttemptStart, Dispatching, Expected, LeaseRequest, Leased, Outlook, Page, Refusal, StoreError,
+    StoreResult, StoredTarget, TargetStore,
+};
+use crate::util::now_unix;
+
+type TargetRow = (String, String, String, i64, String, String, String);
+
+fn target_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TargetRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn stored_target(
+    (organization_id, id, etag, version, spec, created_at, updated_at): TargetRow,
+) -> StoreResult<StoredTarget> {
+    let spec: TargetSpec = from_json(&spec)?;
+    Ok(StoredTarget {
+        id,
+        organization_id,
+        spec,
+        etag,
+        version: u64::try_from(version).unwrap_or(0),
+        created_at,
+        updated_at,
+    })
+}
+
+const TARGET_COLUMNS: &str = "org, id, etag, version, spec, created_at, updated_at";
+
+#[async_trait]
+impl TargetStore for SqliteStore {
+    async fn put_target(&self, target: &StoredTarget, expected: Expected) -> StoreResult<()> {
+        let target = target.clone();
+        let spec = to_json(&target.spec)?;
+        self.write(move |conn| {
+            let current: Option<String> = conn
+                .query_row(
+                    "SELECT etag FROM targets WHERE org = ?1 AND id = ?2",
+                    params![target.organization_id, target.id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let version = i64::try_from(target.version).unwrap_or(i64::MAX);
+            match (&expected, current) {
+                (Expected::Absent, None) => conn.execute(
+                    &format!("INSERT INTO targets ({TARGET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                    params![
+                        target.organization_id,
+                        target.id,
+                        target.etag,
+                        version,
+                        spec,
+                        target.created_at,
+                        target.updated_at
+                    ],
+                ),
+                (Expected::Etag(want), Some(have)) if *want == have => conn.execute(
+                    "UPDATE targets SET etag = ?3, version = ?4, spec = ?5, updated_at = ?6 WHERE org = ?1 AND id = ?2",
+                    params![
+                        target.organization_id,
+                        target.id,
+                        target.etag,
+                        version,
+                        spec,
+                        target.updated_at
+                    ],
+                ),
+                _ => return Err(StoreError::PreconditionFailed),
+            }
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>> {
+        self.read(|conn| {
+            conn.query_row(
+                &format!("SELECT {TARGET_COLUMNS} FROM targets WHERE org = ?1 AND id = ?2"),
+                params![org, id],
+                target_row,
+            )
+            .optional()
+            .map_err(unavailable)?
+            .map(stored_target)
+            .transpose()
+        })
+    }
+
+    async fn list_targets(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredTarget>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {TARGET_COLUMNS} FROM targets WHERE org = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![org, after.unwrap_or(""), (limit + 1) as i64], target_row)
+                .map_err(unavailable)?;
+            let items = collect(rows, stored_target)?;
+            Ok(page(items, limit, |t| t.id.clone()))
+        })
+    }
+
+    async fn delete_target(&self, org: &str, id: &str) -> StoreResult<Result<bool, Refusal>> {
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.write(move |conn| {
+            let users: Vec<String> = {
+                let mut stmt = conn
+                    .prepare_cached("SELECT id FROM services WHERE org = ?1 AND target_id = ?2 ORDER BY id LIMIT 5")
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![org, id], |r| r.get::<_, String>(0))
+                    .map_err(unavailable)?;
+                rows.collect::<Result<_, _>>().map_err(unavailable)?
+            };
+            if !users.is_empty() {
+                return Ok(Err(Refusal::Conflict(format!(
+                    "Services still deploy to this target ({}): point their deploy_target elsewhere first.",
+                    users.join(", ")
+                ))));
+            }
+            let n = conn
+                .execute("DELETE FROM targets WHERE org = ?1 AND id = ?2", params![org, id])
+                .map_err(unavailable)?;
+            Ok(Ok(n > 0))
+        })
+        .await
+    }
+}
+
+/// Statuses a deployment may be taken from.
+const WAITING: &str = "('QUEUED', 'PENDING')";
+
+fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<AttemptStart> {
+    let current: Option<(i64, String, String)> = conn
+        .query_row(
+            "SELECT seq, service_id, status FROM deployments WHERE org = ?1 AND id = ?2",
+            params![org, id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    let Some((seq, service, status)) = current else {
+        return Ok(AttemptStart::NotFound);
+    };
+    let status = DeploymentStatus::parse(&status)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown deployment status {status}")))?;
+    if !status.is_waiting() {
+        return Ok(AttemptStart::NotWaiting(status));
+    }
+    let newer: bool = conn
+        .query_row(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND service_id = ?2 AND status IN {WAITING} AND seq > ?3)"
+            ),
+            params![org, service, seq],
+            |r| r.get(0),
+        )
+        .map_err(unavailable)?;
+    let stamp = rfc3339(now);
+    if newer {
+        conn.execute(
+            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?3, updated_unix = ?4
+             WHERE seq = ?1 AND org = ?2",
+            params![seq, org, stamp, now],
+        )
+        .map_err(unavailable)?;
+        return Ok(AttemptStart::Superseded);
+    }
+    conn.execute(
+        &format!(
+            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
+             WHERE org = ?1 AND service_id = ?2 AND status IN {WAITING} AND seq < ?3"
+        ),
+        params![org, service, seq, stamp, now],
+    )
+    .map_err(unavailable)?;
+    conn.execute(
+        "UPDATE deployments SET status = 'IN_PROGRESS', attempts = attempts + 1, next_attempt_unix = NULL,
+            lease_id = ?2, lease_expires_unix = ?3, updated_at = ?4, updated_unix = ?5
+         WHERE seq = ?1",
+        params![
+            seq,
+            format!("{DISPATCH_LEASE}{}", uuid::Uuid::new_v4().simple()),
+            now + DISPATCH_LEASE_SECS,
+            stamp,
+            now
+        ],
+    )
+    .map_err(unavailable)?;
+    let record = conn
+        .query_row(
+            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE seq = ?1"),
+            params![seq],
+            deployment_row,
+        )
+        .map_err(unavailable)
+        .and_then(deployment_record)?;
+    Ok(AttemptStart::Started(Box::new(record)))
+}
+
+/// How long the dispatcher holds a deployment it is delivering: well past an attempt's
+/// timeout. A dispatcher that died holding it gives it back after this (a restart at once).
+pub const DISPATCH_LEASE_SECS: i64 = 120;
+
+fn end(conn: &Connection, org: &str, id: &str, end: &AttemptEnd, now: i64) -> StoreResult<()> {
+    let stamp = rfc3339(now);
+    let (status, error, next_attempt): (&str, Option<&str>, Option<i64>) = match end {
+        AttemptEnd::Delivered => ("DELIVERED", None, None),
+        AttemptEnd::Failed { error } => ("FAILED", Some(error), None),
+        AttemptEnd::Retry {
+            error,
+            next_attempt_unix,
+        } => ("QUEUED", Some(error), Some(*next_attempt_unix)),
+        AttemptEnd::Release { note } => ("QUEUED", Some(note), None),
+    };
+    conn.execute(
+        "UPDATE deployments SET status = ?3,
+            last_error = CASE WHEN ?3 = 'DELIVERED' THEN NULL ELSE coalesce(?4, last_error) END, next_attempt_unix = ?5,
+            lease_id = NULL, lease_expires_unix = NULL, updated_at = ?6, updated_unix = ?7
+         WHERE org = ?1 AND id = ?2 AND status = 'IN_PROGRESS'",
+        params![org, id, status, error, next_attempt, stamp, now],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Dispatching for SqliteStore {
+    async fn begin_attempt(&self, org: &str, id: &str) -> StoreResult<AttemptStart> {
+        let (org, id) = (org.to_owned(), id.to_owned());
+        self.write(move |conn| begin(conn, &org, &id, now_unix())).await
+    }
+
+    async fn end_attempt(&self, org: &str, id: &str, attempt_end: &AttemptEnd) -> StoreResult<()> {
+        let (org, id, attempt_end) = (org.to_owned(), id.to_owned(), attempt_end.clone());
+        self.write(move |conn| end(conn, &org, &id, &attempt_end, now_unix()))
+            .await?;
+        // A service's next deployment may be waiting behind this one; a retry falls due later.
+        self.inner.work.notify_waiters();
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// The standalone dispatcher's take: the work of up to `max` services with a deploy
+    /// target, in every organization, latest wins (see [`crate::store::PullQueue::lease`]).
+    pub async fn take_for_dispatch(&self, max: usize) -> StoreResult<Vec<Leased>> {
+        let max_attempts = self.inner.max_attempts;
+        let request = LeaseRequest {
+            max,
+            lease_secs: DISPATCH_LEASE_SECS,
+        };
+        self.write(move |conn| take(conn, None, Taker::Dispatch, request, now_unix(), max_attempts))
+            .await
+    }
+
+    /// Whether the dispatcher has work now, and when it will otherwise.
+    pub fn dispatch_outlook(&self) -> StoreResult<Outlook> {
+        let now = now_unix();
+        self.read(|conn| {
+            let available: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM deployments d
+                     JOIN services s ON s.org = d.org AND s.id = d.service_id
+                     WHERE d.status = 'QUEUED' AND s.target_id IS NOT NULL
+                       AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?1)
+                       AND NOT EXISTS (SELECT 1 FROM deployments p
+                           WHERE p.org = d.org AND p.service_id = d.service_id AND p.status = 'IN_PROGRESS'))",
+                    params![now],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            let next_due: Option<i64> = conn
+                .query_row(
+                    "SELECT min(next_attempt_unix) FROM deployments WHERE status = 'QUEUED' AND next_attempt_unix > ?1",
+                    params![now],
+                    |r| r.get(0),
+                )
+                .map_err(unavailable)?;
+            Ok(Outlook {
+                available,
+                next_due_unix: next_due,
+            })
+        })
+    }
+
+    /// Give back, at once, the deployments a previous run of the dispatcher held when it
+    /// stopped (killed mid-delivery): they are tried again.
+    pub async fn release_dispatch_leases(&self) -> StoreResult<usize> {
+        self.write(|conn| {
+            let now = now_unix();
+            conn.execute(
+                &format!(
+                    "UPDATE deployments SET status = 'QUEUED', lease_id = NULL, lease_expires_unix = NULL,
+                        last_error = 'the server stopped during the attempt; it is tried again', updated_at = ?1, updated_unix = ?2
+                     WHERE status = 'IN_PROGRESS' AND lease_id LIKE '{DISPATCH_LEASE}%'"
+                ),
+                params![rfc3339(now), now],
+            )
+            .map_err(unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,210 @@
+//! `…/targets`: where the dispatcher delivers deployments (a signed webhook, Qovery, GitHub
+//! Actions). Secrets and tokens are write-only: a GET says only whether one is set; a webhook
+//! secret the server generates is shown once, in the PUT's answer.
+
+use autodeploy_core::body::read_document;
+use autodeploy_core::target::signature::GENERATED_SECRET_BYTES;
+use autodeploy_core::target::{ResolveContext, TargetDocument, TargetView};
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use rand::RngCore;
+use serde::Serialize;
+
+use super::auth::{Caller, Scope};
+use super::error::{ApiError, ApiResult};
+use super::extract::{JsonValue, ListParams, Org, PathParams, Precondition, QueryParams, encode_cursor, etag_header};
+use super::{AppState, ListBody};
+use crate::store::{Expected, Refusal, StoreError, StoredTarget};
+use crate::util::{new_etag, now_rfc3339};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/organization/{org}/targets", get(list_targets))
+        .route(
+            "/organization/{org}/targets/{target_id}",
+            get(get_target).put(put_target).delete(delete_target),
+        )
+}
+
+/// A target as the API shows it.
+#[derive(Serialize)]
+struct TargetBody {
+    id: String,
+    organization_id: String,
+    #[serde(flatten)]
+    view: TargetView,
+    version: u64,
+    created_at: String,
+    updated_at: String,
+}
+
+fn target_response(status: StatusCode, target: &StoredTarget, view: TargetView) -> Response {
+    let body = TargetBody {
+        id: target.id.clone(),
+        organization_id: target.organization_id.clone(),
+        view,
+        version: target.version,
+        created_at: target.created_at.clone(),
+        updated_at: target.updated_at.clone(),
+    };
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&etag_header(&target.etag)) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+fn target_id(path: &PathParams) -> ApiResult<String> {
+    Ok(path.id("target_id", "target_id")?.to_owned())
+}
+
+fn target_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("There is no deploy target {id} in this organization."))
+}
+
+async fn get_target(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+) -> ApiResult<Response> {
+    let id = target_id(&path)?;
+    caller.authorize(&org, Scope::Manage)?;
+    let target = state
+        .store
+        .get_target(&org, &id)
+        .await?
+        .ok_or_else(|| target_not_found(&id))?;
+    Ok(target_response(StatusCode::OK, &target, target.spec.view()))
+}
+
+async fn list_targets(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    query: QueryParams,
+) -> ApiResult<Response> {
+    caller.authorize(&org, Scope::Manage)?;
+    let params = ListParams::parse(&query, &org, "targets")?;
+    let page = state
+        .store
+        .list_targets(&org, params.after.as_deref(), params.limit)
+        .await?;
+    let items: Vec<TargetBody> = page
+        .items
+        .iter()
+        .map(|t| TargetBody {
+            id: t.id.clone(),
+            organization_id: t.organization_id.clone(),
+            view: t.spec.view(),
+            version: t.version,
+            created_at: t.created_at.clone(),
+            updated_at: t.updated_at.clone(),
+        })
+        .collect();
+    Ok(ListBody {
+        next_cursor: page.last_key.map(|k| encode_cursor(&org, "targets", &k)),
+        items,
+    }
+    .into_response())
+}
+
+/// Where the target may point: the operator's `AUTODEPLOY_TARGETS_ALLOW_PRIVATE`, and (with
+/// the dispatcher's sender built in) the addresses its host name resolves to now.
+async fn check_host_now(url: &str, allow_private: bool) -> ApiResult<()> {
+    #[cfg(feature = "dispatch")]
+    {
+        let host = url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned));
+        if let Some(host) = host
+            && crate::dispatch::send::check_host(&host, allow_private).await.is_err()
+        {
+            return Err(ApiError::invalid_field(
+                "url",
+                "names a host that resolves to a loopback, private, link-local or unspecified address; deploy targets must be public (AUTODEPLOY_TARGETS_ALLOW_PRIVATE lets an operator allow them)",
+            ));
+        }
+    }
+    let _ = (url, allow_private);
+    Ok(())
+}
+
+async fn put_target(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+    headers: HeaderMap,
+    JsonValue(doc): JsonValue,
+) -> ApiResult<Response> {
+    let id = target_id(&path)?;
+    caller.authorize(&org, Scope::Manage)?;
+    let precondition = Precondition::from_headers(&headers)?;
+    let document: TargetDocument = read_document(&doc)?;
+    let current = state.store.get_target(&org, &id).await?;
+    precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
+    let mut random = [0u8; GENERATED_SECRET_BYTES];
+    rand::rng().fill_bytes(&mut random);
+    let resolved = document
+        .resolve(&ResolveContext {
+            organization_id: &org,
+            target_id: &id,
+            allow_private: state.allow_private_targets,
+            previous: current.as_ref().map(|c| &c.spec),
+            random: &random,
+        })
+        .map_err(ApiError::validation)?;
+    let url = match &resolved.spec {
+        autodeploy_core::target::Target::Webhook { url, .. } => url,
+        autodeploy_core::target::Target::Qovery { api_url, .. }
+        | autodeploy_core::target::Target::GithubActions { api_url, .. } => api_url,
+    };
+    check_host_now(url, state.allow_private_targets).await?;
+    let now = now_rfc3339();
+    let target = StoredTarget {
+        id: id.clone(),
+        organization_id: org.clone(),
+        spec: resolved.spec.clone(),
+        etag: new_etag(),
+        version: current.as_ref().map_or(1, |c| c.version + 1),
+        created_at: current.as_ref().map_or_else(|| now.clone(), |c| c.created_at.clone()),
+        updated_at: now,
+    };
+    let expected = match &current {
+        Some(c) => Expected::Etag(c.etag.clone()),
+        None => Expected::Absent,
+    };
+    match state.store.put_target(&target, expected).await {
+        Ok(()) => {
+            let status = if current.is_some() {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            tracing::info!(org, target_id = %id, version = target.version, "deploy target written");
+            Ok(target_response(status, &target, resolved.view()))
+        }
+        // Written by someone else meanwhile: the client decides what to do with the new state.
+        Err(StoreError::PreconditionFailed) => Err(ApiError::precondition_failed()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+async fn delete_target(
+    caller: Caller,
+    State(state): State<AppState>,
+    Org(org): Org,
+    path: PathParams,
+) -> ApiResult<StatusCode> {
+    let id = target_id(&path)?;
+    caller.authorize(&org, Scope::Manage)?;
+    match state.store.delete_target(&org, &id).await? {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(target_not_found(&id)),
+        Err(Refusal::Conflict(message)) => Err(ApiError::conflict(message)),
+        Err(Refusal::NotFound) => Err(target_not_found(&id)),
+    }
+}
