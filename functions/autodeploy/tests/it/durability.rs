@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{BIN, free_port, try_http, wait_listening};
+use crate::harness::{BIN, free_port, try_http, wait_listening};
 
 const ADMIN: &str = "durability-admin-token-0123456789";
 const SECRET: &str = "durability-webhook-secret-0123";

@@ -8,9 +8,7 @@
 use std::fs::File;
 use std::process::{Command, Stdio};
 
-mod common;
-
-use common::{BIN, free_port, http, wait_listening};
+use crate::harness::{BIN, free_port, http, wait_listening};
 
 const ADMIN: &str = "logs-admin-token-5f0c1d2e3a4b";
 const GITHUB_SECRET: &str = "logs-github-secret-7a8b9c0d";

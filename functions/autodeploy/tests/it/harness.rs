@@ -2,9 +2,6 @@
 //! client (these tests talk to the real process, as a provider or a hostile client would),
 //! and waiting for the server to listen.
 
-// Each test file uses its own part of this module.
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};

@@ -8,9 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::Server;
+use crate::harness::Server;
 
 const ADMIN: &str = "hostile-admin-token-0123456789";
 /// The timeouts the server under test runs with (seconds).

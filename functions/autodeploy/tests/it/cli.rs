@@ -5,9 +5,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{BIN, Server, free_port, http};
+use crate::harness::{BIN, Server, free_port, http};
 
 const ADMIN: &str = "cli-test-admin-token-0123456789";
 
