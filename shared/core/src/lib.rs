@@ -17,4 +17,5 @@ pub mod push;
 pub mod registry_events;
 pub mod repo_url;
 pub mod restrictions;
+pub mod sealed;
 pub mod tag_policy;
