@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod images;
+pub mod limits;
 pub mod settings;
 pub mod webhooks;
 
