@@ -4,11 +4,11 @@
 //! (`--header-timeout`, `--body-timeout`) while other clients are served; the server still
 //! answers `/health` after each.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::Server;
+use crate::harness::{Server, read_response};
 
 const ADMIN: &str = "hostile-admin-token-0123456789";
 /// The timeouts the server under test runs with (seconds).
@@ -18,7 +18,7 @@ const BODY_TIMEOUT: u64 = 2;
 /// The server under test: this file's timeouts.
 fn server() -> Server {
     let (header, body) = (HEADER_TIMEOUT.to_string(), BODY_TIMEOUT.to_string());
-    Server::start(ADMIN, &["--header-timeout", &header, "--body-timeout", &body], false)
+    Server::start(ADMIN, &["--header-timeout", &header, "--body-timeout", &body])
 }
 
 impl Server {
@@ -40,24 +40,6 @@ impl Server {
         assert_eq!(status, 200);
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
-}
-
-/// Read until the server closes: `Some((status, raw))`, or `None` when it closed (or reset)
-/// without an answer.
-fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading the answer: {e} (a timeout means the server never closed)"),
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.get(9..12)?.parse().ok()?;
-    Some((status, text))
 }
 
 /// Write what we can; the server may close (or reset) the connection on us halfway.

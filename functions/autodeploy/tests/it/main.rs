@@ -2,7 +2,10 @@
 //! starts the real process and talks to it over sockets, through the shared [`harness`].
 
 mod cli;
+mod connections;
 mod durability;
+mod files;
 mod harness;
 mod hostile_http;
+mod memory;
 mod secrets_in_logs;

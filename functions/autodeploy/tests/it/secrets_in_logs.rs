@@ -5,10 +5,7 @@
 //! stderr (logs) and stdout (queued messages) hold none of the admin token, the organization
 //! tokens, the webhook secrets, nor the wrong ones the bad requests tried.
 
-use std::fs::File;
-use std::process::{Command, Stdio};
-
-use crate::harness::{BIN, free_port, http, wait_listening};
+use crate::harness::{Launch, http};
 
 const ADMIN: &str = "logs-admin-token-5f0c1d2e3a4b";
 const GITHUB_SECRET: &str = "logs-github-secret-7a8b9c0d";
@@ -62,20 +59,8 @@ fn base64(input: &str) -> String {
 
 #[test]
 fn a_full_run_at_trace_level_logs_no_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--database")
-        .arg(dir.path().join("autodeploy.db"))
-        .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::from(File::create(&stdout_path).unwrap()))
-        .stderr(Stdio::from(File::create(&stderr_path).unwrap()))
-        .spawn()
-        .unwrap();
-    wait_listening(port);
+    let mut server = Launch::new(ADMIN).env("RUST_LOG", Some("trace")).start();
+    let port = server.port;
 
     let admin = format!("Token {ADMIN}");
     let json = ("Content-Type", "application/json");
@@ -399,16 +384,8 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     );
 
     // Stop, then read everything the process wrote.
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().unwrap().success());
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(server.terminate().success());
+    let (stdout, stderr) = (server.stdout(), server.stderr());
     assert!(stdout.lines().count() >= 4, "queued messages: {stdout}");
     assert!(stderr.lines().count() >= 5, "RUST_LOG=trace logged little: {stderr}");
     let mut secrets: Vec<String> = [ADMIN, GITHUB_SECRET, GITLAB_SECRET, AZURE_SECRET, DOCKERHUB_SECRET]
