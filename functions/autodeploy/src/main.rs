@@ -135,7 +135,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     if !directory.is_dir() {
-        return Err(cannot_open(&format!("{} is not a directory", directory.display())));
+        let what = if directory.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        return Err(cannot_open(&format!("{} {what}", directory.display())));
     }
     let key_file = secret_key::key_file(database);
     let key_existed = key_file.exists();

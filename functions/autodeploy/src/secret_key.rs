@@ -75,9 +75,12 @@ fn create(path: &Path) -> Result<SecretKey, String> {
     let _ = std::fs::remove_file(&temporary);
     match written {
         Ok(()) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
-            }
+            // The new name itself is durable once its directory is.
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
             tracing::info!(
                 key_file = %path.display(),
                 "created the key that seals the secrets in the database: back it up with the database, which cannot be read without it"

@@ -312,6 +312,7 @@ fn logs_are_coloured_on_a_terminal_only() {
         .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--database"])
         .arg(dir.path().join("autodeploy.db"))
         .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
+        .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
         .stderr(terminal)
         .spawn()

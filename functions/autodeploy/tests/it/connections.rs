@@ -63,7 +63,9 @@ fn six_hundred_idle_sockets_do_not_lock_out_a_health_check() {
     let logged = server.stderr();
     assert!(!logged.contains("accept failed"), "{logged}");
     assert!(logged.lines().count() <= 8, "{logged}");
-    assert_eq!(logged.matches("at the connection limit").count(), 1, "{logged}");
+    // Once per 5 s: once, or twice on a slow machine.
+    let at_the_cap = logged.matches("at the connection limit").count();
+    assert!((1..=2).contains(&at_the_cap), "{logged}");
     assert!(logged.contains("fewer connections than --max-connections"), "{logged}");
 }
 

@@ -97,7 +97,11 @@ impl Launch {
             listen: format!("127.0.0.1:{port}"),
             dir,
             args: Vec::new(),
-            env: vec![("AUTODEPLOY_ADMIN_TOKEN".into(), admin.into())],
+            // The level the tests read logs at, whatever the caller's RUST_LOG.
+            env: vec![
+                ("AUTODEPLOY_ADMIN_TOKEN".into(), admin.into()),
+                ("RUST_LOG".into(), "info".into()),
+            ],
             shell: None,
         }
     }
