@@ -1,8 +1,8 @@
-//! Durability of the standalone server (README "Proof: faults, races, durability, load"): the
-//! real binary under a load of signed, distinct GitHub pushes from several threads is killed
-//! with SIGKILL mid-load, restarted on the same database, and every push that was answered 202
-//! has its deployment in the log and its message in the queue table — SPEC "a process killed at
-//! any moment loses nothing it acknowledged".
+//! Durability of the standalone server (docs/proofs.md): the real binary under a load of
+//! signed, distinct GitHub pushes from several threads is killed with SIGKILL mid-load,
+//! restarted on the same database, and every push that was answered 202 has its deployment in
+//! the log and its message in the queue table — SPEC "a process killed at any moment loses
+//! nothing it acknowledged".
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
-//! Hostile HTTP clients against the real standalone binary (README "Proof: faults, races,
-//! durability, load"): oversized headers are refused or the connection closed, never a crash;
-//! slow headers and slow bodies are timed out (`--header-timeout`, `--body-timeout`) while
-//! other clients are served; the server still answers `/health` after each.
+//! Hostile HTTP clients against the real standalone binary (docs/proofs.md): oversized headers
+//! are refused or the connection closed, never a crash; slow headers and slow bodies are timed
+//! out (`--header-timeout`, `--body-timeout`) while other clients are served; the server still
+//! answers `/health` after each.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};

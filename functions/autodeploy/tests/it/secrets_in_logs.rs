@@ -1,9 +1,8 @@
-//! No secret in any output (README "Proof: faults, races, durability, load"): the real binary
-//! at `RUST_LOG=trace` goes through settings, signed pushes, image deploys, a Docker Hub
-//! registry webhook (whose URL carries the secret) and bad requests (wrong tokens, wrong
-//! secrets, a too-short secret, malformed bodies); then its stderr (logs) and stdout (queued
-//! messages) hold none of the admin token, the organization tokens, the webhook secrets, nor
-//! the wrong ones the bad requests tried.
+//! No secret in any output (docs/proofs.md): the real binary at `RUST_LOG=trace` goes through
+//! settings, signed pushes, image deploys, a Docker Hub registry webhook (whose URL carries the
+//! secret) and bad requests (wrong tokens, wrong secrets, a too-short secret, malformed
+//! bodies); then its stderr (logs) and stdout (queued messages) hold none of the admin token,
+//! the organization tokens, the webhook secrets, nor the wrong ones the bad requests tried.
 
 use crate::harness::{Launch, http};
 
