@@ -1,5 +1,5 @@
-//! Load generator and ceiling server for `scripts/load` ("Prove it" issue, item 3; README
-//! "Proof: faults, races, durability, load"). Loopback only, bounded in count and time.
+//! Load generator and ceiling server for `scripts/load` (docs/performance.md). Loopback only,
+//! bounded in count and time.
 //!
 //! `load run` sends `--requests` signed GitHub pushes, each a distinct commit (so each really
 //! queues a deployment), over `--concurrency` kept-alive HTTP/1.1 connections to

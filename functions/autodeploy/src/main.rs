@@ -1,29 +1,32 @@
 //! `autodeploy serve`: the whole HTTP API on one machine, on an embedded SQLite database.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::pin::Pin;
+mod host;
+mod listen;
+mod secret_key;
+mod serve;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::dispatch::send::{Sender, SenderConfig};
 use autodeploy_api::dispatch::{Dispatcher, standalone};
-use autodeploy_api::sqlite::SqliteStore;
+use autodeploy_api::sqlite::{SqliteOptions, SqliteStore};
 use autodeploy_api::store::{InStoreQueue, TenantLimits};
+use autodeploy_api::web::limits::BufferLimits;
 use autodeploy_api::web::{AppState, full_router};
 use autodeploy_core::target::delivery::RetryPolicy;
-use axum::Router;
-use axum::body::{Body, Bytes, HttpBody};
 use clap::{Parser, Subcommand};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tower::ServiceExt;
 use tracing_subscriber::EnvFilter;
+
+use listen::Listen;
+use secret_key::load_or_create_secret_key;
+
+const ADMIN_TOKEN_ENV: &str = "AUTODEPLOY_ADMIN_TOKEN";
+const MIB: usize = 1024 * 1024;
 
 #[derive(Parser)]
 #[command(
@@ -39,26 +42,64 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API on an embedded SQLite database.
+    #[command(after_help = SERVE_HELP)]
     Serve(ServeArgs),
 }
 
+const SERVE_HELP: &str = "\
+The admin token (at least 16 characters; may do everything in every organization) is read from
+AUTODEPLOY_ADMIN_TOKEN or from the file --admin-token-file names, never from the command line,
+where every user of the machine could read it.
+
+The secrets stored in the database are sealed with AUTODEPLOY_SECRET_KEY (32 bytes in base64 or
+hex: `openssl rand -base64 32`) or, when it is not set, with the key in the file beside the
+database (<database>.key), created on first start. Back it up with the database.
+
+Files the server creates are readable by their owner only.";
+
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "AUTODEPLOY_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    /// Address to listen on: HOST:PORT, [IPV6]:PORT, or :PORT for every interface.
+    /// 127.0.0.1 is this machine only, where git providers cannot reach it; serve TLS from a
+    /// reverse proxy in front.
+    #[arg(long, env = "AUTODEPLOY_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen::parse)]
+    listen: Listen,
     /// SQLite database file (created if missing).
     #[arg(long, env = "AUTODEPLOY_DATABASE", default_value = "./autodeploy.db")]
     database: PathBuf,
-    /// The operator's admin token (required; may do everything in every organization).
-    #[arg(long = "admin-token", env = "AUTODEPLOY_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    /// File holding the admin token (surrounding white space is ignored). Or set
+    /// AUTODEPLOY_ADMIN_TOKEN.
+    #[arg(long = "admin-token-file", env = "AUTODEPLOY_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Refused: a token on the command line shows in `ps`.
+    #[arg(long = "admin-token", hide = true)]
+    admin_token_argument: Option<String>,
+    /// Seconds a client has to send a request's headers (also the idle time allowed on a
+    /// kept-alive connection before its next request); the connection is closed after it.
+    #[arg(long = "header-timeout", env = "AUTODEPLOY_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's whole body, counted once its headers are
+    /// read; a slower body is refused (400) and its connection closed.
+    #[arg(long = "body-timeout", env = "AUTODEPLOY_BODY_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout: u64,
+    /// Connections open at once (lowered to fit the open-files limit). At the limit, a new
+    /// connection closes the oldest idle one.
+    #[arg(long = "max-connections", env = "AUTODEPLOY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
+    /// Request-body bytes held in memory at once, across all requests (e.g. 128MiB, 1GiB).
+    /// A request past it is answered 503 with Retry-After; a body larger than all of it, 413.
+    #[arg(long = "max-body-buffer", env = "AUTODEPLOY_MAX_BODY_BUFFER", default_value = "128MiB", value_parser = parse_size)]
+    max_body_buffer: usize,
     /// Services one organization may hold (at most 1,000 of them per repository or image).
     #[arg(long = "max-services", env = "AUTODEPLOY_MAX_SERVICES", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_services: u32,
     /// Times a deployment is offered to consumers (or tried on its target) before it fails.
     #[arg(long = "max-attempts", env = "AUTODEPLOY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_attempts: u32,
+    /// How long the dispatcher keeps retrying a deployment before it fails: seconds, or with
+    /// a unit (90s, 30m, 24h, 2d).
+    #[arg(long = "max-delivery-age", env = "AUTODEPLOY_MAX_DELIVERY_AGE", default_value = "24h", value_parser = parse_age)]
+    max_delivery_age: Duration,
     /// Days a finished deployment (DELIVERED, FAILED, SUPERSEDED) stays in the log.
     #[arg(long = "retention-days", env = "AUTODEPLOY_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
@@ -69,29 +110,20 @@ struct ServeArgs {
     /// on-premises engines and tests).
     #[arg(long = "targets-allow-private", env = "AUTODEPLOY_TARGETS_ALLOW_PRIVATE")]
     targets_allow_private: bool,
-    /// How long the dispatcher keeps retrying a deployment before it fails: seconds, or with
-    /// a unit (90s, 30m, 24h, 2d).
-    #[arg(long = "max-delivery-age", env = "AUTODEPLOY_MAX_DELIVERY_AGE", default_value = "24h", value_parser = parse_age)]
-    max_delivery_age: Duration,
     /// Print every deployment recorded as one JSON line on stdout (a debugging aid: lines are
     /// dropped, never waited for, when stdout is slow, full or closed).
     #[arg(long = "print-deployments", env = "AUTODEPLOY_PRINT_DEPLOYMENTS")]
     print_deployments: bool,
-    /// Seconds a client has to send a request's headers (also the idle time allowed on a
-    /// kept-alive connection before its next request); the connection is closed after it.
-    #[arg(long = "header-timeout", env = "AUTODEPLOY_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    header_timeout: u64,
-    /// Seconds a client has to send a request's whole body, counted once its headers are
-    /// read; a slower body is refused (400) and its connection closed.
-    #[arg(long = "body-timeout", env = "AUTODEPLOY_BODY_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    body_timeout: u64,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colour only for a person at a terminal: never in a file, a pipe or a journal.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
     let Command::Serve(args) = cli.command;
     match serve(args) {
@@ -103,22 +135,88 @@ fn main() -> ExitCode {
     }
 }
 
+/// In this order, so that a start that fails leaves nothing behind: read the settings, take
+/// the port, then touch files.
 fn serve(args: ServeArgs) -> Result<(), String> {
-    let admin_token = args
-        .admin_token
-        .filter(|t| !t.trim().is_empty())
-        .ok_or("set AUTODEPLOY_ADMIN_TOKEN (or --admin-token): the API needs an admin token")?;
-    if admin_token.len() < 16 {
-        return Err("the admin token must be at least 16 characters long".to_owned());
+    let admin_token = admin_token(&args)?;
+    host::owner_only_umask();
+    let open_files = host::raise_open_files_limit();
+    let max_connections = host::connection_cap(args.max_connections as usize, open_files);
+    if max_connections < args.max_connections as usize {
+        tracing::warn!(
+            open_files_limit = open_files,
+            max_connections,
+            "fewer connections than --max-connections asks, to stay within the open-files limit (ulimit -n)"
+        );
     }
-    let store = SqliteStore::open_with(&args.database, args.max_attempts)
-        .map_err(|e| format!("cannot open the database {}: {e}", args.database.display()))?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let _runtime = runtime.enter();
+    // Before listening: once a client can connect, SIGTERM is a graceful shutdown.
+    let shutdown = shutdown_signal()?;
+    let listeners = args.listen.bind()?;
+
+    let database = &args.database;
+    let cannot_open = |e: &dyn std::fmt::Display| format!("cannot open the database {}: {e}", database.display());
+    let directory = database
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !directory.is_dir() {
+        let what = if directory.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        return Err(cannot_open(&format!("{} {what}", directory.display())));
+    }
+    let key_file = secret_key::key_file(database);
+    let key_existed = key_file.exists();
+    let files = [
+        database.clone(),
+        suffixed(database, "-wal"),
+        suffixed(database, "-shm"),
+        key_file.clone(),
+    ];
+    for path in host::make_owner_only(files.iter().map(PathBuf::as_path))? {
+        tracing::info!(file = %path.display(), "made readable by its owner only");
+    }
+    let options = SqliteOptions {
+        max_attempts: args.max_attempts,
+        secret_key: Some(load_or_create_secret_key(database)?),
+    };
+    let store = match SqliteStore::open_with(database, options) {
+        Ok(store) => store,
+        Err(e) => {
+            // Nothing was sealed with a key made for a database that did not open.
+            if !key_existed {
+                let _ = std::fs::remove_file(&key_file);
+            }
+            return Err(cannot_open(&e));
+        }
+    };
+
     if args.print_deployments {
         store.print_deployments();
     }
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     let printing = store.clone();
     let served = runtime.block_on(async move {
+        let listeners = listeners
+            .into_iter()
+            .map(tokio::net::TcpListener::from_std)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addresses: Vec<String> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        tracing::info!(
+            listen = %addresses.join(", "),
+            database = %database.display(),
+            max_connections,
+            max_body_buffer = args.max_body_buffer,
+            "autodeploy serving"
+        );
         let retention_secs = i64::from(args.retention_days) * 24 * 60 * 60;
         tokio::spawn(maintain(store.clone(), retention_secs));
         let state = AppState::new(
@@ -151,15 +249,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             })))
         };
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        tracing::info!(listen = %args.listen, database = %args.database.display(), "autodeploy serving");
-        let timeouts = Timeouts {
-            header: Duration::from_secs(args.header_timeout),
-            body: Duration::from_secs(args.body_timeout),
+        // HTTP/1.1 answers one request at a time per connection: the connection cap is the
+        // cap on requests in flight.
+        let router = BufferLimits::new(max_connections, args.max_body_buffer).apply(full_router(state));
+        let settings = serve::Settings {
+            header_timeout: Duration::from_secs(args.header_timeout),
+            body_timeout: Duration::from_secs(args.body_timeout),
+            max_connections,
         };
-        serve_http(listener, full_router(state), timeouts, shutdown_signal()).await;
+        serve::serve_http(listeners, router, settings, shutdown).await;
         let _ = stopping.send(true);
         if let Some(dispatching) = dispatching {
             let _ = dispatching.await;
@@ -170,96 +268,24 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     served
 }
 
-#[derive(Clone, Copy)]
-struct Timeouts {
-    header: Duration,
-    body: Duration,
-}
+/// How often leases that ran out are released and old records pruned.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
 
-/// HTTP/1.1 with read timeouts, which `axum::serve` does not have: a client gets
-/// `timeouts.header` to send its headers (hyper closes the connection after it) and
-/// `timeouts.body` to send its body (the handler then answers 400 and the connection is
-/// closed). On `shutdown`, stop accepting, let every connection finish its request in flight
-/// (bounded by those timeouts), close idle ones, and return.
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    timeouts: Timeouts,
-    shutdown: impl Future<Output = ()>,
-) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header)
-        .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
+/// The store's periodic upkeep, for as long as the server runs.
+async fn maintain(store: SqliteStore, retention_secs: i64) {
+    let mut every = tokio::time::interval(MAINTENANCE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.as_mut() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            let request = request.map(|body| Body::new(DeadlineBody::new(body, timeouts.body)));
-            router.clone().oneshot(request)
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection closed with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-/// A request body that fails once `deadline` has passed since the request's headers were
-/// read, however it trickles in.
-struct DeadlineBody {
-    inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl DeadlineBody {
-    fn new(inner: Incoming, timeout: Duration) -> Self {
-        Self {
-            inner,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+        every.tick().await;
+        match store.maintain(retention_secs).await {
+            Ok(done) if done.leases_expired > 0 || done.deployments_pruned > 0 => tracing::info!(
+                leases_expired = done.leases_expired,
+                deployments_pruned = done.deployments_pruned,
+                "maintenance"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "maintenance failed; it runs again shortly"),
         }
-    }
-}
-
-impl HttpBody for DeadlineBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)));
-        }
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new("the request body was not received in time")))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -286,46 +312,104 @@ fn parse_age(raw: &str) -> Result<Duration, String> {
     }
 }
 
-/// How often leases that ran out are released and old records pruned.
-const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
-
-/// The store's periodic upkeep, for as long as the server runs.
-async fn maintain(store: SqliteStore, retention_secs: i64) {
-    let mut every = tokio::time::interval(MAINTENANCE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        match store.maintain(retention_secs).await {
-            Ok(done) if done.leases_expired > 0 || done.deployments_pruned > 0 => tracing::info!(
-                leases_expired = done.leases_expired,
-                deployments_pruned = done.deployments_pruned,
-                "maintenance"
-            ),
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "maintenance failed; it runs again shortly"),
-        }
+/// The admin token, from the environment or a file: never from the command line.
+fn admin_token(args: &ServeArgs) -> Result<String, String> {
+    const WHERE: &str = "set AUTODEPLOY_ADMIN_TOKEN, or --admin-token-file (AUTODEPLOY_ADMIN_TOKEN_FILE) naming a file only you can read";
+    if args.admin_token_argument.is_some() {
+        return Err(format!(
+            "--admin-token is refused: every user of this machine can read a command line (ps); {WHERE}"
+        ));
     }
+    let from_environment = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+    let token = match (from_environment, &args.admin_token_file) {
+        (Some(_), Some(_)) => {
+            return Err("both AUTODEPLOY_ADMIN_TOKEN and --admin-token-file are set: keep one".to_owned());
+        }
+        (Some(token), None) => token,
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read the admin token file {}: {e}", file.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Err(format!("the API needs an admin token: {WHERE}")),
+    };
+    if token.len() < 16 {
+        return Err("the admin token must be at least 16 characters long".to_owned());
+    }
+    Ok(token)
 }
 
-/// Finish in-flight requests on SIGTERM or Ctrl-C, then exit.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
+/// `path` with `suffix` added to its file name (`db` → `db-wal`).
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A size in bytes: a number, optionally followed by KiB, MiB or GiB (K, M, G, KB, MB and GB
+/// mean the same); at least 1 MiB.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => MIB,
+        "g" | "gb" | "gib" => 1024 * MIB,
+        _ => return Err("use a number of bytes, optionally followed by KiB, MiB or GiB (e.g. 128MiB)".to_owned()),
     };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    let bytes = number
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or("use a number of bytes, optionally followed by KiB, MiB or GiB (e.g. 128MiB)")?;
+    if bytes < MIB {
+        return Err("must be at least 1MiB".to_owned());
     }
-    tracing::info!("shutting down");
+    Ok(bytes)
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT), which are caught from now on: the server then
+/// finishes its requests in flight and exits.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let catch = |kind| signal(kind).map_err(|e| format!("cannot catch SIGTERM and SIGINT: {e}"));
+    let (mut terminate, mut interrupt) = (catch(SignalKind::terminate())?, catch(SignalKind::interrupt())?);
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+        tracing::info!("shutting down");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128MiB"), Ok(128 * MIB));
+        assert_eq!(parse_size("1 GiB"), Ok(1024 * MIB));
+        assert_eq!(parse_size("64m"), Ok(64 * MIB));
+        assert_eq!(parse_size("2048K"), Ok(2 * MIB));
+        assert_eq!(parse_size("1048576"), Ok(MIB));
+        for refused in ["", "MiB", "12 parsecs", "-1MiB", "1.5GiB", "99999999999999999999GiB"] {
+            assert!(parse_size(refused).unwrap_err().contains("e.g. 128MiB"), "{refused}");
+        }
+        assert_eq!(parse_size("1000"), Err("must be at least 1MiB".to_owned()));
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_age("2d"), Ok(Duration::from_secs(172_800)));
+        for refused in ["", "0", "1w", "h", "-1"] {
+            assert!(parse_age(refused).is_err(), "{refused}");
+        }
+    }
 }

@@ -20,5 +20,6 @@ pub mod registry;
 /// The registry module under its earlier name, for callers not yet moved to [`registry`].
 pub mod repo_url;
 pub mod restrictions;
+pub mod sealed;
 pub mod tag_policy;
 pub mod target;

@@ -9,12 +9,13 @@ use crate::store::{Page, SecretRecord, SecretStore, StoreError, StoreResult, Tok
 #[async_trait]
 impl SecretStore for SqliteStore {
     async fn put_secret(&self, org: &str, provider: &str, record: &SecretRecord) -> StoreResult<()> {
-        let (org, provider, record) = (org.to_owned(), provider.to_owned(), record.clone());
+        let (org, provider, set_at) = (org.to_owned(), provider.to_owned(), record.set_at.clone());
+        let secret = self.seal(&record.secret)?;
         self.write(move |conn| {
             conn.execute(
                 "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (org, provider) DO UPDATE SET secret = excluded.secret, set_at = excluded.set_at",
-                params![org, provider, record.secret, record.set_at],
+                params![org, provider, secret, set_at],
             )
             .map_err(unavailable)?;
             Ok(())
@@ -23,20 +24,23 @@ impl SecretStore for SqliteStore {
     }
 
     async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>> {
-        self.read(|conn| {
+        let stored: Option<(String, String)> = self.read(|conn| {
             conn.query_row(
                 "SELECT secret, set_at FROM webhook_secrets WHERE org = ?1 AND provider = ?2",
                 params![org, provider],
-                |r| {
-                    Ok(SecretRecord {
-                        secret: r.get(0)?,
-                        set_at: r.get(1)?,
-                    })
-                },
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(unavailable)
-        })
+        })?;
+        stored
+            .map(|(secret, set_at)| {
+                Ok(SecretRecord {
+                    secret: self.unseal(secret)?,
+                    set_at,
+                })
+            })
+            .transpose()
     }
 
     async fn delete_secret(&self, org: &str, provider: &str) -> StoreResult<bool> {

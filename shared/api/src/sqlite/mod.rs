@@ -13,6 +13,7 @@ mod deployments;
 mod history;
 mod lifecycle;
 mod schema;
+mod sealing;
 mod services;
 mod targets;
 mod writer;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use autodeploy_core::deployment::DeploymentRequest;
+use autodeploy_core::sealed::SecretKey;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Notify;
 
@@ -55,6 +57,26 @@ struct Inner {
     printer: Mutex<Option<Printer>>,
     /// Offers of a deployment before it fails (SPEC: 10, `AUTODEPLOY_MAX_ATTEMPTS`).
     max_attempts: u32,
+    /// Seals the secrets and tokens the database keeps (webhook secrets, targets' credentials).
+    secret_key: Option<SecretKey>,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Offers of a deployment before it fails.
+    pub max_attempts: u32,
+    /// The key sealing the secrets at rest; `None` keeps them as they are (tests).
+    pub secret_key: Option<SecretKey>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            secret_key: None,
+        }
+    }
 }
 
 /// Offers of a deployment before it fails, unless configured otherwise.
@@ -70,6 +92,13 @@ pub struct Maintenance {
 impl SqliteStore {
     /// Open (creating if needed) and migrate the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Open with `options`. With a secret key, secrets stored in the clear (by an earlier
+    /// version) are sealed, and a key that does not open the sealed ones is refused: the
+    /// server must not start and then fail every delivery.
+    pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path).map_err(unavailable)?;
         // WAL lets readers run beside the writer; FULL syncs every commit so that an
         // acknowledged write survives a crash of the process or the machine.
@@ -78,6 +107,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(unavailable)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
         schema::migrate(&mut conn)?;
+        sealing::check_and_seal(&mut conn, options.secret_key.as_ref())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -85,20 +115,8 @@ impl SqliteStore {
                 readers: Mutex::new(Vec::new()),
                 work: Arc::new(Notify::new()),
                 printer: Mutex::new(None),
-                max_attempts: DEFAULT_MAX_ATTEMPTS,
-            }),
-        })
-    }
-
-    /// Open with `max_attempts` offers of a deployment before it fails.
-    pub fn open_with(path: &Path, max_attempts: u32) -> Result<Self, StoreError> {
-        let store = Self::open(path)?;
-        let inner = Arc::try_unwrap(store.inner)
-            .map_err(|_| StoreError::Unavailable("the store is already shared".to_owned()))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                max_attempts: max_attempts.max(1),
-                ..inner
+                max_attempts: options.max_attempts.max(1),
+                secret_key: options.secret_key,
             }),
         })
     }

@@ -31,8 +31,9 @@ fn target_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TargetRow> {
 
 fn stored_target(
     (organization_id, id, etag, version, spec, created_at, updated_at): TargetRow,
+    store: &SqliteStore,
 ) -> StoreResult<StoredTarget> {
-    let spec: TargetSpec = from_json(&spec)?;
+    let spec: TargetSpec = from_json(&store.unseal(spec)?)?;
     Ok(StoredTarget {
         id,
         organization_id,
@@ -50,7 +51,7 @@ const TARGET_COLUMNS: &str = "org, id, etag, version, spec, created_at, updated_
 impl TargetStore for SqliteStore {
     async fn put_target(&self, target: &StoredTarget, expected: Expected) -> StoreResult<()> {
         let target = target.clone();
-        let spec = to_json(&target.spec)?;
+        let spec = self.seal(&to_json(&target.spec)?)?;
         self.write(move |conn| {
             let current: Option<String> = conn
                 .query_row(
@@ -102,7 +103,7 @@ impl TargetStore for SqliteStore {
             )
             .optional()
             .map_err(unavailable)?
-            .map(stored_target)
+            .map(|row| stored_target(row, self))
             .transpose()
         })
     }
@@ -117,7 +118,7 @@ impl TargetStore for SqliteStore {
             let rows = stmt
                 .query_map(params![org, after.unwrap_or(""), (limit + 1) as i64], target_row)
                 .map_err(unavailable)?;
-            let items = collect(rows, stored_target)?;
+            let items = collect(rows, |row| stored_target(row, self))?;
             Ok(page(items, limit, |t| t.id.clone()))
         })
     }

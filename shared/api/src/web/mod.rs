@@ -10,6 +10,7 @@ pub mod deployments;
 pub mod error;
 pub mod extract;
 pub mod images;
+pub mod limits;
 pub mod observe;
 pub mod registry;
 pub mod services;

@@ -1,16 +1,10 @@
-//! No secret in any output ("Prove it" issue, item 5; README "Proof: faults, races,
-//! durability, load"): the real binary at `RUST_LOG=trace` goes through settings, signed
-//! pushes, image deploys, a Docker Hub registry webhook (whose URL carries the secret) and
-//! bad requests (wrong tokens, wrong secrets, a too-short secret, malformed bodies); then its
-//! stderr (logs) and stdout (queued messages) hold none of the admin token, the organization
-//! tokens, the webhook secrets, nor the wrong ones the bad requests tried.
+//! No secret in any output (docs/proofs.md): the real binary at `RUST_LOG=trace` goes through
+//! settings, signed pushes, image deploys, a Docker Hub registry webhook (whose URL carries the
+//! secret) and bad requests (wrong tokens, wrong secrets, a too-short secret, malformed
+//! bodies); then its stderr (logs) and stdout (queued messages) hold none of the admin token,
+//! the organization tokens, the webhook secrets, nor the wrong ones the bad requests tried.
 
-use std::fs::File;
-use std::process::{Command, Stdio};
-
-mod common;
-
-use common::{BIN, free_port, http, wait_listening};
+use crate::harness::{Launch, http};
 
 const ADMIN: &str = "logs-admin-token-5f0c1d2e3a4b";
 const GITHUB_SECRET: &str = "logs-github-secret-7a8b9c0d";
@@ -64,20 +58,11 @@ fn base64(input: &str) -> String {
 
 #[test]
 fn a_full_run_at_trace_level_logs_no_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = Command::new(BIN)
-        .args(["serve", "--print-deployments", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--database")
-        .arg(dir.path().join("autodeploy.db"))
-        .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::from(File::create(&stdout_path).unwrap()))
-        .stderr(Stdio::from(File::create(&stderr_path).unwrap()))
-        .spawn()
-        .unwrap();
-    wait_listening(port);
+    let mut server = Launch::new(ADMIN)
+        .env("RUST_LOG", Some("trace"))
+        .args(["--print-deployments"])
+        .start();
+    let port = server.port;
 
     let admin = format!("Token {ADMIN}");
     let json = ("Content-Type", "application/json");
@@ -401,16 +386,8 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     );
 
     // Stop, then read everything the process wrote.
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().unwrap().success());
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap();
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(server.terminate().success());
+    let (stdout, stderr) = (server.stdout(), server.stderr());
     assert!(stdout.lines().count() >= 4, "queued messages: {stdout}");
     assert!(stderr.lines().count() >= 5, "RUST_LOG=trace logged little: {stderr}");
     let mut secrets: Vec<String> = [ADMIN, GITHUB_SECRET, GITLAB_SECRET, AZURE_SECRET, DOCKERHUB_SECRET]

@@ -1,16 +1,13 @@
-//! Hostile HTTP clients against the real standalone binary ("Prove it" issue, item 4b/4c;
-//! README "Proof: faults, races, durability, load"): oversized headers are refused or the
-//! connection closed, never a crash; slow headers and slow bodies are timed out
-//! (`--header-timeout`, `--body-timeout`) while other clients are served; the server still
+//! Hostile HTTP clients against the real standalone binary (docs/proofs.md): oversized headers
+//! are refused or the connection closed, never a crash; slow headers and slow bodies are timed
+//! out (`--header-timeout`, `--body-timeout`) while other clients are served; the server still
 //! answers `/health` after each.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::Server;
+use crate::harness::{Server, read_response};
 
 const ADMIN: &str = "hostile-admin-token-0123456789";
 /// The timeouts the server under test runs with (seconds).
@@ -20,7 +17,7 @@ const BODY_TIMEOUT: u64 = 2;
 /// The server under test: this file's timeouts.
 fn server() -> Server {
     let (header, body) = (HEADER_TIMEOUT.to_string(), BODY_TIMEOUT.to_string());
-    Server::start(ADMIN, &["--header-timeout", &header, "--body-timeout", &body], false)
+    Server::start(ADMIN, &["--header-timeout", &header, "--body-timeout", &body])
 }
 
 impl Server {
@@ -42,24 +39,6 @@ impl Server {
         assert_eq!(status, 200);
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
-}
-
-/// Read until the server closes: `Some((status, raw))`, or `None` when it closed (or reset)
-/// without an answer.
-fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading the answer: {e} (a timeout means the server never closed)"),
-        }
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.get(9..12)?.parse().ok()?;
-    Some((status, text))
 }
 
 /// Write what we can; the server may close (or reset) the connection on us halfway.
@@ -175,15 +154,7 @@ fn slow_bodies_are_timed_out_while_others_are_served() {
     let mut server = server();
     // With a secret configured the server must read the body to verify it (without one it
     // refuses before reading anything).
-    let auth = format!("Token {ADMIN}");
-    let (status, _) = common::http(
-        server.port,
-        "PUT",
-        "/organization/acme/webhook-secrets/github",
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
-        br#"{"secret": "a-webhook-secret-for-slow-bodies"}"#,
-    );
-    assert_eq!(status, 204);
+    server.set_webhook_secret(ADMIN, "github", "a-webhook-secret-for-slow-bodies");
     let head = "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
                 X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n";
     // Stalled: headers, ten bytes of a 1,000-byte body, then nothing.

@@ -1,19 +1,16 @@
-//! Durability of the standalone server ("Prove it" issue, item 2; README "Proof: faults,
-//! races, durability, load"): the real binary under a load of signed, distinct GitHub pushes
-//! from several threads is killed with SIGKILL mid-load, restarted on the same database, and
-//! every push that was answered 202 has its deployment in the log and its message in the
-//! queue table — SPEC "a process killed at any moment loses nothing it acknowledged".
+//! Durability of the standalone server (docs/proofs.md): the real binary under a load of
+//! signed, distinct GitHub pushes from several threads is killed with SIGKILL mid-load,
+//! restarted on the same database, and every push that was answered 202 has its deployment in
+//! the log and its message in the queue table — SPEC "a process killed at any moment loses
+//! nothing it acknowledged".
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::{BIN, free_port, try_http, wait_listening};
+use crate::harness::{Launch, Server, try_http};
 
 const ADMIN: &str = "durability-admin-token-0123456789";
 const SECRET: &str = "durability-webhook-secret-0123";
@@ -23,19 +20,8 @@ const THREADS: usize = 8;
 /// SIGKILL once this many pushes were acknowledged.
 const KILL_AFTER: usize = 60;
 
-fn start(db: &Path, port: u16) -> Child {
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--database")
-        .arg(db)
-        .env("AUTODEPLOY_ADMIN_TOKEN", ADMIN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port);
-    child
+fn start(db: &Path) -> Server {
+    Launch::new(ADMIN).database(db).env("RUST_LOG", Some("warn")).start()
 }
 
 fn push_body(i: usize) -> Vec<u8> {
@@ -118,8 +104,8 @@ fn queue_table(db: &PathBuf) -> Vec<String> {
 fn sigkill_mid_load_loses_no_acknowledged_push() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("autodeploy.db");
-    let port = free_port();
-    let mut server = start(&db, port);
+    let mut server = start(&db);
+    let port = server.port;
     let auth = format!("Token {ADMIN}");
     let json = ("Content-Type", "application/json");
     let service = format!(
@@ -135,16 +121,7 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
     )
     .unwrap();
     assert_eq!(status, 201, "{body}");
-    let secret = format!(r#"{{"secret": "{SECRET}"}}"#);
-    let (status, _) = try_http(
-        port,
-        "PUT",
-        "/organization/acme/webhook-secrets/github",
-        &[("Authorization", &auth), json],
-        secret.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(status, 204);
+    server.set_webhook_secret(ADMIN, "github", SECRET);
 
     // 8 threads share 200 distinct pushes; each records the deployment id of every 202.
     let next = Arc::new(AtomicUsize::new(0));
@@ -192,8 +169,7 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
         assert!(Instant::now() < deadline, "the load did not get going");
         std::thread::sleep(Duration::from_millis(1));
     }
-    server.kill().unwrap(); // SIGKILL
-    server.wait().unwrap();
+    server.kill();
     for w in workers {
         w.join().unwrap();
     }
@@ -208,8 +184,8 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
     assert!(failed.load(Ordering::SeqCst) > 0, "no request was cut off by the kill");
 
     // Restart on the same database: nothing acknowledged is missing.
-    let port = free_port();
-    let mut server = start(&db, port);
+    let mut server = start(&db);
+    let port = server.port;
     let logged = logged_deployments(port);
     let missing: Vec<_> = acked.iter().filter(|(_, id)| !logged.contains(id)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
@@ -270,6 +246,5 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
         queue.into_iter().collect::<BTreeSet<_>>(),
         commits.into_keys().collect()
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 }

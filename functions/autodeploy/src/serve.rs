@@ -1,0 +1,339 @@
+//! HTTP/1.1 on the bound listeners: read timeouts, a cap on open connections, and a graceful
+//! shutdown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tower::ServiceExt;
+
+/// At most one line per this long for each warning a flood can repeat.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy)]
+pub struct Settings {
+    /// A client gets this long to send a request's headers (also the idle time allowed on a
+    /// kept-alive connection before its next request); the connection is closed after it.
+    pub header_timeout: Duration,
+    /// A client gets this long to send a request's whole body, once its headers are read; a
+    /// slower body is refused (400) and its connection closed.
+    pub body_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+/// Serve `router` on `listeners` until `shutdown`; then stop accepting, let every connection
+/// finish its request in flight (bounded by the timeouts), close idle ones, and return.
+///
+/// At most `settings.max_connections` are open at once. At the cap, each new connection
+/// closes the oldest idle one (a connection between requests, or still sending its headers),
+/// as nginx reuses its idle connections: clients holding sockets open without a request
+/// cannot lock others out. When every connection is busy, the new one waits for the first to
+/// finish its request (the others stay queued by the kernel).
+pub async fn serve_http(
+    listeners: Vec<TcpListener>,
+    router: Router,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .keep_alive(true);
+    let connections = Arc::new(Connections::new(settings.max_connections));
+    let mut accept_failed = Throttle::new(WARN_EVERY);
+    let mut at_the_cap = Throttle::new(WARN_EVERY);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = accept_any(&listeners) => match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if let Some(suppressed) = accept_failed.ready(Instant::now()) {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
+                    // Out of descriptors: free one, and wait a little rather than spin.
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        connections.close_oldest();
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.as_mut() => break,
+        };
+        let slot = match connections.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(suppressed) = at_the_cap.ready(Instant::now()) {
+                    tracing::warn!(
+                        max_connections = settings.max_connections,
+                        suppressed,
+                        "at the connection limit: closing the oldest idle connections for new ones"
+                    );
+                }
+                connections.close_oldest();
+                tokio::select! {
+                    slot = connections.slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = shutdown.as_mut() => break,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (id, state) = connections.open();
+        let service = {
+            let (router, state) = (router.clone(), state.clone());
+            let body_timeout = settings.body_timeout;
+            hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let busy = Busy::new(state.clone());
+                let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
+                let response = router.clone().oneshot(request);
+                async move {
+                    let response = response.await;
+                    drop(busy);
+                    response
+                }
+            })
+        };
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection closed with an error");
+                        }
+                        break;
+                    }
+                    () = state.close.notified(), if !closing => {
+                        // Closes it now if idle, else after the response in flight.
+                        connection.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+            connections.forget(id);
+            drop(slot);
+        });
+    }
+    drop(listeners);
+    connections.close_all();
+    // Every slot back: every connection has ended.
+    let all = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let _ = connections.slots.acquire_many(all).await;
+}
+
+/// The next connection on any of `listeners`.
+async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<TcpStream> {
+    std::future::poll_fn(|cx| {
+        for listener in listeners {
+            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return Poll::Ready(accepted.map(|(stream, _)| stream));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The open connections, oldest first, and the slots they hold.
+struct Connections {
+    slots: Arc<Semaphore>,
+    open: Mutex<BTreeMap<u64, Arc<ConnectionState>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct ConnectionState {
+    /// A request is being answered.
+    busy: AtomicBool,
+    /// Asks the connection to close once idle.
+    close: Notify,
+}
+
+impl Connections {
+    fn new(max: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))),
+            open: Mutex::default(),
+            next_id: Default::default(),
+        }
+    }
+
+    fn open(&self) -> (u64, Arc<ConnectionState>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnectionState::default());
+        self.lock().insert(id, state.clone());
+        (id, state)
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Ask the oldest idle connection to close, or the oldest one when none is idle (it
+    /// closes after its response).
+    fn close_oldest(&self) {
+        let mut open = self.lock();
+        let oldest = open
+            .iter()
+            .find(|(_, state)| !state.busy.load(Ordering::Acquire))
+            .or_else(|| open.iter().next())
+            .map(|(id, _)| *id);
+        if let Some(state) = oldest.and_then(|id| open.remove(&id)) {
+            state.close.notify_one();
+        }
+    }
+
+    fn close_all(&self) {
+        for (_, state) in std::mem::take(&mut *self.lock()) {
+            state.close.notify_one();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnectionState>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Marks a connection busy while one of its requests is answered.
+struct Busy(Arc<ConnectionState>);
+
+impl Busy {
+    fn new(state: Arc<ConnectionState>) -> Self {
+        state.busy.store(true, Ordering::Release);
+        Self(state)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
+}
+
+/// A warning repeated by a flood, logged at most once per `every` with the count of the
+/// ones left out since.
+pub struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(left out since the last one)` when the warning is to be logged at `now`.
+    pub fn ready(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.every)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// A request body that fails once `deadline` has passed since the request's headers were
+/// read, however it trickles in.
+struct DeadlineBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Incoming, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new("the request body was not received in time")))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_per_period_with_the_count_left_out() {
+        let mut throttle = Throttle::new(Duration::from_secs(5));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(throttle.ready(at(0)), Some(0));
+        // Every 50 ms for 5 s: all left out.
+        for ms in (50..5000).step_by(50) {
+            assert_eq!(throttle.ready(at(ms)), None, "{ms}");
+        }
+        assert_eq!(throttle.ready(at(5000)), Some(99));
+        assert_eq!(throttle.ready(at(5001)), None);
+        assert_eq!(throttle.ready(at(60_000)), Some(1));
+    }
+
+    #[test]
+    fn the_oldest_idle_connection_is_closed_first() {
+        let connections = Connections::new(3);
+        let opened: Vec<_> = (0..3).map(|_| connections.open()).collect();
+        let busy = Busy::new(opened[0].1.clone());
+        connections.close_oldest();
+        // The oldest is busy: the next one is asked to close, and only it.
+        let remaining: Vec<u64> = connections.lock().keys().copied().collect();
+        assert_eq!(remaining, [opened[0].0, opened[2].0]);
+        // Every one busy: the oldest closes after its response.
+        let _also = Busy::new(opened[2].1.clone());
+        connections.close_oldest();
+        let remaining: Vec<u64> = connections.lock().keys().copied().collect();
+        assert_eq!(remaining, [opened[2].0]);
+        drop(busy);
+        connections.close_all();
+        assert!(connections.lock().is_empty());
+    }
+}

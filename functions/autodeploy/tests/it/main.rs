@@ -1,0 +1,11 @@
+//! The standalone `autodeploy` binary's integration tests, as one test binary: each module
+//! starts the real process and talks to it over sockets, through the shared [`harness`].
+
+mod cli;
+mod connections;
+mod durability;
+mod files;
+mod harness;
+mod hostile_http;
+mod memory;
+mod secrets_in_logs;
