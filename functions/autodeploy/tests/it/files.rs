@@ -93,3 +93,60 @@ fn the_secret_key_comes_from_the_operator_or_is_created_beside_the_database() {
     assert!(!stderr.contains("my-secret-passphrase"), "{stderr}");
     assert!(!database.exists());
 }
+
+/// The secrets kept in the database are sealed: neither the database nor its journal holds
+/// one in the clear, they are read back with the key, and another key (or none) is refused at
+/// start-up rather than failing every delivery later.
+#[test]
+fn secrets_are_sealed_at_rest_and_only_their_key_opens_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("autodeploy.db");
+    let secret = "files-webhook-secret-0123";
+    let mut server = Launch::new(ADMIN)
+        .database(&database)
+        .env("AUTODEPLOY_SECRET_KEY", Some(KEY))
+        .start();
+    store_a_secret(&server);
+    server.kill();
+    for file in &files(&database)[..3] {
+        if let Ok(bytes) = std::fs::read(file) {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(secret), "{} holds the secret in the clear", file.display());
+        }
+    }
+    // The right key opens it: a delivery signed with the secret is believed.
+    let server = Launch::new(ADMIN)
+        .database(&database)
+        .env("AUTODEPLOY_SECRET_KEY", Some(KEY))
+        .start();
+    let body = br#"{"zen": "sealed"}"#;
+    let signature = {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let (status, answer) = crate::harness::http(
+        server.port,
+        "POST",
+        "/organization/acme/webhooks/github",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "ping"),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    drop(server);
+    // Another key is refused, and says so without repeating either key.
+    let other = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let out = Launch::new(ADMIN)
+        .database(&database)
+        .env("AUTODEPLOY_SECRET_KEY", Some(other))
+        .run();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not open the secrets"), "{stderr}");
+    assert!(!stderr.contains(other) && !stderr.contains(KEY), "{stderr}");
+}
