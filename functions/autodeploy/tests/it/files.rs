@@ -111,7 +111,11 @@ fn secrets_are_sealed_at_rest_and_only_their_key_opens_them() {
     for file in &files(&database)[..3] {
         if let Ok(bytes) = std::fs::read(file) {
             let text = String::from_utf8_lossy(&bytes);
-            assert!(!text.contains(secret), "{} holds the secret in the clear", file.display());
+            assert!(
+                !text.contains(secret),
+                "{} holds the secret in the clear",
+                file.display()
+            );
         }
     }
     // The right key opens it: a delivery signed with the secret is believed.

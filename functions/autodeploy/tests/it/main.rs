@@ -4,6 +4,7 @@
 mod cli;
 mod connections;
 mod durability;
+mod examples;
 mod files;
 mod harness;
 mod hostile_http;
