@@ -1,5 +1,5 @@
 //! AWS-like latencies without AWS, and services seeded in bulk: what the cost and CPU
-//! measurements (`tests/tests/aws_cost.rs`, `examples/lambda_cpu.rs`) share.
+//! measurements (`tests/tests/it/aws_cost.rs`, `examples/lambda_cpu.rs`) share.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

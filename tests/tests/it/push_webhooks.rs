@@ -3,13 +3,10 @@
 //! standalone stack (SQLite, whose queue is a table); the cases whose outcome goes through
 //! the store run on both stores (SQLite, and DynamoDB and SQS on moto).
 
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{ADMIN, Api, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome, provider_headers};
 use autodeploy_core::repo_url::normalize_repository_url;
-use common::{ADMIN, Api, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome, provider_headers};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 

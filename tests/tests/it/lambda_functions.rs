@@ -3,10 +3,9 @@
 //! `image-tag` dispatch between API Gateway requests and EventBridge ECR events, and the
 //! relay sending what was recorded while SQS did not answer.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{ADMIN, Api, WEBHOOK_SECRET, fixture_json, hmac_hex};
 use autodeploy_api::admin::NoAdminToken;
 use autodeploy_api::aws::lambda_events::{EventError, ImageTagHandler, relay};
 use autodeploy_api::aws::{SecretsManagerAdminToken, SqsQueue};
@@ -14,7 +13,6 @@ use autodeploy_api::store::{DeploymentQueue, Store};
 use autodeploy_api::web::{AppState, push_router};
 use autodeploy_tests::fake_lambda::{ECR_REGISTRY, ecr_event, http_api_event, receive_all, response_body};
 use autodeploy_tests::{AwsFixture, aws_fixture, moto_url, unique_name};
-use common::{ADMIN, Api, WEBHOOK_SECRET, fixture_json, hmac_hex};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use lambda_http::lambda_runtime::{Context, LambdaEvent};

@@ -3,13 +3,11 @@
 //! lost, never turns into an error, and the push's outcome agrees with what was recorded.
 //! ("Prove it" issue, item 1; README "Proof: faults, races, durability, load".)
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ADMIN, Api, fixture_json, outcome};
+use crate::common::{ADMIN, Api, fixture_json, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 

@@ -5,9 +5,7 @@
 //! B's whole state is compared before and after, and B's own credentials still work. On
 //! SQLite and on DynamoDB + SQS FIFO (moto).
 
-mod common;
-
-use common::{ADMIN, Api, WEBHOOK_SECRET, fixture, hmac_hex, provider_headers};
+use crate::common::{ADMIN, Api, WEBHOOK_SECRET, fixture, hmac_hex, provider_headers};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 

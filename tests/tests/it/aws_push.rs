@@ -9,18 +9,16 @@
 //! `SDK_ATTEMPTS` (3) attempts and millisecond backoff, so one failed SDK call is exactly
 //! three requests at the proxy; no SDK timeout is set, as in production.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{Api, AwsStack as Stack, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::aws::SqsQueue;
 use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use autodeploy_api::store::ServiceStore;
 use autodeploy_api::web::AppState;
 use autodeploy_tests::fault_proxy::{Count, Failure, Fault, ReceivedMessage, SDK_ATTEMPTS, action};
-use common::{Api, AwsStack as Stack, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -49,24 +47,6 @@ impl Stack {
         assert_eq!(self.aws.relay().await, RelayReport { pending: n, sent: n });
         assert_eq!(message_ids(&self.aws.drain().await), deployment_ids(r));
         assert_eq!(self.log().await, each(services, "QUEUED"));
-    }
-
-    /// `(service_id, status)` of every deployment recorded, sorted.
-    async fn log(&self) -> Vec<(String, String)> {
-        let mut log: Vec<(String, String)> = self
-            .api
-            .deployments("acme")
-            .await
-            .iter()
-            .map(|d| {
-                (
-                    d["service_id"].as_str().unwrap().to_owned(),
-                    d["status"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        log.sort();
-        log
     }
 }
 
@@ -605,7 +585,7 @@ async fn a_push_after_an_outage_waits_behind_the_older_pending_deployment() {
         AppState::new(
             stack.aws.store.clone(),
             stack.aws.queue.clone(),
-            Arc::new(StaticAdminToken::new(common::ADMIN)),
+            Arc::new(StaticAdminToken::new(crate::common::ADMIN)),
         )
         .with_in_flight_horizon(horizon),
     );

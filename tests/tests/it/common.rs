@@ -3,7 +3,7 @@
 
 /// Runs each case — an `async fn(Api)` of the file — on both stores: SQLite (`Api::new`), and
 /// DynamoDB and SQS on moto through the real AWS SDK (`Api::on_moto`). Declare the module with
-/// `#[macro_use] mod common;`.
+/// `#[macro_use] mod common;` in `main.rs`.
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {$(
         mod $case {
@@ -55,6 +55,24 @@ impl AwsStack {
         let stack = Self::new().await;
         stack.api.set_secret("acme", "github").await;
         stack
+    }
+
+    /// `(service_id, status)` of every deployment recorded, sorted.
+    pub async fn log(&self) -> Vec<(String, String)> {
+        let mut log: Vec<(String, String)> = self
+            .api
+            .deployments("acme")
+            .await
+            .iter()
+            .map(|d| {
+                (
+                    d["service_id"].as_str().unwrap().to_owned(),
+                    d["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        log.sort();
+        log
     }
 }
 

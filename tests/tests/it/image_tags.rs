@@ -5,13 +5,10 @@
 //! DynamoDB and SQS FIFO on moto, the messages read off the queue); request validation,
 //! authentication and signature checks, which stop before the store, on SQLite.
 
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome};
 use axum::body::Body;
-use common::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome};
 use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 

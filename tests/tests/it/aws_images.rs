@@ -7,13 +7,11 @@
 //!
 //! The faulted clients make `SDK_ATTEMPTS` (3) attempts per call with millisecond backoff.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::{ADMIN, AwsStack as Stack, Reply, deployment_ids, message_ids, outcome};
 use autodeploy_api::pipeline::RelayReport;
 use autodeploy_tests::fault_proxy::{Count, Fault, SDK_ATTEMPTS, action};
-use common::{ADMIN, AwsStack as Stack, Reply, deployment_ids, message_ids, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -61,24 +59,6 @@ impl Stack {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         r
-    }
-
-    /// `(service_id, status)` of every deployment recorded, sorted.
-    async fn log(&self) -> Vec<(String, String)> {
-        let mut log: Vec<(String, String)> = self
-            .api
-            .deployments("acme")
-            .await
-            .iter()
-            .map(|d| {
-                (
-                    d["service_id"].as_str().unwrap().to_owned(),
-                    d["status"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        log.sort();
-        log
     }
 }
 
