@@ -281,13 +281,13 @@ impl Drop for FunctionProcess {
 /// Start `exe` with the SDK environment (an endpoint nothing listens on) and `vars`, expecting
 /// it to refuse to start: asserts that it exits unsuccessfully, without a panic, and returns
 /// what it wrote, for the caller to check that it names what is missing.
-pub async fn start_up_failure(exe: &str, vars: &[(&str, &str)]) -> String {
+pub async fn start_up_failure(exe: impl AsRef<Path>, vars: &[(&str, &str)]) -> String {
     let mut env = moto_env("http://127.0.0.1:9");
     env.extend(env_vars(vars));
-    let mut function = FunctionProcess::spawn(exe, &env);
+    let mut function = FunctionProcess::spawn(&exe, &env);
     let status = function.wait_exit(Duration::from_secs(30)).await;
     let logs = function.logs();
-    assert!(!status.success(), "{exe} started: {logs}");
+    assert!(!status.success(), "{} started: {logs}", exe.as_ref().display());
     assert!(!logs.contains("panicked"), "{logs}");
     logs
 }

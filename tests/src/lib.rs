@@ -8,6 +8,7 @@
 
 pub mod fake_lambda;
 pub mod fault_proxy;
+pub mod functions;
 pub mod latency_stub;
 
 use std::collections::{BTreeMap, HashMap};

@@ -11,6 +11,7 @@ mod aws_push;
 mod hostile_input;
 mod https_client;
 mod image_tags;
+mod lambda_binaries;
 mod lambda_functions;
 mod push_webhooks;
 mod races;

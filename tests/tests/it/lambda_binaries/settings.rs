@@ -4,15 +4,20 @@
 use autodeploy_tests::fake_lambda::{
     FakeLambdaRuntime, FunctionProcess, env_vars, http_api_event, moto_env, response_body, start_up_failure,
 };
+use autodeploy_tests::functions::function_exe;
 use autodeploy_tests::{aws_fixture, moto_url};
 use serde_json::json;
+use std::path::PathBuf;
 
-const EXE: &str = env!("CARGO_BIN_EXE_settings");
+/// The function's executable.
+fn exe() -> PathBuf {
+    function_exe("settings")
+}
 const ADMIN: &str = "settings-admin-token-0123456789";
 
 #[tokio::test]
 async fn without_its_table_it_stops_naming_the_variable() {
-    let logs = start_up_failure(EXE, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]).await;
+    let logs = start_up_failure(exe(), &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]).await;
     assert!(logs.contains("AUTODEPLOY_TABLE"), "{logs}");
 }
 
@@ -27,7 +32,7 @@ async fn serves_the_settings_api_with_no_queue_configured() {
         ("AUTODEPLOY_TABLE", &fx.table),
         ("AUTODEPLOY_ADMIN_TOKEN", ADMIN),
     ]));
-    let function = FunctionProcess::spawn(EXE, &vars);
+    let function = FunctionProcess::spawn(exe(), &vars);
     let auth = format!("Token {ADMIN}");
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
 

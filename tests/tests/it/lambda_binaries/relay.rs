@@ -1,6 +1,8 @@
 //! The `relay` binary as Lambda runs it: a scheduled event from the Lambda Runtime API (a
 //! stand-in), state on moto.
 
+use autodeploy_tests::functions::function_exe;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use autodeploy_api::aws::SqsQueue;
@@ -11,12 +13,15 @@ use autodeploy_tests::fake_lambda::{
 use autodeploy_tests::{aws_fixture, moto_url, unique_name};
 use serde_json::{Value, json};
 
-const EXE: &str = env!("CARGO_BIN_EXE_relay");
+/// The function's executable.
+fn exe() -> PathBuf {
+    function_exe("relay")
+}
 const SECRET: &str = "github-webhook-secret-0123456789";
 
 #[tokio::test]
 async fn without_its_queue_it_stops_naming_the_variable() {
-    let logs = start_up_failure(EXE, &[("AUTODEPLOY_TABLE", "t")]).await;
+    let logs = start_up_failure(exe(), &[("AUTODEPLOY_TABLE", "t")]).await;
     assert!(logs.contains("AUTODEPLOY_QUEUE_URL"), "{logs}");
 }
 
@@ -81,7 +86,7 @@ async fn sends_what_was_recorded_while_sqs_was_down() {
         ("AUTODEPLOY_TABLE", &fx.table),
         ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
     ]));
-    let function = FunctionProcess::spawn(EXE, &vars);
+    let function = FunctionProcess::spawn(exe(), &vars);
     let report = runtime.invoke(scheduled_event()).await.response();
     assert_eq!(report, json!({"pending": 1, "sent": 1}), "{}", function.logs());
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;

@@ -1,6 +1,8 @@
 //! The `push-webhook` binary as Lambda runs it: configuration from the environment, events from
 //! the Lambda Runtime API (a stand-in), state on moto.
 
+use autodeploy_tests::functions::function_exe;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use autodeploy_tests::fake_lambda::{
@@ -9,12 +11,15 @@ use autodeploy_tests::fake_lambda::{
 };
 use autodeploy_tests::{aws_fixture, moto_url};
 
-const EXE: &str = env!("CARGO_BIN_EXE_push-webhook");
+/// The function's executable.
+fn exe() -> PathBuf {
+    function_exe("push-webhook")
+}
 const SECRET: &str = "github-webhook-secret-0123456789";
 
 #[tokio::test]
 async fn without_its_table_it_stops_naming_the_variable() {
-    let logs = start_up_failure(EXE, &[]).await;
+    let logs = start_up_failure(exe(), &[]).await;
     assert!(logs.contains("AUTODEPLOY_TABLE"), "{logs}");
 }
 
@@ -22,7 +27,7 @@ async fn without_its_table_it_stops_naming_the_variable() {
 async fn outside_lambda_it_stops_with_a_message() {
     // No admin token configured: this function never needs one.
     let logs = start_up_failure(
-        EXE,
+        exe(),
         &[
             ("AUTODEPLOY_TABLE", "t"),
             ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
@@ -46,7 +51,7 @@ async fn serves_push_deliveries() {
         // Even at TRACE, no raw event reaches the log.
         ("RUST_LOG", "trace"),
     ]));
-    let function = FunctionProcess::spawn(EXE, &vars);
+    let function = FunctionProcess::spawn(exe(), &vars);
 
     let body = serde_json::to_vec(&push).unwrap();
     let event = http_api_event(

@@ -1,6 +1,8 @@
 //! The `image-tag` binary as Lambda runs it: API Gateway requests and EventBridge ECR events
 //! from the Lambda Runtime API (a stand-in), state on moto.
 
+use autodeploy_tests::functions::function_exe;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +13,10 @@ use autodeploy_tests::fake_lambda::{
 use autodeploy_tests::{AwsFixture, aws_fixture, moto_url};
 use serde_json::{Value, json};
 
-const EXE: &str = env!("CARGO_BIN_EXE_image-tag");
+/// The function's executable.
+fn exe() -> PathBuf {
+    function_exe("image-tag")
+}
 const ADMIN: &str = "image-tag-admin-token-0123456789";
 const DOCKERHUB_SECRET: &str = "dockerhub-secret-in-the-url-0123456789";
 
@@ -46,7 +51,7 @@ async fn ecr_container(fx: &AwsFixture) {
 #[tokio::test]
 async fn without_an_admin_token_it_stops_naming_the_variables() {
     let logs = start_up_failure(
-        EXE,
+        exe(),
         &[
             ("AUTODEPLOY_TABLE", "t"),
             ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
@@ -76,7 +81,7 @@ async fn deploys_ecr_pushes_and_serves_http() {
             ("AUTODEPLOY_STACK", "test-stack"),
         ],
     );
-    let function = FunctionProcess::spawn(EXE, &vars);
+    let function = FunctionProcess::spawn(exe(), &vars);
 
     let outcome = runtime.invoke(ecr_event("PUSH", "team/api", "1.4.0")).await.response();
     assert_eq!(outcome["status"], 202, "{outcome}\n{}", function.logs());
@@ -196,7 +201,10 @@ async fn without_an_ecr_organization_http_still_works() {
     .await;
     assert_eq!(status, 201);
     let runtime = FakeLambdaRuntime::start().await;
-    let function = FunctionProcess::spawn(EXE, &function_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]));
+    let function = FunctionProcess::spawn(
+        exe(),
+        &function_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]),
+    );
     // Unset is the stack without ECR (the template's default): nothing to warn about at
     // every cold start.
     assert!(
@@ -269,7 +277,7 @@ async fn an_invalid_ecr_organization_is_logged_at_start() {
     let fx = aws_fixture().await;
     let runtime = FakeLambdaRuntime::start().await;
     let function = FunctionProcess::spawn(
-        EXE,
+        exe(),
         &function_env(
             &fx,
             &runtime,
