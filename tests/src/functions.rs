@@ -15,6 +15,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use crate::fake_lambda::{FakeLambdaRuntime, env_vars, moto_env};
+use crate::{AwsFixture, moto_url};
+
 /// The workspace's Lambda function packages, each building one executable of its name.
 pub const FUNCTIONS: [&str; 4] = ["image-tag", "push-webhook", "relay", "settings"];
 
@@ -76,4 +79,14 @@ fn build_functions() -> BTreeMap<String, PathBuf> {
         assert!(built.contains_key(name), "cargo built no executable {name}");
     }
     built
+}
+
+/// A function's environment: the SDK on moto, the Lambda Runtime API of `runtime`, the table of
+/// `fx`, and `vars`.
+pub fn function_env(fx: &AwsFixture, runtime: &FakeLambdaRuntime, vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = moto_env(&moto_url());
+    env.extend(runtime.env());
+    env.extend(env_vars(&[("AUTODEPLOY_TABLE", &fx.table)]));
+    env.extend(env_vars(vars));
+    env
 }

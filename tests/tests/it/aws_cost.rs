@@ -22,10 +22,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{Api, AwsStack as Stack, fixture};
+use crate::aws_stack::AwsStack as Stack;
 use autodeploy_api::aws::{DynamoStore, SqsQueue};
 use autodeploy_tests::fault_proxy::action;
 use autodeploy_tests::latency_stub::{LatencyStub, Seed, seed, seeds, unrelated};
+use autodeploy_tests::{Api, fixture};
 use http::StatusCode;
 
 /// The repository of the real fixture `github/gp-push.json` (branch `master`).

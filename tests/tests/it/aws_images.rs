@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use crate::common::{ADMIN, AwsStack as Stack, Reply, deployment_ids, message_ids, outcome};
+use crate::aws_stack::AwsStack as Stack;
 use autodeploy_api::pipeline::RelayReport;
 use autodeploy_tests::fault_proxy::{Count, Fault, SDK_ATTEMPTS, action};
+use autodeploy_tests::{ADMIN, Reply, deployment_ids, message_ids, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 

@@ -12,13 +12,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{Api, AwsStack as Stack, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
+use crate::aws_stack::AwsStack as Stack;
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::aws::SqsQueue;
 use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use autodeploy_api::store::ServiceStore;
 use autodeploy_api::web::AppState;
-use autodeploy_tests::fault_proxy::{Count, Failure, Fault, ReceivedMessage, SDK_ATTEMPTS, action};
+use autodeploy_tests::ReceivedMessage;
+use autodeploy_tests::fault_proxy::{Count, Failure, Fault, SDK_ATTEMPTS, action};
+use autodeploy_tests::{Api, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -585,7 +587,7 @@ async fn a_push_after_an_outage_waits_behind_the_older_pending_deployment() {
         AppState::new(
             stack.aws.store.clone(),
             stack.aws.queue.clone(),
-            Arc::new(StaticAdminToken::new(crate::common::ADMIN)),
+            Arc::new(StaticAdminToken::new(autodeploy_tests::ADMIN)),
         )
         .with_in_flight_horizon(horizon),
     );

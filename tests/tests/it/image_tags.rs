@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use crate::common::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome};
+use autodeploy_tests::on_both_stores;
+use autodeploy_tests::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome};
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};

@@ -1,13 +1,11 @@
 //! The integration tests, one binary (each test binary links the AWS SDK, so one is much
-//! cheaper to build than one per file): one module per area, sharing the harness of
-//! `common` and of this crate's library.
-
-#[macro_use]
-mod common;
+//! cheaper to build than one per file): one module per area, on the harness of this crate's
+//! library (`autodeploy_tests`).
 
 mod aws_cost;
 mod aws_images;
 mod aws_push;
+mod aws_stack;
 mod hostile_input;
 mod https_client;
 mod image_tags;

@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
-use crate::common::{ADMIN, Api, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome, provider_headers};
 use autodeploy_core::repo_url::normalize_repository_url;
+use autodeploy_tests::on_both_stores;
+use autodeploy_tests::{ADMIN, Api, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome, provider_headers};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 

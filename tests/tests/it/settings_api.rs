@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use crate::common::{ADMIN, Api};
 use autodeploy_api::admin::NoAdminToken;
 use autodeploy_api::store::InStoreQueue;
 use autodeploy_api::web::AppState;
 use autodeploy_tests::fault_proxy::{Fault, FaultyAws};
+use autodeploy_tests::on_both_stores;
+use autodeploy_tests::{ADMIN, Api};
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::common::{ADMIN, Api, Reply, fixture, outcome};
+use autodeploy_tests::{ADMIN, Api, Reply, fixture, outcome};
 use http::{Method, StatusCode};
 use rusqlite::Connection;
 use serde_json::json;

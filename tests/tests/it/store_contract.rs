@@ -1,5 +1,5 @@
 //! The store contract: one set of cases, each run against SQLite (`<case>::sqlite`) and
-//! against DynamoDB on moto (`<case>::dynamo`). A case asserts what the trait documentation
+//! against DynamoDB on moto (`<case>::dynamo`) by `on_both_stores!`. A case asserts what the trait documentation
 //! in `shared/api/src/store.rs` promises, never one backend's choice where the docs leave
 //! room (SQLite records deployments `QUEUED`, DynamoDB `PENDING`).
 //!
@@ -17,31 +17,10 @@ use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, Deploymen
 use autodeploy_core::model::{GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::registry_events::ImageSourceKind;
+use autodeploy_tests::{TestStore, on_both_stores};
 use futures::future::join_all;
 
-/// Generates `mod <case> { sqlite, dynamo }` test functions for each case
-/// `async fn <case>(store: &dyn Store)`.
-macro_rules! contract {
-    ($($case:ident),* $(,)?) => {
-        $(
-            mod $case {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let fixture = autodeploy_tests::sqlite_fixture();
-                    super::$case(&fixture.store).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn dynamo() {
-                    let fixture = autodeploy_tests::aws_fixture().await;
-                    super::$case(&fixture.store).await;
-                }
-            }
-        )*
-    };
-}
-
-contract!(
+on_both_stores!(
     ping,
     put_get_replace,
     list_services_in_pages,
@@ -245,11 +224,13 @@ async fn all_deployments(
 // ---------------------------------------------------------------------------------------------
 // Cases
 
-async fn ping(store: &dyn Store) {
+async fn ping(store: TestStore) {
+    let store: &dyn Store = &*store;
     store.ping().await.expect("ping");
 }
 
-async fn put_get_replace(store: &dyn Store) {
+async fn put_get_replace(store: TestStore) {
+    let store: &dyn Store = &*store;
     assert_eq!(store.get_service("acme", "api").await.expect("get"), None);
     let api = app("acme", "api", "acme/shop");
     let first = create(store, &api).await;
@@ -303,7 +284,8 @@ async fn put_get_replace(store: &dyn Store) {
     );
 }
 
-async fn list_services_in_pages(store: &dyn Store) {
+async fn list_services_in_pages(store: TestStore) {
+    let store: &dyn Store = &*store;
     let mut want: Vec<String> = (1..=7).map(|i| format!("svc-{i:02}")).collect();
     // Created out of order; another organization's services never show.
     for id in want.iter().rev() {
@@ -340,7 +322,8 @@ async fn list_services_in_pages(store: &dyn Store) {
     assert!(page.items.is_empty() && page.last_key.is_none());
 }
 
-async fn delete_service(store: &dyn Store) {
+async fn delete_service(store: TestStore) {
+    let store: &dyn Store = &*store;
     assert!(!store.delete_service("acme", "api", None).await.expect("delete absent"));
     let etag = create(store, &app("acme", "api", "acme/shop")).await;
 
@@ -373,7 +356,8 @@ async fn delete_service(store: &dyn Store) {
     assert_eq!(again.last_push, None, "a re-created service starts afresh");
 }
 
-async fn services_by_repository(store: &dyn Store) {
+async fn services_by_repository(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     let mut worker = app("acme", "worker", "acme/shop");
     worker.spec.auto_deploy = false;
@@ -429,7 +413,8 @@ async fn services_by_repository(store: &dyn Store) {
     assert_eq!(ids(&site), ["api"]);
 }
 
-async fn services_by_image_path(store: &dyn Store) {
+async fn services_by_image_path(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &container("acme", "web", "docker.io", "acme/web", "1.0.0")).await;
     create(store, &container("acme", "mirror", "ghcr.io", "acme/web", "1.0.0")).await;
     let mut off = container("acme", "off", "docker.io", "acme/web", "0.9.0");
@@ -483,7 +468,8 @@ async fn services_by_image_path(store: &dyn Store) {
     assert_eq!(ids(&other), ["mirror", "other"]);
 }
 
-async fn secrets(store: &dyn Store) {
+async fn secrets(store: TestStore) {
+    let store: &dyn Store = &*store;
     assert_eq!(store.get_secret("acme", "github").await.expect("get"), None);
     let first = SecretRecord {
         secret: "a-webhook-secret-of-some-length".to_owned(),
@@ -520,7 +506,8 @@ fn token(org: &str, id: &str, scopes: &[&str]) -> TokenRecord {
     }
 }
 
-async fn tokens(store: &dyn Store) {
+async fn tokens(store: TestStore) {
+    let store: &dyn Store = &*store;
     let tokens = [
         token("acme", "tok-b", &["deploy"]),
         token("acme", "tok-a", &["deploy", "manage"]),
@@ -562,7 +549,8 @@ async fn tokens(store: &dyn Store) {
     );
 }
 
-async fn record_with_push_guard(store: &dyn Store) {
+async fn record_with_push_guard(store: TestStore) {
+    let store: &dyn Store = &*store;
     let missing = store
         .record_deployment(&push_request("acme", "api"), &push("a..b"))
         .await
@@ -605,7 +593,8 @@ async fn record_with_push_guard(store: &dyn Store) {
 
 /// A redelivery of an older push (its answer was lost, a newer push came since) must not queue
 /// the old commit again: the delivery is remembered per service with its record.
-async fn a_delivery_records_once_per_service(store: &dyn Store) {
+async fn a_delivery_records_once_per_service(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     create(store, &app("acme", "worker", "acme/shop")).await;
     let record = async |service: &str, guard: Guard| {
@@ -637,7 +626,8 @@ async fn a_delivery_records_once_per_service(store: &dyn Store) {
     assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 4);
 }
 
-async fn record_with_service_unchanged_guard(store: &dyn Store) {
+async fn record_with_service_unchanged_guard(store: TestStore) {
+    let store: &dyn Store = &*store;
     let v1 = container("acme", "api", "docker.io", "acme/api", "1.0.0");
     let etag1 = create(store, &v1).await;
     // Give it a last push, which the guard's write must keep.
@@ -715,7 +705,8 @@ async fn record_with_service_unchanged_guard(store: &dyn Store) {
     assert_eq!(renamed[0].service, v3);
 }
 
-async fn concurrent_pushes_record_once(store: &dyn Store) {
+async fn concurrent_pushes_record_once(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     let requests: Vec<DeploymentRequest> = (0..20).map(|_| push_request("acme", "api")).collect();
     let guard = push("a..b");
@@ -732,7 +723,8 @@ async fn concurrent_pushes_record_once(store: &dyn Store) {
     assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 1);
 }
 
-async fn concurrent_replaces_one_wins(store: &dyn Store) {
+async fn concurrent_replaces_one_wins(store: TestStore) {
+    let store: &dyn Store = &*store;
     let etag = create(store, &app("acme", "api", "acme/shop")).await;
     let attempts: Vec<(Service, String)> = (0..20)
         .map(|i| {
@@ -765,7 +757,8 @@ async fn concurrent_replaces_one_wins(store: &dyn Store) {
     assert_eq!(got.service, attempts[winners[0]].0);
 }
 
-async fn list_deployments_newest_first(store: &dyn Store) {
+async fn list_deployments_newest_first(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     create(store, &app("acme", "worker", "acme/shop")).await;
     create(store, &app("other", "api", "acme/shop")).await;
@@ -858,7 +851,8 @@ async fn record_pushes(store: &dyn Store, orgs: &[&str]) -> Vec<(DeploymentReque
     recorded
 }
 
-async fn pending_until_marked_queued(store: &dyn Store) {
+async fn pending_until_marked_queued(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     create(store, &app("beta", "api", "beta/shop")).await;
     let recorded = record_pushes(store, &["acme", "beta", "acme"]).await;
@@ -907,7 +901,8 @@ async fn pending_until_marked_queued(store: &dyn Store) {
     }
 }
 
-async fn held_behind_older_pending(store: &dyn Store) {
+async fn held_behind_older_pending(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     create(store, &app("acme", "web", "acme/shop")).await;
     create(store, &app("beta", "api", "beta/shop")).await;
@@ -967,7 +962,8 @@ async fn held_behind_older_pending(store: &dyn Store) {
     assert!(store.held_behind_pending(&asked, &now).await.expect("held").is_empty());
 }
 
-async fn deliveries(store: &dyn Store) {
+async fn deliveries(store: TestStore) {
+    let store: &dyn Store = &*store;
     let now = 1_800_000_000;
     assert!(!store.delivery_seen("acme", "github", "d-1", now).await.expect("seen"));
     store

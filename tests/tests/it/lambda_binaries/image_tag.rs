@@ -1,16 +1,17 @@
 //! The `image-tag` binary as Lambda runs it: API Gateway requests and EventBridge ECR events
 //! from the Lambda Runtime API (a stand-in), state on moto.
 
-use autodeploy_tests::functions::function_exe;
+use autodeploy_tests::functions::{function_env, function_exe};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use autodeploy_tests::fake_lambda::{
-    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, env_vars, http_api_event, moto_env,
-    receive_all, response_body, start_up_failure,
+    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, env_vars, http_api_event, response_body,
+    start_up_failure,
 };
-use autodeploy_tests::{AwsFixture, aws_fixture, moto_url};
+use autodeploy_tests::receive_all;
+use autodeploy_tests::{AwsFixture, aws_fixture};
 use serde_json::{Value, json};
 
 /// The function's executable.
@@ -21,14 +22,15 @@ const ADMIN: &str = "image-tag-admin-token-0123456789";
 const DOCKERHUB_SECRET: &str = "dockerhub-secret-in-the-url-0123456789";
 
 /// The function's environment on `fx`, served by `runtime`, plus `extra`.
-fn function_env(fx: &AwsFixture, runtime: &FakeLambdaRuntime, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut vars = moto_env(&moto_url());
-    vars.extend(runtime.env());
-    vars.extend(env_vars(&[
-        ("AUTODEPLOY_TABLE", &fx.table),
-        ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
-        ("RUST_LOG", "trace"),
-    ]));
+fn image_tag_env(fx: &AwsFixture, runtime: &FakeLambdaRuntime, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut vars = function_env(
+        fx,
+        runtime,
+        &[
+            ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
+            ("RUST_LOG", "trace"),
+        ],
+    );
     vars.extend(env_vars(extra));
     vars
 }
@@ -68,7 +70,7 @@ async fn deploys_ecr_pushes_and_serves_http() {
     let runtime = FakeLambdaRuntime::start().await;
     // The admin token from a secret that does not exist: it is read only when a request
     // needs it, so ECR events never touch it.
-    let vars = function_env(
+    let vars = image_tag_env(
         &fx,
         &runtime,
         &[
@@ -88,7 +90,7 @@ async fn deploys_ecr_pushes_and_serves_http() {
     assert_eq!(outcome["queued"][0]["service_id"], "api", "{outcome}");
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].group_id, "acme/api");
+    assert_eq!(messages[0].group, "acme/api");
     assert_eq!(messages[0].body["trigger"]["source"], "ECR");
     assert_eq!(messages[0].body["image_tag"], "1.4.0");
 
@@ -203,7 +205,7 @@ async fn without_an_ecr_organization_http_still_works() {
     let runtime = FakeLambdaRuntime::start().await;
     let function = FunctionProcess::spawn(
         exe(),
-        &function_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]),
+        &image_tag_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]),
     );
     // Unset is the stack without ECR (the template's default): nothing to warn about at
     // every cold start.
@@ -278,7 +280,7 @@ async fn an_invalid_ecr_organization_is_logged_at_start() {
     let runtime = FakeLambdaRuntime::start().await;
     let function = FunctionProcess::spawn(
         exe(),
-        &function_env(
+        &image_tag_env(
             &fx,
             &runtime,
             &[
