@@ -205,8 +205,10 @@ impl Api {
         }
     }
 
-    /// Every deployment request queued since the API was created, as sent (SPEC's message):
-    /// the queue table on SQLite, the SQS queue on moto. Not for an API made with `on`.
+    /// Every deployment request queued since the API was created, as sent (SPEC's message),
+    /// in the order the queue hands them out: the queue table on SQLite, the SQS queue on moto
+    /// (where each message's deduplication id and group are checked too, as
+    /// [`message_ids`] does). Not for an API made with `on`.
     pub async fn queued_messages(&self) -> Vec<Value> {
         if let Some(store) = &self.sqlite {
             let queued = store.queued_messages(0, 10_000).await.unwrap();
@@ -217,6 +219,7 @@ impl Api {
         }
         let sqs = self.sqs.as_ref().expect("an API on SQLite (new) or on moto (on_moto)");
         let received = receive_all(&sqs.client, &sqs.url).await;
+        check_fifo_fields(&received);
         let mut taken = sqs.taken.lock().unwrap();
         taken.extend(received.into_iter().map(|m| m.body));
         taken.clone()
@@ -356,6 +359,23 @@ impl Api {
         r
     }
 
+    /// `(service_id, status)` of every deployment of `org`, sorted.
+    pub async fn statuses(&self, org: &str) -> Vec<(String, String)> {
+        let mut statuses: Vec<(String, String)> = self
+            .deployments(org)
+            .await
+            .iter()
+            .map(|d| {
+                (
+                    d["service_id"].as_str().unwrap().to_owned(),
+                    d["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        statuses.sort();
+        statuses
+    }
+
     /// The deployment log of `org`, newest first.
     pub async fn deployments(&self, org: &str) -> Vec<Value> {
         let r = self
@@ -412,13 +432,9 @@ pub fn deployment_ids(r: &Reply) -> Vec<String> {
 /// The deployment ids the messages carry, sorted, after checking that each message's
 /// deduplication id is its deployment id and its group the service's (organization `acme`).
 pub fn message_ids(messages: &[ReceivedMessage]) -> Vec<String> {
+    check_fifo_fields(messages);
     for m in messages {
-        assert_eq!(m.dedup, m.body["deployment_id"].as_str().unwrap(), "{m:?}");
-        assert_eq!(
-            m.group,
-            format!("acme/{}", m.body["service_id"].as_str().unwrap()),
-            "{m:?}"
-        );
+        assert_eq!(m.body["organization_id"], "acme", "{m:?}");
     }
     let mut v: Vec<String> = messages
         .iter()
@@ -426,4 +442,45 @@ pub fn message_ids(messages: &[ReceivedMessage]) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+/// Each message's deduplication id is its deployment id, and its group the service's
+/// (`{organization}/{service}`).
+fn check_fifo_fields(messages: &[ReceivedMessage]) {
+    for m in messages {
+        assert_eq!(m.dedup, m.body["deployment_id"].as_str().unwrap(), "{m:?}");
+        assert_eq!(
+            m.group,
+            format!(
+                "{}/{}",
+                m.body["organization_id"].as_str().unwrap(),
+                m.body["service_id"].as_str().unwrap()
+            ),
+            "{m:?}"
+        );
+    }
+}
+
+/// Each of `messages` is in the deployment `log`, `QUEUED`, as the very request that was sent.
+pub fn assert_logged_as_sent(log: &[Value], messages: &[Value]) {
+    for m in messages {
+        let mut logged = log
+            .iter()
+            .find(|d| d["deployment_id"] == m["deployment_id"])
+            .expect("the message's deployment is in the log")
+            .clone();
+        assert_eq!(logged["status"], "QUEUED");
+        logged.as_object_mut().unwrap().remove("status");
+        assert_eq!(&logged, m);
+    }
+}
+
+/// The deployment ids of queued messages (as [`Api::queued_messages`] returns them), sorted.
+pub fn sent_deployment_ids(messages: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = messages
+        .iter()
+        .map(|m| m["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
 }

@@ -13,7 +13,10 @@ pub mod functions;
 pub mod latency_stub;
 pub mod webhooks;
 
-pub use api::{ADMIN, Api, Entries, OnStore, Reply, TestStore, deployment_ids, message_ids, outcome};
+pub use api::{
+    ADMIN, Api, Entries, OnStore, Reply, TestStore, assert_logged_as_sent, deployment_ids, message_ids, outcome,
+    sent_deployment_ids,
+};
 pub use webhooks::{
     WEBHOOK_SECRET, fixture, fixture_bytes, fixture_json, github_signature, hmac_hex, provider_headers,
 };

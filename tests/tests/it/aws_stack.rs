@@ -28,19 +28,6 @@ impl AwsStack {
 
     /// `(service_id, status)` of every deployment recorded, sorted.
     pub async fn log(&self) -> Vec<(String, String)> {
-        let mut log: Vec<(String, String)> = self
-            .api
-            .deployments("acme")
-            .await
-            .iter()
-            .map(|d| {
-                (
-                    d["service_id"].as_str().unwrap().to_owned(),
-                    d["status"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        log.sort();
-        log
+        self.api.statuses("acme").await
     }
 }
