@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use autodeploy_tests::aws_fixture;
 use autodeploy_tests::fake_lambda::{
-    FakeLambdaRuntime, FunctionProcess, call_api, fixture_bytes, github_push_event, moto_env, response_body,
+    FakeLambdaRuntime, FunctionProcess, call_api, github_push_event, moto_env, response_body,
 };
+use autodeploy_tests::fixture_bytes;
 use serde_json::{Value, json};
 
 const SECRET: &str = "github-webhook-secret-0123456789";

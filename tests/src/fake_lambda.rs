@@ -20,6 +20,11 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use autodeploy_api::store::{DeploymentQueue, Store};
+
+use crate::api::{ADMIN, Api};
+use crate::webhooks::{fixture_bytes, github_signature};
+
 /// How long [`FakeLambdaRuntime::invoke`] waits for the function's answer.
 pub const INVOKE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -281,13 +286,13 @@ impl Drop for FunctionProcess {
 /// Start `exe` with the SDK environment (an endpoint nothing listens on) and `vars`, expecting
 /// it to refuse to start: asserts that it exits unsuccessfully, without a panic, and returns
 /// what it wrote, for the caller to check that it names what is missing.
-pub async fn start_up_failure(exe: &str, vars: &[(&str, &str)]) -> String {
+pub async fn start_up_failure(exe: impl AsRef<Path>, vars: &[(&str, &str)]) -> String {
     let mut env = moto_env("http://127.0.0.1:9");
     env.extend(env_vars(vars));
-    let mut function = FunctionProcess::spawn(exe, &env);
+    let mut function = FunctionProcess::spawn(&exe, &env);
     let status = function.wait_exit(Duration::from_secs(30)).await;
     let logs = function.logs();
-    assert!(!status.success(), "{exe} started: {logs}");
+    assert!(!status.success(), "{} started: {logs}", exe.as_ref().display());
     assert!(!logs.contains("panicked"), "{logs}");
     logs
 }
@@ -304,49 +309,6 @@ pub fn moto_env(moto_url: &str) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
-}
-
-/// A message taken off the deployments queue.
-#[derive(Debug, Clone)]
-pub struct ReceivedMessage {
-    pub group_id: String,
-    pub deduplication_id: String,
-    pub body: Value,
-}
-
-/// Every message on the FIFO queue at `url`, received and deleted (a FIFO group stays locked
-/// while a message of it is in flight), in the order SQS hands them out.
-pub async fn receive_all(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<ReceivedMessage> {
-    use aws_sdk_sqs::types::MessageSystemAttributeName;
-
-    let mut received = Vec::new();
-    loop {
-        let out = sqs
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("receive_message: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-        if out.messages().is_empty() {
-            return received;
-        }
-        for message in out.messages() {
-            let attrs = message.attributes().expect("message attributes");
-            received.push(ReceivedMessage {
-                group_id: attrs[&MessageSystemAttributeName::MessageGroupId].clone(),
-                deduplication_id: attrs[&MessageSystemAttributeName::MessageDeduplicationId].clone(),
-                body: serde_json::from_str(message.body().expect("a body")).expect("a JSON body"),
-            });
-            sqs.delete_message()
-                .queue_url(url)
-                .receipt_handle(message.receipt_handle().expect("a receipt handle"))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("delete_message: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
-        }
-    }
 }
 
 /// An API Gateway HTTP API event (payload format 2.0) as API Gateway sends it to a function:
@@ -440,52 +402,30 @@ pub fn response_body(response: &Value) -> Value {
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("a JSON body ({e}): {body}"))
 }
 
-/// The admin token of [`call_api`].
-pub const TEST_ADMIN_TOKEN: &str = "admin-token-for-function-tests-0123";
-
 /// One request to the whole HTTP API over `store` and `queue` (admin token
-/// [`TEST_ADMIN_TOKEN`]), to set up what a function will read. Returns the status and the
-/// JSON body (`null` when empty).
+/// [`ADMIN`](crate::api::ADMIN)), to set up what a function will read. Returns the status and
+/// the JSON body (`null` when empty).
 pub async fn call_api(
-    store: std::sync::Arc<dyn autodeploy_api::store::Store>,
-    queue: std::sync::Arc<dyn autodeploy_api::store::DeploymentQueue>,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn DeploymentQueue>,
     method: &str,
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let auth = format!("Bearer {TEST_ADMIN_TOKEN}");
-    let mut headers = vec![("authorization", auth.as_str())];
-    if body.is_some() {
-        headers.push(("content-type", "application/json"));
-    }
-    call_api_with(
-        store,
-        queue,
-        method,
-        path,
-        &headers,
-        body.map(|b| b.to_string().into_bytes()),
-    )
-    .await
+    let method = http::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let reply = Api::on(store, queue).call(method, path, Some(ADMIN), body).await;
+    (reply.status.as_u16(), reply.body)
 }
 
 /// As [`call_api`], with exactly `headers` and a raw body.
 pub async fn call_api_with(
-    store: std::sync::Arc<dyn autodeploy_api::store::Store>,
-    queue: std::sync::Arc<dyn autodeploy_api::store::DeploymentQueue>,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn DeploymentQueue>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<Vec<u8>>,
 ) -> (u16, Value) {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    let state = autodeploy_api::web::AppState::new(
-        store,
-        queue,
-        std::sync::Arc::new(autodeploy_api::admin::StaticAdminToken::new(TEST_ADMIN_TOKEN)),
-    );
     let mut request = http::Request::builder().method(method).uri(path);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -493,27 +433,8 @@ pub async fn call_api_with(
     let request = request
         .body(axum::body::Body::from(body.unwrap_or_default()))
         .expect("a request");
-    let response = autodeploy_api::web::full_router(state)
-        .oneshot(request)
-        .await
-        .expect("infallible");
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.expect("a body").to_bytes();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("a JSON body")
-    };
-    (status, body)
-}
-
-/// `sha256=<hex HMAC-SHA256 of body>`, as GitHub signs a delivery.
-pub fn github_signature(secret: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    let reply = Api::on(store, queue).raw(request).await;
+    (reply.status.as_u16(), reply.body)
 }
 
 /// The API Gateway event of a GitHub push delivery of `body` to organization `acme`, signed
@@ -534,12 +455,6 @@ pub fn github_push_event(secret: &str, body: &[u8], delivery: &str) -> Value {
     )
 }
 
-/// A fixture file under `tests/fixtures/`.
-pub fn fixture_bytes(path: &str) -> Vec<u8> {
-    let full = format!("{}/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-}
-
 /// `(name, value)` pairs as the owned environment [`FunctionProcess::spawn`] takes.
 pub fn env_vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
@@ -549,8 +464,8 @@ pub fn env_vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 /// secret `secret`, and its application `api` following the repository and branch (`master`)
 /// of the fixture `webhooks/github/gp-push.json`, which is returned.
 pub async fn github_app_for_the_push_fixture(
-    store: std::sync::Arc<dyn autodeploy_api::store::Store>,
-    queue: std::sync::Arc<dyn autodeploy_api::store::DeploymentQueue>,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn DeploymentQueue>,
     secret: &str,
 ) -> Value {
     let (status, body) = call_api(

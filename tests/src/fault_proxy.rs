@@ -21,7 +21,6 @@ use std::time::Duration;
 use autodeploy_api::aws::{DynamoStore, SqsQueue};
 use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use aws_config::SdkConfig;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -32,6 +31,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+use crate::ReceivedMessage;
 
 /// Attempts the proxy's clients make per call: the SDK's standard retry mode with its default
 /// of 3 attempts, as in production. Backoff between attempts is shortened (a few ms instead of
@@ -372,14 +373,6 @@ pub struct FaultyAws {
     pub queue: Arc<SqsQueue>,
 }
 
-/// A message received from the deployments queue.
-#[derive(Debug, Clone)]
-pub struct ReceivedMessage {
-    pub group: String,
-    pub dedup: String,
-    pub body: serde_json::Value,
-}
-
 impl FaultyAws {
     pub async fn new() -> Self {
         let fixture = crate::aws_fixture().await;
@@ -411,41 +404,6 @@ impl FaultyAws {
     /// deleted. moto deduplicates only against messages still on the queue, so a test of
     /// deduplication drains at its end.
     pub async fn drain(&self) -> Vec<ReceivedMessage> {
-        let sqs = &self.fixture.sqs;
-        let url = &self.fixture.queues.deployments.url;
-        let mut out = Vec::new();
-        let mut empty = 0;
-        while empty < 2 {
-            let received = sqs
-                .receive_message()
-                .queue_url(url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(0)
-                .visibility_timeout(60)
-                .message_system_attribute_names(MessageSystemAttributeName::All)
-                .send()
-                .await
-                .expect("receive_message");
-            if received.messages().is_empty() {
-                empty += 1;
-                continue;
-            }
-            empty = 0;
-            for m in received.messages() {
-                let attrs = m.attributes().expect("system attributes");
-                out.push(ReceivedMessage {
-                    group: attrs[&MessageSystemAttributeName::MessageGroupId].clone(),
-                    dedup: attrs[&MessageSystemAttributeName::MessageDeduplicationId].clone(),
-                    body: serde_json::from_str(m.body().expect("a body")).expect("a JSON body"),
-                });
-                sqs.delete_message()
-                    .queue_url(url)
-                    .receipt_handle(m.receipt_handle().expect("a receipt handle"))
-                    .send()
-                    .await
-                    .expect("delete_message");
-            }
-        }
-        out
+        crate::receive_all(&self.fixture.sqs, &self.fixture.queues.deployments.url).await
     }
 }

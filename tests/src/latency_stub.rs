@@ -1,12 +1,12 @@
 //! AWS-like latencies without AWS, and services seeded in bulk: what the cost and CPU
-//! measurements (`tests/tests/aws_cost.rs`, `examples/lambda_cpu.rs`) share.
+//! measurements (`tests/tests/it/aws_cost.rs`, `examples/lambda_cpu.rs`) share.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use autodeploy_api::aws::DynamoStore;
-use autodeploy_api::store::{Expected, ServiceStore};
+use autodeploy_api::store::{Expected, ServiceStore, TenantLimits};
 use autodeploy_api::util::{new_etag, now_rfc3339};
 use autodeploy_core::model::{Service, parse_service_document};
 use bytes::Bytes;
@@ -72,7 +72,7 @@ pub async fn seed(store: &DynamoStore, seeds: &[Seed]) {
             updated_at: now,
         };
         store
-            .put_service(&service, &new_etag(), Expected::Absent)
+            .put_service(&service, &new_etag(), Expected::Absent, TenantLimits::default())
             .await
             .unwrap_or_else(|e| panic!("seeding {}/{}: {e}", seed.org, seed.id));
     });

@@ -6,9 +6,20 @@
 //! AWS tests never skip themselves: without `AUTODEPLOY_TEST_MOTO_URL` they fail, saying how
 //! to run them.
 
+pub mod api;
 pub mod fake_lambda;
 pub mod fault_proxy;
+pub mod functions;
 pub mod latency_stub;
+pub mod webhooks;
+
+pub use api::{
+    ADMIN, Api, Entries, OnStore, Reply, TestStore, assert_logged_as_sent, deployment_ids, message_ids, outcome,
+    sent_deployment_ids,
+};
+pub use webhooks::{
+    WEBHOOK_SECRET, fixture, fixture_bytes, fixture_json, github_signature, hmac_hex, provider_headers,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -384,6 +395,57 @@ pub async fn aws_fixture() -> AwsFixture {
         table,
         queues,
     }
+}
+
+/// A message taken off the deployments queue.
+#[derive(Debug, Clone)]
+pub struct ReceivedMessage {
+    pub group: String,
+    pub dedup: String,
+    pub body: serde_json::Value,
+}
+
+/// Every message on the FIFO queue at `url`, received (straight from moto) and deleted, in the
+/// order SQS hands them out: a FIFO group's next message once the previous one is deleted.
+/// moto deduplicates only against messages still on the queue, so a test of deduplication
+/// receives at its end.
+pub async fn receive_all(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<ReceivedMessage> {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+
+    let mut out = Vec::new();
+    let mut empty = 0;
+    while empty < 2 {
+        let received = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(0)
+            .visibility_timeout(60)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("receive_message: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+        if received.messages().is_empty() {
+            empty += 1;
+            continue;
+        }
+        empty = 0;
+        for m in received.messages() {
+            let attrs = m.attributes().expect("system attributes");
+            out.push(ReceivedMessage {
+                group: attrs[&MessageSystemAttributeName::MessageGroupId].clone(),
+                dedup: attrs[&MessageSystemAttributeName::MessageDeduplicationId].clone(),
+                body: serde_json::from_str(m.body().expect("a body")).expect("a JSON body"),
+            });
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle().expect("a receipt handle"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("delete_message: {}", aws_sdk_sqs::error::DisplayErrorContext(e)));
+        }
+    }
+    out
 }
 
 /// A fresh SQLite store on a file in a temporary directory, removed when dropped.

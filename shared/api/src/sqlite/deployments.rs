@@ -146,6 +146,24 @@ pub(super) fn remember(conn: &Connection, org: &str, delivery: &DeliveryKey) -> 
     Ok(())
 }
 
+impl SqliteStore {
+    /// Every deployment recorded after `after_seq`, in the order they were committed (the
+    /// order the queue hands them out), as queue messages: for tests and tools, not an interface.
+    pub async fn queued_messages(&self, after_seq: i64, limit: usize) -> StoreResult<Vec<(i64, DeploymentRequest)>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, data FROM deployments WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![after_seq, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })
+                .map_err(unavailable)?;
+            collect(rows, |(seq, data)| Ok((seq, from_json(&data)?)))
+        })
+    }
+}
+
 #[async_trait]
 impl DeploymentLog for SqliteStore {
     async fn record_deployments(

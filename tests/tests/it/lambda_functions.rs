@@ -3,8 +3,6 @@
 //! `image-tag` dispatch between API Gateway requests and EventBridge ECR events, and the
 //! relay sending what was recorded while SQS did not answer.
 
-mod common;
-
 use std::sync::Arc;
 
 use autodeploy_api::admin::NoAdminToken;
@@ -12,9 +10,10 @@ use autodeploy_api::aws::lambda_events::{EventError, ImageTagHandler, relay};
 use autodeploy_api::aws::{SecretsManagerAdminToken, SqsQueue};
 use autodeploy_api::store::{DeploymentQueue, Store};
 use autodeploy_api::web::{AppState, push_router};
-use autodeploy_tests::fake_lambda::{ECR_REGISTRY, ecr_event, http_api_event, receive_all, response_body};
+use autodeploy_tests::fake_lambda::{ECR_REGISTRY, ecr_event, http_api_event, response_body};
+use autodeploy_tests::receive_all;
+use autodeploy_tests::{ADMIN, Api, WEBHOOK_SECRET, fixture_json, hmac_hex};
 use autodeploy_tests::{AwsFixture, aws_fixture, moto_url, unique_name};
-use common::{ADMIN, Api, WEBHOOK_SECRET, fixture_json, hmac_hex};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use lambda_http::lambda_runtime::{Context, LambdaEvent};
@@ -107,8 +106,8 @@ async fn push_webhook_events_queue_on_sqs() {
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
     assert_eq!(messages.len(), 2, "{messages:?}");
     for (message, (deployment_id, commit)) in messages.iter().zip(&queued) {
-        assert_eq!(message.group_id, "acme/api");
-        assert_eq!(&message.deduplication_id, deployment_id);
+        assert_eq!(message.group, "acme/api");
+        assert_eq!(&message.dedup, deployment_id);
         assert_eq!(message.body["deployment_id"], deployment_id.as_str());
         assert_eq!(message.body["git_commit_id"], commit.as_str());
         assert_eq!(message.body["trigger"]["type"], "GIT_PUSH");
@@ -215,8 +214,8 @@ async fn image_tag_serves_http_api_requests() {
 
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].group_id, "acme/web");
-    assert_eq!(messages[0].deduplication_id, deployment_id);
+    assert_eq!(messages[0].group, "acme/web");
+    assert_eq!(messages[0].dedup, deployment_id);
     assert_eq!(messages[0].body["image_tag"], "1.1.0");
     assert_eq!(messages[0].body["trigger"]["source"], "API");
 
@@ -284,8 +283,8 @@ async fn image_tag_deploys_ecr_pushes() {
 
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].group_id, "acme/api");
-    assert_eq!(messages[0].deduplication_id, deployment_id);
+    assert_eq!(messages[0].group, "acme/api");
+    assert_eq!(messages[0].dedup, deployment_id);
     let trigger = &messages[0].body["trigger"];
     assert_eq!(trigger["type"], "IMAGE_TAG");
     assert_eq!(trigger["source"], "ECR");
@@ -399,8 +398,8 @@ async fn relay_sends_what_was_recorded_while_sqs_was_down() {
     assert_eq!(log[0]["deployment_id"], deployment_id.as_str());
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].group_id, "acme/api");
-    assert_eq!(messages[0].deduplication_id, deployment_id);
+    assert_eq!(messages[0].group, "acme/api");
+    assert_eq!(messages[0].dedup, deployment_id);
     assert_eq!(messages[0].body["deployment_id"], deployment_id.as_str());
 
     // And the run after sends nothing.

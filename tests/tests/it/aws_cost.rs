@@ -18,16 +18,15 @@
 //! moto takes about two minutes): `scripts/cost` runs it, and it also times pushes matching 1,
 //! 10, 100 and 1,000 services (README, "Proof: cost growth and cold start").
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::aws_stack::AwsStack as Stack;
 use autodeploy_api::aws::{DynamoStore, SqsQueue};
 use autodeploy_tests::fault_proxy::action;
 use autodeploy_tests::latency_stub::{LatencyStub, Seed, seed, seeds, unrelated};
-use common::{Api, AwsStack as Stack, fixture};
+use autodeploy_tests::{Api, fixture};
 use http::StatusCode;
 
 /// The repository of the real fixture `github/gp-push.json` (branch `master`).
@@ -42,7 +41,7 @@ impl Stack {
 
     /// One signed push of the real fixture, moved to `repo`: the AWS calls it made (store and
     /// queue, per `X-Amz-Target`), how many deployments it queued, and how long it took.
-    async fn push(&self, repo: &str, delivery: &str) -> Push {
+    async fn counted_push(&self, repo: &str, delivery: &str) -> Push {
         self.aws.store_proxy.reset_counts();
         self.aws.queue_proxy.reset_counts();
         let (queued, pending, elapsed, cpu) = timed_push(&self.api, repo, delivery).await;
@@ -217,12 +216,12 @@ fn group_repo(n: usize) -> String {
 async fn same_calls_with(groups: &[usize], total: usize) {
     let small = Stack::with_github_secret().await;
     small.seed(&seeds("acme", "group10", &group_repo(10), 10)).await;
-    let alone = small.push(&group_repo(10), "delivery-10").await;
+    let alone = small.counted_push(&group_repo(10), "delivery-10").await;
     check(&alone, 10, "10 services stored");
 
     let large = Stack::with_github_secret().await;
     large.seed(&table(groups, total)).await;
-    let crowded = large.push(&group_repo(10), "delivery-10").await;
+    let crowded = large.counted_push(&group_repo(10), "delivery-10").await;
     check(&crowded, 10, &format!("10 of {total} services"));
     assert_eq!(alone.calls, crowded.calls);
     alone.report("COST", 10, 10);
@@ -232,7 +231,7 @@ async fn same_calls_with(groups: &[usize], total: usize) {
         let push = match crowded.take_if(|_| n == 10) {
             Some(push) => push,
             None => {
-                let push = large.push(&group_repo(n), &format!("delivery-{n}")).await;
+                let push = large.counted_push(&group_repo(n), &format!("delivery-{n}")).await;
                 check_on_moto(&push, n, &format!("{n} of {total} services"));
                 push
             }

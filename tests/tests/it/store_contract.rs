@@ -1,5 +1,5 @@
 //! The store contract: one set of cases, each run against SQLite (`<case>::sqlite`) and
-//! against DynamoDB on moto (`<case>::dynamo`). A case asserts what the trait documentation
+//! against DynamoDB on moto (`<case>::dynamo`) by `on_both_stores!`. A case asserts what the trait documentation
 //! in `shared/api/src/store.rs` promises, never one backend's choice where the docs leave
 //! room (SQLite records deployments `QUEUED`, DynamoDB `PENDING`).
 //!
@@ -9,39 +9,18 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use autodeploy_api::store::{
-    DeliveryRef, DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError,
-    StoredService, TokenRecord,
+    DeliveryKey, DeploymentFilter, DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, ServiceStore,
+    Store, StoreError, StoredService, TenantLimits, TokenRecord,
 };
 use autodeploy_api::util::deployment_ids_before;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
 use autodeploy_core::model::{GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::registry::ImageSourceKind;
+use autodeploy_tests::{TestStore, on_both_stores};
 use futures::future::join_all;
 
-/// Generates `mod <case> { sqlite, dynamo }` test functions for each case
-/// `async fn <case>(store: &dyn Store)`.
-macro_rules! contract {
-    ($($case:ident),* $(,)?) => {
-        $(
-            mod $case {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    let fixture = autodeploy_tests::sqlite_fixture();
-                    super::$case(&fixture.store).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn dynamo() {
-                    let fixture = autodeploy_tests::aws_fixture().await;
-                    super::$case(&fixture.store).await;
-                }
-            }
-        )*
-    };
-}
-
-contract!(
+on_both_stores!(
     ping,
     put_get_replace,
     list_services_in_pages,
@@ -52,7 +31,8 @@ contract!(
     tokens,
     record_with_push_guard,
     record_with_service_unchanged_guard,
-    a_delivery_records_once_per_service,
+    a_replay_cannot_roll_a_service_back,
+    a_reapply_after_a_rollback_queues,
     concurrent_pushes_record_once,
     concurrent_replaces_one_wins,
     list_deployments_newest_first,
@@ -161,22 +141,28 @@ fn tag_request(org: &str, service_id: &str, previous: &str, tag: &str) -> Deploy
     }
 }
 
+/// The guard of a push `before..after`.
 fn push(mark: &str) -> Guard {
     Guard::Push {
         mark: mark.to_owned(),
-        delivery: None,
+        before: mark.split_once("..").map_or("", |(before, _)| before).to_owned(),
     }
 }
 
-/// A push guard that also names the delivery it came in.
-fn push_delivered(mark: &str, delivery: &str) -> Guard {
-    Guard::Push {
-        mark: mark.to_owned(),
-        delivery: Some(DeliveryRef {
-            provider: "github".to_owned(),
-            id: delivery.to_owned(),
-            expires_unix: 4_000_000_000,
-        }),
+/// A delivery remembered until `expires_unix`.
+fn key(source: &str, id: &str, expires_unix: i64) -> DeliveryKey {
+    DeliveryKey {
+        source: source.to_owned(),
+        id: id.to_owned(),
+        expires_unix,
+    }
+}
+
+/// A filter on one service's deployments, or none.
+fn of_service(service_id: Option<&str>) -> DeploymentFilter {
+    DeploymentFilter {
+        service_id: service_id.map(str::to_owned),
+        status: None,
     }
 }
 
@@ -184,7 +170,7 @@ fn push_delivered(mark: &str, delivery: &str) -> Guard {
 async fn create(store: &dyn Store, service: &Service) -> String {
     let etag = new_etag();
     store
-        .put_service(service, &etag, Expected::Absent)
+        .put_service(service, &etag, Expected::Absent, TenantLimits::default())
         .await
         .unwrap_or_else(|e| panic!("creating {}: {e}", service.id));
     etag
@@ -226,7 +212,7 @@ async fn all_deployments(
     let mut after: Option<String> = None;
     for _ in 0..100 {
         let page = store
-            .list_deployments(org, service_id, after.as_deref(), limit)
+            .list_deployments(org, &of_service(service_id), after.as_deref(), limit)
             .await
             .expect("list_deployments");
         assert!(page.items.len() <= limit, "a page holds at most `limit` items");
@@ -246,11 +232,13 @@ async fn all_deployments(
 // ---------------------------------------------------------------------------------------------
 // Cases
 
-async fn ping(store: &dyn Store) {
+async fn ping(store: TestStore) {
+    let store: &dyn Store = &*store;
     store.ping().await.expect("ping");
 }
 
-async fn put_get_replace(store: &dyn Store) {
+async fn put_get_replace(store: TestStore) {
+    let store: &dyn Store = &*store;
     assert_eq!(store.get_service("acme", "api").await.expect("get"), None);
     let api = app("acme", "api", "acme/shop");
     let first = create(store, &api).await;
@@ -269,10 +257,17 @@ async fn put_get_replace(store: &dyn Store) {
         version: 2,
         ..app("acme", "api", "acme/other")
     };
-    let refused = store.put_service(&changed, &new_etag(), Expected::Absent).await;
+    let refused = store
+        .put_service(&changed, &new_etag(), Expected::Absent, TenantLimits::default())
+        .await;
     assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
     let refused = store
-        .put_service(&changed, &new_etag(), Expected::Etag(new_etag()))
+        .put_service(
+            &changed,
+            &new_etag(),
+            Expected::Etag(new_etag()),
+            TenantLimits::default(),
+        )
         .await;
     assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
     assert_eq!(stored(store, "acme", "api").await.etag, first);
@@ -285,7 +280,12 @@ async fn put_get_replace(store: &dyn Store) {
     recorded_status(outcome);
     let second = new_etag();
     store
-        .put_service(&changed, &second, Expected::Etag(first.clone()))
+        .put_service(
+            &changed,
+            &second,
+            Expected::Etag(first.clone()),
+            TenantLimits::default(),
+        )
         .await
         .expect("replace");
     let got = stored(store, "acme", "api").await;
@@ -293,10 +293,17 @@ async fn put_get_replace(store: &dyn Store) {
     assert_eq!(got.etag, second);
     assert_eq!(got.last_push.as_deref(), Some("a..b"));
 
-    let refused = store.put_service(&api, &new_etag(), Expected::Etag(first)).await;
+    let refused = store
+        .put_service(&api, &new_etag(), Expected::Etag(first), TenantLimits::default())
+        .await;
     assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
     let replace_missing = store
-        .put_service(&app("acme", "nope", "acme/shop"), &new_etag(), Expected::Etag(second))
+        .put_service(
+            &app("acme", "nope", "acme/shop"),
+            &new_etag(),
+            Expected::Etag(second),
+            TenantLimits::default(),
+        )
         .await;
     assert!(
         matches!(replace_missing, Err(StoreError::PreconditionFailed)),
@@ -304,7 +311,8 @@ async fn put_get_replace(store: &dyn Store) {
     );
 }
 
-async fn list_services_in_pages(store: &dyn Store) {
+async fn list_services_in_pages(store: TestStore) {
+    let store: &dyn Store = &*store;
     let mut want: Vec<String> = (1..=7).map(|i| format!("svc-{i:02}")).collect();
     // Created out of order; another organization's services never show.
     for id in want.iter().rev() {
@@ -341,7 +349,8 @@ async fn list_services_in_pages(store: &dyn Store) {
     assert!(page.items.is_empty() && page.last_key.is_none());
 }
 
-async fn delete_service(store: &dyn Store) {
+async fn delete_service(store: TestStore) {
+    let store: &dyn Store = &*store;
     assert!(!store.delete_service("acme", "api", None).await.expect("delete absent"));
     let etag = create(store, &app("acme", "api", "acme/shop")).await;
 
@@ -374,7 +383,8 @@ async fn delete_service(store: &dyn Store) {
     assert_eq!(again.last_push, None, "a re-created service starts afresh");
 }
 
-async fn services_by_repository(store: &dyn Store) {
+async fn services_by_repository(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     let mut worker = app("acme", "worker", "acme/shop");
     worker.spec.auto_deploy = false;
@@ -400,7 +410,12 @@ async fn services_by_repository(store: &dyn Store) {
     // Changing the repository moves the service from one key to the other.
     let etag = stored(store, "acme", "api").await.etag;
     store
-        .put_service(&app("acme", "api", "acme/site"), &new_etag(), Expected::Etag(etag))
+        .put_service(
+            &app("acme", "api", "acme/site"),
+            &new_etag(),
+            Expected::Etag(etag),
+            TenantLimits::default(),
+        )
         .await
         .expect("replace");
     let shop = store
@@ -420,7 +435,7 @@ async fn services_by_repository(store: &dyn Store) {
     let mut job = container("acme", "site", "docker.io", "acme/site", "1");
     job.spec.kind = ServiceKind::Job;
     store
-        .put_service(&job, &new_etag(), Expected::Etag(etag))
+        .put_service(&job, &new_etag(), Expected::Etag(etag), TenantLimits::default())
         .await
         .expect("replace");
     let site = store
@@ -430,7 +445,8 @@ async fn services_by_repository(store: &dyn Store) {
     assert_eq!(ids(&site), ["api"]);
 }
 
-async fn services_by_image_path(store: &dyn Store) {
+async fn services_by_image_path(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &container("acme", "web", "docker.io", "acme/web", "1.0.0")).await;
     create(store, &container("acme", "mirror", "ghcr.io", "acme/web", "1.0.0")).await;
     let mut off = container("acme", "off", "docker.io", "acme/web", "0.9.0");
@@ -464,12 +480,18 @@ async fn services_by_image_path(store: &dyn Store) {
             &container("acme", "mirror", "ghcr.io", "acme/other", "1.0.0"),
             &new_etag(),
             Expected::Etag(etag),
+            TenantLimits::default(),
         )
         .await
         .expect("replace");
     let etag = stored(store, "acme", "off").await.etag;
     store
-        .put_service(&app("acme", "off", "acme/web"), &new_etag(), Expected::Etag(etag))
+        .put_service(
+            &app("acme", "off", "acme/web"),
+            &new_etag(),
+            Expected::Etag(etag),
+            TenantLimits::default(),
+        )
         .await
         .expect("replace");
     let web = store
@@ -484,7 +506,8 @@ async fn services_by_image_path(store: &dyn Store) {
     assert_eq!(ids(&other), ["mirror", "other"]);
 }
 
-async fn secrets(store: &dyn Store) {
+async fn secrets(store: TestStore) {
+    let store: &dyn Store = &*store;
     assert_eq!(store.get_secret("acme", "github").await.expect("get"), None);
     let first = SecretRecord {
         secret: "a-webhook-secret-of-some-length".to_owned(),
@@ -521,7 +544,8 @@ fn token(org: &str, id: &str, scopes: &[&str]) -> TokenRecord {
     }
 }
 
-async fn tokens(store: &dyn Store) {
+async fn tokens(store: TestStore) {
+    let store: &dyn Store = &*store;
     let tokens = [
         token("acme", "tok-b", &["deploy"]),
         token("acme", "tok-a", &["deploy", "manage"]),
@@ -563,7 +587,8 @@ async fn tokens(store: &dyn Store) {
     );
 }
 
-async fn record_with_push_guard(store: &dyn Store) {
+async fn record_with_push_guard(store: TestStore) {
+    let store: &dyn Store = &*store;
     let missing = store
         .record_deployment(&push_request("acme", "api"), &push("a..b"))
         .await
@@ -604,41 +629,56 @@ async fn record_with_push_guard(store: &dyn Store) {
     assert_eq!(listed, recorded.into_iter().collect::<BTreeSet<_>>());
 }
 
-/// A redelivery of an older push (its answer was lost, a newer push came since) must not queue
-/// the old commit again: the delivery is remembered per service with its record.
-async fn a_delivery_records_once_per_service(store: &dyn Store) {
+/// SPEC "A replay cannot roll a service back": a push the service already queued records
+/// again only as a re-apply after a rollback (its `before` is the service's current commit),
+/// whatever delivery it comes in — and a redelivery of an older push whose answer was lost
+/// never queues the old commit again once a newer push moved the service on.
+async fn a_replay_cannot_roll_a_service_back(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     create(store, &app("acme", "worker", "acme/shop")).await;
-    let record = async |service: &str, guard: Guard| {
+    let record = async |service: &str, mark: &str| {
         store
-            .record_deployment(&push_request("acme", service), &guard)
+            .record_deployment(&push_request("acme", service), &push(mark))
             .await
             .expect("record")
     };
-    recorded_status(record("api", push_delivered("a..b", "d1")).await);
-    recorded_status(record("api", push_delivered("b..c", "d2")).await);
-    // d1 again: its mark is no longer the last, but the delivery recorded for api already.
-    assert_eq!(
-        record("api", push_delivered("a..b", "d1")).await,
-        RecordOutcome::GuardFailed
-    );
+    recorded_status(record("api", "a..b").await);
+    recorded_status(record("api", "b..c").await);
+    // A→B replayed (under any delivery id, or none) after B→C: skipped, C stays current.
+    assert_eq!(record("api", "a..b").await, RecordOutcome::GuardFailed);
     assert_eq!(stored(store, "acme", "api").await.last_push.as_deref(), Some("b..c"));
-    // The same delivery still records for another service, once.
-    recorded_status(record("worker", push_delivered("a..b", "d1")).await);
-    assert_eq!(
-        record("worker", push_delivered("a..b", "d1")).await,
-        RecordOutcome::GuardFailed
-    );
-    // A guard that fails writes nothing, the delivery included.
-    assert_eq!(
-        record("api", push_delivered("b..c", "d3")).await,
-        RecordOutcome::GuardFailed
-    );
-    recorded_status(record("api", push_delivered("c..d", "d3")).await);
+    assert_eq!(stored(store, "acme", "api").await.current_commit(), Some("c"));
+    // Another service follows the same repository: its own history.
+    recorded_status(record("worker", "a..b").await);
+    assert_eq!(record("worker", "a..b").await, RecordOutcome::GuardFailed);
+    // A failed guard writes nothing.
+    assert_eq!(record("api", "b..c").await, RecordOutcome::GuardFailed);
+    recorded_status(record("api", "c..d").await);
     assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 4);
 }
 
-async fn record_with_service_unchanged_guard(store: &dyn Store) {
+/// A rollback and a re-apply keep working: A→B, B→A (forced), A→B queue all three.
+async fn a_reapply_after_a_rollback_queues(store: TestStore) {
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let record = async |mark: &str| {
+        store
+            .record_deployment(&push_request("acme", "api"), &push(mark))
+            .await
+            .expect("record")
+    };
+    recorded_status(record("a..b").await);
+    recorded_status(record("b..a").await);
+    recorded_status(record("a..b").await);
+    // And the same re-apply once more is a replay.
+    assert_eq!(record("a..b").await, RecordOutcome::GuardFailed);
+    recorded_status(record("b..a").await);
+    assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 4);
+}
+
+async fn record_with_service_unchanged_guard(store: TestStore) {
+    let store: &dyn Store = &*store;
     let v1 = container("acme", "api", "docker.io", "acme/api", "1.0.0");
     let etag1 = create(store, &v1).await;
     // Give it a last push, which the guard's write must keep.
@@ -716,7 +756,8 @@ async fn record_with_service_unchanged_guard(store: &dyn Store) {
     assert_eq!(renamed[0].service, v3);
 }
 
-async fn concurrent_pushes_record_once(store: &dyn Store) {
+async fn concurrent_pushes_record_once(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     let requests: Vec<DeploymentRequest> = (0..20).map(|_| push_request("acme", "api")).collect();
     let guard = push("a..b");
@@ -733,7 +774,8 @@ async fn concurrent_pushes_record_once(store: &dyn Store) {
     assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 1);
 }
 
-async fn concurrent_replaces_one_wins(store: &dyn Store) {
+async fn concurrent_replaces_one_wins(store: TestStore) {
+    let store: &dyn Store = &*store;
     let etag = create(store, &app("acme", "api", "acme/shop")).await;
     let attempts: Vec<(Service, String)> = (0..20)
         .map(|i| {
@@ -745,7 +787,7 @@ async fn concurrent_replaces_one_wins(store: &dyn Store) {
     let results = join_all(
         attempts
             .iter()
-            .map(|(s, new)| store.put_service(s, new, Expected::Etag(etag.clone()))),
+            .map(|(s, new)| store.put_service(s, new, Expected::Etag(etag.clone()), TenantLimits::default())),
     )
     .await;
     let winners: Vec<usize> = results
@@ -766,7 +808,8 @@ async fn concurrent_replaces_one_wins(store: &dyn Store) {
     assert_eq!(got.service, attempts[winners[0]].0);
 }
 
-async fn list_deployments_newest_first(store: &dyn Store) {
+async fn list_deployments_newest_first(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     create(store, &app("acme", "worker", "acme/shop")).await;
     create(store, &app("other", "api", "acme/shop")).await;
@@ -792,11 +835,14 @@ async fn list_deployments_newest_first(store: &dyn Store) {
     all.sort_by(|a, b| b.deployment_id.cmp(&a.deployment_id));
     let want: Vec<String> = all.iter().map(|r| r.deployment_id.clone()).collect();
 
-    let page = store.list_deployments("acme", None, None, 5).await.expect("list");
+    let page = store
+        .list_deployments("acme", &of_service(None), None, 5)
+        .await
+        .expect("list");
     assert_eq!(deployment_ids(&page), want[..5]);
     assert_eq!(page.last_key.as_deref(), Some(want[4].as_str()));
     let page = store
-        .list_deployments("acme", None, Some(&want[4]), 5)
+        .list_deployments("acme", &of_service(None), Some(&want[4]), 5)
         .await
         .expect("list");
     assert_eq!(deployment_ids(&page), want[5..10]);
@@ -819,13 +865,13 @@ async fn list_deployments_newest_first(store: &dyn Store) {
         .collect();
     assert_eq!(want_api.len(), 8);
     let page = store
-        .list_deployments("acme", Some("api"), None, 3)
+        .list_deployments("acme", &of_service(Some("api")), None, 3)
         .await
         .expect("list");
     assert_eq!(deployment_ids(&page), want_api[..3]);
     assert_eq!(page.last_key.as_deref(), Some(want_api[2].as_str()));
     let page = store
-        .list_deployments("acme", Some("api"), Some(&want_api[2]), 3)
+        .list_deployments("acme", &of_service(Some("api")), Some(&want_api[2]), 3)
         .await
         .expect("list");
     assert_eq!(deployment_ids(&page), want_api[3..6]);
@@ -859,7 +905,8 @@ async fn record_pushes(store: &dyn Store, orgs: &[&str]) -> Vec<(DeploymentReque
     recorded
 }
 
-async fn pending_until_marked_queued(store: &dyn Store) {
+async fn pending_until_marked_queued(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     create(store, &app("beta", "api", "beta/shop")).await;
     let recorded = record_pushes(store, &["acme", "beta", "acme"]).await;
@@ -908,7 +955,8 @@ async fn pending_until_marked_queued(store: &dyn Store) {
     }
 }
 
-async fn held_behind_older_pending(store: &dyn Store) {
+async fn held_behind_older_pending(store: TestStore) {
+    let store: &dyn Store = &*store;
     create(store, &app("acme", "api", "acme/shop")).await;
     create(store, &app("acme", "web", "acme/shop")).await;
     create(store, &app("beta", "api", "beta/shop")).await;
@@ -968,11 +1016,12 @@ async fn held_behind_older_pending(store: &dyn Store) {
     assert!(store.held_behind_pending(&asked, &now).await.expect("held").is_empty());
 }
 
-async fn deliveries(store: &dyn Store) {
+async fn deliveries(store: TestStore) {
+    let store: &dyn Store = &*store;
     let now = 1_800_000_000;
     assert!(!store.delivery_seen("acme", "github", "d-1", now).await.expect("seen"));
     store
-        .remember_delivery("acme", "github", "d-1", now + 3 * 86_400)
+        .remember_delivery("acme", &key("github", "d-1", now + 3 * 86_400))
         .await
         .expect("remember");
     assert!(store.delivery_seen("acme", "github", "d-1", now).await.expect("seen"));
@@ -996,7 +1045,7 @@ async fn deliveries(store: &dyn Store) {
     // Remembered again later, it is seen again until the new expiry.
     let later = now + 4 * 86_400;
     store
-        .remember_delivery("acme", "github", "d-1", later + 3 * 86_400)
+        .remember_delivery("acme", &key("github", "d-1", later + 3 * 86_400))
         .await
         .expect("remember");
     assert!(store.delivery_seen("acme", "github", "d-1", later).await.expect("seen"));
@@ -1004,7 +1053,7 @@ async fn deliveries(store: &dyn Store) {
     // Ids are opaque header values, long ones included.
     let long = "x".repeat(1000);
     store
-        .remember_delivery("acme", "github", &long, now + 10)
+        .remember_delivery("acme", &key("github", &long, now + 10))
         .await
         .expect("remember");
     assert!(store.delivery_seen("acme", "github", &long, now).await.expect("seen"));
@@ -1196,7 +1245,7 @@ async fn dynamo_item_layout_follows_the_template() {
         .expect("put_secret");
     get("ORG#acme", "SECRET#github").await;
     store
-        .remember_delivery("acme", "github", "d-1", 1_800_000_000)
+        .remember_delivery("acme", &key("github", "d-1", 1_800_000_000))
         .await
         .expect("remember_delivery");
     let delivery = get("DELIVERY#acme#github#d-1", "DELIVERY").await;

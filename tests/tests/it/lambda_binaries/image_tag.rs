@@ -1,29 +1,36 @@
 //! The `image-tag` binary as Lambda runs it: API Gateway requests and EventBridge ECR events
 //! from the Lambda Runtime API (a stand-in), state on moto.
 
+use autodeploy_tests::functions::{function_env, function_exe};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use autodeploy_tests::fake_lambda::{
-    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, env_vars, http_api_event, moto_env,
-    receive_all, response_body, start_up_failure,
+    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, env_vars, http_api_event, response_body,
+    start_up_failure,
 };
-use autodeploy_tests::{AwsFixture, aws_fixture, moto_url};
+use autodeploy_tests::receive_all;
+use autodeploy_tests::{AwsFixture, aws_fixture};
 use serde_json::{Value, json};
 
-const EXE: &str = env!("CARGO_BIN_EXE_image-tag");
+/// The function's executable.
+fn exe() -> PathBuf {
+    function_exe("image-tag")
+}
 const ADMIN: &str = "image-tag-admin-token-0123456789";
 const DOCKERHUB_SECRET: &str = "dockerhub-secret-in-the-url-0123456789";
 
 /// The function's environment on `fx`, served by `runtime`, plus `extra`.
-fn function_env(fx: &AwsFixture, runtime: &FakeLambdaRuntime, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut vars = moto_env(&moto_url());
-    vars.extend(runtime.env());
-    vars.extend(env_vars(&[
-        ("AUTODEPLOY_TABLE", &fx.table),
-        ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
-        ("RUST_LOG", "trace"),
-    ]));
+fn image_tag_env(fx: &AwsFixture, runtime: &FakeLambdaRuntime, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut vars = function_env(
+        fx,
+        runtime,
+        &[
+            ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
+            ("RUST_LOG", "trace"),
+        ],
+    );
     vars.extend(env_vars(extra));
     vars
 }
@@ -46,7 +53,7 @@ async fn ecr_container(fx: &AwsFixture) {
 #[tokio::test]
 async fn without_an_admin_token_it_stops_naming_the_variables() {
     let logs = start_up_failure(
-        EXE,
+        exe(),
         &[
             ("AUTODEPLOY_TABLE", "t"),
             ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
@@ -63,7 +70,7 @@ async fn deploys_ecr_pushes_and_serves_http() {
     let runtime = FakeLambdaRuntime::start().await;
     // The admin token from a secret that does not exist: it is read only when a request
     // needs it, so ECR events never touch it.
-    let vars = function_env(
+    let vars = image_tag_env(
         &fx,
         &runtime,
         &[
@@ -76,14 +83,14 @@ async fn deploys_ecr_pushes_and_serves_http() {
             ("AUTODEPLOY_STACK", "test-stack"),
         ],
     );
-    let function = FunctionProcess::spawn(EXE, &vars);
+    let function = FunctionProcess::spawn(exe(), &vars);
 
     let outcome = runtime.invoke(ecr_event("PUSH", "team/api", "1.4.0")).await.response();
     assert_eq!(outcome["status"], 202, "{outcome}\n{}", function.logs());
     assert_eq!(outcome["queued"][0]["service_id"], "api", "{outcome}");
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].group_id, "acme/api");
+    assert_eq!(messages[0].group, "acme/api");
     assert_eq!(messages[0].body["trigger"]["source"], "ECR");
     assert_eq!(messages[0].body["image_tag"], "1.4.0");
 
@@ -196,7 +203,10 @@ async fn without_an_ecr_organization_http_still_works() {
     .await;
     assert_eq!(status, 201);
     let runtime = FakeLambdaRuntime::start().await;
-    let function = FunctionProcess::spawn(EXE, &function_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]));
+    let function = FunctionProcess::spawn(
+        exe(),
+        &image_tag_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]),
+    );
     // Unset is the stack without ECR (the template's default): nothing to warn about at
     // every cold start.
     assert!(
@@ -269,8 +279,8 @@ async fn an_invalid_ecr_organization_is_logged_at_start() {
     let fx = aws_fixture().await;
     let runtime = FakeLambdaRuntime::start().await;
     let function = FunctionProcess::spawn(
-        EXE,
-        &function_env(
+        exe(),
+        &image_tag_env(
             &fx,
             &runtime,
             &[

@@ -2,17 +2,15 @@
 //! validation rule, authentication and malformed input. Cases that touch the store run on both
 //! stores (SQLite, and DynamoDB on moto); validation and parsing, which do not, on SQLite.
 
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 
 use autodeploy_api::admin::NoAdminToken;
 use autodeploy_api::store::InStoreQueue;
 use autodeploy_api::web::AppState;
 use autodeploy_tests::fault_proxy::{Fault, FaultyAws};
+use autodeploy_tests::on_both_stores;
+use autodeploy_tests::{ADMIN, Api};
 use axum::body::Body;
-use common::{ADMIN, Api};
 use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 

@@ -1,20 +1,26 @@
 //! The `push-webhook` binary as Lambda runs it: configuration from the environment, events from
 //! the Lambda Runtime API (a stand-in), state on moto.
 
+use autodeploy_tests::functions::{function_env, function_exe};
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use autodeploy_tests::aws_fixture;
 use autodeploy_tests::fake_lambda::{
-    FakeLambdaRuntime, FunctionProcess, env_vars, github_app_for_the_push_fixture, github_signature, http_api_event,
-    moto_env, receive_all, response_body, start_up_failure,
+    FakeLambdaRuntime, FunctionProcess, github_app_for_the_push_fixture, http_api_event, response_body,
+    start_up_failure,
 };
-use autodeploy_tests::{aws_fixture, moto_url};
+use autodeploy_tests::{github_signature, receive_all};
 
-const EXE: &str = env!("CARGO_BIN_EXE_push-webhook");
+/// The function's executable.
+fn exe() -> PathBuf {
+    function_exe("push-webhook")
+}
 const SECRET: &str = "github-webhook-secret-0123456789";
 
 #[tokio::test]
 async fn without_its_table_it_stops_naming_the_variable() {
-    let logs = start_up_failure(EXE, &[]).await;
+    let logs = start_up_failure(exe(), &[]).await;
     assert!(logs.contains("AUTODEPLOY_TABLE"), "{logs}");
 }
 
@@ -22,7 +28,7 @@ async fn without_its_table_it_stops_naming_the_variable() {
 async fn outside_lambda_it_stops_with_a_message() {
     // No admin token configured: this function never needs one.
     let logs = start_up_failure(
-        EXE,
+        exe(),
         &[
             ("AUTODEPLOY_TABLE", "t"),
             ("AUTODEPLOY_QUEUE_URL", "http://127.0.0.1:9/q.fifo"),
@@ -38,15 +44,16 @@ async fn serves_push_deliveries() {
     let push = github_app_for_the_push_fixture(Arc::new(fx.store.clone()), Arc::new(fx.queue.clone()), SECRET).await;
 
     let runtime = FakeLambdaRuntime::start().await;
-    let mut vars = moto_env(&moto_url());
-    vars.extend(runtime.env());
-    vars.extend(env_vars(&[
-        ("AUTODEPLOY_TABLE", &fx.table),
-        ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
-        // Even at TRACE, no raw event reaches the log.
-        ("RUST_LOG", "trace"),
-    ]));
-    let function = FunctionProcess::spawn(EXE, &vars);
+    let vars = function_env(
+        &fx,
+        &runtime,
+        &[
+            ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
+            // Even at TRACE, no raw event reaches the log.
+            ("RUST_LOG", "trace"),
+        ],
+    );
+    let function = FunctionProcess::spawn(exe(), &vars);
 
     let body = serde_json::to_vec(&push).unwrap();
     let event = http_api_event(
@@ -68,11 +75,8 @@ async fn serves_push_deliveries() {
 
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].group_id, "acme/api");
-    assert_eq!(
-        messages[0].deduplication_id,
-        reply["queued"][0]["deployment_id"].as_str().unwrap()
-    );
+    assert_eq!(messages[0].group, "acme/api");
+    assert_eq!(messages[0].dedup, reply["queued"][0]["deployment_id"].as_str().unwrap());
 
     // The settings API is not served here.
     let list = http_api_event("GET", "/organization/acme/services", &[], None, false);

@@ -5,11 +5,9 @@
 //! every provider, never a 5xx and never a panic. In-process on SQLite; the harness
 //! (`Api::raw`) also checks that every error has SPEC's shape.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Api, fixture};
+use autodeploy_tests::{Api, fixture};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
@@ -214,7 +212,7 @@ fn mutated_signed_pushes_never_get_a_5xx_or_a_panic() {
             let status = runtime.block_on(async {
                 // The harness's `push` signs the mutated body (GitLab and Azure DevOps carry
                 // the secret itself), so every delivery is authentic.
-                let headers = common::provider_headers(provider, &body, &id);
+                let headers = autodeploy_tests::provider_headers(provider, &body, &id);
                 let path = format!("/organization/acme/webhooks/{provider}?dry_run={dry_run}");
                 let reply = api.deliver(&path, &headers, body.clone()).await;
                 reply.status

@@ -5,9 +5,7 @@
 //! B's whole state is compared before and after, and B's own credentials still work. On
 //! SQLite and on DynamoDB + SQS FIFO (moto).
 
-mod common;
-
-use common::{ADMIN, Api, WEBHOOK_SECRET, fixture, hmac_hex, provider_headers};
+use autodeploy_tests::{ADMIN, Api, WEBHOOK_SECRET, fixture, hmac_hex, on_both_stores, provider_headers};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -22,18 +20,6 @@ struct Org {
     manage: String,
     deploy: String,
     manage_id: String,
-}
-
-async fn set_secret(api: &Api, org: &str, provider: &str, secret: &str) {
-    let r = api
-        .call(
-            Method::PUT,
-            &format!("/organization/{org}/webhook-secrets/{provider}"),
-            Some(ADMIN),
-            Some(json!({"secret": secret})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
 }
 
 /// The same services in both organizations: one following the repository, a container and a
@@ -55,26 +41,11 @@ async fn setup(api: &Api, org: &str, github_secret: &str, dockerhub_secret: &str
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
-    set_secret(api, org, "github", github_secret).await;
-    set_secret(api, org, "gitlab", github_secret).await;
-    set_secret(api, org, "dockerhub", dockerhub_secret).await;
-    let create = |scopes: Value| async move {
-        let r = api
-            .call(
-                Method::POST,
-                &format!("/organization/{org}/tokens"),
-                Some(ADMIN),
-                Some(json!({"name": "t", "scopes": scopes})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        (
-            r.body["token"].as_str().unwrap().to_owned(),
-            r.body["id"].as_str().unwrap().to_owned(),
-        )
-    };
-    let (manage, manage_id) = create(json!(["manage"])).await;
-    let (deploy, _) = create(json!(["deploy"])).await;
+    api.set_secret_to(org, "github", github_secret).await;
+    api.set_secret_to(org, "gitlab", github_secret).await;
+    api.set_secret_to(org, "dockerhub", dockerhub_secret).await;
+    let (manage, manage_id) = api.token_and_id(org, &["manage"]).await;
+    let (deploy, _) = api.token_and_id(org, &["deploy"]).await;
     Org {
         manage,
         deploy,
@@ -124,18 +95,9 @@ fn github_headers(secret: &str, event: &str, body: &[u8], delivery: &str) -> Vec
     ]
 }
 
-#[tokio::test]
-async fn sqlite_one_organizations_credentials_reach_nothing_of_another() {
-    isolation(Api::new()).await;
-}
+on_both_stores!(one_organizations_credentials_reach_nothing_of_another);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dynamodb_one_organizations_credentials_reach_nothing_of_another() {
-    let aws = autodeploy_tests::aws_fixture().await;
-    isolation(Api::on(std::sync::Arc::new(aws.store), std::sync::Arc::new(aws.queue))).await;
-}
-
-async fn isolation(api: Api) {
+async fn one_organizations_credentials_reach_nothing_of_another(api: Api) {
     let a = setup(&api, A, WEBHOOK_SECRET, A_DOCKERHUB).await;
     let b = setup(&api, B, B_SECRET, B_DOCKERHUB).await;
     let before = snapshot(&api, B).await;

@@ -1,9 +1,10 @@
 //! One list of routes, everywhere: `autodeploy_api::web::ROUTES` is what the routers serve,
 //! what `infra/template.yaml` routes to each Lambda function, and what `infra/openapi.yaml`
-//! documents. A route added to a router, the template or the document alone fails here.
+//! documents. A route added to a router, the template or the document alone fails here: the
+//! routers are asked, by requests, which routes they serve.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use autodeploy_api::admin::StaticAdminToken;
@@ -296,144 +297,37 @@ fn the_openapi_document_describes_exactly_the_table() {
     );
 }
 
-/// The `(method, path)` of every `.route("…", method(…)…)` call in `source`.
-fn scan_routes(file: &Path, source: &str) -> BTreeSet<Route> {
-    // Comments may show calls; only code counts.
-    let code: String = source
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut found = BTreeSet::new();
-    let mut rest = code.as_str();
-    while let Some(at) = rest.find(".route(") {
-        let args_start = at + ".route(".len();
-        let args = balanced(&rest[args_start..]).unwrap_or_else(|| panic!("{}: unbalanced .route(", file.display()));
-        let literal = args.trim_start();
-        let path = literal
-            .strip_prefix('"')
-            .and_then(|l| l.split('"').next())
-            .unwrap_or_else(|| panic!("{}: a .route( whose path is not a literal: {args}", file.display()));
-        let methods = method_calls(&literal[path.len() + 2..]);
-        assert!(!methods.is_empty(), "{}: no method for {path}", file.display());
-        for method in methods {
-            found.insert((method, path.to_owned()));
-        }
-        rest = &rest[args_start + args.len()..];
-    }
-    found
-}
+/// Methods a route could be declared with (HEAD is left out: axum answers it wherever GET is
+/// served).
+const METHODS: [&str; 7] = ["GET", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE"];
 
-/// The text up to the parenthesis that closes the one just opened.
-fn balanced(text: &str) -> Option<&str> {
-    let mut depth = 1usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (i, c) in text.char_indices() {
-        if in_string {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_string = true,
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(&text[..i]);
+/// Every method on every path of the table, to every router: each serves exactly the routes
+/// the table gives it, so a route added to a router alone, or another method on one of its
+/// paths (or a route for any method), fails here.
+#[tokio::test]
+async fn no_router_serves_a_route_the_table_does_not_give_it() {
+    let routers = routers();
+    let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, path, _)| *path).collect();
+    let mut cases: Vec<(&str, &Router, BTreeSet<Route>)> = vec![(STANDALONE, &routers.full, all_routes())];
+    for (name, router) in &routers.by_function {
+        let mut expected = routes_of(name);
+        expected.insert(("GET".to_owned(), EVERYWHERE.to_owned()));
+        cases.push((name, router, expected));
+    }
+    for (name, router, expected) in cases {
+        let mut served = BTreeSet::new();
+        for path in &paths {
+            for method in METHODS {
+                if serves(router, method, path).await {
+                    served.insert((method.to_owned(), (*path).to_owned()));
                 }
             }
-            _ => {}
         }
-    }
-    None
-}
-
-/// The HTTP methods of an axum method-router expression (`get(a).put(b)`).
-fn method_calls(expression: &str) -> Vec<String> {
-    let mut methods = Vec::new();
-    for name in [
-        "get", "put", "post", "patch", "delete", "head", "options", "trace", "any", "on",
-    ] {
-        let needle = format!("{name}(");
-        let mut from = 0;
-        while let Some(i) = expression[from..].find(&needle) {
-            let at = from + i;
-            let before = expression[..at].chars().next_back();
-            if before.is_none_or(|c| !(c.is_alphanumeric() || c == '_')) {
-                assert!(
-                    !matches!(name, "any" | "on"),
-                    "routes must name their methods, not `{name}(`: {expression}"
-                );
-                methods.push(name.to_ascii_uppercase());
-            }
-            from = at + needle.len();
-        }
-    }
-    methods
-}
-
-#[test]
-fn the_routers_source_declares_exactly_the_table() {
-    let web = root().join("shared/api/src/web");
-    // Which function's routes each file declares; mod.rs holds /health and the standalone's.
-    let owners: BTreeMap<&str, Vec<&str>> = BTreeMap::from([
-        ("settings.rs", vec!["settings"]),
-        ("webhooks.rs", vec!["push-webhook"]),
-        ("images.rs", vec!["image-tag"]),
-        ("mod.rs", vec![STANDALONE]),
-    ]);
-    let mut all = BTreeSet::new();
-    for entry in std::fs::read_dir(&web).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
-            continue;
-        }
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        let declared = scan_routes(&path, &std::fs::read_to_string(&path).unwrap());
-        let mut expected: BTreeSet<Route> = owners
-            .get(name.as_str())
-            .into_iter()
-            .flatten()
-            .flat_map(|function| routes_of(function))
-            .filter(|(_, path)| path != EVERYWHERE)
-            .collect();
-        if name == "mod.rs" {
-            expected.insert(("GET".to_owned(), EVERYWHERE.to_owned()));
-        }
-        assert_eq!(
-            declared, expected,
-            "{name} declares other routes than ROUTES lists for it"
+        let extra: Vec<_> = served.difference(&expected).collect();
+        let missing: Vec<_> = expected.difference(&served).collect();
+        assert!(
+            extra.is_empty() && missing.is_empty(),
+            "the {name} router: serves {extra:?} not in ROUTES, does not serve {missing:?}"
         );
-        all.extend(declared);
     }
-    assert_eq!(all, all_routes(), "the router sources and ROUTES differ");
-}
-
-#[test]
-fn the_scanner_reads_method_chains() {
-    let source = r#"
-        // .route("/commented", get(x))
-        Router::new()
-            .route("/a/{id}", get(a).put(b)
-                .delete(c))
-            .route("/b", post(d))
-            .route_layer(layer(x))
-    "#;
-    let found = scan_routes(Path::new("example.rs"), source);
-    let expected: BTreeSet<Route> = [
-        ("GET", "/a/{id}"),
-        ("PUT", "/a/{id}"),
-        ("DELETE", "/a/{id}"),
-        ("POST", "/b"),
-    ]
-    .iter()
-    .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
-    .collect();
-    assert_eq!(found, expected);
 }

@@ -1,32 +1,16 @@
-//! HTTP harness shared by the API test files: the real router, in-process, on a real store.
-#![allow(dead_code, unused_macros)]
+//! The HTTP API in-process, as every API test drives it: the real router on a real store
+//! (SQLite on a temporary file, or DynamoDB and SQS on moto through the real AWS SDK), the
+//! replies checked for SPEC's error shape; and the one way to run a case on both stores,
+//! [`on_both_stores!`](crate::on_both_stores).
 
-/// Runs each case — an `async fn(Api)` of the file — on both stores: SQLite (`Api::new`), and
-/// DynamoDB and SQS on moto through the real AWS SDK (`Api::on_moto`). Declare the module with
-/// `#[macro_use] mod common;`.
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$case(crate::common::Api::new()).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn dynamo() {
-                super::$case(crate::common::Api::on_moto().await).await
-            }
-        }
-    )*};
-}
-
+use std::future::Future;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::sqlite::SqliteStore;
 use autodeploy_api::store::{DeploymentQueue, InStoreQueue, Store};
 use autodeploy_api::web::{AppState, full_router};
-use autodeploy_tests::fault_proxy::FaultyAws;
 use axum::Router;
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
@@ -34,29 +18,90 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use crate::webhooks::{WEBHOOK_SECRET, provider_headers};
+use crate::{AwsFixture, ReceivedMessage, SqliteFixture, aws_fixture, receive_all, sqlite_fixture};
+
+/// Runs each case on both stores: SQLite, and DynamoDB and SQS on moto through the real AWS
+/// SDK. A case is an `async fn` taking what it runs on, made fresh for each store (an
+/// [`OnStore`]): an [`Api`] for the HTTP API's cases, a [`TestStore`] for the store
+/// contract's. Generates `mod <case> { sqlite, dynamo }`. `worker_threads = N;` first sets
+/// the runtime's worker threads (2 by default).
+#[macro_export]
+macro_rules! on_both_stores {
+    (worker_threads = $threads:tt; $($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+            async fn sqlite() {
+                $crate::api::on_sqlite(super::$case).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
+            async fn dynamo() {
+                $crate::api::on_dynamo(super::$case).await
+            }
+        }
+    )*};
+    ($($case:ident),* $(,)?) => {
+        $crate::on_both_stores!(worker_threads = 2; $($case),*);
+    };
+}
+
+/// What a case runs on, made fresh on each store.
+pub trait OnStore: Sized {
+    /// On SQLite, whose queue is a table.
+    fn sqlite() -> impl Future<Output = Self>;
+    /// On DynamoDB and SQS, on moto.
+    fn dynamo() -> impl Future<Output = Self>;
+}
+
+/// Run `case` on a fresh SQLite store.
+pub async fn on_sqlite<T: OnStore, F: Future<Output = ()>>(case: impl FnOnce(T) -> F) {
+    case(T::sqlite().await).await
+}
+
+/// Run `case` on a fresh DynamoDB table and SQS queue on moto.
+pub async fn on_dynamo<T: OnStore, F: Future<Output = ()>>(case: impl FnOnce(T) -> F) {
+    case(T::dynamo().await).await
+}
+
+/// A store alone, for the store contract: it dereferences to the store.
+pub enum TestStore {
+    Sqlite(SqliteFixture),
+    Dynamo(Box<AwsFixture>),
+}
+
+impl Deref for TestStore {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            TestStore::Sqlite(fixture) => &fixture.store,
+            TestStore::Dynamo(fixture) => &fixture.store,
+        }
+    }
+}
+
+impl OnStore for TestStore {
+    async fn sqlite() -> Self {
+        TestStore::Sqlite(sqlite_fixture())
+    }
+
+    async fn dynamo() -> Self {
+        TestStore::Dynamo(Box::new(aws_fixture().await))
+    }
+}
+
+impl OnStore for Api {
+    async fn sqlite() -> Self {
+        Api::new()
+    }
+
+    async fn dynamo() -> Self {
+        Api::on_moto().await
+    }
+}
+
 pub const ADMIN: &str = "admin-token-for-tests-0123456789";
-
-/// The router on the AWS adapters of a [`FaultyAws`]: DynamoDB and SQS on moto, each behind a
-/// fault proxy of its own. Each AWS test file adds its own methods.
-pub struct AwsStack {
-    pub aws: FaultyAws,
-    pub api: Api,
-}
-
-impl AwsStack {
-    pub async fn new() -> Self {
-        let aws = FaultyAws::new().await;
-        let api = Api::on(aws.store.clone(), aws.queue.clone());
-        Self { aws, api }
-    }
-
-    /// As [`AwsStack::new`], with the organization `acme`'s GitHub webhook secret set.
-    pub async fn with_github_secret() -> Self {
-        let stack = Self::new().await;
-        stack.api.set_secret("acme", "github").await;
-        stack
-    }
-}
 
 pub struct Api {
     pub router: Router,
@@ -107,6 +152,12 @@ impl Reply {
     }
 }
 
+impl Default for Api {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Api {
     /// The API on a fresh SQLite database file.
     pub fn new() -> Self {
@@ -125,7 +176,7 @@ impl Api {
 
     /// The router on a fresh DynamoDB table and SQS queue on moto.
     pub async fn on_moto() -> Self {
-        let aws = autodeploy_tests::aws_fixture().await;
+        let aws = aws_fixture().await;
         let mut api = Self::on(Arc::new(aws.store), Arc::new(aws.queue));
         api.sqs = Some(SqsQueueReader {
             client: aws.sqs,
@@ -154,8 +205,10 @@ impl Api {
         }
     }
 
-    /// Every deployment request queued since the API was created, as sent (SPEC's message):
-    /// the queue table on SQLite, the SQS queue on moto. Not for an API made with `on`.
+    /// Every deployment request queued since the API was created, as sent (SPEC's message),
+    /// in the order the queue hands them out: the queue table on SQLite, the SQS queue on moto
+    /// (where each message's deduplication id and group are checked too, as
+    /// [`message_ids`] does). Not for an API made with `on`.
     pub async fn queued_messages(&self) -> Vec<Value> {
         if let Some(store) = &self.sqlite {
             let queued = store.queued_messages(0, 10_000).await.unwrap();
@@ -165,7 +218,8 @@ impl Api {
                 .collect();
         }
         let sqs = self.sqs.as_ref().expect("an API on SQLite (new) or on moto (on_moto)");
-        let received = autodeploy_tests::fake_lambda::receive_all(&sqs.client, &sqs.url).await;
+        let received = receive_all(&sqs.client, &sqs.url).await;
+        check_fifo_fields(&received);
         let mut taken = sqs.taken.lock().unwrap();
         taken.extend(received.into_iter().map(|m| m.body));
         taken.clone()
@@ -233,6 +287,11 @@ impl Api {
     }
 
     pub async fn token(&self, org: &str, scopes: &[&str]) -> String {
+        self.token_and_id(org, scopes).await.0
+    }
+
+    /// A new token of `org` with `scopes`: the token, and its id.
+    pub async fn token_and_id(&self, org: &str, scopes: &[&str]) -> (String, String) {
         let r = self
             .call(
                 Method::POST,
@@ -242,83 +301,27 @@ impl Api {
             )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-        r.body["token"].as_str().unwrap().to_owned()
-    }
-}
-
-/// Hex HMAC-SHA256 of `body` with `secret`, as the providers sign.
-pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// A real fixture from `tests/fixtures/webhooks/`.
-pub fn fixture(path: &str) -> Vec<u8> {
-    let full = format!("{}/fixtures/webhooks/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-}
-
-pub fn fixture_json(path: &str) -> Value {
-    serde_json::from_slice(&fixture(path)).unwrap()
-}
-
-pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests-0123";
-
-/// The headers a provider sends with a push: event, delivery id and signature over `body`.
-pub fn provider_headers(provider: &str, body: &[u8], delivery: &str) -> Vec<(String, String)> {
-    let sig = hmac_hex(WEBHOOK_SECRET, body);
-    let h = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
-    match provider {
-        "github" => h(&[
-            ("x-github-event", "push".into()),
-            ("x-github-delivery", delivery.into()),
-            ("x-hub-signature-256", format!("sha256={sig}")),
-        ]),
-        "gitlab" => h(&[
-            ("x-gitlab-event", "Push Hook".into()),
-            ("x-gitlab-event-uuid", delivery.into()),
-            ("x-gitlab-token", WEBHOOK_SECRET.into()),
-        ]),
-        "bitbucket" => h(&[
-            ("x-event-key", "repo:push".into()),
-            ("x-request-uuid", delivery.into()),
-            ("x-hub-signature", format!("sha256={sig}")),
-        ]),
-        "bitbucket-server" => h(&[
-            ("x-event-key", "repo:refs_changed".into()),
-            ("x-request-id", delivery.into()),
-            ("x-hub-signature", format!("sha256={sig}")),
-        ]),
-        "gitea" => h(&[
-            ("x-gitea-event", "push".into()),
-            ("x-gitea-delivery", delivery.into()),
-            ("x-gitea-signature", sig),
-        ]),
-        "gogs" => h(&[
-            ("x-gogs-event", "push".into()),
-            ("x-gogs-delivery", delivery.into()),
-            ("x-gogs-signature", sig),
-        ]),
-        "azure-devops" => {
-            use base64::Engine;
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!("azure:{WEBHOOK_SECRET}"));
-            h(&[("authorization", format!("Basic {basic}"))])
-        }
-        other => panic!("no headers for {other}"),
+        (
+            r.body["token"].as_str().unwrap().to_owned(),
+            r.body["id"].as_str().unwrap().to_owned(),
+        )
     }
 }
 
 impl Api {
     /// Configure the organization's webhook secret for `provider`.
     pub async fn set_secret(&self, org: &str, provider: &str) {
+        self.set_secret_to(org, provider, WEBHOOK_SECRET).await;
+    }
+
+    /// Configure the organization's webhook secret for `provider` to `secret`.
+    pub async fn set_secret_to(&self, org: &str, provider: &str, secret: &str) {
         let r = self
             .call(
                 Method::PUT,
                 &format!("/organization/{org}/webhook-secrets/{provider}"),
                 Some(ADMIN),
-                Some(json!({"secret": WEBHOOK_SECRET})),
+                Some(json!({"secret": secret})),
             )
             .await;
         assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
@@ -354,6 +357,23 @@ impl Api {
         let r = self.put_service(org, id, body).await;
         assert!(r.status.is_success(), "{}", r.body);
         r
+    }
+
+    /// `(service_id, status)` of every deployment of `org`, sorted.
+    pub async fn statuses(&self, org: &str) -> Vec<(String, String)> {
+        let mut statuses: Vec<(String, String)> = self
+            .deployments(org)
+            .await
+            .iter()
+            .map(|d| {
+                (
+                    d["service_id"].as_str().unwrap().to_owned(),
+                    d["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        statuses.sort();
+        statuses
     }
 
     /// The deployment log of `org`, newest first.
@@ -411,14 +431,10 @@ pub fn deployment_ids(r: &Reply) -> Vec<String> {
 
 /// The deployment ids the messages carry, sorted, after checking that each message's
 /// deduplication id is its deployment id and its group the service's (organization `acme`).
-pub fn message_ids(messages: &[autodeploy_tests::fault_proxy::ReceivedMessage]) -> Vec<String> {
+pub fn message_ids(messages: &[ReceivedMessage]) -> Vec<String> {
+    check_fifo_fields(messages);
     for m in messages {
-        assert_eq!(m.dedup, m.body["deployment_id"].as_str().unwrap(), "{m:?}");
-        assert_eq!(
-            m.group,
-            format!("acme/{}", m.body["service_id"].as_str().unwrap()),
-            "{m:?}"
-        );
+        assert_eq!(m.body["organization_id"], "acme", "{m:?}");
     }
     let mut v: Vec<String> = messages
         .iter()
@@ -426,4 +442,45 @@ pub fn message_ids(messages: &[autodeploy_tests::fault_proxy::ReceivedMessage]) 
         .collect();
     v.sort();
     v
+}
+
+/// Each message's deduplication id is its deployment id, and its group the service's
+/// (`{organization}/{service}`).
+fn check_fifo_fields(messages: &[ReceivedMessage]) {
+    for m in messages {
+        assert_eq!(m.dedup, m.body["deployment_id"].as_str().unwrap(), "{m:?}");
+        assert_eq!(
+            m.group,
+            format!(
+                "{}/{}",
+                m.body["organization_id"].as_str().unwrap(),
+                m.body["service_id"].as_str().unwrap()
+            ),
+            "{m:?}"
+        );
+    }
+}
+
+/// Each of `messages` is in the deployment `log`, `QUEUED`, as the very request that was sent.
+pub fn assert_logged_as_sent(log: &[Value], messages: &[Value]) {
+    for m in messages {
+        let mut logged = log
+            .iter()
+            .find(|d| d["deployment_id"] == m["deployment_id"])
+            .expect("the message's deployment is in the log")
+            .clone();
+        assert_eq!(logged["status"], "QUEUED");
+        logged.as_object_mut().unwrap().remove("status");
+        assert_eq!(&logged, m);
+    }
+}
+
+/// The deployment ids of queued messages (as [`Api::queued_messages`] returns them), sorted.
+pub fn sent_deployment_ids(messages: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = messages
+        .iter()
+        .map(|m| m["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
 }

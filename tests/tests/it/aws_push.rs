@@ -7,20 +7,22 @@
 //! The store and the queue each reach moto through a proxy of their own, so either can fail
 //! while the other works. Their clients use the SDK's standard retry mode with
 //! `SDK_ATTEMPTS` (3) attempts and millisecond backoff, so one failed SDK call is exactly
-//! three requests at the proxy; no SDK timeout is set, as in production.
-
-mod common;
+//! three requests at the proxy; no SDK timeout is set, as in production. What holds without
+//! failures (the message and the log of a push, once-only, rollbacks, concurrent identical
+//! deliveries) runs on both stores in `push_webhooks.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::aws_stack::AwsStack as Stack;
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::aws::SqsQueue;
 use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use autodeploy_api::store::ServiceStore;
 use autodeploy_api::web::AppState;
-use autodeploy_tests::fault_proxy::{Count, Failure, Fault, ReceivedMessage, SDK_ATTEMPTS, action};
-use common::{Api, AwsStack as Stack, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
+use autodeploy_tests::ReceivedMessage;
+use autodeploy_tests::fault_proxy::{Count, Failure, Fault, SDK_ATTEMPTS, action};
+use autodeploy_tests::{Api, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -50,24 +52,6 @@ impl Stack {
         assert_eq!(message_ids(&self.aws.drain().await), deployment_ids(r));
         assert_eq!(self.log().await, each(services, "QUEUED"));
     }
-
-    /// `(service_id, status)` of every deployment recorded, sorted.
-    async fn log(&self) -> Vec<(String, String)> {
-        let mut log: Vec<(String, String)> = self
-            .api
-            .deployments("acme")
-            .await
-            .iter()
-            .map(|d| {
-                (
-                    d["service_id"].as_str().unwrap().to_owned(),
-                    d["status"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        log.sort();
-        log
-    }
 }
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
@@ -86,50 +70,6 @@ fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
     let mut body = fixture_json("github/gp-push.json");
     edit(&mut body);
     serde_json::to_vec(&body).unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_is_recorded_and_its_message_is_on_the_fifo_queue() {
-    let stack = Stack::with_github_secret().await;
-    let services = ids("svc", 2);
-    stack.services(&services).await;
-    let push = fixture("github/gp-push.json");
-    let payload = fixture_json("github/gp-push.json");
-
-    let r = stack.push(&push, "delivery-1").await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    assert_eq!(outcome(&r).0, each(&services, "QUEUED"));
-    assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 1);
-    assert_eq!(stack.log().await, each(&services, "QUEUED"));
-
-    let messages = stack.aws.drain().await;
-    assert_eq!(message_ids(&messages), deployment_ids(&r));
-    let log = stack.api.deployments("acme").await;
-    for m in &messages {
-        let body = &m.body;
-        assert_eq!(body["schema"], "autodeploy.deployment-request.v1");
-        assert_eq!(body["organization_id"], "acme");
-        assert_eq!(body["environment_id"], "production");
-        assert_eq!(body["service_kind"], "APPLICATION");
-        assert_eq!(body["git_commit_id"], payload["after"]);
-        assert_eq!(body["image_tag"], Value::Null);
-        assert_eq!(
-            body["trigger"],
-            json!({"type": "GIT_PUSH", "provider": "GITHUB",
-                   "repository": "github.com/binkkatal/sample_app", "branch": "master",
-                   "before": payload["before"], "commit_sha": payload["after"],
-                   "delivery_id": "delivery-1", "pusher": body["trigger"]["pusher"]})
-        );
-        // The log shows the very request that was sent, plus its status.
-        let mut logged = log
-            .iter()
-            .find(|d| d["deployment_id"] == body["deployment_id"])
-            .expect("the message's deployment is in the log")
-            .clone();
-        assert_eq!(logged["status"], "QUEUED");
-        logged.as_object_mut().unwrap().remove("status");
-        assert_eq!(&logged, body);
-    }
 }
 
 /// What one push costs in AWS calls, per matched service and per push: the numbers to
@@ -442,101 +382,6 @@ async fn a_store_failing_midway_is_completed_by_the_redelivery() {
     assert_eq!(groups, services.iter().map(|s| format!("acme/{s}")).collect::<Vec<_>>());
 }
 
-/// Twenty identical deliveries at once (half retries of one delivery id, half from hooks
-/// configured twice): one deployment and one message per service.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_concurrent_identical_deliveries_queue_once_per_service() {
-    let stack = Arc::new(Stack::with_github_secret().await);
-    let services = ids("svc", 3);
-    stack.services(&services).await;
-    let push = fixture("github/gp-push.json");
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let stack = Arc::clone(&stack);
-        let push = push.clone();
-        let delivery = if i % 2 == 0 {
-            "same".to_owned()
-        } else {
-            format!("hook-{i}")
-        };
-        tasks.push(tokio::spawn(async move { stack.push(&push, &delivery).await }));
-    }
-    let mut queued = Vec::new();
-    let (mut already, mut duplicate) = (0, 0);
-    for task in tasks {
-        let r = task.await.unwrap();
-        match r.status {
-            StatusCode::ACCEPTED | StatusCode::OK => {}
-            other => panic!("{other}: {}", r.body),
-        }
-        if r.body["ignored"] == "DUPLICATE_DELIVERY" {
-            duplicate += 1;
-            continue;
-        }
-        let (q, skipped) = outcome(&r);
-        assert!(q.iter().all(|(_, status)| status == "QUEUED"), "{q:?}");
-        assert!(
-            skipped.iter().all(|(_, reason)| reason == "ALREADY_QUEUED"),
-            "{skipped:?}"
-        );
-        assert_eq!(q.len() + skipped.len(), 3, "{}", r.body);
-        already += skipped.len();
-        queued.extend(q.into_iter().map(|(id, _)| id));
-    }
-    queued.sort();
-    assert_eq!(queued, services);
-    // Every other answer says why it queued nothing.
-    assert_eq!(already + 3 * duplicate, 3 * 20 - 3);
-    assert_eq!(stack.log().await, each(&services, "QUEUED"));
-    let messages = stack.aws.drain().await;
-    assert_eq!(messages.len(), 3);
-    message_ids(&messages);
-}
-
-/// Once only, and rollbacks: a redelivery is not processed, the same push from another hook
-/// is ALREADY_QUEUED, a force-push back to the earlier commit queues, and so does a later
-/// return to the commit deployed before — in order, in the service's message group.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollbacks_and_returns_queue_again_in_order() {
-    let stack = Stack::with_github_secret().await;
-    stack.services(&["api".to_owned()]).await;
-    let push = fixture("github/gp-push.json");
-    let payload = fixture_json("github/gp-push.json");
-    let (before, after) = (payload["before"].clone(), payload["after"].clone());
-
-    let r = stack.push(&push, "delivery-a").await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let r = stack.push(&push, "delivery-a").await;
-    assert_eq!(
-        (r.status, r.body["ignored"].as_str()),
-        (StatusCode::OK, Some("DUPLICATE_DELIVERY"))
-    );
-    let r = stack.push(&push, "delivery-b").await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(outcome(&r).1, vec![("api".to_owned(), "ALREADY_QUEUED".to_owned())]);
-
-    let rollback = github_push(|b| {
-        b["before"] = after.clone();
-        b["after"] = before.clone();
-        b["forced"] = json!(true);
-    });
-    let r = stack.push(&rollback, "delivery-c").await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    assert_eq!(r.body["commit_sha"], before);
-    let r = stack.push(&push, "delivery-d").await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    assert_eq!(stack.log().await, each(&vec!["api".to_owned(); 3], "QUEUED"));
-
-    let commits: Vec<Value> = stack
-        .aws
-        .drain()
-        .await
-        .into_iter()
-        .map(|m| m.body["git_commit_id"].clone())
-        .collect();
-    assert_eq!(commits, vec![after.clone(), before, after]);
-}
-
 /// Twelve pushes to the service `api` while the queue is down: twelve deployments PENDING,
 /// two SQS batches for the relay. Returns their commits, oldest first.
 async fn twelve_pending_pushes(stack: &Stack) -> Vec<Value> {
@@ -605,7 +450,7 @@ async fn a_push_after_an_outage_waits_behind_the_older_pending_deployment() {
         AppState::new(
             stack.aws.store.clone(),
             stack.aws.queue.clone(),
-            Arc::new(StaticAdminToken::new(common::ADMIN)),
+            Arc::new(StaticAdminToken::new(autodeploy_tests::ADMIN)),
         )
         .with_in_flight_horizon(horizon),
     );

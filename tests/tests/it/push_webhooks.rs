@@ -3,13 +3,13 @@
 //! standalone stack (SQLite, whose queue is a table); the cases whose outcome goes through
 //! the store run on both stores (SQLite, and DynamoDB and SQS on moto).
 
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 
 use autodeploy_core::repo_url::normalize_repository_url;
-use common::{ADMIN, Api, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome, provider_headers};
+use autodeploy_tests::{
+    ADMIN, Api, WEBHOOK_SECRET, deployment_ids, fixture, fixture_json, hmac_hex, outcome, provider_headers,
+};
+use autodeploy_tests::{assert_logged_as_sent, on_both_stores, sent_deployment_ids};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -37,6 +37,7 @@ async fn with_github_secret(api: Api) -> Api {
 
 on_both_stores!(
     every_provider_fixture_queues_a_deployment,
+    a_push_is_recorded_as_the_message_it_queues,
     once_only_and_rollbacks,
     twenty_concurrent_identical_deliveries_queue_once_per_service,
     restrictions_skip_markers_and_disabled_services,
@@ -196,6 +197,43 @@ async fn every_provider_fixture_queues_a_deployment(api: Api) {
         assert_eq!(log[0]["status"], "QUEUED");
         assert_eq!(log[0]["deployment_id"], msg["deployment_id"]);
     }
+}
+
+/// The queue holds SPEC's message for each service following the pushed branch, and the log
+/// the very request that was sent, plus its status.
+async fn a_push_is_recorded_as_the_message_it_queues(api: Api) {
+    let api = with_github_secret(api).await;
+    for id in ["svc-00", "svc-01"] {
+        api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    }
+    let push = fixture("github/gp-push.json");
+    let payload = fixture_json("github/gp-push.json");
+
+    let r = api.push("acme", "github", &push, "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let queued = s(&[("svc-00", "QUEUED"), ("svc-01", "QUEUED")]);
+    assert_eq!(outcome(&r).0, queued);
+    assert_eq!(api.statuses("acme").await, queued);
+    let log = api.deployments("acme").await;
+
+    let messages = api.queued_messages().await;
+    assert_eq!(sent_deployment_ids(&messages), deployment_ids(&r));
+    for body in &messages {
+        assert_eq!(body["schema"], "autodeploy.deployment-request.v1");
+        assert_eq!(body["organization_id"], "acme");
+        assert_eq!(body["environment_id"], "production");
+        assert_eq!(body["service_kind"], "APPLICATION");
+        assert_eq!(body["git_commit_id"], payload["after"]);
+        assert_eq!(body["image_tag"], Value::Null);
+        assert_eq!(
+            body["trigger"],
+            json!({"type": "GIT_PUSH", "provider": "GITHUB",
+                   "repository": "github.com/binkkatal/sample_app", "branch": "master",
+                   "before": payload["before"], "commit_sha": payload["after"],
+                   "delivery_id": "delivery-1", "pusher": body["trigger"]["pusher"]})
+        );
+    }
+    assert_logged_as_sent(&log, &messages);
 }
 
 #[tokio::test]
@@ -425,7 +463,17 @@ async fn once_only_and_rollbacks(api: Api) {
     // And a later return to the commit deployed before queues again.
     let r = api.push("acme", "github", &push, "delivery-d").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    assert_eq!(api.deployments("acme").await.len(), 3);
+    let log = api.deployments("acme").await;
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|d| d["status"] == "QUEUED"), "{log:?}");
+    // In order, in the service's message group.
+    let commits: Vec<Value> = api
+        .queued_messages()
+        .await
+        .into_iter()
+        .map(|m| m["git_commit_id"].clone())
+        .collect();
+    assert_eq!(commits, vec![after.clone(), before, after]);
 }
 
 async fn twenty_concurrent_identical_deliveries_queue_once_per_service(api: Api) {
@@ -448,7 +496,8 @@ async fn twenty_concurrent_identical_deliveries_queue_once_per_service(api: Api)
             api.push("acme", "github", &push, &delivery).await
         }));
     }
-    let mut queued = 0;
+    let mut queued = Vec::new();
+    let (mut already, mut duplicate) = (0, 0);
     for t in tasks {
         let r = t.await.unwrap();
         assert!(
@@ -456,10 +505,27 @@ async fn twenty_concurrent_identical_deliveries_queue_once_per_service(api: Api)
             "{}",
             r.body
         );
-        queued += r.body["queued"].as_array().map_or(0, Vec::len);
+        if r.body["ignored"] == "DUPLICATE_DELIVERY" {
+            duplicate += 1;
+            continue;
+        }
+        let (q, skipped) = outcome(&r);
+        assert!(q.iter().all(|(_, status)| status == "QUEUED"), "{q:?}");
+        assert!(
+            skipped.iter().all(|(_, reason)| reason == "ALREADY_QUEUED"),
+            "{skipped:?}"
+        );
+        assert_eq!(q.len() + skipped.len(), 3, "{}", r.body);
+        already += skipped.len();
+        queued.extend(q.into_iter().map(|(id, _)| id));
     }
-    assert_eq!(queued, 3);
-    assert_eq!(api.deployments("acme").await.len(), 3);
+    queued.sort();
+    assert_eq!(queued, ["api", "web", "worker"]);
+    // Every other answer says why it queued nothing.
+    assert_eq!(already + 3 * duplicate, 3 * 20 - 3);
+    let log = api.deployments("acme").await;
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|d| d["status"] == "QUEUED"), "{log:?}");
     assert_eq!(api.queued_messages().await.len(), 3);
 }
 

@@ -1,18 +1,23 @@
 //! The `settings` binary as Lambda runs it: API Gateway requests from the Lambda Runtime API
 //! (a stand-in), state on moto, and no queue: its routes send no deployments.
 
+use autodeploy_tests::aws_fixture;
 use autodeploy_tests::fake_lambda::{
-    FakeLambdaRuntime, FunctionProcess, env_vars, http_api_event, moto_env, response_body, start_up_failure,
+    FakeLambdaRuntime, FunctionProcess, http_api_event, response_body, start_up_failure,
 };
-use autodeploy_tests::{aws_fixture, moto_url};
+use autodeploy_tests::functions::{function_env, function_exe};
 use serde_json::json;
+use std::path::PathBuf;
 
-const EXE: &str = env!("CARGO_BIN_EXE_settings");
+/// The function's executable.
+fn exe() -> PathBuf {
+    function_exe("settings")
+}
 const ADMIN: &str = "settings-admin-token-0123456789";
 
 #[tokio::test]
 async fn without_its_table_it_stops_naming_the_variable() {
-    let logs = start_up_failure(EXE, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]).await;
+    let logs = start_up_failure(exe(), &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]).await;
     assert!(logs.contains("AUTODEPLOY_TABLE"), "{logs}");
 }
 
@@ -20,14 +25,9 @@ async fn without_its_table_it_stops_naming_the_variable() {
 async fn serves_the_settings_api_with_no_queue_configured() {
     let fx = aws_fixture().await;
     let runtime = FakeLambdaRuntime::start().await;
-    let mut vars = moto_env(&moto_url());
-    vars.extend(runtime.env());
     // No AUTODEPLOY_QUEUE_URL.
-    vars.extend(env_vars(&[
-        ("AUTODEPLOY_TABLE", &fx.table),
-        ("AUTODEPLOY_ADMIN_TOKEN", ADMIN),
-    ]));
-    let function = FunctionProcess::spawn(EXE, &vars);
+    let vars = function_env(&fx, &runtime, &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]);
+    let function = FunctionProcess::spawn(exe(), &vars);
     let auth = format!("Token {ADMIN}");
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
 

@@ -1,22 +1,27 @@
 //! The `relay` binary as Lambda runs it: a scheduled event from the Lambda Runtime API (a
 //! stand-in), state on moto.
 
+use autodeploy_tests::functions::{function_env, function_exe};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use autodeploy_api::aws::SqsQueue;
 use autodeploy_tests::fake_lambda::{
-    FakeLambdaRuntime, FunctionProcess, call_api, call_api_with, env_vars, github_app_for_the_push_fixture,
-    github_signature, moto_env, receive_all, start_up_failure,
+    FakeLambdaRuntime, FunctionProcess, call_api, call_api_with, github_app_for_the_push_fixture, start_up_failure,
 };
 use autodeploy_tests::{aws_fixture, moto_url, unique_name};
+use autodeploy_tests::{github_signature, receive_all};
 use serde_json::{Value, json};
 
-const EXE: &str = env!("CARGO_BIN_EXE_relay");
+/// The function's executable.
+fn exe() -> PathBuf {
+    function_exe("relay")
+}
 const SECRET: &str = "github-webhook-secret-0123456789";
 
 #[tokio::test]
 async fn without_its_queue_it_stops_naming_the_variable() {
-    let logs = start_up_failure(EXE, &[("AUTODEPLOY_TABLE", "t")]).await;
+    let logs = start_up_failure(exe(), &[("AUTODEPLOY_TABLE", "t")]).await;
     assert!(logs.contains("AUTODEPLOY_QUEUE_URL"), "{logs}");
 }
 
@@ -75,19 +80,14 @@ async fn sends_what_was_recorded_while_sqs_was_down() {
 
     // The relay, with the working queue.
     let runtime = FakeLambdaRuntime::start().await;
-    let mut vars = moto_env(&moto_url());
-    vars.extend(runtime.env());
-    vars.extend(env_vars(&[
-        ("AUTODEPLOY_TABLE", &fx.table),
-        ("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url),
-    ]));
-    let function = FunctionProcess::spawn(EXE, &vars);
+    let vars = function_env(&fx, &runtime, &[("AUTODEPLOY_QUEUE_URL", &fx.queues.deployments.url)]);
+    let function = FunctionProcess::spawn(exe(), &vars);
     let report = runtime.invoke(scheduled_event()).await.response();
     assert_eq!(report, json!({"pending": 1, "sent": 1}), "{}", function.logs());
     let messages = receive_all(&fx.sqs, &fx.queues.deployments.url).await;
     assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0].group_id, "acme/api");
-    assert_eq!(messages[0].deduplication_id, deployment_id);
+    assert_eq!(messages[0].group, "acme/api");
+    assert_eq!(messages[0].dedup, deployment_id);
     let (_, log) = call_api(
         store.clone(),
         down.clone(),

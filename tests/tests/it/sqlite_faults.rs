@@ -4,11 +4,9 @@
 //! holds the write lock. SPEC: "503 when the deployment cannot be recorded — then nothing was
 //! recorded", so that a redelivery starts clean.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ADMIN, Api, Reply, fixture, outcome};
+use autodeploy_tests::{ADMIN, Api, Reply, fixture, outcome};
 use http::{Method, StatusCode};
 use rusqlite::Connection;
 use serde_json::json;

@@ -3,13 +3,11 @@
 //! lost, never turns into an error, and the push's outcome agrees with what was recorded.
 //! ("Prove it" issue, item 1; README "Proof: faults, races, durability, load".)
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ADMIN, Api, fixture_json, outcome};
+use autodeploy_tests::{ADMIN, Api, fixture_json, on_both_stores, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -31,18 +29,17 @@ fn commit(round: usize, i: usize) -> String {
     format!("{round:08x}{i:08x}{:024x}", 0xabcdefu64)
 }
 
-async fn sqlite_api() -> Arc<Api> {
-    let api = Api::new();
+/// The API with `acme`'s GitHub webhook secret set, shared by concurrent tasks.
+async fn with_github_secret(api: Api) -> Arc<Api> {
     api.set_secret("acme", "github").await;
     Arc::new(api)
 }
 
-async fn dynamo_api() -> Arc<Api> {
-    let aws = autodeploy_tests::aws_fixture().await;
-    let api = Api::on(Arc::new(aws.store), Arc::new(aws.queue));
-    api.set_secret("acme", "github").await;
-    Arc::new(api)
-}
+on_both_stores!(
+    worker_threads = 4;
+    distinct_concurrent_pushes_each_deploy_every_service,
+    a_patch_racing_a_push_is_never_lost,
+);
 
 /// Every deployment of `org`, all pages, newest first.
 async fn all_deployments(api: &Api, org: &str, query: &str) -> Vec<Value> {
@@ -66,7 +63,8 @@ async fn all_deployments(api: &Api, org: &str, query: &str) -> Vec<Value> {
 /// N distinct pushes at once to one repository followed by three services: exactly one
 /// deployment per (push, service), each reply listing its three, and the log holding exactly
 /// the deployment ids the replies handed out.
-async fn distinct_concurrent_pushes_each_deploy_every_service(api: Arc<Api>) {
+async fn distinct_concurrent_pushes_each_deploy_every_service(api: Api) {
+    let api = with_github_secret(api).await;
     let services: Vec<String> = (0..SERVICES).map(|i| format!("svc-{i}")).collect();
     for id in &services {
         api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
@@ -139,7 +137,14 @@ async fn distinct_concurrent_pushes_each_deploy_every_service(api: Arc<Api>) {
 /// exactly once, everything else unchanged); the push is a 202 QUEUED (it read the service
 /// before the PATCH) or a 200 AUTO_DEPLOY_DISABLED, never an error; exactly as many
 /// deployments exist as the push said it queued.
-async fn a_patch_racing_a_push_is_never_lost(api: Arc<Api>, backend: &str, step: Duration) {
+async fn a_patch_racing_a_push_is_never_lost(api: Api) {
+    // Each backend's `step` for the sweep below.
+    let (backend, step) = if api.sqlite.is_some() {
+        ("SQLite", Duration::from_micros(300))
+    } else {
+        ("DynamoDB", Duration::from_millis(4))
+    };
+    let api = with_github_secret(api).await;
     const ROUNDS: usize = 16;
     let mut queued_rounds = 0;
     for round in 0..ROUNDS {
@@ -236,24 +241,4 @@ async fn a_patch_racing_a_push_is_never_lost(api: Arc<Api>, backend: &str, step:
         }
     }
     eprintln!("{backend} PATCH/push race: {queued_rounds} of {ROUNDS} pushes read the service before the PATCH");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_distinct_concurrent_pushes_each_deploy_every_service() {
-    distinct_concurrent_pushes_each_deploy_every_service(sqlite_api().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sqlite_a_patch_racing_a_push_is_never_lost() {
-    a_patch_racing_a_push_is_never_lost(sqlite_api().await, "SQLite", Duration::from_micros(300)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dynamodb_distinct_concurrent_pushes_each_deploy_every_service() {
-    distinct_concurrent_pushes_each_deploy_every_service(dynamo_api().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dynamodb_a_patch_racing_a_push_is_never_lost() {
-    a_patch_racing_a_push_is_never_lost(dynamo_api().await, "DynamoDB", Duration::from_millis(4)).await;
 }

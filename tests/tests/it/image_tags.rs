@@ -5,13 +5,11 @@
 //! DynamoDB and SQS FIFO on moto, the messages read off the queue); request validation,
 //! authentication and signature checks, which stop before the store, on SQLite.
 
-#[macro_use]
-mod common;
-
 use std::sync::Arc;
 
+use autodeploy_tests::{ADMIN, Api, Reply, WEBHOOK_SECRET, deployment_ids, fixture, fixture_json, hmac_hex, outcome};
+use autodeploy_tests::{assert_logged_as_sent, on_both_stores, sent_deployment_ids};
 use axum::body::Body;
-use common::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture, fixture_json, hmac_hex, outcome};
 use http::{Method, Request, StatusCode};
 use serde_json::{Value, json};
 
@@ -335,13 +333,18 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
         policy,
     )
     .await;
+    image_service(&api, "migrate", "JOB", Some("ghcr.io"), "acme/api", "1.3.0", json!({})).await;
     let before = get_service(&api, "api").await;
     assert_eq!(before.body["version"], 1);
 
-    let r = deploy(&api, "container", "ghcr.io/acme/api", "1.4.0").await;
+    let queued = deploy(&api, "container", "ghcr.io/acme/api", "1.4.0").await;
     assert_eq!(
-        (r.status, queued_ids(&r)),
+        (queued.status, queued_ids(&queued)),
         (StatusCode::ACCEPTED, vec!["api".to_owned(), "semver".to_owned()])
+    );
+    assert_eq!(
+        outcome(&queued),
+        (pairs(&[("api", "QUEUED"), ("semver", "QUEUED")]), vec![])
     );
     let after = get_service(&api, "api").await;
     assert_eq!(after.body["image"]["tag"], "1.4.0");
@@ -362,6 +365,24 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
         )
         .await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    // The job runs the same image but is not a container.
+    assert_eq!(get_service(&api, "migrate").await.body["image"]["tag"], "1.3.0");
+
+    // The messages are SPEC's, and the log holds the very requests sent.
+    let messages = api.queued_messages().await;
+    assert_eq!(sent_deployment_ids(&messages), deployment_ids(&queued));
+    let log = api.deployments("acme").await;
+    for m in &messages {
+        assert_eq!(m["git_commit_id"], Value::Null);
+        assert_eq!(m["image_tag"], "1.4.0");
+        assert_eq!(m["service_kind"], "CONTAINER");
+        assert_eq!(
+            m["trigger"],
+            json!({"type": "IMAGE_TAG", "source": "API", "registry": "ghcr.io", "image_name": "acme/api",
+                   "previous_tag": "1.3.0", "tag": "1.4.0"})
+        );
+    }
+    assert_logged_as_sent(&log, &messages);
 
     // The same notification again queues nothing.
     let r = deploy(&api, "container", "acme/api", "1.4.0").await;
@@ -389,7 +410,19 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
     // And a later return to a tag deployed before queues again.
     let r = deploy(&api, "container", "acme/api", "1.4.0").await;
     assert_eq!(outcome(&r).0, pairs(&[("api", "QUEUED")]));
+    let svc = get_service(&api, "api").await;
+    assert_eq!(
+        (svc.body["image"]["tag"].as_str(), svc.body["version"].as_u64()),
+        (Some("1.4.0"), Some(4))
+    );
+    assert_eq!(get_service(&api, "semver").await.body["image"]["tag"], "1.4.0");
     assert_eq!(api.deployments("acme").await.len(), 4);
+    // Sent in order, after the first two.
+    let tags: Vec<Value> = api.queued_messages().await[2..]
+        .iter()
+        .map(|m| m["image_tag"].clone())
+        .collect();
+    assert_eq!(tags, vec![json!("1.3.0"), json!("1.4.0")]);
 
     // A settings write in between is not undone by the deploy write (and vice versa).
     let r = api
@@ -401,7 +434,10 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    deploy(&api, "container", "acme/api", "1.5.0").await;
+    assert_eq!(
+        deploy(&api, "container", "acme/api", "1.5.0").await.status,
+        StatusCode::ACCEPTED
+    );
     let svc = get_service(&api, "api").await;
     assert_eq!(
         (svc.body["name"].as_str(), svc.body["image"]["tag"].as_str()),
@@ -429,6 +465,7 @@ async fn twenty_concurrent_identical_notifications_queue_once(api: Api) {
             r.body
         );
         let (q, skipped) = outcome(&r);
+        assert!(q.iter().all(|(_, status)| status == "QUEUED"), "{q:?}");
         queued.extend(q.into_iter().map(|(id, _)| id));
         assert!(skipped.iter().all(|(_, reason)| reason == "SAME_TAG"), "{skipped:?}");
         same += skipped.len();
@@ -436,9 +473,17 @@ async fn twenty_concurrent_identical_notifications_queue_once(api: Api) {
     queued.sort();
     assert_eq!(queued, vec!["api", "web"]);
     assert_eq!(same, 2 * 19);
-    assert_eq!(api.deployments("acme").await.len(), 2);
+    let log = api.deployments("acme").await;
+    assert_eq!(log.len(), 2);
+    assert!(log.iter().all(|d| d["status"] == "QUEUED"), "{log:?}");
     assert_eq!(api.queued_messages().await.len(), 2);
-    assert_eq!(get_service(&api, "api").await.body["version"], 2);
+    for id in ["api", "web"] {
+        let svc = get_service(&api, id).await;
+        assert_eq!(
+            (svc.body["image"]["tag"].as_str(), svc.body["version"].as_u64()),
+            (Some("1.1.0"), Some(2))
+        );
+    }
 }
 
 async fn the_queue_message_is_the_specs(api: Api) {

@@ -1,0 +1,186 @@
+//! Image-tag auto-deploy on the AWS stack under failures: the real router on DynamoDB and SQS
+//! FIFO (moto, through the real AWS SDK), with real failures injected by the fault proxies of
+//! `autodeploy_tests::fault_proxy::FaultyAws`. What holds without failures (the new tag written
+//! as the service's desired state with the deployment record, once under concurrency) runs on
+//! both stores in `image_tags.rs`; this proves that the tag is never half-written when the
+//! store fails, and that the relay sends what the queue refused.
+//!
+//! The faulted clients make `SDK_ATTEMPTS` (3) attempts per call with millisecond backoff.
+
+use crate::aws_stack::AwsStack as Stack;
+use autodeploy_api::pipeline::RelayReport;
+use autodeploy_tests::fault_proxy::{Count, Fault, SDK_ATTEMPTS, action};
+use autodeploy_tests::{ADMIN, Reply, deployment_ids, message_ids, outcome};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const ATTEMPTS: usize = SDK_ATTEMPTS as usize;
+
+impl Stack {
+    /// An auto-deployed service of `kind` running `registry`/`name`:`tag` in `acme`.
+    async fn image_service(&self, id: &str, kind: &str, registry: Option<&str>, name: &str, tag: &str, extra: Value) {
+        let mut image = json!({"image_name": name, "tag": tag});
+        if let Some(registry) = registry {
+            image["registry"] = json!(registry);
+        }
+        let mut body = json!({"environment_id": "production", "kind": kind, "auto_deploy": true, "image": image});
+        json_patch::merge(&mut body, &extra);
+        let r = self.api.put_service("acme", id, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{id}: {}", r.body);
+    }
+
+    async fn container(&self, id: &str, registry: Option<&str>, name: &str, tag: &str) {
+        self.image_service(id, "CONTAINER", registry, name, tag, json!({}))
+            .await;
+    }
+
+    /// `POST /organization/acme/{kind}/deploy` as the admin.
+    async fn deploy(&self, kind: &str, image: &str, tag: &str) -> Reply {
+        self.api
+            .call(
+                Method::POST,
+                &format!("/organization/acme/{kind}/deploy"),
+                Some(ADMIN),
+                Some(json!({"image_name": image, "tag": tag})),
+            )
+            .await
+    }
+
+    async fn service(&self, id: &str) -> Reply {
+        let r = self
+            .api
+            .call(
+                Method::GET,
+                &format!("/organization/acme/services/{id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r
+    }
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
+    v.sort();
+    v
+}
+
+/// The queue down: 202 with the deployments PENDING and the new tag already the services'
+/// (a repeat is SAME_TAG, not a second deployment); the relay sends each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_down_leaves_the_new_tag_pending_for_the_relay() {
+    let stack = Stack::new().await;
+    stack.container("api", None, "acme/api", "1.0.0").await;
+    stack.container("web", None, "acme/api", "1.0.0").await;
+    stack.aws.queue_proxy.set(Fault::unavailable());
+
+    let r = stack.deploy("container", "acme/api", "1.1.0").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(outcome(&r).0, pairs(&[("api", "PENDING"), ("web", "PENDING")]));
+    assert_eq!(
+        stack.aws.queue_proxy.count(action::SEND_MESSAGE_BATCH),
+        Count {
+            requests: ATTEMPTS,
+            failed: ATTEMPTS
+        }
+    );
+    assert_eq!(stack.log().await, pairs(&[("api", "PENDING"), ("web", "PENDING")]));
+    assert_eq!(stack.service("api").await.body["image"]["tag"], "1.1.0");
+    let r2 = stack.deploy("container", "acme/api", "1.1.0").await;
+    assert_eq!(
+        (r2.status, outcome(&r2)),
+        (
+            StatusCode::OK,
+            (vec![], pairs(&[("api", "SAME_TAG"), ("web", "SAME_TAG")]))
+        )
+    );
+    assert!(stack.aws.drain().await.is_empty());
+
+    stack.aws.queue_proxy.pass_through();
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 2, sent: 2 });
+    assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
+    assert_eq!(stack.log().await, pairs(&[("api", "QUEUED"), ("web", "QUEUED")]));
+    assert_eq!(stack.aws.relay().await, RelayReport::default());
+    assert!(stack.aws.drain().await.is_empty());
+}
+
+/// The store refuses the record write: 503, and the services keep their tag, version and
+/// ETag, with no deployment and no message; once the store is back the same notification
+/// queues each exactly once. Then a store that takes one record and fails the other: the
+/// retry completes the rest and finds the first at the new tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_store_refuses_is_a_503_and_changes_nothing() {
+    let stack = Stack::new().await;
+    stack.container("api", None, "acme/api", "1.0.0").await;
+    stack.container("web", None, "acme/api", "1.0.0").await;
+    let before = [stack.service("api").await, stack.service("web").await];
+    stack
+        .aws
+        .store_proxy
+        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS));
+
+    let r = stack.deploy("container", "acme/api", "1.1.0").await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
+        Count {
+            requests: 2 * ATTEMPTS,
+            failed: 2 * ATTEMPTS
+        }
+    );
+    for old in &before {
+        let id = old.body["id"].as_str().unwrap();
+        let now = stack.service(id).await;
+        assert_eq!(now.etag(), old.etag(), "{id}");
+        assert_eq!(now.body, old.body, "{id}");
+    }
+    assert!(stack.log().await.is_empty());
+    assert!(stack.aws.drain().await.is_empty());
+    assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 0);
+
+    stack.aws.store_proxy.pass_through();
+    let r = stack.deploy("container", "acme/api", "1.1.0").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(outcome(&r), (pairs(&[("api", "QUEUED"), ("web", "QUEUED")]), vec![]));
+    assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
+
+    // One record taken, the other refused.
+    stack
+        .aws
+        .store_proxy
+        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS).after(1));
+    let r = stack.deploy("container", "acme/api", "1.2.0").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let mut tags: Vec<String> = Vec::new();
+    for id in ["api", "web"] {
+        tags.push(
+            stack.service(id).await.body["image"]["tag"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    tags.sort();
+    assert_eq!(tags, vec!["1.1.0", "1.2.0"]);
+    let first = stack.aws.drain().await;
+    assert_eq!(first.len(), 1);
+    let taken = first[0].body["service_id"].as_str().unwrap().to_owned();
+    let other = if taken == "api" { "web" } else { "api" };
+
+    stack.aws.store_proxy.pass_through();
+    let r = stack.deploy("container", "acme/api", "1.2.0").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(
+        outcome(&r),
+        (pairs(&[(other, "QUEUED")]), pairs(&[(taken.as_str(), "SAME_TAG")]))
+    );
+    assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
+    assert_eq!(stack.log().await.len(), 4);
+}

@@ -1,0 +1,20 @@
+//! The integration tests, one binary (each test binary links the AWS SDK, so one is much
+//! cheaper to build than one per file): one module per area, on the harness of this crate's
+//! library (`autodeploy_tests`).
+
+mod aws_cost;
+mod aws_images;
+mod aws_push;
+mod aws_stack;
+mod hostile_input;
+mod https_client;
+mod image_tags;
+mod lambda_binaries;
+mod lambda_functions;
+mod push_webhooks;
+mod races;
+mod routes;
+mod settings_api;
+mod sqlite_faults;
+mod store_contract;
+mod tenant_isolation;
