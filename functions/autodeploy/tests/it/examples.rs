@@ -164,6 +164,7 @@ fn the_receiver_verifies_what_the_dispatcher_signs() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let _ = receiver.kill();
+    let _ = receiver.wait();
     let mut printed = String::new();
     std::io::Read::read_to_string(&mut receiver.stdout.take().unwrap(), &mut printed).unwrap();
     assert!(printed.contains(&format!("deploy api {}", c(1))), "{printed}");
