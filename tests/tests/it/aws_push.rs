@@ -91,8 +91,8 @@ async fn aws_calls_per_push() {
         vec![
             // The webhook secret and the delivery id.
             (action::GET_ITEM.to_owned(), calls(2)),
-            // The delivery id remembered.
-            (action::PUT_ITEM.to_owned(), calls(1)),
+            // The delivery id remembered; the delivery recorded in the deliveries history.
+            (action::PUT_ITEM.to_owned(), calls(2)),
             // The services following the repository, one index query; older deployments of
             // theirs still pending, another (an empty index partition outside outages).
             (action::QUERY.to_owned(), calls(2)),

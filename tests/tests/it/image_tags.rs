@@ -633,7 +633,7 @@ async fn every_bad_request_is_a_400() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
 
     let mut huge = br#"{"image_name": "acme/api", "tag": "3.0", "pad": ""#.to_vec();
-    huge.resize(1024 * 1024 + 1, b' ');
+    huge.resize(256 * 1024 + 1, b' ');
     let r = raw(huge, Some("application/json"), &[]).await;
     assert_eq!(
         (r.status, r.error_code()),
@@ -643,10 +643,10 @@ async fn every_bad_request_is_a_400() {
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     // Just under the limit is read (and then judged on its fields).
     let mut padded = br#"{"image_name": "acme/api", "tag": "3.0", "pad": ""#.to_vec();
-    padded.resize(1024 * 1024 - 2, b'x');
+    padded.resize(256 * 1024 - 2, b'x');
     padded.extend_from_slice(b"\"}");
     let r = raw(padded, Some("application/json"), &[]).await;
-    assert_eq!(r.error_fields(), vec!["pad"]);
+    assert_eq!(r.error_fields(), vec!["pad"], "{}", r.body);
 
     let r = api
         .call(
@@ -817,9 +817,20 @@ async fn dockerhub_webhook_queues_with_the_secret_url(api: Api) {
     assert_eq!(get_service(&api, "hub-job").await.body["image"]["tag"], "v2.4.1");
     assert!(!String::from_utf8_lossy(&r.raw).contains(WEBHOOK_SECRET));
 
-    // Docker Hub retries: the same push again queues nothing.
+    // Docker Hub retries: the same body again is a duplicate and queues nothing.
     let r = api
         .deliver(&dockerhub_path(WEBHOOK_SECRET), &[], fixture(DOCKERHUB))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY", "{}", r.body);
+    assert_eq!(api.queued_messages().await.len(), messages.len());
+    // Another body announcing the same tag: each service already has it.
+    let r = api
+        .deliver(
+            &dockerhub_path(WEBHOOK_SECRET),
+            &[],
+            serde_json::to_vec(&fixture_json(DOCKERHUB)).unwrap(),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
@@ -1010,9 +1021,18 @@ async fn github_package_webhook_queues_tagged_versions(api: Api) {
         .deliver(GITHUB_PATH, &github_headers("registry_package", &body), body.clone())
         .await;
     assert_eq!(outcome(&r).0, pairs(&[("ghcr", "QUEUED")]));
-    // A redelivery: the service already has that tag.
+    // A redelivery of the same body is a duplicate, whatever its delivery id.
     let r = api
-        .deliver(GITHUB_PATH, &github_headers("registry_package", &body), body)
+        .deliver(GITHUB_PATH, &github_headers("registry_package", &body), body.clone())
+        .await;
+    assert_eq!(
+        (r.status, &r.body["ignored"]),
+        (StatusCode::OK, &json!("DUPLICATE_DELIVERY"))
+    );
+    // Another body announcing the same tag: the service already has it.
+    let other = serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&body).unwrap()).unwrap();
+    let r = api
+        .deliver(GITHUB_PATH, &github_headers("registry_package", &other), other)
         .await;
     assert_eq!(
         (r.status, outcome(&r).1),

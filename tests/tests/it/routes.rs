@@ -80,6 +80,9 @@ fn concrete(path: &str) -> String {
             "{service_id}" => "api",
             "{provider}" => "github",
             "{token_id}" => "tok1",
+            "{deployment_id}" => "0123456789abcdef0123456789abcdef",
+            "{target_id}" => "prod-hook",
+            "{delivery_id}" => "0123456789abcdef0123456789abcdef",
             "{secret}" => "a-dockerhub-secret-0123456789",
             other => {
                 assert!(
@@ -297,6 +300,16 @@ fn the_openapi_document_describes_exactly_the_table() {
     );
 }
 
+/// Whether `template`'s parameters can take the literal segments of `path`.
+fn captures(template: &str, path: &str) -> bool {
+    let (template, path): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    template.len() == path.len()
+        && template
+            .iter()
+            .zip(&path)
+            .all(|(t, p)| t == p || (t.starts_with('{') && !p.starts_with('{')))
+}
+
 /// Methods a route could be declared with (HEAD is left out: axum answers it wherever GET is
 /// served).
 const METHODS: [&str; 7] = ["GET", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE"];
@@ -323,7 +336,16 @@ async fn no_router_serves_a_route_the_table_does_not_give_it() {
                 }
             }
         }
-        let extra: Vec<_> = served.difference(&expected).collect();
+        // A literal path of one route (`deployments/lease`) is also a value of another's
+        // parameter (`deployments/{deployment_id}`): served by that route, as on API Gateway.
+        let extra: Vec<_> = served
+            .difference(&expected)
+            .filter(|(method, path)| {
+                !expected
+                    .iter()
+                    .any(|(m, template)| m == method && captures(template, path))
+            })
+            .collect();
         let missing: Vec<_> = expected.difference(&served).collect();
         assert!(
             extra.is_empty() && missing.is_empty(),

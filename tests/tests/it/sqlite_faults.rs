@@ -1,8 +1,10 @@
-//! Real SQLite failures on the standalone stack (router + SQLite, whose queue is a table),
-//! instead of a store wrapper that fails on demand: a second connection to the same database
-//! file installs a trigger that aborts the insert of a deployment (or of its queue row), or
-//! holds the write lock. SPEC: "503 when the deployment cannot be recorded — then nothing was
-//! recorded", so that a redelivery starts clean.
+//! Real SQLite failures on the standalone stack (router + SQLite, whose deployments table is
+//! the queue), instead of a store wrapper that fails on demand: a second connection to the
+//! same database file installs a trigger that aborts the insert of a deployment (or of the
+//! push mark the replay rule writes beside it), or holds the write lock. SPEC: "503 when the
+//! deployment cannot be recorded — then nothing was recorded", so that a redelivery starts
+//! clean. A delivery's records are one write: a failure for one service leaves nothing of the
+//! others either.
 
 use std::time::Duration;
 
@@ -26,7 +28,7 @@ fn fail_inserts(conn: &Connection, table: &str, service: Option<&str>) {
     let when = match (table, service) {
         (_, None) => String::new(),
         ("deployments", Some(id)) => format!("WHEN NEW.service_id = '{id}'"),
-        ("queue", Some(id)) => format!("WHEN json_extract(NEW.message, '$.service_id') = '{id}'"),
+        ("push_marks", Some(id)) => format!("WHEN NEW.service_id = '{id}'"),
         (other, Some(_)) => panic!("no per-service trigger for {other}"),
     };
     conn.execute_batch(&format!(
@@ -59,7 +61,7 @@ async fn logged(api: &Api) -> Vec<String> {
     v
 }
 
-/// `service_id` of every message on the queue table, sorted.
+/// `service_id` of every deployment waiting on the queue (the deployments table), sorted.
 async fn on_queue(api: &Api) -> Vec<String> {
     let mut v: Vec<String> = api
         .sqlite
@@ -75,12 +77,12 @@ async fn on_queue(api: &Api) -> Vec<String> {
     v
 }
 
-/// `(id, last_push)` of every service, read through the second connection.
-fn push_marks(conn: &Connection) -> Vec<(String, Option<String>)> {
+/// The services the replay rule remembers a queued push of, sorted.
+fn push_marks(conn: &Connection) -> Vec<String> {
     let mut stmt = conn
-        .prepare("SELECT id, last_push FROM services WHERE org = 'acme' ORDER BY id")
+        .prepare("SELECT service_id FROM push_marks WHERE org = 'acme' ORDER BY service_id")
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    stmt.query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
@@ -105,12 +107,12 @@ async fn github_api() -> Api {
     api
 }
 
-/// The record fails — at the deployment row, or at the queue row written last in the same
-/// transaction — for every service: 503, and nothing is left of the attempt: no deployment,
-/// no queue row, no push mark, no remembered delivery. The redelivery queues exactly once.
+/// The record fails — at the deployment row, or at the push mark written beside it — for
+/// every service: 503, and nothing is left of the attempt: no deployment, no push mark, no
+/// remembered delivery. The redelivery queues exactly once.
 #[tokio::test]
 async fn a_push_whose_record_fails_is_a_503_and_a_clean_redelivery() {
-    for table in ["deployments", "queue"] {
+    for table in ["deployments", "push_marks"] {
         let api = github_api().await;
         let conn = second_connection(&api);
         let push = fixture("github/gp-push.json");
@@ -120,11 +122,7 @@ async fn a_push_whose_record_fails_is_a_503_and_a_clean_redelivery() {
         assert_unavailable(&r);
         assert!(logged(&api).await.is_empty(), "{table}");
         assert!(on_queue(&api).await.is_empty(), "{table}");
-        assert_eq!(
-            push_marks(&conn),
-            vec![("api".to_owned(), None), ("web".to_owned(), None)],
-            "{table}"
-        );
+        assert!(push_marks(&conn).is_empty(), "{table}");
 
         heal(&conn, table);
         let r = api.push("acme", "github", &push, "delivery-1").await;
@@ -136,17 +134,17 @@ async fn a_push_whose_record_fails_is_a_503_and_a_clean_redelivery() {
         );
         assert_eq!(logged(&api).await, vec!["api", "web"], "{table}");
         assert_eq!(on_queue(&api).await, vec!["api", "web"], "{table}");
-        assert!(push_marks(&conn).iter().all(|(_, mark)| mark.is_some()), "{table}");
+        assert_eq!(push_marks(&conn), vec!["api", "web"], "{table}");
         let r = api.push("acme", "github", &push, "delivery-1").await;
         assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY", "{table}");
     }
 }
 
-/// The record fails for one service only: 503; the other is recorded and queued; the
-/// redelivery queues the failed one and finds the other ALREADY_QUEUED.
+/// The record fails for one service only: 503, and the other service's record, written in the
+/// same transaction, is not kept either (nothing half-done); the redelivery queues both, once.
 #[tokio::test]
-async fn a_push_whose_record_fails_for_one_service_is_completed_by_the_redelivery() {
-    for table in ["deployments", "queue"] {
+async fn a_push_whose_record_fails_for_one_service_leaves_nothing_and_the_redelivery_queues_all() {
+    for table in ["deployments", "push_marks"] {
         let api = github_api().await;
         let conn = second_connection(&api);
         let push = fixture("github/gp-push.json");
@@ -154,17 +152,16 @@ async fn a_push_whose_record_fails_for_one_service_is_completed_by_the_redeliver
 
         let r = api.push("acme", "github", &push, "delivery-1").await;
         assert_unavailable(&r);
-        assert_eq!(logged(&api).await, vec!["api"], "{table}");
-        assert_eq!(on_queue(&api).await, vec!["api"], "{table}");
-        let marks = push_marks(&conn);
-        assert!(marks[0].1.is_some() && marks[1].1.is_none(), "{table}: {marks:?}");
+        assert!(logged(&api).await.is_empty(), "{table}");
+        assert!(on_queue(&api).await.is_empty(), "{table}");
+        assert!(push_marks(&conn).is_empty(), "{table}");
 
         heal(&conn, table);
         let r = api.push("acme", "github", &push, "delivery-1").await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{table}: {}", r.body);
         assert_eq!(
             outcome(&r),
-            (pairs(&[("web", "QUEUED")]), pairs(&[("api", "ALREADY_QUEUED")])),
+            (pairs(&[("api", "QUEUED"), ("web", "QUEUED")]), vec![]),
             "{table}"
         );
         assert_eq!(on_queue(&api).await, vec!["api", "web"], "{table}");
@@ -223,49 +220,45 @@ async fn service(api: &Api, id: &str) -> Reply {
     r
 }
 
-/// The image endpoint's record fails: 503, and each service whose record failed keeps its
-/// tag, version and ETag (the new tag is written in the same transaction as the record);
-/// the retry queues exactly what was not queued.
+/// The image endpoint's record fails, for every service or for one: 503, and every service
+/// keeps its tag, version and ETag (the new tag is written in the same transaction as the
+/// records); the retry queues each service once.
 #[tokio::test]
-async fn an_image_record_that_fails_leaves_the_service_unchanged() {
-    for table in ["deployments", "queue"] {
+async fn an_image_record_that_fails_leaves_every_service_unchanged() {
+    for broken in [None, Some("broken")] {
         let api = Api::new();
         let conn = second_connection(&api);
         container(&api, "api").await;
         container(&api, "broken").await;
 
-        // Every record fails.
         let before = [service(&api, "api").await, service(&api, "broken").await];
-        fail_inserts(&conn, table, None);
+        fail_inserts(&conn, "deployments", broken);
         assert_unavailable(&deploy(&api, "1.1.0").await);
         for old in &before {
             let id = old.body["id"].as_str().unwrap();
             let now = service(&api, id).await;
-            assert_eq!((now.etag(), &now.body), (old.etag(), &old.body), "{table}: {id}");
+            assert_eq!((now.etag(), &now.body), (old.etag(), &old.body), "{broken:?}: {id}");
         }
-        assert!(logged(&api).await.is_empty(), "{table}");
-        assert!(on_queue(&api).await.is_empty(), "{table}");
-        heal(&conn, table);
+        assert!(logged(&api).await.is_empty(), "{broken:?}");
+        assert!(on_queue(&api).await.is_empty(), "{broken:?}");
 
-        // One service's record fails.
-        fail_inserts(&conn, table, Some("broken"));
-        assert_unavailable(&deploy(&api, "1.1.0").await);
-        let now = service(&api, "broken").await;
-        assert_eq!((now.etag(), &now.body), (before[1].etag(), &before[1].body), "{table}");
-        assert_eq!(service(&api, "api").await.body["image"]["tag"], "1.1.0", "{table}");
-        assert_eq!(logged(&api).await, vec!["api"], "{table}");
-        assert_eq!(on_queue(&api).await, vec!["api"], "{table}");
-
-        heal(&conn, table);
+        heal(&conn, "deployments");
         let r = deploy(&api, "1.1.0").await;
-        assert_eq!(r.status, StatusCode::ACCEPTED, "{table}: {}", r.body);
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{broken:?}: {}", r.body);
         assert_eq!(
             outcome(&r),
-            (pairs(&[("broken", "QUEUED")]), pairs(&[("api", "SAME_TAG")])),
-            "{table}"
+            (pairs(&[("api", "QUEUED"), ("broken", "QUEUED")]), vec![]),
+            "{broken:?}"
         );
-        assert_eq!(service(&api, "broken").await.body["image"]["tag"], "1.1.0");
-        assert_eq!(logged(&api).await, vec!["api", "broken"], "{table}");
-        assert_eq!(on_queue(&api).await, vec!["api", "broken"], "{table}");
+        for id in ["api", "broken"] {
+            assert_eq!(service(&api, id).await.body["image"]["tag"], "1.1.0", "{broken:?}");
+        }
+        assert_eq!(on_queue(&api).await, vec!["api", "broken"], "{broken:?}");
+        let r = deploy(&api, "1.1.0").await;
+        assert_eq!(
+            outcome(&r),
+            (vec![], pairs(&[("api", "SAME_TAG"), ("broken", "SAME_TAG")])),
+            "{broken:?}"
+        );
     }
 }
