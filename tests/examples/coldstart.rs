@@ -11,10 +11,10 @@
 //! connects there during init (or within 200 ms after its first poll) fails the run.
 //!
 //! Each binary is first copied into a fresh directory and started from there, as Lambda starts
-//! a function from the files it unpacked from the deployment package: a 9 MiB function
-//! started straight from the linker's output file took ~0.2 ms longer than the same bytes
-//! written by a copy or an unzip (and had less of itself mapped at its first poll), which would
-//! measure how the file was written rather than the function.
+//! a function from the files it unpacked from the deployment package: a function started
+//! straight from the linker's output file starts slower than the same bytes written by a copy
+//! or an unzip (docs/cold-start.md), which would measure how the file was written rather than
+//! the function.
 //!
 //! Usage: coldstart [--runs N] [--env KEY=VALUE]... [--env-for NAME KEY=VALUE]... NAME=PATH...
 //! (prints a Markdown table; the first NAME is the baseline the others are compared with;

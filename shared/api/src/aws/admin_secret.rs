@@ -18,7 +18,7 @@ use crate::store::{StoreError, StoreResult};
 pub struct SecretsManagerAdminToken {
     config: SdkConfig,
     /// Built on the first fetch: `image-tag` serves ECR events and registry webhooks, which
-    /// take no token, without ever creating it (a client costs ~0.1 ms of init).
+    /// take no token, without ever creating it (a client's construction is init time).
     client: OnceLock<aws_sdk_secretsmanager::Client>,
     secret_id: String,
     digest: OnceCell<[u8; 32]>,

@@ -15,7 +15,7 @@
 //! there is nothing to load, and that connector (a rustls configuration and a hyper client per
 //! SDK client) would be init time spent on nothing, so [`https_client`] skips that step. The
 //! connectors that carry requests are built with the request's settings and get the whole set:
-//! the first request decodes the roots once (~0.3 ms).
+//! the first request decodes the roots once (docs/cold-start.md has what it costs).
 
 use std::sync::OnceLock;
 

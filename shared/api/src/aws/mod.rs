@@ -136,8 +136,7 @@ pub async fn load_config() -> Result<SdkConfig, String> {
 /// answer they return it without consulting anything else. But building the chains sets up
 /// every provider in them: an STS client for web identity, an instance-metadata client, the
 /// container provider. On Lambda the runtime always sets `AWS_REGION` and the role's
-/// credentials, so that set-up (about 0.2 ms of each cold start, README "Cold start") was
-/// never used. The environment providers alone give the same answer; anywhere else (no
+/// credentials, so that set-up (measured in docs/cold-start.md) was never used. The environment providers alone give the same answer; anywhere else (no
 /// variables) the full chains run as before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProviderShortcuts {
