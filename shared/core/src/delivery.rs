@@ -169,7 +169,9 @@ impl HistoryDraft {
     /// `NOTHING_TO_DEPLOY` (200) with the reason the draft carries.
     pub fn complete<'a>(&self, fates: impl IntoIterator<Item = CandidateFate<'a>>) -> DeliveryRecord {
         let mut record = self.record.clone();
+        let mut candidates = 0;
         for fate in fates {
+            candidates += 1;
             match fate {
                 CandidateFate::Recorded(id) => record.queued.push(id.to_owned()),
                 CandidateFate::AlreadyQueued { service_id } => record.skipped.push(SkippedService {
@@ -181,7 +183,9 @@ impl HistoryDraft {
         if record.queued.is_empty() {
             record.outcome = DeliveryOutcome::NothingToDeploy;
             record.http_status = 200;
-            if record.reason.is_empty() {
+            // Candidates that all turned out queued already: the draft's reason (written
+            // before the write knew) does not say so.
+            if record.reason.is_empty() || candidates > 0 {
                 record.reason = nothing_deployed(&record.skipped);
             }
         } else {
@@ -261,6 +265,14 @@ mod tests {
             none.reason,
             "2 services reached, none deployed: ALREADY_QUEUED, AUTO_DEPLOY_DISABLED."
         );
+        // The draft was written before the write knew: its reason gives way to the fates'.
+        let mut early = draft();
+        early.record.skipped.clear();
+        early.record.reason = nothing_deployed(&[]);
+        let replayed = early.complete([CandidateFate::AlreadyQueued { service_id: "api" }]);
+        assert_eq!(replayed.reason, "1 service reached, none deployed: ALREADY_QUEUED.");
+        let nobody = early.complete([]);
+        assert_eq!(nobody.reason, "No service takes this delivery.");
     }
 
     #[test]

@@ -422,6 +422,66 @@ fn deployments_are_not_printed_unless_asked() {
     assert_eq!(server.stdout(), "");
 }
 
+/// Each settings change logs one audit line: the token (id and name, never the token), the
+/// route, the resource and its new version; a token's own line names the token created.
+#[test]
+fn settings_changes_are_audited() {
+    let mut server = Server::start(ADMIN, &[]);
+    set_up_gitea(server.port);
+    let admin = format!("Token {ADMIN}");
+    let json = ("Content-Type", "application/json");
+    let (status, body) = http(
+        server.port,
+        "POST",
+        "/organization/acme/tokens",
+        &[("Authorization", &admin), json],
+        br#"{"name": "ci settings", "scopes": ["manage"]}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (token_id, token) = (created["id"].as_str().unwrap(), created["token"].as_str().unwrap());
+    let (status, body) = http(
+        server.port,
+        "DELETE",
+        "/organization/acme/services/api",
+        &[("Authorization", &format!("Token {token}"))],
+        b"",
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(server.terminate().success());
+    let stderr = server.stderr();
+    let audit: Vec<&str> = stderr.lines().filter(|l| l.contains("settings changed")).collect();
+    assert_eq!(audit.len(), 4, "{stderr}");
+    let expect = [
+        (
+            "PUT /organization/{org}/services/{service_id}",
+            "service api",
+            "version=1",
+            "admin",
+        ),
+        (
+            "PUT /organization/{org}/webhook-secrets/{provider}",
+            "webhook secret gitea",
+            "",
+            "admin",
+        ),
+        ("POST /organization/{org}/tokens", "token ", "", "admin"),
+        (
+            "DELETE /organization/{org}/services/{service_id}",
+            "service api",
+            "",
+            token_id,
+        ),
+    ];
+    for (line, (route, resource, version, who)) in audit.iter().zip(expect) {
+        for part in [route, resource, version, who, "org=\"acme\""] {
+            assert!(line.contains(part), "{part:?} not in {line}");
+        }
+        assert!(!line.contains(token) && !line.contains(ADMIN), "{line}");
+    }
+    assert!(audit[3].contains("ci settings"), "{}", audit[3]);
+}
+
 /// `autodeploy serve --print-deployments | head -n 1`: once stdout is closed, printing fails,
 /// and that must change no answer: every push is acknowledged once, nothing is lost or
 /// queued twice, and the server stays healthy.

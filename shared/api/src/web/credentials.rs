@@ -74,6 +74,7 @@ async fn put_secret(
         set_at: now_rfc3339(),
     };
     state.store.put_secret(&org, provider.slug(), &record).await?;
+    caller.audit(&org, &format!("webhook secret {}", provider.slug()), None);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -117,6 +118,7 @@ async fn delete_secret(
     caller.authorize(&org, Scope::Manage)?;
     let provider = secret_provider(&path)?;
     if state.store.delete_secret(&org, provider.slug()).await? {
+        caller.audit(&org, &format!("webhook secret {}", provider.slug()), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -208,6 +210,7 @@ async fn create_token(
         created_at: now_rfc3339(),
     };
     state.store.create_token(&record).await?;
+    caller.audit(&record.organization_id, &format!("token {}", record.id), None);
     let view = TokenView::from(record);
     Ok((
         StatusCode::CREATED,
@@ -247,6 +250,7 @@ async fn delete_token(
     let token_id = path.id("token_id", "token_id")?;
     caller.require_admin()?;
     if state.store.delete_token(&org, token_id).await? {
+        caller.audit(&org, &format!("token {token_id}"), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(

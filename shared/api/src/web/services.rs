@@ -128,6 +128,7 @@ enum Target {
 /// loses a race is retried on the new state unless the client pinned an ETag (then 412).
 async fn write_service(
     state: &AppState,
+    caller: &Caller,
     (org, id): (&str, &str),
     target: Target,
     precondition: &Precondition,
@@ -172,6 +173,7 @@ async fn write_service(
                 } else {
                     StatusCode::CREATED
                 };
+                caller.audit(org, &format!("service {id}"), Some(service.version));
                 let last_push = current.and_then(|c| c.last_push);
                 let stored = StoredService {
                     service,
@@ -201,7 +203,10 @@ async fn put_service(
     caller.authorize(&org, Scope::Manage)?;
     let precondition = Precondition::from_headers(&headers)?;
     let spec = parse_service_document(&org, &id, &doc).map_err(spec_error)?;
-    write_service(&state, (&org, &id), Target::Any, &precondition, |_| Ok(spec.clone())).await
+    write_service(&state, &caller, (&org, &id), Target::Any, &precondition, |_| {
+        Ok(spec.clone())
+    })
+    .await
 }
 
 async fn patch_service(
@@ -215,11 +220,18 @@ async fn patch_service(
     let id = service_id(&path)?;
     caller.authorize(&org, Scope::Manage)?;
     let precondition = Precondition::from_headers(&headers)?;
-    write_service(&state, (&org, &id), Target::Existing, &precondition, |current| {
-        let current = current.ok_or_else(|| service_not_found(&id))?;
-        let doc = merge_patch(&current.service, &patch).map_err(spec_error)?;
-        parse_service_document(&org, &id, &doc).map_err(spec_error)
-    })
+    write_service(
+        &state,
+        &caller,
+        (&org, &id),
+        Target::Existing,
+        &precondition,
+        |current| {
+            let current = current.ok_or_else(|| service_not_found(&id))?;
+            let doc = merge_patch(&current.service, &patch).map_err(spec_error)?;
+            parse_service_document(&org, &id, &doc).map_err(spec_error)
+        },
+    )
     .await
 }
 
@@ -238,6 +250,7 @@ async fn delete_service(
         Precondition::None | Precondition::Exists => None,
     };
     if state.store.delete_service(&org, &id, expected.as_deref()).await? {
+        caller.audit(&org, &format!("service {id}"), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(service_not_found(&id))

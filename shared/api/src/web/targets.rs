@@ -184,7 +184,7 @@ async fn put_target(
             } else {
                 StatusCode::CREATED
             };
-            tracing::info!(org, target_id = %id, version = target.version, "deploy target written");
+            caller.audit(&org, &format!("target {id}"), Some(target.version));
             Ok(target_response(status, &target, resolved.view()))
         }
         // Written by someone else meanwhile: the client decides what to do with the new state.
@@ -202,7 +202,10 @@ async fn delete_target(
     let id = target_id(&path)?;
     caller.authorize(&org, Scope::Manage)?;
     match state.store.delete_target(&org, &id).await? {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(true) => {
+            caller.audit(&org, &format!("target {id}"), None);
+            Ok(StatusCode::NO_CONTENT)
+        }
         Ok(false) => Err(target_not_found(&id)),
         Err(Refusal::Conflict(message)) => Err(ApiError::conflict(message)),
         Err(Refusal::NotFound) => Err(target_not_found(&id)),
