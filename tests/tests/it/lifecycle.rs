@@ -434,6 +434,102 @@ async fn ten_offers_without_an_ack_fail_the_deployment() {
     assert_eq!(status_of(&api, &expiring).await, "FAILED");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_on_a_leased_deployment_ends_its_lease() {
+    let api = Arc::new(Api::new());
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let first = deploy(&api, "acme", "api", "1").await;
+    let item = lease_one(&api, &token, json!({})).await;
+    assert_eq!(item["deployment_id"], first.as_str());
+    let second = deploy(&api, "acme", "api", "2").await;
+
+    // A consumer waits for work; the report frees the service, and its newer work is offered.
+    let waiting = {
+        let (api, token) = (Arc::clone(&api), token.clone());
+        tokio::spawn(async move { lease(&api, &token, json!({"wait_seconds": 20})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = act(&api, &token, "acme", &first, "result", json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "DELIVERED");
+    assert_eq!(r.body["attempts"], 1);
+    let items = waiting.await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["deployment_id"], second.as_str());
+
+    // The lease ended with the report.
+    assert_error(&ack(&api, &token, &item).await, StatusCode::CONFLICT, "CONFLICT");
+    for action in ["nack", "extend"] {
+        let r = act(
+            &api,
+            &token,
+            "acme",
+            &first,
+            action,
+            json!({"lease_id": item["lease_id"]}),
+        )
+        .await;
+        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+    }
+    let d = get(&api, &first).await;
+    assert_eq!(d["status"], "DELIVERED");
+    assert_eq!(d["result"]["status"], "SUCCEEDED");
+    // An acknowledged deployment takes a report too, and stays delivered.
+    assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &second,
+        "result",
+        json!({"status": "FAILED", "message": "crashed"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "DELIVERED");
+    assert_eq!(r.body["result"]["message"], "crashed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
+    let api = Api::new();
+    let token = consumer(&api, "acme").await;
+    let r = api
+        .call(
+            Method::PUT,
+            "/organization/acme/targets/engine",
+            Some(ADMIN),
+            Some(json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    service(&api, "acme", "pushed").await;
+    let r = api
+        .call(
+            Method::PATCH,
+            "/organization/acme/services/pushed",
+            Some(ADMIN),
+            Some(json!({"deploy_target": {"target_id": "engine"}})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    service(&api, "acme", "pulled").await;
+    let pushed = deploy(&api, "acme", "pushed", "1").await;
+    let pulled = deploy(&api, "acme", "pulled", "1").await;
+
+    let items = lease(&api, &token, json!({"max": 10, "wait_seconds": 1})).await;
+    let offered: Vec<&str> = items.iter().map(|i| i["deployment_id"].as_str().unwrap()).collect();
+    assert_eq!(offered, [pulled.as_str()]);
+    // Without a dispatcher running, it waits for one.
+    assert_eq!(status_of(&api, &pushed).await, "QUEUED");
+    assert!(
+        lease(&api, &token, json!({"max": 10, "wait_seconds": 1}))
+            .await
+            .is_empty()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Latest wins
 
@@ -524,6 +620,29 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     assert!(waiting.await.unwrap().is_empty());
+
+    // A nacked deployment's retry falling due answers a waiting consumer.
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &id,
+        "nack",
+        json!({"lease_id": items[0]["lease_id"], "retry_after_seconds": 2}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let items = loop {
+        let items = lease(&api, &token, json!({"wait_seconds": 20})).await;
+        if !items.is_empty() {
+            break items;
+        }
+        assert!(Instant::now() < deadline, "the retry never fell due");
+    };
+    assert_eq!(items[0]["deployment_id"], id.as_str());
+    assert_eq!(items[0]["attempt"], 2);
+    assert!(get(&api, &id).await["next_attempt_at"].is_null());
 
     // An ack makes the service's next deployment available to a waiting consumer.
     let newer = deploy(&api, "acme", "api", "2.0").await;
