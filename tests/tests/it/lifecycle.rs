@@ -67,6 +67,24 @@ async fn lease(api: &Api, token: &str, body: Value) -> Vec<Value> {
     r.body["items"].as_array().unwrap().clone()
 }
 
+/// A long poll of `acme` waiting up to `wait_seconds`, running on its own.
+fn waiting_lease(api: &Arc<Api>, token: &str, wait_seconds: u64) -> tokio::task::JoinHandle<Vec<Value>> {
+    let (api, token) = (Arc::clone(api), token.to_owned());
+    tokio::spawn(async move { lease(&api, &token, json!({"wait_seconds": wait_seconds})).await })
+}
+
+/// Long polls of `acme` with `body` until one offers something, within `patience`.
+async fn lease_within(api: &Api, token: &str, body: Value, patience: Duration, what: &str) -> Vec<Value> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let items = lease(api, token, body.clone()).await;
+        if !items.is_empty() {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+    }
+}
+
 /// The one item of a lease of `acme` that must offer exactly one deployment.
 async fn lease_one(api: &Api, token: &str, body: Value) -> Value {
     let items = lease(api, token, body).await;
@@ -202,7 +220,7 @@ async fn a_leased_deployment_is_delivered_by_its_ack() {
     assert_eq!(leased["attempts"], 1);
     // Taken: nothing else to offer.
     assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
-    assert_eq!(listed(&api, "status=IN_PROGRESS").await, [id.clone()]);
+    assert_eq!(listed(&api, "status=IN_PROGRESS").await, [id.as_str()]);
 
     let r = ack(&api, &token, item).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
@@ -217,7 +235,7 @@ async fn a_leased_deployment_is_delivered_by_its_ack() {
     assert_error(&ack(&api, &token, item).await, StatusCode::CONFLICT, "CONFLICT");
     assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
     assert_eq!(status_of(&api, &id).await, "DELIVERED");
-    assert_eq!(listed(&api, "status=DELIVERED").await, [id.clone()]);
+    assert_eq!(listed(&api, "status=DELIVERED").await, [id.as_str()]);
     assert!(listed(&api, "status=QUEUED").await.is_empty());
     assert!(listed(&api, "status=IN_PROGRESS").await.is_empty());
 }
@@ -339,14 +357,14 @@ async fn a_lease_runs_out_unless_extended() {
 
     // The other lease runs out for real: a long poll waits for it and gets the deployment
     // again, as its next attempt; the extended one is not offered.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let again = loop {
-        let items = lease(&api, &token, json!({"max": 10, "wait_seconds": 20})).await;
-        if !items.is_empty() {
-            break items;
-        }
-        assert!(Instant::now() < deadline, "the lease never ran out");
-    };
+    let again = lease_within(
+        &api,
+        &token,
+        json!({"max": 10, "wait_seconds": 20}),
+        Duration::from_secs(90),
+        "the lease never ran out",
+    )
+    .await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0]["deployment_id"], lost.as_str());
     assert_eq!(again[0]["attempt"], 2);
@@ -445,10 +463,7 @@ async fn a_result_on_a_leased_deployment_ends_its_lease() {
     let second = deploy(&api, "acme", "api", "2").await;
 
     // A consumer waits for work; the report frees the service, and its newer work is offered.
-    let waiting = {
-        let (api, token) = (Arc::clone(&api), token.clone());
-        tokio::spawn(async move { lease(&api, &token, json!({"wait_seconds": 20})).await })
-    };
+    let waiting = waiting_lease(&api, &token, 20);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let r = act(&api, &token, "acme", &first, "result", json!({"status": "SUCCEEDED"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -593,10 +608,7 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
     assert!(lease(&api, &token, json!({"wait_seconds": 1})).await.is_empty());
     assert!(lease(&api, &token, json!({"wait_seconds": 0})).await.is_empty());
 
-    let waiting = {
-        let (api, token) = (Arc::clone(&api), token.clone());
-        tokio::spawn(async move { lease(&api, &token, json!({"wait_seconds": 20})).await })
-    };
+    let waiting = waiting_lease(&api, &token, 20);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let id = deploy(&api, "acme", "api", "1.0").await;
     let items = waiting.await.unwrap();
@@ -606,10 +618,7 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
 
     // Another organization's work does not answer acme's long poll.
     service(&api, "beta", "api").await;
-    let waiting = {
-        let (api, token) = (Arc::clone(&api), token.clone());
-        tokio::spawn(async move { lease(&api, &token, json!({"wait_seconds": 2})).await })
-    };
+    let waiting = waiting_lease(&api, &token, 2);
     let r = api
         .call(
             Method::POST,
@@ -632,24 +641,21 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
     )
     .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let items = loop {
-        let items = lease(&api, &token, json!({"wait_seconds": 20})).await;
-        if !items.is_empty() {
-            break items;
-        }
-        assert!(Instant::now() < deadline, "the retry never fell due");
-    };
+    let items = lease_within(
+        &api,
+        &token,
+        json!({"wait_seconds": 20}),
+        Duration::from_secs(60),
+        "the retry never fell due",
+    )
+    .await;
     assert_eq!(items[0]["deployment_id"], id.as_str());
     assert_eq!(items[0]["attempt"], 2);
     assert!(get(&api, &id).await["next_attempt_at"].is_null());
 
     // An ack makes the service's next deployment available to a waiting consumer.
     let newer = deploy(&api, "acme", "api", "2.0").await;
-    let waiting = {
-        let (api, token) = (Arc::clone(&api), token.clone());
-        tokio::spawn(async move { lease(&api, &token, json!({"wait_seconds": 20})).await })
-    };
+    let waiting = waiting_lease(&api, &token, 20);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
     let items = waiting.await.unwrap();
@@ -885,14 +891,14 @@ async fn the_list_filters_by_status() {
     let item = lease_one(&api, &token, json!({})).await;
     assert_eq!(item["deployment_id"], a2.as_str());
 
-    assert_eq!(listed(&api, "status=QUEUED").await, [b1.clone()]);
-    assert_eq!(listed(&api, "status=IN_PROGRESS").await, [a2.clone()]);
-    assert_eq!(listed(&api, "status=SUPERSEDED").await, [a1.clone()]);
+    assert_eq!(listed(&api, "status=QUEUED").await, [b1.as_str()]);
+    assert_eq!(listed(&api, "status=IN_PROGRESS").await, [a2.as_str()]);
+    assert_eq!(listed(&api, "status=SUPERSEDED").await, [a1.as_str()]);
     assert!(listed(&api, "status=FAILED").await.is_empty());
     assert!(listed(&api, "status=PENDING").await.is_empty());
     // An empty value is no filter; with a service, both apply.
     assert_eq!(listed(&api, "status=").await, [b1.clone(), a2.clone(), a1.clone()]);
-    assert_eq!(listed(&api, "service_id=a&status=SUPERSEDED").await, [a1.clone()]);
+    assert_eq!(listed(&api, "service_id=a&status=SUPERSEDED").await, [a1.as_str()]);
     assert!(listed(&api, "service_id=b&status=SUPERSEDED").await.is_empty());
     // Each listed deployment shows its status.
     for d in api.deployments("acme").await {
@@ -1005,7 +1011,7 @@ async fn twenty_consumers_take_each_deployment_once_newest_first() {
         c.await.unwrap();
     }
 
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     assert!(
         seen.overlaps.is_empty(),
         "two deployments of one service at once: {:?}",

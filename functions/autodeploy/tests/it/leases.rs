@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Launch, Server, http};
+use crate::harness::{Launch, Server, json_call};
 
 const ADMIN: &str = "leases-admin-token-0123456789";
 
@@ -22,16 +22,7 @@ fn start(db: &Path, args: &[&str]) -> Server {
 }
 
 fn call(server: &Server, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let auth = format!("Bearer {token}");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let (status, answer) = http(
-        server.port,
-        method,
-        path,
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+    json_call(server.port, token, method, path, body)
 }
 
 /// Container services `names` of `acme` and a token with the `consume` scope.
