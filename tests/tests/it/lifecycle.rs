@@ -1535,3 +1535,114 @@ async fn the_lease_routes_are_the_standalone_servers() {
         assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
     }
 }
+
+/// The `expires_at` (TTL) of deployment `id` in the fixture's table.
+async fn expires_at(aws: &autodeploy_tests::AwsFixture, id: &str) -> i64 {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let item = aws
+        .dynamo
+        .get_item()
+        .table_name(&aws.table)
+        .key("pk", AttributeValue::S("ORG#acme".to_owned()))
+        .key("sk", AttributeValue::S(format!("DEPLOYMENT#{id}")))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap_or_else(|| panic!("no item for deployment {id}"));
+    match item.get("expires_at") {
+        Some(AttributeValue::N(n)) => n.parse().unwrap(),
+        other => panic!("deployment {id}: expires_at is {other:?}"),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// DynamoDB prunes with its TTL: a finished deployment (superseded, failed, delivered,
+/// reported on) expires 30 days after it finished; a waiting one is kept longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamo_finished_deployments_expire_after_the_retention() {
+    use autodeploy_core::deployment::{DeploymentResult, ResultStatus};
+    let aws = autodeploy_tests::aws_fixture().await;
+    let store: &dyn autodeploy_api::store::Store = &aws.store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let mut marks = 0;
+    let mut record = || {
+        marks += 1;
+        let request = push_request("acme", "api");
+        let mark = format!("{}..{}", marks, marks + 1);
+        async move {
+            store.record_deployment(&request, &push(&mark)).await.unwrap();
+            let id = request.deployment_id;
+            store.mark_queued("acme", std::slice::from_ref(&id)).await.unwrap();
+            id
+        }
+    };
+    let before = unix_now();
+    let (oldest, older, newest) = (record().await, record().await, record().await);
+    // The oldest is superseded when the dispatcher comes to it; starting the newest
+    // supersedes the other; the newest fails.
+    assert_eq!(
+        store.begin_attempt("acme", &oldest).await.unwrap(),
+        AttemptStart::Superseded
+    );
+    let start = store.begin_attempt("acme", &newest).await.unwrap();
+    assert!(matches!(start, AttemptStart::Started(_)), "{start:?}");
+    let failed = AttemptEnd::Failed {
+        error: "the target answered 400".to_owned(),
+    };
+    store.end_attempt("acme", &newest, &failed).await.unwrap();
+    // One delivered by its target, one reported on by an engine, one still waiting.
+    let delivered = record().await;
+    let start = store.begin_attempt("acme", &delivered).await.unwrap();
+    assert!(matches!(start, AttemptStart::Started(_)), "{start:?}");
+    store
+        .end_attempt("acme", &delivered, &AttemptEnd::Delivered)
+        .await
+        .unwrap();
+    let reported = record().await;
+    let report = DeploymentResult {
+        status: ResultStatus::Succeeded,
+        message: String::new(),
+        url: None,
+        reported_at: autodeploy_api::util::now_rfc3339(),
+    };
+    store.report_result("acme", &reported, &report).await.unwrap().unwrap();
+    let waiting = record().await;
+    let after = unix_now();
+
+    for (id, status) in [
+        (&oldest, "SUPERSEDED"),
+        (&older, "SUPERSEDED"),
+        (&newest, "FAILED"),
+        (&delivered, "DELIVERED"),
+        (&reported, "DELIVERED"),
+    ] {
+        let record = store.get_deployment("acme", id).await.unwrap().unwrap();
+        assert_eq!(record.status.as_str(), status);
+        let expires = expires_at(&aws, id).await;
+        assert!(
+            (before + 30 * DAY..=after + 30 * DAY).contains(&expires),
+            "{status} {id} expires at {expires}, not 30 days after it finished ({before}..{after})"
+        );
+    }
+    assert_eq!(
+        store
+            .get_deployment("acme", &waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
+        "QUEUED"
+    );
+    assert!(
+        expires_at(&aws, &waiting).await > after + 30 * DAY,
+        "a waiting deployment expires as finished"
+    );
+}
