@@ -159,11 +159,18 @@ impl Default for Api {
 }
 
 impl Api {
-    /// The API on a fresh SQLite database file.
+    /// The API on a fresh SQLite database file, as the standalone server serves it (with its
+    /// pull interface).
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("api.db")).unwrap();
-        let mut api = Self::on(Arc::new(store.clone()), Arc::new(InStoreQueue));
+        let state = AppState::new(
+            Arc::new(store.clone()),
+            Arc::new(InStoreQueue),
+            Arc::new(StaticAdminToken::new(ADMIN)),
+        )
+        .with_pull(Arc::new(store.clone()));
+        let mut api = Self::on_state(Arc::new(store.clone()), state);
         api.sqlite = Some(store);
         api._dir = Some(dir);
         api

@@ -11,6 +11,7 @@ mod https_client;
 mod image_tags;
 mod lambda_binaries;
 mod lambda_functions;
+mod lifecycle;
 mod push_webhooks;
 mod races;
 mod routes;

@@ -81,7 +81,7 @@ fn service(org: &str, id: &str, spec: ServiceSpec) -> Service {
 }
 
 /// An application following `https://github.com/{repo}.git` (normalized `github.com/{repo}`).
-fn app(org: &str, id: &str, repo: &str) -> Service {
+pub(crate) fn app(org: &str, id: &str, repo: &str) -> Service {
     let mut spec = spec(ServiceKind::Application);
     spec.git_repository = Some(GitRepository {
         provider: GitProvider::Github,
@@ -102,7 +102,7 @@ fn container(org: &str, id: &str, registry: &str, image_name: &str, tag: &str) -
     service(org, id, spec)
 }
 
-fn push_request(org: &str, service_id: &str) -> DeploymentRequest {
+pub(crate) fn push_request(org: &str, service_id: &str) -> DeploymentRequest {
     DeploymentRequest {
         schema: SCHEMA.to_owned(),
         deployment_id: new_deployment_id(),
@@ -142,7 +142,7 @@ fn tag_request(org: &str, service_id: &str, previous: &str, tag: &str) -> Deploy
 }
 
 /// The guard of a push `before..after`.
-fn push(mark: &str) -> Guard {
+pub(crate) fn push(mark: &str) -> Guard {
     Guard::Push {
         mark: mark.to_owned(),
         before: mark.split_once("..").map_or("", |(before, _)| before).to_owned(),
@@ -167,7 +167,7 @@ fn of_service(service_id: Option<&str>) -> DeploymentFilter {
 }
 
 /// Create `service`, returning its etag.
-async fn create(store: &dyn Store, service: &Service) -> String {
+pub(crate) async fn create(store: &dyn Store, service: &Service) -> String {
     let etag = new_etag();
     store
         .put_service(service, &etag, Expected::Absent, TenantLimits::default())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Server, free_port, http};
+use crate::harness::{Server, free_port, http, json_call};
 
 const ADMIN: &str = "examples-admin-token-0123456789";
 const SECRET: &str = "examples-webhook-secret-0123";
@@ -24,16 +24,7 @@ fn example(name: &str) -> String {
 }
 
 fn admin_call(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let auth = format!("Token {ADMIN}");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let (status, answer) = http(
-        server.port,
-        method,
-        path,
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
-    (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+    json_call(server.port, ADMIN, method, path, body)
 }
 
 /// A service `api` following `github.com/acme/shop` on main (with `extra` fields), and the

@@ -74,6 +74,27 @@ pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body:
     try_http(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
+/// A JSON request as `token` (`Authorization: Token …`): the status and the answer parsed
+/// (`null` when it is not JSON).
+pub fn json_call(
+    port: u16,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Token {token}");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, answer) = http(
+        port,
+        method,
+        path,
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    (status, serde_json::from_str(&answer).unwrap_or(serde_json::Value::Null))
+}
+
 /// `autodeploy serve` to be started: on a free port of 127.0.0.1, a fresh database in a
 /// temporary directory, the admin token in the environment, nothing else of the caller's
 /// `AUTODEPLOY_*` variables, stdout and stderr into files.

@@ -8,5 +8,6 @@ mod examples;
 mod files;
 mod harness;
 mod hostile_http;
+mod leases;
 mod memory;
 mod secrets_in_logs;

@@ -822,7 +822,11 @@ impl DeploymentLog for DynamoStore {
         match written {
             Ok(out) => {
                 let item = out.attributes.unwrap_or_default();
-                return deployment_from_item(&item).map(Ok);
+                let record = deployment_from_item(&item)?;
+                // The engine took this deployment: the older ones of its service are never
+                // delivered.
+                self.supersede_older(org, &record.request.service_id, id).await?;
+                return Ok(Ok(record));
             }
             Err(err)
                 if err
@@ -836,7 +840,11 @@ impl DeploymentLog for DynamoStore {
         };
         let current = deployment_from_item(&item)?;
         Ok(match optional_string_attr(&item, RESULT_KEY)? {
-            Some(key) if key == report_key => Ok(current),
+            Some(key) if key == report_key => {
+                // A repeat, perhaps of a report whose superseding did not finish.
+                self.supersede_older(org, &current.request.service_id, id).await?;
+                Ok(current)
+            }
             Some(_) => Err(Refusal::Conflict(
                 "A different result was already reported for this deployment.".to_owned(),
             )),

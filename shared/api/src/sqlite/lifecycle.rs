@@ -107,13 +107,7 @@ pub(super) fn take(
             params![seq, lease_id, expires, rfc3339(now), now],
         )
         .map_err(unavailable)?;
-        conn.execute(
-            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5,
-                last_error = NULL
-             WHERE org = ?1 AND service_id = ?2 AND status IN ('QUEUED', 'PENDING') AND seq < ?3",
-            params![org, service, seq, rfc3339(now), now],
-        )
-        .map_err(unavailable)?;
+        supersede_older(conn, &org, &service, seq, now)?;
         let record = conn
             .query_row(
                 &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE seq = ?1"),
@@ -130,6 +124,19 @@ pub(super) fn take(
         });
     }
     Ok(leased)
+}
+
+/// Latest wins: the deployments of `service` still waiting that were recorded before `seq`
+/// are never delivered.
+fn supersede_older(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
+    conn.execute(
+        "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5,
+            last_error = NULL
+         WHERE org = ?1 AND service_id = ?2 AND status IN ('QUEUED', 'PENDING') AND seq < ?3",
+        params![org, service, seq, rfc3339(now), now],
+    )
+    .map_err(unavailable)?;
+    Ok(())
 }
 
 /// Why a lease operation found nothing to change: the deployment is unknown (404), or the
@@ -194,13 +201,17 @@ pub(super) fn report(
         ))));
     }
     let now = now_unix();
-    conn.execute(
-        "UPDATE deployments SET status = 'DELIVERED', result = ?3, lease_id = NULL, lease_expires_unix = NULL,
-            next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
-         WHERE org = ?1 AND id = ?2",
-        params![org, id, to_json(result)?, rfc3339(now), now],
-    )
-    .map_err(unavailable)?;
+    let seq: i64 = conn
+        .query_row(
+            "UPDATE deployments SET status = 'DELIVERED', result = ?3, lease_id = NULL, lease_expires_unix = NULL,
+                next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
+             WHERE org = ?1 AND id = ?2 RETURNING seq",
+            params![org, id, to_json(result)?, rfc3339(now), now],
+            |r| r.get(0),
+        )
+        .map_err(unavailable)?;
+    // The engine took this deployment: the older ones of its service are never delivered.
+    supersede_older(conn, org, &current.request.service_id, seq, now)?;
     Ok(Ok(DeploymentRecord {
         status: Delivered,
         result: Some(result.clone()),

@@ -208,6 +208,26 @@ impl DynamoStore {
         }
     }
 
+    /// Supersede each of `ids` still waiting (one that is not is left as it is).
+    async fn supersede(&self, org: &str, ids: impl IntoIterator<Item = String>) -> StoreResult<()> {
+        for id in ids {
+            self.transition((org, &id), &WAITING, DeploymentStatus::Superseded, Expr::default(), &[])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Latest wins once an engine reported on `id`: the deployments of `service` still waiting
+    /// that are older than it are never delivered.
+    pub(super) async fn supersede_older(&self, org: &str, service: &str, id: &str) -> StoreResult<()> {
+        let waiting = self.other_waiting(org, service, id).await?;
+        self.supersede(
+            org,
+            waiting.into_iter().filter(|(_, newer)| !newer).map(|(older, _)| older),
+        )
+        .await
+    }
+
     /// The service's deployments still waiting, other than `id`: `(id, newer than id)`.
     async fn other_waiting(&self, org: &str, service: &str, id: &str) -> StoreResult<Vec<(String, bool)>> {
         let query = self.index_query(Index::Gsi1, deployments_of_service(org, service), true);
@@ -276,16 +296,7 @@ impl Dispatching for DynamoStore {
             return Ok(AttemptStart::NotWaiting(current.status));
         };
         // Latest wins: the older waiting deployments of the service are never delivered.
-        for (older, _) in others {
-            self.transition(
-                (org, &older),
-                &WAITING,
-                DeploymentStatus::Superseded,
-                Expr::default(),
-                &[],
-            )
-            .await?;
-        }
+        self.supersede(org, others.into_iter().map(|(older, _)| older)).await?;
         Ok(AttemptStart::Started(Box::new(started)))
     }
 

@@ -1,0 +1,1648 @@
+//! The deployment lifecycle and the pull consumers (SPEC "Deployment lifecycle", "Consuming
+//! deployments (pull)"), through the HTTP API of the standalone server on SQLite: lease, ack,
+//! nack, extend, expiry, latest wins, the long poll, bad input; exactly-once offering under
+//! concurrency; retention and a large log. Engines' reports (`…/result`) run on both stores.
+//!
+//! Deployments are queued the way CI queues them: `POST …/container/deploy` of a new tag for a
+//! container service. Where a case needs time to pass (a lease running out, a deployment older
+//! than the retention), it moves the stored timestamps back through a connection of its own,
+//! then lets the product's own path (the next lease, the maintenance pass) act on them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use autodeploy_api::store::{AttemptEnd, AttemptStart};
+use autodeploy_tests::{ADMIN, Api, Reply, on_both_stores};
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::store_contract::{app, create, push, push_request};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// An auto-deployed container service `id` of `org` running `{org}/{id}:0`.
+async fn service(api: &Api, org: &str, id: &str) {
+    let body = json!({"environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
+        "image": {"image_name": format!("{org}/{id}"), "tag": "0"}});
+    let r = api.put_service(org, id, body).await;
+    assert!(r.status.is_success(), "{id}: {}", r.body);
+}
+
+/// Queue tag `tag` of service `id`: its deployment id.
+async fn deploy(api: &Api, org: &str, id: &str, tag: &str) -> String {
+    let r = api
+        .call(
+            Method::POST,
+            &format!("/organization/{org}/container/deploy"),
+            Some(ADMIN),
+            Some(json!({"image_name": format!("{org}/{id}"), "tag": tag})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["queued"].as_array().map(Vec::len), Some(1), "{}", r.body);
+    r.body["queued"][0]["deployment_id"].as_str().unwrap().to_owned()
+}
+
+/// A token of `org` with the `consume` scope only.
+async fn consumer(api: &Api, org: &str) -> String {
+    api.token(org, &["consume"]).await
+}
+
+async fn lease_reply(api: &Api, token: &str, org: &str, body: Value) -> Reply {
+    api.call(
+        Method::POST,
+        &format!("/organization/{org}/deployments/lease"),
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+/// The items of a successful lease of `acme`.
+async fn lease(api: &Api, token: &str, body: Value) -> Vec<Value> {
+    let r = lease_reply(api, token, "acme", body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["items"].as_array().unwrap().clone()
+}
+
+/// A long poll of `acme` waiting up to `wait_seconds`, running on its own.
+fn waiting_lease(api: &Arc<Api>, token: &str, wait_seconds: u64) -> tokio::task::JoinHandle<Vec<Value>> {
+    let (api, token) = (Arc::clone(api), token.to_owned());
+    tokio::spawn(async move { lease(&api, &token, json!({"wait_seconds": wait_seconds})).await })
+}
+
+/// Long polls of `acme` with `body` until one offers something, within `patience`.
+async fn lease_within(api: &Api, token: &str, body: Value, patience: Duration, what: &str) -> Vec<Value> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let items = lease(api, token, body.clone()).await;
+        if !items.is_empty() {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+    }
+}
+
+/// The one item of a lease of `acme` that must offer exactly one deployment.
+async fn lease_one(api: &Api, token: &str, body: Value) -> Value {
+    let items = lease(api, token, body).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    items.into_iter().next().unwrap()
+}
+
+/// `POST /organization/{org}/deployments/{id}/{action}` with `body`.
+async fn act(api: &Api, token: &str, org: &str, id: &str, action: &str, body: Value) -> Reply {
+    api.call(
+        Method::POST,
+        &format!("/organization/{org}/deployments/{id}/{action}"),
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+async fn ack(api: &Api, token: &str, item: &Value) -> Reply {
+    let id = item["deployment_id"].as_str().unwrap();
+    act(api, token, "acme", id, "ack", json!({"lease_id": item["lease_id"]})).await
+}
+
+async fn get_reply(api: &Api, token: &str, org: &str, id: &str) -> Reply {
+    api.call(
+        Method::GET,
+        &format!("/organization/{org}/deployments/{id}"),
+        Some(token),
+        None,
+    )
+    .await
+}
+
+/// `GET /organization/acme/deployments/{id}` as the admin.
+async fn get(api: &Api, id: &str) -> Value {
+    let r = get_reply(api, ADMIN, "acme", id).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body
+}
+
+async fn status_of(api: &Api, id: &str) -> String {
+    get(api, id).await["status"].as_str().unwrap().to_owned()
+}
+
+/// The deployment ids of `acme`'s log filtered by `query` (newest first, one page).
+async fn listed(api: &Api, query: &str) -> Vec<String> {
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/organization/acme/deployments?limit=100&{query}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deployment_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn assert_error(r: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.error_code(), code, "{}", r.body);
+}
+
+/// A 400 `VALIDATION_FAILED` naming exactly `fields`.
+fn assert_invalid(r: &Reply, fields: &[&str]) {
+    assert_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED");
+    assert_eq!(r.error_fields(), fields, "{}", r.body);
+}
+
+/// A second connection to the API's database, to move time for a case.
+fn database(api: &Api) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(api.sqlite_path().expect("an API on SQLite")).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
+/// Make the live lease of deployment `id` run out (as if its time had passed).
+fn run_out(api: &Api, id: &str) {
+    let changed = database(api)
+        .execute(
+            "UPDATE deployments SET lease_expires_unix = lease_expires_unix - 100000
+             WHERE id = ?1 AND status = 'IN_PROGRESS'",
+            [id],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "deployment {id} holds no lease");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lease, ack, nack, extend
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_deployment_is_delivered_by_its_ack() {
+    let api = Api::new();
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+
+    let queued = get(&api, &id).await;
+    assert_eq!(queued["status"], "QUEUED");
+    assert_eq!(queued["attempts"], 0);
+    for absent in ["last_error", "next_attempt_at", "result"] {
+        assert!(queued[absent].is_null(), "{absent}: {queued}");
+    }
+    assert!(queued["updated_at"].is_string(), "{queued}");
+
+    // An empty body takes every default: one item, leased for 300 s, no waiting.
+    let r = api
+        .call(Method::POST, "/organization/acme/deployments/lease", Some(&token), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    let item = &items[0];
+    assert_eq!(item["deployment_id"], id.as_str());
+    assert_eq!(item["service_id"], "api");
+    assert_eq!(item["image_tag"], "1.0");
+    assert_eq!(item["status"], "IN_PROGRESS");
+    assert_eq!(item["attempt"], 1);
+    assert_eq!(item["attempts"], 1);
+    let lease_id = item["lease_id"].as_str().unwrap();
+    assert!(!lease_id.is_empty() && lease_id.len() <= 64, "{item}");
+    let expires = item["lease_expires_at"].as_str().unwrap();
+    assert!(expires > item["updated_at"].as_str().unwrap(), "{item}");
+
+    let leased = get(&api, &id).await;
+    assert_eq!(leased["status"], "IN_PROGRESS");
+    assert_eq!(leased["attempts"], 1);
+    // Taken: nothing else to offer.
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
+    assert_eq!(listed(&api, "status=IN_PROGRESS").await, [id.as_str()]);
+
+    let r = ack(&api, &token, item).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(r.raw.is_empty());
+    let delivered = get(&api, &id).await;
+    assert_eq!(delivered["status"], "DELIVERED");
+    assert_eq!(delivered["attempts"], 1);
+    assert!(delivered["last_error"].is_null(), "{delivered}");
+    assert!(delivered["updated_at"].as_str().unwrap() >= leased["updated_at"].as_str().unwrap());
+
+    // The lease ended with the ack: a second ack is a conflict, and nothing is offered again.
+    assert_error(&ack(&api, &token, item).await, StatusCode::CONFLICT, "CONFLICT");
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
+    assert_eq!(status_of(&api, &id).await, "DELIVERED");
+    assert_eq!(listed(&api, "status=DELIVERED").await, [id.as_str()]);
+    assert!(listed(&api, "status=QUEUED").await.is_empty());
+    assert!(listed(&api, "status=IN_PROGRESS").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_queues_the_deployment_again_for_its_next_attempt() {
+    let api = Api::new();
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+
+    let first = lease_one(&api, &token, json!({})).await;
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &id,
+        "nack",
+        json!({"lease_id": first["lease_id"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let nacked = get(&api, &id).await;
+    assert_eq!(nacked["status"], "QUEUED");
+    assert_eq!(nacked["attempts"], 1);
+    assert!(nacked["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{nacked}");
+    assert!(nacked["next_attempt_at"].is_null(), "{nacked}");
+    // The released lease is gone.
+    assert_error(&ack(&api, &token, &first).await, StatusCode::CONFLICT, "CONFLICT");
+
+    // Offered again at once, as its next attempt, under a new lease.
+    let second = lease_one(&api, &token, json!({})).await;
+    assert_eq!(second["deployment_id"], id.as_str());
+    assert_eq!(second["attempt"], 2);
+    assert_eq!(second["attempts"], 2);
+    assert_ne!(second["lease_id"], first["lease_id"]);
+
+    // A nack with a delay: waiting, not offered before its time.
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &id,
+        "nack",
+        json!({"lease_id": second["lease_id"], "retry_after_seconds": 3600}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let waiting = get(&api, &id).await;
+    assert_eq!(waiting["status"], "QUEUED");
+    assert!(
+        waiting["next_attempt_at"].as_str().unwrap() > waiting["updated_at"].as_str().unwrap(),
+        "{waiting}"
+    );
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
+
+    // A newer deployment of the service supersedes it.
+    let newer = deploy(&api, "acme", "api", "2.0").await;
+    let third = lease_one(&api, &token, json!({"max": 10})).await;
+    assert_eq!(third["deployment_id"], newer.as_str());
+    assert_eq!(third["attempt"], 1);
+    let superseded = get(&api, &id).await;
+    assert_eq!(superseded["status"], "SUPERSEDED");
+    assert_eq!(superseded["attempts"], 2);
+    assert!(superseded["next_attempt_at"].is_null(), "{superseded}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_runs_out_unless_extended() {
+    let api = Api::new();
+    let token = consumer(&api, "acme").await;
+    for s in ["kept", "lost"] {
+        service(&api, "acme", s).await;
+    }
+    let kept = deploy(&api, "acme", "kept", "1").await;
+    let lost = deploy(&api, "acme", "lost", "1").await;
+    let items = lease(&api, &token, json!({"max": 2, "lease_seconds": 10})).await;
+    assert_eq!(items.len(), 2, "{items:?}");
+    // Services come in the order of their oldest waiting deployment.
+    assert_eq!(items[0]["deployment_id"], kept.as_str());
+    assert_eq!(items[1]["deployment_id"], lost.as_str());
+    let (kept_item, lost_item) = (&items[0], &items[1]);
+
+    // Extending: without lease_seconds by 300 s; with it, to that many seconds from now.
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &kept,
+        "extend",
+        json!({"lease_id": kept_item["lease_id"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["deployment_id"], kept.as_str());
+    assert_eq!(r.body["lease_id"], kept_item["lease_id"]);
+    let by_default = r.body["lease_expires_at"].as_str().unwrap().to_owned();
+    assert!(by_default.as_str() > kept_item["lease_expires_at"].as_str().unwrap());
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &kept,
+        "extend",
+        json!({"lease_id": kept_item["lease_id"], "lease_seconds": 43200}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        r.body["lease_expires_at"].as_str().unwrap() > by_default.as_str(),
+        "{}",
+        r.body
+    );
+    let fields: BTreeSet<&str> = r.body.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["deployment_id", "lease_expires_at", "lease_id"])
+    );
+
+    // The other lease runs out for real: a long poll waits for it and gets the deployment
+    // again, as its next attempt; the extended one is not offered.
+    let again = lease_within(
+        &api,
+        &token,
+        json!({"max": 10, "wait_seconds": 20}),
+        Duration::from_secs(90),
+        "the lease never ran out",
+    )
+    .await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["deployment_id"], lost.as_str());
+    assert_eq!(again[0]["attempt"], 2);
+    assert_ne!(again[0]["lease_id"], lost_item["lease_id"]);
+    // The expired lease is no longer the deployment's: neither an ack nor an extend takes it.
+    assert_error(&ack(&api, &token, lost_item).await, StatusCode::CONFLICT, "CONFLICT");
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &lost,
+        "extend",
+        json!({"lease_id": lost_item["lease_id"]}),
+    )
+    .await;
+    assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+    // The extended one is still held, by its first lease.
+    assert_eq!(status_of(&api, &kept).await, "IN_PROGRESS");
+    assert_eq!(ack(&api, &token, kept_item).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(ack(&api, &token, &again[0]).await.status, StatusCode::NO_CONTENT);
+    let kept = get(&api, &kept).await;
+    assert_eq!(
+        (kept["status"].as_str(), kept["attempts"].as_u64()),
+        (Some("DELIVERED"), Some(1))
+    );
+    let lost = get(&api, &lost).await;
+    assert_eq!(
+        (lost["status"].as_str(), lost["attempts"].as_u64()),
+        (Some("DELIVERED"), Some(2))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_offers_without_an_ack_fail_the_deployment() {
+    let api = Api::new();
+    let token = consumer(&api, "acme").await;
+    service(&api, "acme", "expiring").await;
+    service(&api, "acme", "nacked").await;
+    let expiring = deploy(&api, "acme", "expiring", "1").await;
+    let nacked = deploy(&api, "acme", "nacked", "1").await;
+
+    for attempt in 1..=10u64 {
+        let items = lease(&api, &token, json!({"max": 10})).await;
+        let ids: BTreeMap<&str, &Value> = items
+            .iter()
+            .map(|i| (i["deployment_id"].as_str().unwrap(), i))
+            .collect();
+        assert_eq!(ids.len(), 2, "offer {attempt}: {items:?}");
+        for item in &items {
+            assert_eq!(item["attempt"], attempt, "{item}");
+        }
+        // One lease runs out; the other is released by its consumer.
+        run_out(&api, &expiring);
+        let r = act(
+            &api,
+            &token,
+            "acme",
+            &nacked,
+            "nack",
+            json!({"lease_id": ids[nacked.as_str()]["lease_id"]}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+    // The next lease releases the lease that ran out: the tenth offer, so FAILED.
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
+    for id in [&expiring, &nacked] {
+        let failed = get(&api, id).await;
+        assert_eq!(failed["status"], "FAILED", "{failed}");
+        assert_eq!(failed["attempts"], 10, "{failed}");
+        let error = failed["last_error"].as_str().unwrap();
+        assert!(error.contains("10 times"), "{error}");
+        assert!(failed["next_attempt_at"].is_null(), "{failed}");
+    }
+    let mut failed = listed(&api, "status=FAILED").await;
+    failed.sort();
+    let mut want = vec![expiring.clone(), nacked.clone()];
+    want.sort();
+    assert_eq!(failed, want);
+
+    // Final: a newer deployment of the service is offered, the failed one stays failed.
+    let newer = deploy(&api, "acme", "expiring", "2").await;
+    let item = lease_one(&api, &token, json!({"max": 10})).await;
+    assert_eq!(item["deployment_id"], newer.as_str());
+    assert_eq!(status_of(&api, &expiring).await, "FAILED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_on_a_leased_deployment_ends_its_lease() {
+    let api = Arc::new(Api::new());
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let first = deploy(&api, "acme", "api", "1").await;
+    let item = lease_one(&api, &token, json!({})).await;
+    assert_eq!(item["deployment_id"], first.as_str());
+    let second = deploy(&api, "acme", "api", "2").await;
+
+    // A consumer waits for work; the report frees the service, and its newer work is offered.
+    let waiting = waiting_lease(&api, &token, 20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = act(&api, &token, "acme", &first, "result", json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "DELIVERED");
+    assert_eq!(r.body["attempts"], 1);
+    let items = waiting.await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["deployment_id"], second.as_str());
+
+    // The lease ended with the report.
+    assert_error(&ack(&api, &token, &item).await, StatusCode::CONFLICT, "CONFLICT");
+    for action in ["nack", "extend"] {
+        let r = act(
+            &api,
+            &token,
+            "acme",
+            &first,
+            action,
+            json!({"lease_id": item["lease_id"]}),
+        )
+        .await;
+        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+    }
+    let d = get(&api, &first).await;
+    assert_eq!(d["status"], "DELIVERED");
+    assert_eq!(d["result"]["status"], "SUCCEEDED");
+    // An acknowledged deployment takes a report too, and stays delivered.
+    assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &second,
+        "result",
+        json!({"status": "FAILED", "message": "crashed"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "DELIVERED");
+    assert_eq!(r.body["result"]["message"], "crashed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
+    let api = Api::new();
+    let token = consumer(&api, "acme").await;
+    let r = api
+        .call(
+            Method::PUT,
+            "/organization/acme/targets/engine",
+            Some(ADMIN),
+            Some(json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    service(&api, "acme", "pushed").await;
+    let r = api
+        .call(
+            Method::PATCH,
+            "/organization/acme/services/pushed",
+            Some(ADMIN),
+            Some(json!({"deploy_target": {"target_id": "engine"}})),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    service(&api, "acme", "pulled").await;
+    let pushed = deploy(&api, "acme", "pushed", "1").await;
+    let pulled = deploy(&api, "acme", "pulled", "1").await;
+
+    let items = lease(&api, &token, json!({"max": 10, "wait_seconds": 1})).await;
+    let offered: Vec<&str> = items.iter().map(|i| i["deployment_id"].as_str().unwrap()).collect();
+    assert_eq!(offered, [pulled.as_str()]);
+    // Without a dispatcher running, it waits for one.
+    assert_eq!(status_of(&api, &pushed).await, "QUEUED");
+    assert!(
+        lease(&api, &token, json!({"max": 10, "wait_seconds": 1}))
+            .await
+            .is_empty()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latest wins
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_waiting_deployment_of_a_service_wins() {
+    let api = Api::new();
+    let token = consumer(&api, "acme").await;
+    for s in ["a", "b", "c"] {
+        service(&api, "acme", s).await;
+    }
+    let a1 = deploy(&api, "acme", "a", "1").await;
+    let b1 = deploy(&api, "acme", "b", "1").await;
+    let a2 = deploy(&api, "acme", "a", "2").await;
+
+    // One item per service: a's newest (a is first, by its oldest waiting deployment), and b.
+    let items = lease(&api, &token, json!({"max": 10})).await;
+    let offered: Vec<&str> = items.iter().map(|i| i["deployment_id"].as_str().unwrap()).collect();
+    assert_eq!(offered, [a2.as_str(), b1.as_str()]);
+    // The older one of a was superseded in the same write, never offered.
+    let a1_now = get(&api, &a1).await;
+    assert_eq!(a1_now["status"], "SUPERSEDED");
+    assert_eq!(a1_now["attempts"], 0);
+
+    // a is in progress: a newer deployment of a waits; another service is not held back.
+    let a3 = deploy(&api, "acme", "a", "3").await;
+    let c1 = deploy(&api, "acme", "c", "1").await;
+    let item = lease_one(&api, &token, json!({"max": 10})).await;
+    assert_eq!(item["deployment_id"], c1.as_str());
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
+    assert_eq!(status_of(&api, &a3).await, "QUEUED");
+    // In progress is never superseded.
+    assert_eq!(status_of(&api, &a2).await, "IN_PROGRESS");
+    let in_progress = listed(&api, "status=IN_PROGRESS").await;
+    assert_eq!(in_progress.len(), 3, "{in_progress:?}");
+
+    // Once a's deployment is acknowledged, its newer one is offered.
+    assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
+    let item = lease_one(&api, &token, json!({"max": 10})).await;
+    assert_eq!(item["deployment_id"], a3.as_str());
+    assert_eq!(status_of(&api, &a2).await, "DELIVERED");
+
+    // A nacked deployment still goes ahead of nothing newer; a newer one supersedes it.
+    let r = act(&api, &token, "acme", &a3, "nack", json!({"lease_id": item["lease_id"]})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let a4 = deploy(&api, "acme", "a", "4").await;
+    let item = lease_one(&api, &token, json!({"max": 10})).await;
+    assert_eq!(item["deployment_id"], a4.as_str());
+    assert_eq!(status_of(&api, &a3).await, "SUPERSEDED");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long poll
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
+    let api = Arc::new(Api::new());
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+
+    // No work: a short wait answers, with nothing.
+    assert!(lease(&api, &token, json!({"wait_seconds": 1})).await.is_empty());
+    assert!(lease(&api, &token, json!({"wait_seconds": 0})).await.is_empty());
+
+    let waiting = waiting_lease(&api, &token, 20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+    let items = waiting.await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["deployment_id"], id.as_str());
+    assert_eq!(items[0]["attempt"], 1);
+
+    // Another organization's work does not answer acme's long poll.
+    service(&api, "beta", "api").await;
+    let waiting = waiting_lease(&api, &token, 2);
+    let r = api
+        .call(
+            Method::POST,
+            "/organization/beta/container/deploy",
+            Some(ADMIN),
+            Some(json!({"image_name": "beta/api", "tag": "1.0"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert!(waiting.await.unwrap().is_empty());
+
+    // A nacked deployment's retry falling due answers a waiting consumer.
+    let r = act(
+        &api,
+        &token,
+        "acme",
+        &id,
+        "nack",
+        json!({"lease_id": items[0]["lease_id"], "retry_after_seconds": 2}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let items = lease_within(
+        &api,
+        &token,
+        json!({"wait_seconds": 20}),
+        Duration::from_secs(60),
+        "the retry never fell due",
+    )
+    .await;
+    assert_eq!(items[0]["deployment_id"], id.as_str());
+    assert_eq!(items[0]["attempt"], 2);
+    assert!(get(&api, &id).await["next_attempt_at"].is_null());
+
+    // An ack makes the service's next deployment available to a waiting consumer.
+    let newer = deploy(&api, "acme", "api", "2.0").await;
+    let waiting = waiting_lease(&api, &token, 20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
+    let items = waiting.await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["deployment_id"], newer.as_str());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input, scopes, organizations
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_lease_requests_are_refused_naming_the_field() {
+    let api = Api::new();
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+
+    for (body, field) in [
+        (json!({"max": 11}), "max"),
+        (json!({"max": 0}), "max"),
+        (json!({"max": "1"}), "max"),
+        (json!({"max": 1.5}), "max"),
+        (json!({"lease_seconds": 9}), "lease_seconds"),
+        (json!({"lease_seconds": 43201}), "lease_seconds"),
+        (json!({"wait_seconds": 21}), "wait_seconds"),
+        (json!({"wait_seconds": -1}), "wait_seconds"),
+        (json!({"lease_id": "x"}), "lease_id"),
+        (json!({"max": 1, "maximum": 2}), "maximum"),
+    ] {
+        let r = lease_reply(&api, &token, "acme", body.clone()).await;
+        assert_invalid(&r, &[field]);
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(field),
+            "{body}: {}",
+            r.body
+        );
+    }
+    let r = lease_reply(&api, &token, "acme", json!({"max": 11, "wait_seconds": 21})).await;
+    assert_invalid(&r, &["max", "wait_seconds"]);
+    // The limits themselves are accepted (and nothing was leased by the refusals).
+    let item = lease_one(
+        &api,
+        &token,
+        json!({"max": 10, "lease_seconds": 43200, "wait_seconds": 0}),
+    )
+    .await;
+    assert_eq!(item["deployment_id"], id.as_str());
+    assert_eq!(item["attempt"], 1);
+    let lease_id = item["lease_id"].as_str().unwrap().to_owned();
+
+    // Acknowledging: the lease id is checked, then whether it is the live one.
+    for (action, body, field) in [
+        ("ack", json!({}), "lease_id"),
+        ("ack", json!({"lease_id": ""}), "lease_id"),
+        ("ack", json!({"lease_id": "l".repeat(65)}), "lease_id"),
+        ("ack", json!({"lease_id": lease_id, "extra": true}), "extra"),
+        (
+            "nack",
+            json!({"lease_id": lease_id, "retry_after_seconds": 3601}),
+            "retry_after_seconds",
+        ),
+        (
+            "nack",
+            json!({"lease_id": lease_id, "retry_after_seconds": -1}),
+            "retry_after_seconds",
+        ),
+        (
+            "extend",
+            json!({"lease_id": lease_id, "lease_seconds": 9}),
+            "lease_seconds",
+        ),
+        (
+            "extend",
+            json!({"lease_id": lease_id, "lease_seconds": 43201}),
+            "lease_seconds",
+        ),
+    ] {
+        let r = act(&api, &token, "acme", &id, action, body.clone()).await;
+        assert_invalid(&r, &[field]);
+    }
+    for action in ["ack", "nack", "extend"] {
+        let r = act(&api, &token, "acme", &id, action, json!({"lease_id": "never-issued"})).await;
+        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        let r = act(&api, &token, "acme", &id, action, json!({"lease_id": "0".repeat(32)})).await;
+        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        // Unknown deployments, and ids that cannot be one, are 404s.
+        let unknown = "0123456789abcdef0123456789abcdef";
+        let r = act(&api, &token, "acme", unknown, action, json!({"lease_id": lease_id})).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+        let r = act(&api, &token, "acme", "NOT-AN-ID", action, json!({"lease_id": lease_id})).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    }
+    // None of it touched the lease.
+    assert_eq!(status_of(&api, &id).await, "IN_PROGRESS");
+    let r = act(&api, &token, "acme", &id, "ack", json!({"lease_id": lease_id})).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_need_the_consume_scope_in_their_organization() {
+    let api = Api::new();
+    service(&api, "acme", "api").await;
+    service(&api, "beta", "api").await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+    let acme_consume = consumer(&api, "acme").await;
+    let beta_consume = consumer(&api, "beta").await;
+    let manage_deploy = api.token("acme", &["deploy", "manage"]).await;
+    let manage = api.token("acme", &["manage"]).await;
+    let deploy_only = api.token("acme", &["deploy"]).await;
+    let lease_id = "0".repeat(32);
+
+    for token in [&manage_deploy, &beta_consume] {
+        let r = lease_reply(&api, token, "acme", json!({})).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+        for action in ["ack", "nack", "extend"] {
+            let r = act(&api, token, "acme", &id, action, json!({"lease_id": lease_id})).await;
+            assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+        }
+        let r = act(&api, token, "acme", &id, "result", json!({"status": "SUCCEEDED"})).await;
+        assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    let r = api
+        .call(
+            Method::POST,
+            "/organization/acme/deployments/lease",
+            None,
+            Some(json!({})),
+        )
+        .await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let r = lease_reply(&api, "adt_not-a-token", "acme", json!({})).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    // Nothing was leased by the refusals.
+    assert_eq!(status_of(&api, &id).await, "QUEUED");
+
+    // Reading one deployment takes manage or consume; the list, manage.
+    for token in [&manage, &acme_consume, &manage_deploy] {
+        let r = get_reply(&api, token, "acme", &id).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["deployment_id"], id.as_str());
+    }
+    for token in [&deploy_only, &beta_consume] {
+        assert_error(
+            &get_reply(&api, token, "acme", &id).await,
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+        );
+    }
+    let r = api
+        .call(Method::GET, "/organization/acme/deployments", Some(&acme_consume), None)
+        .await;
+    assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // Another organization's deployment does not exist for beta, even for its own consumer.
+    let beta_item = {
+        let r = api
+            .call(
+                Method::POST,
+                "/organization/beta/container/deploy",
+                Some(ADMIN),
+                Some(json!({"image_name": "beta/api", "tag": "1.0"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        let r = lease_reply(&api, &beta_consume, "beta", json!({})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body["items"][0].clone()
+    };
+    let beta_id = beta_item["deployment_id"].as_str().unwrap();
+    for action in ["ack", "nack", "extend"] {
+        let r = act(
+            &api,
+            &acme_consume,
+            "acme",
+            beta_id,
+            action,
+            json!({"lease_id": beta_item["lease_id"]}),
+        )
+        .await;
+        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    }
+    let r = act(
+        &api,
+        &acme_consume,
+        "acme",
+        beta_id,
+        "result",
+        json!({"status": "SUCCEEDED"}),
+    )
+    .await;
+    assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    assert_error(
+        &get_reply(&api, &acme_consume, "acme", beta_id).await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+    );
+    assert_error(
+        &get_reply(&api, ADMIN, "acme", beta_id).await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+    );
+    // acme's consumer never saw beta's work, and beta's lease is untouched.
+    let r = lease_reply(&api, &acme_consume, "acme", json!({"max": 10})).await;
+    let ids: Vec<&str> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["deployment_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
+    let r = act(
+        &api,
+        &beta_consume,
+        "beta",
+        beta_id,
+        "ack",
+        json!({"lease_id": beta_item["lease_id"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_filters_by_status() {
+    let api = Api::new();
+    let token = consumer(&api, "acme").await;
+    for s in ["a", "b"] {
+        service(&api, "acme", s).await;
+    }
+    let a1 = deploy(&api, "acme", "a", "1").await;
+    let a2 = deploy(&api, "acme", "a", "2").await;
+    let b1 = deploy(&api, "acme", "b", "1").await;
+    let item = lease_one(&api, &token, json!({})).await;
+    assert_eq!(item["deployment_id"], a2.as_str());
+
+    assert_eq!(listed(&api, "status=QUEUED").await, [b1.as_str()]);
+    assert_eq!(listed(&api, "status=IN_PROGRESS").await, [a2.as_str()]);
+    assert_eq!(listed(&api, "status=SUPERSEDED").await, [a1.as_str()]);
+    assert!(listed(&api, "status=FAILED").await.is_empty());
+    assert!(listed(&api, "status=PENDING").await.is_empty());
+    // An empty value is no filter; with a service, both apply.
+    assert_eq!(listed(&api, "status=").await, [b1.clone(), a2.clone(), a1.clone()]);
+    assert_eq!(listed(&api, "service_id=a&status=SUPERSEDED").await, [a1.as_str()]);
+    assert!(listed(&api, "service_id=b&status=SUPERSEDED").await.is_empty());
+    // Each listed deployment shows its status.
+    for d in api.deployments("acme").await {
+        let id = d["deployment_id"].as_str().unwrap();
+        assert_eq!(d, get(&api, id).await);
+    }
+
+    for bad in ["BOGUS", "queued", "SUCCEEDED"] {
+        let r = api
+            .call(
+                Method::GET,
+                &format!("/organization/acme/deployments?status={bad}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_invalid(&r, &["status"]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exactly once under concurrency
+
+const SERVICES: usize = 50;
+const PER_SERVICE: usize = 4;
+const CONSUMERS: usize = 20;
+
+/// What the consumers saw, checked as they go.
+#[derive(Default)]
+struct Seen {
+    /// Services with a deployment leased and not yet acknowledged or released.
+    held: HashSet<String>,
+    /// Every offer: (deployment id, lease id, attempt).
+    offers: Vec<(String, String, u64)>,
+    /// Two offers of one service at once, found while leasing.
+    overlaps: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_consumers_take_each_deployment_once_newest_first() {
+    let api = Arc::new(Api::new());
+    let token = consumer(&api, "acme").await;
+    // 200 waiting deployments of 50 services, each service's in tag order.
+    let mut recorded: HashMap<String, Vec<String>> = HashMap::new();
+    let mut service_of: HashMap<String, String> = HashMap::new();
+    for s in 0..SERVICES {
+        service(&api, "acme", &format!("s{s:02}")).await;
+    }
+    for round in 1..=PER_SERVICE {
+        for s in 0..SERVICES {
+            let name = format!("s{s:02}");
+            let id = deploy(&api, "acme", &name, &round.to_string()).await;
+            service_of.insert(id.clone(), name.clone());
+            recorded.entry(name).or_default().push(id);
+        }
+    }
+
+    // 20 consumers at once, leasing up to 3 each time: each releases the first offer of
+    // every fifth service and acknowledges the rest, until nothing is left.
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let start = Arc::new(tokio::sync::Barrier::new(CONSUMERS));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (api, token, seen, start, service_of) = (
+                Arc::clone(&api),
+                token.clone(),
+                Arc::clone(&seen),
+                Arc::clone(&start),
+                service_of.clone(),
+            );
+            tokio::spawn(async move {
+                start.wait().await;
+                let mut idle = 0;
+                while idle < 3 {
+                    let items = lease(&api, &token, json!({"max": 3, "lease_seconds": 600})).await;
+                    if items.is_empty() {
+                        idle += 1;
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    idle = 0;
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        for item in &items {
+                            let id = item["deployment_id"].as_str().unwrap().to_owned();
+                            let service = service_of[&id].clone();
+                            assert_eq!(item["service_id"], service.as_str());
+                            if !seen.held.insert(service.clone()) {
+                                seen.overlaps.push(service);
+                            }
+                            let lease_id = item["lease_id"].as_str().unwrap().to_owned();
+                            seen.offers.push((id, lease_id, item["attempt"].as_u64().unwrap()));
+                        }
+                    }
+                    for item in &items {
+                        let id = item["deployment_id"].as_str().unwrap();
+                        let service = &service_of[id];
+                        let release = item["attempt"] == 1 && service[1..].parse::<usize>().unwrap() % 5 == 0;
+                        // Let go of the service before the ack or nack that frees it.
+                        seen.lock().unwrap().held.remove(service);
+                        let action = if release { "nack" } else { "ack" };
+                        let r = act(&api, &token, "acme", id, action, json!({"lease_id": item["lease_id"]})).await;
+                        assert_eq!(r.status, StatusCode::NO_CONTENT, "{action} {id}: {}", r.body);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in consumers {
+        c.await.unwrap();
+    }
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        seen.overlaps.is_empty(),
+        "two deployments of one service at once: {:?}",
+        seen.overlaps
+    );
+    let lease_ids: HashSet<&String> = seen.offers.iter().map(|(_, l, _)| l).collect();
+    assert_eq!(lease_ids.len(), seen.offers.len(), "a lease id handed out twice");
+    let mut offers_of: HashMap<&str, Vec<u64>> = HashMap::new();
+    for (id, _, attempt) in &seen.offers {
+        offers_of.entry(id).or_default().push(*attempt);
+    }
+    for (name, ids) in &recorded {
+        let newest = ids.last().unwrap();
+        let released = name[1..].parse::<usize>().unwrap() % 5 == 0;
+        // Only the newest was ever offered: once, or twice when released the first time.
+        let want: Vec<u64> = if released { vec![1, 2] } else { vec![1] };
+        assert_eq!(offers_of.get(newest.as_str()), Some(&want), "{name}");
+        let d = get(&api, newest).await;
+        assert_eq!(d["status"], "DELIVERED", "{d}");
+        assert_eq!(d["attempts"], want.len(), "{d}");
+        for older in &ids[..ids.len() - 1] {
+            assert!(
+                !offers_of.contains_key(older.as_str()),
+                "{name}: an older deployment was offered"
+            );
+            let d = get(&api, older).await;
+            assert_eq!(d["status"], "SUPERSEDED", "{d}");
+            assert_eq!(d["attempts"], 0, "{d}");
+        }
+    }
+    assert_eq!(offers_of.len(), SERVICES);
+    assert_eq!(seen.offers.len(), SERVICES + SERVICES / 5);
+    eprintln!(
+        "{} offers to {CONSUMERS} consumers, {} deployments superseded",
+        seen.offers.len(),
+        SERVICES * (PER_SERVICE - 1)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention, and a large log
+
+const DAY: i64 = 24 * 60 * 60;
+
+/// Move deployment `id`'s last change `days` back.
+fn age(api: &Api, id: &str, days: i64) {
+    let changed = database(api)
+        .execute(
+            "UPDATE deployments SET updated_unix = updated_unix - ?2 WHERE id = ?1",
+            rusqlite::params![id, days * DAY],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_deployments_past_the_retention_are_pruned() {
+    let api = Api::new();
+    let token = consumer(&api, "acme").await;
+    for s in ["delivered", "recent", "superseded", "failed", "queued", "leased"] {
+        service(&api, "acme", s).await;
+    }
+    let delivered = deploy(&api, "acme", "delivered", "1").await;
+    let recent = deploy(&api, "acme", "recent", "1").await;
+    let superseded = deploy(&api, "acme", "superseded", "1").await;
+    let superseding = deploy(&api, "acme", "superseded", "2").await;
+    let failed = deploy(&api, "acme", "failed", "1").await;
+    for item in lease(&api, &token, json!({"max": 10})).await {
+        let id = item["deployment_id"].as_str().unwrap();
+        if id == failed {
+            run_out(&api, id);
+        } else {
+            assert_eq!(ack(&api, &token, &item).await.status, StatusCode::NO_CONTENT);
+        }
+    }
+    for _ in 2..=10 {
+        lease_one(&api, &token, json!({})).await;
+        run_out(&api, &failed);
+    }
+    assert!(lease(&api, &token, json!({})).await.is_empty());
+    let leased = deploy(&api, "acme", "leased", "1").await;
+    let item = lease_one(&api, &token, json!({"max": 10})).await;
+    assert_eq!(item["deployment_id"], leased.as_str());
+    let queued = deploy(&api, "acme", "queued", "1").await;
+    let want = [
+        (&delivered, "DELIVERED"),
+        (&recent, "DELIVERED"),
+        (&superseded, "SUPERSEDED"),
+        (&superseding, "DELIVERED"),
+        (&failed, "FAILED"),
+        (&queued, "QUEUED"),
+        (&leased, "IN_PROGRESS"),
+    ];
+    for (id, status) in want {
+        assert_eq!(status_of(&api, id).await, status, "{id}");
+    }
+
+    // Everything 31 days old but `recent` (29 days) and `superseding` (now).
+    for id in [&delivered, &superseded, &failed, &queued, &leased] {
+        age(&api, id, 31);
+    }
+    age(&api, &recent, 29);
+    let store = api.sqlite.as_ref().unwrap();
+    let done = store.maintain(30 * DAY).await.unwrap();
+    assert_eq!(done.deployments_pruned, 3, "{done:?}");
+    for id in [&delivered, &superseded, &failed] {
+        let r = get_reply(&api, ADMIN, "acme", id).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    }
+    for (id, status) in [
+        (&recent, "DELIVERED"),
+        (&superseding, "DELIVERED"),
+        (&queued, "QUEUED"),
+        (&leased, "IN_PROGRESS"),
+    ] {
+        assert_eq!(status_of(&api, id).await, status, "{id}");
+    }
+    let mut left = listed(&api, "").await;
+    left.sort();
+    let mut want = vec![recent.clone(), superseding.clone(), queued.clone(), leased.clone()];
+    want.sort();
+    assert_eq!(left, want);
+    // A second pass finds nothing more.
+    assert_eq!(store.maintain(30 * DAY).await.unwrap().deployments_pruned, 0);
+}
+
+/// `GET …/deployments?{query}` as the admin: the reply and how long it took.
+async fn timed_list(api: &Api, query: &str) -> (Value, Duration) {
+    let started = Instant::now();
+    let r = api
+        .call(
+            Method::GET,
+            &format!("/organization/acme/deployments?{query}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    (r.body, took)
+}
+
+fn ids_of(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deployment_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const STORED: i64 = 100_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_over_100000_deployments_pages_correctly() {
+    let api = Api::new();
+    service(&api, "acme", "api").await;
+    let real = deploy(&api, "acme", "api", "1.0").await;
+
+    // 100,000 more, older than the real one, copied from it in one transaction: ids
+    // `00…0000000` to `00…00_1869f` (hex), service `s{n % 50}`, every fourth of each status.
+    let started = Instant::now();
+    {
+        let mut conn = database(&api);
+        let tx = conn.transaction().unwrap();
+        let inserted = tx
+            .execute(
+                "WITH RECURSIVE n(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM n WHERE x + 1 < ?2)
+                 INSERT INTO deployments (org, id, service_id, status, data, attempts, updated_at, updated_unix)
+                 SELECT d.org, printf('%032x', n.x), 's' || (n.x % 50),
+                        CASE n.x % 4 WHEN 0 THEN 'DELIVERED' WHEN 1 THEN 'FAILED'
+                                     WHEN 2 THEN 'SUPERSEDED' ELSE 'QUEUED' END,
+                        json_set(d.data, '$.deployment_id', printf('%032x', n.x),
+                                 '$.service_id', 's' || (n.x % 50)),
+                        1, d.updated_at, d.updated_unix
+                 FROM n, deployments d WHERE d.id = ?1",
+                rusqlite::params![real, STORED],
+            )
+            .unwrap();
+        assert_eq!(inserted as i64, STORED);
+        tx.commit().unwrap();
+    }
+    let inserting = started.elapsed();
+    let hex = |n: i64| format!("{n:032x}");
+
+    // The first page: the real deployment, then the newest of the others, in order.
+    let (first, first_took) = timed_list(&api, "limit=100").await;
+    let ids = ids_of(&first);
+    assert_eq!(ids.len(), 100);
+    assert_eq!(ids[0], real);
+    let want: Vec<String> = (STORED - 99..STORED).rev().map(hex).collect();
+    assert_eq!(ids[1..], want[..]);
+    assert_eq!(first["items"][1]["service_id"], format!("s{}", (STORED - 1) % 50));
+
+    // Following the cursor 5 pages on: contiguous, no repeat, no gap.
+    let mut cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let mut next = STORED - 100;
+    let mut page_took = Vec::new();
+    for _ in 0..5 {
+        let (page, took) = timed_list(&api, &format!("limit=100&cursor={cursor}")).await;
+        page_took.push(took);
+        let want: Vec<String> = (next - 99..=next).rev().map(hex).collect();
+        assert_eq!(ids_of(&page), want);
+        next -= 100;
+        cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    }
+
+    // Filtered: one status, one service and a status, the last page of a filter.
+    let (failed, failed_took) = timed_list(&api, "limit=50&status=FAILED").await;
+    let want: Vec<String> = (0..STORED).rev().filter(|n| n % 4 == 1).take(50).map(hex).collect();
+    assert_eq!(ids_of(&failed), want);
+    assert!(
+        failed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "FAILED")
+    );
+    let (one, one_took) = timed_list(&api, "limit=20&service_id=s7&status=QUEUED").await;
+    let want: Vec<String> = (0..STORED)
+        .rev()
+        .filter(|n| n % 50 == 7 && n % 4 == 3)
+        .take(20)
+        .map(hex)
+        .collect();
+    assert_eq!(ids_of(&one), want);
+    let (last, last_took) = timed_list(&api, "limit=100&status=IN_PROGRESS").await;
+    assert!(ids_of(&last).is_empty());
+    assert!(last["next_cursor"].is_null());
+
+    // The maintenance pass over them: the finished ones, aged past the retention, pruned.
+    database(&api)
+        .execute(
+            "UPDATE deployments SET updated_unix = updated_unix - 40 * 86400 WHERE id <> ?1",
+            [&real],
+        )
+        .unwrap();
+    let started = Instant::now();
+    let done = api.sqlite.as_ref().unwrap().maintain(30 * DAY).await.unwrap();
+    let pruning = started.elapsed();
+    assert_eq!(done.deployments_pruned as i64, STORED / 4 * 3);
+    let (after, after_took) = timed_list(&api, "limit=100").await;
+    let want: Vec<String> = std::iter::once(real.clone())
+        .chain((0..STORED).rev().filter(|n| n % 4 == 3).take(99).map(hex))
+        .collect();
+    assert_eq!(ids_of(&after), want);
+
+    eprintln!(
+        "100,000 deployments: inserted in {inserting:?}; first page {first_took:?}, next pages {page_took:?}, \
+         status filter {failed_took:?}, service + status {one_took:?}, empty filter {last_took:?}; \
+         maintenance pruned 75,000 in {pruning:?}; first page after {after_took:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engines report back: on both stores
+
+on_both_stores!(
+    a_result_delivers_a_queued_deployment,
+    a_result_ends_an_attempt_in_progress,
+    a_result_supersedes_the_older_waiting_deployments,
+    a_result_is_refused_on_other_statuses,
+    bad_results_are_refused,
+);
+
+async fn result(api: &Api, token: &str, id: &str, body: Value) -> Reply {
+    act(api, token, "acme", id, "result", body).await
+}
+
+async fn a_result_delivers_a_queued_deployment(api: Api) {
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+    assert_eq!(status_of(&api, &id).await, "QUEUED");
+
+    let report = json!({"status": "SUCCEEDED", "message": "Rolled out to 3 replicas.\nAll healthy.",
+        "url": "https://deploys.example.com/acme/api/42"});
+    let r = result(&api, &token, &id, report.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["deployment_id"], id.as_str());
+    assert_eq!(r.body["status"], "DELIVERED");
+    let reported = &r.body["result"];
+    for field in ["status", "message", "url"] {
+        assert_eq!(reported[field], report[field], "{field}");
+    }
+    let reported_at = reported["reported_at"].as_str().unwrap().to_owned();
+    assert!(reported_at.ends_with('Z'), "{reported_at}");
+    // The answer is the deployment as it now stands: what GET and the list show.
+    let shown = get(&api, &id).await;
+    assert_eq!(shown, r.body);
+    assert_eq!(api.deployments("acme").await, vec![shown.clone()]);
+
+    // The same report again changes nothing; another one is a conflict.
+    let r = result(&api, &token, &id, report.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, shown);
+    for other in [
+        json!({"status": "FAILED", "message": "Rolled out to 3 replicas.\nAll healthy.", "url": report["url"]}),
+        json!({"status": "SUCCEEDED", "message": "Another message.", "url": report["url"]}),
+        json!({"status": "SUCCEEDED", "message": report["message"]}),
+    ] {
+        let r = result(&api, &token, &id, other).await;
+        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+    }
+    assert_eq!(get(&api, &id).await, shown);
+    // Delivered is final: the dispatcher cannot start it again.
+    match api.store.begin_attempt("acme", &id).await.unwrap() {
+        AttemptStart::NotWaiting(status) => assert_eq!(status.as_str(), "DELIVERED"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(get(&api, &id).await, shown);
+
+    // The admin may report too; message and url may be left out.
+    let second = deploy(&api, "acme", "api", "2.0").await;
+    let r = result(&api, ADMIN, &second, json!({"status": "FAILED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "DELIVERED");
+    assert_eq!(r.body["result"]["status"], "FAILED");
+    assert_eq!(r.body["result"]["message"], "");
+    assert!(r.body["result"]["url"].is_null(), "{}", r.body);
+    let again = result(&api, &token, &second, json!({"status": "FAILED", "message": ""})).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+}
+
+async fn a_result_ends_an_attempt_in_progress(api: Api) {
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+    let started = api.store.begin_attempt("acme", &id).await.unwrap();
+    assert!(matches!(started, AttemptStart::Started(_)), "{started:?}");
+    assert_eq!(status_of(&api, &id).await, "IN_PROGRESS");
+
+    let r = result(
+        &api,
+        &token,
+        &id,
+        json!({"status": "FAILED", "message": "Image pull failed."}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["status"], "DELIVERED");
+    assert_eq!(r.body["attempts"], 1);
+    assert_eq!(r.body["result"]["status"], "FAILED");
+    assert_eq!(r.body["result"]["message"], "Image pull failed.");
+    assert_eq!(get(&api, &id).await, r.body);
+    // Transitions only go forward: the attempt's end does not take the deployment back.
+    for end in [
+        AttemptEnd::Retry {
+            error: "the target answered 503".to_owned(),
+            next_attempt_unix: 0,
+        },
+        AttemptEnd::Failed {
+            error: "the target answered 400".to_owned(),
+        },
+    ] {
+        let _ = api.store.end_attempt("acme", &id, &end).await;
+        let now = get(&api, &id).await;
+        assert_eq!(now["status"], "DELIVERED", "{now}");
+        assert_eq!(now["result"], r.body["result"]);
+    }
+}
+
+/// Latest wins: once an engine reports on a service's deployment, the older ones still waiting
+/// are superseded, never taken after it (which would roll the service back).
+async fn a_result_supersedes_the_older_waiting_deployments(api: Api) {
+    service(&api, "acme", "api").await;
+    service(&api, "acme", "other").await;
+    let token = consumer(&api, "acme").await;
+    let older = deploy(&api, "acme", "api", "1.0").await;
+    let other = deploy(&api, "acme", "other", "1.0").await;
+    let reported = deploy(&api, "acme", "api", "2.0").await;
+    let newer = deploy(&api, "acme", "api", "3.0").await;
+
+    let r = result(&api, &token, &reported, json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let d = get(&api, &older).await;
+    assert_eq!(d["status"], "SUPERSEDED", "{d}");
+    assert_eq!(d["attempts"], 0, "{d}");
+    // Newer work of the service, and other services' work, still wait.
+    assert_eq!(status_of(&api, &newer).await, "QUEUED");
+    assert_eq!(status_of(&api, &other).await, "QUEUED");
+    assert_eq!(
+        api.store.begin_attempt("acme", &older).await.unwrap(),
+        AttemptStart::NotWaiting(autodeploy_core::deployment::DeploymentStatus::Superseded)
+    );
+    if api.sqlite.is_some() {
+        let items = lease(&api, &token, json!({"max": 10})).await;
+        let mut offered: Vec<&str> = items.iter().map(|i| i["deployment_id"].as_str().unwrap()).collect();
+        offered.sort_unstable();
+        let mut want = vec![newer.as_str(), other.as_str()];
+        want.sort_unstable();
+        assert_eq!(offered, want);
+    }
+}
+
+/// A deployment of `acme`'s `api` brought to `status` through the stores' own transitions
+/// (the dispatcher's), its id.
+async fn deployment_in(api: &Api, status: &str) -> String {
+    let id = deploy(api, "acme", "api", &format!("{status}-1")).await;
+    match status {
+        "SUPERSEDED" => {
+            deploy(api, "acme", "api", &format!("{status}-2")).await;
+            let start = api.store.begin_attempt("acme", &id).await.unwrap();
+            assert_eq!(start, AttemptStart::Superseded);
+        }
+        "FAILED" => {
+            let start = api.store.begin_attempt("acme", &id).await.unwrap();
+            assert!(matches!(start, AttemptStart::Started(_)), "{start:?}");
+            let end = AttemptEnd::Failed {
+                error: "the target answered 400".to_owned(),
+            };
+            api.store.end_attempt("acme", &id, &end).await.unwrap();
+        }
+        other => panic!("{other}"),
+    }
+    id
+}
+
+async fn a_result_is_refused_on_other_statuses(api: Api) {
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let report = json!({"status": "SUCCEEDED", "message": "Done."});
+    for status in ["SUPERSEDED", "FAILED"] {
+        let id = deployment_in(&api, status).await;
+        let before = get(&api, &id).await;
+        assert_eq!(before["status"], status);
+        let r = result(&api, &token, &id, report.clone()).await;
+        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(status),
+            "{}",
+            r.body
+        );
+        assert_eq!(get(&api, &id).await, before, "a refused report changed the deployment");
+        // Final: the dispatcher does not start it again.
+        let _ = api.store.begin_attempt("acme", &id).await;
+        assert_eq!(get(&api, &id).await, before, "a final deployment was started again");
+    }
+
+    // PENDING (recorded, not yet on the queue), where a store records that way.
+    create(&*api.store, &app("acme", "pending", "acme/pending")).await;
+    let request = push_request("acme", "pending");
+    api.store.record_deployment(&request, &push("a..b")).await.unwrap();
+    let before = get(&api, &request.deployment_id).await;
+    let r = result(&api, &token, &request.deployment_id, report.clone()).await;
+    if before["status"] == "PENDING" {
+        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        assert_eq!(get(&api, &request.deployment_id).await, before);
+    } else {
+        assert_eq!(before["status"], "QUEUED");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+
+    // Unknown deployments are 404s.
+    let r = result(&api, &token, "0123456789abcdef0123456789abcdef", report.clone()).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let r = result(&api, &token, "not-a-deployment", report).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
+async fn bad_results_are_refused(api: Api) {
+    service(&api, "acme", "api").await;
+    let token = consumer(&api, "acme").await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+    for (body, field) in [
+        (json!({}), "status"),
+        (json!({"status": "DONE"}), "status"),
+        (json!({"status": "succeeded"}), "status"),
+        (json!({"status": "SUCCEEDED", "message": "m".repeat(1001)}), "message"),
+        (json!({"status": "SUCCEEDED", "message": "a\u{7}bell"}), "message"),
+        (json!({"status": "SUCCEEDED", "message": 3}), "message"),
+        (json!({"status": "SUCCEEDED", "url": "ftp://example.com/x"}), "url"),
+        (json!({"status": "SUCCEEDED", "url": "example.com"}), "url"),
+        (
+            json!({"status": "SUCCEEDED", "url": format!("https://example.com/{}", "a".repeat(2049))}),
+            "url",
+        ),
+        (
+            json!({"status": "SUCCEEDED", "reported_at": "2026-01-01T00:00:00Z"}),
+            "reported_at",
+        ),
+    ] {
+        let r = result(&api, &token, &id, body.clone()).await;
+        assert_invalid(&r, &[field]);
+    }
+    // Nothing was recorded; the limits themselves are accepted.
+    assert_eq!(status_of(&api, &id).await, "QUEUED");
+    let message = "m".repeat(1000);
+    let url = format!(
+        "https://example.com/{}",
+        "a".repeat(2048 - "https://example.com/".len())
+    );
+    let r = result(
+        &api,
+        &token,
+        &id,
+        json!({"status": "SUCCEEDED", "message": message, "url": url}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["result"]["url"], url.as_str());
+    // A token without `consume`, or of another organization: 403.
+    let manage = api.token("acme", &["deploy", "manage"]).await;
+    let r = result(&api, &manage, &id, json!({"status": "SUCCEEDED"})).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let beta = consumer(&api, "beta").await;
+    let r = result(&api, &beta, &id, json!({"status": "SUCCEEDED"})).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+}
+
+/// On AWS the pull interface is SQS: the lease routes answer 404 there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_routes_are_the_standalone_servers() {
+    let api = Api::on_moto().await;
+    let token = consumer(&api, "acme").await;
+    let r = lease_reply(&api, &token, "acme", json!({})).await;
+    assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let id = "0123456789abcdef0123456789abcdef";
+    for action in ["ack", "nack", "extend"] {
+        let r = act(&api, &token, "acme", id, action, json!({"lease_id": "x"})).await;
+        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    }
+}
+
+/// The `expires_at` (TTL) of deployment `id` in the fixture's table.
+async fn expires_at(aws: &autodeploy_tests::AwsFixture, id: &str) -> i64 {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let item = aws
+        .dynamo
+        .get_item()
+        .table_name(&aws.table)
+        .key("pk", AttributeValue::S("ORG#acme".to_owned()))
+        .key("sk", AttributeValue::S(format!("DEPLOYMENT#{id}")))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap_or_else(|| panic!("no item for deployment {id}"));
+    match item.get("expires_at") {
+        Some(AttributeValue::N(n)) => n.parse().unwrap(),
+        other => panic!("deployment {id}: expires_at is {other:?}"),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// DynamoDB prunes with its TTL: a finished deployment (superseded, failed, delivered,
+/// reported on) expires 30 days after it finished; a waiting one is kept longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamo_finished_deployments_expire_after_the_retention() {
+    use autodeploy_core::deployment::{DeploymentResult, ResultStatus};
+    let aws = autodeploy_tests::aws_fixture().await;
+    let store: &dyn autodeploy_api::store::Store = &aws.store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let mut marks = 0;
+    let mut record = || {
+        marks += 1;
+        let request = push_request("acme", "api");
+        let mark = format!("{}..{}", marks, marks + 1);
+        async move {
+            store.record_deployment(&request, &push(&mark)).await.unwrap();
+            let id = request.deployment_id;
+            store.mark_queued("acme", std::slice::from_ref(&id)).await.unwrap();
+            id
+        }
+    };
+    let before = unix_now();
+    let (oldest, older, newest) = (record().await, record().await, record().await);
+    // The oldest is superseded when the dispatcher comes to it; starting the newest
+    // supersedes the other; the newest fails.
+    assert_eq!(
+        store.begin_attempt("acme", &oldest).await.unwrap(),
+        AttemptStart::Superseded
+    );
+    let start = store.begin_attempt("acme", &newest).await.unwrap();
+    assert!(matches!(start, AttemptStart::Started(_)), "{start:?}");
+    let failed = AttemptEnd::Failed {
+        error: "the target answered 400".to_owned(),
+    };
+    store.end_attempt("acme", &newest, &failed).await.unwrap();
+    // One delivered by its target, one reported on by an engine, one still waiting.
+    let delivered = record().await;
+    let start = store.begin_attempt("acme", &delivered).await.unwrap();
+    assert!(matches!(start, AttemptStart::Started(_)), "{start:?}");
+    store
+        .end_attempt("acme", &delivered, &AttemptEnd::Delivered)
+        .await
+        .unwrap();
+    let reported = record().await;
+    let report = DeploymentResult {
+        status: ResultStatus::Succeeded,
+        message: String::new(),
+        url: None,
+        reported_at: autodeploy_api::util::now_rfc3339(),
+    };
+    store.report_result("acme", &reported, &report).await.unwrap().unwrap();
+    let waiting = record().await;
+    let after = unix_now();
+
+    for (id, status) in [
+        (&oldest, "SUPERSEDED"),
+        (&older, "SUPERSEDED"),
+        (&newest, "FAILED"),
+        (&delivered, "DELIVERED"),
+        (&reported, "DELIVERED"),
+    ] {
+        let record = store.get_deployment("acme", id).await.unwrap().unwrap();
+        assert_eq!(record.status.as_str(), status);
+        let expires = expires_at(&aws, id).await;
+        assert!(
+            (before + 30 * DAY..=after + 30 * DAY).contains(&expires),
+            "{status} {id} expires at {expires}, not 30 days after it finished ({before}..{after})"
+        );
+    }
+    assert_eq!(
+        store
+            .get_deployment("acme", &waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
+        "QUEUED"
+    );
+    assert!(
+        expires_at(&aws, &waiting).await > after + 30 * DAY,
+        "a waiting deployment expires as finished"
+    );
+}
