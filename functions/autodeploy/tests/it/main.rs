@@ -3,10 +3,12 @@
 
 mod cli;
 mod connections;
+mod dispatcher;
 mod durability;
 mod examples;
 mod files;
 mod harness;
 mod hostile_http;
 mod memory;
+mod receiver;
 mod secrets_in_logs;
