@@ -37,7 +37,13 @@ pub const SCOPES: [&str; 3] = ["deploy", "manage", "consume"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    Organization { org: String, scopes: Vec<String> },
+    /// An organization's token: its id and name (for the audit lines), never the token.
+    Organization {
+        org: String,
+        scopes: Vec<String>,
+        token_id: String,
+        token_name: String,
+    },
 }
 
 impl Caller {
@@ -45,7 +51,7 @@ impl Caller {
     pub fn authorize(&self, org: &str, scope: Scope) -> ApiResult<()> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Organization { org: own, scopes } if own == org => {
+            Caller::Organization { org: own, scopes, .. } if own == org => {
                 if scopes.iter().any(|s| s == scope.as_str()) {
                     Ok(())
                 } else {
@@ -119,6 +125,8 @@ impl FromRequestParts<AppState> for Caller {
             Some(record) => Ok(Caller::Organization {
                 org: record.organization_id,
                 scopes: record.scopes,
+                token_id: record.id,
+                token_name: record.name,
             }),
             None => Err(ApiError::unauthorized("The token is not valid.")),
         }

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
+use super::audit::{Route, audit};
 use super::auth::{Caller, Scope};
 use super::error::{ApiError, ApiResult};
 use super::extract::{
@@ -128,6 +129,7 @@ enum Target {
 /// loses a race is retried on the new state unless the client pinned an ETag (then 412).
 async fn write_service(
     state: &AppState,
+    (caller, route): (&Caller, &Route),
     (org, id): (&str, &str),
     target: Target,
     precondition: &Precondition,
@@ -172,6 +174,7 @@ async fn write_service(
                 } else {
                     StatusCode::CREATED
                 };
+                audit(caller, route, org, &format!("service {id}"), Some(service.version));
                 let last_push = current.and_then(|c| c.last_push);
                 let stored = StoredService {
                     service,
@@ -191,6 +194,7 @@ async fn write_service(
 
 async fn put_service(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -201,11 +205,20 @@ async fn put_service(
     caller.authorize(&org, Scope::Manage)?;
     let precondition = Precondition::from_headers(&headers)?;
     let spec = parse_service_document(&org, &id, &doc).map_err(spec_error)?;
-    write_service(&state, (&org, &id), Target::Any, &precondition, |_| Ok(spec.clone())).await
+    write_service(
+        &state,
+        (&caller, &route),
+        (&org, &id),
+        Target::Any,
+        &precondition,
+        |_| Ok(spec.clone()),
+    )
+    .await
 }
 
 async fn patch_service(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -215,16 +228,24 @@ async fn patch_service(
     let id = service_id(&path)?;
     caller.authorize(&org, Scope::Manage)?;
     let precondition = Precondition::from_headers(&headers)?;
-    write_service(&state, (&org, &id), Target::Existing, &precondition, |current| {
-        let current = current.ok_or_else(|| service_not_found(&id))?;
-        let doc = merge_patch(&current.service, &patch).map_err(spec_error)?;
-        parse_service_document(&org, &id, &doc).map_err(spec_error)
-    })
+    write_service(
+        &state,
+        (&caller, &route),
+        (&org, &id),
+        Target::Existing,
+        &precondition,
+        |current| {
+            let current = current.ok_or_else(|| service_not_found(&id))?;
+            let doc = merge_patch(&current.service, &patch).map_err(spec_error)?;
+            parse_service_document(&org, &id, &doc).map_err(spec_error)
+        },
+    )
     .await
 }
 
 async fn delete_service(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -238,6 +259,7 @@ async fn delete_service(
         Precondition::None | Precondition::Exists => None,
     };
     if state.store.delete_service(&org, &id, expected.as_deref()).await? {
+        audit(&caller, &route, &org, &format!("service {id}"), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(service_not_found(&id))
