@@ -234,8 +234,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let dispatching = if args.no_dispatch {
             None
         } else {
-            let sender = Sender::new(SenderConfig::new(args.targets_allow_private))
-                .map_err(|e| format!("cannot start the dispatcher: {e}"))?;
+            let sender = Sender::new(SenderConfig {
+                system_roots: system_roots_requested(),
+                ..SenderConfig::new(args.targets_allow_private)
+            })
+            .map_err(|e| format!("cannot start the dispatcher: {e}"))?;
             let dispatcher = Dispatcher {
                 store: state.store.clone(),
                 sender,
@@ -266,6 +269,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     });
     printing.finish_printing(Duration::from_secs(1));
     served
+}
+
+/// Whether the dispatcher trusts the system's certificate store (`SSL_CERT_FILE` or
+/// `SSL_CERT_DIR` set, as an OpenSSL-style client reads them: an engine behind a private CA)
+/// rather than the Mozilla roots compiled in, as the Lambda functions' client does.
+fn system_roots_requested() -> bool {
+    ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.to_string_lossy().trim().is_empty()))
 }
 
 /// How often leases that ran out are released and old records pruned.

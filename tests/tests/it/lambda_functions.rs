@@ -336,6 +336,48 @@ async fn image_tag_deploys_ecr_pushes() {
         .call(Method::GET, "/organization/acme/services/hub", Some(ADMIN), None)
         .await;
     assert_eq!(hub.body["image"]["tag"], "1.3.0");
+
+    // The organization's deliveries history holds each event the function answered.
+    let history = api
+        .call(
+            Method::GET,
+            "/organization/acme/deliveries?source=ecr",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.body);
+    let summary: Vec<(String, u64, String)> = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["outcome"].as_str().unwrap().to_owned(),
+                d["http_status"].as_u64().unwrap(),
+                d["tag"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let row = |outcome: &str, status: u64, tag: &str| (outcome.to_owned(), status, tag.to_owned());
+    assert_eq!(
+        summary,
+        vec![
+            row("REJECTED", 400, ""),
+            row("IGNORED", 200, ""),
+            row("IGNORED", 200, ""),
+            row("IGNORED", 200, ""),
+            row("NOTHING_TO_DEPLOY", 200, "1.4.0"),
+            row("QUEUED", 202, "1.4.0"),
+        ]
+    );
+    let queued = &history.body["items"][5];
+    assert_eq!(queued["queued"], json!([deployment_id]));
+    assert_eq!(queued["image"], format!("{ECR_REGISTRY}/team/api"));
+    assert_eq!(
+        history.body["items"][4]["skipped"],
+        json!([{"service_id": "api", "reason": "SAME_TAG"}])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ mod aws_cost;
 mod aws_images;
 mod aws_push;
 mod aws_stack;
+mod deliveries;
 mod hostile_input;
 mod https_client;
 mod image_tags;

@@ -2,12 +2,10 @@
 //! (`examples/consumer.py`) and the deploy endpoint of a WEBHOOK target, which verifies
 //! signatures with the reference `standardwebhooks` library (`examples/receiver.py`).
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
+use std::process::{Command, Stdio};
 
-use crate::harness::{Server, free_port, http, json_call};
+use crate::harness::{Server, free_port};
 
 const ADMIN: &str = "examples-admin-token-0123456789";
 const SECRET: &str = "examples-webhook-secret-0123";
@@ -24,7 +22,7 @@ fn example(name: &str) -> String {
 }
 
 fn admin_call(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    json_call(server.port, ADMIN, method, path, body)
+    server.call(ADMIN, method, path, body)
 }
 
 /// A service `api` following `github.com/acme/shop` on main (with `extra` fields), and the
@@ -42,34 +40,13 @@ fn set_up(server: &Server, extra: Value) {
 
 /// A signed GitHub push of commit `after` to main; its answer's status.
 fn push(server: &Server, before: &str, after: &str) -> u16 {
-    let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after,
-        "repository": {"clone_url": "https://github.com/acme/shop.git"}, "commits": []})
-    .to_string();
-    let signature = {
-        use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(body.as_bytes());
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    };
-    let (status, answer) = http(
-        server.port,
-        "POST",
-        "/organization/acme/webhooks/github",
-        &[
-            ("Content-Type", "application/json"),
-            ("X-GitHub-Event", "push"),
-            ("X-Hub-Signature-256", &signature),
-        ],
-        body.as_bytes(),
-    );
+    let (status, answer) = server.github_push(SECRET, before, after);
     assert!(status == 202 || status == 200, "{status} {answer}");
     status
 }
 
 fn deployments(server: &Server) -> Vec<Value> {
-    let (status, answer) = admin_call(server, "GET", "/organization/acme/deployments", None);
-    assert_eq!(status, 200);
-    answer["items"].as_array().cloned().unwrap_or_default()
+    server.deployments(ADMIN)
 }
 
 #[test]
@@ -145,15 +122,9 @@ fn the_receiver_verifies_what_the_dispatcher_signs() {
     let c = |n: u8| format!("{n}").repeat(40);
     assert_eq!(push(&server, &c(0), &c(1)), 202);
     // Delivered once the receiver (started meanwhile) answers; the dispatcher retries until.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let listed = deployments(&server);
-        if listed.first().is_some_and(|d| d["status"] == "DELIVERED") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not delivered: {listed:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    server.wait_for_deployments(ADMIN, |listed| {
+        listed.first().is_some_and(|d| d["status"] == "DELIVERED")
+    });
     let _ = receiver.kill();
     let _ = receiver.wait();
     let mut printed = String::new();

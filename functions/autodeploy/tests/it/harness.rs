@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_autodeploy");
 
 pub fn free_port() -> u16 {
@@ -261,6 +263,58 @@ impl Server {
             body.as_bytes(),
         );
         assert_eq!(status, 204, "{answer}");
+    }
+
+    /// A JSON call with `Authorization: Token {token}`: the status, and the answer as JSON
+    /// (null when it is not).
+    pub fn call(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        json_call(self.port, token, method, path, body)
+    }
+
+    /// A GitHub push of commit `after` (from `before`) to main of `github.com/acme/shop`, to
+    /// organization `acme`, signed with `secret`: the status and the answer.
+    pub fn github_push(&self, secret: &str, before: &str, after: &str) -> (u16, Value) {
+        let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after,
+            "repository": {"clone_url": "https://github.com/acme/shop.git"}, "commits": []})
+        .to_string();
+        let signature = {
+            use hmac::{Hmac, Mac};
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(body.as_bytes());
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        };
+        let (status, answer) = http(
+            self.port,
+            "POST",
+            "/organization/acme/webhooks/github",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            body.as_bytes(),
+        );
+        (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
+    }
+
+    /// Organization `acme`'s deployments, newest first.
+    pub fn deployments(&self, admin: &str) -> Vec<Value> {
+        let (status, answer) = self.call(admin, "GET", "/organization/acme/deployments?limit=100", None);
+        assert_eq!(status, 200, "{answer}");
+        answer["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Organization `acme`'s deployments once `done` holds of them (within 60 s).
+    pub fn wait_for_deployments(&self, admin: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed = self.deployments(admin);
+            if done(&listed) {
+                return listed;
+            }
+            assert!(Instant::now() < deadline, "still: {listed:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, and its exit status (within 20 s).

@@ -3,6 +3,7 @@
 
 mod cli;
 mod connections;
+mod dispatcher;
 mod durability;
 mod examples;
 mod files;
@@ -10,4 +11,5 @@ mod harness;
 mod hostile_http;
 mod leases;
 mod memory;
+mod receiver;
 mod secrets_in_logs;

@@ -1,16 +1,25 @@
 //! No secret in any output (docs/proofs.md): the real binary at `RUST_LOG=trace` goes through
-//! settings, signed pushes, image deploys, a Docker Hub registry webhook (whose URL carries the
-//! secret) and bad requests (wrong tokens, wrong secrets, a too-short secret, malformed
-//! bodies); then its stderr (logs) and stdout (queued messages) hold none of the admin token,
-//! the organization tokens, the webhook secrets, nor the wrong ones the bad requests tried.
+//! settings, deploy targets of every type (their secrets and tokens), signed pushes, image
+//! deploys, a Docker Hub registry webhook (whose URL carries the secret), the dispatcher's
+//! deliveries (one target echoing its token in a refusal), the deliveries history and bad
+//! requests (wrong tokens, wrong secrets, a too-short secret, malformed bodies); then its
+//! stderr (logs, with one line per delivery and one audit line per settings change) and stdout
+//! (queued messages) hold none of the admin token, the organization tokens, the webhook
+//! secrets, the targets' secrets and tokens, the signatures sent or received, nor the wrong
+//! ones the bad requests tried.
+
+use serde_json::Value;
 
 use crate::harness::{Launch, http};
+use crate::receiver::{Answer, Receiver, ca_file};
 
 const ADMIN: &str = "logs-admin-token-5f0c1d2e3a4b";
 const GITHUB_SECRET: &str = "logs-github-secret-7a8b9c0d";
 const GITLAB_SECRET: &str = "logs-gitlab-secret-1e2f3a4b";
 const AZURE_SECRET: &str = "logs-azure-secret-5c6d7e8f9a";
 const DOCKERHUB_SECRET: &str = "logsdockerhubsecret0b1c2d3e";
+const QOVERY_TOKEN: &str = "logs-qovery-token-4f5a6b7c8d";
+const ACTIONS_TOKEN: &str = "github_pat_logs9e0f1a2b3c4d";
 /// Wrong credentials the bad requests try: not logged either.
 const WRONG: &[&str] = &[
     "logs-wrong-token-aaaaaaaaaaaa",
@@ -19,6 +28,7 @@ const WRONG: &[&str] = &[
     "logswrongdockerhubsecretdddd",
     "logs-short",
     "logs-wrong-azure-eeeeeeeeeeee",
+    "logs-wrong-qovery-token-ffff",
 ];
 
 fn fixture(path: &str) -> Vec<u8> {
@@ -60,7 +70,8 @@ fn base64(input: &str) -> String {
 fn a_full_run_at_trace_level_logs_no_secret() {
     let mut server = Launch::new(ADMIN)
         .env("RUST_LOG", Some("trace"))
-        .args(["--print-deployments"])
+        .env("SSL_CERT_FILE", Some(&ca_file()))
+        .args(["--print-deployments", "--targets-allow-private"])
         .start();
     let port = server.port;
 
@@ -68,9 +79,17 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     let json = ("Content-Type", "application/json");
     let expect = |(status, body): (u16, String), want: u16, what: &str| {
         assert_eq!(status, want, "{what}: {body}");
-        for secret in [ADMIN, GITHUB_SECRET, GITLAB_SECRET, AZURE_SECRET, DOCKERHUB_SECRET]
-            .iter()
-            .chain(WRONG)
+        for secret in [
+            ADMIN,
+            GITHUB_SECRET,
+            GITLAB_SECRET,
+            AZURE_SECRET,
+            DOCKERHUB_SECRET,
+            QOVERY_TOKEN,
+            ACTIONS_TOKEN,
+        ]
+        .iter()
+        .chain(WRONG)
         {
             assert!(!body.contains(secret), "{what}: the answer echoes a secret: {body}");
         }
@@ -127,7 +146,7 @@ fn a_full_run_at_trace_level_logs_no_secret() {
             provider,
         );
     }
-    let mut tokens = Vec::new();
+    let (mut tokens, mut token_ids) = (Vec::new(), Vec::new());
     for scopes in [r#"["manage"]"#, r#"["deploy"]"#] {
         let body = format!(r#"{{"name": "ci", "scopes": {scopes}}}"#);
         let (status, reply) = http(
@@ -140,8 +159,114 @@ fn a_full_run_at_trace_level_logs_no_secret() {
         assert_eq!(status, 201, "{reply}");
         let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
         tokens.push(reply["token"].as_str().unwrap().to_owned());
+        token_ids.push(reply["id"].as_str().unwrap().to_owned());
     }
     let (manage, deploy) = (format!("Bearer {}", tokens[0]), format!("Token {}", tokens[1]));
+
+    // Deploy targets, written with the manage token: their secrets and tokens are write-only.
+    // One engine accepts; Qovery refuses, echoing the token it was sent.
+    let engine = Receiver::start(|_| Answer::status(204));
+    let qovery = Receiver::start(|_| {
+        Answer::Reply(
+            422,
+            vec![("Content-Type", "application/json".into())],
+            format!(r#"{{"message": "refused Token {QOVERY_TOKEN}"}}"#),
+        )
+    });
+    let target_secret = format!("whsec_{}", base64("logs-target-secret-0123456789abc"));
+    let targets = [
+        (
+            "hook",
+            format!(r#"{{"type": "WEBHOOK", "url": "{}"}}"#, engine.url("/deploy")),
+        ),
+        (
+            "signed",
+            format!(
+                r#"{{"type": "WEBHOOK", "url": "{}", "secret": "{target_secret}"}}"#,
+                engine.url("/signed")
+            ),
+        ),
+        (
+            "qovery",
+            format!(
+                r#"{{"type": "QOVERY", "token": "{QOVERY_TOKEN}", "api_url": "{}"}}"#,
+                qovery.url("")
+            ),
+        ),
+        (
+            "actions",
+            format!(
+                r#"{{"type": "GITHUB_ACTIONS", "token": "{ACTIONS_TOKEN}", "repository": "acme/deploy",
+                   "workflow": "deploy.yml", "ref": "main", "api_url": "{}"}}"#,
+                engine.url("")
+            ),
+        ),
+    ];
+    let mut generated = String::new();
+    for (id, body) in &targets {
+        let path = format!("/organization/acme/targets/{id}");
+        let (status, reply) = http(port, "PUT", &path, &[("Authorization", &manage), json], body.as_bytes());
+        assert_eq!(status, 201, "{id}: {reply}");
+        if *id == "hook" {
+            // Generated, and shown this once.
+            let reply: Value = serde_json::from_str(&reply).unwrap();
+            generated = reply["secret"].as_str().unwrap().to_owned();
+        } else {
+            assert!(!reply.contains(&target_secret), "{reply}");
+            expect((status, reply), 201, id);
+        }
+        let shown = expect(http(port, "GET", &path, &[("Authorization", &manage)], b""), 200, id);
+        assert!(
+            !shown.contains(&generated) && !shown.contains(&target_secret),
+            "{shown}"
+        );
+    }
+    let listed = expect(
+        http(
+            port,
+            "GET",
+            "/organization/acme/targets",
+            &[("Authorization", &manage)],
+            b"",
+        ),
+        200,
+        "targets",
+    );
+    assert!(
+        !listed.contains(&generated) && !listed.contains(&target_secret),
+        "{listed}"
+    );
+    let refused = format!(r#"{{"type": "QOVERY", "token": "{}", "api_url": "ftp://x"}}"#, WRONG[6]);
+    expect(
+        http(
+            port,
+            "PUT",
+            "/organization/acme/targets/bad",
+            &[("Authorization", &manage), json],
+            refused.as_bytes(),
+        ),
+        400,
+        "a refused target",
+    );
+    // Services delivered to them: the GitHub push below queues one for each.
+    for (id, target, external_id) in [
+        ("hooked", "hook", "null"),
+        ("signed", "signed", "null"),
+        ("qov", "qovery", r#""0b1c2d3e-app""#),
+        ("act", "actions", "null"),
+    ] {
+        let body = format!(
+            r#"{{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+               "git_repository": {{"provider": "GITHUB", "url": "https://github.com/binkkatal/sample_app.git", "branch": "master"}},
+               "deploy_target": {{"target_id": "{target}", "external_id": {external_id}}}}}"#
+        );
+        let path = format!("/organization/acme/services/{id}");
+        expect(
+            http(port, "PUT", &path, &[("Authorization", &manage), json], body.as_bytes()),
+            201,
+            id,
+        );
+    }
     expect(
         http(
             port,
@@ -385,24 +510,122 @@ fn a_full_run_at_trace_level_logs_no_secret() {
         "deployments",
     );
 
+    // The dispatcher's work: three delivered, Qovery's refusal recorded without its token.
+    let deployments = server.wait_for_deployments(ADMIN, |listed| {
+        let status = |service: &str| {
+            listed
+                .iter()
+                .find(|d| d["service_id"] == service)
+                .map(|d| d["status"].as_str().unwrap_or(""))
+        };
+        ["hooked", "signed", "act"]
+            .iter()
+            .all(|s| status(s) == Some("DELIVERED"))
+            && status("qov") == Some("FAILED")
+    });
+    let refused = deployments.iter().find(|d| d["service_id"] == "qov").unwrap();
+    assert_eq!(
+        refused["last_error"],
+        "the target answered 422 Unprocessable Entity: refused [redacted]"
+    );
+    let sent = engine.requests();
+    assert_eq!(sent.len(), 3);
+    assert_eq!(qovery.requests().len(), 1);
+
+    // The deliveries history, listed and one by one, filtered.
+    let history = expect(
+        http(
+            port,
+            "GET",
+            "/organization/acme/deliveries?limit=100",
+            &[("Authorization", &manage)],
+            b"",
+        ),
+        200,
+        "deliveries",
+    );
+    let history: Value = serde_json::from_str(&history).unwrap();
+    let history = history["items"].as_array().unwrap();
+    assert_eq!(history.len(), 10, "{history:#?}");
+    for delivery in history {
+        let path = format!("/organization/acme/deliveries/{}", delivery["id"].as_str().unwrap());
+        expect(
+            http(port, "GET", &path, &[("Authorization", &manage)], b""),
+            200,
+            "delivery",
+        );
+    }
+    expect(
+        http(
+            port,
+            "GET",
+            "/organization/acme/deliveries?outcome=REJECTED&source=dockerhub",
+            &[("Authorization", &manage)],
+            b"",
+        ),
+        200,
+        "rejected deliveries",
+    );
+
     // Stop, then read everything the process wrote.
     assert!(server.terminate().success());
     let (stdout, stderr) = (server.stdout(), server.stderr());
     assert!(stdout.lines().count() >= 4, "queued messages: {stdout}");
     assert!(stderr.lines().count() >= 5, "RUST_LOG=trace logged little: {stderr}");
-    let mut secrets: Vec<String> = [ADMIN, GITHUB_SECRET, GITLAB_SECRET, AZURE_SECRET, DOCKERHUB_SECRET]
-        .iter()
-        .chain(WRONG)
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut secrets: Vec<String> = [
+        ADMIN,
+        GITHUB_SECRET,
+        GITLAB_SECRET,
+        AZURE_SECRET,
+        DOCKERHUB_SECRET,
+        QOVERY_TOKEN,
+        ACTIONS_TOKEN,
+    ]
+    .iter()
+    .chain(WRONG)
+    .map(|s| (*s).to_owned())
+    .collect();
     secrets.extend(tokens.iter().cloned());
     secrets.push(base64(&format!("azure:{AZURE_SECRET}")));
+    // The targets' secrets (without their prefix), the signatures received and sent.
+    secrets.extend([&generated, &target_secret].map(|s| s.trim_start_matches("whsec_").to_owned()));
+    secrets.extend([&signature, &wrong_sig].map(|s| s.trim_start_matches("sha256=").to_owned()));
+    for request in &sent {
+        let signature = request.header("webhook-signature");
+        if !signature.is_empty() {
+            secrets.push(signature.trim_start_matches("v1,").to_owned());
+        }
+    }
+    assert_eq!(secrets.len(), 23, "{secrets:?}");
     for secret in &secrets {
         assert!(!stdout.contains(secret.as_str()), "stdout holds {secret}");
         for line in stderr.lines() {
             assert!(!line.contains(secret.as_str()), "the log holds {secret}: {line}");
         }
     }
+
+    // One line per delivery, refused ones included; one audit line per settings change, naming
+    // the token by id and name.
+    let delivery_lines = stderr.lines().filter(|l| l.contains(" delivery org=")).count();
+    assert_eq!(delivery_lines, 10, "{stderr}");
+    let audit: Vec<&str> = stderr.lines().filter(|l| l.contains("settings changed")).collect();
+    // 8 services, a PATCH, 4 secrets, 2 tokens, 4 targets.
+    assert_eq!(audit.len(), 19, "{audit:#?}");
+    let by_manage = format!("token_id=\"{}\" token_name=\"ci\"", token_ids[0]);
+    assert!(
+        audit.iter().any(|l| l.contains(&by_manage)
+            && l.contains("route=PUT /organization/{org}/targets/{target_id}")
+            && l.contains("resource=\"deploy target qovery\"")
+            && l.contains("version=1")),
+        "{audit:#?}"
+    );
+    assert!(
+        audit.iter().any(|l| l.contains(&by_manage)
+            && l.contains("route=PATCH /organization/{org}/services/{service_id}")
+            && l.contains("resource=\"service web\"")
+            && l.contains("version=2")),
+        "{audit:#?}"
+    );
     eprintln!(
         "{} log lines and {} queued messages, none holding any of {} secrets",
         stderr.lines().count(),

@@ -11,10 +11,10 @@ pub mod send;
 pub mod standalone;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use autodeploy_core::deployment::DeploymentRecord;
-use autodeploy_core::target::delivery::{NextStep, RetryPolicy, next_step};
+use autodeploy_core::target::delivery::{MIN_RETRY_DELAY, NextStep, RetryPolicy, next_step};
 use autodeploy_core::target::request::build_request;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -108,13 +108,23 @@ impl Dispatcher {
             match next_step(&outcome, record.attempts, age, &self.policy, rand::random::<f64>()) {
                 NextStep::Delivered => AttemptEnd::Delivered,
                 NextStep::Failed(error) => AttemptEnd::Failed { error },
+                // Counted from the answer (a `Retry-After` is), not from the send.
                 NextStep::RetryIn { delay, error } => AttemptEnd::Retry {
                     error,
-                    next_attempt_unix: now + i64::try_from(delay.as_secs().max(1)).unwrap_or(i64::MAX),
+                    next_attempt_unix: due_unix(SystemTime::now(), delay),
                 },
             },
         )
     }
+}
+
+/// The Unix second from which a retry `delay` after `now` is due. The schedule is in whole
+/// seconds and a deployment is due once the current second reaches it, so the instant is
+/// rounded up: a retry is never made sooner than its delay (nor than 1 s).
+fn due_unix(now: SystemTime, delay: Duration) -> i64 {
+    let due = now.duration_since(UNIX_EPOCH).unwrap_or_default() + delay.max(MIN_RETRY_DELAY);
+    let secs = due.as_secs() + u64::from(due.subsec_nanos() > 0);
+    i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
 /// How long ago a deployment was recorded (`requested_at`); zero when unreadable.
@@ -124,4 +134,19 @@ fn age_of(requested_at: &str) -> Duration {
         .map(|at| OffsetDateTime::now_utc() - at)
         .and_then(|d| Duration::try_from(d).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_is_due_no_sooner_than_its_delay() {
+        let at = |secs: u64, nanos: u32| UNIX_EPOCH + Duration::new(secs, nanos);
+        // Late in a second: the whole delay still lies ahead.
+        assert_eq!(due_unix(at(100, 999_000_000), Duration::from_secs(2)), 103);
+        assert_eq!(due_unix(at(100, 0), Duration::from_secs(2)), 102);
+        assert_eq!(due_unix(at(100, 1), Duration::from_millis(1500)), 102);
+        assert_eq!(due_unix(at(100, 500_000_000), Duration::ZERO), 102);
+    }
 }

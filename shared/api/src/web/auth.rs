@@ -1,6 +1,6 @@
 //! Who is calling: the operator's admin token, or an organization token with scopes.
 
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::FromRequestParts;
 use http::header;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -34,16 +34,10 @@ impl Scope {
 
 pub const SCOPES: [&str; 3] = ["deploy", "manage", "consume"];
 
-/// Who sent a request, and through which route (for audit lines).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    who: Who,
-    route: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Who {
+pub enum Caller {
     Admin,
+    /// An organization's token: its id and name (for the audit lines), never the token.
     Organization {
         org: String,
         scopes: Vec<String>,
@@ -55,9 +49,9 @@ enum Who {
 impl Caller {
     /// 403 unless the caller may act on `org` with `scope`.
     pub fn authorize(&self, org: &str, scope: Scope) -> ApiResult<()> {
-        match &self.who {
-            Who::Admin => Ok(()),
-            Who::Organization { org: own, scopes, .. } if own == org => {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Organization { org: own, scopes, .. } if own == org => {
                 if scopes.iter().any(|s| s == scope.as_str()) {
                     Ok(())
                 } else {
@@ -67,29 +61,8 @@ impl Caller {
                     )))
                 }
             }
-            Who::Organization { .. } => Err(ApiError::forbidden("This token belongs to another organization.")),
+            Caller::Organization { .. } => Err(ApiError::forbidden("This token belongs to another organization.")),
         }
-    }
-
-    /// The audit line of a settings change: which token (its id and name, never the token),
-    /// which route, which resource, and the version it is now at (none once deleted).
-    pub fn audit(&self, org: &str, resource: &str, version: Option<u64>) {
-        let (token_id, token_name) = match &self.who {
-            Who::Admin => ("admin", "admin token"),
-            Who::Organization {
-                token_id, token_name, ..
-            } => (token_id.as_str(), token_name.as_str()),
-        };
-        tracing::info!(
-            target: "autodeploy::audit",
-            org,
-            route = %self.route,
-            resource,
-            version,
-            token_id,
-            token_name,
-            "settings changed"
-        );
     }
 
     /// 403 unless the caller may act on `org` with one of `scopes`.
@@ -105,9 +78,9 @@ impl Caller {
     }
 
     pub fn require_admin(&self) -> ApiResult<()> {
-        match self.who {
-            Who::Admin => Ok(()),
-            Who::Organization { .. } => Err(ApiError::forbidden("Only the admin token may manage API tokens.")),
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Organization { .. } => Err(ApiError::forbidden("Only the admin token may manage API tokens.")),
         }
     }
 }
@@ -141,26 +114,19 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = presented_token(parts)?;
-        let route = match parts.extensions.get::<MatchedPath>() {
-            Some(path) => format!("{} {}", parts.method, path.as_str()),
-            None => parts.method.to_string(),
-        };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let admin = state.admin.admin_token_sha256().await?;
         if admin.is_some_and(|admin| bool::from(digest.ct_eq(&admin))) {
-            return Ok(Caller { who: Who::Admin, route });
+            return Ok(Caller::Admin);
         }
         // Tokens are stored as SHA-256 digests; looking one up by digest reveals nothing
         // about other tokens.
         match state.store.token_by_hash(&hex::encode(digest)).await? {
-            Some(record) => Ok(Caller {
-                who: Who::Organization {
-                    org: record.organization_id,
-                    scopes: record.scopes,
-                    token_id: record.id,
-                    token_name: record.name,
-                },
-                route,
+            Some(record) => Ok(Caller::Organization {
+                org: record.organization_id,
+                scopes: record.scopes,
+                token_id: record.id,
+                token_name: record.name,
             }),
             None => Err(ApiError::unauthorized("The token is not valid.")),
         }

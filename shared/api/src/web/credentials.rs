@@ -14,6 +14,7 @@ use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
 
+use super::audit::{Route, audit};
 use super::auth::{Caller, SCOPES, Scope};
 use super::error::{ApiError, ApiResult};
 use super::extract::{ListParams, Org, PathParams, QueryParams, Valid, encode_cursor};
@@ -59,6 +60,7 @@ impl Document for SecretBody {
 
 async fn put_secret(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -74,7 +76,13 @@ async fn put_secret(
         set_at: now_rfc3339(),
     };
     state.store.put_secret(&org, provider.slug(), &record).await?;
-    caller.audit(&org, &format!("webhook secret {}", provider.slug()), None);
+    audit(
+        &caller,
+        &route,
+        &org,
+        &format!("webhook secret {}", provider.slug()),
+        None,
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -111,6 +119,7 @@ async fn get_secret(
 
 async fn delete_secret(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -118,7 +127,13 @@ async fn delete_secret(
     caller.authorize(&org, Scope::Manage)?;
     let provider = secret_provider(&path)?;
     if state.store.delete_secret(&org, provider.slug()).await? {
-        caller.audit(&org, &format!("webhook secret {}", provider.slug()), None);
+        audit(
+            &caller,
+            &route,
+            &org,
+            &format!("webhook secret {}", provider.slug()),
+            None,
+        );
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -195,6 +210,7 @@ impl Document for TokenBody {
 
 async fn create_token(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     Valid(body): Valid<TokenBody>,
@@ -210,7 +226,13 @@ async fn create_token(
         created_at: now_rfc3339(),
     };
     state.store.create_token(&record).await?;
-    caller.audit(&record.organization_id, &format!("token {}", record.id), None);
+    audit(
+        &caller,
+        &route,
+        &record.organization_id,
+        &format!("token {}", record.id),
+        None,
+    );
     let view = TokenView::from(record);
     Ok((
         StatusCode::CREATED,
@@ -243,6 +265,7 @@ async fn list_tokens(
 
 async fn delete_token(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -250,7 +273,7 @@ async fn delete_token(
     let token_id = path.id("token_id", "token_id")?;
     caller.require_admin()?;
     if state.store.delete_token(&org, token_id).await? {
-        caller.audit(&org, &format!("token {token_id}"), None);
+        audit(&caller, &route, &org, &format!("token {token_id}"), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(

@@ -2,6 +2,7 @@
 //! (`lambda_http::run` serves an axum `Router` as it is). Handlers extract, call a use case or
 //! the store, and render; the rules live in `autodeploy-core` and [`crate::deploy`].
 
+pub mod audit;
 pub mod auth;
 pub mod consumers;
 pub mod credentials;

@@ -62,6 +62,10 @@ async fn observe(state: AppState, endpoint: Endpoint, mut request: Request, next
     // Header-borne ids only: the body is the handler's.
     let delivery_id = match (endpoint, segments.get(4).and_then(|slug| GitProvider::from_slug(slug))) {
         (Endpoint::Push, Some(provider)) => autodeploy_core::push::delivery_id(provider, request.headers(), &[]),
+        // GitHub Packages events come with GitHub's own delivery header.
+        (Endpoint::Image, _) if source == Some(DeliverySource::GithubPackages) => {
+            autodeploy_core::push::delivery_id(GitProvider::Github, request.headers(), &[])
+        }
         _ => None,
     };
     // A malformed flag is refused by the handler (and recorded as rejected).

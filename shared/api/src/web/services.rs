@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
+use super::audit::{Route, audit};
 use super::auth::{Caller, Scope};
 use super::error::{ApiError, ApiResult};
 use super::extract::{
@@ -128,7 +129,7 @@ enum Target {
 /// loses a race is retried on the new state unless the client pinned an ETag (then 412).
 async fn write_service(
     state: &AppState,
-    caller: &Caller,
+    (caller, route): (&Caller, &Route),
     (org, id): (&str, &str),
     target: Target,
     precondition: &Precondition,
@@ -173,7 +174,7 @@ async fn write_service(
                 } else {
                     StatusCode::CREATED
                 };
-                caller.audit(org, &format!("service {id}"), Some(service.version));
+                audit(caller, route, org, &format!("service {id}"), Some(service.version));
                 let last_push = current.and_then(|c| c.last_push);
                 let stored = StoredService {
                     service,
@@ -193,6 +194,7 @@ async fn write_service(
 
 async fn put_service(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -203,14 +205,20 @@ async fn put_service(
     caller.authorize(&org, Scope::Manage)?;
     let precondition = Precondition::from_headers(&headers)?;
     let spec = parse_service_document(&org, &id, &doc).map_err(spec_error)?;
-    write_service(&state, &caller, (&org, &id), Target::Any, &precondition, |_| {
-        Ok(spec.clone())
-    })
+    write_service(
+        &state,
+        (&caller, &route),
+        (&org, &id),
+        Target::Any,
+        &precondition,
+        |_| Ok(spec.clone()),
+    )
     .await
 }
 
 async fn patch_service(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -222,7 +230,7 @@ async fn patch_service(
     let precondition = Precondition::from_headers(&headers)?;
     write_service(
         &state,
-        &caller,
+        (&caller, &route),
         (&org, &id),
         Target::Existing,
         &precondition,
@@ -237,6 +245,7 @@ async fn patch_service(
 
 async fn delete_service(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -250,7 +259,7 @@ async fn delete_service(
         Precondition::None | Precondition::Exists => None,
     };
     if state.store.delete_service(&org, &id, expected.as_deref()).await? {
-        caller.audit(&org, &format!("service {id}"), None);
+        audit(&caller, &route, &org, &format!("service {id}"), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(service_not_found(&id))

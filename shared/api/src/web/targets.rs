@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rand::RngCore;
 use serde::Serialize;
 
+use super::audit::{Route, audit};
 use super::auth::{Caller, Scope};
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonValue, ListParams, Org, PathParams, Precondition, QueryParams, encode_cursor, etag_header};
@@ -134,6 +135,7 @@ async fn check_host_now(url: &str, allow_private: bool) -> ApiResult<()> {
 
 async fn put_target(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -184,7 +186,13 @@ async fn put_target(
             } else {
                 StatusCode::CREATED
             };
-            caller.audit(&org, &format!("target {id}"), Some(target.version));
+            audit(
+                &caller,
+                &route,
+                &org,
+                &format!("deploy target {id}"),
+                Some(target.version),
+            );
             Ok(target_response(status, &target, resolved.view()))
         }
         // Written by someone else meanwhile: the client decides what to do with the new state.
@@ -195,6 +203,7 @@ async fn put_target(
 
 async fn delete_target(
     caller: Caller,
+    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -203,7 +212,7 @@ async fn delete_target(
     caller.authorize(&org, Scope::Manage)?;
     match state.store.delete_target(&org, &id).await? {
         Ok(true) => {
-            caller.audit(&org, &format!("target {id}"), None);
+            audit(&caller, &route, &org, &format!("deploy target {id}"), None);
             Ok(StatusCode::NO_CONTENT)
         }
         Ok(false) => Err(target_not_found(&id)),
