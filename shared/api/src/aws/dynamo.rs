@@ -907,11 +907,13 @@ const OUTCOME: &str = "outcome";
 const COUNT: &str = "count";
 
 impl DynamoStore {
-    /// Count one more rejected delivery of `org` in this minute; `false` once the minute's
-    /// budget is spent.
-    async fn rejected_budget(&self, org: &str) -> StoreResult<bool> {
+    /// Count one more rejected delivery of `org` in the minute it was received (the minute of
+    /// its `received_at`, so that no minute of the history shows more than the budget);
+    /// `false` once that minute's budget is spent.
+    async fn rejected_budget(&self, org: &str, received_at: &str) -> StoreResult<bool> {
         let now = crate::util::now_unix();
-        let minute = now / 60;
+        // `YYYY-MM-DDTHH:MM` of an RFC 3339 time.
+        let minute = received_at.get(..16).unwrap_or(received_at);
         let mut e = Expr::default();
         let update = format!(
             "ADD {} {} SET {} = {}",
@@ -961,7 +963,7 @@ fn delivery_record_from_item(org: &str, item: &Item) -> StoreResult<DeliveryReco
 impl DeliveryHistory for DynamoStore {
     async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool> {
         let org = &record.organization_id;
-        if record.outcome == DeliveryOutcome::Rejected && !self.rejected_budget(org).await? {
+        if record.outcome == DeliveryOutcome::Rejected && !self.rejected_budget(org, &record.received_at).await? {
             return Ok(false);
         }
         let data = serde_json::to_string(record)
