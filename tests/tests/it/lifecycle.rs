@@ -418,6 +418,21 @@ async fn ten_offers_without_an_ack_fail_the_deployment() {
         }
         // One lease runs out; the other is released by its consumer.
         run_out(&api, &expiring);
+        if attempt == 1 {
+            // Run out, even before anything released it: no longer the deployment's lease.
+            let item = ids[expiring.as_str()];
+            assert_error(&ack(&api, &token, item).await, StatusCode::CONFLICT, "CONFLICT");
+            let r = act(
+                &api,
+                &token,
+                "acme",
+                &expiring,
+                "extend",
+                json!({"lease_id": item["lease_id"]}),
+            )
+            .await;
+            assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        }
         let r = act(
             &api,
             &token,
