@@ -1432,20 +1432,45 @@ async fn a_list_over_100000_deployments_pages_correctly() {
             [&real],
         )
         .unwrap();
-    let started = Instant::now();
-    let done = api.sqlite.as_ref().unwrap().maintain(30 * DAY).await.unwrap();
-    let pruning = started.elapsed();
+    // Deployments keep coming while it runs: each is answered, the pass holding no write back for
+    // long (their latencies are printed, not asserted).
+    let pruned = std::sync::atomic::AtomicBool::new(false);
+    let ((done, pruning), (during, latencies)) = tokio::join!(
+        async {
+            let started = Instant::now();
+            let done = api.sqlite.as_ref().unwrap().maintain(30 * DAY).await.unwrap();
+            pruned.store(true, std::sync::atomic::Ordering::SeqCst);
+            (done, started.elapsed())
+        },
+        async {
+            let (mut ids, mut latencies) = (Vec::new(), Vec::new());
+            while !pruned.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = Instant::now();
+                ids.push(deploy(&api, "acme", "api", &format!("2.{}", ids.len())).await);
+                latencies.push(started.elapsed());
+            }
+            (ids, latencies)
+        }
+    );
     assert_eq!(done.deployments_pruned as i64, STORED / 4 * 3);
     let (after, after_took) = timed_list(&api, "limit=100").await;
-    let want: Vec<String> = std::iter::once(real.clone())
-        .chain((0..STORED).rev().filter(|n| n % 4 == 3).take(99).map(hex))
+    let want: Vec<String> = during
+        .iter()
+        .rev()
+        .cloned()
+        .chain(std::iter::once(real.clone()))
+        .chain((0..STORED).rev().filter(|n| n % 4 == 3).map(hex))
+        .take(100)
         .collect();
     assert_eq!(ids_of(&after), want);
+    let slowest = latencies.iter().max().copied().unwrap_or_default();
 
     eprintln!(
         "100,000 deployments: inserted in {inserting:?}; first page {first_took:?}, next pages {page_took:?}, \
          status filter {failed_took:?}, service + status {one_took:?}, empty filter {last_took:?}; \
-         maintenance pruned 75,000 in {pruning:?}; first page after {after_took:?}"
+         maintenance pruned 75,000 in {pruning:?}, while {} deployments were queued (slowest {slowest:?}); \
+         first page after {after_took:?}",
+        during.len()
     );
 }
 
