@@ -418,6 +418,21 @@ async fn ten_offers_without_an_ack_fail_the_deployment() {
         }
         // One lease runs out; the other is released by its consumer.
         run_out(&api, &expiring);
+        if attempt == 1 {
+            // Run out, even before anything released it: no longer the deployment's lease.
+            let item = ids[expiring.as_str()];
+            assert_error(&ack(&api, &token, item).await, StatusCode::CONFLICT, "CONFLICT");
+            let r = act(
+                &api,
+                &token,
+                "acme",
+                &expiring,
+                "extend",
+                json!({"lease_id": item["lease_id"]}),
+            )
+            .await;
+            assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        }
         let r = act(
             &api,
             &token,
@@ -1051,6 +1066,174 @@ async fn twenty_consumers_take_each_deployment_once_newest_first() {
     );
 }
 
+/// Consumers racing new deployments: while 10 consumers lease and acknowledge, 10 rounds of
+/// deployments of 10 services are queued. A service's offers never go back to an older
+/// deployment than one already offered, never overlap, and every deployment ends delivered
+/// (offered) or superseded (never offered), the last of each service delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_racing_new_deployments_never_take_an_older_one() {
+    const RACING_SERVICES: usize = 10;
+    const SERVICE_NAMES: [&str; RACING_SERVICES] = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"];
+    const ROUNDS: usize = 10;
+    let api = Arc::new(Api::new());
+    let token = consumer(&api, "acme").await;
+    for name in SERVICE_NAMES {
+        service(&api, "acme", name).await;
+    }
+    // Each deployment's service and round, filled in by the producer before it is leasable.
+    let order: Arc<Mutex<HashMap<String, (String, usize)>>> = Arc::default();
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    // Per service, the rounds offered, in the order they were offered.
+    let offered_rounds: Arc<Mutex<HashMap<String, Vec<usize>>>> = Arc::default();
+    let consumers: Vec<_> = (0..10)
+        .map(|_| {
+            let (api, token, seen, order, offered_rounds, producing) = (
+                Arc::clone(&api),
+                token.clone(),
+                Arc::clone(&seen),
+                Arc::clone(&order),
+                Arc::clone(&offered_rounds),
+                Arc::clone(&producing),
+            );
+            tokio::spawn(async move {
+                let mut idle = 0;
+                while idle < 3 {
+                    let items = lease(&api, &token, json!({"max": 2, "wait_seconds": 1})).await;
+                    if items.is_empty() {
+                        if !producing.load(std::sync::atomic::Ordering::SeqCst) {
+                            idle += 1;
+                        }
+                        continue;
+                    }
+                    let mut taken = Vec::new();
+                    for item in &items {
+                        let id = item["deployment_id"].as_str().unwrap().to_owned();
+                        let (service, round) = loop {
+                            // The producer notes a deployment right after its answer.
+                            if let Some(known) = order.lock().unwrap().get(&id).cloned() {
+                                break known;
+                            }
+                            tokio::task::yield_now().await;
+                        };
+                        {
+                            let mut seen = seen.lock().unwrap();
+                            if !seen.held.insert(service.clone()) {
+                                seen.overlaps.push(service.clone());
+                            }
+                            let lease_id = item["lease_id"].as_str().unwrap().to_owned();
+                            seen.offers.push((id, lease_id, item["attempt"].as_u64().unwrap()));
+                        }
+                        let mut rounds = offered_rounds.lock().unwrap();
+                        rounds.entry(service.clone()).or_default().push(round);
+                        taken.push((item, service));
+                    }
+                    // Deploying takes a while: newer work of the services piles up meanwhile.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    for (item, service) in taken {
+                        // Let go of the service before the ack that frees it.
+                        seen.lock().unwrap().held.remove(&service);
+                        let r = ack(&api, &token, item).await;
+                        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<(String, String, usize)> = Vec::new();
+    for round in 0..ROUNDS {
+        // A round's deployments at once, one per service.
+        let tag = format!("{}", round + 1);
+        let ids =
+            futures::future::join_all((0..RACING_SERVICES).map(|s| deploy(&api, "acme", SERVICE_NAMES[s], &tag))).await;
+        for (s, id) in ids.into_iter().enumerate() {
+            let service_id = SERVICE_NAMES[s].to_owned();
+            order.lock().unwrap().insert(id.clone(), (service_id.clone(), round));
+            all.push((id, service_id, round));
+        }
+    }
+    producing.store(false, std::sync::atomic::Ordering::SeqCst);
+    for c in consumers {
+        c.await.unwrap();
+    }
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert!(
+        seen.overlaps.is_empty(),
+        "two deployments of one service at once: {:?}",
+        seen.overlaps
+    );
+    let offered: HashSet<&str> = seen.offers.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(offered.len(), seen.offers.len(), "a deployment offered twice");
+    assert!(seen.offers.iter().all(|(_, _, attempt)| *attempt == 1));
+    let offered_rounds = std::mem::take(&mut *offered_rounds.lock().unwrap());
+    for (service, rounds) in &offered_rounds {
+        assert!(
+            rounds.windows(2).all(|w| w[0] < w[1]),
+            "{service} went back: {rounds:?}"
+        );
+        assert_eq!(
+            rounds.last(),
+            Some(&(ROUNDS - 1)),
+            "{service}: its last deployment was not taken"
+        );
+    }
+    assert_eq!(offered_rounds.len(), RACING_SERVICES);
+    for (id, service, round) in &all {
+        let d = get(&api, id).await;
+        let want = if offered.contains(id.as_str()) {
+            "DELIVERED"
+        } else {
+            "SUPERSEDED"
+        };
+        assert_eq!(d["status"], want, "{service} round {round}: {d}");
+    }
+    // The race was run: some deployments were queued while an older one of their service was
+    // in progress, and were overtaken before they were taken.
+    assert!(
+        offered.len() < all.len(),
+        "nothing was superseded: the consumers never lagged"
+    );
+    eprintln!(
+        "{} of {} deployments offered while they were queued, the rest superseded",
+        offered.len(),
+        all.len()
+    );
+}
+
+/// Several consumers waiting at once share new work: each deployment goes to one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_consumers_share_new_work_once() {
+    let api = Arc::new(Api::new());
+    let token = consumer(&api, "acme").await;
+    for s in 0..10 {
+        service(&api, "acme", &format!("w{s}")).await;
+    }
+    let waiters: Vec<_> = (0..10).map(|_| waiting_lease(&api, &token, 20)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut queued = BTreeSet::new();
+    for s in 0..10 {
+        queued.insert(deploy(&api, "acme", &format!("w{s}"), "1").await);
+    }
+    let mut taken = Vec::new();
+    for w in waiters {
+        let items = w.await.unwrap();
+        assert!(items.len() <= 1, "{items:?}");
+        taken.extend(items.iter().map(|i| i["deployment_id"].as_str().unwrap().to_owned()));
+    }
+    let distinct: BTreeSet<String> = taken.iter().cloned().collect();
+    assert_eq!(distinct.len(), taken.len(), "a deployment went to two consumers");
+    assert!(distinct.is_subset(&queued));
+    // What no waiter took (its wait ran out first) is still there, for the next lease.
+    let rest = lease(&api, &token, json!({"max": 10})).await;
+    let rest: BTreeSet<String> = rest
+        .iter()
+        .map(|i| i["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(rest.is_disjoint(&distinct));
+    assert_eq!(distinct.union(&rest).cloned().collect::<BTreeSet<_>>(), queued);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Retention, and a large log
 
@@ -1249,20 +1432,45 @@ async fn a_list_over_100000_deployments_pages_correctly() {
             [&real],
         )
         .unwrap();
-    let started = Instant::now();
-    let done = api.sqlite.as_ref().unwrap().maintain(30 * DAY).await.unwrap();
-    let pruning = started.elapsed();
+    // Deployments keep coming while it runs: each is answered, the pass holding no write back for
+    // long (their latencies are printed, not asserted).
+    let pruned = std::sync::atomic::AtomicBool::new(false);
+    let ((done, pruning), (during, latencies)) = tokio::join!(
+        async {
+            let started = Instant::now();
+            let done = api.sqlite.as_ref().unwrap().maintain(30 * DAY).await.unwrap();
+            pruned.store(true, std::sync::atomic::Ordering::SeqCst);
+            (done, started.elapsed())
+        },
+        async {
+            let (mut ids, mut latencies) = (Vec::new(), Vec::new());
+            while !pruned.load(std::sync::atomic::Ordering::SeqCst) {
+                let started = Instant::now();
+                ids.push(deploy(&api, "acme", "api", &format!("2.{}", ids.len())).await);
+                latencies.push(started.elapsed());
+            }
+            (ids, latencies)
+        }
+    );
     assert_eq!(done.deployments_pruned as i64, STORED / 4 * 3);
     let (after, after_took) = timed_list(&api, "limit=100").await;
-    let want: Vec<String> = std::iter::once(real.clone())
-        .chain((0..STORED).rev().filter(|n| n % 4 == 3).take(99).map(hex))
+    let want: Vec<String> = during
+        .iter()
+        .rev()
+        .cloned()
+        .chain(std::iter::once(real.clone()))
+        .chain((0..STORED).rev().filter(|n| n % 4 == 3).map(hex))
+        .take(100)
         .collect();
     assert_eq!(ids_of(&after), want);
+    let slowest = latencies.iter().max().copied().unwrap_or_default();
 
     eprintln!(
         "100,000 deployments: inserted in {inserting:?}; first page {first_took:?}, next pages {page_took:?}, \
          status filter {failed_took:?}, service + status {one_took:?}, empty filter {last_took:?}; \
-         maintenance pruned 75,000 in {pruning:?}; first page after {after_took:?}"
+         maintenance pruned 75,000 in {pruning:?}, while {} deployments were queued (slowest {slowest:?}); \
+         first page after {after_took:?}",
+        during.len()
     );
 }
 

@@ -9,8 +9,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use autodeploy_api::store::{
-    DeliveryKey, DeploymentFilter, DeploymentQueue, Expected, Guard, Page, RecordOutcome, SecretRecord, ServiceStore,
-    Store, StoreError, StoredService, TenantLimits, TokenRecord,
+    AttemptEnd, AttemptStart, DeliveryKey, DeploymentFilter, DeploymentQueue, Expected, Guard, Page, RecordOutcome,
+    SecretRecord, ServiceStore, Store, StoreError, StoredService, TenantLimits, TokenRecord,
 };
 use autodeploy_api::util::deployment_ids_before;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
@@ -38,6 +38,8 @@ on_both_stores!(
     list_deployments_newest_first,
     pending_until_marked_queued,
     held_behind_older_pending,
+    attempts_only_go_forward,
+    concurrent_starts_start_once,
     deliveries,
 );
 
@@ -1014,6 +1016,143 @@ async fn held_behind_older_pending(store: TestStore) {
             .expect("mark_queued");
     }
     assert!(store.held_behind_pending(&asked, &now).await.expect("held").is_empty());
+}
+
+/// Record a push `mark` for `acme`'s `api`: its deployment id.
+async fn record_push(store: &dyn Store, mark: &str) -> String {
+    let request = push_request("acme", "api");
+    recorded_status(store.record_deployment(&request, &push(mark)).await.expect("record"));
+    request.deployment_id
+}
+
+async fn deployment(store: &dyn Store, id: &str) -> DeploymentRecord {
+    store
+        .get_deployment("acme", id)
+        .await
+        .expect("get_deployment")
+        .unwrap_or_else(|| panic!("deployment {id} missing"))
+}
+
+/// The dispatcher's transitions (SPEC "Deployment lifecycle"): a waiting deployment starts,
+/// counted, unless a newer one of its service waits (latest wins); an attempt ends only an
+/// attempt in progress; `DELIVERED`, `FAILED` and `SUPERSEDED` are final.
+async fn attempts_only_go_forward(store: TestStore) {
+    use DeploymentStatus::{Delivered, Failed, InProgress, Queued, Superseded};
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    assert_eq!(
+        store.begin_attempt("acme", &new_deployment_id()).await.expect("begin"),
+        AttemptStart::NotFound
+    );
+    let first = record_push(store, "a..b").await;
+    let second = record_push(store, "b..c").await;
+
+    // A newer deployment of the service waits: the older one is superseded, never started.
+    assert_eq!(
+        store.begin_attempt("acme", &first).await.expect("begin"),
+        AttemptStart::Superseded
+    );
+    let d = deployment(store, &first).await;
+    assert_eq!((d.status, d.attempts), (Superseded, 0));
+
+    let AttemptStart::Started(started) = store.begin_attempt("acme", &second).await.expect("begin") else {
+        panic!("the newest waiting deployment did not start");
+    };
+    assert_eq!((started.status, started.attempts), (InProgress, 1));
+    assert_eq!(*started, deployment(store, &second).await);
+    assert_eq!(
+        store.begin_attempt("acme", &second).await.expect("begin"),
+        AttemptStart::NotWaiting(InProgress)
+    );
+
+    // A retry: waiting again, with the error and when it is due.
+    let retry = AttemptEnd::Retry {
+        error: "the target answered 503".to_owned(),
+        next_attempt_unix: 4_102_444_800,
+    };
+    store.end_attempt("acme", &second, &retry).await.expect("end");
+    let d = deployment(store, &second).await;
+    assert_eq!((d.status, d.attempts), (Queued, 1));
+    assert_eq!(d.last_error.as_deref(), Some("the target answered 503"));
+    assert_eq!(d.next_attempt_at.as_deref(), Some("2100-01-01T00:00:00Z"));
+    // Ending an attempt that is not in progress changes nothing.
+    let _ = store.end_attempt("acme", &second, &AttemptEnd::Delivered).await;
+    assert_eq!(deployment(store, &second).await, d);
+
+    let AttemptStart::Started(again) = store.begin_attempt("acme", &second).await.expect("begin") else {
+        panic!("the retry did not start");
+    };
+    assert_eq!((again.status, again.attempts), (InProgress, 2));
+    assert_eq!(again.next_attempt_at, None);
+    store
+        .end_attempt("acme", &second, &AttemptEnd::Delivered)
+        .await
+        .expect("end");
+    let delivered = deployment(store, &second).await;
+    assert_eq!((delivered.status, delivered.attempts), (Delivered, 2));
+    assert_eq!(delivered.last_error, None);
+
+    // Refused for good.
+    let third = record_push(store, "c..d").await;
+    assert!(matches!(
+        store.begin_attempt("acme", &third).await.expect("begin"),
+        AttemptStart::Started(_)
+    ));
+    let failed = AttemptEnd::Failed {
+        error: "the target answered 400".to_owned(),
+    };
+    store.end_attempt("acme", &third, &failed).await.expect("end");
+    let refused = deployment(store, &third).await;
+    assert_eq!(refused.status, Failed);
+    assert_eq!(refused.last_error.as_deref(), Some("the target answered 400"));
+
+    // Final is final: no end and no start takes a finished deployment anywhere.
+    let release = AttemptEnd::Release {
+        note: "the service has no deploy target".to_owned(),
+    };
+    for (id, before) in [(&first, Superseded), (&second, Delivered), (&third, Failed)] {
+        let was = deployment(store, id).await;
+        assert_eq!(was.status, before);
+        for end in [&AttemptEnd::Delivered, &failed, &retry, &release] {
+            let _ = store.end_attempt("acme", id, end).await;
+        }
+        assert_eq!(
+            store.begin_attempt("acme", id).await.expect("begin"),
+            AttemptStart::NotWaiting(before)
+        );
+        assert_eq!(deployment(store, id).await, was, "a final deployment changed");
+    }
+
+    // Released to pull consumers (the service lost its target): waiting, no retry time.
+    let fourth = record_push(store, "d..e").await;
+    assert!(matches!(
+        store.begin_attempt("acme", &fourth).await.expect("begin"),
+        AttemptStart::Started(_)
+    ));
+    store.end_attempt("acme", &fourth, &release).await.expect("end");
+    let d = deployment(store, &fourth).await;
+    assert_eq!((d.status, d.attempts), (Queued, 1));
+    assert_eq!(d.last_error.as_deref(), Some("the service has no deploy target"));
+    assert_eq!(d.next_attempt_at, None);
+}
+
+/// Concurrent starts of one deployment: exactly one starts it, counted once.
+async fn concurrent_starts_start_once(store: TestStore) {
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let id = record_push(store, "a..b").await;
+    let starts = join_all((0..8).map(|_| store.begin_attempt("acme", &id))).await;
+    let mut started = 0;
+    for start in starts {
+        match start.expect("begin") {
+            AttemptStart::Started(_) => started += 1,
+            AttemptStart::NotWaiting(status) => assert_eq!(status, DeploymentStatus::InProgress),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(started, 1);
+    let d = deployment(store, &id).await;
+    assert_eq!((d.status, d.attempts), (DeploymentStatus::InProgress, 1));
 }
 
 async fn deliveries(store: TestStore) {

@@ -82,6 +82,9 @@ impl Default for SqliteOptions {
 /// Offers of a deployment before it fails, unless configured otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 
+/// Finished deployments one write of [`SqliteStore::maintain`] prunes at most.
+const PRUNE_CHUNK: usize = 2_000;
+
 /// What [`SqliteStore::maintain`] removed or released.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Maintenance {
@@ -126,28 +129,41 @@ impl SqliteStore {
     /// removed. Wakes waiting consumers when work came free.
     pub async fn maintain(&self, retention_secs: i64) -> StoreResult<Maintenance> {
         let max_attempts = self.inner.max_attempts;
-        let done = self
+        let now = crate::util::now_unix();
+        let leases_expired = self
             .write(move |conn| {
-                let now = crate::util::now_unix();
                 let leases_expired = lifecycle::expire(conn, None, now, max_attempts)?;
-                let deployments_pruned = conn
-                    .execute(
-                        "DELETE FROM deployments WHERE status IN ('DELIVERED', 'FAILED', 'SUPERSEDED') AND updated_unix < ?1",
-                        rusqlite::params![now - retention_secs],
-                    )
-                    .map_err(unavailable)?;
                 deliveries::purge(conn, now)?;
                 history::purge(conn, now)?;
-                Ok(Maintenance {
-                    leases_expired,
-                    deployments_pruned,
-                })
+                Ok(leases_expired)
             })
             .await?;
-        if done.leases_expired > 0 {
+        if leases_expired > 0 {
             self.inner.work.notify_waiters();
         }
-        Ok(done)
+        // In chunks, each its own write: a large backlog (after a long stop, or a shorter
+        // retention) never holds every other write back for long.
+        let mut deployments_pruned = 0;
+        loop {
+            let pruned = self
+                .write(move |conn| {
+                    conn.execute(
+                        "DELETE FROM deployments WHERE seq IN (SELECT seq FROM deployments
+                            WHERE status IN ('DELIVERED', 'FAILED', 'SUPERSEDED') AND updated_unix < ?1 LIMIT ?2)",
+                        rusqlite::params![now - retention_secs, PRUNE_CHUNK as i64],
+                    )
+                    .map_err(unavailable)
+                })
+                .await?;
+            deployments_pruned += pruned;
+            if pruned < PRUNE_CHUNK {
+                break;
+            }
+        }
+        Ok(Maintenance {
+            leases_expired,
+            deployments_pruned,
+        })
     }
 
     /// Print every deployment recorded from now on as one JSON line on stdout (a debugging

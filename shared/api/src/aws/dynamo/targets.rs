@@ -208,6 +208,18 @@ impl DynamoStore {
         }
     }
 
+    /// What became of deployment `id` when a conditional start found it no longer waiting
+    /// (another attempt took it since it was read): its status now.
+    async fn taken_meanwhile(&self, org: &str, id: &str) -> StoreResult<AttemptStart> {
+        let item = self
+            .get_item(key(org_pk(org), format!("DEPLOYMENT#{id}")), "begin_attempt")
+            .await?;
+        match item {
+            Some(item) => Ok(AttemptStart::NotWaiting(deployment_from_item(&item)?.status)),
+            None => Ok(AttemptStart::NotFound),
+        }
+    }
+
     /// Supersede each of `ids` still waiting (one that is not is left as it is).
     async fn supersede(&self, org: &str, ids: impl IntoIterator<Item = String>) -> StoreResult<()> {
         for id in ids {
@@ -268,7 +280,7 @@ impl Dispatching for DynamoStore {
                 .await?
             {
                 Some(_) => Ok(AttemptStart::Superseded),
-                None => Ok(AttemptStart::NotWaiting(current.status)),
+                None => self.taken_meanwhile(org, id).await,
             };
         }
         let mut e = Expr::default();
@@ -293,7 +305,7 @@ impl Dispatching for DynamoStore {
             )
             .await?
         else {
-            return Ok(AttemptStart::NotWaiting(current.status));
+            return self.taken_meanwhile(org, id).await;
         };
         // Latest wins: the older waiting deployments of the service are never delivered.
         self.supersede(org, others.into_iter().map(|(older, _)| older)).await?;
