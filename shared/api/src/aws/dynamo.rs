@@ -1,7 +1,9 @@
 //! The store on one DynamoDB table, laid out as the comment above `Table` in
-//! `infra/template.yaml` fixes: every organization's records share the partition `ORG#{org}`,
-//! `gsi1` finds services by repository and deployments by service, `gsi2` services by image
-//! path and deployments still pending. Nothing here ever scans.
+//! `infra/template.yaml` fixes: an organization's services, deployments and push marks share
+//! the partition `ORG#{org}`, its webhook secrets `SECRET#{org}` and its tokens `TOKEN#{org}`
+//! (so that IAM's `dynamodb:LeadingKeys` can keep the internet-facing functions from writing
+//! credentials); `gsi1` finds services by repository and deployments by service, `gsi2`
+//! services by image path and deployments still pending. Nothing here ever scans.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -130,18 +132,18 @@ impl DynamoStore {
         Ok(items)
     }
 
-    /// A query on the organization's partition over the records whose sort key starts with
-    /// `prefix`, after `after` (an id), in `forward` order.
-    fn partition_query(&self, org: &str, prefix: &str, after: Option<&str>, forward: bool) -> QueryFluentBuilder {
+    /// A query on partition `pk` over the records whose sort key starts with `prefix`, after
+    /// `after` (an id), in `forward` order.
+    fn partition_query(&self, pk: String, prefix: &str, after: Option<&str>, forward: bool) -> QueryFluentBuilder {
         let mut e = Expr::default();
         let condition = format!(
             "{} = {} AND begins_with({}, {})",
             e.name(PK),
-            e.value("pk", s(org_pk(org))),
+            e.value("pk", s(&pk)),
             e.name(SK),
             e.value("prefix", s(prefix))
         );
-        let start = after.map(|id| key(org_pk(org), format!("{prefix}{id}")));
+        let start = after.map(|id| key(pk, format!("{prefix}{id}")));
         self.client
             .query()
             .table_name(&self.table)
@@ -356,7 +358,7 @@ impl ServiceStore for DynamoStore {
 
     async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>> {
         let limit = page_size(limit);
-        let query = self.partition_query(org, "SERVICE#", after, true);
+        let query = self.partition_query(org_pk(org), "SERVICE#", after, true);
         let items = self.collect(query, Some(limit + 1), "list_services").await?;
         into_page(items, limit, service_from_item, |s| s.service.id.clone())
     }
@@ -447,7 +449,7 @@ impl SecretStore for DynamoStore {
 #[async_trait]
 impl TokenStore for DynamoStore {
     async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
-        let mut record = key(org_pk(&token.organization_id), format!("TOKEN#{}", token.id));
+        let mut record = token_key(&token.organization_id, &token.id);
         record.extend(token_attributes(token));
         let mut lookup = token_hash_key(&token.hash);
         lookup.extend(token_attributes(token));
@@ -466,24 +468,24 @@ impl TokenStore for DynamoStore {
 
     async fn list_tokens(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<TokenRecord>> {
         let limit = page_size(limit);
-        let query = self.partition_query(org, "TOKEN#", after, true);
+        let query = self.partition_query(token_pk(org), "TOKEN#", after, true);
         let items = self.collect(query, Some(limit + 1), "list_tokens").await?;
         into_page(items, limit, token_from_item, |t| t.id.clone())
     }
 
     async fn delete_token(&self, org: &str, id: &str) -> StoreResult<bool> {
-        let token_key = key(org_pk(org), format!("TOKEN#{id}"));
+        let record = token_key(org, id);
         // The hash is only known from the token item; if that changes between the read and
         // the delete (a concurrent delete and re-create), read again.
         for _ in 0..CONFLICT_ATTEMPTS {
-            let Some(item) = self.get_item(token_key.clone(), "delete_token").await? else {
+            let Some(item) = self.get_item(record.clone(), "delete_token").await? else {
                 return Ok(false);
             };
             let hash = string_attr(&item, HASH)?;
             let mut e = Expr::default();
             let condition = format!("{} = {}", e.name(HASH), e.value("hash", s(&hash)));
             let actions = vec![
-                self.delete_action(token_key.clone(), Some((condition, e)))?,
+                self.delete_action(record.clone(), Some((condition, e)))?,
                 self.delete_action(token_hash_key(&hash), None)?,
             ];
             if self.transact(actions, "delete_token").await?.is_ok() {
@@ -670,7 +672,7 @@ impl DeploymentLog for DynamoStore {
     ) -> StoreResult<Page<DeploymentRecord>> {
         let limit = page_size(limit);
         let mut query = match &filter.service_id {
-            None => self.partition_query(org, "DEPLOYMENT#", after, false),
+            None => self.partition_query(org_pk(org), "DEPLOYMENT#", after, false),
             Some(service) => {
                 let index_value = deployments_of_service(org, service);
                 // A start key on an index names the table key and the index key.
@@ -1246,8 +1248,19 @@ fn service_key(org: &str, id: &str) -> Item {
     key(org_pk(org), format!("SERVICE#{id}"))
 }
 
+/// Webhook secrets live in a partition of their own, apart from what the internet-facing
+/// functions write (`dynamodb:LeadingKeys` in the template tells them apart).
 fn secret_key(org: &str, provider: &str) -> Item {
-    key(org_pk(org), format!("SECRET#{provider}"))
+    key(format!("SECRET#{org}"), format!("SECRET#{provider}"))
+}
+
+/// Tokens too (their `TOKENHASH#` lookups are items of their own).
+fn token_pk(org: &str) -> String {
+    format!("TOKEN#{org}")
+}
+
+fn token_key(org: &str, id: &str) -> Item {
+    key(token_pk(org), format!("TOKEN#{id}"))
 }
 
 fn token_hash_key(hash: &str) -> Item {
