@@ -65,6 +65,8 @@ const NAME: &str = "name";
 const SCOPES: &str = "scopes";
 const HASH: &str = "hash";
 const CREATED_AT: &str = "created_at";
+/// A counter's value (services under a key, rejected deliveries in a minute).
+const COUNT: &str = "count";
 
 const PENDING: &str = "PENDING";
 /// How long a queued deployment stays in the log before TTL removes it.
@@ -255,17 +257,38 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().delete(delete).build())
     }
 
-    fn update_action(&self, key: Item, update: String, condition: String, e: Expr) -> StoreResult<TransactWriteItem> {
+    fn update_action(
+        &self,
+        key: Item,
+        update: String,
+        condition: Option<String>,
+        e: Expr,
+    ) -> StoreResult<TransactWriteItem> {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key))
             .update_expression(update)
-            .condition_expression(condition)
+            .set_condition_expression(condition)
             .set_expression_attribute_names(e.names())
             .set_expression_attribute_values(e.values())
             .build()
             .map_err(|e| StoreError::Unavailable(format!("building an update: {e}")))?;
         Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// Add `delta` to the counter at `key`; with `below`, only while the counter is below it
+    /// (an absent counter counts 0).
+    fn count_action(&self, key: Item, delta: i64, below: Option<u32>) -> StoreResult<TransactWriteItem> {
+        let mut e = Expr::default();
+        let update = format!("ADD {} {}", e.name(COUNT), e.value("delta", n(delta)));
+        let condition = below.map(|limit| {
+            format!(
+                "attribute_not_exists({count}) OR {count} < {}",
+                e.value("limit", n(i64::from(limit))),
+                count = e.name(COUNT)
+            )
+        });
+        self.update_action(key, update, condition, e)
     }
 
     async fn mark_one_queued(&self, org: &str, id: &str, expires_at: i64) -> StoreResult<()> {
@@ -316,36 +339,48 @@ impl ServiceStore for DynamoStore {
         service: &Service,
         etag: &str,
         expected: Expected,
-        _limits: TenantLimits,
+        limits: TenantLimits,
     ) -> StoreResult<()> {
+        let org = &service.organization_id;
+        // What the service is counted under now: nothing when it is created.
+        let (before, condition_on) = match &expected {
+            Expected::Absent => (Vec::new(), None),
+            Expected::Etag(tag) => {
+                let Some(item) = self.get_item(service_key(org, &service.id), "put_service").await? else {
+                    return Err(StoreError::PreconditionFailed);
+                };
+                if string_attr(&item, ETAG)? != *tag {
+                    return Err(StoreError::PreconditionFailed);
+                }
+                (counted_keys(&item)?, Some(tag.as_str()))
+            }
+        };
         let mut e = Expr::default();
         let update = service_update(service, etag, &mut e)?;
-        let condition = match &expected {
-            Expected::Absent => format!("attribute_not_exists({})", e.name(PK)),
-            Expected::Etag(tag) => format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))),
+        // Replacing on the etag read above also pins the keys it is counted under.
+        let condition = match condition_on {
+            None => format!("attribute_not_exists({})", e.name(PK)),
+            Some(tag) => format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))),
         };
-        let result = retry_conflicts(|| {
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(service_key(&service.organization_id, &service.id)))
-                .update_expression(&update)
-                .condition_expression(&condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .send()
-        })
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::PreconditionFailed)
-            }
-            Err(err) => Err(unavailable("put_service", &err)),
+        let mut actions = vec![self.update_action(service_key(org, &service.id), update, Some(condition), e)?];
+        // Why each action's condition may fail, in the actions' order.
+        let mut refusals = vec![StoreError::PreconditionFailed];
+        if expected == Expected::Absent {
+            actions.push(self.count_action(services_counter(org), 1, Some(limits.services))?);
+            refusals.push(limits.too_many_services());
+        }
+        let after = service_keys(service);
+        for counter in before.iter().filter(|c| !after.iter().any(|(a, _)| a == *c)) {
+            actions.push(self.count_action(key_counter(counter), -1, None)?);
+            refusals.push(StoreError::PreconditionFailed);
+        }
+        for (counter, shown) in after.iter().filter(|(a, _)| !before.contains(a)) {
+            actions.push(self.count_action(key_counter(counter), 1, Some(limits.services_per_key))?);
+            refusals.push(limits.too_many_on_key(shown));
+        }
+        match self.transact(actions, "put_service").await? {
+            Ok(()) => Ok(()),
+            Err(index) => Err(refusals.get(index).cloned().unwrap_or(StoreError::PreconditionFailed)),
         }
     }
 
@@ -364,33 +399,39 @@ impl ServiceStore for DynamoStore {
     }
 
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {
-        let mut e = Expr::default();
-        // With an expected etag an absent service fails the condition too, as `If-Match` on
-        // a missing resource does (and as the SQLite store answers).
-        let condition = expected.map(|tag| format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))));
-        let result = retry_conflicts(|| {
-            self.client
-                .delete_item()
-                .table_name(&self.table)
-                .set_key(Some(service_key(org, id)))
-                .set_condition_expression(condition.clone())
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .return_values(ReturnValue::AllOld)
-                .send()
-        })
-        .await;
-        match result {
-            Ok(out) => Ok(out.attributes.is_some_and(|a| !a.is_empty())),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::PreconditionFailed)
+        // The counters to decrease are known from the item; if it changes between the read and
+        // the delete (a concurrent PUT), read again.
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let Some(item) = self.get_item(service_key(org, id), "delete_service").await? else {
+                // With an expected etag an absent service fails the condition too, as
+                // `If-Match` on a missing resource does (and as the SQLite store answers).
+                return match expected {
+                    Some(_) => Err(StoreError::PreconditionFailed),
+                    None => Ok(false),
+                };
+            };
+            let current = string_attr(&item, ETAG)?;
+            if expected.is_some_and(|tag| tag != current) {
+                return Err(StoreError::PreconditionFailed);
             }
-            Err(err) => Err(unavailable("delete_service", &err)),
+            let mut e = Expr::default();
+            let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(&current)));
+            let mut actions = vec![
+                self.delete_action(service_key(org, id), Some((condition, e)))?,
+                self.count_action(services_counter(org), -1, None)?,
+            ];
+            for counter in counted_keys(&item)? {
+                actions.push(self.count_action(key_counter(&counter), -1, None)?);
+            }
+            match self.transact(actions, "delete_service").await? {
+                Ok(()) => return Ok(true),
+                Err(_) if expected.is_some() => return Err(StoreError::PreconditionFailed),
+                Err(_) => {}
+            }
         }
+        Err(StoreError::Unavailable(
+            "delete_service: the service kept changing during its deletion".to_owned(),
+        ))
     }
 
     async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>> {
@@ -571,7 +612,7 @@ impl DynamoStore {
                             e.value("before", s(before))
                         ));
                     }
-                    self.update_action(service_key(org, &request.service_id), update, condition, e)
+                    self.update_action(service_key(org, &request.service_id), update, Some(condition), e)
                 };
                 let fresh = vec![
                     service_update(false)?,
@@ -601,7 +642,12 @@ impl DynamoStore {
                 let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(expected)));
                 let service = &updated.service;
                 let actions = vec![
-                    self.update_action(service_key(&service.organization_id, &service.id), update, condition, e)?,
+                    self.update_action(
+                        service_key(&service.organization_id, &service.id),
+                        update,
+                        Some(condition),
+                        e,
+                    )?,
                     self.deployment_put(request)?,
                 ];
                 match self.transact(actions, "record_deployment").await? {
@@ -895,7 +941,6 @@ fn delivery_log_pk(org: &str) -> String {
 
 const SOURCE: &str = "source";
 const OUTCOME: &str = "outcome";
-const COUNT: &str = "count";
 
 impl DynamoStore {
     /// Count one more rejected delivery of `org` in this minute; `false` once the minute's
@@ -1246,6 +1291,39 @@ fn org_pk(org: &str) -> String {
 
 fn service_key(org: &str, id: &str) -> Item {
     key(org_pk(org), format!("SERVICE#{id}"))
+}
+
+/// The count of an organization's services ([`TenantLimits::services`]).
+fn services_counter(org: &str) -> Item {
+    key(format!("COUNT#{org}"), "SERVICES".to_owned())
+}
+
+/// The count of services under one index value (a repository's or an image's, as
+/// [`repository_index_value`] and [`image_index_value`] make them:
+/// [`TenantLimits::services_per_key`]). Organization ids hold no `#`, so these never meet
+/// [`services_counter`]'s.
+fn key_counter(index_value: &str) -> Item {
+    key(format!("COUNT#{index_value}"), "SERVICES".to_owned())
+}
+
+/// The index values `service` is counted under, each with the key it stands for (for messages).
+fn service_keys(service: &Service) -> Vec<(String, String)> {
+    let org = &service.organization_id;
+    let repository = service
+        .repository_key()
+        .map(|repo| (repository_index_value(org, &repo), repo));
+    let image = service
+        .image_key()
+        .map(|(_, path)| (image_index_value(org, &path), path));
+    repository.into_iter().chain(image).collect()
+}
+
+/// The index values a stored service item is counted under: those it was written with.
+fn counted_keys(item: &Item) -> StoreResult<Vec<String>> {
+    [GSI1PK, GSI2PK]
+        .into_iter()
+        .filter_map(|attribute| optional_string_attr(item, attribute).transpose())
+        .collect()
 }
 
 /// Webhook secrets live in a partition of their own, apart from what the internet-facing
