@@ -23,6 +23,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, Transact
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
+mod record;
+
 use super::describe_sdk_error;
 use crate::store::{
     Candidate, DeliveryFilter, DeliveryHistory, DeliveryKey, DeliveryLog, DeploymentFilter, DeploymentLog, Expected,
@@ -81,15 +83,8 @@ const MAX_PENDING_LOOKUP: usize = 1000;
 const MAX_INDEX_VALUE: usize = 1024;
 /// Delivery ids come from request headers; longer ones are hashed into the key.
 const MAX_DELIVERY_ID: usize = autodeploy_core::push::MAX_DELIVERY_ID;
-/// Services of one request recorded at once: enough to keep a push that matches a thousand
-/// services well inside a provider's 10 s, few enough not to flood the table or open more
-/// connections than a small function can afford to handshake.
-const RECORD_CONCURRENCY: usize = 32;
-/// Attempts of a write that lost a race against a concurrent transaction.
+/// Attempts of a write that lost a race against a concurrent transaction (or was throttled).
 const CONFLICT_ATTEMPTS: u32 = 4;
-/// Deployments marked `QUEUED` at once: as many as the pipeline records at once, so marking a
-/// push's deployments reuses the connections recording them opened.
-const MARK_CONCURRENCY: usize = RECORD_CONCURRENCY;
 
 /// The DynamoDB implementation of [`Store`].
 #[derive(Clone, Debug)]
@@ -193,39 +188,45 @@ impl DynamoStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(actions.clone()))
-                .send()
-                .await;
-            let err = match result {
-                Ok(_) => return Ok(Ok(())),
-                Err(err) => err,
-            };
-            let reasons: Vec<Option<String>> = match err.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
-                    .cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code().map(str::to_owned))
-                    .collect(),
-                _ => return Err(unavailable(op, &err)),
-            };
-            let codes: Vec<Option<&str>> = reasons.iter().map(Option::as_deref).collect();
-            match classify_cancellation(&codes) {
-                Cancellation::ConditionFailed(index) => return Ok(Err(index)),
-                Cancellation::Conflict if attempt < CONFLICT_ATTEMPTS => backoff(attempt).await,
-                Cancellation::Conflict => {
-                    return Err(StoreError::Unavailable(format!(
-                        "{op}: the transaction kept conflicting with concurrent writes"
-                    )));
-                }
-                Cancellation::Other(reason) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "{op}: transaction cancelled: {reason}"
-                    )));
-                }
+            match self.transact_once(actions.clone(), op).await? {
+                Attempt::Written => return Ok(Ok(())),
+                Attempt::ConditionsFailed(failed) => return Ok(Err(failed.first().copied().unwrap_or(0))),
+                Attempt::Retryable(_) if attempt < CONFLICT_ATTEMPTS => backoff(attempt).await,
+                Attempt::Retryable(reason) => return Err(kept_failing(op, &reason)),
             }
+        }
+    }
+
+    /// One TransactWriteItems. Its client request token makes the SDK's own retries of it
+    /// idempotent: a retry after a lost answer finds it written rather than failing its
+    /// conditions on its own writes.
+    async fn transact_once(&self, actions: Vec<TransactWriteItem>, op: &str) -> StoreResult<Attempt> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .client_request_token(uuid::Uuid::new_v4().to_string())
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Ok(Attempt::Written),
+            Err(err) => err,
+        };
+        let reasons: Vec<Option<String>> = match err.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code().map(str::to_owned))
+                .collect(),
+            _ => return Err(unavailable(op, &err)),
+        };
+        let codes: Vec<Option<&str>> = reasons.iter().map(Option::as_deref).collect();
+        match classify_cancellation(&codes) {
+            Cancellation::ConditionsFailed(failed) => Ok(Attempt::ConditionsFailed(failed)),
+            Cancellation::Retryable(reason) => Ok(Attempt::Retryable(reason)),
+            Cancellation::Other(reason) => Err(StoreError::Unavailable(format!(
+                "{op}: transaction cancelled: {reason}"
+            ))),
         }
     }
 
@@ -289,46 +290,6 @@ impl DynamoStore {
             )
         });
         self.update_action(key, update, condition, e)
-    }
-
-    async fn mark_one_queued(&self, org: &str, id: &str, expires_at: i64) -> StoreResult<()> {
-        let mut e = Expr::default();
-        let update = format!(
-            "SET {} = {}, {} = {}, {} = {} REMOVE {}, {}",
-            e.name(STATUS),
-            e.value("queued", s(DeploymentStatus::Queued.as_str())),
-            e.name(EXPIRES_AT),
-            e.value("expires", n(expires_at)),
-            e.name(UPDATED_AT),
-            e.value("now", s(crate::util::now_rfc3339())),
-            e.name(GSI2PK),
-            e.name(GSI2SK)
-        );
-        let condition = format!("attribute_exists({})", e.name(PK));
-        let result = retry_conflicts(|| {
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key(org_pk(org), format!("DEPLOYMENT#{id}"))))
-                .update_expression(&update)
-                .condition_expression(&condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .send()
-        })
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Unknown ids (never recorded, or long expired) have nothing left to mark.
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(err) => Err(unavailable("mark_queued", &err)),
-        }
     }
 }
 
@@ -546,121 +507,6 @@ impl TokenStore for DynamoStore {
     }
 }
 
-impl DynamoStore {
-    /// The deployment's item, `PENDING` until the queue takes it.
-    fn deployment_put(&self, request: &DeploymentRequest) -> StoreResult<TransactWriteItem> {
-        let org = &request.organization_id;
-        let data = serde_json::to_string(request)
-            .map_err(|e| StoreError::Unavailable(format!("record_deployment: encoding the request: {e}")))?;
-        let id = &request.deployment_id;
-        let mut item = key(org_pk(org), format!("DEPLOYMENT#{id}"));
-        item.insert(GSI1PK.to_owned(), s(deployments_of_service(org, &request.service_id)));
-        item.insert(GSI1SK.to_owned(), s(id));
-        item.insert(GSI2PK.to_owned(), s(PENDING));
-        item.insert(GSI2SK.to_owned(), s(id));
-        item.insert(DATA.to_owned(), s(data));
-        item.insert(STATUS.to_owned(), s(DeploymentStatus::Pending.as_str()));
-        item.insert(UPDATED_AT.to_owned(), s(&request.requested_at));
-        let mut e = Expr::default();
-        let condition = format!("attribute_not_exists({})", e.name(PK));
-        self.put_action(item, Some((condition, e)))
-    }
-
-    /// The push's mark on the service, remembered for the replay rule until it expires;
-    /// with `fresh`, only when the service has not queued that mark within its retention.
-    fn push_mark_put(&self, org: &str, service_id: &str, mark: &str, fresh: bool) -> StoreResult<TransactWriteItem> {
-        let now = crate::util::now_unix();
-        let mut item = key(org_pk(org), format!("PUSHMARK#{service_id}#{mark}"));
-        item.insert(EXPIRES_AT.to_owned(), n(now + PUSH_MARK_RETENTION_SECS));
-        if !fresh {
-            return self.put_action(item, None);
-        }
-        let mut e = Expr::default();
-        // TTL deletes expired items lazily: an expired mark may still be there.
-        let condition = format!(
-            "attribute_not_exists({}) OR {} < {}",
-            e.name(PK),
-            e.name(EXPIRES_AT),
-            e.value("now", n(now))
-        );
-        self.put_action(item, Some((condition, e)))
-    }
-
-    /// Record one deployment with its guard: one transaction, or two for a push whose mark the
-    /// service queued before (the second admits it only as a re-apply: its `before` is the
-    /// service's current commit).
-    async fn record_one(&self, candidate: &Candidate) -> StoreResult<RecordOutcome> {
-        let request = &candidate.request;
-        let org = &request.organization_id;
-        match &candidate.guard {
-            Guard::Push { mark, before } => {
-                let after = mark.split_once("..").map_or("", |(_, after)| after);
-                let service_update = |reapply: bool| -> StoreResult<TransactWriteItem> {
-                    let mut e = Expr::default();
-                    let update = format!(
-                        "SET {} = {}, {} = {}",
-                        e.name(LAST_PUSH),
-                        e.value("mark", s(mark)),
-                        e.name(CURRENT_COMMIT),
-                        e.value("after", s(after))
-                    );
-                    let mut condition = format!("attribute_exists({})", e.name(PK));
-                    if reapply {
-                        condition.push_str(&format!(
-                            " AND {} = {}",
-                            e.name(CURRENT_COMMIT),
-                            e.value("before", s(before))
-                        ));
-                    }
-                    self.update_action(service_key(org, &request.service_id), update, Some(condition), e)
-                };
-                let fresh = vec![
-                    service_update(false)?,
-                    self.push_mark_put(org, &request.service_id, mark, true)?,
-                    self.deployment_put(request)?,
-                ];
-                match self.transact(fresh, "record_deployment").await? {
-                    Ok(()) => return Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
-                    Err(0) => return Ok(RecordOutcome::GuardFailed),
-                    Err(1) => {}
-                    Err(_) => return Err(StoreError::PreconditionFailed),
-                }
-                let reapply = vec![
-                    service_update(true)?,
-                    self.push_mark_put(org, &request.service_id, mark, false)?,
-                    self.deployment_put(request)?,
-                ];
-                match self.transact(reapply, "record_deployment").await? {
-                    Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
-                    Err(0) => Ok(RecordOutcome::GuardFailed),
-                    Err(_) => Err(StoreError::PreconditionFailed),
-                }
-            }
-            Guard::ServiceUnchanged { expected, updated } => {
-                let mut e = Expr::default();
-                let update = service_update(&updated.service, &updated.etag, &mut e)?;
-                let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(expected)));
-                let service = &updated.service;
-                let actions = vec![
-                    self.update_action(
-                        service_key(&service.organization_id, &service.id),
-                        update,
-                        Some(condition),
-                        e,
-                    )?,
-                    self.deployment_put(request)?,
-                ];
-                match self.transact(actions, "record_deployment").await? {
-                    Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
-                    Err(0) => Ok(RecordOutcome::GuardFailed),
-                    // A deployment with this id exists already: ids are never reused.
-                    Err(_) => Err(StoreError::PreconditionFailed),
-                }
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl DeploymentLog for DynamoStore {
     async fn record_deployments(
@@ -670,12 +516,7 @@ impl DeploymentLog for DynamoStore {
         delivery: Option<&DeliveryKey>,
         history: Option<&HistoryDraft>,
     ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
-        // The futures are built before the stream so that the trait's future stays `Send`.
-        let records: Vec<_> = candidates.iter().map(|c| self.record_one(c)).collect();
-        let outcomes: Vec<StoreResult<RecordOutcome>> = futures::stream::iter(records)
-            .buffered(RECORD_CONCURRENCY)
-            .collect()
-            .await;
+        let outcomes = self.record_all(candidates).await;
         // The history is one more item, written once the transactions have decided: DynamoDB
         // cannot write it in the same transaction as every service's.
         if let Some(draft) = history {
@@ -702,7 +543,7 @@ impl DeploymentLog for DynamoStore {
     }
 
     async fn get_deployment(&self, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>> {
-        self.get_item(key(org_pk(org), format!("DEPLOYMENT#{id}")), "get_deployment")
+        self.get_item(deployment_key(org, id), "get_deployment")
             .await?
             .as_ref()
             .map(deployment_from_item)
@@ -723,7 +564,7 @@ impl DeploymentLog for DynamoStore {
                 let index_value = deployments_of_service(org, service);
                 // A start key on an index names the table key and the index key.
                 let start = after.map(|id| {
-                    let mut start = key(org_pk(org), format!("DEPLOYMENT#{id}"));
+                    let mut start = deployment_key(org, id);
                     start.insert(GSI1PK.to_owned(), s(&index_value));
                     start.insert(GSI1SK.to_owned(), s(id));
                     start
@@ -850,7 +691,7 @@ impl DeploymentLog for DynamoStore {
             e.value("in_progress", s(DeploymentStatus::InProgress.as_str())),
             e.value("delivered_before", s(DeploymentStatus::Delivered.as_str()))
         );
-        let item_key = key(org_pk(org), format!("DEPLOYMENT#{id}"));
+        let item_key = deployment_key(org, id);
         let written = retry_conflicts(|| {
             self.client
                 .update_item()
@@ -893,17 +734,7 @@ impl DeploymentLog for DynamoStore {
     }
 
     async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()> {
-        let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + QUEUED_RETENTION_SECS;
-        // The futures are built before the stream so that the trait's future stays `Send`.
-        let updates: Vec<_> = deployment_ids
-            .iter()
-            .map(|id| self.mark_one_queued(org, id, expires_at))
-            .collect();
-        futures::stream::iter(updates)
-            .buffer_unordered(MARK_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        self.mark_all_queued(org, deployment_ids).await
     }
 }
 
@@ -1184,31 +1015,58 @@ fn service_update(service: &Service, etag: &str, e: &mut Expr) -> StoreResult<St
 /// `None` / `"None"` for actions that were fine).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Cancellation {
-    /// The condition of the action at this index did not hold: a definite answer, so it wins
-    /// over any other reason.
-    ConditionFailed(usize),
-    /// Another transaction held one of the items (`TransactionConflict`). Nothing was
-    /// written and the conditions were never decided, so the write is retried; real DynamoDB
-    /// does this under contention (identical webhooks arriving together), moto never does.
-    Conflict,
-    /// Anything else (throttling, validation): not retried here, the SDK already retried
-    /// what it could.
+    /// The conditions of the actions at these indexes did not hold: a definite answer, so it
+    /// wins over any other reason.
+    ConditionsFailed(Vec<usize>),
+    /// Another transaction held one of the items (`TransactionConflict`), or the partition was
+    /// throttled (`ThrottlingError`). Nothing was written and the conditions were never
+    /// decided, so the write is retried; real DynamoDB does this under contention (identical
+    /// webhooks arriving together) and on hot partitions, moto never does.
+    Retryable(String),
+    /// Anything else (validation, capacity): not retried here, the SDK already retried what it
+    /// could.
     Other(String),
 }
 
 fn classify_cancellation(codes: &[Option<&str>]) -> Cancellation {
-    if let Some(index) = codes.iter().position(|c| *c == Some("ConditionalCheckFailed")) {
-        return Cancellation::ConditionFailed(index);
-    }
-    if codes.contains(&Some("TransactionConflict")) {
-        return Cancellation::Conflict;
+    let failed: Vec<usize> = codes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == Some("ConditionalCheckFailed"))
+        .map(|(i, _)| i)
+        .collect();
+    if !failed.is_empty() {
+        return Cancellation::ConditionsFailed(failed);
     }
     let other: Vec<&str> = codes.iter().flatten().copied().filter(|c| *c != "None").collect();
     if other.is_empty() {
-        Cancellation::Other("no reason given".to_owned())
-    } else {
-        Cancellation::Other(other.join(", "))
+        return Cancellation::Other("no reason given".to_owned());
     }
+    let reason = other.join(", ");
+    if other
+        .iter()
+        .all(|c| matches!(*c, "TransactionConflict" | "ThrottlingError"))
+    {
+        Cancellation::Retryable(reason)
+    } else {
+        Cancellation::Other(reason)
+    }
+}
+
+/// What one TransactWriteItems came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Attempt {
+    Written,
+    /// Nothing was written: the conditions of these actions failed.
+    ConditionsFailed(Vec<usize>),
+    /// Nothing was written, for a reason that may pass: try again.
+    Retryable(String),
+}
+
+fn kept_failing(op: &str, reason: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{op}: the transaction kept being cancelled ({reason}) by concurrent writes or throttling"
+    ))
 }
 
 /// Short, jittered pauses between attempts (about 25, 50, 100 ms), so racing writers spread.
@@ -1287,6 +1145,10 @@ fn deployments_of_service(org: &str, service: &str) -> String {
 
 fn org_pk(org: &str) -> String {
     format!("ORG#{org}")
+}
+
+fn deployment_key(org: &str, id: &str) -> Item {
+    key(org_pk(org), format!("DEPLOYMENT#{id}"))
 }
 
 fn service_key(org: &str, id: &str) -> Item {
@@ -1494,27 +1356,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failed_condition_wins_over_a_conflict() {
+    fn failed_conditions_win_over_a_conflict_and_are_all_named() {
         let codes = [Some("TransactionConflict"), Some("ConditionalCheckFailed")];
-        assert_eq!(classify_cancellation(&codes), Cancellation::ConditionFailed(1));
-        let codes = [Some("ConditionalCheckFailed"), Some("None")];
-        assert_eq!(classify_cancellation(&codes), Cancellation::ConditionFailed(0));
+        assert_eq!(classify_cancellation(&codes), Cancellation::ConditionsFailed(vec![1]));
+        let codes = [
+            Some("ConditionalCheckFailed"),
+            Some("None"),
+            None,
+            Some("ConditionalCheckFailed"),
+        ];
+        assert_eq!(
+            classify_cancellation(&codes),
+            Cancellation::ConditionsFailed(vec![0, 3])
+        );
     }
 
     #[test]
-    fn conflicts_are_retried() {
+    fn conflicts_and_throttling_are_retried() {
+        let retryable = |reason: &str| Cancellation::Retryable(reason.to_owned());
         let codes = [Some("None"), Some("TransactionConflict")];
-        assert_eq!(classify_cancellation(&codes), Cancellation::Conflict);
+        assert_eq!(classify_cancellation(&codes), retryable("TransactionConflict"));
         let codes = [None, Some("TransactionConflict")];
-        assert_eq!(classify_cancellation(&codes), Cancellation::Conflict);
+        assert_eq!(classify_cancellation(&codes), retryable("TransactionConflict"));
+        let codes = [Some("ThrottlingError"), Some("None"), Some("TransactionConflict")];
+        assert_eq!(
+            classify_cancellation(&codes),
+            retryable("ThrottlingError, TransactionConflict")
+        );
     }
 
     #[test]
     fn other_reasons_are_named() {
-        let codes = [Some("ThrottlingError"), Some("None")];
+        let codes = [Some("ValidationError"), Some("ThrottlingError")];
         assert_eq!(
             classify_cancellation(&codes),
-            Cancellation::Other("ThrottlingError".to_owned())
+            Cancellation::Other("ValidationError, ThrottlingError".to_owned())
         );
         assert_eq!(
             classify_cancellation(&[]),
