@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use crate::store::TenantLimits;
 
 pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config};
-pub use dynamo::DynamoStore;
+pub use dynamo::{DynamoStore, Transition};
 pub use https::{Roots, compiled_roots, encode_compiled_roots, https_client, https_client_trusting};
 pub use sqs::SqsQueue;
 

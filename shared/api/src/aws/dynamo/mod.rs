@@ -23,7 +23,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, Transact
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
+mod lifecycle;
 mod record;
+
+pub use lifecycle::Transition;
 
 use super::describe_sdk_error;
 use crate::store::{
@@ -106,14 +109,21 @@ impl DynamoStore {
     }
 
     /// The query's items, following DynamoDB's pages until `want` items are in hand (all of
-    /// them when `None`): a page may come back short because of its 1 MB cap.
+    /// them when `None`): a page may come back short because of its 1 MB cap, or of a filter.
     async fn collect(&self, base: QueryFluentBuilder, want: Option<usize>, op: &str) -> StoreResult<Vec<Item>> {
         let mut items: Vec<Item> = Vec::new();
         let mut start = base.get_exclusive_start_key().clone();
+        // DynamoDB's limit counts the items read, before the filter: a filtered query reads
+        // full pages, so that finding a few rare items does not take one round trip each.
+        let filtered = base.get_filter_expression().is_some();
         loop {
             let mut query = base.clone().set_exclusive_start_key(start.take());
             if let Some(want) = want {
-                let remaining = want.saturating_sub(items.len()).clamp(1, MAX_PAGE);
+                let remaining = if filtered {
+                    MAX_PAGE
+                } else {
+                    want.saturating_sub(items.len()).clamp(1, MAX_PAGE)
+                };
                 query = query.limit(i32::try_from(remaining).unwrap_or(i32::MAX));
             }
             let out = query.send().await.map_err(|e| unavailable(op, &e))?;
@@ -227,6 +237,42 @@ impl DynamoStore {
             Cancellation::Other(reason) => Err(StoreError::Unavailable(format!(
                 "{op}: transaction cancelled: {reason}"
             ))),
+        }
+    }
+
+    /// Update the item at `key` if `condition` holds: the item as it then is, or `None` when
+    /// the condition failed.
+    async fn update_if(
+        &self,
+        key: Item,
+        update: &str,
+        condition: &str,
+        e: &Expr,
+        op: &str,
+    ) -> StoreResult<Option<Item>> {
+        let written = retry_conflicts(|| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key.clone()))
+                .update_expression(update)
+                .condition_expression(condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values())
+                .return_values(ReturnValue::AllNew)
+                .send()
+        })
+        .await;
+        match written {
+            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(unavailable(op, &err)),
         }
     }
 
@@ -661,26 +707,16 @@ impl DeploymentLog for DynamoStore {
         id: &str,
         result: &DeploymentResult,
     ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
-        let now = crate::util::now_unix();
         let report = serde_json::to_string(result)
             .map_err(|e| StoreError::Unavailable(format!("report_result: encoding the result: {e}")))?;
         let report_key = result_key(result);
         let mut e = Expr::default();
-        let update = format!(
-            "SET {} = {}, {} = {}, {} = {}, {} = {}, {} = {} REMOVE {}, {}, {}",
-            e.name(STATUS),
-            e.value("delivered", s(DeploymentStatus::Delivered.as_str())),
-            e.name(RESULT),
-            e.value("result", s(report)),
-            e.name(RESULT_KEY),
-            e.value("key", s(&report_key)),
-            e.name(UPDATED_AT),
-            e.value("now", s(crate::util::now_rfc3339())),
-            e.name(EXPIRES_AT),
-            e.value("expires", n(now + FINISHED_RETENTION_SECS)),
-            e.name(NEXT_ATTEMPT_AT),
-            e.name(GSI2PK),
-            e.name(GSI2SK)
+        let update = lifecycle::status_update(
+            &mut e,
+            DeploymentStatus::Delivered,
+            vec![(RESULT, s(report)), (RESULT_KEY, s(&report_key))],
+            &[NEXT_ATTEMPT_AT],
+            false,
         );
         let condition = format!(
             "attribute_exists({}) AND attribute_not_exists({}) AND {} IN ({}, {}, {})",
@@ -692,29 +728,11 @@ impl DeploymentLog for DynamoStore {
             e.value("delivered_before", s(DeploymentStatus::Delivered.as_str()))
         );
         let item_key = deployment_key(org, id);
-        let written = retry_conflicts(|| {
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(item_key.clone()))
-                .update_expression(&update)
-                .condition_expression(&condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .return_values(ReturnValue::AllNew)
-                .send()
-        })
-        .await;
-        match written {
-            Ok(out) => {
-                let item = out.attributes.unwrap_or_default();
-                return deployment_from_item(&item).map(Ok);
-            }
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
-            Err(err) => return Err(unavailable("report_result", &err)),
+        let written = self
+            .update_if(item_key.clone(), &update, &condition, &e, "report_result")
+            .await?;
+        if let Some(item) = written {
+            return deployment_from_item(&item).map(Ok);
         }
         // Why the condition failed: read what is there.
         let Some(item) = self.get_item(item_key, "report_result").await? else {

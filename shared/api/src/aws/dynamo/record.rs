@@ -266,11 +266,10 @@ impl DynamoStore {
         let mut unique: Vec<&str> = ids.iter().map(String::as_str).collect();
         unique.sort_unstable();
         unique.dedup();
-        let expires_at = crate::util::now_unix() + QUEUED_RETENTION_SECS;
         // The futures are built before the stream so that the trait's future stays `Send`.
         let marks: Vec<_> = unique
             .chunks(MAX_TRANSACTION_ITEMS)
-            .map(|chunk| self.mark_group(org, chunk.to_vec(), expires_at))
+            .map(|chunk| self.mark_group(org, chunk.to_vec()))
             .collect();
         futures::stream::iter(marks)
             .buffer_unordered(TRANSACTION_CONCURRENCY)
@@ -279,12 +278,12 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn mark_group(&self, org: &str, mut todo: Vec<&str>, expires_at: i64) -> StoreResult<()> {
+    async fn mark_group(&self, org: &str, mut todo: Vec<&str>) -> StoreResult<()> {
         let mut retries = 0;
         while !todo.is_empty() {
             let actions = todo
                 .iter()
-                .map(|id| self.mark_action(org, id, expires_at))
+                .map(|id| self.mark_action(org, id))
                 .collect::<StoreResult<Vec<_>>>()?;
             match self.transact_once(actions, "mark_queued").await? {
                 Attempt::Written => return Ok(()),
@@ -315,19 +314,9 @@ impl DynamoStore {
     }
 
     /// `PENDING` → `QUEUED`: out of the pending index, kept [`QUEUED_RETENTION_SECS`].
-    fn mark_action(&self, org: &str, id: &str, expires_at: i64) -> StoreResult<TransactWriteItem> {
+    fn mark_action(&self, org: &str, id: &str) -> StoreResult<TransactWriteItem> {
         let mut e = Expr::default();
-        let update = format!(
-            "SET {} = {}, {} = {}, {} = {} REMOVE {}, {}",
-            e.name(STATUS),
-            e.value("queued", s(DeploymentStatus::Queued.as_str())),
-            e.name(EXPIRES_AT),
-            e.value("expires", n(expires_at)),
-            e.name(UPDATED_AT),
-            e.value("now", s(crate::util::now_rfc3339())),
-            e.name(GSI2PK),
-            e.name(GSI2SK)
-        );
+        let update = lifecycle::status_update(&mut e, DeploymentStatus::Queued, Vec::new(), &[], false);
         let condition = format!(
             "{} = {}",
             e.name(STATUS),
