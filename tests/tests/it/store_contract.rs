@@ -107,7 +107,7 @@ fn container(org: &str, id: &str, registry: &str, image_name: &str, tag: &str) -
     service(org, id, spec)
 }
 
-fn push_request(org: &str, service_id: &str) -> DeploymentRequest {
+pub(crate) fn push_request(org: &str, service_id: &str) -> DeploymentRequest {
     DeploymentRequest {
         schema: SCHEMA.to_owned(),
         deployment_id: new_deployment_id(),
@@ -1202,7 +1202,7 @@ async fn the_newest_waiting_deployment_wins(store: TestStore) {
         );
     }
     // Another service is not held back, nor superseded.
-    assert_eq!(deployment(store, &other.deployment_id).await.status.is_waiting(), true);
+    assert!(deployment(store, &other.deployment_id).await.status.is_waiting());
     started(store, &other.deployment_id).await;
 
     // An older one begun while a newer one waits is superseded, never delivered; the newer

@@ -6,6 +6,8 @@
 //! endpoints), so a warm Lambda reuses its connections.
 
 mod admin_secret;
+#[cfg(feature = "aws-dispatcher")]
+pub mod dispatcher;
 mod dynamo;
 mod https;
 pub mod lambda_events;
@@ -36,6 +38,9 @@ pub const ADMIN_TOKEN_SECRET_ENV: &str = "AUTODEPLOY_ADMIN_TOKEN_SECRET_ARN";
 /// Services one organization may hold (SPEC "Bounded tenants"); read by `settings`, the
 /// function that writes services.
 pub const MAX_SERVICES_ENV: &str = "AUTODEPLOY_MAX_SERVICES";
+/// `true` lets deploy targets be private addresses or plain `http` (on-premises engines,
+/// tests); read by `settings` (targets' writes) and `dispatcher` (their sends).
+pub const TARGETS_ALLOW_PRIVATE_ENV: &str = "AUTODEPLOY_TARGETS_ALLOW_PRIVATE";
 
 /// What a Lambda function needs to reach its state, built once at start-up.
 pub struct AwsBackend {
@@ -66,13 +71,31 @@ pub async fn app_state_without_queue_from_env() -> Result<crate::web::AppState, 
     let table = required_env(TABLE_ENV)?;
     let limits = tenant_limits(optional_env(MAX_SERVICES_ENV))?;
     let config = load_config().await?;
+    let allow_private = targets_allow_private()?;
     let admin = admin_token_from_config(&config)?;
     Ok(crate::web::AppState::new(
         Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table)),
         Arc::new(crate::store::NoQueue),
         admin,
     )
-    .with_limits(limits))
+    .with_limits(limits)
+    .allowing_private_targets(allow_private))
+}
+
+/// [`TARGETS_ALLOW_PRIVATE_ENV`]: `true` or `false` (`1` / `0`, any case); unset is `false`.
+fn targets_allow_private() -> Result<bool, String> {
+    match optional_env(TARGETS_ALLOW_PRIVATE_ENV) {
+        None => Ok(false),
+        Some(value) => parse_flag(&value).ok_or_else(|| format!("{TARGETS_ALLOW_PRIVATE_ENV} must be true or false")),
+    }
+}
+
+fn parse_flag(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
 }
 
 /// The limits per organization, with `max_services` (`AUTODEPLOY_MAX_SERVICES`) when set.
@@ -222,6 +245,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags() {
+        assert_eq!(parse_flag(" TRUE "), Some(true));
+        assert_eq!(parse_flag("0"), Some(false));
+        assert_eq!(parse_flag("yes"), None);
+    }
 
     #[test]
     fn max_services_comes_from_the_environment() {
