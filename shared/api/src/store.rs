@@ -417,6 +417,10 @@ pub enum AttemptEnd {
 /// both stores (the standalone dispatcher and the `dispatcher` Lambda function).
 #[async_trait]
 pub trait Dispatching: Send + Sync {
+    /// Begin an attempt on a waiting deployment (latest wins). On an `IN_PROGRESS` one, the
+    /// store decides: SQLite answers `NotWaiting` (its dispatcher holds a lease), DynamoDB
+    /// begins again (SQS hands a message over again only when the attempt that took it never
+    /// finished, and holds the service's later messages meanwhile).
     async fn begin_attempt(&self, org: &str, id: &str) -> StoreResult<AttemptStart>;
     /// Record the end of the attempt begun on `id` (which must be `IN_PROGRESS`).
     async fn end_attempt(&self, org: &str, id: &str, end: &AttemptEnd) -> StoreResult<()>;
