@@ -162,6 +162,7 @@ async fn start_once(
                 "AUTODEPLOY_QUEUE_URL",
                 format!("{aws_url}/123456789012/deployments.fifo"),
             ),
+            ("AUTODEPLOY_PULL_QUEUE_URL", format!("{aws_url}/123456789012/pull.fifo")),
             (
                 "AUTODEPLOY_ADMIN_TOKEN_SECRET_ARN",
                 "arn:aws:secretsmanager:us-east-1:123456789012:secret:autodeploy-admin".to_owned(),

@@ -1,7 +1,7 @@
 //! The Lambda functions' executables, for the tests that start them as Lambda does.
 //!
 //! A package's integration tests get its own executables from Cargo (`CARGO_BIN_EXE_<name>`),
-//! but the functions are four packages and their tests one binary, in this crate. So the
+//! but the functions are five packages and their tests one binary, in this crate. So the
 //! first test that needs a function asks Cargo for the workspace's executables, once per test
 //! run, and takes their paths from Cargo's own report. It selects what `cargo test
 //! --workspace` selects (every package, with its dev-dependencies through `--examples`), so
@@ -19,7 +19,7 @@ use crate::fake_lambda::{FakeLambdaRuntime, env_vars, moto_env};
 use crate::{AwsFixture, moto_url};
 
 /// The workspace's Lambda function packages, each building one executable of its name.
-pub const FUNCTIONS: [&str; 4] = ["image-tag", "push-webhook", "relay", "settings"];
+pub const FUNCTIONS: [&str; 5] = ["dispatcher", "image-tag", "push-webhook", "relay", "settings"];
 
 /// The executable of Lambda function `name` (one of [`FUNCTIONS`]), built as this test
 /// binary was (same target directory and profile).

@@ -102,17 +102,59 @@ pub fn resource_properties(
             }
         }
     }
-    resolve(resource.get("Properties").unwrap_or(&Value::Null), &refs, attributes)
+    let scope = Scope {
+        template,
+        refs: &refs,
+        attributes,
+    };
+    resolve(resource.get("Properties").unwrap_or(&Value::Null), &scope)
 }
 
-/// Replace the intrinsic functions the template uses; an unknown one, or a reference to a
-/// resource not created yet, is an error naming it.
-fn resolve(
-    value: &Value,
-    refs: &HashMap<String, String>,
-    attributes: &HashMap<String, String>,
-) -> Result<Value, String> {
+/// What the intrinsic functions of a resource's properties resolve against.
+struct Scope<'a> {
+    template: &'a Value,
+    refs: &'a HashMap<String, String>,
+    attributes: &'a HashMap<String, String>,
+}
+
+impl Scope<'_> {
+    /// The template's condition `name`, on the parameters' defaults.
+    fn condition(&self, name: &str) -> Result<bool, String> {
+        let condition = self
+            .template
+            .get("Conditions")
+            .and_then(|c| c.get(name))
+            .ok_or_else(|| format!("the template has no condition {name}"))?;
+        self.truth(condition)
+    }
+
+    /// `!Equals`, `!Not` or `!Condition`.
+    fn truth(&self, value: &Value) -> Result<bool, String> {
+        let Value::Tagged(tagged) = value else {
+            return Err(format!("not a condition: {value:?}"));
+        };
+        let args = tagged.value.as_sequence().map_or(&[][..], Vec::as_slice);
+        match (tagged.tag.to_string().trim_start_matches('!'), args) {
+            ("Equals", [a, b]) => Ok(scalar(&resolve(a, self)?) == scalar(&resolve(b, self)?)),
+            ("Not", [inner]) => Ok(!self.truth(inner)?),
+            ("Condition", _) => self.condition(tagged.value.as_str().unwrap_or_default()),
+            (other, _) => Err(format!("unsupported condition function {other}")),
+        }
+    }
+}
+
+/// Replace the intrinsic functions the template uses (`!Ref`, `!GetAtt`, and `!If` on its
+/// conditions); an unknown one, or a reference to a resource not created yet, is an error
+/// naming it.
+fn resolve(value: &Value, scope: &Scope<'_>) -> Result<Value, String> {
+    let (refs, attributes) = (scope.refs, scope.attributes);
     match value {
+        Value::Tagged(tagged) if tagged.tag == "If" => match tagged.value.as_sequence().map(Vec::as_slice) {
+            Some([Value::String(condition), then, otherwise]) => {
+                resolve(if scope.condition(condition)? { then } else { otherwise }, scope)
+            }
+            _ => Err(format!("unsupported arguments to If: {:?}", tagged.value)),
+        },
         Value::Tagged(tagged) => {
             let target = match &tagged.value {
                 Value::String(s) => s.clone(),
@@ -133,13 +175,13 @@ fn resolve(
         Value::Mapping(map) => {
             let mut out = serde_yaml_ng::Mapping::new();
             for (k, v) in map {
-                out.insert(k.clone(), resolve(v, refs, attributes)?);
+                out.insert(k.clone(), resolve(v, scope)?);
             }
             Ok(Value::Mapping(out))
         }
         Value::Sequence(items) => items
             .iter()
-            .map(|v| resolve(v, refs, attributes))
+            .map(|v| resolve(v, scope))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Sequence),
         other => Ok(other.clone()),
@@ -183,7 +225,16 @@ fn key_schema(value: &Value) -> Vec<KeySchemaElement> {
 /// secondary indexes, billing mode and TTL. (Backups, encryption and deletion protection do
 /// not change what the store sees and are left out.)
 pub async fn create_table_from_template(client: &aws_sdk_dynamodb::Client, name: &str) {
-    let props = resource_properties(&template(), "Table", &HashMap::new(), &HashMap::new())
+    // The encryption key is another resource of the stack: not created here, so not referred to.
+    let mut template = template();
+    if let Some(Value::Mapping(props)) = template
+        .get_mut("Resources")
+        .and_then(|r| r.get_mut("Table"))
+        .and_then(|t| t.get_mut("Properties"))
+    {
+        props.remove("SSESpecification");
+    }
+    let props = resource_properties(&template, "Table", &HashMap::new(), &HashMap::new())
         .unwrap_or_else(|e| panic!("template: {e}"));
     let attributes = seq_field(&props, "AttributeDefinitions")
         .iter()
@@ -275,6 +326,10 @@ pub struct TestQueues {
     pub deployments: CreatedQueue,
     /// `DeploymentsDeadLetterQueue`.
     pub dead_letter: CreatedQueue,
+    /// `PullQueue`: what the dispatcher forwards, for outside engines.
+    pub pull: CreatedQueue,
+    /// `PullDeadLetterQueue`.
+    pub pull_dead_letter: CreatedQueue,
 }
 
 /// Create every `AWS::SQS::Queue` of the template, named `{prefix}-{LogicalId}` (`.fifo` for
@@ -324,6 +379,8 @@ pub async fn create_queues_from_template(sqs: &aws_sdk_sqs::Client, prefix: &str
     TestQueues {
         deployments: take("DeploymentsQueue"),
         dead_letter: take("DeploymentsDeadLetterQueue"),
+        pull: take("PullQueue"),
+        pull_dead_letter: take("PullDeadLetterQueue"),
     }
 }
 

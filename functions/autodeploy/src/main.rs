@@ -18,7 +18,7 @@ use autodeploy_api::sqlite::{SqliteOptions, SqliteStore};
 use autodeploy_api::store::{InStoreQueue, TenantLimits};
 use autodeploy_api::web::limits::BufferLimits;
 use autodeploy_api::web::{AppState, full_router};
-use autodeploy_core::target::delivery::RetryPolicy;
+use autodeploy_core::target::delivery::{RetryPolicy, parse_age};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -301,29 +301,6 @@ async fn maintain(store: SqliteStore, retention_secs: i64) {
     }
 }
 
-/// `90`, `90s`, `30m`, `24h` or `2d`.
-fn parse_age(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => raw.split_at(at),
-        None => (raw, "s"),
-    };
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration such as 3600, 90m or 24h"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("{raw:?}: the unit must be s, m, h or d")),
-    };
-    match number.checked_mul(seconds) {
-        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
-        _ => Err(format!("{raw:?} must be a positive duration")),
-    }
-}
-
 /// The admin token, from the environment or a file: never from the command line.
 fn admin_token(args: &ServeArgs) -> Result<String, String> {
     const WHERE: &str = "set AUTODEPLOY_ADMIN_TOKEN, or --admin-token-file (AUTODEPLOY_ADMIN_TOKEN_FILE) naming a file only you can read";
@@ -412,16 +389,5 @@ mod tests {
             assert!(parse_size(refused).unwrap_err().contains("e.g. 128MiB"), "{refused}");
         }
         assert_eq!(parse_size("1000"), Err("must be at least 1MiB".to_owned()));
-    }
-
-    #[test]
-    fn ages() {
-        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_age("2d"), Ok(Duration::from_secs(172_800)));
-        for refused in ["", "0", "1w", "h", "-1"] {
-            assert!(parse_age(refused).is_err(), "{refused}");
-        }
     }
 }

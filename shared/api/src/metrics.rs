@@ -1,6 +1,7 @@
 //! Delivery metrics as CloudWatch Embedded Metric Format (EMF) lines: one JSON object per
 //! delivery (a push webhook, an image-tag call or a registry webhook), printed on its own line
-//! to stdout, where CloudWatch Logs turns it into metrics without any API call.
+//! to stdout, where CloudWatch Logs turns it into metrics without any API call; and one per
+//! `dispatcher` invocation ([`render_dispatch`], metrics [`DISPATCH_METRIC_NAMES`]).
 //!
 //! [`render`] is pure and is what the tests check. The delivery routes' layer
 //! ([`crate::web::observe`]) reads the [`Tally`] the handler attached to its response (or the
@@ -139,7 +140,28 @@ impl DeliveryLine<'_> {
 /// The EMF line of `line` (without the newline): one JSON object with the metric directive
 /// under `_aws`, the dimension, every metric as a number and the properties as strings.
 pub fn render(stack: &str, line: &DeliveryLine<'_>, timestamp_ms: i64) -> String {
-    let metrics: Vec<Value> = METRIC_NAMES
+    let mut root = emf_object(stack, &METRIC_NAMES, &line.values(), timestamp_ms);
+    let mut property = |name: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            root.insert(name.to_owned(), json!(value));
+        }
+    };
+    property("endpoint", Some(line.endpoint.as_str()));
+    property("organization", line.organization);
+    property("source", line.source);
+    property("route", Some(line.route));
+    property("delivery_id", line.tally.delivery_id.as_deref());
+    property("ignored", line.tally.ignored);
+    property("request_id", line.request_id);
+    property("api_request_id", line.api_request_id);
+    root.insert("status".to_owned(), json!(line.status));
+    Value::Object(root).to_string()
+}
+
+/// An EMF object: the directive under `_aws` declaring `names` (unit `Count`, dimension
+/// `Stack`), the dimension, and each metric's value.
+fn emf_object(stack: &str, names: &[&str], values: &[u32], timestamp_ms: i64) -> Map<String, Value> {
+    let metrics: Vec<Value> = names
         .iter()
         .map(|name| json!({"Name": name, "Unit": "Count"}))
         .collect();
@@ -156,24 +178,69 @@ pub fn render(stack: &str, line: &DeliveryLine<'_>, timestamp_ms: i64) -> String
         }),
     );
     root.insert("Stack".to_owned(), json!(stack));
-    for (name, value) in METRIC_NAMES.iter().zip(line.values()) {
+    for (name, value) in names.iter().zip(values) {
         root.insert((*name).to_owned(), json!(value));
     }
-    let mut property = |name: &str, value: Option<&str>| {
-        if let Some(value) = value {
-            root.insert(name.to_owned(), json!(value));
-        }
-    };
-    property("endpoint", Some(line.endpoint.as_str()));
-    property("organization", line.organization);
-    property("source", line.source);
-    property("route", Some(line.route));
-    property("delivery_id", line.tally.delivery_id.as_deref());
-    property("ignored", line.tally.ignored);
-    property("request_id", line.request_id);
-    property("api_request_id", line.api_request_id);
-    root.insert("status".to_owned(), json!(line.status));
+    root
+}
+
+/// The metrics of a `dispatcher` invocation's line, in the order they are declared: what
+/// became of the deployments of its batch. Named apart from the delivery lines' metrics, which
+/// share the namespace and dimension.
+pub const DISPATCH_METRIC_NAMES: [&str; 6] = [
+    "DeploymentsDelivered",
+    "DeploymentsRetried",
+    "DeploymentsFailed",
+    "DeploymentsSuperseded",
+    "DeploymentsForwarded",
+    "DispatchErrors",
+];
+
+/// What one `dispatcher` invocation did with its batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatchTally {
+    /// Accepted by their target: `DELIVERED`.
+    pub delivered: u32,
+    /// Failed an attempt that will be retried (`QUEUED` with `next_attempt_at`).
+    pub retried: u32,
+    /// Refused for good, or out of attempts: `FAILED`.
+    pub failed: u32,
+    /// Not delivered, a newer deployment of the service being taken instead: `SUPERSEDED`.
+    pub superseded: u32,
+    /// Of services without a target, forwarded to the pull queue.
+    pub forwarded: u32,
+    /// Messages left on the queue because they could not be handled (the store did not
+    /// answer, a body that is not a deployment request): tried again, then dead-lettered.
+    pub errors: u32,
+}
+
+impl DispatchTally {
+    pub fn values(&self) -> [u32; 6] {
+        [
+            self.delivered,
+            self.retried,
+            self.failed,
+            self.superseded,
+            self.forwarded,
+            self.errors,
+        ]
+    }
+}
+
+/// The EMF line of a `dispatcher` invocation (without the newline).
+pub fn render_dispatch(stack: &str, tally: &DispatchTally, request_id: Option<&str>, timestamp_ms: i64) -> String {
+    let mut root = emf_object(stack, &DISPATCH_METRIC_NAMES, &tally.values(), timestamp_ms);
+    root.insert("function".to_owned(), json!("dispatcher"));
+    if let Some(id) = request_id {
+        root.insert("request_id".to_owned(), json!(id));
+    }
     Value::Object(root).to_string()
+}
+
+/// Print a `dispatcher` invocation's line on stdout, when EMF lines are on.
+pub fn emit_dispatch(tally: &DispatchTally, request_id: Option<&str>) {
+    let Some(stack) = emf_stack() else { return };
+    print_line(&render_dispatch(stack, tally, request_id, now_millis()));
 }
 
 /// `Some(stack)` when EMF lines are on (`AUTODEPLOY_METRICS=emf`), read once.
@@ -196,10 +263,16 @@ fn emf_stack() -> Option<&'static str> {
 /// Print the line on stdout, when EMF lines are on.
 pub fn emit(line: &DeliveryLine<'_>) {
     let Some(stack) = emf_stack() else { return };
+    print_line(&render(stack, line, now_millis()));
+}
+
+fn now_millis() -> i64 {
     let now = time::OffsetDateTime::now_utc();
-    let millis = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
-    let text = render(stack, line, millis);
-    // One write of the whole line: CloudWatch reads each line as one log event.
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// One write of the whole line: CloudWatch reads each line as one log event.
+fn print_line(text: &str) {
     let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
@@ -344,6 +417,47 @@ mod tests {
             assert!(key.chars().next().is_some_and(|c| c.is_ascii_lowercase()), "{key}");
         }
         assert_eq!(v["delivery_id"], "d\"1\n");
+    }
+
+    #[test]
+    fn a_dispatch_line_is_an_emf_object_of_its_own_metrics() {
+        let tally = DispatchTally {
+            delivered: 3,
+            retried: 1,
+            superseded: 2,
+            ..DispatchTally::default()
+        };
+        let text = render_dispatch("prod", &tally, Some("req-9"), 1_700_000_000_000);
+        assert_eq!(text.lines().count(), 1);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let directive = &v["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], NAMESPACE);
+        assert_eq!(directive["Dimensions"], json!([["Stack"]]));
+        let names: Vec<&str> = directive["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, DISPATCH_METRIC_NAMES);
+        assert!(
+            names.iter().all(|name| !METRIC_NAMES.contains(name)),
+            "shared names would add up"
+        );
+        assert_eq!(v["Stack"], "prod");
+        assert_eq!(
+            (
+                v["DeploymentsDelivered"].as_u64(),
+                v["DeploymentsRetried"].as_u64(),
+                v["DeploymentsFailed"].as_u64(),
+                v["DeploymentsSuperseded"].as_u64(),
+                v["DeploymentsForwarded"].as_u64(),
+                v["DispatchErrors"].as_u64()
+            ),
+            (Some(3), Some(1), Some(0), Some(2), Some(0), Some(0))
+        );
+        assert_eq!(v["request_id"], "req-9");
+        assert_eq!(v["function"], "dispatcher");
     }
 
     #[test]

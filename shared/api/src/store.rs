@@ -417,6 +417,11 @@ pub enum AttemptEnd {
 /// both stores (the standalone dispatcher and the `dispatcher` Lambda function).
 #[async_trait]
 pub trait Dispatching: Send + Sync {
+    /// Begin an attempt on a waiting deployment (latest wins); concurrent begins start it once.
+    /// An `IN_PROGRESS` one answers `NotWaiting`, except on DynamoDB once its attempt is older
+    /// than the `dispatcher` function's timeout: SQS hands a message over again only when the
+    /// attempt that took it never finished, after its visibility timeout, and holds the
+    /// service's later messages meanwhile.
     async fn begin_attempt(&self, org: &str, id: &str) -> StoreResult<AttemptStart>;
     /// Record the end of the attempt begun on `id` (which must be `IN_PROGRESS`).
     async fn end_attempt(&self, org: &str, id: &str, end: &AttemptEnd) -> StoreResult<()>;

@@ -42,7 +42,9 @@ fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)).unwrap()
 }
 
-async fn endpoint() -> Endpoint {
+/// TLS as a local endpoint serves it: the test CA's certificate for `localhost` and
+/// `127.0.0.1`.
+pub(crate) fn test_tls_acceptor() -> tokio_rustls::TlsAcceptor {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&fixture(CERT))
         .collect::<Result<_, _>>()
         .unwrap();
@@ -53,7 +55,25 @@ async fn endpoint() -> Endpoint {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// The test CA, as a client trusts it.
+pub(crate) fn test_ca_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&fixture(CA)) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    roots
+}
+
+/// The test CA's certificate file.
+pub(crate) fn test_ca_file() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(CA)
+}
+
+async fn endpoint() -> Endpoint {
+    let acceptor = test_tls_acceptor();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let (handshakes, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));

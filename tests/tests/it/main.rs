@@ -3,6 +3,7 @@
 //! library (`autodeploy_tests`).
 
 mod aws_cost;
+mod aws_dispatcher;
 mod aws_images;
 mod aws_push;
 mod aws_stack;

@@ -41,6 +41,11 @@ on_both_stores!(
     attempts_only_go_forward,
     concurrent_starts_start_once,
     deliveries,
+    an_attempt_begins_and_delivers,
+    a_retried_attempt_begins_again,
+    the_newest_waiting_deployment_wins,
+    final_statuses_never_move,
+    an_attempt_ends_only_in_progress,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1205,6 +1210,252 @@ async fn deliveries(store: TestStore) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Dispatching: an attempt's transitions
+
+/// A push deployment of `service_id` of `acme` recorded (waiting: `PENDING` or `QUEUED`).
+async fn waiting_deployment(store: &dyn Store, service_id: &str, mark: &str) -> DeploymentRequest {
+    let request = push_request("acme", service_id);
+    let status = recorded_status(store.record_deployment(&request, &push(mark)).await.expect("record"));
+    assert!(status.is_waiting(), "recorded {status:?}");
+    request
+}
+
+/// Begin an attempt that must start; the deployment it started.
+async fn started(store: &dyn Store, id: &str) -> DeploymentRecord {
+    match store.begin_attempt("acme", id).await.expect("begin_attempt") {
+        AttemptStart::Started(record) => *record,
+        other => panic!("the attempt on {id} did not start: {other:?}"),
+    }
+}
+
+async fn an_attempt_begins_and_delivers(store: TestStore) {
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let request = waiting_deployment(store, "api", "a..b").await;
+
+    let record = started(store, &request.deployment_id).await;
+    assert_eq!(record.request, request);
+    assert_eq!(record.status, DeploymentStatus::InProgress);
+    assert_eq!(record.attempts, 1);
+    assert_eq!(
+        deployment(store, &request.deployment_id).await.status,
+        DeploymentStatus::InProgress
+    );
+
+    store
+        .end_attempt("acme", &request.deployment_id, &AttemptEnd::Delivered)
+        .await
+        .expect("end_attempt");
+    let delivered = deployment(store, &request.deployment_id).await;
+    assert_eq!(delivered.status, DeploymentStatus::Delivered);
+    assert_eq!(delivered.attempts, 1);
+    assert_eq!(delivered.last_error, None);
+    assert_eq!(delivered.next_attempt_at, None);
+
+    assert_eq!(
+        store
+            .begin_attempt("acme", &new_deployment_id())
+            .await
+            .expect("begin_attempt"),
+        AttemptStart::NotFound
+    );
+    assert_eq!(
+        store
+            .begin_attempt("other", &request.deployment_id)
+            .await
+            .expect("begin_attempt"),
+        AttemptStart::NotFound,
+        "another organization's deployment is not found"
+    );
+}
+
+async fn a_retried_attempt_begins_again(store: TestStore) {
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let request = waiting_deployment(store, "api", "a..b").await;
+    let id = &request.deployment_id;
+
+    started(store, id).await;
+    let retry = AttemptEnd::Retry {
+        error: "the target answered 503 Service Unavailable".to_owned(),
+        next_attempt_unix: 1_900_000_000,
+    };
+    store.end_attempt("acme", id, &retry).await.expect("end_attempt");
+    let waiting = deployment(store, id).await;
+    assert_eq!(waiting.status, DeploymentStatus::Queued);
+    assert_eq!(waiting.attempts, 1);
+    assert_eq!(
+        waiting.last_error.as_deref(),
+        Some("the target answered 503 Service Unavailable")
+    );
+    assert_eq!(waiting.next_attempt_at.as_deref(), Some("2030-03-17T17:46:40Z"));
+
+    let again = started(store, id).await;
+    assert_eq!(again.status, DeploymentStatus::InProgress);
+    assert_eq!(again.attempts, 2, "every attempt counts");
+    assert_eq!(again.next_attempt_at, None, "no retry is due while it is in progress");
+
+    // The service's target went away: back to QUEUED, for pull consumers, saying why.
+    let note = "the service has no deploy target any more; pull consumers take it";
+    store
+        .end_attempt("acme", id, &AttemptEnd::Release { note: note.to_owned() })
+        .await
+        .expect("end_attempt");
+    let released = deployment(store, id).await;
+    assert_eq!(released.status, DeploymentStatus::Queued);
+    assert_eq!(released.last_error.as_deref(), Some(note));
+    assert_eq!(released.next_attempt_at, None);
+    assert_eq!(released.attempts, 2);
+}
+
+async fn the_newest_waiting_deployment_wins(store: TestStore) {
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    create(store, &app("acme", "web", "acme/shop")).await;
+    let first = waiting_deployment(store, "api", "a..b").await;
+    let second = waiting_deployment(store, "api", "b..c").await;
+    let third = waiting_deployment(store, "api", "c..d").await;
+    let other = waiting_deployment(store, "web", "a..b").await;
+
+    // Taking the newest supersedes the older waiting ones in the same write.
+    started(store, &third.deployment_id).await;
+    for older in [&first, &second] {
+        assert_eq!(
+            deployment(store, &older.deployment_id).await.status,
+            DeploymentStatus::Superseded
+        );
+        assert_eq!(
+            store
+                .begin_attempt("acme", &older.deployment_id)
+                .await
+                .expect("begin_attempt"),
+            AttemptStart::NotWaiting(DeploymentStatus::Superseded)
+        );
+    }
+    // Another service is not held back, nor superseded.
+    assert!(deployment(store, &other.deployment_id).await.status.is_waiting());
+    started(store, &other.deployment_id).await;
+
+    // An older one begun while a newer one waits is superseded, never delivered; the newer
+    // one still waits.
+    store
+        .end_attempt("acme", &third.deployment_id, &AttemptEnd::Delivered)
+        .await
+        .expect("end_attempt");
+    let older = waiting_deployment(store, "api", "d..e").await;
+    let newer = waiting_deployment(store, "api", "e..f").await;
+    assert_eq!(
+        store
+            .begin_attempt("acme", &older.deployment_id)
+            .await
+            .expect("begin_attempt"),
+        AttemptStart::Superseded
+    );
+    assert_eq!(
+        deployment(store, &older.deployment_id).await.status,
+        DeploymentStatus::Superseded
+    );
+    assert!(deployment(store, &newer.deployment_id).await.status.is_waiting());
+    started(store, &newer.deployment_id).await;
+    assert_eq!(
+        deployment(store, &third.deployment_id).await.status,
+        DeploymentStatus::Delivered,
+        "a final deployment is not superseded"
+    );
+}
+
+async fn final_statuses_never_move(store: TestStore) {
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let ends = [
+        (AttemptEnd::Delivered, DeploymentStatus::Delivered),
+        (
+            AttemptEnd::Failed {
+                error: "the target answered 410 Gone".to_owned(),
+            },
+            DeploymentStatus::Failed,
+        ),
+    ];
+    let mut finished = Vec::new();
+    for (i, (end, status)) in ends.iter().enumerate() {
+        let request = waiting_deployment(store, "api", &format!("{i}..{}", i + 1)).await;
+        started(store, &request.deployment_id).await;
+        store
+            .end_attempt("acme", &request.deployment_id, end)
+            .await
+            .expect("end_attempt");
+        finished.push((request.deployment_id, *status));
+    }
+    let older = waiting_deployment(store, "api", "x..y").await;
+    let newer = waiting_deployment(store, "api", "y..z").await;
+    started(store, &newer.deployment_id).await;
+    finished.push((older.deployment_id, DeploymentStatus::Superseded));
+
+    let every_end = [
+        AttemptEnd::Delivered,
+        AttemptEnd::Failed {
+            error: "late".to_owned(),
+        },
+        AttemptEnd::Retry {
+            error: "late".to_owned(),
+            next_attempt_unix: 1_900_000_000,
+        },
+        AttemptEnd::Release {
+            note: "late".to_owned(),
+        },
+    ];
+    for (id, status) in &finished {
+        let before = deployment(store, id).await;
+        assert_eq!(before.status, *status);
+        assert_eq!(
+            store.begin_attempt("acme", id).await.expect("begin_attempt"),
+            AttemptStart::NotWaiting(*status)
+        );
+        for end in &every_end {
+            store.end_attempt("acme", id, end).await.expect("end_attempt");
+        }
+        let after = deployment(store, id).await;
+        assert_eq!(after.status, *status, "{id} moved");
+        assert_eq!(after.attempts, before.attempts);
+        assert_eq!(after.last_error, before.last_error);
+    }
+}
+
+async fn an_attempt_ends_only_in_progress(store: TestStore) {
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let request = waiting_deployment(store, "api", "a..b").await;
+    let id = &request.deployment_id;
+    let before = deployment(store, id).await;
+    for end in [
+        AttemptEnd::Delivered,
+        AttemptEnd::Failed {
+            error: "refused".to_owned(),
+        },
+        AttemptEnd::Retry {
+            error: "busy".to_owned(),
+            next_attempt_unix: 1_900_000_000,
+        },
+    ] {
+        store.end_attempt("acme", id, &end).await.expect("end_attempt");
+        let after = deployment(store, id).await;
+        assert_eq!(
+            after.status, before.status,
+            "a waiting deployment is not ended: {end:?}"
+        );
+        assert_eq!(after.attempts, 0);
+        assert_eq!(after.last_error, None);
+        assert_eq!(after.next_attempt_at, None);
+    }
+    store
+        .end_attempt("acme", &new_deployment_id(), &AttemptEnd::Delivered)
+        .await
+        .expect("ending an unknown deployment is harmless");
+    // It can still be taken.
+    assert_eq!(started(store, id).await.attempts, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
 // AWS only
 
 /// 25 requests go out in batches of ten; moto hands them back with the service's message
@@ -1369,7 +1620,7 @@ async fn dynamo_item_layout_follows_the_template() {
 
     let t = token("acme", "tok", &["deploy"]);
     store.create_token(&t).await.expect("create_token");
-    get("ORG#acme", "TOKEN#tok").await;
+    get("TOKEN#acme", "TOKEN#tok").await;
     get(&format!("TOKENHASH#{}", t.hash), "TOKENHASH").await;
     store
         .put_secret(
@@ -1382,7 +1633,7 @@ async fn dynamo_item_layout_follows_the_template() {
         )
         .await
         .expect("put_secret");
-    get("ORG#acme", "SECRET#github").await;
+    get("SECRET#acme", "SECRET#github").await;
     store
         .remember_delivery("acme", &key("github", "d-1", 1_800_000_000))
         .await

@@ -1,27 +1,35 @@
 //! The admin token from Secrets Manager: fetched on first use (a cold start that never needs
-//! it pays nothing, not even the client's creation) and kept as a digest for the life of the
-//! process.
+//! it pays nothing, not even the client's creation) and kept as a digest for at most
+//! [`ADMIN_TOKEN_MAX_AGE`], so that a rotated token takes effect in every warm instance.
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use sha2::{Digest, Sha256};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 use super::{ADMIN_TOKEN_ENV, ADMIN_TOKEN_SECRET_ENV, describe_sdk_error, optional_env};
 use crate::admin::{AdminTokenSource, StaticAdminToken};
 use crate::store::{StoreError, StoreResult};
 
-/// Reads the secret's string value once and caches its SHA-256. A failed fetch is not cached:
-/// the next request tries again. A rotated secret is seen by new Lambda instances.
+/// How long a warm instance trusts the admin token it read: a token rotated in Secrets Manager
+/// (`put-secret-value`) replaces the old one everywhere within this long.
+pub const ADMIN_TOKEN_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// Reads the secret's string value when first needed and caches its SHA-256 for at most
+/// [`ADMIN_TOKEN_MAX_AGE`]. A failed fetch is not cached (the next request tries again), and an
+/// expired digest is never used instead: an admin request fails (503) while Secrets Manager
+/// does not answer, rather than accept a token that may have been rotated away.
 pub struct SecretsManagerAdminToken {
     config: SdkConfig,
     /// Built on the first fetch: `image-tag` serves ECR events and registry webhooks, which
     /// take no token, without ever creating it (a client's construction is init time).
     client: OnceLock<aws_sdk_secretsmanager::Client>,
     secret_id: String,
-    digest: OnceCell<[u8; 32]>,
+    digest: Expiring<[u8; 32]>,
 }
 
 impl SecretsManagerAdminToken {
@@ -31,7 +39,7 @@ impl SecretsManagerAdminToken {
             config: config.clone(),
             client: OnceLock::new(),
             secret_id: secret_id.into(),
-            digest: OnceCell::new(),
+            digest: Expiring::new(ADMIN_TOKEN_MAX_AGE, Instant::now),
         }
     }
 
@@ -59,7 +67,48 @@ impl SecretsManagerAdminToken {
 #[async_trait]
 impl AdminTokenSource for SecretsManagerAdminToken {
     async fn admin_token_sha256(&self) -> StoreResult<Option<[u8; 32]>> {
-        self.digest.get_or_try_init(|| self.fetch()).await.copied().map(Some)
+        self.digest.get_or_fetch(|| self.fetch()).await.map(Some)
+    }
+}
+
+/// A value fetched when needed and kept for at most `max_age`, as told by the clock `now`.
+/// Callers arriving while it is fetched wait for that fetch rather than start their own; a
+/// failed fetch keeps nothing.
+struct Expiring<T> {
+    max_age: Duration,
+    now: fn() -> Instant,
+    /// The value and when its fetch started (so it is never kept longer than `max_age` after
+    /// the secret was read).
+    slot: Mutex<Option<(T, Instant)>>,
+}
+
+impl<T: Copy> Expiring<T> {
+    fn new(max_age: Duration, now: fn() -> Instant) -> Self {
+        Self {
+            max_age,
+            now,
+            slot: Mutex::new(None),
+        }
+    }
+
+    async fn get_or_fetch<F, Fut>(&self, fetch: F) -> StoreResult<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let mut slot = self.slot.lock().await;
+        let started = (self.now)();
+        if let Some((value, fetched)) = *slot
+            && started
+                .checked_duration_since(fetched)
+                .is_some_and(|age| age < self.max_age)
+        {
+            return Ok(value);
+        }
+        *slot = None;
+        let value = fetch().await?;
+        *slot = Some((value, started));
+        Ok(value)
     }
 }
 
@@ -75,4 +124,70 @@ pub fn admin_token_from_config(config: &SdkConfig) -> Result<Arc<dyn AdminTokenS
 fn secret_id() -> Result<String, String> {
     optional_env(ADMIN_TOKEN_SECRET_ENV)
         .ok_or_else(|| format!("no admin token: set {ADMIN_TOKEN_ENV} or {ADMIN_TOKEN_SECRET_ENV}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A clock the test moves by hand, shared by every test through a thread-local (the cache
+    /// takes a plain function).
+    mod clock {
+        use std::cell::Cell;
+        use std::time::{Duration, Instant};
+
+        thread_local! {
+            static START: Instant = Instant::now();
+            static OFFSET: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+        }
+
+        pub fn now() -> Instant {
+            START.with(|start| *start + OFFSET.with(Cell::get))
+        }
+
+        pub fn advance(by: Duration) {
+            OFFSET.with(|offset| offset.set(offset.get() + by));
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_fetched_token_is_kept_five_minutes_at_most() {
+        let cache: Expiring<u32> = Expiring::new(ADMIN_TOKEN_MAX_AGE, clock::now);
+        let fetches = AtomicU32::new(0);
+        // The secret's value at each fetch: the first, then the rotated one.
+        let fetch = || async {
+            let n = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok::<u32, StoreError>(n)
+        };
+
+        assert_eq!(cache.get_or_fetch(fetch).await.ok(), Some(1));
+        clock::advance(ADMIN_TOKEN_MAX_AGE - Duration::from_secs(1));
+        assert_eq!(cache.get_or_fetch(fetch).await.ok(), Some(1), "still fresh");
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        clock::advance(Duration::from_secs(1));
+        assert_eq!(
+            cache.get_or_fetch(fetch).await.ok(),
+            Some(2),
+            "read again: the rotation shows"
+        );
+        assert_eq!(cache.get_or_fetch(fetch).await.ok(), Some(2));
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_expired_token_is_not_used_when_the_fetch_fails() {
+        let cache: Expiring<u32> = Expiring::new(ADMIN_TOKEN_MAX_AGE, clock::now);
+        assert_eq!(cache.get_or_fetch(|| async { Ok(7) }).await.ok(), Some(7));
+        clock::advance(ADMIN_TOKEN_MAX_AGE);
+        let down = || async { Err::<u32, _>(StoreError::Unavailable("Secrets Manager is down".to_owned())) };
+        assert!(cache.get_or_fetch(down).await.is_err(), "no stale token");
+        assert!(
+            cache.get_or_fetch(down).await.is_err(),
+            "a failure is not cached either"
+        );
+        assert_eq!(cache.get_or_fetch(|| async { Ok(8) }).await.ok(), Some(8));
+    }
 }

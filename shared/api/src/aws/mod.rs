@@ -6,6 +6,8 @@
 //! endpoints), so a warm Lambda reuses its connections.
 
 mod admin_secret;
+#[cfg(feature = "aws-dispatcher")]
+pub mod dispatcher;
 mod dynamo;
 mod https;
 pub mod lambda_events;
@@ -18,8 +20,10 @@ use aws_config::environment::{EnvironmentVariableCredentialsProvider, Environmen
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::store::TenantLimits;
+
 pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config};
-pub use dynamo::DynamoStore;
+pub use dynamo::{DynamoStore, STALE_ATTEMPT_SECS, Transition};
 pub use https::{Roots, compiled_roots, encode_compiled_roots, https_client, https_client_trusting};
 pub use sqs::SqsQueue;
 
@@ -31,6 +35,12 @@ pub const QUEUE_URL_ENV: &str = "AUTODEPLOY_QUEUE_URL";
 pub const ADMIN_TOKEN_ENV: &str = "AUTODEPLOY_ADMIN_TOKEN";
 /// ARN (or name) of the Secrets Manager secret holding the admin token, when deployed.
 pub const ADMIN_TOKEN_SECRET_ENV: &str = "AUTODEPLOY_ADMIN_TOKEN_SECRET_ARN";
+/// Services one organization may hold (SPEC "Bounded tenants"); read by `settings`, the
+/// function that writes services.
+pub const MAX_SERVICES_ENV: &str = "AUTODEPLOY_MAX_SERVICES";
+/// `true` lets deploy targets be private addresses or plain `http` (on-premises engines,
+/// tests); read by `settings` (targets' writes) and `dispatcher` (their sends).
+pub const TARGETS_ALLOW_PRIVATE_ENV: &str = "AUTODEPLOY_TARGETS_ALLOW_PRIVATE";
 
 /// What a Lambda function needs to reach its state, built once at start-up.
 pub struct AwsBackend {
@@ -54,17 +64,55 @@ pub async fn from_env() -> Result<AwsBackend, String> {
 }
 
 /// The state of the `settings` function, whose routes send no deployments: the store named by
-/// `AUTODEPLOY_TABLE` and the admin token source, and no queue ([`crate::store::NoQueue`]), so
-/// it neither needs `AUTODEPLOY_QUEUE_URL` nor creates an SQS client at init.
+/// `AUTODEPLOY_TABLE`, the admin token source and the limits per organization
+/// (`AUTODEPLOY_MAX_SERVICES`), and no queue ([`crate::store::NoQueue`]), so it neither needs
+/// `AUTODEPLOY_QUEUE_URL` nor creates an SQS client at init.
 pub async fn app_state_without_queue_from_env() -> Result<crate::web::AppState, String> {
     let table = required_env(TABLE_ENV)?;
+    let limits = tenant_limits(optional_env(MAX_SERVICES_ENV))?;
     let config = load_config().await?;
+    let allow_private = targets_allow_private()?;
     let admin = admin_token_from_config(&config)?;
     Ok(crate::web::AppState::new(
         Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table)),
         Arc::new(crate::store::NoQueue),
         admin,
-    ))
+    )
+    .with_limits(limits)
+    .allowing_private_targets(allow_private))
+}
+
+/// [`TARGETS_ALLOW_PRIVATE_ENV`]: `true` or `false` (`1` / `0`, any case); unset is `false`.
+fn targets_allow_private() -> Result<bool, String> {
+    match optional_env(TARGETS_ALLOW_PRIVATE_ENV) {
+        None => Ok(false),
+        Some(value) => parse_flag(&value).ok_or_else(|| format!("{TARGETS_ALLOW_PRIVATE_ENV} must be true or false")),
+    }
+}
+
+fn parse_flag(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// The limits per organization, with `max_services` (`AUTODEPLOY_MAX_SERVICES`) when set.
+fn tenant_limits(max_services: Option<String>) -> Result<TenantLimits, String> {
+    let Some(value) = max_services else {
+        return Ok(TenantLimits::default());
+    };
+    match value.trim().parse::<u32>() {
+        Ok(services) if services >= 1 => Ok(TenantLimits {
+            services,
+            ..TenantLimits::default()
+        }),
+        _ => Err(format!(
+            "{MAX_SERVICES_ENV} must be a whole number from 1 to {}",
+            u32::MAX
+        )),
+    }
 }
 
 /// Everything a Lambda function's router needs, from the environment: the store, the queue
@@ -196,6 +244,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flags() {
+        assert_eq!(parse_flag(" TRUE "), Some(true));
+        assert_eq!(parse_flag("0"), Some(false));
+        assert_eq!(parse_flag("yes"), None);
+    }
+
+    #[test]
+    fn max_services_comes_from_the_environment() {
+        assert_eq!(tenant_limits(None), Ok(TenantLimits::default()));
+        let limits = tenant_limits(Some(" 250 ".to_owned())).map(|l| (l.services, l.services_per_key));
+        assert_eq!(limits, Ok((250, TenantLimits::default().services_per_key)));
+        for bad in ["0", "-1", "ten", "1.5", "4294967296"] {
+            let err = tenant_limits(Some(bad.to_owned())).err();
+            assert!(err.is_some_and(|e| e.starts_with(MAX_SERVICES_ENV)), "{bad}");
+        }
+    }
 
     fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
         move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())

@@ -27,7 +27,10 @@ use send::Sender;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
     Delivered,
-    Retried,
+    /// Tried again at `next_attempt_unix` (or later).
+    Retried {
+        next_attempt_unix: i64,
+    },
     Failed,
     /// The service has no target any more: left for pull consumers.
     Released,
@@ -48,7 +51,9 @@ impl Dispatcher {
         let delivery = match &end {
             AttemptEnd::Delivered => Delivery::Delivered,
             AttemptEnd::Failed { .. } => Delivery::Failed,
-            AttemptEnd::Retry { .. } => Delivery::Retried,
+            AttemptEnd::Retry { next_attempt_unix, .. } => Delivery::Retried {
+                next_attempt_unix: *next_attempt_unix,
+            },
             AttemptEnd::Release { .. } => Delivery::Released,
         };
         let request = &record.request;

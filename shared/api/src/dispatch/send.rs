@@ -98,7 +98,13 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(config: SenderConfig) -> Result<Sender, SenderError> {
-        let tls = tls_config(config.system_roots)?;
+        Sender::trusting(config, roots(config.system_roots))
+    }
+
+    /// A sender that trusts exactly `roots` (`config.system_roots` aside): a private CA's, for
+    /// an on-premises engine or a test's receiver.
+    pub fn trusting(config: SenderConfig, roots: rustls::RootCertStore) -> Result<Sender, SenderError> {
+        let tls = tls_config(roots)?;
         let mut http = HttpConnector::new_with_resolver(CheckedResolver {
             allow_private: config.allow_private,
         });
@@ -221,7 +227,8 @@ fn lower_first(text: &str) -> String {
     }
 }
 
-fn tls_config(system_roots: bool) -> Result<rustls::ClientConfig, SenderError> {
+/// The operating system's roots, or the compiled-in ones.
+fn roots(system_roots: bool) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     if system_roots {
         // Certificates that fail to load or parse are skipped, as OpenSSL does.
@@ -229,6 +236,10 @@ fn tls_config(system_roots: bool) -> Result<rustls::ClientConfig, SenderError> {
     } else {
         roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
     }
+    roots
+}
+
+fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, SenderError> {
     if roots.is_empty() {
         return Err(SenderError::NoRoots);
     }

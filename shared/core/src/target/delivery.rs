@@ -49,6 +49,30 @@ impl Default for RetryPolicy {
     }
 }
 
+/// A duration as the operator writes one (`AUTODEPLOY_MAX_DELIVERY_AGE`): `90`, `90s`, `30m`,
+/// `24h` or `2d`.
+pub fn parse_age(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => raw.split_at(at),
+        None => (raw, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration such as 3600, 90m or 24h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{raw:?}: the unit must be s, m, h or d")),
+    };
+    match number.checked_mul(seconds) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{raw:?} must be a positive duration")),
+    }
+}
+
 /// What one attempt observed, as the sender saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
@@ -529,6 +553,17 @@ mod tests {
             b"",
         ] {
             assert_eq!(response_message(other, &[]), None);
+        }
+    }
+
+    #[test]
+    fn operator_durations() {
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_age("2d"), Ok(Duration::from_secs(172_800)));
+        for refused in ["", "0", "1w", "h", "-1"] {
+            assert!(parse_age(refused).is_err(), "{refused}");
         }
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod address;
 pub mod delivery;
+pub mod fifo;
 pub mod request;
 pub mod signature;
 

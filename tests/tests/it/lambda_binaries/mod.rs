@@ -2,6 +2,7 @@
 //! events from a stand-in of the Lambda Runtime API, state on moto. The executables are the
 //! workspace's own (`autodeploy_tests::functions`).
 
+mod dispatcher;
 mod image_tag;
 mod push_webhook;
 mod relay;

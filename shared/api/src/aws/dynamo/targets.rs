@@ -1,24 +1,18 @@
 //! Deploy targets on the table (`pk=TARGET#{org}`, `sk={id}`; their secrets and tokens are
-//! protected by the table's encryption key), and the dispatcher's transitions of a
-//! deployment: conditional updates, so that a status only moves forward.
+//! protected by the table's encryption key). The dispatcher's transitions of a deployment are
+//! [`super::lifecycle`]'s.
 
 use async_trait::async_trait;
-use autodeploy_core::deployment::{DeploymentRecord, DeploymentStatus};
 use autodeploy_core::target::TargetSpec;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::ReturnValue;
 
 use super::{
-    CREATED_AT, DATA, DynamoStore, ETAG, EXPIRES_AT, Expr, FINISHED_RETENTION_SECS, GSI1SK, GSI2PK, GSI2SK, Index,
-    Item, LAST_ERROR, NEXT_ATTEMPT_AT, PK, STATUS, TARGET_ID, UPDATED_AT, deployment_from_item, deployments_of_service,
-    into_page, item_label, key, n, number_attr, org_pk, page_size, retry_conflicts, s, string_attr, unavailable,
+    CREATED_AT, DATA, DynamoStore, ETAG, Expr, Item, PK, TARGET_ID, UPDATED_AT, into_page, item_label, key, n,
+    number_attr, org_pk, page_size, s, string_attr, unavailable,
 };
-use crate::store::{
-    AttemptEnd, AttemptStart, Dispatching, Expected, Page, Refusal, StoreError, StoreResult, StoredTarget, TargetStore,
-};
-use crate::util::{now_rfc3339, now_unix, unix_rfc3339};
+use crate::store::{Expected, Page, Refusal, StoreError, StoreResult, StoredTarget, TargetStore};
 
 const VERSION: &str = "version";
-const ATTEMPTS: &str = super::ATTEMPTS;
 
 fn target_pk(org: &str) -> String {
     format!("TARGET#{org}")
@@ -150,204 +144,5 @@ impl TargetStore for DynamoStore {
             .await
             .map_err(|e| unavailable("delete_target", &e))?;
         Ok(Ok(out.attributes.is_some_and(|a| !a.is_empty())))
-    }
-}
-
-impl DynamoStore {
-    /// Move deployment `id` from one of `from` to `to`, with `extra` SET clauses; `None` when
-    /// its status was not one of `from` (nothing written).
-    async fn transition(
-        &self,
-        (org, id): (&str, &str),
-        from: &[DeploymentStatus],
-        to: DeploymentStatus,
-        mut e: Expr,
-        extra: &[String],
-    ) -> StoreResult<Option<DeploymentRecord>> {
-        let mut set = vec![
-            format!("{} = {}", e.name(STATUS), e.value("to", s(to.as_str()))),
-            format!("{} = {}", e.name(UPDATED_AT), e.value("now", s(now_rfc3339()))),
-        ];
-        set.extend(extra.iter().cloned());
-        if to.is_final() {
-            set.push(format!(
-                "{} = {}",
-                e.name(EXPIRES_AT),
-                e.value("expires", n(now_unix() + FINISHED_RETENTION_SECS))
-            ));
-        }
-        let mut update = format!("SET {}", set.join(", "));
-        if to != DeploymentStatus::Pending {
-            // Only pending deployments are on the relay's index.
-            update.push_str(&format!(" REMOVE {}, {}", e.name(GSI2PK), e.name(GSI2SK)));
-        }
-        let allowed: Vec<String> = from
-            .iter()
-            .enumerate()
-            .map(|(i, status)| e.value(&format!("from{i}"), s(status.as_str())))
-            .collect();
-        let condition = format!("{} IN ({})", e.name(STATUS), allowed.join(", "));
-        let item_key = key(org_pk(org), format!("DEPLOYMENT#{id}"));
-        let result = retry_conflicts(|| {
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(item_key.clone()))
-                .update_expression(&update)
-                .condition_expression(&condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .return_values(ReturnValue::AllNew)
-                .send()
-        })
-        .await;
-        match result {
-            Ok(out) => deployment_from_item(&out.attributes.unwrap_or_default()).map(Some),
-            Err(err) if conditional_failure(&err) => Ok(None),
-            Err(err) => Err(unavailable("transition", &err)),
-        }
-    }
-
-    /// What became of deployment `id` when a conditional start found it no longer waiting
-    /// (another attempt took it since it was read): its status now.
-    async fn taken_meanwhile(&self, org: &str, id: &str) -> StoreResult<AttemptStart> {
-        let item = self
-            .get_item(key(org_pk(org), format!("DEPLOYMENT#{id}")), "begin_attempt")
-            .await?;
-        match item {
-            Some(item) => Ok(AttemptStart::NotWaiting(deployment_from_item(&item)?.status)),
-            None => Ok(AttemptStart::NotFound),
-        }
-    }
-
-    /// Supersede each of `ids` still waiting (one that is not is left as it is).
-    async fn supersede(&self, org: &str, ids: impl IntoIterator<Item = String>) -> StoreResult<()> {
-        for id in ids {
-            self.transition((org, &id), &WAITING, DeploymentStatus::Superseded, Expr::default(), &[])
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Latest wins once an engine reported on `id`: the deployments of `service` still waiting
-    /// that are older than it are never delivered.
-    pub(super) async fn supersede_older(&self, org: &str, service: &str, id: &str) -> StoreResult<()> {
-        let waiting = self.other_waiting(org, service, id).await?;
-        self.supersede(
-            org,
-            waiting.into_iter().filter(|(_, newer)| !newer).map(|(older, _)| older),
-        )
-        .await
-    }
-
-    /// The service's deployments still waiting, other than `id`: `(id, newer than id)`.
-    async fn other_waiting(&self, org: &str, service: &str, id: &str) -> StoreResult<Vec<(String, bool)>> {
-        let query = self.index_query(Index::Gsi1, deployments_of_service(org, service), true);
-        let items = self.collect(query, None, "begin_attempt").await?;
-        let mut waiting = Vec::new();
-        for item in &items {
-            let other = string_attr(item, GSI1SK)?;
-            let status = string_attr(item, STATUS)?;
-            let is_waiting = DeploymentStatus::parse(&status).is_some_and(DeploymentStatus::is_waiting);
-            if other != id && is_waiting {
-                let newer = other.as_str() > id;
-                waiting.push((other, newer));
-            }
-        }
-        Ok(waiting)
-    }
-}
-
-const WAITING: [DeploymentStatus; 2] = [DeploymentStatus::Queued, DeploymentStatus::Pending];
-
-#[async_trait]
-impl Dispatching for DynamoStore {
-    async fn begin_attempt(&self, org: &str, id: &str) -> StoreResult<AttemptStart> {
-        let Some(item) = self
-            .get_item(key(org_pk(org), format!("DEPLOYMENT#{id}")), "begin_attempt")
-            .await?
-        else {
-            return Ok(AttemptStart::NotFound);
-        };
-        let current = deployment_from_item(&item)?;
-        if !current.status.is_waiting() {
-            return Ok(AttemptStart::NotWaiting(current.status));
-        }
-        let others = self.other_waiting(org, &current.request.service_id, id).await?;
-        if others.iter().any(|(_, newer)| *newer) {
-            return match self
-                .transition((org, id), &WAITING, DeploymentStatus::Superseded, Expr::default(), &[])
-                .await?
-            {
-                Some(_) => Ok(AttemptStart::Superseded),
-                None => self.taken_meanwhile(org, id).await,
-            };
-        }
-        let mut e = Expr::default();
-        let counted = format!(
-            "{attempts} = if_not_exists({attempts}, {}) + {}",
-            e.value("zero", n(0)),
-            e.value("one", n(1)),
-            attempts = e.name(ATTEMPTS)
-        );
-        let cleared = format!(
-            "{} = {}",
-            e.name(NEXT_ATTEMPT_AT),
-            e.value("none", AttributeValue::Null(true))
-        );
-        let Some(started) = self
-            .transition(
-                (org, id),
-                &WAITING,
-                DeploymentStatus::InProgress,
-                e,
-                &[counted, cleared],
-            )
-            .await?
-        else {
-            return self.taken_meanwhile(org, id).await;
-        };
-        // Latest wins: the older waiting deployments of the service are never delivered.
-        self.supersede(org, others.into_iter().map(|(older, _)| older)).await?;
-        Ok(AttemptStart::Started(Box::new(started)))
-    }
-
-    async fn end_attempt(&self, org: &str, id: &str, end: &AttemptEnd) -> StoreResult<()> {
-        let mut e = Expr::default();
-        let (to, extra) = match end {
-            AttemptEnd::Delivered => (
-                DeploymentStatus::Delivered,
-                vec![format!(
-                    "{} = {}",
-                    e.name(LAST_ERROR),
-                    e.value("none", AttributeValue::Null(true))
-                )],
-            ),
-            AttemptEnd::Failed { error } => (
-                DeploymentStatus::Failed,
-                vec![format!("{} = {}", e.name(LAST_ERROR), e.value("error", s(error)))],
-            ),
-            AttemptEnd::Retry {
-                error,
-                next_attempt_unix,
-            } => (
-                DeploymentStatus::Queued,
-                vec![
-                    format!("{} = {}", e.name(LAST_ERROR), e.value("error", s(error))),
-                    format!(
-                        "{} = {}",
-                        e.name(NEXT_ATTEMPT_AT),
-                        e.value("next", s(unix_rfc3339(*next_attempt_unix)))
-                    ),
-                ],
-            ),
-            AttemptEnd::Release { note } => (
-                DeploymentStatus::Queued,
-                vec![format!("{} = {}", e.name(LAST_ERROR), e.value("error", s(note)))],
-            ),
-        };
-        self.transition((org, id), &[DeploymentStatus::InProgress], to, e, &extra)
-            .await?;
-        Ok(())
     }
 }

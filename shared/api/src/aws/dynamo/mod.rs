@@ -1,7 +1,9 @@
 //! The store on one DynamoDB table, laid out as the comment above `Table` in
-//! `infra/template.yaml` fixes: every organization's records share the partition `ORG#{org}`,
-//! `gsi1` finds services by repository and deployments by service, `gsi2` services by image
-//! path and deployments still pending. Nothing here ever scans.
+//! `infra/template.yaml` fixes: an organization's services, deployments and push marks share
+//! the partition `ORG#{org}`, its webhook secrets `SECRET#{org}` and its tokens `TOKEN#{org}`
+//! (so that IAM's `dynamodb:LeadingKeys` can keep the internet-facing functions from writing
+//! credentials); `gsi1` finds services by repository and deployments by service, `gsi2`
+//! services by image path and deployments still pending. Nothing here ever scans.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -20,6 +22,11 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
+
+mod lifecycle;
+mod record;
+
+pub use lifecycle::{STALE_ATTEMPT_SECS, Transition};
 
 use super::describe_sdk_error;
 use crate::store::{
@@ -66,6 +73,8 @@ const SCOPES: &str = "scopes";
 const HASH: &str = "hash";
 const CREATED_AT: &str = "created_at";
 const TARGET_ID: &str = "target_id";
+/// A counter's value (services under a key, rejected deliveries in a minute).
+const COUNT: &str = "count";
 
 const PENDING: &str = "PENDING";
 /// How long a queued deployment stays in the log before TTL removes it.
@@ -80,15 +89,8 @@ const MAX_PENDING_LOOKUP: usize = 1000;
 const MAX_INDEX_VALUE: usize = 1024;
 /// Delivery ids come from request headers; longer ones are hashed into the key.
 const MAX_DELIVERY_ID: usize = autodeploy_core::push::MAX_DELIVERY_ID;
-/// Services of one request recorded at once: enough to keep a push that matches a thousand
-/// services well inside a provider's 10 s, few enough not to flood the table or open more
-/// connections than a small function can afford to handshake.
-const RECORD_CONCURRENCY: usize = 32;
-/// Attempts of a write that lost a race against a concurrent transaction.
+/// Attempts of a write that lost a race against a concurrent transaction (or was throttled).
 const CONFLICT_ATTEMPTS: u32 = 4;
-/// Deployments marked `QUEUED` at once: as many as the pipeline records at once, so marking a
-/// push's deployments reuses the connections recording them opened.
-const MARK_CONCURRENCY: usize = RECORD_CONCURRENCY;
 
 /// The DynamoDB implementation of [`Store`].
 #[derive(Clone, Debug)]
@@ -110,14 +112,21 @@ impl DynamoStore {
     }
 
     /// The query's items, following DynamoDB's pages until `want` items are in hand (all of
-    /// them when `None`): a page may come back short because of its 1 MB cap.
+    /// them when `None`): a page may come back short because of its 1 MB cap, or of a filter.
     async fn collect(&self, base: QueryFluentBuilder, want: Option<usize>, op: &str) -> StoreResult<Vec<Item>> {
         let mut items: Vec<Item> = Vec::new();
         let mut start = base.get_exclusive_start_key().clone();
+        // DynamoDB's limit counts the items read, before the filter: a filtered query reads
+        // full pages, so that finding a few rare items does not take one round trip each.
+        let filtered = base.get_filter_expression().is_some();
         loop {
             let mut query = base.clone().set_exclusive_start_key(start.take());
             if let Some(want) = want {
-                let remaining = want.saturating_sub(items.len()).clamp(1, MAX_PAGE);
+                let remaining = if filtered {
+                    MAX_PAGE
+                } else {
+                    want.saturating_sub(items.len()).clamp(1, MAX_PAGE)
+                };
                 query = query.limit(i32::try_from(remaining).unwrap_or(i32::MAX));
             }
             let out = query.send().await.map_err(|e| unavailable(op, &e))?;
@@ -133,18 +142,18 @@ impl DynamoStore {
         Ok(items)
     }
 
-    /// A query on the organization's partition over the records whose sort key starts with
-    /// `prefix`, after `after` (an id), in `forward` order.
-    fn partition_query(&self, org: &str, prefix: &str, after: Option<&str>, forward: bool) -> QueryFluentBuilder {
+    /// A query on partition `pk` over the records whose sort key starts with `prefix`, after
+    /// `after` (an id), in `forward` order.
+    fn partition_query(&self, pk: String, prefix: &str, after: Option<&str>, forward: bool) -> QueryFluentBuilder {
         let mut e = Expr::default();
         let condition = format!(
             "{} = {} AND begins_with({}, {})",
             e.name(PK),
-            e.value("pk", s(org_pk(org))),
+            e.value("pk", s(&pk)),
             e.name(SK),
             e.value("prefix", s(prefix))
         );
-        let start = after.map(|id| key(org_pk(org), format!("{prefix}{id}")));
+        let start = after.map(|id| key(pk, format!("{prefix}{id}")));
         self.client
             .query()
             .table_name(&self.table)
@@ -192,39 +201,81 @@ impl DynamoStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(actions.clone()))
-                .send()
-                .await;
-            let err = match result {
-                Ok(_) => return Ok(Ok(())),
-                Err(err) => err,
-            };
-            let reasons: Vec<Option<String>> = match err.as_service_error() {
-                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
-                    .cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code().map(str::to_owned))
-                    .collect(),
-                _ => return Err(unavailable(op, &err)),
-            };
-            let codes: Vec<Option<&str>> = reasons.iter().map(Option::as_deref).collect();
-            match classify_cancellation(&codes) {
-                Cancellation::ConditionFailed(index) => return Ok(Err(index)),
-                Cancellation::Conflict if attempt < CONFLICT_ATTEMPTS => backoff(attempt).await,
-                Cancellation::Conflict => {
-                    return Err(StoreError::Unavailable(format!(
-                        "{op}: the transaction kept conflicting with concurrent writes"
-                    )));
-                }
-                Cancellation::Other(reason) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "{op}: transaction cancelled: {reason}"
-                    )));
-                }
+            match self.transact_once(actions.clone(), op).await? {
+                Attempt::Written => return Ok(Ok(())),
+                Attempt::ConditionsFailed(failed) => return Ok(Err(failed.first().copied().unwrap_or(0))),
+                Attempt::Retryable(_) if attempt < CONFLICT_ATTEMPTS => backoff(attempt).await,
+                Attempt::Retryable(reason) => return Err(kept_failing(op, &reason)),
             }
+        }
+    }
+
+    /// One TransactWriteItems. Its client request token makes the SDK's own retries of it
+    /// idempotent: a retry after a lost answer finds it written rather than failing its
+    /// conditions on its own writes.
+    async fn transact_once(&self, actions: Vec<TransactWriteItem>, op: &str) -> StoreResult<Attempt> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .client_request_token(uuid::Uuid::new_v4().to_string())
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Ok(Attempt::Written),
+            Err(err) => err,
+        };
+        let reasons: Vec<Option<String>> = match err.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => cancelled
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code().map(str::to_owned))
+                .collect(),
+            _ => return Err(unavailable(op, &err)),
+        };
+        let codes: Vec<Option<&str>> = reasons.iter().map(Option::as_deref).collect();
+        match classify_cancellation(&codes) {
+            Cancellation::ConditionsFailed(failed) => Ok(Attempt::ConditionsFailed(failed)),
+            Cancellation::Retryable(reason) => Ok(Attempt::Retryable(reason)),
+            Cancellation::Other(reason) => Err(StoreError::Unavailable(format!(
+                "{op}: transaction cancelled: {reason}"
+            ))),
+        }
+    }
+
+    /// Update the item at `key` if `condition` holds: the item as it then is, or `None` when
+    /// the condition failed.
+    async fn update_if(
+        &self,
+        key: Item,
+        update: &str,
+        condition: &str,
+        e: &Expr,
+        op: &str,
+    ) -> StoreResult<Option<Item>> {
+        let written = retry_conflicts(|| {
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key.clone()))
+                .update_expression(update)
+                .condition_expression(condition)
+                .set_expression_attribute_names(e.names())
+                .set_expression_attribute_values(e.values())
+                .return_values(ReturnValue::AllNew)
+                .send()
+        })
+        .await;
+        match written {
+            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(unavailable(op, &err)),
         }
     }
 
@@ -256,12 +307,18 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().delete(delete).build())
     }
 
-    fn update_action(&self, key: Item, update: String, condition: String, e: Expr) -> StoreResult<TransactWriteItem> {
+    fn update_action(
+        &self,
+        key: Item,
+        update: String,
+        condition: Option<String>,
+        e: Expr,
+    ) -> StoreResult<TransactWriteItem> {
         let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(key))
             .update_expression(update)
-            .condition_expression(condition)
+            .set_condition_expression(condition)
             .set_expression_attribute_names(e.names())
             .set_expression_attribute_values(e.values())
             .build()
@@ -269,44 +326,19 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().update(update).build())
     }
 
-    async fn mark_one_queued(&self, org: &str, id: &str, expires_at: i64) -> StoreResult<()> {
+    /// Add `delta` to the counter at `key`; with `below`, only while the counter is below it
+    /// (an absent counter counts 0).
+    fn count_action(&self, key: Item, delta: i64, below: Option<u32>) -> StoreResult<TransactWriteItem> {
         let mut e = Expr::default();
-        let update = format!(
-            "SET {} = {}, {} = {}, {} = {} REMOVE {}, {}",
-            e.name(STATUS),
-            e.value("queued", s(DeploymentStatus::Queued.as_str())),
-            e.name(EXPIRES_AT),
-            e.value("expires", n(expires_at)),
-            e.name(UPDATED_AT),
-            e.value("now", s(crate::util::now_rfc3339())),
-            e.name(GSI2PK),
-            e.name(GSI2SK)
-        );
-        let condition = format!("attribute_exists({})", e.name(PK));
-        let result = retry_conflicts(|| {
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key(org_pk(org), format!("DEPLOYMENT#{id}"))))
-                .update_expression(&update)
-                .condition_expression(&condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .send()
-        })
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            // Unknown ids (never recorded, or long expired) have nothing left to mark.
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(err) => Err(unavailable("mark_queued", &err)),
-        }
+        let update = format!("ADD {} {}", e.name(COUNT), e.value("delta", n(delta)));
+        let condition = below.map(|limit| {
+            format!(
+                "attribute_not_exists({count}) OR {count} < {}",
+                e.value("limit", n(i64::from(limit))),
+                count = e.name(COUNT)
+            )
+        });
+        self.update_action(key, update, condition, e)
     }
 }
 
@@ -317,36 +349,48 @@ impl ServiceStore for DynamoStore {
         service: &Service,
         etag: &str,
         expected: Expected,
-        _limits: TenantLimits,
+        limits: TenantLimits,
     ) -> StoreResult<()> {
+        let org = &service.organization_id;
+        // What the service is counted under now: nothing when it is created.
+        let (before, condition_on) = match &expected {
+            Expected::Absent => (Vec::new(), None),
+            Expected::Etag(tag) => {
+                let Some(item) = self.get_item(service_key(org, &service.id), "put_service").await? else {
+                    return Err(StoreError::PreconditionFailed);
+                };
+                if string_attr(&item, ETAG)? != *tag {
+                    return Err(StoreError::PreconditionFailed);
+                }
+                (counted_keys(&item)?, Some(tag.as_str()))
+            }
+        };
         let mut e = Expr::default();
         let update = service_update(service, etag, &mut e)?;
-        let condition = match &expected {
-            Expected::Absent => format!("attribute_not_exists({})", e.name(PK)),
-            Expected::Etag(tag) => format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))),
+        // Replacing on the etag read above also pins the keys it is counted under.
+        let condition = match condition_on {
+            None => format!("attribute_not_exists({})", e.name(PK)),
+            Some(tag) => format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))),
         };
-        let result = retry_conflicts(|| {
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(service_key(&service.organization_id, &service.id)))
-                .update_expression(&update)
-                .condition_expression(&condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .send()
-        })
-        .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::PreconditionFailed)
-            }
-            Err(err) => Err(unavailable("put_service", &err)),
+        let mut actions = vec![self.update_action(service_key(org, &service.id), update, Some(condition), e)?];
+        // Why each action's condition may fail, in the actions' order.
+        let mut refusals = vec![StoreError::PreconditionFailed];
+        if expected == Expected::Absent {
+            actions.push(self.count_action(services_counter(org), 1, Some(limits.services))?);
+            refusals.push(limits.too_many_services());
+        }
+        let after = service_keys(service);
+        for counter in before.iter().filter(|c| !after.iter().any(|(a, _)| a == *c)) {
+            actions.push(self.count_action(key_counter(counter), -1, None)?);
+            refusals.push(StoreError::PreconditionFailed);
+        }
+        for (counter, shown) in after.iter().filter(|(a, _)| !before.contains(a)) {
+            actions.push(self.count_action(key_counter(counter), 1, Some(limits.services_per_key))?);
+            refusals.push(limits.too_many_on_key(shown));
+        }
+        match self.transact(actions, "put_service").await? {
+            Ok(()) => Ok(()),
+            Err(index) => Err(refusals.get(index).cloned().unwrap_or(StoreError::PreconditionFailed)),
         }
     }
 
@@ -359,39 +403,45 @@ impl ServiceStore for DynamoStore {
 
     async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>> {
         let limit = page_size(limit);
-        let query = self.partition_query(org, "SERVICE#", after, true);
+        let query = self.partition_query(org_pk(org), "SERVICE#", after, true);
         let items = self.collect(query, Some(limit + 1), "list_services").await?;
         into_page(items, limit, service_from_item, |s| s.service.id.clone())
     }
 
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {
-        let mut e = Expr::default();
-        // With an expected etag an absent service fails the condition too, as `If-Match` on
-        // a missing resource does (and as the SQLite store answers).
-        let condition = expected.map(|tag| format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))));
-        let result = retry_conflicts(|| {
-            self.client
-                .delete_item()
-                .table_name(&self.table)
-                .set_key(Some(service_key(org, id)))
-                .set_condition_expression(condition.clone())
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .return_values(ReturnValue::AllOld)
-                .send()
-        })
-        .await;
-        match result {
-            Ok(out) => Ok(out.attributes.is_some_and(|a| !a.is_empty())),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::PreconditionFailed)
+        // The counters to decrease are known from the item; if it changes between the read and
+        // the delete (a concurrent PUT), read again.
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let Some(item) = self.get_item(service_key(org, id), "delete_service").await? else {
+                // With an expected etag an absent service fails the condition too, as
+                // `If-Match` on a missing resource does (and as the SQLite store answers).
+                return match expected {
+                    Some(_) => Err(StoreError::PreconditionFailed),
+                    None => Ok(false),
+                };
+            };
+            let current = string_attr(&item, ETAG)?;
+            if expected.is_some_and(|tag| tag != current) {
+                return Err(StoreError::PreconditionFailed);
             }
-            Err(err) => Err(unavailable("delete_service", &err)),
+            let mut e = Expr::default();
+            let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(&current)));
+            let mut actions = vec![
+                self.delete_action(service_key(org, id), Some((condition, e)))?,
+                self.count_action(services_counter(org), -1, None)?,
+            ];
+            for counter in counted_keys(&item)? {
+                actions.push(self.count_action(key_counter(&counter), -1, None)?);
+            }
+            match self.transact(actions, "delete_service").await? {
+                Ok(()) => return Ok(true),
+                Err(_) if expected.is_some() => return Err(StoreError::PreconditionFailed),
+                Err(_) => {}
+            }
         }
+        Err(StoreError::Unavailable(
+            "delete_service: the service kept changing during its deletion".to_owned(),
+        ))
     }
 
     async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>> {
@@ -450,7 +500,7 @@ impl SecretStore for DynamoStore {
 #[async_trait]
 impl TokenStore for DynamoStore {
     async fn create_token(&self, token: &TokenRecord) -> StoreResult<()> {
-        let mut record = key(org_pk(&token.organization_id), format!("TOKEN#{}", token.id));
+        let mut record = token_key(&token.organization_id, &token.id);
         record.extend(token_attributes(token));
         let mut lookup = token_hash_key(&token.hash);
         lookup.extend(token_attributes(token));
@@ -469,24 +519,24 @@ impl TokenStore for DynamoStore {
 
     async fn list_tokens(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<TokenRecord>> {
         let limit = page_size(limit);
-        let query = self.partition_query(org, "TOKEN#", after, true);
+        let query = self.partition_query(token_pk(org), "TOKEN#", after, true);
         let items = self.collect(query, Some(limit + 1), "list_tokens").await?;
         into_page(items, limit, token_from_item, |t| t.id.clone())
     }
 
     async fn delete_token(&self, org: &str, id: &str) -> StoreResult<bool> {
-        let token_key = key(org_pk(org), format!("TOKEN#{id}"));
+        let record = token_key(org, id);
         // The hash is only known from the token item; if that changes between the read and
         // the delete (a concurrent delete and re-create), read again.
         for _ in 0..CONFLICT_ATTEMPTS {
-            let Some(item) = self.get_item(token_key.clone(), "delete_token").await? else {
+            let Some(item) = self.get_item(record.clone(), "delete_token").await? else {
                 return Ok(false);
             };
             let hash = string_attr(&item, HASH)?;
             let mut e = Expr::default();
             let condition = format!("{} = {}", e.name(HASH), e.value("hash", s(&hash)));
             let actions = vec![
-                self.delete_action(token_key.clone(), Some((condition, e)))?,
+                self.delete_action(record.clone(), Some((condition, e)))?,
                 self.delete_action(token_hash_key(&hash), None)?,
             ];
             if self.transact(actions, "delete_token").await?.is_ok() {
@@ -506,116 +556,6 @@ impl TokenStore for DynamoStore {
     }
 }
 
-impl DynamoStore {
-    /// The deployment's item, `PENDING` until the queue takes it.
-    fn deployment_put(&self, request: &DeploymentRequest) -> StoreResult<TransactWriteItem> {
-        let org = &request.organization_id;
-        let data = serde_json::to_string(request)
-            .map_err(|e| StoreError::Unavailable(format!("record_deployment: encoding the request: {e}")))?;
-        let id = &request.deployment_id;
-        let mut item = key(org_pk(org), format!("DEPLOYMENT#{id}"));
-        item.insert(GSI1PK.to_owned(), s(deployments_of_service(org, &request.service_id)));
-        item.insert(GSI1SK.to_owned(), s(id));
-        item.insert(GSI2PK.to_owned(), s(PENDING));
-        item.insert(GSI2SK.to_owned(), s(id));
-        item.insert(DATA.to_owned(), s(data));
-        item.insert(STATUS.to_owned(), s(DeploymentStatus::Pending.as_str()));
-        item.insert(UPDATED_AT.to_owned(), s(&request.requested_at));
-        let mut e = Expr::default();
-        let condition = format!("attribute_not_exists({})", e.name(PK));
-        self.put_action(item, Some((condition, e)))
-    }
-
-    /// The push's mark on the service, remembered for the replay rule until it expires;
-    /// with `fresh`, only when the service has not queued that mark within its retention.
-    fn push_mark_put(&self, org: &str, service_id: &str, mark: &str, fresh: bool) -> StoreResult<TransactWriteItem> {
-        let now = crate::util::now_unix();
-        let mut item = key(org_pk(org), format!("PUSHMARK#{service_id}#{mark}"));
-        item.insert(EXPIRES_AT.to_owned(), n(now + PUSH_MARK_RETENTION_SECS));
-        if !fresh {
-            return self.put_action(item, None);
-        }
-        let mut e = Expr::default();
-        // TTL deletes expired items lazily: an expired mark may still be there.
-        let condition = format!(
-            "attribute_not_exists({}) OR {} < {}",
-            e.name(PK),
-            e.name(EXPIRES_AT),
-            e.value("now", n(now))
-        );
-        self.put_action(item, Some((condition, e)))
-    }
-
-    /// Record one deployment with its guard: one transaction, or two for a push whose mark the
-    /// service queued before (the second admits it only as a re-apply: its `before` is the
-    /// service's current commit).
-    async fn record_one(&self, candidate: &Candidate) -> StoreResult<RecordOutcome> {
-        let request = &candidate.request;
-        let org = &request.organization_id;
-        match &candidate.guard {
-            Guard::Push { mark, before } => {
-                let after = mark.split_once("..").map_or("", |(_, after)| after);
-                let service_update = |reapply: bool| -> StoreResult<TransactWriteItem> {
-                    let mut e = Expr::default();
-                    let update = format!(
-                        "SET {} = {}, {} = {}",
-                        e.name(LAST_PUSH),
-                        e.value("mark", s(mark)),
-                        e.name(CURRENT_COMMIT),
-                        e.value("after", s(after))
-                    );
-                    let mut condition = format!("attribute_exists({})", e.name(PK));
-                    if reapply {
-                        condition.push_str(&format!(
-                            " AND {} = {}",
-                            e.name(CURRENT_COMMIT),
-                            e.value("before", s(before))
-                        ));
-                    }
-                    self.update_action(service_key(org, &request.service_id), update, condition, e)
-                };
-                let fresh = vec![
-                    service_update(false)?,
-                    self.push_mark_put(org, &request.service_id, mark, true)?,
-                    self.deployment_put(request)?,
-                ];
-                match self.transact(fresh, "record_deployment").await? {
-                    Ok(()) => return Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
-                    Err(0) => return Ok(RecordOutcome::GuardFailed),
-                    Err(1) => {}
-                    Err(_) => return Err(StoreError::PreconditionFailed),
-                }
-                let reapply = vec![
-                    service_update(true)?,
-                    self.push_mark_put(org, &request.service_id, mark, false)?,
-                    self.deployment_put(request)?,
-                ];
-                match self.transact(reapply, "record_deployment").await? {
-                    Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
-                    Err(0) => Ok(RecordOutcome::GuardFailed),
-                    Err(_) => Err(StoreError::PreconditionFailed),
-                }
-            }
-            Guard::ServiceUnchanged { expected, updated } => {
-                let mut e = Expr::default();
-                let update = service_update(&updated.service, &updated.etag, &mut e)?;
-                let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(expected)));
-                let service = &updated.service;
-                let actions = vec![
-                    self.update_action(service_key(&service.organization_id, &service.id), update, condition, e)?,
-                    self.deployment_put(request)?,
-                ];
-                match self.transact(actions, "record_deployment").await? {
-                    Ok(()) => Ok(RecordOutcome::Recorded(DeploymentStatus::Pending)),
-                    Err(0) => Ok(RecordOutcome::GuardFailed),
-                    // A deployment with this id exists already: ids are never reused.
-                    Err(_) => Err(StoreError::PreconditionFailed),
-                }
-            }
-        }
-    }
-}
-
 #[async_trait]
 impl DeploymentLog for DynamoStore {
     async fn record_deployments(
@@ -625,12 +565,7 @@ impl DeploymentLog for DynamoStore {
         delivery: Option<&DeliveryKey>,
         history: Option<&HistoryDraft>,
     ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
-        // The futures are built before the stream so that the trait's future stays `Send`.
-        let records: Vec<_> = candidates.iter().map(|c| self.record_one(c)).collect();
-        let outcomes: Vec<StoreResult<RecordOutcome>> = futures::stream::iter(records)
-            .buffered(RECORD_CONCURRENCY)
-            .collect()
-            .await;
+        let outcomes = self.record_all(candidates).await;
         // The history is one more item, written once the transactions have decided: DynamoDB
         // cannot write it in the same transaction as every service's.
         if let Some(draft) = history {
@@ -657,7 +592,7 @@ impl DeploymentLog for DynamoStore {
     }
 
     async fn get_deployment(&self, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>> {
-        self.get_item(key(org_pk(org), format!("DEPLOYMENT#{id}")), "get_deployment")
+        self.get_item(deployment_key(org, id), "get_deployment")
             .await?
             .as_ref()
             .map(deployment_from_item)
@@ -673,12 +608,12 @@ impl DeploymentLog for DynamoStore {
     ) -> StoreResult<Page<DeploymentRecord>> {
         let limit = page_size(limit);
         let mut query = match &filter.service_id {
-            None => self.partition_query(org, "DEPLOYMENT#", after, false),
+            None => self.partition_query(org_pk(org), "DEPLOYMENT#", after, false),
             Some(service) => {
                 let index_value = deployments_of_service(org, service);
                 // A start key on an index names the table key and the index key.
                 let start = after.map(|id| {
-                    let mut start = key(org_pk(org), format!("DEPLOYMENT#{id}"));
+                    let mut start = deployment_key(org, id);
                     start.insert(GSI1PK.to_owned(), s(&index_value));
                     start.insert(GSI1SK.to_owned(), s(id));
                     start
@@ -775,26 +710,16 @@ impl DeploymentLog for DynamoStore {
         id: &str,
         result: &DeploymentResult,
     ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
-        let now = crate::util::now_unix();
         let report = serde_json::to_string(result)
             .map_err(|e| StoreError::Unavailable(format!("report_result: encoding the result: {e}")))?;
         let report_key = result_key(result);
         let mut e = Expr::default();
-        let update = format!(
-            "SET {} = {}, {} = {}, {} = {}, {} = {}, {} = {} REMOVE {}, {}, {}",
-            e.name(STATUS),
-            e.value("delivered", s(DeploymentStatus::Delivered.as_str())),
-            e.name(RESULT),
-            e.value("result", s(report)),
-            e.name(RESULT_KEY),
-            e.value("key", s(&report_key)),
-            e.name(UPDATED_AT),
-            e.value("now", s(crate::util::now_rfc3339())),
-            e.name(EXPIRES_AT),
-            e.value("expires", n(now + FINISHED_RETENTION_SECS)),
-            e.name(NEXT_ATTEMPT_AT),
-            e.name(GSI2PK),
-            e.name(GSI2SK)
+        let update = lifecycle::status_update(
+            &mut e,
+            DeploymentStatus::Delivered,
+            vec![(RESULT, s(report)), (RESULT_KEY, s(&report_key))],
+            &[NEXT_ATTEMPT_AT],
+            false,
         );
         let condition = format!(
             "attribute_exists({}) AND attribute_not_exists({}) AND {} IN ({}, {}, {})",
@@ -805,34 +730,16 @@ impl DeploymentLog for DynamoStore {
             e.value("in_progress", s(DeploymentStatus::InProgress.as_str())),
             e.value("delivered_before", s(DeploymentStatus::Delivered.as_str()))
         );
-        let item_key = key(org_pk(org), format!("DEPLOYMENT#{id}"));
-        let written = retry_conflicts(|| {
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(item_key.clone()))
-                .update_expression(&update)
-                .condition_expression(&condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .return_values(ReturnValue::AllNew)
-                .send()
-        })
-        .await;
-        match written {
-            Ok(out) => {
-                let item = out.attributes.unwrap_or_default();
-                let record = deployment_from_item(&item)?;
-                // The engine took this deployment: the older ones of its service are never
-                // delivered.
-                self.supersede_older(org, &record.request.service_id, id).await?;
-                return Ok(Ok(record));
-            }
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
-            Err(err) => return Err(unavailable("report_result", &err)),
+        let item_key = deployment_key(org, id);
+        let written = self
+            .update_if(item_key.clone(), &update, &condition, &e, "report_result")
+            .await?;
+        if let Some(item) = written {
+            let record = deployment_from_item(&item)?;
+            // The engine took this deployment: the older ones of its service are never
+            // delivered.
+            self.supersede_older(org, &record.request.service_id, id).await?;
+            return Ok(Ok(record));
         }
         // Why the condition failed: read what is there.
         let Some(item) = self.get_item(item_key, "report_result").await? else {
@@ -856,17 +763,7 @@ impl DeploymentLog for DynamoStore {
     }
 
     async fn mark_queued(&self, org: &str, deployment_ids: &[String]) -> StoreResult<()> {
-        let expires_at = time::OffsetDateTime::now_utc().unix_timestamp() + QUEUED_RETENTION_SECS;
-        // The futures are built before the stream so that the trait's future stays `Send`.
-        let updates: Vec<_> = deployment_ids
-            .iter()
-            .map(|id| self.mark_one_queued(org, id, expires_at))
-            .collect();
-        futures::stream::iter(updates)
-            .buffer_unordered(MARK_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        Ok(())
+        self.mark_all_queued(org, deployment_ids).await
     }
 }
 
@@ -904,7 +801,6 @@ fn delivery_log_pk(org: &str) -> String {
 
 const SOURCE: &str = "source";
 const OUTCOME: &str = "outcome";
-const COUNT: &str = "count";
 
 impl DynamoStore {
     /// Count one more rejected delivery of `org` in the minute it was received (the minute of
@@ -1159,31 +1055,58 @@ fn service_update(service: &Service, etag: &str, e: &mut Expr) -> StoreResult<St
 /// `None` / `"None"` for actions that were fine).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Cancellation {
-    /// The condition of the action at this index did not hold: a definite answer, so it wins
-    /// over any other reason.
-    ConditionFailed(usize),
-    /// Another transaction held one of the items (`TransactionConflict`). Nothing was
-    /// written and the conditions were never decided, so the write is retried; real DynamoDB
-    /// does this under contention (identical webhooks arriving together), moto never does.
-    Conflict,
-    /// Anything else (throttling, validation): not retried here, the SDK already retried
-    /// what it could.
+    /// The conditions of the actions at these indexes did not hold: a definite answer, so it
+    /// wins over any other reason.
+    ConditionsFailed(Vec<usize>),
+    /// Another transaction held one of the items (`TransactionConflict`), or the partition was
+    /// throttled (`ThrottlingError`). Nothing was written and the conditions were never
+    /// decided, so the write is retried; real DynamoDB does this under contention (identical
+    /// webhooks arriving together) and on hot partitions, moto never does.
+    Retryable(String),
+    /// Anything else (validation, capacity): not retried here, the SDK already retried what it
+    /// could.
     Other(String),
 }
 
 fn classify_cancellation(codes: &[Option<&str>]) -> Cancellation {
-    if let Some(index) = codes.iter().position(|c| *c == Some("ConditionalCheckFailed")) {
-        return Cancellation::ConditionFailed(index);
-    }
-    if codes.contains(&Some("TransactionConflict")) {
-        return Cancellation::Conflict;
+    let failed: Vec<usize> = codes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == Some("ConditionalCheckFailed"))
+        .map(|(i, _)| i)
+        .collect();
+    if !failed.is_empty() {
+        return Cancellation::ConditionsFailed(failed);
     }
     let other: Vec<&str> = codes.iter().flatten().copied().filter(|c| *c != "None").collect();
     if other.is_empty() {
-        Cancellation::Other("no reason given".to_owned())
-    } else {
-        Cancellation::Other(other.join(", "))
+        return Cancellation::Other("no reason given".to_owned());
     }
+    let reason = other.join(", ");
+    if other
+        .iter()
+        .all(|c| matches!(*c, "TransactionConflict" | "ThrottlingError"))
+    {
+        Cancellation::Retryable(reason)
+    } else {
+        Cancellation::Other(reason)
+    }
+}
+
+/// What one TransactWriteItems came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Attempt {
+    Written,
+    /// Nothing was written: the conditions of these actions failed.
+    ConditionsFailed(Vec<usize>),
+    /// Nothing was written, for a reason that may pass: try again.
+    Retryable(String),
+}
+
+fn kept_failing(op: &str, reason: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{op}: the transaction kept being cancelled ({reason}) by concurrent writes or throttling"
+    ))
 }
 
 /// Short, jittered pauses between attempts (about 25, 50, 100 ms), so racing writers spread.
@@ -1264,12 +1187,60 @@ fn org_pk(org: &str) -> String {
     format!("ORG#{org}")
 }
 
+fn deployment_key(org: &str, id: &str) -> Item {
+    key(org_pk(org), format!("DEPLOYMENT#{id}"))
+}
+
 fn service_key(org: &str, id: &str) -> Item {
     key(org_pk(org), format!("SERVICE#{id}"))
 }
 
+/// The count of an organization's services ([`TenantLimits::services`]).
+fn services_counter(org: &str) -> Item {
+    key(format!("COUNT#{org}"), "SERVICES".to_owned())
+}
+
+/// The count of services under one index value (a repository's or an image's, as
+/// [`repository_index_value`] and [`image_index_value`] make them:
+/// [`TenantLimits::services_per_key`]). Organization ids hold no `#`, so these never meet
+/// [`services_counter`]'s.
+fn key_counter(index_value: &str) -> Item {
+    key(format!("COUNT#{index_value}"), "SERVICES".to_owned())
+}
+
+/// The index values `service` is counted under, each with the key it stands for (for messages).
+fn service_keys(service: &Service) -> Vec<(String, String)> {
+    let org = &service.organization_id;
+    let repository = service
+        .repository_key()
+        .map(|repo| (repository_index_value(org, &repo), repo));
+    let image = service
+        .image_key()
+        .map(|(_, path)| (image_index_value(org, &path), path));
+    repository.into_iter().chain(image).collect()
+}
+
+/// The index values a stored service item is counted under: those it was written with.
+fn counted_keys(item: &Item) -> StoreResult<Vec<String>> {
+    [GSI1PK, GSI2PK]
+        .into_iter()
+        .filter_map(|attribute| optional_string_attr(item, attribute).transpose())
+        .collect()
+}
+
+/// Webhook secrets live in a partition of their own, apart from what the internet-facing
+/// functions write (`dynamodb:LeadingKeys` in the template tells them apart).
 fn secret_key(org: &str, provider: &str) -> Item {
-    key(org_pk(org), format!("SECRET#{provider}"))
+    key(format!("SECRET#{org}"), format!("SECRET#{provider}"))
+}
+
+/// Tokens too (their `TOKENHASH#` lookups are items of their own).
+fn token_pk(org: &str) -> String {
+    format!("TOKEN#{org}")
+}
+
+fn token_key(org: &str, id: &str) -> Item {
+    key(token_pk(org), format!("TOKEN#{id}"))
 }
 
 fn token_hash_key(hash: &str) -> Item {
@@ -1425,27 +1396,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_failed_condition_wins_over_a_conflict() {
+    fn failed_conditions_win_over_a_conflict_and_are_all_named() {
         let codes = [Some("TransactionConflict"), Some("ConditionalCheckFailed")];
-        assert_eq!(classify_cancellation(&codes), Cancellation::ConditionFailed(1));
-        let codes = [Some("ConditionalCheckFailed"), Some("None")];
-        assert_eq!(classify_cancellation(&codes), Cancellation::ConditionFailed(0));
+        assert_eq!(classify_cancellation(&codes), Cancellation::ConditionsFailed(vec![1]));
+        let codes = [
+            Some("ConditionalCheckFailed"),
+            Some("None"),
+            None,
+            Some("ConditionalCheckFailed"),
+        ];
+        assert_eq!(
+            classify_cancellation(&codes),
+            Cancellation::ConditionsFailed(vec![0, 3])
+        );
     }
 
     #[test]
-    fn conflicts_are_retried() {
+    fn conflicts_and_throttling_are_retried() {
+        let retryable = |reason: &str| Cancellation::Retryable(reason.to_owned());
         let codes = [Some("None"), Some("TransactionConflict")];
-        assert_eq!(classify_cancellation(&codes), Cancellation::Conflict);
+        assert_eq!(classify_cancellation(&codes), retryable("TransactionConflict"));
         let codes = [None, Some("TransactionConflict")];
-        assert_eq!(classify_cancellation(&codes), Cancellation::Conflict);
+        assert_eq!(classify_cancellation(&codes), retryable("TransactionConflict"));
+        let codes = [Some("ThrottlingError"), Some("None"), Some("TransactionConflict")];
+        assert_eq!(
+            classify_cancellation(&codes),
+            retryable("ThrottlingError, TransactionConflict")
+        );
     }
 
     #[test]
     fn other_reasons_are_named() {
-        let codes = [Some("ThrottlingError"), Some("None")];
+        let codes = [Some("ValidationError"), Some("ThrottlingError")];
         assert_eq!(
             classify_cancellation(&codes),
-            Cancellation::Other("ThrottlingError".to_owned())
+            Cancellation::Other("ValidationError, ThrottlingError".to_owned())
         );
         assert_eq!(
             classify_cancellation(&[]),
