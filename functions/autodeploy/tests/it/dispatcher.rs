@@ -547,3 +547,38 @@ fn without_the_dispatcher_deployments_wait_queued() {
     wait_status(&server, &id, "DELIVERED");
     assert_eq!(receiver.requests().len(), 1);
 }
+
+#[test]
+fn a_retry_waits_out_its_time_across_a_restart() {
+    let receiver = Receiver::start(|n| match n {
+        0 => Answer::Reply(503, vec![("Retry-After", "8".into())], String::new()),
+        _ => Answer::status(200),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("autodeploy.db");
+    let mut server = launch().database(&database).start();
+    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
+    app(&server, "api", "engine", None);
+    let id = push(&server, &commit(0), &commit(1));
+    let waiting = server.wait_for_deployments(ADMIN, |listed| {
+        find(listed, &id).is_some_and(|d| d["status"] == "QUEUED" && d["attempts"] == 1)
+    });
+    let next_attempt_at = find(&waiting, &id).unwrap()["next_attempt_at"].clone();
+    assert!(next_attempt_at.is_string(), "{waiting:#?}");
+    assert!(server.terminate().success());
+
+    // The schedule is in the database: the restarted server keeps it, and then delivers.
+    let server = launch().database(&database).start();
+    let listed = server.deployments(ADMIN);
+    let still = find(&listed, &id).unwrap();
+    assert_eq!(still["next_attempt_at"], next_attempt_at, "{still}");
+    let delivered = wait_status(&server, &id, "DELIVERED");
+    assert_eq!(delivered["attempts"], 2);
+    let got = receiver.requests();
+    assert_eq!(got.len(), 2);
+    assert!(
+        got[1].at - got[0].at >= Duration::from_secs(8),
+        "{:?}",
+        got[1].at - got[0].at
+    );
+}
