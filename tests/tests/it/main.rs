@@ -18,4 +18,5 @@ mod routes;
 mod settings_api;
 mod sqlite_faults;
 mod store_contract;
+mod targets_api;
 mod tenant_isolation;
