@@ -658,3 +658,37 @@ async fn a_store_failure_is_recorded_as_an_error() {
         .collect();
     assert_eq!(outcomes, ["QUEUED", "ERROR"]);
 }
+
+/// The same on DynamoDB: the write of the push's deployments fails (moto behind a fault
+/// proxy refuses every `TransactWriteItems`), the answer is a 503, and the delivery is still
+/// recorded, `ERROR`, by its own write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_is_recorded_as_an_error_on_dynamodb() {
+    use autodeploy_tests::fault_proxy::{Fault, FaultyAws, action};
+
+    let aws = FaultyAws::new().await;
+    let api = Api::on(aws.store.clone(), aws.queue.clone());
+    api.set_secret("acme", "github").await;
+    api.app("acme", "svc", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    aws.store_proxy
+        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS));
+    let r = api.push("acme", "github", &github_push(|_| {}), "d-error").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(aws.store_proxy.failed(action::TRANSACT_WRITE_ITEMS) > 0);
+    aws.store_proxy.pass_through();
+    let (items, _) = page(&api, "acme", "?outcome=ERROR").await;
+    let [record] = &items[..] else { panic!("{items:?}") };
+    assert_eq!(record["http_status"], 503);
+    assert_eq!(record["delivery_id"], "d-error");
+    assert_eq!(record["queued"], json!([]));
+    assert_eq!(record["reason"], r.body["error"]["message"]);
+    // Only that: not also a record of what the failed write would have said.
+    assert_eq!(summary(&all(&api, "acme", "").await), [triple("github", "ERROR", 503)]);
+    // The redelivery queues.
+    let r = api.push("acme", "github", &github_push(|_| {}), "d-error").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(
+        summary(&all(&api, "acme", "").await),
+        [triple("github", "QUEUED", 202), triple("github", "ERROR", 503)]
+    );
+}
