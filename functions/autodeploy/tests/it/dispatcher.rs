@@ -57,6 +57,23 @@ fn app(server: &Server, id: &str, target: &str, external_id: Option<&str>) {
     server.set_webhook_secret(ADMIN, "github", GITHUB_SECRET);
 }
 
+/// A receiver that holds its first request until the gate opens, and accepts the others.
+fn held_first() -> (Receiver, Gate) {
+    let gate = Gate::default();
+    let held = gate.clone();
+    let receiver = Receiver::start(move |n| match n {
+        0 => Answer::After(held.clone()),
+        _ => Answer::status(200),
+    });
+    (receiver, gate)
+}
+
+/// Target `engine`, a WEBHOOK to `receiver`, and service `api` delivered to it.
+fn webhook_engine(server: &Server, receiver: &Receiver) {
+    put_target(server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
+    app(server, "api", "engine", None);
+}
+
 /// A push of `after`: the id of the one deployment it queued.
 fn push(server: &Server, before: &str, after: &str) -> String {
     let (status, answer) = server.github_push(GITHUB_SECRET, before, after);
@@ -379,14 +396,9 @@ fn a_410_fails_at_once_and_a_redirect_is_not_followed() {
 
 #[test]
 fn a_target_that_never_answers_times_out_and_is_retried() {
-    let never = Gate::default();
-    let receiver = Receiver::start(move |n| match n {
-        0 => Answer::After(never.clone()),
-        _ => Answer::status(204),
-    });
+    let (receiver, _never) = held_first();
     let server = launch().start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let id = push(&server, &commit(0), &commit(1));
     let delivered = wait_status(&server, &id, "DELIVERED");
     assert_eq!(delivered["attempts"], 2);
@@ -409,16 +421,11 @@ fn a_target_that_never_answers_times_out_and_is_retried() {
 
 #[test]
 fn a_delivery_cut_by_sigkill_is_made_after_the_restart() {
-    let never = Gate::default();
-    let receiver = Receiver::start(move |n| match n {
-        0 => Answer::After(never.clone()),
-        _ => Answer::status(200),
-    });
+    let (receiver, _never) = held_first();
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("autodeploy.db");
     let mut server = launch().database(&database).start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let id = push(&server, &commit(0), &commit(1));
     receiver.wait_for(1);
     assert!(has_status(&server.deployments(ADMIN), &id, "IN_PROGRESS"));
@@ -437,15 +444,9 @@ fn a_delivery_cut_by_sigkill_is_made_after_the_restart() {
 
 #[test]
 fn pushes_during_a_delivery_wait_and_only_the_newest_is_delivered() {
-    let gate = Gate::default();
-    let held = gate.clone();
-    let receiver = Receiver::start(move |n| match n {
-        0 => Answer::After(held.clone()),
-        _ => Answer::status(200),
-    });
+    let (receiver, gate) = held_first();
     let server = launch().start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let first = push(&server, &commit(0), &commit(1));
     receiver.wait_for(1);
     let middle = push(&server, &commit(1), &commit(2));
@@ -506,8 +507,7 @@ fn private_targets_are_refused_when_written_and_when_sent() {
     // Written while the operator allowed it, then sent once they no longer do: refused at
     // send time, nothing sent.
     let mut server = launch().database(&database).start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     server.terminate();
     let server = strict().start();
     let id = push(&server, &commit(0), &commit(1));
@@ -526,8 +526,7 @@ fn without_the_dispatcher_deployments_wait_queued() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("autodeploy.db");
     let mut server = launch().args(["--no-dispatch"]).database(&database).start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let id = push(&server, &commit(0), &commit(1));
     // A pull consumer is not offered it either: it is the target's.
     let (status, leased) = server.call(ADMIN, "POST", "/organization/acme/deployments/lease", Some(json!({})));
@@ -557,8 +556,7 @@ fn a_retry_waits_out_its_time_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("autodeploy.db");
     let mut server = launch().database(&database).start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let id = push(&server, &commit(0), &commit(1));
     let waiting = server.wait_for_deployments(ADMIN, |listed| {
         find(listed, &id).is_some_and(|d| d["status"] == "QUEUED" && d["attempts"] == 1)
