@@ -18,7 +18,7 @@ pub use api::{
     sent_deployment_ids,
 };
 pub use webhooks::{
-    WEBHOOK_SECRET, fixture, fixture_bytes, fixture_json, github_signature, hmac_hex, provider_headers,
+    PUSHES, WEBHOOK_SECRET, fixture, fixture_bytes, fixture_json, github_signature, hmac_hex, provider_headers,
 };
 
 use std::collections::{BTreeMap, HashMap};

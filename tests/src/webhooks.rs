@@ -31,6 +31,19 @@ pub fn fixture_json(path: &str) -> Value {
     serde_json::from_slice(&fixture(path)).unwrap()
 }
 
+/// (provider, fixture) — a real push of every provider (GitHub's twice), each a branch push
+/// except Bitbucket Server's, which deletes its branch.
+pub const PUSHES: &[(&str, &str)] = &[
+    ("github", "github/gp-push.json"),
+    ("github", "github/ok-push-with-new-branch.payload.json"),
+    ("gitlab", "gitlab/gp-push-event.json"),
+    ("bitbucket", "bitbucket-cloud/gp-repo-push.json"),
+    ("bitbucket-server", "bitbucket-server/gp-repo-refs-changed.json"),
+    ("gitea", "gitea/gp-push-event.json"),
+    ("gogs", "gogs/gp-push-event.json"),
+    ("azure-devops", "azure-devops/gp-git.push.json"),
+];
+
 pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests-0123";
 
 /// The headers a provider sends with a push: event, delivery id and signature over `body`.

@@ -212,7 +212,8 @@ pub trait DeploymentLog: Send + Sync {
     /// write, and remember `delivery` when every candidate was written or skipped. One result
     /// per candidate, in order: a failure of one (nothing written for it) does not fail the
     /// others. `history`, completed with what was recorded, goes in the deliveries history
-    /// (in the same transaction where the store allows it).
+    /// (in the same transaction where the store allows it) when every candidate was written or
+    /// skipped: after a failure the delivery is answered with an error, recorded as such.
     async fn record_deployments(
         &self,
         org: &str,

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use autodeploy_tests::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture, fixture_json, github_signature, on_both_stores};
+use autodeploy_tests::{
+    ADMIN, Api, PUSHES, Reply, WEBHOOK_SECRET, fixture, fixture_json, github_signature, on_both_stores,
+};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -299,18 +301,12 @@ async fn git_pushes_are_recorded_with_every_outcome(api: Api) {
     assert_eq!(secret_status(&api, "gitlab").await["last_outcome"], Value::Null);
 }
 
+/// Each push in an organization of its own.
 async fn every_git_provider_is_recorded(api: Api) {
-    let cases = [
-        ("github", "github/gp-push.json"),
-        ("gitlab", "gitlab/gp-push-event.json"),
-        ("bitbucket", "bitbucket-cloud/gp-repo-push.json"),
-        ("bitbucket-server", "bitbucket-server/gp-repo-refs-changed.json"),
-        ("gitea", "gitea/gp-push-event.json"),
-        ("gogs", "gogs/gp-push-event.json"),
-        ("azure-devops", "azure-devops/gp-git.push.json"),
-    ];
-    for (provider, path) in cases {
-        api.set_secret("acme", provider).await;
+    for (i, (provider, path)) in PUSHES.iter().copied().enumerate() {
+        let org = format!("org-{i}");
+        let org = org.as_str();
+        api.set_secret(org, provider).await;
         let mut body = fixture_json(path);
         if provider == "bitbucket-server" {
             // The fixture deletes its branch; make it an update.
@@ -318,9 +314,9 @@ async fn every_git_provider_is_recorded(api: Api) {
             body["changes"][0]["toHash"] = json!("a00945762949b7787ecabc388c0e20b1b85f0364");
         }
         let body = serde_json::to_vec(&body).unwrap();
-        let r = api.push("acme", provider, &body, &format!("d-{provider}")).await;
+        let r = api.push(org, provider, &body, &format!("d-{provider}")).await;
         assert_eq!(r.status, StatusCode::OK, "{provider}: {}", r.body);
-        let (items, _) = page(&api, "acme", &format!("?source={provider}")).await;
+        let (items, _) = page(&api, org, &format!("?source={provider}")).await;
         let [record] = &items[..] else {
             panic!("{provider}: {items:?}")
         };
@@ -336,13 +332,18 @@ async fn every_git_provider_is_recorded(api: Api) {
             assert_eq!(record["outcome"], "NOTHING_TO_DEPLOY", "{provider}");
             assert_eq!(record["reason"], r.body["message"], "{provider}");
         }
-        assert_eq!(
-            secret_status(&api, provider).await["last_delivery_at"],
-            record["received_at"]
-        );
+        let status = api
+            .call(
+                Method::GET,
+                &format!("/organization/{org}/webhook-secrets/{provider}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(status.body["last_delivery_at"], record["received_at"]);
+        // That one only.
+        assert_eq!(all(&api, org, "").await.len(), 1);
     }
-    // One per provider, and nothing else.
-    assert_eq!(all(&api, "acme", "").await.len(), cases.len());
 }
 
 async fn image_service(api: &Api, id: &str, kind: &str, registry: Option<&str>, tag: &str) {
@@ -624,8 +625,28 @@ async fn a_flood_of_bad_signatures_leaves_the_history_usable(api: Api) {
     assert_eq!(first.len(), 2);
 }
 
-/// A store failure while queueing is answered 503 and recorded `ERROR` (SQLite, where a second
-/// connection can make the deployment's insert fail).
+/// A push whose deployment the store fails to write: answered 503 and recorded `ERROR`, alone,
+/// with the reason answered; once `heal` repairs the store, the redelivery queues.
+async fn a_failed_write_is_an_error(api: &Api, heal: impl FnOnce()) {
+    let r = api.push("acme", "github", &github_push(|_| {}), "d-error").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let listed = all(api, "acme", "").await;
+    assert_eq!(summary(&listed), [triple("github", "ERROR", 503)]);
+    let record = &listed[0];
+    assert_eq!(record["delivery_id"], "d-error");
+    assert_eq!(record["queued"], json!([]));
+    assert_eq!(record["reason"], r.body["error"]["message"]);
+    assert!(!record["reason"].as_str().unwrap().contains("injected"), "{record}");
+    heal();
+    let r = api.push("acme", "github", &github_push(|_| {}), "d-error").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(
+        summary(&all(api, "acme", "").await),
+        [triple("github", "QUEUED", 202), triple("github", "ERROR", 503)]
+    );
+}
+
+/// On SQLite, a second connection makes the deployment's insert fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failure_is_recorded_as_an_error() {
     let api = Api::new();
@@ -637,23 +658,27 @@ async fn a_store_failure_is_recorded_as_an_error() {
          BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
     )
     .unwrap();
-    let r = api.push("acme", "github", &github_push(|_| {}), "d-error").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
-    let (items, _) = page(&api, "acme", "?outcome=ERROR").await;
-    let [record] = &items[..] else { panic!("{items:?}") };
-    assert_eq!(record["http_status"], 503);
-    assert_eq!(record["delivery_id"], "d-error");
-    assert_eq!(record["queued"], json!([]));
-    assert_eq!(record["reason"], r.body["error"]["message"]);
-    assert!(!record["reason"].as_str().unwrap().contains("injected"), "{record}");
-    // Once the store is back, the redelivery queues, and both are listed.
-    conn.execute_batch("DROP TRIGGER fail_deployments;").unwrap();
-    let r = api.push("acme", "github", &github_push(|_| {}), "d-error").await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let outcomes: Vec<String> = all(&api, "acme", "")
-        .await
-        .iter()
-        .map(|d| d["outcome"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(outcomes, ["QUEUED", "ERROR"]);
+    a_failed_write_is_an_error(&api, || {
+        conn.execute_batch("DROP TRIGGER fail_deployments;").unwrap();
+    })
+    .await;
+}
+
+/// On DynamoDB, moto behind a fault proxy refuses every `TransactWriteItems`; the delivery is
+/// still recorded, by its own write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_is_recorded_as_an_error_on_dynamodb() {
+    use autodeploy_tests::fault_proxy::{Fault, FaultyAws, action};
+
+    let aws = FaultyAws::new().await;
+    let api = Api::on(aws.store.clone(), aws.queue.clone());
+    api.set_secret("acme", "github").await;
+    api.app("acme", "svc", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    aws.store_proxy
+        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS));
+    a_failed_write_is_an_error(&api, || {
+        assert!(aws.store_proxy.failed(action::TRANSACT_WRITE_ITEMS) > 0);
+        aws.store_proxy.pass_through();
+    })
+    .await;
 }

@@ -7,25 +7,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use autodeploy_tests::{Api, fixture};
+use autodeploy_tests::{Api, PUSHES, fixture};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
 
 /// Mutated deliveries per run.
 const CASES: u32 = 400;
-
-/// (provider, fixture) — one real push per provider.
-const PUSHES: &[(&str, &str)] = &[
-    ("github", "github/gp-push.json"),
-    ("github", "github/ok-push-with-new-branch.payload.json"),
-    ("gitlab", "gitlab/gp-push-event.json"),
-    ("bitbucket", "bitbucket-cloud/gp-repo-push.json"),
-    ("bitbucket-server", "bitbucket-server/gp-repo-refs-changed.json"),
-    ("gitea", "gitea/gp-push-event.json"),
-    ("gogs", "gogs/gp-push-event.json"),
-    ("azure-devops", "azure-devops/gp-git.push.json"),
-];
 
 /// A mutation of the payload's bytes or of its JSON tree.
 #[derive(Debug, Clone)]

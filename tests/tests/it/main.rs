@@ -20,4 +20,5 @@ mod routes;
 mod settings_api;
 mod sqlite_faults;
 mod store_contract;
+mod targets_api;
 mod tenant_isolation;

@@ -57,6 +57,23 @@ fn app(server: &Server, id: &str, target: &str, external_id: Option<&str>) {
     server.set_webhook_secret(ADMIN, "github", GITHUB_SECRET);
 }
 
+/// A receiver that holds its first request until the gate opens, and accepts the others.
+fn held_first() -> (Receiver, Gate) {
+    let gate = Gate::default();
+    let held = gate.clone();
+    let receiver = Receiver::start(move |n| match n {
+        0 => Answer::After(held.clone()),
+        _ => Answer::status(200),
+    });
+    (receiver, gate)
+}
+
+/// Target `engine`, a WEBHOOK to `receiver`, and service `api` delivered to it.
+fn webhook_engine(server: &Server, receiver: &Receiver) {
+    put_target(server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
+    app(server, "api", "engine", None);
+}
+
 /// A push of `after`: the id of the one deployment it queued.
 fn push(server: &Server, before: &str, after: &str) -> String {
     let (status, answer) = server.github_push(GITHUB_SECRET, before, after);
@@ -103,8 +120,8 @@ fn verified(secret: &str, got: &Captured) -> bool {
 }
 
 /// The reference library's verdict on `got` (Python `standardwebhooks` of the test
-/// virtualenv): the `deployment_id` of the payload it verified, and whether a body changed by
-/// one byte is refused. `None` without the virtualenv (outside the suite's runner).
+/// virtualenv, through `tests/verify_webhook.py`): the `deployment_id` of the payload it
+/// verified, and whether a body changed by one byte is refused. `None` without the virtualenv (outside the suite's runner).
 fn reference_verdict(secret: &str, got: &Captured) -> Option<(String, bool)> {
     let venv = std::env::var("AUTODEPLOY_TEST_VENV").ok()?;
     let dir = tempfile::tempdir().unwrap();
@@ -116,21 +133,9 @@ fn reference_verdict(secret: &str, got: &Captured) -> Option<(String, bool)> {
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
     std::fs::write(&headers, serde_json::to_vec(&header_map).unwrap()).unwrap();
-    const SCRIPT: &str = r#"
-import json, sys
-from standardwebhooks import Webhook, WebhookVerificationError
-secret, body_path, headers_path = sys.argv[1:4]
-body = open(body_path, "rb").read()
-headers = json.load(open(headers_path))
-print(Webhook(secret).verify(body, headers)["deployment_id"])
-try:
-    Webhook(secret).verify(body.replace(b'"production"', b'"productiom"'), headers)
-    print("changed body verified")
-except WebhookVerificationError:
-    print("changed body refused")
-"#;
     let output = std::process::Command::new(format!("{venv}/bin/python"))
-        .args(["-c", SCRIPT, secret])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/verify_webhook.py"))
+        .arg(secret)
         .arg(&body)
         .arg(&headers)
         .output()
@@ -145,20 +150,11 @@ except WebhookVerificationError:
     Some((lines[0].to_owned(), lines[1] == "changed body refused"))
 }
 
-/// The deployment as the queue carries it: the listed one without its lifecycle fields.
-fn as_sent(listed: &Value) -> Value {
-    let mut sent = listed.clone();
-    for field in [
-        "status",
-        "attempts",
-        "last_error",
-        "next_attempt_at",
-        "result",
-        "updated_at",
-    ] {
-        sent.as_object_mut().unwrap().remove(field);
-    }
-    sent
+/// Whether `sent` is the deployment `listed` as the queue carries it: every field of it as
+/// listed (the list adds the lifecycle's fields).
+fn is_sent_as_listed(sent: &Value, listed: &Value) -> bool {
+    let sent = sent.as_object().unwrap();
+    sent.contains_key("schema") && sent.iter().all(|(k, v)| &listed[k] == v)
 }
 
 #[test]
@@ -197,7 +193,7 @@ fn a_webhook_target_gets_each_deployment_signed_over_https() {
     let timestamp: u64 = got.header("webhook-timestamp").parse().unwrap();
     assert!(timestamp.abs_diff(unix_now()) < DEFAULT_TOLERANCE_SECS);
     // The body is the queue message itself.
-    assert_eq!(got.json(), as_sent(&delivered));
+    assert!(is_sent_as_listed(&got.json(), &delivered), "{:?}", got.json());
     assert_eq!(got.json()["git_commit_id"], commit(1));
     // Verified by the product's verifier, and not with another secret...
     assert!(verified(&secret, &got));
@@ -400,14 +396,9 @@ fn a_410_fails_at_once_and_a_redirect_is_not_followed() {
 
 #[test]
 fn a_target_that_never_answers_times_out_and_is_retried() {
-    let never = Gate::default();
-    let receiver = Receiver::start(move |n| match n {
-        0 => Answer::After(never.clone()),
-        _ => Answer::status(204),
-    });
+    let (receiver, _never) = held_first();
     let server = launch().start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let id = push(&server, &commit(0), &commit(1));
     let delivered = wait_status(&server, &id, "DELIVERED");
     assert_eq!(delivered["attempts"], 2);
@@ -430,16 +421,11 @@ fn a_target_that_never_answers_times_out_and_is_retried() {
 
 #[test]
 fn a_delivery_cut_by_sigkill_is_made_after_the_restart() {
-    let never = Gate::default();
-    let receiver = Receiver::start(move |n| match n {
-        0 => Answer::After(never.clone()),
-        _ => Answer::status(200),
-    });
+    let (receiver, _never) = held_first();
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("autodeploy.db");
     let mut server = launch().database(&database).start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let id = push(&server, &commit(0), &commit(1));
     receiver.wait_for(1);
     assert!(has_status(&server.deployments(ADMIN), &id, "IN_PROGRESS"));
@@ -458,15 +444,9 @@ fn a_delivery_cut_by_sigkill_is_made_after_the_restart() {
 
 #[test]
 fn pushes_during_a_delivery_wait_and_only_the_newest_is_delivered() {
-    let gate = Gate::default();
-    let held = gate.clone();
-    let receiver = Receiver::start(move |n| match n {
-        0 => Answer::After(held.clone()),
-        _ => Answer::status(200),
-    });
+    let (receiver, gate) = held_first();
     let server = launch().start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let first = push(&server, &commit(0), &commit(1));
     receiver.wait_for(1);
     let middle = push(&server, &commit(1), &commit(2));
@@ -527,8 +507,7 @@ fn private_targets_are_refused_when_written_and_when_sent() {
     // Written while the operator allowed it, then sent once they no longer do: refused at
     // send time, nothing sent.
     let mut server = launch().database(&database).start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     server.terminate();
     let server = strict().start();
     let id = push(&server, &commit(0), &commit(1));
@@ -547,8 +526,7 @@ fn without_the_dispatcher_deployments_wait_queued() {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("autodeploy.db");
     let mut server = launch().args(["--no-dispatch"]).database(&database).start();
-    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
-    app(&server, "api", "engine", None);
+    webhook_engine(&server, &receiver);
     let id = push(&server, &commit(0), &commit(1));
     // A pull consumer is not offered it either: it is the target's.
     let (status, leased) = server.call(ADMIN, "POST", "/organization/acme/deployments/lease", Some(json!({})));
@@ -567,4 +545,38 @@ fn without_the_dispatcher_deployments_wait_queued() {
     let server = launch().database(&database).start();
     wait_status(&server, &id, "DELIVERED");
     assert_eq!(receiver.requests().len(), 1);
+}
+
+#[test]
+fn a_retry_waits_out_its_time_across_a_restart() {
+    let receiver = Receiver::start(|n| match n {
+        0 => Answer::Reply(503, vec![("Retry-After", "8".into())], String::new()),
+        _ => Answer::status(200),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("autodeploy.db");
+    let mut server = launch().database(&database).start();
+    webhook_engine(&server, &receiver);
+    let id = push(&server, &commit(0), &commit(1));
+    let waiting = server.wait_for_deployments(ADMIN, |listed| {
+        find(listed, &id).is_some_and(|d| d["status"] == "QUEUED" && d["attempts"] == 1)
+    });
+    let next_attempt_at = find(&waiting, &id).unwrap()["next_attempt_at"].clone();
+    assert!(next_attempt_at.is_string(), "{waiting:#?}");
+    assert!(server.terminate().success());
+
+    // The schedule is in the database: the restarted server keeps it, and then delivers.
+    let server = launch().database(&database).start();
+    let listed = server.deployments(ADMIN);
+    let still = find(&listed, &id).unwrap();
+    assert_eq!(still["next_attempt_at"], next_attempt_at, "{still}");
+    let delivered = wait_status(&server, &id, "DELIVERED");
+    assert_eq!(delivered["attempts"], 2);
+    let got = receiver.requests();
+    assert_eq!(got.len(), 2);
+    assert!(
+        got[1].at - got[0].at >= Duration::from_secs(8),
+        "{:?}",
+        got[1].at - got[0].at
+    );
 }

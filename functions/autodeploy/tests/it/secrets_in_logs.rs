@@ -20,6 +20,16 @@ const AZURE_SECRET: &str = "logs-azure-secret-5c6d7e8f9a";
 const DOCKERHUB_SECRET: &str = "logsdockerhubsecret0b1c2d3e";
 const QOVERY_TOKEN: &str = "logs-qovery-token-4f5a6b7c8d";
 const ACTIONS_TOKEN: &str = "github_pat_logs9e0f1a2b3c4d";
+/// The credentials the run sets.
+const SECRETS: &[&str] = &[
+    ADMIN,
+    GITHUB_SECRET,
+    GITLAB_SECRET,
+    AZURE_SECRET,
+    DOCKERHUB_SECRET,
+    QOVERY_TOKEN,
+    ACTIONS_TOKEN,
+];
 /// Wrong credentials the bad requests try: not logged either.
 const WRONG: &[&str] = &[
     "logs-wrong-token-aaaaaaaaaaaa",
@@ -79,18 +89,7 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     let json = ("Content-Type", "application/json");
     let expect = |(status, body): (u16, String), want: u16, what: &str| {
         assert_eq!(status, want, "{what}: {body}");
-        for secret in [
-            ADMIN,
-            GITHUB_SECRET,
-            GITLAB_SECRET,
-            AZURE_SECRET,
-            DOCKERHUB_SECRET,
-            QOVERY_TOKEN,
-            ACTIONS_TOKEN,
-        ]
-        .iter()
-        .chain(WRONG)
-        {
+        for secret in SECRETS.iter().chain(WRONG) {
             assert!(!body.contains(secret), "{what}: the answer echoes a secret: {body}");
         }
         body
@@ -572,19 +571,7 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     let (stdout, stderr) = (server.stdout(), server.stderr());
     assert!(stdout.lines().count() >= 4, "queued messages: {stdout}");
     assert!(stderr.lines().count() >= 5, "RUST_LOG=trace logged little: {stderr}");
-    let mut secrets: Vec<String> = [
-        ADMIN,
-        GITHUB_SECRET,
-        GITLAB_SECRET,
-        AZURE_SECRET,
-        DOCKERHUB_SECRET,
-        QOVERY_TOKEN,
-        ACTIONS_TOKEN,
-    ]
-    .iter()
-    .chain(WRONG)
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut secrets: Vec<String> = SECRETS.iter().chain(WRONG).map(|s| (*s).to_owned()).collect();
     secrets.extend(tokens.iter().cloned());
     secrets.push(base64(&format!("azure:{AZURE_SECRET}")));
     // The targets' secrets (without their prefix), the signatures received and sent.

@@ -210,9 +210,6 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
     let outcomes = deployer
         .record(org, &candidates, remember.as_ref(), draft.as_ref())
         .await?;
-    if let Some(context) = history {
-        context.mark_recorded();
-    }
     for (candidate, outcome) in candidates.iter().zip(outcomes) {
         let request = &candidate.request;
         let Trigger::GitPush { branch, commit_sha, .. } = &request.trigger else {
@@ -235,6 +232,11 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
             // pending. A redelivery completes the rest and finds the others ALREADY_QUEUED.
             Outcome::Failed(err) => return Err(err.into()),
         }
+    }
+    // Recorded with the deployments, as the store writes it only when every service was
+    // handled; after a failure the route records the error answered instead.
+    if let Some(context) = history {
+        context.mark_recorded();
     }
     Ok(report)
 }

@@ -567,8 +567,12 @@ impl DeploymentLog for DynamoStore {
     ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
         let outcomes = self.record_all(candidates).await;
         // The history is one more item, written once the transactions have decided: DynamoDB
-        // cannot write it in the same transaction as every service's.
-        if let Some(draft) = history {
+        // cannot write it in the same transaction as every service's. Only when every service
+        // was handled: after a failure the delivery is answered with an error, which the route
+        // records as such.
+        if let Some(draft) = history
+            && outcomes.iter().all(Result::is_ok)
+        {
             let fates = candidates.iter().zip(&outcomes).filter_map(|(c, o)| match o {
                 Ok(RecordOutcome::Recorded(_)) => Some(CandidateFate::Recorded(&c.request.deployment_id)),
                 Ok(RecordOutcome::GuardFailed) => Some(CandidateFate::AlreadyQueued {
