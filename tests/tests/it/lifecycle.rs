@@ -108,6 +108,16 @@ async fn ack(api: &Api, token: &str, item: &Value) -> Reply {
     act(api, token, "acme", id, "ack", json!({"lease_id": item["lease_id"]})).await
 }
 
+/// The lease of `item` is not its deployment's live lease: an ack, a nack and an extend
+/// with it are each a 409 (and change nothing).
+async fn assert_not_live(api: &Api, token: &str, item: &Value) {
+    let id = item["deployment_id"].as_str().unwrap();
+    for action in ["extend", "nack", "ack"] {
+        let r = act(api, token, "acme", id, action, json!({"lease_id": item["lease_id"]})).await;
+        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+    }
+}
+
 async fn get_reply(api: &Api, token: &str, org: &str, id: &str) -> Reply {
     api.call(
         Method::GET,
@@ -232,7 +242,7 @@ async fn a_leased_deployment_is_delivered_by_its_ack() {
     assert!(delivered["updated_at"].as_str().unwrap() >= leased["updated_at"].as_str().unwrap());
 
     // The lease ended with the ack: a second ack is a conflict, and nothing is offered again.
-    assert_error(&ack(&api, &token, item).await, StatusCode::CONFLICT, "CONFLICT");
+    assert_not_live(&api, &token, item).await;
     assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
     assert_eq!(status_of(&api, &id).await, "DELIVERED");
     assert_eq!(listed(&api, "status=DELIVERED").await, [id.as_str()]);
@@ -264,7 +274,7 @@ async fn a_nack_queues_the_deployment_again_for_its_next_attempt() {
     assert!(nacked["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{nacked}");
     assert!(nacked["next_attempt_at"].is_null(), "{nacked}");
     // The released lease is gone.
-    assert_error(&ack(&api, &token, &first).await, StatusCode::CONFLICT, "CONFLICT");
+    assert_not_live(&api, &token, &first).await;
 
     // Offered again at once, as its next attempt, under a new lease.
     let second = lease_one(&api, &token, json!({})).await;
@@ -369,18 +379,8 @@ async fn a_lease_runs_out_unless_extended() {
     assert_eq!(again[0]["deployment_id"], lost.as_str());
     assert_eq!(again[0]["attempt"], 2);
     assert_ne!(again[0]["lease_id"], lost_item["lease_id"]);
-    // The expired lease is no longer the deployment's: neither an ack nor an extend takes it.
-    assert_error(&ack(&api, &token, lost_item).await, StatusCode::CONFLICT, "CONFLICT");
-    let r = act(
-        &api,
-        &token,
-        "acme",
-        &lost,
-        "extend",
-        json!({"lease_id": lost_item["lease_id"]}),
-    )
-    .await;
-    assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+    // The expired lease is no longer the deployment's.
+    assert_not_live(&api, &token, lost_item).await;
     // The extended one is still held, by its first lease.
     assert_eq!(status_of(&api, &kept).await, "IN_PROGRESS");
     assert_eq!(ack(&api, &token, kept_item).await.status, StatusCode::NO_CONTENT);
@@ -420,18 +420,7 @@ async fn ten_offers_without_an_ack_fail_the_deployment() {
         run_out(&api, &expiring);
         if attempt == 1 {
             // Run out, even before anything released it: no longer the deployment's lease.
-            let item = ids[expiring.as_str()];
-            assert_error(&ack(&api, &token, item).await, StatusCode::CONFLICT, "CONFLICT");
-            let r = act(
-                &api,
-                &token,
-                "acme",
-                &expiring,
-                "extend",
-                json!({"lease_id": item["lease_id"]}),
-            )
-            .await;
-            assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+            assert_not_live(&api, &token, ids[expiring.as_str()]).await;
         }
         let r = act(
             &api,
@@ -489,19 +478,7 @@ async fn a_result_on_a_leased_deployment_ends_its_lease() {
     assert_eq!(items[0]["deployment_id"], second.as_str());
 
     // The lease ended with the report.
-    assert_error(&ack(&api, &token, &item).await, StatusCode::CONFLICT, "CONFLICT");
-    for action in ["nack", "extend"] {
-        let r = act(
-            &api,
-            &token,
-            "acme",
-            &first,
-            action,
-            json!({"lease_id": item["lease_id"]}),
-        )
-        .await;
-        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
-    }
+    assert_not_live(&api, &token, &item).await;
     let d = get(&api, &first).await;
     assert_eq!(d["status"], "DELIVERED");
     assert_eq!(d["result"]["status"], "SUCCEEDED");

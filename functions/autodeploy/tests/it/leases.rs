@@ -202,3 +202,41 @@ fn the_server_prunes_finished_deployments_past_the_retention() {
     let (status, d) = get(&server, &waiting);
     assert_eq!((status, d["status"].as_str()), (200, Some("QUEUED")), "{d}");
 }
+
+#[test]
+fn max_attempts_bounds_the_offers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("autodeploy.db");
+    let server = start(&db, &["--max-attempts", "2"]);
+    let token = set_up(&server, &["api"]);
+    let id = deploy(&server, "api", "1");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    for attempt in 1..=2 {
+        let items = lease(&server, &token, json!({}));
+        assert_eq!(items.len(), 1, "offer {attempt}: {items:?}");
+        assert_eq!(items[0]["deployment_id"], id.as_str());
+        assert_eq!(items[0]["attempt"], attempt);
+        // The lease runs out (as if its time had passed).
+        let changed = conn
+            .execute(
+                "UPDATE deployments SET lease_expires_unix = lease_expires_unix - 100000 WHERE id = ?1",
+                [&id],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    // The server's own maintenance releases it: the second offer was the last.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let (_, d) = get(&server, &id);
+        if d["status"] != "IN_PROGRESS" {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "the lease that ran out was never released");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert_eq!(failed["attempts"], 2, "{failed}");
+    assert!(lease(&server, &token, json!({})).is_empty());
+}
