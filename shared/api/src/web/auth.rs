@@ -1,6 +1,8 @@
 //! Who is calling: the operator's admin token, or an organization token with scopes.
 
-use axum::extract::{FromRequestParts, MatchedPath};
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use http::header;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -8,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::extract::{Org, PathParams, Precondition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -164,5 +167,118 @@ impl FromRequestParts<AppState> for Caller {
             }),
             None => Err(ApiError::unauthorized("The token is not valid.")),
         }
+    }
+}
+
+/// What a settings route requires of its caller on the organization of the path.
+pub trait Access {
+    fn check(caller: &Caller, org: &str) -> ApiResult<()>;
+}
+
+/// The `manage` scope on the organization.
+pub struct ManageScope;
+
+/// The operator's admin token (API tokens are the operator's to hand out).
+pub struct AdminToken;
+
+impl Access for ManageScope {
+    fn check(caller: &Caller, org: &str) -> ApiResult<()> {
+        caller.authorize(org, Scope::Manage)
+    }
+}
+
+impl Access for AdminToken {
+    fn check(caller: &Caller, _: &str) -> ApiResult<()> {
+        caller.require_admin()
+    }
+}
+
+/// A request on an organization's settings by a caller `A` allows, checked in this order:
+/// the token (401), the organization of the path (400), `id`, what the route names in its
+/// path besides (400), then access (403).
+pub struct Authorized<Id, A> {
+    pub caller: Caller,
+    pub state: AppState,
+    pub org: String,
+    pub id: Id,
+    access: PhantomData<A>,
+}
+
+/// A settings request by a caller with the `manage` scope.
+pub type Manage<Id = ()> = Authorized<Id, ManageScope>;
+
+/// A request on an organization's API tokens, by the admin token.
+pub type Admin<Id = ()> = Authorized<Id, AdminToken>;
+
+/// What an [`Authorized`] route names in its path besides the organization, read before
+/// access is checked.
+pub trait PathId: Sized {
+    fn read(path: &PathParams) -> ApiResult<Self>;
+}
+
+/// A route that names nothing else, or checks what it names after access.
+impl PathId for () {
+    fn read(_: &PathParams) -> ApiResult<Self> {
+        Ok(())
+    }
+}
+
+impl<Id: PathId, A: Access> FromRequestParts<AppState> for Authorized<Id, A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Org(org) = Org::from_request_parts(parts, state).await?;
+        let id = Id::read(&PathParams::from_request_parts(parts, state).await?)?;
+        A::check(&caller, &org)?;
+        Ok(Self {
+            caller,
+            state: state.clone(),
+            org,
+            id,
+            access: PhantomData,
+        })
+    }
+}
+
+impl<Id, A> Authorized<Id, A> {
+    /// The audit line of a change to `resource` of the organization (see [`Caller::audit`]).
+    pub fn audit(&self, resource: &str, version: Option<u64>) {
+        self.caller.audit(&self.org, resource, version);
+    }
+}
+
+/// A write to one resource of an organization's settings, by a caller with the `manage`
+/// scope: as [`Manage`], with the body `B` read before the resource's id is, and the
+/// precondition (`If-Match`, `If-None-Match`) after the scope.
+pub struct ManageWrite<Id, B> {
+    pub request: Manage<Id>,
+    pub body: B,
+    pub precondition: Precondition,
+}
+
+impl<Id: PathId, B: FromRequest<AppState, Rejection = ApiError>> FromRequest<AppState> for ManageWrite<Id, B> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let caller = Caller::from_request_parts(&mut parts, state).await?;
+        let Org(org) = Org::from_request_parts(&mut parts, state).await?;
+        let path = PathParams::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let body = B::from_request(Request::from_parts(parts, body), state).await?;
+        let id = Id::read(&path)?;
+        ManageScope::check(&caller, &org)?;
+        Ok(Self {
+            precondition: Precondition::from_headers(&headers)?,
+            request: Authorized {
+                caller,
+                state: state.clone(),
+                org,
+                id,
+                access: PhantomData,
+            },
+            body,
+        })
     }
 }

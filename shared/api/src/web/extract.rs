@@ -1,17 +1,16 @@
 //! Request parsing shared by every handler: bounded bodies, content types, JSON, path
-//! identifiers, list parameters and cursors. Each failure is an `ApiError`, never a panic.
+//! identifiers, query parameters and preconditions. Each failure is an `ApiError`, never a panic.
 
 use std::collections::HashMap;
 
 use autodeploy_core::body::{Document, read_document};
+use autodeploy_core::delivery::{DeliveryOutcome, DeliverySource};
+use autodeploy_core::deployment::DeploymentStatus;
 use autodeploy_core::ids::{ID_RULE, is_valid_id};
 use axum::body::Body;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{HeaderMap, header};
 use http_body_util::{BodyExt, Limited};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
@@ -181,88 +180,43 @@ impl QueryParams {
     pub fn dry_run(&self) -> ApiResult<bool> {
         self.flag("dry_run")
     }
-}
 
-/// `limit` (default 50, 1..=100) and the position a `cursor` points after.
-#[derive(Debug)]
-pub struct ListParams {
-    pub limit: usize,
-    pub after: Option<String>,
-}
-
-pub const DEFAULT_LIMIT: usize = 50;
-pub const MAX_LIMIT: usize = 100;
-
-/// A cursor is bound to the organization and the query it came from, so one cannot be
-/// replayed against another list.
-#[derive(Serialize, Deserialize)]
-struct Cursor {
-    o: String,
-    q: String,
-    a: String,
-}
-
-impl ListParams {
-    /// `scope` names the list and its filters (e.g. `deployments?service_id=api`).
-    pub fn parse(query: &QueryParams, org: &str, scope: &str) -> ApiResult<Self> {
-        let mut errors = Vec::new();
-        let limit = match query.get("limit") {
-            None => DEFAULT_LIMIT,
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    errors.push(autodeploy_core::error::FieldError::new(
-                        "limit",
-                        format!("must be a whole number from 1 to {MAX_LIMIT}"),
-                    ));
-                    DEFAULT_LIMIT
-                }
-            },
+    /// The parameter `name`, one of `T`'s names: absent or empty is `None`, any other value a
+    /// 400 that lists them.
+    pub fn one_of<T: Named>(&self, name: &str) -> ApiResult<Option<T>> {
+        let Some(raw) = self.get(name).filter(|s| !s.is_empty()) else {
+            return Ok(None);
         };
-        let after = match query.get("cursor").filter(|c| !c.is_empty()) {
-            None => None,
-            Some(raw) => match decode_cursor(raw) {
-                Some(c) if c.o == org && c.q == scope => Some(c.a),
-                Some(_) => {
-                    errors.push(autodeploy_core::error::FieldError::new(
-                        "cursor",
-                        "belongs to another organization or list",
-                    ));
-                    None
-                }
-                None => {
-                    errors.push(autodeploy_core::error::FieldError::new(
-                        "cursor",
-                        "is not a cursor this API returned",
-                    ));
-                    None
-                }
-            },
-        };
-        if errors.is_empty() {
-            Ok(Self { limit, after })
-        } else {
-            Err(ApiError::validation(errors))
+        T::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name() == raw)
+            .map(Some)
+            .ok_or_else(|| {
+                let all: Vec<&str> = T::ALL.iter().map(|v| v.name()).collect();
+                ApiError::invalid_field(name, format!("must be one of {}", all.join(", ")))
+            })
+    }
+}
+
+/// A closed set of names a query parameter filters by (`?status=QUEUED`).
+pub trait Named: Copy + 'static {
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+}
+
+macro_rules! named {
+    ($($kind:ty),*) => {$(
+        impl Named for $kind {
+            const ALL: &'static [Self] = &<$kind>::ALL;
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
         }
-    }
+    )*};
 }
 
-fn decode_cursor(raw: &str) -> Option<Cursor> {
-    if raw.len() > 1024 {
-        return None;
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-pub fn encode_cursor(org: &str, scope: &str, after: &str) -> String {
-    let cursor = Cursor {
-        o: org.to_owned(),
-        q: scope.to_owned(),
-        a: after.to_owned(),
-    };
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
-}
+named!(DeliverySource, DeliveryOutcome, DeploymentStatus);
 
 /// What a write requires of the current state (`If-Match` / `If-None-Match`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,35 +326,6 @@ impl PathParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_are_bound_to_org_and_query() {
-        let c = encode_cursor("acme", "services", "api");
-        let q = QueryParams::parse(Some(&format!("cursor={c}")));
-        assert_eq!(
-            ListParams::parse(&q, "acme", "services").unwrap().after.as_deref(),
-            Some("api")
-        );
-        assert_eq!(ListParams::parse(&q, "other", "services").unwrap_err().status, 400);
-        assert_eq!(ListParams::parse(&q, "acme", "tokens").unwrap_err().status, 400);
-        let q = QueryParams::parse(Some("cursor=!!"));
-        assert_eq!(ListParams::parse(&q, "acme", "services").unwrap_err().status, 400);
-    }
-
-    #[test]
-    fn limits() {
-        for (raw, ok) in [
-            ("1", true),
-            ("100", true),
-            ("0", false),
-            ("101", false),
-            ("x", false),
-            ("-1", false),
-        ] {
-            let q = QueryParams::parse(Some(&format!("limit={raw}")));
-            assert_eq!(ListParams::parse(&q, "a", "s").is_ok(), ok, "{raw}");
-        }
-    }
 
     #[test]
     fn preconditions() {

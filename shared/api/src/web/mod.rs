@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod images;
 pub mod limits;
+pub mod list;
 pub mod observe;
 pub mod registry;
 pub mod services;
@@ -21,10 +22,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use http::StatusCode;
-use serde::Serialize;
 
 use crate::admin::AdminTokenSource;
 use crate::deploy::Deployer;
@@ -83,19 +83,6 @@ impl AppState {
     pub fn with_in_flight_horizon(mut self, horizon: std::time::Duration) -> Self {
         self.deployer.in_flight_horizon = horizon;
         self
-    }
-}
-
-/// `{"items": [...], "next_cursor": ...}`: every list.
-#[derive(Serialize)]
-pub struct ListBody<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
-impl<T: Serialize> IntoResponse for ListBody<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self).into_response()
     }
 }
 
