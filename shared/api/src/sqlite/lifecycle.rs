@@ -8,7 +8,7 @@ use autodeploy_core::deployment::{DeploymentRecord, DeploymentResult};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
-use super::deployments::{DEPLOYMENT_COLUMNS, deployment_record, deployment_row, rfc3339};
+use super::deployments::{deployment_at, deployment_by_id, rfc3339};
 use super::{SqliteStore, to_json, unavailable};
 use crate::store::{LeaseRequest, Leased, Outlook, PullQueue, Refusal, StoreResult};
 use crate::util::now_unix;
@@ -114,14 +114,7 @@ pub(super) fn take(
             params![org, service, seq, rfc3339(now), now],
         )
         .map_err(unavailable)?;
-        let record = conn
-            .query_row(
-                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE seq = ?1"),
-                params![seq],
-                deployment_row,
-            )
-            .map_err(unavailable)
-            .and_then(deployment_record)?;
+        let record = deployment_at(conn, seq)?;
         leased.push(Leased {
             attempt: record.attempts,
             record,
@@ -130,6 +123,21 @@ pub(super) fn take(
         });
     }
     Ok(leased)
+}
+
+/// What a statement on a live lease came to: `done` when it changed the deployment, else why
+/// it did not.
+fn on_live_lease<T>(
+    conn: &Connection,
+    (org, id): (&str, &str),
+    changed: usize,
+    done: T,
+) -> StoreResult<Result<T, Refusal>> {
+    if changed == 1 {
+        Ok(Ok(done))
+    } else {
+        Ok(Err(refusal(conn, org, id)?))
+    }
 }
 
 /// Why a lease operation found nothing to change: the deployment is unknown (404), or the
@@ -164,17 +172,7 @@ pub(super) fn report(
     id: &str,
     result: &DeploymentResult,
 ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
-    let current = conn
-        .query_row(
-            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ?1 AND id = ?2"),
-            params![org, id],
-            deployment_row,
-        )
-        .optional()
-        .map_err(unavailable)?
-        .map(deployment_record)
-        .transpose()?;
-    let Some(current) = current else {
+    let Some(current) = deployment_by_id(conn, org, id)? else {
         return Ok(Err(Refusal::NotFound));
     };
     if let Some(reported) = &current.result {
@@ -274,11 +272,7 @@ impl PullQueue for SqliteStore {
                         params![org, id, lease_id, now, rfc3339(now)],
                     )
                     .map_err(unavailable)?;
-                if changed == 1 {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err(refusal(conn, &org, &id)?))
-                }
+                on_live_lease(conn, (&org, &id), changed, ())
             })
             .await?;
         // The service may have newer work waiting behind this one.
@@ -313,11 +307,7 @@ impl PullQueue for SqliteStore {
                         params![org, id, lease_id, now, rfc3339(now), max_attempts, retry_at, failed],
                     )
                     .map_err(unavailable)?;
-                if changed == 1 {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err(refusal(conn, &org, &id)?))
-                }
+                on_live_lease(conn, (&org, &id), changed, ())
             })
             .await?;
         self.inner.work.notify_waiters();
@@ -343,11 +333,7 @@ impl PullQueue for SqliteStore {
                     params![org, id, lease_id, now, expires, rfc3339(now)],
                 )
                 .map_err(unavailable)?;
-            if changed == 1 {
-                Ok(Ok(rfc3339(expires)))
-            } else {
-                Ok(Err(refusal(conn, &org, &id)?))
-            }
+            on_live_lease(conn, (&org, &id), changed, rfc3339(expires))
         })
         .await
     }

@@ -16,7 +16,6 @@ use super::auth::{Caller, Scope};
 use super::error::ApiResult;
 use super::extract::Valid;
 use super::observe::DeliveryRequest;
-use crate::deploy::Ignored;
 use crate::deploy::history::DeliverySummary;
 use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image, source_name};
 use crate::metrics::Tally;
@@ -104,9 +103,7 @@ pub fn render(report: ImageReport) -> Response {
 /// What an image report counts, for its metrics line.
 pub fn tally(report: &ImageReport) -> Tally {
     Tally {
-        ignored: report.ignored.map(Ignored::as_str),
         source: Some(source_name(report.source).to_owned()),
-        dry_run: report.dry_run,
-        ..Tally::of(report.queued.iter().map(|q| q.status.as_str()), report.skipped.len())
+        ..report.reached.tally()
     }
 }

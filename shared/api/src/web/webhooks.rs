@@ -110,10 +110,8 @@ fn render(report: PushReport) -> Response {
         StatusCode::OK
     };
     let tally = Tally {
-        ignored: report.ignored.map(Ignored::as_str),
         delivery_id: report.delivery_id.clone(),
-        dry_run: report.dry_run,
-        ..Tally::of(report.queued.iter().map(|q| q.status.as_str()), report.skipped.len())
+        ..report.reached.tally()
     };
     let summary = DeliverySummary::from(&report);
     let mut response = (status, Json(report)).into_response();
