@@ -9,7 +9,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use autodeploy_core::delivery::{DeliveryOutcome, DeliveryRecord, DeliverySource, HistoryDraft, SkippedService};
-use autodeploy_core::provider::GitProvider;
 
 use super::image::ImageReport;
 use super::push::PushReport;
@@ -51,18 +50,6 @@ impl DeliveryContext {
 
     pub fn is_recorded(&self) -> bool {
         self.recorded.load(Ordering::Acquire)
-    }
-}
-
-pub fn source_of(provider: GitProvider) -> DeliverySource {
-    match provider {
-        GitProvider::Github => DeliverySource::Github,
-        GitProvider::Gitlab => DeliverySource::Gitlab,
-        GitProvider::Bitbucket => DeliverySource::Bitbucket,
-        GitProvider::BitbucketServer => DeliverySource::BitbucketServer,
-        GitProvider::Gitea => DeliverySource::Gitea,
-        GitProvider::Gogs => DeliverySource::Gogs,
-        GitProvider::AzureDevops => DeliverySource::AzureDevops,
     }
 }
 

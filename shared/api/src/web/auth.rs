@@ -10,7 +10,8 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Org, PathParams, Precondition};
+use super::extract::{Org, PathParams};
+use super::precondition::Precondition;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {

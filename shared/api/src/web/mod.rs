@@ -13,6 +13,7 @@ pub mod images;
 pub mod limits;
 pub mod list;
 pub mod observe;
+pub mod precondition;
 pub mod registry;
 pub mod services;
 pub mod targets;

@@ -16,7 +16,7 @@ use http::request::Parts;
 use super::AppState;
 use super::error::{ApiError, ErrorReason};
 use super::extract::{Org, PathParams, QueryParams};
-use crate::deploy::history::{DeliveryContext, DeliverySummary, finish, source_of};
+use crate::deploy::history::{DeliveryContext, DeliverySummary, finish};
 use crate::metrics::{DeliveryLine, Endpoint, Tally, emit, image_source, request_ids};
 
 /// What a delivery route's handler starts from: the state, the organization and the rest of
@@ -68,7 +68,7 @@ fn source_of_route(endpoint: Endpoint, route: &str, segments: &[&str]) -> Option
         Endpoint::Push => segments
             .get(4)
             .and_then(|slug| GitProvider::from_slug(slug))
-            .map(source_of),
+            .map(DeliverySource::Git),
         Endpoint::Image => match image_source(route)? {
             "API" if route.ends_with("/job/deploy") => Some(DeliverySource::JobApi),
             "API" => Some(DeliverySource::ContainerApi),

@@ -10,8 +10,9 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use super::AppState;
 use super::auth::{Manage, ManageWrite, PathId};
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonValue, MergePatch, PathParams, Precondition, QueryParams, etag_header};
+use super::extract::{JsonValue, MergePatch, PathParams, QueryParams};
 use super::list::ListParams;
+use super::precondition::{Precondition, etag_header};
 use crate::store::{Expected, StoreError, StoredService};
 use crate::util::{new_etag, now_rfc3339};
 

@@ -16,8 +16,9 @@ use serde::Serialize;
 use super::AppState;
 use super::auth::{Manage, ManageWrite, PathId};
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonValue, PathParams, QueryParams, etag_header};
+use super::extract::{JsonValue, PathParams, QueryParams};
 use super::list::ListParams;
+use super::precondition::etag_header;
 use crate::store::{Expected, Refusal, StoreError, StoredTarget};
 use crate::util::{new_etag, now_rfc3339};
 
