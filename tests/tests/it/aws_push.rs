@@ -85,7 +85,7 @@ fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 /// multiply by traffic. A change here is a change of the bill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_calls_per_push() {
-    let (stack, services) = Stack::with_services(12).await;
+    let (stack, _) = Stack::with_services(12).await;
     stack.aws.store_proxy.reset_counts();
     stack.aws.queue_proxy.reset_counts();
 
