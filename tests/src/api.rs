@@ -293,6 +293,20 @@ impl Api {
         .await
     }
 
+    /// The service `id` of `org`, read with the admin token; it must exist.
+    pub async fn get_service(&self, org: &str, id: &str) -> Reply {
+        let r = self
+            .call(
+                Method::GET,
+                &format!("/organization/{org}/services/{id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r
+    }
+
     pub async fn token(&self, org: &str, scopes: &[&str]) -> String {
         self.token_and_id(org, scopes).await.0
     }

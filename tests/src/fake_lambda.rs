@@ -311,6 +311,19 @@ pub fn moto_env(moto_url: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// A CI announcement of `image` at `tag` to organization `org`'s container endpoint, with
+/// the `Authorization` header `authorization`, as an API Gateway event.
+pub fn container_deploy_event(org: &str, authorization: &str, (image, tag): (&str, &str), base64: bool) -> Value {
+    let body = serde_json::json!({"image_name": image, "tag": tag}).to_string();
+    http_api_event(
+        "POST",
+        &format!("/organization/{org}/container/deploy"),
+        &[("authorization", authorization), ("content-type", "application/json")],
+        Some(body.as_bytes()),
+        base64,
+    )
+}
+
 /// An API Gateway HTTP API event (payload format 2.0) as API Gateway sends it to a function:
 /// `path` may carry a `?query`; a body is sent as text, or base64-encoded when `base64`.
 pub fn http_api_event(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>, base64: bool) -> Value {

@@ -328,7 +328,7 @@ impl fmt::Display for BranchPattern {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -505,7 +505,7 @@ mod tests {
     }
 
     /// Every string of `alphabet` up to `max_len` bytes.
-    fn strings(alphabet: &[char], max_len: usize) -> Vec<String> {
+    pub(crate) fn strings(alphabet: &[char], max_len: usize) -> Vec<String> {
         let mut all = vec![String::new()];
         let mut last = vec![String::new()];
         for _ in 0..max_len {

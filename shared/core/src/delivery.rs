@@ -4,17 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Who sent a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+use crate::provider::GitProvider;
+
+/// Who sent a delivery: a git provider's push webhook, or an image-tag route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeliverySource {
-    Github,
-    Gitlab,
-    Bitbucket,
-    BitbucketServer,
-    Gitea,
-    Gogs,
-    AzureDevops,
+    Git(GitProvider),
     ContainerApi,
     JobApi,
     Dockerhub,
@@ -23,14 +18,8 @@ pub enum DeliverySource {
 }
 
 impl DeliverySource {
-    pub const ALL: [DeliverySource; 12] = [
-        DeliverySource::Github,
-        DeliverySource::Gitlab,
-        DeliverySource::Bitbucket,
-        DeliverySource::BitbucketServer,
-        DeliverySource::Gitea,
-        DeliverySource::Gogs,
-        DeliverySource::AzureDevops,
+    /// The sources that are not a git provider.
+    const ROUTES: [DeliverySource; 5] = [
         DeliverySource::ContainerApi,
         DeliverySource::JobApi,
         DeliverySource::Dockerhub,
@@ -38,15 +27,26 @@ impl DeliverySource {
         DeliverySource::Ecr,
     ];
 
+    /// Every source: each git provider, then the image-tag routes.
+    pub const ALL: [DeliverySource; GitProvider::ALL.len() + Self::ROUTES.len()] = {
+        let git = GitProvider::ALL;
+        let mut all = [DeliverySource::Ecr; GitProvider::ALL.len() + Self::ROUTES.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = if i < git.len() {
+                DeliverySource::Git(git[i])
+            } else {
+                Self::ROUTES[i - git.len()]
+            };
+            i += 1;
+        }
+        all
+    };
+
+    /// A git provider's source is named as its webhook route is (`github`, `bitbucket-server`).
     pub fn as_str(self) -> &'static str {
         match self {
-            DeliverySource::Github => "github",
-            DeliverySource::Gitlab => "gitlab",
-            DeliverySource::Bitbucket => "bitbucket",
-            DeliverySource::BitbucketServer => "bitbucket-server",
-            DeliverySource::Gitea => "gitea",
-            DeliverySource::Gogs => "gogs",
-            DeliverySource::AzureDevops => "azure-devops",
+            DeliverySource::Git(provider) => provider.slug(),
             DeliverySource::ContainerApi => "container-api",
             DeliverySource::JobApi => "job-api",
             DeliverySource::Dockerhub => "dockerhub",
@@ -57,6 +57,25 @@ impl DeliverySource {
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|source| source.as_str() == s)
+    }
+}
+
+impl From<GitProvider> for DeliverySource {
+    fn from(provider: GitProvider) -> Self {
+        DeliverySource::Git(provider)
+    }
+}
+
+impl Serialize for DeliverySource {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for DeliverySource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown delivery source {name}")))
     }
 }
 
@@ -227,7 +246,7 @@ mod tests {
                 id: "1".into(),
                 organization_id: "acme".into(),
                 received_at: "t".into(),
-                source: DeliverySource::Github,
+                source: DeliverySource::Git(GitProvider::Github),
                 delivery_id: None,
                 http_status: 0,
                 outcome: DeliveryOutcome::Queued,

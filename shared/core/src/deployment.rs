@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::ServiceKind;
+use crate::model::{Service, ServiceKind};
 use crate::provider::GitProvider;
 use crate::registry::ImageSourceKind;
 
@@ -47,6 +47,27 @@ pub struct DeploymentRequest {
 }
 
 impl DeploymentRequest {
+    /// Deployment `deployment_id` of `service` (of organization `org`) for `trigger`: the
+    /// commit it names, or the image tag.
+    pub fn new(deployment_id: String, org: &str, service: &Service, trigger: Trigger, requested_at: &str) -> Self {
+        let (git_commit_id, image_tag) = match &trigger {
+            Trigger::GitPush { commit_sha, .. } => (Some(commit_sha.clone()), None),
+            Trigger::ImageTag { tag, .. } => (None, Some(tag.clone())),
+        };
+        Self {
+            schema: SCHEMA.to_owned(),
+            deployment_id,
+            organization_id: org.to_owned(),
+            environment_id: service.spec.environment_id.clone(),
+            service_id: service.id.clone(),
+            service_kind: service.spec.kind,
+            git_commit_id,
+            image_tag,
+            trigger,
+            requested_at: requested_at.to_owned(),
+        }
+    }
+
     /// The SQS FIFO message group: one service's deployments stay in order.
     pub fn message_group(&self) -> String {
         format!("{}/{}", self.organization_id, self.service_id)

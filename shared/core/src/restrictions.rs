@@ -327,6 +327,7 @@ impl Restrictions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::branch::tests::strings;
 
     fn rule(mode: RestrictionMode, value: &str) -> DeploymentRestriction {
         DeploymentRestriction {
@@ -441,20 +442,6 @@ mod tests {
                 "rules {rules:?} files {files:?}"
             );
         }
-    }
-
-    /// Every string of `alphabet` up to `max_len` bytes.
-    fn strings(alphabet: &[char], max_len: usize) -> Vec<String> {
-        let mut all = vec![String::new()];
-        let mut last = vec![String::new()];
-        for _ in 0..max_len {
-            last = last
-                .iter()
-                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
-                .collect();
-            all.extend(last.iter().cloned());
-        }
-        all
     }
 
     fn compiled_allows(rules: &[DeploymentRestriction], files: &[&str]) -> bool {

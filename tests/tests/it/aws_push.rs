@@ -30,6 +30,15 @@ const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
 const ATTEMPTS: usize = SDK_ATTEMPTS as usize;
 
 impl Stack {
+    /// The GitHub secret set, and `n` applications following the fixture's repository and
+    /// branch: the stack, and their ids.
+    async fn with_services(n: usize) -> (Self, Vec<String>) {
+        let stack = Self::with_github_secret().await;
+        let services = ids("svc", n);
+        stack.services(&services).await;
+        (stack, services)
+    }
+
     /// Auto-deployed applications following the fixture's repository and branch.
     async fn services(&self, ids: &[String]) {
         for id in ids {
@@ -76,9 +85,7 @@ fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 /// multiply by traffic. A change here is a change of the bill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_calls_per_push() {
-    let stack = Stack::with_github_secret().await;
-    let services = ids("svc", 12);
-    stack.services(&services).await;
+    let (stack, _) = Stack::with_services(12).await;
     stack.aws.store_proxy.reset_counts();
     stack.aws.queue_proxy.reset_counts();
 
@@ -112,9 +119,7 @@ async fn aws_calls_per_push() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_down_leaves_deployments_pending_for_the_relay() {
     for failure in [Failure::Unavailable, Failure::DropConnection] {
-        let stack = Stack::with_github_secret().await;
-        let services = ids("svc", 3);
-        stack.services(&services).await;
+        let (stack, services) = Stack::with_services(3).await;
         stack.aws.queue_proxy.set(Fault::new(failure));
 
         let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
@@ -156,9 +161,7 @@ async fn a_queue_down_leaves_deployments_pending_for_the_relay() {
 /// QUEUED, the rest PENDING, and the relay delivers those exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_failing_after_its_first_batch() {
-    let stack = Stack::with_github_secret().await;
-    let services = ids("svc", 25);
-    stack.services(&services).await;
+    let (stack, services) = Stack::with_services(25).await;
     stack
         .aws
         .queue_proxy
@@ -210,9 +213,7 @@ async fn a_queue_failing_after_its_first_batch() {
 /// 202 PENDING well within the push function's 8-second timeout, and the relay sends later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_timing_out_is_a_queue_down() {
-    let stack = Stack::with_github_secret().await;
-    let services = ids("svc", 3);
-    stack.services(&services).await;
+    let (stack, services) = Stack::with_services(3).await;
     stack
         .aws
         .queue_proxy
@@ -236,9 +237,7 @@ async fn a_queue_timing_out_is_a_queue_down() {
 /// messages still on the queue, so this drains only at the end.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_queue_answers_are_deduplicated() {
-    let stack = Stack::with_github_secret().await;
-    let services = ids("svc", 3);
-    stack.services(&services).await;
+    let (stack, services) = Stack::with_services(3).await;
     stack
         .aws
         .queue_proxy
@@ -263,9 +262,7 @@ async fn lost_queue_answers_are_deduplicated() {
 /// once the store is back, queues exactly one deployment per service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
-    let stack = Stack::with_github_secret().await;
-    let services = ids("svc", 3);
-    stack.services(&services).await;
+    let (stack, services) = Stack::with_services(3).await;
     stack
         .aws
         .store_proxy
@@ -313,9 +310,7 @@ async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
 /// message per service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_store_answer_loses_nothing() {
-    let stack = Stack::with_github_secret().await;
-    let services = ids("svc", 3);
-    stack.services(&services).await;
+    let (stack, services) = Stack::with_services(3).await;
     stack.aws.store_proxy.set(
         Fault::new(Failure::LoseResponse)
             .only(action::TRANSACT_WRITE_ITEMS)
@@ -345,9 +340,7 @@ async fn a_lost_store_answer_loses_nothing() {
 /// nothing written, and the redelivery completes them — one deployment per service in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failing_midway_is_completed_by_the_redelivery() {
-    let stack = Stack::with_github_secret().await;
-    let services = ids("svc", 3);
-    stack.services(&services).await;
+    let (stack, services) = Stack::with_services(3).await;
     stack
         .aws
         .store_proxy

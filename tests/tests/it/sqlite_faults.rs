@@ -107,33 +107,40 @@ async fn github_api() -> Api {
     api
 }
 
+/// A push whose record fails at `table` (for `failing`, or for every service): 503, and
+/// nothing is left of the attempt: no deployment, no push mark, no remembered delivery. Once
+/// healed, the redelivery queues both services. The API, its second connection, and the push.
+async fn failed_record_then_redelivery(table: &str, failing: Option<&str>) -> (Api, Connection, Vec<u8>) {
+    let api = github_api().await;
+    let conn = second_connection(&api);
+    let push = fixture("github/gp-push.json");
+    fail_inserts(&conn, table, failing);
+
+    let r = api.push("acme", "github", &push, "delivery-1").await;
+    assert_unavailable(&r);
+    assert!(logged(&api).await.is_empty(), "{table}");
+    assert!(on_queue(&api).await.is_empty(), "{table}");
+    assert!(push_marks(&conn).is_empty(), "{table}");
+
+    heal(&conn, table);
+    let r = api.push("acme", "github", &push, "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{table}: {}", r.body);
+    assert_eq!(
+        outcome(&r),
+        (pairs(&[("api", "QUEUED"), ("web", "QUEUED")]), vec![]),
+        "{table}"
+    );
+    assert_eq!(on_queue(&api).await, vec!["api", "web"], "{table}");
+    (api, conn, push)
+}
+
 /// The record fails — at the deployment row, or at the push mark written beside it — for
-/// every service: 503, and nothing is left of the attempt: no deployment, no push mark, no
-/// remembered delivery. The redelivery queues exactly once.
+/// every service: nothing is left of the attempt, and the redelivery queues exactly once.
 #[tokio::test]
 async fn a_push_whose_record_fails_is_a_503_and_a_clean_redelivery() {
     for table in ["deployments", "push_marks"] {
-        let api = github_api().await;
-        let conn = second_connection(&api);
-        let push = fixture("github/gp-push.json");
-        fail_inserts(&conn, table, None);
-
-        let r = api.push("acme", "github", &push, "delivery-1").await;
-        assert_unavailable(&r);
-        assert!(logged(&api).await.is_empty(), "{table}");
-        assert!(on_queue(&api).await.is_empty(), "{table}");
-        assert!(push_marks(&conn).is_empty(), "{table}");
-
-        heal(&conn, table);
-        let r = api.push("acme", "github", &push, "delivery-1").await;
-        assert_eq!(r.status, StatusCode::ACCEPTED, "{table}: {}", r.body);
-        assert_eq!(
-            outcome(&r),
-            (pairs(&[("api", "QUEUED"), ("web", "QUEUED")]), vec![]),
-            "{table}"
-        );
+        let (api, conn, push) = failed_record_then_redelivery(table, None).await;
         assert_eq!(logged(&api).await, vec!["api", "web"], "{table}");
-        assert_eq!(on_queue(&api).await, vec!["api", "web"], "{table}");
         assert_eq!(push_marks(&conn), vec!["api", "web"], "{table}");
         let r = api.push("acme", "github", &push, "delivery-1").await;
         assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY", "{table}");
@@ -145,26 +152,7 @@ async fn a_push_whose_record_fails_is_a_503_and_a_clean_redelivery() {
 #[tokio::test]
 async fn a_push_whose_record_fails_for_one_service_leaves_nothing_and_the_redelivery_queues_all() {
     for table in ["deployments", "push_marks"] {
-        let api = github_api().await;
-        let conn = second_connection(&api);
-        let push = fixture("github/gp-push.json");
-        fail_inserts(&conn, table, Some("web"));
-
-        let r = api.push("acme", "github", &push, "delivery-1").await;
-        assert_unavailable(&r);
-        assert!(logged(&api).await.is_empty(), "{table}");
-        assert!(on_queue(&api).await.is_empty(), "{table}");
-        assert!(push_marks(&conn).is_empty(), "{table}");
-
-        heal(&conn, table);
-        let r = api.push("acme", "github", &push, "delivery-1").await;
-        assert_eq!(r.status, StatusCode::ACCEPTED, "{table}: {}", r.body);
-        assert_eq!(
-            outcome(&r),
-            (pairs(&[("api", "QUEUED"), ("web", "QUEUED")]), vec![]),
-            "{table}"
-        );
-        assert_eq!(on_queue(&api).await, vec!["api", "web"], "{table}");
+        failed_record_then_redelivery(table, Some("web")).await;
     }
 }
 
@@ -207,19 +195,6 @@ async fn deploy(api: &Api, tag: &str) -> Reply {
     .await
 }
 
-async fn service(api: &Api, id: &str) -> Reply {
-    let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/acme/services/{id}"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    r
-}
-
 /// The image endpoint's record fails, for every service or for one: 503, and every service
 /// keeps its tag, version and ETag (the new tag is written in the same transaction as the
 /// records); the retry queues each service once.
@@ -231,12 +206,15 @@ async fn an_image_record_that_fails_leaves_every_service_unchanged() {
         container(&api, "api").await;
         container(&api, "broken").await;
 
-        let before = [service(&api, "api").await, service(&api, "broken").await];
+        let before = [
+            api.get_service("acme", "api").await,
+            api.get_service("acme", "broken").await,
+        ];
         fail_inserts(&conn, "deployments", broken);
         assert_unavailable(&deploy(&api, "1.1.0").await);
         for old in &before {
             let id = old.body["id"].as_str().unwrap();
-            let now = service(&api, id).await;
+            let now = api.get_service("acme", id).await;
             assert_eq!((now.etag(), &now.body), (old.etag(), &old.body), "{broken:?}: {id}");
         }
         assert!(logged(&api).await.is_empty(), "{broken:?}");
@@ -251,7 +229,11 @@ async fn an_image_record_that_fails_leaves_every_service_unchanged() {
             "{broken:?}"
         );
         for id in ["api", "broken"] {
-            assert_eq!(service(&api, id).await.body["image"]["tag"], "1.1.0", "{broken:?}");
+            assert_eq!(
+                api.get_service("acme", id).await.body["image"]["tag"],
+                "1.1.0",
+                "{broken:?}"
+            );
         }
         assert_eq!(on_queue(&api).await, vec!["api", "broken"], "{broken:?}");
         let r = deploy(&api, "1.1.0").await;

@@ -62,15 +62,7 @@ async fn snapshot(api: &Api, org: &str) -> Value {
     };
     let mut services = Vec::new();
     for id in ["web", "api", "job", "hub"] {
-        let r = api
-            .call(
-                Method::GET,
-                &format!("/organization/{org}/services/{id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK);
+        let r = api.get_service(org, id).await;
         services.push(json!({"doc": r.body, "etag": r.etag()}));
     }
     // A refused delivery to an organization's URL is the organization's to see (its deliveries

@@ -84,19 +84,8 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
     let mut server = Server::start(ADMIN, &["--print-deployments"]);
     let port = server.port;
     assert_eq!(http(port, "GET", "/health", &[], b"").0, 200);
-    let auth = format!("Token {ADMIN}");
     let json = ("Content-Type", "application/json");
-    let service = r#"{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
-        "git_repository": {"provider": "GITEA", "url": "https://git.example.com/acme/shop.git", "branch": "main"}}"#;
-    let (status, body) = http(
-        port,
-        "PUT",
-        "/organization/acme/services/api",
-        &[("Authorization", &auth), json],
-        service.as_bytes(),
-    );
-    assert_eq!(status, 201, "{body}");
-    server.set_webhook_secret(ADMIN, "gitea", "cli-test-webhook-secret");
+    set_up_gitea(port);
 
     let push = r#"{"ref": "refs/heads/main", "before": "1111111111111111111111111111111111111111",
         "after": "2222222222222222222222222222222222222222", "total_commits": 1,

@@ -9,11 +9,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use autodeploy_core::delivery::{DeliveryOutcome, DeliveryRecord, DeliverySource, HistoryDraft, SkippedService};
-use autodeploy_core::provider::GitProvider;
 
-use super::Ignored;
 use super::image::ImageReport;
 use super::push::PushReport;
+use super::{Ignored, Reached};
 use crate::store::Store;
 use crate::util::{new_deployment_id, now_rfc3339};
 
@@ -44,28 +43,6 @@ impl DeliveryContext {
         }
     }
 
-    /// The record of this delivery, before anything is known of its outcome.
-    pub fn record(&self) -> DeliveryRecord {
-        DeliveryRecord {
-            id: self.id.clone(),
-            organization_id: self.organization_id.clone(),
-            received_at: self.received_at.clone(),
-            source: self.source,
-            delivery_id: self.delivery_id.clone(),
-            http_status: 0,
-            outcome: DeliveryOutcome::Rejected,
-            reason: String::new(),
-            repository: None,
-            branch: None,
-            commit_sha: None,
-            image: None,
-            tag: None,
-            queued: Vec::new(),
-            skipped: Vec::new(),
-            dry_run: self.dry_run,
-        }
-    }
-
     /// The delivery was recorded with the request's other writes.
     pub fn mark_recorded(&self) {
         self.recorded.store(true, Ordering::Release);
@@ -76,16 +53,15 @@ impl DeliveryContext {
     }
 }
 
-pub fn source_of(provider: GitProvider) -> DeliverySource {
-    match provider {
-        GitProvider::Github => DeliverySource::Github,
-        GitProvider::Gitlab => DeliverySource::Gitlab,
-        GitProvider::Bitbucket => DeliverySource::Bitbucket,
-        GitProvider::BitbucketServer => DeliverySource::BitbucketServer,
-        GitProvider::Gitea => DeliverySource::Gitea,
-        GitProvider::Gogs => DeliverySource::Gogs,
-        GitProvider::AzureDevops => DeliverySource::AzureDevops,
-    }
+/// What a delivery announced, as its record names it: a push's repository, branch and
+/// commit, or an image and its tag; nothing for a delivery refused before it was read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announced {
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+    pub commit_sha: Option<String>,
+    pub image: Option<String>,
+    pub tag: Option<String>,
 }
 
 /// What an answered delivery amounts to: the part of its record its answer decides.
@@ -94,45 +70,53 @@ pub struct DeliverySummary {
     pub outcome: DeliveryOutcome,
     pub reason: String,
     pub delivery_id: Option<String>,
-    pub repository: Option<String>,
-    pub branch: Option<String>,
-    pub commit_sha: Option<String>,
-    pub image: Option<String>,
-    pub tag: Option<String>,
+    pub announced: Announced,
     pub queued: Vec<String>,
     pub skipped: Vec<SkippedService>,
 }
 
 impl DeliverySummary {
-    /// A refused or failed delivery: `status` 4xx is `REJECTED`, 5xx `ERROR`.
-    pub fn refused(status: u16, reason: &str) -> Self {
+    fn new(outcome: DeliveryOutcome, reason: String) -> Self {
         Self {
-            outcome: if status >= 500 {
-                DeliveryOutcome::Error
-            } else {
-                DeliveryOutcome::Rejected
-            },
-            reason: reason.to_owned(),
+            outcome,
+            reason,
             delivery_id: None,
-            repository: None,
-            branch: None,
-            commit_sha: None,
-            image: None,
-            tag: None,
+            announced: Announced::default(),
             queued: Vec::new(),
             skipped: Vec::new(),
         }
     }
 
-    fn answered(
-        ignored: Option<Ignored>,
-        message: Option<&str>,
-        queued: Vec<String>,
-        skipped: Vec<SkippedService>,
-        dry_run: bool,
-        would_queue: usize,
-    ) -> Self {
-        let (outcome, reason) = match ignored {
+    /// A refused or failed delivery: `status` 4xx is `REJECTED`, 5xx `ERROR`.
+    pub fn refused(status: u16, reason: &str) -> Self {
+        let outcome = if status >= 500 {
+            DeliveryOutcome::Error
+        } else {
+            DeliveryOutcome::Rejected
+        };
+        Self::new(outcome, reason.to_owned())
+    }
+
+    /// What a report's `reached` amounts to; the report adds what it says of the announcement.
+    fn answered<Q, S>(reached: &Reached<Q, S>) -> Self {
+        let Reached {
+            ignored,
+            message,
+            dry_run,
+            ..
+        } = reached;
+        let message = message.as_deref();
+        let would_queue = reached.queued.len();
+        let queued: Vec<String> = reached.queued.iter().filter_map(|q| q.deployment_id.clone()).collect();
+        let skipped: Vec<SkippedService> = reached
+            .skipped
+            .iter()
+            .map(|s| SkippedService {
+                service_id: s.service_id.clone(),
+                reason: s.reason.as_str().to_owned(),
+            })
+            .collect();
+        let (outcome, reason) = match *ignored {
             Some(Ignored::DuplicateDelivery) => (
                 DeliveryOutcome::Duplicate,
                 message
@@ -151,7 +135,7 @@ impl DeliverySummary {
                     if queued.len() == 1 { "" } else { "s" }
                 ),
             ),
-            None if dry_run && would_queue > 0 => (
+            None if *dry_run && would_queue > 0 => (
                 DeliveryOutcome::NothingToDeploy,
                 format!(
                     "Dry run: {would_queue} deployment{} would be queued; nothing was.",
@@ -164,16 +148,9 @@ impl DeliverySummary {
             ),
         };
         Self {
-            outcome,
-            reason,
-            delivery_id: None,
-            repository: None,
-            branch: None,
-            commit_sha: None,
-            image: None,
-            tag: None,
             queued,
             skipped,
+            ..Self::new(outcome, reason)
         }
     }
 }
@@ -190,77 +167,62 @@ fn ignored_reason(ignored: Ignored) -> &'static str {
 
 impl From<&PushReport> for DeliverySummary {
     fn from(report: &PushReport) -> Self {
-        let queued = report.queued.iter().filter_map(|q| q.deployment_id.clone()).collect();
-        let skipped = report
-            .skipped
-            .iter()
-            .map(|s| SkippedService {
-                service_id: s.service_id.clone(),
-                reason: s.reason.as_str().to_owned(),
-            })
-            .collect();
         Self {
             delivery_id: report.delivery_id.clone(),
-            repository: report.repository.clone(),
-            branch: report.branch.clone(),
-            commit_sha: report.commit_sha.clone(),
-            ..Self::answered(
-                report.ignored,
-                report.message.as_deref(),
-                queued,
-                skipped,
-                report.dry_run,
-                report.queued.len(),
-            )
+            announced: Announced {
+                repository: report.repository.clone(),
+                branch: report.branch.clone(),
+                commit_sha: report.commit_sha.clone(),
+                ..Announced::default()
+            },
+            ..Self::answered(&report.reached)
         }
     }
 }
 
 impl From<&ImageReport> for DeliverySummary {
     fn from(report: &ImageReport) -> Self {
-        let queued = report.queued.iter().filter_map(|q| q.deployment_id.clone()).collect();
-        let skipped = report
-            .skipped
-            .iter()
-            .map(|s| SkippedService {
-                service_id: s.service_id.clone(),
-                reason: s.reason.as_str().to_owned(),
-            })
-            .collect();
         let image = report.image_name.as_ref().map(|path| match &report.registry {
             Some(registry) => format!("{registry}/{path}"),
             None => path.clone(),
         });
         Self {
-            image,
-            tag: report.tag.clone(),
-            ..Self::answered(
-                report.ignored,
-                report.message.as_deref(),
-                queued,
-                skipped,
-                report.dry_run,
-                report.queued.len(),
-            )
+            announced: Announced {
+                image,
+                tag: report.tag.clone(),
+                ..Announced::default()
+            },
+            ..Self::answered(&report.reached)
         }
     }
 }
 
 /// The delivery's record: its context, completed by its summary and the status answered.
 pub fn record_of(context: &DeliveryContext, summary: &DeliverySummary, http_status: u16) -> DeliveryRecord {
+    let Announced {
+        repository,
+        branch,
+        commit_sha,
+        image,
+        tag,
+    } = summary.announced.clone();
     DeliveryRecord {
+        id: context.id.clone(),
+        organization_id: context.organization_id.clone(),
+        received_at: context.received_at.clone(),
+        source: context.source,
+        delivery_id: summary.delivery_id.clone().or_else(|| context.delivery_id.clone()),
         http_status,
         outcome: summary.outcome,
         reason: summary.reason.clone(),
-        delivery_id: summary.delivery_id.clone().or_else(|| context.delivery_id.clone()),
-        repository: summary.repository.clone(),
-        branch: summary.branch.clone(),
-        commit_sha: summary.commit_sha.clone(),
-        image: summary.image.clone(),
-        tag: summary.tag.clone(),
+        repository,
+        branch,
+        commit_sha,
+        image,
+        tag,
         queued: summary.queued.clone(),
         skipped: summary.skipped.clone(),
-        ..context.record()
+        dry_run: context.dry_run,
     }
 }
 

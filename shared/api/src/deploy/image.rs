@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use autodeploy_core::deployment::{DeploymentRequest, SCHEMA, Trigger};
+use autodeploy_core::deployment::{DeploymentRequest, Trigger};
 use autodeploy_core::image::ImageName;
 use autodeploy_core::matching::{ImageTarget, SkipReason, decide_image};
 use autodeploy_core::model::Service;
@@ -11,7 +11,7 @@ use autodeploy_core::registry::ImageSourceKind;
 use serde::Serialize;
 
 use super::history::{DeliveryContext, DeliverySummary, draft_of};
-use super::{DeployError, Deployer, EntryStatus, Ignored};
+use super::{DeployError, Deployer, EntryStatus, Ignored, Queued, Reached, Skipped};
 use crate::pipeline::Outcome;
 use crate::store::{Candidate, DeliveryKey, Guard, StoredService};
 use crate::util::{new_deployment_id, new_etag, now_rfc3339};
@@ -20,21 +20,17 @@ use crate::util::{new_deployment_id, new_etag, now_rfc3339};
 /// enough for identical concurrent notifications, where the second read already sees the tag.
 const RECORD_ATTEMPTS: usize = 3;
 
-/// A deployment queued (or, in a dry run, that would be) for a new tag.
+/// What a queued entry says of the new tag: it, and the tag the service ran before.
 #[derive(Debug, Clone, Serialize)]
-pub struct ImageQueuedEntry {
-    pub service_id: String,
-    pub deployment_id: Option<String>,
+pub struct TagChange {
     pub tag: String,
     pub previous_tag: String,
-    pub status: EntryStatus,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageSkippedEntry {
-    pub service_id: String,
-    pub reason: SkipReason,
-}
+/// A deployment queued (or, in a dry run, that would be) for a new tag.
+pub type ImageQueuedEntry = Queued<TagChange>;
+
+pub type ImageSkippedEntry = Skipped<()>;
 
 /// The image-tag response: shaped as the push response (`queued`, `skipped`, `ignored`,
 /// `message`, `dry_run`), naming the image as it was matched (normalized).
@@ -45,12 +41,8 @@ pub struct ImageReport {
     pub registry: Option<String>,
     pub image_name: Option<String>,
     pub tag: Option<String>,
-    pub queued: Vec<ImageQueuedEntry>,
-    pub skipped: Vec<ImageSkippedEntry>,
-    pub ignored: Option<Ignored>,
-    /// Why nothing was queued or skipped, or why the notification was ignored.
-    pub message: Option<String>,
-    pub dry_run: bool,
+    #[serde(flatten)]
+    pub reached: Reached<TagChange, ()>,
 }
 
 impl ImageReport {
@@ -60,26 +52,21 @@ impl ImageReport {
             registry: None,
             image_name: None,
             tag: None,
-            queued: Vec::new(),
-            skipped: Vec::new(),
-            ignored: None,
-            message: None,
-            dry_run,
+            reached: Reached::new(dry_run),
         }
     }
 
     /// The notification announces nothing to deploy; `message` says why.
     pub fn ignored(source: ImageSourceKind, dry_run: bool, reason: Ignored, message: &str) -> Self {
-        Self {
-            ignored: Some(reason),
-            message: Some(message.to_owned()),
-            ..Self::new(source, dry_run)
-        }
+        let mut report = Self::new(source, dry_run);
+        report.reached.ignored = Some(reason);
+        report.reached.message = Some(message.to_owned());
+        report
     }
 
     /// Whether anything was queued: a 202 then.
     pub fn queued_any(&self) -> bool {
-        !self.dry_run && !self.queued.is_empty()
+        self.reached.queued_any()
     }
 }
 
@@ -148,24 +135,19 @@ fn candidate(
         last_push: stored.last_push.clone(),
     };
     Some(Candidate {
-        request: DeploymentRequest {
-            schema: SCHEMA.to_owned(),
-            deployment_id: new_deployment_id(),
-            organization_id: org.to_owned(),
-            environment_id: service.spec.environment_id.clone(),
-            service_id: service.id.clone(),
-            service_kind: service.spec.kind,
-            git_commit_id: None,
-            image_tag: Some(tag.to_owned()),
-            trigger: Trigger::ImageTag {
+        request: DeploymentRequest::new(
+            new_deployment_id(),
+            org,
+            service,
+            Trigger::ImageTag {
                 source,
                 registry,
                 image_name: path,
                 previous_tag: Some(current.tag.clone()),
                 tag: tag.to_owned(),
             },
-            requested_at: requested_at.to_owned(),
-        },
+            requested_at,
+        ),
         guard: Guard::ServiceUnchanged {
             expected: stored.etag.clone(),
             updated: Box::new(updated),
@@ -205,26 +187,25 @@ pub async fn deploy_image(
                 let runs_it = stored.service.image_key().is_some_and(|(r, p)| image.matches(&r, &p));
                 other_kinds += usize::from(runs_it);
             }
-            Some(Err(reason)) => report.skipped.push(ImageSkippedEntry {
-                service_id: stored.service.id.clone(),
-                reason,
-            }),
+            Some(Err(reason)) => report.reached.skipped.push(skipped(&stored, reason)),
             Some(Ok(())) => deployable.push(stored),
         }
     }
-    if deployable.is_empty() && report.skipped.is_empty() {
-        report.message = Some(nothing_runs(org, target, image, other_kinds));
+    if deployable.is_empty() && report.reached.skipped.is_empty() {
+        report.reached.message = Some(nothing_runs(org, target, image, other_kinds));
     }
 
     if dry_run {
-        report.queued = deployable
+        report.reached.queued = deployable
             .iter()
             .filter_map(|stored| {
                 Some(ImageQueuedEntry {
                     service_id: stored.service.id.clone(),
                     deployment_id: None,
-                    tag: tag.to_owned(),
-                    previous_tag: stored.service.spec.image.as_ref()?.tag.clone(),
+                    detail: TagChange {
+                        tag: tag.to_owned(),
+                        previous_tag: stored.service.spec.image.as_ref()?.tag.clone(),
+                    },
                     status: EntryStatus::DryRun,
                 })
             })
@@ -249,13 +230,15 @@ pub async fn deploy_image(
         for (candidate, outcome) in candidates.iter().zip(outcomes) {
             let request = &candidate.request;
             match outcome {
-                Outcome::Recorded(status) => report.queued.push(ImageQueuedEntry {
+                Outcome::Recorded(status) => report.reached.queued.push(ImageQueuedEntry {
                     service_id: request.service_id.clone(),
                     deployment_id: Some(request.deployment_id.clone()),
-                    tag: tag.to_owned(),
-                    previous_tag: match &request.trigger {
-                        Trigger::ImageTag { previous_tag, .. } => previous_tag.clone().unwrap_or_default(),
-                        Trigger::GitPush { .. } => String::new(),
+                    detail: TagChange {
+                        tag: tag.to_owned(),
+                        previous_tag: match &request.trigger {
+                            Trigger::ImageTag { previous_tag, .. } => previous_tag.clone().unwrap_or_default(),
+                            Trigger::GitPush { .. } => String::new(),
+                        },
                     },
                     status: EntryStatus::of(status),
                 }),
@@ -270,10 +253,7 @@ pub async fn deploy_image(
             if let Some(stored) = deployer.store.get_service(org, id).await? {
                 match decide_image(&stored.service, target, image, tag) {
                     None => {}
-                    Some(Err(reason)) => report.skipped.push(ImageSkippedEntry {
-                        service_id: stored.service.id.clone(),
-                        reason,
-                    }),
+                    Some(Err(reason)) => report.reached.skipped.push(skipped(&stored, reason)),
                     Some(Ok(())) => next.push(stored),
                 }
             }
@@ -308,9 +288,16 @@ fn nothing_runs(org: &str, target: ImageTarget, image: &ImageName, other_kinds: 
     }
 }
 
+fn skipped(stored: &StoredService, reason: SkipReason) -> ImageSkippedEntry {
+    ImageSkippedEntry {
+        service_id: stored.service.id.clone(),
+        reason,
+        detail: (),
+    }
+}
+
 /// Entries in service id order, whatever order lookups and retries produced them in.
 fn sorted(mut report: ImageReport) -> ImageReport {
-    report.queued.sort_by(|a, b| a.service_id.cmp(&b.service_id));
-    report.skipped.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+    report.reached.sort();
     report
 }

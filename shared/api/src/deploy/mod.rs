@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autodeploy_core::delivery::HistoryDraft;
+use autodeploy_core::matching::SkipReason;
+use serde::Serialize;
 
+use crate::metrics::Tally;
 use crate::pipeline::{Outcome, record_and_send};
 use crate::store::{Candidate, DeliveryKey, DeploymentQueue, Store, StoreError};
 
@@ -91,6 +94,71 @@ impl From<autodeploy_core::push::IgnoredReason> for Ignored {
             IgnoredReason::BranchDeleted => Ignored::BranchDeleted,
             IgnoredReason::Ping => Ignored::Ping,
             IgnoredReason::UnsupportedEvent => Ignored::UnsupportedEvent,
+        }
+    }
+}
+
+/// An entry of a report's `queued`: a deployment queued (or, in a dry run, that would be),
+/// and what the announcement says of it (`D`: the commit, or the tag).
+#[derive(Debug, Clone, Serialize)]
+pub struct Queued<D> {
+    pub service_id: String,
+    pub deployment_id: Option<String>,
+    #[serde(flatten)]
+    pub detail: D,
+    pub status: EntryStatus,
+}
+
+/// An entry of a report's `skipped`: a service the announcement reached that does not take
+/// it, why, and what the announcement says of it (`D`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped<D> {
+    pub service_id: String,
+    pub reason: SkipReason,
+    #[serde(flatten)]
+    pub detail: D,
+}
+
+/// What every report says after naming its announcement: SPEC's `queued`, `skipped`,
+/// `ignored`, `message` and `dry_run`, the same for a git delivery and an image tag.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reached<Q, S> {
+    pub queued: Vec<Queued<Q>>,
+    pub skipped: Vec<Skipped<S>>,
+    pub ignored: Option<Ignored>,
+    /// Why nothing was queued or skipped, or why the announcement was ignored.
+    pub message: Option<String>,
+    pub dry_run: bool,
+}
+
+impl<Q, S> Reached<Q, S> {
+    pub fn new(dry_run: bool) -> Self {
+        Self {
+            queued: Vec::new(),
+            skipped: Vec::new(),
+            ignored: None,
+            message: None,
+            dry_run,
+        }
+    }
+
+    /// Whether anything was queued (not merely would be, in a dry run): a 202 then.
+    pub fn queued_any(&self) -> bool {
+        !self.dry_run && !self.queued.is_empty()
+    }
+
+    /// Entries in service id order, whatever order lookups and retries produced them in.
+    pub fn sort(&mut self) {
+        self.queued.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+        self.skipped.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+    }
+
+    /// What the metrics count of it.
+    pub fn tally(&self) -> Tally {
+        Tally {
+            ignored: self.ignored.map(Ignored::as_str),
+            dry_run: self.dry_run,
+            ..Tally::of(self.queued.iter().map(|q| q.status.as_str()), self.skipped.len())
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use autodeploy_core::deployment::{DeploymentRequest, SCHEMA, Trigger};
+use autodeploy_core::deployment::{DeploymentRequest, Trigger};
 use autodeploy_core::matching::{SkipReason, push_mark};
 use autodeploy_core::plan::{ServiceView, delivery_keys, plan_push};
 use autodeploy_core::provider::GitProvider;
@@ -11,7 +11,7 @@ use autodeploy_core::push::Push;
 use serde::Serialize;
 
 use super::history::{DeliveryContext, DeliverySummary, draft_of};
-use super::{DeployError, Deployer, EntryStatus, Ignored};
+use super::{DeployError, Deployer, EntryStatus, Ignored, Queued, Reached, Skipped};
 use crate::pipeline::Outcome;
 use crate::store::{Candidate, DeliveryKey, Guard, StoredService};
 use crate::util::{new_deployment_id, now_rfc3339, now_unix};
@@ -22,22 +22,23 @@ impl ServiceView for StoredService {
     }
 }
 
-/// A deployment queued (or, in a dry run, that would be).
+/// What a queued entry says of its push: the branch and the commit.
 #[derive(Debug, Clone, Serialize)]
-pub struct QueuedEntry {
-    pub service_id: String,
-    pub deployment_id: Option<String>,
+pub struct Commit {
     pub branch: String,
     pub commit_sha: String,
-    pub status: EntryStatus,
 }
 
+/// What a skipped entry says of its push: the branch.
 #[derive(Debug, Clone, Serialize)]
-pub struct SkippedEntry {
-    pub service_id: String,
-    pub reason: SkipReason,
+pub struct OnBranch {
     pub branch: String,
 }
+
+/// A deployment queued (or, in a dry run, that would be).
+pub type QueuedEntry = Queued<Commit>;
+
+pub type SkippedEntry = Skipped<OnBranch>;
 
 /// SPEC's push response.
 #[derive(Debug, Clone, Serialize)]
@@ -48,12 +49,9 @@ pub struct PushReport {
     pub branch: Option<String>,
     pub commit_sha: Option<String>,
     pub files: Option<&'static str>,
-    pub queued: Vec<QueuedEntry>,
-    pub skipped: Vec<SkippedEntry>,
-    pub ignored: Option<Ignored>,
-    /// Why nothing was queued or skipped, for the person reading the provider's delivery log.
-    pub message: Option<String>,
-    pub dry_run: bool,
+    /// `message` is for the person reading the provider's delivery log.
+    #[serde(flatten)]
+    pub reached: Reached<Commit, OnBranch>,
 }
 
 impl PushReport {
@@ -65,23 +63,19 @@ impl PushReport {
             branch: None,
             commit_sha: None,
             files: None,
-            queued: Vec::new(),
-            skipped: Vec::new(),
-            ignored: None,
-            message: None,
-            dry_run,
+            reached: Reached::new(dry_run),
         }
     }
 
     /// Nothing to look at: answered 200 with `ignored` set.
     pub fn ignored(mut self, reason: Ignored) -> Self {
-        self.ignored = Some(reason);
+        self.reached.ignored = Some(reason);
         self
     }
 
-    /// Whether anything was (or, in a dry run, would be) queued: a 202 then.
+    /// Whether anything was queued: a 202 then.
     pub fn queued_any(&self) -> bool {
-        !self.dry_run && !self.queued.is_empty()
+        self.reached.queued_any()
     }
 }
 
@@ -141,7 +135,7 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
         report.commit_sha = Some(first.after.clone());
         report.files = Some(if first.files.is_known() { "KNOWN" } else { "UNKNOWN" });
     }
-    report.message = plan.nothing_to_deploy(org, &pushes);
+    report.reached.message = plan.nothing_to_deploy(org, &pushes);
 
     let requested_at = now_rfc3339();
     let mut candidates = Vec::new();
@@ -149,37 +143,38 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
         let push = &pushes[decision.push];
         let service = &decision.stored.service;
         match decision.verdict {
-            Err(reason) => report.skipped.push(SkippedEntry {
+            Err(reason) => report.reached.skipped.push(SkippedEntry {
                 service_id: service.id.clone(),
                 reason,
-                branch: push.branch.clone(),
+                detail: OnBranch {
+                    branch: push.branch.clone(),
+                },
             }),
             // A dry run can only tell the same push as the last one queued.
             Ok(()) if dry_run && decision.stored.last_push.as_deref() == Some(push_mark(push).as_str()) => {
-                report.skipped.push(SkippedEntry {
+                report.reached.skipped.push(SkippedEntry {
                     service_id: service.id.clone(),
                     reason: SkipReason::AlreadyQueued,
-                    branch: push.branch.clone(),
+                    detail: OnBranch {
+                        branch: push.branch.clone(),
+                    },
                 })
             }
-            Ok(()) if dry_run => report.queued.push(QueuedEntry {
+            Ok(()) if dry_run => report.reached.queued.push(QueuedEntry {
                 service_id: service.id.clone(),
                 deployment_id: None,
-                branch: push.branch.clone(),
-                commit_sha: push.after.clone(),
+                detail: Commit {
+                    branch: push.branch.clone(),
+                    commit_sha: push.after.clone(),
+                },
                 status: EntryStatus::DryRun,
             }),
             Ok(()) => candidates.push(Candidate {
-                request: DeploymentRequest {
-                    schema: SCHEMA.to_owned(),
-                    deployment_id: new_deployment_id(),
-                    organization_id: org.to_owned(),
-                    environment_id: service.spec.environment_id.clone(),
-                    service_id: service.id.clone(),
-                    service_kind: service.spec.kind,
-                    git_commit_id: Some(push.after.clone()),
-                    image_tag: None,
-                    trigger: Trigger::GitPush {
+                request: DeploymentRequest::new(
+                    new_deployment_id(),
+                    org,
+                    service,
+                    Trigger::GitPush {
                         provider,
                         repository: plan.repositories[decision.push].clone(),
                         branch: push.branch.clone(),
@@ -188,8 +183,8 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
                         delivery_id: delivery_id.clone(),
                         pusher: push.pusher.clone(),
                     },
-                    requested_at: requested_at.clone(),
-                },
+                    &requested_at,
+                ),
                 guard: Guard::Push {
                     mark: push_mark(push),
                     before: push.before.clone(),
@@ -216,17 +211,19 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
             continue;
         };
         match outcome {
-            Outcome::Recorded(status) => report.queued.push(QueuedEntry {
+            Outcome::Recorded(status) => report.reached.queued.push(QueuedEntry {
                 service_id: request.service_id.clone(),
                 deployment_id: Some(request.deployment_id.clone()),
-                branch: branch.clone(),
-                commit_sha: commit_sha.clone(),
+                detail: Commit {
+                    branch: branch.clone(),
+                    commit_sha: commit_sha.clone(),
+                },
                 status: EntryStatus::of(status),
             }),
-            Outcome::GuardFailed => report.skipped.push(SkippedEntry {
+            Outcome::GuardFailed => report.reached.skipped.push(SkippedEntry {
                 service_id: request.service_id.clone(),
                 reason: SkipReason::AlreadyQueued,
-                branch: branch.clone(),
+                detail: OnBranch { branch: branch.clone() },
             }),
             // Services whose record failed have nothing written; those recorded are sent or
             // pending. A redelivery completes the rest and finds the others ALREADY_QUEUED.

@@ -21,15 +21,7 @@ pub(super) const DEPLOYMENT_COLUMNS: &str = "data, status, attempts, last_error,
 type DeploymentRow = (String, String, u32, Option<String>, String, Option<i64>, Option<String>);
 
 pub(super) fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    ))
+    DeploymentRow::try_from(r)
 }
 
 pub(super) fn deployment_record(
@@ -46,6 +38,30 @@ pub(super) fn deployment_record(
         next_attempt_at: next_attempt_unix.map(rfc3339),
         result: result.as_deref().map(from_json).transpose()?,
     })
+}
+
+/// The deployment `id` of `org`, if there is one.
+pub(super) fn deployment_by_id(conn: &Connection, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>> {
+    conn.query_row(
+        &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ?1 AND id = ?2"),
+        params![org, id],
+        deployment_row,
+    )
+    .optional()
+    .map_err(unavailable)?
+    .map(deployment_record)
+    .transpose()
+}
+
+/// The deployment at `seq` in the log, which the caller knows is there.
+pub(super) fn deployment_at(conn: &Connection, seq: i64) -> StoreResult<DeploymentRecord> {
+    conn.query_row(
+        &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE seq = ?1"),
+        params![seq],
+        deployment_row,
+    )
+    .map_err(unavailable)
+    .and_then(deployment_record)
 }
 
 pub(super) use crate::util::unix_rfc3339 as rfc3339;
@@ -219,17 +235,7 @@ impl DeploymentLog for SqliteStore {
     }
 
     async fn get_deployment(&self, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>> {
-        self.read(|conn| {
-            conn.query_row(
-                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ?1 AND id = ?2"),
-                params![org, id],
-                deployment_row,
-            )
-            .optional()
-            .map_err(unavailable)?
-            .map(deployment_record)
-            .transpose()
-        })
+        self.read(|conn| deployment_by_id(conn, org, id))
     }
 
     async fn list_deployments(

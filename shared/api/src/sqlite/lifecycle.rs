@@ -8,7 +8,7 @@ use autodeploy_core::deployment::{DeploymentRecord, DeploymentResult};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
-use super::deployments::{DEPLOYMENT_COLUMNS, deployment_record, deployment_row, rfc3339};
+use super::deployments::{deployment_at, deployment_by_id, rfc3339};
 use super::{SqliteStore, to_json, unavailable};
 use crate::store::{LeaseRequest, Leased, Outlook, PullQueue, Refusal, StoreResult};
 use crate::util::now_unix;
@@ -108,14 +108,7 @@ pub(super) fn take(
         )
         .map_err(unavailable)?;
         supersede_older(conn, &org, &service, seq, now)?;
-        let record = conn
-            .query_row(
-                &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE seq = ?1"),
-                params![seq],
-                deployment_row,
-            )
-            .map_err(unavailable)
-            .and_then(deployment_record)?;
+        let record = deployment_at(conn, seq)?;
         leased.push(Leased {
             attempt: record.attempts,
             record,
@@ -137,6 +130,21 @@ fn supersede_older(conn: &Connection, org: &str, service: &str, seq: i64, now: i
     )
     .map_err(unavailable)?;
     Ok(())
+}
+
+/// What a statement on a live lease came to: `done` when it changed the deployment, else why
+/// it did not.
+fn on_live_lease<T>(
+    conn: &Connection,
+    (org, id): (&str, &str),
+    changed: usize,
+    done: T,
+) -> StoreResult<Result<T, Refusal>> {
+    if changed == 1 {
+        Ok(Ok(done))
+    } else {
+        Ok(Err(refusal(conn, org, id)?))
+    }
 }
 
 /// Why a lease operation found nothing to change: the deployment is unknown (404), or the
@@ -171,17 +179,7 @@ pub(super) fn report(
     id: &str,
     result: &DeploymentResult,
 ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
-    let current = conn
-        .query_row(
-            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ?1 AND id = ?2"),
-            params![org, id],
-            deployment_row,
-        )
-        .optional()
-        .map_err(unavailable)?
-        .map(deployment_record)
-        .transpose()?;
-    let Some(current) = current else {
+    let Some(current) = deployment_by_id(conn, org, id)? else {
         return Ok(Err(Refusal::NotFound));
     };
     if let Some(reported) = &current.result {
@@ -285,11 +283,7 @@ impl PullQueue for SqliteStore {
                         params![org, id, lease_id, now, rfc3339(now)],
                     )
                     .map_err(unavailable)?;
-                if changed == 1 {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err(refusal(conn, &org, &id)?))
-                }
+                on_live_lease(conn, (&org, &id), changed, ())
             })
             .await?;
         // The service may have newer work waiting behind this one.
@@ -324,11 +318,7 @@ impl PullQueue for SqliteStore {
                         params![org, id, lease_id, now, rfc3339(now), max_attempts, retry_at, failed],
                     )
                     .map_err(unavailable)?;
-                if changed == 1 {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err(refusal(conn, &org, &id)?))
-                }
+                on_live_lease(conn, (&org, &id), changed, ())
             })
             .await?;
         self.inner.work.notify_waiters();
@@ -354,11 +344,7 @@ impl PullQueue for SqliteStore {
                     params![org, id, lease_id, now, expires, rfc3339(now)],
                 )
                 .map_err(unavailable)?;
-            if changed == 1 {
-                Ok(Ok(rfc3339(expires)))
-            } else {
-                Ok(Err(refusal(conn, &org, &id)?))
-            }
+            on_live_lease(conn, (&org, &id), changed, rfc3339(expires))
         })
         .await
     }

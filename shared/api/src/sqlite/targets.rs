@@ -6,7 +6,7 @@ use autodeploy_core::deployment::DeploymentStatus;
 use autodeploy_core::target::TargetSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::deployments::{DEPLOYMENT_COLUMNS, deployment_record, deployment_row, rfc3339};
+use super::deployments::{deployment_at, rfc3339};
 use super::lifecycle::{DISPATCH_LEASE, Taker, take};
 use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
 use crate::store::{
@@ -18,15 +18,7 @@ use crate::util::now_unix;
 type TargetRow = (String, String, String, i64, String, String, String);
 
 fn target_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TargetRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-    ))
+    TargetRow::try_from(r)
 }
 
 fn stored_target(
@@ -61,33 +53,31 @@ impl TargetStore for SqliteStore {
                 )
                 .optional()
                 .map_err(unavailable)?;
-            let version = i64::try_from(target.version).unwrap_or(i64::MAX);
-            match (&expected, current) {
-                (Expected::Absent, None) => conn.execute(
-                    &format!("INSERT INTO targets ({TARGET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                    params![
-                        target.organization_id,
-                        target.id,
-                        target.etag,
-                        version,
-                        spec,
-                        target.created_at,
-                        target.updated_at
-                    ],
-                ),
-                (Expected::Etag(want), Some(have)) if *want == have => conn.execute(
-                    "UPDATE targets SET etag = ?3, version = ?4, spec = ?5, updated_at = ?6 WHERE org = ?1 AND id = ?2",
-                    params![
-                        target.organization_id,
-                        target.id,
-                        target.etag,
-                        version,
-                        spec,
-                        target.updated_at
-                    ],
-                ),
-                _ => return Err(StoreError::PreconditionFailed),
+            let holds = match (&expected, current) {
+                (Expected::Absent, None) => true,
+                (Expected::Etag(want), Some(have)) => *want == have,
+                _ => false,
+            };
+            if !holds {
+                return Err(StoreError::PreconditionFailed);
             }
+            // Created, or replaced keeping its creation time.
+            conn.execute(
+                &format!(
+                    "INSERT INTO targets ({TARGET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (org, id) DO UPDATE SET etag = excluded.etag, version = excluded.version,
+                        spec = excluded.spec, updated_at = excluded.updated_at"
+                ),
+                params![
+                    target.organization_id,
+                    target.id,
+                    target.etag,
+                    i64::try_from(target.version).unwrap_or(i64::MAX),
+                    spec,
+                    target.created_at,
+                    target.updated_at
+                ],
+            )
             .map_err(unavailable)?;
             Ok(())
         })
@@ -210,14 +200,7 @@ fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<Attemp
         ],
     )
     .map_err(unavailable)?;
-    let record = conn
-        .query_row(
-            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE seq = ?1"),
-            params![seq],
-            deployment_row,
-        )
-        .map_err(unavailable)
-        .and_then(deployment_record)?;
+    let record = deployment_at(conn, seq)?;
     Ok(AttemptStart::Started(Box::new(record)))
 }
 

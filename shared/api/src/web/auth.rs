@@ -1,6 +1,8 @@
 //! Who is calling: the operator's admin token, or an organization token with scopes.
 
-use axum::extract::FromRequestParts;
+use std::marker::PhantomData;
+
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use http::header;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
@@ -8,6 +10,8 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
+use super::extract::{Org, PathParams};
+use super::precondition::Precondition;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -34,10 +38,16 @@ impl Scope {
 
 pub const SCOPES: [&str; 3] = ["deploy", "manage", "consume"];
 
+/// Who sent a request, and through which route (for audit lines).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Caller {
+pub struct Caller {
+    who: Who,
+    route: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Who {
     Admin,
-    /// An organization's token: its id and name (for the audit lines), never the token.
     Organization {
         org: String,
         scopes: Vec<String>,
@@ -49,9 +59,9 @@ pub enum Caller {
 impl Caller {
     /// 403 unless the caller may act on `org` with `scope`.
     pub fn authorize(&self, org: &str, scope: Scope) -> ApiResult<()> {
-        match self {
-            Caller::Admin => Ok(()),
-            Caller::Organization { org: own, scopes, .. } if own == org => {
+        match &self.who {
+            Who::Admin => Ok(()),
+            Who::Organization { org: own, scopes, .. } if own == org => {
                 if scopes.iter().any(|s| s == scope.as_str()) {
                     Ok(())
                 } else {
@@ -61,8 +71,29 @@ impl Caller {
                     )))
                 }
             }
-            Caller::Organization { .. } => Err(ApiError::forbidden("This token belongs to another organization.")),
+            Who::Organization { .. } => Err(ApiError::forbidden("This token belongs to another organization.")),
         }
+    }
+
+    /// The audit line of a settings change: which token (its id and name, never the token),
+    /// which route, which resource, and the version it is now at (none once deleted).
+    pub fn audit(&self, org: &str, resource: &str, version: Option<u64>) {
+        let (token_id, token_name) = match &self.who {
+            Who::Admin => ("admin", "admin token"),
+            Who::Organization {
+                token_id, token_name, ..
+            } => (token_id.as_str(), token_name.as_str()),
+        };
+        tracing::info!(
+            target: "autodeploy::audit",
+            org,
+            route = %self.route,
+            resource,
+            version,
+            token_id,
+            token_name,
+            "settings changed"
+        );
     }
 
     /// 403 unless the caller may act on `org` with one of `scopes`.
@@ -78,9 +109,9 @@ impl Caller {
     }
 
     pub fn require_admin(&self) -> ApiResult<()> {
-        match self {
-            Caller::Admin => Ok(()),
-            Caller::Organization { .. } => Err(ApiError::forbidden("Only the admin token may manage API tokens.")),
+        match self.who {
+            Who::Admin => Ok(()),
+            Who::Organization { .. } => Err(ApiError::forbidden("Only the admin token may manage API tokens.")),
         }
     }
 }
@@ -114,21 +145,141 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = presented_token(parts)?;
+        let route = match parts.extensions.get::<MatchedPath>() {
+            Some(path) => format!("{} {}", parts.method, path.as_str()),
+            None => parts.method.to_string(),
+        };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let admin = state.admin.admin_token_sha256().await?;
         if admin.is_some_and(|admin| bool::from(digest.ct_eq(&admin))) {
-            return Ok(Caller::Admin);
+            return Ok(Caller { who: Who::Admin, route });
         }
         // Tokens are stored as SHA-256 digests; looking one up by digest reveals nothing
         // about other tokens.
         match state.store.token_by_hash(&hex::encode(digest)).await? {
-            Some(record) => Ok(Caller::Organization {
-                org: record.organization_id,
-                scopes: record.scopes,
-                token_id: record.id,
-                token_name: record.name,
+            Some(record) => Ok(Caller {
+                who: Who::Organization {
+                    org: record.organization_id,
+                    scopes: record.scopes,
+                    token_id: record.id,
+                    token_name: record.name,
+                },
+                route,
             }),
             None => Err(ApiError::unauthorized("The token is not valid.")),
         }
+    }
+}
+
+/// What a settings route requires of its caller on the organization of the path.
+pub trait Access {
+    fn check(caller: &Caller, org: &str) -> ApiResult<()>;
+}
+
+/// The `manage` scope on the organization.
+pub struct ManageScope;
+
+/// The operator's admin token (API tokens are the operator's to hand out).
+pub struct AdminToken;
+
+impl Access for ManageScope {
+    fn check(caller: &Caller, org: &str) -> ApiResult<()> {
+        caller.authorize(org, Scope::Manage)
+    }
+}
+
+impl Access for AdminToken {
+    fn check(caller: &Caller, _: &str) -> ApiResult<()> {
+        caller.require_admin()
+    }
+}
+
+/// A request on an organization's settings by a caller `A` allows, checked in this order:
+/// the token (401), the organization of the path (400), `id`, what the route names in its
+/// path besides (400), then access (403).
+pub struct Authorized<Id, A> {
+    pub caller: Caller,
+    pub state: AppState,
+    pub org: String,
+    pub id: Id,
+    access: PhantomData<A>,
+}
+
+/// A settings request by a caller with the `manage` scope.
+pub type Manage<Id = ()> = Authorized<Id, ManageScope>;
+
+/// A request on an organization's API tokens, by the admin token.
+pub type Admin<Id = ()> = Authorized<Id, AdminToken>;
+
+/// What an [`Authorized`] route names in its path besides the organization, read before
+/// access is checked.
+pub trait PathId: Sized {
+    fn read(path: &PathParams) -> ApiResult<Self>;
+}
+
+/// A route that names nothing else, or checks what it names after access.
+impl PathId for () {
+    fn read(_: &PathParams) -> ApiResult<Self> {
+        Ok(())
+    }
+}
+
+impl<Id: PathId, A: Access> FromRequestParts<AppState> for Authorized<Id, A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let Org(org) = Org::from_request_parts(parts, state).await?;
+        let id = Id::read(&PathParams::from_request_parts(parts, state).await?)?;
+        A::check(&caller, &org)?;
+        Ok(Self {
+            caller,
+            state: state.clone(),
+            org,
+            id,
+            access: PhantomData,
+        })
+    }
+}
+
+impl<Id, A> Authorized<Id, A> {
+    /// The audit line of a change to `resource` of the organization (see [`Caller::audit`]).
+    pub fn audit(&self, resource: &str, version: Option<u64>) {
+        self.caller.audit(&self.org, resource, version);
+    }
+}
+
+/// A write to one resource of an organization's settings, by a caller with the `manage`
+/// scope: as [`Manage`], with the body `B` read before the resource's id is, and the
+/// precondition (`If-Match`, `If-None-Match`) after the scope.
+pub struct ManageWrite<Id, B> {
+    pub request: Manage<Id>,
+    pub body: B,
+    pub precondition: Precondition,
+}
+
+impl<Id: PathId, B: FromRequest<AppState, Rejection = ApiError>> FromRequest<AppState> for ManageWrite<Id, B> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let caller = Caller::from_request_parts(&mut parts, state).await?;
+        let Org(org) = Org::from_request_parts(&mut parts, state).await?;
+        let path = PathParams::from_request_parts(&mut parts, state).await?;
+        let headers = parts.headers.clone();
+        let body = B::from_request(Request::from_parts(parts, body), state).await?;
+        let id = Id::read(&path)?;
+        ManageScope::check(&caller, &org)?;
+        Ok(Self {
+            precondition: Precondition::from_headers(&headers)?,
+            request: Authorized {
+                caller,
+                state: state.clone(),
+                org,
+                id,
+                access: PhantomData,
+            },
+            body,
+        })
     }
 }

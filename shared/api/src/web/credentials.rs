@@ -14,11 +14,11 @@ use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
 
-use super::audit::{Route, audit};
-use super::auth::{Caller, SCOPES, Scope};
+use super::AppState;
+use super::auth::{Admin, Caller, Manage, PathId, SCOPES, Scope};
 use super::error::{ApiError, ApiResult};
-use super::extract::{ListParams, Org, PathParams, QueryParams, Valid, encode_cursor};
-use super::{AppState, ListBody};
+use super::extract::{Org, PathParams, QueryParams, Valid};
+use super::list::ListParams;
 use crate::store::{DeliveryFilter, SecretRecord, TokenRecord};
 use crate::util::{new_token, now_rfc3339, sha256_hex};
 
@@ -60,7 +60,6 @@ impl Document for SecretBody {
 
 async fn put_secret(
     caller: Caller,
-    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
@@ -76,23 +75,11 @@ async fn put_secret(
         set_at: now_rfc3339(),
     };
     state.store.put_secret(&org, provider.slug(), &record).await?;
-    audit(
-        &caller,
-        &route,
-        &org,
-        &format!("webhook secret {}", provider.slug()),
-        None,
-    );
+    caller.audit(&org, &format!("webhook secret {}", provider.slug()), None);
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_secret(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-) -> ApiResult<Response> {
-    caller.authorize(&org, Scope::Manage)?;
+async fn get_secret(Manage { state, org, .. }: Manage, path: PathParams) -> ApiResult<Response> {
     let provider = secret_provider(&path)?;
     let record = state.store.get_secret(&org, provider.slug()).await?;
     // Is the webhook wired correctly? What its last delivery came to says at a glance.
@@ -117,23 +104,10 @@ async fn get_secret(
     .into_response())
 }
 
-async fn delete_secret(
-    caller: Caller,
-    route: Route,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-) -> ApiResult<StatusCode> {
-    caller.authorize(&org, Scope::Manage)?;
+async fn delete_secret(request: Manage, path: PathParams) -> ApiResult<StatusCode> {
     let provider = secret_provider(&path)?;
-    if state.store.delete_secret(&org, provider.slug()).await? {
-        audit(
-            &caller,
-            &route,
-            &org,
-            &format!("webhook secret {}", provider.slug()),
-            None,
-        );
+    if request.state.store.delete_secret(&request.org, provider.slug()).await? {
+        request.audit(&format!("webhook secret {}", provider.slug()), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -210,7 +184,6 @@ impl Document for TokenBody {
 
 async fn create_token(
     caller: Caller,
-    route: Route,
     State(state): State<AppState>,
     Org(org): Org,
     Valid(body): Valid<TokenBody>,
@@ -226,13 +199,7 @@ async fn create_token(
         created_at: now_rfc3339(),
     };
     state.store.create_token(&record).await?;
-    audit(
-        &caller,
-        &route,
-        &record.organization_id,
-        &format!("token {}", record.id),
-        None,
-    );
+    caller.audit(&record.organization_id, &format!("token {}", record.id), None);
     let view = TokenView::from(record);
     Ok((
         StatusCode::CREATED,
@@ -244,36 +211,25 @@ async fn create_token(
         .into_response())
 }
 
-async fn list_tokens(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    query: QueryParams,
-) -> ApiResult<Response> {
-    caller.require_admin()?;
-    let params = ListParams::parse(&query, &org, "tokens")?;
-    let page = state
-        .store
-        .list_tokens(&org, params.after.as_deref(), params.limit)
-        .await?;
-    Ok(ListBody {
-        next_cursor: page.last_key.map(|k| encode_cursor(&org, "tokens", &k)),
-        items: page.items.into_iter().map(TokenView::from).collect(),
-    }
-    .into_response())
+async fn list_tokens(Admin { state, org, .. }: Admin, query: QueryParams) -> ApiResult<Response> {
+    let list = ListParams::parse(&query, &org, "tokens")?;
+    let page = state.store.list_tokens(&org, list.after(), list.limit).await?;
+    Ok(list.answer(page, TokenView::from))
 }
 
-async fn delete_token(
-    caller: Caller,
-    route: Route,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-) -> ApiResult<StatusCode> {
-    let token_id = path.id("token_id", "token_id")?;
-    caller.require_admin()?;
-    if state.store.delete_token(&org, token_id).await? {
-        audit(&caller, &route, &org, &format!("token {token_id}"), None);
+/// The API token the path names.
+struct TokenId(String);
+
+impl PathId for TokenId {
+    fn read(path: &PathParams) -> ApiResult<Self> {
+        Ok(Self(path.id("token_id", "token_id")?.to_owned()))
+    }
+}
+
+async fn delete_token(request: Admin<TokenId>) -> ApiResult<StatusCode> {
+    let TokenId(token_id) = &request.id;
+    if request.state.store.delete_token(&request.org, token_id).await? {
+        request.audit(&format!("token {token_id}"), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(

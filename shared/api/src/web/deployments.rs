@@ -1,5 +1,7 @@
 //! `…/deployments`: the deployment log — what was queued, and where each deployment stands.
 
+use std::convert::identity;
+
 use autodeploy_core::deployment::DeploymentStatus;
 use autodeploy_core::ids::is_valid_deployment_id;
 use axum::Json;
@@ -8,10 +10,11 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::auth::{Caller, Scope};
+use super::AppState;
+use super::auth::{Caller, Manage, Scope};
 use super::error::{ApiError, ApiResult};
-use super::extract::{ListParams, Org, PathParams, QueryParams, check_id, encode_cursor};
-use super::{AppState, ListBody};
+use super::extract::{Org, PathParams, QueryParams, check_id};
+use super::list::ListParams;
 use crate::store::DeploymentFilter;
 
 pub fn routes() -> Router<AppState> {
@@ -29,39 +32,23 @@ fn filter(query: &QueryParams) -> ApiResult<DeploymentFilter> {
         }
         None => None,
     };
-    let status = match query.get("status").filter(|s| !s.is_empty()) {
-        Some(raw) => Some(DeploymentStatus::parse(raw).ok_or_else(|| {
-            let all: Vec<&str> = DeploymentStatus::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::invalid_field("status", format!("must be one of {}", all.join(", ")))
-        })?),
-        None => None,
-    };
+    let status = query.one_of("status")?;
     Ok(DeploymentFilter { service_id, status })
 }
 
-async fn list_deployments(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    query: QueryParams,
-) -> ApiResult<Response> {
-    caller.authorize(&org, Scope::Manage)?;
+async fn list_deployments(Manage { state, org, .. }: Manage, query: QueryParams) -> ApiResult<Response> {
     let filter = filter(&query)?;
     let scope = format!(
         "deployments?service_id={}&status={}",
         filter.service_id.as_deref().unwrap_or(""),
         filter.status.map(DeploymentStatus::as_str).unwrap_or("")
     );
-    let params = ListParams::parse(&query, &org, &scope)?;
+    let list = ListParams::parse(&query, &org, &scope)?;
     let page = state
         .store
-        .list_deployments(&org, &filter, params.after.as_deref(), params.limit)
+        .list_deployments(&org, &filter, list.after(), list.limit)
         .await?;
-    Ok(ListBody {
-        next_cursor: page.last_key.map(|k| encode_cursor(&org, &scope, &k)),
-        items: page.items,
-    }
-    .into_response())
+    Ok(list.answer(page, identity))
 }
 
 /// The deployment id of the path; an id that cannot exist is a 404 like any unknown one.

@@ -1,17 +1,16 @@
 //! Request parsing shared by every handler: bounded bodies, content types, JSON, path
-//! identifiers, list parameters and cursors. Each failure is an `ApiError`, never a panic.
+//! identifiers and query parameters. Each failure is an `ApiError`, never a panic.
 
 use std::collections::HashMap;
 
 use autodeploy_core::body::{Document, read_document};
+use autodeploy_core::delivery::{DeliveryOutcome, DeliverySource};
+use autodeploy_core::deployment::DeploymentStatus;
 use autodeploy_core::ids::{ID_RULE, is_valid_id};
 use axum::body::Body;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{HeaderMap, header};
 use http_body_util::{BodyExt, Limited};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
@@ -181,152 +180,43 @@ impl QueryParams {
     pub fn dry_run(&self) -> ApiResult<bool> {
         self.flag("dry_run")
     }
-}
 
-/// `limit` (default 50, 1..=100) and the position a `cursor` points after.
-#[derive(Debug)]
-pub struct ListParams {
-    pub limit: usize,
-    pub after: Option<String>,
-}
-
-pub const DEFAULT_LIMIT: usize = 50;
-pub const MAX_LIMIT: usize = 100;
-
-/// A cursor is bound to the organization and the query it came from, so one cannot be
-/// replayed against another list.
-#[derive(Serialize, Deserialize)]
-struct Cursor {
-    o: String,
-    q: String,
-    a: String,
-}
-
-impl ListParams {
-    /// `scope` names the list and its filters (e.g. `deployments?service_id=api`).
-    pub fn parse(query: &QueryParams, org: &str, scope: &str) -> ApiResult<Self> {
-        let mut errors = Vec::new();
-        let limit = match query.get("limit") {
-            None => DEFAULT_LIMIT,
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    errors.push(autodeploy_core::error::FieldError::new(
-                        "limit",
-                        format!("must be a whole number from 1 to {MAX_LIMIT}"),
-                    ));
-                    DEFAULT_LIMIT
-                }
-            },
+    /// The parameter `name`, one of `T`'s names: absent or empty is `None`, any other value a
+    /// 400 that lists them.
+    pub fn one_of<T: Named>(&self, name: &str) -> ApiResult<Option<T>> {
+        let Some(raw) = self.get(name).filter(|s| !s.is_empty()) else {
+            return Ok(None);
         };
-        let after = match query.get("cursor").filter(|c| !c.is_empty()) {
-            None => None,
-            Some(raw) => match decode_cursor(raw) {
-                Some(c) if c.o == org && c.q == scope => Some(c.a),
-                Some(_) => {
-                    errors.push(autodeploy_core::error::FieldError::new(
-                        "cursor",
-                        "belongs to another organization or list",
-                    ));
-                    None
-                }
-                None => {
-                    errors.push(autodeploy_core::error::FieldError::new(
-                        "cursor",
-                        "is not a cursor this API returned",
-                    ));
-                    None
-                }
-            },
-        };
-        if errors.is_empty() {
-            Ok(Self { limit, after })
-        } else {
-            Err(ApiError::validation(errors))
-        }
+        T::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name() == raw)
+            .map(Some)
+            .ok_or_else(|| {
+                let all: Vec<&str> = T::ALL.iter().map(|v| v.name()).collect();
+                ApiError::invalid_field(name, format!("must be one of {}", all.join(", ")))
+            })
     }
 }
 
-fn decode_cursor(raw: &str) -> Option<Cursor> {
-    if raw.len() > 1024 {
-        return None;
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// A closed set of names a query parameter filters by (`?status=QUEUED`).
+pub trait Named: Copy + 'static {
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
 }
 
-pub fn encode_cursor(org: &str, scope: &str, after: &str) -> String {
-    let cursor = Cursor {
-        o: org.to_owned(),
-        q: scope.to_owned(),
-        a: after.to_owned(),
-    };
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).unwrap_or_default())
-}
-
-/// What a write requires of the current state (`If-Match` / `If-None-Match`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Precondition {
-    /// No condition.
-    None,
-    /// `If-Match: *`: the resource must exist.
-    Exists,
-    /// `If-None-Match: *`: the resource must not exist (create only).
-    Absent,
-    /// `If-Match: "<etag>"`: exactly this state.
-    Etag(String),
-}
-
-impl Precondition {
-    /// Read `If-Match` and `If-None-Match` (only `*` is meaningful for the latter).
-    pub fn from_headers(headers: &HeaderMap) -> ApiResult<Self> {
-        let if_match = headers.get(header::IF_MATCH);
-        let if_none_match = headers.get(header::IF_NONE_MATCH);
-        match (if_match, if_none_match) {
-            (Some(_), Some(_)) => Err(ApiError::invalid_field("If-None-Match", "cannot be sent with If-Match")),
-            (None, None) => Ok(Precondition::None),
-            (None, Some(value)) => match value.to_str().map(str::trim) {
-                Ok("*") => Ok(Precondition::Absent),
-                _ => Err(ApiError::invalid_field(
-                    "If-None-Match",
-                    "must be * (create only); conditional reads are not supported",
-                )),
-            },
-            (Some(value), None) => {
-                let value = value
-                    .to_str()
-                    .map_err(|_| ApiError::invalid_field("If-Match", "must be an ETag this API returned"))?
-                    .trim();
-                if value == "*" {
-                    return Ok(Precondition::Exists);
-                }
-                let tag = value.strip_prefix("W/").unwrap_or(value);
-                match tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-                    Some(inner) if !inner.is_empty() && !inner.contains('"') => {
-                        Ok(Precondition::Etag(inner.to_owned()))
-                    }
-                    _ => Err(ApiError::invalid_field(
-                        "If-Match",
-                        "must be a quoted ETag this API returned, as in If-Match: \"<etag>\"",
-                    )),
-                }
+macro_rules! named {
+    ($($kind:ty),*) => {$(
+        impl Named for $kind {
+            const ALL: &'static [Self] = &<$kind>::ALL;
+            fn name(self) -> &'static str {
+                self.as_str()
             }
         }
-    }
-
-    /// 412 unless the current state (its etag, if it exists) satisfies the condition.
-    pub fn check(&self, current: Option<&str>) -> ApiResult<()> {
-        match (self, current) {
-            (Precondition::None, _) | (Precondition::Exists, Some(_)) | (Precondition::Absent, None) => Ok(()),
-            (Precondition::Etag(want), Some(have)) if want == have => Ok(()),
-            _ => Err(ApiError::precondition_failed()),
-        }
-    }
+    )*};
 }
 
-pub fn etag_header(etag: &str) -> String {
-    format!("\"{etag}\"")
-}
+named!(DeliverySource, DeliveryOutcome, DeploymentStatus);
 
 /// Path parameters by name; a segment that is not valid UTF-8 after decoding is a 400.
 pub struct PathParams(HashMap<String, String>);
@@ -372,56 +262,6 @@ impl PathParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_are_bound_to_org_and_query() {
-        let c = encode_cursor("acme", "services", "api");
-        let q = QueryParams::parse(Some(&format!("cursor={c}")));
-        assert_eq!(
-            ListParams::parse(&q, "acme", "services").unwrap().after.as_deref(),
-            Some("api")
-        );
-        assert_eq!(ListParams::parse(&q, "other", "services").unwrap_err().status, 400);
-        assert_eq!(ListParams::parse(&q, "acme", "tokens").unwrap_err().status, 400);
-        let q = QueryParams::parse(Some("cursor=!!"));
-        assert_eq!(ListParams::parse(&q, "acme", "services").unwrap_err().status, 400);
-    }
-
-    #[test]
-    fn limits() {
-        for (raw, ok) in [
-            ("1", true),
-            ("100", true),
-            ("0", false),
-            ("101", false),
-            ("x", false),
-            ("-1", false),
-        ] {
-            let q = QueryParams::parse(Some(&format!("limit={raw}")));
-            assert_eq!(ListParams::parse(&q, "a", "s").is_ok(), ok, "{raw}");
-        }
-    }
-
-    #[test]
-    fn preconditions() {
-        let mut h = HeaderMap::new();
-        assert_eq!(Precondition::from_headers(&h).unwrap(), Precondition::None);
-        h.insert(header::IF_MATCH, "\"abc\"".parse().unwrap());
-        assert_eq!(
-            Precondition::from_headers(&h).unwrap(),
-            Precondition::Etag("abc".to_owned())
-        );
-        h.insert(header::IF_MATCH, "*".parse().unwrap());
-        assert_eq!(Precondition::from_headers(&h).unwrap(), Precondition::Exists);
-        h.insert(header::IF_MATCH, "abc".parse().unwrap());
-        assert!(Precondition::from_headers(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, "*".parse().unwrap());
-        assert_eq!(Precondition::from_headers(&h).unwrap(), Precondition::Absent);
-        assert!(Precondition::Absent.check(Some("x")).is_err());
-        assert!(Precondition::Absent.check(None).is_ok());
-        assert!(Precondition::Exists.check(None).is_err());
-    }
 
     #[test]
     fn flags_are_strict() {

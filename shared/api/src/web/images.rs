@@ -7,9 +7,6 @@ use autodeploy_core::matching::ImageTarget;
 use autodeploy_core::registry::ImageSourceKind;
 use axum::Json;
 use axum::Router;
-use std::sync::Arc;
-
-use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::StatusCode;
@@ -17,9 +14,9 @@ use http::StatusCode;
 use super::AppState;
 use super::auth::{Caller, Scope};
 use super::error::ApiResult;
-use super::extract::{Org, QueryParams, Valid};
-use crate::deploy::Ignored;
-use crate::deploy::history::{DeliveryContext, DeliverySummary};
+use super::extract::Valid;
+use super::observe::DeliveryRequest;
+use crate::deploy::history::DeliverySummary;
 use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image, source_name};
 use crate::metrics::Tally;
 
@@ -57,54 +54,30 @@ impl Document for DeployBody {
     }
 }
 
-/// What every CI endpoint extracts.
-type CiRequest = (
-    Caller,
-    State<AppState>,
-    Option<Extension<Arc<DeliveryContext>>>,
-    Org,
-    QueryParams,
-);
+/// What every CI endpoint extracts, in this order.
+type CiRequest = (Caller, DeliveryRequest, Valid<DeployBody>);
 
-async fn deploy_container(
-    caller: Caller,
-    state: State<AppState>,
-    context: Option<Extension<Arc<DeliveryContext>>>,
-    org: Org,
-    query: QueryParams,
-    body: Valid<DeployBody>,
-) -> ApiResult<Response> {
-    ci_deploy((caller, state, context, org, query), body, ImageTarget::Container).await
+async fn deploy_container(request: CiRequest) -> ApiResult<Response> {
+    ci_deploy(request, ImageTarget::Container).await
 }
 
-async fn deploy_job(
-    caller: Caller,
-    state: State<AppState>,
-    context: Option<Extension<Arc<DeliveryContext>>>,
-    org: Org,
-    query: QueryParams,
-    body: Valid<DeployBody>,
-) -> ApiResult<Response> {
-    ci_deploy((caller, state, context, org, query), body, ImageTarget::Job).await
+async fn deploy_job(request: CiRequest) -> ApiResult<Response> {
+    ci_deploy(request, ImageTarget::Job).await
 }
 
-async fn ci_deploy(
-    (caller, State(state), context, Org(org), query): CiRequest,
-    Valid(body): Valid<DeployBody>,
-    target: ImageTarget,
-) -> ApiResult<Response> {
-    caller.authorize(&org, Scope::Deploy)?;
+async fn ci_deploy((caller, request, Valid(body)): CiRequest, target: ImageTarget) -> ApiResult<Response> {
+    caller.authorize(&request.org, Scope::Deploy)?;
     let report = deploy_image(
-        &state.deployer,
+        &request.state.deployer,
         ImageAnnouncement {
-            org: &org,
+            org: &request.org,
             target,
             image: &body.image,
             tag: &body.tag,
             source: ImageSourceKind::Api,
-            dry_run: query.dry_run()?,
+            dry_run: request.query.dry_run()?,
             remember: None,
-            history: context.as_deref().map(Arc::as_ref),
+            history: request.history(),
         },
     )
     .await?;
@@ -130,9 +103,7 @@ pub fn render(report: ImageReport) -> Response {
 /// What an image report counts, for its metrics line.
 pub fn tally(report: &ImageReport) -> Tally {
     Tally {
-        ignored: report.ignored.map(Ignored::as_str),
         source: Some(source_name(report.source).to_owned()),
-        dry_run: report.dry_run,
-        ..Tally::of(report.queued.iter().map(|q| q.status.as_str()), report.skipped.len())
+        ..report.reached.tally()
     }
 }

@@ -2,7 +2,6 @@
 //! (`lambda_http::run` serves an axum `Router` as it is). Handlers extract, call a use case or
 //! the store, and render; the rules live in `autodeploy-core` and [`crate::deploy`].
 
-pub mod audit;
 pub mod auth;
 pub mod consumers;
 pub mod credentials;
@@ -12,7 +11,9 @@ pub mod error;
 pub mod extract;
 pub mod images;
 pub mod limits;
+pub mod list;
 pub mod observe;
+pub mod precondition;
 pub mod registry;
 pub mod services;
 pub mod targets;
@@ -22,10 +23,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use http::StatusCode;
-use serde::Serialize;
 
 use crate::admin::AdminTokenSource;
 use crate::deploy::Deployer;
@@ -84,19 +84,6 @@ impl AppState {
     pub fn with_in_flight_horizon(mut self, horizon: std::time::Duration) -> Self {
         self.deployer.in_flight_horizon = horizon;
         self
-    }
-}
-
-/// `{"items": [...], "next_cursor": ...}`: every list.
-#[derive(Serialize)]
-pub struct ListBody<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
-impl<T: Serialize> IntoResponse for ListBody<T> {
-    fn into_response(self) -> Response {
-        axum::Json(self).into_response()
     }
 }
 

@@ -8,15 +8,49 @@ use std::sync::Arc;
 use autodeploy_core::delivery::DeliverySource;
 use autodeploy_core::ids::is_valid_id;
 use autodeploy_core::provider::GitProvider;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use http::request::Parts;
 
 use super::AppState;
-use super::error::ErrorReason;
-use super::extract::QueryParams;
-use crate::deploy::history::{DeliveryContext, DeliverySummary, finish, source_of};
+use super::error::{ApiError, ErrorReason};
+use super::extract::{Org, PathParams, QueryParams};
+use crate::deploy::history::{DeliveryContext, DeliverySummary, finish};
 use crate::metrics::{DeliveryLine, Endpoint, Tally, emit, image_source, request_ids};
+
+/// What a delivery route's handler starts from: the state, the organization and the rest of
+/// the path, the query, and the delivery's account the layer opened (none without the layer).
+pub struct DeliveryRequest {
+    pub state: AppState,
+    pub org: String,
+    pub path: PathParams,
+    pub query: QueryParams,
+    context: Option<Arc<DeliveryContext>>,
+}
+
+impl DeliveryRequest {
+    /// The delivery's account, for the use case to record with its deployments.
+    pub fn history(&self) -> Option<&DeliveryContext> {
+        self.context.as_deref()
+    }
+}
+
+impl FromRequestParts<AppState> for DeliveryRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let context = parts.extensions.get::<Arc<DeliveryContext>>().cloned();
+        let Org(org) = Org::from_request_parts(parts, state).await?;
+        Ok(Self {
+            state: state.clone(),
+            org,
+            path: PathParams::from_request_parts(parts, state).await?,
+            query: QueryParams::parse(parts.uri.query()),
+            context,
+        })
+    }
+}
 
 /// The layer of the push router.
 pub async fn observe_push(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -34,7 +68,7 @@ fn source_of_route(endpoint: Endpoint, route: &str, segments: &[&str]) -> Option
         Endpoint::Push => segments
             .get(4)
             .and_then(|slug| GitProvider::from_slug(slug))
-            .map(source_of),
+            .map(DeliverySource::Git),
         Endpoint::Image => match image_source(route)? {
             "API" if route.ends_with("/job/deploy") => Some(DeliverySource::JobApi),
             "API" => Some(DeliverySource::ContainerApi),

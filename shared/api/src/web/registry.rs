@@ -10,21 +10,19 @@ use autodeploy_core::registry::{
 };
 use axum::Router;
 use axum::body::Body;
-use std::sync::Arc;
 
 use autodeploy_core::push::{github_payload, secrets_match};
-use axum::extract::{Extension, State};
 use axum::response::Response;
 use axum::routing::post;
 use http::HeaderMap;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Org, PathParams, QueryParams, read_body};
+use super::extract::read_body;
 use super::images::render;
+use super::observe::DeliveryRequest;
 use super::webhooks::verified_body;
 use crate::deploy::Ignored;
-use crate::deploy::history::DeliveryContext;
 use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image};
 use crate::store::DeliveryKey;
 use crate::util::{now_unix, sha256_hex};
@@ -54,39 +52,28 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The path (and so the secret) is never logged nor echoed.
-async fn dockerhub_webhook(
-    State(state): State<AppState>,
-    context: Option<Extension<Arc<DeliveryContext>>>,
-    Org(org): Org,
-    path: PathParams,
-    query: QueryParams,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
+async fn dockerhub_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     // Fail closed: no secret configured means no notification is believed.
-    let stored = state.store.get_secret(&org, "dockerhub").await?.ok_or_else(|| {
-        ApiError::unauthorized(
-            "No dockerhub webhook secret is configured for this organization, so notifications are refused.",
-        )
-    })?;
-    if stored.secret.is_empty() || !secrets_match(path.raw("secret").as_bytes(), stored.secret.as_bytes()) {
+    let stored = request
+        .state
+        .store
+        .get_secret(&request.org, "dockerhub")
+        .await?
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "No dockerhub webhook secret is configured for this organization, so notifications are refused.",
+            )
+        })?;
+    let secret = request.path.raw("secret");
+    if stored.secret.is_empty() || !secrets_match(secret.as_bytes(), stored.secret.as_bytes()) {
         return Err(ApiError::unauthorized(
             "The webhook URL does not carry this organization's dockerhub secret.",
         ));
     }
-    let dry_run = query.dry_run()?;
+    let dry_run = request.query.dry_run()?;
     let bytes = read_body(&headers, body, REGISTRY_BODY_LIMIT).await?;
     let event = parse_dockerhub(&bytes).map_err(registry_error)?;
-    let context = context.as_deref().map(Arc::as_ref);
-    registry_event(
-        &state,
-        (&org, context),
-        event,
-        &bytes,
-        ImageSourceKind::DockerHub,
-        dry_run,
-    )
-    .await
+    registry_event(&request, event, &bytes, ImageSourceKind::DockerHub, dry_run).await
 }
 
 async fn dockerhub_without_secret() -> ApiError {
@@ -96,16 +83,10 @@ async fn dockerhub_without_secret() -> ApiError {
 }
 
 /// GitHub `package` / `registry_package` events.
-async fn github_package_webhook(
-    State(state): State<AppState>,
-    context: Option<Extension<Arc<DeliveryContext>>>,
-    Org(org): Org,
-    query: QueryParams,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let dry_run = query.dry_run()?;
-    let bytes = verified_body(&state, &org, GitProvider::Github, &headers, body, REGISTRY_BODY_LIMIT).await?;
+async fn github_package_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let DeliveryRequest { state, org, .. } = &request;
+    let dry_run = request.query.dry_run()?;
+    let bytes = verified_body(state, org, GitProvider::Github, &headers, body, REGISTRY_BODY_LIMIT).await?;
     let event = headers
         .get("x-github-event")
         .and_then(|v| v.to_str().ok())
@@ -127,8 +108,7 @@ async fn github_package_webhook(
     let json = github_payload(&headers, &bytes)
         .map_err(|e| ApiError::malformed(format!("The body is not a package event: {e}.")))?;
     let parsed = parse_github_package(event, json.as_bytes()).map_err(registry_error)?;
-    let context = context.as_deref().map(Arc::as_ref);
-    registry_event(&state, (&org, context), parsed, &bytes, source, dry_run).await
+    registry_event(&request, parsed, &bytes, source, dry_run).await
 }
 
 fn registry_error(err: RegistryEventError) -> ApiError {
@@ -139,8 +119,7 @@ fn registry_error(err: RegistryEventError) -> ApiError {
 /// A parsed registry notification: ignored, a replay, or matched against the services on that
 /// registry.
 async fn registry_event(
-    state: &AppState,
-    (org, context): (&str, Option<&DeliveryContext>),
+    request: &DeliveryRequest,
     event: RegistryEvent,
     body: &[u8],
     source: ImageSourceKind,
@@ -162,6 +141,7 @@ async fn registry_event(
         }
         RegistryEvent::Pushed(pushed) => pushed,
     };
+    let DeliveryRequest { state, org, .. } = request;
     // The body, content-addressed: registry notifications carry their own timestamps, so the
     // same bytes again are a replay, never a new event.
     let body_key = DeliveryKey {
@@ -200,7 +180,7 @@ async fn registry_event(
             source,
             dry_run,
             remember: Some(body_key),
-            history: context,
+            history: request.history(),
         },
     )
     .await?;

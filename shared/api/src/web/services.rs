@@ -3,18 +3,16 @@
 use autodeploy_core::model::{Service, ServiceSpec, SpecError, merge_patch, parse_service_document};
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
-use super::audit::{Route, audit};
-use super::auth::{Caller, Scope};
+use super::AppState;
+use super::auth::{Manage, ManageWrite, PathId};
 use super::error::{ApiError, ApiResult};
-use super::extract::{
-    JsonValue, ListParams, MergePatch, Org, PathParams, Precondition, QueryParams, encode_cursor, etag_header,
-};
-use super::{AppState, ListBody};
+use super::extract::{JsonValue, MergePatch, PathParams, QueryParams};
+use super::list::ListParams;
+use super::precondition::{Precondition, etag_header};
 use crate::store::{Expected, StoreError, StoredService};
 use crate::util::{new_etag, now_rfc3339};
 
@@ -52,43 +50,25 @@ fn service_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("There is no service {id} in this organization."))
 }
 
-fn service_id(path: &PathParams) -> ApiResult<String> {
-    Ok(path.id("service_id", "service_id")?.to_owned())
+/// The service the path names.
+struct ServiceId(String);
+
+impl PathId for ServiceId {
+    fn read(path: &PathParams) -> ApiResult<Self> {
+        Ok(Self(path.id("service_id", "service_id")?.to_owned()))
+    }
 }
 
-async fn get_service(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-) -> ApiResult<Response> {
-    let id = service_id(&path)?;
-    caller.authorize(&org, Scope::Manage)?;
-    let stored = state
-        .store
-        .get_service(&org, &id)
-        .await?
-        .ok_or_else(|| service_not_found(&id))?;
+async fn get_service(Manage { state, org, id, .. }: Manage<ServiceId>) -> ApiResult<Response> {
+    let stored = state.store.get_service(&org, &id.0).await?;
+    let stored = stored.ok_or_else(|| service_not_found(&id.0))?;
     Ok(service_response(StatusCode::OK, &stored))
 }
 
-async fn list_services(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    query: QueryParams,
-) -> ApiResult<Response> {
-    caller.authorize(&org, Scope::Manage)?;
-    let params = ListParams::parse(&query, &org, "services")?;
-    let page = state
-        .store
-        .list_services(&org, params.after.as_deref(), params.limit)
-        .await?;
-    Ok(ListBody {
-        next_cursor: page.last_key.map(|k| encode_cursor(&org, "services", &k)),
-        items: page.items.into_iter().map(|s| s.service).collect(),
-    }
-    .into_response())
+async fn list_services(Manage { state, org, .. }: Manage, query: QueryParams) -> ApiResult<Response> {
+    let list = ListParams::parse(&query, &org, "services")?;
+    let page = state.store.list_services(&org, list.after(), list.limit).await?;
+    Ok(list.answer(page, |s| s.service))
 }
 
 /// A service's `deploy_target` must name a target of its organization, with the
@@ -128,13 +108,17 @@ enum Target {
 /// Write the service `build` makes of the current state, under `precondition`. A write that
 /// loses a race is retried on the new state unless the client pinned an ETag (then 412).
 async fn write_service(
-    state: &AppState,
-    (caller, route): (&Caller, &Route),
-    (org, id): (&str, &str),
+    request: &Manage<ServiceId>,
     target: Target,
     precondition: &Precondition,
     build: impl Fn(Option<&StoredService>) -> ApiResult<ServiceSpec>,
 ) -> ApiResult<Response> {
+    let Manage {
+        state,
+        org,
+        id: ServiceId(id),
+        ..
+    } = request;
     for _ in 0..WRITE_ATTEMPTS {
         let current = state.store.get_service(org, id).await?;
         if target == Target::Existing && current.is_none() {
@@ -174,7 +158,7 @@ async fn write_service(
                 } else {
                     StatusCode::CREATED
                 };
-                audit(caller, route, org, &format!("service {id}"), Some(service.version));
+                request.audit(&format!("service {id}"), Some(service.version));
                 let last_push = current.and_then(|c| c.last_push);
                 let stored = StoredService {
                     service,
@@ -192,76 +176,43 @@ async fn write_service(
     ))
 }
 
-async fn put_service(
-    caller: Caller,
-    route: Route,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-    headers: HeaderMap,
-    JsonValue(doc): JsonValue,
-) -> ApiResult<Response> {
-    let id = service_id(&path)?;
-    caller.authorize(&org, Scope::Manage)?;
-    let precondition = Precondition::from_headers(&headers)?;
-    let spec = parse_service_document(&org, &id, &doc).map_err(spec_error)?;
-    write_service(
-        &state,
-        (&caller, &route),
-        (&org, &id),
-        Target::Any,
-        &precondition,
-        |_| Ok(spec.clone()),
-    )
+async fn put_service(write: ManageWrite<ServiceId, JsonValue>) -> ApiResult<Response> {
+    let ManageWrite {
+        request,
+        body: JsonValue(doc),
+        precondition,
+    } = write;
+    let spec = parse_service_document(&request.org, &request.id.0, &doc).map_err(spec_error)?;
+    write_service(&request, Target::Any, &precondition, |_| Ok(spec.clone())).await
+}
+
+async fn patch_service(write: ManageWrite<ServiceId, MergePatch>) -> ApiResult<Response> {
+    let ManageWrite {
+        request,
+        body: MergePatch(patch),
+        precondition,
+    } = write;
+    let (org, ServiceId(id)) = (&request.org, &request.id);
+    write_service(&request, Target::Existing, &precondition, |current| {
+        let current = current.ok_or_else(|| service_not_found(id))?;
+        let doc = merge_patch(&current.service, &patch).map_err(spec_error)?;
+        parse_service_document(org, id, &doc).map_err(spec_error)
+    })
     .await
 }
 
-async fn patch_service(
-    caller: Caller,
-    route: Route,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-    headers: HeaderMap,
-    MergePatch(patch): MergePatch,
-) -> ApiResult<Response> {
-    let id = service_id(&path)?;
-    caller.authorize(&org, Scope::Manage)?;
-    let precondition = Precondition::from_headers(&headers)?;
-    write_service(
-        &state,
-        (&caller, &route),
-        (&org, &id),
-        Target::Existing,
-        &precondition,
-        |current| {
-            let current = current.ok_or_else(|| service_not_found(&id))?;
-            let doc = merge_patch(&current.service, &patch).map_err(spec_error)?;
-            parse_service_document(&org, &id, &doc).map_err(spec_error)
-        },
-    )
-    .await
-}
-
-async fn delete_service(
-    caller: Caller,
-    route: Route,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-    headers: HeaderMap,
-) -> ApiResult<StatusCode> {
-    let id = service_id(&path)?;
-    caller.authorize(&org, Scope::Manage)?;
+async fn delete_service(request: Manage<ServiceId>, headers: HeaderMap) -> ApiResult<StatusCode> {
+    let Manage { state, org, id, .. } = &request;
+    let id = &id.0;
     let expected = match Precondition::from_headers(&headers)? {
         Precondition::Etag(tag) => Some(tag),
         Precondition::Absent => return Err(ApiError::precondition_failed()),
         Precondition::None | Precondition::Exists => None,
     };
-    if state.store.delete_service(&org, &id, expected.as_deref()).await? {
-        audit(&caller, &route, &org, &format!("service {id}"), None);
+    if state.store.delete_service(org, id, expected.as_deref()).await? {
+        request.audit(&format!("service {id}"), None);
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(service_not_found(&id))
+        Err(service_not_found(id))
     }
 }

@@ -7,18 +7,18 @@ use autodeploy_core::target::signature::GENERATED_SECRET_BYTES;
 use autodeploy_core::target::{ResolveContext, TargetDocument, TargetView};
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use rand::RngCore;
 use serde::Serialize;
 
-use super::audit::{Route, audit};
-use super::auth::{Caller, Scope};
+use super::AppState;
+use super::auth::{Manage, ManageWrite, PathId};
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonValue, ListParams, Org, PathParams, Precondition, QueryParams, encode_cursor, etag_header};
-use super::{AppState, ListBody};
+use super::extract::{JsonValue, PathParams, QueryParams};
+use super::list::ListParams;
+use super::precondition::etag_header;
 use crate::store::{Expected, Refusal, StoreError, StoredTarget};
 use crate::util::{new_etag, now_rfc3339};
 
@@ -43,75 +43,50 @@ struct TargetBody {
     updated_at: String,
 }
 
+impl TargetBody {
+    fn new(target: &StoredTarget, view: TargetView) -> Self {
+        Self {
+            id: target.id.clone(),
+            organization_id: target.organization_id.clone(),
+            view,
+            version: target.version,
+            created_at: target.created_at.clone(),
+            updated_at: target.updated_at.clone(),
+        }
+    }
+}
+
 fn target_response(status: StatusCode, target: &StoredTarget, view: TargetView) -> Response {
-    let body = TargetBody {
-        id: target.id.clone(),
-        organization_id: target.organization_id.clone(),
-        view,
-        version: target.version,
-        created_at: target.created_at.clone(),
-        updated_at: target.updated_at.clone(),
-    };
-    let mut response = (status, Json(body)).into_response();
+    let mut response = (status, Json(TargetBody::new(target, view))).into_response();
     if let Ok(value) = HeaderValue::from_str(&etag_header(&target.etag)) {
         response.headers_mut().insert(header::ETAG, value);
     }
     response
 }
 
-fn target_id(path: &PathParams) -> ApiResult<String> {
-    Ok(path.id("target_id", "target_id")?.to_owned())
+/// The deploy target the path names.
+struct TargetId(String);
+
+impl PathId for TargetId {
+    fn read(path: &PathParams) -> ApiResult<Self> {
+        Ok(Self(path.id("target_id", "target_id")?.to_owned()))
+    }
 }
 
 fn target_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("There is no deploy target {id} in this organization."))
 }
 
-async fn get_target(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-) -> ApiResult<Response> {
-    let id = target_id(&path)?;
-    caller.authorize(&org, Scope::Manage)?;
-    let target = state
-        .store
-        .get_target(&org, &id)
-        .await?
-        .ok_or_else(|| target_not_found(&id))?;
+async fn get_target(Manage { state, org, id, .. }: Manage<TargetId>) -> ApiResult<Response> {
+    let target = state.store.get_target(&org, &id.0).await?;
+    let target = target.ok_or_else(|| target_not_found(&id.0))?;
     Ok(target_response(StatusCode::OK, &target, target.spec.view()))
 }
 
-async fn list_targets(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    query: QueryParams,
-) -> ApiResult<Response> {
-    caller.authorize(&org, Scope::Manage)?;
-    let params = ListParams::parse(&query, &org, "targets")?;
-    let page = state
-        .store
-        .list_targets(&org, params.after.as_deref(), params.limit)
-        .await?;
-    let items: Vec<TargetBody> = page
-        .items
-        .iter()
-        .map(|t| TargetBody {
-            id: t.id.clone(),
-            organization_id: t.organization_id.clone(),
-            view: t.spec.view(),
-            version: t.version,
-            created_at: t.created_at.clone(),
-            updated_at: t.updated_at.clone(),
-        })
-        .collect();
-    Ok(ListBody {
-        next_cursor: page.last_key.map(|k| encode_cursor(&org, "targets", &k)),
-        items,
-    }
-    .into_response())
+async fn list_targets(Manage { state, org, .. }: Manage, query: QueryParams) -> ApiResult<Response> {
+    let list = ListParams::parse(&query, &org, "targets")?;
+    let page = state.store.list_targets(&org, list.after(), list.limit).await?;
+    Ok(list.answer(page, |t| TargetBody::new(&t, t.spec.view())))
 }
 
 /// Where the target may point: the operator's `AUTODEPLOY_TARGETS_ALLOW_PRIVATE`, and (with
@@ -133,27 +108,27 @@ async fn check_host_now(url: &str, allow_private: bool) -> ApiResult<()> {
     Ok(())
 }
 
-async fn put_target(
-    caller: Caller,
-    route: Route,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-    headers: HeaderMap,
-    JsonValue(doc): JsonValue,
-) -> ApiResult<Response> {
-    let id = target_id(&path)?;
-    caller.authorize(&org, Scope::Manage)?;
-    let precondition = Precondition::from_headers(&headers)?;
+async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Response> {
+    let ManageWrite {
+        request,
+        body: JsonValue(doc),
+        precondition,
+    } = write;
+    let Manage {
+        state,
+        org,
+        id: TargetId(id),
+        ..
+    } = &request;
     let document: TargetDocument = read_document(&doc)?;
-    let current = state.store.get_target(&org, &id).await?;
+    let current = state.store.get_target(org, id).await?;
     precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
     let mut random = [0u8; GENERATED_SECRET_BYTES];
     rand::rng().fill_bytes(&mut random);
     let resolved = document
         .resolve(&ResolveContext {
-            organization_id: &org,
-            target_id: &id,
+            organization_id: org,
+            target_id: id,
             allow_private: state.allow_private_targets,
             previous: current.as_ref().map(|c| &c.spec),
             random: &random,
@@ -186,13 +161,7 @@ async fn put_target(
             } else {
                 StatusCode::CREATED
             };
-            audit(
-                &caller,
-                &route,
-                &org,
-                &format!("deploy target {id}"),
-                Some(target.version),
-            );
+            request.audit(&format!("deploy target {id}"), Some(target.version));
             Ok(target_response(status, &target, resolved.view()))
         }
         // Written by someone else meanwhile: the client decides what to do with the new state.
@@ -201,22 +170,16 @@ async fn put_target(
     }
 }
 
-async fn delete_target(
-    caller: Caller,
-    route: Route,
-    State(state): State<AppState>,
-    Org(org): Org,
-    path: PathParams,
-) -> ApiResult<StatusCode> {
-    let id = target_id(&path)?;
-    caller.authorize(&org, Scope::Manage)?;
-    match state.store.delete_target(&org, &id).await? {
+async fn delete_target(request: Manage<TargetId>) -> ApiResult<StatusCode> {
+    let Manage { state, org, id, .. } = &request;
+    let id = &id.0;
+    match state.store.delete_target(org, id).await? {
         Ok(true) => {
-            audit(&caller, &route, &org, &format!("deploy target {id}"), None);
+            request.audit(&format!("deploy target {id}"), None);
             Ok(StatusCode::NO_CONTENT)
         }
-        Ok(false) => Err(target_not_found(&id)),
+        Ok(false) => Err(target_not_found(id)),
         Err(Refusal::Conflict(message)) => Err(ApiError::conflict(message)),
-        Err(Refusal::NotFound) => Err(target_not_found(&id)),
+        Err(Refusal::NotFound) => Err(target_not_found(id)),
     }
 }

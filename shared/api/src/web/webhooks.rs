@@ -6,7 +6,6 @@ use autodeploy_core::push::{Delivery, PayloadError, delivery_id, parse_delivery,
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
@@ -14,11 +13,10 @@ use http::{HeaderMap, StatusCode};
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Org, PathParams, QueryParams, read_body};
-use std::sync::Arc;
-
+use super::extract::read_body;
+use super::observe::DeliveryRequest;
 use crate::deploy::Ignored;
-use crate::deploy::history::{DeliveryContext, DeliverySummary};
+use crate::deploy::history::DeliverySummary;
 use crate::deploy::push::{PushDelivery, PushReport, deploy_pushes, seen_before};
 use crate::metrics::Tally;
 
@@ -52,23 +50,16 @@ pub async fn verified_body(
     Ok(bytes)
 }
 
-async fn push_webhook(
-    State(state): State<AppState>,
-    context: Option<Extension<Arc<DeliveryContext>>>,
-    Org(org): Org,
-    path: PathParams,
-    query: QueryParams,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let provider = GitProvider::from_slug(path.raw("provider")).ok_or_else(|| {
+async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let DeliveryRequest { state, org, .. } = &request;
+    let provider = GitProvider::from_slug(request.path.raw("provider")).ok_or_else(|| {
         let known: Vec<_> = GitProvider::ALL.iter().map(|p| p.slug()).collect();
         ApiError::not_found(format!("Unknown git provider; use one of {}.", known.join(", ")))
     })?;
-    let dry_run = query.dry_run()?;
-    let bytes = verified_body(&state, &org, provider, &headers, body, WEBHOOK_BODY_LIMIT).await?;
+    let dry_run = request.query.dry_run()?;
+    let bytes = verified_body(state, org, provider, &headers, body, WEBHOOK_BODY_LIMIT).await?;
     let delivery = delivery_id(provider, &headers, &bytes);
-    if seen_before(&state.deployer, &org, provider, delivery.as_deref()).await? {
+    if seen_before(&state.deployer, org, provider, delivery.as_deref()).await? {
         return Ok(render(
             PushReport::new(provider, delivery, dry_run).ignored(Ignored::DuplicateDelivery),
         ));
@@ -88,12 +79,12 @@ async fn push_webhook(
     let report = deploy_pushes(
         &state.deployer,
         PushDelivery {
-            org: &org,
+            org,
             provider,
             delivery_id: delivery,
             pushes,
             dry_run,
-            history: context.as_deref().map(Arc::as_ref),
+            history: request.history(),
         },
     )
     .await?;
@@ -119,10 +110,8 @@ fn render(report: PushReport) -> Response {
         StatusCode::OK
     };
     let tally = Tally {
-        ignored: report.ignored.map(Ignored::as_str),
         delivery_id: report.delivery_id.clone(),
-        dry_run: report.dry_run,
-        ..Tally::of(report.queued.iter().map(|q| q.status.as_str()), report.skipped.len())
+        ..report.reached.tally()
     };
     let summary = DeliverySummary::from(&report);
     let mut response = (status, Json(report)).into_response();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autodeploy_tests::fake_lambda::{
-    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, ecr_event, env_vars, http_api_event, response_body,
-    start_up_failure,
+    ECR_REGISTRY, FakeLambdaRuntime, FunctionProcess, call_api, container_deploy_event, ecr_event, env_vars,
+    http_api_event, response_body, start_up_failure,
 };
 use autodeploy_tests::receive_all;
 use autodeploy_tests::{AwsFixture, aws_fixture};
@@ -104,16 +104,7 @@ async fn deploys_ecr_pushes_and_serves_http() {
     assert_eq!(unknown["errorType"], "UnsupportedEvent", "{unknown}");
 
     // An HTTP request that needs the admin token: the secret is missing, so 503, not a crash.
-    let deploy = http_api_event(
-        "POST",
-        "/organization/acme/container/deploy",
-        &[
-            ("authorization", "Bearer some-token"),
-            ("content-type", "application/json"),
-        ],
-        Some(br#"{"image_name": "team/api", "tag": "1.5.0"}"#),
-        false,
-    );
+    let deploy = container_deploy_event("acme", "Bearer some-token", ("team/api", "1.5.0"), false);
     let response = runtime.invoke(deploy).await.response();
     assert_eq!(response["statusCode"], 503, "{response}");
     assert_eq!(response_body(&response)["error"]["code"], "UNAVAILABLE");
@@ -235,16 +226,7 @@ async fn without_an_ecr_organization_http_still_works() {
         "{refused}"
     );
 
-    let deploy = http_api_event(
-        "POST",
-        "/organization/acme/container/deploy",
-        &[
-            ("authorization", &format!("Token {ADMIN}")),
-            ("content-type", "application/json"),
-        ],
-        Some(br#"{"image_name": "team/api", "tag": "1.4.0"}"#),
-        true,
-    );
+    let deploy = container_deploy_event("acme", &format!("Token {ADMIN}"), ("team/api", "1.4.0"), true);
     let response = runtime.invoke(deploy).await.response();
     assert_eq!(response["statusCode"], 202, "{response}\n{}", function.logs());
 

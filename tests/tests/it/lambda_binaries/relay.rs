@@ -68,15 +68,18 @@ async fn sends_what_was_recorded_while_sqs_was_down() {
     assert_eq!(status, 202, "{response}");
     assert_eq!(response["queued"][0]["status"], "PENDING", "{response}");
     let deployment_id = response["queued"][0]["deployment_id"].as_str().unwrap().to_owned();
-    let (_, log) = call_api(
-        store.clone(),
-        down.clone(),
-        "GET",
-        "/organization/acme/deployments",
-        None,
-    )
-    .await;
-    assert_eq!(log["items"][0]["status"], "PENDING", "{log}");
+    let newest_status = async || {
+        let (_, log) = call_api(
+            store.clone(),
+            down.clone(),
+            "GET",
+            "/organization/acme/deployments",
+            None,
+        )
+        .await;
+        log["items"][0]["status"].clone()
+    };
+    assert_eq!(newest_status().await, "PENDING");
 
     // The relay, with the working queue.
     let runtime = FakeLambdaRuntime::start().await;
@@ -88,15 +91,7 @@ async fn sends_what_was_recorded_while_sqs_was_down() {
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0].group, "acme/api");
     assert_eq!(messages[0].dedup, deployment_id);
-    let (_, log) = call_api(
-        store.clone(),
-        down.clone(),
-        "GET",
-        "/organization/acme/deployments",
-        None,
-    )
-    .await;
-    assert_eq!(log["items"][0]["status"], "QUEUED", "{log}");
+    assert_eq!(newest_status().await, "QUEUED");
 
     // The next minute: nothing left.
     let report = runtime.invoke(scheduled_event()).await.response();
