@@ -110,6 +110,8 @@ pub struct Api {
     pub sqlite: Option<SqliteStore>,
     /// The SQS queue, when the API runs on moto.
     sqs: Option<SqsQueueReader>,
+    /// What the router serves from, for [`Api::reconfigured`].
+    state: AppState,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -194,10 +196,29 @@ impl Api {
         )
     }
 
+    /// The same API (store, queue, harness) with its state changed by `change`: other tenant
+    /// limits, or the pull interface of the standalone server
+    /// (`api.reconfigured(|s| s.with_pull(...))`).
+    pub fn reconfigured(mut self, change: impl FnOnce(AppState) -> AppState) -> Self {
+        self.state = change(self.state);
+        self.router = full_router(self.state.clone());
+        self
+    }
+
+    /// On SQLite, the same API serving pull consumers (lease, ack, nack, extend) from its store,
+    /// as the standalone server does; on moto unchanged (AWS has no pull interface).
+    pub fn serving_pull(self) -> Self {
+        match self.sqlite.clone() {
+            Some(store) => self.reconfigured(|state| state.with_pull(Arc::new(store))),
+            None => self,
+        }
+    }
+
     /// The router on `state`, whose store is `store`.
     pub fn on_state(store: Arc<dyn Store>, state: AppState) -> Self {
         Self {
-            router: full_router(state),
+            router: full_router(state.clone()),
+            state,
             store,
             sqlite: None,
             sqs: None,

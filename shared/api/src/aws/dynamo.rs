@@ -133,6 +133,70 @@ impl DynamoStore {
         Ok(items)
     }
 
+    /// How many services `query` finds besides service `except` (its sort key), counting up
+    /// to `cap` at most: only the keys are read.
+    async fn count_services(&self, query: QueryFluentBuilder, except: &str, cap: u32, op: &str) -> StoreResult<u32> {
+        let base = query
+            .expression_attribute_names("#count_sk", SK)
+            .projection_expression("#count_sk");
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let out = base
+                .clone()
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable(op, &e))?;
+            let others = out
+                .items()
+                .iter()
+                .filter(|item| item.get(SK).and_then(|v| v.as_s().ok()).is_none_or(|sk| sk != except))
+                .count();
+            count += u32::try_from(others).unwrap_or(u32::MAX);
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() && count < cap => start = Some(key),
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// Whether writing `service` keeps its organization within `limits` (`creating`: a new
+    /// service): services in all, and services on its repository or image path. Counted
+    /// before the write, which DynamoDB cannot make one transaction with a count.
+    async fn check_limits(&self, service: &Service, creating: bool, limits: TenantLimits) -> StoreResult<()> {
+        let (org, id) = (service.organization_id.as_str(), service.id.as_str());
+        let own = format!("SERVICE#{id}");
+        if creating {
+            let query = self.partition_query(org, "SERVICE#", None, true);
+            if self
+                .count_services(query, &own, limits.services, "count_services")
+                .await?
+                >= limits.services
+            {
+                return Err(limits.too_many_services());
+            }
+        }
+        let keys = [
+            service
+                .repository_key()
+                .map(|key| (Index::Gsi1, repository_index_value(org, &key), key)),
+            service
+                .image_key()
+                .map(|(_, path)| (Index::Gsi2, image_index_value(org, &path), path)),
+        ];
+        for (index, value, key) in keys.into_iter().flatten() {
+            let query = self.index_query(index, value, true);
+            let on_key = self
+                .count_services(query, &own, limits.services_per_key, "count_services_on_key")
+                .await?;
+            if on_key >= limits.services_per_key {
+                return Err(limits.too_many_on_key(&key));
+            }
+        }
+        Ok(())
+    }
+
     /// A query on the organization's partition over the records whose sort key starts with
     /// `prefix`, after `after` (an id), in `forward` order.
     fn partition_query(&self, org: &str, prefix: &str, after: Option<&str>, forward: bool) -> QueryFluentBuilder {
@@ -317,8 +381,10 @@ impl ServiceStore for DynamoStore {
         service: &Service,
         etag: &str,
         expected: Expected,
-        _limits: TenantLimits,
+        limits: TenantLimits,
     ) -> StoreResult<()> {
+        self.check_limits(service, matches!(expected, Expected::Absent), limits)
+            .await?;
         let mut e = Expr::default();
         let update = service_update(service, etag, &mut e)?;
         let condition = match &expected {

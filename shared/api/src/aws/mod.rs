@@ -32,6 +32,22 @@ pub const ADMIN_TOKEN_ENV: &str = "AUTODEPLOY_ADMIN_TOKEN";
 /// ARN (or name) of the Secrets Manager secret holding the admin token, when deployed.
 pub const ADMIN_TOKEN_SECRET_ENV: &str = "AUTODEPLOY_ADMIN_TOKEN_SECRET_ARN";
 
+/// Services one organization may hold, as the standalone server's `--max-services`; read by
+/// the `settings` function, the one that writes services.
+pub const MAX_SERVICES_ENV: &str = "AUTODEPLOY_MAX_SERVICES";
+
+/// The tenant limits from the environment: `AUTODEPLOY_MAX_SERVICES`, or the defaults.
+fn limits_from_env() -> Result<crate::store::TenantLimits, String> {
+    let defaults = crate::store::TenantLimits::default();
+    match std::env::var(MAX_SERVICES_ENV) {
+        Err(_) => Ok(defaults),
+        Ok(value) => match value.trim().parse::<u32>() {
+            Ok(services) if services >= 1 => Ok(crate::store::TenantLimits { services, ..defaults }),
+            _ => Err(format!("{MAX_SERVICES_ENV} must be a whole number of at least 1")),
+        },
+    }
+}
+
 /// What a Lambda function needs to reach its state, built once at start-up.
 pub struct AwsBackend {
     /// The loaded SDK configuration, for building further clients (the admin token's).
@@ -60,11 +76,13 @@ pub async fn app_state_without_queue_from_env() -> Result<crate::web::AppState, 
     let table = required_env(TABLE_ENV)?;
     let config = load_config().await?;
     let admin = admin_token_from_config(&config)?;
+    let limits = limits_from_env()?;
     Ok(crate::web::AppState::new(
         Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table)),
         Arc::new(crate::store::NoQueue),
         admin,
-    ))
+    )
+    .with_limits(limits))
 }
 
 /// Everything a Lambda function's router needs, from the environment: the store, the queue
