@@ -19,6 +19,7 @@ on_both_stores!(
     an_old_registry_notification_replayed_queues_nothing,
     one_delivery_queues_at_most_one_deployment_per_service,
     tenants_are_bounded,
+    a_tag_policy_that_is_costly_to_compile_is_refused,
 );
 
 const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
@@ -480,4 +481,43 @@ async fn tenants_are_bounded(api: Api) {
         .collect();
     ids.sort();
     assert_eq!(ids, ["a1", "a3", "i1", "i2", "o5"]);
+}
+
+/// Issue "one tenant can stall everyone": a pattern whose compiled form is large (short as it
+/// is), deeply nested or long is refused when written, naming it; a pattern that spells out
+/// the whole tag is not, and decides as it says.
+async fn a_tag_policy_that_is_costly_to_compile_is_refused(api: Api) {
+    let with = |pattern: &str| {
+        json!({"environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
+               "image": {"registry": "ghcr.io", "image_name": "acme/api", "tag": "v1"},
+               "tag_policy": {"type": "REGEX", "pattern": pattern}})
+    };
+    let nested = format!("{}a{}", "(".repeat(40), ")".repeat(40));
+    let long = format!("^{}$", "a".repeat(600));
+    for pattern in ["(a{1,100}){1,100}", "(?:[a-z0-9]{1000}){10}", &nested, &long] {
+        let r = api.put_service("acme", "api", with(pattern)).await;
+        assert_names_only(&r, "tag_policy.pattern", pattern);
+    }
+    let r = api
+        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    let r = api.put_service("acme", "api", with(r"^[\w.-]{1,128}$")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let deploy = |tag: &str| {
+        api.call(
+            Method::POST,
+            "/organization/acme/container/deploy",
+            Some(ADMIN),
+            Some(json!({"image_name": "ghcr.io/acme/api", "tag": tag})),
+        )
+    };
+    let r = deploy(&"x".repeat(128)).await;
+    assert_eq!(
+        outcome(&r).0,
+        vec![("api".to_owned(), "QUEUED".to_owned())],
+        "{}",
+        r.body
+    );
 }
