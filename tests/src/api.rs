@@ -263,6 +263,9 @@ impl Api {
             assert!(body["error"]["details"].is_array(), "{body}");
         }
         assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        if body["error"]["code"] == "VALIDATION_FAILED" {
+            assert_error_form_of(&body, &body.to_string());
+        }
         Reply {
             status,
             headers,
@@ -409,6 +412,49 @@ impl Api {
             .await;
         assert_eq!(r.status, StatusCode::OK);
         r.body["items"].as_array().unwrap().clone()
+    }
+}
+
+/// SPEC "Errors": a `VALIDATION_FAILED` message reads `field: message.` for one bad field and
+/// `N fields need attention: a, b.` for several; each detail is a lower-case phrase without a
+/// trailing period.
+pub fn assert_error_form(r: &Reply, context: &str) {
+    assert_error_form_of(&r.body, context);
+}
+
+fn assert_error_form_of(body: &Value, context: &str) {
+    let message = body["error"]["message"].as_str().unwrap();
+    let details = body["error"]["details"].as_array().unwrap();
+    for detail in details {
+        let text = detail["message"].as_str().unwrap();
+        assert!(!text.ends_with('.'), "{context}: a detail ends with a period: {text}");
+        assert!(
+            text.chars().next().is_some_and(|c| !c.is_uppercase()),
+            "{context}: a detail is not a lower-case phrase: {text}"
+        );
+    }
+    assert!(
+        message.ends_with('.') && !message.ends_with(".."),
+        "{context}: {message}"
+    );
+    match details.as_slice() {
+        [one] => assert_eq!(
+            message,
+            format!(
+                "{}: {}.",
+                one["field"].as_str().unwrap(),
+                one["message"].as_str().unwrap()
+            ),
+            "{context}"
+        ),
+        many => {
+            let fields: Vec<&str> = many.iter().map(|d| d["field"].as_str().unwrap()).collect();
+            assert_eq!(
+                message,
+                format!("{} fields need attention: {}.", many.len(), fields.join(", ")),
+                "{context}"
+            );
+        }
     }
 }
 

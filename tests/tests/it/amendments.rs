@@ -6,11 +6,11 @@
 //! writes (`If-None-Match: *` creates only, `If-Match: *` requires existence).
 
 use autodeploy_tests::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture, fixture_json, on_both_stores, outcome};
-use autodeploy_tests::{hmac_hex, provider_headers};
+use autodeploy_tests::{assert_error_form, hmac_hex, provider_headers};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::exact_bodies::{assert_error_form, assert_names_only};
+use crate::exact_bodies::assert_names_only;
 
 on_both_stores!(
     every_boolean_query_parameter_is_strict,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use autodeploy_tests::{ADMIN, Api, Reply, on_both_stores};
+use autodeploy_tests::{ADMIN, Api, Reply, assert_error_form, on_both_stores};
 use base64::Engine;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -267,8 +267,8 @@ fn field_universe<'a>(documents: impl IntoIterator<Item = &'a Value>) -> BTreeMa
     universe
 }
 
-/// A `VALIDATION_FAILED` answer naming exactly `field`, in SPEC's words: `field: message.`
-/// with one period, the detail a lower-case phrase without one.
+/// A `VALIDATION_FAILED` answer naming exactly `field` (its message in SPEC's form, as
+/// [`assert_error_form`] checks on every answer).
 pub(crate) fn assert_names_only(r: &Reply, field: &str, context: &str) {
     assert_eq!(
         (r.status, r.error_code()),
@@ -278,45 +278,6 @@ pub(crate) fn assert_names_only(r: &Reply, field: &str, context: &str) {
     );
     assert_eq!(r.error_fields(), vec![field.to_owned()], "{context}: {}", r.body);
     assert_error_form(r, context);
-}
-
-/// SPEC "Errors": a `VALIDATION_FAILED` message reads `field: message.` for one bad field and
-/// `N fields need attention: a, b.` for several; each detail is a lower-case phrase without a
-/// trailing period.
-pub(crate) fn assert_error_form(r: &Reply, context: &str) {
-    let message = r.body["error"]["message"].as_str().unwrap();
-    let details = r.body["error"]["details"].as_array().unwrap();
-    for detail in details {
-        let text = detail["message"].as_str().unwrap();
-        assert!(!text.ends_with('.'), "{context}: a detail ends with a period: {text}");
-        assert!(
-            text.chars().next().is_some_and(|c| !c.is_uppercase()),
-            "{context}: a detail is not a lower-case phrase: {text}"
-        );
-    }
-    assert!(
-        message.ends_with('.') && !message.ends_with(".."),
-        "{context}: {message}"
-    );
-    match details.as_slice() {
-        [one] => assert_eq!(
-            message,
-            format!(
-                "{}: {}.",
-                one["field"].as_str().unwrap(),
-                one["message"].as_str().unwrap()
-            ),
-            "{context}"
-        ),
-        many => {
-            let fields: Vec<&str> = many.iter().map(|d| d["field"].as_str().unwrap()).collect();
-            assert_eq!(
-                message,
-                format!("{} fields need attention: {}.", many.len(), fields.join(", ")),
-                "{context}"
-            );
-        }
-    }
 }
 
 /// The deploy targets the service documents name.
