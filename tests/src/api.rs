@@ -263,6 +263,11 @@ impl Api {
             assert!(body["error"]["details"].is_array(), "{body}");
         }
         assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        if status.is_client_error() || status.is_server_error() {
+            // A sentence for a person, ended by one period.
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.ends_with('.') && !message.ends_with(".."), "{body}");
+        }
         if body["error"]["code"] == "VALIDATION_FAILED" {
             assert_error_form_of(&body, &body.to_string());
         }

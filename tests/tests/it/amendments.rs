@@ -529,41 +529,29 @@ async fn if_none_match_creates_only_and_if_match_requires_existence(api: Api) {
         let r = conditional(&api, Method::PUT, path, ("if-none-match", "\"abc\""), Some(body)).await;
         assert_names_only(&r, "If-None-Match", path);
     }
-    // A PATCH of nothing is a 404 whatever its condition; a DELETE with If-None-Match: * a 412.
-    let r = conditional(
-        &api,
-        Method::PATCH,
-        "/organization/acme/services/ghost",
-        ("if-match", "*"),
-        Some(json!({"auto_deploy": true})),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
-    let r = conditional(
-        &api,
-        Method::DELETE,
-        "/organization/acme/services/api",
-        ("if-none-match", "*"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.body);
-    let r = conditional(
-        &api,
-        Method::DELETE,
-        "/organization/acme/services/api",
-        ("if-match", "*"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
-    let r = conditional(
-        &api,
-        Method::DELETE,
-        "/organization/acme/services/api",
-        ("if-match", "*"),
-        None,
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    // A PATCH of nothing is a 404 whatever its condition; a DELETE with If-None-Match: * a 412,
+    // with If-Match: * a 204 while the service exists, then a 404.
+    let patch = Some(json!({"auto_deploy": true}));
+    let (ghost, api_path) = ("/organization/acme/services/ghost", "/organization/acme/services/api");
+    for (method, path, header, body, status) in [
+        (Method::PATCH, ghost, ("if-match", "*"), patch, StatusCode::NOT_FOUND),
+        (
+            Method::DELETE,
+            api_path,
+            ("if-none-match", "*"),
+            None,
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            Method::DELETE,
+            api_path,
+            ("if-match", "*"),
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+        (Method::DELETE, api_path, ("if-match", "*"), None, StatusCode::NOT_FOUND),
+    ] {
+        let r = conditional(&api, method.clone(), path, header, body).await;
+        assert_eq!(r.status, status, "{method} {path} {header:?}: {}", r.body);
+    }
 }
