@@ -12,6 +12,59 @@ use serde_json::{Value, json};
 
 use crate::exact_bodies::assert_names_only;
 
+/// The boolean query parameters the API reference declares, `(method, path, name)`: those
+/// whose schema is a boolean or whose description says they are one (a strict boolean is a
+/// string of four values there), `$ref`s resolved.
+fn boolean_query_parameters() -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/openapi.yaml")).unwrap();
+    let document: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let resolve = |value: &serde_yaml_ng::Value| match value.get("$ref").and_then(|r| r.as_str()) {
+        Some(reference) => reference
+            .trim_start_matches("#/")
+            .split('/')
+            .fold(&document, |node, key| &node[key])
+            .clone(),
+        None => value.clone(),
+    };
+    let mut found = Vec::new();
+    for (path, operations) in document["paths"].as_mapping().unwrap() {
+        for (method, operation) in operations.as_mapping().unwrap() {
+            for parameter in operation["parameters"].as_sequence().into_iter().flatten() {
+                let parameter = resolve(parameter);
+                let boolean = parameter["schema"]["type"] == "boolean"
+                    || parameter["description"]
+                        .as_str()
+                        .is_some_and(|d| d.to_lowercase().contains("boolean"));
+                if parameter["in"] == "query" && boolean {
+                    found.push((
+                        method.as_str().unwrap().to_uppercase(),
+                        path.as_str().unwrap().to_owned(),
+                        parameter["name"].as_str().unwrap().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The routes below are every route with a boolean query parameter.
+#[test]
+fn the_strict_boolean_routes_are_every_boolean_parameter_of_the_api() {
+    let expected: Vec<(String, String, String)> = [
+        "/organization/{org}/container/deploy",
+        "/organization/{org}/job/deploy",
+        "/organization/{org}/registry-webhooks/dockerhub/{secret}",
+        "/organization/{org}/registry-webhooks/github",
+        "/organization/{org}/webhooks/{provider}",
+    ]
+    .iter()
+    .map(|path| ("POST".to_owned(), (*path).to_owned(), "dry_run".to_owned()))
+    .collect();
+    assert_eq!(boolean_query_parameters(), expected);
+}
+
 on_both_stores!(
     every_boolean_query_parameter_is_strict,
     a_bitbucket_clone_url_and_a_full_ref_are_stored_so_that_pushes_match,
