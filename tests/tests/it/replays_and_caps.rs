@@ -521,3 +521,28 @@ async fn a_tag_policy_that_is_costly_to_compile_is_refused(api: Api) {
         r.body
     );
 }
+
+/// The default limit on one key, 1,000, as SPEC states it (SQLite: the limits' code is the
+/// stores' own, proven on both above with small limits; a thousand services on moto would
+/// only be slower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_services_on_one_repository_is_the_default_limit() {
+    let api = Api::new();
+    let ids: Vec<String> = (0..1_000).map(|i| format!("s{i:04}")).collect();
+    for chunk in ids.chunks(50) {
+        let puts = chunk
+            .iter()
+            .map(|id| api.put_service("acme", id, app_on("https://github.com/acme/shop")));
+        for r in futures::future::join_all(puts).await {
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        }
+    }
+    let r = api
+        .put_service("acme", "one-more", app_on("git@github.com:acme/shop.git"))
+        .await;
+    over_the_limit(&r, "1000 services", "the 1,001st on the repository");
+    let r = api
+        .put_service("acme", "one-more", app_on("https://github.com/acme/other"))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
