@@ -431,7 +431,13 @@ async fn a_get_put_round_trip_returns_the_same_document(api: Api) {
             first.body
         );
 
-        // The document as shown, sent back under its ETag, is the same document.
+        // The document as shown, sent back under its ETag, is the same document; a target
+        // keeps the secret or token it was not sent (as stored, sealed on SQLite).
+        let target_id = path.strip_prefix("/organization/acme/targets/");
+        let stored = match target_id {
+            Some(id) => Some(api.store.get_target("acme", id).await.unwrap().unwrap().spec),
+            None => None,
+        };
         let r = api
             .call_with(
                 Method::PUT,
@@ -444,6 +450,13 @@ async fn a_get_put_round_trip_returns_the_same_document(api: Api) {
         assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
         let second = get(&api, &path).await;
         assert_eq!(second.body, same_but_written(&second.body, &first.body), "{path}");
+        if let Some(id) = target_id {
+            let kept = api.store.get_target("acme", id).await.unwrap().unwrap().spec;
+            // What is kept is what was sent, secret or token included.
+            let kept_value = serde_json::to_value(&kept).unwrap();
+            assert!(contained(&sent, &kept_value), "{path}: the target as stored differs");
+            assert_eq!(Some(kept), stored, "{path}: the secret or token changed");
+        }
         assert_eq!(
             second.body["version"].as_u64(),
             first.body["version"].as_u64().map(|v| v + 1),
