@@ -171,7 +171,7 @@ async fn every_boolean_query_parameter_is_strict(api: Api) {
     ];
 
     // Anything but true/false/1/0, or the parameter twice: a 400 naming it, nothing queued.
-    let refused = [
+    let refused_queries = [
         "dry_run=yes",
         "dry_run=maybe",
         "dry_run=",
@@ -185,7 +185,7 @@ async fn every_boolean_query_parameter_is_strict(api: Api) {
         "dry_run=false&dry_run=false",
     ];
     for route in &routes {
-        for query in refused {
+        for query in refused_queries {
             let r = route.send(&api, query).await;
             assert_names_only(&r, "dry_run", &format!("{} ?{query}", route.name));
         }
@@ -224,6 +224,39 @@ async fn every_boolean_query_parameter_is_strict(api: Api) {
             assert_eq!(r.body["dry_run"], false, "{} ?{query}", route.name);
         }
     }
+    // The history shows each route's refusals (400, naming the parameter), dry runs (recorded
+    // with `dry_run: true`, nothing to deploy) and real deliveries.
+    let mut history: Vec<Value> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!("/organization/acme/deliveries?limit=100&cursor={cursor}");
+        let r = api.call(Method::GET, &path, Some(ADMIN), None).await;
+        history.extend(r.body["items"].as_array().unwrap().iter().cloned());
+        match r.body["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    for source in ["github", "container-api", "job-api", "dockerhub", "github-packages"] {
+        let of = |outcome: &str, dry_run: bool| {
+            history
+                .iter()
+                .filter(|d| d["source"] == source && d["outcome"] == outcome && d["dry_run"] == dry_run)
+                .count()
+        };
+        assert_eq!(of("NOTHING_TO_DEPLOY", true), 5, "{source}: {history:?}");
+        assert_eq!(of("QUEUED", false), 1, "{source}: {history:?}");
+        let refused: Vec<&Value> = history
+            .iter()
+            .filter(|d| d["source"] == source && d["outcome"] == "REJECTED")
+            .collect();
+        assert_eq!(refused.len(), refused_queries.len(), "{source}: {history:?}");
+        for d in refused {
+            assert_eq!(d["http_status"], 400, "{d}");
+            assert!(d["reason"].as_str().unwrap().contains("dry_run"), "{d}");
+        }
+    }
+
     let mut deployed: Vec<String> = api
         .queued_messages()
         .await
