@@ -450,14 +450,7 @@ async fn urls_that_could_never_match_are_refused_with_the_url_to_use(api: Api) {
     assert_names_only(&r, "image.registry", "registry with credentials");
     assert!(!String::from_utf8_lossy(&r.raw).contains("pa55word"), "{}", r.body);
     // An image name with capitals (GitHub's `${{ github.repository }}`) says how to fix it.
-    let r = api
-        .call(
-            Method::POST,
-            "/organization/acme/container/deploy",
-            Some(ADMIN),
-            Some(json!({"image_name": "ghcr.io/Acme/Shop", "tag": "1.0.0"})),
-        )
-        .await;
+    let r = container_deploy(&api, "ghcr.io/Acme/Shop", "1.0.0").await;
     assert_names_only(&r, "image_name", "capitals");
     let message = r.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("lower"), "{message}");
@@ -488,6 +481,13 @@ async fn urls_that_could_never_match_are_refused_with_the_url_to_use(api: Api) {
         )
         .await;
     assert_eq!(r.body["configured"], false, "{}", r.body);
+}
+
+/// `POST /organization/acme/container/deploy` as the admin.
+async fn container_deploy(api: &Api, image_name: &str, tag: &str) -> Reply {
+    let body = json!({"image_name": image_name, "tag": tag});
+    let path = "/organization/acme/container/deploy";
+    api.call(Method::POST, path, Some(ADMIN), Some(body)).await
 }
 
 fn message_of(r: &Reply) -> String {
@@ -525,28 +525,14 @@ async fn nothing_to_deploy_is_explained(api: Api) {
     assert!(message.ends_with('.'), "{message}");
 
     // No service runs the image announced.
-    let r = api
-        .call(
-            Method::POST,
-            "/organization/acme/container/deploy",
-            Some(ADMIN),
-            Some(json!({"image_name": "ghcr.io/acme/api", "tag": "1.0.0"})),
-        )
-        .await;
+    let r = container_deploy(&api, "ghcr.io/acme/api", "1.0.0").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(outcome(&r), (vec![], vec![]));
     let message = message_of(&r);
     assert!(message.contains("ghcr.io/acme/api"), "{message}");
     // Nor of that kind: a JOB runs it, the CONTAINER endpoint was called.
     image_service(&api, "job", "JOB", "ghcr.io", "acme/api", "0.9.0").await;
-    let r = api
-        .call(
-            Method::POST,
-            "/organization/acme/container/deploy",
-            Some(ADMIN),
-            Some(json!({"image_name": "ghcr.io/acme/api", "tag": "1.0.0"})),
-        )
-        .await;
+    let r = container_deploy(&api, "ghcr.io/acme/api", "1.0.0").await;
     assert_eq!(outcome(&r), (vec![], vec![]), "{}", r.body);
     assert!(!message_of(&r).is_empty());
     // A registry webhook that finds nothing says so too.
