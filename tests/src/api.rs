@@ -110,6 +110,8 @@ pub struct Api {
     pub sqlite: Option<SqliteStore>,
     /// The SQS queue, when the API runs on moto.
     sqs: Option<SqsQueueReader>,
+    /// What the router serves from, for [`Api::reconfigured`].
+    state: AppState,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -201,10 +203,29 @@ impl Api {
         )
     }
 
+    /// The same API (store, queue, harness) with its state changed by `change`: other tenant
+    /// limits, or the pull interface of the standalone server
+    /// (`api.reconfigured(|s| s.with_pull(...))`).
+    pub fn reconfigured(mut self, change: impl FnOnce(AppState) -> AppState) -> Self {
+        self.state = change(self.state);
+        self.router = full_router(self.state.clone());
+        self
+    }
+
+    /// On SQLite, the same API serving pull consumers (lease, ack, nack, extend) from its store,
+    /// as the standalone server does; on moto unchanged (AWS has no pull interface).
+    pub fn serving_pull(self) -> Self {
+        match self.sqlite.clone() {
+            Some(store) => self.reconfigured(|state| state.with_pull(Arc::new(store))),
+            None => self,
+        }
+    }
+
     /// The router on `state`, whose store is `store`.
     pub fn on_state(store: Arc<dyn Store>, state: AppState) -> Self {
         Self {
-            router: full_router(state),
+            router: full_router(state.clone()),
+            state,
             store,
             sqlite: None,
             sqs: None,
@@ -249,6 +270,14 @@ impl Api {
             assert!(body["error"]["details"].is_array(), "{body}");
         }
         assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        if status.is_client_error() || status.is_server_error() {
+            // A sentence for a person, ended by one period.
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.ends_with('.') && !message.ends_with(".."), "{body}");
+        }
+        if body["error"]["code"] == "VALIDATION_FAILED" {
+            assert_error_form_of(&body, &body.to_string());
+        }
         Reply {
             status,
             headers,
@@ -409,6 +438,49 @@ impl Api {
             .await;
         assert_eq!(r.status, StatusCode::OK);
         r.body["items"].as_array().unwrap().clone()
+    }
+}
+
+/// SPEC "Errors": a `VALIDATION_FAILED` message reads `field: message.` for one bad field and
+/// `N fields need attention: a, b.` for several; each detail is a lower-case phrase without a
+/// trailing period.
+pub fn assert_error_form(r: &Reply, context: &str) {
+    assert_error_form_of(&r.body, context);
+}
+
+fn assert_error_form_of(body: &Value, context: &str) {
+    let message = body["error"]["message"].as_str().unwrap();
+    let details = body["error"]["details"].as_array().unwrap();
+    for detail in details {
+        let text = detail["message"].as_str().unwrap();
+        assert!(!text.ends_with('.'), "{context}: a detail ends with a period: {text}");
+        assert!(
+            text.chars().next().is_some_and(|c| !c.is_uppercase()),
+            "{context}: a detail is not a lower-case phrase: {text}"
+        );
+    }
+    assert!(
+        message.ends_with('.') && !message.ends_with(".."),
+        "{context}: {message}"
+    );
+    match details.as_slice() {
+        [one] => assert_eq!(
+            message,
+            format!(
+                "{}: {}.",
+                one["field"].as_str().unwrap(),
+                one["message"].as_str().unwrap()
+            ),
+            "{context}"
+        ),
+        many => {
+            let fields: Vec<&str> = many.iter().map(|d| d["field"].as_str().unwrap()).collect();
+            assert_eq!(
+                message,
+                format!("{} fields need attention: {}.", many.len(), fields.join(", ")),
+                "{context}"
+            );
+        }
     }
 }
 

@@ -14,8 +14,8 @@ pub mod latency_stub;
 pub mod webhooks;
 
 pub use api::{
-    ADMIN, Api, Entries, OnStore, Reply, TestStore, assert_logged_as_sent, deployment_ids, message_ids, outcome,
-    sent_deployment_ids,
+    ADMIN, Api, Entries, OnStore, Reply, TestStore, assert_error_form, assert_logged_as_sent, deployment_ids,
+    message_ids, outcome, sent_deployment_ids,
 };
 pub use webhooks::{
     PUSHES, WEBHOOK_SECRET, fixture, fixture_bytes, fixture_json, github_signature, hmac_hex, provider_headers,

@@ -48,16 +48,18 @@ impl Default for TenantLimits {
 }
 
 impl TenantLimits {
+    /// The refusal past the organization's limit: a lower-case phrase, as every detail of a
+    /// 400 is (it names the field `service`).
     pub fn too_many_services(&self) -> StoreError {
         StoreError::LimitReached(format!(
-            "The organization holds {} services, its limit (AUTODEPLOY_MAX_SERVICES); delete one first.",
+            "the organization holds {} services, its limit (AUTODEPLOY_MAX_SERVICES); delete one first",
             self.services
         ))
     }
 
     pub fn too_many_on_key(&self, key: &str) -> StoreError {
         StoreError::LimitReached(format!(
-            "{} services of the organization already use {key}, the limit for one repository or image.",
+            "{} services of the organization already use {key}, the limit for one repository or image",
             self.services_per_key
         ))
     }

@@ -36,7 +36,7 @@ pub enum DocumentError {
 pub fn read_document<T: Document>(value: &Value) -> Result<T, DocumentError> {
     let Some(map) = value.as_object() else {
         return Err(DocumentError::NotAnObject(format!(
-            "The body must be a JSON object: {}",
+            "The body must be a JSON object, such as {}.",
             T::SHAPE
         )));
     };

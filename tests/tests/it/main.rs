@@ -2,12 +2,14 @@
 //! cheaper to build than one per file): one module per area, on the harness of this crate's
 //! library (`autodeploy_tests`).
 
+mod amendments;
 mod aws_cost;
 mod aws_dispatcher;
 mod aws_images;
 mod aws_push;
 mod aws_stack;
 mod deliveries;
+mod exact_bodies;
 mod hostile_input;
 mod https_client;
 mod image_tags;
@@ -16,6 +18,7 @@ mod lambda_functions;
 mod lifecycle;
 mod push_webhooks;
 mod races;
+mod replays_and_caps;
 mod routes;
 mod settings_api;
 mod sqlite_faults;

@@ -50,3 +50,62 @@ async fn serves_the_settings_api_with_no_queue_configured() {
     assert_eq!(listed["statusCode"], 200, "{listed}");
     assert!(runtime.init_errors().is_empty(), "{:?}", runtime.init_errors());
 }
+
+/// SPEC "Bounded tenants" on AWS: the function takes `AUTODEPLOY_MAX_SERVICES`, and refuses a
+/// service past it as the standalone server does; a value that is no limit stops it at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_an_organization_to_autodeploy_max_services() {
+    let logs = start_up_failure(
+        exe(),
+        &[
+            ("AUTODEPLOY_ADMIN_TOKEN", ADMIN),
+            ("AUTODEPLOY_TABLE", "unused"),
+            ("AUTODEPLOY_MAX_SERVICES", "0"),
+        ],
+    )
+    .await;
+    assert!(logs.contains("AUTODEPLOY_MAX_SERVICES"), "{logs}");
+
+    let fx = aws_fixture().await;
+    let runtime = FakeLambdaRuntime::start().await;
+    let vars = function_env(
+        &fx,
+        &runtime,
+        &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN), ("AUTODEPLOY_MAX_SERVICES", "2")],
+    );
+    let function = FunctionProcess::spawn(exe(), &vars);
+    let auth = format!("Token {ADMIN}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let put = |id: &str, repository: &str| {
+        let service = json!({
+            "environment_id": "production", "kind": "APPLICATION",
+            "git_repository": {"provider": "GITHUB", "url": format!("https://github.com/acme/{repository}"), "branch": "main"},
+        });
+        let body = serde_json::to_vec(&service).unwrap();
+        http_api_event(
+            "PUT",
+            &format!("/organization/acme/services/{id}"),
+            &headers,
+            Some(&body),
+            false,
+        )
+    };
+    for id in ["one", "two"] {
+        let created = runtime.invoke(put(id, id)).await.response();
+        assert_eq!(created["statusCode"], 201, "{created}\n{}", function.logs());
+    }
+    let refused = runtime.invoke(put("three", "three")).await.response();
+    assert_eq!(refused["statusCode"], 400, "{refused}");
+    let body = response_body(&refused);
+    assert_eq!(body["error"]["details"][0]["field"], "service", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("AUTODEPLOY_MAX_SERVICES"),
+        "{body}"
+    );
+    // Replacing one of the two is no new service.
+    let replaced = runtime.invoke(put("two", "other")).await.response();
+    assert_eq!(replaced["statusCode"], 200, "{replaced}");
+}
