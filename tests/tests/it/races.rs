@@ -82,22 +82,25 @@ async fn distinct_concurrent_pushes_each_deploy_every_service(api: Api) {
         })
         .collect();
     let mut handed_out = BTreeSet::new();
+    // What each reply said of its deployment: QUEUED, or PENDING when the queue was too slow
+    // to take it within its budget (SPEC: the relay sends it later) — a loaded machine's moto.
+    let mut answered = std::collections::BTreeMap::new();
     for task in tasks {
         let (after, r) = task.await.unwrap();
         assert_eq!(r.status, StatusCode::ACCEPTED, "{after}: {}", r.body);
         let (queued, skipped) = outcome(&r);
-        assert_eq!(
-            queued,
-            services
-                .iter()
-                .map(|s| (s.clone(), "QUEUED".to_owned()))
-                .collect::<Vec<_>>(),
-            "{after}"
+        let reached: Vec<&String> = queued.iter().map(|(service, _)| service).collect();
+        assert_eq!(reached, services.iter().collect::<Vec<_>>(), "{after}");
+        assert!(
+            queued.iter().all(|(_, status)| status == "QUEUED" || status == "PENDING"),
+            "{after}: {queued:?}"
         );
         assert!(skipped.is_empty(), "{after}: {}", r.body);
         for q in r.body["queued"].as_array().unwrap() {
             assert_eq!(q["commit_sha"], after.as_str());
-            assert!(handed_out.insert(q["deployment_id"].as_str().unwrap().to_owned()));
+            let id = q["deployment_id"].as_str().unwrap().to_owned();
+            answered.insert(id.clone(), q["status"].clone());
+            assert!(handed_out.insert(id));
         }
     }
     assert_eq!(handed_out.len(), PUSHES * SERVICES);
@@ -121,7 +124,7 @@ async fn distinct_concurrent_pushes_each_deploy_every_service(api: Api) {
         .collect();
     assert_eq!(pairs.len(), PUSHES * SERVICES);
     for d in &log {
-        assert_eq!(d["status"], "QUEUED", "{d}");
+        assert_eq!(d["status"], answered[d["deployment_id"].as_str().unwrap()], "{d}");
     }
     // Per service too, through the filtered listing.
     for id in &services {
