@@ -422,7 +422,13 @@ mod tests {
 
         let mut e = Expr::default();
         let (update, condition) = Transition::Begin.write(&mut e);
-        assert_eq!(condition, "#status IN (:from_PENDING, :from_QUEUED, :from_IN_PROGRESS)");
+        // From IN_PROGRESS only once the attempt is older than the dispatcher's timeout.
+        assert_eq!(
+            condition,
+            "#status IN (:from_PENDING, :from_QUEUED) OR (#status = :from_IN_PROGRESS AND #updated_at < :stale)"
+        );
+        let stale = e.values().unwrap_or_default()[":stale"].as_s().unwrap().clone();
+        assert!(stale < crate::util::now_rfc3339(), "{stale}");
         assert!(update.ends_with("ADD #attempts :one"), "{update}");
         assert!(update.contains("#expires_at"), "in progress: no expiry: {update}");
         assert!(!update.contains(":expires"), "{update}");
