@@ -4,11 +4,13 @@
 //! - `floor/{small,large}`: HMAC-SHA256 of the body plus
 //!   `serde_json::from_slice::<IgnoredAny>` (reading the JSON without keeping anything): the
 //!   least any verifier-and-parser must do with the bytes.
-//! - `pipeline/{small,large}`: what `POST /organization/{org}/webhooks/github` does in process
-//!   (`shared/api/src/web/webhooks.rs`): `verify_signature`, `delivery_id`, `parse_delivery`,
-//!   every repository URL of the push normalized (deduplicated), the candidates looked up by
-//!   normalized repository in an index of 10,000 services (a `HashMap`, as the store's index),
-//!   and `decide_push` for each. Not timed: the store and queue calls and the response.
+//! - `pipeline/{small,large}`: the functions `POST /organization/{org}/webhooks/{provider}` calls
+//!   in process, in its order (`shared/api/src/web/webhooks.rs`, then `deploy_pushes` in
+//!   `shared/api/src/deploy/push.rs`): `verify_signature`, `delivery_id`, `parse_delivery`,
+//!   `delivery_keys` (one lookup per distinct repository key in an index of 10,000 services, a
+//!   `HashMap` standing for the store's index), `plan_push` and
+//!   `PushPlan::nothing_to_deploy`. Not timed: the store's and the queue's calls and the
+//!   response.
 //! - `stages-{small,large}/*`: the pipeline's stages one by one, to see where time goes.
 //! - with `PIPELINE_PAIRED=1`, no criterion run but floor and pipeline alternated in one
 //!   process (see [`paired`]), which a busy machine disturbs less.
@@ -24,14 +26,13 @@
 //!
 //! Run: `scripts/bench` (or `cargo bench -p autodeploy-core --bench pipeline`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hint::black_box;
 
-use autodeploy_core::matching::decide_push;
 use autodeploy_core::model::{Service, parse_service_document};
+use autodeploy_core::plan::{ServiceView, delivery_keys, plan_push};
 use autodeploy_core::provider::GitProvider;
-use autodeploy_core::push::{Delivery, delivery_id, parse_delivery, verify_signature};
-use autodeploy_core::repo_url::normalize_repository_url;
+use autodeploy_core::push::{Delivery, Push, delivery_id, parse_delivery, verify_signature};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
@@ -162,44 +163,45 @@ fn index() -> HashMap<String, Vec<Service>> {
     by_repo
 }
 
-/// What the webhook handler decides for one delivery: (deploy, skipped) counts.
+/// A service as the store hands it to the planner (there, a row read back with its last push).
+struct Stored<'a>(&'a Service);
+
+impl ServiceView for Stored<'_> {
+    fn service(&self) -> &Service {
+        self.0
+    }
+}
+
+/// The candidates of a delivery as `deploy_pushes` fetches them: one lookup in the index per
+/// distinct repository key of its pushes.
+fn candidates<'a>(pushes: &[Push], index: &'a HashMap<String, Vec<Service>>) -> HashMap<String, Vec<Stored<'a>>> {
+    delivery_keys(pushes)
+        .into_iter()
+        .map(|key| {
+            let services = index
+                .get(&key)
+                .map(|services| services.iter().map(Stored).collect())
+                .unwrap_or_default();
+            (key, services)
+        })
+        .collect()
+}
+
+/// What the webhook route computes for one delivery before it writes: (deploy, skipped)
+/// counts of the plan.
 #[inline(never)]
-fn pipeline(headers: &HeaderMap, body: &[u8], by_repo: &HashMap<String, Vec<Service>>) -> (usize, usize) {
+fn pipeline(headers: &HeaderMap, body: &[u8], index: &HashMap<String, Vec<Service>>) -> (usize, usize) {
     verify_signature(GitProvider::Github, headers, body, SECRET).expect("signed");
-    let _delivery = delivery_id(GitProvider::Github, headers, body);
+    black_box(delivery_id(GitProvider::Github, headers, body));
     let pushes = match parse_delivery(GitProvider::Github, headers, body) {
         Ok(Delivery::Pushes(pushes)) => pushes,
         other => panic!("not a push: {other:?}"),
     };
-    let (mut deploy, mut skipped) = (0, 0);
-    for push in &pushes {
-        let mut keys: Vec<String> = Vec::new();
-        for key in push
-            .repository_urls
-            .iter()
-            .filter_map(|u| normalize_repository_url(u).ok())
-        {
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-        // A service reached through two keys is decided once (a bucket holds a service once).
-        let mut seen = HashSet::new();
-        let several = keys.len() > 1;
-        let candidates = keys
-            .iter()
-            .filter_map(|k| by_repo.get(k))
-            .flatten()
-            .filter(|s| !several || seen.insert(s.id.as_str()));
-        for service in candidates {
-            match decide_push(service, push) {
-                None => {}
-                Some(Ok(())) => deploy += 1,
-                Some(Err(_)) => skipped += 1,
-            }
-        }
-    }
-    (deploy, skipped)
+    let by_key = candidates(&pushes, index);
+    let plan = plan_push(&pushes, &by_key);
+    black_box(plan.nothing_to_deploy("acme", &pushes));
+    let deploy = plan.decisions.iter().filter(|d| d.verdict.is_ok()).count();
+    (deploy, plan.decisions.len() - deploy)
 }
 
 /// The floor: authenticate the bytes and read them as JSON, keeping nothing.
@@ -243,12 +245,10 @@ fn benches(c: &mut Criterion) {
     group.finish();
 
     // Where the pipeline's time goes, stage by stage (not part of the ratio).
-    let fixture_services = &by_repo["github.com/binkkatal/sample_app"];
     for (name, body, headers) in &payloads {
         let Ok(Delivery::Pushes(pushes)) = parse_delivery(GitProvider::Github, headers, body) else {
             unreachable!("checked above")
         };
-        let push = &pushes[0];
         let mut group = c.benchmark_group(format!("stages-{name}"));
         group.bench_function("hmac", |b| {
             b.iter(|| {
@@ -266,21 +266,14 @@ fn benches(c: &mut Criterion) {
         group.bench_function("parse", |b| {
             b.iter(|| parse_delivery(GitProvider::Github, headers, black_box(body)))
         });
-        group.bench_function("normalize-urls", |b| {
+        group.bench_function("delivery-keys", |b| b.iter(|| delivery_keys(black_box(&pushes))));
+        let by_key = candidates(&pushes, &by_repo);
+        group.bench_function("plan", |b| {
             b.iter(|| {
-                let urls = &black_box(push).repository_urls;
-                urls.iter()
-                    .map(|u| normalize_repository_url(u).ok())
-                    .collect::<Vec<_>>()
-            })
-        });
-        group.bench_function("decide-10", |b| {
-            b.iter(|| {
-                let push = black_box(push);
-                fixture_services
-                    .iter()
-                    .map(|s| decide_push(s, push))
-                    .collect::<Vec<_>>()
+                let pushes = black_box(&pushes[..]);
+                let plan = plan_push(pushes, &by_key);
+                black_box(plan.nothing_to_deploy("acme", pushes));
+                plan.decisions.len()
             })
         });
         group.finish();
