@@ -327,11 +327,132 @@ fn paired() {
     }
 }
 
+/// `PIPELINE_STAGES=1`: the stages of the pipeline and of the floor, each alone, alternated in
+/// one process as [`paired`] does; prints one line per payload and stage: `stage <payload>
+/// <stage> <fastest ns>`.
+fn stages() {
+    const ROUNDS: usize = 200;
+    let by_repo = index();
+    let large = large_push(LARGE_COMMITS);
+    let payloads: [(&str, &[u8], HeaderMap); 2] =
+        [("small", SMALL, headers(SMALL)), ("large", &large, headers(&large))];
+    for (name, body, headers) in &payloads {
+        let Ok(Delivery::Pushes(pushes)) = parse_delivery(GitProvider::Github, headers, body) else {
+            unreachable!("a push")
+        };
+        let by_key = candidates(&pushes, &by_repo);
+        let batch = (2_000_000 / body.len()).max(2);
+        let mut stages: Vec<(&str, Box<dyn FnMut() + '_>)> = vec![
+            (
+                "hmac",
+                Box::new(|| {
+                    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).expect("any key length");
+                    mac.update(black_box(body));
+                    black_box(mac.finalize());
+                }),
+            ),
+            (
+                "json-ignored",
+                Box::new(|| {
+                    black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(body)).expect("JSON"));
+                }),
+            ),
+            (
+                "utf8",
+                Box::new(|| {
+                    black_box(std::str::from_utf8(black_box(body)).is_ok());
+                }),
+            ),
+            (
+                "json-ignored-str",
+                Box::new(|| {
+                    black_box(serde_json::from_str::<serde::de::IgnoredAny>(std::str::from_utf8(black_box(body)).expect("UTF-8")).expect("JSON"));
+                }),
+            ),
+            (
+                "json-value",
+                Box::new(|| {
+                    black_box(serde_json::from_slice::<serde_json::Value>(black_box(body)).expect("JSON"));
+                }),
+            ),
+            (
+                "verify",
+                Box::new(|| {
+                    black_box(verify_signature(GitProvider::Github, headers, black_box(body), SECRET)).expect("signed");
+                }),
+            ),
+            (
+                "delivery-id",
+                Box::new(|| {
+                    black_box(delivery_id(GitProvider::Github, headers, black_box(body)));
+                }),
+            ),
+            (
+                "parse",
+                Box::new(|| {
+                    black_box(parse_delivery(GitProvider::Github, headers, black_box(body))).expect("a push");
+                }),
+            ),
+            (
+                "candidates",
+                Box::new(|| {
+                    black_box(candidates(black_box(&pushes), &by_repo));
+                }),
+            ),
+            (
+                "delivery-keys",
+                Box::new(|| {
+                    black_box(delivery_keys(black_box(&pushes)));
+                }),
+            ),
+            (
+                "normalize-1",
+                Box::new(|| {
+                    black_box(autodeploy_core::repo_url::normalize_repository_url(black_box(&pushes[0].repository_urls[0]))).ok();
+                }),
+            ),
+            (
+                "decide-10",
+                Box::new(|| {
+                    for s in &by_repo["github.com/binkkatal/sample_app"] {
+                        black_box(autodeploy_core::matching::decide_push(s, black_box(&pushes[0])));
+                    }
+                }),
+            ),
+            (
+                "plan",
+                Box::new(|| {
+                    let pushes = black_box(&pushes[..]);
+                    let plan = plan_push(pushes, &by_key);
+                    black_box(plan.nothing_to_deploy("acme", pushes));
+                }),
+            ),
+        ];
+        let mut fastest = vec![f64::MAX; stages.len()];
+        for _ in 0..ROUNDS {
+            for ((_, stage), fastest) in stages.iter_mut().zip(&mut fastest) {
+                let start = std::time::Instant::now();
+                for _ in 0..batch {
+                    stage();
+                }
+                *fastest = fastest.min(start.elapsed().as_nanos() as f64 / batch as f64);
+            }
+        }
+        for ((stage, _), fastest) in stages.iter().zip(&fastest) {
+            println!("stage {name} {stage} {fastest:.0}");
+        }
+    }
+}
+
 criterion_group!(pipeline_benches, benches);
 
 fn main() {
     if std::env::var_os("PIPELINE_PAIRED").is_some() {
         paired();
+        return;
+    }
+    if std::env::var_os("PIPELINE_STAGES").is_some() {
+        stages();
         return;
     }
     pipeline_benches();

@@ -72,7 +72,7 @@ pub fn decide_push(service: &Service, push: &Push) -> Option<Result<(), SkipReas
     if let ChangedFiles::Known(files) = &push.files
         && !service.spec.deployment_restrictions.is_empty()
     {
-        let allowed = rules_allow(&service.spec.deployment_restrictions, files.iter().map(String::as_str));
+        let allowed = rules_allow(&service.spec.deployment_restrictions, files.iter());
         if !allowed {
             return Some(Err(SkipReason::PathRestrictions));
         }
@@ -164,7 +164,6 @@ mod tests {
     use crate::image::parse_image_name;
     use crate::model::parse_service_document;
     use serde_json::{Value, json};
-    use std::collections::BTreeSet;
 
     fn service(doc: Value) -> Service {
         let spec = parse_service_document("acme", "svc", &doc).unwrap();
@@ -193,7 +192,7 @@ mod tests {
             before: "a".repeat(40),
             after: "b".repeat(40),
             files: match files {
-                Some(f) => ChangedFiles::Known(f.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>()),
+                Some(f) => ChangedFiles::Known(f.iter().collect()),
                 None => ChangedFiles::Unknown,
             },
             head_commit_message: Some(message.into()),
@@ -257,8 +256,15 @@ mod tests {
                 Some(Ok(())),
             ),
         ];
-        for (i, (svc, p, want)) in cases.into_iter().enumerate() {
+        for (i, (svc, mut p, want)) in cases.into_iter().enumerate() {
             assert_eq!(decide_push(&svc, &p), want, "case {i}");
+            // Files are listed as the payload lists them: in any order, repeated.
+            if let ChangedFiles::Known(files) = &p.files {
+                let listed: Vec<&str> = files.iter().collect();
+                let reordered = listed.iter().rev().chain(&listed).chain(&listed).collect();
+                p.files = ChangedFiles::Known(reordered);
+                assert_eq!(decide_push(&svc, &p), want, "case {i}, reordered and repeated");
+            }
         }
     }
 

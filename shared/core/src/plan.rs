@@ -78,28 +78,28 @@ pub struct PushPlan<'a, S> {
 pub fn plan_push<'a, S: ServiceView>(pushes: &[Push], by_key: &'a HashMap<String, Vec<S>>) -> PushPlan<'a, S> {
     let mut decisions: Vec<Decision<'a, S>> = Vec::new();
     let mut repositories = Vec::with_capacity(pushes.len());
-    let mut reached: BTreeSet<&str> = BTreeSet::new();
-    let mut elsewhere: HashMap<&str, &str> = HashMap::new();
+    // Services that follow a pushed repository on another branch: (id, branch), with repeats.
+    let mut elsewhere: Vec<(&str, &str)> = Vec::new();
     for (index, push) in pushes.iter().enumerate() {
         let keys = repository_keys(push);
         repositories.push(display_repository(&keys, by_key));
+        let buckets: Vec<&Vec<S>> = keys.iter().filter_map(|k| by_key.get(k)).collect();
+        // A bucket holds a service once; one reached through two keys is decided once.
         let mut seen: BTreeSet<&str> = BTreeSet::new();
-        let services = keys
-            .iter()
-            .filter_map(|k| by_key.get(k))
-            .flatten()
-            .filter(|s| seen.insert(s.service().id.as_str()));
-        for stored in services {
+        let several_buckets = buckets.len() > 1;
+        for stored in buckets.into_iter().flatten() {
             let service = stored.service();
+            if several_buckets && !seen.insert(service.id.as_str()) {
+                continue;
+            }
             match decide_push(service, push) {
                 None => {
                     if let Some(repo) = &service.spec.git_repository {
-                        elsewhere.insert(service.id.as_str(), repo.branch.as_str());
+                        elsewhere.push((service.id.as_str(), repo.branch.as_str()));
                     }
                 }
                 Some(verdict) => {
-                    reached.insert(service.id.as_str());
-                    if verdict.is_ok() {
+                    if verdict.is_ok() && index > 0 {
                         // The last push of the delivery that deploys the service wins.
                         decisions.retain(|d| !(d.verdict.is_ok() && d.stored.service().id == service.id));
                     }
@@ -112,12 +112,23 @@ pub fn plan_push<'a, S: ServiceView>(pushes: &[Push], by_key: &'a HashMap<String
             }
         }
     }
-    elsewhere.retain(|id, _| !reached.contains(id));
+    // Every service some push reached has a decision: the others follow other branches.
+    let (other_branches, on_other_branches) = if elsewhere.is_empty() {
+        (BTreeSet::new(), 0)
+    } else {
+        let mut reached: Vec<&str> = decisions.iter().map(|d| d.stored.service().id.as_str()).collect();
+        reached.sort_unstable();
+        elsewhere.sort_unstable();
+        elsewhere.dedup_by_key(|(id, _)| *id);
+        elsewhere.retain(|(id, _)| reached.binary_search(id).is_err());
+        let branches = elsewhere.iter().map(|(_, branch)| (*branch).to_owned()).collect();
+        (branches, elsewhere.len())
+    };
     PushPlan {
         decisions,
         repositories,
-        other_branches: elsewhere.values().map(|b| (*b).to_owned()).collect(),
-        on_other_branches: elsewhere.len(),
+        other_branches,
+        on_other_branches,
     }
 }
 
@@ -236,6 +247,33 @@ mod tests {
             .collect();
         assert_eq!(deploys, vec![(1, "web"), (2, "api")]);
         assert_eq!(plan.repositories, vec!["github.com/acme/shop"; 3]);
+    }
+
+    #[test]
+    fn services_on_other_branches_are_those_no_push_reached() {
+        let by_key = index(vec![
+            app("api", "dev"),
+            app("web", "release/*"),
+            app("x", "release/*"),
+            app("y", "develop"),
+        ]);
+        let pushes = [push("main", "m"), push("dev", "d"), push("develop", "e")];
+        let plan = plan_push(&pushes, &by_key);
+        assert_eq!(plan.decisions.len(), 2);
+        assert_eq!(plan.on_other_branches, 2);
+        assert_eq!(plan.other_branches, BTreeSet::from(["release/*".to_owned()]));
+    }
+
+    #[test]
+    fn a_service_under_two_keys_is_decided_once() {
+        let mut by_key = index(vec![app("api", "main"), app("web", "main")]);
+        by_key.insert("github.com/acme/shop-mirror".to_owned(), vec![app("api", "main")]);
+        let mut mirrored = push("main", "m");
+        mirrored.repository_urls.push("https://github.com/acme/shop-mirror".into());
+        let plan = plan_push(std::slice::from_ref(&mirrored), &by_key);
+        let mut ids: Vec<&str> = plan.decisions.iter().map(|d| d.stored.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["api", "web"]);
     }
 
     #[test]

@@ -200,13 +200,25 @@ pub fn parse_repository_url(url: &str) -> Result<RepoUrl, RepoUrlError> {
     }
 
     let parts = split_url(url)?;
-    if parts.path.contains('@') {
+    // The path's special bytes, in one pass (ASCII bytes never occur inside a longer UTF-8
+    // character).
+    let (mut at, mut query, mut backslash, mut percent) = (false, false, false, false);
+    for b in parts.path.bytes() {
+        match b {
+            b'@' => at = true,
+            b'?' | b'#' => query = true,
+            b'\\' => backslash = true,
+            b'%' => percent = true,
+            _ => {}
+        }
+    }
+    if at {
         return Err(RepoUrlError::MisplacedAt);
     }
-    if parts.path.contains(['?', '#']) {
+    if query {
         return Err(RepoUrlError::QueryOrFragment);
     }
-    if parts.path.contains('\\') {
+    if backslash {
         return Err(RepoUrlError::Backslash);
     }
     if let Some(port) = parts.port {
@@ -216,7 +228,7 @@ pub fn parse_repository_url(url: &str) -> Result<RepoUrl, RepoUrlError> {
 
     // Decode first, then lower-case, then split: `%2F` becomes a separator and `%2E%2E`
     // is caught as `..`, exactly as the provider would see the path.
-    let decoded = if parts.path.contains('%') {
+    let decoded = if percent {
         percent_decode_str(parts.path)
             .decode_utf8()
             .map_err(|_| RepoUrlError::InvalidEncoding)?
@@ -224,7 +236,10 @@ pub fn parse_repository_url(url: &str) -> Result<RepoUrl, RepoUrlError> {
         // Nothing to decode (the usual case): the path as it is, already UTF-8.
         Cow::Borrowed(parts.path)
     };
-    if decoded.chars().any(char::is_control) {
+    // The URL has no control character (checked above): only a decoded path can.
+    if let Cow::Owned(decoded) = &decoded
+        && decoded.chars().any(char::is_control)
+    {
         return Err(RepoUrlError::ControlCharacter);
     }
     // Most paths are lower-case ASCII already: no copy then.
@@ -520,11 +535,15 @@ fn split_url(url: &str) -> Result<Parts<'_>, RepoUrlError> {
         .as_bytes()
         .windows(3)
         .position(|w| w == b"://")
-        .filter(|&i| !url[..i].contains(['/', '@']));
+        .filter(|&i| !url.as_bytes()[..i].iter().any(|&b| matches!(b, b'/' | b'@')));
     if let Some(i) = scheme_end {
         let scheme = parse_scheme(&url[..i])?;
         let rest = &url[i + 3..];
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        // Byte by byte: a `char` pattern set decodes every character.
+        let authority_end = rest
+            .bytes()
+            .position(|b| matches!(b, b'/' | b'?' | b'#'))
+            .unwrap_or(rest.len());
         let (authority, path) = rest.split_at(authority_end);
         let (userinfo, hostport) = match authority.rfind('@') {
             Some(at) => (Some(&authority[..at]), &authority[at + 1..]),

@@ -196,6 +196,14 @@ fn is_valid_plain(value: &str) -> bool {
 /// normalized form: `path` is that form or lies below it. The form's segments are matched one
 /// by one, so it is never built.
 fn plain_covers(value: &str, path: &str) -> bool {
+    // A value that starts with neither `/` nor `.` starts with its first segment, which the
+    // path must start with: most paths of a long push fail here, on one byte.
+    if let Some(&first) = value.as_bytes().first()
+        && !matches!(first, b'/' | b'.')
+        && path.as_bytes().first() != Some(&first)
+    {
+        return false;
+    }
     let mut rest = path;
     for (i, segment) in value.split('/').filter(|s| !matches!(*s, "" | ".")).enumerate() {
         if i > 0 {

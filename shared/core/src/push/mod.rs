@@ -104,7 +104,7 @@ pub struct Push {
 /// The files a push changed, when the payload can tell all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangedFiles {
-    Known(BTreeSet<String>),
+    Known(ChangedPaths),
     /// Restrictions cannot be applied: the service deploys.
     Unknown,
 }
@@ -112,6 +112,72 @@ pub enum ChangedFiles {
 impl ChangedFiles {
     pub fn is_known(&self) -> bool {
         matches!(self, ChangedFiles::Known(_))
+    }
+}
+
+/// The paths a push's commits list as added, modified or removed, in the payload's order and
+/// as often as the commits list them.
+///
+/// All matching asks of them is whether any passes a service's restrictions, which neither
+/// order nor repeats change; so they are not sorted or deduplicated, and they share one buffer
+/// instead of one allocation each (a long push lists thousands). Compared and shown as the set
+/// they make.
+#[derive(Clone, Default)]
+pub struct ChangedPaths {
+    text: String,
+    /// Where each path ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl ChangedPaths {
+    pub fn push(&mut self, path: &str) {
+        self.text.push_str(path);
+        self.ends.push(self.text.len());
+    }
+
+    /// The paths as listed, repeats included.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let path = &self.text[start..end];
+            start = end;
+            path
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.iter().any(|listed| listed == path)
+    }
+
+    /// The distinct paths, sorted.
+    pub fn distinct(&self) -> BTreeSet<&str> {
+        self.iter().collect()
+    }
+}
+
+impl PartialEq for ChangedPaths {
+    fn eq(&self, other: &Self) -> bool {
+        self.distinct() == other.distinct()
+    }
+}
+
+impl Eq for ChangedPaths {}
+
+impl std::fmt::Debug for ChangedPaths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.distinct()).finish()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for ChangedPaths {
+    fn from_iter<I: IntoIterator<Item = S>>(paths: I) -> Self {
+        let mut all = ChangedPaths::default();
+        paths.into_iter().for_each(|path| all.push(path.as_ref()));
+        all
     }
 }
 
@@ -246,26 +312,25 @@ fn changed_files(commits: Vec<Commit<'_>>, complete: bool) -> ChangedFiles {
 /// The paths of commits' `added`, `modified` and `removed` lists, gathered commit by commit
 /// (see [`changed_files`]).
 #[derive(Debug, Default)]
-struct FileUnion<'a> {
-    /// Borrowed from the body, in payload order, with repeats: sorted and deduplicated once,
-    /// before any is copied, since a long push names the same files in many commits.
-    paths: Vec<Text<'a>>,
+struct FileUnion {
+    /// Copied from the body as they are read, in payload order, with repeats.
+    paths: ChangedPaths,
     /// Some commit carried no file list at all.
     listless: bool,
 }
 
-impl<'a> FileUnion<'a> {
-    fn add(&mut self, added: Option<Vec<Text<'a>>>, modified: Option<Vec<Text<'a>>>, removed: Option<Vec<Text<'a>>>) {
+impl FileUnion {
+    fn add(&mut self, added: Option<Vec<Text<'_>>>, modified: Option<Vec<Text<'_>>>, removed: Option<Vec<Text<'_>>>) {
         if added.is_none() && modified.is_none() && removed.is_none() {
             self.listless = true;
         }
         for list in [added, modified, removed].into_iter().flatten() {
-            list.into_iter().for_each(|path| self.push(path));
+            list.iter().for_each(|path| self.push(path));
         }
     }
 
     /// One path of a commit's list; empty ones name no file.
-    fn push(&mut self, path: Text<'a>) {
+    fn push(&mut self, path: &str) {
         if !path.is_empty() {
             self.paths.push(path);
         }
@@ -276,28 +341,8 @@ impl<'a> FileUnion<'a> {
         if !complete || self.listless || self.paths.is_empty() {
             return ChangedFiles::Unknown;
         }
-        // Sorting is most of the work on a long push: plain references, compared 8 bytes at a
-        // time (paths share long prefixes), then each distinct path copied once.
-        let mut sorted: Vec<&str> = self.paths.iter().map(|path| &*path.0).collect();
-        sorted.sort_unstable_by(|a, b| byte_order(a.as_bytes(), b.as_bytes()));
-        sorted.dedup();
-        ChangedFiles::Known(sorted.into_iter().map(str::to_owned).collect())
+        ChangedFiles::Known(self.paths)
     }
-}
-
-/// `a.cmp(b)`, comparing eight bytes at a time as big-endian integers.
-fn byte_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
-    let common = a.len().min(b.len());
-    let mut i = 0;
-    while i + 8 <= common {
-        let word = |s: &[u8]| u64::from_be_bytes(s[i..i + 8].try_into().expect("eight bytes"));
-        let (x, y) = (word(a), word(b));
-        if x != y {
-            return x.cmp(&y);
-        }
-        i += 8;
-    }
-    a[i..].cmp(&b[i..])
 }
 
 /// A JSON string that must be there (or `null`, as an `Option`) but whose text is not needed:

@@ -57,7 +57,7 @@ fn ignored(provider: GitProvider, pairs: &[(&str, &str)], body: &[u8]) -> Ignore
 }
 
 fn files(paths: &[&str]) -> ChangedFiles {
-    ChangedFiles::Known(paths.iter().map(|p| p.to_string()).collect::<BTreeSet<_>>())
+    ChangedFiles::Known(paths.iter().collect())
 }
 
 fn urls(list: &[&str]) -> Vec<String> {
@@ -233,6 +233,18 @@ fn github_empty_commit_has_unknown_files() {
 }
 
 #[test]
+fn changed_paths_are_kept_as_listed_and_compared_as_a_set() {
+    let listed: ChangedPaths = ["b/c.rs", "a", "b/c.rs"].into_iter().collect();
+    assert_eq!(listed.iter().collect::<Vec<_>>(), ["b/c.rs", "a", "b/c.rs"]);
+    assert_eq!(listed.distinct(), BTreeSet::from(["a", "b/c.rs"]));
+    assert_eq!(listed, ["a", "b/c.rs"].into_iter().collect());
+    assert_ne!(listed, ["a"].into_iter().collect());
+    assert!(listed.contains("a") && listed.contains("b/c.rs") && !listed.contains("b"));
+    assert_eq!(format!("{listed:?}"), r#"{"a", "b/c.rs"}"#);
+    assert!(ChangedPaths::default().is_empty() && !listed.is_empty());
+}
+
+#[test]
 fn github_commit_cap_makes_files_unknown() {
     let commits = |n: usize| -> Vec<Value> {
         (0..n)
@@ -247,7 +259,7 @@ fn github_commit_cap_makes_files_unknown() {
     body["commits"] = json!(commits(GITHUB_COMMIT_CAP - 1));
     let push = one_push(GitProvider::Github, GH_PUSH, &bytes(&body));
     match push.files {
-        ChangedFiles::Known(set) => assert_eq!(set.len(), GITHUB_COMMIT_CAP - 1),
+        ChangedFiles::Known(set) => assert_eq!(set.distinct().len(), GITHUB_COMMIT_CAP - 1),
         ChangedFiles::Unknown => panic!("2047 commits are all the commits"),
     }
 }
