@@ -327,6 +327,9 @@ fn paired() {
     }
 }
 
+/// One stage of [`stages`], run once per call.
+type Stage<'a> = Box<dyn FnMut() + 'a>;
+
 /// `PIPELINE_STAGES=1`: the stages of the pipeline and of the floor, each alone, alternated in
 /// one process as [`paired`] does; prints one line per payload and stage: `stage <payload>
 /// <stage> <fastest ns>`.
@@ -342,7 +345,7 @@ fn stages() {
         };
         let by_key = candidates(&pushes, &by_repo);
         let batch = (2_000_000 / body.len()).max(2);
-        let mut stages: Vec<(&str, Box<dyn FnMut() + '_>)> = vec![
+        let mut stages: Vec<(&str, Stage<'_>)> = vec![
             (
                 "hmac",
                 Box::new(|| {
@@ -366,7 +369,12 @@ fn stages() {
             (
                 "json-ignored-str",
                 Box::new(|| {
-                    black_box(serde_json::from_str::<serde::de::IgnoredAny>(std::str::from_utf8(black_box(body)).expect("UTF-8")).expect("JSON"));
+                    black_box(
+                        serde_json::from_str::<serde::de::IgnoredAny>(
+                            std::str::from_utf8(black_box(body)).expect("UTF-8"),
+                        )
+                        .expect("JSON"),
+                    );
                 }),
             ),
             (
@@ -408,7 +416,10 @@ fn stages() {
             (
                 "normalize-1",
                 Box::new(|| {
-                    black_box(autodeploy_core::repo_url::normalize_repository_url(black_box(&pushes[0].repository_urls[0]))).ok();
+                    black_box(autodeploy_core::repo_url::normalize_repository_url(black_box(
+                        &pushes[0].repository_urls[0],
+                    )))
+                    .ok();
                 }),
             ),
             (

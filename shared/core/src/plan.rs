@@ -269,7 +269,9 @@ mod tests {
         let mut by_key = index(vec![app("api", "main"), app("web", "main")]);
         by_key.insert("github.com/acme/shop-mirror".to_owned(), vec![app("api", "main")]);
         let mut mirrored = push("main", "m");
-        mirrored.repository_urls.push("https://github.com/acme/shop-mirror".into());
+        mirrored
+            .repository_urls
+            .push("https://github.com/acme/shop-mirror".into());
         let plan = plan_push(std::slice::from_ref(&mirrored), &by_key);
         let mut ids: Vec<&str> = plan.decisions.iter().map(|d| d.stored.id.as_str()).collect();
         ids.sort_unstable();
