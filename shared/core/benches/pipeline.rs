@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use autodeploy_core::model::{Service, parse_service_document};
-use autodeploy_core::plan::{ServiceView, delivery_keys, plan_push};
+use autodeploy_core::plan::{DeliveryKeys, ServiceView, delivery_keys, plan_push};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::{Delivery, Push, delivery_id, parse_delivery, verify_signature};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
@@ -174,15 +174,15 @@ impl ServiceView for Stored<'_> {
 
 /// The candidates of a delivery as `deploy_pushes` fetches them: one lookup in the index per
 /// distinct repository key of its pushes.
-fn candidates<'a>(pushes: &[Push], index: &'a HashMap<String, Vec<Service>>) -> HashMap<String, Vec<Stored<'a>>> {
-    delivery_keys(pushes)
+fn candidates<'a>(keys: &DeliveryKeys, index: &'a HashMap<String, Vec<Service>>) -> HashMap<String, Vec<Stored<'a>>> {
+    keys.distinct()
         .into_iter()
         .map(|key| {
             let services = index
-                .get(&key)
+                .get(key)
                 .map(|services| services.iter().map(Stored).collect())
                 .unwrap_or_default();
-            (key, services)
+            (key.to_owned(), services)
         })
         .collect()
 }
@@ -197,8 +197,9 @@ fn pipeline(headers: &HeaderMap, body: &[u8], index: &HashMap<String, Vec<Servic
         Ok(Delivery::Pushes(pushes)) => pushes,
         other => panic!("not a push: {other:?}"),
     };
-    let by_key = candidates(&pushes, index);
-    let plan = plan_push(&pushes, &by_key);
+    let keys = delivery_keys(&pushes);
+    let by_key = candidates(&keys, index);
+    let plan = plan_push(&pushes, &keys, &by_key);
     black_box(plan.nothing_to_deploy("acme", &pushes));
     let deploy = plan.decisions.iter().filter(|d| d.verdict.is_ok()).count();
     (deploy, plan.decisions.len() - deploy)
@@ -267,11 +268,12 @@ fn benches(c: &mut Criterion) {
             b.iter(|| parse_delivery(GitProvider::Github, headers, black_box(body)))
         });
         group.bench_function("delivery-keys", |b| b.iter(|| delivery_keys(black_box(&pushes))));
-        let by_key = candidates(&pushes, &by_repo);
+        let keys = delivery_keys(&pushes);
+        let by_key = candidates(&keys, &by_repo);
         group.bench_function("plan", |b| {
             b.iter(|| {
                 let pushes = black_box(&pushes[..]);
-                let plan = plan_push(pushes, &by_key);
+                let plan = plan_push(pushes, &keys, &by_key);
                 black_box(plan.nothing_to_deploy("acme", pushes));
                 plan.decisions.len()
             })
@@ -343,7 +345,8 @@ fn stages() {
         let Ok(Delivery::Pushes(pushes)) = parse_delivery(GitProvider::Github, headers, body) else {
             unreachable!("a push")
         };
-        let by_key = candidates(&pushes, &by_repo);
+        let keys = delivery_keys(&pushes);
+        let by_key = candidates(&keys, &by_repo);
         let batch = (2_000_000 / body.len()).max(2);
         let mut stages: Vec<(&str, Stage<'_>)> = vec![
             (
@@ -404,7 +407,7 @@ fn stages() {
             (
                 "candidates",
                 Box::new(|| {
-                    black_box(candidates(black_box(&pushes), &by_repo));
+                    black_box(candidates(black_box(&keys), &by_repo));
                 }),
             ),
             (
@@ -434,7 +437,7 @@ fn stages() {
                 "plan",
                 Box::new(|| {
                     let pushes = black_box(&pushes[..]);
-                    let plan = plan_push(pushes, &by_key);
+                    let plan = plan_push(pushes, &keys, &by_key);
                     black_box(plan.nothing_to_deploy("acme", pushes));
                 }),
             ),

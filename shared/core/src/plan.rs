@@ -38,15 +38,43 @@ pub fn repository_keys(push: &Push) -> Vec<String> {
     keys
 }
 
-/// Every repository key of a delivery's pushes, each once: what to look services up by.
-pub fn delivery_keys(pushes: &[Push]) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    for key in pushes.iter().flat_map(repository_keys) {
-        if !keys.contains(&key) {
-            keys.push(key);
+/// The repository keys of a delivery: each push's (see [`repository_keys`]), normalized once
+/// for both the store's lookups and the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryKeys {
+    per_push: Vec<Vec<String>>,
+}
+
+impl DeliveryKeys {
+    /// Every key of the delivery, each once, in order: what to look services up by.
+    pub fn distinct(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = Vec::new();
+        for key in self.per_push.iter().flatten() {
+            if !keys.contains(&key.as_str()) {
+                keys.push(key);
+            }
         }
+        keys
     }
-    keys
+
+    /// The keys of the push at `index` of the delivery (none past its end).
+    pub fn of(&self, index: usize) -> &[String] {
+        self.per_push.get(index).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The repository keys of a delivery's pushes.
+pub fn delivery_keys(pushes: &[Push]) -> DeliveryKeys {
+    let mut per_push: Vec<Vec<String>> = Vec::with_capacity(pushes.len());
+    for (index, push) in pushes.iter().enumerate() {
+        // The pushes of a multi-branch delivery carry the same URLs: normalized once.
+        let keys = match index.checked_sub(1) {
+            Some(previous) if pushes[previous].repository_urls == push.repository_urls => per_push[previous].clone(),
+            _ => repository_keys(push),
+        };
+        per_push.push(keys);
+    }
+    DeliveryKeys { per_push }
 }
 
 /// What one service does with one push of the delivery.
@@ -72,17 +100,22 @@ pub struct PushPlan<'a, S> {
     pub on_other_branches: usize,
 }
 
-/// Decide every service that follows a repository of the delivery, for each of its pushes.
+/// Decide every service that follows a repository of the delivery, for each of its pushes;
+/// `keys` are the delivery's ([`delivery_keys`]), `by_key` the services found under each.
 /// A service deploys at most once per delivery: when several pushes of one delivery would
 /// deploy it (a glob branch that several pushed branches match), the last one does.
-pub fn plan_push<'a, S: ServiceView>(pushes: &[Push], by_key: &'a HashMap<String, Vec<S>>) -> PushPlan<'a, S> {
+pub fn plan_push<'a, S: ServiceView>(
+    pushes: &[Push],
+    keys: &DeliveryKeys,
+    by_key: &'a HashMap<String, Vec<S>>,
+) -> PushPlan<'a, S> {
     let mut decisions: Vec<Decision<'a, S>> = Vec::new();
     let mut repositories = Vec::with_capacity(pushes.len());
     // Services that follow a pushed repository on another branch: (id, branch), with repeats.
     let mut elsewhere: Vec<(&str, &str)> = Vec::new();
     for (index, push) in pushes.iter().enumerate() {
-        let keys = repository_keys(push);
-        repositories.push(display_repository(&keys, by_key));
+        let keys = keys.of(index);
+        repositories.push(display_repository(keys, by_key));
         let buckets: Vec<&Vec<S>> = keys.iter().filter_map(|k| by_key.get(k)).collect();
         // A bucket holds a service once; one reached through two keys is decided once.
         let mut seen: BTreeSet<&str> = BTreeSet::new();
@@ -229,7 +262,7 @@ mod tests {
     fn keys_are_normalized_once() {
         assert_eq!(repository_keys(&push("main", "b")), vec!["github.com/acme/shop"]);
         assert_eq!(
-            delivery_keys(&[push("main", "b"), push("dev", "c")]),
+            delivery_keys(&[push("main", "b"), push("dev", "c")]).distinct(),
             vec!["github.com/acme/shop"]
         );
     }
@@ -238,7 +271,7 @@ mod tests {
     fn a_service_deploys_once_per_delivery_the_last_push_winning() {
         let by_key = index(vec![app("api", "release/*"), app("web", "main")]);
         let pushes = [push("release/1", "b1"), push("main", "m"), push("release/2", "b2")];
-        let plan = plan_push(&pushes, &by_key);
+        let plan = plan_push(&pushes, &delivery_keys(&pushes), &by_key);
         let deploys: Vec<(usize, &str)> = plan
             .decisions
             .iter()
@@ -258,7 +291,7 @@ mod tests {
             app("y", "develop"),
         ]);
         let pushes = [push("main", "m"), push("dev", "d"), push("develop", "e")];
-        let plan = plan_push(&pushes, &by_key);
+        let plan = plan_push(&pushes, &delivery_keys(&pushes), &by_key);
         assert_eq!(plan.decisions.len(), 2);
         assert_eq!(plan.on_other_branches, 2);
         assert_eq!(plan.other_branches, BTreeSet::from(["release/*".to_owned()]));
@@ -272,7 +305,11 @@ mod tests {
         mirrored
             .repository_urls
             .push("https://github.com/acme/shop-mirror".into());
-        let plan = plan_push(std::slice::from_ref(&mirrored), &by_key);
+        let plan = plan_push(
+            std::slice::from_ref(&mirrored),
+            &delivery_keys(std::slice::from_ref(&mirrored)),
+            &by_key,
+        );
         let mut ids: Vec<&str> = plan.decisions.iter().map(|d| d.stored.id.as_str()).collect();
         ids.sort_unstable();
         assert_eq!(ids, ["api", "web"]);
@@ -286,7 +323,7 @@ mod tests {
             app("x", "develop"),
         ]);
         let pushes = [push("main", "b")];
-        let plan = plan_push(&pushes, &by_key);
+        let plan = plan_push(&pushes, &delivery_keys(&pushes), &by_key);
         assert_eq!(
             plan.nothing_to_deploy("acme", &pushes).as_deref(),
             Some(
@@ -294,13 +331,16 @@ mod tests {
             )
         );
         let empty: HashMap<String, Vec<Service>> = HashMap::new();
-        let plan = plan_push(&pushes, &empty);
+        let plan = plan_push(&pushes, &delivery_keys(&pushes), &empty);
         let message = plan.nothing_to_deploy("acme", &pushes).unwrap();
         assert!(
             message.starts_with("No service of organization acme follows github.com/acme/shop."),
             "{message}"
         );
         let by_key = index(vec![app("api", "main")]);
-        assert_eq!(plan_push(&pushes, &by_key).nothing_to_deploy("acme", &pushes), None);
+        assert_eq!(
+            plan_push(&pushes, &delivery_keys(&pushes), &by_key).nothing_to_deploy("acme", &pushes),
+            None
+        );
     }
 }

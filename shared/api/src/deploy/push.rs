@@ -124,11 +124,12 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
 
     // One index query per distinct repository key of the whole delivery.
     let mut by_key: HashMap<String, Vec<StoredService>> = HashMap::new();
-    for key in delivery_keys(&pushes) {
-        let services = deployer.store.services_by_repository(org, &key).await?;
-        by_key.insert(key, services);
+    let keys = delivery_keys(&pushes);
+    for key in keys.distinct() {
+        let services = deployer.store.services_by_repository(org, key).await?;
+        by_key.insert(key.to_owned(), services);
     }
-    let plan = plan_push(&pushes, &by_key);
+    let plan = plan_push(&pushes, &keys, &by_key);
     if let Some(first) = pushes.first() {
         report.repository = plan.repositories.first().cloned();
         report.branch = Some(first.branch.clone());
