@@ -4,12 +4,13 @@
 //! Pure: the services come from the store's index (every service of the organization that
 //! follows one of the pushed repositories), already fetched.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::matching::{SkipReason, decide_push};
 use crate::model::Service;
 use crate::push::Push;
-use crate::repo_url::normalize_repository_url;
+use crate::repo_url::{MAX_REPOSITORY_URL_LEN, normalize_repository_url};
 
 /// A stored service as the planner sees it.
 pub trait ServiceView {
@@ -26,16 +27,40 @@ impl ServiceView for Service {
 /// order, each once.
 pub fn repository_keys(push: &Push) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
-    for key in push
-        .repository_urls
-        .iter()
-        .filter_map(|u| normalize_repository_url(u).ok())
-    {
+    for key in push.repository_urls.iter().filter_map(|u| repository_key(u)) {
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
     keys
+}
+
+/// URLs each thread keeps normalized (see [`repository_key`]).
+const NORMALIZED_URLS: usize = 256;
+
+thread_local! {
+    static NORMALIZED: RefCell<HashMap<Box<str>, Option<String>>> = RefCell::new(HashMap::new());
+}
+
+/// The key of one URL a push carries, `None` when it names no repository. Remembered by each
+/// thread (at most [`NORMALIZED_URLS`], then forgotten all at once): a push carries the same
+/// repository under several URLs, and the deliveries of a repository keep coming.
+fn repository_key(url: &str) -> Option<String> {
+    if url.len() > MAX_REPOSITORY_URL_LEN {
+        return None;
+    }
+    NORMALIZED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(key) = cache.get(url) {
+            return key.clone();
+        }
+        let key = normalize_repository_url(url).ok();
+        if cache.len() >= NORMALIZED_URLS {
+            cache.clear();
+        }
+        cache.insert(url.into(), key.clone());
+        key
+    })
 }
 
 /// The repository keys of a delivery: each push's (see [`repository_keys`]), normalized once
@@ -265,6 +290,22 @@ mod tests {
             delivery_keys(&[push("main", "b"), push("dev", "c")]).distinct(),
             vec!["github.com/acme/shop"]
         );
+    }
+
+    #[test]
+    fn remembered_keys_are_the_keys() {
+        for round in 0..2 {
+            for i in 0..NORMALIZED_URLS + 10 {
+                let url = format!("git@github.com:Acme/Repo-{i}.git");
+                assert_eq!(
+                    repository_key(&url),
+                    Some(format!("github.com/acme/repo-{i}")),
+                    "round {round}"
+                );
+            }
+            assert_eq!(repository_key("https://github.com/a b"), None);
+            assert_eq!(repository_key(&"x".repeat(MAX_REPOSITORY_URL_LEN + 1)), None);
+        }
     }
 
     #[test]
