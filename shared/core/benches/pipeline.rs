@@ -32,7 +32,7 @@ use std::hint::black_box;
 use autodeploy_core::model::{Service, parse_service_document};
 use autodeploy_core::plan::{DeliveryKeys, ServiceView, delivery_keys, plan_push};
 use autodeploy_core::provider::GitProvider;
-use autodeploy_core::push::{Delivery, Push, delivery_id, parse_delivery, verify_signature};
+use autodeploy_core::push::{Delivery, delivery_id, parse_delivery, verify_signature};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue};
