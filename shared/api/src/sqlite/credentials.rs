@@ -25,13 +25,12 @@ impl SecretStore for SqliteStore {
 
     async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>> {
         let stored: Option<(String, String)> = self.read(|conn| {
-            conn.query_row(
-                "SELECT secret, set_at FROM webhook_secrets WHERE org = ?1 AND provider = ?2",
-                params![org, provider],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(unavailable)
+            conn.prepare_cached("SELECT secret, set_at FROM webhook_secrets WHERE org = ?1 AND provider = ?2")
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![org, provider], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(unavailable)
         })?;
         stored
             .map(|(secret, set_at)| {

@@ -12,12 +12,11 @@ impl DeliveryLog for SqliteStore {
     async fn delivery_seen(&self, org: &str, source: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool> {
         self.read(|conn| {
             let found: Option<i64> = conn
-                .query_row(
-                    "SELECT expires_at FROM deliveries WHERE org = ?1 AND provider = ?2 AND id = ?3",
-                    params![org, source, delivery_id],
-                    |r| r.get(0),
-                )
-                .optional()
+                .prepare_cached("SELECT expires_at FROM deliveries WHERE org = ?1 AND provider = ?2 AND id = ?3")
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![org, source, delivery_id], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(unavailable)?;
             Ok(found.is_some_and(|expires| expires > now_unix))
         })

@@ -9,7 +9,7 @@ use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, Deploymen
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::services::ServiceRow;
-use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
+use super::{SqliteStore, collect, execute, from_json, page, to_json, unavailable};
 use crate::store::{
     Candidate, DeliveryKey, DeploymentFilter, DeploymentLog, Guard, PUSH_MARK_RETENTION_SECS, Page, RecordOutcome,
     Refusal, StoreError, StoreResult,
@@ -71,11 +71,8 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
     match guard {
         Guard::Push { mark, before } => {
             let last_push: Option<Option<String>> = conn
-                .query_row(
-                    "SELECT last_push FROM services WHERE org = ?1 AND id = ?2",
-                    params![org, service_id],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT last_push FROM services WHERE org = ?1 AND id = ?2")
+                .and_then(|mut stmt| stmt.query_row(params![org, service_id], |r| r.get(0)))
                 .optional()
                 .map_err(unavailable)?;
             let Some(last_push) = last_push else {
@@ -83,27 +80,30 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
             };
             let current_commit = last_push.as_deref().and_then(|m| m.split_once("..")).map(|(_, a)| a);
             let queued_before: bool = conn
-                .query_row(
+                .prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM push_marks
                      WHERE org = ?1 AND service_id = ?2 AND mark = ?3 AND queued_unix > ?4)",
-                    params![org, service_id, mark, now - PUSH_MARK_RETENTION_SECS],
-                    |r| r.get(0),
                 )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![org, service_id, mark, now - PUSH_MARK_RETENTION_SECS], |r| {
+                        r.get(0)
+                    })
+                })
                 .map_err(unavailable)?;
             if queued_before && current_commit != Some(before.as_str()) {
                 return Ok(false);
             }
-            conn.execute(
+            execute(
+                conn,
                 "UPDATE services SET last_push = ?3 WHERE org = ?1 AND id = ?2",
                 params![org, service_id, mark],
-            )
-            .map_err(unavailable)?;
-            conn.execute(
+            )?;
+            execute(
+                conn,
                 "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO UPDATE SET queued_unix = excluded.queued_unix",
                 params![org, service_id, mark, now],
-            )
-            .map_err(unavailable)?;
+            )?;
             Ok(true)
         }
         Guard::ServiceUnchanged { expected, updated } => {
@@ -129,13 +129,16 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
     }
 }
 
+/// Insert `request`, `data` being its JSON.
 fn insert_deployment(
     conn: &Connection,
     request: &DeploymentRequest,
+    data: &str,
     status: DeploymentStatus,
     now: i64,
 ) -> StoreResult<()> {
-    conn.execute(
+    execute(
+        conn,
         "INSERT INTO deployments (org, id, service_id, status, data, updated_at, updated_unix)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -143,22 +146,21 @@ fn insert_deployment(
             request.deployment_id,
             request.service_id,
             status.as_str(),
-            to_json(request)?,
+            data,
             rfc3339(now),
             now
         ],
-    )
-    .map_err(unavailable)?;
+    )?;
     Ok(())
 }
 
 pub(super) fn remember(conn: &Connection, org: &str, delivery: &DeliveryKey) -> StoreResult<()> {
-    conn.execute(
+    execute(
+        conn,
         "INSERT INTO deliveries (org, provider, id, expires_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (org, provider, id) DO UPDATE SET expires_at = excluded.expires_at",
         params![org, delivery.source, delivery.id, delivery.expires_unix],
-    )
-    .map_err(unavailable)?;
+    )?;
     Ok(())
 }
 
@@ -191,11 +193,16 @@ impl DeploymentLog for SqliteStore {
     ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
         let (org, owned, delivery, history) =
             (org.to_owned(), candidates.to_vec(), delivery.cloned(), history.cloned());
+        // Serialized here, on the request's thread: the one writer thread only writes.
+        let documents = candidates
+            .iter()
+            .map(|c| to_json(&c.request))
+            .collect::<StoreResult<Vec<String>>>()?;
         let outcomes = self
             .write(move |conn| {
                 let now = now_unix();
                 let mut outcomes = Vec::with_capacity(owned.len());
-                for Candidate { request, guard } in &owned {
+                for (Candidate { request, guard }, data) in owned.iter().zip(&documents) {
                     if request.organization_id != org {
                         return Err(StoreError::Unavailable(
                             "a deployment of another organization".to_owned(),
@@ -203,7 +210,7 @@ impl DeploymentLog for SqliteStore {
                     }
                     if apply_guard(conn, &org, &request.service_id, guard, now)? {
                         // The store is the queue: recorded is queued.
-                        insert_deployment(conn, request, DeploymentStatus::Queued, now)?;
+                        insert_deployment(conn, request, data, DeploymentStatus::Queued, now)?;
                         outcomes.push(RecordOutcome::Recorded(DeploymentStatus::Queued));
                     } else {
                         outcomes.push(RecordOutcome::GuardFailed);

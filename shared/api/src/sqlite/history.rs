@@ -8,7 +8,7 @@ use autodeploy_core::delivery::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
+use super::{SqliteStore, collect, execute, from_json, page, to_json, unavailable};
 use crate::store::{DeliveryFilter, DeliveryHistory, Page, StoreResult};
 use crate::util::now_unix;
 
@@ -35,7 +35,8 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
             return Ok(false);
         }
     }
-    conn.execute(
+    execute(
+        conn,
         "INSERT OR REPLACE INTO delivery_log (org, id, source, outcome, received_unix, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             org,
@@ -45,22 +46,21 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
             now,
             to_json(record)?
         ],
-    )
-    .map_err(unavailable)?;
+    )?;
+    // Through the index of ids (`delivery_log_newest`), not the documents.
     let oldest_kept: Option<String> = conn
-        .query_row(
-            "SELECT id FROM delivery_log WHERE org = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
-            params![org, DELIVERY_HISTORY_PER_ORGANIZATION - 1],
-            |r| r.get(0),
-        )
-        .optional()
+        .prepare_cached("SELECT id FROM delivery_log WHERE org = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2")
+        .and_then(|mut stmt| {
+            stmt.query_row(params![org, DELIVERY_HISTORY_PER_ORGANIZATION - 1], |r| r.get(0))
+                .optional()
+        })
         .map_err(unavailable)?;
     if let Some(oldest) = oldest_kept {
-        conn.execute(
+        execute(
+            conn,
             "DELETE FROM delivery_log WHERE org = ?1 AND id < ?2",
             params![org, oldest],
-        )
-        .map_err(unavailable)?;
+        )?;
     }
     Ok(true)
 }

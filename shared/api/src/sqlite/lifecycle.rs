@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::deployments::{deployment_at, deployment_by_id, rfc3339};
-use super::{SqliteStore, to_json, unavailable};
+use super::{SqliteStore, execute, to_json, unavailable};
 use crate::store::{LeaseRequest, Leased, Outlook, PullQueue, Refusal, StoreResult};
 use crate::util::now_unix;
 
@@ -27,20 +27,51 @@ pub(super) enum Taker {
 pub(super) const DISPATCH_LEASE: &str = "dispatch-";
 
 impl Taker {
-    /// The condition on the service row `s` (left-joined: a deleted service has none).
-    fn services(self) -> &'static str {
+    /// The query of the services whose work a take may lease (`?1` the organization or null,
+    /// `?2` now, `?3` how many), in the order of their oldest waiting deployment.
+    fn candidates(self) -> String {
         match self {
-            Taker::Pull => "s.target_id IS NULL",
-            Taker::Dispatch => "s.target_id IS NOT NULL",
+            // From the organization's waiting deployments, left-joined to their service (a
+            // deleted service has none, and its deployments are still offered).
+            Taker::Pull => "SELECT d.org, d.service_id FROM deployments d
+                 LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
+                 WHERE (?1 IS NULL OR d.org = ?1) AND d.status = 'QUEUED'
+                   AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2) AND s.target_id IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM deployments p
+                       WHERE p.org = d.org AND p.service_id = d.service_id AND p.status = 'IN_PROGRESS')
+                 GROUP BY d.org, d.service_id ORDER BY MIN(d.seq) LIMIT ?3"
+                .to_owned(),
+            // From the services with a target: the deployments of the others, however many
+            // wait for pull consumers, are never read.
+            Taker::Dispatch => format!(
+                "SELECT org, id FROM (
+                   SELECT s.org, s.id, (SELECT min(d.seq) FROM deployments d
+                       WHERE {OPEN_OF_SERVICE} AND d.status = 'QUEUED'
+                         AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2)) AS oldest
+                   FROM services s
+                   WHERE s.target_id IS NOT NULL AND (?1 IS NULL OR s.org = ?1) AND {NONE_IN_PROGRESS})
+                 WHERE oldest IS NOT NULL ORDER BY oldest LIMIT ?3"
+            ),
         }
     }
 }
+
+/// The open (waiting or in progress) deployments `d` of the service row `s`, through the
+/// partial index `deployments_open`, which SQLite uses only when the query repeats its
+/// condition.
+pub(super) const OPEN_OF_SERVICE: &str =
+    "d.org = s.org AND d.service_id = s.id AND d.status IN ('QUEUED', 'IN_PROGRESS')";
+
+/// The service row `s` has no deployment in progress.
+pub(super) const NONE_IN_PROGRESS: &str = "NOT EXISTS (SELECT 1 FROM deployments p
+    WHERE p.org = s.org AND p.service_id = s.id AND p.status IN ('QUEUED', 'IN_PROGRESS') AND p.status = 'IN_PROGRESS')";
 
 /// Leases that ran out: the deployment waits again, or fails once offered `max_attempts`
 /// times. `org` narrows it to one organization.
 pub(super) fn expire(conn: &Connection, org: Option<&str>, now: i64, max_attempts: u32) -> StoreResult<usize> {
     let failed = format!("offered {max_attempts} times without being acknowledged");
-    conn.execute(
+    execute(
+        conn,
         "UPDATE deployments SET
             status = CASE WHEN attempts >= ?3 THEN 'FAILED' ELSE 'QUEUED' END,
             last_error = CASE WHEN attempts >= ?3 THEN ?4
@@ -49,7 +80,6 @@ pub(super) fn expire(conn: &Connection, org: Option<&str>, now: i64, max_attempt
          WHERE status = 'IN_PROGRESS' AND lease_expires_unix <= ?2 AND (?1 IS NULL OR org = ?1)",
         params![org, now, max_attempts, failed, rfc3339(now)],
     )
-    .map_err(unavailable)
 }
 
 /// Take up to `max` services' work: for each, its newest waiting deployment becomes
@@ -66,18 +96,7 @@ pub(super) fn take(
 ) -> StoreResult<Vec<Leased>> {
     expire(conn, org, now, max_attempts)?;
     let services: Vec<(String, String)> = {
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT d.org, d.service_id FROM deployments d
-                 LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
-                 WHERE (?1 IS NULL OR d.org = ?1) AND d.status = 'QUEUED'
-                   AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2) AND {}
-                   AND NOT EXISTS (SELECT 1 FROM deployments p
-                       WHERE p.org = d.org AND p.service_id = d.service_id AND p.status = 'IN_PROGRESS')
-                 GROUP BY d.org, d.service_id ORDER BY MIN(d.seq) LIMIT ?3",
-                taker.services()
-            ))
-            .map_err(unavailable)?;
+        let mut stmt = conn.prepare_cached(&taker.candidates()).map_err(unavailable)?;
         let rows = stmt
             .query_map(params![org, now, request.max as i64], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(unavailable)?;

@@ -7,7 +7,7 @@ use autodeploy_core::target::TargetSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
-use super::lifecycle::{DISPATCH_LEASE, Taker, take};
+use super::lifecycle::{DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, take};
 use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
 use crate::store::{
     AttemptEnd, AttemptStart, Dispatching, Expected, LeaseRequest, Leased, Outlook, Page, Refusal, StoreError,
@@ -264,24 +264,24 @@ impl SqliteStore {
     pub fn dispatch_outlook(&self) -> StoreResult<Outlook> {
         let now = now_unix();
         self.read(|conn| {
+            // Driven from the services with a target, like the dispatcher's take.
+            // The dispatcher asks after every recorded delivery: prepared once per connection.
             let available: bool = conn
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM deployments d
-                     JOIN services s ON s.org = d.org AND s.id = d.service_id
-                     WHERE d.status = 'QUEUED' AND s.target_id IS NOT NULL
-                       AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?1)
-                       AND NOT EXISTS (SELECT 1 FROM deployments p
-                           WHERE p.org = d.org AND p.service_id = d.service_id AND p.status = 'IN_PROGRESS'))",
-                    params![now],
-                    |r| r.get(0),
-                )
+                .prepare_cached(&format!(
+                    "SELECT EXISTS (SELECT 1 FROM services s WHERE s.target_id IS NOT NULL
+                       AND EXISTS (SELECT 1 FROM deployments d WHERE {OPEN_OF_SERVICE} AND d.status = 'QUEUED'
+                           AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?1))
+                       AND {NONE_IN_PROGRESS})"
+                ))
+                .and_then(|mut stmt| stmt.query_row(params![now], |r| r.get(0)))
                 .map_err(unavailable)?;
             let next_due: Option<i64> = conn
-                .query_row(
-                    "SELECT min(next_attempt_unix) FROM deployments WHERE status = 'QUEUED' AND next_attempt_unix > ?1",
-                    params![now],
-                    |r| r.get(0),
+                .prepare_cached(
+                    "SELECT min((SELECT min(d.next_attempt_unix) FROM deployments d
+                         WHERE d.org = s.org AND d.service_id = s.id AND d.status = 'QUEUED' AND d.next_attempt_unix > ?1))
+                     FROM services s WHERE s.target_id IS NOT NULL",
                 )
+                .and_then(|mut stmt| stmt.query_row(params![now], |r| r.get(0)))
                 .map_err(unavailable)?;
             Ok(Outlook {
                 available,

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::unavailable;
+use super::execute;
 use crate::store::{StoreError, StoreResult};
 
 /// Writes committed together at most: bounds how long the first of a batch waits for the
@@ -115,18 +115,16 @@ fn run(conn: &Connection, queue: &mpsc::Receiver<Box<dyn Job>>) {
 
 /// One transaction over the batch, each job in a savepoint; one fsync at `COMMIT`.
 fn commit(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(unavailable)?;
+    execute(conn, "BEGIN IMMEDIATE", [])?;
     let result = (|| {
         for job in batch.iter_mut() {
-            conn.execute_batch("SAVEPOINT job").map_err(unavailable)?;
-            if job.run(conn) {
-                conn.execute_batch("RELEASE job").map_err(unavailable)?;
-            } else {
-                conn.execute_batch("ROLLBACK TO job; RELEASE job")
-                    .map_err(unavailable)?;
+            execute(conn, "SAVEPOINT job", [])?;
+            if !job.run(conn) {
+                execute(conn, "ROLLBACK TO job", [])?;
             }
+            execute(conn, "RELEASE job", [])?;
         }
-        conn.execute_batch("COMMIT").map_err(unavailable)
+        execute(conn, "COMMIT", []).map(|_| ())
     })();
     if result.is_err() {
         // Nothing of the batch was committed; the connection is ready for the next one.
