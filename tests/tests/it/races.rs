@@ -92,7 +92,9 @@ async fn distinct_concurrent_pushes_each_deploy_every_service(api: Api) {
         let reached: Vec<&String> = queued.iter().map(|(service, _)| service).collect();
         assert_eq!(reached, services.iter().collect::<Vec<_>>(), "{after}");
         assert!(
-            queued.iter().all(|(_, status)| status == "QUEUED" || status == "PENDING"),
+            queued
+                .iter()
+                .all(|(_, status)| status == "QUEUED" || status == "PENDING"),
             "{after}: {queued:?}"
         );
         assert!(skipped.is_empty(), "{after}: {}", r.body);
