@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::aws_stack::AwsStack as Stack;
-use autodeploy_api::aws::{DynamoStore, SqsQueue};
+use autodeploy_api::aws::{DynamoStore, MARKS_PER_TRANSACTION, PUSH_RECORDS_PER_TRANSACTION, SqsQueue};
 use autodeploy_tests::fault_proxy::action;
 use autodeploy_tests::latency_stub::{LatencyStub, Seed, seed, seeds, unrelated};
 use autodeploy_tests::{Api, fixture};
@@ -145,21 +145,27 @@ impl Push {
     }
 }
 
-/// The calls a push matching `n` services makes, whatever else the table holds: the secret and
-/// the delivery id read, the delivery id remembered, the delivery recorded in the deliveries
-/// history, TWO index queries (the services following
-/// the repository; their older deployments still pending, which outside an outage is an empty
-/// partition), one transaction (guard + record) and one update (marked QUEUED) per service, one
-/// SQS batch per ten services. No scan.
+/// The calls a push matching `n` (at least one) services makes, whatever else the table
+/// holds: the secret and the delivery id read, the delivery id remembered, the delivery
+/// recorded in the deliveries history, TWO index queries (the services following the
+/// repository; their older deployments still pending, which outside an outage is an empty
+/// partition), one transaction per [`PUSH_RECORDS_PER_TRANSACTION`] services (guard + record
+/// of each), one per [`MARKS_PER_TRANSACTION`] deployments (marked QUEUED), one SQS batch
+/// per ten services. No scan, no single-item update.
 fn expected_calls(n: usize) -> BTreeMap<String, usize> {
     BTreeMap::from([
         (action::GET_ITEM.to_owned(), 2),
         (action::PUT_ITEM.to_owned(), 2),
         (action::QUERY.to_owned(), 2),
-        (action::TRANSACT_WRITE_ITEMS.to_owned(), n),
-        (action::UPDATE_ITEM.to_owned(), n),
+        (action::TRANSACT_WRITE_ITEMS.to_owned(), transactions(n)),
         (action::SEND_MESSAGE_BATCH.to_owned(), n.div_ceil(10)),
     ])
+}
+
+/// The transactions of a push matching `n` services, all of them sent: the record batches,
+/// then the marking batches.
+fn transactions(n: usize) -> usize {
+    n.div_ceil(PUSH_RECORDS_PER_TRANSACTION) + n.div_ceil(MARKS_PER_TRANSACTION)
 }
 
 fn check(push: &Push, n: usize, what: &str) {
@@ -170,23 +176,31 @@ fn check(push: &Push, n: usize, what: &str) {
 
 /// On moto a large push may run past the queue's 4 s budget for one send (moto answers one
 /// request at a time, slowly once it holds thousands of messages); the deployments not sent
-/// then stay PENDING for the relay, and fewer batches and updates are made. Everything up to
-/// the queue still holds: two queries, no scan, one transaction per service.
+/// then stay PENDING for the relay, and fewer batches are sent and marked. Everything up to
+/// the queue still holds: two queries, no scan, every record batch written, and no more
+/// marking transactions than the deployments sent need.
 fn check_on_moto(push: &Push, n: usize, what: &str) {
     if push.pending == 0 {
         return check(push, n, what);
     }
     assert_eq!(push.queued + push.pending, n, "{what}");
     assert!(!push.calls.contains_key(SCAN), "{what}: a scan: {:?}", push.calls);
+    assert!(
+        !push.calls.contains_key(action::UPDATE_ITEM),
+        "{what}: {:?}",
+        push.calls
+    );
     let expected = expected_calls(n);
-    for action in [
-        action::GET_ITEM,
-        action::PUT_ITEM,
-        action::QUERY,
-        action::TRANSACT_WRITE_ITEMS,
-    ] {
+    for action in [action::GET_ITEM, action::PUT_ITEM, action::QUERY] {
         assert_eq!(push.calls.get(action), expected.get(action), "{what}: {action}");
     }
+    let records = n.div_ceil(PUSH_RECORDS_PER_TRANSACTION);
+    let marks = push.queued.div_ceil(MARKS_PER_TRANSACTION);
+    assert_eq!(
+        push.calls.get(action::TRANSACT_WRITE_ITEMS),
+        Some(&(records + marks)),
+        "{what}: record and marking transactions"
+    );
 }
 
 /// A table of `total` services in which groups of `groups[i]` services follow repository

@@ -28,6 +28,8 @@ use crate::https_client::{test_ca_roots, test_tls_acceptor};
 use crate::store_contract::push_request;
 
 const NOW: &str = "2026-11-26T12:00:00Z";
+/// Budget of the tests' own sends (their setup), far above any answer of a loaded moto.
+const SETUP_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A request a receiver got.
 #[derive(Debug, Clone)]
@@ -248,7 +250,14 @@ pub(crate) async fn record(store: &dyn Store, service_id: &str, mark: &str) -> D
 /// Send `requests` to the deployment queue, as a webhook's request does, and mark them.
 pub(crate) async fn send(fx: &AwsFixture, requests: &[&DeploymentRequest]) {
     let owned: Vec<DeploymentRequest> = requests.iter().map(|r| (*r).clone()).collect();
-    for result in fx.queue.send(&owned).await {
+    // The product's send, with budgets for a loaded machine: setting the scene is not what
+    // these tests time, and moto may answer slowly.
+    let queue = fx
+        .queue
+        .clone()
+        .with_send_budget(SETUP_BUDGET)
+        .with_batch_timeout(SETUP_BUDGET);
+    for result in queue.send(&owned).await {
         result.unwrap();
     }
     let ids: Vec<String> = owned.iter().map(|r| r.deployment_id.clone()).collect();

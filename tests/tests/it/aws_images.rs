@@ -8,6 +8,7 @@
 //! The faulted clients make `SDK_ATTEMPTS` (3) attempts per call with millisecond backoff.
 
 use crate::aws_stack::AwsStack as Stack;
+use autodeploy_api::aws::IMAGE_RECORDS_PER_TRANSACTION;
 use autodeploy_api::pipeline::RelayReport;
 use autodeploy_tests::fault_proxy::{Count, Fault, SDK_ATTEMPTS, action};
 use autodeploy_tests::{ADMIN, Reply, deployment_ids, message_ids, outcome};
@@ -108,14 +109,19 @@ async fn a_queue_down_leaves_the_new_tag_pending_for_the_relay() {
 
 /// The store refuses the record write: 503, and the services keep their tag, version and
 /// ETag, with no deployment and no message; once the store is back the same notification
-/// queues each exactly once. Then a store that takes one record and fails the other: the
-/// retry completes the rest and finds the first at the new tag.
+/// queues each exactly once. The two services are one record transaction, which the SDK tries
+/// `SDK_ATTEMPTS` times; an unavailable store is not retried further. Then, with one service
+/// more than a record transaction holds, a store that takes one record transaction and
+/// refuses the other: 503, the batch taken is at the new tag and sent, the other untouched;
+/// the retry completes the rest and finds the first batch at the new tag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_store_refuses_is_a_503_and_changes_nothing() {
     let stack = Stack::new().await;
     stack.container("api", None, "acme/api", "1.0.0").await;
     stack.container("web", None, "acme/api", "1.0.0").await;
     let before = [stack.service("api").await, stack.service("web").await];
+    // Setting the services up wrote through the proxy too: count the notification alone.
+    stack.aws.store_proxy.reset_counts();
     stack
         .aws
         .store_proxy
@@ -131,8 +137,8 @@ async fn a_record_the_store_refuses_is_a_503_and_changes_nothing() {
     assert_eq!(
         stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
         Count {
-            requests: 2 * ATTEMPTS,
-            failed: 2 * ATTEMPTS
+            requests: 2usize.div_ceil(IMAGE_RECORDS_PER_TRANSACTION) * ATTEMPTS,
+            failed: 2usize.div_ceil(IMAGE_RECORDS_PER_TRANSACTION) * ATTEMPTS
         }
     );
     for old in &before {
@@ -151,36 +157,67 @@ async fn a_record_the_store_refuses_is_a_503_and_changes_nothing() {
     assert_eq!(outcome(&r), (pairs(&[("api", "QUEUED"), ("web", "QUEUED")]), vec![]));
     assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
 
-    // One record taken, the other refused.
-    stack
-        .aws
-        .store_proxy
-        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS).after(1));
+    // One service more than a record transaction holds: two record transactions, the first
+    // to reach the store taken, the other refused (each of the SDK's attempts).
+    let mut services = vec!["api".to_owned(), "web".to_owned()];
+    for i in 0..IMAGE_RECORDS_PER_TRANSACTION - 1 {
+        let id = format!("c-{i:02}");
+        stack.container(&id, None, "acme/api", "1.1.0").await;
+        services.push(id);
+    }
+    services.sort();
+    stack.aws.store_proxy.reset_counts();
+    stack.aws.store_proxy.set(
+        Fault::unavailable()
+            .only(action::TRANSACT_WRITE_ITEMS)
+            .after(1)
+            .times(ATTEMPTS),
+    );
     let r = stack.deploy("container", "acme/api", "1.2.0").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
-    let mut tags: Vec<String> = Vec::new();
-    for id in ["api", "web"] {
-        tags.push(
-            stack.service(id).await.body["image"]["tag"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+    // Two record transactions (one written, one refused ATTEMPTS times), one marking.
+    assert_eq!(
+        stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
+        Count {
+            requests: 1 + ATTEMPTS + 1,
+            failed: ATTEMPTS
+        }
+    );
+    let mut taken: Vec<String> = Vec::new();
+    for id in &services {
+        let tag = stack.service(id).await.body["image"]["tag"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        match tag.as_str() {
+            "1.2.0" => taken.push(id.clone()),
+            "1.1.0" => {}
+            other => panic!("{id}: tag {other}"),
+        }
     }
-    tags.sort();
-    assert_eq!(tags, vec!["1.1.0", "1.2.0"]);
+    // A whole batch: either the full one or the single service.
+    assert!(
+        taken.len() == IMAGE_RECORDS_PER_TRANSACTION || taken.len() == 1,
+        "{taken:?}"
+    );
     let first = stack.aws.drain().await;
-    assert_eq!(first.len(), 1);
-    let taken = first[0].body["service_id"].as_str().unwrap().to_owned();
-    let other = if taken == "api" { "web" } else { "api" };
+    let mut sent: Vec<String> = first
+        .iter()
+        .map(|m| m.body["service_id"].as_str().unwrap().to_owned())
+        .collect();
+    sent.sort();
+    assert_eq!(sent, taken);
+    let others: Vec<String> = services.iter().filter(|s| !taken.contains(s)).cloned().collect();
 
     stack.aws.store_proxy.pass_through();
     let r = stack.deploy("container", "acme/api", "1.2.0").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    assert_eq!(
-        outcome(&r),
-        (pairs(&[(other, "QUEUED")]), pairs(&[(taken.as_str(), "SAME_TAG")]))
-    );
+    let each = |ids: &[String], value: &str| -> Vec<(String, String)> {
+        ids.iter().map(|id| (id.clone(), value.to_owned())).collect()
+    };
+    assert_eq!(outcome(&r), (each(&others, "QUEUED"), each(&taken, "SAME_TAG")));
     assert_eq!(message_ids(&stack.aws.drain().await), deployment_ids(&r));
-    assert_eq!(stack.log().await.len(), 4);
+    // Two for the first notification, one per service for the second.
+    assert_eq!(stack.log().await.len(), 2 + services.len());
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 0, sent: 0 });
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::aws_stack::AwsStack as Stack;
 use autodeploy_api::admin::StaticAdminToken;
-use autodeploy_api::aws::SqsQueue;
+use autodeploy_api::aws::{MARKS_PER_TRANSACTION, PUSH_RECORDS_PER_TRANSACTION, SqsQueue};
 use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use autodeploy_api::store::ServiceStore;
 use autodeploy_api::web::AppState;
@@ -82,7 +82,8 @@ fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 }
 
 /// What one push costs in AWS calls, per matched service and per push: the numbers to
-/// multiply by traffic. A change here is a change of the bill.
+/// multiply by traffic. A change here is a change of the bill. Twelve services fit in one
+/// record transaction and one marking transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_calls_per_push() {
     let (stack, _) = Stack::with_services(12).await;
@@ -103,10 +104,12 @@ async fn aws_calls_per_push() {
             // The services following the repository, one index query; older deployments of
             // theirs still pending, another (an empty index partition outside outages).
             (action::QUERY.to_owned(), calls(2)),
-            // Guard and record, one transaction per service.
-            (action::TRANSACT_WRITE_ITEMS.to_owned(), calls(12)),
-            // Marked QUEUED, one update per service.
-            (action::UPDATE_ITEM.to_owned(), calls(12)),
+            // Guard and record of each service, up to PUSH_RECORDS_PER_TRANSACTION services
+            // a transaction; then marked QUEUED, up to MARKS_PER_TRANSACTION a transaction.
+            (
+                action::TRANSACT_WRITE_ITEMS.to_owned(),
+                calls(12usize.div_ceil(PUSH_RECORDS_PER_TRANSACTION) + 12usize.div_ceil(MARKS_PER_TRANSACTION))
+            ),
         ]
     );
     let queue: Vec<(String, Count)> = stack.aws.queue_proxy.counts().into_iter().collect();
@@ -259,10 +262,14 @@ async fn lost_queue_answers_are_deduplicated() {
 
 /// The store fails the record write (every TransactWriteItems): 503, nothing recorded —
 /// no deployment, no message, no push mark — so the redelivery of the same delivery id,
-/// once the store is back, queues exactly one deployment per service.
+/// once the store is back, queues exactly one deployment per service. The three services
+/// are one record transaction, which the SDK tries `SDK_ATTEMPTS` times; an unavailable
+/// store is not retried further (only cancellations by conflicts or throttling are).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
     let (stack, services) = Stack::with_services(3).await;
+    // Setting the services up wrote through the proxy too: count the push alone.
+    stack.aws.store_proxy.reset_counts();
     stack
         .aws
         .store_proxy
@@ -280,8 +287,8 @@ async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
     assert_eq!(
         stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
         Count {
-            requests: 3 * ATTEMPTS,
-            failed: 3 * ATTEMPTS
+            requests: 3usize.div_ceil(PUSH_RECORDS_PER_TRANSACTION) * ATTEMPTS,
+            failed: 3usize.div_ceil(PUSH_RECORDS_PER_TRANSACTION) * ATTEMPTS
         }
     );
     assert!(stack.log().await.is_empty());
@@ -303,11 +310,12 @@ async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
     assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY");
 }
 
-/// The store writes a record but its answer is lost. The SDK retries the transaction: on
-/// DynamoDB its idempotency token makes the retry succeed; moto (no idempotency) finds the
-/// push mark already set, so the service is reported ALREADY_QUEUED and its deployment stays
-/// PENDING. Either way nothing is lost or doubled: after the relay, one deployment and one
-/// message per service.
+/// The store writes the record transaction (the three services are one) but its answer is
+/// lost. The SDK retries the transaction with the same client request token: on DynamoDB the
+/// token makes the retry succeed, and the reply is 202 with every deployment QUEUED; moto
+/// (no idempotency) finds every push mark already set, so every service is reported
+/// ALREADY_QUEUED (a 200) and its deployment stays PENDING. Either way nothing is lost or
+/// doubled: after the relay, one deployment and one message per service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_store_answer_loses_nothing() {
     let (stack, services) = Stack::with_services(3).await;
@@ -318,13 +326,20 @@ async fn a_lost_store_answer_loses_nothing() {
     );
 
     let r = stack.push(&fixture("github/gp-push.json"), "delivery-1").await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let (queued, skipped) = outcome(&r);
+    let expected = if queued.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    assert_eq!(r.status, expected, "{}", r.body);
     assert_eq!(queued.len() + skipped.len(), 3, "{}", r.body);
     assert!(
         skipped.iter().all(|(_, reason)| reason == "ALREADY_QUEUED"),
         "{skipped:?}"
     );
+    // One transaction for all three: its retry answers for all of them alike.
+    assert!(queued.is_empty() || skipped.is_empty(), "{}", r.body);
     let report = stack.aws.relay().await;
     assert_eq!(report.pending, skipped.len());
     assert_eq!(report.sent, skipped.len());
@@ -334,38 +349,63 @@ async fn a_lost_store_answer_loses_nothing() {
     let mut groups: Vec<String> = messages.iter().map(|m| m.group.clone()).collect();
     groups.sort();
     assert_eq!(groups, services.iter().map(|s| format!("acme/{s}")).collect::<Vec<_>>());
+    // The relay ran once: a second run has nothing left.
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 0, sent: 0 });
 }
 
-/// The store takes one record, then fails: 503; the one recorded is sent, the others have
-/// nothing written, and the redelivery completes them — one deployment per service in all.
+/// One more service than a record transaction holds: two record transactions. The store
+/// takes the first that reaches it and refuses the other (each of the SDK's attempts), then
+/// works again: 503; the batch recorded is sent and marked QUEUED, the other has nothing
+/// written, and the redelivery completes it — one deployment and one message per service
+/// in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failing_midway_is_completed_by_the_redelivery() {
-    let (stack, services) = Stack::with_services(3).await;
-    stack
-        .aws
-        .store_proxy
-        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS).after(1));
+    let n = PUSH_RECORDS_PER_TRANSACTION + 1;
+    let (stack, services) = Stack::with_services(n).await;
+    stack.aws.store_proxy.reset_counts();
+    stack.aws.store_proxy.set(
+        Fault::unavailable()
+            .only(action::TRANSACT_WRITE_ITEMS)
+            .after(1)
+            .times(ATTEMPTS),
+    );
 
     let push = fixture("github/gp-push.json");
     let r = stack.push(&push, "delivery-1").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        "{}",
+        r.body
+    );
+    // Two record transactions (one written, one refused ATTEMPTS times), one marking.
+    assert_eq!(
+        stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
+        Count {
+            requests: 1 + ATTEMPTS + 1,
+            failed: ATTEMPTS
+        }
+    );
     let log = stack.log().await;
-    assert_eq!(log.len(), 1, "{log:?}");
-    let recorded = log[0].0.clone();
-    assert_eq!(log[0].1, "QUEUED");
+    // A whole batch: either the full one or the single service.
+    assert!(log.len() == PUSH_RECORDS_PER_TRANSACTION || log.len() == 1, "{log:?}");
+    assert!(log.iter().all(|(_, status)| status == "QUEUED"), "{log:?}");
+    let recorded: Vec<String> = log.iter().map(|(id, _)| id.clone()).collect();
     let first = stack.aws.drain().await;
-    assert_eq!(first.len(), 1);
+    assert_eq!(first.len(), recorded.len());
+    // Nothing of the refused batch was written: not even its push marks.
+    for id in services.iter().filter(|s| !recorded.contains(s)) {
+        let stored = stack.aws.fixture.store.get_service("acme", id).await.unwrap().unwrap();
+        assert_eq!(stored.last_push, None, "{id}");
+    }
 
     stack.aws.store_proxy.pass_through();
     let r = stack.push(&push, "delivery-1").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let others: Vec<String> = services.iter().filter(|s| **s != recorded).cloned().collect();
+    let others: Vec<String> = services.iter().filter(|s| !recorded.contains(s)).cloned().collect();
     assert_eq!(
         outcome(&r),
-        (
-            each(&others, "QUEUED"),
-            vec![(recorded.clone(), "ALREADY_QUEUED".to_owned())]
-        )
+        (each(&others, "QUEUED"), each(&recorded, "ALREADY_QUEUED"))
     );
     assert_eq!(stack.log().await, each(&services, "QUEUED"));
     let rest = stack.aws.drain().await;
@@ -373,6 +413,10 @@ async fn a_store_failing_midway_is_completed_by_the_redelivery() {
     let mut groups: Vec<String> = first.iter().chain(&rest).map(|m| m.group.clone()).collect();
     groups.sort();
     assert_eq!(groups, services.iter().map(|s| format!("acme/{s}")).collect::<Vec<_>>());
+    assert_eq!(stack.aws.relay().await, RelayReport { pending: 0, sent: 0 });
+    // And now the delivery is remembered.
+    let r = stack.push(&push, "delivery-1").await;
+    assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY");
 }
 
 /// Twelve pushes to the service `api` while the queue is down: twelve deployments PENDING,

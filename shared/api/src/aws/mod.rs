@@ -23,7 +23,10 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use crate::store::TenantLimits;
 
 pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config};
-pub use dynamo::{DynamoStore, STALE_ATTEMPT_SECS, Transition};
+pub use dynamo::{
+    DynamoStore, IMAGE_RECORDS_PER_TRANSACTION, MARKS_PER_TRANSACTION, MAX_TRANSACTION_ITEMS,
+    PUSH_RECORDS_PER_TRANSACTION, STALE_ATTEMPT_SECS, TRANSACTION_CONCURRENCY, Transition,
+};
 pub use https::{Roots, compiled_roots, encode_compiled_roots, https_client, https_client_trusting};
 pub use sqs::SqsQueue;
 

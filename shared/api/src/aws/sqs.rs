@@ -39,6 +39,7 @@ pub struct SqsQueue {
     client: Client,
     queue_url: String,
     send_budget: Duration,
+    batch_timeout: Duration,
 }
 
 impl SqsQueue {
@@ -47,12 +48,19 @@ impl SqsQueue {
             client,
             queue_url: queue_url.into(),
             send_budget: SEND_BUDGET,
+            batch_timeout: BATCH_TIMEOUT,
         }
     }
 
     /// The same queue with another budget per send than [`SEND_BUDGET`].
     pub fn with_send_budget(mut self, budget: Duration) -> Self {
         self.send_budget = budget;
+        self
+    }
+
+    /// The same queue with another time one batch may take than [`BATCH_TIMEOUT`].
+    pub fn with_batch_timeout(mut self, timeout: Duration) -> Self {
+        self.batch_timeout = timeout;
         self
     }
 
@@ -158,7 +166,7 @@ impl SqsQueue {
                 .map(|_| Err(QueueError(format!("not sent: {reason}"))))
                 .collect();
         }
-        match tokio::time::timeout(BATCH_TIMEOUT, self.send_batch(batch)).await {
+        match tokio::time::timeout(self.batch_timeout, self.send_batch(batch)).await {
             Ok((sent, answered)) => {
                 if !answered {
                     let _ = down.set("SQS failed another batch of this request".to_owned());
@@ -166,7 +174,7 @@ impl SqsQueue {
                 sent
             }
             Err(_) => {
-                let reason = format!("SQS did not answer within {BATCH_TIMEOUT:?}");
+                let reason = format!("SQS did not answer within {:?}", self.batch_timeout);
                 let _ = down.set(reason.clone());
                 batch.iter().map(|_| Err(QueueError(reason.clone()))).collect()
             }

@@ -27,6 +27,10 @@ mod lifecycle;
 mod record;
 
 pub use lifecycle::{STALE_ATTEMPT_SECS, Transition};
+pub use record::{
+    IMAGE_RECORDS_PER_TRANSACTION, MARKS_PER_TRANSACTION, MAX_TRANSACTION_ITEMS, PUSH_RECORDS_PER_TRANSACTION,
+    TRANSACTION_CONCURRENCY,
+};
 
 use super::describe_sdk_error;
 use crate::store::{

@@ -13,10 +13,20 @@ use std::collections::HashMap;
 use super::*;
 
 /// Actions in one `TransactWriteItems` at most (DynamoDB's limit).
-const MAX_TRANSACTION_ITEMS: usize = 100;
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Transactions of one request in flight at once: a thousand services are four rounds of
 /// eight, and a small function opens no more connections than that.
-const TRANSACTION_CONCURRENCY: usize = 8;
+pub const TRANSACTION_CONCURRENCY: usize = 8;
+/// Services of a git push recorded per transaction (three actions each: the service's guard,
+/// the push's mark, the deployment).
+pub const PUSH_RECORDS_PER_TRANSACTION: usize = MAX_TRANSACTION_ITEMS / PUSH_ACTIONS;
+/// Services of an image tag recorded per transaction (two actions each: the service's
+/// guarded update, the deployment).
+pub const IMAGE_RECORDS_PER_TRANSACTION: usize = MAX_TRANSACTION_ITEMS / IMAGE_ACTIONS;
+/// Deployments marked `QUEUED` per transaction (one action each).
+pub const MARKS_PER_TRANSACTION: usize = MAX_TRANSACTION_ITEMS;
+const PUSH_ACTIONS: usize = 3;
+const IMAGE_ACTIONS: usize = 2;
 
 /// How far a candidate has gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +278,7 @@ impl DynamoStore {
         unique.dedup();
         // The futures are built before the stream so that the trait's future stays `Send`.
         let marks: Vec<_> = unique
-            .chunks(MAX_TRANSACTION_ITEMS)
+            .chunks(MARKS_PER_TRANSACTION)
             .map(|chunk| self.mark_group(org, chunk.to_vec()))
             .collect();
         futures::stream::iter(marks)
@@ -377,8 +387,8 @@ fn groups(round: Vec<usize>, candidates: &[Candidate]) -> Vec<Vec<Entry<'_>>> {
 /// How many actions record a candidate with `guard`.
 fn actions_per_candidate(guard: &Guard) -> usize {
     match guard {
-        Guard::Push { .. } => 3,
-        Guard::ServiceUnchanged { .. } => 2,
+        Guard::Push { .. } => PUSH_ACTIONS,
+        Guard::ServiceUnchanged { .. } => IMAGE_ACTIONS,
     }
 }
 
@@ -451,7 +461,8 @@ mod tests {
         let round: Vec<usize> = (0..candidates.len()).collect();
         let groups = groups(round, &candidates);
         // Three actions a push: 33 services a transaction, 31 transactions for 1,000.
-        assert_eq!(groups.len(), 1000usize.div_ceil(33));
+        assert_eq!(PUSH_RECORDS_PER_TRANSACTION, 33);
+        assert_eq!(groups.len(), 1000usize.div_ceil(PUSH_RECORDS_PER_TRANSACTION));
         assert!(groups.iter().all(|g| g.len() * 3 <= MAX_TRANSACTION_ITEMS));
         let indexes: Vec<usize> = groups.iter().flatten().map(|e| e.index).collect();
         assert_eq!(indexes, (0..1000).collect::<Vec<_>>(), "every candidate once, in order");
