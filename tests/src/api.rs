@@ -186,7 +186,14 @@ impl Api {
     /// The router on a fresh DynamoDB table and SQS queue on moto.
     pub async fn on_moto() -> Self {
         let aws = aws_fixture().await;
-        let mut api = Self::on(Arc::new(aws.store), Arc::new(aws.queue));
+        // The HTTP API's cases are about answers, not the queue's time budget (aws_push tests
+        // that): generous budgets keep a slow moto on a loaded machine from turning QUEUED into
+        // PENDING.
+        let queue = aws
+            .queue
+            .with_send_budget(std::time::Duration::from_secs(60))
+            .with_batch_timeout(std::time::Duration::from_secs(60));
+        let mut api = Self::on(Arc::new(aws.store), Arc::new(queue));
         api.sqs = Some(SqsQueueReader {
             client: aws.sqs,
             url: aws.queues.deployments.url,
