@@ -351,9 +351,9 @@ pub struct DeliveryFilter {
 #[async_trait]
 pub trait DeliveryHistory: Send + Sync {
     /// Add a delivery to its organization's history. A `REJECTED` one is recorded only while
-    /// the organization has fewer than
+    /// the organization has received fewer than
     /// [`REJECTED_PER_MINUTE`](autodeploy_core::delivery::REJECTED_PER_MINUTE) rejected ones
-    /// in the last minute: `false` when it was left out for that.
+    /// in the same minute: `false` when it was left out for that.
     async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool>;
     async fn get_delivery(&self, org: &str, id: &str) -> StoreResult<Option<DeliveryRecord>>;
     /// Newest first, filtered, starting after delivery `after`.

@@ -100,3 +100,70 @@ fn a_body_larger_than_the_body_buffer_is_refused_413() {
         );
     }
 }
+
+/// Badly signed deliveries to an organization that has a secret: each body is read, checked
+/// and refused 401, the first few recorded in the history. A flood of them must leave the
+/// server's memory where it was once warmed up, and the good delivery before it listed.
+#[test]
+fn a_flood_of_bad_signatures_leaves_memory_flat() {
+    const WARM_UP: usize = 300;
+    const FLOOD: usize = 3_000;
+    const FLOOD_BODY: usize = 64 * 1024;
+    let server = Launch::new(ADMIN).env("RUST_LOG", Some("warn")).start();
+    let secret = "memory-webhook-secret-0123";
+    server.set_webhook_secret(ADMIN, "github", secret);
+    let (status, answer) = server.github_push(secret, &"1".repeat(40), &"2".repeat(40));
+    assert!(matches!(status, 200 | 202), "{status} {answer}");
+
+    let hook = "/organization/acme/webhooks/github";
+    let body = format!(
+        "{{\"ref\": \"refs/heads/main\", \"pad\": \"{}\"}}",
+        "x".repeat(FLOOD_BODY)
+    );
+    let bad = |i: usize| {
+        let delivery = format!("flood-{i}");
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", delivery.as_str()),
+            (
+                "X-Hub-Signature-256",
+                "sha256=00000000000000000000000000000000000000000000000000000000000000ff",
+            ),
+        ];
+        let (status, answer) = http(server.port, "POST", hook, &headers, body.as_bytes());
+        assert_eq!(status, 401, "delivery {i}: {answer}");
+    };
+    (0..WARM_UP).for_each(bad);
+    let (_, warm) = memory(&server);
+    (WARM_UP..WARM_UP + FLOOD).for_each(bad);
+    let (_, after) = memory(&server);
+    eprintln!(
+        "resident after {WARM_UP} bad deliveries {} MiB, after {FLOOD} more of {} KiB each {} MiB",
+        warm / MIB,
+        FLOOD_BODY / 1024,
+        after / MIB
+    );
+    // Keeping what the flood sent (3,000 × 64 KiB) would add 188 MiB.
+    assert!(
+        after <= warm + 16 * MIB,
+        "resident memory grew by {} MiB during the flood",
+        (after - warm) / MIB
+    );
+
+    let (status, listed) = server.call(ADMIN, "GET", "/organization/acme/deliveries?limit=100", None);
+    assert_eq!(status, 200, "{listed}");
+    let items = listed["items"].as_array().cloned().unwrap_or_default();
+    let outcomes: Vec<&str> = items.iter().filter_map(|d| d["outcome"].as_str()).collect();
+    let rejected = outcomes.iter().filter(|o| **o == "REJECTED").count();
+    // The budget is per received minute: the flood may span two or three of them.
+    assert!(rejected <= 3 * 60, "{rejected} rejected deliveries recorded");
+    let (status, good) = server.call(
+        ADMIN,
+        "GET",
+        "/organization/acme/deliveries?outcome=NOTHING_TO_DEPLOY",
+        None,
+    );
+    assert_eq!(status, 200, "{good}");
+    assert_eq!(good["items"].as_array().map(Vec::len), Some(1), "{good}");
+}

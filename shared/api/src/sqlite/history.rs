@@ -1,5 +1,6 @@
 //! The deliveries history: bounded to the newest deliveries of each organization and to its
-//! retention, with rejected deliveries rate-limited so that a flood cannot push out the rest.
+//! retention, with rejected deliveries rate-limited (per organization and received minute) so
+//! that a flood cannot push out the rest.
 
 use async_trait::async_trait;
 use autodeploy_core::delivery::{
@@ -23,17 +24,8 @@ fn record_of(org: &str, data: String) -> StoreResult<DeliveryRecord> {
 pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<bool> {
     let now = now_unix();
     let org = &record.organization_id;
-    if record.outcome == DeliveryOutcome::Rejected {
-        let recent: u32 = conn
-            .query_row(
-                "SELECT count(*) FROM delivery_log WHERE org = ?1 AND outcome = 'REJECTED' AND received_unix > ?2",
-                params![org, now - 60],
-                |r| r.get(0),
-            )
-            .map_err(unavailable)?;
-        if recent >= REJECTED_PER_MINUTE {
-            return Ok(false);
-        }
+    if record.outcome == DeliveryOutcome::Rejected && !within_rejected_budget(conn, org, now)? {
+        return Ok(false);
     }
     execute(
         conn,
@@ -62,9 +54,22 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
     Ok(true)
 }
 
+/// Count a rejected delivery against its organization's budget for the minute it arrived in;
+/// `false` once the budget is spent (the delivery is then left out of the history).
+fn within_rejected_budget(conn: &Connection, org: &str, now: i64) -> StoreResult<bool> {
+    let count: u32 = conn
+        .prepare_cached(
+            "INSERT INTO rejected_deliveries (org, minute, count) VALUES (?1, ?2, 1)
+             ON CONFLICT (org, minute) DO UPDATE SET count = count + 1 RETURNING count",
+        )
+        .and_then(|mut stmt| stmt.query_row(params![org, now.div_euclid(60)], |r| r.get(0)))
+        .map_err(unavailable)?;
+    Ok(count <= REJECTED_PER_MINUTE)
+}
+
 /// The oldest delivery of `org` the history keeps (its newest
-/// [`DELIVERY_HISTORY_PER_ORGANIZATION`]), when it holds that many: through the index of ids
-/// (`delivery_log_newest`), not the documents.
+/// [`DELIVERY_HISTORY_PER_ORGANIZATION`]), when it holds that many: through the index of ids,
+/// not the documents.
 fn oldest_kept(conn: &Connection, org: &str) -> StoreResult<Option<String>> {
     conn.prepare_cached("SELECT id FROM delivery_log WHERE org = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2")
         .and_then(|mut stmt| {
@@ -74,11 +79,19 @@ fn oldest_kept(conn: &Connection, org: &str) -> StoreResult<Option<String>> {
         .map_err(unavailable)
 }
 
-/// Deliveries past their retention.
+/// Deliveries past their retention, and the rejected counts of minutes gone by. Rows are in
+/// arrival order, so the expired ones are the first: the walk stops at the first one kept.
 pub(super) fn purge(conn: &Connection, now: i64) -> StoreResult<()> {
     conn.execute(
-        "DELETE FROM delivery_log WHERE received_unix < ?1",
+        "DELETE FROM delivery_log WHERE seq < coalesce(
+            (SELECT seq FROM delivery_log WHERE received_unix >= ?1 ORDER BY seq LIMIT 1),
+            (SELECT max(seq) + 1 FROM delivery_log))",
         params![now - DELIVERY_HISTORY_RETENTION_SECS],
+    )
+    .map_err(unavailable)?;
+    conn.execute(
+        "DELETE FROM rejected_deliveries WHERE minute < ?1",
+        params![now.div_euclid(60) - 1],
     )
     .map_err(unavailable)?;
     Ok(())
@@ -115,7 +128,7 @@ impl DeliveryHistory for SqliteStore {
         let before = after.map(str::to_owned).unwrap_or_else(|| "g".repeat(32));
         let source = filter.source.map(|s| s.as_str());
         let outcome = filter.outcome.map(|o| o.as_str());
-        // One statement per filter, each served by its own index.
+        // Through the index of ids, newest first: a filter reads at most the newest thousand.
         let (condition, first) = match (source, outcome) {
             (None, None) => ("", None),
             (Some(s), None) => ("AND source = ?5", Some(s)),

@@ -1,8 +1,10 @@
-//! The embedded store of the standalone server: one SQLite database (WAL, `synchronous=FULL`)
+//! The embedded store of the standalone server: one SQLite database (WAL, every answer given
+//! once its write is fsynced)
 //! holding services, secrets, tokens and the deployment log, which is the queue itself.
 //!
 //! Writes go to one writer thread that commits every write waiting at that moment in one
-//! transaction (group commit: one fsync for all of them, each answered only once durable).
+//! transaction (group commit); a syncer thread fsyncs the write-ahead log once for all the
+//! batches committed meanwhile, and only then are their requests answered.
 //! Reads run on the calling thread through a small pool of read connections: they are index
 //! lookups on a local file, cheaper than a hop to another thread, and WAL lets them run beside
 //! the writer.
@@ -34,7 +36,7 @@ use tokio::sync::Notify;
 use crate::store::{Page, Store, StoreError, StoreResult};
 use checkpointer::{Checkpointer, WRITER_AUTOCHECKPOINT};
 pub use targets::DISPATCH_LEASE_SECS;
-use writer::Writer;
+use writer::{Durability, Writer};
 
 /// Read connections kept open between reads (more are opened while many threads read).
 const IDLE_READERS: usize = 8;
@@ -110,8 +112,9 @@ impl SqliteStore {
     /// server must not start and then fail every delivery.
     pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path).map_err(unavailable)?;
-        // WAL lets readers run beside the writer; FULL syncs every commit so that an
-        // acknowledged write survives a crash of the process or the machine.
+        // WAL lets readers run beside the writer; FULL syncs every commit (the migrations and
+        // the sealing below) until the writer's syncer takes durability over (`durability`), so
+        // that an acknowledged write survives a crash of the process or the machine.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(unavailable)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(unavailable)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(unavailable)?;
@@ -124,10 +127,11 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         schema::migrate(&mut conn)?;
         sealing::check_and_seal(&mut conn, options.secret_key.as_ref())?;
+        let durability = durability(&conn, path)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                writer: Writer::start(conn)?,
+                writer: Writer::start(conn, durability)?,
                 _checkpointer: Checkpointer::start(path)?,
                 readers: Mutex::new(Vec::new()),
                 work: Arc::new(Notify::new()),
@@ -259,6 +263,24 @@ impl SqliteStore {
     {
         self.inner.writer.write(write).await
     }
+}
+
+/// How the writer makes its commits durable: with the write-ahead log in place, its commits
+/// stop fsyncing (`synchronous=NORMAL` keeps the log consistent) and the writer's syncer
+/// fsyncs the log before any of them is answered, so that the disk's time overlaps the next
+/// batch's work. Anything else (no log file to sync) keeps an fsync at every commit.
+fn durability(conn: &Connection, path: &Path) -> StoreResult<Durability> {
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .map_err(unavailable)?;
+    let mut log = path.as_os_str().to_owned();
+    log.push("-wal");
+    let log = PathBuf::from(log);
+    if !mode.eq_ignore_ascii_case("wal") || !log.is_file() {
+        return Ok(Durability::AtCommit);
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(unavailable)?;
+    Ok(Durability::SyncedLog(log))
 }
 
 /// A poisoned lock only means a thread panicked while holding it; the data (a pool, a

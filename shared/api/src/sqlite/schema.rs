@@ -161,6 +161,32 @@ CREATE INDEX services_by_target ON services (org, target_id) WHERE target_id IS 
     r#"
 CREATE INDEX delivery_log_newest ON delivery_log (org, id);
 "#,
+    // The history in two B-trees instead of five: rows in arrival order (what retention
+    // purges from the oldest), one index of ids per organization (pages, trims, lookups);
+    // filters read the newest thousand rows, no more. Rejected deliveries are counted per
+    // organization and received minute, so the flood bound costs accepted deliveries nothing.
+    r#"
+CREATE TABLE delivery_history (
+    seq           INTEGER PRIMARY KEY,
+    org           TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    outcome       TEXT NOT NULL,
+    received_unix INTEGER NOT NULL,
+    data          TEXT NOT NULL,
+    UNIQUE (org, id)
+);
+INSERT INTO delivery_history (org, id, source, outcome, received_unix, data)
+    SELECT org, id, source, outcome, received_unix, data FROM delivery_log ORDER BY received_unix, id;
+DROP TABLE delivery_log;
+ALTER TABLE delivery_history RENAME TO delivery_log;
+CREATE TABLE rejected_deliveries (
+    org    TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    count  INTEGER NOT NULL,
+    PRIMARY KEY (org, minute)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Bring the database at `conn` to this build's schema.
@@ -183,4 +209,54 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit().map_err(unavailable)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of the release before the history moved to arrival order keeps its
+    /// deliveries, in their order, with the indexes the history's reads use.
+    #[test]
+    fn the_history_survives_its_move_to_arrival_order() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 7).unwrap();
+        for (id, received) in [("0192a", 20), ("0191f", 10), ("0192b", 30)] {
+            conn.execute(
+                "INSERT INTO delivery_log (org, id, source, outcome, received_unix, data)
+                 VALUES ('acme', ?1, 'GITHUB', 'QUEUED', ?2, '{}')",
+                rusqlite::params![id, received],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let rows: Vec<(i64, String)> = conn
+            .prepare("SELECT seq, id FROM delivery_log ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, "0191f".to_owned()),
+                (2, "0192a".to_owned()),
+                (3, "0192b".to_owned())
+            ]
+        );
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM delivery_log WHERE org = 'acme' ORDER BY id DESC LIMIT 1 OFFSET 999",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("COVERING INDEX"), "{plan}");
+        let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(applied, MIGRATIONS.len() as i64);
+    }
 }

@@ -1,9 +1,15 @@
 //! The one writer of the database: a thread that owns the write connection and commits the
-//! writes of every request waiting at that moment in one transaction, with one fsync (group
-//! commit), then answers each. A request's write runs in a savepoint of its own, so a write
-//! that fails (or a guard that does not hold) is undone alone and its batch-mates commit.
+//! writes of every request waiting at that moment in one transaction (group commit). A
+//! request's write runs in a savepoint of its own, so a write that fails (or a guard that does
+//! not hold) is undone alone and its batch-mates commit.
+//!
+//! Durability is a second thread's job: the writer commits without waiting for the disk and
+//! hands the batch to the syncer, which fsyncs the write-ahead log once for every batch
+//! committed since its last fsync and only then answers their requests. Nothing is answered
+//! before it is on disk, and the writer runs the next batch while the disk works.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::sync::mpsc;
 
 use rusqlite::Connection;
@@ -65,14 +71,31 @@ pub(super) struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
+/// Where a committed batch is made durable before it is answered.
+pub(super) enum Durability {
+    /// The connection fsyncs the log at each commit itself (`synchronous=FULL`).
+    AtCommit,
+    /// The connection commits without fsyncing (`synchronous=NORMAL`, whose log stays
+    /// consistent but not durable); the syncer fsyncs this log file before answering.
+    SyncedLog(PathBuf),
+}
+
+type Batch = Vec<Box<dyn Job>>;
+
 impl Writer {
-    /// Start the writer thread on `conn`; it stops when every handle is dropped.
-    pub(super) fn start(conn: Connection) -> StoreResult<Self> {
+    /// Start the writer thread on `conn` (and the syncer, for [`Durability::SyncedLog`]); they
+    /// stop when every handle is dropped.
+    pub(super) fn start(conn: Connection, durability: Durability) -> StoreResult<Self> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
-        std::thread::Builder::new()
-            .name("sqlite-writer".to_owned())
-            .spawn(move || run(&conn, &queue))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the database writer: {e}")))?;
+        let committed = match durability {
+            Durability::AtCommit => None,
+            Durability::SyncedLog(log) => {
+                let (committed, batches) = mpsc::channel::<Batch>();
+                spawn("sqlite-syncer", move || sync_and_answer(&log, &batches))?;
+                Some(committed)
+            }
+        };
+        spawn("sqlite-writer", move || run(&conn, &queue, committed.as_ref()))?;
         Ok(Self { jobs })
     }
 
@@ -97,7 +120,15 @@ impl Writer {
     }
 }
 
-fn run(conn: &Connection, queue: &mpsc::Receiver<Box<dyn Job>>) {
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> StoreResult<()> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .map(|_| ())
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the database's {name} thread: {e}")))
+}
+
+fn run(conn: &Connection, queue: &mpsc::Receiver<Box<dyn Job>>, syncer: Option<&mpsc::Sender<Batch>>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -106,14 +137,46 @@ fn run(conn: &Connection, queue: &mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        let failure = commit(conn, &mut batch).err();
-        for job in batch {
-            job.finish(failure.as_ref());
+        match (commit(conn, &mut batch), syncer) {
+            (Ok(()), Some(syncer)) => {
+                if let Err(mpsc::SendError(batch)) = syncer.send(batch) {
+                    let stopped = StoreError::Unavailable("the database syncer has stopped".to_owned());
+                    answer(batch, Some(&stopped));
+                }
+            }
+            (Ok(()), None) => answer(batch, None),
+            (Err(failure), _) => answer(batch, Some(&failure)),
         }
     }
 }
 
-/// One transaction over the batch, each job in a savepoint; one fsync at `COMMIT`.
+fn answer(batch: Batch, failure: Option<&StoreError>) {
+    for job in batch {
+        job.finish(failure);
+    }
+}
+
+/// Fsync the log once for every batch committed since the last fsync, then answer them.
+fn sync_and_answer(log: &std::path::Path, batches: &mpsc::Receiver<Batch>) {
+    while let Ok(first) = batches.recv() {
+        let mut committed = vec![first];
+        committed.extend(batches.try_iter());
+        // The log's file is the same while the store has it open; opened for each fsync all
+        // the same, so that nothing rests on a descriptor kept across a change of it.
+        let failure = std::fs::File::open(log)
+            .and_then(|file| file.sync_data())
+            .err()
+            .map(|e| {
+                tracing::error!(error = %e, "the database's log could not be synced to disk");
+                StoreError::Unavailable(format!("the database could not be made durable: {e}"))
+            });
+        for batch in committed {
+            answer(batch, failure.as_ref());
+        }
+    }
+}
+
+/// One transaction over the batch, each job in a savepoint.
 fn commit(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
     execute(conn, "BEGIN IMMEDIATE", [])?;
     let result = (|| {
