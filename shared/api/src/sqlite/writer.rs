@@ -195,3 +195,60 @@ fn commit(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(durability: impl FnOnce(&std::path::Path) -> Durability) -> (Writer, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("autodeploy-writer-{}", crate::util::new_deployment_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = Connection::open(dir.join("db")).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
+        (Writer::start(conn, durability(&dir)).unwrap(), dir)
+    }
+
+    /// A write is answered only through the syncer: when the log cannot be synced, the request
+    /// is told so, though its batch committed.
+    #[tokio::test]
+    async fn an_answer_waits_for_the_log_to_be_synced() {
+        let (synced, dir) = writer(|dir| Durability::SyncedLog(dir.join("db-wal")));
+        let written = synced.write(|conn| execute(conn, "INSERT INTO t VALUES (1)", [])).await;
+        assert_eq!(written.unwrap(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let (unsynced, dir) = writer(|dir| Durability::SyncedLog(dir.join("no-such-log")));
+        let written = unsynced
+            .write(|conn| execute(conn, "INSERT INTO t VALUES (1)", []))
+            .await;
+        match written {
+            Err(StoreError::Unavailable(reason)) => assert!(reason.contains("durable"), "{reason}"),
+            other => panic!("answered without a synced log: {other:?}"),
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A failed write is undone alone; the writes beside it commit.
+    #[tokio::test]
+    async fn a_failed_write_is_undone_alone() {
+        let (writer, dir) = writer(|_| Durability::AtCommit);
+        let failing = writer.write(|conn| {
+            execute(conn, "INSERT INTO t VALUES (2)", [])?;
+            Err::<(), _>(StoreError::Unavailable("refused".to_owned()))
+        });
+        let passing = writer.write(|conn| execute(conn, "INSERT INTO t VALUES (3)", []));
+        let (failing, passing) = tokio::join!(failing, passing);
+        assert!(failing.is_err());
+        assert_eq!(passing.unwrap(), 1);
+        let values = writer
+            .write(|conn| {
+                conn.query_row("SELECT group_concat(v) FROM t", [], |r| r.get::<_, String>(0))
+                    .map_err(super::super::unavailable)
+            })
+            .await
+            .unwrap();
+        assert_eq!(values, "3");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
