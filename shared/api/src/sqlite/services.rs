@@ -169,7 +169,7 @@ impl ServiceStore for SqliteStore {
                     Ok(false)
                 };
             };
-            if expected.is_some_and(|want| want != current) {
+            if expected.as_ref().is_some_and(|want| *want != current) {
                 return Err(StoreError::PreconditionFailed);
             }
             conn.execute("DELETE FROM services WHERE org = ?1 AND id = ?2", params![org, id])
