@@ -369,14 +369,9 @@ async fn image_tags_and_registry_webhooks_are_recorded(api: Api) {
         StatusCode::BAD_REQUEST
     );
     assert_eq!(deploy("job", None, tag).await.status, StatusCode::UNAUTHORIZED);
-    let dry = api
-        .call(
-            Method::POST,
-            "/organization/acme/container/deploy?dry_run=true",
-            Some(ADMIN),
-            Some(json!({"image_name": "ghcr.io/acme/api", "tag": "1.5.0"})),
-        )
-        .await;
+    let dry_run = "/organization/acme/container/deploy?dry_run=true";
+    let next_tag = json!({"image_name": "ghcr.io/acme/api", "tag": "1.5.0"});
+    let dry = api.call(Method::POST, dry_run, Some(ADMIN), Some(next_tag)).await;
     assert_eq!(dry.status, StatusCode::OK);
 
     // Docker Hub, its secret in the URL: never recorded, the right one nor a wrong one.
@@ -506,14 +501,7 @@ async fn filters_pages_and_one_delivery(api: Api) {
     assert_eq!(items.len(), 1, "{items:?}");
     assert!(next.is_some());
     for query in ["?source=nope", "?outcome=queued", "?outcome=OK", "?limit=0"] {
-        let r = api
-            .call(
-                Method::GET,
-                &format!("/organization/acme/deliveries{query}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let r = api.admin_get(&format!("/organization/acme/deliveries{query}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}: {}", r.body);
     }
 

@@ -336,13 +336,9 @@ async fn authentication_and_scopes(api: Api) {
 }
 
 async fn tokens_are_shown_once_and_revocable(api: Api) {
+    let tokens = "/organization/acme/tokens";
     let r = api
-        .call(
-            Method::POST,
-            "/organization/acme/tokens",
-            Some(ADMIN),
-            Some(json!({"name": "ci"})),
-        )
+        .call(Method::POST, tokens, Some(ADMIN), Some(json!({"name": "ci"})))
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.body["scopes"], json!(["deploy", "manage"]));
@@ -350,7 +346,7 @@ async fn tokens_are_shown_once_and_revocable(api: Api) {
     let id = r.body["id"].as_str().unwrap().to_owned();
     assert!(token.starts_with("adt_"));
 
-    let list = api.admin_get("/organization/acme/tokens").await;
+    let list = api.admin_get(tokens).await;
     assert_eq!(list.status, StatusCode::OK);
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(list.body["items"][0]["id"], json!(id));
@@ -382,7 +378,6 @@ async fn tokens_are_shown_once_and_revocable(api: Api) {
         (json!({"name": "x", "scopes": ["deploy", "root"]}), vec!["scopes[1]"]),
         (json!({"name": "x", "extra": true}), vec!["extra"]),
     ] {
-        let tokens = "/organization/acme/tokens";
         let r = api.call(Method::POST, tokens, Some(ADMIN), Some(body.clone())).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(r.error_fields(), fields, "{body}");
