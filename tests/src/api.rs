@@ -319,6 +319,11 @@ impl Api {
         self.raw(req.body(body).unwrap()).await
     }
 
+    /// `GET path` as the admin, whatever the answer.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, Some(ADMIN), None).await
+    }
+
     pub async fn put_service(&self, org: &str, id: &str, body: Value) -> Reply {
         self.call(
             Method::PUT,
@@ -331,14 +336,7 @@ impl Api {
 
     /// The service `id` of `org`, read with the admin token; it must exist.
     pub async fn get_service(&self, org: &str, id: &str) -> Reply {
-        let r = self
-            .call(
-                Method::GET,
-                &format!("/organization/{org}/services/{id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let r = self.admin_get(&format!("/organization/{org}/services/{id}")).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         r
     }
@@ -418,17 +416,7 @@ impl Api {
 
     /// `(service_id, status)` of every deployment of `org`, sorted.
     pub async fn statuses(&self, org: &str) -> Vec<(String, String)> {
-        let mut statuses: Vec<(String, String)> = self
-            .deployments(org)
-            .await
-            .iter()
-            .map(|d| {
-                (
-                    d["service_id"].as_str().unwrap().to_owned(),
-                    d["status"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
+        let mut statuses = by_service(&self.deployments(org).await, "status");
         statuses.sort();
         statuses
     }
@@ -436,12 +424,7 @@ impl Api {
     /// The deployment log of `org`, newest first.
     pub async fn deployments(&self, org: &str) -> Vec<Value> {
         let r = self
-            .call(
-                Method::GET,
-                &format!("/organization/{org}/deployments?limit=100"),
-                Some(ADMIN),
-                None,
-            )
+            .admin_get(&format!("/organization/{org}/deployments?limit=100"))
             .await;
         assert_eq!(r.status, StatusCode::OK);
         r.body["items"].as_array().unwrap().clone()
@@ -497,24 +480,23 @@ pub type Entries = Vec<(String, String)>;
 
 pub fn outcome(reply: &Reply) -> (Entries, Entries) {
     let list = |key: &str, field: &str| {
-        let mut v: Entries = reply.body[key]
+        let mut v = reply.body[key]
             .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|i| {
-                        (
-                            i["service_id"].as_str().unwrap().to_owned(),
-                            i[field].as_str().unwrap().to_owned(),
-                        )
-                    })
-                    .collect()
-            })
+            .map(|items| by_service(items, field))
             .unwrap_or_default();
         v.sort();
         v
     };
     (list("queued", "status"), list("skipped", "reason"))
+}
+
+/// `(service_id, field)` of each of `items` (deployments, messages, outcome entries), in order.
+pub fn by_service(items: &[Value], field: &str) -> Entries {
+    let pair = |i: &Value| {
+        let value = i[field].as_str().unwrap_or_else(|| panic!("no {field} in {i}"));
+        (i["service_id"].as_str().unwrap().to_owned(), value.to_owned())
+    };
+    items.iter().map(pair).collect()
 }
 
 /// `deployment_id` of every `queued` entry, sorted.

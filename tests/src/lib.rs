@@ -14,11 +14,12 @@ pub mod latency_stub;
 pub mod webhooks;
 
 pub use api::{
-    ADMIN, Api, Entries, OnStore, Reply, TestStore, assert_error_form, assert_logged_as_sent, deployment_ids,
-    message_ids, outcome, sent_deployment_ids,
+    ADMIN, Api, Entries, OnStore, Reply, TestStore, assert_error_form, assert_logged_as_sent, by_service,
+    deployment_ids, message_ids, outcome, sent_deployment_ids,
 };
 pub use webhooks::{
-    PUSHES, WEBHOOK_SECRET, fixture, fixture_bytes, fixture_json, github_signature, hmac_hex, provider_headers,
+    GITHUB_REPO, PUSHES, WEBHOOK_SECRET, fixture, fixture_bytes, fixture_json, git_providers, github_signature,
+    hmac_hex, provider_headers,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -64,6 +65,24 @@ pub async fn aws_sdk_config(endpoint: &str) -> SdkConfig {
 /// A name no other test uses: `{prefix}-{32 hex}`.
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Stores `value` as the Secrets Manager secret `name` on the moto of `config`: creates the
+/// secret the first time, puts a new current version of it after.
+pub async fn set_secret(config: &SdkConfig, name: &str, value: &str) {
+    use aws_sdk_secretsmanager::operation::create_secret::CreateSecretError;
+
+    let client = aws_sdk_secretsmanager::Client::new(config);
+    let created = client.create_secret().name(name).secret_string(value).send().await;
+    let exists = |e: &CreateSecretError| e.is_resource_exists_exception();
+    match created {
+        Ok(_) => {}
+        Err(e) if e.as_service_error().is_some_and(exists) => {
+            let new_version = client.put_secret_value().secret_id(name).secret_string(value);
+            new_version.send().await.expect("put_secret_value");
+        }
+        Err(e) => panic!("create_secret {name}: {e:?}"),
+    }
 }
 
 /// `infra/template.yaml` of this workspace.

@@ -44,7 +44,18 @@ pub const PUSHES: &[(&str, &str)] = &[
     ("azure-devops", "azure-devops/gp-git.push.json"),
 ];
 
+/// Every git provider, as its webhook path names it: those of [`PUSHES`].
+pub fn git_providers() -> Vec<&'static str> {
+    let mut providers: Vec<&str> = PUSHES.iter().map(|(provider, _)| *provider).collect();
+    providers.dedup();
+    providers
+}
+
 pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests-0123";
+
+/// The repository of the GitHub push fixtures (`github/gp-push.json`: its `master`), as a
+/// service follows it.
+pub const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
 
 /// The headers a provider sends with a push: event, delivery id and signature over `body`.
 pub fn provider_headers(provider: &str, body: &[u8], delivery: &str) -> Vec<(String, String)> {

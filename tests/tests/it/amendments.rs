@@ -5,7 +5,9 @@
 //! is matched on is shown; an answer that queues and skips nothing says why; conditional
 //! writes (`If-None-Match: *` creates only, `If-Match: *` requires existence).
 
-use autodeploy_tests::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture, fixture_json, on_both_stores, outcome};
+use autodeploy_tests::{
+    ADMIN, Api, GITHUB_REPO, Reply, WEBHOOK_SECRET, fixture, fixture_json, on_both_stores, outcome,
+};
 use autodeploy_tests::{assert_error_form, hmac_hex, provider_headers};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -65,15 +67,11 @@ fn the_strict_boolean_routes_are_every_boolean_parameter_of_the_api() {
     assert_eq!(boolean_query_parameters(), expected);
 }
 
-on_both_stores!(
-    every_boolean_query_parameter_is_strict,
-    a_bitbucket_clone_url_and_a_full_ref_are_stored_so_that_pushes_match,
-    urls_that_could_never_match_are_refused_with_the_url_to_use,
-    nothing_to_deploy_is_explained,
+on_both_stores! {
+    every_boolean_query_parameter_is_strict, a_bitbucket_clone_url_and_a_full_ref_are_stored_so_that_pushes_match,
+    urls_that_could_never_match_are_refused_with_the_url_to_use, nothing_to_deploy_is_explained,
     if_none_match_creates_only_and_if_match_requires_existence,
-);
-
-const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
+}
 
 /// A GitHub Packages delivery of ghcr.io/codertocat/hello-world:`tag`, signed, under
 /// delivery id `delivery`.

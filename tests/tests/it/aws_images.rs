@@ -7,15 +7,13 @@
 //!
 //! The faulted clients make `SDK_ATTEMPTS` (3) attempts per call with millisecond backoff.
 
-use crate::aws_stack::AwsStack as Stack;
+use crate::aws_stack::{ATTEMPTS, AwsStack as Stack, assert_unavailable};
 use autodeploy_api::aws::IMAGE_RECORDS_PER_TRANSACTION;
 use autodeploy_api::pipeline::RelayReport;
-use autodeploy_tests::fault_proxy::{Count, Fault, SDK_ATTEMPTS, action};
+use autodeploy_tests::fault_proxy::{Count, Fault, action};
 use autodeploy_tests::{ADMIN, Reply, deployment_ids, message_ids, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-
-const ATTEMPTS: usize = SDK_ATTEMPTS as usize;
 
 impl Stack {
     /// An auto-deployed service of `kind` running `registry`/`name`:`tag` in `acme`.
@@ -48,17 +46,7 @@ impl Stack {
     }
 
     async fn service(&self, id: &str) -> Reply {
-        let r = self
-            .api
-            .call(
-                Method::GET,
-                &format!("/organization/acme/services/{id}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        r
+        self.api.get_service("acme", id).await
     }
 }
 
@@ -120,27 +108,11 @@ async fn a_record_the_store_refuses_is_a_503_and_changes_nothing() {
     stack.container("api", None, "acme/api", "1.0.0").await;
     stack.container("web", None, "acme/api", "1.0.0").await;
     let before = [stack.service("api").await, stack.service("web").await];
-    // Setting the services up wrote through the proxy too: count the notification alone.
-    stack.aws.store_proxy.reset_counts();
-    stack
-        .aws
-        .store_proxy
-        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS));
+    stack.refuse_record_transactions();
 
     let r = stack.deploy("container", "acme/api", "1.1.0").await;
-    assert_eq!(
-        (r.status, r.error_code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        "{}",
-        r.body
-    );
-    assert_eq!(
-        stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
-        Count {
-            requests: 2usize.div_ceil(IMAGE_RECORDS_PER_TRANSACTION) * ATTEMPTS,
-            failed: 2usize.div_ceil(IMAGE_RECORDS_PER_TRANSACTION) * ATTEMPTS
-        }
-    );
+    assert_unavailable(&r);
+    stack.assert_record_transactions_refused(2usize.div_ceil(IMAGE_RECORDS_PER_TRANSACTION));
     for old in &before {
         let id = old.body["id"].as_str().unwrap();
         let now = stack.service(id).await;
@@ -166,23 +138,10 @@ async fn a_record_the_store_refuses_is_a_503_and_changes_nothing() {
         services.push(id);
     }
     services.sort();
-    stack.aws.store_proxy.reset_counts();
-    stack.aws.store_proxy.set(
-        Fault::unavailable()
-            .only(action::TRANSACT_WRITE_ITEMS)
-            .after(1)
-            .times(ATTEMPTS),
-    );
+    stack.refuse_the_second_record_transaction();
     let r = stack.deploy("container", "acme/api", "1.2.0").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
-    // Two record transactions (one written, one refused ATTEMPTS times), one marking.
-    assert_eq!(
-        stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
-        Count {
-            requests: 1 + ATTEMPTS + 1,
-            failed: ATTEMPTS
-        }
-    );
+    assert_unavailable(&r);
+    stack.assert_one_of_two_record_transactions_refused();
     let mut taken: Vec<String> = Vec::new();
     for id in &services {
         let tag = stack.service(id).await.body["image"]["tag"]

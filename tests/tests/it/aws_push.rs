@@ -14,20 +14,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::aws_stack::AwsStack as Stack;
+use crate::aws_stack::{ATTEMPTS, AwsStack as Stack, assert_unavailable};
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::aws::{MARKS_PER_TRANSACTION, PUSH_RECORDS_PER_TRANSACTION, SqsQueue};
 use autodeploy_api::pipeline::{RelayReport, relay_pending};
 use autodeploy_api::store::ServiceStore;
 use autodeploy_api::web::AppState;
 use autodeploy_tests::ReceivedMessage;
-use autodeploy_tests::fault_proxy::{Count, Failure, Fault, SDK_ATTEMPTS, action};
-use autodeploy_tests::{Api, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
+use autodeploy_tests::fault_proxy::{Count, Failure, Fault, action};
+use autodeploy_tests::{Api, GITHUB_REPO, Reply, deployment_ids, fixture, fixture_json, message_ids, outcome};
 use http::StatusCode;
 use serde_json::{Value, json};
-
-const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
-const ATTEMPTS: usize = SDK_ATTEMPTS as usize;
 
 impl Stack {
     /// The GitHub secret set, and `n` applications following the fixture's repository and
@@ -273,29 +270,13 @@ async fn lost_queue_answers_are_deduplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_the_store_refuses_is_a_503_and_a_clean_redelivery() {
     let (stack, services) = Stack::with_services(3).await;
-    // Setting the services up wrote through the proxy too: count the push alone.
-    stack.aws.store_proxy.reset_counts();
-    stack
-        .aws
-        .store_proxy
-        .set(Fault::unavailable().only(action::TRANSACT_WRITE_ITEMS));
+    stack.refuse_record_transactions();
 
     let push = fixture("github/gp-push.json");
     let r = stack.push(&push, "delivery-1").await;
-    assert_eq!(
-        (r.status, r.error_code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        "{}",
-        r.body
-    );
+    assert_unavailable(&r);
     assert!(!String::from_utf8_lossy(&r.raw).contains("fault proxy"));
-    assert_eq!(
-        stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
-        Count {
-            requests: 3usize.div_ceil(PUSH_RECORDS_PER_TRANSACTION) * ATTEMPTS,
-            failed: 3usize.div_ceil(PUSH_RECORDS_PER_TRANSACTION) * ATTEMPTS
-        }
-    );
+    stack.assert_record_transactions_refused(3usize.div_ceil(PUSH_RECORDS_PER_TRANSACTION));
     assert!(stack.log().await.is_empty());
     assert!(stack.aws.drain().await.is_empty());
     assert_eq!(stack.aws.queue_proxy.requests(action::SEND_MESSAGE_BATCH), 0);
@@ -367,30 +348,12 @@ async fn a_lost_store_answer_loses_nothing() {
 async fn a_store_failing_midway_is_completed_by_the_redelivery() {
     let n = PUSH_RECORDS_PER_TRANSACTION + 1;
     let (stack, services) = Stack::with_services(n).await;
-    stack.aws.store_proxy.reset_counts();
-    stack.aws.store_proxy.set(
-        Fault::unavailable()
-            .only(action::TRANSACT_WRITE_ITEMS)
-            .after(1)
-            .times(ATTEMPTS),
-    );
+    stack.refuse_the_second_record_transaction();
 
     let push = fixture("github/gp-push.json");
     let r = stack.push(&push, "delivery-1").await;
-    assert_eq!(
-        (r.status, r.error_code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        "{}",
-        r.body
-    );
-    // Two record transactions (one written, one refused ATTEMPTS times), one marking.
-    assert_eq!(
-        stack.aws.store_proxy.count(action::TRANSACT_WRITE_ITEMS),
-        Count {
-            requests: 1 + ATTEMPTS + 1,
-            failed: ATTEMPTS
-        }
-    );
+    assert_unavailable(&r);
+    stack.assert_one_of_two_record_transactions_refused();
     let log = stack.log().await;
     // A whole batch: either the full one or the single service.
     assert!(log.len() == PUSH_RECORDS_PER_TRANSACTION || log.len() == 1, "{log:?}");

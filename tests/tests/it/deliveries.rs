@@ -6,20 +6,17 @@
 use std::collections::BTreeMap;
 
 use autodeploy_tests::{
-    ADMIN, Api, PUSHES, Reply, WEBHOOK_SECRET, fixture, fixture_json, github_signature, on_both_stores,
+    ADMIN, Api, GITHUB_REPO, PUSHES, Reply, WEBHOOK_SECRET, fixture, fixture_json, github_signature, on_both_stores,
 };
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-on_both_stores!(
-    git_pushes_are_recorded_with_every_outcome,
-    every_git_provider_is_recorded,
-    image_tags_and_registry_webhooks_are_recorded,
-    filters_pages_and_one_delivery,
+on_both_stores! {
+    git_pushes_are_recorded_with_every_outcome, every_git_provider_is_recorded,
+    image_tags_and_registry_webhooks_are_recorded, filters_pages_and_one_delivery,
     a_flood_of_bad_signatures_leaves_the_history_usable,
-);
+}
 
-const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
 const HOOK: &str = "/organization/acme/webhooks/github";
 /// The fields of a delivery, every one always present (SPEC).
 const FIELDS: [&str; 15] = [
@@ -42,14 +39,7 @@ const FIELDS: [&str; 15] = [
 
 /// A page of `org`'s deliveries (`query` e.g. `?outcome=REJECTED`): its items and cursor.
 async fn page(api: &Api, org: &str, query: &str) -> (Vec<Value>, Option<String>) {
-    let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/{org}/deliveries{query}"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
+    let r = api.admin_get(&format!("/organization/{org}/deliveries{query}")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let items = r.body["items"].as_array().unwrap().clone();
     for item in &items {
@@ -104,6 +94,16 @@ fn summary(deliveries: &[Value]) -> Vec<(String, String, u64)> {
         .collect()
 }
 
+/// `(delivery_id, http_status, outcome)` of each delivery, as a log of answers reads.
+fn answers(deliveries: &[Value]) -> Vec<(&str, u64, &str)> {
+    deliveries.iter().map(answer).collect()
+}
+
+fn answer(d: &Value) -> (&str, u64, &str) {
+    let id = d["delivery_id"].as_str().unwrap_or("");
+    (id, d["http_status"].as_u64().unwrap(), d["outcome"].as_str().unwrap())
+}
+
 fn triple(source: &str, outcome: &str, status: u16) -> (String, String, u64) {
     (source.to_owned(), outcome.to_owned(), u64::from(status))
 }
@@ -129,12 +129,7 @@ async fn github(api: &Api, query: &str, event: &str, delivery: &str, secret: Opt
 
 async fn secret_status(api: &Api, provider: &str) -> Value {
     let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/acme/webhook-secrets/{provider}"),
-            Some(ADMIN),
-            None,
-        )
+        .admin_get(&format!("/organization/acme/webhook-secrets/{provider}"))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     r.body
@@ -192,35 +187,20 @@ async fn git_pushes_are_recorded_with_every_outcome(api: Api) {
     .await;
 
     let listed = all(&api, "acme", "").await;
+    assert!(listed.iter().all(|d| d["source"] == "github"), "{listed:#?}");
     assert_eq!(
-        summary(&listed),
-        vec![
-            triple("github", "IGNORED", 200),
-            triple("github", "IGNORED", 200),
-            triple("github", "NOTHING_TO_DEPLOY", 200),
-            triple("github", "NOTHING_TO_DEPLOY", 200),
-            triple("github", "DUPLICATE", 200),
-            triple("github", "QUEUED", 202),
-            triple("github", "REJECTED", 400),
-            triple("github", "REJECTED", 401),
-            triple("github", "REJECTED", 401),
-            triple("github", "REJECTED", 401),
-        ]
-    );
-    let delivery_ids: Vec<&str> = listed.iter().map(|d| d["delivery_id"].as_str().unwrap_or("")).collect();
-    assert_eq!(
-        delivery_ids,
+        answers(&listed),
         [
-            "d-ping",
-            "d-tag",
-            "d-nothing",
-            "d-dry",
-            "d-queued",
-            "d-queued",
-            "d-notpush",
-            "d-unsigned",
-            "d-bad",
-            "d-nosecret"
+            ("d-ping", 200, "IGNORED"),
+            ("d-tag", 200, "IGNORED"),
+            ("d-nothing", 200, "NOTHING_TO_DEPLOY"),
+            ("d-dry", 200, "NOTHING_TO_DEPLOY"),
+            ("d-queued", 200, "DUPLICATE"),
+            ("d-queued", 202, "QUEUED"),
+            ("d-notpush", 400, "REJECTED"),
+            ("d-unsigned", 401, "REJECTED"),
+            ("d-bad", 401, "REJECTED"),
+            ("d-nosecret", 401, "REJECTED"),
         ]
     );
     let [
@@ -389,14 +369,9 @@ async fn image_tags_and_registry_webhooks_are_recorded(api: Api) {
         StatusCode::BAD_REQUEST
     );
     assert_eq!(deploy("job", None, tag).await.status, StatusCode::UNAUTHORIZED);
-    let dry = api
-        .call(
-            Method::POST,
-            "/organization/acme/container/deploy?dry_run=true",
-            Some(ADMIN),
-            Some(json!({"image_name": "ghcr.io/acme/api", "tag": "1.5.0"})),
-        )
-        .await;
+    let dry_run = "/organization/acme/container/deploy?dry_run=true";
+    let next_tag = json!({"image_name": "ghcr.io/acme/api", "tag": "1.5.0"});
+    let dry = api.call(Method::POST, dry_run, Some(ADMIN), Some(next_tag)).await;
     assert_eq!(dry.status, StatusCode::OK);
 
     // Docker Hub, its secret in the URL: never recorded, the right one nor a wrong one.
@@ -526,14 +501,7 @@ async fn filters_pages_and_one_delivery(api: Api) {
     assert_eq!(items.len(), 1, "{items:?}");
     assert!(next.is_some());
     for query in ["?source=nope", "?outcome=queued", "?outcome=OK", "?limit=0"] {
-        let r = api
-            .call(
-                Method::GET,
-                &format!("/organization/acme/deliveries{query}"),
-                Some(ADMIN),
-                None,
-            )
-            .await;
+        let r = api.admin_get(&format!("/organization/acme/deliveries{query}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}: {}", r.body);
     }
 

@@ -15,11 +15,10 @@ use base64::Engine;
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-on_both_stores!(
-    a_foreign_field_at_any_depth_is_named_and_nothing_is_stored,
-    a_get_put_round_trip_returns_the_same_document,
+on_both_stores! {
+    a_foreign_field_at_any_depth_is_named_and_nothing_is_stored, a_get_put_round_trip_returns_the_same_document,
     a_merge_patch_cannot_drop_a_part_of_a_tag_policy,
-);
+}
 
 /// A Standard Webhooks secret: `whsec_` and the base64 of 32 bytes.
 fn webhook_secret() -> String {

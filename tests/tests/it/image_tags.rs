@@ -71,19 +71,6 @@ fn queued_ids(r: &Reply) -> Vec<String> {
     outcome(r).0.into_iter().map(|(id, _)| id).collect()
 }
 
-async fn get_service(api: &Api, id: &str) -> Reply {
-    let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/acme/services/{id}"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    r
-}
-
 async fn each_endpoint_deploys_its_own_kind(api: Api) {
     container(&api, "web", Some("ghcr.io"), "acme/api", "1.3.0").await;
     image_service(&api, "migrate", "JOB", Some("ghcr.io"), "acme/api", "1.3.0", json!({})).await;
@@ -130,18 +117,13 @@ async fn each_endpoint_deploys_its_own_kind(api: Api) {
     assert_eq!((r.status, outcome(&r)), (StatusCode::OK, (vec![], vec![])));
 }
 
-on_both_stores!(
-    each_endpoint_deploys_its_own_kind,
-    image_names_normalize_as_docker_does,
-    same_tag_and_disabled_services_are_skipped,
-    tag_policies_decide,
-    queueing_records_the_new_tag_as_desired_state,
-    twenty_concurrent_identical_notifications_queue_once,
-    the_queue_message_is_the_specs,
-    dry_run_answers_without_recording,
-    dockerhub_webhook_queues_with_the_secret_url,
+on_both_stores! {
+    each_endpoint_deploys_its_own_kind, image_names_normalize_as_docker_does,
+    same_tag_and_disabled_services_are_skipped, tag_policies_decide, queueing_records_the_new_tag_as_desired_state,
+    twenty_concurrent_identical_notifications_queue_once, the_queue_message_is_the_specs,
+    dry_run_answers_without_recording, dockerhub_webhook_queues_with_the_secret_url,
     github_package_webhook_queues_tagged_versions,
-);
+}
 
 async fn image_names_normalize_as_docker_does(api: Api) {
     container(&api, "hub-nginx", Some("index.docker.io"), "nginx", "1.25").await;
@@ -222,7 +204,7 @@ async fn same_tag_and_disabled_services_are_skipped(api: Api) {
         )
     );
     // A disabled service keeps its tag: nothing was recorded for it.
-    assert_eq!(get_service(&api, "off").await.body["image"]["tag"], "1.3.0");
+    assert_eq!(api.get_service("acme", "off").await.body["image"]["tag"], "1.3.0");
     assert_eq!(api.deployments("acme").await.len(), 1);
 }
 
@@ -305,7 +287,7 @@ async fn tag_policies_decide(api: Api) {
     assert_eq!(queued_ids(&r), vec!["any", "semver", "vsemver"], "{}", r.body);
     let mut tags = Vec::new();
     for id in all {
-        let svc = get_service(&api, id).await;
+        let svc = api.get_service("acme", id).await;
         tags.push((id, svc.body["image"]["tag"].as_str().unwrap().to_owned()));
     }
     let expected = [
@@ -334,7 +316,7 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
     )
     .await;
     image_service(&api, "migrate", "JOB", Some("ghcr.io"), "acme/api", "1.3.0", json!({})).await;
-    let before = get_service(&api, "api").await;
+    let before = api.get_service("acme", "api").await;
     assert_eq!(before.body["version"], 1);
 
     let queued = deploy(&api, "container", "ghcr.io/acme/api", "1.4.0").await;
@@ -346,7 +328,7 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
         outcome(&queued),
         (pairs(&[("api", "QUEUED"), ("semver", "QUEUED")]), vec![])
     );
-    let after = get_service(&api, "api").await;
+    let after = api.get_service("acme", "api").await;
     assert_eq!(after.body["image"]["tag"], "1.4.0");
     assert_eq!(after.body["image"]["registry"], "ghcr.io");
     assert_eq!(after.body["image"]["image_name"], "acme/api");
@@ -366,7 +348,7 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
         .await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     // The job runs the same image but is not a container.
-    assert_eq!(get_service(&api, "migrate").await.body["image"]["tag"], "1.3.0");
+    assert_eq!(api.get_service("acme", "migrate").await.body["image"]["tag"], "1.3.0");
 
     // The messages are SPEC's, and the log holds the very requests sent.
     let messages = api.queued_messages().await;
@@ -401,21 +383,21 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
     );
     assert_eq!(r.body["queued"][0]["previous_tag"], "1.4.0");
     assert_eq!(r.body["queued"][0]["tag"], "1.3.0");
-    let svc = get_service(&api, "api").await;
+    let svc = api.get_service("acme", "api").await;
     assert_eq!(
         (svc.body["image"]["tag"].as_str(), svc.body["version"].as_u64()),
         (Some("1.3.0"), Some(3))
     );
-    assert_eq!(get_service(&api, "semver").await.body["image"]["tag"], "1.4.0");
+    assert_eq!(api.get_service("acme", "semver").await.body["image"]["tag"], "1.4.0");
     // And a later return to a tag deployed before queues again.
     let r = deploy(&api, "container", "acme/api", "1.4.0").await;
     assert_eq!(outcome(&r).0, pairs(&[("api", "QUEUED")]));
-    let svc = get_service(&api, "api").await;
+    let svc = api.get_service("acme", "api").await;
     assert_eq!(
         (svc.body["image"]["tag"].as_str(), svc.body["version"].as_u64()),
         (Some("1.4.0"), Some(4))
     );
-    assert_eq!(get_service(&api, "semver").await.body["image"]["tag"], "1.4.0");
+    assert_eq!(api.get_service("acme", "semver").await.body["image"]["tag"], "1.4.0");
     assert_eq!(api.deployments("acme").await.len(), 4);
     // Sent in order, after the first two.
     let tags: Vec<Value> = api.queued_messages().await[2..]
@@ -438,7 +420,7 @@ async fn queueing_records_the_new_tag_as_desired_state(api: Api) {
         deploy(&api, "container", "acme/api", "1.5.0").await.status,
         StatusCode::ACCEPTED
     );
-    let svc = get_service(&api, "api").await;
+    let svc = api.get_service("acme", "api").await;
     assert_eq!(
         (svc.body["name"].as_str(), svc.body["image"]["tag"].as_str()),
         (Some("Renamed"), Some("1.5.0"))
@@ -478,7 +460,7 @@ async fn twenty_concurrent_identical_notifications_queue_once(api: Api) {
     assert!(log.iter().all(|d| d["status"] == "QUEUED"), "{log:?}");
     assert_eq!(api.queued_messages().await.len(), 2);
     for id in ["api", "web"] {
-        let svc = get_service(&api, id).await;
+        let svc = api.get_service("acme", id).await;
         assert_eq!(
             (svc.body["image"]["tag"].as_str(), svc.body["version"].as_u64()),
             (Some("1.1.0"), Some(2))
@@ -725,7 +707,7 @@ async fn tokens_need_the_deploy_scope_of_their_organization() {
 async fn dry_run_answers_without_recording(api: Api) {
     container(&api, "api", None, "acme/api", "1.0.0").await;
     container(&api, "current", None, "acme/api", "1.1.0").await;
-    let before = get_service(&api, "api").await;
+    let before = api.get_service("acme", "api").await;
     for query in ["dry_run=true", "dry_run=1", "dry_run=TRUE"] {
         let r = api
             .call(
@@ -746,7 +728,7 @@ async fn dry_run_answers_without_recording(api: Api) {
     }
     assert!(api.deployments("acme").await.is_empty());
     assert!(api.queued_messages().await.is_empty());
-    let after = get_service(&api, "api").await;
+    let after = api.get_service("acme", "api").await;
     assert_eq!(
         (after.etag(), &after.body["image"]["tag"]),
         (before.etag(), &json!("1.0.0"))
@@ -813,8 +795,8 @@ async fn dockerhub_webhook_queues_with_the_secret_url(api: Api) {
                    "previous_tag": "v2.4.0", "tag": "v2.4.1"})
         );
     }
-    assert_eq!(get_service(&api, "hub").await.body["image"]["tag"], "v2.4.1");
-    assert_eq!(get_service(&api, "hub-job").await.body["image"]["tag"], "v2.4.1");
+    assert_eq!(api.get_service("acme", "hub").await.body["image"]["tag"], "v2.4.1");
+    assert_eq!(api.get_service("acme", "hub-job").await.body["image"]["tag"], "v2.4.1");
     assert!(!String::from_utf8_lossy(&r.raw).contains(WEBHOOK_SECRET));
 
     // Docker Hub retries: the same body again is a duplicate and queues nothing.

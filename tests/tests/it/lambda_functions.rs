@@ -13,7 +13,7 @@ use autodeploy_api::web::{AppState, push_router};
 use autodeploy_tests::fake_lambda::{ECR_REGISTRY, ecr_event, http_api_event, response_body};
 use autodeploy_tests::receive_all;
 use autodeploy_tests::{ADMIN, Api, WEBHOOK_SECRET, fixture_json, hmac_hex};
-use autodeploy_tests::{AwsFixture, aws_fixture, moto_url, unique_name};
+use autodeploy_tests::{AwsFixture, aws_fixture, moto_url, set_secret, unique_name};
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use lambda_http::lambda_runtime::{Context, LambdaEvent};
@@ -147,17 +147,10 @@ async fn push_webhook_events_queue_on_sqs() {
 
 /// The admin token from Secrets Manager on moto: fetched on first use, not before.
 async fn admin_from_secret(fx: &AwsFixture, token: &str) -> Arc<SecretsManagerAdminToken> {
-    let client = aws_sdk_secretsmanager::Client::new(&fx.config);
     let name = unique_name("admin-token");
     let admin = Arc::new(SecretsManagerAdminToken::new(&fx.config, &name));
     // Built before the secret exists: building reads nothing.
-    client
-        .create_secret()
-        .name(&name)
-        .secret_string(token)
-        .send()
-        .await
-        .expect("create_secret");
+    set_secret(&fx.config, &name, token).await;
     admin
 }
 

@@ -50,14 +50,39 @@ async fn consumer(api: &Api, org: &str) -> String {
     api.token(org, &["consume"]).await
 }
 
+/// acme's services `ids` (as [`service`] makes them), and a consumer token of acme.
+async fn consumer_of(api: &Api, ids: &[&str]) -> String {
+    for id in ids {
+        service(api, "acme", id).await;
+    }
+    consumer(api, "acme").await
+}
+
+/// The standalone server's API on a fresh SQLite database, with acme's services `ids` and a
+/// consumer token of acme.
+async fn standalone(ids: &[&str]) -> (Arc<Api>, String) {
+    let api = Arc::new(Api::new());
+    let token = consumer_of(&api, ids).await;
+    (api, token)
+}
+
+/// Queue tag `tag` of acme's `service`: the next lease offers it alone, and the deployment
+/// `older` is then `status` (superseded by it, or left as it was).
+async fn newer_is_offered(api: &Api, token: &str, service: &str, tag: &str, older: &str, status: &str) {
+    let newer = deploy(api, "acme", service, tag).await;
+    lease_only(api, token, json!({"max": 10}), &newer).await;
+    assert_eq!(status_of(api, older).await, status, "{older}");
+}
+
+/// `POST /organization/{org}/deployments/{path}` with `body`: a lease (`lease`), or an action
+/// on one deployment (`{id}/{action}`).
+async fn post(api: &Api, token: &str, org: &str, path: &str, body: Value) -> Reply {
+    let path = format!("/organization/{org}/deployments/{path}");
+    api.call(Method::POST, &path, Some(token), Some(body)).await
+}
+
 async fn lease_reply(api: &Api, token: &str, org: &str, body: Value) -> Reply {
-    api.call(
-        Method::POST,
-        &format!("/organization/{org}/deployments/lease"),
-        Some(token),
-        Some(body),
-    )
-    .await
+    post(api, token, org, "lease", body).await
 }
 
 /// The items of a successful lease of `acme`.
@@ -92,28 +117,64 @@ async fn lease_one(api: &Api, token: &str, body: Value) -> Value {
     items.into_iter().next().unwrap()
 }
 
+/// The one item of a lease of `acme` that must offer exactly deployment `id`.
+async fn lease_only(api: &Api, token: &str, body: Value, id: &str) -> Value {
+    let item = lease_one(api, token, body).await;
+    assert_eq!(item["deployment_id"], id, "{item}");
+    item
+}
+
+/// The one item of `items`, which must be deployment `id`'s.
+fn only<'a>(items: &'a [Value], id: &str) -> &'a Value {
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0]["deployment_id"], id, "{items:?}");
+    &items[0]
+}
+
+/// What a long poll of `acme` (waiting up to 20 s) is offered when `meanwhile` runs once the
+/// poll is waiting; and what `meanwhile` gave.
+async fn waited<T>(api: &Arc<Api>, token: &str, meanwhile: impl Future<Output = T>) -> (Vec<Value>, T) {
+    let waiting = waiting_lease(api, token, 20);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = meanwhile.await;
+    (waiting.await.unwrap(), done)
+}
+
 /// `POST /organization/{org}/deployments/{id}/{action}` with `body`.
 async fn act(api: &Api, token: &str, org: &str, id: &str, action: &str, body: Value) -> Reply {
-    api.call(
-        Method::POST,
-        &format!("/organization/{org}/deployments/{id}/{action}"),
-        Some(token),
-        Some(body),
-    )
-    .await
+    post(api, token, org, &format!("{id}/{action}"), body).await
+}
+
+/// `action` on the lease of `item` (of `acme`), with `extra` fields beside its `lease_id`.
+async fn on_lease(api: &Api, token: &str, item: &Value, action: &str, extra: Value) -> Reply {
+    let id = item["deployment_id"].as_str().unwrap();
+    let mut body = json!({"lease_id": item["lease_id"]});
+    json_patch::merge(&mut body, &extra);
+    act(api, token, "acme", id, action, body).await
 }
 
 async fn ack(api: &Api, token: &str, item: &Value) -> Reply {
-    let id = item["deployment_id"].as_str().unwrap();
-    act(api, token, "acme", id, "ack", json!({"lease_id": item["lease_id"]})).await
+    on_lease(api, token, item, "ack", json!({})).await
+}
+
+/// Release the lease of `item` with `extra` fields (`retry_after_seconds`): a 204.
+async fn nack(api: &Api, token: &str, item: &Value, extra: Value) {
+    let r = on_lease(api, token, item, "nack", extra).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+}
+
+/// Extend the lease of `item` with `extra` fields (`lease_seconds`): the answer, a 200.
+async fn extend(api: &Api, token: &str, item: &Value, extra: Value) -> Value {
+    let r = on_lease(api, token, item, "extend", extra).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body
 }
 
 /// The lease of `item` is not its deployment's live lease: an ack, a nack and an extend
 /// with it are each a 409 (and change nothing).
 async fn assert_not_live(api: &Api, token: &str, item: &Value) {
-    let id = item["deployment_id"].as_str().unwrap();
     for action in ["extend", "nack", "ack"] {
-        let r = act(api, token, "acme", id, action, json!({"lease_id": item["lease_id"]})).await;
+        let r = on_lease(api, token, item, action, json!({})).await;
         assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
     }
 }
@@ -142,12 +203,7 @@ async fn status_of(api: &Api, id: &str) -> String {
 /// The deployment ids of `acme`'s log filtered by `query` (newest first, one page).
 async fn listed(api: &Api, query: &str) -> Vec<String> {
     let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/acme/deployments?limit=100&{query}"),
-            Some(ADMIN),
-            None,
-        )
+        .admin_get(&format!("/organization/acme/deployments?limit=100&{query}"))
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     r.body["items"]
@@ -193,9 +249,7 @@ fn run_out(api: &Api, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leased_deployment_is_delivered_by_its_ack() {
-    let api = Api::new();
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let (api, token) = standalone(&["api"]).await;
     let id = deploy(&api, "acme", "api", "1.0").await;
 
     let queued = get(&api, &id).await;
@@ -252,22 +306,11 @@ async fn a_leased_deployment_is_delivered_by_its_ack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nack_queues_the_deployment_again_for_its_next_attempt() {
-    let api = Api::new();
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let (api, token) = standalone(&["api"]).await;
     let id = deploy(&api, "acme", "api", "1.0").await;
 
-    let first = lease_one(&api, &token, json!({})).await;
-    let r = act(
-        &api,
-        &token,
-        "acme",
-        &id,
-        "nack",
-        json!({"lease_id": first["lease_id"]}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let first = lease_only(&api, &token, json!({}), &id).await;
+    nack(&api, &token, &first, json!({})).await;
     let nacked = get(&api, &id).await;
     assert_eq!(nacked["status"], "QUEUED");
     assert_eq!(nacked["attempts"], 1);
@@ -277,23 +320,13 @@ async fn a_nack_queues_the_deployment_again_for_its_next_attempt() {
     assert_not_live(&api, &token, &first).await;
 
     // Offered again at once, as its next attempt, under a new lease.
-    let second = lease_one(&api, &token, json!({})).await;
-    assert_eq!(second["deployment_id"], id.as_str());
+    let second = lease_only(&api, &token, json!({}), &id).await;
     assert_eq!(second["attempt"], 2);
     assert_eq!(second["attempts"], 2);
     assert_ne!(second["lease_id"], first["lease_id"]);
 
     // A nack with a delay: waiting, not offered before its time.
-    let r = act(
-        &api,
-        &token,
-        "acme",
-        &id,
-        "nack",
-        json!({"lease_id": second["lease_id"], "retry_after_seconds": 3600}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    nack(&api, &token, &second, json!({"retry_after_seconds": 3600})).await;
     let waiting = get(&api, &id).await;
     assert_eq!(waiting["status"], "QUEUED");
     assert!(
@@ -304,8 +337,7 @@ async fn a_nack_queues_the_deployment_again_for_its_next_attempt() {
 
     // A newer deployment of the service supersedes it.
     let newer = deploy(&api, "acme", "api", "2.0").await;
-    let third = lease_one(&api, &token, json!({"max": 10})).await;
-    assert_eq!(third["deployment_id"], newer.as_str());
+    let third = lease_only(&api, &token, json!({"max": 10}), &newer).await;
     assert_eq!(third["attempt"], 1);
     let superseded = get(&api, &id).await;
     assert_eq!(superseded["status"], "SUPERSEDED");
@@ -315,11 +347,7 @@ async fn a_nack_queues_the_deployment_again_for_its_next_attempt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_runs_out_unless_extended() {
-    let api = Api::new();
-    let token = consumer(&api, "acme").await;
-    for s in ["kept", "lost"] {
-        service(&api, "acme", s).await;
-    }
+    let (api, token) = standalone(&["kept", "lost"]).await;
     let kept = deploy(&api, "acme", "kept", "1").await;
     let lost = deploy(&api, "acme", "lost", "1").await;
     let items = lease(&api, &token, json!({"max": 2, "lease_seconds": 10})).await;
@@ -330,36 +358,17 @@ async fn a_lease_runs_out_unless_extended() {
     let (kept_item, lost_item) = (&items[0], &items[1]);
 
     // Extending: without lease_seconds by 300 s; with it, to that many seconds from now.
-    let r = act(
-        &api,
-        &token,
-        "acme",
-        &kept,
-        "extend",
-        json!({"lease_id": kept_item["lease_id"]}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.body["deployment_id"], kept.as_str());
-    assert_eq!(r.body["lease_id"], kept_item["lease_id"]);
-    let by_default = r.body["lease_expires_at"].as_str().unwrap().to_owned();
+    let extended = extend(&api, &token, kept_item, json!({})).await;
+    assert_eq!(extended["deployment_id"], kept.as_str());
+    assert_eq!(extended["lease_id"], kept_item["lease_id"]);
+    let by_default = extended["lease_expires_at"].as_str().unwrap().to_owned();
     assert!(by_default.as_str() > kept_item["lease_expires_at"].as_str().unwrap());
-    let r = act(
-        &api,
-        &token,
-        "acme",
-        &kept,
-        "extend",
-        json!({"lease_id": kept_item["lease_id"], "lease_seconds": 43200}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let extended = extend(&api, &token, kept_item, json!({"lease_seconds": 43200})).await;
     assert!(
-        r.body["lease_expires_at"].as_str().unwrap() > by_default.as_str(),
-        "{}",
-        r.body
+        extended["lease_expires_at"].as_str().unwrap() > by_default.as_str(),
+        "{extended}"
     );
-    let fields: BTreeSet<&str> = r.body.as_object().unwrap().keys().map(String::as_str).collect();
+    let fields: BTreeSet<&str> = extended.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         fields,
         BTreeSet::from(["deployment_id", "lease_expires_at", "lease_id"])
@@ -399,10 +408,7 @@ async fn a_lease_runs_out_unless_extended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_offers_without_an_ack_fail_the_deployment() {
-    let api = Api::new();
-    let token = consumer(&api, "acme").await;
-    service(&api, "acme", "expiring").await;
-    service(&api, "acme", "nacked").await;
+    let (api, token) = standalone(&["expiring", "nacked"]).await;
     let expiring = deploy(&api, "acme", "expiring", "1").await;
     let nacked = deploy(&api, "acme", "nacked", "1").await;
 
@@ -422,16 +428,7 @@ async fn ten_offers_without_an_ack_fail_the_deployment() {
             // Run out, even before anything released it: no longer the deployment's lease.
             assert_not_live(&api, &token, ids[expiring.as_str()]).await;
         }
-        let r = act(
-            &api,
-            &token,
-            "acme",
-            &nacked,
-            "nack",
-            json!({"lease_id": ids[nacked.as_str()]["lease_id"]}),
-        )
-        .await;
-        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        nack(&api, &token, ids[nacked.as_str()], json!({})).await;
     }
     // The next lease releases the lease that ran out: the tenth offer, so FAILED.
     assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
@@ -450,32 +447,23 @@ async fn ten_offers_without_an_ack_fail_the_deployment() {
     assert_eq!(failed, want);
 
     // Final: a newer deployment of the service is offered, the failed one stays failed.
-    let newer = deploy(&api, "acme", "expiring", "2").await;
-    let item = lease_one(&api, &token, json!({"max": 10})).await;
-    assert_eq!(item["deployment_id"], newer.as_str());
-    assert_eq!(status_of(&api, &expiring).await, "FAILED");
+    newer_is_offered(&api, &token, "expiring", "2", &expiring, "FAILED").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_on_a_leased_deployment_ends_its_lease() {
-    let api = Arc::new(Api::new());
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let (api, token) = standalone(&["api"]).await;
     let first = deploy(&api, "acme", "api", "1").await;
-    let item = lease_one(&api, &token, json!({})).await;
-    assert_eq!(item["deployment_id"], first.as_str());
+    let item = lease_only(&api, &token, json!({}), &first).await;
     let second = deploy(&api, "acme", "api", "2").await;
 
     // A consumer waits for work; the report frees the service, and its newer work is offered.
-    let waiting = waiting_lease(&api, &token, 20);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = act(&api, &token, "acme", &first, "result", json!({"status": "SUCCEEDED"})).await;
+    let report = act(&api, &token, "acme", &first, "result", json!({"status": "SUCCEEDED"}));
+    let (items, r) = waited(&api, &token, report).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["status"], "DELIVERED");
     assert_eq!(r.body["attempts"], 1);
-    let items = waiting.await.unwrap();
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["deployment_id"], second.as_str());
+    only(&items, &second);
 
     // The lease ended with the report.
     assert_not_live(&api, &token, &item).await;
@@ -484,15 +472,8 @@ async fn a_result_on_a_leased_deployment_ends_its_lease() {
     assert_eq!(d["result"]["status"], "SUCCEEDED");
     // An acknowledged deployment takes a report too, and stays delivered.
     assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
-    let r = act(
-        &api,
-        &token,
-        "acme",
-        &second,
-        "result",
-        json!({"status": "FAILED", "message": "crashed"}),
-    )
-    .await;
+    let crashed = json!({"status": "FAILED", "message": "crashed"});
+    let r = act(&api, &token, "acme", &second, "result", crashed).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["status"], "DELIVERED");
     assert_eq!(r.body["result"]["message"], "crashed");
@@ -500,26 +481,21 @@ async fn a_result_on_a_leased_deployment_ends_its_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
-    let api = Api::new();
-    let token = consumer(&api, "acme").await;
+    let (api, token) = standalone(&[]).await;
+    let engine = json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"});
     let r = api
         .call(
             Method::PUT,
             "/organization/acme/targets/engine",
             Some(ADMIN),
-            Some(json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"})),
+            Some(engine),
         )
         .await;
     assert!(r.status.is_success(), "{}", r.body);
     service(&api, "acme", "pushed").await;
-    let r = api
-        .call(
-            Method::PATCH,
-            "/organization/acme/services/pushed",
-            Some(ADMIN),
-            Some(json!({"deploy_target": {"target_id": "engine"}})),
-        )
-        .await;
+    let mut pushed = api.get_service("acme", "pushed").await.body;
+    pushed["deploy_target"] = json!({"target_id": "engine"});
+    let r = api.put_service("acme", "pushed", pushed).await;
     assert!(r.status.is_success(), "{}", r.body);
     service(&api, "acme", "pulled").await;
     let pushed = deploy(&api, "acme", "pushed", "1").await;
@@ -542,11 +518,7 @@ async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newest_waiting_deployment_of_a_service_wins() {
-    let api = Api::new();
-    let token = consumer(&api, "acme").await;
-    for s in ["a", "b", "c"] {
-        service(&api, "acme", s).await;
-    }
+    let (api, token) = standalone(&["a", "b", "c"]).await;
     let a1 = deploy(&api, "acme", "a", "1").await;
     let b1 = deploy(&api, "acme", "b", "1").await;
     let a2 = deploy(&api, "acme", "a", "2").await;
@@ -563,8 +535,7 @@ async fn the_newest_waiting_deployment_of_a_service_wins() {
     // a is in progress: a newer deployment of a waits; another service is not held back.
     let a3 = deploy(&api, "acme", "a", "3").await;
     let c1 = deploy(&api, "acme", "c", "1").await;
-    let item = lease_one(&api, &token, json!({"max": 10})).await;
-    assert_eq!(item["deployment_id"], c1.as_str());
+    lease_only(&api, &token, json!({"max": 10}), &c1).await;
     assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
     assert_eq!(status_of(&api, &a3).await, "QUEUED");
     // In progress is never superseded.
@@ -574,17 +545,12 @@ async fn the_newest_waiting_deployment_of_a_service_wins() {
 
     // Once a's deployment is acknowledged, its newer one is offered.
     assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
-    let item = lease_one(&api, &token, json!({"max": 10})).await;
-    assert_eq!(item["deployment_id"], a3.as_str());
+    let item = lease_only(&api, &token, json!({"max": 10}), &a3).await;
     assert_eq!(status_of(&api, &a2).await, "DELIVERED");
 
     // A nacked deployment still goes ahead of nothing newer; a newer one supersedes it.
-    let r = act(&api, &token, "acme", &a3, "nack", json!({"lease_id": item["lease_id"]})).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let a4 = deploy(&api, "acme", "a", "4").await;
-    let item = lease_one(&api, &token, json!({"max": 10})).await;
-    assert_eq!(item["deployment_id"], a4.as_str());
-    assert_eq!(status_of(&api, &a3).await, "SUPERSEDED");
+    nack(&api, &token, &item, json!({})).await;
+    newer_is_offered(&api, &token, "a", "4", &a3, "SUPERSEDED").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,47 +558,23 @@ async fn the_newest_waiting_deployment_of_a_service_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
-    let api = Arc::new(Api::new());
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let (api, token) = standalone(&["api"]).await;
 
     // No work: a short wait answers, with nothing.
     assert!(lease(&api, &token, json!({"wait_seconds": 1})).await.is_empty());
     assert!(lease(&api, &token, json!({"wait_seconds": 0})).await.is_empty());
 
-    let waiting = waiting_lease(&api, &token, 20);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let id = deploy(&api, "acme", "api", "1.0").await;
-    let items = waiting.await.unwrap();
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["deployment_id"], id.as_str());
-    assert_eq!(items[0]["attempt"], 1);
+    let (items, id) = waited(&api, &token, deploy(&api, "acme", "api", "1.0")).await;
+    assert_eq!(only(&items, &id)["attempt"], 1);
 
     // Another organization's work does not answer acme's long poll.
     service(&api, "beta", "api").await;
     let waiting = waiting_lease(&api, &token, 2);
-    let r = api
-        .call(
-            Method::POST,
-            "/organization/beta/container/deploy",
-            Some(ADMIN),
-            Some(json!({"image_name": "beta/api", "tag": "1.0"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    deploy(&api, "beta", "api", "1.0").await;
     assert!(waiting.await.unwrap().is_empty());
 
     // A nacked deployment's retry falling due answers a waiting consumer.
-    let r = act(
-        &api,
-        &token,
-        "acme",
-        &id,
-        "nack",
-        json!({"lease_id": items[0]["lease_id"], "retry_after_seconds": 2}),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    nack(&api, &token, &items[0], json!({"retry_after_seconds": 2})).await;
     let items = lease_within(
         &api,
         &token,
@@ -641,18 +583,14 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
         "the retry never fell due",
     )
     .await;
-    assert_eq!(items[0]["deployment_id"], id.as_str());
-    assert_eq!(items[0]["attempt"], 2);
+    assert_eq!(only(&items, &id)["attempt"], 2);
     assert!(get(&api, &id).await["next_attempt_at"].is_null());
 
     // An ack makes the service's next deployment available to a waiting consumer.
     let newer = deploy(&api, "acme", "api", "2.0").await;
-    let waiting = waiting_lease(&api, &token, 20);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
-    let items = waiting.await.unwrap();
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["deployment_id"], newer.as_str());
+    let (offered, acked) = waited(&api, &token, ack(&api, &token, &items[0])).await;
+    assert_eq!(acked.status, StatusCode::NO_CONTENT);
+    only(&offered, &newer);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -660,9 +598,7 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_lease_requests_are_refused_naming_the_field() {
-    let api = Api::new();
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let (api, token) = standalone(&["api"]).await;
     let id = deploy(&api, "acme", "api", "1.0").await;
 
     for (body, field) in [
@@ -688,13 +624,8 @@ async fn bad_lease_requests_are_refused_naming_the_field() {
     let r = lease_reply(&api, &token, "acme", json!({"max": 11, "wait_seconds": 21})).await;
     assert_invalid(&r, &["max", "wait_seconds"]);
     // The limits themselves are accepted (and nothing was leased by the refusals).
-    let item = lease_one(
-        &api,
-        &token,
-        json!({"max": 10, "lease_seconds": 43200, "wait_seconds": 0}),
-    )
-    .await;
-    assert_eq!(item["deployment_id"], id.as_str());
+    let limits = json!({"max": 10, "lease_seconds": 43200, "wait_seconds": 0});
+    let item = lease_only(&api, &token, limits, &id).await;
     assert_eq!(item["attempt"], 1);
     let lease_id = item["lease_id"].as_str().unwrap().to_owned();
 
@@ -742,8 +673,7 @@ async fn bad_lease_requests_are_refused_naming_the_field() {
     }
     // None of it touched the lease.
     assert_eq!(status_of(&api, &id).await, "IN_PROGRESS");
-    let r = act(&api, &token, "acme", &id, "ack", json!({"lease_id": lease_id})).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert_eq!(ack(&api, &token, &item).await.status, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -802,42 +732,18 @@ async fn consumers_need_the_consume_scope_in_their_organization() {
     assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
 
     // Another organization's deployment does not exist for beta, even for its own consumer.
-    let beta_item = {
-        let r = api
-            .call(
-                Method::POST,
-                "/organization/beta/container/deploy",
-                Some(ADMIN),
-                Some(json!({"image_name": "beta/api", "tag": "1.0"})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-        let r = lease_reply(&api, &beta_consume, "beta", json!({})).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-        r.body["items"][0].clone()
-    };
-    let beta_id = beta_item["deployment_id"].as_str().unwrap();
+    let beta_id = deploy(&api, "beta", "api", "1.0").await;
+    let r = lease_reply(&api, &beta_consume, "beta", json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let beta_item = r.body["items"][0].clone();
+    assert_eq!(beta_item["deployment_id"], beta_id.as_str());
+    let beta_id = beta_id.as_str();
     for action in ["ack", "nack", "extend"] {
-        let r = act(
-            &api,
-            &acme_consume,
-            "acme",
-            beta_id,
-            action,
-            json!({"lease_id": beta_item["lease_id"]}),
-        )
-        .await;
+        let r = on_lease(&api, &acme_consume, &beta_item, action, json!({})).await;
         assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
     }
-    let r = act(
-        &api,
-        &acme_consume,
-        "acme",
-        beta_id,
-        "result",
-        json!({"status": "SUCCEEDED"}),
-    )
-    .await;
+    let succeeded = json!({"status": "SUCCEEDED"});
+    let r = act(&api, &acme_consume, "acme", beta_id, "result", succeeded).await;
     assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
     assert_error(
         &get_reply(&api, &acme_consume, "acme", beta_id).await,
@@ -850,38 +756,19 @@ async fn consumers_need_the_consume_scope_in_their_organization() {
         "NOT_FOUND",
     );
     // acme's consumer never saw beta's work, and beta's lease is untouched.
-    let r = lease_reply(&api, &acme_consume, "acme", json!({"max": 10})).await;
-    let ids: Vec<&str> = r.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["deployment_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [id.as_str()]);
-    let r = act(
-        &api,
-        &beta_consume,
-        "beta",
-        beta_id,
-        "ack",
-        json!({"lease_id": beta_item["lease_id"]}),
-    )
-    .await;
+    only(&lease(&api, &acme_consume, json!({"max": 10})).await, &id);
+    let lease_id = json!({"lease_id": beta_item["lease_id"]});
+    let r = act(&api, &beta_consume, "beta", beta_id, "ack", lease_id).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_filters_by_status() {
-    let api = Api::new();
-    let token = consumer(&api, "acme").await;
-    for s in ["a", "b"] {
-        service(&api, "acme", s).await;
-    }
+    let (api, token) = standalone(&["a", "b"]).await;
     let a1 = deploy(&api, "acme", "a", "1").await;
     let a2 = deploy(&api, "acme", "a", "2").await;
     let b1 = deploy(&api, "acme", "b", "1").await;
-    let item = lease_one(&api, &token, json!({})).await;
-    assert_eq!(item["deployment_id"], a2.as_str());
+    lease_only(&api, &token, json!({}), &a2).await;
 
     assert_eq!(listed(&api, "status=QUEUED").await, [b1.as_str()]);
     assert_eq!(listed(&api, "status=IN_PROGRESS").await, [a2.as_str()]);
@@ -900,12 +787,7 @@ async fn the_list_filters_by_status() {
 
     for bad in ["BOGUS", "queued", "SUCCEEDED"] {
         let r = api
-            .call(
-                Method::GET,
-                &format!("/organization/acme/deployments?status={bad}"),
-                Some(ADMIN),
-                None,
-            )
+            .admin_get(&format!("/organization/acme/deployments?status={bad}"))
             .await;
         assert_invalid(&r, &["status"]);
     }
@@ -929,10 +811,22 @@ struct Seen {
     overlaps: Vec<String>,
 }
 
+impl Seen {
+    /// What the consumers saw, once they are done: never two offers of one service at once.
+    fn when_done(seen: &Mutex<Seen>) -> Seen {
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        assert!(
+            seen.overlaps.is_empty(),
+            "two deployments of one service at once: {:?}",
+            seen.overlaps
+        );
+        seen
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_consumers_take_each_deployment_once_newest_first() {
-    let api = Arc::new(Api::new());
-    let token = consumer(&api, "acme").await;
+    let (api, token) = standalone(&[]).await;
     // 200 waiting deployments of 50 services, each service's in tag order.
     let mut recorded: HashMap<String, Vec<String>> = HashMap::new();
     let mut service_of: HashMap<String, String> = HashMap::new();
@@ -1003,12 +897,7 @@ async fn twenty_consumers_take_each_deployment_once_newest_first() {
         c.await.unwrap();
     }
 
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert!(
-        seen.overlaps.is_empty(),
-        "two deployments of one service at once: {:?}",
-        seen.overlaps
-    );
+    let seen = Seen::when_done(&seen);
     let lease_ids: HashSet<&String> = seen.offers.iter().map(|(_, l, _)| l).collect();
     assert_eq!(lease_ids.len(), seen.offers.len(), "a lease id handed out twice");
     let mut offers_of: HashMap<&str, Vec<u64>> = HashMap::new();
@@ -1052,11 +941,7 @@ async fn consumers_racing_new_deployments_never_take_an_older_one() {
     const RACING_SERVICES: usize = 10;
     const SERVICE_NAMES: [&str; RACING_SERVICES] = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"];
     const ROUNDS: usize = 10;
-    let api = Arc::new(Api::new());
-    let token = consumer(&api, "acme").await;
-    for name in SERVICE_NAMES {
-        service(&api, "acme", name).await;
-    }
+    let (api, token) = standalone(&SERVICE_NAMES).await;
     // Each deployment's service and round, filled in by the producer before it is leasable.
     let order: Arc<Mutex<HashMap<String, (String, usize)>>> = Arc::default();
     let producing = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -1134,12 +1019,7 @@ async fn consumers_racing_new_deployments_never_take_an_older_one() {
         c.await.unwrap();
     }
 
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert!(
-        seen.overlaps.is_empty(),
-        "two deployments of one service at once: {:?}",
-        seen.overlaps
-    );
+    let seen = Seen::when_done(&seen);
     let offered: HashSet<&str> = seen.offers.iter().map(|(id, _, _)| id.as_str()).collect();
     assert_eq!(offered.len(), seen.offers.len(), "a deployment offered twice");
     assert!(seen.offers.iter().all(|(_, _, attempt)| *attempt == 1));
@@ -1181,8 +1061,7 @@ async fn consumers_racing_new_deployments_never_take_an_older_one() {
 /// Several consumers waiting at once share new work: each deployment goes to one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn waiting_consumers_share_new_work_once() {
-    let api = Arc::new(Api::new());
-    let token = consumer(&api, "acme").await;
+    let (api, token) = standalone(&[]).await;
     for s in 0..10 {
         service(&api, "acme", &format!("w{s}")).await;
     }
@@ -1229,11 +1108,8 @@ fn age(api: &Api, id: &str, days: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_deployments_past_the_retention_are_pruned() {
-    let api = Api::new();
-    let token = consumer(&api, "acme").await;
-    for s in ["delivered", "recent", "superseded", "failed", "queued", "leased"] {
-        service(&api, "acme", s).await;
-    }
+    let services = ["delivered", "recent", "superseded", "failed", "queued", "leased"];
+    let (api, token) = standalone(&services).await;
     let delivered = deploy(&api, "acme", "delivered", "1").await;
     let recent = deploy(&api, "acme", "recent", "1").await;
     let superseded = deploy(&api, "acme", "superseded", "1").await;
@@ -1253,8 +1129,7 @@ async fn finished_deployments_past_the_retention_are_pruned() {
     }
     assert!(lease(&api, &token, json!({})).await.is_empty());
     let leased = deploy(&api, "acme", "leased", "1").await;
-    let item = lease_one(&api, &token, json!({"max": 10})).await;
-    assert_eq!(item["deployment_id"], leased.as_str());
+    lease_only(&api, &token, json!({"max": 10}), &leased).await;
     let queued = deploy(&api, "acme", "queued", "1").await;
     let want = [
         (&delivered, "DELIVERED"),
@@ -1301,14 +1176,7 @@ async fn finished_deployments_past_the_retention_are_pruned() {
 /// `GET …/deployments?{query}` as the admin: the reply and how long it took.
 async fn timed_list(api: &Api, query: &str) -> (Value, Duration) {
     let started = Instant::now();
-    let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/acme/deployments?{query}"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
+    let r = api.admin_get(&format!("/organization/acme/deployments?{query}")).await;
     let took = started.elapsed();
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     (r.body, took)
@@ -1454,21 +1322,17 @@ async fn a_list_over_100000_deployments_pages_correctly() {
 // ---------------------------------------------------------------------------------------------
 // Engines report back: on both stores
 
-on_both_stores!(
-    a_result_delivers_a_queued_deployment,
-    a_result_ends_an_attempt_in_progress,
-    a_result_supersedes_the_older_waiting_deployments,
-    a_result_is_refused_on_other_statuses,
-    bad_results_are_refused,
-);
+on_both_stores! {
+    a_result_delivers_a_queued_deployment, a_result_ends_an_attempt_in_progress,
+    a_result_supersedes_the_older_waiting_deployments, a_result_is_refused_on_other_statuses, bad_results_are_refused,
+}
 
 async fn result(api: &Api, token: &str, id: &str, body: Value) -> Reply {
     act(api, token, "acme", id, "result", body).await
 }
 
 async fn a_result_delivers_a_queued_deployment(api: Api) {
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let token = consumer_of(&api, &["api"]).await;
     let id = deploy(&api, "acme", "api", "1.0").await;
     assert_eq!(status_of(&api, &id).await, "QUEUED");
 
@@ -1522,20 +1386,14 @@ async fn a_result_delivers_a_queued_deployment(api: Api) {
 }
 
 async fn a_result_ends_an_attempt_in_progress(api: Api) {
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let token = consumer_of(&api, &["api"]).await;
     let id = deploy(&api, "acme", "api", "1.0").await;
     let started = api.store.begin_attempt("acme", &id).await.unwrap();
     assert!(matches!(started, AttemptStart::Started(_)), "{started:?}");
     assert_eq!(status_of(&api, &id).await, "IN_PROGRESS");
 
-    let r = result(
-        &api,
-        &token,
-        &id,
-        json!({"status": "FAILED", "message": "Image pull failed."}),
-    )
-    .await;
+    let pull_failed = json!({"status": "FAILED", "message": "Image pull failed."});
+    let r = result(&api, &token, &id, pull_failed).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["status"], "DELIVERED");
     assert_eq!(r.body["attempts"], 1);
@@ -1562,9 +1420,7 @@ async fn a_result_ends_an_attempt_in_progress(api: Api) {
 /// Latest wins: once an engine reports on a service's deployment, the older ones still waiting
 /// are superseded, never taken after it (which would roll the service back).
 async fn a_result_supersedes_the_older_waiting_deployments(api: Api) {
-    service(&api, "acme", "api").await;
-    service(&api, "acme", "other").await;
-    let token = consumer(&api, "acme").await;
+    let token = consumer_of(&api, &["api", "other"]).await;
     let older = deploy(&api, "acme", "api", "1.0").await;
     let other = deploy(&api, "acme", "other", "1.0").await;
     let reported = deploy(&api, "acme", "api", "2.0").await;
@@ -1616,8 +1472,7 @@ async fn deployment_in(api: &Api, status: &str) -> String {
 }
 
 async fn a_result_is_refused_on_other_statuses(api: Api) {
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let token = consumer_of(&api, &["api"]).await;
     let report = json!({"status": "SUCCEEDED", "message": "Done."});
     for status in ["SUPERSEDED", "FAILED"] {
         let id = deployment_in(&api, status).await;
@@ -1658,8 +1513,7 @@ async fn a_result_is_refused_on_other_statuses(api: Api) {
 }
 
 async fn bad_results_are_refused(api: Api) {
-    service(&api, "acme", "api").await;
-    let token = consumer(&api, "acme").await;
+    let token = consumer_of(&api, &["api"]).await;
     let id = deploy(&api, "acme", "api", "1.0").await;
     for (body, field) in [
         (json!({}), "status"),
@@ -1689,13 +1543,8 @@ async fn bad_results_are_refused(api: Api) {
         "https://example.com/{}",
         "a".repeat(2048 - "https://example.com/".len())
     );
-    let r = result(
-        &api,
-        &token,
-        &id,
-        json!({"status": "SUCCEEDED", "message": message, "url": url}),
-    )
-    .await;
+    let at_the_limits = json!({"status": "SUCCEEDED", "message": message, "url": url});
+    let r = result(&api, &token, &id, at_the_limits).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["result"]["url"], url.as_str());
     // A token without `consume`, or of another organization: 403.

@@ -7,17 +7,16 @@ use std::sync::Arc;
 
 use autodeploy_core::repo_url::normalize_repository_url;
 use autodeploy_tests::{
-    ADMIN, Api, WEBHOOK_SECRET, deployment_ids, fixture, fixture_json, hmac_hex, outcome, provider_headers,
+    Api, GITHUB_REPO, WEBHOOK_SECRET, deployment_ids, fixture, fixture_json, git_providers, hmac_hex, outcome,
+    provider_headers,
 };
 use autodeploy_tests::{assert_logged_as_sent, on_both_stores, sent_deployment_ids};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::{Value, json};
 
 fn s(v: &[(&str, &str)]) -> Vec<(String, String)> {
     v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
 }
-
-const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
 
 /// A GitHub push of the real fixture, edited by `edit`.
 fn github_push(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
@@ -35,16 +34,12 @@ async fn with_github_secret(api: Api) -> Api {
     api
 }
 
-on_both_stores!(
-    every_provider_fixture_queues_a_deployment,
-    a_push_is_recorded_as_the_message_it_queues,
-    once_only_and_rollbacks,
-    twenty_concurrent_identical_deliveries_queue_once_per_service,
-    restrictions_skip_markers_and_disabled_services,
-    dry_run_answers_without_recording,
-    multi_branch_deliveries_are_one_push_per_branch,
+on_both_stores! {
+    every_provider_fixture_queues_a_deployment, a_push_is_recorded_as_the_message_it_queues, once_only_and_rollbacks,
+    twenty_concurrent_identical_deliveries_queue_once_per_service, restrictions_skip_markers_and_disabled_services,
+    dry_run_answers_without_recording, multi_branch_deliveries_are_one_push_per_branch,
     deployments_can_be_listed_per_service,
-);
+}
 
 /// The repository URL a fixture's service follows (any of the payload's URLs would do).
 fn repo_of(body: &Value, pointer: &str) -> String {
@@ -285,15 +280,8 @@ async fn verification_fails_closed() {
     let r = api.push("other", "github", &body, "d2").await;
     assert_eq!(r.status, StatusCode::OK, "org other has no services: {}", r.body);
     assert_eq!(api.deployments("acme").await.len(), 0);
-    // Each provider's verification with a wrong secret.
-    for provider in [
-        "gitlab",
-        "bitbucket",
-        "bitbucket-server",
-        "gitea",
-        "gogs",
-        "azure-devops",
-    ] {
+    // Each other provider's verification with a wrong secret.
+    for provider in git_providers().into_iter().filter(|p| *p != "github") {
         api.set_secret("acme", provider).await;
         let mut headers = provider_headers(provider, &body, "d3");
         for (name, value) in headers.iter_mut() {
@@ -705,12 +693,7 @@ async fn deployments_can_be_listed_per_service(api: Api) {
     let all = api.deployments("acme").await;
     assert_eq!(all.len(), 6);
     let r = api
-        .call(
-            Method::GET,
-            "/organization/acme/deployments?service_id=a&limit=2",
-            Some(ADMIN),
-            None,
-        )
+        .admin_get("/organization/acme/deployments?service_id=a&limit=2")
         .await;
     let items = r.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
@@ -719,24 +702,16 @@ async fn deployments_can_be_listed_per_service(api: Api) {
     assert_eq!(items[0]["git_commit_id"], "3".repeat(40));
     let cursor = r.body["next_cursor"].as_str().unwrap();
     let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/acme/deployments?service_id=a&limit=2&cursor={cursor}"),
-            Some(ADMIN),
-            None,
-        )
+        .admin_get(&format!(
+            "/organization/acme/deployments?service_id=a&limit=2&cursor={cursor}"
+        ))
         .await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(r.body["items"][0]["git_commit_id"], "1".repeat(40));
     assert_eq!(r.body["next_cursor"], Value::Null);
     // A cursor of one service's list is refused for another's.
     let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/acme/deployments?service_id=b&cursor={cursor}"),
-            Some(ADMIN),
-            None,
-        )
+        .admin_get(&format!("/organization/acme/deployments?service_id=b&cursor={cursor}"))
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }

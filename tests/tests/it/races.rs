@@ -7,11 +7,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autodeploy_tests::{ADMIN, Api, fixture_json, on_both_stores, outcome};
+use autodeploy_tests::{ADMIN, Api, GITHUB_REPO, fixture_json, on_both_stores, outcome};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
 const PUSHES: usize = 20;
 const SERVICES: usize = 3;
 
@@ -35,11 +34,10 @@ async fn with_github_secret(api: Api) -> Arc<Api> {
     Arc::new(api)
 }
 
-on_both_stores!(
+on_both_stores! {
     worker_threads = 4;
-    distinct_concurrent_pushes_each_deploy_every_service,
-    a_patch_racing_a_push_is_never_lost,
-);
+    distinct_concurrent_pushes_each_deploy_every_service, a_patch_racing_a_push_is_never_lost,
+}
 
 /// Every deployment of `org`, all pages, newest first.
 async fn all_deployments(api: &Api, org: &str, query: &str) -> Vec<Value> {

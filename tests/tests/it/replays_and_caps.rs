@@ -6,23 +6,21 @@
 //! organization cannot hold more services than its limits, in all or on one key.
 
 use autodeploy_api::store::TenantLimits;
-use autodeploy_tests::provider_headers;
-use autodeploy_tests::{ADMIN, Api, Reply, WEBHOOK_SECRET, fixture_json, hmac_hex, on_both_stores, outcome};
+use autodeploy_tests::{
+    ADMIN, Api, GITHUB_REPO, Reply, WEBHOOK_SECRET, fixture_json, hmac_hex, on_both_stores, outcome,
+};
+use autodeploy_tests::{by_service, provider_headers};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::exact_bodies::assert_names_only;
 
-on_both_stores!(
-    a_replayed_push_cannot_roll_a_service_back,
-    a_re_apply_after_a_rollback_still_deploys,
-    an_old_registry_notification_replayed_queues_nothing,
-    one_delivery_queues_at_most_one_deployment_per_service,
-    tenants_are_bounded,
-    a_tag_policy_that_is_costly_to_compile_is_refused,
-);
+on_both_stores! {
+    a_replayed_push_cannot_roll_a_service_back, a_re_apply_after_a_rollback_still_deploys,
+    an_old_registry_notification_replayed_queues_nothing, one_delivery_queues_at_most_one_deployment_per_service,
+    tenants_are_bounded, a_tag_policy_that_is_costly_to_compile_is_refused,
+}
 
-const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
 const BITBUCKET_REPO: &str = "git@bitbucket.org:team_name/repo_name.git";
 const BITBUCKET_BRANCH: &str = "name-of-branch";
 
@@ -265,17 +263,7 @@ async fn an_old_registry_notification_replayed_queues_nothing(api: Api) {
     let r = deliver_dockerhub(&api, &new, WEBHOOK_SECRET).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
 
-    let tags: Vec<(String, String)> = api
-        .queued_messages()
-        .await
-        .iter()
-        .map(|m| {
-            (
-                m["service_id"].as_str().unwrap().to_owned(),
-                m["image_tag"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let tags = by_service(&api.queued_messages().await, "image_tag");
     let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
     let mut tags_sorted = tags.clone();
     tags_sorted.sort();
@@ -378,9 +366,11 @@ async fn one_delivery_queues_at_most_one_deployment_per_service(api: Api) {
     );
 }
 
-fn app_on(url: &str) -> Value {
-    json!({"environment_id": "production", "kind": "APPLICATION",
-           "git_repository": {"provider": "GITHUB", "url": url, "branch": "main"}})
+/// PUT `org`'s application `id` following `url` at `main`.
+async fn put_app(api: &Api, org: &str, id: &str, url: &str) -> Reply {
+    let body = json!({"environment_id": "production", "kind": "APPLICATION",
+                      "git_repository": {"provider": "GITHUB", "url": url, "branch": "main"}});
+    api.put_service(org, id, body).await
 }
 
 fn container_of(registry: &str, name: &str) -> Value {
@@ -407,17 +397,13 @@ async fn tenants_are_bounded(api: Api) {
         ("a1", "https://github.com/acme/shop.git"),
         ("a2", "git@github.com:acme/shop.git"),
     ] {
-        let r = api.put_service("acme", id, app_on(url)).await;
+        let r = put_app(&api, "acme", id, url).await;
         assert_eq!(r.status, StatusCode::CREATED, "{id}: {}", r.body);
     }
-    let r = api
-        .put_service("acme", "a3", app_on("https://GitHub.com/Acme/Shop"))
-        .await;
+    let r = put_app(&api, "acme", "a3", "https://GitHub.com/Acme/Shop").await;
     over_the_limit(&r, "github.com/acme/shop", "a third on the repository");
     // Replacing one of them is no new service.
-    let r = api
-        .put_service("acme", "a1", app_on("https://github.com/acme/shop"))
-        .await;
+    let r = put_app(&api, "acme", "a1", "https://github.com/acme/shop").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
     // The same on one image key.
@@ -430,50 +416,30 @@ async fn tenants_are_bounded(api: Api) {
     over_the_limit(&r, "acme/api", "a third on the image");
 
     // Five services in all; a sixth is refused, whatever it follows.
-    let r = api
-        .put_service("acme", "o5", app_on("https://github.com/acme/other"))
-        .await;
+    let r = put_app(&api, "acme", "o5", "https://github.com/acme/other").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = api
-        .put_service("acme", "o6", app_on("https://github.com/acme/third"))
-        .await;
+    let r = put_app(&api, "acme", "o6", "https://github.com/acme/third").await;
     over_the_limit(&r, "AUTODEPLOY_MAX_SERVICES", "a sixth service");
     // A merge patch onto a full key is refused as well, and changes nothing.
-    let before = api
-        .call(Method::GET, "/organization/acme/services/o5", Some(ADMIN), None)
-        .await;
-    let r = api
-        .call(
-            Method::PATCH,
-            "/organization/acme/services/o5",
-            Some(ADMIN),
-            Some(json!({"git_repository": {"url": "https://github.com/acme/shop"}})),
-        )
-        .await;
+    let before = api.get_service("acme", "o5").await;
+    let patch = json!({"git_repository": {"url": "https://github.com/acme/shop"}});
+    let o5 = "/organization/acme/services/o5";
+    let r = api.call(Method::PATCH, o5, Some(ADMIN), Some(patch)).await;
     over_the_limit(&r, "github.com/acme/shop", "a patch onto the full key");
-    let after = api
-        .call(Method::GET, "/organization/acme/services/o5", Some(ADMIN), None)
-        .await;
-    assert_eq!(after.etag(), before.etag());
+    assert_eq!(api.get_service("acme", "o5").await.etag(), before.etag());
 
     // Another organization has limits of its own.
-    let r = api
-        .put_service("other", "a3", app_on("https://github.com/acme/shop"))
-        .await;
+    let r = put_app(&api, "other", "a3", "https://github.com/acme/shop").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     // Deleting frees a place, on the key and in the organization.
-    let r = api
-        .call(Method::DELETE, "/organization/acme/services/a2", Some(ADMIN), None)
-        .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = api
-        .put_service("acme", "a3", app_on("https://github.com/acme/shop"))
-        .await;
+    let a2 = "/organization/acme/services/a2";
+    assert_eq!(
+        api.call(Method::DELETE, a2, Some(ADMIN), None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let r = put_app(&api, "acme", "a3", "https://github.com/acme/shop").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let mut ids: Vec<String> = api
-        .call(Method::GET, "/organization/acme/services", Some(ADMIN), None)
-        .await
-        .body["items"]
+    let mut ids: Vec<String> = api.admin_get("/organization/acme/services").await.body["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -498,9 +464,7 @@ async fn a_tag_policy_that_is_costly_to_compile_is_refused(api: Api) {
         let r = api.put_service("acme", "api", with(pattern)).await;
         assert_names_only(&r, "tag_policy.pattern", pattern);
     }
-    let r = api
-        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
-        .await;
+    let r = api.admin_get("/organization/acme/services/api").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     let r = api.put_service("acme", "api", with(r"^[\w.-]{1,128}$")).await;
@@ -532,17 +496,13 @@ async fn a_thousand_services_on_one_repository_is_the_default_limit() {
     for chunk in ids.chunks(50) {
         let puts = chunk
             .iter()
-            .map(|id| api.put_service("acme", id, app_on("https://github.com/acme/shop")));
+            .map(|id| put_app(&api, "acme", id, "https://github.com/acme/shop"));
         for r in futures::future::join_all(puts).await {
             assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         }
     }
-    let r = api
-        .put_service("acme", "one-more", app_on("git@github.com:acme/shop.git"))
-        .await;
+    let r = put_app(&api, "acme", "one-more", "git@github.com:acme/shop.git").await;
     over_the_limit(&r, "1000 services", "the 1,001st on the repository");
-    let r = api
-        .put_service("acme", "one-more", app_on("https://github.com/acme/other"))
-        .await;
+    let r = put_app(&api, "acme", "one-more", "https://github.com/acme/other").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }

@@ -8,42 +8,38 @@ use autodeploy_api::admin::NoAdminToken;
 use autodeploy_api::store::InStoreQueue;
 use autodeploy_api::web::AppState;
 use autodeploy_tests::fault_proxy::{Fault, FaultyAws};
-use autodeploy_tests::on_both_stores;
-use autodeploy_tests::{ADMIN, Api};
+use autodeploy_tests::{ADMIN, Api, fixture_bytes, git_providers, on_both_stores};
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-on_both_stores!(
-    service_lifecycle,
-    if_match_gives_optimistic_concurrency,
-    twenty_concurrent_patches_with_one_etag_one_wins,
-    concurrent_patches_without_if_match_lose_nothing,
-    list_pages_in_id_order,
-    authentication_and_scopes,
-    tokens_are_shown_once_and_revocable,
-    webhook_secrets_are_never_echoed,
-    deployments_list_starts_empty,
-);
-
-fn app_body() -> Value {
-    json!({
-        "environment_id": "production", "name": "API", "kind": "APPLICATION",
-        "auto_deploy": true,
-        "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop.git",
-                           "branch": "main", "root_path": "/"},
-        "deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "services/api/"}],
-        "image": null,
-        "tag_policy": null
-    })
+on_both_stores! {
+    service_lifecycle, if_match_gives_optimistic_concurrency, twenty_concurrent_patches_with_one_etag_one_wins,
+    concurrent_patches_without_if_match_lose_nothing, list_pages_in_id_order, authentication_and_scopes,
+    tokens_are_shown_once_and_revocable, webhook_secrets_are_never_echoed, deployments_list_starts_empty,
 }
 
+/// A valid service document of `tests/fixtures/services/` (`application`, `container`).
+fn service_document(name: &str) -> Value {
+    let path = format!("services/{name}.json");
+    serde_json::from_slice(&fixture_bytes(&path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// An auto-deployed APPLICATION following a GitHub repository, under a path restriction.
+fn app_body() -> Value {
+    service_document("application")
+}
+
+/// An auto-deployed CONTAINER on `ghcr.io` under a SEMVER tag policy.
 fn container_body() -> Value {
-    json!({
-        "environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
-        "image": {"registry": "ghcr.io", "image_name": "acme/api", "tag": "1.3.0"},
-        "tag_policy": {"type": "SEMVER", "range": ">=1.2.0 <2"}
-    })
+    service_document("container")
+}
+
+/// `body` merged with the JSON merge patch `patch`.
+fn patched(mut body: Value, patch: &Value) -> Value {
+    json_patch::merge(&mut body, patch);
+    body
 }
 
 #[tokio::test]
@@ -66,6 +62,7 @@ async fn unknown_routes_and_methods_use_the_error_shape() {
 }
 
 async fn service_lifecycle(api: Api) {
+    let path = "/organization/acme/services/api";
     let r = api.put_service("acme", "api", app_body()).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let first_etag = r.etag();
@@ -74,10 +71,7 @@ async fn service_lifecycle(api: Api) {
     assert_eq!(r.body["version"], 1);
     assert!(r.body["created_at"].is_string() && r.body["updated_at"].is_string());
 
-    let got = api
-        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
-        .await;
-    assert_eq!(got.status, StatusCode::OK);
+    let got = api.get_service("acme", "api").await;
     assert_eq!(got.etag(), first_etag);
     assert_eq!(got.body, r.body);
 
@@ -92,11 +86,9 @@ async fn service_lifecycle(api: Api) {
     assert_ne!(r.etag(), first_etag);
 
     // PATCH with a merge patch, both media types.
-    let r = api
-        .call_with(Method::PATCH, "/organization/acme/services/api", Some(ADMIN), None, &[])
-        .await;
+    let r = api.call_with(Method::PATCH, path, Some(ADMIN), None, &[]).await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let req = Request::patch("/organization/acme/services/api")
+    let req = Request::patch(path)
         .header("authorization", format!("Token {ADMIN}"))
         .header("content-type", "application/merge-patch+json")
         .body(Body::from(r#"{"auto_deploy": false, "deployment_restrictions": null}"#))
@@ -106,57 +98,30 @@ async fn service_lifecycle(api: Api) {
     assert_eq!(r.body["auto_deploy"], false);
     assert_eq!(r.body["deployment_restrictions"], json!([]));
     assert_eq!(r.body["version"], 3);
-    let r = api
-        .call(
-            Method::PATCH,
-            "/organization/acme/services/api",
-            Some(ADMIN),
-            Some(json!({"git_repository": {"branch": "release/*"}})),
-        )
-        .await;
+    let patch = json!({"git_repository": {"branch": "release/*"}});
+    let r = api.call(Method::PATCH, path, Some(ADMIN), Some(patch)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["git_repository"]["branch"], "release/*");
     assert_eq!(r.body["git_repository"]["url"], "https://github.com/acme/shop.git");
 
     // A patch that breaks a rule is refused and changes nothing.
     let r = api
-        .call(
-            Method::PATCH,
-            "/organization/acme/services/api",
-            Some(ADMIN),
-            Some(json!({"kind": "CONTAINER"})),
-        )
+        .call(Method::PATCH, path, Some(ADMIN), Some(json!({"kind": "CONTAINER"})))
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_fields(), vec!["git_repository", "image"]);
-    let r = api
-        .call(
-            Method::PATCH,
-            "/organization/acme/services/api",
-            Some(ADMIN),
-            Some(json!([1])),
-        )
-        .await;
+    let r = api.call(Method::PATCH, path, Some(ADMIN), Some(json!([1]))).await;
     assert_eq!(r.error_code(), "MALFORMED_BODY");
 
-    let r = api
-        .call(Method::DELETE, "/organization/acme/services/api", Some(ADMIN), None)
-        .await;
+    let r = api.call(Method::DELETE, path, Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert!(r.raw.is_empty());
     for method in [Method::GET, Method::DELETE] {
-        let r = api
-            .call(method, "/organization/acme/services/api", Some(ADMIN), None)
-            .await;
+        let r = api.call(method, path, Some(ADMIN), None).await;
         assert_eq!((r.status, r.error_code()), (StatusCode::NOT_FOUND, "NOT_FOUND"));
     }
     let r = api
-        .call(
-            Method::PATCH,
-            "/organization/acme/services/api",
-            Some(ADMIN),
-            Some(json!({"auto_deploy": true})),
-        )
+        .call(Method::PATCH, path, Some(ADMIN), Some(json!({"auto_deploy": true})))
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 
@@ -168,78 +133,44 @@ async fn service_lifecycle(api: Api) {
 }
 
 async fn if_match_gives_optimistic_concurrency(api: Api) {
-    let r = api.put_service("acme", "api", app_body()).await;
-    let etag = r.etag();
+    let etag = api.put_service("acme", "api", app_body()).await.etag();
     let path = "/organization/acme/services/api";
-    let patch = Some(json!({"auto_deploy": false}));
+    // A write of the service with `If-Match: if_match`: a PATCH turning auto-deploy off, a PUT
+    // of the whole document, or a DELETE.
+    let write = async |method: Method, path: &str, if_match: &str| {
+        let body = match method {
+            Method::PUT => Some(app_body()),
+            Method::PATCH => Some(json!({"auto_deploy": false})),
+            _ => None,
+        };
+        api.call_with(method, path, Some(ADMIN), body, &[("if-match", if_match)])
+            .await
+    };
 
-    let r = api
-        .call_with(
-            Method::PATCH,
-            path,
-            Some(ADMIN),
-            patch.clone(),
-            &[("if-match", etag.as_str())],
-        )
-        .await;
+    let r = write(Method::PATCH, path, &etag).await;
     assert_eq!(r.status, StatusCode::OK);
     let fresh = r.etag();
 
     for method in [Method::PATCH, Method::PUT, Method::DELETE] {
-        let body = match method {
-            Method::PUT => Some(app_body()),
-            Method::PATCH => patch.clone(),
-            _ => None,
-        };
-        let r = api
-            .call_with(method.clone(), path, Some(ADMIN), body, &[("if-match", etag.as_str())])
-            .await;
+        let r = write(method.clone(), path, &etag).await;
         assert_eq!(
             (r.status, r.error_code()),
             (StatusCode::PRECONDITION_FAILED, "PRECONDITION_FAILED"),
             "{method}"
         );
     }
-    let r = api
-        .call_with(
-            Method::PUT,
-            path,
-            Some(ADMIN),
-            Some(app_body()),
-            &[("if-match", "not-quoted")],
-        )
-        .await;
+    let r = write(Method::PUT, path, "not-quoted").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_fields(), vec!["If-Match"]);
     // If-Match on a service that does not exist.
-    let r = api
-        .call_with(
-            Method::PUT,
-            "/organization/acme/services/new",
-            Some(ADMIN),
-            Some(app_body()),
-            &[("if-match", "*")],
-        )
-        .await;
+    let r = write(Method::PUT, "/organization/acme/services/new", "*").await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
-    let r = api
-        .call_with(Method::PUT, path, Some(ADMIN), Some(app_body()), &[("if-match", "*")])
-        .await;
+    let r = write(Method::PUT, path, "*").await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = api
-        .call_with(Method::DELETE, path, Some(ADMIN), None, &[("if-match", fresh.as_str())])
-        .await;
+    let r = write(Method::DELETE, path, &fresh).await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "the PUT changed the ETag");
-    let current = api.call(Method::GET, path, Some(ADMIN), None).await.etag();
-    let r = api
-        .call_with(
-            Method::DELETE,
-            path,
-            Some(ADMIN),
-            None,
-            &[("if-match", current.as_str())],
-        )
-        .await;
+    let current = api.get_service("acme", "api").await.etag();
+    let r = write(Method::DELETE, path, &current).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
 }
 
@@ -272,10 +203,7 @@ async fn twenty_concurrent_patches_with_one_etag_one_wins(api: Api) {
         }
     }
     assert_eq!((ok, stale), (1, 19));
-    let r = api
-        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
-        .await;
-    assert_eq!(r.body["version"], 2);
+    assert_eq!(api.get_service("acme", "api").await.body["version"], 2);
 }
 
 async fn list_pages_in_id_order(api: Api) {
@@ -305,16 +233,12 @@ async fn list_pages_in_id_order(api: Api) {
     }
     assert_eq!(seen, vec!["a", "b", "c", "d", "e"]);
 
-    let r = api
-        .call(Method::GET, "/organization/acme/services", Some(ADMIN), None)
-        .await;
+    let r = api.admin_get("/organization/acme/services").await;
     assert_eq!(r.body["items"].as_array().unwrap().len(), 5);
     assert_eq!(r.body["next_cursor"], Value::Null);
 
     // A cursor is bound to its organization and its list.
-    let r = api
-        .call(Method::GET, "/organization/acme/services?limit=1", Some(ADMIN), None)
-        .await;
+    let r = api.admin_get("/organization/acme/services?limit=1").await;
     let c = r.body["next_cursor"].as_str().unwrap().to_owned();
     for path in [
         format!("/organization/other/services?cursor={c}"),
@@ -328,18 +252,11 @@ async fn list_pages_in_id_order(api: Api) {
     }
     for limit in ["0", "101", "abc", "-3"] {
         let r = api
-            .call(
-                Method::GET,
-                &format!("/organization/acme/services?limit={limit}"),
-                Some(ADMIN),
-                None,
-            )
+            .admin_get(&format!("/organization/acme/services?limit={limit}"))
             .await;
-        assert_eq!(r.error_fields(), vec!["limit"]);
+        assert_eq!(r.error_fields(), vec!["limit"], "{limit}");
     }
-    let r = api
-        .call(Method::GET, "/organization/acme/services?limit=100", Some(ADMIN), None)
-        .await;
+    let r = api.admin_get("/organization/acme/services?limit=100").await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -419,13 +336,9 @@ async fn authentication_and_scopes(api: Api) {
 }
 
 async fn tokens_are_shown_once_and_revocable(api: Api) {
+    let tokens = "/organization/acme/tokens";
     let r = api
-        .call(
-            Method::POST,
-            "/organization/acme/tokens",
-            Some(ADMIN),
-            Some(json!({"name": "ci"})),
-        )
+        .call(Method::POST, tokens, Some(ADMIN), Some(json!({"name": "ci"})))
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.body["scopes"], json!(["deploy", "manage"]));
@@ -433,49 +346,28 @@ async fn tokens_are_shown_once_and_revocable(api: Api) {
     let id = r.body["id"].as_str().unwrap().to_owned();
     assert!(token.starts_with("adt_"));
 
-    let list = api
-        .call(Method::GET, "/organization/acme/tokens", Some(ADMIN), None)
-        .await;
+    let list = api.admin_get(tokens).await;
     assert_eq!(list.status, StatusCode::OK);
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(list.body["items"][0]["id"], json!(id));
     assert!(list.body["items"][0].get("token").is_none());
     assert!(!String::from_utf8_lossy(&list.raw).contains(&token[4..]));
-    let other = api
-        .call(Method::GET, "/organization/other/tokens", Some(ADMIN), None)
-        .await;
+    let other = api.admin_get("/organization/other/tokens").await;
     assert_eq!(other.body["items"], json!([]));
 
+    // Revoked: the token no longer opens anything, and a second revocation finds nothing.
+    let services = "/organization/acme/services";
+    let revoke = format!("/organization/acme/tokens/{id}");
     assert_eq!(
-        api.call(Method::GET, "/organization/acme/services", Some(&token), None)
-            .await
-            .status,
+        api.call(Method::GET, services, Some(&token), None).await.status,
         StatusCode::OK
     );
-    let r = api
-        .call(
-            Method::DELETE,
-            &format!("/organization/acme/tokens/{id}"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
+    let r = api.call(Method::DELETE, &revoke, Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    let r = api
-        .call(
-            Method::DELETE,
-            &format!("/organization/acme/tokens/{id}"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
+    let r = api.call(Method::DELETE, &revoke, Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        api.call(Method::GET, "/organization/acme/services", Some(&token), None)
-            .await
-            .status,
-        StatusCode::UNAUTHORIZED
-    );
+    let r = api.call(Method::GET, services, Some(&token), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
     for (body, fields) in [
         (json!({}), vec!["name"]),
@@ -486,14 +378,7 @@ async fn tokens_are_shown_once_and_revocable(api: Api) {
         (json!({"name": "x", "scopes": ["deploy", "root"]}), vec!["scopes[1]"]),
         (json!({"name": "x", "extra": true}), vec!["extra"]),
     ] {
-        let r = api
-            .call(
-                Method::POST,
-                "/organization/acme/tokens",
-                Some(ADMIN),
-                Some(body.clone()),
-            )
-            .await;
+        let r = api.call(Method::POST, tokens, Some(ADMIN), Some(body.clone())).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(r.error_fields(), fields, "{body}");
     }
@@ -528,33 +413,15 @@ async fn webhook_secrets_are_never_echoed(api: Api) {
         assert_eq!(r.error_fields(), vec![field]);
         assert!(!String::from_utf8_lossy(&r.raw).contains("short"));
     }
-    let r = api
-        .call(
-            Method::PUT,
-            "/organization/acme/webhook-secrets/svn",
-            Some(ADMIN),
-            Some(json!({"secret": secret})),
-        )
-        .await;
-    assert_eq!(r.error_fields(), vec!["provider"]);
-    for provider in [
-        "gitlab",
-        "bitbucket",
-        "bitbucket-server",
-        "gitea",
-        "gogs",
-        "azure-devops",
-        "dockerhub",
-    ] {
-        let r = api
-            .call(
-                Method::PUT,
-                &format!("/organization/acme/webhook-secrets/{provider}"),
-                Some(ADMIN),
-                Some(json!({"secret": secret})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::NO_CONTENT, "{provider}");
+    // Every provider takes a secret, the registry that calls us too; an unknown one is refused.
+    let put_secret = async |provider: &str| {
+        let path = format!("/organization/acme/webhook-secrets/{provider}");
+        api.call(Method::PUT, &path, Some(ADMIN), Some(json!({ "secret": secret })))
+            .await
+    };
+    assert_eq!(put_secret("svn").await.error_fields(), vec!["provider"]);
+    for provider in git_providers().into_iter().chain(["dockerhub"]) {
+        assert_eq!(put_secret(provider).await.status, StatusCode::NO_CONTENT, "{provider}");
     }
 
     assert_eq!(
@@ -572,28 +439,14 @@ async fn webhook_secrets_are_never_echoed(api: Api) {
 }
 
 async fn deployments_list_starts_empty(api: Api) {
-    let r = api
-        .call(Method::GET, "/organization/acme/deployments", Some(ADMIN), None)
-        .await;
+    let r = api.admin_get("/organization/acme/deployments").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, json!({"items": [], "next_cursor": null}));
     let r = api
-        .call(
-            Method::GET,
-            "/organization/acme/deployments?service_id=api&limit=5",
-            Some(ADMIN),
-            None,
-        )
+        .admin_get("/organization/acme/deployments?service_id=api&limit=5")
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = api
-        .call(
-            Method::GET,
-            "/organization/acme/deployments?service_id=-bad",
-            Some(ADMIN),
-            None,
-        )
-        .await;
+    let r = api.admin_get("/organization/acme/deployments?service_id=-bad").await;
     assert_eq!(r.error_fields(), vec!["service_id"]);
 }
 
@@ -617,175 +470,67 @@ async fn path_identifiers_are_checked() {
     assert_eq!(r.error_fields(), vec!["id"]);
 }
 
-/// Each rule of SPEC's service validation, with the fields it must name.
+/// `tests/fixtures/services/invalid.json`.
+#[derive(Deserialize)]
+struct InvalidDocuments {
+    cases: Vec<Invalid>,
+}
+
+/// A case of `tests/fixtures/services/invalid.json`.
+#[derive(Deserialize)]
+struct Invalid {
+    case: String,
+    /// The valid document patched: `application` or `container`.
+    base: String,
+    patch: Value,
+    fields: Vec<String>,
+}
+
+impl Invalid {
+    fn new(case: &str, base: &str, patch: Value, field: &str) -> Self {
+        let (case, base, fields) = (case.to_owned(), base.to_owned(), vec![field.to_owned()]);
+        Self {
+            case,
+            base,
+            patch,
+            fields,
+        }
+    }
+}
+
+/// Each rule of SPEC's service validation, with the fields it must name: the cases of
+/// `tests/fixtures/services/invalid.json`, and two too long to write there. Every case is
+/// tried, and every one that fails is named.
 #[tokio::test]
 async fn every_validation_rule_names_its_field() {
     let api = Api::new();
-    let with = |patch: Value| {
-        let mut body = app_body();
-        json_patch::merge(&mut body, &patch);
-        body
-    };
-    let cases: Vec<(Value, Vec<&str>)> = vec![
-        (with(json!({"unknown": 1})), vec!["unknown"]),
-        (
-            with(json!({"git_repository": {"extra": 1}})),
-            vec!["git_repository.extra"],
-        ),
-        (with(json!({"environment_id": null})), vec!["environment_id"]),
-        (with(json!({"environment_id": "bad id"})), vec!["environment_id"]),
-        (with(json!({"kind": null})), vec!["kind"]),
-        (with(json!({"kind": "SERVERLESS"})), vec!["kind"]),
-        (with(json!({"name": ""})), vec!["name"]),
-        (with(json!({"name": "x".repeat(300)})), vec!["name"]),
-        (with(json!({"auto_deploy": "true"})), vec!["auto_deploy"]),
-        (
-            with(json!({"git_repository": {"provider": "SVN"}})),
-            vec!["git_repository.provider"],
-        ),
-        (
-            with(json!({"git_repository": {"branch": "a..b"}})),
-            vec!["git_repository.branch"],
-        ),
-        (
-            with(json!({"git_repository": {"branch": "-x"}})),
-            vec!["git_repository.branch"],
-        ),
-        (
-            with(json!({"git_repository": {"branch": "x.lock"}})),
-            vec!["git_repository.branch"],
-        ),
-        (
-            with(json!({"git_repository": {"branch": "a b"}})),
-            vec!["git_repository.branch"],
-        ),
-        (
-            with(json!({"git_repository": {"url": "not a url"}})),
-            vec!["git_repository.url"],
-        ),
-        (
-            with(json!({"git_repository": {"url": "ftp://h/a/b"}})),
-            vec!["git_repository.url"],
-        ),
-        (
-            with(json!({"git_repository": {"url": "https://user:hunter2@github.com/a/b"}})),
-            vec!["git_repository.url"],
-        ),
-        (
-            with(json!({"git_repository": {"root_path": "relative"}})),
-            vec!["git_repository.root_path"],
-        ),
-        (
-            with(json!({"git_repository": {"root_path": "/a/../b"}})),
-            vec!["git_repository.root_path"],
-        ),
-        (
-            with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "/abs"}]})),
-            vec!["deployment_restrictions[0].value"],
-        ),
-        (
-            with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "a/[b"}]})),
-            vec!["deployment_restrictions[0].value"],
-        ),
-        (
-            with(json!({"deployment_restrictions": [{"mode": "ALWAYS", "type": "PATH", "value": "a"}]})),
-            vec!["deployment_restrictions[0].mode"],
-        ),
-        (
-            with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "FILE", "value": "a"}]})),
-            vec!["deployment_restrictions[0].type"],
-        ),
-        (
-            with(json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": "a", "x": 1}]})),
-            vec!["deployment_restrictions[0].x"],
-        ),
-        (
-            with(json!({"git_repository": null})),
-            vec!["deployment_restrictions", "git_repository"],
-        ),
-        (
-            with(json!({"image": {"image_name": "acme/api", "tag": "1"}})),
-            vec!["image"],
-        ),
-        (
-            with(json!({"tag_policy": {"type": "GLOB", "pattern": "*"}})),
-            vec!["tag_policy"],
-        ),
-    ];
-    for (body, fields) in cases {
-        let r = api.put_service("acme", "api", body.clone()).await;
-        assert_eq!(
-            (r.status, r.error_code()),
-            (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
-            "{body}"
-        );
-        assert_eq!(r.error_fields(), fields, "{body}");
+    let fixture: InvalidDocuments = serde_json::from_slice(&fixture_bytes("services/invalid.json")).unwrap();
+    let mut cases = fixture.cases;
+    let name = json!({"name": "x".repeat(300)});
+    cases.push(Invalid::new("a name of 300 characters", "application", name, "name"));
+    let tag = json!({"image": {"tag": "x".repeat(129)}});
+    cases.push(Invalid::new("a tag of 129 characters", "container", tag, "image.tag"));
+    assert_eq!(cases.len(), 40);
+    let mut failed = Vec::new();
+    for invalid in &cases {
+        let (case, fields) = (&invalid.case, &invalid.fields);
+        let body = patched(service_document(&invalid.base), &invalid.patch);
+        let r = api.put_service("acme", "svc", body).await;
+        let refused = (r.status, r.error_code(), r.error_fields());
+        if refused != (StatusCode::BAD_REQUEST, "VALIDATION_FAILED", fields.clone()) {
+            failed.push(format!("{case}: {} got {refused:?}, not {fields:?}", invalid.patch));
+        }
         // A refused URL's credentials never come back.
-        assert!(!String::from_utf8_lossy(&r.raw).contains("hunter2"));
+        assert!(!String::from_utf8_lossy(&r.raw).contains("hunter2"), "{case}");
     }
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
 
-    let with_image = |patch: Value| {
-        let mut body = container_body();
-        json_patch::merge(&mut body, &patch);
-        body
-    };
-    let cases: Vec<(Value, Vec<&str>)> = vec![
-        (with_image(json!({"image": null})), vec!["image", "tag_policy"]),
-        (with_image(json!({"image": {"tag": "-x"}})), vec!["image.tag"]),
-        (
-            with_image(json!({"image": {"tag": "x".repeat(129)}})),
-            vec!["image.tag"],
-        ),
-        (
-            with_image(json!({"image": {"image_name": "Acme/API"}})),
-            vec!["image.image_name"],
-        ),
-        (
-            with_image(json!({"image": {"image_name": ""}})),
-            vec!["image.image_name"],
-        ),
-        (
-            with_image(json!({"image": {"registry": "not a host"}})),
-            vec!["image.registry"],
-        ),
-        (
-            with_image(json!({"tag_policy": {"type": "SEMVER", "range": ">=x"}})),
-            vec!["tag_policy.range"],
-        ),
-        (
-            with_image(json!({"tag_policy": {"type": "REGEX", "pattern": "(", "range": null}})),
-            vec!["tag_policy.pattern"],
-        ),
-        (
-            with_image(json!({"tag_policy": {"type": "GLOB", "pattern": "[", "range": null}})),
-            vec!["tag_policy.pattern"],
-        ),
-        (
-            with_image(json!({"tag_policy": {"type": "LATEST"}})),
-            vec!["tag_policy.type"],
-        ),
-        (
-            with_image(json!({"tag_policy": {"bogus": 1}})),
-            vec!["tag_policy.bogus"],
-        ),
-        (
-            with_image(
-                json!({"git_repository": {"provider": "GITHUB", "url": "https://github.com/a/b", "branch": "main"}}),
-            ),
-            vec!["git_repository"],
-        ),
-        (
-            with_image(
-                json!({"kind": "JOB", "git_repository": {"provider": "GITHUB", "url": "https://github.com/a/b", "branch": "main"}}),
-            ),
-            vec!["image"],
-        ),
-    ];
-    for (body, fields) in cases {
-        let r = api.put_service("acme", "worker", body.clone()).await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}");
-        assert_eq!(r.error_fields(), fields, "{body}");
-    }
     // All of these at once: every bad field is named.
     let body = json!({"environment_id": "bad id", "kind": "APPLICATION", "name": "", "auto_deploy": 1,
                       "git_repository": {"provider": "GITHUB", "url": "x", "branch": "a..b"}, "zzz": 0});
@@ -807,16 +552,15 @@ async fn every_validation_rule_names_its_field() {
         api.put_service("acme", "c", container_body()).await.status,
         StatusCode::CREATED
     );
-    let job_git = with(json!({"kind": "JOB"}));
+    let job_git = patched(app_body(), &json!({"kind": "JOB"}));
     assert_eq!(api.put_service("acme", "j1", job_git).await.status, StatusCode::CREATED);
-    let job_image = with_image(
-        json!({"kind": "JOB", "tag_policy": {"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$", "range": null}}),
+    let job_image = patched(
+        container_body(),
+        &json!({"kind": "JOB", "tag_policy": {"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$", "range": null}}),
     );
     let r = api.put_service("acme", "j2", job_image).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = api
-        .call(Method::GET, "/organization/acme/services/c", Some(ADMIN), None)
-        .await;
+    let r = api.get_service("acme", "c").await;
     assert_eq!(r.body["image"]["registry"], "ghcr.io");
 }
 
@@ -937,9 +681,7 @@ async fn concurrent_patches_without_if_match_lose_nothing(api: Api) {
     for t in tasks {
         assert_eq!(t.await.unwrap(), StatusCode::OK);
     }
-    let r = api
-        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
-        .await;
+    let r = api.get_service("acme", "api").await;
     assert_eq!(r.body["name"], "Renamed");
     assert_eq!(r.body["auto_deploy"], false);
     assert_eq!(r.body["environment_id"], "staging");
@@ -960,9 +702,7 @@ async fn health_follows_the_store() {
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
     );
     // A settings read with the store down is a 503 too, never a 404 or a 500.
-    let r = api
-        .call(Method::GET, "/organization/acme/services/api", Some(ADMIN), None)
-        .await;
+    let r = api.admin_get("/organization/acme/services/api").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     aws.store_proxy.pass_through();
     let r = api.call(Method::GET, "/health", None, None).await;

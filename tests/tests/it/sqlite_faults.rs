@@ -8,12 +8,10 @@
 
 use std::time::Duration;
 
-use autodeploy_tests::{ADMIN, Api, Reply, fixture, outcome};
+use autodeploy_tests::{ADMIN, Api, GITHUB_REPO, Reply, fixture, outcome};
 use http::{Method, StatusCode};
 use rusqlite::Connection;
 use serde_json::json;
-
-const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
 
 /// A second connection to the API's database file, as another process would open it.
 fn second_connection(api: &Api) -> Connection {

@@ -20,33 +20,14 @@ use autodeploy_core::registry::ImageSourceKind;
 use autodeploy_tests::{TestStore, on_both_stores};
 use futures::future::join_all;
 
-on_both_stores!(
-    ping,
-    put_get_replace,
-    list_services_in_pages,
-    delete_service,
-    services_by_repository,
-    services_by_image_path,
-    secrets,
-    tokens,
-    record_with_push_guard,
-    record_with_service_unchanged_guard,
-    a_replay_cannot_roll_a_service_back,
-    a_reapply_after_a_rollback_queues,
-    concurrent_pushes_record_once,
-    concurrent_replaces_one_wins,
-    list_deployments_newest_first,
-    pending_until_marked_queued,
-    held_behind_older_pending,
-    attempts_only_go_forward,
-    concurrent_starts_start_once,
-    deliveries,
-    an_attempt_begins_and_delivers,
-    a_retried_attempt_begins_again,
-    the_newest_waiting_deployment_wins,
-    final_statuses_never_move,
-    an_attempt_ends_only_in_progress,
-);
+on_both_stores! {
+    ping, put_get_replace, list_services_in_pages, delete_service, services_by_repository, services_by_image_path,
+    secrets, tokens, record_with_push_guard, record_with_service_unchanged_guard, a_replay_cannot_roll_a_service_back,
+    a_reapply_after_a_rollback_queues, concurrent_pushes_record_once, concurrent_replaces_one_wins,
+    list_deployments_newest_first, pending_until_marked_queued, held_behind_older_pending, attempts_only_go_forward,
+    concurrent_starts_start_once, deliveries, an_attempt_begins_and_delivers, a_retried_attempt_begins_again,
+    the_newest_waiting_deployment_wins, final_statuses_never_move, an_attempt_ends_only_in_progress,
+}
 
 // ---------------------------------------------------------------------------------------------
 // Builders
@@ -1699,7 +1680,6 @@ async fn admin_token_from_secrets_manager() {
     use sha2::{Digest, Sha256};
 
     let config = autodeploy_tests::aws_sdk_config(&autodeploy_tests::moto_url()).await;
-    let client = aws_sdk_secretsmanager::Client::new(&config);
     let name = autodeploy_tests::unique_name("admin-token");
     let source = autodeploy_api::aws::SecretsManagerAdminToken::new(&config, &name);
 
@@ -1707,24 +1687,12 @@ async fn admin_token_from_secrets_manager() {
     assert!(matches!(missing, Err(StoreError::Unavailable(_))), "{missing:?}");
 
     let token = "an-admin-token-for-tests";
-    client
-        .create_secret()
-        .name(&name)
-        .secret_string(token)
-        .send()
-        .await
-        .expect("create_secret");
+    autodeploy_tests::set_secret(&config, &name, token).await;
     let want: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     assert_eq!(source.admin_token_sha256().await.expect("digest"), Some(want));
 
     // Cached: a later change of the secret is not read again by this instance.
-    client
-        .put_secret_value()
-        .secret_id(&name)
-        .secret_string("another-token")
-        .send()
-        .await
-        .expect("put_secret_value");
+    autodeploy_tests::set_secret(&config, &name, "another-token").await;
     assert_eq!(source.admin_token_sha256().await.expect("digest"), Some(want));
 }
 

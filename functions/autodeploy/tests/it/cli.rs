@@ -536,41 +536,26 @@ fn a_closed_stdout_changes_no_answer() {
 /// of each organization; past it a PUT is a 400 naming `service`, replacing one is not.
 #[test]
 fn an_organization_holds_at_most_max_services() {
-    let auth = format!("Bearer {ADMIN}");
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
-    let put = |port: u16, org: &str, id: &str| {
-        let body = format!(
-            r#"{{"environment_id": "production", "kind": "APPLICATION",
-                 "git_repository": {{"provider": "GITHUB", "url": "https://github.com/acme/{id}", "branch": "main"}}}}"#
-        );
-        http(
-            port,
-            "PUT",
-            &format!("/organization/{org}/services/{id}"),
-            &headers,
-            body.as_bytes(),
-        )
-    };
     for launch in [
         Launch::new(ADMIN).env("AUTODEPLOY_MAX_SERVICES", Some("2")),
         Launch::new(ADMIN).args(["--max-services", "2"]),
     ] {
         let server = launch.start();
-        assert_eq!(put(server.port, "acme", "one").0, 201);
-        assert_eq!(put(server.port, "acme", "two").0, 201);
-        let (status, body) = put(server.port, "acme", "three");
+        let put = |org: &str, id: &str| {
+            let body = serde_json::json!({"environment_id": "production", "kind": "APPLICATION",
+                "git_repository": {"provider": "GITHUB", "url": format!("https://github.com/acme/{id}"), "branch": "main"}});
+            server.call(ADMIN, "PUT", &format!("/organization/{org}/services/{id}"), Some(body))
+        };
+        assert_eq!(put("acme", "one").0, 201);
+        assert_eq!(put("acme", "two").0, 201);
+        let (status, body) = put("acme", "three");
         assert_eq!(status, 400, "{body}");
-        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(body["error"]["details"][0]["field"], "service", "{body}");
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("AUTODEPLOY_MAX_SERVICES"),
-            "{body}"
-        );
-        assert_eq!(put(server.port, "acme", "two").0, 200);
-        assert_eq!(put(server.port, "other", "three").0, 201);
+        let error = &body["error"];
+        assert_eq!(error["details"][0]["field"], "service", "{body}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("AUTODEPLOY_MAX_SERVICES"), "{body}");
+        assert_eq!(put("acme", "two").0, 200);
+        assert_eq!(put("other", "three").0, 201);
     }
     let out = run(&["serve", "--max-services", "0"], &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)]);
     assert_eq!(out.status.code(), Some(2));

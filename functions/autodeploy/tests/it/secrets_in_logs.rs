@@ -8,7 +8,7 @@
 //! secrets, the targets' secrets and tokens, the signatures sent or received, nor the wrong
 //! ones the bad requests tried.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::{Launch, http};
 use crate::receiver::{Answer, Receiver, ca_file};
@@ -49,6 +49,15 @@ fn fixture(path: &str) -> Vec<u8> {
     .unwrap()
 }
 
+const GITHUB_REPO: &str = "https://github.com/binkkatal/sample_app.git";
+const AZURE_REPO: &str = "https://fabrikam-fiber-inc.visualstudio.com/DefaultCollection/_git/Fabrikam-Fiber-Git";
+
+/// An auto-deployed application following `url` at `master`.
+fn application(provider: &str, url: &str) -> Value {
+    json!({"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+           "git_repository": {"provider": provider, "url": url, "branch": "master"}})
+}
+
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -87,6 +96,11 @@ fn a_full_run_at_trace_level_logs_no_secret() {
 
     let admin = format!("Token {ADMIN}");
     let json = ("Content-Type", "application/json");
+    // A read, and a write with a JSON body, with `auth` as the Authorization header.
+    let get = |auth: &str, path: &str| http(port, "GET", path, &[("Authorization", auth)], b"");
+    let write = |auth: &str, method: &str, path: &str, body: &str| {
+        http(port, method, path, &[("Authorization", auth), json], body.as_bytes())
+    };
     let expect = |(status, body): (u16, String), want: u16, what: &str| {
         assert_eq!(status, want, "{what}: {body}");
         for secret in SECRETS.iter().chain(WRONG) {
@@ -97,34 +111,21 @@ fn a_full_run_at_trace_level_logs_no_secret() {
 
     // Settings: services, secrets, tokens.
     let services = [
-        (
-            "web",
-            r#"{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
-               "git_repository": {"provider": "GITHUB", "url": "https://github.com/binkkatal/sample_app.git", "branch": "master"}}"#,
-        ),
+        ("web", application("GITHUB", GITHUB_REPO)),
         (
             "diaspora",
-            r#"{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
-               "git_repository": {"provider": "GITLAB", "url": "http://example.com/mike/diaspora.git", "branch": "master"}}"#,
+            application("GITLAB", "http://example.com/mike/diaspora.git"),
         ),
-        (
-            "azure",
-            r#"{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
-               "git_repository": {"provider": "AZURE_DEVOPS", "url": "https://fabrikam-fiber-inc.visualstudio.com/DefaultCollection/_git/Fabrikam-Fiber-Git", "branch": "master"}}"#,
-        ),
+        ("azure", application("AZURE_DEVOPS", AZURE_REPO)),
         (
             "api",
-            r#"{"environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
-               "image": {"registry": "docker.io", "image_name": "acme/api", "tag": "v2.4.0"}}"#,
+            json!({"environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
+                   "image": {"registry": "docker.io", "image_name": "acme/api", "tag": "v2.4.0"}}),
         ),
     ];
     for (id, body) in services {
         let path = format!("/organization/acme/services/{id}");
-        expect(
-            http(port, "PUT", &path, &[("Authorization", &admin), json], body.as_bytes()),
-            201,
-            id,
-        );
+        expect(write(&admin, "PUT", &path, &body.to_string()), 201, id);
     }
     for (provider, secret) in [
         ("github", GITHUB_SECRET),
@@ -133,28 +134,14 @@ fn a_full_run_at_trace_level_logs_no_secret() {
         ("dockerhub", DOCKERHUB_SECRET),
     ] {
         let path = format!("/organization/acme/webhook-secrets/{provider}");
-        let body = format!(r#"{{"secret": "{secret}"}}"#);
-        expect(
-            http(port, "PUT", &path, &[("Authorization", &admin), json], body.as_bytes()),
-            204,
-            provider,
-        );
-        expect(
-            http(port, "GET", &path, &[("Authorization", &admin)], b""),
-            200,
-            provider,
-        );
+        let body = json!({ "secret": secret }).to_string();
+        expect(write(&admin, "PUT", &path, &body), 204, provider);
+        expect(get(&admin, &path), 200, provider);
     }
     let (mut tokens, mut token_ids) = (Vec::new(), Vec::new());
     for scopes in [r#"["manage"]"#, r#"["deploy"]"#] {
         let body = format!(r#"{{"name": "ci", "scopes": {scopes}}}"#);
-        let (status, reply) = http(
-            port,
-            "POST",
-            "/organization/acme/tokens",
-            &[("Authorization", &admin), json],
-            body.as_bytes(),
-        );
+        let (status, reply) = write(&admin, "POST", "/organization/acme/tokens", &body);
         assert_eq!(status, 201, "{reply}");
         let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
         tokens.push(reply["token"].as_str().unwrap().to_owned());
@@ -204,7 +191,7 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     let mut generated = String::new();
     for (id, body) in &targets {
         let path = format!("/organization/acme/targets/{id}");
-        let (status, reply) = http(port, "PUT", &path, &[("Authorization", &manage), json], body.as_bytes());
+        let (status, reply) = write(&manage, "PUT", &path, body);
         assert_eq!(status, 201, "{id}: {reply}");
         if *id == "hook" {
             // Generated, and shown this once.
@@ -214,91 +201,41 @@ fn a_full_run_at_trace_level_logs_no_secret() {
             assert!(!reply.contains(&target_secret), "{reply}");
             expect((status, reply), 201, id);
         }
-        let shown = expect(http(port, "GET", &path, &[("Authorization", &manage)], b""), 200, id);
+        let shown = expect(get(&manage, &path), 200, id);
         assert!(
             !shown.contains(&generated) && !shown.contains(&target_secret),
             "{shown}"
         );
     }
-    let listed = expect(
-        http(
-            port,
-            "GET",
-            "/organization/acme/targets",
-            &[("Authorization", &manage)],
-            b"",
-        ),
-        200,
-        "targets",
-    );
+    let listed = expect(get(&manage, "/organization/acme/targets"), 200, "targets");
     assert!(
         !listed.contains(&generated) && !listed.contains(&target_secret),
         "{listed}"
     );
     let refused = format!(r#"{{"type": "QOVERY", "token": "{}", "api_url": "ftp://x"}}"#, WRONG[6]);
-    expect(
-        http(
-            port,
-            "PUT",
-            "/organization/acme/targets/bad",
-            &[("Authorization", &manage), json],
-            refused.as_bytes(),
-        ),
-        400,
-        "a refused target",
-    );
+    let put_refused = write(&manage, "PUT", "/organization/acme/targets/bad", &refused);
+    expect(put_refused, 400, "a refused target");
     // Services delivered to them: the GitHub push below queues one for each.
     for (id, target, external_id) in [
-        ("hooked", "hook", "null"),
-        ("signed", "signed", "null"),
-        ("qov", "qovery", r#""0b1c2d3e-app""#),
-        ("act", "actions", "null"),
+        ("hooked", "hook", Value::Null),
+        ("signed", "signed", Value::Null),
+        ("qov", "qovery", json!("0b1c2d3e-app")),
+        ("act", "actions", Value::Null),
     ] {
-        let body = format!(
-            r#"{{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
-               "git_repository": {{"provider": "GITHUB", "url": "https://github.com/binkkatal/sample_app.git", "branch": "master"}},
-               "deploy_target": {{"target_id": "{target}", "external_id": {external_id}}}}}"#
-        );
+        let mut body = application("GITHUB", GITHUB_REPO);
+        body["deploy_target"] = json!({"target_id": target, "external_id": external_id});
         let path = format!("/organization/acme/services/{id}");
-        expect(
-            http(port, "PUT", &path, &[("Authorization", &manage), json], body.as_bytes()),
-            201,
-            id,
-        );
+        expect(write(&manage, "PUT", &path, &body.to_string()), 201, id);
     }
-    expect(
-        http(
-            port,
-            "GET",
-            "/organization/acme/services",
-            &[("Authorization", &manage)],
-            b"",
-        ),
-        200,
-        "list",
+    expect(get(&manage, "/organization/acme/services"), 200, "list");
+    let patch = write(
+        &manage,
+        "PATCH",
+        "/organization/acme/services/web",
+        r#"{"name": "Web"}"#,
     );
-    expect(
-        http(
-            port,
-            "PATCH",
-            "/organization/acme/services/web",
-            &[("Authorization", &manage), json],
-            br#"{"name": "Web"}"#,
-        ),
-        200,
-        "patch",
-    );
-    expect(
-        http(
-            port,
-            "GET",
-            "/organization/acme/tokens",
-            &[("Authorization", &admin)],
-            b"",
-        ),
-        200,
-        "tokens",
-    );
+    expect(patch, 200, "patch");
+    expect(get(&admin, "/organization/acme/tokens"), 200, "tokens");
 
     // Pushes, signed or carrying the secret.
     let github = fixture("github/gp-push.json");
@@ -410,104 +347,45 @@ fn a_full_run_at_trace_level_logs_no_secret() {
 
     // Bad requests: unknown and foreign tokens, a short secret, malformed bodies.
     let wrong_token = format!("Token {}", WRONG[0]);
+    expect(get(&wrong_token, "/organization/acme/services"), 401, "wrong token");
     expect(
-        http(
-            port,
-            "GET",
-            "/organization/acme/services",
-            &[("Authorization", &wrong_token)],
-            b"",
-        ),
-        401,
-        "wrong token",
-    );
-    expect(
-        http(
-            port,
-            "GET",
-            "/organization/globex/services",
-            &[("Authorization", &manage)],
-            b"",
-        ),
+        get(&manage, "/organization/globex/services"),
         403,
         "another organization",
     );
-    expect(
-        http(
-            port,
-            "GET",
-            "/organization/acme/tokens",
-            &[("Authorization", &manage)],
-            b"",
+    expect(get(&manage, "/organization/acme/tokens"), 403, "tokens need the admin");
+    let github_secret = "/organization/acme/webhook-secrets/github";
+    for (body, what) in [
+        (format!(r#"{{"secret": "{}"}}"#, WRONG[4]), "short secret"),
+        (
+            format!(r#"{{"secret": "{GITHUB_SECRET}", "extra": 1"#),
+            "malformed secret body",
         ),
-        403,
-        "tokens need the admin",
-    );
-    let short = format!(r#"{{"secret": "{}"}}"#, WRONG[4]);
-    expect(
-        http(
-            port,
-            "PUT",
-            "/organization/acme/webhook-secrets/github",
-            &[("Authorization", &admin), json],
-            short.as_bytes(),
+        (
+            format!(r#"{{"secret": "{GITHUB_SECRET}", "value": "{GITHUB_SECRET}"}}"#),
+            "unknown field beside the secret",
         ),
-        400,
-        "short secret",
+    ] {
+        expect(write(&admin, "PUT", github_secret, &body), 400, what);
+    }
+    let mut credentials = application(
+        "GITHUB",
+        "https://user:logs-wrong-token-aaaaaaaaaaaa@github.com/a/b.git",
     );
-    let malformed = format!(r#"{{"secret": "{GITHUB_SECRET}", "extra": 1"#);
-    expect(
-        http(
-            port,
-            "PUT",
-            "/organization/acme/webhook-secrets/github",
-            &[("Authorization", &admin), json],
-            malformed.as_bytes(),
-        ),
-        400,
-        "malformed secret body",
+    credentials["git_repository"]["branch"] = json!("main");
+    let put_credentials = write(
+        &admin,
+        "PUT",
+        "/organization/acme/services/creds",
+        &credentials.to_string(),
     );
-    let unknown = format!(r#"{{"secret": "{GITHUB_SECRET}", "value": "{GITHUB_SECRET}"}}"#);
-    expect(
-        http(
-            port,
-            "PUT",
-            "/organization/acme/webhook-secrets/github",
-            &[("Authorization", &admin), json],
-            unknown.as_bytes(),
-        ),
-        400,
-        "unknown field beside the secret",
-    );
-    let credentials = r#"{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
-        "git_repository": {"provider": "GITHUB", "url": "https://user:logs-wrong-token-aaaaaaaaaaaa@github.com/a/b.git", "branch": "main"}}"#;
-    expect(
-        http(
-            port,
-            "PUT",
-            "/organization/acme/services/creds",
-            &[("Authorization", &admin), json],
-            credentials.as_bytes(),
-        ),
-        400,
-        "credentials in a URL",
-    );
+    expect(put_credentials, 400, "credentials in a URL");
     expect(
         send(hook, as_refs(&github_headers(&signature, "d-3")), b"{not json"),
         401,
         "garbage",
     );
-    expect(
-        http(
-            port,
-            "GET",
-            "/organization/acme/deployments",
-            &[("Authorization", &admin)],
-            b"",
-        ),
-        200,
-        "deployments",
-    );
+    expect(get(&admin, "/organization/acme/deployments"), 200, "deployments");
 
     // The dispatcher's work: three delivered, Qovery's refusal recorded without its token.
     let deployments = server.wait_for_deployments(ADMIN, |listed| {
@@ -533,13 +411,7 @@ fn a_full_run_at_trace_level_logs_no_secret() {
 
     // The deliveries history, listed and one by one, filtered.
     let history = expect(
-        http(
-            port,
-            "GET",
-            "/organization/acme/deliveries?limit=100",
-            &[("Authorization", &manage)],
-            b"",
-        ),
+        get(&manage, "/organization/acme/deliveries?limit=100"),
         200,
         "deliveries",
     );
@@ -548,23 +420,13 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     assert_eq!(history.len(), 10, "{history:#?}");
     for delivery in history {
         let path = format!("/organization/acme/deliveries/{}", delivery["id"].as_str().unwrap());
-        expect(
-            http(port, "GET", &path, &[("Authorization", &manage)], b""),
-            200,
-            "delivery",
-        );
+        expect(get(&manage, &path), 200, "delivery");
     }
-    expect(
-        http(
-            port,
-            "GET",
-            "/organization/acme/deliveries?outcome=REJECTED&source=dockerhub",
-            &[("Authorization", &manage)],
-            b"",
-        ),
-        200,
-        "rejected deliveries",
+    let rejected = get(
+        &manage,
+        "/organization/acme/deliveries?outcome=REJECTED&source=dockerhub",
     );
+    expect(rejected, 200, "rejected deliveries");
 
     // Stop, then read everything the process wrote.
     assert!(server.terminate().success());
@@ -599,20 +461,21 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     // 8 services, a PATCH, 4 secrets, 2 tokens, 4 targets.
     assert_eq!(audit.len(), 19, "{audit:#?}");
     let by_manage = format!("token_id=\"{}\" token_name=\"ci\"", token_ids[0]);
-    assert!(
-        audit.iter().any(|l| l.contains(&by_manage)
-            && l.contains("route=PUT /organization/{org}/targets/{target_id}")
-            && l.contains("resource=\"deploy target qovery\"")
-            && l.contains("version=1")),
-        "{audit:#?}"
-    );
-    assert!(
-        audit.iter().any(|l| l.contains(&by_manage)
-            && l.contains("route=PATCH /organization/{org}/services/{service_id}")
-            && l.contains("resource=\"service web\"")
-            && l.contains("version=2")),
-        "{audit:#?}"
-    );
+    for (route, resource, version) in [
+        ("PUT /organization/{org}/targets/{target_id}", "deploy target qovery", 1),
+        ("PATCH /organization/{org}/services/{service_id}", "service web", 2),
+    ] {
+        let wants = [
+            by_manage.clone(),
+            format!("route={route}"),
+            format!("resource=\"{resource}\""),
+            format!("version={version}"),
+        ];
+        assert!(
+            audit.iter().any(|l| wants.iter().all(|want| l.contains(want.as_str()))),
+            "no audit line by the manage token for {route}: {audit:#?}"
+        );
+    }
     eprintln!(
         "{} log lines and {} queued messages, none holding any of {} secrets",
         stderr.lines().count(),
