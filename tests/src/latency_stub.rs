@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use autodeploy_api::aws::DynamoStore;
-use autodeploy_api::store::{Expected, ServiceStore, TenantLimits};
+use autodeploy_api::store::{Expected, ServiceStore, StoredService, TenantLimits};
 use autodeploy_api::util::{new_etag, now_rfc3339};
 use autodeploy_core::model::{Service, parse_service_document};
 use bytes::Bytes;
@@ -71,8 +71,9 @@ pub async fn seed(store: &DynamoStore, seeds: &[Seed]) {
             created_at: now.clone(),
             updated_at: now,
         };
+        let stored = StoredService::new(service, new_etag());
         store
-            .put_service(&service, &new_etag(), Expected::Absent, TenantLimits::default())
+            .put_service(&stored, Expected::Absent, TenantLimits::default())
             .await
             .unwrap_or_else(|e| panic!("seeding {}/{}: {e}", seed.org, seed.id));
     });

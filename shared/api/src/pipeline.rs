@@ -7,10 +7,9 @@
 
 use std::collections::HashSet;
 
-use autodeploy_core::delivery::HistoryDraft;
 use autodeploy_core::deployment::{DeploymentRequest, DeploymentStatus};
 
-use crate::store::{Candidate, DeliveryKey, DeploymentQueue, RecordOutcome, Store, StoreError};
+use crate::store::{Batch, DeploymentQueue, RecordOutcome, Store, StoreError};
 use crate::util::deployment_ids_before;
 
 /// How long a request may hold a deployment `PENDING` before it is sent or left for the relay:
@@ -29,25 +28,23 @@ pub enum Outcome {
     Failed(StoreError),
 }
 
-/// Record every candidate (guard and record in one write each) and remember `delivery` with
-/// them, then send the recorded ones that are still pending, but for those whose service has a
+/// Record every candidate of `batch` (guard and record in one write each) and remember its
+/// delivery with them, then send the recorded ones that are still pending, but for those whose service has a
 /// deployment left `PENDING` longer than `in_flight_horizon` ago ([`IN_FLIGHT_HORIZON`]): the
 /// relay sends those after it. Returns one outcome per candidate; `Err` when the store did not
 /// answer at all (nothing was written).
 pub async fn record_and_send(
     store: &dyn Store,
     queue: &dyn DeploymentQueue,
-    org: &str,
-    candidates: &[Candidate],
-    delivery: Option<&DeliveryKey>,
-    history: Option<&HistoryDraft>,
+    batch: Batch<'_>,
     in_flight_horizon: std::time::Duration,
 ) -> Result<Vec<Outcome>, StoreError> {
-    if candidates.is_empty() && delivery.is_none() && history.is_none() {
+    let candidates = batch.candidates;
+    if candidates.is_empty() && batch.delivery.is_none() && batch.history.is_none() {
         return Ok(Vec::new());
     }
     let mut outcomes: Vec<Outcome> = store
-        .record_deployments(org, candidates, delivery, history)
+        .record_deployments(batch)
         .await?
         .into_iter()
         .map(|result| match result {

@@ -11,6 +11,10 @@ use autodeploy_core::target::TargetSpec;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A change the store may refuse: the outer error is the store failing, the inner a
+/// [`Refusal`] of the change itself.
+pub type Refusable<T> = StoreResult<Result<T, Refusal>>;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store did not answer, or answered with an error: the caller gets a 503 and may
@@ -85,6 +89,15 @@ pub enum Expected {
 }
 
 impl StoredService {
+    /// `service` as a write stores it, with its new `etag`.
+    pub fn new(service: Service, etag: String) -> Self {
+        Self {
+            service,
+            etag,
+            last_push: None,
+        }
+    }
+
     /// The commit the service was last queued for: the `after` of its last queued push.
     pub fn current_commit(&self) -> Option<&str> {
         self.last_push
@@ -92,6 +105,31 @@ impl StoredService {
             .and_then(|mark| mark.split_once(".."))
             .map(|(_, after)| after)
     }
+}
+
+/// Which page of a list to read: the items after the one whose key is `after` (from the first
+/// when `None`), `limit` at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest<'a> {
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
+impl<'a> PageRequest<'a> {
+    pub fn new(after: Option<&'a str>, limit: usize) -> Self {
+        Self { after, limit }
+    }
+
+    pub fn first(limit: usize) -> Self {
+        Self::new(None, limit)
+    }
+}
+
+/// A page of the items `filter` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery<'a, F> {
+    pub filter: F,
+    pub page: PageRequest<'a>,
 }
 
 /// One page of a list, with the key of its last item when more may follow.
@@ -153,6 +191,8 @@ pub struct DeploymentFilter {
     pub status: Option<DeploymentStatus>,
 }
 
+pub type DeploymentQuery<'a> = ListQuery<'a, DeploymentFilter>;
+
 /// A processed delivery to remember with a request's records, so that it is processed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryKey {
@@ -160,6 +200,32 @@ pub struct DeliveryKey {
     pub source: String,
     pub id: String,
     pub expires_unix: i64,
+}
+
+/// What one request records: its deployments, each under its guard, and the delivery they came
+/// from, to remember (`delivery`) and to add to the history (`history`).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub org: &'a str,
+    pub candidates: &'a [Candidate],
+    pub delivery: Option<&'a DeliveryKey>,
+    pub history: Option<&'a HistoryDraft>,
+}
+
+impl<'a> Batch<'a> {
+    pub fn new(
+        org: &'a str,
+        candidates: &'a [Candidate],
+        delivery: Option<&'a DeliveryKey>,
+        history: Option<&'a HistoryDraft>,
+    ) -> Self {
+        Self {
+            org,
+            candidates,
+            delivery,
+            history,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,18 +238,12 @@ pub enum RecordOutcome {
 
 #[async_trait]
 pub trait ServiceStore: Send + Sync {
-    /// Create or replace `service` if the stored state is `expected`, within `limits`; keeps
-    /// `last_push`.
-    async fn put_service(
-        &self,
-        service: &Service,
-        etag: &str,
-        expected: Expected,
-        limits: TenantLimits,
-    ) -> StoreResult<()>;
+    /// Create or replace `stored.service` with `stored.etag` if the stored state is `expected`,
+    /// within `limits`; keeps the stored `last_push` (`stored.last_push` is not written).
+    async fn put_service(&self, stored: &StoredService, expected: Expected, limits: TenantLimits) -> StoreResult<()>;
     async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>>;
-    /// Services of `org` in id order, starting after `after`.
-    async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>>;
+    /// Services of `org` in id order.
+    async fn list_services(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredService>>;
     /// Delete when the stored etag is `expected` (any state when `None`); `false` when absent.
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool>;
     /// Every service of `org` whose repository normalizes to `repository` (disabled ones too,
@@ -203,7 +263,7 @@ pub trait SecretStore: Send + Sync {
 #[async_trait]
 pub trait TokenStore: Send + Sync {
     async fn create_token(&self, token: &TokenRecord) -> StoreResult<()>;
-    async fn list_tokens(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<TokenRecord>>;
+    async fn list_tokens(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<TokenRecord>>;
     async fn delete_token(&self, org: &str, id: &str) -> StoreResult<bool>;
     async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
 }
@@ -211,18 +271,13 @@ pub trait TokenStore: Send + Sync {
 #[async_trait]
 pub trait DeploymentLog: Send + Sync {
     /// Record each candidate (the outbox entry) whose guard holds, atomically with its guard's
-    /// write, and remember `delivery` when every candidate was written or skipped. One result
-    /// per candidate, in order: a failure of one (nothing written for it) does not fail the
-    /// others. `history`, completed with what was recorded, goes in the deliveries history
-    /// (in the same transaction where the store allows it) when every candidate was written or
-    /// skipped: after a failure the delivery is answered with an error, recorded as such.
-    async fn record_deployments(
-        &self,
-        org: &str,
-        candidates: &[Candidate],
-        delivery: Option<&DeliveryKey>,
-        history: Option<&HistoryDraft>,
-    ) -> StoreResult<Vec<StoreResult<RecordOutcome>>>;
+    /// write, and remember the batch's `delivery` when every candidate was written or skipped.
+    /// One result per candidate, in order: a failure of one (nothing written for it) does not
+    /// fail the others. The batch's `history`, completed with what was recorded, goes in the
+    /// deliveries history (in the same transaction where the store allows it) when every
+    /// candidate was written or skipped: after a failure the delivery is answered with an
+    /// error, recorded as such.
+    async fn record_deployments(&self, batch: Batch<'_>) -> StoreResult<Vec<StoreResult<RecordOutcome>>>;
 
     /// [`DeploymentLog::record_deployments`] for one deployment.
     async fn record_deployment(&self, request: &DeploymentRequest, guard: &Guard) -> StoreResult<RecordOutcome> {
@@ -231,21 +286,20 @@ pub trait DeploymentLog: Send + Sync {
             guard: guard.clone(),
         };
         let mut results = self
-            .record_deployments(&request.organization_id, std::slice::from_ref(&candidate), None, None)
+            .record_deployments(Batch::new(
+                &request.organization_id,
+                std::slice::from_ref(&candidate),
+                None,
+                None,
+            ))
             .await?;
         results
             .pop()
             .unwrap_or_else(|| Err(StoreError::Unavailable("the store returned no outcome".to_owned())))
     }
     async fn get_deployment(&self, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>>;
-    /// Newest first, filtered, starting after deployment id `after`.
-    async fn list_deployments(
-        &self,
-        org: &str,
-        filter: &DeploymentFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Page<DeploymentRecord>>;
+    /// Newest first, filtered; a page starts after a deployment id.
+    async fn list_deployments(&self, org: &str, query: &DeploymentQuery<'_>) -> StoreResult<Page<DeploymentRecord>>;
     /// Deployments recorded but not yet on the queue, oldest first, across organizations.
     async fn pending_deployments(&self, limit: usize) -> StoreResult<Vec<DeploymentRecord>>;
     /// The deployment ids of `requests` whose service has a deployment still `PENDING` with an
@@ -258,12 +312,7 @@ pub trait DeploymentLog: Send + Sync {
     /// Record an engine's report on a `QUEUED`, `IN_PROGRESS` or `DELIVERED` deployment, which
     /// becomes (or stays) `DELIVERED`. The same report again changes nothing and is accepted;
     /// another report, or any other status, is refused.
-    async fn report_result(
-        &self,
-        org: &str,
-        id: &str,
-        result: &DeploymentResult,
-    ) -> StoreResult<Result<DeploymentRecord, Refusal>>;
+    async fn report_result(&self, org: &str, id: &str, result: &DeploymentResult) -> Refusable<DeploymentRecord>;
 }
 
 /// Why a change to a deployment was refused.
@@ -311,23 +360,11 @@ pub trait PullQueue: Send + Sync {
     async fn lease(&self, org: &str, request: LeaseRequest) -> StoreResult<Vec<Leased>>;
     /// Whether [`PullQueue::lease`] would find work now, and when it will otherwise.
     async fn outlook(&self, org: &str) -> StoreResult<Outlook>;
-    async fn ack(&self, org: &str, id: &str, lease_id: &str) -> StoreResult<Result<(), Refusal>>;
+    async fn ack(&self, org: &str, id: &str, lease_id: &str) -> Refusable<()>;
     /// Release the lease; the deployment is offered again after `retry_after_secs`.
-    async fn nack(
-        &self,
-        org: &str,
-        id: &str,
-        lease_id: &str,
-        retry_after_secs: i64,
-    ) -> StoreResult<Result<(), Refusal>>;
+    async fn nack(&self, org: &str, id: &str, lease_id: &str, retry_after_secs: i64) -> Refusable<()>;
     /// Push the lease's expiry to `lease_secs` from now; the new expiry.
-    async fn extend(
-        &self,
-        org: &str,
-        id: &str,
-        lease_id: &str,
-        lease_secs: i64,
-    ) -> StoreResult<Result<String, Refusal>>;
+    async fn extend(&self, org: &str, id: &str, lease_id: &str, lease_secs: i64) -> Refusable<String>;
     /// Woken whenever work may have become available.
     fn notifier(&self) -> std::sync::Arc<tokio::sync::Notify>;
 }
@@ -347,6 +384,8 @@ pub struct DeliveryFilter {
     pub outcome: Option<DeliveryOutcome>,
 }
 
+pub type DeliveryQuery<'a> = ListQuery<'a, DeliveryFilter>;
+
 /// The deliveries history (SPEC "Deliveries — why didn't it deploy?").
 #[async_trait]
 pub trait DeliveryHistory: Send + Sync {
@@ -356,14 +395,8 @@ pub trait DeliveryHistory: Send + Sync {
     /// in the same minute: `false` when it was left out for that.
     async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool>;
     async fn get_delivery(&self, org: &str, id: &str) -> StoreResult<Option<DeliveryRecord>>;
-    /// Newest first, filtered, starting after delivery `after`.
-    async fn list_deliveries(
-        &self,
-        org: &str,
-        filter: &DeliveryFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Page<DeliveryRecord>>;
+    /// Newest first, filtered; a page starts after a delivery id.
+    async fn list_deliveries(&self, org: &str, query: &DeliveryQuery<'_>) -> StoreResult<Page<DeliveryRecord>>;
 }
 
 /// A deploy target as stored: its spec (secrets included: sealed or encrypted at rest by the
@@ -384,10 +417,10 @@ pub trait TargetStore: Send + Sync {
     /// Create or replace the target if the stored state is `expected`.
     async fn put_target(&self, target: &StoredTarget, expected: Expected) -> StoreResult<()>;
     async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>>;
-    /// Targets of `org` in id order, starting after `after`.
-    async fn list_targets(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredTarget>>;
+    /// Targets of `org` in id order.
+    async fn list_targets(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredTarget>>;
     /// `Ok(false)` when absent; refused (a conflict) while a service names the target.
-    async fn delete_target(&self, org: &str, id: &str) -> StoreResult<Result<bool, Refusal>>;
+    async fn delete_target(&self, org: &str, id: &str) -> Refusable<bool>;
 }
 
 /// How an attempt to deliver a deployment to its target started.

@@ -9,7 +9,9 @@ use autodeploy_api::aws::dispatcher::SqsDispatcher;
 use autodeploy_api::dispatch::Dispatcher;
 use autodeploy_api::dispatch::send::{Sender, SenderConfig};
 use autodeploy_api::metrics::DispatchTally;
-use autodeploy_api::store::{DeploymentLog, DeploymentQueue, Expected, Guard, Store, StoredTarget, TenantLimits};
+use autodeploy_api::store::{
+    DeploymentLog, DeploymentQueue, Expected, Guard, Store, StoredService, StoredTarget, TenantLimits,
+};
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
 use autodeploy_core::model::{DeployTarget, GitRepository, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
@@ -169,7 +171,11 @@ pub(crate) async fn put_service(store: &dyn Store, id: &str, target: Option<&str
     };
     let etag = uuid::Uuid::new_v4().simple().to_string();
     store
-        .put_service(&service, &etag, Expected::Absent, TenantLimits::default())
+        .put_service(
+            &StoredService::new(service, etag),
+            Expected::Absent,
+            TenantLimits::default(),
+        )
         .await
         .unwrap();
 }

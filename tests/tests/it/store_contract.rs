@@ -9,8 +9,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use autodeploy_api::store::{
-    AttemptEnd, AttemptStart, DeliveryKey, DeploymentFilter, DeploymentQueue, Expected, Guard, Page, RecordOutcome,
-    SecretRecord, ServiceStore, Store, StoreError, StoredService, TenantLimits, TokenRecord,
+    AttemptEnd, AttemptStart, DeliveryKey, DeploymentFilter, DeploymentQuery, DeploymentQueue, Expected, Guard, Page,
+    PageRequest, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError, StoredService, TenantLimits,
+    TokenRecord,
 };
 use autodeploy_api::util::deployment_ids_before;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
@@ -146,19 +147,24 @@ fn key(source: &str, id: &str, expires_unix: i64) -> DeliveryKey {
     }
 }
 
-/// A filter on one service's deployments, or none.
-fn of_service(service_id: Option<&str>) -> DeploymentFilter {
-    DeploymentFilter {
+/// A page of one service's deployments, or of all.
+fn of_service<'a>(service_id: Option<&str>, page: PageRequest<'a>) -> DeploymentQuery<'a> {
+    let filter = DeploymentFilter {
         service_id: service_id.map(str::to_owned),
         status: None,
-    }
+    };
+    DeploymentQuery { filter, page }
 }
 
 /// Create `service`, returning its etag.
 pub(crate) async fn create(store: &dyn Store, service: &Service) -> String {
     let etag = new_etag();
     store
-        .put_service(service, &etag, Expected::Absent, TenantLimits::default())
+        .put_service(
+            &StoredService::new(service.clone(), etag.clone()),
+            Expected::Absent,
+            TenantLimits::default(),
+        )
         .await
         .unwrap_or_else(|e| panic!("creating {}: {e}", service.id));
     etag
@@ -200,7 +206,7 @@ async fn all_deployments(
     let mut after: Option<String> = None;
     for _ in 0..100 {
         let page = store
-            .list_deployments(org, &of_service(service_id), after.as_deref(), limit)
+            .list_deployments(org, &of_service(service_id, PageRequest::new(after.as_deref(), limit)))
             .await
             .expect("list_deployments");
         assert!(page.items.len() <= limit, "a page holds at most `limit` items");
@@ -246,13 +252,16 @@ async fn put_get_replace(store: TestStore) {
         ..app("acme", "api", "acme/other")
     };
     let refused = store
-        .put_service(&changed, &new_etag(), Expected::Absent, TenantLimits::default())
+        .put_service(
+            &StoredService::new(changed.clone(), new_etag()),
+            Expected::Absent,
+            TenantLimits::default(),
+        )
         .await;
     assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
     let refused = store
         .put_service(
-            &changed,
-            &new_etag(),
+            &StoredService::new(changed.clone(), new_etag()),
             Expected::Etag(new_etag()),
             TenantLimits::default(),
         )
@@ -269,8 +278,7 @@ async fn put_get_replace(store: TestStore) {
     let second = new_etag();
     store
         .put_service(
-            &changed,
-            &second,
+            &StoredService::new(changed.clone(), second.clone()),
             Expected::Etag(first.clone()),
             TenantLimits::default(),
         )
@@ -282,13 +290,16 @@ async fn put_get_replace(store: TestStore) {
     assert_eq!(got.last_push.as_deref(), Some("a..b"));
 
     let refused = store
-        .put_service(&api, &new_etag(), Expected::Etag(first), TenantLimits::default())
+        .put_service(
+            &StoredService::new(api.clone(), new_etag()),
+            Expected::Etag(first),
+            TenantLimits::default(),
+        )
         .await;
     assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");
     let replace_missing = store
         .put_service(
-            &app("acme", "nope", "acme/shop"),
-            &new_etag(),
+            &StoredService::new(app("acme", "nope", "acme/shop"), new_etag()),
             Expected::Etag(second),
             TenantLimits::default(),
         )
@@ -310,30 +321,45 @@ async fn list_services_in_pages(store: TestStore) {
     create(store, &app("other", "svc-05b", "acme/shop")).await;
     want.sort();
 
-    let page = store.list_services("acme", None, 3).await.expect("list");
+    let page = store.list_services("acme", PageRequest::first(3)).await.expect("list");
     assert_eq!(ids(&page.items), want[..3]);
     assert_eq!(page.last_key.as_deref(), Some("svc-03"));
-    let page = store.list_services("acme", Some("svc-03"), 3).await.expect("list");
+    let page = store
+        .list_services("acme", PageRequest::new(Some("svc-03"), 3))
+        .await
+        .expect("list");
     assert_eq!(ids(&page.items), want[3..6]);
     assert_eq!(page.last_key.as_deref(), Some("svc-06"));
-    let page = store.list_services("acme", Some("svc-06"), 3).await.expect("list");
+    let page = store
+        .list_services("acme", PageRequest::new(Some("svc-06"), 3))
+        .await
+        .expect("list");
     assert_eq!(ids(&page.items), want[6..]);
     assert_eq!(page.last_key, None);
 
     // Items come in id order, exactly `limit` of them means no further page.
-    let page = store.list_services("acme", None, 7).await.expect("list");
+    let page = store.list_services("acme", PageRequest::first(7)).await.expect("list");
     let listed: Vec<String> = page.items.iter().map(|s| s.service.id.clone()).collect();
     assert_eq!(listed, want);
     assert_eq!(page.last_key, None);
-    let page = store.list_services("acme", None, 100).await.expect("list");
+    let page = store
+        .list_services("acme", PageRequest::first(100))
+        .await
+        .expect("list");
     assert_eq!(page.items.len(), 7);
     assert_eq!(page.last_key, None);
     // `after` need not be an existing id.
-    let page = store.list_services("acme", Some("svc-04a"), 100).await.expect("list");
+    let page = store
+        .list_services("acme", PageRequest::new(Some("svc-04a"), 100))
+        .await
+        .expect("list");
     assert_eq!(ids(&page.items), want[4..]);
     // Etags come along.
     assert!(page.items.iter().all(|s| !s.etag.is_empty()));
-    let page = store.list_services("empty", None, 10).await.expect("list");
+    let page = store
+        .list_services("empty", PageRequest::first(10))
+        .await
+        .expect("list");
     assert!(page.items.is_empty() && page.last_key.is_none());
 }
 
@@ -399,8 +425,7 @@ async fn services_by_repository(store: TestStore) {
     let etag = stored(store, "acme", "api").await.etag;
     store
         .put_service(
-            &app("acme", "api", "acme/site"),
-            &new_etag(),
+            &StoredService::new(app("acme", "api", "acme/site"), new_etag()),
             Expected::Etag(etag),
             TenantLimits::default(),
         )
@@ -423,7 +448,11 @@ async fn services_by_repository(store: TestStore) {
     let mut job = container("acme", "site", "docker.io", "acme/site", "1");
     job.spec.kind = ServiceKind::Job;
     store
-        .put_service(&job, &new_etag(), Expected::Etag(etag), TenantLimits::default())
+        .put_service(
+            &StoredService::new(job.clone(), new_etag()),
+            Expected::Etag(etag),
+            TenantLimits::default(),
+        )
         .await
         .expect("replace");
     let site = store
@@ -465,8 +494,10 @@ async fn services_by_image_path(store: TestStore) {
     let etag = stored(store, "acme", "mirror").await.etag;
     store
         .put_service(
-            &container("acme", "mirror", "ghcr.io", "acme/other", "1.0.0"),
-            &new_etag(),
+            &StoredService::new(
+                container("acme", "mirror", "ghcr.io", "acme/other", "1.0.0"),
+                new_etag(),
+            ),
             Expected::Etag(etag),
             TenantLimits::default(),
         )
@@ -475,8 +506,7 @@ async fn services_by_image_path(store: TestStore) {
     let etag = stored(store, "acme", "off").await.etag;
     store
         .put_service(
-            &app("acme", "off", "acme/web"),
-            &new_etag(),
+            &StoredService::new(app("acme", "off", "acme/web"), new_etag()),
             Expected::Etag(etag),
             TenantLimits::default(),
         )
@@ -546,10 +576,13 @@ async fn tokens(store: TestStore) {
     let duplicate = store.create_token(&tokens[0]).await;
     assert!(duplicate.is_err(), "a token id is created once: {duplicate:?}");
 
-    let page = store.list_tokens("acme", None, 2).await.expect("list");
+    let page = store.list_tokens("acme", PageRequest::first(2)).await.expect("list");
     assert_eq!(page.items, vec![tokens[1].clone(), tokens[0].clone()]);
     assert_eq!(page.last_key.as_deref(), Some("tok-b"));
-    let page = store.list_tokens("acme", Some("tok-b"), 2).await.expect("list");
+    let page = store
+        .list_tokens("acme", PageRequest::new(Some("tok-b"), 2))
+        .await
+        .expect("list");
     assert_eq!(page.items, vec![tokens[2].clone()]);
     assert_eq!(page.last_key, None);
 
@@ -567,7 +600,7 @@ async fn tokens(store: TestStore) {
     assert!(store.delete_token("acme", "tok-a").await.expect("delete"));
     assert_eq!(store.token_by_hash(&tokens[1].hash).await.expect("by hash"), None);
     assert!(!store.delete_token("acme", "tok-a").await.expect("delete again"));
-    let page = store.list_tokens("acme", None, 10).await.expect("list");
+    let page = store.list_tokens("acme", PageRequest::first(10)).await.expect("list");
     assert_eq!(page.items, vec![tokens[0].clone(), tokens[2].clone()]);
     assert_eq!(
         store.token_by_hash(&tokens[0].hash).await.expect("by hash"),
@@ -765,17 +798,17 @@ async fn concurrent_pushes_record_once(store: TestStore) {
 async fn concurrent_replaces_one_wins(store: TestStore) {
     let store: &dyn Store = &*store;
     let etag = create(store, &app("acme", "api", "acme/shop")).await;
-    let attempts: Vec<(Service, String)> = (0..20)
+    let attempts: Vec<StoredService> = (0..20)
         .map(|i| {
             let mut s = app("acme", "api", "acme/shop");
             s.version = i + 2;
-            (s, new_etag())
+            StoredService::new(s, new_etag())
         })
         .collect();
     let results = join_all(
         attempts
             .iter()
-            .map(|(s, new)| store.put_service(s, new, Expected::Etag(etag.clone()), TenantLimits::default())),
+            .map(|attempt| store.put_service(attempt, Expected::Etag(etag.clone()), TenantLimits::default())),
     )
     .await;
     let winners: Vec<usize> = results
@@ -792,8 +825,8 @@ async fn concurrent_replaces_one_wins(store: TestStore) {
         "{results:?}"
     );
     let got = stored(store, "acme", "api").await;
-    assert_eq!(got.etag, attempts[winners[0]].1);
-    assert_eq!(got.service, attempts[winners[0]].0);
+    assert_eq!(got.etag, attempts[winners[0]].etag);
+    assert_eq!(got.service, attempts[winners[0]].service);
 }
 
 async fn list_deployments_newest_first(store: TestStore) {
@@ -824,13 +857,13 @@ async fn list_deployments_newest_first(store: TestStore) {
     let want: Vec<String> = all.iter().map(|r| r.deployment_id.clone()).collect();
 
     let page = store
-        .list_deployments("acme", &of_service(None), None, 5)
+        .list_deployments("acme", &of_service(None, PageRequest::first(5)))
         .await
         .expect("list");
     assert_eq!(deployment_ids(&page), want[..5]);
     assert_eq!(page.last_key.as_deref(), Some(want[4].as_str()));
     let page = store
-        .list_deployments("acme", &of_service(None), Some(&want[4]), 5)
+        .list_deployments("acme", &of_service(None, PageRequest::new(Some(&want[4]), 5)))
         .await
         .expect("list");
     assert_eq!(deployment_ids(&page), want[5..10]);
@@ -853,13 +886,16 @@ async fn list_deployments_newest_first(store: TestStore) {
         .collect();
     assert_eq!(want_api.len(), 8);
     let page = store
-        .list_deployments("acme", &of_service(Some("api")), None, 3)
+        .list_deployments("acme", &of_service(Some("api"), PageRequest::first(3)))
         .await
         .expect("list");
     assert_eq!(deployment_ids(&page), want_api[..3]);
     assert_eq!(page.last_key.as_deref(), Some(want_api[2].as_str()));
     let page = store
-        .list_deployments("acme", &of_service(Some("api")), Some(&want_api[2]), 3)
+        .list_deployments(
+            "acme",
+            &of_service(Some("api"), PageRequest::new(Some(&want_api[2]), 3)),
+        )
         .await
         .expect("list");
     assert_eq!(deployment_ids(&page), want_api[3..6]);
@@ -1658,7 +1694,7 @@ async fn dynamo_unreadable_items_are_corrupt() {
         .expect("put_item");
     let got = fixture.store.get_service("acme", "api").await;
     assert!(matches!(got, Err(StoreError::Corrupt(_))), "{got:?}");
-    let listed = fixture.store.list_services("acme", None, 10).await;
+    let listed = fixture.store.list_services("acme", PageRequest::first(10)).await;
     assert!(matches!(listed, Err(StoreError::Corrupt(_))), "{listed:?}");
 }
 

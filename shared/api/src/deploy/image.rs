@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::history::{DeliveryContext, DeliverySummary, draft_of};
 use super::{DeployError, Deployer, EntryStatus, Ignored, Queued, Reached, Skipped};
 use crate::pipeline::Outcome;
-use crate::store::{Candidate, DeliveryKey, Guard, StoredService};
+use crate::store::{Batch, Candidate, DeliveryKey, Guard, StoredService};
 use crate::util::{new_deployment_id, new_etag, now_rfc3339};
 
 /// Tries per service when its record loses a race (the service changed since it was read):
@@ -223,9 +223,9 @@ pub async fn deploy_image(
             .iter()
             .filter_map(|stored| candidate(org, stored, tag, source, &requested_at))
             .collect();
-        let outcomes = deployer
-            .record(org, &candidates, remember.take().as_ref(), draft.take().as_ref())
-            .await?;
+        let (delivery, history) = (remember.take(), draft.take());
+        let batch = Batch::new(org, &candidates, delivery.as_ref(), history.as_ref());
+        let outcomes = deployer.record(batch).await?;
         let mut lost: Vec<&str> = Vec::new();
         for (candidate, outcome) in candidates.iter().zip(outcomes) {
             let request = &candidate.request;
@@ -265,7 +265,9 @@ pub async fn deploy_image(
     }
     if remember.is_some() || draft.is_some() {
         // Nothing was deployable: remember the notification, and record it, on their own.
-        deployer.record(org, &[], remember.as_ref(), draft.as_ref()).await?;
+        deployer
+            .record(Batch::new(org, &[], remember.as_ref(), draft.as_ref()))
+            .await?;
     }
     if let Some(context) = history {
         context.mark_recorded();

@@ -11,13 +11,12 @@ pub mod push;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autodeploy_core::delivery::HistoryDraft;
 use autodeploy_core::matching::SkipReason;
 use serde::Serialize;
 
 use crate::metrics::Tally;
 use crate::pipeline::{Outcome, record_and_send};
-use crate::store::{Candidate, DeliveryKey, DeploymentQueue, Store, StoreError};
+use crate::store::{Batch, DeploymentQueue, Store, StoreError};
 
 /// What a use case needs: where deployments are recorded and sent.
 #[derive(Clone)]
@@ -29,25 +28,10 @@ pub struct Deployer {
 }
 
 impl Deployer {
-    /// Record and send a request's deployments, remembering `delivery` and the delivery's
-    /// `history` with them.
-    pub async fn record(
-        &self,
-        org: &str,
-        candidates: &[Candidate],
-        delivery: Option<&DeliveryKey>,
-        history: Option<&HistoryDraft>,
-    ) -> Result<Vec<Outcome>, StoreError> {
-        record_and_send(
-            self.store.as_ref(),
-            self.queue.as_ref(),
-            org,
-            candidates,
-            delivery,
-            history,
-            self.in_flight_horizon,
-        )
-        .await
+    /// Record and send a request's deployments, remembering its delivery and the delivery's
+    /// history with them.
+    pub async fn record(&self, batch: Batch<'_>) -> Result<Vec<Outcome>, StoreError> {
+        record_and_send(self.store.as_ref(), self.queue.as_ref(), batch, self.in_flight_horizon).await
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::history::{DeliveryContext, DeliverySummary, draft_of};
 use super::{DeployError, Deployer, EntryStatus, Ignored, Queued, Reached, Skipped};
 use crate::pipeline::Outcome;
-use crate::store::{Candidate, DeliveryKey, Guard, StoredService};
+use crate::store::{Batch, Candidate, DeliveryKey, Guard, StoredService};
 use crate::util::{new_deployment_id, now_rfc3339, now_unix};
 
 impl ServiceView for StoredService {
@@ -204,7 +204,7 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
     });
     let draft = history.map(|context| draft_of(context, &DeliverySummary::from(&report)));
     let outcomes = deployer
-        .record(org, &candidates, remember.as_ref(), draft.as_ref())
+        .record(Batch::new(org, &candidates, remember.as_ref(), draft.as_ref()))
         .await?;
     for (candidate, outcome) in candidates.iter().zip(outcomes) {
         let request = &candidate.request;

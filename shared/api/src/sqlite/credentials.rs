@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
-use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
-use crate::store::{Page, SecretRecord, SecretStore, StoreError, StoreResult, TokenRecord, TokenStore};
+use super::{SqliteStore, from_json, page_by_id, to_json, unavailable};
+use crate::store::{Page, PageRequest, SecretRecord, SecretStore, StoreError, StoreResult, TokenRecord, TokenStore};
 
 #[async_trait]
 impl SecretStore for SqliteStore {
@@ -104,19 +104,9 @@ impl TokenStore for SqliteStore {
         .await
     }
 
-    async fn list_tokens(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<TokenRecord>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE org = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-                ))
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![org, after.unwrap_or(""), (limit + 1) as i64], token_row)
-                .map_err(unavailable)?;
-            let items = collect(rows, token_record)?;
-            Ok(page(items, limit, |t| t.id.clone()))
-        })
+    async fn list_tokens(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<TokenRecord>> {
+        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens");
+        self.read(|conn| page_by_id(conn, &select, (org, page), token_row, token_record, |t| t.id.clone()))
     }
 
     async fn delete_token(&self, org: &str, id: &str) -> StoreResult<bool> {

@@ -4,15 +4,15 @@
 use std::collections::HashSet;
 
 use async_trait::async_trait;
-use autodeploy_core::delivery::{CandidateFate, HistoryDraft};
+use autodeploy_core::delivery::CandidateFate;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::services::ServiceRow;
-use super::{SqliteStore, collect, execute, from_json, page, to_json, unavailable};
+use super::{SqliteStore, collect, execute, from_json, page, row_by_id, to_json, unavailable};
 use crate::store::{
-    Candidate, DeliveryKey, DeploymentFilter, DeploymentLog, Guard, PUSH_MARK_RETENTION_SECS, Page, RecordOutcome,
-    Refusal, StoreError, StoreResult,
+    Batch, Candidate, DeliveryKey, DeploymentLog, DeploymentQuery, Guard, PUSH_MARK_RETENTION_SECS, Page, PageRequest,
+    RecordOutcome, Refusable, StoreError, StoreResult,
 };
 use crate::util::now_unix;
 
@@ -42,15 +42,8 @@ pub(super) fn deployment_record(
 
 /// The deployment `id` of `org`, if there is one.
 pub(super) fn deployment_by_id(conn: &Connection, org: &str, id: &str) -> StoreResult<Option<DeploymentRecord>> {
-    conn.query_row(
-        &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE org = ?1 AND id = ?2"),
-        params![org, id],
-        deployment_row,
-    )
-    .optional()
-    .map_err(unavailable)?
-    .map(deployment_record)
-    .transpose()
+    let select = format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments");
+    row_by_id(conn, &select, (org, id), deployment_row, deployment_record)
 }
 
 /// The deployment at `seq` in the log, which the caller knows is there.
@@ -184,15 +177,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl DeploymentLog for SqliteStore {
-    async fn record_deployments(
-        &self,
-        org: &str,
-        candidates: &[Candidate],
-        delivery: Option<&DeliveryKey>,
-        history: Option<&HistoryDraft>,
-    ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
-        let (org, owned, delivery, history) =
-            (org.to_owned(), candidates.to_vec(), delivery.cloned(), history.cloned());
+    async fn record_deployments(&self, batch: Batch<'_>) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
+        let candidates = batch.candidates;
+        let (org, owned) = (batch.org.to_owned(), candidates.to_vec());
+        let (delivery, history) = (batch.delivery.cloned(), batch.history.cloned());
         // Serialized here, on the request's thread: the one writer thread only writes.
         let documents = candidates
             .iter()
@@ -245,13 +233,8 @@ impl DeploymentLog for SqliteStore {
         self.read(|conn| deployment_by_id(conn, org, id))
     }
 
-    async fn list_deployments(
-        &self,
-        org: &str,
-        filter: &DeploymentFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Page<DeploymentRecord>> {
+    async fn list_deployments(&self, org: &str, query: &DeploymentQuery<'_>) -> StoreResult<Page<DeploymentRecord>> {
+        let (filter, PageRequest { after, limit }) = (&query.filter, query.page);
         // Ids are time-ordered; "after" in newest-first order means a smaller id.
         let before = after.map(str::to_owned).unwrap_or_else(|| "g".repeat(32));
         let status = filter.status.map(DeploymentStatus::as_str);
@@ -319,12 +302,7 @@ impl DeploymentLog for SqliteStore {
         })
     }
 
-    async fn report_result(
-        &self,
-        org: &str,
-        id: &str,
-        result: &DeploymentResult,
-    ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+    async fn report_result(&self, org: &str, id: &str, result: &DeploymentResult) -> Refusable<DeploymentRecord> {
         let (org, id, result) = (org.to_owned(), id.to_owned(), result.clone());
         let outcome = self
             .write(move |conn| super::lifecycle::report(conn, &org, &id, &result))

@@ -10,7 +10,7 @@ use autodeploy_core::delivery::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, collect, execute, from_json, page, to_json, unavailable};
-use crate::store::{DeliveryFilter, DeliveryHistory, Page, StoreResult};
+use crate::store::{DeliveryHistory, DeliveryQuery, Page, PageRequest, StoreResult};
 use crate::util::now_unix;
 
 fn record_of(org: &str, data: String) -> StoreResult<DeliveryRecord> {
@@ -118,13 +118,8 @@ impl DeliveryHistory for SqliteStore {
         })
     }
 
-    async fn list_deliveries(
-        &self,
-        org: &str,
-        filter: &DeliveryFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Page<DeliveryRecord>> {
+    async fn list_deliveries(&self, org: &str, query: &DeliveryQuery<'_>) -> StoreResult<Page<DeliveryRecord>> {
+        let (filter, PageRequest { after, limit }) = (&query.filter, query.page);
         let before = after.map(str::to_owned).unwrap_or_else(|| "g".repeat(32));
         let source = filter.source.map(|s| s.as_str());
         let outcome = filter.outcome.map(|o| o.as_str());

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 
 use super::deployments::{deployment_at, deployment_by_id, rfc3339};
 use super::{SqliteStore, execute, to_json, unavailable};
-use crate::store::{LeaseRequest, Leased, Outlook, PullQueue, Refusal, StoreResult};
+use crate::store::{LeaseRequest, Leased, Outlook, PullQueue, Refusable, Refusal, StoreResult};
 use crate::util::now_unix;
 
 /// Whose work a take is for.
@@ -153,12 +153,7 @@ fn supersede_older(conn: &Connection, org: &str, service: &str, seq: i64, now: i
 
 /// What a statement on a live lease came to: `done` when it changed the deployment, else why
 /// it did not.
-fn on_live_lease<T>(
-    conn: &Connection,
-    (org, id): (&str, &str),
-    changed: usize,
-    done: T,
-) -> StoreResult<Result<T, Refusal>> {
+fn on_live_lease<T>(conn: &Connection, (org, id): (&str, &str), changed: usize, done: T) -> Refusable<T> {
     if changed == 1 {
         Ok(Ok(done))
     } else {
@@ -192,12 +187,7 @@ const LIVE_LEASE: &str =
     "org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' AND lease_id = ?3 AND lease_expires_unix > ?4";
 
 /// Record an engine's report (see [`crate::store::DeploymentLog::report_result`]).
-pub(super) fn report(
-    conn: &Connection,
-    org: &str,
-    id: &str,
-    result: &DeploymentResult,
-) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+pub(super) fn report(conn: &Connection, org: &str, id: &str, result: &DeploymentResult) -> Refusable<DeploymentRecord> {
     let Some(current) = deployment_by_id(conn, org, id)? else {
         return Ok(Err(Refusal::NotFound));
     };
@@ -288,7 +278,7 @@ impl PullQueue for SqliteStore {
         })
     }
 
-    async fn ack(&self, org: &str, id: &str, lease_id: &str) -> StoreResult<Result<(), Refusal>> {
+    async fn ack(&self, org: &str, id: &str, lease_id: &str) -> Refusable<()> {
         let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
         let outcome = self
             .write(move |conn| {
@@ -310,13 +300,7 @@ impl PullQueue for SqliteStore {
         Ok(outcome)
     }
 
-    async fn nack(
-        &self,
-        org: &str,
-        id: &str,
-        lease_id: &str,
-        retry_after_secs: i64,
-    ) -> StoreResult<Result<(), Refusal>> {
+    async fn nack(&self, org: &str, id: &str, lease_id: &str, retry_after_secs: i64) -> Refusable<()> {
         let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
         let max_attempts = self.inner.max_attempts;
         let outcome = self
@@ -344,13 +328,7 @@ impl PullQueue for SqliteStore {
         Ok(outcome)
     }
 
-    async fn extend(
-        &self,
-        org: &str,
-        id: &str,
-        lease_id: &str,
-        lease_secs: i64,
-    ) -> StoreResult<Result<String, Refusal>> {
+    async fn extend(&self, org: &str, id: &str, lease_id: &str, lease_secs: i64) -> Refusable<String> {
         let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
         self.write(move |conn| {
             let now = now_unix();

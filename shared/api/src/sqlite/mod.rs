@@ -33,7 +33,7 @@ use autodeploy_core::sealed::SecretKey;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Notify;
 
-use crate::store::{Page, Store, StoreError, StoreResult};
+use crate::store::{Page, PageRequest, Store, StoreError, StoreResult};
 use checkpointer::{Checkpointer, WRITER_AUTOCHECKPOINT};
 pub use targets::DISPATCH_LEASE_SECS;
 use writer::{Durability, Writer};
@@ -339,6 +339,49 @@ fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<
     items.truncate(limit);
     let last_key = if more { items.last().map(key) } else { None };
     Page { items, last_key }
+}
+
+/// The row of `org` with id `id` that `select` (`SELECT … FROM table`) reads: `row` reads it,
+/// `item` makes it an item.
+fn row_by_id<R, T>(
+    conn: &Connection,
+    select: &str,
+    (org, id): (&str, &str),
+    row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    item: impl FnOnce(R) -> StoreResult<T>,
+) -> StoreResult<Option<T>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        &format!("{select} WHERE org = ?1 AND id = ?2"),
+        rusqlite::params![org, id],
+        row,
+    )
+    .optional()
+    .map_err(unavailable)?
+    .map(item)
+    .transpose()
+}
+
+/// A page of `org`'s rows that `select` (`SELECT … FROM table`) reads, in id order: `row`
+/// reads a row, `item` makes it an item, `key` gives an item's id.
+fn page_by_id<R, T>(
+    conn: &Connection,
+    select: &str,
+    (org, request): (&str, PageRequest<'_>),
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    item: impl Fn(R) -> StoreResult<T>,
+    key: impl Fn(&T) -> String,
+) -> StoreResult<Page<T>> {
+    let mut stmt = conn
+        .prepare_cached(&format!("{select} WHERE org = ?1 AND id > ?2 ORDER BY id LIMIT ?3"))
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(
+            rusqlite::params![org, request.after.unwrap_or(""), (request.limit + 1) as i64],
+            row,
+        )
+        .map_err(unavailable)?;
+    Ok(page(collect(rows, item)?, request.limit, key))
 }
 
 #[async_trait]

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use autodeploy_core::model::Service;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
-use crate::store::{Expected, Page, ServiceStore, StoreError, StoreResult, StoredService, TenantLimits};
+use super::{SqliteStore, collect, from_json, page_by_id, row_by_id, to_json, unavailable};
+use crate::store::{Expected, Page, PageRequest, ServiceStore, StoreError, StoreResult, StoredService, TenantLimits};
 
 const SERVICE_COLUMNS: &str = "data, etag, last_push";
 
@@ -19,6 +19,10 @@ fn stored_service((data, etag, last_push): (String, String, Option<String>)) -> 
         etag,
         last_push,
     })
+}
+
+fn service_id(stored: &StoredService) -> String {
+    stored.service.id.clone()
 }
 
 /// The columns a service is found by, beside its document.
@@ -99,15 +103,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl ServiceStore for SqliteStore {
-    async fn put_service(
-        &self,
-        service: &Service,
-        etag: &str,
-        expected: Expected,
-        limits: TenantLimits,
-    ) -> StoreResult<()> {
+    async fn put_service(&self, stored: &StoredService, expected: Expected, limits: TenantLimits) -> StoreResult<()> {
+        let (service, etag) = (&stored.service, stored.etag.clone());
         let row = ServiceRow::of(service)?;
-        let (org, id, etag) = (service.organization_id.clone(), service.id.clone(), etag.to_owned());
+        let (org, id) = (service.organization_id.clone(), service.id.clone());
         self.write(move |conn| {
             let current = current_etag(conn, &org, &id)?;
             check_limits(conn, (&org, &id), current.is_none(), &row, limits)?;
@@ -131,32 +130,13 @@ impl ServiceStore for SqliteStore {
     }
 
     async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>> {
-        self.read(|conn| {
-            conn.query_row(
-                &format!("SELECT {SERVICE_COLUMNS} FROM services WHERE org = ?1 AND id = ?2"),
-                params![org, id],
-                service_row,
-            )
-            .optional()
-            .map_err(unavailable)?
-            .map(stored_service)
-            .transpose()
-        })
+        let select = format!("SELECT {SERVICE_COLUMNS} FROM services");
+        self.read(|conn| row_by_id(conn, &select, (org, id), service_row, stored_service))
     }
 
-    async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {SERVICE_COLUMNS} FROM services WHERE org = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-                ))
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![org, after.unwrap_or(""), (limit + 1) as i64], service_row)
-                .map_err(unavailable)?;
-            let items = collect(rows, stored_service)?;
-            Ok(page(items, limit, |s| s.service.id.clone()))
-        })
+    async fn list_services(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredService>> {
+        let select = format!("SELECT {SERVICE_COLUMNS} FROM services");
+        self.read(|conn| page_by_id(conn, &select, (org, page), service_row, stored_service, service_id))
     }
 
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {

@@ -8,10 +8,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
 use super::lifecycle::{DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, take};
-use super::{SqliteStore, collect, from_json, page, to_json, unavailable};
+use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
 use crate::store::{
-    AttemptEnd, AttemptStart, Dispatching, Expected, LeaseRequest, Leased, Outlook, Page, Refusal, StoreError,
-    StoreResult, StoredTarget, TargetStore,
+    AttemptEnd, AttemptStart, Dispatching, Expected, LeaseRequest, Leased, Outlook, Page, PageRequest, Refusable,
+    Refusal, StoreError, StoreResult, StoredTarget, TargetStore,
 };
 use crate::util::now_unix;
 
@@ -85,35 +85,18 @@ impl TargetStore for SqliteStore {
     }
 
     async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>> {
-        self.read(|conn| {
-            conn.query_row(
-                &format!("SELECT {TARGET_COLUMNS} FROM targets WHERE org = ?1 AND id = ?2"),
-                params![org, id],
-                target_row,
-            )
-            .optional()
-            .map_err(unavailable)?
-            .map(|row| stored_target(row, self))
-            .transpose()
-        })
+        let select = format!("SELECT {TARGET_COLUMNS} FROM targets");
+        let target = |row| stored_target(row, self);
+        self.read(|conn| row_by_id(conn, &select, (org, id), target_row, target))
     }
 
-    async fn list_targets(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredTarget>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {TARGET_COLUMNS} FROM targets WHERE org = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-                ))
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![org, after.unwrap_or(""), (limit + 1) as i64], target_row)
-                .map_err(unavailable)?;
-            let items = collect(rows, |row| stored_target(row, self))?;
-            Ok(page(items, limit, |t| t.id.clone()))
-        })
+    async fn list_targets(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredTarget>> {
+        let select = format!("SELECT {TARGET_COLUMNS} FROM targets");
+        let target = |row| stored_target(row, self);
+        self.read(|conn| page_by_id(conn, &select, (org, page), target_row, target, |t| t.id.clone()))
     }
 
-    async fn delete_target(&self, org: &str, id: &str) -> StoreResult<Result<bool, Refusal>> {
+    async fn delete_target(&self, org: &str, id: &str) -> Refusable<bool> {
         let (org, id) = (org.to_owned(), id.to_owned());
         self.write(move |conn| {
             let users: Vec<String> = {

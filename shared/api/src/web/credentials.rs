@@ -19,7 +19,7 @@ use super::auth::{Admin, Caller, Manage, PathId, SCOPES, Scope};
 use super::error::{ApiError, ApiResult};
 use super::extract::{Org, PathParams, QueryParams, Valid};
 use super::list::ListParams;
-use crate::store::{DeliveryFilter, SecretRecord, TokenRecord};
+use crate::store::{DeliveryFilter, ListQuery, PageRequest, SecretRecord, TokenRecord};
 use crate::util::{new_token, now_rfc3339, sha256_hex};
 
 pub fn routes() -> Router<AppState> {
@@ -86,11 +86,14 @@ async fn get_secret(Manage { state, org, .. }: Manage, path: PathParams) -> ApiR
     let source = DeliverySource::parse(provider.slug());
     let last = match source {
         Some(source) => {
-            let filter = DeliveryFilter {
-                source: Some(source),
-                outcome: None,
+            let query = ListQuery {
+                filter: DeliveryFilter {
+                    source: Some(source),
+                    outcome: None,
+                },
+                page: PageRequest::first(1),
             };
-            state.store.list_deliveries(&org, &filter, None, 1).await?.items.pop()
+            state.store.list_deliveries(&org, &query).await?.items.pop()
         }
         None => None,
     };
@@ -213,7 +216,7 @@ async fn create_token(
 
 async fn list_tokens(Admin { state, org, .. }: Admin, query: QueryParams) -> ApiResult<Response> {
     let list = ListParams::parse(&query, &org, "tokens")?;
-    let page = state.store.list_tokens(&org, list.after(), list.limit).await?;
+    let page = state.store.list_tokens(&org, list.page()).await?;
     Ok(list.answer(page, TokenView::from))
 }
 

@@ -38,10 +38,7 @@ async fn list_deliveries(Manage { state, org, .. }: Manage, query: QueryParams) 
         filter.outcome.map_or("", |o| o.as_str())
     );
     let list = ListParams::parse(&query, &org, &scope)?;
-    let page = state
-        .store
-        .list_deliveries(&org, &filter, list.after(), list.limit)
-        .await?;
+    let page = state.store.list_deliveries(&org, &list.query(filter)).await?;
     Ok(list.answer(page, identity))
 }
 

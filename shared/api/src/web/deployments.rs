@@ -44,10 +44,7 @@ async fn list_deployments(Manage { state, org, .. }: Manage, query: QueryParams)
         filter.status.map(DeploymentStatus::as_str).unwrap_or("")
     );
     let list = ListParams::parse(&query, &org, &scope)?;
-    let page = state
-        .store
-        .list_deployments(&org, &filter, list.after(), list.limit)
-        .await?;
+    let page = state.store.list_deployments(&org, &list.query(filter)).await?;
     Ok(list.answer(page, identity))
 }
 

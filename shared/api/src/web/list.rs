@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
 use super::extract::QueryParams;
-use crate::store::Page;
+use crate::store::{ListQuery, Page, PageRequest};
 
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 100;
@@ -94,9 +94,17 @@ impl ListParams {
         }
     }
 
-    /// The key the page starts after, if a cursor was given.
-    pub fn after(&self) -> Option<&str> {
-        self.after.as_deref()
+    /// The page asked for: after the cursor's key, if one was given.
+    pub fn page(&self) -> PageRequest<'_> {
+        PageRequest::new(self.after.as_deref(), self.limit)
+    }
+
+    /// The page asked for of the items `filter` shows.
+    pub fn query<F>(&self, filter: F) -> ListQuery<'_, F> {
+        ListQuery {
+            filter,
+            page: self.page(),
+        }
     }
 
     /// The page as the API answers it: its items, each as `show` renders it, and a cursor to

@@ -67,7 +67,7 @@ async fn get_service(Manage { state, org, id, .. }: Manage<ServiceId>) -> ApiRes
 
 async fn list_services(Manage { state, org, .. }: Manage, query: QueryParams) -> ApiResult<Response> {
     let list = ListParams::parse(&query, &org, "services")?;
-    let page = state.store.list_services(&org, list.after(), list.limit).await?;
+    let page = state.store.list_services(&org, list.page()).await?;
     Ok(list.answer(page, |s| s.service))
 }
 
@@ -150,21 +150,19 @@ async fn write_service(
                 Expected::Absent,
             ),
         };
-        let etag = new_etag();
-        match state.store.put_service(&service, &etag, expected, state.limits).await {
+        let stored = StoredService {
+            service,
+            etag: new_etag(),
+            last_push: current.as_ref().and_then(|c| c.last_push.clone()),
+        };
+        match state.store.put_service(&stored, expected, state.limits).await {
             Ok(()) => {
                 let status = if current.is_some() {
                     StatusCode::OK
                 } else {
                     StatusCode::CREATED
                 };
-                request.audit(&format!("service {id}"), Some(service.version));
-                let last_push = current.and_then(|c| c.last_push);
-                let stored = StoredService {
-                    service,
-                    etag,
-                    last_push,
-                };
+                request.audit(&format!("service {id}"), Some(stored.service.version));
                 return Ok(service_response(status, &stored));
             }
             Err(StoreError::PreconditionFailed) if !matches!(precondition, Precondition::Etag(_)) => continue,

@@ -32,24 +32,16 @@ pub(super) fn status_update(
 ) -> String {
     let now = crate::util::now_unix();
     let mut sets = vec![
-        format!("{} = {}", e.name(STATUS), e.value("to", s(to.as_str()))),
-        format!(
-            "{} = {}",
-            e.name(UPDATED_AT),
-            e.value("updated", s(crate::util::now_rfc3339()))
-        ),
+        e.equals(STATUS, "to", s(to.as_str())),
+        e.equals(UPDATED_AT, "updated", s(crate::util::now_rfc3339())),
     ];
     let mut removes = vec![e.name(GSI2PK), e.name(GSI2SK)];
     match retention(to) {
-        Some(secs) => sets.push(format!(
-            "{} = {}",
-            e.name(EXPIRES_AT),
-            e.value("expires", n(now + secs))
-        )),
+        Some(secs) => sets.push(e.equals(EXPIRES_AT, "expires", n(now + secs))),
         None => removes.push(e.name(EXPIRES_AT)),
     }
     for (name, value) in set {
-        sets.push(format!("{} = {}", e.name(name), e.value(name, value)));
+        sets.push(e.equals(name, name, value));
     }
     removes.extend(remove.iter().map(|name| e.name(name)));
     let mut update = format!("SET {} REMOVE {}", sets.join(", "), removes.join(", "));
@@ -169,12 +161,7 @@ const SUPERSEDED_AT_ONCE: usize = 99;
 impl DynamoStore {
     /// Apply `transition` to deployment `id` of `org` if its status allows it; the deployment
     /// as it then is.
-    pub async fn transition(
-        &self,
-        org: &str,
-        id: &str,
-        transition: &Transition,
-    ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+    pub async fn transition(&self, org: &str, id: &str, transition: &Transition) -> Refusable<DeploymentRecord> {
         let mut e = Expr::default();
         let (update, condition) = transition.write(&mut e);
         match self
@@ -189,12 +176,7 @@ impl DynamoStore {
     /// Latest wins: begin an attempt of `id` and supersede `older` (the same service's
     /// deployments still waiting, older than `id`) in one transaction. Those of `older` that
     /// are no longer waiting (taken, finished) are left as they are.
-    pub async fn take_superseding(
-        &self,
-        org: &str,
-        id: &str,
-        older: &[String],
-    ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+    pub async fn take_superseding(&self, org: &str, id: &str, older: &[String]) -> Refusable<DeploymentRecord> {
         let (together, after) = older.split_at(older.len().min(SUPERSEDED_AT_ONCE));
         let mut todo: Vec<&str> = together.iter().map(String::as_str).collect();
         let mut retries = 0;
@@ -239,11 +221,7 @@ impl DynamoStore {
     /// from an index: one recorded within the last second may not show yet.
     pub async fn waiting_deployments(&self, org: &str, service: &str) -> StoreResult<Vec<DeploymentRecord>> {
         let mut e = Expr::default();
-        let condition = format!(
-            "{} = {}",
-            e.name(GSI1PK),
-            e.value("service", s(deployments_of_service(org, service)))
-        );
+        let condition = e.equals(GSI1PK, "service", s(deployments_of_service(org, service)));
         let filter = format!(
             "{} IN ({}, {})",
             e.name(STATUS),
@@ -251,14 +229,8 @@ impl DynamoStore {
             e.value("queued", s(DeploymentStatus::Queued.as_str()))
         );
         let query = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(GSI1)
-            .key_condition_expression(condition)
+            .query(Some(Index::Gsi1), condition, &e)
             .filter_expression(filter)
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
             .scan_index_forward(false);
         let items = self.collect(query, None, "waiting_deployments").await?;
         items.iter().map(deployment_from_item).collect()
@@ -267,16 +239,11 @@ impl DynamoStore {
     fn transition_action(&self, org: &str, id: &str, transition: &Transition) -> StoreResult<TransactWriteItem> {
         let mut e = Expr::default();
         let (update, condition) = transition.write(&mut e);
-        self.update_action(deployment_key(org, id), update, Some(condition), e)
+        self.action(Write::Update(deployment_key(org, id), update), Some(condition), &e)
     }
 
     /// Why `transition` of `id` did not apply: read what is there.
-    async fn refused(
-        &self,
-        org: &str,
-        id: &str,
-        transition: &Transition,
-    ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+    async fn refused(&self, org: &str, id: &str, transition: &Transition) -> Refusable<DeploymentRecord> {
         match self.get_item(deployment_key(org, id), "transition").await? {
             None => Ok(Err(Refusal::NotFound)),
             Some(item) => Ok(Err(transition.refusal(deployment_from_item(&item)?.status))),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use autodeploy_core::delivery::{
-    CandidateFate, DELIVERY_HISTORY_RETENTION_SECS, DeliveryOutcome, DeliveryRecord, HistoryDraft, REJECTED_PER_MINUTE,
+    CandidateFate, DELIVERY_HISTORY_RETENTION_SECS, DeliveryOutcome, DeliveryRecord, REJECTED_PER_MINUTE,
 };
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use autodeploy_core::model::Service;
@@ -22,6 +22,19 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
+
+/// `builder` with its condition (if any) and the names and values of its expressions (`e`):
+/// puts, deletes and updates, in a transaction or alone, are built by types that share no
+/// trait to do it through.
+macro_rules! conditioned {
+    ($builder:expr, $condition:expr, $e:expr) => {{
+        let e: &Expr = $e;
+        $builder
+            .set_condition_expression($condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(e.values())
+    }};
+}
 
 mod lifecycle;
 mod record;
@@ -34,9 +47,9 @@ pub use record::{
 
 use super::describe_sdk_error;
 use crate::store::{
-    Candidate, DeliveryFilter, DeliveryHistory, DeliveryKey, DeliveryLog, DeploymentFilter, DeploymentLog, Expected,
-    Guard, PUSH_MARK_RETENTION_SECS, Page, RecordOutcome, Refusal, SecretRecord, SecretStore, ServiceStore, Store,
-    StoreError, StoreResult, StoredService, TenantLimits, TokenRecord, TokenStore,
+    Batch, Candidate, DeliveryHistory, DeliveryKey, DeliveryLog, DeliveryQuery, DeploymentLog, DeploymentQuery,
+    Expected, Guard, PUSH_MARK_RETENTION_SECS, Page, PageRequest, RecordOutcome, Refusable, Refusal, SecretRecord,
+    SecretStore, ServiceStore, Store, StoreError, StoreResult, StoredService, TenantLimits, TokenRecord, TokenStore,
 };
 
 mod targets;
@@ -146,43 +159,59 @@ impl DynamoStore {
         Ok(items)
     }
 
-    /// A query on partition `pk` over the records whose sort key starts with `prefix`, after
-    /// `after` (an id), in `forward` order.
-    fn partition_query(&self, pk: String, prefix: &str, after: Option<&str>, forward: bool) -> QueryFluentBuilder {
-        let mut e = Expr::default();
-        let condition = format!(
-            "{} = {} AND begins_with({}, {})",
-            e.name(PK),
-            e.value("pk", s(&pk)),
-            e.name(SK),
-            e.value("prefix", s(prefix))
-        );
-        let start = after.map(|id| key(pk, format!("{prefix}{id}")));
-        self.client
+    /// A query whose key condition is `condition`: on `index`, or on the table, where reads
+    /// are consistent (a global index offers eventually consistent reads only: a write shows
+    /// there within about a second). `e` holds the names and values of every expression built
+    /// so far.
+    fn query(&self, index: Option<Index>, condition: String, e: &Expr) -> QueryFluentBuilder {
+        let query = self
+            .client
             .query()
             .table_name(&self.table)
             .key_condition_expression(condition)
             .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
+            .set_expression_attribute_values(e.values());
+        match index {
+            Some(index) => query.index_name(index.name()),
+            None => query.consistent_read(true),
+        }
+    }
+
+    /// A query on partition `pk` over the records whose sort key starts with `prefix` (all of
+    /// them when it is empty), after `after` (an id), in `forward` order.
+    fn partition_query(&self, pk: String, prefix: &str, after: Option<&str>, forward: bool) -> QueryFluentBuilder {
+        let mut e = Expr::default();
+        let mut condition = e.equals(PK, "pk", s(&pk));
+        if !prefix.is_empty() {
+            let sk = e.name(SK);
+            condition.push_str(&format!(" AND begins_with({sk}, {})", e.value("prefix", s(prefix))));
+        }
+        let start = after.map(|id| key(pk, format!("{prefix}{id}")));
+        self.query(None, condition, &e)
             .scan_index_forward(forward)
-            .consistent_read(true)
             .set_exclusive_start_key(start)
     }
 
-    /// A query on an index partition (`gsi1` / `gsi2`), in `forward` order. Index reads are
-    /// eventually consistent (DynamoDB offers nothing else on a global index): a write shows
-    /// there within about a second.
+    /// A query on an index partition (`gsi1` / `gsi2`), in `forward` order.
     fn index_query(&self, index: Index, value: String, forward: bool) -> QueryFluentBuilder {
         let mut e = Expr::default();
-        let condition = format!("{} = {}", e.name(index.pk()), e.value("ipk", s(value)));
-        self.client
-            .query()
-            .table_name(&self.table)
-            .index_name(index.name())
-            .key_condition_expression(condition)
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
-            .scan_index_forward(forward)
+        let condition = e.equals(index.pk(), "ipk", s(value));
+        self.query(Some(index), condition, &e).scan_index_forward(forward)
+    }
+
+    /// A page of the query's items, at most `limit` (see [`page_size`]): `parse` reads an item,
+    /// `id` gives an item's key.
+    async fn page<T>(
+        &self,
+        query: QueryFluentBuilder,
+        limit: usize,
+        op: &str,
+        parse: impl Fn(&Item) -> StoreResult<T>,
+        id: impl Fn(&T) -> String,
+    ) -> StoreResult<Page<T>> {
+        let limit = page_size(limit);
+        let items = self.collect(query, Some(limit + 1), op).await?;
+        into_page(items, limit, parse, id)
     }
 
     async fn get_item(&self, key: Item, op: &str) -> StoreResult<Option<Item>> {
@@ -258,76 +287,70 @@ impl DynamoStore {
         op: &str,
     ) -> StoreResult<Option<Item>> {
         let written = retry_conflicts(|| {
-            self.client
+            let request = self
+                .client
                 .update_item()
                 .table_name(&self.table)
                 .set_key(Some(key.clone()))
                 .update_expression(update)
-                .condition_expression(condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values())
-                .return_values(ReturnValue::AllNew)
-                .send()
+                .return_values(ReturnValue::AllNew);
+            conditioned!(request, Some(condition.to_owned()), e).send()
         })
         .await;
         match written {
             Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(None)
-            }
+            Err(err) if conditional_failure(&err) => Ok(None),
             Err(err) => Err(unavailable(op, &err)),
         }
     }
 
-    fn put_action(&self, item: Item, condition: Option<(String, Expr)>) -> StoreResult<TransactWriteItem> {
-        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
-        if let Some((condition, e)) = condition {
-            put = put
-                .condition_expression(condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values());
+    /// Put `item` if `condition` holds (always without one): `false` when it did not.
+    async fn put_item(&self, item: Item, condition: Option<(String, Expr)>, op: &str) -> StoreResult<bool> {
+        let (condition, e) = condition.unzip();
+        let request = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        match conditioned!(request, condition, &e.unwrap_or_default()).send().await {
+            Ok(_) => Ok(true),
+            Err(err) if conditional_failure(&err) => Ok(false),
+            Err(err) => Err(unavailable(op, &err)),
         }
-        let put = put
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("building a put: {e}")))?;
-        Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    fn delete_action(&self, key: Item, condition: Option<(String, Expr)>) -> StoreResult<TransactWriteItem> {
-        let mut delete = Delete::builder().table_name(&self.table).set_key(Some(key));
-        if let Some((condition, e)) = condition {
-            delete = delete
-                .condition_expression(condition)
-                .set_expression_attribute_names(e.names())
-                .set_expression_attribute_values(e.values());
-        }
-        let delete = delete
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("building a delete: {e}")))?;
-        Ok(TransactWriteItem::builder().delete(delete).build())
-    }
-
-    fn update_action(
-        &self,
-        key: Item,
-        update: String,
-        condition: Option<String>,
-        e: Expr,
-    ) -> StoreResult<TransactWriteItem> {
-        let update = Update::builder()
+    /// Delete the item at `key`: whether there was one.
+    async fn delete_item(&self, key: Item, op: &str) -> StoreResult<bool> {
+        let out = self
+            .client
+            .delete_item()
             .table_name(&self.table)
             .set_key(Some(key))
-            .update_expression(update)
-            .set_condition_expression(condition)
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("building an update: {e}")))?;
-        Ok(TransactWriteItem::builder().update(update).build())
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| unavailable(op, &e))?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    /// One action of a transaction: `write`, done only where `condition` holds; `e` holds the
+    /// names and values of its expressions.
+    fn action(&self, write: Write, condition: Option<String>, e: &Expr) -> StoreResult<TransactWriteItem> {
+        let (table, action) = (&self.table, TransactWriteItem::builder());
+        let action = match write {
+            Write::Put(item) => {
+                let put = Put::builder().table_name(table).set_item(Some(item));
+                action.put(conditioned!(put, condition, e).build().map_err(not_built)?)
+            }
+            Write::Delete(key) => {
+                let delete = Delete::builder().table_name(table).set_key(Some(key));
+                action.delete(conditioned!(delete, condition, e).build().map_err(not_built)?)
+            }
+            Write::Update(key, update) => {
+                let update = Update::builder()
+                    .table_name(table)
+                    .set_key(Some(key))
+                    .update_expression(update);
+                action.update(conditioned!(update, condition, e).build().map_err(not_built)?)
+            }
+        };
+        Ok(action.build())
     }
 
     /// Add `delta` to the counter at `key`; with `below`, only while the counter is below it
@@ -342,19 +365,14 @@ impl DynamoStore {
                 count = e.name(COUNT)
             )
         });
-        self.update_action(key, update, condition, e)
+        self.action(Write::Update(key, update), condition, &e)
     }
 }
 
 #[async_trait]
 impl ServiceStore for DynamoStore {
-    async fn put_service(
-        &self,
-        service: &Service,
-        etag: &str,
-        expected: Expected,
-        limits: TenantLimits,
-    ) -> StoreResult<()> {
+    async fn put_service(&self, stored: &StoredService, expected: Expected, limits: TenantLimits) -> StoreResult<()> {
+        let (service, etag) = (&stored.service, stored.etag.as_str());
         let org = &service.organization_id;
         // What the service is counted under now: nothing when it is created.
         let (before, condition_on) = match &expected {
@@ -374,9 +392,13 @@ impl ServiceStore for DynamoStore {
         // Replacing on the etag read above also pins the keys it is counted under.
         let condition = match condition_on {
             None => format!("attribute_not_exists({})", e.name(PK)),
-            Some(tag) => format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))),
+            Some(tag) => e.equals(ETAG, "expected", s(tag)),
         };
-        let mut actions = vec![self.update_action(service_key(org, &service.id), update, Some(condition), e)?];
+        let mut actions = vec![self.action(
+            Write::Update(service_key(org, &service.id), update),
+            Some(condition),
+            &e,
+        )?];
         // Why each action's condition may fail, in the actions' order.
         let mut refusals = vec![StoreError::PreconditionFailed];
         if expected == Expected::Absent {
@@ -405,11 +427,12 @@ impl ServiceStore for DynamoStore {
             .transpose()
     }
 
-    async fn list_services(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredService>> {
-        let limit = page_size(limit);
-        let query = self.partition_query(org_pk(org), "SERVICE#", after, true);
-        let items = self.collect(query, Some(limit + 1), "list_services").await?;
-        into_page(items, limit, service_from_item, |s| s.service.id.clone())
+    async fn list_services(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredService>> {
+        let query = self.partition_query(org_pk(org), "SERVICE#", page.after, true);
+        self.page(query, page.limit, "list_services", service_from_item, |s| {
+            s.service.id.clone()
+        })
+        .await
     }
 
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {
@@ -429,9 +452,9 @@ impl ServiceStore for DynamoStore {
                 return Err(StoreError::PreconditionFailed);
             }
             let mut e = Expr::default();
-            let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(&current)));
+            let condition = e.equals(ETAG, "expected", s(&current));
             let mut actions = vec![
-                self.delete_action(service_key(org, id), Some((condition, e)))?,
+                self.action(Write::Delete(service_key(org, id)), Some(condition), &e)?,
                 self.count_action(services_counter(org), -1, None)?,
             ];
             for counter in counted_keys(&item)? {
@@ -467,13 +490,7 @@ impl SecretStore for DynamoStore {
         let mut item = secret_key(org, provider);
         item.insert(SECRET.to_owned(), s(&record.secret));
         item.insert(SET_AT.to_owned(), s(&record.set_at));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("put_secret", &e))?;
+        self.put_item(item, None, "put_secret").await?;
         Ok(())
     }
 
@@ -488,16 +505,7 @@ impl SecretStore for DynamoStore {
     }
 
     async fn delete_secret(&self, org: &str, provider: &str) -> StoreResult<bool> {
-        let out = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(secret_key(org, provider)))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(|e| unavailable("delete_secret", &e))?;
-        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+        self.delete_item(secret_key(org, provider), "delete_secret").await
     }
 }
 
@@ -508,12 +516,12 @@ impl TokenStore for DynamoStore {
         record.extend(token_attributes(token));
         let mut lookup = token_hash_key(&token.hash);
         lookup.extend(token_attributes(token));
-        let absent = || {
-            let mut e = Expr::default();
-            let condition = format!("attribute_not_exists({})", e.name(PK));
-            Some((condition, e))
-        };
-        let actions = vec![self.put_action(record, absent())?, self.put_action(lookup, absent())?];
+        let mut e = Expr::default();
+        let absent = format!("attribute_not_exists({})", e.name(PK));
+        let actions = vec![
+            self.action(Write::Put(record), Some(absent.clone()), &e)?,
+            self.action(Write::Put(lookup), Some(absent), &e)?,
+        ];
         match self.transact(actions, "create_token").await? {
             Ok(()) => Ok(()),
             // The id or the hash is taken.
@@ -521,11 +529,10 @@ impl TokenStore for DynamoStore {
         }
     }
 
-    async fn list_tokens(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<TokenRecord>> {
-        let limit = page_size(limit);
-        let query = self.partition_query(token_pk(org), "TOKEN#", after, true);
-        let items = self.collect(query, Some(limit + 1), "list_tokens").await?;
-        into_page(items, limit, token_from_item, |t| t.id.clone())
+    async fn list_tokens(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<TokenRecord>> {
+        let query = self.partition_query(token_pk(org), "TOKEN#", page.after, true);
+        self.page(query, page.limit, "list_tokens", token_from_item, |t| t.id.clone())
+            .await
     }
 
     async fn delete_token(&self, org: &str, id: &str) -> StoreResult<bool> {
@@ -538,10 +545,10 @@ impl TokenStore for DynamoStore {
             };
             let hash = string_attr(&item, HASH)?;
             let mut e = Expr::default();
-            let condition = format!("{} = {}", e.name(HASH), e.value("hash", s(&hash)));
+            let condition = e.equals(HASH, "hash", s(&hash));
             let actions = vec![
-                self.delete_action(record.clone(), Some((condition, e)))?,
-                self.delete_action(token_hash_key(&hash), None)?,
+                self.action(Write::Delete(record.clone()), Some(condition), &e)?,
+                self.action(Write::Delete(token_hash_key(&hash)), None, &Expr::default())?,
             ];
             if self.transact(actions, "delete_token").await?.is_ok() {
                 return Ok(true);
@@ -562,19 +569,14 @@ impl TokenStore for DynamoStore {
 
 #[async_trait]
 impl DeploymentLog for DynamoStore {
-    async fn record_deployments(
-        &self,
-        org: &str,
-        candidates: &[Candidate],
-        delivery: Option<&DeliveryKey>,
-        history: Option<&HistoryDraft>,
-    ) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
+    async fn record_deployments(&self, batch: Batch<'_>) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
+        let candidates = batch.candidates;
         let outcomes = self.record_all(candidates).await;
         // The history is one more item, written once the transactions have decided: DynamoDB
         // cannot write it in the same transaction as every service's. Only when every service
         // was handled: after a failure the delivery is answered with an error, which the route
         // records as such.
-        if let Some(draft) = history
+        if let Some(draft) = batch.history
             && outcomes.iter().all(Result::is_ok)
         {
             let fates = candidates.iter().zip(&outcomes).filter_map(|(c, o)| match o {
@@ -591,10 +593,10 @@ impl DeploymentLog for DynamoStore {
         }
         // Remembered only when every service was handled: a redelivery then has nothing left to
         // do, while after a failure it completes what is missing.
-        if let Some(delivery) = delivery
+        if let Some(delivery) = batch.delivery
             && outcomes.iter().all(Result::is_ok)
         {
-            self.remember_delivery(org, delivery).await?;
+            self.remember_delivery(batch.org, delivery).await?;
         }
         Ok(outcomes)
     }
@@ -607,20 +609,14 @@ impl DeploymentLog for DynamoStore {
             .transpose()
     }
 
-    async fn list_deployments(
-        &self,
-        org: &str,
-        filter: &DeploymentFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Page<DeploymentRecord>> {
-        let limit = page_size(limit);
+    async fn list_deployments(&self, org: &str, query: &DeploymentQuery<'_>) -> StoreResult<Page<DeploymentRecord>> {
+        let DeploymentQuery { filter, page } = query;
         let mut query = match &filter.service_id {
-            None => self.partition_query(org_pk(org), "DEPLOYMENT#", after, false),
+            None => self.partition_query(org_pk(org), "DEPLOYMENT#", page.after, false),
             Some(service) => {
                 let index_value = deployments_of_service(org, service);
                 // A start key on an index names the table key and the index key.
-                let start = after.map(|id| {
+                let start = page.after.map(|id| {
                     let mut start = deployment_key(org, id);
                     start.insert(GSI1PK.to_owned(), s(&index_value));
                     start.insert(GSI1SK.to_owned(), s(id));
@@ -631,26 +627,13 @@ impl DeploymentLog for DynamoStore {
             }
         };
         if let Some(status) = filter.status {
-            // Appended to the query's own names and values, which use other labels.
-            let names = query.get_expression_attribute_names().clone().unwrap_or_default();
-            let values = query.get_expression_attribute_values().clone().unwrap_or_default();
-            query = query
-                .filter_expression("#status_filter = :status_filter")
-                .set_expression_attribute_names(Some(
-                    names
-                        .into_iter()
-                        .chain([("#status_filter".to_owned(), STATUS.to_owned())])
-                        .collect(),
-                ))
-                .set_expression_attribute_values(Some(
-                    values
-                        .into_iter()
-                        .chain([(":status_filter".to_owned(), s(status.as_str()))])
-                        .collect(),
-                ));
+            let mut e = Expr::default();
+            let condition = e.equals(STATUS, "status_filter", s(status.as_str()));
+            query = filtered(query, condition, &e);
         }
-        let items = self.collect(query, Some(limit + 1), "list_deployments").await?;
-        into_page(items, limit, deployment_from_item, |d| d.request.deployment_id.clone())
+        let id = |d: &DeploymentRecord| d.request.deployment_id.clone();
+        self.page(query, page.limit, "list_deployments", deployment_from_item, id)
+            .await
     }
 
     async fn pending_deployments(&self, limit: usize) -> StoreResult<Vec<DeploymentRecord>> {
@@ -670,23 +653,16 @@ impl DeploymentLog for DynamoStore {
         // The pending deployments recorded before `before` (and the newest request), oldest
         // first: outside an outage of the queue, none (one query of an empty index partition).
         let mut e = Expr::default();
+        let pending = e.equals(GSI2PK, "pending", s(PENDING));
         let condition = format!(
-            "{} = {} AND {} < {}",
-            e.name(GSI2PK),
-            e.value("pending", s(PENDING)),
+            "{pending} AND {} < {}",
             e.name(GSI2SK),
             e.value("before", s(newest.min(before)))
         );
         let projection = format!("{}, {}", e.name(GSI1PK), e.name(GSI2SK));
         let query = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(GSI2)
-            .key_condition_expression(condition)
-            .projection_expression(projection)
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values());
+            .query(Some(Index::Gsi2), condition, &e)
+            .projection_expression(projection);
         let items = self
             .collect(query, Some(MAX_PENDING_LOOKUP + 1), "held_behind_pending")
             .await?;
@@ -712,12 +688,7 @@ impl DeploymentLog for DynamoStore {
             .collect())
     }
 
-    async fn report_result(
-        &self,
-        org: &str,
-        id: &str,
-        result: &DeploymentResult,
-    ) -> StoreResult<Result<DeploymentRecord, Refusal>> {
+    async fn report_result(&self, org: &str, id: &str, result: &DeploymentResult) -> Refusable<DeploymentRecord> {
         let report = serde_json::to_string(result)
             .map_err(|e| StoreError::Unavailable(format!("report_result: encoding the result: {e}")))?;
         let report_key = result_key(result);
@@ -791,13 +762,7 @@ impl DeliveryLog for DynamoStore {
     async fn remember_delivery(&self, org: &str, delivery: &DeliveryKey) -> StoreResult<()> {
         let mut item = delivery_key(org, &delivery.source, &delivery.id);
         item.insert(EXPIRES_AT.to_owned(), n(delivery.expires_unix));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("remember_delivery", &e))?;
+        self.put_item(item, None, "remember_delivery").await?;
         Ok(())
     }
 }
@@ -831,28 +796,11 @@ impl DynamoStore {
             e.value("budget", n(i64::from(REJECTED_PER_MINUTE))),
             count = e.name(COUNT)
         );
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(format!("DELIVERYRATE#{org}"), minute.to_string())))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(err) => Err(unavailable("record_delivery", &err)),
-        }
+        let counter = key(format!("DELIVERYRATE#{org}"), minute.to_string());
+        let counted = self
+            .update_if(counter, &update, &condition, &e, "record_delivery")
+            .await?;
+        Ok(counted.is_some())
     }
 }
 
@@ -880,13 +828,7 @@ impl DeliveryHistory for DynamoStore {
             EXPIRES_AT.to_owned(),
             n(crate::util::now_unix() + DELIVERY_HISTORY_RETENTION_SECS),
         );
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| unavailable("record_delivery", &e))?;
+        self.put_item(item, None, "record_delivery").await?;
         Ok(true)
     }
 
@@ -897,53 +839,23 @@ impl DeliveryHistory for DynamoStore {
             .transpose()
     }
 
-    async fn list_deliveries(
-        &self,
-        org: &str,
-        filter: &DeliveryFilter,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Page<DeliveryRecord>> {
-        let limit = page_size(limit);
+    async fn list_deliveries(&self, org: &str, query: &DeliveryQuery<'_>) -> StoreResult<Page<DeliveryRecord>> {
+        let DeliveryQuery { filter, page } = query;
+        let mut query = self.partition_query(delivery_log_pk(org), "", page.after, false);
         let mut e = Expr::default();
-        let condition = format!("{} = {}", e.name(PK), e.value("pk", s(delivery_log_pk(org))));
         let mut filters = Vec::new();
         if let Some(source) = filter.source {
-            filters.push(format!(
-                "{} = {}",
-                e.name(SOURCE),
-                e.value("source", s(source.as_str()))
-            ));
+            filters.push(e.equals(SOURCE, "source", s(source.as_str())));
         }
         if let Some(outcome) = filter.outcome {
-            filters.push(format!(
-                "{} = {}",
-                e.name(OUTCOME),
-                e.value("outcome", s(outcome.as_str()))
-            ));
+            filters.push(e.equals(OUTCOME, "outcome", s(outcome.as_str())));
         }
-        let start = after.map(|id| key(delivery_log_pk(org), id.to_owned()));
-        let mut query = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression(condition)
-            .scan_index_forward(false)
-            .consistent_read(true)
-            .set_exclusive_start_key(start);
         if !filters.is_empty() {
-            query = query.filter_expression(filters.join(" AND "));
+            query = filtered(query, filters.join(" AND "), &e);
         }
-        let query = query
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values());
-        let items = self.collect(query, Some(limit + 1), "list_deliveries").await?;
-        into_page(
-            items,
-            limit,
-            |item| delivery_record_from_item(org, item),
-            |d| d.id.clone(),
-        )
+        let record = |item: &Item| delivery_record_from_item(org, item);
+        self.page(query, page.limit, "list_deliveries", record, |d| d.id.clone())
+            .await
     }
 }
 
@@ -955,6 +867,16 @@ impl Store for DynamoStore {
         self.get_item(key("PING".to_owned(), "PING".to_owned()), "ping").await?;
         Ok(())
     }
+}
+
+/// What an action of a transaction does to one item.
+enum Write {
+    /// Put this whole item.
+    Put(Item),
+    /// Delete the item at this key.
+    Delete(Item),
+    /// Apply this update expression to the item at this key.
+    Update(Item, String),
 }
 
 #[derive(Clone, Copy)]
@@ -1001,6 +923,11 @@ impl Expr {
         placeholder
     }
 
+    /// `attribute = value`, for a condition or a `SET` (`label` names the value).
+    fn equals(&mut self, attribute: &str, label: &str, value: AttributeValue) -> String {
+        format!("{} = {}", self.name(attribute), self.value(label, value))
+    }
+
     fn names(&self) -> Option<HashMap<String, String>> {
         (!self.names.is_empty()).then(|| self.names.clone())
     }
@@ -1016,41 +943,33 @@ fn service_update(service: &Service, etag: &str, e: &mut Expr) -> StoreResult<St
     let data = serde_json::to_string(service)
         .map_err(|err| StoreError::Unavailable(format!("encoding service {}: {err}", service.id)))?;
     let org = &service.organization_id;
-    let mut set = vec![
-        format!("{} = {}", e.name(DATA), e.value("data", s(data))),
-        format!("{} = {}", e.name(ETAG), e.value("etag", s(etag))),
-    ];
+    let mut set = vec![e.equals(DATA, "data", s(data)), e.equals(ETAG, "etag", s(etag))];
     let mut remove = Vec::new();
-    match service.repository_key() {
-        Some(repository) => {
-            set.push(format!(
-                "{} = {}",
-                e.name(GSI1PK),
-                e.value("gsi1pk", s(repository_index_value(org, &repository)))
-            ));
-            set.push(format!("{} = {}", e.name(GSI1SK), e.value("sid", s(&service.id))));
+    let indexed = [
+        (
+            GSI1PK,
+            GSI1SK,
+            service.repository_key().map(|r| repository_index_value(org, &r)),
+        ),
+        (
+            GSI2PK,
+            GSI2SK,
+            service.image_key().map(|(_, path)| image_index_value(org, &path)),
+        ),
+    ];
+    for (pk, sk, value) in indexed {
+        match value {
+            Some(value) => {
+                set.push(e.equals(pk, pk, s(value)));
+                set.push(e.equals(sk, "sid", s(&service.id)));
+            }
+            None => remove.extend([e.name(pk), e.name(sk)]),
         }
-        None => remove.extend([e.name(GSI1PK), e.name(GSI1SK)]),
     }
     // Which target the service deploys to: a target that services name cannot be deleted.
     match &service.spec.deploy_target {
-        Some(target) => set.push(format!(
-            "{} = {}",
-            e.name(TARGET_ID),
-            e.value("target", s(&target.target_id))
-        )),
+        Some(target) => set.push(e.equals(TARGET_ID, "target", s(&target.target_id))),
         None => remove.push(e.name(TARGET_ID)),
-    }
-    match service.image_key() {
-        Some((_registry, path)) => {
-            set.push(format!(
-                "{} = {}",
-                e.name(GSI2PK),
-                e.value("gsi2pk", s(image_index_value(org, &path)))
-            ));
-            set.push(format!("{} = {}", e.name(GSI2SK), e.value("sid", s(&service.id))));
-        }
-        None => remove.extend([e.name(GSI2PK), e.name(GSI2SK)]),
     }
     let mut update = format!("SET {}", set.join(", "));
     if !remove.is_empty() {
@@ -1145,6 +1064,30 @@ where
             other => return other,
         }
     }
+}
+
+/// Whether a single-item write failed its condition.
+fn conditional_failure<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "ConditionalCheckFailedException")
+}
+
+fn not_built(err: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Unavailable(format!("building a transaction's action: {err}"))
+}
+
+/// `query` keeping only the items `filter` holds for; `e` holds the filter's names and values,
+/// added to the query's own, whose value labels it must not reuse.
+fn filtered(query: QueryFluentBuilder, filter: String, e: &Expr) -> QueryFluentBuilder {
+    let mut names = query.get_expression_attribute_names().clone().unwrap_or_default();
+    let mut values = query.get_expression_attribute_values().clone().unwrap_or_default();
+    names.extend(e.names.clone());
+    values.extend(e.values.clone());
+    query
+        .filter_expression(filter)
+        .set_expression_attribute_names(Some(names))
+        .set_expression_attribute_values(Some(values))
 }
 
 fn unavailable<E, R>(op: &str, err: &SdkError<E, R>) -> StoreError

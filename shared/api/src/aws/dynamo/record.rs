@@ -182,11 +182,9 @@ impl DynamoStore {
                 let after = mark.split_once("..").map_or("", |(_, after)| after);
                 let mut e = Expr::default();
                 let update = format!(
-                    "SET {} = {}, {} = {}",
-                    e.name(LAST_PUSH),
-                    e.value("mark", s(mark)),
-                    e.name(CURRENT_COMMIT),
-                    e.value("after", s(after))
+                    "SET {}, {}",
+                    e.equals(LAST_PUSH, "mark", s(mark)),
+                    e.equals(CURRENT_COMMIT, "after", s(after))
                 );
                 let mut condition = format!("attribute_exists({})", e.name(PK));
                 if stage == Stage::Reapply {
@@ -198,7 +196,11 @@ impl DynamoStore {
                 }
                 Ok(vec![
                     (
-                        self.update_action(service_key(org, &request.service_id), update, Some(condition), e)?,
+                        self.action(
+                            Write::Update(service_key(org, &request.service_id), update),
+                            Some(condition),
+                            &e,
+                        )?,
                         Verdict::GuardFailed,
                     ),
                     (
@@ -212,14 +214,13 @@ impl DynamoStore {
                 let service = &updated.service;
                 let mut e = Expr::default();
                 let update = service_update(service, &updated.etag, &mut e)?;
-                let condition = format!("{} = {}", e.name(ETAG), e.value("expected", s(expected)));
+                let condition = e.equals(ETAG, "expected", s(expected));
                 Ok(vec![
                     (
-                        self.update_action(
-                            service_key(&service.organization_id, &service.id),
-                            update,
+                        self.action(
+                            Write::Update(service_key(&service.organization_id, &service.id), update),
                             Some(condition),
-                            e,
+                            &e,
                         )?,
                         Verdict::GuardFailed,
                     ),
@@ -245,7 +246,7 @@ impl DynamoStore {
         item.insert(UPDATED_AT.to_owned(), s(&request.requested_at));
         let mut e = Expr::default();
         let condition = format!("attribute_not_exists({})", e.name(PK));
-        self.put_action(item, Some((condition, e)))
+        self.action(Write::Put(item), Some(condition), &e)
     }
 
     /// The push's mark on the service, remembered for the replay rule until it expires;
@@ -255,7 +256,7 @@ impl DynamoStore {
         let mut item = key(org_pk(org), format!("PUSHMARK#{service_id}#{mark}"));
         item.insert(EXPIRES_AT.to_owned(), n(now + PUSH_MARK_RETENTION_SECS));
         if !fresh {
-            return self.put_action(item, None);
+            return self.action(Write::Put(item), None, &Expr::default());
         }
         let mut e = Expr::default();
         // TTL deletes expired items lazily: an expired mark may still be there.
@@ -265,7 +266,7 @@ impl DynamoStore {
             e.name(EXPIRES_AT),
             e.value("now", n(now))
         );
-        self.put_action(item, Some((condition, e)))
+        self.action(Write::Put(item), Some(condition), &e)
     }
 
     /// Mark `ids` `QUEUED`, up to [`MAX_TRANSACTION_ITEMS`] per transaction, several at once.
@@ -327,12 +328,8 @@ impl DynamoStore {
     fn mark_action(&self, org: &str, id: &str) -> StoreResult<TransactWriteItem> {
         let mut e = Expr::default();
         let update = lifecycle::status_update(&mut e, DeploymentStatus::Queued, Vec::new(), &[], false);
-        let condition = format!(
-            "{} = {}",
-            e.name(STATUS),
-            e.value("pending", s(DeploymentStatus::Pending.as_str()))
-        );
-        self.update_action(deployment_key(org, id), update, Some(condition), e)
+        let condition = e.equals(STATUS, "pending", s(DeploymentStatus::Pending.as_str()));
+        self.action(Write::Update(deployment_key(org, id), update), Some(condition), &e)
     }
 }
 

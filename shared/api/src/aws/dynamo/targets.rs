@@ -4,13 +4,14 @@
 
 use async_trait::async_trait;
 use autodeploy_core::target::TargetSpec;
-use aws_sdk_dynamodb::types::ReturnValue;
 
 use super::{
-    CREATED_AT, DATA, DynamoStore, ETAG, Expr, Item, PK, TARGET_ID, UPDATED_AT, into_page, item_label, key, n,
-    number_attr, org_pk, page_size, s, string_attr, unavailable,
+    CREATED_AT, DATA, DynamoStore, ETAG, Expr, Item, PK, TARGET_ID, UPDATED_AT, filtered, item_label, key, n,
+    number_attr, org_pk, s, string_attr,
 };
-use crate::store::{Expected, Page, Refusal, StoreError, StoreResult, StoredTarget, TargetStore};
+use crate::store::{
+    Expected, Page, PageRequest, Refusable, Refusal, StoreError, StoreResult, StoredTarget, TargetStore,
+};
 
 const VERSION: &str = "version";
 
@@ -36,14 +37,6 @@ fn target_from_item(item: &Item) -> StoreResult<StoredTarget> {
     })
 }
 
-fn conditional_failure<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
-    err: &aws_sdk_dynamodb::error::SdkError<E, R>,
-) -> bool {
-    err.as_service_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "ConditionalCheckFailedException")
-}
-
 #[async_trait]
 impl TargetStore for DynamoStore {
     async fn put_target(&self, target: &StoredTarget, expected: Expected) -> StoreResult<()> {
@@ -58,22 +51,12 @@ impl TargetStore for DynamoStore {
         let mut e = Expr::default();
         let condition = match &expected {
             Expected::Absent => format!("attribute_not_exists({})", e.name(PK)),
-            Expected::Etag(tag) => format!("{} = {}", e.name(ETAG), e.value("expected", s(tag))),
+            Expected::Etag(tag) => e.equals(ETAG, "expected", s(tag)),
         };
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression(condition)
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err) if conditional_failure(&err) => Err(StoreError::PreconditionFailed),
-            Err(err) => Err(unavailable("put_target", &err)),
+        if self.put_item(item, Some((condition, e)), "put_target").await? {
+            Ok(())
+        } else {
+            Err(StoreError::PreconditionFailed)
         }
     }
 
@@ -85,43 +68,17 @@ impl TargetStore for DynamoStore {
             .transpose()
     }
 
-    async fn list_targets(&self, org: &str, after: Option<&str>, limit: usize) -> StoreResult<Page<StoredTarget>> {
-        let limit = page_size(limit);
-        let mut e = Expr::default();
-        let condition = format!("{} = {}", e.name(PK), e.value("pk", s(target_pk(org))));
-        let query = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression(condition)
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
-            .consistent_read(true)
-            .set_exclusive_start_key(after.map(|id| key(target_pk(org), id.to_owned())));
-        let items = self.collect(query, Some(limit + 1), "list_targets").await?;
-        into_page(items, limit, target_from_item, |t| t.id.clone())
+    async fn list_targets(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredTarget>> {
+        let query = self.partition_query(target_pk(org), "", page.after, true);
+        self.page(query, page.limit, "list_targets", target_from_item, |t| t.id.clone())
+            .await
     }
 
-    async fn delete_target(&self, org: &str, id: &str) -> StoreResult<Result<bool, Refusal>> {
+    async fn delete_target(&self, org: &str, id: &str) -> Refusable<bool> {
         // The organization's services that name it (a query of its own partition, filtered).
         let mut e = Expr::default();
-        let condition = format!(
-            "{} = {} AND begins_with({}, {})",
-            e.name(PK),
-            e.value("pk", s(org_pk(org))),
-            e.name(super::SK),
-            e.value("prefix", s("SERVICE#"))
-        );
-        let filter = format!("{} = {}", e.name(TARGET_ID), e.value("target", s(id)));
-        let query = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression(condition)
-            .filter_expression(filter)
-            .set_expression_attribute_names(e.names())
-            .set_expression_attribute_values(e.values())
-            .consistent_read(true);
+        let filter = e.equals(TARGET_ID, "target", s(id));
+        let query = filtered(self.partition_query(org_pk(org), "SERVICE#", None, true), filter, &e);
         let users = self.collect(query, Some(5), "delete_target").await?;
         if !users.is_empty() {
             let ids: Vec<String> = users
@@ -134,15 +91,9 @@ impl TargetStore for DynamoStore {
                 ids.join(", ")
             ))));
         }
-        let out = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(target_pk(org), id.to_owned())))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(|e| unavailable("delete_target", &e))?;
-        Ok(Ok(out.attributes.is_some_and(|a| !a.is_empty())))
+        let deleted = self
+            .delete_item(key(target_pk(org), id.to_owned()), "delete_target")
+            .await?;
+        Ok(Ok(deleted))
     }
 }
