@@ -15,8 +15,9 @@ use rusqlite::Connection;
 use super::unavailable;
 use crate::store::{StoreError, StoreResult};
 
-/// How often the log is copied back.
-const INTERVAL: Duration = Duration::from_millis(100);
+/// How often the log is copied back: a page written many times in between (the last page of
+/// an index, of the deployment log) is copied once.
+const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Pages the log may hold before the writer checkpoints itself (SQLite's default is 1,000).
 pub(super) const WRITER_AUTOCHECKPOINT: u32 = 16_384;

@@ -40,6 +40,9 @@ use writer::{Durability, Writer};
 
 /// Read connections kept open between reads (more are opened while many threads read).
 const IDLE_READERS: usize = 8;
+/// The writer's page cache, in KiB as `PRAGMA cache_size` takes it when negative (SQLite's
+/// default is 2 MiB).
+const WRITER_CACHE_KIB: i64 = -32_768;
 /// Prepared statements each connection keeps (rusqlite keeps 16 unless told).
 const STATEMENT_CACHE: usize = 64;
 /// Deployment lines waiting to be printed before new ones are dropped (a stdout nobody reads).
@@ -122,6 +125,10 @@ impl SqliteStore {
         // stays in memory instead of a temporary file created for every batch.
         conn.pragma_update(None, "temp_store", "MEMORY").map_err(unavailable)?;
         conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT)
+            .map_err(unavailable)?;
+        // The writer keeps the pages it writes again and again (the last pages of the indexes
+        // it appends to) in memory rather than reading them back from the file.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .map_err(unavailable)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
