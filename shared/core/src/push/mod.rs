@@ -283,19 +283,21 @@ fn text<'t>(field: &'t Option<Text<'_>>) -> Option<&'t str> {
     field.as_deref().filter(|s| !s.is_empty())
 }
 
-/// A commit as GitHub, GitLab, Gitea and Gogs list it (they agree on these names).
+/// A commit as GitHub, GitLab, Gitea and Gogs list it (they agree on these names). `L` reads
+/// each file list: kept by default, only checked where the payload lists the files elsewhere.
 #[derive(Debug, Deserialize)]
-struct Commit<'a> {
+#[serde(bound(deserialize = "L: Deserialize<'de>"))]
+struct Commit<'a, L = Vec<Text<'a>>> {
     #[serde(borrow, default)]
     id: Option<Text<'a>>,
     #[serde(borrow, default)]
     message: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    added: Option<Vec<Text<'a>>>,
-    #[serde(borrow, default)]
-    modified: Option<Vec<Text<'a>>>,
-    #[serde(borrow, default)]
-    removed: Option<Vec<Text<'a>>>,
+    #[serde(default)]
+    added: Option<L>,
+    #[serde(default)]
+    modified: Option<L>,
+    #[serde(default)]
+    removed: Option<L>,
 }
 
 /// The union of `added`, `modified` and `removed` over `commits`; `Unknown` when `complete` is
@@ -375,6 +377,102 @@ fn message_of(commits: &[Commit<'_>], sha: &str) -> Option<String> {
         .find(|commit| commit.id.as_deref() == Some(sha))
         .and_then(|commit| commit.message.as_deref())
         .map(str::to_owned)
+}
+
+/// Declares `PushEvent`, the payload of a push to one branch as GitHub, GitLab, Gitea and Gogs
+/// send it: `ref`, `before` and `after`, which they name and read alike (see [`RefUpdate`]),
+/// then the provider's own fields, given to the macro. Declared in each parser rather than
+/// shared as a struct under `#[serde(flatten)]`, which would buffer the payload instead of
+/// borrowing from it.
+macro_rules! push_event {
+    ($($fields:tt)*) => {
+        #[derive(Debug, Deserialize)]
+        struct PushEvent<'a> {
+            #[serde(rename = "ref", borrow, default)]
+            git_ref: Option<Text<'a>>,
+            #[serde(borrow, default)]
+            before: Option<Text<'a>>,
+            #[serde(borrow, default)]
+            after: Option<Text<'a>>,
+            $($fields)*
+        }
+    };
+}
+use push_event;
+
+/// What a push to one branch (GitHub, GitLab, Gitea, Gogs) says of the ref it updates.
+struct RefUpdate<'e> {
+    git_ref: Option<&'e str>,
+    before: Option<&'e str>,
+    after: Option<&'e str>,
+    /// GitHub's `deleted: true`, which says what an `after` of zeros says.
+    deleted: bool,
+    /// The head commit's id, which stands for a missing `after`: a branch pushed with no new
+    /// commit still names its head.
+    head_id: Option<&'e str>,
+}
+
+/// What a push carries besides its branch and commits, read by each provider its own way.
+struct PushDetails {
+    repository_urls: Vec<String>,
+    files: ChangedFiles,
+    head_commit_message: Option<String>,
+    pusher: Option<String>,
+}
+
+impl<'e> RefUpdate<'e> {
+    /// The fields [`push_event`] declares; not deleted, no head commit.
+    fn new(git_ref: &'e Option<Text<'_>>, before: &'e Option<Text<'_>>, after: &'e Option<Text<'_>>) -> Self {
+        RefUpdate {
+            git_ref: text(git_ref),
+            before: text(before),
+            after: text(after),
+            deleted: false,
+            head_id: None,
+        }
+    }
+
+    /// The delivery of this push, checked in one order for every provider: the `ref` and then
+    /// the repository the push is for (`source`, else the name of its missing field) must be
+    /// there; a tag (deleted ones too) or another ref is ignored, and so is a deleted branch;
+    /// then the commit to deploy must be known. `details` reads the rest, given the source and
+    /// that commit.
+    fn delivery<S>(
+        self,
+        provider: GitProvider,
+        source: Result<S, &'static str>,
+        details: impl FnOnce(S, &'e str) -> PushDetails,
+    ) -> Result<Delivery, PayloadError> {
+        let git_ref = self.git_ref.ok_or_else(|| wrong_shape(provider, "missing `ref`"))?;
+        let source = source.map_err(|field| wrong_shape(provider, format!("missing `{field}`")))?;
+        let branch = match classify_ref(git_ref) {
+            RefKind::Branch(branch) => branch,
+            RefKind::Tag => return Ok(Delivery::Ignored(IgnoredReason::TagPush)),
+            RefKind::Other => return Ok(Delivery::Ignored(IgnoredReason::UnsupportedEvent)),
+        };
+        if self.deleted || self.after.is_some_and(is_zero_sha) {
+            return Ok(Delivery::Ignored(IgnoredReason::BranchDeleted));
+        }
+        let after = self
+            .after
+            .or(self.head_id)
+            .ok_or_else(|| wrong_shape(provider, "missing `after`"))?;
+        let PushDetails {
+            repository_urls,
+            files,
+            head_commit_message,
+            pusher,
+        } = details(source, after);
+        Ok(Delivery::Pushes(vec![Push {
+            repository_urls,
+            branch: branch.to_owned(),
+            before: self.before.unwrap_or_default().to_owned(),
+            after: after.to_owned(),
+            files,
+            head_commit_message,
+            pusher,
+        }]))
+    }
 }
 
 /// What a git ref names.
