@@ -2,11 +2,10 @@
 //! under `X-Gitea-Event` / `X-Forgejo-Event` or `X-Gogs-Event`.
 
 use http::HeaderMap;
-use serde::Deserialize;
 
 use super::{
-    Commit, Delivery, IgnoredReason, PayloadError, PushDetails, RefUpdate, Text, changed_files, check_json,
-    collect_urls, deleted_ref, event_header, from_json, message_of, push_event, text,
+    Commit, Delivery, IgnoredReason, PayloadError, PushDetails, RefUpdate, changed_files, check_json, collect_urls,
+    deleted_ref, event_header, from_json, message_of, push_event, text,
 };
 use crate::provider::GitProvider;
 
@@ -33,34 +32,9 @@ impl Flavor {
 }
 
 push_event! {
-    #[serde(borrow, default)]
+    with head_commit, repository, pusher;
     commits: Option<Vec<Commit<'a>>>,
-    #[serde(default)]
     total_commits: Option<u64>,
-    #[serde(borrow, default)]
-    head_commit: Option<Commit<'a>>,
-    #[serde(borrow, default)]
-    repository: Option<Repository<'a>>,
-    #[serde(borrow, default)]
-    pusher: Option<User<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Repository<'a> {
-    #[serde(borrow, default)]
-    clone_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    ssh_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    html_url: Option<Text<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct User<'a> {
-    #[serde(borrow, default)]
-    login: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    username: Option<Text<'a>>,
 }
 
 pub(super) fn parse(flavor: Flavor, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {

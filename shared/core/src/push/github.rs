@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    Commit, Delivery, FileUnion, GITHUB_COMMIT_CAP, IgnoredReason, PayloadError, PushDetails, RefUpdate, Text, Unkept,
+    Delivery, FileUnion, GITHUB_COMMIT_CAP, IgnoredReason, PayloadError, PushDetails, RefUpdate, Text, Unkept, User,
     check_json, collect_urls, deleted_ref, event_header, from_json, push_event, text,
 };
 use crate::provider::GitProvider;
@@ -17,18 +17,10 @@ use crate::provider::GitProvider;
 const PROVIDER: GitProvider = GitProvider::Github;
 
 push_event! {
-    #[serde(default)]
+    with head_commit, repository, pusher;
     deleted: Option<bool>,
-    #[serde(default)]
     commits: Option<Commits>,
-    #[serde(borrow, default)]
-    head_commit: Option<HeadCommit<'a>>,
-    #[serde(borrow, default)]
-    repository: Option<Repository<'a>>,
-    #[serde(borrow, default)]
-    pusher: Option<Pusher<'a>>,
-    #[serde(borrow, default)]
-    sender: Option<Sender<'a>>,
+    sender: Option<User<'a>>,
 }
 
 /// `commits`, read with the errors a `Vec` of [`super::Commit`] gives, but folded into the
@@ -141,31 +133,6 @@ impl<'de> Visitor<'de> for CommitSeed<'_> {
     }
 }
 
-/// `head_commit`: a [`Commit`] whose file lists, which the payload's `commits` already hold,
-/// are checked (same errors) but not kept.
-type HeadCommit<'a> = Commit<'a, UnkeptList>;
-
-/// A `Vec<Text>` checked (same errors) but not kept.
-#[derive(Debug)]
-struct UnkeptList;
-
-impl<'de> Deserialize<'de> for UnkeptList {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ListVisitor;
-        impl<'de> Visitor<'de> for ListVisitor {
-            type Value = UnkeptList;
-            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-                formatter.write_str("a sequence")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UnkeptList, A::Error> {
-                while seq.next_element::<Unkept>()?.is_some() {}
-                Ok(UnkeptList)
-            }
-        }
-        deserializer.deserialize_seq(ListVisitor)
-    }
-}
-
 /// An `Option<Vec<Text>>` file list of a commit, its non-empty paths added to the union;
 /// `true` when the list is there (not `null`).
 struct Paths<'u>(&'u mut FileUnion);
@@ -208,32 +175,6 @@ impl<'de> Visitor<'de> for Paths<'_> {
         }
         deserializer.deserialize_seq(List(self.0)).map(|()| true)
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct Repository<'a> {
-    #[serde(borrow, default)]
-    clone_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    ssh_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    git_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    html_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    url: Option<Text<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Pusher<'a> {
-    #[serde(borrow, default)]
-    name: Option<Text<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Sender<'a> {
-    #[serde(borrow, default)]
-    login: Option<Text<'a>>,
 }
 
 pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
@@ -318,7 +259,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::push::{ChangedFiles, changed_files};
+    use crate::push::{ChangedFiles, HeadCommit, changed_files};
 
     /// How `commits` was read before it was folded: kept whole, as the other providers do.
     #[derive(Debug, Deserialize)]

@@ -14,17 +14,11 @@ use crate::provider::GitProvider;
 const PROVIDER: GitProvider = GitProvider::Gitlab;
 
 push_event! {
-    #[serde(borrow, default)]
     user_username: Option<Text<'a>>,
-    #[serde(borrow, default)]
     user_name: Option<Text<'a>>,
-    #[serde(borrow, default)]
     project: Option<Project<'a>>,
-    #[serde(borrow, default)]
     repository: Option<Repository<'a>>,
-    #[serde(borrow, default)]
     commits: Option<Vec<Commit<'a>>>,
-    #[serde(default)]
     total_commits_count: Option<u64>,
 }
 

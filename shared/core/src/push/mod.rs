@@ -266,7 +266,9 @@ fn provider_name(provider: GitProvider) -> &'static str {
 /// A JSON string, borrowed from the body unless it holds escapes.
 ///
 /// A newtype because serde only borrows a `Cow` that is a field of its own, not one inside an
-/// `Option` or a `Vec`.
+/// `Option` or a `Vec`. A struct holding texts borrows them once it bounds `'de: 'a`: field by
+/// field with `#[serde(borrow, default)]`, or for all its fields, every one optional, with
+/// `#[serde(default, bound(deserialize = "'de: 'a"))]`, as the shared payload structs below do.
 #[derive(Debug, Deserialize)]
 #[serde(transparent)]
 struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
@@ -285,18 +287,13 @@ fn text<'t>(field: &'t Option<Text<'_>>) -> Option<&'t str> {
 
 /// A commit as GitHub, GitLab, Gitea and Gogs list it (they agree on these names). `L` reads
 /// each file list: kept by default, only checked where the payload lists the files elsewhere.
-#[derive(Debug, Deserialize)]
-#[serde(bound(deserialize = "L: Deserialize<'de>"))]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a, L: Deserialize<'de> + Default"))]
 struct Commit<'a, L = Vec<Text<'a>>> {
-    #[serde(borrow, default)]
     id: Option<Text<'a>>,
-    #[serde(borrow, default)]
     message: Option<Text<'a>>,
-    #[serde(default)]
     added: Option<L>,
-    #[serde(default)]
     modified: Option<L>,
-    #[serde(default)]
     removed: Option<L>,
 }
 
@@ -370,6 +367,53 @@ impl<'de> Deserialize<'de> for Unkept {
     }
 }
 
+/// A [`Commit`] whose file lists are checked (same errors) but not kept: a payload's
+/// `head_commit`, whose files its `commits` already list.
+type HeadCommit<'a> = Commit<'a, UnkeptList>;
+
+/// A `Vec<Text>` checked (same errors) but not kept.
+#[derive(Debug, Default)]
+struct UnkeptList;
+
+impl<'de> Deserialize<'de> for UnkeptList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UnkeptList;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a sequence")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UnkeptList, A::Error> {
+                while seq.next_element::<Unkept>()?.is_some() {}
+                Ok(UnkeptList)
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
+}
+
+/// A repository's URLs as GitHub names them, which Gitea and Gogs copy (without `git_url` and
+/// `url`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct Repository<'a> {
+    clone_url: Option<Text<'a>>,
+    ssh_url: Option<Text<'a>>,
+    git_url: Option<Text<'a>>,
+    html_url: Option<Text<'a>>,
+    url: Option<Text<'a>>,
+}
+
+/// Who pushed, as GitHub names them (`pusher.name`, `sender.login`) and Gitea and Gogs
+/// (`pusher.login`, `pusher.username`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct User<'a> {
+    name: Option<Text<'a>>,
+    login: Option<Text<'a>>,
+    username: Option<Text<'a>>,
+}
+
 /// The message of the commit `sha` among `commits`, for providers without a `head_commit`.
 fn message_of(commits: &[Commit<'_>], sha: &str) -> Option<String> {
     commits
@@ -381,19 +425,29 @@ fn message_of(commits: &[Commit<'_>], sha: &str) -> Option<String> {
 
 /// Declares `PushEvent`, the payload of a push to one branch as GitHub, GitLab, Gitea and Gogs
 /// send it: `ref`, `before` and `after`, which they name and read alike (see [`RefUpdate`]),
-/// then the provider's own fields, given to the macro. Declared in each parser rather than
-/// shared as a struct under `#[serde(flatten)]`, which would buffer the payload instead of
-/// borrowing from it.
+/// then the provider's own fields, given to the macro. Gitea and Gogs copy GitHub's payload, so
+/// both parsers begin their fields with `with head_commit, repository, pusher;`, which adds
+/// the three they share.
+/// Declared in each parser rather than shared as a struct under `#[serde(flatten)]`, which
+/// would buffer the payload instead of borrowing from it. Every field may be missing, and the
+/// bound lets every text borrow from the body, so the fields need no attributes of their own.
 macro_rules! push_event {
+    (with head_commit, repository, pusher; $($fields:tt)*) => {
+        push_event! {
+            head_commit: Option<$crate::push::HeadCommit<'a>>,
+            repository: Option<$crate::push::Repository<'a>>,
+            pusher: Option<$crate::push::User<'a>>,
+            $($fields)*
+        }
+    };
     ($($fields:tt)*) => {
-        #[derive(Debug, Deserialize)]
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(default, bound(deserialize = "'de: 'a"))]
         struct PushEvent<'a> {
-            #[serde(rename = "ref", borrow, default)]
-            git_ref: Option<Text<'a>>,
-            #[serde(borrow, default)]
-            before: Option<Text<'a>>,
-            #[serde(borrow, default)]
-            after: Option<Text<'a>>,
+            #[serde(rename = "ref")]
+            git_ref: Option<$crate::push::Text<'a>>,
+            before: Option<$crate::push::Text<'a>>,
+            after: Option<$crate::push::Text<'a>>,
             $($fields)*
         }
     };
@@ -660,9 +714,9 @@ fn event_header<'h>(headers: &'h HeaderMap, names: &[&'static str]) -> Result<Co
 }
 
 /// For `delete` events (GitHub, Gitea, Gogs): a deleted branch or tag, by `ref_type`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, bound(deserialize = "'de: 'a"))]
 struct RefTypeEvent<'a> {
-    #[serde(borrow, default)]
     ref_type: Option<Text<'a>>,
 }
 
