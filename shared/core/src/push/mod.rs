@@ -491,6 +491,8 @@ impl<'e> RefUpdate<'e> {
     /// there; a tag (deleted ones too) or another ref is ignored, and so is a deleted branch;
     /// then the commit to deploy must be known. `details` reads the rest, given the source and
     /// that commit.
+    // Inlined into each parser: measured, the small push's parse is otherwise 1% slower.
+    #[inline]
     fn delivery<S>(
         self,
         provider: GitProvider,
