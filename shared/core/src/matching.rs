@@ -316,168 +316,54 @@ mod tests {
 
     #[test]
     fn image_decisions() {
-        let semver = json!({"type": "SEMVER", "range": ">=1.2.0 <2"});
-        let name = |s: &str| parse_image_name(s).unwrap();
-        let c = ImageTarget::Container;
+        use ImageTarget::{Container, Job, Registry};
+        use SkipReason::{AutoDeployDisabled, SameTag, TagPolicy};
+        let api = |kind, auto, policy| container(kind, "ghcr.io", "acme/api", "1.3.0", auto, policy);
+        let main = |policy| container("CONTAINER", "ghcr.io", "acme/api", "main-aaaaaaa", true, policy);
+        let api_container = api("CONTAINER", true, Value::Null);
+        let api_job = api("JOB", true, Value::Null);
+        let off_container = api("CONTAINER", false, Value::Null);
+        let off_job = api("JOB", false, Value::Null);
+        let semver = api("CONTAINER", true, json!({"type": "SEMVER", "range": ">=1.2.0 <2"}));
+        let regex = main(json!({"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"}));
+        let glob = main(json!({"type": "GLOB", "pattern": "release-*"}));
+        let nginx = container("CONTAINER", "docker.io", "nginx", "1.25", true, Value::Null);
+        let library_nginx = container(
+            "CONTAINER",
+            "index.docker.io",
+            "library/nginx",
+            "1.25",
+            true,
+            Value::Null,
+        );
+        let deploy = Some(Ok(()));
+        let skip = |reason| Some(Err(reason));
+        #[rustfmt::skip]
         let cases = [
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                c,
-                "acme/api",
-                "1.4.0",
-                Some(Ok(())),
-            ),
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                c,
-                "ghcr.io/acme/api",
-                "1.4.0",
-                Some(Ok(())),
-            ),
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                c,
-                "docker.io/acme/api",
-                "1.4.0",
-                None,
-            ),
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                ImageTarget::Job,
-                "acme/api",
-                "1.4.0",
-                None,
-            ),
-            (
-                container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                ImageTarget::Job,
-                "acme/api",
-                "1.4.0",
-                Some(Ok(())),
-            ),
-            (
-                container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                c,
-                "acme/api",
-                "1.4.0",
-                None,
-            ),
+            ("short name", &api_container, Container, "acme/api", "1.4.0", deploy),
+            ("full name", &api_container, Container, "ghcr.io/acme/api", "1.4.0", deploy),
+            ("other registry", &api_container, Container, "docker.io/acme/api", "1.4.0", None),
+            ("container on the job endpoint", &api_container, Job, "acme/api", "1.4.0", None),
+            ("job", &api_job, Job, "acme/api", "1.4.0", deploy),
+            ("job on the container endpoint", &api_job, Container, "acme/api", "1.4.0", None),
             // A registry's announcement: containers and jobs alike, on the same rules.
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                ImageTarget::Registry,
-                "ghcr.io/acme/api",
-                "1.4.0",
-                Some(Ok(())),
-            ),
-            (
-                container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                ImageTarget::Registry,
-                "ghcr.io/acme/api",
-                "1.4.0",
-                Some(Ok(())),
-            ),
-            (
-                container("JOB", "ghcr.io", "acme/api", "1.3.0", false, Value::Null),
-                ImageTarget::Registry,
-                "ghcr.io/acme/api",
-                "1.4.0",
-                Some(Err(SkipReason::AutoDeployDisabled)),
-            ),
-            (
-                container("JOB", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                ImageTarget::Registry,
-                "docker.io/acme/api",
-                "1.4.0",
-                None,
-            ),
-            (
-                container("CONTAINER", "docker.io", "nginx", "1.25", true, Value::Null),
-                c,
-                "nginx",
-                "1.26",
-                Some(Ok(())),
-            ),
-            (
-                container(
-                    "CONTAINER",
-                    "index.docker.io",
-                    "library/nginx",
-                    "1.25",
-                    true,
-                    Value::Null,
-                ),
-                c,
-                "docker.io/nginx",
-                "1.26",
-                Some(Ok(())),
-            ),
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", false, Value::Null),
-                c,
-                "acme/api",
-                "1.4.0",
-                Some(Err(SkipReason::AutoDeployDisabled)),
-            ),
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, Value::Null),
-                c,
-                "acme/api",
-                "1.3.0",
-                Some(Err(SkipReason::SameTag)),
-            ),
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver.clone()),
-                c,
-                "acme/api",
-                "v1.4.0",
-                Some(Ok(())),
-            ),
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver.clone()),
-                c,
-                "acme/api",
-                "1.2.5",
-                Some(Err(SkipReason::TagPolicy)),
-            ),
-            (
-                container("CONTAINER", "ghcr.io", "acme/api", "1.3.0", true, semver),
-                c,
-                "acme/api",
-                "2.0.0",
-                Some(Err(SkipReason::TagPolicy)),
-            ),
-            (
-                container(
-                    "CONTAINER",
-                    "ghcr.io",
-                    "acme/api",
-                    "main-aaaaaaa",
-                    true,
-                    json!({"type": "REGEX", "pattern": "^main-[0-9a-f]{7}$"}),
-                ),
-                c,
-                "acme/api",
-                "main-bbbbbbb",
-                Some(Ok(())),
-            ),
-            (
-                container(
-                    "CONTAINER",
-                    "ghcr.io",
-                    "acme/api",
-                    "main-aaaaaaa",
-                    true,
-                    json!({"type": "GLOB", "pattern": "release-*"}),
-                ),
-                c,
-                "acme/api",
-                "main-bbbbbbb",
-                Some(Err(SkipReason::TagPolicy)),
-            ),
+            ("registry, container", &api_container, Registry, "ghcr.io/acme/api", "1.4.0", deploy),
+            ("registry, job", &api_job, Registry, "ghcr.io/acme/api", "1.4.0", deploy),
+            ("registry, auto-deploy off", &off_job, Registry, "ghcr.io/acme/api", "1.4.0", skip(AutoDeployDisabled)),
+            ("registry, other registry", &api_job, Registry, "docker.io/acme/api", "1.4.0", None),
+            ("Docker Hub, short name", &nginx, Container, "nginx", "1.26", deploy),
+            ("Docker Hub, other spelling", &library_nginx, Container, "docker.io/nginx", "1.26", deploy),
+            ("auto-deploy off", &off_container, Container, "acme/api", "1.4.0", skip(AutoDeployDisabled)),
+            ("same tag", &api_container, Container, "acme/api", "1.3.0", skip(SameTag)),
+            ("semver, in range", &semver, Container, "acme/api", "v1.4.0", deploy),
+            ("semver, below", &semver, Container, "acme/api", "1.2.5", skip(TagPolicy)),
+            ("semver, above", &semver, Container, "acme/api", "2.0.0", skip(TagPolicy)),
+            ("regex", &regex, Container, "acme/api", "main-bbbbbbb", deploy),
+            ("glob", &glob, Container, "acme/api", "main-bbbbbbb", skip(TagPolicy)),
         ];
-        for (i, (svc, target, image, tag, want)) in cases.into_iter().enumerate() {
-            assert_eq!(decide_image(&svc, target, &name(image), tag), want, "case {i}");
+        for (i, (case, svc, target, image, tag, want)) in cases.into_iter().enumerate() {
+            let image = parse_image_name(image).unwrap();
+            assert_eq!(decide_image(svc, target, &image, tag), want, "case {i}: {case}");
         }
     }
 

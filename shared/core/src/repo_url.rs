@@ -797,6 +797,7 @@ mod tests {
     use super::*;
 
     /// (input, normalized, has_credentials)
+    #[rustfmt::skip]
     const ACCEPTED: &[(&str, &str, bool)] = &[
         // GitHub
         ("https://github.com/acme/shop.git", "github.com/acme/shop", false),
@@ -808,35 +809,15 @@ mod tests {
         ("git@github.com:acme/shop.git", "github.com/acme/shop", false),
         ("git@github.com:/acme/shop.git", "github.com/acme/shop", false),
         ("ssh://git@github.com/acme/shop.git", "github.com/acme/shop", false),
-        (
-            "ssh://git@ssh.github.com:443/acme/shop.git",
-            "github.com/acme/shop",
-            false,
-        ),
+        ("ssh://git@ssh.github.com:443/acme/shop.git", "github.com/acme/shop", false),
         ("git+ssh://git@github.com/acme/shop.git", "github.com/acme/shop", false),
         ("git://github.com/acme/shop.git", "github.com/acme/shop", false),
         ("https://www.github.com/acme/shop", "github.com/acme/shop", false),
-        (
-            "https://ghp_abc123@github.com/acme/shop.git",
-            "github.com/acme/shop",
-            true,
-        ),
-        (
-            "https://x-access-token:ghs_abc@github.com/acme/shop.git",
-            "github.com/acme/shop",
-            true,
-        ),
+        ("https://ghp_abc123@github.com/acme/shop.git", "github.com/acme/shop", true),
+        ("https://x-access-token:ghs_abc@github.com/acme/shop.git", "github.com/acme/shop", true),
         ("https://user:@github.com/acme/shop.git", "github.com/acme/shop", false),
-        (
-            "https://0123456789abcdef0123456789abcdef@github.com/acme/shop.git",
-            "github.com/acme/shop",
-            true,
-        ),
-        (
-            "https://glpat-abcdefghij@gitlab.com/acme/shop.git",
-            "gitlab.com/acme/shop",
-            true,
-        ),
+        ("https://0123456789abcdef0123456789abcdef@github.com/acme/shop.git", "github.com/acme/shop", true),
+        ("https://glpat-abcdefghij@gitlab.com/acme/shop.git", "gitlab.com/acme/shop", true),
         ("https://@github.com/acme/shop.git", "github.com/acme/shop", false),
         ("https://github.com:443/acme/shop.git", "github.com/acme/shop", false),
         ("https://github.com:/acme/shop.git", "github.com/acme/shop", false),
@@ -858,208 +839,56 @@ mod tests {
         ("https://gitlab.com/acme%2Fshop", "gitlab.com/acme/shop", false),
         ("https://gitlab.com/ACME/%53hop.git", "gitlab.com/acme/shop", false),
         // GitLab, subgroups
-        (
-            "https://gitlab.com/group/sub/deeper/repo.git",
-            "gitlab.com/group/sub/deeper/repo",
-            false,
-        ),
+        ("https://gitlab.com/group/sub/deeper/repo.git", "gitlab.com/group/sub/deeper/repo", false),
         ("git@gitlab.com:group/sub/repo.git", "gitlab.com/group/sub/repo", false),
-        (
-            "ssh://git@gitlab.example.com:2222/group/sub/repo.git",
-            "gitlab.example.com/group/sub/repo",
-            false,
-        ),
-        (
-            "https://oauth2:glpat-xyz@gitlab.example.com/group/sub/repo.git",
-            "gitlab.example.com/group/sub/repo",
-            true,
-        ),
-        (
-            "ssh://git@altssh.gitlab.com:443/group/repo.git",
-            "gitlab.com/group/repo",
-            false,
-        ),
-        (
-            "ssh://deploy:s3cret@gitlab.example.com/group/repo.git",
-            "gitlab.example.com/group/repo",
-            true,
-        ),
+        ("ssh://git@gitlab.example.com:2222/group/sub/repo.git", "gitlab.example.com/group/sub/repo", false),
+        ("https://oauth2:glpat-xyz@gitlab.example.com/group/sub/repo.git", "gitlab.example.com/group/sub/repo", true),
+        ("ssh://git@altssh.gitlab.com:443/group/repo.git", "gitlab.com/group/repo", false),
+        ("ssh://deploy:s3cret@gitlab.example.com/group/repo.git", "gitlab.example.com/group/repo", true),
         // Bitbucket Cloud
         ("https://bitbucket.org/team/repo.git", "bitbucket.org/team/repo", false),
         // A user name alone is no secret.
-        (
-            "https://jdoe@bitbucket.org/team/repo.git",
-            "bitbucket.org/team/repo",
-            false,
-        ),
+        ("https://jdoe@bitbucket.org/team/repo.git", "bitbucket.org/team/repo", false),
         ("git@bitbucket.org:team/repo.git", "bitbucket.org/team/repo", false),
         // `scm` is an ordinary name on SaaS hosts.
-        (
-            "https://bitbucket.org/scm/team/repo",
-            "bitbucket.org/scm/team/repo",
-            false,
-        ),
+        ("https://bitbucket.org/scm/team/repo", "bitbucket.org/scm/team/repo", false),
         // Gitea / Forgejo / Gogs
-        (
-            "https://gitea.example.com/owner/repo.git",
-            "gitea.example.com/owner/repo",
-            false,
-        ),
-        (
-            "ssh://git@gitea.example.com:2222/owner/repo.git",
-            "gitea.example.com/owner/repo",
-            false,
-        ),
+        ("https://gitea.example.com/owner/repo.git", "gitea.example.com/owner/repo", false),
+        ("ssh://git@gitea.example.com:2222/owner/repo.git", "gitea.example.com/owner/repo", false),
         ("http://localhost:3000/owner/repo.git", "localhost/owner/repo", false),
-        (
-            "https://codeberg.org/forgejo/forgejo.git",
-            "codeberg.org/forgejo/forgejo",
-            false,
-        ),
+        ("https://codeberg.org/forgejo/forgejo.git", "codeberg.org/forgejo/forgejo", false),
         ("http://10.0.0.5:3000/owner/repo", "10.0.0.5/owner/repo", false),
         // Bitbucket Server / Data Center
-        (
-            "https://bitbucket.example.com/scm/proj/repo.git",
-            "bitbucket.example.com/proj/repo",
-            false,
-        ),
-        (
-            "https://bitbucket.example.com/bitbucket/scm/proj/repo.git",
-            "bitbucket.example.com/proj/repo",
-            false,
-        ),
-        (
-            "ssh://git@bitbucket.example.com:7999/proj/repo.git",
-            "bitbucket.example.com/proj/repo",
-            false,
-        ),
-        (
-            "ssh://git@bitbucket.example.com:7999/PROJ/repo.git",
-            "bitbucket.example.com/proj/repo",
-            false,
-        ),
-        (
-            "https://admin@bitbucket.example.com/scm/PROJ/repo.git",
-            "bitbucket.example.com/proj/repo",
-            false,
-        ),
-        (
-            "https://bitbucket.example.com/projects/PROJ/repos/repo/browse",
-            "bitbucket.example.com/proj/repo",
-            false,
-        ),
-        (
-            "https://bitbucket.example.com/projects/PROJ/repos/repo",
-            "bitbucket.example.com/proj/repo",
-            false,
-        ),
-        (
-            "https://bitbucket.example.com/projects/PROJ/repos/repo.git/browse",
-            "bitbucket.example.com/proj/repo",
-            false,
-        ),
-        (
-            "https://bitbucket.example.com/users/jdoe/repos/repo.git/browse",
-            "bitbucket.example.com/~jdoe/repo",
-            false,
-        ),
-        (
-            "https://bitbucket.example.com/scm/~jdoe/repo.git",
-            "bitbucket.example.com/~jdoe/repo",
-            false,
-        ),
-        (
-            "ssh://git@bitbucket.example.com:7999/~jdoe/repo.git",
-            "bitbucket.example.com/~jdoe/repo",
-            false,
-        ),
+        ("https://bitbucket.example.com/scm/proj/repo.git", "bitbucket.example.com/proj/repo", false),
+        ("https://bitbucket.example.com/bitbucket/scm/proj/repo.git", "bitbucket.example.com/proj/repo", false),
+        ("ssh://git@bitbucket.example.com:7999/proj/repo.git", "bitbucket.example.com/proj/repo", false),
+        ("ssh://git@bitbucket.example.com:7999/PROJ/repo.git", "bitbucket.example.com/proj/repo", false),
+        ("https://admin@bitbucket.example.com/scm/PROJ/repo.git", "bitbucket.example.com/proj/repo", false),
+        ("https://bitbucket.example.com/projects/PROJ/repos/repo/browse", "bitbucket.example.com/proj/repo", false),
+        ("https://bitbucket.example.com/projects/PROJ/repos/repo", "bitbucket.example.com/proj/repo", false),
+        ("https://bitbucket.example.com/projects/PROJ/repos/repo.git/browse", "bitbucket.example.com/proj/repo", false),
+        ("https://bitbucket.example.com/users/jdoe/repos/repo.git/browse", "bitbucket.example.com/~jdoe/repo", false),
+        ("https://bitbucket.example.com/scm/~jdoe/repo.git", "bitbucket.example.com/~jdoe/repo", false),
+        ("ssh://git@bitbucket.example.com:7999/~jdoe/repo.git", "bitbucket.example.com/~jdoe/repo", false),
         // Azure DevOps
-        (
-            "https://dev.azure.com/org/project/_git/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "https://org@dev.azure.com/org/project/_git/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "https://Org@dev.azure.com/org/Project/_git/Repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "https://other@dev.azure.com/org/project/_git/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "https://org:pat123@dev.azure.com/org/project/_git/repo",
-            "dev.azure.com/org/project/repo",
-            true,
-        ),
-        (
-            "git@ssh.dev.azure.com:v3/org/project/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "ssh.dev.azure.com:v3/org/project/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "ssh://git@ssh.dev.azure.com/v3/org/project/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "https://org.visualstudio.com/project/_git/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "https://org.visualstudio.com/DefaultCollection/project/_git/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "https://org.visualstudio.com/project/_git/_optimized/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "org@vs-ssh.visualstudio.com:v3/org/project/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
-        (
-            "https://dev.azure.com/org/My%20Project/_git/My%20Repo",
-            "dev.azure.com/org/my project/my repo",
-            false,
-        ),
-        (
-            "https://dev.azure.com/org/_git/shop",
-            "dev.azure.com/org/shop/shop",
-            false,
-        ),
-        (
-            "dev.azure.com/org/project/repo",
-            "dev.azure.com/org/project/repo",
-            false,
-        ),
+        ("https://dev.azure.com/org/project/_git/repo", "dev.azure.com/org/project/repo", false),
+        ("https://org@dev.azure.com/org/project/_git/repo", "dev.azure.com/org/project/repo", false),
+        ("https://Org@dev.azure.com/org/Project/_git/Repo", "dev.azure.com/org/project/repo", false),
+        ("https://other@dev.azure.com/org/project/_git/repo", "dev.azure.com/org/project/repo", false),
+        ("https://org:pat123@dev.azure.com/org/project/_git/repo", "dev.azure.com/org/project/repo", true),
+        ("git@ssh.dev.azure.com:v3/org/project/repo", "dev.azure.com/org/project/repo", false),
+        ("ssh.dev.azure.com:v3/org/project/repo", "dev.azure.com/org/project/repo", false),
+        ("ssh://git@ssh.dev.azure.com/v3/org/project/repo", "dev.azure.com/org/project/repo", false),
+        ("https://org.visualstudio.com/project/_git/repo", "dev.azure.com/org/project/repo", false),
+        ("https://org.visualstudio.com/DefaultCollection/project/_git/repo", "dev.azure.com/org/project/repo", false),
+        ("https://org.visualstudio.com/project/_git/_optimized/repo", "dev.azure.com/org/project/repo", false),
+        ("org@vs-ssh.visualstudio.com:v3/org/project/repo", "dev.azure.com/org/project/repo", false),
+        ("https://dev.azure.com/org/My%20Project/_git/My%20Repo", "dev.azure.com/org/my project/my repo", false),
+        ("https://dev.azure.com/org/_git/shop", "dev.azure.com/org/shop/shop", false),
+        ("dev.azure.com/org/project/repo", "dev.azure.com/org/project/repo", false),
         // Bitbucket Server's `scm` marker means nothing on Azure DevOps' hosts.
-        (
-            "ssh.dev.azure.com:v3/scm/project/repo",
-            "dev.azure.com/scm/project/repo",
-            false,
-        ),
-        (
-            "https://org.visualstudio.com/team/scm/_git/repo",
-            "org.visualstudio.com/team/scm/_git/repo",
-            false,
-        ),
+        ("ssh.dev.azure.com:v3/scm/project/repo", "dev.azure.com/scm/project/repo", false),
+        ("https://org.visualstudio.com/team/scm/_git/repo", "org.visualstudio.com/team/scm/_git/repo", false),
     ];
 
     #[test]
@@ -1108,6 +937,16 @@ mod tests {
         }
     }
 
+    /// `input` normalizes to `normalized`, which normalizes to itself.
+    fn normalizes_once(input: &str, normalized: &str) {
+        assert_eq!(normalize_repository_url(input).as_deref(), Ok(normalized), "{input:?}");
+        assert_eq!(
+            normalize_repository_url(normalized).as_deref(),
+            Ok(normalized),
+            "{normalized:?}"
+        );
+    }
+
     /// Found by the `repo_url` fuzz target: removing `.git` turned `...git` into a `..` segment
     /// (and `..git` into `.`), which a second normalization refuses (or drops).
     #[test]
@@ -1116,12 +955,7 @@ mod tests {
             ("s:\u{FFFD}/...git//", "s/\u{FFFD}/...git"),
             ("https://h.example/a/..git", "h.example/a/..git"),
         ] {
-            assert_eq!(normalize_repository_url(input).as_deref(), Ok(normalized), "{input:?}");
-            assert_eq!(
-                normalize_repository_url(normalized).as_deref(),
-                Ok(normalized),
-                "{normalized:?}"
-            );
+            normalizes_once(input, normalized);
         }
     }
 
@@ -1141,12 +975,7 @@ mod tests {
                 "org.visualstudio.com/x/scm/_git/r",
             ),
         ] {
-            assert_eq!(normalize_repository_url(input).as_deref(), Ok(normalized), "{input:?}");
-            assert_eq!(
-                normalize_repository_url(normalized).as_deref(),
-                Ok(normalized),
-                "{normalized:?}"
-            );
+            normalizes_once(input, normalized);
         }
     }
 

@@ -9,33 +9,18 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::{
-    Delivery, FileUnion, GITHUB_COMMIT_CAP, IgnoredReason, PayloadError, Push, RefKind, Text, Unkept, check_json,
-    classify_ref, collect_urls, deleted_ref, event_header, from_json, is_zero_sha, text, wrong_shape,
+    Delivery, FileUnion, GITHUB_COMMIT_CAP, IgnoredReason, PayloadError, PushDetails, RefUpdate, Text, Unkept, User,
+    check_json, collect_urls, deleted_ref, event_header, from_json, push_event, text,
 };
 use crate::provider::GitProvider;
 
 const PROVIDER: GitProvider = GitProvider::Github;
 
-#[derive(Debug, Deserialize)]
-struct PushEvent<'a> {
-    #[serde(rename = "ref", borrow, default)]
-    git_ref: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    before: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    after: Option<Text<'a>>,
-    #[serde(default)]
+push_event! {
+    with head_commit, repository, pusher;
     deleted: Option<bool>,
-    #[serde(default)]
     commits: Option<Commits>,
-    #[serde(borrow, default)]
-    head_commit: Option<Commit<'a>>,
-    #[serde(borrow, default)]
-    repository: Option<Repository<'a>>,
-    #[serde(borrow, default)]
-    pusher: Option<Pusher<'a>>,
-    #[serde(borrow, default)]
-    sender: Option<Sender<'a>>,
+    sender: Option<User<'a>>,
 }
 
 /// `commits`, read with the errors a `Vec` of [`super::Commit`] gives, but folded into the
@@ -148,47 +133,6 @@ impl<'de> Visitor<'de> for CommitSeed<'_> {
     }
 }
 
-/// `head_commit`: [`super::Commit`] whose file lists, which the payload's `commits` already
-/// hold, are checked (same errors) but not kept. Named `Commit` too, as its errors name it
-/// (`expected struct Commit`).
-#[derive(Debug, Deserialize)]
-struct Commit<'a> {
-    #[serde(borrow, default)]
-    id: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    message: Option<Text<'a>>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    added: Option<UnkeptList>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    modified: Option<UnkeptList>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    removed: Option<UnkeptList>,
-}
-
-/// A `Vec<Text>` checked (same errors) but not kept.
-#[derive(Debug)]
-struct UnkeptList;
-
-impl<'de> Deserialize<'de> for UnkeptList {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ListVisitor;
-        impl<'de> Visitor<'de> for ListVisitor {
-            type Value = UnkeptList;
-            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-                formatter.write_str("a sequence")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UnkeptList, A::Error> {
-                while seq.next_element::<Unkept>()?.is_some() {}
-                Ok(UnkeptList)
-            }
-        }
-        deserializer.deserialize_seq(ListVisitor)
-    }
-}
-
 /// An `Option<Vec<Text>>` file list of a commit, its non-empty paths added to the union;
 /// `true` when the list is there (not `null`).
 struct Paths<'u>(&'u mut FileUnion);
@@ -233,32 +177,6 @@ impl<'de> Visitor<'de> for Paths<'_> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Repository<'a> {
-    #[serde(borrow, default)]
-    clone_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    ssh_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    git_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    html_url: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    url: Option<Text<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Pusher<'a> {
-    #[serde(borrow, default)]
-    name: Option<Text<'a>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Sender<'a> {
-    #[serde(borrow, default)]
-    login: Option<Text<'a>>,
-}
-
 pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
     let event = event_header(headers, &["X-GitHub-Event"])?;
     let json = github_payload(headers, body)?;
@@ -295,55 +213,38 @@ pub fn github_payload<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<Cow<'b,
 
 fn parse_push(json: &str) -> Result<Delivery, PayloadError> {
     let event: PushEvent<'_> = from_json(PROVIDER, json)?;
-    let git_ref = text(&event.git_ref).ok_or_else(|| wrong_shape(PROVIDER, "missing `ref`"))?;
-    let repository = event
-        .repository
-        .as_ref()
-        .ok_or_else(|| wrong_shape(PROVIDER, "missing `repository`"))?;
-    let branch = match classify_ref(git_ref) {
-        RefKind::Branch(branch) => branch,
-        // Tag deletions too: they are about a tag, not a branch.
-        RefKind::Tag => return Ok(Delivery::Ignored(IgnoredReason::TagPush)),
-        RefKind::Other => return Ok(Delivery::Ignored(IgnoredReason::UnsupportedEvent)),
-    };
-    let after = text(&event.after);
-    if event.deleted == Some(true) || after.is_some_and(is_zero_sha) {
-        return Ok(Delivery::Ignored(IgnoredReason::BranchDeleted));
-    }
     let head = event.head_commit.as_ref();
-    // A branch pushed with no new commit still names its head: deploy that.
-    let after = after
-        .or_else(|| head.and_then(|head| text(&head.id)))
-        .ok_or_else(|| wrong_shape(PROVIDER, "missing `after`"))?;
-    // In push events `url` is the web page; in other events it is the API's, which no
-    // service follows.
-    let api_url = text(&repository.url).filter(|url| is_api_url(url));
-    let repository_urls = collect_urls([
-        text(&repository.clone_url),
-        text(&repository.ssh_url),
-        text(&repository.git_url),
-        text(&repository.html_url),
-        text(&repository.url).filter(|_| api_url.is_none()),
-    ]);
-    let pusher = event
-        .pusher
-        .as_ref()
-        .and_then(|pusher| text(&pusher.name))
-        .or_else(|| event.sender.as_ref().and_then(|sender| text(&sender.login)))
-        .map(str::to_owned);
-    let head_commit_message = head.and_then(|head| head.message.as_deref()).map(str::to_owned);
-    let commits = event.commits.unwrap_or_default();
-    // GitHub lists at most 2,048 commits: reaching the cap means some may be missing.
-    let complete = commits.count < GITHUB_COMMIT_CAP;
-    Ok(Delivery::Pushes(vec![Push {
-        repository_urls,
-        branch: branch.to_owned(),
-        before: event.before.as_deref().unwrap_or_default().to_owned(),
-        after: after.to_owned(),
-        files: commits.files.finish(complete),
-        head_commit_message,
-        pusher,
-    }]))
+    let update = RefUpdate {
+        deleted: event.deleted == Some(true),
+        head_id: head.and_then(|head| text(&head.id)),
+        ..RefUpdate::new(&event.git_ref, &event.before, &event.after)
+    };
+    let source = event.repository.as_ref().ok_or("repository");
+    update.delivery(PROVIDER, source, |repository, _| {
+        // In push events `url` is the web page; in other events it is the API's, which no
+        // service follows.
+        let api_url = text(&repository.url).filter(|url| is_api_url(url));
+        let commits = event.commits.unwrap_or_default();
+        // GitHub lists at most 2,048 commits: reaching the cap means some may be missing.
+        let complete = commits.count < GITHUB_COMMIT_CAP;
+        PushDetails {
+            repository_urls: collect_urls([
+                text(&repository.clone_url),
+                text(&repository.ssh_url),
+                text(&repository.git_url),
+                text(&repository.html_url),
+                text(&repository.url).filter(|_| api_url.is_none()),
+            ]),
+            files: commits.files.finish(complete),
+            head_commit_message: head.and_then(|head| head.message.as_deref()).map(str::to_owned),
+            pusher: event
+                .pusher
+                .as_ref()
+                .and_then(|pusher| text(&pusher.name))
+                .or_else(|| event.sender.as_ref().and_then(|sender| text(&sender.login)))
+                .map(str::to_owned),
+        }
+    })
 }
 
 /// `https://api.github.com/repos/...` or GitHub Enterprise's `https://host/api/v3/repos/...`.
@@ -358,7 +259,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::push::{ChangedFiles, changed_files};
+    use crate::push::{ChangedFiles, HeadCommit, changed_files};
 
     /// How `commits` was read before it was folded: kept whole, as the other providers do.
     #[derive(Debug, Deserialize)]
@@ -383,7 +284,7 @@ mod tests {
     #[derive(Debug, Deserialize)]
     struct CheckedHead<'a> {
         #[serde(borrow, default)]
-        head_commit: Option<Commit<'a>>,
+        head_commit: Option<HeadCommit<'a>>,
     }
 
     type IdAndMessage = Option<(Option<String>, Option<String>)>;

@@ -6,32 +6,19 @@ use http::HeaderMap;
 use serde::Deserialize;
 
 use super::{
-    Commit, Delivery, IgnoredReason, PayloadError, Push, RefKind, Text, changed_files, check_json, classify_ref,
-    collect_urls, event_header, from_json, is_zero_sha, message_of, text, wrong_shape,
+    Commit, Delivery, IgnoredReason, PayloadError, PushDetails, RefUpdate, Text, changed_files, check_json,
+    collect_urls, event_header, from_json, message_of, push_event, text,
 };
 use crate::provider::GitProvider;
 
 const PROVIDER: GitProvider = GitProvider::Gitlab;
 
-#[derive(Debug, Deserialize)]
-struct PushEvent<'a> {
-    #[serde(rename = "ref", borrow, default)]
-    git_ref: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    before: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    after: Option<Text<'a>>,
-    #[serde(borrow, default)]
+push_event! {
     user_username: Option<Text<'a>>,
-    #[serde(borrow, default)]
     user_name: Option<Text<'a>>,
-    #[serde(borrow, default)]
     project: Option<Project<'a>>,
-    #[serde(borrow, default)]
     repository: Option<Repository<'a>>,
-    #[serde(borrow, default)]
     commits: Option<Vec<Commit<'a>>>,
-    #[serde(default)]
     total_commits_count: Option<u64>,
 }
 
@@ -100,48 +87,37 @@ fn ignore(json: &str, reason: IgnoredReason) -> Result<Delivery, PayloadError> {
 
 fn parse_push(json: &str) -> Result<Delivery, PayloadError> {
     let event: PushEvent<'_> = from_json(PROVIDER, json)?;
-    let git_ref = text(&event.git_ref).ok_or_else(|| wrong_shape(PROVIDER, "missing `ref`"))?;
-    if event.project.is_none() && event.repository.is_none() {
-        return Err(wrong_shape(PROVIDER, "missing `project`"));
-    }
-    let branch = match classify_ref(git_ref) {
-        RefKind::Branch(branch) => branch,
-        RefKind::Tag => return Ok(Delivery::Ignored(IgnoredReason::TagPush)),
-        RefKind::Other => return Ok(Delivery::Ignored(IgnoredReason::UnsupportedEvent)),
+    let (project, repository) = (event.project.as_ref(), event.repository.as_ref());
+    let source = if project.is_none() && repository.is_none() {
+        Err("project")
+    } else {
+        Ok(())
     };
-    let after = text(&event.after).ok_or_else(|| wrong_shape(PROVIDER, "missing `after`"))?;
-    if is_zero_sha(after) {
-        return Ok(Delivery::Ignored(IgnoredReason::BranchDeleted));
-    }
-    let project = event.project.as_ref();
-    let repository = event.repository.as_ref();
-    let repository_urls = collect_urls([
-        project.and_then(|p| text(&p.git_http_url)),
-        project.and_then(|p| text(&p.git_ssh_url)),
-        project.and_then(|p| text(&p.web_url)),
-        project.and_then(|p| text(&p.http_url)),
-        project.and_then(|p| text(&p.ssh_url)),
-        project.and_then(|p| text(&p.url)),
-        project.and_then(|p| text(&p.homepage)),
-        repository.and_then(|r| text(&r.git_http_url)),
-        repository.and_then(|r| text(&r.git_ssh_url)),
-        repository.and_then(|r| text(&r.url)),
-        repository.and_then(|r| text(&r.homepage)),
-    ]);
-    let pusher = text(&event.user_username).or(text(&event.user_name)).map(str::to_owned);
-    let commits = event.commits.unwrap_or_default();
-    let head_commit_message = message_of(&commits, after);
-    // GitLab lists at most 20 commits by default; `total_commits_count` says how many there were.
-    let complete = event
-        .total_commits_count
-        .is_none_or(|total| total <= commits.len() as u64);
-    Ok(Delivery::Pushes(vec![Push {
-        repository_urls,
-        branch: branch.to_owned(),
-        before: event.before.as_deref().unwrap_or_default().to_owned(),
-        after: after.to_owned(),
-        files: changed_files(commits, complete),
-        head_commit_message,
-        pusher,
-    }]))
+    let update = RefUpdate::new(&event.git_ref, &event.before, &event.after);
+    update.delivery(PROVIDER, source, |(), after| {
+        let commits = event.commits.unwrap_or_default();
+        let head_commit_message = message_of(&commits, after);
+        // GitLab lists at most 20 commits by default; `total_commits_count` says how many there were.
+        let complete = event
+            .total_commits_count
+            .is_none_or(|total| total <= commits.len() as u64);
+        PushDetails {
+            repository_urls: collect_urls([
+                project.and_then(|p| text(&p.git_http_url)),
+                project.and_then(|p| text(&p.git_ssh_url)),
+                project.and_then(|p| text(&p.web_url)),
+                project.and_then(|p| text(&p.http_url)),
+                project.and_then(|p| text(&p.ssh_url)),
+                project.and_then(|p| text(&p.url)),
+                project.and_then(|p| text(&p.homepage)),
+                repository.and_then(|r| text(&r.git_http_url)),
+                repository.and_then(|r| text(&r.git_ssh_url)),
+                repository.and_then(|r| text(&r.url)),
+                repository.and_then(|r| text(&r.homepage)),
+            ]),
+            files: changed_files(commits, complete),
+            head_commit_message,
+            pusher: text(&event.user_username).or(text(&event.user_name)).map(str::to_owned),
+        }
+    })
 }

@@ -1324,3 +1324,22 @@ fn signed_fixtures_verify_and_parse() {
         Ok(Delivery::Pushes(_))
     ));
 }
+
+/// The payload structs read every field as optional and borrow their texts from the body,
+/// copying only those that hold escapes.
+#[test]
+fn payload_texts_borrow_from_the_body() {
+    let borrowed = |text: &Text<'_>| matches!(text.0, Cow::Borrowed(_));
+    let json = r#"{"id": "a1", "message": "fix\nit", "added": ["src/a.rs", "caf\u00e9"]}"#;
+    let commit: Commit<'_> = serde_json::from_str(json).unwrap();
+    assert!(commit.id.as_ref().is_some_and(borrowed));
+    assert!(
+        !commit.message.as_ref().is_some_and(borrowed),
+        "an escaped text is a copy"
+    );
+    let added = commit.added.unwrap();
+    assert!(borrowed(&added[0]) && !borrowed(&added[1]));
+    assert!(commit.modified.is_none() && commit.removed.is_none());
+    let event: RefTypeEvent<'_> = serde_json::from_str(r#"{"ref_type": "branch"}"#).unwrap();
+    assert!(event.ref_type.as_ref().is_some_and(borrowed));
+}
