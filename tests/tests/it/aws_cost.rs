@@ -17,21 +17,34 @@
 //! default suite. `push_cost_10_vs_10000_services` is `#[ignore]`d (seeding 10,000 services on
 //! moto takes about two minutes): `scripts/cost` runs it, and it also times pushes matching 1,
 //! 10, 100 and 1,000 services (README, "Proof: cost growth and cold start").
+//!
+//! The `delivery_cost_*` tests count what the `dispatcher` function
+//! (`autodeploy_api::aws::dispatcher`) calls per deployment it delivers, through the same
+//! proxies: a batch of ten services delivered at once, and one delivery retried once. They
+//! print `DELIVERY` and `SIZES` lines (the items' sizes, for DynamoDB's capacity units) for
+//! `scripts/cost --deliveries` (infra/README.md, "Cost per million deliveries").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::aws_dispatcher::{dispatcher_on, failures, next_batch, record, send, service_on_receiver};
 use crate::aws_stack::AwsStack as Stack;
+use autodeploy_api::aws::dispatcher::SqsDispatcher;
 use autodeploy_api::aws::{DynamoStore, MARKS_PER_TRANSACTION, PUSH_RECORDS_PER_TRANSACTION, SqsQueue};
+use autodeploy_api::metrics::DispatchTally;
+use autodeploy_core::deployment::DeploymentRequest;
 use autodeploy_tests::fault_proxy::action;
 use autodeploy_tests::latency_stub::{LatencyStub, Seed, seed, seeds, unrelated};
 use autodeploy_tests::{Api, fixture};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use http::StatusCode;
 
 /// The repository of the real fixture `github/gp-push.json` (branch `master`).
 const FIXTURE_REPO: &str = "binkkatal/sample_app";
 const SCAN: &str = "DynamoDB_20120810.Scan";
+const CHANGE_MESSAGE_VISIBILITY_BATCH: &str = "AmazonSQS.ChangeMessageVisibilityBatch";
 
 impl Stack {
     async fn seed(&self, seeds: &[Seed]) {
@@ -42,9 +55,25 @@ impl Stack {
     /// One signed push of the real fixture, moved to `repo`: the AWS calls it made (store and
     /// queue, per `X-Amz-Target`), how many deployments it queued, and how long it took.
     async fn counted_push(&self, repo: &str, delivery: &str) -> Push {
+        self.reset_counts();
+        let (queued, pending, elapsed, cpu) = timed_push(&self.api, repo, delivery).await;
+        Push {
+            calls: self.calls(),
+            queued,
+            pending,
+            elapsed,
+            cpu,
+        }
+    }
+
+    fn reset_counts(&self) {
         self.aws.store_proxy.reset_counts();
         self.aws.queue_proxy.reset_counts();
-        let (queued, pending, elapsed, cpu) = timed_push(&self.api, repo, delivery).await;
+    }
+
+    /// The calls both proxies counted since [`Stack::reset_counts`], per `X-Amz-Target`; none
+    /// of them failed.
+    fn calls(&self) -> BTreeMap<String, usize> {
         let mut calls = BTreeMap::new();
         for (action, count) in self
             .aws
@@ -56,13 +85,7 @@ impl Stack {
             assert_eq!(count.failed, 0, "{action}");
             *calls.entry(action).or_default() += count.requests;
         }
-        Push {
-            calls,
-            queued,
-            pending,
-            elapsed,
-            cpu,
-        }
+        calls
     }
 
     /// The router on the same table and queue, but through a [`LatencyStub`].
@@ -297,4 +320,244 @@ async fn push_cost_does_not_grow_with_stored_services() {
 #[ignore = "seeds 10,000 services on moto (a minute or two): run by scripts/cost"]
 async fn push_cost_10_vs_10000_services() {
     same_calls_with(&[1, 10, 100, 1000], 10_000).await;
+}
+
+// What a delivery costs: the `dispatcher` function's calls per deployment it delivers.
+
+/// One batch of the deployment queue handed to the dispatcher, as the event source mapping
+/// hands it over: the calls the function made (both counting proxies) and what it made of the
+/// messages.
+struct Dispatched {
+    calls: BTreeMap<String, usize>,
+    tally: DispatchTally,
+    /// Messages in the batch.
+    messages: usize,
+    /// Messages reported in `batchItemFailures` (handed over again).
+    reported: usize,
+}
+
+impl Stack {
+    /// The dispatcher function's state on this stack: the table and SQS through the counting
+    /// proxies, targets trusted through the test CA.
+    async fn dispatcher(&self) -> SqsDispatcher {
+        dispatcher_on(
+            &self.aws.fixture,
+            self.aws.store.clone(),
+            self.aws.queue_proxy.sqs_client().await,
+        )
+    }
+
+    /// The deployment queue's next batch through `dispatcher`, its calls counted. The event
+    /// source mapping's own calls are made directly on moto, uncounted: the receive, and the
+    /// delete of the messages not reported (as Lambda deletes them after the invocation).
+    async fn dispatch_next_batch(&self, dispatcher: &SqsDispatcher) -> Dispatched {
+        let fx = &self.aws.fixture;
+        let (event, _) = next_batch(fx).await;
+        let handles: Vec<(String, String)> = event
+            .records
+            .iter()
+            .map(|m| (m.message_id.clone().unwrap(), m.receipt_handle.clone().unwrap()))
+            .collect();
+        self.reset_counts();
+        let (response, tally) = dispatcher.handle(event, None).await;
+        let calls = self.calls();
+        let reported = failures(&response);
+        let entries: Vec<DeleteMessageBatchRequestEntry> = handles
+            .iter()
+            .filter(|(id, _)| !reported.contains(id))
+            .enumerate()
+            .map(|(i, (_, handle))| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .receipt_handle(handle)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        if !entries.is_empty() {
+            let deleted = fx
+                .sqs
+                .delete_message_batch()
+                .queue_url(&fx.queues.deployments.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .unwrap();
+            assert!(deleted.failed().is_empty(), "{deleted:?}");
+        }
+        Dispatched {
+            calls,
+            tally,
+            messages: handles.len(),
+            reported: reported.len(),
+        }
+    }
+
+    /// The size, as DynamoDB bills it, of the item at `pk` / `sk`, read directly on moto.
+    async fn item_size(&self, pk: String, sk: String) -> usize {
+        let fx = &self.aws.fixture;
+        let out = fx
+            .dynamo
+            .get_item()
+            .table_name(&fx.table)
+            .key("pk", AttributeValue::S(pk))
+            .key("sk", AttributeValue::S(sk))
+            .send()
+            .await
+            .unwrap();
+        item_size(out.item().expect("the item exists"))
+    }
+
+    /// The sizes of the items a delivery of `request` to its service's target reads and
+    /// writes, as they are now: its service, that service's target (`{service}-hook`) and the
+    /// deployment. One `SIZES` line for `scripts/cost`.
+    async fn report_sizes(&self, case: &str, request: &DeploymentRequest) {
+        let (org, service) = (&request.organization_id, &request.service_id);
+        let service_size = self.item_size(format!("ORG#{org}"), format!("SERVICE#{service}")).await;
+        let target = self.item_size(format!("TARGET#{org}"), format!("{service}-hook")).await;
+        let deployment = self
+            .item_size(format!("ORG#{org}"), format!("DEPLOYMENT#{}", request.deployment_id))
+            .await;
+        println!("SIZES case={case} service={service_size} target={target} deployment={deployment}");
+    }
+}
+
+/// An item's size as DynamoDB counts it for capacity units: each attribute's name and value,
+/// in bytes (strings and binaries their length; numbers about one byte per two significant
+/// digits, plus one; booleans and nulls one; lists and maps three, plus one per element and
+/// the elements, a map's keys included).
+fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter().map(|(name, value)| name.len() + value_size(value)).sum()
+}
+
+fn value_size(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(n) => number_size(n),
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::Ss(all) => all.iter().map(String::len).sum(),
+        AttributeValue::Ns(all) => all.iter().map(|n| number_size(n)).sum(),
+        AttributeValue::Bs(all) => all.iter().map(|b| b.as_ref().len()).sum(),
+        AttributeValue::L(all) => 3 + all.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        AttributeValue::M(all) => 3 + all.iter().map(|(k, v)| 1 + k.len() + value_size(v)).sum::<usize>(),
+        _ => 0,
+    }
+}
+
+fn number_size(number: &str) -> usize {
+    let mantissa = number.split(['e', 'E']).next().unwrap_or_default();
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let significant = digits.trim_start_matches('0').trim_end_matches('0').len().max(1);
+    significant.div_ceil(2) + 1
+}
+
+impl Dispatched {
+    fn total(&self) -> usize {
+        self.calls.values().sum()
+    }
+
+    /// One line for `scripts/cost`.
+    fn report(&self, case: &str, batch: usize) {
+        println!(
+            "DELIVERY case={case} batch={batch} messages={} reported={} delivered={} retried={} calls={} detail={:?}",
+            self.messages,
+            self.reported,
+            self.tally.delivered,
+            self.tally.retried,
+            self.total(),
+            self.calls
+        );
+    }
+}
+
+/// The calls of one attempt at a deployment of a service with a deploy target, whatever its
+/// outcome: five strongly consistent reads (the service, to know it has a target; the
+/// deployment, to begin; the deployment again, as begun; the service and its target, to
+/// build the request), one `gsi1` query (the service's waiting deployments: latest wins), one
+/// transaction (the begin, with the older waiting deployments it supersedes) and one update
+/// (the outcome). The function makes no SQS call for a deployment that is done: the event
+/// source mapping deletes its message.
+fn attempt_calls(attempts: usize) -> BTreeMap<String, usize> {
+    BTreeMap::from([
+        (action::GET_ITEM.to_owned(), 5 * attempts),
+        (action::QUERY.to_owned(), attempts),
+        (action::TRANSACT_WRITE_ITEMS.to_owned(), attempts),
+        (action::UPDATE_ITEM.to_owned(), attempts),
+    ])
+}
+
+/// Ten deployments of ten services, in one batch of ten messages, each delivered (2xx) at the
+/// first attempt: eight calls per delivery, none of them SQS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_cost_a_batch_of_ten_services() {
+    let stack = Stack::new().await;
+    let store = &stack.aws.fixture.store;
+    let mut receivers = Vec::new();
+    let mut requests = Vec::new();
+    for i in 0..10 {
+        let service = format!("svc{i}");
+        receivers.push(service_on_receiver(store, &service, &[200]).await);
+        requests.push(record(store, &service, "a..b").await);
+    }
+    send(&stack.aws.fixture, &requests.iter().collect::<Vec<_>>()).await;
+    stack.report_sizes("queued", &requests[0]).await;
+
+    let dispatcher = stack.dispatcher().await;
+    let batch = stack.dispatch_next_batch(&dispatcher).await;
+    assert_eq!((batch.messages, batch.reported), (10, 0), "one batch of ten, all done");
+    assert_eq!(
+        batch.tally,
+        DispatchTally {
+            delivered: 10,
+            ..DispatchTally::default()
+        }
+    );
+    assert_eq!(batch.calls, attempt_calls(10));
+    for receiver in &receivers {
+        assert_eq!(receiver.received().len(), 1);
+    }
+    batch.report("ten-services", 1);
+    stack.report_sizes("delivered", &requests[0]).await;
+}
+
+/// One deployment whose target answers 503, then 2xx: the first batch's attempt is retried
+/// (its message reported and hidden until the retry is due: one `ChangeMessageVisibilityBatch`),
+/// the second delivers it. Two attempts' calls and the visibility change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_cost_one_retry() {
+    let stack = Stack::new().await;
+    let store = &stack.aws.fixture.store;
+    let receiver = service_on_receiver(store, "api", &[503, 200]).await;
+    let request = record(store, "api", "a..b").await;
+    send(&stack.aws.fixture, &[&request]).await;
+
+    let dispatcher = stack.dispatcher().await;
+    let first = stack.dispatch_next_batch(&dispatcher).await;
+    assert_eq!((first.messages, first.reported), (1, 1));
+    assert_eq!(
+        first.tally,
+        DispatchTally {
+            retried: 1,
+            ..DispatchTally::default()
+        }
+    );
+    let mut expected = attempt_calls(1);
+    expected.insert(CHANGE_MESSAGE_VISIBILITY_BATCH.to_owned(), 1);
+    assert_eq!(first.calls, expected);
+    first.report("one-retry", 1);
+    stack.report_sizes("retried", &request).await;
+
+    let second = stack.dispatch_next_batch(&dispatcher).await;
+    assert_eq!((second.messages, second.reported), (1, 0));
+    assert_eq!(
+        second.tally,
+        DispatchTally {
+            delivered: 1,
+            ..DispatchTally::default()
+        }
+    );
+    assert_eq!(second.calls, attempt_calls(1));
+    assert_eq!(receiver.received().len(), 2);
+    second.report("one-retry", 2);
 }

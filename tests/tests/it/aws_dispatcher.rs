@@ -340,7 +340,7 @@ pub(crate) fn message_of(event: &Value, request: &DeploymentRequest) -> String {
         .to_owned()
 }
 
-fn failures(response: &SqsBatchResponse) -> Vec<String> {
+pub(crate) fn failures(response: &SqsBatchResponse) -> Vec<String> {
     response
         .batch_item_failures
         .iter()
@@ -349,15 +349,20 @@ fn failures(response: &SqsBatchResponse) -> Vec<String> {
 }
 
 fn dispatcher(fx: &AwsFixture) -> SqsDispatcher {
+    dispatcher_on(fx, Arc::new(fx.store.clone()), fx.sqs.clone())
+}
+
+/// The dispatcher on `fx`'s queues, reaching the table through `store` and SQS through `sqs`
+/// (a counting proxy's clients, say), trusting the test CA's targets.
+pub(crate) fn dispatcher_on(fx: &AwsFixture, store: Arc<dyn Store>, sqs: aws_sdk_sqs::Client) -> SqsDispatcher {
     let sender = Sender::trusting(SenderConfig::new(true), test_ca_roots()).unwrap();
-    let store: Arc<dyn Store> = Arc::new(fx.store.clone());
     SqsDispatcher::new(
         Dispatcher {
             store,
             sender,
             policy: RetryPolicy::default(),
         },
-        fx.sqs.clone(),
+        sqs,
         fx.queues.deployments.url.clone(),
         fx.queues.pull.url.clone(),
     )

@@ -18,6 +18,7 @@
 //!   per deployment; message bodies are never logged.
 
 use autodeploy_core::deployment::{DeploymentRequest, DeploymentStatus};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use autodeploy_core::target::delivery::{ATTEMPT_TIMEOUT, RetryPolicy, parse_age};
@@ -26,8 +27,10 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
 use futures::future::join_all;
 
-use super::dynamo::STALE_ATTEMPT_SECS;
-use super::{Roots, describe_sdk_error, optional_env, required_env, targets_allow_private};
+use super::dynamo::{DynamoStore, STALE_ATTEMPT_SECS};
+use super::{
+    QUEUE_URL_ENV, Roots, TABLE_ENV, describe_sdk_error, load_config, optional_env, required_env, targets_allow_private,
+};
 use crate::dispatch::send::{Sender, SenderConfig};
 use crate::dispatch::{Delivery, Dispatcher};
 use crate::metrics::DispatchTally;
@@ -105,15 +108,18 @@ impl SqsDispatcher {
             ..SenderConfig::new(allow_private)
         };
         let sender = Sender::new(config)?;
-        let backend = super::from_env().await.map_err(DispatcherSetupError::Environment)?;
-        let queue_url = backend.queue.queue_url().to_owned();
+        let table = required_env(TABLE_ENV).map_err(DispatcherSetupError::Environment)?;
+        let queue_url = required_env(QUEUE_URL_ENV).map_err(DispatcherSetupError::Environment)?;
+        let config = load_config().await.map_err(DispatcherSetupError::Environment)?;
+        // One SQS client, for both queues: the dispatcher never sends through the
+        // deployment queue's adapter (`SqsQueue`), so it does not build one.
         Ok(SqsDispatcher::new(
             Dispatcher {
-                store: backend.store,
+                store: Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table)),
                 sender,
                 policy,
             },
-            aws_sdk_sqs::Client::new(&backend.config),
+            aws_sdk_sqs::Client::new(&config),
             queue_url,
             pull_queue_url,
         ))
