@@ -8,7 +8,7 @@
 //! Reads run on the calling thread through a small pool of read connections: they are index
 //! lookups on a local file, cheaper than a hop to another thread, and WAL lets them run beside
 //! the writer.
-//! A third thread copies the write-ahead log back into the database file (checkpoints), so
+//! Another thread copies the write-ahead log back into the database file (checkpoints), so
 //! that the writer never stops for it.
 
 mod checkpointer;
