@@ -28,14 +28,23 @@ pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Futu
     let notifier = store.work_notifier();
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    // The first pass takes whatever waits.
+    let mut woke_by_timer = true;
     loop {
         let notified = notifier.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let outlook = store.dispatch_outlook();
+        // A take is a write in the writer's next batch, and the loop is woken by every
+        // recorded deployment, most of them for services without a target: it takes when
+        // the outlook (a read) shows work, or when it woke on its timer, at which a lease that
+        // ran out may have freed some (the take releases it).
+        let may_have_work = woke_by_timer || outlook.as_ref().map_or(true, |o| o.available);
+        woke_by_timer = false;
         let free = CONCURRENCY.saturating_sub(in_flight.len());
-        if free > 0 {
+        if free > 0 && may_have_work {
             match store.take_for_dispatch(free).await {
-                Ok(taken) => {
+                Ok(taken) if !taken.is_empty() => {
                     for leased in taken {
                         let dispatcher = dispatcher.clone();
                         in_flight.spawn(async move {
@@ -45,12 +54,16 @@ pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Futu
                             }
                         });
                     }
+                    // More may wait than there were free slots.
+                    continue;
                 }
+                Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "the dispatcher could not take work; it tries again shortly"),
             }
         }
-        let wake = match store.dispatch_outlook() {
-            Ok(outlook) if outlook.available && in_flight.len() < CONCURRENCY => Instant::now(),
+        // Nothing more to take now: sleep until the next retry falls due, an attempt ends
+        // or a deployment is recorded.
+        let wake = match outlook {
             Ok(outlook) => outlook
                 .next_due_unix
                 .map(|due| {
@@ -63,7 +76,7 @@ pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Futu
         tokio::select! {
             () = &mut shutdown => break,
             () = &mut notified => {}
-            () = tokio::time::sleep_until(wake) => {}
+            () = tokio::time::sleep_until(wake) => woke_by_timer = true,
             Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
         }
     }

@@ -25,6 +25,33 @@ fn service_id(stored: &StoredService) -> String {
     stored.service.id.clone()
 }
 
+/// A column services are found by, with its index.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ServiceKey {
+    Repository,
+    ImagePath,
+    Target,
+}
+
+impl ServiceKey {
+    fn column_and_index(self) -> (&'static str, &'static str) {
+        match self {
+            ServiceKey::Repository => ("repository", "services_by_repository"),
+            ServiceKey::ImagePath => ("image_path", "services_by_image_path"),
+            ServiceKey::Target => ("target_id", "services_by_target"),
+        }
+    }
+
+    /// `SELECT {what}` of the services of `?1` whose key is `?2`, through the key's index.
+    /// Named, because SQLite's planner, which has no statistics of the table, would rather
+    /// walk every service of the organization by the primary key: a push would read the
+    /// documents of all of an organization's services to find the two on its repository.
+    pub(super) fn select(self, what: &str) -> String {
+        let (column, index) = self.column_and_index();
+        format!("SELECT {what} FROM services INDEXED BY {index} WHERE org = ?1 AND {column} = ?2")
+    }
+}
+
 /// The columns a service is found by, beside its document.
 pub(super) struct ServiceRow {
     pub data: String,
@@ -70,11 +97,14 @@ fn check_limits(
             return Err(limits.too_many_services());
         }
     }
-    for (column, value) in [("repository", &row.repository), ("image_path", &row.image_path)] {
+    for (key, value) in [
+        (ServiceKey::Repository, &row.repository),
+        (ServiceKey::ImagePath, &row.image_path),
+    ] {
         let Some(value) = value else { continue };
         let others: u32 = conn
             .query_row(
-                &format!("SELECT count(*) FROM services WHERE org = ?1 AND {column} = ?2 AND id <> ?3"),
+                &format!("{} AND id <> ?3", key.select("count(*)")),
                 params![org, value, id],
                 |r| r.get(0),
             )
@@ -88,16 +118,16 @@ fn check_limits(
 
 impl SqliteStore {
     /// Services of `org` where `column` equals `value`, in id order.
-    fn services_where(&self, org: &str, column: &'static str, value: &str) -> StoreResult<Vec<StoredService>> {
-        self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {SERVICE_COLUMNS} FROM services WHERE org = ?1 AND {column} = ?2 ORDER BY id"
-                ))
-                .map_err(unavailable)?;
+    fn services_where(&self, org: &str, key: ServiceKey, value: &str) -> StoreResult<Vec<StoredService>> {
+        let mut services = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&key.select(SERVICE_COLUMNS)).map_err(unavailable)?;
             let rows = stmt.query_map(params![org, value], service_row).map_err(unavailable)?;
             collect(rows, stored_service)
-        })
+        })?;
+        // Sorted here rather than by an `ORDER BY`, which SQLite re-prepares the statement for
+        // whenever its parameters are bound anew.
+        services.sort_unstable_by(|a, b| a.service.id.cmp(&b.service.id));
+        Ok(services)
     }
 }
 
@@ -165,10 +195,52 @@ impl ServiceStore for SqliteStore {
     }
 
     async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>> {
-        self.services_where(org, "repository", repository)
+        self.services_where(org, ServiceKey::Repository, repository)
     }
 
     async fn services_by_image_path(&self, org: &str, path: &str) -> StoreResult<Vec<StoredService>> {
-        self.services_where(org, "image_path", path)
+        self.services_where(org, ServiceKey::ImagePath, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    /// Matching a push or an image tag reads the services on its key through the key's
+    /// index, whatever the organization's size, and its statement, prepared once, serves
+    /// every lookup without being prepared again.
+    #[test]
+    fn services_are_found_through_their_key_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        for i in 0..40 {
+            conn.execute(
+                "INSERT INTO services (org, id, etag, data, repository, image_path, target_id)
+                 VALUES ('acme', ?1, 'e', '{}', ?2, ?2, ?2)",
+                params![format!("service-{i:02}"), format!("key-{}", i % 4)],
+            )
+            .unwrap();
+        }
+        for key in [ServiceKey::Repository, ServiceKey::ImagePath, ServiceKey::Target] {
+            let sql = key.select(SERVICE_COLUMNS);
+            let plan: String = conn
+                .query_row(&format!("EXPLAIN QUERY PLAN {sql}"), ["acme", "key-1"], |r| r.get(3))
+                .unwrap();
+            let (column, index) = key.column_and_index();
+            assert!(
+                plan.contains(&format!("INDEX {index} (org=? AND {column}=?)")),
+                "{key:?}: {plan}"
+            );
+
+            let mut stmt = conn.prepare_cached(&sql).unwrap();
+            for value in ["key-1", "key-2", "key-3"] {
+                let found = stmt.query_map(["acme", value], service_row).unwrap().count();
+                assert_eq!(found, 10, "{key:?} {value}");
+            }
+            assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0, "{key:?}");
+        }
     }
 }

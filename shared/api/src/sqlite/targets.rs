@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
 use super::lifecycle::{DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, take};
+use super::services::ServiceKey;
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
 use crate::store::{
     AttemptEnd, AttemptStart, Dispatching, Expected, LeaseRequest, Leased, Outlook, Page, PageRequest, Refusable,
@@ -101,7 +102,7 @@ impl TargetStore for SqliteStore {
         self.write(move |conn| {
             let users: Vec<String> = {
                 let mut stmt = conn
-                    .prepare_cached("SELECT id FROM services WHERE org = ?1 AND target_id = ?2 ORDER BY id LIMIT 5")
+                    .prepare_cached(&format!("{} ORDER BY id LIMIT 5", ServiceKey::Target.select("id")))
                     .map_err(unavailable)?;
                 let rows = stmt
                     .query_map(params![org, id], |r| r.get::<_, String>(0))
