@@ -120,13 +120,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Colour only for a person at a terminal: never in a file, a pipe or a journal.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // Every delivery logs a line: a request thread hands it over and goes on, and one thread
+    // writes the lines in order, as many in one write as have waited (flushed whenever none
+    // wait). Never dropped: a stderr that blocks slows the requests, as a direct write would.
+    let (log_writer, log_flush) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("autodeploy-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(ansi)
         .init();
     let Command::Serve(args) = cli.command;
-    match serve(args) {
+    let result = serve(args);
+    // The lines still waiting are written before the process ends.
+    drop(log_flush);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("autodeploy: {message}");
