@@ -521,6 +521,34 @@ fn private_targets_are_refused_when_written_and_when_sent() {
 }
 
 #[test]
+fn a_deployment_waiting_when_its_service_gets_a_target_is_delivered_at_once() {
+    let receiver = Receiver::start(|_| Answer::status(200));
+    let server = launch().start();
+    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
+    put_service(
+        &server,
+        "api",
+        json!({"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": "main"}}),
+    );
+    server.set_webhook_secret(ADMIN, "github", GITHUB_SECRET);
+    let id = push(&server, &commit(0), &commit(1));
+    // Once the dispatcher has gone back to sleep with nothing to deliver, the service gets a
+    // target: the change wakes it, well before its idle wake-up a minute later.
+    std::thread::sleep(Duration::from_secs(1));
+    app(&server, "api", "engine", None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !has_status(&server.deployments(ADMIN), &id, "DELIVERED") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered 20 s after its service got a target"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(receiver.requests().len(), 1);
+}
+
+#[test]
 fn without_the_dispatcher_deployments_wait_queued() {
     let receiver = Receiver::start(|_| Answer::status(200));
     let dir = tempfile::tempdir().unwrap();

@@ -156,7 +156,11 @@ impl ServiceStore for SqliteStore {
             .map_err(unavailable)?;
             Ok(())
         })
-        .await
+        .await?;
+        // A service given a deploy target (or relieved of one) changes who its waiting
+        // deployments are for: the dispatcher and waiting consumers look again now.
+        self.inner.work.notify_waiters();
+        Ok(())
     }
 
     async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>> {
