@@ -31,14 +31,15 @@ impl Taker {
     /// `?2` now, `?3` how many), in the order of their oldest waiting deployment.
     fn candidates(self) -> String {
         match self {
-            // From the organization's waiting deployments, left-joined to their service (a
-            // deleted service has none, and its deployments are still offered).
+            // From the organization's open deployments (never its finished ones, most of the
+            // log), left-joined to their service (a deleted service has none, and its
+            // deployments are still offered). A pull take always names its organization.
             Taker::Pull => "SELECT d.org, d.service_id FROM deployments d
                  LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
-                 WHERE (?1 IS NULL OR d.org = ?1) AND d.status = 'QUEUED'
+                 WHERE d.org = ?1 AND d.status IN ('QUEUED', 'IN_PROGRESS') AND d.status = 'QUEUED'
                    AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2) AND s.target_id IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM deployments p
-                       WHERE p.org = d.org AND p.service_id = d.service_id AND p.status = 'IN_PROGRESS')
+                   AND NOT EXISTS (SELECT 1 FROM deployments p WHERE p.org = d.org AND p.service_id = d.service_id
+                       AND p.status IN ('QUEUED', 'IN_PROGRESS') AND p.status = 'IN_PROGRESS')
                  GROUP BY d.org, d.service_id ORDER BY MIN(d.seq) LIMIT ?3"
                 .to_owned(),
             // From the services with a target: the deployments of the others, however many
@@ -348,5 +349,41 @@ impl PullQueue for SqliteStore {
 
     fn notifier(&self) -> Arc<Notify> {
         self.work_notifier()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::*;
+
+    /// A take reads open deployments only, through `deployments_open`: the finished ones,
+    /// most of a long log, are never scanned (without statistics, the planner scanned the
+    /// whole log for a pull take).
+    #[test]
+    fn a_take_reads_open_deployments_only() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        for taker in [Taker::Pull, Taker::Dispatch] {
+            let sql = taker.candidates();
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(params!["acme", 1, 10], |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            let deployments: Vec<&String> = plan
+                .iter()
+                .filter(|step| step.contains(" d ") || step.contains(" p "))
+                .collect();
+            assert!(!deployments.is_empty(), "{taker:?}: {plan:#?}");
+            for step in deployments {
+                assert!(
+                    step.starts_with("SEARCH") && step.contains("INDEX deployments_open (org=?"),
+                    "{taker:?}: {plan:#?}"
+                );
+            }
+        }
     }
 }
