@@ -131,3 +131,81 @@ fn the_receiver_verifies_what_the_dispatcher_signs() {
     std::io::Read::read_to_string(&mut receiver.stdout.take().unwrap(), &mut printed).unwrap();
     assert!(printed.contains(&format!("deploy api {}", c(1))), "{printed}");
 }
+
+/// The first `sh` code block after `heading` in `markdown`.
+fn sh_block<'a>(markdown: &'a str, heading: &str) -> &'a str {
+    let section = &markdown[markdown.find(heading).unwrap_or_else(|| panic!("no {heading}"))..];
+    let start = section.find("```sh\n").unwrap() + "```sh\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    &section[start..end]
+}
+
+/// The README's walkthrough and API tour, their lines run as written (bash, curl, openssl,
+/// awk) against the real server started with the README's admin token: what a newcomer
+/// copies first. Then the push again, which the README says is `ALREADY_QUEUED`.
+#[test]
+fn the_readme_walkthrough_runs_as_written() {
+    let readme = std::fs::read_to_string(format!("{}/../../README.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let run = sh_block(&readme, "## Two commands")
+        .lines()
+        .find(|l| l.contains("cargo run"))
+        .expect("the README runs the server");
+    let admin = run
+        .strip_prefix("AUTODEPLOY_ADMIN_TOKEN=")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the README's run command sets no admin token: {run}"));
+    let server = Server::start(admin, &[]);
+
+    let walkthrough = sh_block(&readme, "## Walkthrough");
+    let lines: Vec<&str> = walkthrough.lines().collect();
+    let push_at = lines
+        .iter()
+        .position(|l| l.starts_with("curl -sS -X POST $AD/organization/acme/webhooks/github"))
+        .expect("the walkthrough sends a push");
+    let push_len = lines[push_at..].iter().position(|l| !l.ends_with('\\')).unwrap() + 1;
+    let push_again = lines[push_at..push_at + push_len].join("\n");
+    let script = format!(
+        "set -eu\n{walkthrough}\necho\necho '--- again'\n{push_again}\necho\necho '--- tour'\n{}",
+        sh_block(&readme, "## API tour")
+    )
+    .replace("http://127.0.0.1:8080", &format!("http://127.0.0.1:{}", server.port));
+    let out = Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("\"error\""), "{stdout}");
+
+    let (first, again) = stdout.split_once("--- again").unwrap();
+    assert!(first.contains(r#""queued":[{"service_id":"api""#), "{first}");
+    assert!(again.contains("ALREADY_QUEUED"), "{again}");
+    let listed = server.deployments(admin);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (
+            &listed[0]["service_id"],
+            &listed[0]["status"],
+            &listed[0]["git_commit_id"]
+        ),
+        (
+            &Value::from("api"),
+            &Value::from("QUEUED"),
+            &Value::from("9049f1265b7d61be4a8904a9a27120d2064dab3b")
+        )
+    );
+    let (status, deliveries) = server.call(admin, "GET", "/organization/acme/deliveries", None);
+    assert_eq!(status, 200);
+    let outcomes: Vec<&Value> = deliveries["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["outcome"])
+        .collect();
+    assert_eq!(
+        outcomes,
+        [&Value::from("NOTHING_TO_DEPLOY"), &Value::from("QUEUED")],
+        "{deliveries}"
+    );
+}
