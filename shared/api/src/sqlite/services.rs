@@ -117,7 +117,7 @@ fn check_limits(
 }
 
 impl SqliteStore {
-    /// Services of `org` where `column` equals `value`, in id order.
+    /// Services of `org` whose `key` is `value`, in id order.
     fn services_where(&self, org: &str, key: ServiceKey, value: &str) -> StoreResult<Vec<StoredService>> {
         let mut services = self.read(|conn| {
             let mut stmt = conn.prepare_cached(&key.select(SERVICE_COLUMNS)).map_err(unavailable)?;
