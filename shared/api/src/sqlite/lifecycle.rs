@@ -139,16 +139,28 @@ pub(super) fn take(
     Ok(leased)
 }
 
+/// The waiting deployments of service `?2` of `?1`: `QUEUED` ones through `deployments_open`,
+/// and `PENDING` ones (which a database of an earlier release may hold) through
+/// `deployments_by_status`; each a condition of its own, so that a statement reads what it may
+/// change and never the service's whole history (with one `status IN ('QUEUED', 'PENDING')`,
+/// the planner walked every deployment of the service).
+pub(super) const WAITING_OF_SERVICE: [&str; 2] = [
+    "org = ?1 AND service_id = ?2 AND status IN ('QUEUED', 'IN_PROGRESS') AND status = 'QUEUED'",
+    "status = 'PENDING' AND org = ?1 AND service_id = ?2",
+];
+
 /// Latest wins: the deployments of `service` still waiting that were recorded before `seq`
 /// are never delivered.
 fn supersede_older(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
-    conn.execute(
-        "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5,
-            last_error = NULL
-         WHERE org = ?1 AND service_id = ?2 AND status IN ('QUEUED', 'PENDING') AND seq < ?3",
-        params![org, service, seq, rfc3339(now), now],
-    )
-    .map_err(unavailable)?;
+    for waiting in WAITING_OF_SERVICE {
+        conn.prepare_cached(&format!(
+            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5,
+                last_error = NULL
+             WHERE {waiting} AND seq < ?3"
+        ))
+        .and_then(|mut stmt| stmt.execute(params![org, service, seq, rfc3339(now), now]))
+        .map_err(unavailable)?;
+    }
     Ok(())
 }
 
@@ -384,6 +396,23 @@ mod tests {
                     "{taker:?}: {plan:#?}"
                 );
             }
+        }
+    }
+
+    /// Superseding a service's older waiting deployments reads them through the index of
+    /// their status, not the service's whole history.
+    #[test]
+    fn waiting_deployments_of_a_service_are_read_through_their_status_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        for (waiting, index) in WAITING_OF_SERVICE.iter().zip([
+            "INDEX deployments_open (org=? AND service_id=? AND seq<?)",
+            "INDEX deployments_by_status (org=? AND status=?)",
+        ]) {
+            let sql =
+                format!("EXPLAIN QUERY PLAN UPDATE deployments SET status = 'SUPERSEDED' WHERE {waiting} AND seq < ?3");
+            let plan: String = conn.query_row(&sql, params!["acme", "api", 10], |r| r.get(3)).unwrap();
+            assert!(plan.starts_with("SEARCH") && plan.contains(index), "{waiting}: {plan}");
         }
     }
 }

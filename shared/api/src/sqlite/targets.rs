@@ -7,7 +7,7 @@ use autodeploy_core::target::TargetSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
-use super::lifecycle::{DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, take};
+use super::lifecycle::{DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, WAITING_OF_SERVICE, take};
 use super::services::ServiceKey;
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
 use crate::store::{
@@ -124,9 +124,6 @@ impl TargetStore for SqliteStore {
     }
 }
 
-/// Statuses a deployment may be taken from.
-const WAITING: &str = "('QUEUED', 'PENDING')";
-
 fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<AttemptStart> {
     let current: Option<(i64, String, String)> = conn
         .query_row(
@@ -144,14 +141,13 @@ fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<Attemp
     if !status.is_waiting() {
         return Ok(AttemptStart::NotWaiting(status));
     }
+    let [queued, pending] = WAITING_OF_SERVICE;
     let newer: bool = conn
-        .query_row(
-            &format!(
-                "SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND service_id = ?2 AND status IN {WAITING} AND seq > ?3)"
-            ),
-            params![org, service, seq],
-            |r| r.get(0),
-        )
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM deployments WHERE {queued} AND seq > ?3)
+                 OR EXISTS (SELECT 1 FROM deployments WHERE {pending} AND seq > ?3)"
+        ))
+        .and_then(|mut stmt| stmt.query_row(params![org, service, seq], |r| r.get(0)))
         .map_err(unavailable)?;
     let stamp = rfc3339(now);
     if newer {
@@ -163,14 +159,14 @@ fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<Attemp
         .map_err(unavailable)?;
         return Ok(AttemptStart::Superseded);
     }
-    conn.execute(
-        &format!(
+    for waiting in WAITING_OF_SERVICE {
+        conn.prepare_cached(&format!(
             "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
-             WHERE org = ?1 AND service_id = ?2 AND status IN {WAITING} AND seq < ?3"
-        ),
-        params![org, service, seq, stamp, now],
-    )
-    .map_err(unavailable)?;
+             WHERE {waiting} AND seq < ?3"
+        ))
+        .and_then(|mut stmt| stmt.execute(params![org, service, seq, stamp, now]))
+        .map_err(unavailable)?;
+    }
     conn.execute(
         "UPDATE deployments SET status = 'IN_PROGRESS', attempts = attempts + 1, next_attempt_unix = NULL,
             lease_id = ?2, lease_expires_unix = ?3, updated_at = ?4, updated_unix = ?5
