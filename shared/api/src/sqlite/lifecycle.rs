@@ -366,8 +366,7 @@ impl PullQueue for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use rusqlite::Connection;
-
+    use super::super::plans::{migrated, query_plan};
     use super::*;
 
     /// A take reads open deployments only, through `deployments_open`: the finished ones,
@@ -375,16 +374,9 @@ mod tests {
     /// whole log for a pull take).
     #[test]
     fn a_take_reads_open_deployments_only() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = migrated();
         for taker in [Taker::Pull, Taker::Dispatch] {
-            let sql = taker.candidates();
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let plan: Vec<String> = stmt
-                .query_map(params!["acme", 1, 10], |r| r.get::<_, String>(3))
-                .unwrap()
-                .map(|r| r.unwrap())
-                .collect();
+            let plan = query_plan(&conn, &taker.candidates(), params!["acme", 1, 10]);
             let deployments: Vec<&String> = plan
                 .iter()
                 .filter(|step| step.contains(" d ") || step.contains(" p "))
@@ -403,16 +395,17 @@ mod tests {
     /// their status, not the service's whole history.
     #[test]
     fn waiting_deployments_of_a_service_are_read_through_their_status_index() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = migrated();
         for (waiting, index) in WAITING_OF_SERVICE.iter().zip([
             "INDEX deployments_open (org=? AND service_id=? AND seq<?)",
             "INDEX deployments_by_status (org=? AND status=?)",
         ]) {
-            let sql =
-                format!("EXPLAIN QUERY PLAN UPDATE deployments SET status = 'SUPERSEDED' WHERE {waiting} AND seq < ?3");
-            let plan: String = conn.query_row(&sql, params!["acme", "api", 10], |r| r.get(3)).unwrap();
-            assert!(plan.starts_with("SEARCH") && plan.contains(index), "{waiting}: {plan}");
+            let sql = format!("UPDATE deployments SET status = 'SUPERSEDED' WHERE {waiting} AND seq < ?3");
+            let plan = query_plan(&conn, &sql, params!["acme", "api", 10]);
+            assert!(
+                matches!(plan.as_slice(), [step] if step.starts_with("SEARCH") && step.contains(index)),
+                "{waiting}: {plan:#?}"
+            );
         }
     }
 }

@@ -402,3 +402,25 @@ impl Store for SqliteStore {
         self.write(|_| Ok(())).await
     }
 }
+
+/// What the plan tests of the store's statements share.
+#[cfg(test)]
+mod plans {
+    use rusqlite::{Connection, Params};
+
+    /// An in-memory database with this build's schema.
+    pub(super) fn migrated() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::schema::migrate(&mut conn).unwrap();
+        conn
+    }
+
+    /// The steps of SQLite's plan for `sql` bound to `params`.
+    pub(super) fn query_plan(conn: &Connection, sql: &str, params: impl Params) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        stmt.query_map(params, |r| r.get(3))
+            .unwrap()
+            .map(|step| step.unwrap())
+            .collect()
+    }
+}

@@ -211,6 +211,7 @@ impl ServiceStore for SqliteStore {
 mod tests {
     use rusqlite::StatementStatus;
 
+    use super::super::plans::{migrated, query_plan};
     use super::*;
 
     /// Matching a push or an image tag reads the services on its key through the key's
@@ -218,8 +219,7 @@ mod tests {
     /// every lookup without being prepared again.
     #[test]
     fn services_are_found_through_their_key_index() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let conn = migrated();
         for i in 0..40 {
             conn.execute(
                 "INSERT INTO services (org, id, etag, data, repository, image_path, target_id)
@@ -230,13 +230,11 @@ mod tests {
         }
         for key in [ServiceKey::Repository, ServiceKey::ImagePath, ServiceKey::Target] {
             let sql = key.select(SERVICE_COLUMNS);
-            let plan: String = conn
-                .query_row(&format!("EXPLAIN QUERY PLAN {sql}"), ["acme", "key-1"], |r| r.get(3))
-                .unwrap();
+            let plan = query_plan(&conn, &sql, ["acme", "key-1"]);
             let (column, index) = key.column_and_index();
             assert!(
-                plan.contains(&format!("INDEX {index} (org=? AND {column}=?)")),
-                "{key:?}: {plan}"
+                matches!(plan.as_slice(), [step] if step.contains(&format!("INDEX {index} (org=? AND {column}=?)"))),
+                "{key:?}: {plan:#?}"
             );
 
             let mut stmt = conn.prepare_cached(&sql).unwrap();
