@@ -22,6 +22,13 @@ pub fn unix_rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Unix seconds of an RFC 3339 time; `None` when it is not one.
+pub fn rfc3339_unix(time: &str) -> Option<i64> {
+    OffsetDateTime::parse(time, &Rfc3339)
+        .ok()
+        .map(OffsetDateTime::unix_timestamp)
+}
+
 pub fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, collect, execute, from_json, page, to_json, unavailable};
 use crate::store::{DeliveryHistory, DeliveryQuery, Page, PageRequest, StoreResult};
-use crate::util::now_unix;
+use crate::util::{now_unix, rfc3339_unix};
 
 fn record_of(org: &str, data: String) -> StoreResult<DeliveryRecord> {
     let mut record: DeliveryRecord = from_json(&data)?;
@@ -24,7 +24,10 @@ fn record_of(org: &str, data: String) -> StoreResult<DeliveryRecord> {
 pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<bool> {
     let now = now_unix();
     let org = &record.organization_id;
-    if record.outcome == DeliveryOutcome::Rejected && !within_rejected_budget(conn, org, now)? {
+    // Counted in the minute the history shows it received, not the minute it is written in,
+    // so that no minute of the history lists more than the budget.
+    let received = rfc3339_unix(&record.received_at).unwrap_or(now);
+    if record.outcome == DeliveryOutcome::Rejected && !within_rejected_budget(conn, org, received)? {
         return Ok(false);
     }
     execute(
@@ -54,15 +57,15 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
     Ok(true)
 }
 
-/// Count a rejected delivery against its organization's budget for the minute it arrived in;
-/// `false` once the budget is spent (the delivery is then left out of the history).
-fn within_rejected_budget(conn: &Connection, org: &str, now: i64) -> StoreResult<bool> {
+/// Count a rejected delivery against its organization's budget for the minute it was received
+/// in; `false` once the budget is spent (the delivery is then left out of the history).
+fn within_rejected_budget(conn: &Connection, org: &str, received: i64) -> StoreResult<bool> {
     let count: u32 = conn
         .prepare_cached(
             "INSERT INTO rejected_deliveries (org, minute, count) VALUES (?1, ?2, 1)
              ON CONFLICT (org, minute) DO UPDATE SET count = count + 1 RETURNING count",
         )
-        .and_then(|mut stmt| stmt.query_row(params![org, now.div_euclid(60)], |r| r.get(0)))
+        .and_then(|mut stmt| stmt.query_row(params![org, received.div_euclid(60)], |r| r.get(0)))
         .map_err(unavailable)?;
     Ok(count <= REJECTED_PER_MINUTE)
 }
@@ -149,5 +152,51 @@ impl DeliveryHistory for SqliteStore {
             let items = collect(rows, |data| record_of(org, data))?;
             Ok(page(items, limit, |d| d.id.clone()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use autodeploy_core::delivery::DeliverySource;
+    use autodeploy_core::provider::GitProvider;
+
+    use super::*;
+
+    fn rejected(id: &str, received_at: &str) -> DeliveryRecord {
+        DeliveryRecord {
+            id: id.into(),
+            organization_id: "acme".into(),
+            received_at: received_at.into(),
+            source: DeliverySource::Git(GitProvider::Github),
+            delivery_id: None,
+            http_status: 401,
+            outcome: DeliveryOutcome::Rejected,
+            reason: "The signature does not match.".into(),
+            repository: None,
+            branch: None,
+            commit_sha: None,
+            image: None,
+            tag: None,
+            queued: Vec::new(),
+            skipped: Vec::new(),
+            dry_run: false,
+        }
+    }
+
+    /// A delivery received in the last second of a minute may be written in the next: it
+    /// counts against the minute the history shows, which then never lists more than the
+    /// budget, and the next minute keeps its own.
+    #[test]
+    fn rejected_deliveries_count_in_the_minute_they_were_received() {
+        let conn = super::super::plans::migrated();
+        for i in 0..REJECTED_PER_MINUTE {
+            assert!(insert(&conn, &rejected(&format!("a{i:03}"), "2026-01-01T12:00:59Z")).unwrap());
+        }
+        assert!(!insert(&conn, &rejected("b000", "2026-01-01T12:00:59Z")).unwrap());
+        assert!(insert(&conn, &rejected("b001", "2026-01-01T12:01:00Z")).unwrap());
+        let kept: u32 = conn
+            .query_row("SELECT count(*) FROM delivery_log", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, REJECTED_PER_MINUTE + 1);
     }
 }
