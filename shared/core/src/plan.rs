@@ -39,7 +39,9 @@ pub fn repository_keys(push: &Push) -> Vec<String> {
 const NORMALIZED_URLS: usize = 256;
 
 thread_local! {
-    static NORMALIZED: RefCell<HashMap<Box<str>, Option<String>>> = RefCell::new(HashMap::new());
+    /// Hashed with foldhash (see `restrictions::CompiledCache`).
+    static NORMALIZED: RefCell<HashMap<Box<str>, Option<String>, foldhash::fast::RandomState>> =
+        RefCell::new(HashMap::default());
 }
 
 /// The key of one URL a push carries, `None` when it names no repository. Remembered by each
@@ -140,12 +142,16 @@ pub fn plan_push<'a, S: ServiceView>(
     let mut elsewhere: Vec<(&str, &str)> = Vec::new();
     for (index, push) in pushes.iter().enumerate() {
         let keys = keys.of(index);
-        repositories.push(display_repository(keys, by_key));
-        let buckets: Vec<&Vec<S>> = keys.iter().filter_map(|k| by_key.get(k)).collect();
+        let buckets: Vec<(&String, &Vec<S>)> = keys
+            .iter()
+            .filter_map(|key| by_key.get(key).map(|bucket| (key, bucket)))
+            .collect();
+        repositories.push(display_repository(keys, &buckets));
+        decisions.reserve(buckets.iter().map(|(_, bucket)| bucket.len()).sum());
         // A bucket holds a service once; one reached through two keys is decided once.
         let mut seen: BTreeSet<&str> = BTreeSet::new();
         let several_buckets = buckets.len() > 1;
-        for stored in buckets.into_iter().flatten() {
+        for stored in buckets.into_iter().flat_map(|(_, bucket)| bucket) {
             let service = stored.service();
             if several_buckets && !seen.insert(service.id.as_str()) {
                 continue;
@@ -174,11 +180,14 @@ pub fn plan_push<'a, S: ServiceView>(
     let (other_branches, on_other_branches) = if elsewhere.is_empty() {
         (BTreeSet::new(), 0)
     } else {
-        let mut reached: Vec<&str> = decisions.iter().map(|d| d.stored.service().id.as_str()).collect();
-        reached.sort_unstable();
         elsewhere.sort_unstable();
         elsewhere.dedup_by_key(|(id, _)| *id);
-        elsewhere.retain(|(id, _)| reached.binary_search(id).is_err());
+        // With one push, a service is either decided or elsewhere, never both.
+        if pushes.len() > 1 {
+            let mut reached: Vec<&str> = decisions.iter().map(|d| d.stored.service().id.as_str()).collect();
+            reached.sort_unstable();
+            elsewhere.retain(|(id, _)| reached.binary_search(id).is_err());
+        }
         let branches = elsewhere.iter().map(|(_, branch)| (*branch).to_owned()).collect();
         (branches, elsewhere.len())
     };
@@ -191,10 +200,12 @@ pub fn plan_push<'a, S: ServiceView>(
 }
 
 /// The repository a push is reported under: the first key that services follow, else the
-/// first the payload names.
-fn display_repository<S>(keys: &[String], by_key: &HashMap<String, Vec<S>>) -> String {
-    keys.iter()
-        .find(|k| by_key.get(*k).is_some_and(|s| !s.is_empty()))
+/// first the payload names; `buckets` are the services found under its keys, in their order.
+fn display_repository<S>(keys: &[String], buckets: &[(&String, &Vec<S>)]) -> String {
+    buckets
+        .iter()
+        .find(|(_, bucket)| !bucket.is_empty())
+        .map(|(key, _)| *key)
         .or(keys.first())
         .cloned()
         .unwrap_or_default()

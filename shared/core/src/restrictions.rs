@@ -182,14 +182,25 @@ pub fn rules_allow<'a>(rules: &[DeploymentRestriction], changed_files: impl Into
 }
 
 /// `compile_value(value).is_ok()` for a value that is not a glob, without building its
-/// normalized form.
+/// normalized form: one pass over its segments, as it runs for every service a push reaches.
 fn is_valid_plain(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= MAX_RESTRICTION_VALUE_LEN
-        && !value.chars().any(char::is_control)
-        && !value.starts_with('/')
-        && !value.split('/').any(|segment| segment == "..")
-        && value.split('/').any(|segment| !matches!(segment, "" | "."))
+    if value.is_empty() || value.len() > MAX_RESTRICTION_VALUE_LEN || value.starts_with('/') {
+        return false;
+    }
+    // `char::is_control` also counts controls outside ASCII (U+0080 to U+009F).
+    if !value.is_ascii() && value.chars().any(char::is_control) {
+        return false;
+    }
+    let mut names_something = false;
+    for segment in value.as_bytes().split(|&b| b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => return false,
+            _ if segment.iter().any(u8::is_ascii_control) => return false,
+            _ => names_something = true,
+        }
+    }
+    names_something
 }
 
 /// Whether the plain, valid `value` covers `path`, as [`RuleSet::covers`] does with its
@@ -224,11 +235,13 @@ fn plain_covers(value: &str, path: &str) -> bool {
 /// [`Restrictions::compile_cached`]).
 pub const CACHED_RULE_LISTS: usize = 256;
 
-/// Rule lists with globs, compiled, by the rules (see [`Restrictions::compile_cached`]).
-type CompiledCache = HashMap<Vec<DeploymentRestriction>, Result<Rc<Restrictions>, String>>;
+/// Rule lists with globs, compiled, by the rules (see [`Restrictions::compile_cached`]). Hashed
+/// with foldhash, several times faster than SipHash on keys this short, its seed random; the
+/// cache is bounded, so colliding keys cost at most a scan of it.
+type CompiledCache = HashMap<Vec<DeploymentRestriction>, Result<Rc<Restrictions>, String>, foldhash::fast::RandomState>;
 
 thread_local! {
-    static COMPILED: RefCell<CompiledCache> = RefCell::new(HashMap::new());
+    static COMPILED: RefCell<CompiledCache> = RefCell::new(HashMap::default());
 }
 
 /// A service's restrictions, compiled once per service and reused for every push.
@@ -511,6 +524,24 @@ mod tests {
                     "{rules:?} {files:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn plain_values_are_checked_as_compiled() {
+        let mut values = strings(&['a', '/', '.', '\u{1}'], 4);
+        values.extend(
+            [
+                "a\u{7f}", "\u{85}", "a/\u{9f}", "\u{a0}", "é/..", "./é", "a\tb", "é\u{1}",
+            ]
+            .map(String::from),
+        );
+        values.extend([
+            "a".repeat(MAX_RESTRICTION_VALUE_LEN),
+            "a".repeat(MAX_RESTRICTION_VALUE_LEN + 1),
+        ]);
+        for value in values.iter().filter(|value| !is_glob(value)) {
+            assert_eq!(is_valid_plain(value), compile_value(value).is_ok(), "{value:?}");
         }
     }
 
