@@ -938,6 +938,32 @@ fn push_headers(provider: GitProvider) -> HeaderMap {
 }
 
 #[test]
+fn bodies_are_utf8_as_std_tells() {
+    // Overlong forms, surrogates, past U+10FFFF, truncated and stray continuation bytes, at
+    // every offset of a block the SIMD check reads at once.
+    let samples: [&[u8]; 10] = [
+        "é€😀".as_bytes(),
+        b"\xc0\xaf",
+        b"\xe0\x80\xaf",
+        b"\xed\xa0\x80",
+        b"\xf4\x90\x80\x80",
+        b"\xf0\x9f\x98",
+        b"\x80",
+        b"\xc3",
+        b"\xff",
+        b"\xef\xbf\xbf",
+    ];
+    for sample in samples {
+        for offset in 0..70 {
+            let mut body = vec![b'a'; offset];
+            body.extend_from_slice(sample);
+            body.extend_from_slice(b"zz");
+            assert_eq!(utf8(&body).ok(), std::str::from_utf8(&body).ok(), "{body:?}");
+        }
+    }
+}
+
+#[test]
 fn malformed_bodies() {
     for provider in GitProvider::ALL {
         let h = push_headers(provider);
