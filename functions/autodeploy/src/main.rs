@@ -18,6 +18,9 @@ use autodeploy_api::sqlite::{SqliteOptions, SqliteStore};
 use autodeploy_api::store::{InStoreQueue, TenantLimits};
 use autodeploy_api::web::limits::BufferLimits;
 use autodeploy_api::web::{AppState, full_router};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use autodeploy_core::target::delivery::{RetryPolicy, parse_age};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

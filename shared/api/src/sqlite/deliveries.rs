@@ -7,12 +7,17 @@ use super::deployments::remember;
 use super::{SqliteStore, unavailable};
 use crate::store::{DeliveryKey, DeliveryLog, PUSH_MARK_RETENTION_SECS, StoreResult};
 
+/// When a delivery id's record expires.
+const DELIVERY_EXPIRY: &str = "SELECT expires_at FROM deliveries WHERE org = ?1 AND provider = ?2 AND id = ?3";
+const PURGE_DELIVERIES: &str = "DELETE FROM deliveries WHERE expires_at < ?1";
+const PURGE_PUSH_MARKS: &str = "DELETE FROM push_marks WHERE queued_unix < ?1";
+
 #[async_trait]
 impl DeliveryLog for SqliteStore {
     async fn delivery_seen(&self, org: &str, source: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool> {
         self.read(|conn| {
             let found: Option<i64> = conn
-                .prepare_cached("SELECT expires_at FROM deliveries WHERE org = ?1 AND provider = ?2 AND id = ?3")
+                .prepare_cached(DELIVERY_EXPIRY)
                 .and_then(|mut stmt| {
                     stmt.query_row(params![org, source, delivery_id], |r| r.get(0))
                         .optional()
@@ -30,12 +35,112 @@ impl DeliveryLog for SqliteStore {
 
 /// Remove the delivery ids and push marks past their retention.
 pub(super) fn purge(conn: &Connection, now: i64) -> StoreResult<()> {
-    conn.execute("DELETE FROM deliveries WHERE expires_at < ?1", params![now])
+    conn.execute(PURGE_DELIVERIES, params![now]).map_err(unavailable)?;
+    conn.execute(PURGE_PUSH_MARKS, params![now - PUSH_MARK_RETENTION_SECS])
         .map_err(unavailable)?;
-    conn.execute(
-        "DELETE FROM push_marks WHERE queued_unix < ?1",
-        params![now - PUSH_MARK_RETENTION_SECS],
-    )
-    .map_err(unavailable)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::deployments::{INSERT_DEPLOYMENT, MARK_PUSH, PUSH_QUEUED_SINCE, REMEMBER_DELIVERY};
+    use super::super::execute;
+    use super::super::plans::{migrated, query_plan};
+    use super::super::services::FORGET_PUSH_MARKS;
+    use super::*;
+
+    /// Each statement on push marks and delivery ids finds its rows through an index, none
+    /// scans: the tables grow with every push for the retention's 30 days.
+    #[test]
+    fn push_marks_and_delivery_ids_are_found_through_their_indexes() {
+        let conn = migrated();
+        for (sql, index) in [
+            (
+                PUSH_QUEUED_SINCE,
+                "INDEX push_marks_by_mark (org=? AND mark=? AND service_id=?)",
+            ),
+            (
+                FORGET_PUSH_MARKS,
+                "INDEX push_marks_by_service (org=? AND service_id=?)",
+            ),
+            (PURGE_PUSH_MARKS, "INDEX push_marks_by_age (queued_unix<?)"),
+            (
+                DELIVERY_EXPIRY,
+                "INDEX deliveries_by_id (org=? AND provider=? AND id=?)",
+            ),
+            (PURGE_DELIVERIES, "INDEX deliveries_by_expiry (expires_at<?)"),
+        ] {
+            let count = sql.matches('?').count();
+            let params: Vec<i64> = (0..count as i64).collect();
+            let plan = query_plan(&conn, sql, rusqlite::params_from_iter(params));
+            assert!(
+                plan.iter()
+                    .any(|step| step.starts_with("SEARCH") && step.contains(index)),
+                "{sql}: {plan:#?}"
+            );
+            let scans = |step: &&String| step.starts_with("SCAN") && step != &"SCAN CONSTANT ROW";
+            assert!(!plan.iter().any(|step| scans(&step)), "{sql}: {plan:#?}");
+        }
+    }
+
+    /// The writes every delivery makes run without a temporary table: SQLite builds one to
+    /// evaluate an `IN` of three or more values, which a partial index's condition once did at
+    /// every insert and update of a deployment.
+    #[test]
+    fn the_writes_of_a_delivery_build_no_temporary_table() {
+        let conn = migrated();
+        for sql in [
+            INSERT_DEPLOYMENT,
+            "UPDATE deployments SET status = 'DELIVERED' WHERE seq = ?1",
+            MARK_PUSH,
+            REMEMBER_DELIVERY,
+        ] {
+            let count = sql.matches('?').count();
+            let params: Vec<i64> = (0..count as i64).collect();
+            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let opcodes: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(params), |r| r.get(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(!opcodes.is_empty(), "{sql}");
+            assert!(!opcodes.iter().any(|op| op == "OpenEphemeral"), "{sql}: {opcodes:?}");
+        }
+    }
+
+    /// A push marked again, or a delivery id remembered again, moves its time forward on the
+    /// row it has (the unique index is the upsert's conflict target), and the replay check
+    /// reads the newest time.
+    #[test]
+    fn marks_and_delivery_ids_are_kept_once_with_their_newest_time() {
+        let conn = migrated();
+        for now in [100, 200] {
+            for service in ["api", "web"] {
+                execute(&conn, MARK_PUSH, params!["acme", service, "a..b", now]).unwrap();
+            }
+            execute(&conn, REMEMBER_DELIVERY, params!["acme", "GITHUB", "d1", now + 10]).unwrap();
+        }
+        let marks: Vec<(String, i64)> = conn
+            .prepare("SELECT service_id, queued_unix FROM push_marks ORDER BY service_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(marks, [("api".to_owned(), 200), ("web".to_owned(), 200)]);
+        let queued_since = |since: i64| -> bool {
+            conn.query_row(PUSH_QUEUED_SINCE, params!["acme", "api", "a..b", since], |r| r.get(0))
+                .unwrap()
+        };
+        assert!(queued_since(150));
+        assert!(!queued_since(200));
+        let expiries: Vec<i64> = conn
+            .prepare("SELECT expires_at FROM deliveries")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(expiries, [210]);
+    }
 }

@@ -59,6 +59,15 @@ pub(super) fn deployment_at(conn: &Connection, seq: i64) -> StoreResult<Deployme
 
 pub(super) use crate::util::unix_rfc3339 as rfc3339;
 
+/// Whether the service queued the push `mark` after a time.
+pub(super) const PUSH_QUEUED_SINCE: &str = "SELECT EXISTS (SELECT 1 FROM push_marks
+    WHERE org = ?1 AND service_id = ?2 AND mark = ?3 AND queued_unix > ?4)";
+pub(super) const MARK_PUSH: &str = "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT DO UPDATE SET queued_unix = excluded.queued_unix";
+pub(super) const REMEMBER_DELIVERY: &str =
+    "INSERT INTO deliveries (org, provider, id, expires_at) VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (org, provider, id) DO UPDATE SET expires_at = excluded.expires_at";
+
 /// Check `guard` and make its write; `false` (nothing written) when it does not hold.
 fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, now: i64) -> StoreResult<bool> {
     match guard {
@@ -73,10 +82,7 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
             };
             let current_commit = last_push.as_deref().and_then(|m| m.split_once("..")).map(|(_, a)| a);
             let queued_before: bool = conn
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM push_marks
-                     WHERE org = ?1 AND service_id = ?2 AND mark = ?3 AND queued_unix > ?4)",
-                )
+                .prepare_cached(PUSH_QUEUED_SINCE)
                 .and_then(|mut stmt| {
                     stmt.query_row(params![org, service_id, mark, now - PUSH_MARK_RETENTION_SECS], |r| {
                         r.get(0)
@@ -91,12 +97,7 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
                 "UPDATE services SET last_push = ?3 WHERE org = ?1 AND id = ?2",
                 params![org, service_id, mark],
             )?;
-            execute(
-                conn,
-                "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT DO UPDATE SET queued_unix = excluded.queued_unix",
-                params![org, service_id, mark, now],
-            )?;
+            execute(conn, MARK_PUSH, params![org, service_id, mark, now])?;
             Ok(true)
         }
         Guard::ServiceUnchanged { expected, updated } => {
@@ -122,6 +123,9 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
     }
 }
 
+pub(super) const INSERT_DEPLOYMENT: &str = "INSERT INTO deployments
+    (org, id, service_id, status, data, updated_at, updated_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
 /// Insert `request`, `data` being its JSON.
 fn insert_deployment(
     conn: &Connection,
@@ -132,8 +136,7 @@ fn insert_deployment(
 ) -> StoreResult<()> {
     execute(
         conn,
-        "INSERT INTO deployments (org, id, service_id, status, data, updated_at, updated_unix)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        INSERT_DEPLOYMENT,
         params![
             request.organization_id,
             request.deployment_id,
@@ -150,8 +153,7 @@ fn insert_deployment(
 pub(super) fn remember(conn: &Connection, org: &str, delivery: &DeliveryKey) -> StoreResult<()> {
     execute(
         conn,
-        "INSERT INTO deliveries (org, provider, id, expires_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (org, provider, id) DO UPDATE SET expires_at = excluded.expires_at",
+        REMEMBER_DELIVERY,
         params![org, delivery.source, delivery.id, delivery.expires_unix],
     )?;
     Ok(())

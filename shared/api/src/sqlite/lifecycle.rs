@@ -196,6 +196,14 @@ fn refusal(conn: &Connection, org: &str, id: &str) -> StoreResult<Refusal> {
 
 /// The condition of a live lease, for the statements below (`?1` org, `?2` id, `?3` lease,
 /// `?4` now).
+/// When an organization's next lease runs out or its next retry is due, after `?2`.
+const NEXT_DUE: &str = "SELECT min(t) FROM (
+    SELECT min(lease_expires_unix) AS t FROM deployments
+        WHERE org = ?1 AND status = 'IN_PROGRESS' AND lease_expires_unix > ?2
+    UNION ALL
+    SELECT min(next_attempt_unix) FROM deployments
+        WHERE org = ?1 AND status = 'QUEUED' AND next_attempt_unix > ?2)";
+
 const LIVE_LEASE: &str =
     "org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' AND lease_id = ?3 AND lease_expires_unix > ?4";
 
@@ -273,16 +281,7 @@ impl PullQueue for SqliteStore {
                 )
                 .map_err(unavailable)?;
             let next_due: Option<i64> = conn
-                .query_row(
-                    "SELECT min(t) FROM (
-                        SELECT min(lease_expires_unix) AS t FROM deployments
-                            WHERE org = ?1 AND status = 'IN_PROGRESS' AND lease_expires_unix > ?2
-                        UNION ALL
-                        SELECT min(next_attempt_unix) FROM deployments
-                            WHERE org = ?1 AND status = 'QUEUED' AND next_attempt_unix > ?2)",
-                    params![org, now],
-                    |r| r.get(0),
-                )
+                .query_row(NEXT_DUE, params![org, now], |r| r.get(0))
                 .map_err(unavailable)?;
             Ok(Outlook {
                 available,
@@ -389,6 +388,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// When the next retry is due is read through the index of retries, which holds only
+    /// the deployments that have one.
+    #[test]
+    fn the_next_retry_is_found_through_its_index() {
+        let conn = migrated();
+        let plan = query_plan(&conn, NEXT_DUE, params!["acme", 10]);
+        assert!(
+            plan.iter().any(|step| step.starts_with("SEARCH")
+                && step.contains("INDEX deployments_retries (org=? AND next_attempt_unix>?)")),
+            "{plan:#?}"
+        );
     }
 
     /// Superseding a service's older waiting deployments reads them through the index of

@@ -41,8 +41,10 @@ use writer::{Durability, Writer};
 /// Read connections kept open between reads (more are opened while many threads read).
 const IDLE_READERS: usize = 8;
 /// The writer's page cache, in KiB as `PRAGMA cache_size` takes it when negative (SQLite's
-/// default is 2 MiB).
-const WRITER_CACHE_KIB: i64 = -32_768;
+/// default is 2 MiB). Large enough to keep the pages it appends to; no larger, because SQLite
+/// walks the whole cache at the end of every transaction in which a B-tree split renumbered
+/// pages (it parks a page at a high number meanwhile), which is most of the writer's.
+const WRITER_CACHE_KIB: i64 = -8_192;
 /// Prepared statements each connection keeps (rusqlite keeps 16 unless told).
 const STATEMENT_CACHE: usize = 64;
 /// Deployment lines waiting to be printed before new ones are dropped (a stdout nobody reads).
@@ -96,6 +98,11 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 
 /// Finished deployments one write of [`SqliteStore::maintain`] prunes at most.
 const PRUNE_CHUNK: usize = 2_000;
+
+/// One chunk of the finished deployments older than `?1`, found through
+/// `deployments_finished` (whose condition this repeats, so that the index applies).
+const PRUNE_FINISHED: &str = "DELETE FROM deployments WHERE seq IN (SELECT seq FROM deployments
+    WHERE (status = 'DELIVERED' OR status = 'FAILED' OR status = 'SUPERSEDED') AND updated_unix < ?1 LIMIT ?2)";
 
 /// What [`SqliteStore::maintain`] removed or released.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -173,8 +180,7 @@ impl SqliteStore {
             let pruned = self
                 .write(move |conn| {
                     conn.execute(
-                        "DELETE FROM deployments WHERE seq IN (SELECT seq FROM deployments
-                            WHERE status IN ('DELIVERED', 'FAILED', 'SUPERSEDED') AND updated_unix < ?1 LIMIT ?2)",
+                        PRUNE_FINISHED,
                         rusqlite::params![now - retention_secs, PRUNE_CHUNK as i64],
                     )
                     .map_err(unavailable)
@@ -400,6 +406,24 @@ impl Store for SqliteStore {
                 .map_err(unavailable)
         })?;
         self.write(|_| Ok(())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plans::{migrated, query_plan};
+    use super::*;
+
+    /// Pruning reads the finished deployments through their index, not the whole log.
+    #[test]
+    fn finished_deployments_are_pruned_through_their_index() {
+        let conn = migrated();
+        let plan = query_plan(&conn, PRUNE_FINISHED, rusqlite::params![10, 100]);
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH") && step.contains("INDEX deployments_finished (updated_unix<?)")),
+            "{plan:#?}"
+        );
     }
 }
 

@@ -187,6 +187,49 @@ CREATE TABLE rejected_deliveries (
     PRIMARY KEY (org, minute)
 ) WITHOUT ROWID;
 "#,
+    // Push marks and delivery ids as rows in insertion order, found through a unique index:
+    // keyed by their random text, every insert wrote a page of its own twice (the rows, and
+    // the age index, which orders by second and then by that text); now only the unique index
+    // takes a random page, and one push's marks share it (the mark before the service).
+    // Retries are indexed only once they have a next attempt, which new deployments do not.
+    // Finished deployments are told by comparisons: a list of three in `IN` made SQLite build
+    // a temporary table at every insert and update of a deployment to evaluate the index's
+    // condition.
+    r#"
+CREATE TABLE push_marks_v2 (
+    org         TEXT NOT NULL,
+    service_id  TEXT NOT NULL,
+    mark        TEXT NOT NULL,
+    queued_unix INTEGER NOT NULL
+);
+INSERT INTO push_marks_v2 (org, service_id, mark, queued_unix)
+    SELECT org, service_id, mark, queued_unix FROM push_marks ORDER BY queued_unix;
+DROP TABLE push_marks;
+ALTER TABLE push_marks_v2 RENAME TO push_marks;
+CREATE UNIQUE INDEX push_marks_by_mark ON push_marks (org, mark, service_id);
+CREATE INDEX push_marks_by_service ON push_marks (org, service_id);
+CREATE INDEX push_marks_by_age ON push_marks (queued_unix);
+
+CREATE TABLE deliveries_v2 (
+    org        TEXT NOT NULL,
+    provider   TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+INSERT INTO deliveries_v2 (org, provider, id, expires_at)
+    SELECT org, provider, id, expires_at FROM deliveries ORDER BY expires_at;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_v2 RENAME TO deliveries;
+CREATE UNIQUE INDEX deliveries_by_id ON deliveries (org, provider, id);
+CREATE INDEX deliveries_by_expiry ON deliveries (expires_at);
+
+DROP INDEX deployments_retries;
+CREATE INDEX deployments_retries ON deployments (org, next_attempt_unix)
+    WHERE status = 'QUEUED' AND next_attempt_unix IS NOT NULL;
+DROP INDEX deployments_finished;
+CREATE INDEX deployments_finished ON deployments (updated_unix)
+    WHERE status = 'DELIVERED' OR status = 'FAILED' OR status = 'SUPERSEDED';
+"#,
 ];
 
 /// Bring the database at `conn` to this build's schema.

@@ -9,6 +9,9 @@ use crate::store::{Expected, Page, PageRequest, ServiceStore, StoreError, StoreR
 
 const SERVICE_COLUMNS: &str = "data, etag, last_push";
 
+/// A deleted service's push marks go with it.
+pub(super) const FORGET_PUSH_MARKS: &str = "DELETE FROM push_marks WHERE org = ?1 AND service_id = ?2";
+
 fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
@@ -188,11 +191,7 @@ impl ServiceStore for SqliteStore {
             }
             conn.execute("DELETE FROM services WHERE org = ?1 AND id = ?2", params![org, id])
                 .map_err(unavailable)?;
-            conn.execute(
-                "DELETE FROM push_marks WHERE org = ?1 AND service_id = ?2",
-                params![org, id],
-            )
-            .map_err(unavailable)?;
+            conn.execute(FORGET_PUSH_MARKS, params![org, id]).map_err(unavailable)?;
             Ok(true)
         })
         .await
