@@ -25,7 +25,7 @@ pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Futu
         Ok(n) => tracing::info!(released = n, "deliveries interrupted by the last stop are tried again"),
         Err(err) => tracing::warn!(error = %err, "interrupted deliveries could not be released; their leases expire"),
     }
-    let notifier = store.work_notifier();
+    let notifier = store.dispatch_notifier();
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     // The first pass takes whatever waits.
@@ -35,10 +35,10 @@ pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Futu
         tokio::pin!(notified);
         notified.as_mut().enable();
         let outlook = store.dispatch_outlook();
-        // A take is a write in the writer's next batch, and the loop is woken by every
-        // recorded deployment, most of them for services without a target: it takes when
-        // the outlook (a read) shows work, or when it woke on its timer, at which a lease that
-        // ran out may have freed some (the take releases it).
+        // A take is a write in the writer's next batch: it takes when the outlook (a read)
+        // shows work, or when it woke on its timer, at which a lease that ran out may have
+        // freed some (the take releases it). Recorded deployments wake it only when one is
+        // for a service with a deploy target.
         let may_have_work = woke_by_timer || outlook.as_ref().map_or(true, |o| o.available);
         woke_by_timer = false;
         let free = CONCURRENCY.saturating_sub(in_flight.len());

@@ -68,17 +68,21 @@ pub(super) const REMEMBER_DELIVERY: &str =
     "INSERT INTO deliveries (org, provider, id, expires_at) VALUES (?1, ?2, ?3, ?4)
     ON CONFLICT (org, provider, id) DO UPDATE SET expires_at = excluded.expires_at";
 
-/// Check `guard` and make its write; `false` (nothing written) when it does not hold.
-fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, now: i64) -> StoreResult<bool> {
+/// What a guard let through: nothing (`None`, nothing written), or the deployment of a service
+/// that has a deploy target (`Some(true)`, work for the dispatcher) or not.
+type Guarded = Option<bool>;
+
+/// Check `guard` and make its write.
+fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, now: i64) -> StoreResult<Guarded> {
     match guard {
         Guard::Push { mark, before } => {
-            let last_push: Option<Option<String>> = conn
-                .prepare_cached("SELECT last_push FROM services WHERE org = ?1 AND id = ?2")
-                .and_then(|mut stmt| stmt.query_row(params![org, service_id], |r| r.get(0)))
+            let service: Option<(Option<String>, bool)> = conn
+                .prepare_cached("SELECT last_push, target_id IS NOT NULL FROM services WHERE org = ?1 AND id = ?2")
+                .and_then(|mut stmt| stmt.query_row(params![org, service_id], |r| Ok((r.get(0)?, r.get(1)?))))
                 .optional()
                 .map_err(unavailable)?;
-            let Some(last_push) = last_push else {
-                return Ok(false);
+            let Some((last_push, to_target)) = service else {
+                return Ok(None);
             };
             let current_commit = last_push.as_deref().and_then(|m| m.split_once("..")).map(|(_, a)| a);
             let queued_before: bool = conn
@@ -90,7 +94,7 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
                 })
                 .map_err(unavailable)?;
             if queued_before && current_commit != Some(before.as_str()) {
-                return Ok(false);
+                return Ok(None);
             }
             execute(
                 conn,
@@ -98,7 +102,7 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
                 params![org, service_id, mark],
             )?;
             execute(conn, MARK_PUSH, params![org, service_id, mark, now])?;
-            Ok(true)
+            Ok(Some(to_target))
         }
         Guard::ServiceUnchanged { expected, updated } => {
             let row = ServiceRow::of(&updated.service)?;
@@ -118,7 +122,7 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
                     ],
                 )
                 .map_err(unavailable)?;
-            Ok(changed == 1)
+            Ok((changed == 1).then_some(updated.service.spec.deploy_target.is_some()))
         }
     }
 }
@@ -192,16 +196,18 @@ impl DeploymentLog for SqliteStore {
             .write(move |conn| {
                 let now = now_unix();
                 let mut outcomes = Vec::with_capacity(owned.len());
+                let mut to_dispatch = false;
                 for (Candidate { request, guard }, data) in owned.iter().zip(&documents) {
                     if request.organization_id != org {
                         return Err(StoreError::Unavailable(
                             "a deployment of another organization".to_owned(),
                         ));
                     }
-                    if apply_guard(conn, &org, &request.service_id, guard, now)? {
+                    if let Some(to_target) = apply_guard(conn, &org, &request.service_id, guard, now)? {
                         // The store is the queue: recorded is queued.
                         insert_deployment(conn, request, data, DeploymentStatus::Queued, now)?;
                         outcomes.push(RecordOutcome::Recorded(DeploymentStatus::Queued));
+                        to_dispatch |= to_target;
                     } else {
                         outcomes.push(RecordOutcome::GuardFailed);
                     }
@@ -218,16 +224,17 @@ impl DeploymentLog for SqliteStore {
                     });
                     super::history::insert(conn, &draft.complete(fates))?;
                 }
-                Ok(outcomes)
+                Ok((outcomes, to_dispatch))
             })
             .await?;
+        let (outcomes, to_dispatch) = outcomes;
         let recorded: Vec<&DeploymentRequest> = candidates
             .iter()
             .zip(&outcomes)
             .filter(|(_, o)| matches!(o, RecordOutcome::Recorded(_)))
             .map(|(c, _)| &c.request)
             .collect();
-        self.recorded(&recorded);
+        self.recorded(&recorded, to_dispatch);
         Ok(outcomes.into_iter().map(Ok).collect())
     }
 
@@ -310,7 +317,7 @@ impl DeploymentLog for SqliteStore {
             .write(move |conn| super::lifecycle::report(conn, &org, &id, &result))
             .await?;
         // A result frees the service for its newer work.
-        self.inner.work.notify_waiters();
+        self.work_changed();
         Ok(outcome)
     }
 
@@ -329,5 +336,102 @@ impl DeploymentLog for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use autodeploy_core::deployment::Trigger;
+    use autodeploy_core::model::{Service, parse_service_document};
+    use autodeploy_core::provider::GitProvider;
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{Expected, ServiceStore, StoredService, TenantLimits};
+
+    async fn put_service(store: &SqliteStore, id: &str, target: Option<&str>) -> Service {
+        let mut doc = json!({"environment_id": "prod", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": "main"}});
+        if let Some(target) = target {
+            doc["deploy_target"] = json!({"target_id": target});
+        }
+        let service = Service {
+            id: id.to_owned(),
+            organization_id: "acme".to_owned(),
+            spec: parse_service_document("acme", id, &doc).unwrap(),
+            version: 1,
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        let stored = StoredService::new(service.clone(), format!("etag-{id}"));
+        store
+            .put_service(&stored, Expected::Absent, TenantLimits::default())
+            .await
+            .unwrap();
+        service
+    }
+
+    fn push_to(service: &Service, after: &str) -> Candidate {
+        let trigger = Trigger::GitPush {
+            provider: GitProvider::Github,
+            repository: "github.com/acme/shop".to_owned(),
+            branch: "main".to_owned(),
+            before: "0".repeat(40),
+            commit_sha: after.to_owned(),
+            delivery_id: None,
+            pusher: None,
+        };
+        Candidate {
+            request: DeploymentRequest::new(
+                crate::util::new_deployment_id(),
+                "acme",
+                service,
+                trigger,
+                "2026-12-05T00:00:00Z",
+            ),
+            guard: Guard::Push {
+                mark: format!("{}..{after}", "0".repeat(40)),
+                before: "0".repeat(40),
+            },
+        }
+    }
+
+    /// Whether `notify` is woken while `record` runs.
+    async fn wakes(notify: std::sync::Arc<tokio::sync::Notify>, record: impl std::future::Future<Output = ()>) -> bool {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        record.await;
+        tokio::time::timeout(Duration::from_millis(200), notified).await.is_ok()
+    }
+
+    /// A recorded deployment wakes the pull consumers' waiters; the dispatcher's only when it
+    /// is for a service with a deploy target, as most on a busy server are not.
+    #[tokio::test]
+    async fn only_deployments_for_a_target_wake_the_dispatcher() {
+        let dir = std::env::temp_dir().join(format!("autodeploy-notify-{}", crate::util::new_deployment_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let pulled = put_service(&store, "pulled", None).await;
+        let dispatched = put_service(&store, "dispatched", Some("hook")).await;
+        for (service, to_dispatcher) in [(&pulled, false), (&dispatched, true)] {
+            for (notify, woken) in [
+                (store.work_notifier(), true),
+                (store.dispatch_notifier(), to_dispatcher),
+            ] {
+                let candidates = [push_to(service, &crate::util::new_deployment_id())];
+                let record = async {
+                    let outcomes = store
+                        .record_deployments(Batch::new("acme", &candidates, None, None))
+                        .await
+                        .unwrap();
+                    assert!(matches!(outcomes.as_slice(), [Ok(RecordOutcome::Recorded(_))]));
+                };
+                assert_eq!(wakes(notify, record).await, woken, "{}", service.id);
+            }
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -308,7 +308,7 @@ impl PullQueue for SqliteStore {
             })
             .await?;
         // The service may have newer work waiting behind this one.
-        self.inner.work.notify_waiters();
+        self.work_changed();
         Ok(outcome)
     }
 
@@ -336,7 +336,7 @@ impl PullQueue for SqliteStore {
                 on_live_lease(conn, (&org, &id), changed, ())
             })
             .await?;
-        self.inner.work.notify_waiters();
+        self.work_changed();
         Ok(outcome)
     }
 

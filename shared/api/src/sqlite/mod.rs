@@ -66,8 +66,12 @@ struct Inner {
     writer: Writer,
     _checkpointer: Checkpointer,
     readers: Mutex<Vec<Connection>>,
-    /// Woken whenever work may have become available (a deployment recorded, released, due).
+    /// Woken whenever work may have become available to pull consumers (a deployment
+    /// recorded, released, due).
     work: Arc<Notify>,
+    /// Woken whenever the dispatcher may have work: as `work`, but for recorded deployments
+    /// only those of services with a deploy target (most, on a busy server, are not).
+    dispatch_work: Arc<Notify>,
     printer: Mutex<Option<Printer>>,
     /// Offers of a deployment before it fails (SPEC: 10, `AUTODEPLOY_MAX_ATTEMPTS`).
     max_attempts: u32,
@@ -149,6 +153,7 @@ impl SqliteStore {
                 _checkpointer: Checkpointer::start(path)?,
                 readers: Mutex::new(Vec::new()),
                 work: Arc::new(Notify::new()),
+                dispatch_work: Arc::new(Notify::new()),
                 printer: Mutex::new(None),
                 max_attempts: options.max_attempts.max(1),
                 secret_key: options.secret_key,
@@ -171,7 +176,7 @@ impl SqliteStore {
             })
             .await?;
         if leases_expired > 0 {
-            self.inner.work.notify_waiters();
+            self.work_changed();
         }
         // In chunks, each its own write: a large backlog (after a long stop, or a shorter
         // retention) never holds every other write back for long.
@@ -234,17 +239,32 @@ impl SqliteStore {
         }
     }
 
-    /// Notified whenever work may have become available to consumers or the dispatcher.
+    /// Notified whenever work may have become available to pull consumers.
     pub fn work_notifier(&self) -> Arc<Notify> {
         Arc::clone(&self.inner.work)
     }
 
-    /// What a request's committed deployments set in motion.
-    fn recorded(&self, requests: &[&DeploymentRequest]) {
+    /// Notified whenever work may have become available to the dispatcher.
+    pub fn dispatch_notifier(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.dispatch_work)
+    }
+
+    /// Wake consumers and the dispatcher: work may have come free or fallen due.
+    fn work_changed(&self) {
+        self.inner.work.notify_waiters();
+        self.inner.dispatch_work.notify_waiters();
+    }
+
+    /// What a request's committed deployments set in motion; `to_dispatch` when one of them
+    /// is for a service with a deploy target.
+    fn recorded(&self, requests: &[&DeploymentRequest], to_dispatch: bool) {
         if requests.is_empty() {
             return;
         }
         self.inner.work.notify_waiters();
+        if to_dispatch {
+            self.inner.dispatch_work.notify_waiters();
+        }
         if let Some(printer) = lock(&self.inner.printer).as_ref() {
             for request in requests {
                 if let Ok(line) = serde_json::to_string(request) {

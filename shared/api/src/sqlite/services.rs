@@ -162,7 +162,7 @@ impl ServiceStore for SqliteStore {
         .await?;
         // A service given a deploy target (or relieved of one) changes who its waiting
         // deployments are for: the dispatcher and waiting consumers look again now.
-        self.inner.work.notify_waiters();
+        self.work_changed();
         Ok(())
     }
 

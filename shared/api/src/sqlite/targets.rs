@@ -222,7 +222,7 @@ impl Dispatching for SqliteStore {
         self.write(move |conn| end(conn, &org, &id, &attempt_end, now_unix()))
             .await?;
         // A service's next deployment may be waiting behind this one; a retry falls due later.
-        self.inner.work.notify_waiters();
+        self.work_changed();
         Ok(())
     }
 }
