@@ -43,7 +43,9 @@ pub(super) fn purge(conn: &Connection, now: i64) -> StoreResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::deployments::{INSERT_DEPLOYMENT, MARK_PUSH, PUSH_QUEUED_SINCE, REMEMBER_DELIVERY};
+    use super::super::deployments::{
+        ADD_PUSH_MARK, INSERT_DEPLOYMENT, PUSH_QUEUED_SINCE, REMEMBER_DELIVERY, RENEW_PUSH_MARK, SET_LAST_PUSH,
+    };
     use super::super::execute;
     use super::super::plans::{migrated, query_plan};
     use super::super::services::FORGET_PUSH_MARKS;
@@ -57,6 +59,10 @@ mod tests {
         for (sql, index) in [
             (
                 PUSH_QUEUED_SINCE,
+                "INDEX push_marks_by_mark (org=? AND mark=? AND service_id=?)",
+            ),
+            (
+                RENEW_PUSH_MARK,
                 "INDEX push_marks_by_mark (org=? AND mark=? AND service_id=?)",
             ),
             (
@@ -92,7 +98,9 @@ mod tests {
         for sql in [
             INSERT_DEPLOYMENT,
             "UPDATE deployments SET status = 'DELIVERED' WHERE seq = ?1",
-            MARK_PUSH,
+            ADD_PUSH_MARK,
+            RENEW_PUSH_MARK,
+            SET_LAST_PUSH,
             REMEMBER_DELIVERY,
         ] {
             let count = sql.matches('?').count();
@@ -108,15 +116,20 @@ mod tests {
         }
     }
 
-    /// A push marked again, or a delivery id remembered again, moves its time forward on the
-    /// row it has (the unique index is the upsert's conflict target), and the replay check
-    /// reads the newest time.
+    /// A mark is added once per service (a second add changes nothing, which is how the
+    /// guard tells a push queued before) and renewed in place; a delivery id remembered again
+    /// moves its expiry forward on the row it has (the unique index is the upsert's conflict
+    /// target). The replay check reads the newest time.
     #[test]
     fn marks_and_delivery_ids_are_kept_once_with_their_newest_time() {
         let conn = migrated();
         for now in [100, 200] {
             for service in ["api", "web"] {
-                execute(&conn, MARK_PUSH, params!["acme", service, "a..b", now]).unwrap();
+                let added = execute(&conn, ADD_PUSH_MARK, params!["acme", service, "a..b", now]).unwrap();
+                assert_eq!(added, usize::from(now == 100), "{service} at {now}");
+                if added == 0 {
+                    execute(&conn, RENEW_PUSH_MARK, params!["acme", service, "a..b", now]).unwrap();
+                }
             }
             execute(&conn, REMEMBER_DELIVERY, params!["acme", "GITHUB", "d1", now + 10]).unwrap();
         }

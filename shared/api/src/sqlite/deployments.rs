@@ -62,8 +62,12 @@ pub(super) use crate::util::unix_rfc3339 as rfc3339;
 /// Whether the service queued the push `mark` after a time.
 pub(super) const PUSH_QUEUED_SINCE: &str = "SELECT EXISTS (SELECT 1 FROM push_marks
     WHERE org = ?1 AND service_id = ?2 AND mark = ?3 AND queued_unix > ?4)";
-pub(super) const MARK_PUSH: &str = "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES (?1, ?2, ?3, ?4)
-    ON CONFLICT DO UPDATE SET queued_unix = excluded.queued_unix";
+/// A push's mark, unless the service has it already (then nothing changes).
+pub(super) const ADD_PUSH_MARK: &str = "INSERT INTO push_marks (org, service_id, mark, queued_unix)
+    VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+pub(super) const RENEW_PUSH_MARK: &str =
+    "UPDATE push_marks SET queued_unix = ?4 WHERE org = ?1 AND service_id = ?2 AND mark = ?3";
+pub(super) const SET_LAST_PUSH: &str = "UPDATE services SET last_push = ?3 WHERE org = ?1 AND id = ?2";
 pub(super) const REMEMBER_DELIVERY: &str =
     "INSERT INTO deliveries (org, provider, id, expires_at) VALUES (?1, ?2, ?3, ?4)
     ON CONFLICT (org, provider, id) DO UPDATE SET expires_at = excluded.expires_at";
@@ -84,24 +88,24 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
             let Some((last_push, to_target)) = service else {
                 return Ok(None);
             };
-            let current_commit = last_push.as_deref().and_then(|m| m.split_once("..")).map(|(_, a)| a);
-            let queued_before: bool = conn
-                .prepare_cached(PUSH_QUEUED_SINCE)
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![org, service_id, mark, now - PUSH_MARK_RETENTION_SECS], |r| {
-                        r.get(0)
+            // Most pushes are new to the service: adding the mark is the check.
+            if execute(conn, ADD_PUSH_MARK, params![org, service_id, mark, now])? == 0 {
+                // Queued before: the replay rule decides, and nothing is written yet.
+                let current_commit = last_push.as_deref().and_then(|m| m.split_once("..")).map(|(_, a)| a);
+                let queued_before: bool = conn
+                    .prepare_cached(PUSH_QUEUED_SINCE)
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![org, service_id, mark, now - PUSH_MARK_RETENTION_SECS], |r| {
+                            r.get(0)
+                        })
                     })
-                })
-                .map_err(unavailable)?;
-            if queued_before && current_commit != Some(before.as_str()) {
-                return Ok(None);
+                    .map_err(unavailable)?;
+                if queued_before && current_commit != Some(before.as_str()) {
+                    return Ok(None);
+                }
+                execute(conn, RENEW_PUSH_MARK, params![org, service_id, mark, now])?;
             }
-            execute(
-                conn,
-                "UPDATE services SET last_push = ?3 WHERE org = ?1 AND id = ?2",
-                params![org, service_id, mark],
-            )?;
-            execute(conn, MARK_PUSH, params![org, service_id, mark, now])?;
+            execute(conn, SET_LAST_PUSH, params![org, service_id, mark])?;
             Ok(Some(to_target))
         }
         Guard::ServiceUnchanged { expected, updated } => {

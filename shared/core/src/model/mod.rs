@@ -155,6 +155,7 @@ pub struct ServiceSpec {
 
 /// A stored service: the spec plus what the server keeps about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "ServiceDocument")]
 pub struct Service {
     pub id: String,
     pub organization_id: String,
@@ -163,6 +164,51 @@ pub struct Service {
     pub version: u64,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// A service's document as [`Service`] writes it, read in one pass: services are read on
+/// every delivery, and `#[serde(flatten)]` reads by first buffering every field of the
+/// document.
+#[derive(Deserialize)]
+struct ServiceDocument {
+    id: String,
+    organization_id: String,
+    environment_id: String,
+    name: String,
+    kind: ServiceKind,
+    auto_deploy: bool,
+    git_repository: Option<GitRepository>,
+    deployment_restrictions: Vec<DeploymentRestriction>,
+    image: Option<ImageSource>,
+    tag_policy: Option<TagPolicy>,
+    #[serde(default)]
+    deploy_target: Option<DeployTarget>,
+    version: u64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<ServiceDocument> for Service {
+    fn from(doc: ServiceDocument) -> Self {
+        Service {
+            id: doc.id,
+            organization_id: doc.organization_id,
+            spec: ServiceSpec {
+                environment_id: doc.environment_id,
+                name: doc.name,
+                kind: doc.kind,
+                auto_deploy: doc.auto_deploy,
+                git_repository: doc.git_repository,
+                deployment_restrictions: doc.deployment_restrictions,
+                image: doc.image,
+                tag_policy: doc.tag_policy,
+                deploy_target: doc.deploy_target,
+            },
+            version: doc.version,
+            created_at: doc.created_at,
+            updated_at: doc.updated_at,
+        }
+    }
 }
 
 impl Service {
