@@ -302,4 +302,69 @@ mod tests {
         let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(applied, MIGRATIONS.len() as i64);
     }
+
+    /// A database of the release before push marks and delivery ids moved to insertion order
+    /// keeps them all, each still found by its key, oldest first.
+    #[test]
+    fn push_marks_and_delivery_ids_survive_their_move_to_insertion_order() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..8] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 8).unwrap();
+        for (service, mark, queued) in [("web", "b..c", 20), ("api", "a..b", 10), ("web", "a..b", 30)] {
+            conn.execute(
+                "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES ('acme', ?1, ?2, ?3)",
+                rusqlite::params![service, mark, queued],
+            )
+            .unwrap();
+        }
+        for (id, expires) in [("d2", 200), ("d1", 100)] {
+            conn.execute(
+                "INSERT INTO deliveries (org, provider, id, expires_at) VALUES ('acme', 'github', ?1, ?2)",
+                rusqlite::params![id, expires],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let marks: Vec<(String, String, i64)> = conn
+            .prepare("SELECT service_id, mark, queued_unix FROM push_marks ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mark = |service: &str, mark: &str, queued| (service.to_owned(), mark.to_owned(), queued);
+        assert_eq!(
+            marks,
+            [
+                mark("api", "a..b", 10),
+                mark("web", "b..c", 20),
+                mark("web", "a..b", 30)
+            ]
+        );
+        let ids: Vec<(String, i64)> = conn
+            .prepare("SELECT id, expires_at FROM deliveries ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, [("d1".to_owned(), 100), ("d2".to_owned(), 200)]);
+        // The keys stay unique: a second mark or id of the same key is refused.
+        assert!(
+            conn.execute(
+                "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES ('acme', 'api', 'a..b', 40)",
+                [],
+            )
+            .is_err()
+        );
+        assert!(
+            conn.execute(
+                "INSERT INTO deliveries (org, provider, id, expires_at) VALUES ('acme', 'github', 'd1', 300)",
+                [],
+            )
+            .is_err()
+        );
+    }
 }
