@@ -1,29 +1,42 @@
 //! Webhook secrets and API tokens (tokens stored as SHA-256 digests only).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
-use super::{SqliteStore, from_json, page_by_id, to_json, unavailable};
+use super::{SqliteStore, from_json, lock, page_by_id, to_json, unavailable};
 use crate::store::{Page, PageRequest, SecretRecord, SecretStore, StoreError, StoreResult, TokenRecord, TokenStore};
 
 #[async_trait]
 impl SecretStore for SqliteStore {
     async fn put_secret(&self, org: &str, provider: &str, record: &SecretRecord) -> StoreResult<()> {
-        let (org, provider, set_at) = (org.to_owned(), provider.to_owned(), record.set_at.clone());
+        let (write_org, write_provider, set_at) = (org.to_owned(), provider.to_owned(), record.set_at.clone());
         let secret = self.seal(&record.secret)?;
-        self.write(move |conn| {
-            conn.execute(
-                "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (org, provider) DO UPDATE SET secret = excluded.secret, set_at = excluded.set_at",
-                params![org, provider, secret, set_at],
-            )
-            .map_err(unavailable)?;
-            Ok(())
-        })
-        .await
+        let written = self
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (org, provider) DO UPDATE SET secret = excluded.secret, set_at = excluded.set_at",
+                    params![write_org, write_provider, secret, set_at],
+                )
+                .map_err(unavailable)?;
+                Ok(())
+            })
+            .await;
+        // Forgotten even when the write failed: it may have committed all the same.
+        self.secret_changed(org, provider);
+        written
     }
 
     async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>> {
+        let generation = {
+            let cache = lock(&self.inner.secrets);
+            if let Some(known) = cache.entries.get(&(org.to_owned(), provider.to_owned())) {
+                return Ok(known.clone());
+            }
+            cache.generation
+        };
         let stored: Option<(String, String)> = self.read(|conn| {
             conn.prepare_cached("SELECT secret, set_at FROM webhook_secrets WHERE org = ?1 AND provider = ?2")
                 .and_then(|mut stmt| {
@@ -32,28 +45,67 @@ impl SecretStore for SqliteStore {
                 })
                 .map_err(unavailable)
         })?;
-        stored
+        let record = stored
             .map(|(secret, set_at)| {
                 Ok(SecretRecord {
                     secret: self.unseal(secret)?,
                     set_at,
                 })
             })
-            .transpose()
+            .transpose()?;
+        let mut cache = lock(&self.inner.secrets);
+        // Kept only when no secret changed meanwhile: this read may predate the change.
+        if cache.generation == generation {
+            if cache.entries.len() >= KNOWN_SECRETS {
+                cache.entries.clear();
+            }
+            cache
+                .entries
+                .insert((org.to_owned(), provider.to_owned()), record.clone());
+        }
+        Ok(record)
     }
 
     async fn delete_secret(&self, org: &str, provider: &str) -> StoreResult<bool> {
         let (org, provider) = (org.to_owned(), provider.to_owned());
-        self.write(move |conn| {
-            let n = conn
-                .execute(
-                    "DELETE FROM webhook_secrets WHERE org = ?1 AND provider = ?2",
-                    params![org, provider],
-                )
-                .map_err(unavailable)?;
-            Ok(n > 0)
-        })
-        .await
+        let (write_org, write_provider) = (org.clone(), provider.clone());
+        let deleted = self
+            .write(move |conn| {
+                let n = conn
+                    .execute(
+                        "DELETE FROM webhook_secrets WHERE org = ?1 AND provider = ?2",
+                        params![write_org, write_provider],
+                    )
+                    .map_err(unavailable)?;
+                Ok(n > 0)
+            })
+            .await;
+        // Forgotten even when the write failed: it may have committed all the same.
+        self.secret_changed(&org, &provider);
+        deleted
+    }
+}
+
+/// Webhook secrets the store keeps opened in memory at most (then forgets all at once).
+const KNOWN_SECRETS: usize = 1024;
+
+/// The webhook secrets read lately, opened: every delivery needs its organization's, and a
+/// read costs a read transaction (whose page cache SQLite drops whenever the writer committed)
+/// and the unsealing. Right while this process is the database's only writer, as the store
+/// assumes throughout; `generation` counts the changes, so that a read that began before one
+/// does not keep what it read.
+#[derive(Default)]
+pub(super) struct KnownSecrets {
+    generation: u64,
+    entries: HashMap<(String, String), Option<SecretRecord>>,
+}
+
+impl SqliteStore {
+    /// After a secret was written or deleted (or may have been).
+    fn secret_changed(&self, org: &str, provider: &str) {
+        let mut cache = lock(&self.inner.secrets);
+        cache.generation += 1;
+        cache.entries.remove(&(org.to_owned(), provider.to_owned()));
     }
 }
 
@@ -132,5 +184,37 @@ impl TokenStore for SqliteStore {
             .map(token_record)
             .transpose()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(secret: &str) -> SecretRecord {
+        SecretRecord {
+            secret: secret.to_owned(),
+            set_at: "2026-12-05T00:00:00Z".to_owned(),
+        }
+    }
+
+    /// A secret kept in memory is forgotten when it is set again or deleted: every read after
+    /// a change answers the change, the absence first read included.
+    #[tokio::test]
+    async fn a_secret_read_after_a_change_is_the_new_one() {
+        let dir = std::env::temp_dir().join(format!("autodeploy-secrets-{}", crate::util::new_deployment_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        assert_eq!(store.get_secret("acme", "github").await.unwrap(), None);
+        for secret in ["first", "second"] {
+            store.put_secret("acme", "github", &record(secret)).await.unwrap();
+            for _ in 0..2 {
+                assert_eq!(store.get_secret("acme", "github").await.unwrap(), Some(record(secret)));
+            }
+            assert_eq!(store.get_secret("acme", "gitlab").await.unwrap(), None);
+        }
+        assert!(store.delete_secret("acme", "github").await.unwrap());
+        assert_eq!(store.get_secret("acme", "github").await.unwrap(), None);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

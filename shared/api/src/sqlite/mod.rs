@@ -73,6 +73,8 @@ struct Inner {
     /// only those of services with a deploy target (most, on a busy server, are not).
     dispatch_work: Arc<Notify>,
     printer: Mutex<Option<Printer>>,
+    /// Webhook secrets read lately, opened.
+    secrets: Mutex<credentials::KnownSecrets>,
     /// Offers of a deployment before it fails (SPEC: 10, `AUTODEPLOY_MAX_ATTEMPTS`).
     max_attempts: u32,
     /// Seals the secrets and tokens the database keeps (webhook secrets, targets' credentials).
@@ -155,6 +157,7 @@ impl SqliteStore {
                 work: Arc::new(Notify::new()),
                 dispatch_work: Arc::new(Notify::new()),
                 printer: Mutex::new(None),
+                secrets: Mutex::default(),
                 max_attempts: options.max_attempts.max(1),
                 secret_key: options.secret_key,
             }),
