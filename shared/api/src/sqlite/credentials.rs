@@ -32,7 +32,7 @@ impl SecretStore for SqliteStore {
     async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>> {
         let generation = {
             let cache = lock(&self.inner.secrets);
-            if let Some(known) = cache.entries.get(&(org.to_owned(), provider.to_owned())) {
+            if let Some(known) = cache.get(org, provider) {
                 return Ok(known.clone());
             }
             cache.generation
@@ -56,12 +56,7 @@ impl SecretStore for SqliteStore {
         let mut cache = lock(&self.inner.secrets);
         // Kept only when no secret changed meanwhile: this read may predate the change.
         if cache.generation == generation {
-            if cache.entries.len() >= KNOWN_SECRETS {
-                cache.entries.clear();
-            }
-            cache
-                .entries
-                .insert((org.to_owned(), provider.to_owned()), record.clone());
+            cache.keep(org, provider, record.clone());
         }
         Ok(record)
     }
@@ -97,15 +92,44 @@ const KNOWN_SECRETS: usize = 1024;
 #[derive(Default)]
 pub(super) struct KnownSecrets {
     generation: u64,
-    entries: HashMap<(String, String), Option<SecretRecord>>,
+    /// By organization, then provider: looked up without copying either.
+    entries: HashMap<String, HashMap<String, Option<SecretRecord>>>,
+    count: usize,
+}
+
+impl KnownSecrets {
+    fn get(&self, org: &str, provider: &str) -> Option<&Option<SecretRecord>> {
+        self.entries.get(org)?.get(provider)
+    }
+
+    fn keep(&mut self, org: &str, provider: &str, record: Option<SecretRecord>) {
+        if self.count >= KNOWN_SECRETS {
+            self.entries.clear();
+            self.count = 0;
+        }
+        let of_org = self.entries.entry(org.to_owned()).or_default();
+        if of_org.insert(provider.to_owned(), record).is_none() {
+            self.count += 1;
+        }
+    }
+
+    /// After a secret was written or deleted (or may have been).
+    fn changed(&mut self, org: &str, provider: &str) {
+        self.generation += 1;
+        if let Some(of_org) = self.entries.get_mut(org)
+            && of_org.remove(provider).is_some()
+        {
+            self.count -= 1;
+            if of_org.is_empty() {
+                self.entries.remove(org);
+            }
+        }
+    }
 }
 
 impl SqliteStore {
-    /// After a secret was written or deleted (or may have been).
     fn secret_changed(&self, org: &str, provider: &str) {
-        let mut cache = lock(&self.inner.secrets);
-        cache.generation += 1;
-        cache.entries.remove(&(org.to_owned(), provider.to_owned()));
+        lock(&self.inner.secrets).changed(org, provider);
     }
 }
 
