@@ -19,8 +19,10 @@ use crate::store::{StoreError, StoreResult};
 /// an index, of the deployment log) is copied once.
 const INTERVAL: Duration = Duration::from_secs(1);
 
-/// Pages the log may hold before the writer checkpoints itself (SQLite's default is 1,000).
-pub(super) const WRITER_AUTOCHECKPOINT: u32 = 16_384;
+/// Pages the log may hold before the writer checkpoints itself (SQLite's default is 1,000):
+/// 128 MiB of 4 KiB pages. Under load the log outgrew half of it between two of the
+/// checkpointer's passes, and each checkpoint the writer made held every write back.
+pub(super) const WRITER_AUTOCHECKPOINT: u32 = 32_768;
 
 /// Stops the thread when dropped (with the store).
 pub(super) struct Checkpointer {
