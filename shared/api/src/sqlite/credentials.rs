@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, from_json, lock, page_by_id, to_json, unavailable};
 use crate::store::{Page, PageRequest, SecretRecord, SecretStore, StoreError, StoreResult, TokenRecord, TokenStore};
@@ -13,20 +13,16 @@ impl SecretStore for SqliteStore {
     async fn put_secret(&self, org: &str, provider: &str, record: &SecretRecord) -> StoreResult<()> {
         let (write_org, write_provider, set_at) = (org.to_owned(), provider.to_owned(), record.set_at.clone());
         let secret = self.seal(&record.secret)?;
-        let written = self
-            .write(move |conn| {
-                conn.execute(
-                    "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (org, provider) DO UPDATE SET secret = excluded.secret, set_at = excluded.set_at",
-                    params![write_org, write_provider, secret, set_at],
-                )
-                .map_err(unavailable)?;
-                Ok(())
-            })
-            .await;
-        // Forgotten even when the write failed: it may have committed all the same.
-        self.secret_changed(org, provider);
-        written
+        self.change_secret(org, provider, move |conn| {
+            conn.execute(
+                "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (org, provider) DO UPDATE SET secret = excluded.secret, set_at = excluded.set_at",
+                params![write_org, write_provider, secret, set_at],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>> {
@@ -62,22 +58,17 @@ impl SecretStore for SqliteStore {
     }
 
     async fn delete_secret(&self, org: &str, provider: &str) -> StoreResult<bool> {
-        let (org, provider) = (org.to_owned(), provider.to_owned());
-        let (write_org, write_provider) = (org.clone(), provider.clone());
-        let deleted = self
-            .write(move |conn| {
-                let n = conn
-                    .execute(
-                        "DELETE FROM webhook_secrets WHERE org = ?1 AND provider = ?2",
-                        params![write_org, write_provider],
-                    )
-                    .map_err(unavailable)?;
-                Ok(n > 0)
-            })
-            .await;
-        // Forgotten even when the write failed: it may have committed all the same.
-        self.secret_changed(&org, &provider);
-        deleted
+        let (write_org, write_provider) = (org.to_owned(), provider.to_owned());
+        self.change_secret(org, provider, move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM webhook_secrets WHERE org = ?1 AND provider = ?2",
+                    params![write_org, write_provider],
+                )
+                .map_err(unavailable)?;
+            Ok(n > 0)
+        })
+        .await
     }
 }
 
@@ -128,8 +119,23 @@ impl KnownSecrets {
 }
 
 impl SqliteStore {
-    fn secret_changed(&self, org: &str, provider: &str) {
-        lock(&self.inner.secrets).changed(org, provider);
+    /// Run `write`, a change of the secret of `org` and `provider`, then forget the secret kept
+    /// in memory; in a task of its own, so that a caller that goes away (its client hung up)
+    /// cannot leave the old secret kept while the write commits all the same.
+    async fn change_secret<T, F>(&self, org: &str, provider: &str, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (store, org, provider) = (self.clone(), org.to_owned(), provider.to_owned());
+        tokio::spawn(async move {
+            let written = store.write(write).await;
+            // Forgotten even when the write failed: it may have committed all the same.
+            lock(&store.inner.secrets).changed(&org, &provider);
+            written
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("the secret's write did not finish".to_owned())))
     }
 }
 
@@ -213,6 +219,8 @@ impl TokenStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn record(secret: &str) -> SecretRecord {
@@ -239,6 +247,31 @@ mod tests {
         }
         assert!(store.delete_secret("acme", "github").await.unwrap());
         assert_eq!(store.get_secret("acme", "github").await.unwrap(), None);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A change whose caller goes away once it is submitted (a client that hung up) still
+    /// commits, and the secret kept in memory is forgotten all the same.
+    #[tokio::test]
+    async fn a_change_whose_caller_went_away_is_not_hidden_by_the_kept_secret() {
+        let dir = std::env::temp_dir().join(format!("autodeploy-secrets-{}", crate::util::new_deployment_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        store.put_secret("acme", "github", &record("first")).await.unwrap();
+        assert_eq!(store.get_secret("acme", "github").await.unwrap(), Some(record("first")));
+        // Polled once (the write is submitted), then dropped.
+        let second = record("second");
+        {
+            let mut change = std::pin::pin!(store.put_secret("acme", "github", &second));
+            let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(change.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+        }
+        // The write lands within moments; the bound only keeps a failure from hanging.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.get_secret("acme", "github").await.unwrap() != Some(record("second")) {
+            assert!(tokio::time::Instant::now() < deadline, "the old secret is still kept");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
