@@ -405,12 +405,7 @@ fn a_target_that_never_answers_times_out_and_is_retried() {
     let got = receiver.requests();
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|r| r.header("webhook-id") == id));
-    let attempts: Vec<String> = server
-        .stderr()
-        .lines()
-        .filter(|l| l.contains("deployment attempt"))
-        .map(str::to_owned)
-        .collect();
+    let attempts = server.logged("deployment attempt", 2);
     assert_eq!(attempts.len(), 2, "{attempts:#?}");
     assert!(
         attempts[0].contains("outcome=Retried") && attempts[0].contains("the target did not answer within 15 s"),

@@ -249,6 +249,25 @@ impl Server {
         std::fs::read_to_string(&self.stderr).unwrap()
     }
 
+    /// The lines it logged that contain `needle`, once there are at least `count` (or after
+    /// 10 s, however many there are): a thread of its own writes the log lines, after what
+    /// they report was recorded and may already be seen through the API.
+    pub fn logged(&self, needle: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<String> = self
+                .stderr()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_owned)
+                .collect();
+            if lines.len() >= count || Instant::now() >= deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Set organization `acme`'s webhook secret for `provider`, as the admin `admin`.
     pub fn set_webhook_secret(&self, admin: &str, provider: &str, secret: &str) {
         let body = serde_json::json!({ "secret": secret }).to_string();
