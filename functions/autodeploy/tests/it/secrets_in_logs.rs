@@ -455,8 +455,31 @@ fn a_full_run_at_trace_level_logs_no_secret() {
 
     // One line per delivery, refused ones included; one audit line per settings change, naming
     // the token by id and name.
-    let delivery_lines = stderr.lines().filter(|l| l.contains(" delivery org=")).count();
-    assert_eq!(delivery_lines, 10, "{stderr}");
+    let delivery_lines: Vec<&str> = stderr.lines().filter(|l| l.contains(" delivery org=")).collect();
+    assert_eq!(delivery_lines.len(), 10, "{stderr}");
+    // Each says what its delivery has, and leaves out what it has not (no empty fields).
+    for line in &delivery_lines {
+        assert!(
+            !line.contains("=\"\"") && !line.contains("= "),
+            "an empty field: {line}"
+        );
+    }
+    let has = |source: &str, fields: &[&str], without: &[&str]| {
+        delivery_lines.iter().any(|line| {
+            line.contains(&format!("source=\"{source}\""))
+                && line.contains("outcome=\"QUEUED\"")
+                && fields.iter().all(|field| line.contains(&format!(" {field}=")))
+                && !without.iter().any(|field| line.contains(&format!(" {field}=")))
+        })
+    };
+    assert!(
+        has("github", &["repository", "branch"], &["image", "tag"]),
+        "{delivery_lines:#?}"
+    );
+    assert!(
+        has("container-api", &["image", "tag"], &["repository", "branch"]),
+        "{delivery_lines:#?}"
+    );
     let audit: Vec<&str> = stderr.lines().filter(|l| l.contains("settings changed")).collect();
     // 8 services, a PATCH, 4 secrets, 2 tokens, 4 targets.
     assert_eq!(audit.len(), 19, "{audit:#?}");

@@ -249,17 +249,19 @@ pub async fn finish(store: &dyn Store, context: &DeliveryContext, summary: &Deli
             Err(err) => tracing::warn!(error = %err, "the delivery could not be added to the history"),
         }
     }
+    // Fields the delivery does not have (a git push's image, an image's branch, the reason of
+    // one that deployed) are left out rather than logged empty.
     tracing::info!(
         org = %record.organization_id,
         source = record.source.as_str(),
-        delivery_id = record.delivery_id.as_deref().unwrap_or(""),
+        delivery_id = record.delivery_id.as_deref(),
         outcome = record.outcome.as_str(),
         status = http_status,
-        reason = %record.reason,
-        repository = record.repository.as_deref().unwrap_or(""),
-        branch = record.branch.as_deref().unwrap_or(""),
-        image = record.image.as_deref().unwrap_or(""),
-        tag = record.tag.as_deref().unwrap_or(""),
+        reason = Some(record.reason.as_str()).filter(|reason| !reason.is_empty()),
+        repository = record.repository.as_deref(),
+        branch = record.branch.as_deref(),
+        image = record.image.as_deref(),
+        tag = record.tag.as_deref(),
         queued = record.queued.len(),
         skipped = record.skipped.len(),
         dry_run = record.dry_run,
