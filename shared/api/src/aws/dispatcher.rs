@@ -212,7 +212,7 @@ impl SqsDispatcher {
         let store = &self.dispatcher.store;
         let (org, id) = (&request.organization_id, &request.deployment_id);
         let service = store.get_service(org, &request.service_id).await?;
-        if service.is_some_and(|s| s.service.spec.deploy_target.is_none()) {
+        if service.as_ref().is_some_and(|s| s.service.spec.deploy_target.is_none()) {
             self.forward(message, request).await?;
             return Ok(Handled::Forwarded);
         }
@@ -239,7 +239,9 @@ impl SqsDispatcher {
                 return Ok(Handled::Dropped { superseded: false });
             }
         };
-        Ok(match self.dispatcher.attempt(&record).await? {
+        // The service as read above, a moment before the begin: the attempt does not read it
+        // again (a target changed in between is the next deployment's).
+        Ok(match self.dispatcher.attempt_for(&record, service).await? {
             Delivery::Retried { next_attempt_unix } => Handled::Again {
                 next_attempt_unix: Some(next_attempt_unix),
             },

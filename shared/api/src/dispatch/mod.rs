@@ -19,7 +19,7 @@ use autodeploy_core::target::request::build_request;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::store::{AttemptEnd, Store, StoreResult};
+use crate::store::{AttemptEnd, Store, StoreResult, StoredService};
 use crate::util::now_unix;
 use send::Sender;
 
@@ -47,7 +47,22 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Deliver `record` to its service's target as it is now, then record how it ended.
     pub async fn attempt(&self, record: &DeploymentRecord) -> StoreResult<Delivery> {
-        let end = self.deliver(record).await?;
+        let request = &record.request;
+        let service = self
+            .store
+            .get_service(&request.organization_id, &request.service_id)
+            .await?;
+        self.attempt_for(record, service).await
+    }
+
+    /// [`Self::attempt`] with the service (`None`: deleted) as the caller read it just before
+    /// it took the deployment, which spares reading it again.
+    pub async fn attempt_for(
+        &self,
+        record: &DeploymentRecord,
+        service: Option<StoredService>,
+    ) -> StoreResult<Delivery> {
+        let end = self.deliver(record, service).await?;
         let delivery = match &end {
             AttemptEnd::Delivered => Delivery::Delivered,
             AttemptEnd::Failed { .. } => Delivery::Failed,
@@ -78,10 +93,10 @@ impl Dispatcher {
     }
 
     /// The attempt itself: how it ended, not yet recorded.
-    async fn deliver(&self, record: &DeploymentRecord) -> StoreResult<AttemptEnd> {
+    async fn deliver(&self, record: &DeploymentRecord, service: Option<StoredService>) -> StoreResult<AttemptEnd> {
         let request = &record.request;
         let org = &request.organization_id;
-        let Some(service) = self.store.get_service(org, &request.service_id).await? else {
+        let Some(service) = service else {
             return Ok(AttemptEnd::Failed {
                 error: "the service was deleted".to_owned(),
             });
