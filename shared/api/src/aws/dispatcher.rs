@@ -246,7 +246,8 @@ impl SqsDispatcher {
                 next_attempt_unix: Some(next_attempt_unix),
             },
             Delivery::Released => {
-                // The target went away since the service was read: pull consumers take it.
+                // No target in the service the attempt used (not the case here: the service
+                // read above has one, else the message was forwarded): pull consumers take it.
                 self.forward(message, request).await?;
                 Handled::Forwarded
             }
