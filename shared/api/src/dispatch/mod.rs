@@ -3,8 +3,9 @@
 //! The pure parts (the target model, the request of each target type, what an attempt's
 //! result means and when to retry) are `autodeploy_core::target`; [`send`] makes the
 //! attempts; [`Dispatcher::attempt`] is one attempt at one deployment, from the service's
-//! target as it is now to the recorded outcome, shared by the standalone server's loop
-//! ([`standalone`]) and the `dispatcher` Lambda function.
+//! target as it is now to the recorded outcome, run by the standalone server's loop
+//! ([`standalone`]); the `dispatcher` Lambda function runs [`Dispatcher::attempt_for`] with the
+//! service it read to route the message.
 
 pub mod send;
 #[cfg(feature = "sqlite")]
