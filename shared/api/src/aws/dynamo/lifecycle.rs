@@ -174,9 +174,15 @@ impl DynamoStore {
     }
 
     /// Latest wins: begin an attempt of `id` and supersede `older` (the same service's
-    /// deployments still waiting, older than `id`) in one transaction. Those of `older` that
-    /// are no longer waiting (taken, finished) are left as they are.
+    /// deployments still waiting, older than `id`) in one transaction, or with one conditional
+    /// update when `older` is empty. Those of `older` that are no longer waiting (taken,
+    /// finished) are left as they are.
     pub async fn take_superseding(&self, org: &str, id: &str, older: &[String]) -> Refusable<DeploymentRecord> {
+        if older.is_empty() {
+            // Nothing to supersede, the usual case: one conditional update, which answers the
+            // deployment as begun. A transaction costs twice the write units and a read after.
+            return self.transition(org, id, &Transition::Begin).await;
+        }
         let (together, after) = older.split_at(older.len().min(SUPERSEDED_AT_ONCE));
         let mut todo: Vec<&str> = together.iter().map(String::as_str).collect();
         let mut retries = 0;
