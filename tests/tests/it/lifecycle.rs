@@ -343,6 +343,8 @@ async fn a_nack_queues_the_deployment_again_for_its_next_attempt() {
     assert_eq!(superseded["status"], "SUPERSEDED");
     assert_eq!(superseded["attempts"], 2);
     assert!(superseded["next_attempt_at"].is_null(), "{superseded}");
+    // It still says why it was waiting again, as a deployment superseded by the dispatcher does.
+    assert_eq!(superseded["last_error"], waiting["last_error"], "{superseded}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,12 +150,12 @@ pub(super) const WAITING_OF_SERVICE: [&str; 2] = [
 ];
 
 /// Latest wins: the deployments of `service` still waiting that were recorded before `seq`
-/// are never delivered.
-fn supersede_older(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
+/// are never delivered. Each keeps the `last_error` of its last attempt, if it had one: why it
+/// was waiting again when it was superseded.
+pub(super) fn supersede_older(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
     for waiting in WAITING_OF_SERVICE {
         conn.prepare_cached(&format!(
-            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5,
-                last_error = NULL
+            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
              WHERE {waiting} AND seq < ?3"
         ))
         .and_then(|mut stmt| stmt.execute(params![org, service, seq, rfc3339(now), now]))

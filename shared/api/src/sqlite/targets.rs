@@ -7,7 +7,9 @@ use autodeploy_core::target::TargetSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
-use super::lifecycle::{DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, WAITING_OF_SERVICE, take};
+use super::lifecycle::{
+    DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, WAITING_OF_SERVICE, supersede_older, take,
+};
 use super::services::ServiceKey;
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
 use crate::store::{
@@ -159,14 +161,7 @@ fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<Attemp
         .map_err(unavailable)?;
         return Ok(AttemptStart::Superseded);
     }
-    for waiting in WAITING_OF_SERVICE {
-        conn.prepare_cached(&format!(
-            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
-             WHERE {waiting} AND seq < ?3"
-        ))
-        .and_then(|mut stmt| stmt.execute(params![org, service, seq, stamp, now]))
-        .map_err(unavailable)?;
-    }
+    supersede_older(conn, org, &service, seq, now)?;
     conn.execute(
         "UPDATE deployments SET status = 'IN_PROGRESS', attempts = attempts + 1, next_attempt_unix = NULL,
             lease_id = ?2, lease_expires_unix = ?3, updated_at = ?4, updated_unix = ?5
