@@ -319,22 +319,31 @@ async fn ignored_events_answer_200_and_queue_nothing() {
         let api = &api;
         async move { api.deliver(path, &headers, body).await }
     };
+    // SPEC: an answer that queues and skips nothing carries `message`, a sentence saying why.
+    let says = |r: &autodeploy_tests::Reply, words: &str| {
+        let message = r.body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words) && message.ends_with('.'), "{}", r.body);
+    };
     let r = deliver("ping", fixture("github/gp-ping.json")).await;
     assert_eq!((r.status, r.body["ignored"].as_str()), (StatusCode::OK, Some("PING")));
+    says(&r, "ping");
     let tag = github_push(|b| b["ref"] = json!("refs/tags/v1.0.0"));
     let r = deliver("push", tag).await;
     assert_eq!(r.body["ignored"], "TAG_PUSH");
+    says(&r, "only branch pushes deploy");
     let deleted = github_push(|b| {
         b["deleted"] = json!(true);
         b["after"] = json!("0000000000000000000000000000000000000000");
     });
     let r = deliver("push", deleted).await;
     assert_eq!(r.body["ignored"], "BRANCH_DELETED");
+    says(&r, "branch deletion");
     let r = deliver("issues", b"{}".to_vec()).await;
     assert_eq!(
         (r.status, r.body["ignored"].as_str()),
         (StatusCode::OK, Some("UNSUPPORTED_EVENT"))
     );
+    says(&r, "Not a push event");
     let gitlab = Api::new();
     gitlab.set_secret("acme", "gitlab").await;
     let body = fixture("gitlab/gp-tag-event.json");
@@ -431,6 +440,13 @@ async fn once_only_and_rollbacks(api: Api) {
     assert_eq!(
         (r.status, r.body["ignored"].as_str()),
         (StatusCode::OK, Some("DUPLICATE_DELIVERY"))
+    );
+    assert!(
+        r.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("processed before")),
+        "{}",
+        r.body
     );
     // The same push from a second hook (another delivery id): already queued.
     let r = api.push("acme", "github", &push, "delivery-b").await;

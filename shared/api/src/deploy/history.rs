@@ -117,15 +117,13 @@ impl DeliverySummary {
             })
             .collect();
         let (outcome, reason) = match *ignored {
-            Some(Ignored::DuplicateDelivery) => (
-                DeliveryOutcome::Duplicate,
-                message
-                    .unwrap_or("This delivery was processed before; a redelivery deploys nothing.")
-                    .to_owned(),
-            ),
             Some(reason) => (
-                DeliveryOutcome::Ignored,
-                message.map_or_else(|| ignored_reason(reason).to_owned(), str::to_owned),
+                if reason == Ignored::DuplicateDelivery {
+                    DeliveryOutcome::Duplicate
+                } else {
+                    DeliveryOutcome::Ignored
+                },
+                message.unwrap_or(reason.sentence()).to_owned(),
             ),
             None if !queued.is_empty() => (
                 DeliveryOutcome::Queued,
@@ -152,16 +150,6 @@ impl DeliverySummary {
             skipped,
             ..Self::new(outcome, reason)
         }
-    }
-}
-
-fn ignored_reason(ignored: Ignored) -> &'static str {
-    match ignored {
-        Ignored::TagPush => "A tag push: only branch pushes deploy.",
-        Ignored::BranchDeleted => "A branch deletion deploys nothing.",
-        Ignored::Ping => "A ping: the provider is checking the webhook.",
-        Ignored::UnsupportedEvent => "Not a push event: only pushes deploy.",
-        Ignored::DuplicateDelivery => "This delivery was processed before; a redelivery deploys nothing.",
     }
 }
 

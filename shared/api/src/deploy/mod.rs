@@ -68,6 +68,18 @@ impl Ignored {
             Ignored::DuplicateDelivery => "DUPLICATE_DELIVERY",
         }
     }
+
+    /// Why a git delivery ignored for this reason deploys nothing: its answer's `message`, and
+    /// its history entry's reason.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            Ignored::TagPush => "A tag push: only branch pushes deploy.",
+            Ignored::BranchDeleted => "A branch deletion deploys nothing.",
+            Ignored::Ping => "A ping: the provider is checking the webhook.",
+            Ignored::UnsupportedEvent => "Not a push event: only pushes deploy.",
+            Ignored::DuplicateDelivery => "This delivery was processed before; a redelivery deploys nothing.",
+        }
+    }
 }
 
 impl From<autodeploy_core::push::IgnoredReason> for Ignored {

@@ -67,9 +67,10 @@ impl PushReport {
         }
     }
 
-    /// Nothing to look at: answered 200 with `ignored` set.
+    /// Nothing to look at: answered 200 with `ignored` set, and `message` saying why.
     pub fn ignored(mut self, reason: Ignored) -> Self {
         self.reached.ignored = Some(reason);
+        self.reached.message = Some(reason.sentence().to_owned());
         self
     }
 
