@@ -515,9 +515,17 @@ fn page_of(host: &str, provider: GitProvider, segments: &[&str]) -> Option<(usiz
         return (segments.len() > end).then(|| (end, Page::Path(segments.get(end).and_then(|s| page_segment(s)))));
     }
     // GitHub and Bitbucket Cloud repositories are exactly `owner/repo`.
-    let two_segments = matches!(host, "github.com" | "bitbucket.org") || (provider == GitProvider::Github && !azure);
-    if two_segments && segments.len() > 2 {
+    if matches!(host, "github.com" | "bitbucket.org") && segments.len() > 2 {
         return Some((2, Page::Path(page_segment(segments[2]))));
+    }
+    // So are GitHub Enterprise Server's; but a host of a GitHub service may be another forge's
+    // (a GitLab subgroup, Bitbucket Server's `scm/…`), whose longer paths are repositories: only
+    // a page's own word after `owner/repo` marks a page there.
+    if provider == GitProvider::Github
+        && !azure
+        && let Some(page) = segments.get(2).and_then(|s| page_segment(s))
+    {
+        return Some((2, Page::Path(Some(page))));
     }
     // Gitea, Forgejo and Gogs: `owner/repo/src/branch/main`.
     let gitea =
@@ -1244,6 +1252,26 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    /// A service that says `GITHUB` for a repository of another forge is judged by the URL:
+    /// longer paths are repositories there (SPEC's own examples), not pages.
+    #[test]
+    fn a_github_service_on_another_forge_keeps_every_segment() {
+        for (url, key) in [
+            ("https://gitlab.com/group/sub/repo.git", "gitlab.com/group/sub/repo"),
+            (
+                "ssh://git@host.example.com:2222/group/sub/repo.git",
+                "host.example.com/group/sub/repo",
+            ),
+            ("https://ghe.example.com/org/team/repo", "ghe.example.com/org/team/repo"),
+        ] {
+            let checked = check_repository_url(url, GitProvider::Github).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(checked.key, key, "{url}");
+        }
+        // github.com itself has no deeper repositories, and a page's word still marks a page.
+        assert!(check_repository_url("https://github.com/acme/shop/anything", GitProvider::Github).is_err());
+        assert!(check_repository_url("https://ghe.example.com/acme/shop/blob/main/x", GitProvider::Github).is_err());
     }
 
     #[test]
