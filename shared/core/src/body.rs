@@ -245,9 +245,26 @@ fn type_message(err: &serde_json::Error) -> String {
     if let Some((_, expected)) = text.split_once(", expected one of ") {
         format!("must be one of {}", expected.replace('`', ""))
     } else if let Some((_, expected)) = text.split_once(", expected ") {
-        format!("must be {expected}")
+        format!("must be {}", in_json_terms(expected))
     } else {
         "has the wrong type".to_owned()
+    }
+}
+
+/// What serde expects, said in JSON's words rather than Rust's (`i64`, `a sequence`).
+fn in_json_terms(expected: &str) -> &str {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" | "u64" | "u128" | "usize" => "a whole number, 0 or more",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "an array",
+        "a map" => "an object",
+        "a borrowed string" => "a string",
+        other if other.starts_with("struct ") => "an object",
+        other => other,
     }
 }
 
@@ -308,6 +325,38 @@ mod tests {
             fields(json!({"name": "x", "items": [{"a": 1}, {"a": 1, "z": 1}]})),
             vec!["items[1].z"]
         );
+    }
+
+    /// Messages say what JSON to send, not Rust's type names, and never repeat the value.
+    #[test]
+    fn a_wrong_type_is_named_in_json_terms() {
+        let messages = |value: Value| match read_document::<Outer>(&value) {
+            Err(DocumentError::Invalid(errors)) => errors.into_iter().map(|e| (e.field, e.message)).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let got = messages(json!({"name": true, "inner": {"a": "secret-1"}, "items": {"a": 1.5}}));
+        assert_eq!(
+            got,
+            [
+                ("name".to_owned(), "must be a string".to_owned()),
+                ("inner.a".to_owned(), "must be a whole number, 0 or more".to_owned()),
+                ("items".to_owned(), "must be an array".to_owned()),
+            ]
+        );
+        assert_eq!(
+            messages(json!({"name": "x", "inner": -1})),
+            [("inner".to_owned(), "must be an object".to_owned())]
+        );
+        let wrong = |value: Value| {
+            let err = serde_json::from_value::<u32>(value).expect_err("not a u32");
+            type_message(&err)
+        };
+        assert_eq!(wrong(json!(-1)), "must be a whole number, 0 or more");
+        assert_eq!(wrong(json!("7")), "must be a whole number, 0 or more");
+        let err = serde_json::from_value::<Vec<bool>>(json!([1])).expect_err("not booleans");
+        assert_eq!(type_message(&err), "must be true or false");
+        let err = serde_json::from_value::<i64>(json!(1.5)).expect_err("not whole");
+        assert_eq!(type_message(&err), "must be a whole number");
     }
 
     #[test]

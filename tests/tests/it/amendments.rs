@@ -570,6 +570,12 @@ async fn if_none_match_creates_only_and_if_match_requires_existence(api: Api) {
             "{path}: {}",
             r.body
         );
+        // The message names the condition that failed.
+        let says = |r: &autodeploy_tests::Reply, words: &str| {
+            let message = r.body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(words), "{path}: {}", r.body);
+        };
+        says(&r, "does not exist, and If-Match: *");
         let r = api.call(Method::GET, path, Some(ADMIN), None).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
         // If-None-Match: * creates.
@@ -579,6 +585,7 @@ async fn if_none_match_creates_only_and_if_match_requires_existence(api: Api) {
         // …only: a second one is a 412 that changes nothing.
         let r = conditional(&api, Method::PUT, path, ("if-none-match", "*"), Some(changed)).await;
         assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{path}: {}", r.body);
+        says(&r, "already exists, and If-None-Match: *");
         let after = api.call(Method::GET, path, Some(ADMIN), None).await;
         assert_eq!((after.etag(), &after.body), (created.etag(), &created.body), "{path}");
         // If-Match: * on what exists replaces it.

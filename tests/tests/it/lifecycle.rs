@@ -728,6 +728,10 @@ async fn consumers_need_the_consume_scope_in_their_organization() {
             "FORBIDDEN",
         );
     }
+    // The refusal names both scopes that would do.
+    let r = get_reply(&api, &deploy_only, "acme", &id).await;
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("manage, consume"), "{}", r.body);
     let r = api
         .call(Method::GET, "/organization/acme/deployments", Some(&acme_consume), None)
         .await;

@@ -105,7 +105,17 @@ impl Caller {
                 Err(err) => refusal = Some(err),
             }
         }
-        Err(refusal.unwrap_or_else(|| ApiError::forbidden("This token lacks the scope.")))
+        match &self.who {
+            // The refusal names every scope that would do, not only the last one tried.
+            Who::Organization { org: own, .. } if own == org && scopes.len() > 1 => {
+                let names: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
+                Err(ApiError::forbidden(format!(
+                    "This token has none of the scopes this call accepts: {}.",
+                    names.join(", ")
+                )))
+            }
+            _ => Err(refusal.unwrap_or_else(|| ApiError::forbidden("This token lacks the scope."))),
+        }
     }
 
     pub fn require_admin(&self) -> ApiResult<()> {

@@ -70,12 +70,8 @@ impl ApiError {
         )
     }
 
-    pub fn precondition_failed() -> Self {
-        Self::new(
-            StatusCode::PRECONDITION_FAILED,
-            "PRECONDITION_FAILED",
-            "The resource changed since the ETag given in If-Match: read it again and retry.",
-        )
+    pub fn precondition_failed(message: &str) -> Self {
+        Self::new(StatusCode::PRECONDITION_FAILED, "PRECONDITION_FAILED", message)
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
@@ -131,7 +127,9 @@ impl From<crate::deploy::DeployError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::PreconditionFailed => ApiError::precondition_failed(),
+            StoreError::PreconditionFailed => ApiError::precondition_failed(
+                "The resource changed since the ETag given in If-Match: read it again and retry.",
+            ),
             StoreError::Unavailable(detail) => {
                 // The cause goes to the log, not to the client: it may name internals.
                 tracing::error!(error = %detail, "store failure");

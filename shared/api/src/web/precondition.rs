@@ -60,8 +60,18 @@ impl Precondition {
         match (self, current) {
             (Precondition::None, _) | (Precondition::Exists, Some(_)) | (Precondition::Absent, None) => Ok(()),
             (Precondition::Etag(want), Some(have)) if want == have => Ok(()),
-            _ => Err(ApiError::precondition_failed()),
+            _ => Err(self.failed()),
         }
+    }
+
+    /// The 412 of a write whose resource is not in the state this condition asks for.
+    pub fn failed(&self) -> ApiError {
+        ApiError::precondition_failed(match self {
+            Precondition::Exists => "The resource does not exist, and If-Match: * writes only over an existing one.",
+            Precondition::Absent => "The resource already exists, and If-None-Match: * only creates.",
+            Precondition::Etag(_) => "The resource changed since the ETag given in If-Match: read it again and retry.",
+            Precondition::None => "The resource was changed by another request meanwhile: read it again and retry.",
+        })
     }
 }
 

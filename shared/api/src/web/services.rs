@@ -204,7 +204,7 @@ async fn delete_service(request: Manage<ServiceId>, headers: HeaderMap) -> ApiRe
     let id = &id.0;
     let expected = match Precondition::from_headers(&headers)? {
         Precondition::Etag(tag) => Some(tag),
-        Precondition::Absent => return Err(ApiError::precondition_failed()),
+        Precondition::Absent => return Err(Precondition::Absent.failed()),
         Precondition::None | Precondition::Exists => None,
     };
     if state.store.delete_service(org, id, expected.as_deref()).await? {

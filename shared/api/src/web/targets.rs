@@ -165,7 +165,7 @@ async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Respon
             Ok(target_response(status, &target, resolved.view()))
         }
         // Written by someone else meanwhile: the client decides what to do with the new state.
-        Err(StoreError::PreconditionFailed) => Err(ApiError::precondition_failed()),
+        Err(StoreError::PreconditionFailed) => Err(precondition.failed()),
         Err(err) => Err(err.into()),
     }
 }
