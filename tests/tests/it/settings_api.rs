@@ -258,6 +258,18 @@ async fn list_pages_in_id_order(api: Api) {
     }
     let r = api.admin_get("/organization/acme/services?limit=100").await;
     assert_eq!(r.status, StatusCode::OK);
+    // A parameter given twice is a 400 naming it: which value was meant would be a guess.
+    for (path, field) in [
+        ("/organization/acme/services?limit=1&limit=2", "limit"),
+        (&*format!("/organization/acme/services?cursor={c}&cursor={c}"), "cursor"),
+        ("/organization/acme/deployments?service_id=a&service_id=b", "service_id"),
+        ("/organization/acme/deployments?status=QUEUED&status=FAILED", "status"),
+        ("/organization/acme/deliveries?outcome=QUEUED&outcome=QUEUED", "outcome"),
+    ] {
+        let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.body);
+        assert_eq!(r.error_fields(), vec![field], "{path}");
+    }
 }
 
 async fn authentication_and_scopes(api: Api) {

@@ -25,7 +25,7 @@ pub fn routes() -> Router<AppState> {
 
 /// `?service_id=&status=`, each checked.
 fn filter(query: &QueryParams) -> ApiResult<DeploymentFilter> {
-    let service_id = match query.get("service_id").filter(|s| !s.is_empty()) {
+    let service_id = match query.get("service_id")?.filter(|s| !s.is_empty()) {
         Some(id) => {
             check_id("service_id", id)?;
             Some(id.to_owned())

@@ -153,21 +153,20 @@ impl QueryParams {
         )
     }
 
-    /// The last value of `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    /// The value of `name`; given twice, a 400 (which one was meant is a guess).
+    pub fn get(&self, name: &str) -> ApiResult<Option<&str>> {
+        let mut values = self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        match (values.next(), values.next()) {
+            (value, None) => Ok(value),
+            _ => Err(ApiError::invalid_field(name, "must be given once")),
+        }
     }
 
     /// A boolean parameter: absent is false; `true`, `false`, `1`, `0` in any case; anything
     /// else, or the parameter given twice, is a 400 (a typo must never deploy for real).
     pub fn flag(&self, name: &str) -> ApiResult<bool> {
-        let mut values = self.0.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        let (Some(value), None) = (values.next(), values.next()) else {
-            return if self.0.iter().any(|(k, _)| k == name) {
-                Err(ApiError::invalid_field(name, "must be given once"))
-            } else {
-                Ok(false)
-            };
+        let Some(value) = self.get(name)? else {
+            return Ok(false);
         };
         match value.to_ascii_lowercase().as_str() {
             "true" | "1" => Ok(true),
@@ -184,7 +183,7 @@ impl QueryParams {
     /// The parameter `name`, one of `T`'s names: absent or empty is `None`, any other value a
     /// 400 that lists them.
     pub fn one_of<T: Named>(&self, name: &str) -> ApiResult<Option<T>> {
-        let Some(raw) = self.get(name).filter(|s| !s.is_empty()) else {
+        let Some(raw) = self.get(name)?.filter(|s| !s.is_empty()) else {
             return Ok(None);
         };
         T::ALL

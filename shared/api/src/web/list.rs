@@ -49,7 +49,7 @@ impl ListParams {
     /// `scope` names the list and its filters (e.g. `deployments?service_id=api`).
     pub fn parse(query: &QueryParams, org: &str, scope: &str) -> ApiResult<Self> {
         let mut errors = Vec::new();
-        let limit = match query.get("limit") {
+        let limit = match query.get("limit")? {
             None => DEFAULT_LIMIT,
             Some(raw) => match raw.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -62,7 +62,7 @@ impl ListParams {
                 }
             },
         };
-        let after = match query.get("cursor").filter(|c| !c.is_empty()) {
+        let after = match query.get("cursor")?.filter(|c| !c.is_empty()) {
             None => None,
             Some(raw) => match decode_cursor(raw) {
                 Some(c) if c.o == org && c.q == scope => Some(c.a),
