@@ -189,56 +189,63 @@ impl SqliteStore {
 impl DeploymentLog for SqliteStore {
     async fn record_deployments(&self, batch: Batch<'_>) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
         let candidates = batch.candidates;
-        let (org, owned) = (batch.org.to_owned(), candidates.to_vec());
+        let (org, owned) = (batch.org.to_owned(), std::sync::Arc::new(candidates.to_vec()));
         let (delivery, history) = (batch.delivery.cloned(), batch.history.cloned());
         // Serialized here, on the request's thread: the one writer thread only writes.
         let documents = candidates
             .iter()
             .map(|c| to_json(&c.request))
             .collect::<StoreResult<Vec<String>>>()?;
-        let outcomes = self
-            .write(move |conn| {
-                let now = now_unix();
-                let mut outcomes = Vec::with_capacity(owned.len());
-                let mut to_dispatch = false;
-                for (Candidate { request, guard }, data) in owned.iter().zip(&documents) {
-                    if request.organization_id != org {
-                        return Err(StoreError::Unavailable(
-                            "a deployment of another organization".to_owned(),
-                        ));
-                    }
-                    if let Some(to_target) = apply_guard(conn, &org, &request.service_id, guard, now)? {
-                        // The store is the queue: recorded is queued.
-                        insert_deployment(conn, request, data, DeploymentStatus::Queued, now)?;
-                        outcomes.push(RecordOutcome::Recorded(DeploymentStatus::Queued));
-                        to_dispatch |= to_target;
-                    } else {
-                        outcomes.push(RecordOutcome::GuardFailed);
-                    }
+        let (store, written) = (self.clone(), std::sync::Arc::clone(&owned));
+        let write = move |conn: &Connection| {
+            let now = now_unix();
+            let mut outcomes = Vec::with_capacity(owned.len());
+            let mut to_dispatch = false;
+            for (Candidate { request, guard }, data) in owned.iter().zip(&documents) {
+                if request.organization_id != org {
+                    return Err(StoreError::Unavailable(
+                        "a deployment of another organization".to_owned(),
+                    ));
                 }
-                if let Some(delivery) = &delivery {
-                    remember(conn, &org, delivery)?;
+                if let Some(to_target) = apply_guard(conn, &org, &request.service_id, guard, now)? {
+                    // The store is the queue: recorded is queued.
+                    insert_deployment(conn, request, data, DeploymentStatus::Queued, now)?;
+                    outcomes.push(RecordOutcome::Recorded(DeploymentStatus::Queued));
+                    to_dispatch |= to_target;
+                } else {
+                    outcomes.push(RecordOutcome::GuardFailed);
                 }
-                if let Some(draft) = &history {
-                    let fates = owned.iter().zip(&outcomes).map(|(c, o)| match o {
-                        RecordOutcome::Recorded(_) => CandidateFate::Recorded(&c.request.deployment_id),
-                        RecordOutcome::GuardFailed => CandidateFate::AlreadyQueued {
-                            service_id: &c.request.service_id,
-                        },
-                    });
-                    super::history::insert(conn, &draft.complete(fates))?;
-                }
-                Ok((outcomes, to_dispatch))
-            })
-            .await?;
-        let (outcomes, to_dispatch) = outcomes;
-        let recorded: Vec<&DeploymentRequest> = candidates
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| matches!(o, RecordOutcome::Recorded(_)))
-            .map(|(c, _)| &c.request)
-            .collect();
-        self.recorded(&recorded, to_dispatch);
+            }
+            if let Some(delivery) = &delivery {
+                remember(conn, &org, delivery)?;
+            }
+            if let Some(draft) = &history {
+                let fates = owned.iter().zip(&outcomes).map(|(c, o)| match o {
+                    RecordOutcome::Recorded(_) => CandidateFate::Recorded(&c.request.deployment_id),
+                    RecordOutcome::GuardFailed => CandidateFate::AlreadyQueued {
+                        service_id: &c.request.service_id,
+                    },
+                });
+                super::history::insert(conn, &draft.complete(fates))?;
+            }
+            Ok((outcomes, to_dispatch))
+        };
+        // The wake-ups follow the commit in a task of their own, so that a caller hanging up
+        // meanwhile cannot leave committed work unannounced.
+        let announced = tokio::spawn(async move {
+            let (outcomes, to_dispatch) = store.write(write).await?;
+            let recorded: Vec<&DeploymentRequest> = written
+                .iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| matches!(o, RecordOutcome::Recorded(_)))
+                .map(|(c, _)| &c.request)
+                .collect();
+            store.recorded(&recorded, to_dispatch);
+            Ok::<_, StoreError>(outcomes)
+        });
+        let outcomes = announced
+            .await
+            .map_err(|_| StoreError::Unavailable("the write's task ended without an answer".to_owned()))??;
         Ok(outcomes.into_iter().map(Ok).collect())
     }
 
@@ -435,6 +442,40 @@ mod tests {
                 };
                 assert_eq!(wakes(notify, record).await, woken, "{}", service.id);
             }
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A caller that hangs up once its write is under way (a client gone, a request timed
+    /// out) still leaves its committed deployment announced to the consumers and the dispatcher.
+    #[tokio::test]
+    async fn a_caller_gone_before_the_answer_still_announces_its_deployment() {
+        let dir = std::env::temp_dir().join(format!("autodeploy-hangup-{}", crate::util::new_deployment_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let dispatched = put_service(&store, "dispatched", Some("hook")).await;
+        for notify in [store.work_notifier(), store.dispatch_notifier()] {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let candidates = [push_to(&dispatched, &crate::util::new_deployment_id())];
+            // Polled once, which hands the write to the writer, then dropped.
+            let record = store.record_deployments(Batch::new("acme", &candidates, None, None));
+            assert!(futures::FutureExt::now_or_never(record).is_none(), "answered at once");
+            let deployment = &candidates[0].request.deployment_id;
+            let mut committed = false;
+            for _ in 0..200 {
+                if store.get_deployment("acme", deployment).await.unwrap().is_some() {
+                    committed = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(committed, "the write was not made");
+            assert!(
+                tokio::time::timeout(Duration::from_secs(2), notified).await.is_ok(),
+                "the committed deployment was not announced"
+            );
         }
         std::fs::remove_dir_all(dir).unwrap();
     }
