@@ -350,3 +350,42 @@ async fn no_router_serves_a_route_the_table_does_not_give_it() {
         );
     }
 }
+
+/// The settings function is API Gateway's `$default` route: what no other route takes reaches
+/// it, and it answers as the standalone server does — another function's path with a method
+/// that function does not take is a 405; a route of the standalone server alone a 404 (the
+/// pull consumers' routes among them, though `GET …/deployments/{deployment_id}` shares their
+/// prefix).
+#[tokio::test]
+async fn the_default_route_answers_as_the_standalone_server() {
+    let routers = routers();
+    let settings = &routers.by_function["settings"];
+    for (method, path, function) in ROUTES {
+        let path = concrete(path);
+        let (status, body) = match *function {
+            "settings" => continue,
+            STANDALONE => send(settings, method, &path).await,
+            _ => {
+                let other = if *method == "GET" { "DELETE" } else { "GET" };
+                let answer = send(settings, other, &path).await;
+                assert_eq!(
+                    answer.0,
+                    send(&routers.full, other, &path).await.0,
+                    "{other} {path}: {}",
+                    answer.1
+                );
+                answer
+            }
+        };
+        let expected = if *function == STANDALONE {
+            (StatusCode::NOT_FOUND, "NOT_FOUND")
+        } else {
+            (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED")
+        };
+        assert_eq!(
+            (status, body["error"]["code"].as_str().unwrap_or_default()),
+            expected,
+            "{path}: {body}"
+        );
+    }
+}

@@ -136,9 +136,32 @@ fn push_routes(state: &AppState) -> Router<AppState> {
     ))
 }
 
-/// The settings API (the `settings` Lambda function).
+/// The settings API (the `settings` Lambda function), which API Gateway also hands every
+/// request no other route takes (it is the `$default` route).
 pub fn settings_router(state: AppState) -> Router {
-    finish(settings_routes(), state)
+    finish(settings_routes().merge(elsewhere_on_aws()), state)
+}
+
+/// What reaches the settings function on AWS beside its own routes, answered as the standalone
+/// server answers it: another function's path with a method it does not take is a 405, and a
+/// route of the standalone server alone (the pull consumers', the document) a 404 — without
+/// these, `POST …/deployments/lease` would be a 405 of `GET …/deployments/{deployment_id}`.
+fn elsewhere_on_aws() -> Router<AppState> {
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, &(method, path, function)| match function {
+            "settings" => router,
+            "standalone" => {
+                let filter = http::Method::from_bytes(method.as_bytes())
+                    .ok()
+                    .and_then(|method| axum::routing::MethodFilter::try_from(method).ok());
+                match filter {
+                    Some(filter) => router.route(path, axum::routing::on(filter, not_found)),
+                    None => router,
+                }
+            }
+            _ => router.route(path, axum::routing::any(|| async { ApiError::method_not_allowed() })),
+        })
 }
 
 /// The git push webhooks (the `push-webhook` Lambda function).
