@@ -154,6 +154,48 @@ async fn admin_from_secret(fx: &AwsFixture, token: &str) -> Arc<SecretsManagerAd
     admin
 }
 
+/// CI calls with an organization token do not depend on Secrets Manager, which holds only the
+/// admin token: with the admin token's secret missing, a `deploy` token still deploys; only a
+/// token that is no organization's needs the admin token to be told apart (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organization_tokens_work_without_the_admin_token() {
+    let fx = aws_fixture().await;
+    let api = settings(&fx);
+    container(&api, "acme", "web", "docker.io", "acme/web", "1.0.0").await;
+    let ci = api.token("acme", &["deploy"]).await;
+    // A secret that does not exist: every read of the admin token fails.
+    let admin = Arc::new(SecretsManagerAdminToken::new(
+        &fx.config,
+        unique_name("missing-admin-token"),
+    ));
+    let (store, queue) = stores(&fx);
+    let handler = ImageTagHandler::new(AppState::new(store, queue, admin), Some("acme"));
+    let deploy = |token: &str, tag: &str| {
+        http_api_event(
+            "POST",
+            "/organization/acme/container/deploy",
+            &[
+                ("authorization", &format!("Token {token}")),
+                ("content-type", "application/json"),
+            ],
+            Some(format!(r#"{{"image_name": "acme/web", "tag": "{tag}"}}"#).as_bytes()),
+            false,
+        )
+    };
+    let response = invoke(&handler, deploy(&ci, "1.1.0")).await.expect("an HTTP answer");
+    assert_eq!(response["statusCode"], 202, "{response}");
+    for stranger in [
+        format!("adt_{}", "0".repeat(64)),
+        "not-an-organization-token".to_owned(),
+    ] {
+        let response = invoke(&handler, deploy(&stranger, "1.2.0"))
+            .await
+            .expect("an HTTP answer");
+        assert_eq!(response["statusCode"], 503, "{stranger}: {response}");
+        assert_eq!(response_body(&response)["error"]["code"], "UNAVAILABLE");
+    }
+}
+
 async fn container(api: &Api, org: &str, id: &str, registry: &str, image: &str, tag: &str) {
     let r = api
         .put_service(
