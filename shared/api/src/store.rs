@@ -433,6 +433,10 @@ pub enum AttemptStart {
     Superseded,
     /// The deployment is not waiting (taken already, or final): nothing to do.
     NotWaiting(DeploymentStatus),
+    /// `QUEUED` for a retry not due before `next_attempt_unix`: nothing done.
+    NotDue {
+        next_attempt_unix: i64,
+    },
     NotFound,
 }
 

@@ -10,7 +10,8 @@ use autodeploy_api::dispatch::Dispatcher;
 use autodeploy_api::dispatch::send::{Sender, SenderConfig};
 use autodeploy_api::metrics::DispatchTally;
 use autodeploy_api::store::{
-    DeploymentLog, DeploymentQueue, Expected, Guard, Store, StoredService, StoredTarget, TenantLimits,
+    AttemptEnd, AttemptStart, DeploymentLog, DeploymentQueue, Expected, Guard, Store, StoredService, StoredTarget,
+    TenantLimits,
 };
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
 use autodeploy_core::model::{DeployTarget, GitRepository, Service, ServiceKind, ServiceSpec};
@@ -561,6 +562,52 @@ async fn a_message_that_is_not_a_deployment_is_left_on_the_queue() {
     let (response, tally) = dispatcher(&fx).handle(event, None).await;
     assert_eq!(failures(&response), vec![junk]);
     assert_eq!((tally.errors, tally.forwarded), (1, 1));
+}
+
+/// A message handed back before its retry is due (its hiding failed, or the visibility
+/// timeout ran out first) attempts nothing: it is hidden again until the retry is due, so the
+/// target's `Retry-After` holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_back_before_its_retry_is_due_is_hidden_again_untried() {
+    let fx = aws_fixture().await;
+    let store: &dyn Store = &fx.store;
+    let target = service_on_receiver(store, "api", &[202]).await;
+    let request = record(store, "api", "a..b").await;
+    send(&fx, &[&request]).await;
+    let id = &request.deployment_id;
+    assert!(matches!(
+        store.begin_attempt("acme", id).await.unwrap(),
+        AttemptStart::Started(_)
+    ));
+    let due = autodeploy_api::util::now_unix() + 3600;
+    let later = AttemptEnd::Retry {
+        error: "the target answered 429".to_owned(),
+        next_attempt_unix: due,
+    };
+    store.end_attempt("acme", id, &later).await.unwrap();
+    let waiting = deployment(&fx, &request).await;
+
+    let (event, raw) = next_batch(&fx).await;
+    let (response, tally) = dispatcher(&fx).handle(event, None).await;
+    assert_eq!(failures(&response), vec![message_of(&raw, &request)]);
+    assert_eq!(tally, DispatchTally::default());
+    assert!(
+        target.received().is_empty(),
+        "nothing is attempted before the retry is due"
+    );
+    assert_eq!(deployment(&fx, &request).await, waiting);
+    let visible = fx
+        .sqs
+        .receive_message()
+        .queue_url(&fx.queues.deployments.url)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        visible.messages().is_empty(),
+        "hidden until the retry is due: {visible:?}"
+    );
 }
 
 /// With too little of the invocation left, no attempt starts: every message is handed over

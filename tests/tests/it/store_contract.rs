@@ -1087,16 +1087,16 @@ async fn attempts_only_go_forward(store: TestStore) {
         AttemptStart::NotWaiting(InProgress)
     );
 
-    // A retry: waiting again, with the error and when it is due.
+    // A retry: waiting again, with the error and when it is due (here, already).
     let retry = AttemptEnd::Retry {
         error: "the target answered 503".to_owned(),
-        next_attempt_unix: 4_102_444_800,
+        next_attempt_unix: 1_700_000_000,
     };
     store.end_attempt("acme", &second, &retry).await.expect("end");
     let d = deployment(store, &second).await;
     assert_eq!((d.status, d.attempts), (Queued, 1));
     assert_eq!(d.last_error.as_deref(), Some("the target answered 503"));
-    assert_eq!(d.next_attempt_at.as_deref(), Some("2100-01-01T00:00:00Z"));
+    assert_eq!(d.next_attempt_at.as_deref(), Some("2023-11-14T22:13:20Z"));
     // Ending an attempt that is not in progress changes nothing.
     let _ = store.end_attempt("acme", &second, &AttemptEnd::Delivered).await;
     assert_eq!(deployment(store, &second).await, d);
@@ -1156,6 +1156,37 @@ async fn attempts_only_go_forward(store: TestStore) {
     assert_eq!((d.status, d.attempts), (Queued, 1));
     assert_eq!(d.last_error.as_deref(), Some("the service has no deploy target"));
     assert_eq!(d.next_attempt_at, None);
+
+    // A retry not due yet does not start (a queue handing the message back early must not
+    // make it sooner than `Retry-After`): nothing changes, and the caller learns when.
+    assert!(matches!(
+        store.begin_attempt("acme", &fourth).await.expect("begin"),
+        AttemptStart::Started(_)
+    ));
+    let later = AttemptEnd::Retry {
+        error: "the target answered 429".to_owned(),
+        next_attempt_unix: 4_102_444_800,
+    };
+    store.end_attempt("acme", &fourth, &later).await.expect("end");
+    let waiting = deployment(store, &fourth).await;
+    assert_eq!(waiting.next_attempt_at.as_deref(), Some("2100-01-01T00:00:00Z"));
+    assert_eq!(
+        store.begin_attempt("acme", &fourth).await.expect("begin"),
+        AttemptStart::NotDue {
+            next_attempt_unix: 4_102_444_800
+        }
+    );
+    assert_eq!(deployment(store, &fourth).await, waiting);
+    // A newer deployment still supersedes it at once.
+    let fifth = record_push(store, "e..f").await;
+    assert_eq!(
+        store.begin_attempt("acme", &fourth).await.expect("begin"),
+        AttemptStart::Superseded
+    );
+    assert!(matches!(
+        store.begin_attempt("acme", &fifth).await.expect("begin"),
+        AttemptStart::Started(_)
+    ));
 }
 
 /// Concurrent starts of one deployment: exactly one starts it, counted once.
@@ -1295,7 +1326,8 @@ async fn a_retried_attempt_begins_again(store: TestStore) {
     started(store, id).await;
     let retry = AttemptEnd::Retry {
         error: "the target answered 503 Service Unavailable".to_owned(),
-        next_attempt_unix: 1_900_000_000,
+        // Due already: the attempt below is the retry.
+        next_attempt_unix: 1_600_000_000,
     };
     store.end_attempt("acme", id, &retry).await.expect("end_attempt");
     let waiting = deployment(store, id).await;
@@ -1305,7 +1337,7 @@ async fn a_retried_attempt_begins_again(store: TestStore) {
         waiting.last_error.as_deref(),
         Some("the target answered 503 Service Unavailable")
     );
-    assert_eq!(waiting.next_attempt_at.as_deref(), Some("2030-03-17T17:46:40Z"));
+    assert_eq!(waiting.next_attempt_at.as_deref(), Some("2020-09-13T12:26:40Z"));
 
     let again = started(store, id).await;
     assert_eq!(again.status, DeploymentStatus::InProgress);

@@ -63,6 +63,21 @@ enum Handled {
     Forwarded,
     /// To be handed over again, at `next_attempt_unix` when known.
     Again { next_attempt_unix: Option<i64> },
+    /// Waiting for a retry that is not due (the message came back early): handed over again
+    /// at `next_attempt_unix`, nothing attempted.
+    NotDue { next_attempt_unix: i64 },
+}
+
+impl Handled {
+    /// `Some(when)` for a message to hand over again (`when` unknown: the queue's visibility
+    /// timeout), `None` for one that is done.
+    fn handed_back(&self) -> Option<Option<i64>> {
+        match self {
+            Handled::Again { next_attempt_unix } => Some(*next_attempt_unix),
+            Handled::NotDue { next_attempt_unix } => Some(Some(*next_attempt_unix)),
+            _ => None,
+        }
+    }
 }
 
 /// Why the function could not start; the message names what to set.
@@ -137,16 +152,13 @@ impl SqsDispatcher {
             let marked: Vec<(&SqsMessage, bool)> = group
                 .iter()
                 .enumerate()
-                .map(|(i, m)| (m, handled.get(i).is_some_and(|h| !matches!(h, Handled::Again { .. }))))
+                .map(|(i, m)| (m, handled.get(i).is_some_and(|h| h.handed_back().is_none())))
                 .collect();
             for h in &handled {
                 count(&mut tally, h);
             }
             let reported = fifo::reported(&marked);
-            let next_attempt = handled.iter().find_map(|h| match h {
-                Handled::Again { next_attempt_unix } => Some(*next_attempt_unix),
-                _ => None,
-            });
+            let next_attempt = handled.iter().find_map(Handled::handed_back);
             if let Some(Some(at)) = next_attempt {
                 self.hide_until(reported.iter().map(|(m, _)| *m), at).await;
             }
@@ -170,7 +182,7 @@ impl SqsDispatcher {
                 break;
             }
             let handled = self.handle_message(message).await;
-            let again = matches!(handled, Handled::Again { .. });
+            let again = handled.handed_back().is_some();
             outcomes.push(handled);
             if again {
                 break;
@@ -233,6 +245,12 @@ impl SqsDispatcher {
             AttemptStart::NotWaiting(status) => {
                 tracing::info!(deployment_id = %id, status = status.as_str(), "deployment not waiting; nothing to do");
                 return Ok(Handled::Dropped { superseded: false });
+            }
+            AttemptStart::NotDue { next_attempt_unix } => {
+                // Back before its retry is due (its hiding failed, or the queue's visibility
+                // timeout ran out first): hidden again until then, so `Retry-After` holds.
+                tracing::info!(deployment_id = %id, next_attempt_unix, "retry not due yet; handed over again then");
+                return Ok(Handled::NotDue { next_attempt_unix });
             }
             AttemptStart::NotFound => {
                 tracing::warn!(org = %org, deployment_id = %id, "no such deployment; the message is dropped");
@@ -346,7 +364,7 @@ fn count(tally: &mut DispatchTally, handled: &Handled) {
         Handled::Done(Delivery::Failed) => &mut tally.failed,
         Handled::Done(_) => return,
         Handled::Dropped { superseded: true } => &mut tally.superseded,
-        Handled::Dropped { superseded: false } => return,
+        Handled::Dropped { superseded: false } | Handled::NotDue { .. } => return,
         Handled::Forwarded => &mut tally.forwarded,
         Handled::Again {
             next_attempt_unix: Some(_),

@@ -127,15 +127,15 @@ impl TargetStore for SqliteStore {
 }
 
 fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<AttemptStart> {
-    let current: Option<(i64, String, String)> = conn
+    let current: Option<(i64, String, String, Option<i64>)> = conn
         .query_row(
-            "SELECT seq, service_id, status FROM deployments WHERE org = ?1 AND id = ?2",
+            "SELECT seq, service_id, status, next_attempt_unix FROM deployments WHERE org = ?1 AND id = ?2",
             params![org, id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()
         .map_err(unavailable)?;
-    let Some((seq, service, status)) = current else {
+    let Some((seq, service, status, next_attempt_unix)) = current else {
         return Ok(AttemptStart::NotFound);
     };
     let status = DeploymentStatus::parse(&status)
@@ -160,6 +160,9 @@ fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<Attemp
         )
         .map_err(unavailable)?;
         return Ok(AttemptStart::Superseded);
+    }
+    if let Some(next_attempt_unix) = next_attempt_unix.filter(|&at| at > now) {
+        return Ok(AttemptStart::NotDue { next_attempt_unix });
     }
     supersede_older(conn, org, &service, seq, now)?;
     conn.execute(

@@ -287,6 +287,12 @@ impl Dispatching for DynamoStore {
                 Err(_) => self.not_taken(org, id).await,
             };
         }
+        let due = current.next_attempt_at.as_deref().and_then(crate::util::rfc3339_unix);
+        if current.status == DeploymentStatus::Queued
+            && let Some(next_attempt_unix) = due.filter(|&at| at > crate::util::now_unix())
+        {
+            return Ok(AttemptStart::NotDue { next_attempt_unix });
+        }
         match self.take_superseding(org, id, &older).await? {
             Ok(started) => Ok(AttemptStart::Started(Box::new(started))),
             Err(_) => self.not_taken(org, id).await,
