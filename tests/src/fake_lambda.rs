@@ -416,7 +416,7 @@ pub fn response_body(response: &Value) -> Value {
 }
 
 /// One request to the whole HTTP API over `store` and `queue` (admin token
-/// [`ADMIN`](crate::api::ADMIN)), to set up what a function will read. Returns the status and
+/// [`crate::api::ADMIN`]), to set up what a function will read. Returns the status and
 /// the JSON body (`null` when empty).
 pub async fn call_api(
     store: Arc<dyn Store>,

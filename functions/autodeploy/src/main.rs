@@ -62,6 +62,8 @@ Files the server creates are readable by their owner only.";
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    // clap prints this text as written: `[IPV6]` is not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Address to listen on: HOST:PORT, [IPV6]:PORT, or :PORT for every interface.
     /// 127.0.0.1 is this machine only, where git providers cannot reach it; serve TLS from a
     /// reverse proxy in front.

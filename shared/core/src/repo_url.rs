@@ -2,14 +2,15 @@
 //! URL a service follows.
 //!
 //! Two entry points, for two jobs:
-//! - [`parse_repository_url`] / [`normalize_repository_url`] read any URL a provider sends in a
-//!   push payload into its key. They run on every webhook for every URL in the payload, so this
-//!   is a hand-written parser (no regex) that allocates a few small strings at most, and it
-//!   accepts whatever has a key.
-//! - [`check_repository_url`] judges the URL a user writes in a service, once, at write time.
-//!   It is stricter: besides what normalization refuses, it refuses a URL that carries a
-//!   password or an access token, one that names a page of a repository rather than the
-//!   repository (`…/tree/main`, `…/-/blob/…`, `…?path=…`), and a bare `owner/repo` with no host,
+//! - [`parse_repository_url`](crate::repo_url::parse_repository_url) /
+//!   [`normalize_repository_url`](crate::repo_url::normalize_repository_url) read any URL a
+//!   provider sends in a push payload into its key. They run on every webhook for every URL in
+//!   the payload, so this is a hand-written parser (no regex) that allocates a few small strings
+//!   at most, and it accepts whatever has a key.
+//! - [`check_repository_url`](crate::repo_url::check_repository_url) judges the URL a user
+//!   writes in a service, once, at write time. It is stricter: besides what normalization
+//!   refuses, it refuses a URL that carries a password or an access token, one that names a
+//!   page of a repository rather than the repository (`…/tree/main`, `…/-/blob/…`, `…?path=…`), and a bare `owner/repo` with no host,
 //!   each with a message saying what to write instead. A user name alone is no secret (Bitbucket's
 //!   clone URLs carry one): it is dropped from the URL that is stored.
 //!

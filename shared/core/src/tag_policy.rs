@@ -15,7 +15,7 @@ pub const MAX_POLICY_LEN: usize = 512;
 
 /// Cap on a compiled regex (bytes of its program, the regex crate's `size_limit`; the crate's
 /// default is 10 MiB). A tag is at most 128 ASCII characters, and tag patterns compiled on
-/// bytes without Unicode (see [`compile_regex`]) stay well below this even when they spell out
+/// bytes without Unicode (see `compile_regex`) stay well below this even when they spell out
 /// the whole tag (`^[\w.-]{1,128}$`); the cap keeps one tenant's pattern from taking much
 /// memory or compile time.
 pub const REGEX_SIZE_LIMIT: usize = 64 * 1024;
@@ -69,7 +69,7 @@ impl TagPolicy {
     /// phrase about the field that [`TagPolicy::field_name`] names (`must not be empty`).
     ///
     /// Compiling is bounded: a range or pattern is at most [`MAX_POLICY_LEN`] characters, and
-    /// a regex at most [`REGEX_SIZE_LIMIT`] bytes of program, [`REGEX_NEST_LIMIT`] levels deep.
+    /// a regex at most [`REGEX_SIZE_LIMIT`] bytes of program, `REGEX_NEST_LIMIT` levels deep.
     ///
     /// A SEMVER range is read as the `semver` crate reads it (`>=1.2.0, <2`); comparators
     /// separated only by spaces, as the SPEC writes them (`>=1.2.0 <2`), are accepted too.

@@ -20,7 +20,7 @@ use crate::store::{StoreError, StoreResult};
 pub const ADMIN_TOKEN_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 
 /// Reads the secret's string value when first needed and caches its SHA-256 for at most
-/// [`ADMIN_TOKEN_MAX_AGE`]. A failed fetch is not cached (the next request tries again), and an
+/// `ADMIN_TOKEN_MAX_AGE`. A failed fetch is not cached (the next request tries again), and an
 /// expired digest is never used instead: an admin request fails (503) while Secrets Manager
 /// does not answer, rather than accept a token that may have been rotated away.
 pub struct SecretsManagerAdminToken {

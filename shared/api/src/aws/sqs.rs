@@ -52,13 +52,13 @@ impl SqsQueue {
         }
     }
 
-    /// The same queue with another budget per send than [`SEND_BUDGET`].
+    /// The same queue with another budget per send than `SEND_BUDGET`.
     pub fn with_send_budget(mut self, budget: Duration) -> Self {
         self.send_budget = budget;
         self
     }
 
-    /// The same queue with another time one batch may take than [`BATCH_TIMEOUT`].
+    /// The same queue with another time one batch may take than `BATCH_TIMEOUT`.
     pub fn with_batch_timeout(mut self, timeout: Duration) -> Self {
         self.batch_timeout = timeout;
         self

@@ -1,7 +1,7 @@
 //! The service model: what a team registers and what the server keeps about it.
 //!
 //! How a request body becomes a [`ServiceSpec`] (field by field, every rule checked before
-//! anything is stored) is in [`document`].
+//! anything is stored) is in `document`.
 
 mod document;
 
