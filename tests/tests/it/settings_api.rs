@@ -20,6 +20,70 @@ on_both_stores! {
     tokens_are_shown_once_and_revocable, webhook_secrets_are_never_echoed, deployments_list_starts_empty,
 }
 
+/// A caller without access is refused (403) before its body is read: a malformed or invalid
+/// body tells it nothing, on every route that takes one.
+#[tokio::test]
+async fn access_is_checked_before_the_body() {
+    let api = Api::new();
+    let id = "0123456789abcdef0123456789abcdef";
+    let routes: Vec<(Method, String, Vec<&str>)> = vec![
+        (Method::PUT, "services/api".into(), vec!["deploy", "consume"]),
+        (Method::PATCH, "services/api".into(), vec!["deploy", "consume"]),
+        (Method::PUT, "targets/engine".into(), vec!["deploy", "consume"]),
+        (Method::PUT, "webhook-secrets/github".into(), vec!["deploy", "consume"]),
+        (Method::POST, "tokens".into(), vec!["manage", "deploy", "consume"]),
+        (Method::POST, "container/deploy".into(), vec!["manage", "consume"]),
+        (Method::POST, "job/deploy".into(), vec!["manage", "consume"]),
+        (Method::POST, "deployments/lease".into(), vec!["manage", "deploy"]),
+        (Method::POST, format!("deployments/{id}/ack"), vec!["manage", "deploy"]),
+        (Method::POST, format!("deployments/{id}/nack"), vec!["manage", "deploy"]),
+        (
+            Method::POST,
+            format!("deployments/{id}/extend"),
+            vec!["manage", "deploy"],
+        ),
+        (
+            Method::POST,
+            format!("deployments/{id}/result"),
+            vec!["manage", "deploy"],
+        ),
+    ];
+    let other_org = api.token("other", &["manage", "deploy", "consume"]).await;
+    let mut checked = 0;
+    for (method, route, scopes) in &routes {
+        let mut tokens = vec![other_org.clone()];
+        for scope in scopes {
+            tokens.push(api.token("acme", &[scope]).await);
+        }
+        let path = format!("/organization/acme/{route}");
+        for token in &tokens {
+            for body in ["{", "[]", r#"{"bogus": 1, "max": "many"}"#] {
+                let content_type = if *method == Method::PATCH {
+                    "application/merge-patch+json"
+                } else {
+                    "application/json"
+                };
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(&path)
+                    .header("authorization", format!("Token {token}"))
+                    .header("content-type", content_type)
+                    .body(Body::from(body))
+                    .unwrap();
+                let r = api.raw(req).await;
+                assert_eq!(
+                    (r.status, r.error_code()),
+                    (StatusCode::FORBIDDEN, "FORBIDDEN"),
+                    "{method} {path} {body}: {}",
+                    r.body
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 3 * (routes.iter().map(|(_, _, s)| s.len() + 1).sum::<usize>()));
+}
+
 /// A valid service document of `tests/fixtures/services/` (`application`, `container`).
 fn service_document(name: &str) -> Value {
     let path = format!("services/{name}.json");

@@ -210,6 +210,12 @@ pub trait Access {
 /// The `manage` scope on the organization.
 pub struct ManageScope;
 
+/// The `deploy` scope on the organization (the image-tag endpoints).
+pub struct DeployScope;
+
+/// The `consume` scope on the organization (engines and pull consumers).
+pub struct ConsumeScope;
+
 /// The operator's admin token (API tokens are the operator's to hand out).
 pub struct AdminToken;
 
@@ -219,15 +225,28 @@ impl Access for ManageScope {
     }
 }
 
+impl Access for DeployScope {
+    fn check(caller: &Caller, org: &str) -> ApiResult<()> {
+        caller.authorize(org, Scope::Deploy)
+    }
+}
+
+impl Access for ConsumeScope {
+    fn check(caller: &Caller, org: &str) -> ApiResult<()> {
+        caller.authorize(org, Scope::Consume)
+    }
+}
+
 impl Access for AdminToken {
     fn check(caller: &Caller, _: &str) -> ApiResult<()> {
         caller.require_admin()
     }
 }
 
-/// A request on an organization's settings by a caller `A` allows, checked in this order:
-/// the token (401), the organization of the path (400), `id`, what the route names in its
-/// path besides (400), then access (403).
+/// A request on an organization by a caller `A` allows, checked in this order: the token
+/// (401), the organization of the path (400), `id`, what the route names in its path besides
+/// (400), then access (403). A route's body is read after it: a caller without access learns
+/// nothing from it.
 pub struct Authorized<Id, A> {
     pub caller: Caller,
     pub state: AppState,
@@ -241,6 +260,12 @@ pub type Manage<Id = ()> = Authorized<Id, ManageScope>;
 
 /// A request on an organization's API tokens, by the admin token.
 pub type Admin<Id = ()> = Authorized<Id, AdminToken>;
+
+/// A request of CI announcing an image, with the `deploy` scope.
+pub type Deploy = Authorized<(), DeployScope>;
+
+/// A request of an engine or a pull consumer, with the `consume` scope.
+pub type Consume = Authorized<(), ConsumeScope>;
 
 /// What an [`Authorized`] route names in its path besides the organization, read before
 /// access is checked.
@@ -281,26 +306,25 @@ impl<Id, A> Authorized<Id, A> {
 }
 
 /// A write to one resource of an organization's settings, by a caller with the `manage`
-/// scope: as [`Manage`], with the body `B` read before the resource's id is, and the
-/// precondition (`If-Match`, `If-None-Match`) after the scope.
+/// scope: as [`Manage`], then the body `B` and the precondition (`If-Match`,
+/// `If-None-Match`).
 pub struct ManageWrite<Id, B> {
     pub request: Manage<Id>,
     pub body: B,
     pub precondition: Precondition,
 }
 
-impl<Id: PathId, B: FromRequest<AppState, Rejection = ApiError>> FromRequest<AppState> for ManageWrite<Id, B> {
+impl<Id: PathId + Send, B: FromRequest<AppState, Rejection = ApiError>> FromRequest<AppState> for ManageWrite<Id, B> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let caller = Caller::from_request_parts(&mut parts, state).await?;
         let Org(org) = Org::from_request_parts(&mut parts, state).await?;
-        let path = PathParams::from_request_parts(&mut parts, state).await?;
+        let id = Id::read(&PathParams::from_request_parts(&mut parts, state).await?)?;
+        ManageScope::check(&caller, &org)?;
         let headers = parts.headers.clone();
         let body = B::from_request(Request::from_parts(parts, body), state).await?;
-        let id = Id::read(&path)?;
-        ManageScope::check(&caller, &org)?;
         Ok(Self {
             precondition: Precondition::from_headers(&headers)?,
             request: Authorized {

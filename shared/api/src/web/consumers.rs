@@ -8,17 +8,16 @@ use autodeploy_core::body::{Document, Fields};
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentResult, ResultStatus};
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::StatusCode;
 use serde::Serialize;
 
 use super::AppState;
-use super::auth::{Caller, Scope};
+use super::auth::Consume;
 use super::deployments::{deployment_id, deployment_not_found};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Org, PathParams, Valid, ValidOrDefault};
+use super::extract::{PathParams, Valid, ValidOrDefault};
 use crate::deploy::consume;
 use crate::store::{LeaseRequest, Leased, PullQueue, Refusal};
 use crate::util::now_rfc3339;
@@ -192,25 +191,19 @@ impl From<Leased> for LeasedView {
 }
 
 async fn lease(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
+    Consume { state, org, .. }: Consume,
     ValidOrDefault(body): ValidOrDefault<LeaseBody>,
 ) -> ApiResult<Response> {
-    caller.authorize(&org, Scope::Consume)?;
     let leased = consume::lease(pull(&state)?, &org, body.request, body.wait).await?;
     let items: Vec<LeasedView> = leased.into_iter().map(LeasedView::from).collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }
 
 async fn ack(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
+    Consume { state, org, .. }: Consume,
     path: PathParams,
     Valid(AckBody(body)): Valid<AckBody>,
 ) -> ApiResult<StatusCode> {
-    caller.authorize(&org, Scope::Consume)?;
     let id = deployment_id(&path)?;
     pull(&state)?
         .ack(&org, id, &body.lease_id)
@@ -220,13 +213,10 @@ async fn ack(
 }
 
 async fn nack(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
+    Consume { state, org, .. }: Consume,
     path: PathParams,
     Valid(NackBody(body)): Valid<NackBody>,
 ) -> ApiResult<StatusCode> {
-    caller.authorize(&org, Scope::Consume)?;
     let id = deployment_id(&path)?;
     pull(&state)?
         .nack(&org, id, &body.lease_id, body.seconds)
@@ -236,13 +226,10 @@ async fn nack(
 }
 
 async fn extend(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
+    Consume { state, org, .. }: Consume,
     path: PathParams,
     Valid(ExtendBody(body)): Valid<ExtendBody>,
 ) -> ApiResult<Response> {
-    caller.authorize(&org, Scope::Consume)?;
     let id = deployment_id(&path)?;
     let expires = pull(&state)?
         .extend(&org, id, &body.lease_id, body.seconds)
@@ -297,13 +284,10 @@ impl Document for ResultBody {
 }
 
 async fn report_result(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
+    Consume { state, org, .. }: Consume,
     path: PathParams,
     Valid(body): Valid<ResultBody>,
 ) -> ApiResult<Response> {
-    caller.authorize(&org, Scope::Consume)?;
     let id = deployment_id(&path)?;
     let result = DeploymentResult {
         status: body.status,

@@ -7,7 +7,6 @@ use autodeploy_core::delivery::DeliverySource;
 use autodeploy_core::provider::SecretProvider;
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use http::StatusCode;
@@ -15,9 +14,9 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::AppState;
-use super::auth::{Admin, Caller, Manage, PathId, SCOPES, Scope};
+use super::auth::{Admin, Manage, PathId, SCOPES, Scope};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Org, PathParams, QueryParams, Valid};
+use super::extract::{PathParams, QueryParams, Valid};
 use super::list::ListParams;
 use crate::store::{DeliveryFilter, ListQuery, PageRequest, SecretRecord, TokenRecord};
 use crate::util::{new_token, now_rfc3339, sha256_hex};
@@ -59,13 +58,10 @@ impl Document for SecretBody {
 }
 
 async fn put_secret(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
+    Manage { caller, state, org, .. }: Manage,
     path: PathParams,
     Valid(body): Valid<SecretBody>,
 ) -> ApiResult<StatusCode> {
-    caller.authorize(&org, Scope::Manage)?;
     let provider = secret_provider(&path)?;
     provider
         .validate_secret(&body.secret)
@@ -185,13 +181,7 @@ impl Document for TokenBody {
     }
 }
 
-async fn create_token(
-    caller: Caller,
-    State(state): State<AppState>,
-    Org(org): Org,
-    Valid(body): Valid<TokenBody>,
-) -> ApiResult<Response> {
-    caller.require_admin()?;
+async fn create_token(Admin { caller, state, org, .. }: Admin, Valid(body): Valid<TokenBody>) -> ApiResult<Response> {
     let (id, token) = new_token();
     let record = TokenRecord {
         organization_id: org,
