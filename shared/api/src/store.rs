@@ -162,7 +162,8 @@ pub struct TokenRecord {
 pub enum Guard {
     /// A push `before..after` (its `mark`). SPEC "A replay cannot roll a service back": a mark
     /// the service queued within [`PUSH_MARK_RETENTION_SECS`] records again only when
-    /// `before` is the service's current commit (a re-apply after a rollback); any other mark
+    /// `before` is the service's current commit (a re-apply after a rollback) and it is not
+    /// the service's last push (one with `before` = `after` moves nothing); any other mark
     /// records. The write remembers the mark and makes `after` the current commit, so
     /// identical concurrent deliveries, and replays under any delivery id, record once.
     Push { mark: String, before: String },

@@ -696,6 +696,12 @@ async fn a_reapply_after_a_rollback_queues(store: TestStore) {
     assert_eq!(record("a..b").await, RecordOutcome::GuardFailed);
     recorded_status(record("b..a").await);
     assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 4);
+    // A push that moves nothing (`before` = `after`, the current commit) is never a re-apply:
+    // the last push queued, pushed again, queues nothing, however often it comes.
+    recorded_status(record("a..a").await);
+    assert_eq!(record("a..a").await, RecordOutcome::GuardFailed);
+    assert_eq!(record("a..a").await, RecordOutcome::GuardFailed);
+    assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 5);
 }
 
 async fn record_with_service_unchanged_guard(store: TestStore) {

@@ -100,7 +100,10 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
                         })
                     })
                     .map_err(unavailable)?;
-                if queued_before && current_commit != Some(before.as_str()) {
+                // The last push queued, pushed again, is no re-apply even when it moves
+                // nothing (`before` = `after` = the current commit).
+                let is_last = last_push.as_deref() == Some(mark.as_str());
+                if queued_before && (is_last || current_commit != Some(before.as_str())) {
                     return Ok(None);
                 }
                 execute(conn, RENEW_PUSH_MARK, params![org, service_id, mark, now])?;

@@ -188,10 +188,15 @@ impl DynamoStore {
                 );
                 let mut condition = format!("attribute_exists({})", e.name(PK));
                 if stage == Stage::Reapply {
+                    // The last push queued, pushed again, is no re-apply even when it moves
+                    // nothing (`before` = `after` = the current commit).
                     condition.push_str(&format!(
-                        " AND {} = {}",
+                        " AND {} = {} AND (attribute_not_exists({}) OR {} <> {})",
                         e.name(CURRENT_COMMIT),
-                        e.value("before", s(before))
+                        e.value("before", s(before)),
+                        e.name(LAST_PUSH),
+                        e.name(LAST_PUSH),
+                        e.value("mark", s(mark))
                     ));
                 }
                 Ok(vec![
