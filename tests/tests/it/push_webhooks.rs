@@ -382,8 +382,11 @@ async fn malformed_and_oversized_deliveries() {
     let r = api.deliver(path, &s(&[("x-hub-signature-256", &sig)]), body).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
+    // A signature of the right form, checked once the body is read: the body is too large.
+    let signed = format!("sha256={}", "0".repeat(64));
     let huge = vec![b' '; 25 * 1024 * 1024 + 1];
-    let r = api.deliver(path, &s(&[("x-github-event", "push")]), huge).await;
+    let headers = s(&[("x-github-event", "push"), ("x-hub-signature-256", &signed)]);
+    let r = api.deliver(path, &headers, huge.clone()).await;
     assert_eq!(
         (r.status, r.error_code()),
         (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
@@ -391,11 +394,31 @@ async fn malformed_and_oversized_deliveries() {
     let r = api
         .deliver(
             path,
-            &s(&[("x-github-event", "push"), ("content-length", "999999999")]),
+            &s(&[
+                ("x-github-event", "push"),
+                ("x-hub-signature-256", &signed),
+                ("content-length", "999999999"),
+            ]),
             b"{}".to_vec(),
         )
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Without a signature, or with one that is no signature, the delivery is refused before
+    // its body is read: 401, whatever the body.
+    for headers in [
+        s(&[("x-github-event", "push")]),
+        s(&[("x-github-event", "push"), ("content-length", "999999999")]),
+        s(&[("x-github-event", "push"), ("x-hub-signature-256", "sha256=zz")]),
+        s(&[("x-github-event", "push"), ("x-hub-signature", "sha1=00")]),
+    ] {
+        let r = api.deliver(path, &headers, huge.clone()).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            "{headers:?}: {}",
+            r.body
+        );
+    }
 
     let r = api
         .deliver("/organization/acme/webhooks/svn", &s(&[]), b"{}".to_vec())
@@ -405,6 +428,34 @@ async fn malformed_and_oversized_deliveries() {
         .deliver("/organization/bad%20org/webhooks/github", &s(&[]), b"{}".to_vec())
         .await;
     assert_eq!(r.error_fields(), vec!["organization_id"]);
+}
+
+/// SPEC: refusals of unauthenticated requests never depend on reading their body first. For
+/// every provider, a delivery whose credential headers are missing, or carry a wrong token or
+/// password, is refused 401 with a body far over the limit, which is never read.
+#[tokio::test]
+async fn deliveries_without_credentials_are_refused_before_their_body_is_read() {
+    let api = Api::new();
+    let huge = vec![b' '; 25 * 1024 * 1024 + 1];
+    for provider in git_providers() {
+        api.set_secret("acme", provider).await;
+        let path = format!("/organization/acme/webhooks/{provider}");
+        let mut cases = vec![s(&[])];
+        match provider {
+            "gitlab" => cases.push(s(&[("x-gitlab-token", "not-the-secret")])),
+            "azure-devops" => cases.push(s(&[("authorization", "Basic dXNlcjpub3QtdGhlLXNlY3JldA==")])),
+            _ => {}
+        }
+        for headers in cases {
+            let r = api.deliver(&path, &headers, huge.clone()).await;
+            assert_eq!(
+                (r.status, r.error_code()),
+                (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+                "{provider} {headers:?}: {}",
+                r.body
+            );
+        }
+    }
 }
 
 #[tokio::test]

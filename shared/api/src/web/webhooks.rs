@@ -2,7 +2,7 @@
 //! to the push use case.
 
 use autodeploy_core::provider::GitProvider;
-use autodeploy_core::push::{Delivery, PayloadError, delivery_id, parse_delivery, verify_signature};
+use autodeploy_core::push::{Delivery, PayloadError, check_headers, delivery_id, parse_delivery};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -27,9 +27,11 @@ pub fn routes() -> Router<AppState> {
     Router::new().route("/organization/{org}/webhooks/{provider}", post(push_webhook))
 }
 
-/// The organization's secret for `provider`, read before the body is: an organization without
-/// one refuses every delivery (fail closed), without buffering what it sent. Then the body,
-/// bounded, verified with the secret as the provider signs it.
+/// The organization's secret for `provider` and the delivery's headers, checked before the
+/// body is read: an organization without a secret refuses every delivery (fail closed), and a
+/// delivery without its signature, with a malformed one or with a wrong token is refused,
+/// without buffering what it sent. Then the body, bounded, verified with the secret as the
+/// provider signs it.
 pub async fn verified_body(
     state: &AppState,
     org: &str,
@@ -44,9 +46,12 @@ pub async fn verified_body(
             provider.slug()
         ))
     })?;
+    let refused = |e| ApiError::unauthorized(format!("The delivery could not be verified: {e}."));
+    let credential = check_headers(provider, headers, secret.secret.as_bytes()).map_err(refused)?;
     let bytes = read_body(headers, body, limit).await?;
-    verify_signature(provider, headers, &bytes, secret.secret.as_bytes())
-        .map_err(|e| ApiError::unauthorized(format!("The delivery could not be verified: {e}.")))?;
+    credential
+        .verify_body(&bytes, secret.secret.as_bytes())
+        .map_err(refused)?;
     Ok(bytes)
 }
 

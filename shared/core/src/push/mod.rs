@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::provider::GitProvider;
 
 pub use github::github_payload;
-pub use signature::{SignatureError, secrets_match, verify_signature};
+pub use signature::{Credential, SignatureError, check_headers, secrets_match, verify_signature};
 
 /// Longest delivery id the product keeps, for every provider and every store: ids are stored,
 /// logged and echoed, so a hostile header must not bloat them. A longer header is no delivery

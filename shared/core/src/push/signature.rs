@@ -56,50 +56,78 @@ pub enum SignatureError {
 /// - azure-devops: HTTP Basic auth whose password is the secret; any user name.
 ///
 /// Hex is case-insensitive. An empty secret refuses everything: the product fails closed.
+/// [`check_headers`] then [`Credential::verify_body`], for a caller that reads the body in
+/// between.
 pub fn verify_signature(
     provider: GitProvider,
     headers: &HeaderMap,
     body: &[u8],
     secret: &[u8],
 ) -> Result<(), SignatureError> {
+    check_headers(provider, headers, secret)?.verify_body(body, secret)
+}
+
+/// What a delivery's headers present, checked as far as it can be without the body. Not
+/// `Debug`: nothing prints a received signature.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A token or password that matched the secret: the delivery is authenticated.
+    Matched,
+    /// A well-formed HMAC-SHA256 of the body, from header `header`, still to be checked.
+    Hmac { header: &'static str, signature: [u8; 32] },
+}
+
+impl Credential {
+    /// Check the body against the signature, if it is one.
+    pub fn verify_body(&self, body: &[u8], secret: &[u8]) -> Result<(), SignatureError> {
+        let Credential::Hmac { header, signature } = self else {
+            return Ok(());
+        };
+        // HMAC takes keys of any length, so this cannot fail; refuse rather than assume.
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch(header))?;
+        mac.update(body);
+        mac.verify_slice(signature)
+            .map_err(|_| SignatureError::Mismatch(header))
+    }
+}
+
+/// Everything [`verify_signature`] checks that does not need the body: the secret is set, the
+/// provider's header is there and well-formed, and a token or password matches. A delivery
+/// refused here is refused before its body is read.
+pub fn check_headers(provider: GitProvider, headers: &HeaderMap, secret: &[u8]) -> Result<Credential, SignatureError> {
     if secret.is_empty() {
         return Err(SignatureError::NoSecret(provider));
     }
     match provider {
         GitProvider::Github => match headers.get("x-hub-signature-256") {
-            Some(value) => verify_hmac("X-Hub-Signature-256", Some("sha256="), value.as_bytes(), body, secret),
+            Some(value) => hmac_header("X-Hub-Signature-256", Some("sha256="), value.as_bytes()),
             None if headers.contains_key("x-hub-signature") => Err(SignatureError::Sha1Only),
             None => Err(SignatureError::MissingHeader("X-Hub-Signature-256")),
         },
         GitProvider::Gitlab => {
             let token = header(headers, "X-Gitlab-Token")?;
             if secrets_match(token, secret) {
-                Ok(())
+                Ok(Credential::Matched)
             } else {
                 Err(SignatureError::TokenMismatch("X-Gitlab-Token"))
             }
         }
         GitProvider::Bitbucket | GitProvider::BitbucketServer => {
-            let value = header(headers, "X-Hub-Signature")?;
-            verify_hmac("X-Hub-Signature", Some("sha256="), value, body, secret)
+            hmac_header("X-Hub-Signature", Some("sha256="), header(headers, "X-Hub-Signature")?)
         }
         GitProvider::Gitea => {
             if let Some(value) = headers.get("x-gitea-signature") {
-                verify_hmac("X-Gitea-Signature", None, value.as_bytes(), body, secret)
+                hmac_header("X-Gitea-Signature", None, value.as_bytes())
             } else if let Some(value) = headers.get("x-forgejo-signature") {
-                verify_hmac("X-Forgejo-Signature", None, value.as_bytes(), body, secret)
+                hmac_header("X-Forgejo-Signature", None, value.as_bytes())
             } else if let Some(value) = headers.get("x-hub-signature-256") {
-                let value = value.as_bytes();
-                verify_hmac("X-Hub-Signature-256", Some("sha256="), value, body, secret)
+                hmac_header("X-Hub-Signature-256", Some("sha256="), value.as_bytes())
             } else {
                 Err(SignatureError::MissingHeader("X-Gitea-Signature"))
             }
         }
-        GitProvider::Gogs => {
-            let value = header(headers, "X-Gogs-Signature")?;
-            verify_hmac("X-Gogs-Signature", None, value, body, secret)
-        }
-        GitProvider::AzureDevops => verify_basic_password(headers, secret),
+        GitProvider::Gogs => hmac_header("X-Gogs-Signature", None, header(headers, "X-Gogs-Signature")?),
+        GitProvider::AzureDevops => verify_basic_password(headers, secret).map(|()| Credential::Matched),
     }
 }
 
@@ -120,14 +148,13 @@ fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h [u8], Si
         .ok_or(SignatureError::MissingHeader(name))
 }
 
-/// Check `value` (`<prefix><hex>`, prefix case-insensitive) against the HMAC-SHA256 of `body`.
-fn verify_hmac(
+/// The signature in `value` (`<prefix><hex>`, prefix case-insensitive), to check against the
+/// HMAC-SHA256 of the body.
+fn hmac_header(
     display: &'static str,
     prefix: Option<&'static str>,
     value: &[u8],
-    body: &[u8],
-    secret: &[u8],
-) -> Result<(), SignatureError> {
+) -> Result<Credential, SignatureError> {
     let mut hex_digits = value.trim_ascii();
     if let Some(prefix) = prefix {
         let head = hex_digits.get(..prefix.len());
@@ -139,13 +166,12 @@ fn verify_hmac(
         }
         hex_digits = &hex_digits[prefix.len()..];
     }
-    let mut received = [0u8; 32];
-    hex::decode_to_slice(hex_digits, &mut received).map_err(|_| SignatureError::NotHex(display))?;
-    // HMAC takes keys of any length, so this cannot fail; refuse rather than assume.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| SignatureError::Mismatch(display))?;
-    mac.update(body);
-    mac.verify_slice(&received)
-        .map_err(|_| SignatureError::Mismatch(display))
+    let mut signature = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut signature).map_err(|_| SignatureError::NotHex(display))?;
+    Ok(Credential::Hmac {
+        header: display,
+        signature,
+    })
 }
 
 /// Azure DevOps service hooks authenticate with Basic auth: the password is the secret.
