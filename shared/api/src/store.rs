@@ -325,6 +325,27 @@ pub enum Refusal {
     Conflict(String),
 }
 
+/// How many of the services still naming a target a refused `DELETE` names; a store reads one
+/// more, to say whether there are others.
+pub const TARGET_USERS_NAMED: usize = 5;
+
+impl Refusal {
+    /// A target's `DELETE` refused: `users` are the first services (in id order) that name it,
+    /// up to one more than [`TARGET_USERS_NAMED`].
+    pub fn target_in_use(users: &[String]) -> Refusal {
+        let named = &users[..users.len().min(TARGET_USERS_NAMED)];
+        let others = if users.len() > TARGET_USERS_NAMED {
+            ", and others"
+        } else {
+            ""
+        };
+        Refusal::Conflict(format!(
+            "Services still deploy to this target ({}{others}): point their deploy_target elsewhere first.",
+            named.join(", ")
+        ))
+    }
+}
+
 /// What a pull consumer asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseRequest {

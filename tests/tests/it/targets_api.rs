@@ -195,14 +195,38 @@ async fn services_name_existing_targets(api: Api) {
         json!({"target_id": "engine", "external_id": "0b1c2d3e"})
     );
 
-    // Not deleted while a service names it; deleted once none does.
+    // Not deleted while a service names it; deleted once none does. The refusal names the
+    // first five, in id order, and says when there are others.
     let path = "/organization/acme/targets/engine";
     let r = api.call(Method::DELETE, path, Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
-    let r = api
-        .call(Method::DELETE, "/organization/acme/services/api", Some(ADMIN), None)
-        .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains("(api)"),
+        "{}",
+        r.body
+    );
+    let others: Vec<String> = (1..=6).map(|i| format!("api-{i}")).collect();
+    for id in &others {
+        let r = api.put_service("acme", id, service("engine", json!("0b1c2d3e"))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = api.call(Method::DELETE, path, Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["message"],
+        "Services still deploy to this target (api, api-1, api-2, api-3, api-4, and others): point their deploy_target elsewhere first."
+    );
+    for id in others.iter().map(String::as_str).chain(["api"]) {
+        let r = api
+            .call(
+                Method::DELETE,
+                &format!("/organization/acme/services/{id}"),
+                Some(ADMIN),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+    }
     let r = api.call(Method::DELETE, path, Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = api.call(Method::GET, path, Some(ADMIN), None).await;

@@ -131,9 +131,10 @@ fn secret() -> String {
     webhook_secret_from(&[0x5a; 32])
 }
 
+/// One attempt to `target`, as the dispatcher makes it.
 async fn deliver(sender: &Sender, target: &TargetSpec, external_id: Option<&str>) -> AttemptOutcome {
     let request = build_request(target, &deployment("APPLICATION"), external_id, unix_now()).unwrap();
-    sender.send(request).await
+    sender.send_keeping(request, &target.secrets()).await
 }
 
 /// One attempt to a webhook at `url`, signed with the test secret.
@@ -379,6 +380,31 @@ async fn a_targets_message_is_kept_without_the_token() {
         (
             Verdict::Failed,
             Some("the target answered 422 Unprocessable Entity: Unexpected inputs provided for [redacted]")
+        )
+    );
+}
+
+/// A webhook target's secret is never sent, but a target that repeats it (whole, or the key
+/// after `whsec_`) does not get it into `last_error` either.
+#[tokio::test]
+async fn a_webhook_targets_message_is_kept_without_its_secret() {
+    let secret = secret();
+    let key = secret.strip_prefix("whsec_").unwrap().to_owned();
+    let said_back = format!(r#"{{"error":"secret {secret} or key {key} refused"}}"#);
+    let receiver = receiver(move |_| {
+        Response::builder()
+            .status(403)
+            .header("content-type", "application/json")
+            .body(Body::from(said_back.clone()))
+            .unwrap()
+    })
+    .await;
+    let outcome = deliver(&sender(true), &webhook(&receiver.url, &secret), None).await;
+    assert_eq!(
+        said(&outcome),
+        (
+            Verdict::Failed,
+            Some("the target answered 403 Forbidden: secret [redacted] or key [redacted] refused")
         )
     );
 }

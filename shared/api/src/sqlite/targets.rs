@@ -14,7 +14,7 @@ use super::services::ServiceKey;
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
 use crate::store::{
     AttemptEnd, AttemptStart, Dispatching, Expected, LeaseRequest, Leased, Outlook, Page, PageRequest, Refusable,
-    Refusal, StoreError, StoreResult, StoredTarget, TargetStore,
+    Refusal, StoreError, StoreResult, StoredTarget, TARGET_USERS_NAMED, TargetStore,
 };
 use crate::util::now_unix;
 
@@ -104,7 +104,11 @@ impl TargetStore for SqliteStore {
         self.write(move |conn| {
             let users: Vec<String> = {
                 let mut stmt = conn
-                    .prepare_cached(&format!("{} ORDER BY id LIMIT 5", ServiceKey::Target.select("id")))
+                    .prepare_cached(&format!(
+                        "{} ORDER BY id LIMIT {}",
+                        ServiceKey::Target.select("id"),
+                        TARGET_USERS_NAMED + 1
+                    ))
                     .map_err(unavailable)?;
                 let rows = stmt
                     .query_map(params![org, id], |r| r.get::<_, String>(0))
@@ -112,10 +116,7 @@ impl TargetStore for SqliteStore {
                 rows.collect::<Result<_, _>>().map_err(unavailable)?
             };
             if !users.is_empty() {
-                return Ok(Err(Refusal::Conflict(format!(
-                    "Services still deploy to this target ({}): point their deploy_target elsewhere first.",
-                    users.join(", ")
-                ))));
+                return Ok(Err(Refusal::target_in_use(&users)));
             }
             let n = conn
                 .execute("DELETE FROM targets WHERE org = ?1 AND id = ?2", params![org, id])

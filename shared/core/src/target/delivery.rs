@@ -229,7 +229,8 @@ pub enum NextStep {
 
 /// Decide what follows an attempt: `attempts` counts every attempt made so far, this one
 /// included; `age` is how long ago the deployment was recorded; `jitter` is uniform in
-/// `[0, 1)`. A retry that would start past the policy's age is not made.
+/// `[0, 1)`. A retry due past the policy's age is made at that age instead, the last one;
+/// none is made when the age is reached, or when the target's `Retry-After` passes it.
 pub fn next_step(
     outcome: &AttemptOutcome,
     attempts: u32,
@@ -241,14 +242,20 @@ pub fn next_step(
     match outcome.verdict {
         Verdict::Delivered => NextStep::Delivered,
         Verdict::Failed => NextStep::Failed(error()),
-        Verdict::Retry if attempts >= policy.max_attempts => {
-            NextStep::Failed(format!("gave up after {attempts} attempts; the last one: {}", error()))
-        }
+        Verdict::Retry if attempts >= policy.max_attempts => NextStep::Failed(format!(
+            "gave up after {}; the last one: {}",
+            counted(attempts),
+            error()
+        )),
         Verdict::Retry => {
-            let delay = retry_delay(attempts, outcome.retry_after, jitter);
-            if age.saturating_add(delay) > policy.max_age {
+            let left = policy.max_age.saturating_sub(age);
+            let delay = retry_delay(attempts, outcome.retry_after, jitter).min(left);
+            let earliest = outcome.retry_after.unwrap_or_default().max(MIN_RETRY_DELAY);
+            if delay < earliest {
                 NextStep::Failed(format!(
-                    "gave up after {} and {attempts} attempts; the last one: {}",
+                    "gave up after {} in {}, retries being limited to {}; the last one: {}",
+                    counted(attempts),
+                    human(age),
                     human(policy.max_age),
                     error()
                 ))
@@ -256,6 +263,15 @@ pub fn next_step(
                 NextStep::RetryIn { delay, error: error() }
             }
         }
+    }
+}
+
+/// `1 attempt`, `7 attempts`.
+fn counted(attempts: u32) -> String {
+    if attempts == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{attempts} attempts")
     }
 }
 
@@ -273,8 +289,9 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// An excerpt of a target's own error message, for `last_error`: the `message` (else `error`)
-/// string of a JSON object body, as GitHub and Qovery answer, on one line, at most
+/// An excerpt of a target's own error message, for `last_error`: the `message` (else `error`,
+/// else `error.message`) string of a JSON object body, as GitHub, Qovery and this product
+/// answer, on one line, at most
 /// [`MAX_MESSAGE_EXCERPT`] characters, with every occurrence of one of `secrets` (the token
 /// sent, should a target echo it) removed. `None` for any other body.
 pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
@@ -282,7 +299,8 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     let object = value.as_object()?;
     let text = ["message", "error"]
         .iter()
-        .find_map(|key| object.get(*key).and_then(|v| v.as_str()))?;
+        .find_map(|key| object.get(*key).and_then(|v| v.as_str()))
+        .or_else(|| object.get("error")?.get("message")?.as_str())?;
     let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         text = text.replace(secret, "[redacted]");
@@ -497,16 +515,40 @@ mod tests {
     fn retries_until_the_age_runs_out() {
         let policy = RetryPolicy::default();
         let outcome = retry("the target did not answer within 15 s");
-        // 23 h in, a wait of up to an hour (jitter 0.5 of the hourly step) still fits.
-        assert!(matches!(
+        let error = "the target did not answer within 15 s".to_owned();
+        // 23 h in, a wait of half an hour (jitter 0.5 of the hourly step) still fits.
+        assert_eq!(
             next_step(&outcome, 7, 23 * 60 * MIN, &policy, 0.5),
-            NextStep::RetryIn { .. }
-        ));
+            NextStep::RetryIn {
+                delay: 30 * MIN,
+                error: error.clone()
+            }
+        );
+        // 23 h 45 min in, it would pass 24 h: the last retry comes at 24 h.
         assert_eq!(
             next_step(&outcome, 7, 23 * 60 * MIN + 45 * MIN, &policy, 0.5),
-            NextStep::Failed(
-                "gave up after 24 h and 7 attempts; the last one: the target did not answer within 15 s".to_owned()
-            )
+            NextStep::RetryIn {
+                delay: 15 * MIN,
+                error: error.clone()
+            }
+        );
+        // At 24 h, none.
+        assert_eq!(
+            next_step(&outcome, 8, 24 * 60 * MIN, &policy, 0.5),
+            NextStep::Failed(format!(
+                "gave up after 8 attempts in 24 h, retries being limited to 24 h; the last one: {error}"
+            ))
+        );
+        // Nor when the target asks to wait past the limit.
+        let later = AttemptOutcome {
+            retry_after: Some(20 * MIN),
+            ..outcome.clone()
+        };
+        assert_eq!(
+            next_step(&later, 1, 23 * 60 * MIN + 45 * MIN, &policy, 0.5),
+            NextStep::Failed(format!(
+                "gave up after 1 attempt in 1425 min, retries being limited to 24 h; the last one: {error}"
+            ))
         );
     }
 
@@ -534,6 +576,10 @@ mod tests {
         assert_eq!(
             response_message(br#"{"error":"  invalid\n commit "}"#, &[]).unwrap(),
             "invalid commit"
+        );
+        assert_eq!(
+            response_message(br#"{"error":{"code":"CONFLICT","message":"nested message"}}"#, &[]).unwrap(),
+            "nested message"
         );
         // An echoed token is removed.
         let echoed = br#"{"message":"bad credentials: ghp_0123456789abcdef"}"#;

@@ -134,6 +134,19 @@ impl<C> Target<C> {
 }
 
 impl TargetSpec {
+    /// What no message about this target may show: its token, or its webhook secret whole
+    /// and as the key it encodes (the part after `whsec_`), should a target echo either.
+    pub fn secrets(&self) -> Vec<&str> {
+        let credential = self.credential().expose();
+        let mut secrets = vec![credential];
+        if let Target::Webhook { .. } = self
+            && let Some(key) = credential.strip_prefix(signature::SECRET_PREFIX)
+        {
+            secrets.push(key);
+        }
+        secrets
+    }
+
     /// The target as `GET` shows it: `secret_set` / `token_set`, never the values.
     pub fn view(&self) -> TargetView {
         match self {

@@ -10,7 +10,8 @@ use super::{
     number_attr, org_pk, s, string_attr,
 };
 use crate::store::{
-    Expected, Page, PageRequest, Refusable, Refusal, StoreError, StoreResult, StoredTarget, TargetStore,
+    Expected, Page, PageRequest, Refusable, Refusal, StoreError, StoreResult, StoredTarget, TARGET_USERS_NAMED,
+    TargetStore,
 };
 
 const VERSION: &str = "version";
@@ -79,17 +80,16 @@ impl TargetStore for DynamoStore {
         let mut e = Expr::default();
         let filter = e.equals(TARGET_ID, "target", s(id));
         let query = filtered(self.partition_query(org_pk(org), "SERVICE#", None, true), filter, &e);
-        let users = self.collect(query, Some(5), "delete_target").await?;
+        let users = self
+            .collect(query, Some(TARGET_USERS_NAMED + 1), "delete_target")
+            .await?;
         if !users.is_empty() {
             let ids: Vec<String> = users
                 .iter()
                 .filter_map(|item| string_attr(item, super::SK).ok())
                 .map(|sk| sk.trim_start_matches("SERVICE#").to_owned())
                 .collect();
-            return Ok(Err(Refusal::Conflict(format!(
-                "Services still deploy to this target ({}): point their deploy_target elsewhere first.",
-                ids.join(", ")
-            ))));
+            return Ok(Err(Refusal::target_in_use(&ids)));
         }
         let deleted = self
             .delete_item(key(target_pk(org), id.to_owned()), "delete_target")
