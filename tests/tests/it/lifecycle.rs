@@ -452,6 +452,26 @@ async fn ten_offers_without_an_ack_fail_the_deployment() {
     newer_is_offered(&api, &token, "expiring", "2", &expiring, "FAILED").await;
 }
 
+/// Latest wins, whatever comes back: a deployment released (a nack, or a lease that ran out)
+/// after a newer one of its service was reported done is never offered again, which would
+/// roll the service back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_released_after_a_newer_one_finished_is_superseded() {
+    let (api, token) = standalone(&["api"]).await;
+    let older = deploy(&api, "acme", "api", "1").await;
+    let item = lease_only(&api, &token, json!({}), &older).await;
+    let newer = deploy(&api, "acme", "api", "2").await;
+    let r = act(&api, &token, "acme", &newer, "result", json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    nack(&api, &token, &item, json!({})).await;
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
+    assert_eq!(status_of(&api, &older).await, "SUPERSEDED");
+    assert_eq!(status_of(&api, &newer).await, "DELIVERED");
+    // A deployment newer than both is offered as usual.
+    newer_is_offered(&api, &token, "api", "3", &newer, "DELIVERED").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_on_a_leased_deployment_ends_its_lease() {
     let (api, token) = standalone(&["api"]).await;
@@ -1527,6 +1547,15 @@ async fn bad_results_are_refused(api: Api) {
         (json!({"status": "succeeded"}), "status"),
         (json!({"status": "SUCCEEDED", "message": "m".repeat(1001)}), "message"),
         (json!({"status": "SUCCEEDED", "message": "a\u{7}bell"}), "message"),
+        (json!({"status": "SUCCEEDED", "message": "a lone\rreturn"}), "message"),
+        (
+            json!({"status": "SUCCEEDED", "url": "https://user:pw@ci.example.com/run/1"}),
+            "url",
+        ),
+        (
+            json!({"status": "SUCCEEDED", "url": "https://token@ci.example.com/run/1"}),
+            "url",
+        ),
         (json!({"status": "SUCCEEDED", "message": 3}), "message"),
         (json!({"status": "SUCCEEDED", "url": "ftp://example.com/x"}), "url"),
         (json!({"status": "SUCCEEDED", "url": "example.com"}), "url"),
@@ -1544,7 +1573,8 @@ async fn bad_results_are_refused(api: Api) {
     }
     // Nothing was recorded; the limits themselves are accepted.
     assert_eq!(status_of(&api, &id).await, "QUEUED");
-    let message = "m".repeat(1000);
+    // Newlines either way, each counted as characters.
+    let message = format!("{}\r\n{}\n", "m".repeat(995), "m".repeat(2));
     let url = format!(
         "https://example.com/{}",
         "a".repeat(2048 - "https://example.com/".len())

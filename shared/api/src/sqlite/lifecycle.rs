@@ -84,7 +84,8 @@ pub(super) fn expire(conn: &Connection, org: Option<&str>, now: i64, max_attempt
 }
 
 /// Take up to `max` services' work: for each, its newest waiting deployment becomes
-/// `IN_PROGRESS` under a new lease, and its older waiting ones `SUPERSEDED`, in this write.
+/// `IN_PROGRESS` under a new lease, and its older waiting ones `SUPERSEDED`, in this write;
+/// when a newer deployment of the service was taken already, they are all `SUPERSEDED`.
 /// Services come in the order of their oldest waiting deployment; a service with a
 /// deployment in progress offers nothing.
 pub(super) fn take(
@@ -116,6 +117,17 @@ pub(super) fn take(
             .optional()
             .map_err(unavailable)?;
         let Some(seq) = newest else { continue };
+        // Latest wins: a deployment that came back (a lease ran out, a nack, a retry) after a
+        // newer one of its service was taken and finished (an engine reported it) is never
+        // offered again, nor is anything older.
+        let overtaken: bool = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND service_id = ?2 AND seq > ?3)")
+            .and_then(|mut stmt| stmt.query_row(params![org, service, seq], |r| r.get(0)))
+            .map_err(unavailable)?;
+        if overtaken {
+            supersede_older(conn, &org, &service, seq + 1, now)?;
+            continue;
+        }
         let lease_id = match taker {
             Taker::Pull => uuid::Uuid::new_v4().simple().to_string(),
             Taker::Dispatch => format!("{DISPATCH_LEASE}{}", uuid::Uuid::new_v4().simple()),

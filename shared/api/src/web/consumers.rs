@@ -254,21 +254,27 @@ impl Document for ResultBody {
     fn read(fields: &mut Fields<'_>) -> Option<Self> {
         let status = fields.required("status");
         let message: Option<String> = fields.optional("message");
+        // Newlines as `\n` or `\r\n`; no other control character.
+        let stray_control = |m: &str| m.replace("\r\n", "\n").chars().any(|c| c.is_control() && c != '\n');
         if let Some(m) = &message
-            && (m.chars().count() > MAX_RESULT_MESSAGE || m.chars().any(|c| c.is_control() && c != '\n'))
+            && (m.chars().count() > MAX_RESULT_MESSAGE || stray_control(m))
         {
             fields.error(
                 "message",
-                format!("must be at most {MAX_RESULT_MESSAGE} characters, without control characters"),
+                format!("must be at most {MAX_RESULT_MESSAGE} characters, without control characters but newlines"),
             );
         }
         let url: Option<String> = fields.optional("url");
         if let Some(u) = &url {
             let web = u.starts_with("https://") || u.starts_with("http://");
-            if !web || u.len() > MAX_RESULT_URL || u.parse::<http::Uri>().is_err() {
+            // A user name or password in it would be shown to every reader of the deployment.
+            let credentials = |uri: &http::Uri| uri.authority().is_some_and(|a| a.as_str().contains('@'));
+            if !web || u.len() > MAX_RESULT_URL || u.parse::<http::Uri>().map_or(true, |uri| credentials(&uri)) {
                 fields.error(
                     "url",
-                    format!("must be an http(s) URL of at most {MAX_RESULT_URL} bytes"),
+                    format!(
+                        "must be an http(s) URL of at most {MAX_RESULT_URL} bytes, without a user name or password"
+                    ),
                 );
             }
         }
