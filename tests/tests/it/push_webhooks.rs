@@ -458,6 +458,51 @@ async fn deliveries_without_credentials_are_refused_before_their_body_is_read() 
     }
 }
 
+/// A delivery sent to another provider's route is refused, and the refusal says where its
+/// webhook should point: whether or not that route's provider has a secret.
+#[tokio::test]
+async fn a_delivery_on_another_providers_route_says_where_it_belongs() {
+    let api = github_api().await;
+    let body = fixture("github/gp-push.json");
+    let headers = provider_headers("github", &body, "d-1");
+    let hint =
+        "This delivery carries GitHub's headers: its webhook URL should end in /organization/acme/webhooks/github.";
+    let r = api
+        .deliver("/organization/acme/webhooks/gitlab", &headers, body.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["message"],
+        format!("No gitlab webhook secret is configured for organization acme, so deliveries are refused. {hint}")
+    );
+    api.set_secret("acme", "gitlab").await;
+    let r = api
+        .deliver("/organization/acme/webhooks/gitlab", &headers, body.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("The delivery could not be verified: the `X-Gitlab-Token` header is missing"),
+        "{message}"
+    );
+    assert!(message.ends_with(hint), "{message}");
+    // On its own route, it is delivered; a GitLab delivery on GitLab's route gets no hint.
+    let r = api.deliver("/organization/acme/webhooks/github", &headers, body).await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let gitlab = fixture("gitlab/gp-push-event.json");
+    let mut headers = provider_headers("gitlab", &gitlab, "d-2");
+    headers.retain(|(name, _)| name != "x-gitlab-token");
+    let r = api
+        .deliver("/organization/acme/webhooks/gitlab", &headers, gitlab)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert!(
+        !r.body["error"]["message"].as_str().unwrap().contains("carries"),
+        "{}",
+        r.body
+    );
+}
+
 #[tokio::test]
 async fn github_form_encoded_bodies_are_accepted() {
     let api = github_api().await;

@@ -2,7 +2,9 @@
 //! to the push use case.
 
 use autodeploy_core::provider::GitProvider;
-use autodeploy_core::push::{Delivery, PayloadError, check_headers, delivery_id, parse_delivery};
+use autodeploy_core::push::{
+    Delivery, PayloadError, check_headers, delivery_id, parse_delivery, provider_name, provider_of,
+};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -40,19 +42,34 @@ pub async fn verified_body(
     body: Body,
     limit: usize,
 ) -> ApiResult<Bytes> {
+    let elsewhere = elsewhere(org, provider, headers);
     let secret = state.store.get_secret(org, provider.slug()).await?.ok_or_else(|| {
         ApiError::unauthorized(format!(
-            "No {} webhook secret is configured for this organization, so deliveries are refused.",
+            "No {} webhook secret is configured for organization {org}, so deliveries are refused.{elsewhere}",
             provider.slug()
         ))
     })?;
+    let credential = check_headers(provider, headers, secret.secret.as_bytes())
+        .map_err(|e| ApiError::unauthorized(format!("The delivery could not be verified: {e}.{elsewhere}")))?;
     let refused = |e| ApiError::unauthorized(format!("The delivery could not be verified: {e}."));
-    let credential = check_headers(provider, headers, secret.secret.as_bytes()).map_err(refused)?;
     let bytes = read_body(headers, body, limit).await?;
     credential
         .verify_body(&bytes, secret.secret.as_bytes())
         .map_err(refused)?;
     Ok(bytes)
+}
+
+/// A sentence for a delivery that carries another provider's event header than the one of
+/// its route: where to send it instead. Empty otherwise.
+fn elsewhere(org: &str, provider: GitProvider, headers: &HeaderMap) -> String {
+    match provider_of(headers) {
+        Some(sender) if sender != provider => format!(
+            " This delivery carries {}'s headers: its webhook URL should end in /organization/{org}/webhooks/{}.",
+            provider_name(sender),
+            sender.slug()
+        ),
+        _ => String::new(),
+    }
 }
 
 async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) -> ApiResult<Response> {

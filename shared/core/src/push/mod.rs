@@ -247,8 +247,36 @@ pub fn parse_delivery(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -
     }
 }
 
+/// The provider whose event header a delivery carries, if one does: for a delivery sent to
+/// another provider's route, to say where it belongs. Gitea, Forgejo and Gogs also send
+/// GitHub's header, so their own are looked at first; Bitbucket Cloud and Server share theirs
+/// and are told apart by the event; Azure DevOps sends none.
+pub fn provider_of(headers: &HeaderMap) -> Option<GitProvider> {
+    let has = |name: &str| headers.contains_key(name);
+    if has("x-gitea-event") || has("x-forgejo-event") {
+        return Some(GitProvider::Gitea);
+    }
+    if has("x-gogs-event") {
+        return Some(GitProvider::Gogs);
+    }
+    if has("x-github-event") {
+        return Some(GitProvider::Github);
+    }
+    if has("x-gitlab-event") {
+        return Some(GitProvider::Gitlab);
+    }
+    let key = headers.get("x-event-key")?.to_str().ok()?;
+    Some(
+        if key.starts_with("repo:refs_changed") || key.starts_with("pr:") || key == "diagnostics:ping" {
+            GitProvider::BitbucketServer
+        } else {
+            GitProvider::Bitbucket
+        },
+    )
+}
+
 /// How people call the provider, for error messages.
-fn provider_name(provider: GitProvider) -> &'static str {
+pub fn provider_name(provider: GitProvider) -> &'static str {
     match provider {
         GitProvider::Github => "GitHub",
         GitProvider::Gitlab => "GitLab",

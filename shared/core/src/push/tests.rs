@@ -1369,3 +1369,33 @@ fn payload_texts_borrow_from_the_body() {
     let event: RefTypeEvent<'_> = serde_json::from_str(r#"{"ref_type": "branch"}"#).unwrap();
     assert!(event.ref_type.as_ref().is_some_and(borrowed));
 }
+
+#[test]
+fn the_provider_a_delivery_comes_from_is_told_by_its_event_header() {
+    let of = |pairs: &[(&str, &str)]| provider_of(&headers(pairs));
+    assert_eq!(of(&[("X-GitHub-Event", "push")]), Some(GitProvider::Github));
+    assert_eq!(of(&[("X-Gitlab-Event", "Push Hook")]), Some(GitProvider::Gitlab));
+    // Gitea, Forgejo and Gogs also send GitHub's header.
+    let gitea = [
+        ("X-GitHub-Event", "push"),
+        ("X-Gogs-Event", "push"),
+        ("X-Gitea-Event", "push"),
+    ];
+    assert_eq!(of(&gitea), Some(GitProvider::Gitea));
+    let forgejo = [("X-GitHub-Event", "push"), ("X-Forgejo-Event", "push")];
+    assert_eq!(of(&forgejo), Some(GitProvider::Gitea));
+    assert_eq!(
+        of(&[("X-GitHub-Event", "push"), ("X-Gogs-Event", "push")]),
+        Some(GitProvider::Gogs)
+    );
+    assert_eq!(of(&[("X-Event-Key", "repo:push")]), Some(GitProvider::Bitbucket));
+    assert_eq!(
+        of(&[("X-Event-Key", "repo:refs_changed")]),
+        Some(GitProvider::BitbucketServer)
+    );
+    assert_eq!(
+        of(&[("X-Event-Key", "diagnostics:ping")]),
+        Some(GitProvider::BitbucketServer)
+    );
+    assert_eq!(of(&[("Authorization", "Basic eDp5")]), None);
+}
