@@ -47,7 +47,7 @@ pub enum PayloadError {
     MissingEventHeader(&'static str),
     #[error("the form-encoded body has no `payload` field")]
     MissingFormPayload,
-    #[error("not a {provider} push payload: {detail}")]
+    #[error("not {} push payload: {detail}", with_article(.provider))]
     WrongShape { provider: &'static str, detail: String },
     #[error("the delivery names more than {max} branches; at most {max} are read from one delivery")]
     TooManyBranches { max: usize },
@@ -687,13 +687,56 @@ fn utf8(body: &[u8]) -> Result<&str, PayloadError> {
     simdutf8::basic::from_utf8(body).map_err(|_| PayloadError::NotUtf8)
 }
 
+/// `a GitHub`, `an Azure DevOps`.
+fn with_article(name: &str) -> String {
+    let article = if name.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {name}")
+}
+
+/// serde's words for a payload's parts (`map`, `sequence`, `unit value`, `struct Commit`) in
+/// JSON's (`object`, `array`, `null`), for a person who wrote JSON, not Rust.
+fn in_json_terms(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len());
+    let mut rest = detail;
+    while let Some(at) = rest.find("struct ") {
+        let after = &rest[at + "struct ".len()..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        // `expected struct Commit` (derived code) names a type; anything else is left as is.
+        if name_len > 0 && after.starts_with(|c: char| c.is_ascii_uppercase()) {
+            out.push_str(&rest[..at]);
+            out.push_str("an object");
+            rest = &after[name_len..];
+        } else {
+            out.push_str(&rest[..at + "struct ".len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    [
+        ("invalid type: map", "invalid type: object"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("invalid type: unit value", "invalid type: null"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected an object"),
+        ("expected a borrowed string", "expected a string"),
+    ]
+    .iter()
+    .fold(out, |text, (serde, json)| text.replace(serde, json))
+}
+
 /// Parse `json` into `T`, telling bad JSON (`NotJson`) from JSON of the wrong shape.
 ///
 /// serde_json's recursion limit stays on, so deeply nested bodies fail instead of overflowing
 /// the stack.
 fn from_json<'a, T: Deserialize<'a>>(provider: GitProvider, json: &'a str) -> Result<T, PayloadError> {
     serde_json::from_str(json).map_err(|err| {
-        let detail = truncate(err.to_string());
+        let detail = truncate(in_json_terms(&err.to_string()));
         match err.classify() {
             serde_json::error::Category::Data => PayloadError::WrongShape {
                 provider: provider_name(provider),

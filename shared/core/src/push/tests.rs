@@ -1399,3 +1399,27 @@ fn the_provider_a_delivery_comes_from_is_told_by_its_event_header() {
     );
     assert_eq!(of(&[("Authorization", "Basic eDp5")]), None);
 }
+
+#[test]
+fn payload_errors_speak_json() {
+    let wrong = |provider: GitProvider, pairs: &[(&str, &str)], body: &str| {
+        parse_delivery(provider, &headers(pairs), body.as_bytes())
+            .unwrap_err()
+            .to_string()
+    };
+    let github = [("X-GitHub-Event", "push")];
+    assert_eq!(
+        wrong(GitProvider::Github, &github, "null"),
+        "not a GitHub push payload: invalid type: null, expected an object at line 1 column 4"
+    );
+    assert_eq!(
+        wrong(GitProvider::Github, &github, r#"{"commits": {}}"#),
+        "not a GitHub push payload: invalid type: object, expected an array at line 1 column 12"
+    );
+    assert_eq!(
+        wrong(GitProvider::Github, &github, r#"{"commits": [1]}"#),
+        "not a GitHub push payload: invalid type: integer `1`, expected an object at line 1 column 14"
+    );
+    let azure = wrong(GitProvider::AzureDevops, &[], "[]");
+    assert!(azure.starts_with("not an Azure DevOps push payload: "), "{azure}");
+}
