@@ -343,7 +343,10 @@ async fn ignored_events_answer_200_and_queue_nothing() {
         (r.status, r.body["ignored"].as_str()),
         (StatusCode::OK, Some("UNSUPPORTED_EVENT"))
     );
-    says(&r, "Not a push event");
+    assert_eq!(
+        r.body["message"],
+        "Not a push event (X-GitHub-Event: issues): only pushes deploy; the webhook should send push events."
+    );
     let gitlab = Api::new();
     gitlab.set_secret("acme", "gitlab").await;
     let body = fixture("gitlab/gp-tag-event.json");

@@ -3,7 +3,7 @@
 
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::{
-    Delivery, PayloadError, check_headers, delivery_id, parse_delivery, provider_name, provider_of,
+    Delivery, IgnoredReason, PayloadError, check_headers, delivery_id, parse_delivery, provider_name, provider_of,
 };
 use axum::Json;
 use axum::Router;
@@ -89,9 +89,15 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
     let pushes = match parse_delivery(provider, &headers, &bytes) {
         Ok(Delivery::Pushes(pushes)) => pushes,
         Ok(Delivery::Ignored(reason)) => {
-            return Ok(render(
-                PushReport::new(provider, delivery, dry_run).ignored(reason.into()),
-            ));
+            let mut report = PushReport::new(provider, delivery, dry_run).ignored(reason.into());
+            if reason == IgnoredReason::UnsupportedEvent
+                && let Some(event) = event_named(provider, &headers)
+            {
+                report.reached.message = Some(format!(
+                    "Not a push event ({event}): only pushes deploy; the webhook should send push events."
+                ));
+            }
+            return Ok(render(report));
         }
         Err(err @ PayloadError::TooManyBranches { .. }) => {
             return Err(ApiError::malformed(capitalized(&err.to_string())));
@@ -111,6 +117,25 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
     )
     .await?;
     Ok(render(report))
+}
+
+/// The event header a delivery names its event in, with its value (`X-GitHub-Event: issues`),
+/// for a delivery that is not a push; at most 64 printable characters of it. None for Azure
+/// DevOps, whose event is in the body.
+fn event_named(provider: GitProvider, headers: &HeaderMap) -> Option<String> {
+    let names: &[&str] = match provider {
+        GitProvider::Github => &["X-GitHub-Event"],
+        GitProvider::Gitlab => &["X-Gitlab-Event"],
+        GitProvider::Bitbucket | GitProvider::BitbucketServer => &["X-Event-Key"],
+        GitProvider::Gitea => &["X-Gitea-Event", "X-Forgejo-Event"],
+        GitProvider::Gogs => &["X-Gogs-Event"],
+        GitProvider::AzureDevops => &[],
+    };
+    let (name, value) = names
+        .iter()
+        .find_map(|name| Some((name, headers.get(*name)?.to_str().ok()?)))?;
+    let value: String = value.chars().filter(|c| !c.is_control()).take(64).collect();
+    Some(format!("{name}: {value}"))
 }
 
 /// `message` as a sentence.
