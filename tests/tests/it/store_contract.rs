@@ -14,7 +14,9 @@ use autodeploy_api::store::{
     TokenRecord,
 };
 use autodeploy_api::util::deployment_ids_before;
-use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, SCHEMA, Trigger};
+use autodeploy_core::deployment::{
+    DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus, ResultStatus, SCHEMA, Trigger,
+};
 use autodeploy_core::model::{GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::registry::ImageSourceKind;
@@ -28,6 +30,7 @@ on_both_stores! {
     list_deployments_newest_first, pending_until_marked_queued, held_behind_older_pending, attempts_only_go_forward,
     concurrent_starts_start_once, deliveries, an_attempt_begins_and_delivers, a_retried_attempt_begins_again,
     the_newest_waiting_deployment_wins, final_statuses_never_move, an_attempt_ends_only_in_progress,
+    a_deployment_overtaken_by_a_finished_one_never_starts,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1193,6 +1196,47 @@ async fn attempts_only_go_forward(store: TestStore) {
         store.begin_attempt("acme", &fifth).await.expect("begin"),
         AttemptStart::Started(_)
     ));
+}
+
+/// Latest wins, whatever became of the newer deployment: one whose retry comes back after a
+/// newer deployment of its service was reported done (an engine delivered it) never starts,
+/// which would roll the service back.
+async fn a_deployment_overtaken_by_a_finished_one_never_starts(store: TestStore) {
+    use DeploymentStatus::{Delivered, Queued, Superseded};
+    let store: &dyn Store = &*store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    let first = record_push(store, "a..b").await;
+    assert!(matches!(
+        store.begin_attempt("acme", &first).await.expect("begin"),
+        AttemptStart::Started(_)
+    ));
+    // While its attempt is in flight, a newer push is recorded and an engine reports it done.
+    let second = record_push(store, "b..c").await;
+    store.mark_queued("acme", &[second.clone()]).await.expect("queued");
+    let report = DeploymentResult {
+        status: ResultStatus::Succeeded,
+        message: String::new(),
+        url: None,
+        reported_at: autodeploy_api::util::now_rfc3339(),
+    };
+    store
+        .report_result("acme", &second, &report)
+        .await
+        .expect("report")
+        .expect("taken");
+    assert_eq!(deployment(store, &second).await.status, Delivered);
+    // The attempt fails and is to be retried; when the retry comes, it does not start.
+    let retry = AttemptEnd::Retry {
+        error: "the target answered 503".to_owned(),
+        next_attempt_unix: 1_600_000_000,
+    };
+    store.end_attempt("acme", &first, &retry).await.expect("end");
+    assert_eq!(deployment(store, &first).await.status, Queued);
+    assert_eq!(
+        store.begin_attempt("acme", &first).await.expect("begin"),
+        AttemptStart::Superseded
+    );
+    assert_eq!(deployment(store, &first).await.status, Superseded);
 }
 
 /// Concurrent starts of one deployment: exactly one starts it, counted once.

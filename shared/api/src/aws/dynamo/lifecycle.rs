@@ -223,17 +223,27 @@ impl DynamoStore {
         }
     }
 
-    /// The deployments of `service` still waiting (`PENDING` or `QUEUED`), newest first. Read
-    /// from an index: one recorded within the last second may not show yet.
-    pub async fn waiting_deployments(&self, org: &str, service: &str) -> StoreResult<Vec<DeploymentRecord>> {
+    /// The deployments of `service` still waiting (`PENDING` or `QUEUED`), and with
+    /// `newer_than` every one recorded after that one whatever its status, newest first. Read
+    /// from an index: one recorded within the last second may not show yet. (The filter costs
+    /// nothing: a query pays for every item of the service it reads.)
+    pub async fn waiting_deployments(
+        &self,
+        org: &str,
+        service: &str,
+        newer_than: Option<&str>,
+    ) -> StoreResult<Vec<DeploymentRecord>> {
         let mut e = Expr::default();
         let condition = e.equals(GSI1PK, "service", s(deployments_of_service(org, service)));
-        let filter = format!(
+        let mut filter = format!(
             "{} IN ({}, {})",
             e.name(STATUS),
             e.value("pending", s(DeploymentStatus::Pending.as_str())),
             e.value("queued", s(DeploymentStatus::Queued.as_str()))
         );
+        if let Some(id) = newer_than {
+            filter.push_str(&format!(" OR {} > {}", e.name(GSI1SK), e.value("id", s(id))));
+        }
         let query = self
             .query(Some(Index::Gsi1), condition, &e)
             .filter_expression(filter)
@@ -272,15 +282,16 @@ impl Dispatching for DynamoStore {
             return Ok(AttemptStart::NotWaiting(current.status));
         }
         let (newer, older): (Vec<String>, Vec<String>) = self
-            .waiting_deployments(org, &current.request.service_id)
+            .waiting_deployments(org, &current.request.service_id, Some(id))
             .await?
             .into_iter()
-            .map(|waiting| waiting.request.deployment_id)
+            .map(|other| other.request.deployment_id)
             .filter(|other| other != id)
             .partition(|other| other.as_str() > id);
-        // Latest wins: a newer deployment waits, so this one is never delivered. One already
-        // in progress (taken before the newer one was recorded) is delivered all the same:
-        // the newer one follows it.
+        // Latest wins: a newer deployment was recorded (it waits, or was taken and finished:
+        // an engine reported it), so this one is never delivered. One already in progress
+        // (taken before the newer one was recorded) is delivered all the same: the newer one
+        // follows it.
         if !newer.is_empty() && current.status.is_waiting() {
             return match self.transition(org, id, &Transition::Superseded).await? {
                 Ok(_) => Ok(AttemptStart::Superseded),
@@ -324,7 +335,7 @@ impl DynamoStore {
     /// Latest wins once an engine reported on `id`: the deployments of `service` still waiting
     /// that are older than it are never delivered (one no longer waiting is left as it is).
     pub(super) async fn supersede_older(&self, org: &str, service: &str, id: &str) -> StoreResult<()> {
-        for waiting in self.waiting_deployments(org, service).await? {
+        for waiting in self.waiting_deployments(org, service, None).await? {
             let older = waiting.request.deployment_id;
             if older.as_str() < id {
                 self.transition(org, &older, &Transition::Superseded).await?.ok();
