@@ -184,6 +184,15 @@ async fn unknown_paths_and_methods_get_the_api_error_shape() {
     let (status, body) = send(&routers.full, "DELETE", "/organization/acme/deployments").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
+    // A trailing slash, a copy-paste mistake, is named.
+    for path in ["/organization/acme/services/", "/organization/acme/webhooks/github/"] {
+        let (status, body) = send(&routers.full, "POST", path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body["error"]["message"], "No such route: paths do not end with `/`; remove the trailing slash.",
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test]

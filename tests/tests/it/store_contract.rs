@@ -1212,7 +1212,10 @@ async fn a_deployment_overtaken_by_a_finished_one_never_starts(store: TestStore)
     ));
     // While its attempt is in flight, a newer push is recorded and an engine reports it done.
     let second = record_push(store, "b..c").await;
-    store.mark_queued("acme", &[second.clone()]).await.expect("queued");
+    store
+        .mark_queued("acme", std::slice::from_ref(&second))
+        .await
+        .expect("queued");
     let report = DeploymentResult {
         status: ResultStatus::Succeeded,
         message: String::new(),

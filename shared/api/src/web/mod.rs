@@ -93,7 +93,11 @@ async fn health(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     Ok((StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))))
 }
 
-async fn not_found() -> ApiError {
+async fn not_found(uri: http::Uri) -> ApiError {
+    // Routes never end in a slash: say so, rather than leave a copy-paste mistake a mystery.
+    if uri.path().len() > 1 && uri.path().ends_with('/') {
+        return ApiError::not_found("No such route: paths do not end with `/`; remove the trailing slash.");
+    }
     ApiError::not_found("No such route. See the API reference for the paths this server serves.")
 }
 
