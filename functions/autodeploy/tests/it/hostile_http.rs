@@ -152,11 +152,14 @@ fn slow_headers_are_timed_out_while_others_are_served() {
 #[test]
 fn slow_bodies_are_timed_out_while_others_are_served() {
     let mut server = server();
-    // With a secret configured the server must read the body to verify it (without one it
-    // refuses before reading anything).
+    // With a secret configured and a signature of the right form the server must read the
+    // body to verify it (without either it refuses before reading anything).
     server.set_webhook_secret(ADMIN, "github", "a-webhook-secret-for-slow-bodies");
-    let head = "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-                X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\nContent-Length: 1000\r\n\r\n";
+    let head = format!(
+        "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: 1000\r\n\r\n",
+        "0".repeat(64)
+    );
     // Stalled: headers, ten bytes of a 1,000-byte body, then nothing.
     let mut stalled = server.connect();
     stalled.write_all(format!("{head}{{\"ref\": \"r").as_bytes()).unwrap();
@@ -195,6 +198,14 @@ fn slow_bodies_are_timed_out_while_others_are_served() {
     let mut trickle = trickler.join().unwrap();
     assert_refused(read_response(&mut trickle), "trickled body");
     assert!(started.elapsed() < Duration::from_secs(BODY_TIMEOUT + 6));
+    // Without a signature the delivery is refused from its headers: 401, the stalled body
+    // never waited for (it would be a 400 at the body timeout).
+    let mut unsigned = server.connect();
+    let head = "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                X-GitHub-Event: push\r\nContent-Length: 1000\r\n\r\n{\"ref\": \"r";
+    unsigned.write_all(head.as_bytes()).unwrap();
+    let answer = read_response(&mut unsigned);
+    assert_eq!(answer.as_ref().map(|(status, _)| *status), Some(401), "{answer:?}");
     server.assert_healthy();
 }
 

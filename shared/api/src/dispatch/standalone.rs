@@ -13,8 +13,10 @@ use super::Dispatcher;
 use crate::sqlite::SqliteStore;
 use crate::util::now_unix;
 
-/// Deployments in delivery at once (each to a different service).
-pub const CONCURRENCY: usize = 16;
+/// Deployments in delivery at once (each to a different service). An attempt is an HTTP
+/// request waited on, a few kilobytes: many fit, so that targets that do not answer (each
+/// holding its place up to the 15 s timeout) rarely hold other services back.
+pub const CONCURRENCY: usize = 128;
 /// The longest the loop sleeps without a reason to wake: a safety net, not a poll.
 const IDLE_WAKE: Duration = Duration::from_secs(60);
 

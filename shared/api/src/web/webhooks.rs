@@ -42,15 +42,17 @@ pub async fn verified_body(
     body: Body,
     limit: usize,
 ) -> ApiResult<Bytes> {
-    let elsewhere = elsewhere(org, provider, headers);
+    // Where a refused delivery belongs, worked out only for one that is refused.
+    let elsewhere = || elsewhere(org, provider, headers);
     let secret = state.store.get_secret(org, provider.slug()).await?.ok_or_else(|| {
         ApiError::unauthorized(format!(
-            "No {} webhook secret is configured for organization {org}, so deliveries are refused.{elsewhere}",
-            provider.slug()
+            "No {} webhook secret is configured for organization {org}, so deliveries are refused.{}",
+            provider.slug(),
+            elsewhere()
         ))
     })?;
     let credential = check_headers(provider, headers, secret.secret.as_bytes())
-        .map_err(|e| ApiError::unauthorized(format!("The delivery could not be verified: {e}.{elsewhere}")))?;
+        .map_err(|e| ApiError::unauthorized(format!("The delivery could not be verified: {e}.{}", elsewhere())))?;
     let refused = |e| ApiError::unauthorized(format!("The delivery could not be verified: {e}."));
     let bytes = read_body(headers, body, limit).await?;
     credential
