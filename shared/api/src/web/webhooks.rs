@@ -3,7 +3,8 @@
 
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::{
-    Delivery, IgnoredReason, PayloadError, check_headers, delivery_id, parse_delivery, provider_name, provider_of,
+    Delivery, IgnoredReason, PayloadError, check_headers, delivery_id, event_headers, parse_delivery, provider_name,
+    provider_of,
 };
 use axum::Json;
 use axum::Router;
@@ -51,9 +52,8 @@ pub async fn verified_body(
             elsewhere()
         ))
     })?;
-    let credential = check_headers(provider, headers, secret.secret.as_bytes())
-        .map_err(|e| ApiError::unauthorized(format!("The delivery could not be verified: {e}.{}", elsewhere())))?;
-    let refused = |e| ApiError::unauthorized(format!("The delivery could not be verified: {e}."));
+    let refused = |e| ApiError::unauthorized(format!("The delivery could not be verified: {e}.{}", elsewhere()));
+    let credential = check_headers(provider, headers, secret.secret.as_bytes()).map_err(refused)?;
     let bytes = read_body(headers, body, limit).await?;
     credential
         .verify_body(&bytes, secret.secret.as_bytes())
@@ -125,15 +125,7 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
 /// for a delivery that is not a push; at most 64 printable characters of it. None for Azure
 /// DevOps, whose event is in the body.
 fn event_named(provider: GitProvider, headers: &HeaderMap) -> Option<String> {
-    let names: &[&str] = match provider {
-        GitProvider::Github => &["X-GitHub-Event"],
-        GitProvider::Gitlab => &["X-Gitlab-Event"],
-        GitProvider::Bitbucket | GitProvider::BitbucketServer => &["X-Event-Key"],
-        GitProvider::Gitea => &["X-Gitea-Event", "X-Forgejo-Event"],
-        GitProvider::Gogs => &["X-Gogs-Event"],
-        GitProvider::AzureDevops => &[],
-    };
-    let (name, value) = names
+    let (name, value) = event_headers(provider)
         .iter()
         .find_map(|name| Some((name, headers.get(*name)?.to_str().ok()?)))?;
     let value: String = value.chars().filter(|c| !c.is_control()).take(64).collect();

@@ -74,7 +74,7 @@ struct ChangedRef<'a> {
 }
 
 pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
-    let event = event_header(headers, &["X-Event-Key"])?;
+    let event = event_header(headers, super::event_headers(PROVIDER))?;
     let json = super::utf8(body)?;
     let ignored = |reason| check_json(PROVIDER, json).map(|()| Delivery::Ignored(reason));
     match event.as_ref() {

@@ -22,13 +22,6 @@ impl Flavor {
             Flavor::Gogs => GitProvider::Gogs,
         }
     }
-
-    fn event_headers(self) -> &'static [&'static str] {
-        match self {
-            Flavor::Gitea => &["X-Gitea-Event", "X-Forgejo-Event"],
-            Flavor::Gogs => &["X-Gogs-Event"],
-        }
-    }
 }
 
 push_event! {
@@ -39,7 +32,7 @@ push_event! {
 
 pub(super) fn parse(flavor: Flavor, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
     let provider = flavor.provider();
-    let event = event_header(headers, flavor.event_headers())?;
+    let event = event_header(headers, super::event_headers(provider))?;
     let json = super::utf8(body)?;
     match event.as_ref() {
         "push" => parse_push(provider, json),

@@ -178,7 +178,7 @@ impl<'de> Visitor<'de> for Paths<'_> {
 }
 
 pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
-    let event = event_header(headers, &["X-GitHub-Event"])?;
+    let event = event_header(headers, super::event_headers(PROVIDER))?;
     let json = github_payload(headers, body)?;
     match event.as_ref() {
         "push" => parse_push(&json),

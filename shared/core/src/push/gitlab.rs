@@ -64,7 +64,7 @@ struct SystemEvent<'a> {
 }
 
 pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
-    let event = event_header(headers, &["X-Gitlab-Event"])?;
+    let event = event_header(headers, super::event_headers(PROVIDER))?;
     let json = super::utf8(body)?;
     match event.as_ref() {
         "Push Hook" => parse_push(json),

@@ -247,6 +247,19 @@ pub fn parse_delivery(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -
     }
 }
 
+/// The headers a provider names a delivery's event in, the first present being read; none
+/// for Azure DevOps, whose event is in the body.
+pub fn event_headers(provider: GitProvider) -> &'static [&'static str] {
+    match provider {
+        GitProvider::Github => &["X-GitHub-Event"],
+        GitProvider::Gitlab => &["X-Gitlab-Event"],
+        GitProvider::Bitbucket | GitProvider::BitbucketServer => &["X-Event-Key"],
+        GitProvider::Gitea => &["X-Gitea-Event", "X-Forgejo-Event"],
+        GitProvider::Gogs => &["X-Gogs-Event"],
+        GitProvider::AzureDevops => &[],
+    }
+}
+
 /// The provider whose event header a delivery carries, if one does: for a delivery sent to
 /// another provider's route, to say where it belongs. Gitea, Forgejo and Gogs also send
 /// GitHub's header, so their own are looked at first; Bitbucket Cloud and Server share theirs
