@@ -7,7 +7,11 @@
 //! (`tag_policy.range`). A body is therefore never stored with a part silently dropped, and
 //! one 400 names every bad field.
 
-use serde::de::DeserializeOwned;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::FieldError;
@@ -386,5 +390,123 @@ mod tests {
             read_document::<Outer>(&json!([1])),
             Err(DocumentError::NotAnObject(m)) if m.contains("{\"name\"")
         ));
+    }
+}
+
+/// The path (`name`, `git_repository.branch`, `deployment_restrictions[0].value`) of the first
+/// key given twice in one object of `json`, of which a parsed `Value` silently keeps the last:
+/// a body with a part dropped. `None` when every object's keys are distinct, or when `json` is
+/// not JSON at all (its parse says why).
+pub fn repeated_key(json: &[u8]) -> Option<String> {
+    let found = RefCell::new(None);
+    let walk = KeyWalk {
+        path: String::new(),
+        found: &found,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    // The walk stops at the repeated key with an error; `found` says which.
+    let _ = walk.deserialize(&mut deserializer);
+    found.into_inner()
+}
+
+/// One value of [`repeated_key`]'s walk, at `path`.
+struct KeyWalk<'f> {
+    path: String,
+    found: &'f RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeyWalk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyWalk<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        loop {
+            let item = KeyWalk {
+                path: format!("{}[{index}]", self.path),
+                found: self.found,
+            };
+            if seq.next_element_seed(item)?.is_none() {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if !seen.insert(key) {
+                *self.found.borrow_mut() = Some(path);
+                return Err(de::Error::custom("a key is given twice"));
+            }
+            map.next_value_seed(KeyWalk {
+                path,
+                found: self.found,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod repeated_key_tests {
+    use super::repeated_key;
+
+    #[test]
+    fn keys_given_twice_are_named_by_their_path() {
+        assert_eq!(repeated_key(br#"{"a": 1, "b": [1, {"c": 2}]}"#), None);
+        assert_eq!(repeated_key(br#"{"a": 1, "a": 2}"#).as_deref(), Some("a"));
+        assert_eq!(
+            repeated_key(br#"{"git_repository": {"branch": "a", "url": "u", "branch": "b"}}"#).as_deref(),
+            Some("git_repository.branch")
+        );
+        assert_eq!(
+            repeated_key(br#"{"list": [{"x": 1}, {"value": 1, "value": 1}]}"#).as_deref(),
+            Some("list[1].value")
+        );
+        // The same key in two objects is no repeat; an escaped spelling is the same key.
+        assert_eq!(repeated_key(br#"[{"a": 1}, {"a": 2}]"#), None);
+        assert_eq!(repeated_key(br#"{"a": 1, "\u0061": 2}"#).as_deref(), Some("a"));
+        assert_eq!(repeated_key(b"not json"), None);
     }
 }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 on_both_stores! {
     a_foreign_field_at_any_depth_is_named_and_nothing_is_stored, a_get_put_round_trip_returns_the_same_document,
-    a_merge_patch_cannot_drop_a_part_of_a_tag_policy,
+    a_merge_patch_cannot_drop_a_part_of_a_tag_policy, a_key_given_twice_at_any_depth_is_named_and_nothing_is_stored,
 }
 
 /// A Standard Webhooks secret: `whsec_` and the base64 of 32 bytes.
@@ -408,6 +408,108 @@ async fn a_foreign_field_at_any_depth_is_named_and_nothing_is_stored(api: Api) {
         let after = get(&api, &path).await;
         assert_eq!((after.etag(), &after.body), (before.etag(), &before.body), "{id}");
     }
+}
+
+/// `value` as JSON text, with the first key of the object at `target` (a path as errors name
+/// it) written twice, the second time with `null`; and that key's path. `None` when no object
+/// with a key is at `target`.
+fn repeating(value: &Value, at: &str, target: &str) -> (String, Option<String>) {
+    match value {
+        Value::Object(map) => {
+            let mut found = None;
+            let mut parts: Vec<String> = Vec::new();
+            for (key, v) in map {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                let (text, inner) = repeating(v, &path, target);
+                found = found.or(inner);
+                parts.push(format!("{}: {text}", Value::String(key.clone())));
+            }
+            if at == target
+                && let Some((key, _)) = map.iter().next()
+            {
+                parts.push(format!("{}: null", Value::String(key.clone())));
+                found = Some(if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                });
+            }
+            (format!("{{{}}}", parts.join(", ")), found)
+        }
+        Value::Array(items) => {
+            let mut found = None;
+            let texts: Vec<String> = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let (text, inner) = repeating(v, &format!("{at}[{i}]"), target);
+                    found = found.take().or(inner);
+                    text
+                })
+                .collect();
+            (format!("[{}]", texts.join(", ")), found)
+        }
+        other => (other.to_string(), None),
+    }
+}
+
+/// The paths of every object of `value` that has a key ("" for the top level).
+fn object_paths(value: &Value, at: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if !map.is_empty() {
+                out.push(at.to_owned());
+            }
+            for (key, v) in map {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                object_paths(v, &path, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                object_paths(v, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A key given twice in one object is a part of the body a parser would drop (it keeps the
+/// last): refused, named by its path, at every depth of every request body, nothing stored.
+async fn a_key_given_twice_at_any_depth_is_named_and_nothing_is_stored(api: Api) {
+    let on_sqlite = api.sqlite.is_some();
+    let api = api.serving_pull();
+    create_targets(&api).await;
+    let mut cases = 0;
+    for req in every_request_body(on_sqlite) {
+        let mut objects = Vec::new();
+        object_paths(&req.body, "", &mut objects);
+        for object in objects {
+            let (text, field) = repeating(&req.body, "", &object);
+            let field = field.expect("an object with a key");
+            let http = http::Request::builder()
+                .method(req.method.clone())
+                .uri(&req.path)
+                .header("authorization", format!("Token {ADMIN}"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(text))
+                .unwrap();
+            let r = api.raw(http).await;
+            assert_names_only(&r, &field, &format!("{} {} with {field} twice", req.method, req.path));
+            cases += 1;
+        }
+    }
+    assert!(cases > 30, "{cases} cases");
+    let services = listed(&api, "/organization/acme/services").await;
+    assert!(services.is_empty(), "{services:?}");
 }
 
 /// `expected` with `actual`'s values for the fields every write changes.

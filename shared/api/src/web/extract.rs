@@ -117,10 +117,15 @@ pub fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     if std::str::from_utf8(bytes).is_err() {
         return Err(ApiError::malformed("The body is not valid UTF-8."));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let value = serde_json::from_slice(bytes).map_err(|e| {
         // serde_json's message names the line and column, never the content.
         ApiError::malformed(format!("The body is not valid JSON: {e}."))
-    })
+    })?;
+    // The parsed value kept only the last of a repeated key: a part of the body dropped.
+    if let Some(path) = autodeploy_core::body::repeated_key(bytes) {
+        return Err(ApiError::invalid_field(&path, "is given more than once"));
+    }
+    Ok(value)
 }
 
 /// Refuse a path identifier that does not follow SPEC's grammar.
