@@ -645,6 +645,25 @@ async fn bad_lease_requests_are_refused_naming_the_field() {
     }
     let r = lease_reply(&api, &token, "acme", json!({"max": 11, "wait_seconds": 21})).await;
     assert_invalid(&r, &["max", "wait_seconds"]);
+    // A whole number too large for 64 bits is out of the range, which the message gives.
+    for huge in [
+        "99999999999999999999999",
+        "18446744073709551617",
+        "9223372036854775808",
+        "1e30",
+    ] {
+        let req = http::Request::post("/organization/acme/deployments/lease")
+            .header("authorization", format!("Token {token}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(format!(r#"{{"max": {huge}}}"#)))
+            .unwrap();
+        let r = api.raw(req).await;
+        assert_invalid(&r, &["max"]);
+        assert_eq!(
+            r.body["error"]["message"], "max: must be a whole number from 1 to 10.",
+            "{huge}"
+        );
+    }
     // The limits themselves are accepted (and nothing was leased by the refusals).
     let limits = json!({"max": 10, "lease_seconds": 43200, "wait_seconds": 0});
     let item = lease_only(&api, &token, limits, &id).await;

@@ -53,15 +53,28 @@ fn number_in(fields: &mut Fields<'_>, name: &str, range: std::ops::RangeInclusiv
         fields.ignore(name);
         return Some(default);
     }
-    let value: i64 = fields.required(name)?;
-    if range.contains(&value) {
-        Some(value)
-    } else {
+    let out_of_range = |fields: &mut Fields<'_>| {
         fields.error(
             name,
             format!("must be a whole number from {} to {}", range.start(), range.end()),
         );
         None
+    };
+    // A whole number too large for 64 bits (`1e30`, `99999999999999999999`) is out of range,
+    // not "not a whole number".
+    if let Some(serde_json::Value::Number(n)) = fields.value(name)
+        && n.as_i64().is_none()
+        && (n.as_u64().is_some()
+            || n.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() > i64::MAX as f64))
+    {
+        return out_of_range(fields);
+    }
+    let value: i64 = fields.required(name)?;
+    if range.contains(&value) {
+        Some(value)
+    } else {
+        out_of_range(fields)
     }
 }
 
