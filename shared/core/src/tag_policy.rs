@@ -151,9 +151,15 @@ fn compile_range(range: &str) -> Result<VersionReq, String> {
 
 /// Insert the commas the `semver` crate needs between comparators separated only by
 /// whitespace (`>=1.2.0 <2` → `>=1.2.0, <2`), keeping an operator written apart from its
-/// version (`>= 1.2.0`) with it. Existing commas, and empty comparators between them, are left
-/// for the parser to judge.
+/// version (`>= 1.2.0`) with it. A version without an operator or wildcard means that version,
+/// as in Keel and Flux (`1.2.3` → `=1.2.3`, `1.2` → `=1.2`, any 1.2.x), where the `semver`
+/// crate would read a caret range and follow every later 1.x. Existing commas, and empty
+/// comparators between them, are left for the parser to judge.
 fn comma_separated(range: &str) -> String {
+    let exact = |token: String| {
+        let bare = token.starts_with(|c: char| c.is_ascii_digit()) && !token.contains(['*', 'x', 'X']);
+        if bare { format!("={token}") } else { token }
+    };
     let is_operator = |token: &str| token.chars().all(|c| matches!(c, '<' | '>' | '=' | '~' | '^'));
     range
         .split(',')
@@ -164,7 +170,10 @@ fn comma_separated(range: &str) -> String {
                 if is_operator(token) && operator.is_none() {
                     operator = Some(token);
                 } else {
-                    comparators.push(format!("{}{token}", operator.take().unwrap_or("")));
+                    comparators.push(match operator.take() {
+                        Some(operator) => format!("{operator}{token}"),
+                        None => exact(token.to_owned()),
+                    });
                 }
             }
             comparators.extend(operator.map(str::to_owned));
@@ -300,6 +309,13 @@ mod tests {
             ("1.x", None, "1.8.0", true),
             ("*", None, "0.0.1", true),
             ("=1.2.3", None, "1.2.3", true),
+            // A bare version means that version (Keel, Flux), not a caret range.
+            ("1.2.3", None, "1.2.3", true),
+            ("1.2.3", None, "1.2.4", false),
+            ("1.2.3", None, "1.5.0", false),
+            ("1.2", None, "1.2.9", true),
+            ("1.2", None, "1.9.0", false),
+            (">=1.0.0 1.2", None, "1.2.5", true),
             // v prefix on either side
             ("*", None, "v1.2.3", true),
             ("*", None, "V1.2.3", true),
@@ -472,5 +488,7 @@ mod tests {
         assert_eq!(comma_separated(">= 1.2.0 < 2"), ">=1.2.0, <2");
         assert_eq!(comma_separated(">=1.2.0, <2"), ">=1.2.0, <2");
         assert_eq!(comma_separated("^1.2"), "^1.2");
+        assert_eq!(comma_separated("1.2.3"), "=1.2.3");
+        assert_eq!(comma_separated("1.x"), "1.x");
     }
 }
