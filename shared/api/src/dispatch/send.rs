@@ -134,17 +134,17 @@ impl Sender {
     /// Make one attempt (a request from `autodeploy_core::target::request::build_request`)
     /// and say what it means.
     pub async fn send(&self, request: http::Request<Vec<u8>>) -> AttemptOutcome {
-        self.send_keeping(request, &[]).await
+        self.send_redacting(request, &[]).await
     }
 
     /// [`Sender::send`], with `secrets` (a webhook target's secret, which the request does not
     /// carry) also removed from the target's message, as the credentials the request carries
     /// are.
-    pub async fn send_keeping(&self, request: http::Request<Vec<u8>>, secrets: &[&str]) -> AttemptOutcome {
+    pub async fn send_redacting(&self, request: http::Request<Vec<u8>>, secrets: &[&str]) -> AttemptOutcome {
         classify(self.observe(request, secrets).await, SystemTime::now())
     }
 
-    async fn observe(&self, request: http::Request<Vec<u8>>, kept: &[&str]) -> Observation {
+    async fn observe(&self, request: http::Request<Vec<u8>>, redacted: &[&str]) -> Observation {
         match request.uri().scheme_str() {
             Some("https") => {}
             Some("http") if self.config.allow_private => {}
@@ -155,7 +155,7 @@ impl Sender {
             }
         }
         let mut secrets = credentials(&request);
-        secrets.extend(kept.iter().map(|s| (*s).to_owned()));
+        secrets.extend(redacted.iter().map(|s| (*s).to_owned()));
         // The longest first, so that a whole secret is removed before a part of it.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let started = Instant::now();

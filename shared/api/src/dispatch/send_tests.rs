@@ -134,7 +134,7 @@ fn secret() -> String {
 /// One attempt to `target`, as the dispatcher makes it.
 async fn deliver(sender: &Sender, target: &TargetSpec, external_id: Option<&str>) -> AttemptOutcome {
     let request = build_request(target, &deployment("APPLICATION"), external_id, unix_now()).unwrap();
-    sender.send_keeping(request, &target.secrets()).await
+    sender.send_redacting(request, &target.secrets()).await
 }
 
 /// One attempt to a webhook at `url`, signed with the test secret.

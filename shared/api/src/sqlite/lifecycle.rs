@@ -120,11 +120,7 @@ pub(super) fn take(
         // Latest wins: a deployment that came back (a lease ran out, a nack, a retry) after a
         // newer one of its service was taken and finished (an engine reported it) is never
         // offered again, nor is anything older.
-        let overtaken: bool = conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND service_id = ?2 AND seq > ?3)")
-            .and_then(|mut stmt| stmt.query_row(params![org, service, seq], |r| r.get(0)))
-            .map_err(unavailable)?;
-        if overtaken {
+        if recorded_after(conn, &org, &service, seq)? {
             supersede_older(conn, &org, &service, seq + 1, now)?;
             continue;
         }
@@ -149,6 +145,14 @@ pub(super) fn take(
         });
     }
     Ok(leased)
+}
+
+/// Whether a deployment of `service` was recorded after the one at `seq`, whatever became of
+/// it: latest wins, so the one at `seq` is never delivered.
+pub(super) fn recorded_after(conn: &Connection, org: &str, service: &str, seq: i64) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND service_id = ?2 AND seq > ?3)")
+        .and_then(|mut stmt| stmt.query_row(params![org, service, seq], |r| r.get(0)))
+        .map_err(unavailable)
 }
 
 /// The waiting deployments of service `?2` of `?1`: `QUEUED` ones through `deployments_open`,

@@ -7,7 +7,9 @@ use autodeploy_core::target::TargetSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
-use super::lifecycle::{DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, supersede_older, take};
+use super::lifecycle::{
+    DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, recorded_after, supersede_older, take,
+};
 use super::services::ServiceKey;
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
 use crate::store::{
@@ -144,10 +146,7 @@ fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<Attemp
     }
     // Latest wins: a newer deployment of the service was recorded (it waits, or was taken and
     // finished: an engine reported it), so this one is never delivered.
-    let newer: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND service_id = ?2 AND seq > ?3)")
-        .and_then(|mut stmt| stmt.query_row(params![org, service, seq], |r| r.get(0)))
-        .map_err(unavailable)?;
+    let newer = recorded_after(conn, org, &service, seq)?;
     let stamp = rfc3339(now);
     if newer {
         conn.execute(

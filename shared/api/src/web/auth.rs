@@ -319,21 +319,12 @@ impl<Id: PathId + Send, B: FromRequest<AppState, Rejection = ApiError>> FromRequ
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
-        let caller = Caller::from_request_parts(&mut parts, state).await?;
-        let Org(org) = Org::from_request_parts(&mut parts, state).await?;
-        let id = Id::read(&PathParams::from_request_parts(&mut parts, state).await?)?;
-        ManageScope::check(&caller, &org)?;
+        let request = Manage::<Id>::from_request_parts(&mut parts, state).await?;
         let headers = parts.headers.clone();
         let body = B::from_request(Request::from_parts(parts, body), state).await?;
         Ok(Self {
             precondition: Precondition::from_headers(&headers)?,
-            request: Authorized {
-                caller,
-                state: state.clone(),
-                org,
-                id,
-                access: PhantomData,
-            },
+            request,
             body,
         })
     }

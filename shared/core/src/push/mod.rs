@@ -711,22 +711,52 @@ fn with_article(name: &str) -> String {
 }
 
 /// serde's words for a payload's parts (`map`, `sequence`, `unit value`, `struct Commit`) in
-/// JSON's (`object`, `array`, `null`), for a person who wrote JSON, not Rust.
+/// JSON's (`object`, `array`, `null`), for a person who wrote JSON, not Rust. A value serde
+/// quotes (`string "…"`, its inner quotes escaped) is left as it was sent.
 fn in_json_terms(detail: &str) -> String {
     let mut out = String::with_capacity(detail.len());
-    let mut rest = detail;
-    while let Some(at) = rest.find("struct ") {
-        let after = &rest[at + "struct ".len()..];
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in detail.char_indices() {
+        match c {
+            '"' if !escaped && quoted => {
+                out.push_str(&detail[start..=i]);
+                start = i + 1;
+                quoted = false;
+            }
+            '"' if !escaped => {
+                out.push_str(&serde_words_in_json(&detail[start..i]));
+                start = i;
+                quoted = true;
+            }
+            _ => {}
+        }
+        escaped = quoted && c == '\\' && !escaped;
+    }
+    if quoted {
+        out.push_str(&detail[start..]);
+    } else {
+        out.push_str(&serde_words_in_json(&detail[start..]));
+    }
+    out
+}
+
+/// [`in_json_terms`] of text outside quotes.
+fn serde_words_in_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // `expected struct Commit` (derived code) names a type.
+    const EXPECTED: &str = "expected struct ";
+    while let Some(at) = rest.find(EXPECTED) {
+        let after = &rest[at + EXPECTED.len()..];
         let name_len = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(after.len());
-        // `expected struct Commit` (derived code) names a type; anything else is left as is.
         if name_len > 0 && after.starts_with(|c: char| c.is_ascii_uppercase()) {
             out.push_str(&rest[..at]);
-            out.push_str("an object");
+            out.push_str("expected an object");
             rest = &after[name_len..];
         } else {
-            out.push_str(&rest[..at + "struct ".len()]);
+            out.push_str(&rest[..at + EXPECTED.len()]);
             rest = after;
         }
     }

@@ -1423,3 +1423,16 @@ fn payload_errors_speak_json() {
     let azure = wrong(GitProvider::AzureDevops, &[], "[]");
     assert!(azure.starts_with("not an Azure DevOps push payload: "), "{azure}");
 }
+
+#[test]
+fn a_quoted_value_in_a_payload_error_is_left_as_sent() {
+    let github = headers(&[("X-GitHub-Event", "push")]);
+    let body = r#"{"commits": "expected struct Commit, \"a map\" or invalid type: map"}"#;
+    let err = parse_delivery(GitProvider::Github, &github, body.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        r#"not a GitHub push payload: invalid type: string "expected struct Commit, \"a map\" or invalid type: map", expected an array at line 1 column 68"#
+    );
+}
