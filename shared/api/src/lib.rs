@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod metrics;
 pub mod pipeline;
 pub mod store;
+pub mod turns;
 pub mod util;
 pub mod web;
 

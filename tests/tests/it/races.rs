@@ -1,6 +1,7 @@
 //! Races, on both backends (SQLite in-process; DynamoDB + SQS FIFO on moto): concurrent
 //! distinct pushes lose nothing and duplicate nothing, and a PATCH racing a push is never
-//! lost, never turns into an error, and the push's outcome agrees with what was recorded.
+//! lost, never turns into an error, and the push's outcome agrees with what was recorded;
+//! writes to one service, one deploy target or one image at once all land, none a 503.
 //! ("Prove it" issue, item 1; README "Proof: faults, races, durability, load".)
 
 use std::collections::BTreeSet;
@@ -37,6 +38,7 @@ async fn with_github_secret(api: Api) -> Arc<Api> {
 on_both_stores! {
     worker_threads = 4;
     distinct_concurrent_pushes_each_deploy_every_service, a_patch_racing_a_push_is_never_lost,
+    writes_to_one_service_at_once_all_land, tags_of_one_image_at_once_all_deploy,
 }
 
 /// Every deployment of `org`, all pages, newest first.
@@ -244,4 +246,107 @@ async fn a_patch_racing_a_push_is_never_lost(api: Api) {
         }
     }
     eprintln!("{backend} PATCH/push race: {queued_rounds} of {ROUNDS} pushes read the service before the PATCH");
+}
+
+/// Writes racing for one service (and one deploy target) without an ETag, as a parallel
+/// GitOps run sends them: each is applied once, on the state the previous left, and none is
+/// refused. `version` counts them.
+async fn writes_to_one_service_at_once_all_land(api: Api) {
+    const WRITES: usize = 24;
+    let api = Arc::new(api);
+    let created = api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let path = "/organization/acme/services/api";
+    let tasks: Vec<_> = (0..WRITES)
+        .map(|i| {
+            let api = Arc::clone(&api);
+            tokio::spawn(async move {
+                // PATCHes and whole PUTs, interleaved.
+                if i % 3 == 0 {
+                    let body = json!({"environment_id": "production", "kind": "APPLICATION", "name": format!("put-{i}"),
+                        "git_repository": {"provider": "GITHUB", "url": GITHUB_REPO, "branch": "master"}});
+                    api.call(Method::PUT, path, Some(ADMIN), Some(body)).await
+                } else {
+                    api.call(
+                        Method::PATCH,
+                        path,
+                        Some(ADMIN),
+                        Some(json!({"name": format!("patch-{i}")})),
+                    )
+                    .await
+                }
+            })
+        })
+        .collect();
+    let mut versions = BTreeSet::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert!(versions.insert(r.body["version"].as_u64().unwrap()), "{}", r.body);
+    }
+    assert_eq!(versions, (2..=WRITES as u64 + 1).collect::<BTreeSet<_>>());
+    let last = api.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!(last.body["version"].as_u64(), Some(WRITES as u64 + 1), "{}", last.body);
+
+    // A deploy target PUT again and again at once: each one a 200 (or the one 201).
+    let target = "/organization/acme/targets/hooks";
+    let tasks: Vec<_> = (0..WRITES / 2)
+        .map(|i| {
+            let api = Arc::clone(&api);
+            tokio::spawn(async move {
+                let body = json!({"type": "WEBHOOK", "url": format!("https://deploy.example.com/hook/{i}")});
+                api.call(Method::PUT, target, Some(ADMIN), Some(body)).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert!(r.status.is_success(), "{}: {}", r.status, r.body);
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1);
+    let last = api.call(Method::GET, target, Some(ADMIN), None).await;
+    assert_eq!(last.body["version"].as_u64(), Some(WRITES as u64 / 2), "{}", last.body);
+}
+
+/// Distinct tags of one image announced at once, as CI announcing several tags of one build
+/// (or a registry's webhook per tag) does: every tag is a deployment of the service, none a
+/// 503, and the service's version counts each.
+async fn tags_of_one_image_at_once_all_deploy(api: Api) {
+    const TAGS: usize = 16;
+    let api = Arc::new(api);
+    let body = json!({"environment_id": "production", "kind": "CONTAINER", "auto_deploy": true,
+        "image": {"registry": "ghcr.io", "image_name": "acme/api", "tag": "1.0.0"}});
+    let created = api.put_service("acme", "api", body).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let tasks: Vec<_> = (0..TAGS)
+        .map(|i| {
+            let api = Arc::clone(&api);
+            tokio::spawn(async move {
+                let body = json!({"image_name": "ghcr.io/acme/api", "tag": format!("2.0.{i}")});
+                api.call(
+                    Method::POST,
+                    "/organization/acme/container/deploy",
+                    Some(ADMIN),
+                    Some(body),
+                )
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        assert_eq!(r.body["queued"].as_array().map(Vec::len), Some(1), "{}", r.body);
+    }
+    let log = all_deployments(&api, "acme", "&service_id=api").await;
+    assert_eq!(log.len(), TAGS);
+    let service = api.get_service("acme", "api").await;
+    assert_eq!(
+        service.body["version"].as_u64(),
+        Some(TAGS as u64 + 1),
+        "{}",
+        service.body
+    );
 }

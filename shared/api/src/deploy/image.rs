@@ -14,11 +14,12 @@ use super::history::{DeliveryContext, DeliverySummary, draft_of};
 use super::{DeployError, Deployer, EntryStatus, Ignored, Queued, Reached, Skipped};
 use crate::pipeline::Outcome;
 use crate::store::{Batch, Candidate, DeliveryKey, Guard, StoredService};
+use crate::turns::retry_pause;
 use crate::util::{new_deployment_id, new_etag, now_rfc3339};
 
-/// Tries per service when its record loses a race (the service changed since it was read):
-/// enough for identical concurrent notifications, where the second read already sees the tag.
-const RECORD_ATTEMPTS: usize = 3;
+/// Tries per service when its record loses a race (the service changed since it was read, in
+/// another process or by a settings write): after a random pause, read again and decide again.
+const RECORD_ATTEMPTS: usize = 5;
 
 /// What a queued entry says of the new tag: it, and the tag the service ran before.
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +175,21 @@ pub async fn deploy_image(
         mut remember,
         history,
     } = announcement;
+    // Announcements of one image take turns in this process: the second reads the services
+    // the first changed, instead of losing their condition to it.
+    // Keyed by path alone: an announcement without a registry reaches services of any.
+    let _turn = if dry_run {
+        None
+    } else {
+        let path = image.path.strip_prefix("library/").unwrap_or(&image.path);
+        Some(
+            deployer
+                .turns
+                .take(format!("image/{org}/{path}"))
+                .await
+                .map_err(|_| DeployError::Contention)?,
+        )
+    };
     let mut report = ImageReport::new(source, dry_run);
     report.registry = image.registry.clone();
     report.image_name = Some(image.path.clone());
@@ -214,9 +230,12 @@ pub async fn deploy_image(
     }
 
     let mut draft = history.map(|context| draft_of(context, &DeliverySummary::from(&report)));
-    for _ in 0..RECORD_ATTEMPTS {
+    for attempt in 0..RECORD_ATTEMPTS {
         if deployable.is_empty() {
             break;
+        }
+        if attempt > 0 {
+            tokio::time::sleep(retry_pause(attempt)).await;
         }
         let requested_at = now_rfc3339();
         let candidates: Vec<Candidate> = deployable

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::metrics::Tally;
 use crate::pipeline::{Outcome, record_and_send};
 use crate::store::{Batch, DeploymentQueue, Store, StoreError};
+use crate::turns::WriteTurns;
 
 /// What a use case needs: where deployments are recorded and sent.
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct Deployer {
     pub queue: Arc<dyn DeploymentQueue>,
     /// See [`crate::pipeline::IN_FLIGHT_HORIZON`].
     pub in_flight_horizon: Duration,
+    /// Writes of one record take turns in this process (settings writes share them).
+    pub turns: Arc<WriteTurns>,
 }
 
 impl Deployer {

@@ -52,6 +52,7 @@ impl AppState {
                 store: Arc::clone(&store),
                 queue,
                 in_flight_horizon: crate::pipeline::IN_FLIGHT_HORIZON,
+                turns: Arc::default(),
             },
             store,
             admin,

@@ -14,6 +14,7 @@ use super::extract::{JsonValue, MergePatch, PathParams, QueryParams};
 use super::list::ListParams;
 use super::precondition::{Precondition, etag_header};
 use crate::store::{Expected, StoreError, StoredService};
+use crate::turns::{Turn, retry_pause};
 use crate::util::{new_etag, now_rfc3339};
 
 pub fn routes() -> Router<AppState> {
@@ -28,8 +29,14 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// How many times a write re-reads and retries after losing a race it may retry.
-const WRITE_ATTEMPTS: usize = 5;
+/// How many times a write re-reads and retries after losing a race it may retry (to another
+/// process: in this one, writes of a service take turns).
+const WRITE_ATTEMPTS: usize = 6;
+
+/// The 503 of a write that could not land: the service kept changing under it.
+fn contended() -> ApiError {
+    ApiError::unavailable("The service is being changed by many requests at once; nothing was changed. Retry shortly.")
+}
 
 fn spec_error(err: SpecError) -> ApiError {
     match err {
@@ -107,6 +114,8 @@ enum Target {
 
 /// Write the service `build` makes of the current state, under `precondition`. A write that
 /// loses a race is retried on the new state unless the client pinned an ETag (then 412).
+/// Writes of one service take turns in this process; a race with another process is retried
+/// after a random pause.
 async fn write_service(
     request: &Manage<ServiceId>,
     target: Target,
@@ -119,7 +128,11 @@ async fn write_service(
         id: ServiceId(id),
         ..
     } = request;
-    for _ in 0..WRITE_ATTEMPTS {
+    let _turn = service_turn(state, org, id).await?;
+    for attempt in 0..WRITE_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(retry_pause(attempt)).await;
+        }
         let current = state.store.get_service(org, id).await?;
         if target == Target::Existing && current.is_none() {
             return Err(service_not_found(id));
@@ -169,9 +182,13 @@ async fn write_service(
             Err(err) => return Err(err.into()),
         }
     }
-    Err(ApiError::unavailable(
-        "The service is being changed by many requests at once; retry shortly.",
-    ))
+    Err(contended())
+}
+
+/// The turn to write a service in this process.
+async fn service_turn<'a>(state: &'a AppState, org: &str, id: &str) -> ApiResult<Turn<'a>> {
+    let key = format!("service/{org}/{id}");
+    state.deployer.turns.take(key).await.map_err(|_| contended())
 }
 
 async fn put_service(write: ManageWrite<ServiceId, JsonValue>) -> ApiResult<Response> {
@@ -207,6 +224,7 @@ async fn delete_service(request: Manage<ServiceId>, headers: HeaderMap) -> ApiRe
         Precondition::Absent => return Err(Precondition::Absent.failed()),
         Precondition::None | Precondition::Exists => None,
     };
+    let _turn = service_turn(state, org, id).await?;
     if state.store.delete_service(org, id, expected.as_deref()).await? {
         request.audit(&format!("service {id}"), None);
         Ok(StatusCode::NO_CONTENT)

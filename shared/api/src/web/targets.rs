@@ -121,6 +121,18 @@ async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Respon
         ..
     } = &request;
     let document: TargetDocument = read_document(&doc)?;
+    // PUTs of one target take turns in this process: each keeps what the one before it set
+    // (a secret the server generated, say) instead of failing on its change.
+    let _turn = state
+        .deployer
+        .turns
+        .take(format!("target/{org}/{id}"))
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(
+                "The deploy target is being changed by many requests at once; nothing was changed. Retry shortly.",
+            )
+        })?;
     let current = state.store.get_target(org, id).await?;
     precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
     let mut random = [0u8; GENERATED_SECRET_BYTES];
