@@ -19,7 +19,7 @@ use crate::util::{new_deployment_id, new_etag, now_rfc3339};
 
 /// Tries per service when its record loses a race (the service changed since it was read, in
 /// another process or by a settings write): after a random pause, read again and decide again.
-const RECORD_ATTEMPTS: usize = 5;
+const RECORD_ATTEMPTS: usize = 8;
 
 /// What a queued entry says of the new tag: it, and the tag the service ran before.
 #[derive(Debug, Clone, Serialize)]

@@ -31,7 +31,7 @@ pub fn routes() -> Router<AppState> {
 
 /// How many times a write re-reads and retries after losing a race it may retry (to another
 /// process: in this one, writes of a service take turns).
-const WRITE_ATTEMPTS: usize = 6;
+const WRITE_ATTEMPTS: usize = 8;
 
 /// The 503 of a write that could not land: the service kept changing under it.
 fn contended() -> ApiError {
