@@ -245,6 +245,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             ..TenantLimits::default()
         })
         .allowing_private_targets(args.targets_allow_private);
+        let draining = Arc::clone(&state.draining);
         let (stopping, stop) = tokio::sync::watch::channel(false);
         let dispatching = if args.no_dispatch {
             None
@@ -274,6 +275,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             header_timeout: Duration::from_secs(args.header_timeout),
             body_timeout: Duration::from_secs(args.body_timeout),
             max_connections,
+        };
+        // Long polls answer at once when shutting down begins, not after their wait.
+        let shutdown = async move {
+            shutdown.await;
+            draining.begin();
         };
         serve::serve_http(listeners, router, settings, shutdown).await;
         let _ = stopping.send(true);

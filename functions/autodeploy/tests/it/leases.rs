@@ -2,7 +2,7 @@
 //! leases outstanding loses none of them — after a restart on the same file the old lease ids
 //! still acknowledge, and the leases run out when they should (the deployment offered again
 //! as its next attempt); finished deployments past `--retention-days` are pruned by the
-//! server's own maintenance.
+//! server's own maintenance; a long poll does not hold up a shutdown.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -162,6 +162,38 @@ fn leases_survive_a_sigkill_and_run_out_after_the_restart() {
         (d["status"].as_str(), d["attempts"].as_u64()),
         (Some("DELIVERED"), Some(2)),
         "{d}"
+    );
+}
+
+/// A consumer long-polling when the server is told to stop gets its answer (nothing) at once,
+/// and the server exits, instead of both waiting out the poll's 20 s: longer than the 10 s a
+/// container runtime waits for a stopping container before it kills it.
+#[test]
+fn a_long_poll_answers_at_once_when_the_server_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(&dir.path().join("autodeploy.db"), &[]);
+    let token = set_up(&server, &["api"]);
+    let port = server.port;
+    let poll = std::thread::spawn(move || {
+        json_call(
+            port,
+            &token,
+            "POST",
+            "/organization/acme/deployments/lease",
+            Some(json!({"wait_seconds": 20})),
+        )
+    });
+    // The poll is waiting (nothing to lease) when the server is told to stop.
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    let status = server.terminate();
+    let stopped_after = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    let (status, answer) = poll.join().unwrap();
+    assert_eq!((status, answer), (200, json!({"items": []})));
+    assert!(
+        stopped_after < Duration::from_secs(10),
+        "the shutdown waited {stopped_after:?} for the long poll"
     );
 }
 

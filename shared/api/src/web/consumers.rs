@@ -207,7 +207,7 @@ async fn lease(
     Consume { state, org, .. }: Consume,
     ValidOrDefault(body): ValidOrDefault<LeaseBody>,
 ) -> ApiResult<Response> {
-    let leased = consume::lease(pull(&state)?, &org, body.request, body.wait).await?;
+    let leased = consume::lease(pull(&state)?, &state.draining, &org, body.request, body.wait).await?;
     let items: Vec<LeasedView> = leased.into_iter().map(LeasedView::from).collect();
     Ok(Json(serde_json::json!({ "items": items })).into_response())
 }

@@ -29,6 +29,7 @@ use http::StatusCode;
 
 use crate::admin::AdminTokenSource;
 use crate::deploy::Deployer;
+use crate::deploy::consume::Draining;
 use crate::store::{DeploymentQueue, PullQueue, Store, TenantLimits};
 use error::ApiError;
 
@@ -43,6 +44,8 @@ pub struct AppState {
     pub limits: TenantLimits,
     /// `AUTODEPLOY_TARGETS_ALLOW_PRIVATE`: deploy targets may be private or plain http.
     pub allow_private_targets: bool,
+    /// Begun when the server shuts down (long polls answer at once).
+    pub draining: Arc<Draining>,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
             pull: None,
             limits: TenantLimits::default(),
             allow_private_targets: false,
+            draining: Arc::default(),
         }
     }
 
