@@ -408,10 +408,13 @@ pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceR
     let parts = split_url(url)?;
     let segments = parts.segments();
     if let Some(kind) = parts.credential() {
-        return Err(RepoUrlError::Credentials {
-            kind,
-            use_instead: parts.repository_url(segments.len()),
-        });
+        // Without the credentials, the URL may still name a page: then the repository's URL.
+        let without = parts.repository_url(segments.len());
+        let use_instead = match check_repository_url(&without, provider) {
+            Err(RepoUrlError::NotARepository { use_instead, .. }) => use_instead,
+            _ => without,
+        };
+        return Err(RepoUrlError::Credentials { kind, use_instead });
     }
     if parts.scheme == Scheme::Bare && !parts.host.contains('.') && !parts.host.eq_ignore_ascii_case("localhost") {
         return Err(RepoUrlError::NotARepository {
@@ -1235,8 +1238,21 @@ mod tests {
                 Credential::Password,
                 "https://github.com/acme/shop",
             ),
+            // A page's URL with credentials: the URL to write is the repository's, which is
+            // accepted, not the page's, which would be refused next.
+            (
+                "https://u:hunter2secret@github.com/acme/shop/tree/main/src",
+                Credential::Password,
+                "https://github.com/acme/shop",
+            ),
+            (
+                "https://glpat-hunter2secret@gitlab.com/g/r/-/blob/main/README.md",
+                Credential::Token,
+                "https://gitlab.com/g/r",
+            ),
         ];
         for (input, kind, instead) in cases {
+            assert!(check(instead).is_ok(), "{instead} is refused too");
             let err = check(input).expect_err(input);
             assert_eq!(
                 err,
