@@ -504,6 +504,24 @@ async fn a_delivery_on_another_providers_route_says_where_it_belongs() {
         "{}",
         r.body
     );
+    // Azure DevOps authenticates by password, whatever the body: a Gitea push with the Azure
+    // route's credentials passes them and is refused as a body, with the same hint.
+    api.set_secret("acme", "azure-devops").await;
+    let gitea = fixture("gitea/gp-push-event.json");
+    let mut headers = provider_headers("gitea", &gitea, "d-3");
+    headers.extend(provider_headers("azure-devops", &gitea, "d-3"));
+    let r = api
+        .deliver("/organization/acme/webhooks/azure-devops", &headers, gitea)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("The body is not a push delivery: "), "{message}");
+    assert!(
+        message.ends_with(
+            "This delivery carries Gitea's headers: its webhook URL should end in /organization/acme/webhooks/gitea."
+        ),
+        "{message}"
+    );
 }
 
 #[tokio::test]

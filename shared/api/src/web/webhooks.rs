@@ -104,7 +104,13 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
         Err(err @ PayloadError::TooManyBranches { .. }) => {
             return Err(ApiError::malformed(capitalized(&err.to_string())));
         }
-        Err(err) => return Err(ApiError::malformed(format!("The body is not a push delivery: {err}."))),
+        Err(err) => {
+            // Azure DevOps authenticates any body, so another provider's push can pass.
+            return Err(ApiError::malformed(format!(
+                "The body is not a push delivery: {err}.{}",
+                elsewhere(org, provider, &headers)
+            )));
+        }
     };
     let report = deploy_pushes(
         &state.deployer,
