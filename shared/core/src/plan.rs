@@ -35,6 +35,11 @@ pub fn repository_keys(push: &Push) -> Vec<String> {
     keys
 }
 
+/// Whether a URL of the push names a repository: one that names none cannot be matched.
+pub(crate) fn names_a_repository(push: &Push) -> bool {
+    push.repository_urls.iter().any(|url| repository_key(url).is_some())
+}
+
 /// URLs each thread keeps normalized (see [`repository_key`]).
 const NORMALIZED_URLS: usize = 256;
 

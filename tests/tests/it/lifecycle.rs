@@ -457,19 +457,51 @@ async fn ten_offers_without_an_ack_fail_the_deployment() {
 /// roll the service back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_released_after_a_newer_one_finished_is_superseded() {
-    let (api, token) = standalone(&["api"]).await;
+    let (api, token) = standalone(&["api", "web"]).await;
     let older = deploy(&api, "acme", "api", "1").await;
     let item = lease_only(&api, &token, json!({}), &older).await;
     let newer = deploy(&api, "acme", "api", "2").await;
     let r = act(&api, &token, "acme", &newer, "result", json!({"status": "SUCCEEDED"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
+    // Superseded by the nack itself: never listed as waiting, whether or not a consumer
+    // asks for work again.
     nack(&api, &token, &item, json!({})).await;
-    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
     assert_eq!(status_of(&api, &older).await, "SUPERSEDED");
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
     assert_eq!(status_of(&api, &newer).await, "DELIVERED");
     // A deployment newer than both is offered as usual.
     newer_is_offered(&api, &token, "api", "3", &newer, "DELIVERED").await;
+
+    // The same when the lease runs out: superseded by the upkeep that releases it.
+    let older = deploy(&api, "acme", "web", "1").await;
+    lease_only(&api, &token, json!({}), &older).await;
+    let newer = deploy(&api, "acme", "web", "2").await;
+    let r = act(&api, &token, "acme", &newer, "result", json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    run_out(&api, &older);
+    let done = api.sqlite.as_ref().unwrap().maintain(30 * DAY).await.unwrap();
+    assert_eq!(done.leases_expired, 1);
+    assert_eq!(status_of(&api, &older).await, "SUPERSEDED");
+    let d = get(&api, &older).await;
+    assert_eq!(
+        d["last_error"], "the lease expired before the deployment was acknowledged",
+        "{d}"
+    );
+}
+
+/// A deployment released while a newer one of its service only waits is not superseded by
+/// the release: it waits again, and the next take offers the newer one (latest wins there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_released_before_a_newer_one_is_taken_waits_again() {
+    let (api, token) = standalone(&["api"]).await;
+    let older = deploy(&api, "acme", "api", "1").await;
+    let item = lease_only(&api, &token, json!({}), &older).await;
+    let newer = deploy(&api, "acme", "api", "2").await;
+    nack(&api, &token, &item, json!({})).await;
+    assert_eq!(status_of(&api, &older).await, "QUEUED");
+    lease_only(&api, &token, json!({"max": 10}), &newer).await;
+    assert_eq!(status_of(&api, &older).await, "SUPERSEDED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

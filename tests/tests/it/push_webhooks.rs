@@ -347,6 +347,29 @@ async fn ignored_events_answer_200_and_queue_nothing() {
         r.body["message"],
         "Not a push event (X-GitHub-Event: issues): only pushes deploy; the webhook should send push events."
     );
+    // A push of a ref that is no branch is a push all the same: the message says so.
+    let notes = github_push(|b| b["ref"] = json!("refs/notes/commits"));
+    let r = deliver("push", notes).await;
+    assert_eq!(r.body["ignored"], "UNSUPPORTED_EVENT");
+    assert_eq!(
+        r.body["message"],
+        "A push that updates no branch (its ref is neither a branch nor a tag): nothing to deploy."
+    );
+    // A Bitbucket Cloud push on the Bitbucket Server route is an event that route does not
+    // read: the message says where the webhook should point.
+    let bitbucket = Api::new();
+    bitbucket.set_secret("acme", "bitbucket-server").await;
+    let body = fixture("bitbucket-cloud/gp-repo-push.json");
+    let headers = provider_headers("bitbucket", &body, "b1");
+    let r = bitbucket
+        .deliver("/organization/acme/webhooks/bitbucket-server", &headers, body)
+        .await;
+    assert_eq!(r.body["ignored"], "UNSUPPORTED_EVENT", "{}", r.body);
+    assert_eq!(
+        r.body["message"],
+        "Not a Bitbucket Server push event (X-Event-Key: repo:push). This delivery carries Bitbucket \
+         Cloud's headers: its webhook URL should end in /organization/acme/webhooks/bitbucket."
+    );
     let gitlab = Api::new();
     gitlab.set_secret("acme", "gitlab").await;
     let body = fixture("gitlab/gp-tag-event.json");

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::deployments::{deployment_at, deployment_by_id, rfc3339};
-use super::{SqliteStore, execute, to_json, unavailable};
+use super::{SqliteStore, to_json, unavailable};
 use crate::store::{LeaseRequest, Leased, Outlook, PullQueue, Refusable, Refusal, StoreResult};
 use crate::util::now_unix;
 
@@ -71,16 +71,46 @@ pub(super) const NONE_IN_PROGRESS: &str = "NOT EXISTS (SELECT 1 FROM deployments
 /// times. `org` narrows it to one organization.
 pub(super) fn expire(conn: &Connection, org: Option<&str>, now: i64, max_attempts: u32) -> StoreResult<usize> {
     let failed = format!("offered {max_attempts} times without being acknowledged");
-    execute(
-        conn,
-        "UPDATE deployments SET
-            status = CASE WHEN attempts >= ?3 THEN 'FAILED' ELSE 'QUEUED' END,
-            last_error = CASE WHEN attempts >= ?3 THEN ?4
-                         ELSE 'the lease expired before the deployment was acknowledged' END,
-            lease_id = NULL, lease_expires_unix = NULL, updated_at = ?5, updated_unix = ?2
-         WHERE status = 'IN_PROGRESS' AND lease_expires_unix <= ?2 AND (?1 IS NULL OR org = ?1)",
-        params![org, now, max_attempts, failed, rfc3339(now)],
-    )
+    let released: Vec<(String, String, i64, String)> = conn
+        .prepare_cached(
+            "UPDATE deployments SET
+                status = CASE WHEN attempts >= ?3 THEN 'FAILED' ELSE 'QUEUED' END,
+                last_error = CASE WHEN attempts >= ?3 THEN ?4
+                             ELSE 'the lease expired before the deployment was acknowledged' END,
+                lease_id = NULL, lease_expires_unix = NULL, updated_at = ?5, updated_unix = ?2
+             WHERE status = 'IN_PROGRESS' AND lease_expires_unix <= ?2 AND (?1 IS NULL OR org = ?1)
+             RETURNING org, service_id, seq, status",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![org, now, max_attempts, failed, rfc3339(now)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect()
+        })
+        .map_err(unavailable)?;
+    for (org, service, seq, status) in &released {
+        if status == "QUEUED" {
+            settle_released(conn, org, service, *seq, now)?;
+        }
+    }
+    Ok(released.len())
+}
+
+/// Latest wins for a deployment released (a nack, a lease that ran out) after a newer one of
+/// its service was taken (an engine reported it): it is `SUPERSEDED` at once, with whatever
+/// else of the service waits from before that one, instead of waiting for a take to find it.
+fn settle_released(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
+    let taken: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(seq) FROM deployments WHERE org = ?1 AND service_id = ?2 AND seq > ?3
+               AND status NOT IN ('QUEUED', 'PENDING')",
+        )
+        .and_then(|mut stmt| stmt.query_row(params![org, service, seq], |r| r.get(0)))
+        .map_err(unavailable)?;
+    match taken {
+        Some(taken) => supersede_older(conn, org, service, taken, now),
+        None => Ok(()),
+    }
 }
 
 /// Take up to `max` services' work: for each, its newest waiting deployment becomes
@@ -336,20 +366,29 @@ impl PullQueue for SqliteStore {
                 let now = now_unix();
                 let retry_at = (retry_after_secs > 0).then_some(now + retry_after_secs);
                 let failed = format!("released {max_attempts} times without being acknowledged");
-                let changed = conn
-                    .execute(
-                        &format!(
-                            "UPDATE deployments SET
-                                status = CASE WHEN attempts >= ?6 THEN 'FAILED' ELSE 'QUEUED' END,
-                                last_error = CASE WHEN attempts >= ?6 THEN ?8 ELSE 'released by the consumer' END,
-                                next_attempt_unix = CASE WHEN attempts >= ?6 THEN NULL ELSE ?7 END,
-                                lease_id = NULL, lease_expires_unix = NULL, updated_at = ?5, updated_unix = ?4
-                             WHERE {LIVE_LEASE}"
-                        ),
-                        params![org, id, lease_id, now, rfc3339(now), max_attempts, retry_at, failed],
-                    )
+                let released: Option<(String, i64, String)> = conn
+                    .prepare_cached(&format!(
+                        "UPDATE deployments SET
+                            status = CASE WHEN attempts >= ?6 THEN 'FAILED' ELSE 'QUEUED' END,
+                            last_error = CASE WHEN attempts >= ?6 THEN ?8 ELSE 'released by the consumer' END,
+                            next_attempt_unix = CASE WHEN attempts >= ?6 THEN NULL ELSE ?7 END,
+                            lease_id = NULL, lease_expires_unix = NULL, updated_at = ?5, updated_unix = ?4
+                         WHERE {LIVE_LEASE} RETURNING service_id, seq, status"
+                    ))
+                    .and_then(|mut stmt| {
+                        stmt.query_row(
+                            params![org, id, lease_id, now, rfc3339(now), max_attempts, retry_at, failed],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        )
+                        .optional()
+                    })
                     .map_err(unavailable)?;
-                on_live_lease(conn, (&org, &id), changed, ())
+                if let Some((service, seq, status)) = &released
+                    && status == "QUEUED"
+                {
+                    settle_released(conn, &org, service, *seq, now)?;
+                }
+                on_live_lease(conn, (&org, &id), usize::from(released.is_some()), ())
             })
             .await?;
         self.work_changed();

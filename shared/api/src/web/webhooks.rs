@@ -4,7 +4,7 @@
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::{
     Delivery, IgnoredReason, PayloadError, check_headers, delivery_id, event_headers, parse_delivery, provider_name,
-    provider_of,
+    provider_of, push_events,
 };
 use axum::Json;
 use axum::Router;
@@ -92,12 +92,8 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
         Ok(Delivery::Pushes(pushes)) => pushes,
         Ok(Delivery::Ignored(reason)) => {
             let mut report = PushReport::new(provider, delivery, dry_run).ignored(reason.into());
-            if reason == IgnoredReason::UnsupportedEvent
-                && let Some(event) = event_named(provider, &headers)
-            {
-                report.reached.message = Some(format!(
-                    "Not a push event ({event}): only pushes deploy; the webhook should send push events."
-                ));
+            if reason == IgnoredReason::UnsupportedEvent {
+                report.reached.message = unsupported_event(org, provider, &headers);
             }
             return Ok(render(report));
         }
@@ -127,15 +123,31 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
     Ok(render(report))
 }
 
-/// The event header a delivery names its event in, with its value (`X-GitHub-Event: issues`),
-/// for a delivery that is not a push; at most 64 printable characters of it. None for Azure
-/// DevOps, whose event is in the body.
-fn event_named(provider: GitProvider, headers: &HeaderMap) -> Option<String> {
+/// Why a delivery answered `UNSUPPORTED_EVENT` deploys nothing: it is another kind of event,
+/// one for another provider's route (which it says), or a push that updates no branch. None
+/// for an Azure DevOps delivery on its own route, whose event is in the body.
+fn unsupported_event(org: &str, provider: GitProvider, headers: &HeaderMap) -> Option<String> {
+    let hint = elsewhere(org, provider, headers);
+    let Some((name, value)) = event_named(provider, headers) else {
+        return (!hint.is_empty()).then(|| format!("Not an {} push.{hint}", provider_name(provider)));
+    };
+    Some(if !hint.is_empty() {
+        format!("Not a {} push event ({name}: {value}).{hint}", provider_name(provider))
+    } else if push_events(provider).contains(&value.as_str()) {
+        "A push that updates no branch (its ref is neither a branch nor a tag): nothing to deploy.".to_owned()
+    } else {
+        format!("Not a push event ({name}: {value}): only pushes deploy; the webhook should send push events.")
+    })
+}
+
+/// The event header a delivery names its event in, and its value, at most 64 printable
+/// characters of it. None for Azure DevOps, whose event is in the body.
+fn event_named(provider: GitProvider, headers: &HeaderMap) -> Option<(&'static str, String)> {
     let (name, value) = event_headers(provider)
         .iter()
-        .find_map(|name| Some((name, headers.get(*name)?.to_str().ok()?)))?;
+        .find_map(|name| Some((*name, headers.get(*name)?.to_str().ok()?)))?;
     let value: String = value.chars().filter(|c| !c.is_control()).take(64).collect();
-    Some(format!("{name}: {value}"))
+    Some((name, value))
 }
 
 /// `message` as a sentence.

@@ -236,7 +236,7 @@ fn valid_delivery_id(id: &str) -> Option<String> {
 /// The event comes from the provider's event header (Azure DevOps: the body's `eventType`);
 /// a missing header is a malformed delivery, an unknown event is ignored.
 pub fn parse_delivery(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PayloadError> {
-    match provider {
+    let delivery = match provider {
         GitProvider::Github => github::parse(headers, body),
         GitProvider::Gitlab => gitlab::parse(headers, body),
         GitProvider::Bitbucket => bitbucket::parse(headers, body),
@@ -244,7 +244,13 @@ pub fn parse_delivery(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -
         GitProvider::Gitea => gitea::parse(gitea::Flavor::Gitea, headers, body),
         GitProvider::Gogs => gitea::parse(gitea::Flavor::Gogs, headers, body),
         GitProvider::AzureDevops => azure::parse(body),
+    }?;
+    if let Delivery::Pushes(pushes) = &delivery
+        && !pushes.iter().all(crate::plan::names_a_repository)
+    {
+        return Err(wrong_shape(provider, "no URL of its repository names a repository"));
     }
+    Ok(delivery)
 }
 
 /// The headers a provider names a delivery's event in, the first present being read; none
@@ -256,6 +262,18 @@ pub fn event_headers(provider: GitProvider) -> &'static [&'static str] {
         GitProvider::Bitbucket | GitProvider::BitbucketServer => &["X-Event-Key"],
         GitProvider::Gitea => &["X-Gitea-Event", "X-Forgejo-Event"],
         GitProvider::Gogs => &["X-Gogs-Event"],
+        GitProvider::AzureDevops => &[],
+    }
+}
+
+/// The values of a provider's event header that announce a push (GitLab's `System Hook` names
+/// its event in the body, so it is not one of them).
+pub fn push_events(provider: GitProvider) -> &'static [&'static str] {
+    match provider {
+        GitProvider::Github | GitProvider::Gitea | GitProvider::Gogs => &["push"],
+        GitProvider::Gitlab => &["Push Hook"],
+        GitProvider::Bitbucket => &["repo:push"],
+        GitProvider::BitbucketServer => &["repo:refs_changed"],
         GitProvider::AzureDevops => &[],
     }
 }

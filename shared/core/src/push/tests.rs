@@ -1020,6 +1020,72 @@ fn missing_essentials() {
     assert!(matches!(err, PayloadError::WrongShape { .. }), "{err:?}");
 }
 
+/// A push must name its repository by a URL that names one: without, nothing could match it.
+#[test]
+fn a_push_without_a_repository_url_is_not_a_push() {
+    let cases: [(GitProvider, &[u8], &[&str]); 7] = [
+        (GitProvider::Github, fixture!("github/gp-push.json"), &["/repository"]),
+        (
+            GitProvider::Gitlab,
+            fixture!("gitlab/gp-push-event.json"),
+            &["/repository", "/project"],
+        ),
+        (
+            GitProvider::Bitbucket,
+            fixture!("bitbucket-cloud/gp-repo-push.json"),
+            &["/repository"],
+        ),
+        (
+            GitProvider::BitbucketServer,
+            fixture!("bitbucket-server/gp-repo-refs-changed.json"),
+            &["/repository"],
+        ),
+        (
+            GitProvider::Gitea,
+            fixture!("gitea/gp-push-event.json"),
+            &["/repository"],
+        ),
+        (GitProvider::Gogs, fixture!("gogs/gp-push-event.json"), &["/repository"]),
+        (
+            GitProvider::AzureDevops,
+            fixture!("azure-devops/gp-git.push.json"),
+            &["/resource/repository"],
+        ),
+    ];
+    for (provider, fixture, repositories) in cases {
+        // Every string of the repository objects replaced by one that is no URL.
+        let mut body = value(fixture);
+        if provider == GitProvider::BitbucketServer {
+            // The fixture deletes its branch: make it an update.
+            body["changes"][0]["type"] = json!("UPDATE");
+            body["changes"][0]["toHash"] = json!("a00945762949b7787ecabc388c0e20b1b85f0364");
+        }
+        let delivery = parse_delivery(provider, &push_headers(provider), &bytes(&body));
+        assert!(matches!(delivery, Ok(Delivery::Pushes(_))), "{provider:?} {delivery:?}");
+        for pointer in repositories {
+            no_urls(body.pointer_mut(pointer).unwrap());
+        }
+        let err = parse_delivery(provider, &push_headers(provider), &bytes(&body)).unwrap_err();
+        assert!(matches!(err, PayloadError::WrongShape { .. }), "{provider:?} {err:?}");
+    }
+    let mut body = value(fixture!("github/gp-push.json"));
+    body["repository"] = json!({});
+    let err = parse_delivery(GitProvider::Github, &headers(GH_PUSH), &bytes(&body)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not a GitHub push payload: no URL of its repository names a repository"
+    );
+}
+
+fn no_urls(value: &mut Value) {
+    match value {
+        Value::String(text) => *text = "not a url".to_owned(),
+        Value::Array(items) => items.iter_mut().for_each(no_urls),
+        Value::Object(fields) => fields.values_mut().for_each(no_urls),
+        _ => {}
+    }
+}
+
 #[test]
 fn error_details_are_bounded() {
     let long = "x".repeat(10_000);
