@@ -184,6 +184,21 @@ async fn unknown_paths_and_methods_get_the_api_error_shape() {
     let (status, body) = send(&routers.full, "DELETE", "/organization/acme/deployments").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED");
+    // An unknown git provider is a 404 whatever the method, a known one's route a 405 but for
+    // POST: on the standalone server and on AWS, where the settings function gets the GETs.
+    for router in [&routers.full, &routers.by_function["settings"]] {
+        let (status, body) = send(router, "GET", "/organization/acme/webhooks/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Unknown git provider; use one of github, "),
+            "{body}"
+        );
+        let (status, body) = send(router, "GET", "/organization/acme/webhooks/gitlab").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    }
     // A trailing slash, a copy-paste mistake, is named.
     for path in ["/organization/acme/services/", "/organization/acme/webhooks/github/"] {
         let (status, body) = send(&routers.full, "POST", path).await;

@@ -169,6 +169,7 @@ fn elsewhere_on_aws() -> Router<AppState> {
                     None => router,
                 }
             }
+            "push-webhook" => router.route(path, axum::routing::any(webhooks::other_method)),
             _ => router.route(path, axum::routing::any(|| async { ApiError::method_not_allowed() })),
         })
 }

@@ -27,7 +27,25 @@ use crate::metrics::Tally;
 pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/organization/{org}/webhooks/{provider}", post(push_webhook))
+    Router::new().route(
+        "/organization/{org}/webhooks/{provider}",
+        post(push_webhook).fallback(other_method),
+    )
+}
+
+/// Another method than `POST`: a 405 on a provider's route, and the 404 of an unknown provider
+/// on any other path, whatever the method.
+pub async fn other_method(uri: http::Uri) -> ApiError {
+    let provider = uri.path().rsplit('/').next().unwrap_or_default();
+    match GitProvider::from_slug(provider) {
+        Some(_) => ApiError::method_not_allowed(),
+        None => unknown_provider(),
+    }
+}
+
+fn unknown_provider() -> ApiError {
+    let known: Vec<_> = GitProvider::ALL.iter().map(|p| p.slug()).collect();
+    ApiError::not_found(format!("Unknown git provider; use one of {}.", known.join(", ")))
 }
 
 /// The organization's secret for `provider` and the delivery's headers, checked before the
@@ -76,10 +94,7 @@ fn elsewhere(org: &str, provider: GitProvider, headers: &HeaderMap) -> String {
 
 async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     let DeliveryRequest { state, org, .. } = &request;
-    let provider = GitProvider::from_slug(request.path.raw("provider")).ok_or_else(|| {
-        let known: Vec<_> = GitProvider::ALL.iter().map(|p| p.slug()).collect();
-        ApiError::not_found(format!("Unknown git provider; use one of {}.", known.join(", ")))
-    })?;
+    let provider = GitProvider::from_slug(request.path.raw("provider")).ok_or_else(unknown_provider)?;
     let dry_run = request.query.dry_run()?;
     let bytes = verified_body(state, org, provider, &headers, body, WEBHOOK_BODY_LIMIT).await?;
     let delivery = delivery_id(provider, &headers, &bytes);
