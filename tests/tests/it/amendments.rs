@@ -606,12 +606,26 @@ async fn if_none_match_creates_only_and_if_match_requires_existence(api: Api) {
         let r = conditional(&api, Method::PUT, path, ("if-none-match", "\"abc\""), Some(body)).await;
         assert_names_only(&r, "If-None-Match", path);
     }
-    // A PATCH of nothing is a 404 whatever its condition; a DELETE with If-None-Match: * a 412,
-    // with If-Match: * a 204 while the service exists, then a 404.
+    // If-Match: * requires that the service exists, whatever the method: a PATCH of nothing
+    // is a 412 under it; a DELETE with If-None-Match: * a 412, with If-Match: * a 204 while the
+    // service exists, then a 412 (without a condition, both are 404s).
     let patch = Some(json!({"auto_deploy": true}));
     let (ghost, api_path) = ("/organization/acme/services/ghost", "/organization/acme/services/api");
     for (method, path, header, body, status) in [
-        (Method::PATCH, ghost, ("if-match", "*"), patch, StatusCode::NOT_FOUND),
+        (
+            Method::PATCH,
+            ghost,
+            ("if-match", "*"),
+            patch.clone(),
+            StatusCode::PRECONDITION_FAILED,
+        ),
+        (
+            Method::PATCH,
+            ghost,
+            ("if-none-match", "*"),
+            patch,
+            StatusCode::NOT_FOUND,
+        ),
         (
             Method::DELETE,
             api_path,
@@ -626,7 +640,13 @@ async fn if_none_match_creates_only_and_if_match_requires_existence(api: Api) {
             None,
             StatusCode::NO_CONTENT,
         ),
-        (Method::DELETE, api_path, ("if-match", "*"), None, StatusCode::NOT_FOUND),
+        (
+            Method::DELETE,
+            api_path,
+            ("if-match", "*"),
+            None,
+            StatusCode::PRECONDITION_FAILED,
+        ),
     ] {
         let r = conditional(&api, method.clone(), path, header, body).await;
         assert_eq!(r.status, status, "{method} {path} {header:?}: {}", r.body);

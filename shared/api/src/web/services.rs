@@ -134,7 +134,9 @@ async fn write_service(
             tokio::time::sleep(retry_pause(attempt)).await;
         }
         let current = state.store.get_service(org, id).await?;
-        if target == Target::Existing && current.is_none() {
+        // A PATCH of nothing is a 404, but under `If-Match` a 412: the condition names a
+        // state the service is no longer (or never was) in.
+        if target == Target::Existing && current.is_none() && *precondition == Precondition::None {
             return Err(service_not_found(id));
         }
         precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
@@ -219,16 +221,19 @@ async fn patch_service(write: ManageWrite<ServiceId, MergePatch>) -> ApiResult<R
 async fn delete_service(request: Manage<ServiceId>, headers: HeaderMap) -> ApiResult<StatusCode> {
     let Manage { state, org, id, .. } = &request;
     let id = &id.0;
-    let expected = match Precondition::from_headers(&headers)? {
-        Precondition::Etag(tag) => Some(tag),
+    let precondition = Precondition::from_headers(&headers)?;
+    let expected = match &precondition {
+        Precondition::Etag(tag) => Some(tag.as_str()),
         Precondition::Absent => return Err(Precondition::Absent.failed()),
         Precondition::None | Precondition::Exists => None,
     };
     let _turn = service_turn(state, org, id).await?;
-    if state.store.delete_service(org, id, expected.as_deref()).await? {
+    if state.store.delete_service(org, id, expected).await? {
         request.audit(&format!("service {id}"), None);
         Ok(StatusCode::NO_CONTENT)
-    } else {
+    } else if precondition == Precondition::None {
         Err(service_not_found(id))
+    } else {
+        Err(precondition.failed())
     }
 }
