@@ -19,6 +19,20 @@ pub fn branch_name(mut value: &str) -> &str {
     value
 }
 
+/// Validate the branch a service follows, as [`branch_name`] reads it: a valid branch name,
+/// and not a full ref name of another kind (`refs/tags/v1`, `refs/pull/1/head`), which git
+/// allows as a branch name but no push ever names, so that it would never deploy.
+pub fn validate_followed_branch(name: &str) -> Result<(), String> {
+    match name.strip_prefix("refs/") {
+        Some(rest) if rest.starts_with("tags/") => Err(
+            "must name a branch: `refs/tags/…` names tags, whose pushes do not deploy (give a branch, e.g. `main`)"
+                .into(),
+        ),
+        Some(_) => Err("must name a branch alone (e.g. `main`), not another kind of ref (`refs/…`)".into()),
+        None => validate_branch(name),
+    }
+}
+
 /// Validate a branch name as `git check-ref-format --branch` does for `refs/heads/<name>`:
 /// no `..`, no ASCII control character, space, `~ ^ : ? [ \`, no leading `-`, no component
 /// starting with `.` or ending in `.lock`, no `@{`, not `@` nor `HEAD`, no leading or
@@ -598,6 +612,18 @@ pub(crate) mod tests {
         assert_eq!(branch_name("refs/tags/v1"), "refs/tags/v1");
         assert_eq!(branch_name("refs/heads/refs/heads/x"), "x");
         assert!(validate_branch(branch_name("refs/heads/")).is_err());
+        // A service follows branches: other refs are never a pushed branch.
+        for other in [
+            "refs/tags/v1",
+            "refs/tags/*",
+            "refs/pull/1/head",
+            "refs/heads/refs/notes/x",
+        ] {
+            assert!(validate_followed_branch(branch_name(other)).is_err(), "{other}");
+        }
+        for branch in ["refs/heads/main", "refsx/main", "release/*"] {
+            assert!(validate_followed_branch(branch_name(branch)).is_ok(), "{branch}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{
     SpecError,
 };
 use crate::body::{Document, DocumentError, Fields, read_document};
-use crate::branch::{branch_name, validate_branch};
+use crate::branch::{branch_name, validate_followed_branch};
 use crate::error::FieldError;
 use crate::ids::{ID_RULE, is_valid_id};
 use crate::image::{normalize_registry, parse_service_image, validate_tag};
@@ -207,7 +207,7 @@ fn read_git_repository(f: &mut Fields<'_>) -> Option<GitRepository> {
 
     let url = url.and_then(|url| check_url(f, provider, &url));
     let branch = branch.map(|branch| branch_name(&branch).to_owned());
-    if let Some(Err(message)) = branch.as_deref().map(validate_branch) {
+    if let Some(Err(message)) = branch.as_deref().map(validate_followed_branch) {
         f.error("branch", message);
     }
     let root_path = root_path.unwrap_or_else(|| "/".to_owned());
@@ -755,6 +755,13 @@ mod tests {
         assert_eq!(repo.url, "https://bitbucket.org/team/repo.git");
         assert_eq!(repo.branch, "main");
         assert_eq!(repo.repository_key().as_deref(), Some("bitbucket.org/team/repo"));
+        // A tag's ref would never deploy: refused, the field named.
+        doc["git_repository"]["branch"] = json!("refs/tags/v1");
+        assert_eq!(
+            fields(parse_service_document("acme", "api", &doc).unwrap_err()),
+            vec!["git_repository.branch"]
+        );
+        doc["git_repository"]["branch"] = json!("main");
 
         for (url, needle) in [
             (
