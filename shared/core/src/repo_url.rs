@@ -108,6 +108,9 @@ pub enum Page {
     Query,
     /// A bare `owner/repo`, without a host.
     NoHost,
+    /// An owner's page (`https://github.com/acme`) on a host where a repository is
+    /// `owner/repo` at least; `use_instead` ends in `/<repository>`.
+    Owner,
 }
 
 fn unsupported_scheme_message(scheme: Option<&str>) -> String {
@@ -138,6 +141,7 @@ fn page_message(page: &Page, use_instead: &str) -> String {
             "has a query string or a fragment, which names a page rather than the repository: write `{use_instead}`"
         ),
         Page::NoHost => format!("has no host: write the repository's full URL, such as `{use_instead}`"),
+        Page::Owner => format!("names an owner rather than a repository: write `{use_instead}`"),
     }
 }
 
@@ -427,6 +431,14 @@ pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceR
         return Err(RepoUrlError::NotARepository {
             page,
             use_instead: parts.repository_url(count),
+        });
+    }
+    // On these hosts a repository is `owner/repo` at least (GitLab: `group/[sub/…]project`).
+    let key_path = key.find('/').map_or("", |slash| &key[slash + 1..]);
+    if matches!(host, "github.com" | "gitlab.com" | "bitbucket.org") && !key_path.contains('/') {
+        return Err(RepoUrlError::NotARepository {
+            page: Page::Owner,
+            use_instead: format!("{}/<repository>", parts.repository_url(1)),
         });
     }
     let url = match (parts.scheme, parts.user) {
@@ -1460,6 +1472,20 @@ mod tests {
                 "{input}"
             );
         }
+        // An owner alone is no repository where repositories are `owner/repo`.
+        for (input, instead) in [
+            ("https://github.com/acme", "https://github.com/acme/<repository>"),
+            ("https://gitlab.com/group/", "https://gitlab.com/group/<repository>"),
+            ("git@bitbucket.org:team", "git@bitbucket.org:team/<repository>"),
+        ] {
+            let err = check_repository_url(input, GitProvider::Github).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("names an owner rather than a repository: write `{instead}`"),
+                "{input}"
+            );
+        }
+        assert!(check_repository_url("https://git.example.com/repo", GitProvider::Gitea).is_ok());
         // A host, even without a scheme, is enough; so is scp's `host:path`.
         for ok in ["github.com/acme/shop", "localhost/owner/repo", "gitea:owner/repo"] {
             assert!(check_repository_url(ok, GitProvider::Gitea).is_ok(), "{ok}");
