@@ -245,12 +245,25 @@ pub fn parse_delivery(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -
         GitProvider::Gogs => gitea::parse(gitea::Flavor::Gogs, headers, body),
         GitProvider::AzureDevops => azure::parse(body),
     }?;
-    if let Delivery::Pushes(pushes) = &delivery
-        && !pushes.iter().all(crate::plan::names_a_repository)
-    {
-        return Err(wrong_shape(provider, "no URL of its repository names a repository"));
+    if let Delivery::Pushes(pushes) = &delivery {
+        if !pushes.iter().all(crate::plan::names_a_repository) {
+            return Err(wrong_shape(provider, "no URL of its repository names a repository"));
+        }
+        let commit_ids =
+            |push: &Push| is_commit_id(&push.after) && (push.before.is_empty() || is_commit_id(&push.before));
+        if !pushes.iter().all(commit_ids) {
+            return Err(wrong_shape(
+                provider,
+                "a commit id of the push is not one (40 or 64 hexadecimal digits)",
+            ));
+        }
     }
     Ok(delivery)
+}
+
+/// A git object name: SHA-1 (40 hexadecimal digits) or SHA-256 (64).
+fn is_commit_id(id: &str) -> bool {
+    matches!(id.len(), 40 | 64) && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The headers a provider names a delivery's event in, the first present being read; none

@@ -1077,6 +1077,37 @@ fn a_push_without_a_repository_url_is_not_a_push() {
     );
 }
 
+/// The commit to deploy is a git object name: anything else (a newline, a branch name) is not
+/// a push, and would be handed to the engine as the commit.
+#[test]
+fn a_push_whose_commit_ids_are_not_commit_ids_is_not_a_push() {
+    let sha256 = "a".repeat(64);
+    for (field, id, accepted) in [
+        ("after", "ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ", false),
+        ("after", "6113728f27ae82c7b1a177c8d03f9e96e0adf246\n", false),
+        ("after", "main", false),
+        ("after", "6113728F27AE82C7B1A177C8D03F9E96E0ADF246", true),
+        ("after", sha256.as_str(), true),
+        ("before", "not-a-commit", false),
+        ("before", "", true),
+    ] {
+        let mut body = value(fixture!("github/gp-push.json"));
+        body[field] = json!(id);
+        let parsed = parse_delivery(GitProvider::Github, &headers(GH_PUSH), &bytes(&body));
+        match parsed {
+            Ok(Delivery::Pushes(_)) => assert!(accepted, "{field} {id:?}"),
+            Err(err) => {
+                assert!(!accepted, "{field} {id:?}: {err}");
+                assert_eq!(
+                    err.to_string(),
+                    "not a GitHub push payload: a commit id of the push is not one (40 or 64 hexadecimal digits)"
+                );
+            }
+            other => panic!("{field} {id:?}: {other:?}"),
+        }
+    }
+}
+
 fn no_urls(value: &mut Value) {
     match value {
         Value::String(text) => *text = "not a url".to_owned(),
