@@ -31,6 +31,9 @@ pub enum StoreError {
     /// says which.
     #[error("{0}")]
     LimitReached(String),
+    /// A service write names a deploy target that does not exist (deleted meanwhile).
+    #[error("the service names a deploy target that does not exist")]
+    TargetMissing,
 }
 
 /// What one organization may hold (SPEC "Bounded tenants").

@@ -1,8 +1,9 @@
 //! Races, on both backends (SQLite in-process; DynamoDB + SQS FIFO on moto): concurrent
 //! distinct pushes lose nothing and duplicate nothing, and a PATCH racing a push is never
 //! lost, never turns into an error, and the push's outcome agrees with what was recorded;
-//! writes to one service, one deploy target or one image at once all land, none a 503.
-//! ("Prove it" issue, item 1; README "Proof: faults, races, durability, load".)
+//! writes to one service, one deploy target or one image at once all land, none a 503; a
+//! deploy target is never deleted while a service names it. (README "Proof: faults, races,
+//! durability, load".)
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ on_both_stores! {
     worker_threads = 4;
     distinct_concurrent_pushes_each_deploy_every_service, a_patch_racing_a_push_is_never_lost,
     writes_to_one_service_at_once_all_land, tags_of_one_image_at_once_all_deploy,
+    a_target_is_never_deleted_while_a_service_names_it,
 }
 
 /// Every deployment of `org`, all pages, newest first.
@@ -308,6 +310,43 @@ async fn writes_to_one_service_at_once_all_land(api: Api) {
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1);
     let last = api.call(Method::GET, target, Some(ADMIN), None).await;
     assert_eq!(last.body["version"].as_u64(), Some(WRITES as u64 / 2), "{}", last.body);
+}
+
+/// A service PUT naming a deploy target and the target's DELETE, at once: one of the two
+/// sees the other — the service is written and the delete is a 409, or the target is deleted
+/// and the PUT is a 400 naming it — never both done, leaving a service naming no target.
+async fn a_target_is_never_deleted_while_a_service_names_it(api: Api) {
+    const ROUNDS: usize = 12;
+    let api = Arc::new(api);
+    let (mut named, mut deleted) = (0, 0);
+    for round in 0..ROUNDS {
+        let target = format!("/organization/acme/targets/engine-{round}");
+        let body = json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"});
+        let r = api.call(Method::PUT, &target, Some(ADMIN), Some(body)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let service = json!({"environment_id": "production", "kind": "CONTAINER",
+            "image": {"registry": "ghcr.io", "image_name": format!("acme/api-{round}"), "tag": "1"},
+            "deploy_target": {"target_id": format!("engine-{round}")}});
+        let id = format!("api-{round}");
+        let (put, delete) = tokio::join!(
+            api.put_service("acme", &id, service),
+            api.call(Method::DELETE, &target, Some(ADMIN), None)
+        );
+        match (put.status, delete.status) {
+            (StatusCode::CREATED, StatusCode::CONFLICT) => named += 1,
+            (StatusCode::BAD_REQUEST, StatusCode::NO_CONTENT) => {
+                assert_eq!(put.error_fields(), vec!["deploy_target.target_id"], "{}", put.body);
+                deleted += 1;
+            }
+            other => panic!("round {round}: {other:?}: {} / {}", put.body, delete.body),
+        }
+        // What is stored agrees: a service that names the target, and the target; or neither.
+        let path = format!("/organization/acme/services/{id}");
+        let stored = api.call(Method::GET, &path, Some(ADMIN), None).await.status;
+        let kept = api.call(Method::GET, &target, Some(ADMIN), None).await.status;
+        assert_eq!(stored == StatusCode::OK, kept == StatusCode::OK, "round {round}");
+    }
+    println!("{named} PUTs first, {deleted} DELETEs first");
 }
 
 /// Distinct tags of one image announced at once, as CI announcing several tags of one build

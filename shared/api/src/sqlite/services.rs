@@ -140,9 +140,21 @@ impl ServiceStore for SqliteStore {
         let (service, etag) = (&stored.service, stored.etag.clone());
         let row = ServiceRow::of(service)?;
         let (org, id) = (service.organization_id.clone(), service.id.clone());
+        let target = service.spec.deploy_target.as_ref().map(|named| named.target_id.clone());
         self.write(move |conn| {
             let current = current_etag(conn, &org, &id)?;
             check_limits(conn, (&org, &id), current.is_none(), &row, limits)?;
+            // Checked in this write, as a target's deletion checks for services naming it in
+            // its own: one of the two sees the other.
+            if let Some(target) = &target {
+                let exists: bool = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM targets WHERE org = ?1 AND id = ?2)")
+                    .and_then(|mut stmt| stmt.query_row(params![org, target], |r| r.get(0)))
+                    .map_err(unavailable)?;
+                if !exists {
+                    return Err(StoreError::TargetMissing);
+                }
+            }
             match (&expected, current) {
                 (Expected::Absent, None) => conn.execute(
                     "INSERT INTO services (org, id, etag, data, repository, image_path, target_id)

@@ -62,6 +62,14 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
     }
 
+    /// A service naming a deploy target the organization does not have.
+    pub fn missing_target() -> Self {
+        Self::invalid_field(
+            "deploy_target.target_id",
+            "names no deploy target of this organization; create it with PUT /organization/{org}/targets/{target_id} first",
+        )
+    }
+
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -136,6 +144,7 @@ impl From<StoreError> for ApiError {
                 ApiError::unavailable("The store is unavailable; nothing was changed. Retry later.")
             }
             StoreError::LimitReached(message) => ApiError::invalid_field("service", message.trim_end_matches('.')),
+            StoreError::TargetMissing => ApiError::missing_target(),
             StoreError::Corrupt(detail) => {
                 tracing::error!(error = %detail, "a stored record is unreadable");
                 ApiError::internal(

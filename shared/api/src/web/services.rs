@@ -85,10 +85,7 @@ async fn check_deploy_target(state: &AppState, org: &str, spec: &ServiceSpec) ->
         return Ok(());
     };
     let Some(target) = state.store.get_target(org, &wanted.target_id).await? else {
-        return Err(ApiError::invalid_field(
-            "deploy_target.target_id",
-            "names no deploy target of this organization; create it with PUT /organization/{org}/targets/{target_id} first",
-        ));
+        return Err(ApiError::missing_target());
     };
     let kind = target.spec.target_type();
     if kind.requires_external_id() && wanted.external_id.is_none() {

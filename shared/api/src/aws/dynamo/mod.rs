@@ -414,6 +414,10 @@ impl ServiceStore for DynamoStore {
             actions.push(self.count_action(key_counter(counter), 1, Some(limits.services_per_key))?);
             refusals.push(limits.too_many_on_key(shown));
         }
+        if let Some(named) = &service.spec.deploy_target {
+            actions.push(self.target_named_action(org, &named.target_id)?);
+            refusals.push(StoreError::TargetMissing);
+        }
         match self.transact(actions, "put_service").await? {
             Ok(()) => Ok(()),
             Err(index) => Err(refusals.get(index).cloned().unwrap_or(StoreError::PreconditionFailed)),

@@ -5,9 +5,11 @@
 use async_trait::async_trait;
 use autodeploy_core::target::TargetSpec;
 
+use aws_sdk_dynamodb::types::TransactWriteItem;
+
 use super::{
-    CREATED_AT, DATA, DynamoStore, ETAG, Expr, Item, PK, TARGET_ID, UPDATED_AT, filtered, item_label, key, n,
-    number_attr, org_pk, s, string_attr,
+    CONFLICT_ATTEMPTS, CREATED_AT, DATA, DynamoStore, ETAG, Expr, Item, PK, TARGET_ID, UPDATED_AT, Write, filtered,
+    item_label, key, n, number_attr, org_pk, s, string_attr,
 };
 use crate::store::{
     Expected, Page, PageRequest, Refusable, Refusal, StoreError, StoreResult, StoredTarget, TARGET_USERS_NAMED,
@@ -15,6 +17,8 @@ use crate::store::{
 };
 
 const VERSION: &str = "version";
+/// A random mark each service write naming the target sets (see [`DynamoStore::delete_target`]).
+const NAMED_MARK: &str = "named_mark";
 
 fn target_pk(org: &str) -> String {
     format!("TARGET#{org}")
@@ -36,6 +40,23 @@ fn target_from_item(item: &Item) -> StoreResult<StoredTarget> {
         created_at: string_attr(item, CREATED_AT)?,
         updated_at: string_attr(item, UPDATED_AT)?,
     })
+}
+
+impl DynamoStore {
+    /// The part of a service write that names target `id`: only while the target exists, and
+    /// with a fresh mark on it, so that a deletion that looked for the target's users before
+    /// this write fails its condition and looks again.
+    pub(super) fn target_named_action(&self, org: &str, id: &str) -> StoreResult<TransactWriteItem> {
+        let mut e = Expr::default();
+        let mark = uuid::Uuid::new_v4().simple().to_string();
+        let update = format!("SET {} = {}", e.name(NAMED_MARK), e.value("mark", s(mark)));
+        let condition = format!("attribute_exists({})", e.name(PK));
+        self.action(
+            Write::Update(key(target_pk(org), id.to_owned()), update),
+            Some(condition),
+            &e,
+        )
+    }
 }
 
 #[async_trait]
@@ -76,24 +97,43 @@ impl TargetStore for DynamoStore {
     }
 
     async fn delete_target(&self, org: &str, id: &str) -> Refusable<bool> {
-        // The organization's services that name it (a query of its own partition, filtered).
-        let mut e = Expr::default();
-        let filter = e.equals(TARGET_ID, "target", s(id));
-        let query = filtered(self.partition_query(org_pk(org), "SERVICE#", None, true), filter, &e);
-        let users = self
-            .collect(query, Some(TARGET_USERS_NAMED + 1), "delete_target")
-            .await?;
-        if !users.is_empty() {
-            let ids: Vec<String> = users
-                .iter()
-                .filter_map(|item| string_attr(item, super::SK).ok())
-                .map(|sk| sk.trim_start_matches("SERVICE#").to_owned())
-                .collect();
-            return Ok(Err(Refusal::target_in_use(&ids)));
+        // Deleted only if no service named it since its users were looked for: a service
+        // write naming it changes its mark in the same transaction (a query cannot be a
+        // condition of a write).
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let target_key = key(target_pk(org), id.to_owned());
+            let Some(item) = self.get_item(target_key.clone(), "delete_target").await? else {
+                return Ok(Ok(false));
+            };
+            let mark = item.get(NAMED_MARK).and_then(|v| v.as_s().ok()).cloned();
+            // The organization's services that name it (a query of its own partition, filtered).
+            let mut e = Expr::default();
+            let filter = e.equals(TARGET_ID, "target", s(id));
+            let query = filtered(self.partition_query(org_pk(org), "SERVICE#", None, true), filter, &e);
+            let users = self
+                .collect(query, Some(TARGET_USERS_NAMED + 1), "delete_target")
+                .await?;
+            if !users.is_empty() {
+                let ids: Vec<String> = users
+                    .iter()
+                    .filter_map(|item| string_attr(item, super::SK).ok())
+                    .map(|sk| sk.trim_start_matches("SERVICE#").to_owned())
+                    .collect();
+                return Ok(Err(Refusal::target_in_use(&ids)));
+            }
+            let mut e = Expr::default();
+            let unchanged = match mark {
+                Some(mark) => e.equals(NAMED_MARK, "mark", s(mark)),
+                None => format!("attribute_not_exists({})", e.name(NAMED_MARK)),
+            };
+            let condition = format!("attribute_exists({}) AND {unchanged}", e.name(PK));
+            let delete = self.action(Write::Delete(target_key), Some(condition), &e)?;
+            if self.transact(vec![delete], "delete_target").await?.is_ok() {
+                return Ok(Ok(true));
+            }
         }
-        let deleted = self
-            .delete_item(key(target_pk(org), id.to_owned()), "delete_target")
-            .await?;
-        Ok(Ok(deleted))
+        Err(StoreError::Unavailable(
+            "delete_target: services kept naming the target during its deletion".to_owned(),
+        ))
     }
 }
