@@ -20,3 +20,42 @@ impl FieldError {
         }
     }
 }
+
+/// A deserializer's message without the values it quotes (`invalid type: string "…",
+/// expected an array` → `invalid type: string, expected an array`): a payload's text is never
+/// repeated in an answer or in the deliveries history, which keep no part of a body.
+pub fn without_quoted_values(detail: &str) -> String {
+    let mut out = String::with_capacity(detail.len());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in detail.chars() {
+        match c {
+            '"' if !escaped && quoted => quoted = false,
+            '"' if !escaped => {
+                quoted = true;
+                out.truncate(out.trim_end().len());
+            }
+            _ if !quoted => out.push(c),
+            _ => {}
+        }
+        escaped = quoted && c == '\\' && !escaped;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_left_out() {
+        assert_eq!(
+            without_quoted_values(r#"invalid type: string "a \"b\" c", expected an array at line 1 column 9"#),
+            "invalid type: string, expected an array at line 1 column 9"
+        );
+        assert_eq!(
+            without_quoted_values("expected value at line 1 column 1"),
+            "expected value at line 1 column 1"
+        );
+        assert_eq!(without_quoted_values(r#"x "unterminated"#), "x");
+    }
+}

@@ -871,3 +871,32 @@ async fn deployments_can_be_listed_per_service(api: Api) {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
+
+/// A body of the wrong shape is refused without repeating its text: neither the answer nor
+/// the deliveries history keeps any part of a body.
+#[tokio::test]
+async fn a_refused_body_is_not_repeated_in_the_answer_nor_the_history() {
+    let api = github_api().await;
+    let fragment = "body-fragment-7f3a9c";
+    let body = github_push(|b| b["commits"] = json!(fragment));
+    let r = api.push("acme", "github", &body, "d-1").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["message"].as_str().unwrap(),
+        format!(
+            "The body is not a push delivery: not a GitHub push payload: invalid type: string, expected an array at \
+             line 1 column {}.",
+            std::str::from_utf8(&body).unwrap().find(fragment).unwrap() + fragment.len() + 1
+        )
+    );
+    let history = api
+        .call(
+            http::Method::GET,
+            "/organization/acme/deliveries",
+            Some(autodeploy_tests::ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(history.body["items"][0]["outcome"], "REJECTED", "{}", history.body);
+    assert!(!history.body.to_string().contains(fragment), "{}", history.body);
+}

@@ -742,36 +742,13 @@ fn with_article(name: &str) -> String {
 }
 
 /// serde's words for a payload's parts (`map`, `sequence`, `unit value`, `struct Commit`) in
-/// JSON's (`object`, `array`, `null`), for a person who wrote JSON, not Rust. A value serde
-/// quotes (`string "…"`, its inner quotes escaped) is left as it was sent.
+/// JSON's (`object`, `array`, `null`), for a person who wrote JSON, not Rust; without the
+/// values serde quotes (`string "…"`), which are the body's.
 fn in_json_terms(detail: &str) -> String {
-    let mut out = String::with_capacity(detail.len());
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in detail.char_indices() {
-        match c {
-            '"' if !escaped && quoted => {
-                out.push_str(&detail[start..=i]);
-                start = i + 1;
-                quoted = false;
-            }
-            '"' if !escaped => {
-                out.push_str(&serde_words_in_json(&detail[start..i]));
-                start = i;
-                quoted = true;
-            }
-            _ => {}
-        }
-        escaped = quoted && c == '\\' && !escaped;
-    }
-    if quoted {
-        out.push_str(&detail[start..]);
-    } else {
-        out.push_str(&serde_words_in_json(&detail[start..]));
-    }
-    out
+    serde_words_in_json(&crate::error::without_quoted_values(detail))
 }
 
-/// [`in_json_terms`] of text outside quotes.
+/// [`in_json_terms`] of the message, its quoted values left out.
 fn serde_words_in_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -833,7 +810,7 @@ fn wrong_shape(provider: GitProvider, detail: impl Into<String>) -> PayloadError
     }
 }
 
-/// Error details may quote the body (serde quotes unexpected strings whole): keep them short.
+/// Error details stay short, whatever the payload.
 fn truncate(mut detail: String) -> String {
     const MAX: usize = 200;
     if detail.len() > MAX {

@@ -98,11 +98,8 @@ pub(super) fn from_value<T: DeserializeOwned>(provider: &'static str, value: &Va
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let reason = if path == "." {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        };
+        let inner = crate::error::without_quoted_values(&inner.to_string());
+        let reason = if path == "." { inner } else { format!("{path}: {inner}") };
         wrong_shape(provider, reason)
     })
 }
