@@ -567,6 +567,50 @@ async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
     );
 }
 
+/// A retry's wait is a wait for one destination: a service given a deploy target, or relieved
+/// of one, offers its waiting work to the new destination at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_destination_takes_a_waiting_retry_at_once() {
+    let (api, token) = standalone(&["api"]).await;
+    let engine = json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"});
+    let r = api
+        .call(
+            Method::PUT,
+            "/organization/acme/targets/engine",
+            Some(ADMIN),
+            Some(engine),
+        )
+        .await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let id = deploy(&api, "acme", "api", "1").await;
+    let item = lease_only(&api, &token, json!({}), &id).await;
+    nack(&api, &token, &item, json!({"retry_after_seconds": 3600})).await;
+    assert!(get(&api, &id).await["next_attempt_at"].is_string());
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
+
+    let path = "/organization/acme/services/api";
+    for target in [json!({"target_id": "engine"}), Value::Null] {
+        let patch = json!({"deploy_target": target});
+        let r = api.call(Method::PATCH, path, Some(ADMIN), Some(patch)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let d = get(&api, &id).await;
+        assert_eq!(
+            (d["status"].as_str(), &d["next_attempt_at"]),
+            (Some("QUEUED"), &Value::Null),
+            "{d}"
+        );
+    }
+    // Back with pull consumers, it is offered now, not in an hour.
+    let item = lease_only(&api, &token, json!({"max": 10}), &id).await;
+    // A write that keeps the destination keeps the wait.
+    nack(&api, &token, &item, json!({"retry_after_seconds": 3600})).await;
+    let r = api
+        .call(Method::PATCH, path, Some(ADMIN), Some(json!({"name": "API"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(get(&api, &id).await["next_attempt_at"].is_string());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Latest wins
 

@@ -144,6 +144,10 @@ impl ServiceStore for SqliteStore {
         self.write(move |conn| {
             let current = current_etag(conn, &org, &id)?;
             check_limits(conn, (&org, &id), current.is_none(), &row, limits)?;
+            let previous_target: Option<Option<String>> = conn
+                .prepare_cached("SELECT target_id FROM services WHERE org = ?1 AND id = ?2")
+                .and_then(|mut stmt| stmt.query_row(params![org, id], |r| r.get(0)).optional())
+                .map_err(unavailable)?;
             // Checked in this write, as a target's deletion checks for services naming it in
             // its own: one of the two sees the other.
             if let Some(target) = &target {
@@ -169,6 +173,18 @@ impl ServiceStore for SqliteStore {
                 _ => return Err(StoreError::PreconditionFailed),
             }
             .map_err(unavailable)?;
+            if let Some(previous) = previous_target
+                && previous != target
+            {
+                // A wait for a retry was a wait for the previous destination: the new one (a
+                // target, another, or pull consumers) gets the service's waiting work now.
+                conn.prepare_cached(&format!(
+                    "UPDATE deployments SET next_attempt_unix = NULL WHERE {} AND next_attempt_unix IS NOT NULL",
+                    super::lifecycle::WAITING_OF_SERVICE[0]
+                ))
+                .and_then(|mut stmt| stmt.execute(params![org, id]))
+                .map_err(unavailable)?;
+            }
             Ok(())
         })
         .await?;
