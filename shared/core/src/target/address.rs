@@ -107,6 +107,8 @@ pub enum UrlProblem {
     Credentials,
     #[error("must not contain a fragment")]
     Fragment,
+    #[error("must not name port 0, which nothing listens on")]
+    PortZero,
     #[error("must not point to a loopback, private, link-local or otherwise non-public address")]
     NotPublic,
 }
@@ -132,6 +134,9 @@ pub fn check_target_url(raw: &str, allow_private: bool) -> Result<Url, UrlProble
     }
     if url.fragment().is_some() {
         return Err(UrlProblem::Fragment);
+    }
+    if url.port() == Some(0) {
+        return Err(UrlProblem::PortZero);
     }
     // What is sent must be what was checked: the sender takes an `http::Uri`.
     if url.as_str().len() > MAX_TARGET_URL || url.as_str().parse::<http::Uri>().is_err() {
@@ -277,6 +282,8 @@ mod tests {
         let problem = |s: &str| check_target_url(s, false).unwrap_err();
         assert_eq!(problem("http://deploy.example.com/"), UrlProblem::NotHttps);
         assert_eq!(problem("ftp://deploy.example.com/"), UrlProblem::UnsupportedScheme);
+        assert_eq!(problem("https://deploy.example.com:0/hook"), UrlProblem::PortZero);
+        assert_eq!(problem("https://deploy.example.com:00/hook"), UrlProblem::PortZero);
         assert_eq!(problem("deploy.example.com/hooks"), UrlProblem::Unparsable);
         assert_eq!(problem("https://"), UrlProblem::Unparsable);
         assert_eq!(problem("https://user:pw@deploy.example.com/"), UrlProblem::Credentials);

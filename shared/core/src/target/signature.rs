@@ -29,9 +29,12 @@ type HmacSha256 = Hmac<Sha256>;
 /// `whsec_` + base64 (standard alphabet, padded or not) of 24 to 64 bytes.
 pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
     let encoded = secret.strip_prefix(SECRET_PREFIX)?;
-    // Padding is optional, as the reference libraries accept it either way.
-    let unpadded = encoded.trim_end_matches('=');
-    let key = base64::engine::general_purpose::STANDARD_NO_PAD.decode(unpadded).ok()?;
+    // Padding is optional, as the reference libraries accept it either way; when present, it
+    // is the canonical one (`whsec_…====` is refused, as the documented pattern says).
+    let key = STANDARD
+        .decode(encoded)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded))
+        .ok()?;
     SECRET_KEY_BYTES.contains(&key.len()).then_some(key)
 }
 
@@ -185,6 +188,9 @@ mod tests {
             "whsec_".to_owned(),
             "whsec_not*base64*at*all*not*base64*at*all*".to_owned(),
             format!("WHSEC_{}", STANDARD.encode([1u8; 32])),
+            // Padding that is not the canonical one.
+            format!("whsec_{}====", STANDARD.encode([1u8; 24])),
+            format!("whsec_{}=", STANDARD.encode([1u8; 33]).trim_end_matches('=')),
         ] {
             assert_eq!(secret_key(&bad), None, "{bad}");
         }
