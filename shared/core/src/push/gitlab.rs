@@ -97,10 +97,11 @@ fn parse_push(json: &str) -> Result<Delivery, PayloadError> {
     update.delivery(PROVIDER, source, |(), after| {
         let commits = event.commits.unwrap_or_default();
         let head_commit_message = message_of(&commits, after);
-        // GitLab lists at most 20 commits by default; `total_commits_count` says how many there were.
+        // GitLab lists at most 20 commits by default; `total_commits_count` says how many there
+        // were (GitLab always sends it: without it, the list cannot be known to be whole).
         let complete = event
             .total_commits_count
-            .is_none_or(|total| total <= commits.len() as u64);
+            .is_some_and(|total| total <= commits.len() as u64);
         PushDetails {
             repository_urls: collect_urls([
                 project.and_then(|p| text(&p.git_http_url)),

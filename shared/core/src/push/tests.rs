@@ -381,6 +381,10 @@ fn gitlab_push_with_every_commit() {
     let push = one_push(GitProvider::Gitlab, GL_PUSH, &bytes(&body));
     assert_eq!(push.files, files(&["CHANGELOG", "app/controller/application.rb"]));
     assert_eq!(push.pusher.as_deref(), Some("jsmith"));
+    // Without the count, the list cannot be known to be whole.
+    body.as_object_mut().unwrap().remove("total_commits_count");
+    let push = one_push(GitProvider::Gitlab, GL_PUSH, &bytes(&body));
+    assert_eq!(push.files, ChangedFiles::Unknown);
 }
 
 #[test]
