@@ -230,7 +230,7 @@ impl<'v> Fields<'v> {
     pub fn finish(mut self) -> Vec<FieldError> {
         for key in self.map.keys() {
             if !self.read.contains(&key.as_str()) {
-                let field = self.path_of(key);
+                let field = self.path_of(&shown_key(key));
                 self.errors.push(FieldError::new(field, "is not a known field here"));
             }
         }
@@ -239,6 +239,24 @@ impl<'v> Fields<'v> {
         self.errors.retain(|e| seen.insert(e.field.clone()));
         self.errors
     }
+}
+
+/// A field name the client sent, as an error names it: control characters escaped (`\u{0}`)
+/// and at most 100 characters, so that a stray key cannot garble or swell the answer.
+fn shown_key(key: &str) -> String {
+    const MAX: usize = 100;
+    let mut shown: String = key
+        .chars()
+        .take(MAX)
+        .flat_map(|c| {
+            let escaped = c.is_control().then(|| c.escape_unicode().to_string());
+            escaped.unwrap_or_else(|| c.to_string()).chars().collect::<Vec<_>>()
+        })
+        .collect();
+    if key.chars().nth(MAX).is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 /// What a value of the wrong type should have been, from serde's message, without ever
@@ -305,6 +323,14 @@ mod tests {
                 items: items.ok()?.unwrap_or_default(),
             })
         }
+    }
+
+    #[test]
+    fn unknown_field_names_are_shown_escaped_and_bounded() {
+        let long = "k".repeat(500);
+        let mut found = fields(json!({"name": "x", "a\u{0}b\n": 1, (long.clone()): 2}));
+        found.sort();
+        assert_eq!(found, vec!["a\\u{0}b\\u{a}".to_owned(), format!("{}…", &long[..100])]);
     }
 
     fn fields(value: Value) -> Vec<String> {
