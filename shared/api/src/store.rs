@@ -249,6 +249,8 @@ pub trait ServiceStore: Send + Sync {
     /// Services of `org` in id order.
     async fn list_services(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredService>>;
     /// Delete when the stored etag is `expected` (any state when `None`); `false` when absent.
+    /// On the standalone server, the service's deployments still waiting are `FAILED` in the
+    /// same write (cancelled: never offered to a consumer nor sent to a target).
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool>;
     /// Every service of `org` whose repository normalizes to `repository` (disabled ones too,
     /// so a response can say why they were skipped).

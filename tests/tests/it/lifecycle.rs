@@ -567,6 +567,35 @@ async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
     );
 }
 
+/// Deleting a service cancels its waiting work (`FAILED`, saying why): never offered to a
+/// consumer, nor, for a service that had a target, left to them. Work in progress is left to
+/// its consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_service_cancels_its_waiting_deployments() {
+    let (api, token) = standalone(&["api", "web"]).await;
+    let taken = deploy(&api, "acme", "web", "1").await;
+    let item = lease_only(&api, &token, json!({}), &taken).await;
+    let waiting = deploy(&api, "acme", "api", "1").await;
+    for id in ["api", "web"] {
+        let path = format!("/organization/acme/services/{id}");
+        let r = api.call(Method::DELETE, &path, Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+    let d = get(&api, &waiting).await;
+    assert_eq!(
+        (d["status"].as_str(), d["last_error"].as_str()),
+        (
+            Some("FAILED"),
+            Some("cancelled: its service was deleted before it was delivered")
+        ),
+        "{d}"
+    );
+    assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
+    assert_eq!(status_of(&api, &taken).await, "IN_PROGRESS");
+    assert_eq!(ack(&api, &token, &item).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(status_of(&api, &taken).await, "DELIVERED");
+}
+
 /// A retry's wait is a wait for one destination: a service given a deploy target, or relieved
 /// of one, offers its waiting work to the new destination at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

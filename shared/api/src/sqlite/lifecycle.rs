@@ -32,8 +32,9 @@ impl Taker {
     fn candidates(self) -> String {
         match self {
             // From the organization's open deployments (never its finished ones, most of the
-            // log), left-joined to their service (a deleted service has none, and its
-            // deployments are still offered). A pull take always names its organization.
+            // log), left-joined to their service (a deleted service has none: its waiting
+            // deployments were cancelled with it, but one released later, a nack or a lease
+            // that ran out, is still offered). A pull take always names its organization.
             Taker::Pull => "SELECT d.org, d.service_id FROM deployments d
                  LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
                  WHERE d.org = ?1 AND d.status IN ('QUEUED', 'IN_PROGRESS') AND d.status = 'QUEUED'
