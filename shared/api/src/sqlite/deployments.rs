@@ -363,13 +363,31 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::{Expected, ServiceStore, StoredService, TenantLimits};
+    use crate::store::{Expected, ServiceStore, StoredService, TargetStore, TenantLimits};
 
     async fn put_service(store: &SqliteStore, id: &str, target: Option<&str>) -> Service {
         let mut doc = json!({"environment_id": "prod", "kind": "APPLICATION", "auto_deploy": true,
             "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": "main"}});
         if let Some(target) = target {
             doc["deploy_target"] = json!({"target_id": target});
+            // A service names an existing target only.
+            let stored = crate::store::StoredTarget {
+                id: target.to_owned(),
+                organization_id: "acme".to_owned(),
+                spec: autodeploy_core::target::Target::Webhook {
+                    url: "https://deploy.example.com/hook".to_owned(),
+                    secret: autodeploy_core::target::Secret::new(
+                        autodeploy_core::target::signature::webhook_secret_from(&[7; 32]),
+                    ),
+                },
+                etag: format!("etag-{target}"),
+                version: 1,
+                created_at: String::new(),
+                updated_at: String::new(),
+            };
+            if store.get_target("acme", target).await.unwrap().is_none() {
+                store.put_target(&stored, Expected::Absent).await.unwrap();
+            }
         }
         let service = Service {
             id: id.to_owned(),
