@@ -90,8 +90,10 @@ impl CompiledTagPolicy {
     /// look at `new` alone.
     ///
     /// SEMVER:
-    /// - `new` must read as semver, with an optional `v`/`V` prefix (`v1.2.3` is `1.2.3`);
-    ///   the `semver` crate is strict, so `1.2` or `latest` is not accepted.
+    /// - `new` must read as semver, with an optional `v`/`V` prefix (`v1.2.3` is `1.2.3`); a
+    ///   tag of one or two numbers reads as that version with zeros (`1.27` is `1.27.0`, `22`
+    ///   is `22.0.0`), as Keel and Flux read the moving tags of official images; `latest` or
+    ///   `1.27-alpine` is not accepted.
     /// - `new` must satisfy the range. Pre-releases follow the `semver` crate's rule (that of
     ///   Cargo and npm): `1.3.0-rc.1` satisfies a range only if one of its comparators names a
     ///   pre-release of the same `1.3.0` (`>=1.3.0-rc.0`), so `>=1.2.0` never pulls in release
@@ -120,10 +122,28 @@ impl CompiledTagPolicy {
     }
 }
 
-/// Read a tag as a semver version, allowing the common `v` prefix.
+/// Read a tag as a semver version, allowing the common `v` prefix, and one or two numbers
+/// (`1.27`, `22`) as that version with zeros.
 fn parse_version(tag: &str) -> Option<Version> {
     let bare = tag.strip_prefix(['v', 'V']).unwrap_or(tag);
-    Version::parse(bare).ok()
+    if let Ok(version) = Version::parse(bare) {
+        return Some(version);
+    }
+    let numbers: Vec<&str> = bare.split('.').collect();
+    // Numbers as semver writes them: digits, no leading zero.
+    let number =
+        |n: &&str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n.len() == 1 || !n.starts_with('0'));
+    if numbers.len() > 2 || !numbers.iter().all(number) {
+        return None;
+    }
+    let padded = numbers
+        .iter()
+        .copied()
+        .chain(["0", "0"])
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(".");
+    Version::parse(&padded).ok()
 }
 
 /// `value` must be given and short; `what` says what to write instead of nothing.
@@ -170,9 +190,10 @@ fn comma_separated(range: &str) -> String {
                 if is_operator(token) && operator.is_none() {
                     operator = Some(token);
                 } else {
+                    let token = without_v(token);
                     comparators.push(match operator.take() {
                         Some(operator) => format!("{operator}{token}"),
-                        None => exact(token.to_owned()),
+                        None => exact(token.into_owned()),
                     });
                 }
             }
@@ -181,6 +202,17 @@ fn comma_separated(range: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A comparator without the `v` its version may be written with, as tags are (`>=v1.2` →
+/// `>=1.2`).
+fn without_v(token: &str) -> std::borrow::Cow<'_, str> {
+    let operator = token.len() - token.trim_start_matches(['<', '>', '=', '~', '^']).len();
+    let (before, version) = token.split_at(operator);
+    match version.strip_prefix(['v', 'V']) {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => format!("{before}{rest}").into(),
+        _ => token.into(),
+    }
 }
 
 fn compile_glob(pattern: &str) -> Result<GlobMatcher, String> {
@@ -321,9 +353,24 @@ mod tests {
             ("*", None, "V1.2.3", true),
             ("*", Some("v1.2.3"), "1.2.4", true),
             ("*", Some("1.2.3"), "v1.2.3", false),
+            ("v1.2.3", None, "1.2.3", true),
+            (">=v1.2.0 <V2", None, "v1.5.0", true),
+            (">= v1.2.0", None, "1.1.0", false),
+            // One or two numbers, as official images tag (Keel, Flux)
+            ("*", None, "1.2", true),
+            ("1.x", None, "22", false),
+            (">=22", None, "22", true),
+            ("1.x", Some("1.25"), "1.26", true),
+            ("1.x", Some("1.26"), "1.25", false),
+            ("*", Some("1.26.0"), "1.26", false),
+            ("*", Some("1.26"), "1.26.1", true),
+            ("*", Some("v22"), "23", true),
             // not semver
             ("*", None, "latest", false),
-            ("*", None, "1.2", false),
+            ("*", None, "1.27-alpine", false),
+            ("*", None, "01.2", false),
+            ("*", None, "1.", false),
+            ("*", None, "1.2.3.4", false),
             ("*", None, "01.2.3", false),
             ("*", None, "vv1.2.3", false),
             ("*", None, "main-abc1234", false),
