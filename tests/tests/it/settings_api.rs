@@ -18,6 +18,7 @@ on_both_stores! {
     service_lifecycle, if_match_gives_optimistic_concurrency, twenty_concurrent_patches_with_one_etag_one_wins,
     concurrent_patches_without_if_match_lose_nothing, list_pages_in_id_order, authentication_and_scopes,
     tokens_are_shown_once_and_revocable, webhook_secrets_are_never_echoed, deployments_list_starts_empty,
+    a_write_that_changes_nothing_keeps_the_version_and_etag,
 }
 
 /// A caller without access is refused (403) before its body is read: a malformed or invalid
@@ -236,6 +237,51 @@ async fn if_match_gives_optimistic_concurrency(api: Api) {
     let current = api.get_service("acme", "api").await.etag();
     let r = write(Method::DELETE, path, &current).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
+/// Applying the same state again (an infrastructure-as-code tool's second run) changes
+/// nothing: the version and ETag stay, so a client holding the ETag can still write with it.
+async fn a_write_that_changes_nothing_keeps_the_version_and_etag(api: Api) {
+    let created = api.put_service("acme", "api", app_body()).await;
+    let path = "/organization/acme/services/api";
+    for (method, body) in [
+        (Method::PUT, app_body()),
+        (Method::PATCH, json!({})),
+        (Method::PATCH, json!({"auto_deploy": created.body["auto_deploy"]})),
+    ] {
+        let r = api.call(method.clone(), path, Some(ADMIN), Some(body)).await;
+        assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.body);
+        assert_eq!((r.etag(), &r.body), (created.etag(), &created.body), "{method}");
+    }
+    // A change is one: the next version, a new ETag, written over the one held.
+    let r = api
+        .call_with(
+            Method::PATCH,
+            path,
+            Some(ADMIN),
+            Some(json!({"name": "Renamed"})),
+            &[("if-match", &created.etag())],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    assert_ne!(r.etag(), created.etag());
+    // The same for a deploy target.
+    let target = "/organization/acme/targets/engine";
+    let body = json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"});
+    let first = api.call(Method::PUT, target, Some(ADMIN), Some(body.clone())).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let again = api.call(Method::PUT, target, Some(ADMIN), Some(body)).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(
+        (again.etag(), &again.body["version"]),
+        (first.etag(), &first.body["version"])
+    );
+    assert!(
+        again.body.get("secret").is_none(),
+        "the kept secret is not shown: {}",
+        again.body
+    );
 }
 
 async fn twenty_concurrent_patches_with_one_etag_one_wins(api: Api) {

@@ -139,6 +139,11 @@ async fn write_service(
         precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
         let spec = build(current.as_ref())?;
         check_deploy_target(state, org, &spec).await?;
+        // A write that changes nothing changes nothing: same version, same ETag (a client
+        // holding it, or a tool applying the same state again, is not told it changed).
+        if let Some(current) = current.as_ref().filter(|c| c.service.spec == spec) {
+            return Ok(service_response(StatusCode::OK, current));
+        }
         let now = now_rfc3339();
         let (service, expected) = match &current {
             Some(c) => (

@@ -152,6 +152,10 @@ async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Respon
         | autodeploy_core::target::Target::GithubActions { api_url, .. } => api_url,
     };
     check_host_now(url, state.allow_private_targets).await?;
+    // A PUT that changes nothing changes nothing: same version, same ETag.
+    if let Some(current) = current.as_ref().filter(|c| c.spec == resolved.spec) {
+        return Ok(target_response(StatusCode::OK, current, resolved.view()));
+    }
     let now = now_rfc3339();
     let target = StoredTarget {
         id: id.clone(),
