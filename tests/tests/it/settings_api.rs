@@ -404,6 +404,20 @@ async fn authentication_and_scopes(api: Api) {
             .unwrap();
         assert_eq!(api.raw(req).await.status, StatusCode::OK, "{scheme}");
     }
+    // Two Authorization headers are ambiguous, whichever comes first.
+    for (first, second) in [(ADMIN, "wrong-token"), ("wrong-token", ADMIN)] {
+        let req = Request::get(path)
+            .header("authorization", format!("Bearer {first}"))
+            .header("authorization", format!("Bearer {second}"))
+            .body(Body::empty())
+            .unwrap();
+        let r = api.raw(req).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+        assert_eq!(
+            r.body["error"]["message"],
+            "Send one Authorization header: this request has several."
+        );
+    }
 
     let manage = api.token("acme", &["manage"]).await;
     let deploy = api.token("acme", &["deploy"]).await;

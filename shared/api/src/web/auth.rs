@@ -128,10 +128,17 @@ impl Caller {
 
 /// The token from `Authorization: Token <t>` or `Authorization: Bearer <t>`.
 fn presented_token(parts: &Parts) -> ApiResult<&str> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("Send a token: Authorization: Token <token> or Bearer <token>."))?
+    let mut sent = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let value = sent
+        .next()
+        .ok_or_else(|| ApiError::unauthorized("Send a token: Authorization: Token <token> or Bearer <token>."))?;
+    // Which one would count is ambiguous (a proxy may have added one): refuse rather than pick.
+    if sent.next().is_some() {
+        return Err(ApiError::unauthorized(
+            "Send one Authorization header: this request has several.",
+        ));
+    }
+    let value = value
         .to_str()
         .map_err(|_| ApiError::unauthorized("The Authorization header is not readable."))?;
     let (scheme, token) = value
