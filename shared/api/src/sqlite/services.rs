@@ -142,12 +142,15 @@ impl ServiceStore for SqliteStore {
         let (org, id) = (service.organization_id.clone(), service.id.clone());
         let target = service.spec.deploy_target.as_ref().map(|named| named.target_id.clone());
         self.write(move |conn| {
-            let current = current_etag(conn, &org, &id)?;
-            check_limits(conn, (&org, &id), current.is_none(), &row, limits)?;
-            let previous_target: Option<Option<String>> = conn
-                .prepare_cached("SELECT target_id FROM services WHERE org = ?1 AND id = ?2")
-                .and_then(|mut stmt| stmt.query_row(params![org, id], |r| r.get(0)).optional())
+            let stored: Option<(String, Option<String>)> = conn
+                .prepare_cached("SELECT etag, target_id FROM services WHERE org = ?1 AND id = ?2")
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![org, id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
                 .map_err(unavailable)?;
+            let (current, previous_target) = stored.unzip();
+            check_limits(conn, (&org, &id), current.is_none(), &row, limits)?;
             // Checked in this write, as a target's deletion checks for services naming it in
             // its own: one of the two sees the other.
             if let Some(target) = &target {
