@@ -37,7 +37,9 @@ pub fn repository_keys(push: &Push) -> Vec<String> {
 
 /// Whether a URL of the push names a repository: one that names none cannot be matched.
 pub(crate) fn names_a_repository(push: &Push) -> bool {
-    push.repository_urls.iter().any(|url| repository_key(url).is_some())
+    push.repository_urls
+        .iter()
+        .any(|url| with_key(url, |key| key.is_some()))
 }
 
 /// URLs each thread keeps normalized (see [`repository_key`]).
@@ -53,20 +55,26 @@ thread_local! {
 /// thread (at most [`NORMALIZED_URLS`], then forgotten all at once): a push carries the same
 /// repository under several URLs, and the deliveries of a repository keep coming.
 fn repository_key(url: &str) -> Option<String> {
+    with_key(url, |key| key.cloned())
+}
+
+/// `read` of the key of `url` (see [`repository_key`]), without copying it.
+fn with_key<R>(url: &str, read: impl FnOnce(Option<&String>) -> R) -> R {
     if url.len() > MAX_REPOSITORY_URL_LEN {
-        return None;
+        return read(None);
     }
     NORMALIZED.with(|cache| {
         let mut cache = cache.borrow_mut();
         if let Some(key) = cache.get(url) {
-            return key.clone();
+            return read(key.as_ref());
         }
         let key = normalize_repository_url(url).ok();
         if cache.len() >= NORMALIZED_URLS {
             cache.clear();
         }
-        cache.insert(url.into(), key.clone());
-        key
+        let read = read(key.as_ref());
+        cache.insert(url.into(), key);
+        read
     })
 }
 
