@@ -183,16 +183,19 @@ fn the_readme_walkthrough_runs_as_written() {
     assert!(again.contains("ALREADY_QUEUED"), "{again}");
     let listed = server.deployments(admin);
     assert_eq!(listed.len(), 1, "{listed:?}");
+    // The tour ends by deleting the service, which cancels its deployment still waiting.
     assert_eq!(
         (
             &listed[0]["service_id"],
             &listed[0]["status"],
-            &listed[0]["git_commit_id"]
+            &listed[0]["git_commit_id"],
+            &listed[0]["last_error"]
         ),
         (
             &Value::from("api"),
-            &Value::from("QUEUED"),
-            &Value::from("9049f1265b7d61be4a8904a9a27120d2064dab3b")
+            &Value::from("FAILED"),
+            &Value::from("9049f1265b7d61be4a8904a9a27120d2064dab3b"),
+            &Value::from("cancelled: its service was deleted before it was delivered")
         )
     );
     let (status, deliveries) = server.call(admin, "GET", "/organization/acme/deliveries", None);

@@ -11,5 +11,6 @@ mod harness;
 mod hostile_http;
 mod leases;
 mod memory;
+mod openapi_conformance;
 mod receiver;
 mod secrets_in_logs;
