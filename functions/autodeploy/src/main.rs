@@ -58,6 +58,9 @@ The secrets stored in the database are sealed with AUTODEPLOY_SECRET_KEY (32 byt
 hex: `openssl rand -base64 32`) or, when it is not set, with the key in the file beside the
 database (<database>.key), created on first start. Back it up with the database.
 
+One server serves a database: it holds a lock on the file beside it (<database>.lock) while it
+runs, and a second one started on the same database stops at once, saying so.
+
 Files the server creates are readable by their owner only.";
 
 #[derive(clap::Args)]
@@ -184,6 +187,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         };
         return Err(cannot_open(&format!("{} {what}", directory.display())));
     }
+    // One server per database: a second one would release the first one's deliveries in
+    // flight on start and serve its consumers without waking them.
+    let lock = DatabaseLock::take(database)?;
     let key_file = secret_key::key_file(database);
     let key_existed = key_file.exists();
     let files = [
@@ -206,6 +212,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             if !key_existed {
                 let _ = std::fs::remove_file(&key_file);
             }
+            lock.forget();
             return Err(cannot_open(&e));
         }
     };
@@ -349,6 +356,57 @@ fn admin_token(args: &ServeArgs) -> Result<String, String> {
 }
 
 /// `path` with `suffix` added to its file name (`db` → `db-wal`).
+/// The lock a server holds on its database for as long as it runs: an exclusive lock on the
+/// file beside it (`<database>.lock`), released by the system when the process ends, however.
+struct DatabaseLock {
+    path: PathBuf,
+    _file: std::fs::File,
+    created: bool,
+}
+
+impl DatabaseLock {
+    fn take(database: &Path) -> Result<Self, String> {
+        let path = suffixed(database, ".lock");
+        let created = !path.exists();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                format!(
+                    "cannot open the database {}: cannot create its lock file {}: {e}",
+                    database.display(),
+                    path.display()
+                )
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self {
+                path,
+                _file: file,
+                created,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "the database {} is in use by another autodeploy server (it holds {}): stop that one first, or give this one another --database",
+                database.display(),
+                path.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!(
+                "cannot open the database {}: cannot lock {}: {e}",
+                database.display(),
+                path.display()
+            )),
+        }
+    }
+
+    /// A start that failed leaves no lock file it created.
+    fn forget(self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);

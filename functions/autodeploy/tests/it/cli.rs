@@ -218,6 +218,27 @@ fn a_start_that_cannot_listen_leaves_no_file_behind() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// One server per database: a second one on the same file stops at start-up, saying why, and
+/// the first goes on serving; once the first has stopped, the database can be served again.
+#[test]
+fn a_second_server_on_the_same_database_stops_at_start_up() {
+    let mut first = Server::start(ADMIN, &[]);
+    let out = Launch::new(ADMIN).database(&first.database).run();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the database {} is in use by another autodeploy server",
+            first.database.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(first.call(ADMIN, "GET", "/organization/acme/services", None).0, 200);
+    assert!(first.terminate().success());
+    let again = Launch::new(ADMIN).database(&first.database).start();
+    assert_eq!(again.call(ADMIN, "GET", "/organization/acme/services", None).0, 200);
+}
+
 #[test]
 fn the_admin_token_comes_from_the_environment_or_a_file_never_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
