@@ -755,7 +755,9 @@ async fn bad_lease_requests_are_refused_naming_the_field() {
         "99999999999999999999999",
         "18446744073709551617",
         "9223372036854775808",
+        "-9223372036854775809",
         "1e30",
+        "1e2",
     ] {
         let req = http::Request::post("/organization/acme/deployments/lease")
             .header("authorization", format!("Token {token}"))
@@ -769,8 +771,9 @@ async fn bad_lease_requests_are_refused_naming_the_field() {
             "{huge}"
         );
     }
-    // The limits themselves are accepted (and nothing was leased by the refusals).
-    let limits = json!({"max": 10, "lease_seconds": 43200, "wait_seconds": 0});
+    // The limits themselves are accepted (and nothing was leased by the refusals), a whole
+    // number written as a decimal too.
+    let limits = json!({"max": 10.0, "lease_seconds": 43200, "wait_seconds": 0});
     let item = lease_only(&api, &token, limits, &id).await;
     assert_eq!(item["attempt"], 1);
     let lease_id = item["lease_id"].as_str().unwrap().to_owned();

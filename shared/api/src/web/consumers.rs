@@ -60,15 +60,26 @@ fn number_in(fields: &mut Fields<'_>, name: &str, range: std::ops::RangeInclusiv
         );
         None
     };
-    // A whole number too large for 64 bits (`1e30`, `99999999999999999999`) is out of range,
-    // not "not a whole number".
+    // A whole number written as a decimal (`10.0`, `1e1`, as some clients serialize numbers)
+    // is that number, as JSON Schema counts integers; one too large for 64 bits (`1e30`,
+    // `99999999999999999999`) is out of range, not "not a whole number".
     if let Some(serde_json::Value::Number(n)) = fields.value(name)
         && n.as_i64().is_none()
-        && (n.as_u64().is_some()
-            || n.as_f64()
-                .is_some_and(|f| f.fract() == 0.0 && f.abs() > i64::MAX as f64))
     {
-        return out_of_range(fields);
+        let whole = n.as_f64().filter(|f| f.fract() == 0.0);
+        if n.as_u64().is_some() || whole.is_some_and(|f| f.abs() > i64::MAX as f64) {
+            return out_of_range(fields);
+        }
+        if let Some(whole) = whole {
+            fields.ignore(name);
+            // In range of i64, checked above.
+            let value = whole as i64;
+            return if range.contains(&value) {
+                Some(value)
+            } else {
+                out_of_range(fields)
+            };
+        }
     }
     let value: i64 = fields.required(name)?;
     if range.contains(&value) {
