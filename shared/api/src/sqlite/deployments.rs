@@ -467,6 +467,54 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A deployment the dispatcher was delivering when its service was deleted, and that comes
+    /// back to waiting (the target answered 503; the server restarted), is cancelled: never
+    /// offered to pull consumers, for whom it was not meant.
+    #[tokio::test]
+    async fn a_deleted_services_attempt_that_comes_back_is_cancelled() {
+        use crate::store::{AttemptEnd, Dispatching, LeaseRequest, PullQueue};
+        let dir = std::env::temp_dir().join(format!("autodeploy-deleted-{}", crate::util::new_deployment_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let dispatched = put_service(&store, "dispatched", Some("hook")).await;
+        for comes_back in ["retry", "restart"] {
+            let candidates = [push_to(&dispatched, &crate::util::new_deployment_id())];
+            store
+                .record_deployments(Batch::new("acme", &candidates, None, None))
+                .await
+                .unwrap();
+            let taken = store.take_for_dispatch(10).await.unwrap();
+            let [leased] = taken.as_slice() else {
+                panic!("{comes_back}: {taken:?}")
+            };
+            let id = leased.record.request.deployment_id.clone();
+            store.delete_service("acme", "dispatched", None).await.unwrap();
+            match comes_back {
+                "retry" => {
+                    let retry = AttemptEnd::Retry {
+                        error: "the target answered 503 Service Unavailable".to_owned(),
+                        next_attempt_unix: 0,
+                    };
+                    store.end_attempt("acme", &id, &retry).await.unwrap();
+                }
+                _ => assert_eq!(store.release_dispatch_leases().await.unwrap(), 1),
+            }
+            let request = LeaseRequest {
+                max: 10,
+                lease_secs: 60,
+            };
+            assert!(store.lease("acme", request).await.unwrap().is_empty(), "{comes_back}");
+            let record = store.get_deployment("acme", &id).await.unwrap().unwrap();
+            assert_eq!(record.status, DeploymentStatus::Failed, "{comes_back}");
+            assert_eq!(
+                record.last_error.as_deref(),
+                Some("cancelled: its service was deleted before it was delivered")
+            );
+            put_service(&store, "dispatched", Some("hook")).await;
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// A caller that hangs up once its write is under way (a client gone, a request timed
     /// out) still leaves its committed deployment announced to the consumers and the dispatcher.
     #[tokio::test]

@@ -97,10 +97,14 @@ pub(super) fn expire(conn: &Connection, org: Option<&str>, now: i64, max_attempt
     Ok(released.len())
 }
 
-/// Latest wins for a deployment released (a nack, a lease that ran out) after a newer one of
-/// its service was taken (an engine reported it): it is `SUPERSEDED` at once, with whatever
-/// else of the service waits from before that one, instead of waiting for a take to find it.
+/// A deployment a consumer released (a nack, a lease that ran out): cancelled when its service
+/// was deleted meanwhile (see [`cancel_if_deleted`]); and, latest wins, `SUPERSEDED` at once
+/// when a newer one of its service was taken (an engine reported it), with whatever else of
+/// the service waits from before that one, instead of waiting for a take to find it.
 fn settle_released(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
+    if cancel_if_deleted(conn, org, service, now)? {
+        return Ok(());
+    }
     let taken: Option<i64> = conn
         .prepare_cached(
             "SELECT max(seq) FROM deployments WHERE org = ?1 AND service_id = ?2 AND seq > ?3
@@ -184,6 +188,36 @@ pub(super) fn recorded_after(conn: &Connection, org: &str, service: &str, seq: i
     conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND service_id = ?2 AND seq > ?3)")
         .and_then(|mut stmt| stmt.query_row(params![org, service, seq], |r| r.get(0)))
         .map_err(unavailable)
+}
+
+/// A deployment back to waiting whose service was deleted while it was in progress (its
+/// deletion cancelled what waited then): cancelled too, with whatever else of the service
+/// waits, as it would otherwise go to pull consumers, whatever it was meant for. Whether it was.
+pub(super) fn cancel_if_deleted(conn: &Connection, org: &str, service: &str, now: i64) -> StoreResult<bool> {
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM services WHERE org = ?1 AND id = ?2)")
+        .and_then(|mut stmt| stmt.query_row(params![org, service], |r| r.get(0)))
+        .map_err(unavailable)?;
+    if !exists {
+        cancel_waiting(conn, org, service, now)?;
+    }
+    Ok(!exists)
+}
+
+/// The deployments of service `service` still waiting, `FAILED` as cancelled: its service
+/// was deleted.
+pub(super) fn cancel_waiting(conn: &Connection, org: &str, service: &str, now: i64) -> StoreResult<()> {
+    for waiting in WAITING_OF_SERVICE {
+        conn.prepare_cached(&format!(
+            "UPDATE deployments SET status = 'FAILED', next_attempt_unix = NULL,
+                last_error = 'cancelled: its service was deleted before it was delivered',
+                updated_at = ?3, updated_unix = ?4
+             WHERE {waiting}"
+        ))
+        .and_then(|mut stmt| stmt.execute(params![org, service, rfc3339(now), now]))
+        .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// The waiting deployments of service `?2` of `?1`: `QUEUED` ones through `deployments_open`,

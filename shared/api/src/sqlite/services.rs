@@ -224,18 +224,9 @@ impl ServiceStore for SqliteStore {
                 .map_err(unavailable)?;
             conn.execute(FORGET_PUSH_MARKS, params![org, id]).map_err(unavailable)?;
             // Its waiting work is cancelled: what was meant for a target would otherwise go
-            // to pull consumers, and a decommissioned service be deployed again.
-            let now = crate::util::now_unix();
-            for waiting in super::lifecycle::WAITING_OF_SERVICE {
-                conn.prepare_cached(&format!(
-                    "UPDATE deployments SET status = 'FAILED', next_attempt_unix = NULL,
-                        last_error = 'cancelled: its service was deleted before it was delivered',
-                        updated_at = ?3, updated_unix = ?4
-                     WHERE {waiting}"
-                ))
-                .and_then(|mut stmt| stmt.execute(params![org, id, super::deployments::rfc3339(now), now]))
-                .map_err(unavailable)?;
-            }
+            // to pull consumers, and a decommissioned service be deployed again. What is in
+            // progress is cancelled when it comes back (see `settle_released`).
+            super::lifecycle::cancel_waiting(conn, &org, &id, crate::util::now_unix())?;
             Ok(true)
         })
         .await

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
 use super::lifecycle::{
-    DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, recorded_after, supersede_older, take,
+    DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, cancel_if_deleted, recorded_after, supersede_older, take,
 };
 use super::services::ServiceKey;
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
@@ -193,15 +193,23 @@ fn end(conn: &Connection, org: &str, id: &str, end: &AttemptEnd, now: i64) -> St
         } => ("QUEUED", Some(error), Some(*next_attempt_unix)),
         AttemptEnd::Release { note } => ("QUEUED", Some(note), None),
     };
-    conn.execute(
-        "UPDATE deployments SET status = ?3,
-            last_error = CASE WHEN ?3 = 'DELIVERED' THEN NULL ELSE coalesce(?4, last_error) END, next_attempt_unix = ?5,
-            lease_id = NULL, lease_expires_unix = NULL, updated_at = ?6, updated_unix = ?7
-         WHERE org = ?1 AND id = ?2 AND status = 'IN_PROGRESS'",
-        params![org, id, status, error, next_attempt, stamp, now],
-    )
-    .map_err(unavailable)?;
-    Ok(())
+    let ended: Option<String> = conn
+        .prepare_cached(
+            "UPDATE deployments SET status = ?3,
+                last_error = CASE WHEN ?3 = 'DELIVERED' THEN NULL ELSE coalesce(?4, last_error) END, next_attempt_unix = ?5,
+                lease_id = NULL, lease_expires_unix = NULL, updated_at = ?6, updated_unix = ?7
+             WHERE org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' RETURNING service_id",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row(params![org, id, status, error, next_attempt, stamp, now], |r| r.get(0))
+                .optional()
+        })
+        .map_err(unavailable)?;
+    // A retry's newer sibling supersedes it when its turn comes (as on DynamoDB).
+    match ended {
+        Some(service) if status == "QUEUED" => cancel_if_deleted(conn, org, &service, now).map(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 #[async_trait]
@@ -269,15 +277,18 @@ impl SqliteStore {
     pub async fn release_dispatch_leases(&self) -> StoreResult<usize> {
         self.write(|conn| {
             let now = now_unix();
-            conn.execute(
-                &format!(
+            let released: Vec<(String, String)> = conn
+                .prepare(&format!(
                     "UPDATE deployments SET status = 'QUEUED', lease_id = NULL, lease_expires_unix = NULL,
                         last_error = 'the server stopped during the attempt; it is tried again', updated_at = ?1, updated_unix = ?2
-                     WHERE status = 'IN_PROGRESS' AND lease_id LIKE '{DISPATCH_LEASE}%'"
-                ),
-                params![rfc3339(now), now],
-            )
-            .map_err(unavailable)
+                     WHERE status = 'IN_PROGRESS' AND lease_id LIKE '{DISPATCH_LEASE}%' RETURNING org, service_id"
+                ))
+                .and_then(|mut stmt| stmt.query_map(params![rfc3339(now), now], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(unavailable)?;
+            for (org, service) in &released {
+                cancel_if_deleted(conn, org, service, now)?;
+            }
+            Ok(released.len())
         })
         .await
     }
