@@ -307,8 +307,18 @@ impl DynamoStore {
     /// Put `item` if `condition` holds (always without one): `false` when it did not.
     async fn put_item(&self, item: Item, condition: Option<(String, Expr)>, op: &str) -> StoreResult<bool> {
         let (condition, e) = condition.unzip();
-        let request = self.client.put_item().table_name(&self.table).set_item(Some(item));
-        match conditioned!(request, condition, &e.unwrap_or_default()).send().await {
+        let e = e.unwrap_or_default();
+        // An item a transaction is writing (a target a service write marks) is retried.
+        let sent = retry_conflicts(|| {
+            let request = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()));
+            conditioned!(request, condition.clone(), &e).send()
+        })
+        .await;
+        match sent {
             Ok(_) => Ok(true),
             Err(err) if conditional_failure(&err) => Ok(false),
             Err(err) => Err(unavailable(op, &err)),

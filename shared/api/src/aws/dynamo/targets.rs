@@ -17,7 +17,8 @@ use crate::store::{
 };
 
 const VERSION: &str = "version";
-/// A random mark each service write naming the target sets (see [`DynamoStore::delete_target`]).
+/// A random mark each service write naming the target, and each write of the target, sets (see
+/// [`DynamoStore::delete_target`]).
 const NAMED_MARK: &str = "named_mark";
 
 fn target_pk(org: &str) -> String {
@@ -70,6 +71,9 @@ impl TargetStore for DynamoStore {
         item.insert(VERSION.to_owned(), n(i64::try_from(target.version).unwrap_or(i64::MAX)));
         item.insert(CREATED_AT.to_owned(), s(&target.created_at));
         item.insert(UPDATED_AT.to_owned(), s(&target.updated_at));
+        // A fresh mark: a deletion that looked for the target's users before this write looks
+        // again (this write replaces the item, and with it the mark a service write set).
+        item.insert(NAMED_MARK.to_owned(), s(uuid::Uuid::new_v4().simple().to_string()));
         let mut e = Expr::default();
         let condition = match &expected {
             Expected::Absent => format!("attribute_not_exists({})", e.name(PK)),
