@@ -123,7 +123,9 @@ impl CompiledTagPolicy {
 }
 
 /// Read a tag as a semver version, allowing the common `v` prefix, and one or two numbers
-/// (`1.27`, `22`) as that version with zeros.
+/// (`1.27`, `22`) as that version with zeros — a major of at most three digits, so that a
+/// commit id or a date that is all digits (`4821937`, `20250101`) is not read as a version far
+/// above every release, which no later release could pass.
 fn parse_version(tag: &str) -> Option<Version> {
     let bare = tag.strip_prefix(['v', 'V']).unwrap_or(tag);
     if let Ok(version) = Version::parse(bare) {
@@ -133,7 +135,7 @@ fn parse_version(tag: &str) -> Option<Version> {
     // Numbers as semver writes them: digits, no leading zero.
     let number =
         |n: &&str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n.len() == 1 || !n.starts_with('0'));
-    if numbers.len() > 2 || !numbers.iter().all(number) {
+    if numbers.len() > 2 || !numbers.iter().all(number) || numbers[0].len() > 3 {
         return None;
     }
     let padded = numbers
@@ -365,6 +367,11 @@ mod tests {
             ("*", Some("1.26.0"), "1.26", false),
             ("*", Some("1.26"), "1.26.1", true),
             ("*", Some("v22"), "23", true),
+            // …but not a commit id or a date made of digits, which would wedge the service
+            ("*", Some("1.4.2"), "4821937", false),
+            ("*", None, "20250101", false),
+            ("*", None, "2025.1", false),
+            ("*", Some("1.4.2"), "1.5", true),
             // not semver
             ("*", None, "latest", false),
             ("*", None, "1.27-alpine", false),
