@@ -29,7 +29,7 @@ use crate::body::{Document, Fields};
 use crate::branch::{MAX_BRANCH_LEN, validate_branch};
 use crate::error::FieldError;
 use address::{UrlProblem, check_target_url};
-use signature::{SECRET_RULE, secret_key, webhook_secret_from};
+use signature::{SECRET_RULE, is_well_formed_secret, webhook_secret_from};
 
 /// Longest accepted token (bytes).
 pub const MAX_TOKEN: usize = 4096;
@@ -312,7 +312,7 @@ fn default_url(f: &Fields<'_>, default: &str) -> Option<String> {
 
 fn read_secret(f: &mut Fields<'_>) -> Option<Secret> {
     let secret: String = f.optional("secret")?;
-    if secret_key(&secret).is_none() {
+    if !is_well_formed_secret(&secret) {
         f.error("secret", SECRET_RULE);
         return None;
     }

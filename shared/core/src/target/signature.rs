@@ -26,16 +26,26 @@ pub const HEADER_SIGNATURE: &str = "webhook-signature";
 type HmacSha256 = Hmac<Sha256>;
 
 /// The key a secret stands for: the bytes its base64 part decodes to, when it is
-/// `whsec_` + base64 (standard alphabet, padded or not) of 24 to 64 bytes.
+/// `whsec_` + base64 (standard alphabet, padded or not) of 24 to 64 bytes. Any padding is
+/// read, as the reference libraries read it, so that a secret stored before writes were held
+/// to [`is_well_formed_secret`] still signs.
 pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
     let encoded = secret.strip_prefix(SECRET_PREFIX)?;
-    // Padding is optional, as the reference libraries accept it either way; when present, it
-    // is the canonical one (`whsec_…====` is refused, as the documented pattern says).
-    let key = STANDARD
-        .decode(encoded)
-        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded))
-        .ok()?;
+    let unpadded = encoded.trim_end_matches('=');
+    let key = base64::engine::general_purpose::STANDARD_NO_PAD.decode(unpadded).ok()?;
     SECRET_KEY_BYTES.contains(&key.len()).then_some(key)
+}
+
+/// Whether a secret is written as the documented pattern says: [`secret_key`] reads it, and
+/// its padding, if any, is the canonical one (`whsec_…====` is refused).
+pub fn is_well_formed_secret(secret: &str) -> bool {
+    let Some(encoded) = secret.strip_prefix(SECRET_PREFIX) else {
+        return false;
+    };
+    let canonical = STANDARD
+        .decode(encoded)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded));
+    canonical.is_ok_and(|key| SECRET_KEY_BYTES.contains(&key.len()))
 }
 
 /// Why a secret is refused, as a field message (never repeating the secret).
@@ -188,11 +198,21 @@ mod tests {
             "whsec_".to_owned(),
             "whsec_not*base64*at*all*not*base64*at*all*".to_owned(),
             format!("WHSEC_{}", STANDARD.encode([1u8; 32])),
-            // Padding that is not the canonical one.
+        ] {
+            assert_eq!(secret_key(&bad), None, "{bad}");
+            assert!(!is_well_formed_secret(&bad), "{bad}");
+        }
+        // Padding that is not the canonical one: refused when written, read when stored.
+        for odd in [
             format!("whsec_{}====", STANDARD.encode([1u8; 24])),
             format!("whsec_{}=", STANDARD.encode([1u8; 33]).trim_end_matches('=')),
         ] {
-            assert_eq!(secret_key(&bad), None, "{bad}");
+            assert!(!is_well_formed_secret(&odd), "{odd}");
+            assert!(secret_key(&odd).is_some(), "{odd}");
+        }
+        for n in [24, 33, 64] {
+            let s = webhook_secret_from(&vec![9; n]);
+            assert!(is_well_formed_secret(&s) && is_well_formed_secret(s.trim_end_matches('=')));
         }
     }
 }
