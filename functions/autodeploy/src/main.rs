@@ -189,7 +189,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     // One server per database: a second one would release the first one's deliveries in
     // flight on start and serve its consumers without waking them.
-    let lock = DatabaseLock::take(database)?;
+    let _lock = DatabaseLock::take(database)?;
     let key_file = secret_key::key_file(database);
     let key_existed = key_file.exists();
     let files = [
@@ -212,7 +212,6 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             if !key_existed {
                 let _ = std::fs::remove_file(&key_file);
             }
-            lock.forget();
             return Err(cannot_open(&e));
         }
     };
@@ -355,19 +354,18 @@ fn admin_token(args: &ServeArgs) -> Result<String, String> {
     Ok(token)
 }
 
-/// `path` with `suffix` added to its file name (`db` → `db-wal`).
 /// The lock a server holds on its database for as long as it runs: an exclusive lock on the
-/// file beside it (`<database>.lock`), released by the system when the process ends, however.
+/// file beside it (`<database>.lock`, beside the file a symbolic link names), released by the
+/// system when the process ends, however. The file stays: removing it would let a server that
+/// opened it just before lock a file no other server sees.
 struct DatabaseLock {
-    path: PathBuf,
     _file: std::fs::File,
-    created: bool,
 }
 
 impl DatabaseLock {
     fn take(database: &Path) -> Result<Self, String> {
-        let path = suffixed(database, ".lock");
-        let created = !path.exists();
+        let real = std::fs::canonicalize(database).unwrap_or_else(|_| database.to_owned());
+        let path = suffixed(&real, ".lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -381,11 +379,7 @@ impl DatabaseLock {
                 )
             })?;
         match file.try_lock() {
-            Ok(()) => Ok(Self {
-                path,
-                _file: file,
-                created,
-            }),
+            Ok(()) => Ok(Self { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(format!(
                 "the database {} is in use by another autodeploy server (it holds {}): stop that one first, or give this one another --database",
                 database.display(),
@@ -398,15 +392,9 @@ impl DatabaseLock {
             )),
         }
     }
-
-    /// A start that failed leaves no lock file it created.
-    fn forget(self) {
-        if self.created {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
 }
 
+/// `path` with `suffix` added to its file name (`db` → `db-wal`).
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
