@@ -25,16 +25,24 @@ impl FieldError {
 /// expected an array` → `invalid type: string, expected an array`): a payload's text is never
 /// repeated in an answer or in the deliveries history, which keep no part of a body.
 pub fn without_quoted_values(detail: &str) -> String {
+    // serde writes other values between backticks after their kind (`integer `5``), and field
+    // names too (`unknown field `ref``), which stay.
+    const VALUE_KINDS: [&str; 4] = ["integer ", "floating point ", "boolean ", "character "];
     let mut out = String::with_capacity(detail.len());
-    let (mut quoted, mut escaped) = (false, false);
+    let (mut quoted, mut escaped, mut ticked) = (false, false, false);
     for c in detail.chars() {
         match c {
             '"' if !escaped && quoted => quoted = false,
-            '"' if !escaped => {
+            '"' if !escaped && !ticked => {
                 quoted = true;
                 out.truncate(out.trim_end().len());
             }
-            _ if !quoted => out.push(c),
+            '`' if ticked => ticked = false,
+            '`' if !quoted && VALUE_KINDS.iter().any(|kind| out.ends_with(kind)) => {
+                ticked = true;
+                out.truncate(out.trim_end().len());
+            }
+            _ if !quoted && !ticked => out.push(c),
             _ => {}
         }
         escaped = quoted && c == '\\' && !escaped;
@@ -57,5 +65,14 @@ mod tests {
             "expected value at line 1 column 1"
         );
         assert_eq!(without_quoted_values(r#"x "unterminated"#), "x");
+        assert_eq!(
+            without_quoted_values("invalid type: integer `12345`, expected a string at line 1 column 9"),
+            "invalid type: integer, expected a string at line 1 column 9"
+        );
+        assert_eq!(
+            without_quoted_values("invalid type: boolean `true`, expected unknown field `ref`"),
+            "invalid type: boolean, expected unknown field `ref`"
+        );
+        assert_eq!(without_quoted_values("missing field `ref`"), "missing field `ref`");
     }
 }
