@@ -533,9 +533,8 @@ async fn a_result_on_a_leased_deployment_ends_its_lease() {
     assert_eq!(r.body["result"]["message"], "crashed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
-    let (api, token) = standalone(&[]).await;
+/// Deploy target `engine` of `acme`, a webhook.
+async fn put_engine_target(api: &Api) {
     let engine = json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"});
     let r = api
         .call(
@@ -546,6 +545,12 @@ async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
         )
         .await;
     assert!(r.status.is_success(), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_with_a_deploy_target_is_not_offered_to_consumers() {
+    let (api, token) = standalone(&[]).await;
+    put_engine_target(&api).await;
     service(&api, "acme", "pushed").await;
     let mut pushed = api.get_service("acme", "pushed").await.body;
     pushed["deploy_target"] = json!({"target_id": "engine"});
@@ -601,16 +606,7 @@ async fn deleting_a_service_cancels_its_waiting_deployments() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_destination_takes_a_waiting_retry_at_once() {
     let (api, token) = standalone(&["api"]).await;
-    let engine = json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"});
-    let r = api
-        .call(
-            Method::PUT,
-            "/organization/acme/targets/engine",
-            Some(ADMIN),
-            Some(engine),
-        )
-        .await;
-    assert!(r.status.is_success(), "{}", r.body);
+    put_engine_target(&api).await;
     let id = deploy(&api, "acme", "api", "1").await;
     let item = lease_only(&api, &token, json!({}), &id).await;
     nack(&api, &token, &item, json!({"retry_after_seconds": 3600})).await;
