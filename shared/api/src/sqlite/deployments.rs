@@ -515,6 +515,41 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A deployment waiting for a retry its target asked for (`Retry-After`) is tried at once
+    /// when the target is replaced (its URL fixed, say), not after the wait.
+    #[tokio::test]
+    async fn a_replaced_target_ends_the_wait_its_previous_form_set() {
+        use crate::store::{AttemptEnd, Dispatching};
+        let dir = std::env::temp_dir().join(format!("autodeploy-retarget-{}", crate::util::new_deployment_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let dispatched = put_service(&store, "dispatched", Some("hook")).await;
+        let candidates = [push_to(&dispatched, &crate::util::new_deployment_id())];
+        store
+            .record_deployments(Batch::new("acme", &candidates, None, None))
+            .await
+            .unwrap();
+        let taken = store.take_for_dispatch(10).await.unwrap();
+        let id = taken[0].record.request.deployment_id.clone();
+        let retry = AttemptEnd::Retry {
+            error: "the target answered 503 Service Unavailable".to_owned(),
+            next_attempt_unix: crate::util::now_unix() + 3_600,
+        };
+        store.end_attempt("acme", &id, &retry).await.unwrap();
+        let waiting = store.get_deployment("acme", &id).await.unwrap().unwrap();
+        assert!(waiting.next_attempt_at.is_some());
+        assert!(store.take_for_dispatch(10).await.unwrap().is_empty());
+
+        let mut target = store.get_target("acme", "hook").await.unwrap().unwrap();
+        let previous = std::mem::replace(&mut target.etag, "etag-fixed".to_owned());
+        store.put_target(&target, Expected::Etag(previous)).await.unwrap();
+        let due = store.get_deployment("acme", &id).await.unwrap().unwrap();
+        assert_eq!((due.status, due.next_attempt_at), (DeploymentStatus::Queued, None));
+        let again = store.take_for_dispatch(10).await.unwrap();
+        assert_eq!(again[0].record.request.deployment_id, id);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// A caller that hangs up once its write is under way (a client gone, a request timed
     /// out) still leaves its committed deployment announced to the consumers and the dispatcher.
     #[tokio::test]

@@ -82,9 +82,22 @@ impl TargetStore for SqliteStore {
                 ],
             )
             .map_err(unavailable)?;
+            // A target replaced (its URL fixed, say) ends the waits its previous form set: the
+            // deployments of the services naming it waiting for a retry are tried now.
+            if matches!(expected, Expected::Etag(_)) {
+                conn.prepare_cached(
+                    "UPDATE deployments SET next_attempt_unix = NULL
+                     WHERE org = ?1 AND status = 'QUEUED' AND next_attempt_unix IS NOT NULL
+                       AND service_id IN (SELECT id FROM services WHERE org = ?1 AND target_id = ?2)",
+                )
+                .and_then(|mut stmt| stmt.execute(params![target.organization_id, target.id]))
+                .map_err(unavailable)?;
+            }
             Ok(())
         })
-        .await
+        .await?;
+        self.work_changed();
+        Ok(())
     }
 
     async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>> {
