@@ -36,6 +36,9 @@ pub enum StoreError {
     TargetMissing,
 }
 
+/// The `last_error` of a deployment cancelled because its service was deleted.
+pub const CANCELLED_SERVICE_DELETED: &str = "cancelled: its service was deleted before it was delivered";
+
 /// What one organization may hold (SPEC "Bounded tenants").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TenantLimits {

@@ -503,6 +503,32 @@ async fn a_503_is_retried_with_the_same_webhook_id_and_a_410_fails_at_once() {
     assert_eq!(gone.received().len(), 1);
 }
 
+/// A deployment whose service was deleted before the dispatcher reached it is cancelled, as
+/// the standalone server cancels it: nothing sent to the target, nothing forwarded to the pull
+/// queue, the message done with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_of_a_deleted_service_is_cancelled() {
+    let fx = aws_fixture().await;
+    let store: &dyn Store = &fx.store;
+    let receiver = service_on_receiver(store, "gone", &[202]).await;
+    let request = record(store, "gone", "a..b").await;
+    send(&fx, &[&request]).await;
+    assert!(store.delete_service("acme", "gone", None).await.unwrap());
+
+    let (event, _) = next_batch(&fx).await;
+    let (response, tally) = dispatcher(&fx).handle(event, None).await;
+    assert!(failures(&response).is_empty());
+    assert_eq!((tally.failed, tally.delivered, tally.forwarded), (1, 0, 0));
+    let cancelled = deployment(&fx, &request).await;
+    assert_eq!(cancelled.status, DeploymentStatus::Failed);
+    assert_eq!(
+        cancelled.last_error.as_deref(),
+        Some(autodeploy_api::store::CANCELLED_SERVICE_DELETED)
+    );
+    assert!(receiver.received().is_empty());
+    assert!(receive_all(&fx.sqs, &fx.queues.pull.url).await.is_empty());
+}
+
 /// A service without a target: its message goes, unchanged, to the pull queue, with the same
 /// group and deduplication id; the deployment stays QUEUED for the outside engine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

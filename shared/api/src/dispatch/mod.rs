@@ -99,7 +99,8 @@ impl Dispatcher {
         let org = &request.organization_id;
         let Some(service) = service else {
             return Ok(AttemptEnd::Failed {
-                error: "the service was deleted".to_owned(),
+                // As the standalone server says of the waiting ones it cancels.
+                error: crate::store::CANCELLED_SERVICE_DELETED.to_owned(),
             });
         };
         let Some(target_ref) = service.service.spec.deploy_target.clone() else {

@@ -209,12 +209,19 @@ pub(super) fn cancel_if_deleted(conn: &Connection, org: &str, service: &str, now
 pub(super) fn cancel_waiting(conn: &Connection, org: &str, service: &str, now: i64) -> StoreResult<()> {
     for waiting in WAITING_OF_SERVICE {
         conn.prepare_cached(&format!(
-            "UPDATE deployments SET status = 'FAILED', next_attempt_unix = NULL,
-                last_error = 'cancelled: its service was deleted before it was delivered',
+            "UPDATE deployments SET status = 'FAILED', next_attempt_unix = NULL, last_error = ?5,
                 updated_at = ?3, updated_unix = ?4
              WHERE {waiting}"
         ))
-        .and_then(|mut stmt| stmt.execute(params![org, service, rfc3339(now), now]))
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                org,
+                service,
+                rfc3339(now),
+                now,
+                crate::store::CANCELLED_SERVICE_DELETED
+            ])
+        })
         .map_err(unavailable)?;
     }
     Ok(())
