@@ -467,36 +467,43 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// One new deployment of `service` (which has a target), taken by the dispatcher: its id.
+    async fn taken_by_dispatcher(store: &SqliteStore, service: &Service) -> String {
+        let candidates = [push_to(service, &crate::util::new_deployment_id())];
+        store
+            .record_deployments(Batch::new("acme", &candidates, None, None))
+            .await
+            .unwrap();
+        let taken = store.take_for_dispatch(10).await.unwrap();
+        let [leased] = taken.as_slice() else {
+            panic!("{taken:?}")
+        };
+        leased.record.request.deployment_id.clone()
+    }
+
+    /// The end of an attempt the target answered 503, to be retried at `next_attempt_unix`.
+    fn retry_at(next_attempt_unix: i64) -> crate::store::AttemptEnd {
+        crate::store::AttemptEnd::Retry {
+            error: "the target answered 503 Service Unavailable".to_owned(),
+            next_attempt_unix,
+        }
+    }
+
     /// A deployment the dispatcher was delivering when its service was deleted, and that comes
     /// back to waiting (the target answered 503; the server restarted), is cancelled: never
     /// offered to pull consumers, for whom it was not meant.
     #[tokio::test]
     async fn a_deleted_services_attempt_that_comes_back_is_cancelled() {
-        use crate::store::{AttemptEnd, Dispatching, LeaseRequest, PullQueue};
+        use crate::store::{CANCELLED_SERVICE_DELETED, Dispatching, LeaseRequest, PullQueue};
         let dir = std::env::temp_dir().join(format!("autodeploy-deleted-{}", crate::util::new_deployment_id()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = SqliteStore::open(&dir.join("db")).unwrap();
         let dispatched = put_service(&store, "dispatched", Some("hook")).await;
         for comes_back in ["retry", "restart"] {
-            let candidates = [push_to(&dispatched, &crate::util::new_deployment_id())];
-            store
-                .record_deployments(Batch::new("acme", &candidates, None, None))
-                .await
-                .unwrap();
-            let taken = store.take_for_dispatch(10).await.unwrap();
-            let [leased] = taken.as_slice() else {
-                panic!("{comes_back}: {taken:?}")
-            };
-            let id = leased.record.request.deployment_id.clone();
+            let id = taken_by_dispatcher(&store, &dispatched).await;
             store.delete_service("acme", "dispatched", None).await.unwrap();
             match comes_back {
-                "retry" => {
-                    let retry = AttemptEnd::Retry {
-                        error: "the target answered 503 Service Unavailable".to_owned(),
-                        next_attempt_unix: 0,
-                    };
-                    store.end_attempt("acme", &id, &retry).await.unwrap();
-                }
+                "retry" => store.end_attempt("acme", &id, &retry_at(0)).await.unwrap(),
                 _ => assert_eq!(store.release_dispatch_leases().await.unwrap(), 1),
             }
             let request = LeaseRequest {
@@ -506,10 +513,7 @@ mod tests {
             assert!(store.lease("acme", request).await.unwrap().is_empty(), "{comes_back}");
             let record = store.get_deployment("acme", &id).await.unwrap().unwrap();
             assert_eq!(record.status, DeploymentStatus::Failed, "{comes_back}");
-            assert_eq!(
-                record.last_error.as_deref(),
-                Some("cancelled: its service was deleted before it was delivered")
-            );
+            assert_eq!(record.last_error.as_deref(), Some(CANCELLED_SERVICE_DELETED));
             put_service(&store, "dispatched", Some("hook")).await;
         }
         std::fs::remove_dir_all(dir).unwrap();
@@ -519,22 +523,13 @@ mod tests {
     /// when the target is replaced (its URL fixed, say), not after the wait.
     #[tokio::test]
     async fn a_replaced_target_ends_the_wait_its_previous_form_set() {
-        use crate::store::{AttemptEnd, Dispatching};
+        use crate::store::Dispatching;
         let dir = std::env::temp_dir().join(format!("autodeploy-retarget-{}", crate::util::new_deployment_id()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = SqliteStore::open(&dir.join("db")).unwrap();
         let dispatched = put_service(&store, "dispatched", Some("hook")).await;
-        let candidates = [push_to(&dispatched, &crate::util::new_deployment_id())];
-        store
-            .record_deployments(Batch::new("acme", &candidates, None, None))
-            .await
-            .unwrap();
-        let taken = store.take_for_dispatch(10).await.unwrap();
-        let id = taken[0].record.request.deployment_id.clone();
-        let retry = AttemptEnd::Retry {
-            error: "the target answered 503 Service Unavailable".to_owned(),
-            next_attempt_unix: crate::util::now_unix() + 3_600,
-        };
+        let id = taken_by_dispatcher(&store, &dispatched).await;
+        let retry = retry_at(crate::util::now_unix() + 3_600);
         store.end_attempt("acme", &id, &retry).await.unwrap();
         let waiting = store.get_deployment("acme", &id).await.unwrap().unwrap();
         assert!(waiting.next_attempt_at.is_some());
