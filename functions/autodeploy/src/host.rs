@@ -28,7 +28,8 @@ pub fn make_owner_only<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => continue,
             Err(e) => return Err(format!("cannot read the permissions of {}: {e}", path.display())),
         };
-        if metadata.permissions().mode() & 0o077 != 0 {
+        // Only the files the server keeps: never a directory or a device named by mistake.
+        if metadata.is_file() && metadata.permissions().mode() & 0o077 != 0 {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| format!("cannot make {} readable by its owner only: {e}", path.display()))?;
             changed.push(path);

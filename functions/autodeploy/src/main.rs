@@ -14,7 +14,7 @@ use std::time::Duration;
 use autodeploy_api::admin::StaticAdminToken;
 use autodeploy_api::dispatch::send::{Sender, SenderConfig};
 use autodeploy_api::dispatch::{Dispatcher, standalone};
-use autodeploy_api::sqlite::{SqliteOptions, SqliteStore};
+use autodeploy_api::sqlite::{OnDurabilityLost, SqliteOptions, SqliteStore};
 use autodeploy_api::store::{InStoreQueue, TenantLimits};
 use autodeploy_api::web::limits::BufferLimits;
 use autodeploy_api::web::{AppState, full_router};
@@ -112,15 +112,15 @@ struct ServeArgs {
     #[arg(long = "retention-days", env = "AUTODEPLOY_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
     /// Do not run the dispatcher: deployments of services with a deploy target wait, QUEUED.
-    #[arg(long = "no-dispatch", env = "AUTODEPLOY_NO_DISPATCH")]
+    #[arg(long = "no-dispatch", env = "AUTODEPLOY_NO_DISPATCH", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     no_dispatch: bool,
     /// Allow deploy targets on loopback, private and link-local addresses, and plain http (for
     /// on-premises engines and tests).
-    #[arg(long = "targets-allow-private", env = "AUTODEPLOY_TARGETS_ALLOW_PRIVATE")]
+    #[arg(long = "targets-allow-private", env = "AUTODEPLOY_TARGETS_ALLOW_PRIVATE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     targets_allow_private: bool,
     /// Print every deployment recorded as one JSON line on stdout (a debugging aid: lines are
     /// dropped, never waited for, when stdout is slow, full or closed).
-    #[arg(long = "print-deployments", env = "AUTODEPLOY_PRINT_DEPLOYMENTS")]
+    #[arg(long = "print-deployments", env = "AUTODEPLOY_PRINT_DEPLOYMENTS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     print_deployments: bool,
 }
 
@@ -187,23 +187,21 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         };
         return Err(cannot_open(&format!("{} {what}", directory.display())));
     }
+    if database.is_dir() {
+        return Err(cannot_open(&format!(
+            "it is a directory; --database names the database's file, such as {}",
+            database.join("autodeploy.db").display()
+        )));
+    }
     // One server per database: a second one would release the first one's deliveries in
     // flight on start and serve its consumers without waking them.
     let _lock = DatabaseLock::take(database)?;
     let key_file = secret_key::key_file(database);
     let key_existed = key_file.exists();
-    let files = [
-        database.clone(),
-        suffixed(database, "-wal"),
-        suffixed(database, "-shm"),
-        key_file.clone(),
-    ];
-    for path in host::make_owner_only(files.iter().map(PathBuf::as_path))? {
-        tracing::info!(file = %path.display(), "made readable by its owner only");
-    }
     let options = SqliteOptions {
         max_attempts: args.max_attempts,
         secret_key: Some(load_or_create_secret_key(database)?),
+        on_durability_lost: Some(OnDurabilityLost(Arc::new(stop_on_lost_durability))),
     };
     let store = match SqliteStore::open_with(database, options) {
         Ok(store) => store,
@@ -215,6 +213,16 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             return Err(cannot_open(&e));
         }
     };
+    // Once it opened: a file that is not a database is left as it was.
+    let files = [
+        database.clone(),
+        suffixed(database, "-wal"),
+        suffixed(database, "-shm"),
+        key_file.clone(),
+    ];
+    for path in host::make_owner_only(files.iter().map(PathBuf::as_path))? {
+        tracing::info!(file = %path.display(), "made readable by its owner only");
+    }
 
     if args.print_deployments {
         store.print_deployments();
@@ -296,6 +304,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     });
     printing.finish_printing(Duration::from_secs(1));
     served
+}
+
+/// The database's log could not be synced after writes committed: they can be answered
+/// neither as done nor as not done. The process stops without answering them, as a crash
+/// would; its restart recovers what the disk holds, and the clients' retries find their
+/// writes made or make them.
+fn stop_on_lost_durability(reason: &str) {
+    eprintln!("autodeploy: {reason}; stopping without answering the writes not known to be on disk");
+    std::process::exit(1);
 }
 
 /// Whether the dispatcher trusts the system's certificate store (`SSL_CERT_FILE` or

@@ -34,6 +34,10 @@ pub enum StoreError {
     /// A service write names a deploy target that does not exist (deleted meanwhile).
     #[error("the service names a deploy target that does not exist")]
     TargetMissing,
+    /// The database is not one this build can use (another program's, or a newer
+    /// autodeploy's); found when it is opened.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 /// The `last_error` of a deployment cancelled because its service was deleted.

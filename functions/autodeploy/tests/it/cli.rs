@@ -79,6 +79,60 @@ fn an_unwritable_database_path_stops_start_up() {
     assert!(!dir.path().join("file.key").exists());
 }
 
+/// A `--database` that names a directory, another program's SQLite file or a database of a
+/// newer schema stops the start with what is wrong, and leaves the file as it was (no
+/// permissions changed, no lock file beside a directory, no migration's SQL in the message).
+#[test]
+fn a_database_that_is_not_ours_stops_start_up_and_is_left_as_it_was() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let start = |db: &std::path::Path| {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let out = run(
+            &["serve", "--listen", &listen, "--database", db.to_str().unwrap()],
+            &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)],
+        );
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    let directory = dir.path().join("data");
+    std::fs::create_dir(&directory).unwrap();
+    std::fs::set_permissions(&directory, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stderr = start(&directory);
+    assert!(
+        stderr.contains("it is a directory") && stderr.contains("data/autodeploy.db"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&directory), 0o755);
+    assert!(!dir.path().join("data.lock").exists());
+
+    let foreign = dir.path().join("other.db");
+    let conn = rusqlite::Connection::open(&foreign).unwrap();
+    conn.execute_batch("CREATE TABLE deployments (id TEXT); INSERT INTO deployments VALUES ('x');")
+        .unwrap();
+    drop(conn);
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = start(&foreign);
+    assert!(stderr.contains("not an autodeploy database"), "{stderr}");
+    assert!(!stderr.contains("CREATE"), "{stderr}");
+    assert_eq!(mode(&foreign), 0o644, "a file that is not ours keeps its permissions");
+
+    let newer = dir.path().join("newer.db");
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", 1000)
+        .unwrap();
+    let stderr = start(&newer);
+    assert!(
+        stderr.contains("schema version 1000") && stderr.contains("newer autodeploy"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unreadable"), "{stderr}");
+}
+
 #[test]
 fn serves_prints_queued_deployments_and_stops_on_sigterm() {
     let mut server = Server::start(ADMIN, &["--print-deployments"]);
@@ -430,6 +484,25 @@ fn deployments_are_not_printed_unless_asked() {
     assert_eq!(gitea_push(server.port, 2, Some("d-1")).0, 202);
     assert!(server.terminate().success());
     assert_eq!(server.stdout(), "");
+}
+
+/// A switch's variable takes `1`/`0` (and `yes`/`no`, `on`/`off`) as well as `true`/`false`.
+#[test]
+fn switches_take_one_and_zero_from_the_environment() {
+    for (value, printed) in [("1", true), ("0", false), ("yes", true), ("off", false)] {
+        let mut server = Launch::new(ADMIN)
+            .env("AUTODEPLOY_PRINT_DEPLOYMENTS", Some(value))
+            .start();
+        set_up_gitea(server.port);
+        assert_eq!(gitea_push(server.port, 2, Some("d-1")).0, 202);
+        assert!(server.terminate().success());
+        assert_eq!(
+            server.stdout().contains("deployment_id"),
+            printed,
+            "{value}: {}",
+            server.stdout()
+        );
+    }
 }
 
 /// Each settings change logs one audit line: the token (id and name, never the token), the

@@ -248,3 +248,64 @@ fn sigkill_mid_load_loses_no_acknowledged_push() {
     );
     server.kill();
 }
+
+/// A log that cannot be synced after a write committed (here removed under the server; a
+/// failing disk's fsync is the same case): the write is neither acknowledged nor answered
+/// "nothing was changed" (a 503 that a redelivery would contradict with DUPLICATE_DELIVERY).
+/// The server stops without an answer, says why, and starts again on the same database.
+#[test]
+fn a_log_that_cannot_be_synced_stops_the_server_without_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("autodeploy.db");
+    let mut server = start(&db);
+    let auth = format!("Token {ADMIN}");
+    let service = format!(
+        r#"{{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {{"provider": "GITHUB", "url": "{REPO}", "branch": "master"}}}}"#
+    );
+    let (status, body) = try_http(
+        server.port,
+        "PUT",
+        "/organization/acme/services/api",
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        service.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    server.set_webhook_secret(ADMIN, "github", SECRET);
+    assert_eq!(deliver(server.port, 0).unwrap().0, 202);
+
+    let mut log = db.as_os_str().to_owned();
+    log.push("-wal");
+    std::fs::remove_file(&log).unwrap();
+    match deliver(server.port, 1) {
+        Err(_) => {}
+        Ok(answer) => panic!("answered though its write is not known to be on disk: {answer:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1));
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("could not be synced to disk") && stderr.contains("stopping without answering"),
+        "{stderr}"
+    );
+
+    // It starts again on what the disk holds (here without the removed log's writes).
+    let server = start(&db);
+    let (status, _) = try_http(
+        server.port,
+        "GET",
+        "/organization/acme/services",
+        &[("Authorization", &auth)],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+}

@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use crate::store::{Page, PageRequest, Store, StoreError, StoreResult};
 use checkpointer::{Checkpointer, WRITER_AUTOCHECKPOINT};
 pub use targets::DISPATCH_LEASE_SECS;
+pub use writer::OnDurabilityLost;
 use writer::{Durability, Writer};
 
 /// Read connections kept open between reads (more are opened while many threads read).
@@ -88,6 +89,9 @@ pub struct SqliteOptions {
     pub max_attempts: u32,
     /// The key sealing the secrets at rest; `None` keeps them as they are (tests).
     pub secret_key: Option<SecretKey>,
+    /// Told when the log could not be synced after writes committed: from then on the store
+    /// takes no writes, and those writes are never answered. `None`: only logged.
+    pub on_durability_lost: Option<OnDurabilityLost>,
 }
 
 impl Default for SqliteOptions {
@@ -95,6 +99,7 @@ impl Default for SqliteOptions {
         Self {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             secret_key: None,
+            on_durability_lost: None,
         }
     }
 }
@@ -128,6 +133,14 @@ impl SqliteStore {
     /// server must not start and then fail every delivery.
     pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path).map_err(unavailable)?;
+        // SQLite opens a file it may not write read-only, without a word: every write would
+        // then fail while reads and the health check's read succeed.
+        if conn.is_readonly(rusqlite::MAIN_DB).map_err(unavailable)? {
+            return Err(StoreError::Incompatible(
+                "it can be read but not written (the file's permissions, or a read-only file system): the server writes to it"
+                    .to_owned(),
+            ));
+        }
         // WAL lets readers run beside the writer; FULL syncs every commit (the migrations and
         // the sealing below) until the writer's syncer takes durability over (`durability`), so
         // that an acknowledged write survives a crash of the process or the machine.
@@ -151,7 +164,7 @@ impl SqliteStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
-                writer: Writer::start(conn, durability)?,
+                writer: Writer::start(conn, durability, options.on_durability_lost.clone())?,
                 _checkpointer: Checkpointer::start(path)?,
                 readers: Mutex::new(Vec::new()),
                 work: Arc::new(Notify::new()),
@@ -423,12 +436,22 @@ fn page_by_id<R, T>(
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        // Both paths: a read, and a round trip through the writer.
+        // Both paths: a read, and a write that reaches the log and its sync (an empty
+        // transaction writes nothing, and succeeds on a full disk or a read-only file).
         self.read(|conn| {
             conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
                 .map_err(unavailable)
         })?;
-        self.write(|_| Ok(())).await
+        self.write(|conn| {
+            execute(
+                conn,
+                "INSERT INTO health_checks (id, checks) VALUES (1, 1)
+                 ON CONFLICT (id) DO UPDATE SET checks = checks + 1",
+                [],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 }
 
@@ -436,6 +459,37 @@ impl Store for SqliteStore {
 mod tests {
     use super::plans::{migrated, query_plan};
     use super::*;
+
+    /// A database SQLite can only read (its file's permissions, a read-only file system; here
+    /// a read-only open) is refused when opened, not served with every write failing.
+    #[test]
+    fn a_database_that_cannot_be_written_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("autodeploy.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let read_only = PathBuf::from(format!("file:{}?mode=ro", path.display()));
+        match SqliteStore::open(&read_only) {
+            Err(StoreError::Incompatible(reason)) => assert!(reason.contains("not written"), "{reason}"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a read-only database was taken"),
+        }
+    }
+
+    /// The health check writes: each check changes the database, so that it fails where
+    /// writes fail (an empty transaction writes nothing and would not).
+    #[tokio::test]
+    async fn the_health_check_writes_to_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("autodeploy.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.ping().await.unwrap();
+        store.ping().await.unwrap();
+        let checks: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT checks FROM health_checks", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(checks, 2);
+    }
 
     /// Pruning reads the finished deployments through their index, not the whole log.
     #[test]

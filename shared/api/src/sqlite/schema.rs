@@ -230,6 +230,14 @@ DROP INDEX deployments_finished;
 CREATE INDEX deployments_finished ON deployments (updated_unix)
     WHERE status = 'DELIVERED' OR status = 'FAILED' OR status = 'SUPERSEDED';
 "#,
+    // What `GET /health` writes: a write that changes a page, so that it fails when the
+    // database's files cannot be written (a full disk, a read-only log), as other writes do.
+    r#"
+CREATE TABLE health_checks (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    checks INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Bring the database at `conn` to this build's schema.
@@ -237,19 +245,44 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let applied: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(unavailable)?;
-    let applied = usize::try_from(applied).unwrap_or(0);
+    let not_ours = || {
+        StoreError::Incompatible(
+            "it is not an autodeploy database (it holds other tables, or another schema version)".to_owned(),
+        )
+    };
+    let applied = usize::try_from(applied).map_err(|_| not_ours())?;
     if applied > MIGRATIONS.len() {
-        return Err(StoreError::Corrupt(format!(
-            "the database has schema version {applied}, newer than this build knows ({})",
+        return Err(StoreError::Incompatible(format!(
+            "it has schema version {applied}, newer than this build knows ({}): it was written by a newer autodeploy",
             MIGRATIONS.len()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let tx = conn.transaction().map_err(unavailable)?;
-        tx.execute_batch(sql).map_err(unavailable)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
+    if applied == 0 {
+        // A new database is empty; one with tables of its own belongs to something else.
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
+        if tables > 0 {
+            return Err(not_ours());
+        }
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        // The statement's text is left out of the error: the cause is what tells.
+        let failed = |e: rusqlite::Error| {
+            let cause = match &e {
+                rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+                other => other.to_string(),
+            };
+            StoreError::Unavailable(format!("migration {} of the schema failed: {cause}", i + 1))
+        };
+        let tx = conn.transaction().map_err(unavailable)?;
+        tx.execute_batch(sql).map_err(failed)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(failed)?;
+        tx.commit().map_err(failed)?;
     }
     Ok(())
 }

@@ -9,10 +9,17 @@
 //! hands the batch to the syncer, which fsyncs the write-ahead log once for every batch
 //! committed since its last fsync and only then answers their requests. Nothing is answered
 //! before it is on disk, and the writer runs the next batch while the disk works.
+//!
+//! Should the log fail to sync after batches committed, their writes are in the database but
+//! not known to be on disk: neither "done" nor "nothing was changed" would be true. Their
+//! requests are never answered, later writes are refused before they run, and the store's
+//! owner is told ([`OnDurabilityLost`]); the standalone server stops there, and its restart
+//! recovers whatever the disk holds (a redelivery then finds the delivery or does it anew).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -66,6 +73,16 @@ where
     }
 }
 
+/// Told, once, why the store lost its durability (see the module's documentation).
+#[derive(Clone)]
+pub struct OnDurabilityLost(pub Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for OnDurabilityLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnDurabilityLost")
+    }
+}
+
 /// The handle requests send their writes through. Cheap to clone.
 #[derive(Clone)]
 pub(super) struct Writer {
@@ -86,17 +103,26 @@ type Batch = Vec<Box<dyn Job>>;
 impl Writer {
     /// Start the writer thread on `conn` (and the syncer, for [`Durability::SyncedLog`]); they
     /// stop when every handle is dropped.
-    pub(super) fn start(conn: Connection, durability: Durability) -> StoreResult<Self> {
+    pub(super) fn start(
+        conn: Connection,
+        durability: Durability,
+        on_lost: Option<OnDurabilityLost>,
+    ) -> StoreResult<Self> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
+        let lost = Lost {
+            flag: Arc::new(AtomicBool::new(false)),
+            tell: on_lost,
+        };
         let committed = match durability {
             Durability::AtCommit => None,
             Durability::SyncedLog(log) => {
                 let (committed, batches) = mpsc::channel::<Batch>();
-                spawn("sqlite-syncer", move || sync_and_answer(&log, &batches))?;
+                let lost = lost.clone();
+                spawn("sqlite-syncer", move || sync_and_answer(&log, &batches, &lost))?;
                 Some(committed)
             }
         };
-        spawn("sqlite-writer", move || run(&conn, &queue, committed.as_ref()))?;
+        spawn("sqlite-writer", move || run(&conn, &queue, committed.as_ref(), &lost))?;
         Ok(Self { jobs })
     }
 
@@ -129,7 +155,28 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> StoreResult<()> {
         .map_err(|e| StoreError::Unavailable(format!("cannot start the database's {name} thread: {e}")))
 }
 
-fn run(conn: &Connection, queue: &mpsc::Receiver<Box<dyn Job>>, syncer: Option<&mpsc::Sender<Batch>>) {
+/// Whether durability was lost, and whom to tell.
+#[derive(Clone)]
+struct Lost {
+    flag: Arc<AtomicBool>,
+    tell: Option<OnDurabilityLost>,
+}
+
+impl Lost {
+    /// Keep `committed` unanswered for good (its requests' replies are never sent nor
+    /// dropped), refuse every later write, and tell why, once.
+    fn committed_but_not_durable(&self, committed: Vec<Batch>, reason: &str) {
+        std::mem::forget(committed);
+        if !self.flag.swap(true, Ordering::AcqRel) {
+            tracing::error!(reason, "the database lost its durability: no more writes are taken");
+            if let Some(OnDurabilityLost(tell)) = &self.tell {
+                tell(reason);
+            }
+        }
+    }
+}
+
+fn run(conn: &Connection, queue: &mpsc::Receiver<Box<dyn Job>>, syncer: Option<&mpsc::Sender<Batch>>, lost: &Lost) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -138,11 +185,16 @@ fn run(conn: &Connection, queue: &mpsc::Receiver<Box<dyn Job>>, syncer: Option<&
                 Err(_) => break,
             }
         }
+        if lost.flag.load(Ordering::Acquire) {
+            // Not run: "nothing was changed" is true of these.
+            let refused = StoreError::Unavailable("the database's log could not be synced to disk".to_owned());
+            answer(batch, Some(&refused));
+            continue;
+        }
         match (commit(conn, &mut batch), syncer) {
             (Ok(()), Some(syncer)) => {
                 if let Err(mpsc::SendError(batch)) = syncer.send(batch) {
-                    let stopped = StoreError::Unavailable("the database syncer has stopped".to_owned());
-                    answer(batch, Some(&stopped));
+                    lost.committed_but_not_durable(vec![batch], "the database's syncer has stopped");
                 }
             }
             (Ok(()), None) => answer(batch, None),
@@ -158,21 +210,28 @@ fn answer(batch: Batch, failure: Option<&StoreError>) {
 }
 
 /// Fsync the log once for every batch committed since the last fsync, then answer them.
-fn sync_and_answer(log: &std::path::Path, batches: &mpsc::Receiver<Batch>) {
+fn sync_and_answer(log: &std::path::Path, batches: &mpsc::Receiver<Batch>, lost: &Lost) {
     while let Ok(first) = batches.recv() {
         let mut committed = vec![first];
         committed.extend(batches.try_iter());
         // The log's file is the same while the store has it open; opened for each fsync all
-        // the same, so that nothing rests on a descriptor kept across a change of it.
-        let failure = std::fs::File::open(log)
-            .and_then(|file| file.sync_data())
-            .err()
-            .map(|e| {
-                tracing::error!(error = %e, "the database's log could not be synced to disk");
-                StoreError::Unavailable(format!("the database could not be made durable: {e}"))
-            });
-        for batch in committed {
-            answer(batch, failure.as_ref());
+        // the same, so that nothing rests on a descriptor kept across a change of it (a log
+        // removed under the server is a failure, not a sync of a file nobody will read).
+        match std::fs::File::open(log).and_then(|file| file.sync_data()) {
+            Ok(()) => {
+                for batch in committed {
+                    answer(batch, None);
+                }
+            }
+            Err(e) => {
+                let reason = format!("the database's log {} could not be synced to disk: {e}", log.display());
+                lost.committed_but_not_durable(committed, &reason);
+                // Batches the writer committed before it saw the loss are not answered either.
+                for batch in batches.iter() {
+                    std::mem::forget(batch);
+                }
+                return;
+            }
         }
     }
 }
@@ -211,32 +270,60 @@ fn commit(conn: &Connection, batch: &mut [Box<dyn Job>]) -> StoreResult<()> {
 mod tests {
     use super::*;
 
-    fn writer(durability: impl FnOnce(&std::path::Path) -> Durability) -> (Writer, std::path::PathBuf) {
+    fn writer(
+        durability: impl FnOnce(&std::path::Path) -> Durability,
+        on_lost: Option<OnDurabilityLost>,
+    ) -> (Writer, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("autodeploy-writer-{}", crate::util::new_deployment_id()));
         std::fs::create_dir_all(&dir).unwrap();
         let conn = Connection::open(dir.join("db")).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
-        (Writer::start(conn, durability(&dir)).unwrap(), dir)
+        (Writer::start(conn, durability(&dir), on_lost).unwrap(), dir)
     }
 
-    /// A write is answered only through the syncer: when the log cannot be synced, the request
-    /// is told so, though its batch committed.
+    fn insert(v: i64) -> impl Fn(&Connection) -> StoreResult<usize> + Send + 'static {
+        move |conn: &Connection| execute(conn, "INSERT INTO t VALUES (?1)", [v])
+    }
+
+    /// A write is answered once the syncer synced the log.
     #[tokio::test]
     async fn an_answer_waits_for_the_log_to_be_synced() {
-        let (synced, dir) = writer(|dir| Durability::SyncedLog(dir.join("db-wal")));
-        let written = synced.write(|conn| execute(conn, "INSERT INTO t VALUES (1)", [])).await;
-        assert_eq!(written.unwrap(), 1);
+        let (synced, dir) = writer(|dir| Durability::SyncedLog(dir.join("db-wal")), None);
+        assert_eq!(synced.write(insert(1)).await.unwrap(), 1);
         std::fs::remove_dir_all(dir).unwrap();
+    }
 
-        let (unsynced, dir) = writer(|dir| Durability::SyncedLog(dir.join("no-such-log")));
-        let written = unsynced
-            .write(|conn| execute(conn, "INSERT INTO t VALUES (1)", []))
-            .await;
-        match written {
-            Err(StoreError::Unavailable(reason)) => assert!(reason.contains("durable"), "{reason}"),
-            other => panic!("answered without a synced log: {other:?}"),
+    /// When the log cannot be synced, the write that committed is never answered (neither
+    /// "done" nor "nothing was changed" would be true), the owner is told, and a later write
+    /// is refused before it runs.
+    #[tokio::test]
+    async fn a_log_that_cannot_be_synced_answers_nothing_and_takes_no_more_writes() {
+        let (told, reason) = std::sync::mpsc::channel::<String>();
+        let told = std::sync::Mutex::new(told);
+        let on_lost = OnDurabilityLost(Arc::new(move |reason: &str| {
+            let _ = told.lock().unwrap().send(reason.to_owned());
+        }));
+        let (unsynced, dir) = writer(|dir| Durability::SyncedLog(dir.join("no-such-log")), Some(on_lost));
+        let mut committed = Box::pin(unsynced.write(insert(1)));
+        // The first poll hands the write over.
+        assert!(futures::poll!(committed.as_mut()).is_pending());
+        let reason = tokio::task::spawn_blocking(move || reason.recv().unwrap())
+            .await
+            .unwrap();
+        assert!(reason.contains("could not be synced"), "{reason}");
+        // Told after the write was set aside for good: it stays unanswered.
+        assert!(futures::poll!(committed.as_mut()).is_pending());
+
+        match unsynced.write(insert(2)).await {
+            Err(StoreError::Unavailable(reason)) => assert!(reason.contains("synced"), "{reason}"),
+            other => panic!("a write after the loss: {other:?}"),
         }
+        let reader = Connection::open(dir.join("db")).unwrap();
+        let values: String = reader
+            .query_row("SELECT group_concat(v) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(values, "1", "the refused write did not run");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -258,7 +345,6 @@ mod tests {
     fn a_failed_write_is_undone_alone() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
-        let insert = |v: i64| move |conn: &Connection| execute(conn, "INSERT INTO t VALUES (?1)", [v]);
         let (first, first_answer) = job(insert(1));
         let (failing, failing_answer) = job(|conn: &Connection| {
             execute(conn, "INSERT INTO t VALUES (2)", [])?;

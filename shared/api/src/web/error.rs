@@ -138,7 +138,7 @@ impl From<StoreError> for ApiError {
             StoreError::PreconditionFailed => ApiError::precondition_failed(
                 "The resource changed since the ETag given in If-Match: read it again and retry.",
             ),
-            StoreError::Unavailable(detail) => {
+            StoreError::Unavailable(detail) | StoreError::Incompatible(detail) => {
                 // The cause goes to the log, not to the client: it may name internals.
                 tracing::error!(error = %detail, "store failure");
                 ApiError::unavailable("The store is unavailable; nothing was changed. Retry later.")
