@@ -651,4 +651,11 @@ async fn if_none_match_creates_only_and_if_match_requires_existence(api: Api) {
         let r = conditional(&api, method.clone(), path, header, body).await;
         assert_eq!(r.status, status, "{method} {path} {header:?}: {}", r.body);
     }
+    // The 412 of a DELETE under If-None-Match: * says why, for a missing service too (never
+    // "already exists").
+    let r = conditional(&api, Method::DELETE, ghost, ("if-none-match", "*"), None).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a DELETE removes one that does"), "{message}");
+    assert!(!message.contains("already exists"), "{message}");
 }

@@ -226,7 +226,12 @@ async fn delete_service(request: Manage<ServiceId>, headers: HeaderMap) -> ApiRe
     let precondition = Precondition::from_headers(&headers)?;
     let expected = match &precondition {
         Precondition::Etag(tag) => Some(tag.as_str()),
-        Precondition::Absent => return Err(Precondition::Absent.failed()),
+        // Whether or not the service exists: the condition excludes the delete either way.
+        Precondition::Absent => {
+            return Err(ApiError::precondition_failed(
+                "If-None-Match: * asks that the resource not exist, and a DELETE removes one that does: send If-Match with its ETag, or no condition.",
+            ));
+        }
         Precondition::None | Precondition::Exists => None,
     };
     let _turn = service_turn(state, org, id).await?;

@@ -201,8 +201,11 @@ pub fn github_payload<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<Cow<'b,
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-    // Sniffing covers a proxy that dropped the content type; JSON never starts with `payload=`.
-    if !form && !text.starts_with("payload=") {
+    // The body says which it is, whatever the header claims: a proxy may drop the content type,
+    // and a hand-made redelivery (curl's `--data-binary`) labels JSON as a form. A form never
+    // starts with `{`, nor JSON with `payload=`.
+    let object = text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{');
+    if object || (!form && !text.starts_with("payload=")) {
         return Ok(Cow::Borrowed(text));
     }
     form_urlencoded::parse(body)

@@ -334,6 +334,12 @@ fn github_form_encoded_body() {
         parse(GitProvider::Github, GH_PUSH, &form),
         parse(GitProvider::Github, GH_PUSH, json_body)
     );
+    // JSON labelled as a form (curl's `--data-binary` without a content type, a proxy) is
+    // read as the JSON it is.
+    assert_eq!(
+        parse(GitProvider::Github, &pairs, json_body),
+        parse(GitProvider::Github, GH_PUSH, json_body)
+    );
     // A form without `payload`.
     let err = parse_delivery(GitProvider::Github, &headers(&pairs), b"something=else&more=1").unwrap_err();
     assert_eq!(err, PayloadError::MissingFormPayload);
