@@ -70,7 +70,84 @@ fn the_strict_boolean_routes_are_every_boolean_parameter_of_the_api() {
 on_both_stores! {
     every_boolean_query_parameter_is_strict, a_bitbucket_clone_url_and_a_full_ref_are_stored_so_that_pushes_match,
     urls_that_could_never_match_are_refused_with_the_url_to_use, nothing_to_deploy_is_explained,
-    if_none_match_creates_only_and_if_match_requires_existence,
+    if_none_match_creates_only_and_if_match_requires_existence, misspelt_query_parameters_are_refused,
+}
+
+/// On a route whose parameters change what it does, a parameter it does not take is a 400
+/// naming it (`?dryrun=true` must not deploy for real, `?sevice_id=` not list everything);
+/// webhook routes take what a provider or a proxy adds.
+async fn misspelt_query_parameters_are_refused(api: Api) {
+    api.set_secret("acme", "github").await;
+    api.app("acme", "app", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    image_service(&api, "ci", "CONTAINER", "ghcr.io", "acme/ci", "1.0.0").await;
+    for (name, path) in [
+        ("container", "/organization/acme/container/deploy"),
+        ("job", "/organization/acme/job/deploy"),
+    ] {
+        let route = DryRunRoute {
+            name,
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: json!({"image_name": "ghcr.io/acme/ci", "tag": "2.0.0"})
+                .to_string()
+                .into_bytes(),
+        };
+        for query in ["dryrun=true", "dry-run=true", "dry_run=true&verbose=1"] {
+            let r = route.send(&api, query).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name} ?{query}: {}", r.body);
+            assert_error_form(&r, query);
+            let field = r.body["error"]["details"][0]["field"].as_str().unwrap();
+            assert!(
+                query.contains(field) && field != "dry_run",
+                "{name} ?{query}: {}",
+                r.body
+            );
+            assert!(
+                r.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("takes only dry_run"),
+                "{}",
+                r.body
+            );
+        }
+    }
+    assert!(api.deployments("acme").await.is_empty());
+    for (path, takes) in [
+        ("/organization/acme/deployments?sevice_id=app", "service_id"),
+        ("/organization/acme/deliveries?outcom=QUEUED", "outcome"),
+        ("/organization/acme/services?lmit=5", "limit, cursor"),
+        ("/organization/acme/targets?page=2", "limit, cursor"),
+        ("/organization/acme/tokens?limit=5&x=1", "limit, cursor"),
+    ] {
+        let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.body);
+        assert_error_form(&r, path);
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(takes),
+            "{path}: {}",
+            r.body
+        );
+    }
+    // The lists' own parameters still work; a webhook takes a parameter of its provider's.
+    let r = api
+        .call(
+            Method::GET,
+            "/organization/acme/deployments?service_id=app&status=QUEUED&limit=5",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let push = fixture("github/gp-push.json");
+    let r = api
+        .deliver(
+            "/organization/acme/webhooks/github?source=github-hook",
+            &provider_headers("github", &push, "delivery-2"),
+            push,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
 }
 
 /// A GitHub Packages delivery of ghcr.io/codertocat/hello-world:`tag`, signed, under

@@ -205,7 +205,7 @@ async fn create_token(Admin { caller, state, org, .. }: Admin, Valid(body): Vali
 }
 
 async fn list_tokens(Admin { state, org, .. }: Admin, query: QueryParams) -> ApiResult<Response> {
-    let list = ListParams::parse(&query, &org, "tokens")?;
+    let list = ListParams::parse(&query, &org, "tokens", &[])?;
     let page = state.store.list_tokens(&org, list.page()).await?;
     Ok(list.answer(page, TokenView::from))
 }

@@ -37,7 +37,7 @@ async fn list_deliveries(Manage { state, org, .. }: Manage, query: QueryParams) 
         filter.source.map_or("", |s| s.as_str()),
         filter.outcome.map_or("", |o| o.as_str())
     );
-    let list = ListParams::parse(&query, &org, &scope)?;
+    let list = ListParams::parse(&query, &org, &scope, &["source", "outcome"])?;
     let page = state.store.list_deliveries(&org, &list.query(filter)).await?;
     Ok(list.answer(page, identity))
 }

@@ -43,7 +43,7 @@ async fn list_deployments(Manage { state, org, .. }: Manage, query: QueryParams)
         filter.service_id.as_deref().unwrap_or(""),
         filter.status.map(DeploymentStatus::as_str).unwrap_or("")
     );
-    let list = ListParams::parse(&query, &org, &scope)?;
+    let list = ListParams::parse(&query, &org, &scope, &["service_id", "status"])?;
     let page = state.store.list_deployments(&org, &list.query(filter)).await?;
     Ok(list.answer(page, identity))
 }

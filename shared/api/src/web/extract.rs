@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use autodeploy_core::body::{Document, read_document};
 use autodeploy_core::delivery::{DeliveryOutcome, DeliverySource};
 use autodeploy_core::deployment::DeploymentStatus;
+use autodeploy_core::error::FieldError;
 use autodeploy_core::ids::{ID_RULE, is_valid_id};
 use axum::body::Body;
 use bytes::Bytes;
@@ -178,6 +179,34 @@ impl QueryParams {
             "false" | "0" => Ok(false),
             _ => Err(ApiError::invalid_field(name, "must be true, false, 1 or 0")),
         }
+    }
+
+    /// A 400 naming every parameter that is not one of `names`: on a route whose parameters
+    /// change what it does, a misspelt one (`?dryrun=true`, `?sevice_id=`) must not be ignored
+    /// into a real deployment or an unfiltered list. (Webhook routes take whatever a provider
+    /// or a proxy adds.)
+    pub fn only(&self, names: &[&str]) -> ApiResult<()> {
+        let mut unknown: Vec<String> = Vec::new();
+        for (name, _) in &self.0 {
+            // Shown as given, within bounds: the name is the client's text.
+            let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+            if !names.contains(&name.as_str()) && !unknown.contains(&shown) {
+                unknown.push(shown);
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let takes = match names {
+            [] => "takes no query parameter".to_owned(),
+            names => format!("takes only {}", names.join(", ")),
+        };
+        Err(ApiError::validation(
+            unknown
+                .into_iter()
+                .map(|name| FieldError::new(name, format!("is not a query parameter of this route, which {takes}")))
+                .collect(),
+        ))
     }
 
     /// `dry_run`: see [`QueryParams::flag`].

@@ -66,6 +66,7 @@ async fn deploy_job(request: CiRequest) -> ApiResult<Response> {
 }
 
 async fn ci_deploy((_, request, Valid(body)): CiRequest, target: ImageTarget) -> ApiResult<Response> {
+    request.query.only(&["dry_run"])?;
     let report = deploy_image(
         &request.state.deployer,
         ImageAnnouncement {

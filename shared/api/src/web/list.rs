@@ -46,8 +46,11 @@ struct Cursor {
 }
 
 impl ListParams {
-    /// `scope` names the list and its filters (e.g. `deployments?service_id=api`).
-    pub fn parse(query: &QueryParams, org: &str, scope: &str) -> ApiResult<Self> {
+    /// `scope` names the list and its filters (e.g. `deployments?service_id=api`); `filters`
+    /// are the parameters the list takes beside `limit` and `cursor` (any other is a 400).
+    pub fn parse(query: &QueryParams, org: &str, scope: &str, filters: &[&str]) -> ApiResult<Self> {
+        let taken: Vec<&str> = ["limit", "cursor"].iter().chain(filters).copied().collect();
+        query.only(&taken)?;
         let mut errors = Vec::new();
         let limit = match query.get("limit")? {
             None => DEFAULT_LIMIT,
@@ -144,13 +147,13 @@ mod tests {
         let c = encode_cursor("acme", "services", "api");
         let q = QueryParams::parse(Some(&format!("cursor={c}")));
         assert_eq!(
-            ListParams::parse(&q, "acme", "services").unwrap().after.as_deref(),
+            ListParams::parse(&q, "acme", "services", &[]).unwrap().after.as_deref(),
             Some("api")
         );
-        assert_eq!(ListParams::parse(&q, "other", "services").unwrap_err().status, 400);
-        assert_eq!(ListParams::parse(&q, "acme", "tokens").unwrap_err().status, 400);
+        assert_eq!(ListParams::parse(&q, "other", "services", &[]).unwrap_err().status, 400);
+        assert_eq!(ListParams::parse(&q, "acme", "tokens", &[]).unwrap_err().status, 400);
         let q = QueryParams::parse(Some("cursor=!!"));
-        assert_eq!(ListParams::parse(&q, "acme", "services").unwrap_err().status, 400);
+        assert_eq!(ListParams::parse(&q, "acme", "services", &[]).unwrap_err().status, 400);
     }
 
     #[test]
@@ -164,7 +167,7 @@ mod tests {
             ("-1", false),
         ] {
             let q = QueryParams::parse(Some(&format!("limit={raw}")));
-            assert_eq!(ListParams::parse(&q, "a", "s").is_ok(), ok, "{raw}");
+            assert_eq!(ListParams::parse(&q, "a", "s", &[]).is_ok(), ok, "{raw}");
         }
     }
 }

@@ -73,7 +73,7 @@ async fn get_service(Manage { state, org, id, .. }: Manage<ServiceId>) -> ApiRes
 }
 
 async fn list_services(Manage { state, org, .. }: Manage, query: QueryParams) -> ApiResult<Response> {
-    let list = ListParams::parse(&query, &org, "services")?;
+    let list = ListParams::parse(&query, &org, "services", &[])?;
     let page = state.store.list_services(&org, list.page()).await?;
     Ok(list.answer(page, |s| s.service))
 }

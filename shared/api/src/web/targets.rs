@@ -84,7 +84,7 @@ async fn get_target(Manage { state, org, id, .. }: Manage<TargetId>) -> ApiResul
 }
 
 async fn list_targets(Manage { state, org, .. }: Manage, query: QueryParams) -> ApiResult<Response> {
-    let list = ListParams::parse(&query, &org, "targets")?;
+    let list = ListParams::parse(&query, &org, "targets", &[])?;
     let page = state.store.list_targets(&org, list.page()).await?;
     Ok(list.answer(page, |t| TargetBody::new(&t, t.spec.view())))
 }
