@@ -38,8 +38,11 @@ pub struct Settings {
 /// At most `settings.max_connections` are open at once. At the cap, each new connection
 /// closes the oldest idle one (a connection between requests, or still sending its headers),
 /// as nginx reuses its idle connections: clients holding sockets open without a request
-/// cannot lock others out. When every connection is busy, the new one waits for the first to
-/// finish its request (the others stay queued by the kernel).
+/// cannot lock others out. When none is idle, it drops the oldest one still sending its
+/// request's body (nothing of that request was done: a body is read before anything is
+/// written), so that stalled bodies cannot lock others out either for as long as the body
+/// timeout. When every connection is answering, the new one waits for the first to finish its
+/// request (the others stay queued by the kernel).
 pub async fn serve_http(
     listeners: Vec<TcpListener>,
     router: Router,
@@ -100,7 +103,8 @@ pub async fn serve_http(
             let body_timeout = settings.body_timeout;
             hyper::service::service_fn(move |request: http::Request<Incoming>| {
                 let busy = Busy::new(state.clone());
-                let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout)));
+                let receiving = Receiving::new(state.clone());
+                let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout, receiving)));
                 let response = router.clone().oneshot(request);
                 async move {
                     let response = response.await;
@@ -127,6 +131,8 @@ pub async fn serve_http(
                         connection.as_mut().graceful_shutdown();
                         closing = true;
                     }
+                    // Dropped: idle, or its request still arriving.
+                    () = state.drop_now.notified() => break,
                 }
             }
             connections.forget(id);
@@ -164,8 +170,12 @@ struct Connections {
 struct ConnectionState {
     /// A request is being answered.
     busy: AtomicBool,
+    /// That request's body is still arriving.
+    receiving: AtomicBool,
     /// Asks the connection to close once idle.
     close: Notify,
+    /// Drops the connection at once.
+    drop_now: Notify,
 }
 
 impl Connections {
@@ -188,15 +198,23 @@ impl Connections {
         self.lock().remove(&id);
     }
 
-    /// Ask the oldest idle connection to close, or the oldest one when none is idle (it
-    /// closes after its response).
+    /// Drop the oldest idle connection (between requests, or still sending its headers), or
+    /// else the oldest one still receiving its request's body; when every one is answering,
+    /// ask the oldest to close after its response.
     fn close_oldest(&self) {
         let mut open = self.lock();
-        let oldest = open
+        let idle = |state: &ConnectionState| !state.busy.load(Ordering::Acquire);
+        let receiving = |state: &ConnectionState| state.receiving.load(Ordering::Acquire);
+        let dropped = open
             .iter()
-            .find(|(_, state)| !state.busy.load(Ordering::Acquire))
-            .or_else(|| open.iter().next())
+            .find(|(_, state)| idle(state))
+            .or_else(|| open.iter().find(|(_, state)| receiving(state)))
             .map(|(id, _)| *id);
+        if let Some(state) = dropped.and_then(|id| open.remove(&id)) {
+            state.drop_now.notify_one();
+            return;
+        }
+        let oldest = open.keys().next().copied();
         if let Some(state) = oldest.and_then(|id| open.remove(&id)) {
             state.close.notify_one();
         }
@@ -226,6 +244,27 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.0.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Marks a connection as receiving its request's body until the body ended (or failed, or
+/// was left unread when the answer went).
+struct Receiving(Arc<ConnectionState>);
+
+impl Receiving {
+    fn new(state: Arc<ConnectionState>) -> Self {
+        state.receiving.store(true, Ordering::Release);
+        Self(state)
+    }
+
+    fn done(&self) {
+        self.0.receiving.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -265,13 +304,18 @@ impl Throttle {
 struct DeadlineBody {
     inner: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    receiving: Receiving,
 }
 
 impl DeadlineBody {
-    fn new(inner: Incoming, timeout: Duration) -> Self {
+    fn new(inner: Incoming, timeout: Duration, receiving: Receiving) -> Self {
+        if inner.is_end_stream() {
+            receiving.done();
+        }
         Self {
             inner,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            receiving,
         }
     }
 }
@@ -282,6 +326,9 @@ impl HttpBody for DeadlineBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream() {
+                self.receiving.done();
+            }
             return Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)));
         }
         match self.deadline.as_mut().poll(cx) {
@@ -320,15 +367,20 @@ mod tests {
 
     #[test]
     fn the_oldest_idle_connection_is_closed_first() {
-        let connections = Connections::new(3);
-        let opened: Vec<_> = (0..3).map(|_| connections.open()).collect();
+        let connections = Connections::new(4);
+        let opened: Vec<_> = (0..4).map(|_| connections.open()).collect();
         let busy = Busy::new(opened[0].1.clone());
         connections.close_oldest();
-        // The oldest is busy: the next one is asked to close, and only it.
+        // The oldest is busy: the next one, idle, is dropped, and only it.
+        let remaining: Vec<u64> = connections.lock().keys().copied().collect();
+        assert_eq!(remaining, [opened[0].0, opened[2].0, opened[3].0]);
+        // None idle: the oldest still receiving its body is dropped before any answering one.
+        let _answering = Busy::new(opened[2].1.clone());
+        let _stalled = (Busy::new(opened[3].1.clone()), Receiving::new(opened[3].1.clone()));
+        connections.close_oldest();
         let remaining: Vec<u64> = connections.lock().keys().copied().collect();
         assert_eq!(remaining, [opened[0].0, opened[2].0]);
-        // Every one busy: the oldest closes after its response.
-        let _also = Busy::new(opened[2].1.clone());
+        // Every one answering: the oldest closes after its response.
         connections.close_oldest();
         let remaining: Vec<u64> = connections.lock().keys().copied().collect();
         assert_eq!(remaining, [opened[2].0]);

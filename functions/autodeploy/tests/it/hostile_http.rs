@@ -209,6 +209,51 @@ fn slow_bodies_are_timed_out_while_others_are_served() {
     server.assert_healthy();
 }
 
+/// At the connection cap, connections whose request bodies stalled are dropped for new ones
+/// (nothing of their requests was done), so a flood of them cannot lock others out for as
+/// long as the body timeout.
+#[test]
+fn stalled_bodies_at_the_connection_cap_do_not_lock_others_out() {
+    const CAP: usize = 16;
+    let cap = CAP.to_string();
+    let mut server = Server::start(
+        ADMIN,
+        &[
+            "--max-connections",
+            &cap,
+            "--header-timeout",
+            "600",
+            "--body-timeout",
+            "600",
+        ],
+    );
+    server.set_webhook_secret(ADMIN, "github", "a-webhook-secret-for-stalled-bodies");
+    let head = format!(
+        "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: 1000\r\n\r\n{{",
+        "0".repeat(64)
+    );
+    let mut stalled: Vec<TcpStream> = (0..CAP)
+        .map(|_| {
+            let mut stream = server.connect();
+            stream.write_all(head.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    // Each new connection takes the place of a stalled one, at once rather than after the
+    // body timeout.
+    for _ in 0..3 {
+        server.assert_healthy();
+    }
+    let oldest = stalled.remove(0);
+    let mut oldest = oldest;
+    assert_eq!(
+        read_response(&mut oldest),
+        None,
+        "the oldest stalled request was dropped unanswered"
+    );
+}
+
 #[test]
 fn an_idle_kept_alive_connection_is_closed() {
     let mut server = server();
