@@ -160,6 +160,11 @@ pub struct DeliveryRecord {
 /// counted in logs and metrics, so unauthenticated traffic cannot flush the history.
 pub const REJECTED_PER_MINUTE: u32 = 60;
 
+/// Rejected deliveries the standalone server's history keeps per organization, the newest:
+/// the rest of its [`DELIVERY_HISTORY_PER_ORGANIZATION`] is left to accepted deliveries, which
+/// refusals, however long they go on, cannot push out.
+pub const REJECTED_KEPT: u32 = 100;
+
 /// How long a delivery stays in the history (SPEC: 30 days).
 pub const DELIVERY_HISTORY_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
 

@@ -14,7 +14,34 @@ use serde_json::{Value, json};
 on_both_stores! {
     git_pushes_are_recorded_with_every_outcome, every_git_provider_is_recorded,
     image_tags_and_registry_webhooks_are_recorded, filters_pages_and_one_delivery,
-    a_flood_of_bad_signatures_leaves_the_history_usable,
+    a_flood_of_bad_signatures_leaves_the_history_usable, refusals_are_recorded_only_for_an_organization_set_up,
+}
+
+/// A refusal is recorded for an organization that has something set up (here a service but
+/// no secret yet: the history says why its pushes are refused), never for a name nobody set
+/// up, or inventing organization names would grow the store without bound.
+async fn refusals_are_recorded_only_for_an_organization_set_up(api: Api) {
+    let body = github_push(|_| {});
+    let headers = vec![
+        ("x-github-event".to_owned(), "push".to_owned()),
+        (
+            "x-hub-signature-256".to_owned(),
+            github_signature("some-secret-0123456789", &body),
+        ),
+    ];
+    for i in 0..5 {
+        let path = format!("/organization/ghost-{i}/webhooks/github");
+        let r = api.deliver(&path, &headers, body.clone()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+        assert!(all(&api, &format!("ghost-{i}"), "").await.is_empty());
+    }
+    api.app("acme", "svc", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let r = api.deliver(HOOK, &headers, body).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    let listed = all(&api, "acme", "").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["outcome"], "REJECTED");
+    assert!(listed[0]["reason"].as_str().unwrap().contains("secret"), "{listed:?}");
 }
 
 const HOOK: &str = "/organization/acme/webhooks/github";
@@ -137,13 +164,14 @@ async fn secret_status(api: &Api, provider: &str) -> Value {
 
 async fn git_pushes_are_recorded_with_every_outcome(api: Api) {
     let push = github_push(|_| {});
-    // Refused: no secret yet, then a wrong signature, none, a body that is no push.
+    // Refused: no secret yet (for an organization with a service: one nobody set up records
+    // nothing), then a wrong signature, none, a body that is no push.
+    api.app("acme", "svc", "GITHUB", GITHUB_REPO, "master", json!({})).await;
     let r = github(&api, "", "push", "d-nosecret", Some(WEBHOOK_SECRET), push.clone()).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     // Before any secret, the status says so, and no delivery of this provider yet...
     assert_eq!(secret_status(&api, "gitlab").await["last_delivery_at"], Value::Null);
     api.set_secret("acme", "github").await;
-    api.app("acme", "svc", "GITHUB", GITHUB_REPO, "master", json!({})).await;
     api.app(
         "acme",
         "off",

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use autodeploy_core::delivery::{
-    DELIVERY_HISTORY_PER_ORGANIZATION, DELIVERY_HISTORY_RETENTION_SECS, DeliveryOutcome, DeliveryRecord,
+    DELIVERY_HISTORY_PER_ORGANIZATION, DELIVERY_HISTORY_RETENTION_SECS, DeliveryOutcome, DeliveryRecord, REJECTED_KEPT,
     REJECTED_PER_MINUTE,
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -19,6 +19,10 @@ fn record_of(org: &str, data: String) -> StoreResult<DeliveryRecord> {
     Ok(record)
 }
 
+/// Remove the refusals of `?1` older than its newest `?2 + 1`, through their own index.
+const TRIM_REJECTED: &str = "DELETE FROM delivery_log WHERE org = ?1 AND outcome = 'REJECTED' AND id < (
+    SELECT id FROM delivery_log WHERE org = ?1 AND outcome = 'REJECTED' ORDER BY id DESC LIMIT 1 OFFSET ?2)";
+
 /// Add `record` to the history (see [`DeliveryHistory::record_delivery`]), keeping the
 /// organization's newest [`DELIVERY_HISTORY_PER_ORGANIZATION`].
 pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<bool> {
@@ -27,7 +31,8 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
     // Counted in the minute the history shows it received, not the minute it is written in,
     // so that no minute of the history lists more than the budget.
     let received = rfc3339_unix(&record.received_at).unwrap_or(now);
-    if record.outcome == DeliveryOutcome::Rejected && !within_rejected_budget(conn, org, received)? {
+    let rejected = record.outcome == DeliveryOutcome::Rejected;
+    if rejected && !(organization_known(conn, org)? && within_rejected_budget(conn, org, received)?) {
         return Ok(false);
     }
     execute(
@@ -42,6 +47,10 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
             to_json(record)?
         ],
     )?;
+    if rejected {
+        // Only the newest refusals: the rest of the history is the accepted deliveries'.
+        execute(conn, TRIM_REJECTED, params![org, REJECTED_KEPT - 1])?;
+    }
     // Trimming walks a thousand index entries: done for about one delivery in 256 (ids end
     // in random hex digits), while reads never show more than the newest thousand.
     if !record.id.ends_with("00") {
@@ -55,6 +64,18 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
         )?;
     }
     Ok(true)
+}
+
+/// Whether `org` has anything set up (a webhook secret, a service, a token, a deploy target):
+/// refusals of an organization nobody set up are not recorded, or inventing organization
+/// names would grow the database without bound.
+fn organization_known(conn: &Connection, org: &str) -> StoreResult<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM webhook_secrets WHERE org = ?1) OR EXISTS (SELECT 1 FROM services WHERE org = ?1)
+             OR EXISTS (SELECT 1 FROM tokens WHERE org = ?1) OR EXISTS (SELECT 1 FROM targets WHERE org = ?1)",
+    )
+    .and_then(|mut stmt| stmt.query_row(params![org], |r| r.get(0)))
+    .map_err(unavailable)
 }
 
 /// Count a rejected delivery against its organization's budget for the minute it was received
@@ -186,9 +207,74 @@ mod tests {
     /// A delivery received in the last second of a minute may be written in the next: it
     /// counts against the minute the history shows, which then never lists more than the
     /// budget, and the next minute keeps its own.
+    fn set_up(conn: &Connection, org: &str) {
+        conn.execute(
+            "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES (?1, 'github', 's', 't')",
+            [org],
+        )
+        .unwrap();
+    }
+
+    fn count(conn: &Connection, outcome: &str) -> u32 {
+        conn.query_row("SELECT count(*) FROM delivery_log WHERE outcome = ?1", [outcome], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    /// Refusals for an organization nobody set up are not recorded: inventing organization
+    /// names must not grow the database. Once it has a secret, they are.
+    #[test]
+    fn refusals_of_an_organization_nobody_set_up_are_not_recorded() {
+        let conn = super::super::plans::migrated();
+        assert!(!insert(&conn, &rejected("a000", "2026-01-01T12:00:00Z")).unwrap());
+        assert_eq!(count(&conn, "REJECTED"), 0);
+        set_up(&conn, "acme");
+        assert!(insert(&conn, &rejected("a001", "2026-01-01T12:00:00Z")).unwrap());
+        assert_eq!(count(&conn, "REJECTED"), 1);
+    }
+
+    /// Refusals, 60 a minute for twenty minutes, leave the accepted deliveries where they
+    /// were: only the newest refusals are kept, through their own index.
+    #[test]
+    fn refusals_cannot_push_accepted_deliveries_out() {
+        let conn = super::super::plans::migrated();
+        set_up(&conn, "acme");
+        let accepted = DeliveryRecord {
+            outcome: DeliveryOutcome::Queued,
+            http_status: 202,
+            ..rejected("0000", "2026-01-01T11:59:00Z")
+        };
+        assert!(insert(&conn, &accepted).unwrap());
+        for minute in 0..20 {
+            for i in 0..REJECTED_PER_MINUTE {
+                let at = format!("2026-01-01T12:{minute:02}:30Z");
+                assert!(insert(&conn, &rejected(&format!("{minute:02}{i:03}"), &at)).unwrap());
+            }
+        }
+        assert_eq!(count(&conn, "REJECTED"), REJECTED_KEPT);
+        assert_eq!(count(&conn, "QUEUED"), 1);
+        let newest: String = conn
+            .query_row("SELECT min(id) FROM delivery_log WHERE outcome = 'REJECTED'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            newest,
+            format!("{:02}{:03}", 18, REJECTED_PER_MINUTE * 2 - REJECTED_KEPT)
+        );
+        let plan = super::super::plans::query_plan(&conn, TRIM_REJECTED, params!["acme", 99]);
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN"))
+                && plan.iter().any(|step| step.contains("delivery_log_rejected")),
+            "{plan:#?}"
+        );
+    }
+
     #[test]
     fn rejected_deliveries_count_in_the_minute_they_were_received() {
         let conn = super::super::plans::migrated();
+        set_up(&conn, "acme");
         for i in 0..REJECTED_PER_MINUTE {
             assert!(insert(&conn, &rejected(&format!("a{i:03}"), "2026-01-01T12:00:59Z")).unwrap());
         }

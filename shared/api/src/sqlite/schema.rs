@@ -232,11 +232,14 @@ CREATE INDEX deployments_finished ON deployments (updated_unix)
 "#,
     // What `GET /health` writes: a write that changes a page, so that it fails when the
     // database's files cannot be written (a full disk, a read-only log), as other writes do.
+    // The refused deliveries' own index.
     r#"
 CREATE TABLE health_checks (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     checks INTEGER NOT NULL
 );
+-- The refused deliveries of an organization, to keep only the newest of them.
+CREATE INDEX delivery_log_rejected ON delivery_log (org, id) WHERE outcome = 'REJECTED';
 "#,
 ];
 

@@ -790,6 +790,25 @@ const SOURCE: &str = "source";
 const OUTCOME: &str = "outcome";
 
 impl DynamoStore {
+    /// Whether `org` has anything set up: refusals of an organization nobody set up are not
+    /// recorded, or inventing organization names would grow the table without bound.
+    async fn organization_known(&self, org: &str) -> StoreResult<bool> {
+        // Its services (and deployments), webhook secrets, tokens and targets: a partition
+        // each; most organizations have services, the first asked.
+        for pk in [org_pk(org), secret_pk(org), token_pk(org), targets::target_pk(org)] {
+            let out = self
+                .partition_query(pk, "", None, true)
+                .limit(1)
+                .send()
+                .await
+                .map_err(|e| unavailable("record_delivery", &e))?;
+            if out.count() > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Count one more rejected delivery of `org` in the minute it was received (the minute of
     /// its `received_at`, so that no minute of the history shows more than the budget);
     /// `false` once that minute's budget is spent.
@@ -829,7 +848,9 @@ fn delivery_record_from_item(org: &str, item: &Item) -> StoreResult<DeliveryReco
 impl DeliveryHistory for DynamoStore {
     async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool> {
         let org = &record.organization_id;
-        if record.outcome == DeliveryOutcome::Rejected && !self.rejected_budget(org, &record.received_at).await? {
+        if record.outcome == DeliveryOutcome::Rejected
+            && !(self.organization_known(org).await? && self.rejected_budget(org, &record.received_at).await?)
+        {
             return Ok(false);
         }
         let data = serde_json::to_string(record)
@@ -1195,8 +1216,12 @@ fn counted_keys(item: &Item) -> StoreResult<Vec<String>> {
 
 /// Webhook secrets live in a partition of their own, apart from what the internet-facing
 /// functions write (`dynamodb:LeadingKeys` in the template tells them apart).
+fn secret_pk(org: &str) -> String {
+    format!("SECRET#{org}")
+}
+
 fn secret_key(org: &str, provider: &str) -> Item {
-    key(format!("SECRET#{org}"), format!("SECRET#{provider}"))
+    key(secret_pk(org), format!("SECRET#{provider}"))
 }
 
 /// Tokens too (their `TOKENHASH#` lookups are items of their own).

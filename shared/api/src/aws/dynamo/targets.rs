@@ -21,7 +21,7 @@ const VERSION: &str = "version";
 /// [`DynamoStore::delete_target`]).
 const NAMED_MARK: &str = "named_mark";
 
-fn target_pk(org: &str) -> String {
+pub(super) fn target_pk(org: &str) -> String {
     format!("TARGET#{org}")
 }
 
