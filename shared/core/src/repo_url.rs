@@ -316,6 +316,15 @@ impl Parts<'_> {
         if self.password.is_some_and(|p| !p.is_empty()) {
             return Some(Credential::Password);
         }
+        // `user%3Apass@`: a password behind an encoded colon.
+        let decoded_user = self.user.map(|user| percent_decode_str(user).decode_utf8_lossy());
+        if decoded_user
+            .as_deref()
+            .and_then(|user| user.split_once(':'))
+            .is_some_and(|(_, password)| !password.is_empty())
+        {
+            return Some(Credential::Password);
+        }
         match (self.scheme, self.user) {
             (Scheme::Http, Some(user)) if is_token(user) => Some(Credential::Token),
             _ => None,
@@ -354,7 +363,10 @@ impl Parts<'_> {
 /// than any provider allows for user names (GitHub's 39 characters is the longest), or a long
 /// run of hexadecimal digits (Gitea, Gogs and older GitHub tokens).
 fn is_token(user: &str) -> bool {
-    const PREFIXES: [&str; 15] = [
+    const PREFIXES: [&str; 17] = [
+        // AWS access key ids (CodeCommit).
+        "AKIA",
+        "ASIA",
         "ghp_",
         "gho_",
         "ghu_",
@@ -838,6 +850,8 @@ mod tests {
         ("git://github.com/acme/shop.git", "github.com/acme/shop", false),
         ("https://www.github.com/acme/shop", "github.com/acme/shop", false),
         ("https://ghp_abc123@github.com/acme/shop.git", "github.com/acme/shop", true),
+        ("https://user%3Ahunter2@github.com/acme/shop.git", "github.com/acme/shop", true),
+        ("https://AKIAIOSFODNN7EXAMPLE@github.com/acme/shop.git", "github.com/acme/shop", true),
         ("https://x-access-token:ghs_abc@github.com/acme/shop.git", "github.com/acme/shop", true),
         ("https://user:@github.com/acme/shop.git", "github.com/acme/shop", false),
         ("https://0123456789abcdef0123456789abcdef@github.com/acme/shop.git", "github.com/acme/shop", true),
