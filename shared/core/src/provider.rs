@@ -104,6 +104,9 @@ impl SecretProvider {
         if secret.chars().any(char::is_control) {
             return Err("must not contain control characters".to_owned());
         }
+        if secret.trim().is_empty() {
+            return Err(format!("must not be only spaces; {GENERATE_SECRET}"));
+        }
         let url_safe = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-');
         if self == SecretProvider::Dockerhub && !secret.bytes().all(url_safe) {
             return Err(format!(
@@ -166,6 +169,7 @@ mod tests {
         refused(github, &"a".repeat(1025), "at most 1024 bytes");
         refused(github, &"é".repeat(513), "at most 1024 bytes");
         refused(github, "sixteen chars\nand more", "control characters");
+        refused(github, &" ".repeat(20), "only spaces");
         for bad in [
             "sixteen chars and spaces",
             "s3cret/with/slashes",
