@@ -40,6 +40,7 @@ pub(crate) struct Received {
     pub webhook_id: String,
     pub timestamp: String,
     pub signature: String,
+    pub authorization: String,
     pub body: Vec<u8>,
 }
 
@@ -59,6 +60,16 @@ impl Drop for Receiver {
 
 impl Receiver {
     pub(crate) async fn start(statuses: &[u16]) -> Receiver {
+        Self::answering(statuses, false).await
+    }
+
+    /// [`Receiver::start`], its message repeating the `Authorization` and `webhook-signature`
+    /// it got, upper- and lower-cased, as a careless target might.
+    pub(crate) async fn echoing(statuses: &[u16]) -> Receiver {
+        Self::answering(statuses, true).await
+    }
+
+    async fn answering(statuses: &[u16], echo: bool) -> Receiver {
         let statuses: Arc<Vec<u16>> = Arc::new(statuses.to_vec());
         let acceptor = test_tls_acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,11 +92,18 @@ impl Receiver {
                                     .unwrap_or_default()
                                     .to_owned()
                             };
-                            let (webhook_id, timestamp, signature) = (
+                            let (webhook_id, timestamp, signature, authorization) = (
                                 header("webhook-id"),
                                 header("webhook-timestamp"),
                                 header("webhook-signature"),
+                                header("authorization"),
                             );
+                            let mut message = format!("answer {n}", n = recorded.lock().unwrap().len());
+                            if echo {
+                                for sent in [&authorization, &signature] {
+                                    message.push_str(&format!(" {} {}", sent.to_uppercase(), sent.to_lowercase()));
+                                }
+                            }
                             let body = request.into_body().collect().await.unwrap().to_bytes().to_vec();
                             let n = {
                                 let mut all = recorded.lock().unwrap();
@@ -93,6 +111,7 @@ impl Receiver {
                                     webhook_id,
                                     timestamp,
                                     signature,
+                                    authorization,
                                     body,
                                 });
                                 all.len() - 1
@@ -101,9 +120,7 @@ impl Receiver {
                             http::Response::builder()
                                 .status(status)
                                 .header("content-type", "application/json")
-                                .body(Full::new(Bytes::from(
-                                    json!({"message": format!("answer {n}")}).to_string(),
-                                )))
+                                .body(Full::new(Bytes::from(json!({ "message": message }).to_string())))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()

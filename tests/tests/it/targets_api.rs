@@ -2,12 +2,24 @@
 //! shown again (the store, read directly, says what is kept); a generated `whsec_` secret shown
 //! once; private hosts refused; services naming targets; a named target not deleted.
 
+use autodeploy_api::dispatch::send::{Sender, SenderConfig};
+use autodeploy_api::dispatch::{Delivery, Dispatcher};
+use autodeploy_api::store::AttemptStart;
 use autodeploy_core::target::Target;
+use autodeploy_core::target::delivery::RetryPolicy;
 use autodeploy_tests::{ADMIN, Api, Reply, on_both_stores};
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
 
-on_both_stores!(targets_are_write_only, services_name_existing_targets);
+use crate::aws_dispatcher::{Receiver, record};
+use crate::https_client::test_ca_roots;
+
+on_both_stores!(
+    targets_are_write_only,
+    services_name_existing_targets,
+    a_kept_credential_never_follows_a_new_address,
+    an_echoed_credential_stays_out_of_last_error,
+);
 
 const GIVEN: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwdGVzdHRlc3Q=";
 
@@ -39,6 +51,192 @@ fn fields(body: &Value) -> Vec<&str> {
     let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
     keys
+}
+
+/// The API allowing private targets (the receivers are on 127.0.0.1), and its dispatcher,
+/// trusting the receivers' test CA.
+fn with_dispatcher(api: Api) -> (Api, Dispatcher) {
+    let api = api.reconfigured(|state| state.allowing_private_targets(true));
+    let dispatcher = Dispatcher {
+        store: api.store.clone(),
+        sender: Sender::trusting(SenderConfig::new(true), test_ca_roots()).unwrap(),
+        policy: RetryPolicy::default(),
+    };
+    (api, dispatcher)
+}
+
+/// Service `id` of `acme`, delivered to target `target` (as `external_id` there).
+async fn service_on(api: &Api, id: &str, target: &str) {
+    let body = json!({"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+        "git_repository": {"provider": "GITHUB", "url": format!("https://github.com/acme/{id}"), "branch": "main"},
+        "deploy_target": {"target_id": target, "external_id": "0b1c2d3e"}});
+    let r = api.put_service("acme", id, body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+}
+
+/// One attempt at a new deployment of service `id` (pushed `mark`), as the dispatcher makes
+/// it; its id.
+async fn deploy_once(api: &Api, dispatcher: &Dispatcher, id: &str, mark: &str) -> (String, Delivery) {
+    let request = record(&*api.store, id, mark).await;
+    let AttemptStart::Started(taken) = api.store.begin_attempt("acme", &request.deployment_id).await.unwrap() else {
+        panic!("deployment {} not taken", request.deployment_id)
+    };
+    let delivery = dispatcher.attempt(&taken).await.unwrap();
+    (request.deployment_id, delivery)
+}
+
+/// A `manage` token cannot move a target to its own address and have the kept token (or
+/// secret) sent there: a PUT that changes where the requests go must give the credential
+/// again; nothing is sent to the new address.
+async fn a_kept_credential_never_follows_a_new_address(api: Api) {
+    let (api, dispatcher) = with_dispatcher(api);
+    let (engine, elsewhere) = (Receiver::start(&[202]).await, Receiver::start(&[202]).await);
+    let manage = api.token("acme", &["manage"]).await;
+    let put_as = |id: &'static str, body: Value| {
+        let (api, manage) = (&api, manage.clone());
+        async move {
+            api.call(
+                Method::PUT,
+                &format!("/organization/acme/targets/{id}"),
+                Some(&manage),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let qovery = json!({"type": "QOVERY", "token": "qov_kept_token", "api_url": engine.url});
+    let r = put_as("engine", qovery).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    service_on(&api, "api", "engine").await;
+
+    // Another host, another port, another path: each refused, naming the token.
+    let other_host = engine.url.replace("localhost", "127.0.0.1");
+    for api_url in [
+        elsewhere.url.as_str(),
+        other_host.as_str(),
+        &format!("{}/v2", engine.url),
+    ] {
+        let r = put_as("engine", json!({"type": "QOVERY", "api_url": api_url})).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{api_url}: {}", r.body);
+        assert_eq!(r.error_code(), "VALIDATION_FAILED");
+        assert_eq!(r.error_fields(), ["token"], "{}", r.body);
+        assert!(
+            r.body.to_string().contains("is required when api_url changes"),
+            "{}",
+            r.body
+        );
+    }
+    // The same address keeps it (a GET → PUT round trip).
+    let r = put_as("engine", json!({"type": "QOVERY", "api_url": engine.url})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(kept(&api, "engine").await, "qov_kept_token");
+
+    // The dispatcher still sends the token where it went, and nothing elsewhere.
+    let (_, delivery) = deploy_once(&api, &dispatcher, "api", "a..b").await;
+    assert_eq!(delivery, Delivery::Delivered);
+    let got = engine.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].authorization, "Token qov_kept_token");
+    assert!(elsewhere.received().is_empty());
+
+    // GitHub Actions: the api_url, the repository and the workflow make the address.
+    let actions = json!({"type": "GITHUB_ACTIONS", "token": "github_pat_11KEPT", "repository": "acme/deploy",
+        "workflow": "deploy.yml", "ref": "main", "api_url": engine.url});
+    let r = put_as("actions", actions.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for (field, value) in [
+        ("api_url", elsewhere.url.as_str()),
+        ("repository", "mallory/deploy"),
+        ("workflow", "exfiltrate.yml"),
+    ] {
+        let mut moved = actions.clone();
+        moved.as_object_mut().unwrap().remove("token");
+        moved[field] = json!(value);
+        let r = put_as("actions", moved).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}: {}", r.body);
+        assert_eq!(r.error_fields(), ["token"], "{}", r.body);
+    }
+    let mut new_ref = actions.clone();
+    new_ref.as_object_mut().unwrap().remove("token");
+    new_ref["ref"] = json!("release");
+    assert_eq!(put_as("actions", new_ref).await.status, StatusCode::OK);
+    assert_eq!(kept(&api, "actions").await, "github_pat_11KEPT");
+
+    // A webhook's secret does not follow a new url either; given again, it does.
+    let r = put_as("hook", json!({"type": "WEBHOOK", "url": engine.url, "secret": GIVEN})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = put_as("hook", json!({"type": "WEBHOOK", "url": elsewhere.url})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.error_fields(), ["secret"], "{}", r.body);
+    let r = put_as(
+        "hook",
+        json!({"type": "WEBHOOK", "url": elsewhere.url, "secret": GIVEN}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Refusals changed nothing; a new token moves the target, and only it goes there.
+    let stored = api.store.get_target("acme", "engine").await.unwrap().unwrap();
+    assert!(matches!(&stored.spec, Target::Qovery { api_url, .. } if *api_url == engine.url));
+    let moved = json!({"type": "QOVERY", "token": "qov_new_token", "api_url": elsewhere.url});
+    assert_eq!(put_as("engine", moved).await.status, StatusCode::OK);
+    let (_, delivery) = deploy_once(&api, &dispatcher, "api", "b..c").await;
+    assert_eq!(delivery, Delivery::Delivered);
+    assert_eq!(engine.received().len(), 1);
+    let got = elsewhere.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].authorization, "Token qov_new_token");
+}
+
+/// A target that answers a refusal repeating the token or signature it got, in any case,
+/// gets none of it into the deployment's `last_error`.
+async fn an_echoed_credential_stays_out_of_last_error(api: Api) {
+    let (api, dispatcher) = with_dispatcher(api);
+    let (engine, hook) = (Receiver::echoing(&[400]).await, Receiver::echoing(&[400]).await);
+    let r = put(
+        &api,
+        "engine",
+        json!({"type": "QOVERY", "token": "qov_Echoed.Token", "api_url": engine.url}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = put(
+        &api,
+        "hook",
+        json!({"type": "WEBHOOK", "url": hook.url, "secret": GIVEN}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    service_on(&api, "api", "engine").await;
+    service_on(&api, "web", "hook").await;
+    for (service, receiver) in [("api", &engine), ("web", &hook)] {
+        let (id, delivery) = deploy_once(&api, &dispatcher, service, "a..b").await;
+        assert_eq!(delivery, Delivery::Failed);
+        let r = api.admin_get(&format!("/organization/acme/deployments/{id}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let error = r.body["last_error"].as_str().unwrap().to_owned();
+        assert!(
+            error.starts_with("the target answered 400 Bad Request: answer 0 [redacted]"),
+            "{error}"
+        );
+        let [got] = &receiver.received()[..] else {
+            panic!("{service}: {} requests", receiver.received().len())
+        };
+        let lowered = error.to_lowercase();
+        for sent in [
+            got.authorization.as_str(),
+            got.authorization.trim_start_matches("Token "),
+            got.signature.as_str(),
+            got.signature.trim_start_matches("v1,"),
+            GIVEN,
+            &GIVEN[6..],
+        ] {
+            assert!(
+                sent.is_empty() || !lowered.contains(&sent.to_lowercase()),
+                "{sent:?} in {error}"
+            );
+        }
+    }
 }
 
 async fn targets_are_write_only(api: Api) {

@@ -138,8 +138,8 @@ impl Sender {
     }
 
     /// [`Sender::send`], with `secrets` (a webhook target's secret, which the request does not
-    /// carry) also removed from the target's message, as the credentials the request carries
-    /// are.
+    /// carry) also removed from the target's message, as the credentials and signatures the
+    /// request carries are (whatever their case).
     pub async fn send_redacting(&self, request: http::Request<Vec<u8>>, secrets: &[&str]) -> AttemptOutcome {
         classify(self.observe(request, secrets).await, SystemTime::now())
     }
@@ -190,21 +190,36 @@ impl Sender {
     }
 }
 
-/// The credentials a request carries (its sensitive headers, whole and without their
-/// scheme), so that a target echoing one does not get it into `last_error`.
+/// The credentials a request carries (its sensitive headers: an `Authorization` whole and
+/// without its scheme; a `webhook-signature` whole, each of its space-separated signatures,
+/// and each without its `v1,`), so that a target echoing one does not get it into
+/// `last_error`.
 fn credentials<B>(request: &http::Request<B>) -> Vec<String> {
     let mut out = Vec::new();
     for value in request.headers().values().filter(|v| v.is_sensitive()) {
         if let Ok(value) = value.to_str() {
-            if let Some((_, token)) = value.split_once(' ') {
-                out.push(token.to_owned());
+            for part in value.split(' ').filter(|p| !p.is_empty()) {
+                if let Some((_, signature)) = part.split_once(',') {
+                    out.push(signature.to_owned());
+                }
+                out.push(part.to_owned());
             }
             out.push(value.to_owned());
         }
     }
+    out.retain(|s| !is_scheme(s));
     // The longest first, so that a whole header is removed before its token part.
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
     out
+}
+
+/// An `Authorization` scheme alone (`Token`, `Bearer`): not a secret, and far too common a
+/// word to remove from a message.
+fn is_scheme(part: &str) -> bool {
+    ["token", "bearer", "basic"]
+        .iter()
+        .any(|s| part.eq_ignore_ascii_case(s))
 }
 
 /// What a failed request means: a refused address (not sent), or a connection that could not

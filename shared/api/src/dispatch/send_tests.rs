@@ -62,11 +62,14 @@ impl Captured {
 
 type Requests = Arc<Mutex<Vec<Captured>>>;
 
-/// The receiver's state: what it got, and how it answers the n-th request.
+/// How a receiver answers the n-th request (from 0), seeing it.
+type Respond = Arc<dyn Fn(usize, &Captured) -> Response + Send + Sync>;
+
+/// The receiver's state: what it got, and how it answers.
 #[derive(Clone)]
 struct Recorder {
     requests: Requests,
-    respond: Arc<dyn Fn(usize) -> Response + Send + Sync>,
+    respond: Respond,
 }
 
 #[derive(Clone)]
@@ -84,6 +87,11 @@ impl Receiver {
 /// An HTTP receiver on 127.0.0.1 that records every request and answers the n-th (from 0)
 /// with `respond(n)`.
 async fn receiver(respond: impl Fn(usize) -> Response + Send + Sync + 'static) -> Receiver {
+    receiver_seeing(move |n, _| respond(n)).await
+}
+
+/// [`receiver`], answering each request from what it got (to echo it, say).
+async fn receiver_seeing(respond: impl Fn(usize, &Captured) -> Response + Send + Sync + 'static) -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let requests = Requests::default();
@@ -99,17 +107,18 @@ async fn receiver(respond: impl Fn(usize) -> Response + Send + Sync + 'static) -
 async fn record(State(Recorder { requests, respond }): State<Recorder>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20).await.unwrap().to_vec();
+    let captured = Captured {
+        method: parts.method.to_string(),
+        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers: parts.headers,
+        body,
+    };
     let n = {
         let mut requests = requests.lock().unwrap();
-        requests.push(Captured {
-            method: parts.method.to_string(),
-            path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-            headers: parts.headers,
-            body,
-        });
+        requests.push(captured.clone());
         requests.len() - 1
     };
-    respond(n)
+    respond(n, &captured)
 }
 
 fn answer(status: u16) -> Response {
@@ -409,6 +418,77 @@ async fn a_webhook_targets_message_is_kept_without_its_secret() {
     );
 }
 
+/// A target that repeats what it was sent, in other cases than it was sent, gets none of it
+/// into `last_error`: the token (whole header or alone), the webhook secret (whole or its
+/// key) and the signature sent (whole or its value after `v1,`).
+#[tokio::test]
+async fn an_echoed_credential_is_redacted_whatever_its_case() {
+    fn echo(got: &Captured, also: &[String]) -> Response {
+        let mut sent = vec![got.header("authorization").to_owned()];
+        let signature = got.header("webhook-signature").to_owned();
+        sent.push(signature.strip_prefix("v1,").unwrap_or_default().to_owned());
+        sent.push(signature);
+        sent.extend(also.iter().cloned());
+        let mut message = String::from("refused:");
+        for value in sent.iter().filter(|v| !v.is_empty()) {
+            let token = value.split_once(' ').map_or("", |(_, t)| t);
+            for form in [value.to_uppercase(), value.to_lowercase(), token.to_uppercase()] {
+                message.push(' ');
+                message.push_str(&form);
+            }
+        }
+        Response::builder()
+            .status(400)
+            .header("content-type", "application/json")
+            .body(Body::from(json!({ "message": message }).to_string()))
+            .unwrap()
+    }
+    let sender = sender(true);
+    let qovery = receiver_seeing(|_, got| echo(got, &[])).await;
+    let github = receiver_seeing(|_, got| echo(got, &[])).await;
+    let secret = secret();
+    let key = secret.strip_prefix("whsec_").unwrap().to_owned();
+    let also = vec![secret.clone(), key.clone()];
+    let hook = receiver_seeing(move |_, got| echo(got, &also)).await;
+    let targets = [
+        Target::Qovery {
+            token: Secret::new("qov_Mixed.Case-Token_1"),
+            api_url: qovery.url.clone(),
+        },
+        Target::GithubActions {
+            token: Secret::new("github_pat_11MixedCase_token"),
+            repository: "acme/deploy".to_owned(),
+            workflow: "deploy.yml".to_owned(),
+            git_ref: "main".to_owned(),
+            api_url: github.url.clone(),
+        },
+        webhook(&hook.url, &secret),
+    ];
+    for (target, receiver) in targets.iter().zip([&qovery, &github, &hook]) {
+        let outcome = deliver(&sender, target, Some("0b1c2d3e")).await;
+        assert_eq!(outcome.verdict, Verdict::Failed);
+        let error = outcome.error.unwrap();
+        assert!(
+            error.starts_with("the target answered 400 Bad Request: refused: "),
+            "{error}"
+        );
+        assert!(error.contains("[redacted]"), "{error}");
+        let [got] = &receiver.requests()[..] else {
+            panic!("{:?}", receiver.requests())
+        };
+        let signature = got.header("webhook-signature");
+        let mut sent = target.secrets().iter().map(|s| s.to_owned()).collect::<Vec<_>>();
+        sent.extend([signature, signature.strip_prefix("v1,").unwrap_or_default()]);
+        let lowered = error.to_lowercase();
+        for value in sent.into_iter().filter(|v| !v.is_empty()) {
+            assert!(!lowered.contains(&value.to_lowercase()), "{value:?} in {error}");
+        }
+        // Bounded: the excerpt is at most 200 characters.
+        let excerpt = error.trim_start_matches("the target answered 400 Bad Request: ");
+        assert!(excerpt.chars().count() <= 201, "{error}");
+    }
+}
+
 /// A TCP listener that counts the connections made to it.
 async fn counting_listener() -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -510,7 +590,9 @@ fn credentials_of_a_request_are_its_sensitive_headers() {
         0,
     )
     .unwrap();
-    assert!(credentials(&request).is_empty());
+    let signature = request.headers()["webhook-signature"].to_str().unwrap().to_owned();
+    let base64 = signature.strip_prefix("v1,").unwrap().to_owned();
+    assert_eq!(credentials(&request), vec![signature, base64]);
 }
 
 /// The reference implementation verifies what the sender signed: the Python `standardwebhooks`

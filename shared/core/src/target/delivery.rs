@@ -293,7 +293,8 @@ fn human(d: Duration) -> String {
 /// else `error.message`) string of a JSON object body, as GitHub, Qovery and this product
 /// answer, on one line, at most
 /// [`MAX_MESSAGE_EXCERPT`] characters, with every occurrence of one of `secrets` (the token
-/// sent, should a target echo it) removed. `None` for any other body.
+/// or signature sent, should a target echo it) removed whatever its case. `None` for any
+/// other body.
 pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let object = value.as_object()?;
@@ -301,11 +302,16 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
         .iter()
         .find_map(|key| object.get(*key).and_then(|v| v.as_str()))
         .or_else(|| object.get("error")?.get("message")?.as_str())?;
+    // Control characters go first, so that none hidden inside a secret keeps it from being
+    // found.
+    let text: String = text.chars().filter(|c| !c.is_control() || c.is_whitespace()).collect();
     let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "[redacted]");
+    // The longest first, so that a whole secret is removed before a part of it.
+    let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for secret in secrets {
+        text = redact(&text, secret);
     }
-    let text: String = text.chars().filter(|c| !c.is_control()).collect();
     if text.is_empty() {
         return None;
     }
@@ -315,9 +321,47 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     })
 }
 
+/// `text` with every occurrence of `secret` replaced by `[redacted]`, ignoring ASCII case (the
+/// case of a token, key or signature is the only thing a target echoing it is likely to
+/// change). ASCII lower-casing keeps every byte offset, so matches in the lowered text are
+/// matches in `text`.
+fn redact(text: &str, secret: &str) -> String {
+    let haystack = text.to_ascii_lowercase();
+    let needle = secret.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(found) = haystack.get(from..).and_then(|rest| rest.find(&needle)) {
+        let at = from + found;
+        out.push_str(text.get(from..at).unwrap_or_default());
+        out.push_str("[redacted]");
+        from = at + needle.len();
+    }
+    out.push_str(text.get(from..).unwrap_or_default());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_redacted_whatever_their_case() {
+        let body = |message: &str| serde_json::json!({ "message": message }).to_string().into_bytes();
+        let said = |message: &str, secrets: &[&str]| response_message(&body(message), secrets);
+        assert_eq!(
+            said("bad QOV_Token_1 or qov_token_1, not QOV_TOKEN_1!", &["qov_token_1"]).as_deref(),
+            Some("bad [redacted] or [redacted], not [redacted]!")
+        );
+        // A whole header before its token; a control character inside does not hide it.
+        assert_eq!(
+            said("TOKEN QOV_T\u{1}OKEN_1 é", &["qov_token_1", "Token qov_token_1"]).as_deref(),
+            Some("[redacted] é")
+        );
+        assert_eq!(said("x\u{7}y", &["xy"]).as_deref(), Some("[redacted]"));
+        // Other text, even around multi-byte characters, is kept.
+        assert_eq!(said("ça va", &["zz"]).as_deref(), Some("ça va"));
+        assert_eq!(redact("éABCé abc", "aBc"), "é[redacted]é [redacted]");
+    }
 
     const MIN: Duration = Duration::from_secs(60);
 

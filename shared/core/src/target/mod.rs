@@ -10,7 +10,7 @@
 //! A body is read in two steps: [`TargetDocument`] (the body alone, field by field) and
 //! [`TargetDocument::resolve`] (what depends on the request's context: the path, whether the
 //! operator allows private targets, and the target it replaces, whose secret or token a PUT
-//! without one keeps).
+//! without one keeps as long as the target's requests still go where they went).
 //!
 //! Secrets and tokens are write-only: they are [`Secret`]s, whose `Debug` hides them; a
 //! target is shown as a [`TargetView`], which says only whether one is set.
@@ -131,6 +131,48 @@ impl<C> Target<C> {
             Target::Qovery { token, .. } | Target::GithubActions { token, .. } => token,
         }
     }
+
+    /// The name of the secret or token field.
+    fn credential_field(&self) -> &'static str {
+        match self {
+            Target::Webhook { .. } => "secret",
+            Target::Qovery { .. } | Target::GithubActions { .. } => "token",
+        }
+    }
+
+    /// The first field that makes `self` send its requests somewhere `other` does not: the
+    /// URL the credential goes with (a webhook's `url`; an `api_url`; a GitHub workflow's
+    /// `repository` and `workflow`, which make the path), compared whole as stored
+    /// (normalized), or the `type`. `None` when every request goes where it went.
+    fn moved_from<D>(&self, other: &Target<D>) -> Option<&'static str> {
+        match (self, other) {
+            (Target::Webhook { url, .. }, Target::Webhook { url: was, .. }) => (url != was).then_some("url"),
+            (Target::Qovery { api_url, .. }, Target::Qovery { api_url: was, .. }) => {
+                (api_url != was).then_some("api_url")
+            }
+            (
+                Target::GithubActions {
+                    repository,
+                    workflow,
+                    api_url,
+                    ..
+                },
+                Target::GithubActions {
+                    repository: was_repository,
+                    workflow: was_workflow,
+                    api_url: was_api_url,
+                    ..
+                },
+            ) => [
+                ("api_url", api_url, was_api_url),
+                ("repository", repository, was_repository),
+                ("workflow", workflow, was_workflow),
+            ]
+            .into_iter()
+            .find_map(|(name, now, was)| (now != was).then_some(name)),
+            _ => Some("type"),
+        }
+    }
 }
 
 impl TargetSpec {
@@ -203,7 +245,8 @@ pub enum TargetView {
 }
 
 /// A target PUT body, read field by field. Secrets and tokens are optional here: a PUT that
-/// replaces a target without one keeps the old one ([`TargetDocument::resolve`]).
+/// replaces a target without one keeps the old one, unless it moves the target to a new
+/// address ([`TargetDocument::resolve`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetDocument {
     /// `id` and `organization_id` as sent back in a GET → PUT round trip; they must agree
@@ -446,8 +489,10 @@ impl ResolvedTarget {
 impl TargetDocument {
     /// Finish the document in its context: `id` and `organization_id` must agree with the
     /// path, URLs must satisfy the operator's policy (https, public hosts), and a missing
-    /// secret or token is the replaced target's (same type) or, for a webhook secret, a new
-    /// one. Every problem is named at once.
+    /// secret or token is the replaced target's (same type, same address: see
+    /// [`Target::moved_from`]) or, for a new webhook (or one of another type before), a new
+    /// secret. A missing one is refused when the target moves: a kept credential never
+    /// follows it to a new address. Every problem is named at once.
     pub fn resolve(self, ctx: &ResolveContext<'_>) -> Result<ResolvedTarget, Vec<FieldError>> {
         let mut errors = Vec::new();
         if self.id.as_deref().is_some_and(|id| id != ctx.target_id) {
@@ -475,27 +520,47 @@ impl TargetDocument {
             Target::Webhook { url, .. } => check_policy("url", url),
             Target::Qovery { api_url, .. } | Target::GithubActions { api_url, .. } => check_policy("api_url", api_url),
         }
-        let kept = ctx
-            .previous
-            .filter(|previous| previous.target_type() == self.fields.target_type())
-            .map(Target::credential)
-            .cloned();
+        // A kept credential never follows the target to a new address: a PUT that moves it
+        // (same type) without giving the credential again is refused, naming the field.
+        let field = self.fields.credential_field();
+        let (kept, moved) = match ctx.previous {
+            Some(previous) if previous.target_type() == self.fields.target_type() => {
+                match self.fields.moved_from(previous) {
+                    None => (Some(previous.credential().clone()), None),
+                    Some(moved) => (None, Some(moved)),
+                }
+            }
+            _ => (None, None),
+        };
+        if let (Some(moved), None) = (moved, self.fields.credential()) {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "is required when {moved} changes: a kept {field} never follows the target to a new address (send it again, or a new one)"
+                ),
+            ));
+        }
         let mut generated_secret = false;
         let token = |given: Option<Secret>, errors: &mut Vec<FieldError>| {
             let token = given.or_else(|| kept.clone());
-            if token.is_none() {
+            if token.is_none() && moved.is_none() {
                 errors.push(FieldError::new("token", "is required"));
             }
             token
         };
         let spec = match self.fields {
-            Target::Webhook { url, secret } => {
-                let secret = secret.or_else(|| kept.clone()).unwrap_or_else(|| {
+            Target::Webhook { url, secret } => match (secret.or_else(|| kept.clone()), moved) {
+                (Some(secret), _) => Some(Target::Webhook { url, secret }),
+                // Refused above.
+                (None, Some(_)) => None,
+                (None, None) => {
                     generated_secret = true;
-                    Secret(webhook_secret_from(ctx.random))
-                });
-                Some(Target::Webhook { url, secret })
-            }
+                    Some(Target::Webhook {
+                        url,
+                        secret: Secret(webhook_secret_from(ctx.random)),
+                    })
+                }
+            },
             Target::Qovery { token: given, api_url } => {
                 token(given, &mut errors).map(|token| Target::Qovery { token, api_url })
             }

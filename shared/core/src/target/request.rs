@@ -7,7 +7,8 @@
 //! - `GITHUB_ACTIONS`: `POST {api_url}/repos/{repository}/actions/workflows/{workflow}/dispatches`
 //!   with `{"ref", "inputs": {…}}` (every input a string), `Authorization: Bearer …`.
 //!
-//! Credentials go in headers marked sensitive, so that no `Debug` of the request shows them.
+//! Credentials and signatures go in headers marked sensitive, so that no `Debug` of the
+//! request shows them and the sender removes them from what a target answers.
 
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use http::{Method, Request, Uri};
@@ -70,7 +71,7 @@ fn webhook(url: &str, secret: &Secret, deployment: &DeploymentRequest, now: u64)
     let request = post(url)?
         .header(HEADER_ID, header(&deployment.deployment_id)?)
         .header(HEADER_TIMESTAMP, now)
-        .header(HEADER_SIGNATURE, header(&signature)?);
+        .header(HEADER_SIGNATURE, sensitive(header(&signature)?));
     finish(request, body)
 }
 
@@ -162,6 +163,12 @@ fn credential(scheme: &str, token: &Secret) -> Result<HeaderValue, String> {
         .map_err(|_| "the target's token cannot be sent in a header: set a new one on the target".to_owned())?;
     value.set_sensitive(true);
     Ok(value)
+}
+
+/// `value` marked sensitive: a credential, or what proves one (a signature).
+fn sensitive(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 fn header(value: &str) -> Result<HeaderValue, String> {
@@ -264,6 +271,7 @@ mod tests {
         assert_eq!(h("content-type"), "application/json");
         assert!(h("user-agent").starts_with("autodeploy/"));
         assert!(h("webhook-signature").starts_with("v1,"));
+        assert!(request.headers()["webhook-signature"].is_sensitive());
         assert_eq!(
             verify(
                 &secret,

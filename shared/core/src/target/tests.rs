@@ -85,18 +85,12 @@ fn replacing_a_webhook_keeps_or_rotates_its_secret() {
         secret: Secret::new(SECRET),
     };
     let kept = resolve(
-        json!({"type": "WEBHOOK", "url": "https://new.example.com/", "secret_set": true}),
+        json!({"type": "WEBHOOK", "url": "https://old.example.com/", "secret_set": true}),
         Some(&previous),
     )
     .unwrap();
     assert!(!kept.generated_secret);
-    assert_eq!(
-        kept.spec,
-        Target::Webhook {
-            url: "https://new.example.com/".to_owned(),
-            secret: Secret::new(SECRET),
-        }
-    );
+    assert_eq!(kept.spec, previous);
     let rotated_secret = signature::webhook_secret_from(&[1; 40]);
     let rotated = resolve(
         json!({"type": "WEBHOOK", "url": "https://new.example.com/", "secret": rotated_secret}),
@@ -414,4 +408,120 @@ fn external_ids() {
     assert!(TargetType::Qovery.requires_external_id());
     assert!(!TargetType::Webhook.requires_external_id());
     assert!(!TargetType::GithubActions.requires_external_id());
+}
+
+/// A kept secret or token never follows the target to a new address: a PUT that changes where
+/// the requests go (any part of the URL the credential is sent to) must give it again.
+#[test]
+fn a_kept_credential_never_follows_a_new_address() {
+    let refused = |body: Value, previous: &TargetSpec| resolve(body, Some(previous)).unwrap_err();
+    let qovery = Target::Qovery {
+        token: Secret::new("qov_kept"),
+        api_url: "https://qovery.example.com".to_owned(),
+    };
+    for api_url in [
+        "https://evil.example.com",
+        "https://qovery.example.com:8443",
+        "https://qovery.example.com/other",
+    ] {
+        assert_eq!(
+            refused(json!({"type": "QOVERY", "api_url": api_url}), &qovery),
+            vec![(
+                "token".to_owned(),
+                "is required when api_url changes: a kept token never follows the target to a new address (send it again, or a new one)"
+                    .to_owned()
+            )],
+            "{api_url}"
+        );
+    }
+    // Left out, the api_url is the default: a new address too.
+    assert_eq!(fields_of(refused(json!({"type": "QOVERY"}), &qovery)), vec!["token"]);
+    // The same address, written differently (stored normalized): kept.
+    let same = resolve(
+        json!({"type": "QOVERY", "api_url": "https://QOVERY.example.com:443/"}),
+        Some(&qovery),
+    )
+    .unwrap();
+    assert_eq!(same.spec, qovery);
+    // Given again, or a new one: moved.
+    let moved = resolve(
+        json!({"type": "QOVERY", "api_url": "https://evil.example.com", "token": "qov_new"}),
+        Some(&qovery),
+    )
+    .unwrap();
+    assert_eq!(
+        moved.spec,
+        Target::Qovery {
+            token: Secret::new("qov_new"),
+            api_url: "https://evil.example.com".to_owned(),
+        }
+    );
+
+    let github = Target::GithubActions {
+        token: Secret::new("github_pat_kept"),
+        repository: "acme/deploy".to_owned(),
+        workflow: "deploy.yml".to_owned(),
+        git_ref: "main".to_owned(),
+        api_url: DEFAULT_GITHUB_API_URL.to_owned(),
+    };
+    let actions = |field: &str, value: &str| {
+        let mut body = json!({"type": "GITHUB_ACTIONS", "repository": "acme/deploy", "workflow": "deploy.yml",
+            "ref": "main", "api_url": DEFAULT_GITHUB_API_URL});
+        body[field] = json!(value);
+        body
+    };
+    for (field, value) in [
+        ("api_url", "https://ghe.example.com/api/v3"),
+        ("repository", "mallory/deploy"),
+        ("workflow", "other.yml"),
+    ] {
+        let errors = refused(actions(field, value), &github);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "token");
+        assert!(
+            errors[0].1.starts_with(&format!("is required when {field} changes")),
+            "{errors:?}"
+        );
+    }
+    // The ref is in the body, not the address: the token is kept.
+    let new_ref = resolve(actions("ref", "release"), Some(&github)).unwrap();
+    assert!(
+        matches!(new_ref.spec, Target::GithubActions { ref token, ref git_ref, .. }
+        if token.expose() == "github_pat_kept" && git_ref == "release")
+    );
+
+    // A webhook's secret is not sent, but what it signs is: it does not follow a new url.
+    let webhook = Target::Webhook {
+        url: "https://deploy.example.com/hook".to_owned(),
+        secret: Secret::new(SECRET),
+    };
+    for url in [
+        "https://evil.example.com/hook",
+        "https://deploy.example.com/other",
+        "https://deploy.example.com/hook?to=evil",
+    ] {
+        assert_eq!(
+            refused(json!({"type": "WEBHOOK", "url": url}), &webhook),
+            vec![(
+                "secret".to_owned(),
+                "is required when url changes: a kept secret never follows the target to a new address (send it again, or a new one)"
+                    .to_owned()
+            )],
+            "{url}"
+        );
+    }
+    let moved = resolve(
+        json!({"type": "WEBHOOK", "url": "https://new.example.com/hook", "secret": SECRET}),
+        Some(&webhook),
+    )
+    .unwrap();
+    assert!(!moved.generated_secret);
+    // Other problems are named beside it.
+    assert_eq!(
+        fields_of(refused(
+            json!({"id": "other", "type": "WEBHOOK", "url": "https://new.example.com/"}),
+            &webhook
+        )),
+        vec!["id", "secret"]
+    );
 }
