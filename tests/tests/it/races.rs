@@ -290,13 +290,15 @@ async fn writes_to_one_service_at_once_all_land(api: Api) {
     let last = api.call(Method::GET, path, Some(ADMIN), None).await;
     assert_eq!(last.body["version"].as_u64(), Some(WRITES as u64 + 1), "{}", last.body);
 
-    // A deploy target PUT again and again at once: each one a 200 (or the one 201).
+    // A deploy target PUT again and again at once: each one a 200 (or the one 201). Each moves
+    // the target to another url, so each gives the secret (a kept one never follows a new url).
     let target = "/organization/acme/targets/hooks";
     let tasks: Vec<_> = (0..WRITES / 2)
         .map(|i| {
             let api = Arc::clone(&api);
             tokio::spawn(async move {
-                let body = json!({"type": "WEBHOOK", "url": format!("https://deploy.example.com/hook/{i}")});
+                let body = json!({"type": "WEBHOOK", "url": format!("https://deploy.example.com/hook/{i}"),
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwdGVzdHRlc3Q="});
                 api.call(Method::PUT, target, Some(ADMIN), Some(body)).await
             })
         })
