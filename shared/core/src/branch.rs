@@ -49,6 +49,58 @@ pub fn validate_branch(name: &str) -> Result<(), String> {
     explain_invalid_branch(name)
 }
 
+/// Validate the branch a push names (its ref without `refs/heads/`): a name git creates for a
+/// branch ([`validate_branch`], at most [`MAX_BRANCH_LEN`] bytes), which has no `*` (no glob:
+/// git refuses it in a ref name), and no Unicode control character nor format character
+/// (category Cf: bidirectional overrides such as U+202E, zero-width spaces and joiners), which
+/// git allows but which serve to make a branch look like another. A service following such a
+/// branch is never reached by a push.
+///
+/// On error, returns a phrase about the branch (`must not contain `..``), which never repeats
+/// the name.
+pub fn validate_pushed_branch(name: &str) -> Result<(), String> {
+    validate_branch(name)?;
+    if name.contains('*') {
+        return Err("must not contain `*`".into());
+    }
+    if name.chars().any(|c| c.is_control() || is_format_char(c)) {
+        return Err(
+            "must not contain a control character or an invisible formatting character (such as a bidirectional override)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Unicode's format characters (general category Cf, Unicode 15.1): invisible, they change how
+/// the text around them is shown.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
+}
+
 /// Exactly `explain_invalid_branch(name).is_ok()`, in one pass and without allocating.
 fn is_plainly_valid(name: &str) -> bool {
     let bytes = name.as_bytes();
@@ -601,6 +653,62 @@ pub(crate) mod tests {
         assert!(!branch_matches(&pattern, &branch));
         let deep = format!("**/{}/**/x", "*/".repeat(50).trim_end_matches('/'));
         assert!(!branch_matches(&deep, &"a/".repeat(2000)));
+    }
+
+    #[test]
+    fn pushed_branches_are_names_git_gives_branches() {
+        let long = "y".repeat(MAX_BRANCH_LEN + 1);
+        for bad in [
+            "",
+            "ma\0in",
+            "a\nb",
+            "a b",
+            "a\tb",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "release/*",
+            "a[b",
+            "a\\b",
+            "a..b",
+            "a@{1}",
+            "x.lock",
+            "a/",
+            "/a",
+            "a//b",
+            ".a",
+            "a/.b",
+            "a.",
+            "-a",
+            "@",
+            "HEAD",
+            "\u{202e}evil",
+            "a\u{200b}b",
+            "a\u{feff}",
+            "a\u{2066}b",
+            "a\u{85}b",
+            "a\u{7f}",
+            &long,
+        ] {
+            let err = validate_pushed_branch(bad).expect_err(bad);
+            // The phrase names the rule, never the name.
+            assert!(bad.len() < 4 || bad == "HEAD" || !err.contains(bad), "{err}");
+            assert!(err.len() < 200, "{err}");
+        }
+        for good in [
+            "main",
+            "release/1.2",
+            "feature/été",
+            "用户/分支",
+            "a-b_c.d",
+            "a@b",
+            "x.lockx",
+            &"y".repeat(MAX_BRANCH_LEN),
+        ] {
+            assert_eq!(validate_pushed_branch(good), Ok(()), "{good}");
+        }
     }
 
     #[test]

@@ -345,7 +345,7 @@ async fn ignored_events_answer_200_and_queue_nothing() {
     );
     assert_eq!(
         r.body["message"],
-        "Not a push event (X-GitHub-Event: issues): only pushes deploy; the webhook should send push events."
+        "Not a push event (X-GitHub-Event is not `push`): only pushes deploy; the webhook should send push events."
     );
     // A push of a ref that is no branch is a push all the same: the message says so.
     let notes = github_push(|b| b["ref"] = json!("refs/notes/commits"));
@@ -367,7 +367,7 @@ async fn ignored_events_answer_200_and_queue_nothing() {
     assert_eq!(r.body["ignored"], "UNSUPPORTED_EVENT", "{}", r.body);
     assert_eq!(
         r.body["message"],
-        "Not a Bitbucket Server push event (X-Event-Key: repo:push). This delivery carries Bitbucket \
+        "Not a Bitbucket Server push event. This delivery carries Bitbucket \
          Cloud's headers: its webhook URL should end in /organization/acme/webhooks/bitbucket."
     );
     let gitlab = Api::new();
@@ -899,4 +899,357 @@ async fn a_refused_body_is_not_repeated_in_the_answer_nor_the_history() {
         .await;
     assert_eq!(history.body["items"][0]["outcome"], "REJECTED", "{}", history.body);
     assert!(!history.body.to_string().contains(fragment), "{}", history.body);
+}
+
+/// A branch push of every provider, its branch renamed to `branch` wherever the body names it
+/// (alone or as `refs/heads/…`).
+fn branch_push_of(provider: &str, branch: &str) -> Vec<u8> {
+    fn renamed(body: &Value, from: &str, to: &str) -> Value {
+        match body {
+            Value::String(text) if text == from => json!(to),
+            Value::String(text) if text.strip_prefix("refs/heads/") == Some(from) => json!(format!("refs/heads/{to}")),
+            Value::Array(items) => items.iter().map(|item| renamed(item, from, to)).collect(),
+            Value::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(name, field)| (name.clone(), renamed(field, from, to)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    let (fixture_path, fixture_branch) = match provider {
+        "github" => ("github/gp-push.json", "master"),
+        "gitlab" => ("gitlab/gp-push-event.json", "master"),
+        "bitbucket" => ("bitbucket-cloud/gp-repo-push.json", "name-of-branch"),
+        "bitbucket-server" => ("bitbucket-server/gp-repo-refs-changed.json", "feature/wip"),
+        "gitea" => ("gitea/gp-push-event.json", "master"),
+        "gogs" => ("gogs/gp-push-event.json", "develop"),
+        "azure-devops" => ("azure-devops/gp-git.push.json", "main"),
+        other => panic!("{other}"),
+    };
+    let mut body = fixture_json(fixture_path);
+    if provider == "bitbucket-server" {
+        body["changes"][0]["type"] = json!("UPDATE");
+        body["changes"][0]["toHash"] = json!("a00945762949b7787ecabc388c0e20b1b85f0364");
+    }
+    serde_json::to_vec(&renamed(&body, fixture_branch, branch)).unwrap()
+}
+
+async fn history_of(api: &Api) -> Value {
+    let history = api
+        .call(
+            http::Method::GET,
+            "/organization/acme/deliveries",
+            Some(autodeploy_tests::ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.body);
+    history.body
+}
+
+on_both_stores! { a_pushed_branch_git_would_not_create_is_refused_without_being_repeated }
+
+/// A pushed branch is stored, logged, answered and sent to engines: for every provider, one
+/// git would not create (a NUL, a newline, a bidirectional override, 8 MiB of it) is a 400
+/// that names the rule, and neither the answer nor the history repeats the name.
+async fn a_pushed_branch_git_would_not_create_is_refused_without_being_repeated(api: Api) {
+    let long = format!("fragment-{}", "y".repeat(8 * 1024 * 1024));
+    for provider in git_providers() {
+        api.set_secret("acme", provider).await;
+        for (i, bad) in [
+            "ma\0in-fragment",
+            "a\nb-fragment",
+            "\u{202e}fragment-evil",
+            "fragment..x",
+            "fragment.lock",
+            long.as_str(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let body = branch_push_of(provider, bad);
+            let r = api.push("acme", provider, &body, &format!("{provider}-{i}")).await;
+            assert_eq!(
+                (r.status, r.error_code()),
+                (StatusCode::BAD_REQUEST, "MALFORMED_BODY"),
+                "{provider} {i}: {}",
+                r.body
+            );
+            let message = r.body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("the name of a pushed branch is not one git gives a branch: it must"),
+                "{message}"
+            );
+            assert!(!message.contains("fragment") && message.len() < 400, "{message}");
+        }
+        // A valid branch of the same body is a push.
+        let r = api
+            .push(
+                "acme",
+                provider,
+                &branch_push_of(provider, "release/été"),
+                &format!("{provider}-ok"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{provider}: {}", r.body);
+        assert_eq!(r.body["branch"], "release/été", "{provider}: {}", r.body);
+    }
+    let history = history_of(&api).await;
+    let text = history.to_string();
+    assert!(
+        !text.contains("fragment") && text.len() < 200_000,
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    assert!(
+        history["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|item| item["outcome"] == "REJECTED")
+    );
+}
+
+/// SPEC: an answer that queues and skips nothing carries `message`, saying why; for every
+/// provider and every reason a delivery is ignored. The message never repeats the event header
+/// received (headers are never stored).
+#[tokio::test]
+async fn every_ignored_answer_says_why() {
+    let api = Api::new();
+    let mut answers: Vec<(String, autodeploy_tests::Reply)> = Vec::new();
+    for provider in git_providers() {
+        api.set_secret("acme", provider).await;
+        let path = format!("/organization/acme/webhooks/{provider}");
+        let body = branch_push_of(provider, "main");
+        // Another event than a push (Azure DevOps names its event in the body).
+        if provider == "azure-devops" {
+            for event in ["git.pullrequest.created", "GIT.PUSH", "zz-other-event"] {
+                let body = serde_json::to_vec(&json!({"eventType": event})).unwrap();
+                let headers = provider_headers(provider, &body, "x");
+                answers.push((format!("{provider} {event}"), api.deliver(&path, &headers, body).await));
+            }
+        } else {
+            let mut headers = provider_headers(provider, &body, &format!("{provider}-other"));
+            headers[0].1 = "zz-other-event".to_owned();
+            answers.push((
+                format!("{provider} other"),
+                api.deliver(&path, &headers, body.clone()).await,
+            ));
+        }
+        // A tag push and a push of a ref that is no branch.
+        if provider != "bitbucket" && provider != "bitbucket-server" {
+            for (i, git_ref) in ["refs/tags/v1", "refs/notes/commits"].into_iter().enumerate() {
+                let text = String::from_utf8(body.clone())
+                    .unwrap()
+                    .replace("\"refs/heads/main\"", &format!("\"{git_ref}\""));
+                let r = api
+                    .push("acme", provider, text.as_bytes(), &format!("{provider}-ref-{i}"))
+                    .await;
+                answers.push((format!("{provider} {git_ref}"), r));
+            }
+        }
+        // A redelivery.
+        let first = api.push("acme", provider, &body, &format!("{provider}-again")).await;
+        assert!(first.status.is_success(), "{provider}: {}", first.body);
+        let r = api.push("acme", provider, &body, &format!("{provider}-again")).await;
+        answers.push((format!("{provider} duplicate"), r));
+        // A deletion.
+        if provider == "bitbucket-server" {
+            let deleted = fixture("bitbucket-server/gp-repo-refs-changed.json");
+            answers.push((
+                format!("{provider} deleted"),
+                api.push("acme", provider, &deleted, "bbs-del").await,
+            ));
+        }
+    }
+    // GitHub: a ping, and an event header that is not UTF-8.
+    let ping = fixture("github/gp-ping.json");
+    let mut headers = provider_headers("github", &ping, "ping");
+    headers[0].1 = "ping".to_owned();
+    answers.push((
+        "github ping".to_owned(),
+        api.deliver("/organization/acme/webhooks/github", &headers, ping).await,
+    ));
+    let body = branch_push_of("github", "main");
+    let mut req = http::Request::post("/organization/acme/webhooks/github")
+        .header("content-type", "application/json")
+        .header("x-github-event", http::HeaderValue::from_bytes(b"p\xffush").unwrap());
+    for (name, value) in provider_headers("github", &body, "not-utf8").into_iter().skip(1) {
+        req = req.header(name, value);
+    }
+    let r = api.raw(req.body(axum::body::Body::from(body)).unwrap()).await;
+    answers.push(("github non-UTF-8 event".to_owned(), r));
+
+    let mut reasons = std::collections::BTreeSet::new();
+    for (case, r) in &answers {
+        assert_eq!(r.status, StatusCode::OK, "{case}: {}", r.body);
+        let reason = r.body["ignored"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: {}", r.body));
+        reasons.insert(reason.to_owned());
+        let message = r.body["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{case}: {}", r.body));
+        assert!(message.len() > 10 && message.ends_with('.'), "{case}: {message}");
+        assert!(
+            !message.contains("zz-other") && !message.contains('\u{fffd}'),
+            "{case}: {message}"
+        );
+    }
+    let expected = [
+        "BRANCH_DELETED",
+        "DUPLICATE_DELIVERY",
+        "PING",
+        "TAG_PUSH",
+        "UNSUPPORTED_EVENT",
+    ];
+    assert_eq!(
+        reasons,
+        expected.iter().map(|r| (*r).to_owned()).collect(),
+        "{reasons:?}"
+    );
+    assert!(!history_of(&api).await.to_string().contains("zz-other"));
+}
+
+/// A credential header given twice is refused (401) for every provider, whichever of the two
+/// is right; an event header given twice is a 400 naming it.
+#[tokio::test]
+async fn repeated_credential_and_event_headers_are_refused() {
+    let api = Api::new();
+    for provider in git_providers() {
+        api.set_secret("acme", provider).await;
+        let path = format!("/organization/acme/webhooks/{provider}");
+        let body = branch_push_of(provider, "main");
+        let headers = provider_headers(provider, &body, &format!("{provider}-twice"));
+        let credential = match provider {
+            "gitlab" => "x-gitlab-token",
+            "azure-devops" => "authorization",
+            "gitea" => "x-gitea-signature",
+            "gogs" => "x-gogs-signature",
+            "github" => "x-hub-signature-256",
+            _ => "x-hub-signature",
+        };
+        let good = headers
+            .iter()
+            .find(|(name, _)| name == credential)
+            .unwrap_or_else(|| panic!("{provider}: {headers:?}"))
+            .1
+            .clone();
+        let bad = good.replace(['a', 'b', 'c', 'd', 'e', 'f'], "0");
+        let others: Vec<(String, String)> = headers.iter().filter(|(name, _)| name != credential).cloned().collect();
+        for pair in [[&good, &bad], [&bad, &good], [&good, &good]] {
+            let mut twice = others.clone();
+            twice.extend(pair.iter().map(|value| (credential.to_owned(), (*value).clone())));
+            let r = api.deliver(&path, &twice, body.clone()).await;
+            assert_eq!(
+                (r.status, r.error_code()),
+                (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+                "{provider}: {}",
+                r.body
+            );
+            let message = r.body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("is given more than once"), "{message}");
+            assert!(!message.contains(&good) && !message.contains(&bad), "{message}");
+        }
+        if provider != "azure-devops" {
+            let mut twice = headers.clone();
+            twice.push((headers[0].0.clone(), "issues".to_owned()));
+            let r = api.deliver(&path, &twice, body.clone()).await;
+            assert_eq!(
+                (r.status, r.error_code()),
+                (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
+                "{provider}: {}",
+                r.body
+            );
+            assert!(
+                r.body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("is given more than once")
+            );
+        }
+    }
+    assert_eq!(api.deployments("acme").await.len(), 0);
+}
+
+/// A body sent with a content coding is not decoded: 415, saying to send it unencoded, on a
+/// webhook, a registry webhook and a settings route alike.
+#[tokio::test]
+async fn an_encoded_body_is_refused_with_415() {
+    let api = github_api().await;
+    let body = fixture("github/gp-push.json");
+    for encoding in ["gzip", "br", "deflate, identity"] {
+        let mut headers = provider_headers("github", &body, encoding);
+        headers.push(("content-encoding".to_owned(), encoding.to_owned()));
+        let r = api
+            .deliver("/organization/acme/webhooks/github", &headers, body.clone())
+            .await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE"),
+            "{encoding}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains("unencoded"),
+            "{}",
+            r.body
+        );
+    }
+    let mut headers = provider_headers("github", &body, "identity");
+    headers.push(("content-encoding".to_owned(), "identity".to_owned()));
+    let r = api.deliver("/organization/acme/webhooks/github", &headers, body).await;
+    assert!(r.status.is_success(), "{}", r.body);
+
+    let service = json!({"environment_id": "production", "kind": "APPLICATION",
+                         "git_repository": {"provider": "GITHUB", "url": GITHUB_REPO, "branch": "main"}});
+    let r = api
+        .call_with(
+            http::Method::PUT,
+            "/organization/acme/services/api",
+            Some(autodeploy_tests::ADMIN),
+            Some(service),
+            &[("content-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.body);
+
+    api.set_secret("acme", "dockerhub").await;
+    let r = api
+        .deliver(
+            &format!("/organization/acme/registry-webhooks/dockerhub/{WEBHOOK_SECRET}"),
+            &s(&[("content-encoding", "gzip")]),
+            fixture("registry/dockerhub-push.json"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{}", r.body);
+}
+
+/// A Docker Hub notification naming an image with capitals is a 400 that does not repeat the
+/// name, lower-cased or not, in the answer nor the history.
+#[tokio::test]
+async fn a_refused_registry_body_is_not_repeated() {
+    let api = Api::new();
+    api.set_secret("acme", "dockerhub").await;
+    let mut body = fixture_json("registry/dockerhub-push.json");
+    body["repository"]["repo_name"] = json!("Fragment-7f3a/xxx");
+    let r = api
+        .deliver(
+            &format!("/organization/acme/registry-webhooks/dockerhub/{WEBHOOK_SECRET}"),
+            &[],
+            serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("must be lower-case"), "{message}");
+    assert!(!message.to_lowercase().contains("fragment-7f3a"), "{message}");
+    let history = history_of(&api).await;
+    assert_eq!(history["items"][0]["outcome"], "REJECTED", "{history}");
+    assert!(
+        !history.to_string().to_lowercase().contains("fragment-7f3a"),
+        "{history}"
+    );
 }

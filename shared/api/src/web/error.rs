@@ -98,6 +98,16 @@ impl ApiError {
         )
     }
 
+    /// A body sent with a content coding, which is never decoded.
+    pub fn encoded_body() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "The body must be sent unencoded: a `Content-Encoding` (gzip, deflate, br) is not decoded; drop the \
+             header and send the body as it is.",
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
     }

@@ -19,8 +19,11 @@ use super::error::{ApiError, ApiResult};
 /// Largest settings body: a service with its rules is a few KiB.
 pub const SETTINGS_BODY_LIMIT: usize = 256 * 1024;
 
-/// Read the whole body, refusing (413) past `limit` without buffering beyond it.
+/// Read the whole body, refusing (413) past `limit` without buffering beyond it, and (415) a
+/// body sent with a content coding (`Content-Encoding: gzip`), which is not decoded: signatures
+/// and documents are about the bytes as written.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    check_identity_encoding(headers)?;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -34,6 +37,21 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
         Err(_) => Err(ApiError::malformed("The body could not be read completely.")),
     }
+}
+
+/// Refuse a `Content-Encoding` other than `identity` (each one given, each coding listed).
+fn check_identity_encoding(headers: &HeaderMap) -> ApiResult<()> {
+    let encoded = headers.get_all(header::CONTENT_ENCODING).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
+    });
+    if encoded {
+        return Err(ApiError::encoded_body());
+    }
+    Ok(())
 }
 
 /// The media type of the request, lower-cased, without parameters.

@@ -87,8 +87,12 @@ async fn github_package_webhook(request: DeliveryRequest, headers: HeaderMap, bo
     let DeliveryRequest { state, org, .. } = &request;
     let dry_run = request.query.dry_run()?;
     let bytes = verified_body(state, org, GitProvider::Github, &headers, body, REGISTRY_BODY_LIMIT).await?;
-    let event = headers
-        .get("x-github-event")
+    let mut events = headers.get_all("x-github-event").iter();
+    let event = events.next();
+    if events.next().is_some() {
+        return Err(ApiError::invalid_field("X-GitHub-Event", "is given more than once"));
+    }
+    let event = event
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())

@@ -108,9 +108,12 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
         Ok(Delivery::Ignored(reason)) => {
             let mut report = PushReport::new(provider, delivery, dry_run).ignored(reason.into());
             if reason == IgnoredReason::UnsupportedEvent {
-                report.reached.message = unsupported_event(org, provider, &headers);
+                report.reached.message = Some(unsupported_event(org, provider, &headers));
             }
             return Ok(render(report));
+        }
+        Err(PayloadError::RepeatedEventHeader(header)) => {
+            return Err(ApiError::invalid_field(header, "is given more than once"));
         }
         Err(err @ PayloadError::TooManyBranches { .. }) => {
             return Err(ApiError::malformed(capitalized(&err.to_string())));
@@ -139,30 +142,47 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
 }
 
 /// Why a delivery answered `UNSUPPORTED_EVENT` deploys nothing: it is another kind of event,
-/// one for another provider's route (which it says), or a push that updates no branch. None
-/// for an Azure DevOps delivery on its own route, whose event is in the body.
-fn unsupported_event(org: &str, provider: GitProvider, headers: &HeaderMap) -> Option<String> {
+/// one for another provider's route (which it says), or a push that updates no branch. The
+/// sentence names the event header and the value it expects, never the value received:
+/// headers are never stored, and the answer's message is stored in the deliveries history.
+fn unsupported_event(org: &str, provider: GitProvider, headers: &HeaderMap) -> String {
     let hint = elsewhere(org, provider, headers);
-    let Some((name, value)) = event_named(provider, headers) else {
-        return (!hint.is_empty()).then(|| format!("Not an {} push.{hint}", provider_name(provider)));
-    };
-    Some(if !hint.is_empty() {
-        format!("Not a {} push event ({name}: {value}).{hint}", provider_name(provider))
-    } else if push_events(provider).contains(&value.as_str()) {
-        "A push that updates no branch (its ref is neither a branch nor a tag): nothing to deploy.".to_owned()
-    } else {
-        format!("Not a push event ({name}: {value}): only pushes deploy; the webhook should send push events.")
-    })
+    let name = provider_name(provider);
+    if !hint.is_empty() {
+        return format!("Not {} push event.{hint}", with_article(name));
+    }
+    let expected = push_events(provider);
+    let event = event_headers(provider)
+        .iter()
+        .find_map(|header| Some((*header, headers.get(*header)?)));
+    match event {
+        Some((_, value))
+            if expected
+                .iter()
+                .any(|push| value.as_bytes().trim_ascii() == push.as_bytes()) =>
+        {
+            "A push that updates no branch (its ref is neither a branch nor a tag): nothing to deploy.".to_owned()
+        }
+        Some((header, _)) => format!(
+            "Not a push event ({header} is not `{}`): only pushes deploy; the webhook should send push events.",
+            expected.first().copied().unwrap_or("push")
+        ),
+        // Azure DevOps names its event in the body: `git.push`, updating a branch, deploys.
+        None => format!(
+            "Not {} push to a branch: only `git.push` events (Code pushed) that update a branch deploy.",
+            with_article(name)
+        ),
+    }
 }
 
-/// The event header a delivery names its event in, and its value, at most 64 printable
-/// characters of it. None for Azure DevOps, whose event is in the body.
-fn event_named(provider: GitProvider, headers: &HeaderMap) -> Option<(&'static str, String)> {
-    let (name, value) = event_headers(provider)
-        .iter()
-        .find_map(|name| Some((*name, headers.get(*name)?.to_str().ok()?)))?;
-    let value: String = value.chars().filter(|c| !c.is_control()).take(64).collect();
-    Some((name, value))
+/// `a GitHub`, `an Azure DevOps`.
+fn with_article(name: &str) -> String {
+    let article = if name.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {name}")
 }
 
 /// `message` as a sentence.

@@ -45,6 +45,8 @@ pub enum PayloadError {
     NotJson(String),
     #[error("the `{0}` header is missing, so the kind of event cannot be told")]
     MissingEventHeader(&'static str),
+    #[error("the `{0}` header is given more than once, so the kind of event cannot be told")]
+    RepeatedEventHeader(&'static str),
     #[error("the form-encoded body has no `payload` field")]
     MissingFormPayload,
     #[error("not {} push payload: {detail}", with_article(.provider))]
@@ -248,6 +250,17 @@ pub fn parse_delivery(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -
     if let Delivery::Pushes(pushes) = &delivery {
         if !pushes.iter().all(crate::plan::names_a_repository) {
             return Err(wrong_shape(provider, "no URL of its repository names a repository"));
+        }
+        // The branch is stored, logged, answered and sent to engines: it must be one git
+        // would create, and the error never repeats it (the history keeps no part of a body).
+        if let Some(problem) = pushes
+            .iter()
+            .find_map(|push| crate::branch::validate_pushed_branch(&push.branch).err())
+        {
+            return Err(wrong_shape(
+                provider,
+                format!("the name of a pushed branch is not one git gives a branch: it {problem}"),
+            ));
         }
         let commit_ids =
             |push: &Push| is_commit_id(&push.after) && (push.before.is_empty() || is_commit_id(&push.before));
@@ -824,18 +837,26 @@ fn truncate(mut detail: String) -> String {
     detail
 }
 
-/// The event header's value, or a malformed-delivery error naming the missing header.
+/// The event header's value, or a malformed-delivery error naming the header missing or
+/// given more than once (of which none could be told to be the one meant).
 fn event_header<'h>(headers: &'h HeaderMap, names: &[&'static str]) -> Result<Cow<'h, str>, PayloadError> {
-    names
-        .iter()
-        .find_map(|name| headers.get(*name))
-        .map(|value| match String::from_utf8_lossy(value.as_bytes()) {
-            Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
-            Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
-        })
-        .ok_or(PayloadError::MissingEventHeader(
-            names.first().copied().unwrap_or_default(),
-        ))
+    let name =
+        names
+            .iter()
+            .copied()
+            .find(|name| headers.contains_key(*name))
+            .ok_or(PayloadError::MissingEventHeader(
+                names.first().copied().unwrap_or_default(),
+            ))?;
+    let mut values = headers.get_all(name).iter();
+    let value = values.next().ok_or(PayloadError::MissingEventHeader(name))?;
+    if values.next().is_some() {
+        return Err(PayloadError::RepeatedEventHeader(name));
+    }
+    Ok(match String::from_utf8_lossy(value.as_bytes()) {
+        Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
+        Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),
+    })
 }
 
 /// For `delete` events (GitHub, Gitea, Gogs): a deleted branch or tag, by `ref_type`.

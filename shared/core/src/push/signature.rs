@@ -36,6 +36,8 @@ pub enum SignatureError {
     Mismatch(&'static str),
     #[error("the `{0}` header does not match the organization's secret")]
     TokenMismatch(&'static str),
+    #[error("the `{0}` header is given more than once: a delivery carries one, so which to check cannot be told")]
+    RepeatedHeader(&'static str),
     #[error("the `Authorization` header must use HTTP Basic authentication")]
     NotBasicAuth,
     #[error("the `Authorization` header's Basic credentials are not base64-encoded `user:password`")]
@@ -99,8 +101,8 @@ pub fn check_headers(provider: GitProvider, headers: &HeaderMap, secret: &[u8]) 
         return Err(SignatureError::NoSecret(provider));
     }
     match provider {
-        GitProvider::Github => match headers.get("x-hub-signature-256") {
-            Some(value) => hmac_header("X-Hub-Signature-256", Some("sha256="), value.as_bytes()),
+        GitProvider::Github => match single(headers, "X-Hub-Signature-256")? {
+            Some(value) => hmac_header("X-Hub-Signature-256", Some("sha256="), value),
             None if headers.contains_key("x-hub-signature") => Err(SignatureError::Sha1Only),
             None => Err(SignatureError::MissingHeader("X-Hub-Signature-256")),
         },
@@ -116,12 +118,16 @@ pub fn check_headers(provider: GitProvider, headers: &HeaderMap, secret: &[u8]) 
             hmac_header("X-Hub-Signature", Some("sha256="), header(headers, "X-Hub-Signature")?)
         }
         GitProvider::Gitea => {
-            if let Some(value) = headers.get("x-gitea-signature") {
-                hmac_header("X-Gitea-Signature", None, value.as_bytes())
-            } else if let Some(value) = headers.get("x-forgejo-signature") {
-                hmac_header("X-Forgejo-Signature", None, value.as_bytes())
-            } else if let Some(value) = headers.get("x-hub-signature-256") {
-                hmac_header("X-Hub-Signature-256", Some("sha256="), value.as_bytes())
+            // Each of the headers Gitea may sign with is checked for repeats, used or not.
+            let gitea = single(headers, "X-Gitea-Signature")?;
+            let forgejo = single(headers, "X-Forgejo-Signature")?;
+            let github = single(headers, "X-Hub-Signature-256")?;
+            if let Some(value) = gitea {
+                hmac_header("X-Gitea-Signature", None, value)
+            } else if let Some(value) = forgejo {
+                hmac_header("X-Forgejo-Signature", None, value)
+            } else if let Some(value) = github {
+                hmac_header("X-Hub-Signature-256", Some("sha256="), value)
             } else {
                 Err(SignatureError::MissingHeader("X-Gitea-Signature"))
             }
@@ -140,12 +146,21 @@ pub fn secrets_match(presented: &[u8], stored: &[u8]) -> bool {
     bool::from(presented.ct_eq(&stored))
 }
 
-/// A header's raw bytes (names are looked up case-insensitively).
+/// A header's raw bytes (names are looked up case-insensitively); refused when missing or
+/// given more than once.
 fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h [u8], SignatureError> {
-    headers
-        .get(name)
-        .map(|value| value.as_bytes())
-        .ok_or(SignatureError::MissingHeader(name))
+    single(headers, name)?.ok_or(SignatureError::MissingHeader(name))
+}
+
+/// The raw bytes of a credential header, if present: given twice, a delivery could carry a
+/// good signature and a bad one and have either checked, so it is refused.
+fn single<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h [u8]>, SignatureError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(SignatureError::RepeatedHeader(name));
+    }
+    Ok(first.map(|value| value.as_bytes()))
 }
 
 /// The signature in `value` (`<prefix><hex>`, prefix case-insensitive), to check against the

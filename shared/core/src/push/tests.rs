@@ -1545,3 +1545,213 @@ fn a_payload_error_leaves_the_values_it_quotes_out() {
         "not a GitHub push payload: invalid type: string, expected an array at line 1 column 68"
     );
 }
+
+/// A push of each provider, as a JSON value whose branch is `main` wherever it is named.
+fn branch_push_of_every_provider() -> Vec<(GitProvider, Value)> {
+    let mut server = value(fixture!("bitbucket-server/gp-repo-refs-changed.json"));
+    server["changes"][0]["type"] = json!("UPDATE");
+    server["changes"][0]["toHash"] = json!("a00945762949b7787ecabc388c0e20b1b85f0364");
+    [
+        (GitProvider::Github, value(fixture!("github/gp-push.json"))),
+        (GitProvider::Gitlab, value(fixture!("gitlab/gp-push-event.json"))),
+        (
+            GitProvider::Bitbucket,
+            value(fixture!("bitbucket-cloud/gp-repo-push.json")),
+        ),
+        (GitProvider::BitbucketServer, server),
+        (GitProvider::Gitea, value(fixture!("gitea/gp-push-event.json"))),
+        (GitProvider::Gogs, value(fixture!("gogs/gp-push-event.json"))),
+        (
+            GitProvider::AzureDevops,
+            value(fixture!("azure-devops/gp-git.push.json")),
+        ),
+    ]
+    .into_iter()
+    .map(|(provider, body)| {
+        let branch = one_push(provider, &push_with(provider), &bytes(&body)).branch;
+        (provider, renamed_branch(&body, &branch, "main"))
+    })
+    .collect()
+}
+
+fn push_with(provider: GitProvider) -> Vec<(&'static str, &'static str)> {
+    match provider {
+        GitProvider::Github => GH_PUSH.to_vec(),
+        GitProvider::Gitlab => GL_PUSH.to_vec(),
+        GitProvider::Bitbucket => BB_PUSH.to_vec(),
+        GitProvider::BitbucketServer => BBS_PUSH.to_vec(),
+        GitProvider::Gitea => vec![("X-Gitea-Event", "push")],
+        GitProvider::Gogs => vec![("X-Gogs-Event", "push")],
+        GitProvider::AzureDevops => vec![],
+    }
+}
+
+/// `body` with every string that names branch `from` (alone or as `refs/heads/…`) naming `to`.
+fn renamed_branch(body: &Value, from: &str, to: &str) -> Value {
+    match body {
+        Value::String(text) if text == from => json!(to),
+        Value::String(text) if text.strip_prefix("refs/heads/") == Some(from) => json!(format!("refs/heads/{to}")),
+        Value::Array(items) => items.iter().map(|item| renamed_branch(item, from, to)).collect(),
+        Value::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(name, field)| (name.clone(), renamed_branch(field, from, to)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A pushed branch is stored, logged, answered and handed to engines: one git would not
+/// create (control characters, `..`, a 12 MiB name, a bidirectional override) is no push, for
+/// every provider, and the error names the rule without repeating the name.
+#[test]
+fn a_push_of_a_branch_git_would_not_create_is_not_a_push() {
+    let long = "y".repeat(12 * 1024 * 1024);
+    let longest = "y".repeat(crate::branch::MAX_BRANCH_LEN);
+    let cases = branch_push_of_every_provider();
+    assert_eq!(cases.len(), GitProvider::ALL.len());
+    for (provider, body) in &cases {
+        let pairs = push_with(*provider);
+        for bad in [
+            "ma\0in",
+            "a\nb",
+            "\u{202e}evil",
+            "a b",
+            "a..b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            "a@{0}",
+            "x.lock",
+            "a/",
+            "a//b",
+            ".a",
+            "-a",
+            "a\u{200b}",
+            "a\u{7f}",
+            "fragment-7f3a\u{202e}",
+            "fragment 7f3a",
+            &long,
+        ] {
+            let text = bytes(&renamed_branch(body, "main", bad));
+            let err = parse_delivery(*provider, &headers(&pairs), &text).expect_err(&format!("{provider:?} {bad:?}"));
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!(
+                    "not {} push payload: the name of a pushed branch is not one git gives a branch: it must ",
+                    with_article(provider_name(*provider))
+                )),
+                "{provider:?} {bad:?}: {message}"
+            );
+            // Short names may be words of the rule (`a b`, `-a`); longer ones are never quoted.
+            assert!(bad.len() < 4 || !message.contains(bad), "{message}");
+            assert!(message.len() < 300, "{message}");
+        }
+        for good in ["main", "release/1.2", "feature/été", &longest] {
+            let push = one_push(*provider, &pairs, &bytes(&renamed_branch(body, "main", good)));
+            assert_eq!(push.branch, good, "{provider:?}");
+        }
+    }
+}
+
+/// A credential header given twice is refused, whichever comes first, for every provider: a
+/// delivery must not carry a good signature and a bad one and have either checked.
+#[test]
+fn a_repeated_credential_header_is_refused() {
+    let good = hmac_hex(SECRET, BODY);
+    let bad = hmac_hex(b"another secret", BODY);
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    let basic = |password: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("user:{password}"))
+        )
+    };
+    let cases: Vec<(GitProvider, &str, String, String)> = vec![
+        (
+            GitProvider::Github,
+            "X-Hub-Signature-256",
+            format!("sha256={good}"),
+            format!("sha256={bad}"),
+        ),
+        (
+            GitProvider::Gitlab,
+            "X-Gitlab-Token",
+            secret.to_owned(),
+            "wrong".to_owned(),
+        ),
+        (
+            GitProvider::Bitbucket,
+            "X-Hub-Signature",
+            format!("sha256={good}"),
+            format!("sha256={bad}"),
+        ),
+        (
+            GitProvider::BitbucketServer,
+            "X-Hub-Signature",
+            format!("sha256={good}"),
+            format!("sha256={bad}"),
+        ),
+        (GitProvider::Gitea, "X-Gitea-Signature", good.clone(), bad.clone()),
+        (GitProvider::Gitea, "X-Forgejo-Signature", good.clone(), bad.clone()),
+        (
+            GitProvider::Gitea,
+            "X-Hub-Signature-256",
+            format!("sha256={good}"),
+            format!("sha256={bad}"),
+        ),
+        (GitProvider::Gogs, "X-Gogs-Signature", good.clone(), bad.clone()),
+        (GitProvider::AzureDevops, "Authorization", basic(secret), basic("wrong")),
+    ];
+    for (provider, header, good, bad) in &cases {
+        assert_eq!(verify(*provider, &[(header, good)]), Ok(()), "{header}");
+        for pair in [[good, bad], [bad, good], [good, good]] {
+            let err = verify(*provider, &[(header, pair[0]), (header, pair[1])]).unwrap_err();
+            assert!(
+                matches!(err, SignatureError::RepeatedHeader(name) if name == *header),
+                "{header}: {err:?}"
+            );
+            assert_discreet(&err, bad);
+        }
+    }
+    // Gitea's headers are each checked for repeats, the one it verifies or not.
+    let sig = hmac_hex(SECRET, BODY);
+    let err = verify(
+        GitProvider::Gitea,
+        &[
+            ("X-Gitea-Signature", &sig),
+            ("X-Forgejo-Signature", &sig),
+            ("X-Forgejo-Signature", &sig),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(err, SignatureError::RepeatedHeader("X-Forgejo-Signature"));
+}
+
+/// An event header given twice names no one event: the delivery is refused, for every
+/// provider that names its event in a header.
+#[test]
+fn a_repeated_event_header_is_refused() {
+    for (provider, body) in branch_push_of_every_provider() {
+        let pairs = push_with(provider);
+        let Some(&(name, value)) = pairs.first() else {
+            continue;
+        };
+        for other in [value, "issues"] {
+            let mut twice = pairs.clone();
+            twice.push((name, other));
+            let err = parse_delivery(provider, &headers(&twice), &bytes(&body)).unwrap_err();
+            assert_eq!(
+                err,
+                PayloadError::RepeatedEventHeader(event_headers(provider)[0]),
+                "{provider:?}"
+            );
+        }
+    }
+}

@@ -88,6 +88,13 @@ mod tests {
         assert!(matches!(parse_dockerhub(&body), Err(InvalidTag { .. })));
         let body = edit(DOCKERHUB_PUSH, |v| v["repository"]["repo_name"] = json!("Acme/API"));
         assert!(matches!(parse_dockerhub(&body), Err(InvalidImage { .. })));
+        // An error about the body names the rule, never the body's text (lower-cased or not).
+        for name in ["Secret-Fragment/xxx", "a/Xxx-Fragment", "UPPERX"] {
+            let body = edit(DOCKERHUB_PUSH, |v| v["repository"]["repo_name"] = json!(name));
+            let err = parse_dockerhub(&body).unwrap_err().to_string();
+            assert!(err.contains("must be lower-case"), "{err}");
+            assert!(!err.to_lowercase().contains(&name.to_lowercase()), "{err}");
+        }
         let body = edit(DOCKERHUB_PUSH, |v| v["repository"]["repo_name"] = json!(""));
         assert!(matches!(parse_dockerhub(&body), Err(InvalidImage { .. })));
     }

@@ -72,7 +72,10 @@ pub(super) fn pushed(
     tag: String,
 ) -> Result<RegistryEvent, RegistryEventError> {
     validate_tag(&tag).map_err(|source| RegistryEventError::InvalidTag { provider, source })?;
-    let invalid_image = |source| RegistryEventError::InvalidImage { provider, source };
+    let invalid_image = |source| RegistryEventError::InvalidImage {
+        provider,
+        source: quoting_nothing(source),
+    };
     let registry = normalize_registry(host).map_err(invalid_image)?;
     let path = parse_path(&registry, path).map_err(invalid_image)?;
     Ok(RegistryEvent::Pushed(ImagePushed {
@@ -81,6 +84,18 @@ pub(super) fn pushed(
         tag,
         source,
     }))
+}
+
+/// `err` without the name it suggests writing instead (`write `acme/api``), which is the
+/// notification's own text lower-cased: an error about a body never repeats its text, so the
+/// deliveries history keeps no part of it.
+fn quoting_nothing(err: ImageError) -> ImageError {
+    match err {
+        ImageError::UpperCasePath { .. } => ImageError::UpperCasePath {
+            suggestion: String::new(),
+        },
+        other => other,
+    }
 }
 
 pub(super) fn wrong_shape(provider: &'static str, reason: String) -> RegistryEventError {
