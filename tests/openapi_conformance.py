@@ -837,8 +837,9 @@ def targets(c):
     D = f"{O}/targets"
     webhook = {"type": "WEBHOOK", "url": "http://127.0.0.1:9/hook"}
     c.call("PUT a WEBHOOK target (secret generated)", "PUT", f"{D}/hook", json_body=webhook, expect=201)
-    c.call("PUT a WEBHOOK target again", "PUT", f"{D}/hook",
-           json_body={"type": "WEBHOOK", "url": "http://127.0.0.1:9/h2"}, expect=200)
+    c.call("PUT a WEBHOOK target again", "PUT", f"{D}/hook", json_body=webhook, expect=200)
+    c.call("PUT a WEBHOOK target at a new url, secret kept", "PUT", f"{D}/hook",
+           json_body={"type": "WEBHOOK", "url": "http://127.0.0.1:9/h2"}, expect=400)
     c.call("PUT a WEBHOOK target with its secret", "PUT", f"{D}/hook2",
            json_body=webhook | {"secret": "whsec_" + base64.b64encode(b"k" * 32).decode()}, expect=201)
     c.call("PUT a QOVERY target", "PUT", f"{D}/qovery",
@@ -852,7 +853,9 @@ def targets(c):
     if shown is not None:
         # The target as read, changed: a new version, so `etag` is stale afterwards.
         c.call("PUT a target as read and changed, If-Match", "PUT", f"{D}/hook",
-               json_body=shown | {"url": "http://127.0.0.1:9/h3"}, headers={"If-Match": etag}, expect=200)
+               json_body=shown | {"url": "http://127.0.0.1:9/h3",
+                                  "secret": "whsec_" + base64.b64encode(b"h" * 32).decode()},
+               headers={"If-Match": etag}, expect=200)
     c.call("PUT a target, stale If-Match", "PUT", f"{D}/hook", json_body=webhook, headers={"If-Match": etag},
            expect=412)
     c.call("PUT an existing target, If-None-Match", "PUT", f"{D}/gha",
