@@ -116,7 +116,7 @@ pub async fn serve_http(
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connections = connections.clone();
         tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
+            let mut connection = Box::pin(connection);
             let mut closing = false;
             loop {
                 tokio::select! {
@@ -135,6 +135,8 @@ pub async fn serve_http(
                     () = state.drop_now.notified() => break,
                 }
             }
+            // Its socket closed before its slot is given back: a slot stands for a descriptor.
+            drop(connection);
             connections.forget(id);
             drop(slot);
         });

@@ -233,7 +233,7 @@ fn stalled_bodies_at_the_connection_cap_do_not_lock_others_out() {
          X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: 1000\r\n\r\n{{",
         "0".repeat(64)
     );
-    let mut stalled: Vec<TcpStream> = (0..CAP)
+    let stalled: Vec<TcpStream> = (0..CAP)
         .map(|_| {
             let mut stream = server.connect();
             stream.write_all(head.as_bytes()).unwrap();
@@ -245,13 +245,22 @@ fn stalled_bodies_at_the_connection_cap_do_not_lock_others_out() {
     for _ in 0..3 {
         server.assert_healthy();
     }
-    let oldest = stalled.remove(0);
-    let mut oldest = oldest;
-    assert_eq!(
-        read_response(&mut oldest),
-        None,
-        "the oldest stalled request was dropped unanswered"
-    );
+    // The place was made before the new connection was served: a stalled one is closed by
+    // now, unanswered (which one depends on whose headers the server had read).
+    let closed = stalled
+        .iter()
+        .filter(|&stream| {
+            stream.set_nonblocking(true).unwrap();
+            let mut byte = [0u8; 1];
+            let mut stream: &TcpStream = stream;
+            match stream.read(&mut byte) {
+                Ok(0) => true,
+                Ok(_) => panic!("a stalled request was answered"),
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        })
+        .count();
+    assert!(closed >= 1, "no stalled connection was closed");
 }
 
 #[test]
