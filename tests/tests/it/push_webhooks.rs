@@ -889,16 +889,9 @@ async fn a_refused_body_is_not_repeated_in_the_answer_nor_the_history() {
             std::str::from_utf8(&body).unwrap().find(fragment).unwrap() + fragment.len() + 1
         )
     );
-    let history = api
-        .call(
-            http::Method::GET,
-            "/organization/acme/deliveries",
-            Some(autodeploy_tests::ADMIN),
-            None,
-        )
-        .await;
-    assert_eq!(history.body["items"][0]["outcome"], "REJECTED", "{}", history.body);
-    assert!(!history.body.to_string().contains(fragment), "{}", history.body);
+    let history = history_of(&api).await;
+    assert_eq!(history["items"][0]["outcome"], "REJECTED", "{history}");
+    assert!(!history.to_string().contains(fragment), "{history}");
 }
 
 /// A branch push of every provider, its branch renamed to `branch` wherever the body names it

@@ -4,7 +4,7 @@
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::{
     Delivery, IgnoredReason, PayloadError, check_headers, delivery_id, event_headers, parse_delivery, provider_name,
-    provider_of, push_events,
+    provider_of, push_events, with_article,
 };
 use axum::Json;
 use axum::Router;
@@ -173,16 +173,6 @@ fn unsupported_event(org: &str, provider: GitProvider, headers: &HeaderMap) -> S
             with_article(name)
         ),
     }
-}
-
-/// `a GitHub`, `an Azure DevOps`.
-fn with_article(name: &str) -> String {
-    let article = if name.starts_with(['A', 'E', 'I', 'O', 'U']) {
-        "an"
-    } else {
-        "a"
-    };
-    format!("{article} {name}")
 }
 
 /// `message` as a sentence.

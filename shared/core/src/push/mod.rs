@@ -745,7 +745,7 @@ fn utf8(body: &[u8]) -> Result<&str, PayloadError> {
 }
 
 /// `a GitHub`, `an Azure DevOps`.
-fn with_article(name: &str) -> String {
+pub fn with_article(name: &str) -> String {
     let article = if name.starts_with(['A', 'E', 'I', 'O', 'U']) {
         "an"
     } else {
