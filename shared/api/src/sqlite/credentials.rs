@@ -234,9 +234,7 @@ mod tests {
     /// a change answers the change, the absence first read included.
     #[tokio::test]
     async fn a_secret_read_after_a_change_is_the_new_one() {
-        let dir = std::env::temp_dir().join(format!("autodeploy-secrets-{}", crate::util::new_deployment_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let (_dir, store) = super::super::plans::temp_store();
         assert_eq!(store.get_secret("acme", "github").await.unwrap(), None);
         for secret in ["first", "second"] {
             store.put_secret("acme", "github", &record(secret)).await.unwrap();
@@ -247,16 +245,13 @@ mod tests {
         }
         assert!(store.delete_secret("acme", "github").await.unwrap());
         assert_eq!(store.get_secret("acme", "github").await.unwrap(), None);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// A change whose caller goes away once it is submitted (a client that hung up) still
     /// commits, and the secret kept in memory is forgotten all the same.
     #[tokio::test]
     async fn a_change_whose_caller_went_away_is_not_hidden_by_the_kept_secret() {
-        let dir = std::env::temp_dir().join(format!("autodeploy-secrets-{}", crate::util::new_deployment_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let (_dir, store) = super::super::plans::temp_store();
         store.put_secret("acme", "github", &record("first")).await.unwrap();
         assert_eq!(store.get_secret("acme", "github").await.unwrap(), Some(record("first")));
         // Polled once (the write is submitted), then dropped.
@@ -272,6 +267,5 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "the old secret is still kept");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -443,9 +443,7 @@ mod tests {
     /// is for a service with a deploy target, as most on a busy server are not.
     #[tokio::test]
     async fn only_deployments_for_a_target_wake_the_dispatcher() {
-        let dir = std::env::temp_dir().join(format!("autodeploy-notify-{}", crate::util::new_deployment_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let (_dir, store) = super::super::plans::temp_store();
         let pulled = put_service(&store, "pulled", None).await;
         let dispatched = put_service(&store, "dispatched", Some("hook")).await;
         for (service, to_dispatcher) in [(&pulled, false), (&dispatched, true)] {
@@ -464,7 +462,6 @@ mod tests {
                 assert_eq!(wakes(notify, record).await, woken, "{}", service.id);
             }
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// One new deployment of `service` (which has a target), taken by the dispatcher: its id.
@@ -495,9 +492,7 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_services_attempt_that_comes_back_is_cancelled() {
         use crate::store::{CANCELLED_SERVICE_DELETED, Dispatching, LeaseRequest, PullQueue};
-        let dir = std::env::temp_dir().join(format!("autodeploy-deleted-{}", crate::util::new_deployment_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let (_dir, store) = super::super::plans::temp_store();
         let dispatched = put_service(&store, "dispatched", Some("hook")).await;
         for comes_back in ["retry", "restart"] {
             let id = taken_by_dispatcher(&store, &dispatched).await;
@@ -516,7 +511,6 @@ mod tests {
             assert_eq!(record.last_error.as_deref(), Some(CANCELLED_SERVICE_DELETED));
             put_service(&store, "dispatched", Some("hook")).await;
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// A deployment waiting for a retry its target asked for (`Retry-After`) is tried at once
@@ -524,9 +518,7 @@ mod tests {
     #[tokio::test]
     async fn a_replaced_target_ends_the_wait_its_previous_form_set() {
         use crate::store::Dispatching;
-        let dir = std::env::temp_dir().join(format!("autodeploy-retarget-{}", crate::util::new_deployment_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let (_dir, store) = super::super::plans::temp_store();
         let dispatched = put_service(&store, "dispatched", Some("hook")).await;
         let id = taken_by_dispatcher(&store, &dispatched).await;
         let retry = retry_at(crate::util::now_unix() + 3_600);
@@ -542,16 +534,13 @@ mod tests {
         assert_eq!((due.status, due.next_attempt_at), (DeploymentStatus::Queued, None));
         let again = store.take_for_dispatch(10).await.unwrap();
         assert_eq!(again[0].record.request.deployment_id, id);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// A caller that hangs up once its write is under way (a client gone, a request timed
     /// out) still leaves its committed deployment announced to the consumers and the dispatcher.
     #[tokio::test]
     async fn a_caller_gone_before_the_answer_still_announces_its_deployment() {
-        let dir = std::env::temp_dir().join(format!("autodeploy-hangup-{}", crate::util::new_deployment_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("db")).unwrap();
+        let (_dir, store) = super::super::plans::temp_store();
         let dispatched = put_service(&store, "dispatched", Some("hook")).await;
         for notify in [store.work_notifier(), store.dispatch_notifier()] {
             let notified = notify.notified();
@@ -576,6 +565,5 @@ mod tests {
                 "the committed deployment was not announced"
             );
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

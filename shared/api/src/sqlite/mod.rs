@@ -479,12 +479,10 @@ mod tests {
     /// writes fail (an empty transaction writes nothing and would not).
     #[tokio::test]
     async fn the_health_check_writes_to_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("autodeploy.db");
-        let store = SqliteStore::open(&path).unwrap();
+        let (dir, store) = super::plans::temp_store();
         store.ping().await.unwrap();
         store.ping().await.unwrap();
-        let checks: i64 = Connection::open(&path)
+        let checks: i64 = Connection::open(dir.path().join("db"))
             .unwrap()
             .query_row("SELECT checks FROM health_checks", [], |r| r.get(0))
             .unwrap();
@@ -504,10 +502,17 @@ mod tests {
     }
 }
 
-/// What the plan tests of the store's statements share.
+/// What the plan tests of the store's statements share, and a store on a file of its own.
 #[cfg(test)]
 mod plans {
     use rusqlite::{Connection, Params};
+
+    /// A store on a new database file in a temporary directory (removed when dropped).
+    pub(super) fn temp_store() -> (tempfile::TempDir, super::SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::SqliteStore::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
 
     /// An in-memory database with this build's schema.
     pub(super) fn migrated() -> Connection {
