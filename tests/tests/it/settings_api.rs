@@ -8,7 +8,7 @@ use autodeploy_api::admin::NoAdminToken;
 use autodeploy_api::store::InStoreQueue;
 use autodeploy_api::web::AppState;
 use autodeploy_tests::fault_proxy::{Fault, FaultyAws};
-use autodeploy_tests::{ADMIN, Api, fixture_bytes, git_providers, on_both_stores};
+use autodeploy_tests::{ADMIN, Api, Reply, fixture_bytes, git_providers, on_both_stores};
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
 use serde::Deserialize;
@@ -386,8 +386,17 @@ async fn authentication_and_scopes(api: Api) {
     api.put_service("acme", "api", app_body()).await;
     let path = "/organization/acme/services/api";
 
+    // Each 401 names the schemes the API takes (RFC 9110's WWW-Authenticate).
+    let challenge = |r: &Reply| {
+        r.headers
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let expected = Some(r#"Bearer realm="autodeploy", Token realm="autodeploy""#.to_owned());
     let r = api.call(Method::GET, path, None, None).await;
     assert_eq!((r.status, r.error_code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
+    assert_eq!(challenge(&r), expected);
     for header in ["Basic abc", "Token", "Bearer ", "nonsense", "Token wrong-token"] {
         let req = Request::get(path)
             .header("authorization", header)
@@ -395,7 +404,14 @@ async fn authentication_and_scopes(api: Api) {
             .unwrap();
         let r = api.raw(req).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{header}");
+        assert_eq!(challenge(&r), expected, "{header}");
     }
+    // A webhook is signed, not authorized by a token: its 401 names no scheme.
+    let r = api
+        .deliver("/organization/acme/webhooks/github", &[], b"{}".to_vec())
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_eq!(challenge(&r), None);
     // Both schemes, any case.
     for scheme in ["Token", "Bearer", "token", "BEARER"] {
         let req = Request::get(path)

@@ -131,28 +131,28 @@ fn presented_token(parts: &Parts) -> ApiResult<&str> {
     let mut sent = parts.headers.get_all(header::AUTHORIZATION).iter();
     let value = sent
         .next()
-        .ok_or_else(|| ApiError::unauthorized("Send a token: Authorization: Token <token> or Bearer <token>."))?;
+        .ok_or_else(|| ApiError::token_required("Send a token: Authorization: Token <token> or Bearer <token>."))?;
     // Which one would count is ambiguous (a proxy may have added one): refuse rather than pick.
     if sent.next().is_some() {
-        return Err(ApiError::unauthorized(
+        return Err(ApiError::token_required(
             "Send one Authorization header: this request has several.",
         ));
     }
     let value = value
         .to_str()
-        .map_err(|_| ApiError::unauthorized("The Authorization header is not readable."))?;
+        .map_err(|_| ApiError::token_required("The Authorization header is not readable."))?;
     let (scheme, token) = value
         .trim()
         .split_once(' ')
-        .ok_or_else(|| ApiError::unauthorized("Use Authorization: Token <token> or Bearer <token>."))?;
+        .ok_or_else(|| ApiError::token_required("Use Authorization: Token <token> or Bearer <token>."))?;
     if !(scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")) {
-        return Err(ApiError::unauthorized(
+        return Err(ApiError::token_required(
             "Use Authorization: Token <token> or Bearer <token>.",
         ));
     }
     let token = token.trim();
     if token.is_empty() || token.len() > 512 {
-        return Err(ApiError::unauthorized("The token is not valid."));
+        return Err(ApiError::token_required("The token is not valid."));
     }
     Ok(token)
 }
@@ -184,7 +184,7 @@ impl FromRequestParts<AppState> for Caller {
         {
             return Ok(caller);
         }
-        Err(ApiError::unauthorized("The token is not valid."))
+        Err(ApiError::token_required("The token is not valid."))
     }
 }
 

@@ -15,7 +15,13 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Vec<FieldError>,
+    /// `WWW-Authenticate`, which a 401 for a missing or refused API token carries (RFC 9110
+    /// 11.6.1): the schemes the API takes.
+    pub challenge: Option<&'static str>,
 }
+
+/// The schemes of `Authorization` the API takes, as a 401 names them.
+pub const TOKEN_CHALLENGE: &str = "Bearer realm=\"autodeploy\", Token realm=\"autodeploy\"";
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -24,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            challenge: None,
         }
     }
 
@@ -52,6 +59,14 @@ impl ApiError {
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
+    /// 401 for an API route: no token, or one that is not valid. Names the schemes taken.
+    pub fn token_required(message: impl Into<String>) -> Self {
+        Self {
+            challenge: Some(TOKEN_CHALLENGE),
+            ..Self::unauthorized(message)
+        }
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -187,6 +202,12 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(challenge),
+            );
+        }
         // What the caller was told, for the layers that log or record the request.
         response.extensions_mut().insert(ErrorReason(self.message));
         response
