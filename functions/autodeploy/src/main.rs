@@ -2,6 +2,7 @@
 
 mod host;
 mod listen;
+mod protocol_errors;
 mod secret_key;
 mod serve;
 

@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
 
+use crate::protocol_errors::ProtocolErrors;
+
 /// At most one line per this long for each warning a flood can repeat.
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
@@ -113,6 +115,8 @@ pub async fn serve_http(
                 }
             })
         };
+        // hyper's own answers to requests it cannot read, in SPEC's error shape.
+        let stream = ProtocolErrors::new(stream);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connections = connections.clone();
         tokio::spawn(async move {

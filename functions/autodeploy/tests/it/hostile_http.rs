@@ -1,11 +1,14 @@
 //! Hostile HTTP clients against the real standalone binary (docs/proofs.md): oversized headers
-//! are refused or the connection closed, never a crash; slow headers and slow bodies are timed
-//! out (`--header-timeout`, `--body-timeout`) while other clients are served; the server still
+//! are refused or the connection closed, never a crash; requests whose HTTP cannot be read are
+//! answered in SPEC's error shape; slow headers and slow bodies are timed out
+//! (`--header-timeout`, `--body-timeout`) while other clients are served; the server still
 //! answers `/health` after each.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use crate::harness::{Server, read_response};
 
@@ -50,7 +53,8 @@ fn write_lossy(stream: &mut TcpStream, bytes: &[u8]) {
     }
 }
 
-/// A refused request: a 4xx (431 or 400) or the connection closed — never a 5xx.
+/// A refused request: a 4xx (431 or 400) in SPEC's error shape, or the connection closed —
+/// never a 5xx.
 fn assert_refused(answer: Option<(u16, String)>, what: &str) {
     eprintln!(
         "{what}: {}",
@@ -62,7 +66,30 @@ fn assert_refused(answer: Option<(u16, String)>, what: &str) {
             "{what}: {status}: {}",
             &raw[..raw.len().min(300)]
         );
+        let [(_, error)] = &responses(&raw)[..] else {
+            panic!("{what}: not one answer: {raw}")
+        };
+        assert!(error["error"]["code"].is_string(), "{what}: {raw}");
     }
+}
+
+/// The answers in `raw` (one after the other on a connection), each its head (lower-cased) and
+/// its body read as JSON; each must say its body is JSON, and say its length exactly.
+fn responses(raw: &str) -> Vec<(String, Value)> {
+    let mut answers = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let (head, after) = rest
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of head: {rest}"));
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("\r\ncontent-type: application/json\r\n"), "{head}");
+        let (body, after) = after.split_at(content_length(&head));
+        let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        answers.push((head, body));
+        rest = after;
+    }
+    answers
 }
 
 #[test]
@@ -113,6 +140,131 @@ fn oversized_headers_are_refused_and_the_server_lives() {
         .write_all(format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n").as_bytes())
         .unwrap();
     assert_eq!(read_response(&mut stream).map(|r| r.0), Some(200));
+}
+
+/// What hyper refuses before any route, as it cannot read the request's HTTP, is answered in
+/// SPEC's error shape (not the empty body hyper writes by itself), and the connection closed.
+#[test]
+fn unreadable_requests_are_answered_in_the_error_shape() {
+    let mut server = server();
+    let many: String = (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let long = "a".repeat(70 * 1024);
+    let cases = [
+        (
+            format!("GET /health HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+            431,
+            "HEADERS_TOO_LARGE",
+        ),
+        (
+            format!("GET /health?{long} HTTP/1.1\r\nHost: x\r\n\r\n"),
+            414,
+            "URI_TOO_LONG",
+        ),
+        (
+            "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n".to_owned(),
+            400,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            "G(T /health HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            400,
+            "MALFORMED_REQUEST",
+        ),
+        (
+            "GET /health HTTP/9.7\r\nHost: x\r\n\r\n".to_owned(),
+            400,
+            "MALFORMED_REQUEST",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let what = &request[..request.len().min(40)];
+        let mut stream = server.connect();
+        write_lossy(&mut stream, request.as_bytes());
+        let answer = read_response(&mut stream);
+        let (got, raw) = answer.unwrap_or_else(|| panic!("{what}: closed without an answer"));
+        assert_eq!(got, status, "{what}: {raw}");
+        let [(head, error)] = &responses(&raw)[..] else {
+            panic!("{what}: not one answer: {raw}")
+        };
+        // read_response read to the end: the server closed the connection, and says so.
+        assert!(head.contains("\r\nconnection: close"), "{what}: {head}");
+        assert_eq!(error["error"]["code"], code, "{what}: {error}");
+        assert_eq!(error["error"]["details"], serde_json::json!([]), "{what}: {error}");
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.ends_with('.') && !message.contains("health"),
+            "{what}: {message}"
+        );
+        server.assert_healthy();
+    }
+}
+
+/// The server's own answers on a kept-alive connection are not touched: one request after
+/// the other, and pipelined before a request hyper cannot read.
+#[test]
+fn answers_on_a_kept_alive_connection_are_unchanged() {
+    let server = server();
+    let health = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let missing = "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n";
+    let last = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let ok = r#"{"status":"ok"}"#;
+    let not_found = r#"{"error":{"code":"NOT_FOUND","message":"No such route. See the API reference for the paths this server serves.","details":[]}}"#;
+    let expected = [("200 OK", "", ok), ("404 Not Found", "", not_found), ("200 OK", "connection: close\r\n", ok)]
+        .map(|(status, connection, body)| {
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}date: DATE\r\n\r\n{body}",
+                body.len()
+            )
+        });
+    let mut stream = server.connect();
+    for (request, expected) in [health, missing, last].into_iter().zip(&expected) {
+        stream.write_all(request.as_bytes()).unwrap();
+        assert_eq!(without_dates(&read_answer(&mut stream)), *expected);
+    }
+    assert!(read_response(&mut stream).is_none(), "more after the last answer");
+
+    // Pipelined before a request line hyper cannot read: the same answers, then the refusal.
+    let mut stream = server.connect();
+    stream
+        .write_all(format!("{health}{missing}G(T / HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    assert_eq!(without_dates(&read_answer(&mut stream)), expected[0]);
+    assert_eq!(without_dates(&read_answer(&mut stream)), expected[1]);
+    let (status, raw) = read_response(&mut stream).unwrap();
+    assert_eq!(status, 400, "{raw}");
+    let [(_, error)] = &responses(&raw)[..] else {
+        panic!("not one answer: {raw}")
+    };
+    assert_eq!(error["error"]["code"], "MALFORMED_REQUEST", "{raw}");
+}
+
+/// One answer on a kept-alive connection: its head, then as many bytes as it says.
+fn read_answer(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut byte = [0u8];
+    while !answer.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        answer.push(byte[0]);
+    }
+    let head = String::from_utf8(answer).unwrap();
+    let mut body = vec![0u8; content_length(&head)];
+    stream.read_exact(&mut body).unwrap();
+    head + std::str::from_utf8(&body).unwrap()
+}
+
+/// The `content-length` of an answer's head.
+fn content_length(head: &str) -> usize {
+    head.split("\r\n")
+        .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length: ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {head}"))
+}
+
+/// `raw` with each `date` header's value replaced by `DATE`.
+fn without_dates(raw: &str) -> String {
+    raw.split("\r\n")
+        .map(|line| if line.starts_with("date: ") { "date: DATE" } else { line })
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 #[test]

@@ -135,6 +135,45 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
     }
+
+    /// A request whose HTTP message itself could not be read, refused by the HTTP layer
+    /// before any route with the status it chose: 400 (a malformed request line or header),
+    /// 414 (a request target too long) or 431 (headers too large or too many); `None` for
+    /// another status. The message never quotes the request.
+    pub fn unreadable_request(status: StatusCode) -> Option<Self> {
+        let (code, message) = match status {
+            StatusCode::BAD_REQUEST => (
+                "MALFORMED_REQUEST",
+                "The request is not valid HTTP/1.1: its request line or one of its headers could not be read.",
+            ),
+            StatusCode::URI_TOO_LONG => (
+                "URI_TOO_LONG",
+                "The request target (path and query) is longer than this server reads.",
+            ),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+                "HEADERS_TOO_LARGE",
+                "The request's headers are larger, or more numerous, than this server reads.",
+            ),
+            _ => return None,
+        };
+        Some(Self::new(status, code, message))
+    }
+
+    /// The body of this error (SPEC's shape), serialized.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Strings and field errors only: serializing cannot fail.
+        serde_json::to_vec(&self.body()).unwrap_or_default()
+    }
+
+    fn body(&self) -> Body<'_> {
+        Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                details: &self.details,
+            },
+        }
+    }
 }
 
 impl From<autodeploy_core::body::DocumentError> for ApiError {
@@ -194,14 +233,7 @@ struct Inner<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-                details: &self.details,
-            },
-        };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.status, Json(self.body())).into_response();
         if let Some(challenge) = self.challenge {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
