@@ -62,10 +62,11 @@ MIB = 1024 * KIB
 
 # Error codes per status, as the document's description pairs them.
 CODES = {
-    400: {"MALFORMED_BODY", "VALIDATION_FAILED"}, 401: {"UNAUTHORIZED"}, 403: {"FORBIDDEN"},
-    404: {"NOT_FOUND"}, 405: {"METHOD_NOT_ALLOWED"}, 409: {"CONFLICT"},
-    412: {"PRECONDITION_FAILED"}, 413: {"PAYLOAD_TOO_LARGE"},
-    415: {"UNSUPPORTED_MEDIA_TYPE"}, 500: {"INTERNAL"}, 503: {"UNAVAILABLE"},
+    400: {"MALFORMED_BODY", "VALIDATION_FAILED", "MALFORMED_REQUEST"}, 401: {"UNAUTHORIZED"},
+    403: {"FORBIDDEN"}, 404: {"NOT_FOUND"}, 405: {"METHOD_NOT_ALLOWED"}, 409: {"CONFLICT"},
+    412: {"PRECONDITION_FAILED"}, 413: {"PAYLOAD_TOO_LARGE"}, 414: {"URI_TOO_LONG"},
+    415: {"UNSUPPORTED_MEDIA_TYPE"}, 431: {"HEADERS_TOO_LARGE"}, 500: {"INTERNAL"},
+    503: {"UNAVAILABLE"},
 }
 # The standalone server's body buffer may answer these on any route (the document's
 # description says so); the shared response of components/responses describes them.
