@@ -19,7 +19,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, ReturnValue, Select, TransactWriteItem, Update};
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
@@ -792,12 +792,18 @@ const OUTCOME: &str = "outcome";
 impl DynamoStore {
     /// Whether `org` has anything set up: refusals of an organization nobody set up are not
     /// recorded, or inventing organization names would grow the table without bound.
+    ///
+    /// Each query asks for a count only (`Select: COUNT`), never an item: push-webhook and
+    /// image-tag record refusals, and their roles may query these partitions only for a count
+    /// (the template's `dynamodb:Select` condition), so that they never read a token or a
+    /// deploy target.
     async fn organization_known(&self, org: &str) -> StoreResult<bool> {
         // Its services (and deployments), webhook secrets, tokens and targets: a partition
         // each; most organizations have services, the first asked.
         for pk in [org_pk(org), secret_pk(org), token_pk(org), targets::target_pk(org)] {
             let out = self
                 .partition_query(pk, "", None, true)
+                .select(Select::Count)
                 .limit(1)
                 .send()
                 .await
