@@ -397,9 +397,14 @@ mod tests {
             created_at: String::new(),
             updated_at: String::new(),
         };
-        let stored = StoredService::new(service.clone(), format!("etag-{id}"));
+        // Created, or replaced (its destination changed).
+        let expected = match store.get_service("acme", id).await.unwrap() {
+            Some(current) => Expected::Etag(current.etag),
+            None => Expected::Absent,
+        };
+        let stored = StoredService::new(service.clone(), uuid::Uuid::new_v4().simple().to_string());
         store
-            .put_service(&stored, Expected::Absent, TenantLimits::default())
+            .put_service(&stored, expected, TenantLimits::default())
             .await
             .unwrap();
         service
@@ -534,6 +539,50 @@ mod tests {
         assert_eq!((due.status, due.next_attempt_at), (DeploymentStatus::Queued, None));
         let again = store.take_for_dispatch(10).await.unwrap();
         assert_eq!(again[0].record.request.deployment_id, id);
+    }
+
+    /// A service moved to pull consumers while the dispatcher was delivering its deployment: the
+    /// wait its target asked for (a 503) does not hold the deployment back from the consumers,
+    /// and a consumer's nack (`retry_after_seconds`) recorded once the service has a target
+    /// again does not hold it back from the dispatcher.
+    #[tokio::test]
+    async fn a_retry_recorded_after_the_service_changed_destination_waits_for_nothing() {
+        use crate::store::{Dispatching, LeaseRequest, PullQueue};
+        let (_dir, store) = super::super::plans::temp_store();
+        let dispatched = put_service(&store, "dispatched", Some("hook")).await;
+        let id = taken_by_dispatcher(&store, &dispatched).await;
+        put_service(&store, "dispatched", None).await;
+        let in_an_hour = crate::util::now_unix() + 3_600;
+        store.end_attempt("acme", &id, &retry_at(in_an_hour)).await.unwrap();
+        let waiting = store.get_deployment("acme", &id).await.unwrap().unwrap();
+        assert_eq!(
+            (waiting.status, waiting.next_attempt_at),
+            (DeploymentStatus::Queued, None)
+        );
+        let request = LeaseRequest {
+            max: 10,
+            lease_secs: 60,
+        };
+        let leased = store.lease("acme", request).await.unwrap();
+        let [item] = leased.as_slice() else {
+            panic!("{leased:?}")
+        };
+        assert_eq!(item.record.request.deployment_id, id);
+
+        put_service(&store, "dispatched", Some("hook")).await;
+        store.nack("acme", &id, &item.lease_id, 3_600).await.unwrap();
+        let waiting = store.get_deployment("acme", &id).await.unwrap().unwrap();
+        assert_eq!(
+            (waiting.status, waiting.next_attempt_at),
+            (DeploymentStatus::Queued, None)
+        );
+        let taken = store.take_for_dispatch(10).await.unwrap();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+
+        // Where the destination stayed, the wait stands.
+        store.end_attempt("acme", &id, &retry_at(in_an_hour)).await.unwrap();
+        let waiting = store.get_deployment("acme", &id).await.unwrap().unwrap();
+        assert!(waiting.next_attempt_at.is_some(), "{waiting:?}");
     }
 
     /// A caller that hangs up once its write is under way (a client gone, a request timed

@@ -64,6 +64,16 @@ impl Taker {
 pub(super) const OPEN_OF_SERVICE: &str =
     "d.org = s.org AND d.service_id = s.id AND d.status IN ('QUEUED', 'IN_PROGRESS')";
 
+/// The service of the deployment being updated now sends to pull consumers. With
+/// [`NOW_FOR_A_TARGET`]: a retry the other destination asked for (a target's backoff, a
+/// consumer's nack), recorded after the service changed destination, does not hold it back, as
+/// a new destination ends the wait of the retries already waiting.
+pub(super) const NOW_FOR_PULL: &str = "EXISTS (SELECT 1 FROM services s
+    WHERE s.org = deployments.org AND s.id = deployments.service_id AND s.target_id IS NULL)";
+/// The service of the deployment being updated now sends to a deploy target.
+pub(super) const NOW_FOR_A_TARGET: &str = "EXISTS (SELECT 1 FROM services s
+    WHERE s.org = deployments.org AND s.id = deployments.service_id AND s.target_id IS NOT NULL)";
+
 /// The service row `s` has no deployment in progress.
 pub(super) const NONE_IN_PROGRESS: &str = "NOT EXISTS (SELECT 1 FROM deployments p
     WHERE p.org = s.org AND p.service_id = s.id AND p.status IN ('QUEUED', 'IN_PROGRESS') AND p.status = 'IN_PROGRESS')";
@@ -413,7 +423,7 @@ impl PullQueue for SqliteStore {
                         "UPDATE deployments SET
                             status = CASE WHEN attempts >= ?6 THEN 'FAILED' ELSE 'QUEUED' END,
                             last_error = CASE WHEN attempts >= ?6 THEN ?8 ELSE 'released by the consumer' END,
-                            next_attempt_unix = CASE WHEN attempts >= ?6 THEN NULL ELSE ?7 END,
+                            next_attempt_unix = CASE WHEN attempts >= ?6 OR {NOW_FOR_A_TARGET} THEN NULL ELSE ?7 END,
                             lease_id = NULL, lease_expires_unix = NULL, updated_at = ?5, updated_unix = ?4
                          WHERE {LIVE_LEASE} RETURNING service_id, seq, status"
                     ))

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
 use super::lifecycle::{
-    DISPATCH_LEASE, NONE_IN_PROGRESS, OPEN_OF_SERVICE, Taker, cancel_if_deleted, recorded_after, supersede_older, take,
+    DISPATCH_LEASE, NONE_IN_PROGRESS, NOW_FOR_PULL, OPEN_OF_SERVICE, Taker, cancel_if_deleted, recorded_after,
+    supersede_older, take,
 };
 use super::services::ServiceKey;
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
@@ -207,12 +208,13 @@ fn end(conn: &Connection, org: &str, id: &str, end: &AttemptEnd, now: i64) -> St
         AttemptEnd::Release { note } => ("QUEUED", Some(note), None),
     };
     let ended: Option<String> = conn
-        .prepare_cached(
+        .prepare_cached(&format!(
             "UPDATE deployments SET status = ?3,
-                last_error = CASE WHEN ?3 = 'DELIVERED' THEN NULL ELSE coalesce(?4, last_error) END, next_attempt_unix = ?5,
+                last_error = CASE WHEN ?3 = 'DELIVERED' THEN NULL ELSE coalesce(?4, last_error) END,
+                next_attempt_unix = CASE WHEN {NOW_FOR_PULL} THEN NULL ELSE ?5 END,
                 lease_id = NULL, lease_expires_unix = NULL, updated_at = ?6, updated_unix = ?7
-             WHERE org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' RETURNING service_id",
-        )
+             WHERE org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' RETURNING service_id"
+        ))
         .and_then(|mut stmt| {
             stmt.query_row(params![org, id, status, error, next_attempt, stamp, now], |r| r.get(0))
                 .optional()
