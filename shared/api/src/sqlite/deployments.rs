@@ -570,7 +570,7 @@ mod tests {
         assert_eq!(item.record.request.deployment_id, id);
 
         put_service(&store, "dispatched", Some("hook")).await;
-        store.nack("acme", &id, &item.lease_id, 3_600).await.unwrap();
+        store.nack("acme", &id, &item.lease_id, 3_600).await.unwrap().unwrap();
         let waiting = store.get_deployment("acme", &id).await.unwrap().unwrap();
         assert_eq!(
             (waiting.status, waiting.next_attempt_at),
