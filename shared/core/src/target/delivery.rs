@@ -302,16 +302,17 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
         .iter()
         .find_map(|key| object.get(*key).and_then(|v| v.as_str()))
         .or_else(|| object.get("error")?.get("message")?.as_str())?;
-    // Control characters go first, so that none hidden inside a secret keeps it from being
-    // found.
-    let text: String = text.chars().filter(|c| !c.is_control() || c.is_whitespace()).collect();
-    let mut text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    // The longest first, so that a whole secret is removed before a part of it.
+    // The longest first, so that a whole secret is removed before a part of it; found in the
+    // text as sent, so that no control character or white space inside a secret hides it.
     let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut text = text.to_owned();
     for secret in secrets {
         text = redact(&text, secret);
     }
+    // On one line: control characters dropped, white space runs made one space.
+    let text: String = text.chars().filter(|c| !c.is_control() || c.is_whitespace()).collect();
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
         return None;
     }
@@ -323,21 +324,42 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
 
 /// `text` with every occurrence of `secret` replaced by `[redacted]`, ignoring ASCII case (the
 /// case of a token, key or signature is the only thing a target echoing it is likely to
-/// change). ASCII lower-casing keeps every byte offset, so matches in the lowered text are
-/// matches in `text`.
+/// change) and the characters that do not show in a message on one line: control characters,
+/// white space and zero-width ones, in `text` and in `secret` alike (the `Authorization` value
+/// has a space). An occurrence spans from its first visible character to its last.
 fn redact(text: &str, secret: &str) -> String {
-    let haystack = text.to_ascii_lowercase();
-    let needle = secret.to_ascii_lowercase();
-    let mut out = String::with_capacity(text.len());
-    let mut from = 0;
-    while let Some(found) = haystack.get(from..).and_then(|rest| rest.find(&needle)) {
-        let at = from + found;
-        out.push_str(text.get(from..at).unwrap_or_default());
-        out.push_str("[redacted]");
-        from = at + needle.len();
+    let folded = |c: char| (!hidden(c)).then(|| c.to_ascii_lowercase());
+    let needle: Vec<char> = secret.chars().filter_map(folded).collect();
+    if needle.is_empty() {
+        return text.to_owned();
     }
-    out.push_str(text.get(from..).unwrap_or_default());
+    // The visible characters of `text`, folded, each with its byte range in `text`.
+    let visible: Vec<(char, usize, usize)> = text
+        .char_indices()
+        .filter_map(|(at, c)| folded(c).map(|folded| (folded, at, at + c.len_utf8())))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    let (mut copied, mut i) = (0, 0);
+    while i + needle.len() <= visible.len() {
+        let window = &visible[i..i + needle.len()];
+        if window.iter().map(|(c, _, _)| *c).eq(needle.iter().copied()) {
+            let (start, end) = (window[0].1, window[needle.len() - 1].2);
+            out.push_str(text.get(copied..start).unwrap_or_default());
+            out.push_str("[redacted]");
+            copied = end;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(text.get(copied..).unwrap_or_default());
     out
+}
+
+/// A character a message on one line does not show: control, white space, or zero-width
+/// (U+200B–U+200D, U+2060, U+FEFF).
+fn hidden(c: char) -> bool {
+    c.is_control() || c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
 }
 
 #[cfg(test)]
@@ -361,6 +383,28 @@ mod tests {
         // Other text, even around multi-byte characters, is kept.
         assert_eq!(said("ça va", &["zz"]).as_deref(), Some("ça va"));
         assert_eq!(redact("éABCé abc", "aBc"), "é[redacted]é [redacted]");
+    }
+
+    #[test]
+    fn white_space_or_an_invisible_character_inside_a_secret_does_not_hide_it() {
+        let body = |message: &str| serde_json::json!({ "message": message }).to_string().into_bytes();
+        let secrets = ["QovTokAbc123", "Token QovTokAbc123"];
+        for hidden in [
+            "\n", "\r", "\t", "\u{b}", "\u{c}", "\u{85}", "\u{2028}", "\u{200b}", "\u{feff}", " ",
+        ] {
+            let message = format!("M:Qov{hidden}TokAbc123 S:Token Qo{hidden}vTokAbc123 end");
+            assert_eq!(
+                response_message(&body(&message), &secrets).as_deref(),
+                Some("M:[redacted] S:[redacted] end"),
+                "{hidden:?}"
+            );
+        }
+        // The Authorization value with other white space between its scheme and its token.
+        let said = response_message(&body("got TOKEN\t\tqovtokabc123!"), &secrets);
+        assert_eq!(said.as_deref(), Some("got [redacted]!"));
+        // Text around is kept, on one line.
+        let said = response_message(&body("line one\nline  two"), &secrets);
+        assert_eq!(said.as_deref(), Some("line one line two"));
     }
 
     const MIN: Duration = Duration::from_secs(60);
