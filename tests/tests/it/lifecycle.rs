@@ -767,6 +767,24 @@ async fn bad_lease_requests_are_refused_naming_the_field() {
             "{huge}"
         );
     }
+    // A parameter put in the query instead of the body is refused, not ignored (a long poll
+    // that would not wait): every consumer route takes no query parameter.
+    for action in [
+        "lease",
+        &format!("{id}/ack"),
+        &format!("{id}/nack"),
+        &format!("{id}/extend"),
+        &format!("{id}/result"),
+    ] {
+        let path = format!("/organization/acme/deployments/{action}?wait_seconds=20");
+        let r = api.call(Method::POST, &path, Some(&token), Some(json!({}))).await;
+        assert_invalid(&r, &["wait_seconds"]);
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains("wait_seconds"),
+            "{action}: {}",
+            r.body
+        );
+    }
     // The limits themselves are accepted (and nothing was leased by the refusals), a whole
     // number written as a decimal too.
     let limits = json!({"max": 10.0, "lease_seconds": 43200, "wait_seconds": 0});

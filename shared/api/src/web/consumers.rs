@@ -17,7 +17,7 @@ use super::AppState;
 use super::auth::Consume;
 use super::deployments::{deployment_id, deployment_not_found};
 use super::error::{ApiError, ApiResult};
-use super::extract::{PathParams, Valid, ValidOrDefault};
+use super::extract::{NoQuery, PathParams, Valid, ValidOrDefault};
 use crate::deploy::consume;
 use crate::store::{LeaseRequest, Leased, PullQueue, Refusal};
 use crate::util::now_rfc3339;
@@ -216,6 +216,7 @@ impl From<Leased> for LeasedView {
 
 async fn lease(
     Consume { state, org, .. }: Consume,
+    _: NoQuery,
     ValidOrDefault(body): ValidOrDefault<LeaseBody>,
 ) -> ApiResult<Response> {
     let leased = consume::lease(pull(&state)?, &state.draining, &org, body.request, body.wait).await?;
@@ -225,6 +226,7 @@ async fn lease(
 
 async fn ack(
     Consume { state, org, .. }: Consume,
+    _: NoQuery,
     path: PathParams,
     Valid(AckBody(body)): Valid<AckBody>,
 ) -> ApiResult<StatusCode> {
@@ -238,6 +240,7 @@ async fn ack(
 
 async fn nack(
     Consume { state, org, .. }: Consume,
+    _: NoQuery,
     path: PathParams,
     Valid(NackBody(body)): Valid<NackBody>,
 ) -> ApiResult<StatusCode> {
@@ -251,6 +254,7 @@ async fn nack(
 
 async fn extend(
     Consume { state, org, .. }: Consume,
+    _: NoQuery,
     path: PathParams,
     Valid(ExtendBody(body)): Valid<ExtendBody>,
 ) -> ApiResult<Response> {
@@ -315,6 +319,7 @@ impl Document for ResultBody {
 
 async fn report_result(
     Consume { state, org, .. }: Consume,
+    _: NoQuery,
     path: PathParams,
     Valid(body): Valid<ResultBody>,
 ) -> ApiResult<Response> {

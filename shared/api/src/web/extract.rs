@@ -168,6 +168,19 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams {
     }
 }
 
+/// A route that takes no query parameter: any is a 400 naming it ([`QueryParams::only`]), so
+/// that a parameter put in the query instead of the body (`?wait_seconds=20`) is not ignored.
+pub struct NoQuery;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        QueryParams::parse(parts.uri.query()).only(&[])?;
+        Ok(Self)
+    }
+}
+
 impl QueryParams {
     pub fn parse(query: Option<&str>) -> Self {
         Self(
