@@ -263,6 +263,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let draining = Arc::clone(&state.draining);
         let (stopping, stop) = tokio::sync::watch::channel(false);
         let dispatching = if args.no_dispatch {
+            standalone::release_interrupted(&store).await;
             None
         } else {
             let sender = Sender::new(SenderConfig {

@@ -426,6 +426,17 @@ fn a_delivery_cut_by_sigkill_is_made_after_the_restart() {
     assert!(has_status(&server.deployments(ADMIN), &id, "IN_PROGRESS"));
     server.kill();
 
+    // Restarted without the dispatcher first: the cut delivery waits `QUEUED` again, not
+    // `IN_PROGRESS` under a lease nobody holds.
+    let mut server = launch().args(["--no-dispatch"]).database(&database).start();
+    let waiting = find(&server.deployments(ADMIN), &id).unwrap().clone();
+    assert_eq!(
+        (&waiting["status"], &waiting["attempts"]),
+        (&json!("QUEUED"), &json!(1)),
+        "{waiting}"
+    );
+    server.terminate();
+
     let server = launch().database(&database).start();
     let delivered = wait_status(&server, &id, "DELIVERED");
     assert_eq!(delivered["attempts"], 2);

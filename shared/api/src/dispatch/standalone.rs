@@ -20,13 +20,23 @@ pub const CONCURRENCY: usize = 128;
 /// The longest the loop sleeps without a reason to wake: a safety net, not a poll.
 const IDLE_WAKE: Duration = Duration::from_secs(60);
 
-/// Run until `shutdown` resolves; attempts in flight then finish (bounded by their timeout).
-pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Future<Output = ()>) {
+/// Give back what the dispatcher was delivering when the process last stopped: `QUEUED` again
+/// (for the dispatcher, or for pull consumers should the service have lost its target), never
+/// left `IN_PROGRESS` — also when this run has no dispatcher (`--no-dispatch`).
+pub async fn release_interrupted(store: &SqliteStore) {
     match store.release_dispatch_leases().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(released = n, "deliveries interrupted by the last stop are tried again"),
+        Ok(n) => tracing::info!(
+            released = n,
+            "deliveries interrupted by the last stop are waiting again"
+        ),
         Err(err) => tracing::warn!(error = %err, "interrupted deliveries could not be released; their leases expire"),
     }
+}
+
+/// Run until `shutdown` resolves; attempts in flight then finish (bounded by their timeout).
+pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Future<Output = ()>) {
+    release_interrupted(&store).await;
     let notifier = store.dispatch_notifier();
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
