@@ -819,6 +819,15 @@ async fn multi_branch_deliveries_are_one_push_per_branch(api: Api) {
         .await;
     api.app("acme", "feature-svc", "BITBUCKET", url, "feature/*", json!({}))
         .await;
+    api.app(
+        "acme",
+        "feature-off",
+        "BITBUCKET",
+        url,
+        "feature/*",
+        json!({"auto_deploy": false}),
+    )
+    .await;
     let bytes = serde_json::to_vec(&value).unwrap();
     let r = api.push("acme", "bitbucket", &bytes, "{bb-1}").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
@@ -832,6 +841,32 @@ async fn multi_branch_deliveries_are_one_push_per_branch(api: Api) {
     assert!(branches.contains(&("main-svc", "name-of-branch")));
     assert!(branches.contains(&("feature-svc", "feature/new")));
     assert_eq!(r.body["files"], "UNKNOWN");
+    // Each entry names its branch and commit: the top-level commit is the first push's.
+    let feature_commit = "709d658dc5b6d6afcd46049c2f332ee3f515a67d";
+    let off = json!({"service_id": "feature-off", "reason": "AUTO_DEPLOY_DISABLED",
+        "branch": "feature/new", "commit_sha": feature_commit});
+    assert_eq!(r.body["skipped"], json!([off]), "{}", r.body);
+
+    // Sent again (a new delivery id): the same skipped entries, in the same order, as a dry
+    // run of it tells.
+    let dry = api
+        .deliver(
+            "/organization/acme/webhooks/bitbucket?dry_run=true",
+            &provider_headers("bitbucket", &bytes, "{bb-2}"),
+            bytes.clone(),
+        )
+        .await;
+    let again = api.push("acme", "bitbucket", &bytes, "{bb-3}").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    let main_commit = r.body["commit_sha"].as_str().unwrap();
+    let already = |id: &str, branch: &str, commit: &str| json!({"service_id": id, "reason": "ALREADY_QUEUED", "branch": branch, "commit_sha": commit});
+    let expected = json!([
+        already("main-svc", "name-of-branch", main_commit),
+        off,
+        already("feature-svc", "feature/new", feature_commit),
+    ]);
+    assert_eq!(again.body["skipped"], expected, "{}", again.body);
+    assert_eq!(dry.body["skipped"], expected, "{}", dry.body);
 }
 
 async fn deployments_can_be_listed_per_service(api: Api) {

@@ -29,10 +29,22 @@ pub struct Commit {
     pub commit_sha: String,
 }
 
-/// What a skipped entry says of its push: the branch.
+/// What a skipped entry says of its push: the branch, and in a delivery that updates several
+/// branches its commit too (the answer's top-level `commit_sha` is the first push's).
 #[derive(Debug, Clone, Serialize)]
 pub struct OnBranch {
     pub branch: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_sha: Option<String>,
+}
+
+impl OnBranch {
+    fn of(push: &Push, several: bool) -> Self {
+        Self {
+            branch: push.branch.clone(),
+            commit_sha: several.then(|| push.after.clone()),
+        }
+    }
 }
 
 /// A deployment queued (or, in a dry run, that would be).
@@ -140,6 +152,7 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
     report.reached.message = plan.nothing_to_deploy(org, &pushes);
 
     let requested_at = now_rfc3339();
+    let several = pushes.len() > 1;
     let mut candidates = Vec::new();
     for decision in &plan.decisions {
         let push = &pushes[decision.push];
@@ -148,18 +161,14 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
             Err(reason) => report.reached.skipped.push(SkippedEntry {
                 service_id: service.id.clone(),
                 reason,
-                detail: OnBranch {
-                    branch: push.branch.clone(),
-                },
+                detail: OnBranch::of(push, several),
             }),
             // A dry run can only tell the same push as the last one queued.
             Ok(()) if dry_run && decision.stored.last_push.as_deref() == Some(push_mark(push).as_str()) => {
                 report.reached.skipped.push(SkippedEntry {
                     service_id: service.id.clone(),
                     reason: SkipReason::AlreadyQueued,
-                    detail: OnBranch {
-                        branch: push.branch.clone(),
-                    },
+                    detail: OnBranch::of(push, several),
                 })
             }
             Ok(()) if dry_run => report.reached.queued.push(QueuedEntry {
@@ -207,6 +216,7 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
     let outcomes = deployer
         .record(Batch::new(org, &candidates, remember.as_ref(), draft.as_ref()))
         .await?;
+    let mut guard_failed = false;
     for (candidate, outcome) in candidates.iter().zip(outcomes) {
         let request = &candidate.request;
         let Trigger::GitPush { branch, commit_sha, .. } = &request.trigger else {
@@ -222,15 +232,36 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
                 },
                 status: EntryStatus::of(status),
             }),
-            Outcome::GuardFailed => report.reached.skipped.push(SkippedEntry {
-                service_id: request.service_id.clone(),
-                reason: SkipReason::AlreadyQueued,
-                detail: OnBranch { branch: branch.clone() },
-            }),
+            Outcome::GuardFailed => {
+                guard_failed = true;
+                report.reached.skipped.push(SkippedEntry {
+                    service_id: request.service_id.clone(),
+                    reason: SkipReason::AlreadyQueued,
+                    detail: OnBranch {
+                        branch: branch.clone(),
+                        commit_sha: several.then(|| commit_sha.clone()),
+                    },
+                });
+            }
             // Services whose record failed have nothing written; those recorded are sent or
             // pending. A redelivery completes the rest and finds the others ALREADY_QUEUED.
             Outcome::Failed(err) => return Err(err.into()),
         }
+    }
+    if guard_failed {
+        // In the plan's order, as a dry run lists them, not the ALREADY_QUEUED ones last.
+        let order: HashMap<(&str, &str), usize> = plan
+            .decisions
+            .iter()
+            .enumerate()
+            .map(|(at, d)| ((pushes[d.push].branch.as_str(), d.stored.service.id.as_str()), at))
+            .collect();
+        let at = |entry: &SkippedEntry| {
+            order
+                .get(&(entry.detail.branch.as_str(), entry.service_id.as_str()))
+                .copied()
+        };
+        report.reached.skipped.sort_by_key(at);
     }
     // Recorded with the deployments, as the store writes it only when every service was
     // handled; after a failure the route records the error answered instead.
