@@ -331,6 +331,10 @@ async fn ignored_events_answer_200_and_queue_nothing() {
     let r = deliver("push", tag).await;
     assert_eq!(r.body["ignored"], "TAG_PUSH");
     says(&r, "only branch pushes deploy");
+    // A tag's deletion (GitHub's `delete` event) is not called a push.
+    let r = deliver("delete", fixture("github/gp-delete.json")).await;
+    assert_eq!(r.body["ignored"], "TAG_PUSH", "{}", r.body);
+    says(&r, "A tag was pushed or deleted");
     let deleted = github_push(|b| {
         b["deleted"] = json!(true);
         b["after"] = json!("0000000000000000000000000000000000000000");

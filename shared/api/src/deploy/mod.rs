@@ -76,7 +76,7 @@ impl Ignored {
     /// its history entry's reason.
     pub fn sentence(self) -> &'static str {
         match self {
-            Ignored::TagPush => "A tag push: only branch pushes deploy.",
+            Ignored::TagPush => "A tag was pushed or deleted: only branch pushes deploy.",
             Ignored::BranchDeleted => "A branch deletion deploys nothing.",
             Ignored::Ping => "A ping: the provider is checking the webhook.",
             Ignored::UnsupportedEvent => "Not a push event: only pushes deploy.",

@@ -152,7 +152,7 @@ impl Document for TokenBody {
         {
             fields.error(
                 "name",
-                format!("must be 1 to {MAX_TOKEN_NAME} bytes of text without control characters"),
+                format!("must be 1 to {MAX_TOKEN_NAME} bytes of text, not only spaces, without control characters"),
             );
         }
         let scopes = match fields.optional::<Vec<String>>("scopes") {
