@@ -1146,7 +1146,7 @@ async fn every_ignored_answer_says_why() {
 }
 
 /// A credential header given twice is refused (401) for every provider, whichever of the two
-/// is right; an event header given twice is a 400 naming it.
+/// is right; an event or delivery-id header given twice is a 400 naming it.
 #[tokio::test]
 async fn repeated_credential_and_event_headers_are_refused() {
     let api = Api::new();
@@ -1201,6 +1201,24 @@ async fn repeated_credential_and_event_headers_are_refused() {
                     .unwrap()
                     .contains("is given more than once")
             );
+            // So is a delivery-id header: which id decides whether it was seen cannot be told.
+            let (name, id) = headers[1].clone();
+            assert!(
+                name.contains("delivery") || name.contains("uuid") || name.contains("request-id"),
+                "{name}"
+            );
+            let mut twice = headers.clone();
+            twice.push((name.clone(), format!("{id}-again")));
+            let r = api.deliver(&path, &twice, body.clone()).await;
+            assert_eq!(
+                (r.status, r.error_code()),
+                (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
+                "{provider}: {}",
+                r.body
+            );
+            assert_eq!(r.error_fields().len(), 1, "{}", r.body);
+            assert!(r.error_fields()[0].eq_ignore_ascii_case(&name), "{}", r.body);
+            assert!(!r.body.to_string().contains(&id), "{}", r.body);
         }
     }
     assert_eq!(api.deployments("acme").await.len(), 0);

@@ -4,7 +4,7 @@
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::{
     Delivery, IgnoredReason, PayloadError, check_headers, delivery_id, event_headers, parse_delivery, provider_name,
-    provider_of, push_events, with_article,
+    provider_of, push_events, repeated_delivery_id_header, with_article,
 };
 use axum::Json;
 use axum::Router;
@@ -97,6 +97,9 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
     let provider = GitProvider::from_slug(request.path.raw("provider")).ok_or_else(unknown_provider)?;
     let dry_run = request.query.dry_run()?;
     let bytes = verified_body(state, org, provider, &headers, body, WEBHOOK_BODY_LIMIT).await?;
+    if let Some(header) = repeated_delivery_id_header(provider, &headers) {
+        return Err(ApiError::invalid_field(header, "is given more than once"));
+    }
     let delivery = delivery_id(provider, &headers, &bytes);
     if seen_before(&state.deployer, org, provider, delivery.as_deref()).await? {
         return Ok(render(

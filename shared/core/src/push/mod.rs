@@ -210,21 +210,36 @@ impl Push {
 /// `id` (the event's id, kept across retries) stands in. An id longer than
 /// [`MAX_DELIVERY_ID`] or with other than printable ASCII is no id at all.
 pub fn delivery_id(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let names: &[&str] = match provider {
-        GitProvider::Github => &["x-github-delivery"],
-        GitProvider::Gitlab => &["x-gitlab-event-uuid", "x-gitlab-webhook-uuid"],
-        GitProvider::Bitbucket => &["x-request-uuid"],
-        GitProvider::BitbucketServer => &["x-request-id"],
-        GitProvider::Gitea => &["x-gitea-delivery", "x-forgejo-delivery"],
-        GitProvider::Gogs => &["x-gogs-delivery"],
-        GitProvider::AzureDevops => {
-            return azure::event_id(body).as_deref().and_then(valid_delivery_id);
-        }
-    };
-    names
+    if provider == GitProvider::AzureDevops {
+        return azure::event_id(body).as_deref().and_then(valid_delivery_id);
+    }
+    delivery_id_headers(provider)
         .iter()
         .filter_map(|name| headers.get(*name))
         .find_map(|value| std::str::from_utf8(value.as_bytes()).ok().and_then(valid_delivery_id))
+}
+
+/// The headers that carry the provider's delivery id, in the order they are read (none for
+/// Azure DevOps).
+fn delivery_id_headers(provider: GitProvider) -> &'static [&'static str] {
+    match provider {
+        GitProvider::Github => &["X-GitHub-Delivery"],
+        GitProvider::Gitlab => &["X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID"],
+        GitProvider::Bitbucket => &["X-Request-UUID"],
+        GitProvider::BitbucketServer => &["X-Request-Id"],
+        GitProvider::Gitea => &["X-Gitea-Delivery", "X-Forgejo-Delivery"],
+        GitProvider::Gogs => &["X-Gogs-Delivery"],
+        GitProvider::AzureDevops => &[],
+    }
+}
+
+/// A delivery-id header given more than once, if any: a delivery carries one id, and which
+/// of two decides whether it was processed before cannot be told.
+pub fn repeated_delivery_id_header(provider: GitProvider, headers: &HeaderMap) -> Option<&'static str> {
+    delivery_id_headers(provider)
+        .iter()
+        .copied()
+        .find(|name| headers.get_all(*name).iter().nth(1).is_some())
 }
 
 fn valid_delivery_id(id: &str) -> Option<String> {

@@ -1218,6 +1218,20 @@ fn delivery_ids() {
 }
 
 #[test]
+fn a_delivery_id_header_given_twice_is_named() {
+    let mut h = headers(&[("X-Gitlab-Webhook-UUID", "hook"), ("X-Gitlab-Event-UUID", "event")]);
+    assert_eq!(repeated_delivery_id_header(GitProvider::Gitlab, &h), None);
+    h.append("x-gitlab-webhook-uuid", http::HeaderValue::from_static("again"));
+    assert_eq!(
+        repeated_delivery_id_header(GitProvider::Gitlab, &h),
+        Some("X-Gitlab-Webhook-UUID")
+    );
+    // Only the provider's own headers count.
+    assert_eq!(repeated_delivery_id_header(GitProvider::Github, &h), None);
+    assert_eq!(repeated_delivery_id_header(GitProvider::AzureDevops, &h), None);
+}
+
+#[test]
 fn delivery_id_limits() {
     let long = "a".repeat(MAX_DELIVERY_ID + 1);
     let h = headers(&[("X-GitHub-Delivery", long.as_str())]);
