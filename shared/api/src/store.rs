@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use autodeploy_core::delivery::{DeliveryOutcome, DeliveryRecord, DeliverySource, HistoryDraft};
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use autodeploy_core::model::Service;
-use autodeploy_core::target::TargetSpec;
+use autodeploy_core::target::{TargetSpec, TargetType};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -356,6 +356,23 @@ impl Refusal {
             named.join(", ")
         ))
     }
+
+    /// A target's `PUT` refused: its new type `kind` needs an `external_id` of the services
+    /// naming it, and `unfit` (in id order) give none. The first [`TARGET_USERS_NAMED`] are
+    /// named, the others counted.
+    pub fn target_type_unfit(kind: TargetType, unfit: &[String]) -> Refusal {
+        let named = &unfit[..unfit.len().min(TARGET_USERS_NAMED)];
+        let others = match unfit.len() - named.len() {
+            0 => String::new(),
+            1 => ", and 1 other".to_owned(),
+            n => format!(", and {n} others"),
+        };
+        Refusal::Conflict(format!(
+            "A {} target needs each service naming it to give deploy_target.external_id (the id of the service there), and services name this one without it ({}{others}): give them an external_id, or point their deploy_target elsewhere, first. The target was not changed.",
+            kind.as_str(),
+            named.join(", ")
+        ))
+    }
 }
 
 /// What a pull consumer asks for.
@@ -448,13 +465,17 @@ pub struct StoredTarget {
 
 #[async_trait]
 pub trait TargetStore: Send + Sync {
-    /// Create or replace the target if the stored state is `expected`.
-    async fn put_target(&self, target: &StoredTarget, expected: Expected) -> StoreResult<()>;
+    /// Create or replace the target if the stored state is `expected`; refused (a conflict,
+    /// [`Refusal::target_type_unfit`]) while a service naming it lacks what its type needs of
+    /// the services naming it (a `QOVERY` target, their `external_id`), checked in the write.
+    async fn put_target(&self, target: &StoredTarget, expected: Expected) -> Refusable<()>;
     async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>>;
     /// Targets of `org` in id order.
     async fn list_targets(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredTarget>>;
-    /// `Ok(false)` when absent; refused (a conflict) while a service names the target.
-    async fn delete_target(&self, org: &str, id: &str) -> Refusable<bool>;
+    /// Delete when the stored etag is `expected` (any state when `None`; otherwise
+    /// [`StoreError::PreconditionFailed`], an absent target too); `Ok(false)` when absent;
+    /// refused (a conflict) while a service names the target.
+    async fn delete_target(&self, org: &str, id: &str, expected: Option<&str>) -> Refusable<bool>;
 }
 
 /// How an attempt to deliver a deployment to its target started.

@@ -156,7 +156,7 @@ pub(crate) async fn put_webhook_target(store: &dyn Store, id: &str, url: &str) {
         created_at: NOW.to_owned(),
         updated_at: NOW.to_owned(),
     };
-    store.put_target(&target, Expected::Absent).await.unwrap();
+    store.put_target(&target, Expected::Absent).await.unwrap().unwrap();
 }
 
 /// Application `id` of `acme`, delivered to `target` (pull consumers' when `None`).

@@ -19,6 +19,8 @@ on_both_stores!(
     services_name_existing_targets,
     a_kept_credential_never_follows_a_new_address,
     an_echoed_credential_stays_out_of_last_error,
+    a_target_delete_honours_if_match,
+    a_type_change_keeps_naming_services_deliverable,
 );
 
 const GIVEN: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwdGVzdHRlc3Q=";
@@ -31,6 +33,12 @@ async fn put(api: &Api, id: &str, body: Value) -> Reply {
         Some(body),
     )
     .await
+}
+
+/// `DELETE` of target `id` with the request headers `headers`.
+async fn delete(api: &Api, id: &str, headers: &[(&str, &str)]) -> Reply {
+    let path = format!("/organization/acme/targets/{id}");
+    api.call_with(Method::DELETE, &path, Some(ADMIN), None, headers).await
 }
 
 /// The secret or token the store keeps for target `id`.
@@ -432,4 +440,133 @@ async fn services_name_existing_targets(api: Api) {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let r = api.call(Method::DELETE, path, Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+/// A `WEBHOOK` target, its secret generated.
+fn webhook() -> Value {
+    json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"})
+}
+
+/// A target's `DELETE` evaluates `If-Match` (and `If-None-Match`) as a service's does, in the
+/// same write as the deletion: a stale ETag deletes nothing.
+async fn a_target_delete_honours_if_match(api: Api) {
+    let created = put(&api, "w", webhook()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let etag = created.etag();
+    let path = "/organization/acme/targets/w";
+
+    // A stale ETag, and If-None-Match: *: 412, and the target is still there.
+    for header in [("if-match", "\"abc\""), ("if-none-match", "*")] {
+        let r = delete(&api, "w", &[header]).await;
+        assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{header:?}: {}", r.body);
+        assert_eq!(r.error_code(), "PRECONDITION_FAILED", "{}", r.body);
+        let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{header:?}: {}", r.body);
+        assert_eq!(r.etag(), etag);
+    }
+    // The ETag the target has: deleted.
+    let r = delete(&api, "w", &[("if-match", &etag)]).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    // A missing target under a condition: 412, as for a service; without one, 404.
+    for header in [("if-match", etag.as_str()), ("if-match", "*")] {
+        let r = delete(&api, "w", &[header]).await;
+        assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{header:?}: {}", r.body);
+        let r = api
+            .call_with(
+                Method::DELETE,
+                "/organization/acme/services/w",
+                Some(ADMIN),
+                None,
+                &[header],
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::PRECONDITION_FAILED,
+            "service, {header:?}: {}",
+            r.body
+        );
+    }
+    assert_eq!(delete(&api, "w", &[]).await.status, StatusCode::NOT_FOUND);
+
+    // If-Match: * deletes any existing one.
+    assert_eq!(put(&api, "w", webhook()).await.status, StatusCode::CREATED);
+    let r = delete(&api, "w", &[("if-match", "*")]).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+
+    // A target a service names: still a conflict, whatever the condition.
+    let created = put(&api, "w", webhook()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    service_on(&api, "api", "w").await;
+    let r = delete(&api, "w", &[("if-match", &created.etag())]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+/// A target's `PUT` that would leave a service naming it in a combination a service's `PUT`
+/// refuses (a `QOVERY` target, a service with no `external_id`) is a 409 naming the services,
+/// and changes nothing.
+async fn a_type_change_keeps_naming_services_deliverable(api: Api) {
+    let service = |external_id: Value| {
+        json!({"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": "main"},
+            "deploy_target": {"target_id": "w", "external_id": external_id}})
+    };
+    let created = put(&api, "w", webhook()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let ids: Vec<String> = (1..=7).map(|i| format!("svc-{i}")).collect();
+    for id in &ids {
+        let r = api.put_service("acme", id, service(Value::Null)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    // One that gives an external_id is not in the way.
+    let r = api.put_service("acme", "has-id", service(json!("0b1c2d3e"))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
+    let qovery = json!({"type": "QOVERY", "token": "qov_token"});
+    let r = put(&api, "w", qovery.clone()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.error_code(), "CONFLICT", "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("(svc-1, svc-2, svc-3, svc-4, svc-5, and 2 others)")
+            && message.contains("external_id")
+            && message.contains("QOVERY")
+            && !message.contains("has-id"),
+        "{message}"
+    );
+    // Unchanged.
+    let path = "/organization/acme/targets/w";
+    let r = api.call(Method::GET, path, Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["type"], "WEBHOOK");
+    assert_eq!(r.body["version"], 1);
+    assert_eq!(r.etag(), created.etag());
+
+    // Once every service names its id there, the same PUT is taken.
+    for id in &ids[1..] {
+        let r = api.put_service("acme", id, service(json!("0b1c2d3e"))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = put(&api, "w", qovery.clone()).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains("(svc-1)"),
+        "{}",
+        r.body
+    );
+    let r = api.put_service("acme", "svc-1", service(json!("0b1c2d3e"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = put(&api, "w", qovery).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["type"], "QOVERY");
+    assert_eq!(r.body["version"], 2);
+    // Back to a webhook: no external_id is needed, none is in the way.
+    let r = put(&api, "w", webhook()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }

@@ -386,7 +386,7 @@ mod tests {
                 updated_at: String::new(),
             };
             if store.get_target("acme", target).await.unwrap().is_none() {
-                store.put_target(&stored, Expected::Absent).await.unwrap();
+                store.put_target(&stored, Expected::Absent).await.unwrap().unwrap();
             }
         }
         let service = Service {
@@ -534,7 +534,11 @@ mod tests {
 
         let mut target = store.get_target("acme", "hook").await.unwrap().unwrap();
         let previous = std::mem::replace(&mut target.etag, "etag-fixed".to_owned());
-        store.put_target(&target, Expected::Etag(previous)).await.unwrap();
+        store
+            .put_target(&target, Expected::Etag(previous))
+            .await
+            .unwrap()
+            .unwrap();
         let due = store.get_deployment("acme", &id).await.unwrap().unwrap();
         assert_eq!((due.status, due.next_attempt_at), (DeploymentStatus::Queued, None));
         let again = store.take_for_dispatch(10).await.unwrap();

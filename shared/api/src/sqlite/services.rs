@@ -72,9 +72,10 @@ impl ServiceRow {
     }
 }
 
-pub(super) fn current_etag(conn: &Connection, org: &str, id: &str) -> StoreResult<Option<String>> {
+/// The etag of `id` of `org` in `table` (`services`, `targets`), if it exists.
+pub(super) fn current_etag(conn: &Connection, table: &str, org: &str, id: &str) -> StoreResult<Option<String>> {
     conn.query_row(
-        "SELECT etag FROM services WHERE org = ?1 AND id = ?2",
+        &format!("SELECT etag FROM {table} WHERE org = ?1 AND id = ?2"),
         params![org, id],
         |r| r.get(0),
     )
@@ -210,7 +211,7 @@ impl ServiceStore for SqliteStore {
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {
         let (org, id, expected) = (org.to_owned(), id.to_owned(), expected.map(str::to_owned));
         self.write(move |conn| {
-            let Some(current) = current_etag(conn, &org, &id)? else {
+            let Some(current) = current_etag(conn, "services", &org, &id)? else {
                 return if expected.is_some() {
                     Err(StoreError::PreconditionFailed)
                 } else {

@@ -11,7 +11,7 @@ use super::lifecycle::{
     DISPATCH_LEASE, NONE_IN_PROGRESS, NOW_FOR_PULL, OPEN_OF_SERVICE, Taker, cancel_if_deleted, recorded_after,
     supersede_older, take,
 };
-use super::services::ServiceKey;
+use super::services::{ServiceKey, current_etag};
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
 use crate::store::{
     AttemptEnd, AttemptStart, Dispatching, Expected, LeaseRequest, Leased, Outlook, Page, PageRequest, Refusable,
@@ -45,60 +45,64 @@ const TARGET_COLUMNS: &str = "org, id, etag, version, spec, created_at, updated_
 
 #[async_trait]
 impl TargetStore for SqliteStore {
-    async fn put_target(&self, target: &StoredTarget, expected: Expected) -> StoreResult<()> {
+    async fn put_target(&self, target: &StoredTarget, expected: Expected) -> Refusable<()> {
         let target = target.clone();
         let spec = self.seal(&to_json(&target.spec)?)?;
-        self.write(move |conn| {
-            let current: Option<String> = conn
-                .query_row(
-                    "SELECT etag FROM targets WHERE org = ?1 AND id = ?2",
-                    params![target.organization_id, target.id],
-                    |r| r.get(0),
+        let refused = self
+            .write(move |conn| {
+                let current = current_etag(conn, "targets", &target.organization_id, &target.id)?;
+                let holds = match (&expected, current) {
+                    (Expected::Absent, None) => true,
+                    (Expected::Etag(want), Some(have)) => *want == have,
+                    _ => false,
+                };
+                if !holds {
+                    return Err(StoreError::PreconditionFailed);
+                }
+                // Checked in this write, as a service's write checks the target it names in its own.
+                let kind = target.spec.target_type();
+                if kind.requires_external_id() {
+                    let unfit = services_without_external_id(conn, &target.organization_id, &target.id)?;
+                    if !unfit.is_empty() {
+                        return Ok(Err(Refusal::target_type_unfit(kind, &unfit)));
+                    }
+                }
+                // Created, or replaced keeping its creation time.
+                conn.execute(
+                    &format!(
+                        "INSERT INTO targets ({TARGET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (org, id) DO UPDATE SET etag = excluded.etag, version = excluded.version,
+                            spec = excluded.spec, updated_at = excluded.updated_at"
+                    ),
+                    params![
+                        target.organization_id,
+                        target.id,
+                        target.etag,
+                        i64::try_from(target.version).unwrap_or(i64::MAX),
+                        spec,
+                        target.created_at,
+                        target.updated_at
+                    ],
                 )
-                .optional()
                 .map_err(unavailable)?;
-            let holds = match (&expected, current) {
-                (Expected::Absent, None) => true,
-                (Expected::Etag(want), Some(have)) => *want == have,
-                _ => false,
-            };
-            if !holds {
-                return Err(StoreError::PreconditionFailed);
-            }
-            // Created, or replaced keeping its creation time.
-            conn.execute(
-                &format!(
-                    "INSERT INTO targets ({TARGET_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (org, id) DO UPDATE SET etag = excluded.etag, version = excluded.version,
-                        spec = excluded.spec, updated_at = excluded.updated_at"
-                ),
-                params![
-                    target.organization_id,
-                    target.id,
-                    target.etag,
-                    i64::try_from(target.version).unwrap_or(i64::MAX),
-                    spec,
-                    target.created_at,
-                    target.updated_at
-                ],
-            )
-            .map_err(unavailable)?;
-            // A target replaced (its URL fixed, say) ends the waits its previous form set: the
-            // deployments of the services naming it waiting for a retry are tried now.
-            if matches!(expected, Expected::Etag(_)) {
-                conn.prepare_cached(
-                    "UPDATE deployments SET next_attempt_unix = NULL
-                     WHERE org = ?1 AND status = 'QUEUED' AND next_attempt_unix IS NOT NULL
-                       AND service_id IN (SELECT id FROM services WHERE org = ?1 AND target_id = ?2)",
-                )
-                .and_then(|mut stmt| stmt.execute(params![target.organization_id, target.id]))
-                .map_err(unavailable)?;
-            }
-            Ok(())
-        })
-        .await?;
-        self.work_changed();
-        Ok(())
+                // A target replaced (its URL fixed, say) ends the waits its previous form set: the
+                // deployments of the services naming it waiting for a retry are tried now.
+                if matches!(expected, Expected::Etag(_)) {
+                    conn.prepare_cached(
+                        "UPDATE deployments SET next_attempt_unix = NULL
+                         WHERE org = ?1 AND status = 'QUEUED' AND next_attempt_unix IS NOT NULL
+                           AND service_id IN (SELECT id FROM services WHERE org = ?1 AND target_id = ?2)",
+                    )
+                    .and_then(|mut stmt| stmt.execute(params![target.organization_id, target.id]))
+                    .map_err(unavailable)?;
+                }
+                Ok(Ok(()))
+            })
+            .await?;
+        if refused.is_ok() {
+            self.work_changed();
+        }
+        Ok(refused)
     }
 
     async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>> {
@@ -113,9 +117,15 @@ impl TargetStore for SqliteStore {
         self.read(|conn| page_by_id(conn, &select, (org, page), target_row, target, |t| t.id.clone()))
     }
 
-    async fn delete_target(&self, org: &str, id: &str) -> Refusable<bool> {
-        let (org, id) = (org.to_owned(), id.to_owned());
+    async fn delete_target(&self, org: &str, id: &str, expected: Option<&str>) -> Refusable<bool> {
+        let (org, id, expected) = (org.to_owned(), id.to_owned(), expected.map(str::to_owned));
         self.write(move |conn| {
+            // The condition, in the write that deletes (as a service's deletion checks it).
+            if let Some(want) = &expected
+                && current_etag(conn, "targets", &org, &id)?.as_ref() != Some(want)
+            {
+                return Err(StoreError::PreconditionFailed);
+            }
             let users: Vec<String> = {
                 let mut stmt = conn
                     .prepare_cached(&format!(
@@ -139,6 +149,20 @@ impl TargetStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The ids, in id order, of the services of `org` naming target `id` with no `external_id`.
+fn services_without_external_id(conn: &Connection, org: &str, id: &str) -> StoreResult<Vec<String>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "{} AND json_extract(data, '$.deploy_target.external_id') IS NULL ORDER BY id",
+            ServiceKey::Target.select("id")
+        ))
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params![org, id], |r| r.get::<_, String>(0))
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
 }
 
 fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<AttemptStart> {

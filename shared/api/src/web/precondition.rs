@@ -64,6 +64,29 @@ impl Precondition {
         }
     }
 
+    /// The etag a `DELETE` under this condition requires of the stored resource (`None`: any
+    /// state); 412 for `If-None-Match: *`, which no deletion can satisfy.
+    pub fn for_delete(&self) -> ApiResult<Option<&str>> {
+        match self {
+            Precondition::Etag(tag) => Ok(Some(tag)),
+            // Whether or not the resource exists: the condition excludes the delete either way.
+            Precondition::Absent => Err(ApiError::precondition_failed(
+                "If-None-Match: * asks that the resource not exist, and a DELETE removes one that does: send If-Match with its ETag, or no condition.",
+            )),
+            Precondition::None | Precondition::Exists => Ok(None),
+        }
+    }
+
+    /// The answer of a `DELETE` under this condition that found nothing to delete: `not_found`
+    /// without a condition, a 412 under one (`If-Match: *` names an existing resource).
+    pub fn nothing_deleted(&self, not_found: ApiError) -> ApiError {
+        if *self == Precondition::None {
+            not_found
+        } else {
+            self.failed()
+        }
+    }
+
     /// The 412 of a write whose resource is not in the state this condition asks for.
     pub fn failed(&self) -> ApiError {
         ApiError::precondition_failed(match self {

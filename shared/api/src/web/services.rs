@@ -88,7 +88,7 @@ async fn check_deploy_target(state: &AppState, org: &str, spec: &ServiceSpec) ->
         return Err(ApiError::missing_target());
     };
     let kind = target.spec.target_type();
-    if kind.requires_external_id() && wanted.external_id.is_none() {
+    if !wanted.fits(kind) {
         return Err(ApiError::invalid_field(
             "deploy_target.external_id",
             format!(
@@ -224,23 +224,12 @@ async fn delete_service(request: Manage<ServiceId>, headers: HeaderMap) -> ApiRe
     let Manage { state, org, id, .. } = &request;
     let id = &id.0;
     let precondition = Precondition::from_headers(&headers)?;
-    let expected = match &precondition {
-        Precondition::Etag(tag) => Some(tag.as_str()),
-        // Whether or not the service exists: the condition excludes the delete either way.
-        Precondition::Absent => {
-            return Err(ApiError::precondition_failed(
-                "If-None-Match: * asks that the resource not exist, and a DELETE removes one that does: send If-Match with its ETag, or no condition.",
-            ));
-        }
-        Precondition::None | Precondition::Exists => None,
-    };
+    let expected = precondition.for_delete()?;
     let _turn = service_turn(state, org, id).await?;
     if state.store.delete_service(org, id, expected).await? {
         request.audit(&format!("service {id}"), None);
         Ok(StatusCode::NO_CONTENT)
-    } else if precondition == Precondition::None {
-        Err(service_not_found(id))
     } else {
-        Err(precondition.failed())
+        Err(precondition.nothing_deleted(service_not_found(id)))
     }
 }

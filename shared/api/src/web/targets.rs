@@ -9,7 +9,7 @@ use axum::Json;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rand::RngCore;
 use serde::Serialize;
 
@@ -18,7 +18,7 @@ use super::auth::{Manage, ManageWrite, PathId};
 use super::error::{ApiError, ApiResult};
 use super::extract::{JsonValue, PathParams, QueryParams};
 use super::list::ListParams;
-use super::precondition::etag_header;
+use super::precondition::{Precondition, etag_header};
 use crate::store::{Expected, Refusal, StoreError, StoredTarget};
 use crate::util::{new_etag, now_rfc3339};
 
@@ -171,7 +171,7 @@ async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Respon
         None => Expected::Absent,
     };
     match state.store.put_target(&target, expected).await {
-        Ok(()) => {
+        Ok(Ok(())) => {
             let status = if current.is_some() {
                 StatusCode::OK
             } else {
@@ -180,22 +180,34 @@ async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Respon
             request.audit(&format!("deploy target {id}"), Some(target.version));
             Ok(target_response(status, &target, resolved.view()))
         }
+        // A service naming it would lack what the new type needs of it.
+        Ok(Err(refusal)) => Err(refused(refusal, id)),
         // Written by someone else meanwhile: the client decides what to do with the new state.
         Err(StoreError::PreconditionFailed) => Err(precondition.failed()),
         Err(err) => Err(err.into()),
     }
 }
 
-async fn delete_target(request: Manage<TargetId>) -> ApiResult<StatusCode> {
+fn refused(refusal: Refusal, id: &str) -> ApiError {
+    match refusal {
+        Refusal::Conflict(message) => ApiError::conflict(message),
+        Refusal::NotFound => target_not_found(id),
+    }
+}
+
+/// Under `If-Match` (or `If-None-Match`) as a service's `DELETE`: the store deletes only the
+/// state the condition names, in the write that deletes.
+async fn delete_target(request: Manage<TargetId>, headers: HeaderMap) -> ApiResult<StatusCode> {
     let Manage { state, org, id, .. } = &request;
     let id = &id.0;
-    match state.store.delete_target(org, id).await? {
+    let precondition = Precondition::from_headers(&headers)?;
+    let expected = precondition.for_delete()?;
+    match state.store.delete_target(org, id, expected).await? {
         Ok(true) => {
             request.audit(&format!("deploy target {id}"), None);
             Ok(StatusCode::NO_CONTENT)
         }
-        Ok(false) => Err(target_not_found(id)),
-        Err(Refusal::Conflict(message)) => Err(ApiError::conflict(message)),
-        Err(Refusal::NotFound) => Err(target_not_found(id)),
+        Ok(false) => Err(precondition.nothing_deleted(target_not_found(id))),
+        Err(refusal) => Err(refused(refusal, id)),
     }
 }

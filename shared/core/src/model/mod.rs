@@ -137,6 +137,14 @@ pub struct DeployTarget {
     pub external_id: Option<String>,
 }
 
+impl DeployTarget {
+    /// Whether a target of type `kind` can deliver this service's deployments: a `QOVERY`
+    /// target needs the `external_id` (the service's id there).
+    pub fn fits(&self, kind: crate::target::TargetType) -> bool {
+        !kind.requires_external_id() || self.external_id.is_some()
+    }
+}
+
 /// The part of a service its owner writes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {

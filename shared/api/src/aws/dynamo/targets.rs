@@ -58,32 +58,115 @@ impl DynamoStore {
             &e,
         )
     }
+
+    /// The organization's services that name target `id`, in id order, up to `want` (all when
+    /// `None`): a query of its own partition, filtered.
+    async fn target_users(&self, org: &str, id: &str, want: Option<usize>, op: &str) -> StoreResult<Vec<Item>> {
+        let mut e = Expr::default();
+        let filter = e.equals(TARGET_ID, "target", s(id));
+        let query = filtered(self.partition_query(org_pk(org), "SERVICE#", None, true), filter, &e);
+        self.collect(query, want, op).await
+    }
+}
+
+/// The condition that the target's mark is still the one `item` (the target as read) holds: no
+/// service write has named the target since. A query cannot be a condition of a write; a
+/// write that looked for the target's users after reading `item` holds only under this.
+fn mark_unchanged(e: &mut Expr, item: &Item) -> String {
+    match item.get(NAMED_MARK).and_then(|v| v.as_s().ok()) {
+        Some(mark) => e.equals(NAMED_MARK, "mark", s(mark)),
+        None => format!("attribute_not_exists({})", e.name(NAMED_MARK)),
+    }
+}
+
+/// 412 unless the target as read (`item`, if any) has the etag `expected` asks for.
+fn check_expected(item: Option<&Item>, expected: Option<&str>) -> StoreResult<()> {
+    match (item, expected) {
+        (_, None) => Ok(()),
+        (Some(item), Some(tag)) if string_attr(item, ETAG)? == tag => Ok(()),
+        _ => Err(StoreError::PreconditionFailed),
+    }
+}
+
+fn target_item(target: &StoredTarget) -> StoreResult<Item> {
+    let data = serde_json::to_string(&target.spec)
+        .map_err(|e| StoreError::Unavailable(format!("put_target: encoding: {e}")))?;
+    let mut item = key(target_pk(&target.organization_id), target.id.clone());
+    item.insert(DATA.to_owned(), s(data));
+    item.insert(ETAG.to_owned(), s(&target.etag));
+    item.insert(VERSION.to_owned(), n(i64::try_from(target.version).unwrap_or(i64::MAX)));
+    item.insert(CREATED_AT.to_owned(), s(&target.created_at));
+    item.insert(UPDATED_AT.to_owned(), s(&target.updated_at));
+    // A fresh mark: a deletion that looked for the target's users before this write looks
+    // again (this write replaces the item, and with it the mark a service write set).
+    item.insert(NAMED_MARK.to_owned(), s(uuid::Uuid::new_v4().simple().to_string()));
+    Ok(item)
 }
 
 #[async_trait]
 impl TargetStore for DynamoStore {
-    async fn put_target(&self, target: &StoredTarget, expected: Expected) -> StoreResult<()> {
-        let data = serde_json::to_string(&target.spec)
-            .map_err(|e| StoreError::Unavailable(format!("put_target: encoding: {e}")))?;
-        let mut item = key(target_pk(&target.organization_id), target.id.clone());
-        item.insert(DATA.to_owned(), s(data));
-        item.insert(ETAG.to_owned(), s(&target.etag));
-        item.insert(VERSION.to_owned(), n(i64::try_from(target.version).unwrap_or(i64::MAX)));
-        item.insert(CREATED_AT.to_owned(), s(&target.created_at));
-        item.insert(UPDATED_AT.to_owned(), s(&target.updated_at));
-        // A fresh mark: a deletion that looked for the target's users before this write looks
-        // again (this write replaces the item, and with it the mark a service write set).
-        item.insert(NAMED_MARK.to_owned(), s(uuid::Uuid::new_v4().simple().to_string()));
-        let mut e = Expr::default();
-        let condition = match &expected {
-            Expected::Absent => format!("attribute_not_exists({})", e.name(PK)),
-            Expected::Etag(tag) => e.equals(ETAG, "expected", s(tag)),
+    async fn put_target(&self, target: &StoredTarget, expected: Expected) -> Refusable<()> {
+        let item = target_item(target)?;
+        let kind = target.spec.target_type();
+        let replaced = match &expected {
+            // A type that needs nothing of the services naming it, or a new target (a service
+            // write names an existing target only): the condition on the etag is all.
+            Expected::Etag(tag) if kind.requires_external_id() => tag,
+            _ => {
+                let mut e = Expr::default();
+                let condition = match &expected {
+                    Expected::Absent => format!("attribute_not_exists({})", e.name(PK)),
+                    Expected::Etag(tag) => e.equals(ETAG, "expected", s(tag)),
+                };
+                return if self.put_item(item, Some((condition, e)), "put_target").await? {
+                    Ok(Ok(()))
+                } else {
+                    Err(StoreError::PreconditionFailed)
+                };
+            }
         };
-        if self.put_item(item, Some((condition, e)), "put_target").await? {
-            Ok(())
-        } else {
-            Err(StoreError::PreconditionFailed)
+        // The services naming it are looked for, then the target written only if none was
+        // written naming it since (its mark unchanged, as for a deletion): a service that
+        // names it after this write is checked against the new type by its own write.
+        let target_key = key(target_pk(&target.organization_id), target.id.clone());
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let current = self.get_item(target_key.clone(), "put_target").await?;
+            check_expected(current.as_ref(), Some(replaced))?;
+            let Some(current) = current else {
+                return Err(StoreError::PreconditionFailed);
+            };
+            let users = self
+                .target_users(&target.organization_id, &target.id, None, "put_target")
+                .await?;
+            let mut unfit = Vec::new();
+            for user in &users {
+                let service = super::service_from_item(user)?.service;
+                if service
+                    .spec
+                    .deploy_target
+                    .as_ref()
+                    .is_some_and(|named| !named.fits(kind))
+                {
+                    unfit.push(service.id);
+                }
+            }
+            if !unfit.is_empty() {
+                return Ok(Err(Refusal::target_type_unfit(kind, &unfit)));
+            }
+            let mut e = Expr::default();
+            let condition = format!(
+                "{} AND {}",
+                e.equals(ETAG, "expected", s(replaced)),
+                mark_unchanged(&mut e, &current)
+            );
+            if self.put_item(item.clone(), Some((condition, e)), "put_target").await? {
+                return Ok(Ok(()));
+            }
+            // Its etag changed (the next read says so), or a service named it meanwhile.
         }
+        Err(StoreError::Unavailable(
+            "put_target: services kept naming the target during its change".to_owned(),
+        ))
     }
 
     async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>> {
@@ -100,22 +183,20 @@ impl TargetStore for DynamoStore {
             .await
     }
 
-    async fn delete_target(&self, org: &str, id: &str) -> Refusable<bool> {
+    async fn delete_target(&self, org: &str, id: &str, expected: Option<&str>) -> Refusable<bool> {
         // Deleted only if no service named it since its users were looked for: a service
         // write naming it changes its mark in the same transaction (a query cannot be a
-        // condition of a write).
+        // condition of a write). Under `expected`, only while the target has that etag: the
+        // delete's condition says so too.
         for _ in 0..CONFLICT_ATTEMPTS {
             let target_key = key(target_pk(org), id.to_owned());
-            let Some(item) = self.get_item(target_key.clone(), "delete_target").await? else {
+            let item = self.get_item(target_key.clone(), "delete_target").await?;
+            check_expected(item.as_ref(), expected)?;
+            let Some(item) = item else {
                 return Ok(Ok(false));
             };
-            let mark = item.get(NAMED_MARK).and_then(|v| v.as_s().ok()).cloned();
-            // The organization's services that name it (a query of its own partition, filtered).
-            let mut e = Expr::default();
-            let filter = e.equals(TARGET_ID, "target", s(id));
-            let query = filtered(self.partition_query(org_pk(org), "SERVICE#", None, true), filter, &e);
             let users = self
-                .collect(query, Some(TARGET_USERS_NAMED + 1), "delete_target")
+                .target_users(org, id, Some(TARGET_USERS_NAMED + 1), "delete_target")
                 .await?;
             if !users.is_empty() {
                 let ids: Vec<String> = users
@@ -126,11 +207,10 @@ impl TargetStore for DynamoStore {
                 return Ok(Err(Refusal::target_in_use(&ids)));
             }
             let mut e = Expr::default();
-            let unchanged = match mark {
-                Some(mark) => e.equals(NAMED_MARK, "mark", s(mark)),
-                None => format!("attribute_not_exists({})", e.name(NAMED_MARK)),
-            };
-            let condition = format!("attribute_exists({}) AND {unchanged}", e.name(PK));
+            let mut condition = format!("attribute_exists({}) AND {}", e.name(PK), mark_unchanged(&mut e, &item));
+            if let Some(tag) = expected {
+                condition.push_str(&format!(" AND {}", e.equals(ETAG, "expected", s(tag))));
+            }
             let delete = self.action(Write::Delete(target_key), Some(condition), &e)?;
             if self.transact(vec![delete], "delete_target").await?.is_ok() {
                 return Ok(Ok(true));
