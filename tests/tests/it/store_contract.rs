@@ -17,7 +17,7 @@ use autodeploy_api::util::deployment_ids_before;
 use autodeploy_core::deployment::{
     DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus, ResultStatus, SCHEMA, Trigger,
 };
-use autodeploy_core::model::{GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
+use autodeploy_core::model::{DeployTarget, GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::registry::ImageSourceKind;
 use autodeploy_tests::{TestStore, on_both_stores};
@@ -160,6 +160,18 @@ fn of_service<'a>(service_id: Option<&str>, page: PageRequest<'a>) -> Deployment
 }
 
 /// Create `service`, returning its etag.
+/// `service`, its deployments delivered by the dispatcher: it names a webhook target, as every
+/// service whose deployments the dispatcher attempts does.
+async fn create_dispatched(store: &dyn Store, service: &Service) {
+    crate::aws_dispatcher::put_webhook_target(store, "hook", "https://deploy.example.com/hook").await;
+    let mut service = service.clone();
+    service.spec.deploy_target = Some(DeployTarget {
+        target_id: "hook".to_owned(),
+        external_id: None,
+    });
+    create(store, &service).await;
+}
+
 pub(crate) async fn create(store: &dyn Store, service: &Service) -> String {
     let etag = new_etag();
     store
@@ -1070,7 +1082,7 @@ async fn deployment(store: &dyn Store, id: &str) -> DeploymentRecord {
 async fn attempts_only_go_forward(store: TestStore) {
     use DeploymentStatus::{Delivered, Failed, InProgress, Queued, Superseded};
     let store: &dyn Store = &*store;
-    create(store, &app("acme", "api", "acme/shop")).await;
+    create_dispatched(store, &app("acme", "api", "acme/shop")).await;
     assert_eq!(
         store.begin_attempt("acme", &new_deployment_id()).await.expect("begin"),
         AttemptStart::NotFound
@@ -1372,7 +1384,7 @@ async fn an_attempt_begins_and_delivers(store: TestStore) {
 
 async fn a_retried_attempt_begins_again(store: TestStore) {
     let store: &dyn Store = &*store;
-    create(store, &app("acme", "api", "acme/shop")).await;
+    create_dispatched(store, &app("acme", "api", "acme/shop")).await;
     let request = waiting_deployment(store, "api", "a..b").await;
     let id = &request.deployment_id;
 
