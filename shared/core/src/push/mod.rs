@@ -215,20 +215,26 @@ pub fn delivery_id(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -> O
     }
     delivery_id_headers(provider)
         .iter()
-        .filter_map(|name| headers.get(*name))
+        .filter_map(|(name, _)| headers.get(*name))
         .find_map(|value| std::str::from_utf8(value.as_bytes()).ok().and_then(valid_delivery_id))
 }
 
 /// The headers that carry the provider's delivery id, in the order they are read (none for
-/// Azure DevOps).
-fn delivery_id_headers(provider: GitProvider) -> &'static [&'static str] {
+/// Azure DevOps): each as looked up (lower case, which a lookup need not fold) and as named.
+fn delivery_id_headers(provider: GitProvider) -> &'static [(&'static str, &'static str)] {
     match provider {
-        GitProvider::Github => &["X-GitHub-Delivery"],
-        GitProvider::Gitlab => &["X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID"],
-        GitProvider::Bitbucket => &["X-Request-UUID"],
-        GitProvider::BitbucketServer => &["X-Request-Id"],
-        GitProvider::Gitea => &["X-Gitea-Delivery", "X-Forgejo-Delivery"],
-        GitProvider::Gogs => &["X-Gogs-Delivery"],
+        GitProvider::Github => &[("x-github-delivery", "X-GitHub-Delivery")],
+        GitProvider::Gitlab => &[
+            ("x-gitlab-event-uuid", "X-Gitlab-Event-UUID"),
+            ("x-gitlab-webhook-uuid", "X-Gitlab-Webhook-UUID"),
+        ],
+        GitProvider::Bitbucket => &[("x-request-uuid", "X-Request-UUID")],
+        GitProvider::BitbucketServer => &[("x-request-id", "X-Request-Id")],
+        GitProvider::Gitea => &[
+            ("x-gitea-delivery", "X-Gitea-Delivery"),
+            ("x-forgejo-delivery", "X-Forgejo-Delivery"),
+        ],
+        GitProvider::Gogs => &[("x-gogs-delivery", "X-Gogs-Delivery")],
         GitProvider::AzureDevops => &[],
     }
 }
@@ -238,8 +244,8 @@ fn delivery_id_headers(provider: GitProvider) -> &'static [&'static str] {
 pub fn repeated_delivery_id_header(provider: GitProvider, headers: &HeaderMap) -> Option<&'static str> {
     delivery_id_headers(provider)
         .iter()
-        .copied()
-        .find(|name| headers.get_all(*name).iter().nth(1).is_some())
+        .find(|(name, _)| headers.get_all(*name).iter().nth(1).is_some())
+        .map(|(_, shown)| *shown)
 }
 
 fn valid_delivery_id(id: &str) -> Option<String> {
