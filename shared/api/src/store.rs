@@ -34,6 +34,10 @@ pub enum StoreError {
     /// A service write names a deploy target that does not exist (deleted meanwhile).
     #[error("the service names a deploy target that does not exist")]
     TargetMissing,
+    /// A service write names a deploy target of a type the service does not fit (a `QOVERY`
+    /// target, and no `external_id`): the target's type is checked in the service's write.
+    #[error("the service lacks what its deploy target's type ({}) needs", .0.as_str())]
+    TargetUnfit(TargetType),
     /// The database is not one this build can use (another program's, or a newer
     /// autodeploy's); found when it is opened.
     #[error("{0}")]
@@ -251,6 +255,9 @@ pub enum RecordOutcome {
 pub trait ServiceStore: Send + Sync {
     /// Create or replace `stored.service` with `stored.etag` if the stored state is `expected`,
     /// within `limits`; keeps the stored `last_push` (`stored.last_push` is not written).
+    /// The deploy target it names must exist ([`StoreError::TargetMissing`]) and be of a type
+    /// it fits ([`StoreError::TargetUnfit`]), both checked in the write: a target's change of
+    /// type and a service's write naming it cannot both succeed unfit.
     async fn put_service(&self, stored: &StoredService, expected: Expected, limits: TenantLimits) -> StoreResult<()>;
     async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>>;
     /// Services of `org` in id order.

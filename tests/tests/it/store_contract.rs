@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use autodeploy_api::store::{
     AttemptEnd, AttemptStart, DeliveryKey, DeploymentFilter, DeploymentQuery, DeploymentQueue, Expected, Guard, Page,
-    PageRequest, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError, StoredService, TenantLimits,
-    TokenRecord,
+    PageRequest, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError, StoredService, StoredTarget,
+    TenantLimits, TokenRecord,
 };
 use autodeploy_api::util::deployment_ids_before;
 use autodeploy_core::deployment::{
@@ -20,6 +20,7 @@ use autodeploy_core::deployment::{
 use autodeploy_core::model::{DeployTarget, GitRepository, ImageSource, Service, ServiceKind, ServiceSpec};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::registry::ImageSourceKind;
+use autodeploy_core::target::{Secret, Target, TargetType};
 use autodeploy_tests::{TestStore, on_both_stores};
 use futures::future::join_all;
 
@@ -30,7 +31,8 @@ on_both_stores! {
     list_deployments_newest_first, pending_until_marked_queued, held_behind_older_pending, attempts_only_go_forward,
     concurrent_starts_start_once, deliveries, an_attempt_begins_and_delivers, a_retried_attempt_begins_again,
     the_newest_waiting_deployment_wins, final_statuses_never_move, an_attempt_ends_only_in_progress,
-    a_deployment_overtaken_by_a_finished_one_never_starts,
+    a_deployment_overtaken_by_a_finished_one_never_starts, a_service_write_checks_its_targets_type,
+    a_change_of_type_and_an_unfit_service_never_both_pass,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -244,6 +246,136 @@ async fn all_deployments(
 async fn ping(store: TestStore) {
     let store: &dyn Store = &*store;
     store.ping().await.expect("ping");
+}
+
+/// `acme`'s application `api`, naming target `engine` with `external_id`.
+fn naming_engine(external_id: Option<&str>) -> Service {
+    let mut api = app("acme", "api", "acme/shop");
+    api.spec.deploy_target = Some(DeployTarget {
+        target_id: "engine".to_owned(),
+        external_id: external_id.map(str::to_owned),
+    });
+    api
+}
+
+/// `target` replaced by a `QOVERY` target, or a `WEBHOOK` one.
+fn retyped(target: &StoredTarget, qovery: bool) -> StoredTarget {
+    let spec = if qovery {
+        Target::Qovery {
+            token: Secret::new("qovery-token-0123456789"),
+            api_url: "https://api.qovery.com".to_owned(),
+        }
+    } else {
+        Target::Webhook {
+            url: "https://deploy.example.com/hook".to_owned(),
+            secret: Secret::new(crate::aws_dispatcher::secret()),
+        }
+    };
+    StoredTarget {
+        spec,
+        etag: new_etag(),
+        version: target.version + 1,
+        ..target.clone()
+    }
+}
+
+async fn engine(store: &dyn Store) -> StoredTarget {
+    store
+        .get_target("acme", "engine")
+        .await
+        .expect("get_target")
+        .expect("the target")
+}
+
+/// A service write checks the type of the target it names in its own write, whatever its
+/// caller checked before: a target that became `QOVERY` (no service named it then) refuses a
+/// service without an `external_id`, and nothing is stored.
+async fn a_service_write_checks_its_targets_type(store: TestStore) {
+    let store: &dyn Store = &*store;
+    crate::aws_dispatcher::put_webhook_target(store, "engine", "https://deploy.example.com/hook").await;
+    let webhook = engine(store).await;
+    store
+        .put_target(&retyped(&webhook, true), Expected::Etag(webhook.etag.clone()))
+        .await
+        .expect("put_target")
+        .expect("no service names the target: its type may change");
+
+    let refused = store
+        .put_service(
+            &StoredService::new(naming_engine(None), new_etag()),
+            Expected::Absent,
+            TenantLimits::default(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
+        "{refused:?}"
+    );
+    assert_eq!(store.get_service("acme", "api").await.expect("get"), None);
+
+    let fitting = naming_engine(Some("qovery-service-1"));
+    let etag = create(store, &fitting).await;
+    assert_eq!(stored(store, "acme", "api").await.service, fitting);
+
+    // A replacement without it is refused too: the service stays as it was.
+    let unfit = Service {
+        version: 2,
+        ..naming_engine(None)
+    };
+    let refused = store
+        .put_service(
+            &StoredService::new(unfit, new_etag()),
+            Expected::Etag(etag.clone()),
+            TenantLimits::default(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
+        "{refused:?}"
+    );
+    let kept = stored(store, "acme", "api").await;
+    assert_eq!((kept.service, kept.etag), (fitting, etag));
+}
+
+/// A target's change to `QOVERY` and a write of a service naming it without an `external_id`,
+/// at the same time: never both.
+async fn a_change_of_type_and_an_unfit_service_never_both_pass(store: TestStore) {
+    let store: &dyn Store = &*store;
+    crate::aws_dispatcher::put_webhook_target(store, "engine", "https://deploy.example.com/hook").await;
+    for round in 0..16u64 {
+        let webhook = engine(store).await;
+        let qovery = retyped(&webhook, true);
+        let service = StoredService::new(naming_engine(None), new_etag());
+        // The service's write starts a little later each round, to meet the target's change
+        // at each of its steps (a read, a query of its users, a conditioned write on DynamoDB).
+        let (changed, written) = tokio::join!(store.put_target(&qovery, Expected::Etag(webhook.etag.clone())), async {
+            tokio::time::sleep(Duration::from_millis(round % 8)).await;
+            store
+                .put_service(&service, Expected::Absent, TenantLimits::default())
+                .await
+        },);
+        let changed = changed.expect("put_target");
+        assert!(changed.is_err() || written.is_err(), "round {round}: both passed");
+        assert!(
+            matches!(written, Ok(()) | Err(StoreError::TargetUnfit(TargetType::Qovery))),
+            "round {round}: {written:?}"
+        );
+        let now = engine(store).await;
+        let named = store.get_service("acme", "api").await.expect("get_service");
+        assert_eq!(
+            now.spec.target_type() == TargetType::Qovery,
+            changed.is_ok(),
+            "round {round}"
+        );
+        assert_eq!(named.is_some(), written.is_ok(), "round {round}");
+        // Back to a webhook target no service names.
+        store.delete_service("acme", "api", None).await.expect("delete_service");
+        store
+            .put_target(&retyped(&now, false), Expected::Etag(now.etag.clone()))
+            .await
+            .expect("put_target")
+            .expect("a webhook target");
+    }
 }
 
 async fn put_get_replace(store: TestStore) {

@@ -76,15 +76,22 @@ impl SqliteStore {
 
     /// A stored value, opened.
     pub(super) fn unseal(&self, stored: String) -> StoreResult<String> {
-        if !SecretKey::is_sealed(&stored) {
-            return Ok(stored);
-        }
-        let key = self
-            .inner
-            .secret_key
-            .as_ref()
-            .ok_or_else(|| StoreError::Corrupt("a sealed secret, and no key to open it".to_owned()))?;
-        key.open(&stored)
-            .map_err(|e| StoreError::Corrupt(format!("a stored secret: {e}")))
+        unseal_with(self.inner.secret_key.as_ref(), stored)
     }
+
+    /// The key the store seals with, for a write that opens what it reads (a clone: a cipher's
+    /// expanded key, no allocation).
+    pub(super) fn sealing_key(&self) -> Option<SecretKey> {
+        self.inner.secret_key.clone()
+    }
+}
+
+/// A stored value, opened with `key` (the store's: see [`SqliteStore::sealing_key`]).
+pub(super) fn unseal_with(key: Option<&SecretKey>, stored: String) -> StoreResult<String> {
+    if !SecretKey::is_sealed(&stored) {
+        return Ok(stored);
+    }
+    let key = key.ok_or_else(|| StoreError::Corrupt("a sealed secret, and no key to open it".to_owned()))?;
+    key.open(&stored)
+        .map_err(|e| StoreError::Corrupt(format!("a stored secret: {e}")))
 }

@@ -2,8 +2,10 @@
 
 use async_trait::async_trait;
 use autodeploy_core::model::Service;
+use autodeploy_core::target::TargetSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::sealing::unseal_with;
 use super::{SqliteStore, collect, from_json, page_by_id, row_by_id, to_json, unavailable};
 use crate::store::{Expected, Page, PageRequest, ServiceStore, StoreError, StoreResult, StoredService, TenantLimits};
 
@@ -142,6 +144,14 @@ impl ServiceStore for SqliteStore {
         let row = ServiceRow::of(service)?;
         let (org, id) = (service.organization_id.clone(), service.id.clone());
         let target = service.spec.deploy_target.as_ref().map(|named| named.target_id.clone());
+        // A service without an `external_id` fits only some types of target: the type of the
+        // one it names is read in the write, whose spec is sealed.
+        let without_external_id = service
+            .spec
+            .deploy_target
+            .clone()
+            .filter(|named| named.external_id.is_none());
+        let key = without_external_id.as_ref().and_then(|_| self.sealing_key());
         self.write(move |conn| {
             let stored: Option<(String, Option<String>)> = conn
                 .prepare_cached("SELECT etag, target_id FROM services WHERE org = ?1 AND id = ?2")
@@ -152,15 +162,22 @@ impl ServiceStore for SqliteStore {
                 .map_err(unavailable)?;
             let (current, previous_target) = stored.unzip();
             check_limits(conn, (&org, &id), current.is_none(), &row, limits)?;
-            // Checked in this write, as a target's deletion checks for services naming it in
-            // its own: one of the two sees the other.
+            // The target's existence and type are checked in this write, as a target's deletion
+            // and its change of type check the services naming it in their own: one of the two
+            // sees the other.
             if let Some(target) = &target {
-                let exists: bool = conn
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM targets WHERE org = ?1 AND id = ?2)")
-                    .and_then(|mut stmt| stmt.query_row(params![org, target], |r| r.get(0)))
+                let spec: Option<String> = conn
+                    .prepare_cached("SELECT spec FROM targets WHERE org = ?1 AND id = ?2")
+                    .and_then(|mut stmt| stmt.query_row(params![org, target], |r| r.get(0)).optional())
                     .map_err(unavailable)?;
-                if !exists {
+                let Some(spec) = spec else {
                     return Err(StoreError::TargetMissing);
+                };
+                if let Some(named) = &without_external_id {
+                    let kind = from_json::<TargetSpec>(&unseal_with(key.as_ref(), spec)?)?.target_type();
+                    if !named.fits(kind) {
+                        return Err(StoreError::TargetUnfit(kind));
+                    }
                 }
             }
             match (&expected, current) {
@@ -246,8 +263,90 @@ impl ServiceStore for SqliteStore {
 mod tests {
     use rusqlite::StatementStatus;
 
+    use autodeploy_core::model::{DeployTarget, ServiceKind, ServiceSpec};
+    use autodeploy_core::sealed::SecretKey;
+    use autodeploy_core::target::{Secret, Target, TargetType};
+
+    use super::super::SqliteOptions;
     use super::super::plans::{migrated, query_plan};
     use super::*;
+    use crate::store::{StoredTarget, TargetStore};
+
+    /// The type of the target a service names is read from its sealed spec, in the service's
+    /// write: a `QOVERY` target refuses a service without an `external_id`.
+    #[tokio::test]
+    async fn a_service_write_opens_the_sealed_spec_of_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions {
+            secret_key: Some(SecretKey::from_bytes(&[7; 32])),
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open_with(&dir.path().join("db"), options).unwrap();
+        let target = StoredTarget {
+            id: "engine".to_owned(),
+            organization_id: "acme".to_owned(),
+            spec: Target::Qovery {
+                token: Secret::new("qovery-token"),
+                api_url: "https://api.qovery.com".to_owned(),
+            },
+            etag: "t1".to_owned(),
+            version: 1,
+            created_at: "2026-11-26T12:00:00Z".to_owned(),
+            updated_at: "2026-11-26T12:00:00Z".to_owned(),
+        };
+        store.put_target(&target, Expected::Absent).await.unwrap().unwrap();
+        let sealed: String = store
+            .read(|conn| {
+                conn.query_row("SELECT spec FROM targets", [], |r| r.get(0))
+                    .map_err(unavailable)
+            })
+            .unwrap();
+        assert!(SecretKey::is_sealed(&sealed), "{sealed}");
+
+        let service = |external_id: Option<&str>| Service {
+            id: "api".to_owned(),
+            organization_id: "acme".to_owned(),
+            spec: ServiceSpec {
+                environment_id: "production".to_owned(),
+                name: "api".to_owned(),
+                kind: ServiceKind::Container,
+                auto_deploy: true,
+                git_repository: None,
+                deployment_restrictions: Vec::new(),
+                image: None,
+                tag_policy: None,
+                deploy_target: Some(DeployTarget {
+                    target_id: "engine".to_owned(),
+                    external_id: external_id.map(str::to_owned),
+                }),
+            },
+            version: 1,
+            created_at: "2026-11-26T12:00:00Z".to_owned(),
+            updated_at: "2026-11-26T12:00:00Z".to_owned(),
+        };
+        let limits = TenantLimits::default();
+        let refused = store
+            .put_service(
+                &StoredService::new(service(None), "s1".to_owned()),
+                Expected::Absent,
+                limits,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
+            "{refused:?}"
+        );
+        assert_eq!(store.get_service("acme", "api").await.unwrap(), None);
+        store
+            .put_service(
+                &StoredService::new(service(Some("q-1")), "s1".to_owned()),
+                Expected::Absent,
+                limits,
+            )
+            .await
+            .unwrap();
+        assert!(store.get_service("acme", "api").await.unwrap().is_some());
+    }
 
     /// Matching a push or an image tag reads the services on its key through the key's
     /// index, whatever the organization's size, and its statement, prepared once, serves

@@ -2,6 +2,7 @@
 //! `{"error": {"code", "message", "details"}}` with the right status.
 
 use autodeploy_core::error::FieldError;
+use autodeploy_core::target::TargetType;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -82,6 +83,18 @@ impl ApiError {
         Self::invalid_field(
             "deploy_target.target_id",
             "names no deploy target of this organization; create it with PUT /organization/{org}/targets/{target_id} first",
+        )
+    }
+
+    /// A service naming a deploy target of type `kind` without what that type needs of it
+    /// (a `QOVERY` target: its `external_id`).
+    pub fn unfit_target(kind: TargetType) -> Self {
+        Self::invalid_field(
+            "deploy_target.external_id",
+            format!(
+                "is required for a {} target (the id of the service there)",
+                kind.as_str()
+            ),
         )
     }
 
@@ -209,6 +222,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::LimitReached(message) => ApiError::invalid_field("service", message.trim_end_matches('.')),
             StoreError::TargetMissing => ApiError::missing_target(),
+            StoreError::TargetUnfit(kind) => ApiError::unfit_target(kind),
             StoreError::Corrupt(detail) => {
                 tracing::error!(error = %detail, "a stored record is unreadable");
                 ApiError::internal(
@@ -251,3 +265,24 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// The message of an error response, attached to it for the layers that log or record it.
 #[derive(Debug, Clone)]
 pub struct ErrorReason(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store's refusal of a service unfit for its target's type is the 400 the API gives
+    /// when it finds so itself before the write.
+    #[test]
+    fn an_unfit_target_refused_by_the_store_is_the_api_s_400() {
+        let err = ApiError::from(StoreError::TargetUnfit(TargetType::Qovery));
+        assert_eq!(err, ApiError::unfit_target(TargetType::Qovery));
+        assert_eq!((err.status, err.code), (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"));
+        assert_eq!(
+            err.details,
+            vec![FieldError::new(
+                "deploy_target.external_id",
+                "is required for a QOVERY target (the id of the service there)"
+            )]
+        );
+    }
+}

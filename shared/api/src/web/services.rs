@@ -88,14 +88,10 @@ async fn check_deploy_target(state: &AppState, org: &str, spec: &ServiceSpec) ->
         return Err(ApiError::missing_target());
     };
     let kind = target.spec.target_type();
+    // Checked again in the store's write (the target may change meanwhile); here, it is
+    // answered before any write in the common case.
     if !wanted.fits(kind) {
-        return Err(ApiError::invalid_field(
-            "deploy_target.external_id",
-            format!(
-                "is required for a {} target (the id of the service there)",
-                kind.as_str()
-            ),
-        ));
+        return Err(ApiError::unfit_target(kind));
     }
     Ok(())
 }

@@ -404,7 +404,7 @@ impl ServiceStore for DynamoStore {
             None => format!("attribute_not_exists({})", e.name(PK)),
             Some(tag) => e.equals(ETAG, "expected", s(tag)),
         };
-        let mut actions = vec![self.action(
+        let mut base = vec![self.action(
             Write::Update(service_key(org, &service.id), update),
             Some(condition),
             &e,
@@ -412,26 +412,43 @@ impl ServiceStore for DynamoStore {
         // Why each action's condition may fail, in the actions' order.
         let mut refusals = vec![StoreError::PreconditionFailed];
         if expected == Expected::Absent {
-            actions.push(self.count_action(services_counter(org), 1, Some(limits.services))?);
+            base.push(self.count_action(services_counter(org), 1, Some(limits.services))?);
             refusals.push(limits.too_many_services());
         }
         let after = service_keys(service);
         for counter in before.iter().filter(|c| !after.iter().any(|(a, _)| a == *c)) {
-            actions.push(self.count_action(key_counter(counter), -1, None)?);
+            base.push(self.count_action(key_counter(counter), -1, None)?);
             refusals.push(StoreError::PreconditionFailed);
         }
         for (counter, shown) in after.iter().filter(|(a, _)| !before.contains(a)) {
-            actions.push(self.count_action(key_counter(counter), 1, Some(limits.services_per_key))?);
+            base.push(self.count_action(key_counter(counter), 1, Some(limits.services_per_key))?);
             refusals.push(limits.too_many_on_key(shown));
         }
-        if let Some(named) = &service.spec.deploy_target {
-            actions.push(self.target_named_action(org, &named.target_id)?);
-            refusals.push(StoreError::TargetMissing);
+        let Some(named) = &service.spec.deploy_target else {
+            return match self.transact(base, "put_service").await? {
+                Ok(()) => Ok(()),
+                Err(index) => Err(refusals.get(index).cloned().unwrap_or(StoreError::PreconditionFailed)),
+            };
+        };
+        // The target it names must exist, and be of a type the service fits: its type is read,
+        // and the write holds only while the target is as read (a change of type in between
+        // fails it, and the target is read again), as a change of type checks the services
+        // naming the target in its own write.
+        let target_index = base.len();
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let pinned = self.target_to_pin(org, named).await?;
+            let mut actions = base.clone();
+            actions.push(self.target_named_action(org, &named.target_id, pinned.as_deref())?);
+            match self.transact(actions, "put_service").await? {
+                Ok(()) => return Ok(()),
+                Err(index) if index == target_index && pinned.is_some() => {}
+                Err(index) if index == target_index => return Err(StoreError::TargetMissing),
+                Err(index) => return Err(refusals.get(index).cloned().unwrap_or(StoreError::PreconditionFailed)),
+            }
         }
-        match self.transact(actions, "put_service").await? {
-            Ok(()) => Ok(()),
-            Err(index) => Err(refusals.get(index).cloned().unwrap_or(StoreError::PreconditionFailed)),
-        }
+        Err(StoreError::Unavailable(
+            "put_service: the deploy target kept changing during the service's write".to_owned(),
+        ))
     }
 
     async fn get_service(&self, org: &str, id: &str) -> StoreResult<Option<StoredService>> {

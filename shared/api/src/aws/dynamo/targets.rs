@@ -3,6 +3,7 @@
 //! [`super::lifecycle`]'s.
 
 use async_trait::async_trait;
+use autodeploy_core::model::DeployTarget;
 use autodeploy_core::target::TargetSpec;
 
 use aws_sdk_dynamodb::types::TransactWriteItem;
@@ -44,19 +45,47 @@ fn target_from_item(item: &Item) -> StoreResult<StoredTarget> {
 }
 
 impl DynamoStore {
-    /// The part of a service write that names target `id`: only while the target exists, and
-    /// with a fresh mark on it, so that a deletion that looked for the target's users before
-    /// this write fails its condition and looks again.
-    pub(super) fn target_named_action(&self, org: &str, id: &str) -> StoreResult<TransactWriteItem> {
+    /// The part of a service write that names target `id`: only while the target exists (with
+    /// the etag `pinned`, when given: as it was read), and with a fresh mark on it, so that a
+    /// deletion or a change of type that looked for the target's users before this write fails
+    /// its condition and looks again.
+    pub(super) fn target_named_action(
+        &self,
+        org: &str,
+        id: &str,
+        pinned: Option<&str>,
+    ) -> StoreResult<TransactWriteItem> {
         let mut e = Expr::default();
         let mark = uuid::Uuid::new_v4().simple().to_string();
         let update = format!("SET {} = {}", e.name(NAMED_MARK), e.value("mark", s(mark)));
-        let condition = format!("attribute_exists({})", e.name(PK));
+        let mut condition = format!("attribute_exists({})", e.name(PK));
+        if let Some(etag) = pinned {
+            condition.push_str(&format!(" AND {}", e.equals(ETAG, "target_etag", s(etag))));
+        }
         self.action(
             Write::Update(key(target_pk(org), id.to_owned()), update),
             Some(condition),
             &e,
         )
+    }
+
+    /// What a service write naming `named` holds under: the etag of the target as read when
+    /// its type must be checked (the service gives no `external_id`), `None` otherwise (the
+    /// target's existence is all). [`StoreError::TargetMissing`] without the target,
+    /// [`StoreError::TargetUnfit`] when the service does not fit its type.
+    pub(super) async fn target_to_pin(&self, org: &str, named: &DeployTarget) -> StoreResult<Option<String>> {
+        if named.external_id.is_some() {
+            return Ok(None);
+        }
+        let item = self
+            .get_item(key(target_pk(org), named.target_id.clone()), "put_service")
+            .await?
+            .ok_or(StoreError::TargetMissing)?;
+        let kind = target_from_item(&item)?.spec.target_type();
+        if !named.fits(kind) {
+            return Err(StoreError::TargetUnfit(kind));
+        }
+        string_attr(&item, ETAG).map(Some)
     }
 
     /// The organization's services that name target `id`, in id order, up to `want` (all when
