@@ -144,6 +144,12 @@ impl Reply {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
 
+    /// Asserts an error answer: `status`, and `code` in SPEC's error shape.
+    #[track_caller]
+    pub fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!((self.status, self.error_code()), (status, code), "{}", self.body);
+    }
+
     pub fn error_fields(&self) -> Vec<String> {
         let mut fields: Vec<String> = self.body["error"]["details"]
             .as_array()

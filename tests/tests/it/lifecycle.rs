@@ -175,7 +175,7 @@ async fn extend(api: &Api, token: &str, item: &Value, extra: Value) -> Value {
 async fn assert_not_live(api: &Api, token: &str, item: &Value) {
     for action in ["extend", "nack", "ack"] {
         let r = on_lease(api, token, item, action, json!({})).await;
-        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        r.assert_error(StatusCode::CONFLICT, "CONFLICT");
     }
 }
 
@@ -214,14 +214,9 @@ async fn listed(api: &Api, query: &str) -> Vec<String> {
         .collect()
 }
 
-fn assert_error(r: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(r.status, status, "{}", r.body);
-    assert_eq!(r.error_code(), code, "{}", r.body);
-}
-
 /// A 400 `VALIDATION_FAILED` naming exactly `fields`.
 fn assert_invalid(r: &Reply, fields: &[&str]) {
-    assert_error(r, StatusCode::BAD_REQUEST, "VALIDATION_FAILED");
+    r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_FAILED");
     assert_eq!(r.error_fields(), fields, "{}", r.body);
 }
 
@@ -824,15 +819,15 @@ async fn bad_lease_requests_are_refused_naming_the_field() {
     }
     for action in ["ack", "nack", "extend"] {
         let r = act(&api, &token, "acme", &id, action, json!({"lease_id": "never-issued"})).await;
-        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        r.assert_error(StatusCode::CONFLICT, "CONFLICT");
         let r = act(&api, &token, "acme", &id, action, json!({"lease_id": "0".repeat(32)})).await;
-        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        r.assert_error(StatusCode::CONFLICT, "CONFLICT");
         // Unknown deployments, and ids that cannot be one, are 404s.
         let unknown = "0123456789abcdef0123456789abcdef";
         let r = act(&api, &token, "acme", unknown, action, json!({"lease_id": lease_id})).await;
-        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+        r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
         let r = act(&api, &token, "acme", "NOT-AN-ID", action, json!({"lease_id": lease_id})).await;
-        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+        r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     }
     // None of it touched the lease.
     assert_eq!(status_of(&api, &id).await, "IN_PROGRESS");
@@ -854,13 +849,13 @@ async fn consumers_need_the_consume_scope_in_their_organization() {
 
     for token in [&manage_deploy, &beta_consume] {
         let r = lease_reply(&api, token, "acme", json!({})).await;
-        assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+        r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
         for action in ["ack", "nack", "extend"] {
             let r = act(&api, token, "acme", &id, action, json!({"lease_id": lease_id})).await;
-            assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+            r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
         }
         let r = act(&api, token, "acme", &id, "result", json!({"status": "SUCCEEDED"})).await;
-        assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+        r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     }
     let r = api
         .call(
@@ -870,9 +865,9 @@ async fn consumers_need_the_consume_scope_in_their_organization() {
             Some(json!({})),
         )
         .await;
-    assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     let r = lease_reply(&api, "adt_not-a-token", "acme", json!({})).await;
-    assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     // Nothing was leased by the refusals.
     assert_eq!(status_of(&api, &id).await, "QUEUED");
 
@@ -883,11 +878,9 @@ async fn consumers_need_the_consume_scope_in_their_organization() {
         assert_eq!(r.body["deployment_id"], id.as_str());
     }
     for token in [&deploy_only, &beta_consume] {
-        assert_error(
-            &get_reply(&api, token, "acme", &id).await,
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-        );
+        get_reply(&api, token, "acme", &id)
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     }
     // The refusal names both scopes that would do.
     let r = get_reply(&api, &deploy_only, "acme", &id).await;
@@ -896,7 +889,7 @@ async fn consumers_need_the_consume_scope_in_their_organization() {
     let r = api
         .call(Method::GET, "/organization/acme/deployments", Some(&acme_consume), None)
         .await;
-    assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
 
     // Another organization's deployment does not exist for beta, even for its own consumer.
     let beta_id = deploy(&api, "beta", "api", "1.0").await;
@@ -907,21 +900,17 @@ async fn consumers_need_the_consume_scope_in_their_organization() {
     let beta_id = beta_id.as_str();
     for action in ["ack", "nack", "extend"] {
         let r = on_lease(&api, &acme_consume, &beta_item, action, json!({})).await;
-        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+        r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     }
     let succeeded = json!({"status": "SUCCEEDED"});
     let r = act(&api, &acme_consume, "acme", beta_id, "result", succeeded).await;
-    assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
-    assert_error(
-        &get_reply(&api, &acme_consume, "acme", beta_id).await,
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-    );
-    assert_error(
-        &get_reply(&api, ADMIN, "acme", beta_id).await,
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-    );
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    get_reply(&api, &acme_consume, "acme", beta_id)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    get_reply(&api, ADMIN, "acme", beta_id)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     // acme's consumer never saw beta's work, and beta's lease is untouched.
     only(&lease(&api, &acme_consume, json!({"max": 10})).await, &id);
     let lease_id = json!({"lease_id": beta_item["lease_id"]});
@@ -1321,7 +1310,7 @@ async fn finished_deployments_past_the_retention_are_pruned() {
     assert_eq!(done.deployments_pruned, 3, "{done:?}");
     for id in [&delivered, &superseded, &failed] {
         let r = get_reply(&api, ADMIN, "acme", id).await;
-        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+        r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     }
     for (id, status) in [
         (&recent, "DELIVERED"),
@@ -1530,7 +1519,7 @@ async fn a_result_delivers_a_queued_deployment(api: Api) {
         json!({"status": "SUCCEEDED", "message": report["message"]}),
     ] {
         let r = result(&api, &token, &id, other).await;
-        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        r.assert_error(StatusCode::CONFLICT, "CONFLICT");
     }
     assert_eq!(get(&api, &id).await, shown);
     // Delivered is final: the dispatcher cannot start it again.
@@ -1646,7 +1635,7 @@ async fn a_result_is_refused_on_other_statuses(api: Api) {
         let before = get(&api, &id).await;
         assert_eq!(before["status"], status);
         let r = result(&api, &token, &id, report.clone()).await;
-        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        r.assert_error(StatusCode::CONFLICT, "CONFLICT");
         assert!(
             r.body["error"]["message"].as_str().unwrap().contains(status),
             "{}",
@@ -1665,7 +1654,7 @@ async fn a_result_is_refused_on_other_statuses(api: Api) {
     let before = get(&api, &request.deployment_id).await;
     let r = result(&api, &token, &request.deployment_id, report.clone()).await;
     if before["status"] == "PENDING" {
-        assert_error(&r, StatusCode::CONFLICT, "CONFLICT");
+        r.assert_error(StatusCode::CONFLICT, "CONFLICT");
         assert_eq!(get(&api, &request.deployment_id).await, before);
     } else {
         assert_eq!(before["status"], "QUEUED");
@@ -1674,9 +1663,9 @@ async fn a_result_is_refused_on_other_statuses(api: Api) {
 
     // Unknown deployments are 404s.
     let r = result(&api, &token, "0123456789abcdef0123456789abcdef", report.clone()).await;
-    assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     let r = result(&api, &token, "not-a-deployment", report).await;
-    assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
 }
 
 async fn bad_results_are_refused(api: Api) {
@@ -1727,10 +1716,10 @@ async fn bad_results_are_refused(api: Api) {
     // A token without `consume`, or of another organization: 403.
     let manage = api.token("acme", &["deploy", "manage"]).await;
     let r = result(&api, &manage, &id, json!({"status": "SUCCEEDED"})).await;
-    assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     let beta = consumer(&api, "beta").await;
     let r = result(&api, &beta, &id, json!({"status": "SUCCEEDED"})).await;
-    assert_error(&r, StatusCode::FORBIDDEN, "FORBIDDEN");
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
 }
 
 /// On AWS the pull interface is SQS: the lease routes answer 404 there.
@@ -1739,11 +1728,11 @@ async fn the_lease_routes_are_the_standalone_servers() {
     let api = Api::on_moto().await;
     let token = consumer(&api, "acme").await;
     let r = lease_reply(&api, &token, "acme", json!({})).await;
-    assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     let id = "0123456789abcdef0123456789abcdef";
     for action in ["ack", "nack", "extend"] {
         let r = act(&api, &token, "acme", id, action, json!({"lease_id": "x"})).await;
-        assert_error(&r, StatusCode::NOT_FOUND, "NOT_FOUND");
+        r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     }
 }
 

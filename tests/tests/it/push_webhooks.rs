@@ -1189,12 +1189,7 @@ async fn repeated_credential_and_event_headers_are_refused() {
             let mut twice = headers.clone();
             twice.push((headers[0].0.clone(), "issues".to_owned()));
             let r = api.deliver(&path, &twice, body.clone()).await;
-            assert_eq!(
-                (r.status, r.error_code()),
-                (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
-                "{provider}: {}",
-                r.body
-            );
+            r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_FAILED");
             assert!(
                 r.body["error"]["message"]
                     .as_str()
@@ -1210,12 +1205,7 @@ async fn repeated_credential_and_event_headers_are_refused() {
             let mut twice = headers.clone();
             twice.push((name.clone(), format!("{id}-again")));
             let r = api.deliver(&path, &twice, body.clone()).await;
-            assert_eq!(
-                (r.status, r.error_code()),
-                (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
-                "{provider}: {}",
-                r.body
-            );
+            r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_FAILED");
             assert_eq!(r.error_fields().len(), 1, "{}", r.body);
             assert!(r.error_fields()[0].eq_ignore_ascii_case(&name), "{}", r.body);
             assert!(!r.body.to_string().contains(&id), "{}", r.body);
