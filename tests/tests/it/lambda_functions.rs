@@ -120,6 +120,15 @@ async fn push_webhook_events_queue_on_sqs() {
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{reply}");
     assert_eq!(reply["error"]["code"], "UNAUTHORIZED");
 
+    // API Gateway hands a function repeated header fields joined with commas: two delivery ids
+    // in one field are refused as two fields are on the standalone server.
+    let signature = format!("sha256={}", hmac_hex(WEBHOOK_SECRET, &body));
+    let mut joined = github_event("acme", &body, "d-1", &signature, false);
+    joined["headers"]["x-github-delivery"] = json!("d-1,d-2");
+    let (status, reply) = via_lambda_http(router.clone(), &joined).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    assert_eq!(reply["error"]["details"][0]["field"], "X-GitHub-Delivery", "{reply}");
+
     // The settings API is not this function's.
     let list = http_api_event(
         "GET",

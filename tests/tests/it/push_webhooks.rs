@@ -1209,6 +1209,23 @@ async fn repeated_credential_and_event_headers_are_refused() {
             assert_eq!(r.error_fields().len(), 1, "{}", r.body);
             assert!(r.error_fields()[0].eq_ignore_ascii_case(&name), "{}", r.body);
             assert!(!r.body.to_string().contains(&id), "{}", r.body);
+            // Joined in one field, as a proxy or API Gateway joins repeated fields, they are
+            // still two: the event header and the delivery-id header alike.
+            for (index, value) in [
+                (0, format!("{}, issues", headers[0].1)),
+                (1, format!("{id},{id}-again")),
+            ] {
+                let mut joined = headers.clone();
+                joined[index].1 = value;
+                let r = api.deliver(&path, &joined, body.clone()).await;
+                r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_FAILED");
+                assert!(
+                    r.error_fields()[0].eq_ignore_ascii_case(&headers[index].0),
+                    "{}",
+                    r.body
+                );
+                assert!(!r.body.to_string().contains(&id), "{}", r.body);
+            }
         }
     }
     assert_eq!(api.deployments("acme").await.len(), 0);

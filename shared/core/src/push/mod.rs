@@ -244,8 +244,21 @@ fn delivery_id_headers(provider: GitProvider) -> &'static [(&'static str, &'stat
 pub fn repeated_delivery_id_header(provider: GitProvider, headers: &HeaderMap) -> Option<&'static str> {
     delivery_id_headers(provider)
         .iter()
-        .find(|(name, _)| headers.get_all(*name).iter().nth(1).is_some())
+        .find(|(name, _)| given_more_than_once(headers, name))
         .map(|(_, shown)| *shown)
+}
+
+/// Whether header `name` is given more than once: as two fields, or as one listing several
+/// values, as HTTP lets a proxy join repeated fields (API Gateway's HTTP APIs hand them to a
+/// function so). For the event and delivery-id headers only, whose values no provider writes
+/// with a comma.
+fn given_more_than_once(headers: &HeaderMap, name: &str) -> bool {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(_), Some(_)) => true,
+        (Some(only), None) => only.as_bytes().contains(&b','),
+        _ => false,
+    }
 }
 
 fn valid_delivery_id(id: &str) -> Option<String> {
@@ -869,11 +882,10 @@ fn event_header<'h>(headers: &'h HeaderMap, names: &[&'static str]) -> Result<Co
             .ok_or(PayloadError::MissingEventHeader(
                 names.first().copied().unwrap_or_default(),
             ))?;
-    let mut values = headers.get_all(name).iter();
-    let value = values.next().ok_or(PayloadError::MissingEventHeader(name))?;
-    if values.next().is_some() {
+    if given_more_than_once(headers, name) {
         return Err(PayloadError::RepeatedEventHeader(name));
     }
+    let value = headers.get(name).ok_or(PayloadError::MissingEventHeader(name))?;
     Ok(match String::from_utf8_lossy(value.as_bytes()) {
         Cow::Borrowed(s) => Cow::Borrowed(s.trim()),
         Cow::Owned(s) => Cow::Owned(s.trim().to_owned()),

@@ -1229,6 +1229,15 @@ fn a_delivery_id_header_given_twice_is_named() {
     // Only the provider's own headers count.
     assert_eq!(repeated_delivery_id_header(GitProvider::Github, &h), None);
     assert_eq!(repeated_delivery_id_header(GitProvider::AzureDevops, &h), None);
+    // Two ids in one field, as a proxy or API Gateway joins repeated fields, are two ids.
+    for joined in ["d-1,d-2", "d-1, d-1", ","] {
+        let h = headers(&[("X-GitHub-Delivery", joined)]);
+        assert_eq!(
+            repeated_delivery_id_header(GitProvider::Github, &h),
+            Some("X-GitHub-Delivery"),
+            "{joined}"
+        );
+    }
 }
 
 #[test]
@@ -1765,6 +1774,18 @@ fn a_repeated_event_header_is_refused() {
                 err,
                 PayloadError::RepeatedEventHeader(event_headers(provider)[0]),
                 "{provider:?}"
+            );
+            // The same two values joined in one field, as a proxy may join repeated fields.
+            let joined_value = format!("{value}, {other}");
+            let joined: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|&(n, v)| (n, if n == name { joined_value.as_str() } else { v }))
+                .collect();
+            let err = parse_delivery(provider, &headers(&joined), &bytes(&body)).unwrap_err();
+            assert_eq!(
+                err,
+                PayloadError::RepeatedEventHeader(event_headers(provider)[0]),
+                "{provider:?}: {joined_value}"
             );
         }
     }
