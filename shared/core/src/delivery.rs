@@ -176,6 +176,10 @@ pub const DELIVERY_HISTORY_PER_ORGANIZATION: u32 = 1_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryDraft {
     pub record: DeliveryRecord,
+    /// For each candidate, in order, how many of the record's skipped entries come before it
+    /// in the answer: where its `ALREADY_QUEUED` entry goes, so that the history lists the
+    /// skipped services in the order the answer does. A candidate without a slot goes last.
+    pub slots: Vec<usize>,
 }
 
 /// What a write did for one candidate deployment, for [`HistoryDraft::complete`].
@@ -194,14 +198,24 @@ impl HistoryDraft {
     pub fn complete<'a>(&self, fates: impl IntoIterator<Item = CandidateFate<'a>>) -> DeliveryRecord {
         let mut record = self.record.clone();
         let mut candidates = 0;
-        for fate in fates {
+        let mut inserted = 0;
+        for (at, fate) in fates.into_iter().enumerate() {
             candidates += 1;
             match fate {
                 CandidateFate::Recorded(id) => record.queued.push(id.to_owned()),
-                CandidateFate::AlreadyQueued { service_id } => record.skipped.push(SkippedService {
-                    service_id: service_id.to_owned(),
-                    reason: "ALREADY_QUEUED".to_owned(),
-                }),
+                CandidateFate::AlreadyQueued { service_id } => {
+                    let entry = SkippedService {
+                        service_id: service_id.to_owned(),
+                        reason: "ALREADY_QUEUED".to_owned(),
+                    };
+                    // The earlier candidates' entries come before this one's as well.
+                    let slot = self.slots.get(at).map(|slot| slot + inserted);
+                    match slot.filter(|&slot| slot <= record.skipped.len()) {
+                        Some(slot) => record.skipped.insert(slot, entry),
+                        None => record.skipped.push(entry),
+                    }
+                    inserted += 1;
+                }
             }
         }
         if record.queued.is_empty() {
@@ -268,6 +282,7 @@ mod tests {
                 }],
                 dry_run: false,
             },
+            slots: Vec::new(),
         }
     }
 
@@ -297,6 +312,32 @@ mod tests {
         assert_eq!(replayed.reason, "1 service reached, none deployed: ALREADY_QUEUED.");
         let nobody = early.complete([]);
         assert_eq!(nobody.reason, "No service takes this delivery.");
+    }
+
+    /// Skipped services are listed in the answer's order: each candidate whose guard failed
+    /// at its slot among the services the plan skipped, not after them.
+    #[test]
+    fn already_queued_entries_take_their_slots() {
+        let mut draft = draft();
+        draft.record.skipped.push(SkippedService {
+            service_id: "zed".into(),
+            reason: "BRANCH_MISMATCH".into(),
+        });
+        // Answer's order: api (candidate), off, web (candidate), worker (candidate), zed.
+        draft.slots = vec![0, 1, 1];
+        let done = draft.complete([
+            CandidateFate::AlreadyQueued { service_id: "api" },
+            CandidateFate::Recorded("d-web"),
+            CandidateFate::AlreadyQueued { service_id: "worker" },
+        ]);
+        let order: Vec<&str> = done.skipped.iter().map(|s| s.service_id.as_str()).collect();
+        assert_eq!(order, ["api", "off", "worker", "zed"]);
+        assert_eq!(done.queued, ["d-web"]);
+        // Without slots (or past them), an entry goes last.
+        draft.slots = vec![9];
+        let done = draft.complete([CandidateFate::AlreadyQueued { service_id: "api" }]);
+        let order: Vec<&str> = done.skipped.iter().map(|s| s.service_id.as_str()).collect();
+        assert_eq!(order, ["off", "zed", "api"]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ on_both_stores! {
     git_pushes_are_recorded_with_every_outcome, every_git_provider_is_recorded,
     image_tags_and_registry_webhooks_are_recorded, filters_pages_and_one_delivery,
     a_flood_of_bad_signatures_leaves_the_history_usable, refusals_are_recorded_only_for_an_organization_set_up,
+    a_replay_is_recorded_in_the_answers_order, image_tags_racing_service_writes_are_recorded_as_answered,
 }
 
 /// A refusal is recorded for an organization that has something set up (here a service but
@@ -677,4 +678,101 @@ async fn a_store_failure_is_recorded_as_an_error_on_dynamodb() {
         aws.store_proxy.pass_through();
     })
     .await;
+}
+
+/// `(service_id, reason)` of each skipped entry, of an answer or a history record alike.
+fn skipped_of(entries: &Value) -> Vec<(String, String)> {
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["service_id"].as_str().unwrap().to_owned(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A replayed push skips the services that queued it `ALREADY_QUEUED`, among the others the
+/// plan skipped: the history lists them in the order the answer does, not those last.
+async fn a_replay_is_recorded_in_the_answers_order(api: Api) {
+    api.set_secret("acme", "github").await;
+    api.app("acme", "a-web", "GITHUB", GITHUB_REPO, "master", json!({}))
+        .await;
+    let off = json!({"auto_deploy": false});
+    api.app("acme", "b-off", "GITHUB", GITHUB_REPO, "master", off).await;
+    api.app("acme", "c-api", "GITHUB", GITHUB_REPO, "master", json!({}))
+        .await;
+    let push = github_push(|_| {});
+    let first = github(&api, "", "push", "d-first", Some(WEBHOOK_SECRET), push.clone()).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let replay = github(&api, "", "push", "d-replay", Some(WEBHOOK_SECRET), push).await;
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.body);
+    let expected: Vec<(String, String)> = [
+        ("a-web", "ALREADY_QUEUED"),
+        ("b-off", "AUTO_DEPLOY_DISABLED"),
+        ("c-api", "ALREADY_QUEUED"),
+    ]
+    .iter()
+    .map(|(id, reason)| ((*id).to_owned(), (*reason).to_owned()))
+    .collect();
+    assert_eq!(skipped_of(&replay.body["skipped"]), expected, "{}", replay.body);
+    let listed = all(&api, "acme", "").await;
+    let record = listed.iter().find(|d| d["delivery_id"] == "d-replay").unwrap();
+    assert_eq!(skipped_of(&record["skipped"]), expected, "{record}");
+    assert_eq!(record["outcome"], "NOTHING_TO_DEPLOY", "{record}");
+}
+
+/// An image announced while its service is being written: when the write finds the service
+/// changed since it was read, the announcement decides again, and the history still says what
+/// the answer said (the deployment queued on the second try, not `ALREADY_QUEUED`).
+async fn image_tags_racing_service_writes_are_recorded_as_answered(api: Api) {
+    const ROUNDS: usize = 12;
+    image_service(&api, "web", "CONTAINER", Some("ghcr.io"), "1.0.0").await;
+    image_service(&api, "zz-old", "CONTAINER", Some("ghcr.io"), "1.0.0").await;
+    let mut answers = BTreeMap::new();
+    for i in 0..ROUNDS {
+        let tag = format!("2.0.{i}");
+        let announce = json!({"image_name": "ghcr.io/acme/api", "tag": tag});
+        let rename = json!({"name": format!("web {i}")});
+        let (announced, renamed) = tokio::join!(
+            api.call(
+                Method::POST,
+                "/organization/acme/container/deploy",
+                Some(ADMIN),
+                Some(announce)
+            ),
+            api.call(
+                Method::PATCH,
+                "/organization/acme/services/web",
+                Some(ADMIN),
+                Some(rename)
+            ),
+        );
+        assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.body);
+        assert_eq!(announced.status, StatusCode::ACCEPTED, "{}", announced.body);
+        answers.insert(tag, announced.body);
+    }
+    for record in all(&api, "acme", "source=container-api").await {
+        let answer = &answers[record["tag"].as_str().unwrap()];
+        let queued: Vec<&Value> = answer["queued"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| &q["deployment_id"])
+            .collect();
+        assert_eq!(record["queued"], json!(queued), "{record} against {answer}");
+        assert_eq!(
+            skipped_of(&record["skipped"]),
+            skipped_of(&answer["skipped"]),
+            "{record}"
+        );
+        assert_eq!(
+            (&record["outcome"], &record["http_status"]),
+            (&json!("QUEUED"), &json!(202)),
+            "{record}"
+        );
+    }
 }

@@ -223,7 +223,10 @@ pub fn draft_of(context: &DeliveryContext, summary: &DeliverySummary) -> History
     } else {
         String::new()
     };
-    HistoryDraft { record }
+    HistoryDraft {
+        record,
+        slots: Vec::new(),
+    }
 }
 
 /// Log one line for the delivery and, unless its use case recorded it already, add it to the

@@ -229,7 +229,13 @@ pub async fn deploy_image(
         return Ok(sorted(report));
     }
 
+    // The history lists entries in the answer's order: service ids.
+    report.reached.sort();
+    deployable.sort_by(|a, b| a.service.id.cmp(&b.service.id));
     let mut draft = history.map(|context| draft_of(context, &DeliverySummary::from(&report)));
+    // Whether a service changed between its read and its write, so that the history written
+    // with the first write no longer says what the answer will.
+    let mut decided_again = false;
     for attempt in 0..RECORD_ATTEMPTS {
         if deployable.is_empty() {
             break;
@@ -242,7 +248,14 @@ pub async fn deploy_image(
             .iter()
             .filter_map(|stored| candidate(org, stored, tag, source, &requested_at))
             .collect();
-        let (delivery, history) = (remember.take(), draft.take());
+        let (delivery, mut history) = (remember.take(), draft.take());
+        if let Some(history) = history.as_mut() {
+            let skipped = &history.record.skipped;
+            history.slots = candidates
+                .iter()
+                .map(|c| skipped.partition_point(|s| s.service_id < c.request.service_id))
+                .collect();
+        }
         let batch = Batch::new(org, &candidates, delivery.as_ref(), history.as_ref());
         let outcomes = deployer.record(batch).await?;
         let mut lost: Vec<&str> = Vec::new();
@@ -268,6 +281,7 @@ pub async fn deploy_image(
         // The service changed since it was read (most often: the same tag was just recorded
         // by an identical notification). Read it again and decide again.
         let mut next = Vec::new();
+        decided_again |= !lost.is_empty();
         for id in lost {
             if let Some(stored) = deployer.store.get_service(org, id).await? {
                 match decide_image(&stored.service, target, image, tag) {
@@ -282,16 +296,22 @@ pub async fn deploy_image(
     if !deployable.is_empty() {
         return Err(DeployError::Contention);
     }
+    let report = sorted(report);
     if remember.is_some() || draft.is_some() {
         // Nothing was deployable: remember the notification, and record it, on their own.
         deployer
             .record(Batch::new(org, &[], remember.as_ref(), draft.as_ref()))
             .await?;
+    } else if let Some(context) = history.filter(|_| decided_again) {
+        // The record written with the first write said `ALREADY_QUEUED` of the services that
+        // changed meanwhile; it is replaced by what the answer says of them.
+        let record = draft_of(context, &DeliverySummary::from(&report));
+        deployer.record(Batch::new(org, &[], None, Some(&record))).await?;
     }
     if let Some(context) = history {
         context.mark_recorded();
     }
-    Ok(sorted(report))
+    Ok(report)
 }
 
 /// SPEC "Nothing to deploy is explained", for an image.

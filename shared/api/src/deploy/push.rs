@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use autodeploy_core::delivery::HistoryDraft;
 use autodeploy_core::deployment::{DeploymentRequest, Trigger};
 use autodeploy_core::matching::{SkipReason, push_mark};
 use autodeploy_core::plan::{ServiceView, delivery_keys, plan_push};
@@ -154,6 +155,8 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
     let requested_at = now_rfc3339();
     let several = pushes.len() > 1;
     let mut candidates = Vec::new();
+    // Where each candidate stands among the skipped entries, for the history's order.
+    let mut slots = Vec::new();
     for decision in &plan.decisions {
         let push = &pushes[decision.push];
         let service = &decision.stored.service;
@@ -180,27 +183,30 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
                 },
                 status: EntryStatus::DryRun,
             }),
-            Ok(()) => candidates.push(Candidate {
-                request: DeploymentRequest::new(
-                    new_deployment_id(),
-                    org,
-                    service,
-                    Trigger::GitPush {
-                        provider,
-                        repository: plan.repositories[decision.push].clone(),
-                        branch: push.branch.clone(),
+            Ok(()) => {
+                slots.push(report.reached.skipped.len());
+                candidates.push(Candidate {
+                    request: DeploymentRequest::new(
+                        new_deployment_id(),
+                        org,
+                        service,
+                        Trigger::GitPush {
+                            provider,
+                            repository: plan.repositories[decision.push].clone(),
+                            branch: push.branch.clone(),
+                            before: push.before.clone(),
+                            commit_sha: push.after.clone(),
+                            delivery_id: delivery_id.clone(),
+                            pusher: push.pusher.clone(),
+                        },
+                        &requested_at,
+                    ),
+                    guard: Guard::Push {
+                        mark: push_mark(push),
                         before: push.before.clone(),
-                        commit_sha: push.after.clone(),
-                        delivery_id: delivery_id.clone(),
-                        pusher: push.pusher.clone(),
                     },
-                    &requested_at,
-                ),
-                guard: Guard::Push {
-                    mark: push_mark(push),
-                    before: push.before.clone(),
-                },
-            }),
+                })
+            }
         }
     }
     if dry_run {
@@ -212,7 +218,10 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
         id,
         expires_unix: now_unix() + DELIVERY_RETENTION_SECS,
     });
-    let draft = history.map(|context| draft_of(context, &DeliverySummary::from(&report)));
+    let draft = history.map(|context| HistoryDraft {
+        slots,
+        ..draft_of(context, &DeliverySummary::from(&report))
+    });
     let outcomes = deployer
         .record(Batch::new(org, &candidates, remember.as_ref(), draft.as_ref()))
         .await?;
