@@ -78,10 +78,16 @@ pub(super) const NOW_FOR_A_TARGET: &str = "EXISTS (SELECT 1 FROM services s
 pub(super) const NONE_IN_PROGRESS: &str = "NOT EXISTS (SELECT 1 FROM deployments p
     WHERE p.org = s.org AND p.service_id = s.id AND p.status IN ('QUEUED', 'IN_PROGRESS') AND p.status = 'IN_PROGRESS')";
 
+/// Why a deployment failed after its last allowed offer, whether that offer's lease ran out or
+/// its consumer released it: offers are what is counted.
+fn offered_too_often(max_attempts: u32) -> String {
+    format!("offered {max_attempts} times without being acknowledged")
+}
+
 /// Leases that ran out: the deployment waits again, or fails once offered `max_attempts`
 /// times. `org` narrows it to one organization.
 pub(super) fn expire(conn: &Connection, org: Option<&str>, now: i64, max_attempts: u32) -> StoreResult<usize> {
-    let failed = format!("offered {max_attempts} times without being acknowledged");
+    let failed = offered_too_often(max_attempts);
     let released: Vec<(String, String, i64, String)> = conn
         .prepare_cached(
             "UPDATE deployments SET
@@ -417,7 +423,7 @@ impl PullQueue for SqliteStore {
             .write(move |conn| {
                 let now = now_unix();
                 let retry_at = (retry_after_secs > 0).then_some(now + retry_after_secs);
-                let failed = format!("released {max_attempts} times without being acknowledged");
+                let failed = offered_too_often(max_attempts);
                 let released: Option<(String, i64, String)> = conn
                     .prepare_cached(&format!(
                         "UPDATE deployments SET
