@@ -229,9 +229,9 @@ pub async fn deploy_image(
         return Ok(sorted(report));
     }
 
-    // The history lists entries in the answer's order: service ids.
+    // The history lists entries in the answer's order: service ids. (A service whose guard
+    // fails is decided again, and the record then replaced: no `ALREADY_QUEUED` fate stays.)
     report.reached.sort();
-    deployable.sort_by(|a, b| a.service.id.cmp(&b.service.id));
     let mut draft = history.map(|context| draft_of(context, &DeliverySummary::from(&report)));
     // Whether a service changed between its read and its write, so that the history written
     // with the first write no longer says what the answer will.
@@ -248,14 +248,7 @@ pub async fn deploy_image(
             .iter()
             .filter_map(|stored| candidate(org, stored, tag, source, &requested_at))
             .collect();
-        let (delivery, mut history) = (remember.take(), draft.take());
-        if let Some(history) = history.as_mut() {
-            let skipped = &history.record.skipped;
-            history.slots = candidates
-                .iter()
-                .map(|c| skipped.partition_point(|s| s.service_id < c.request.service_id))
-                .collect();
-        }
+        let (delivery, history) = (remember.take(), draft.take());
         let batch = Batch::new(org, &candidates, delivery.as_ref(), history.as_ref());
         let outcomes = deployer.record(batch).await?;
         let mut lost: Vec<&str> = Vec::new();
