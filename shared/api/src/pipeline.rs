@@ -39,7 +39,7 @@ pub async fn record_and_send(
     batch: Batch<'_>,
     in_flight_horizon: std::time::Duration,
 ) -> Result<Vec<Outcome>, StoreError> {
-    let candidates = batch.candidates;
+    let candidates = std::sync::Arc::clone(&batch.candidates);
     if candidates.is_empty() && batch.delivery.is_none() && batch.history.is_none() {
         return Ok(Vec::new());
     }

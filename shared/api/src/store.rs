@@ -2,6 +2,7 @@
 //! DynamoDB / SQS one (the Lambda functions); one contract test suite runs against both.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use autodeploy_core::delivery::{DeliveryOutcome, DeliveryRecord, DeliverySource, HistoryDraft};
@@ -218,21 +219,23 @@ pub struct DeliveryKey {
 }
 
 /// What one request records: its deployments, each under its guard, and the delivery they came
-/// from, to remember (`delivery`) and to add to the history (`history`).
-#[derive(Debug, Clone, Copy)]
+/// from, to remember (`delivery`) and to add to the history (`history`). The batch owns what
+/// it records, so that a store writing on another thread takes it without copying; the caller
+/// keeps the candidates through their `Arc` to read back what was recorded.
+#[derive(Debug, Clone)]
 pub struct Batch<'a> {
     pub org: &'a str,
-    pub candidates: &'a [Candidate],
-    pub delivery: Option<&'a DeliveryKey>,
-    pub history: Option<&'a HistoryDraft>,
+    pub candidates: Arc<[Candidate]>,
+    pub delivery: Option<DeliveryKey>,
+    pub history: Option<HistoryDraft>,
 }
 
 impl<'a> Batch<'a> {
     pub fn new(
         org: &'a str,
-        candidates: &'a [Candidate],
-        delivery: Option<&'a DeliveryKey>,
-        history: Option<&'a HistoryDraft>,
+        candidates: Arc<[Candidate]>,
+        delivery: Option<DeliveryKey>,
+        history: Option<HistoryDraft>,
     ) -> Self {
         Self {
             org,
@@ -306,12 +309,7 @@ pub trait DeploymentLog: Send + Sync {
             guard: guard.clone(),
         };
         let mut results = self
-            .record_deployments(Batch::new(
-                &request.organization_id,
-                std::slice::from_ref(&candidate),
-                None,
-                None,
-            ))
+            .record_deployments(Batch::new(&request.organization_id, Arc::new([candidate]), None, None))
             .await?;
         results
             .pop()

@@ -186,43 +186,42 @@ impl From<&ImageReport> for DeliverySummary {
 }
 
 /// The delivery's record: its context, completed by its summary and the status answered.
-pub fn record_of(context: &DeliveryContext, summary: &DeliverySummary, http_status: u16) -> DeliveryRecord {
+pub fn record_of(context: &DeliveryContext, summary: DeliverySummary, http_status: u16) -> DeliveryRecord {
     let Announced {
         repository,
         branch,
         commit_sha,
         image,
         tag,
-    } = summary.announced.clone();
+    } = summary.announced;
     DeliveryRecord {
         id: context.id.clone(),
         organization_id: context.organization_id.clone(),
         received_at: context.received_at.clone(),
         source: context.source,
-        delivery_id: summary.delivery_id.clone().or_else(|| context.delivery_id.clone()),
+        delivery_id: summary.delivery_id.or_else(|| context.delivery_id.clone()),
         http_status,
         outcome: summary.outcome,
-        reason: summary.reason.clone(),
+        reason: summary.reason,
         repository,
         branch,
         commit_sha,
         image,
         tag,
-        queued: summary.queued.clone(),
-        skipped: summary.skipped.clone(),
+        queued: summary.queued,
+        skipped: summary.skipped,
         dry_run: context.dry_run,
     }
 }
 
 /// The draft a use case writes with its deployments: the delivery as far as the plan knows it.
-pub fn draft_of(context: &DeliveryContext, summary: &DeliverySummary) -> HistoryDraft {
-    let mut record = record_of(context, summary, 0);
+pub fn draft_of(context: &DeliveryContext, summary: DeliverySummary) -> HistoryDraft {
     // Completed by what the write records.
-    record.reason = if summary.outcome == DeliveryOutcome::NothingToDeploy && summary.skipped.is_empty() {
-        summary.reason.clone()
-    } else {
-        String::new()
-    };
+    let keeps_reason = summary.outcome == DeliveryOutcome::NothingToDeploy && summary.skipped.is_empty();
+    let mut record = record_of(context, summary, 0);
+    if !keeps_reason {
+        record.reason.clear();
+    }
     HistoryDraft {
         record,
         slots: Vec::new(),
@@ -232,30 +231,34 @@ pub fn draft_of(context: &DeliveryContext, summary: &DeliverySummary) -> History
 /// Log one line for the delivery and, unless its use case recorded it already, add it to the
 /// history. Never fails the answer: a store that does not take the record is logged.
 pub async fn finish(store: &dyn Store, context: &DeliveryContext, summary: &DeliverySummary, http_status: u16) {
-    let record = record_of(context, summary, http_status);
     let mut kept = context.is_recorded();
     if !kept {
-        match store.record_delivery(&record).await {
+        match store
+            .record_delivery(&record_of(context, summary.clone(), http_status))
+            .await
+        {
             Ok(recorded) => kept = recorded,
             Err(err) => tracing::warn!(error = %err, "the delivery could not be added to the history"),
         }
     }
-    // Fields the delivery does not have (a git push's image, an image's branch, the reason of
-    // one that deployed) are left out rather than logged empty.
+    // What the record says, read from where it comes from. Fields the delivery does not have
+    // (a git push's image, an image's branch, the reason of one that deployed) are left out
+    // rather than logged empty.
+    let announced = &summary.announced;
     tracing::info!(
-        org = %record.organization_id,
-        source = record.source.as_str(),
-        delivery_id = record.delivery_id.as_deref(),
-        outcome = record.outcome.as_str(),
+        org = %context.organization_id,
+        source = context.source.as_str(),
+        delivery_id = summary.delivery_id.as_deref().or(context.delivery_id.as_deref()),
+        outcome = summary.outcome.as_str(),
         status = http_status,
-        reason = Some(record.reason.as_str()).filter(|reason| !reason.is_empty()),
-        repository = record.repository.as_deref(),
-        branch = record.branch.as_deref(),
-        image = record.image.as_deref(),
-        tag = record.tag.as_deref(),
-        queued = record.queued.len(),
-        skipped = record.skipped.len(),
-        dry_run = record.dry_run,
+        reason = Some(summary.reason.as_str()).filter(|reason| !reason.is_empty()),
+        repository = announced.repository.as_deref(),
+        branch = announced.branch.as_deref(),
+        image = announced.image.as_deref(),
+        tag = announced.tag.as_deref(),
+        queued = summary.queued.len(),
+        skipped = summary.skipped.len(),
+        dry_run = context.dry_run,
         in_history = kept,
         "delivery"
     );

@@ -2,6 +2,7 @@
 //! service of the organization that runs the image and takes the tag.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use autodeploy_core::deployment::{DeploymentRequest, Trigger};
 use autodeploy_core::image::ImageName;
@@ -232,7 +233,7 @@ pub async fn deploy_image(
     // The history lists entries in the answer's order: service ids. (A service whose guard
     // fails is decided again, and the record then replaced: no `ALREADY_QUEUED` fate stays.)
     report.reached.sort();
-    let mut draft = history.map(|context| draft_of(context, &DeliverySummary::from(&report)));
+    let mut draft = history.map(|context| draft_of(context, DeliverySummary::from(&report)));
     // Whether a service changed between its read and its write, so that the history written
     // with the first write no longer says what the answer will.
     let mut decided_again = false;
@@ -244,12 +245,11 @@ pub async fn deploy_image(
             tokio::time::sleep(retry_pause(attempt)).await;
         }
         let requested_at = now_rfc3339();
-        let candidates: Vec<Candidate> = deployable
+        let candidates: Arc<[Candidate]> = deployable
             .iter()
             .filter_map(|stored| candidate(org, stored, tag, source, &requested_at))
             .collect();
-        let (delivery, history) = (remember.take(), draft.take());
-        let batch = Batch::new(org, &candidates, delivery.as_ref(), history.as_ref());
+        let batch = Batch::new(org, Arc::clone(&candidates), remember.take(), draft.take());
         let outcomes = deployer.record(batch).await?;
         let mut lost: Vec<&str> = Vec::new();
         for (candidate, outcome) in candidates.iter().zip(outcomes) {
@@ -293,13 +293,15 @@ pub async fn deploy_image(
     if remember.is_some() || draft.is_some() {
         // Nothing was deployable: remember the notification, and record it, on their own.
         deployer
-            .record(Batch::new(org, &[], remember.as_ref(), draft.as_ref()))
+            .record(Batch::new(org, Arc::default(), remember, draft))
             .await?;
     } else if let Some(context) = history.filter(|_| decided_again) {
         // The record written with the first write said `ALREADY_QUEUED` of the services that
         // changed meanwhile; it is replaced by what the answer says of them.
-        let record = draft_of(context, &DeliverySummary::from(&report));
-        deployer.record(Batch::new(org, &[], None, Some(&record))).await?;
+        let record = draft_of(context, DeliverySummary::from(&report));
+        deployer
+            .record(Batch::new(org, Arc::default(), None, Some(record)))
+            .await?;
     }
     if let Some(context) = history {
         context.mark_recorded();

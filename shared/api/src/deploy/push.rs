@@ -2,6 +2,7 @@
 //! that takes it, exactly once, and report what happened.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use autodeploy_core::delivery::HistoryDraft;
 use autodeploy_core::deployment::{DeploymentRequest, Trigger};
@@ -220,10 +221,11 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
     });
     let draft = history.map(|context| HistoryDraft {
         slots,
-        ..draft_of(context, &DeliverySummary::from(&report))
+        ..draft_of(context, DeliverySummary::from(&report))
     });
+    let candidates: Arc<[Candidate]> = candidates.into();
     let outcomes = deployer
-        .record(Batch::new(org, &candidates, remember.as_ref(), draft.as_ref()))
+        .record(Batch::new(org, Arc::clone(&candidates), remember, draft))
         .await?;
     let mut guard_failed = false;
     for (candidate, outcome) in candidates.iter().zip(outcomes) {

@@ -191,11 +191,15 @@ impl SqliteStore {
 #[async_trait]
 impl DeploymentLog for SqliteStore {
     async fn record_deployments(&self, batch: Batch<'_>) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
-        let candidates = batch.candidates;
-        let (org, owned) = (batch.org.to_owned(), std::sync::Arc::new(candidates.to_vec()));
-        let (delivery, history) = (batch.delivery.cloned(), batch.history.cloned());
+        let Batch {
+            org,
+            candidates: owned,
+            delivery,
+            history,
+        } = batch;
+        let org = org.to_owned();
         // Serialized here, on the request's thread: the one writer thread only writes.
-        let documents = candidates
+        let documents = owned
             .iter()
             .map(|c| to_json(&c.request))
             .collect::<StoreResult<Vec<String>>>()?;
@@ -459,7 +463,7 @@ mod tests {
                 let candidates = [push_to(service, &crate::util::new_deployment_id())];
                 let record = async {
                     let outcomes = store
-                        .record_deployments(Batch::new("acme", &candidates, None, None))
+                        .record_deployments(Batch::new("acme", candidates.to_vec().into(), None, None))
                         .await
                         .unwrap();
                     assert!(matches!(outcomes.as_slice(), [Ok(RecordOutcome::Recorded(_))]));
@@ -473,7 +477,7 @@ mod tests {
     async fn taken_by_dispatcher(store: &SqliteStore, service: &Service) -> String {
         let candidates = [push_to(service, &crate::util::new_deployment_id())];
         store
-            .record_deployments(Batch::new("acme", &candidates, None, None))
+            .record_deployments(Batch::new("acme", candidates.to_vec().into(), None, None))
             .await
             .unwrap();
         let taken = store.take_for_dispatch(10).await.unwrap();
@@ -601,7 +605,7 @@ mod tests {
             notified.as_mut().enable();
             let candidates = [push_to(&dispatched, &crate::util::new_deployment_id())];
             // Polled once, which hands the write to the writer, then dropped.
-            let record = store.record_deployments(Batch::new("acme", &candidates, None, None));
+            let record = store.record_deployments(Batch::new("acme", candidates.to_vec().into(), None, None));
             assert!(futures::FutureExt::now_or_never(record).is_none(), "answered at once");
             let deployment = &candidates[0].request.deployment_id;
             let mut committed = false;

@@ -114,11 +114,12 @@ async fn observe(state: AppState, endpoint: Endpoint, mut request: Request, next
         _ => None,
     };
 
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
 
     let status = response.status().as_u16();
-    let summary = match response.extensions().get::<DeliverySummary>() {
-        Some(summary) => summary.clone(),
+    // Taken out: the client is not sent a response's extensions.
+    let summary = match response.extensions_mut().remove::<DeliverySummary>() {
+        Some(summary) => summary,
         None => {
             let reason = response.extensions().get::<ErrorReason>().map_or("", |r| r.0.as_str());
             DeliverySummary::refused(status, reason)
@@ -135,7 +136,7 @@ async fn observe(state: AppState, endpoint: Endpoint, mut request: Request, next
         ),
     }
 
-    let mut tally = response.extensions().get::<Tally>().cloned().unwrap_or_default();
+    let mut tally = response.extensions_mut().remove::<Tally>().unwrap_or_default();
     tally.delivery_id = tally.delivery_id.or(delivery_id);
     tally.source = tally.source.or_else(|| match endpoint {
         Endpoint::Push => source.map(|s| s.as_str().to_owned()),

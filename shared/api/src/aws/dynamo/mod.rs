@@ -601,13 +601,13 @@ impl TokenStore for DynamoStore {
 #[async_trait]
 impl DeploymentLog for DynamoStore {
     async fn record_deployments(&self, batch: Batch<'_>) -> StoreResult<Vec<StoreResult<RecordOutcome>>> {
-        let candidates = batch.candidates;
+        let candidates = &batch.candidates[..];
         let outcomes = self.record_all(candidates).await;
         // The history is one more item, written once the transactions have decided: DynamoDB
         // cannot write it in the same transaction as every service's. Only when every service
         // was handled: after a failure the delivery is answered with an error, which the route
         // records as such.
-        if let Some(draft) = batch.history
+        if let Some(draft) = &batch.history
             && outcomes.iter().all(Result::is_ok)
         {
             let fates = candidates.iter().zip(&outcomes).filter_map(|(c, o)| match o {
@@ -624,7 +624,7 @@ impl DeploymentLog for DynamoStore {
         }
         // Remembered only when every service was handled: a redelivery then has nothing left to
         // do, while after a failure it completes what is missing.
-        if let Some(delivery) = batch.delivery
+        if let Some(delivery) = &batch.delivery
             && outcomes.iter().all(Result::is_ok)
         {
             self.remember_delivery(batch.org, delivery).await?;
