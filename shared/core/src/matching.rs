@@ -128,6 +128,19 @@ pub fn decide_image(
     Some(Ok(()))
 }
 
+/// Why `service`'s tag policy refuses `tag`, as a phrase that follows the tag
+/// (`is outside the SEMVER range >=1.2.0 <2`); `None` when it has no policy or the policy
+/// takes the tag. For the answer of an announcement [`decide_image`] skipped `TAG_POLICY`.
+pub fn tag_policy_refusal(service: &Service, tag: &str) -> Option<String> {
+    let policy = service.spec.tag_policy.as_ref()?;
+    let current = service.spec.image.as_ref().map(|image| image.tag.as_str());
+    let refusal = match compiled(policy) {
+        Some(compiled) => Some(compiled.refusal(current, tag)?),
+        None => None,
+    };
+    Some(policy.refusal_phrase(refusal, current))
+}
+
 /// Compiled policies kept at most; the cache starts afresh when full.
 pub const CACHED_TAG_POLICIES: usize = 4096;
 

@@ -103,21 +103,65 @@ impl CompiledTagPolicy {
     ///   cannot occur, since Docker tags have no `+`. A current tag that is not semver
     ///   (`latest`) leaves only the range to decide.
     pub fn accepts(&self, current: Option<&str>, new: &str) -> bool {
+        self.refusal(current, new).is_none()
+    }
+
+    /// Why the policy refuses `new` ([`CompiledTagPolicy::accepts`]), or `None` when it
+    /// accepts it.
+    pub fn refusal(&self, current: Option<&str>, new: &str) -> Option<TagRefusal> {
         match &self.inner {
             Compiled::Semver(req) => {
                 let Some(new) = parse_version(new) else {
-                    return false;
+                    return Some(TagRefusal::NotAVersion);
                 };
                 if !req.matches(&new) {
-                    return false;
+                    return Some(TagRefusal::OutsideRange);
                 }
                 match current.and_then(parse_version) {
-                    Some(current) => new > current,
-                    None => true,
+                    Some(current) if new <= current => Some(TagRefusal::NotNewer),
+                    _ => None,
                 }
             }
-            Compiled::Glob(matcher) => matcher.is_match(new),
-            Compiled::Regex(regex) => regex.is_match(new.as_bytes()),
+            Compiled::Glob(matcher) => (!matcher.is_match(new)).then_some(TagRefusal::NoMatch),
+            Compiled::Regex(regex) => (!regex.is_match(new.as_bytes())).then_some(TagRefusal::NoMatch),
+        }
+    }
+}
+
+/// Why a tag policy refuses a tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TagRefusal {
+    /// SEMVER: the tag does not read as a version.
+    NotAVersion,
+    /// SEMVER: the version is outside the range.
+    OutsideRange,
+    /// SEMVER: the version is not above the current tag's.
+    NotNewer,
+    /// GLOB or REGEX: the pattern does not match the tag.
+    NoMatch,
+}
+
+impl TagPolicy {
+    /// Why this policy refuses tag `new` for a service at `current`, as a phrase that follows
+    /// the tag (`2.0.0 is outside the SEMVER range >=1.2.0 <2`); `refusal` is `None` for a
+    /// policy that no longer compiles.
+    pub fn refusal_phrase(&self, refusal: Option<TagRefusal>, current: Option<&str>) -> String {
+        let Some(refusal) = refusal else {
+            return "cannot be judged: the tag policy no longer compiles".to_owned();
+        };
+        match self {
+            TagPolicy::Semver { range } => match refusal {
+                TagRefusal::NotAVersion => {
+                    format!("is not a version, and the SEMVER policy ({range}) takes versions only")
+                }
+                TagRefusal::NotNewer => format!(
+                    "is not above the current tag {} (a SEMVER policy never moves down)",
+                    current.unwrap_or_default()
+                ),
+                TagRefusal::OutsideRange | TagRefusal::NoMatch => format!("is outside the SEMVER range {range}"),
+            },
+            TagPolicy::Glob { pattern } => format!("does not match the GLOB pattern {pattern}"),
+            TagPolicy::Regex { pattern } => format!("does not match the REGEX pattern {pattern}"),
         }
     }
 }
@@ -322,6 +366,67 @@ mod tests {
         ] {
             assert!(serde_json::from_value::<TagPolicy>(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    /// A refused tag is told apart by why it is refused, in a phrase naming the policy.
+    #[test]
+    fn refusals_say_why() {
+        let range = TagPolicy::Semver {
+            range: ">=1.2.0 <2".into(),
+        };
+        let compiled = range.compile().unwrap();
+        let cases = [
+            ("latest", Some(TagRefusal::NotAVersion)),
+            ("2.0.0", Some(TagRefusal::OutsideRange)),
+            ("1.1.0", Some(TagRefusal::OutsideRange)),
+            ("1.2.5", Some(TagRefusal::NotNewer)),
+            ("1.3.0", Some(TagRefusal::NotNewer)),
+            ("v1.4.0", None),
+        ];
+        for (tag, refusal) in cases {
+            assert_eq!(compiled.refusal(Some("1.3.0"), tag), refusal, "{tag}");
+            assert_eq!(compiled.accepts(Some("1.3.0"), tag), refusal.is_none(), "{tag}");
+        }
+        let phrase = |policy: &TagPolicy, refusal| policy.refusal_phrase(refusal, Some("1.3.0"));
+        assert_eq!(
+            phrase(&range, Some(TagRefusal::OutsideRange)),
+            "is outside the SEMVER range >=1.2.0 <2"
+        );
+        assert_eq!(
+            phrase(&range, Some(TagRefusal::NotNewer)),
+            "is not above the current tag 1.3.0 (a SEMVER policy never moves down)"
+        );
+        assert_eq!(
+            phrase(&range, Some(TagRefusal::NotAVersion)),
+            "is not a version, and the SEMVER policy (>=1.2.0 <2) takes versions only"
+        );
+        assert_eq!(
+            phrase(&range, None),
+            "cannot be judged: the tag policy no longer compiles"
+        );
+        let pattern = TagPolicy::Glob {
+            pattern: "release-*".into(),
+        };
+        assert_eq!(
+            pattern.compile().unwrap().refusal(None, "main-1"),
+            Some(TagRefusal::NoMatch)
+        );
+        assert_eq!(pattern.compile().unwrap().refusal(None, "release-2"), None);
+        assert_eq!(
+            phrase(&pattern, Some(TagRefusal::NoMatch)),
+            "does not match the GLOB pattern release-*"
+        );
+        let pattern = TagPolicy::Regex {
+            pattern: "^main-[0-9a-f]{7}$".into(),
+        };
+        assert_eq!(
+            pattern.compile().unwrap().refusal(None, "main-1"),
+            Some(TagRefusal::NoMatch)
+        );
+        assert_eq!(
+            phrase(&pattern, Some(TagRefusal::NoMatch)),
+            "does not match the REGEX pattern ^main-[0-9a-f]{7}$"
+        );
     }
 
     #[test]

@@ -300,6 +300,50 @@ async fn tag_policies_decide(api: Api) {
     assert_eq!(tags, expected.map(|(id, tag)| (id, tag.to_owned())));
     let r = dry(&api, "container", "acme/api", "1.4.5").await;
     assert_eq!(queued_ids(&r), vec!["any"], "{}", r.body);
+
+    // An announcement every service skips says, for each tag policy that refused the tag, why;
+    // and the deliveries history gives the same reason.
+    let r = deploy(&api, "container", "acme/api", "1.5.0").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body["message"],
+        "5 services reached, none deployed: SAME_TAG, TAG_POLICY. Service glob: 1.5.0 does not match the GLOB \
+         pattern release-*. Service regex: 1.5.0 does not match the REGEX pattern ^main-[0-9a-f]{7}$.",
+        "{}",
+        r.body
+    );
+    let latest = api.admin_get("/organization/acme/deliveries?limit=1").await;
+    assert_eq!(latest.body["items"][0]["reason"], r.body["message"], "{}", latest.body);
+    let off = api
+        .call(
+            Method::PATCH,
+            "/organization/acme/services/any",
+            Some(ADMIN),
+            Some(json!({"auto_deploy": false})),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::OK, "{}", off.body);
+    let r = deploy(&api, "container", "acme/api", "1.4.0").await;
+    assert_eq!(
+        r.body["message"],
+        "5 services reached, none deployed: AUTO_DEPLOY_DISABLED, TAG_POLICY. Service glob: 1.4.0 does not match \
+         the GLOB pattern release-*. Service regex: 1.4.0 does not match the REGEX pattern ^main-[0-9a-f]{7}$. \
+         Service semver: 1.4.0 is not above the current tag 1.5.0 (a SEMVER policy never moves down). Service \
+         vsemver: 1.4.0 is not above the current tag 1.5.0 (a SEMVER policy never moves down).",
+        "{}",
+        r.body
+    );
+    let r = dry(&api, "container", "acme/api", "2.0.0").await;
+    let message = r.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(" Service semver: 2.0.0 is outside the SEMVER range >=1.2.0 <2."),
+        "{}",
+        r.body
+    );
+    // An answer that queues says nothing of the services refused beside.
+    let r = deploy(&api, "container", "acme/api", "release-2").await;
+    assert_eq!(queued_ids(&r), vec!["glob"], "{}", r.body);
+    assert_eq!(r.body["message"], Value::Null, "{}", r.body);
 }
 
 async fn queueing_records_the_new_tag_as_desired_state(api: Api) {

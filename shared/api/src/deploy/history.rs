@@ -108,14 +108,7 @@ impl DeliverySummary {
         let message = message.as_deref();
         let would_queue = reached.queued.len();
         let queued: Vec<String> = reached.queued.iter().filter_map(|q| q.deployment_id.clone()).collect();
-        let skipped: Vec<SkippedService> = reached
-            .skipped
-            .iter()
-            .map(|s| SkippedService {
-                service_id: s.service_id.clone(),
-                reason: s.reason.as_str().to_owned(),
-            })
-            .collect();
+        let skipped = reached.skipped_services();
         let (outcome, reason) = match *ignored {
             Some(reason) => (
                 if reason == Ignored::DuplicateDelivery {
@@ -216,8 +209,9 @@ pub fn record_of(context: &DeliveryContext, summary: DeliverySummary, http_statu
 
 /// The draft a use case writes with its deployments: the delivery as far as the plan knows it.
 pub fn draft_of(context: &DeliveryContext, summary: DeliverySummary) -> HistoryDraft {
-    // Completed by what the write records.
-    let keeps_reason = summary.outcome == DeliveryOutcome::NothingToDeploy && summary.skipped.is_empty();
+    // Completed by what the write records: a write of candidates says anew why nothing was
+    // queued, if so; without candidates the answer's reason stands.
+    let keeps_reason = summary.outcome == DeliveryOutcome::NothingToDeploy;
     let mut record = record_of(context, summary, 0);
     if !keeps_reason {
         record.reason.clear();

@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use autodeploy_core::delivery::nothing_deployed;
 use autodeploy_core::deployment::{DeploymentRequest, Trigger};
 use autodeploy_core::image::ImageName;
-use autodeploy_core::matching::{ImageTarget, SkipReason, decide_image};
+use autodeploy_core::matching::{ImageTarget, SkipReason, decide_image, tag_policy_refusal};
 use autodeploy_core::model::Service;
 use autodeploy_core::registry::ImageSourceKind;
 use serde::Serialize;
@@ -198,18 +199,26 @@ pub async fn deploy_image(
 
     let mut deployable: Vec<StoredService> = Vec::new();
     let mut other_kinds = 0usize;
+    // Services whose tag policy refused the tag, and why: for the answer's message.
+    let mut refusals: Vec<(String, String)> = Vec::new();
     for stored in services_using(deployer, org, image).await? {
         match decide_image(&stored.service, target, image, tag) {
             None => {
                 let runs_it = stored.service.image_key().is_some_and(|(r, p)| image.matches(&r, &p));
                 other_kinds += usize::from(runs_it);
             }
-            Some(Err(reason)) => report.reached.skipped.push(skipped(&stored, reason)),
+            Some(Err(reason)) => report
+                .reached
+                .skipped
+                .push(skipped(&stored, reason, tag, &mut refusals)),
             Some(Ok(())) => deployable.push(stored),
         }
     }
     if deployable.is_empty() && report.reached.skipped.is_empty() {
         report.reached.message = Some(nothing_runs(org, target, image, other_kinds));
+    }
+    if deployable.is_empty() {
+        explain_refusals(&mut report, &refusals);
     }
 
     if dry_run {
@@ -279,7 +288,10 @@ pub async fn deploy_image(
             if let Some(stored) = deployer.store.get_service(org, id).await? {
                 match decide_image(&stored.service, target, image, tag) {
                     None => {}
-                    Some(Err(reason)) => report.reached.skipped.push(skipped(&stored, reason)),
+                    Some(Err(reason)) => report
+                        .reached
+                        .skipped
+                        .push(skipped(&stored, reason, tag, &mut refusals)),
                     Some(Ok(())) => next.push(stored),
                 }
             }
@@ -288,6 +300,10 @@ pub async fn deploy_image(
     }
     if !deployable.is_empty() {
         return Err(DeployError::Contention);
+    }
+    if report.reached.queued.is_empty() {
+        // Services decided again may have been refused meanwhile.
+        explain_refusals(&mut report, &refusals);
     }
     let report = sorted(report);
     if remember.is_some() || draft.is_some() {
@@ -324,7 +340,43 @@ fn nothing_runs(org: &str, target: ImageTarget, image: &ImageName, other_kinds: 
     }
 }
 
-fn skipped(stored: &StoredService, reason: SkipReason) -> ImageSkippedEntry {
+/// Tag policy refusals spelled out in a message at most; the others are counted.
+const REFUSALS_SPELLED_OUT: usize = 5;
+
+/// An answer that queues nothing while tag policies refused the tag says why in `message`:
+/// the reasons, then each refusal (`Service api: 2.0.0 is outside the SEMVER range >=1.2.0
+/// <2.`). The caller knows that nothing is queued; without refusals nothing changes.
+fn explain_refusals(report: &mut ImageReport, refusals: &[(String, String)]) {
+    if refusals.is_empty() {
+        return;
+    }
+    let mut refusals: Vec<&(String, String)> = refusals.iter().collect();
+    refusals.sort();
+    let mut message = nothing_deployed(&report.reached.skipped_services());
+    for (service_id, why) in refusals.iter().take(REFUSALS_SPELLED_OUT) {
+        message.push_str(&format!(" Service {service_id}: {why}."));
+    }
+    if refusals.len() > REFUSALS_SPELLED_OUT {
+        message.push_str(&format!(
+            " {} more refused by their tag policy.",
+            refusals.len() - REFUSALS_SPELLED_OUT
+        ));
+    }
+    report.reached.message = Some(message);
+}
+
+/// The skipped entry of `stored`; a `TAG_POLICY` skip adds why to `refusals`.
+fn skipped(
+    stored: &StoredService,
+    reason: SkipReason,
+    tag: &str,
+    refusals: &mut Vec<(String, String)>,
+) -> ImageSkippedEntry {
+    if reason == SkipReason::TagPolicy
+        && let Some(why) = tag_policy_refusal(&stored.service, tag)
+    {
+        refusals.push((stored.service.id.clone(), format!("{tag} {why}")));
+    }
     ImageSkippedEntry {
         service_id: stored.service.id.clone(),
         reason,

@@ -142,6 +142,17 @@ impl<Q, S> Reached<Q, S> {
     }
 
     /// Whether anything was queued (not merely would be, in a dry run): a 202 then.
+    /// The skipped entries as the deliveries history names them.
+    pub fn skipped_services(&self) -> Vec<autodeploy_core::delivery::SkippedService> {
+        self.skipped
+            .iter()
+            .map(|s| autodeploy_core::delivery::SkippedService {
+                service_id: s.service_id.clone(),
+                reason: s.reason.as_str().to_owned(),
+            })
+            .collect()
+    }
+
     pub fn queued_any(&self) -> bool {
         !self.dry_run && !self.queued.is_empty()
     }
