@@ -115,15 +115,15 @@ impl CompiledTagPolicy {
                     return Some(TagRefusal::NotAVersion);
                 };
                 if !req.matches(&new) {
-                    return Some(TagRefusal::OutsideRange);
+                    return Some(TagRefusal::NotTaken);
                 }
                 match current.and_then(parse_version) {
                     Some(current) if new <= current => Some(TagRefusal::NotNewer),
                     _ => None,
                 }
             }
-            Compiled::Glob(matcher) => (!matcher.is_match(new)).then_some(TagRefusal::NoMatch),
-            Compiled::Regex(regex) => (!regex.is_match(new.as_bytes())).then_some(TagRefusal::NoMatch),
+            Compiled::Glob(matcher) => (!matcher.is_match(new)).then_some(TagRefusal::NotTaken),
+            Compiled::Regex(regex) => (!regex.is_match(new.as_bytes())).then_some(TagRefusal::NotTaken),
         }
     }
 }
@@ -131,14 +131,12 @@ impl CompiledTagPolicy {
 /// Why a tag policy refuses a tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TagRefusal {
+    /// The range does not take the version, or the pattern does not match the tag.
+    NotTaken,
     /// SEMVER: the tag does not read as a version.
     NotAVersion,
-    /// SEMVER: the version is outside the range.
-    OutsideRange,
     /// SEMVER: the version is not above the current tag's.
     NotNewer,
-    /// GLOB or REGEX: the pattern does not match the tag.
-    NoMatch,
 }
 
 impl TagPolicy {
@@ -151,6 +149,7 @@ impl TagPolicy {
         };
         match self {
             TagPolicy::Semver { range } => match refusal {
+                TagRefusal::NotTaken => format!("is outside the SEMVER range {range}"),
                 TagRefusal::NotAVersion => {
                     format!("is not a version, and the SEMVER policy ({range}) takes versions only")
                 }
@@ -158,7 +157,6 @@ impl TagPolicy {
                     "is not above the current tag {} (a SEMVER policy never moves down)",
                     current.unwrap_or_default()
                 ),
-                TagRefusal::OutsideRange | TagRefusal::NoMatch => format!("is outside the SEMVER range {range}"),
             },
             TagPolicy::Glob { pattern } => format!("does not match the GLOB pattern {pattern}"),
             TagPolicy::Regex { pattern } => format!("does not match the REGEX pattern {pattern}"),
@@ -377,8 +375,8 @@ mod tests {
         let compiled = range.compile().unwrap();
         let cases = [
             ("latest", Some(TagRefusal::NotAVersion)),
-            ("2.0.0", Some(TagRefusal::OutsideRange)),
-            ("1.1.0", Some(TagRefusal::OutsideRange)),
+            ("2.0.0", Some(TagRefusal::NotTaken)),
+            ("1.1.0", Some(TagRefusal::NotTaken)),
             ("1.2.5", Some(TagRefusal::NotNewer)),
             ("1.3.0", Some(TagRefusal::NotNewer)),
             ("v1.4.0", None),
@@ -389,7 +387,7 @@ mod tests {
         }
         let phrase = |policy: &TagPolicy, refusal| policy.refusal_phrase(refusal, Some("1.3.0"));
         assert_eq!(
-            phrase(&range, Some(TagRefusal::OutsideRange)),
+            phrase(&range, Some(TagRefusal::NotTaken)),
             "is outside the SEMVER range >=1.2.0 <2"
         );
         assert_eq!(
@@ -409,11 +407,11 @@ mod tests {
         };
         assert_eq!(
             pattern.compile().unwrap().refusal(None, "main-1"),
-            Some(TagRefusal::NoMatch)
+            Some(TagRefusal::NotTaken)
         );
         assert_eq!(pattern.compile().unwrap().refusal(None, "release-2"), None);
         assert_eq!(
-            phrase(&pattern, Some(TagRefusal::NoMatch)),
+            phrase(&pattern, Some(TagRefusal::NotTaken)),
             "does not match the GLOB pattern release-*"
         );
         let pattern = TagPolicy::Regex {
@@ -421,10 +419,10 @@ mod tests {
         };
         assert_eq!(
             pattern.compile().unwrap().refusal(None, "main-1"),
-            Some(TagRefusal::NoMatch)
+            Some(TagRefusal::NotTaken)
         );
         assert_eq!(
-            phrase(&pattern, Some(TagRefusal::NoMatch)),
+            phrase(&pattern, Some(TagRefusal::NotTaken)),
             "does not match the REGEX pattern ^main-[0-9a-f]{7}$"
         );
     }
