@@ -301,8 +301,9 @@ pub async fn deploy_image(
     if !deployable.is_empty() {
         return Err(DeployError::Contention);
     }
-    if report.reached.queued.is_empty() {
-        // Services decided again may have been refused meanwhile.
+    if decided_again && report.reached.queued.is_empty() {
+        // The services decided again were all skipped, some refused meanwhile: the answer
+        // explains them as one that had nothing deployable from the start (above).
         explain_refusals(&mut report, &refusals);
     }
     let report = sorted(report);
