@@ -326,15 +326,18 @@ fn system_roots_requested() -> bool {
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.to_string_lossy().trim().is_empty()))
 }
 
-/// How often leases that ran out are released and old records pruned.
+/// How often old records are pruned, and the longest wait between two looks at leases.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(5);
+/// The shortest wait between two rounds of upkeep.
+const MAINTENANCE_PAUSE: Duration = Duration::from_millis(100);
 
-/// The store's periodic upkeep, for as long as the server runs.
+/// The store's upkeep, for as long as the server runs: every few seconds, and as soon as a
+/// lease runs out, so that its deployment shows `QUEUED` again at once rather than up to a
+/// round later. A lease lasts at least 10 s, longer than a round: none runs out unseen.
 async fn maintain(store: SqliteStore, retention_secs: i64) {
-    let mut every = tokio::time::interval(MAINTENANCE_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
+        let next_expiry = store.next_lease_expiry().ok().flatten();
+        tokio::time::sleep(until_upkeep(next_expiry, std::time::SystemTime::now())).await;
         match store.maintain(retention_secs).await {
             Ok(done) if done.leases_expired > 0 || done.deployments_pruned > 0 => tracing::info!(
                 leases_expired = done.leases_expired,
@@ -345,6 +348,19 @@ async fn maintain(store: SqliteStore, retention_secs: i64) {
             Err(err) => tracing::warn!(error = %err, "maintenance failed; it runs again shortly"),
         }
     }
+}
+
+/// How long to wait, at `now`, for the next round of upkeep: until the next lease runs out
+/// (`next_expiry`, in Unix seconds: it has run out once that second has begun), at most
+/// [`MAINTENANCE_EVERY`], at least [`MAINTENANCE_PAUSE`].
+fn until_upkeep(next_expiry: Option<i64>, now: std::time::SystemTime) -> Duration {
+    let until_expiry = next_expiry.map(|secs| {
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    });
+    until_expiry
+        .map_or(MAINTENANCE_EVERY, |wait| wait.min(MAINTENANCE_EVERY))
+        .max(MAINTENANCE_PAUSE)
 }
 
 /// The admin token, from the environment or a file: never from the command line.
@@ -475,5 +491,19 @@ mod tests {
             assert!(parse_size(refused).unwrap_err().contains("e.g. 128MiB"), "{refused}");
         }
         assert_eq!(parse_size("1000"), Err("must be at least 1MiB".to_owned()));
+    }
+
+    #[test]
+    fn upkeep_comes_when_the_next_lease_runs_out() {
+        let at = |secs: u64, millis: u64| std::time::UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis);
+        // The lease runs out when its second begins.
+        assert_eq!(until_upkeep(Some(1_000), at(998, 250)), Duration::from_millis(1_750));
+        assert_eq!(until_upkeep(Some(1_000), at(999, 950)), MAINTENANCE_PAUSE);
+        // Already run out (a round that failed): no busy loop.
+        assert_eq!(until_upkeep(Some(1_000), at(1_200, 0)), MAINTENANCE_PAUSE);
+        // Far away, or no lease: the usual round.
+        assert_eq!(until_upkeep(Some(90_000), at(1_000, 0)), MAINTENANCE_EVERY);
+        assert_eq!(until_upkeep(None, at(1_000, 0)), MAINTENANCE_EVERY);
+        assert_eq!(until_upkeep(Some(-5), at(1_000, 0)), MAINTENANCE_PAUSE);
     }
 }

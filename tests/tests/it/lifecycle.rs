@@ -503,7 +503,7 @@ async fn a_deployment_released_before_a_newer_one_is_taken_waits_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_result_on_a_leased_deployment_ends_its_lease() {
+async fn a_result_on_a_leased_deployment_ends_its_attempt() {
     let (api, token) = standalone(&["api"]).await;
     let first = deploy(&api, "acme", "api", "1").await;
     let item = lease_only(&api, &token, json!({}), &first).await;
@@ -517,11 +517,35 @@ async fn a_result_on_a_leased_deployment_ends_its_lease() {
     assert_eq!(r.body["attempts"], 1);
     only(&items, &second);
 
-    // The lease ended with the report.
-    assert_not_live(&api, &token, &item).await;
+    // The report finished the deployment: the consumer's ack that follows is answered as
+    // done (twice too), while a nack or an extend, which would keep it going, are refused
+    // saying why. Nothing changes.
+    let before = get(&api, &first).await;
+    for _ in 0..2 {
+        assert_eq!(ack(&api, &token, &item).await.status, StatusCode::NO_CONTENT);
+    }
+    for action in ["nack", "extend"] {
+        let r = on_lease(&api, &token, &item, action, json!({})).await;
+        r.assert_error(StatusCode::CONFLICT, "CONFLICT");
+        let message = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("DELIVERED") && message.contains("reported"),
+            "{message}"
+        );
+    }
     let d = get(&api, &first).await;
+    assert_eq!(d, before);
     assert_eq!(d["status"], "DELIVERED");
     assert_eq!(d["result"]["status"], "SUCCEEDED");
+    // Once the lease would have run out, its ack is refused as any expired lease's.
+    let changed = database(&api)
+        .execute(
+            "UPDATE deployments SET lease_expires_unix = lease_expires_unix - 100000 WHERE id = ?1",
+            [&first],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    assert_not_live(&api, &token, &item).await;
     // An acknowledged deployment takes a report too, and stays delivered.
     assert_eq!(ack(&api, &token, &items[0]).await.status, StatusCode::NO_CONTENT);
     let crashed = json!({"status": "FAILED", "message": "crashed"});
@@ -1706,8 +1730,8 @@ async fn bad_results_are_refused(api: Api) {
     }
     // Nothing was recorded; the limits themselves are accepted.
     assert_eq!(status_of(&api, &id).await, "QUEUED");
-    // Newlines either way, each counted as characters.
-    let message = format!("{}\r\n{}\n", "m".repeat(995), "m".repeat(2));
+    // Newlines either way and tabs, each counted as characters.
+    let message = format!("{}\r\n{}\t\n", "m".repeat(994), "m".repeat(2));
     let url = format!(
         "https://example.com/{}",
         "a".repeat(2048 - "https://example.com/".len())

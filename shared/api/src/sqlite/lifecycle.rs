@@ -279,23 +279,42 @@ fn on_live_lease<T>(conn: &Connection, (org, id): (&str, &str), changed: usize, 
 }
 
 /// Why a lease operation found nothing to change: the deployment is unknown (404), or the
-/// lease is not its live one (409).
+/// lease is not its live one (409), said as the deployment stands.
 fn refusal(conn: &Connection, org: &str, id: &str) -> StoreResult<Refusal> {
-    let exists: bool = conn
+    let status: Option<(String, bool)> = conn
         .query_row(
-            "SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND id = ?2)",
+            "SELECT status, result IS NOT NULL FROM deployments WHERE org = ?1 AND id = ?2",
             params![org, id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
+        .optional()
         .map_err(unavailable)?;
-    Ok(if exists {
-        Refusal::Conflict(
+    Ok(match status {
+        None => Refusal::NotFound,
+        Some((status, true)) => Refusal::Conflict(format!(
+            "The deployment is {status}: its engine reported its result, so it is leased no more."
+        )),
+        Some((status, false)) if matches!(status.as_str(), "DELIVERED" | "FAILED" | "SUPERSEDED") => {
+            Refusal::Conflict(format!("The deployment is {status}: it is leased no more."))
+        }
+        Some(_) => Refusal::Conflict(
             "That lease_id is not the deployment's live lease: it expired, was released, or was never issued."
                 .to_owned(),
-        )
-    } else {
-        Refusal::NotFound
+        ),
     })
+}
+
+/// Whether the deployment was reported (`DELIVERED` by its engine) while under this lease,
+/// which has not run out: a report ends the deployment, not the consumer's lease, so the
+/// consumer's ack that follows it is answered as done.
+fn reported_under(conn: &Connection, (org, id): (&str, &str), lease_id: &str, now: i64) -> StoreResult<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM deployments WHERE org = ?1 AND id = ?2 AND status = 'DELIVERED'
+             AND result IS NOT NULL AND lease_id = ?3 AND lease_expires_unix > ?4)",
+        params![org, id, lease_id, now],
+        |r| r.get(0),
+    )
+    .map_err(unavailable)
 }
 
 /// The condition of a live lease, for the statements below (`?1` org, `?2` id, `?3` lease,
@@ -335,7 +354,9 @@ pub(super) fn report(conn: &Connection, org: &str, id: &str, result: &Deployment
     let now = now_unix();
     let seq: i64 = conn
         .query_row(
-            "UPDATE deployments SET status = 'DELIVERED', result = ?3, lease_id = NULL, lease_expires_unix = NULL,
+            // The lease is kept (see `reported_under`); every statement on leases reads only
+            // deployments IN_PROGRESS.
+            "UPDATE deployments SET status = 'DELIVERED', result = ?3,
                 next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
              WHERE org = ?1 AND id = ?2 RETURNING seq",
             params![org, id, to_json(result)?, rfc3339(now), now],
@@ -408,6 +429,9 @@ impl PullQueue for SqliteStore {
                         params![org, id, lease_id, now, rfc3339(now)],
                     )
                     .map_err(unavailable)?;
+                if changed == 0 && reported_under(conn, (&org, &id), &lease_id, now)? {
+                    return Ok(Ok(()));
+                }
                 on_live_lease(conn, (&org, &id), changed, ())
             })
             .await?;

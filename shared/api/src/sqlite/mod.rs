@@ -39,6 +39,8 @@ pub use targets::DISPATCH_LEASE_SECS;
 pub use writer::OnDurabilityLost;
 use writer::{Durability, Writer};
 
+/// When the next lease runs out.
+const NEXT_LEASE_EXPIRY: &str = "SELECT min(lease_expires_unix) FROM deployments WHERE status = 'IN_PROGRESS'";
 /// Read connections kept open between reads (more are opened while many threads read).
 const IDLE_READERS: usize = 8;
 /// The writer's page cache, in KiB as `PRAGMA cache_size` takes it when negative (SQLite's
@@ -175,6 +177,12 @@ impl SqliteStore {
                 secret_key: options.secret_key,
             }),
         })
+    }
+
+    /// When the next lease runs out (Unix seconds), if any is held: through the index of
+    /// leases.
+    pub fn next_lease_expiry(&self) -> StoreResult<Option<i64>> {
+        self.read(|conn| conn.query_row(NEXT_LEASE_EXPIRY, [], |r| r.get(0)).map_err(unavailable))
     }
 
     /// Periodic upkeep: leases that ran out are released (or fail), finished deployments
@@ -497,6 +505,17 @@ mod tests {
         assert!(
             plan.iter()
                 .any(|step| step.starts_with("SEARCH") && step.contains("INDEX deployments_finished (updated_unix<?)")),
+            "{plan:#?}"
+        );
+    }
+
+    /// The next lease to run out is read from the index of leases, whatever the log's size.
+    #[test]
+    fn the_next_lease_expiry_is_read_from_its_index() {
+        let conn = migrated();
+        let plan = query_plan(&conn, NEXT_LEASE_EXPIRY, []);
+        assert!(
+            matches!(plan.as_slice(), [step] if step.starts_with("SEARCH") && step.contains("INDEX deployments_leases")),
             "{plan:#?}"
         );
     }

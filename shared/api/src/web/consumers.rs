@@ -282,14 +282,21 @@ impl Document for ResultBody {
     fn read(fields: &mut Fields<'_>) -> Option<Self> {
         let status = fields.required("status");
         let message: Option<String> = fields.optional("message");
-        // Newlines as `\n` or `\r\n`; no other control character.
-        let stray_control = |m: &str| m.replace("\r\n", "\n").chars().any(|c| c.is_control() && c != '\n');
+        // Newlines as `\n` or `\r\n`, and tabs (engines' logs hold them); no other control
+        // character.
+        let stray_control = |m: &str| {
+            m.replace("\r\n", "\n")
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t')
+        };
         if let Some(m) = &message
             && (m.chars().count() > MAX_RESULT_MESSAGE || stray_control(m))
         {
             fields.error(
                 "message",
-                format!("must be at most {MAX_RESULT_MESSAGE} characters, without control characters but newlines"),
+                format!(
+                    "must be at most {MAX_RESULT_MESSAGE} characters, without control characters but newlines and tabs"
+                ),
             );
         }
         let url: Option<String> = fields.optional("url");
