@@ -435,6 +435,36 @@ impl Api {
         assert_eq!(r.status, StatusCode::OK);
         r.body["items"].as_array().unwrap().clone()
     }
+
+    /// The outcomes of the newest hundred deliveries of `org`, newest first.
+    pub async fn delivery_outcomes(&self, org: &str) -> Vec<String> {
+        let r = self
+            .admin_get(&format!("/organization/{org}/deliveries?limit=100"))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let items = r.body["items"].as_array().unwrap();
+        items
+            .iter()
+            .map(|d| d["outcome"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// `copies` requests made at once, the `i`th by `request(api, i)`; their replies in that
+    /// order.
+    pub async fn at_once<F, Fut>(self: &std::sync::Arc<Self>, copies: usize, request: F) -> Vec<Reply>
+    where
+        F: Fn(std::sync::Arc<Self>, usize) -> Fut,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
+        let tasks: Vec<_> = (0..copies)
+            .map(|i| tokio::spawn(request(std::sync::Arc::clone(self), i)))
+            .collect();
+        let mut replies = Vec::with_capacity(copies);
+        for task in tasks {
+            replies.push(task.await.unwrap());
+        }
+        replies
+    }
 }
 
 /// SPEC "Errors": a `VALIDATION_FAILED` message reads `field: message.` for one bad field and

@@ -39,6 +39,11 @@ pub enum StoreError {
     /// target, and no `external_id`): the target's type is checked in the service's write.
     #[error("the service lacks what its deploy target's type ({}) needs", .0.as_str())]
     TargetUnfit(TargetType),
+    /// The request's delivery was remembered by another request since it was looked up (two
+    /// copies of one delivery at once): nothing of it was written, and it is answered as the
+    /// duplicate it is.
+    #[error("the delivery was processed meanwhile")]
+    DeliveryProcessed,
     /// The database is not one this build can use (another program's, or a newer
     /// autodeploy's); found when it is opened.
     #[error("{0}")]

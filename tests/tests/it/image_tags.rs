@@ -1004,6 +1004,44 @@ fn tagged(path: &str, key: &str, tag: &str) -> Vec<u8> {
 
 const GITHUB_PATH: &str = "/organization/acme/registry-webhooks/github";
 
+/// Copies of one registry webhook at once (GitHub sending a body twice): the standalone server
+/// processes one copy, and the others answer `DUPLICATE_DELIVERY`, though each read the body
+/// as new, whether they then found the tag to deploy or found it recorded already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_package_webhook_at_once_are_processed_once() {
+    let api = Arc::new(Api::new());
+    api.set_secret("acme", "github").await;
+    container(&api, "ghcr", Some("ghcr.io"), "codertocat/hello-world", "1.3.0").await;
+    for (round, tag) in ["1.4.0", "1.5.0", "1.6.0"].into_iter().enumerate() {
+        let body = tagged(GITHUB_REGISTRY_PACKAGE, "registry_package", tag);
+        let replies = api
+            .at_once(15, |api, _| {
+                let body = body.clone();
+                async move {
+                    api.deliver(GITHUB_PATH, &github_headers("registry_package", &body), body)
+                        .await
+                }
+            })
+            .await;
+        let mut processed = 0;
+        for r in replies {
+            if r.status == StatusCode::ACCEPTED {
+                processed += 1;
+                assert_eq!(outcome(&r).0, pairs(&[("ghcr", "QUEUED")]), "{}", r.body);
+            } else {
+                assert_eq!(
+                    (r.status, &r.body["ignored"]),
+                    (StatusCode::OK, &json!("DUPLICATE_DELIVERY")),
+                    "{}",
+                    r.body
+                );
+            }
+        }
+        assert_eq!(processed, 1, "{tag}");
+        assert_eq!(api.deployments("acme").await.len(), round + 1);
+    }
+}
+
 async fn github_package_webhook_queues_tagged_versions(api: Api) {
     api.set_secret("acme", "github").await;
     container(&api, "ghcr", Some("ghcr.io"), "codertocat/hello-world", "1.3.0").await;

@@ -391,3 +391,47 @@ async fn tags_of_one_image_at_once_all_deploy(api: Api) {
         service.body
     );
 }
+
+/// Copies of one delivery id arriving at once, each carrying another push (a sender reusing
+/// its ids): the standalone server processes one copy, and the others answer
+/// `DUPLICATE_DELIVERY` with nothing of theirs written, though each read the id as new. (On
+/// AWS the id is remembered after the deployments it goes with; SPEC.md says so.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_of_one_delivery_id_at_once_are_processed_once() {
+    const ROUNDS: usize = 3;
+    let api = with_github_secret(Api::new()).await;
+    let services: Vec<String> = (0..SERVICES).map(|i| format!("svc-{i}")).collect();
+    for id in &services {
+        api.app("acme", id, "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    }
+    for round in 0..ROUNDS {
+        let delivery = format!("one-id-{round}");
+        let replies = api
+            .at_once(PUSHES, |api, i| {
+                let (push, delivery) = (push_to(&commit(10 + round, i)), delivery.clone());
+                async move { api.push("acme", "github", &push, &delivery).await }
+            })
+            .await;
+        let mut processed = 0;
+        for r in replies {
+            if r.status == StatusCode::ACCEPTED {
+                processed += 1;
+                let (queued, skipped) = outcome(&r);
+                assert_eq!(queued.len(), SERVICES, "{}", r.body);
+                assert!(skipped.is_empty(), "{}", r.body);
+            } else {
+                assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+                assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY", "{}", r.body);
+                assert_eq!(r.body["delivery_id"], delivery.as_str(), "{}", r.body);
+            }
+        }
+        assert_eq!(processed, 1, "round {round}");
+    }
+    assert_eq!(all_deployments(&api, "acme", "").await.len(), ROUNDS * SERVICES);
+    // The history says the same of every copy.
+    let outcomes = api.delivery_outcomes("acme").await;
+    assert_eq!(outcomes.len(), ROUNDS * PUSHES);
+    assert_eq!(outcomes.iter().filter(|o| *o == "QUEUED").count(), ROUNDS);
+    let duplicates = outcomes.iter().filter(|o| *o == "DUPLICATE").count();
+    assert_eq!(duplicates, ROUNDS * (PUSHES - 1));
+}

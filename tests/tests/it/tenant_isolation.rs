@@ -284,23 +284,9 @@ async fn one_organizations_credentials_reach_nothing_of_another(api: Api) {
 
     // B is exactly as it was, and B's own credentials still work.
     assert_eq!(snapshot(&api, B).await, before, "B changed");
-    let r = api
-        .call(
-            Method::GET,
-            &format!("/organization/{B}/deliveries?limit=100"),
-            Some(ADMIN),
-            None,
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let outcomes: Vec<&str> = r.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["outcome"].as_str().unwrap())
-        .collect();
+    let outcomes = api.delivery_outcomes(B).await;
     assert!(
-        !outcomes.is_empty() && outcomes.iter().all(|o| *o == "REJECTED"),
+        !outcomes.is_empty() && outcomes.iter().all(|o| o == "REJECTED"),
         "B's deliveries: only A's refused attempts: {outcomes:?}"
     );
     let r = api

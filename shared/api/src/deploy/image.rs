@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::history::{DeliveryContext, DeliverySummary, draft_of};
 use super::{DeployError, Deployer, EntryStatus, Ignored, Queued, Reached, Skipped};
 use crate::pipeline::Outcome;
-use crate::store::{Batch, Candidate, DeliveryKey, Guard, StoredService};
+use crate::store::{Batch, Candidate, DeliveryKey, Guard, StoreError, StoredService};
 use crate::turns::retry_pause;
 use crate::util::{new_deployment_id, new_etag, now_rfc3339};
 
@@ -65,6 +65,16 @@ impl ImageReport {
         report.reached.ignored = Some(reason);
         report.reached.message = Some(message.to_owned());
         report
+    }
+
+    /// The answer to a notification processed before (a registry webhook's body seen again).
+    pub fn replayed(source: ImageSourceKind, dry_run: bool) -> Self {
+        Self::ignored(
+            source,
+            dry_run,
+            Ignored::DuplicateDelivery,
+            "This notification was processed before; a replay deploys nothing.",
+        )
     }
 
     /// Whether anything was queued: a 202 then.
@@ -259,7 +269,10 @@ pub async fn deploy_image(
             .filter_map(|stored| candidate(org, stored, tag, source, &requested_at))
             .collect();
         let batch = Batch::new(org, Arc::clone(&candidates), remember.take(), draft.take());
-        let outcomes = deployer.record(batch).await?;
+        let outcomes = match deployer.record(batch).await {
+            Err(StoreError::DeliveryProcessed) => return Ok(ImageReport::replayed(source, dry_run)),
+            outcomes => outcomes?,
+        };
         let mut lost: Vec<&str> = Vec::new();
         for (candidate, outcome) in candidates.iter().zip(outcomes) {
             let request = &candidate.request;
@@ -309,9 +322,10 @@ pub async fn deploy_image(
     let report = sorted(report);
     if remember.is_some() || draft.is_some() {
         // Nothing was deployable: remember the notification, and record it, on their own.
-        deployer
-            .record(Batch::new(org, Arc::default(), remember, draft))
-            .await?;
+        match deployer.record(Batch::new(org, Arc::default(), remember, draft)).await {
+            Err(StoreError::DeliveryProcessed) => return Ok(ImageReport::replayed(source, dry_run)),
+            done => done?,
+        };
     } else if let Some(context) = history.filter(|_| decided_again) {
         // The record written with the first write said `ALREADY_QUEUED` of the services that
         // changed meanwhile; it is replaced by what the answer says of them.

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::history::{DeliveryContext, DeliverySummary, draft_of};
 use super::{DeployError, Deployer, EntryStatus, Ignored, Queued, Reached, Skipped};
 use crate::pipeline::Outcome;
-use crate::store::{Batch, Candidate, DeliveryKey, Guard, StoredService};
+use crate::store::{Batch, Candidate, DeliveryKey, Guard, StoreError, StoredService};
 use crate::util::{new_deployment_id, now_rfc3339, now_unix};
 
 impl ServiceView for StoredService {
@@ -224,9 +224,15 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
         ..draft_of(context, DeliverySummary::from(&report))
     });
     let candidates: Arc<[Candidate]> = candidates.into();
-    let outcomes = deployer
+    let outcomes = match deployer
         .record(Batch::new(org, Arc::clone(&candidates), remember, draft))
-        .await?;
+        .await
+    {
+        Err(StoreError::DeliveryProcessed) => {
+            return Ok(PushReport::new(provider, report.delivery_id, dry_run).ignored(Ignored::DuplicateDelivery));
+        }
+        outcomes => outcomes?,
+    };
     let mut guard_failed = false;
     for (candidate, outcome) in candidates.iter().zip(outcomes) {
         let request = &candidate.request;

@@ -29,7 +29,8 @@ impl DeliveryLog for SqliteStore {
 
     async fn remember_delivery(&self, org: &str, delivery: &DeliveryKey) -> StoreResult<()> {
         let (org, delivery) = (org.to_owned(), delivery.clone());
-        self.write(move |conn| remember(conn, &org, &delivery)).await
+        self.write(move |conn| remember(conn, &org, &delivery, None).map(|_| ()))
+            .await
     }
 }
 
@@ -103,7 +104,7 @@ mod tests {
             SET_LAST_PUSH,
             REMEMBER_DELIVERY,
         ] {
-            let count = sql.matches('?').count();
+            let count = conn.prepare(sql).unwrap().parameter_count();
             let params: Vec<i64> = (0..count as i64).collect();
             let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
             let opcodes: Vec<String> = explain
@@ -118,8 +119,10 @@ mod tests {
 
     /// A mark is added once per service (a second add changes nothing, which is how the
     /// guard tells a push queued before) and renewed in place; a delivery id remembered again
-    /// moves its expiry forward on the row it has (the unique index is the upsert's conflict
-    /// target). The replay check reads the newest time.
+    /// once expired moves its expiry forward on the row it has (the unique index is the
+    /// upsert's conflict target), while one not expired changes nothing (which is how a write
+    /// tells a copy of its delivery committed meanwhile). The replay check reads the newest
+    /// time.
     #[test]
     fn marks_and_delivery_ids_are_kept_once_with_their_newest_time() {
         let conn = migrated();
@@ -131,8 +134,19 @@ mod tests {
                     execute(&conn, RENEW_PUSH_MARK, params!["acme", service, "a..b", now]).unwrap();
                 }
             }
-            execute(&conn, REMEMBER_DELIVERY, params!["acme", "GITHUB", "d1", now + 10]).unwrap();
+            let remembered = execute(&conn, REMEMBER_DELIVERY, params!["acme", "GITHUB", "d1", now + 10, now]).unwrap();
+            assert_eq!(remembered, 1, "at {now}");
         }
+        let again = execute(&conn, REMEMBER_DELIVERY, params!["acme", "GITHUB", "d1", 215, 205]).unwrap();
+        assert_eq!(again, 0);
+        // Unless told when, it is remembered anew.
+        let anew = execute(
+            &conn,
+            REMEMBER_DELIVERY,
+            params!["acme", "GITHUB", "d1", 210, None::<i64>],
+        )
+        .unwrap();
+        assert_eq!(anew, 1);
         let marks: Vec<(String, i64)> = conn
             .prepare("SELECT service_id, queued_unix FROM push_marks ORDER BY service_id")
             .unwrap()

@@ -68,9 +68,12 @@ pub(super) const ADD_PUSH_MARK: &str = "INSERT INTO push_marks (org, service_id,
 pub(super) const RENEW_PUSH_MARK: &str =
     "UPDATE push_marks SET queued_unix = ?4 WHERE org = ?1 AND service_id = ?2 AND mark = ?3";
 pub(super) const SET_LAST_PUSH: &str = "UPDATE services SET last_push = ?3 WHERE org = ?1 AND id = ?2";
+/// A delivery id, unless `?5` is a time at which it is remembered already and not expired
+/// (then nothing changes).
 pub(super) const REMEMBER_DELIVERY: &str =
     "INSERT INTO deliveries (org, provider, id, expires_at) VALUES (?1, ?2, ?3, ?4)
-    ON CONFLICT (org, provider, id) DO UPDATE SET expires_at = excluded.expires_at";
+    ON CONFLICT (org, provider, id) DO UPDATE SET expires_at = excluded.expires_at
+        WHERE ?5 IS NULL OR deliveries.expires_at <= ?5";
 
 /// What a guard let through: nothing (`None`, nothing written), or the deployment of a service
 /// that has a deploy target (`Some(true)`, work for the dispatcher) or not.
@@ -161,13 +164,20 @@ fn insert_deployment(
     Ok(())
 }
 
-pub(super) fn remember(conn: &Connection, org: &str, delivery: &DeliveryKey) -> StoreResult<()> {
-    execute(
+/// Remember a processed delivery; with `unless_live_at`, `false` when it was remembered
+/// already and not expired at that time (nothing changes then).
+pub(super) fn remember(
+    conn: &Connection,
+    org: &str,
+    delivery: &DeliveryKey,
+    unless_live_at: Option<i64>,
+) -> StoreResult<bool> {
+    let changed = execute(
         conn,
         REMEMBER_DELIVERY,
-        params![org, delivery.source, delivery.id, delivery.expires_unix],
+        params![org, delivery.source, delivery.id, delivery.expires_unix, unless_live_at],
     )?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 impl SqliteStore {
@@ -206,6 +216,13 @@ impl DeploymentLog for SqliteStore {
         let (store, written) = (self.clone(), std::sync::Arc::clone(&owned));
         let write = move |conn: &Connection| {
             let now = now_unix();
+            // First, in the write: a copy of the delivery committed since the request looked
+            // it up (both arrived at once) leaves this one nothing to do.
+            if let Some(delivery) = &delivery
+                && !remember(conn, &org, delivery, Some(now))?
+            {
+                return Err(StoreError::DeliveryProcessed);
+            }
             let mut outcomes = Vec::with_capacity(owned.len());
             let mut to_dispatch = false;
             for (Candidate { request, guard }, data) in owned.iter().zip(&documents) {
@@ -222,9 +239,6 @@ impl DeploymentLog for SqliteStore {
                 } else {
                     outcomes.push(RecordOutcome::GuardFailed);
                 }
-            }
-            if let Some(delivery) = &delivery {
-                remember(conn, &org, delivery)?;
             }
             if let Some(draft) = &history {
                 let fates = owned.iter().zip(&outcomes).map(|(c, o)| match o {

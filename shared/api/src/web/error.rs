@@ -223,6 +223,10 @@ impl From<StoreError> for ApiError {
             StoreError::LimitReached(message) => ApiError::invalid_field("service", message.trim_end_matches('.')),
             StoreError::TargetMissing => ApiError::missing_target(),
             StoreError::TargetUnfit(kind) => ApiError::unfit_target(kind),
+            // Answered by the use cases as `DUPLICATE_DELIVERY`; never reaches a client as is.
+            StoreError::DeliveryProcessed => {
+                ApiError::conflict("This delivery was processed by another request at the same time.")
+            }
             StoreError::Corrupt(detail) => {
                 tracing::error!(error = %detail, "a stored record is unreadable");
                 ApiError::internal(

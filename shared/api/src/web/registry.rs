@@ -161,13 +161,7 @@ async fn registry_event(
         .delivery_seen(org, &body_key.source, &body_key.id, now_unix())
         .await?
     {
-        let report = ImageReport::ignored(
-            source,
-            dry_run,
-            Ignored::DuplicateDelivery,
-            "This notification was processed before; a replay deploys nothing.",
-        );
-        return Ok(render(report));
+        return Ok(render(ImageReport::replayed(source, dry_run)));
     }
     // With its host, the name matches only services on that registry.
     let image = ImageName {
