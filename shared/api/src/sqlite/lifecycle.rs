@@ -317,8 +317,6 @@ fn reported_under(conn: &Connection, (org, id): (&str, &str), lease_id: &str, no
     .map_err(unavailable)
 }
 
-/// The condition of a live lease, for the statements below (`?1` org, `?2` id, `?3` lease,
-/// `?4` now).
 /// When an organization's next lease runs out or its next retry is due, after `?2`.
 const NEXT_DUE: &str = "SELECT min(t) FROM (
     SELECT min(lease_expires_unix) AS t FROM deployments
@@ -327,6 +325,8 @@ const NEXT_DUE: &str = "SELECT min(t) FROM (
     SELECT min(next_attempt_unix) FROM deployments
         WHERE org = ?1 AND status = 'QUEUED' AND next_attempt_unix > ?2)";
 
+/// The condition of a live lease, for the statements below (`?1` org, `?2` id, `?3` lease,
+/// `?4` now).
 const LIVE_LEASE: &str =
     "org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' AND lease_id = ?3 AND lease_expires_unix > ?4";
 
