@@ -215,7 +215,7 @@ pub fn normalize_registry(host: &str) -> Result<String, ImageError> {
 /// normalized). Unlike [`parse_service_image`], a dotted first segment (`my.team/api`, legal on
 /// ECR) is read as a path segment, not as a host.
 pub fn parse_path(registry: &str, path: &str) -> Result<String, ImageError> {
-    validate_path(path)?;
+    validate_path(path, None)?;
     Ok(normalize_path(registry, path))
 }
 
@@ -278,7 +278,7 @@ fn split_reference(s: &str) -> Result<(Option<&str>, &str), ImageError> {
             tag: truncate(tag, MAX_TAG_LEN),
         });
     }
-    validate_path(rest)?;
+    validate_path(rest, host)?;
     Ok((host, rest))
 }
 
@@ -288,8 +288,9 @@ fn looks_like_host(segment: &str) -> bool {
 }
 
 /// Check a repository path: `/`-separated segments of Docker's path-component grammar
-/// `[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*`.
-fn validate_path(path: &str) -> Result<(), ImageError> {
+/// `[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*`. `host` is the registry the name was written with,
+/// kept in the name a refusal suggests (without it, the name would match any registry).
+fn validate_path(path: &str, host: Option<&str>) -> Result<(), ImageError> {
     if path.is_empty() {
         return Err(ImageError::EmptyName);
     }
@@ -302,7 +303,10 @@ fn validate_path(path: &str) -> Result<(), ImageError> {
     if path.bytes().any(|b| b.is_ascii_uppercase()) {
         let lower = path.to_ascii_lowercase();
         let suggestion = if lower.split('/').all(is_valid_path_segment) {
-            format!(": write `{lower}`")
+            match host {
+                Some(host) => format!(": write `{}/{lower}`", host.to_ascii_lowercase()),
+                None => format!(": write `{lower}`"),
+            }
         } else {
             String::new()
         };
@@ -470,7 +474,10 @@ mod tests {
                 "Acme/API",
                 |e| matches!(e, UpperCasePath { suggestion } if suggestion.contains("acme/api")),
             ),
-            ("ghcr.io/Acme/api", |e| matches!(e, UpperCasePath { .. })),
+            (
+                "ghcr.io/Acme/api",
+                |e| matches!(e, UpperCasePath { suggestion } if suggestion == ": write `ghcr.io/acme/api`"),
+            ),
             ("acme//api", |e| *e == EmptyPathSegment),
             ("acme/api/", |e| *e == EmptyPathSegment),
             ("/acme/api", |e| *e == EmptyPathSegment),
@@ -515,7 +522,7 @@ mod tests {
         assert!(!err.contains("write"), "no suggestion for a still-invalid path: {err}");
         // What `ghcr.io/${{ github.repository }}` gives for an owner with capitals.
         let err = parse_image_name("ghcr.io/Acme-Corp/Shop").unwrap_err().to_string();
-        assert!(err.contains("write `acme-corp/shop`"), "{err}");
+        assert!(err.contains("write `ghcr.io/acme-corp/shop`"), "{err}");
         assert!(
             err.contains("${{ github.repository }}") && err.contains("lower-case it"),
             "{err}"

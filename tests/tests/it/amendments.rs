@@ -75,7 +75,7 @@ on_both_stores! {
 
 /// On a route whose parameters change what it does, a parameter it does not take is a 400
 /// naming it (`?dryrun=true` must not deploy for real, `?sevice_id=` not list everything);
-/// webhook routes take what a provider or a proxy adds.
+/// webhook routes take what a provider or a proxy adds, but for a misspelt `dry_run`.
 async fn misspelt_query_parameters_are_refused(api: Api) {
     api.set_secret("acme", "github").await;
     api.app("acme", "app", "GITHUB", GITHUB_REPO, "master", json!({})).await;
@@ -140,6 +140,31 @@ async fn misspelt_query_parameters_are_refused(api: Api) {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let push = fixture("github/gp-push.json");
+    // But not a misspelt dry run, which would deploy for real.
+    for query in [
+        "dryrun=true",
+        "dry-run=1",
+        "dryRun=true&source=github-hook",
+        "DRY_RUN=true",
+    ] {
+        let r = api
+            .deliver(
+                &format!("/organization/acme/webhooks/github?{query}"),
+                &provider_headers("github", &push, "delivery-1"),
+                push.clone(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "?{query}: {}", r.body);
+        assert_error_form(&r, query);
+        let field = r.body["error"]["details"][0]["field"].as_str().unwrap();
+        assert!(query.contains(field) && field != "dry_run", "?{query}: {}", r.body);
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains("write dry_run"),
+            "{}",
+            r.body
+        );
+    }
+    assert!(api.deployments("acme").await.is_empty());
     let r = api
         .deliver(
             "/organization/acme/webhooks/github?source=github-hook",

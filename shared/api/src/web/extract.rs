@@ -219,8 +219,7 @@ impl QueryParams {
     pub fn only(&self, names: &[&str]) -> ApiResult<()> {
         let mut unknown: Vec<String> = Vec::new();
         for (name, _) in &self.0 {
-            // Shown as given, within bounds: the name is the client's text.
-            let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+            let shown = shown_name(name);
             if !names.contains(&name.as_str()) && !unknown.contains(&shown) {
                 unknown.push(shown);
             }
@@ -240,8 +239,20 @@ impl QueryParams {
         ))
     }
 
-    /// `dry_run`: see [`QueryParams::flag`].
+    /// `dry_run`: see [`QueryParams::flag`]. A parameter that reads as `dry_run` spelt
+    /// otherwise (`dryrun`, `dry-run`, `dryRun`) is a 400 on every route, webhook routes too,
+    /// which otherwise ignore what they do not read: ignored, it would deploy for real.
     pub fn dry_run(&self) -> ApiResult<bool> {
+        let misspelt = |name: &str| {
+            let letters = name.chars().filter(|c| !matches!(c, '-' | '_' | '.' | ' '));
+            name != "dry_run" && letters.map(|c| c.to_ascii_lowercase()).eq("dryrun".chars())
+        };
+        if let Some((name, _)) = self.0.iter().find(|(name, _)| misspelt(name)) {
+            return Err(ApiError::invalid_field(
+                &shown_name(name),
+                "is not a query parameter: write dry_run (misspelt, it would be ignored and the delivery deployed for real)",
+            ));
+        }
         self.flag("dry_run")
     }
 
@@ -261,6 +272,12 @@ impl QueryParams {
                 ApiError::invalid_field(name, format!("must be one of {}", all.join(", ")))
             })
     }
+}
+
+/// A query parameter's name as an error shows it: as given, within bounds (it is the client's
+/// text).
+fn shown_name(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// A closed set of names a query parameter filters by (`?status=QUEUED`).
