@@ -113,15 +113,15 @@ struct ServeArgs {
     #[arg(long = "retention-days", env = "AUTODEPLOY_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
     /// Do not run the dispatcher: deployments of services with a deploy target wait, QUEUED.
-    #[arg(long = "no-dispatch", env = "AUTODEPLOY_NO_DISPATCH", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long = "no-dispatch", env = "AUTODEPLOY_NO_DISPATCH", action = clap::ArgAction::SetTrue, value_parser = switch)]
     no_dispatch: bool,
     /// Allow deploy targets on loopback, private and link-local addresses, and plain http (for
     /// on-premises engines and tests).
-    #[arg(long = "targets-allow-private", env = "AUTODEPLOY_TARGETS_ALLOW_PRIVATE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long = "targets-allow-private", env = "AUTODEPLOY_TARGETS_ALLOW_PRIVATE", action = clap::ArgAction::SetTrue, value_parser = switch)]
     targets_allow_private: bool,
     /// Print every deployment recorded as one JSON line on stdout (a debugging aid: lines are
     /// dropped, never waited for, when stdout is slow, full or closed).
-    #[arg(long = "print-deployments", env = "AUTODEPLOY_PRINT_DEPLOYMENTS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long = "print-deployments", env = "AUTODEPLOY_PRINT_DEPLOYMENTS", action = clap::ArgAction::SetTrue, value_parser = switch)]
     print_deployments: bool,
 }
 
@@ -214,6 +214,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             return Err(cannot_open(&e));
         }
     };
+    // Said once the database it seals opened: a refused start removes the key it made.
+    if !key_existed && key_file.exists() {
+        tracing::info!(
+            key_file = %key_file.display(),
+            "created the key that seals the secrets in the database: back it up with the database, which cannot be read without it"
+        );
+    }
     // Once it opened: a file that is not a database is left as it was.
     let files = [
         database.clone(),
@@ -347,6 +354,19 @@ async fn maintain(store: SqliteStore, retention_secs: i64) {
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "maintenance failed; it runs again shortly"),
         }
+    }
+}
+
+/// A switch's value, from its flag or its environment variable: clap's own error for any
+/// other value says only that it is "not a boolean".
+fn switch(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "y" | "on" => Ok(true),
+        "false" | "0" | "no" | "n" | "off" => Ok(false),
+        _ => Err(
+            "must be true or false (or 1 / 0, yes / no, on / off), given to the flag or in its AUTODEPLOY_ variable"
+                .to_owned(),
+        ),
     }
 }
 
@@ -491,6 +511,27 @@ mod tests {
             assert!(parse_size(refused).unwrap_err().contains("e.g. 128MiB"), "{refused}");
         }
         assert_eq!(parse_size("1000"), Err("must be at least 1MiB".to_owned()));
+    }
+
+    #[test]
+    fn switches() {
+        for (value, on) in [
+            ("true", true),
+            ("1", true),
+            ("Yes", true),
+            ("on", true),
+            ("false", false),
+            ("0", false),
+            ("OFF", false),
+        ] {
+            assert_eq!(switch(value), Ok(on), "{value}");
+        }
+        for refused in ["maybe", "", "2", "enabled"] {
+            assert!(switch(refused).unwrap_err().contains("true or false"), "{refused}");
+        }
+        // On the command line a switch takes no value; the variable's value goes through it.
+        let serve = |args: &[&str]| Cli::try_parse_from(["autodeploy", "serve"].iter().chain(args));
+        assert!(serve(&["--no-dispatch"]).is_ok());
     }
 
     #[test]

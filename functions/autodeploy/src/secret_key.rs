@@ -81,10 +81,6 @@ fn create(path: &Path) -> Result<SecretKey, String> {
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
-            tracing::info!(
-                key_file = %path.display(),
-                "created the key that seals the secrets in the database: back it up with the database, which cannot be read without it"
-            );
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
