@@ -347,8 +347,16 @@ async fn a_lease_runs_out_unless_extended() {
     let (api, token) = standalone(&["kept", "lost"]).await;
     let kept = deploy(&api, "acme", "kept", "1").await;
     let lost = deploy(&api, "acme", "lost", "1").await;
+    let asked = std::time::SystemTime::now();
     let items = lease(&api, &token, json!({"max": 2, "lease_seconds": 10})).await;
     assert_eq!(items.len(), 2, "{items:?}");
+    // A lease lasts at least what was asked, though kept in whole seconds.
+    for item in &items {
+        let expires = autodeploy_api::util::rfc3339_unix(item["lease_expires_at"].as_str().unwrap()).unwrap();
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(expires).unwrap());
+        let lasts = at.duration_since(asked).unwrap();
+        assert!(lasts >= Duration::from_secs(10), "{lasts:?}: {item}");
+    }
     // Services come in the order of their oldest waiting deployment.
     assert_eq!(items[0]["deployment_id"], kept.as_str());
     assert_eq!(items[1]["deployment_id"], lost.as_str());
