@@ -227,6 +227,17 @@ fn database(api: &Api) -> rusqlite::Connection {
     conn
 }
 
+/// `time`, a whole second as the API writes times, is at least `secs` seconds after `since`.
+fn assert_at_least_after(since: std::time::SystemTime, time: &Value, secs: u64) {
+    let unix = time.as_str().and_then(autodeploy_api::util::rfc3339_unix);
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(unix.and_then(|u| u64::try_from(u).ok()).unwrap());
+    let after = at.duration_since(since).unwrap_or_default();
+    assert!(
+        after >= Duration::from_secs(secs),
+        "{time} is {after:?} after the request"
+    );
+}
+
 /// Make the live lease of deployment `id` run out (as if its time had passed).
 fn run_out(api: &Api, id: &str) {
     let changed = database(api)
@@ -321,13 +332,11 @@ async fn a_nack_queues_the_deployment_again_for_its_next_attempt() {
     assert_ne!(second["lease_id"], first["lease_id"]);
 
     // A nack with a delay: waiting, not offered before its time.
+    let asked = std::time::SystemTime::now();
     nack(&api, &token, &second, json!({"retry_after_seconds": 3600})).await;
     let waiting = get(&api, &id).await;
     assert_eq!(waiting["status"], "QUEUED");
-    assert!(
-        waiting["next_attempt_at"].as_str().unwrap() > waiting["updated_at"].as_str().unwrap(),
-        "{waiting}"
-    );
+    assert_at_least_after(asked, &waiting["next_attempt_at"], 3600);
     assert!(lease(&api, &token, json!({"max": 10})).await.is_empty());
 
     // A newer deployment of the service supersedes it.
@@ -352,10 +361,7 @@ async fn a_lease_runs_out_unless_extended() {
     assert_eq!(items.len(), 2, "{items:?}");
     // A lease lasts at least what was asked, though kept in whole seconds.
     for item in &items {
-        let expires = autodeploy_api::util::rfc3339_unix(item["lease_expires_at"].as_str().unwrap()).unwrap();
-        let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(expires).unwrap());
-        let lasts = at.duration_since(asked).unwrap();
-        assert!(lasts >= Duration::from_secs(10), "{lasts:?}: {item}");
+        assert_at_least_after(asked, &item["lease_expires_at"], 10);
     }
     // Services come in the order of their oldest waiting deployment.
     assert_eq!(items[0]["deployment_id"], kept.as_str());

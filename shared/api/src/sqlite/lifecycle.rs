@@ -78,11 +78,11 @@ pub(super) const NOW_FOR_A_TARGET: &str = "EXISTS (SELECT 1 FROM services s
 pub(super) const NONE_IN_PROGRESS: &str = "NOT EXISTS (SELECT 1 FROM deployments p
     WHERE p.org = s.org AND p.service_id = s.id AND p.status IN ('QUEUED', 'IN_PROGRESS') AND p.status = 'IN_PROGRESS')";
 
-/// When a lease of `lease_secs` taken at `now` runs out, in whole seconds as leases are kept:
-/// `now` is a second already partly gone, so the lease ends with the second `lease_secs` after
-/// it, never shorter than asked (at most a second longer).
-fn lease_expiry(now: i64, lease_secs: i64) -> i64 {
-    now + lease_secs + 1
+/// The whole second by which at least `secs` seconds will have passed, `now` being the current
+/// whole second, already partly gone: a lease's expiry and a nack's retry, kept in whole
+/// seconds, are never sooner than asked (at most a second later).
+fn at_least_after(now: i64, secs: i64) -> i64 {
+    now + secs + 1
 }
 
 /// Why a deployment failed after its last allowed offer, whether that offer's lease ran out or
@@ -162,7 +162,7 @@ pub(super) fn take(
             .map_err(unavailable)?;
         rows.collect::<Result<_, _>>().map_err(unavailable)?
     };
-    let expires = lease_expiry(now, request.lease_secs);
+    let expires = at_least_after(now, request.lease_secs);
     let mut leased = Vec::with_capacity(services.len());
     for (org, service) in services {
         let newest: Option<i64> = conn
@@ -453,7 +453,7 @@ impl PullQueue for SqliteStore {
         let outcome = self
             .write(move |conn| {
                 let now = now_unix();
-                let retry_at = (retry_after_secs > 0).then_some(now + retry_after_secs);
+                let retry_at = (retry_after_secs > 0).then(|| at_least_after(now, retry_after_secs));
                 let failed = offered_too_often(max_attempts);
                 let released: Option<(String, i64, String)> = conn
                     .prepare_cached(&format!(
@@ -488,7 +488,7 @@ impl PullQueue for SqliteStore {
         let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
         self.write(move |conn| {
             let now = now_unix();
-            let expires = lease_expiry(now, lease_secs);
+            let expires = at_least_after(now, lease_secs);
             let changed = conn
                 .execute(
                     &format!(
