@@ -340,12 +340,16 @@ const MAINTENANCE_PAUSE: Duration = Duration::from_millis(100);
 
 /// The store's upkeep, for as long as the server runs: every few seconds, and as soon as a
 /// lease runs out, so that its deployment shows `QUEUED` again at once rather than up to a
-/// round later. A lease lasts at least 10 s, longer than a round: none runs out unseen.
+/// round later. A lease lasts at least 10 s, longer than a round: none runs out unseen. After a
+/// round that failed, the next comes a round later, not at the lease it could not release.
 async fn maintain(store: SqliteStore, retention_secs: i64) {
+    let mut failed = false;
     loop {
-        let next_expiry = store.next_lease_expiry().ok().flatten();
+        let next_expiry = store.next_lease_expiry().ok().flatten().filter(|_| !failed);
         tokio::time::sleep(until_upkeep(next_expiry, std::time::SystemTime::now())).await;
-        match store.maintain(retention_secs).await {
+        let round = store.maintain(retention_secs).await;
+        failed = round.is_err();
+        match round {
             Ok(done) if done.leases_expired > 0 || done.deployments_pruned > 0 => tracing::info!(
                 leases_expired = done.leases_expired,
                 deployments_pruned = done.deployments_pruned,
