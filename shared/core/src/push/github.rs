@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::{
     Delivery, FileUnion, GITHUB_COMMIT_CAP, IgnoredReason, PayloadError, PushDetails, RefUpdate, Text, Unkept, User,
-    check_json, collect_urls, deleted_ref, event_header, from_json, push_event, text,
+    check_json, collect_urls, deleted_ref, event_header, from_json, push_event, text, wrong_shape,
 };
 use crate::provider::GitProvider;
 
@@ -21,6 +21,10 @@ push_event! {
     deleted: Option<bool>,
     commits: Option<Commits>,
     sender: Option<User<'a>>,
+    // GitLab's (project hooks', system hooks'), which GitHub never sends: a GitLab push has
+    // every field a GitHub one is read by.
+    object_kind: Option<IgnoredAny>,
+    event_name: Option<IgnoredAny>,
 }
 
 /// `commits`, read with the errors a `Vec` of [`super::Commit`] gives, but folded into the
@@ -216,6 +220,12 @@ pub fn github_payload<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<Cow<'b,
 
 fn parse_push(json: &str) -> Result<Delivery, PayloadError> {
     let event: PushEvent<'_> = from_json(PROVIDER, json)?;
+    if event.object_kind.is_some() || event.event_name.is_some() {
+        return Err(wrong_shape(
+            PROVIDER,
+            "it has `object_kind` or `event_name`, as a GitLab push has: GitLab's webhooks go to …/webhooks/gitlab",
+        ));
+    }
     let head = event.head_commit.as_ref();
     let update = RefUpdate {
         deleted: event.deleted == Some(true),

@@ -4,10 +4,11 @@
 
 use http::HeaderMap;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 use super::{
     Commit, Delivery, IgnoredReason, PayloadError, PushDetails, RefUpdate, Text, changed_files, check_json,
-    collect_urls, event_header, from_json, message_of, push_event, text,
+    collect_urls, event_header, from_json, message_of, push_event, text, wrong_shape,
 };
 use crate::provider::GitProvider;
 
@@ -20,6 +21,11 @@ push_event! {
     repository: Option<Repository<'a>>,
     commits: Option<Vec<Commit<'a>>>,
     total_commits_count: Option<u64>,
+    // GitHub's (and Gitea's and Gogs', which copy it), which GitLab never sends: their pushes
+    // have the fields a GitLab one is read by.
+    head_commit: Option<IgnoredAny>,
+    pusher: Option<IgnoredAny>,
+    sender: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +93,12 @@ fn ignore(json: &str, reason: IgnoredReason) -> Result<Delivery, PayloadError> {
 
 fn parse_push(json: &str) -> Result<Delivery, PayloadError> {
     let event: PushEvent<'_> = from_json(PROVIDER, json)?;
+    if event.head_commit.is_some() || event.pusher.is_some() || event.sender.is_some() {
+        return Err(wrong_shape(
+            PROVIDER,
+            "it has `head_commit`, `pusher` or `sender`, as a GitHub, Gitea or Gogs push has: their webhooks go to …/webhooks/github, gitea or gogs",
+        ));
+    }
     let (project, repository) = (event.project.as_ref(), event.repository.as_ref());
     let source = if project.is_none() && repository.is_none() {
         Err("project")

@@ -1554,6 +1554,43 @@ fn payload_errors_speak_json() {
     assert!(azure.starts_with("not an Azure DevOps push payload: "), "{azure}");
 }
 
+/// A push of GitLab's shape is not GitHub's, nor the other way round, though each has the
+/// fields the other is read by (`ref`, `before`, `after`, `repository`, `commits`): sent to the
+/// wrong route, with that route's headers, it is refused rather than read as a push.
+#[test]
+fn another_providers_push_is_not_a_push() {
+    let cases = [
+        (
+            GitProvider::Github,
+            ("X-GitHub-Event", "push"),
+            &[
+                fixture!("gitlab/gp-push-event.json"),
+                fixture!("gitlab/gp-system-push-event.json"),
+            ][..],
+            "webhooks/gitlab",
+        ),
+        (
+            GitProvider::Gitlab,
+            ("X-Gitlab-Event", "Push Hook"),
+            &[
+                fixture!("github/gp-push.json"),
+                fixture!("gitea/gp-push-event.json"),
+                fixture!("gogs/gp-push-event.json"),
+            ][..],
+            "webhooks/github",
+        ),
+    ];
+    for (route, event, bodies, hint) in cases {
+        for body in bodies {
+            let err = parse_delivery(route, &headers(&[event]), body).unwrap_err();
+            assert!(
+                matches!(&err, PayloadError::WrongShape { .. }) && err.to_string().contains(hint),
+                "{route:?}: {err}"
+            );
+        }
+    }
+}
+
 /// The body's text is never repeated in an error (the deliveries history keeps the errors),
 /// nor does text in it read as serde's words.
 #[test]
