@@ -227,6 +227,15 @@ async fn if_match_gives_optimistic_concurrency(api: Api) {
     let r = write(Method::PUT, path, "not-quoted").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.error_fields(), vec!["If-Match"]);
+    // Two If-Match lines are a 400 whichever comes first: `*` must not let a stale ETag pass.
+    for lines in [["*", etag.as_str()], [etag.as_str(), "*"]] {
+        let patch = Some(json!({"auto_deploy": false}));
+        let headers = [("if-match", lines[0]), ("if-match", lines[1])];
+        let r = api.call_with(Method::PATCH, path, Some(ADMIN), patch, &headers).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{lines:?}: {}", r.body);
+        assert_eq!(r.error_fields(), vec!["If-Match"]);
+    }
+    assert_eq!(api.get_service("acme", "api").await.etag(), fresh, "nothing written");
     // If-Match on a service that does not exist.
     let r = write(Method::PUT, "/organization/acme/services/new", "*").await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);

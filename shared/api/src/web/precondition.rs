@@ -19,8 +19,15 @@ pub enum Precondition {
 }
 
 impl Precondition {
-    /// Read `If-Match` and `If-None-Match` (only `*` is meaningful for the latter).
+    /// Read `If-Match` and `If-None-Match` (only `*` is meaningful for the latter). Either
+    /// given on two lines is a 400: which line a proxy or a client meant is a guess, and reading
+    /// the first alone could let `*` pass over a stale ETag.
     pub fn from_headers(headers: &HeaderMap) -> ApiResult<Self> {
+        for (name, shown) in [(header::IF_MATCH, "If-Match"), (header::IF_NONE_MATCH, "If-None-Match")] {
+            if headers.get_all(&name).iter().nth(1).is_some() {
+                return Err(ApiError::invalid_field(shown, "is given more than once; send one"));
+            }
+        }
         let if_match = headers.get(header::IF_MATCH);
         let if_none_match = headers.get(header::IF_NONE_MATCH);
         match (if_match, if_none_match) {
@@ -125,5 +132,18 @@ mod tests {
         assert!(Precondition::Absent.check(Some("x")).is_err());
         assert!(Precondition::Absent.check(None).is_ok());
         assert!(Precondition::Exists.check(None).is_err());
+        // Two lines: a 400, whichever comes first.
+        for (name, lines) in [
+            (header::IF_MATCH, ["*", "\"stale\""]),
+            (header::IF_MATCH, ["\"stale\"", "*"]),
+            (header::IF_NONE_MATCH, ["*", "*"]),
+        ] {
+            let mut h = HeaderMap::new();
+            for line in lines {
+                h.append(&name, line.parse().unwrap());
+            }
+            let err = Precondition::from_headers(&h).unwrap_err();
+            assert_eq!(err.status, http::StatusCode::BAD_REQUEST, "{name}: {lines:?}");
+        }
     }
 }
