@@ -108,8 +108,18 @@ pub async fn serve_http(
                 let receiving = Receiving::new(state.clone());
                 let request = request.map(|body| Body::new(DeadlineBody::new(body, body_timeout, receiving)));
                 let response = router.clone().oneshot(request);
+                let state = state.clone();
                 async move {
-                    let response = response.await;
+                    let mut response = response.await;
+                    // Answered before its body was read (a refusal, a body too large): the
+                    // connection cannot be kept, as hyper would close it without saying so.
+                    if let Ok(response) = &mut response
+                        && !state.body_read.load(Ordering::Acquire)
+                    {
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
                     drop(busy);
                     response
                 }
@@ -178,6 +188,8 @@ struct ConnectionState {
     busy: AtomicBool,
     /// That request's body is still arriving.
     receiving: AtomicBool,
+    /// That request's body was read to its end (or it had none).
+    body_read: AtomicBool,
     /// Asks the connection to close once idle.
     close: Notify,
     /// Drops the connection at once.
@@ -260,11 +272,18 @@ struct Receiving(Arc<ConnectionState>);
 impl Receiving {
     fn new(state: Arc<ConnectionState>) -> Self {
         state.receiving.store(true, Ordering::Release);
+        state.body_read.store(false, Ordering::Release);
         Self(state)
     }
 
     fn done(&self) {
         self.0.receiving.store(false, Ordering::Release);
+    }
+
+    /// The body was read to its end.
+    fn read_whole(&self) {
+        self.0.body_read.store(true, Ordering::Release);
+        self.done();
     }
 }
 
@@ -316,7 +335,7 @@ struct DeadlineBody {
 impl DeadlineBody {
     fn new(inner: Incoming, timeout: Duration, receiving: Receiving) -> Self {
         if inner.is_end_stream() {
-            receiving.done();
+            receiving.read_whole();
         }
         Self {
             inner,
@@ -332,8 +351,11 @@ impl HttpBody for DeadlineBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            if !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream() {
-                self.receiving.done();
+            match &frame {
+                None => self.receiving.read_whole(),
+                Some(Ok(_)) if self.inner.is_end_stream() => self.receiving.read_whole(),
+                Some(Ok(_)) => {}
+                Some(Err(_)) => self.receiving.done(),
             }
             return Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)));
         }

@@ -238,6 +238,41 @@ fn answers_on_a_kept_alive_connection_are_unchanged() {
     assert_eq!(error["error"]["code"], "MALFORMED_REQUEST", "{raw}");
 }
 
+/// An answer given before the request's body was read says that the connection closes, and
+/// it does: the body's rest cannot be told from a next request. One given after the body was
+/// read keeps the connection.
+#[test]
+fn an_answer_before_the_body_is_read_closes_the_connection_and_says_so() {
+    let server = server();
+    let put = |auth: &str, body: &[u8]| {
+        let head = format!(
+            "PUT /organization/acme/services/api HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        [head.as_bytes(), body].concat()
+    };
+    for (what, body) in [("small", vec![b' '; 10]), ("large", vec![b' '; 300_000])] {
+        // No token: refused before its body is read.
+        let mut stream = server.connect();
+        write_lossy(&mut stream, &put("", &body));
+        let (status, raw) = read_response(&mut stream).expect("an answer");
+        assert_eq!(status, 401, "{what}: {raw}");
+        let head = raw.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+        assert!(head.contains("\r\nconnection: close"), "{what}: {raw}");
+    }
+    // Read, then refused (not JSON): the connection stays for the next request.
+    let mut stream = server.connect();
+    let auth = format!("Authorization: Token {ADMIN}\r\n");
+    stream.write_all(&put(&auth, b"{not json")).unwrap();
+    let answer = read_answer(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut stream).map(|(status, _)| status), Some(200));
+}
+
 /// One answer on a kept-alive connection: its head, then as many bytes as it says.
 fn read_answer(stream: &mut TcpStream) -> String {
     let mut answer = Vec::new();
