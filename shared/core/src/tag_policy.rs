@@ -402,29 +402,29 @@ mod tests {
             phrase(&range, None),
             "cannot be judged: the tag policy no longer compiles"
         );
-        let pattern = TagPolicy::Glob {
-            pattern: "release-*".into(),
-        };
-        assert_eq!(
-            pattern.compile().unwrap().refusal(None, "main-1"),
-            Some(TagRefusal::NotTaken)
-        );
-        assert_eq!(pattern.compile().unwrap().refusal(None, "release-2"), None);
-        assert_eq!(
-            phrase(&pattern, Some(TagRefusal::NotTaken)),
-            "does not match the GLOB pattern release-*"
-        );
-        let pattern = TagPolicy::Regex {
-            pattern: "^main-[0-9a-f]{7}$".into(),
-        };
-        assert_eq!(
-            pattern.compile().unwrap().refusal(None, "main-1"),
-            Some(TagRefusal::NotTaken)
-        );
-        assert_eq!(
-            phrase(&pattern, Some(TagRefusal::NotTaken)),
-            "does not match the REGEX pattern ^main-[0-9a-f]{7}$"
-        );
+        // A pattern takes a tag or does not: one refusal, its phrase naming the pattern.
+        let patterns = [
+            (
+                TagPolicy::Glob {
+                    pattern: "release-*".into(),
+                },
+                "release-2",
+                "does not match the GLOB pattern release-*",
+            ),
+            (
+                TagPolicy::Regex {
+                    pattern: "^main-[0-9a-f]{7}$".into(),
+                },
+                "main-abcdef0",
+                "does not match the REGEX pattern ^main-[0-9a-f]{7}$",
+            ),
+        ];
+        for (pattern, taken, said) in patterns {
+            let compiled = pattern.compile().unwrap();
+            assert_eq!(compiled.refusal(None, "main-1"), Some(TagRefusal::NotTaken), "{said}");
+            assert_eq!(compiled.refusal(None, taken), None, "{said}");
+            assert_eq!(phrase(&pattern, Some(TagRefusal::NotTaken)), said);
+        }
     }
 
     #[test]
