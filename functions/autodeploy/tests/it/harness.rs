@@ -192,35 +192,78 @@ impl Launch {
         self.command().output().unwrap()
     }
 
-    /// Started and answering.
-    pub fn start(self) -> Server {
+    /// Started and answering. A free port may be taken by another test's server between
+    /// [`free_port`] and the start: the server then stops, and is started again on another
+    /// one (unless the test chose its `--listen`).
+    pub fn start(mut self) -> Server {
         let (stdout, stderr) = (self.dir.path().join("stdout"), self.dir.path().join("stderr"));
-        let child = self
-            .command()
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let mut server = Server {
-            child,
-            port: self.port,
-            database: self.database,
-            stdout,
-            stderr,
-            _dir: self.dir,
-        };
-        // Answering: the port is taken before the database is opened, so a connection alone
-        // does not say the server is ready.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !matches!(try_http(server.port, "GET", "/health", &[], b""), Ok((200, _))) {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("the server exited ({status}): {}", server.stderr());
+        for attempt in 1.. {
+            let mut child = self
+                .command()
+                .stdout(File::create(&stdout).unwrap())
+                .stderr(File::create(&stderr).unwrap())
+                .spawn()
+                .unwrap();
+            // Answering, and this process: another server on the port answers too. (The port
+            // is taken before the database is opened, so a connection alone does not say the
+            // server is ready.)
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let output = std::fs::read_to_string(&stderr).unwrap_or_default();
+                    let chosen_here = self.listen == format!("127.0.0.1:{}", self.port);
+                    if chosen_here && attempt < 5 && output.contains("another process listens on that port") {
+                        break;
+                    }
+                    panic!("the server exited ({status}): {output}");
+                }
+                if matches!(try_http(self.port, "GET", "/health", &[], b""), Ok((200, _)))
+                    && listens_on(child.id(), self.port)
+                {
+                    return Server {
+                        child,
+                        port: self.port,
+                        database: self.database,
+                        stdout,
+                        stderr,
+                        _dir: self.dir,
+                    };
+                }
+                assert!(Instant::now() < deadline, "the server did not start answering");
+                std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(Instant::now() < deadline, "the server did not start answering");
-            std::thread::sleep(Duration::from_millis(20));
+            self.port = free_port();
+            self.listen = format!("127.0.0.1:{}", self.port);
         }
-        server
+        unreachable!("each attempt returns, panics, or moves to another port")
     }
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port` (any address), as Linux's
+/// `/proc` tells.
+fn listens_on(pid: u32, port: u16) -> bool {
+    // `local_address:port` in hex, state `0A` (LISTEN), then the socket's inode.
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit(':').next()?;
+                    (u16::from_str_radix(local_port, 16).ok()? == port && fields.get(3)? == &"0A")
+                        .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| inodes.iter().any(|inode| target.as_os_str() == inode.as_str()))
 }
 
 /// A running `autodeploy serve`; killed when dropped.
@@ -362,4 +405,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A listening socket is told as its own process's, and only as that one's.
+#[test]
+fn a_listening_socket_is_told_as_its_process_s() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(listens_on(std::process::id(), port));
+    let mut other = Command::new("sleep").arg("5").spawn().unwrap();
+    assert!(!listens_on(other.id(), port));
+    drop(listener);
+    assert!(!listens_on(std::process::id(), port));
+    let _ = other.kill();
+    let _ = other.wait();
 }
