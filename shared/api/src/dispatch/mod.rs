@@ -124,7 +124,7 @@ impl Dispatcher {
             Ok(http_request) => http_request,
             Err(error) => return Ok(AttemptEnd::Failed { error }),
         };
-        let outcome = self.sender.send_redacting(http_request, &target.spec.secrets()).await;
+        let outcome = self.sender.send_to(&target.spec, http_request).await;
         let age = age_of(&request.requested_at);
         Ok(
             match next_step(&outcome, record.attempts, age, &self.policy, rand::random::<f64>()) {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use autodeploy_core::target::TargetSpec;
 use autodeploy_core::target::address::address_allowed;
 use autodeploy_core::target::delivery::{ATTEMPT_TIMEOUT, AttemptOutcome, Observation, classify, response_message};
 use bytes::Bytes;
@@ -131,17 +132,13 @@ impl Sender {
         &self.config
     }
 
-    /// Make one attempt (a request from `autodeploy_core::target::request::build_request`)
-    /// and say what it means.
-    pub async fn send(&self, request: http::Request<Vec<u8>>) -> AttemptOutcome {
-        self.send_redacting(request, &[]).await
-    }
-
-    /// [`Sender::send`], with `secrets` (a webhook target's secret, which the request does not
-    /// carry) also removed from the target's message, as the credentials and signatures the
-    /// request carries are (whatever their case).
-    pub async fn send_redacting(&self, request: http::Request<Vec<u8>>, secrets: &[&str]) -> AttemptOutcome {
-        classify(self.observe(request, secrets).await, SystemTime::now())
+    /// Make one attempt at `target` (a request from
+    /// `autodeploy_core::target::request::build_request`) and say what it means for that
+    /// engine. The target's credentials, those the request carries and a webhook's secret
+    /// alike, are removed from its message (whatever their case).
+    pub async fn send_to(&self, target: &TargetSpec, request: http::Request<Vec<u8>>) -> AttemptOutcome {
+        let observation = self.observe(request, &target.secrets()).await;
+        classify(target.target_type(), observation, SystemTime::now())
     }
 
     async fn observe(&self, request: http::Request<Vec<u8>>, redacted: &[&str]) -> Observation {
@@ -166,11 +163,18 @@ impl Sender {
             Ok(Ok(response)) => response,
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = header(RETRY_AFTER.as_str());
+        let rate_limit_reset = header("x-ratelimit-remaining")
+            .is_some_and(|remaining| remaining.trim() == "0")
+            .then(|| header("x-ratelimit-reset"))
+            .flatten();
         // Read the body (bounded, in the attempt's remaining time) so that the connection can
         // be reused, and for the target's own message when it refused.
         let remaining = self.config.timeout.saturating_sub(started.elapsed());
@@ -186,6 +190,7 @@ impl Sender {
             status: status.as_u16(),
             retry_after,
             message,
+            rate_limit_reset,
         }
     }
 }

@@ -143,7 +143,7 @@ fn secret() -> String {
 /// One attempt to `target`, as the dispatcher makes it.
 async fn deliver(sender: &Sender, target: &TargetSpec, external_id: Option<&str>) -> AttemptOutcome {
     let request = build_request(target, &deployment("APPLICATION"), external_id, unix_now()).unwrap();
-    sender.send_redacting(request, &target.secrets()).await
+    sender.send_to(target, request).await
 }
 
 /// One attempt to a webhook at `url`, signed with the test secret.
@@ -333,16 +333,90 @@ async fn qovery_gets_its_deploy_call() {
     assert_eq!(got.json(), json!({"git_commit_id": COMMIT}));
 }
 
-#[tokio::test]
-async fn github_actions_gets_its_workflow_dispatch() {
-    let receiver = receiver(|_| answer(204)).await;
-    let target = Target::GithubActions {
+fn github_target(api_url: &str) -> TargetSpec {
+    Target::GithubActions {
         token: Secret::new("github_pat_11TEST"),
         repository: "acme/deploy".to_owned(),
         workflow: "deploy.yml".to_owned(),
         git_ref: "main".to_owned(),
-        api_url: format!("{}/api/v3", receiver.url),
+        api_url: api_url.to_owned(),
+    }
+}
+
+/// GitHub's primary rate limit, answered as GitHub answers it: a 403 whose headers say the
+/// limit is used up until a time; and a token refused for good, a 403 too.
+#[tokio::test]
+async fn a_github_rate_limit_answered_403_waits_for_its_reset() {
+    let reset = unix_now() + 600;
+    let receiver = receiver(move |n| {
+        let refusal = if n == 0 {
+            json!({"message": "API rate limit exceeded for installation ID 1.", "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"})
+        } else {
+            json!({"message": "Resource not accessible by personal access token"})
+        };
+        Response::builder()
+            .status(403)
+            .header("x-ratelimit-limit", "5000")
+            .header("x-ratelimit-remaining", if n == 0 { "0" } else { "4999" })
+            .header("x-ratelimit-reset", reset.to_string())
+            .header("content-type", "application/json")
+            .body(Body::from(refusal.to_string()))
+            .unwrap()
+    })
+    .await;
+    let target = github_target(&receiver.url);
+    let limited = deliver(&sender(true), &target, None).await;
+    assert_eq!(
+        said(&limited),
+        (
+            Verdict::Retry,
+            Some("the target answered 403 Forbidden: API rate limit exceeded for installation ID 1.")
+        )
+    );
+    // Until the reset, whole: between 600 and 601 s from the answer.
+    let wait = limited.retry_after.unwrap().as_secs();
+    assert!((599..=601).contains(&wait), "{wait}");
+    let refused = deliver(&sender(true), &target, None).await;
+    assert_eq!(
+        said(&refused),
+        (
+            Verdict::Failed,
+            Some("the target answered 403 Forbidden: Resource not accessible by personal access token")
+        )
+    );
+}
+
+/// Qovery's 409 while the service is being deployed is waited for; a webhook's 409 fails.
+#[tokio::test]
+async fn a_qovery_deployment_in_progress_is_retried() {
+    let receiver = receiver(|_| {
+        Response::builder()
+            .status(409)
+            .header("content-type", "application/json")
+            .body(Body::from(json!({"message": "Operation is in progress"}).to_string()))
+            .unwrap()
+    })
+    .await;
+    let qovery = Target::Qovery {
+        token: Secret::new("qov_t0ken"),
+        api_url: receiver.url.clone(),
     };
+    let outcome = deliver(&sender(true), &qovery, Some("7c5e8a9b-1b2c-4d3e-8f90-a1b2c3d4e5f6")).await;
+    assert_eq!(
+        said(&outcome),
+        (
+            Verdict::Retry,
+            Some("the target answered 409 Conflict: Operation is in progress")
+        )
+    );
+    let webhook = to_webhook(&sender(true), &receiver.url).await;
+    assert_eq!(webhook.verdict, Verdict::Failed);
+}
+
+#[tokio::test]
+async fn github_actions_gets_its_workflow_dispatch() {
+    let receiver = receiver(|_| answer(204)).await;
+    let target = github_target(&format!("{}/api/v3", receiver.url));
     let outcome = deliver(&sender(true), &target, Some("api-prod")).await;
     assert_eq!(outcome.verdict, Verdict::Delivered);
     let [got] = &receiver.requests()[..] else { panic!() };
@@ -376,13 +450,7 @@ async fn a_targets_message_is_kept_without_the_token() {
             .unwrap()
     })
     .await;
-    let target = Target::GithubActions {
-        token: Secret::new("github_pat_11TEST"),
-        repository: "acme/deploy".to_owned(),
-        workflow: "deploy.yml".to_owned(),
-        git_ref: "main".to_owned(),
-        api_url: receiver.url.clone(),
-    };
+    let target = github_target(&receiver.url);
     let outcome = deliver(&sender(true), &target, None).await;
     assert_eq!(
         said(&outcome),

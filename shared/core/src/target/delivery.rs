@@ -6,6 +6,10 @@
 //!   honoured up to an hour, until the attempts or the age run out, then failed.
 //! - Any 3xx (redirects are not followed, as Standard Webhooks says) and every other 4xx:
 //!   failed at once, the error naming the status.
+//! - Two engines' own answers, read as they document them: a `GITHUB_ACTIONS` target's rate
+//!   limit (GitHub answers it 403 as well as 429) waits as GitHub asks, its `Retry-After`, else
+//!   its `x-ratelimit-reset`, else [`RATE_LIMIT_MIN_WAIT`]; a `QOVERY` target's 409 ("operation
+//!   in progress": the service is being deployed) is retried.
 //! - Not sent at all (an address refused at send time, a request that cannot be built):
 //!   failed at once.
 //!
@@ -13,6 +17,8 @@
 //! randomness it is given.
 
 use std::time::{Duration, SystemTime};
+
+use super::TargetType;
 
 /// How long one attempt may take, from connecting to the response's headers.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -29,6 +35,9 @@ pub const BACKOFF_STEPS: [Duration; 5] = [
 pub const BACKOFF_AFTER_STEPS: Duration = Duration::from_secs(60 * 60);
 /// No retry comes sooner than this, whatever the jitter draws.
 pub const MIN_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// The least wait after a GitHub rate limit that names no time ("wait for at least one
+/// minute", GitHub's documentation says).
+pub const RATE_LIMIT_MIN_WAIT: Duration = Duration::from_secs(60);
 /// Longest excerpt of a target's own error message kept in `last_error` (characters).
 pub const MAX_MESSAGE_EXCERPT: usize = 200;
 
@@ -82,6 +91,9 @@ pub enum Observation {
         status: u16,
         retry_after: Option<String>,
         message: Option<String>,
+        /// The raw `x-ratelimit-reset` (Unix seconds) of an answer whose
+        /// `x-ratelimit-remaining` is 0: GitHub's rate limit, used up until then.
+        rate_limit_reset: Option<String>,
     },
     /// No answer within the attempt's time limit.
     TimedOut(Duration),
@@ -120,19 +132,34 @@ pub fn status_verdict(status: u16) -> Verdict {
     }
 }
 
-/// Classify an attempt. `now` reads a `Retry-After` given as an HTTP date.
-pub fn classify(observation: Observation, now: SystemTime) -> AttemptOutcome {
+/// Classify an attempt at a target of type `engine`. `now` reads a `Retry-After` given as an
+/// HTTP date, and a rate limit's reset time.
+pub fn classify(engine: TargetType, observation: Observation, now: SystemTime) -> AttemptOutcome {
     match observation {
         Observation::Response {
             status,
             retry_after,
             message,
+            rate_limit_reset,
         } => {
-            let verdict = status_verdict(status);
-            let retry_after = retry_after
-                .as_deref()
-                .and_then(|value| parse_retry_after(value, now))
-                .map(|d| d.min(MAX_RETRY_AFTER));
+            let retry_after = retry_after.as_deref().and_then(|value| parse_retry_after(value, now));
+            let (verdict, retry_after) = match engine {
+                TargetType::GithubActions if matches!(status, 403 | 429) => {
+                    let reset_in = rate_limit_reset.as_deref().and_then(|reset| until_reset(reset, now));
+                    let names_it = message
+                        .as_deref()
+                        .is_some_and(|m| m.to_ascii_lowercase().contains("rate limit"));
+                    if status == 429 || retry_after.is_some() || reset_in.is_some() || names_it {
+                        let wait = retry_after.or(reset_in).unwrap_or(RATE_LIMIT_MIN_WAIT);
+                        (Verdict::Retry, Some(wait))
+                    } else {
+                        (Verdict::Failed, retry_after)
+                    }
+                }
+                TargetType::Qovery if status == 409 => (Verdict::Retry, retry_after),
+                _ => (status_verdict(status), retry_after),
+            };
+            let retry_after = retry_after.map(|d| d.min(MAX_RETRY_AFTER));
             let error = (verdict != Verdict::Delivered).then(|| {
                 let mut error = format!("the target answered {}", status_text(status));
                 if (300..400).contains(&status) {
@@ -180,6 +207,13 @@ fn status_text(status: u16) -> String {
         Some(reason) => format!("{status} {reason}"),
         None => status.to_string(),
     }
+}
+
+/// How long until a rate limit's reset (`x-ratelimit-reset`, Unix seconds), counting the
+/// second it names in full; `None` when it is not a number.
+fn until_reset(reset: &str, now: SystemTime) -> Option<Duration> {
+    let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(reset.trim().parse().ok()?);
+    Some(reset.duration_since(now).unwrap_or(Duration::ZERO) + Duration::from_secs(1))
 }
 
 /// A `Retry-After` value: delta-seconds, or an HTTP date (how long from `now`; a date in the
@@ -411,10 +445,12 @@ mod tests {
 
     fn answered(status: u16) -> AttemptOutcome {
         classify(
+            TargetType::Webhook,
             Observation::Response {
                 status,
                 retry_after: None,
                 message: None,
+                rate_limit_reset: None,
             },
             SystemTime::UNIX_EPOCH,
         )
@@ -451,10 +487,12 @@ mod tests {
     #[test]
     fn the_targets_message_is_kept() {
         let outcome = classify(
+            TargetType::Webhook,
             Observation::Response {
                 status: 422,
                 retry_after: None,
                 message: Some("Unexpected inputs provided".to_owned()),
+                rate_limit_reset: None,
             },
             SystemTime::UNIX_EPOCH,
         );
@@ -467,16 +505,18 @@ mod tests {
     #[test]
     fn timeouts_and_connection_errors_retry_refusals_fail() {
         let now = SystemTime::UNIX_EPOCH;
-        let timeout = classify(Observation::TimedOut(ATTEMPT_TIMEOUT), now);
+        let timeout = classify(TargetType::Webhook, Observation::TimedOut(ATTEMPT_TIMEOUT), now);
         assert_eq!(timeout.verdict, Verdict::Retry);
         assert_eq!(timeout.error.unwrap(), "the target did not answer within 15 s");
         let refused = classify(
+            TargetType::Webhook,
             Observation::ConnectionFailed("could not connect: connection refused".into()),
             now,
         );
         assert_eq!(refused.verdict, Verdict::Retry);
         assert_eq!(refused.status, None);
         let not_sent = classify(
+            TargetType::Webhook,
             Observation::NotSent("the host name resolves to a private address".into()),
             now,
         );
@@ -519,15 +559,107 @@ mod tests {
     #[test]
     fn retry_after_is_capped_at_an_hour() {
         let outcome = classify(
+            TargetType::Webhook,
             Observation::Response {
                 status: 429,
                 retry_after: Some("86400".to_owned()),
                 message: None,
+                rate_limit_reset: None,
             },
             SystemTime::UNIX_EPOCH,
         );
         assert_eq!(outcome.verdict, Verdict::Retry);
         assert_eq!(outcome.retry_after, Some(MAX_RETRY_AFTER));
+    }
+
+    /// GitHub answers its rate limits 403 as well as 429, and says how long to wait in one of
+    /// three ways; any other 403 of GitHub's, and a 403 of another engine, fail at once.
+    #[test]
+    fn a_github_rate_limit_waits_as_github_asks() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let github = |status: u16, retry_after: Option<&str>, message: Option<&str>, reset: Option<&str>| {
+            classify(
+                TargetType::GithubActions,
+                Observation::Response {
+                    status,
+                    retry_after: retry_after.map(str::to_owned),
+                    message: message.map(str::to_owned),
+                    rate_limit_reset: reset.map(str::to_owned),
+                },
+                now,
+            )
+        };
+        let waits = |outcome: AttemptOutcome| (outcome.verdict, outcome.retry_after);
+        let primary = Some("API rate limit exceeded for installation ID 1.");
+        // The primary limit used up: until its reset, counted in full.
+        assert_eq!(
+            waits(github(403, None, primary, Some("1700000600"))),
+            (Verdict::Retry, Some(Duration::from_secs(601)))
+        );
+        assert_eq!(
+            waits(github(429, None, None, Some("1700000030"))),
+            (Verdict::Retry, Some(Duration::from_secs(31)))
+        );
+        // A secondary limit: its `Retry-After` first, else a minute.
+        assert_eq!(
+            waits(github(403, Some("120"), None, Some("1700000600"))),
+            (Verdict::Retry, Some(Duration::from_secs(120)))
+        );
+        let secondary = Some("You have exceeded a secondary rate limit. Please wait a few minutes.");
+        assert_eq!(
+            waits(github(403, None, secondary, None)),
+            (Verdict::Retry, Some(RATE_LIMIT_MIN_WAIT))
+        );
+        assert_eq!(
+            waits(github(429, None, None, None)),
+            (Verdict::Retry, Some(RATE_LIMIT_MIN_WAIT))
+        );
+        // Never past an hour.
+        assert_eq!(
+            waits(github(403, None, None, Some("1800000000"))),
+            (Verdict::Retry, Some(MAX_RETRY_AFTER))
+        );
+        // A token without the permission is no rate limit.
+        let refused = github(403, None, Some("Resource not accessible by integration"), None);
+        assert_eq!(refused.verdict, Verdict::Failed);
+        assert_eq!(
+            refused.error.as_deref(),
+            Some("the target answered 403 Forbidden: Resource not accessible by integration")
+        );
+        // Other engines' 403s fail at once, as SPEC says, whatever they say.
+        for engine in [TargetType::Webhook, TargetType::Qovery] {
+            let answer = Observation::Response {
+                status: 403,
+                retry_after: Some("60".to_owned()),
+                message: primary.map(str::to_owned),
+                rate_limit_reset: Some("1700000600".to_owned()),
+            };
+            assert_eq!(classify(engine, answer, now).verdict, Verdict::Failed, "{engine:?}");
+        }
+    }
+
+    /// Qovery answers 409 while the service is being deployed: the newer commit or tag waits
+    /// for that deployment instead of failing. Elsewhere a 409 fails.
+    #[test]
+    fn a_qovery_deployment_in_progress_is_waited_for() {
+        let conflict = |engine| {
+            let answer = Observation::Response {
+                status: 409,
+                retry_after: None,
+                message: Some("Operation is in progress".to_owned()),
+                rate_limit_reset: None,
+            };
+            classify(engine, answer, SystemTime::UNIX_EPOCH)
+        };
+        let qovery = conflict(TargetType::Qovery);
+        assert_eq!(qovery.verdict, Verdict::Retry);
+        assert_eq!(
+            qovery.error.as_deref(),
+            Some("the target answered 409 Conflict: Operation is in progress")
+        );
+        for engine in [TargetType::Webhook, TargetType::GithubActions] {
+            assert_eq!(conflict(engine).verdict, Verdict::Failed, "{engine:?}");
+        }
     }
 
     #[test]
