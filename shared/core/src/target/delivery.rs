@@ -212,8 +212,13 @@ fn status_text(status: u16) -> String {
 /// How long until a rate limit's reset (`x-ratelimit-reset`, Unix seconds), counting the
 /// second it names in full; `None` when it is not a number.
 fn until_reset(reset: &str, now: SystemTime) -> Option<Duration> {
-    let reset = SystemTime::UNIX_EPOCH + Duration::from_secs(reset.trim().parse().ok()?);
-    Some(reset.duration_since(now).unwrap_or(Duration::ZERO) + Duration::from_secs(1))
+    let secs = reset.trim().parse().ok()?;
+    // A time past what the clock holds is "a very long time", as a huge `Retry-After` is.
+    let wait = match SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)) {
+        Some(reset) => reset.duration_since(now).unwrap_or(Duration::ZERO),
+        None => Duration::MAX,
+    };
+    Some(wait.saturating_add(Duration::from_secs(1)))
 }
 
 /// A `Retry-After` value: delta-seconds, or an HTTP date (how long from `now`; a date in the
@@ -614,10 +619,17 @@ mod tests {
             waits(github(429, None, None, None)),
             (Verdict::Retry, Some(RATE_LIMIT_MIN_WAIT))
         );
-        // Never past an hour.
+        // Never past an hour, however far the reset.
+        for far in ["1800000000", "18446744073709551615"] {
+            assert_eq!(
+                waits(github(403, None, None, Some(far))),
+                (Verdict::Retry, Some(MAX_RETRY_AFTER))
+            );
+        }
+        // A reset already past: the second it names, then a retry.
         assert_eq!(
-            waits(github(403, None, None, Some("1800000000"))),
-            (Verdict::Retry, Some(MAX_RETRY_AFTER))
+            waits(github(403, None, None, Some("1600000000"))),
+            (Verdict::Retry, Some(Duration::from_secs(1)))
         );
         // A token without the permission is no rate limit.
         let refused = github(403, None, Some("Resource not accessible by integration"), None);
