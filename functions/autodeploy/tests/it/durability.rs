@@ -309,3 +309,99 @@ fn a_log_that_cannot_be_synced_stops_the_server_without_an_answer() {
     .unwrap();
     assert_eq!(status, 200);
 }
+
+/// A tmpfs of `size` mounted on `at` for the test's life (unmounted when dropped); `None` where
+/// mounting is not allowed (it needs root).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fill the disk holding `dir` with one file, until it refuses more.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let filler = dir.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    // What the last chunk left, byte by byte.
+    while file.write_all(&[0]).is_ok() {}
+    let _ = file.sync_all();
+    filler
+}
+
+/// A full disk: the health check answers 503 (a one-row write may still fit in the log's
+/// space, so the space left is read); pushes fill what the log holds, then are 503 and change
+/// nothing; once space is freed, both work again without a restart.
+#[test]
+fn a_full_disk_fails_the_health_check_until_space_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_disk) = Tmpfs::mount(dir.path(), "8m") else {
+        eprintln!("not run: mounting a tmpfs needs root");
+        return;
+    };
+    let mut server = start(&dir.path().join("autodeploy.db"));
+    let port = server.port;
+    let auth = format!("Token {ADMIN}");
+    let service = format!(
+        r#"{{"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {{"provider": "GITHUB", "url": "{REPO}", "branch": "master"}}}}"#
+    );
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = try_http(
+        port,
+        "PUT",
+        "/organization/acme/services/api",
+        &headers,
+        service.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    server.set_webhook_secret(ADMIN, "github", SECRET);
+    assert_eq!(deliver(port, 0).unwrap().0, 202);
+    // Long enough for the checkpointer (each second) to copy the log back: the next write
+    // then starts the log over, in space the file holds already, where a full disk still
+    // takes one row.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let filler = fill(dir.path());
+    let (status, body) = try_http(port, "GET", "/health", &[], b"").unwrap();
+    assert_eq!(status, 503, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "UNAVAILABLE", "{body}");
+    // Pushes take what space the log holds already, then are refused, each as a whole.
+    let mut acked = 1;
+    let refused = (1..1000)
+        .find(|&i| match deliver(port, i).unwrap() {
+            (202, _) => {
+                acked += 1;
+                false
+            }
+            (503, _) => true,
+            (status, body) => panic!("push {i} on a full disk: {status} {body}"),
+        })
+        .expect("the full disk refused no push");
+
+    std::fs::remove_file(filler).unwrap();
+    let (status, body) = try_http(port, "GET", "/health", &[], b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The refused push was not remembered: its redelivery is processed.
+    assert_eq!(deliver(port, refused).unwrap().0, 202);
+    assert_eq!(logged_deployments(port).len(), acked + 1);
+    assert!(server.terminate().success());
+}

@@ -441,9 +441,23 @@ fn page_by_id<R, T>(
     Ok(page(collect(rows, item)?, request.limit, key))
 }
 
+/// The least space left on the database's disk for the health check to pass: a group commit
+/// appends up to a few hundred KiB to the log.
+const MIN_DISK_SPACE_LEFT: u64 = 1 << 20;
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
+        // A full disk often still takes the one-row write below (it fits in space the log
+        // holds already) while every request's write fails: the space left is read first.
+        let left = rustix::fs::statvfs(&self.inner.path)
+            .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+            .map_err(|e| StoreError::Unavailable(format!("cannot read the space left on the database's disk: {e}")))?;
+        if left < MIN_DISK_SPACE_LEFT {
+            return Err(StoreError::Unavailable(format!(
+                "the database's disk has {left} bytes left, under the {MIN_DISK_SPACE_LEFT} its writes need"
+            )));
+        }
         // Both paths: a read, and a write that reaches the log and its sync (an empty
         // transaction writes nothing, and succeeds on a full disk or a read-only file).
         self.read(|conn| {
