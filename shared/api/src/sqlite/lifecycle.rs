@@ -31,18 +31,7 @@ impl Taker {
     /// `?2` now, `?3` how many), in the order of their oldest waiting deployment.
     fn candidates(self) -> String {
         match self {
-            // From the organization's open deployments (never its finished ones, most of the
-            // log), left-joined to their service (a deleted service has none: its waiting
-            // deployments were cancelled with it, but one released later, a nack or a lease
-            // that ran out, is still offered). A pull take always names its organization.
-            Taker::Pull => "SELECT d.org, d.service_id FROM deployments d
-                 LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
-                 WHERE d.org = ?1 AND d.status IN ('QUEUED', 'IN_PROGRESS') AND d.status = 'QUEUED'
-                   AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2) AND s.target_id IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM deployments p WHERE p.org = d.org AND p.service_id = d.service_id
-                       AND p.status IN ('QUEUED', 'IN_PROGRESS') AND p.status = 'IN_PROGRESS')
-                 GROUP BY d.org, d.service_id ORDER BY MIN(d.seq) LIMIT ?3"
-                .to_owned(),
+            Taker::Pull => pull_candidates(),
             // From the services with a target: the deployments of the others, however many
             // wait for pull consumers, are never read.
             Taker::Dispatch => format!(
@@ -56,6 +45,55 @@ impl Taker {
             ),
         }
     }
+}
+
+/// The services with open deployments in organization `?1`, as `o`: each is then weighed once,
+/// not each of its waiting deployments (thousands, while a consumer is away; a take holds the
+/// writer while it reads, and a long poll asks after every push).
+const OPEN_SERVICES: &str = "(SELECT DISTINCT d.service_id FROM deployments d
+    WHERE d.org = ?1 AND d.status IN ('QUEUED', 'IN_PROGRESS')) o";
+/// The oldest deployment of service `o` due at `?2`, through `deployments_open`.
+const OLDEST_DUE: &str = "SELECT d.seq FROM deployments d
+    WHERE d.org = ?1 AND d.service_id = o.service_id AND d.status IN ('QUEUED', 'IN_PROGRESS')
+      AND d.status = 'QUEUED' AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2)
+    ORDER BY d.seq LIMIT 1";
+
+/// Service `o` sends to pull consumers (a deleted service has no waiting deployment, its
+/// waiting ones were cancelled with it, but one released later, a nack or a lease that ran
+/// out, is still offered) and has no deployment in progress (`busy_lease` narrows which
+/// leases count).
+fn free_for_pull(busy_lease: &str) -> String {
+    format!(
+        "o.service_id NOT IN (SELECT p.service_id FROM deployments p
+             WHERE p.org = ?1 AND p.status = 'IN_PROGRESS'{busy_lease})
+         AND NOT EXISTS (SELECT 1 FROM services s
+             WHERE s.org = ?1 AND s.id = o.service_id AND s.target_id IS NOT NULL)"
+    )
+}
+
+/// The services of organization `?1` whose work pull consumers may take (`?2` now, `?3` how
+/// many), in the order of their oldest due deployment.
+fn pull_candidates() -> String {
+    format!(
+        "SELECT ?1, service_id FROM (
+           SELECT o.service_id, ({OLDEST_DUE}) AS oldest FROM {OPEN_SERVICES} WHERE {})
+         WHERE oldest IS NOT NULL ORDER BY oldest LIMIT ?3",
+        free_for_pull("")
+    )
+}
+
+/// Whether organization `?1` has work for pull consumers at `?2`: waiting work of a service
+/// with no live lease, or a lease that ran out (a take releases it first).
+fn available_to_pull() -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {OPEN_SERVICES}
+             WHERE {} AND EXISTS ({OLDEST_DUE}))
+         OR EXISTS (SELECT 1 FROM deployments d
+             LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
+             WHERE d.org = ?1 AND d.status = 'IN_PROGRESS' AND s.target_id IS NULL
+               AND d.lease_expires_unix <= ?2)",
+        free_for_pull(" AND p.lease_expires_unix > ?2")
+    )
 }
 
 /// The open (waiting or in progress) deployments `d` of the service row `s`, through the
@@ -166,13 +204,8 @@ pub(super) fn take(
     let mut leased = Vec::with_capacity(services.len());
     for (org, service) in services {
         let newest: Option<i64> = conn
-            .query_row(
-                "SELECT seq FROM deployments WHERE org = ?1 AND service_id = ?2 AND status = 'QUEUED'
-                 ORDER BY seq DESC LIMIT 1",
-                params![org, service],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached(NEWEST_WAITING)
+            .and_then(|mut stmt| stmt.query_row(params![org, service], |r| r.get(0)).optional())
             .map_err(unavailable)?;
         let Some(seq) = newest else { continue };
         // Latest wins: a deployment that came back (a lease ran out, a nack, a retry) after a
@@ -204,6 +237,13 @@ pub(super) fn take(
     }
     Ok(leased)
 }
+
+/// The newest `QUEUED` deployment of service `?2` of `?1`, read through `deployments_open`
+/// (with `status = 'QUEUED'` alone, the planner read every waiting deployment of the
+/// organization for each service a take leased).
+const NEWEST_WAITING: &str = "SELECT seq FROM deployments
+    WHERE org = ?1 AND service_id = ?2 AND status IN ('QUEUED', 'IN_PROGRESS') AND status = 'QUEUED'
+    ORDER BY seq DESC LIMIT 1";
 
 /// Whether a deployment of `service` was recorded after the one at `seq`, whatever became of
 /// it: latest wins, so the one at `seq` is never delivered.
@@ -393,24 +433,9 @@ impl PullQueue for SqliteStore {
     async fn outlook(&self, org: &str) -> StoreResult<Outlook> {
         let now = now_unix();
         self.read(|conn| {
-            // Waiting work of a service with no live lease, or a lease that ran out (taking
-            // releases it first).
             let available: bool = conn
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM deployments d
-                         LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
-                         WHERE d.org = ?1 AND d.status = 'QUEUED' AND s.target_id IS NULL
-                           AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2)
-                           AND NOT EXISTS (SELECT 1 FROM deployments p
-                               WHERE p.org = d.org AND p.service_id = d.service_id
-                                 AND p.status = 'IN_PROGRESS' AND p.lease_expires_unix > ?2))
-                     OR EXISTS (SELECT 1 FROM deployments d
-                         LEFT JOIN services s ON s.org = d.org AND s.id = d.service_id
-                         WHERE d.org = ?1 AND d.status = 'IN_PROGRESS' AND s.target_id IS NULL
-                           AND d.lease_expires_unix <= ?2)",
-                    params![org, now],
-                    |r| r.get(0),
-                )
+                .prepare_cached(&available_to_pull())
+                .and_then(|mut stmt| stmt.query_row(params![org, now], |r| r.get(0)))
                 .map_err(unavailable)?;
             let next_due: Option<i64> = conn
                 .query_row(NEXT_DUE, params![org, now], |r| r.get(0))
@@ -512,26 +537,66 @@ mod tests {
     use super::super::plans::{migrated, query_plan};
     use super::*;
 
-    /// A take reads open deployments only, through `deployments_open`: the finished ones,
-    /// most of a long log, are never scanned (without statistics, the planner scanned the
-    /// whole log for a pull take).
+    /// A take, and a long poll's look for work, read open deployments only: the finished
+    /// ones, most of a long log, are never scanned (without statistics, the planner scanned
+    /// the whole log for a pull take). For pull consumers, the services with open deployments
+    /// are read, those in progress through their status, and each one's oldest due deployment.
     #[test]
     fn a_take_reads_open_deployments_only() {
         let conn = migrated();
-        for taker in [Taker::Pull, Taker::Dispatch] {
-            let plan = query_plan(&conn, &taker.candidates(), params!["acme", 1, 10]);
+        let plans = [
+            (
+                "dispatch take",
+                query_plan(&conn, &Taker::Dispatch.candidates(), params!["acme", 1, 10]),
+            ),
+            (
+                "pull take",
+                query_plan(&conn, &Taker::Pull.candidates(), params!["acme", 1, 10]),
+            ),
+            (
+                "pull outlook",
+                query_plan(&conn, &available_to_pull(), params!["acme", 1]),
+            ),
+        ];
+        for (name, plan) in &plans {
             let deployments: Vec<&String> = plan
                 .iter()
                 .filter(|step| step.contains(" d ") || step.contains(" p "))
                 .collect();
-            assert!(!deployments.is_empty(), "{taker:?}: {plan:#?}");
+            assert!(!deployments.is_empty(), "{name}: {plan:#?}");
             for step in deployments {
                 assert!(
-                    step.starts_with("SEARCH") && step.contains("INDEX deployments_open (org=?"),
-                    "{taker:?}: {plan:#?}"
+                    step.starts_with("SEARCH")
+                        && (step.contains("INDEX deployments_open (org=?")
+                            || step.contains("INDEX deployments_by_status (org=? AND status=?)")),
+                    "{name}: {plan:#?}"
                 );
             }
         }
+        for (name, plan) in &plans[1..] {
+            for seek in [
+                "SEARCH d USING INDEX deployments_open (org=?)",
+                "SEARCH d USING INDEX deployments_open (org=? AND service_id=?)",
+                "SEARCH p USING INDEX deployments_by_status (org=? AND status=?)",
+            ] {
+                assert!(
+                    plan.iter().any(|step| step.starts_with(seek)),
+                    "{name}, {seek}: {plan:#?}"
+                );
+            }
+        }
+    }
+
+    /// A take finds each service's newest waiting deployment in the service's open ones.
+    #[test]
+    fn the_newest_waiting_deployment_is_read_among_the_services_open_ones() {
+        let conn = migrated();
+        let plan = query_plan(&conn, NEWEST_WAITING, params!["acme", "api"]);
+        assert!(
+            matches!(plan.as_slice(), [step]
+                if step.starts_with("SEARCH") && step.contains("INDEX deployments_open (org=? AND service_id=?)")),
+            "{plan:#?}"
+        );
     }
 
     /// When the next retry is due is read through the index of retries, which holds only
