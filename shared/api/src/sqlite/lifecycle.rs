@@ -364,6 +364,13 @@ fn reported_under(conn: &Connection, (org, id): (&str, &str), lease_id: &str, no
     .map_err(unavailable)
 }
 
+/// When the dispatcher's next retry is due, after `?1`: read from the retries waiting (one per
+/// service at most, latest wins), each once, rather than from every service with a target
+/// through its organization's retries (each organization's retries read once per service).
+pub(super) const NEXT_DISPATCH_RETRY: &str = "SELECT min(d.next_attempt_unix) FROM deployments d
+    WHERE d.status = 'QUEUED' AND d.next_attempt_unix > ?1
+      AND EXISTS (SELECT 1 FROM services s WHERE s.org = d.org AND s.id = d.service_id AND s.target_id IS NOT NULL)";
+
 /// When an organization's next lease runs out or its next retry is due, after `?2`.
 const NEXT_DUE: &str = "SELECT min(t) FROM (
     SELECT min(lease_expires_unix) AS t FROM deployments
@@ -608,6 +615,21 @@ mod tests {
         assert!(
             plan.iter().any(|step| step.starts_with("SEARCH")
                 && step.contains("INDEX deployments_retries (org=? AND next_attempt_unix>?)")),
+            "{plan:#?}"
+        );
+    }
+
+    /// The dispatcher's next retry is read from the index of retries, each once.
+    #[test]
+    fn the_dispatchers_next_retry_is_read_from_the_retries() {
+        let conn = migrated();
+        let plan = query_plan(&conn, NEXT_DISPATCH_RETRY, params![10]);
+        assert_eq!(
+            plan,
+            [
+                "SEARCH d USING INDEX deployments_retries",
+                "SEARCH s EXISTS USING PRIMARY KEY (org=? AND id=?)"
+            ],
             "{plan:#?}"
         );
     }

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, rfc3339};
 use super::lifecycle::{
-    DISPATCH_LEASE, NONE_IN_PROGRESS, NOW_FOR_PULL, OPEN_OF_SERVICE, Taker, cancel_if_deleted, recorded_after,
-    supersede_older, take,
+    DISPATCH_LEASE, NEXT_DISPATCH_RETRY, NONE_IN_PROGRESS, NOW_FOR_PULL, OPEN_OF_SERVICE, Taker, cancel_if_deleted,
+    recorded_after, supersede_older, take,
 };
 use super::services::{ServiceKey, current_etag};
 use super::{SqliteStore, from_json, page_by_id, row_by_id, to_json, unavailable};
@@ -297,11 +297,7 @@ impl SqliteStore {
                 .and_then(|mut stmt| stmt.query_row(params![now], |r| r.get(0)))
                 .map_err(unavailable)?;
             let next_due: Option<i64> = conn
-                .prepare_cached(
-                    "SELECT min((SELECT min(d.next_attempt_unix) FROM deployments d
-                         WHERE d.org = s.org AND d.service_id = s.id AND d.status = 'QUEUED' AND d.next_attempt_unix > ?1))
-                     FROM services s WHERE s.target_id IS NOT NULL",
-                )
+                .prepare_cached(NEXT_DISPATCH_RETRY)
                 .and_then(|mut stmt| stmt.query_row(params![now], |r| r.get(0)))
                 .map_err(unavailable)?;
             Ok(Outlook {
