@@ -173,8 +173,7 @@ impl Sender {
         let retry_after = header(RETRY_AFTER.as_str());
         let rate_limit_reset = header("x-ratelimit-remaining")
             .is_some_and(|remaining| remaining.trim() == "0")
-            .then(|| header("x-ratelimit-reset"))
-            .flatten();
+            .then(|| header("x-ratelimit-reset").unwrap_or_default());
         // Read the body (bounded, in the attempt's remaining time) so that the connection can
         // be reused, and for the target's own message when it refused.
         let remaining = self.config.timeout.saturating_sub(started.elapsed());

@@ -91,8 +91,8 @@ pub enum Observation {
         status: u16,
         retry_after: Option<String>,
         message: Option<String>,
-        /// The raw `x-ratelimit-reset` (Unix seconds) of an answer whose
-        /// `x-ratelimit-remaining` is 0: GitHub's rate limit, used up until then.
+        /// Set when the answer's `x-ratelimit-remaining` is 0 (GitHub's rate limit used up):
+        /// its raw `x-ratelimit-reset` (Unix seconds), empty when it gave none.
         rate_limit_reset: Option<String>,
     },
     /// No answer within the attempt's time limit.
@@ -149,7 +149,7 @@ pub fn classify(engine: TargetType, observation: Observation, now: SystemTime) -
                     let names_it = message
                         .as_deref()
                         .is_some_and(|m| m.to_ascii_lowercase().contains("rate limit"));
-                    if status == 429 || retry_after.is_some() || reset_in.is_some() || names_it {
+                    if status == 429 || retry_after.is_some() || rate_limit_reset.is_some() || names_it {
                         let wait = retry_after.or(reset_in).unwrap_or(RATE_LIMIT_MIN_WAIT);
                         (Verdict::Retry, Some(wait))
                     } else {
@@ -626,6 +626,11 @@ mod tests {
                 (Verdict::Retry, Some(MAX_RETRY_AFTER))
             );
         }
+        // Used up, with no reset given: a minute.
+        assert_eq!(
+            waits(github(403, None, None, Some(""))),
+            (Verdict::Retry, Some(RATE_LIMIT_MIN_WAIT))
+        );
         // A reset already past: the second it names, then a retry.
         assert_eq!(
             waits(github(403, None, None, Some("1600000000"))),
