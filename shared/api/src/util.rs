@@ -33,6 +33,21 @@ pub fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// How long until the whole second `due` (Unix time) begins, from `now`: zero once it has.
+/// A wait for something due at a second ends when that second begins, not up to a second
+/// later, as counting the whole seconds left from the current one would.
+pub fn until_unix_second(due: i64, now: std::time::SystemTime) -> std::time::Duration {
+    let Ok(due) = u64::try_from(due) else {
+        return std::time::Duration::ZERO;
+    };
+    // A second past what the clock holds is never reached.
+    std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs(due))
+        .map_or(std::time::Duration::MAX, |due| {
+            due.duration_since(now).unwrap_or_default()
+        })
+}
+
 /// A time-ordered id (UUIDv7 as 32 lowercase hex): sorting deployment ids sorts them by
 /// time, which is what "newest first" lists and the relay's "oldest first" rely on.
 pub fn new_deployment_id() -> String {
@@ -88,5 +103,18 @@ mod tests {
         let hour_ago = deployment_ids_before(Duration::from_secs(3600));
         assert!(hour_ago < made_before, "{hour_ago} < {made_before}");
         assert!(deployment_ids_before(Duration::MAX) <= hour_ago);
+    }
+
+    /// Late in a second, a wait for the next whole second is what is left of this one.
+    #[test]
+    fn a_wait_for_a_second_ends_when_it_begins() {
+        let at =
+            |secs: u64, millis: u64| std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis);
+        assert_eq!(until_unix_second(101, at(100, 900)), Duration::from_millis(100));
+        assert_eq!(until_unix_second(102, at(100, 500)), Duration::from_millis(1500));
+        assert_eq!(until_unix_second(100, at(100, 500)), Duration::ZERO);
+        assert_eq!(until_unix_second(-5, at(100, 0)), Duration::ZERO);
+        // Never a panic, however far.
+        assert!(until_unix_second(i64::MAX, at(100, 0)) > Duration::from_secs(1 << 40));
     }
 }

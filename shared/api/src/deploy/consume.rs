@@ -2,13 +2,13 @@
 //! polling the database in a loop or holding a connection while it waits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::store::{LeaseRequest, Leased, PullQueue, StoreResult};
-use crate::util::now_unix;
+use crate::util::until_unix_second;
 
 /// Lease up to `request.max` deployments of `org`, waiting up to `wait` for work to arrive
 /// when none is there. Wakes on the store's notifications (a deployment recorded, released or
@@ -40,10 +40,7 @@ pub async fn lease(
             return Ok(Vec::new());
         }
         let until = match outlook.next_due_unix {
-            Some(due) => {
-                let in_secs = u64::try_from(due.saturating_sub(now_unix())).unwrap_or(0);
-                deadline.min(now + Duration::from_secs(in_secs))
-            }
+            Some(due) => deadline.min(now + until_unix_second(due, SystemTime::now())),
             None => deadline,
         };
         tokio::select! {

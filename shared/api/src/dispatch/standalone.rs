@@ -4,14 +4,14 @@
 //! is in the database, so a restart, or a SIGKILL mid-delivery, loses nothing.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Dispatcher;
 use crate::sqlite::SqliteStore;
-use crate::util::now_unix;
+use crate::util::until_unix_second;
 
 /// Deployments in delivery at once (each to a different service). An attempt is an HTTP
 /// request waited on, a few kilobytes: many fit, so that targets that do not answer (each
@@ -78,10 +78,7 @@ pub async fn run(dispatcher: Dispatcher, store: SqliteStore, shutdown: impl Futu
         let wake = match outlook {
             Ok(outlook) => outlook
                 .next_due_unix
-                .map(|due| {
-                    let secs = u64::try_from(due.saturating_sub(now_unix())).unwrap_or(0);
-                    Instant::now() + Duration::from_secs(secs).min(IDLE_WAKE)
-                })
+                .map(|due| Instant::now() + until_unix_second(due, SystemTime::now()).min(IDLE_WAKE))
                 .unwrap_or_else(|| Instant::now() + IDLE_WAKE),
             Err(_) => Instant::now() + Duration::from_secs(1),
         };
