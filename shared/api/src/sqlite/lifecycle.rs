@@ -1,7 +1,7 @@
 //! Where each deployment stands after it is queued: leases for pull consumers (and the
 //! dispatcher), acknowledgements, releases, expiry, and engines' reports.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentResult};
@@ -28,23 +28,31 @@ pub(super) const DISPATCH_LEASE: &str = "dispatch-";
 
 impl Taker {
     /// The query of the services whose work a take may lease (`?1` the organization or null,
-    /// `?2` now, `?3` how many), in the order of their oldest waiting deployment.
-    fn candidates(self) -> String {
+    /// `?2` now, `?3` how many), in the order of their oldest waiting deployment. Built once:
+    /// a take and a long poll's look run after pushes.
+    fn candidates(self) -> &'static str {
+        static PULL: LazyLock<String> = LazyLock::new(pull_candidates);
+        static DISPATCH: LazyLock<String> = LazyLock::new(dispatch_candidates);
         match self {
-            Taker::Pull => pull_candidates(),
-            // From the services with a target: the deployments of the others, however many
-            // wait for pull consumers, are never read.
-            Taker::Dispatch => format!(
-                "SELECT org, id FROM (
-                   SELECT s.org, s.id, (SELECT min(d.seq) FROM deployments d
-                       WHERE {OPEN_OF_SERVICE} AND d.status = 'QUEUED'
-                         AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2)) AS oldest
-                   FROM services s
-                   WHERE s.target_id IS NOT NULL AND (?1 IS NULL OR s.org = ?1) AND {NONE_IN_PROGRESS})
-                 WHERE oldest IS NOT NULL ORDER BY oldest LIMIT ?3"
-            ),
+            Taker::Pull => &PULL,
+            Taker::Dispatch => &DISPATCH,
         }
     }
+}
+
+/// The services with a deploy target whose work the dispatcher may take, of organization `?1`
+/// or of all (`?1` null), as [`Taker::candidates`] says. The deployments of the other services,
+/// however many wait for pull consumers, are never read.
+fn dispatch_candidates() -> String {
+    format!(
+        "SELECT org, id FROM (
+           SELECT s.org, s.id, (SELECT min(d.seq) FROM deployments d
+               WHERE {OPEN_OF_SERVICE} AND d.status = 'QUEUED'
+                 AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2)) AS oldest
+           FROM services s
+           WHERE s.target_id IS NOT NULL AND (?1 IS NULL OR s.org = ?1) AND {NONE_IN_PROGRESS})
+         WHERE oldest IS NOT NULL ORDER BY oldest LIMIT ?3"
+    )
 }
 
 /// The services with open deployments in organization `?1`, as `o`: each is then weighed once,
@@ -83,7 +91,10 @@ fn pull_candidates() -> String {
 }
 
 /// Whether organization `?1` has work for pull consumers at `?2`: waiting work of a service
-/// with no live lease, or a lease that ran out (a take releases it first).
+/// with no live lease, or a lease that ran out (a take releases it first). Asked after every
+/// push while a consumer waits: built once.
+static AVAILABLE_TO_PULL: LazyLock<String> = LazyLock::new(available_to_pull);
+
 fn available_to_pull() -> String {
     format!(
         "SELECT EXISTS (SELECT 1 FROM {OPEN_SERVICES}
@@ -194,7 +205,7 @@ pub(super) fn take(
 ) -> StoreResult<Vec<Leased>> {
     expire(conn, org, now, max_attempts)?;
     let services: Vec<(String, String)> = {
-        let mut stmt = conn.prepare_cached(&taker.candidates()).map_err(unavailable)?;
+        let mut stmt = conn.prepare_cached(taker.candidates()).map_err(unavailable)?;
         let rows = stmt
             .query_map(params![org, now, request.max as i64], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(unavailable)?;
@@ -441,7 +452,7 @@ impl PullQueue for SqliteStore {
         let now = now_unix();
         self.read(|conn| {
             let available: bool = conn
-                .prepare_cached(&available_to_pull())
+                .prepare_cached(&AVAILABLE_TO_PULL)
                 .and_then(|mut stmt| stmt.query_row(params![org, now], |r| r.get(0)))
                 .map_err(unavailable)?;
             let next_due: Option<i64> = conn
@@ -554,15 +565,15 @@ mod tests {
         let plans = [
             (
                 "dispatch take",
-                query_plan(&conn, &Taker::Dispatch.candidates(), params!["acme", 1, 10]),
+                query_plan(&conn, Taker::Dispatch.candidates(), params!["acme", 1, 10]),
             ),
             (
                 "pull take",
-                query_plan(&conn, &Taker::Pull.candidates(), params!["acme", 1, 10]),
+                query_plan(&conn, Taker::Pull.candidates(), params!["acme", 1, 10]),
             ),
             (
                 "pull outlook",
-                query_plan(&conn, &available_to_pull(), params!["acme", 1]),
+                query_plan(&conn, &AVAILABLE_TO_PULL, params!["acme", 1]),
             ),
         ];
         for (name, plan) in &plans {
