@@ -447,6 +447,53 @@ pub struct DeliveryFilter {
 
 pub type DeliveryQuery<'a> = ListQuery<'a, DeliveryFilter>;
 
+/// The stored bytes of deliveries a page holds at most (at least one delivery, whatever its
+/// size). A delivery that reached many services lists each of them, up to a few hundred KB;
+/// a hundred of those would be more than a Lambda may answer (6 MB) and more than the server
+/// should hold per request.
+pub const DELIVERIES_PAGE_BYTES: usize = 1024 * 1024;
+
+/// Fills a page in list order, item by item, up to `limit` items and `bytes` of stored size
+/// (at least one item). The first item it refuses is the proof that more follow.
+#[derive(Debug, Clone, Copy)]
+pub struct PageFill {
+    limit: usize,
+    bytes: usize,
+    taken: usize,
+    taken_bytes: usize,
+    full: bool,
+}
+
+impl PageFill {
+    pub fn new(limit: usize, bytes: usize) -> Self {
+        Self {
+            limit,
+            bytes,
+            taken: 0,
+            taken_bytes: 0,
+            full: false,
+        }
+    }
+
+    /// Whether the next item, of `size` stored bytes, belongs to the page; once one does not,
+    /// none after it does.
+    pub fn take(&mut self, size: usize) -> bool {
+        let fits = self.taken == 0 || self.taken_bytes.saturating_add(size) <= self.bytes;
+        if self.full || self.taken >= self.limit || !fits {
+            self.full = true;
+            return false;
+        }
+        self.taken += 1;
+        self.taken_bytes += size;
+        true
+    }
+
+    /// Whether an item was refused: the page is cut and more follow.
+    pub fn full(&self) -> bool {
+        self.full
+    }
+}
+
 /// The deliveries history (SPEC "Deliveries — why didn't it deploy?").
 #[async_trait]
 pub trait DeliveryHistory: Send + Sync {
@@ -578,4 +625,48 @@ impl DeploymentQueue for InStoreQueue {
 /// One failure per request, for a queue that sends nothing.
 fn refuse_all(requests: &[DeploymentRequest], reason: &str) -> Vec<Result<(), QueueError>> {
     requests.iter().map(|_| Err(QueueError(reason.to_owned()))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PageFill;
+
+    /// The items a fill takes from `sizes`, and whether it refused one.
+    fn fill(limit: usize, bytes: usize, sizes: &[usize]) -> (usize, bool) {
+        let mut fill = PageFill::new(limit, bytes);
+        let taken = sizes.iter().take_while(|size| fill.take(**size)).count();
+        (taken, fill.full())
+    }
+
+    #[test]
+    fn a_page_is_cut_at_its_limit_or_before_its_bytes() {
+        assert_eq!(fill(3, 100, &[10, 10, 10]), (3, false), "exactly full, nothing refused");
+        assert_eq!(
+            fill(3, 100, &[10, 10, 10, 10]),
+            (3, true),
+            "the fourth proves more follow"
+        );
+        assert_eq!(fill(10, 100, &[40, 60, 1]), (2, true), "100 bytes fit, 101 do not");
+        assert_eq!(fill(10, 100, &[40, 61]), (1, true));
+        assert_eq!(fill(10, 100, &[]), (0, false));
+    }
+
+    #[test]
+    fn a_page_holds_one_item_whatever_its_size() {
+        assert_eq!(fill(10, 100, &[500]), (1, false));
+        assert_eq!(fill(10, 100, &[500, 1]), (1, true));
+        assert_eq!(fill(10, 100, &[usize::MAX, usize::MAX]), (1, true), "no overflow");
+    }
+
+    #[test]
+    fn once_refused_nothing_more_is_taken() {
+        let mut fill = PageFill::new(10, 100);
+        assert!(fill.take(90));
+        assert!(!fill.take(20));
+        assert!(
+            !fill.take(1),
+            "a smaller item after the cut would break the list's order"
+        );
+        assert!(fill.full());
+    }
 }

@@ -9,11 +9,12 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use autodeploy_api::store::{
-    AttemptEnd, AttemptStart, DeliveryKey, DeploymentFilter, DeploymentQuery, DeploymentQueue, Expected, Guard, Page,
-    PageRequest, RecordOutcome, SecretRecord, ServiceStore, Store, StoreError, StoredService, StoredTarget,
-    TenantLimits, TokenRecord,
+    AttemptEnd, AttemptStart, DELIVERIES_PAGE_BYTES, DeliveryFilter, DeliveryKey, DeliveryQuery, DeploymentFilter,
+    DeploymentQuery, DeploymentQueue, Expected, Guard, Page, PageRequest, RecordOutcome, SecretRecord, ServiceStore,
+    Store, StoreError, StoredService, StoredTarget, TenantLimits, TokenRecord,
 };
 use autodeploy_api::util::deployment_ids_before;
+use autodeploy_core::delivery::{DeliveryOutcome, DeliveryRecord, DeliverySource, SkippedService};
 use autodeploy_core::deployment::{
     DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus, ResultStatus, SCHEMA, Trigger,
 };
@@ -29,7 +30,7 @@ on_both_stores! {
     secrets, tokens, record_with_push_guard, record_with_service_unchanged_guard, a_replay_cannot_roll_a_service_back,
     a_reapply_after_a_rollback_queues, concurrent_pushes_record_once, concurrent_replaces_one_wins,
     list_deployments_newest_first, pending_until_marked_queued, held_behind_older_pending, attempts_only_go_forward,
-    concurrent_starts_start_once, deliveries, an_attempt_begins_and_delivers, a_retried_attempt_begins_again,
+    concurrent_starts_start_once, deliveries, a_deliveries_page_stays_within_its_bytes, an_attempt_begins_and_delivers, a_retried_attempt_begins_again,
     the_newest_waiting_deployment_wins, final_statuses_never_move, an_attempt_ends_only_in_progress,
     a_deployment_overtaken_by_a_finished_one_never_starts, a_service_write_checks_its_targets_type,
     a_change_of_type_and_an_unfit_service_never_both_pass,
@@ -1452,6 +1453,84 @@ async fn deliveries(store: TestStore) {
             .await
             .expect("seen")
     );
+}
+
+/// A delivery of `org` that skipped `skipped` services, each with the longest id a service may
+/// have: about 110 bytes stored per service.
+fn delivery_record(org: &str, skipped: usize) -> DeliveryRecord {
+    DeliveryRecord {
+        id: new_deployment_id(),
+        organization_id: org.to_owned(),
+        received_at: NOW.to_owned(),
+        source: DeliverySource::Git(GitProvider::Github),
+        delivery_id: Some("d-1".to_owned()),
+        http_status: 200,
+        outcome: DeliveryOutcome::NothingToDeploy,
+        reason: "nothing to deploy".to_owned(),
+        repository: Some("github.com/acme/shop".to_owned()),
+        branch: Some("main".to_owned()),
+        commit_sha: None,
+        image: None,
+        tag: None,
+        queued: Vec::new(),
+        skipped: (0..skipped)
+            .map(|i| SkippedService {
+                service_id: format!("{i:063}"),
+                reason: "AUTO_DEPLOY_DISABLED".to_owned(),
+            })
+            .collect(),
+        dry_run: false,
+    }
+}
+
+/// A page of deliveries stops before [`DELIVERIES_PAGE_BYTES`] of stored records (it holds at
+/// least one), however large its `limit`, and the next page goes on from there: a delivery that
+/// reached a thousand services keeps each of them, and a hundred of those would not fit in a
+/// Lambda's answer.
+async fn a_deliveries_page_stays_within_its_bytes(store: TestStore) {
+    let store: &dyn Store = &*store;
+    // Oldest first: 12 deliveries of 1,000 skipped services (about 110 KB each) between small ones.
+    let mut recorded = vec![delivery_record("acme", 1)];
+    recorded.extend((0..12).map(|_| delivery_record("acme", 1000)));
+    recorded.extend((0..3).map(|_| delivery_record("acme", 2)));
+    for record in &recorded {
+        assert!(store.record_delivery(record).await.expect("record_delivery"));
+    }
+    let size = |d: &DeliveryRecord| serde_json::to_string(d).expect("json").len();
+    assert!(recorded.iter().map(size).sum::<usize>() > DELIVERIES_PAGE_BYTES);
+
+    let mut pages: Vec<Vec<DeliveryRecord>> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query = DeliveryQuery {
+            filter: DeliveryFilter::default(),
+            page: PageRequest::new(after.as_deref(), 100),
+        };
+        let Page { items, last_key } = store.list_deliveries("acme", &query).await.expect("list");
+        assert!(!items.is_empty(), "a page holds at least one delivery");
+        assert!(pages.len() < recorded.len(), "paging moves on");
+        pages.push(items);
+        match last_key {
+            Some(key) => after = Some(key),
+            None => break,
+        }
+    }
+    let listed: Vec<&DeliveryRecord> = pages.iter().flatten().collect();
+    let newest_first: Vec<&DeliveryRecord> = recorded.iter().rev().collect();
+    assert_eq!(listed, newest_first, "every delivery once, newest first");
+    assert!(pages.len() > 1, "the 16 deliveries do not fit one page");
+    let mut next = 0;
+    for page in &pages {
+        let bytes: usize = page.iter().map(&size).sum();
+        next += page.len();
+        assert!(page.len() == 1 || bytes <= DELIVERIES_PAGE_BYTES, "{bytes} bytes");
+        if let Some(following) = newest_first.get(next) {
+            assert!(
+                bytes + size(following) > DELIVERIES_PAGE_BYTES,
+                "a page is cut only when full"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ use autodeploy_core::delivery::{
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{SqliteStore, collect, execute, from_json, page, to_json, unavailable};
-use crate::store::{DeliveryHistory, DeliveryQuery, Page, PageRequest, StoreResult};
+use super::{SqliteStore, execute, from_json, to_json, unavailable};
+use crate::store::{DELIVERIES_PAGE_BYTES, DeliveryHistory, DeliveryQuery, Page, PageFill, PageRequest, StoreResult};
 use crate::util::{now_unix, rfc3339_unix};
 
 fn record_of(org: &str, data: String) -> StoreResult<DeliveryRecord> {
@@ -170,8 +170,18 @@ impl DeliveryHistory for SqliteStore {
                 (Some(v), true) => stmt.query_map(params![org, before, fetch, floor, v, outcome], row),
             }
             .map_err(unavailable)?;
-            let items = collect(rows, |data| record_of(org, data))?;
-            Ok(page(items, limit, |d| d.id.clone()))
+            // Rows are read only as far as the page goes (one more to know that more follow).
+            let mut fill = PageFill::new(limit, DELIVERIES_PAGE_BYTES);
+            let mut items = Vec::new();
+            for data in rows {
+                let data = data.map_err(unavailable)?;
+                if !fill.take(data.len()) {
+                    break;
+                }
+                items.push(record_of(org, data)?);
+            }
+            let last_key = if fill.full() { items.last().map(|d: &DeliveryRecord| d.id.clone()) } else { None };
+            Ok(Page { items, last_key })
         })
     }
 }

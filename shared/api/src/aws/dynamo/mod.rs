@@ -47,9 +47,10 @@ pub use record::{
 
 use super::describe_sdk_error;
 use crate::store::{
-    Batch, Candidate, DeliveryHistory, DeliveryKey, DeliveryLog, DeliveryQuery, DeploymentLog, DeploymentQuery,
-    Expected, Guard, PUSH_MARK_RETENTION_SECS, Page, PageRequest, RecordOutcome, Refusable, Refusal, SecretRecord,
-    SecretStore, ServiceStore, Store, StoreError, StoreResult, StoredService, TenantLimits, TokenRecord, TokenStore,
+    Batch, Candidate, DELIVERIES_PAGE_BYTES, DeliveryHistory, DeliveryKey, DeliveryLog, DeliveryQuery, DeploymentLog,
+    DeploymentQuery, Expected, Guard, PUSH_MARK_RETENTION_SECS, Page, PageFill, PageRequest, RecordOutcome, Refusable,
+    Refusal, SecretRecord, SecretStore, ServiceStore, Store, StoreError, StoreResult, StoredService, TenantLimits,
+    TokenRecord, TokenStore,
 };
 
 mod targets;
@@ -131,6 +132,17 @@ impl DynamoStore {
     /// The query's items, following DynamoDB's pages until `want` items are in hand (all of
     /// them when `None`): a page may come back short because of its 1 MB cap, or of a filter.
     async fn collect(&self, base: QueryFluentBuilder, want: Option<usize>, op: &str) -> StoreResult<Vec<Item>> {
+        self.collect_until(base, want, op, |_| false).await
+    }
+
+    /// [`Self::collect`], stopping as well at the first item `enough` says is enough (kept, last).
+    async fn collect_until(
+        &self,
+        base: QueryFluentBuilder,
+        want: Option<usize>,
+        op: &str,
+        mut enough: impl FnMut(&Item) -> bool + Send,
+    ) -> StoreResult<Vec<Item>> {
         let mut items: Vec<Item> = Vec::new();
         let mut start = base.get_exclusive_start_key().clone();
         // DynamoDB's limit counts the items read, before the filter: a filtered query reads
@@ -147,8 +159,15 @@ impl DynamoStore {
                 query = query.limit(i32::try_from(remaining).unwrap_or(i32::MAX));
             }
             let out = query.send().await.map_err(|e| unavailable(op, &e))?;
-            items.extend(out.items.unwrap_or_default());
-            if want.is_some_and(|want| items.len() >= want) {
+            let mut done = false;
+            for item in out.items.unwrap_or_default() {
+                done = enough(&item);
+                items.push(item);
+                if done {
+                    break;
+                }
+            }
+            if done || want.is_some_and(|want| items.len() >= want) {
                 break;
             }
             match out.last_evaluated_key {
@@ -911,9 +930,26 @@ impl DeliveryHistory for DynamoStore {
         if !filters.is_empty() {
             query = filtered(query, filters.join(" AND "), &e);
         }
-        let record = |item: &Item| delivery_record_from_item(org, item);
-        self.page(query, page.limit, "list_deliveries", record, |d| d.id.clone())
-            .await
+        let limit = page_size(page.limit);
+        let mut fill = PageFill::new(limit, DELIVERIES_PAGE_BYTES);
+        let stored_size = |item: &Item| item.get(DATA).and_then(|v| v.as_s().ok()).map_or(0, String::len);
+        let items = self
+            .collect_until(query, Some(limit + 1), "list_deliveries", |item| {
+                !fill.take(stored_size(item))
+            })
+            .await?;
+        // The item `fill` refused, when it refused one, only proves that more follow.
+        let kept = items.len() - usize::from(fill.full());
+        let items = items[..kept]
+            .iter()
+            .map(|item| delivery_record_from_item(org, item))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let last_key = if fill.full() {
+            items.last().map(|d| d.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, last_key })
     }
 }
 
