@@ -740,7 +740,7 @@ fn azure_devops<'a>(host: &'a str, segments: &[&'a str]) -> Option<[&'a str; 3]>
             _ => None,
         },
         "dev.azure.com" => match segments {
-            [org, rest @ ..] => azure_git_tail(rest).map(|(p, r)| [*org, p, r]),
+            [org, rest @ ..] => azure_git_tail(without_collection(rest)).map(|(p, r)| [*org, p, r]),
             _ => None,
         },
         _ => {
@@ -748,12 +748,19 @@ fn azure_devops<'a>(host: &'a str, segments: &[&'a str]) -> Option<[&'a str; 3]>
             if org.contains('.') {
                 return None;
             }
-            let rest = match segments {
-                ["defaultcollection", rest @ ..] => rest,
-                rest => rest,
-            };
-            azure_git_tail(rest).map(|(p, r)| [org, p, r])
+            azure_git_tail(without_collection(segments)).map(|(p, r)| [org, p, r])
         }
+    }
+}
+
+/// The path after the organization without `DefaultCollection`, the collection that legacy
+/// `org.visualstudio.com` URLs name and that Azure DevOps' own webhook payloads still carry on
+/// `dev.azure.com` (`dev.azure.com/org/DefaultCollection/_git/repo`): the organization is the
+/// collection.
+fn without_collection<'a, 'b>(segments: &'b [&'a str]) -> &'b [&'a str] {
+    match segments {
+        ["defaultcollection", rest @ ..] => rest,
+        rest => rest,
     }
 }
 
@@ -923,6 +930,10 @@ mod tests {
         ("org@vs-ssh.visualstudio.com:v3/org/project/repo", "dev.azure.com/org/project/repo", false),
         ("https://dev.azure.com/org/My%20Project/_git/My%20Repo", "dev.azure.com/org/my project/my repo", false),
         ("https://dev.azure.com/org/_git/shop", "dev.azure.com/org/shop/shop", false),
+        // As Azure DevOps' push payloads name a project's default repository.
+        ("https://dev.azure.com/org/DefaultCollection/_git/shop", "dev.azure.com/org/shop/shop", false),
+        ("https://dev.azure.com/org/DefaultCollection/project/_git/repo", "dev.azure.com/org/project/repo", false),
+        ("https://org.visualstudio.com/DefaultCollection/_git/shop", "dev.azure.com/org/shop/shop", false),
         ("dev.azure.com/org/project/repo", "dev.azure.com/org/project/repo", false),
         // Bitbucket Server's `scm` marker means nothing on Azure DevOps' hosts.
         ("ssh.dev.azure.com:v3/scm/project/repo", "dev.azure.com/scm/project/repo", false),

@@ -551,6 +551,40 @@ async fn a_delivery_on_another_providers_route_says_where_it_belongs() {
     );
 }
 
+/// Azure DevOps' push payload names a project's default repository as
+/// `dev.azure.com/org/DefaultCollection/_git/repo`; a service set up with the clone URLs Azure
+/// DevOps shows (https with the organization as user name, ssh) follows it all the same.
+#[tokio::test]
+async fn azure_devops_pushes_match_the_clone_urls_azure_shows() {
+    let api = Api::new();
+    api.set_secret("acme", "azure-devops").await;
+    for (id, url) in [
+        (
+            "https",
+            "https://fabrikam-fiber-inc@dev.azure.com/fabrikam-fiber-inc/Fabrikam-Fiber-Git/_git/Fabrikam-Fiber-Git",
+        ),
+        (
+            "ssh",
+            "git@ssh.dev.azure.com:v3/fabrikam-fiber-inc/Fabrikam-Fiber-Git/Fabrikam-Fiber-Git",
+        ),
+        (
+            "legacy",
+            "https://fabrikam-fiber-inc.visualstudio.com/DefaultCollection/Fabrikam-Fiber-Git/_git/Fabrikam-Fiber-Git",
+        ),
+    ] {
+        let r = api.app("acme", id, "AZURE_DEVOPS", url, "main", json!({})).await;
+        assert_eq!(
+            r.body["git_repository"]["repository_key"],
+            "dev.azure.com/fabrikam-fiber-inc/fabrikam-fiber-git/fabrikam-fiber-git"
+        );
+    }
+    let body = fixture("azure-devops/gp-git.push.json");
+    let r = api.push("acme", "azure-devops", &body, "delivery-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let queued = ["https", "legacy", "ssh"].map(|id| (id.to_owned(), "QUEUED".to_owned()));
+    assert_eq!(outcome(&r).0, queued);
+}
+
 #[tokio::test]
 async fn github_form_encoded_bodies_are_accepted() {
     let api = github_api().await;
