@@ -242,6 +242,13 @@ pub fn branch_matches(pattern: &str, branch: &str) -> bool {
     }
 }
 
+/// Whether `pattern`, which does not match `branch`, would if its `*` crossed `/` (as
+/// `git branch --list` reads it): `*` alone, or `release/*` against `release/1.0/fix`. Worth a
+/// hint, since a branch pattern's `*` stays within one part and `**` crosses them.
+pub fn would_match_across_parts(pattern: &str, branch: &str) -> bool {
+    pattern.contains('*') && branch.contains('/') && segment_matches(pattern.as_bytes(), branch.as_bytes())
+}
+
 /// One `/`-separated part of a glob pattern, `**` runs folded into one gap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part<'p> {
@@ -644,6 +651,26 @@ pub(crate) mod tests {
             );
         }
         assert!(!branch_matches("bad..x", "bad..x"));
+    }
+
+    #[test]
+    fn a_star_that_would_match_across_parts_is_told_apart() {
+        for (pattern, branch) in [
+            ("*", "feature/x"),
+            ("release/*", "release/1.0/fix"),
+            ("feat*", "feature/x"),
+        ] {
+            assert!(!branch_matches(pattern, branch), "{pattern:?} vs {branch:?}");
+            assert!(would_match_across_parts(pattern, branch), "{pattern:?} vs {branch:?}");
+        }
+        for (pattern, branch) in [
+            ("release/*", "hotfix/1.0"),
+            ("main", "main/x"),
+            ("*", "main"),
+            ("x/*", "y/x/z"),
+        ] {
+            assert!(!would_match_across_parts(pattern, branch), "{pattern:?} vs {branch:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
+use crate::branch::would_match_across_parts;
 use crate::matching::{SkipReason, decide_push};
 use crate::model::Service;
 use crate::push::Push;
@@ -260,8 +261,19 @@ impl<S> PushPlan<'_, S> {
             ("services", "follow")
         };
         let branch_word = if branches.len() == 1 { "branch" } else { "branches" };
+        // A `*` read as crossing `/` is the likeliest slip: say so, naming one such pattern.
+        let hint = self
+            .other_branches
+            .iter()
+            .find_map(|pattern| {
+                let branch = branches.iter().find(|b| would_match_across_parts(pattern, b))?;
+                Some(format!(
+                    " In a branch pattern `*` stays within one `/`-separated part: `{pattern}` does not match {branch}; `**` crosses parts."
+                ))
+            })
+            .unwrap_or_default();
         Some(format!(
-            "No service of organization {org} follows {repository} on {branch_word} {}; {} {word} {verb} it on other branches ({others}).",
+            "No service of organization {org} follows {repository} on {branch_word} {}; {} {word} {verb} it on other branches ({others}).{hint}",
             branches.join(", "),
             self.on_other_branches
         ))
@@ -406,6 +418,20 @@ mod tests {
         assert_eq!(
             plan_push(&pushes, &delivery_keys(&pushes), &by_key).nothing_to_deploy("acme", &pushes),
             None
+        );
+    }
+
+    #[test]
+    fn nothing_to_deploy_explains_a_star_that_does_not_cross_slashes() {
+        let by_key = index(vec![app("api", "*"), app("web", "main")]);
+        let pushes = [push("feature/x", "b")];
+        assert_eq!(
+            plan_push(&pushes, &delivery_keys(&pushes), &by_key)
+                .nothing_to_deploy("acme", &pushes)
+                .as_deref(),
+            Some(
+                "No service of organization acme follows github.com/acme/shop on branch feature/x; 2 services follow it on other branches (*, main). In a branch pattern `*` stays within one `/`-separated part: `*` does not match feature/x; `**` crosses parts."
+            )
         );
     }
 }
