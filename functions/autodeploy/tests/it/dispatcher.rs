@@ -392,6 +392,14 @@ fn a_410_fails_at_once_and_a_redirect_is_not_followed() {
         let paths: Vec<String> = receiver.requests().into_iter().map(|r| r.path).collect();
         assert_eq!(paths, vec!["/hook"]);
     }
+    // A deployment that failed for good is logged as a warning.
+    let attempts = server.logged("deployment attempt", 2);
+    assert!(
+        attempts
+            .iter()
+            .all(|line| line.contains("WARN") && line.contains("outcome=\"failed\"")),
+        "{attempts:#?}"
+    );
 }
 
 #[test]
@@ -408,10 +416,13 @@ fn a_target_that_never_answers_times_out_and_is_retried() {
     let attempts = server.logged("deployment attempt", 2);
     assert_eq!(attempts.len(), 2, "{attempts:#?}");
     assert!(
-        attempts[0].contains("outcome=Retried") && attempts[0].contains("the target did not answer within 15 s"),
+        attempts[0].contains("INFO")
+            && attempts[0].contains("outcome=\"retry\"")
+            && attempts[0].contains("next_attempt_unix=")
+            && attempts[0].contains("the target did not answer within 15 s"),
         "{attempts:#?}"
     );
-    assert!(attempts[1].contains("outcome=Delivered"), "{attempts:#?}");
+    assert!(attempts[1].contains("outcome=\"delivered\""), "{attempts:#?}");
 }
 
 #[test]

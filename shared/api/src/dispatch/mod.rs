@@ -81,15 +81,33 @@ impl Dispatcher {
             AttemptEnd::Release { note } => note.as_str(),
             AttemptEnd::Delivered => "",
         };
-        tracing::info!(
-            org = %request.organization_id,
-            service_id = %request.service_id,
-            deployment_id = %request.deployment_id,
-            attempt = record.attempts,
-            outcome = ?delivery,
-            error,
-            "deployment attempt"
-        );
+        let (outcome, next_attempt_unix) = match delivery {
+            Delivery::Delivered => ("delivered", None),
+            Delivery::Retried { next_attempt_unix } => ("retry", Some(next_attempt_unix)),
+            Delivery::Failed => ("failed", None),
+            Delivery::Released => ("released", None),
+        };
+        // A deployment that failed for good is what an operator watches for: a warning.
+        macro_rules! attempt_event {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    org = %request.organization_id,
+                    service_id = %request.service_id,
+                    deployment_id = %request.deployment_id,
+                    attempt = record.attempts,
+                    outcome,
+                    next_attempt_unix,
+                    error,
+                    "deployment attempt"
+                )
+            };
+        }
+        if delivery == Delivery::Failed {
+            attempt_event!(tracing::Level::WARN);
+        } else {
+            attempt_event!(tracing::Level::INFO);
+        }
         Ok(delivery)
     }
 
