@@ -833,6 +833,11 @@ fn serde_words_in_json(text: &str) -> String {
 /// serde_json's recursion limit stays on, so deeply nested bodies fail instead of overflowing
 /// the stack.
 fn from_json<'a, T: Deserialize<'a>>(provider: GitProvider, json: &'a str) -> Result<T, PayloadError> {
+    // serde's derived structs read a JSON array too, field by field, and then say that its
+    // first item is not `ref`: every payload is an object.
+    if json.trim_start().starts_with('[') {
+        return Err(wrong_shape(provider, "invalid type: array, expected an object"));
+    }
     serde_json::from_str(json).map_err(|err| {
         let detail = truncate(in_json_terms(&err.to_string()));
         match err.classify() {
