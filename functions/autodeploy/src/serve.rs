@@ -329,6 +329,7 @@ impl Throttle {
 struct DeadlineBody {
     inner: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
     receiving: Receiving,
 }
 
@@ -340,6 +341,7 @@ impl DeadlineBody {
         Self {
             inner,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
             receiving,
         }
     }
@@ -360,7 +362,10 @@ impl HttpBody for DeadlineBody {
             return Poll::Ready(frame.map(|f| f.map_err(axum::Error::new)));
         }
         match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new("the request body was not received in time")))),
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(format!(
+                "it did not all arrive within {} s of the request's headers (--body-timeout)",
+                self.timeout.as_secs()
+            ))))),
             Poll::Pending => Poll::Pending,
         }
     }

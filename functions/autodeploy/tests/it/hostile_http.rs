@@ -377,6 +377,12 @@ fn slow_bodies_are_timed_out_while_others_are_served() {
     if let Some((status, raw)) = &answer {
         assert_eq!(*status, 400, "{raw}");
         assert!(raw.contains("MALFORMED_BODY"), "{raw}");
+        assert!(
+            raw.contains(&format!(
+                "could not be read completely: it did not all arrive within {BODY_TIMEOUT} s of the request's headers (--body-timeout)."
+            )),
+            "the answer names the timeout: {raw}"
+        );
     }
     assert!(
         waited >= Duration::from_millis(BODY_TIMEOUT * 1000 - 100) && waited < Duration::from_secs(BODY_TIMEOUT + 3),

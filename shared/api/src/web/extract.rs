@@ -35,7 +35,10 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResu
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
-        Err(_) => Err(ApiError::malformed("The body could not be read completely.")),
+        // The body source's own words: a deadline, or the connection closing (never bytes of it).
+        Err(err) => Err(ApiError::malformed(format!(
+            "The body could not be read completely: {err}."
+        ))),
     }
 }
 

@@ -1551,7 +1551,10 @@ fn payload_errors_speak_json() {
         "not a GitHub push payload: invalid type: integer, expected an object at line 1 column 14"
     );
     let azure = wrong(GitProvider::AzureDevops, &[], "[]");
-    assert_eq!(azure, "not an Azure DevOps push payload: invalid type: array, expected an object");
+    assert_eq!(
+        azure,
+        "not an Azure DevOps push payload: invalid type: array, expected an object"
+    );
     for body in ["[1]", " [] ", r#"[{"ref": "refs/heads/main"}]"#] {
         assert_eq!(
             wrong(GitProvider::Github, &github, body),
