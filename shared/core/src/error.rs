@@ -50,6 +50,46 @@ pub fn without_quoted_values(detail: &str) -> String {
     out
 }
 
+/// serde's words for a payload's parts (`map`, `sequence`, `unit value`, `struct Commit`) in
+/// JSON's (`object`, `array`, `null`), for a person who wrote JSON, not Rust; without the
+/// values serde quotes (`string "…"`), which are the body's.
+pub fn in_json_terms(detail: &str) -> String {
+    serde_words_in_json(&without_quoted_values(detail))
+}
+
+/// [`in_json_terms`] of the message, its quoted values left out.
+fn serde_words_in_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // `expected struct Commit` (derived code) names a type.
+    const EXPECTED: &str = "expected struct ";
+    while let Some(at) = rest.find(EXPECTED) {
+        let after = &rest[at + EXPECTED.len()..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if name_len > 0 && after.starts_with(|c: char| c.is_ascii_uppercase()) {
+            out.push_str(&rest[..at]);
+            out.push_str("expected an object");
+            rest = &after[name_len..];
+        } else {
+            out.push_str(&rest[..at + EXPECTED.len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    [
+        ("invalid type: map", "invalid type: object"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("invalid type: unit value", "invalid type: null"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected an object"),
+        ("expected a borrowed string", "expected a string"),
+    ]
+    .iter()
+    .fold(out, |text, (serde, json)| text.replace(serde, json))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

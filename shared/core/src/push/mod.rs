@@ -788,46 +788,6 @@ pub fn with_article(name: &str) -> String {
     format!("{article} {name}")
 }
 
-/// serde's words for a payload's parts (`map`, `sequence`, `unit value`, `struct Commit`) in
-/// JSON's (`object`, `array`, `null`), for a person who wrote JSON, not Rust; without the
-/// values serde quotes (`string "…"`), which are the body's.
-fn in_json_terms(detail: &str) -> String {
-    serde_words_in_json(&crate::error::without_quoted_values(detail))
-}
-
-/// [`in_json_terms`] of the message, its quoted values left out.
-fn serde_words_in_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    // `expected struct Commit` (derived code) names a type.
-    const EXPECTED: &str = "expected struct ";
-    while let Some(at) = rest.find(EXPECTED) {
-        let after = &rest[at + EXPECTED.len()..];
-        let name_len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        if name_len > 0 && after.starts_with(|c: char| c.is_ascii_uppercase()) {
-            out.push_str(&rest[..at]);
-            out.push_str("expected an object");
-            rest = &after[name_len..];
-        } else {
-            out.push_str(&rest[..at + EXPECTED.len()]);
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    [
-        ("invalid type: map", "invalid type: object"),
-        ("invalid type: sequence", "invalid type: array"),
-        ("invalid type: unit value", "invalid type: null"),
-        ("expected a sequence", "expected an array"),
-        ("expected a map", "expected an object"),
-        ("expected a borrowed string", "expected a string"),
-    ]
-    .iter()
-    .fold(out, |text, (serde, json)| text.replace(serde, json))
-}
-
 /// Parse `json` into `T`, telling bad JSON (`NotJson`) from JSON of the wrong shape.
 ///
 /// serde_json's recursion limit stays on, so deeply nested bodies fail instead of overflowing
@@ -839,7 +799,7 @@ fn from_json<'a, T: Deserialize<'a>>(provider: GitProvider, json: &'a str) -> Re
         return Err(wrong_shape(provider, "invalid type: array, expected an object"));
     }
     serde_json::from_str(json).map_err(|err| {
-        let detail = truncate(in_json_terms(&err.to_string()));
+        let detail = truncate(crate::error::in_json_terms(&err.to_string()));
         match err.classify() {
             serde_json::error::Category::Data => PayloadError::WrongShape {
                 provider: provider_name(provider),

@@ -79,8 +79,23 @@ mod tests {
         use RegistryEventError::*;
         assert!(matches!(parse_dockerhub(b"not json"), Err(NotJson(_))));
         assert!(matches!(parse_dockerhub(b"\xff\xfe"), Err(NotJson(_))));
-        assert!(matches!(parse_dockerhub(b"[]"), Err(WrongShape { .. })));
+        for (body, detail) in [
+            (&b"[]"[..], "invalid type: array, expected an object"),
+            (b"[1]", "invalid type: array, expected an object"),
+            (b"\"x\"", "invalid type: string, expected an object"),
+        ] {
+            assert_eq!(
+                parse_dockerhub(body).unwrap_err().to_string(),
+                format!("The body is not a notification as Docker Hub sends it: {detail}.")
+            );
+        }
         assert!(matches!(parse_dockerhub(b"{}"), Err(WrongShape { .. })));
+        // In JSON's words, not Rust's.
+        let body = edit(DOCKERHUB_PUSH, |v| v["push_data"] = json!(true));
+        assert_eq!(
+            parse_dockerhub(&body).unwrap_err().to_string(),
+            "The body is not a notification as Docker Hub sends it: push_data: invalid type: boolean, expected an object."
+        );
         let body = edit(DOCKERHUB_PUSH, |v| v["push_data"]["tag"] = json!(5));
         let err = parse_dockerhub(&body).unwrap_err();
         assert!(err.to_string().contains("push_data.tag"), "{err}");

@@ -105,6 +105,19 @@ pub(super) fn wrong_shape(provider: &'static str, reason: String) -> RegistryEve
 /// Parse a body in two steps, so "not JSON" and "not this registry's shape" read differently.
 pub(super) fn from_body<T: DeserializeOwned>(provider: &'static str, body: &[u8]) -> Result<T, RegistryEventError> {
     let value: Value = serde_json::from_slice(body).map_err(|err| RegistryEventError::NotJson(err.to_string()))?;
+    if !value.is_object() {
+        let kind = match value {
+            Value::Array(_) => "array",
+            Value::String(_) => "string",
+            Value::Number(_) => "number",
+            Value::Bool(_) => "boolean",
+            _ => "null",
+        };
+        return Err(wrong_shape(
+            provider,
+            format!("invalid type: {kind}, expected an object"),
+        ));
+    }
     from_value(provider, &value)
 }
 
@@ -113,7 +126,7 @@ pub(super) fn from_value<T: DeserializeOwned>(provider: &'static str, value: &Va
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let inner = crate::error::without_quoted_values(&inner.to_string());
+        let inner = crate::error::in_json_terms(&inner.to_string());
         let reason = if path == "." { inner } else { format!("{path}: {inner}") };
         wrong_shape(provider, reason)
     })
