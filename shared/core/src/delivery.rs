@@ -180,6 +180,9 @@ pub struct HistoryDraft {
     /// in the answer: where its `ALREADY_QUEUED` entry goes, so that the history lists the
     /// skipped services in the order the answer does. A candidate without a slot goes last.
     pub slots: Vec<usize>,
+    /// Why services the delivery reached were not deployed, where the skip reasons alone do
+    /// not say (a tag policy's refusal): added to the reason the write gives the record.
+    pub skip_details: String,
 }
 
 /// What a write did for one candidate deployment, for [`HistoryDraft::complete`].
@@ -224,15 +227,16 @@ impl HistoryDraft {
             // Candidates that all turned out queued already: the draft's reason (written
             // before the write knew) does not say so.
             if record.reason.is_empty() || candidates > 0 {
-                record.reason = nothing_deployed(&record.skipped);
+                record.reason = nothing_deployed(&record.skipped) + &self.skip_details;
             }
         } else {
             record.outcome = DeliveryOutcome::Queued;
             record.http_status = 202;
             record.reason = format!(
-                "{} deployment{} queued.",
+                "{} deployment{} queued.{}",
                 record.queued.len(),
-                if record.queued.len() == 1 { "" } else { "s" }
+                if record.queued.len() == 1 { "" } else { "s" },
+                self.skip_details
             );
         }
         record
@@ -283,7 +287,26 @@ mod tests {
                 dry_run: false,
             },
             slots: Vec::new(),
+            skip_details: String::new(),
         }
+    }
+
+    #[test]
+    fn a_record_keeps_the_details_of_its_skips() {
+        let draft = HistoryDraft {
+            skip_details: " Service web: 1.0.0 is outside the SEMVER range >=2.".into(),
+            ..draft()
+        };
+        let done = draft.complete([CandidateFate::Recorded("d1")]);
+        assert_eq!(
+            done.reason,
+            "1 deployment queued. Service web: 1.0.0 is outside the SEMVER range >=2."
+        );
+        let none = draft.complete([CandidateFate::AlreadyQueued { service_id: "api" }]);
+        assert_eq!(
+            none.reason,
+            "2 services reached, none deployed: ALREADY_QUEUED, AUTO_DEPLOY_DISABLED. Service web: 1.0.0 is outside the SEMVER range >=2."
+        );
     }
 
     #[test]

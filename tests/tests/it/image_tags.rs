@@ -340,10 +340,20 @@ async fn tag_policies_decide(api: Api) {
         "{}",
         r.body
     );
-    // An answer that queues says nothing of the services refused beside.
+    // An answer that queues says nothing of the services refused beside; the deliveries
+    // history, after the count, says why each was refused.
     let r = deploy(&api, "container", "acme/api", "release-2").await;
     assert_eq!(queued_ids(&r), vec!["glob"], "{}", r.body);
     assert_eq!(r.body["message"], Value::Null, "{}", r.body);
+    let latest = api.admin_get("/organization/acme/deliveries?limit=1").await;
+    assert_eq!(
+        latest.body["items"][0]["reason"],
+        "1 deployment queued. Service regex: release-2 does not match the REGEX pattern ^main-[0-9a-f]{7}$. \
+         Service semver: release-2 is not a version, and the SEMVER policy (>=1.2.0 <2) takes versions only. \
+         Service vsemver: release-2 is not a version, and the SEMVER policy (>=1.2.0 <2) takes versions only.",
+        "{}",
+        latest.body
+    );
 }
 
 async fn queueing_records_the_new_tag_as_desired_state(api: Api) {

@@ -73,6 +73,9 @@ pub struct DeliverySummary {
     pub announced: Announced,
     pub queued: Vec<String>,
     pub skipped: Vec<SkippedService>,
+    /// Why services the delivery reached were not deployed, where the skip reasons alone do
+    /// not say: in the reason already when the answer's message says it.
+    pub skip_details: String,
 }
 
 impl DeliverySummary {
@@ -84,6 +87,7 @@ impl DeliverySummary {
             announced: Announced::default(),
             queued: Vec::new(),
             skipped: Vec::new(),
+            skip_details: String::new(),
         }
     }
 
@@ -167,14 +171,21 @@ impl From<&ImageReport> for DeliverySummary {
             Some(registry) => format!("{registry}/{path}"),
             None => path.clone(),
         });
-        Self {
+        let mut summary = Self {
             announced: Announced {
                 image,
                 tag: report.tag.clone(),
                 ..Announced::default()
             },
+            skip_details: report.refusals.clone(),
             ..Self::answered(&report.reached)
+        };
+        // An answer that queued nothing says why in its message, refusals included; one that
+        // queued something (or would have) says it in the history only.
+        if report.reached.message.is_none() {
+            summary.reason.push_str(&report.refusals);
         }
+        summary
     }
 }
 
@@ -212,6 +223,7 @@ pub fn draft_of(context: &DeliveryContext, summary: DeliverySummary) -> HistoryD
     // Completed by what the write records: a write of candidates says anew why nothing was
     // queued, if so; without candidates the answer's reason stands.
     let keeps_reason = summary.outcome == DeliveryOutcome::NothingToDeploy;
+    let skip_details = summary.skip_details.clone();
     let mut record = record_of(context, summary, 0);
     if !keeps_reason {
         record.reason.clear();
@@ -219,6 +231,7 @@ pub fn draft_of(context: &DeliveryContext, summary: DeliverySummary) -> HistoryD
     HistoryDraft {
         record,
         slots: Vec::new(),
+        skip_details,
     }
 }
 

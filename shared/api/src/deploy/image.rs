@@ -46,6 +46,11 @@ pub struct ImageReport {
     pub tag: Option<String>,
     #[serde(flatten)]
     pub reached: Reached<TagChange, ()>,
+    /// The services whose tag policy refused the tag, and why (` Service api: 2.0.0 is outside
+    /// the SEMVER range >=1.2.0 <2.`): in `message` when nothing is queued, and in the
+    /// deliveries history in any case.
+    #[serde(skip)]
+    pub refusals: String,
 }
 
 impl ImageReport {
@@ -56,6 +61,7 @@ impl ImageReport {
             image_name: None,
             tag: None,
             reached: Reached::new(dry_run),
+            refusals: String::new(),
         }
     }
 
@@ -227,8 +233,9 @@ pub async fn deploy_image(
     if deployable.is_empty() && report.reached.skipped.is_empty() {
         report.reached.message = Some(nothing_runs(org, target, image, other_kinds));
     }
+    report.refusals = spelled_out(&refusals);
     if deployable.is_empty() {
-        explain_refusals(&mut report, &refusals);
+        explain_refusals(&mut report);
     }
 
     if dry_run {
@@ -314,10 +321,14 @@ pub async fn deploy_image(
     if !deployable.is_empty() {
         return Err(DeployError::Contention);
     }
-    if decided_again && report.reached.queued.is_empty() {
-        // The services decided again were all skipped, some refused meanwhile: the answer
-        // explains them as one that had nothing deployable from the start (above).
-        explain_refusals(&mut report, &refusals);
+    if decided_again {
+        // Some services may have been refused meanwhile.
+        report.refusals = spelled_out(&refusals);
+        if report.reached.queued.is_empty() {
+            // The services decided again were all skipped: the answer explains them as one
+            // that had nothing deployable from the start (above).
+            explain_refusals(&mut report);
+        }
     }
     let report = sorted(report);
     if remember.is_some() || draft.is_some() {
@@ -358,25 +369,33 @@ fn nothing_runs(org: &str, target: ImageTarget, image: &ImageName, other_kinds: 
 /// Tag policy refusals spelled out in a message at most; the others are counted.
 const REFUSALS_SPELLED_OUT: usize = 5;
 
-/// An answer that queues nothing while tag policies refused the tag says why in `message`:
-/// the reasons, then each refusal (`Service api: 2.0.0 is outside the SEMVER range >=1.2.0
-/// <2.`). The caller knows that nothing is queued; without refusals nothing changes.
-fn explain_refusals(report: &mut ImageReport, refusals: &[(String, String)]) {
-    if refusals.is_empty() {
-        return;
-    }
+/// Each refusal spelled out (` Service api: 2.0.0 is outside the SEMVER range >=1.2.0 <2.`),
+/// at most [`REFUSALS_SPELLED_OUT`], the others counted; empty without refusals.
+fn spelled_out(refusals: &[(String, String)]) -> String {
     let mut refusals: Vec<&(String, String)> = refusals.iter().collect();
     refusals.sort();
-    let mut message = nothing_deployed(&report.reached.skipped_services());
-    for (service_id, why) in refusals.iter().take(REFUSALS_SPELLED_OUT) {
-        message.push_str(&format!(" Service {service_id}: {why}."));
-    }
+    let mut text: String = refusals
+        .iter()
+        .take(REFUSALS_SPELLED_OUT)
+        .map(|(service_id, why)| format!(" Service {service_id}: {why}."))
+        .collect();
     if refusals.len() > REFUSALS_SPELLED_OUT {
-        message.push_str(&format!(
+        text.push_str(&format!(
             " {} more refused by their tag policy.",
             refusals.len() - REFUSALS_SPELLED_OUT
         ));
     }
+    text
+}
+
+/// An answer that queues nothing while tag policies refused the tag says why in `message`:
+/// the reasons, then each refusal. The caller knows that nothing is queued; without refusals
+/// nothing changes.
+fn explain_refusals(report: &mut ImageReport) {
+    if report.refusals.is_empty() {
+        return;
+    }
+    let message = nothing_deployed(&report.reached.skipped_services()) + &report.refusals;
     report.reached.message = Some(message);
 }
 
