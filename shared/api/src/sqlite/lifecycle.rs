@@ -350,7 +350,7 @@ fn refusal(conn: &Connection, org: &str, id: &str) -> StoreResult<Refusal> {
     Ok(match status {
         None => Refusal::NotFound,
         Some((status, true)) => Refusal::Conflict(format!(
-            "The deployment is {status}: its engine reported its result, so it is leased no more."
+            "The deployment is {status} and its engine reported its result: it is leased no more (it was acknowledged, or its lease ran out)."
         )),
         Some((status, false)) if matches!(status.as_str(), "DELIVERED" | "FAILED" | "SUPERSEDED") => {
             Refusal::Conflict(format!("The deployment is {status}: it is leased no more."))
