@@ -17,6 +17,7 @@ use autodeploy_api::dispatch::send::{Sender, SenderConfig};
 use autodeploy_api::dispatch::{Dispatcher, standalone};
 use autodeploy_api::sqlite::{OnDurabilityLost, SqliteOptions, SqliteStore};
 use autodeploy_api::store::{InStoreQueue, TenantLimits};
+use autodeploy_api::web::auth::MAX_PRESENTED_TOKEN;
 use autodeploy_api::web::limits::BufferLimits;
 use autodeploy_api::web::{AppState, full_router};
 
@@ -60,7 +61,10 @@ hex: `openssl rand -base64 32`) or, when it is not set, with the key in the file
 database (<database>.key), created on first start. Back it up with the database.
 
 One server serves a database: it holds a lock on the file beside it (<database>.lock) while it
-runs, and a second one started on the same database stops at once, saying so.
+runs, and a second one started on the same database stops at once, saying so; so does a start on
+a database file that has a second name (a hard link).
+
+SIGTERM, SIGINT and SIGHUP stop it gracefully: the requests in flight are finished first.
 
 Files the server creates are readable by their owner only.";
 
@@ -396,21 +400,48 @@ fn admin_token(args: &ServeArgs) -> Result<String, String> {
         ));
     }
     let from_environment = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+    // Surrounding white space (a secret file's last newline) is dropped from either source,
+    // as a client's Authorization header drops it.
     let token = match (from_environment, &args.admin_token_file) {
         (Some(_), Some(_)) => {
             return Err("both AUTODEPLOY_ADMIN_TOKEN and --admin-token-file are set: keep one".to_owned());
         }
-        (Some(token), None) => token,
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .map_err(|e| format!("cannot read the admin token file {}: {e}", file.display()))?
-            .trim()
-            .to_owned(),
+        (Some(token), None) => token.trim().to_owned(),
+        (None, Some(file)) => {
+            warn_if_others_can_read(file);
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read the admin token file {}: {e}", file.display()))?
+                .trim()
+                .to_owned()
+        }
         (None, None) => return Err(format!("the API needs an admin token: {WHERE}")),
     };
     if token.len() < 16 {
         return Err("the admin token must be at least 16 characters long".to_owned());
     }
+    // What an Authorization header can carry and the API reads: a token outside these bounds
+    // would start a server no admin call could ever reach.
+    if token.len() > MAX_PRESENTED_TOKEN || !token.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(format!(
+            "the admin token must be printable ASCII (letters, digits, punctuation, spaces) of at most {MAX_PRESENTED_TOKEN} characters: it is sent in an Authorization header"
+        ));
+    }
     Ok(token)
+}
+
+/// A warning when the admin token's file is readable by others than its owner (a secret
+/// mounted by an orchestrator often is; refusing it would refuse those).
+fn warn_if_others_can_read(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(file)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %file.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "the admin token file is readable by other users of this machine: chmod 600 it"
+        );
+    }
 }
 
 /// The lock a server holds on its database for as long as it runs: an exclusive lock on the
@@ -424,6 +455,19 @@ struct DatabaseLock {
 impl DatabaseLock {
     fn take(database: &Path) -> Result<Self, String> {
         let real = std::fs::canonicalize(database).unwrap_or_else(|_| database.to_owned());
+        // SQLite names the database's log and shared memory after the path it was opened by:
+        // two servers on one file under two names would each keep a log of their own, lose
+        // each other's writes and corrupt the file; and this lock, beside one name, would not
+        // see the other.
+        if let Ok(meta) = std::fs::metadata(&real)
+            && std::os::unix::fs::MetadataExt::nlink(&meta) > 1
+        {
+            return Err(format!(
+                "the database {} has {} names (hard links): SQLite keeps its log beside the name it is opened by, so two servers on two names would corrupt it; keep one name (remove the other links) and start again",
+                database.display(),
+                std::os::unix::fs::MetadataExt::nlink(&meta)
+            ));
+        }
         let path = suffixed(&real, ".lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -484,19 +528,25 @@ fn parse_size(text: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT), which are caught from now on: the server then
-/// finishes its requests in flight and exits.
+/// Resolves on SIGTERM, Ctrl-C (SIGINT) or SIGHUP (a closed terminal, or a log rotation's
+/// signal, which would otherwise end the process at once), caught from now on: the server
+/// then finishes its requests in flight and exits.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    let catch = |kind| signal(kind).map_err(|e| format!("cannot catch SIGTERM and SIGINT: {e}"));
-    let (mut terminate, mut interrupt) = (catch(SignalKind::terminate())?, catch(SignalKind::interrupt())?);
+    let catch = |kind| signal(kind).map_err(|e| format!("cannot catch SIGTERM, SIGINT and SIGHUP: {e}"));
+    let (mut terminate, mut interrupt, mut hangup) = (
+        catch(SignalKind::terminate())?,
+        catch(SignalKind::interrupt())?,
+        catch(SignalKind::hangup())?,
+    );
     Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => {},
-            _ = interrupt.recv() => {},
-        }
-        tracing::info!("shutting down");
+        let signal = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+            _ = hangup.recv() => "SIGHUP",
+        };
+        tracing::info!(signal, "shutting down");
     })
 }
 

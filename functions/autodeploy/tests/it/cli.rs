@@ -32,6 +32,65 @@ fn a_missing_or_short_admin_token_stops_start_up() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16"));
     // The token is never printed back.
     assert!(!String::from_utf8_lossy(&out.stderr).contains("short\n"));
+    // A token no Authorization header could carry would start a server no admin call reaches.
+    let long = "x".repeat(513);
+    for token in [
+        "cli-test-admin-token-\u{e9}t\u{e9}",
+        "cli-test-admin\ttoken-0123",
+        "cli-test-admin-token\u{7}x",
+        &long,
+    ] {
+        let out = run(
+            &["serve", "--database", db.to_str().unwrap()],
+            &[("AUTODEPLOY_ADMIN_TOKEN", token)],
+        );
+        assert!(!out.status.success(), "{token:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("must be printable ASCII") && stderr.contains("at most 512"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(token), "{stderr}");
+    }
+    assert!(!db.exists(), "refused before any file is made");
+}
+
+/// A hang-up (a closed terminal, a log rotation's signal) shuts the server down as SIGTERM
+/// does, rather than ending it at once.
+#[test]
+fn sighup_shuts_down_gracefully() {
+    let mut server = Server::start(ADMIN, &[]);
+    assert_eq!(http(server.port, "GET", "/health", &[], b"").0, 200);
+    let status = server.signal("HUP");
+    assert!(status.success(), "{status:?}");
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("shutting down") && stderr.contains("SIGHUP"),
+        "{stderr}"
+    );
+}
+
+/// One database file under two names (a hard link) would have two logs, one per name, and
+/// the lock beside one name would not see the other: a start on it is refused.
+#[test]
+fn a_database_with_two_names_stops_start_up() {
+    let mut first = Server::start(ADMIN, &[]);
+    assert!(first.terminate().success());
+    let other = first.database.with_file_name("other-name.db");
+    std::fs::hard_link(&first.database, &other).unwrap();
+    let out = Launch::new(ADMIN).database(&first.database).run();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the database {} has 2 names (hard links)",
+            first.database.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_file(&other).unwrap();
+    let again = Launch::new(ADMIN).database(&first.database).start();
+    assert_eq!(again.call(ADMIN, "GET", "/organization/acme/services", None).0, 200);
 }
 
 #[test]
@@ -170,6 +229,7 @@ fn serves_prints_queued_deployments_and_stops_on_sigterm() {
     // SIGTERM: the server finishes and exits cleanly.
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
+    assert!(server.stderr().contains("shutting down"), "{}", server.stderr());
 
     // Exactly one JSON line on stdout (asked for with --print-deployments): the queued request.
     let stdout = server.stdout();
@@ -320,6 +380,18 @@ fn the_admin_token_comes_from_the_environment_or_a_file_never_the_command_line()
         help.contains("--admin-token-file") && !help.contains("--admin-token <"),
         "{help}"
     );
+
+    // From the environment, white space around it (a secret file's newline) is not part of it.
+    let padded = Launch::new(ADMIN)
+        .env("AUTODEPLOY_ADMIN_TOKEN", Some(&format!(" {ADMIN}\n")))
+        .start();
+    let good = format!("Token {ADMIN}");
+    let services = "/organization/acme/services";
+    assert_eq!(
+        http(padded.port, "GET", services, &[("Authorization", &good)], b"").0,
+        200
+    );
+    drop(padded);
 
     // From a file, by flag or variable; white space around it is not part of it.
     let file = dir.path().join("admin-token");

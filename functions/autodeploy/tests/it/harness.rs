@@ -381,14 +381,25 @@ impl Server {
 
     /// SIGTERM, and its exit status (within 20 s).
     pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM")
+    }
+
+    /// Send `SIG{name}` and wait for the exit.
+    pub fn signal(&mut self, name: &str) -> ExitStatus {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{name}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            assert!(Instant::now() < deadline, "no exit after SIG{name}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }

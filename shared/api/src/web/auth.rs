@@ -126,6 +126,9 @@ impl Caller {
     }
 }
 
+/// The longest token a request may present (an admin token is checked against it at start).
+pub const MAX_PRESENTED_TOKEN: usize = 512;
+
 /// The token from `Authorization: Token <t>` or `Authorization: Bearer <t>`.
 fn presented_token(parts: &Parts) -> ApiResult<&str> {
     let mut sent = parts.headers.get_all(header::AUTHORIZATION).iter();
@@ -151,7 +154,7 @@ fn presented_token(parts: &Parts) -> ApiResult<&str> {
         ));
     }
     let token = token.trim();
-    if token.is_empty() || token.len() > 512 {
+    if token.is_empty() || token.len() > MAX_PRESENTED_TOKEN {
         return Err(ApiError::token_required("The token is not valid."));
     }
     Ok(token)
