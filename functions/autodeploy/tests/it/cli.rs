@@ -402,8 +402,14 @@ fn the_admin_token_comes_from_the_environment_or_a_file_never_the_command_line()
     let by_variable = Launch::new(ADMIN)
         .env("AUTODEPLOY_ADMIN_TOKEN", None)
         .env("AUTODEPLOY_ADMIN_TOKEN_FILE", file.to_str());
-    for launch in [by_flag, by_variable] {
+    for (i, launch) in [by_flag, by_variable].into_iter().enumerate() {
+        // Readable by others (the first time) is warned about, not refused: an orchestrator's
+        // secret mounts often are.
+        let mode = if i == 0 { 0o644 } else { 0o600 };
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
         let server = launch.start();
+        let warned = server.logged("readable by other users", usize::from(i == 0));
+        assert_eq!(warned.len(), usize::from(i == 0), "{warned:?}");
         let services = "/organization/acme/services";
         let good = format!("Token {ADMIN}");
         assert_eq!(
