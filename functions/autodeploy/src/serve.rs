@@ -35,7 +35,8 @@ pub struct Settings {
 }
 
 /// Serve `router` on `listeners` until `shutdown`; then stop accepting, let every connection
-/// finish its request in flight (bounded by the timeouts), close idle ones, and return.
+/// finish the request it is answering, drop the others (idle, or their request still
+/// arriving), and return.
 ///
 /// At most `settings.max_connections` are open at once. At the cap, each new connection
 /// closes the oldest idle one (a connection between requests, or still sending its headers),
@@ -238,9 +239,17 @@ impl Connections {
         }
     }
 
+    /// At shutdown: drop at once the connections with nothing to finish (between requests,
+    /// still sending headers or a body: nothing of that request was done), as at the cap;
+    /// close the others after their response. A request still arriving would otherwise hold
+    /// the exit for up to its header or body timeout.
     fn close_all(&self) {
         for (_, state) in std::mem::take(&mut *self.lock()) {
-            state.close.notify_one();
+            if !state.busy.load(Ordering::Acquire) || state.receiving.load(Ordering::Acquire) {
+                state.drop_now.notify_one();
+            } else {
+                state.close.notify_one();
+            }
         }
     }
 

@@ -336,6 +336,33 @@ fn slow_headers_are_timed_out_while_others_are_served() {
     server.assert_healthy();
 }
 
+/// A shutdown does not wait for requests still arriving (nothing of them was done): with both
+/// timeouts at an hour, a connection stalled in its headers and one stalled in its body are
+/// dropped at SIGTERM, and the server exits at once (the harness gives it 20 s).
+#[test]
+fn a_shutdown_drops_requests_still_arriving() {
+    let mut server = Server::start(ADMIN, &["--header-timeout", "3600", "--body-timeout", "3600"]);
+    server.set_webhook_secret(ADMIN, "github", "a-webhook-secret-for-slow-bodies");
+    let mut in_headers = server.connect();
+    in_headers
+        .write_all(b"POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut in_body = server.connect();
+    let head = format!(
+        "POST /organization/acme/webhooks/github HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256={}\r\nContent-Length: 1000\r\n\r\n{{\"ref\": ",
+        "0".repeat(64)
+    );
+    in_body.write_all(head.as_bytes()).unwrap();
+    server.assert_healthy();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    // Both were closed without an answer: nothing was done for them.
+    for mut stream in [in_headers, in_body] {
+        assert_eq!(read_response(&mut stream), None);
+    }
+}
+
 #[test]
 fn slow_bodies_are_timed_out_while_others_are_served() {
     let mut server = server();
