@@ -140,11 +140,22 @@ fn main() -> ExitCode {
         .lossy(false)
         .thread_name("autodeploy-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
+    // A filter that does not parse logs at info, and says so once logging is set up.
+    let (filter, bad_filter) = match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(value) if !value.trim().is_empty() => match EnvFilter::try_new(&value) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new("info"), Some(e)),
+        },
+        _ => (EnvFilter::new("info"), None),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(filter)
         .with_writer(log_writer)
         .with_ansi(ansi)
         .init();
+    if let Some(error) = bad_filter {
+        tracing::warn!(%error, "RUST_LOG is not a log filter: logging at info");
+    }
     let Command::Serve(args) = cli.command;
     let result = serve(args);
     // The lines still waiting are written before the process ends.

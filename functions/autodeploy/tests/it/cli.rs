@@ -55,6 +55,14 @@ fn a_missing_or_short_admin_token_stops_start_up() {
     assert!(!db.exists(), "refused before any file is made");
 }
 
+/// A log filter that does not parse is said to be ignored, not silently.
+#[test]
+fn a_log_filter_that_does_not_parse_is_warned_about() {
+    let server = Launch::new(ADMIN).env("RUST_LOG", Some("garbage[")).start();
+    let warned = server.logged("RUST_LOG is not a log filter: logging at info", 1);
+    assert_eq!(warned.len(), 1, "{}", server.stderr());
+}
+
 /// A hang-up (a closed terminal, a log rotation's signal) shuts the server down as SIGTERM
 /// does, rather than ending it at once.
 #[test]
