@@ -470,13 +470,11 @@ impl DatabaseLock {
         // two servers on one file under two names would each keep a log of their own, lose
         // each other's writes and corrupt the file; and this lock, beside one name, would not
         // see the other.
-        if let Ok(meta) = std::fs::metadata(&real)
-            && std::os::unix::fs::MetadataExt::nlink(&meta) > 1
-        {
+        let names = std::fs::metadata(&real).map_or(1, |meta| std::os::unix::fs::MetadataExt::nlink(&meta));
+        if names > 1 {
             return Err(format!(
-                "the database {} has {} names (hard links): SQLite keeps its log beside the name it is opened by, so two servers on two names would corrupt it; keep one name (remove the other links) and start again",
+                "the database {} has {names} names (hard links): SQLite keeps its log beside the name it is opened by, so two servers on two names would corrupt it; keep one name (remove the other links) and start again",
                 database.display(),
-                std::os::unix::fs::MetadataExt::nlink(&meta)
             ));
         }
         let path = suffixed(&real, ".lock");

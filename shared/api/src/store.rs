@@ -492,6 +492,12 @@ impl PageFill {
     pub fn full(&self) -> bool {
         self.full
     }
+
+    /// The page of the `items` taken, with the key of the last when more follow.
+    pub fn page<T>(&self, items: Vec<T>, key: impl Fn(&T) -> String) -> Page<T> {
+        let last_key = if self.full { items.last().map(key) } else { None };
+        Page { items, last_key }
+    }
 }
 
 /// The deliveries history (SPEC "Deliveries — why didn't it deploy?").

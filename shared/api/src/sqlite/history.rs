@@ -180,8 +180,7 @@ impl DeliveryHistory for SqliteStore {
                 }
                 items.push(record_of(org, data)?);
             }
-            let last_key = if fill.full() { items.last().map(|d: &DeliveryRecord| d.id.clone()) } else { None };
-            Ok(Page { items, last_key })
+            Ok(fill.page(items, |d| d.id.clone()))
         })
     }
 }

@@ -944,12 +944,7 @@ impl DeliveryHistory for DynamoStore {
             .iter()
             .map(|item| delivery_record_from_item(org, item))
             .collect::<StoreResult<Vec<_>>>()?;
-        let last_key = if fill.full() {
-            items.last().map(|d| d.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, last_key })
+        Ok(fill.page(items, |d| d.id.clone()))
     }
 }
 
