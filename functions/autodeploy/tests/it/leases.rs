@@ -168,6 +168,40 @@ fn leases_survive_a_sigkill_and_run_out_after_the_restart() {
 /// A consumer long-polling when the server is told to stop gets its answer (nothing) at once,
 /// and the server exits, instead of both waiting out the poll's 20 s: longer than the 10 s a
 /// container runtime waits for a stopping container before it kills it.
+/// A leased item lists the deployment's fields in the order every answer about a deployment
+/// does (`schema` first, as the queue message), then its lease.
+#[test]
+fn a_leased_item_keeps_the_deployments_field_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("autodeploy.db"), &[]);
+    let token = set_up(&server, &["api"]);
+    deploy(&server, "api", "1");
+    let auth = format!("Token {token}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let (status, raw) = crate::harness::http(
+        server.port,
+        "POST",
+        "/organization/acme/deployments/lease",
+        &headers,
+        b"{}",
+    );
+    assert_eq!(status, 200, "{raw}");
+    let at = |key: &str| {
+        raw.find(&format!("\"{key}\""))
+            .unwrap_or_else(|| panic!("{key}: {raw}"))
+    };
+    let order = [
+        "schema",
+        "deployment_id",
+        "organization_id",
+        "status",
+        "lease_id",
+        "lease_expires_at",
+        "attempt",
+    ];
+    assert!(order.windows(2).all(|pair| at(pair[0]) < at(pair[1])), "{raw}");
+}
+
 #[test]
 fn a_long_poll_answers_at_once_when_the_server_stops() {
     let dir = tempfile::tempdir().unwrap();

@@ -221,7 +221,15 @@ async fn lease(
 ) -> ApiResult<Response> {
     let leased = consume::lease(pull(&state)?, &state.draining, &org, body.request, body.wait).await?;
     let items: Vec<LeasedView> = leased.into_iter().map(LeasedView::from).collect();
-    Ok(Json(serde_json::json!({ "items": items })).into_response())
+    // Serialized as it is (not through a `Value`, whose maps sort their keys): each item's
+    // fields in the order every other answer of a deployment has them.
+    Ok(Json(LeaseAnswer { items }).into_response())
+}
+
+/// The answer to a lease: `{"items": [...]}`.
+#[derive(Serialize)]
+struct LeaseAnswer {
+    items: Vec<LeasedView>,
 }
 
 async fn ack(
