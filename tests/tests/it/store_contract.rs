@@ -30,10 +30,10 @@ on_both_stores! {
     secrets, tokens, record_with_push_guard, record_with_service_unchanged_guard, a_replay_cannot_roll_a_service_back,
     a_reapply_after_a_rollback_queues, concurrent_pushes_record_once, concurrent_replaces_one_wins,
     list_deployments_newest_first, pending_until_marked_queued, held_behind_older_pending, attempts_only_go_forward,
-    concurrent_starts_start_once, deliveries, a_deliveries_page_stays_within_its_bytes, an_attempt_begins_and_delivers, a_retried_attempt_begins_again,
-    the_newest_waiting_deployment_wins, final_statuses_never_move, an_attempt_ends_only_in_progress,
-    a_deployment_overtaken_by_a_finished_one_never_starts, a_service_write_checks_its_targets_type,
-    a_change_of_type_and_an_unfit_service_never_both_pass,
+    concurrent_starts_start_once, deliveries, a_deliveries_page_stays_within_its_bytes, an_attempt_begins_and_delivers,
+    a_retried_attempt_begins_again, the_newest_waiting_deployment_wins, final_statuses_never_move,
+    an_attempt_ends_only_in_progress, a_deployment_overtaken_by_a_finished_one_never_starts,
+    a_service_write_checks_its_targets_type, a_change_of_type_and_an_unfit_service_never_both_pass,
 }
 
 // ---------------------------------------------------------------------------------------------
