@@ -17,8 +17,10 @@ pub trait AdminTokenSource: Send + Sync {
 pub struct StaticAdminToken([u8; 32]);
 
 impl StaticAdminToken {
+    /// White space around `token` (an environment file's last newline) is not part of it, as
+    /// a request's `Authorization` header cannot carry it; so it is read from Secrets Manager.
     pub fn new(token: &str) -> Self {
-        Self(Sha256::digest(token.as_bytes()).into())
+        Self(Sha256::digest(token.trim().as_bytes()).into())
     }
 }
 
@@ -37,5 +39,18 @@ pub struct NoAdminToken;
 impl AdminTokenSource for NoAdminToken {
     async fn admin_token_sha256(&self) -> StoreResult<Option<[u8; 32]>> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn white_space_around_a_static_token_is_not_part_of_it() {
+        let digest = |token: &str| Sha256::digest(token.as_bytes()).into();
+        let padded = StaticAdminToken::new(" an-admin-token-0123456789\n");
+        let want: [u8; 32] = digest("an-admin-token-0123456789");
+        assert_eq!(padded.admin_token_sha256().await.ok().flatten(), Some(want));
     }
 }
