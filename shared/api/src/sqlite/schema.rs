@@ -241,9 +241,25 @@ CREATE TABLE health_checks (
 -- The refused deliveries of an organization, to keep only the newest of them.
 CREATE INDEX delivery_log_rejected ON delivery_log (org, id) WHERE outcome = 'REJECTED';
 "#,
+    // The push marks of the deployments recorded before marks existed (a database of the
+    // first release, whose marks the lifecycle migration above did not carry over): without
+    // them the replay rule knew only each service's last push, and a push queued before the
+    // upgrade was queued again when sent again, an older one rolling its service back. Each
+    // git push deployment's `before..after` is its service's mark, as of when it was
+    // requested; marks past their retention go at the next upkeep.
+    r#"
+INSERT OR IGNORE INTO push_marks (org, service_id, mark, queued_unix)
+    SELECT org, service_id,
+           json_extract(data, '$.trigger.before') || '..' || json_extract(data, '$.trigger.commit_sha'),
+           coalesce(CAST(strftime('%s', json_extract(data, '$.requested_at')) AS INTEGER), updated_unix)
+    FROM deployments
+    WHERE json_extract(data, '$.trigger.type') = 'GIT_PUSH'
+    ORDER BY seq;
+"#,
 ];
 
-/// Bring the database at `conn` to this build's schema.
+/// Bring the database at `conn` to this build's schema. An upgrade is logged: an older
+/// autodeploy refuses the database from then on.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let applied: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -286,6 +302,13 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(sql).map_err(failed)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(failed)?;
         tx.commit().map_err(failed)?;
+    }
+    if applied > 0 && applied < MIGRATIONS.len() {
+        tracing::info!(
+            from = applied,
+            to = MIGRATIONS.len(),
+            "the database's schema was upgraded: an older autodeploy can no longer open it"
+        );
     }
     Ok(())
 }
@@ -337,6 +360,54 @@ mod tests {
         assert!(plan.contains("COVERING INDEX"), "{plan}");
         let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(applied, MIGRATIONS.len() as i64);
+    }
+
+    /// A database of the first release (schema 2: deployments, their queue, each service's
+    /// last push) gets a push mark for each git push deployment it recorded, so that the
+    /// replay rule still knows every push queued before the upgrade.
+    #[test]
+    fn first_release_pushes_keep_their_marks() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let push = |before: &str, after: &str, at: &str| {
+            format!(
+                r#"{{"deployment_id": "x", "requested_at": "{at}",
+                    "trigger": {{"type": "GIT_PUSH", "before": "{before}", "commit_sha": "{after}"}}}}"#
+            )
+        };
+        let tag = r#"{"requested_at": "2026-12-01T00:00:00Z", "trigger": {"type": "IMAGE_TAG", "tag": "1.2.0"}}"#;
+        for (id, service, data) in [
+            ("d1", "web", push("a", "b", "2026-12-01T10:00:00Z")),
+            ("d2", "web", push("b", "c", "2026-12-02T10:00:00Z")),
+            ("d3", "api", push("b", "c", "2026-12-02T10:00:00Z")),
+            ("d4", "worker", tag.to_owned()),
+        ] {
+            conn.execute(
+                "INSERT INTO deployments (org, id, service_id, status, data) VALUES ('acme', ?1, ?2, 'QUEUED', ?3)",
+                rusqlite::params![id, service, data],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let marks: Vec<(String, String, i64)> = conn
+            .prepare("SELECT service_id, mark, queued_unix FROM push_marks ORDER BY service_id, mark")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mark = |service: &str, mark: &str, at: i64| (service.to_owned(), mark.to_owned(), at);
+        assert_eq!(
+            marks,
+            [
+                mark("api", "b..c", 1_796_205_600),
+                mark("web", "a..b", 1_796_119_200),
+                mark("web", "b..c", 1_796_205_600)
+            ]
+        );
     }
 
     /// A database of the release before push marks and delivery ids moved to insertion order

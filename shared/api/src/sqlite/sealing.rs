@@ -36,6 +36,22 @@ pub(super) fn check_and_seal(conn: &mut Connection, key: Option<&SecretKey>) -> 
         }
     }
     let Some(key) = key else { return Ok(()) };
+    // The values replaced are zeroed where they stood (SQLite would otherwise leave them in
+    // the page's free space), and once any is, the log is written back and emptied: no copy
+    // of a secret in the clear is left in the database's files.
+    conn.pragma_update(None, "secure_delete", true).map_err(unavailable)?;
+    let sealed = seal_clear_values(conn, key);
+    conn.pragma_update(None, "secure_delete", false).map_err(unavailable)?;
+    if sealed? > 0 {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Seal every value stored in the clear, in one transaction: how many were.
+fn seal_clear_values(conn: &mut Connection, key: &SecretKey) -> StoreResult<usize> {
+    let mut sealed = 0;
     let tx = conn.transaction().map_err(unavailable)?;
     for (table, id, column) in SEALED_COLUMNS {
         let clear: Vec<(String, String, String)> = {
@@ -50,17 +66,19 @@ pub(super) fn check_and_seal(conn: &mut Connection, key: Option<&SecretKey>) -> 
             rows.collect::<Result<_, _>>().map_err(unavailable)?
         };
         for (org, key_value, value) in clear {
-            let sealed = key
+            let sealed_value = key
                 .seal(&value)
                 .map_err(|e| StoreError::Unavailable(format!("sealing a stored secret: {e}")))?;
-            tx.execute(
-                &format!("UPDATE {table} SET {column} = ?3 WHERE org = ?1 AND {id} = ?2"),
-                params![org, key_value, sealed],
-            )
-            .map_err(unavailable)?;
+            sealed += tx
+                .execute(
+                    &format!("UPDATE {table} SET {column} = ?3 WHERE org = ?1 AND {id} = ?2"),
+                    params![org, key_value, sealed_value],
+                )
+                .map_err(unavailable)?;
         }
     }
-    tx.commit().map_err(unavailable)
+    tx.commit().map_err(unavailable)?;
+    Ok(sealed)
 }
 
 impl SqliteStore {
@@ -94,4 +112,46 @@ pub(super) fn unseal_with(key: Option<&SecretKey>, stored: String) -> StoreResul
     let key = key.ok_or_else(|| StoreError::Corrupt("a sealed secret, and no key to open it".to_owned()))?;
     key.open(&stored)
         .map_err(|e| StoreError::Corrupt(format!("a stored secret: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret an earlier version stored in the clear is sealed at start, and no copy of it in
+    /// the clear is left in the database's files (the page's free space, the log).
+    #[test]
+    fn sealing_leaves_no_secret_in_the_clear_in_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("autodeploy.db");
+        let secret = "a-secret-stored-in-the-clear-0123456789";
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            super::super::schema::migrate(&mut conn).unwrap();
+            conn.execute(
+                "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES ('acme', 'github', ?1, 't')",
+                [secret],
+            )
+            .unwrap();
+        }
+        let key = SecretKey::from_bytes(&[7; 32]);
+        let mut conn = Connection::open(&path).unwrap();
+        check_and_seal(&mut conn, Some(&key)).unwrap();
+        let stored: String = conn
+            .query_row("SELECT secret FROM webhook_secrets", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(key.open(&stored).unwrap(), secret);
+        // While the server still runs (its connection open), and after.
+        for round in ["open", "closed"] {
+            for file in ["autodeploy.db", "autodeploy.db-wal"] {
+                let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+                let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+                assert!(!found, "{file}, connection {round}: the secret in the clear");
+            }
+            if round == "open" {
+                drop(std::mem::replace(&mut conn, Connection::open_in_memory().unwrap()));
+            }
+        }
+    }
 }
