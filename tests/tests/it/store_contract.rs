@@ -1983,6 +1983,54 @@ async fn dynamo_item_layout_follows_the_template() {
     );
 }
 
+/// A service as the first release wrote it (its last push, none of the marks this version
+/// keeps of every push, no current commit): that last push, sent again after the upgrade, is
+/// queued already, as the first release held; a new push is queued, and from then on the
+/// marks decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamo_a_first_release_services_last_push_stays_queued() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    let fixture = autodeploy_tests::aws_fixture().await;
+    let store: &dyn Store = &fixture.store;
+    create(store, &app("acme", "api", "acme/shop")).await;
+    fixture
+        .dynamo
+        .update_item()
+        .table_name(&fixture.table)
+        .key("pk", AttributeValue::S("ORG#acme".to_owned()))
+        .key("sk", AttributeValue::S("SERVICE#api".to_owned()))
+        .update_expression("SET last_push = :mark REMOVE current_commit")
+        .expression_attribute_values(":mark", AttributeValue::S("a..b".to_owned()))
+        .send()
+        .await
+        .expect("update_item");
+    let again = store
+        .record_deployment(&push_request("acme", "api"), &push("a..b"))
+        .await
+        .expect("record");
+    assert_eq!(again, RecordOutcome::GuardFailed);
+    recorded_status(
+        store
+            .record_deployment(&push_request("acme", "api"), &push("b..c"))
+            .await
+            .expect("record"),
+    );
+    let replayed = store
+        .record_deployment(&push_request("acme", "api"), &push("b..c"))
+        .await
+        .expect("record");
+    assert_eq!(replayed, RecordOutcome::GuardFailed);
+    // A service this version wrote and never pushed to is not held by a missing mark.
+    create(store, &app("acme", "web", "acme/shop")).await;
+    recorded_status(
+        store
+            .record_deployment(&push_request("acme", "web"), &push("a..b"))
+            .await
+            .expect("record"),
+    );
+}
+
 /// An item no version could have written reads as `Corrupt`, not as a missing record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamo_unreadable_items_are_corrupt() {

@@ -187,6 +187,17 @@ impl DynamoStore {
                     e.equals(CURRENT_COMMIT, "after", s(after))
                 );
                 let mut condition = format!("attribute_exists({})", e.name(PK));
+                if stage == Stage::Fresh {
+                    // A service the first release wrote has its last push and no mark items:
+                    // that push sent again is queued already, as the first release held.
+                    condition.push_str(&format!(
+                        " AND (attribute_exists({}) OR attribute_not_exists({}) OR {} <> {})",
+                        e.name(CURRENT_COMMIT),
+                        e.name(LAST_PUSH),
+                        e.name(LAST_PUSH),
+                        e.value("mark", s(mark))
+                    ));
+                }
                 if stage == Stage::Reapply {
                     // The last push queued, pushed again, is no re-apply even when it moves
                     // nothing (`before` = `after` = the current commit).
