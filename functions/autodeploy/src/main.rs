@@ -281,7 +281,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             services: args.max_services,
             ..TenantLimits::default()
         })
-        .allowing_private_targets(args.targets_allow_private);
+        .allowing_private_targets(args.targets_allow_private)
+        // Half the connections at most wait in long polls: the rest stay for webhooks and
+        // everything else.
+        .with_waiting_polls((args.max_connections / 2).max(1) as usize);
         let draining = Arc::clone(&state.draining);
         let (stopping, stop) = tokio::sync::watch::channel(false);
         let dispatching = if args.no_dispatch {

@@ -752,6 +752,34 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
     only(&offered, &newer);
 }
 
+/// An organization has at most 64 long polls waiting at once (each holds a connection, and is
+/// woken by every deployment recorded): of 70 asking to wait 20 s, 6 answer at once, with
+/// what there is (nothing), while 64 wait; the work queued then goes to one of those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organizations_waiting_long_polls_are_bounded() {
+    let (api, token) = standalone(&["api"]).await;
+    let mut polls: Vec<_> = (0..70).map(|_| waiting_lease(&api, &token, 20)).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while polls.iter().filter(|p| p.is_finished()).count() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the polls over the bound did not answer at once"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (answered, waiting): (Vec<_>, Vec<_>) = polls.drain(..).partition(|p| p.is_finished());
+    assert_eq!((answered.len(), waiting.len()), (6, 64));
+    for poll in answered {
+        assert!(poll.await.unwrap().is_empty());
+    }
+    let id = deploy(&api, "acme", "api", "1.0").await;
+    let mut offered = Vec::new();
+    for poll in waiting {
+        offered.extend(poll.await.unwrap());
+    }
+    only(&offered, &id);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad input, scopes, organizations
 

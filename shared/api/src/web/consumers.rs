@@ -219,7 +219,15 @@ async fn lease(
     _: NoQuery,
     ValidOrDefault(body): ValidOrDefault<LeaseBody>,
 ) -> ApiResult<Response> {
-    let leased = consume::lease(pull(&state)?, &state.draining, &org, body.request, body.wait).await?;
+    let leased = consume::lease(
+        pull(&state)?,
+        &state.waiting_polls,
+        &state.draining,
+        &org,
+        body.request,
+        body.wait,
+    )
+    .await?;
     let items: Vec<LeasedView> = leased.into_iter().map(LeasedView::from).collect();
     // Serialized as it is (not through a `Value`, whose maps sort their keys): each item's
     // fields in the order every other answer of a deployment has them.

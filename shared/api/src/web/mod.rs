@@ -29,7 +29,7 @@ use http::StatusCode;
 
 use crate::admin::AdminTokenSource;
 use crate::deploy::Deployer;
-use crate::deploy::consume::Draining;
+use crate::deploy::consume::{Draining, WaitingPolls};
 use crate::store::{DeploymentQueue, PullQueue, Store, TenantLimits};
 use error::ApiError;
 
@@ -46,6 +46,8 @@ pub struct AppState {
     pub allow_private_targets: bool,
     /// Begun when the server shuts down (long polls answer at once).
     pub draining: Arc<Draining>,
+    /// The long polls waiting at once, bounded.
+    pub waiting_polls: Arc<WaitingPolls>,
 }
 
 impl AppState {
@@ -63,7 +65,18 @@ impl AppState {
             limits: TenantLimits::default(),
             allow_private_targets: false,
             draining: Arc::default(),
+            waiting_polls: Arc::default(),
         }
+    }
+
+    /// The same state, with at most `total` long polls waiting at once over the server (and
+    /// [`crate::deploy::consume::WAITING_POLLS_PER_ORGANIZATION`] per organization).
+    pub fn with_waiting_polls(mut self, total: usize) -> Self {
+        self.waiting_polls = Arc::new(WaitingPolls::new(
+            crate::deploy::consume::WAITING_POLLS_PER_ORGANIZATION,
+            total,
+        ));
+        self
     }
 
     /// The same state, allowing deploy targets on private addresses (and plain http).
