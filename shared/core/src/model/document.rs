@@ -344,6 +344,9 @@ fn read_deploy_target(f: &mut Fields<'_>) -> Option<DeployTarget> {
             f.error("external_id", format!("must be at most {MAX_TEXT} characters long"));
         } else if external_id.chars().any(char::is_control) {
             f.error("external_id", "must not contain control characters");
+        } else if matches!(external_id.as_str(), "." | "..") {
+            // Qovery's API puts it in a path, where these read as a directory.
+            f.error("external_id", "must not be . or ..");
         }
     }
     if f.has_errors() {
@@ -826,6 +829,14 @@ mod tests {
             ),
             (
                 json!({"target_id": "t", "external_id": "a\nb"}),
+                "deploy_target.external_id",
+            ),
+            (
+                json!({"target_id": "t", "external_id": ".."}),
+                "deploy_target.external_id",
+            ),
+            (
+                json!({"target_id": "t", "external_id": "."}),
                 "deploy_target.external_id",
             ),
             (json!({"target_id": "t", "external_id": 7}), "deploy_target.external_id"),

@@ -83,6 +83,14 @@ fn qovery(
 ) -> Result<Request<Vec<u8>>, String> {
     let external_id =
         external_id.ok_or("a QOVERY target needs the service's deploy_target.external_id (its Qovery service id)")?;
+    // A path segment the URL would read as the directory itself or its parent: the token would
+    // go to another path of the API than the deploy endpoint.
+    if matches!(external_id, "." | "..") {
+        return Err(
+            "the service's deploy_target.external_id must not be . or .. (it is a path segment of Qovery's API)"
+                .to_owned(),
+        );
+    }
     let (kind, body) = match deployment.service_kind {
         ServiceKind::Application => ("application", json!({"git_commit_id": commit(deployment)?})),
         ServiceKind::Container => ("container", json!({"image_tag": tag(deployment)?})),
@@ -349,6 +357,10 @@ mod tests {
         let deployment = push_deployment(ServiceKind::Application);
         let error = build_request(&qovery_target(), &deployment, None, 0).unwrap_err();
         assert!(error.contains("external_id"), "{error}");
+        for dots in [".", ".."] {
+            let error = build_request(&qovery_target(), &deployment, Some(dots), 0).unwrap_err();
+            assert!(error.contains("must not be . or .."), "{error}");
+        }
         let error = build_request(
             &qovery_target(),
             &image_deployment(ServiceKind::Application),
