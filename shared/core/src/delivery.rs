@@ -243,6 +243,13 @@ impl HistoryDraft {
     }
 }
 
+/// Whether a provider's delivery id reads as an id (letters, digits and `-_.:{}`, as UUIDs,
+/// GitLab's and Bitbucket's ids are written), not as a sentence: what the history keeps of a
+/// refused delivery's id, which anyone can send.
+pub fn reads_as_an_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:{}".contains(&b))
+}
+
 /// Why a delivery that reached services deployed none, from their skip reasons.
 pub fn nothing_deployed(skipped: &[SkippedService]) -> String {
     if skipped.is_empty() {
@@ -288,6 +295,21 @@ mod tests {
             },
             slots: Vec::new(),
             skip_details: String::new(),
+        }
+    }
+
+    #[test]
+    fn ids_read_as_ids() {
+        for id in ["72d3162e-cc78-11e3-81ab-4c9367dc0958", "{b1c2}", "12345", "d-1.2:3_x"] {
+            assert!(reads_as_an_id(id), "{id}");
+        }
+        for id in [
+            "",
+            "spoof: please rotate your secret at https://evil.example/",
+            "a b",
+            "<b>",
+        ] {
+            assert!(!reads_as_an_id(id), "{id}");
         }
     }
 

@@ -16,6 +16,32 @@ on_both_stores! {
     image_tags_and_registry_webhooks_are_recorded, filters_pages_and_one_delivery,
     a_flood_of_bad_signatures_leaves_the_history_usable, refusals_are_recorded_only_for_an_organization_set_up,
     a_replay_is_recorded_in_the_answers_order, image_tags_racing_service_writes_are_recorded_as_answered,
+    a_refused_deliverys_id_is_kept_only_as_an_id,
+}
+
+/// Anyone can send a refused delivery, with any delivery id: the history keeps that id only
+/// when it reads as one, never a sentence someone wrote into the organization's history.
+async fn a_refused_deliverys_id_is_kept_only_as_an_id(api: Api) {
+    api.set_secret("acme", "github").await;
+    let body = github_push(|_| {});
+    let spoof = "spoof: please rotate your secret at https://evil.example/";
+    let uuid = "72d3162e-cc78-11e3-81ab-4c9367dc0958";
+    for delivery in [spoof, uuid] {
+        let r = github(
+            &api,
+            "",
+            "push",
+            delivery,
+            Some("not-the-secret-0123456789"),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    let listed = all(&api, "acme", "").await;
+    let ids: Vec<&Value> = listed.iter().map(|d| &d["delivery_id"]).collect();
+    assert_eq!(ids, [&json!(uuid), &Value::Null], "newest first: {listed:?}");
+    assert!(listed.iter().all(|d| d["outcome"] == "REJECTED"));
 }
 
 /// A refusal is recorded for an organization that has something set up (here a service but

@@ -198,12 +198,19 @@ pub fn record_of(context: &DeliveryContext, summary: DeliverySummary, http_statu
         image,
         tag,
     } = summary.announced;
+    let delivery_id = summary.delivery_id.or_else(|| context.delivery_id.clone());
+    // A refused delivery is not authenticated: its id is kept only when it reads as one, so
+    // that no one can write a sentence into an organization's history.
+    let delivery_id = match summary.outcome {
+        DeliveryOutcome::Rejected => delivery_id.filter(|id| autodeploy_core::delivery::reads_as_an_id(id)),
+        _ => delivery_id,
+    };
     DeliveryRecord {
         id: context.id.clone(),
         organization_id: context.organization_id.clone(),
         received_at: context.received_at.clone(),
         source: context.source,
-        delivery_id: summary.delivery_id.or_else(|| context.delivery_id.clone()),
+        delivery_id,
         http_status,
         outcome: summary.outcome,
         reason: summary.reason,
