@@ -362,6 +362,23 @@ mod tests {
         assert_eq!(applied, MIGRATIONS.len() as i64);
     }
 
+    /// The push marks `(service, mark, queued_unix)`, in `order`.
+    fn push_marks(conn: &Connection, order: &str) -> Vec<(String, String, i64)> {
+        conn.prepare(&format!(
+            "SELECT service_id, mark, queued_unix FROM push_marks ORDER BY {order}"
+        ))
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// A push mark as [`push_marks`] reads it.
+    fn mark(service: &str, mark: &str, queued_unix: i64) -> (String, String, i64) {
+        (service.to_owned(), mark.to_owned(), queued_unix)
+    }
+
     /// A database of the first release (schema 2: deployments, their queue, each service's
     /// last push) gets a push mark for each git push deployment it recorded, so that the
     /// replay rule still knows every push queued before the upgrade.
@@ -392,16 +409,8 @@ mod tests {
             .unwrap();
         }
         migrate(&mut conn).unwrap();
-        let marks: Vec<(String, String, i64)> = conn
-            .prepare("SELECT service_id, mark, queued_unix FROM push_marks ORDER BY service_id, mark")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let mark = |service: &str, mark: &str, at: i64| (service.to_owned(), mark.to_owned(), at);
         assert_eq!(
-            marks,
+            push_marks(&conn, "service_id, mark"),
             [
                 mark("api", "b..c", 1_796_205_600),
                 mark("web", "a..b", 1_796_119_200),
@@ -434,16 +443,8 @@ mod tests {
             .unwrap();
         }
         migrate(&mut conn).unwrap();
-        let marks: Vec<(String, String, i64)> = conn
-            .prepare("SELECT service_id, mark, queued_unix FROM push_marks ORDER BY rowid")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let mark = |service: &str, mark: &str, queued| (service.to_owned(), mark.to_owned(), queued);
         assert_eq!(
-            marks,
+            push_marks(&conn, "rowid"),
             [
                 mark("api", "a..b", 10),
                 mark("web", "b..c", 20),
