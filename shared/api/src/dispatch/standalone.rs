@@ -17,6 +17,8 @@ use crate::util::until_unix_second;
 /// request waited on, a few kilobytes: many fit, so that targets that do not answer (each
 /// holding its place up to the 15 s timeout) rarely hold other services back.
 pub const CONCURRENCY: usize = 128;
+// The take leaves the other organizations some attempts at all times.
+const _: () = assert!(crate::sqlite::DISPATCH_SHARE_OF_ONE_ORGANIZATION < CONCURRENCY);
 /// The longest the loop sleeps without a reason to wake: a safety net, not a poll.
 const IDLE_WAKE: Duration = Duration::from_secs(60);
 

@@ -384,6 +384,10 @@ mod tests {
     use crate::store::{Expected, ServiceStore, StoredService, TargetStore, TenantLimits};
 
     async fn put_service(store: &SqliteStore, id: &str, target: Option<&str>) -> Service {
+        put_service_of(store, "acme", id, target).await
+    }
+
+    async fn put_service_of(store: &SqliteStore, org: &str, id: &str, target: Option<&str>) -> Service {
         let mut doc = json!({"environment_id": "prod", "kind": "APPLICATION", "auto_deploy": true,
             "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": "main"}});
         if let Some(target) = target {
@@ -391,7 +395,7 @@ mod tests {
             // A service names an existing target only.
             let stored = crate::store::StoredTarget {
                 id: target.to_owned(),
-                organization_id: "acme".to_owned(),
+                organization_id: org.to_owned(),
                 spec: autodeploy_core::target::Target::Webhook {
                     url: "https://deploy.example.com/hook".to_owned(),
                     secret: autodeploy_core::target::Secret::new(
@@ -403,20 +407,20 @@ mod tests {
                 created_at: String::new(),
                 updated_at: String::new(),
             };
-            if store.get_target("acme", target).await.unwrap().is_none() {
+            if store.get_target(org, target).await.unwrap().is_none() {
                 store.put_target(&stored, Expected::Absent).await.unwrap().unwrap();
             }
         }
         let service = Service {
             id: id.to_owned(),
-            organization_id: "acme".to_owned(),
-            spec: parse_service_document("acme", id, &doc).unwrap(),
+            organization_id: org.to_owned(),
+            spec: parse_service_document(org, id, &doc).unwrap(),
             version: 1,
             created_at: String::new(),
             updated_at: String::new(),
         };
         // Created, or replaced (its destination changed).
-        let expected = match store.get_service("acme", id).await.unwrap() {
+        let expected = match store.get_service(org, id).await.unwrap() {
             Some(current) => Expected::Etag(current.etag),
             None => Expected::Absent,
         };
@@ -441,7 +445,7 @@ mod tests {
         Candidate {
             request: DeploymentRequest::new(
                 crate::util::new_deployment_id(),
-                "acme",
+                &service.organization_id,
                 service,
                 trigger,
                 "2026-12-05T00:00:00Z",
@@ -487,18 +491,57 @@ mod tests {
         }
     }
 
+    /// One new deployment of `service`, recorded.
+    async fn record_one(store: &SqliteStore, service: &Service) {
+        let candidates = [push_to(service, &crate::util::new_deployment_id())];
+        let batch = Batch::new(&service.organization_id, candidates.to_vec().into(), None, None);
+        store.record_deployments(batch).await.unwrap();
+    }
+
     /// One new deployment of `service` (which has a target), taken by the dispatcher: its id.
     async fn taken_by_dispatcher(store: &SqliteStore, service: &Service) -> String {
-        let candidates = [push_to(service, &crate::util::new_deployment_id())];
-        store
-            .record_deployments(Batch::new("acme", candidates.to_vec().into(), None, None))
-            .await
-            .unwrap();
+        record_one(store, service).await;
         let taken = store.take_for_dispatch(10).await.unwrap();
         let [leased] = taken.as_slice() else {
             panic!("{taken:?}")
         };
         leased.record.request.deployment_id.clone()
+    }
+
+    /// The dispatcher's attempts are shared between organizations: a free one goes to the
+    /// organization with the fewest deliveries in flight, however long another's waited, and
+    /// none holds more than its share, so an organization whose targets never answer cannot
+    /// queue the others' deliveries behind its own.
+    #[tokio::test]
+    async fn the_dispatcher_shares_its_attempts_between_organizations() {
+        use crate::sqlite::DISPATCH_SHARE_OF_ONE_ORGANIZATION as SHARE;
+        use crate::store::{AttemptEnd, Dispatching};
+        let (_dir, store) = super::super::plans::temp_store();
+        let orgs = |taken: &[crate::store::Leased]| -> Vec<String> {
+            taken.iter().map(|l| l.record.request.organization_id.clone()).collect()
+        };
+        // More waiting than its share, all before the other organization's.
+        for n in 0..SHARE + 5 {
+            let service = put_service_of(&store, "busy", &format!("svc-{n}"), Some("hook")).await;
+            record_one(&store, &service).await;
+        }
+        let first = store.take_for_dispatch(10).await.unwrap();
+        assert_eq!(orgs(&first), vec!["busy"; 10]);
+
+        let quiet = put_service_of(&store, "quiet", "web", Some("hook")).await;
+        record_one(&store, &quiet).await;
+        let next = store.take_for_dispatch(1).await.unwrap();
+        assert_eq!(orgs(&next), ["quiet"], "the oldest waiting went first");
+
+        let rest = store.take_for_dispatch(1_000).await.unwrap();
+        assert_eq!(orgs(&rest), vec!["busy"; SHARE - 10], "past its share");
+        assert!(store.take_for_dispatch(1_000).await.unwrap().is_empty());
+
+        // An attempt that ends gives its organization its place back.
+        let ended = &first[0].record.request.deployment_id;
+        store.end_attempt("busy", ended, &AttemptEnd::Delivered).await.unwrap();
+        let again = store.take_for_dispatch(1_000).await.unwrap();
+        assert_eq!(orgs(&again), ["busy"]);
     }
 
     /// The end of an attempt the target answered 503, to be retried at `next_attempt_unix`.

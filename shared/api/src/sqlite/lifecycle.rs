@@ -40,18 +40,40 @@ impl Taker {
     }
 }
 
+/// The most deliveries of one organization the dispatcher has in flight at once: three
+/// quarters of its attempts, so that an organization whose targets never answer (each attempt
+/// holding its place up to its timeout) leaves the others a quarter of them at all times.
+pub const DISPATCH_SHARE_OF_ONE_ORGANIZATION: usize = 96;
+
 /// The services with a deploy target whose work the dispatcher may take, of organization `?1`
 /// or of all (`?1` null), as [`Taker::candidates`] says. The deployments of the other services,
 /// however many wait for pull consumers, are never read.
+///
+/// Shared fairly between organizations: each service is ranked by how many of its
+/// organization's deliveries would then be in flight (those in flight now, `busy`, plus its
+/// place among the organization's candidates), the lowest first, and by its oldest waiting
+/// deployment within a rank; none takes an organization past
+/// [`DISPATCH_SHARE_OF_ONE_ORGANIZATION`]. A free attempt thus goes to the organization with
+/// the fewest in flight, not to whichever has waited longest: thousands of one organization's
+/// deployments do not queue another's behind them.
 fn dispatch_candidates() -> String {
     format!(
-        "SELECT org, id FROM (
+        "WITH busy AS (
+           SELECT org, count(*) AS n FROM deployments INDEXED BY deployments_leases
+           WHERE status = 'IN_PROGRESS' AND lease_id LIKE '{DISPATCH_LEASE}%' GROUP BY org),
+         waiting AS (
            SELECT s.org, s.id, (SELECT min(d.seq) FROM deployments d
                WHERE {OPEN_OF_SERVICE} AND d.status = 'QUEUED'
                  AND (d.next_attempt_unix IS NULL OR d.next_attempt_unix <= ?2)) AS oldest
            FROM services s
-           WHERE s.target_id IS NOT NULL AND (?1 IS NULL OR s.org = ?1) AND {NONE_IN_PROGRESS})
-         WHERE oldest IS NOT NULL ORDER BY oldest LIMIT ?3"
+           WHERE s.target_id IS NOT NULL AND (?1 IS NULL OR s.org = ?1) AND {NONE_IN_PROGRESS}),
+         ranked AS (
+           SELECT w.org, w.id, w.oldest, coalesce(b.n, 0)
+               + row_number() OVER (PARTITION BY w.org ORDER BY w.oldest) AS in_flight
+           FROM waiting w LEFT JOIN busy b ON b.org = w.org
+           WHERE w.oldest IS NOT NULL)
+         SELECT org, id FROM ranked WHERE in_flight <= {DISPATCH_SHARE_OF_ONE_ORGANIZATION}
+         ORDER BY in_flight, oldest LIMIT ?3"
     )
 }
 
