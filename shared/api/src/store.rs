@@ -426,8 +426,8 @@ pub trait PullQueue: Send + Sync {
     async fn nack(&self, org: &str, id: &str, lease_id: &str, retry_after_secs: i64) -> Refusable<()>;
     /// Push the lease's expiry to `lease_secs` from now; the new expiry.
     async fn extend(&self, org: &str, id: &str, lease_id: &str, lease_secs: i64) -> Refusable<String>;
-    /// Woken whenever work may have become available.
-    fn notifier(&self) -> std::sync::Arc<tokio::sync::Notify>;
+    /// Woken whenever work may have become available to `org`'s consumers.
+    fn notifier(&self, org: &str) -> std::sync::Arc<tokio::sync::Notify>;
 }
 
 #[async_trait]

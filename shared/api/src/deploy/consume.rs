@@ -28,7 +28,7 @@ pub async fn lease(
     wait: Duration,
 ) -> StoreResult<Vec<Leased>> {
     let deadline = Instant::now() + wait;
-    let notifier = pull.notifier();
+    let notifier = pull.notifier(org);
     let mut slot: Option<WaitingSlot<'_>> = None;
     loop {
         // Registered before looking, so that work recorded in between still wakes us.
@@ -65,9 +65,9 @@ pub async fn lease(
 }
 
 /// The long polls waiting at once, bounded per organization and over the server: a waiting
-/// poll holds a connection and is woken by every deployment recorded, so waiting consumers
-/// without a bound could take every connection of the server (no webhook could arrive) and
-/// slow every write down.
+/// poll holds a connection and is woken by every deployment its organization records, so
+/// waiting consumers without a bound could take every connection of the server (no webhook
+/// could arrive) and slow their organization's writes down.
 pub struct WaitingPolls {
     per_organization: usize,
     total: usize,

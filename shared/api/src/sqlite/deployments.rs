@@ -344,12 +344,13 @@ impl DeploymentLog for SqliteStore {
     }
 
     async fn report_result(&self, org: &str, id: &str, result: &DeploymentResult) -> Refusable<DeploymentRecord> {
+        let woken = org;
         let (org, id, result) = (org.to_owned(), id.to_owned(), result.clone());
         let outcome = self
             .write(move |conn| super::lifecycle::report(conn, &org, &id, &result))
             .await?;
         // A result frees the service for its newer work.
-        self.work_changed();
+        self.work_changed(woken);
         Ok(outcome)
     }
 
@@ -475,7 +476,7 @@ mod tests {
         let dispatched = put_service(&store, "dispatched", Some("hook")).await;
         for (service, to_dispatcher) in [(&pulled, false), (&dispatched, true)] {
             for (notify, woken) in [
-                (store.work_notifier(), true),
+                (store.work_notifier("acme"), true),
                 (store.dispatch_notifier(), to_dispatcher),
             ] {
                 let candidates = [push_to(service, &crate::util::new_deployment_id())];
@@ -489,6 +490,17 @@ mod tests {
                 assert_eq!(wakes(notify, record).await, woken, "{}", service.id);
             }
         }
+    }
+
+    /// A recorded deployment wakes its own organization's pull consumers only: the long polls
+    /// of every other organization would each look at the database for nothing.
+    #[tokio::test]
+    async fn a_deployment_wakes_its_own_organizations_consumers_only() {
+        let (_dir, store) = super::super::plans::temp_store();
+        let elsewhere = put_service_of(&store, "other", "web", None).await;
+        let own = put_service(&store, "web", None).await;
+        assert!(!wakes(store.work_notifier("acme"), record_one(&store, &elsewhere)).await);
+        assert!(wakes(store.work_notifier("acme"), record_one(&store, &own)).await);
     }
 
     /// One new deployment of `service`, recorded.
@@ -656,7 +668,7 @@ mod tests {
     async fn a_caller_gone_before_the_answer_still_announces_its_deployment() {
         let (_dir, store) = super::super::plans::temp_store();
         let dispatched = put_service(&store, "dispatched", Some("hook")).await;
-        for notify in [store.work_notifier(), store.dispatch_notifier()] {
+        for notify in [store.work_notifier("acme"), store.dispatch_notifier()] {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();

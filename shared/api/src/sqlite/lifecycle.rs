@@ -488,6 +488,7 @@ impl PullQueue for SqliteStore {
     }
 
     async fn ack(&self, org: &str, id: &str, lease_id: &str) -> Refusable<()> {
+        let woken = org;
         let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
         let outcome = self
             .write(move |conn| {
@@ -508,11 +509,12 @@ impl PullQueue for SqliteStore {
             })
             .await?;
         // The service may have newer work waiting behind this one.
-        self.work_changed();
+        self.work_changed(woken);
         Ok(outcome)
     }
 
     async fn nack(&self, org: &str, id: &str, lease_id: &str, retry_after_secs: i64) -> Refusable<()> {
+        let woken = org;
         let (org, id, lease_id) = (org.to_owned(), id.to_owned(), lease_id.to_owned());
         let max_attempts = self.inner.max_attempts;
         let outcome = self
@@ -545,7 +547,7 @@ impl PullQueue for SqliteStore {
                 on_live_lease(conn, (&org, &id), usize::from(released.is_some()), ())
             })
             .await?;
-        self.work_changed();
+        self.work_changed(woken);
         Ok(outcome)
     }
 
@@ -567,8 +569,8 @@ impl PullQueue for SqliteStore {
         .await
     }
 
-    fn notifier(&self) -> Arc<Notify> {
-        self.work_notifier()
+    fn notifier(&self, org: &str) -> Arc<Notify> {
+        self.work_notifier(org)
     }
 }
 

@@ -23,6 +23,7 @@ mod services;
 mod targets;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,9 +71,9 @@ struct Inner {
     writer: Writer,
     _checkpointer: Checkpointer,
     readers: Mutex<Vec<Connection>>,
-    /// Woken whenever work may have become available to pull consumers (a deployment
-    /// recorded, released, due).
-    work: Arc<Notify>,
+    /// Wake an organization's pull consumers whenever work may have become available to them
+    /// (a deployment recorded, released, due).
+    work: PullWakers,
     /// Woken whenever the dispatcher may have work: as `work`, but for recorded deployments
     /// only those of services with a deploy target (most, on a busy server, are not).
     dispatch_work: Arc<Notify>,
@@ -170,7 +171,7 @@ impl SqliteStore {
                 writer: Writer::start(conn, durability, options.on_durability_lost.clone())?,
                 _checkpointer: Checkpointer::start(path)?,
                 readers: Mutex::new(Vec::new()),
-                work: Arc::new(Notify::new()),
+                work: PullWakers::default(),
                 dispatch_work: Arc::new(Notify::new()),
                 printer: Mutex::new(None),
                 secrets: Mutex::default(),
@@ -201,7 +202,7 @@ impl SqliteStore {
             })
             .await?;
         if leases_expired > 0 {
-            self.work_changed();
+            self.work_changed_everywhere();
         }
         // In chunks, each its own write: a large backlog (after a long stop, or a shorter
         // retention) never holds every other write back for long.
@@ -264,9 +265,9 @@ impl SqliteStore {
         }
     }
 
-    /// Notified whenever work may have become available to pull consumers.
-    pub fn work_notifier(&self) -> Arc<Notify> {
-        Arc::clone(&self.inner.work)
+    /// Notified whenever work may have become available to `org`'s pull consumers.
+    pub fn work_notifier(&self, org: &str) -> Arc<Notify> {
+        self.inner.work.of(org)
     }
 
     /// Notified whenever work may have become available to the dispatcher.
@@ -274,9 +275,15 @@ impl SqliteStore {
         Arc::clone(&self.inner.dispatch_work)
     }
 
-    /// Wake consumers and the dispatcher: work may have come free or fallen due.
-    fn work_changed(&self) {
-        self.inner.work.notify_waiters();
+    /// Wake `org`'s consumers and the dispatcher: work may have come free or fallen due.
+    fn work_changed(&self, org: &str) {
+        self.inner.work.wake(org);
+        self.inner.dispatch_work.notify_waiters();
+    }
+
+    /// Wake every organization's consumers and the dispatcher.
+    fn work_changed_everywhere(&self) {
+        self.inner.work.wake_all();
         self.inner.dispatch_work.notify_waiters();
     }
 
@@ -286,7 +293,14 @@ impl SqliteStore {
         if requests.is_empty() {
             return;
         }
-        self.inner.work.notify_waiters();
+        let mut woken: Option<&str> = None;
+        for request in requests {
+            let org = request.organization_id.as_str();
+            if woken != Some(org) {
+                self.inner.work.wake(org);
+                woken = Some(org);
+            }
+        }
         if to_dispatch {
             self.inner.dispatch_work.notify_waiters();
         }
@@ -343,6 +357,44 @@ fn durability(conn: &Connection, path: &Path) -> StoreResult<Durability> {
 
 /// A poisoned lock only means a thread panicked while holding it; the data (a pool, a
 /// channel) is still whole.
+/// The wakers of each organization's waiting pull consumers: work recorded for one
+/// organization wakes its own long polls only, not every waiting poll of the server (each of
+/// which would then look at the database).
+#[derive(Default)]
+struct PullWakers {
+    by_org: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+/// Wakers kept before those no poll holds any more are let go.
+const PULL_WAKERS_KEPT: usize = 256;
+
+impl PullWakers {
+    fn of(&self, org: &str) -> Arc<Notify> {
+        let mut by_org = lock(&self.by_org);
+        if let Some(notify) = by_org.get(org) {
+            return Arc::clone(notify);
+        }
+        if by_org.len() >= PULL_WAKERS_KEPT {
+            by_org.retain(|_, notify| Arc::strong_count(notify) > 1);
+        }
+        let notify = Arc::new(Notify::new());
+        by_org.insert(org.to_owned(), Arc::clone(&notify));
+        notify
+    }
+
+    fn wake(&self, org: &str) {
+        if let Some(notify) = lock(&self.by_org).get(org) {
+            notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for notify in lock(&self.by_org).values() {
+            notify.notify_waiters();
+        }
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -211,7 +211,7 @@ impl ServiceStore for SqliteStore {
         .await?;
         // A service given a deploy target (or relieved of one) changes who its waiting
         // deployments are for: the dispatcher and waiting consumers look again now.
-        self.work_changed();
+        self.work_changed(&stored.service.organization_id);
         Ok(())
     }
 

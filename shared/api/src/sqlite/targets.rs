@@ -46,6 +46,7 @@ const TARGET_COLUMNS: &str = "org, id, etag, version, spec, created_at, updated_
 #[async_trait]
 impl TargetStore for SqliteStore {
     async fn put_target(&self, target: &StoredTarget, expected: Expected) -> Refusable<()> {
+        let woken = target.organization_id.as_str();
         let target = target.clone();
         let spec = self.seal(&to_json(&target.spec)?)?;
         let refused = self
@@ -100,7 +101,7 @@ impl TargetStore for SqliteStore {
             })
             .await?;
         if refused.is_ok() {
-            self.work_changed();
+            self.work_changed(woken);
         }
         Ok(refused)
     }
@@ -259,11 +260,12 @@ impl Dispatching for SqliteStore {
     }
 
     async fn end_attempt(&self, org: &str, id: &str, attempt_end: &AttemptEnd) -> StoreResult<()> {
+        let woken = org;
         let (org, id, attempt_end) = (org.to_owned(), id.to_owned(), attempt_end.clone());
         self.write(move |conn| end(conn, &org, &id, &attempt_end, now_unix()))
             .await?;
         // A service's next deployment may be waiting behind this one; a retry falls due later.
-        self.work_changed();
+        self.work_changed(woken);
         Ok(())
     }
 }
