@@ -68,10 +68,24 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // discard-only, 100::/64
         || (s[0] == 0x0064 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64, 64:ff9b:1::/48
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation, 2001:db8::/32
-        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // benchmarking, 2001:2::/48
+        || (s[0] == 0x2001 && s[1] < 0x0200 && !globally_reachable_protocol_assignment(ip)) // 2001::/23: Teredo, benchmarking, …
         || s[0] & 0xfff0 == 0x3ff0 // documentation, 3fff::/20
         || s[0] == 0; // the rest of ::/16: IPv4-compatible and reserved
     !not_public
+}
+
+/// The few addresses of the IETF protocol assignments (`2001::/23`) that IANA's registry of
+/// special-purpose addresses marks globally reachable: anycast services (PCP, TURN, DNS-SD),
+/// AMT, AS112, ORCHIDv2 and drone remote ID. The rest of that block, Teredo (`2001::/32`,
+/// tunnelled to an IPv4 address it obfuscates) and benchmarking among them, is not public.
+fn globally_reachable_protocol_assignment(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    matches!(
+        u128::from(ip),
+        0x2001_0001_0000_0000_0000_0000_0000_0001..=0x2001_0001_0000_0000_0000_0000_0000_0003
+    ) || s[1] == 0x0003
+        || (s[1] == 0x0004 && s[2] == 0x0112)
+        || (0x0020..0x0040).contains(&s[1])
 }
 
 /// The IPv4 address an IPv6 address stands for, when it embeds one: IPv4-mapped
@@ -199,6 +213,14 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
             "2002:808:808::1",
+            // globally reachable protocol assignments: TURN anycast, AMT, AS112, ORCHIDv2
+            "2001:1::2",
+            "2001:3::1",
+            "2001:4:112::1",
+            "2001:20::1",
+            "2001:3f::1",
+            // the first address after 2001::/23
+            "2001:200::1",
         ] {
             assert!(allowed(ip), "{ip}");
         }
@@ -246,6 +268,12 @@ mod tests {
             "3fff::1",
             "2001:2::1",
             "100::1",
+            // the rest of 2001::/23: Teredo (this one stands for 192.0.2.45), unassigned
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001::1",
+            "2001:1::4",
+            "2001:5::1",
+            "2001:1ff::1",
             "fec0::1",
             // IPv4 in IPv6: mapped, compatible, NAT64, 6to4
             "::ffff:127.0.0.1",
