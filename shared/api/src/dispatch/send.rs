@@ -153,8 +153,6 @@ impl Sender {
         }
         let mut secrets = credentials(&request);
         secrets.extend(redacted.iter().map(|s| (*s).to_owned()));
-        // The longest first, so that a whole secret is removed before a part of it.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         let started = Instant::now();
         let request = request.map(|body| Full::new(Bytes::from(body)));
         let response = match tokio::time::timeout(self.config.timeout, self.client.request(request)).await {

@@ -330,10 +330,9 @@ fn human(d: Duration) -> String {
 
 /// An excerpt of a target's own error message, for `last_error`: the `message` (else `error`,
 /// else `error.message`) string of a JSON object body, as GitHub, Qovery and this product
-/// answer, on one line, at most
-/// [`MAX_MESSAGE_EXCERPT`] characters, with every occurrence of one of `secrets` (the token
-/// or signature sent, should a target echo it) removed whatever its case. `None` for any
-/// other body.
+/// answer, on one line, at most [`MAX_MESSAGE_EXCERPT`] characters, without any of `secrets`
+/// (the token or signature sent, should a target echo it): see [`redact`]. `None` for any other
+/// body.
 pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let object = value.as_object()?;
@@ -341,14 +340,9 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
         .iter()
         .find_map(|key| object.get(*key).and_then(|v| v.as_str()))
         .or_else(|| object.get("error")?.get("message")?.as_str())?;
-    // The longest first, so that a whole secret is removed before a part of it; found in the
-    // text as sent, so that no control character or white space inside a secret hides it.
-    let mut secrets: Vec<&str> = secrets.iter().copied().filter(|s| !s.is_empty()).collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut text = text.to_owned();
-    for secret in secrets {
-        text = redact(&text, secret);
-    }
+    // Found in the text as sent, so that no control character or white space inside a secret
+    // hides it.
+    let text = redact(text, secrets);
     // On one line: control characters dropped, white space runs made one space.
     let text: String = text.chars().filter(|c| !c.is_control() || c.is_whitespace()).collect();
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -361,38 +355,72 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     })
 }
 
-/// `text` with every occurrence of `secret` replaced by `[redacted]`, ignoring ASCII case (the
-/// case of a token, key or signature is the only thing a target echoing it is likely to
-/// change) and the characters that do not show in a message on one line: control characters,
-/// white space and zero-width ones, in `text` and in `secret` alike (the `Authorization` value
-/// has a space). An occurrence spans from its first visible character to its last.
-fn redact(text: &str, secret: &str) -> String {
+/// The fewest characters of a secret an excerpt may show in a row: a longer run of one, such
+/// as a token cut short by the target echoing it, is redacted as the whole would be.
+pub const SECRET_PIECE: usize = 12;
+
+/// `text` with every piece of one of `secrets` replaced by `[redacted]`: any [`SECRET_PIECE`]
+/// characters in a row of a secret (or a shorter secret whole), as sent, base64-encoded
+/// (standard or URL-safe) or percent-encoded, the three ways a target may echo what it was
+/// sent. Matching ignores ASCII case (the case of a token, key or signature is the only thing
+/// a target echoing it is likely to change) and the characters that do not show in a message
+/// on one line: control characters, white space and zero-width ones, in `text` and in the
+/// secrets alike (the `Authorization` value has a space). Overlapping and adjacent pieces are
+/// redacted as one, from the first visible character to the last.
+fn redact(text: &str, secrets: &[&str]) -> String {
     let folded = |c: char| (!hidden(c)).then(|| c.to_ascii_lowercase());
-    let needle: Vec<char> = secret.chars().filter_map(folded).collect();
-    if needle.is_empty() {
-        return text.to_owned();
+    let mut pieces: std::collections::HashSet<Vec<char>> = std::collections::HashSet::new();
+    for form in secrets.iter().filter(|s| !s.is_empty()).flat_map(|s| encodings(s)) {
+        let chars: Vec<char> = form.chars().filter_map(folded).collect();
+        let width = chars.len().min(SECRET_PIECE);
+        if width > 0 {
+            pieces.extend(chars.windows(width).map(<[char]>::to_vec));
+        }
     }
+    let widths: std::collections::BTreeSet<usize> = pieces.iter().map(Vec::len).collect();
     // The visible characters of `text`, folded, each with its byte range in `text`.
     let visible: Vec<(char, usize, usize)> = text
         .char_indices()
         .filter_map(|(at, c)| folded(c).map(|folded| (folded, at, at + c.len_utf8())))
         .collect();
+    let chars: Vec<char> = visible.iter().map(|(c, _, _)| *c).collect();
+    let mut covered = vec![false; visible.len()];
+    for width in widths {
+        for (at, window) in chars.windows(width).enumerate() {
+            if pieces.contains(window) {
+                covered[at..at + width].fill(true);
+            }
+        }
+    }
     let mut out = String::with_capacity(text.len());
     let (mut copied, mut i) = (0, 0);
-    while i + needle.len() <= visible.len() {
-        let window = &visible[i..i + needle.len()];
-        if window.iter().map(|(c, _, _)| *c).eq(needle.iter().copied()) {
-            let (start, end) = (window[0].1, window[needle.len() - 1].2);
-            out.push_str(text.get(copied..start).unwrap_or_default());
-            out.push_str("[redacted]");
-            copied = end;
-            i += needle.len();
-        } else {
+    while i < visible.len() {
+        if !covered[i] {
             i += 1;
+            continue;
         }
+        let run = covered[i..].iter().take_while(|c| **c).count();
+        let (start, end) = (visible[i].1, visible[i + run - 1].2);
+        out.push_str(text.get(copied..start).unwrap_or_default());
+        out.push_str("[redacted]");
+        copied = end;
+        i += run;
     }
     out.push_str(text.get(copied..).unwrap_or_default());
     out
+}
+
+/// A secret as sent, and as a target may echo it encoded: base64 (standard, and URL-safe
+/// without padding) and percent-encoded.
+fn encodings(secret: &str) -> [String; 4] {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    [
+        secret.to_owned(),
+        STANDARD.encode(secret),
+        URL_SAFE_NO_PAD.encode(secret),
+        percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string(),
+    ]
 }
 
 /// A character a message on one line does not show: control, white space, or zero-width
@@ -421,7 +449,7 @@ mod tests {
         assert_eq!(said("x\u{7}y", &["xy"]).as_deref(), Some("[redacted]"));
         // Other text, even around multi-byte characters, is kept.
         assert_eq!(said("ça va", &["zz"]).as_deref(), Some("ça va"));
-        assert_eq!(redact("éABCé abc", "aBc"), "é[redacted]é [redacted]");
+        assert_eq!(redact("éABCé abc", &["aBc"]), "é[redacted]é [redacted]");
     }
 
     #[test]
@@ -444,6 +472,40 @@ mod tests {
         // Text around is kept, on one line.
         let said = response_message(&body("line one\nline  two"), &secrets);
         assert_eq!(said.as_deref(), Some("line one line two"));
+    }
+
+    /// A target may echo what it was sent cut short, or encoded: any twelve characters of a
+    /// secret in a row are redacted, as sent, in base64 and percent-encoded.
+    #[test]
+    fn a_secret_echoed_in_part_or_encoded_is_redacted() {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        let body = |message: &str| serde_json::json!({ "message": message }).to_string().into_bytes();
+        let token = "qov_Zx8+Kp/2mW9=rT4vLq7nB3";
+        let secrets = [token, "Token qov_Zx8+Kp/2mW9=rT4vLq7nB3"];
+        let said = |message: &str| response_message(&body(message), &secrets).unwrap();
+        for echoed in [
+            token[..SECRET_PIECE].to_owned(),
+            token[5..].to_owned(),
+            token[3..3 + SECRET_PIECE].to_ascii_uppercase(),
+            STANDARD.encode(token),
+            URL_SAFE_NO_PAD.encode(token),
+            STANDARD.encode(format!("Token {token}")),
+            percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC).to_string(),
+            format!("{}…", &token[..20]),
+        ] {
+            let message = said(&format!("invalid token '{echoed}' given"));
+            assert!(message.starts_with("invalid token '[redacted]"), "{echoed}: {message}");
+            assert!(message.ends_with("' given"), "{echoed}: {message}");
+            for piece in token.as_bytes().windows(SECRET_PIECE) {
+                let piece = std::str::from_utf8(piece).unwrap().to_ascii_lowercase();
+                assert!(!message.to_ascii_lowercase().contains(&piece), "{echoed}: {message}");
+            }
+        }
+        // Fewer characters in a row than a piece, as GitHub shows a token's first few, are kept;
+        // so is text that only shares short runs with a secret.
+        assert_eq!(said("key qov_Zx8+Kp… is expired"), "key qov_Zx8+Kp… is expired");
+        assert_eq!(said("the tokens do not match"), "the tokens do not match");
     }
 
     const MIN: Duration = Duration::from_secs(60);
