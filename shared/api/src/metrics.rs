@@ -248,7 +248,11 @@ fn emf_stack() -> Option<&'static str> {
     static STACK: OnceLock<Option<String>> = OnceLock::new();
     STACK
         .get_or_init(|| {
-            let on = std::env::var(METRICS_ENV).is_ok_and(|v| v.trim().eq_ignore_ascii_case("emf"));
+            let value = std::env::var(METRICS_ENV).unwrap_or_default();
+            let on = value.trim().eq_ignore_ascii_case("emf");
+            if !on && !value.trim().is_empty() {
+                tracing::warn!("{METRICS_ENV} is neither empty nor \"emf\": no metrics are printed");
+            }
             on.then(|| {
                 std::env::var(STACK_ENV)
                     .ok()

@@ -136,6 +136,19 @@ impl SqliteStore {
     /// version) are sealed, and a key that does not open the sealed ones is refused: the
     /// server must not start and then fail every delivery.
     pub fn open_with(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::open_on_disk(path, options).map_err(|err| match err {
+            // SQLite names a disk too full for the log or its index "disk I/O error".
+            StoreError::Unavailable(why) => match space_left(path) {
+                Ok(left) if left < MIN_DISK_SPACE_LEFT => StoreError::Unavailable(format!(
+                    "{why} (the database's disk has {left} bytes left, under the {MIN_DISK_SPACE_LEFT} its writes need)"
+                )),
+                _ => StoreError::Unavailable(why),
+            },
+            other => other,
+        })
+    }
+
+    fn open_on_disk(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path).map_err(unavailable)?;
         // SQLite opens a file it may not write read-only, without a word: every write would
         // then fail while reads and the health check's read succeed.
@@ -498,13 +511,25 @@ fn page_by_id<R, T>(
 /// appends up to a few hundred KiB to the log.
 const MIN_DISK_SPACE_LEFT: u64 = 1 << 20;
 
+/// Bytes an unprivileged process may still write on the file system of `path` (of its
+/// directory, before the file is created).
+fn space_left(path: &Path) -> rustix::io::Result<u64> {
+    let on = if path.exists() {
+        path
+    } else {
+        path.parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    };
+    rustix::fs::statvfs(on).map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         // A full disk often still takes the one-row write below (it fits in space the log
         // holds already) while every request's write fails: the space left is read first.
-        let left = rustix::fs::statvfs(&self.inner.path)
-            .map(|fs| fs.f_bavail.saturating_mul(fs.f_frsize))
+        let left = space_left(&self.inner.path)
             .map_err(|e| StoreError::Unavailable(format!("cannot read the space left on the database's disk: {e}")))?;
         if left < MIN_DISK_SPACE_LEFT {
             return Err(StoreError::Unavailable(format!(
