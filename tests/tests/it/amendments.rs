@@ -173,6 +173,86 @@ async fn misspelt_query_parameters_are_refused(api: Api) {
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+
+    // Settings routes take no query parameter: `?dry_run=true` on a write must not write.
+    let service = json!({"environment_id": "production", "kind": "APPLICATION",
+        "git_repository": {"provider": "GITHUB", "url": GITHUB_REPO, "branch": "main"}});
+    let target = json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"});
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            "/organization/acme/services/new?dry_run=true",
+            Some(service.clone()),
+        ),
+        (
+            Method::PATCH,
+            "/organization/acme/services/app?dry_run=1",
+            Some(json!({"auto_deploy": false})),
+        ),
+        (Method::DELETE, "/organization/acme/services/app?dry_run=true", None),
+        (Method::GET, "/organization/acme/services/app?fields=id", None),
+        (
+            Method::PUT,
+            "/organization/acme/webhook-secrets/github?dryrun=1",
+            Some(json!({"secret": "s".repeat(40)})),
+        ),
+        (
+            Method::DELETE,
+            "/organization/acme/webhook-secrets/github?dry_run=true",
+            None,
+        ),
+        (Method::GET, "/organization/acme/webhook-secrets/github?verbose=1", None),
+        (
+            Method::POST,
+            "/organization/acme/tokens?dry_run=true",
+            Some(json!({"name": "ci"})),
+        ),
+        (
+            Method::DELETE,
+            "/organization/acme/tokens/0123456789abcdef?dry_run=true",
+            None,
+        ),
+        (
+            Method::PUT,
+            "/organization/acme/targets/hook?dry_run=true",
+            Some(target),
+        ),
+        (Method::DELETE, "/organization/acme/targets/hook?dry_run=true", None),
+        (Method::GET, "/organization/acme/deployments/0123456789abcdef?x=1", None),
+        (Method::GET, "/organization/acme/deliveries/delivery-2?x=1", None),
+    ] {
+        let r = api.call(method.clone(), path, Some(ADMIN), body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path}: {}", r.body);
+        assert_error_form(&r, path);
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("takes no query parameter"),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    let created = api
+        .call(Method::GET, "/organization/acme/services/new", Some(ADMIN), None)
+        .await;
+    assert_eq!(created.status, StatusCode::NOT_FOUND, "{}", created.body);
+    let app = api.get_service("acme", "app").await;
+    assert_eq!(app.status, StatusCode::OK, "{}", app.body);
+    assert_eq!(app.body["auto_deploy"], json!(true), "{}", app.body);
+    let secret = api
+        .call(
+            Method::GET,
+            "/organization/acme/webhook-secrets/github",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(secret.body["configured"], json!(true), "{}", secret.body);
+    let tokens = api
+        .call(Method::GET, "/organization/acme/tokens", Some(ADMIN), None)
+        .await;
+    assert_eq!(tokens.body["items"], json!([]), "{}", tokens.body);
 }
 
 /// A GitHub Packages delivery of ghcr.io/codertocat/hello-world:`tag`, signed, under

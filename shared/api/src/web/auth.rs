@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{Org, PathParams};
+use super::extract::{Org, PathParams, QueryParams};
 use super::precondition::Precondition;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +330,8 @@ impl<Id: PathId + Send, B: FromRequest<AppState, Rejection = ApiError>> FromRequ
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
         let request = Manage::<Id>::from_request_parts(&mut parts, state).await?;
+        // A settings write takes no query parameter: `?dry_run=true` would otherwise write.
+        QueryParams::parse(parts.uri.query()).only(&[])?;
         let headers = parts.headers.clone();
         let body = B::from_request(Request::from_parts(parts, body), state).await?;
         Ok(Self {

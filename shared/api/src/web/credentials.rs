@@ -16,7 +16,7 @@ use serde_json::json;
 use super::AppState;
 use super::auth::{Admin, Manage, PathId, SCOPES, Scope};
 use super::error::{ApiError, ApiResult};
-use super::extract::{PathParams, QueryParams, Valid};
+use super::extract::{NoQuery, PathParams, QueryParams, Valid};
 use super::list::ListParams;
 use crate::store::{DeliveryFilter, ListQuery, PageRequest, SecretRecord, TokenRecord};
 use crate::util::{new_token, now_rfc3339, sha256_hex};
@@ -59,6 +59,7 @@ impl Document for SecretBody {
 
 async fn put_secret(
     Manage { caller, state, org, .. }: Manage,
+    _: NoQuery,
     path: PathParams,
     Valid(body): Valid<SecretBody>,
 ) -> ApiResult<StatusCode> {
@@ -75,7 +76,7 @@ async fn put_secret(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn get_secret(Manage { state, org, .. }: Manage, path: PathParams) -> ApiResult<Response> {
+async fn get_secret(Manage { state, org, .. }: Manage, _: NoQuery, path: PathParams) -> ApiResult<Response> {
     let provider = secret_provider(&path)?;
     let record = state.store.get_secret(&org, provider.slug()).await?;
     // Is the webhook wired correctly? What its last delivery came to says at a glance.
@@ -103,7 +104,7 @@ async fn get_secret(Manage { state, org, .. }: Manage, path: PathParams) -> ApiR
     .into_response())
 }
 
-async fn delete_secret(request: Manage, path: PathParams) -> ApiResult<StatusCode> {
+async fn delete_secret(request: Manage, _: NoQuery, path: PathParams) -> ApiResult<StatusCode> {
     let provider = secret_provider(&path)?;
     if request.state.store.delete_secret(&request.org, provider.slug()).await? {
         request.audit(&format!("webhook secret {}", provider.slug()), None);
@@ -181,7 +182,11 @@ impl Document for TokenBody {
     }
 }
 
-async fn create_token(Admin { caller, state, org, .. }: Admin, Valid(body): Valid<TokenBody>) -> ApiResult<Response> {
+async fn create_token(
+    Admin { caller, state, org, .. }: Admin,
+    _: NoQuery,
+    Valid(body): Valid<TokenBody>,
+) -> ApiResult<Response> {
     let (id, token) = new_token();
     let record = TokenRecord {
         organization_id: org,
@@ -219,7 +224,7 @@ impl PathId for TokenId {
     }
 }
 
-async fn delete_token(request: Admin<TokenId>) -> ApiResult<StatusCode> {
+async fn delete_token(request: Admin<TokenId>, _: NoQuery) -> ApiResult<StatusCode> {
     let TokenId(token_id) = &request.id;
     if request.state.store.delete_token(&request.org, token_id).await? {
         request.audit(&format!("token {token_id}"), None);

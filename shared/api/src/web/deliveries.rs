@@ -12,7 +12,7 @@ use axum::routing::get;
 use super::AppState;
 use super::auth::Manage;
 use super::error::{ApiError, ApiResult};
-use super::extract::{PathParams, QueryParams};
+use super::extract::{NoQuery, PathParams, QueryParams};
 use super::list::ListParams;
 use crate::store::DeliveryFilter;
 
@@ -42,7 +42,7 @@ async fn list_deliveries(Manage { state, org, .. }: Manage, query: QueryParams) 
     Ok(list.answer(page, identity))
 }
 
-async fn get_delivery(Manage { state, org, .. }: Manage, path: PathParams) -> ApiResult<Response> {
+async fn get_delivery(Manage { state, org, .. }: Manage, _: NoQuery, path: PathParams) -> ApiResult<Response> {
     let id = path.raw("delivery_id");
     let not_found = || ApiError::not_found("There is no delivery with that id in this organization's history.");
     if !is_valid_deployment_id(id) {

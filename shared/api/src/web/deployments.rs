@@ -68,8 +68,10 @@ async fn get_deployment(
     State(state): State<AppState>,
     Org(org): Org,
     path: PathParams,
+    query: QueryParams,
 ) -> ApiResult<Response> {
     caller.authorize_any(&org, &[Scope::Manage, Scope::Consume])?;
+    query.only(&[])?;
     let id = deployment_id(&path)?;
     let record = state
         .store

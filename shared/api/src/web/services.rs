@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use super::AppState;
 use super::auth::{Manage, ManageWrite, PathId};
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonValue, MergePatch, PathParams, QueryParams};
+use super::extract::{JsonValue, MergePatch, NoQuery, PathParams, QueryParams};
 use super::list::ListParams;
 use super::precondition::{Precondition, etag_header};
 use crate::store::{Expected, StoreError, StoredService};
@@ -66,7 +66,7 @@ impl PathId for ServiceId {
     }
 }
 
-async fn get_service(Manage { state, org, id, .. }: Manage<ServiceId>) -> ApiResult<Response> {
+async fn get_service(Manage { state, org, id, .. }: Manage<ServiceId>, _: NoQuery) -> ApiResult<Response> {
     let stored = state.store.get_service(&org, &id.0).await?;
     let stored = stored.ok_or_else(|| service_not_found(&id.0))?;
     Ok(service_response(StatusCode::OK, &stored))
@@ -216,7 +216,7 @@ async fn patch_service(write: ManageWrite<ServiceId, MergePatch>) -> ApiResult<R
     .await
 }
 
-async fn delete_service(request: Manage<ServiceId>, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn delete_service(request: Manage<ServiceId>, _: NoQuery, headers: HeaderMap) -> ApiResult<StatusCode> {
     let Manage { state, org, id, .. } = &request;
     let id = &id.0;
     let precondition = Precondition::from_headers(&headers)?;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::AppState;
 use super::auth::{Manage, ManageWrite, PathId};
 use super::error::{ApiError, ApiResult};
-use super::extract::{JsonValue, PathParams, QueryParams};
+use super::extract::{JsonValue, NoQuery, PathParams, QueryParams};
 use super::list::ListParams;
 use super::precondition::{Precondition, etag_header};
 use crate::store::{Expected, Refusal, StoreError, StoredTarget};
@@ -77,7 +77,7 @@ fn target_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("There is no deploy target {id} in this organization."))
 }
 
-async fn get_target(Manage { state, org, id, .. }: Manage<TargetId>) -> ApiResult<Response> {
+async fn get_target(Manage { state, org, id, .. }: Manage<TargetId>, _: NoQuery) -> ApiResult<Response> {
     let target = state.store.get_target(&org, &id.0).await?;
     let target = target.ok_or_else(|| target_not_found(&id.0))?;
     Ok(target_response(StatusCode::OK, &target, target.spec.view()))
@@ -197,7 +197,7 @@ fn refused(refusal: Refusal, id: &str) -> ApiError {
 
 /// Under `If-Match` (or `If-None-Match`) as a service's `DELETE`: the store deletes only the
 /// state the condition names, in the write that deletes.
-async fn delete_target(request: Manage<TargetId>, headers: HeaderMap) -> ApiResult<StatusCode> {
+async fn delete_target(request: Manage<TargetId>, _: NoQuery, headers: HeaderMap) -> ApiResult<StatusCode> {
     let Manage { state, org, id, .. } = &request;
     let id = &id.0;
     let precondition = Precondition::from_headers(&headers)?;
