@@ -279,6 +279,10 @@ pub trait ServiceStore: Send + Sync {
     async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>>;
     /// Every service of `org` whose normalized image path is `path`, on any registry.
     async fn services_by_image_path(&self, org: &str, path: &str) -> StoreResult<Vec<StoredService>>;
+    /// Whether service `id` of `org` queued the push `mark` (`before..after`) within
+    /// [`PUSH_MARK_RETENTION_SECS`]: what a dry run reads to tell a replay, which a real
+    /// delivery's guard checks in its write.
+    async fn push_queued_before(&self, org: &str, id: &str, mark: &str) -> StoreResult<bool>;
 }
 
 #[async_trait]

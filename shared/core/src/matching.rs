@@ -52,6 +52,17 @@ pub fn push_mark(push: &Push) -> String {
     format!("{}..{}", push.before, push.after)
 }
 
+/// The replay rule: whether the push `mark` (`before..after`), which the service queued before
+/// (`queued_before`: it holds the mark), is a replay to refuse, the service's last push being
+/// `last_push`. It is, but as a re-apply after a rollback: its `before` is the service's
+/// current commit (the last push's `after`), and it is not the last push itself, which moves
+/// nothing even when `before` = `after`.
+pub fn is_replay(mark: &str, before: &str, last_push: Option<&str>, queued_before: bool) -> bool {
+    let is_last = last_push == Some(mark);
+    let current_commit = last_push.and_then(|m| m.split_once("..")).map(|(_, after)| after);
+    queued_before && (is_last || current_commit != Some(before))
+}
+
 /// `None` when `service` does not follow `push`'s branch (it is not listed at all); else
 /// `Ok(())` to deploy or the reason to skip. The caller has matched the repository.
 pub fn decide_push(service: &Service, push: &Push) -> Option<Result<(), SkipReason>> {
@@ -319,6 +330,22 @@ mod tests {
         std::mem::swap(&mut rollback.before, &mut rollback.after);
         assert_eq!(push_mark(&p), push_mark(&p.clone()));
         assert_ne!(push_mark(&p), push_mark(&rollback));
+    }
+
+    #[test]
+    fn the_replay_rule() {
+        let (a, b, c) = ("a".repeat(40), "b".repeat(40), "c".repeat(40));
+        let (ab, bc, cb) = (format!("{a}..{b}"), format!("{b}..{c}"), format!("{c}..{b}"));
+        // A push never queued is no replay.
+        assert!(!is_replay(&ab, &a, Some(&bc), false));
+        // The last push again, and an earlier one after it, are.
+        assert!(is_replay(&bc, &b, Some(&bc), true));
+        assert!(is_replay(&ab, &a, Some(&bc), true));
+        // Re-applying b..c after a rollback to b (the current commit is b) is not.
+        assert!(!is_replay(&bc, &b, Some(&cb), true));
+        // A push that moves nothing, the last one again, is.
+        let bb = format!("{b}..{b}");
+        assert!(is_replay(&bb, &b, Some(&bb), true));
     }
 
     fn container(kind: &str, registry: &str, name: &str, tag: &str, auto: bool, policy: Value) -> Service {

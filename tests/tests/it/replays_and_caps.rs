@@ -40,16 +40,28 @@ fn github_push(before: &str, after: &str, forced: bool) -> Vec<u8> {
 /// A signed push to `acme`'s `provider` webhook, with `delivery` as its delivery id or with
 /// no delivery id header at all.
 async fn push(api: &Api, provider: &str, body: &[u8], delivery: Option<&str>) -> Reply {
+    push_to(
+        api,
+        &format!("/organization/acme/webhooks/{provider}"),
+        provider,
+        body,
+        delivery,
+    )
+    .await
+}
+
+/// [`push`] as a dry run, which must tell what the real delivery would do.
+async fn dry_push(api: &Api, provider: &str, body: &[u8], delivery: Option<&str>) -> Reply {
+    let path = format!("/organization/acme/webhooks/{provider}?dry_run=true");
+    push_to(api, &path, provider, body, delivery).await
+}
+
+async fn push_to(api: &Api, path: &str, provider: &str, body: &[u8], delivery: Option<&str>) -> Reply {
     let mut headers = provider_headers(provider, body, delivery.unwrap_or("unused"));
     if delivery.is_none() {
         headers.retain(|(name, _)| !matches!(name.as_str(), "x-github-delivery" | "x-request-uuid"));
     }
-    api.deliver(
-        &format!("/organization/acme/webhooks/{provider}"),
-        &headers,
-        body.to_vec(),
-    )
-    .await
+    api.deliver(path, &headers, body.to_vec()).await
 }
 
 /// The commits queued for the organization's services, oldest first, as the queue hands
@@ -90,8 +102,11 @@ async fn a_replayed_push_cannot_roll_a_service_back(api: Api) {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let r = push(&api, "github", &github_push(&b, &c, false), Some("gh-2")).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    // The captured A→B, resent under a new delivery id, and with none: skipped, every time.
+    // The captured A→B, resent under a new delivery id, and with none: skipped, every time,
+    // as a dry run says beforehand.
     for delivery in [Some("gh-replay-1"), None, Some("gh-replay-2"), None] {
+        let r = dry_push(&api, "github", &a_to_b, delivery).await;
+        skipped_already_queued(&r, &["gh"]);
         let r = push(&api, "github", &a_to_b, delivery).await;
         skipped_already_queued(&r, &["gh"]);
     }
@@ -130,20 +145,37 @@ async fn a_re_apply_after_a_rollback_still_deploys(api: Api) {
     api.app("acme", "gh", "GITHUB", GITHUB_REPO, "master", json!({})).await;
     let (a, b) = (sha(0xa), sha(0xb));
     // A→B, B→A forced (a rollback), A→B again (the fix re-applied): each queues, with or
-    // without a delivery id.
+    // without a delivery id, as a dry run says beforehand.
     for (before, after, forced, delivery) in [
         (&a, &b, false, Some("r-1")),
         (&b, &a, true, None),
         (&a, &b, false, None),
         (&b, &a, true, Some("r-4")),
     ] {
+        let dry = dry_push(&api, "github", &github_push(before, after, forced), None).await;
+        assert_eq!(
+            outcome(&dry).0,
+            vec![("gh".to_owned(), "DRY_RUN".to_owned())],
+            "{}",
+            dry.body
+        );
         let r = push(&api, "github", &github_push(before, after, forced), delivery).await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{before}..{after}: {}", r.body);
         assert_eq!(outcome(&r).0, vec![("gh".to_owned(), "QUEUED".to_owned())]);
     }
-    // B→A, the last push, resent: a replay.
+    // B→A, the last push, resent: a replay; A→B once more would re-apply (its `before` is the
+    // current commit), as a dry run says.
+    let r = dry_push(&api, "github", &github_push(&b, &a, true), Some("r-5")).await;
+    skipped_already_queued(&r, &["gh"]);
     let r = push(&api, "github", &github_push(&b, &a, true), Some("r-5")).await;
     skipped_already_queued(&r, &["gh"]);
+    let r = dry_push(&api, "github", &github_push(&a, &b, false), Some("r-6")).await;
+    assert_eq!(
+        outcome(&r).0,
+        vec![("gh".to_owned(), "DRY_RUN".to_owned())],
+        "{}",
+        r.body
+    );
     let commits: Vec<String> = queued_commits(&api).await.into_iter().map(|(_, c)| c).collect();
     assert_eq!(commits, vec![b.clone(), a.clone(), b, a]);
 }

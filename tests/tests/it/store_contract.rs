@@ -825,6 +825,19 @@ async fn a_replay_cannot_roll_a_service_back(store: TestStore) {
     assert_eq!(record("api", "b..c").await, RecordOutcome::GuardFailed);
     recorded_status(record("api", "c..d").await);
     assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 4);
+    // What a dry run reads: the pushes each service queued, and no other.
+    for (service, mark, queued) in [
+        ("api", "a..b", true),
+        ("api", "c..d", true),
+        ("api", "a..c", false),
+        ("worker", "a..b", true),
+        ("worker", "b..c", false),
+        ("other", "a..b", false),
+    ] {
+        let held = store.push_queued_before("acme", service, mark).await.expect("read");
+        assert_eq!(held, queued, "{service} {mark}");
+    }
+    assert!(!store.push_queued_before("globex", "api", "a..b").await.expect("read"));
 }
 
 /// A rollback and a re-apply keep working: A→B, B→A (forced), A→B queue all three.

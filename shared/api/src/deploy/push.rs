@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use autodeploy_core::delivery::HistoryDraft;
 use autodeploy_core::deployment::{DeploymentRequest, Trigger};
-use autodeploy_core::matching::{SkipReason, push_mark};
+use autodeploy_core::matching::{SkipReason, is_replay, push_mark};
 use autodeploy_core::plan::{ServiceView, delivery_keys, plan_push};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::Push;
@@ -125,6 +125,20 @@ pub async fn seen_before(
     }
 }
 
+/// Whether a real delivery of `push` would find it queued already for `stored` (the replay
+/// rule), read without writing: for a dry run.
+async fn is_replayed(deployer: &Deployer, org: &str, stored: &StoredService, push: &Push) -> Result<bool, DeployError> {
+    let mark = push_mark(push);
+    let last_push = stored.last_push.as_deref();
+    // The last push again needs no read.
+    let queued_before = last_push == Some(mark.as_str())
+        || deployer
+            .store
+            .push_queued_before(org, &stored.service.id, &mark)
+            .await?;
+    Ok(is_replay(&mark, &push.before, last_push, queued_before))
+}
+
 /// Match every push of the delivery, record and send, and report.
 pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> Result<PushReport, DeployError> {
     let PushDelivery {
@@ -153,12 +167,22 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
     }
     report.reached.message = plan.nothing_to_deploy(org, &pushes);
 
+    // A dry run reads what a real delivery's guard checks in its write: the replay rule.
+    let mut replays = vec![false; plan.decisions.len()];
+    if dry_run {
+        for (decision, replay) in plan.decisions.iter().zip(&mut replays) {
+            if decision.verdict.is_ok() {
+                *replay = is_replayed(deployer, org, decision.stored, &pushes[decision.push]).await?;
+            }
+        }
+    }
+
     let requested_at = now_rfc3339();
     let several = pushes.len() > 1;
     let mut candidates = Vec::new();
     // Where each candidate stands among the skipped entries, for the history's order.
     let mut slots = Vec::new();
-    for decision in &plan.decisions {
+    for (decision, replay) in plan.decisions.iter().zip(replays) {
         let push = &pushes[decision.push];
         let service = &decision.stored.service;
         match decision.verdict {
@@ -167,14 +191,11 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
                 reason,
                 detail: OnBranch::of(push, several),
             }),
-            // A dry run can only tell the same push as the last one queued.
-            Ok(()) if dry_run && decision.stored.last_push.as_deref() == Some(push_mark(push).as_str()) => {
-                report.reached.skipped.push(SkippedEntry {
-                    service_id: service.id.clone(),
-                    reason: SkipReason::AlreadyQueued,
-                    detail: OnBranch::of(push, several),
-                })
-            }
+            Ok(()) if replay => report.reached.skipped.push(SkippedEntry {
+                service_id: service.id.clone(),
+                reason: SkipReason::AlreadyQueued,
+                detail: OnBranch::of(push, several),
+            }),
             Ok(()) if dry_run => report.reached.queued.push(QueuedEntry {
                 service_id: service.id.clone(),
                 deployment_id: None,

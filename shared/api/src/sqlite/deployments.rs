@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use autodeploy_core::delivery::CandidateFate;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
+use autodeploy_core::matching::is_replay;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::services::ServiceRow;
@@ -94,7 +95,6 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
             // Most pushes are new to the service: adding the mark is the check.
             if execute(conn, ADD_PUSH_MARK, params![org, service_id, mark, now])? == 0 {
                 // Queued before: the replay rule decides, and nothing is written yet.
-                let current_commit = last_push.as_deref().and_then(|m| m.split_once("..")).map(|(_, a)| a);
                 let queued_before: bool = conn
                     .prepare_cached(PUSH_QUEUED_SINCE)
                     .and_then(|mut stmt| {
@@ -103,10 +103,7 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
                         })
                     })
                     .map_err(unavailable)?;
-                // The last push queued, pushed again, is no re-apply even when it moves
-                // nothing (`before` = `after` = the current commit).
-                let is_last = last_push.as_deref() == Some(mark.as_str());
-                if queued_before && (is_last || current_commit != Some(before.as_str())) {
+                if is_replay(mark, before, last_push.as_deref(), queued_before) {
                     return Ok(None);
                 }
                 execute(conn, RENEW_PUSH_MARK, params![org, service_id, mark, now])?;

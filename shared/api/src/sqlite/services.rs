@@ -257,6 +257,15 @@ impl ServiceStore for SqliteStore {
     async fn services_by_image_path(&self, org: &str, path: &str) -> StoreResult<Vec<StoredService>> {
         self.services_where(org, ServiceKey::ImagePath, path)
     }
+
+    async fn push_queued_before(&self, org: &str, id: &str, mark: &str) -> StoreResult<bool> {
+        let since = crate::util::now_unix() - crate::store::PUSH_MARK_RETENTION_SECS;
+        self.read(|conn| {
+            conn.prepare_cached(super::deployments::PUSH_QUEUED_SINCE)
+                .and_then(|mut stmt| stmt.query_row(params![org, id, mark, since], |r| r.get(0)))
+                .map_err(unavailable)
+        })
+    }
 }
 
 #[cfg(test)]

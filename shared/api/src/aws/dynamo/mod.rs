@@ -532,6 +532,22 @@ impl ServiceStore for DynamoStore {
         let items = self.collect(query, None, "services_by_image_path").await?;
         items.iter().map(service_from_item).collect()
     }
+
+    async fn push_queued_before(&self, org: &str, id: &str, mark: &str) -> StoreResult<bool> {
+        let Some(item) = self
+            .get_item(push_mark_key(org, id, mark), "push_queued_before")
+            .await?
+        else {
+            return Ok(false);
+        };
+        // TTL deletes expired items lazily: an expired mark may still be there.
+        Ok(number_attr(&item, EXPIRES_AT)? > crate::util::now_unix())
+    }
+}
+
+/// The item that says service `id` of `org` queued the push `mark`, until it expires.
+fn push_mark_key(org: &str, id: &str, mark: &str) -> Item {
+    key(org_pk(org), format!("PUSHMARK#{id}#{mark}"))
 }
 
 #[async_trait]
