@@ -183,7 +183,7 @@ pub fn run_push(spec: &ProviderSpec, data: &[u8]) {
         "an empty secret must refuse"
     );
 
-    if let Some(id) = delivery_id(spec.provider, &headers, body) {
+    if let Ok(Some(id)) = delivery_id(spec.provider, &headers, body) {
         assert!(
             !id.is_empty() && id.len() <= MAX_DELIVERY_ID,
             "delivery id length {}",

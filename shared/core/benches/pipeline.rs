@@ -192,7 +192,7 @@ fn candidates<'a>(keys: &DeliveryKeys, index: &'a HashMap<String, Vec<Service>>)
 #[inline(never)]
 fn pipeline(headers: &HeaderMap, body: &[u8], index: &HashMap<String, Vec<Service>>) -> (usize, usize) {
     verify_signature(GitProvider::Github, headers, body, SECRET).expect("signed");
-    black_box(delivery_id(GitProvider::Github, headers, body));
+    black_box(delivery_id(GitProvider::Github, headers, body)).expect("a delivery id");
     let pushes = match parse_delivery(GitProvider::Github, headers, body) {
         Ok(Delivery::Pushes(pushes)) => pushes,
         other => panic!("not a push: {other:?}"),
@@ -395,7 +395,7 @@ fn stages() {
             (
                 "delivery-id",
                 Box::new(|| {
-                    black_box(delivery_id(GitProvider::Github, headers, black_box(body)));
+                    black_box(delivery_id(GitProvider::Github, headers, black_box(body))).expect("a delivery id");
                 }),
             ),
             (

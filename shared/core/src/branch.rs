@@ -20,8 +20,10 @@ pub fn branch_name(mut value: &str) -> &str {
 }
 
 /// Validate the branch a service follows, as [`branch_name`] reads it: a valid branch name,
-/// and not a full ref name of another kind (`refs/tags/v1`, `refs/pull/1/head`), which git
-/// allows as a branch name but no push ever names, so that it would never deploy.
+/// and nothing no push ever names, so that it would never deploy: a full ref name of another
+/// kind (`refs/tags/v1`, `refs/pull/1/head`), which git allows as a branch name, or a Unicode
+/// control or format character, which a pushed branch may not carry
+/// ([`validate_pushed_branch`]).
 pub fn validate_followed_branch(name: &str) -> Result<(), String> {
     match name.strip_prefix("refs/") {
         Some(rest) if rest.starts_with("tags/") => Err(
@@ -29,7 +31,10 @@ pub fn validate_followed_branch(name: &str) -> Result<(), String> {
                 .into(),
         ),
         Some(_) => Err("must name a branch alone (e.g. `main`), not another kind of ref (`refs/…`)".into()),
-        None => validate_branch(name),
+        None => {
+            validate_branch(name)?;
+            without_invisible_characters(name)
+        }
     }
 }
 
@@ -63,6 +68,11 @@ pub fn validate_pushed_branch(name: &str) -> Result<(), String> {
     if name.contains('*') {
         return Err("must not contain `*`".into());
     }
+    without_invisible_characters(name)
+}
+
+/// No Unicode control character nor format character: see [`validate_pushed_branch`].
+fn without_invisible_characters(name: &str) -> Result<(), String> {
     if name.chars().any(|c| c.is_control() || is_format_char(c)) {
         return Err(
             "must not contain a control character or an invisible formatting character (such as a bidirectional override)"
@@ -756,8 +766,23 @@ pub(crate) mod tests {
         ] {
             assert!(validate_followed_branch(branch_name(other)).is_err(), "{other}");
         }
-        for branch in ["refs/heads/main", "refsx/main", "release/*"] {
+        for branch in ["refs/heads/main", "refsx/main", "release/*", "café/ünïcode"] {
             assert!(validate_followed_branch(branch_name(branch)).is_ok(), "{branch}");
+        }
+        // Nor does a push ever name a branch with an invisible character.
+        for invisible in [
+            "ma\u{202e}in",
+            "a\u{200b}b",
+            "a\u{85}b",
+            "a\u{ad}b",
+            "feature/\u{feff}x",
+        ] {
+            let refused = validate_followed_branch(invisible).unwrap_err();
+            assert!(
+                refused.contains("invisible formatting character"),
+                "{invisible:?}: {refused}"
+            );
+            assert!(validate_pushed_branch(invisible).is_err(), "{invisible:?}");
         }
     }
 

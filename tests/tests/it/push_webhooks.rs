@@ -1260,6 +1260,20 @@ async fn repeated_credential_and_event_headers_are_refused() {
                 );
                 assert!(!r.body.to_string().contains(&id), "{}", r.body);
             }
+            // A delivery id that is no id (too long, not printable ASCII) is named, not taken
+            // for none, which would let every redelivery of it through.
+            for value in ["x".repeat(201), format!("{id}\tnext")] {
+                let mut odd = headers.clone();
+                odd[1].1 = value;
+                let r = api.deliver(&path, &odd, body.clone()).await;
+                r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_FAILED");
+                assert!(r.error_fields()[0].eq_ignore_ascii_case(&name), "{}", r.body);
+                assert!(
+                    r.body["error"]["message"].as_str().unwrap().contains("at most 200"),
+                    "{}",
+                    r.body
+                );
+            }
         }
     }
     assert_eq!(api.deployments("acme").await.len(), 0);

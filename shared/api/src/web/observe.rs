@@ -95,10 +95,14 @@ async fn observe(state: AppState, endpoint: Endpoint, mut request: Request, next
     // What the handler will say, known before it runs, for the deliveries it refuses.
     // Header-borne ids only: the body is the handler's.
     let delivery_id = match (endpoint, segments.get(4).and_then(|slug| GitProvider::from_slug(slug))) {
-        (Endpoint::Push, Some(provider)) => autodeploy_core::push::delivery_id(provider, request.headers(), &[]),
+        (Endpoint::Push, Some(provider)) => autodeploy_core::push::delivery_id(provider, request.headers(), &[])
+            .ok()
+            .flatten(),
         // GitHub Packages events come with GitHub's own delivery header.
         (Endpoint::Image, _) if source == Some(DeliverySource::GithubPackages) => {
             autodeploy_core::push::delivery_id(GitProvider::Github, request.headers(), &[])
+                .ok()
+                .flatten()
         }
         _ => None,
     };

@@ -3,8 +3,8 @@
 
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::{
-    Delivery, IgnoredReason, PayloadError, check_headers, delivery_id, event_headers, parse_delivery, provider_name,
-    provider_of, push_events, repeated_delivery_id_header, with_article,
+    Delivery, IgnoredReason, MAX_DELIVERY_ID, PayloadError, check_headers, delivery_id, event_headers, parse_delivery,
+    provider_name, provider_of, push_events, repeated_delivery_id_header, with_article,
 };
 use axum::Json;
 use axum::Router;
@@ -100,7 +100,14 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
     if let Some(header) = repeated_delivery_id_header(provider, &headers) {
         return Err(ApiError::invalid_field(header, "is given more than once"));
     }
-    let delivery = delivery_id(provider, &headers, &bytes);
+    let delivery = delivery_id(provider, &headers, &bytes).map_err(|field| {
+        ApiError::invalid_field(
+            field,
+            format!(
+                "must be an id of at most {MAX_DELIVERY_ID} printable ASCII characters, by which a redelivery is known"
+            ),
+        )
+    })?;
     if seen_before(&state.deployer, org, provider, delivery.as_deref()).await? {
         return Ok(render(
             PushReport::new(provider, delivery, dry_run).ignored(Ignored::DuplicateDelivery),

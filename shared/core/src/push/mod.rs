@@ -207,16 +207,26 @@ impl Push {
 /// Headers: `X-GitHub-Delivery`, `X-Gitlab-Event-UUID` (else `X-Gitlab-Webhook-UUID`),
 /// `X-Request-UUID` (Bitbucket Cloud), `X-Request-Id` (Bitbucket Server), `X-Gitea-Delivery`
 /// (or `X-Forgejo-Delivery`), `X-Gogs-Delivery`. Azure DevOps sends none, so its body's top-level
-/// `id` (the event's id, kept across retries) stands in. An id longer than
-/// [`MAX_DELIVERY_ID`] or with other than printable ASCII is no id at all.
-pub fn delivery_id(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -> Option<String> {
+/// `id` (the event's id, kept across retries) stands in. An empty one is none.
+///
+/// `Err` names the header (or `id`) whose value is no id: longer than [`MAX_DELIVERY_ID`], or
+/// with other than printable ASCII. Such a delivery is refused rather than processed without
+/// its id, which would let each of its redeliveries through.
+pub fn delivery_id(provider: GitProvider, headers: &HeaderMap, body: &[u8]) -> Result<Option<String>, &'static str> {
     if provider == GitProvider::AzureDevops {
-        return azure::event_id(body).as_deref().and_then(valid_delivery_id);
+        return azure::event_id(body).map_or(Ok(None), |id| usable_delivery_id(&id).ok_or("id"));
     }
-    delivery_id_headers(provider)
-        .iter()
-        .filter_map(|(name, _)| headers.get(*name))
-        .find_map(|value| std::str::from_utf8(value.as_bytes()).ok().and_then(valid_delivery_id))
+    let mut found = None;
+    for (name, shown) in delivery_id_headers(provider) {
+        if let Some(value) = headers.get(*name) {
+            let id = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(usable_delivery_id)
+                .ok_or(*shown)?;
+            found = found.or(id);
+        }
+    }
+    Ok(found)
 }
 
 /// The headers that carry the provider's delivery id, in the order they are read (none for
@@ -261,10 +271,16 @@ fn given_more_than_once(headers: &HeaderMap, name: &str) -> bool {
     }
 }
 
-fn valid_delivery_id(id: &str) -> Option<String> {
+/// `Some(None)` for an empty value, `Some(Some(id))` for an id, `None` for a value that is no
+/// id.
+fn usable_delivery_id(id: &str) -> Option<Option<String>> {
     let id = id.trim();
     let printable = id.bytes().all(|b| (0x20..=0x7e).contains(&b));
-    (!id.is_empty() && id.len() <= MAX_DELIVERY_ID && printable).then(|| id.to_owned())
+    match id {
+        "" => Some(None),
+        id if id.len() <= MAX_DELIVERY_ID && printable => Some(Some(id.to_owned())),
+        _ => None,
+    }
 }
 
 /// Parse a verified delivery into zero or more branch pushes, or the reason it is ignored.

@@ -1201,20 +1201,26 @@ fn delivery_ids() {
     for (provider, header) in cases {
         let h = headers(&[(header, "72d3162e-cc78-11e3-81ab-4c9367dc0958")]);
         assert_eq!(
-            delivery_id(provider, &h, body).as_deref(),
+            delivery_id(provider, &h, body).unwrap().as_deref(),
             Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"),
             "{header}"
         );
-        assert_eq!(delivery_id(provider, &HeaderMap::new(), body), None);
+        assert_eq!(delivery_id(provider, &HeaderMap::new(), body), Ok(None));
     }
     let h = headers(&[("X-Forgejo-Delivery", "f-1")]);
-    assert_eq!(delivery_id(GitProvider::Gitea, &h, body).as_deref(), Some("f-1"));
+    assert_eq!(
+        delivery_id(GitProvider::Gitea, &h, body).unwrap().as_deref(),
+        Some("f-1")
+    );
     // GitLab's event id wins over the hook's.
     let h = headers(&[("X-Gitlab-Webhook-UUID", "hook"), ("X-Gitlab-Event-UUID", "event")]);
-    assert_eq!(delivery_id(GitProvider::Gitlab, &h, body).as_deref(), Some("event"));
+    assert_eq!(
+        delivery_id(GitProvider::Gitlab, &h, body).unwrap().as_deref(),
+        Some("event")
+    );
     // Another provider's header is not this one's id.
     let h = headers(&[("X-GitHub-Delivery", "gh")]);
-    assert_eq!(delivery_id(GitProvider::Gitlab, &h, body), None);
+    assert_eq!(delivery_id(GitProvider::Gitlab, &h, body), Ok(None));
 }
 
 #[test]
@@ -1242,34 +1248,54 @@ fn a_delivery_id_header_given_twice_is_named() {
 
 #[test]
 fn delivery_id_limits() {
+    // A value that is no id is named, not taken for no id: each redelivery would then pass.
     let long = "a".repeat(MAX_DELIVERY_ID + 1);
     let h = headers(&[("X-GitHub-Delivery", long.as_str())]);
-    assert_eq!(delivery_id(GitProvider::Github, &h, b""), None);
+    assert_eq!(delivery_id(GitProvider::Github, &h, b""), Err("X-GitHub-Delivery"));
     let exact = "a".repeat(MAX_DELIVERY_ID);
     let h = headers(&[("X-GitHub-Delivery", exact.as_str())]);
     assert_eq!(
-        delivery_id(GitProvider::Github, &h, b"").as_deref(),
+        delivery_id(GitProvider::Github, &h, b"").unwrap().as_deref(),
         Some(exact.as_str())
     );
     let mut h = HeaderMap::new();
     h.insert("x-github-delivery", HeaderValue::from_bytes(b"id\xe9").unwrap());
-    assert_eq!(delivery_id(GitProvider::Github, &h, b""), None);
+    assert_eq!(delivery_id(GitProvider::Github, &h, b""), Err("X-GitHub-Delivery"));
     let h = headers(&[("X-GitHub-Delivery", "a\tb")]);
-    assert_eq!(delivery_id(GitProvider::Github, &h, b""), None);
+    assert_eq!(delivery_id(GitProvider::Github, &h, b""), Err("X-GitHub-Delivery"));
+    // Either of GitLab's two headers.
+    let h = headers(&[
+        ("X-Gitlab-Event-UUID", "event"),
+        ("X-Gitlab-Webhook-UUID", long.as_str()),
+    ]);
+    assert_eq!(delivery_id(GitProvider::Gitlab, &h, b""), Err("X-Gitlab-Webhook-UUID"));
+    // An empty one is none.
     let h = headers(&[("X-GitHub-Delivery", "")]);
-    assert_eq!(delivery_id(GitProvider::Github, &h, b""), None);
+    assert_eq!(delivery_id(GitProvider::Github, &h, b""), Ok(None));
+    let h = headers(&[("X-Gitlab-Event-UUID", " "), ("X-Gitlab-Webhook-UUID", "hook")]);
+    assert_eq!(
+        delivery_id(GitProvider::Gitlab, &h, b"").unwrap().as_deref(),
+        Some("hook")
+    );
 }
 
 #[test]
 fn azure_delivery_id_comes_from_the_body() {
     let body = fixture!("azure-devops/gp-git.push.json");
     assert_eq!(
-        delivery_id(GitProvider::AzureDevops, &HeaderMap::new(), body).as_deref(),
+        delivery_id(GitProvider::AzureDevops, &HeaderMap::new(), body)
+            .unwrap()
+            .as_deref(),
         Some("03c164c2-8912-4d5e-8009-3707d5f83734")
     );
-    for body in [&b"not json"[..], b"{}", b"{\"id\": 5}", b"{\"id\": \"\\u0001\"}"] {
-        assert_eq!(delivery_id(GitProvider::AzureDevops, &HeaderMap::new(), body), None);
+    for body in [&b"not json"[..], b"{}", b"{\"id\": 5}", b"{\"id\": \"\"}"] {
+        assert_eq!(delivery_id(GitProvider::AzureDevops, &HeaderMap::new(), body), Ok(None));
     }
+    let body = b"{\"id\": \"\\u0001\"}";
+    assert_eq!(
+        delivery_id(GitProvider::AzureDevops, &HeaderMap::new(), body),
+        Err("id")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1474,7 +1500,10 @@ fn signed_fixtures_verify_and_parse() {
         ("Content-Type", "application/json"),
     ]);
     assert_eq!(verify_signature(GitProvider::Github, &h, body, SECRET), Ok(()));
-    assert_eq!(delivery_id(GitProvider::Github, &h, body).as_deref(), Some("d-1"));
+    assert_eq!(
+        delivery_id(GitProvider::Github, &h, body).unwrap().as_deref(),
+        Some("d-1")
+    );
     assert!(matches!(
         parse_delivery(GitProvider::Github, &h, body),
         Ok(Delivery::Pushes(_))
