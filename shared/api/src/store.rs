@@ -585,8 +585,11 @@ pub trait Dispatching: Send + Sync {
     /// attempt that took it never finished, after its visibility timeout, and holds the
     /// service's later messages meanwhile.
     async fn begin_attempt(&self, org: &str, id: &str) -> StoreResult<AttemptStart>;
-    /// Record the end of the attempt begun on `id` (which must be `IN_PROGRESS`).
-    async fn end_attempt(&self, org: &str, id: &str, end: &AttemptEnd) -> StoreResult<()>;
+    /// Record the end of the attempt begun on `id` (which must be `IN_PROGRESS`): the
+    /// deployment as recorded, which may differ from `end` (a retry of a service that has
+    /// moved to pull consumers waits for nothing; one whose service was deleted is cancelled),
+    /// or `None` when it was no longer in progress (an engine reported on it meanwhile).
+    async fn end_attempt(&self, org: &str, id: &str, end: &AttemptEnd) -> StoreResult<Option<DeploymentRecord>>;
 }
 
 /// Everything the HTTP layer needs from a store.

@@ -425,6 +425,49 @@ fn a_target_that_never_answers_times_out_and_is_retried() {
     assert!(attempts[1].contains("outcome=\"delivered\""), "{attempts:#?}");
 }
 
+/// An attempt whose service is deleted, or moved to pull consumers, while it is under way is
+/// logged as what was recorded: cancelled (a warning), or released to the consumers; not as
+/// the retry the target's 503 asked for.
+#[test]
+fn an_attempt_is_logged_as_recorded_when_its_service_changed_meanwhile() {
+    let gate = Gate::default();
+    let held = gate.clone();
+    let receiver = Receiver::start(move |_| Answer::StatusAfter(503, held.clone()));
+    let server = launch().start();
+    put_target(&server, "engine", json!({"type": "WEBHOOK", "url": receiver.url("/")}));
+    app(&server, "api", "engine", None);
+    app(&server, "web", "engine", None);
+    let (status, answer) = server.github_push(GITHUB_SECRET, &commit(0), &commit(1));
+    assert_eq!(status, 202, "{answer}");
+    receiver.wait_for(2);
+    let (status, answer) = server.call(ADMIN, "DELETE", "/organization/acme/services/api", None);
+    assert_eq!(status, 204, "{answer}");
+    put_service(
+        &server,
+        "web",
+        json!({"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
+            "git_repository": {"provider": "GITHUB", "url": "https://github.com/acme/shop", "branch": "main"}}),
+    );
+    gate.open();
+    let attempts = server.logged("deployment attempt", 2);
+    let of = |service: &str| {
+        attempts
+            .iter()
+            .find(|line| line.contains(&format!("service_id={service} ")))
+            .unwrap_or_else(|| panic!("{service}: {attempts:#?}"))
+    };
+    let api = of("api");
+    assert!(
+        api.contains("WARN") && api.contains("outcome=\"failed\"") && api.contains("its service was deleted"),
+        "{api}"
+    );
+    let web = of("web");
+    assert!(
+        web.contains("INFO") && web.contains("outcome=\"released\"") && !web.contains("next_attempt_unix=1"),
+        "{web}"
+    );
+}
+
 #[test]
 fn a_delivery_cut_by_sigkill_is_made_after_the_restart() {
     let (receiver, _never) = held_first();

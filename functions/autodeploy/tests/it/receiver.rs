@@ -71,6 +71,8 @@ pub enum Answer {
     Reply(u16, Vec<(&'static str, String)>, String),
     /// 200 once the gate is open (a gate never opened: no answer at all).
     After(Gate),
+    /// This status once the gate is open.
+    StatusAfter(u16, Gate),
 }
 
 impl Answer {
@@ -160,6 +162,10 @@ fn serve_connection(stream: TcpStream, config: Arc<ServerConfig>, recorded: &Mut
             Answer::After(gate) => {
                 gate.wait();
                 (200, Vec::new(), String::new())
+            }
+            Answer::StatusAfter(status, gate) => {
+                gate.wait();
+                (status, Vec::new(), String::new())
             }
         };
         let reason = http::StatusCode::from_u16(status)

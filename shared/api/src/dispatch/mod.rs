@@ -14,7 +14,7 @@ pub mod standalone;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use autodeploy_core::deployment::DeploymentRecord;
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentStatus};
 use autodeploy_core::target::delivery::{MIN_RETRY_DELAY, NextStep, RetryPolicy, next_step};
 use autodeploy_core::target::request::build_request;
 use time::OffsetDateTime;
@@ -64,22 +64,29 @@ impl Dispatcher {
         service: Option<StoredService>,
     ) -> StoreResult<Delivery> {
         let end = self.deliver(record, service).await?;
-        let delivery = match &end {
-            AttemptEnd::Delivered => Delivery::Delivered,
-            AttemptEnd::Failed { .. } => Delivery::Failed,
-            AttemptEnd::Retry { next_attempt_unix, .. } => Delivery::Retried {
-                next_attempt_unix: *next_attempt_unix,
-            },
-            AttemptEnd::Release { .. } => Delivery::Released,
-        };
         let request = &record.request;
-        self.store
+        let ended = self
+            .store
             .end_attempt(&request.organization_id, &request.deployment_id, &end)
             .await?;
-        let error = match &end {
-            AttemptEnd::Failed { error } | AttemptEnd::Retry { error, .. } => error.as_str(),
-            AttemptEnd::Release { note } => note.as_str(),
-            AttemptEnd::Delivered => "",
+        // What was recorded, which the service's changes meanwhile may have made other than
+        // the attempt's own end: what the log and the metrics tell.
+        let delivery = match (&end, ended.as_ref().map(|r| (r.status, r.next_attempt_at.is_some()))) {
+            (_, Some((DeploymentStatus::Delivered, _))) => Delivery::Delivered,
+            (_, Some((DeploymentStatus::Failed, _))) => Delivery::Failed,
+            (_, Some((DeploymentStatus::Queued, false))) => Delivery::Released,
+            (AttemptEnd::Delivered, _) => Delivery::Delivered,
+            (AttemptEnd::Failed { .. }, _) => Delivery::Failed,
+            (AttemptEnd::Retry { next_attempt_unix, .. }, _) => Delivery::Retried {
+                next_attempt_unix: *next_attempt_unix,
+            },
+            (AttemptEnd::Release { .. }, _) => Delivery::Released,
+        };
+        let error = match (&end, ended.as_ref().and_then(|r| r.last_error.as_deref())) {
+            (AttemptEnd::Delivered, _) => "",
+            (_, Some(recorded)) => recorded,
+            (AttemptEnd::Failed { error } | AttemptEnd::Retry { error, .. }, None) => error.as_str(),
+            (AttemptEnd::Release { note }, None) => note.as_str(),
         };
         let (outcome, next_attempt_unix) = match delivery {
             Delivery::Delivered => ("delivered", None),

@@ -573,7 +573,11 @@ mod tests {
             let id = taken_by_dispatcher(&store, &dispatched).await;
             store.delete_service("acme", "dispatched", None).await.unwrap();
             match comes_back {
-                "retry" => store.end_attempt("acme", &id, &retry_at(0)).await.unwrap(),
+                "retry" => {
+                    // What is recorded, as the dispatcher logs it: not the retry asked for.
+                    let ended = store.end_attempt("acme", &id, &retry_at(0)).await.unwrap().unwrap();
+                    assert_eq!(ended.status, DeploymentStatus::Failed);
+                }
                 _ => assert_eq!(store.release_dispatch_leases().await.unwrap(), 1),
             }
             let request = LeaseRequest {

@@ -2,11 +2,11 @@
 //! services with a target, and recording each attempt's end.
 
 use async_trait::async_trait;
-use autodeploy_core::deployment::DeploymentStatus;
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentStatus};
 use autodeploy_core::target::TargetSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::deployments::{deployment_at, rfc3339};
+use super::deployments::{deployment_at, deployment_by_id, rfc3339};
 use super::lifecycle::{
     DISPATCH_LEASE, NEXT_DISPATCH_RETRY, NONE_IN_PROGRESS, NOW_FOR_PULL, OPEN_OF_SERVICE, Taker, cancel_if_deleted,
     recorded_after, supersede_older, take,
@@ -221,7 +221,7 @@ fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<Attemp
 /// timeout. A dispatcher that died holding it gives it back after this (a restart at once).
 pub const DISPATCH_LEASE_SECS: i64 = 120;
 
-fn end(conn: &Connection, org: &str, id: &str, end: &AttemptEnd, now: i64) -> StoreResult<()> {
+fn end(conn: &Connection, org: &str, id: &str, end: &AttemptEnd, now: i64) -> StoreResult<Option<DeploymentRecord>> {
     let stamp = rfc3339(now);
     let (status, error, next_attempt): (&str, Option<&str>, Option<i64>) = match end {
         AttemptEnd::Delivered => ("DELIVERED", None, None),
@@ -245,11 +245,14 @@ fn end(conn: &Connection, org: &str, id: &str, end: &AttemptEnd, now: i64) -> St
                 .optional()
         })
         .map_err(unavailable)?;
+    let Some(service) = ended else {
+        return Ok(None);
+    };
     // A retry's newer sibling supersedes it when its turn comes (as on DynamoDB).
-    match ended {
-        Some(service) if status == "QUEUED" => cancel_if_deleted(conn, org, &service, now).map(|_| ()),
-        _ => Ok(()),
+    if status == "QUEUED" {
+        cancel_if_deleted(conn, org, &service, now)?;
     }
+    deployment_by_id(conn, org, id)
 }
 
 #[async_trait]
@@ -259,14 +262,20 @@ impl Dispatching for SqliteStore {
         self.write(move |conn| begin(conn, &org, &id, now_unix())).await
     }
 
-    async fn end_attempt(&self, org: &str, id: &str, attempt_end: &AttemptEnd) -> StoreResult<()> {
+    async fn end_attempt(
+        &self,
+        org: &str,
+        id: &str,
+        attempt_end: &AttemptEnd,
+    ) -> StoreResult<Option<DeploymentRecord>> {
         let woken = org;
         let (org, id, attempt_end) = (org.to_owned(), id.to_owned(), attempt_end.clone());
-        self.write(move |conn| end(conn, &org, &id, &attempt_end, now_unix()))
+        let ended = self
+            .write(move |conn| end(conn, &org, &id, &attempt_end, now_unix()))
             .await?;
         // A service's next deployment may be waiting behind this one; a retry falls due later.
         self.work_changed(woken);
-        Ok(())
+        Ok(ended)
     }
 }
 

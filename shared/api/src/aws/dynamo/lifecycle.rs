@@ -310,7 +310,7 @@ impl Dispatching for DynamoStore {
         }
     }
 
-    async fn end_attempt(&self, org: &str, id: &str, end: &AttemptEnd) -> StoreResult<()> {
+    async fn end_attempt(&self, org: &str, id: &str, end: &AttemptEnd) -> StoreResult<Option<DeploymentRecord>> {
         let transition = match end {
             AttemptEnd::Delivered => Transition::Delivered,
             AttemptEnd::Failed { error } => Transition::Failed { error: error.clone() },
@@ -323,11 +323,14 @@ impl Dispatching for DynamoStore {
             },
             AttemptEnd::Release { note } => Transition::Release { note: note.clone() },
         };
-        if let Err(refusal) = self.transition(org, id, &transition).await? {
-            // Not IN_PROGRESS any more (an engine reported on it meanwhile): nothing to record.
-            tracing::debug!(deployment_id = id, ?refusal, "the end of an attempt changed nothing");
+        match self.transition(org, id, &transition).await? {
+            Ok(record) => Ok(Some(record)),
+            Err(refusal) => {
+                // Not IN_PROGRESS any more (an engine reported on it meanwhile): nothing to record.
+                tracing::debug!(deployment_id = id, ?refusal, "the end of an attempt changed nothing");
+                Ok(None)
+            }
         }
-        Ok(())
     }
 }
 
