@@ -220,7 +220,16 @@ impl<'v> Fields<'v> {
                 } else {
                     format!("{base}.{inner}")
                 };
-                self.errors.push(FieldError::new(path, type_message(&err.into_inner())));
+                let mut message = type_message(&err.into_inner());
+                // serde says an enum of the wrong JSON type should be a "string or map": its
+                // names, which a string that is none of them brings out, say it better.
+                if message == "must be string or map"
+                    && (inner == "." || inner.is_empty())
+                    && let Err(names) = serde_json::from_value::<T>(Value::String(String::new()))
+                {
+                    message = type_message(&names);
+                }
+                self.errors.push(FieldError::new(path, message));
                 None
             }
         }
@@ -266,6 +275,9 @@ fn type_message(err: &serde_json::Error) -> String {
     let text = text.split(" at line ").next().unwrap_or(&text);
     if let Some((_, expected)) = text.split_once(", expected one of ") {
         format!("must be one of {}", expected.replace('`', ""))
+    } else if let Some((_, names)) = text.split_once(", expected `") {
+        // Two names: "`A` or `B`".
+        format!("must be {names}").replace('`', "")
     } else if let Some((_, expected)) = text.split_once(", expected ") {
         format!("must be {}", in_json_terms(expected))
     } else {
@@ -387,6 +399,47 @@ mod tests {
         assert_eq!(type_message(&err), "must be true or false");
         let err = serde_json::from_value::<i64>(json!(1.5)).expect_err("not whole");
         assert_eq!(type_message(&err), "must be a whole number");
+    }
+
+    /// An enum given as another JSON type than a string is told its names, not serde's
+    /// "string or map".
+    #[test]
+    fn an_enum_of_the_wrong_type_lists_its_names() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Kind {
+            Webhook,
+            Qovery,
+            GithubActions,
+        }
+        for value in [
+            json!(["Webhook"]),
+            json!(5),
+            json!(true),
+            json!({"a": 1}),
+            json!("WEBHOOK"),
+        ] {
+            let doc = json!({ "type": value });
+            let mut fields = Fields::new(doc.as_object().unwrap(), "");
+            assert!(fields.required::<Kind>("type").is_none());
+            let errors = fields.finish();
+            assert_eq!(errors.len(), 1, "{value}");
+            assert_eq!(errors[0].field, "type");
+            assert_eq!(
+                errors[0].message, "must be one of Webhook, Qovery, GithubActions",
+                "{value}"
+            );
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        enum Two {
+            On,
+            Off,
+        }
+        let doc = json!({ "state": 1 });
+        let mut fields = Fields::new(doc.as_object().unwrap(), "");
+        assert!(fields.required::<Two>("state").is_none());
+        assert_eq!(fields.finish()[0].message, "must be On or Off");
     }
 
     #[test]

@@ -346,7 +346,7 @@ fn read_deploy_target(f: &mut Fields<'_>) -> Option<DeployTarget> {
             f.error("external_id", "must not contain control characters");
         } else if matches!(external_id.as_str(), "." | "..") {
             // Qovery's API puts it in a path, where these read as a directory.
-            f.error("external_id", "must not be . or ..");
+            f.error("external_id", "must not be `.` or `..`, which are no id");
         }
     }
     if f.has_errors() {

@@ -113,6 +113,8 @@ pub enum UrlProblem {
     TooLong,
     #[error("must be an absolute URL such as https://deploy.example.com/hooks")]
     Unparsable,
+    #[error("must not contain white space or control characters (percent-encode them in a path or query)")]
+    Invisible,
     #[error("must use https")]
     NotHttps,
     #[error("must use https (or http when private targets are allowed)")]
@@ -135,6 +137,11 @@ pub enum UrlProblem {
 pub fn check_target_url(raw: &str, allow_private: bool) -> Result<Url, UrlProblem> {
     if raw.len() > MAX_TARGET_URL {
         return Err(UrlProblem::TooLong);
+    }
+    // The parser drops white space and control characters silently (at the ends, and tabs and
+    // line breaks anywhere): a URL is stored as given or refused.
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(UrlProblem::Invisible);
     }
     let url = Url::parse(raw).map_err(|_| UrlProblem::Unparsable)?;
     match url.scheme() {
@@ -314,6 +321,15 @@ mod tests {
         assert_eq!(problem("https://deploy.example.com:00/hook"), UrlProblem::PortZero);
         assert_eq!(problem("deploy.example.com/hooks"), UrlProblem::Unparsable);
         assert_eq!(problem("https://"), UrlProblem::Unparsable);
+        for odd in [
+            "https://deploy.example.com/\u{0}",
+            " https://deploy.example.com/",
+            "https://deploy.example.com/ ",
+            "https://deploy.exa\tmple.com/",
+            "https://deploy.example.com/a\nb",
+        ] {
+            assert_eq!(problem(odd), UrlProblem::Invisible, "{odd:?}");
+        }
         assert_eq!(problem("https://user:pw@deploy.example.com/"), UrlProblem::Credentials);
         assert_eq!(problem("https://token@deploy.example.com/"), UrlProblem::Credentials);
         assert_eq!(problem("https://deploy.example.com/#x"), UrlProblem::Fragment);

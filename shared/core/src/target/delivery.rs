@@ -8,7 +8,7 @@
 //!   failed at once, the error naming the status.
 //! - Two engines' own answers, read as they document them: a `GITHUB_ACTIONS` target's rate
 //!   limit (GitHub answers it 403 as well as 429) waits as GitHub asks, its `Retry-After`, else
-//!   its `x-ratelimit-reset`, else [`RATE_LIMIT_MIN_WAIT`]; a `QOVERY` target's 409 ("operation
+//!   (with `x-ratelimit-remaining: 0`) its `x-ratelimit-reset`, else [`RATE_LIMIT_MIN_WAIT`]; a `QOVERY` target's 409 ("operation
 //!   in progress": the service is being deployed) is retried.
 //! - Not sent at all (an address refused at send time, a request that cannot be built):
 //!   failed at once.
@@ -349,8 +349,15 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
     if text.is_empty() {
         return None;
     }
+    // Cut, the excerpt ends in `…`, within its characters.
     Some(match text.char_indices().nth(MAX_MESSAGE_EXCERPT) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
+        Some(_) => {
+            let cut = text
+                .char_indices()
+                .nth(MAX_MESSAGE_EXCERPT - 1)
+                .map_or(text.len(), |(at, _)| at);
+            format!("{}…", &text[..cut])
+        }
         None => text,
     })
 }
@@ -888,8 +895,11 @@ mod tests {
         );
         let long = format!(r#"{{"message":"{}"}}"#, "é".repeat(500));
         let cut = response_message(long.as_bytes(), &[]).unwrap();
-        assert_eq!(cut.chars().count(), MAX_MESSAGE_EXCERPT + 1);
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_EXCERPT);
         assert!(cut.ends_with('…'));
+        let whole = "é".repeat(MAX_MESSAGE_EXCERPT);
+        let kept = response_message(format!(r#"{{"message":"{whole}"}}"#).as_bytes(), &[]).unwrap();
+        assert_eq!(kept, whole);
         for other in [
             &b"<html>502 Bad Gateway</html>"[..],
             b"[]",
