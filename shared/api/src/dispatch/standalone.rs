@@ -19,6 +19,7 @@ use crate::util::until_unix_second;
 pub const CONCURRENCY: usize = 128;
 // The take leaves the other organizations some attempts at all times.
 const _: () = assert!(crate::sqlite::DISPATCH_SHARE_OF_ONE_ORGANIZATION < CONCURRENCY);
+const _: () = assert!(crate::sqlite::DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS < CONCURRENCY / 2);
 /// The longest the loop sleeps without a reason to wake: a safety net, not a poll.
 const IDLE_WAKE: Duration = Duration::from_secs(60);
 

@@ -500,6 +500,36 @@ mod tests {
         assert!(wakes(store.work_notifier("acme"), record_one(&store, &own)).await);
     }
 
+    /// However many organizations keep the dispatcher's attempts busy, the last free places
+    /// go only to an organization with nothing in flight.
+    #[tokio::test]
+    async fn the_dispatcher_keeps_places_for_organizations_with_nothing_in_flight() {
+        use crate::sqlite::DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS as KEPT;
+        let (_dir, store) = super::super::plans::temp_store();
+        let orgs = |taken: &[crate::store::Leased]| -> Vec<String> {
+            let mut orgs: Vec<String> = taken.iter().map(|l| l.record.request.organization_id.clone()).collect();
+            orgs.dedup();
+            orgs
+        };
+        for org in ["busy", "busier"] {
+            for n in 0..70 {
+                let service = put_service_of(&store, org, &format!("svc-{n}"), Some("hook")).await;
+                record_one(&store, &service).await;
+            }
+        }
+        // 128 places free: both take turns, and leave the kept places.
+        let first = store.take_for_dispatch(128).await.unwrap();
+        assert_eq!(first.len(), 128 - KEPT);
+        let of = |org: &str| first.iter().filter(|l| l.record.request.organization_id == org).count();
+        assert_eq!((of("busy"), of("busier")), ((128 - KEPT) / 2, (128 - KEPT) / 2));
+        assert!(store.take_for_dispatch(KEPT).await.unwrap().is_empty());
+
+        let quiet = put_service_of(&store, "quiet", "web", Some("hook")).await;
+        record_one(&store, &quiet).await;
+        let next = store.take_for_dispatch(KEPT).await.unwrap();
+        assert_eq!(orgs(&next), ["quiet"]);
+    }
+
     /// One new deployment of `service`, recorded.
     async fn record_one(store: &SqliteStore, service: &Service) {
         let candidates = [push_to(service, &crate::util::new_deployment_id())];
@@ -523,34 +553,43 @@ mod tests {
     /// queue the others' deliveries behind its own.
     #[tokio::test]
     async fn the_dispatcher_shares_its_attempts_between_organizations() {
+        use crate::sqlite::DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS as KEPT;
         use crate::sqlite::DISPATCH_SHARE_OF_ONE_ORGANIZATION as SHARE;
         use crate::store::{AttemptEnd, Dispatching};
         let (_dir, store) = super::super::plans::temp_store();
         let orgs = |taken: &[crate::store::Leased]| -> Vec<String> {
-            taken.iter().map(|l| l.record.request.organization_id.clone()).collect()
+            let mut orgs: Vec<String> = taken.iter().map(|l| l.record.request.organization_id.clone()).collect();
+            orgs.sort();
+            orgs
         };
-        // More waiting than its share, all before the other organization's.
+        // More waiting than its share: with every place free, it takes its share.
         for n in 0..SHARE + 5 {
             let service = put_service_of(&store, "busy", &format!("svc-{n}"), Some("hook")).await;
             record_one(&store, &service).await;
         }
-        let first = store.take_for_dispatch(10).await.unwrap();
-        assert_eq!(orgs(&first), vec!["busy"; 10]);
+        let first = store.take_for_dispatch(128).await.unwrap();
+        assert_eq!(orgs(&first), vec!["busy"; SHARE], "past its share");
+        let mut free = 128 - SHARE;
 
+        // One with a delivery in flight and older ones waiting: a newcomer goes first.
+        for n in 0..3 {
+            let service = put_service_of(&store, "early", &format!("svc-{n}"), Some("hook")).await;
+            record_one(&store, &service).await;
+        }
+        assert_eq!(orgs(&store.take_for_dispatch(KEPT + 1).await.unwrap()), ["early"]);
+        free -= 1;
         let quiet = put_service_of(&store, "quiet", "web", Some("hook")).await;
         record_one(&store, &quiet).await;
-        let next = store.take_for_dispatch(1).await.unwrap();
+        let next = store.take_for_dispatch(KEPT + 1).await.unwrap();
         assert_eq!(orgs(&next), ["quiet"], "the oldest waiting went first");
-
-        let rest = store.take_for_dispatch(1_000).await.unwrap();
-        assert_eq!(orgs(&rest), vec!["busy"; SHARE - 10], "past its share");
-        assert!(store.take_for_dispatch(1_000).await.unwrap().is_empty());
+        free -= 1;
 
         // An attempt that ends gives its organization its place back.
         let ended = &first[0].record.request.deployment_id;
         store.end_attempt("busy", ended, &AttemptEnd::Delivered).await.unwrap();
-        let again = store.take_for_dispatch(1_000).await.unwrap();
-        assert_eq!(orgs(&again), ["busy"]);
+        free += 1;
+        let again = store.take_for_dispatch(free).await.unwrap();
+        assert_eq!(orgs(&again), ["busy", "early", "early"]);
     }
 
     /// The end of an attempt the target answered 503, to be retried at `next_attempt_unix`.

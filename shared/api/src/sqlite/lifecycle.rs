@@ -45,17 +45,24 @@ impl Taker {
 /// holding its place up to its timeout) leaves the others a quarter of them at all times.
 pub const DISPATCH_SHARE_OF_ONE_ORGANIZATION: usize = 96;
 
+/// Places of the dispatcher's free ones that only an organization with nothing in flight may
+/// take: however many organizations' targets hang, one that has a deployment waits for no
+/// attempt of theirs to time out.
+pub const DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS: usize = 16;
+
 /// The services with a deploy target whose work the dispatcher may take, of organization `?1`
-/// or of all (`?1` null), as [`Taker::candidates`] says. The deployments of the other services,
-/// however many wait for pull consumers, are never read.
+/// or of all (`?1` null), as [`Taker::candidates`] says; `?3` is how many places are free. The
+/// deployments of the other services, however many wait for pull consumers, are never read.
 ///
 /// Shared fairly between organizations: each service is ranked by how many of its
 /// organization's deliveries would then be in flight (those in flight now, `busy`, plus its
 /// place among the organization's candidates), the lowest first, and by its oldest waiting
-/// deployment within a rank; none takes an organization past
-/// [`DISPATCH_SHARE_OF_ONE_ORGANIZATION`]. A free attempt thus goes to the organization with
-/// the fewest in flight, not to whichever has waited longest: thousands of one organization's
-/// deployments do not queue another's behind them.
+/// deployment within a rank. None takes an organization past
+/// [`DISPATCH_SHARE_OF_ONE_ORGANIZATION`], and an organization with a delivery in flight takes
+/// none of the last [`DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS`] free places. A free
+/// attempt thus goes to the organization with the fewest in flight, not to whichever has
+/// waited longest: thousands of some organizations' deployments do not queue another's behind
+/// them.
 fn dispatch_candidates() -> String {
     format!(
         "WITH busy AS (
@@ -71,9 +78,13 @@ fn dispatch_candidates() -> String {
            SELECT w.org, w.id, w.oldest, coalesce(b.n, 0)
                + row_number() OVER (PARTITION BY w.org ORDER BY w.oldest) AS in_flight
            FROM waiting w LEFT JOIN busy b ON b.org = w.org
-           WHERE w.oldest IS NOT NULL)
-         SELECT org, id FROM ranked WHERE in_flight <= {DISPATCH_SHARE_OF_ONE_ORGANIZATION}
-         ORDER BY in_flight, oldest LIMIT ?3"
+           WHERE w.oldest IS NOT NULL),
+         placed AS (
+           SELECT org, id, in_flight, row_number() OVER (ORDER BY in_flight, oldest) AS place
+           FROM ranked WHERE in_flight <= {DISPATCH_SHARE_OF_ONE_ORGANIZATION})
+         SELECT org, id FROM placed
+         WHERE place <= ?3 AND (in_flight = 1 OR place <= ?3 - {DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS})
+         ORDER BY place"
     )
 }
 
