@@ -367,29 +367,25 @@ pub fn response_message(body: &[u8], secrets: &[&str]) -> Option<String> {
 pub const SECRET_PIECE: usize = 12;
 
 /// `text` with every piece of one of `secrets` replaced by `[redacted]`: any [`SECRET_PIECE`]
-/// characters in a row of a secret (or a shorter secret whole), as sent, base64-encoded
-/// (standard or URL-safe) or percent-encoded, the three ways a target may echo what it was
-/// sent. Matching ignores ASCII case (the case of a token, key or signature is the only thing
-/// a target echoing it is likely to change) and the characters that do not show in a message
-/// on one line: control characters, white space and zero-width ones, in `text` and in the
-/// secrets alike (the `Authorization` value has a space). Overlapping and adjacent pieces are
-/// redacted as one, from the first visible character to the last.
+/// visible characters in a row of a secret (or a shorter secret whole), as sent, percent-encoded
+/// (each `%XX` of an ASCII character is read as that character, however many are escaped) or
+/// base64-encoded (standard or URL-safe), the ways a target may echo what it was sent.
+/// Matching ignores ASCII case (the case of a token, key or signature is the only thing a
+/// target echoing it is likely to change) and the characters that do not show in a message on
+/// one line: control characters, white space and zero-width ones, in `text` and in the secrets
+/// alike (the `Authorization` value has a space). Overlapping and adjacent pieces are redacted
+/// as one, from the first visible character to the last.
 fn redact(text: &str, secrets: &[&str]) -> String {
-    let folded = |c: char| (!hidden(c)).then(|| c.to_ascii_lowercase());
     let mut pieces: std::collections::HashSet<Vec<char>> = std::collections::HashSet::new();
     for form in secrets.iter().filter(|s| !s.is_empty()).flat_map(|s| encodings(s)) {
-        let chars: Vec<char> = form.chars().filter_map(folded).collect();
+        let chars: Vec<char> = visible_chars(&form).into_iter().map(|(c, _, _)| c).collect();
         let width = chars.len().min(SECRET_PIECE);
         if width > 0 {
             pieces.extend(chars.windows(width).map(<[char]>::to_vec));
         }
     }
     let widths: std::collections::BTreeSet<usize> = pieces.iter().map(Vec::len).collect();
-    // The visible characters of `text`, folded, each with its byte range in `text`.
-    let visible: Vec<(char, usize, usize)> = text
-        .char_indices()
-        .filter_map(|(at, c)| folded(c).map(|folded| (folded, at, at + c.len_utf8())))
-        .collect();
+    let visible = visible_chars(text);
     let chars: Vec<char> = visible.iter().map(|(c, _, _)| *c).collect();
     let mut covered = vec![false; visible.len()];
     for width in widths {
@@ -417,17 +413,42 @@ fn redact(text: &str, secrets: &[&str]) -> String {
     out
 }
 
-/// A secret as sent, and as a target may echo it encoded: base64 (standard, and URL-safe
-/// without padding) and percent-encoded.
-fn encodings(secret: &str) -> [String; 4] {
+/// A secret as sent, and as a target may echo it base64-encoded (standard, and URL-safe
+/// without padding). Percent-encoding is read in the text itself ([`visible_chars`]).
+fn encodings(secret: &str) -> [String; 3] {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     [
         secret.to_owned(),
         STANDARD.encode(secret),
         URL_SAFE_NO_PAD.encode(secret),
-        percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string(),
     ]
+}
+
+/// The characters of `text` a reader sees, ASCII letters folded to lower case, each with its
+/// byte range in `text`: hidden ones ([`hidden`]) left out, and a percent-escaped ASCII
+/// character (`%41`, `%6a`) read as the character it stands for.
+fn visible_chars(text: &str) -> Vec<(char, usize, usize)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(text.len());
+    let mut at = 0;
+    while let Some(c) = text.get(at..).and_then(|rest| rest.chars().next()) {
+        let escaped = match bytes.get(at..at + 3) {
+            Some([b'%', hi, lo]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                std::str::from_utf8(&bytes[at + 1..at + 3])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                    .filter(u8::is_ascii)
+            }
+            _ => None,
+        };
+        let (c, len) = escaped.map_or((c, c.len_utf8()), |byte| (char::from(byte), 3));
+        if !hidden(c) {
+            out.push((c.to_ascii_lowercase(), at, at + len));
+        }
+        at += len;
+    }
+    out
 }
 
 /// A character a message on one line does not show: control, white space, or zero-width
@@ -499,6 +520,9 @@ mod tests {
             URL_SAFE_NO_PAD.encode(token),
             STANDARD.encode(format!("Token {token}")),
             percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC).to_string(),
+            token.bytes().map(|b| format!("%{b:02X}")).collect::<String>(),
+            token.bytes().map(|b| format!("%{b:02x}")).collect::<String>()[..60].to_owned(),
+            format!("{}%2B{}", &token[..7], &token[8..]),
             format!("{}…", &token[..20]),
         ] {
             let message = said(&format!("invalid token '{echoed}' given"));
