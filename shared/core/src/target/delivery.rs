@@ -368,8 +368,8 @@ pub const SECRET_PIECE: usize = 12;
 
 /// `text` with every piece of one of `secrets` replaced by `[redacted]`: any [`SECRET_PIECE`]
 /// visible characters in a row of a secret (or a shorter secret whole), as sent, percent-encoded
-/// (each `%XX` of an ASCII character is read as that character, however many are escaped) or
-/// base64-encoded (standard or URL-safe), the ways a target may echo what it was sent.
+/// (each `%XX` of an ASCII character is read as that character, however many are escaped),
+/// base64-encoded (standard or URL-safe) or in hex, the ways a target may echo what it was sent.
 /// Matching ignores ASCII case (the case of a token, key or signature is the only thing a
 /// target echoing it is likely to change) and the characters that do not show in a message on
 /// one line: control characters, white space and zero-width ones, in `text` and in the secrets
@@ -413,15 +413,16 @@ fn redact(text: &str, secrets: &[&str]) -> String {
     out
 }
 
-/// A secret as sent, and as a target may echo it base64-encoded (standard, and URL-safe
-/// without padding). Percent-encoding is read in the text itself ([`visible_chars`]).
-fn encodings(secret: &str) -> [String; 3] {
+/// A secret as sent, and as a target may echo it encoded: base64 (standard, and URL-safe
+/// without padding) and hex. Percent-encoding is read in the text itself ([`visible_chars`]).
+fn encodings(secret: &str) -> [String; 4] {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     [
         secret.to_owned(),
         STANDARD.encode(secret),
         URL_SAFE_NO_PAD.encode(secret),
+        hex::encode(secret),
     ]
 }
 
@@ -521,6 +522,7 @@ mod tests {
             STANDARD.encode(format!("Token {token}")),
             percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC).to_string(),
             token.bytes().map(|b| format!("%{b:02X}")).collect::<String>(),
+            hex::encode_upper(token),
             token.bytes().map(|b| format!("%{b:02x}")).collect::<String>()[..60].to_owned(),
             format!("{}%2B{}", &token[..7], &token[8..]),
             format!("{}…", &token[..20]),
