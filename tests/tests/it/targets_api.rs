@@ -306,6 +306,19 @@ async fn targets_are_write_only(api: Api) {
     let other_type = put(&api, "engine", actions.clone()).await;
     assert_eq!(other_type.status, StatusCode::BAD_REQUEST, "{}", other_type.body);
     assert_eq!(other_type.error_fields(), ["token"]);
+    // With other fields refused, the missing token is named with them, not after.
+    let mut bad_ref = actions.clone();
+    bad_ref["ref"] = json!("..");
+    bad_ref["repository"] = json!("x");
+    let both = put(&api, "engine", bad_ref.clone()).await;
+    assert_eq!(both.status, StatusCode::BAD_REQUEST, "{}", both.body);
+    assert_eq!(both.error_fields(), ["ref", "repository", "token"], "{}", both.body);
+    bad_ref["token"] = json!("github_pat_11SECOND");
+    assert_eq!(put(&api, "engine", bad_ref).await.error_fields(), ["ref", "repository"]);
+    // A QOVERY target kept its token: a body of that type refused for another field does not
+    // ask for it.
+    let bad_url = put(&api, "engine", json!({"type": "QOVERY", "api_url": "ftp://x"})).await;
+    assert_eq!(bad_url.error_fields(), ["api_url"], "{}", bad_url.body);
     let mut with_token = actions;
     with_token["token"] = json!("github_pat_11SECOND");
     let switched = put(&api, "engine", with_token).await;

@@ -2,9 +2,9 @@
 //! Actions). Secrets and tokens are write-only: a GET says only whether one is set; a webhook
 //! secret the server generates is shown once, in the PUT's answer.
 
-use autodeploy_core::body::read_document;
+use autodeploy_core::body::{DocumentError, read_document};
 use autodeploy_core::target::signature::GENERATED_SECRET_BYTES;
-use autodeploy_core::target::{ResolveContext, TargetDocument, TargetView};
+use autodeploy_core::target::{ResolveContext, TargetDocument, TargetView, missing_token};
 use axum::Json;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
@@ -120,7 +120,16 @@ async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Respon
         id: TargetId(id),
         ..
     } = &request;
-    let document: TargetDocument = read_document(&doc)?;
+    let document: TargetDocument = match read_document(&doc) {
+        Ok(document) => document,
+        Err(DocumentError::Invalid(mut errors)) => {
+            // Named with the others; what the target would keep is read for it.
+            let current = state.store.get_target(org, id).await?;
+            errors.extend(missing_token(&doc, current.as_ref().map(|c| &c.spec)));
+            return Err(ApiError::validation(errors));
+        }
+        Err(err) => return Err(err.into()),
+    };
     // PUTs of one target take turns in this process: each keeps what the one before it set
     // (a secret the server generated, say) instead of failing on its change.
     let _turn = state

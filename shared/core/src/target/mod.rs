@@ -585,6 +585,19 @@ impl TargetDocument {
     }
 }
 
+/// The `token` a refused body also lacks, so that the refusal names every bad field at once:
+/// [`TargetDocument::resolve`], which names it otherwise, runs only on a body whose fields are
+/// right. Only the plain case is told: a `QOVERY` or `GITHUB_ACTIONS` body without a token, for
+/// a target with none of its type to keep (`previous`, the target it would replace).
+pub fn missing_token(body: &serde_json::Value, previous: Option<&TargetSpec>) -> Option<FieldError> {
+    let kind = [TargetType::Qovery, TargetType::GithubActions]
+        .into_iter()
+        .find(|kind| body.get("type").and_then(serde_json::Value::as_str) == Some(kind.as_str()))?;
+    let given = body.get("token").is_some_and(|token| !token.is_null());
+    let kept = previous.is_some_and(|previous| previous.target_type() == kind);
+    (!given && !kept).then(|| FieldError::new("token", "is required"))
+}
+
 /// The message for a URL the operator's policy refuses, saying how it can be allowed.
 fn policy_message(problem: UrlProblem) -> String {
     match problem {
