@@ -138,6 +138,8 @@ struct State {
     /// Requests the current fault matched so far.
     matched: usize,
     counts: BTreeMap<String, Count>,
+    /// The requests seen while recording: each action with its body.
+    recorded: Option<Vec<(String, Bytes)>>,
 }
 
 impl State {
@@ -244,6 +246,17 @@ impl FaultProxy {
         self.lock().counts.clear();
     }
 
+    /// Keep every request from now on, its action and its body, for [`FaultProxy::recorded`].
+    pub fn record(&self) {
+        self.lock().recorded = Some(Vec::new());
+    }
+
+    /// The requests kept since [`FaultProxy::record`] or the last call, each action with its
+    /// body; recording goes on.
+    pub fn recorded(&self) -> Vec<(String, Bytes)> {
+        self.lock().recorded.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// An SDK configuration for the proxy: the harness's test credentials and region, and
     /// the standard retry mode with [`SDK_ATTEMPTS`] attempts and millisecond backoff. No
     /// timeout is set, as in production (the SDK sets only a connect timeout).
@@ -311,6 +324,9 @@ async fn handle(
     // The whole request is read first, so that a failure is the answer's, not the upload's.
     let (mut parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
+    if let Some(recorded) = state.lock().unwrap_or_else(PoisonError::into_inner).recorded.as_mut() {
+        recorded.push((action.clone(), body.clone()));
+    }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = format!("{target}{path}").parse()?;
     let forward = Request::from_parts(parts, Full::new(body));

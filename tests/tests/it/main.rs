@@ -5,6 +5,7 @@
 mod amendments;
 mod aws_cost;
 mod aws_dispatcher;
+mod aws_iam;
 mod aws_images;
 mod aws_push;
 mod aws_stack;

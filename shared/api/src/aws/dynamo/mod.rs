@@ -534,20 +534,33 @@ impl ServiceStore for DynamoStore {
     }
 
     async fn push_queued_before(&self, org: &str, id: &str, mark: &str) -> StoreResult<bool> {
-        let Some(item) = self
-            .get_item(push_mark_key(org, id, mark), "push_queued_before")
-            .await?
-        else {
-            return Ok(false);
-        };
+        // A count (`Select: COUNT`) rather than a read: the push-webhook function, which asks
+        // it for a dry run, may only count in an organization's partition.
+        let mut e = Expr::default();
+        let condition = format!(
+            "{} AND {}",
+            e.equals(PK, "pk", s(org_pk(org))),
+            e.equals(SK, "sk", s(push_mark_sk(id, mark)))
+        );
         // TTL deletes expired items lazily: an expired mark may still be there.
-        Ok(number_attr(&item, EXPIRES_AT)? > crate::util::now_unix())
+        let mut f = Expr::default();
+        let unexpired = format!(
+            "{} > {}",
+            f.name(EXPIRES_AT),
+            f.value("now", n(crate::util::now_unix()))
+        );
+        let out = filtered(self.query(None, condition, &e), unexpired, &f)
+            .select(Select::Count)
+            .send()
+            .await
+            .map_err(|e| unavailable("push_queued_before", &e))?;
+        Ok(out.count() > 0)
     }
 }
 
-/// The item that says service `id` of `org` queued the push `mark`, until it expires.
-fn push_mark_key(org: &str, id: &str, mark: &str) -> Item {
-    key(org_pk(org), format!("PUSHMARK#{id}#{mark}"))
+/// The sort key of the item that says service `id` queued the push `mark`, until it expires.
+fn push_mark_sk(id: &str, mark: &str) -> String {
+    format!("PUSHMARK#{id}#{mark}")
 }
 
 #[async_trait]

@@ -269,7 +269,7 @@ impl DynamoStore {
     /// with `fresh`, only when the service has not queued that mark within its retention.
     fn push_mark_put(&self, org: &str, service_id: &str, mark: &str, fresh: bool) -> StoreResult<TransactWriteItem> {
         let now = crate::util::now_unix();
-        let mut item = push_mark_key(org, service_id, mark);
+        let mut item = key(org_pk(org), push_mark_sk(service_id, mark));
         item.insert(EXPIRES_AT.to_owned(), n(now + PUSH_MARK_RETENTION_SECS));
         if !fresh {
             return self.action(Write::Put(item), None, &Expr::default());
