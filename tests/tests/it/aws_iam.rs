@@ -458,3 +458,38 @@ async fn every_call_of_each_function_is_one_its_role_allows() {
 
     assert!(recorder.refused.is_empty(), "{:#?}", recorder.refused);
 }
+
+/// The dispatcher function's calls, through a batch with a delivery, a retry (a 503), a
+/// failure (a 410) and a deployment forwarded to the pull queue, then the retry delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_of_the_dispatcher_is_one_its_role_allows() {
+    use crate::aws_dispatcher::{dispatcher_on, next_batch, put_service, record, send, service_on_receiver};
+    let aws = FaultyAws::new().await;
+    let fx = &aws.fixture;
+    let store: &dyn autodeploy_api::store::Store = aws.store.as_ref();
+    let _busy = service_on_receiver(store, "api", &[503, 202]).await;
+    let _gone = service_on_receiver(store, "old", &[410]).await;
+    let _fine = service_on_receiver(store, "web", &[202]).await;
+    put_service(store, "cli", None).await;
+    let mut requests = Vec::new();
+    for service in ["api", "old", "web", "cli"] {
+        requests.push(record(store, service, "a..b").await);
+    }
+    send(fx, &requests.iter().collect::<Vec<_>>()).await;
+    let dispatcher = dispatcher_on(fx, aws.store.clone(), aws.queue_proxy.sqs_client().await);
+    let mut recorder = Recorder::start(&aws);
+    for round in ["a batch", "the retry"] {
+        let (event, _) = next_batch(fx).await;
+        let (_, tally) = dispatcher.handle(event, None).await;
+        assert!(recorder.check("DispatcherRole", round) > 0, "{round}: {tally:?}");
+        if round == "a batch" {
+            assert_eq!(
+                (tally.delivered, tally.retried, tally.failed, tally.forwarded),
+                (1, 1, 1, 1)
+            );
+        } else {
+            assert_eq!(tally.delivered, 1, "{tally:?}");
+        }
+    }
+    assert!(recorder.refused.is_empty(), "{:#?}", recorder.refused);
+}
