@@ -581,7 +581,11 @@ mod tests {
         let quiet = put_service_of(&store, "quiet", "web", Some("hook")).await;
         record_one(&store, &quiet).await;
         let next = store.take_for_dispatch(KEPT + 1).await.unwrap();
-        assert_eq!(orgs(&next), ["quiet"], "the oldest waiting went first");
+        assert_eq!(
+            orgs(&next),
+            ["quiet"],
+            "before the older ones of an organization with one in flight"
+        );
         free -= 1;
 
         // An attempt that ends gives its organization its place back.

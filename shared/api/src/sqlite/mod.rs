@@ -368,8 +368,6 @@ fn durability(conn: &Connection, path: &Path) -> StoreResult<Durability> {
     Ok(Durability::SyncedLog(log))
 }
 
-/// A poisoned lock only means a thread panicked while holding it; the data (a pool, a
-/// channel) is still whole.
 /// The wakers of each organization's waiting pull consumers: work recorded for one
 /// organization wakes its own long polls only, not every waiting poll of the server (each of
 /// which would then look at the database).
@@ -408,6 +406,8 @@ impl PullWakers {
     }
 }
 
+/// A poisoned lock only means a thread panicked while holding it; the data (a pool, a
+/// channel) is still whole.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
