@@ -84,7 +84,7 @@ fn without_invisible_characters(name: &str) -> Result<(), String> {
 
 /// Unicode's format characters (general category Cf, Unicode 15.1): invisible, they change how
 /// the text around them is shown.
-fn is_format_char(c: char) -> bool {
+pub(crate) fn is_format_char(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'

@@ -414,16 +414,19 @@ fn redact(text: &str, secrets: &[&str]) -> String {
 }
 
 /// A secret as sent, and as a target may echo it encoded: base64 (standard, and URL-safe
-/// without padding) and hex. Percent-encoding is read in the text itself ([`visible_chars`]).
-fn encodings(secret: &str) -> [String; 4] {
+/// without padding) of it from each of its first three bytes, so that a part of it encoded
+/// from any byte is found too, and hex. Percent-encoding is read in the text itself
+/// ([`visible_chars`]).
+fn encodings(secret: &str) -> Vec<String> {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    [
-        secret.to_owned(),
-        STANDARD.encode(secret),
-        URL_SAFE_NO_PAD.encode(secret),
-        hex::encode(secret),
-    ]
+    let bytes = secret.as_bytes();
+    let mut forms = vec![secret.to_owned(), hex::encode(bytes)];
+    for from in 0..bytes.len().min(3) {
+        forms.push(STANDARD.encode(&bytes[from..]));
+        forms.push(URL_SAFE_NO_PAD.encode(&bytes[from..]));
+    }
+    forms
 }
 
 /// The characters of `text` a reader sees, ASCII letters folded to lower case, each with its
@@ -452,10 +455,17 @@ fn visible_chars(text: &str) -> Vec<(char, usize, usize)> {
     out
 }
 
-/// A character a message on one line does not show: control, white space, or zero-width
-/// (U+200B–U+200D, U+2060, U+FEFF).
+/// A character a message on one line does not show: control, white space, a Unicode format
+/// character (zero-width ones, bidirectional marks, the soft hyphen, tags), or one that shows
+/// as nothing (the combining grapheme joiner, Hangul fillers, variation selectors).
 fn hidden(c: char) -> bool {
-    c.is_control() || c.is_whitespace() || matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+    c.is_control()
+        || c.is_whitespace()
+        || crate::branch::is_format_char(c)
+        || matches!(
+            c,
+            '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{180B}'..='\u{180D}' | '\u{FE00}'..='\u{FE0F}'
+        )
 }
 
 #[cfg(test)]
@@ -523,6 +533,11 @@ mod tests {
             percent_encoding::utf8_percent_encode(token, percent_encoding::NON_ALPHANUMERIC).to_string(),
             token.bytes().map(|b| format!("%{b:02X}")).collect::<String>(),
             hex::encode_upper(token),
+            STANDARD.encode(&token[1..]),
+            URL_SAFE_NO_PAD.encode(&token[2..20]),
+            token.chars().map(|c| format!("{c}\u{ad}")).collect::<String>(),
+            token.chars().map(|c| format!("{c}\u{200e}\u{34f}")).collect::<String>(),
+            token.chars().map(|c| format!("{c}\u{e0020}")).collect::<String>(),
             token.bytes().map(|b| format!("%{b:02x}")).collect::<String>()[..60].to_owned(),
             format!("{}%2B{}", &token[..7], &token[8..]),
             format!("{}…", &token[..20]),
