@@ -208,6 +208,14 @@ impl<'v> Fields<'v> {
 
     /// Deserialize one value; a type error is reported at the field's path.
     fn typed<T: DeserializeOwned>(&mut self, name: &str, value: &Value) -> Option<T> {
+        // A name (an enum) is a string: serde also reads `{"WEBHOOK": null}` as one, which a
+        // body must not be; and says a value of another type should be a "string or map".
+        if !value.is_string()
+            && let Some(names) = enum_names::<T>()
+        {
+            self.errors.push(FieldError::new(self.path_of(name), names));
+            return None;
+        }
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(err) => {
@@ -220,16 +228,7 @@ impl<'v> Fields<'v> {
                 } else {
                     format!("{base}.{inner}")
                 };
-                let mut message = type_message(&err.into_inner());
-                // serde says an enum of the wrong JSON type should be a "string or map": its
-                // names, which a string that is none of them brings out, say it better.
-                if message == "must be string or map"
-                    && (inner == "." || inner.is_empty())
-                    && let Err(names) = serde_json::from_value::<T>(Value::String(String::new()))
-                {
-                    message = type_message(&names);
-                }
-                self.errors.push(FieldError::new(path, message));
+                self.errors.push(FieldError::new(path, type_message(&err.into_inner())));
                 None
             }
         }
@@ -266,6 +265,15 @@ fn shown_key(key: &str) -> String {
         shown.push('…');
     }
     shown
+}
+
+/// "must be one of A, B, C" when `T` is an enum of names, else `None`: a string that is none of
+/// its names makes serde list them.
+fn enum_names<T: DeserializeOwned>() -> Option<String> {
+    let err = serde_json::from_value::<T>(Value::String(String::new())).err()?;
+    err.to_string()
+        .starts_with("unknown variant")
+        .then(|| type_message(&err))
 }
 
 /// What a value of the wrong type should have been, from serde's message, without ever
@@ -401,8 +409,8 @@ mod tests {
         assert_eq!(type_message(&err), "must be a whole number");
     }
 
-    /// An enum given as another JSON type than a string is told its names, not serde's
-    /// "string or map".
+    /// An enum given as another JSON type than a string is refused with its names, not
+    /// serde's "string or map"; one given as serde's `{"Name": null}` too.
     #[test]
     fn an_enum_of_the_wrong_type_lists_its_names() {
         #[derive(Debug, serde::Deserialize)]
@@ -417,6 +425,9 @@ mod tests {
             json!(5),
             json!(true),
             json!({"a": 1}),
+            json!({}),
+            json!({"Webhook": null}),
+            json!({"Webhook": 1}),
             json!("WEBHOOK"),
         ] {
             let doc = json!({ "type": value });
