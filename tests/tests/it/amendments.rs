@@ -233,6 +233,11 @@ async fn misspelt_query_parameters_are_refused(api: Api) {
             r.body
         );
     }
+    // A parameter without a name is named as such.
+    let r = api
+        .call(Method::GET, "/organization/acme/services/app?=1", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.error_fields(), ["(a parameter without a name)"], "{}", r.body);
     let created = api
         .call(Method::GET, "/organization/acme/services/new", Some(ADMIN), None)
         .await;

@@ -280,6 +280,9 @@ impl QueryParams {
 /// A query parameter's name as an error shows it: as given, within bounds (it is the client's
 /// text).
 fn shown_name(name: &str) -> String {
+    if name.is_empty() {
+        return "(a parameter without a name)".to_owned();
+    }
     name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
