@@ -12,6 +12,15 @@ use autodeploy_api::web::settings_router;
 // cost init time and hand-offs (README "Cold start").
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
+    // Run by hand, not by Lambda, once after an upgrade from the first release.
+    if std::env::args().nth(1).as_deref() == Some("upgrade-table") {
+        let upgraded = aws::upgrade_table_from_env().await?;
+        println!(
+            "moved {} webhook secrets and {} tokens to their partitions ({} left for newer ones), wrote {} service counts",
+            upgraded.secrets, upgraded.tokens, upgraded.kept_newer, upgraded.counts
+        );
+        return Ok(());
+    }
     aws::init_tracing();
     let state = aws::app_state_without_queue_from_env().await?;
     check_runtime_environment()?;

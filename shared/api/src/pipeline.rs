@@ -13,7 +13,7 @@ use crate::store::{Batch, DeploymentQueue, RecordOutcome, Store, StoreError};
 use crate::util::deployment_ids_before;
 
 /// How long a request may hold a deployment `PENDING` before it is sent or left for the relay:
-/// longer than any function's timeout (10 s). A deployment pending for longer is stranded (the
+/// longer than the timeout of any function that records deployments (10 s). A deployment pending for longer is stranded (the
 /// queue failed it, or its process died), and a newer deployment of its service waits behind it
 /// (see [`record_and_send`]); a younger one may be in flight, and waiting behind it would only
 /// delay concurrent pushes to the same service.

@@ -9,6 +9,7 @@ mod aws_iam;
 mod aws_images;
 mod aws_push;
 mod aws_stack;
+mod aws_upgrade;
 mod deliveries;
 mod exact_bodies;
 mod hostile_input;

@@ -24,7 +24,7 @@ use crate::store::TenantLimits;
 
 pub use admin_secret::{SecretsManagerAdminToken, admin_token_from_config};
 pub use dynamo::{
-    DynamoStore, IMAGE_RECORDS_PER_TRANSACTION, MARKS_PER_TRANSACTION, MAX_TRANSACTION_ITEMS,
+    DynamoStore, IMAGE_RECORDS_PER_TRANSACTION, LayoutUpgrade, MARKS_PER_TRANSACTION, MAX_TRANSACTION_ITEMS,
     PUSH_RECORDS_PER_TRANSACTION, STALE_ATTEMPT_SECS, TRANSACTION_CONCURRENCY, Transition,
 };
 pub use https::{Roots, compiled_roots, encode_compiled_roots, https_client, https_client_trusting};
@@ -83,6 +83,19 @@ pub async fn app_state_without_queue_from_env() -> Result<crate::web::AppState, 
     )
     .with_limits(limits)
     .allowing_private_targets(allow_private))
+}
+
+/// Move the table named by `AUTODEPLOY_TABLE`, written by the first release, to this release's
+/// layout ([`DynamoStore::upgrade_first_release_layout`]), with the SDK environment's
+/// credentials: run by hand once after the upgrade (infra/README.md "Upgrading").
+pub async fn upgrade_table_from_env() -> Result<LayoutUpgrade, String> {
+    let table = required_env(TABLE_ENV)?;
+    let config = load_config().await?;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&config), table);
+    store
+        .upgrade_first_release_layout()
+        .await
+        .map_err(|err| format!("the table could not be upgraded: {err}"))
 }
 
 /// [`TARGETS_ALLOW_PRIVATE_ENV`]: `true` or `false` (`1` / `0`, any case); unset is `false`.

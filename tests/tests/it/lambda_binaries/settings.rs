@@ -109,3 +109,36 @@ async fn holds_an_organization_to_autodeploy_max_services() {
     let replaced = runtime.invoke(put("two", "other")).await.response();
     assert_eq!(replaced["statusCode"], 200, "{replaced}");
 }
+
+/// Run by hand after an upgrade from the first release (infra/README.md), `settings
+/// upgrade-table` moves the table named by `AUTODEPLOY_TABLE` to this release's layout and says
+/// what it did.
+#[tokio::test]
+async fn upgrade_table_moves_a_first_release_table() {
+    let fx = aws_fixture().await;
+    let api = autodeploy_tests::Api::on(
+        std::sync::Arc::new(fx.store.clone()),
+        std::sync::Arc::new(fx.queue.clone()),
+    );
+    api.set_secret("acme", "github").await;
+    crate::aws_upgrade::move_raw(&fx.dynamo, &fx.table, ("SECRET#acme", "SECRET#github"), "ORG#acme").await;
+    let mut command = std::process::Command::new(exe());
+    command
+        .arg("upgrade-table")
+        .env_clear()
+        .envs(autodeploy_tests::fake_lambda::moto_env(&autodeploy_tests::moto_url()))
+        .env("AUTODEPLOY_TABLE", &fx.table);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(said.contains("moved 1 webhook secrets and 0 tokens"), "{said}");
+    let store: &dyn autodeploy_api::store::Store = &fx.store;
+    assert!(store.get_secret("acme", "github").await.unwrap().is_some());
+}

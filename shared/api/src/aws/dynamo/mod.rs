@@ -54,6 +54,9 @@ use crate::store::{
 };
 
 mod targets;
+mod upgrade;
+
+pub use upgrade::LayoutUpgrade;
 
 type Item = HashMap<String, AttributeValue>;
 
