@@ -18,7 +18,7 @@ pub(crate) async fn move_raw(client: &aws_sdk_dynamodb::Client, table: &str, (pk
     let item = client
         .get_item()
         .table_name(table)
-        .set_key(Some(key.clone().into()))
+        .set_key(Some(key.into()))
         .consistent_read(true)
         .send()
         .await
@@ -34,13 +34,7 @@ pub(crate) async fn move_raw(client: &aws_sdk_dynamodb::Client, table: &str, (pk
         .send()
         .await
         .unwrap();
-    client
-        .delete_item()
-        .table_name(table)
-        .set_key(Some(key.into()))
-        .send()
-        .await
-        .unwrap();
+    delete_raw(client, table, pk, sk).await;
 }
 
 async fn delete_raw(client: &aws_sdk_dynamodb::Client, table: &str, pk: &str, sk: &str) {
