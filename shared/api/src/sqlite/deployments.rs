@@ -506,11 +506,6 @@ mod tests {
     async fn the_dispatcher_keeps_places_for_organizations_with_nothing_in_flight() {
         use crate::sqlite::DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS as KEPT;
         let (_dir, store) = super::super::plans::temp_store();
-        let orgs = |taken: &[crate::store::Leased]| -> Vec<String> {
-            let mut orgs: Vec<String> = taken.iter().map(|l| l.record.request.organization_id.clone()).collect();
-            orgs.dedup();
-            orgs
-        };
         for org in ["busy", "busier"] {
             for n in 0..70 {
                 let service = put_service_of(&store, org, &format!("svc-{n}"), Some("hook")).await;
@@ -528,6 +523,13 @@ mod tests {
         record_one(&store, &quiet).await;
         let next = store.take_for_dispatch(KEPT).await.unwrap();
         assert_eq!(orgs(&next), ["quiet"]);
+    }
+
+    /// The organizations of the deployments a take leased, in order of name.
+    fn orgs(taken: &[crate::store::Leased]) -> Vec<String> {
+        let mut orgs: Vec<String> = taken.iter().map(|l| l.record.request.organization_id.clone()).collect();
+        orgs.sort();
+        orgs
     }
 
     /// One new deployment of `service`, recorded.
@@ -557,11 +559,6 @@ mod tests {
         use crate::sqlite::DISPATCH_SHARE_OF_ONE_ORGANIZATION as SHARE;
         use crate::store::{AttemptEnd, Dispatching};
         let (_dir, store) = super::super::plans::temp_store();
-        let orgs = |taken: &[crate::store::Leased]| -> Vec<String> {
-            let mut orgs: Vec<String> = taken.iter().map(|l| l.record.request.organization_id.clone()).collect();
-            orgs.sort();
-            orgs
-        };
         // More waiting than its share: with every place free, it takes its share.
         for n in 0..SHARE + 5 {
             let service = put_service_of(&store, "busy", &format!("svc-{n}"), Some("hook")).await;
