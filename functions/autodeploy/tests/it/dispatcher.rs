@@ -62,7 +62,7 @@ fn held_first() -> (Receiver, Gate) {
     let gate = Gate::default();
     let held = gate.clone();
     let receiver = Receiver::start(move |n| match n {
-        0 => Answer::After(held.clone()),
+        0 => Answer::StatusAfter(200, held.clone()),
         _ => Answer::status(200),
     });
     (receiver, gate)

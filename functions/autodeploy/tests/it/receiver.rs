@@ -69,9 +69,7 @@ impl Gate {
 pub enum Answer {
     /// This status, with these headers and this body.
     Reply(u16, Vec<(&'static str, String)>, String),
-    /// 200 once the gate is open (a gate never opened: no answer at all).
-    After(Gate),
-    /// This status once the gate is open.
+    /// This status once the gate is open (a gate never opened: no answer at all).
     StatusAfter(u16, Gate),
 }
 
@@ -159,10 +157,6 @@ fn serve_connection(stream: TcpStream, config: Arc<ServerConfig>, recorded: &Mut
         };
         let (status, headers, body) = match respond(n) {
             Answer::Reply(status, headers, body) => (status, headers, body),
-            Answer::After(gate) => {
-                gate.wait();
-                (200, Vec::new(), String::new())
-            }
             Answer::StatusAfter(status, gate) => {
                 gate.wait();
                 (status, Vec::new(), String::new())
