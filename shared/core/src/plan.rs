@@ -255,10 +255,11 @@ impl<S> PushPlan<'_, S> {
         } else {
             listed.join(", ")
         };
-        let (word, verb) = if self.on_other_branches == 1 {
-            ("service", "follows")
+        // Worded as SPEC's example: "…; 2 follow it on other branches (develop, release/*)."
+        let verb = if self.on_other_branches == 1 {
+            "follows"
         } else {
-            ("services", "follow")
+            "follow"
         };
         let branch_word = if branches.len() == 1 { "branch" } else { "branches" };
         // A `*` read as crossing `/` is the likeliest slip: say so, naming one such pattern.
@@ -273,7 +274,7 @@ impl<S> PushPlan<'_, S> {
             })
             .unwrap_or_default();
         Some(format!(
-            "No service of organization {org} follows {repository} on {branch_word} {}; {} {word} {verb} it on other branches ({others}).{hint}",
+            "No service of organization {org} follows {repository} on {branch_word} {}; {} {verb} it on other branches ({others}).{hint}",
             branches.join(", "),
             self.on_other_branches
         ))
@@ -404,7 +405,7 @@ mod tests {
         assert_eq!(
             plan.nothing_to_deploy("acme", &pushes).as_deref(),
             Some(
-                "No service of organization acme follows github.com/acme/shop on branch main; 3 services follow it on other branches (develop, release/*)."
+                "No service of organization acme follows github.com/acme/shop on branch main; 3 follow it on other branches (develop, release/*)."
             )
         );
         let empty: HashMap<String, Vec<Service>> = HashMap::new();
@@ -430,7 +431,7 @@ mod tests {
                 .nothing_to_deploy("acme", &pushes)
                 .as_deref(),
             Some(
-                "No service of organization acme follows github.com/acme/shop on branch feature/x; 2 services follow it on other branches (*, main). In a branch pattern `*` stays within one `/`-separated part: `*` does not match feature/x; `**` crosses parts."
+                "No service of organization acme follows github.com/acme/shop on branch feature/x; 2 follow it on other branches (*, main). In a branch pattern `*` stays within one `/`-separated part: `*` does not match feature/x; `**` crosses parts."
             )
         );
     }

@@ -362,7 +362,8 @@ fn nothing_runs(org: &str, target: ImageTarget, image: &ImageName, other_kinds: 
         Some(other) if other_kinds > 0 => format!(
             "No {kind}service of organization {org} runs {image}; {other_kinds} service(s) of the other kind do: announce it on {other}."
         ),
-        _ => format!("No {kind}service of organization {org} runs {image}."),
+        // SPEC's own words when no service of either kind runs it.
+        _ => format!("No service of organization {org} runs {image}."),
     }
 }
 

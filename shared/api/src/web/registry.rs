@@ -60,9 +60,10 @@ async fn dockerhub_webhook(request: DeliveryRequest, headers: HeaderMap, body: B
         .get_secret(&request.org, "dockerhub")
         .await?
         .ok_or_else(|| {
-            ApiError::unauthorized(
-                "No dockerhub webhook secret is configured for this organization, so notifications are refused.",
-            )
+            ApiError::unauthorized(format!(
+                "Refused: no dockerhub secret is configured for organization {} (its webhook secret, set with PUT /organization/{}/webhook-secrets/dockerhub).",
+                request.org, request.org
+            ))
         })?;
     let secret = request.path.raw("secret");
     if stored.secret.is_empty() || !secrets_match(secret.as_bytes(), stored.secret.as_bytes()) {

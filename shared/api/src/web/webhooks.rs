@@ -65,9 +65,9 @@ pub async fn verified_body(
     let elsewhere = || elsewhere(org, provider, headers);
     let secret = state.store.get_secret(org, provider.slug()).await?.ok_or_else(|| {
         ApiError::unauthorized(format!(
-            "No {} webhook secret is configured for organization {org}, so deliveries are refused.{}",
-            provider.slug(),
-            elsewhere()
+            "Refused: no {provider} secret is configured for organization {org} (its webhook secret, set with PUT /organization/{org}/webhook-secrets/{provider}).{}",
+            elsewhere(),
+            provider = provider.slug(),
         ))
     })?;
     let refused = |e| ApiError::unauthorized(format!("The delivery could not be verified: {e}.{}", elsewhere()));
@@ -125,13 +125,26 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
         Err(PayloadError::RepeatedEventHeader(header)) => {
             return Err(ApiError::invalid_field(header, "is given more than once"));
         }
+        // A header, not the body: the body may well be a push.
+        Err(PayloadError::MissingEventHeader(header)) => {
+            return Err(ApiError::invalid_field(
+                header,
+                "is missing, so the kind of event cannot be told (the provider sends it with every delivery)",
+            ));
+        }
         Err(err @ PayloadError::TooManyBranches { .. }) => {
             return Err(ApiError::malformed(capitalized(&err.to_string())));
         }
         Err(err) => {
             // Azure DevOps authenticates any body, so another provider's push can pass.
+            let why = match err {
+                PayloadError::WrongShape { provider, detail } => {
+                    format!("(for {} push): {detail}", with_article(provider))
+                }
+                other => format!(": {other}"),
+            };
             return Err(ApiError::malformed(format!(
-                "The body is not a push delivery: {err}.{}",
+                "The body is not a push payload {why}.{}",
                 elsewhere(org, provider, &headers)
             )));
         }

@@ -15,11 +15,11 @@ use crate::provider::GitProvider;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     #[error(
-        "no webhook secret is configured for {}, so its deliveries are refused",
+        "no {} secret is configured (the organization's webhook secret is empty), so its deliveries are refused",
         .0.slug()
     )]
     NoSecret(GitProvider),
-    #[error("the `{0}` header is missing: the webhook must be configured with the organization's secret")]
+    #[error("{0} header missing: the webhook must be configured with the organization's secret")]
     MissingHeader(&'static str),
     #[error(
         "the delivery is signed with SHA-1 only (`X-Hub-Signature`); SHA-1 is refused, a SHA-256 signature (`X-Hub-Signature-256`) is required"
@@ -32,7 +32,7 @@ pub enum SignatureError {
     },
     #[error("the `{0}` header is not an HMAC-SHA256 in hexadecimal (64 hex digits)")]
     NotHex(&'static str),
-    #[error("the signature in `{0}` does not match the body signed with the organization's secret")]
+    #[error("the `{0}` signature does not match the body signed with the organization's secret")]
     Mismatch(&'static str),
     #[error("the `{0}` header does not match the organization's secret")]
     TokenMismatch(&'static str),

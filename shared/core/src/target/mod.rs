@@ -140,13 +140,15 @@ impl<C> Target<C> {
         }
     }
 
-    /// The first field that makes `self` send its requests somewhere `other` does not: the
-    /// URL the credential goes with (a webhook's `url`; an `api_url`; a GitHub workflow's
-    /// `repository` and `workflow`, which make the path), compared whole as stored
-    /// (normalized), or the `type`. `None` when every request goes where it went.
+    /// The first field that makes `self` send its token somewhere `other` does not: the URL
+    /// the token goes with (an `api_url`; a GitHub workflow's `repository` and `workflow`,
+    /// which make the path), compared whole as stored (normalized), or the `type`. `None`
+    /// when the token goes where it went, and for a webhook, whose secret is never sent: it
+    /// signs, and whoever may move a target may have anything signed already (a `manage`
+    /// token sets the webhook secrets that make deployments).
     fn moved_from<D>(&self, other: &Target<D>) -> Option<&'static str> {
         match (self, other) {
-            (Target::Webhook { url, .. }, Target::Webhook { url: was, .. }) => (url != was).then_some("url"),
+            (Target::Webhook { .. }, Target::Webhook { .. }) => None,
             (Target::Qovery { api_url, .. }, Target::Qovery { api_url: was, .. }) => {
                 (api_url != was).then_some("api_url")
             }
@@ -489,9 +491,9 @@ impl ResolvedTarget {
 impl TargetDocument {
     /// Finish the document in its context: `id` and `organization_id` must agree with the
     /// path, URLs must satisfy the operator's policy (https, public hosts), and a missing
-    /// secret or token is the replaced target's (same type, same address: see
-    /// [`Target::moved_from`]) or, for a new webhook (or one of another type before), a new
-    /// secret. A missing one is refused when the target moves: a kept credential never
+    /// secret or token is the replaced target's (same type; a token also the same address:
+    /// see [`Target::moved_from`]) or, for a new webhook (or one of another type before), a
+    /// new secret. A missing token is refused when the target moves: a kept token never
     /// follows it to a new address. Every problem is named at once.
     pub fn resolve(self, ctx: &ResolveContext<'_>) -> Result<ResolvedTarget, Vec<FieldError>> {
         let mut errors = Vec::new();
@@ -520,8 +522,8 @@ impl TargetDocument {
             Target::Webhook { url, .. } => check_policy("url", url),
             Target::Qovery { api_url, .. } | Target::GithubActions { api_url, .. } => check_policy("api_url", api_url),
         }
-        // A kept credential never follows the target to a new address: a PUT that moves it
-        // (same type) without giving the credential again is refused, naming the field.
+        // A kept token never follows the target to a new address: a PUT that moves it (same
+        // type) without giving the token again is refused, naming the field.
         let field = self.fields.credential_field();
         let (kept, moved) = match ctx.previous {
             Some(previous) if previous.target_type() == self.fields.target_type() => {

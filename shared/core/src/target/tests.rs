@@ -6,6 +6,7 @@ use crate::body::{DocumentError, read_document};
 
 const RANDOM: [u8; GENERATED_SECRET_BYTES] = [42; GENERATED_SECRET_BYTES];
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const OTHER_SECRET: &str = "whsec_AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcY";
 
 fn context(previous: Option<&TargetSpec>) -> ResolveContext<'_> {
     ResolveContext {
@@ -410,10 +411,11 @@ fn external_ids() {
     assert!(!TargetType::GithubActions.requires_external_id());
 }
 
-/// A kept secret or token never follows the target to a new address: a PUT that changes where
-/// the requests go (any part of the URL the credential is sent to) must give it again.
+/// A kept token never follows the target to a new address: a PUT that changes where the
+/// requests go (any part of the URL the token is sent to) must give it again. A webhook's
+/// secret, never sent, is kept.
 #[test]
-fn a_kept_credential_never_follows_a_new_address() {
+fn a_kept_token_never_follows_a_new_address() {
     let refused = |body: Value, previous: &TargetSpec| resolve(body, Some(previous)).unwrap_err();
     let qovery = Target::Qovery {
         token: Secret::new("qov_kept"),
@@ -490,38 +492,39 @@ fn a_kept_credential_never_follows_a_new_address() {
         if token.expose() == "github_pat_kept" && git_ref == "release")
     );
 
-    // A webhook's secret is not sent, but what it signs is: it does not follow a new url.
+    // A webhook's secret is never sent, only what it signs: a PUT without it keeps it, at a
+    // new url too (SPEC: "a PUT that replaces a WEBHOOK target without secret keeps its
+    // secret"); one given rotates it.
     let webhook = Target::Webhook {
         url: "https://deploy.example.com/hook".to_owned(),
         secret: Secret::new(SECRET),
     };
     for url in [
-        "https://evil.example.com/hook",
-        "https://deploy.example.com/other",
-        "https://deploy.example.com/hook?to=evil",
+        "https://deploy.example.com/hook",
+        "https://new.example.com/hook",
+        "https://deploy.example.com/hook?to=other",
     ] {
+        let kept = resolve(json!({"type": "WEBHOOK", "url": url}), Some(&webhook)).unwrap();
+        assert!(!kept.generated_secret, "{url}");
         assert_eq!(
-            refused(json!({"type": "WEBHOOK", "url": url}), &webhook),
-            vec![(
-                "secret".to_owned(),
-                "is required when url changes: a kept secret never follows the target to a new address (send it again, or a new one)"
-                    .to_owned()
-            )],
+            kept.spec,
+            Target::Webhook {
+                url: url.to_owned(),
+                secret: Secret::new(SECRET)
+            },
             "{url}"
         );
     }
-    let moved = resolve(
-        json!({"type": "WEBHOOK", "url": "https://new.example.com/hook", "secret": SECRET}),
+    let rotated = resolve(
+        json!({"type": "WEBHOOK", "url": "https://new.example.com/hook", "secret": OTHER_SECRET}),
         Some(&webhook),
     )
     .unwrap();
-    assert!(!moved.generated_secret);
-    // Other problems are named beside it.
+    assert!(!rotated.generated_secret);
+    assert!(matches!(rotated.spec, Target::Webhook { ref secret, .. } if secret.expose() == OTHER_SECRET));
+    // Other problems are named beside a token's.
     assert_eq!(
-        fields_of(refused(
-            json!({"id": "other", "type": "WEBHOOK", "url": "https://new.example.com/"}),
-            &webhook
-        )),
-        vec!["id", "secret"]
+        fields_of(refused(json!({"id": "other", "type": "QOVERY"}), &qovery)),
+        vec!["id", "token"]
     );
 }
