@@ -632,6 +632,47 @@ mod tests {
         }
     }
 
+    /// A service deleted and created again under the same id is another service: what the
+    /// deleted one had in progress is cancelled when it comes back (a consumer's nack, a
+    /// target's 503), never offered as the new one's work; the new one's own work is.
+    #[tokio::test]
+    async fn a_recreated_service_does_not_inherit_the_deleted_ones_work() {
+        use crate::store::{CANCELLED_SERVICE_DELETED, Dispatching, LeaseRequest, PullQueue};
+        let (_dir, store) = super::super::plans::temp_store();
+        let request = || LeaseRequest {
+            max: 10,
+            lease_secs: 60,
+        };
+        let cancelled = |record: DeploymentRecord| {
+            assert_eq!(record.status, DeploymentStatus::Failed);
+            assert_eq!(record.last_error.as_deref(), Some(CANCELLED_SERVICE_DELETED));
+        };
+        // Leased by a consumer, given back once the service was re-created.
+        let pulled = put_service(&store, "api", None).await;
+        record_one(&store, &pulled).await;
+        let [old] = store.lease("acme", request()).await.unwrap().try_into().unwrap();
+        let old_id = old.record.request.deployment_id.clone();
+        store.delete_service("acme", "api", None).await.unwrap();
+        let recreated = put_service(&store, "api", None).await;
+        store.nack("acme", &old_id, &old.lease_id, 0).await.unwrap().unwrap();
+        cancelled(store.get_deployment("acme", &old_id).await.unwrap().unwrap());
+        record_one(&store, &recreated).await;
+        let [new] = store.lease("acme", request()).await.unwrap().try_into().unwrap();
+        assert_ne!(new.record.request.deployment_id, old_id);
+
+        // Being delivered by the dispatcher, retried once the service was re-created.
+        let dispatched = put_service(&store, "web", Some("hook")).await;
+        let id = taken_by_dispatcher(&store, &dispatched).await;
+        store.delete_service("acme", "web", None).await.unwrap();
+        put_service(&store, "web", None).await;
+        cancelled(store.end_attempt("acme", &id, &retry_at(0)).await.unwrap().unwrap());
+        let leased = store.lease("acme", request()).await.unwrap();
+        assert!(
+            leased.iter().all(|l| l.record.request.deployment_id != id),
+            "{leased:?}"
+        );
+    }
+
     /// A deployment waiting for a retry its target asked for (`Retry-After`) is tried at once
     /// when the target is replaced (its URL fixed, say), not after the wait.
     #[tokio::test]

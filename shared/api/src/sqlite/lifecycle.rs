@@ -207,7 +207,7 @@ pub(super) fn expire(conn: &Connection, org: Option<&str>, now: i64, max_attempt
 /// when a newer one of its service was taken (an engine reported it), with whatever else of
 /// the service waits from before that one, instead of waiting for a take to find it.
 fn settle_released(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
-    if cancel_if_deleted(conn, org, service, now)? {
+    if cancel_if_deleted(conn, org, service, seq, now)? {
         return Ok(());
     }
     let taken: Option<i64> = conn
@@ -297,18 +297,41 @@ pub(super) fn recorded_after(conn: &Connection, org: &str, service: &str, seq: i
         .map_err(unavailable)
 }
 
-/// A deployment back to waiting whose service was deleted while it was in progress (its
-/// deletion cancelled what waited then): cancelled too, with whatever else of the service
-/// waits, as it would otherwise go to pull consumers, whatever it was meant for. Whether it was.
-pub(super) fn cancel_if_deleted(conn: &Connection, org: &str, service: &str, now: i64) -> StoreResult<bool> {
+/// A deployment (`seq`) back to waiting whose service was deleted while it was in progress (its
+/// deletion cancelled what waited then): cancelled too, as it would otherwise go to pull
+/// consumers, whatever it was meant for — with whatever else of the service waits when the
+/// service is gone, alone when one of the same id was created since. Whether it was.
+pub(super) fn cancel_if_deleted(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<bool> {
     let exists: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM services WHERE org = ?1 AND id = ?2)")
         .and_then(|mut stmt| stmt.query_row(params![org, service], |r| r.get(0)))
         .map_err(unavailable)?;
     if !exists {
         cancel_waiting(conn, org, service, now)?;
+        return Ok(true);
     }
-    Ok(!exists)
+    // A service of the same id created since is another service: only this one is cancelled.
+    let cancelled = conn
+        .prepare_cached(
+            "UPDATE deployments SET status = 'FAILED', next_attempt_unix = NULL, last_error = ?2,
+                updated_at = ?3, updated_unix = ?4
+             WHERE seq = ?1 AND status = 'QUEUED' AND service_deleted = 1",
+        )
+        .and_then(|mut stmt| stmt.execute(params![seq, crate::store::CANCELLED_SERVICE_DELETED, rfc3339(now), now]))
+        .map_err(unavailable)?;
+    Ok(cancelled > 0)
+}
+
+/// The deployments of service `service` in progress as it is deleted: left to their consumer
+/// or the dispatcher, and cancelled if they come back to waiting ([`cancel_if_deleted`]).
+pub(super) fn mark_in_progress_deleted(conn: &Connection, org: &str, service: &str) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE deployments SET service_deleted = 1
+         WHERE org = ?1 AND service_id = ?2 AND status IN ('QUEUED', 'IN_PROGRESS') AND status = 'IN_PROGRESS'",
+    )
+    .and_then(|mut stmt| stmt.execute(params![org, service]))
+    .map_err(unavailable)?;
+    Ok(())
 }
 
 /// The deployments of service `service` still waiting, `FAILED` as cancelled: its service

@@ -256,6 +256,12 @@ INSERT OR IGNORE INTO push_marks (org, service_id, mark, queued_unix)
     WHERE json_extract(data, '$.trigger.type') = 'GIT_PUSH'
     ORDER BY seq;
 "#,
+    // A deployment in progress when its service was deleted: cancelled when it comes back to
+    // waiting, even when a service of the same id was created meanwhile (which is another
+    // service: the old one's image or commit must not be deployed as its).
+    r#"
+ALTER TABLE deployments ADD COLUMN service_deleted INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Bring the database at `conn` to this build's schema. An upgrade is logged: an older

@@ -243,8 +243,9 @@ impl ServiceStore for SqliteStore {
             conn.execute(FORGET_PUSH_MARKS, params![org, id]).map_err(unavailable)?;
             // Its waiting work is cancelled: what was meant for a target would otherwise go
             // to pull consumers, and a decommissioned service be deployed again. What is in
-            // progress is cancelled when it comes back (see `settle_released`).
+            // progress is marked, to be cancelled when it comes back (`cancel_if_deleted`).
             super::lifecycle::cancel_waiting(conn, &org, &id, crate::util::now_unix())?;
+            super::lifecycle::mark_in_progress_deleted(conn, &org, &id)?;
             Ok(true)
         })
         .await

@@ -232,25 +232,27 @@ fn end(conn: &Connection, org: &str, id: &str, end: &AttemptEnd, now: i64) -> St
         } => ("QUEUED", Some(error), Some(*next_attempt_unix)),
         AttemptEnd::Release { note } => ("QUEUED", Some(note), None),
     };
-    let ended: Option<String> = conn
+    let ended: Option<(String, i64)> = conn
         .prepare_cached(&format!(
             "UPDATE deployments SET status = ?3,
                 last_error = CASE WHEN ?3 = 'DELIVERED' THEN NULL ELSE coalesce(?4, last_error) END,
                 next_attempt_unix = CASE WHEN {NOW_FOR_PULL} THEN NULL ELSE ?5 END,
                 lease_id = NULL, lease_expires_unix = NULL, updated_at = ?6, updated_unix = ?7
-             WHERE org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' RETURNING service_id"
+             WHERE org = ?1 AND id = ?2 AND status = 'IN_PROGRESS' RETURNING service_id, seq"
         ))
         .and_then(|mut stmt| {
-            stmt.query_row(params![org, id, status, error, next_attempt, stamp, now], |r| r.get(0))
-                .optional()
+            stmt.query_row(params![org, id, status, error, next_attempt, stamp, now], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
         })
         .map_err(unavailable)?;
-    let Some(service) = ended else {
+    let Some((service, seq)) = ended else {
         return Ok(None);
     };
     // A retry's newer sibling supersedes it when its turn comes (as on DynamoDB).
     if status == "QUEUED" {
-        cancel_if_deleted(conn, org, &service, now)?;
+        cancel_if_deleted(conn, org, &service, seq, now)?;
     }
     deployment_by_id(conn, org, id)
 }
@@ -323,16 +325,19 @@ impl SqliteStore {
     pub async fn release_dispatch_leases(&self) -> StoreResult<usize> {
         self.write(|conn| {
             let now = now_unix();
-            let released: Vec<(String, String)> = conn
+            let released: Vec<(String, String, i64)> = conn
                 .prepare(&format!(
                     "UPDATE deployments SET status = 'QUEUED', lease_id = NULL, lease_expires_unix = NULL,
                         last_error = 'the server stopped during the attempt; it is tried again', updated_at = ?1, updated_unix = ?2
-                     WHERE status = 'IN_PROGRESS' AND lease_id LIKE '{DISPATCH_LEASE}%' RETURNING org, service_id"
+                     WHERE status = 'IN_PROGRESS' AND lease_id LIKE '{DISPATCH_LEASE}%' RETURNING org, service_id, seq"
                 ))
-                .and_then(|mut stmt| stmt.query_map(params![rfc3339(now), now], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![rfc3339(now), now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                })
                 .map_err(unavailable)?;
-            for (org, service) in &released {
-                cancel_if_deleted(conn, org, service, now)?;
+            for (org, service, seq) in &released {
+                cancel_if_deleted(conn, org, service, *seq, now)?;
             }
             Ok(released.len())
         })
