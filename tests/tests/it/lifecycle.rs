@@ -546,6 +546,8 @@ async fn a_result_on_a_leased_deployment_ends_its_attempt() {
             message.contains("DELIVERED") && message.contains("reported"),
             "{message}"
         );
+        // Its lease is live: the refusal does not say it ran out.
+        assert!(!message.contains("ran out"), "{message}");
     }
     let d = get(&api, &first).await;
     assert_eq!(d, before);
@@ -861,6 +863,9 @@ async fn bad_lease_requests_are_refused_naming_the_field() {
         ("ack", json!({}), "lease_id"),
         ("ack", json!({"lease_id": ""}), "lease_id"),
         ("ack", json!({"lease_id": "l".repeat(65)}), "lease_id"),
+        ("ack", json!({"lease_id": "\u{e9}t\u{e9}"}), "lease_id"),
+        ("nack", json!({"lease_id": "abc\u{0}"}), "lease_id"),
+        ("extend", json!({"lease_id": "a b"}), "lease_id"),
         ("ack", json!({"lease_id": lease_id, "extra": true}), "extra"),
         (
             "nack",

@@ -406,7 +406,7 @@ fn refusal(conn: &Connection, org: &str, id: &str) -> StoreResult<Refusal> {
     Ok(match status {
         None => Refusal::NotFound,
         Some((status, true)) => Refusal::Conflict(format!(
-            "The deployment is {status} and its engine reported its result: it is leased no more (it was acknowledged, or its lease ran out)."
+            "The deployment is {status}: its engine reported its result, which ended it, so its lease can be neither given back nor extended (an ack within the lease is answered as done)."
         )),
         Some((status, false)) if matches!(status.as_str(), "DELIVERED" | "FAILED" | "SUPERSEDED") => {
             Refusal::Conflict(format!("The deployment is {status}: it is leased no more."))

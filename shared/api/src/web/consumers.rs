@@ -132,7 +132,8 @@ struct LeaseRef {
 
 fn lease_id(fields: &mut Fields<'_>) -> Option<String> {
     let id: String = fields.required("lease_id")?;
-    if id.is_empty() || id.len() > 64 {
+    // Printable ASCII, as the ids a lease returns: another is refused, not looked up.
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
         fields.error("lease_id", "must be the lease_id a lease returned");
         return None;
     }
