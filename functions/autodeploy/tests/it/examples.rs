@@ -160,7 +160,7 @@ fn the_readme_walkthrough_runs_as_written() {
     let lines: Vec<&str> = walkthrough.lines().collect();
     let push_at = lines
         .iter()
-        .position(|l| l.starts_with("curl -sS -X POST $AD/organization/acme/webhooks/github"))
+        .position(|l| l.starts_with("curl ") && l.contains(" -X POST $AD/organization/acme/webhooks/github "))
         .expect("the walkthrough sends a push");
     let push_len = lines[push_at..].iter().position(|l| !l.ends_with('\\')).unwrap() + 1;
     let push_again = lines[push_at..push_at + push_len].join("\n");
@@ -180,7 +180,10 @@ fn the_readme_walkthrough_runs_as_written() {
 
     let (first, again) = stdout.split_once("--- again").unwrap();
     assert!(first.contains(r#""queued":[{"service_id":"api""#), "{first}");
+    // The statuses the README gives: 202, then 200.
+    assert!(first.contains("}\n202\n"), "{first}");
     assert!(again.contains("ALREADY_QUEUED"), "{again}");
+    assert!(again.contains("}\n200\n"), "{again}");
     let listed = server.deployments(admin);
     assert_eq!(listed.len(), 1, "{listed:?}");
     // The tour ends by deleting the service, which cancels its deployment still waiting.
