@@ -222,11 +222,22 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let store = match SqliteStore::open_with(database, options) {
         Ok(store) => store,
         Err(e) => {
+            // A key made now cannot open what an earlier one sealed: the likeliest cause is a
+            // database restored or copied without its key file.
+            let made_now = !key_existed && key_file.exists();
+            let hint = if made_now && e.to_string().contains(autodeploy_api::sqlite::KEY_DOES_NOT_OPEN) {
+                format!(
+                    " (there was no key file {}, so a new key was made: restore the key file the database was used with beside it, or give its key in AUTODEPLOY_SECRET_KEY)",
+                    key_file.display()
+                )
+            } else {
+                String::new()
+            };
             // Nothing was sealed with a key made for a database that did not open.
-            if !key_existed {
+            if made_now {
                 let _ = std::fs::remove_file(&key_file);
             }
-            return Err(cannot_open(&e));
+            return Err(cannot_open(&format!("{e}{hint}")));
         }
     };
     // Said once the database it seals opened: a refused start removes the key it made.

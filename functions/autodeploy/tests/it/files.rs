@@ -153,4 +153,15 @@ fn secrets_are_sealed_at_rest_and_only_their_key_opens_them() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("does not open the secrets"), "{stderr}");
     assert!(!stderr.contains(other) && !stderr.contains(KEY), "{stderr}");
+    // No key at all (a database restored without its key file): the missing file is named,
+    // and the key made for it is not left behind.
+    let out = Launch::new(ADMIN).database(&database).run();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let key_file = files(&database)[3].clone();
+    assert!(
+        stderr.contains(&format!("there was no key file {}", key_file.display())),
+        "{stderr}"
+    );
+    assert!(!key_file.exists());
 }

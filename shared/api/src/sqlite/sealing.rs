@@ -7,6 +7,10 @@ use rusqlite::{Connection, params};
 use super::{SqliteStore, unavailable};
 use crate::store::{StoreError, StoreResult};
 
+/// Why a key is refused: it does not open what the database holds sealed.
+pub const KEY_DOES_NOT_OPEN: &str =
+    "the secret key does not open the secrets sealed in this database: it is not the key they were sealed with";
+
 /// The columns that hold secrets: `(table, the key column beside org, column)`.
 const SEALED_COLUMNS: [(&str, &str, &str); 2] = [("webhook_secrets", "provider", "secret"), ("targets", "id", "spec")];
 
@@ -28,9 +32,7 @@ pub(super) fn check_and_seal(conn: &mut Connection, key: Option<&SecretKey>) -> 
                 ));
             }
             (Some(value), Some(key)) if key.open(&value).is_err() => {
-                return Err(StoreError::Unavailable(
-                    "the secret key does not open the secrets sealed in this database: it is not the key they were sealed with".to_owned(),
-                ));
+                return Err(StoreError::Unavailable(KEY_DOES_NOT_OPEN.to_owned()));
             }
             _ => {}
         }
