@@ -334,6 +334,17 @@ async fn git_pushes_are_recorded_with_every_outcome(api: Api) {
     assert_eq!(status["last_delivery_at"], ping["received_at"]);
     assert_eq!(status["last_outcome"], "IGNORED");
     assert_eq!(secret_status(&api, "gitlab").await["last_outcome"], Value::Null);
+
+    // A dry run that would deploy nothing says it was a dry run too.
+    let replayed = github(&api, "?dry_run=true", "push", "d-dry-again", Some(WEBHOOK_SECRET), push).await;
+    assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.body);
+    let newest = all(&api, "acme", "").await.remove(0);
+    assert_eq!(newest["dry_run"], true, "{newest}");
+    let reason = newest["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("Dry run: ") && reason.contains("ALREADY_QUEUED"),
+        "{reason}"
+    );
 }
 
 /// Each push in an organization of its own.

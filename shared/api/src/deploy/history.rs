@@ -137,10 +137,12 @@ impl DeliverySummary {
                     if would_queue == 1 { "" } else { "s" }
                 ),
             ),
-            None => (
-                DeliveryOutcome::NothingToDeploy,
-                message.map_or_else(|| autodeploy_core::delivery::nothing_deployed(&skipped), str::to_owned),
-            ),
+            None => {
+                let why = message.map_or_else(|| autodeploy_core::delivery::nothing_deployed(&skipped), str::to_owned);
+                // A dry run says so in every reason, as in the one that would have queued.
+                let reason = if *dry_run { format!("Dry run: {why}") } else { why };
+                (DeliveryOutcome::NothingToDeploy, reason)
+            }
         };
         Self {
             queued,
