@@ -133,6 +133,8 @@ async fn observe(state: AppState, endpoint: Endpoint, mut request: Request, next
         Some(context) => finish(state.store.as_ref(), context, &summary, status).await,
         None => tracing::warn!(
             endpoint = endpoint.as_str(),
+            // The organization named, when it is a valid name: whose webhook to fix.
+            org = organization.as_deref(),
             route,
             status,
             reason = %summary.reason,
