@@ -840,11 +840,13 @@ def targets(c):
     c.call("PUT a WEBHOOK target (secret generated)", "PUT", f"{D}/hook", json_body=webhook, expect=201)
     c.call("PUT a WEBHOOK target again", "PUT", f"{D}/hook", json_body=webhook, expect=200)
     c.call("PUT a WEBHOOK target at a new url, secret kept", "PUT", f"{D}/hook",
-           json_body={"type": "WEBHOOK", "url": "http://127.0.0.1:9/h2"}, expect=400)
+           json_body={"type": "WEBHOOK", "url": "http://127.0.0.1:9/h2"}, expect=200)
     c.call("PUT a WEBHOOK target with its secret", "PUT", f"{D}/hook2",
            json_body=webhook | {"secret": "whsec_" + base64.b64encode(b"k" * 32).decode()}, expect=201)
     c.call("PUT a QOVERY target", "PUT", f"{D}/qovery",
            json_body={"type": "QOVERY", "token": "qov_token_123", "api_url": "http://127.0.0.1:9"}, expect=201)
+    c.call("PUT a QOVERY target at a new api_url, token not given", "PUT", f"{D}/qovery",
+           json_body={"type": "QOVERY", "api_url": "http://127.0.0.1:9/v2"}, expect=400)
     c.call("PUT a GITHUB_ACTIONS target", "PUT", f"{D}/gha",
            json_body={"type": "GITHUB_ACTIONS", "token": "ghp_abc", "repository": "acme/deploy",
                       "workflow": "deploy.yml", "ref": "main", "api_url": "http://127.0.0.1:9/api/v3/"}, expect=201)
