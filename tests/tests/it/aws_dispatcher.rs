@@ -161,6 +161,11 @@ pub(crate) async fn put_webhook_target(store: &dyn Store, id: &str, url: &str) {
 
 /// Application `id` of `acme`, delivered to `target` (pull consumers' when `None`).
 pub(crate) async fn put_service(store: &dyn Store, id: &str, target: Option<&str>) {
+    put_service_created(store, id, target, NOW).await;
+}
+
+/// [`put_service`], created at `created_at`.
+async fn put_service_created(store: &dyn Store, id: &str, target: Option<&str>, created_at: &str) {
     let service = Service {
         id: id.to_owned(),
         organization_id: "acme".to_owned(),
@@ -184,8 +189,8 @@ pub(crate) async fn put_service(store: &dyn Store, id: &str, target: Option<&str
             }),
         },
         version: 1,
-        created_at: NOW.to_owned(),
-        updated_at: NOW.to_owned(),
+        created_at: created_at.to_owned(),
+        updated_at: created_at.to_owned(),
     };
     let etag = uuid::Uuid::new_v4().simple().to_string();
     store
@@ -543,6 +548,38 @@ async fn a_deployment_of_a_deleted_service_is_cancelled() {
         Some(autodeploy_api::store::CANCELLED_SERVICE_DELETED)
     );
     assert!(receiver.received().is_empty());
+    assert!(receive_all(&fx.sqs, &fx.queues.pull.url).await.is_empty());
+}
+
+/// A service deleted and created again under its id before the dispatcher reached the deleted
+/// one's deployment: the deployment is cancelled as the deleted service's, neither sent to the
+/// new one's target nor forwarded to the pull queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_of_a_deleted_service_is_not_the_recreated_ones() {
+    let fx = aws_fixture().await;
+    let store: &dyn Store = &fx.store;
+    let old = service_on_receiver(store, "again", &[202]).await;
+    let request = record(store, "again", "a..b").await;
+    send(&fx, &[&request]).await;
+    assert!(store.delete_service("acme", "again", None).await.unwrap());
+    // Created again in a later second than the deployment was requested, on another target.
+    let new = Receiver::start(&[202]).await;
+    put_webhook_target(store, "again-new", &new.url).await;
+    let requested = autodeploy_api::util::rfc3339_unix(&request.requested_at).unwrap();
+    let later = autodeploy_api::util::unix_rfc3339(requested + 1);
+    put_service_created(store, "again", Some("again-new"), &later).await;
+
+    let (event, _) = next_batch(&fx).await;
+    let (response, tally) = dispatcher(&fx).handle(event, None).await;
+    assert!(failures(&response).is_empty());
+    assert_eq!((tally.failed, tally.delivered, tally.forwarded), (1, 0, 0));
+    let cancelled = deployment(&fx, &request).await;
+    assert_eq!(cancelled.status, DeploymentStatus::Failed);
+    assert_eq!(
+        cancelled.last_error.as_deref(),
+        Some(autodeploy_api::store::CANCELLED_SERVICE_DELETED)
+    );
+    assert!(old.received().is_empty() && new.received().is_empty());
     assert!(receive_all(&fx.sqs, &fx.queues.pull.url).await.is_empty());
 }
 
