@@ -754,6 +754,26 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
     only(&offered, &newer);
 }
 
+/// A consumer's token revoked while its long poll waits: the poll hands it nothing after
+/// (it answers empty), and the work waits for a consumer whose token is valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_while_its_long_poll_waits_is_handed_nothing() {
+    let api = Arc::new(Api::new());
+    service(&api, "acme", "api").await;
+    let (token, token_id) = api.token_and_id("acme", &["consume"]).await;
+    let (items, (revoked, id)) = waited(&api, &token, async {
+        let path = format!("/organization/acme/tokens/{token_id}");
+        let revoked = api.call(Method::DELETE, &path, Some(ADMIN), None).await;
+        (revoked.status, deploy(&api, "acme", "api", "1.0").await)
+    })
+    .await;
+    assert_eq!(revoked, StatusCode::NO_CONTENT);
+    assert!(items.is_empty(), "{items:?}");
+    assert_eq!(status_of(&api, &id).await, "QUEUED");
+    let valid = consumer(&api, "acme").await;
+    assert_eq!(lease_one(&api, &valid, json!({})).await["deployment_id"], id);
+}
+
 /// An organization has at most 64 long polls waiting at once (each holds a connection, and is
 /// woken by every deployment recorded): of 70 asking to wait 20 s, 6 answer at once, with
 /// what there is (nothing), while 64 wait; the work queued then goes to one of those.

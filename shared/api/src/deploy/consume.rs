@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::store::{LeaseRequest, Leased, PullQueue, StoreResult};
+use std::future::Future;
+
+use crate::store::{LeaseRequest, Leased, PullQueue, StoreError};
 use crate::util::until_unix_second;
 
 /// Lease up to `request.max` deployments of `org`, waiting up to `wait` for work to arrive
@@ -18,15 +20,22 @@ use crate::util::until_unix_second;
 /// time is up or the server shuts down, possibly nothing.
 ///
 /// A long poll waits only while [`WaitingPolls`] has room for it; past its bounds it answers
-/// at once with what there is, as one without `wait_seconds` does.
-pub async fn lease(
+/// at once with what there is, as one without `wait_seconds` does. After each wait it asks
+/// `still_allowed` first (its caller's token may have been revoked meanwhile), and answers
+/// nothing once it is not.
+pub async fn lease<E, F>(
     pull: &dyn PullQueue,
     waiting: &WaitingPolls,
     draining: &Draining,
     org: &str,
     request: LeaseRequest,
     wait: Duration,
-) -> StoreResult<Vec<Leased>> {
+    still_allowed: impl Fn() -> F,
+) -> Result<Vec<Leased>, E>
+where
+    F: Future<Output = Result<bool, E>>,
+    E: From<StoreError>,
+{
     let deadline = Instant::now() + wait;
     let notifier = pull.notifier(org);
     let mut slot: Option<WaitingSlot<'_>> = None;
@@ -35,6 +44,9 @@ pub async fn lease(
         let notified = notifier.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        if slot.is_some() && !still_allowed().await? {
+            return Ok(Vec::new());
+        }
         let outlook = pull.outlook(org).await?;
         if outlook.available {
             let leased = pull.lease(org, request).await?;

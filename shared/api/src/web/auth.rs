@@ -53,6 +53,8 @@ enum Who {
         scopes: Vec<String>,
         token_id: String,
         token_name: String,
+        /// The token's SHA-256 (hex), as stored: to tell later whether it still is.
+        token_hash: String,
     },
 }
 
@@ -115,6 +117,15 @@ impl Caller {
                 )))
             }
             _ => Err(refusal.unwrap_or_else(|| ApiError::forbidden("This token lacks the scope."))),
+        }
+    }
+
+    /// Whether the caller's token is still valid: an organization token may have been
+    /// revoked since the request was authorized (a long poll waits up to 20 s).
+    pub async fn still_valid(&self, state: &AppState) -> ApiResult<bool> {
+        match &self.who {
+            Who::Admin => Ok(true),
+            Who::Organization { token_hash, .. } => Ok(state.store.token_by_hash(token_hash).await?.is_some()),
         }
     }
 
@@ -197,19 +208,17 @@ const ORGANIZATION_TOKEN_PREFIX: &str = "adt_";
 /// The organization token whose SHA-256 is `digest`, if one is stored. Tokens are stored as
 /// digests; looking one up by digest reveals nothing about other tokens.
 async fn organization_caller(state: &AppState, digest: &[u8; 32], route: &str) -> ApiResult<Option<Caller>> {
-    Ok(state
-        .store
-        .token_by_hash(&hex::encode(digest))
-        .await?
-        .map(|record| Caller {
-            who: Who::Organization {
-                org: record.organization_id,
-                scopes: record.scopes,
-                token_id: record.id,
-                token_name: record.name,
-            },
-            route: route.to_owned(),
-        }))
+    let token_hash = hex::encode(digest);
+    Ok(state.store.token_by_hash(&token_hash).await?.map(|record| Caller {
+        who: Who::Organization {
+            org: record.organization_id,
+            scopes: record.scopes,
+            token_id: record.id,
+            token_name: record.name,
+            token_hash,
+        },
+        route: route.to_owned(),
+    }))
 }
 
 /// What a settings route requires of its caller on the organization of the path.

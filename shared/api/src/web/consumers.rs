@@ -216,7 +216,7 @@ impl From<Leased> for LeasedView {
 }
 
 async fn lease(
-    Consume { state, org, .. }: Consume,
+    Consume { state, org, caller, .. }: Consume,
     _: NoQuery,
     ValidOrDefault(body): ValidOrDefault<LeaseBody>,
 ) -> ApiResult<Response> {
@@ -227,6 +227,7 @@ async fn lease(
         &org,
         body.request,
         body.wait,
+        || caller.still_valid(&state),
     )
     .await?;
     let items: Vec<LeasedView> = leased.into_iter().map(LeasedView::from).collect();
