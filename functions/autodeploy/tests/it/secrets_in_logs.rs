@@ -473,11 +473,19 @@ fn a_full_run_at_trace_level_logs_no_secret() {
         })
     };
     assert!(
-        has("github", &["repository", "branch"], &["image", "tag"]),
+        has(
+            "github",
+            &["repository", "branch", "commit_sha", "deployment_ids"],
+            &["image", "tag"]
+        ),
         "{delivery_lines:#?}"
     );
     assert!(
-        has("container-api", &["image", "tag"], &["repository", "branch"]),
+        has(
+            "container-api",
+            &["image", "tag", "deployment_ids"],
+            &["repository", "branch", "commit_sha"]
+        ),
         "{delivery_lines:#?}"
     );
     let audit: Vec<&str> = stderr.lines().filter(|l| l.contains("settings changed")).collect();

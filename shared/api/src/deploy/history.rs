@@ -270,9 +270,13 @@ pub async fn finish(store: &dyn Store, context: &DeliveryContext, summary: &Deli
         reason = Some(summary.reason.as_str()).filter(|reason| !reason.is_empty()),
         repository = announced.repository.as_deref(),
         branch = announced.branch.as_deref(),
+        commit_sha = announced.commit_sha.as_deref(),
         image = announced.image.as_deref(),
         tag = announced.tag.as_deref(),
         queued = summary.queued.len(),
+        // The deployments, to go from the log to them (up to 10: a wide push's are in the
+        // history, not in one line of the log).
+        deployment_ids = (1..=10).contains(&summary.queued.len()).then(|| summary.queued.join(",")),
         skipped = summary.skipped.len(),
         dry_run = context.dry_run,
         in_history = kept,
