@@ -165,6 +165,20 @@ pub const REJECTED_PER_MINUTE: u32 = 60;
 /// refusals, however long they go on, cannot push out.
 pub const REJECTED_KEPT: u32 = 100;
 
+/// The budget that the refusals of every organization with nothing set up (a name in a
+/// webhook URL nobody configured) share: [`REJECTED_PER_MINUTE`] a minute for all of them
+/// together. No organization is named so.
+pub const UNCONFIGURED_BUDGET: &str = "*";
+
+/// Refusals of organizations with nothing set up the standalone server keeps, the newest, all
+/// of them together: inventing organization names cannot grow the history past it.
+pub const UNCONFIGURED_REJECTED_KEPT: u32 = 1_000;
+
+/// How long a refusal of an organization with nothing set up stays in the history on AWS
+/// (where the table's TTL bounds it): a day, so that invented names hold at most a day of the
+/// shared budget.
+pub const UNCONFIGURED_REJECTED_RETENTION_SECS: i64 = 24 * 60 * 60;
+
 /// How long a delivery stays in the history (SPEC: 30 days).
 pub const DELIVERY_HISTORY_RETENTION_SECS: i64 = 30 * 24 * 60 * 60;
 

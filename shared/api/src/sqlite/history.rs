@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use autodeploy_core::delivery::{
     DELIVERY_HISTORY_PER_ORGANIZATION, DELIVERY_HISTORY_RETENTION_SECS, DeliveryOutcome, DeliveryRecord, REJECTED_KEPT,
-    REJECTED_PER_MINUTE,
+    REJECTED_PER_MINUTE, UNCONFIGURED_BUDGET, UNCONFIGURED_REJECTED_KEPT,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -32,7 +32,15 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
     // so that no minute of the history lists more than the budget.
     let received = rfc3339_unix(&record.received_at).unwrap_or(now);
     let rejected = record.outcome == DeliveryOutcome::Rejected;
-    if rejected && !(organization_known(conn, org)? && within_rejected_budget(conn, org, received)?) {
+    // Organizations with nothing set up share one budget and one bound: inventing names gives
+    // no more room than one organization's.
+    let unconfigured = rejected && !organization_known(conn, org)?;
+    let budget = if unconfigured {
+        UNCONFIGURED_BUDGET
+    } else {
+        org.as_str()
+    };
+    if rejected && !within_rejected_budget(conn, budget, received)? {
         return Ok(false);
     }
     execute(
@@ -47,9 +55,29 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
             to_json(record)?
         ],
     )?;
+    let log_seq = conn.last_insert_rowid();
     if rejected {
         // Only the newest refusals: the rest of the history is the accepted deliveries'.
         execute(conn, TRIM_REJECTED, params![org, REJECTED_KEPT - 1])?;
+    }
+    if unconfigured {
+        execute(
+            conn,
+            "INSERT INTO unconfigured_refusals (log_seq) VALUES (?1)",
+            params![log_seq],
+        )?;
+        for table in [
+            "DELETE FROM delivery_log WHERE seq IN",
+            "DELETE FROM unconfigured_refusals WHERE log_seq IN",
+        ] {
+            execute(
+                conn,
+                &format!(
+                    "{table} (SELECT log_seq FROM unconfigured_refusals ORDER BY log_seq DESC LIMIT -1 OFFSET ?1)"
+                ),
+                params![UNCONFIGURED_REJECTED_KEPT],
+            )?;
+        }
     }
     // Trimming walks a thousand index entries: done for about one delivery in 256 (ids end
     // in random hex digits), while reads never show more than the newest thousand.
@@ -67,8 +95,8 @@ pub(super) fn insert(conn: &Connection, record: &DeliveryRecord) -> StoreResult<
 }
 
 /// Whether `org` has anything set up (a webhook secret, a service, a token, a deploy target):
-/// refusals of an organization nobody set up are not recorded, or inventing organization
-/// names would grow the database without bound.
+/// refusals of organizations nobody set up share one budget and one bound, or inventing
+/// organization names would grow the database without bound.
 fn organization_known(conn: &Connection, org: &str) -> StoreResult<bool> {
     conn.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM webhook_secrets WHERE org = ?1) OR EXISTS (SELECT 1 FROM services WHERE org = ?1)
@@ -231,16 +259,47 @@ mod tests {
         .unwrap()
     }
 
-    /// Refusals for an organization nobody set up are not recorded: inventing organization
-    /// names must not grow the database. Once it has a secret, they are.
+    /// Refusals of organizations nobody set up are recorded within one budget they all share
+    /// (60 a minute) and one bound (the newest 1,000 of them all): inventing organization
+    /// names must not grow the database. An organization set up keeps its own budget.
     #[test]
-    fn refusals_of_an_organization_nobody_set_up_are_not_recorded() {
+    fn refusals_of_organizations_nobody_set_up_share_one_budget_and_bound() {
         let conn = super::super::plans::migrated();
-        assert!(!insert(&conn, &rejected("a000", "2026-01-01T12:00:00Z")).unwrap());
-        assert_eq!(count(&conn, "REJECTED"), 0);
+        let of = |org: &str, id: &str, at: &str| DeliveryRecord {
+            organization_id: org.into(),
+            ..rejected(id, at)
+        };
+        // One minute: 60 of 70 invented names are recorded, and acme's own refusal still is.
         set_up(&conn, "acme");
-        assert!(insert(&conn, &rejected("a001", "2026-01-01T12:00:00Z")).unwrap());
-        assert_eq!(count(&conn, "REJECTED"), 1);
+        let recorded = (0..70)
+            .filter(|i| {
+                insert(
+                    &conn,
+                    &of(&format!("ghost-{i}"), &format!("a{i:03}"), "2026-01-01T12:00:30Z"),
+                )
+                .unwrap()
+            })
+            .count();
+        assert_eq!(recorded, REJECTED_PER_MINUTE as usize);
+        assert!(insert(&conn, &of("acme", "b000", "2026-01-01T12:00:30Z")).unwrap());
+        // Minutes later, 1,200 more: only the newest 1,000 of the invented names' are kept.
+        for i in 0..1_200 {
+            let at = format!("2026-01-01T13:{:02}:00Z", i / 60);
+            assert!(insert(&conn, &of(&format!("ghost-{i}"), &format!("c{i:04}"), &at)).unwrap());
+        }
+        let invented: u32 = conn
+            .query_row("SELECT count(*) FROM delivery_log WHERE org LIKE 'ghost-%'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(invented, UNCONFIGURED_REJECTED_KEPT);
+        let oldest: String = conn
+            .query_row("SELECT min(id) FROM delivery_log WHERE org LIKE 'ghost-%'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(oldest, "c0200");
+        assert_eq!(count(&conn, "REJECTED"), UNCONFIGURED_REJECTED_KEPT + 1);
     }
 
     /// Refusals, 60 a minute for twenty minutes, leave the accepted deliveries where they

@@ -261,6 +261,9 @@ INSERT OR IGNORE INTO push_marks (org, service_id, mark, queued_unix)
     // service: the old one's image or commit must not be deployed as its).
     r#"
 ALTER TABLE deployments ADD COLUMN service_deleted INTEGER NOT NULL DEFAULT 0;
+-- The history's refusals of organizations with nothing set up, by their row: the newest
+-- thousand of them all together are kept.
+CREATE TABLE unconfigured_refusals (log_seq INTEGER PRIMARY KEY);
 "#,
 ];
 

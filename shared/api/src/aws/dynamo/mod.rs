@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use autodeploy_core::delivery::{
     CandidateFate, DELIVERY_HISTORY_RETENTION_SECS, DeliveryOutcome, DeliveryRecord, REJECTED_PER_MINUTE,
+    UNCONFIGURED_BUDGET, UNCONFIGURED_REJECTED_RETENTION_SECS,
 };
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentResult, DeploymentStatus};
 use autodeploy_core::model::Service;
@@ -858,8 +859,9 @@ const SOURCE: &str = "source";
 const OUTCOME: &str = "outcome";
 
 impl DynamoStore {
-    /// Whether `org` has anything set up: refusals of an organization nobody set up are not
-    /// recorded, or inventing organization names would grow the table without bound.
+    /// Whether `org` has anything set up: refusals of organizations nobody set up share one
+    /// budget and expire sooner, or inventing organization names would grow the table without
+    /// bound.
     ///
     /// Each query asks for a count only (`Select: COUNT`), never an item: push-webhook and
     /// image-tag record refusals, and their roles may query these partitions only for a count
@@ -922,10 +924,18 @@ fn delivery_record_from_item(org: &str, item: &Item) -> StoreResult<DeliveryReco
 impl DeliveryHistory for DynamoStore {
     async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool> {
         let org = &record.organization_id;
-        if record.outcome == DeliveryOutcome::Rejected
-            && !(self.organization_known(org).await? && self.rejected_budget(org, &record.received_at).await?)
-        {
-            return Ok(false);
+        let mut retention = DELIVERY_HISTORY_RETENTION_SECS;
+        if record.outcome == DeliveryOutcome::Rejected {
+            // Organizations with nothing set up share one budget, and their refusals expire
+            // sooner: inventing names gives no more room than one organization's.
+            let known = self.organization_known(org).await?;
+            let budget = if known { org.as_str() } else { UNCONFIGURED_BUDGET };
+            if !self.rejected_budget(budget, &record.received_at).await? {
+                return Ok(false);
+            }
+            if !known {
+                retention = UNCONFIGURED_REJECTED_RETENTION_SECS;
+            }
         }
         let data = serde_json::to_string(record)
             .map_err(|e| StoreError::Unavailable(format!("record_delivery: encoding: {e}")))?;
@@ -933,10 +943,7 @@ impl DeliveryHistory for DynamoStore {
         item.insert(DATA.to_owned(), s(data));
         item.insert(SOURCE.to_owned(), s(record.source.as_str()));
         item.insert(OUTCOME.to_owned(), s(record.outcome.as_str()));
-        item.insert(
-            EXPIRES_AT.to_owned(),
-            n(crate::util::now_unix() + DELIVERY_HISTORY_RETENTION_SECS),
-        );
+        item.insert(EXPIRES_AT.to_owned(), n(crate::util::now_unix() + retention));
         self.put_item(item, None, "record_delivery").await?;
         Ok(true)
     }
