@@ -103,7 +103,8 @@ struct ServeArgs {
     /// A request past it is answered 503 with Retry-After; a body larger than all of it, 413.
     #[arg(long = "max-body-buffer", env = "AUTODEPLOY_MAX_BODY_BUFFER", default_value = "128MiB", value_parser = parse_size)]
     max_body_buffer: usize,
-    /// Services one organization may hold (at most 1,000 of them per repository or image).
+    /// Services one organization may hold (at most 1,000 of them per repository or image), and
+    /// deploy targets.
     #[arg(long = "max-services", env = "AUTODEPLOY_MAX_SERVICES", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_services: u32,
     /// Times a deployment is offered to consumers (or tried on its target) before it fails.

@@ -539,6 +539,8 @@ pub trait TargetStore: Send + Sync {
     async fn get_target(&self, org: &str, id: &str) -> StoreResult<Option<StoredTarget>>;
     /// Targets of `org` in id order.
     async fn list_targets(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredTarget>>;
+    /// How many targets `org` holds, counted up to `up_to` (a bound's check needs no more).
+    async fn count_targets(&self, org: &str, up_to: u32) -> StoreResult<u32>;
     /// Delete when the stored etag is `expected` (any state when `None`; otherwise
     /// [`StoreError::PreconditionFailed`], an absent target too); `Ok(false)` when absent;
     /// refused (a conflict) while a service names the target.

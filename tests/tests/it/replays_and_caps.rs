@@ -479,9 +479,32 @@ async fn tenants_are_bounded(api: Api) {
         .collect();
     ids.sort();
     assert_eq!(ids, ["a1", "a3", "i1", "i2", "o5"]);
+
+    // As many deploy targets as services: a sixth is refused, naming `target`; replacing one
+    // is no new one; another organization has its own.
+    let target = |i: u32| json!({"type": "WEBHOOK", "url": format!("https://8.8.8.8/hook-{i}")});
+    let put_target = |org: &'static str, i: u32| {
+        let path = format!("/organization/{org}/targets/t{i}");
+        let api = &api;
+        async move { api.call(Method::PUT, &path, Some(ADMIN), Some(target(i))).await }
+    };
+    for i in 1..=5 {
+        let r = put_target("acme", i).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let r = put_target("acme", 6).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "VALIDATION_FAILED");
+    assert_eq!(r.error_fields(), ["target"], "{}", r.body);
+    assert!(r.body.to_string().contains("AUTODEPLOY_MAX_SERVICES"), "{}", r.body);
+    assert_eq!(
+        api.admin_get("/organization/acme/targets/t6").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(put_target("acme", 5).await.status, StatusCode::OK);
+    assert_eq!(put_target("other", 6).await.status, StatusCode::CREATED);
 }
 
-/// Issue "one tenant can stall everyone": a pattern whose compiled form is large (short as it
+/// One tenant must not stall everyone: a pattern whose compiled form is large (short as it
 /// is), deeply nested or long is refused when written, naming it; a pattern that spells out
 /// the whole tag is not, and decides as it says.
 async fn a_tag_policy_that_is_costly_to_compile_is_refused(api: Api) {

@@ -112,6 +112,14 @@ impl TargetStore for SqliteStore {
         self.read(|conn| row_by_id(conn, &select, (org, id), target_row, target))
     }
 
+    async fn count_targets(&self, org: &str, up_to: u32) -> StoreResult<u32> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT count(*) FROM (SELECT 1 FROM targets WHERE org = ?1 LIMIT ?2)")
+                .and_then(|mut stmt| stmt.query_row(params![org, up_to], |r| r.get(0)))
+                .map_err(unavailable)
+        })
+    }
+
     async fn list_targets(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredTarget>> {
         let select = format!("SELECT {TARGET_COLUMNS} FROM targets");
         let target = |row| stored_target(row, self);

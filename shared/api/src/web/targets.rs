@@ -144,6 +144,20 @@ async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Respon
         })?;
     let current = state.store.get_target(org, id).await?;
     precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
+    if current.is_none() {
+        // As many targets as services at most: a target no service could name is no use, and
+        // a tenant's targets must not grow without bound. Counted before the write, as
+        // services are on AWS: creations at the same moment may pass it by as many.
+        let limit = state.limits.services;
+        if state.store.count_targets(org, limit).await? >= limit {
+            return Err(ApiError::invalid_field(
+                "target",
+                format!(
+                    "the organization holds {limit} deploy targets, its limit (AUTODEPLOY_MAX_SERVICES, as for services); delete one first"
+                ),
+            ));
+        }
+    }
     let mut random = [0u8; GENERATED_SECRET_BYTES];
     rand::rng().fill_bytes(&mut random);
     let resolved = document

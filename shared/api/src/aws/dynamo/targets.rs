@@ -6,11 +6,11 @@ use async_trait::async_trait;
 use autodeploy_core::model::DeployTarget;
 use autodeploy_core::target::TargetSpec;
 
-use aws_sdk_dynamodb::types::TransactWriteItem;
+use aws_sdk_dynamodb::types::{Select, TransactWriteItem};
 
 use super::{
     CONFLICT_ATTEMPTS, CREATED_AT, DATA, DynamoStore, ETAG, Expr, Item, PK, TARGET_ID, UPDATED_AT, Write, filtered,
-    item_label, key, n, number_attr, org_pk, s, string_attr,
+    item_label, key, n, number_attr, org_pk, s, string_attr, unavailable,
 };
 use crate::store::{
     Expected, Page, PageRequest, Refusable, Refusal, StoreError, StoreResult, StoredTarget, TARGET_USERS_NAMED,
@@ -204,6 +204,25 @@ impl TargetStore for DynamoStore {
             .as_ref()
             .map(target_from_item)
             .transpose()
+    }
+
+    async fn count_targets(&self, org: &str, up_to: u32) -> StoreResult<u32> {
+        // A count only (`Select: COUNT`), page by page: no target is read.
+        let (mut count, mut start) = (0u32, None);
+        loop {
+            let out = self
+                .partition_query(target_pk(org), "", None, true)
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("count_targets", &e))?;
+            count = count.saturating_add(u32::try_from(out.count()).unwrap_or(u32::MAX));
+            start = out.last_evaluated_key().cloned();
+            if count >= up_to || start.is_none() {
+                return Ok(count);
+            }
+        }
     }
 
     async fn list_targets(&self, org: &str, page: PageRequest<'_>) -> StoreResult<Page<StoredTarget>> {
