@@ -367,6 +367,34 @@ pub(super) const WAITING_OF_SERVICE: [&str; 2] = [
     "status = 'PENDING' AND org = ?1 AND service_id = ?2",
 ];
 
+/// The waiting deployments of a service kept as they are: older ones, which the next take
+/// would supersede anyway (latest wins), are superseded as newer ones are recorded (checked at
+/// every 16th, so up to 15 more may wait), so that a take never has a pile to supersede in its
+/// write (100,000 held every write for over half a second).
+pub const WAITING_KEPT_PER_SERVICE: i64 = 100;
+
+/// The `?3`-th newest waiting deployment of service `?2` of `?1`, through `deployments_open`
+/// (`WAITING_OF_SERVICE[0]`'s condition), newest first.
+const OLDEST_KEPT_WAITING: &str = "SELECT seq FROM deployments
+    WHERE org = ?1 AND service_id = ?2 AND status IN ('QUEUED', 'IN_PROGRESS') AND status = 'QUEUED'
+    ORDER BY seq DESC LIMIT 1 OFFSET ?3";
+
+/// Supersede the waiting deployments of `service` older than its newest
+/// [`WAITING_KEPT_PER_SERVICE`].
+pub(super) fn supersede_beyond_kept(conn: &Connection, org: &str, service: &str, now: i64) -> StoreResult<()> {
+    let oldest_kept: Option<i64> = conn
+        .prepare_cached(OLDEST_KEPT_WAITING)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![org, service, WAITING_KEPT_PER_SERVICE - 1], |r| r.get(0))
+                .optional()
+        })
+        .map_err(unavailable)?;
+    match oldest_kept {
+        Some(seq) => supersede_older(conn, org, service, seq, now),
+        None => Ok(()),
+    }
+}
+
 /// Latest wins: the deployments of `service` still waiting that were recorded before `seq`
 /// are never delivered. Each keeps the `last_error` of its last attempt, if it had one: why it
 /// was waiting again when it was superseded.
@@ -719,5 +747,13 @@ mod tests {
                 "{waiting}: {plan:#?}"
             );
         }
+        // The oldest of a service's kept waiting deployments, found in the same index, newest
+        // first, without sorting.
+        let plan = query_plan(&conn, OLDEST_KEPT_WAITING, params!["acme", "api", 99]);
+        assert!(
+            matches!(plan.as_slice(), [step] if step.starts_with("SEARCH")
+                && step.contains("INDEX deployments_open (org=? AND service_id=?)")),
+            "{plan:#?}"
+        );
     }
 }

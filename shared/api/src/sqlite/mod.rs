@@ -36,7 +36,9 @@ use tokio::sync::Notify;
 
 use crate::store::{Page, PageRequest, Store, StoreError, StoreResult};
 use checkpointer::{Checkpointer, WRITER_AUTOCHECKPOINT};
-pub use lifecycle::{DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS, DISPATCH_SHARE_OF_ONE_ORGANIZATION};
+pub use lifecycle::{
+    DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS, DISPATCH_SHARE_OF_ONE_ORGANIZATION, WAITING_KEPT_PER_SERVICE,
+};
 pub use sealing::KEY_DOES_NOT_OPEN;
 pub use targets::DISPATCH_LEASE_SECS;
 pub use writer::OnDurabilityLost;
