@@ -639,7 +639,8 @@ mod tests {
 
     /// A service deleted and created again under the same id is another service: what the
     /// deleted one had in progress is cancelled when it comes back (a consumer's nack, a
-    /// target's 503), never offered as the new one's work; the new one's own work is.
+    /// target's 503), never offered as the new one's work; the new one's own work is, without
+    /// waiting for it.
     #[tokio::test]
     async fn a_recreated_service_does_not_inherit_the_deleted_ones_work() {
         use crate::store::{CANCELLED_SERVICE_DELETED, Dispatching, LeaseRequest, PullQueue};
@@ -659,11 +660,13 @@ mod tests {
         let old_id = old.record.request.deployment_id.clone();
         store.delete_service("acme", "api", None).await.unwrap();
         let recreated = put_service(&store, "api", None).await;
-        store.nack("acme", &old_id, &old.lease_id, 0).await.unwrap().unwrap();
-        cancelled(store.get_deployment("acme", &old_id).await.unwrap().unwrap());
+        // The new service's work is offered while the old lease is still out: it is another
+        // service's, and does not hold the new one back.
         record_one(&store, &recreated).await;
         let [new] = store.lease("acme", request()).await.unwrap().try_into().unwrap();
         assert_ne!(new.record.request.deployment_id, old_id);
+        store.nack("acme", &old_id, &old.lease_id, 0).await.unwrap().unwrap();
+        cancelled(store.get_deployment("acme", &old_id).await.unwrap().unwrap());
 
         // Being delivered by the dispatcher, retried once the service was re-created.
         let dispatched = put_service(&store, "web", Some("hook")).await;

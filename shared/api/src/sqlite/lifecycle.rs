@@ -102,11 +102,11 @@ const OLDEST_DUE: &str = "SELECT d.seq FROM deployments d
 /// Service `o` sends to pull consumers (a deleted service has no waiting deployment, its
 /// waiting ones were cancelled with it, but one released later, a nack or a lease that ran
 /// out, is still offered) and has no deployment in progress (`busy_lease` narrows which
-/// leases count).
+/// leases count; one a deleted service of the same id left in progress is another service's).
 fn free_for_pull(busy_lease: &str) -> String {
     format!(
         "o.service_id NOT IN (SELECT p.service_id FROM deployments p
-             WHERE p.org = ?1 AND p.status = 'IN_PROGRESS'{busy_lease})
+             WHERE p.org = ?1 AND p.status = 'IN_PROGRESS' AND p.service_deleted = 0{busy_lease})
          AND NOT EXISTS (SELECT 1 FROM services s
              WHERE s.org = ?1 AND s.id = o.service_id AND s.target_id IS NOT NULL)"
     )
@@ -156,9 +156,11 @@ pub(super) const NOW_FOR_PULL: &str = "EXISTS (SELECT 1 FROM services s
 pub(super) const NOW_FOR_A_TARGET: &str = "EXISTS (SELECT 1 FROM services s
     WHERE s.org = deployments.org AND s.id = deployments.service_id AND s.target_id IS NOT NULL)";
 
-/// The service row `s` has no deployment in progress.
+/// The service row `s` has no deployment in progress (one a deleted service of the same id
+/// left in progress is another service's).
 pub(super) const NONE_IN_PROGRESS: &str = "NOT EXISTS (SELECT 1 FROM deployments p
-    WHERE p.org = s.org AND p.service_id = s.id AND p.status IN ('QUEUED', 'IN_PROGRESS') AND p.status = 'IN_PROGRESS')";
+    WHERE p.org = s.org AND p.service_id = s.id AND p.status IN ('QUEUED', 'IN_PROGRESS') AND p.status = 'IN_PROGRESS'
+      AND p.service_deleted = 0)";
 
 /// The whole second by which at least `secs` seconds will have passed, `now` being the current
 /// whole second, already partly gone: a lease's expiry and a nack's retry, kept in whole

@@ -139,12 +139,12 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
             // Azure DevOps authenticates any body, so another provider's push can pass.
             let why = match err {
                 PayloadError::WrongShape { provider, detail } => {
-                    format!("(for {} push): {detail}", with_article(provider))
+                    format!(" (for {} push): {detail}", with_article(provider))
                 }
                 other => format!(": {other}"),
             };
             return Err(ApiError::malformed(format!(
-                "The body is not a push payload {why}.{}",
+                "The body is not a push payload{why}.{}",
                 elsewhere(org, provider, &headers)
             )));
         }
