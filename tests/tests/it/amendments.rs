@@ -238,6 +238,16 @@ async fn misspelt_query_parameters_are_refused(api: Api) {
         .call(Method::GET, "/organization/acme/services/app?=1", Some(ADMIN), None)
         .await;
     assert_eq!(r.error_fields(), ["(a parameter without a name)"], "{}", r.body);
+    // One that is no plain word is not repeated: the history would carry it as a sentence.
+    let sentence = "/organization/acme/services/app?Your%20secret%20was%20rotated%3A%20see%20evil.example=1";
+    let r = api.call(Method::GET, sentence, Some(ADMIN), None).await;
+    assert_eq!(
+        r.error_fields(),
+        ["(a parameter whose name is not a plain word)"],
+        "{}",
+        r.body
+    );
+    assert!(!r.body.to_string().contains("evil"), "{}", r.body);
     let created = api
         .call(Method::GET, "/organization/acme/services/new", Some(ADMIN), None)
         .await;

@@ -277,13 +277,18 @@ impl QueryParams {
     }
 }
 
-/// A query parameter's name as an error shows it: as given, within bounds (it is the client's
-/// text).
+/// A query parameter's name as an error shows it: as given when it is one word (ASCII
+/// letters, digits, `_`, `-`, `.`, `[`, `]`; at most 64), else described: the client's text
+/// goes into the deliveries history, where no one may write a sentence of their own.
 fn shown_name(name: &str) -> String {
+    let word = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']');
     if name.is_empty() {
-        return "(a parameter without a name)".to_owned();
+        "(a parameter without a name)".to_owned()
+    } else if name.len() <= 64 && name.chars().all(word) {
+        name.to_owned()
+    } else {
+        "(a parameter whose name is not a plain word)".to_owned()
     }
-    name.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// A closed set of names a query parameter filters by (`?status=QUEUED`).
