@@ -149,11 +149,71 @@ pub(super) fn purge(conn: &Connection, now: i64) -> StoreResult<()> {
     Ok(())
 }
 
+/// The refusal budgets (an organization's, or the one [`UNCONFIGURED_BUDGET`]) known spent,
+/// and in which minute: once spent, the minute's later refusals are left out of the history
+/// without a write, so that a flood of them costs reads, not fsyncs. Forgotten as the minutes
+/// pass, and bounded.
+#[derive(Default)]
+pub(super) struct SpentBudgets(std::collections::HashMap<String, i64>);
+
+/// Budgets remembered as spent at most (a flood under many names forgets the oldest minute's
+/// first, and costs one write per name again at worst).
+const SPENT_BUDGETS_KEPT: usize = 4_096;
+
+impl SpentBudgets {
+    fn is_spent(&self, budget: &str, minute: i64) -> bool {
+        self.0.get(budget) == Some(&minute)
+    }
+
+    fn mark(&mut self, budget: String, minute: i64) {
+        if self.0.len() >= SPENT_BUDGETS_KEPT {
+            self.0.retain(|_, spent| *spent >= minute);
+            if self.0.len() >= SPENT_BUDGETS_KEPT {
+                self.0.clear();
+            }
+        }
+        self.0.insert(budget, minute);
+    }
+}
+
+impl SqliteStore {
+    fn spent_budgets(&self) -> std::sync::MutexGuard<'_, SpentBudgets> {
+        self.inner
+            .spent_budgets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 #[async_trait]
 impl DeliveryHistory for SqliteStore {
     async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool> {
+        // A refusal whose budget is spent this minute is left out on a read alone; the write
+        // decides, and counts, for the others.
+        let budget = if record.outcome == DeliveryOutcome::Rejected {
+            let org = &record.organization_id;
+            let known = self.read(|conn| organization_known(conn, org))?;
+            let budget = if known {
+                org.clone()
+            } else {
+                UNCONFIGURED_BUDGET.to_owned()
+            };
+            let minute = rfc3339_unix(&record.received_at)
+                .unwrap_or_else(now_unix)
+                .div_euclid(60);
+            if self.spent_budgets().is_spent(&budget, minute) {
+                return Ok(false);
+            }
+            Some((budget, minute))
+        } else {
+            None
+        };
         let record = record.clone();
-        self.write(move |conn| insert(conn, &record)).await
+        let kept = self.write(move |conn| insert(conn, &record)).await?;
+        if let (false, Some((budget, minute))) = (kept, budget) {
+            self.spent_budgets().mark(budget, minute);
+        }
+        Ok(kept)
     }
 
     async fn get_delivery(&self, org: &str, id: &str) -> StoreResult<Option<DeliveryRecord>> {
@@ -337,6 +397,43 @@ mod tests {
                 && plan.iter().any(|step| step.contains("delivery_log_rejected")),
             "{plan:#?}"
         );
+    }
+
+    /// Once a budget is spent, the minute's later refusals are left out without a write: the
+    /// budget's count stops where it was refused (one past it), under a known organization's
+    /// name and under invented ones alike.
+    #[tokio::test]
+    async fn refusals_past_a_spent_budget_write_nothing() {
+        let (_dir, store) = super::super::plans::temp_store();
+        let path = store.inner.path.clone();
+        execute(
+            &rusqlite::Connection::open(&path).unwrap(),
+            "INSERT INTO webhook_secrets (org, provider, secret, set_at) VALUES ('acme', 'github', 's', 't')",
+            [],
+        )
+        .unwrap();
+        // Counted in the minute they were received: all in one.
+        let at = "2026-01-01T12:00:30Z";
+        for i in 0..100 {
+            let acme = rejected(&format!("a{i:03}"), at);
+            let ghost = DeliveryRecord {
+                organization_id: format!("ghost-{i}"),
+                ..rejected(&format!("g{i:03}"), at)
+            };
+            store.record_delivery(&acme).await.unwrap();
+            store.record_delivery(&ghost).await.unwrap();
+        }
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for budget in ["acme", UNCONFIGURED_BUDGET] {
+            let counted: u32 = conn
+                .query_row(
+                    "SELECT sum(count) FROM rejected_deliveries WHERE org = ?1",
+                    [budget],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(counted, REJECTED_PER_MINUTE + 1, "{budget}");
+        }
     }
 
     #[test]
