@@ -18,7 +18,7 @@ use crate::exact_bodies::assert_names_only;
 on_both_stores! {
     a_replayed_push_cannot_roll_a_service_back, a_re_apply_after_a_rollback_still_deploys,
     an_old_registry_notification_replayed_queues_nothing, one_delivery_queues_at_most_one_deployment_per_service,
-    tenants_are_bounded, a_tag_policy_that_is_costly_to_compile_is_refused,
+    tenants_are_bounded, a_tag_policy_that_is_costly_to_compile_is_refused, a_recreated_service_refuses_its_predecessors_replays,
 }
 
 const BITBUCKET_REPO: &str = "git@bitbucket.org:team_name/repo_name.git";
@@ -138,6 +138,31 @@ async fn a_replayed_push_cannot_roll_a_service_back(api: Api) {
     queued.sort();
     assert_eq!(queued, vec![s("bb", &b), s("bb", &c), s("gh", &b), s("gh", &c)]);
     assert_eq!(api.deployments("acme").await.len(), 4);
+}
+
+/// A service deleted and created again under its id still refuses, as replays, the pushes
+/// its predecessor queued: deleting and re-creating a service (as infrastructure-as-code
+/// does) does not open it to rollbacks by a captured push.
+async fn a_recreated_service_refuses_its_predecessors_replays(api: Api) {
+    api.set_secret("acme", "github").await;
+    api.app("acme", "gh", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let (a, b, c, d) = (sha(0xa), sha(0xb), sha(0xc), sha(0xd));
+    let a_to_b = github_push(&a, &b, false);
+    for (body, delivery) in [(&a_to_b, "re-1"), (&github_push(&b, &c, false), "re-2")] {
+        let r = push(&api, "github", body, Some(delivery)).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    }
+    let r = api
+        .call(Method::DELETE, "/organization/acme/services/gh", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    api.app("acme", "gh", "GITHUB", GITHUB_REPO, "master", json!({})).await;
+    let r = push(&api, "github", &github_push(&c, &d, false), Some("re-3")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let r = push(&api, "github", &a_to_b, Some("re-replay")).await;
+    skipped_already_queued(&r, &["gh"]);
+    let newest = &api.deployments("acme").await[0];
+    assert_eq!(newest["git_commit_id"], json!(d), "{newest}");
 }
 
 async fn a_re_apply_after_a_rollback_still_deploys(api: Api) {

@@ -49,7 +49,6 @@ mod tests {
     };
     use super::super::execute;
     use super::super::plans::{migrated, query_plan};
-    use super::super::services::FORGET_PUSH_MARKS;
     use super::*;
 
     /// Each statement on push marks and delivery ids finds its rows through an index, none
@@ -65,10 +64,6 @@ mod tests {
             (
                 RENEW_PUSH_MARK,
                 "INDEX push_marks_by_mark (org=? AND mark=? AND service_id=?)",
-            ),
-            (
-                FORGET_PUSH_MARKS,
-                "INDEX push_marks_by_service (org=? AND service_id=?)",
             ),
             (PURGE_PUSH_MARKS, "INDEX push_marks_by_age (queued_unix<?)"),
             (

@@ -264,6 +264,9 @@ ALTER TABLE deployments ADD COLUMN service_deleted INTEGER NOT NULL DEFAULT 0;
 -- The history's refusals of organizations with nothing set up, by their row: the newest
 -- thousand of them all together are kept.
 CREATE TABLE unconfigured_refusals (log_seq INTEGER PRIMARY KEY);
+-- A deleted service's push marks stay until their retention (a service created again under its
+-- id still refuses their replays): nothing reads them by service any more.
+DROP INDEX push_marks_by_service;
 "#,
 ];
 

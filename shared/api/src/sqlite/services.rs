@@ -11,9 +11,6 @@ use crate::store::{Expected, Page, PageRequest, ServiceStore, StoreError, StoreR
 
 const SERVICE_COLUMNS: &str = "data, etag, last_push";
 
-/// A deleted service's push marks go with it.
-pub(super) const FORGET_PUSH_MARKS: &str = "DELETE FROM push_marks WHERE org = ?1 AND service_id = ?2";
-
 fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, Option<String>)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
@@ -240,7 +237,8 @@ impl ServiceStore for SqliteStore {
             }
             conn.execute("DELETE FROM services WHERE org = ?1 AND id = ?2", params![org, id])
                 .map_err(unavailable)?;
-            conn.execute(FORGET_PUSH_MARKS, params![org, id]).map_err(unavailable)?;
+            // Its push marks stay, until their retention, as they do on DynamoDB: a service
+            // created again under its id still refuses the pushes it queued as replays.
             // Its waiting work is cancelled: what was meant for a target would otherwise go
             // to pull consumers, and a decommissioned service be deployed again. What is in
             // progress is marked, to be cancelled when it comes back (`cancel_if_deleted`).
