@@ -537,17 +537,23 @@ async fn a_deployment_of_a_deleted_service_is_cancelled() {
     send(&fx, &[&request]).await;
     assert!(store.delete_service("acme", "gone", None).await.unwrap());
 
-    let (event, _) = next_batch(&fx).await;
-    let (response, tally) = dispatcher(&fx).handle(event, None).await;
+    handled_as_cancelled(&fx, &request).await;
+    assert!(receiver.received().is_empty());
+}
+
+/// The next batch handled: `request`'s deployment cancelled as its deleted service's (its
+/// message done with), nothing forwarded to the pull queue.
+async fn handled_as_cancelled(fx: &AwsFixture, request: &DeploymentRequest) {
+    let (event, _) = next_batch(fx).await;
+    let (response, tally) = dispatcher(fx).handle(event, None).await;
     assert!(failures(&response).is_empty());
     assert_eq!((tally.failed, tally.delivered, tally.forwarded), (1, 0, 0));
-    let cancelled = deployment(&fx, &request).await;
+    let cancelled = deployment(fx, request).await;
     assert_eq!(cancelled.status, DeploymentStatus::Failed);
     assert_eq!(
         cancelled.last_error.as_deref(),
         Some(autodeploy_api::store::CANCELLED_SERVICE_DELETED)
     );
-    assert!(receiver.received().is_empty());
     assert!(receive_all(&fx.sqs, &fx.queues.pull.url).await.is_empty());
 }
 
@@ -569,18 +575,8 @@ async fn a_deployment_of_a_deleted_service_is_not_the_recreated_ones() {
     let later = autodeploy_api::util::unix_rfc3339(requested + 1);
     put_service_created(store, "again", Some("again-new"), &later).await;
 
-    let (event, _) = next_batch(&fx).await;
-    let (response, tally) = dispatcher(&fx).handle(event, None).await;
-    assert!(failures(&response).is_empty());
-    assert_eq!((tally.failed, tally.delivered, tally.forwarded), (1, 0, 0));
-    let cancelled = deployment(&fx, &request).await;
-    assert_eq!(cancelled.status, DeploymentStatus::Failed);
-    assert_eq!(
-        cancelled.last_error.as_deref(),
-        Some(autodeploy_api::store::CANCELLED_SERVICE_DELETED)
-    );
+    handled_as_cancelled(&fx, &request).await;
     assert!(old.received().is_empty() && new.received().is_empty());
-    assert!(receive_all(&fx.sqs, &fx.queues.pull.url).await.is_empty());
 }
 
 /// A service without a target: its message goes, unchanged, to the pull queue, with the same
