@@ -2,14 +2,13 @@
 //! polling the database in a loop or holding a connection while it waits.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-
-use std::future::Future;
 
 use crate::store::{LeaseRequest, Leased, PullQueue, StoreError};
 use crate::util::until_unix_second;
