@@ -531,14 +531,20 @@ async fn a_503_is_retried_with_the_same_webhook_id_and_a_410_fails_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_of_a_deleted_service_is_cancelled() {
     let fx = aws_fixture().await;
-    let store: &dyn Store = &fx.store;
-    let receiver = service_on_receiver(store, "gone", &[202]).await;
-    let request = record(store, "gone", "a..b").await;
-    send(&fx, &[&request]).await;
-    assert!(store.delete_service("acme", "gone", None).await.unwrap());
-
+    let (receiver, request) = queued_then_deleted(&fx, "gone").await;
     handled_as_cancelled(&fx, &request).await;
     assert!(receiver.received().is_empty());
+}
+
+/// Service `id` on a new receiver, one deployment of it on the queue, then the service deleted:
+/// the receiver, and the deployment.
+async fn queued_then_deleted(fx: &AwsFixture, id: &str) -> (Receiver, DeploymentRequest) {
+    let store: &dyn Store = &fx.store;
+    let receiver = service_on_receiver(store, id, &[202]).await;
+    let request = record(store, id, "a..b").await;
+    send(fx, &[&request]).await;
+    assert!(store.delete_service("acme", id, None).await.unwrap());
+    (receiver, request)
 }
 
 /// The next batch handled: `request`'s deployment cancelled as its deleted service's (its
@@ -564,10 +570,7 @@ async fn handled_as_cancelled(fx: &AwsFixture, request: &DeploymentRequest) {
 async fn a_deployment_of_a_deleted_service_is_not_the_recreated_ones() {
     let fx = aws_fixture().await;
     let store: &dyn Store = &fx.store;
-    let old = service_on_receiver(store, "again", &[202]).await;
-    let request = record(store, "again", "a..b").await;
-    send(&fx, &[&request]).await;
-    assert!(store.delete_service("acme", "again", None).await.unwrap());
+    let (old, request) = queued_then_deleted(&fx, "again").await;
     // Created again in a later second than the deployment was requested, on another target.
     let new = Receiver::start(&[202]).await;
     put_webhook_target(store, "again-new", &new.url).await;
