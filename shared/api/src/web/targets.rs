@@ -146,8 +146,8 @@ async fn put_target(write: ManageWrite<TargetId, JsonValue>) -> ApiResult<Respon
     precondition.check(current.as_ref().map(|c| c.etag.as_str()))?;
     if current.is_none() {
         // As many targets as services at most: a target no service could name is no use, and
-        // a tenant's targets must not grow without bound. Counted before the write, as
-        // services are on AWS: creations at the same moment may pass it by as many.
+        // a tenant's targets must not grow without bound. Counted before the write, so
+        // creations at the same moment may pass it by as many.
         let limit = state.limits.services;
         if state.store.count_targets(org, limit).await? >= limit {
             return Err(ApiError::invalid_field(
