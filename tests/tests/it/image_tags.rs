@@ -797,6 +797,7 @@ async fn dry_run_answers_without_recording(api: Api) {
 const DOCKERHUB: &str = "registry/dockerhub-push.json";
 const GITHUB_PACKAGE: &str = "registry/github-package-published.docker.json";
 const GITHUB_REGISTRY_PACKAGE: &str = "registry/github-registry_package-published.docker.json";
+const GITHUB_NPM_PACKAGE: &str = "registry/github-package-published.npm.json";
 
 fn dockerhub_path(secret: &str) -> String {
     format!("/organization/acme/registry-webhooks/dockerhub/{secret}")
@@ -1147,6 +1148,30 @@ async fn github_package_webhook_queues_tagged_versions(api: Api) {
         .deliver(GITHUB_PATH, &github_headers("package", &updated), updated)
         .await;
     assert_eq!(r.body["ignored"], "UNSUPPORTED_EVENT");
+    // An npm package of the same name, as GitHub publishes the event (`"ecosystem": "docker"`
+    // in it), is no image.
+    container(
+        &api,
+        "npm-named",
+        Some("ghcr.io"),
+        "codertocat/hello-world-npm",
+        "0.9.0",
+    )
+    .await;
+    let npm = fixture(GITHUB_NPM_PACKAGE);
+    let r = api.deliver(GITHUB_PATH, &github_headers("package", &npm), npm).await;
+    assert_eq!(
+        (r.status, r.body["ignored"].as_str()),
+        (StatusCode::OK, Some("UNSUPPORTED_EVENT")),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["message"].as_str().unwrap().contains("Not a container package"),
+        "{}",
+        r.body
+    );
+    assert_eq!(api.get_service("acme", "npm-named").await.body["image"]["tag"], "0.9.0");
     assert_eq!(api.deployments("acme").await.len(), 3);
 
     // Not the package shape, or no event header: 400.
@@ -1165,10 +1190,40 @@ async fn github_package_webhook_queues_tagged_versions(api: Api) {
         .into_iter()
         .filter(|(k, _)| k != "x-github-event")
         .collect();
+    let r = api.deliver(GITHUB_PATH, &headers, body).await;
     assert_eq!(
-        api.deliver(GITHUB_PATH, &headers, body).await.status,
-        StatusCode::BAD_REQUEST
+        (r.status, r.error_code()),
+        (StatusCode::BAD_REQUEST, "VALIDATION_FAILED"),
+        "{}",
+        r.body
     );
+    assert_eq!(r.body["error"]["details"][0]["field"], "X-GitHub-Event", "{}", r.body);
+    // A delivery id that is no id is refused as on the push route, not dropped.
+    let body = tagged(GITHUB_PACKAGE, "package", "1.7.0");
+    for id in ["x".repeat(201), "d-\u{e9}".to_owned()] {
+        let headers: Vec<_> = github_headers("package", &body)
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "x-github-delivery" {
+                    (k, id.clone())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        let r = api.deliver(GITHUB_PATH, &headers, body.clone()).await;
+        assert_eq!(
+            (r.status, r.error_code(), &r.body["error"]["details"][0]["field"]),
+            (
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_FAILED",
+                &json!("X-GitHub-Delivery")
+            ),
+            "{}",
+            r.body
+        );
+    }
+    assert_eq!(api.deployments("acme").await.len(), 3);
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::read_body;
 use super::images::render;
 use super::observe::DeliveryRequest;
-use super::webhooks::verified_body;
+use super::webhooks::{checked_delivery_id, verified_body};
 use crate::deploy::Ignored;
 use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image};
 use crate::store::DeliveryKey;
@@ -88,6 +88,9 @@ async fn github_package_webhook(request: DeliveryRequest, headers: HeaderMap, bo
     let DeliveryRequest { state, org, .. } = &request;
     let dry_run = request.query.dry_run()?;
     let bytes = verified_body(state, org, GitProvider::Github, &headers, body, REGISTRY_BODY_LIMIT).await?;
+    // Replays are known by the body here, but the id is what the history shows: refused as
+    // on the push route rather than dropped.
+    checked_delivery_id(GitProvider::Github, &headers, &bytes)?;
     let mut events = headers.get_all("x-github-event").iter();
     let event = events.next();
     if events.next().is_some() {
@@ -97,7 +100,13 @@ async fn github_package_webhook(request: DeliveryRequest, headers: HeaderMap, bo
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| ApiError::malformed("The delivery has no X-GitHub-Event header."))?;
+        // A header, not the body, as on the git push route.
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                "X-GitHub-Event",
+                "is missing, so the kind of event cannot be told (GitHub sends it with every delivery)",
+            )
+        })?;
     let source = ImageSourceKind::GithubPackages;
     if event == "ping" {
         let report = ImageReport::ignored(

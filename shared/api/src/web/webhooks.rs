@@ -97,17 +97,7 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
     let provider = GitProvider::from_slug(request.path.raw("provider")).ok_or_else(unknown_provider)?;
     let dry_run = request.query.dry_run()?;
     let bytes = verified_body(state, org, provider, &headers, body, WEBHOOK_BODY_LIMIT).await?;
-    if let Some(header) = repeated_delivery_id_header(provider, &headers) {
-        return Err(ApiError::invalid_field(header, "is given more than once"));
-    }
-    let delivery = delivery_id(provider, &headers, &bytes).map_err(|field| {
-        ApiError::invalid_field(
-            field,
-            format!(
-                "must be an id of at most {MAX_DELIVERY_ID} printable ASCII characters, by which a redelivery is known"
-            ),
-        )
-    })?;
+    let delivery = checked_delivery_id(provider, &headers, &bytes)?;
     if seen_before(&state.deployer, org, provider, delivery.as_deref()).await? {
         return Ok(render(
             PushReport::new(provider, delivery, dry_run).ignored(Ignored::DuplicateDelivery),
@@ -162,6 +152,26 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
     )
     .await?;
     Ok(render(report))
+}
+
+/// The delivery's id, or a 400 naming its header when it is given twice or is no id (a
+/// redelivery could not be known by it).
+pub(super) fn checked_delivery_id(
+    provider: GitProvider,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Option<String>> {
+    if let Some(header) = repeated_delivery_id_header(provider, headers) {
+        return Err(ApiError::invalid_field(header, "is given more than once"));
+    }
+    delivery_id(provider, headers, body).map_err(|field| {
+        ApiError::invalid_field(
+            field,
+            format!(
+                "must be an id of at most {MAX_DELIVERY_ID} printable ASCII characters, by which a redelivery is known"
+            ),
+        )
+    })
 }
 
 /// Why a delivery answered `UNSUPPORTED_EVENT` deploys nothing: it is another kind of event,

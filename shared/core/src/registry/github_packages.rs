@@ -77,13 +77,19 @@ pub fn parse_github_package(event: &str, body: &[u8]) -> Result<RegistryEvent, R
     }
     .ok_or_else(|| wrong_shape(GITHUB_PROVIDER, format!("missing field `{key}`")))?;
 
-    let is_container = |value: Option<&str>| {
-        value.is_some_and(|v| v.eq_ignore_ascii_case("container") || v.eq_ignore_ascii_case("docker"))
-    };
-    if !(is_container(package.package_type.as_deref())
-        || is_container(package.ecosystem.as_deref())
-        || is_container(package.registry.as_ref().and_then(|r| r.kind.as_deref())))
-    {
+    // The first of these GitHub gives decides: they disagree in published events (an npm
+    // package's says `"ecosystem": "docker"`, a container's `"package_type": "npm"`), and the
+    // registry's type is the one that names where the version went.
+    let kind = [
+        package.registry.as_ref().and_then(|r| r.kind.as_deref()),
+        package.package_type.as_deref(),
+        package.ecosystem.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|kind| !kind.is_empty());
+    let is_container = kind.is_some_and(|v| v.eq_ignore_ascii_case("container") || v.eq_ignore_ascii_case("docker"));
+    if !is_container {
         return Ok(RegistryEvent::Ignored(
             "Not a container package, so it announces no image.",
         ));
@@ -155,6 +161,8 @@ mod tests {
         include_bytes!("../../../../tests/fixtures/webhooks/registry/github-package-published.docker.json");
     const GITHUB_REGISTRY_PACKAGE: &[u8] =
         include_bytes!("../../../../tests/fixtures/webhooks/registry/github-registry_package-published.docker.json");
+    const GITHUB_NPM_PACKAGE: &[u8] =
+        include_bytes!("../../../../tests/fixtures/webhooks/registry/github-package-published.npm.json");
 
     #[test]
     fn github_fixtures_are_untagged_so_ignored() {
@@ -268,6 +276,37 @@ mod tests {
             package["package_version"]["container_metadata"]["tag"]["name"] = json!("1.0.0");
         });
         assert!(is_ignored(parse_github_package("package", &npm)));
+        // As published: an npm package whose `ecosystem` says `docker`.
+        assert!(is_ignored(parse_github_package("package", GITHUB_NPM_PACKAGE)));
+        let maven = edit(GITHUB_NPM_PACKAGE, |v| {
+            v["package"]["package_type"] = json!("maven");
+            v["package"]["registry"]["type"] = json!("maven");
+        });
+        assert!(is_ignored(parse_github_package("package", &maven)));
+        // Without a registry, the package type decides; without either, the ecosystem.
+        let typed = |package_type: &str, ecosystem: &str| {
+            let (package_type, ecosystem) = (package_type.to_owned(), ecosystem.to_owned());
+            edit(GITHUB_NPM_PACKAGE, move |v| {
+                let package = v["package"].as_object_mut().unwrap();
+                package.remove("registry");
+                if package_type.is_empty() {
+                    package.remove("package_type");
+                } else {
+                    package["package_type"] = json!(package_type);
+                }
+                package["ecosystem"] = json!(ecosystem);
+            })
+        };
+        assert!(is_ignored(parse_github_package("package", &typed("npm", "docker"))));
+        assert!(matches!(
+            parse_github_package("package", &typed("CONTAINER", "npm")),
+            Ok(RegistryEvent::Pushed(_))
+        ));
+        assert!(matches!(
+            parse_github_package("package", &typed("", "CONTAINER")),
+            Ok(RegistryEvent::Pushed(_))
+        ));
+        assert!(is_ignored(parse_github_package("package", &typed("", "npm"))));
     }
 
     #[test]
