@@ -52,12 +52,8 @@ pub enum ImageError {
     UserInfo,
     #[error("has an empty path segment (a leading, trailing or doubled `/`)")]
     EmptyPathSegment,
-    #[error(
-        "must be lower-case, as Docker requires{suggestion}; a name made from one with capitals must be lower-cased \
-         first (in GitHub Actions, `${{{{ github.repository }}}}` keeps the owner's capitals: lower-case it, e.g. with \
-         `tr '[:upper:]' '[:lower:]'`)"
-    )]
-    UpperCasePath { suggestion: String },
+    #[error("must be lower-case, as Docker requires{suggestion}{advice}")]
+    UpperCasePath { suggestion: String, advice: &'static str },
     #[error(
         "has a path segment that is not valid: a segment is lower-case letters and digits, optionally joined by `.`, `_`, `__` or dashes, and starts and ends with a letter or digit"
     )]
@@ -74,6 +70,12 @@ pub enum ImageError {
         "starts with the registry host `{in_name}`, which differs from the service's registry `{registry}`: put the host in `registry` and only the repository path in `image_name`"
     )]
     RegistryMismatch { in_name: String, registry: String },
+    #[error(
+        "starts with the registry host `{in_name}`, but `registry` is not given, so it is Docker Hub's `docker.io`: give `\"registry\": \"{in_name}\"` and only the repository path in `image_name`"
+    )]
+    RegistryNotGiven { in_name: String },
+    #[error("names the registry host `{host}` and no repository path after it, e.g. `{host}/acme/api`")]
+    HostOnly { host: String },
     #[error("must not be empty")]
     EmptyTag,
     #[error("is {len} characters long; at most {max} are allowed", max = MAX_TAG_LEN)]
@@ -83,6 +85,10 @@ pub enum ImageError {
     )]
     InvalidTag,
 }
+
+/// For names a CI job or a person writes (not a registry's notification).
+const CI_LOWER_CASE_ADVICE: &str = "; a name made from one with capitals must be lower-cased first (in GitHub Actions, \
+     `${{ github.repository }}` keeps the owner's capitals: lower-case it, e.g. with `tr '[:upper:]' '[:lower:]'`)";
 
 /// A parsed `image_name` as sent to the deploy endpoint: an optional registry host plus a
 /// repository path.
@@ -172,6 +178,18 @@ pub fn parse_service_image(registry: &str, image_name: &str) -> Result<(String, 
     }
     let path = normalize_path(&registry, rest);
     Ok((registry, path))
+}
+
+/// [`parse_service_image`] for a service whose `registry` may be left out (Docker Hub's):
+/// a host in `image_name` then says that `registry` was not given, rather than that it differs.
+pub fn parse_service_image_or_default(
+    registry: Option<&str>,
+    image_name: &str,
+) -> Result<(String, String), ImageError> {
+    parse_service_image(registry.unwrap_or(DOCKER_HUB), image_name).map_err(|err| match (err, registry) {
+        (ImageError::RegistryMismatch { in_name, .. }, None) => ImageError::RegistryNotGiven { in_name },
+        (err, _) => err,
+    })
 }
 
 /// Normalize a registry host: lower-case, Docker Hub's aliases (`index.docker.io`,
@@ -278,6 +296,13 @@ fn split_reference(s: &str) -> Result<(Option<&str>, &str), ImageError> {
             tag: truncate(tag, MAX_TAG_LEN),
         });
     }
+    if let Some(host) = host.filter(|_| rest.is_empty())
+        && normalize_registry(host).is_ok()
+    {
+        return Err(ImageError::HostOnly {
+            host: host.to_ascii_lowercase(),
+        });
+    }
     validate_path(rest, host)?;
     Ok((host, rest))
 }
@@ -310,7 +335,10 @@ fn validate_path(path: &str, host: Option<&str>) -> Result<(), ImageError> {
         } else {
             String::new()
         };
-        return Err(ImageError::UpperCasePath { suggestion });
+        return Err(ImageError::UpperCasePath {
+            suggestion,
+            advice: CI_LOWER_CASE_ADVICE,
+        });
     }
     for segment in path.split('/') {
         if segment.is_empty() {
@@ -472,16 +500,18 @@ mod tests {
             ("https://ghcr.io/acme/api", |e| *e == Scheme),
             (
                 "Acme/API",
-                |e| matches!(e, UpperCasePath { suggestion } if suggestion.contains("acme/api")),
+                |e| matches!(e, UpperCasePath { suggestion, .. } if suggestion.contains("acme/api")),
             ),
             (
                 "ghcr.io/Acme/api",
-                |e| matches!(e, UpperCasePath { suggestion } if suggestion == ": write `ghcr.io/acme/api`"),
+                |e| matches!(e, UpperCasePath { suggestion, .. } if suggestion == ": write `ghcr.io/acme/api`"),
             ),
             ("acme//api", |e| *e == EmptyPathSegment),
             ("acme/api/", |e| *e == EmptyPathSegment),
             ("/acme/api", |e| *e == EmptyPathSegment),
-            ("ghcr.io/", |e| *e == EmptyName),
+            ("ghcr.io/", |e| matches!(e, HostOnly { host } if host == "ghcr.io")),
+            ("GHCR.io/", |e| matches!(e, HostOnly { host } if host == "ghcr.io")),
+            ("", |e| *e == EmptyName),
             ("..", |e| matches!(e, InvalidPathSegment)),
             ("acme/../api", |e| matches!(e, InvalidPathSegment)),
             ("acme/-api", |e| matches!(e, InvalidPathSegment)),
@@ -660,6 +690,26 @@ mod tests {
             parse_service_image("docker.io", "ghcr.io/acme/api"),
             Err(ImageError::RegistryMismatch { .. })
         ));
+        // Left out, `registry` is Docker Hub's: the message says it was not given.
+        let not_given = parse_service_image_or_default(None, "ghcr.io/acme/api").unwrap_err();
+        assert_eq!(
+            not_given,
+            ImageError::RegistryNotGiven {
+                in_name: "ghcr.io".to_owned()
+            }
+        );
+        assert!(
+            not_given.to_string().contains(r#"give `"registry": "ghcr.io"`"#),
+            "{not_given}"
+        );
+        assert!(matches!(
+            parse_service_image_or_default(Some("docker.io"), "ghcr.io/acme/api"),
+            Err(ImageError::RegistryMismatch { .. })
+        ));
+        assert_eq!(
+            parse_service_image_or_default(None, "acme/api"),
+            Ok(("docker.io".to_owned(), "acme/api".to_owned()))
+        );
         assert_eq!(parse_service_image("bad host", "a/b"), Err(ImageError::InvalidRegistry));
         assert!(matches!(
             parse_service_image("ghcr.io", "acme/api:1"),

@@ -18,7 +18,7 @@ use crate::body::{Document, DocumentError, Fields, read_document};
 use crate::branch::{branch_name, validate_followed_branch};
 use crate::error::FieldError;
 use crate::ids::{ID_RULE, is_valid_id};
-use crate::image::{normalize_registry, parse_service_image, validate_tag};
+use crate::image::{DOCKER_HUB, normalize_registry, parse_service_image_or_default, validate_tag};
 use crate::provider::GitProvider;
 use crate::repo_url::{check_repository_url, parse_repository_url};
 use crate::restrictions::{DeploymentRestriction, RestrictionMode, RestrictionType, validate_restriction_value};
@@ -264,12 +264,15 @@ fn read_image(f: &mut Fields<'_>) -> Option<ImageSource> {
     // Computed from `registry` and `image_name`; shown, never read.
     f.ignore("key");
 
-    let registry = registry.unwrap_or_else(|| "docker.io".to_owned());
-    if let Err(err) = normalize_registry(&registry) {
+    if let Some(Err(err)) = registry.as_deref().map(normalize_registry) {
         f.error("registry", err.to_string());
-    } else if let Some(Err(err)) = image_name.as_deref().map(|name| parse_service_image(&registry, name)) {
+    } else if let Some(Err(err)) = image_name
+        .as_deref()
+        .map(|name| parse_service_image_or_default(registry.as_deref(), name))
+    {
         f.error("image_name", err.to_string());
     }
+    let registry = registry.unwrap_or_else(|| DOCKER_HUB.to_owned());
     if let Some(Err(err)) = tag.as_deref().map(validate_tag) {
         f.error("tag", err.to_string());
     }

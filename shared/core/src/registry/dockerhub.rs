@@ -109,6 +109,8 @@ mod tests {
             let err = parse_dockerhub(&body).unwrap_err().to_string();
             assert!(err.contains("must be lower-case"), "{err}");
             assert!(!err.to_lowercase().contains(&name.to_lowercase()), "{err}");
+            // Docker Hub wrote the name: no advice for a CI job's author.
+            assert!(!err.contains("GitHub Actions"), "{err}");
         }
         let body = edit(DOCKERHUB_PUSH, |v| v["repository"]["repo_name"] = json!(""));
         assert!(matches!(parse_dockerhub(&body), Err(InvalidImage { .. })));

@@ -88,11 +88,13 @@ pub(super) fn pushed(
 
 /// `err` without the name it suggests writing instead (`write `acme/api``), which is the
 /// notification's own text lower-cased: an error about a body never repeats its text, so the
-/// deliveries history keeps no part of it.
+/// deliveries history keeps no part of it. Nor the advice to a CI job's author: a registry
+/// wrote the name.
 fn quoting_nothing(err: ImageError) -> ImageError {
     match err {
         ImageError::UpperCasePath { .. } => ImageError::UpperCasePath {
             suggestion: String::new(),
+            advice: "",
         },
         other => other,
     }
