@@ -87,6 +87,17 @@ pub enum RepoUrlError {
     /// Write time only: a page of a repository (`…/tree/main`), or a bare `owner/repo`.
     #[error("{}", page_message(.page, .use_instead))]
     NotARepository { page: Page, use_instead: String },
+    /// Write time only: a whole `git clone …` command, copied from a provider's clone dialog.
+    #[error("is a `git clone` command: write only its URL, `{use_instead}`")]
+    CloneCommand { use_instead: String },
+    /// Write time only: an Azure DevOps name with a space, which a URL writes `%20`.
+    #[error("must not contain a space: a URL writes the space in a name as `%20`, `{use_instead}`")]
+    SpaceInName { use_instead: String },
+    /// Write time only: `ssh://host:path`, scp's colon after an `ssh://` scheme.
+    #[error(
+        "mixes `ssh://` with the `host:path` form, so the path is read as a port: write `{use_instead}`, or `ssh://` with a `/` after the host"
+    )]
+    ScpPathInSshUrl { use_instead: String },
 }
 
 /// A secret found in a repository URL.
@@ -111,6 +122,9 @@ pub enum Page {
     /// An owner's page (`https://github.com/acme`) on a host where a repository is
     /// `owner/repo` at least; `use_instead` ends in `/<repository>`.
     Owner,
+    /// A project's page (Azure DevOps' project or its settings, a Bitbucket Server project);
+    /// `use_instead` is the project's URL then this, ending in `/<repository>`.
+    Project(&'static str),
 }
 
 fn unsupported_scheme_message(scheme: Option<&str>) -> String {
@@ -142,6 +156,9 @@ fn page_message(page: &Page, use_instead: &str) -> String {
         ),
         Page::NoHost => format!("has no host: write the repository's full URL, such as `{use_instead}`"),
         Page::Owner => format!("names an owner rather than a repository: write `{use_instead}`"),
+        Page::Project(_) => format!(
+            "names a project rather than one of its repositories: write `{use_instead}` (the repository's clone URL)"
+        ),
     }
 }
 
@@ -418,6 +435,8 @@ pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceR
                 use_instead: repository.url,
             });
         }
+        Err(RepoUrlError::Whitespace) => return Err(whitespace_advice(url, provider)),
+        Err(RepoUrlError::InvalidPort) => return Err(port_advice(url, provider)),
         Err(err) => return Err(err),
     };
     let url = url.trim();
@@ -440,10 +459,11 @@ pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceR
     }
     let host = canonical_host(&key[..key.find('/').unwrap_or(key.len())]);
     if let Some((count, page)) = page_of(host, provider, &segments) {
-        return Err(RepoUrlError::NotARepository {
-            page,
-            use_instead: parts.repository_url(count),
-        });
+        let use_instead = match page {
+            Page::Project(rest) => format!("{}{rest}", parts.repository_url(count)),
+            _ => parts.repository_url(count),
+        };
+        return Err(RepoUrlError::NotARepository { page, use_instead });
     }
     // On these hosts a repository is `owner/repo` at least (GitLab: `group/[sub/…]project`).
     let key_path = key.find('/').map_or("", |slash| &key[slash + 1..]);
@@ -464,6 +484,59 @@ pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceR
         _ => url.to_owned(),
     };
     Ok(ServiceRepositoryUrl { url, key })
+}
+
+/// Why a URL with white space in it is refused, with what to write when it can be told: the
+/// URL of a pasted `git clone` command, or an Azure DevOps name's space as `%20`. The advice
+/// is given only when the URL to write passes the checks itself.
+fn whitespace_advice(url: &str, provider: GitProvider) -> RepoUrlError {
+    let url = url.trim();
+    let words: Vec<&str> = url.split_whitespace().collect();
+    if let ["git", "clone", rest @ ..] = words.as_slice()
+        && let Some(last) = rest.last()
+    {
+        // Options (`--branch main`) may come between; the URL is the last word, unless a
+        // directory follows it.
+        let candidate = rest
+            .iter()
+            .rev()
+            .find(|word| word.contains("://") || word.contains(':'))
+            .unwrap_or(last);
+        return match check_repository_url(candidate, provider) {
+            Ok(checked) => RepoUrlError::CloneCommand {
+                use_instead: checked.url,
+            },
+            Err(err) => err,
+        };
+    }
+    if provider == GitProvider::AzureDevops && !url.chars().any(|c| c.is_whitespace() && c != ' ') {
+        let escaped = url.replace(' ', "%20");
+        if check_repository_url(&escaped, provider).is_ok() {
+            return RepoUrlError::SpaceInName { use_instead: escaped };
+        }
+    }
+    RepoUrlError::Whitespace
+}
+
+/// Why a URL's port is refused: `ssh://git@host:owner/repo.git` mixes two forms, and the
+/// scp-like one is then what to write.
+fn port_advice(url: &str, provider: GitProvider) -> RepoUrlError {
+    let url = url.trim();
+    let scp = url
+        .strip_prefix("ssh://")
+        .filter(|rest| {
+            let authority = rest.split('/').next().unwrap_or(rest);
+            authority
+                .rsplit_once(':')
+                .is_some_and(|(_, port)| !port.is_empty() && !port.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|scp| check_repository_url(scp, provider).is_ok());
+    match scp {
+        Some(scp) => RepoUrlError::ScpPathInSshUrl {
+            use_instead: scp.to_owned(),
+        },
+        None => RepoUrlError::InvalidPort,
+    }
 }
 
 /// The full URL of a bare `owner/repo` (`first` then `rest`) on the provider's public host, or
@@ -493,7 +566,7 @@ fn full_url(provider: GitProvider, first: &str, rest: &[&str]) -> String {
 
 /// Path segments that name a page of a repository, not the repository: the segment itself
 /// and how the page is shown in messages.
-const PAGE_SEGMENTS: [&str; 21] = [
+const PAGE_SEGMENTS: [&str; 22] = [
     "-",
     "tree",
     "blob",
@@ -515,6 +588,7 @@ const PAGE_SEGMENTS: [&str; 21] = [
     "compare",
     "blame",
     "raw",
+    "settings",
 ];
 
 fn page_segment(segment: &str) -> Option<&'static str> {
@@ -542,6 +616,38 @@ fn page_of(host: &str, provider: GitProvider, segments: &[&str]) -> Option<(usiz
         };
         return (segments.len() > end).then(|| (end, Page::Path(segments.get(end).and_then(|s| page_segment(s)))));
     }
+    // Without `_git`, an Azure DevOps web URL names a project's page: the project itself
+    // (`org/project` on dev.azure.com) or one of its `_settings`, `_build`, … pages.
+    if azure && !segments.first().is_some_and(|s| s.eq_ignore_ascii_case("v3")) {
+        if let Some(i) = segments.iter().position(|s| s.starts_with('_')) {
+            return Some((i, Page::Project("/_git/<repository>")));
+        }
+        if host == "dev.azure.com" && segments.len() == 2 {
+            return Some((2, Page::Project("/_git/<repository>")));
+        }
+    }
+    // Bitbucket Server: `[context/]projects/KEY/repos/repo[/browse]`; anything further is a
+    // page of the repository, and `projects/KEY` alone the project's.
+    if provider == GitProvider::BitbucketServer
+        && let Some(i) = segments.iter().position(|s| s.eq_ignore_ascii_case("projects"))
+    {
+        let len = segments.len();
+        if len == i + 2 {
+            return Some((len, Page::Project("/repos/<repository>")));
+        }
+        let browse_only = len == i + 5 && is(i + 4, "browse");
+        if is(i + 2, "repos") && len > i + 4 && !browse_only {
+            return Some((i + 4, Page::Path(segments.get(i + 4).and_then(|s| page_segment(s)))));
+        }
+    }
+    // GitLab reserves these names: no group or project is called so, and before `/-/` its
+    // pages came right after the project (`group/project/tree/main`).
+    if provider == GitProvider::Gitlab
+        && let Some(i) =
+            (2..segments.len()).find(|&i| ["tree", "blob", "commits", "blame", "raw"].iter().any(|w| is(i, w)))
+    {
+        return Some((i, Page::Path(page_segment(segments[i]))));
+    }
     // GitHub and Bitbucket Cloud repositories are exactly `owner/repo`.
     if matches!(host, "github.com" | "bitbucket.org") && segments.len() > 2 {
         return Some((2, Page::Path(page_segment(segments[2]))));
@@ -560,6 +666,11 @@ fn page_of(host: &str, provider: GitProvider, segments: &[&str]) -> Option<(usiz
         matches!(provider, GitProvider::Gitea | GitProvider::Gogs) || matches!(host, "codeberg.org" | "gitea.com");
     if gitea && let Some(i) = (2..segments.len()).find(|&i| is(i, "src")) {
         return Some((i, Page::Path(Some("src"))));
+    }
+    // Their repositories are `owner/repo` (unless served under a sub-path): a page's word
+    // right after marks a page.
+    if gitea && let Some(page) = segments.get(2).and_then(|s| page_segment(s)) {
+        return Some((2, Page::Path(Some(page))));
     }
     None
 }
@@ -1396,6 +1507,42 @@ mod tests {
                 "https://codeberg.org/forgejo/forgejo",
                 Some("src"),
             ),
+            // Where a user wires the webhook, on hosts of their own.
+            (
+                "http://localhost:3000/example/example/settings/hooks",
+                "http://localhost:3000/example/example",
+                Some("settings"),
+            ),
+            (
+                "https://gitea.example.com/owner/repo/commit/67b5",
+                "https://gitea.example.com/owner/repo",
+                Some("commit"),
+            ),
+            (
+                "https://codeberg.org/owner/repo/issues",
+                "https://codeberg.org/owner/repo",
+                Some("issues"),
+            ),
+            (
+                "https://ghe.example.com/acme/shop/settings/hooks",
+                "https://ghe.example.com/acme/shop",
+                Some("settings"),
+            ),
+            (
+                "https://bitbucket.example.com/projects/PROJ/repos/repo/commits",
+                "https://bitbucket.example.com/projects/PROJ/repos/repo",
+                Some("commits"),
+            ),
+            (
+                "https://bitbucket.example.com/projects/PROJ/repos/repo/browse/src/main.rs",
+                "https://bitbucket.example.com/projects/PROJ/repos/repo",
+                None,
+            ),
+            (
+                "https://gitlab.example.com/mike/diaspora/tree/master",
+                "https://gitlab.example.com/mike/diaspora",
+                Some("tree"),
+            ),
         ];
         for (input, instead, marker) in cases {
             let err = check(input).expect_err(input);
@@ -1422,9 +1569,91 @@ mod tests {
             "https://bitbucket.example.com/scm/proj/repo.git",
             "https://bitbucket.example.com/projects/PROJ/repos/repo/browse",
             "https://gitea.example.com/sub/path/owner/repo",
+            "https://gitea.example.com/owner/settings",
+            "https://gitlab.example.com/group/tree",
+            "https://gitlab.example.com/group/settings/repo",
+            "https://bitbucket.example.com/ctx/projects/PROJ/repos/repo",
+            "git@ssh.dev.azure.com:v3/org/project/repo",
         ] {
             assert!(check(ok).is_ok(), "{ok}");
         }
+        // A project's pages: its repositories' clone URLs are what to write.
+        for (input, instead) in [
+            (
+                "https://dev.azure.com/org/Project",
+                "https://dev.azure.com/org/Project/_git/<repository>",
+            ),
+            (
+                "https://dev.azure.com/org/Project/_settings/repositories",
+                "https://dev.azure.com/org/Project/_git/<repository>",
+            ),
+            (
+                "https://dev.azure.com/org/Project/_settings/repositories?repo=278d5cd2",
+                "https://dev.azure.com/org/Project/_git/<repository>",
+            ),
+            (
+                "https://org.visualstudio.com/Project/_build",
+                "https://org.visualstudio.com/Project/_git/<repository>",
+            ),
+            (
+                "https://bitbucket.example.com/projects/PROJ",
+                "https://bitbucket.example.com/projects/PROJ/repos/<repository>",
+            ),
+        ] {
+            let err = check(input).expect_err(input);
+            assert!(
+                matches!(&err, RepoUrlError::NotARepository { page: Page::Project(_), use_instead } if use_instead == instead),
+                "{input}: {err:?}"
+            );
+            assert!(err.to_string().contains("names a project"), "{err}");
+        }
+    }
+
+    #[test]
+    fn pasted_mistakes_say_what_to_write() {
+        let cases = [
+            (
+                "git clone https://emmap1@bitbucket.org/team_name/repo_name.git",
+                // The https user name is dropped, as when the URL alone is written.
+                RepoUrlError::CloneCommand {
+                    use_instead: "https://bitbucket.org/team_name/repo_name.git".to_owned(),
+                },
+            ),
+            (
+                "git clone --branch main git@github.com:acme/shop.git shop-dir\n",
+                RepoUrlError::CloneCommand {
+                    use_instead: "git@github.com:acme/shop.git".to_owned(),
+                },
+            ),
+            (
+                "https://dev.azure.com/fabrikam/Fabrikam Fiber/_git/Fabrikam-Fiber-Git",
+                RepoUrlError::SpaceInName {
+                    use_instead: "https://dev.azure.com/fabrikam/Fabrikam%20Fiber/_git/Fabrikam-Fiber-Git".to_owned(),
+                },
+            ),
+            (
+                "ssh://git@github.com:binkkatal/sample_app.git",
+                RepoUrlError::ScpPathInSshUrl {
+                    use_instead: "git@github.com:binkkatal/sample_app.git".to_owned(),
+                },
+            ),
+            // No advice to give: the usual refusals.
+            ("https://github.com/acme/my shop", RepoUrlError::Whitespace),
+            ("ssh://git@github.com:99999/acme/shop.git", RepoUrlError::InvalidPort),
+            ("git clone", RepoUrlError::Whitespace),
+        ];
+        for (input, want) in cases {
+            assert_eq!(check(input), Err(want), "{input}");
+        }
+        // The command's URL is checked as any other: its credentials are refused, not echoed.
+        let err = check("git clone https://user:hunter2@github.com/acme/shop.git").unwrap_err();
+        assert!(matches!(err, RepoUrlError::Credentials { .. }), "{err:?}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // Pushes' URLs are read as before.
+        assert_eq!(
+            parse_repository_url("ssh://git@github.com:acme/shop.git"),
+            Err(RepoUrlError::InvalidPort)
+        );
     }
 
     #[test]
