@@ -115,6 +115,11 @@ impl CompiledTagPolicy {
                     return Some(TagRefusal::NotAVersion);
                 };
                 if !req.matches(&new) {
+                    if !new.pre.is_empty() {
+                        return Some(TagRefusal::PreReleaseNotTaken {
+                            release: (new.major, new.minor, new.patch),
+                        });
+                    }
                     return Some(TagRefusal::NotTaken);
                 }
                 match current.and_then(parse_version) {
@@ -137,6 +142,9 @@ pub enum TagRefusal {
     NotAVersion,
     /// SEMVER: the version is not above the current tag's.
     NotNewer,
+    /// SEMVER: a pre-release of `release` (major, minor, patch) that the range does not take:
+    /// pre-releases match only a comparator naming one of the same version.
+    PreReleaseNotTaken { release: (u64, u64, u64) },
 }
 
 impl TagPolicy {
@@ -156,6 +164,13 @@ impl TagPolicy {
                 TagRefusal::NotNewer => format!(
                     "is not above the current tag {} (a SEMVER policy never moves down)",
                     current.unwrap_or_default()
+                ),
+                TagRefusal::PreReleaseNotTaken {
+                    release: (major, minor, patch),
+                } => format!(
+                    "is a pre-release, outside the SEMVER range {range}: as Cargo and npm read ranges, a pre-release \
+                     matches only a comparator naming a pre-release of the same {major}.{minor}.{patch} \
+                     (such as >={major}.{minor}.{patch}-0)"
                 ),
             },
             TagPolicy::Glob { pattern } => format!("does not match the GLOB pattern {pattern}"),
@@ -380,6 +395,10 @@ mod tests {
             ("1.2.5", Some(TagRefusal::NotNewer)),
             ("1.3.0", Some(TagRefusal::NotNewer)),
             ("v1.4.0", None),
+            (
+                "1.4.0-rc.1",
+                Some(TagRefusal::PreReleaseNotTaken { release: (1, 4, 0) }),
+            ),
         ];
         for (tag, refusal) in cases {
             assert_eq!(compiled.refusal(Some("1.3.0"), tag), refusal, "{tag}");
@@ -402,6 +421,16 @@ mod tests {
             phrase(&range, None),
             "cannot be judged: the tag policy no longer compiles"
         );
+        assert_eq!(
+            phrase(&range, Some(TagRefusal::PreReleaseNotTaken { release: (1, 4, 0) })),
+            "is a pre-release, outside the SEMVER range >=1.2.0 <2: as Cargo and npm read ranges, a pre-release \
+             matches only a comparator naming a pre-release of the same 1.4.0 (such as >=1.4.0-0)"
+        );
+        // As the phrase says: that comparator takes it.
+        let with_pre = TagPolicy::Semver {
+            range: ">=1.4.0-0".into(),
+        };
+        assert!(with_pre.compile().unwrap().accepts(Some("1.3.0"), "1.4.0-rc.1"));
         // A pattern takes a tag or does not: one refusal, its phrase naming the pattern.
         let patterns = [
             (
