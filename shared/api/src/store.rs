@@ -517,6 +517,46 @@ pub trait DeliveryHistory: Send + Sync {
     async fn list_deliveries(&self, org: &str, query: &DeliveryQuery<'_>) -> StoreResult<Page<DeliveryRecord>>;
 }
 
+/// The refusal budgets (an organization's, or the one
+/// [`UNCONFIGURED_BUDGET`](autodeploy_core::delivery::UNCONFIGURED_BUDGET)) a store instance
+/// knows spent, and in which minute: once spent, the minute's later refusals are left out of
+/// the history without a write. Forgotten as the minutes pass, and bounded. Per process (per
+/// Lambda instance on AWS): another instance learns it from its own first refused write.
+#[derive(Debug, Default)]
+pub struct SpentBudgets(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+/// Budgets remembered as spent at most (a flood under many names forgets the oldest minute's
+/// first, and costs one write per name again at worst).
+const SPENT_BUDGETS_KEPT: usize = 4_096;
+
+impl SpentBudgets {
+    /// The minute a refusal received at `received_at` (RFC 3339) counts in.
+    pub fn minute_of(received_at: &str) -> i64 {
+        crate::util::rfc3339_unix(received_at)
+            .unwrap_or_else(crate::util::now_unix)
+            .div_euclid(60)
+    }
+
+    fn budgets(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, i64>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn is_spent(&self, budget: &str, minute: i64) -> bool {
+        self.budgets().get(budget) == Some(&minute)
+    }
+
+    pub fn mark(&self, budget: &str, minute: i64) {
+        let mut budgets = self.budgets();
+        if budgets.len() >= SPENT_BUDGETS_KEPT {
+            budgets.retain(|_, spent| *spent >= minute);
+            if budgets.len() >= SPENT_BUDGETS_KEPT {
+                budgets.clear();
+            }
+        }
+        budgets.insert(budget.to_owned(), minute);
+    }
+}
+
 /// A deploy target as stored: its spec (secrets included: sealed or encrypted at rest by the
 /// store), and what the server keeps about it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,9 @@
 //! proxies: a batch of ten services delivered at once, and one delivery retried once. They
 //! print `DELIVERY` and `SIZES` lines (the items' sizes, for DynamoDB's capacity units) for
 //! `scripts/cost --deliveries` (infra/README.md, "Cost per million deliveries").
+//!
+//! `refusals_past_a_spent_budget_cost_no_write` counts what a flood of refused deliveries
+//! writes to the history's budget counter.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,6 +36,7 @@ use crate::aws_stack::AwsStack as Stack;
 use autodeploy_api::aws::dispatcher::SqsDispatcher;
 use autodeploy_api::aws::{DynamoStore, MARKS_PER_TRANSACTION, PUSH_RECORDS_PER_TRANSACTION, SqsQueue};
 use autodeploy_api::metrics::DispatchTally;
+use autodeploy_api::store::DeliveryHistory;
 use autodeploy_core::deployment::DeploymentRequest;
 use autodeploy_tests::fault_proxy::action;
 use autodeploy_tests::latency_stub::{LatencyStub, Seed, seed, seeds, unrelated};
@@ -576,4 +580,32 @@ async fn delivery_cost_one_retry() {
     assert_eq!(second.calls, attempt_calls(1));
     assert_eq!(receiver.received().len(), 2);
     second.report("one-retry", 2);
+}
+
+/// A refusal past its minute's budget costs no write on DynamoDB: once one instance found the
+/// budget spent (its conditional write failed), the minute's later refusals skip the counter,
+/// whose write would fail too. 100 refusals of `acme` in one minute: 60 recorded, 61 writes.
+#[tokio::test]
+async fn refusals_past_a_spent_budget_cost_no_write() {
+    let stack = Stack::with_github_secret().await;
+    stack.aws.store_proxy.reset_counts();
+    let mut recorded = 0;
+    for _ in 0..100 {
+        let refusal = autodeploy_core::delivery::DeliveryRecord {
+            outcome: autodeploy_core::delivery::DeliveryOutcome::Rejected,
+            http_status: 401,
+            // One minute, whenever the test runs.
+            received_at: "2026-01-01T12:00:30Z".to_owned(),
+            ..crate::store_contract::delivery_record("acme", 0)
+        };
+        recorded += usize::from(stack.aws.store.record_delivery(&refusal).await.expect("record"));
+    }
+    assert_eq!(recorded, autodeploy_core::delivery::REJECTED_PER_MINUTE as usize);
+    let counts = stack.aws.store_proxy.counts();
+    let updates = counts.get(action::UPDATE_ITEM).map_or(0, |c| c.requests);
+    assert_eq!(
+        updates,
+        autodeploy_core::delivery::REJECTED_PER_MINUTE as usize + 1,
+        "{counts:?}"
+    );
 }

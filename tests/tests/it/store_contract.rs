@@ -1470,7 +1470,7 @@ async fn deliveries(store: TestStore) {
 
 /// A delivery of `org` that skipped `skipped` services, each with the longest id a service may
 /// have: about 110 bytes stored per service.
-fn delivery_record(org: &str, skipped: usize) -> DeliveryRecord {
+pub(crate) fn delivery_record(org: &str, skipped: usize) -> DeliveryRecord {
     DeliveryRecord {
         id: new_deployment_id(),
         organization_id: org.to_owned(),

@@ -10,7 +10,9 @@ use autodeploy_core::delivery::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{SqliteStore, execute, from_json, to_json, unavailable};
-use crate::store::{DELIVERIES_PAGE_BYTES, DeliveryHistory, DeliveryQuery, Page, PageFill, PageRequest, StoreResult};
+use crate::store::{
+    DELIVERIES_PAGE_BYTES, DeliveryHistory, DeliveryQuery, Page, PageFill, PageRequest, SpentBudgets, StoreResult,
+};
 use crate::util::{now_unix, rfc3339_unix};
 
 fn record_of(org: &str, data: String) -> StoreResult<DeliveryRecord> {
@@ -149,42 +151,6 @@ pub(super) fn purge(conn: &Connection, now: i64) -> StoreResult<()> {
     Ok(())
 }
 
-/// The refusal budgets (an organization's, or the one [`UNCONFIGURED_BUDGET`]) known spent,
-/// and in which minute: once spent, the minute's later refusals are left out of the history
-/// without a write, so that a flood of them costs reads, not fsyncs. Forgotten as the minutes
-/// pass, and bounded.
-#[derive(Default)]
-pub(super) struct SpentBudgets(std::collections::HashMap<String, i64>);
-
-/// Budgets remembered as spent at most (a flood under many names forgets the oldest minute's
-/// first, and costs one write per name again at worst).
-const SPENT_BUDGETS_KEPT: usize = 4_096;
-
-impl SpentBudgets {
-    fn is_spent(&self, budget: &str, minute: i64) -> bool {
-        self.0.get(budget) == Some(&minute)
-    }
-
-    fn mark(&mut self, budget: String, minute: i64) {
-        if self.0.len() >= SPENT_BUDGETS_KEPT {
-            self.0.retain(|_, spent| *spent >= minute);
-            if self.0.len() >= SPENT_BUDGETS_KEPT {
-                self.0.clear();
-            }
-        }
-        self.0.insert(budget, minute);
-    }
-}
-
-impl SqliteStore {
-    fn spent_budgets(&self) -> std::sync::MutexGuard<'_, SpentBudgets> {
-        self.inner
-            .spent_budgets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 #[async_trait]
 impl DeliveryHistory for SqliteStore {
     async fn record_delivery(&self, record: &DeliveryRecord) -> StoreResult<bool> {
@@ -198,10 +164,8 @@ impl DeliveryHistory for SqliteStore {
             } else {
                 UNCONFIGURED_BUDGET.to_owned()
             };
-            let minute = rfc3339_unix(&record.received_at)
-                .unwrap_or_else(now_unix)
-                .div_euclid(60);
-            if self.spent_budgets().is_spent(&budget, minute) {
+            let minute = SpentBudgets::minute_of(&record.received_at);
+            if self.inner.spent_budgets.is_spent(&budget, minute) {
                 return Ok(false);
             }
             Some((budget, minute))
@@ -211,7 +175,7 @@ impl DeliveryHistory for SqliteStore {
         let record = record.clone();
         let kept = self.write(move |conn| insert(conn, &record)).await?;
         if let (false, Some((budget, minute))) = (kept, budget) {
-            self.spent_budgets().mark(budget, minute);
+            self.inner.spent_budgets.mark(&budget, minute);
         }
         Ok(kept)
     }

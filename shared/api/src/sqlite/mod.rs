@@ -85,7 +85,7 @@ struct Inner {
     secrets: Mutex<credentials::KnownSecrets>,
     /// The refusal budgets spent this minute: later refusals in it are left out of the history
     /// without a write.
-    spent_budgets: Mutex<history::SpentBudgets>,
+    spent_budgets: crate::store::SpentBudgets,
     /// Offers of a deployment before it fails (SPEC: 10, `AUTODEPLOY_MAX_ATTEMPTS`).
     max_attempts: u32,
     /// Seals the secrets and tokens the database keeps (webhook secrets, targets' credentials).
@@ -194,7 +194,7 @@ impl SqliteStore {
                 dispatch_work: Arc::new(Notify::new()),
                 printer: Mutex::new(None),
                 secrets: Mutex::default(),
-                spent_budgets: Mutex::default(),
+                spent_budgets: crate::store::SpentBudgets::default(),
                 max_attempts: options.max_attempts.max(1),
                 secret_key: options.secret_key,
             }),

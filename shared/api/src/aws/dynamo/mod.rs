@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -50,8 +51,8 @@ use super::describe_sdk_error;
 use crate::store::{
     Batch, Candidate, DELIVERIES_PAGE_BYTES, DeliveryHistory, DeliveryKey, DeliveryLog, DeliveryQuery, DeploymentLog,
     DeploymentQuery, Expected, Guard, PUSH_MARK_RETENTION_SECS, Page, PageFill, PageRequest, RecordOutcome, Refusable,
-    Refusal, SecretRecord, SecretStore, ServiceStore, Store, StoreError, StoreResult, StoredService, TenantLimits,
-    TokenRecord, TokenStore,
+    Refusal, SecretRecord, SecretStore, ServiceStore, SpentBudgets, Store, StoreError, StoreResult, StoredService,
+    TenantLimits, TokenRecord, TokenStore,
 };
 
 mod targets;
@@ -119,6 +120,8 @@ const CONFLICT_ATTEMPTS: u32 = 4;
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// Refusal budgets this instance found spent: a refusal past one writes nothing.
+    spent_budgets: Arc<SpentBudgets>,
 }
 
 impl DynamoStore {
@@ -126,6 +129,7 @@ impl DynamoStore {
         Self {
             client,
             table: table.into(),
+            spent_budgets: Arc::default(),
         }
     }
 
@@ -930,7 +934,13 @@ impl DeliveryHistory for DynamoStore {
             // sooner: inventing names gives no more room than one organization's.
             let known = self.organization_known(org).await?;
             let budget = if known { org.as_str() } else { UNCONFIGURED_BUDGET };
+            // Known spent this minute: not even the counter's conditional write, which would fail.
+            let minute = SpentBudgets::minute_of(&record.received_at);
+            if self.spent_budgets.is_spent(budget, minute) {
+                return Ok(false);
+            }
             if !self.rejected_budget(budget, &record.received_at).await? {
+                self.spent_budgets.mark(budget, minute);
                 return Ok(false);
             }
             if !known {
