@@ -667,9 +667,13 @@ fn page_of(host: &str, provider: GitProvider, segments: &[&str]) -> Option<(usiz
     if gitea && let Some(i) = (2..segments.len()).find(|&i| is(i, "src")) {
         return Some((i, Page::Path(Some("src"))));
     }
-    // Their repositories are `owner/repo` (unless served under a sub-path): a page's word
-    // right after marks a page.
-    if gitea && let Some(page) = segments.get(2).and_then(|s| page_segment(s)) {
+    // Their repositories are `owner/repo`: a page's word right after, with more path after it
+    // (`settings/hooks`, `commit/<id>`), marks a page. Served under a sub-path, the third
+    // segment is the repository's own name, which may be such a word (`gitea/acme/settings`).
+    if gitea
+        && segments.len() > 3
+        && let Some(page) = page_segment(segments[2])
+    {
         return Some((2, Page::Path(Some(page))));
     }
     None
@@ -1519,7 +1523,7 @@ mod tests {
                 Some("commit"),
             ),
             (
-                "https://codeberg.org/owner/repo/issues",
+                "https://codeberg.org/owner/repo/issues/12",
                 "https://codeberg.org/owner/repo",
                 Some("issues"),
             ),
@@ -1570,6 +1574,9 @@ mod tests {
             "https://bitbucket.example.com/projects/PROJ/repos/repo/browse",
             "https://gitea.example.com/sub/path/owner/repo",
             "https://gitea.example.com/owner/settings",
+            // Gitea under a sub-path, with repositories named like pages.
+            "https://example.com/gitea/acme/settings",
+            "https://example.com/gitea/acme/issues",
             "https://gitlab.example.com/group/tree",
             "https://gitlab.example.com/group/settings/repo",
             "https://bitbucket.example.com/ctx/projects/PROJ/repos/repo",

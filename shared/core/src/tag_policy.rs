@@ -169,8 +169,8 @@ impl TagPolicy {
                     release: (major, minor, patch),
                 } => format!(
                     "is a pre-release, outside the SEMVER range {range}: as Cargo and npm read ranges, a pre-release \
-                     matches only a comparator naming a pre-release of the same {major}.{minor}.{patch} \
-                     (such as >={major}.{minor}.{patch}-0)"
+                     is taken only by a range that has a comparator naming a pre-release of the same \
+                     {major}.{minor}.{patch} (such as >={major}.{minor}.{patch}-0)"
                 ),
             },
             TagPolicy::Glob { pattern } => format!("does not match the GLOB pattern {pattern}"),
@@ -424,7 +424,8 @@ mod tests {
         assert_eq!(
             phrase(&range, Some(TagRefusal::PreReleaseNotTaken { release: (1, 4, 0) })),
             "is a pre-release, outside the SEMVER range >=1.2.0 <2: as Cargo and npm read ranges, a pre-release \
-             matches only a comparator naming a pre-release of the same 1.4.0 (such as >=1.4.0-0)"
+             is taken only by a range that has a comparator naming a pre-release of the same 1.4.0 (such as \
+             >=1.4.0-0)"
         );
         // As the phrase says: that comparator takes it.
         let with_pre = TagPolicy::Semver {
