@@ -157,7 +157,7 @@ fn page_message(page: &Page, use_instead: &str) -> String {
         Page::NoHost => format!("has no host: write the repository's full URL, such as `{use_instead}`"),
         Page::Owner => format!("names an owner rather than a repository: write `{use_instead}`"),
         Page::Project(_) => format!(
-            "names a project rather than one of its repositories: write `{use_instead}` (the repository's clone URL)"
+            "names a project or an organization rather than a repository: write `{use_instead}` (the repository's clone URL)"
         ),
     }
 }
@@ -622,8 +622,19 @@ fn page_of(host: &str, provider: GitProvider, segments: &[&str]) -> Option<(usiz
         if let Some(i) = segments.iter().position(|s| s.starts_with('_')) {
             return Some((i, Page::Project("/_git/<repository>")));
         }
-        if host == "dev.azure.com" && segments.len() == 2 {
-            return Some((2, Page::Project("/_git/<repository>")));
+        // dev.azure.com/org[/project]; org.visualstudio.com/[DefaultCollection/]project.
+        let visualstudio_project = match segments {
+            [collection, _] => collection.eq_ignore_ascii_case("defaultcollection"),
+            [_] => true,
+            _ => false,
+        };
+        match segments.len() {
+            2 if host == "dev.azure.com" => return Some((2, Page::Project("/_git/<repository>"))),
+            1 if host == "dev.azure.com" => return Some((1, Page::Project("/<project>/_git/<repository>"))),
+            n if host != "dev.azure.com" && visualstudio_project => {
+                return Some((n, Page::Project("/_git/<repository>")));
+            }
+            _ => {}
         }
     }
     // Bitbucket Server: `[context/]projects/KEY/repos/repo[/browse]`; anything further is a
@@ -1605,6 +1616,18 @@ mod tests {
             (
                 "https://bitbucket.example.com/projects/PROJ",
                 "https://bitbucket.example.com/projects/PROJ/repos/<repository>",
+            ),
+            (
+                "https://dev.azure.com/org",
+                "https://dev.azure.com/org/<project>/_git/<repository>",
+            ),
+            (
+                "https://org.visualstudio.com/Project",
+                "https://org.visualstudio.com/Project/_git/<repository>",
+            ),
+            (
+                "https://org.visualstudio.com/DefaultCollection/Project",
+                "https://org.visualstudio.com/DefaultCollection/Project/_git/<repository>",
             ),
         ] {
             let err = check(input).expect_err(input);
