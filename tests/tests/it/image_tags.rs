@@ -861,6 +861,17 @@ async fn dockerhub_webhook_queues_with_the_secret_url(api: Api) {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["ignored"], "DUPLICATE_DELIVERY", "{}", r.body);
     assert_eq!(api.queued_messages().await.len(), messages.len());
+    // The answer and the history say which image's notification came again.
+    assert_eq!(
+        (&r.body["registry"], &r.body["image_name"], &r.body["tag"]),
+        (&json!("docker.io"), &json!("acme/api"), &json!("v2.4.1"))
+    );
+    let newest = &api.admin_get("/organization/acme/deliveries?limit=1").await.body["items"][0];
+    assert_eq!(
+        (&newest["outcome"], &newest["image"], &newest["tag"]),
+        (&json!("DUPLICATE"), &json!("docker.io/acme/api"), &json!("v2.4.1")),
+        "{newest}"
+    );
     // Another body announcing the same tag: each service already has it.
     let r = api
         .deliver(

@@ -171,7 +171,12 @@ async fn registry_event(
         .delivery_seen(org, &body_key.source, &body_key.id, now_unix())
         .await?
     {
-        return Ok(render(ImageReport::replayed(source, dry_run)));
+        // What it announced, for the history: which image's notification came again.
+        let mut report = ImageReport::replayed(source, dry_run);
+        report.registry = Some(registry);
+        report.image_name = Some(path);
+        report.tag = Some(tag);
+        return Ok(render(report));
     }
     // With its host, the name matches only services on that registry.
     let image = ImageName {
