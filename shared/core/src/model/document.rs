@@ -45,7 +45,11 @@ pub fn parse_service_document(org: &str, id: &str, doc: &Value) -> Result<Servic
             "must equal the organization in the path, or be left out",
         ),
     ] {
-        if doc.get(field).is_some_and(|value| value.as_str() != Some(expected)) {
+        // `null` is as if left out, as for every optional field.
+        if doc
+            .get(field)
+            .is_some_and(|value| !value.is_null() && value.as_str() != Some(expected))
+        {
             errors.push(FieldError::new(field, message));
         }
     }
@@ -417,6 +421,16 @@ mod tests {
         assert_eq!(
             fields(parse_service_document("acme", "api", &doc).unwrap_err()),
             vec!["id", "organization_id"]
+        );
+        // `null` is as if left out; another type is not the path's id.
+        for field in ["id", "organization_id", "version", "created_at", "updated_at"] {
+            doc[field] = Value::Null;
+        }
+        assert!(parse_service_document("acme", "api", &doc).is_ok());
+        doc["id"] = json!(5);
+        assert_eq!(
+            fields(parse_service_document("acme", "api", &doc).unwrap_err()),
+            vec!["id"]
         );
     }
 
