@@ -125,6 +125,9 @@ pub enum Page {
     /// A project's page (Azure DevOps' project or its settings, a Bitbucket Server project);
     /// `use_instead` is the project's URL then this, ending in `/<repository>`.
     Project(&'static str),
+    /// A GitLab group's page (`/groups/acme/platform`); `use_instead` is the group's path then
+    /// `/<project>`.
+    Group,
 }
 
 fn unsupported_scheme_message(scheme: Option<&str>) -> String {
@@ -156,6 +159,7 @@ fn page_message(page: &Page, use_instead: &str) -> String {
         ),
         Page::NoHost => format!("has no host: write the repository's full URL, such as `{use_instead}`"),
         Page::Owner => format!("names an owner rather than a repository: write `{use_instead}`"),
+        Page::Group => format!("names a group rather than a project: write `{use_instead}`"),
         Page::Project(_) => format!(
             "names a project or an organization rather than a repository: write `{use_instead}` (the repository's clone URL)"
         ),
@@ -356,7 +360,12 @@ impl Parts<'_> {
     /// The URL of the first `count` path segments, as written, with no user info but an ssh or
     /// scp user name (which is part of the address), no query and no fragment.
     fn repository_url(&self, count: usize) -> String {
-        let path = self.segments().into_iter().take(count).collect::<Vec<_>>().join("/");
+        self.url_of(&self.segments()[..count.min(self.segments().len())])
+    }
+
+    /// The URL of `segments` on this URL's host, as [`Parts::repository_url`] writes it.
+    fn url_of(&self, segments: &[&str]) -> String {
+        let path = segments.join("/");
         let user = match (self.scheme, self.user) {
             (Scheme::Ssh | Scheme::Git | Scheme::Scp, Some(user)) if !user.is_empty() => format!("{user}@"),
             _ => String::new(),
@@ -461,6 +470,8 @@ pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceR
     if let Some((count, page)) = page_of(host, provider, &segments) {
         let use_instead = match page {
             Page::Project(rest) => format!("{}{rest}", parts.repository_url(count)),
+            // The group's own path, after `groups/`.
+            Page::Group => format!("{}/<project>", parts.url_of(segments.get(1..count).unwrap_or_default())),
             _ => parts.repository_url(count),
         };
         return Err(RepoUrlError::NotARepository { page, use_instead });
@@ -602,6 +613,13 @@ fn page_segment(segment: &str) -> Option<&'static str> {
 /// leading segments name the repository, and the page.
 fn page_of(host: &str, provider: GitProvider, segments: &[&str]) -> Option<(usize, Page)> {
     let is = |i: usize, name: &str| segments.get(i).is_some_and(|s| s.eq_ignore_ascii_case(name));
+    // GitLab: `groups/…` is a group's page (`groups` is a name GitLab reserves).
+    if provider == GitProvider::Gitlab && segments.len() > 1 && is(0, "groups") {
+        let end = segments.iter().position(|s| *s == "-").unwrap_or(segments.len());
+        if end > 1 {
+            return Some((end, Page::Group));
+        }
+    }
     // GitLab: `group/[sub/…]project/-/tree/main`; a project is at least `group/project`.
     if let Some(i) = (2..segments.len()).find(|&i| is(i, "-")) {
         return Some((i, Page::Path(Some("-"))));
@@ -1594,6 +1612,23 @@ mod tests {
             "git@ssh.dev.azure.com:v3/org/project/repo",
         ] {
             assert!(check(ok).is_ok(), "{ok}");
+        }
+        // A GitLab group's page: a project in it is what to write.
+        for (input, instead) in [
+            (
+                "https://gitlab.com/groups/acme/platform",
+                "https://gitlab.com/acme/platform/<project>",
+            ),
+            (
+                "https://gitlab.example.com/groups/acme/-/settings",
+                "https://gitlab.example.com/acme/<project>",
+            ),
+        ] {
+            let err = check(input).expect_err(input);
+            assert!(
+                matches!(&err, RepoUrlError::NotARepository { page: Page::Group, use_instead } if use_instead == instead),
+                "{input}: {err:?}"
+            );
         }
         // A project's pages: its repositories' clone URLs are what to write.
         for (input, instead) in [
