@@ -360,7 +360,8 @@ impl Parts<'_> {
     /// The URL of the first `count` path segments, as written, with no user info but an ssh or
     /// scp user name (which is part of the address), no query and no fragment.
     fn repository_url(&self, count: usize) -> String {
-        self.url_of(&self.segments()[..count.min(self.segments().len())])
+        let segments = self.segments();
+        self.url_of(&segments[..count.min(segments.len())])
     }
 
     /// The URL of `segments` on this URL's host, as [`Parts::repository_url`] writes it.
@@ -1613,64 +1614,71 @@ mod tests {
         ] {
             assert!(check(ok).is_ok(), "{ok}");
         }
-        // A GitLab group's page: a project in it is what to write.
-        for (input, instead) in [
+        // A group's or a project's page: a project or repository in it is what to write.
+        const GROUP: &str = "names a group";
+        const PROJECT: &str = "names a project";
+        for (input, instead, says) in [
             (
                 "https://gitlab.com/groups/acme/platform",
                 "https://gitlab.com/acme/platform/<project>",
+                GROUP,
             ),
             (
                 "https://gitlab.example.com/groups/acme/-/settings",
                 "https://gitlab.example.com/acme/<project>",
+                GROUP,
             ),
-        ] {
-            let err = check(input).expect_err(input);
-            assert!(
-                matches!(&err, RepoUrlError::NotARepository { page: Page::Group, use_instead } if use_instead == instead),
-                "{input}: {err:?}"
-            );
-        }
-        // A project's pages: its repositories' clone URLs are what to write.
-        for (input, instead) in [
             (
                 "https://dev.azure.com/org/Project",
                 "https://dev.azure.com/org/Project/_git/<repository>",
+                PROJECT,
             ),
             (
                 "https://dev.azure.com/org/Project/_settings/repositories",
                 "https://dev.azure.com/org/Project/_git/<repository>",
+                PROJECT,
             ),
             (
                 "https://dev.azure.com/org/Project/_settings/repositories?repo=278d5cd2",
                 "https://dev.azure.com/org/Project/_git/<repository>",
+                PROJECT,
             ),
             (
                 "https://org.visualstudio.com/Project/_build",
                 "https://org.visualstudio.com/Project/_git/<repository>",
+                PROJECT,
             ),
             (
                 "https://bitbucket.example.com/projects/PROJ",
                 "https://bitbucket.example.com/projects/PROJ/repos/<repository>",
+                PROJECT,
             ),
             (
                 "https://dev.azure.com/org",
                 "https://dev.azure.com/org/<project>/_git/<repository>",
+                PROJECT,
             ),
             (
                 "https://org.visualstudio.com/Project",
                 "https://org.visualstudio.com/Project/_git/<repository>",
+                PROJECT,
             ),
             (
                 "https://org.visualstudio.com/DefaultCollection/Project",
                 "https://org.visualstudio.com/DefaultCollection/Project/_git/<repository>",
+                PROJECT,
             ),
         ] {
             let err = check(input).expect_err(input);
+            let page_fits = |page: &Page| match says {
+                GROUP => *page == Page::Group,
+                _ => matches!(page, Page::Project(_)),
+            };
             assert!(
-                matches!(&err, RepoUrlError::NotARepository { page: Page::Project(_), use_instead } if use_instead == instead),
+                matches!(&err, RepoUrlError::NotARepository { page, use_instead } if page_fits(page) && use_instead == instead),
                 "{input}: {err:?}"
             );
-            assert!(err.to_string().contains("names a project"), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
         }
     }
 
