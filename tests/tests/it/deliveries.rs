@@ -532,6 +532,12 @@ async fn image_tags_and_registry_webhooks_are_recorded(api: Api) {
         assert!(!record["reason"].as_str().unwrap().is_empty(), "{record}");
     }
     assert!(packages["reason"].as_str().unwrap().contains("untagged"), "{packages}");
+    // Which image was not deployed: the package's, with no tag.
+    assert_eq!(
+        (&packages["image"], &packages["tag"]),
+        (&json!("ghcr.io/codertocat/hello-world"), &Value::Null),
+        "{packages}"
+    );
     assert_eq!(packages["delivery_id"], "p-good");
     assert_eq!(packages_bad["delivery_id"], "p-bad");
     // Filters by source: GitHub Packages apart from git pushes.

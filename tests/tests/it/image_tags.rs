@@ -980,6 +980,13 @@ async fn dockerhub_webhook_refuses_a_wrong_or_missing_secret() {
     );
     assert!(r.body["message"].as_str().unwrap().ends_with('.'));
     assert_eq!(r.body["queued"], json!([]));
+    // Naming the image that was not deployed.
+    assert_eq!(
+        (&r.body["registry"], &r.body["image_name"], &r.body["tag"]),
+        (&json!("docker.io"), &json!("acme/api"), &Value::Null),
+        "{}",
+        r.body
+    );
     for body in [b"not json".to_vec(), b"{}".to_vec(), b"[]".to_vec(), Vec::new()] {
         let r = api.deliver(&dockerhub_path(WEBHOOK_SECRET), &[], body.clone()).await;
         assert_eq!(

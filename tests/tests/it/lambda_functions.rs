@@ -347,6 +347,12 @@ async fn image_tag_deploys_ecr_pushes() {
         .unwrap();
     assert_eq!(deleted["status"], 200, "{deleted}");
     assert_eq!(deleted["ignored"], "UNSUPPORTED_EVENT", "{deleted}");
+    // Naming what was not deployed, as the deliveries history does.
+    assert_eq!(
+        (&deleted["registry"], &deleted["image_name"], &deleted["tag"]),
+        (&json!(ECR_REGISTRY), &json!("team/api"), &json!("1.4.0")),
+        "{deleted}"
+    );
     let mut untagged = ecr_event("PUSH", "team/api", "x");
     untagged["detail"].as_object_mut().unwrap().remove("image-tag");
     let untagged = invoke(&handler, untagged).await.unwrap();
@@ -410,10 +416,21 @@ async fn image_tag_deploys_ecr_pushes() {
             row("REJECTED", 400, ""),
             row("IGNORED", 200, ""),
             row("IGNORED", 200, ""),
-            row("IGNORED", 200, ""),
+            // The deletion names the tag it deleted.
+            row("IGNORED", 200, "1.4.0"),
             row("NOTHING_TO_DEPLOY", 200, "1.4.0"),
             row("QUEUED", 202, "1.4.0"),
         ]
+    );
+    // The push by digest alone names its image, with no tag; the scheduled event names none.
+    let image = |i: usize| history.body["items"][i]["image"].clone();
+    assert_eq!(
+        (image(1), image(2), image(3)),
+        (
+            Value::Null,
+            json!(format!("{ECR_REGISTRY}/team/api")),
+            json!(format!("{ECR_REGISTRY}/team/api"))
+        )
     );
     let queued = &history.body["items"][5];
     assert_eq!(queued["queued"], json!([deployment_id]));

@@ -20,9 +20,9 @@ use serde::Serialize;
 use serde_json::Value;
 use tower::ServiceExt;
 
+use crate::deploy::DeployError;
 use crate::deploy::history::{DeliveryContext, DeliverySummary, finish};
 use crate::deploy::image::{ImageAnnouncement, ImageReport, deploy_image};
-use crate::deploy::{DeployError, Ignored};
 use crate::metrics::{DeliveryLine, Endpoint, Tally};
 use crate::pipeline::{RelayReport, relay_pending};
 use crate::store::{DeploymentQueue, Store, StoreError};
@@ -343,9 +343,9 @@ impl ImageTagHandler {
             tag,
             source,
         } = match parsed {
-            RegistryEvent::Ignored(reason) => {
+            RegistryEvent::Ignored { reason, image } => {
                 tracing::info!(reason, "ECR event ignored");
-                let response = ImageReport::ignored(ImageSourceKind::Ecr, false, Ignored::UnsupportedEvent, reason);
+                let response = ImageReport::ignored_notification(ImageSourceKind::Ecr, false, reason, image);
                 return Ok(EcrOutcome { status: 200, response });
             }
             RegistryEvent::Pushed(pushed) => pushed,

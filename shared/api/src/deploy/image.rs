@@ -9,7 +9,7 @@ use autodeploy_core::deployment::{DeploymentRequest, Trigger};
 use autodeploy_core::image::ImageName;
 use autodeploy_core::matching::{ImageTarget, SkipReason, decide_image, tag_policy_refusal};
 use autodeploy_core::model::Service;
-use autodeploy_core::registry::ImageSourceKind;
+use autodeploy_core::registry::{ImageSourceKind, NamedImage};
 use serde::Serialize;
 
 use super::history::{DeliveryContext, DeliverySummary, draft_of};
@@ -71,6 +71,29 @@ impl ImageReport {
         report.reached.ignored = Some(reason);
         report.reached.message = Some(message.to_owned());
         report
+    }
+
+    /// A registry notification that announces nothing to deploy, naming the image it names
+    /// (its answer and its history then tell which image was not deployed).
+    pub fn ignored_notification(
+        source: ImageSourceKind,
+        dry_run: bool,
+        reason: &str,
+        image: Option<NamedImage>,
+    ) -> Self {
+        let report = Self::ignored(source, dry_run, Ignored::UnsupportedEvent, reason);
+        match image {
+            Some(NamedImage { registry, path, tag }) => report.naming(registry, path, tag),
+            None => report,
+        }
+    }
+
+    /// This report, naming the image and tag a notification announced.
+    pub fn naming(mut self, registry: String, path: String, tag: Option<String>) -> Self {
+        self.registry = Some(registry);
+        self.image_name = Some(path);
+        self.tag = tag;
+        self
     }
 
     /// The answer to a notification processed before (a registry webhook's body seen again).

@@ -145,12 +145,9 @@ async fn registry_event(
         tag,
         source,
     } = match event {
-        RegistryEvent::Ignored(reason) => {
-            return Ok(render(ImageReport::ignored(
-                source,
-                dry_run,
-                Ignored::UnsupportedEvent,
-                reason,
+        RegistryEvent::Ignored { reason, image } => {
+            return Ok(render(ImageReport::ignored_notification(
+                source, dry_run, reason, image,
             )));
         }
         RegistryEvent::Pushed(pushed) => pushed,
@@ -172,10 +169,7 @@ async fn registry_event(
         .await?
     {
         // What it announced, for the history: which image's notification came again.
-        let mut report = ImageReport::replayed(source, dry_run);
-        report.registry = Some(registry);
-        report.image_name = Some(path);
-        report.tag = Some(tag);
+        let report = ImageReport::replayed(source, dry_run).naming(registry, path, Some(tag));
         return Ok(render(report));
     }
     // With its host, the name matches only services on that registry.

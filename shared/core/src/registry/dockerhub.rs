@@ -27,8 +27,11 @@ pub fn parse_dockerhub(body: &[u8]) -> Result<RegistryEvent, RegistryEventError>
 
     let push: Push = from_body(DOCKER_HUB_PROVIDER, body)?;
     let Some(tag) = push.push_data.tag.filter(|t| !t.is_empty()) else {
-        return Ok(RegistryEvent::Ignored(
+        return Ok(RegistryEvent::ignored_image(
             "The push carries no tag, so there is no tag to deploy.",
+            DOCKER_HUB,
+            &push.repository.repo_name,
+            None,
         ));
     };
     pushed(
@@ -43,7 +46,7 @@ pub fn parse_dockerhub(body: &[u8]) -> Result<RegistryEvent, RegistryEventError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::test_util::{edit, is_ignored, push};
+    use crate::registry::test_util::{edit, ignored_image, is_ignored, push};
     use crate::registry::{ImageSourceKind, RegistryEventError};
     use serde_json::json;
 
@@ -71,7 +74,18 @@ mod tests {
         for tag in [json!(""), json!(null)] {
             let body = edit(DOCKERHUB_PUSH, |v| v["push_data"]["tag"] = tag);
             assert!(is_ignored(parse_dockerhub(&body)));
+            // Which image was not deployed, for the deliveries history.
+            assert_eq!(
+                ignored_image(parse_dockerhub(&body)),
+                Some(("docker.io".to_owned(), "acme/api".to_owned(), None))
+            );
         }
+        // A name that is no image name is left out, not refused: nothing is deployed anyway.
+        let body = edit(DOCKERHUB_PUSH, |v| {
+            v["push_data"]["tag"] = json!(null);
+            v["repository"]["repo_name"] = json!("Acme/API");
+        });
+        assert_eq!(ignored_image(parse_dockerhub(&body)), None);
     }
 
     #[test]

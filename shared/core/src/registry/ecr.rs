@@ -37,60 +37,63 @@ pub fn parse_ecr_event(event: &Value) -> Result<RegistryEvent, RegistryEventErro
 
     let envelope: Envelope = from_value(ECR_PROVIDER, event)?;
     if envelope.source != "aws.ecr" || envelope.detail_type != "ECR Image Action" {
-        return Ok(RegistryEvent::Ignored(
+        return Ok(RegistryEvent::ignored(
             "Not an ECR image action event, so it announces no image.",
         ));
     }
     let action: ImageAction = from_value(ECR_PROVIDER, event)?;
     let detail = action.detail;
+    let host = registry_host(&action.account, &action.region);
+    let tag = detail.image_tag.filter(|t| !t.is_empty());
+    // An image action that deploys nothing still names its image, for the history.
+    let ignored = |reason| match (&host, &detail.repository_name) {
+        (Ok(host), Some(repository)) => RegistryEvent::ignored_image(reason, host, repository, tag.as_deref()),
+        _ => RegistryEvent::ignored(reason),
+    };
     if detail.action_type != "PUSH" {
-        return Ok(RegistryEvent::Ignored("Only an image push announces a new image."));
+        return Ok(ignored("Only an image push announces a new image."));
     }
     if detail.result != "SUCCESS" {
-        return Ok(RegistryEvent::Ignored(
-            "The push did not succeed, so there is nothing to deploy.",
-        ));
+        return Ok(ignored("The push did not succeed, so there is nothing to deploy."));
     }
-    let Some(tag) = detail.image_tag.filter(|t| !t.is_empty()) else {
-        return Ok(RegistryEvent::Ignored(
+    let Some(tag) = tag.clone() else {
+        return Ok(ignored(
             "The push carries no tag (a digest only), so there is no tag to deploy.",
         ));
     };
     let repository = detail
         .repository_name
         .ok_or_else(|| wrong_shape(ECR_PROVIDER, "missing field `detail.repository-name`".to_owned()))?;
-    let account = action.account;
+    let host = host.map_err(|reason| wrong_shape(ECR_PROVIDER, reason.to_owned()))?;
+    pushed(ECR_PROVIDER, ImageSourceKind::Ecr, &host, &repository, tag)
+}
+
+/// The registry of an event's `account` and `region`: `{account}.dkr.ecr.{region}.amazonaws.com`
+/// (`.amazonaws.com.cn` in China regions), or why they name none.
+fn registry_host(account: &str, region: &str) -> Result<String, &'static str> {
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(wrong_shape(
-            ECR_PROVIDER,
-            "`account` is not a 12-digit AWS account id".to_owned(),
-        ));
+        return Err("`account` is not a 12-digit AWS account id");
     }
-    let region = action.region;
     let region_ok = !region.is_empty()
         && region.len() <= 32
         && region
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !region_ok {
-        return Err(wrong_shape(
-            ECR_PROVIDER,
-            "`region` is not an AWS region name".to_owned(),
-        ));
+        return Err("`region` is not an AWS region name");
     }
     let domain = if region.starts_with("cn-") {
         "amazonaws.com.cn"
     } else {
         "amazonaws.com"
     };
-    let host = format!("{account}.dkr.ecr.{region}.{domain}");
-    pushed(ECR_PROVIDER, ImageSourceKind::Ecr, &host, &repository, tag)
+    Ok(format!("{account}.dkr.ecr.{region}.{domain}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::test_util::{is_ignored, push};
+    use crate::registry::test_util::{ignored_image, is_ignored, push};
     use crate::registry::{ImageSourceKind, RegistryEventError};
     use serde_json::{Value, json};
 
@@ -159,6 +162,33 @@ mod tests {
         let mut event = ecr_event();
         event["detail"].as_object_mut().unwrap().remove("image-tag");
         assert!(is_ignored(parse_ecr_event(&event)));
+    }
+
+    #[test]
+    fn an_ignored_image_action_names_its_image() {
+        let host = "123456789012.dkr.ecr.us-east-2.amazonaws.com";
+        let named =
+            |tag: Option<&str>| Some((host.to_owned(), "my-repository-name".to_owned(), tag.map(str::to_owned)));
+        let cases: [(&str, Value, _); 4] = [
+            ("/detail/action-type", json!("DELETE"), named(Some("latest"))),
+            ("/detail/result", json!("FAILURE"), named(Some("latest"))),
+            ("/detail/image-tag", json!(null), named(None)),
+            // Not an image action: nothing is named.
+            ("/detail-type", json!("ECR Image Scan"), None),
+        ];
+        for (pointer, value, image) in cases {
+            let mut event = ecr_event();
+            *event.pointer_mut(pointer).unwrap() = value;
+            assert_eq!(ignored_image(parse_ecr_event(&event)), image, "{pointer}");
+        }
+        // What is no valid name is left out: the event is ignored anyway.
+        let mut event = ecr_event();
+        event["detail"]["result"] = json!("FAILURE");
+        event["account"] = json!("12345");
+        assert_eq!(ignored_image(parse_ecr_event(&event)), None);
+        event["account"] = json!("123456789012");
+        event["detail"]["image-tag"] = json!("-bad");
+        assert_eq!(ignored_image(parse_ecr_event(&event)), named(None));
     }
 
     #[test]

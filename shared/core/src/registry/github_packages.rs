@@ -59,15 +59,15 @@ pub fn parse_github_package(event: &str, body: &[u8]) -> Result<RegistryEvent, R
         "package" => "package",
         "registry_package" => "registry_package",
         "ping" => {
-            return Ok(RegistryEvent::Ignored("A ping: GitHub is checking the webhook."));
+            return Ok(RegistryEvent::ignored("A ping: GitHub is checking the webhook."));
         }
         _ => {
-            return Ok(RegistryEvent::Ignored("Not a package event, so it announces no image."));
+            return Ok(RegistryEvent::ignored("Not a package event, so it announces no image."));
         }
     };
     let delivery: Delivery = from_body(GITHUB_PROVIDER, body)?;
     if delivery.action != "published" {
-        return Ok(RegistryEvent::Ignored(
+        return Ok(RegistryEvent::ignored(
             "Only a published package version announces a new image.",
         ));
     }
@@ -90,7 +90,7 @@ pub fn parse_github_package(event: &str, body: &[u8]) -> Result<RegistryEvent, R
     .find(|kind| !kind.is_empty());
     let is_container = kind.is_some_and(|v| v.eq_ignore_ascii_case("container") || v.eq_ignore_ascii_case("docker"));
     if !is_container {
-        return Ok(RegistryEvent::Ignored(
+        return Ok(RegistryEvent::ignored(
             "Not a container package, so it announces no image.",
         ));
     }
@@ -109,26 +109,26 @@ pub fn parse_github_package(event: &str, body: &[u8]) -> Result<RegistryEvent, R
     .into_iter()
     .flatten()
     .find(|t| !t.is_empty());
-    let Some(tag) = tag else {
-        return Ok(RegistryEvent::Ignored(
-            "The package version is untagged (a digest only), so there is no tag to deploy.",
-        ));
-    };
-
-    let (registry, path) = match from_url {
-        Some(url) => (url.host, url.path.to_ascii_lowercase()),
+    let image = match from_url {
+        Some(url) => Ok((url.host, url.path.to_ascii_lowercase())),
         None => match (package.owner, package.name) {
-            (Some(owner), Some(name)) => ("ghcr.io", format!("{}/{}", owner.login, name).to_ascii_lowercase()),
-            _ => {
-                return Err(wrong_shape(
-                    GITHUB_PROVIDER,
-                    format!(
-                        "`{key}.package_version.package_url` or `{key}.owner.login` and `{key}.name` are needed to name the image"
-                    ),
-                ));
-            }
+            (Some(owner), Some(name)) => Ok(("ghcr.io", format!("{}/{}", owner.login, name).to_ascii_lowercase())),
+            _ => Err(wrong_shape(
+                GITHUB_PROVIDER,
+                format!(
+                    "`{key}.package_version.package_url` or `{key}.owner.login` and `{key}.name` are needed to name the image"
+                ),
+            )),
         },
     };
+    let Some(tag) = tag else {
+        let reason = "The package version is untagged (a digest only), so there is no tag to deploy.";
+        return Ok(match image {
+            Ok((registry, path)) => RegistryEvent::ignored_image(reason, registry, &path, None),
+            Err(_) => RegistryEvent::ignored(reason),
+        });
+    };
+    let (registry, path) = image?;
     pushed(GITHUB_PROVIDER, ImageSourceKind::GithubPackages, registry, &path, tag)
 }
 
@@ -153,7 +153,7 @@ fn split_package_url(url: &str) -> Option<PackageUrl<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::test_util::{edit, is_ignored, push};
+    use crate::registry::test_util::{edit, ignored_image, is_ignored, push};
     use crate::registry::{ImageSourceKind, RegistryEventError};
     use serde_json::json;
 
@@ -172,6 +172,30 @@ mod tests {
             "registry_package",
             GITHUB_REGISTRY_PACKAGE
         )));
+        // Naming the image that was not deployed, for the deliveries history.
+        let hello_world = Some(("ghcr.io".to_owned(), "codertocat/hello-world".to_owned(), None));
+        assert_eq!(
+            ignored_image(parse_github_package("package", GITHUB_PACKAGE)),
+            hello_world
+        );
+        // Without a `package_url`, the owner and the package's name.
+        let nameless = edit(GITHUB_PACKAGE, |v| {
+            v["package"]["package_version"]
+                .as_object_mut()
+                .unwrap()
+                .remove("package_url");
+        });
+        assert_eq!(
+            ignored_image(parse_github_package("package", &nameless)),
+            Some(("ghcr.io".to_owned(), "codertocat/hello-world-npm".to_owned(), None))
+        );
+        // With neither, none: still ignored, not refused.
+        let anonymous = edit(&nameless, |v| {
+            v["package"].as_object_mut().unwrap().remove("owner");
+        });
+        assert_eq!(ignored_image(parse_github_package("package", &anonymous)), None);
+        // A ping names none.
+        assert_eq!(ignored_image(parse_github_package("ping", b"{}")), None);
     }
 
     #[test]

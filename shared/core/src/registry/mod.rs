@@ -3,8 +3,9 @@
 //! has one per git provider.
 //!
 //! A notification that is well formed but announces nothing deployable (a ping, a deletion, an
-//! untagged push) is [`RegistryEvent::Ignored`] with a reason, answered 200; a body that is not
-//! the registry's shape is a [`RegistryEventError`], answered 400 `MALFORMED_BODY`.
+//! untagged push) is [`RegistryEvent::Ignored`] with a reason, and the image it names when it
+//! names one, answered 200; a body that is not the registry's shape is a
+//! [`RegistryEventError`], answered 400 `MALFORMED_BODY`.
 
 mod dockerhub;
 mod ecr;
@@ -46,8 +47,40 @@ pub enum ImageSourceKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryEvent {
     Pushed(ImagePushed),
-    /// Nothing to deploy; the sentence says why.
-    Ignored(&'static str),
+    /// Nothing to deploy; `reason` says why. `image` is the image the notification names (an
+    /// untagged push's, a failed one's), so that the deliveries history tells which image was
+    /// not deployed; `None` when it names none, or none that is valid.
+    Ignored {
+        reason: &'static str,
+        image: Option<NamedImage>,
+    },
+}
+
+/// The image an ignored notification names, normalized as a deployed one would be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedImage {
+    pub registry: String,
+    pub path: String,
+    /// The tag, when the notification carries a valid one.
+    pub tag: Option<String>,
+}
+
+impl RegistryEvent {
+    /// Ignored, naming no image.
+    pub(super) fn ignored(reason: &'static str) -> Self {
+        Self::Ignored { reason, image: None }
+    }
+
+    /// Ignored, naming `host/path` (and `tag`) when they are a valid image name (and tag): what
+    /// is not valid is left out rather than refused, as the notification is ignored anyway.
+    pub(super) fn ignored_image(reason: &'static str, host: &str, path: &str, tag: Option<&str>) -> Self {
+        let image = normalize_registry(host).ok().and_then(|registry| {
+            let path = parse_path(&registry, path).ok()?;
+            let tag = tag.filter(|tag| validate_tag(tag).is_ok()).map(str::to_owned);
+            Some(NamedImage { registry, path, tag })
+        });
+        Self::Ignored { reason, image }
+    }
 }
 
 /// A notification body that is not what the registry sends (→ 400 `MALFORMED_BODY`).
@@ -154,7 +187,17 @@ mod test_util {
     }
 
     pub(crate) fn is_ignored(event: Result<RegistryEvent, RegistryEventError>) -> bool {
-        matches!(event, Ok(RegistryEvent::Ignored(reason)) if reason.ends_with('.'))
+        matches!(event, Ok(RegistryEvent::Ignored { reason, .. }) if reason.ends_with('.'))
+    }
+
+    /// The image an ignored notification names: `(registry, path, tag)`.
+    pub(crate) fn ignored_image(
+        event: Result<RegistryEvent, RegistryEventError>,
+    ) -> Option<(String, String, Option<String>)> {
+        match event {
+            Ok(RegistryEvent::Ignored { image, .. }) => image.map(|i| (i.registry, i.path, i.tag)),
+            other => panic!("not ignored: {other:?}"),
+        }
     }
 }
 
