@@ -60,6 +60,9 @@ pub struct Fields<'v> {
     /// The object's own path (`""` at the top, `git_repository`, `items[2]`).
     path: String,
     read: Vec<&'v str>,
+    /// The names asked for that the object lacks: what a field nobody read is compared with,
+    /// to suggest the one meant.
+    missing: Vec<String>,
     errors: Vec<FieldError>,
 }
 
@@ -69,6 +72,7 @@ impl<'v> Fields<'v> {
             map,
             path: path.to_owned(),
             read: Vec::new(),
+            missing: Vec::new(),
             errors: Vec::new(),
         }
     }
@@ -103,7 +107,10 @@ impl<'v> Fields<'v> {
 
     /// The raw value of `name`, marking it known; `None` when absent.
     pub fn value(&mut self, name: &str) -> Option<&'v Value> {
-        let (key, value) = self.map.get_key_value(name)?;
+        let Some((key, value)) = self.map.get_key_value(name) else {
+            self.missing.push(name.to_owned());
+            return None;
+        };
         if !self.read.contains(&key.as_str()) {
             self.read.push(key.as_str());
         }
@@ -239,7 +246,11 @@ impl<'v> Fields<'v> {
         for key in self.map.keys() {
             if !self.read.contains(&key.as_str()) {
                 let field = self.path_of(&shown_key(key));
-                self.errors.push(FieldError::new(field, "is not a known field here"));
+                let message = match meant(key, &self.missing) {
+                    Some(name) => format!("is not a known field here; perhaps `{name}`"),
+                    None => "is not a known field here".to_owned(),
+                };
+                self.errors.push(FieldError::new(field, message));
             }
         }
         // A field is named once, with its first problem.
@@ -247,6 +258,29 @@ impl<'v> Fields<'v> {
         self.errors.retain(|e| seen.insert(e.field.clone()));
         self.errors
     }
+}
+
+/// The field a client most likely meant by `key`, among the names it left out: the same
+/// letters in another case or with other separators (`autoDeploy`, `auto-deploy`, `autodeploy`
+/// for `auto_deploy`), or a typo or two in a longer name (`brnach`).
+fn meant<'n>(key: &str, missing: &'n [String]) -> Option<&'n str> {
+    // A long key is no typo, and comparing it would cost time in its length.
+    if key.len() > 64 {
+        return None;
+    }
+    let squashed = |name: &str| -> String {
+        name.chars()
+            .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let key = squashed(key);
+    missing
+        .iter()
+        .map(|name| (name, strsim::osa_distance(&key, &squashed(name))))
+        .filter(|&(name, distance)| distance == 0 || (distance <= 2 && distance * 3 <= name.len()))
+        .min_by_key(|&(_, distance)| distance)
+        .map(|(name, _)| name.as_str())
 }
 
 /// A field name the client sent, as an error names it: control characters escaped (`\u{0}`)
@@ -351,6 +385,44 @@ mod tests {
         let mut found = fields(json!({"name": "x", "a\u{0}b\n": 1, (long.clone()): 2}));
         found.sort();
         assert_eq!(found, vec!["a\\u{0}b\\u{a}".to_owned(), format!("{}…", &long[..100])]);
+    }
+
+    #[test]
+    fn a_misspelt_field_suggests_the_one_left_out() {
+        let messages = |value: Value| match read_document::<Outer>(&value) {
+            Err(DocumentError::Invalid(errors)) => errors.into_iter().map(|e| (e.field, e.message)).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let unknown = |field: &str, meant: Option<&str>| {
+            let message = match meant {
+                Some(name) => format!("is not a known field here; perhaps `{name}`"),
+                None => "is not a known field here".to_owned(),
+            };
+            (field.to_owned(), message)
+        };
+        // Another case or separator, or a typo: the name left out is suggested.
+        for key in ["Name", "NAME", "na-me", "nmae", "nam"] {
+            assert_eq!(
+                messages(json!({(key): "x"}))[1..],
+                [unknown(key, Some("name"))],
+                "{key}"
+            );
+        }
+        assert_eq!(
+            messages(json!({"name": "x", "inner": {"A": 1}})),
+            [
+                ("inner.a".to_owned(), "is required".to_owned()),
+                unknown("inner.A", Some("a"))
+            ]
+        );
+        // A name given is not suggested again, nor one too far from the key.
+        assert_eq!(messages(json!({"name": "x", "Name": "y"})), [unknown("Name", None)]);
+        assert_eq!(messages(json!({"name": "x", "zzz": 1})), [unknown("zzz", None)]);
+        let long = "n".repeat(65);
+        assert_eq!(
+            messages(json!({"name": "x", (long.clone()): 1})),
+            [unknown(&long, None)]
+        );
     }
 
     fn fields(value: Value) -> Vec<String> {

@@ -708,6 +708,19 @@ async fn every_validation_rule_names_its_field() {
         ]
     );
 
+    // A misspelt field says which one was meant, in its detail and in the message.
+    let misspelt = patched(app_body(), &json!({"auto_deploy": null, "autodeploy": true}));
+    let r = api.put_service("acme", "api", misspelt).await;
+    assert_eq!(
+        (r.status, r.body["error"]["message"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("autodeploy: is not a known field here; perhaps `auto_deploy`.")
+        ),
+        "{}",
+        r.body
+    );
+
     // The valid forms are accepted: a container, a job on git, a job on an image.
     assert_eq!(
         api.put_service("acme", "c", container_body()).await.status,
