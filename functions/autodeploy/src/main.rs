@@ -52,9 +52,9 @@ enum Command {
 }
 
 const SERVE_HELP: &str = "\
-The admin token (at least 16 characters; may do everything in every organization) is read from
-AUTODEPLOY_ADMIN_TOKEN or from the file --admin-token-file names, never from the command line,
-where every user of the machine could read it.
+The admin token (16 to 512 printable ASCII characters; may do everything in every
+organization) is read from AUTODEPLOY_ADMIN_TOKEN or from the file --admin-token-file names,
+never from the command line, where every user of the machine could read it.
 
 The secrets stored in the database are sealed with AUTODEPLOY_SECRET_KEY (32 bytes in base64 or
 hex: `openssl rand -base64 32`) or, when it is not set, with the key in the file beside the
@@ -64,7 +64,13 @@ One server serves a database: it holds a lock on the file beside it (<database>.
 runs, and a second one started on the same database stops at once, saying so; so does a start on
 a database file that has a second name (a hard link).
 
-SIGTERM, SIGINT and SIGHUP stop it gracefully: the requests in flight are finished first.
+SIGTERM, SIGINT and SIGHUP stop it gracefully: the requests being answered are finished (long
+polls answered at once), those still arriving (headers or body) are dropped unanswered, nothing
+of them done (their senders retry), and deliveries to deploy targets in flight end (at most their
+15 s timeout); then it exits 0.
+
+Switches (--no-dispatch, --targets-allow-private, --print-deployments) take true or false from
+their variable, and also 1/0, yes/no, on/off.
 
 Files the server creates are readable by their owner only.";
 
@@ -88,33 +94,37 @@ struct ServeArgs {
     #[arg(long = "admin-token", hide = true)]
     admin_token_argument: Option<String>,
     /// Seconds a client has to send a request's headers (also the idle time allowed on a
-    /// kept-alive connection before its next request); the connection is closed after it.
+    /// kept-alive connection before its next request); the connection is closed after it
+    /// (1–3600).
     #[arg(long = "header-timeout", env = "AUTODEPLOY_HEADER_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     header_timeout: u64,
     /// Seconds a client has to send a request's whole body, counted once its headers are
-    /// read; a slower body is refused (400) and its connection closed.
+    /// read; a slower body is refused (400) and its connection closed (1–3600).
     #[arg(long = "body-timeout", env = "AUTODEPLOY_BODY_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     body_timeout: u64,
-    /// Connections open at once (lowered to fit the open-files limit). At the limit, a new
-    /// connection closes the oldest idle one.
+    /// Connections open at once, up to 1,000,000 (lowered to fit the open-files limit). At the
+    /// limit, a new connection closes the oldest idle one, or else the oldest still sending its
+    /// request.
     #[arg(long = "max-connections", env = "AUTODEPLOY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
-    /// Request-body bytes held in memory at once, across all requests (e.g. 128MiB, 1GiB).
-    /// A request past it is answered 503 with Retry-After; a body larger than all of it, 413.
+    /// Request-body bytes held in memory at once, across all requests (e.g. 128MiB, 1GiB; at
+    /// least 1MiB). A request past it is answered 503 with Retry-After; a body larger than all
+    /// of it, 413.
     #[arg(long = "max-body-buffer", env = "AUTODEPLOY_MAX_BODY_BUFFER", default_value = "128MiB", value_parser = parse_size)]
     max_body_buffer: usize,
     /// Services one organization may hold (at most 1,000 of them per repository or image), and
     /// deploy targets.
     #[arg(long = "max-services", env = "AUTODEPLOY_MAX_SERVICES", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_services: u32,
-    /// Times a deployment is offered to consumers (or tried on its target) before it fails.
+    /// Times a deployment is offered to consumers (or tried on its target) before it fails
+    /// (1–1000).
     #[arg(long = "max-attempts", env = "AUTODEPLOY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_attempts: u32,
     /// How long the dispatcher keeps retrying a deployment before it fails: seconds, or with
     /// a unit (90s, 30m, 24h, 2d).
     #[arg(long = "max-delivery-age", env = "AUTODEPLOY_MAX_DELIVERY_AGE", default_value = "24h", value_parser = parse_age)]
     max_delivery_age: Duration,
-    /// Days a finished deployment (DELIVERED, FAILED, SUPERSEDED) stays in the log.
+    /// Days a finished deployment (DELIVERED, FAILED, SUPERSEDED) stays in the log (1–3650).
     #[arg(long = "retention-days", env = "AUTODEPLOY_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
     /// Do not run the dispatcher: deployments of services with a deploy target wait, QUEUED.

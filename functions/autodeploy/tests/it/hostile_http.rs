@@ -208,7 +208,7 @@ fn answers_on_a_kept_alive_connection_are_unchanged() {
     let missing = "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n";
     let last = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let ok = r#"{"status":"ok"}"#;
-    let not_found = r#"{"error":{"code":"NOT_FOUND","message":"No such route. See the API reference for the paths this server serves.","details":[]}}"#;
+    let not_found = r#"{"error":{"code":"NOT_FOUND","message":"No such route. The API reference lists the paths served: GET /openapi.yaml on the standalone server, infra/openapi.yaml in the source.","details":[]}}"#;
     let expected = [("200 OK", "", ok), ("404 Not Found", "", not_found), ("200 OK", "connection: close\r\n", ok)]
         .map(|(status, connection, body)| {
             format!(

@@ -82,11 +82,12 @@ impl Dispatcher {
             },
             (AttemptEnd::Release { .. }, _) => Delivery::Released,
         };
+        // None for a delivered one: the log line then has no `error` field at all.
         let error = match (&end, ended.as_ref().and_then(|r| r.last_error.as_deref())) {
-            (AttemptEnd::Delivered, _) => "",
-            (_, Some(recorded)) => recorded,
-            (AttemptEnd::Failed { error } | AttemptEnd::Retry { error, .. }, None) => error.as_str(),
-            (AttemptEnd::Release { note }, None) => note.as_str(),
+            (AttemptEnd::Delivered, _) => None,
+            (_, Some(recorded)) => Some(recorded),
+            (AttemptEnd::Failed { error } | AttemptEnd::Retry { error, .. }, None) => Some(error.as_str()),
+            (AttemptEnd::Release { note }, None) => Some(note.as_str()),
         };
         let (outcome, next_attempt_unix) = match delivery {
             Delivery::Delivered => ("delivered", None),

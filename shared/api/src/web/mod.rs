@@ -116,7 +116,9 @@ async fn not_found(uri: http::Uri) -> ApiError {
     if uri.path().len() > 1 && uri.path().ends_with('/') {
         return ApiError::not_found("No such route: paths do not end with `/`; remove the trailing slash.");
     }
-    ApiError::not_found("No such route. See the API reference for the paths this server serves.")
+    ApiError::not_found(
+        "No such route. The API reference lists the paths served: GET /openapi.yaml on the standalone server, infra/openapi.yaml in the source.",
+    )
 }
 
 /// Routes every binary serves, whatever else it serves: health, and SPEC-shaped 404 / 405.
