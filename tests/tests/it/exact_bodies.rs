@@ -69,7 +69,7 @@ fn service_documents() -> Vec<(&'static str, Value)> {
                 "git_repository": null, "deployment_restrictions": [],
                 "image": {"registry": "ghcr.io", "image_name": "acme/web", "tag": "release-1"},
                 "tag_policy": {"type": "GLOB", "pattern": "release-*"},
-                "deploy_target": {"target_id": "qovery", "external_id": "5f0c1e2a-web"}
+                "deploy_target": {"target_id": "qovery", "external_id": "5f0c1e2a-7b3d-4e6f-8a9b-0c1d2e3f4a5b"}
             }),
         ),
         (

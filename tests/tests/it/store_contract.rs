@@ -290,7 +290,7 @@ async fn engine(store: &dyn Store) -> StoredTarget {
 
 /// A service write checks the type of the target it names in its own write, whatever its
 /// caller checked before: a target that became `QOVERY` (no service named it then) refuses a
-/// service without an `external_id`, and nothing is stored.
+/// service without an `external_id`, or with one that is no Qovery id, and nothing is stored.
 async fn a_service_write_checks_its_targets_type(store: TestStore) {
     let store: &dyn Store = &*store;
     crate::aws_dispatcher::put_webhook_target(store, "engine", "https://deploy.example.com/hook").await;
@@ -301,20 +301,23 @@ async fn a_service_write_checks_its_targets_type(store: TestStore) {
         .expect("put_target")
         .expect("no service names the target: its type may change");
 
-    let refused = store
-        .put_service(
-            &StoredService::new(naming_engine(None), new_etag()),
-            Expected::Absent,
-            TenantLimits::default(),
-        )
-        .await;
-    assert!(
-        matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
-        "{refused:?}"
-    );
-    assert_eq!(store.get_service("acme", "api").await.expect("get"), None);
+    // Without an id, or with one that is no Qovery id (a UUID).
+    for external_id in [None, Some("api-prod")] {
+        let refused = store
+            .put_service(
+                &StoredService::new(naming_engine(external_id), new_etag()),
+                Expected::Absent,
+                TenantLimits::default(),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
+            "{external_id:?}: {refused:?}"
+        );
+        assert_eq!(store.get_service("acme", "api").await.expect("get"), None);
+    }
 
-    let fitting = naming_engine(Some("qovery-service-1"));
+    let fitting = naming_engine(Some("9d3c1e2a-6b5f-4e7d-8a9c-0b1d2e3f4a5c"));
     let etag = create(store, &fitting).await;
     assert_eq!(stored(store, "acme", "api").await.service, fitting);
 

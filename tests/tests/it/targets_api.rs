@@ -77,7 +77,7 @@ fn with_dispatcher(api: Api) -> (Api, Dispatcher) {
 async fn service_on(api: &Api, id: &str, target: &str) {
     let body = json!({"environment_id": "production", "kind": "APPLICATION", "auto_deploy": true,
         "git_repository": {"provider": "GITHUB", "url": format!("https://github.com/acme/{id}"), "branch": "main"},
-        "deploy_target": {"target_id": target, "external_id": "0b1c2d3e"}});
+        "deploy_target": {"target_id": target, "external_id": "0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d"}});
     let r = api.put_service("acme", id, body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 }
@@ -400,16 +400,40 @@ async fn services_name_existing_targets(api: Api) {
     );
     let r = put(&api, "engine", json!({"type": "QOVERY", "token": "qov_token"})).await;
     assert_eq!(r.status, StatusCode::CREATED);
-    // Qovery needs the Qovery service id.
+    // Qovery needs the Qovery service id: a UUID, not a placeholder left in.
     let r = api.put_service("acme", "api", service("engine", Value::Null)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    for not_an_id in [
+        "<the Qovery service id>",
+        "api-prod",
+        "0b1c2d3e5f604a7b8c9d0e1f2a3b4c5d",
+    ] {
+        let r = api
+            .put_service("acme", "api", service("engine", json!(not_an_id)))
+            .await;
+        assert_eq!(
+            (r.status, r.error_fields()),
+            (StatusCode::BAD_REQUEST, vec!["deploy_target.external_id".to_owned()]),
+            "{not_an_id}: {}",
+            r.body
+        );
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains("UUID"),
+            "{}",
+            r.body
+        );
+    }
     let r = api
-        .put_service("acme", "api", service("engine", json!("0b1c2d3e")))
+        .put_service(
+            "acme",
+            "api",
+            service("engine", json!("0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d")),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(
         r.body["deploy_target"],
-        json!({"target_id": "engine", "external_id": "0b1c2d3e"})
+        json!({"target_id": "engine", "external_id": "0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d"})
     );
 
     // Not deleted while a service names it; deleted once none does. The refusal names the
@@ -424,7 +448,13 @@ async fn services_name_existing_targets(api: Api) {
     );
     let others: Vec<String> = (1..=6).map(|i| format!("api-{i}")).collect();
     for id in &others {
-        let r = api.put_service("acme", id, service("engine", json!("0b1c2d3e"))).await;
+        let r = api
+            .put_service(
+                "acme",
+                id,
+                service("engine", json!("0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d")),
+            )
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
     let r = api.call(Method::DELETE, path, Some(ADMIN), None).await;
@@ -534,8 +564,12 @@ async fn a_type_change_keeps_naming_services_deliverable(api: Api) {
         let r = api.put_service("acme", id, service(Value::Null)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
-    // One that gives an external_id is not in the way.
-    let r = api.put_service("acme", "has-id", service(json!("0b1c2d3e"))).await;
+    // One that gives a Qovery id is not in the way; one whose id is no Qovery id is.
+    let r = api
+        .put_service("acme", "has-id", service(json!("0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d")))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = api.put_service("acme", "svc-8", service(json!("hook-name"))).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 
     let qovery = json!({"type": "QOVERY", "token": "qov_token"});
@@ -544,7 +578,7 @@ async fn a_type_change_keeps_naming_services_deliverable(api: Api) {
     assert_eq!(r.error_code(), "CONFLICT", "{}", r.body);
     let message = r.body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("(svc-1, svc-2, svc-3, svc-4, svc-5, and 2 others)")
+        message.contains("(svc-1, svc-2, svc-3, svc-4, svc-5, and 3 others)")
             && message.contains("external_id")
             && message.contains("QOVERY")
             && !message.contains("has-id"),
@@ -560,18 +594,24 @@ async fn a_type_change_keeps_naming_services_deliverable(api: Api) {
 
     // Once every service names its id there, the same PUT is taken.
     for id in &ids[1..] {
-        let r = api.put_service("acme", id, service(json!("0b1c2d3e"))).await;
+        let r = api
+            .put_service("acme", id, service(json!("0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d")))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
     let r = put(&api, "w", qovery.clone()).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
     assert!(
-        r.body["error"]["message"].as_str().unwrap().contains("(svc-1)"),
+        r.body["error"]["message"].as_str().unwrap().contains("(svc-1, svc-8)"),
         "{}",
         r.body
     );
-    let r = api.put_service("acme", "svc-1", service(json!("0b1c2d3e"))).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for id in ["svc-1", "svc-8"] {
+        let r = api
+            .put_service("acme", id, service(json!("0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d")))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
     let r = put(&api, "w", qovery).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["type"], "QOVERY");

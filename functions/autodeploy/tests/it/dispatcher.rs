@@ -230,9 +230,13 @@ fn qovery_and_github_actions_get_their_own_calls() {
             "image": {"image_name": "acme/api", "tag": "1.3.0"},
             "deploy_target": {"target_id": target, "external_id": external_id}})
     };
-    app(&server, "api", "qovery", Some("0b1c2d3e-app"));
+    app(&server, "api", "qovery", Some("0b1c2d3e-0a0b-4c0d-8e0f-a1a2a3a4a5a6"));
     app(&server, "web", "actions", Some("web-prod"));
-    put_service(&server, "worker", image("CONTAINER", "qovery", Some("0b1c2d3e-ctr")));
+    put_service(
+        &server,
+        "worker",
+        image("CONTAINER", "qovery", Some("0b1c2d3e-0c0d-4e0f-9a0b-c1c2c3c4c5c6")),
+    );
     put_service(&server, "migrate", image("JOB", "actions", None));
 
     let (status, pushed) = server.github_push(GITHUB_SECRET, &commit(0), &commit(1));
@@ -264,8 +268,14 @@ fn qovery_and_github_actions_get_their_own_calls() {
             .unwrap_or_else(|| panic!("no request to {path}: {got:?}"))
     };
     for (path, body) in [
-        ("/application/0b1c2d3e-app/deploy", json!({"git_commit_id": commit(1)})),
-        ("/container/0b1c2d3e-ctr/deploy", json!({"image_tag": "1.4.0"})),
+        (
+            "/application/0b1c2d3e-0a0b-4c0d-8e0f-a1a2a3a4a5a6/deploy",
+            json!({"git_commit_id": commit(1)}),
+        ),
+        (
+            "/container/0b1c2d3e-0c0d-4e0f-9a0b-c1c2c3c4c5c6/deploy",
+            json!({"image_tag": "1.4.0"}),
+        ),
     ] {
         let request = at(path);
         assert_eq!(request.method, "POST");

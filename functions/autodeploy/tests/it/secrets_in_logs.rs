@@ -219,7 +219,7 @@ fn a_full_run_at_trace_level_logs_no_secret() {
     for (id, target, external_id) in [
         ("hooked", "hook", Value::Null),
         ("signed", "signed", Value::Null),
-        ("qov", "qovery", json!("0b1c2d3e-app")),
+        ("qov", "qovery", json!("0b1c2d3e-0a0b-4c0d-8e0f-a1a2a3a4a5a6")),
         ("act", "actions", Value::Null),
     ] {
         let mut body = application("GITHUB", GITHUB_REPO);

@@ -533,7 +533,7 @@ async fn an_echoed_credential_is_redacted_whatever_its_case() {
         webhook(&hook.url, &secret),
     ];
     for (target, receiver) in targets.iter().zip([&qovery, &github, &hook]) {
-        let outcome = deliver(&sender, target, Some("0b1c2d3e")).await;
+        let outcome = deliver(&sender, target, Some("0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d")).await;
         assert_eq!(outcome.verdict, Verdict::Failed);
         let error = outcome.error.unwrap();
         assert!(

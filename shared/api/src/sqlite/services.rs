@@ -141,14 +141,15 @@ impl ServiceStore for SqliteStore {
         let row = ServiceRow::of(service)?;
         let (org, id) = (service.organization_id.clone(), service.id.clone());
         let target = service.spec.deploy_target.as_ref().map(|named| named.target_id.clone());
-        // A service without an `external_id` fits only some types of target: the type of the
-        // one it names is read in the write, whose spec is sealed.
-        let without_external_id = service
+        // A service without an `external_id`, or with one that is no Qovery id, fits only some
+        // types of target: the type of the one it names is read in the write, whose spec is
+        // sealed.
+        let unfit_somewhere = service
             .spec
             .deploy_target
             .clone()
-            .filter(|named| named.external_id.is_none());
-        let key = without_external_id.as_ref().and_then(|_| self.sealing_key());
+            .filter(|named| !named.fits_every_type());
+        let key = unfit_somewhere.as_ref().and_then(|_| self.sealing_key());
         self.write(move |conn| {
             let stored: Option<(String, Option<String>)> = conn
                 .prepare_cached("SELECT etag, target_id FROM services WHERE org = ?1 AND id = ?2")
@@ -170,7 +171,7 @@ impl ServiceStore for SqliteStore {
                 let Some(spec) = spec else {
                     return Err(StoreError::TargetMissing);
                 };
-                if let Some(named) = &without_external_id {
+                if let Some(named) = &unfit_somewhere {
                     let kind = from_json::<TargetSpec>(&unseal_with(key.as_ref(), spec)?)?.target_type();
                     if !named.fits(kind) {
                         return Err(StoreError::TargetUnfit(kind));
@@ -345,9 +346,24 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(store.get_service("acme", "api").await.unwrap(), None);
-        store
+        // Nor with an id that is no Qovery id.
+        let refused = store
             .put_service(
                 &StoredService::new(service(Some("q-1")), "s1".to_owned()),
+                Expected::Absent,
+                limits,
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
+            "{refused:?}"
+        );
+        store
+            .put_service(
+                &StoredService::new(
+                    service(Some(autodeploy_core::target::QOVERY_ID_EXAMPLE)),
+                    "s1".to_owned(),
+                ),
                 Expected::Absent,
                 limits,
             )

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentStatus};
-use autodeploy_core::target::TargetSpec;
+use autodeploy_core::target::{TargetSpec, TargetType};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::deployments::{deployment_at, deployment_by_id, rfc3339};
@@ -63,7 +63,7 @@ impl TargetStore for SqliteStore {
                 // Checked in this write, as a service's write checks the target it names in its own.
                 let kind = target.spec.target_type();
                 if kind.requires_external_id() {
-                    let unfit = services_without_external_id(conn, &target.organization_id, &target.id)?;
+                    let unfit = services_unfit_for(conn, &target.organization_id, &target.id, kind)?;
                     if !unfit.is_empty() {
                         return Ok(Err(Refusal::target_type_unfit(kind, &unfit)));
                     }
@@ -160,18 +160,28 @@ impl TargetStore for SqliteStore {
     }
 }
 
-/// The ids, in id order, of the services of `org` naming target `id` with no `external_id`.
-fn services_without_external_id(conn: &Connection, org: &str, id: &str) -> StoreResult<Vec<String>> {
+/// The ids, in id order, of the services of `org` naming target `id` whose `external_id` a
+/// target of type `kind` does not take.
+fn services_unfit_for(conn: &Connection, org: &str, id: &str, kind: TargetType) -> StoreResult<Vec<String>> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "{} AND json_extract(data, '$.deploy_target.external_id') IS NULL ORDER BY id",
-            ServiceKey::Target.select("id")
+            "{} ORDER BY id",
+            ServiceKey::Target.select("id, json_extract(data, '$.deploy_target.external_id')")
         ))
         .map_err(unavailable)?;
     let rows = stmt
-        .query_map(params![org, id], |r| r.get::<_, String>(0))
+        .query_map(params![org, id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })
         .map_err(unavailable)?;
-    rows.collect::<Result<_, _>>().map_err(unavailable)
+    let mut unfit = Vec::new();
+    for row in rows {
+        let (service, external_id) = row.map_err(unavailable)?;
+        if !kind.accepts_external_id(external_id.as_deref()) {
+            unfit.push(service);
+        }
+    }
+    Ok(unfit)
 }
 
 fn begin(conn: &Connection, org: &str, id: &str, now: i64) -> StoreResult<AttemptStart> {

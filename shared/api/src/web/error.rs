@@ -2,7 +2,7 @@
 //! `{"error": {"code", "message", "details"}}` with the right status.
 
 use autodeploy_core::error::FieldError;
-use autodeploy_core::target::TargetType;
+use autodeploy_core::target::{QOVERY_ID_EXAMPLE, TargetType};
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
@@ -87,12 +87,12 @@ impl ApiError {
     }
 
     /// A service naming a deploy target of type `kind` without what that type needs of it
-    /// (a `QOVERY` target: its `external_id`).
+    /// (a `QOVERY` target: its `external_id`, the service's id in Qovery).
     pub fn unfit_target(kind: TargetType) -> Self {
         Self::invalid_field(
             "deploy_target.external_id",
             format!(
-                "is required for a {} target (the id of the service there)",
+                "must be the id of the service there for a {} target: a UUID such as `{QOVERY_ID_EXAMPLE}`, from the service's URL in the Qovery console",
                 kind.as_str()
             ),
         )
@@ -285,7 +285,7 @@ mod tests {
             err.details,
             vec![FieldError::new(
                 "deploy_target.external_id",
-                "is required for a QOVERY target (the id of the service there)"
+                "must be the id of the service there for a QOVERY target: a UUID such as `0f8b8c1e-4d2a-4b7f-9a6e-3c2d1b0a9f8e`, from the service's URL in the Qovery console"
             )]
         );
     }

@@ -139,9 +139,15 @@ pub struct DeployTarget {
 
 impl DeployTarget {
     /// Whether a target of type `kind` can deliver this service's deployments: a `QOVERY`
-    /// target needs the `external_id` (the service's id there).
+    /// target needs the `external_id` (the service's id there, a UUID).
     pub fn fits(&self, kind: crate::target::TargetType) -> bool {
-        !kind.requires_external_id() || self.external_id.is_some()
+        kind.accepts_external_id(self.external_id.as_deref())
+    }
+
+    /// Whether every type of target can deliver this service's deployments, so that whoever
+    /// stores it need not read the type of the one it names.
+    pub fn fits_every_type(&self) -> bool {
+        crate::target::TARGET_TYPES.into_iter().all(|kind| self.fits(kind))
     }
 }
 

@@ -61,6 +61,32 @@ impl TargetType {
     pub fn requires_external_id(self) -> bool {
         self == TargetType::Qovery
     }
+
+    /// Whether a service naming a target of this type may give `external_id`: a `QOVERY`
+    /// target needs one, and Qovery's ids are UUIDs (`0f8b8c1e-4d2a-4b7f-9a6e-3c2d1b0a9f8e`),
+    /// so a placeholder or a name is refused when written rather than by Qovery at the first
+    /// attempt; other types take any.
+    pub fn accepts_external_id(self, external_id: Option<&str>) -> bool {
+        match self {
+            TargetType::Qovery => external_id.is_some_and(is_hyphenated_uuid),
+            TargetType::Webhook | TargetType::GithubActions => true,
+        }
+    }
+}
+
+/// What a Qovery id looks like, for the messages that ask for one.
+pub const QOVERY_ID_EXAMPLE: &str = "0f8b8c1e-4d2a-4b7f-9a6e-3c2d1b0a9f8e";
+
+/// Every type of target.
+pub const TARGET_TYPES: [TargetType; 3] = [TargetType::Webhook, TargetType::Qovery, TargetType::GithubActions];
+
+/// `8-4-4-4-12` hexadecimal digits, as Qovery writes its ids (either case).
+fn is_hyphenated_uuid(text: &str) -> bool {
+    text.len() == 36
+        && text.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// A secret or token: stored and sent, never shown. `Debug` prints no part of it; only
