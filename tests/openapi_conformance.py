@@ -941,7 +941,7 @@ def services(c):
     c.service("container", {"environment_id": "production", "kind": "CONTAINER", "auto_deploy": True,
                             "image": {"registry": "ghcr.io", "image_name": "acme/api", "tag": "1.0.0"},
                             "tag_policy": {"type": "SEMVER", "range": ">=1.0.0 <2"},
-                            "deploy_target": {"target_id": "qovery", "external_id": "qsvc-1"}},
+                            "deploy_target": {"target_id": "qovery", "external_id": "9f1e2d3c-4b5a-4c6d-8e7f-0a1b2c3d4e5f"}},
               label="PUT a CONTAINER with a QOVERY target", expect=201)
     c.service("container-glob", {"environment_id": "production", "kind": "CONTAINER", "auto_deploy": True,
                                  "image": {"image_name": "acme/api", "tag": "release-1"},
