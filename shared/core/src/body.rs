@@ -246,7 +246,10 @@ impl<'v> Fields<'v> {
         for key in self.map.keys() {
             if !self.read.contains(&key.as_str()) {
                 let field = self.path_of(&shown_key(key));
-                let message = match meant(key, &self.missing) {
+                // Among every name asked for: a PATCH's misspelt key meets the stored document,
+                // which has the field meant.
+                let asked = self.missing.iter().map(String::as_str).chain(self.read.iter().copied());
+                let message = match meant(key, asked) {
                     Some(name) => format!("is not a known field here; perhaps `{name}`"),
                     None => "is not a known field here".to_owned(),
                 };
@@ -260,10 +263,10 @@ impl<'v> Fields<'v> {
     }
 }
 
-/// The field a client most likely meant by `key`, among the names it left out: the same
+/// The field a client most likely meant by `key`, among the names asked for: the same
 /// letters in another case or with other separators (`autoDeploy`, `auto-deploy`, `autodeploy`
 /// for `auto_deploy`), or a typo or two in a longer name (`brnach`).
-fn meant<'n>(key: &str, missing: &'n [String]) -> Option<&'n str> {
+fn meant<'n>(key: &str, asked: impl Iterator<Item = &'n str>) -> Option<&'n str> {
     // A long key is no typo, and comparing it would cost time in its length.
     if key.len() > 64 {
         return None;
@@ -275,12 +278,11 @@ fn meant<'n>(key: &str, missing: &'n [String]) -> Option<&'n str> {
             .collect()
     };
     let key = squashed(key);
-    missing
-        .iter()
+    asked
         .map(|name| (name, strsim::osa_distance(&key, &squashed(name))))
         .filter(|&(name, distance)| distance == 0 || (distance <= 2 && distance * 3 <= name.len()))
         .min_by_key(|&(_, distance)| distance)
-        .map(|(name, _)| name.as_str())
+        .map(|(name, _)| name)
 }
 
 /// A field name the client sent, as an error names it: control characters escaped (`\u{0}`)
@@ -415,8 +417,12 @@ mod tests {
                 unknown("inner.A", Some("a"))
             ]
         );
-        // A name given is not suggested again, nor one too far from the key.
-        assert_eq!(messages(json!({"name": "x", "Name": "y"})), [unknown("Name", None)]);
+        // A name given too (as a PATCH merges the key into the stored document), but not
+        // one too far from the key.
+        assert_eq!(
+            messages(json!({"name": "x", "Name": "y"})),
+            [unknown("Name", Some("name"))]
+        );
         assert_eq!(messages(json!({"name": "x", "zzz": 1})), [unknown("zzz", None)]);
         let long = "n".repeat(65);
         assert_eq!(

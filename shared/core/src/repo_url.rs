@@ -471,8 +471,14 @@ pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceR
     if let Some((count, page)) = page_of(host, provider, &segments) {
         let use_instead = match page {
             Page::Project(rest) => format!("{}{rest}", parts.repository_url(count)),
-            // The group's own path, after `groups/`.
-            Page::Group => format!("{}/<project>", parts.url_of(segments.get(1..count).unwrap_or_default())),
+            // The group's own path, after `groups/`, without a `.git` pasted after it.
+            Page::Group => {
+                let mut group = segments.get(1..count).unwrap_or_default().to_vec();
+                if let Some(last) = group.last_mut() {
+                    *last = strip_git_suffixes(last);
+                }
+                format!("{}/<project>", parts.url_of(&group))
+            }
             _ => parts.repository_url(count),
         };
         return Err(RepoUrlError::NotARepository { page, use_instead });
@@ -1626,6 +1632,11 @@ mod tests {
             (
                 "https://gitlab.example.com/groups/acme/-/settings",
                 "https://gitlab.example.com/acme/<project>",
+                GROUP,
+            ),
+            (
+                "https://gitlab.example.com/groups/acme/platform.git",
+                "https://gitlab.example.com/acme/platform/<project>",
                 GROUP,
             ),
             (

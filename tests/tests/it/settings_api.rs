@@ -163,6 +163,19 @@ async fn service_lifecycle(api: Api) {
     assert_eq!(r.body["auto_deploy"], false);
     assert_eq!(r.body["deployment_restrictions"], json!([]));
     assert_eq!(r.body["version"], 3);
+    // A misspelt field of a PATCH meets the stored document, which has the one meant.
+    let r = api
+        .call(Method::PATCH, path, Some(ADMIN), Some(json!({"autodeploy": true})))
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["message"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("autodeploy: is not a known field here; perhaps `auto_deploy`.")
+        ),
+        "{}",
+        r.body
+    );
     let patch = json!({"git_repository": {"branch": "release/*"}});
     let r = api.call(Method::PATCH, path, Some(ADMIN), Some(patch)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

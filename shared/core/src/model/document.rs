@@ -346,7 +346,7 @@ fn read_deploy_target(f: &mut Fields<'_>) -> Option<DeployTarget> {
     }
     if let Some(external_id) = &external_id {
         if external_id.is_empty() {
-            f.error("external_id", "must not be empty; send null when the target needs none");
+            f.error("external_id", "must not be empty: send the id the target knows the service by (a QOVERY target needs its Qovery id), or null");
         } else if external_id.chars().count() > MAX_TEXT {
             f.error("external_id", format!("must be at most {MAX_TEXT} characters long"));
         } else if external_id.chars().any(char::is_control) {
