@@ -101,6 +101,19 @@ fn container_body() -> Value {
     service_document("container")
 }
 
+/// A 400 for a body with `autodeploy`, suggesting the field meant.
+fn assert_suggests_auto_deploy(r: &Reply) {
+    assert_eq!(
+        (r.status, r.body["error"]["message"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("autodeploy: is not a known field here; perhaps `auto_deploy`.")
+        ),
+        "{}",
+        r.body
+    );
+}
+
 /// `body` merged with the JSON merge patch `patch`.
 fn patched(mut body: Value, patch: &Value) -> Value {
     json_patch::merge(&mut body, patch);
@@ -167,15 +180,7 @@ async fn service_lifecycle(api: Api) {
     let r = api
         .call(Method::PATCH, path, Some(ADMIN), Some(json!({"autodeploy": true})))
         .await;
-    assert_eq!(
-        (r.status, r.body["error"]["message"].as_str()),
-        (
-            StatusCode::BAD_REQUEST,
-            Some("autodeploy: is not a known field here; perhaps `auto_deploy`.")
-        ),
-        "{}",
-        r.body
-    );
+    assert_suggests_auto_deploy(&r);
     let patch = json!({"git_repository": {"branch": "release/*"}});
     let r = api.call(Method::PATCH, path, Some(ADMIN), Some(patch)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
@@ -724,15 +729,7 @@ async fn every_validation_rule_names_its_field() {
     // A misspelt field says which one was meant, in its detail and in the message.
     let misspelt = patched(app_body(), &json!({"auto_deploy": null, "autodeploy": true}));
     let r = api.put_service("acme", "api", misspelt).await;
-    assert_eq!(
-        (r.status, r.body["error"]["message"].as_str()),
-        (
-            StatusCode::BAD_REQUEST,
-            Some("autodeploy: is not a known field here; perhaps `auto_deploy`.")
-        ),
-        "{}",
-        r.body
-    );
+    assert_suggests_auto_deploy(&r);
 
     // The valid forms are accepted: a container, a job on git, a job on an image.
     assert_eq!(
