@@ -115,7 +115,16 @@ impl CompiledTagPolicy {
                     return Some(TagRefusal::NotAVersion);
                 };
                 if !req.matches(&new) {
-                    if !new.pre.is_empty() {
+                    // The pre-release rule explains the refusal only when no comparator names a
+                    // pre-release of that version: with one (`>=1.4.0-0 <1.4.0-rc.3`), another
+                    // comparator is what refuses it.
+                    let named = req.comparators.iter().any(|c| {
+                        !c.pre.is_empty()
+                            && c.major == new.major
+                            && c.minor == Some(new.minor)
+                            && c.patch == Some(new.patch)
+                    });
+                    if !new.pre.is_empty() && !named {
                         return Some(TagRefusal::PreReleaseNotTaken {
                             release: (new.major, new.minor, new.patch),
                         });
@@ -404,6 +413,18 @@ mod tests {
             assert_eq!(compiled.refusal(Some("1.3.0"), tag), refusal, "{tag}");
             assert_eq!(compiled.accepts(Some("1.3.0"), tag), refusal.is_none(), "{tag}");
         }
+        // A range that names a pre-release of the version refuses others by its bounds.
+        let bounded = TagPolicy::Semver {
+            range: ">=1.4.0-0 <1.4.0-rc.3".into(),
+        }
+        .compile()
+        .unwrap();
+        assert_eq!(bounded.refusal(None, "1.4.0-rc.5"), Some(TagRefusal::NotTaken));
+        assert_eq!(bounded.refusal(None, "1.4.0-rc.2"), None);
+        assert_eq!(
+            bounded.refusal(None, "1.5.0-rc.1"),
+            Some(TagRefusal::PreReleaseNotTaken { release: (1, 5, 0) })
+        );
         let phrase = |policy: &TagPolicy, refusal| policy.refusal_phrase(refusal, Some("1.3.0"));
         assert_eq!(
             phrase(&range, Some(TagRefusal::NotTaken)),
