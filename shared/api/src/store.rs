@@ -382,7 +382,7 @@ impl Refusal {
             n => format!(", and {n} others"),
         };
         Refusal::Conflict(format!(
-            "A {} target needs each service naming it to give deploy_target.external_id, the id of the service there (a UUID), and services naming this one do not ({}{others}): give them their external_id, or point their deploy_target elsewhere, first. The target was not changed.",
+            "A {} target needs each service naming it to give deploy_target.external_id, the id of the service there (letters, digits, `-`, `_` and `.`), and services naming this one do not ({}{others}): give them their external_id, or point their deploy_target elsewhere, first. The target was not changed.",
             kind.as_str(),
             named.join(", ")
         ))

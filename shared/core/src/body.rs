@@ -390,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn a_misspelt_field_suggests_the_one_left_out() {
+    fn a_misspelt_field_suggests_the_one_meant() {
         let messages = |value: Value| match read_document::<Outer>(&value) {
             Err(DocumentError::Invalid(errors)) => errors.into_iter().map(|e| (e.field, e.message)).collect::<Vec<_>>(),
             other => panic!("{other:?}"),

@@ -290,7 +290,7 @@ async fn engine(store: &dyn Store) -> StoredTarget {
 
 /// A service write checks the type of the target it names in its own write, whatever its
 /// caller checked before: a target that became `QOVERY` (no service named it then) refuses a
-/// service without an `external_id`, or with one that is no Qovery id, and nothing is stored.
+/// service without an `external_id`, or with one that is not one id, and nothing is stored.
 async fn a_service_write_checks_its_targets_type(store: TestStore) {
     let store: &dyn Store = &*store;
     crate::aws_dispatcher::put_webhook_target(store, "engine", "https://deploy.example.com/hook").await;
@@ -301,8 +301,8 @@ async fn a_service_write_checks_its_targets_type(store: TestStore) {
         .expect("put_target")
         .expect("no service names the target: its type may change");
 
-    // Without an id, or with one that is no Qovery id (a UUID).
-    for external_id in [None, Some("api-prod")] {
+    // Without an id, or with a placeholder for one.
+    for external_id in [None, Some("<the Qovery service id>")] {
         let refused = store
             .put_service(
                 &StoredService::new(naming_engine(external_id), new_etag()),

@@ -400,14 +400,10 @@ async fn services_name_existing_targets(api: Api) {
     );
     let r = put(&api, "engine", json!({"type": "QOVERY", "token": "qov_token"})).await;
     assert_eq!(r.status, StatusCode::CREATED);
-    // Qovery needs the Qovery service id: a UUID, not a placeholder left in.
+    // Qovery needs the Qovery service id: one id, not a placeholder left in.
     let r = api.put_service("acme", "api", service("engine", Value::Null)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
-    for not_an_id in [
-        "<the Qovery service id>",
-        "api-prod",
-        "0b1c2d3e5f604a7b8c9d0e1f2a3b4c5d",
-    ] {
+    for not_an_id in ["<the Qovery service id>", "my service", "acme/api", "id?x"] {
         let r = api
             .put_service("acme", "api", service("engine", json!(not_an_id)))
             .await;
@@ -418,7 +414,7 @@ async fn services_name_existing_targets(api: Api) {
             r.body
         );
         assert!(
-            r.body["error"]["message"].as_str().unwrap().contains("UUID"),
+            r.body["error"]["message"].as_str().unwrap().contains("Qovery console"),
             "{}",
             r.body
         );
@@ -564,12 +560,12 @@ async fn a_type_change_keeps_naming_services_deliverable(api: Api) {
         let r = api.put_service("acme", id, service(Value::Null)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
-    // One that gives a Qovery id is not in the way; one whose id is no Qovery id is.
+    // One that gives an id is not in the way; one whose id is a placeholder is.
     let r = api
         .put_service("acme", "has-id", service(json!("0b1c2d3e-5f60-4a7b-8c9d-0e1f2a3b4c5d")))
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let r = api.put_service("acme", "svc-8", service(json!("hook-name"))).await;
+    let r = api.put_service("acme", "svc-8", service(json!("<hook name>"))).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
 
     let qovery = json!({"type": "QOVERY", "token": "qov_token"});

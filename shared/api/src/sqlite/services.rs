@@ -141,7 +141,7 @@ impl ServiceStore for SqliteStore {
         let row = ServiceRow::of(service)?;
         let (org, id) = (service.organization_id.clone(), service.id.clone());
         let target = service.spec.deploy_target.as_ref().map(|named| named.target_id.clone());
-        // A service without an `external_id`, or with one that is no Qovery id, fits only some
+        // A service without an `external_id`, or with one that is not one id, fits only some
         // types of target: the type of the one it names is read in the write, whose spec is
         // sealed.
         let unfit_somewhere = service
@@ -346,10 +346,10 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(store.get_service("acme", "api").await.unwrap(), None);
-        // Nor with an id that is no Qovery id.
+        // Nor with a placeholder for one.
         let refused = store
             .put_service(
-                &StoredService::new(service(Some("q-1")), "s1".to_owned()),
+                &StoredService::new(service(Some("<the Qovery service id>")), "s1".to_owned()),
                 Expected::Absent,
                 limits,
             )

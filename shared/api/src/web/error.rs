@@ -92,7 +92,7 @@ impl ApiError {
         Self::invalid_field(
             "deploy_target.external_id",
             format!(
-                "must be the id of the service there for a {} target: a UUID such as `{QOVERY_ID_EXAMPLE}`, from the service's URL in the Qovery console",
+                "must be the id of the service there for a {} target: letters, digits, `-`, `_` and `.`, such as the UUID `{QOVERY_ID_EXAMPLE}` in the service's URL in the Qovery console",
                 kind.as_str()
             ),
         )
@@ -285,7 +285,7 @@ mod tests {
             err.details,
             vec![FieldError::new(
                 "deploy_target.external_id",
-                "must be the id of the service there for a QOVERY target: a UUID such as `0f8b8c1e-4d2a-4b7f-9a6e-3c2d1b0a9f8e`, from the service's URL in the Qovery console"
+                "must be the id of the service there for a QOVERY target: letters, digits, `-`, `_` and `.`, such as the UUID `0f8b8c1e-4d2a-4b7f-9a6e-3c2d1b0a9f8e` in the service's URL in the Qovery console"
             )]
         );
     }

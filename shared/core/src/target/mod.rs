@@ -63,12 +63,13 @@ impl TargetType {
     }
 
     /// Whether a service naming a target of this type may give `external_id`: a `QOVERY`
-    /// target needs one, and Qovery's ids are UUIDs (`0f8b8c1e-4d2a-4b7f-9a6e-3c2d1b0a9f8e`),
-    /// so a placeholder or a name is refused when written rather than by Qovery at the first
-    /// attempt; other types take any.
+    /// target needs one, a path segment of Qovery's API, so it is an id of letters, digits,
+    /// `-`, `_` and `.` (Qovery's are UUIDs): a pasted placeholder (`<the Qovery service id>`)
+    /// or a sentence is refused when written rather than by Qovery at the first attempt.
+    /// Other types take any.
     pub fn accepts_external_id(self, external_id: Option<&str>) -> bool {
         match self {
-            TargetType::Qovery => external_id.is_some_and(is_hyphenated_uuid),
+            TargetType::Qovery => external_id.is_some_and(is_plain_id),
             TargetType::Webhook | TargetType::GithubActions => true,
         }
     }
@@ -80,13 +81,14 @@ pub const QOVERY_ID_EXAMPLE: &str = "0f8b8c1e-4d2a-4b7f-9a6e-3c2d1b0a9f8e";
 /// Every type of target.
 pub const TARGET_TYPES: [TargetType; 3] = [TargetType::Webhook, TargetType::Qovery, TargetType::GithubActions];
 
-/// `8-4-4-4-12` hexadecimal digits, as Qovery writes its ids (either case).
-fn is_hyphenated_uuid(text: &str) -> bool {
-    text.len() == 36
-        && text.char_indices().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        })
+/// Letters, digits, `-`, `_` and `.`, and not `.` or `..`: an id that is one path segment as
+/// written.
+fn is_plain_id(text: &str) -> bool {
+    !text.is_empty()
+        && !matches!(text, "." | "..")
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A secret or token: stored and sent, never shown. `Debug` prints no part of it; only

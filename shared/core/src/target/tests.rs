@@ -528,3 +528,33 @@ fn a_kept_token_never_follows_a_new_address() {
         vec!["id", "token"]
     );
 }
+
+#[test]
+fn a_qovery_target_takes_one_id_as_external_id() {
+    let qovery = |id: Option<&str>| TargetType::Qovery.accepts_external_id(id);
+    for id in [
+        QOVERY_ID_EXAMPLE,
+        "0F8B8C1E-4D2A-4B7F-9A6E-3C2D1B0A9F8E",
+        "app-1",
+        "api_prod.2",
+    ] {
+        assert!(qovery(Some(id)), "{id}");
+    }
+    for id in [
+        "<the Qovery service id>",
+        "my service",
+        "acme/api",
+        "id?x",
+        "",
+        ".",
+        "..",
+    ] {
+        assert!(!qovery(Some(id)), "{id}");
+    }
+    assert!(!qovery(None));
+    for kind in [TargetType::Webhook, TargetType::GithubActions] {
+        for id in [None, Some("<anything at all>"), Some("a/b")] {
+            assert!(kind.accepts_external_id(id), "{kind:?} {id:?}");
+        }
+    }
+}

@@ -71,7 +71,7 @@ impl DynamoStore {
 
     /// What a service write naming `named` holds under: the etag of the target as read when
     /// its type must be checked (the service's `external_id` does not fit every type: none, or
-    /// no Qovery id), `None` otherwise (the target's existence is all).
+    /// not one id), `None` otherwise (the target's existence is all).
     /// [`StoreError::TargetMissing`] without the target, [`StoreError::TargetUnfit`] when the
     /// service does not fit its type.
     pub(super) async fn target_to_pin(&self, org: &str, named: &DeployTarget) -> StoreResult<Option<String>> {
