@@ -334,30 +334,21 @@ mod tests {
             updated_at: "2026-11-26T12:00:00Z".to_owned(),
         };
         let limits = TenantLimits::default();
-        let refused = store
-            .put_service(
-                &StoredService::new(service(None), "s1".to_owned()),
-                Expected::Absent,
-                limits,
-            )
-            .await;
-        assert!(
-            matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
-            "{refused:?}"
-        );
-        assert_eq!(store.get_service("acme", "api").await.unwrap(), None);
-        // Nor with a placeholder for one.
-        let refused = store
-            .put_service(
-                &StoredService::new(service(Some("<the Qovery service id>")), "s1".to_owned()),
-                Expected::Absent,
-                limits,
-            )
-            .await;
-        assert!(
-            matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
-            "{refused:?}"
-        );
+        // Without an id, or with a placeholder for one.
+        for external_id in [None, Some("<the Qovery service id>")] {
+            let refused = store
+                .put_service(
+                    &StoredService::new(service(external_id), "s1".to_owned()),
+                    Expected::Absent,
+                    limits,
+                )
+                .await;
+            assert!(
+                matches!(refused, Err(StoreError::TargetUnfit(TargetType::Qovery))),
+                "{external_id:?}: {refused:?}"
+            );
+            assert_eq!(store.get_service("acme", "api").await.unwrap(), None);
+        }
         store
             .put_service(
                 &StoredService::new(
