@@ -1232,6 +1232,11 @@ def deployments_and_consumers(c):
            expect=403)
     c.call("result, no token", "POST", f"{A}/result", token=None, json_body={"status": "SUCCEEDED"}, expect=401)
     c.call("GET a deployment with its result", "GET", A, expect=200)
+    c.call("redeploy, consume token", "POST", f"{A}/redeploy", token=consume, expect=403)
+    c.call("redeploy, a query parameter", "POST", f"{A}/redeploy", params={"dry_run": "true"}, expect=400)
+    c.call("redeploy a delivered deployment", "POST", f"{A}/redeploy", expect=202)
+    c.call("redeploy it again: no longer the newest", "POST", f"{A}/redeploy", expect=409)
+    c.call("redeploy, no token", "POST", f"{A}/redeploy", token=None, expect=401)
 
     b = leased[1]
     B = f"{D}/{b['deployment_id']}"
@@ -1258,6 +1263,7 @@ def deployments_and_consumers(c):
            expect=404)
     c.call("result, id not hex", "POST", f"{D}/nothex/result", token=consume, json_body={"status": "SUCCEEDED"},
            expect=404)
+    c.call("redeploy an unknown deployment", "POST", f"{U}/redeploy", expect=404)
     if waiting:
         c.call("result of a QUEUED deployment", "POST", f"{D}/{waiting[0]['deployment_id']}/result", token=consume,
                json_body={"status": "FAILED", "message": "line 1\nline 2"}, expect=200)

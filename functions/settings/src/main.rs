@@ -1,8 +1,9 @@
 //! The `settings` Lambda function: services, webhook secrets, tokens and the deployment log,
 //! on DynamoDB, behind API Gateway (HTTP API, payload format 2.0).
 //!
-//! Its routes record and send no deployments, so it has no queue: it neither needs
-//! `AUTODEPLOY_QUEUE_URL` nor holds any SQS permission.
+//! It sends no deployments, so it has no queue: it neither needs `AUTODEPLOY_QUEUE_URL` nor
+//! holds any SQS permission. The one deployment its routes record, a redeploy, stays `PENDING`
+//! until the relay sends it.
 
 use autodeploy_api::aws;
 use autodeploy_api::aws::lambda_events::check_runtime_environment;

@@ -60,7 +60,7 @@ pub async fn record_and_send(
         .filter(|(_, o)| matches!(o, Outcome::Recorded(DeploymentStatus::Pending)))
         .map(|(i, _)| i)
         .collect();
-    if pending.is_empty() {
+    if pending.is_empty() || !queue.sends() {
         return Ok(outcomes);
     }
     // A service whose older deployment is still PENDING because the queue failed it (not one

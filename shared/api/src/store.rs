@@ -193,6 +193,11 @@ pub enum Guard {
         expected: String,
         updated: Box<StoredService>,
     },
+    /// A deployment made again (a redeploy): the service must still be as it was read, entity
+    /// tag `etag` and last push `last_push`, so that no push, new tag or settings write came
+    /// between the check that the deployment was the service's newest and this write. Nothing
+    /// of the service changes.
+    StillAsRead { etag: String, last_push: Option<String> },
 }
 
 /// How long a service remembers the pushes it queued (SPEC: 30 days).
@@ -652,17 +657,27 @@ pub trait DeploymentQueue: Send + Sync {
     /// Send each request; one result per request, in order. Sending the same deployment id
     /// twice is harmless: consumers and FIFO deduplication drop repeats.
     async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>>;
+
+    /// Whether this queue sends at all; one that does not leaves what is recorded `PENDING`
+    /// for the relay, without trying.
+    fn sends(&self) -> bool {
+        true
+    }
 }
 
-/// For a function that sends no deployments (`settings`: its routes record none), so that it
-/// needs no queue. Should a route ever send through it, every request fails to send and its
-/// deployments stay `PENDING`, recorded, for the relay: nothing is lost.
+/// For a function that sends no deployments (`settings`: a redeploy is the one deployment its
+/// routes record), so that it needs no queue nor SQS client: what it records stays `PENDING`,
+/// and the relay sends it within a minute. Nothing is lost.
 pub struct NoQueue;
 
 #[async_trait]
 impl DeploymentQueue for NoQueue {
     async fn send(&self, requests: &[DeploymentRequest]) -> Vec<Result<(), QueueError>> {
         refuse_all(requests, "this function sends no deployments")
+    }
+
+    fn sends(&self) -> bool {
+        false
     }
 }
 

@@ -29,6 +29,18 @@ pub fn rfc3339_unix(time: &str) -> Option<i64> {
         .map(OffsetDateTime::unix_timestamp)
 }
 
+/// Whether a service created at `created_at` came after a deployment requested at
+/// `requested_at`: then it is another service of the same id, the one the deployment was for
+/// having been deleted. Both are whole seconds: within the same second it cannot be told, and
+/// it is taken as not after, so a deployment of the new service is never taken for the old
+/// one's.
+pub fn created_after(created_at: &str, requested_at: &str) -> bool {
+    match (rfc3339_unix(created_at), rfc3339_unix(requested_at)) {
+        (Some(created), Some(requested)) => created > requested,
+        _ => false,
+    }
+}
+
 pub fn now_unix() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }

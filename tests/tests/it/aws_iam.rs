@@ -6,6 +6,9 @@
 //! the table or the index, the queue, and the conditions the template uses
 //! (`dynamodb:LeadingKeys`, `dynamodb:Select`).
 
+use std::sync::Arc;
+
+use autodeploy_api::store::NoQueue;
 use autodeploy_tests::fault_proxy::{Fault, FaultProxy, FaultyAws, action};
 use autodeploy_tests::{ADMIN, Api, GITHUB_REPO, Reply, WEBHOOK_SECRET, fixture_json, provider_headers};
 use http::{Method, StatusCode};
@@ -397,7 +400,7 @@ async fn every_call_of_each_function_is_one_its_role_allows() {
     assert_eq!(aws.relay().await.sent, 1);
     assert!(recorder.check("RelayRole", "the relay") > 0);
 
-    // settings: each kind of resource, the lists, an engine's report.
+    // settings: each kind of resource, the lists, an engine's report, a redeploy.
     let deployment = api.deployments("acme").await[0]["deployment_id"]
         .as_str()
         .unwrap()
@@ -405,6 +408,7 @@ async fn every_call_of_each_function_is_one_its_role_allows() {
     recorder.check("SettingsRole", "listing deployments");
     let one = format!("/organization/acme/deployments/{deployment}");
     let report = format!("{one}/result");
+    let redeploy = format!("{one}/redeploy");
     let target = json!({"type": "WEBHOOK", "url": "https://deploy.example.com/hook"});
     for (what, method, path, body) in [
         ("a target", Method::PUT, "/organization/acme/targets/hook", Some(target)),
@@ -456,6 +460,16 @@ async fn every_call_of_each_function_is_one_its_role_allows() {
     api.set_secret_to("acme", "gitlab", "a-gitlab-token-long-enough-to-be-one")
         .await;
     assert!(recorder.check("SettingsRole", "a secret set") > 0);
+
+    // The reported deployment made again, through the settings function as it is deployed,
+    // without a queue: recorded PENDING, then sent by the relay.
+    let settings = Api::on(aws.store.clone(), Arc::new(NoQueue));
+    let r = settings.call(Method::POST, &redeploy, Some(ADMIN), None).await;
+    ok(&r, "a redeploy");
+    assert_eq!(r.body["status"], "PENDING", "{}", r.body);
+    assert!(recorder.check("SettingsRole", "a redeploy") > 0);
+    assert_eq!(aws.relay().await.sent, 1);
+    assert!(recorder.check("RelayRole", "the relay of a redeploy") > 0);
 
     assert!(recorder.refused.is_empty(), "{:#?}", recorder.refused);
 }

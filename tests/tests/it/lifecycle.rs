@@ -1967,3 +1967,136 @@ async fn dynamo_finished_deployments_expire_after_the_retention() {
         "a waiting deployment expires as finished"
     );
 }
+
+on_both_stores! {
+    a_failed_deployment_is_made_again_as_a_new_one, only_a_services_newest_finished_deployment_is_made_again,
+}
+
+async fn redeploy(api: &Api, token: &str, id: &str) -> Reply {
+    api.call(
+        Method::POST,
+        &format!("/organization/acme/deployments/{id}/redeploy"),
+        Some(token),
+        None,
+    )
+    .await
+}
+
+/// A deployment that failed for good (its target was down) is made again once the target is
+/// fixed: a new deployment of the same tag, waiting where the service's deployments go.
+async fn a_failed_deployment_is_made_again_as_a_new_one(api: Api) {
+    service(&api, "acme", "api").await;
+    let id = deploy(&api, "acme", "api", "1.0").await;
+    assert!(matches!(
+        api.store.begin_attempt("acme", &id).await.unwrap(),
+        AttemptStart::Started(_)
+    ));
+    let failed = AttemptEnd::Failed {
+        error: "the target answered 400".to_owned(),
+    };
+    api.store.end_attempt("acme", &id, &failed).await.unwrap();
+    let before = get(&api, &id).await;
+    assert_eq!(before["status"], "FAILED", "{before}");
+
+    // Scope: manage. A consumer may not.
+    let consumer = consumer(&api, "acme").await;
+    redeploy(&api, &consumer, &id)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    let r = redeploy(&api, ADMIN, &id).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let again = r.body["deployment_id"].as_str().unwrap().to_owned();
+    assert_ne!(again, id);
+    assert_eq!(
+        r.headers.get("location").and_then(|v| v.to_str().ok()),
+        Some(format!("/organization/acme/deployments/{again}").as_str())
+    );
+    // The same request, made again: same tag, trigger and service; new id and time.
+    for field in [
+        "service_id",
+        "service_kind",
+        "environment_id",
+        "image_tag",
+        "git_commit_id",
+        "trigger",
+    ] {
+        assert_eq!(r.body[field], before[field], "{field}");
+    }
+    assert_eq!(r.body["image_tag"], "1.0");
+    assert_eq!(r.body["attempts"], 0);
+    assert!(r.body["last_error"].is_null(), "{}", r.body);
+    // As GET shows it, waiting (PENDING until sent, on AWS), and offered to its consumers.
+    let shown = get(&api, &again).await;
+    assert_eq!(shown["deployment_id"], again.as_str());
+    assert!(
+        ["QUEUED", "PENDING"].contains(&shown["status"].as_str().unwrap()),
+        "{shown}"
+    );
+    assert_eq!(status_of(&api, &id).await, "FAILED");
+
+    // Made again already: the failed one is no longer the newest.
+    redeploy(&api, ADMIN, &id)
+        .await
+        .assert_error(StatusCode::CONFLICT, "CONFLICT");
+    // Unknown, or no deployment id at all: 404.
+    redeploy(&api, ADMIN, &"0".repeat(32))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    redeploy(&api, ADMIN, "nope")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    // No query parameter: not even a dry run, which would be ignored.
+    let path = format!("/organization/acme/deployments/{again}/redeploy?dry_run=true");
+    let r = api.call(Method::POST, &path, Some(ADMIN), None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+}
+
+/// Only a finished deployment, and only its service's newest: one still waiting is under way,
+/// and an older one would roll the service back behind the tag that came after it.
+async fn only_a_services_newest_finished_deployment_is_made_again(api: Api) {
+    let token = consumer_of(&api, &["api"]).await;
+    let first = deploy(&api, "acme", "api", "1.0").await;
+    let r = redeploy(&api, ADMIN, &first).await;
+    r.assert_error(StatusCode::CONFLICT, "CONFLICT");
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains("QUEUED"),
+        "{}",
+        r.body
+    );
+
+    // Delivered (an engine reported it): made again.
+    let r = result(&api, &token, &first, json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = redeploy(&api, ADMIN, &first).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let again = r.body["deployment_id"].as_str().unwrap().to_owned();
+    let r = result(&api, &token, &again, json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // A newer tag since: the first one is not made again, the newest is named instead.
+    let newer = deploy(&api, "acme", "api", "2.0").await;
+    let r = redeploy(&api, ADMIN, &again).await;
+    r.assert_error(StatusCode::CONFLICT, "CONFLICT");
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains(&newer),
+        "{}",
+        r.body
+    );
+    assert_eq!(listed(&api, "service_id=api").await.len(), 3);
+
+    // Its service deleted: nothing to deploy it to.
+    let r = result(&api, &token, &newer, json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = api
+        .call(Method::DELETE, "/organization/acme/services/api", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = redeploy(&api, ADMIN, &newer).await;
+    r.assert_error(StatusCode::CONFLICT, "CONFLICT");
+    assert!(
+        r.body["error"]["message"].as_str().unwrap().contains("deleted"),
+        "{}",
+        r.body
+    );
+}

@@ -34,6 +34,7 @@ on_both_stores! {
     a_retried_attempt_begins_again, the_newest_waiting_deployment_wins, final_statuses_never_move,
     an_attempt_ends_only_in_progress, a_deployment_overtaken_by_a_finished_one_never_starts,
     a_service_write_checks_its_targets_type, a_change_of_type_and_an_unfit_service_never_both_pass,
+    record_with_still_as_read_guard,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -866,6 +867,64 @@ async fn a_reapply_after_a_rollback_queues(store: TestStore) {
     assert_eq!(record("a..a").await, RecordOutcome::GuardFailed);
     assert_eq!(record("a..a").await, RecordOutcome::GuardFailed);
     assert_eq!(all_deployments(store, "acme", None, 50).await.len(), 5);
+}
+
+/// A redeploy's guard: the service as read (entity tag, last push), changed by nothing of its
+/// own write; a push or a settings write in between fails it.
+async fn record_with_still_as_read_guard(store: TestStore) {
+    let store: &dyn Store = &*store;
+    let etag = create(store, &app("acme", "api", "github.com/acme/shop")).await;
+    let as_read = |etag: &str, last_push: Option<&str>| Guard::StillAsRead {
+        etag: etag.to_owned(),
+        last_push: last_push.map(str::to_owned),
+    };
+    let first = push_request("acme", "api");
+    recorded_status(
+        store
+            .record_deployment(&first, &as_read(&etag, None))
+            .await
+            .expect("record"),
+    );
+    // A push since: the last push no longer is the one read.
+    store
+        .record_deployment(&push_request("acme", "api"), &push("a..b"))
+        .await
+        .expect("record");
+    let stale = push_request("acme", "api");
+    assert_eq!(
+        store
+            .record_deployment(&stale, &as_read(&etag, None))
+            .await
+            .expect("record"),
+        RecordOutcome::GuardFailed
+    );
+    // Another entity tag: a settings write since.
+    assert_eq!(
+        store
+            .record_deployment(&stale, &as_read(&new_etag(), Some("a..b")))
+            .await
+            .expect("record"),
+        RecordOutcome::GuardFailed
+    );
+    let listed = all_deployments(store, "acme", Some("api"), 10).await;
+    assert!(!listed.iter().any(|d| d.request == stale), "nothing written");
+    recorded_status(
+        store
+            .record_deployment(&stale, &as_read(&etag, Some("a..b")))
+            .await
+            .expect("record"),
+    );
+    let got = stored(store, "acme", "api").await;
+    assert_eq!((got.etag, got.last_push.as_deref()), (etag, Some("a..b")), "unchanged");
+    assert_eq!(all_deployments(store, "acme", Some("api"), 10).await.len(), 3);
+    // No such service: nothing written.
+    assert_eq!(
+        store
+            .record_deployment(&push_request("acme", "gone"), &as_read("x", None))
+            .await
+            .expect("record"),
+        RecordOutcome::GuardFailed
+    );
 }
 
 async fn record_with_service_unchanged_guard(store: TestStore) {

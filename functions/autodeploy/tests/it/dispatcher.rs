@@ -412,6 +412,46 @@ fn a_410_fails_at_once_and_a_redirect_is_not_followed() {
     );
 }
 
+/// A deployment that failed for good against a broken target is made again once the target
+/// is fixed, and the dispatcher delivers the new one.
+#[test]
+fn a_failed_deployment_made_again_is_delivered_once_the_target_is_fixed() {
+    let hook = Receiver::start(|n| match n {
+        0 => Answer::Reply(410, Vec::new(), String::new()),
+        _ => Answer::Reply(202, Vec::new(), String::new()),
+    });
+    let server = launch().start();
+    put_target(&server, "hook", json!({"type": "WEBHOOK", "url": hook.url("/hook")}));
+    app(&server, "api", "hook", None);
+    let (status, answer) = server.github_push(GITHUB_SECRET, &commit(0), &commit(1));
+    assert_eq!(status, 202, "{answer}");
+    let failed = server.wait_for_deployments(ADMIN, |listed| listed.len() == 1 && listed[0]["status"] == "FAILED");
+    let failed_id = failed[0]["deployment_id"].as_str().unwrap().to_owned();
+
+    let (status, again) = server.call(
+        ADMIN,
+        "POST",
+        &format!("/organization/acme/deployments/{failed_id}/redeploy"),
+        None,
+    );
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["git_commit_id"], commit(1));
+    let listed = server.wait_for_deployments(ADMIN, |listed| {
+        listed.len() == 2 && listed.iter().any(|d| d["status"] == "DELIVERED")
+    });
+    let delivered = listed.iter().find(|d| d["status"] == "DELIVERED").unwrap();
+    assert_eq!(delivered["deployment_id"], again["deployment_id"]);
+    assert_eq!(delivered["attempts"], 1);
+    let sent: Vec<Value> = hook
+        .requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1]["deployment_id"], again["deployment_id"]);
+    assert_eq!(sent[1]["git_commit_id"], sent[0]["git_commit_id"]);
+}
+
 #[test]
 fn a_target_that_never_answers_times_out_and_is_retried() {
     let (receiver, _never) = held_first();

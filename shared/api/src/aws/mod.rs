@@ -66,7 +66,8 @@ pub async fn from_env() -> Result<AwsBackend, String> {
     })
 }
 
-/// The state of the `settings` function, whose routes send no deployments: the store named by
+/// The state of the `settings` function, whose routes send no deployments (a redeploy is
+/// recorded `PENDING`, for the relay): the store named by
 /// `AUTODEPLOY_TABLE`, the admin token source and the limits per organization
 /// (`AUTODEPLOY_MAX_SERVICES`), and no queue ([`crate::store::NoQueue`]), so it neither needs
 /// `AUTODEPLOY_QUEUE_URL` nor creates an SQS client at init.

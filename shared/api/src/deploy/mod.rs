@@ -7,6 +7,7 @@ pub mod consume;
 pub mod history;
 pub mod image;
 pub mod push;
+pub mod redeploy;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::store::{AttemptEnd, Store, StoreResult, StoredService};
-use crate::util::{now_unix, rfc3339_unix};
+use crate::util::{created_after, now_unix};
 use send::Sender;
 
 /// What one attempt came to, for logs and metrics.
@@ -166,16 +166,6 @@ impl Dispatcher {
                 },
             },
         )
-    }
-}
-
-/// Whether a service created at `created_at` came after a deployment requested at
-/// `requested_at`. Both are whole seconds: within the same second it cannot be told, and it is
-/// taken as not after, so a deployment of the new service is never taken for the old one's.
-fn created_after(created_at: &str, requested_at: &str) -> bool {
-    match (rfc3339_unix(created_at), rfc3339_unix(requested_at)) {
-        (Some(created), Some(requested)) => created > requested,
-        _ => false,
     }
 }
 

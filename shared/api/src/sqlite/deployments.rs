@@ -111,6 +111,16 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
             execute(conn, SET_LAST_PUSH, params![org, service_id, mark])?;
             Ok(Some(to_target))
         }
+        Guard::StillAsRead { etag, last_push } => conn
+            .prepare_cached(
+                "SELECT target_id IS NOT NULL FROM services
+                 WHERE org = ?1 AND id = ?2 AND etag = ?3 AND last_push IS ?4",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row(params![org, service_id, etag, last_push], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(unavailable),
         Guard::ServiceUnchanged { expected, updated } => {
             let row = ServiceRow::of(&updated.service)?;
             let changed = conn

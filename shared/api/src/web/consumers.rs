@@ -15,11 +15,11 @@ use serde::Serialize;
 
 use super::AppState;
 use super::auth::Consume;
-use super::deployments::{deployment_id, deployment_not_found};
+use super::deployments::{deployment_id, refused};
 use super::error::{ApiError, ApiResult};
 use super::extract::{NoQuery, PathParams, Valid, ValidOrDefault};
 use crate::deploy::consume;
-use crate::store::{LeaseRequest, Leased, PullQueue, Refusal};
+use crate::store::{LeaseRequest, Leased, PullQueue};
 use crate::util::now_rfc3339;
 
 /// The routes every deployment of the product serves.
@@ -185,13 +185,6 @@ fn pull(state: &AppState) -> ApiResult<&dyn PullQueue> {
             "This deployment has no pull interface: on AWS, consume the SQS queue (see Consuming deployments in the README).",
         )
     })
-}
-
-fn refused(refusal: Refusal, id: &str) -> ApiError {
-    match refusal {
-        Refusal::NotFound => deployment_not_found(id),
-        Refusal::Conflict(message) => ApiError::conflict(message),
-    }
 }
 
 /// A leased deployment: the deployment, and its lease.

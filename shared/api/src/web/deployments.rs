@@ -1,4 +1,5 @@
-//! `…/deployments`: the deployment log — what was queued, and where each deployment stands.
+//! `…/deployments`: the deployment log — what was queued, and where each deployment stands —
+//! and a finished deployment made again (`…/redeploy`).
 
 use std::convert::identity;
 
@@ -8,19 +9,25 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use http::StatusCode;
 
 use super::AppState;
 use super::auth::{Caller, Manage, Scope};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Org, PathParams, QueryParams, check_id};
+use super::extract::{NoQuery, Org, PathParams, QueryParams, check_id};
 use super::list::ListParams;
-use crate::store::DeploymentFilter;
+use crate::deploy::redeploy::redeploy;
+use crate::store::{DeploymentFilter, Refusal};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/organization/{org}/deployments", get(list_deployments))
         .route("/organization/{org}/deployments/{deployment_id}", get(get_deployment))
+        .route(
+            "/organization/{org}/deployments/{deployment_id}/redeploy",
+            post(redeploy_deployment),
+        )
 }
 
 /// `?service_id=&status=`, each checked.
@@ -58,6 +65,14 @@ pub fn deployment_id(path: &PathParams) -> ApiResult<&str> {
     }
 }
 
+/// A store's refusal about deployment `id`: 404, or 409 with its sentence.
+pub fn refused(refusal: Refusal, id: &str) -> ApiError {
+    match refusal {
+        Refusal::NotFound => deployment_not_found(id),
+        Refusal::Conflict(message) => ApiError::conflict(message),
+    }
+}
+
 pub fn deployment_not_found(id: &str) -> ApiError {
     let shown = if is_valid_deployment_id(id) { id } else { "with that id" };
     ApiError::not_found(format!("There is no deployment {shown} in this organization."))
@@ -79,4 +94,15 @@ async fn get_deployment(
         .await?
         .ok_or_else(|| deployment_not_found(id))?;
     Ok(Json(record).into_response())
+}
+
+/// `POST …/deployments/{deployment_id}/redeploy`: the deployment made again, as a new one of
+/// its service (202, with it; `Location` names it). It takes no body.
+async fn redeploy_deployment(Manage { state, org, .. }: Manage, _: NoQuery, path: PathParams) -> ApiResult<Response> {
+    let id = deployment_id(&path)?;
+    let record = redeploy(&state.deployer, &org, id)
+        .await?
+        .map_err(|refusal| refused(refusal, id))?;
+    let location = format!("/organization/{org}/deployments/{}", record.request.deployment_id);
+    Ok((StatusCode::ACCEPTED, [(http::header::LOCATION, location)], Json(record)).into_response())
 }

@@ -242,6 +242,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/organization/{org}/deployments", "settings"),
     ("GET", "/organization/{org}/deployments/{deployment_id}", "settings"),
     ("POST", "/organization/{org}/deployments/{deployment_id}/result", "settings"),
+    ("POST", "/organization/{org}/deployments/{deployment_id}/redeploy", "settings"),
     ("POST", "/organization/{org}/deployments/lease", "standalone"),
     ("POST", "/organization/{org}/deployments/{deployment_id}/ack", "standalone"),
     ("POST", "/organization/{org}/deployments/{deployment_id}/nack", "standalone"),

@@ -211,18 +211,26 @@ impl DynamoStore {
                     ));
                 }
                 Ok(vec![
-                    (
-                        self.action(
-                            Write::Update(service_key(org, &request.service_id), update),
-                            Some(condition),
-                            &e,
-                        )?,
-                        Verdict::GuardFailed,
-                    ),
+                    self.service_guard(org, &request.service_id, update, condition, &e)?,
                     (
                         self.push_mark_put(org, &request.service_id, mark, stage == Stage::Fresh)?,
                         Verdict::Reapply,
                     ),
+                    (self.deployment_put(request)?, Verdict::Exists),
+                ])
+            }
+            Guard::StillAsRead { etag, last_push } => {
+                // An update that sets what is there: a transaction checks a condition through
+                // an action on the item.
+                let mut e = Expr::default();
+                let update = format!("SET {}", e.equals(ETAG, "etag", s(etag)));
+                let last_push = match last_push {
+                    Some(mark) => e.equals(LAST_PUSH, "last_push", s(mark)),
+                    None => format!("attribute_not_exists({})", e.name(LAST_PUSH)),
+                };
+                let condition = format!("{} AND {last_push}", e.equals(ETAG, "etag", s(etag)));
+                Ok(vec![
+                    self.service_guard(org, &request.service_id, update, condition, &e)?,
                     (self.deployment_put(request)?, Verdict::Exists),
                 ])
             }
@@ -232,18 +240,25 @@ impl DynamoStore {
                 let update = service_update(service, &updated.etag, &mut e)?;
                 let condition = e.equals(ETAG, "expected", s(expected));
                 Ok(vec![
-                    (
-                        self.action(
-                            Write::Update(service_key(&service.organization_id, &service.id), update),
-                            Some(condition),
-                            &e,
-                        )?,
-                        Verdict::GuardFailed,
-                    ),
+                    self.service_guard(&service.organization_id, &service.id, update, condition, &e)?,
                     (self.deployment_put(request)?, Verdict::Exists),
                 ])
             }
         }
+    }
+
+    /// The update of the service's item under the guard's condition: the action whose failure
+    /// is the guard's.
+    fn service_guard(
+        &self,
+        org: &str,
+        service_id: &str,
+        update: String,
+        condition: String,
+        e: &Expr,
+    ) -> StoreResult<(TransactWriteItem, Verdict)> {
+        let action = self.action(Write::Update(service_key(org, service_id), update), Some(condition), e)?;
+        Ok((action, Verdict::GuardFailed))
     }
 
     /// The deployment's item, `PENDING` until the queue takes it.
@@ -401,7 +416,7 @@ fn groups(round: Vec<usize>, candidates: &[Candidate]) -> Vec<Vec<Entry<'_>>> {
 fn actions_per_candidate(guard: &Guard) -> usize {
     match guard {
         Guard::Push { .. } => PUSH_ACTIONS,
-        Guard::ServiceUnchanged { .. } => IMAGE_ACTIONS,
+        Guard::ServiceUnchanged { .. } | Guard::StillAsRead { .. } => IMAGE_ACTIONS,
     }
 }
 
