@@ -193,11 +193,16 @@ pub enum Guard {
         expected: String,
         updated: Box<StoredService>,
     },
-    /// A deployment made again (a redeploy): the service must still be as it was read, entity
-    /// tag `etag` and last push `last_push`, so that no push, new tag or settings write came
-    /// between the check that the deployment was the service's newest and this write. Nothing
-    /// of the service changes.
-    StillAsRead { etag: String, last_push: Option<String> },
+    /// Deployment `again` made again (a redeploy): the service must still be as it was read,
+    /// entity tag `etag` and last push `last_push`, so that no push, new tag or settings write
+    /// came between the check that `again` was the service's newest and this write; and
+    /// `again` must not have been made again meanwhile (two requests at once make it once).
+    /// The service's document does not change.
+    StillAsRead {
+        etag: String,
+        last_push: Option<String>,
+        again: String,
+    },
 }
 
 /// How long a service remembers the pushes it queued (SPEC: 30 days).

@@ -874,26 +874,39 @@ async fn a_reapply_after_a_rollback_queues(store: TestStore) {
 async fn record_with_still_as_read_guard(store: TestStore) {
     let store: &dyn Store = &*store;
     let etag = create(store, &app("acme", "api", "github.com/acme/shop")).await;
-    let as_read = |etag: &str, last_push: Option<&str>| Guard::StillAsRead {
+    let as_read = |etag: &str, last_push: &str, again: &str| Guard::StillAsRead {
         etag: etag.to_owned(),
-        last_push: last_push.map(str::to_owned),
+        last_push: Some(last_push.to_owned()),
+        again: again.to_owned(),
     };
     let first = push_request("acme", "api");
+    recorded_status(store.record_deployment(&first, &push("0..a")).await.expect("record"));
+    let x = first.deployment_id.as_str();
+
+    // Made again once: two requests that read the service before either wrote make one.
     recorded_status(
         store
-            .record_deployment(&first, &as_read(&etag, None))
+            .record_deployment(&push_request("acme", "api"), &as_read(&etag, "0..a", x))
             .await
             .expect("record"),
     );
-    // A push since: the last push no longer is the one read.
-    store
-        .record_deployment(&push_request("acme", "api"), &push("a..b"))
-        .await
-        .expect("record");
+    let twice = push_request("acme", "api");
+    assert_eq!(
+        store
+            .record_deployment(&twice, &as_read(&etag, "0..a", x))
+            .await
+            .expect("record"),
+        RecordOutcome::GuardFailed
+    );
+
+    // A push since: the last push is no longer the one read.
+    let pushed = push_request("acme", "api");
+    recorded_status(store.record_deployment(&pushed, &push("a..b")).await.expect("record"));
+    let y = pushed.deployment_id.as_str();
     let stale = push_request("acme", "api");
     assert_eq!(
         store
-            .record_deployment(&stale, &as_read(&etag, None))
+            .record_deployment(&stale, &as_read(&etag, "0..a", y))
             .await
             .expect("record"),
         RecordOutcome::GuardFailed
@@ -901,26 +914,29 @@ async fn record_with_still_as_read_guard(store: TestStore) {
     // Another entity tag: a settings write since.
     assert_eq!(
         store
-            .record_deployment(&stale, &as_read(&new_etag(), Some("a..b")))
+            .record_deployment(&stale, &as_read(&new_etag(), "a..b", y))
             .await
             .expect("record"),
         RecordOutcome::GuardFailed
     );
     let listed = all_deployments(store, "acme", Some("api"), 10).await;
-    assert!(!listed.iter().any(|d| d.request == stale), "nothing written");
+    assert!(
+        !listed.iter().any(|d| d.request == stale || d.request == twice),
+        "nothing written"
+    );
     recorded_status(
         store
-            .record_deployment(&stale, &as_read(&etag, Some("a..b")))
+            .record_deployment(&stale, &as_read(&etag, "a..b", y))
             .await
             .expect("record"),
     );
     let got = stored(store, "acme", "api").await;
     assert_eq!((got.etag, got.last_push.as_deref()), (etag, Some("a..b")), "unchanged");
-    assert_eq!(all_deployments(store, "acme", Some("api"), 10).await.len(), 3);
+    assert_eq!(all_deployments(store, "acme", Some("api"), 10).await.len(), 4);
     // No such service: nothing written.
     assert_eq!(
         store
-            .record_deployment(&push_request("acme", "gone"), &as_read("x", None))
+            .record_deployment(&push_request("acme", "gone"), &as_read("x", "0..a", x))
             .await
             .expect("record"),
         RecordOutcome::GuardFailed

@@ -70,6 +70,7 @@ pub async fn redeploy(
         guard: Guard::StillAsRead {
             etag: service.etag,
             last_push: service.last_push,
+            again: id.to_owned(),
         },
     };
     let candidates: Arc<[Candidate]> = Arc::from(vec![candidate]);

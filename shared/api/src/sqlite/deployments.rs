@@ -111,13 +111,16 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
             execute(conn, SET_LAST_PUSH, params![org, service_id, mark])?;
             Ok(Some(to_target))
         }
-        Guard::StillAsRead { etag, last_push } => conn
+        // In the writer's transaction: nothing newer than `again` can come in between.
+        Guard::StillAsRead { etag, last_push, again } => conn
             .prepare_cached(
                 "SELECT target_id IS NOT NULL FROM services
-                 WHERE org = ?1 AND id = ?2 AND etag = ?3 AND last_push IS ?4",
+                 WHERE org = ?1 AND id = ?2 AND etag = ?3 AND last_push IS ?4
+                 AND NOT EXISTS (SELECT 1 FROM deployments
+                                 WHERE org = ?1 AND service_id = ?2 AND id > ?5)",
             )
             .and_then(|mut stmt| {
-                stmt.query_row(params![org, service_id, etag, last_push], |r| r.get(0))
+                stmt.query_row(params![org, service_id, etag, last_push, again], |r| r.get(0))
                     .optional()
             })
             .map_err(unavailable),

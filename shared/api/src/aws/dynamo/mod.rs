@@ -75,6 +75,8 @@ const ETAG: &str = "etag";
 const LAST_PUSH: &str = "last_push";
 /// The `after` of the service's last queued push (the replay rule compares a push's `before`).
 const CURRENT_COMMIT: &str = "current_commit";
+/// The deployment of the service last made again (a redeploy), which is made again once.
+const MADE_AGAIN: &str = "made_again";
 const UPDATED_AT: &str = "updated_at";
 const ATTEMPTS: &str = "attempts";
 const LAST_ERROR: &str = "last_error";

@@ -219,16 +219,21 @@ impl DynamoStore {
                     (self.deployment_put(request)?, Verdict::Exists),
                 ])
             }
-            Guard::StillAsRead { etag, last_push } => {
-                // An update that sets what is there: a transaction checks a condition through
-                // an action on the item.
+            Guard::StillAsRead { etag, last_push, again } => {
+                // The service remembers the deployment last made again: a second request for
+                // the same one, which read the service before the first wrote, fails.
                 let mut e = Expr::default();
-                let update = format!("SET {}", e.equals(ETAG, "etag", s(etag)));
+                let update = format!("SET {}", e.equals(MADE_AGAIN, "again", s(again)));
                 let last_push = match last_push {
                     Some(mark) => e.equals(LAST_PUSH, "last_push", s(mark)),
                     None => format!("attribute_not_exists({})", e.name(LAST_PUSH)),
                 };
-                let condition = format!("{} AND {last_push}", e.equals(ETAG, "etag", s(etag)));
+                let condition = format!(
+                    "{} AND {last_push} AND (attribute_not_exists({made_again}) OR {made_again} <> {})",
+                    e.equals(ETAG, "etag", s(etag)),
+                    e.value("again", s(again)),
+                    made_again = e.name(MADE_AGAIN),
+                );
                 Ok(vec![
                     self.service_guard(org, &request.service_id, update, condition, &e)?,
                     (self.deployment_put(request)?, Verdict::Exists),
