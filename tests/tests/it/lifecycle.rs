@@ -1970,6 +1970,7 @@ async fn dynamo_finished_deployments_expire_after_the_retention() {
 
 on_both_stores! {
     a_failed_deployment_is_made_again_as_a_new_one, only_a_services_newest_finished_deployment_is_made_again,
+    a_deployment_is_made_again_only_while_its_service_runs_it,
 }
 
 async fn redeploy(api: &Api, token: &str, id: &str) -> Reply {
@@ -2099,4 +2100,51 @@ async fn only_a_services_newest_finished_deployment_is_made_again(api: Api) {
         "{}",
         r.body
     );
+}
+
+/// Made again only while the service still runs what the deployment deployed (its settings
+/// are the desired state), and sorted right after it, so that a deployment recorded after it
+/// stays the newest; a body, which might ask for something else, is refused.
+async fn a_deployment_is_made_again_only_while_its_service_runs_it(api: Api) {
+    let token = consumer_of(&api, &["api"]).await;
+    let x = deploy(&api, "acme", "api", "1.0").await;
+    let r = result(&api, &token, &x, json!({"status": "SUCCEEDED"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let path = format!("/organization/acme/deployments/{x}/redeploy");
+
+    // A body is refused, whatever it asks for.
+    let r = api
+        .call(Method::POST, &path, Some(ADMIN), Some(json!({"image_tag": "2.0"})))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+
+    // Its tag set to another one since (the desired state), or another environment: refused.
+    for (patch, says) in [
+        (json!({"image": {"tag": "1.5"}}), "its image's tag is now 1.5, not 1.0"),
+        (json!({"environment_id": "staging"}), "it is now a CONTAINER in staging"),
+    ] {
+        let service = "/organization/acme/services/api";
+        let before = api.call(Method::GET, service, Some(ADMIN), None).await.body;
+        let r = api.call(Method::PATCH, service, Some(ADMIN), Some(patch)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let r = redeploy(&api, ADMIN, &x).await;
+        r.assert_error(StatusCode::CONFLICT, "CONFLICT");
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(says),
+            "{}",
+            r.body
+        );
+        // Back as it was: made again.
+        let restore = json!({"image": before["image"], "environment_id": before["environment_id"]});
+        let r = api.call(Method::PATCH, service, Some(ADMIN), Some(restore)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = redeploy(&api, ADMIN, &x).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let again = r.body["deployment_id"].as_str().unwrap().to_owned();
+    // Right after the one it repeats, below anything recorded after that one.
+    let number = |id: &str| u128::from_str_radix(id, 16).unwrap();
+    assert_eq!(number(&again), number(&x) + 1);
+    let newer = deploy(&api, "acme", "api", "2.0").await;
+    assert_eq!(listed(&api, "service_id=api").await, vec![newer, again, x]);
 }

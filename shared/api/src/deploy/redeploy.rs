@@ -1,11 +1,13 @@
 //! A finished deployment made again: the same commit or tag, as a new deployment of its
 //! service, once its target is fixed after a `FAILED` one, or to run a `DELIVERED` one again.
-//! Only the service's newest deployment is made again: an older one would roll the service
-//! back behind the push or the tag that came after it.
+//! Only the service's newest deployment is made again, and only while the service still runs
+//! what it deployed: an older one, or one the service's settings have moved away from, would
+//! roll the service back or set it apart from its desired state.
 
 use std::sync::Arc;
 
-use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus};
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, Trigger};
+use autodeploy_core::model::Service;
 
 use super::{DeployError, Deployer};
 use crate::pipeline::Outcome;
@@ -24,8 +26,7 @@ pub async fn redeploy(
         return Ok(Err(Refusal::NotFound));
     };
     let request = record.request;
-    let service_id = request.service_id.clone();
-    let service_id = service_id.as_str();
+    let service_id = &request.service_id.clone();
     if let Some(why) = not_finished(record.status) {
         return Ok(Err(Refusal::Conflict(format!(
             "Deployment {id} is {}: {why}. Only a DELIVERED or FAILED deployment is made again.",
@@ -60,8 +61,15 @@ pub async fn redeploy(
             newer.request.deployment_id
         ))));
     }
+    if let Some(why) = moved_away(&service.service, &request, service.current_commit()) {
+        return Ok(Err(Refusal::Conflict(format!(
+            "Service {service_id} no longer runs what deployment {id} deployed: {why}. Only a deployment of what the service runs now is made again."
+        ))));
+    }
     let again = DeploymentRequest {
-        deployment_id: new_deployment_id(),
+        // Right after the one it repeats: it never sorts above a deployment recorded after that
+        // one (a push or a tag racing this request), which latest wins must prefer.
+        deployment_id: id_after(id).unwrap_or_else(new_deployment_id),
         requested_at: now_rfc3339(),
         ..request
     };
@@ -81,9 +89,61 @@ pub async fn redeploy(
         Some(Outcome::Recorded(status)) => Ok(Ok(DeploymentRecord::new(candidates[0].request.clone(), status))),
         Some(Outcome::Failed(err)) => Err(err.into()),
         Some(Outcome::GuardFailed) | None => Ok(Err(Refusal::Conflict(format!(
-            "The service {service_id} changed while deployment {id} was made again (a push, a new tag or a settings write): look at its deployments again."
+            "The service {service_id} changed while deployment {id} was made again (a push, a new tag, a settings write, or another request making it again): look at its deployments again."
         )))),
     }
+}
+
+/// How `service` moved away from what `request` deployed, when it did: its kind or
+/// environment, its image's tag (the desired state: the tag set since, or announced), or its
+/// repository, branch or current commit.
+fn moved_away(service: &Service, request: &DeploymentRequest, current_commit: Option<&str>) -> Option<String> {
+    let spec = &service.spec;
+    if spec.kind != request.service_kind || spec.environment_id != request.environment_id {
+        return Some(format!(
+            "it is now a {} in {}, and the deployment was for a {} in {}",
+            spec.kind.as_str(),
+            spec.environment_id,
+            request.service_kind.as_str(),
+            request.environment_id
+        ));
+    }
+    match &request.trigger {
+        Trigger::ImageTag { tag, .. } => match &spec.image {
+            Some(image) if image.tag == *tag => None,
+            Some(image) => Some(format!("its image's tag is now {}, not {tag}", image.tag)),
+            None => Some("it runs no image now".to_owned()),
+        },
+        Trigger::GitPush {
+            repository,
+            branch,
+            commit_sha,
+            ..
+        } => {
+            if service.repository_key().as_deref() != Some(repository.as_str()) {
+                Some(format!("it no longer follows {repository}"))
+            } else if !spec
+                .git_repository
+                .as_ref()
+                .is_some_and(|git| autodeploy_core::branch::branch_matches(&git.branch, branch))
+            {
+                Some(format!("it no longer follows branch {branch}"))
+            } else if current_commit != Some(commit_sha.as_str()) {
+                Some(format!(
+                    "its current commit is {}, not {commit_sha}",
+                    current_commit.unwrap_or("unknown")
+                ))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The deployment id right after `id` (as a 128-bit number), when `id` is one.
+fn id_after(id: &str) -> Option<String> {
+    let next = u128::from_str_radix(id, 16).ok()?.checked_add(1)?;
+    Some(format!("{next:032x}"))
 }
 
 /// Why a deployment in `status` cannot be made again, when it cannot.

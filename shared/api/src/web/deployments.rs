@@ -7,6 +7,7 @@ use autodeploy_core::deployment::DeploymentStatus;
 use autodeploy_core::ids::is_valid_deployment_id;
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -97,12 +98,31 @@ async fn get_deployment(
 }
 
 /// `POST …/deployments/{deployment_id}/redeploy`: the deployment made again, as a new one of
-/// its service (202, with it; `Location` names it). It takes no body.
-async fn redeploy_deployment(Manage { state, org, .. }: Manage, _: NoQuery, path: PathParams) -> ApiResult<Response> {
+/// its service (202, with it; `Location` names it). It takes no body: one that seems to ask for
+/// another commit or tag must not be answered with the old one.
+async fn redeploy_deployment(
+    Manage { state, org, .. }: Manage,
+    _: NoQuery,
+    path: PathParams,
+    body: Bytes,
+) -> ApiResult<Response> {
     let id = deployment_id(&path)?;
+    if !body.is_empty() {
+        return Err(ApiError::malformed(
+            "This route takes no body: the deployment is made again as it was. A new commit or tag comes from a push or the image-tag endpoints.",
+        ));
+    }
     let record = redeploy(&state.deployer, &org, id)
         .await?
         .map_err(|refusal| refused(refusal, id))?;
+    tracing::info!(
+        org = %org,
+        service_id = %record.request.service_id,
+        deployment_id = %record.request.deployment_id,
+        made_again = id,
+        status = record.status.as_str(),
+        "deployment made again"
+    );
     let location = format!("/organization/{org}/deployments/{}", record.request.deployment_id);
     Ok((StatusCode::ACCEPTED, [(http::header::LOCATION, location)], Json(record)).into_response())
 }
