@@ -2112,16 +2112,26 @@ async fn a_deployment_is_made_again_only_while_its_service_runs_it(api: Api) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let path = format!("/organization/acme/deployments/{x}/redeploy");
 
-    // A body is refused, whatever it asks for.
+    // A body is refused, whatever it asks for; a large one as settings bodies are.
     let r = api
         .call(Method::POST, &path, Some(ADMIN), Some(json!({"image_tag": "2.0"})))
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    r.assert_error(StatusCode::BAD_REQUEST, "MALFORMED_BODY");
+    let large = http::Request::post(path.as_str())
+        .header("authorization", format!("Token {ADMIN}"))
+        .body(axum::body::Body::from(vec![b' '; 300 * 1024]))
+        .unwrap();
+    api.raw(large)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
 
     // Its tag set to another one since (the desired state), or another environment: refused.
     for (patch, says) in [
         (json!({"image": {"tag": "1.5"}}), "its image's tag is now 1.5, not 1.0"),
-        (json!({"environment_id": "staging"}), "it is now a CONTAINER in staging"),
+        (
+            json!({"environment_id": "staging"}),
+            "it is now a CONTAINER in staging, and the deployment was for a CONTAINER in production",
+        ),
     ] {
         let service = "/organization/acme/services/api";
         let before = api.call(Method::GET, service, Some(ADMIN), None).await.body;

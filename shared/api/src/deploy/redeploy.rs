@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, Trigger};
-use autodeploy_core::model::Service;
+use autodeploy_core::model::{Service, ServiceKind};
 
 use super::{DeployError, Deployer};
 use crate::pipeline::Outcome;
@@ -101,10 +101,10 @@ fn moved_away(service: &Service, request: &DeploymentRequest, current_commit: Op
     let spec = &service.spec;
     if spec.kind != request.service_kind || spec.environment_id != request.environment_id {
         return Some(format!(
-            "it is now a {} in {}, and the deployment was for a {} in {}",
-            spec.kind.as_str(),
+            "it is now {} in {}, and the deployment was for {} in {}",
+            with_article(spec.kind),
             spec.environment_id,
-            request.service_kind.as_str(),
+            with_article(request.service_kind),
             request.environment_id
         ));
     }
@@ -138,6 +138,12 @@ fn moved_away(service: &Service, request: &DeploymentRequest, current_commit: Op
             }
         }
     }
+}
+
+/// `a CONTAINER`, `an APPLICATION`.
+fn with_article(kind: ServiceKind) -> String {
+    let article = if kind == ServiceKind::Application { "an" } else { "a" };
+    format!("{article} {}", kind.as_str())
 }
 
 /// The deployment id right after `id` (as a 128-bit number), when `id` is one.

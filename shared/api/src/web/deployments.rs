@@ -7,7 +7,7 @@ use autodeploy_core::deployment::DeploymentStatus;
 use autodeploy_core::ids::is_valid_deployment_id;
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use http::StatusCode;
 use super::AppState;
 use super::auth::{Caller, Manage, Scope};
 use super::error::{ApiError, ApiResult};
-use super::extract::{NoQuery, Org, PathParams, QueryParams, check_id};
+use super::extract::{NoQuery, Org, PathParams, QueryParams, SETTINGS_BODY_LIMIT, check_id, read_body};
 use super::list::ListParams;
 use crate::deploy::redeploy::redeploy;
 use crate::store::{DeploymentFilter, Refusal};
@@ -104,10 +104,12 @@ async fn redeploy_deployment(
     Manage { state, org, .. }: Manage,
     _: NoQuery,
     path: PathParams,
-    body: Bytes,
+    headers: http::HeaderMap,
+    body: Body,
 ) -> ApiResult<Response> {
     let id = deployment_id(&path)?;
-    if !body.is_empty() {
+    // Read as the settings bodies are, so that a large one is the same 413 in the API's shape.
+    if !read_body(&headers, body, SETTINGS_BODY_LIMIT).await?.is_empty() {
         return Err(ApiError::malformed(
             "This route takes no body: the deployment is made again as it was. A new commit or tag comes from a push or the image-tag endpoints.",
         ));
