@@ -16,6 +16,7 @@ pub mod model;
 pub mod plan;
 pub mod provider;
 pub mod push;
+pub mod redeploy;
 pub mod registry;
 /// The registry module under its earlier name, for callers not yet moved to [`registry`].
 pub mod repo_url;

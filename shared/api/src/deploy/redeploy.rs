@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest, DeploymentStatus, Trigger};
-use autodeploy_core::model::{Service, ServiceKind};
+use autodeploy_core::deployment::{DeploymentRecord, DeploymentRequest};
+use autodeploy_core::redeploy::{id_after, moved_away, not_finished};
 
 use super::{DeployError, Deployer};
 use crate::pipeline::Outcome;
@@ -26,7 +26,8 @@ pub async fn redeploy(
         return Ok(Err(Refusal::NotFound));
     };
     let request = record.request;
-    let service_id = &request.service_id.clone();
+    let service_id = request.service_id.clone();
+    let service_id = service_id.as_str();
     if let Some(why) = not_finished(record.status) {
         return Ok(Err(Refusal::Conflict(format!(
             "Deployment {id} is {}: {why}. Only a DELIVERED or FAILED deployment is made again.",
@@ -91,74 +92,5 @@ pub async fn redeploy(
         Some(Outcome::GuardFailed) | None => Ok(Err(Refusal::Conflict(format!(
             "The service {service_id} changed while deployment {id} was made again (a push, a new tag, a settings write, or another request making it again): look at its deployments again."
         )))),
-    }
-}
-
-/// How `service` moved away from what `request` deployed, when it did: its kind or
-/// environment, its image's tag (the desired state: the tag set since, or announced), or its
-/// repository, branch or current commit.
-fn moved_away(service: &Service, request: &DeploymentRequest, current_commit: Option<&str>) -> Option<String> {
-    let spec = &service.spec;
-    if spec.kind != request.service_kind || spec.environment_id != request.environment_id {
-        return Some(format!(
-            "it is now {} in {}, and the deployment was for {} in {}",
-            with_article(spec.kind),
-            spec.environment_id,
-            with_article(request.service_kind),
-            request.environment_id
-        ));
-    }
-    match &request.trigger {
-        Trigger::ImageTag { tag, .. } => match &spec.image {
-            Some(image) if image.tag == *tag => None,
-            Some(image) => Some(format!("its image's tag is now {}, not {tag}", image.tag)),
-            None => Some("it runs no image now".to_owned()),
-        },
-        Trigger::GitPush {
-            repository,
-            branch,
-            commit_sha,
-            ..
-        } => {
-            if service.repository_key().as_deref() != Some(repository.as_str()) {
-                Some(format!("it no longer follows {repository}"))
-            } else if !spec
-                .git_repository
-                .as_ref()
-                .is_some_and(|git| autodeploy_core::branch::branch_matches(&git.branch, branch))
-            {
-                Some(format!("it no longer follows branch {branch}"))
-            } else if current_commit != Some(commit_sha.as_str()) {
-                Some(format!(
-                    "its current commit is {}, not {commit_sha}",
-                    current_commit.unwrap_or("unknown")
-                ))
-            } else {
-                None
-            }
-        }
-    }
-}
-
-/// `a CONTAINER`, `an APPLICATION`.
-fn with_article(kind: ServiceKind) -> String {
-    let article = if kind == ServiceKind::Application { "an" } else { "a" };
-    format!("{article} {}", kind.as_str())
-}
-
-/// The deployment id right after `id` (as a 128-bit number), when `id` is one.
-fn id_after(id: &str) -> Option<String> {
-    let next = u128::from_str_radix(id, 16).ok()?.checked_add(1)?;
-    Some(format!("{next:032x}"))
-}
-
-/// Why a deployment in `status` cannot be made again, when it cannot.
-fn not_finished(status: DeploymentStatus) -> Option<&'static str> {
-    match status {
-        DeploymentStatus::Delivered | DeploymentStatus::Failed => None,
-        DeploymentStatus::Superseded => Some("a newer deployment of its service replaced it"),
-        DeploymentStatus::Pending | DeploymentStatus::Queued | DeploymentStatus::InProgress => {
-            Some("it is still under way")
-        }
     }
 }
