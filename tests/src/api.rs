@@ -408,6 +408,17 @@ impl Api {
         .await
     }
 
+    /// The same signed push as a dry run (`?dry_run=true`).
+    pub async fn dry_run_push(&self, org: &str, provider: &str, body: &[u8], delivery: &str) -> Reply {
+        let headers = provider_headers(provider, body, delivery);
+        self.deliver(
+            &format!("/organization/{org}/webhooks/{provider}?dry_run=true"),
+            &headers,
+            body.to_vec(),
+        )
+        .await
+    }
+
     /// Create an auto-deployed APPLICATION following `url` at `branch`.
     pub async fn app(&self, org: &str, id: &str, provider: &str, url: &str, branch: &str, extra: Value) -> Reply {
         let mut body = json!({

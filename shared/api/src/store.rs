@@ -450,6 +450,12 @@ pub trait DeliveryLog: Send + Sync {
     async fn delivery_seen(&self, org: &str, source: &str, delivery_id: &str, now_unix: i64) -> StoreResult<bool>;
     /// Remember a processed delivery until `delivery.expires_unix`.
     async fn remember_delivery(&self, org: &str, delivery: &DeliveryKey) -> StoreResult<()>;
+    /// Whether [`DeploymentLog::record_deployments`] remembers a batch's delivery in its own
+    /// write, refusing one processed before ([`StoreError::DeliveryProcessed`]): a delivery to
+    /// be recorded then needs no look-up of its id first.
+    fn remembers_deliveries_in_record(&self) -> bool {
+        false
+    }
 }
 
 /// Which deliveries a list shows.

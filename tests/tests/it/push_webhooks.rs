@@ -629,6 +629,15 @@ async fn once_only_and_rollbacks(api: Api) {
         "{}",
         r.body
     );
+    // As a dry run, which records nothing, it is known as well.
+    let r = api.dry_run_push("acme", "github", &push, "delivery-a").await;
+    assert_eq!(
+        (r.status, r.body["ignored"].as_str(), r.body["dry_run"].as_bool()),
+        (StatusCode::OK, Some("DUPLICATE_DELIVERY"), Some(true)),
+        "{}",
+        r.body
+    );
+    assert_eq!(api.deployments("acme").await.len(), 1);
     // The same push from a second hook (another delivery id): already queued.
     let r = api.push("acme", "github", &push, "delivery-b").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -825,14 +834,7 @@ async fn dry_run_answers_without_recording(api: Api) {
     let api = with_github_secret(api).await;
     api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", json!({})).await;
     let push = fixture("github/gp-push.json");
-    let headers = provider_headers("github", &push, "dry-1");
-    let r = api
-        .deliver(
-            "/organization/acme/webhooks/github?dry_run=true",
-            &headers,
-            push.clone(),
-        )
-        .await;
+    let r = api.dry_run_push("acme", "github", &push, "dry-1").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["dry_run"], true);
     assert_eq!(outcome(&r).0, vec![("api".to_owned(), "DRY_RUN".to_owned())]);

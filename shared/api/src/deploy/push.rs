@@ -109,14 +109,19 @@ pub struct PushDelivery<'a> {
 pub const DELIVERY_RETENTION_SECS: i64 = 3 * 24 * 60 * 60;
 
 /// Whether the delivery id was processed before (then the delivery is answered
-/// `DUPLICATE_DELIVERY` and nothing else is looked at).
+/// `DUPLICATE_DELIVERY` and nothing else is looked at). Not looked up when the store checks
+/// it in the write that records the delivery, which then answers the same: a delivery reads
+/// one thing less, and only a copy of one processed does the matching again. A dry run,
+/// which records nothing, always looks it up.
 pub async fn seen_before(
     deployer: &Deployer,
     org: &str,
     provider: GitProvider,
     delivery_id: Option<&str>,
+    dry_run: bool,
 ) -> Result<bool, DeployError> {
     match delivery_id {
+        Some(_) if !dry_run && deployer.store.remembers_deliveries_in_record() => Ok(false),
         Some(id) => Ok(deployer
             .store
             .delivery_seen(org, provider.slug(), id, now_unix())

@@ -32,6 +32,10 @@ impl DeliveryLog for SqliteStore {
         self.write(move |conn| remember(conn, &org, &delivery, None).map(|_| ()))
             .await
     }
+
+    fn remembers_deliveries_in_record(&self) -> bool {
+        true
+    }
 }
 
 /// Remove the delivery ids and push marks past their retention.

@@ -402,14 +402,20 @@ pub(super) fn supersede_beyond_kept(conn: &Connection, org: &str, service: &str,
 /// was waiting again when it was superseded.
 pub(super) fn supersede_older(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
     for waiting in WAITING_OF_SERVICE {
-        conn.prepare_cached(&format!(
-            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
-             WHERE {waiting} AND seq < ?3"
-        ))
-        .and_then(|mut stmt| stmt.execute(params![org, service, seq, rfc3339(now), now]))
-        .map_err(unavailable)?;
+        conn.prepare_cached(&supersede_sql(waiting))
+            .and_then(|mut stmt| stmt.execute(params![org, service, seq, rfc3339(now), now]))
+            .map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// The statement that supersedes the deployments of service `?2` of `?1` waiting under
+/// `waiting` that were recorded before `?3`.
+fn supersede_sql(waiting: &str) -> String {
+    format!(
+        "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
+         WHERE {waiting} AND seq < ?3"
+    )
 }
 
 /// What a statement on a live lease came to: `done` when it changed the deployment, else why
@@ -731,6 +737,24 @@ mod tests {
             ],
             "{plan:#?}"
         );
+    }
+
+    /// The statements that keep a service's waiting deployments bounded run on every
+    /// sixteenth deployment recorded: taken from the cache, they are not prepared again,
+    /// though their table has partial indexes.
+    #[test]
+    fn the_bound_on_waiting_deployments_is_kept_without_preparing_again() {
+        let conn = migrated();
+        for (service, seq) in [("api", 10), ("web", 20), ("worker", 30)] {
+            supersede_beyond_kept(&conn, "acme", service, 1_000).unwrap();
+            supersede_older(&conn, "acme", service, seq, 1_000).unwrap();
+        }
+        let mut statements = vec![OLDEST_KEPT_WAITING.to_owned()];
+        statements.extend(WAITING_OF_SERVICE.iter().map(|waiting| supersede_sql(waiting)));
+        for sql in statements {
+            let stmt = conn.prepare_cached(&sql).unwrap();
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0, "{sql}");
+        }
     }
 
     /// Superseding a service's older waiting deployments reads them through the index of

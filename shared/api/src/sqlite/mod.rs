@@ -180,7 +180,7 @@ impl SqliteStore {
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
             .map_err(unavailable)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        keep_statements(&conn)?;
         schema::migrate(&mut conn)?;
         sealing::check_and_seal(&mut conn, options.secret_key.as_ref())?;
         let durability = durability(&conn, path)?;
@@ -426,9 +426,20 @@ fn open_reader(path: &Path) -> StoreResult<Connection> {
     )
     .map_err(unavailable)?;
     conn.pragma_update(None, "query_only", true).map_err(unavailable)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    keep_statements(&conn)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
     Ok(conn)
+}
+
+/// Statements are prepared once per connection and kept (`prepare_cached`), with plans that
+/// do not depend on the values bound (SQLite's query planner stability guarantee). Without
+/// it, SQLite compares bound values with the conditions of partial indexes while planning,
+/// and then prepares such a statement again each time it is taken from the cache.
+fn keep_statements(conn: &Connection) -> StoreResult<()> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 /// Run one statement through the connection's cache of prepared statements: the writer and
@@ -632,9 +643,10 @@ mod plans {
         (dir, store)
     }
 
-    /// An in-memory database with this build's schema.
+    /// An in-memory database with this build's schema, its statements planned as the store's.
     pub(super) fn migrated() -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
+        super::keep_statements(&conn).unwrap();
         super::schema::migrate(&mut conn).unwrap();
         conn
     }

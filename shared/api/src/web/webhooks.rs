@@ -98,7 +98,7 @@ async fn push_webhook(request: DeliveryRequest, headers: HeaderMap, body: Body) 
     let dry_run = request.query.dry_run()?;
     let bytes = verified_body(state, org, provider, &headers, body, WEBHOOK_BODY_LIMIT).await?;
     let delivery = checked_delivery_id(provider, &headers, &bytes)?;
-    if seen_before(&state.deployer, org, provider, delivery.as_deref()).await? {
+    if seen_before(&state.deployer, org, provider, delivery.as_deref(), dry_run).await? {
         return Ok(render(
             PushReport::new(provider, delivery, dry_run).ignored(Ignored::DuplicateDelivery),
         ));
