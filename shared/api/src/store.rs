@@ -285,8 +285,15 @@ pub trait ServiceStore: Send + Sync {
     /// same write (cancelled: never offered to a consumer nor sent to a target).
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool>;
     /// Every service of `org` whose repository normalizes to `repository` (disabled ones too,
-    /// so a response can say why they were skipped).
-    async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>>;
+    /// so a response can say why they were skipped). Their `last_push` is the stored one
+    /// unless [`ServiceStore::services_kept_in_memory`].
+    async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Arc<[StoredService]>>;
+    /// Whether [`ServiceStore::services_by_repository`] answers from services kept in memory
+    /// between changes of their settings, whose `last_push` may then be older than the
+    /// stored one (read the service for it).
+    fn services_kept_in_memory(&self) -> bool {
+        false
+    }
     /// Every service of `org` whose normalized image path is `path`, on any registry.
     async fn services_by_image_path(&self, org: &str, path: &str) -> StoreResult<Vec<StoredService>>;
     /// Whether service `id` of `org` queued the push `mark` (`before..after`) within

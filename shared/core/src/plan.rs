@@ -145,10 +145,10 @@ pub struct PushPlan<'a, S> {
 /// `keys` are the delivery's ([`delivery_keys`]), `by_key` the services found under each.
 /// A service deploys at most once per delivery: when several pushes of one delivery would
 /// deploy it (a glob branch that several pushed branches match), the last one does.
-pub fn plan_push<'a, S: ServiceView>(
+pub fn plan_push<'a, S: ServiceView, B: AsRef<[S]>>(
     pushes: &[Push],
     keys: &DeliveryKeys,
-    by_key: &'a HashMap<String, Vec<S>>,
+    by_key: &'a HashMap<String, B>,
 ) -> PushPlan<'a, S> {
     let mut decisions: Vec<Decision<'a, S>> = Vec::new();
     let mut repositories = Vec::with_capacity(pushes.len());
@@ -156,9 +156,9 @@ pub fn plan_push<'a, S: ServiceView>(
     let mut elsewhere: Vec<(&str, &str)> = Vec::new();
     for (index, push) in pushes.iter().enumerate() {
         let keys = keys.of(index);
-        let buckets: Vec<(&String, &Vec<S>)> = keys
+        let buckets: Vec<(&String, &'a [S])> = keys
             .iter()
-            .filter_map(|key| by_key.get(key).map(|bucket| (key, bucket)))
+            .filter_map(|key| by_key.get(key).map(|bucket| (key, bucket.as_ref())))
             .collect();
         repositories.push(display_repository(keys, &buckets));
         decisions.reserve(buckets.iter().map(|(_, bucket)| bucket.len()).sum());
@@ -215,7 +215,7 @@ pub fn plan_push<'a, S: ServiceView>(
 
 /// The repository a push is reported under: the first key that services follow, else the
 /// first the payload names; `buckets` are the services found under its keys, in their order.
-fn display_repository<S>(keys: &[String], buckets: &[(&String, &Vec<S>)]) -> String {
+fn display_repository<S>(keys: &[String], buckets: &[(&String, &[S])]) -> String {
     buckets
         .iter()
         .find(|(_, bucket)| !bucket.is_empty())

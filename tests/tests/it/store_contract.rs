@@ -519,6 +519,11 @@ async fn delete_service(store: TestStore) {
     let store: &dyn Store = &*store;
     assert!(!store.delete_service("acme", "api", None).await.expect("delete absent"));
     let etag = create(store, &app("acme", "api", "acme/shop")).await;
+    let by_repo = store
+        .services_by_repository("acme", "github.com/acme/shop")
+        .await
+        .expect("by repository");
+    assert_eq!(ids(&by_repo), ["api"]);
 
     let refused = store.delete_service("acme", "api", Some(&new_etag())).await;
     assert!(matches!(refused, Err(StoreError::PreconditionFailed)), "{refused:?}");

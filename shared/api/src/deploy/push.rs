@@ -131,8 +131,19 @@ pub async fn seen_before(
 }
 
 /// Whether a real delivery of `push` would find it queued already for `stored` (the replay
-/// rule), read without writing: for a dry run.
+/// rule), read without writing: for a dry run. The service is read again for its last push
+/// when the services found by repository were kept in memory.
 async fn is_replayed(deployer: &Deployer, org: &str, stored: &StoredService, push: &Push) -> Result<bool, DeployError> {
+    let read_again;
+    let stored = if deployer.store.services_kept_in_memory() {
+        read_again = deployer.store.get_service(org, &stored.service.id).await?;
+        match &read_again {
+            Some(stored) => stored,
+            None => return Ok(false),
+        }
+    } else {
+        stored
+    };
     let mark = push_mark(push);
     let last_push = stored.last_push.as_deref();
     // The last push again needs no read.
@@ -157,7 +168,7 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
     let mut report = PushReport::new(provider, delivery_id.clone(), dry_run);
 
     // One index query per distinct repository key of the whole delivery.
-    let mut by_key: HashMap<String, Vec<StoredService>> = HashMap::new();
+    let mut by_key: HashMap<String, Arc<[StoredService]>> = HashMap::new();
     let keys = delivery_keys(&pushes);
     for key in keys.distinct() {
         let services = deployer.store.services_by_repository(org, key).await?;

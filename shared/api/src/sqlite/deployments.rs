@@ -229,6 +229,9 @@ impl DeploymentLog for SqliteStore {
             .map(|c| to_json(&c.request))
             .collect::<StoreResult<Vec<String>>>()?;
         let (store, written) = (self.clone(), std::sync::Arc::clone(&owned));
+        // A guard that writes the service (an image tag's) changes what is kept in memory.
+        let changes_services = owned.iter().any(|c| matches!(c.guard, Guard::ServiceUnchanged { .. }));
+        let changed_org = org.clone();
         let write = move |conn: &Connection| {
             let now = now_unix();
             // First, in the write: a copy of the delivery committed since the request looked
@@ -269,7 +272,11 @@ impl DeploymentLog for SqliteStore {
         // The wake-ups follow the commit in a task of their own, so that a caller hanging up
         // meanwhile cannot leave committed work unannounced.
         let announced = tokio::spawn(async move {
-            let (outcomes, to_dispatch) = store.write(write).await?;
+            let result = store.write(write).await;
+            if changes_services {
+                store.services_changed(&changed_org);
+            }
+            let (outcomes, to_dispatch) = result?;
             let recorded: Vec<&DeploymentRequest> = written
                 .iter()
                 .zip(&outcomes)

@@ -83,6 +83,8 @@ struct Inner {
     printer: Mutex<Option<Printer>>,
     /// Webhook secrets read lately, opened.
     secrets: Mutex<credentials::KnownSecrets>,
+    /// The services of repositories pushed to lately.
+    services: Mutex<services::KnownServices>,
     /// The refusal budgets spent this minute: later refusals in it are left out of the history
     /// without a write.
     spent_budgets: crate::store::SpentBudgets,
@@ -194,6 +196,7 @@ impl SqliteStore {
                 dispatch_work: Arc::new(Notify::new()),
                 printer: Mutex::new(None),
                 secrets: Mutex::default(),
+                services: Mutex::default(),
                 spent_budgets: crate::store::SpentBudgets::default(),
                 max_attempts: options.max_attempts.max(1),
                 secret_key: options.secret_key,

@@ -531,7 +531,7 @@ impl ServiceStore for DynamoStore {
         ))
     }
 
-    async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Vec<StoredService>> {
+    async fn services_by_repository(&self, org: &str, repository: &str) -> StoreResult<Arc<[StoredService]>> {
         let query = self.index_query(Index::Gsi1, repository_index_value(org, repository), true);
         let items = self.collect(query, None, "services_by_repository").await?;
         items.iter().map(service_from_item).collect()
