@@ -379,33 +379,37 @@ mod tests {
     use super::*;
     use crate::store::{StoredTarget, TargetStore};
 
+    /// A `CONTAINER` service `id` of acme, with no source, named after its id.
+    fn service(id: &str, deploy_target: Option<DeployTarget>) -> Service {
+        Service {
+            id: id.to_owned(),
+            organization_id: "acme".to_owned(),
+            spec: ServiceSpec {
+                environment_id: "production".to_owned(),
+                name: id.to_owned(),
+                kind: ServiceKind::Container,
+                auto_deploy: true,
+                git_repository: None,
+                deployment_restrictions: Vec::new(),
+                image: None,
+                tag_policy: None,
+                deploy_target,
+            },
+            version: 1,
+            created_at: "2026-11-26T12:00:00Z".to_owned(),
+            updated_at: "2026-11-26T12:00:00Z".to_owned(),
+        }
+    }
+
     /// What is kept of the services found by repository stays within its bound, counted in
     /// services, and a change of an organization's services forgets that organization's.
     #[test]
     fn services_kept_in_memory_are_bounded_and_forgotten_when_changed() {
-        let stored = |id: &str| StoredService {
-            service: Service {
-                id: id.to_owned(),
-                organization_id: "acme".to_owned(),
-                spec: ServiceSpec {
-                    environment_id: "production".to_owned(),
-                    name: id.to_owned(),
-                    kind: ServiceKind::Application,
-                    auto_deploy: true,
-                    git_repository: None,
-                    deployment_restrictions: Vec::new(),
-                    image: None,
-                    tag_policy: None,
-                    deploy_target: None,
-                },
-                version: 1,
-                created_at: "2026-11-26T12:00:00Z".to_owned(),
-                updated_at: "2026-11-26T12:00:00Z".to_owned(),
-            },
-            etag: "e".to_owned(),
-            last_push: None,
+        let of = |n: usize| -> Arc<[StoredService]> {
+            (0..n)
+                .map(|i| StoredService::new(service(&format!("s{i}"), None), "e".to_owned()))
+                .collect()
         };
-        let of = |n: usize| -> Arc<[StoredService]> { (0..n).map(|i| stored(&format!("s{i}"))).collect() };
         let mut known = KnownServices::default();
         known.keep("acme", "github.com/acme/shop", of(2));
         known.keep("acme", "github.com/acme/shop", of(3));
@@ -461,26 +465,14 @@ mod tests {
             .unwrap();
         assert!(SecretKey::is_sealed(&sealed), "{sealed}");
 
-        let service = |external_id: Option<&str>| Service {
-            id: "api".to_owned(),
-            organization_id: "acme".to_owned(),
-            spec: ServiceSpec {
-                environment_id: "production".to_owned(),
-                name: "api".to_owned(),
-                kind: ServiceKind::Container,
-                auto_deploy: true,
-                git_repository: None,
-                deployment_restrictions: Vec::new(),
-                image: None,
-                tag_policy: None,
-                deploy_target: Some(DeployTarget {
+        let service = |external_id: Option<&str>| {
+            service(
+                "api",
+                Some(DeployTarget {
                     target_id: "engine".to_owned(),
                     external_id: external_id.map(str::to_owned),
                 }),
-            },
-            version: 1,
-            created_at: "2026-11-26T12:00:00Z".to_owned(),
-            updated_at: "2026-11-26T12:00:00Z".to_owned(),
+            )
         };
         let limits = TenantLimits::default();
         // Without an id, or with a placeholder for one.
