@@ -1,7 +1,5 @@
 //! Webhook secrets and API tokens (tokens stored as SHA-256 digests only).
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -27,11 +25,11 @@ impl SecretStore for SqliteStore {
 
     async fn get_secret(&self, org: &str, provider: &str) -> StoreResult<Option<SecretRecord>> {
         let generation = {
-            let cache = lock(&self.inner.secrets);
-            if let Some(known) = cache.get(org, provider) {
-                return Ok(known.clone());
+            let known = lock(&self.inner.secrets);
+            if let Some(secret) = known.get(org, provider) {
+                return Ok(secret.clone());
             }
-            cache.generation
+            known.generation()
         };
         let stored: Option<(String, String)> = self.read(|conn| {
             conn.prepare_cached("SELECT secret, set_at FROM webhook_secrets WHERE org = ?1 AND provider = ?2")
@@ -49,11 +47,7 @@ impl SecretStore for SqliteStore {
                 })
             })
             .transpose()?;
-        let mut cache = lock(&self.inner.secrets);
-        // Kept only when no secret changed meanwhile: this read may predate the change.
-        if cache.generation == generation {
-            cache.keep(org, provider, record.clone());
-        }
+        lock(&self.inner.secrets).keep(generation, org, provider, record.clone());
         Ok(record)
     }
 
@@ -72,70 +66,24 @@ impl SecretStore for SqliteStore {
     }
 }
 
-/// Webhook secrets the store keeps opened in memory at most (then forgets all at once).
-const KNOWN_SECRETS: usize = 1024;
-
-/// The webhook secrets read lately, opened: every delivery needs its organization's, and a
-/// read costs a read transaction (whose page cache SQLite drops whenever the writer committed)
-/// and the unsealing. Right while this process is the database's only writer, as the store
-/// assumes throughout; `generation` counts the changes, so that a read that began before one
-/// does not keep what it read.
-#[derive(Default)]
-pub(super) struct KnownSecrets {
-    generation: u64,
-    /// By organization, then provider: looked up without copying either.
-    entries: HashMap<String, HashMap<String, Option<SecretRecord>>>,
-    count: usize,
-}
-
-impl KnownSecrets {
-    fn get(&self, org: &str, provider: &str) -> Option<&Option<SecretRecord>> {
-        self.entries.get(org)?.get(provider)
-    }
-
-    fn keep(&mut self, org: &str, provider: &str, record: Option<SecretRecord>) {
-        if self.count >= KNOWN_SECRETS {
-            self.entries.clear();
-            self.count = 0;
-        }
-        let of_org = self.entries.entry(org.to_owned()).or_default();
-        if of_org.insert(provider.to_owned(), record).is_none() {
-            self.count += 1;
-        }
-    }
-
-    /// After a secret was written or deleted (or may have been).
-    fn changed(&mut self, org: &str, provider: &str) {
-        self.generation += 1;
-        if let Some(of_org) = self.entries.get_mut(org)
-            && of_org.remove(provider).is_some()
-        {
-            self.count -= 1;
-            if of_org.is_empty() {
-                self.entries.remove(org);
-            }
-        }
-    }
-}
+/// Webhook secrets the store keeps opened in memory at most (then it forgets all at once):
+/// every delivery needs its organization's, and a read costs a read transaction (whose page
+/// cache SQLite drops whenever the writer committed) and the unsealing.
+pub(super) const KNOWN_SECRETS: usize = 1024;
 
 impl SqliteStore {
     /// Run `write`, a change of the secret of `org` and `provider`, then forget the secret kept
-    /// in memory; in a task of its own, so that a caller that goes away (its client hung up)
-    /// cannot leave the old secret kept while the write commits all the same.
+    /// in memory.
     async fn change_secret<T, F>(&self, org: &str, provider: &str, write: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let (store, org, provider) = (self.clone(), org.to_owned(), provider.to_owned());
-        tokio::spawn(async move {
-            let written = store.write(write).await;
-            // Forgotten even when the write failed: it may have committed all the same.
-            lock(&store.inner.secrets).changed(&org, &provider);
-            written
+        let (org, provider) = (org.to_owned(), provider.to_owned());
+        self.write_then_forget(write, move |store| {
+            lock(&store.inner.secrets).forget(&org, Some(&provider))
         })
         .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("the secret's write did not finish".to_owned())))
     }
 }
 

@@ -16,6 +16,7 @@ mod credentials;
 mod deliveries;
 mod deployments;
 mod history;
+mod known;
 mod lifecycle;
 mod schema;
 mod sealing;
@@ -34,8 +35,9 @@ use autodeploy_core::sealed::SecretKey;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Notify;
 
-use crate::store::{Page, PageRequest, Store, StoreError, StoreResult};
+use crate::store::{Page, PageRequest, SecretRecord, Store, StoreError, StoreResult, StoredService};
 use checkpointer::{Checkpointer, WRITER_AUTOCHECKPOINT};
+use known::Known;
 pub use lifecycle::{
     DISPATCH_PLACES_KEPT_FOR_IDLE_ORGANIZATIONS, DISPATCH_SHARE_OF_ONE_ORGANIZATION, WAITING_KEPT_PER_SERVICE,
 };
@@ -81,10 +83,10 @@ struct Inner {
     /// only those of services with a deploy target (most, on a busy server, are not).
     dispatch_work: Arc<Notify>,
     printer: Mutex<Option<Printer>>,
-    /// Webhook secrets read lately, opened.
-    secrets: Mutex<credentials::KnownSecrets>,
-    /// The services of repositories pushed to lately.
-    services: Mutex<services::KnownServices>,
+    /// Webhook secrets read lately, opened, by organization and provider.
+    secrets: Mutex<Known<Option<SecretRecord>>>,
+    /// The services of repositories pushed to lately, by organization and repository key.
+    services: Mutex<Known<Arc<[StoredService]>>>,
     /// The refusal budgets spent this minute: later refusals in it are left out of the history
     /// without a write.
     spent_budgets: crate::store::SpentBudgets,
@@ -195,8 +197,8 @@ impl SqliteStore {
                 work: PullWakers::default(),
                 dispatch_work: Arc::new(Notify::new()),
                 printer: Mutex::new(None),
-                secrets: Mutex::default(),
-                services: Mutex::default(),
+                secrets: Mutex::new(Known::new(credentials::KNOWN_SECRETS, |_| 1)),
+                services: Mutex::new(Known::new(services::KNOWN_SERVICES, |services| services.len())),
                 spent_budgets: crate::store::SpentBudgets::default(),
                 max_attempts: options.max_attempts.max(1),
                 secret_key: options.secret_key,

@@ -1,6 +1,5 @@
 //! Services: their documents, and the indexes pushes and image tags are matched through.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -31,78 +30,28 @@ fn service_id(stored: &StoredService) -> String {
 }
 
 /// Services the store keeps in memory at most, as many as one organization may have (then it
-/// forgets all at once).
-const KNOWN_SERVICES: usize = 10_000;
-
-/// The services of the repositories pushed to lately, as read: every push looks its
-/// repository's up, and a read costs a read transaction (whose page cache SQLite drops
-/// whenever the writer committed) and a document parsed per service. Right while this process
-/// is the database's only writer, as the store assumes throughout: a write that changes
-/// services forgets its organization's once it committed and before it is answered
-/// ([`SqliteStore::change_services`]), and `generation` counts those, so that a read that
-/// began before one does not keep what it read. A push's own write, its `last_push`, is not
-/// one of them: `last_push` here is as it was read.
-#[derive(Default)]
-pub(super) struct KnownServices {
-    generation: u64,
-    /// By organization, then repository key: looked up without copying either.
-    entries: HashMap<String, HashMap<String, Arc<[StoredService]>>>,
-    /// Services kept, over all entries.
-    count: usize,
-}
-
-impl KnownServices {
-    fn get(&self, org: &str, repository: &str) -> Option<Arc<[StoredService]>> {
-        self.entries.get(org)?.get(repository).cloned()
-    }
-
-    fn keep(&mut self, org: &str, repository: &str, services: Arc<[StoredService]>) {
-        if services.len() > KNOWN_SERVICES {
-            return;
-        }
-        if self.count + services.len() > KNOWN_SERVICES {
-            self.entries.clear();
-            self.count = 0;
-        }
-        self.count += services.len();
-        let of_org = self.entries.entry(org.to_owned()).or_default();
-        if let Some(replaced) = of_org.insert(repository.to_owned(), services) {
-            self.count -= replaced.len();
-        }
-    }
-
-    /// After services of `org` were written or deleted (or may have been).
-    fn changed(&mut self, org: &str) {
-        self.generation += 1;
-        if let Some(of_org) = self.entries.remove(org) {
-            self.count -= of_org.values().map(|services| services.len()).sum::<usize>();
-        }
-    }
-}
+/// forgets all at once): every push looks its repository's up, and a read costs a read
+/// transaction (whose page cache SQLite drops whenever the writer committed) and a document
+/// parsed per service. A push's own write, a service's `last_push`, forgets nothing:
+/// `last_push` there is as it was read.
+pub(super) const KNOWN_SERVICES: usize = 10_000;
 
 impl SqliteStore {
     /// Run `write`, a change of services of `org`, then forget the services of `org` kept in
-    /// memory; in a task of its own, so that a caller that goes away (its client hung up)
-    /// cannot leave the old services kept while the write commits all the same.
-    pub(super) async fn change_services<T, F>(&self, org: &str, write: F) -> StoreResult<T>
+    /// memory.
+    async fn change_services<T, F>(&self, org: &str, write: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let (store, org) = (self.clone(), org.to_owned());
-        tokio::spawn(async move {
-            let written = store.write(write).await;
-            store.services_changed(&org);
-            written
-        })
-        .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("the service's write did not finish".to_owned())))
+        let org = org.to_owned();
+        self.write_then_forget(write, move |store| store.services_changed(&org))
+            .await
     }
 
-    /// Forget the services of `org` kept in memory. Even after a write that failed: it may
-    /// have committed all the same.
+    /// Forget the services of `org` kept in memory.
     pub(super) fn services_changed(&self, org: &str) {
-        lock(&self.inner.services).changed(org);
+        lock(&self.inner.services).forget(org, None);
     }
 }
 
@@ -335,16 +284,12 @@ impl ServiceStore for SqliteStore {
         let generation = {
             let known = lock(&self.inner.services);
             if let Some(services) = known.get(org, repository) {
-                return Ok(services);
+                return Ok(Arc::clone(services));
             }
-            known.generation
+            known.generation()
         };
         let services: Arc<[StoredService]> = self.services_where(org, ServiceKey::Repository, repository)?.into();
-        let mut known = lock(&self.inner.services);
-        // Kept only when no service changed meanwhile: this read may predate the change.
-        if known.generation == generation {
-            known.keep(org, repository, Arc::clone(&services));
-        }
+        lock(&self.inner.services).keep(generation, org, repository, Arc::clone(&services));
         Ok(services)
     }
 
@@ -399,39 +344,6 @@ mod tests {
             created_at: "2026-11-26T12:00:00Z".to_owned(),
             updated_at: "2026-11-26T12:00:00Z".to_owned(),
         }
-    }
-
-    /// What is kept of the services found by repository stays within its bound, counted in
-    /// services, and a change of an organization's services forgets that organization's.
-    #[test]
-    fn services_kept_in_memory_are_bounded_and_forgotten_when_changed() {
-        let of = |n: usize| -> Arc<[StoredService]> {
-            (0..n)
-                .map(|i| StoredService::new(service(&format!("s{i}"), None), "e".to_owned()))
-                .collect()
-        };
-        let mut known = KnownServices::default();
-        known.keep("acme", "github.com/acme/shop", of(2));
-        known.keep("acme", "github.com/acme/shop", of(3));
-        known.keep("globex", "github.com/globex/site", of(1));
-        assert_eq!(known.count, 4);
-        assert_eq!(known.get("acme", "github.com/acme/shop").map(|s| s.len()), Some(3));
-
-        let generation = known.generation;
-        known.changed("acme");
-        assert!(known.generation > generation);
-        assert!(known.get("acme", "github.com/acme/shop").is_none());
-        assert!(known.get("globex", "github.com/globex/site").is_some());
-        assert_eq!(known.count, 1);
-
-        // Past the bound, everything is forgotten before the new entry is kept; an entry
-        // larger than the bound is not kept at all.
-        known.keep("acme", "github.com/acme/big", of(KNOWN_SERVICES));
-        assert!(known.get("globex", "github.com/globex/site").is_none());
-        assert_eq!(known.count, KNOWN_SERVICES);
-        known.keep("acme", "github.com/acme/huge", of(KNOWN_SERVICES + 1));
-        assert!(known.get("acme", "github.com/acme/huge").is_none());
-        assert_eq!(known.count, KNOWN_SERVICES);
     }
 
     /// The type of the target a service names is read from its sealed spec, in the service's
