@@ -756,29 +756,44 @@ async fn a_long_poll_answers_with_the_work_queued_while_it_waits() {
 
 /// A service's waiting deployments past its newest 100 (and up to 15 more) are superseded as
 /// newer ones are recorded, which the next take would have done: a take never supersedes a
-/// pile in its write. The newest is the one taken.
+/// pile in its write. Each service's, when services are recorded together in a fixed order
+/// (as a push's are). The newest is the one taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_services_waiting_pile_stays_bounded() {
     use autodeploy_api::sqlite::WAITING_KEPT_PER_SERVICE as KEPT;
-    let (api, token) = standalone(&["api"]).await;
-    let mut newest = String::new();
+    let (api, token) = standalone(&["api", "web"]).await;
+    let mut newest = Vec::new();
     for i in 0..300 {
-        newest = deploy(&api, "acme", "api", &format!("1.0.{i}")).await;
+        newest = vec![
+            deploy(&api, "acme", "api", &format!("1.0.{i}")).await,
+            deploy(&api, "acme", "web", &format!("1.0.{i}")).await,
+        ];
     }
-    let count = |status: &str| -> i64 {
+    let count = |service: &str, status: &str| -> i64 {
         database(&api)
             .query_row(
-                "SELECT count(*) FROM deployments WHERE service_id = 'api' AND status = ?1",
-                [status],
+                "SELECT count(*) FROM deployments WHERE service_id = ?1 AND status = ?2",
+                [service, status],
                 |r| r.get(0),
             )
             .unwrap()
     };
-    let waiting = count("QUEUED");
-    assert!((KEPT..=KEPT + 15).contains(&waiting), "{waiting} waiting");
-    assert_eq!(count("SUPERSEDED"), 300 - waiting);
-    assert_eq!(lease_one(&api, &token, json!({})).await["deployment_id"], newest);
-    assert_eq!(count("SUPERSEDED"), 299);
+    for service in ["api", "web"] {
+        let waiting = count(service, "QUEUED");
+        assert!((KEPT..=KEPT + 15).contains(&waiting), "{service}: {waiting} waiting");
+        assert_eq!(count(service, "SUPERSEDED"), 300 - waiting, "{service}");
+    }
+    let mut taken: Vec<String> = lease(&api, &token, json!({"max": 2}))
+        .await
+        .iter()
+        .map(|item| item["deployment_id"].as_str().unwrap().to_owned())
+        .collect();
+    taken.sort();
+    newest.sort();
+    assert_eq!(taken, newest);
+    for service in ["api", "web"] {
+        assert_eq!(count(service, "SUPERSEDED"), 299, "{service}");
+    }
 }
 
 /// A consumer's token revoked while its long poll waits: the poll hands it nothing after

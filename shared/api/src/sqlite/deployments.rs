@@ -171,9 +171,11 @@ fn insert_deployment(
             now
         ],
     )?;
-    // Checked at every 16th deployment recorded: the bound holds within 15, at a sixteenth of
-    // the cost.
-    if status == DeploymentStatus::Queued && conn.last_insert_rowid() % 16 == 0 {
+    // Checked at every 16th deployment of the service: the bound holds within 15, at a
+    // sixteenth of the cost.
+    if status == DeploymentStatus::Queued
+        && super::lifecycle::bound_check_due(&request.organization_id, &request.service_id)
+    {
         super::lifecycle::supersede_beyond_kept(conn, &request.organization_id, &request.service_id, now)?;
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! Where each deployment stands after it is queued: leases for pull consumers (and the
 //! dispatcher), acknowledgements, releases, expiry, and engines' reports.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
@@ -371,9 +373,49 @@ pub(super) const WAITING_OF_SERVICE: [&str; 2] = [
 
 /// The waiting deployments of a service kept as they are: older ones, which the next take
 /// would supersede anyway (latest wins), are superseded as newer ones are recorded (checked at
-/// every 16th, so up to 15 more may wait), so that a take never has a pile to supersede in its
-/// write (100,000 held every write for over half a second).
+/// every 16th of the service's, so up to 15 more may wait), so that a take never has a pile to
+/// supersede in its write (100,000 held every write for over half a second).
 pub const WAITING_KEPT_PER_SERVICE: i64 = 100;
+
+/// A service's bound is checked at every this many of its waiting deployments recorded.
+const WAITING_CHECKED_EVERY: u8 = 16;
+
+/// Services whose deployments the writer counts at most (then it forgets them all, and checks
+/// each at its next deployment).
+const COUNTED_SERVICES: usize = 100_000;
+
+/// By organization and service: the waiting deployments recorded since the service's bound
+/// was last checked; and how many services are counted.
+type RecordedSinceCheck = (HashMap<String, HashMap<String, u8>>, usize);
+
+thread_local! {
+    /// Counted by the thread that records: the writer.
+    static RECORDED_SINCE_CHECK: RefCell<RecordedSinceCheck> = RefCell::default();
+}
+
+/// Whether recording a waiting deployment of `service` checks its bound: at the first this
+/// thread records, then at every [`WAITING_CHECKED_EVERY`]th. Counted per service: a count
+/// over all deployments checked the same services every time when a push recorded several in
+/// a fixed order, and never the others.
+pub(super) fn bound_check_due(org: &str, service: &str) -> bool {
+    RECORDED_SINCE_CHECK.with_borrow_mut(|(by_org, counted)| {
+        if let Some(since) = by_org.get_mut(org).and_then(|of_org| of_org.get_mut(service)) {
+            *since += 1;
+            if *since < WAITING_CHECKED_EVERY {
+                return false;
+            }
+            *since = 0;
+            return true;
+        }
+        if *counted >= COUNTED_SERVICES {
+            by_org.clear();
+            *counted = 0;
+        }
+        by_org.entry(org.to_owned()).or_default().insert(service.to_owned(), 0);
+        *counted += 1;
+        true
+    })
+}
 
 /// The `?3`-th newest waiting deployment of service `?2` of `?1`, through `deployments_open`
 /// (`WAITING_OF_SERVICE[0]`'s condition), newest first.
