@@ -396,7 +396,9 @@ thread_local! {
 /// Whether recording a waiting deployment of `service` checks its bound: at the first this
 /// thread records, then at every [`WAITING_CHECKED_EVERY`]th. Counted per service: a count
 /// over all deployments checked the same services every time when a push recorded several in
-/// a fixed order, and never the others.
+/// a fixed order, and never the others. Counted as run, not as committed: a batch the writer
+/// runs again after one of its writes failed counts its deployments twice, so a check it
+/// rolled back comes up to [`WAITING_CHECKED_EVERY`] deployments late.
 pub(super) fn bound_check_due(org: &str, service: &str) -> bool {
     RECORDED_SINCE_CHECK.with_borrow_mut(|(by_org, counted)| {
         if let Some(since) = by_org.get_mut(org).and_then(|of_org| of_org.get_mut(service)) {
@@ -443,22 +445,24 @@ pub(super) fn supersede_beyond_kept(conn: &Connection, org: &str, service: &str,
 /// are never delivered. Each keeps the `last_error` of its last attempt, if it had one: why it
 /// was waiting again when it was superseded.
 pub(super) fn supersede_older(conn: &Connection, org: &str, service: &str, seq: i64, now: i64) -> StoreResult<()> {
-    for waiting in WAITING_OF_SERVICE {
-        conn.prepare_cached(&supersede_sql(waiting))
+    for sql in SUPERSEDE_OLDER.iter() {
+        conn.prepare_cached(sql)
             .and_then(|mut stmt| stmt.execute(params![org, service, seq, rfc3339(now), now]))
             .map_err(unavailable)?;
     }
     Ok(())
 }
 
-/// The statement that supersedes the deployments of service `?2` of `?1` waiting under
-/// `waiting` that were recorded before `?3`.
-fn supersede_sql(waiting: &str) -> String {
-    format!(
-        "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
-         WHERE {waiting} AND seq < ?3"
-    )
-}
+/// For each condition of [`WAITING_OF_SERVICE`], the statement that supersedes the
+/// deployments of service `?2` of `?1` waiting under it that were recorded before `?3`.
+static SUPERSEDE_OLDER: LazyLock<[String; 2]> = LazyLock::new(|| {
+    WAITING_OF_SERVICE.map(|waiting| {
+        format!(
+            "UPDATE deployments SET status = 'SUPERSEDED', next_attempt_unix = NULL, updated_at = ?4, updated_unix = ?5
+             WHERE {waiting} AND seq < ?3"
+        )
+    })
+});
 
 /// What a statement on a live lease came to: `done` when it changed the deployment, else why
 /// it did not.
@@ -781,8 +785,8 @@ mod tests {
         );
     }
 
-    /// The statements that keep a service's waiting deployments bounded run on every
-    /// sixteenth deployment recorded: taken from the cache, they are not prepared again,
+    /// The statements that keep a service's waiting deployments bounded run at every
+    /// sixteenth deployment of a service: taken from the cache, they are not prepared again,
     /// though their table has partial indexes.
     #[test]
     fn the_bound_on_waiting_deployments_is_kept_without_preparing_again() {
@@ -791,10 +795,10 @@ mod tests {
             supersede_beyond_kept(&conn, "acme", service, 1_000).unwrap();
             supersede_older(&conn, "acme", service, seq, 1_000).unwrap();
         }
-        let mut statements = vec![OLDEST_KEPT_WAITING.to_owned()];
-        statements.extend(WAITING_OF_SERVICE.iter().map(|waiting| supersede_sql(waiting)));
+        let mut statements = vec![OLDEST_KEPT_WAITING];
+        statements.extend(SUPERSEDE_OLDER.iter().map(String::as_str));
         for sql in statements {
-            let stmt = conn.prepare_cached(&sql).unwrap();
+            let stmt = conn.prepare_cached(sql).unwrap();
             assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0, "{sql}");
         }
     }

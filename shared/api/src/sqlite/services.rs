@@ -39,12 +39,11 @@ pub(super) const KNOWN_SERVICES: usize = 10_000;
 impl SqliteStore {
     /// Run `write`, a change of services of `org`, then forget the services of `org` kept in
     /// memory.
-    async fn change_services<T, F>(&self, org: &str, write: F) -> StoreResult<T>
+    async fn change_services<T, F>(&self, org: String, write: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let org = org.to_owned();
         self.write_then_forget(write, move |store| store.services_changed(&org))
             .await
     }
@@ -178,8 +177,7 @@ impl ServiceStore for SqliteStore {
             .clone()
             .filter(|named| !named.fits_every_type());
         let key = unfit_somewhere.as_ref().and_then(|_| self.sealing_key());
-        let written_org = org.clone();
-        self.change_services(&written_org, move |conn| {
+        self.change_services(org.clone(), move |conn| {
             let stored: Option<(String, Option<String>)> = conn
                 .prepare_cached("SELECT etag, target_id FROM services WHERE org = ?1 AND id = ?2")
                 .and_then(|mut stmt| {
@@ -253,9 +251,8 @@ impl ServiceStore for SqliteStore {
     }
 
     async fn delete_service(&self, org: &str, id: &str, expected: Option<&str>) -> StoreResult<bool> {
-        let written_org = org;
         let (org, id, expected) = (org.to_owned(), id.to_owned(), expected.map(str::to_owned));
-        self.change_services(written_org, move |conn| {
+        self.change_services(org.clone(), move |conn| {
             let Some(current) = current_etag(conn, "services", &org, &id)? else {
                 return if expected.is_some() {
                     Err(StoreError::PreconditionFailed)
