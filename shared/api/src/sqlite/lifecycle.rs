@@ -737,8 +737,10 @@ mod tests {
                 "SEARCH d USING INDEX deployments_open (org=? AND service_id=?)",
                 "SEARCH p USING INDEX deployments_by_status (org=? AND status=?)",
             ] {
+                // Through the index alone (`COVERING INDEX`) or the index and the rows.
                 assert!(
-                    plan.iter().any(|step| step.starts_with(seek)),
+                    plan.iter()
+                        .any(|step| step.replacen("COVERING INDEX", "INDEX", 1).starts_with(seek)),
                     "{name}, {seek}: {plan:#?}"
                 );
             }
@@ -820,11 +822,11 @@ mod tests {
             );
         }
         // The oldest of a service's kept waiting deployments, found in the same index, newest
-        // first, without sorting.
+        // first, without sorting, and counted there alone: the deployments' rows are not read.
         let plan = query_plan(&conn, OLDEST_KEPT_WAITING, params!["acme", "api", 99]);
         assert!(
             matches!(plan.as_slice(), [step] if step.starts_with("SEARCH")
-                && step.contains("INDEX deployments_open (org=? AND service_id=?)")),
+                && step.contains("COVERING INDEX deployments_open (org=? AND service_id=?)")),
             "{plan:#?}"
         );
     }

@@ -268,6 +268,13 @@ CREATE TABLE unconfigured_refusals (log_seq INTEGER PRIMARY KEY);
 -- id still refuses their replays): nothing reads them by service any more.
 DROP INDEX push_marks_by_service;
 "#,
+    // The waiting deployments' index carries their status: the bound on a service's waiting
+    // deployments is counted in the index alone, where each step read the deployment's row.
+    r#"
+DROP INDEX deployments_open;
+CREATE INDEX deployments_open ON deployments (org, service_id, seq, status)
+    WHERE status IN ('QUEUED', 'IN_PROGRESS');
+"#,
 ];
 
 /// Bring the database at `conn` to this build's schema. An upgrade is logged: an older
