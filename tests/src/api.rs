@@ -399,24 +399,29 @@ impl Api {
 
     /// A signed push of `body` to `org`'s `provider` webhook.
     pub async fn push(&self, org: &str, provider: &str, body: &[u8], delivery: &str) -> Reply {
-        let headers = provider_headers(provider, body, delivery);
-        self.deliver(
+        self.signed_push(
             &format!("/organization/{org}/webhooks/{provider}"),
-            &headers,
-            body.to_vec(),
+            provider,
+            body,
+            delivery,
         )
         .await
     }
 
     /// The same signed push as a dry run (`?dry_run=true`).
     pub async fn dry_run_push(&self, org: &str, provider: &str, body: &[u8], delivery: &str) -> Reply {
-        let headers = provider_headers(provider, body, delivery);
-        self.deliver(
+        self.signed_push(
             &format!("/organization/{org}/webhooks/{provider}?dry_run=true"),
-            &headers,
-            body.to_vec(),
+            provider,
+            body,
+            delivery,
         )
         .await
+    }
+
+    async fn signed_push(&self, uri: &str, provider: &str, body: &[u8], delivery: &str) -> Reply {
+        let headers = provider_headers(provider, body, delivery);
+        self.deliver(uri, &headers, body.to_vec()).await
     }
 
     /// Create an auto-deployed APPLICATION following `url` at `branch`.
