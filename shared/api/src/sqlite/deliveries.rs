@@ -76,7 +76,7 @@ mod tests {
             ),
             (PURGE_DELIVERIES, "INDEX deliveries_by_expiry (expires_at<?)"),
         ] {
-            let count = sql.matches('?').count();
+            let count = conn.prepare(sql).unwrap().parameter_count();
             let params: Vec<i64> = (0..count as i64).collect();
             let plan = query_plan(&conn, sql, rusqlite::params_from_iter(params));
             assert!(
@@ -87,6 +87,41 @@ mod tests {
             let scans = |step: &&String| step.starts_with("SCAN") && step != &"SCAN CONSTANT ROW";
             assert!(!plan.iter().any(|step| scans(&step)), "{sql}: {plan:#?}");
         }
+    }
+
+    /// A mark of two lowercase hexadecimal ids is stored as bytes, half its length; any other
+    /// as it is; two marks never share a stored form.
+    #[test]
+    fn marks_of_hexadecimal_ids_are_stored_as_bytes() {
+        let conn = migrated();
+        let stored = |mark: &str| -> rusqlite::types::Value {
+            conn.query_row(concat!("SELECT ", stored_mark!("?1")), [mark], |r| r.get(0))
+                .unwrap()
+        };
+        let (before, after) = ("a".repeat(40), "0123456789abcdef".repeat(4));
+        let mut bytes = vec![41];
+        bytes.extend([0xaa; 20]);
+        bytes.extend([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef].repeat(4));
+        assert_eq!(stored(&format!("{before}..{after}")), bytes.into());
+        // A new branch's push (no `before`), and the ids split elsewhere.
+        assert_eq!(
+            stored(&format!("..{after}")),
+            [&[1][..], &bytes_of(&after)].concat().into()
+        );
+        assert_ne!(
+            stored(&format!("{before}0..{}", &after[1..])),
+            stored(&format!("{before}..{after}"))
+        );
+        for other in ["A..b", "ab..cd..ef", "ab...cd", "abcd", "not..hex", "abc..d e", ""] {
+            assert_eq!(stored(other), rusqlite::types::Value::Text(other.to_owned()), "{other}");
+        }
+    }
+
+    fn bytes_of(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// The writes every delivery makes run without a temporary table: SQLite builds one to

@@ -61,13 +61,22 @@ pub(super) fn deployment_at(conn: &Connection, seq: i64) -> StoreResult<Deployme
 pub(super) use crate::util::unix_rfc3339 as rfc3339;
 
 /// Whether the service queued the push `mark` after a time.
-pub(super) const PUSH_QUEUED_SINCE: &str = "SELECT EXISTS (SELECT 1 FROM push_marks
-    WHERE org = ?1 AND service_id = ?2 AND mark = ?3 AND queued_unix > ?4)";
+pub(super) const PUSH_QUEUED_SINCE: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM push_marks
+    WHERE org = ?1 AND service_id = ?2 AND mark = ",
+    stored_mark!("?3"),
+    " AND queued_unix > ?4)"
+);
 /// A push's mark, unless the service has it already (then nothing changes).
-pub(super) const ADD_PUSH_MARK: &str = "INSERT INTO push_marks (org, service_id, mark, queued_unix)
-    VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
-pub(super) const RENEW_PUSH_MARK: &str =
-    "UPDATE push_marks SET queued_unix = ?4 WHERE org = ?1 AND service_id = ?2 AND mark = ?3";
+pub(super) const ADD_PUSH_MARK: &str = concat!(
+    "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES (?1, ?2, ",
+    stored_mark!("?3"),
+    ", ?4) ON CONFLICT DO NOTHING"
+);
+pub(super) const RENEW_PUSH_MARK: &str = concat!(
+    "UPDATE push_marks SET queued_unix = ?4 WHERE org = ?1 AND service_id = ?2 AND mark = ",
+    stored_mark!("?3")
+);
 pub(super) const SET_LAST_PUSH: &str = "UPDATE services SET last_push = ?3 WHERE org = ?1 AND id = ?2";
 /// A delivery id, unless `?5` is a time at which it is remembered already and not expired
 /// (then nothing changes).

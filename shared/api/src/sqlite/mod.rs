@@ -11,6 +11,33 @@
 //! Another thread copies the write-ahead log back into the database file (checkpoints), so
 //! that the writer never stops for it.
 
+/// The SQL expression of the form a push mark (`before..after`) is stored in: when it holds one
+/// `..` between lowercase hexadecimal digits, as bytes (the position of `..`, then the digits'
+/// bytes), about half the length of the text, which the marks' unique index (a random page per
+/// push) holds in fewer, fuller pages; any other mark as it is. Both forms are one-to-one, and
+/// a text never equals bytes in SQLite.
+macro_rules! stored_mark {
+    ($mark:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $mark,
+            " GLOB '*[A-F]*' OR length(",
+            $mark,
+            ") - length(replace(",
+            $mark,
+            ", '..', '')) <> 2 THEN ",
+            $mark,
+            " ELSE coalesce(unhex(printf('%02x', instr(",
+            $mark,
+            ", '..')) || replace(",
+            $mark,
+            ", '..', '')), ",
+            $mark,
+            ") END"
+        )
+    };
+}
+
 mod checkpointer;
 mod credentials;
 mod deliveries;

@@ -275,6 +275,14 @@ DROP INDEX deployments_open;
 CREATE INDEX deployments_open ON deployments (org, service_id, seq, status)
     WHERE status IN ('QUEUED', 'IN_PROGRESS');
 "#,
+    // Push marks in their stored form (`stored_mark!`): lowercase hexadecimal ids as bytes.
+    // A mark whose stored form another one of its service has already (the same ids in
+    // another case, which no provider sends) stays as it was.
+    concat!(
+        "UPDATE OR IGNORE push_marks SET mark = ",
+        stored_mark!("mark"),
+        " WHERE typeof(mark) = 'text';"
+    ),
 ];
 
 /// Bring the database at `conn` to this build's schema. An upgrade is logged: an older
@@ -381,10 +389,20 @@ mod tests {
         assert_eq!(applied, MIGRATIONS.len() as i64);
     }
 
-    /// The push marks `(service, mark, queued_unix)`, in `order`.
+    /// The push marks `(service, mark, queued_unix)`, in `order`, marks stored as bytes
+    /// (`stored_mark!`) read back as text.
     fn push_marks(conn: &Connection, order: &str) -> Vec<(String, String, i64)> {
         conn.prepare(&format!(
-            "SELECT service_id, mark, queued_unix FROM push_marks ORDER BY {order}"
+            "SELECT service_id,
+                    CASE WHEN typeof(stored) = 'blob'
+                         THEN lower(substr(hex(stored), 3, split - 1) || '..' || substr(hex(stored), 2 + split))
+                         ELSE stored END AS mark,
+                    queued_unix
+             FROM (SELECT rowid AS rowid, service_id, mark AS stored, queued_unix,
+                          (instr('0123456789ABCDEF', substr(hex(mark), 1, 1)) - 1) * 16
+                          + instr('0123456789ABCDEF', substr(hex(mark), 2, 1)) - 1 AS split
+                   FROM push_marks)
+             ORDER BY {order}"
         ))
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -470,6 +488,21 @@ mod tests {
                 mark("web", "a..b", 30)
             ]
         );
+        // In their stored form since, and found by the statement that looks them up.
+        let as_bytes: i64 = conn
+            .query_row("SELECT count(*) FROM push_marks WHERE typeof(mark) = 'blob'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(as_bytes, 3);
+        let queued_before: bool = conn
+            .query_row(
+                super::super::deployments::PUSH_QUEUED_SINCE,
+                rusqlite::params!["acme", "web", "b..c", 0],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(queued_before);
         let ids: Vec<(String, i64)> = conn
             .prepare("SELECT id, expires_at FROM deliveries ORDER BY rowid")
             .unwrap()
@@ -481,7 +514,11 @@ mod tests {
         // The keys stay unique: a second mark or id of the same key is refused.
         assert!(
             conn.execute(
-                "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES ('acme', 'api', 'a..b', 40)",
+                concat!(
+                    "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES ('acme', 'api', ",
+                    stored_mark!("'a..b'"),
+                    ", 40)"
+                ),
                 [],
             )
             .is_err()
