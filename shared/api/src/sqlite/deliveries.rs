@@ -112,9 +112,24 @@ mod tests {
             stored(&format!("{before}0..{}", &after[1..])),
             stored(&format!("{before}..{after}"))
         );
-        for other in ["A..b", "ab..cd..ef", "ab...cd", "abcd", "not..hex", "abc..d e", ""] {
+        // A `before` too long for the position's one byte.
+        let long = format!("{}..{after}", "a".repeat(255));
+        for other in [
+            "A..b",
+            "ab..cd..ef",
+            "ab...cd",
+            "abcd",
+            "not..hex",
+            "abc..d e",
+            "",
+            &long,
+        ] {
             assert_eq!(stored(other), rusqlite::types::Value::Text(other.to_owned()), "{other}");
         }
+        assert_eq!(
+            stored(&format!("{}..{after}", "a".repeat(254))).data_type(),
+            rusqlite::types::Type::Blob
+        );
     }
 
     fn bytes_of(hex: &str) -> Vec<u8> {

@@ -12,10 +12,10 @@
 //! that the writer never stops for it.
 
 /// The SQL expression of the form a push mark (`before..after`) is stored in: when it holds one
-/// `..` between lowercase hexadecimal digits, as bytes (the position of `..`, then the digits'
-/// bytes), about half the length of the text, which the marks' unique index (a random page per
-/// push) holds in fewer, fuller pages; any other mark as it is. Both forms are one-to-one, and
-/// a text never equals bytes in SQLite.
+/// `..`, within its first 255 characters, between lowercase hexadecimal digits, as bytes (the
+/// position of `..` in one byte, then the digits' bytes), about half the length of the text,
+/// which the marks' unique index (a random page per push) holds in fewer, fuller pages; any
+/// other mark as it is. Both forms are one-to-one, and a text never equals bytes in SQLite.
 macro_rules! stored_mark {
     ($mark:literal) => {
         concat!(
@@ -25,7 +25,9 @@ macro_rules! stored_mark {
             $mark,
             ") - length(replace(",
             $mark,
-            ", '..', '')) <> 2 THEN ",
+            ", '..', '')) <> 2 OR instr(",
+            $mark,
+            ", '..') > 255 THEN ",
             $mark,
             " ELSE coalesce(unhex(printf('%02x', instr(",
             $mark,
