@@ -106,7 +106,7 @@ mod tests {
         // A new branch's push (no `before`), and the ids split elsewhere.
         assert_eq!(
             stored(&format!("..{after}")),
-            [&[1][..], &bytes_of(&after)].concat().into()
+            [&[1][..], &hex::decode(&after).unwrap()].concat().into()
         );
         assert_ne!(
             stored(&format!("{before}0..{}", &after[1..])),
@@ -130,13 +130,6 @@ mod tests {
             stored(&format!("{}..{after}", "a".repeat(254))).data_type(),
             rusqlite::types::Type::Blob
         );
-    }
-
-    fn bytes_of(hex: &str) -> Vec<u8> {
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
     }
 
     /// The writes every delivery makes run without a temporary table: SQLite builds one to

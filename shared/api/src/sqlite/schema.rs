@@ -276,8 +276,8 @@ CREATE INDEX deployments_open ON deployments (org, service_id, seq, status)
     WHERE status IN ('QUEUED', 'IN_PROGRESS');
 "#,
     // Push marks in their stored form (`stored_mark!`): lowercase hexadecimal ids as bytes.
-    // A mark whose stored form another one of its service has already (the same ids in
-    // another case, which no provider sends) stays as it was.
+    // The form is one-to-one, so no two marks of a service meet; `OR IGNORE` leaves a mark as
+    // it was rather than fail the upgrade, should one ever.
     concat!(
         "UPDATE OR IGNORE push_marks SET mark = ",
         stored_mark!("mark"),
