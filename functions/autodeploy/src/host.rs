@@ -75,9 +75,24 @@ pub fn connection_cap(requested: usize, open_files: Option<u64>) -> usize {
     requested.min(room).max(1)
 }
 
+/// The threads that serve requests on a machine of `cores` cores: all but one, at least one.
+/// Every write goes through the database's one writer thread, which limits throughput; a
+/// request thread on each core slows it down (the threads take turns on the cores, and
+/// handing requests from one to another costs more than they save).
+pub fn request_threads(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_core_is_left_to_the_writer() {
+        assert_eq!(request_threads(1), 1);
+        assert_eq!(request_threads(2), 1);
+        assert_eq!(request_threads(8), 7);
+    }
 
     #[test]
     fn the_cap_stays_below_the_descriptor_limit() {

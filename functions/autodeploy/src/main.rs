@@ -194,7 +194,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             "fewer connections than --max-connections asks, to stay within the open-files limit (ulimit -n)"
         );
     }
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // Unless TOKIO_WORKER_THREADS says otherwise, which tokio reads itself.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        runtime.worker_threads(host::request_threads(cores));
+    }
+    let runtime = runtime.build().map_err(|e| format!("cannot start the runtime: {e}"))?;
     let _runtime = runtime.enter();
     // Before listening: once a client can connect, SIGTERM is a graceful shutdown.
     let shutdown = shutdown_signal()?;
@@ -289,6 +296,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             database = %database.display(),
             max_connections,
             max_body_buffer = args.max_body_buffer,
+            request_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "autodeploy serving"
         );
         let retention_secs = i64::from(args.retention_days) * 24 * 60 * 60;

@@ -386,6 +386,65 @@ async fn ignored_events_answer_200_and_queue_nothing() {
     assert_eq!(api.deployments("acme").await.len(), 0);
 }
 
+/// A push large enough to be checked and read off the request's thread is answered as a
+/// small one: queued where its files match, refused with a signature that does not match,
+/// refused when it is not a push.
+#[tokio::test]
+async fn a_large_push_is_answered_as_a_small_one() {
+    let api = github_api().await;
+    let path = "/organization/acme/webhooks/github";
+    let only = |value: &str| json!({"deployment_restrictions": [{"mode": "MATCH", "type": "PATH", "value": value}]});
+    api.app("acme", "web", "GITHUB", GITHUB_REPO, "master", only("services/web/"))
+        .await;
+    api.app("acme", "api", "GITHUB", GITHUB_REPO, "master", only("services/api/"))
+        .await;
+    // 600 commits, the last of which alone changes the web service.
+    let body = github_push(|b| {
+        let first = b["commits"][0].clone();
+        let commits: Vec<Value> = (0..600)
+            .map(|i| {
+                let mut commit = first.clone();
+                commit["id"] = json!(format!("{i:040x}"));
+                commit["message"] = json!(format!("change {i}\n\nwith a body"));
+                let file = if i == 599 {
+                    "services/web/late.rs".to_owned()
+                } else {
+                    format!("docs/{i}.md")
+                };
+                commit["modified"] = json!([file]);
+                commit
+            })
+            .collect();
+        b["commits"] = json!(commits);
+    });
+    assert!(body.len() > 256 * 1024, "{}", body.len());
+    let r = api.push("acme", "github", &body, "large-1").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let (queued, skipped) = outcome(&r);
+    assert_eq!(queued, [("web".to_owned(), "QUEUED".to_owned())]);
+    assert_eq!(skipped, [("api".to_owned(), "PATH_RESTRICTIONS".to_owned())]);
+
+    // Signed as `signed`.
+    let deliver = |body: Vec<u8>, signed: &[u8], id: &str| {
+        let sig = format!("sha256={}", hmac_hex(WEBHOOK_SECRET, signed));
+        let headers = s(&[
+            ("x-github-event", "push"),
+            ("x-github-delivery", id),
+            ("x-hub-signature-256", &sig),
+        ]);
+        let api = &api;
+        async move { api.deliver(path, &headers, body).await }
+    };
+    // Signed as another body: refused, and nothing more is queued.
+    let r = deliver(body.clone(), &body[1..], "large-2").await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
+    // Signed, but no push.
+    let numbers = serde_json::to_vec(&(0..100_000).collect::<Vec<u32>>()).unwrap();
+    let r = deliver(numbers.clone(), &numbers, "large-3").await;
+    assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "MALFORMED_BODY"));
+    assert_eq!(api.deployments("acme").await.len(), 1);
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_deliveries() {
     let api = github_api().await;
