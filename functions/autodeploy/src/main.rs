@@ -107,6 +107,10 @@ struct ServeArgs {
     /// request.
     #[arg(long = "max-connections", env = "AUTODEPLOY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
+    /// Threads that serve requests (1-1024). Every write goes through the database's one
+    /// writer thread besides; by default, one thread per core but one, at least one.
+    #[arg(long = "request-threads", env = "AUTODEPLOY_REQUEST_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    request_threads: Option<u16>,
     /// Request-body bytes held in memory at once, across all requests (e.g. 128MiB, 1GiB; at
     /// least 1MiB). A request past it is answered 503 with Retry-After; a body larger than all
     /// of it, 413.
@@ -194,14 +198,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             "fewer connections than --max-connections asks, to stay within the open-files limit (ulimit -n)"
         );
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    // Unless TOKIO_WORKER_THREADS says otherwise, which tokio reads itself.
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        runtime.worker_threads(host::request_threads(cores));
-    }
-    let runtime = runtime.build().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let request_threads = args.request_threads.map_or_else(
+        || host::request_threads(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)),
+        usize::from,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(request_threads)
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let _runtime = runtime.enter();
     // Before listening: once a client can connect, SIGTERM is a graceful shutdown.
     let shutdown = shutdown_signal()?;

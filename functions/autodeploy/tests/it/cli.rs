@@ -446,6 +446,33 @@ fn the_admin_token_comes_from_the_environment_or_a_file_never_the_command_line()
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the admin token file"));
 }
 
+/// The request threads: one per core but one unless told, said in the start's log line; a
+/// number out of range stops the start with a usage error.
+#[test]
+fn request_threads_are_set_and_logged() {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let default = cores.saturating_sub(1).max(1);
+    for (args, threads) in [(&[][..], default), (&["--request-threads", "3"][..], 3)] {
+        let mut server = Server::start(ADMIN, args);
+        server.call(ADMIN, "GET", "/health", None);
+        assert!(server.terminate().success());
+        let logged = server.stderr();
+        let said = format!("request_threads={threads}");
+        assert!(logged.split_whitespace().any(|word| word == said), "{logged}");
+    }
+    for value in ["0", "1025", "many"] {
+        let out = run(
+            &["serve", "--request-threads", value],
+            &[("AUTODEPLOY_ADMIN_TOKEN", ADMIN)],
+        );
+        assert_eq!(out.status.code(), Some(2), "{value}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--request-threads"),
+            "{value}"
+        );
+    }
+}
+
 #[test]
 fn logs_are_coloured_on_a_terminal_only() {
     // Into a file: plain text.
