@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use autodeploy_api::web::webhooks::BLOCKING_POOL_FROM;
 use autodeploy_core::repo_url::normalize_repository_url;
 use autodeploy_tests::{
     Api, GITHUB_REPO, WEBHOOK_SECRET, deployment_ids, fixture, fixture_json, git_providers, hmac_hex, outcome,
@@ -417,14 +418,14 @@ async fn a_large_push_is_answered_as_a_small_one() {
             .collect();
         b["commits"] = json!(commits);
     });
-    assert!(body.len() > 256 * 1024, "{}", body.len());
+    assert!(body.len() > BLOCKING_POOL_FROM, "{}", body.len());
     let r = api.push("acme", "github", &body, "large-1").await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let (queued, skipped) = outcome(&r);
     assert_eq!(queued, [("web".to_owned(), "QUEUED".to_owned())]);
     assert_eq!(skipped, [("api".to_owned(), "PATH_RESTRICTIONS".to_owned())]);
 
-    // Signed as `signed`.
+    // `body`, with the signature of `signed`.
     let deliver = |body: Vec<u8>, signed: &[u8], id: &str| {
         let sig = format!("sha256={}", hmac_hex(WEBHOOK_SECRET, signed));
         let headers = s(&[
@@ -440,6 +441,7 @@ async fn a_large_push_is_answered_as_a_small_one() {
     assert_eq!((r.status, r.error_code()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
     // Signed, but no push.
     let numbers = serde_json::to_vec(&(0..100_000).collect::<Vec<u32>>()).unwrap();
+    assert!(numbers.len() > BLOCKING_POOL_FROM);
     let r = deliver(numbers.clone(), &numbers, "large-3").await;
     assert_eq!((r.status, r.error_code()), (StatusCode::BAD_REQUEST, "MALFORMED_BODY"));
     assert_eq!(api.deployments("acme").await.len(), 1);

@@ -30,7 +30,7 @@ pub const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
 /// instead of the request's thread: from this size the two take a tenth of a millisecond or
 /// more (tens of milliseconds for GitHub's largest), which every request sharing the thread
 /// would wait for (the standalone server runs one request thread per core but one).
-const BLOCKING_POOL_FROM: usize = 64 * 1024;
+pub const BLOCKING_POOL_FROM: usize = 64 * 1024;
 
 /// Run `work` on tokio's blocking pool (see [`BLOCKING_POOL_FROM`]).
 async fn on_blocking_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
