@@ -392,20 +392,20 @@ mod tests {
     /// The push marks `(service, mark, queued_unix)`, in `order`, marks stored as bytes
     /// (`stored_mark!`) read back as text.
     fn push_marks(conn: &Connection, order: &str) -> Vec<(String, String, i64)> {
+        let text = |stored: rusqlite::types::Value| match stored {
+            // The position of `..` in the text, then the digits around it.
+            rusqlite::types::Value::Blob(bytes) => {
+                let (split, digits) = (usize::from(bytes[0]) - 1, hex::encode(&bytes[1..]));
+                format!("{}..{}", &digits[..split], &digits[split..])
+            }
+            rusqlite::types::Value::Text(mark) => mark,
+            other => panic!("a mark stored as {other:?}"),
+        };
         conn.prepare(&format!(
-            "SELECT service_id,
-                    CASE WHEN typeof(stored) = 'blob'
-                         THEN lower(substr(hex(stored), 3, split - 1) || '..' || substr(hex(stored), 2 + split))
-                         ELSE stored END AS mark,
-                    queued_unix
-             FROM (SELECT rowid AS rowid, service_id, mark AS stored, queued_unix,
-                          (instr('0123456789ABCDEF', substr(hex(mark), 1, 1)) - 1) * 16
-                          + instr('0123456789ABCDEF', substr(hex(mark), 2, 1)) - 1 AS split
-                   FROM push_marks)
-             ORDER BY {order}"
+            "SELECT service_id, mark, queued_unix FROM push_marks ORDER BY {order}"
         ))
         .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_map([], |r| Ok((r.get(0)?, text(r.get(1)?), r.get(2)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
