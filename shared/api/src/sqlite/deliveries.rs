@@ -51,8 +51,8 @@ mod tests {
     use super::super::deployments::{
         ADD_PUSH_MARK, INSERT_DEPLOYMENT, PUSH_QUEUED_SINCE, REMEMBER_DELIVERY, RENEW_PUSH_MARK, SET_LAST_PUSH,
     };
-    use super::super::execute;
     use super::super::plans::{migrated, query_plan};
+    use super::super::{execute, stored_mark};
     use super::*;
 
     /// Each statement on push marks and delivery ids finds its rows through an index, none
@@ -95,8 +95,11 @@ mod tests {
     fn marks_of_hexadecimal_ids_are_stored_as_bytes() {
         let conn = migrated();
         let stored = |mark: &str| -> rusqlite::types::Value {
-            conn.query_row(concat!("SELECT ", stored_mark!("?1")), [mark], |r| r.get(0))
-                .unwrap()
+            let in_sql = conn
+                .query_row(concat!("SELECT ", stored_mark!("?1")), [mark], |r| r.get(0))
+                .unwrap();
+            assert_eq!(stored_mark(mark), in_sql, "{mark}");
+            in_sql
         };
         let (before, after) = ("a".repeat(40), "0123456789abcdef".repeat(4));
         let mut bytes = vec![41];
@@ -130,6 +133,34 @@ mod tests {
             stored(&format!("{}..{after}", "a".repeat(254))).data_type(),
             rusqlite::types::Type::Blob
         );
+    }
+
+    /// The form the writer computes is the one the upgrade computed in SQL, for every mark of
+    /// up to six characters drawn from digits, letters inside and outside hexadecimal ones (of
+    /// both cases), dots and a character outside ASCII, and at the position limit.
+    #[test]
+    fn marks_are_stored_in_rust_as_in_sql() {
+        let conn = migrated();
+        let mut in_sql = conn.prepare(concat!("SELECT ", stored_mark!("?1"))).unwrap();
+        let mut check = |mark: &str| {
+            let expected: rusqlite::types::Value = in_sql.query_row([mark], |r| r.get(0)).unwrap();
+            assert_eq!(stored_mark(mark), expected, "{mark:?}");
+        };
+        let alphabet = ["0", "a", "f", "A", "F", "g", ".", "é"];
+        let mut marks = vec![String::new()];
+        for _ in 0..6 {
+            marks = marks
+                .iter()
+                .flat_map(|mark| alphabet.iter().map(move |c| format!("{mark}{c}")))
+                .collect();
+            marks.iter().for_each(|mark| check(mark));
+        }
+        for before in [253, 254, 255, 256] {
+            for after in ["", "ab", "abc", "AB", "a..b"] {
+                check(&format!("{}..{after}", "a".repeat(before)));
+                check(&format!("é{}..{after}", "a".repeat(before - 2)));
+            }
+        }
     }
 
     /// The writes every delivery makes run without a temporary table: SQLite builds one to
@@ -170,10 +201,15 @@ mod tests {
         let conn = migrated();
         for now in [100, 200] {
             for service in ["api", "web"] {
-                let added = execute(&conn, ADD_PUSH_MARK, params!["acme", service, "a..b", now]).unwrap();
+                let added = execute(&conn, ADD_PUSH_MARK, params!["acme", service, stored_mark("a..b"), now]).unwrap();
                 assert_eq!(added, usize::from(now == 100), "{service} at {now}");
                 if added == 0 {
-                    execute(&conn, RENEW_PUSH_MARK, params!["acme", service, "a..b", now]).unwrap();
+                    execute(
+                        &conn,
+                        RENEW_PUSH_MARK,
+                        params!["acme", service, stored_mark("a..b"), now],
+                    )
+                    .unwrap();
                 }
             }
             let remembered = execute(&conn, REMEMBER_DELIVERY, params!["acme", "GITHUB", "d1", now + 10, now]).unwrap();
@@ -198,8 +234,12 @@ mod tests {
             .unwrap();
         assert_eq!(marks, [("api".to_owned(), 200), ("web".to_owned(), 200)]);
         let queued_since = |since: i64| -> bool {
-            conn.query_row(PUSH_QUEUED_SINCE, params!["acme", "api", "a..b", since], |r| r.get(0))
-                .unwrap()
+            conn.query_row(
+                PUSH_QUEUED_SINCE,
+                params!["acme", "api", stored_mark("a..b"), since],
+                |r| r.get(0),
+            )
+            .unwrap()
         };
         assert!(queued_since(150));
         assert!(!queued_since(200));

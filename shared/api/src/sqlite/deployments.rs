@@ -60,23 +60,15 @@ pub(super) fn deployment_at(conn: &Connection, seq: i64) -> StoreResult<Deployme
 
 pub(super) use crate::util::unix_rfc3339 as rfc3339;
 
-/// Whether the service queued the push `mark` after a time.
-pub(super) const PUSH_QUEUED_SINCE: &str = concat!(
-    "SELECT EXISTS (SELECT 1 FROM push_marks
-    WHERE org = ?1 AND service_id = ?2 AND mark = ",
-    stored_mark!("?3"),
-    " AND queued_unix > ?4)"
-);
-/// A push's mark, unless the service has it already (then nothing changes).
-pub(super) const ADD_PUSH_MARK: &str = concat!(
-    "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES (?1, ?2, ",
-    stored_mark!("?3"),
-    ", ?4) ON CONFLICT DO NOTHING"
-);
-pub(super) const RENEW_PUSH_MARK: &str = concat!(
-    "UPDATE push_marks SET queued_unix = ?4 WHERE org = ?1 AND service_id = ?2 AND mark = ",
-    stored_mark!("?3")
-);
+/// Whether the service queued the push whose stored mark ([`super::stored_mark`]) is `?3`
+/// after a time.
+pub(super) const PUSH_QUEUED_SINCE: &str = "SELECT EXISTS (SELECT 1 FROM push_marks
+    WHERE org = ?1 AND service_id = ?2 AND mark = ?3 AND queued_unix > ?4)";
+/// A push's stored mark, unless the service has it already (then nothing changes).
+pub(super) const ADD_PUSH_MARK: &str =
+    "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+pub(super) const RENEW_PUSH_MARK: &str =
+    "UPDATE push_marks SET queued_unix = ?4 WHERE org = ?1 AND service_id = ?2 AND mark = ?3";
 pub(super) const SET_LAST_PUSH: &str = "UPDATE services SET last_push = ?3 WHERE org = ?1 AND id = ?2";
 /// A delivery id, unless `?5` is a time at which it is remembered already and not expired
 /// (then nothing changes).
@@ -101,13 +93,14 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
             let Some((last_push, to_target)) = service else {
                 return Ok(None);
             };
+            let stored = super::stored_mark(mark);
             // Most pushes are new to the service: adding the mark is the check.
-            if execute(conn, ADD_PUSH_MARK, params![org, service_id, mark, now])? == 0 {
+            if execute(conn, ADD_PUSH_MARK, params![org, service_id, stored, now])? == 0 {
                 // Queued before: the replay rule decides, and nothing is written yet.
                 let queued_before: bool = conn
                     .prepare_cached(PUSH_QUEUED_SINCE)
                     .and_then(|mut stmt| {
-                        stmt.query_row(params![org, service_id, mark, now - PUSH_MARK_RETENTION_SECS], |r| {
+                        stmt.query_row(params![org, service_id, stored, now - PUSH_MARK_RETENTION_SECS], |r| {
                             r.get(0)
                         })
                     })
@@ -115,7 +108,7 @@ fn apply_guard(conn: &Connection, org: &str, service_id: &str, guard: &Guard, no
                 if is_replay(mark, before, last_push.as_deref(), queued_before) {
                     return Ok(None);
                 }
-                execute(conn, RENEW_PUSH_MARK, params![org, service_id, mark, now])?;
+                execute(conn, RENEW_PUSH_MARK, params![org, service_id, stored, now])?;
             }
             execute(conn, SET_LAST_PUSH, params![org, service_id, mark])?;
             Ok(Some(to_target))

@@ -390,7 +390,7 @@ mod tests {
     }
 
     /// The push marks `(service, mark, queued_unix)`, in `order`, marks stored as bytes
-    /// (`stored_mark!`) read back as text.
+    /// (`stored_mark`) read back as text.
     fn push_marks(conn: &Connection, order: &str) -> Vec<(String, String, i64)> {
         let text = |stored: rusqlite::types::Value| match stored {
             // The position of `..` in the text, then the digits around it.
@@ -498,7 +498,7 @@ mod tests {
         let queued_before: bool = conn
             .query_row(
                 super::super::deployments::PUSH_QUEUED_SINCE,
-                rusqlite::params!["acme", "web", "b..c", 0],
+                rusqlite::params!["acme", "web", super::super::stored_mark("b..c"), 0],
                 |r| r.get(0),
             )
             .unwrap();
@@ -514,12 +514,8 @@ mod tests {
         // The keys stay unique: a second mark or id of the same key is refused.
         assert!(
             conn.execute(
-                concat!(
-                    "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES ('acme', 'api', ",
-                    stored_mark!("'a..b'"),
-                    ", 40)"
-                ),
-                [],
+                "INSERT INTO push_marks (org, service_id, mark, queued_unix) VALUES ('acme', 'api', ?1, 40)",
+                [super::super::stored_mark("a..b")],
             )
             .is_err()
         );

@@ -302,7 +302,7 @@ impl ServiceStore for SqliteStore {
         let since = crate::util::now_unix() - crate::store::PUSH_MARK_RETENTION_SECS;
         self.read(|conn| {
             conn.prepare_cached(super::deployments::PUSH_QUEUED_SINCE)
-                .and_then(|mut stmt| stmt.query_row(params![org, id, mark, since], |r| r.get(0)))
+                .and_then(|mut stmt| stmt.query_row(params![org, id, super::stored_mark(mark), since], |r| r.get(0)))
                 .map_err(unavailable)
         })
     }
