@@ -42,7 +42,7 @@ macro_rules! stored_mark {
 
 /// A push mark in the form [`stored_mark!`] gives it, computed here rather than in SQL: the
 /// writer binds it to every statement on push marks, so that the thread every write goes through
-/// does not evaluate the expression (a pattern match, three replaces, a formatted number) for
+/// does not evaluate the expression (a pattern match, two replaces, a formatted number) for
 /// each service a push reaches. The upgrade that stored the marks of an older database uses the
 /// SQL; the two agree on every mark (tested).
 pub(crate) fn stored_mark(mark: &str) -> rusqlite::types::Value {
