@@ -16,6 +16,8 @@
 /// position of `..` in one byte, then the digits' bytes), about half the length of the text,
 /// which the marks' unique index (a random page per push) holds in fewer, fuller pages; any
 /// other mark as it is. Both forms are one-to-one, and a text never equals bytes in SQLite.
+/// The upgrade that rewrote the marks already stored uses it; the statements bind the same form
+/// computed in Rust ([`stored_mark`]).
 macro_rules! stored_mark {
     ($mark:literal) => {
         concat!(
