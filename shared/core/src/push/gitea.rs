@@ -9,6 +9,10 @@ use super::{
 };
 use crate::provider::GitProvider;
 
+/// How many commits Gitea and Gogs list in a push at most by default (their `[ui]`
+/// `FEED_MAX_COMMIT_NUM`, which also caps webhooks).
+const FEED_MAX_COMMITS: usize = 5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Flavor {
     Gitea,
@@ -57,9 +61,12 @@ fn parse_push(provider: GitProvider, json: &str) -> Result<Delivery, PayloadErro
             .and_then(|head| head.message.as_deref())
             .map(str::to_owned)
             .or_else(|| message_of(&commits, after));
-        // Both send only the latest few commits (Gitea: 5 by default); `total_commits` says how
-        // many there were.
-        let complete = event.total_commits.is_none_or(|total| total <= commits.len() as u64);
+        // Both send only the latest few commits; Gitea's `total_commits` says how many there
+        // were. Gogs never says: a list as long as their default cap may have been cut.
+        let complete = match event.total_commits {
+            Some(total) => total <= commits.len() as u64,
+            None => commits.len() < FEED_MAX_COMMITS,
+        };
         PushDetails {
             repository_urls: collect_urls([
                 text(&repository.clone_url),

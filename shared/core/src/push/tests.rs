@@ -788,6 +788,41 @@ fn gitea_truncated_commits() {
     assert_eq!(push.files, files(&["example"]));
 }
 
+/// Without `total_commits` (Gogs never sends it), a list as long as the default cap of five
+/// may have been cut: its files are not known to be all.
+#[test]
+fn gitea_and_gogs_lists_at_their_cap_without_a_total() {
+    let mut body = value(fixture!("gitea/gp-push-event.json"));
+    body.as_object_mut().unwrap().remove("total_commits");
+    let commit = body["commits"][0].clone();
+    for (count, known) in [(1, true), (4, true), (5, false), (6, false)] {
+        let commits: Vec<Value> = (0..count)
+            .map(|i| {
+                let mut c = commit.clone();
+                c["added"] = json!([format!("f{i}")]);
+                c
+            })
+            .collect();
+        body["commits"] = json!(commits);
+        for (provider, header) in [
+            (GitProvider::Gitea, "X-Gitea-Event"),
+            (GitProvider::Gogs, "X-Gogs-Event"),
+        ] {
+            let push = one_push(provider, &[(header, "push")], &bytes(&body));
+            assert_eq!(
+                push.files.is_known(),
+                known,
+                "{provider:?} {count} commits: {:?}",
+                push.files
+            );
+        }
+    }
+    // A total that says the list is whole is believed, at the cap too.
+    body["total_commits"] = json!(6);
+    let push = one_push(GitProvider::Gitea, &[("X-Gitea-Event", "push")], &bytes(&body));
+    assert!(push.files.is_known());
+}
+
 #[test]
 fn gitea_delete_and_create() {
     let body = fixture!("gitea/gp-delete-event.json");
