@@ -415,16 +415,20 @@ fn redact(text: &str, secrets: &[&str]) -> String {
 
 /// A secret as sent, and as a target may echo it encoded: base64 (standard, and URL-safe
 /// without padding) of it from each of its first three bytes, so that a part of it encoded
-/// from any byte is found too, and hex. Percent-encoding is read in the text itself
-/// ([`visible_chars`]).
+/// from any byte is found too, and hex. A webhook secret's key (the bytes it signs with, which
+/// its base64 part decodes to) in the same encodings: a receiver may echo the key it loaded.
+/// Percent-encoding is read in the text itself ([`visible_chars`]).
 fn encodings(secret: &str) -> Vec<String> {
     use base64::Engine as _;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-    let bytes = secret.as_bytes();
-    let mut forms = vec![secret.to_owned(), hex::encode(bytes)];
-    for from in 0..bytes.len().min(3) {
-        forms.push(STANDARD.encode(&bytes[from..]));
-        forms.push(URL_SAFE_NO_PAD.encode(&bytes[from..]));
+    let mut forms = vec![secret.to_owned()];
+    let key = super::signature::secret_key(secret);
+    for bytes in std::iter::once(secret.as_bytes()).chain(key.as_deref()) {
+        forms.push(hex::encode(bytes));
+        for from in 0..bytes.len().min(3) {
+            forms.push(STANDARD.encode(&bytes[from..]));
+            forms.push(URL_SAFE_NO_PAD.encode(&bytes[from..]));
+        }
     }
     forms
 }
@@ -549,6 +553,19 @@ mod tests {
                 let piece = std::str::from_utf8(piece).unwrap().to_ascii_lowercase();
                 assert!(!message.to_ascii_lowercase().contains(&piece), "{echoed}: {message}");
             }
+        }
+        // A webhook secret's key, which its receiver loads from it, echoed in any encoding.
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let key = crate::target::signature::secret_key(secret).unwrap();
+        for echoed in [
+            hex::encode(&key),
+            hex::encode_upper(&key[5..]),
+            STANDARD.encode(&key[1..]),
+            URL_SAFE_NO_PAD.encode(&key[2..]),
+            secret["whsec_".len()..].to_owned(),
+        ] {
+            let message = response_message(&body(&format!("loaded key {echoed} ok")), &[secret]).unwrap();
+            assert_eq!(message, "loaded key [redacted] ok", "{echoed}");
         }
         // Fewer characters in a row than a piece, as GitHub shows a token's first few, are kept;
         // so is text that only shares short runs with a secret.
