@@ -107,6 +107,23 @@ pub enum Credential {
     Password,
     /// An http(s) user name that is an access token (`ghp_…@`, a long random string).
     Token,
+    /// A query string with a parameter named as a credential (`?access_token=…`,
+    /// `?private_token=…`); the name, one of [`CREDENTIAL_PARAMETER_WORDS`], is shown, never
+    /// the value.
+    QueryToken { parameter: &'static str },
+}
+
+/// Words a query parameter naming a credential holds (`access_token`, `password`, `api_key`).
+const CREDENTIAL_PARAMETER_WORDS: [&str; 5] = ["token", "pass", "secret", "key", "sig"];
+
+/// The word of [`CREDENTIAL_PARAMETER_WORDS`] that the first parameter of `query` named as a
+/// credential holds (names read percent-decoded, in any letter case).
+fn credential_parameter(query: &str) -> Option<&'static str> {
+    query.split(['&', ';']).find_map(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        let name = percent_decode_str(name).decode_utf8_lossy().to_ascii_lowercase();
+        CREDENTIAL_PARAMETER_WORDS.into_iter().find(|word| name.contains(word))
+    })
 }
 
 /// What a URL that is not a repository's names instead.
@@ -139,8 +156,13 @@ fn unsupported_scheme_message(scheme: Option<&str>) -> String {
 
 fn credentials_message(kind: Credential, use_instead: &str) -> String {
     let what = match kind {
-        Credential::Password => "must not carry a password: remove it",
-        Credential::Token => "must not carry an access token: remove what comes before `@`, which looks like one",
+        Credential::Password => "must not carry a password: remove it".to_owned(),
+        Credential::Token => {
+            "must not carry an access token: remove what comes before `@`, which looks like one".to_owned()
+        }
+        Credential::QueryToken { parameter } => format!(
+            "must not carry an access token: remove the query string, where a parameter named with `{parameter}` looks like one"
+        ),
     };
     format!("{what} (webhooks need no credentials) and write `{use_instead}`")
 }
@@ -440,6 +462,14 @@ pub fn check_repository_url(url: &str, provider: GitProvider) -> Result<ServiceR
             let path = split_url(url)?.path;
             let cut = url.len() - path.len() + path.find(['?', '#']).unwrap_or(path.len());
             let repository = check_repository_url(&url[..cut], provider)?;
+            let query = &url[cut..];
+            let query = query.strip_prefix('?').map(|q| q.split('#').next().unwrap_or_default());
+            if let Some(parameter) = query.and_then(credential_parameter) {
+                return Err(RepoUrlError::Credentials {
+                    kind: Credential::QueryToken { parameter },
+                    use_instead: repository.url,
+                });
+            }
             return Err(RepoUrlError::NotARepository {
                 page: Page::Query,
                 use_instead: repository.url,
@@ -1437,6 +1467,22 @@ mod tests {
                 "https://glpat-hunter2secret@gitlab.com/g/r/-/blob/main/README.md",
                 Credential::Token,
                 "https://gitlab.com/g/r",
+            ),
+            // A token in the query string, under any name that says so.
+            (
+                "https://github.com/acme/shop.git?access_token=ghp_hunter2secret",
+                Credential::QueryToken { parameter: "token" },
+                "https://github.com/acme/shop.git",
+            ),
+            (
+                "https://gitlab.com/g/r.git?ref=main&PRIVATE%5FTOKEN=hunter2secret#x",
+                Credential::QueryToken { parameter: "token" },
+                "https://gitlab.com/g/r.git",
+            ),
+            (
+                "https://gitea.example.com/o/r?password=hunter2secret",
+                Credential::QueryToken { parameter: "pass" },
+                "https://gitea.example.com/o/r",
             ),
         ];
         for (input, kind, instead) in cases {
