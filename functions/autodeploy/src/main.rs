@@ -417,14 +417,10 @@ async fn maintain(store: SqliteStore, retention_secs: i64) {
 /// A switch's value, from its flag or its environment variable: clap's own error for any
 /// other value says only that it is "not a boolean".
 fn switch(value: &str) -> Result<bool, String> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "y" | "on" => Ok(true),
-        "false" | "0" | "no" | "n" | "off" => Ok(false),
-        _ => Err(
-            "must be true or false (or 1 / 0, yes / no, on / off), given to the flag or in its AUTODEPLOY_ variable"
-                .to_owned(),
-        ),
-    }
+    autodeploy_api::util::parse_switch(value).ok_or_else(|| {
+        "must be true or false (or 1 / 0, yes / no, on / off), given to the flag or in its AUTODEPLOY_ variable"
+            .to_owned()
+    })
 }
 
 /// How long to wait, at `now`, for the next round of upkeep: until the next lease runs out

@@ -5,6 +5,17 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+/// A switch's value from its environment variable (or the server's flag): `true` or `false`,
+/// also `1` / `0`, `yes` / `no` (`y` / `n`), `on` / `off`, in any letter case; `None` for any
+/// other value. The server and the Lambda functions read their switches alike.
+pub fn parse_switch(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "y" | "on" => Some(true),
+        "false" | "0" | "no" | "n" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 /// Now, as RFC 3339 UTC with second precision (`2026-11-26T12:00:00Z`).
 pub fn now_rfc3339() -> String {
     let now = OffsetDateTime::now_utc()
@@ -100,6 +111,25 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn switches_read_every_spelling_of_true_and_false() {
+        for (value, on) in [(" TRUE ", true), ("1", true), ("Yes", true), ("y", true), ("on", true)] {
+            assert_eq!(parse_switch(value), Some(on), "{value}");
+        }
+        for (value, on) in [
+            ("false", false),
+            ("0", false),
+            ("NO", false),
+            ("n", false),
+            ("Off", false),
+        ] {
+            assert_eq!(parse_switch(value), Some(on), "{value}");
+        }
+        for value in ["", "2", "maybe", "enabled", "tru"] {
+            assert_eq!(parse_switch(value), None, "{value}");
+        }
+    }
 
     #[test]
     fn deployment_ids_sort_around_the_bound_of_their_time() {

@@ -99,19 +99,13 @@ pub async fn upgrade_table_from_env() -> Result<LayoutUpgrade, String> {
         .map_err(|err| format!("the table could not be upgraded: {err}"))
 }
 
-/// [`TARGETS_ALLOW_PRIVATE_ENV`]: `true` or `false` (`1` / `0`, any case); unset is `false`.
+/// [`TARGETS_ALLOW_PRIVATE_ENV`]: a switch, read as the server reads it
+/// ([`crate::util::parse_switch`]); unset is `false`.
 fn targets_allow_private() -> Result<bool, String> {
     match optional_env(TARGETS_ALLOW_PRIVATE_ENV) {
         None => Ok(false),
-        Some(value) => parse_flag(&value).ok_or_else(|| format!("{TARGETS_ALLOW_PRIVATE_ENV} must be true or false")),
-    }
-}
-
-fn parse_flag(value: &str) -> Option<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" => Some(true),
-        "false" | "0" => Some(false),
-        _ => None,
+        Some(value) => crate::util::parse_switch(&value)
+            .ok_or_else(|| format!("{TARGETS_ALLOW_PRIVATE_ENV} must be true or false (or 1 / 0, yes / no, on / off)")),
     }
 }
 
@@ -261,13 +255,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flags() {
-        assert_eq!(parse_flag(" TRUE "), Some(true));
-        assert_eq!(parse_flag("0"), Some(false));
-        assert_eq!(parse_flag("yes"), None);
-    }
 
     #[test]
     fn max_services_comes_from_the_environment() {
