@@ -390,15 +390,28 @@ pub struct FaultyAws {
 }
 
 impl FaultyAws {
+    /// The adapters as the functions build them, the queue with its production time budgets.
     pub async fn new() -> Self {
+        Self::with_queue_budgets(None).await
+    }
+
+    /// The adapters with a queue that waits for SQS as long as a test could: for tests whose
+    /// faults are refusals, never slowness, so that a slow moto on a loaded machine does not
+    /// leave PENDING a deployment they expect QUEUED (the budgets have their own tests).
+    pub async fn patient() -> Self {
+        Self::with_queue_budgets(Some(std::time::Duration::from_secs(60))).await
+    }
+
+    async fn with_queue_budgets(budget: Option<std::time::Duration>) -> Self {
         let fixture = crate::aws_fixture().await;
         let store_proxy = FaultProxy::start(&crate::moto_url()).await;
         let queue_proxy = FaultProxy::start(&crate::moto_url()).await;
         let store = Arc::new(DynamoStore::new(store_proxy.dynamodb_client().await, &fixture.table));
-        let queue = Arc::new(SqsQueue::new(
-            queue_proxy.sqs_client().await,
-            &fixture.queues.deployments.url,
-        ));
+        let mut queue = SqsQueue::new(queue_proxy.sqs_client().await, &fixture.queues.deployments.url);
+        if let Some(budget) = budget {
+            queue = queue.with_send_budget(budget).with_batch_timeout(budget);
+        }
+        let queue = Arc::new(queue);
         Self {
             fixture,
             store_proxy,

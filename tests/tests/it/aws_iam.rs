@@ -285,7 +285,7 @@ fn the_check_refuses_what_a_role_does_not_allow() {
 
 #[tokio::test]
 async fn every_call_of_each_function_is_one_its_role_allows() {
-    let aws = FaultyAws::new().await;
+    let aws = FaultyAws::patient().await;
     let api = Api::on(aws.store.clone(), aws.queue.clone());
     api.set_secret("acme", "github").await;
     api.set_secret("acme", "dockerhub").await;
@@ -479,7 +479,7 @@ async fn every_call_of_each_function_is_one_its_role_allows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_of_the_dispatcher_is_one_its_role_allows() {
     use crate::aws_dispatcher::{dispatcher_on, next_batch, put_service, record, send, service_on_receiver};
-    let aws = FaultyAws::new().await;
+    let aws = FaultyAws::patient().await;
     let fx = &aws.fixture;
     let store: &dyn autodeploy_api::store::Store = aws.store.as_ref();
     let _busy = service_on_receiver(store, "api", &[503, 202]).await;
