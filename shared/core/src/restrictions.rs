@@ -92,12 +92,18 @@ fn compile_value(value: &str) -> Result<Compiled, String> {
     if !is_glob(&normalized) {
         return Ok(Compiled::Plain(normalized));
     }
-    GlobBuilder::new(&normalized)
+    build_glob(&normalized)
+        .map(Compiled::Glob)
+        .map_err(|e| format!("is not a valid glob: {}", e.kind()))
+}
+
+/// A restriction's glob: `*` and `?` stay within a segment, `**` crosses segments, `\`
+/// escapes.
+fn build_glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map(Compiled::Glob)
-        .map_err(|e| format!("is not a valid glob: {}", e.kind()))
 }
 
 /// Validation at write time: non-empty, at most 1024 bytes, relative (no leading `/`), no `..`
@@ -112,13 +118,16 @@ pub fn validate_restriction_value(value: &str) -> Result<(), String> {
 struct RuleSet {
     /// Normalized plain values, without trailing `/`.
     plain: Vec<String>,
-    globs: GlobSet,
-    glob_count: usize,
+    /// Each glob `g` with `g/**`: a file is covered when `g` matches its path or the path of a
+    /// directory above it, which `g/**` matches in the same pass over the file's path. One set
+    /// per rule, not one for all: the regex of many long globs together can be too large for
+    /// its lazy DFA, and then each match costs the whole set's size times the path's length.
+    globs: Vec<GlobSet>,
 }
 
 impl RuleSet {
     fn is_empty(&self) -> bool {
-        self.plain.is_empty() && self.glob_count == 0
+        self.plain.is_empty() && self.globs.is_empty()
     }
 
     fn covers(&self, path: &str) -> bool {
@@ -129,14 +138,7 @@ impl RuleSet {
         if plain {
             return true;
         }
-        if self.glob_count == 0 {
-            return false;
-        }
-        // The file itself, then every directory above it.
-        self.globs.is_match(path)
-            || path
-                .match_indices('/')
-                .any(|(i, _)| i > 0 && self.globs.is_match(&path[..i]))
+        self.globs.iter().any(|glob| glob.is_match(path))
     }
 }
 
@@ -255,30 +257,31 @@ impl Restrictions {
     /// Compile the rules; an error names the first bad rule by its index
     /// (`deployment_restrictions[1].value: …`).
     pub fn compile(rules: &[DeploymentRestriction]) -> Result<Self, String> {
-        let mut match_globs = GlobSetBuilder::new();
-        let mut exclude_globs = GlobSetBuilder::new();
         let mut out = Self::default();
         for (i, rule) in rules.iter().enumerate() {
             let compiled =
                 compile_value(&rule.value).map_err(|e| format!("deployment_restrictions[{i}].value: {e}"))?;
-            let (set, globs) = match rule.mode {
-                RestrictionMode::Match => (&mut out.matching, &mut match_globs),
-                RestrictionMode::Exclude => (&mut out.excluding, &mut exclude_globs),
+            let set = match rule.mode {
+                RestrictionMode::Match => &mut out.matching,
+                RestrictionMode::Exclude => &mut out.excluding,
             };
             match compiled {
                 Compiled::Plain(p) => set.plain.push(p),
-                Compiled::Glob(g) => {
-                    globs.add(g);
-                    set.glob_count += 1;
+                Compiled::Glob(glob) => {
+                    let failed = |e: globset::Error| {
+                        format!(
+                            "deployment_restrictions[{i}].value: the glob could not be compiled: {}",
+                            e.kind()
+                        )
+                    };
+                    let below = build_glob(&format!("{}/**", glob.glob())).map_err(failed)?;
+                    let mut builder = GlobSetBuilder::new();
+                    builder.add(glob);
+                    builder.add(below);
+                    set.globs.push(builder.build().map_err(failed)?);
                 }
             }
         }
-        let build = |b: GlobSetBuilder| {
-            b.build()
-                .map_err(|e| format!("deployment_restrictions: the globs could not be compiled: {}", e.kind()))
-        };
-        out.matching.globs = build(match_globs)?;
-        out.excluding.globs = build(exclude_globs)?;
         Ok(out)
     }
 
@@ -349,6 +352,47 @@ impl Restrictions {
 mod tests {
     use super::*;
     use crate::branch::tests::strings;
+
+    /// A glob covers a file by matching its path or a directory above it: checked here by
+    /// matching every such path alone, as it was once done, against each glob and its
+    /// `…/**` in one pass (globs over `a b / * ?`, `**`, classes and escapes; paths over
+    /// `a b /` with doubled and trailing slashes).
+    #[test]
+    fn a_glob_and_its_directories_below_cover_as_each_directory_matched_alone() {
+        let mut values = strings(&['a', 'b', '/', '*', '?'], 4);
+        values.extend(
+            [
+                "**/a", "a/**", "**", "a/**/b", "[ab]/*", "a\\*", "*/[!a]", "**/*b", "a*/**/?",
+            ]
+            .map(String::from),
+        );
+        let paths = strings(&['a', 'b', '/'], 5);
+        let mut globs = 0;
+        let mut covered = 0;
+        for value in &values {
+            let Ok(Compiled::Glob(glob)) = compile_value(value) else {
+                continue;
+            };
+            globs += 1;
+            let alone = glob.compile_matcher();
+            let rules = [DeploymentRestriction {
+                mode: RestrictionMode::Match,
+                kind: RestrictionType::Path,
+                value: value.clone(),
+            }];
+            let compiled = Restrictions::compile(&rules).unwrap();
+            // `allows` hands `covers` no path that starts with `/`, nor an empty one.
+            for path in paths.iter().filter(|p| !p.is_empty() && !p.starts_with('/')) {
+                let expected = alone.is_match(path.as_str())
+                    || path
+                        .match_indices('/')
+                        .any(|(i, _)| i > 0 && alone.is_match(&path[..i]));
+                assert_eq!(compiled.matching.covers(path), expected, "{value:?} {path:?}");
+                covered += usize::from(expected);
+            }
+        }
+        assert!(globs > 300 && covered > 10_000, "{globs} globs, {covered} covered");
+    }
 
     fn rule(mode: RestrictionMode, value: &str) -> DeploymentRestriction {
         DeploymentRestriction {
