@@ -113,6 +113,36 @@ pub fn validate_restriction_value(value: &str) -> Result<(), String> {
     compile_value(value).map(|_| ())
 }
 
+/// The glob values of one service's restrictions together hold at most this many bytes...
+pub const MAX_GLOB_BYTES_PER_SERVICE: usize = 2048;
+/// ...and at most this many wildcards (`*`, `?`, `[`; `**` counts two).
+pub const MAX_GLOB_WILDCARDS_PER_SERVICE: usize = 64;
+
+/// Write-time bound on what a service's globs cost each push that reaches it: each thread
+/// compiles them, and every changed file is matched against each. Plain values cost a
+/// comparison and have no such bound beyond their count and length.
+pub fn check_glob_budget(rules: &[DeploymentRestriction]) -> Result<(), String> {
+    let globs = rules
+        .iter()
+        .map(|rule| rule.value.as_str())
+        .filter(|value| is_glob(value));
+    let (bytes, wildcards) = globs.fold((0, 0), |(bytes, wildcards), value| {
+        let count = value.bytes().filter(|b| matches!(b, b'*' | b'?' | b'[')).count();
+        (bytes + value.len(), wildcards + count)
+    });
+    if bytes > MAX_GLOB_BYTES_PER_SERVICE {
+        return Err(format!(
+            "holds {bytes} bytes of globs: a service's globs may hold {MAX_GLOB_BYTES_PER_SERVICE} at most (plain paths do not count)"
+        ));
+    }
+    if wildcards > MAX_GLOB_WILDCARDS_PER_SERVICE {
+        return Err(format!(
+            "holds {wildcards} wildcards (`*`, `?`, `[`): a service's globs may hold {MAX_GLOB_WILDCARDS_PER_SERVICE} at most"
+        ));
+    }
+    Ok(())
+}
+
 /// The rules of one mode.
 #[derive(Debug, Clone, Default)]
 struct RuleSet {

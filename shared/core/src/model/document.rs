@@ -21,7 +21,9 @@ use crate::ids::{ID_RULE, is_valid_id};
 use crate::image::{DOCKER_HUB, normalize_registry, parse_service_image_or_default, validate_tag};
 use crate::provider::GitProvider;
 use crate::repo_url::{check_repository_url, parse_repository_url};
-use crate::restrictions::{DeploymentRestriction, RestrictionMode, RestrictionType, validate_restriction_value};
+use crate::restrictions::{
+    DeploymentRestriction, RestrictionMode, RestrictionType, check_glob_budget, validate_restriction_value,
+};
 use crate::tag_policy::TagPolicy;
 
 /// What the server sets; a body may carry them back (a GET's document), and they are ignored
@@ -114,6 +116,11 @@ impl Document for Body {
         };
         let git_repository = f.object("git_repository", read_git_repository);
         let deployment_restrictions = f.objects("deployment_restrictions", MAX_RESTRICTIONS, read_restriction);
+        if let Ok(Some(rules)) = &deployment_restrictions
+            && let Err(message) = check_glob_budget(rules)
+        {
+            f.error("deployment_restrictions", message);
+        }
         let image = f.object("image", read_image);
         let tag_policy = f.object("tag_policy", read_tag_policy);
         let deploy_target = f.object("deploy_target", read_deploy_target);
@@ -477,6 +484,42 @@ mod tests {
                 "git_repository.url",
             ]
         );
+    }
+
+    /// A service's globs are bounded together, in bytes and in wildcards; plain paths are not.
+    #[test]
+    fn a_services_globs_have_a_budget() {
+        let with = |values: Vec<String>| {
+            let mut doc = app();
+            doc["deployment_restrictions"] = values
+                .into_iter()
+                .map(|value| json!({"mode": "EXCLUDE", "type": "PATH", "value": value}))
+                .collect();
+            parse_service_document("acme", "api", &doc)
+        };
+        let glob = |len: usize| format!("{}/*", "a".repeat(len - 2));
+        // 2,048 bytes of globs, and as many of plain paths besides: accepted.
+        let mut at_limit: Vec<String> = (0..4).map(|_| glob(512)).collect();
+        at_limit.extend((0..4).map(|_| "p".repeat(1000)));
+        assert!(with(at_limit.clone()).is_ok());
+        at_limit[0] = glob(513);
+        let err = with(at_limit).unwrap_err();
+        let SpecError::Invalid(errors) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "deployment_restrictions");
+        assert!(
+            errors[0].message.contains("2049 bytes of globs"),
+            "{}",
+            errors[0].message
+        );
+        // 64 wildcards: accepted; 65 (`**` counts two): refused.
+        let stars = |n: usize| (0..n).map(|i| format!("d{i}/*")).collect::<Vec<_>>();
+        assert!(with(stars(64)).is_ok());
+        let mut over = stars(63);
+        over.push("**/x".to_owned());
+        assert_eq!(fields(with(over).unwrap_err()), ["deployment_restrictions"]);
     }
 
     #[test]
