@@ -34,6 +34,12 @@ pub struct Settings {
     pub max_connections: usize,
 }
 
+/// The most a connection buffers of a request's head (hyper's default is about 400 KiB): a
+/// request target of up to 64 KiB (longer is a 414) and headers besides; a longer head is a
+/// 431. Connections still sending their heads are as many as `max_connections`, and each
+/// holds what it sent.
+const MAX_HEAD_BUFFER: usize = 96 * 1024;
+
 /// Serve `router` on `listeners` until `shutdown`; then stop accepting, let every connection
 /// finish the request it is answering, drop the others (idle, or their request still
 /// arriving), and return.
@@ -56,6 +62,7 @@ pub async fn serve_http(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
+        .max_buf_size(MAX_HEAD_BUFFER)
         .keep_alive(true);
     let connections = Arc::new(Connections::new(settings.max_connections));
     let mut accept_failed = Throttle::new(WARN_EVERY);

@@ -140,6 +140,16 @@ fn oversized_headers_are_refused_and_the_server_lives() {
         .write_all(format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n").as_bytes())
         .unwrap();
     assert_eq!(read_response(&mut stream).map(|r| r.0), Some(200));
+    // 128 KiB is past what a connection buffers of a head: refused, on a connection left open.
+    let mut stream = server.connect();
+    let big = "c".repeat(128 * 1024);
+    write_lossy(
+        &mut stream,
+        format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
+    let answer = read_response(&mut stream);
+    assert_eq!(answer.as_ref().map(|r| r.0), Some(431), "{answer:?}");
+    server.assert_healthy();
 }
 
 /// What hyper refuses before any route, as it cannot read the request's HTTP, is answered in
