@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use crate::branch::would_match_across_parts;
 use crate::matching::{SkipReason, decide_push};
 use crate::model::Service;
-use crate::push::Push;
+use crate::push::{ChangedFiles, Push};
 use crate::repo_url::{MAX_REPOSITORY_URL_LEN, normalize_repository_url};
 
 /// A stored service as the planner sees it.
@@ -139,6 +139,32 @@ pub struct PushPlan<'a, S> {
     pub other_branches: BTreeSet<String>,
     /// How many such services.
     pub on_other_branches: usize,
+}
+
+/// An upper bound on what [`plan_push`] compares for a delivery: the bytes of each push's
+/// changed paths (and one per path) against each restriction of each service it reaches, and
+/// the decision of each service for each push. It grows with the services and their rules
+/// that an organization sets up and the paths a push lists, so a caller serving other
+/// requests on the same thread asks it first.
+pub fn planning_work<S: ServiceView, B: AsRef<[S]>>(pushes: &[Push], by_key: &HashMap<String, B>) -> usize {
+    let (services, rules) =
+        by_key
+            .values()
+            .flat_map(|services| services.as_ref())
+            .fold((0usize, 0usize), |(services, rules), stored| {
+                let restrictions = stored.service().spec.deployment_restrictions.len();
+                (services + 1, rules.saturating_add(restrictions))
+            });
+    pushes
+        .iter()
+        .map(|push| match &push.files {
+            ChangedFiles::Known(paths) => {
+                let compared = paths.total_bytes().saturating_add(paths.len());
+                compared.saturating_mul(rules).saturating_add(services)
+            }
+            ChangedFiles::Unknown => services,
+        })
+        .fold(0, usize::saturating_add)
 }
 
 /// Decide every service that follows a repository of the delivery, for each of its pushes;
@@ -318,6 +344,40 @@ mod tests {
 
     fn index(services: Vec<Service>) -> HashMap<String, Vec<Service>> {
         HashMap::from([("github.com/acme/shop".to_owned(), services)])
+    }
+
+    /// Each changed path's bytes and one per path, against each restriction of each service
+    /// reached, and one decision per service and push.
+    #[test]
+    fn planning_work_counts_paths_against_restrictions() {
+        let restricted = |id: &str, rules: usize| {
+            let mut service = app(id, "main");
+            service.spec.deployment_restrictions = (0..rules)
+                .map(|i| crate::restrictions::DeploymentRestriction {
+                    mode: crate::restrictions::RestrictionMode::Match,
+                    kind: crate::restrictions::RestrictionType::Path,
+                    value: format!("dir{i}"),
+                })
+                .collect();
+            service
+        };
+        let by_key = index(vec![restricted("a", 3), restricted("b", 2), app("c", "main")]);
+        let mut paths = crate::push::ChangedPaths::default();
+        for path in ["src/main.rs", "README.md", "src/main.rs"] {
+            paths.push(path);
+        }
+        let known = Push {
+            files: ChangedFiles::Known(paths),
+            ..push("main", "b")
+        };
+        // (11 + 9 + 11 bytes + 3 paths) × 5 rules + 3 services.
+        assert_eq!(planning_work(std::slice::from_ref(&known), &by_key), 34 * 5 + 3);
+        // Unknown files: the decisions alone; two pushes, twice.
+        assert_eq!(planning_work(&[push("main", "b"), known], &by_key), 3 + 34 * 5 + 3);
+        assert_eq!(
+            planning_work::<Service, Vec<Service>>(&[push("main", "b")], &HashMap::new()),
+            0
+        );
     }
 
     #[test]

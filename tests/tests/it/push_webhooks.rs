@@ -1432,3 +1432,46 @@ async fn a_refused_registry_body_is_not_repeated() {
         "{history}"
     );
 }
+
+/// A delivery long to plan (many paths against long restriction lists) is planned without
+/// holding the other requests of its thread, on the server's multi-threaded runtime, and
+/// decides as any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_long_to_plan_decides_as_any() {
+    use autodeploy_api::deploy::push::PLANNING_IN_PLACE_UP_TO;
+    let api = github_api().await;
+    let files: Vec<String> = (0..2000).map(|i| format!("src/module/file{i}.rs")).collect();
+    let rules = |last: &str| {
+        let mut values: Vec<String> = (0..99).map(|i| format!("nowhere/{i}")).collect();
+        values.push(last.to_owned());
+        json!({"deployment_restrictions": values.iter()
+            .map(|value| json!({"mode": "MATCH", "type": "PATH", "value": value}))
+            .collect::<Vec<_>>()})
+    };
+    // The last path listed is the one `touched` follows: every path is compared first.
+    api.app("acme", "touched", "GITHUB", GITHUB_REPO, "master", rules(&files[1999]))
+        .await;
+    api.app(
+        "acme",
+        "untouched",
+        "GITHUB",
+        GITHUB_REPO,
+        "master",
+        rules("nowhere/else"),
+    )
+    .await;
+    let listed: usize = files.iter().map(|f| f.len() + 1).sum();
+    assert!(listed * 200 > PLANNING_IN_PLACE_UP_TO, "{listed}");
+    let body = github_push(|b| {
+        b["commits"][0]["added"] = json!(files);
+        b["commits"][0]["modified"] = json!([]);
+        b["commits"][0]["removed"] = json!([]);
+    });
+    assert!(body.len() < BLOCKING_POOL_FROM, "read in place: {}", body.len());
+    let r = api.push("acme", "github", &body, "long-to-plan").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(
+        outcome(&r),
+        (s(&[("touched", "QUEUED")]), s(&[("untouched", "PATH_RESTRICTIONS")]))
+    );
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use autodeploy_core::delivery::HistoryDraft;
 use autodeploy_core::deployment::{DeploymentRequest, Trigger};
 use autodeploy_core::matching::{SkipReason, is_replay, push_mark};
-use autodeploy_core::plan::{ServiceView, delivery_keys, plan_push};
+use autodeploy_core::plan::{ServiceView, delivery_keys, plan_push, planning_work};
 use autodeploy_core::provider::GitProvider;
 use autodeploy_core::push::Push;
 use serde::Serialize;
@@ -156,6 +156,23 @@ async fn is_replayed(deployer: &Deployer, org: &str, stored: &StoredService, pus
 }
 
 /// Match every push of the delivery, record and send, and report.
+/// The most [`planning_work`] a delivery is planned with in place, on the thread that serves
+/// it and others: a few milliseconds at most. A long push reaching hundreds of services with
+/// long restriction lists costs seconds, which would hold every request that thread serves
+/// (and the server's accepting of new connections, when it sits there).
+pub const PLANNING_IN_PLACE_UP_TO: usize = 4 * 1024 * 1024;
+
+/// Run `work`, which may take long, without holding the other requests of this thread: on a
+/// multi-threaded runtime, tokio hands them to another thread first (`block_in_place`).
+/// Elsewhere (a Lambda function, which serves one request at a time; a current-thread
+/// runtime) it runs in place.
+pub fn without_holding_other_requests<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> Result<PushReport, DeployError> {
     let PushDelivery {
         org,
@@ -174,7 +191,11 @@ pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> R
         let services = deployer.store.services_by_repository(org, key).await?;
         by_key.insert(key.to_owned(), services);
     }
-    let plan = plan_push(&pushes, &keys, &by_key);
+    let plan = if planning_work(&pushes, &by_key) > PLANNING_IN_PLACE_UP_TO {
+        without_holding_other_requests(|| plan_push(&pushes, &keys, &by_key))
+    } else {
+        plan_push(&pushes, &keys, &by_key)
+    };
     if let Some(first) = pushes.first() {
         report.repository = plan.repositories.first().cloned();
         report.branch = Some(first.branch.clone());

@@ -151,6 +151,16 @@ impl ChangedPaths {
         self.ends.is_empty()
     }
 
+    /// How many paths, repeats included.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The bytes of all the paths together.
+    pub fn total_bytes(&self) -> usize {
+        self.text.len()
+    }
+
     pub fn contains(&self, path: &str) -> bool {
         self.iter().any(|listed| listed == path)
     }
