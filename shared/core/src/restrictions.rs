@@ -149,10 +149,8 @@ struct RuleSet {
     /// Normalized plain values, without trailing `/`.
     plain: Vec<String>,
     /// Each glob `g` with `g/**`: a file is covered when `g` matches its path or the path of a
-    /// directory above it, which `g/**` matches in the same pass over the file's path. One set
-    /// per rule, not one for all: the regex of many long globs together can be too large for
-    /// its lazy DFA, and then each match costs the whole set's size times the path's length.
-    globs: Vec<GlobSet>,
+    /// directory above it, which `g/**` matches in the same pass over the file's path.
+    globs: GlobSet,
 }
 
 impl RuleSet {
@@ -168,7 +166,7 @@ impl RuleSet {
         if plain {
             return true;
         }
-        self.globs.iter().any(|glob| glob.is_match(path))
+        !self.globs.is_empty() && self.globs.is_match(path)
     }
 }
 
@@ -288,30 +286,36 @@ impl Restrictions {
     /// (`deployment_restrictions[1].value: …`).
     pub fn compile(rules: &[DeploymentRestriction]) -> Result<Self, String> {
         let mut out = Self::default();
+        let mut match_globs = GlobSetBuilder::new();
+        let mut exclude_globs = GlobSetBuilder::new();
         for (i, rule) in rules.iter().enumerate() {
             let compiled =
                 compile_value(&rule.value).map_err(|e| format!("deployment_restrictions[{i}].value: {e}"))?;
-            let set = match rule.mode {
-                RestrictionMode::Match => &mut out.matching,
-                RestrictionMode::Exclude => &mut out.excluding,
+            let (set, globs) = match rule.mode {
+                RestrictionMode::Match => (&mut out.matching, &mut match_globs),
+                RestrictionMode::Exclude => (&mut out.excluding, &mut exclude_globs),
             };
             match compiled {
                 Compiled::Plain(p) => set.plain.push(p),
                 Compiled::Glob(glob) => {
-                    let failed = |e: globset::Error| {
-                        format!(
-                            "deployment_restrictions[{i}].value: the glob could not be compiled: {}",
-                            e.kind()
-                        )
-                    };
-                    let below = build_glob(&format!("{}/**", glob.glob())).map_err(failed)?;
-                    let mut builder = GlobSetBuilder::new();
-                    builder.add(glob);
-                    builder.add(below);
-                    set.globs.push(builder.build().map_err(failed)?);
+                    // A glob whose last part is `**` matches whatever lies below what it matches.
+                    let last_part = glob.glob().rsplit('/').next();
+                    if last_part != Some("**") {
+                        let below = build_glob(&format!("{}/**", glob.glob())).map_err(|e| {
+                            format!("deployment_restrictions[{i}].value: is not a valid glob: {}", e.kind())
+                        })?;
+                        globs.add(below);
+                    }
+                    globs.add(glob);
                 }
             }
         }
+        let build = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| format!("deployment_restrictions: the globs could not be compiled: {}", e.kind()))
+        };
+        out.matching.globs = build(match_globs)?;
+        out.excluding.globs = build(exclude_globs)?;
         Ok(out)
     }
 
