@@ -1,4 +1,5 @@
-//! Small helpers every handler uses: time, fresh identifiers, digests.
+//! Small helpers every handler uses: time, fresh identifiers, digests; and how a switch of
+//! the configuration is read.
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};

@@ -155,7 +155,6 @@ async fn is_replayed(deployer: &Deployer, org: &str, stored: &StoredService, pus
     Ok(is_replay(&mark, &push.before, last_push, queued_before))
 }
 
-/// Match every push of the delivery, record and send, and report.
 /// The most [`planning_work`] a delivery is planned with in place, on the thread that serves
 /// it and others: a few milliseconds at most. A long push reaching hundreds of services with
 /// long restriction lists costs seconds, which would hold every request that thread serves
@@ -166,13 +165,14 @@ pub const PLANNING_IN_PLACE_UP_TO: usize = 4 * 1024 * 1024;
 /// multi-threaded runtime, tokio hands them to another thread first (`block_in_place`).
 /// Elsewhere (a Lambda function, which serves one request at a time; a current-thread
 /// runtime) it runs in place.
-pub fn without_holding_other_requests<T>(work: impl FnOnce() -> T) -> T {
+fn without_holding_other_requests<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
         _ => work(),
     }
 }
 
+/// Match every push of the delivery, record and send, and report.
 pub async fn deploy_pushes(deployer: &Deployer, delivery: PushDelivery<'_>) -> Result<PushReport, DeployError> {
     let PushDelivery {
         org,
